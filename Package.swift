@@ -1,0 +1,54 @@
+// swift-tools-version:6.0
+// Masq: a small Swift kernel exported as a C library (libmasq.so), with
+// storage, transport and wallet plugins loaded by dlopen.
+import PackageDescription
+
+let root = Context.packageDirectory
+
+/// Link flags that restrict a shared object's exports to a version script.
+func exportsOnly(_ map: String) -> [LinkerSetting] {
+    [.unsafeFlags(["-Xlinker", "--version-script=\(root)/\(map)"])]
+}
+
+let package = Package(
+    name: "masq",
+    platforms: [.macOS(.v15)],
+    products: [
+        // The embedding API of include/masq.h: libmasq.so.
+        .library(name: "masq", type: .dynamic, targets: ["MasqLibrary"]),
+        // The command-line tool, installed as `masq`.
+        .executable(name: "masq-cli", targets: ["MasqCLI"]),
+        // First-party Swift plugins: libmasq_<kind>_<name>.so.
+        .library(name: "masq_storage_sqlite", type: .dynamic, targets: ["MasqStorageSQLite"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        // C headers as Swift modules.
+        .systemLibrary(name: "CMasq", path: "Sources/CMasq"),
+        .systemLibrary(name: "CMasqPlugin", path: "Sources/CMasqPlugin"),
+        .systemLibrary(name: "CSQLite", path: "Sources/CSQLite", pkgConfig: "sqlite3",
+                       providers: [.apt(["libsqlite3-dev"])]),
+        .target(name: "CMasqSupport", path: "Sources/CMasqSupport"),
+
+        // The core: config, plugin loader, store semantics, the C API.
+        .target(name: "MasqKernel", dependencies: ["CMasq", "CMasqSupport"]),
+        // Links the kernel into libmasq.so exporting only masq_*.
+        .target(name: "MasqLibrary", dependencies: ["MasqKernel"],
+                linkerSettings: exportsOnly("Sources/MasqLibrary/exports.map")),
+
+        .executableTarget(name: "MasqCLI", dependencies: [
+            "MasqKernel",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+
+        // Plugins live in plugins/<name>/ and see nothing of Masq but masq_plugin.h.
+        .target(name: "MasqStorageSQLite", dependencies: ["CMasqPlugin", "CSQLite"],
+                path: "plugins/storage-sqlite",
+                exclude: ["README.md"],
+                linkerSettings: exportsOnly("plugins/plugin-exports.map")),
+
+        .testTarget(name: "MasqKernelTests", dependencies: ["MasqKernel", "CMasq"]),
+    ]
+)

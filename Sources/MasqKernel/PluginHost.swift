@@ -1,0 +1,92 @@
+import CMasq
+import CMasqSupport
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The host table (masq_host) handed to one plugin instance: logging, error
+/// reporting, clocks, randomness and, for transports, frame delivery. It must
+/// outlive the instance; its owner keeps it until after close/destroy.
+final class PluginHost: @unchecked Sendable {
+    let component: String
+    let table: UnsafeMutablePointer<masq_host>
+
+    /// Transport callbacks; set before the transport starts.
+    var onFrame: (@Sendable (_ peer: String, _ room: String?, _ frame: UnsafeRawBufferPointer) -> Void)?
+    var onPeerEvent: (@Sendable (_ peer: String, _ event: Int32) -> Void)?
+
+    init(component: String, transport: Bool = false) {
+        self.component = component
+        table = .allocate(capacity: 1)
+        table.initialize(to: masq_host())
+        table.pointee.struct_size = UInt32(MemoryLayout<masq_host>.size)
+        table.pointee.abi_version = UInt32(MASQ_PLUGIN_ABI_VERSION)
+        table.pointee.host_ctx = Unmanaged.passUnretained(self).toOpaque()
+        table.pointee.log = { host, level, message in
+            guard let me = PluginHost.from(host) else { return }
+            let text = message.map { String(cString: $0) } ?? ""
+            Log.emit(LogLevel(rawValue: min(max(level, 0), 3)) ?? .debug, me.component, text)
+        }
+        table.pointee.error = { host, status, message in
+            let text = message.map { String(cString: $0) } ?? ""
+            masqsupport_set_error(status, text)
+            return status
+        }
+        table.pointee.now_unix_ms = { _ in Clock.unixMilliseconds() }
+        table.pointee.monotonic_ns = { _ in Clock.monotonicNanoseconds() }
+        table.pointee.random_bytes = { _, buffer, length in
+            guard length == 0 || buffer != nil else { return MASQ_E_INVALID }
+            return SecureRandom.fill(UnsafeMutableRawBufferPointer(start: buffer, count: length)) ? MASQ_OK : MASQ_E_INTERNAL
+        }
+        if transport {
+            table.pointee.frame_received = { host, peer, room, frame, length in
+                guard let me = PluginHost.from(host), let peer, frame != nil || length == 0 else { return }
+                me.onFrame?(String(cString: peer), room.map { String(cString: $0) },
+                            UnsafeRawBufferPointer(start: frame, count: length))
+            }
+            table.pointee.peer_event = { host, peer, event in
+                guard let me = PluginHost.from(host), let peer else { return }
+                me.onPeerEvent?(String(cString: peer), event)
+            }
+        }
+    }
+
+    deinit {
+        table.deinitialize(count: 1)
+        table.deallocate()
+    }
+
+    private static func from(_ host: UnsafePointer<masq_host>?) -> PluginHost? {
+        guard let ctx = host?.pointee.host_ctx else { return nil }
+        return Unmanaged<PluginHost>.fromOpaque(ctx).takeUnretainedValue()
+    }
+}
+
+/// Time sources shared by the kernel and its host table.
+enum Clock {
+    static func unixMilliseconds() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return UInt64(ts.tv_sec) * 1000 + UInt64(ts.tv_nsec) / 1_000_000
+    }
+
+    static func monotonicNanoseconds() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+    }
+}
+
+/// The operating system's CSPRNG (getrandom(2)); blocks only before the
+/// kernel's pool is first seeded.
+enum SecureRandom {
+    static func fill(_ buffer: UnsafeMutableRawBufferPointer) -> Bool {
+        buffer.count == 0 || masqsupport_random(buffer.baseAddress, buffer.count) == 0
+    }
+
+    static func uint64() -> UInt64 {
+        var value: UInt64 = 0
+        _ = withUnsafeMutableBytes(of: &value) { fill($0) }
+        return value
+    }
+}

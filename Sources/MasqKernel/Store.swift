@@ -1,0 +1,472 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A local store: per-application namespaces of keys and values on top of a
+/// storage plugin, with the metadata sync needs on every record (hybrid
+/// logical clock timestamp, replica id, tombstones, a change log with
+/// per-replica sequence numbers, a version vector).
+///
+/// Thread-safe: one lock serializes access to the engine (the plugin
+/// contract promises plugins serialized calls). Each write is one engine
+/// transaction that also re-reads the clock record, so several processes may
+/// share one SQLite store.
+public final class Store: @unchecked Sendable {
+    public let config: MasqConfig
+    public let replicaID: UInt64
+    public var limits: Limits { config.limits }
+    public var storagePlugin: LoadedPlugin { engine.plugin }
+
+    let engine: StorageEngine
+    private let lock = Lock()
+    private var clock = HybridLogicalClock()
+    private var closed = false
+    private let hub: WatchHub
+
+    /// Entries per chunk when listing without holding the lock throughout.
+    static let listChunk = 256
+
+    // MARK: - open / close
+
+    public convenience init(configPath: String) throws(MasqError) {
+        try self.init(config: MasqConfig.load(path: configPath))
+    }
+
+    public init(config: MasqConfig) throws(MasqError) {
+        self.config = config
+        if let level = config.logLevel, !Log.isEnabled(level) { Log.install(maxLevel: level, callback: nil, context: nil) }
+        try FileSystem.makeDirectories(config.dataDir)
+        let plugin = try PluginLoader.load(config.storage, kind: .storage, searchPath: PluginLoader.searchPath(config: config))
+        var options = config.storage.options.filter { $0.key != "data_dir" }
+        options.append(("data_dir", config.dataDir))
+        engine = try StorageEngine(plugin: plugin, options: options)
+        hub = WatchHub(label: "masq.watch")
+        (replicaID, clock) = try Store.initialize(engine)
+        Log.info("kernel", "opened store in \(config.dataDir) with storage plugin '\(plugin.name)' \(plugin.version), replica \(String(replicaID, radix: 16))")
+    }
+
+    /// Read (or on first open, write) the format marker, replica id and clock.
+    private static func initialize(_ engine: StorageEngine) throws(MasqError) -> (UInt64, HybridLogicalClock) {
+        if let format = try getMeta(engine, RecordFormat.metaFormat) {
+            guard format == [RecordFormat.version] else {
+                throw .corrupt("store format \(format.first.map(String.init) ?? "?") is not one this library reads (\(RecordFormat.version))")
+            }
+        } else {
+            try engine.begin()
+            do throws(MasqError) {
+                // Another process may have created it since we looked.
+                if try getMeta(engine, RecordFormat.metaFormat) != nil {
+                    engine.rollback()
+                    return try initialize(engine)
+                }
+                var replica: UInt64 = 0
+                while replica == 0 { replica = SecureRandom.uint64() }
+                try putMeta(engine, RecordFormat.metaFormat, [RecordFormat.version])
+                try putMeta(engine, RecordFormat.metaReplica, bigEndianBytes(replica))
+                try putMeta(engine, RecordFormat.metaClock, bigEndianBytes(0) + bigEndianBytes(0))
+                try engine.commit()
+            } catch {
+                engine.rollback()
+                throw error
+            }
+        }
+        guard let replicaBytes = try getMeta(engine, RecordFormat.metaReplica), replicaBytes.count == 8 else {
+            throw .corrupt("store has no valid replica id")
+        }
+        let replica = replicaBytes.withUnsafeBytes { $0.loadBigEndian(at: 0) }
+        let saved = try readClock(engine)
+        return (replica, HybridLogicalClock(last: saved.timestamp))
+    }
+
+    /// Close the engine after queued watch callbacks ran. Idempotent.
+    public func close() throws(MasqError) {
+        guard !hub.isCallbackThread else { throw MasqError(.busy, "cannot close a store from inside its own watch callback") }
+        hub.drain()
+        lock.withLock {
+            closed = true
+            engine.close()
+        }
+        hub.drain()
+    }
+
+    public var isClosed: Bool { lock.withLock { closed } }
+
+    // MARK: - reads
+
+    /// Call `body` with the live value of `key`, or return nil if absent or deleted.
+    public func read<T>(_ ns: NamespaceName, key: UnsafeRawBufferPointer,
+                        _ body: (UnsafeRawBufferPointer) throws(MasqError) -> T) throws(MasqError) -> T? {
+        try checkKey(key)
+        return try lock.withLock { () throws(MasqError) -> T? in
+            try ensureOpen()
+            return try withRecordKey(ns, key) { (recordKey) throws(MasqError) -> T? in
+                let hit = try engine.get(recordKey) { (record) throws(MasqError) -> T? in
+                    let header = try RecordHeader.read(record)
+                    if header.tombstone { return nil }
+                    return try body(UnsafeRawBufferPointer(rebasing: record[RecordHeader.size...]))
+                }
+                return hit ?? nil
+            }
+        }
+    }
+
+    public func get(_ ns: NamespaceName, key: [UInt8]) throws(MasqError) -> [UInt8]? {
+        try key.withBytes { (k) throws(MasqError) in try read(ns, key: k) { Array($0) } }
+    }
+
+    /// Visit live keys of `ns` starting with `prefix`, in order, in chunks read
+    /// under the lock; `visitor` runs without the lock and returns false to stop.
+    public func list(_ ns: NamespaceName, prefix: [UInt8] = [], keysOnly: Bool = false,
+                     _ visitor: (_ key: [UInt8], _ value: [UInt8]?) throws(MasqError) -> Bool) throws(MasqError) {
+        guard prefix.count <= limits.maxKeyBytes else { throw .tooLarge("prefix is longer than limits.max_key_bytes") }
+        let base = RecordFormat.namespacePrefix(ns)
+        let end = RecordFormat.successor(ofPrefix: base + prefix)
+        var cursor = base + prefix
+        while true {
+            var chunk: [([UInt8], [UInt8]?)] = []
+            var visited = 0
+            var last: [UInt8]?
+            try lock.withLock { () throws(MasqError) in
+                try ensureOpen()
+                try engine.scan(from: cursor, to: end) { (key, record) throws(MasqError) -> Bool in
+                    visited += 1
+                    last = Array(key)
+                    let header = try RecordHeader.read(record)
+                    if !header.tombstone {
+                        chunk.append((Array(key[base.count...]), keysOnly ? nil : Array(record[RecordHeader.size...])))
+                    }
+                    return chunk.count < Store.listChunk && visited < Store.listChunk * 16
+                }
+            }
+            for (key, value) in chunk {
+                guard try visitor(key, value) else { return }
+            }
+            guard let last, chunk.count == Store.listChunk || visited == Store.listChunk * 16 else { return }
+            cursor = last + [0]
+        }
+    }
+
+    /// Every live entry of `ns` from one consistent snapshot, in key order.
+    /// `body` sees them while the lock is held, without copies.
+    public func withAllEntries<T>(_ ns: NamespaceName,
+                                  _ body: (_ entries: [(key: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer)]) throws(MasqError) -> T) throws(MasqError) -> T {
+        let base = RecordFormat.namespacePrefix(ns)
+        return try lock.withLock { () throws(MasqError) -> T in
+            try ensureOpen()
+            // One scan copies records into a single buffer; slices point into it.
+            var blob: [UInt8] = []
+            var spans: [(Int, Int, Int, Int)] = []
+            try engine.scan(from: base, to: RecordFormat.successor(ofPrefix: base)) { (key, record) throws(MasqError) -> Bool in
+                let header = try RecordHeader.read(record)
+                guard !header.tombstone else { return true }
+                guard spans.count < limits.maxBatchEntries else {
+                    throw .tooLarge("namespace '\(ns)' holds more than \(limits.maxBatchEntries) keys (limits.max_batch_entries); list it instead")
+                }
+                let keyStart = blob.count
+                blob += key[base.count...]
+                let valueStart = blob.count
+                blob += record[RecordHeader.size...]
+                spans.append((keyStart, valueStart - keyStart, valueStart, blob.count - valueStart))
+                return true
+            }
+            return try blob.withBytes { (raw) throws(MasqError) -> T in
+                try body(spans.map { (UnsafeRawBufferPointer(rebasing: raw[$0.0..<($0.0 + $0.1)]),
+                                      UnsafeRawBufferPointer(rebasing: raw[$0.2..<($0.2 + $0.3)])) })
+            }
+        }
+    }
+
+    public func getAll(_ ns: NamespaceName) throws(MasqError) -> [(key: [UInt8], value: [UInt8])] {
+        try withAllEntries(ns) { $0.map { (Array($0.key), Array($0.value)) } }
+    }
+
+    /// Namespaces holding at least one live key, in (length, bytes) order.
+    public func namespaces() throws(MasqError) -> [String] {
+        var result: [String] = []
+        var cursor: [UInt8] = [RecordFormat.record]
+        let end: [UInt8] = [RecordFormat.record + 1]
+        while true {
+            var found: (ns: [UInt8], live: Bool)?
+            try lock.withLock { () throws(MasqError) in
+                try ensureOpen()
+                try engine.scan(from: cursor, to: end) { (key, record) throws(MasqError) -> Bool in
+                    guard key.count >= 2, key.count >= 2 + Int(key[1]) else { throw .corrupt("malformed record key") }
+                    let ns = Array(key[2..<(2 + Int(key[1]))])
+                    if let current = found, current.ns != ns { return false }
+                    let live = try !RecordHeader.read(record).tombstone
+                    found = (ns, live)
+                    return !live
+                }
+            }
+            guard let namespace = found else { return result }
+            if namespace.live { result.append(try NamespaceName(storedBytes: namespace.ns).string) }
+            guard let next = RecordFormat.successor(ofPrefix: [RecordFormat.record, UInt8(namespace.ns.count)] + namespace.ns) else { return result }
+            cursor = next
+        }
+    }
+
+    // MARK: - writes
+
+    public func put(_ ns: NamespaceName, key: [UInt8], value: [UInt8]) throws(MasqError) {
+        try key.withBytes { (k) throws(MasqError) in
+            try value.withBytes { (v) throws(MasqError) in try put(ns, key: k, value: v) }
+        }
+    }
+
+    public func put(_ ns: NamespaceName, key: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer) throws(MasqError) {
+        try checkKey(key)
+        try checkValue(value)
+        try write { (commit) throws(MasqError) in try stage(&commit, ns, key, value) }
+    }
+
+    public func delete(_ ns: NamespaceName, key: [UInt8]) throws(MasqError) {
+        try key.withBytes { (k) throws(MasqError) in try delete(ns, key: k) }
+    }
+
+    public func delete(_ ns: NamespaceName, key: UnsafeRawBufferPointer) throws(MasqError) {
+        try checkKey(key)
+        try write { (commit) throws(MasqError) in try stage(&commit, ns, key, nil) }
+    }
+
+    /// Put (value non-nil) or delete (nil) every entry in one transaction;
+    /// with `replace`, also delete every other key of the namespace.
+    public func setAll(_ ns: NamespaceName, _ entries: [(key: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer?)],
+                       replace: Bool = false) throws(MasqError) {
+        guard entries.count <= limits.maxBatchEntries else {
+            throw .tooLarge("\(entries.count) entries; the limit is \(limits.maxBatchEntries) (limits.max_batch_entries)")
+        }
+        for (index, entry) in entries.enumerated() {
+            do throws(MasqError) {
+                try checkKey(entry.key)
+                if let value = entry.value { try checkValue(value) }
+            } catch {
+                throw MasqError(error.status, "entry \(index): \(error.message)")
+            }
+        }
+        try write { (commit) throws(MasqError) in
+            if replace {
+                let keep = Set(entries.map { Array($0.key) })
+                let base = RecordFormat.namespacePrefix(ns)
+                var doomed: [[UInt8]] = []
+                try engine.scan(from: base, to: RecordFormat.successor(ofPrefix: base)) { (key, record) throws(MasqError) -> Bool in
+                    let userKey = Array(key[base.count...])
+                    if try !RecordHeader.read(record).tombstone && !keep.contains(userKey) { doomed.append(userKey) }
+                    return true
+                }
+                for key in doomed { try key.withBytes { (k) throws(MasqError) in try stage(&commit, ns, k, nil) } }
+            }
+            for entry in entries { try stage(&commit, ns, entry.key, entry.value) }
+        }
+    }
+
+    public func setAll(_ ns: NamespaceName, _ entries: [(key: [UInt8], value: [UInt8]?)], replace: Bool = false) throws(MasqError) {
+        // Keep the arrays alive while raw pointers into them are in use.
+        let owned = entries.map { (key: $0.key, value: $0.value) }
+        var keys: [UnsafeMutableRawBufferPointer] = []
+        defer { keys.forEach { $0.deallocate() } }
+        var raw: [(key: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer?)] = []
+        for entry in owned {
+            let k = UnsafeMutableRawBufferPointer.allocate(byteCount: entry.key.count, alignment: 1)
+            k.copyBytes(from: entry.key)
+            keys.append(k)
+            var v: UnsafeRawBufferPointer?
+            if let value = entry.value {
+                let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: value.count, alignment: 1)
+                buffer.copyBytes(from: value)
+                keys.append(buffer)
+                v = UnsafeRawBufferPointer(buffer)
+            }
+            raw.append((UnsafeRawBufferPointer(k), v))
+        }
+        try setAll(ns, raw, replace: replace)
+    }
+
+    /// Delete every key of `ns` in one transaction.
+    public func clear(_ ns: NamespaceName) throws(MasqError) {
+        try setAll(ns, [] as [(key: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer?)], replace: true)
+    }
+
+    // MARK: - watch
+
+    /// Call `callback` for every change committed after this returns to keys
+    /// of `namespace` (nil: all) starting with `prefix`.
+    public func watch(namespace: NamespaceName?, prefix: [UInt8] = [], _ callback: @escaping @Sendable (Change) -> Void) throws(MasqError) -> UInt64 {
+        try lock.withLock { () throws(MasqError) in try ensureOpen() }
+        return hub.add(namespace: namespace?.string, prefix: prefix, callback: callback)
+    }
+
+    public func unwatch(_ id: UInt64) throws(MasqError) {
+        guard hub.remove(id) else { throw MasqError(.notFound, "no watch with id \(id)") }
+    }
+
+    // MARK: - sync metadata (read side; the sync engine builds on these)
+
+    /// The version vector: for each replica, the highest commit seq applied here.
+    public func versionVector() throws(MasqError) -> [UInt64: UInt64] {
+        try lock.withLock { () throws(MasqError) -> [UInt64: UInt64] in
+            try ensureOpen()
+            var vector: [UInt64: UInt64] = [:]
+            try engine.scan(from: [RecordFormat.vector], to: [RecordFormat.vector + 1]) { (key, value) throws(MasqError) -> Bool in
+                guard key.count == 9, value.count == 8 else { throw .corrupt("malformed version-vector entry") }
+                vector[key.loadBigEndian(at: 1)] = value.loadBigEndian(at: 0)
+                return true
+            }
+            vector[replicaID] = try Store.readClock(engine).seq
+            return vector
+        }
+    }
+
+    /// The (namespace, key) pairs commit `seq` of `replica` wrote, or nil if
+    /// that commit is not in the log.
+    public func changeLog(replica: UInt64, seq: UInt64) throws(MasqError) -> [(namespace: String, key: [UInt8])]? {
+        try lock.withLock { () throws(MasqError) -> [(namespace: String, key: [UInt8])]? in
+            try ensureOpen()
+            let entry = try RecordFormat.logKey(replica: replica, seq: seq).withBytes { (k) throws(MasqError) in
+                try engine.get(k) { (bytes) throws(MasqError) in try LogEntryWriter.decode(bytes) }
+            }
+            guard let entry else { return nil }
+            var out: [(namespace: String, key: [UInt8])] = []
+            for item in entry { out.append((try NamespaceName(storedBytes: item.namespace).string, item.key)) }
+            return out
+        }
+    }
+
+    /// A record's metadata, tombstones included (nil if never written).
+    public func recordInfo(_ ns: NamespaceName, key: [UInt8]) throws(MasqError) -> (version: Version, seq: UInt64, previous: Version, deleted: Bool)? {
+        try lock.withLock { () throws(MasqError) -> (version: Version, seq: UInt64, previous: Version, deleted: Bool)? in
+            try ensureOpen()
+            return try key.withBytes { (k) throws(MasqError) in
+                try withRecordKey(ns, k) { (recordKey) throws(MasqError) in
+                    try engine.get(recordKey) { (bytes) throws(MasqError) in
+                        let h = try RecordHeader.read(bytes)
+                        return (h.version, h.seq, h.previous, h.tombstone)
+                    }
+                }
+            }
+        }
+    }
+
+    // MARK: - internals
+
+    /// One commit in progress: every record it writes shares its seq and timestamp.
+    struct Commit {
+        let seq: UInt64
+        let timestamp: UInt64
+        var log = LogEntryWriter()
+        var changes: [Change]?
+    }
+
+    /// Run `body` in one engine transaction; append the change-log entry and
+    /// the clock; commit; queue the changes for watchers (under the lock, so
+    /// queue order is commit order). A commit that wrote nothing is rolled back.
+    private func write(_ body: (inout Commit) throws(MasqError) -> Void) throws(MasqError) {
+        try lock.withLock { () throws(MasqError) in
+            try ensureOpen()
+            try engine.begin()
+            do throws(MasqError) {
+                let saved = try Store.readClock(engine)
+                clock.observe(saved.timestamp)
+                var commit = Commit(seq: saved.seq + 1, timestamp: clock.tick(nowMilliseconds: Clock.unixMilliseconds()),
+                                    changes: hub.isActive ? [] : nil)
+                try body(&commit)
+                guard commit.log.count > 0 else {
+                    engine.rollback()
+                    return
+                }
+                try Store.putMeta(engine, RecordFormat.logKey(replica: replicaID, seq: commit.seq), commit.log.encoded())
+                try Store.putMeta(engine, RecordFormat.metaClock, bigEndianBytes(commit.seq) + bigEndianBytes(commit.timestamp))
+                try engine.commit()
+                if let changes = commit.changes { hub.publish(changes) }
+            } catch {
+                engine.rollback()
+                throw error
+            }
+        }
+    }
+
+    /// Write one record (value nil: a tombstone) into the commit. Deleting an
+    /// absent or deleted key writes nothing.
+    private func stage(_ commit: inout Commit, _ ns: NamespaceName, _ key: UnsafeRawBufferPointer,
+                       _ value: UnsafeRawBufferPointer?) throws(MasqError) {
+        try withRecordKey(ns, key) { (recordKey) throws(MasqError) in
+            let old = try engine.get(recordKey) { (bytes) throws(MasqError) in try RecordHeader.read(bytes) }
+            if value == nil && (old == nil || old!.tombstone) { return }
+            let version = Version(timestamp: commit.timestamp, replica: replicaID)
+            var previous = old?.version ?? .none
+            var rewrite = false
+            if let old {
+                if old.version == version {
+                    // Written earlier in this same commit: keep what it replaced.
+                    previous = old.previous
+                    rewrite = true
+                } else if old.version > version {
+                    throw MasqError(.internal, "record timestamp is ahead of this replica's clock")
+                }
+            }
+            let header = RecordHeader(tombstone: value == nil, version: version, seq: commit.seq, previous: previous)
+            let length = RecordHeader.size + (value?.count ?? 0)
+            try withUnsafeTemporaryAllocation(byteCount: length, alignment: 8) { (record) throws(MasqError) in
+                header.write(to: record)
+                if let value, value.count > 0 {
+                    UnsafeMutableRawBufferPointer(rebasing: record[RecordHeader.size...]).copyMemory(from: value)
+                }
+                try engine.put(recordKey, UnsafeRawBufferPointer(record))
+            }
+            if !rewrite { commit.log.append(namespace: ns, key: key) }
+            commit.changes?.append(Change(kind: value == nil ? .delete : .put, origin: .local, namespace: ns.string,
+                                          key: Array(key), value: value.map { Array($0) }, version: version))
+        }
+    }
+
+    private func withRecordKey<T>(_ ns: NamespaceName, _ key: UnsafeRawBufferPointer,
+                                  _ body: (UnsafeRawBufferPointer) throws(MasqError) -> T) throws(MasqError) -> T {
+        let length = 2 + ns.bytes.count + key.count
+        return try withUnsafeTemporaryAllocation(byteCount: length, alignment: 1) { (buffer) throws(MasqError) -> T in
+            buffer[0] = RecordFormat.record
+            buffer[1] = UInt8(ns.bytes.count)
+            ns.bytes.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: buffer[2..<(2 + ns.bytes.count)]).copyMemory(from: $0) }
+            if key.count > 0 { UnsafeMutableRawBufferPointer(rebasing: buffer[(2 + ns.bytes.count)...]).copyMemory(from: key) }
+            return try body(UnsafeRawBufferPointer(buffer))
+        }
+    }
+
+    private func checkKey(_ key: UnsafeRawBufferPointer) throws(MasqError) {
+        guard key.count > 0 else { throw .invalid("key must not be empty") }
+        guard key.count <= limits.maxKeyBytes else {
+            throw .tooLarge("key is \(key.count) bytes; the limit is \(limits.maxKeyBytes) (limits.max_key_bytes)")
+        }
+    }
+
+    private func checkValue(_ value: UnsafeRawBufferPointer) throws(MasqError) {
+        guard value.count <= limits.maxValueBytes else {
+            throw .tooLarge("value is \(value.count) bytes; the limit is \(limits.maxValueBytes) (limits.max_value_bytes)")
+        }
+    }
+
+    private func ensureOpen() throws(MasqError) {
+        if closed { throw MasqError(.closed, "the store is closed") }
+    }
+
+    private static func readClock(_ engine: StorageEngine) throws(MasqError) -> (seq: UInt64, timestamp: UInt64) {
+        guard let bytes = try getMeta(engine, RecordFormat.metaClock), bytes.count == 16 else {
+            throw .corrupt("store has no valid clock record")
+        }
+        return bytes.withUnsafeBytes { ($0.loadBigEndian(at: 0), $0.loadBigEndian(at: 8)) }
+    }
+
+    private static func getMeta(_ engine: StorageEngine, _ key: [UInt8]) throws(MasqError) -> [UInt8]? {
+        try key.withBytes { (k) throws(MasqError) in try engine.get(k) { Array($0) } }
+    }
+
+    private static func putMeta(_ engine: StorageEngine, _ key: [UInt8], _ value: [UInt8]) throws(MasqError) {
+        try key.withBytes { (k) throws(MasqError) in
+            try value.withBytes { (v) throws(MasqError) in try engine.put(k, v) }
+        }
+    }
+}
+
+func bigEndianBytes(_ value: UInt64) -> [UInt8] {
+    var out: [UInt8] = []
+    out.appendBigEndian(value)
+    return out
+}

@@ -1,0 +1,352 @@
+/*
+ * masq.h — the Masq embedding API.
+ *
+ * Masq keeps an application's data on the user's own devices: per-application
+ * namespaces of keys and values in a local store whose storage engine is a
+ * plugin chosen by configuration (SQLite by default). Every write carries the
+ * metadata sync needs (a hybrid logical clock timestamp, the writing replica's
+ * id, tombstones for deletes, a per-replica change log), so paired devices can
+ * later converge on the same data.
+ *
+ * Conventions (they hold for every function below unless it says otherwise):
+ *   - Every function returns a status code: MASQ_OK (0) on success or one of
+ *     the MASQ_E_* codes. After a failure, masq_last_error() returns a
+ *     readable message for it on the same thread.
+ *   - Namespaces are NUL-terminated UTF-8 strings, 1..limits.max_namespace_bytes
+ *     bytes (default 128), without NUL or control characters; invalid UTF-8 is
+ *     MASQ_E_INVALID.
+ *   - Keys and values are byte strings given as (pointer, length). Keys are
+ *     1..limits.max_key_bytes (default 1024) bytes; values 0..
+ *     limits.max_value_bytes (default 1 MiB). Beyond a limit: MASQ_E_TOO_LARGE,
+ *     nothing is written. A pointer may be NULL only when its length is 0.
+ *   - Memory the library returns to the caller (values, entry arrays, JSON
+ *     text) is allocated by the library and released with masq_free(). Pointers
+ *     the caller passes in remain owned by the caller and are not retained
+ *     after the call returns, unless a function says otherwise.
+ *   - A masq_store handle may be used from any number of threads at once;
+ *     calls are serialized internally. Functions without a store are thread-safe.
+ *   - Failed calls change nothing: a write either commits whole or not at all.
+ *
+ * Compiles as C11 and C++ (-Wall -Wextra -Werror -pedantic).
+ */
+#ifndef MASQ_H
+#define MASQ_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* Version                                                                  */
+
+#define MASQ_VERSION_MAJOR 0
+#define MASQ_VERSION_MINOR 1
+#define MASQ_VERSION_PATCH 0
+#define MASQ_VERSION_STRING "0.1.0"
+/** MAJOR * 10000 + MINOR * 100 + PATCH, for compile-time comparisons. */
+#define MASQ_VERSION_NUMBER 100
+
+/** The library's version string, e.g. "0.1.0". Static storage; never NULL.
+ *  Thread-safe. */
+const char *masq_version(void);
+
+/** The library's version as MASQ_VERSION_NUMBER computes it, so a program can
+ *  check the library it runs against matches the header it was built with.
+ *  Thread-safe. */
+int masq_version_number(void);
+
+/* ------------------------------------------------------------------------ */
+/* Status codes (identical definitions appear in masq_plugin.h)             */
+
+#define MASQ_OK 0
+#define MASQ_E_INVALID 1       /* invalid argument: NULL, bad UTF-8, bad flags */
+#define MASQ_E_NOT_FOUND 2     /* no such key, entry or object                 */
+#define MASQ_E_TOO_LARGE 3     /* beyond a configured limit                    */
+#define MASQ_E_CONFIG 4        /* configuration missing, malformed or invalid  */
+#define MASQ_E_PLUGIN 5        /* plugin not found, not a plugin, wrong kind   */
+#define MASQ_E_ABI 6           /* plugin built for another ABI version         */
+#define MASQ_E_IO 7            /* I/O or storage engine failure                */
+#define MASQ_E_CORRUPT 8       /* stored data is not in a format we understand */
+#define MASQ_E_CLOSED 9        /* the handle was closed or is shutting down    */
+#define MASQ_E_BUSY 10         /* resource locked by someone else; retry later */
+#define MASQ_E_NOMEM 11        /* out of memory                                */
+#define MASQ_E_UNSUPPORTED 12  /* operation not supported by this plugin/build */
+#define MASQ_E_DENIED 13       /* not permitted                                */
+#define MASQ_E_BAD_SIGNATURE 14 /* signature or authentication tag invalid     */
+#define MASQ_E_FUNDS 15        /* wallet: insufficient funds                   */
+#define MASQ_E_UNAVAILABLE 16  /* peer, network or service unreachable         */
+#define MASQ_E_TIMEOUT 17      /* operation timed out                          */
+#define MASQ_E_INTERNAL 18     /* a bug in Masq or a plugin                    */
+
+/** Message explaining the last failed call made by this thread, or "" if the
+ *  last call succeeded. Owned by the library; valid until this thread's next
+ *  call into the library. Never NULL. Thread-safe (per-thread state). */
+const char *masq_last_error(void);
+
+/** Status code of this thread's last call into the library (MASQ_OK if it
+ *  succeeded). Thread-safe (per-thread state). */
+int masq_last_error_code(void);
+
+/** Symbolic name of a status code, e.g. "MASQ_E_NOT_FOUND"; "MASQ_E_UNKNOWN"
+ *  for a code this version does not know. Static storage. Thread-safe. */
+const char *masq_status_name(int status);
+
+/** Release memory returned by the library. NULL is allowed. Thread-safe. */
+void masq_free(void *ptr);
+
+/* ------------------------------------------------------------------------ */
+/* Logging                                                                  */
+
+/* Log levels (identical definitions appear in masq_plugin.h). */
+#define MASQ_LOG_ERROR 0
+#define MASQ_LOG_WARN 1
+#define MASQ_LOG_INFO 2
+#define MASQ_LOG_DEBUG 3
+
+/** Receives one log line: the level, the component ("kernel", or a plugin's
+ *  "storage:sqlite"), and the message. Both strings are valid only during
+ *  the call. Called from any thread; must not call back into the library. */
+typedef void (*masq_log_fn)(void *ctx, int level, const char *component,
+                            const char *message);
+
+/**
+ * Route the library's log lines (and its plugins') with level <= max_level to
+ * fn. fn NULL restores the default: lines go to standard error, with the
+ * level taken from the MASQ_LOG environment variable (error|warn|info|debug;
+ * default warn). Secrets and stored values are never logged. Thread-safe; a
+ * line already being delivered may still reach the previous callback.
+ * Returns MASQ_OK, or MASQ_E_INVALID for a level out of range.
+ */
+int masq_set_log_callback(int max_level, masq_log_fn fn, void *ctx);
+
+/* ------------------------------------------------------------------------ */
+/* Opening and closing a store                                              */
+
+/** An open store. Opaque. */
+typedef struct masq_store masq_store;
+
+/**
+ * Open the store described by the JSON config file at config_path (see
+ * docs/CONFIG.md): it names the storage plugin and its options, the data
+ * directory, the plugin search path and limits. Relative paths in the file
+ * are resolved against the file's directory. The data directory is created
+ * (mode 0700) if missing; so is an empty store.
+ *
+ * On success *store_out receives a handle to close with masq_close().
+ * Errors: MASQ_E_INVALID (NULL argument), MASQ_E_CONFIG (file unreadable,
+ * malformed JSON, unknown key, bad value), MASQ_E_PLUGIN / MASQ_E_ABI (the
+ * storage plugin cannot be found, loaded or validated), MASQ_E_IO,
+ * MASQ_E_CORRUPT (existing data in an unknown format). *store_out is set to
+ * NULL on failure. Thread-safe.
+ */
+int masq_open(const char *config_path, masq_store **store_out);
+
+/**
+ * Same as masq_open(), with the config given as a JSON document in memory
+ * (config_json, NUL-terminated UTF-8). Relative paths are resolved against
+ * base_dir, or the current directory when base_dir is NULL. Thread-safe.
+ */
+int masq_open_config(const char *config_json, const char *base_dir,
+                     masq_store **store_out);
+
+/**
+ * Close a store: wait for running calls and queued watch callbacks to finish,
+ * then close the storage plugin. NULL is allowed (MASQ_OK). After this call
+ * the handle is invalid. Must not be called from inside a callback of the
+ * same store (returns MASQ_E_BUSY and closes nothing). Returns MASQ_OK, or
+ * MASQ_E_IO if the engine reported an error while closing (the handle is
+ * released anyway).
+ */
+int masq_close(masq_store *store);
+
+/** This store's replica id: a random non-zero 64-bit number fixed when the
+ *  store was created, carried by every write it makes. Thread-safe. */
+int masq_replica_id(masq_store *store, uint64_t *replica_out);
+
+/* ------------------------------------------------------------------------ */
+/* Reading and writing                                                      */
+
+/**
+ * Set key to value in namespace ns, in a transaction of its own. The write
+ * gets a fresh hybrid logical clock timestamp and a change-log entry; watchers
+ * see a MASQ_CHANGE_PUT with MASQ_ORIGIN_LOCAL. Thread-safe.
+ */
+int masq_put(masq_store *store, const char *ns, const uint8_t *key,
+             size_t key_len, const uint8_t *value, size_t value_len);
+
+/**
+ * Read key in ns. On success *value_out receives a copy of the value (free it
+ * with masq_free; for an empty value a non-NULL pointer to zero bytes) and
+ * *value_len_out its length. Returns MASQ_E_NOT_FOUND (and sets *value_out to
+ * NULL) if the key is absent or deleted. Thread-safe.
+ */
+int masq_get(masq_store *store, const char *ns, const uint8_t *key,
+             size_t key_len, uint8_t **value_out, size_t *value_len_out);
+
+/**
+ * Delete key in ns. The record becomes a tombstone (kept so deletes sync)
+ * and watchers see MASQ_CHANGE_DELETE. Deleting an absent or already deleted
+ * key succeeds and writes nothing. Thread-safe.
+ */
+int masq_delete(masq_store *store, const char *ns, const uint8_t *key,
+                size_t key_len);
+
+/** Called once per live key by masq_list, in ascending bytewise key order.
+ *  Pointers are valid only during the call. Return 0 to continue, non-zero
+ *  to stop (masq_list then returns MASQ_OK). The callback runs on the
+ *  caller's thread, with no lock held: it may call any function of this
+ *  library, including writes to the same store. */
+typedef int (*masq_list_fn)(void *ctx, const uint8_t *key, size_t key_len,
+                            const uint8_t *value, size_t value_len);
+
+/** masq_list flags. */
+#define MASQ_LIST_KEYS_ONLY 1u /* value is NULL and value_len 0 in callbacks */
+
+/**
+ * Call fn for every live key in ns that starts with prefix (prefix NULL with
+ * prefix_len 0 lists the whole namespace). Entries are read in chunks, so the
+ * listing is not one snapshot: a key written during the listing may or may
+ * not be seen, but every key is seen at most once and in order. Returns
+ * MASQ_E_INVALID for unknown flags. Thread-safe.
+ */
+int masq_list(masq_store *store, const char *ns, const uint8_t *prefix,
+              size_t prefix_len, uint32_t flags, masq_list_fn fn, void *ctx);
+
+/** One key/value pair, for masq_get_all and masq_set_all. */
+typedef struct masq_entry {
+    const uint8_t *key;
+    size_t key_len;
+    const uint8_t *value; /* masq_set_all: NULL (with value_len 0) deletes */
+    size_t value_len;
+} masq_entry;
+
+/**
+ * Read every live key of ns in one consistent snapshot. On success
+ * *entries_out points to *count_out entries in ascending key order, all in ONE
+ * allocation (the array and the bytes it points to): release it with a single
+ * masq_free(*entries_out). An empty namespace gives *entries_out NULL and
+ * *count_out 0. Returns MASQ_E_TOO_LARGE if the namespace holds more than
+ * limits.max_batch_entries keys (use masq_list). Thread-safe.
+ */
+int masq_get_all(masq_store *store, const char *ns, masq_entry **entries_out,
+                 size_t *count_out);
+
+/** masq_set_all flags. */
+#define MASQ_SET_ALL_REPLACE 1u /* also delete every key of ns not in entries */
+
+/**
+ * Apply count entries to ns in ONE transaction: each entry with a non-NULL
+ * value is put, each with a NULL value is deleted. With MASQ_SET_ALL_REPLACE
+ * the namespace afterwards holds exactly the entries given. All or nothing:
+ * if any entry is invalid (or beyond a limit) nothing is written and the
+ * message names the entry's index. A key given twice: the last one wins.
+ * count may be 0 (entries may then be NULL). At most limits.max_batch_entries
+ * entries. Thread-safe.
+ */
+int masq_set_all(masq_store *store, const char *ns, const masq_entry *entries,
+                 size_t count, uint32_t flags);
+
+/** Delete every key in ns, in one transaction (tombstones, so it syncs).
+ *  Thread-safe. */
+int masq_clear(masq_store *store, const char *ns);
+
+/** Called once per namespace by masq_list_namespaces; ns is valid only during
+ *  the call. Return 0 to continue, non-zero to stop. Same rules as
+ *  masq_list_fn. */
+typedef int (*masq_namespace_fn)(void *ctx, const char *ns);
+
+/** Call fn for every namespace holding at least one live key, in ascending
+ *  order of (byte length, bytes). Thread-safe. */
+int masq_list_namespaces(masq_store *store, masq_namespace_fn fn, void *ctx);
+
+/* ------------------------------------------------------------------------ */
+/* Watching for changes                                                     */
+
+#define MASQ_CHANGE_PUT 1    /* key now holds value                          */
+#define MASQ_CHANGE_DELETE 2 /* key was deleted (value is NULL)              */
+
+#define MASQ_ORIGIN_LOCAL 1  /* written through this store handle            */
+#define MASQ_ORIGIN_REMOTE 2 /* arrived from another replica by sync         */
+
+/** One committed change. Valid only during the callback; copy what you keep.
+ *  New members may be appended; check struct_size before reading them. */
+typedef struct masq_change {
+    uint32_t struct_size;  /* sizeof(masq_change) as the library was built  */
+    int kind;              /* MASQ_CHANGE_PUT or MASQ_CHANGE_DELETE          */
+    int origin;            /* MASQ_ORIGIN_LOCAL or MASQ_ORIGIN_REMOTE        */
+    const char *ns;        /* namespace (NUL-terminated UTF-8)               */
+    const uint8_t *key;
+    size_t key_len;
+    const uint8_t *value;  /* NULL for MASQ_CHANGE_DELETE                    */
+    size_t value_len;
+    uint64_t timestamp;    /* hybrid logical clock timestamp of the write    */
+    uint64_t replica;      /* replica id of the writer                       */
+} masq_change;
+
+/** Receives changes. Called from a library-owned thread (never the writer's),
+ *  one change at a time per store, in commit order. It may call any function
+ *  of this library except masq_close on the same store. */
+typedef void (*masq_watch_fn)(void *ctx, const masq_change *change);
+
+/**
+ * Call fn for every change committed after this call returns to keys of ns
+ * (NULL: every namespace) starting with prefix (NULL/0: every key). ctx is
+ * passed through untouched; the caller keeps it valid until masq_unwatch
+ * returns. On success *watch_id_out receives a non-zero id. Thread-safe.
+ */
+int masq_watch(masq_store *store, const char *ns, const uint8_t *prefix,
+               size_t prefix_len, masq_watch_fn fn, void *ctx,
+               uint64_t *watch_id_out);
+
+/**
+ * Stop a watch. When this returns (from any thread other than the watch
+ * callback thread) fn is not running and will not be called again for this
+ * id. Called from inside a callback it stops later deliveries. Returns
+ * MASQ_E_NOT_FOUND for an unknown id. Thread-safe.
+ */
+int masq_unwatch(masq_store *store, uint64_t watch_id);
+
+/* ------------------------------------------------------------------------ */
+/* Plugins                                                                  */
+
+#define MASQ_PLUGIN_KIND_STORAGE 1   /* = MASQ_PLUGIN_STORAGE in masq_plugin.h */
+#define MASQ_PLUGIN_KIND_TRANSPORT 2
+#define MASQ_PLUGIN_KIND_WALLET 3
+
+/** What masq_plugins_scan reports about one candidate file. All strings are
+ *  valid only during the callback; name, version and description are NULL
+ *  when the file could not be read as a plugin. */
+typedef struct masq_plugin_info {
+    uint32_t struct_size;
+    int status;              /* MASQ_OK if the kernel would load it, else why not */
+    const char *path;        /* absolute path of the shared object           */
+    int kind;                /* MASQ_PLUGIN_KIND_*, or 0 if unknown          */
+    const char *name;
+    const char *version;
+    const char *description;
+    uint32_t abi_version;    /* the ABI the plugin was built for (0 unknown) */
+    const char *message;     /* why it cannot load; "" when status is MASQ_OK */
+} masq_plugin_info;
+
+typedef int (*masq_plugin_info_fn)(void *ctx, const masq_plugin_info *info);
+
+/**
+ * Report every plugin file (libmasq_<kind>_<name>.so) on the search path: the
+ * config's plugin_path (config_path may be NULL), then MASQ_PLUGIN_PATH
+ * (colon-separated), then the install location (<libdir>/masq/plugins and the
+ * directory holding libmasq itself). Each file is loaded and validated
+ * exactly as masq_open would, and reported with its status; a broken file
+ * never stops the scan. fn returns 0 to continue, non-zero to stop.
+ * Thread-safe.
+ */
+int masq_plugins_scan(const char *config_path, masq_plugin_info_fn fn,
+                      void *ctx);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* MASQ_H */

@@ -1,0 +1,387 @@
+/*
+ * masq_plugin.h — the contract between the Masq kernel and its plugins.
+ *
+ * A Masq plugin is a shared object that exports exactly one function,
+ * masq_plugin_entry(), returning a descriptor. The descriptor names the
+ * plugin's kind (storage, transport or wallet), its name, its own version,
+ * the plugin ABI version it was built for, and a table of functions (the
+ * "vtable") for that kind. The kernel hands every plugin instance a host
+ * table (logging, error reporting, clocks, secure random bytes and, for
+ * transports, frame delivery) so that a plugin never links the kernel.
+ *
+ * This header is self-contained: a third party writes a plugin in plain C
+ * (C11) against this file alone. See docs/WRITING-A-PLUGIN.md and the
+ * reference plugin plugins/storage-memory/.
+ *
+ * Compatibility rules (modelled on SQLite's VFS iVersion and OpenSSL 3
+ * provider dispatch tables):
+ *   - MASQ_PLUGIN_ABI_VERSION changes only for incompatible changes. The
+ *     kernel refuses, with a clear error and without calling anything else
+ *     in it, a plugin whose descriptor carries a different ABI version.
+ *   - Every struct the two sides exchange starts with `struct_size`, set to
+ *     sizeof(the struct) as the side that fills it was compiled. New members
+ *     are only ever appended; a reader checks struct_size before touching a
+ *     member, so old plugins keep working with newer kernels and vice versa.
+ *   - Members documented "required" must be non-NULL; the kernel checks and
+ *     refuses the plugin otherwise. "Optional" members may be NULL.
+ *
+ * Conventions:
+ *   - Byte strings are (pointer, length) pairs; text is NUL-terminated UTF-8.
+ *   - Every function that can fail returns a status code (MASQ_OK or a
+ *     MASQ_E_* value below). A plugin explains a failure by calling
+ *     host->error(host, status, "message") and returning its result.
+ *   - Memory a plugin returns to the kernel is always handed over through a
+ *     sink callback (masq_bytes_sink) while the plugin still owns it; the
+ *     kernel copies what it needs. Neither side ever frees the other's memory.
+ *   - Threads: the kernel never calls into one storage instance from two
+ *     threads at once (calls are serialized, though not always from the same
+ *     thread). Transport and wallet instances may be called from any thread,
+ *     concurrently; host-table functions may be called from any thread.
+ */
+#ifndef MASQ_PLUGIN_H
+#define MASQ_PLUGIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* Status codes. Identical definitions appear in masq.h; a test compiles both
+ * headers together, so any drift between the two is a compile error.       */
+#define MASQ_OK 0
+#define MASQ_E_INVALID 1       /* invalid argument: NULL, bad UTF-8, bad flags */
+#define MASQ_E_NOT_FOUND 2     /* no such key, entry or object                 */
+#define MASQ_E_TOO_LARGE 3     /* beyond a configured limit                    */
+#define MASQ_E_CONFIG 4        /* configuration missing, malformed or invalid  */
+#define MASQ_E_PLUGIN 5        /* plugin not found, not a plugin, wrong kind   */
+#define MASQ_E_ABI 6           /* plugin built for another ABI version         */
+#define MASQ_E_IO 7            /* I/O or storage engine failure                */
+#define MASQ_E_CORRUPT 8       /* stored data is not in a format we understand */
+#define MASQ_E_CLOSED 9        /* the handle was closed or is shutting down    */
+#define MASQ_E_BUSY 10         /* resource locked by someone else; retry later */
+#define MASQ_E_NOMEM 11        /* out of memory                                */
+#define MASQ_E_UNSUPPORTED 12  /* operation not supported by this plugin/build */
+#define MASQ_E_DENIED 13       /* not permitted                                */
+#define MASQ_E_BAD_SIGNATURE 14 /* signature or authentication tag invalid     */
+#define MASQ_E_FUNDS 15        /* wallet: insufficient funds                   */
+#define MASQ_E_UNAVAILABLE 16  /* peer, network or service unreachable         */
+#define MASQ_E_TIMEOUT 17      /* operation timed out                          */
+#define MASQ_E_INTERNAL 18     /* a bug in Masq or a plugin                    */
+
+/* ------------------------------------------------------------------------ */
+/* Versioning and the entry point                                           */
+
+/** ABI version of this header. A kernel loads only plugins whose descriptor
+ *  carries exactly this value. */
+#define MASQ_PLUGIN_ABI_VERSION 1
+
+/** Name of the one symbol every plugin exports. */
+#define MASQ_PLUGIN_ENTRY_SYMBOL "masq_plugin_entry"
+
+/** Plugin kinds (masq_plugin_descriptor.kind). */
+#define MASQ_PLUGIN_STORAGE 1
+#define MASQ_PLUGIN_TRANSPORT 2
+#define MASQ_PLUGIN_WALLET 3
+
+/** Log levels for masq_host.log. */
+#define MASQ_LOG_ERROR 0
+#define MASQ_LOG_WARN 1
+#define MASQ_LOG_INFO 2
+#define MASQ_LOG_DEBUG 3
+
+#if defined(_WIN32)
+#define MASQ_PLUGIN_EXPORT __declspec(dllexport)
+#else
+#define MASQ_PLUGIN_EXPORT __attribute__((visibility("default")))
+#endif
+
+/**
+ * What masq_plugin_entry() returns. The plugin owns the descriptor and
+ * everything it points to; all of it must stay valid and unchanged for as
+ * long as the shared object is loaded (use static storage). The kernel reads
+ * it from any thread.
+ */
+typedef struct masq_plugin_descriptor {
+    uint32_t struct_size;  /* sizeof(masq_plugin_descriptor)                 */
+    uint32_t abi_version;  /* MASQ_PLUGIN_ABI_VERSION                        */
+    uint32_t kind;         /* MASQ_PLUGIN_STORAGE / _TRANSPORT / _WALLET      */
+    uint32_t reserved;     /* 0                                               */
+    const char *name;      /* [a-z0-9_]+, 1..64 bytes; config names it so;
+                              the file is libmasq_<kind>_<name>.so            */
+    const char *version;   /* the plugin's own version, e.g. "1.2.0"          */
+    const char *description; /* one line for `masq plugins`; may be NULL      */
+    const void *vtable;    /* masq_storage_vtable, masq_transport_vtable or
+                              masq_wallet_vtable according to kind            */
+} masq_plugin_descriptor;
+
+/** Type of the entry point. It takes no arguments, must not fail and must be
+ *  callable from any thread, any number of times. */
+typedef const masq_plugin_descriptor *(*masq_plugin_entry_fn)(void);
+
+/* ------------------------------------------------------------------------ */
+/* Options and the host table                                               */
+
+/** One configuration option, as written in the config file (numbers and
+ *  booleans arrive as their JSON text, e.g. "5000", "true"). Both strings are
+ *  owned by the kernel and valid only during the call that receives them. */
+typedef struct masq_plugin_option {
+    const char *key;
+    const char *value;
+} masq_plugin_option;
+
+/** Receives bytes the callee still owns. Return MASQ_OK, or a status code
+ *  (typically MASQ_E_NOMEM) that the callee must return unchanged. The data
+ *  pointer is valid only during the call. */
+typedef int (*masq_bytes_sink)(void *sink_ctx, const uint8_t *data, size_t len);
+
+/** Peer events for masq_host.peer_event. */
+#define MASQ_PEER_UP 1
+#define MASQ_PEER_DOWN 2
+
+typedef struct masq_host masq_host;
+
+/**
+ * Services the kernel offers a plugin instance. The kernel owns the table;
+ * it stays valid until the instance is closed/destroyed. Every function may
+ * be called from any thread. Members a host does not offer to a given kind
+ * are NULL (frame_received and peer_event are non-NULL for transports only).
+ */
+struct masq_host {
+    uint32_t struct_size;   /* sizeof(masq_host) as the kernel was compiled   */
+    uint32_t abi_version;   /* MASQ_PLUGIN_ABI_VERSION                        */
+    void *host_ctx;         /* opaque; belongs to the kernel                  */
+
+    /** Log a line (UTF-8, no trailing newline needed). Never log secrets. */
+    void (*log)(const masq_host *host, int level, const char *message);
+
+    /** Record `message` as the explanation of a failure with `status` on the
+     *  calling thread, and return `status` so a plugin can write
+     *  `return host->error(host, MASQ_E_IO, "disk full");`. message may be
+     *  NULL; it is copied. */
+    int (*error)(const masq_host *host, int status, const char *message);
+
+    /** Wall-clock time, milliseconds since the Unix epoch. */
+    uint64_t (*now_unix_ms)(const masq_host *host);
+
+    /** Monotonic time in nanoseconds (arbitrary origin), for timeouts. */
+    uint64_t (*monotonic_ns)(const masq_host *host);
+
+    /** Fill buf with len cryptographically secure random bytes.
+     *  Returns MASQ_OK or MASQ_E_INTERNAL. */
+    int (*random_bytes)(const masq_host *host, uint8_t *buf, size_t len);
+
+    /** Transports: hand a received frame to the kernel. `peer` identifies the
+     *  sender (transport-specific, UTF-8); `room` is the room it arrived in,
+     *  or NULL for a direct frame. The kernel copies everything before
+     *  returning; it never blocks on the network. */
+    void (*frame_received)(const masq_host *host, const char *peer,
+                           const char *room, const uint8_t *frame, size_t len);
+
+    /** Transports: a peer came up or went down (MASQ_PEER_UP / _DOWN). */
+    void (*peer_event)(const masq_host *host, const char *peer, int event);
+};
+
+/* ------------------------------------------------------------------------ */
+/* Storage plugins: an ordered key/value engine                              */
+
+/** Scan visitor result that ends a scan early without error. */
+#define MASQ_SCAN_STOP (-1)
+
+/** Called for each entry of a scan, in ascending bytewise key order. The
+ *  pointers are valid only during the call. Return MASQ_OK to continue,
+ *  MASQ_SCAN_STOP to stop (the scan then returns MASQ_OK), or a status code
+ *  to abort (the scan returns that code). */
+typedef int (*masq_scan_visitor)(void *ctx, const uint8_t *key, size_t key_len,
+                                 const uint8_t *value, size_t value_len);
+
+/** Storage capability flags (masq_storage_vtable.flags). */
+#define MASQ_STORAGE_PERSISTENT 1u /* data survives close and process death */
+
+/**
+ * A storage engine maps byte-string keys to byte-string values, keeps keys
+ * in ascending bytewise order (memcmp, shorter first on a common prefix) and
+ * offers write transactions. The kernel owns all merge and sync semantics;
+ * the engine stores bytes.
+ *
+ * Threads: the kernel serializes all calls on one `db`; different `db`
+ * handles may be used concurrently from different threads.
+ * Transactions: writes (put, del, delete_range) happen only between begin
+ * and commit/rollback, never nested. Reads (get, scan) may happen inside a
+ * transaction (and then see its uncommitted writes) or outside one (then they
+ * see the last committed state). After commit returns MASQ_OK the writes are
+ * durable to the degree the engine's options promise.
+ * A scan's visitor never calls back into the same `db`.
+ */
+typedef struct masq_storage_vtable {
+    uint32_t struct_size; /* sizeof(masq_storage_vtable)                     */
+    uint32_t flags;       /* MASQ_STORAGE_* capability bits                   */
+
+    /** Required. Open (creating if needed) a database. `options` holds the
+     *  config's storage options plus "data_dir", the absolute path of the
+     *  store's data directory. On success store the handle in *db_out. */
+    int (*open)(const masq_host *host, const masq_plugin_option *options,
+                size_t option_count, void **db_out);
+
+    /** Required. Close the handle (rolling back an open transaction) and
+     *  release everything. db may be NULL. */
+    void (*close)(void *db);
+
+    /** Required. Begin a write transaction. Returns MASQ_E_BUSY if another
+     *  process holds the write lock longer than the engine is willing to wait. */
+    int (*begin)(void *db);
+    /** Required. Make the transaction's writes durable and visible. */
+    int (*commit)(void *db);
+    /** Required. Discard the transaction's writes. */
+    int (*rollback)(void *db);
+
+    /** Required. Look a key up; on a hit call sink once with the value and
+     *  return what it returned; on a miss return MASQ_E_NOT_FOUND without
+     *  calling sink (and without calling host->error). */
+    int (*get)(void *db, const uint8_t *key, size_t key_len,
+               masq_bytes_sink sink, void *sink_ctx);
+
+    /** Required. Insert or replace. value may be NULL when value_len is 0. */
+    int (*put)(void *db, const uint8_t *key, size_t key_len,
+               const uint8_t *value, size_t value_len);
+
+    /** Required. Remove a key; removing an absent key is MASQ_OK. */
+    int (*del)(void *db, const uint8_t *key, size_t key_len);
+
+    /** Required. Visit every key k with start <= k < end in ascending order.
+     *  start NULL/0 means "from the first key"; end NULL means "to the last
+     *  key" (end_len is then ignored). flags is 0 (reserved). */
+    int (*scan)(void *db, const uint8_t *start, size_t start_len,
+                const uint8_t *end, size_t end_len, uint32_t flags,
+                masq_scan_visitor visitor, void *visitor_ctx);
+
+    /** Optional (may be NULL). Remove every key in [start, end); same bounds
+     *  rules as scan. The kernel falls back to scan + del when NULL. */
+    int (*delete_range)(void *db, const uint8_t *start, size_t start_len,
+                        const uint8_t *end, size_t end_len);
+} masq_storage_vtable;
+
+/* ------------------------------------------------------------------------ */
+/* Transport plugins: move opaque frames between devices                     */
+
+/** Transport capability flags (masq_transport_vtable.flags). */
+#define MASQ_TRANSPORT_LISTEN 1u  /* can accept incoming connections         */
+#define MASQ_TRANSPORT_CONNECT 2u /* can connect out to an endpoint          */
+#define MASQ_TRANSPORT_ROOMS 4u   /* can join rooms and send to a room       */
+
+/**
+ * A transport carries frames (opaque bytes, already sealed by the kernel's
+ * crypto sessions) to peers or rooms. Received frames and peer up/down events
+ * go back through host->frame_received and host->peer_event, from any
+ * thread, at any time between start and the return of stop.
+ *
+ * Threads: every function may be called from any thread, concurrently,
+ * except that destroy is called once, after stop, with no other call running.
+ * Endpoints are transport-specific UTF-8 strings (e.g. "ws://127.0.0.1:7070",
+ * "127.0.0.1:0"); peers and rooms are transport-specific UTF-8 identifiers.
+ */
+typedef struct masq_transport_vtable {
+    uint32_t struct_size; /* sizeof(masq_transport_vtable)                   */
+    uint32_t flags;       /* MASQ_TRANSPORT_* capability bits                 */
+
+    /** Required. Create an instance bound to `host` (valid until destroy). */
+    int (*create)(const masq_host *host, const masq_plugin_option *options,
+                  size_t option_count, void **transport_out);
+    /** Required. Release the instance. Called after stop. */
+    void (*destroy)(void *transport);
+    /** Required. Start I/O (threads, event loops). */
+    int (*start)(void *transport);
+    /** Required. Stop I/O; when it returns no host callback is running or
+     *  will run for this instance. */
+    int (*stop)(void *transport);
+
+    /** Optional (required with MASQ_TRANSPORT_LISTEN). Accept connections on
+     *  endpoint. The bound endpoint (e.g. with the real port when 0 was
+     *  asked) is written through sink when sink is not NULL. */
+    int (*listen)(void *transport, const char *endpoint,
+                  masq_bytes_sink bound_sink, void *sink_ctx);
+    /** Optional (required with MASQ_TRANSPORT_CONNECT). Connect (and keep
+     *  reconnecting) to endpoint; returns once the attempt is under way. */
+    int (*connect)(void *transport, const char *endpoint);
+
+    /** Optional (required with MASQ_TRANSPORT_ROOMS). Join / leave a room. */
+    int (*join)(void *transport, const char *room);
+    int (*leave)(void *transport, const char *room);
+
+    /** Required. Queue one frame for `destination` (a peer id, or a room id
+     *  with MASQ_TRANSPORT_ROOMS). The transport copies the frame before
+     *  returning. MASQ_E_TOO_LARGE if it exceeds the transport's frame limit;
+     *  MASQ_E_BUSY if the outbound queue is full. */
+    int (*send)(void *transport, const char *destination,
+                const uint8_t *frame, size_t len);
+} masq_transport_vtable;
+
+/* ------------------------------------------------------------------------ */
+/* Wallet plugins: addresses, balances, payments and signatures              */
+
+/**
+ * Amounts are unsigned decimal integers in the asset's smallest unit (e.g.
+ * wei), as UTF-8 strings, because they exceed 64 bits. `asset` names a token
+ * ("ETH", a contract address, or a ledger-specific name); NULL means the
+ * wallet's default asset.
+ *
+ * Threads: every function may be called from any thread, concurrently.
+ */
+typedef struct masq_wallet_vtable {
+    uint32_t struct_size; /* sizeof(masq_wallet_vtable)                      */
+    uint32_t flags;       /* 0 (reserved)                                     */
+
+    /** Required. Create an instance bound to `host` (valid until destroy). */
+    int (*create)(const masq_host *host, const masq_plugin_option *options,
+                  size_t option_count, void **wallet_out);
+    /** Required. Release the instance; wipes key material it holds. */
+    void (*destroy)(void *wallet);
+
+    /** Required. This wallet's receiving address (UTF-8) through sink. */
+    int (*address)(void *wallet, masq_bytes_sink sink, void *sink_ctx);
+
+    /** Required. Balance of `asset` as a decimal string through sink. */
+    int (*balance)(void *wallet, const char *asset, masq_bytes_sink sink,
+                   void *sink_ctx);
+
+    /** Required. Pay `amount` of `asset` to address `to`; memo (may be NULL)
+     *  is attached where the ledger allows. The transaction id (UTF-8) goes
+     *  through sink. MASQ_E_FUNDS when the balance does not cover it. */
+    int (*pay)(void *wallet, const char *to, const char *asset,
+               const char *amount, const uint8_t *memo, size_t memo_len,
+               masq_bytes_sink txid_sink, void *sink_ctx);
+
+    /** Required. Sign msg with the wallet's key; the signature goes through
+     *  sink. */
+    int (*sign)(void *wallet, const uint8_t *msg, size_t msg_len,
+                masq_bytes_sink sig_sink, void *sink_ctx);
+
+    /** Required. MASQ_OK if sig is `address`'s signature over msg,
+     *  MASQ_E_BAD_SIGNATURE if not. */
+    int (*verify)(void *wallet, const char *address, const uint8_t *msg,
+                  size_t msg_len, const uint8_t *sig, size_t sig_len);
+
+    /** Required. MASQ_OK if transaction `txid` moved at least `amount` of
+     *  `asset` from `from` to `to` and is final; MASQ_E_NOT_FOUND if unknown
+     *  (or not yet final); MASQ_E_DENIED if it exists but does not match. */
+    int (*verify_payment)(void *wallet, const char *txid, const char *from,
+                          const char *to, const char *asset,
+                          const char *amount);
+} masq_wallet_vtable;
+
+/* ------------------------------------------------------------------------ */
+
+/** Every plugin defines this function (and exports nothing else):
+ *
+ *    MASQ_PLUGIN_EXPORT const masq_plugin_descriptor *masq_plugin_entry(void)
+ *    { return &my_descriptor; }
+ */
+MASQ_PLUGIN_EXPORT const masq_plugin_descriptor *masq_plugin_entry(void);
+
+#ifdef __cplusplus
+} /* extern "C" */
+#endif
+
+#endif /* MASQ_PLUGIN_H */

@@ -1,0 +1,327 @@
+// The default Masq storage plugin: an ordered key/value table in one SQLite
+// database file, in WAL mode, with every statement prepared once and reused.
+// It sees nothing of Masq but include/masq_plugin.h (module CMasqPlugin).
+import CMasqPlugin
+import CSQLite
+#if canImport(Glibc)
+import Glibc
+#endif
+
+private let pluginName: StaticString = "sqlite"
+private let pluginVersion: StaticString = "1.0.0"
+private let pluginSummary: StaticString = "SQLite file in WAL mode (default storage)"
+
+/// SQLITE_STATIC: the bound bytes outlive the statement step.
+private let staticBytes: sqlite3_destructor_type? = nil
+
+/// One open database: the connection, its prepared statements, its host.
+final class SQLiteDatabase {
+    let host: UnsafePointer<masq_host>
+    private var db: OpaquePointer?
+    private var statements: [OpaquePointer] = []
+    private var getStatement: OpaquePointer!
+    private var putStatement: OpaquePointer!
+    private var deleteStatement: OpaquePointer!
+    private var scanFromStatement: OpaquePointer!
+    private var scanRangeStatement: OpaquePointer!
+    private var deleteFromStatement: OpaquePointer!
+    private var deleteRangeStatement: OpaquePointer!
+    private var beginStatement: OpaquePointer!
+    private var commitStatement: OpaquePointer!
+    private var rollbackStatement: OpaquePointer!
+
+    /// Options this plugin understands (docs: plugins/storage-sqlite/README.md).
+    struct Options {
+        var dataDir = "."
+        var file = "masq.db"
+        var synchronous = "full"
+        var busyTimeoutMilliseconds: Int32 = 5000
+        var cacheSizeKiB: Int = 8192
+    }
+
+    init(host: UnsafePointer<masq_host>, options: Options) throws(Failure) {
+        self.host = host
+        let path = options.file.hasPrefix("/") || options.file == ":memory:" ? options.file : options.dataDir + "/" + options.file
+        var handle: OpaquePointer?
+        let flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE
+        let rc = sqlite3_open_v2(path, &handle, flags, nil)
+        db = handle
+        guard rc == SQLITE_OK else {
+            let message = handle.map { String(cString: sqlite3_errmsg($0)) } ?? "out of memory"
+            sqlite3_close_v2(handle)
+            db = nil
+            throw Failure(Self.status(rc), "cannot open \(path): \(message)")
+        }
+        do throws(Failure) {
+            sqlite3_busy_timeout(db, options.busyTimeoutMilliseconds)
+            let mode = try queryText("PRAGMA journal_mode=WAL")
+            if mode.lowercased() != "wal" && path != ":memory:" {
+                throw Failure(MASQ_E_IO, "\(path): cannot switch to WAL mode (journal_mode is \(mode))")
+            }
+            try execute("PRAGMA synchronous=\(options.synchronous)")
+            try execute("PRAGMA cache_size=-\(options.cacheSizeKiB)")
+            try execute("CREATE TABLE IF NOT EXISTS kv(k BLOB PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID")
+            getStatement = try prepare("SELECT v FROM kv WHERE k = ?1")
+            putStatement = try prepare("INSERT OR REPLACE INTO kv(k, v) VALUES (?1, ?2)")
+            deleteStatement = try prepare("DELETE FROM kv WHERE k = ?1")
+            scanFromStatement = try prepare("SELECT k, v FROM kv WHERE k >= ?1 ORDER BY k")
+            scanRangeStatement = try prepare("SELECT k, v FROM kv WHERE k >= ?1 AND k < ?2 ORDER BY k")
+            deleteFromStatement = try prepare("DELETE FROM kv WHERE k >= ?1")
+            deleteRangeStatement = try prepare("DELETE FROM kv WHERE k >= ?1 AND k < ?2")
+            beginStatement = try prepare("BEGIN IMMEDIATE")
+            commitStatement = try prepare("COMMIT")
+            rollbackStatement = try prepare("ROLLBACK")
+        } catch {
+            close()
+            throw error
+        }
+    }
+
+    func close() {
+        guard let db else { return }
+        if sqlite3_get_autocommit(db) == 0 { sqlite3_exec(db, "ROLLBACK", nil, nil, nil) }
+        statements.forEach { sqlite3_finalize($0) }
+        statements = []
+        sqlite3_close_v2(db)
+        self.db = nil
+    }
+
+    // MARK: operations (each returns a masq status)
+
+    func begin() -> Int32 { step(beginStatement, "begin") }
+    func commit() -> Int32 { step(commitStatement, "commit") }
+    func rollback() -> Int32 { sqlite3_get_autocommit(db) != 0 ? MASQ_OK : step(rollbackStatement, "rollback") }
+
+    func get(_ key: UnsafePointer<UInt8>?, _ keyLength: Int, _ sink: masq_bytes_sink, _ context: UnsafeMutableRawPointer?) -> Int32 {
+        let s = getStatement!
+        defer { sqlite3_reset(s); sqlite3_clear_bindings(s) }
+        bind(s, 1, key, keyLength)
+        switch sqlite3_step(s) {
+        case SQLITE_ROW:
+            return sink(context, sqlite3_column_blob(s, 0)?.assumingMemoryBound(to: UInt8.self), Int(sqlite3_column_bytes(s, 0)))
+        case SQLITE_DONE:
+            return MASQ_E_NOT_FOUND
+        case let rc:
+            return fail(rc, "get")
+        }
+    }
+
+    func put(_ key: UnsafePointer<UInt8>?, _ keyLength: Int, _ value: UnsafePointer<UInt8>?, _ valueLength: Int) -> Int32 {
+        let s = putStatement!
+        bind(s, 1, key, keyLength)
+        bind(s, 2, value, valueLength)
+        return step(s, "put")
+    }
+
+    func delete(_ key: UnsafePointer<UInt8>?, _ keyLength: Int) -> Int32 {
+        let s = deleteStatement!
+        bind(s, 1, key, keyLength)
+        return step(s, "del")
+    }
+
+    func scan(_ start: UnsafePointer<UInt8>?, _ startLength: Int, _ end: UnsafePointer<UInt8>?, _ endLength: Int,
+              _ visitor: masq_scan_visitor, _ context: UnsafeMutableRawPointer?) -> Int32 {
+        let s: OpaquePointer = end == nil ? scanFromStatement : scanRangeStatement
+        defer { sqlite3_reset(s); sqlite3_clear_bindings(s) }
+        bind(s, 1, start, startLength)
+        if end != nil { bind(s, 2, end, endLength) }
+        while true {
+            switch sqlite3_step(s) {
+            case SQLITE_ROW:
+                let result = visitor(context,
+                                     sqlite3_column_blob(s, 0)?.assumingMemoryBound(to: UInt8.self), Int(sqlite3_column_bytes(s, 0)),
+                                     sqlite3_column_blob(s, 1)?.assumingMemoryBound(to: UInt8.self), Int(sqlite3_column_bytes(s, 1)))
+                if result == MASQ_SCAN_STOP { return MASQ_OK }
+                if result != MASQ_OK { return result }
+            case SQLITE_DONE:
+                return MASQ_OK
+            case let rc:
+                return fail(rc, "scan")
+            }
+        }
+    }
+
+    func deleteRange(_ start: UnsafePointer<UInt8>?, _ startLength: Int, _ end: UnsafePointer<UInt8>?, _ endLength: Int) -> Int32 {
+        let s: OpaquePointer = end == nil ? deleteFromStatement : deleteRangeStatement
+        bind(s, 1, start, startLength)
+        if end != nil { bind(s, 2, end, endLength) }
+        return step(s, "delete_range")
+    }
+
+    // MARK: plumbing
+
+    /// Bind bytes; SQLite turns a NULL pointer into SQL NULL, so an empty
+    /// byte string is bound as a zero-length blob instead.
+    private func bind(_ s: OpaquePointer, _ index: Int32, _ bytes: UnsafePointer<UInt8>?, _ length: Int) {
+        if length == 0 || bytes == nil {
+            sqlite3_bind_zeroblob(s, index, 0)
+        } else {
+            sqlite3_bind_blob64(s, index, bytes, sqlite3_uint64(length), staticBytes)
+        }
+    }
+
+    /// Run a statement that returns no rows, then reset it.
+    private func step(_ s: OpaquePointer, _ operation: String) -> Int32 {
+        let rc = sqlite3_step(s)
+        sqlite3_reset(s)
+        sqlite3_clear_bindings(s)
+        return rc == SQLITE_DONE || rc == SQLITE_OK ? MASQ_OK : fail(rc, operation)
+    }
+
+    private func fail(_ rc: Int32, _ operation: String) -> Int32 {
+        let message = "\(operation): \(String(cString: sqlite3_errstr(rc))) (\(String(cString: sqlite3_errmsg(db))))"
+        return host.pointee.error(host, Self.status(rc), message)
+    }
+
+    static func status(_ rc: Int32) -> Int32 {
+        switch rc & 0xFF {
+        case SQLITE_BUSY, SQLITE_LOCKED: MASQ_E_BUSY
+        case SQLITE_NOMEM: MASQ_E_NOMEM
+        case SQLITE_CORRUPT, SQLITE_NOTADB: MASQ_E_CORRUPT
+        case SQLITE_TOOBIG: MASQ_E_TOO_LARGE
+        case SQLITE_MISUSE: MASQ_E_INTERNAL
+        default: MASQ_E_IO
+        }
+    }
+
+    private func prepare(_ sql: String) throws(Failure) -> OpaquePointer {
+        var s: OpaquePointer?
+        let rc = sqlite3_prepare_v3(db, sql, -1, UInt32(SQLITE_PREPARE_PERSISTENT), &s, nil)
+        guard rc == SQLITE_OK, let s else { throw Failure(Self.status(rc), "prepare: \(String(cString: sqlite3_errmsg(db)))") }
+        statements.append(s)
+        return s
+    }
+
+    private func execute(_ sql: String) throws(Failure) {
+        let rc = sqlite3_exec(db, sql, nil, nil, nil)
+        guard rc == SQLITE_OK else { throw Failure(Self.status(rc), "\(sql): \(String(cString: sqlite3_errmsg(db)))") }
+    }
+
+    private func queryText(_ sql: String) throws(Failure) -> String {
+        var s: OpaquePointer?
+        let rc = sqlite3_prepare_v2(db, sql, -1, &s, nil)
+        guard rc == SQLITE_OK, let s else { throw Failure(Self.status(rc), "\(sql): \(String(cString: sqlite3_errmsg(db)))") }
+        defer { sqlite3_finalize(s) }
+        let step = sqlite3_step(s)
+        guard step == SQLITE_ROW, let text = sqlite3_column_text(s, 0) else {
+            throw Failure(Self.status(step), "\(sql): \(String(cString: sqlite3_errmsg(db)))")
+        }
+        return String(cString: text)
+    }
+
+    struct Failure: Error {
+        let status: Int32
+        let message: String
+        init(_ status: Int32, _ message: String) {
+            self.status = status
+            self.message = message
+        }
+    }
+}
+
+// MARK: - options
+
+/// Parse the options the kernel passes; unknown keys and bad values are errors.
+private func parseOptions(_ list: UnsafePointer<masq_plugin_option>?, _ count: Int) throws(SQLiteDatabase.Failure) -> SQLiteDatabase.Options {
+    var options = SQLiteDatabase.Options()
+    for i in 0..<count {
+        guard let list, let keyPointer = list[i].key, let valuePointer = list[i].value else {
+            throw .init(MASQ_E_INVALID, "option \(i) has a NULL key or value")
+        }
+        let key = String(cString: keyPointer)
+        let value = String(cString: valuePointer)
+        switch key {
+        case "data_dir":
+            options.dataDir = value
+        case "file":
+            guard !value.isEmpty else { throw .init(MASQ_E_CONFIG, "option file must not be empty") }
+            options.file = value
+        case "synchronous":
+            let allowed = ["off", "normal", "full", "extra"]
+            guard allowed.contains(value.lowercased()) else {
+                throw .init(MASQ_E_CONFIG, "option synchronous must be one of \(allowed.joined(separator: ", ")), not \"\(value)\"")
+            }
+            options.synchronous = value.lowercased()
+        case "busy_timeout_ms":
+            guard let ms = Int32(value), ms >= 0 else { throw .init(MASQ_E_CONFIG, "option busy_timeout_ms must be a non-negative integer, not \"\(value)\"") }
+            options.busyTimeoutMilliseconds = ms
+        case "cache_size_kib":
+            guard let kib = Int(value), kib > 0, kib <= 16 << 20 else { throw .init(MASQ_E_CONFIG, "option cache_size_kib must be 1...\(16 << 20), not \"\(value)\"") }
+            options.cacheSizeKiB = kib
+        default:
+            throw .init(MASQ_E_CONFIG, "unknown option \"\(key)\" (known: file, synchronous, busy_timeout_ms, cache_size_kib)")
+        }
+    }
+    return options
+}
+
+// MARK: - the vtable and descriptor
+
+@inline(__always)
+private func database(_ raw: UnsafeMutableRawPointer?) -> SQLiteDatabase? {
+    raw.map { Unmanaged<SQLiteDatabase>.fromOpaque($0).takeUnretainedValue() }
+}
+
+nonisolated(unsafe) private let vtable: UnsafeMutablePointer<masq_storage_vtable> = {
+    let v = UnsafeMutablePointer<masq_storage_vtable>.allocate(capacity: 1)
+    var t = masq_storage_vtable()
+    t.struct_size = UInt32(MemoryLayout<masq_storage_vtable>.size)
+    t.flags = MASQ_STORAGE_PERSISTENT
+    t.open = { host, options, count, out in
+        guard let host, let out else { return MASQ_E_INVALID }
+        // The host functions this plugin calls must be present in the host's table.
+        guard host.pointee.struct_size >= UInt32(MemoryLayout<masq_host>.offset(of: \masq_host.random_bytes)!) else {
+            return MASQ_E_INVALID
+        }
+        do throws(SQLiteDatabase.Failure) {
+            let db = try SQLiteDatabase(host: host, options: try parseOptions(options, count))
+            out.pointee = Unmanaged.passRetained(db).toOpaque()
+            return MASQ_OK
+        } catch {
+            return host.pointee.error(host, error.status, error.message)
+        }
+    }
+    t.close = { raw in
+        guard let raw else { return }
+        let unmanaged = Unmanaged<SQLiteDatabase>.fromOpaque(raw)
+        unmanaged.takeUnretainedValue().close()
+        unmanaged.release()
+    }
+    t.begin = { raw in database(raw)?.begin() ?? MASQ_E_INVALID }
+    t.commit = { raw in database(raw)?.commit() ?? MASQ_E_INVALID }
+    t.rollback = { raw in database(raw)?.rollback() ?? MASQ_E_INVALID }
+    t.get = { raw, key, length, sink, context in
+        guard let db = database(raw), let sink else { return MASQ_E_INVALID }
+        return db.get(key, length, sink, context)
+    }
+    t.put = { raw, key, keyLength, value, valueLength in database(raw)?.put(key, keyLength, value, valueLength) ?? MASQ_E_INVALID }
+    t.del = { raw, key, length in database(raw)?.delete(key, length) ?? MASQ_E_INVALID }
+    t.scan = { raw, start, startLength, end, endLength, flags, visitor, context in
+        guard let db = database(raw), let visitor, flags == 0 else { return MASQ_E_INVALID }
+        return db.scan(start, startLength, end, endLength, visitor, context)
+    }
+    t.delete_range = { raw, start, startLength, end, endLength in
+        database(raw)?.deleteRange(start, startLength, end, endLength) ?? MASQ_E_INVALID
+    }
+    v.initialize(to: t)
+    return v
+}()
+
+nonisolated(unsafe) private let descriptor: UnsafeMutablePointer<masq_plugin_descriptor> = {
+    let d = UnsafeMutablePointer<masq_plugin_descriptor>.allocate(capacity: 1)
+    var t = masq_plugin_descriptor()
+    t.struct_size = UInt32(MemoryLayout<masq_plugin_descriptor>.size)
+    t.abi_version = UInt32(MASQ_PLUGIN_ABI_VERSION)
+    t.kind = UInt32(MASQ_PLUGIN_STORAGE)
+    t.name = UnsafeRawPointer(pluginName.utf8Start).assumingMemoryBound(to: CChar.self)
+    t.version = UnsafeRawPointer(pluginVersion.utf8Start).assumingMemoryBound(to: CChar.self)
+    t.description = UnsafeRawPointer(pluginSummary.utf8Start).assumingMemoryBound(to: CChar.self)
+    t.vtable = UnsafeRawPointer(vtable)
+    d.initialize(to: t)
+    return d
+}()
+
+@c @implementation
+public func masq_plugin_entry() -> UnsafePointer<masq_plugin_descriptor>! {
+    UnsafePointer(descriptor)
+}
