@@ -1,27 +1,42 @@
 /// How the store's data model maps onto the storage plugin's flat ordered
 /// key space (docs/STORAGE-FORMAT.md). One byte tags each key family:
 ///
-///   'M' name                          meta: format, replica id, clock
-///   'R' u8 nsLen, ns, key             record: header + value (or tombstone)
+///   'M' name                          meta: format, replica id, clock, next namespace id
+///   'N' namespace name                namespace id (varint)
+///   'n' u32 namespace id              namespace name
+///   'R' varint nsID, key              record: header + value (or tombstone)
 ///   'L' u64 replica, u64 seq          change log: the keys one commit wrote
 ///   'V' u64 replica                   version vector: highest seq applied
 ///
-/// Integers are big-endian so that byte order is numeric order.
+/// Namespaces are stored as small ids (varints are prefix-free, so each
+/// namespace's records form one contiguous key range); integers in keys are
+/// big-endian so that byte order is numeric order.
 enum RecordFormat {
     static let version: UInt8 = 1
-    static let meta: UInt8 = 0x4D      // 'M'
-    static let record: UInt8 = 0x52    // 'R'
-    static let log: UInt8 = 0x4C       // 'L'
-    static let vector: UInt8 = 0x56    // 'V'
+    static let meta: UInt8 = 0x4D       // 'M'
+    static let namespaceByName: UInt8 = 0x4E  // 'N'
+    static let namespaceByID: UInt8 = 0x6E    // 'n'
+    static let record: UInt8 = 0x52     // 'R'
+    static let log: UInt8 = 0x4C        // 'L'
+    static let vector: UInt8 = 0x56     // 'V'
 
     static let metaFormat: [UInt8] = [meta] + Array("format".utf8)
     static let metaReplica: [UInt8] = [meta] + Array("replica".utf8)
     static let metaClock: [UInt8] = [meta] + Array("clock".utf8)
+    static let metaNextNamespace: [UInt8] = [meta] + Array("nsnext".utf8)
 
-    /// 'R' nsLen ns — the prefix of every record key of a namespace.
-    static func namespacePrefix(_ ns: NamespaceName) -> [UInt8] {
-        var out = [record, UInt8(ns.bytes.count)]
-        out += ns.bytes
+    /// 'R' varint(id) — the prefix of every record key of a namespace.
+    static func recordPrefix(namespaceID: UInt32) -> [UInt8] {
+        var out = [record]
+        out.appendVarint(UInt64(namespaceID))
+        return out
+    }
+
+    static func namespaceNameKey(_ ns: NamespaceName) -> [UInt8] { [namespaceByName] + ns.bytes }
+
+    static func namespaceIDKey(_ id: UInt32) -> [UInt8] {
+        var out = [namespaceByID]
+        out.appendBigEndian32(id)
         return out
     }
 
@@ -66,52 +81,100 @@ public struct Version: Sendable, Equatable, Comparable, Hashable {
     }
 }
 
-/// The fixed header in front of every stored record value.
+/// The header in front of every stored record value (variable length, so a
+/// fresh key pays 20-odd bytes, not the worst case):
 ///
-///   u8  format (1)      u8  flags (bit 0: tombstone)
-///   u64 timestamp       u64 replica      u64 seq (the writer's commit)
-///   u64 previous timestamp, u64 previous replica (the version this write replaced)
+///   u8  format (1)
+///   u8  flags: bit 0 tombstone, bit 1 has previous, bit 2 previous replica is this replica
+///   u64 timestamp, u64 replica, varint seq (the writer's commit)
+///   [u64 previous timestamp] [u64 previous replica]   the version this write replaced
 struct RecordHeader: Equatable {
-    static let size = 42
+    static let maxSize = 2 + 16 + 10 + 16
     static let tombstoneFlag: UInt8 = 1
+    static let previousFlag: UInt8 = 2
+    static let sameReplicaFlag: UInt8 = 4
 
     var tombstone: Bool
     var version: Version
     var seq: UInt64
     var previous: Version
+    /// Bytes the header occupies (set by read; what write will produce otherwise).
+    var size: Int {
+        var n = 18 + varintSize(seq)
+        if previous != .none { n += previous.replica == version.replica ? 8 : 16 }
+        return n
+    }
 
-    func write(to out: UnsafeMutableRawBufferPointer) {
+    /// Write into `out` (at least `size` bytes); returns the bytes written.
+    @discardableResult
+    func write(to out: UnsafeMutableRawBufferPointer) -> Int {
+        var flags: UInt8 = tombstone ? RecordHeader.tombstoneFlag : 0
+        if previous != .none {
+            flags |= RecordHeader.previousFlag
+            if previous.replica == version.replica { flags |= RecordHeader.sameReplicaFlag }
+        }
         out[0] = RecordFormat.version
-        out[1] = tombstone ? RecordHeader.tombstoneFlag : 0
+        out[1] = flags
         out.storeBigEndian(version.timestamp, at: 2)
         out.storeBigEndian(version.replica, at: 10)
-        out.storeBigEndian(seq, at: 18)
-        out.storeBigEndian(previous.timestamp, at: 26)
-        out.storeBigEndian(previous.replica, at: 34)
+        var offset = 18
+        var v = seq
+        while v >= 0x80 {
+            out[offset] = UInt8(truncatingIfNeeded: v) | 0x80
+            v >>= 7
+            offset += 1
+        }
+        out[offset] = UInt8(v)
+        offset += 1
+        if previous != .none {
+            out.storeBigEndian(previous.timestamp, at: offset)
+            offset += 8
+            if previous.replica != version.replica {
+                out.storeBigEndian(previous.replica, at: offset)
+                offset += 8
+            }
+        }
+        return offset
     }
 
     static func read(_ bytes: UnsafeRawBufferPointer) throws(MasqError) -> RecordHeader {
-        guard bytes.count >= size else { throw .corrupt("record shorter than its header (\(bytes.count) bytes)") }
-        guard bytes[0] == RecordFormat.version else { throw .corrupt("record format \(bytes[0]) unknown (this library reads \(RecordFormat.version))") }
-        guard bytes[1] & ~tombstoneFlag == 0 else { throw .corrupt("record has unknown flags \(bytes[1])") }
-        return RecordHeader(tombstone: bytes[1] & tombstoneFlag != 0,
-                            version: Version(timestamp: bytes.loadBigEndian(at: 2), replica: bytes.loadBigEndian(at: 10)),
-                            seq: bytes.loadBigEndian(at: 18),
-                            previous: Version(timestamp: bytes.loadBigEndian(at: 26), replica: bytes.loadBigEndian(at: 34)))
+        var reader = ByteReader(bytes)
+        guard try reader.byte() == RecordFormat.version else { throw .corrupt("record format \(bytes[0]) unknown (this library reads \(RecordFormat.version))") }
+        let flags = try reader.byte()
+        guard flags & ~(tombstoneFlag | previousFlag | sameReplicaFlag) == 0 else { throw .corrupt("record has unknown flags \(flags)") }
+        let version = Version(timestamp: try reader.uint64(), replica: try reader.uint64())
+        let seq = try reader.varint()
+        var previous = Version.none
+        if flags & previousFlag != 0 {
+            previous.timestamp = try reader.uint64()
+            previous.replica = flags & sameReplicaFlag != 0 ? version.replica : try reader.uint64()
+        }
+        return RecordHeader(tombstone: flags & tombstoneFlag != 0, version: version, seq: seq, previous: previous)
+    }
+
+    /// The value that follows the header in `record`.
+    static func value(in record: UnsafeRawBufferPointer, header: RecordHeader) -> UnsafeRawBufferPointer {
+        UnsafeRawBufferPointer(rebasing: record[header.size...])
     }
 }
 
-/// A change-log entry: the (namespace, key) pairs one commit wrote.
-///   u8 format, varint count, then per key: u8 nsLen, ns, varint keyLen, key
+func varintSize(_ value: UInt64) -> Int {
+    var n = 1
+    var v = value
+    while v >= 0x80 { v >>= 7; n += 1 }
+    return n
+}
+
+/// A change-log entry: the (namespace id, key) pairs one commit wrote.
+///   u8 format, varint count, then per key: varint nsID, varint keyLen, key
 struct LogEntryWriter {
     private(set) var bytes: [UInt8] = []
     private(set) var count = 0
 
-    mutating func append(namespace: NamespaceName, key: UnsafeRawBufferPointer) {
-        bytes.append(UInt8(namespace.bytes.count))
-        bytes += namespace.bytes
+    mutating func append(namespaceID: UInt32, key: UnsafeRawBufferPointer) {
+        bytes.appendVarint(UInt64(namespaceID))
         bytes.appendVarint(UInt64(key.count))
-        bytes += key
+        bytes.append(contentsOf: key)
         count += 1
     }
 
@@ -123,18 +186,19 @@ struct LogEntryWriter {
         return out
     }
 
-    static func decode(_ data: UnsafeRawBufferPointer) throws(MasqError) -> [(namespace: [UInt8], key: [UInt8])] {
+    static func decode(_ data: UnsafeRawBufferPointer) throws(MasqError) -> [(namespaceID: UInt32, key: [UInt8])] {
         var reader = ByteReader(data)
         guard try reader.byte() == RecordFormat.version else { throw .corrupt("change-log entry in an unknown format") }
         let count = try reader.varint()
         guard count <= UInt64(data.count) else { throw .corrupt("change-log entry claims \(count) keys in \(data.count) bytes") }
-        var out: [(namespace: [UInt8], key: [UInt8])] = []
+        var out: [(namespaceID: UInt32, key: [UInt8])] = []
         out.reserveCapacity(Int(count))
         for _ in 0..<count {
-            let ns = try reader.bytes(Int(try reader.byte()))
+            let id = try reader.varint()
+            guard id <= UInt64(UInt32.max) else { throw .corrupt("change-log namespace id out of range") }
             let keyLength = try reader.varint()
             guard keyLength <= UInt64(data.count) else { throw .corrupt("change-log key length out of range") }
-            out.append((ns, try reader.bytes(Int(keyLength))))
+            out.append((UInt32(id), try reader.bytes(Int(keyLength))))
         }
         guard reader.isAtEnd else { throw .corrupt("change-log entry has trailing bytes") }
         return out
@@ -184,6 +248,10 @@ struct ByteReader {
 extension Array where Element == UInt8 {
     mutating func appendBigEndian(_ value: UInt64) {
         for shift in stride(from: 56, through: 0, by: -8) { append(UInt8(truncatingIfNeeded: value >> UInt64(shift))) }
+    }
+
+    mutating func appendBigEndian32(_ value: UInt32) {
+        for shift in stride(from: 24, through: 0, by: -8) { append(UInt8(truncatingIfNeeded: value >> UInt32(shift))) }
     }
 
     mutating func appendVarint(_ value: UInt64) {

@@ -22,6 +22,8 @@ public final class Store: @unchecked Sendable {
     private var clock = HybridLogicalClock()
     private var closed = false
     private let hub: WatchHub
+    /// Namespace name -> id, for committed assignments only (ids never change).
+    private var namespaceIDs: [String: UInt32] = [:]
 
     /// Entries per chunk when listing without holding the lock throughout.
     static let listChunk = 256
@@ -99,11 +101,12 @@ public final class Store: @unchecked Sendable {
         try checkKey(key)
         return try lock.withLock { () throws(MasqError) -> T? in
             try ensureOpen()
-            return try withRecordKey(ns, key) { (recordKey) throws(MasqError) -> T? in
+            guard let id = try existingNamespaceID(ns) else { return nil }
+            return try withRecordKey(id, key) { (recordKey) throws(MasqError) -> T? in
                 let hit = try engine.get(recordKey) { (record) throws(MasqError) -> T? in
                     let header = try RecordHeader.read(record)
                     if header.tombstone { return nil }
-                    return try body(UnsafeRawBufferPointer(rebasing: record[RecordHeader.size...]))
+                    return try body(RecordHeader.value(in: record, header: header))
                 }
                 return hit ?? nil
             }
@@ -119,7 +122,8 @@ public final class Store: @unchecked Sendable {
     public func list(_ ns: NamespaceName, prefix: [UInt8] = [], keysOnly: Bool = false,
                      _ visitor: (_ key: [UInt8], _ value: [UInt8]?) throws(MasqError) -> Bool) throws(MasqError) {
         guard prefix.count <= limits.maxKeyBytes else { throw .tooLarge("prefix is longer than limits.max_key_bytes") }
-        let base = RecordFormat.namespacePrefix(ns)
+        guard let id = try lock.withLock({ () throws(MasqError) in try ensureOpen(); return try existingNamespaceID(ns) }) else { return }
+        let base = RecordFormat.recordPrefix(namespaceID: id)
         let end = RecordFormat.successor(ofPrefix: base + prefix)
         var cursor = base + prefix
         while true {
@@ -133,7 +137,7 @@ public final class Store: @unchecked Sendable {
                     last = Array(key)
                     let header = try RecordHeader.read(record)
                     if !header.tombstone {
-                        chunk.append((Array(key[base.count...]), keysOnly ? nil : Array(record[RecordHeader.size...])))
+                        chunk.append((Array(key[base.count...]), keysOnly ? nil : Array(RecordHeader.value(in: record, header: header))))
                     }
                     return chunk.count < Store.listChunk && visited < Store.listChunk * 16
                 }
@@ -150,9 +154,10 @@ public final class Store: @unchecked Sendable {
     /// `body` sees them while the lock is held, without copies.
     public func withAllEntries<T>(_ ns: NamespaceName,
                                   _ body: (_ entries: [(key: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer)]) throws(MasqError) -> T) throws(MasqError) -> T {
-        let base = RecordFormat.namespacePrefix(ns)
         return try lock.withLock { () throws(MasqError) -> T in
             try ensureOpen()
+            guard let id = try existingNamespaceID(ns) else { return try body([]) }
+            let base = RecordFormat.recordPrefix(namespaceID: id)
             // One scan copies records into a single buffer; slices point into it.
             var blob: [UInt8] = []
             var spans: [(Int, Int, Int, Int)] = []
@@ -165,7 +170,7 @@ public final class Store: @unchecked Sendable {
                 let keyStart = blob.count
                 blob += key[base.count...]
                 let valueStart = blob.count
-                blob += record[RecordHeader.size...]
+                blob += RecordHeader.value(in: record, header: header)
                 spans.append((keyStart, valueStart - keyStart, valueStart, blob.count - valueStart))
                 return true
             }
@@ -180,28 +185,29 @@ public final class Store: @unchecked Sendable {
         try withAllEntries(ns) { $0.map { (Array($0.key), Array($0.value)) } }
     }
 
-    /// Namespaces holding at least one live key, in (length, bytes) order.
+    /// Namespaces holding at least one live key, in bytewise order.
     public func namespaces() throws(MasqError) -> [String] {
-        var result: [String] = []
-        var cursor: [UInt8] = [RecordFormat.record]
-        let end: [UInt8] = [RecordFormat.record + 1]
-        while true {
-            var found: (ns: [UInt8], live: Bool)?
-            try lock.withLock { () throws(MasqError) in
-                try ensureOpen()
-                try engine.scan(from: cursor, to: end) { (key, record) throws(MasqError) -> Bool in
-                    guard key.count >= 2, key.count >= 2 + Int(key[1]) else { throw .corrupt("malformed record key") }
-                    let ns = Array(key[2..<(2 + Int(key[1]))])
-                    if let current = found, current.ns != ns { return false }
-                    let live = try !RecordHeader.read(record).tombstone
-                    found = (ns, live)
-                    return !live
-                }
+        try lock.withLock { () throws(MasqError) -> [String] in
+            try ensureOpen()
+            var all: [(NamespaceName, UInt32)] = []
+            try engine.scan(from: [RecordFormat.namespaceByName], to: [RecordFormat.namespaceByName + 1]) { (key, value) throws(MasqError) -> Bool in
+                var reader = ByteReader(value)
+                let id = try reader.varint()
+                guard id <= UInt64(UInt32.max), key.count > 1 else { throw .corrupt("malformed namespace entry") }
+                all.append((try NamespaceName(storedBytes: Array(key[1...])), UInt32(id)))
+                return true
             }
-            guard let namespace = found else { return result }
-            if namespace.live { result.append(try NamespaceName(storedBytes: namespace.ns).string) }
-            guard let next = RecordFormat.successor(ofPrefix: [RecordFormat.record, UInt8(namespace.ns.count)] + namespace.ns) else { return result }
-            cursor = next
+            var live: [String] = []
+            for (name, id) in all {
+                let base = RecordFormat.recordPrefix(namespaceID: id)
+                var found = false
+                try engine.scan(from: base, to: RecordFormat.successor(ofPrefix: base)) { (_, record) throws(MasqError) -> Bool in
+                    found = try !RecordHeader.read(record).tombstone
+                    return !found
+                }
+                if found { live.append(name.string) }
+            }
+            return live
         }
     }
 
@@ -244,9 +250,9 @@ public final class Store: @unchecked Sendable {
             }
         }
         try write { (commit) throws(MasqError) in
-            if replace {
+            if replace, let id = try existingNamespaceID(ns, commit: commit) {
                 let keep = Set(entries.map { Array($0.key) })
-                let base = RecordFormat.namespacePrefix(ns)
+                let base = RecordFormat.recordPrefix(namespaceID: id)
                 var doomed: [[UInt8]] = []
                 try engine.scan(from: base, to: RecordFormat.successor(ofPrefix: base)) { (key, record) throws(MasqError) -> Bool in
                     let userKey = Array(key[base.count...])
@@ -326,7 +332,7 @@ public final class Store: @unchecked Sendable {
             }
             guard let entry else { return nil }
             var out: [(namespace: String, key: [UInt8])] = []
-            for item in entry { out.append((try NamespaceName(storedBytes: item.namespace).string, item.key)) }
+            for item in entry { out.append((try namespaceName(id: item.namespaceID), item.key)) }
             return out
         }
     }
@@ -335,8 +341,9 @@ public final class Store: @unchecked Sendable {
     public func recordInfo(_ ns: NamespaceName, key: [UInt8]) throws(MasqError) -> (version: Version, seq: UInt64, previous: Version, deleted: Bool)? {
         try lock.withLock { () throws(MasqError) -> (version: Version, seq: UInt64, previous: Version, deleted: Bool)? in
             try ensureOpen()
+            guard let id = try existingNamespaceID(ns) else { return nil }
             return try key.withBytes { (k) throws(MasqError) in
-                try withRecordKey(ns, k) { (recordKey) throws(MasqError) in
+                try withRecordKey(id, k) { (recordKey) throws(MasqError) in
                     try engine.get(recordKey) { (bytes) throws(MasqError) in
                         let h = try RecordHeader.read(bytes)
                         return (h.version, h.seq, h.previous, h.tombstone)
@@ -354,6 +361,8 @@ public final class Store: @unchecked Sendable {
         let timestamp: UInt64
         var log = LogEntryWriter()
         var changes: [Change]?
+        /// Namespace ids assigned by this commit; cached only once it commits.
+        var newNamespaces: [String: UInt32] = [:]
     }
 
     /// Run `body` in one engine transaction; append the change-log entry and
@@ -376,6 +385,7 @@ public final class Store: @unchecked Sendable {
                 try Store.putMeta(engine, RecordFormat.logKey(replica: replicaID, seq: commit.seq), commit.log.encoded())
                 try Store.putMeta(engine, RecordFormat.metaClock, bigEndianBytes(commit.seq) + bigEndianBytes(commit.timestamp))
                 try engine.commit()
+                namespaceIDs.merge(commit.newNamespaces) { a, _ in a }
                 if let changes = commit.changes { hub.publish(changes) }
             } catch {
                 engine.rollback()
@@ -388,7 +398,11 @@ public final class Store: @unchecked Sendable {
     /// absent or deleted key writes nothing.
     private func stage(_ commit: inout Commit, _ ns: NamespaceName, _ key: UnsafeRawBufferPointer,
                        _ value: UnsafeRawBufferPointer?) throws(MasqError) {
-        try withRecordKey(ns, key) { (recordKey) throws(MasqError) in
+        let existing = try existingNamespaceID(ns, commit: commit)
+        if existing == nil && value == nil { return }
+        let id: UInt32
+        if let existing { id = existing } else { id = try assignNamespaceID(ns, &commit) }
+        try withRecordKey(id, key) { (recordKey) throws(MasqError) in
             let old = try engine.get(recordKey) { (bytes) throws(MasqError) in try RecordHeader.read(bytes) }
             if value == nil && (old == nil || old!.tombstone) { return }
             let version = Version(timestamp: commit.timestamp, replica: replicaID)
@@ -404,30 +418,77 @@ public final class Store: @unchecked Sendable {
                 }
             }
             let header = RecordHeader(tombstone: value == nil, version: version, seq: commit.seq, previous: previous)
-            let length = RecordHeader.size + (value?.count ?? 0)
+            let length = header.size + (value?.count ?? 0)
             try withUnsafeTemporaryAllocation(byteCount: length, alignment: 8) { (record) throws(MasqError) in
-                header.write(to: record)
+                let offset = header.write(to: record)
                 if let value, value.count > 0 {
-                    UnsafeMutableRawBufferPointer(rebasing: record[RecordHeader.size...]).copyMemory(from: value)
+                    UnsafeMutableRawBufferPointer(rebasing: record[offset...]).copyMemory(from: value)
                 }
                 try engine.put(recordKey, UnsafeRawBufferPointer(record))
             }
-            if !rewrite { commit.log.append(namespace: ns, key: key) }
+            if !rewrite { commit.log.append(namespaceID: id, key: key) }
             commit.changes?.append(Change(kind: value == nil ? .delete : .put, origin: .local, namespace: ns.string,
                                           key: Array(key), value: value.map { Array($0) }, version: version))
         }
     }
 
-    private func withRecordKey<T>(_ ns: NamespaceName, _ key: UnsafeRawBufferPointer,
+    /// Build 'R' varint(id) key in a stack buffer and pass it to body.
+    private func withRecordKey<T>(_ namespaceID: UInt32, _ key: UnsafeRawBufferPointer,
                                   _ body: (UnsafeRawBufferPointer) throws(MasqError) -> T) throws(MasqError) -> T {
-        let length = 2 + ns.bytes.count + key.count
-        return try withUnsafeTemporaryAllocation(byteCount: length, alignment: 1) { (buffer) throws(MasqError) -> T in
+        let idLength = varintSize(UInt64(namespaceID))
+        return try withUnsafeTemporaryAllocation(byteCount: 1 + idLength + key.count, alignment: 1) { (buffer) throws(MasqError) -> T in
             buffer[0] = RecordFormat.record
-            buffer[1] = UInt8(ns.bytes.count)
-            ns.bytes.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: buffer[2..<(2 + ns.bytes.count)]).copyMemory(from: $0) }
-            if key.count > 0 { UnsafeMutableRawBufferPointer(rebasing: buffer[(2 + ns.bytes.count)...]).copyMemory(from: key) }
+            var v = namespaceID
+            var offset = 1
+            while v >= 0x80 {
+                buffer[offset] = UInt8(truncatingIfNeeded: v) | 0x80
+                v >>= 7
+                offset += 1
+            }
+            buffer[offset] = UInt8(v)
+            if key.count > 0 { UnsafeMutableRawBufferPointer(rebasing: buffer[(1 + idLength)...]).copyMemory(from: key) }
             return try body(UnsafeRawBufferPointer(buffer))
         }
+    }
+
+    /// The id of a namespace that was ever written, or nil. Caller holds the lock.
+    private func existingNamespaceID(_ ns: NamespaceName, commit: Commit? = nil) throws(MasqError) -> UInt32? {
+        if let id = commit?.newNamespaces[ns.string] ?? namespaceIDs[ns.string] { return id }
+        guard let bytes = try Store.getMeta(engine, RecordFormat.namespaceNameKey(ns)) else { return nil }
+        let id = try bytes.withBytes { (raw) throws(MasqError) -> UInt64 in
+            var reader = ByteReader(raw)
+            return try reader.varint()
+        }
+        guard id > 0 && id <= UInt64(UInt32.max) else { throw .corrupt("namespace '\(ns)' has an invalid id") }
+        namespaceIDs[ns.string] = UInt32(id)
+        return UInt32(id)
+    }
+
+    /// Give a namespace its id, inside the write transaction `commit`.
+    private func assignNamespaceID(_ ns: NamespaceName, _ commit: inout Commit) throws(MasqError) -> UInt32 {
+        var next: UInt32 = 1
+        if let bytes = try Store.getMeta(engine, RecordFormat.metaNextNamespace) {
+            guard bytes.count == 4 else { throw .corrupt("malformed namespace counter") }
+            next = bytes.reduce(0) { $0 << 8 | UInt32($1) }
+        }
+        guard next < UInt32.max else { throw MasqError(.tooLarge, "no namespace ids left") }
+        var idBytes: [UInt8] = []
+        idBytes.appendVarint(UInt64(next))
+        var following: [UInt8] = []
+        following.appendBigEndian32(next + 1)
+        try Store.putMeta(engine, RecordFormat.namespaceNameKey(ns), idBytes)
+        try Store.putMeta(engine, RecordFormat.namespaceIDKey(next), ns.bytes)
+        try Store.putMeta(engine, RecordFormat.metaNextNamespace, following)
+        commit.newNamespaces[ns.string] = next
+        return next
+    }
+
+    /// The name of namespace `id`. Caller holds the lock.
+    private func namespaceName(id: UInt32) throws(MasqError) -> String {
+        guard let bytes = try Store.getMeta(engine, RecordFormat.namespaceIDKey(id)) else {
+            throw .corrupt("change log names unknown namespace id \(id)")
+        }
+        return try NamespaceName(storedBytes: bytes).string
     }
 
     private func checkKey(_ key: UnsafeRawBufferPointer) throws(MasqError) {
