@@ -35,7 +35,7 @@ let package = Package(
         // The core: config, plugin loader, store semantics, the C API.
         .target(name: "MasqKernel", dependencies: ["CMasq", "CMasqSupport"]),
         // Links the kernel into libmasq.so exporting only masq_*.
-        .target(name: "MasqLibrary", dependencies: ["MasqKernel"],
+        .target(name: "MasqLibrary", dependencies: ["MasqKernel"], exclude: ["exports.map"],
                 linkerSettings: exportsOnly("Sources/MasqLibrary/exports.map")),
 
         .executableTarget(name: "MasqCLI", dependencies: [

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <dlfcn.h>
 #include <sys/random.h>
+#include <unistd.h>
 
 #define MESSAGE_CAPACITY 1024
 
@@ -62,8 +63,17 @@ int masqsupport_random(void *buf, size_t len) {
 int masqsupport_image_path(char *buf, size_t size) {
     Dl_info info;
     if (dladdr((void *)&masqsupport_image_path, &info) == 0 || info.dli_fname == NULL) return -1;
-    size_t n = strlen(info.dli_fname);
+    const char *name = info.dli_fname;
+    /* Linked into the executable: dladdr reports argv[0], which may be a bare
+     * command name found on PATH. Ask the kernel for the real file instead. */
+    if (strchr(name, '/') == NULL || strcmp(name, program_invocation_name) == 0) {
+        ssize_t n = readlink("/proc/self/exe", buf, size - 1);
+        if (n <= 0) return -1;
+        buf[n] = '\0';
+        return 0;
+    }
+    size_t n = strlen(name);
     if (n + 1 > size) return -1;
-    memcpy(buf, info.dli_fname, n + 1);
+    memcpy(buf, name, n + 1);
     return 0;
 }

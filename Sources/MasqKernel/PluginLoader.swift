@@ -82,15 +82,20 @@ public enum PluginLoader {
 
     /// Directories searched, in order: the config's plugin_path, then
     /// MASQ_PLUGIN_PATH, then the install location next to the library.
-    public static func searchPath(config: MasqConfig?) -> [String] {
+    public static func searchPath(config: MasqConfig?, environment: String? = environmentPath()) -> [String] {
         var dirs = config?.pluginPath ?? []
-        if let env = getenv("MASQ_PLUGIN_PATH") {
+        if let environment {
             let cwd = FileSystem.currentDirectory()
-            dirs += String(cString: env).split(separator: ":").map { FileSystem.absolute(String($0), base: cwd) }
+            dirs += environment.split(separator: ":").map { FileSystem.absolute(String($0), base: cwd) }
         }
         dirs += installLocations()
         var seen = Set<String>()
         return dirs.filter { seen.insert($0).inserted }
+    }
+
+    /// MASQ_PLUGIN_PATH, if set.
+    public static func environmentPath() -> String? {
+        getenv("MASQ_PLUGIN_PATH").map { String(cString: $0) }
     }
 
     /// <dir of the image holding the kernel>/masq/plugins, ../lib/masq/plugins

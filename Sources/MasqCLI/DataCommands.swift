@@ -1,0 +1,101 @@
+import ArgumentParser
+import MasqKernel
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `masq put <namespace> <key> [value]` (value from stdin when omitted).
+struct Put: MasqSubcommand {
+    static let configuration = CommandConfiguration(abstract: "Set a key (the value comes from stdin when omitted).")
+
+    @OptionGroup var store: StoreOptions
+    @Argument(help: "Namespace (an application's name).") var namespace: String
+    @Argument(help: "Key.") var key: String
+    @Argument(help: "Value (default: read from standard input).") var value: String?
+
+    func execute() throws {
+        let bytes = try value.map { Array($0.utf8) } ?? readStandardInput()
+        let s = try store.open()
+        defer { try? s.close() }
+        try guarded { () throws(MasqError) in
+            try s.put(NamespaceName(namespace, limits: s.limits), key: Array(key.utf8), value: bytes)
+        }
+    }
+
+    private func readStandardInput() throws -> [UInt8] {
+        var out: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65_536)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { read(0, $0.baseAddress, $0.count) }
+            if n < 0 && errno == EINTR { continue }
+            if n < 0 { throw CLIError("cannot read standard input") }
+            if n == 0 { return out }
+            out += chunk[0..<n]
+        }
+    }
+}
+
+/// `masq get <namespace> <key>`: the value's bytes on stdout.
+struct Get: MasqSubcommand {
+    static let configuration = CommandConfiguration(abstract: "Print a key's value (exit status 2 if absent).")
+
+    @OptionGroup var store: StoreOptions
+    @Argument(help: "Namespace.") var namespace: String
+    @Argument(help: "Key.") var key: String
+
+    func execute() throws {
+        let s = try store.open()
+        defer { try? s.close() }
+        let value = try guarded { () throws(MasqError) in
+            try s.get(NamespaceName(namespace, limits: s.limits), key: Array(key.utf8))
+        }
+        guard let value else { throw CLIError("no key '\(key)' in namespace '\(namespace)'", code: 2) }
+        writeOut(value)
+        if isatty(1) != 0 { writeOut([0x0A]) }
+    }
+}
+
+/// `masq del <namespace> <key>`.
+struct Del: MasqSubcommand {
+    static let configuration = CommandConfiguration(abstract: "Delete a key (deleting an absent key is not an error).")
+
+    @OptionGroup var store: StoreOptions
+    @Argument(help: "Namespace.") var namespace: String
+    @Argument(help: "Key.") var key: String
+
+    func execute() throws {
+        let s = try store.open()
+        defer { try? s.close() }
+        try guarded { () throws(MasqError) in
+            try s.delete(NamespaceName(namespace, limits: s.limits), key: Array(key.utf8))
+        }
+    }
+}
+
+/// `masq ls [namespace]`: namespaces, or a namespace's keys.
+struct List: MasqSubcommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ls", abstract: "List namespaces, or the keys of one namespace.")
+
+    @OptionGroup var store: StoreOptions
+    @Argument(help: "Namespace (omit to list namespaces).") var namespace: String?
+    @Option(name: .long, help: "Only keys starting with this prefix.") var prefix: String = ""
+    @Flag(name: .shortAndLong, help: "Print values too (key<TAB>value).") var values = false
+
+    func execute() throws {
+        let s = try store.open()
+        defer { try? s.close() }
+        try guarded { () throws(MasqError) in
+            guard let namespace else {
+                for name in try s.namespaces() { print(name) }
+                return
+            }
+            try s.list(NamespaceName(namespace, limits: s.limits), prefix: Array(prefix.utf8), keysOnly: !values) { key, value in
+                var line = key
+                if let value { line += [0x09] + value }
+                writeOut(line + [0x0A])
+                return true
+            }
+        }
+    }
+}
