@@ -1,0 +1,18 @@
+"""Masq for Python: keep application data on the user's own devices.
+
+A ctypes binding of include/masq.h. See README.md.
+"""
+
+from ._native import LibraryNotFound, LOG_DEBUG, LOG_ERROR, LOG_INFO, LOG_WARN
+from .errors import (ABIError, BadSignatureError, BusyError, ClosedError, ConfigError, CorruptError, DeniedError,
+                     InsufficientFundsError, InternalError, InvalidArgumentError, MasqError, NotFoundError,
+                     PluginError, StorageIOError, TooLargeError, UnavailableError, UnsupportedError)
+from .store import Change, Namespace, PluginInfo, Store, Watch, scan_plugins, set_log_handler, version
+
+__all__ = [
+    "Store", "Namespace", "Change", "Watch", "PluginInfo", "scan_plugins", "set_log_handler", "version",
+    "MasqError", "InvalidArgumentError", "NotFoundError", "TooLargeError", "ConfigError", "PluginError", "ABIError",
+    "StorageIOError", "CorruptError", "ClosedError", "BusyError", "UnsupportedError", "DeniedError",
+    "BadSignatureError", "InsufficientFundsError", "UnavailableError", "InternalError", "LibraryNotFound",
+    "LOG_ERROR", "LOG_WARN", "LOG_INFO", "LOG_DEBUG",
+]
