@@ -15,9 +15,7 @@ struct Put: MasqSubcommand {
 
     func execute() throws {
         let bytes = try value.map { Array($0.utf8) } ?? readStandardInput()
-        let s = try store.open()
-        defer { try? s.close() }
-        try guarded { () throws(MasqError) in
+        try store.withStore { (s) throws(MasqError) in
             try s.put(NamespaceName(namespace, limits: s.limits), key: Array(key.utf8), value: bytes)
         }
     }
@@ -44,9 +42,7 @@ struct Get: MasqSubcommand {
     @Argument(help: "Key.") var key: String
 
     func execute() throws {
-        let s = try store.open()
-        defer { try? s.close() }
-        let value = try guarded { () throws(MasqError) in
+        let value = try store.withStore { (s) throws(MasqError) in
             try s.get(NamespaceName(namespace, limits: s.limits), key: Array(key.utf8))
         }
         guard let value else { throw CLIError("no key '\(key)' in namespace '\(namespace)'", code: 2) }
@@ -64,9 +60,7 @@ struct Del: MasqSubcommand {
     @Argument(help: "Key.") var key: String
 
     func execute() throws {
-        let s = try store.open()
-        defer { try? s.close() }
-        try guarded { () throws(MasqError) in
+        try store.withStore { (s) throws(MasqError) in
             try s.delete(NamespaceName(namespace, limits: s.limits), key: Array(key.utf8))
         }
     }
@@ -83,9 +77,7 @@ struct List: MasqSubcommand {
     @Flag(name: .shortAndLong, help: "Print values too (key<TAB>value).") var values = false
 
     func execute() throws {
-        let s = try store.open()
-        defer { try? s.close() }
-        try guarded { () throws(MasqError) in
+        try store.withStore { (s) throws(MasqError) in
             guard let namespace else {
                 for name in try s.namespaces() { print(name) }
                 return

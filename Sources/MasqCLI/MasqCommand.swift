@@ -30,12 +30,17 @@ struct StoreOptions: ParsableArguments {
         return Paths.configHome + "/masq/config.json"
     }
 
-    func open() throws -> Store {
+    /// Open the configured store, run `body` with it, close it.
+    func withStore<T>(_ body: (Store) throws(MasqError) -> T) throws -> T {
         let path = configPath
         guard FileSystem.exists(path) else {
             throw CLIError("no config at \(path); run `masq init` first (or pass --config)")
         }
-        return try guarded { () throws(MasqError) in try Store(configPath: path) }
+        return try guarded { () throws(MasqError) -> T in
+            let store = try Store(configPath: path)
+            defer { try? store.close() }
+            return try body(store)
+        }
     }
 }
 
