@@ -31,9 +31,13 @@ let package = Package(
         .systemLibrary(name: "CSQLite", path: "Sources/CSQLite", pkgConfig: "sqlite3",
                        providers: [.apt(["libsqlite3-dev"])]),
         .target(name: "CMasqSupport", path: "Sources/CMasqSupport"),
+        // OpenSSL 3 (libcrypto) behind flat C functions; every primitive is OpenSSL's.
+        .target(name: "CMasqCrypto", path: "Sources/CMasqCrypto", linkerSettings: [.linkedLibrary("crypto")]),
+        // Primitives, Noise handshakes, the Double Ratchet: the kernel's crypto.
+        .target(name: "MasqCrypto", dependencies: ["CMasqCrypto"]),
 
         // The core: config, plugin loader, store semantics, the C API.
-        .target(name: "MasqKernel", dependencies: ["CMasq", "CMasqSupport"]),
+        .target(name: "MasqKernel", dependencies: ["CMasq", "CMasqSupport", "MasqCrypto"]),
         // Links the kernel into libmasq.so exporting only masq_*.
         .target(name: "MasqLibrary", dependencies: ["MasqKernel"], exclude: ["exports.map"],
                 linkerSettings: exportsOnly("Sources/MasqLibrary/exports.map")),
@@ -50,5 +54,6 @@ let package = Package(
                 linkerSettings: exportsOnly("plugins/plugin-exports.map")),
 
         .testTarget(name: "MasqKernelTests", dependencies: ["MasqKernel", "CMasq"]),
+        .testTarget(name: "MasqCryptoTests", dependencies: ["MasqCrypto"]),
     ]
 )

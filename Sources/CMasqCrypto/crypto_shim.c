@@ -1,0 +1,405 @@
+/* OpenSSL 3 plumbing for the kernel's crypto (see masq_crypto_shim.h). */
+#define OPENSSL_SUPPRESS_DEPRECATED /* EC_KEY/EC_POINT: the simplest way to derive and (de)compress P-384 points */
+#include "masq_crypto_shim.h"
+
+#include <openssl/core_names.h>
+#include <openssl/crypto.h>
+#include <openssl/ec.h>
+#include <openssl/ecdsa.h>
+#include <openssl/evp.h>
+#include <openssl/kdf.h>
+#include <openssl/obj_mac.h>
+#include <openssl/rand.h>
+#include <openssl/x509.h>
+#include <limits.h>
+#include <pthread.h>
+#include <string.h>
+
+/* ---- algorithms fetched once (fetching per call is slow in OpenSSL 3) -- */
+
+static EVP_CIPHER *chacha_cipher, *gcm128, *gcm192, *gcm256;
+static EVP_MAC *hmac_mac;
+static EVP_KDF *hkdf_kdf;
+static EVP_MD *sha256_md, *sha384_md;
+static pthread_once_t fetched = PTHREAD_ONCE_INIT;
+
+static void fetch_all(void) {
+    chacha_cipher = EVP_CIPHER_fetch(NULL, "ChaCha20-Poly1305", NULL);
+    gcm128 = EVP_CIPHER_fetch(NULL, "AES-128-GCM", NULL);
+    gcm192 = EVP_CIPHER_fetch(NULL, "AES-192-GCM", NULL);
+    gcm256 = EVP_CIPHER_fetch(NULL, "AES-256-GCM", NULL);
+    hmac_mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+    hkdf_kdf = EVP_KDF_fetch(NULL, "HKDF", NULL);
+    sha256_md = EVP_MD_fetch(NULL, "SHA256", NULL);
+    sha384_md = EVP_MD_fetch(NULL, "SHA384", NULL);
+}
+
+#define FETCH() pthread_once(&fetched, fetch_all)
+
+int masqcrypto_random(uint8_t *out, size_t len) {
+    while (len > 0) {
+        int chunk = len > INT_MAX ? INT_MAX : (int)len;
+        if (RAND_bytes(out, chunk) != 1) return MASQCRYPTO_ERR;
+        out += chunk;
+        len -= (size_t)chunk;
+    }
+    return MASQCRYPTO_OK;
+}
+
+void masqcrypto_wipe(void *ptr, size_t len) {
+    if (ptr && len) OPENSSL_cleanse(ptr, len);
+}
+
+/* ---- hashes, HMAC, HKDF, scrypt ----------------------------------------- */
+
+static int digest(const EVP_MD *md, const uint8_t *data, size_t len, uint8_t *out) {
+    unsigned int n = 0;
+    return EVP_Digest(data, len, out, &n, md, NULL) == 1 ? MASQCRYPTO_OK : MASQCRYPTO_ERR;
+}
+
+int masqcrypto_sha256(const uint8_t *data, size_t len, uint8_t out[32]) {
+    FETCH();
+    return digest(sha256_md, data, len, out);
+}
+
+int masqcrypto_sha384(const uint8_t *data, size_t len, uint8_t out[48]) {
+    FETCH();
+    return digest(sha384_md, data, len, out);
+}
+
+int masqcrypto_hmac_sha256(const uint8_t *key, size_t key_len, const uint8_t *data, size_t data_len, uint8_t out[32]) {
+    FETCH();
+    static const uint8_t empty = 0;
+    EVP_MAC_CTX *ctx = EVP_MAC_CTX_new(hmac_mac);
+    OSSL_PARAM params[2] = {OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0),
+                            OSSL_PARAM_construct_end()};
+    size_t out_len = 0;
+    int ok = ctx && EVP_MAC_init(ctx, key_len ? key : &empty, key_len, params) == 1 &&
+             EVP_MAC_update(ctx, data_len ? data : &empty, data_len) == 1 && EVP_MAC_final(ctx, out, &out_len, 32) == 1 &&
+             out_len == 32;
+    EVP_MAC_CTX_free(ctx);
+    return ok ? MASQCRYPTO_OK : MASQCRYPTO_ERR;
+}
+
+int masqcrypto_hkdf_sha256(const uint8_t *salt, size_t salt_len, const uint8_t *ikm, size_t ikm_len,
+                           const uint8_t *info, size_t info_len, uint8_t *out, size_t out_len) {
+    FETCH();
+    if (out_len == 0 || out_len > 255 * 32) return MASQCRYPTO_ERR;
+    EVP_KDF_CTX *ctx = EVP_KDF_CTX_new(hkdf_kdf);
+    if (!ctx) return MASQCRYPTO_ERR;
+    static uint8_t empty[1];
+    OSSL_PARAM params[5], *p = params;
+    *p++ = OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, (char *)"SHA256", 0);
+    *p++ = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, ikm_len ? (void *)ikm : empty, ikm_len);
+    if (salt_len) *p++ = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SALT, (void *)salt, salt_len);
+    if (info_len) *p++ = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, (void *)info, info_len);
+    *p = OSSL_PARAM_construct_end();
+    int ok = EVP_KDF_derive(ctx, out, out_len, params) == 1;
+    EVP_KDF_CTX_free(ctx);
+    return ok ? MASQCRYPTO_OK : MASQCRYPTO_ERR;
+}
+
+int masqcrypto_scrypt(const uint8_t *pass, size_t pass_len, const uint8_t *salt, size_t salt_len, uint64_t n,
+                      uint64_t r, uint64_t p, uint64_t max_memory, uint8_t *out, size_t out_len) {
+    static const char empty[1] = {0};
+    return EVP_PBE_scrypt(pass_len ? (const char *)pass : empty, pass_len, salt_len ? salt : (const uint8_t *)empty,
+                          salt_len, n, r, p, max_memory, out, out_len) == 1
+               ? MASQCRYPTO_OK
+               : MASQCRYPTO_ERR;
+}
+
+/* ---- X25519 and Ed25519 -------------------------------------------------- */
+
+static int raw_public(int type, const uint8_t private_key[32], uint8_t public_key[32]) {
+    EVP_PKEY *key = EVP_PKEY_new_raw_private_key(type, NULL, private_key, 32);
+    size_t len = 32;
+    int ok = key && EVP_PKEY_get_raw_public_key(key, public_key, &len) == 1 && len == 32;
+    EVP_PKEY_free(key);
+    return ok ? MASQCRYPTO_OK : MASQCRYPTO_ERR;
+}
+
+static int raw_keypair(int type, uint8_t private_key[32], uint8_t public_key[32]) {
+    if (masqcrypto_random(private_key, 32) != 0) return MASQCRYPTO_ERR;
+    return raw_public(type, private_key, public_key);
+}
+
+int masqcrypto_x25519_keypair(uint8_t private_key[32], uint8_t public_key[32]) {
+    return raw_keypair(EVP_PKEY_X25519, private_key, public_key);
+}
+
+int masqcrypto_x25519_public(const uint8_t private_key[32], uint8_t public_key[32]) {
+    return raw_public(EVP_PKEY_X25519, private_key, public_key);
+}
+
+static int derive(EVP_PKEY *mine, EVP_PKEY *peer, uint8_t *shared, size_t expected) {
+    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new(mine, NULL);
+    size_t len = expected;
+    int ok = ctx && EVP_PKEY_derive_init(ctx) == 1 && EVP_PKEY_derive_set_peer_ex(ctx, peer, 0) == 1 &&
+             EVP_PKEY_derive(ctx, shared, &len) == 1 && len == expected;
+    EVP_PKEY_CTX_free(ctx);
+    return ok ? MASQCRYPTO_OK : MASQCRYPTO_ERR;
+}
+
+int masqcrypto_x25519(const uint8_t private_key[32], const uint8_t peer_public[32], uint8_t shared[32]) {
+    EVP_PKEY *mine = EVP_PKEY_new_raw_private_key(EVP_PKEY_X25519, NULL, private_key, 32);
+    EVP_PKEY *peer = EVP_PKEY_new_raw_public_key(EVP_PKEY_X25519, NULL, peer_public, 32);
+    int rc = mine && peer ? derive(mine, peer, shared, 32) : MASQCRYPTO_ERR;
+    EVP_PKEY_free(mine);
+    EVP_PKEY_free(peer);
+    if (rc == MASQCRYPTO_OK) {
+        uint8_t acc = 0;
+        for (int i = 0; i < 32; i++) acc |= shared[i];
+        if (acc == 0) rc = MASQCRYPTO_ERR; /* low-order point: contributes nothing */
+    }
+    if (rc != MASQCRYPTO_OK) OPENSSL_cleanse(shared, 32);
+    return rc;
+}
+
+int masqcrypto_ed25519_keypair(uint8_t private_key[32], uint8_t public_key[32]) {
+    return raw_keypair(EVP_PKEY_ED25519, private_key, public_key);
+}
+
+int masqcrypto_ed25519_public(const uint8_t private_key[32], uint8_t public_key[32]) {
+    return raw_public(EVP_PKEY_ED25519, private_key, public_key);
+}
+
+int masqcrypto_ed25519_sign(const uint8_t private_key[32], const uint8_t *msg, size_t msg_len, uint8_t sig[64]) {
+    EVP_PKEY *key = EVP_PKEY_new_raw_private_key(EVP_PKEY_ED25519, NULL, private_key, 32);
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    size_t len = 64;
+    static const uint8_t empty = 0;
+    int ok = key && ctx && EVP_DigestSignInit(ctx, NULL, NULL, NULL, key) == 1 &&
+             EVP_DigestSign(ctx, sig, &len, msg_len ? msg : &empty, msg_len) == 1 && len == 64;
+    EVP_MD_CTX_free(ctx);
+    EVP_PKEY_free(key);
+    return ok ? MASQCRYPTO_OK : MASQCRYPTO_ERR;
+}
+
+int masqcrypto_ed25519_verify(const uint8_t public_key[32], const uint8_t *msg, size_t msg_len, const uint8_t *sig,
+                              size_t sig_len) {
+    if (sig_len != 64) return MASQCRYPTO_AUTH;
+    EVP_PKEY *key = EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, NULL, public_key, 32);
+    if (!key) return MASQCRYPTO_ERR;
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    static const uint8_t empty = 0;
+    int rc = MASQCRYPTO_ERR;
+    if (ctx && EVP_DigestVerifyInit(ctx, NULL, NULL, NULL, key) == 1)
+        rc = EVP_DigestVerify(ctx, sig, sig_len, msg_len ? msg : &empty, msg_len) == 1 ? MASQCRYPTO_OK : MASQCRYPTO_AUTH;
+    EVP_MD_CTX_free(ctx);
+    EVP_PKEY_free(key);
+    return rc;
+}
+
+/* ---- AEAD ------------------------------------------------------------------ */
+
+static const EVP_CIPHER *aead_cipher(int algorithm, size_t key_len, size_t nonce_len, size_t tag_len) {
+    FETCH();
+    if (algorithm == MASQCRYPTO_CHACHA20_POLY1305)
+        return key_len == 32 && nonce_len == 12 && tag_len == 16 ? chacha_cipher : NULL;
+    if (algorithm == MASQCRYPTO_AES_GCM) {
+        /* OpenSSL 3's GCM accepts nonces of 1..128 bytes; we use 12. */
+        if (nonce_len == 0 || nonce_len > 128 || tag_len < 4 || tag_len > 16) return NULL;
+        return key_len == 16 ? gcm128 : key_len == 24 ? gcm192 : key_len == 32 ? gcm256 : NULL;
+    }
+    return NULL;
+}
+
+static int aead(int encrypt, int algorithm, const uint8_t *key, size_t key_len, const uint8_t *nonce,
+                size_t nonce_len, const uint8_t *ad, size_t ad_len, const uint8_t *in, size_t in_len, size_t tag_len,
+                uint8_t *out, uint8_t *tag) {
+    const EVP_CIPHER *cipher = aead_cipher(algorithm, key_len, nonce_len, tag_len);
+    if (!cipher || in_len > INT_MAX || ad_len > INT_MAX) return MASQCRYPTO_ERR;
+    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+    if (!ctx) return MASQCRYPTO_ERR;
+    int len = 0, rc = MASQCRYPTO_ERR;
+    size_t ivlen = nonce_len;
+    OSSL_PARAM params[2] = {OSSL_PARAM_construct_size_t(OSSL_CIPHER_PARAM_AEAD_IVLEN, &ivlen), OSSL_PARAM_construct_end()};
+    if (EVP_CipherInit_ex2(ctx, cipher, NULL, NULL, encrypt, params) != 1) goto done;
+    if (!encrypt && EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, (int)tag_len, tag) != 1) goto done;
+    if (EVP_CipherInit_ex2(ctx, NULL, key, nonce, encrypt, NULL) != 1) goto done;
+    if (ad_len && EVP_CipherUpdate(ctx, NULL, &len, ad, (int)ad_len) != 1) goto done;
+    if (in_len && EVP_CipherUpdate(ctx, out, &len, in, (int)in_len) != 1) goto done;
+    if (EVP_CipherFinal_ex(ctx, out + (in_len ? len : 0), &len) != 1) {
+        rc = encrypt ? MASQCRYPTO_ERR : MASQCRYPTO_AUTH;
+        goto done;
+    }
+    if (encrypt && EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_GET_TAG, (int)tag_len, tag) != 1) goto done;
+    rc = MASQCRYPTO_OK;
+done:
+    EVP_CIPHER_CTX_free(ctx);
+    if (rc != MASQCRYPTO_OK && in_len) OPENSSL_cleanse(out, in_len);
+    return rc;
+}
+
+int masqcrypto_aead_seal(int algorithm, const uint8_t *key, size_t key_len, const uint8_t *nonce, size_t nonce_len,
+                         const uint8_t *ad, size_t ad_len, const uint8_t *plaintext, size_t plaintext_len,
+                         size_t tag_len, uint8_t *out) {
+    return aead(1, algorithm, key, key_len, nonce, nonce_len, ad, ad_len, plaintext, plaintext_len, tag_len, out,
+                out + plaintext_len);
+}
+
+int masqcrypto_aead_open(int algorithm, const uint8_t *key, size_t key_len, const uint8_t *nonce, size_t nonce_len,
+                         const uint8_t *ad, size_t ad_len, const uint8_t *in, size_t in_len, size_t tag_len,
+                         uint8_t *out) {
+    if (in_len < tag_len) return MASQCRYPTO_AUTH;
+    uint8_t tag[16];
+    if (tag_len > sizeof tag) return MASQCRYPTO_ERR;
+    memcpy(tag, in + in_len - tag_len, tag_len);
+    return aead(0, algorithm, key, key_len, nonce, nonce_len, ad, ad_len, in, in_len - tag_len, tag_len, out, tag);
+}
+
+int masqcrypto_has_aes_hardware(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    unsigned int eax = 1, ebx, ecx, edx;
+    __asm__("cpuid" : "+a"(eax), "=b"(ebx), "=c"(ecx), "=d"(edx));
+    return (ecx >> 25) & 1; /* AES-NI */
+#elif defined(__aarch64__) && defined(__ARM_FEATURE_CRYPTO)
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* ---- P-384 ----------------------------------------------------------------- */
+
+static EC_KEY *p384_private(const uint8_t *private_key, size_t private_len) {
+    if (private_len == 0 || private_len > 49 || (private_len == 49 && private_key[0] != 0)) return NULL;
+    EC_KEY *key = EC_KEY_new_by_curve_name(NID_secp384r1);
+    BIGNUM *d = BN_bin2bn(private_key, (int)private_len, NULL);
+    EC_POINT *pub = key ? EC_POINT_new(EC_KEY_get0_group(key)) : NULL;
+    int ok = key && d && pub && !BN_is_zero(d) && BN_cmp(d, EC_GROUP_get0_order(EC_KEY_get0_group(key))) < 0 &&
+             EC_KEY_set_private_key(key, d) == 1 && EC_POINT_mul(EC_KEY_get0_group(key), pub, d, NULL, NULL, NULL) == 1 &&
+             EC_KEY_set_public_key(key, pub) == 1;
+    BN_clear_free(d);
+    EC_POINT_free(pub);
+    if (!ok) {
+        EC_KEY_free(key);
+        return NULL;
+    }
+    return key;
+}
+
+static EC_KEY *p384_public_key(const uint8_t *point, size_t point_len) {
+    EC_KEY *key = EC_KEY_new_by_curve_name(NID_secp384r1);
+    if (!key) return NULL;
+    const unsigned char *p = point;
+    if (!o2i_ECPublicKey(&key, &p, (long)point_len) || EC_KEY_check_key(key) != 1) {
+        EC_KEY_free(key);
+        return NULL;
+    }
+    return key;
+}
+
+static int export_point(const EC_KEY *key, point_conversion_form_t form, uint8_t *out, size_t expected) {
+    size_t n = EC_POINT_point2oct(EC_KEY_get0_group(key), EC_KEY_get0_public_key(key), form, out, expected, NULL);
+    return n == expected ? MASQCRYPTO_OK : MASQCRYPTO_ERR;
+}
+
+int masqcrypto_p384_public(const uint8_t *private_key, size_t private_len, uint8_t public_uncompressed[97]) {
+    EC_KEY *key = p384_private(private_key, private_len);
+    int rc = key ? export_point(key, POINT_CONVERSION_UNCOMPRESSED, public_uncompressed, 97) : MASQCRYPTO_ERR;
+    EC_KEY_free(key);
+    return rc;
+}
+
+int masqcrypto_p384_keypair(uint8_t private_key[48], uint8_t public_uncompressed[97]) {
+    EC_KEY *key = EC_KEY_new_by_curve_name(NID_secp384r1);
+    int ok = key && EC_KEY_generate_key(key) == 1 && BN_bn2binpad(EC_KEY_get0_private_key(key), private_key, 48) == 48 &&
+             export_point(key, POINT_CONVERSION_UNCOMPRESSED, public_uncompressed, 97) == MASQCRYPTO_OK;
+    EC_KEY_free(key);
+    return ok ? MASQCRYPTO_OK : MASQCRYPTO_ERR;
+}
+
+int masqcrypto_p384_compress(const uint8_t *point, size_t point_len, uint8_t compressed[49]) {
+    EC_KEY *key = p384_public_key(point, point_len);
+    int rc = key ? export_point(key, POINT_CONVERSION_COMPRESSED, compressed, 49) : MASQCRYPTO_ERR;
+    EC_KEY_free(key);
+    return rc;
+}
+
+int masqcrypto_p384_decompress(const uint8_t *point, size_t point_len, uint8_t uncompressed[97]) {
+    EC_KEY *key = p384_public_key(point, point_len);
+    int rc = key ? export_point(key, POINT_CONVERSION_UNCOMPRESSED, uncompressed, 97) : MASQCRYPTO_ERR;
+    EC_KEY_free(key);
+    return rc;
+}
+
+static int p384_derive(const uint8_t *private_key, size_t private_len, EVP_PKEY *peer, uint8_t shared[48]) {
+    EC_KEY *mine_ec = p384_private(private_key, private_len);
+    EVP_PKEY *mine = mine_ec ? EVP_PKEY_new() : NULL;
+    int rc = MASQCRYPTO_ERR;
+    if (mine && EVP_PKEY_assign_EC_KEY(mine, mine_ec) == 1) {
+        mine_ec = NULL;
+        rc = derive(mine, peer, shared, 48);
+    }
+    EC_KEY_free(mine_ec);
+    EVP_PKEY_free(mine);
+    return rc;
+}
+
+int masqcrypto_p384_ecdh(const uint8_t *private_key, size_t private_len, const uint8_t *peer, size_t peer_len,
+                         uint8_t shared[48]) {
+    EC_KEY *peer_ec = p384_public_key(peer, peer_len);
+    EVP_PKEY *peer_key = peer_ec ? EVP_PKEY_new() : NULL;
+    int rc = MASQCRYPTO_ERR;
+    if (peer_key && EVP_PKEY_assign_EC_KEY(peer_key, peer_ec) == 1) {
+        peer_ec = NULL;
+        rc = p384_derive(private_key, private_len, peer_key, shared);
+    }
+    EC_KEY_free(peer_ec);
+    EVP_PKEY_free(peer_key);
+    return rc;
+}
+
+int masqcrypto_p384_ecdh_spki(const uint8_t *private_key, size_t private_len, const uint8_t *spki, size_t spki_len,
+                              uint8_t shared[48]) {
+    const unsigned char *p = spki;
+    EVP_PKEY *peer = d2i_PUBKEY(NULL, &p, (long)spki_len);
+    int rc = MASQCRYPTO_ERR;
+    /* The whole input must be the key, on our curve, and a valid point. */
+    if (peer && p == spki + spki_len && EVP_PKEY_get_base_id(peer) == EVP_PKEY_EC) {
+        const EC_KEY *ec = EVP_PKEY_get0_EC_KEY(peer);
+        /* Only the named curve: explicit parameters (even P-384's with another
+         * cofactor) are a classic way to smuggle in a weak group. */
+        const EC_GROUP *group = ec ? EC_KEY_get0_group(ec) : NULL;
+        if (group && EC_GROUP_get_asn1_flag(group) == OPENSSL_EC_NAMED_CURVE &&
+            EC_GROUP_get_curve_name(group) == NID_secp384r1 && EC_KEY_check_key(ec) == 1)
+            rc = p384_derive(private_key, private_len, peer, shared);
+    }
+    EVP_PKEY_free(peer);
+    return rc;
+}
+
+int masqcrypto_p384_sign(const uint8_t private_key[48], const uint8_t *msg, size_t msg_len, uint8_t *sig,
+                         size_t *sig_len) {
+    EC_KEY *key = p384_private(private_key, 48);
+    uint8_t hash[48];
+    unsigned int len = 0;
+    int ok = key && masqcrypto_sha384(msg, msg_len, hash) == MASQCRYPTO_OK && ECDSA_size(key) <= 104 &&
+             ECDSA_sign(0, hash, 48, sig, &len, key) == 1;
+    EC_KEY_free(key);
+    *sig_len = ok ? len : 0;
+    return ok ? MASQCRYPTO_OK : MASQCRYPTO_ERR;
+}
+
+int masqcrypto_p384_verify(const uint8_t *public_key, size_t public_len, const uint8_t *msg, size_t msg_len,
+                           const uint8_t *sig, size_t sig_len) {
+    EC_KEY *key = p384_public_key(public_key, public_len);
+    if (!key) return MASQCRYPTO_ERR;
+    uint8_t hash[48];
+    int rc = MASQCRYPTO_AUTH;
+    if (masqcrypto_sha384(msg, msg_len, hash) == MASQCRYPTO_OK && sig_len <= INT_MAX) {
+        /* Strict DER only: re-encode and compare, so malleable encodings fail. */
+        const unsigned char *p = sig;
+        ECDSA_SIG *s = d2i_ECDSA_SIG(NULL, &p, (long)sig_len);
+        unsigned char *der = NULL;
+        int der_len = s ? i2d_ECDSA_SIG(s, &der) : -1;
+        if (s && p == sig + sig_len && der_len == (int)sig_len && memcmp(der, sig, sig_len) == 0 &&
+            ECDSA_do_verify(hash, 48, s, key) == 1)
+            rc = MASQCRYPTO_OK;
+        OPENSSL_free(der);
+        ECDSA_SIG_free(s);
+    }
+    EC_KEY_free(key);
+    return rc;
+}
