@@ -26,23 +26,34 @@ public enum Hash {
     }
 
     /// HKDF-SHA256 (RFC 5869). `length` must be 1...8160.
-    public static func hkdfSHA256(salt: [UInt8], ikm: UnsafeRawBufferPointer, info: [UInt8], length: Int) throws(CryptoError) -> SecureBytes {
+    public static func hkdfSHA256(salt: UnsafeRawBufferPointer, ikm: UnsafeRawBufferPointer, info: [UInt8], length: Int) throws(CryptoError) -> SecureBytes {
         guard length > 0 && length <= 255 * 32 else { throw .invalidInput("HKDF output length \(length) is not 1...8160") }
         let out = SecureBytes(count: length)
         let status = out.withUnsafeMutableBytes { o in
-            salt.withUnsafeBufferPointer { s in
-                info.withUnsafeBufferPointer { i in
-                    masqcrypto_hkdf_sha256(s.baseAddress, s.count, ikm.baseAddress?.assumingMemoryBound(to: UInt8.self), ikm.count,
-                                           i.baseAddress, i.count, o.baseAddress!.assumingMemoryBound(to: UInt8.self), length)
-                }
+            info.withUnsafeBufferPointer { i in
+                masqcrypto_hkdf_sha256(salt.baseAddress?.assumingMemoryBound(to: UInt8.self), salt.count,
+                                       ikm.baseAddress?.assumingMemoryBound(to: UInt8.self), ikm.count,
+                                       i.baseAddress, i.count, o.baseAddress!.assumingMemoryBound(to: UInt8.self), length)
             }
         }
         guard status == 0 else { throw .invalidInput("HKDF failed") }
         return out
     }
 
+    public static func hkdfSHA256(salt: [UInt8], ikm: UnsafeRawBufferPointer, info: [UInt8], length: Int) throws(CryptoError) -> SecureBytes {
+        let r: Result<SecureBytes, CryptoError> = salt.withUnsafeBytes { s in Result { () throws(CryptoError) in try hkdfSHA256(salt: s, ikm: ikm, info: info, length: length) } }
+        return try r.get()
+    }
+
     public static func hkdfSHA256(salt: [UInt8], ikm: [UInt8], info: [UInt8], length: Int) throws(CryptoError) -> SecureBytes {
         let r: Result<SecureBytes, CryptoError> = ikm.withUnsafeBytes { i in Result { () throws(CryptoError) in try hkdfSHA256(salt: salt, ikm: i, info: info, length: length) } }
+        return try r.get()
+    }
+
+    /// HKDF-SHA256 keyed by secrets on both sides (salt and input key material).
+    public static func hkdfSHA256(salt: SecureBytes, ikm: SecureBytes, info: [UInt8], length: Int) throws(CryptoError) -> SecureBytes {
+        let r: Result<SecureBytes, CryptoError> = salt.withUnsafeBytes { s in ikm.withUnsafeBytes { i in
+            Result { () throws(CryptoError) in try hkdfSHA256(salt: s, ikm: i, info: info, length: length) } } }
         return try r.get()
     }
 
