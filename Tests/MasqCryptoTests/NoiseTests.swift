@@ -90,11 +90,17 @@ struct NoiseVectorTests {
         first.replaceSubrange(0..<32, with: X25519.keyPair().publicKey)
         // With a PSK, even the first message's (empty) payload is authenticated: the swap is caught at once.
         #expect(throws: CryptoError.self) { try r.readMessage(first) }
-        // And a relay that forwards honestly but lacks the PSK cannot complete a handshake of its own.
+        // A relay that answers in the responder's place without the PSK gets through messages 1 and 2
+        // (the PSK enters at message 3) but cannot read message 3 nor forge the responder's
+        // confirmation, which is why pairing waits for that confirmation before trusting anything.
         let mallory = try Noise.Handshake(pattern: .XXpsk3, role: .responder, staticKey: X25519.keyPair().privateKey,
                                           psks: [SecureBytes.random(count: 32)])
         let i2 = try Noise.Handshake(pattern: .XXpsk3, role: .initiator, staticKey: X25519.keyPair().privateKey, psks: [psk])
+        _ = try mallory.readMessage(i2.writeMessage())
+        _ = try i2.readMessage(mallory.writeMessage())
         #expect(throws: CryptoError.self) { try mallory.readMessage(i2.writeMessage()) }
+        let forged = Random.bytes(40)
+        #expect(throws: CryptoError.self) { try i2.result().receive.decrypt(ad: [], ciphertext: forged) }
     }
 
     @Test func truncatedAndOversizedMessagesAreRejected() throws {
