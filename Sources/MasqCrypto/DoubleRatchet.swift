@@ -1,0 +1,246 @@
+/// The Double Ratchet (Signal's specification, rev. 4): a DH ratchet on
+/// X25519 plus symmetric KDF chains, so every message has its own key (forward
+/// secrecy) and a compromised state heals after one round trip (post-compromise
+/// security). Headers are sent in clear but authenticated as associated data.
+///
+///   root step:   (rk, ck) = HKDF-SHA256(salt: rk, ikm: DH(...), info: "masq ratchet root v1", 64)
+///   chain step:  mk = HMAC-SHA256(ck, 0x01), ck = HMAC-SHA256(ck, 0x02)
+///   message:     ChaCha20-Poly1305 with key mk (used once), nonce 0, AD = ad || header
+///
+/// Decryption is transactional: the state changes only if the message
+/// authenticates, so tampered, replayed or truncated messages leave it intact.
+public struct DoubleRatchet: Sendable {
+    /// Bounds on skipped-message keys (out-of-order delivery, lost messages).
+    public struct Limits: Sendable, Equatable {
+        /// Most messages one chain may skip at once; a header asking for more is rejected.
+        public var maxSkipPerChain = 1_000
+        /// Most skipped keys kept in total; the oldest are forgotten beyond it.
+        public var maxStoredSkipped = 2_000
+        public init() {}
+    }
+
+    /// 1 version + 32 ratchet key + 4 previous-chain length + 4 message number.
+    public static let headerLength = 41
+    static let version: UInt8 = 1
+
+    public struct Header: Equatable, Sendable {
+        public var ratchetKey: [UInt8]
+        public var previousChainLength: UInt32
+        public var messageNumber: UInt32
+
+        var encoded: [UInt8] {
+            [DoubleRatchet.version] + ratchetKey + previousChainLength.bigEndianBytes + messageNumber.bigEndianBytes
+        }
+
+        init(ratchetKey: [UInt8], previousChainLength: UInt32, messageNumber: UInt32) {
+            self.ratchetKey = ratchetKey
+            self.previousChainLength = previousChainLength
+            self.messageNumber = messageNumber
+        }
+
+        init(decoding bytes: ArraySlice<UInt8>) throws(CryptoError) {
+            guard bytes.count >= DoubleRatchet.headerLength else { throw .invalidInput("ratchet message shorter than its header") }
+            let b = Array(bytes.prefix(DoubleRatchet.headerLength))
+            guard b[0] == DoubleRatchet.version else { throw .invalidInput("ratchet message version \(b[0]) unknown") }
+            ratchetKey = Array(b[1..<33])
+            previousChainLength = UInt32(bigEndianBytes: b[33..<37])
+            messageNumber = UInt32(bigEndianBytes: b[37..<41])
+        }
+    }
+
+    struct SkippedKey: Sendable {
+        let ratchetKey: [UInt8]
+        let number: UInt32
+        let key: SecureBytes
+    }
+
+    public var limits: Limits
+    private var sendingKey: (privateKey: SecureBytes, publicKey: [UInt8])
+    private var receivingKey: [UInt8]?
+    private var rootKey: SecureBytes
+    private var sendingChain: SecureBytes?
+    private var receivingChain: SecureBytes?
+    private var sent: UInt32 = 0
+    private var received: UInt32 = 0
+    private var previousChainLength: UInt32 = 0
+    private var skipped: [SkippedKey] = []
+
+    /// The side that sends first ("Alice"): knows the peer's initial ratchet public key.
+    public init(sharedSecret: SecureBytes, peerRatchetKey: [UInt8], limits: Limits = Limits()) throws(CryptoError) {
+        guard sharedSecret.count == 32 else { throw .invalidInput("ratchet shared secret must be 32 bytes") }
+        self.limits = limits
+        sendingKey = X25519.keyPair()
+        receivingKey = peerRatchetKey
+        let (root, chain) = try Self.rootStep(sharedSecret, X25519.sharedSecret(privateKey: sendingKey.privateKey, peerPublicKey: peerRatchetKey))
+        rootKey = root
+        sendingChain = chain
+    }
+
+    /// The side that receives first ("Bob"): owns the initial ratchet key pair.
+    public init(sharedSecret: SecureBytes, ownRatchetKey: (privateKey: SecureBytes, publicKey: [UInt8]), limits: Limits = Limits()) throws(CryptoError) {
+        guard sharedSecret.count == 32 else { throw .invalidInput("ratchet shared secret must be 32 bytes") }
+        self.limits = limits
+        sendingKey = ownRatchetKey
+        rootKey = sharedSecret
+    }
+
+    /// Whether this side may send (the receiving side must hear first).
+    public var canSend: Bool { sendingChain != nil }
+    public var storedSkippedKeys: Int { skipped.count }
+
+    /// Encrypt one message: header || ciphertext || tag.
+    public mutating func encrypt(_ plaintext: [UInt8], associatedData: [UInt8] = []) throws(CryptoError) -> [UInt8] {
+        guard let chain = sendingChain else { throw .protocolViolation("this side cannot send before it has received a message") }
+        guard sent < UInt32.max else { throw .protocolViolation("sending chain exhausted") }
+        let (messageKey, next) = Self.chainStep(chain)
+        let header = Header(ratchetKey: sendingKey.publicKey, previousChainLength: previousChainLength, messageNumber: sent).encoded
+        let sealed = try AEAD.seal(.chacha20Poly1305, key: messageKey, nonce: Self.nonce, ad: associatedData + header, plaintext: plaintext)
+        sendingChain = next
+        sent += 1
+        return header + sealed
+    }
+
+    /// Authenticate and decrypt one message; the state is unchanged on any failure.
+    public mutating func decrypt(_ message: [UInt8], associatedData: [UInt8] = []) throws(CryptoError) -> [UInt8] {
+        let header = try Header(decoding: message[...])
+        let body = Array(message[DoubleRatchet.headerLength...])
+        let ad = associatedData + Array(message.prefix(DoubleRatchet.headerLength))
+
+        if let index = skipped.firstIndex(where: { $0.ratchetKey == header.ratchetKey && $0.number == header.messageNumber }) {
+            let plaintext = try AEAD.open(.chacha20Poly1305, key: skipped[index].key, nonce: Self.nonce, ad: ad, ciphertext: body)
+            skipped.remove(at: index)
+            return plaintext
+        }
+
+        var next = self
+        if header.ratchetKey != next.receivingKey {
+            guard header.ratchetKey.count == 32 else { throw .invalidInput("bad ratchet key") }
+            if next.receivingChain != nil { try next.skip(until: header.previousChainLength) }
+            try next.dhStep(header.ratchetKey)
+        } else if header.messageNumber < next.received {
+            throw .authenticationFailed("replayed or already decrypted message")
+        }
+        try next.skip(until: header.messageNumber)
+        guard let chain = next.receivingChain else { throw .protocolViolation("no receiving chain") }
+        let (messageKey, following) = Self.chainStep(chain)
+        let plaintext = try AEAD.open(.chacha20Poly1305, key: messageKey, nonce: Self.nonce, ad: ad, ciphertext: body)
+        next.receivingChain = following
+        next.received = header.messageNumber + 1
+        self = next
+        return plaintext
+    }
+
+    // MARK: - steps
+
+    private static let nonce = [UInt8](repeating: 0, count: 12)
+
+    static func rootStep(_ root: SecureBytes, _ dh: SecureBytes) throws(CryptoError) -> (SecureBytes, SecureBytes) {
+        let out = try Hash.hkdfSHA256(salt: root, ikm: dh, info: Array("masq ratchet root v1".utf8), length: 64)
+        return out.withUnsafeBytes { (SecureBytes($0[0..<32]), SecureBytes($0[32..<64])) }
+    }
+
+    static func chainStep(_ chain: SecureBytes) -> (messageKey: SecureBytes, next: SecureBytes) {
+        chain.withUnsafeBytes { key in
+            let one: [UInt8] = [1], two: [UInt8] = [2]
+            let mk = one.withUnsafeBytes { SecureBytes(Hash.hmacSHA256(key: key, data: $0)) }
+            let ck = two.withUnsafeBytes { SecureBytes(Hash.hmacSHA256(key: key, data: $0)) }
+            return (mk, ck)
+        }
+    }
+
+    private mutating func dhStep(_ peerKey: [UInt8]) throws(CryptoError) {
+        previousChainLength = sent
+        sent = 0
+        received = 0
+        receivingKey = peerKey
+        let (root1, receiving) = try Self.rootStep(rootKey, X25519.sharedSecret(privateKey: sendingKey.privateKey, peerPublicKey: peerKey))
+        sendingKey = X25519.keyPair()
+        let (root2, sending) = try Self.rootStep(root1, X25519.sharedSecret(privateKey: sendingKey.privateKey, peerPublicKey: peerKey))
+        rootKey = root2
+        receivingChain = receiving
+        sendingChain = sending
+    }
+
+    /// Store keys for messages [received, until) of the receiving chain.
+    private mutating func skip(until: UInt32) throws(CryptoError) {
+        guard let start = receivingChain, until > received else { return }
+        guard Int(until - received) <= limits.maxSkipPerChain else {
+            throw .protocolViolation("message would skip \(until - received) keys; the limit is \(limits.maxSkipPerChain)")
+        }
+        guard let ratchetKey = receivingKey else { return }
+        var chain = start
+        while received < until {
+            let (mk, next) = Self.chainStep(chain)
+            skipped.append(SkippedKey(ratchetKey: ratchetKey, number: received, key: mk))
+            chain = next
+            received += 1
+        }
+        receivingChain = chain
+        if skipped.count > limits.maxStoredSkipped { skipped.removeFirst(skipped.count - limits.maxStoredSkipped) }
+    }
+
+    // MARK: - persistence
+
+    /// The whole state as bytes (secret: store it encrypted).
+    public func serialized() -> [UInt8] {
+        var out: [UInt8] = [DoubleRatchet.version]
+        out += sendingKey.privateKey.bytes + sendingKey.publicKey
+        out += rootKey.bytes
+        out += optional(receivingKey) + optional(sendingChain?.bytes) + optional(receivingChain?.bytes)
+        out += sent.bigEndianBytes + received.bigEndianBytes + previousChainLength.bigEndianBytes
+        out += UInt32(limits.maxSkipPerChain).bigEndianBytes + UInt32(limits.maxStoredSkipped).bigEndianBytes
+        out += UInt32(skipped.count).bigEndianBytes
+        for s in skipped { out += s.ratchetKey + s.number.bigEndianBytes + s.key.bytes }
+        return out
+    }
+
+    private func optional(_ bytes: [UInt8]?) -> [UInt8] { bytes.map { [1] + $0 } ?? [0] }
+
+    public init(serialized bytes: [UInt8]) throws(CryptoError) {
+        var r = Reader(bytes: bytes)
+        guard try r.take(1) == [DoubleRatchet.version] else { throw .invalidInput("ratchet state in an unknown format") }
+        sendingKey = (SecureBytes(try r.take(32)), try r.take(32))
+        rootKey = SecureBytes(try r.take(32))
+        receivingKey = try r.optional()
+        sendingChain = try r.optional().map { SecureBytes($0) }
+        receivingChain = try r.optional().map { SecureBytes($0) }
+        sent = try r.uint32()
+        received = try r.uint32()
+        previousChainLength = try r.uint32()
+        limits = Limits()
+        limits.maxSkipPerChain = Int(try r.uint32())
+        limits.maxStoredSkipped = Int(try r.uint32())
+        let count = try r.uint32()
+        guard Int(count) <= limits.maxStoredSkipped, Int(count) * 68 <= bytes.count else { throw .invalidInput("ratchet state has too many skipped keys") }
+        for _ in 0..<count { skipped.append(SkippedKey(ratchetKey: try r.take(32), number: try r.uint32(), key: SecureBytes(try r.take(32)))) }
+        guard r.isAtEnd else { throw .invalidInput("ratchet state has trailing bytes") }
+    }
+
+    struct Reader {
+        let bytes: [UInt8]
+        var offset = 0
+        var isAtEnd: Bool { offset == bytes.count }
+        mutating func take(_ n: Int) throws(CryptoError) -> [UInt8] {
+            guard bytes.count - offset >= n else { throw .invalidInput("ratchet state truncated") }
+            defer { offset += n }
+            return Array(bytes[offset..<(offset + n)])
+        }
+        mutating func uint32() throws(CryptoError) -> UInt32 { UInt32(bigEndianBytes: try take(4)[...]) }
+        mutating func optional() throws(CryptoError) -> [UInt8]? {
+            switch try take(1)[0] {
+            case 0: return nil
+            case 1: return try take(32)
+            default: throw .invalidInput("ratchet state malformed")
+            }
+        }
+    }
+}
+
+extension UInt32 {
+    var bigEndianBytes: [UInt8] { [UInt8(self >> 24), UInt8(truncatingIfNeeded: self >> 16), UInt8(truncatingIfNeeded: self >> 8), UInt8(truncatingIfNeeded: self)] }
+
+    init(bigEndianBytes b: ArraySlice<UInt8>) {
+        let s = b.startIndex
+        self = UInt32(b[s]) << 24 | UInt32(b[s + 1]) << 16 | UInt32(b[s + 2]) << 8 | UInt32(b[s + 3])
+    }
+}

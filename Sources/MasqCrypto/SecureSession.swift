@@ -1,0 +1,98 @@
+/// A session between two devices: a Noise handshake that authenticates both
+/// long-term X25519 keys (and, for pairing, a one-time pre-shared secret),
+/// then a Double Ratchet seeded from it for every later message.
+///
+/// Ratchet roles: the handshake *responder* sends the first ratchet message
+/// (it knows the initiator's Noise ephemeral key, which seeds the ratchet),
+/// so a pairing completes with the responder's confirmation.
+public final class SecureSession: @unchecked Sendable {
+    public enum Phase: Sendable { case handshaking, established, failed }
+
+    private var handshake: Noise.Handshake?
+    private var ratchet: DoubleRatchet?
+    public private(set) var phase: Phase = .handshaking
+    /// The peer's static X25519 key, once the handshake authenticated it.
+    public private(set) var peerStaticKey: [UInt8]?
+    /// Channel binding both sides share once established.
+    public private(set) var handshakeHash: [UInt8] = []
+    public let role: Noise.Role
+    private let limits: DoubleRatchet.Limits
+
+    public init(pattern: Noise.Pattern, role: Noise.Role, prologue: [UInt8] = [], staticKey: SecureBytes,
+                remoteStatic: [UInt8]? = nil, psk: SecureBytes? = nil, limits: DoubleRatchet.Limits = DoubleRatchet.Limits()) throws(CryptoError) {
+        self.role = role
+        self.limits = limits
+        handshake = try Noise.Handshake(pattern: pattern, role: role, prologue: prologue, staticKey: staticKey,
+                                        remoteStatic: remoteStatic, psks: psk.map { [$0] } ?? [])
+    }
+
+    /// Restore an established session saved with `serialized()`.
+    public init(serialized bytes: [UInt8]) throws(CryptoError) {
+        guard bytes.count > 2 + 32 + 32, bytes[0] == 1 else { throw .invalidInput("session state in an unknown format") }
+        role = bytes[1] == 0 ? .initiator : .responder
+        peerStaticKey = Array(bytes[2..<34])
+        handshakeHash = Array(bytes[34..<66])
+        ratchet = try DoubleRatchet(serialized: Array(bytes[66...]))
+        limits = ratchet!.limits
+        phase = .established
+    }
+
+    public var isEstablished: Bool { phase == .established }
+    /// Whether the handshake expects this side to write next.
+    public var mustWriteHandshake: Bool { handshake?.isMyTurn ?? false }
+    public var canSend: Bool { ratchet?.canSend ?? false }
+
+    public func writeHandshake(payload: [UInt8] = []) throws(CryptoError) -> [UInt8] {
+        guard let handshake, phase == .handshaking else { throw .protocolViolation("the session is not handshaking") }
+        do throws(CryptoError) {
+            let message = try handshake.writeMessage(payload: payload)
+            try finishIfComplete()
+            return message
+        } catch {
+            phase = .failed
+            throw error
+        }
+    }
+
+    public func readHandshake(_ message: [UInt8]) throws(CryptoError) -> [UInt8] {
+        guard let handshake, phase == .handshaking else { throw .protocolViolation("the session is not handshaking") }
+        do throws(CryptoError) {
+            let payload = try handshake.readMessage(message)
+            try finishIfComplete()
+            return payload
+        } catch {
+            phase = .failed
+            throw error
+        }
+    }
+
+    private func finishIfComplete() throws(CryptoError) {
+        guard let handshake, handshake.isComplete else { return }
+        let result = try handshake.result()
+        let root = try Hash.hkdfSHA256(salt: result.chainingKey, ikm: SecureBytes(result.handshakeHash),
+                                       info: Array("masq session v1".utf8), length: 32)
+        ratchet = role == .responder
+            ? try DoubleRatchet(sharedSecret: root, peerRatchetKey: result.remoteEphemeral, limits: limits)
+            : try DoubleRatchet(sharedSecret: root, ownRatchetKey: result.localEphemeral, limits: limits)
+        peerStaticKey = result.remoteStatic
+        handshakeHash = result.handshakeHash
+        self.handshake = nil
+        phase = .established
+    }
+
+    public func seal(_ plaintext: [UInt8], associatedData: [UInt8] = []) throws(CryptoError) -> [UInt8] {
+        guard phase == .established else { throw .protocolViolation("the session is not established") }
+        return try ratchet!.encrypt(plaintext, associatedData: associatedData)
+    }
+
+    public func open(_ message: [UInt8], associatedData: [UInt8] = []) throws(CryptoError) -> [UInt8] {
+        guard phase == .established else { throw .protocolViolation("the session is not established") }
+        return try ratchet!.decrypt(message, associatedData: associatedData)
+    }
+
+    /// Established state as bytes (secret: store it encrypted).
+    public func serialized() throws(CryptoError) -> [UInt8] {
+        guard phase == .established, let ratchet, let peerStaticKey else { throw .protocolViolation("only an established session can be saved") }
+        return [1, role == .initiator ? 0 : 1] + peerStaticKey + handshakeHash + ratchet.serialized()
+    }
+}
