@@ -36,6 +36,69 @@ static void fetch_all(void) {
 
 #define FETCH() pthread_once(&fetched, fetch_all)
 
+/* Per-thread contexts, reused across calls: OpenSSL 3 spends more time
+ * creating a context than encrypting a kilobyte. Freed at thread exit. */
+typedef struct {
+    EVP_CIPHER_CTX *chacha;
+    EVP_CIPHER_CTX *gcm256;
+    EVP_MAC_CTX *hmac256;
+    EVP_MAC_CTX *hmac512;
+} thread_contexts;
+
+static pthread_key_t contexts_key;
+static pthread_once_t contexts_once = PTHREAD_ONCE_INIT;
+
+static void free_contexts(void *p) {
+    thread_contexts *t = p;
+    EVP_CIPHER_CTX_free(t->chacha);
+    EVP_CIPHER_CTX_free(t->gcm256);
+    EVP_MAC_CTX_free(t->hmac256);
+    EVP_MAC_CTX_free(t->hmac512);
+    OPENSSL_free(t);
+}
+
+static void make_contexts_key(void) { pthread_key_create(&contexts_key, free_contexts); }
+
+static thread_contexts *contexts(void) {
+    pthread_once(&contexts_once, make_contexts_key);
+    thread_contexts *t = pthread_getspecific(contexts_key);
+    if (t) return t;
+    t = OPENSSL_zalloc(sizeof *t);
+    if (t && pthread_setspecific(contexts_key, t) != 0) {
+        OPENSSL_free(t);
+        t = NULL;
+    }
+    return t;
+}
+
+static EVP_MAC_CTX *hmac_context(int bits) {
+    FETCH();
+    thread_contexts *t = contexts();
+    if (!t) return NULL;
+    EVP_MAC_CTX **slot = bits == 512 ? &t->hmac512 : &t->hmac256;
+    if (!*slot) {
+        EVP_MAC_CTX *ctx = EVP_MAC_CTX_new(hmac_mac);
+        OSSL_PARAM params[2] = {OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)(bits == 512 ? "SHA512" : "SHA256"), 0),
+                                OSSL_PARAM_construct_end()};
+        if (!ctx || EVP_MAC_CTX_set_params(ctx, params) != 1) {
+            EVP_MAC_CTX_free(ctx);
+            return NULL;
+        }
+        *slot = ctx;
+    }
+    return *slot;
+}
+
+static int hmac(int bits, const uint8_t *key, size_t key_len, const uint8_t *data, size_t data_len, uint8_t *out) {
+    static const uint8_t empty = 0;
+    EVP_MAC_CTX *ctx = hmac_context(bits);
+    size_t want = (size_t)bits / 8, out_len = 0;
+    int ok = ctx && EVP_MAC_init(ctx, key_len ? key : &empty, key_len, NULL) == 1 &&
+             EVP_MAC_update(ctx, data_len ? data : &empty, data_len) == 1 && EVP_MAC_final(ctx, out, &out_len, want) == 1 &&
+             out_len == want;
+    return ok ? MASQCRYPTO_OK : MASQCRYPTO_ERR;
+}
+
 int masqcrypto_random(uint8_t *out, size_t len) {
     while (len > 0) {
         int chunk = len > INT_MAX ? INT_MAX : (int)len;
@@ -68,17 +131,11 @@ int masqcrypto_sha384(const uint8_t *data, size_t len, uint8_t out[48]) {
 }
 
 int masqcrypto_hmac_sha256(const uint8_t *key, size_t key_len, const uint8_t *data, size_t data_len, uint8_t out[32]) {
-    FETCH();
-    static const uint8_t empty = 0;
-    EVP_MAC_CTX *ctx = EVP_MAC_CTX_new(hmac_mac);
-    OSSL_PARAM params[2] = {OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0),
-                            OSSL_PARAM_construct_end()};
-    size_t out_len = 0;
-    int ok = ctx && EVP_MAC_init(ctx, key_len ? key : &empty, key_len, params) == 1 &&
-             EVP_MAC_update(ctx, data_len ? data : &empty, data_len) == 1 && EVP_MAC_final(ctx, out, &out_len, 32) == 1 &&
-             out_len == 32;
-    EVP_MAC_CTX_free(ctx);
-    return ok ? MASQCRYPTO_OK : MASQCRYPTO_ERR;
+    return hmac(256, key, key_len, data, data_len, out);
+}
+
+int masqcrypto_hmac_sha512(const uint8_t *key, size_t key_len, const uint8_t *data, size_t data_len, uint8_t out[64]) {
+    return hmac(512, key, key_len, data, data_len, out);
 }
 
 int masqcrypto_hkdf_sha256(const uint8_t *salt, size_t salt_len, const uint8_t *ikm, size_t ikm_len,
@@ -209,14 +266,24 @@ static int aead(int encrypt, int algorithm, const uint8_t *key, size_t key_len, 
                 uint8_t *out, uint8_t *tag) {
     const EVP_CIPHER *cipher = aead_cipher(algorithm, key_len, nonce_len, tag_len);
     if (!cipher || in_len > INT_MAX || ad_len > INT_MAX) return MASQCRYPTO_ERR;
-    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+    /* The common cases (ChaCha20-Poly1305, AES-256-GCM with 12-byte nonces)
+     * reuse this thread's context; anything else gets a fresh one. */
+    thread_contexts *t = nonce_len == 12 && (cipher == chacha_cipher || cipher == gcm256) ? contexts() : NULL;
+    EVP_CIPHER_CTX **slot = t ? (cipher == chacha_cipher ? &t->chacha : &t->gcm256) : NULL;
+    EVP_CIPHER_CTX *ctx = slot && *slot ? *slot : EVP_CIPHER_CTX_new();
     if (!ctx) return MASQCRYPTO_ERR;
     int len = 0, rc = MASQCRYPTO_ERR;
     size_t ivlen = nonce_len;
     OSSL_PARAM params[2] = {OSSL_PARAM_construct_size_t(OSSL_CIPHER_PARAM_AEAD_IVLEN, &ivlen), OSSL_PARAM_construct_end()};
-    if (EVP_CipherInit_ex2(ctx, cipher, NULL, NULL, encrypt, params) != 1) goto done;
-    if (!encrypt && EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, (int)tag_len, tag) != 1) goto done;
+    if (slot && *slot == ctx) {
+        /* Reused: same cipher and nonce length; only direction, key and nonce change. */
+    } else if (EVP_CipherInit_ex2(ctx, cipher, NULL, NULL, encrypt, params) != 1) {
+        goto done;
+    } else if (slot) {
+        *slot = ctx;
+    }
     if (EVP_CipherInit_ex2(ctx, NULL, key, nonce, encrypt, NULL) != 1) goto done;
+    if (!encrypt && EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, (int)tag_len, tag) != 1) goto done;
     if (ad_len && EVP_CipherUpdate(ctx, NULL, &len, ad, (int)ad_len) != 1) goto done;
     if (in_len && EVP_CipherUpdate(ctx, out, &len, in, (int)in_len) != 1) goto done;
     if (EVP_CipherFinal_ex(ctx, out + (in_len ? len : 0), &len) != 1) {
@@ -226,7 +293,7 @@ static int aead(int encrypt, int algorithm, const uint8_t *key, size_t key_len, 
     if (encrypt && EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_GET_TAG, (int)tag_len, tag) != 1) goto done;
     rc = MASQCRYPTO_OK;
 done:
-    EVP_CIPHER_CTX_free(ctx);
+    if (!slot || *slot != ctx) EVP_CIPHER_CTX_free(ctx);
     if (rc != MASQCRYPTO_OK && in_len) OPENSSL_cleanse(out, in_len);
     return rc;
 }

@@ -4,7 +4,7 @@
 /// security). Headers are sent in clear but authenticated as associated data.
 ///
 ///   root step:   (rk, ck) = HKDF-SHA256(salt: rk, ikm: DH(...), info: "masq ratchet root v1", 64)
-///   chain step:  mk = HMAC-SHA256(ck, 0x01), ck = HMAC-SHA256(ck, 0x02)
+///   chain step:  mk || ck' = HMAC-SHA512(ck, 0x01)   (one call: half the cost of two HMAC-SHA256)
 ///   message:     ChaCha20-Poly1305 with key mk (used once), nonce 0, AD = ad || header
 ///
 /// Decryption is transactional: the state changes only if the message
@@ -94,20 +94,51 @@ public struct DoubleRatchet: Sendable {
         guard sent < UInt32.max else { throw .protocolViolation("sending chain exhausted") }
         let (messageKey, next) = Self.chainStep(chain)
         let header = Header(ratchetKey: sendingKey.publicKey, previousChainLength: previousChainLength, messageNumber: sent).encoded
-        let sealed = try AEAD.seal(.chacha20Poly1305, key: messageKey, nonce: Self.nonce, ad: associatedData + header, plaintext: plaintext)
+        let ad = associatedData + header
+        let length = DoubleRatchet.headerLength + plaintext.count + AEAD.tagLength
+        var failure: CryptoError?
+        // One allocation: header, then ciphertext and tag sealed in place.
+        let message = [UInt8](unsafeUninitializedCapacity: length) { buffer, initialized in
+            let raw = UnsafeMutableRawBufferPointer(buffer)
+            header.withUnsafeBytes { raw.copyMemory(from: $0) }
+            do throws(CryptoError) {
+                try messageKey.withBytes { (k) throws(CryptoError) in
+                    try ad.withBytes { (a) throws(CryptoError) in
+                        try plaintext.withBytes { (p) throws(CryptoError) in
+                            try AEAD.seal(.chacha20Poly1305, key: k, nonce: Self.nonce, ad: a, plaintext: p,
+                                          into: UnsafeMutableRawBufferPointer(rebasing: raw[DoubleRatchet.headerLength...]))
+                        }
+                    }
+                }
+            } catch {
+                failure = error
+                raw.initializeMemory(as: UInt8.self, repeating: 0)
+            }
+            initialized = length
+        }
+        if let failure { throw failure }
         sendingChain = next
         sent += 1
-        return header + sealed
+        return message
     }
 
     /// Authenticate and decrypt one message; the state is unchanged on any failure.
     public mutating func decrypt(_ message: [UInt8], associatedData: [UInt8] = []) throws(CryptoError) -> [UInt8] {
         let header = try Header(decoding: message[...])
-        let body = Array(message[DoubleRatchet.headerLength...])
         let ad = associatedData + Array(message.prefix(DoubleRatchet.headerLength))
+        func open(_ key: SecureBytes) throws(CryptoError) -> [UInt8] {
+            try key.withBytes { (k) throws(CryptoError) in
+                try ad.withBytes { (a) throws(CryptoError) in
+                    try message.withBytes { (m) throws(CryptoError) in
+                        try AEAD.open(.chacha20Poly1305, key: k, nonce: Self.nonce, ad: a,
+                                      ciphertext: UnsafeRawBufferPointer(rebasing: m[DoubleRatchet.headerLength...]))
+                    }
+                }
+            }
+        }
 
         if let index = skipped.firstIndex(where: { $0.ratchetKey == header.ratchetKey && $0.number == header.messageNumber }) {
-            let plaintext = try AEAD.open(.chacha20Poly1305, key: skipped[index].key, nonce: Self.nonce, ad: ad, ciphertext: body)
+            let plaintext = try open(skipped[index].key)
             skipped.remove(at: index)
             return plaintext
         }
@@ -123,7 +154,7 @@ public struct DoubleRatchet: Sendable {
         try next.skip(until: header.messageNumber)
         guard let chain = next.receivingChain else { throw .protocolViolation("no receiving chain") }
         let (messageKey, following) = Self.chainStep(chain)
-        let plaintext = try AEAD.open(.chacha20Poly1305, key: messageKey, nonce: Self.nonce, ad: ad, ciphertext: body)
+        let plaintext = try open(messageKey)
         next.receivingChain = following
         next.received = header.messageNumber + 1
         self = next
@@ -140,12 +171,9 @@ public struct DoubleRatchet: Sendable {
     }
 
     static func chainStep(_ chain: SecureBytes) -> (messageKey: SecureBytes, next: SecureBytes) {
-        chain.withUnsafeBytes { key in
-            let one: [UInt8] = [1], two: [UInt8] = [2]
-            let mk = one.withUnsafeBytes { SecureBytes(Hash.hmacSHA256(key: key, data: $0)) }
-            let ck = two.withUnsafeBytes { SecureBytes(Hash.hmacSHA256(key: key, data: $0)) }
-            return (mk, ck)
-        }
+        let one: [UInt8] = [1]
+        let out = chain.withUnsafeBytes { key in one.withUnsafeBytes { Hash.hmacSHA512(key: key, data: $0) } }
+        return out.withUnsafeBytes { (SecureBytes($0[0..<32]), SecureBytes($0[32..<64])) }
     }
 
     private mutating func dhStep(_ peerKey: [UInt8]) throws(CryptoError) {
@@ -242,5 +270,13 @@ extension UInt32 {
     init(bigEndianBytes b: ArraySlice<UInt8>) {
         let s = b.startIndex
         self = UInt32(b[s]) << 24 | UInt32(b[s + 1]) << 16 | UInt32(b[s + 2]) << 8 | UInt32(b[s + 3])
+    }
+}
+
+extension Array where Element == UInt8 {
+    /// withUnsafeBytes for closures with typed throws.
+    func withBytes<T>(_ body: (UnsafeRawBufferPointer) throws(CryptoError) -> T) throws(CryptoError) -> T {
+        let r: Swift.Result<T, CryptoError> = withUnsafeBytes { raw in Swift.Result { () throws(CryptoError) in try body(raw) } }
+        return try r.get()
     }
 }

@@ -21,6 +21,17 @@ public enum Hash {
         return out
     }
 
+    public static func hmacSHA512(key: UnsafeRawBufferPointer, data: UnsafeRawBufferPointer) -> SecureBytes {
+        let out = SecureBytes(count: 64)
+        let status = out.withUnsafeMutableBytes { o in
+            masqcrypto_hmac_sha512(key.baseAddress?.assumingMemoryBound(to: UInt8.self), key.count,
+                                   data.baseAddress?.assumingMemoryBound(to: UInt8.self), data.count,
+                                   o.baseAddress!.assumingMemoryBound(to: UInt8.self))
+        }
+        precondition(status == 0, "HMAC-SHA512 failed")
+        return out
+    }
+
     public static func hmacSHA256(key: [UInt8], data: [UInt8]) -> [UInt8] {
         key.withUnsafeBytes { k in data.withUnsafeBytes { d in hmacSHA256(key: k, data: d) } }
     }
@@ -189,6 +200,19 @@ public enum AEAD {
         }
         guard status == 0 else { throw .invalidInput("AEAD parameters rejected (key \(key.count), nonce \(nonce.count), tag \(tagLength) bytes)") }
         return out
+    }
+
+    /// Seal into `output` (plaintext.count + tagLength bytes), without intermediate copies.
+    public static func seal(_ algorithm: Algorithm, key: UnsafeRawBufferPointer, nonce: [UInt8], ad: UnsafeRawBufferPointer,
+                            plaintext: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer) throws(CryptoError) {
+        precondition(output.count == plaintext.count + tagLength)
+        let status = nonce.withUnsafeBufferPointer { n in
+            masqcrypto_aead_seal(algorithm.rawValue, key.baseAddress?.assumingMemoryBound(to: UInt8.self), key.count,
+                                 n.baseAddress, n.count, ad.baseAddress?.assumingMemoryBound(to: UInt8.self), ad.count,
+                                 plaintext.baseAddress?.assumingMemoryBound(to: UInt8.self), plaintext.count, tagLength,
+                                 output.baseAddress?.assumingMemoryBound(to: UInt8.self))
+        }
+        guard status == 0 else { throw .invalidInput("AEAD parameters rejected") }
     }
 
     /// Authenticate and decrypt ciphertext || tag.

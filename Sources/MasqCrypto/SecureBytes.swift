@@ -35,6 +35,11 @@ public final class SecureBytes: @unchecked Sendable, Equatable {
         try body(UnsafeRawBufferPointer(rebasing: storage[0..<count]))
     }
 
+    /// withUnsafeBytes for closures with typed throws.
+    public func withBytes<R>(_ body: (UnsafeRawBufferPointer) throws(CryptoError) -> R) throws(CryptoError) -> R {
+        try body(UnsafeRawBufferPointer(rebasing: storage[0..<count]))
+    }
+
     public func withUnsafeMutableBytes<R>(_ body: (UnsafeMutableRawBufferPointer) throws -> R) rethrows -> R {
         try body(UnsafeMutableRawBufferPointer(rebasing: storage[0..<count]))
     }

@@ -26,6 +26,7 @@ void masqcrypto_wipe(void *ptr, size_t len);
 int masqcrypto_sha256(const uint8_t *data, size_t len, uint8_t out[32]);
 int masqcrypto_sha384(const uint8_t *data, size_t len, uint8_t out[48]);
 int masqcrypto_hmac_sha256(const uint8_t *key, size_t key_len, const uint8_t *data, size_t data_len, uint8_t out[32]);
+int masqcrypto_hmac_sha512(const uint8_t *key, size_t key_len, const uint8_t *data, size_t data_len, uint8_t out[64]);
 /* HKDF-SHA256 extract-then-expand (RFC 5869). out_len <= 255 * 32. */
 int masqcrypto_hkdf_sha256(const uint8_t *salt, size_t salt_len, const uint8_t *ikm, size_t ikm_len,
                            const uint8_t *info, size_t info_len, uint8_t *out, size_t out_len);
