@@ -261,6 +261,12 @@ typedef struct masq_storage_vtable {
      *  rules as scan. The kernel falls back to scan + del when NULL. */
     int (*delete_range)(void *db, const uint8_t *start, size_t start_len,
                         const uint8_t *end, size_t end_len);
+
+    /** Optional (may be NULL). Rewrite the engine's files so that deleted or
+     *  overwritten bytes no longer linger on disk (free pages, journals). The
+     *  kernel calls it, outside any transaction, after encrypting a store's
+     *  data in place; it may take a while. */
+    int (*compact)(void *db);
 } masq_storage_vtable;
 
 /* ------------------------------------------------------------------------ */

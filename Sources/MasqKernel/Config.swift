@@ -54,11 +54,13 @@ public struct MasqConfig: Sendable, Equatable {
     public var wallet: PluginReference?
     public var limits: Limits
     public var logLevel: LogLevel?
+    /// scrypt cost (N = 2^scryptLogN) when a passphrase is set; recorded in the keyring.
+    public var scryptLogN: UInt8 = KeyRing.defaultLogN
 
     /// The configuration `masq init` writes: SQLite in `dataDir`.
     public static func defaults(dataDir: String) -> MasqConfig {
         MasqConfig(dataDir: dataDir, pluginPath: [], storage: PluginReference(name: "sqlite"),
-                   transports: [], wallet: nil, limits: Limits(), logLevel: nil)
+                   transports: [], wallet: nil, limits: Limits(), logLevel: nil, scryptLogN: KeyRing.defaultLogN)
     }
 
     /// Read and validate a config file; relative paths are taken from the file's directory.
@@ -87,7 +89,8 @@ public struct MasqConfig: Sendable, Equatable {
     public func json() -> String {
         var lines = ["{", "  \"masq\": \(MasqConfig.formatVersion),", "  \"data_dir\": \(jsonString(dataDir)),"]
         lines.append("  \"storage\": { \"plugin\": \(jsonString(storage.name))\(storage.options.isEmpty ? "" : ", \"options\": {" + storage.options.map { "\(jsonString($0.key)): \(jsonString($0.value))" }.joined(separator: ", ") + "}") },")
-        lines.append("  \"limits\": { \"max_key_bytes\": \(limits.maxKeyBytes), \"max_value_bytes\": \(limits.maxValueBytes), \"max_namespace_bytes\": \(limits.maxNamespaceBytes), \"max_batch_entries\": \(limits.maxBatchEntries) }")
+        lines.append("  \"limits\": { \"max_key_bytes\": \(limits.maxKeyBytes), \"max_value_bytes\": \(limits.maxValueBytes), \"max_namespace_bytes\": \(limits.maxNamespaceBytes), \"max_batch_entries\": \(limits.maxBatchEntries) },")
+        lines.append("  \"security\": { \"scrypt_log_n\": \(scryptLogN) }")
         lines.append("}")
         return lines.joined(separator: "\n") + "\n"
     }
@@ -155,7 +158,7 @@ private struct ConfigReader {
     }
 
     mutating func read(_ root: JSONValue) throws(MasqError) -> MasqConfig {
-        let top = try object(root, "", allowed: ["masq", "data_dir", "plugin_path", "storage", "transports", "wallet", "limits", "log_level"])
+        let top = try object(root, "", allowed: ["masq", "data_dir", "plugin_path", "storage", "transports", "wallet", "limits", "log_level", "security"])
         if let version = top["masq"] {
             let v = try integer(version, "masq", min: 1, max: Int.max)
             guard v == MasqConfig.formatVersion else {
@@ -181,6 +184,10 @@ private struct ConfigReader {
             for (key, keyPath, ceiling) in Limits.ceilings {
                 if let v = members[key] { config.limits[keyPath: keyPath] = try integer(v, "limits.\(key)", min: 1, max: ceiling) }
             }
+        }
+        if let security = top["security"] {
+            let members = try object(security, "security", allowed: ["scrypt_log_n"])
+            if let n = members["scrypt_log_n"] { config.scryptLogN = UInt8(try integer(n, "security.scrypt_log_n", min: 10, max: 22)) }
         }
         if let level = top["log_level"] {
             let name = try string(level, "log_level")

@@ -97,6 +97,17 @@ public enum FileSystem {
         }
     }
 
+    /// Create `path` with `bytes` only if it does not exist (atomic: written
+    /// to a temporary file, then hard-linked into place). False if it exists.
+    public static func createFile(_ path: String, _ bytes: [UInt8], mode: mode_t = 0o600) throws(MasqError) -> Bool {
+        let temporary = path + ".new-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        try writeFile(temporary, bytes, mode: mode)
+        defer { unlink(temporary) }
+        if link(temporary, path) == 0 { return true }
+        if errno == EEXIST { return false }
+        throw MasqError(.io, "cannot create \(path): \(errnoText())")
+    }
+
     public static func listDirectory(_ path: String) -> [String] {
         guard let dir = opendir(path) else { return [] }
         defer { closedir(dir) }

@@ -7,6 +7,9 @@
 ///   'R' varint nsID, key              record: header + value (or tombstone)
 ///   'L' u64 replica, u64 seq          change log: the keys one commit wrote
 ///   'V' u64 replica                   version vector: highest seq applied
+///   'D' device id                     a paired device
+///   'P' offer id                      a pending pairing offer
+///   'S' device id                     the session with a paired device
 ///
 /// Namespaces are stored as small ids (varints are prefix-free, so each
 /// namespace's records form one contiguous key range); integers in keys are
@@ -19,6 +22,9 @@ enum RecordFormat {
     static let record: UInt8 = 0x52     // 'R'
     static let log: UInt8 = 0x4C        // 'L'
     static let vector: UInt8 = 0x56     // 'V'
+    static let device: UInt8 = 0x44     // 'D' paired devices (sealed when protected)
+    static let pairing: UInt8 = 0x50    // 'P' pending pairing offers (sealed when protected)
+    static let session: UInt8 = 0x53    // 'S' session states per device (sealed when protected)
 
     static let metaFormat: [UInt8] = [meta] + Array("format".utf8)
     static let metaReplica: [UInt8] = [meta] + Array("replica".utf8)

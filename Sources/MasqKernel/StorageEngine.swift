@@ -122,6 +122,12 @@ final class StorageEngine {
         for key in keys { try key.withBytes { (k) throws(MasqError) in try delete(k) } }
     }
 
+    /// Ask the engine to drop lingering copies of old data, if it can.
+    func compact() throws(MasqError) {
+        guard let compact = v.compact else { return }
+        try check(call { compact(db) }, "compact")
+    }
+
     // MARK: - plumbing
 
     private struct SinkContext { var sink: (UnsafeRawBufferPointer) -> Void }

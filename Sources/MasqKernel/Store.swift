@@ -1,3 +1,4 @@
+import MasqCrypto
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -18,23 +19,41 @@ public final class Store: @unchecked Sendable {
     public var storagePlugin: LoadedPlugin { engine.plugin }
 
     let engine: StorageEngine
-    private let lock = Lock()
+    let lock = Lock()
     private var clock = HybridLogicalClock()
     private var closed = false
-    private let hub: WatchHub
+    let hub: WatchHub
     /// Namespace name -> id, for committed assignments only (ids never change).
-    private var namespaceIDs: [String: UInt32] = [:]
+    var namespaceIDs: [String: UInt32] = [:]
+
+    /// Passphrase protection (Store+Protection.swift).
+    enum Protection {
+        case none
+        case locked(KeyRing)
+        case unlocked(KeyRing, SecretBox)
+    }
+    var protection: Protection = .none
+    /// Seals values, names and other secrets when the store is protected and unlocked.
+    var box: SecretBox? {
+        if case .unlocked(_, let box) = protection { return box }
+        return nil
+    }
+    /// This device's long-term keys (nil while locked).
+    public internal(set) var identity: DeviceIdentity?
 
     /// Entries per chunk when listing without holding the lock throughout.
     static let listChunk = 256
 
     // MARK: - open / close
 
-    public convenience init(configPath: String) throws(MasqError) {
-        try self.init(config: MasqConfig.load(path: configPath))
+    public convenience init(configPath: String, passphrase: [UInt8]? = nil) throws(MasqError) {
+        try self.init(config: MasqConfig.load(path: configPath), passphrase: passphrase)
     }
 
-    public init(config: MasqConfig) throws(MasqError) {
+    /// Open (creating if needed) the store `config` describes. A store with a
+    /// keyring opens locked unless `passphrase` unlocks it; a new store given a
+    /// passphrase is protected from its first byte.
+    public init(config: MasqConfig, passphrase: [UInt8]? = nil) throws(MasqError) {
         self.config = config
         if let level = config.logLevel, !Log.isEnabled(level) { Log.install(maxLevel: level, callback: nil, context: nil) }
         try FileSystem.makeDirectories(config.dataDir)
@@ -44,7 +63,8 @@ public final class Store: @unchecked Sendable {
         engine = try StorageEngine(plugin: plugin, options: options)
         hub = WatchHub(label: "masq.watch")
         (replicaID, clock) = try Store.initialize(engine)
-        Log.info("kernel", "opened store in \(config.dataDir) with storage plugin '\(plugin.name)' \(plugin.version), replica \(String(replicaID, radix: 16))")
+        try openProtection(passphrase: passphrase)
+        Log.info("kernel", "opened store in \(config.dataDir) with storage plugin '\(plugin.name)' \(plugin.version), replica \(String(replicaID, radix: 16))\(isLocked ? " (locked)" : "")")
     }
 
     /// Read (or on first open, write) the format marker, replica id and clock.
@@ -100,13 +120,14 @@ public final class Store: @unchecked Sendable {
                         _ body: (UnsafeRawBufferPointer) throws(MasqError) -> T) throws(MasqError) -> T? {
         try checkKey(key)
         return try lock.withLock { () throws(MasqError) -> T? in
-            try ensureOpen()
+            try ensureUsable()
             guard let id = try existingNamespaceID(ns) else { return nil }
             return try withRecordKey(id, key) { (recordKey) throws(MasqError) -> T? in
                 let hit = try engine.get(recordKey) { (record) throws(MasqError) -> T? in
                     let header = try RecordHeader.read(record)
                     if header.tombstone { return nil }
-                    return try body(RecordHeader.value(in: record, header: header))
+                    guard let box else { return try body(RecordHeader.value(in: record, header: header)) }
+                    return try openValue(box, recordKey, record, header).withBytes { (v) throws(MasqError) in try body(v) }
                 }
                 return hit ?? nil
             }
@@ -122,7 +143,7 @@ public final class Store: @unchecked Sendable {
     public func list(_ ns: NamespaceName, prefix: [UInt8] = [], keysOnly: Bool = false,
                      _ visitor: (_ key: [UInt8], _ value: [UInt8]?) throws(MasqError) -> Bool) throws(MasqError) {
         guard prefix.count <= limits.maxKeyBytes else { throw .tooLarge("prefix is longer than limits.max_key_bytes") }
-        guard let id = try lock.withLock({ () throws(MasqError) in try ensureOpen(); return try existingNamespaceID(ns) }) else { return }
+        guard let id = try lock.withLock({ () throws(MasqError) in try ensureUsable(); return try existingNamespaceID(ns) }) else { return }
         let base = RecordFormat.recordPrefix(namespaceID: id)
         let end = RecordFormat.successor(ofPrefix: base + prefix)
         var cursor = base + prefix
@@ -131,13 +152,16 @@ public final class Store: @unchecked Sendable {
             var visited = 0
             var last: [UInt8]?
             try lock.withLock { () throws(MasqError) in
-                try ensureOpen()
+                try ensureUsable()
+                let box = self.box
                 try engine.scan(from: cursor, to: end) { (key, record) throws(MasqError) -> Bool in
                     visited += 1
                     last = Array(key)
                     let header = try RecordHeader.read(record)
                     if !header.tombstone {
-                        chunk.append((Array(key[base.count...]), keysOnly ? nil : Array(RecordHeader.value(in: record, header: header))))
+                        let value: [UInt8]? = keysOnly ? nil
+                            : try box.map { (b) throws(MasqError) in try openValue(b, key, record, header) } ?? Array(RecordHeader.value(in: record, header: header))
+                        chunk.append((Array(key[base.count...]), value))
                     }
                     return chunk.count < Store.listChunk && visited < Store.listChunk * 16
                 }
@@ -155,7 +179,8 @@ public final class Store: @unchecked Sendable {
     public func withAllEntries<T>(_ ns: NamespaceName,
                                   _ body: (_ entries: [(key: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer)]) throws(MasqError) -> T) throws(MasqError) -> T {
         return try lock.withLock { () throws(MasqError) -> T in
-            try ensureOpen()
+            try ensureUsable()
+            let box = self.box
             guard let id = try existingNamespaceID(ns) else { return try body([]) }
             let base = RecordFormat.recordPrefix(namespaceID: id)
             // One scan copies records into a single buffer; slices point into it.
@@ -170,7 +195,7 @@ public final class Store: @unchecked Sendable {
                 let keyStart = blob.count
                 blob += key[base.count...]
                 let valueStart = blob.count
-                blob += RecordHeader.value(in: record, header: header)
+                if let box { blob += try openValue(box, key, record, header) } else { blob += RecordHeader.value(in: record, header: header) }
                 spans.append((keyStart, valueStart - keyStart, valueStart, blob.count - valueStart))
                 return true
             }
@@ -188,24 +213,23 @@ public final class Store: @unchecked Sendable {
     /// Namespaces holding at least one live key, in bytewise order.
     public func namespaces() throws(MasqError) -> [String] {
         try lock.withLock { () throws(MasqError) -> [String] in
-            try ensureOpen()
-            var all: [(NamespaceName, UInt32)] = []
-            try engine.scan(from: [RecordFormat.namespaceByName], to: [RecordFormat.namespaceByName + 1]) { (key, value) throws(MasqError) -> Bool in
-                var reader = ByteReader(value)
-                let id = try reader.varint()
-                guard id <= UInt64(UInt32.max), key.count > 1 else { throw .corrupt("malformed namespace entry") }
-                all.append((try NamespaceName(storedBytes: Array(key[1...])), UInt32(id)))
+            try ensureUsable()
+            var all: [(name: [UInt8], id: UInt32)] = []
+            try engine.scan(from: [RecordFormat.namespaceByID], to: [RecordFormat.namespaceByID + 1]) { (key, value) throws(MasqError) -> Bool in
+                guard key.count == 5 else { throw .corrupt("malformed namespace entry") }
+                let id = UInt32(bigEndianBytes: Array(key)[1..<5])
+                all.append((try decodeNamespaceName(id: id, stored: value), id))
                 return true
             }
             var live: [String] = []
-            for (name, id) in all {
+            for (name, id) in all.sorted(by: { $0.name.lexicographicallyPrecedes($1.name) }) {
                 let base = RecordFormat.recordPrefix(namespaceID: id)
                 var found = false
                 try engine.scan(from: base, to: RecordFormat.successor(ofPrefix: base)) { (_, record) throws(MasqError) -> Bool in
                     found = try !RecordHeader.read(record).tombstone
                     return !found
                 }
-                if found { live.append(name.string) }
+                if found { live.append(try NamespaceName(storedBytes: name).string) }
             }
             return live
         }
@@ -297,7 +321,7 @@ public final class Store: @unchecked Sendable {
     /// Call `callback` for every change committed after this returns to keys
     /// of `namespace` (nil: all) starting with `prefix`.
     public func watch(namespace: NamespaceName?, prefix: [UInt8] = [], _ callback: @escaping @Sendable (Change) -> Void) throws(MasqError) -> UInt64 {
-        try lock.withLock { () throws(MasqError) in try ensureOpen() }
+        try lock.withLock { () throws(MasqError) in try ensureUsable() }
         return hub.add(namespace: namespace?.string, prefix: prefix, callback: callback)
     }
 
@@ -326,7 +350,7 @@ public final class Store: @unchecked Sendable {
     /// that commit is not in the log.
     public func changeLog(replica: UInt64, seq: UInt64) throws(MasqError) -> [(namespace: String, key: [UInt8])]? {
         try lock.withLock { () throws(MasqError) -> [(namespace: String, key: [UInt8])]? in
-            try ensureOpen()
+            try ensureUsable()
             let entry = try RecordFormat.logKey(replica: replica, seq: seq).withBytes { (k) throws(MasqError) in
                 try engine.get(k) { (bytes) throws(MasqError) in try LogEntryWriter.decode(bytes) }
             }
@@ -340,7 +364,7 @@ public final class Store: @unchecked Sendable {
     /// A record's metadata, tombstones included (nil if never written).
     public func recordInfo(_ ns: NamespaceName, key: [UInt8]) throws(MasqError) -> (version: Version, seq: UInt64, previous: Version, deleted: Bool)? {
         try lock.withLock { () throws(MasqError) -> (version: Version, seq: UInt64, previous: Version, deleted: Bool)? in
-            try ensureOpen()
+            try ensureUsable()
             guard let id = try existingNamespaceID(ns) else { return nil }
             return try key.withBytes { (k) throws(MasqError) in
                 try withRecordKey(id, k) { (recordKey) throws(MasqError) in
@@ -370,7 +394,7 @@ public final class Store: @unchecked Sendable {
     /// queue order is commit order). A commit that wrote nothing is rolled back.
     private func write(_ body: (inout Commit) throws(MasqError) -> Void) throws(MasqError) {
         try lock.withLock { () throws(MasqError) in
-            try ensureOpen()
+            try ensureUsable()
             try engine.begin()
             do throws(MasqError) {
                 let saved = try Store.readClock(engine)
@@ -418,11 +442,18 @@ public final class Store: @unchecked Sendable {
                 }
             }
             let header = RecordHeader(tombstone: value == nil, version: version, seq: commit.seq, previous: previous)
-            let length = header.size + (value?.count ?? 0)
+            let box = self.box
+            let stored = value.map { $0.count + (box == nil ? 0 : SecretBox.overhead) } ?? 0
+            let length = header.size + stored
             try withUnsafeTemporaryAllocation(byteCount: length, alignment: 8) { (record) throws(MasqError) in
                 let offset = header.write(to: record)
-                if let value, value.count > 0 {
-                    UnsafeMutableRawBufferPointer(rebasing: record[offset...]).copyMemory(from: value)
+                let rest = UnsafeMutableRawBufferPointer(rebasing: record[offset...])
+                if let value, let box {
+                    try withValueAD(recordKey, UnsafeRawBufferPointer(rebasing: record[0..<offset])) { (ad) throws(MasqError) in
+                        try box.seal(value, ad: ad, into: rest)
+                    }
+                } else if let value, value.count > 0 {
+                    rest.copyMemory(from: value)
                 }
                 try engine.put(recordKey, UnsafeRawBufferPointer(record))
             }
@@ -433,7 +464,7 @@ public final class Store: @unchecked Sendable {
     }
 
     /// Build 'R' varint(id) key in a stack buffer and pass it to body.
-    private func withRecordKey<T>(_ namespaceID: UInt32, _ key: UnsafeRawBufferPointer,
+    func withRecordKey<T>(_ namespaceID: UInt32, _ key: UnsafeRawBufferPointer,
                                   _ body: (UnsafeRawBufferPointer) throws(MasqError) -> T) throws(MasqError) -> T {
         let idLength = varintSize(UInt64(namespaceID))
         return try withUnsafeTemporaryAllocation(byteCount: 1 + idLength + key.count, alignment: 1) { (buffer) throws(MasqError) -> T in
@@ -452,9 +483,9 @@ public final class Store: @unchecked Sendable {
     }
 
     /// The id of a namespace that was ever written, or nil. Caller holds the lock.
-    private func existingNamespaceID(_ ns: NamespaceName, commit: Commit? = nil) throws(MasqError) -> UInt32? {
+    func existingNamespaceID(_ ns: NamespaceName, commit: Commit? = nil) throws(MasqError) -> UInt32? {
         if let id = commit?.newNamespaces[ns.string] ?? namespaceIDs[ns.string] { return id }
-        guard let bytes = try Store.getMeta(engine, RecordFormat.namespaceNameKey(ns)) else { return nil }
+        guard let bytes = try Store.getMeta(engine, namespaceLookupKey(ns)) else { return nil }
         let id = try bytes.withBytes { (raw) throws(MasqError) -> UInt64 in
             var reader = ByteReader(raw)
             return try reader.varint()
@@ -476,8 +507,9 @@ public final class Store: @unchecked Sendable {
         idBytes.appendVarint(UInt64(next))
         var following: [UInt8] = []
         following.appendBigEndian32(next + 1)
-        try Store.putMeta(engine, RecordFormat.namespaceNameKey(ns), idBytes)
-        try Store.putMeta(engine, RecordFormat.namespaceIDKey(next), ns.bytes)
+        try Store.putMeta(engine, namespaceLookupKey(ns), idBytes)
+        let nameKey = RecordFormat.namespaceIDKey(next)
+        try Store.putMeta(engine, nameKey, try box.map { (b) throws(MasqError) in try b.seal(ns.bytes, ad: nameKey) } ?? ns.bytes)
         try Store.putMeta(engine, RecordFormat.metaNextNamespace, following)
         commit.newNamespaces[ns.string] = next
         return next
@@ -488,7 +520,34 @@ public final class Store: @unchecked Sendable {
         guard let bytes = try Store.getMeta(engine, RecordFormat.namespaceIDKey(id)) else {
             throw .corrupt("change log names unknown namespace id \(id)")
         }
-        return try NamespaceName(storedBytes: bytes).string
+        return try bytes.withBytes { (b) throws(MasqError) in try NamespaceName(storedBytes: decodeNamespaceName(id: id, stored: b)).string }
+    }
+
+    /// 'N' + name, or 'N' + a keyed hash of the name when names are sealed.
+    func namespaceLookupKey(_ ns: NamespaceName) -> [UInt8] {
+        [RecordFormat.namespaceByName] + (box?.nameTag(ns.bytes) ?? ns.bytes)
+    }
+
+    func decodeNamespaceName(id: UInt32, stored: UnsafeRawBufferPointer) throws(MasqError) -> [UInt8] {
+        guard let box else { return Array(stored) }
+        return try RecordFormat.namespaceIDKey(id).withBytes { (k) throws(MasqError) in try box.open(stored, ad: k) }
+    }
+
+    /// A record's value is sealed with its engine key and header as associated
+    /// data, so neither a value nor its metadata can be moved or altered unseen.
+    func withValueAD<T>(_ recordKey: UnsafeRawBufferPointer, _ header: UnsafeRawBufferPointer,
+                        _ body: (UnsafeRawBufferPointer) throws(MasqError) -> T) throws(MasqError) -> T {
+        try withUnsafeTemporaryAllocation(byteCount: recordKey.count + header.count, alignment: 1) { (ad) throws(MasqError) -> T in
+            if recordKey.count > 0 { UnsafeMutableRawBufferPointer(rebasing: ad[0..<recordKey.count]).copyMemory(from: recordKey) }
+            if header.count > 0 { UnsafeMutableRawBufferPointer(rebasing: ad[recordKey.count...]).copyMemory(from: header) }
+            return try body(UnsafeRawBufferPointer(ad))
+        }
+    }
+
+    func openValue(_ box: SecretBox, _ recordKey: UnsafeRawBufferPointer, _ record: UnsafeRawBufferPointer, _ header: RecordHeader) throws(MasqError) -> [UInt8] {
+        try withValueAD(recordKey, UnsafeRawBufferPointer(rebasing: record[0..<header.size])) { (ad) throws(MasqError) in
+            try box.open(RecordHeader.value(in: record, header: header), ad: ad)
+        }
     }
 
     private func checkKey(_ key: UnsafeRawBufferPointer) throws(MasqError) {
@@ -504,22 +563,28 @@ public final class Store: @unchecked Sendable {
         }
     }
 
-    private func ensureOpen() throws(MasqError) {
+    func ensureOpen() throws(MasqError) {
         if closed { throw MasqError(.closed, "the store is closed") }
     }
 
-    private static func readClock(_ engine: StorageEngine) throws(MasqError) -> (seq: UInt64, timestamp: UInt64) {
+    /// Open and, if protected, unlocked: required for anything touching data.
+    func ensureUsable() throws(MasqError) {
+        try ensureOpen()
+        if case .locked = protection { throw MasqError(.denied, "the store is locked: unlock it with its passphrase") }
+    }
+
+    static func readClock(_ engine: StorageEngine) throws(MasqError) -> (seq: UInt64, timestamp: UInt64) {
         guard let bytes = try getMeta(engine, RecordFormat.metaClock), bytes.count == 16 else {
             throw .corrupt("store has no valid clock record")
         }
         return bytes.withUnsafeBytes { ($0.loadBigEndian(at: 0), $0.loadBigEndian(at: 8)) }
     }
 
-    private static func getMeta(_ engine: StorageEngine, _ key: [UInt8]) throws(MasqError) -> [UInt8]? {
+    static func getMeta(_ engine: StorageEngine, _ key: [UInt8]) throws(MasqError) -> [UInt8]? {
         try key.withBytes { (k) throws(MasqError) in try engine.get(k) { Array($0) } }
     }
 
-    private static func putMeta(_ engine: StorageEngine, _ key: [UInt8], _ value: [UInt8]) throws(MasqError) {
+    static func putMeta(_ engine: StorageEngine, _ key: [UInt8], _ value: [UInt8]) throws(MasqError) {
         try key.withBytes { (k) throws(MasqError) in
             try value.withBytes { (v) throws(MasqError) in try engine.put(k, v) }
         }

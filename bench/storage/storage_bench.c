@@ -72,6 +72,7 @@ static void raw_run(const workload *w, const char *dir, const char *synchronous,
     snprintf(pragma, sizeof pragma, "PRAGMA synchronous=%s", synchronous);
     raw_exec(db, pragma);
     raw_exec(db, "PRAGMA cache_size=-8192");
+    raw_exec(db, "PRAGMA secure_delete=ON");
     raw_exec(db, "CREATE TABLE IF NOT EXISTS kv(k BLOB PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID");
     sqlite3_stmt *put, *get, *begin, *commit;
     sqlite3_prepare_v2(db, "INSERT OR REPLACE INTO kv(k, v) VALUES (?1, ?2)", -1, &put, NULL);

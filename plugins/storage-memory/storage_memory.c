@@ -332,6 +332,7 @@ static const masq_storage_vtable memory_vtable = {
     mem_del,
     mem_scan,
     NULL, /* delete_range is optional: the kernel falls back to scan + del */
+    NULL, /* compact is optional: nothing lingers on a disk we do not have */
 };
 
 static const masq_plugin_descriptor memory_descriptor = {

@@ -37,6 +37,7 @@ final class SQLiteDatabase {
         var synchronous = "full"
         var busyTimeoutMilliseconds: Int32 = 5000
         var cacheSizeKiB: Int = 8192
+        var secureDelete = true
     }
 
     init(host: UnsafePointer<masq_host>, options: Options) throws(Failure) {
@@ -60,6 +61,8 @@ final class SQLiteDatabase {
             }
             try execute("PRAGMA synchronous=\(options.synchronous)")
             try execute("PRAGMA cache_size=-\(options.cacheSizeKiB)")
+            // Zero freed content, so deleted or overwritten values do not linger in free pages.
+            try execute("PRAGMA secure_delete=\(options.secureDelete ? "ON" : "OFF")")
             try execute("CREATE TABLE IF NOT EXISTS kv(k BLOB PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID")
             getStatement = try prepare("SELECT v FROM kv WHERE k = ?1")
             putStatement = try prepare("INSERT OR REPLACE INTO kv(k, v) VALUES (?1, ?2)")
@@ -146,6 +149,16 @@ final class SQLiteDatabase {
         bind(s, 1, start, startLength)
         if end != nil { bind(s, 2, end, endLength) }
         return step(s, "delete_range")
+    }
+
+    /// VACUUM rebuilds the file without free pages; the checkpoint then
+    /// empties the WAL, so no copy of overwritten data remains.
+    func compact() -> Int32 {
+        for sql in ["VACUUM", "PRAGMA wal_checkpoint(TRUNCATE)"] {
+            let rc = sqlite3_exec(db, sql, nil, nil, nil)
+            if rc != SQLITE_OK { return fail(rc, "compact") }
+        }
+        return MASQ_OK
     }
 
     // MARK: plumbing
@@ -245,11 +258,14 @@ private func parseOptions(_ list: UnsafePointer<masq_plugin_option>?, _ count: I
         case "busy_timeout_ms":
             guard let ms = Int32(value), ms >= 0 else { throw .init(MASQ_E_CONFIG, "option busy_timeout_ms must be a non-negative integer, not \"\(value)\"") }
             options.busyTimeoutMilliseconds = ms
+        case "secure_delete":
+            guard value == "true" || value == "false" else { throw .init(MASQ_E_CONFIG, "option secure_delete must be true or false, not \"\(value)\"") }
+            options.secureDelete = value == "true"
         case "cache_size_kib":
             guard let kib = Int(value), kib > 0, kib <= 16 << 20 else { throw .init(MASQ_E_CONFIG, "option cache_size_kib must be 1...\(16 << 20), not \"\(value)\"") }
             options.cacheSizeKiB = kib
         default:
-            throw .init(MASQ_E_CONFIG, "unknown option \"\(key)\" (known: file, synchronous, busy_timeout_ms, cache_size_kib)")
+            throw .init(MASQ_E_CONFIG, "unknown option \"\(key)\" (known: file, synchronous, busy_timeout_ms, cache_size_kib, secure_delete)")
         }
     }
     return options
@@ -303,6 +319,7 @@ nonisolated(unsafe) private let vtable: UnsafeMutablePointer<masq_storage_vtable
     t.delete_range = { raw, start, startLength, end, endLength in
         database(raw)?.deleteRange(start, startLength, end, endLength) ?? MASQ_E_INVALID
     }
+    t.compact = { raw in database(raw)?.compact() ?? MASQ_E_INVALID }
     v.initialize(to: t)
     return v
 }()

@@ -34,7 +34,7 @@ __attribute__((unused)) static masq_storage_vtable storage_vtable = {
 #else
     st_get,
 #endif
-    st_put, st_del, st_scan, NULL,
+    st_put, st_del, st_scan, NULL, NULL,
 };
 
 static int tr_create(const masq_host *h, const masq_plugin_option *o, size_t n, void **out) {
