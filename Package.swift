@@ -30,6 +30,8 @@ let package = Package(
         .systemLibrary(name: "CMasqPlugin", path: "Sources/CMasqPlugin"),
         .systemLibrary(name: "CSQLite", path: "Sources/CSQLite", pkgConfig: "sqlite3",
                        providers: [.apt(["libsqlite3-dev"])]),
+        .systemLibrary(name: "CQREncode", path: "Sources/CQREncode", pkgConfig: "libqrencode",
+                       providers: [.apt(["libqrencode-dev"])]),
         .target(name: "CMasqSupport", path: "Sources/CMasqSupport"),
         // OpenSSL 3 (libcrypto) behind flat C functions; every primitive is OpenSSL's.
         .target(name: "CMasqCrypto", path: "Sources/CMasqCrypto", linkerSettings: [.linkedLibrary("crypto")]),
@@ -37,7 +39,7 @@ let package = Package(
         .target(name: "MasqCrypto", dependencies: ["CMasqCrypto"]),
 
         // The core: config, plugin loader, store semantics, the C API.
-        .target(name: "MasqKernel", dependencies: ["CMasq", "CMasqSupport", "MasqCrypto"]),
+        .target(name: "MasqKernel", dependencies: ["CMasq", "CMasqSupport", "MasqCrypto", "CQREncode"]),
         // Links the kernel into libmasq.so exporting only masq_*.
         .target(name: "MasqLibrary", dependencies: ["MasqKernel"], exclude: ["exports.map"],
                 linkerSettings: exportsOnly("Sources/MasqLibrary/exports.map")),

@@ -38,6 +38,9 @@ public final class SecureSession: @unchecked Sendable {
     }
 
     public var isEstablished: Bool { phase == .established }
+    /// The handshake hash so far (final once established): what a payload
+    /// inside the handshake can be bound to.
+    public var transcriptHash: [UInt8] { handshake?.handshakeHash ?? handshakeHash }
     /// Whether the handshake expects this side to write next.
     public var mustWriteHandshake: Bool { handshake?.isMyTurn ?? false }
     public var canSend: Bool { ratchet?.canSend ?? false }

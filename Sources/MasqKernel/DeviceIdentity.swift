@@ -85,15 +85,20 @@ public struct DevicePublicKeys: Sendable, Equatable, Hashable {
         self.agreement = agreement
     }
 
-    /// A short stable id: the first 10 bytes of SHA-256(signing || agreement), hex.
-    public var deviceID: String { hex(Array(Hash.sha256(signing + agreement).prefix(10))) }
+    /// A short stable id: the first 10 bytes of SHA-256 of the X25519 key, hex.
+    /// (The X25519 key is what handshakes authenticate; pairing binds the
+    /// Ed25519 key to it with a signature.)
+    public var deviceID: String { DevicePublicKeys.deviceID(agreementKey: agreement) }
+    public var fingerprint: (digits: String, emoji: String) { DevicePublicKeys.fingerprint(agreementKey: agreement) }
+
+    public static func deviceID(agreementKey: [UInt8]) -> String { hex(Array(Hash.sha256(agreementKey).prefix(10))) }
 
     /// A fingerprint people compare between two screens: 30 digits in groups
     /// of five, and the same value as 8 emoji. 5,200 rounds of SHA-256 (as
     /// Signal's safety numbers do) make finding a key with a given fingerprint costly.
-    public var fingerprint: (digits: String, emoji: String) {
-        var digest = Hash.sha256([0x4D, 0x46, 1] + signing + agreement)   // "MF" v1
-        for _ in 0..<5_200 { digest = Hash.sha256(digest + signing + agreement) }
+    public static func fingerprint(agreementKey: [UInt8]) -> (digits: String, emoji: String) {
+        var digest = Hash.sha256([0x4D, 0x46, 1] + agreementKey)   // "MF" v1
+        for _ in 0..<5_200 { digest = Hash.sha256(digest + agreementKey) }
         let groups = (0..<6).map { i -> String in
             let chunk = digest[(i * 5)..<(i * 5 + 5)].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
             let n = String(chunk % 100_000)

@@ -1,0 +1,217 @@
+import MasqCrypto
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A device this one is paired with.
+public struct PairedDevice: Sendable, Equatable {
+    public let deviceID: String
+    public let name: String
+    public let keys: DevicePublicKeys
+    public let pairedAt: UInt64   // Unix ms
+
+    var encoded: [UInt8] {
+        let name = Array(self.name.utf8.prefix(255))
+        var out: [UInt8] = [1]
+        out.appendBigEndian(pairedAt)
+        return out + [UInt8(name.count)] + name + keys.signing + keys.agreement
+    }
+
+    init(name: String, keys: DevicePublicKeys, pairedAt: UInt64) {
+        deviceID = keys.deviceID
+        self.name = name
+        self.keys = keys
+        self.pairedAt = pairedAt
+    }
+
+    init(decoding b: [UInt8]) throws(MasqError) {
+        guard b.count >= 10, b[0] == 1, b.count == 10 + Int(b[9]) + 64 else { throw .corrupt("malformed device record") }
+        let n = Int(b[9])
+        pairedAt = b.withUnsafeBytes { $0.loadBigEndian(at: 1) }
+        name = String(decoding: b[10..<(10 + n)], as: UTF8.self)
+        keys = DevicePublicKeys(signing: Array(b[(10 + n)..<(42 + n)]), agreement: Array(b[(42 + n)...]))
+        deviceID = keys.deviceID
+    }
+}
+
+/// Pairing offers, paired devices and their sessions. All are local state
+/// (not synced data), sealed when the store is protected.
+///
+/// Sending to the user's other devices uses one Double Ratchet session per
+/// pair of devices (docs/SECURITY.md): a message to "all devices" is N-1
+/// ciphertexts. Removing a device deletes its session, so nothing sealed
+/// afterwards is sealed for it, and its own sessions never held other pairs' keys.
+extension Store {
+    static let metaDeviceName: [UInt8] = [RecordFormat.meta] + Array("devicename".utf8)
+    public static let defaultPairingTTL: UInt64 = 600   // seconds
+
+    /// This device's identity, or MASQ_E_DENIED while the store is locked.
+    public func requireIdentity() throws(MasqError) -> DeviceIdentity {
+        try lock.withLock { () throws(MasqError) -> DeviceIdentity in
+            try ensureUsable()
+            guard let identity else { throw MasqError(.internal, "the store has no device identity") }
+            return identity
+        }
+    }
+
+    /// The name other devices see (default: the host name).
+    public var deviceName: String {
+        let stored = lock.withLock { () -> [UInt8]? in try? Store.getMeta(engine, Store.metaDeviceName) }
+        if let stored, let name = String(validating: stored, as: UTF8.self) { return name }
+        var buffer = [CChar](repeating: 0, count: 256)
+        gethostname(&buffer, buffer.count - 1)
+        let host = String(decoding: buffer.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return host.isEmpty ? "masq device" : host
+    }
+
+    public func setDeviceName(_ name: String) throws(MasqError) {
+        guard !name.isEmpty, name.utf8.count <= 64, !name.unicodeScalars.contains(where: { $0.value < 0x20 }) else {
+            throw .invalid("a device name is 1 to 64 bytes of text without control characters")
+        }
+        try localTransaction { () throws(MasqError) in try Store.putMeta(engine, Store.metaDeviceName, Array(name.utf8)) }
+    }
+
+    // MARK: - pairing offers
+
+    /// A single-use pairing link valid for `ttl` seconds; `via` is where this device will wait.
+    public func createPairingOffer(via: String?, ttl: UInt64 = Store.defaultPairingTTL) throws(MasqError) -> PairingLink {
+        guard ttl > 0 && ttl <= 7 * 24 * 3600 else { throw .invalid("a pairing link lives 1 second to 7 days") }
+        let link = PairingLink(secret: Random.bytes(PairingLink.secretLength), via: via)
+        var record: [UInt8] = [1]
+        record.appendBigEndian(Clock.unixMilliseconds() + ttl * 1000)
+        record += link.secret
+        let key = [RecordFormat.pairing] + link.room
+        try localTransaction { () throws(MasqError) in try Store.putMeta(engine, key, try sealSecret(key, record)) }
+        return link
+    }
+
+    /// MASQ_E_DENIED unless `link` is a live, unused offer of this store.
+    public func checkPairingOffer(_ link: PairingLink) throws(MasqError) {
+        try lock.withLock { () throws(MasqError) in
+            try ensureUsable()
+            try validOffer(link)
+        }
+    }
+
+    private func validOffer(_ link: PairingLink) throws(MasqError) {
+        let key = [RecordFormat.pairing] + link.room
+        guard let record = try getSecret(key), record.count == 9 + PairingLink.secretLength, record[0] == 1 else {
+            throw MasqError(.denied, "this pairing link was already used, or was not made by this device")
+        }
+        let expires = record.withUnsafeBytes { $0.loadBigEndian(at: 1) }
+        guard constantTimeEqual(Array(record[9...]), link.secret) else { throw MasqError(.denied, "this pairing link's secret is wrong") }
+        guard Clock.unixMilliseconds() < expires else { throw MasqError(.denied, "this pairing link has expired; make a new one with `masq pair`") }
+    }
+
+    /// Pending offers past their expiry are deleted.
+    public func purgeExpiredOffers() throws(MasqError) {
+        try localTransaction { () throws(MasqError) in
+            var expired: [[UInt8]] = []
+            try engine.scan(from: [RecordFormat.pairing], to: [RecordFormat.pairing + 1]) { (key, _) throws(MasqError) -> Bool in
+                if let record = try getSecret(Array(key)), record.count > 9,
+                   record.withUnsafeBytes({ $0.loadBigEndian(at: 1) }) <= Clock.unixMilliseconds() { expired.append(Array(key)) }
+                return true
+            }
+            for key in expired { try key.withBytes { (k) throws(MasqError) in try engine.delete(k) } }
+        }
+    }
+
+    /// Record a successful pairing in one transaction: consume the offer (on
+    /// the offering side, re-checked so two joiners cannot both use it), store
+    /// the device and its session.
+    func completePairing(offer: PairingLink?, card: DeviceCard, session: SecureSession) throws(MasqError) -> PairedDevice {
+        let device = PairedDevice(name: card.name, keys: card.keys, pairedAt: Clock.unixMilliseconds())
+        guard device.deviceID != identity?.publicKeys.deviceID else { throw .invalid("a device cannot pair with itself") }
+        let state = try crypto { () throws(CryptoError) in try session.serialized() }
+        try localTransaction { () throws(MasqError) in
+            if let offer {
+                try validOffer(offer)
+                try ([RecordFormat.pairing] + offer.room).withBytes { (k) throws(MasqError) in try engine.delete(k) }
+            }
+            let deviceKey = [RecordFormat.device] + Array(device.deviceID.utf8)
+            let sessionKey = [RecordFormat.session] + Array(device.deviceID.utf8)
+            try Store.putMeta(engine, deviceKey, try sealSecret(deviceKey, device.encoded))
+            try Store.putMeta(engine, sessionKey, try sealSecret(sessionKey, state))
+        }
+        Log.info("kernel", "paired with device \(device.deviceID)")
+        return device
+    }
+
+    // MARK: - devices
+
+    public func devices() throws(MasqError) -> [PairedDevice] {
+        try lock.withLock { () throws(MasqError) -> [PairedDevice] in
+            try ensureUsable()
+            var keys: [[UInt8]] = []
+            try engine.scan(from: [RecordFormat.device], to: [RecordFormat.device + 1]) { (key, _) throws(MasqError) -> Bool in
+                keys.append(Array(key))
+                return true
+            }
+            var out: [PairedDevice] = []
+            for key in keys { if let record = try getSecret(key) { out.append(try PairedDevice(decoding: record)) } }
+            return out.sorted { $0.pairedAt < $1.pairedAt }
+        }
+    }
+
+    /// Forget a device and its session (MASQ_E_NOT_FOUND if unknown).
+    public func removeDevice(_ deviceID: String) throws(MasqError) {
+        try localTransaction { () throws(MasqError) in
+            let deviceKey = [RecordFormat.device] + Array(deviceID.utf8)
+            guard try Store.getMeta(engine, deviceKey) != nil else { throw MasqError(.notFound, "no paired device \(deviceID)") }
+            try deviceKey.withBytes { (k) throws(MasqError) in try engine.delete(k) }
+            try ([RecordFormat.session] + Array(deviceID.utf8)).withBytes { (k) throws(MasqError) in try engine.delete(k) }
+        }
+        Log.info("kernel", "removed device \(deviceID)")
+    }
+
+    // MARK: - sessions with paired devices
+
+    /// Seal `plaintext` for every paired device: one ciphertext each, from its own session.
+    public func sealForDevices(_ plaintext: [UInt8], associatedData: [UInt8] = []) throws(MasqError) -> [(deviceID: String, message: [UInt8])] {
+        var out: [(deviceID: String, message: [UInt8])] = []
+        for device in try devices() {
+            out.append((device.deviceID, try withSession(device.deviceID) { (s) throws(CryptoError) in try s.seal(plaintext, associatedData: associatedData) }))
+        }
+        return out
+    }
+
+    /// Seal for one paired device.
+    public func seal(for deviceID: String, _ plaintext: [UInt8], associatedData: [UInt8] = []) throws(MasqError) -> [UInt8] {
+        try withSession(deviceID) { (s) throws(CryptoError) in try s.seal(plaintext, associatedData: associatedData) }
+    }
+
+    /// Open a message from a paired device; its session advances only if it authenticates.
+    public func open(from deviceID: String, _ message: [UInt8], associatedData: [UInt8] = []) throws(MasqError) -> [UInt8] {
+        try withSession(deviceID) { (s) throws(CryptoError) in try s.open(message, associatedData: associatedData) }
+    }
+
+    /// Load the session, run `body`, save the advanced state — one transaction,
+    /// so a crash never leaves a used message key behind or loses the ratchet.
+    private func withSession<T>(_ deviceID: String, _ body: (SecureSession) throws(CryptoError) -> T) throws(MasqError) -> T {
+        try localTransaction { () throws(MasqError) -> T in
+            let key = [RecordFormat.session] + Array(deviceID.utf8)
+            guard let state = try getSecret(key) else { throw MasqError(.notFound, "no session with device \(deviceID) (not paired, or removed)") }
+            let session = try crypto { () throws(CryptoError) in try SecureSession(serialized: state) }
+            let result = try crypto { () throws(CryptoError) in try body(session) }
+            let saved = try crypto { () throws(CryptoError) in try session.serialized() }
+            try Store.putMeta(engine, key, try sealSecret(key, saved))
+            return result
+        }
+    }
+
+    /// Run `body` in an engine transaction under the lock (local state, not synced data).
+    func localTransaction<T>(_ body: () throws(MasqError) -> T) throws(MasqError) -> T {
+        try lock.withLock { () throws(MasqError) -> T in
+            try ensureUsable()
+            try engine.begin()
+            do throws(MasqError) {
+                let result = try body()
+                try engine.commit()
+                return result
+            } catch {
+                engine.rollback()
+                throw error
+            }
+        }
+    }
+}
