@@ -15,9 +15,9 @@ struct Put: MasqSubcommand {
 
     func execute() throws {
         let bytes = try value.map { Array($0.utf8) } ?? readStandardInput()
-        try store.withStore { (s) throws(MasqError) in
+        try store.withStore { s in try guarded { () throws(MasqError) in
             try s.put(NamespaceName(namespace, limits: s.limits), key: Array(key.utf8), value: bytes)
-        }
+        } }
     }
 
     private func readStandardInput() throws -> [UInt8] {
@@ -42,9 +42,9 @@ struct Get: MasqSubcommand {
     @Argument(help: "Key.") var key: String
 
     func execute() throws {
-        let value = try store.withStore { (s) throws(MasqError) in
+        let value = try store.withStore { s in try guarded { () throws(MasqError) in
             try s.get(NamespaceName(namespace, limits: s.limits), key: Array(key.utf8))
-        }
+        } }
         guard let value else { throw CLIError("no key '\(key)' in namespace '\(namespace)'", code: 2) }
         writeOut(value)
         if isatty(1) != 0 { writeOut([0x0A]) }
@@ -60,9 +60,9 @@ struct Del: MasqSubcommand {
     @Argument(help: "Key.") var key: String
 
     func execute() throws {
-        try store.withStore { (s) throws(MasqError) in
+        try store.withStore { s in try guarded { () throws(MasqError) in
             try s.delete(NamespaceName(namespace, limits: s.limits), key: Array(key.utf8))
-        }
+        } }
     }
 }
 
@@ -77,7 +77,7 @@ struct List: MasqSubcommand {
     @Flag(name: .shortAndLong, help: "Print values too (key<TAB>value).") var values = false
 
     func execute() throws {
-        try store.withStore { (s) throws(MasqError) in
+        try store.withStore { s in try guarded { () throws(MasqError) in
             guard let namespace else {
                 for name in try s.namespaces() { print(name) }
                 return
@@ -88,6 +88,6 @@ struct List: MasqSubcommand {
                 writeOut(line + [0x0A])
                 return true
             }
-        }
+        } }
     }
 }

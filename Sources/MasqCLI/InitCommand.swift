@@ -16,6 +16,12 @@ struct Init: MasqSubcommand {
     @Flag(name: .long, help: "Overwrite an existing config file.")
     var force = false
 
+    @Flag(name: .long, help: "Encrypt the store at rest with a passphrase (asked, or MASQ_NEW_PASSPHRASE).")
+    var passphrase = false
+
+    @Option(name: .long, help: ArgumentHelp("The name other devices see (default: host name).", valueName: "name"))
+    var name: String?
+
     func execute() throws {
         let path = store.configPath
         if FileSystem.exists(path) && !force {
@@ -25,17 +31,20 @@ struct Init: MasqSubcommand {
         let data = dataDir.map { FileSystem.absolute(FileSystem.expandHome($0), base: cwd) } ?? Paths.dataHome + "/masq"
         var config = MasqConfig.defaults(dataDir: data)
         config.storage = PluginReference(name: storage)
+        let secret: [UInt8]? = passphrase ? try Secrets.new() : nil
         try guarded { () throws(MasqError) in
             try FileSystem.makeDirectories(FileSystem.directoryName(path))
             // Open first: a bad plugin name fails before any file is written.
-            let opened = try Store(config: config)
-            let replica = opened.replicaID
-            try opened.close()
+            let opened = try Store(config: config, passphrase: secret)
+            defer { try? opened.close() }
+            if let name { try opened.setDeviceName(name) }
+            let me = try opened.requireIdentity().publicKeys
             try FileSystem.writeFile(path, Array(config.json().utf8))
-            print("config:   \(path)")
-            print("data:     \(data)")
-            print("storage:  \(storage)")
-            print("replica:  \(String(replica, radix: 16))")
+            print("config:      \(path)")
+            print("data:        \(data)\(secret == nil ? "" : " (encrypted at rest)")")
+            print("storage:     \(storage)")
+            print("device:      \(opened.deviceName) (\(me.deviceID))")
+            print("fingerprint: \(me.fingerprint.digits)  \(me.fingerprint.emoji)")
         }
     }
 }

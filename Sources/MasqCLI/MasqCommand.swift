@@ -13,7 +13,8 @@ struct MasqCommand: ParsableCommand {
         commandName: "masq",
         abstract: "Keep application data on your own devices.",
         version: "\(MasqVersion.string)",
-        subcommands: [Init.self, Put.self, Get.self, Del.self, List.self, Plugins.self]
+        subcommands: [Init.self, Put.self, Get.self, Del.self, List.self, Pair.self, Join.self, Devices.self,
+                      Passphrase.self, Plugins.self]
     )
 }
 
@@ -30,17 +31,19 @@ struct StoreOptions: ParsableArguments {
         return Paths.configHome + "/masq/config.json"
     }
 
-    /// Open the configured store, run `body` with it, close it.
-    func withStore<T>(_ body: (Store) throws(MasqError) -> T) throws -> T {
+    /// Open the configured store (unlocking it if it has a passphrase), run `body`, close it.
+    func withStore<T>(unlock: Bool = true, _ body: (Store) throws -> T) throws -> T {
         let path = configPath
         guard FileSystem.exists(path) else {
             throw CLIError("no config at \(path); run `masq init` first (or pass --config)")
         }
-        return try guarded { () throws(MasqError) -> T in
-            let store = try Store(configPath: path)
-            defer { try? store.close() }
-            return try body(store)
+        let store = try guarded { () throws(MasqError) in try Store(configPath: path) }
+        defer { try? store.close() }
+        if unlock && store.isLocked {
+            let passphrase = try Secrets.current()
+            try guarded { () throws(MasqError) in try store.unlock(passphrase) }
         }
+        return try body(store)
     }
 }
 
