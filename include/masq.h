@@ -345,6 +345,245 @@ typedef int (*masq_plugin_info_fn)(void *ctx, const masq_plugin_info *info);
 int masq_plugins_scan(const char *config_path, masq_plugin_info_fn fn,
                       void *ctx);
 
+
+/* ------------------------------------------------------------------------ */
+/* Encryption at rest                                                       */
+
+/**
+ * A store may be protected by a passphrase: a random master key encrypts its
+ * values, namespace names, device identity, paired devices and sessions; the
+ * passphrase (scrypt) wraps the master key. A protected store opens *locked*:
+ * every data call fails with MASQ_E_DENIED ("the store is locked") until
+ * masq_unlock succeeds. Record keys and sync metadata stay in clear (see
+ * docs/SECURITY.md). Passphrases are byte strings (UTF-8 advised), never
+ * retained after the call returns.
+ */
+
+/** Unlock with the passphrase. MASQ_E_DENIED for a wrong one (the store stays
+ *  locked); MASQ_E_INVALID if the store has no passphrase. On an unlocked
+ *  store it re-checks the passphrase. Thread-safe. */
+int masq_unlock(masq_store *store, const uint8_t *passphrase, size_t passphrase_len);
+
+/** Forget the keys in memory (they are wiped); data calls fail until unlock.
+ *  No-op on an unprotected store. Thread-safe. */
+int masq_lock(masq_store *store);
+
+/**
+ * Set, change or remove the passphrase.
+ *   - unprotected store: old must be NULL, new non-empty: encrypts all data
+ *     (one transaction; no clear copy is left in the engine's files);
+ *   - protected, unlocked store: old must be the current passphrase
+ *     (MASQ_E_DENIED otherwise); a non-empty new re-wraps the master key
+ *     (nothing is re-encrypted); new NULL removes protection (data decrypted).
+ * A locked store: MASQ_E_DENIED. Thread-safe.
+ */
+int masq_set_passphrase(masq_store *store, const uint8_t *old_passphrase, size_t old_len,
+                        const uint8_t *new_passphrase, size_t new_len);
+
+/** Whether the store has a passphrase, and whether it is locked now
+ *  (either out pointer may be NULL). Thread-safe. */
+int masq_protection(masq_store *store, int *protected_out, int *locked_out);
+
+/* ------------------------------------------------------------------------ */
+/* This device and paired devices                                           */
+
+/** This device as JSON: {"device_id", "name", "signing_key", "agreement_key"
+ *  (hex), "fingerprint" (30 digits in groups of 5), "fingerprint_emoji"}.
+ *  *json_out is NUL-terminated UTF-8 to release with masq_free. The device
+ *  keys are created with the store (Ed25519 and X25519, in <data_dir>/identity,
+ *  0600). MASQ_E_DENIED while locked. Thread-safe. */
+int masq_device_info(masq_store *store, char **json_out);
+
+/** Paired devices as a JSON array of objects like masq_device_info's plus
+ *  "paired_at" (Unix ms). Release with masq_free. Thread-safe. */
+int masq_devices(masq_store *store, char **json_out);
+
+/** Set the name other devices see for this one (1..64 bytes UTF-8). */
+int masq_set_device_name(masq_store *store, const char *name);
+
+/** Forget a paired device and its session: nothing sealed afterwards is
+ *  readable by it. MASQ_E_NOT_FOUND for an unknown id. Thread-safe. */
+int masq_device_remove(masq_store *store, const char *device_id);
+
+/** Seal a message for one paired device with its Double Ratchet session (a
+ *  fresh key per message). ad (may be NULL/0) is authenticated, not sent.
+ *  *message_out (masq_free) holds the message to deliver. Thread-safe. */
+int masq_seal_for_device(masq_store *store, const char *device_id, const uint8_t *ad, size_t ad_len,
+                         const uint8_t *plaintext, size_t plaintext_len, uint8_t **message_out,
+                         size_t *message_len_out);
+
+/** Open a message from a paired device. MASQ_E_BAD_SIGNATURE for a tampered,
+ *  replayed or foreign message (the session is then unchanged). Thread-safe. */
+int masq_open_from_device(masq_store *store, const char *device_id, const uint8_t *ad, size_t ad_len,
+                          const uint8_t *message, size_t message_len, uint8_t **plaintext_out,
+                          size_t *plaintext_len_out);
+
+/* ------------------------------------------------------------------------ */
+/* Pairing                                                                  */
+
+/**
+ * Pairing joins two devices of one user. The offering device makes a
+ * single-use link `masq://pair/<room>?via=<endpoint>#<secret>` (the secret,
+ * 128 bits, only in the fragment) valid for ttl_seconds; the joining device
+ * opens it. The two then exchange frames over any transport, each handed to
+ * masq_pairing_receive, until both report paired. The handshake (Noise XXpsk3)
+ * authenticates both devices' keys with the secret, so whoever carries the
+ * frames can neither read nor impersonate. A wrong secret, an expired or used
+ * link fails with MASQ_E_DENIED and stores nothing.
+ */
+typedef struct masq_pairing masq_pairing;
+
+/** Offer: *link_out (masq_free) is the link to show (also as a QR code, see
+ *  masq_qr_pgm); *pairing_out (masq_pairing_free) receives the joiner's frames.
+ *  via (may be NULL) names where this device waits. */
+int masq_pairing_offer(masq_store *store, const char *via, uint32_t ttl_seconds, char **link_out,
+                       masq_pairing **pairing_out);
+
+/** Join: parse the link (MASQ_E_INVALID if damaged) and prepare. Then call
+ *  masq_pairing_start for the first frame to send. */
+int masq_pairing_join(masq_store *store, const char *link, masq_pairing **pairing_out);
+
+/** The joiner's first frame (masq_free). */
+int masq_pairing_start(masq_pairing *pairing, uint8_t **frame_out, size_t *frame_len_out);
+
+/**
+ * Hand the peer's frame over. On success *frame_out (masq_free; NULL if there
+ * is nothing to send) is the frame to send back, and *paired_out is 1 once
+ * this side has stored the other device (masq_pairing_peer then describes
+ * it). On failure the status says why and *frame_out, if not NULL, is a
+ * refusal frame to send so the other side learns why. Not thread-safe for
+ * one pairing handle (call from one thread at a time).
+ */
+int masq_pairing_receive(masq_pairing *pairing, const uint8_t *frame, size_t frame_len, uint8_t **frame_out,
+                         size_t *frame_len_out, int *paired_out);
+
+/** The paired device as JSON (like masq_devices' entries), once paired. */
+int masq_pairing_peer(masq_pairing *pairing, char **json_out);
+
+/** Release a pairing handle. NULL allowed. */
+void masq_pairing_free(masq_pairing *pairing);
+
+/** A QR code of text as a binary PGM image (*image_out, masq_free), scale
+ *  pixels per module, with the quiet zone scanners need. Thread-safe. */
+int masq_qr_pgm(const char *text, uint32_t scale, uint8_t **image_out, size_t *image_len_out);
+
+/* ------------------------------------------------------------------------ */
+/* Crypto sessions                                                          */
+
+/**
+ * A session between two parties who carry their own frames: a Noise
+ * handshake (25519 / ChaCha20-Poly1305 / SHA-256) that authenticates both
+ * static X25519 keys (and a pre-shared key for *psk patterns), then a Double
+ * Ratchet seeded from it so every message has its own key (forward secrecy,
+ * post-compromise recovery, out-of-order delivery with a bounded store of
+ * skipped keys, replays rejected). The handshake *responder* sends the first
+ * ratchet message. A session handle is not thread-safe: use it from one
+ * thread at a time.
+ */
+typedef struct masq_session masq_session;
+
+#define MASQ_ROLE_INITIATOR 1
+#define MASQ_ROLE_RESPONDER 2
+
+#define MASQ_SESSION_HANDSHAKING 1
+#define MASQ_SESSION_ESTABLISHED 2
+#define MASQ_SESSION_FAILED 3
+
+typedef struct masq_session_options {
+    uint32_t struct_size;       /* sizeof(masq_session_options) */
+    const char *pattern;        /* "NN", "KK", "IK", "XX", "NNpsk0", "XXpsk3", "IKpsk2" */
+    int role;                   /* MASQ_ROLE_INITIATOR or MASQ_ROLE_RESPONDER */
+    const uint8_t *prologue;    /* bound into the handshake; may be NULL */
+    size_t prologue_len;
+    const uint8_t *static_key;  /* 32-byte X25519 private key, or NULL: the store's device key */
+    const uint8_t *remote_static; /* 32 bytes when the pattern knows the peer in advance (KK, IK) */
+    size_t remote_static_len;
+    const uint8_t *psk;         /* 32 bytes for the psk patterns */
+    size_t psk_len;
+} masq_session_options;
+
+/** Create a session. store may be NULL when options->static_key is given.
+ *  MASQ_E_INVALID for an unknown pattern or missing/ill-sized keys. */
+int masq_session_new(masq_store *store, const masq_session_options *options, masq_session **session_out);
+
+/** Write the next handshake message carrying payload (may be NULL/0; it is
+ *  encrypted once the pattern allows). *message_out: masq_free. */
+int masq_session_write_handshake(masq_session *session, const uint8_t *payload, size_t payload_len,
+                                 uint8_t **message_out, size_t *message_len_out);
+
+/** Read the peer's handshake message; *payload_out (masq_free) is its payload.
+ *  Any failure (MASQ_E_BAD_SIGNATURE for a wrong key or PSK, MASQ_E_INVALID
+ *  for a malformed message) ends the session (state MASQ_SESSION_FAILED). */
+int masq_session_read_handshake(masq_session *session, const uint8_t *message, size_t message_len,
+                                uint8_t **payload_out, size_t *payload_len_out);
+
+/** State (MASQ_SESSION_*), whether this side writes the next handshake
+ *  message, and whether it may seal (any out pointer may be NULL). */
+int masq_session_status(masq_session *session, int *state_out, int *write_next_out, int *can_send_out);
+
+/** Seal one message (established sessions). *message_out: masq_free. */
+int masq_session_seal(masq_session *session, const uint8_t *ad, size_t ad_len, const uint8_t *plaintext,
+                      size_t plaintext_len, uint8_t **message_out, size_t *message_len_out);
+
+/** Open one message. MASQ_E_BAD_SIGNATURE if tampered, replayed or not for
+ *  this session; the session is then unchanged. *plaintext_out: masq_free. */
+int masq_session_open(masq_session *session, const uint8_t *ad, size_t ad_len, const uint8_t *message,
+                      size_t message_len, uint8_t **plaintext_out, size_t *plaintext_len_out);
+
+/** An established session's state as bytes (*state_out: masq_free), to
+ *  resume with masq_session_load after a restart. The bytes are secret: keep
+ *  them encrypted (sessions with paired devices are kept by the store). */
+int masq_session_save(masq_session *session, uint8_t **state_out, size_t *state_len_out);
+
+/** Resume a saved session. MASQ_E_INVALID for damaged state. */
+int masq_session_load(const uint8_t *state, size_t state_len, masq_session **session_out);
+
+/** The peer's static X25519 key (32 bytes into key_out) once authenticated. */
+int masq_session_peer_key(masq_session *session, uint8_t key_out[32]);
+
+/** The peer's fingerprint, "ddddd ddddd ddddd ddddd ddddd ddddd" (the same
+ *  digits `masq devices` shows for that device). *text_out: masq_free. */
+int masq_session_peer_fingerprint(masq_session *session, char **text_out);
+
+/** Release a session (its keys are wiped). NULL allowed. */
+void masq_session_free(masq_session *session);
+
+/* ------------------------------------------------------------------------ */
+/* Primitives (all OpenSSL 3), for bindings and tests                        */
+
+#define MASQ_AEAD_CHACHA20_POLY1305 1
+#define MASQ_AEAD_AES_256_GCM 2
+
+/** len cryptographically secure random bytes. Thread-safe (all below too). */
+int masq_crypto_random(uint8_t *out, size_t len);
+
+/** X25519 public key of a 32-byte private key. */
+int masq_crypto_x25519_public(const uint8_t private_key[32], uint8_t public_out[32]);
+
+/** X25519 shared secret; MASQ_E_INVALID for a low-order peer key (all-zero result). */
+int masq_crypto_x25519(const uint8_t private_key[32], const uint8_t peer_public[32], uint8_t shared_out[32]);
+
+/** Ed25519 signature of msg (64 bytes into sig_out). */
+int masq_crypto_ed25519_sign(const uint8_t private_key[32], const uint8_t *msg, size_t msg_len, uint8_t sig_out[64]);
+
+/** MASQ_OK if sig is public_key's signature over msg, MASQ_E_BAD_SIGNATURE if not. */
+int masq_crypto_ed25519_verify(const uint8_t public_key[32], const uint8_t *msg, size_t msg_len,
+                               const uint8_t *sig, size_t sig_len);
+
+/** HKDF-SHA256 (RFC 5869) into out (1..8160 bytes). */
+int masq_crypto_hkdf_sha256(const uint8_t *salt, size_t salt_len, const uint8_t *ikm, size_t ikm_len,
+                            const uint8_t *info, size_t info_len, uint8_t *out, size_t out_len);
+
+/** AEAD seal: out receives plaintext_len + 16 bytes (ciphertext || tag).
+ *  32-byte key, 12-byte nonce. */
+int masq_crypto_aead_seal(int algorithm, const uint8_t key[32], const uint8_t nonce[12], const uint8_t *ad,
+                          size_t ad_len, const uint8_t *plaintext, size_t plaintext_len, uint8_t *out);
+
+/** AEAD open of ciphertext || tag (in_len >= 16): out receives in_len - 16
+ *  bytes. MASQ_E_BAD_SIGNATURE if the tag does not verify. */
+int masq_crypto_aead_open(int algorithm, const uint8_t key[32], const uint8_t nonce[12], const uint8_t *ad,
+                          size_t ad_len, const uint8_t *in, size_t in_len, uint8_t *out);
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif

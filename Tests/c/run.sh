@@ -23,7 +23,7 @@ make -s -C "$root/plugins/storage-memory" BUILD="$out/plugins"
 "$here/plugins/build.sh" "$out/bad-plugins"
 
 echo "== exports: libmasq.so exports exactly the functions masq.h declares"
-declared=$(grep -oE '\bmasq_[a-z_]+\(' "$root/include/masq.h" | tr -d '(' | sort -u)
+declared=$(grep -oE '\bmasq_[a-z0-9_]+\(' "$root/include/masq.h" | tr -d '(' | sort -u)
 exported=$(readelf --dyn-syms -W "$lib/libmasq.so" | awk '$5 == "GLOBAL" && $7 != "UND" {print $8}' | sed 's/@.*//' | sort -u)
 if [ "$declared" != "$exported" ]; then
     diff <(echo "$declared") <(echo "$exported") || true
@@ -34,11 +34,15 @@ fi
 link=(-L"$lib" -lmasq -Wl,-rpath,"$lib" -lpthread)
 cc -std=c11 -Wall -Wextra -Werror -I"$root/include" -o "$out/api_test" "$here/api_test.c" "${link[@]}"
 cc -std=c11 -Wall -Wextra -Werror -I"$root/include" -o "$out/crash_test" "$here/crash_test.c" "${link[@]}"
+cc -std=c11 -Wall -Wextra -Werror -I"$root/include" -o "$out/security_test" "$here/security_test.c" "${link[@]}"
 export MASQ_PLUGIN_PATH="$out/plugins:$lib"
 
 echo "== api_test"
 "$out/api_test" sqlite "$out/bad-plugins"
 "$out/api_test" memory "$out/bad-plugins"
+
+echo "== security_test (encryption at rest, devices, pairing, sessions, primitives)"
+"$out/security_test"
 
 echo "== crash_test (SIGKILL a writer, reopen, every acknowledged write is there)"
 "$out/crash_test" "${CRASH_ROUNDS:-6}"

@@ -1,0 +1,523 @@
+import CMasq
+import CMasqSupport
+import MasqCrypto
+#if canImport(Glibc)
+import Glibc
+#endif
+
+// The security part of include/masq.h: encryption at rest, devices, pairing,
+// crypto sessions and primitives. Same conventions as CAPI.swift.
+
+// MARK: - plumbing
+
+private func bytesIn(_ pointer: UnsafePointer<UInt8>?, _ length: Int, _ what: String) throws(MasqError) -> [UInt8] {
+    if length == 0 { return [] }
+    guard let pointer else { throw .invalid("\(what) is NULL but its length is \(length)") }
+    return Array(UnsafeBufferPointer(start: pointer, count: length))
+}
+
+private func need<T>(_ pointer: T?, _ what: String) throws(MasqError) -> T {
+    guard let pointer else { throw .invalid("\(what) is NULL") }
+    return pointer
+}
+
+private func storeHandle(_ handle: OpaquePointer?) throws(MasqError) -> Store {
+    guard let handle else { throw .invalid("store handle is NULL") }
+    return Unmanaged<Store>.fromOpaque(UnsafeRawPointer(handle)).takeUnretainedValue()
+}
+
+private func cText(_ pointer: UnsafePointer<CChar>?, _ what: String) throws(MasqError) -> String {
+    guard let pointer else { throw .invalid("\(what) is NULL") }
+    guard let s = String(validatingCString: pointer) else { throw .invalid("\(what) is not valid UTF-8") }
+    return s
+}
+
+/// Hand bytes to the caller as a malloc'd buffer (masq_free).
+private func give(_ bytes: [UInt8], _ out: UnsafeMutablePointer<UnsafeMutablePointer<UInt8>?>, _ length: UnsafeMutablePointer<Int>) throws(MasqError) {
+    guard let memory = malloc(max(bytes.count, 1)) else { throw MasqError(.noMemory, "out of memory") }
+    bytes.withUnsafeBytes { if $0.count > 0 { memcpy(memory, $0.baseAddress!, $0.count) } }
+    out.pointee = memory.assumingMemoryBound(to: UInt8.self)
+    length.pointee = bytes.count
+}
+
+/// Hand text to the caller as a malloc'd NUL-terminated string (masq_free).
+private func giveText(_ text: String, _ out: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>) throws(MasqError) {
+    guard let copy = strdup(text) else { throw MasqError(.noMemory, "out of memory") }
+    out.pointee = copy
+}
+
+@inline(__always)
+private func call(_ body: () throws(MasqError) -> Void) -> Int32 {
+    do throws(MasqError) {
+        try body()
+        masqsupport_clear_error()
+        return MASQ_OK
+    } catch {
+        masqsupport_set_error(error.status.rawValue, error.message)
+        return error.status.rawValue
+    }
+}
+
+func deviceJSON(_ keys: DevicePublicKeys, name: String, pairedAt: UInt64? = nil) -> String {
+    let fp = keys.fingerprint
+    var fields = [
+        "\"device_id\": \(jsonString(keys.deviceID))", "\"name\": \(jsonString(name))",
+        "\"signing_key\": \(jsonString(hex(keys.signing)))", "\"agreement_key\": \(jsonString(hex(keys.agreement)))",
+        "\"fingerprint\": \(jsonString(fp.digits))", "\"fingerprint_emoji\": \(jsonString(fp.emoji))",
+    ]
+    if let pairedAt { fields.append("\"paired_at\": \(pairedAt)") }
+    return "{" + fields.joined(separator: ", ") + "}"
+}
+
+// MARK: - encryption at rest
+
+@c @implementation
+public func masq_unlock(_ handle: OpaquePointer?, _ passphrase: UnsafePointer<UInt8>?, _ length: Int) -> Int32 {
+    call { () throws(MasqError) in try storeHandle(handle).unlock(try bytesIn(passphrase, length, "passphrase")) }
+}
+
+@c @implementation
+public func masq_lock(_ handle: OpaquePointer?) -> Int32 {
+    call { () throws(MasqError) in try storeHandle(handle).relock() }
+}
+
+@c @implementation
+public func masq_set_passphrase(_ handle: OpaquePointer?, _ old: UnsafePointer<UInt8>?, _ oldLength: Int,
+                                _ new: UnsafePointer<UInt8>?, _ newLength: Int) -> Int32 {
+    call { () throws(MasqError) in
+        let store = try storeHandle(handle)
+        let oldBytes = old == nil && oldLength == 0 ? nil : try bytesIn(old, oldLength, "old_passphrase")
+        let newBytes = new == nil && newLength == 0 ? nil : try bytesIn(new, newLength, "new_passphrase")
+        try store.setPassphrase(old: oldBytes, new: newBytes)
+    }
+}
+
+@c @implementation
+public func masq_protection(_ handle: OpaquePointer?, _ protectedOut: UnsafeMutablePointer<Int32>?, _ lockedOut: UnsafeMutablePointer<Int32>?) -> Int32 {
+    call { () throws(MasqError) in
+        let store = try storeHandle(handle)
+        protectedOut?.pointee = store.isProtected ? 1 : 0
+        lockedOut?.pointee = store.isLocked ? 1 : 0
+    }
+}
+
+// MARK: - devices
+
+@c @implementation
+public func masq_device_info(_ handle: OpaquePointer?, _ jsonOut: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
+    jsonOut?.pointee = nil
+    return call { () throws(MasqError) in
+        let store = try storeHandle(handle)
+        let out = try need(jsonOut, "json_out")
+        try giveText(deviceJSON(try store.requireIdentity().publicKeys, name: store.deviceName), out)
+    }
+}
+
+@c @implementation
+public func masq_devices(_ handle: OpaquePointer?, _ jsonOut: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
+    jsonOut?.pointee = nil
+    return call { () throws(MasqError) in
+        let store = try storeHandle(handle)
+        let out = try need(jsonOut, "json_out")
+        let items = try store.devices().map { deviceJSON($0.keys, name: $0.name, pairedAt: $0.pairedAt) }
+        try giveText("[" + items.joined(separator: ", ") + "]", out)
+    }
+}
+
+@c @implementation
+public func masq_set_device_name(_ handle: OpaquePointer?, _ name: UnsafePointer<CChar>?) -> Int32 {
+    call { () throws(MasqError) in try storeHandle(handle).setDeviceName(try cText(name, "name")) }
+}
+
+@c @implementation
+public func masq_device_remove(_ handle: OpaquePointer?, _ deviceID: UnsafePointer<CChar>?) -> Int32 {
+    call { () throws(MasqError) in try storeHandle(handle).removeDevice(try cText(deviceID, "device_id")) }
+}
+
+@c @implementation
+public func masq_seal_for_device(_ handle: OpaquePointer?, _ deviceID: UnsafePointer<CChar>?, _ ad: UnsafePointer<UInt8>?, _ adLength: Int,
+                                 _ plaintext: UnsafePointer<UInt8>?, _ plaintextLength: Int,
+                                 _ messageOut: UnsafeMutablePointer<UnsafeMutablePointer<UInt8>?>?, _ messageLengthOut: UnsafeMutablePointer<Int>?) -> Int32 {
+    messageOut?.pointee = nil
+    return call { () throws(MasqError) in
+        let store = try storeHandle(handle)
+        let sealed = try store.seal(for: try cText(deviceID, "device_id"), try bytesIn(plaintext, plaintextLength, "plaintext"),
+                                    associatedData: try bytesIn(ad, adLength, "ad"))
+        try give(sealed, try need(messageOut, "message_out"), try need(messageLengthOut, "message_len_out"))
+    }
+}
+
+@c @implementation
+public func masq_open_from_device(_ handle: OpaquePointer?, _ deviceID: UnsafePointer<CChar>?, _ ad: UnsafePointer<UInt8>?, _ adLength: Int,
+                                  _ message: UnsafePointer<UInt8>?, _ messageLength: Int,
+                                  _ plaintextOut: UnsafeMutablePointer<UnsafeMutablePointer<UInt8>?>?, _ plaintextLengthOut: UnsafeMutablePointer<Int>?) -> Int32 {
+    plaintextOut?.pointee = nil
+    return call { () throws(MasqError) in
+        let store = try storeHandle(handle)
+        let opened = try store.open(from: try cText(deviceID, "device_id"), try bytesIn(message, messageLength, "message"),
+                                    associatedData: try bytesIn(ad, adLength, "ad"))
+        try give(opened, try need(plaintextOut, "plaintext_out"), try need(plaintextLengthOut, "plaintext_len_out"))
+    }
+}
+
+// MARK: - pairing
+
+/// What a masq_pairing handle points to.
+final class PairingHandle {
+    let flow: PairingFlow
+    var peer: PairedDevice?
+    init(_ flow: PairingFlow) { self.flow = flow }
+}
+
+private func pairingHandle(_ handle: OpaquePointer?) throws(MasqError) -> PairingHandle {
+    guard let handle else { throw .invalid("pairing handle is NULL") }
+    return Unmanaged<PairingHandle>.fromOpaque(UnsafeRawPointer(handle)).takeUnretainedValue()
+}
+
+@c @implementation
+public func masq_pairing_offer(_ handle: OpaquePointer?, _ via: UnsafePointer<CChar>?, _ ttlSeconds: UInt32,
+                               _ linkOut: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?, _ pairingOut: UnsafeMutablePointer<OpaquePointer?>?) -> Int32 {
+    linkOut?.pointee = nil
+    pairingOut?.pointee = nil
+    return call { () throws(MasqError) in
+        let store = try storeHandle(handle)
+        let linkDestination = try need(linkOut, "link_out")
+        let pairingDestination = try need(pairingOut, "pairing_out")
+        let link = try store.createPairingOffer(via: via == nil ? nil : try cText(via, "via"), ttl: UInt64(ttlSeconds))
+        let flow = try PairingFlow(offering: link, store: store)
+        try giveText(link.string, linkDestination)
+        pairingDestination.pointee = OpaquePointer(Unmanaged.passRetained(PairingHandle(flow)).toOpaque())
+    }
+}
+
+@c @implementation
+public func masq_pairing_join(_ handle: OpaquePointer?, _ link: UnsafePointer<CChar>?, _ pairingOut: UnsafeMutablePointer<OpaquePointer?>?) -> Int32 {
+    pairingOut?.pointee = nil
+    return call { () throws(MasqError) in
+        let store = try storeHandle(handle)
+        let destination = try need(pairingOut, "pairing_out")
+        let flow = try PairingFlow(joining: PairingLink(parsing: try cText(link, "link")), store: store)
+        destination.pointee = OpaquePointer(Unmanaged.passRetained(PairingHandle(flow)).toOpaque())
+    }
+}
+
+@c @implementation
+public func masq_pairing_start(_ handle: OpaquePointer?, _ frameOut: UnsafeMutablePointer<UnsafeMutablePointer<UInt8>?>?, _ frameLengthOut: UnsafeMutablePointer<Int>?) -> Int32 {
+    frameOut?.pointee = nil
+    return call { () throws(MasqError) in
+        let pairing = try pairingHandle(handle)
+        try give(try pairing.flow.start(), try need(frameOut, "frame_out"), try need(frameLengthOut, "frame_len_out"))
+    }
+}
+
+@c @implementation
+public func masq_pairing_receive(_ handle: OpaquePointer?, _ frame: UnsafePointer<UInt8>?, _ frameLength: Int,
+                                 _ frameOut: UnsafeMutablePointer<UnsafeMutablePointer<UInt8>?>?, _ frameLengthOut: UnsafeMutablePointer<Int>?,
+                                 _ pairedOut: UnsafeMutablePointer<Int32>?) -> Int32 {
+    frameOut?.pointee = nil
+    frameLengthOut?.pointee = 0
+    pairedOut?.pointee = 0
+    return call { () throws(MasqError) in
+        let pairing = try pairingHandle(handle)
+        let out = try need(frameOut, "frame_out"), length = try need(frameLengthOut, "frame_len_out")
+        let paired = try need(pairedOut, "paired_out")
+        let incoming = try bytesIn(frame, frameLength, "frame")
+        do throws(MasqError) {
+            switch try pairing.flow.receive(incoming) {
+            case .send(let reply):
+                try give(reply, out, length)
+            case .paired(let device, let final):
+                pairing.peer = device
+                paired.pointee = 1
+                if let final { try give(final, out, length) }
+            }
+        } catch {
+            // Tell the other side why, unless it was the one refusing.
+            if incoming.first != PairingFlow.refusalFrame { try? give(PairingFlow.refusal(error.message), out, length) }
+            throw error
+        }
+    }
+}
+
+@c @implementation
+public func masq_pairing_peer(_ handle: OpaquePointer?, _ jsonOut: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
+    jsonOut?.pointee = nil
+    return call { () throws(MasqError) in
+        let pairing = try pairingHandle(handle)
+        guard let peer = pairing.peer else { throw MasqError(.notFound, "not paired yet") }
+        try giveText(deviceJSON(peer.keys, name: peer.name, pairedAt: peer.pairedAt), try need(jsonOut, "json_out"))
+    }
+}
+
+@c @implementation
+public func masq_pairing_free(_ handle: OpaquePointer?) {
+    guard let handle else { return }
+    Unmanaged<PairingHandle>.fromOpaque(UnsafeRawPointer(handle)).release()
+}
+
+@c @implementation
+public func masq_qr_pgm(_ text: UnsafePointer<CChar>?, _ scale: UInt32, _ imageOut: UnsafeMutablePointer<UnsafeMutablePointer<UInt8>?>?,
+                        _ imageLengthOut: UnsafeMutablePointer<Int>?) -> Int32 {
+    imageOut?.pointee = nil
+    return call { () throws(MasqError) in
+        guard (1...64).contains(scale) else { throw .invalid("scale must be 1...64") }
+        let image = try QRCode(try cText(text, "text")).pgm(scale: Int(scale))
+        try give(image, try need(imageOut, "image_out"), try need(imageLengthOut, "image_len_out"))
+    }
+}
+
+// MARK: - crypto sessions
+
+private func sessionHandle(_ handle: OpaquePointer?) throws(MasqError) -> SecureSession {
+    guard let handle else { throw .invalid("session handle is NULL") }
+    return Unmanaged<SecureSession>.fromOpaque(UnsafeRawPointer(handle)).takeUnretainedValue()
+}
+
+private func publish(_ session: SecureSession, _ out: UnsafeMutablePointer<OpaquePointer?>) {
+    out.pointee = OpaquePointer(Unmanaged.passRetained(session).toOpaque())
+}
+
+@c @implementation
+public func masq_session_new(_ handle: OpaquePointer?, _ options: UnsafePointer<masq_session_options>?, _ sessionOut: UnsafeMutablePointer<OpaquePointer?>?) -> Int32 {
+    sessionOut?.pointee = nil
+    return call { () throws(MasqError) in
+        let out = try need(sessionOut, "session_out")
+        let o = try need(options, "options").pointee
+        guard o.struct_size >= UInt32(MemoryLayout<masq_session_options>.size) else { throw .invalid("options.struct_size is too small") }
+        let name = try cText(o.pattern, "options.pattern")
+        guard let pattern = Noise.Pattern(rawValue: name) else {
+            throw .invalid("unknown pattern '\(name)' (known: \(Noise.Pattern.allCases.map(\.rawValue).joined(separator: ", ")))")
+        }
+        guard o.role == MASQ_ROLE_INITIATOR || o.role == MASQ_ROLE_RESPONDER else { throw .invalid("options.role must be MASQ_ROLE_INITIATOR or MASQ_ROLE_RESPONDER") }
+        let staticKey: SecureBytes
+        if let key = o.static_key {
+            staticKey = SecureBytes(UnsafeBufferPointer(start: key, count: 32))
+        } else {
+            staticKey = try storeHandle(handle).requireIdentity().agreementKey
+        }
+        let remote = o.remote_static == nil ? nil : try bytesIn(o.remote_static, o.remote_static_len, "options.remote_static")
+        let psk = o.psk == nil ? nil : SecureBytes(try bytesIn(o.psk, o.psk_len, "options.psk"))
+        let prologue = try bytesIn(o.prologue, o.prologue_len, "options.prologue")
+        let session = try crypto { () throws(CryptoError) in
+            try SecureSession(pattern: pattern, role: o.role == MASQ_ROLE_INITIATOR ? .initiator : .responder, prologue: prologue,
+                              staticKey: staticKey, remoteStatic: remote, psk: psk)
+        }
+        publish(session, out)
+    }
+}
+
+@c @implementation
+public func masq_session_write_handshake(_ handle: OpaquePointer?, _ payload: UnsafePointer<UInt8>?, _ payloadLength: Int,
+                                         _ messageOut: UnsafeMutablePointer<UnsafeMutablePointer<UInt8>?>?, _ messageLengthOut: UnsafeMutablePointer<Int>?) -> Int32 {
+    messageOut?.pointee = nil
+    return call { () throws(MasqError) in
+        let session = try sessionHandle(handle)
+        let body = try bytesIn(payload, payloadLength, "payload")
+        let message = try crypto { () throws(CryptoError) in try session.writeHandshake(payload: body) }
+        try give(message, try need(messageOut, "message_out"), try need(messageLengthOut, "message_len_out"))
+    }
+}
+
+@c @implementation
+public func masq_session_read_handshake(_ handle: OpaquePointer?, _ message: UnsafePointer<UInt8>?, _ messageLength: Int,
+                                        _ payloadOut: UnsafeMutablePointer<UnsafeMutablePointer<UInt8>?>?, _ payloadLengthOut: UnsafeMutablePointer<Int>?) -> Int32 {
+    payloadOut?.pointee = nil
+    return call { () throws(MasqError) in
+        let session = try sessionHandle(handle)
+        let bytes = try bytesIn(message, messageLength, "message")
+        let out = try need(payloadOut, "payload_out"), length = try need(payloadLengthOut, "payload_len_out")
+        let payload = try crypto { () throws(CryptoError) in try session.readHandshake(bytes) }
+        try give(payload, out, length)
+    }
+}
+
+@c @implementation
+public func masq_session_status(_ handle: OpaquePointer?, _ stateOut: UnsafeMutablePointer<Int32>?, _ writeNextOut: UnsafeMutablePointer<Int32>?,
+                                _ canSendOut: UnsafeMutablePointer<Int32>?) -> Int32 {
+    call { () throws(MasqError) in
+        let session = try sessionHandle(handle)
+        switch session.phase {
+        case .handshaking: stateOut?.pointee = MASQ_SESSION_HANDSHAKING
+        case .established: stateOut?.pointee = MASQ_SESSION_ESTABLISHED
+        case .failed: stateOut?.pointee = MASQ_SESSION_FAILED
+        }
+        writeNextOut?.pointee = session.mustWriteHandshake ? 1 : 0
+        canSendOut?.pointee = session.canSend ? 1 : 0
+    }
+}
+
+@c @implementation
+public func masq_session_seal(_ handle: OpaquePointer?, _ ad: UnsafePointer<UInt8>?, _ adLength: Int, _ plaintext: UnsafePointer<UInt8>?, _ plaintextLength: Int,
+                              _ messageOut: UnsafeMutablePointer<UnsafeMutablePointer<UInt8>?>?, _ messageLengthOut: UnsafeMutablePointer<Int>?) -> Int32 {
+    messageOut?.pointee = nil
+    return call { () throws(MasqError) in
+        let session = try sessionHandle(handle)
+        let a = try bytesIn(ad, adLength, "ad"), p = try bytesIn(plaintext, plaintextLength, "plaintext")
+        let message = try crypto { () throws(CryptoError) in try session.seal(p, associatedData: a) }
+        try give(message, try need(messageOut, "message_out"), try need(messageLengthOut, "message_len_out"))
+    }
+}
+
+@c @implementation
+public func masq_session_open(_ handle: OpaquePointer?, _ ad: UnsafePointer<UInt8>?, _ adLength: Int, _ message: UnsafePointer<UInt8>?, _ messageLength: Int,
+                              _ plaintextOut: UnsafeMutablePointer<UnsafeMutablePointer<UInt8>?>?, _ plaintextLengthOut: UnsafeMutablePointer<Int>?) -> Int32 {
+    plaintextOut?.pointee = nil
+    return call { () throws(MasqError) in
+        let session = try sessionHandle(handle)
+        let a = try bytesIn(ad, adLength, "ad"), m = try bytesIn(message, messageLength, "message")
+        let out = try need(plaintextOut, "plaintext_out"), length = try need(plaintextLengthOut, "plaintext_len_out")
+        let plaintext = try crypto { () throws(CryptoError) in try session.open(m, associatedData: a) }
+        try give(plaintext, out, length)
+    }
+}
+
+@c @implementation
+public func masq_session_save(_ handle: OpaquePointer?, _ stateOut: UnsafeMutablePointer<UnsafeMutablePointer<UInt8>?>?, _ stateLengthOut: UnsafeMutablePointer<Int>?) -> Int32 {
+    stateOut?.pointee = nil
+    return call { () throws(MasqError) in
+        let session = try sessionHandle(handle)
+        let state = try crypto { () throws(CryptoError) in try session.serialized() }
+        try give(state, try need(stateOut, "state_out"), try need(stateLengthOut, "state_len_out"))
+    }
+}
+
+@c @implementation
+public func masq_session_load(_ state: UnsafePointer<UInt8>?, _ stateLength: Int, _ sessionOut: UnsafeMutablePointer<OpaquePointer?>?) -> Int32 {
+    sessionOut?.pointee = nil
+    return call { () throws(MasqError) in
+        let out = try need(sessionOut, "session_out")
+        let bytes = try bytesIn(state, stateLength, "state")
+        publish(try crypto { () throws(CryptoError) in try SecureSession(serialized: bytes) }, out)
+    }
+}
+
+@c @implementation
+public func masq_session_peer_key(_ handle: OpaquePointer?, _ keyOut: UnsafeMutablePointer<UInt8>?) -> Int32 {
+    call { () throws(MasqError) in
+        let session = try sessionHandle(handle)
+        let out = try need(keyOut, "key_out")
+        guard let key = session.peerStaticKey else { throw MasqError(.notFound, "the peer's key is not known (yet)") }
+        for (i, b) in key.enumerated() { out[i] = b }
+    }
+}
+
+@c @implementation
+public func masq_session_peer_fingerprint(_ handle: OpaquePointer?, _ textOut: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
+    textOut?.pointee = nil
+    return call { () throws(MasqError) in
+        let session = try sessionHandle(handle)
+        guard let key = session.peerStaticKey else { throw MasqError(.notFound, "the peer's key is not known (yet)") }
+        try giveText(DevicePublicKeys.fingerprint(agreementKey: key).digits, try need(textOut, "text_out"))
+    }
+}
+
+@c @implementation
+public func masq_session_free(_ handle: OpaquePointer?) {
+    guard let handle else { return }
+    Unmanaged<SecureSession>.fromOpaque(UnsafeRawPointer(handle)).release()
+}
+
+// MARK: - primitives
+
+private func fixed(_ pointer: UnsafePointer<UInt8>?, _ count: Int, _ what: String) throws(MasqError) -> [UInt8] {
+    Array(UnsafeBufferPointer(start: try need(pointer, what), count: count))
+}
+
+private func algorithm(_ value: Int32) throws(MasqError) -> AEAD.Algorithm {
+    switch value {
+    case MASQ_AEAD_CHACHA20_POLY1305: return .chacha20Poly1305
+    case MASQ_AEAD_AES_256_GCM: return .aesGCM
+    default: throw .invalid("unknown AEAD algorithm \(value)")
+    }
+}
+
+@c @implementation
+public func masq_crypto_random(_ out: UnsafeMutablePointer<UInt8>?, _ length: Int) -> Int32 {
+    call { () throws(MasqError) in
+        if length == 0 { return }
+        let buffer = try need(out, "out")
+        let bytes = Random.bytes(length)
+        for i in 0..<length { buffer[i] = bytes[i] }
+    }
+}
+
+@c @implementation
+public func masq_crypto_x25519_public(_ privateKey: UnsafePointer<UInt8>?, _ publicOut: UnsafeMutablePointer<UInt8>?) -> Int32 {
+    call { () throws(MasqError) in
+        let key = SecureBytes(try fixed(privateKey, 32, "private_key"))
+        let out = try need(publicOut, "public_out")
+        for (i, b) in try crypto({ () throws(CryptoError) in try X25519.publicKey(of: key) }).enumerated() { out[i] = b }
+    }
+}
+
+@c @implementation
+public func masq_crypto_x25519(_ privateKey: UnsafePointer<UInt8>?, _ peer: UnsafePointer<UInt8>?, _ sharedOut: UnsafeMutablePointer<UInt8>?) -> Int32 {
+    call { () throws(MasqError) in
+        let key = SecureBytes(try fixed(privateKey, 32, "private_key"))
+        let peerKey = try fixed(peer, 32, "peer_public")
+        let out = try need(sharedOut, "shared_out")
+        let shared = try crypto { () throws(CryptoError) in try X25519.sharedSecret(privateKey: key, peerPublicKey: peerKey) }
+        shared.withUnsafeBytes { for i in 0..<32 { out[i] = $0[i] } }
+    }
+}
+
+@c @implementation
+public func masq_crypto_ed25519_sign(_ privateKey: UnsafePointer<UInt8>?, _ message: UnsafePointer<UInt8>?, _ messageLength: Int,
+                                     _ signatureOut: UnsafeMutablePointer<UInt8>?) -> Int32 {
+    call { () throws(MasqError) in
+        let key = SecureBytes(try fixed(privateKey, 32, "private_key"))
+        let m = try bytesIn(message, messageLength, "msg")
+        let out = try need(signatureOut, "sig_out")
+        for (i, b) in try crypto({ () throws(CryptoError) in try Ed25519.sign(m, privateKey: key) }).enumerated() { out[i] = b }
+    }
+}
+
+@c @implementation
+public func masq_crypto_ed25519_verify(_ publicKey: UnsafePointer<UInt8>?, _ message: UnsafePointer<UInt8>?, _ messageLength: Int,
+                                       _ signature: UnsafePointer<UInt8>?, _ signatureLength: Int) -> Int32 {
+    call { () throws(MasqError) in
+        let key = try fixed(publicKey, 32, "public_key")
+        let ok = Ed25519.verify(try bytesIn(signature, signatureLength, "sig"), message: try bytesIn(message, messageLength, "msg"), publicKey: key)
+        if !ok { throw MasqError(.badSignature, "the signature does not verify") }
+    }
+}
+
+@c @implementation
+public func masq_crypto_hkdf_sha256(_ salt: UnsafePointer<UInt8>?, _ saltLength: Int, _ ikm: UnsafePointer<UInt8>?, _ ikmLength: Int,
+                                    _ info: UnsafePointer<UInt8>?, _ infoLength: Int, _ out: UnsafeMutablePointer<UInt8>?, _ outLength: Int) -> Int32 {
+    call { () throws(MasqError) in
+        let destination = try need(out, "out")
+        let s = try bytesIn(salt, saltLength, "salt"), k = try bytesIn(ikm, ikmLength, "ikm"), i = try bytesIn(info, infoLength, "info")
+        let okm = try crypto { () throws(CryptoError) in try Hash.hkdfSHA256(salt: s, ikm: k, info: i, length: outLength) }
+        okm.withUnsafeBytes { for j in 0..<outLength { destination[j] = $0[j] } }
+    }
+}
+
+@c @implementation
+public func masq_crypto_aead_seal(_ alg: Int32, _ key: UnsafePointer<UInt8>?, _ nonce: UnsafePointer<UInt8>?, _ ad: UnsafePointer<UInt8>?, _ adLength: Int,
+                                  _ plaintext: UnsafePointer<UInt8>?, _ plaintextLength: Int, _ out: UnsafeMutablePointer<UInt8>?) -> Int32 {
+    call { () throws(MasqError) in
+        let a = try algorithm(alg)
+        let k = SecureBytes(try fixed(key, 32, "key")), n = try fixed(nonce, 12, "nonce")
+        let aad = try bytesIn(ad, adLength, "ad"), p = try bytesIn(plaintext, plaintextLength, "plaintext")
+        let destination = try need(out, "out")
+        let sealed = try crypto { () throws(CryptoError) in try AEAD.seal(a, key: k, nonce: n, ad: aad, plaintext: p) }
+        for (i, b) in sealed.enumerated() { destination[i] = b }
+    }
+}
+
+@c @implementation
+public func masq_crypto_aead_open(_ alg: Int32, _ key: UnsafePointer<UInt8>?, _ nonce: UnsafePointer<UInt8>?, _ ad: UnsafePointer<UInt8>?, _ adLength: Int,
+                                  _ input: UnsafePointer<UInt8>?, _ inputLength: Int, _ out: UnsafeMutablePointer<UInt8>?) -> Int32 {
+    call { () throws(MasqError) in
+        let a = try algorithm(alg)
+        let k = SecureBytes(try fixed(key, 32, "key")), n = try fixed(nonce, 12, "nonce")
+        let aad = try bytesIn(ad, adLength, "ad"), c = try bytesIn(input, inputLength, "in")
+        guard c.count >= AEAD.tagLength else { throw MasqError(.badSignature, "input shorter than the tag") }
+        let opened = try crypto { () throws(CryptoError) in try AEAD.open(a, key: k, nonce: n, ad: aad, ciphertext: c) }
+        if !opened.isEmpty {
+            let destination = try need(out, "out")
+            for (i, b) in opened.enumerated() { destination[i] = b }
+        }
+    }
+}
