@@ -81,6 +81,25 @@ class PluginInfo(ctypes.Structure):
     ]
 
 
+class SessionOptions(ctypes.Structure):
+    _fields_ = [
+        ("struct_size", ctypes.c_uint32),
+        ("pattern", ctypes.c_char_p),
+        ("role", ctypes.c_int),
+        ("prologue", ctypes.c_char_p),
+        ("prologue_len", ctypes.c_size_t),
+        ("static_key", ctypes.c_char_p),
+        ("remote_static", ctypes.c_char_p),
+        ("remote_static_len", ctypes.c_size_t),
+        ("psk", ctypes.c_char_p),
+        ("psk_len", ctypes.c_size_t),
+    ]
+
+
+ROLE_INITIATOR, ROLE_RESPONDER = 1, 2
+SESSION_HANDSHAKING, SESSION_ESTABLISHED, SESSION_FAILED = 1, 2, 3
+AEAD_CHACHA20_POLY1305, AEAD_AES_256_GCM = 1, 2
+
 LOG_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p)
 LIST_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, c_bytes_p, ctypes.c_size_t, c_bytes_p, ctypes.c_size_t)
 NAMESPACE_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p)
@@ -116,6 +135,57 @@ _SIGNATURES = {
                                   WATCH_FN, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint64)]),
     "masq_unwatch": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_uint64]),
     "masq_plugins_scan": (ctypes.c_int, [ctypes.c_char_p, PLUGIN_INFO_FN, ctypes.c_void_p]),
+    # encryption at rest, devices, pairing
+    "masq_unlock": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]),
+    "masq_lock": (ctypes.c_int, [ctypes.c_void_p]),
+    "masq_set_passphrase": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t]),
+    "masq_protection": (ctypes.c_int, [ctypes.c_void_p, ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_int)]),
+    "masq_device_info": (ctypes.c_int, [ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p)]),
+    "masq_devices": (ctypes.c_int, [ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p)]),
+    "masq_set_device_name": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p]),
+    "masq_device_remove": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p]),
+    "masq_seal_for_device": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p,
+                                            ctypes.c_size_t, ctypes.POINTER(c_bytes_p), ctypes.POINTER(ctypes.c_size_t)]),
+    "masq_open_from_device": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p,
+                                             ctypes.c_size_t, ctypes.POINTER(c_bytes_p), ctypes.POINTER(ctypes.c_size_t)]),
+    "masq_pairing_offer": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_uint32, ctypes.POINTER(ctypes.c_void_p),
+                                          ctypes.POINTER(ctypes.c_void_p)]),
+    "masq_pairing_join": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p)]),
+    "masq_pairing_start": (ctypes.c_int, [ctypes.c_void_p, ctypes.POINTER(c_bytes_p), ctypes.POINTER(ctypes.c_size_t)]),
+    "masq_pairing_receive": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.POINTER(c_bytes_p),
+                                            ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_int)]),
+    "masq_pairing_peer": (ctypes.c_int, [ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p)]),
+    "masq_pairing_free": (None, [ctypes.c_void_p]),
+    "masq_qr_pgm": (ctypes.c_int, [ctypes.c_char_p, ctypes.c_uint32, ctypes.POINTER(c_bytes_p), ctypes.POINTER(ctypes.c_size_t)]),
+    # crypto sessions
+    "masq_session_new": (ctypes.c_int, [ctypes.c_void_p, ctypes.POINTER(SessionOptions), ctypes.POINTER(ctypes.c_void_p)]),
+    "masq_session_write_handshake": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.POINTER(c_bytes_p),
+                                                    ctypes.POINTER(ctypes.c_size_t)]),
+    "masq_session_read_handshake": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.POINTER(c_bytes_p),
+                                                   ctypes.POINTER(ctypes.c_size_t)]),
+    "masq_session_status": (ctypes.c_int, [ctypes.c_void_p, ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_int),
+                                           ctypes.POINTER(ctypes.c_int)]),
+    "masq_session_seal": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t,
+                                         ctypes.POINTER(c_bytes_p), ctypes.POINTER(ctypes.c_size_t)]),
+    "masq_session_open": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t,
+                                         ctypes.POINTER(c_bytes_p), ctypes.POINTER(ctypes.c_size_t)]),
+    "masq_session_save": (ctypes.c_int, [ctypes.c_void_p, ctypes.POINTER(c_bytes_p), ctypes.POINTER(ctypes.c_size_t)]),
+    "masq_session_load": (ctypes.c_int, [ctypes.c_char_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_void_p)]),
+    "masq_session_peer_key": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p]),
+    "masq_session_peer_fingerprint": (ctypes.c_int, [ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p)]),
+    "masq_session_free": (None, [ctypes.c_void_p]),
+    # primitives
+    "masq_crypto_random": (ctypes.c_int, [ctypes.c_char_p, ctypes.c_size_t]),
+    "masq_crypto_x25519_public": (ctypes.c_int, [ctypes.c_char_p, ctypes.c_char_p]),
+    "masq_crypto_x25519": (ctypes.c_int, [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p]),
+    "masq_crypto_ed25519_sign": (ctypes.c_int, [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p]),
+    "masq_crypto_ed25519_verify": (ctypes.c_int, [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t]),
+    "masq_crypto_hkdf_sha256": (ctypes.c_int, [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p,
+                                               ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t]),
+    "masq_crypto_aead_seal": (ctypes.c_int, [ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t,
+                                             ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p]),
+    "masq_crypto_aead_open": (ctypes.c_int, [ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t,
+                                             ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p]),
 }
 
 

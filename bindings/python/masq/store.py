@@ -10,6 +10,7 @@ from typing import Callable, Iterable, Iterator, List, Mapping, Optional, Tuple,
 
 from . import _native as n
 from .errors import InvalidArgumentError, check
+from .security import SecurityMixin
 
 BytesLike = Union[bytes, bytearray, memoryview, str]
 
@@ -125,7 +126,7 @@ class Watch:
             self.cancel()
 
 
-class Store:
+class Store(SecurityMixin):
     """An open Masq store. Thread-safe; use as a context manager or call close()."""
 
     def __init__(self, handle: ctypes.c_void_p):
