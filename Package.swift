@@ -39,7 +39,7 @@ let package = Package(
         .target(name: "MasqCrypto", dependencies: ["CMasqCrypto"]),
 
         // The core: config, plugin loader, store semantics, the C API.
-        .target(name: "MasqKernel", dependencies: ["CMasq", "CMasqSupport", "MasqCrypto", "CQREncode"]),
+        .target(name: "MasqKernel", dependencies: ["CMasq", "CMasqSupport", "CMasqCrypto", "MasqCrypto", "CQREncode"]),
         // Links the kernel into libmasq.so exporting only masq_*.
         .target(name: "MasqLibrary", dependencies: ["MasqKernel"], exclude: ["exports.map"],
                 linkerSettings: exportsOnly("Sources/MasqLibrary/exports.map")),

@@ -90,57 +90,79 @@ public struct DoubleRatchet: Sendable {
 
     /// Encrypt one message: header || ciphertext || tag.
     public mutating func encrypt(_ plaintext: [UInt8], associatedData: [UInt8] = []) throws(CryptoError) -> [UInt8] {
+        var buffer: UnsafeMutableRawBufferPointer?
+        defer { buffer?.deallocate() }
+        try plaintext.withBytes { (p) throws(CryptoError) in
+            try associatedData.withBytes { (a) throws(CryptoError) in
+                try encrypt(p, associatedData: a) { length in
+                    buffer = .allocate(byteCount: max(length, 1), alignment: 1)
+                    return UnsafeMutableRawBufferPointer(rebasing: buffer![0..<length])
+                }
+            }
+        }
+        return Array(UnsafeRawBufferPointer(rebasing: buffer![0..<(DoubleRatchet.headerLength + plaintext.count + AEAD.tagLength)]))
+    }
+
+    /// Encrypt into a buffer `allocate(length)` returns (the caller owns it),
+    /// with no intermediate copies: the zero-copy path of the C API.
+    public mutating func encrypt(_ plaintext: UnsafeRawBufferPointer, associatedData: UnsafeRawBufferPointer,
+                                 into allocate: (Int) -> UnsafeMutableRawBufferPointer) throws(CryptoError) {
         guard let chain = sendingChain else { throw .protocolViolation("this side cannot send before it has received a message") }
         guard sent < UInt32.max else { throw .protocolViolation("sending chain exhausted") }
-        let (messageKey, next) = Self.chainStep(chain)
-        let header = Header(ratchetKey: sendingKey.publicKey, previousChainLength: previousChainLength, messageNumber: sent).encoded
-        let ad = associatedData + header
-        let length = DoubleRatchet.headerLength + plaintext.count + AEAD.tagLength
-        var failure: CryptoError?
-        // One allocation: header, then ciphertext and tag sealed in place.
-        let message = [UInt8](unsafeUninitializedCapacity: length) { buffer, initialized in
-            let raw = UnsafeMutableRawBufferPointer(buffer)
-            header.withUnsafeBytes { raw.copyMemory(from: $0) }
-            do throws(CryptoError) {
-                try messageKey.withBytes { (k) throws(CryptoError) in
-                    try ad.withBytes { (a) throws(CryptoError) in
-                        try plaintext.withBytes { (p) throws(CryptoError) in
-                            try AEAD.seal(.chacha20Poly1305, key: k, nonce: Self.nonce, ad: a, plaintext: p,
-                                          into: UnsafeMutableRawBufferPointer(rebasing: raw[DoubleRatchet.headerLength...]))
-                        }
-                    }
-                }
-            } catch {
-                failure = error
-                raw.initializeMemory(as: UInt8.self, repeating: 0)
+        let output = allocate(DoubleRatchet.headerLength + plaintext.count + AEAD.tagLength)
+        // The header goes straight into the output; the AD is ad || header on the stack.
+        output[0] = DoubleRatchet.version
+        sendingKey.publicKey.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: output[1..<33]).copyMemory(from: $0) }
+        output.storeBytes(of: previousChainLength.bigEndian, toByteOffset: 33, as: UInt32.self)
+        output.storeBytes(of: sent.bigEndian, toByteOffset: 37, as: UInt32.self)
+        let header = UnsafeRawBufferPointer(rebasing: output[0..<DoubleRatchet.headerLength])
+        let next = try Self.withChainStep(chain) { (messageKey) throws(CryptoError) in
+            try withConcatenation(associatedData, header) { (ad) throws(CryptoError) in
+                try AEAD.seal(.chacha20Poly1305, key: messageKey, nonce: Self.nonce, ad: ad, plaintext: plaintext,
+                              into: UnsafeMutableRawBufferPointer(rebasing: output[DoubleRatchet.headerLength...]))
             }
-            initialized = length
         }
-        if let failure { throw failure }
         sendingChain = next
         sent += 1
-        return message
     }
 
     /// Authenticate and decrypt one message; the state is unchanged on any failure.
     public mutating func decrypt(_ message: [UInt8], associatedData: [UInt8] = []) throws(CryptoError) -> [UInt8] {
-        let header = try Header(decoding: message[...])
-        let ad = associatedData + Array(message.prefix(DoubleRatchet.headerLength))
-        func open(_ key: SecureBytes) throws(CryptoError) -> [UInt8] {
-            try key.withBytes { (k) throws(CryptoError) in
-                try ad.withBytes { (a) throws(CryptoError) in
-                    try message.withBytes { (m) throws(CryptoError) in
-                        try AEAD.open(.chacha20Poly1305, key: k, nonce: Self.nonce, ad: a,
-                                      ciphertext: UnsafeRawBufferPointer(rebasing: m[DoubleRatchet.headerLength...]))
-                    }
+        var buffer: UnsafeMutableRawBufferPointer?
+        var count = 0
+        defer { buffer?.deallocate() }
+        try message.withBytes { (m) throws(CryptoError) in
+            try associatedData.withBytes { (a) throws(CryptoError) in
+                try decrypt(m, associatedData: a) { length in
+                    count = length
+                    buffer = .allocate(byteCount: max(length, 1), alignment: 1)
+                    return UnsafeMutableRawBufferPointer(rebasing: buffer![0..<length])
                 }
+            }
+        }
+        return Array(UnsafeRawBufferPointer(rebasing: buffer![0..<count]))
+    }
+
+    /// Decrypt into a buffer `allocate(length)` returns (zero-copy path). On
+    /// failure the buffer (if allocated) holds nothing meaningful.
+    public mutating func decrypt(_ message: UnsafeRawBufferPointer, associatedData: UnsafeRawBufferPointer,
+                                 into allocate: (Int) -> UnsafeMutableRawBufferPointer) throws(CryptoError) {
+        guard message.count >= DoubleRatchet.headerLength + AEAD.tagLength else { throw .invalidInput("ratchet message too short") }
+        let header = try Header(decoding: Array(message.prefix(DoubleRatchet.headerLength))[...])
+        let ad = Array(associatedData) + Array(message.prefix(DoubleRatchet.headerLength))
+        let body = UnsafeRawBufferPointer(rebasing: message[DoubleRatchet.headerLength...])
+        var output: UnsafeMutableRawBufferPointer?
+        func open(_ k: UnsafeRawBufferPointer) throws(CryptoError) {
+            if output == nil { output = allocate(body.count - AEAD.tagLength) }
+            try ad.withBytes { (a) throws(CryptoError) in
+                try AEAD.open(.chacha20Poly1305, key: k, nonce: Self.nonce, ad: a, ciphertext: body, into: output!)
             }
         }
 
         if let index = skipped.firstIndex(where: { $0.ratchetKey == header.ratchetKey && $0.number == header.messageNumber }) {
-            let plaintext = try open(skipped[index].key)
+            try skipped[index].key.withBytes { (k) throws(CryptoError) in try open(k) }
             skipped.remove(at: index)
-            return plaintext
+            return
         }
 
         var next = self
@@ -153,12 +175,9 @@ public struct DoubleRatchet: Sendable {
         }
         try next.skip(until: header.messageNumber)
         guard let chain = next.receivingChain else { throw .protocolViolation("no receiving chain") }
-        let (messageKey, following) = Self.chainStep(chain)
-        let plaintext = try open(messageKey)
-        next.receivingChain = following
+        next.receivingChain = try Self.withChainStep(chain) { (messageKey) throws(CryptoError) in try open(messageKey) }
         next.received = header.messageNumber + 1
         self = next
-        return plaintext
     }
 
     // MARK: - steps
@@ -168,6 +187,17 @@ public struct DoubleRatchet: Sendable {
     static func rootStep(_ root: SecureBytes, _ dh: SecureBytes) throws(CryptoError) -> (SecureBytes, SecureBytes) {
         let out = try Hash.hkdfSHA256(salt: root, ikm: dh, info: Array("masq ratchet root v1".utf8), length: 64)
         return out.withUnsafeBytes { (SecureBytes($0[0..<32]), SecureBytes($0[32..<64])) }
+    }
+
+    /// One chain step without putting the message key on the heap: `body`
+    /// sees it in a stack buffer that is wiped afterwards; returns the next chain key.
+    static func withChainStep(_ chain: SecureBytes, _ body: (UnsafeRawBufferPointer) throws(CryptoError) -> Void) throws(CryptoError) -> SecureBytes {
+        try withUnsafeTemporaryAllocation(byteCount: 64, alignment: 16) { (out) throws(CryptoError) -> SecureBytes in
+            defer { masqWipe(out) }
+            chain.withUnsafeBytes { key in Hash.hmacSHA512(key: key, data: UnsafeRawBufferPointer(start: chainConstant, count: 1), into: out) }
+            try body(UnsafeRawBufferPointer(rebasing: out[0..<32]))
+            return SecureBytes(UnsafeRawBufferPointer(rebasing: out[32..<64]))
+        }
     }
 
     static func chainStep(_ chain: SecureBytes) -> (messageKey: SecureBytes, next: SecureBytes) {
@@ -270,6 +300,22 @@ extension UInt32 {
     public init(bigEndianBytes b: ArraySlice<UInt8>) {
         let s = b.startIndex
         self = UInt32(b[s]) << 24 | UInt32(b[s + 1]) << 16 | UInt32(b[s + 2]) << 8 | UInt32(b[s + 3])
+    }
+}
+
+nonisolated(unsafe) private let chainConstant: UnsafeMutablePointer<UInt8> = {
+    let p = UnsafeMutablePointer<UInt8>.allocate(capacity: 1)
+    p.initialize(to: 1)
+    return p
+}()
+
+/// `a || b` in a stack buffer (heap only if large), for AEAD associated data.
+func withConcatenation<T>(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer,
+                          _ body: (UnsafeRawBufferPointer) throws(CryptoError) -> T) throws(CryptoError) -> T {
+    try withUnsafeTemporaryAllocation(byteCount: a.count + b.count, alignment: 1) { (buffer) throws(CryptoError) -> T in
+        if a.count > 0 { UnsafeMutableRawBufferPointer(rebasing: buffer[0..<a.count]).copyMemory(from: a) }
+        if b.count > 0 { UnsafeMutableRawBufferPointer(rebasing: buffer[a.count...]).copyMemory(from: b) }
+        return try body(UnsafeRawBufferPointer(buffer))
     }
 }
 

@@ -21,6 +21,15 @@ public enum Hash {
         return out
     }
 
+    /// HMAC-SHA512 into a caller's 64-byte buffer.
+    public static func hmacSHA512(key: UnsafeRawBufferPointer, data: UnsafeRawBufferPointer, into out: UnsafeMutableRawBufferPointer) {
+        precondition(out.count == 64)
+        let status = masqcrypto_hmac_sha512(key.baseAddress?.assumingMemoryBound(to: UInt8.self), key.count,
+                                            data.baseAddress?.assumingMemoryBound(to: UInt8.self), data.count,
+                                            out.baseAddress!.assumingMemoryBound(to: UInt8.self))
+        precondition(status == 0, "HMAC-SHA512 failed")
+    }
+
     public static func hmacSHA512(key: UnsafeRawBufferPointer, data: UnsafeRawBufferPointer) -> SecureBytes {
         let out = SecureBytes(count: 64)
         let status = out.withUnsafeMutableBytes { o in
@@ -212,6 +221,21 @@ public enum AEAD {
                                  plaintext.baseAddress?.assumingMemoryBound(to: UInt8.self), plaintext.count, tagLength,
                                  output.baseAddress?.assumingMemoryBound(to: UInt8.self))
         }
+        guard status == 0 else { throw .invalidInput("AEAD parameters rejected") }
+    }
+
+    /// Open ciphertext || tag into `output` (ciphertext.count - tagLength bytes).
+    public static func open(_ algorithm: Algorithm, key: UnsafeRawBufferPointer, nonce: [UInt8], ad: UnsafeRawBufferPointer,
+                            ciphertext: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer) throws(CryptoError) {
+        guard ciphertext.count >= tagLength else { throw .authenticationFailed("ciphertext shorter than its tag") }
+        precondition(output.count == ciphertext.count - tagLength)
+        let status = nonce.withUnsafeBufferPointer { n in
+            masqcrypto_aead_open(algorithm.rawValue, key.baseAddress?.assumingMemoryBound(to: UInt8.self), key.count,
+                                 n.baseAddress, n.count, ad.baseAddress?.assumingMemoryBound(to: UInt8.self), ad.count,
+                                 ciphertext.baseAddress?.assumingMemoryBound(to: UInt8.self), ciphertext.count, tagLength,
+                                 output.baseAddress?.assumingMemoryBound(to: UInt8.self))
+        }
+        if status == MASQCRYPTO_AUTH { throw .authenticationFailed("message authentication failed") }
         guard status == 0 else { throw .invalidInput("AEAD parameters rejected") }
     }
 

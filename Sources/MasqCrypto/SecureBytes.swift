@@ -64,3 +64,8 @@ public func constantTimeEqual(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferP
 public func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {
     a.withUnsafeBytes { x in b.withUnsafeBytes { y in constantTimeEqual(x, y) } }
 }
+
+/// Wipe memory that held secrets (OPENSSL_cleanse: not optimized away).
+public func masqWipe(_ buffer: UnsafeMutableRawBufferPointer) {
+    masqcrypto_wipe(buffer.baseAddress, buffer.count)
+}

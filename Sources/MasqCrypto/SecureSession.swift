@@ -93,6 +93,20 @@ public final class SecureSession: @unchecked Sendable {
         return try ratchet!.decrypt(message, associatedData: associatedData)
     }
 
+    /// Zero-copy seal: the message goes into the buffer `allocate` returns.
+    public func seal(_ plaintext: UnsafeRawBufferPointer, associatedData: UnsafeRawBufferPointer,
+                     into allocate: (Int) -> UnsafeMutableRawBufferPointer) throws(CryptoError) {
+        guard phase == .established else { throw .protocolViolation("the session is not established") }
+        try ratchet!.encrypt(plaintext, associatedData: associatedData, into: allocate)
+    }
+
+    /// Zero-copy open: the plaintext goes into the buffer `allocate` returns.
+    public func open(_ message: UnsafeRawBufferPointer, associatedData: UnsafeRawBufferPointer,
+                     into allocate: (Int) -> UnsafeMutableRawBufferPointer) throws(CryptoError) {
+        guard phase == .established else { throw .protocolViolation("the session is not established") }
+        try ratchet!.decrypt(message, associatedData: associatedData, into: allocate)
+    }
+
     /// Established state as bytes (secret: store it encrypted).
     public func serialized() throws(CryptoError) -> [UInt8] {
         guard phase == .established, let ratchet, let peerStaticKey else { throw .protocolViolation("only an established session can be saved") }

@@ -1,5 +1,6 @@
 import CMasq
 import CMasqSupport
+import CMasqCrypto
 import MasqCrypto
 #if canImport(Glibc)
 import Glibc
@@ -38,6 +39,34 @@ private func give(_ bytes: [UInt8], _ out: UnsafeMutablePointer<UnsafeMutablePoi
     bytes.withUnsafeBytes { if $0.count > 0 { memcpy(memory, $0.baseAddress!, $0.count) } }
     out.pointee = memory.assumingMemoryBound(to: UInt8.self)
     length.pointee = bytes.count
+}
+
+/// A caller's buffer viewed in place (no copy).
+private func raw(_ pointer: UnsafePointer<UInt8>?, _ length: Int, _ what: String) throws(MasqError) -> UnsafeRawBufferPointer {
+    if length == 0 { return UnsafeRawBufferPointer(start: nil, count: 0) }
+    guard let pointer else { throw .invalid("\(what) is NULL but its length is \(length)") }
+    return UnsafeRawBufferPointer(start: pointer, count: length)
+}
+
+/// Let `produce` write straight into a malloc'd buffer handed to the caller
+/// (masq_free); freed again if `produce` fails.
+private func deliver(_ out: UnsafeMutablePointer<UnsafeMutablePointer<UInt8>?>, _ length: UnsafeMutablePointer<Int>,
+                     _ produce: ((Int) -> UnsafeMutableRawBufferPointer) throws(CryptoError) -> Void) throws(MasqError) {
+    var memory: UnsafeMutableRawPointer?
+    var size = 0
+    do throws(CryptoError) {
+        try produce { count in
+            memory = malloc(max(count, 1))
+            size = count
+            return UnsafeMutableRawBufferPointer(start: memory, count: count)
+        }
+    } catch {
+        if let memory { masqcrypto_wipe(memory, size); free(memory) }
+        _ = try crypto { () throws(CryptoError) -> Void in throw error }
+    }
+    guard let memory else { throw MasqError(.noMemory, "out of memory") }
+    out.pointee = memory.assumingMemoryBound(to: UInt8.self)
+    length.pointee = size
 }
 
 /// Hand text to the caller as a malloc'd NUL-terminated string (masq_free).
@@ -352,9 +381,9 @@ public func masq_session_seal(_ handle: OpaquePointer?, _ ad: UnsafePointer<UInt
     messageOut?.pointee = nil
     return call { () throws(MasqError) in
         let session = try sessionHandle(handle)
-        let a = try bytesIn(ad, adLength, "ad"), p = try bytesIn(plaintext, plaintextLength, "plaintext")
-        let message = try crypto { () throws(CryptoError) in try session.seal(p, associatedData: a) }
-        try give(message, try need(messageOut, "message_out"), try need(messageLengthOut, "message_len_out"))
+        let a = try raw(ad, adLength, "ad"), p = try raw(plaintext, plaintextLength, "plaintext")
+        let out = try need(messageOut, "message_out"), length = try need(messageLengthOut, "message_len_out")
+        try deliver(out, length) { (allocate) throws(CryptoError) in try session.seal(p, associatedData: a, into: allocate) }
     }
 }
 
@@ -364,10 +393,9 @@ public func masq_session_open(_ handle: OpaquePointer?, _ ad: UnsafePointer<UInt
     plaintextOut?.pointee = nil
     return call { () throws(MasqError) in
         let session = try sessionHandle(handle)
-        let a = try bytesIn(ad, adLength, "ad"), m = try bytesIn(message, messageLength, "message")
+        let a = try raw(ad, adLength, "ad"), m = try raw(message, messageLength, "message")
         let out = try need(plaintextOut, "plaintext_out"), length = try need(plaintextLengthOut, "plaintext_len_out")
-        let plaintext = try crypto { () throws(CryptoError) in try session.open(m, associatedData: a) }
-        try give(plaintext, out, length)
+        try deliver(out, length) { (allocate) throws(CryptoError) in try session.open(m, associatedData: a, into: allocate) }
     }
 }
 
@@ -498,11 +526,10 @@ public func masq_crypto_aead_seal(_ alg: Int32, _ key: UnsafePointer<UInt8>?, _ 
                                   _ plaintext: UnsafePointer<UInt8>?, _ plaintextLength: Int, _ out: UnsafeMutablePointer<UInt8>?) -> Int32 {
     call { () throws(MasqError) in
         let a = try algorithm(alg)
-        let k = SecureBytes(try fixed(key, 32, "key")), n = try fixed(nonce, 12, "nonce")
-        let aad = try bytesIn(ad, adLength, "ad"), p = try bytesIn(plaintext, plaintextLength, "plaintext")
-        let destination = try need(out, "out")
-        let sealed = try crypto { () throws(CryptoError) in try AEAD.seal(a, key: k, nonce: n, ad: aad, plaintext: p) }
-        for (i, b) in sealed.enumerated() { destination[i] = b }
+        let k = UnsafeRawBufferPointer(start: try need(key, "key"), count: 32), n = try fixed(nonce, 12, "nonce")
+        let aad = try raw(ad, adLength, "ad"), p = try raw(plaintext, plaintextLength, "plaintext")
+        let destination = UnsafeMutableRawBufferPointer(start: try need(out, "out"), count: plaintextLength + AEAD.tagLength)
+        try crypto { () throws(CryptoError) in try AEAD.seal(a, key: k, nonce: n, ad: aad, plaintext: p, into: destination) }
     }
 }
 
@@ -511,13 +538,12 @@ public func masq_crypto_aead_open(_ alg: Int32, _ key: UnsafePointer<UInt8>?, _ 
                                   _ input: UnsafePointer<UInt8>?, _ inputLength: Int, _ out: UnsafeMutablePointer<UInt8>?) -> Int32 {
     call { () throws(MasqError) in
         let a = try algorithm(alg)
-        let k = SecureBytes(try fixed(key, 32, "key")), n = try fixed(nonce, 12, "nonce")
-        let aad = try bytesIn(ad, adLength, "ad"), c = try bytesIn(input, inputLength, "in")
+        let k = UnsafeRawBufferPointer(start: try need(key, "key"), count: 32), n = try fixed(nonce, 12, "nonce")
+        let aad = try raw(ad, adLength, "ad"), c = try raw(input, inputLength, "in")
         guard c.count >= AEAD.tagLength else { throw MasqError(.badSignature, "input shorter than the tag") }
-        let opened = try crypto { () throws(CryptoError) in try AEAD.open(a, key: k, nonce: n, ad: aad, ciphertext: c) }
-        if !opened.isEmpty {
-            let destination = try need(out, "out")
-            for (i, b) in opened.enumerated() { destination[i] = b }
-        }
+        let count = inputLength - AEAD.tagLength
+        let destination = count == 0 ? UnsafeMutableRawBufferPointer(start: nil, count: 0)
+            : UnsafeMutableRawBufferPointer(start: try need(out, "out"), count: count)
+        try crypto { () throws(CryptoError) in try AEAD.open(a, key: k, nonce: n, ad: aad, ciphertext: c, into: destination) }
     }
 }
