@@ -14,7 +14,7 @@ import MasqCrypto
 struct KeyRing {
     static let fileName = "keyring"
     static let magic = Array("MASQKR".utf8)
-    static let defaultLogN: UInt8 = 17     // 128 MiB, ~0.3 s here: costly to brute-force, fine to unlock
+    static let defaultLogN: UInt8 = 17     // 128 MiB, ~0.5 s here: costly to brute-force, fine to unlock
     static let headerLength = 6 + 3 + 8 + 16 + 12
 
     var algorithm: AEAD.Algorithm
