@@ -41,7 +41,7 @@ enum Fixtures {
         var template = Array("/tmp/masq-test-\(label)-XXXXXX".utf8CString)
         let made = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
         precondition(made != nil, "mkdtemp failed")
-        return String(cString: template)
+        return String(decoding: template.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     /// A config for `plugin` ("sqlite" or "memory") in a fresh data directory.
