@@ -212,6 +212,37 @@ int masqcrypto_x25519(const uint8_t private_key[32], const uint8_t peer_public[3
     return rc;
 }
 
+/* Importing a raw private key makes OpenSSL derive its public key (a full
+ * scalar multiplication); when we already know it, import both instead. */
+static EVP_PKEY *x25519_with_public(const uint8_t private_key[32], const uint8_t public_key[32]) {
+    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_name(NULL, "X25519", NULL);
+    EVP_PKEY *key = NULL;
+    OSSL_PARAM params[3] = {
+        OSSL_PARAM_construct_octet_string(OSSL_PKEY_PARAM_PRIV_KEY, (void *)private_key, 32),
+        OSSL_PARAM_construct_octet_string(OSSL_PKEY_PARAM_PUB_KEY, (void *)public_key, 32),
+        OSSL_PARAM_construct_end(),
+    };
+    if (!ctx || EVP_PKEY_fromdata_init(ctx) != 1 || EVP_PKEY_fromdata(ctx, &key, EVP_PKEY_KEYPAIR, params) != 1) key = NULL;
+    EVP_PKEY_CTX_free(ctx);
+    return key;
+}
+
+int masqcrypto_x25519_known(const uint8_t private_key[32], const uint8_t public_key[32], const uint8_t peer_public[32],
+                            uint8_t shared[32]) {
+    EVP_PKEY *mine = x25519_with_public(private_key, public_key);
+    EVP_PKEY *peer = EVP_PKEY_new_raw_public_key(EVP_PKEY_X25519, NULL, peer_public, 32);
+    int rc = mine && peer ? derive(mine, peer, shared, 32) : MASQCRYPTO_ERR;
+    EVP_PKEY_free(mine);
+    EVP_PKEY_free(peer);
+    if (rc == MASQCRYPTO_OK) {
+        uint8_t acc = 0;
+        for (int i = 0; i < 32; i++) acc |= shared[i];
+        if (acc == 0) rc = MASQCRYPTO_ERR;
+    }
+    if (rc != MASQCRYPTO_OK) OPENSSL_cleanse(shared, 32);
+    return rc;
+}
+
 int masqcrypto_ed25519_keypair(uint8_t private_key[32], uint8_t public_key[32]) {
     return raw_keypair(EVP_PKEY_ED25519, private_key, public_key);
 }

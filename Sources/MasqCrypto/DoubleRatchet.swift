@@ -71,7 +71,7 @@ public struct DoubleRatchet: Sendable {
         self.limits = limits
         sendingKey = X25519.keyPair()
         receivingKey = peerRatchetKey
-        let (root, chain) = try Self.rootStep(sharedSecret, X25519.sharedSecret(privateKey: sendingKey.privateKey, peerPublicKey: peerRatchetKey))
+        let (root, chain) = try Self.rootStep(sharedSecret, X25519.sharedSecret(keyPair: sendingKey, peerPublicKey: peerRatchetKey))
         rootKey = root
         sendingChain = chain
     }
@@ -211,9 +211,9 @@ public struct DoubleRatchet: Sendable {
         sent = 0
         received = 0
         receivingKey = peerKey
-        let (root1, receiving) = try Self.rootStep(rootKey, X25519.sharedSecret(privateKey: sendingKey.privateKey, peerPublicKey: peerKey))
+        let (root1, receiving) = try Self.rootStep(rootKey, X25519.sharedSecret(keyPair: sendingKey, peerPublicKey: peerKey))
         sendingKey = X25519.keyPair()
-        let (root2, sending) = try Self.rootStep(root1, X25519.sharedSecret(privateKey: sendingKey.privateKey, peerPublicKey: peerKey))
+        let (root2, sending) = try Self.rootStep(root1, X25519.sharedSecret(keyPair: sendingKey, peerPublicKey: peerKey))
         rootKey = root2
         receivingChain = receiving
         sendingChain = sending

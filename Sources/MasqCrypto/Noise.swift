@@ -294,17 +294,17 @@ public enum Noise {
             let initiator = role == .initiator
             switch token {
             case .ee:
-                return try X25519.sharedSecret(privateKey: need(localEphemeral, "e").privateKey, peerPublicKey: need(remoteEphemeral, "re"))
+                return try X25519.sharedSecret(keyPair: need(localEphemeral, "e"), peerPublicKey: need(remoteEphemeral, "re"))
             case .es:
                 return initiator
-                    ? try X25519.sharedSecret(privateKey: need(localEphemeral, "e").privateKey, peerPublicKey: need(remoteStatic, "rs"))
-                    : try X25519.sharedSecret(privateKey: need(localStatic, "s").privateKey, peerPublicKey: need(remoteEphemeral, "re"))
+                    ? try X25519.sharedSecret(keyPair: need(localEphemeral, "e"), peerPublicKey: need(remoteStatic, "rs"))
+                    : try X25519.sharedSecret(keyPair: need(localStatic, "s"), peerPublicKey: need(remoteEphemeral, "re"))
             case .se:
                 return initiator
-                    ? try X25519.sharedSecret(privateKey: need(localStatic, "s").privateKey, peerPublicKey: need(remoteEphemeral, "re"))
-                    : try X25519.sharedSecret(privateKey: need(localEphemeral, "e").privateKey, peerPublicKey: need(remoteStatic, "rs"))
+                    ? try X25519.sharedSecret(keyPair: need(localStatic, "s"), peerPublicKey: need(remoteEphemeral, "re"))
+                    : try X25519.sharedSecret(keyPair: need(localEphemeral, "e"), peerPublicKey: need(remoteStatic, "rs"))
             case .ss:
-                return try X25519.sharedSecret(privateKey: need(localStatic, "s").privateKey, peerPublicKey: need(remoteStatic, "rs"))
+                return try X25519.sharedSecret(keyPair: need(localStatic, "s"), peerPublicKey: need(remoteStatic, "rs"))
             default:
                 throw .protocolViolation("not a DH token")
             }

@@ -123,6 +123,23 @@ public enum X25519 {
         return publicKey
     }
 
+    /// The shared secret for a key pair whose public half is known (faster:
+    /// OpenSSL need not re-derive it). `keyPair.publicKey` must match.
+    public static func sharedSecret(keyPair: (privateKey: SecureBytes, publicKey: [UInt8]), peerPublicKey: [UInt8]) throws(CryptoError) -> SecureBytes {
+        guard keyPair.privateKey.count == 32, keyPair.publicKey.count == 32, peerPublicKey.count == 32 else {
+            throw .invalidInput("X25519 keys must be 32 bytes")
+        }
+        let shared = SecureBytes(count: 32)
+        let status = keyPair.privateKey.withUnsafeBytes { p in
+            shared.withUnsafeMutableBytes { s in
+                masqcrypto_x25519_known(p.baseAddress!.assumingMemoryBound(to: UInt8.self), keyPair.publicKey, peerPublicKey,
+                                        s.baseAddress!.assumingMemoryBound(to: UInt8.self))
+            }
+        }
+        guard status == 0 else { throw .invalidInput("X25519 with this peer key gives no shared secret (low-order point)") }
+        return shared
+    }
+
     /// The shared secret; an all-zero result (a low-order peer key) is an error.
     public static func sharedSecret(privateKey: SecureBytes, peerPublicKey: [UInt8]) throws(CryptoError) -> SecureBytes {
         guard privateKey.count == 32, peerPublicKey.count == 32 else { throw .invalidInput("X25519 keys must be 32 bytes") }

@@ -39,6 +39,11 @@ int masqcrypto_x25519_public(const uint8_t private_key[32], uint8_t public_key[3
 /* Fails on an all-zero result (a low-order peer key), as RFC 7748 6.1 advises. */
 int masqcrypto_x25519(const uint8_t private_key[32], const uint8_t peer_public[32], uint8_t shared[32]);
 
+/* The same with this side's public key known (saves OpenSSL re-deriving it).
+ * The caller guarantees public_key matches private_key. */
+int masqcrypto_x25519_known(const uint8_t private_key[32], const uint8_t public_key[32], const uint8_t peer_public[32],
+                            uint8_t shared[32]);
+
 int masqcrypto_ed25519_keypair(uint8_t private_key[32], uint8_t public_key[32]);
 int masqcrypto_ed25519_public(const uint8_t private_key[32], uint8_t public_key[32]);
 int masqcrypto_ed25519_sign(const uint8_t private_key[32], const uint8_t *msg, size_t msg_len, uint8_t sig[64]);
