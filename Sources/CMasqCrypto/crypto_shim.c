@@ -197,8 +197,9 @@ static int derive(EVP_PKEY *mine, EVP_PKEY *peer, uint8_t *shared, size_t expect
     return ok ? MASQCRYPTO_OK : MASQCRYPTO_ERR;
 }
 
-int masqcrypto_x25519(const uint8_t private_key[32], const uint8_t peer_public[32], uint8_t shared[32]) {
-    EVP_PKEY *mine = EVP_PKEY_new_raw_private_key(EVP_PKEY_X25519, NULL, private_key, 32);
+/* Derive with `mine` (consumed) and reject an all-zero result: a low-order
+ * peer point contributes nothing (RFC 7748 6.1). */
+static int x25519_derive(EVP_PKEY *mine, const uint8_t peer_public[32], uint8_t shared[32]) {
     EVP_PKEY *peer = EVP_PKEY_new_raw_public_key(EVP_PKEY_X25519, NULL, peer_public, 32);
     int rc = mine && peer ? derive(mine, peer, shared, 32) : MASQCRYPTO_ERR;
     EVP_PKEY_free(mine);
@@ -206,10 +207,14 @@ int masqcrypto_x25519(const uint8_t private_key[32], const uint8_t peer_public[3
     if (rc == MASQCRYPTO_OK) {
         uint8_t acc = 0;
         for (int i = 0; i < 32; i++) acc |= shared[i];
-        if (acc == 0) rc = MASQCRYPTO_ERR; /* low-order point: contributes nothing */
+        if (acc == 0) rc = MASQCRYPTO_ERR;
     }
     if (rc != MASQCRYPTO_OK) OPENSSL_cleanse(shared, 32);
     return rc;
+}
+
+int masqcrypto_x25519(const uint8_t private_key[32], const uint8_t peer_public[32], uint8_t shared[32]) {
+    return x25519_derive(EVP_PKEY_new_raw_private_key(EVP_PKEY_X25519, NULL, private_key, 32), peer_public, shared);
 }
 
 /* Importing a raw private key makes OpenSSL derive its public key (a full
@@ -229,18 +234,7 @@ static EVP_PKEY *x25519_with_public(const uint8_t private_key[32], const uint8_t
 
 int masqcrypto_x25519_known(const uint8_t private_key[32], const uint8_t public_key[32], const uint8_t peer_public[32],
                             uint8_t shared[32]) {
-    EVP_PKEY *mine = x25519_with_public(private_key, public_key);
-    EVP_PKEY *peer = EVP_PKEY_new_raw_public_key(EVP_PKEY_X25519, NULL, peer_public, 32);
-    int rc = mine && peer ? derive(mine, peer, shared, 32) : MASQCRYPTO_ERR;
-    EVP_PKEY_free(mine);
-    EVP_PKEY_free(peer);
-    if (rc == MASQCRYPTO_OK) {
-        uint8_t acc = 0;
-        for (int i = 0; i < 32; i++) acc |= shared[i];
-        if (acc == 0) rc = MASQCRYPTO_ERR;
-    }
-    if (rc != MASQCRYPTO_OK) OPENSSL_cleanse(shared, 32);
-    return rc;
+    return x25519_derive(x25519_with_public(private_key, public_key), peer_public, shared);
 }
 
 int masqcrypto_ed25519_keypair(uint8_t private_key[32], uint8_t public_key[32]) {

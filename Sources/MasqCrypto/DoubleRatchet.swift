@@ -310,9 +310,9 @@ nonisolated(unsafe) private let chainConstant: UnsafeMutablePointer<UInt8> = {
 }()
 
 /// `a || b` in a stack buffer (heap only if large), for AEAD associated data.
-func withConcatenation<T>(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer,
-                          _ body: (UnsafeRawBufferPointer) throws(CryptoError) -> T) throws(CryptoError) -> T {
-    try withUnsafeTemporaryAllocation(byteCount: a.count + b.count, alignment: 1) { (buffer) throws(CryptoError) -> T in
+public func withConcatenation<T, E: Error>(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer,
+                                           _ body: (UnsafeRawBufferPointer) throws(E) -> T) throws(E) -> T {
+    try withUnsafeTemporaryAllocation(byteCount: a.count + b.count, alignment: 1) { (buffer) throws(E) -> T in
         if a.count > 0 { UnsafeMutableRawBufferPointer(rebasing: buffer[0..<a.count]).copyMemory(from: a) }
         if b.count > 0 { UnsafeMutableRawBufferPointer(rebasing: buffer[a.count...]).copyMemory(from: b) }
         return try body(UnsafeRawBufferPointer(buffer))

@@ -12,25 +12,7 @@ import Glibc
 // MARK: - plumbing
 
 private func bytesIn(_ pointer: UnsafePointer<UInt8>?, _ length: Int, _ what: String) throws(MasqError) -> [UInt8] {
-    if length == 0 { return [] }
-    guard let pointer else { throw .invalid("\(what) is NULL but its length is \(length)") }
-    return Array(UnsafeBufferPointer(start: pointer, count: length))
-}
-
-private func need<T>(_ pointer: T?, _ what: String) throws(MasqError) -> T {
-    guard let pointer else { throw .invalid("\(what) is NULL") }
-    return pointer
-}
-
-private func storeHandle(_ handle: OpaquePointer?) throws(MasqError) -> Store {
-    guard let handle else { throw .invalid("store handle is NULL") }
-    return Unmanaged<Store>.fromOpaque(UnsafeRawPointer(handle)).takeUnretainedValue()
-}
-
-private func cText(_ pointer: UnsafePointer<CChar>?, _ what: String) throws(MasqError) -> String {
-    guard let pointer else { throw .invalid("\(what) is NULL") }
-    guard let s = String(validatingCString: pointer) else { throw .invalid("\(what) is not valid UTF-8") }
-    return s
+    Array(try bytes(pointer, length, what))
 }
 
 /// Hand bytes to the caller as a malloc'd buffer (masq_free).
@@ -39,13 +21,6 @@ private func give(_ bytes: [UInt8], _ out: UnsafeMutablePointer<UnsafeMutablePoi
     bytes.withUnsafeBytes { if $0.count > 0 { memcpy(memory, $0.baseAddress!, $0.count) } }
     out.pointee = memory.assumingMemoryBound(to: UInt8.self)
     length.pointee = bytes.count
-}
-
-/// A caller's buffer viewed in place (no copy).
-private func raw(_ pointer: UnsafePointer<UInt8>?, _ length: Int, _ what: String) throws(MasqError) -> UnsafeRawBufferPointer {
-    if length == 0 { return UnsafeRawBufferPointer(start: nil, count: 0) }
-    guard let pointer else { throw .invalid("\(what) is NULL but its length is \(length)") }
-    return UnsafeRawBufferPointer(start: pointer, count: length)
 }
 
 /// Let `produce` write straight into a malloc'd buffer handed to the caller
@@ -75,18 +50,6 @@ private func giveText(_ text: String, _ out: UnsafeMutablePointer<UnsafeMutableP
     out.pointee = copy
 }
 
-@inline(__always)
-private func call(_ body: () throws(MasqError) -> Void) -> Int32 {
-    do throws(MasqError) {
-        try body()
-        masqsupport_clear_error()
-        return MASQ_OK
-    } catch {
-        masqsupport_set_error(error.status.rawValue, error.message)
-        return error.status.rawValue
-    }
-}
-
 func deviceJSON(_ keys: DevicePublicKeys, name: String, pairedAt: UInt64? = nil) -> String {
     let fp = keys.fingerprint
     var fields = [
@@ -102,19 +65,19 @@ func deviceJSON(_ keys: DevicePublicKeys, name: String, pairedAt: UInt64? = nil)
 
 @c @implementation
 public func masq_unlock(_ handle: OpaquePointer?, _ passphrase: UnsafePointer<UInt8>?, _ length: Int) -> Int32 {
-    call { () throws(MasqError) in try storeHandle(handle).unlock(try bytesIn(passphrase, length, "passphrase")) }
+    api { () throws(MasqError) in try store(handle).unlock(try bytesIn(passphrase, length, "passphrase")) }
 }
 
 @c @implementation
 public func masq_lock(_ handle: OpaquePointer?) -> Int32 {
-    call { () throws(MasqError) in try storeHandle(handle).relock() }
+    api { () throws(MasqError) in try store(handle).relock() }
 }
 
 @c @implementation
 public func masq_set_passphrase(_ handle: OpaquePointer?, _ old: UnsafePointer<UInt8>?, _ oldLength: Int,
                                 _ new: UnsafePointer<UInt8>?, _ newLength: Int) -> Int32 {
-    call { () throws(MasqError) in
-        let store = try storeHandle(handle)
+    api { () throws(MasqError) in
+        let store = try store(handle)
         let oldBytes = old == nil && oldLength == 0 ? nil : try bytesIn(old, oldLength, "old_passphrase")
         let newBytes = new == nil && newLength == 0 ? nil : try bytesIn(new, newLength, "new_passphrase")
         try store.setPassphrase(old: oldBytes, new: newBytes)
@@ -123,8 +86,8 @@ public func masq_set_passphrase(_ handle: OpaquePointer?, _ old: UnsafePointer<U
 
 @c @implementation
 public func masq_protection(_ handle: OpaquePointer?, _ protectedOut: UnsafeMutablePointer<Int32>?, _ lockedOut: UnsafeMutablePointer<Int32>?) -> Int32 {
-    call { () throws(MasqError) in
-        let store = try storeHandle(handle)
+    api { () throws(MasqError) in
+        let store = try store(handle)
         protectedOut?.pointee = store.isProtected ? 1 : 0
         lockedOut?.pointee = store.isLocked ? 1 : 0
     }
@@ -135,9 +98,9 @@ public func masq_protection(_ handle: OpaquePointer?, _ protectedOut: UnsafeMuta
 @c @implementation
 public func masq_device_info(_ handle: OpaquePointer?, _ jsonOut: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
     jsonOut?.pointee = nil
-    return call { () throws(MasqError) in
-        let store = try storeHandle(handle)
-        let out = try need(jsonOut, "json_out")
+    return api { () throws(MasqError) in
+        let store = try store(handle)
+        let out = try required(jsonOut, "json_out")
         try giveText(deviceJSON(try store.requireIdentity().publicKeys, name: store.deviceName), out)
     }
 }
@@ -145,9 +108,9 @@ public func masq_device_info(_ handle: OpaquePointer?, _ jsonOut: UnsafeMutableP
 @c @implementation
 public func masq_devices(_ handle: OpaquePointer?, _ jsonOut: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
     jsonOut?.pointee = nil
-    return call { () throws(MasqError) in
-        let store = try storeHandle(handle)
-        let out = try need(jsonOut, "json_out")
+    return api { () throws(MasqError) in
+        let store = try store(handle)
+        let out = try required(jsonOut, "json_out")
         let items = try store.devices().map { deviceJSON($0.keys, name: $0.name, pairedAt: $0.pairedAt) }
         try giveText("[" + items.joined(separator: ", ") + "]", out)
     }
@@ -155,12 +118,12 @@ public func masq_devices(_ handle: OpaquePointer?, _ jsonOut: UnsafeMutablePoint
 
 @c @implementation
 public func masq_set_device_name(_ handle: OpaquePointer?, _ name: UnsafePointer<CChar>?) -> Int32 {
-    call { () throws(MasqError) in try storeHandle(handle).setDeviceName(try cText(name, "name")) }
+    api { () throws(MasqError) in try store(handle).setDeviceName(try text(name, "name")) }
 }
 
 @c @implementation
 public func masq_device_remove(_ handle: OpaquePointer?, _ deviceID: UnsafePointer<CChar>?) -> Int32 {
-    call { () throws(MasqError) in try storeHandle(handle).removeDevice(try cText(deviceID, "device_id")) }
+    api { () throws(MasqError) in try store(handle).removeDevice(try text(deviceID, "device_id")) }
 }
 
 @c @implementation
@@ -168,11 +131,11 @@ public func masq_seal_for_device(_ handle: OpaquePointer?, _ deviceID: UnsafePoi
                                  _ plaintext: UnsafePointer<UInt8>?, _ plaintextLength: Int,
                                  _ messageOut: UnsafeMutablePointer<UnsafeMutablePointer<UInt8>?>?, _ messageLengthOut: UnsafeMutablePointer<Int>?) -> Int32 {
     messageOut?.pointee = nil
-    return call { () throws(MasqError) in
-        let store = try storeHandle(handle)
-        let sealed = try store.seal(for: try cText(deviceID, "device_id"), try bytesIn(plaintext, plaintextLength, "plaintext"),
+    return api { () throws(MasqError) in
+        let store = try store(handle)
+        let sealed = try store.seal(for: try text(deviceID, "device_id"), try bytesIn(plaintext, plaintextLength, "plaintext"),
                                     associatedData: try bytesIn(ad, adLength, "ad"))
-        try give(sealed, try need(messageOut, "message_out"), try need(messageLengthOut, "message_len_out"))
+        try give(sealed, try required(messageOut, "message_out"), try required(messageLengthOut, "message_len_out"))
     }
 }
 
@@ -181,11 +144,11 @@ public func masq_open_from_device(_ handle: OpaquePointer?, _ deviceID: UnsafePo
                                   _ message: UnsafePointer<UInt8>?, _ messageLength: Int,
                                   _ plaintextOut: UnsafeMutablePointer<UnsafeMutablePointer<UInt8>?>?, _ plaintextLengthOut: UnsafeMutablePointer<Int>?) -> Int32 {
     plaintextOut?.pointee = nil
-    return call { () throws(MasqError) in
-        let store = try storeHandle(handle)
-        let opened = try store.open(from: try cText(deviceID, "device_id"), try bytesIn(message, messageLength, "message"),
+    return api { () throws(MasqError) in
+        let store = try store(handle)
+        let opened = try store.open(from: try text(deviceID, "device_id"), try bytesIn(message, messageLength, "message"),
                                     associatedData: try bytesIn(ad, adLength, "ad"))
-        try give(opened, try need(plaintextOut, "plaintext_out"), try need(plaintextLengthOut, "plaintext_len_out"))
+        try give(opened, try required(plaintextOut, "plaintext_out"), try required(plaintextLengthOut, "plaintext_len_out"))
     }
 }
 
@@ -208,11 +171,11 @@ public func masq_pairing_offer(_ handle: OpaquePointer?, _ via: UnsafePointer<CC
                                _ linkOut: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?, _ pairingOut: UnsafeMutablePointer<OpaquePointer?>?) -> Int32 {
     linkOut?.pointee = nil
     pairingOut?.pointee = nil
-    return call { () throws(MasqError) in
-        let store = try storeHandle(handle)
-        let linkDestination = try need(linkOut, "link_out")
-        let pairingDestination = try need(pairingOut, "pairing_out")
-        let link = try store.createPairingOffer(via: via == nil ? nil : try cText(via, "via"), ttl: UInt64(ttlSeconds))
+    return api { () throws(MasqError) in
+        let store = try store(handle)
+        let linkDestination = try required(linkOut, "link_out")
+        let pairingDestination = try required(pairingOut, "pairing_out")
+        let link = try store.createPairingOffer(via: via == nil ? nil : try text(via, "via"), ttl: UInt64(ttlSeconds))
         let flow = try PairingFlow(offering: link, store: store)
         try giveText(link.string, linkDestination)
         pairingDestination.pointee = OpaquePointer(Unmanaged.passRetained(PairingHandle(flow)).toOpaque())
@@ -222,10 +185,10 @@ public func masq_pairing_offer(_ handle: OpaquePointer?, _ via: UnsafePointer<CC
 @c @implementation
 public func masq_pairing_join(_ handle: OpaquePointer?, _ link: UnsafePointer<CChar>?, _ pairingOut: UnsafeMutablePointer<OpaquePointer?>?) -> Int32 {
     pairingOut?.pointee = nil
-    return call { () throws(MasqError) in
-        let store = try storeHandle(handle)
-        let destination = try need(pairingOut, "pairing_out")
-        let flow = try PairingFlow(joining: PairingLink(parsing: try cText(link, "link")), store: store)
+    return api { () throws(MasqError) in
+        let store = try store(handle)
+        let destination = try required(pairingOut, "pairing_out")
+        let flow = try PairingFlow(joining: PairingLink(parsing: try text(link, "link")), store: store)
         destination.pointee = OpaquePointer(Unmanaged.passRetained(PairingHandle(flow)).toOpaque())
     }
 }
@@ -233,9 +196,9 @@ public func masq_pairing_join(_ handle: OpaquePointer?, _ link: UnsafePointer<CC
 @c @implementation
 public func masq_pairing_start(_ handle: OpaquePointer?, _ frameOut: UnsafeMutablePointer<UnsafeMutablePointer<UInt8>?>?, _ frameLengthOut: UnsafeMutablePointer<Int>?) -> Int32 {
     frameOut?.pointee = nil
-    return call { () throws(MasqError) in
+    return api { () throws(MasqError) in
         let pairing = try pairingHandle(handle)
-        try give(try pairing.flow.start(), try need(frameOut, "frame_out"), try need(frameLengthOut, "frame_len_out"))
+        try give(try pairing.flow.start(), try required(frameOut, "frame_out"), try required(frameLengthOut, "frame_len_out"))
     }
 }
 
@@ -246,10 +209,10 @@ public func masq_pairing_receive(_ handle: OpaquePointer?, _ frame: UnsafePointe
     frameOut?.pointee = nil
     frameLengthOut?.pointee = 0
     pairedOut?.pointee = 0
-    return call { () throws(MasqError) in
+    return api { () throws(MasqError) in
         let pairing = try pairingHandle(handle)
-        let out = try need(frameOut, "frame_out"), length = try need(frameLengthOut, "frame_len_out")
-        let paired = try need(pairedOut, "paired_out")
+        let out = try required(frameOut, "frame_out"), length = try required(frameLengthOut, "frame_len_out")
+        let paired = try required(pairedOut, "paired_out")
         let incoming = try bytesIn(frame, frameLength, "frame")
         do throws(MasqError) {
             switch try pairing.flow.receive(incoming) {
@@ -271,10 +234,10 @@ public func masq_pairing_receive(_ handle: OpaquePointer?, _ frame: UnsafePointe
 @c @implementation
 public func masq_pairing_peer(_ handle: OpaquePointer?, _ jsonOut: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
     jsonOut?.pointee = nil
-    return call { () throws(MasqError) in
+    return api { () throws(MasqError) in
         let pairing = try pairingHandle(handle)
         guard let peer = pairing.peer else { throw MasqError(.notFound, "not paired yet") }
-        try giveText(deviceJSON(peer.keys, name: peer.name, pairedAt: peer.pairedAt), try need(jsonOut, "json_out"))
+        try giveText(deviceJSON(peer.keys, name: peer.name, pairedAt: peer.pairedAt), try required(jsonOut, "json_out"))
     }
 }
 
@@ -285,13 +248,13 @@ public func masq_pairing_free(_ handle: OpaquePointer?) {
 }
 
 @c @implementation
-public func masq_qr_pgm(_ text: UnsafePointer<CChar>?, _ scale: UInt32, _ imageOut: UnsafeMutablePointer<UnsafeMutablePointer<UInt8>?>?,
+public func masq_qr_pgm(_ input: UnsafePointer<CChar>?, _ scale: UInt32, _ imageOut: UnsafeMutablePointer<UnsafeMutablePointer<UInt8>?>?,
                         _ imageLengthOut: UnsafeMutablePointer<Int>?) -> Int32 {
     imageOut?.pointee = nil
-    return call { () throws(MasqError) in
+    return api { () throws(MasqError) in
         guard (1...64).contains(scale) else { throw .invalid("scale must be 1...64") }
-        let image = try QRCode(try cText(text, "text")).pgm(scale: Int(scale))
-        try give(image, try need(imageOut, "image_out"), try need(imageLengthOut, "image_len_out"))
+        let image = try QRCode(try text(input, "text")).pgm(scale: Int(scale))
+        try give(image, try required(imageOut, "image_out"), try required(imageLengthOut, "image_len_out"))
     }
 }
 
@@ -309,11 +272,11 @@ private func publish(_ session: SecureSession, _ out: UnsafeMutablePointer<Opaqu
 @c @implementation
 public func masq_session_new(_ handle: OpaquePointer?, _ options: UnsafePointer<masq_session_options>?, _ sessionOut: UnsafeMutablePointer<OpaquePointer?>?) -> Int32 {
     sessionOut?.pointee = nil
-    return call { () throws(MasqError) in
-        let out = try need(sessionOut, "session_out")
-        let o = try need(options, "options").pointee
+    return api { () throws(MasqError) in
+        let out = try required(sessionOut, "session_out")
+        let o = try required(options, "options").pointee
         guard o.struct_size >= UInt32(MemoryLayout<masq_session_options>.size) else { throw .invalid("options.struct_size is too small") }
-        let name = try cText(o.pattern, "options.pattern")
+        let name = try text(o.pattern, "options.pattern")
         guard let pattern = Noise.Pattern(rawValue: name) else {
             throw .invalid("unknown pattern '\(name)' (known: \(Noise.Pattern.allCases.map(\.rawValue).joined(separator: ", ")))")
         }
@@ -322,7 +285,7 @@ public func masq_session_new(_ handle: OpaquePointer?, _ options: UnsafePointer<
         if let key = o.static_key {
             staticKey = SecureBytes(UnsafeBufferPointer(start: key, count: 32))
         } else {
-            staticKey = try storeHandle(handle).requireIdentity().agreementKey
+            staticKey = try store(handle).requireIdentity().agreementKey
         }
         let remote = o.remote_static == nil ? nil : try bytesIn(o.remote_static, o.remote_static_len, "options.remote_static")
         let psk = o.psk == nil ? nil : SecureBytes(try bytesIn(o.psk, o.psk_len, "options.psk"))
@@ -339,11 +302,11 @@ public func masq_session_new(_ handle: OpaquePointer?, _ options: UnsafePointer<
 public func masq_session_write_handshake(_ handle: OpaquePointer?, _ payload: UnsafePointer<UInt8>?, _ payloadLength: Int,
                                          _ messageOut: UnsafeMutablePointer<UnsafeMutablePointer<UInt8>?>?, _ messageLengthOut: UnsafeMutablePointer<Int>?) -> Int32 {
     messageOut?.pointee = nil
-    return call { () throws(MasqError) in
+    return api { () throws(MasqError) in
         let session = try sessionHandle(handle)
         let body = try bytesIn(payload, payloadLength, "payload")
         let message = try crypto { () throws(CryptoError) in try session.writeHandshake(payload: body) }
-        try give(message, try need(messageOut, "message_out"), try need(messageLengthOut, "message_len_out"))
+        try give(message, try required(messageOut, "message_out"), try required(messageLengthOut, "message_len_out"))
     }
 }
 
@@ -351,10 +314,10 @@ public func masq_session_write_handshake(_ handle: OpaquePointer?, _ payload: Un
 public func masq_session_read_handshake(_ handle: OpaquePointer?, _ message: UnsafePointer<UInt8>?, _ messageLength: Int,
                                         _ payloadOut: UnsafeMutablePointer<UnsafeMutablePointer<UInt8>?>?, _ payloadLengthOut: UnsafeMutablePointer<Int>?) -> Int32 {
     payloadOut?.pointee = nil
-    return call { () throws(MasqError) in
+    return api { () throws(MasqError) in
         let session = try sessionHandle(handle)
         let bytes = try bytesIn(message, messageLength, "message")
-        let out = try need(payloadOut, "payload_out"), length = try need(payloadLengthOut, "payload_len_out")
+        let out = try required(payloadOut, "payload_out"), length = try required(payloadLengthOut, "payload_len_out")
         let payload = try crypto { () throws(CryptoError) in try session.readHandshake(bytes) }
         try give(payload, out, length)
     }
@@ -363,7 +326,7 @@ public func masq_session_read_handshake(_ handle: OpaquePointer?, _ message: Uns
 @c @implementation
 public func masq_session_status(_ handle: OpaquePointer?, _ stateOut: UnsafeMutablePointer<Int32>?, _ writeNextOut: UnsafeMutablePointer<Int32>?,
                                 _ canSendOut: UnsafeMutablePointer<Int32>?) -> Int32 {
-    call { () throws(MasqError) in
+    api { () throws(MasqError) in
         let session = try sessionHandle(handle)
         switch session.phase {
         case .handshaking: stateOut?.pointee = MASQ_SESSION_HANDSHAKING
@@ -379,10 +342,10 @@ public func masq_session_status(_ handle: OpaquePointer?, _ stateOut: UnsafeMuta
 public func masq_session_seal(_ handle: OpaquePointer?, _ ad: UnsafePointer<UInt8>?, _ adLength: Int, _ plaintext: UnsafePointer<UInt8>?, _ plaintextLength: Int,
                               _ messageOut: UnsafeMutablePointer<UnsafeMutablePointer<UInt8>?>?, _ messageLengthOut: UnsafeMutablePointer<Int>?) -> Int32 {
     messageOut?.pointee = nil
-    return call { () throws(MasqError) in
+    return api { () throws(MasqError) in
         let session = try sessionHandle(handle)
-        let a = try raw(ad, adLength, "ad"), p = try raw(plaintext, plaintextLength, "plaintext")
-        let out = try need(messageOut, "message_out"), length = try need(messageLengthOut, "message_len_out")
+        let a = try bytes(ad, adLength, "ad"), p = try bytes(plaintext, plaintextLength, "plaintext")
+        let out = try required(messageOut, "message_out"), length = try required(messageLengthOut, "message_len_out")
         try deliver(out, length) { (allocate) throws(CryptoError) in try session.seal(p, associatedData: a, into: allocate) }
     }
 }
@@ -391,10 +354,10 @@ public func masq_session_seal(_ handle: OpaquePointer?, _ ad: UnsafePointer<UInt
 public func masq_session_open(_ handle: OpaquePointer?, _ ad: UnsafePointer<UInt8>?, _ adLength: Int, _ message: UnsafePointer<UInt8>?, _ messageLength: Int,
                               _ plaintextOut: UnsafeMutablePointer<UnsafeMutablePointer<UInt8>?>?, _ plaintextLengthOut: UnsafeMutablePointer<Int>?) -> Int32 {
     plaintextOut?.pointee = nil
-    return call { () throws(MasqError) in
+    return api { () throws(MasqError) in
         let session = try sessionHandle(handle)
-        let a = try raw(ad, adLength, "ad"), m = try raw(message, messageLength, "message")
-        let out = try need(plaintextOut, "plaintext_out"), length = try need(plaintextLengthOut, "plaintext_len_out")
+        let a = try bytes(ad, adLength, "ad"), m = try bytes(message, messageLength, "message")
+        let out = try required(plaintextOut, "plaintext_out"), length = try required(plaintextLengthOut, "plaintext_len_out")
         try deliver(out, length) { (allocate) throws(CryptoError) in try session.open(m, associatedData: a, into: allocate) }
     }
 }
@@ -402,18 +365,18 @@ public func masq_session_open(_ handle: OpaquePointer?, _ ad: UnsafePointer<UInt
 @c @implementation
 public func masq_session_save(_ handle: OpaquePointer?, _ stateOut: UnsafeMutablePointer<UnsafeMutablePointer<UInt8>?>?, _ stateLengthOut: UnsafeMutablePointer<Int>?) -> Int32 {
     stateOut?.pointee = nil
-    return call { () throws(MasqError) in
+    return api { () throws(MasqError) in
         let session = try sessionHandle(handle)
         let state = try crypto { () throws(CryptoError) in try session.serialized() }
-        try give(state, try need(stateOut, "state_out"), try need(stateLengthOut, "state_len_out"))
+        try give(state, try required(stateOut, "state_out"), try required(stateLengthOut, "state_len_out"))
     }
 }
 
 @c @implementation
 public func masq_session_load(_ state: UnsafePointer<UInt8>?, _ stateLength: Int, _ sessionOut: UnsafeMutablePointer<OpaquePointer?>?) -> Int32 {
     sessionOut?.pointee = nil
-    return call { () throws(MasqError) in
-        let out = try need(sessionOut, "session_out")
+    return api { () throws(MasqError) in
+        let out = try required(sessionOut, "session_out")
         let bytes = try bytesIn(state, stateLength, "state")
         publish(try crypto { () throws(CryptoError) in try SecureSession(serialized: bytes) }, out)
     }
@@ -421,9 +384,9 @@ public func masq_session_load(_ state: UnsafePointer<UInt8>?, _ stateLength: Int
 
 @c @implementation
 public func masq_session_peer_key(_ handle: OpaquePointer?, _ keyOut: UnsafeMutablePointer<UInt8>?) -> Int32 {
-    call { () throws(MasqError) in
+    api { () throws(MasqError) in
         let session = try sessionHandle(handle)
-        let out = try need(keyOut, "key_out")
+        let out = try required(keyOut, "key_out")
         guard let key = session.peerStaticKey else { throw MasqError(.notFound, "the peer's key is not known (yet)") }
         for (i, b) in key.enumerated() { out[i] = b }
     }
@@ -432,10 +395,10 @@ public func masq_session_peer_key(_ handle: OpaquePointer?, _ keyOut: UnsafeMuta
 @c @implementation
 public func masq_session_peer_fingerprint(_ handle: OpaquePointer?, _ textOut: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
     textOut?.pointee = nil
-    return call { () throws(MasqError) in
+    return api { () throws(MasqError) in
         let session = try sessionHandle(handle)
         guard let key = session.peerStaticKey else { throw MasqError(.notFound, "the peer's key is not known (yet)") }
-        try giveText(DevicePublicKeys.fingerprint(agreementKey: key).digits, try need(textOut, "text_out"))
+        try giveText(DevicePublicKeys.fingerprint(agreementKey: key).digits, try required(textOut, "text_out"))
     }
 }
 
@@ -448,7 +411,7 @@ public func masq_session_free(_ handle: OpaquePointer?) {
 // MARK: - primitives
 
 private func fixed(_ pointer: UnsafePointer<UInt8>?, _ count: Int, _ what: String) throws(MasqError) -> [UInt8] {
-    Array(UnsafeBufferPointer(start: try need(pointer, what), count: count))
+    Array(UnsafeBufferPointer(start: try required(pointer, what), count: count))
 }
 
 private func algorithm(_ value: Int32) throws(MasqError) -> AEAD.Algorithm {
@@ -461,9 +424,9 @@ private func algorithm(_ value: Int32) throws(MasqError) -> AEAD.Algorithm {
 
 @c @implementation
 public func masq_crypto_random(_ out: UnsafeMutablePointer<UInt8>?, _ length: Int) -> Int32 {
-    call { () throws(MasqError) in
+    api { () throws(MasqError) in
         if length == 0 { return }
-        let buffer = try need(out, "out")
+        let buffer = try required(out, "out")
         let bytes = Random.bytes(length)
         for i in 0..<length { buffer[i] = bytes[i] }
     }
@@ -471,19 +434,19 @@ public func masq_crypto_random(_ out: UnsafeMutablePointer<UInt8>?, _ length: In
 
 @c @implementation
 public func masq_crypto_x25519_public(_ privateKey: UnsafePointer<UInt8>?, _ publicOut: UnsafeMutablePointer<UInt8>?) -> Int32 {
-    call { () throws(MasqError) in
+    api { () throws(MasqError) in
         let key = SecureBytes(try fixed(privateKey, 32, "private_key"))
-        let out = try need(publicOut, "public_out")
+        let out = try required(publicOut, "public_out")
         for (i, b) in try crypto({ () throws(CryptoError) in try X25519.publicKey(of: key) }).enumerated() { out[i] = b }
     }
 }
 
 @c @implementation
 public func masq_crypto_x25519(_ privateKey: UnsafePointer<UInt8>?, _ peer: UnsafePointer<UInt8>?, _ sharedOut: UnsafeMutablePointer<UInt8>?) -> Int32 {
-    call { () throws(MasqError) in
+    api { () throws(MasqError) in
         let key = SecureBytes(try fixed(privateKey, 32, "private_key"))
         let peerKey = try fixed(peer, 32, "peer_public")
-        let out = try need(sharedOut, "shared_out")
+        let out = try required(sharedOut, "shared_out")
         let shared = try crypto { () throws(CryptoError) in try X25519.sharedSecret(privateKey: key, peerPublicKey: peerKey) }
         shared.withUnsafeBytes { for i in 0..<32 { out[i] = $0[i] } }
     }
@@ -492,10 +455,10 @@ public func masq_crypto_x25519(_ privateKey: UnsafePointer<UInt8>?, _ peer: Unsa
 @c @implementation
 public func masq_crypto_ed25519_sign(_ privateKey: UnsafePointer<UInt8>?, _ message: UnsafePointer<UInt8>?, _ messageLength: Int,
                                      _ signatureOut: UnsafeMutablePointer<UInt8>?) -> Int32 {
-    call { () throws(MasqError) in
+    api { () throws(MasqError) in
         let key = SecureBytes(try fixed(privateKey, 32, "private_key"))
         let m = try bytesIn(message, messageLength, "msg")
-        let out = try need(signatureOut, "sig_out")
+        let out = try required(signatureOut, "sig_out")
         for (i, b) in try crypto({ () throws(CryptoError) in try Ed25519.sign(m, privateKey: key) }).enumerated() { out[i] = b }
     }
 }
@@ -503,7 +466,7 @@ public func masq_crypto_ed25519_sign(_ privateKey: UnsafePointer<UInt8>?, _ mess
 @c @implementation
 public func masq_crypto_ed25519_verify(_ publicKey: UnsafePointer<UInt8>?, _ message: UnsafePointer<UInt8>?, _ messageLength: Int,
                                        _ signature: UnsafePointer<UInt8>?, _ signatureLength: Int) -> Int32 {
-    call { () throws(MasqError) in
+    api { () throws(MasqError) in
         let key = try fixed(publicKey, 32, "public_key")
         let ok = Ed25519.verify(try bytesIn(signature, signatureLength, "sig"), message: try bytesIn(message, messageLength, "msg"), publicKey: key)
         if !ok { throw MasqError(.badSignature, "the signature does not verify") }
@@ -513,8 +476,8 @@ public func masq_crypto_ed25519_verify(_ publicKey: UnsafePointer<UInt8>?, _ mes
 @c @implementation
 public func masq_crypto_hkdf_sha256(_ salt: UnsafePointer<UInt8>?, _ saltLength: Int, _ ikm: UnsafePointer<UInt8>?, _ ikmLength: Int,
                                     _ info: UnsafePointer<UInt8>?, _ infoLength: Int, _ out: UnsafeMutablePointer<UInt8>?, _ outLength: Int) -> Int32 {
-    call { () throws(MasqError) in
-        let destination = try need(out, "out")
+    api { () throws(MasqError) in
+        let destination = try required(out, "out")
         let s = try bytesIn(salt, saltLength, "salt"), k = try bytesIn(ikm, ikmLength, "ikm"), i = try bytesIn(info, infoLength, "info")
         let okm = try crypto { () throws(CryptoError) in try Hash.hkdfSHA256(salt: s, ikm: k, info: i, length: outLength) }
         okm.withUnsafeBytes { for j in 0..<outLength { destination[j] = $0[j] } }
@@ -524,11 +487,11 @@ public func masq_crypto_hkdf_sha256(_ salt: UnsafePointer<UInt8>?, _ saltLength:
 @c @implementation
 public func masq_crypto_aead_seal(_ alg: Int32, _ key: UnsafePointer<UInt8>?, _ nonce: UnsafePointer<UInt8>?, _ ad: UnsafePointer<UInt8>?, _ adLength: Int,
                                   _ plaintext: UnsafePointer<UInt8>?, _ plaintextLength: Int, _ out: UnsafeMutablePointer<UInt8>?) -> Int32 {
-    call { () throws(MasqError) in
+    api { () throws(MasqError) in
         let a = try algorithm(alg)
-        let k = UnsafeRawBufferPointer(start: try need(key, "key"), count: 32), n = try fixed(nonce, 12, "nonce")
-        let aad = try raw(ad, adLength, "ad"), p = try raw(plaintext, plaintextLength, "plaintext")
-        let destination = UnsafeMutableRawBufferPointer(start: try need(out, "out"), count: plaintextLength + AEAD.tagLength)
+        let k = UnsafeRawBufferPointer(start: try required(key, "key"), count: 32), n = try fixed(nonce, 12, "nonce")
+        let aad = try bytes(ad, adLength, "ad"), p = try bytes(plaintext, plaintextLength, "plaintext")
+        let destination = UnsafeMutableRawBufferPointer(start: try required(out, "out"), count: plaintextLength + AEAD.tagLength)
         try crypto { () throws(CryptoError) in try AEAD.seal(a, key: k, nonce: n, ad: aad, plaintext: p, into: destination) }
     }
 }
@@ -536,14 +499,14 @@ public func masq_crypto_aead_seal(_ alg: Int32, _ key: UnsafePointer<UInt8>?, _ 
 @c @implementation
 public func masq_crypto_aead_open(_ alg: Int32, _ key: UnsafePointer<UInt8>?, _ nonce: UnsafePointer<UInt8>?, _ ad: UnsafePointer<UInt8>?, _ adLength: Int,
                                   _ input: UnsafePointer<UInt8>?, _ inputLength: Int, _ out: UnsafeMutablePointer<UInt8>?) -> Int32 {
-    call { () throws(MasqError) in
+    api { () throws(MasqError) in
         let a = try algorithm(alg)
-        let k = UnsafeRawBufferPointer(start: try need(key, "key"), count: 32), n = try fixed(nonce, 12, "nonce")
-        let aad = try raw(ad, adLength, "ad"), c = try raw(input, inputLength, "in")
+        let k = UnsafeRawBufferPointer(start: try required(key, "key"), count: 32), n = try fixed(nonce, 12, "nonce")
+        let aad = try bytes(ad, adLength, "ad"), c = try bytes(input, inputLength, "in")
         guard c.count >= AEAD.tagLength else { throw MasqError(.badSignature, "input shorter than the tag") }
         let count = inputLength - AEAD.tagLength
         let destination = count == 0 ? UnsafeMutableRawBufferPointer(start: nil, count: 0)
-            : UnsafeMutableRawBufferPointer(start: try need(out, "out"), count: count)
+            : UnsafeMutableRawBufferPointer(start: try required(out, "out"), count: count)
         try crypto { () throws(CryptoError) in try AEAD.open(a, key: k, nonce: n, ad: aad, ciphertext: c, into: destination) }
     }
 }

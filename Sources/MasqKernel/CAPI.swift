@@ -14,7 +14,7 @@ import Glibc
 
 /// Run `body`, record success or the error for masq_last_error, return the status.
 @inline(__always)
-private func api(_ body: () throws(MasqError) -> Void) -> Int32 {
+func api(_ body: () throws(MasqError) -> Void) -> Int32 {
     do throws(MasqError) {
         try body()
         masqsupport_clear_error()
@@ -25,7 +25,7 @@ private func api(_ body: () throws(MasqError) -> Void) -> Int32 {
     }
 }
 
-private func store(_ handle: OpaquePointer?) throws(MasqError) -> Store {
+func store(_ handle: OpaquePointer?) throws(MasqError) -> Store {
     guard let handle else { throw .invalid("store handle is NULL") }
     return Unmanaged<Store>.fromOpaque(UnsafeRawPointer(handle)).takeUnretainedValue()
 }
@@ -36,18 +36,19 @@ private func namespace(_ ns: UnsafePointer<CChar>?, _ store: Store) throws(MasqE
     return try NamespaceName(utf8: Array(UnsafeRawBufferPointer(start: ns, count: length)), limits: store.limits)
 }
 
-private func bytes(_ pointer: UnsafePointer<UInt8>?, _ length: Int, _ what: String) throws(MasqError) -> UnsafeRawBufferPointer {
+/// A caller's buffer viewed in place (no copy).
+func bytes(_ pointer: UnsafePointer<UInt8>?, _ length: Int, _ what: String) throws(MasqError) -> UnsafeRawBufferPointer {
     if length == 0 { return UnsafeRawBufferPointer(start: nil, count: 0) }
     guard let pointer else { throw .invalid("\(what) is NULL but its length is \(length)") }
     return UnsafeRawBufferPointer(start: pointer, count: length)
 }
 
-private func required<T>(_ pointer: T?, _ what: String) throws(MasqError) -> T {
+func required<T>(_ pointer: T?, _ what: String) throws(MasqError) -> T {
     guard let pointer else { throw .invalid("\(what) is NULL") }
     return pointer
 }
 
-private func text(_ pointer: UnsafePointer<CChar>?, _ what: String) throws(MasqError) -> String {
+func text(_ pointer: UnsafePointer<CChar>?, _ what: String) throws(MasqError) -> String {
     guard let pointer else { throw .invalid("\(what) is NULL") }
     guard let s = String(validatingCString: pointer) else { throw .invalid("\(what) is not valid UTF-8") }
     return s

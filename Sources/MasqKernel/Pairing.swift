@@ -162,26 +162,24 @@ public final class PairingFlow: @unchecked Sendable {
     private var transcriptAtMessage2: [UInt8] = []
 
     /// The offering side, for an offer created with `Store.createPairingOffer`.
-    public init(offering link: PairingLink, store: Store) throws(MasqError) {
-        role = .offerer
-        self.store = store
-        self.link = link
-        let identity = try store.requireIdentity()
-        let psk = try link.psk
-        session = try crypto { () throws(CryptoError) in
-            try SecureSession(pattern: .XXpsk3, role: .responder, prologue: PairingFlow.prologue(link), staticKey: identity.agreementKey, psk: psk)
-        }
+    public convenience init(offering link: PairingLink, store: Store) throws(MasqError) {
+        try self.init(role: .offerer, link: link, store: store)
     }
 
     /// The joining side, from a link the user scanned or pasted.
-    public init(joining link: PairingLink, store: Store) throws(MasqError) {
-        role = .joiner
+    public convenience init(joining link: PairingLink, store: Store) throws(MasqError) {
+        try self.init(role: .joiner, link: link, store: store)
+    }
+
+    private init(role: Role, link: PairingLink, store: Store) throws(MasqError) {
+        self.role = role
         self.store = store
         self.link = link
         let identity = try store.requireIdentity()
         let psk = try link.psk
         session = try crypto { () throws(CryptoError) in
-            try SecureSession(pattern: .XXpsk3, role: .initiator, prologue: PairingFlow.prologue(link), staticKey: identity.agreementKey, psk: psk)
+            try SecureSession(pattern: .XXpsk3, role: role == .joiner ? .initiator : .responder, prologue: PairingFlow.prologue(link),
+                              staticKey: identity.agreementKey, psk: psk)
         }
     }
 

@@ -537,11 +537,7 @@ public final class Store: @unchecked Sendable {
     /// data, so neither a value nor its metadata can be moved or altered unseen.
     func withValueAD<T>(_ recordKey: UnsafeRawBufferPointer, _ header: UnsafeRawBufferPointer,
                         _ body: (UnsafeRawBufferPointer) throws(MasqError) -> T) throws(MasqError) -> T {
-        try withUnsafeTemporaryAllocation(byteCount: recordKey.count + header.count, alignment: 1) { (ad) throws(MasqError) -> T in
-            if recordKey.count > 0 { UnsafeMutableRawBufferPointer(rebasing: ad[0..<recordKey.count]).copyMemory(from: recordKey) }
-            if header.count > 0 { UnsafeMutableRawBufferPointer(rebasing: ad[recordKey.count...]).copyMemory(from: header) }
-            return try body(UnsafeRawBufferPointer(ad))
-        }
+        try withConcatenation(recordKey, header, body)
     }
 
     func openValue(_ box: SecretBox, _ recordKey: UnsafeRawBufferPointer, _ record: UnsafeRawBufferPointer, _ header: RecordHeader) throws(MasqError) -> [UInt8] {

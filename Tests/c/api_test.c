@@ -15,37 +15,7 @@
 #include <string.h>
 #include <unistd.h>
 
-static int failures = 0;
-static int checks = 0;
-
-#define CHECK(cond)                                                                  \
-    do {                                                                             \
-        checks++;                                                                    \
-        if (!(cond)) {                                                               \
-            failures++;                                                              \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-        }                                                                            \
-    } while (0)
-
-/* Check a call's status; on mismatch show what the library said. */
-#define CHECK_RC(call, expected)                                                          \
-    do {                                                                                  \
-        int rc_ = (call);                                                                 \
-        checks++;                                                                         \
-        if (rc_ != (expected)) {                                                          \
-            failures++;                                                                   \
-            fprintf(stderr, "%s:%d: %s returned %s (%s), expected %s\n", __FILE__, __LINE__, \
-                    #call, masq_status_name(rc_), masq_last_error(), #expected);          \
-        } else if (rc_ != MASQ_OK && masq_last_error()[0] == '\0') {                      \
-            failures++;                                                                   \
-            fprintf(stderr, "%s:%d: %s failed without a message\n", __FILE__, __LINE__, #call); \
-        } else if (rc_ != masq_last_error_code()) {                                       \
-            failures++;                                                                   \
-            fprintf(stderr, "%s:%d: masq_last_error_code() disagrees\n", __FILE__, __LINE__); \
-        }                                                                                 \
-    } while (0)
-
-#define B(s) ((const uint8_t *)(s))
+#include "check.h"
 
 static const char *plugin;
 static const char *bad_dir;

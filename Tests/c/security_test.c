@@ -12,32 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
-static int failures = 0, checks = 0;
-
-#define CHECK(cond)                                                                  \
-    do {                                                                             \
-        checks++;                                                                    \
-        if (!(cond)) {                                                               \
-            failures++;                                                              \
-            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
-        }                                                                            \
-    } while (0)
-
-#define CHECK_RC(call, expected)                                                                 \
-    do {                                                                                         \
-        int rc_ = (call);                                                                        \
-        checks++;                                                                                \
-        if (rc_ != (expected)) {                                                                 \
-            failures++;                                                                          \
-            fprintf(stderr, "%s:%d: %s returned %s (%s), expected %s\n", __FILE__, __LINE__, #call, \
-                    masq_status_name(rc_), masq_last_error(), #expected);                        \
-        } else if (rc_ != MASQ_OK && masq_last_error()[0] == '\0') {                             \
-            failures++;                                                                          \
-            fprintf(stderr, "%s:%d: %s failed without a message\n", __FILE__, __LINE__, #call);  \
-        }                                                                                        \
-    } while (0)
-
-#define B(s) ((const uint8_t *)(s))
+#include "check.h"
 
 static uint8_t unhex_buffer[4][256];
 static const uint8_t *unhex(int slot, const char *hex) {
