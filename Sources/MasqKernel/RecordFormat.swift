@@ -91,7 +91,8 @@ public struct Version: Sendable, Equatable, Comparable, Hashable {
 /// fresh key pays 20-odd bytes, not the worst case):
 ///
 ///   u8  format (1)
-///   u8  flags: bit 0 tombstone, bit 1 has previous, bit 2 previous replica is this replica
+///   u8  flags: bit 0 tombstone, bit 1 has previous, bit 2 previous replica is this replica,
+///              bit 3 counter (the value is a counter's per-replica state, see Counter)
 ///   u64 timestamp, u64 replica, varint seq (the writer's commit)
 ///   [u64 previous timestamp] [u64 previous replica]   the version this write replaced
 struct RecordHeader: Equatable {
@@ -99,8 +100,10 @@ struct RecordHeader: Equatable {
     static let tombstoneFlag: UInt8 = 1
     static let previousFlag: UInt8 = 2
     static let sameReplicaFlag: UInt8 = 4
+    static let counterFlag: UInt8 = 8
 
     var tombstone: Bool
+    var counter = false
     var version: Version
     var seq: UInt64
     var previous: Version
@@ -115,6 +118,7 @@ struct RecordHeader: Equatable {
     @discardableResult
     func write(to out: UnsafeMutableRawBufferPointer) -> Int {
         var flags: UInt8 = tombstone ? RecordHeader.tombstoneFlag : 0
+        if counter { flags |= RecordHeader.counterFlag }
         if previous != .none {
             flags |= RecordHeader.previousFlag
             if previous.replica == version.replica { flags |= RecordHeader.sameReplicaFlag }
@@ -147,7 +151,7 @@ struct RecordHeader: Equatable {
         var reader = ByteReader(bytes)
         guard try reader.byte() == RecordFormat.version else { throw .corrupt("record format \(bytes[0]) unknown (this library reads \(RecordFormat.version))") }
         let flags = try reader.byte()
-        guard flags & ~(tombstoneFlag | previousFlag | sameReplicaFlag) == 0 else { throw .corrupt("record has unknown flags \(flags)") }
+        guard flags & ~(tombstoneFlag | previousFlag | sameReplicaFlag | counterFlag) == 0 else { throw .corrupt("record has unknown flags \(flags)") }
         let version = Version(timestamp: try reader.uint64(), replica: try reader.uint64())
         let seq = try reader.varint()
         var previous = Version.none
@@ -155,7 +159,7 @@ struct RecordHeader: Equatable {
             previous.timestamp = try reader.uint64()
             previous.replica = flags & sameReplicaFlag != 0 ? version.replica : try reader.uint64()
         }
-        return RecordHeader(tombstone: flags & tombstoneFlag != 0, version: version, seq: seq, previous: previous)
+        return RecordHeader(tombstone: flags & tombstoneFlag != 0, counter: flags & counterFlag != 0, version: version, seq: seq, previous: previous)
     }
 
     /// The value that follows the header in `record`.
@@ -171,11 +175,13 @@ func varintSize(_ value: UInt64) -> Int {
     return n
 }
 
-/// A change-log entry: the (namespace id, key) pairs one commit wrote.
-///   u8 format, varint count, then per key: varint nsID, varint keyLen, key
+/// A change-log entry: when one commit happened and the (namespace id, key)
+/// pairs it wrote.
+///   u8 format, u64 timestamp, varint count, then per key: varint nsID, varint keyLen, key
 struct LogEntryWriter {
     private(set) var bytes: [UInt8] = []
     private(set) var count = 0
+    var timestamp: UInt64 = 0
 
     mutating func append(namespaceID: UInt32, key: UnsafeRawBufferPointer) {
         bytes.appendVarint(UInt64(namespaceID))
@@ -186,15 +192,21 @@ struct LogEntryWriter {
 
     func encoded() -> [UInt8] {
         var out: [UInt8] = [RecordFormat.version]
-        out.reserveCapacity(bytes.count + 10)
+        out.reserveCapacity(bytes.count + 20)
+        out.appendBigEndian(timestamp)
         out.appendVarint(UInt64(count))
         out += bytes
         return out
     }
 
     static func decode(_ data: UnsafeRawBufferPointer) throws(MasqError) -> [(namespaceID: UInt32, key: [UInt8])] {
+        try decodeWithTimestamp(data).keys
+    }
+
+    static func decodeWithTimestamp(_ data: UnsafeRawBufferPointer) throws(MasqError) -> (timestamp: UInt64, keys: [(namespaceID: UInt32, key: [UInt8])]) {
         var reader = ByteReader(data)
         guard try reader.byte() == RecordFormat.version else { throw .corrupt("change-log entry in an unknown format") }
+        let timestamp = try reader.uint64()
         let count = try reader.varint()
         guard count <= UInt64(data.count) else { throw .corrupt("change-log entry claims \(count) keys in \(data.count) bytes") }
         var out: [(namespaceID: UInt32, key: [UInt8])] = []
@@ -207,7 +219,7 @@ struct LogEntryWriter {
             out.append((UInt32(id), try reader.bytes(Int(keyLength))))
         }
         guard reader.isAtEnd else { throw .corrupt("change-log entry has trailing bytes") }
-        return out
+        return (timestamp, out)
     }
 }
 

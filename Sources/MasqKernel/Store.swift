@@ -20,7 +20,7 @@ public final class Store: @unchecked Sendable {
 
     let engine: StorageEngine
     let lock = Lock()
-    private var clock = HybridLogicalClock()
+    var clock = HybridLogicalClock()
     private var closed = false
     let hub: WatchHub
     /// Namespace name -> id, for committed assignments only (ids never change).
@@ -126,8 +126,9 @@ public final class Store: @unchecked Sendable {
                 let hit = try engine.get(recordKey) { (record) throws(MasqError) -> T? in
                     let header = try RecordHeader.read(record)
                     if header.tombstone { return nil }
-                    guard let box else { return try body(RecordHeader.value(in: record, header: header)) }
-                    return try openValue(box, recordKey, record, header).withBytes { (v) throws(MasqError) in try body(v) }
+                    if box == nil && !header.counter { return try body(RecordHeader.value(in: record, header: header)) }
+                    let value = try box.map { (b) throws(MasqError) in try openValue(b, recordKey, record, header) } ?? Array(RecordHeader.value(in: record, header: header))
+                    return try displayValue(header, value).withBytes { (v) throws(MasqError) in try body(v) }
                 }
                 return hit ?? nil
             }
@@ -160,7 +161,7 @@ public final class Store: @unchecked Sendable {
                     let header = try RecordHeader.read(record)
                     if !header.tombstone {
                         let value: [UInt8]? = keysOnly ? nil
-                            : try box.map { (b) throws(MasqError) in try openValue(b, key, record, header) } ?? Array(RecordHeader.value(in: record, header: header))
+                            : displayValue(header, try box.map { (b) throws(MasqError) in try openValue(b, key, record, header) } ?? Array(RecordHeader.value(in: record, header: header)))
                         chunk.append((Array(key[base.count...]), value))
                     }
                     return chunk.count < Store.listChunk && visited < Store.listChunk * 16
@@ -195,7 +196,11 @@ public final class Store: @unchecked Sendable {
                 let keyStart = blob.count
                 blob += key[base.count...]
                 let valueStart = blob.count
-                if let box { blob += try openValue(box, key, record, header) } else { blob += RecordHeader.value(in: record, header: header) }
+                if box == nil && !header.counter {
+                    blob += RecordHeader.value(in: record, header: header)
+                } else {
+                    blob += displayValue(header, try box.map { (b) throws(MasqError) in try openValue(b, key, record, header) } ?? Array(RecordHeader.value(in: record, header: header)))
+                }
                 spans.append((keyStart, valueStart - keyStart, valueStart, blob.count - valueStart))
                 return true
             }
@@ -246,7 +251,7 @@ public final class Store: @unchecked Sendable {
     public func put(_ ns: NamespaceName, key: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer) throws(MasqError) {
         try checkKey(key)
         try checkValue(value)
-        try write { (commit) throws(MasqError) in try stage(&commit, ns, key, value) }
+        try writeCommit { (commit) throws(MasqError) in try stage(&commit, ns, key, value) }
     }
 
     public func delete(_ ns: NamespaceName, key: [UInt8]) throws(MasqError) {
@@ -255,7 +260,7 @@ public final class Store: @unchecked Sendable {
 
     public func delete(_ ns: NamespaceName, key: UnsafeRawBufferPointer) throws(MasqError) {
         try checkKey(key)
-        try write { (commit) throws(MasqError) in try stage(&commit, ns, key, nil) }
+        try writeCommit { (commit) throws(MasqError) in try stage(&commit, ns, key, nil) }
     }
 
     /// Put (value non-nil) or delete (nil) every entry in one transaction;
@@ -273,7 +278,7 @@ public final class Store: @unchecked Sendable {
                 throw MasqError(error.status, "entry \(index): \(error.message)")
             }
         }
-        try write { (commit) throws(MasqError) in
+        try writeCommit { (commit) throws(MasqError) in
             if replace, let id = try existingNamespaceID(ns, commit: commit) {
                 let keep = Set(entries.map { Array($0.key) })
                 let base = RecordFormat.recordPrefix(namespaceID: id)
@@ -356,7 +361,7 @@ public final class Store: @unchecked Sendable {
             }
             guard let entry else { return nil }
             var out: [(namespace: String, key: [UInt8])] = []
-            for item in entry { out.append((try namespaceName(id: item.namespaceID), item.key)) }
+            for item in entry { out.append((try namespaceNameLocked(id: item.namespaceID), item.key)) }
             return out
         }
     }
@@ -392,7 +397,7 @@ public final class Store: @unchecked Sendable {
     /// Run `body` in one engine transaction; append the change-log entry and
     /// the clock; commit; queue the changes for watchers (under the lock, so
     /// queue order is commit order). A commit that wrote nothing is rolled back.
-    private func write(_ body: (inout Commit) throws(MasqError) -> Void) throws(MasqError) {
+    func writeCommit(_ body: (inout Commit) throws(MasqError) -> Void) throws(MasqError) {
         try lock.withLock { () throws(MasqError) in
             try ensureUsable()
             try engine.begin()
@@ -401,6 +406,7 @@ public final class Store: @unchecked Sendable {
                 clock.observe(saved.timestamp)
                 var commit = Commit(seq: saved.seq + 1, timestamp: clock.tick(nowMilliseconds: Clock.unixMilliseconds()),
                                     changes: hub.isActive ? [] : nil)
+                commit.log.timestamp = commit.timestamp
                 try body(&commit)
                 guard commit.log.count > 0 else {
                     engine.rollback()
@@ -428,6 +434,10 @@ public final class Store: @unchecked Sendable {
         if let existing { id = existing } else { id = try assignNamespaceID(ns, &commit) }
         try withRecordKey(id, key) { (recordKey) throws(MasqError) in
             let old = try engine.get(recordKey) { (bytes) throws(MasqError) in try RecordHeader.read(bytes) }
+            if let old, old.counter {
+                guard value == nil else { throw .invalid("key holds a counter: change it with counter_add") }
+                return try resetCounter(&commit, ns, id, key, recordKey)
+            }
             if value == nil && (old == nil || old!.tombstone) { return }
             let version = Version(timestamp: commit.timestamp, replica: replicaID)
             var previous = old?.version ?? .none
@@ -460,6 +470,41 @@ public final class Store: @unchecked Sendable {
             if !rewrite { commit.log.append(namespaceID: id, key: key) }
             commit.changes?.append(Change(kind: value == nil ? .delete : .put, origin: .local, namespace: ns.string,
                                           key: Array(key), value: value.map { Array($0) }, version: version))
+        }
+    }
+
+    /// Deleting a counter sets it to 0: this replica's share cancels the total
+    /// it has seen (additions made elsewhere concurrently still count).
+    private func resetCounter(_ commit: inout Commit, _ ns: NamespaceName, _ id: UInt32, _ key: UnsafeRawBufferPointer,
+                              _ recordKey: UnsafeRawBufferPointer) throws(MasqError) {
+        guard let (_, value) = try readRecord(recordKey) else { return }
+        let total = try Counter(decoding: value).total
+        if total != 0 { try stageCounter(&commit, ns, key, -total) }
+    }
+
+    /// Add to a counter inside a commit: this replica's share grows by `delta`.
+    func stageCounter(_ commit: inout Commit, _ ns: NamespaceName, _ key: UnsafeRawBufferPointer, _ delta: Int64) throws(MasqError) {
+        let existing = try existingNamespaceID(ns, commit: commit)
+        let id: UInt32
+        if let existing { id = existing } else { id = try assignNamespaceID(ns, &commit) }
+        try withRecordKey(id, key) { (recordKey) throws(MasqError) in
+            var counter = Counter()
+            var previous = Version.none
+            if let (old, value) = try readRecord(recordKey) {
+                previous = old.version
+                if !old.tombstone {
+                    guard old.counter else { throw .invalid("key holds a value, not a counter") }
+                    counter = try Counter(decoding: value)
+                }
+            }
+            counter.add(delta, replica: replicaID)
+            let version = Version(timestamp: commit.timestamp, replica: replicaID)
+            if previous == version { previous = .none }
+            let header = RecordHeader(tombstone: false, counter: true, version: version, seq: commit.seq, previous: previous)
+            try writeRecord(recordKey, header: header, value: counter.encoded)
+            commit.log.append(namespaceID: id, key: key)
+            commit.changes?.append(Change(kind: .put, origin: .local, namespace: ns.string, key: Array(key),
+                                          value: counter.text, version: version))
         }
     }
 
@@ -496,7 +541,7 @@ public final class Store: @unchecked Sendable {
     }
 
     /// Give a namespace its id, inside the write transaction `commit`.
-    private func assignNamespaceID(_ ns: NamespaceName, _ commit: inout Commit) throws(MasqError) -> UInt32 {
+    func assignNamespaceID(_ ns: NamespaceName, _ commit: inout Commit) throws(MasqError) -> UInt32 {
         var next: UInt32 = 1
         if let bytes = try Store.getMeta(engine, RecordFormat.metaNextNamespace) {
             guard bytes.count == 4 else { throw .corrupt("malformed namespace counter") }
@@ -513,14 +558,6 @@ public final class Store: @unchecked Sendable {
         try Store.putMeta(engine, RecordFormat.metaNextNamespace, following)
         commit.newNamespaces[ns.string] = next
         return next
-    }
-
-    /// The name of namespace `id`. Caller holds the lock.
-    private func namespaceName(id: UInt32) throws(MasqError) -> String {
-        guard let bytes = try Store.getMeta(engine, RecordFormat.namespaceIDKey(id)) else {
-            throw .corrupt("change log names unknown namespace id \(id)")
-        }
-        return try bytes.withBytes { (b) throws(MasqError) in try NamespaceName(storedBytes: decodeNamespaceName(id: id, stored: b)).string }
     }
 
     /// 'N' + name, or 'N' + a keyed hash of the name when names are sealed.

@@ -68,7 +68,7 @@ import CMasq
             expectMasqError(.corrupt) { _ = try Array(encoded[0..<cut]).withUnsafeBytes { try LogEntryWriter.decode($0) } }
         }
         expectMasqError(.corrupt) { _ = try (encoded + [0]).withUnsafeBytes { try LogEntryWriter.decode($0) } }
-        expectMasqError(.corrupt) { _ = try [1, 0xFF, 0xFF, 0xFF, 0xFF, 0x0F].withUnsafeBytes { try LogEntryWriter.decode($0) } }
+        expectMasqError(.corrupt) { _ = try ([1] + [UInt8](repeating: 0, count: 8) + [0xFF, 0xFF, 0xFF, 0xFF, 0x0F]).withUnsafeBytes { try LogEntryWriter.decode($0) } }
     }
 
     @Test func varintsRejectOverlongEncodings() throws {

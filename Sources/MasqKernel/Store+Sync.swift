@@ -1,0 +1,644 @@
+import MasqCrypto
+
+/// What a replica has applied: for each origin replica, the highest commit
+/// sequence number such that every commit up to it is applied.
+public struct VersionVector: Equatable, Sendable, CustomStringConvertible {
+    public var entries: [UInt64: UInt64] = [:]
+
+    public init(_ entries: [UInt64: UInt64] = [:]) { self.entries = entries.filter { $0.value > 0 } }
+
+    public subscript(replica: UInt64) -> UInt64 {
+        get { entries[replica] ?? 0 }
+        set { entries[replica] = newValue == 0 ? nil : newValue }
+    }
+
+    /// Whether commit `seq` of `replica` is included.
+    public func covers(_ replica: UInt64, _ seq: UInt64) -> Bool { self[replica] >= seq }
+
+    /// Pointwise maximum.
+    public mutating func merge(_ other: VersionVector) {
+        for (replica, seq) in other.entries where seq > self[replica] { self[replica] = seq }
+    }
+
+    /// Pointwise minimum over replicas known to either (absent = 0).
+    public func meet(_ other: VersionVector) -> VersionVector {
+        var out = VersionVector()
+        for replica in Set(entries.keys).union(other.entries.keys) { out[replica] = min(self[replica], other[replica]) }
+        return out
+    }
+
+    /// Total commits counted (for progress).
+    public var total: UInt64 { entries.values.reduce(0, +) }
+
+    public var description: String {
+        "{" + entries.keys.sorted().map { "\(String($0, radix: 16)):\(entries[$0]!)" }.joined(separator: ", ") + "}"
+    }
+
+    func encode(into out: inout [UInt8]) {
+        out.appendVarint(UInt64(entries.count))
+        for replica in entries.keys.sorted() {
+            out.appendBigEndian(replica)
+            out.appendVarint(entries[replica]!)
+        }
+    }
+
+    static func decode(_ reader: inout ByteReader, limit: Int = 4_096) throws(MasqError) -> VersionVector {
+        let count = try reader.varint()
+        guard count <= UInt64(limit) else { throw .corrupt("version vector with \(count) entries") }
+        var vv = VersionVector()
+        for _ in 0..<count {
+            let replica = try reader.uint64()
+            let seq = try reader.varint()
+            guard replica != 0 else { throw .corrupt("version vector names replica 0") }
+            vv[replica] = seq
+        }
+        return vv
+    }
+}
+
+/// A counter's state: per replica, what it added and what it removed. Each
+/// replica only ever grows its own two totals, so merging is a pointwise
+/// maximum and concurrent increments on different devices all count.
+struct Counter: Equatable {
+    var entries: [UInt64: (added: UInt64, removed: UInt64)] = [:]
+
+    static func == (a: Counter, b: Counter) -> Bool {
+        a.entries.count == b.entries.count && a.entries.allSatisfy { k, v in b.entries[k].map { $0 == v } ?? false }
+    }
+
+    var total: Int64 {
+        var sum: Int64 = 0
+        for (_, e) in entries { sum = sum &+ Int64(bitPattern: e.added) &- Int64(bitPattern: e.removed) }
+        return sum
+    }
+
+    mutating func add(_ delta: Int64, replica: UInt64) {
+        var e = entries[replica] ?? (0, 0)
+        if delta >= 0 { e.added &+= UInt64(delta) } else { e.removed &+= delta.magnitude }
+        entries[replica] = e
+    }
+
+    mutating func merge(_ other: Counter) {
+        for (replica, e) in other.entries {
+            let mine = entries[replica] ?? (0, 0)
+            entries[replica] = (max(mine.added, e.added), max(mine.removed, e.removed))
+        }
+    }
+
+    var encoded: [UInt8] {
+        var out: [UInt8] = []
+        out.appendVarint(UInt64(entries.count))
+        for replica in entries.keys.sorted() {
+            out.appendBigEndian(replica)
+            out.appendVarint(entries[replica]!.added)
+            out.appendVarint(entries[replica]!.removed)
+        }
+        return out
+    }
+
+    init() {}
+
+    init(decoding bytes: [UInt8]) throws(MasqError) {
+        try bytes.withBytes { (raw) throws(MasqError) in
+            var reader = ByteReader(raw)
+            let count = try reader.varint()
+            guard count <= 65_536 else { throw .corrupt("counter with \(count) replicas") }
+            for _ in 0..<count {
+                let replica = try reader.uint64()
+                entries[replica] = (try reader.varint(), try reader.varint())
+            }
+            guard reader.isAtEnd else { throw .corrupt("counter has trailing bytes") }
+        }
+    }
+
+    /// How `get` shows a counter: its total in decimal.
+    var text: [UInt8] { Array(String(total).utf8) }
+}
+
+/// One record as it travels between replicas (values in clear: the transport
+/// seals whole frames with the session of the pair of devices).
+public struct SyncRecord: Equatable, Sendable {
+    public var namespace: String
+    public var key: [UInt8]
+    var header: RecordHeader
+    /// The value, or a counter's encoded state; empty for tombstones.
+    public var value: [UInt8]
+
+    public var version: Version { header.version }
+    public var isTombstone: Bool { header.tombstone }
+}
+
+/// One commit of one replica, as sync sends it: everything it wrote that is
+/// still current on the sending replica.
+public struct SyncCommit: Equatable, Sendable {
+    public var origin: UInt64
+    public var seq: UInt64
+    public var timestamp: UInt64
+    public var records: [SyncRecord]
+}
+
+extension RecordHeader: @unchecked Sendable {}
+
+/// Sync on the store side: version vectors, exporting and applying commits,
+/// counters, conflicts, acknowledgements, tombstone collection, snapshots.
+extension Store {
+    static let metaGC: [UInt8] = [RecordFormat.meta] + Array("gc".utf8)
+    static let ackFamily: UInt8 = 0x41   // 'A' device id -> the version vector it acknowledged
+    /// Clock skew beyond which a remote timestamp is refused, not trusted.
+    public static let defaultClockBound: UInt64 = 5 * 60 * 1000
+
+    public enum ApplyResult: Equatable, Sendable {
+        case applied
+        /// Already applied (a duplicate delivery).
+        case duplicate
+        /// An earlier commit of the same origin is missing; ask again later.
+        case gap
+    }
+
+    // MARK: - counters
+
+    /// Add `delta` (may be negative) to the counter at `key`; concurrent
+    /// additions on several devices all count. A key holding a plain value
+    /// is an error (MASQ_E_INVALID); a deleted or absent key starts at 0.
+    /// Once a counter, a key stays one: delete (or replace/clear) resets it
+    /// to 0 by cancelling what this replica has seen, and put is refused —
+    /// that keeps the merge a join, so every replica ends equal.
+    public func counterAdd(_ ns: NamespaceName, key: [UInt8], delta: Int64) throws(MasqError) {
+        try key.withBytes { (k) throws(MasqError) in
+            try checkKeyForCounter(k)
+            try writeCommit { (commit) throws(MasqError) in
+                try stageCounter(&commit, ns, k, delta)
+            }
+        }
+    }
+
+    /// The counter's total (0 if absent or deleted); MASQ_E_INVALID if the key holds a plain value.
+    public func counterGet(_ ns: NamespaceName, key: [UInt8]) throws(MasqError) -> Int64 {
+        try lock.withLock { () throws(MasqError) -> Int64 in
+            try ensureUsable()
+            guard let id = try existingNamespaceID(ns) else { return 0 }
+            return try key.withBytes { (k) throws(MasqError) -> Int64 in
+                try withRecordKey(id, k) { (recordKey) throws(MasqError) -> Int64 in
+                    guard let (header, value) = try readRecord(recordKey) else { return 0 }
+                    if header.tombstone { return 0 }
+                    guard header.counter else { throw .invalid("key holds a value, not a counter") }
+                    return try Counter(decoding: value).total
+                }
+            }
+        }
+    }
+
+    // MARK: - version vectors and acknowledgements
+
+    /// This replica's version vector and its collection horizon (commits at or
+    /// below it may have had their tombstones and log entries collected).
+    public func syncVectors() throws(MasqError) -> (applied: VersionVector, collected: VersionVector) {
+        try lock.withLock { () throws(MasqError) in
+            try ensureUsable()
+            return (try currentVector(), try collectedVector())
+        }
+    }
+
+    func currentVector() throws(MasqError) -> VersionVector {
+        var vv = VersionVector()
+        try engine.scan(from: [RecordFormat.vector], to: [RecordFormat.vector + 1]) { (key, value) throws(MasqError) -> Bool in
+            guard key.count == 9, value.count == 8 else { throw .corrupt("malformed version-vector entry") }
+            vv[key.loadBigEndian(at: 1)] = value.loadBigEndian(at: 0)
+            return true
+        }
+        vv[replicaID] = try Store.readClock(engine).seq
+        return vv
+    }
+
+    func collectedVector() throws(MasqError) -> VersionVector {
+        guard let bytes = try Store.getMeta(engine, Store.metaGC) else { return VersionVector() }
+        return try bytes.withBytes { (raw) throws(MasqError) in
+            var reader = ByteReader(raw)
+            return try VersionVector.decode(&reader)
+        }
+    }
+
+    /// Remember what a paired device acknowledged (for tombstone collection).
+    public func recordAcknowledgement(device: String, _ vv: VersionVector) throws(MasqError) {
+        try localTransaction { () throws(MasqError) in
+            let key = [Store.ackFamily] + Array(device.utf8)
+            var stored = VersionVector()
+            if let old = try Store.getMeta(engine, key) {
+                stored = try old.withBytes { (raw) throws(MasqError) in var r = ByteReader(raw); return try VersionVector.decode(&r) }
+            }
+            stored.merge(vv)
+            var bytes: [UInt8] = []
+            stored.encode(into: &bytes)
+            try Store.putMeta(engine, key, bytes)
+        }
+    }
+
+    // MARK: - exporting
+
+    /// Commits a replica with version vector `peer` lacks, oldest first per
+    /// origin, up to the limits. Returns nil if `peer` is behind the
+    /// collection horizon: it needs a snapshot first.
+    public func exportCommits(after peer: VersionVector, maxCommits: Int = 1_000, maxBytes: Int = 1 << 20) throws(MasqError) -> [SyncCommit]? {
+        try lock.withLock { () throws(MasqError) -> [SyncCommit]? in
+            try ensureUsable()
+            let mine = try currentVector()
+            let collected = try collectedVector()
+            if collected.entries.contains(where: { peer[$0.key] < $0.value }) { return nil }
+            var out: [SyncCommit] = []
+            var bytes = 0
+            var namespaceNames: [UInt32: String] = [:]
+            for origin in mine.entries.keys.sorted() where peer[origin] < mine[origin] {
+                var seq = peer[origin] + 1
+                while seq <= mine[origin] {
+                    guard out.count < maxCommits && bytes < maxBytes else { return out }
+                    let commit = try exportCommit(origin: origin, seq: seq, names: &namespaceNames)
+                    bytes += commit.records.reduce(32) { $0 + $1.key.count + $1.value.count + $1.namespace.utf8.count + 48 }
+                    out.append(commit)
+                    seq += 1
+                }
+            }
+            return out
+        }
+    }
+
+    private func exportCommit(origin: UInt64, seq: UInt64, names: inout [UInt32: String]) throws(MasqError) -> SyncCommit {
+        let logKey = RecordFormat.logKey(replica: origin, seq: seq)
+        guard let entry = try logKey.withBytes({ (k) throws(MasqError) in
+            try engine.get(k) { (raw) throws(MasqError) in try LogEntryWriter.decodeWithTimestamp(raw) }
+        }) else {
+            throw .corrupt("change log lacks commit \(seq) of replica \(String(origin, radix: 16))")
+        }
+        var records: [SyncRecord] = []
+        for item in entry.keys {
+            let name: String
+            if let cached = names[item.namespaceID] { name = cached } else {
+                name = try namespaceNameLocked(id: item.namespaceID)
+                names[item.namespaceID] = name
+            }
+            let found = try item.key.withBytes { (k) throws(MasqError) in
+                try withRecordKey(item.namespaceID, k) { (recordKey) throws(MasqError) in try readRecord(recordKey) }
+            }
+            // Only what this commit still holds: newer writes travel in their own commits.
+            // A counter's state joins every commit that touched it, so it travels with each.
+            guard let (header, value) = found, header.counter || (header.version.replica == origin && header.seq == seq) else { continue }
+            records.append(SyncRecord(namespace: name, key: item.key, header: header, value: value))
+        }
+        return SyncCommit(origin: origin, seq: seq, timestamp: entry.timestamp, records: records)
+    }
+
+    /// A record's header and its value in clear (opened when sealed; a counter's raw state).
+    func readRecord(_ recordKey: UnsafeRawBufferPointer) throws(MasqError) -> (RecordHeader, [UInt8])? {
+        let box = self.box
+        return try engine.get(recordKey) { (record) throws(MasqError) -> (RecordHeader, [UInt8]) in
+            let header = try RecordHeader.read(record)
+            if header.tombstone { return (header, []) }
+            if let box { return (header, try openValue(box, recordKey, record, header)) }
+            return (header, Array(RecordHeader.value(in: record, header: header)))
+        }
+    }
+
+    // MARK: - applying
+
+    /// Apply one commit from another replica in one transaction: per key the
+    /// greatest (timestamp, replica) wins; counters merge; a concurrent
+    /// overwrite is reported to watchers as a conflict with both values.
+    /// Commits must arrive in order per origin (a later one is a .gap).
+    public func applyRemote(_ commit: SyncCommit, clockBound: UInt64 = Store.defaultClockBound) throws(MasqError) -> ApplyResult {
+        guard commit.origin != 0, commit.seq > 0 else { throw .invalid("commit without origin or sequence number") }
+        let now = Clock.unixMilliseconds()
+        for timestamp in [commit.timestamp] + commit.records.map(\.header.version.timestamp)
+        where HybridLogicalClock.milliseconds(of: timestamp) > now + clockBound {
+            throw MasqError(.invalid, "commit \(commit.seq) of replica \(String(commit.origin, radix: 16)) is timestamped \(HybridLogicalClock.milliseconds(of: timestamp) - now) ms in the future (bound: \(clockBound) ms); refused until the clocks agree")
+        }
+        for record in commit.records where !record.header.counter && (record.header.version.replica != commit.origin || record.header.seq != commit.seq) {
+            throw .invalid("a record of commit \(commit.seq) claims another commit")
+        }
+        return try lock.withLock { () throws(MasqError) -> ApplyResult in
+            try ensureUsable()
+            try engine.begin()
+            do throws(MasqError) {
+                let applied = commit.origin == replicaID ? try Store.readClock(engine).seq : try vectorEntry(commit.origin)
+                if commit.seq <= applied { engine.rollback(); return .duplicate }
+                if commit.seq > applied + 1 { engine.rollback(); return .gap }
+                guard commit.origin != replicaID else { throw .corrupt("a peer holds commit \(commit.seq) of this replica, which this replica never made") }
+
+                var changes: [Change] = []
+                var log = LogEntryWriter()
+                log.timestamp = commit.timestamp
+                var pending: [String: UInt32] = [:]
+                for record in commit.records {
+                    let ns = try NamespaceName(record.namespace, limits: limits)
+                    guard !record.key.isEmpty, record.key.count <= limits.maxKeyBytes, record.value.count <= limits.maxValueBytes + 1_024 else {
+                        throw .invalid("a synced record exceeds this store's limits")
+                    }
+                    var staging = Commit(seq: 0, timestamp: 0, changes: nil)
+                    staging.newNamespaces = pending
+                    let id: UInt32
+                    if let existing = try existingNamespaceID(ns, commit: staging) { id = existing } else { id = try assignNamespaceID(ns, &staging) }
+                    pending = staging.newNamespaces
+                    try record.key.withBytes { (k) throws(MasqError) in
+                        log.append(namespaceID: id, key: k)
+                        try withRecordKey(id, k) { (recordKey) throws(MasqError) in
+                            if let change = try merge(record, into: recordKey, namespace: ns) { changes.append(change) }
+                        }
+                    }
+                }
+                try Store.putMeta(engine, RecordFormat.logKey(replica: commit.origin, seq: commit.seq), log.encoded())
+                try Store.putMeta(engine, RecordFormat.vectorKey(replica: commit.origin), bigEndianBytes(commit.seq))
+                try observeRemoteTime(commit.timestamp)
+                try engine.commit()
+                namespaceIDs.merge(pending) { a, _ in a }
+                if !changes.isEmpty && hub.isActive { hub.publish(changes) }
+                return .applied
+            } catch {
+                engine.rollback()
+                throw error
+            }
+        }
+    }
+
+    private func vectorEntry(_ replica: UInt64) throws(MasqError) -> UInt64 {
+        guard let bytes = try Store.getMeta(engine, RecordFormat.vectorKey(replica: replica)) else { return 0 }
+        guard bytes.count == 8 else { throw .corrupt("malformed version-vector entry") }
+        return bytes.withUnsafeBytes { $0.loadBigEndian(at: 0) }
+    }
+
+    /// Advance the local clock past a remote timestamp (HLC receive rule).
+    func observeRemoteTime(_ timestamp: UInt64) throws(MasqError) {
+        let saved = try Store.readClock(engine)
+        clock.observe(max(saved.timestamp, timestamp))
+        if clock.last > saved.timestamp {
+            try Store.putMeta(engine, RecordFormat.metaClock, bigEndianBytes(saved.seq) + bigEndianBytes(clock.last))
+        }
+    }
+
+    /// Merge one remote record under the lock, inside a transaction; returns the change to report.
+    private func merge(_ remote: SyncRecord, into recordKey: UnsafeRawBufferPointer, namespace: NamespaceName) throws(MasqError) -> Change? {
+        let local = try readRecord(recordKey)
+        var header = remote.header
+        var value = remote.value
+        var conflict: (lost: [UInt8]?, lostDeleted: Bool)?
+
+        if let (l, localValue) = local {
+            // Counters form a join of their own: a counter beats any plain value or
+            // tombstone, and two counters merge per replica, whatever the order.
+            if l.counter && !remote.header.counter { return nil }
+            if l.counter && remote.header.counter {
+                var merged = try Counter(decoding: localValue)
+                merged.merge(try Counter(decoding: remote.value))
+                if l.version > remote.header.version { header = l }
+                value = merged.encoded
+                if value == localValue && header == l { return nil }
+            } else if remote.header.counter {
+                // A counter replaces a plain value or tombstone.
+            } else if l.version == remote.header.version {
+                return nil                                                        // the same write, seen before
+            } else if remote.header.version < l.version {
+                // The local write wins; if it did not know the remote one, say what was lost.
+                if remote.header.version != l.previous && remote.header.version > l.previous {
+                    hubReportConflict(namespace, remote.key, winner: (l, localValue), lost: remote)
+                }
+                return nil
+            } else if l.version != remote.header.previous && l.version > remote.header.previous {
+                conflict = (l.tombstone ? nil : displayValue(l, localValue), l.tombstone)
+            }
+        }
+        try writeRecord(recordKey, header: header, value: value)
+        let shown = header.tombstone ? nil : displayValue(header, value)
+        var change = Change(kind: header.tombstone ? .delete : .put, origin: .remote, namespace: namespace.string,
+                            key: remote.key, value: shown, version: header.version)
+        if let conflict {
+            change.kind = .conflict
+            change.lostValue = conflict.lost
+            change.lostWasDeleted = conflict.lostDeleted
+        }
+        return change
+    }
+
+    /// The local write stays, but watchers learn a concurrent remote write lost.
+    private func hubReportConflict(_ ns: NamespaceName, _ key: [UInt8], winner: (RecordHeader, [UInt8]), lost: SyncRecord) {
+        guard hub.isActive else { return }
+        var change = Change(kind: .conflict, origin: .remote, namespace: ns.string, key: key,
+                            value: winner.0.tombstone ? nil : displayValue(winner.0, winner.1), version: winner.0.version)
+        change.lostValue = lost.header.tombstone ? nil : displayValue(lost.header, lost.value)
+        change.lostWasDeleted = lost.header.tombstone
+        hub.publish([change])
+    }
+
+    func displayValue(_ header: RecordHeader, _ value: [UInt8]) -> [UInt8] {
+        header.counter ? ((try? Counter(decoding: value).text) ?? []) : value
+    }
+
+    /// Write a record with a given header (sealed when the store is protected).
+    func writeRecord(_ recordKey: UnsafeRawBufferPointer, header: RecordHeader, value: [UInt8]) throws(MasqError) {
+        let box = self.box
+        let stored = header.tombstone ? 0 : value.count + (box == nil ? 0 : SecretBox.overhead)
+        try withUnsafeTemporaryAllocation(byteCount: header.size + stored, alignment: 8) { (record) throws(MasqError) in
+            let offset = header.write(to: record)
+            let rest = UnsafeMutableRawBufferPointer(rebasing: record[offset...])
+            if !header.tombstone {
+                try value.withBytes { (v) throws(MasqError) in
+                    if let box {
+                        try withValueAD(recordKey, UnsafeRawBufferPointer(rebasing: record[0..<offset])) { (ad) throws(MasqError) in
+                            try box.seal(v, ad: ad, into: rest)
+                        }
+                    } else if v.count > 0 {
+                        rest.copyMemory(from: v)
+                    }
+                }
+            }
+            try engine.put(recordKey, UnsafeRawBufferPointer(record))
+        }
+    }
+
+    // MARK: - tombstone collection
+
+    /// Forget tombstones and change-log entries every device of the group has
+    /// acknowledged (`devices`: the last vector each acknowledged). Safe only
+    /// once this replica holds everything each device had when it
+    /// acknowledged: any commit still on its way was then made after its
+    /// author saw the delete, so its clock is later and cannot resurrect the
+    /// key. Peers behind the new horizon get a snapshot first.
+    @discardableResult
+    public func collectGarbage(acknowledged devices: [VersionVector], minimumAgeMilliseconds: UInt64 = 0) throws(MasqError) -> Int {
+        try lock.withLock { () throws(MasqError) -> Int in
+            try ensureUsable()
+            var horizon = try currentVector()
+            for device in devices {
+                guard device.entries.allSatisfy({ horizon[$0.key] >= $0.value }) else { return 0 }
+            }
+            for device in devices { horizon = horizon.meet(device) }
+            let previous = try collectedVector()
+            var collected = previous
+            collected.merge(horizon)
+            guard collected != previous else { return 0 }
+            let cutoff = Clock.unixMilliseconds() &- minimumAgeMilliseconds
+            try engine.begin()
+            do throws(MasqError) {
+                var doomed: [[UInt8]] = []
+                try engine.scan(from: [RecordFormat.record], to: [RecordFormat.record + 1]) { (key, record) throws(MasqError) -> Bool in
+                    let h = try RecordHeader.read(record)
+                    if h.tombstone && horizon.covers(h.version.replica, h.seq)
+                        && HybridLogicalClock.milliseconds(of: h.version.timestamp) <= cutoff { doomed.append(Array(key)) }
+                    return true
+                }
+                for key in doomed { try key.withBytes { (k) throws(MasqError) in try engine.delete(k) } }
+                for (origin, seq) in horizon.entries where seq > previous[origin] {
+                    try engine.deleteRange(from: RecordFormat.logKey(replica: origin, seq: 0),
+                                           to: RecordFormat.logKey(replica: origin, seq: seq + 1))
+                }
+                var bytes: [UInt8] = []
+                collected.encode(into: &bytes)
+                try Store.putMeta(engine, Store.metaGC, bytes)
+                try engine.commit()
+                return doomed.count
+            } catch {
+                engine.rollback()
+                throw error
+            }
+        }
+    }
+
+    /// The last vector each device acknowledged (missing ones count as
+    /// empty, which holds collection back). `devices` nil: the paired devices.
+    public func acknowledgedVectors(of devices: [String]? = nil) throws(MasqError) -> [VersionVector] {
+        let ids: [String]
+        if let devices { ids = devices } else { ids = try self.devices().map(\.deviceID) }
+        return try lock.withLock { () throws(MasqError) -> [VersionVector] in
+            var out: [VersionVector] = []
+            for device in ids {
+                guard let bytes = try Store.getMeta(engine, [Store.ackFamily] + Array(device.utf8)) else {
+                    out.append(VersionVector())
+                    continue
+                }
+                out.append(try bytes.withBytes { (raw) throws(MasqError) in var r = ByteReader(raw); return try VersionVector.decode(&r) })
+            }
+            return out
+        }
+    }
+
+    // MARK: - snapshots
+
+    /// One chunk of every record (tombstones included) after `cursor`, in key
+    /// order, with the cursor for the next chunk (nil when done).
+    public func snapshotChunk(after cursor: [UInt8]?, maxBytes: Int = 1 << 20) throws(MasqError) -> (records: [SyncRecord], next: [UInt8]?) {
+        try lock.withLock { () throws(MasqError) in
+            try ensureUsable()
+            var names: [UInt32: String] = [:]
+            var records: [SyncRecord] = []
+            var bytes = 0
+            var last: [UInt8]?
+            var full = false
+            try engine.scan(from: cursor.map { $0 + [0] } ?? [RecordFormat.record], to: [RecordFormat.record + 1]) { (key, _) throws(MasqError) -> Bool in
+                guard key.count >= 2 else { throw .corrupt("malformed record key") }
+                var reader = ByteReader(UnsafeRawBufferPointer(rebasing: key[1...]))
+                let id = UInt32(try reader.varint())
+                let keyStart = 1 + varintSize(UInt64(id))
+                if names[id] == nil { names[id] = try namespaceNameLocked(id: id) }
+                guard let (header, value) = try readRecord(key) else { return true }
+                records.append(SyncRecord(namespace: names[id]!, key: Array(key[keyStart...]), header: header, value: value))
+                last = Array(key)
+                bytes += key.count + value.count + 48
+                full = bytes >= maxBytes
+                return !full
+            }
+            return (records, full ? last : nil)
+        }
+    }
+
+    /// Apply a snapshot's records (per key, the greatest version wins).
+    public func applySnapshotRecords(_ records: [SyncRecord]) throws(MasqError) {
+        try lock.withLock { () throws(MasqError) in
+            try ensureUsable()
+            try engine.begin()
+            do throws(MasqError) {
+                var changes: [Change] = []
+                var pending: [String: UInt32] = [:]
+                for record in records {
+                    let ns = try NamespaceName(record.namespace, limits: limits)
+                    var staging = Commit(seq: 0, timestamp: 0, changes: nil)
+                    staging.newNamespaces = pending
+                    let id: UInt32
+                    if let existing = try existingNamespaceID(ns, commit: staging) { id = existing } else { id = try assignNamespaceID(ns, &staging) }
+                    pending = staging.newNamespaces
+                    try record.key.withBytes { (k) throws(MasqError) in
+                        try withRecordKey(id, k) { (recordKey) throws(MasqError) in
+                            if let change = try merge(record, into: recordKey, namespace: ns) { changes.append(change) }
+                        }
+                    }
+                    try observeRemoteTime(record.header.version.timestamp)
+                }
+                try engine.commit()
+                namespaceIDs.merge(pending) { a, _ in a }
+                if !changes.isEmpty && hub.isActive { hub.publish(changes) }
+            } catch {
+                engine.rollback()
+                throw error
+            }
+        }
+    }
+
+    /// Finish a snapshot taken at the sender's vector `vv` and holding the
+    /// keys `received`: any local record the sender's state covers but did not
+    /// send was deleted and collected there, so it goes here too. The local
+    /// vector then includes `vv`, and so does the collection horizon (this
+    /// replica has no change log below it, so peers behind it get snapshots).
+    public func finishSnapshot(vector vv: VersionVector, received: Set<SyncKey>) throws(MasqError) {
+        try lock.withLock { () throws(MasqError) in
+            try ensureUsable()
+            try engine.begin()
+            do throws(MasqError) {
+                var names: [UInt32: String] = [:]
+                var doomed: [([UInt8], Change)] = []
+                try engine.scan(from: [RecordFormat.record], to: [RecordFormat.record + 1]) { (key, record) throws(MasqError) -> Bool in
+                    let h = try RecordHeader.read(record)
+                    guard vv.covers(h.version.replica, h.seq) else { return true }
+                    var reader = ByteReader(UnsafeRawBufferPointer(rebasing: key[1...]))
+                    let id = UInt32(try reader.varint())
+                    if names[id] == nil { names[id] = try namespaceNameLocked(id: id) }
+                    let userKey = Array(key[(1 + varintSize(UInt64(id)))...])
+                    if !received.contains(SyncKey(namespace: names[id]!, key: userKey)) {
+                        doomed.append((Array(key), Change(kind: .delete, origin: .remote, namespace: names[id]!, key: userKey, value: nil, version: h.version)))
+                    }
+                    return true
+                }
+                for (key, _) in doomed { try key.withBytes { (k) throws(MasqError) in try engine.delete(k) } }
+                var applied = try currentVector()
+                for (origin, seq) in vv.entries where origin != replicaID && seq > applied[origin] {
+                    try Store.putMeta(engine, RecordFormat.vectorKey(replica: origin), bigEndianBytes(seq))
+                    applied[origin] = seq
+                }
+                var collected = try collectedVector()
+                collected.merge(vv.meet(applied))
+                var bytes: [UInt8] = []
+                collected.encode(into: &bytes)
+                try Store.putMeta(engine, Store.metaGC, bytes)
+                try engine.commit()
+                let changes = doomed.filter { !$0.1.key.isEmpty }.map(\.1)
+                if !changes.isEmpty && hub.isActive { hub.publish(changes) }
+            } catch {
+                engine.rollback()
+                throw error
+            }
+        }
+    }
+
+    /// The name of namespace `id`; caller holds the lock.
+    func namespaceNameLocked(id: UInt32) throws(MasqError) -> String {
+        guard let bytes = try Store.getMeta(engine, RecordFormat.namespaceIDKey(id)) else {
+            throw .corrupt("unknown namespace id \(id)")
+        }
+        return try bytes.withBytes { (b) throws(MasqError) in try NamespaceName(storedBytes: decodeNamespaceName(id: id, stored: b)).string }
+    }
+
+    private func checkKeyForCounter(_ key: UnsafeRawBufferPointer) throws(MasqError) {
+        guard key.count > 0 else { throw .invalid("key must not be empty") }
+        guard key.count <= limits.maxKeyBytes else { throw .tooLarge("key is \(key.count) bytes; the limit is \(limits.maxKeyBytes) (limits.max_key_bytes)") }
+    }
+}
+
+/// A (namespace, key) pair, for snapshot bookkeeping.
+public struct SyncKey: Hashable, Sendable {
+    public let namespace: String
+    public let key: [UInt8]
+}

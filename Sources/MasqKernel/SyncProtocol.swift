@@ -1,0 +1,152 @@
+/// Sync frames (docs/PROTOCOL.md). They travel inside a device pair's
+/// Double Ratchet session, so they are already private and authenticated;
+/// the decoder still checks every length, because a peer can be buggy.
+///
+///   frame   = u8 version(1) · u8 type · body
+///   HELLO   (1) = u64 replica · vector(applied) · vector(collected)
+///   COMMITS (2) = varint n · n × commit
+///   ACK     (3) = vector(applied)
+///   SNAPSHOT(4) = u8 final · varint n · n × record · [vector(as of the snapshot) if final]
+///   commit  = u64 origin · varint seq · u64 timestamp · varint n · n × record
+///   record  = varint nsLen · ns · varint keyLen · key · u8 flags · u64 timestamp ·
+///             u64 replica · varint seq · [u64 prev ts · u64 prev replica if flags bit 1] ·
+///             varint valueLen · value
+///   vector  = varint n · n × (u64 replica · varint seq)
+public enum SyncFrame: Equatable, Sendable {
+    case hello(replica: UInt64, applied: VersionVector, collected: VersionVector)
+    case commits([SyncCommit])
+    case ack(VersionVector)
+    case snapshot(records: [SyncRecord], final: VersionVector?)
+
+    public static let version: UInt8 = 1
+    /// Largest frame a peer may send (bounded batches keep frames well below it).
+    public static let maxFrameBytes = 8 << 20
+
+    public func encoded() -> [UInt8] {
+        var out: [UInt8] = [SyncFrame.version]
+        switch self {
+        case .hello(let replica, let applied, let collected):
+            out.append(1)
+            out.appendBigEndian(replica)
+            applied.encode(into: &out)
+            collected.encode(into: &out)
+        case .commits(let commits):
+            out.append(2)
+            out.appendVarint(UInt64(commits.count))
+            for c in commits {
+                out.appendBigEndian(c.origin)
+                out.appendVarint(c.seq)
+                out.appendBigEndian(c.timestamp)
+                out.appendVarint(UInt64(c.records.count))
+                for r in c.records { SyncFrame.encode(r, into: &out) }
+            }
+        case .ack(let vv):
+            out.append(3)
+            vv.encode(into: &out)
+        case .snapshot(let records, let final):
+            out.append(4)
+            out.append(final == nil ? 0 : 1)
+            out.appendVarint(UInt64(records.count))
+            for r in records { SyncFrame.encode(r, into: &out) }
+            final?.encode(into: &out)
+        }
+        return out
+    }
+
+    static func encode(_ r: SyncRecord, into out: inout [UInt8]) {
+        let ns = Array(r.namespace.utf8)
+        out.appendVarint(UInt64(ns.count))
+        out += ns
+        out.appendVarint(UInt64(r.key.count))
+        out += r.key
+        var flags: UInt8 = 0
+        if r.header.tombstone { flags |= RecordHeader.tombstoneFlag }
+        if r.header.previous != .none { flags |= RecordHeader.previousFlag }
+        if r.header.counter { flags |= RecordHeader.counterFlag }
+        out.append(flags)
+        out.appendBigEndian(r.header.version.timestamp)
+        out.appendBigEndian(r.header.version.replica)
+        out.appendVarint(r.header.seq)
+        if r.header.previous != .none {
+            out.appendBigEndian(r.header.previous.timestamp)
+            out.appendBigEndian(r.header.previous.replica)
+        }
+        out.appendVarint(UInt64(r.value.count))
+        out += r.value
+    }
+
+    /// Decode a frame; MASQ_E_INVALID for anything malformed, truncated,
+    /// oversized or of an unknown version.
+    public static func decode(_ bytes: [UInt8]) throws(MasqError) -> SyncFrame {
+        guard bytes.count <= maxFrameBytes else { throw .invalid("sync frame of \(bytes.count) bytes exceeds \(maxFrameBytes)") }
+        do throws(MasqError) {
+            return try bytes.withBytes { (raw) throws(MasqError) -> SyncFrame in
+                var r = ByteReader(raw)
+                let version = try r.byte()
+                guard version == SyncFrame.version else { throw .invalid("sync frame version \(version) is not supported (this library speaks \(SyncFrame.version))") }
+                let type = try r.byte()
+                let frame: SyncFrame
+                switch type {
+                case 1:
+                    let replica = try r.uint64()
+                    frame = .hello(replica: replica, applied: try VersionVector.decode(&r), collected: try VersionVector.decode(&r))
+                case 2:
+                    let n = try count(&r, raw.count)
+                    var commits: [SyncCommit] = []
+                    for _ in 0..<n {
+                        let origin = try r.uint64(), seq = try r.varint(), timestamp = try r.uint64()
+                        let m = try count(&r, raw.count)
+                        var records: [SyncRecord] = []
+                        for _ in 0..<m { records.append(try record(&r, raw.count)) }
+                        commits.append(SyncCommit(origin: origin, seq: seq, timestamp: timestamp, records: records))
+                    }
+                    frame = .commits(commits)
+                case 3:
+                    frame = .ack(try VersionVector.decode(&r))
+                case 4:
+                    let final = try r.byte()
+                    guard final <= 1 else { throw .invalid("bad snapshot flag") }
+                    let n = try count(&r, raw.count)
+                    var records: [SyncRecord] = []
+                    for _ in 0..<n { records.append(try record(&r, raw.count)) }
+                    frame = .snapshot(records: records, final: final == 1 ? try VersionVector.decode(&r) : nil)
+                default:
+                    throw .invalid("unknown sync frame type \(type)")
+                }
+                guard r.isAtEnd else { throw .invalid("sync frame has trailing bytes") }
+                return frame
+            }
+        } catch {
+            throw MasqError(.invalid, error.status == .corrupt ? "malformed sync frame: \(error.message)" : error.message)
+        }
+    }
+
+    /// An element count that cannot exceed the bytes left (each element takes at least one).
+    private static func count(_ r: inout ByteReader, _ total: Int) throws(MasqError) -> Int {
+        let n = try r.varint()
+        guard n <= UInt64(total) else { throw .invalid("count \(n) larger than the frame") }
+        return Int(n)
+    }
+
+    private static func record(_ r: inout ByteReader, _ total: Int) throws(MasqError) -> SyncRecord {
+        let nsLength = try count(&r, total)
+        guard nsLength > 0 && nsLength <= 255 else { throw .invalid("bad namespace length") }
+        guard let ns = String(validating: try r.bytes(nsLength), as: UTF8.self) else { throw .invalid("namespace is not UTF-8") }
+        let key = try r.bytes(try count(&r, total))
+        let flags = try r.byte()
+        guard flags & ~(RecordHeader.tombstoneFlag | RecordHeader.previousFlag | RecordHeader.counterFlag) == 0 else {
+            throw .invalid("unknown record flags \(flags)")
+        }
+        let version = Version(timestamp: try r.uint64(), replica: try r.uint64())
+        let seq = try r.varint()
+        var previous = Version.none
+        if flags & RecordHeader.previousFlag != 0 { previous = Version(timestamp: try r.uint64(), replica: try r.uint64()) }
+        let value = try r.bytes(try count(&r, total))
+        let tombstone = flags & RecordHeader.tombstoneFlag != 0
+        guard !tombstone || value.isEmpty else { throw .invalid("a tombstone with a value") }
+        return SyncRecord(namespace: ns, key: key,
+                          header: RecordHeader(tombstone: tombstone, counter: flags & RecordHeader.counterFlag != 0,
+                                               version: version, seq: seq, previous: previous),
+                          value: value)
+    }
+}
