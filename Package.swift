@@ -20,9 +20,14 @@ let package = Package(
         .executable(name: "masq-cli", targets: ["MasqCLI"]),
         // First-party Swift plugins: libmasq_<kind>_<name>.so.
         .library(name: "masq_storage_sqlite", type: .dynamic, targets: ["MasqStorageSQLite"]),
+        .library(name: "masq_transport_relay", type: .dynamic, targets: ["MasqTransportRelay"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.80.0"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.30.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.1.0"),
     ],
     targets: [
         // C headers as Swift modules.
@@ -44,15 +49,44 @@ let package = Package(
         .target(name: "MasqLibrary", dependencies: ["MasqKernel"], exclude: ["exports.map"],
                 linkerSettings: exportsOnly("Sources/MasqLibrary/exports.map")),
 
+        // The relay's wire format, shared by the relay server and the relay transport plugin.
+        .target(name: "MasqRelayProtocol"),
+        // The relay server: WebSocket rooms forwarding ciphertext (SwiftNIO).
+        .target(name: "MasqRelay", dependencies: [
+            "MasqRelayProtocol",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+            .product(name: "NIOWebSocket", package: "swift-nio"),
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "Prometheus", package: "swift-prometheus"),
+        ]),
+
         .executableTarget(name: "MasqCLI", dependencies: [
             "MasqKernel",
+            "MasqRelay",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
         ]),
 
         // Plugins live in plugins/<name>/ and see nothing of Masq but masq_plugin.h.
         .target(name: "MasqStorageSQLite", dependencies: ["CMasqPlugin", "CSQLite"],
                 path: "plugins/storage-sqlite",
                 exclude: ["README.md"],
+                linkerSettings: exportsOnly("plugins/plugin-exports.map")),
+
+        .target(name: "MasqTransportRelay", dependencies: [
+                    "CMasqPlugin", "MasqRelayProtocol",
+                    .product(name: "NIOCore", package: "swift-nio"),
+                    .product(name: "NIOPosix", package: "swift-nio"),
+                    .product(name: "NIOHTTP1", package: "swift-nio"),
+                    .product(name: "NIOWebSocket", package: "swift-nio"),
+                    .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                    .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                ],
+                path: "plugins/transport-relay",
                 linkerSettings: exportsOnly("plugins/plugin-exports.map")),
 
         .testTarget(name: "MasqKernelTests", dependencies: ["MasqKernel", "CMasq"]),

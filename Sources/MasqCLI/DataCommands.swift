@@ -91,3 +91,55 @@ struct List: MasqSubcommand {
         } }
     }
 }
+
+/// `masq counter <namespace> <key> [delta]`: add to a counter (or show it).
+struct Counter: MasqSubcommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Add to a counter (concurrent additions on several devices all count), or print it.")
+
+    @OptionGroup var store: StoreOptions
+    @Argument(help: "Namespace.") var namespace: String
+    @Argument(help: "Key.") var key: String
+    @Argument(help: "Amount to add (may be negative; omit to print the total).") var delta: Int64?
+
+    func execute() throws {
+        let total = try store.withStore { s in try guarded { () throws(MasqError) -> Int64 in
+            let ns = try NamespaceName(namespace, limits: s.limits)
+            if let delta { try s.counterAdd(ns, key: Array(key.utf8), delta: delta) }
+            return try s.counterGet(ns, key: Array(key.utf8))
+        } }
+        print(total)
+    }
+}
+
+/// `masq import <namespace>`: many keys at once, one transaction per 1,000.
+struct Import: MasqSubcommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Set many keys from standard input: one 'key<TAB>value' per line ('key' alone deletes).")
+
+    @OptionGroup var store: StoreOptions
+    @Argument(help: "Namespace.") var namespace: String
+    @Option(help: "Keys per transaction.") var batch = 1_000
+
+    func execute() throws {
+        var pending: [(key: [UInt8], value: [UInt8]?)] = []
+        var total = 0
+        try store.withStore { s in
+            let ns = try guarded { () throws(MasqError) in try NamespaceName(namespace, limits: s.limits) }
+            func flush() throws {
+                guard !pending.isEmpty else { return }
+                try guarded { () throws(MasqError) in try s.setAll(ns, pending) }
+                total += pending.count
+                pending.removeAll(keepingCapacity: true)
+            }
+            while let line = readLine(strippingNewline: true) {
+                guard !line.isEmpty else { continue }
+                let parts = line.split(separator: "\t", maxSplits: 1, omittingEmptySubsequences: false)
+                pending.append((Array(parts[0].utf8), parts.count > 1 ? Array(parts[1].utf8) : nil))
+                if pending.count >= max(batch, 1) { try flush() }
+            }
+            try flush()
+        }
+        print("\(total) key(s) written")
+    }
+}

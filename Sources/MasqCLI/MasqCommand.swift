@@ -13,8 +13,8 @@ struct MasqCommand: ParsableCommand {
         commandName: "masq",
         abstract: "Keep application data on your own devices.",
         version: "\(MasqVersion.string)",
-        subcommands: [Init.self, Put.self, Get.self, Del.self, List.self, Pair.self, Join.self, Devices.self,
-                      Passphrase.self, Plugins.self]
+        subcommands: [Init.self, Put.self, Get.self, Del.self, List.self, Import.self, Counter.self, Pair.self, Join.self, Devices.self,
+                      Sync.self, Status.self, Passphrase.self, Relay.self, Plugins.self]
     )
 }
 

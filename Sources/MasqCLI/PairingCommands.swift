@@ -17,18 +17,23 @@ struct Pair: MasqSubcommand {
     @Option(help: ArgumentHelp("Also write the QR code as a PGM image here.", valueName: "file"))
     var qrPgm: String?
     @Flag(help: "Do not draw the QR code in the terminal.") var noQr = false
+    @Option(help: ArgumentHelp("Meet through this relay (default: the relay in the config; without one, a direct TCP rendezvous on --listen).", valueName: "ws-url"))
+    var relay: String?
 
     func execute() throws {
         try store.withStore { s in
+            if let (transport, url) = relayTransport(s.config, explicit: relay) {
+                let device = try guarded { () throws(MasqError) in
+                    try PairingRendezvous.offer(store: s, transport: transport, url: url, ttl: ttl, onLink: { link in
+                        show(link)
+                    }, onFailure: { error in writeError("masq: a pairing attempt failed: \(error.message)\n") })
+                }
+                report(device)
+                return
+            }
             let listener = try Listener(listen)
             let link = try guarded { () throws(MasqError) in try s.createPairingOffer(via: listener.endpoint, ttl: ttl) }
-            let qr = try guarded { () throws(MasqError) in try QRCode(link.string) }
-            if let qrPgm { try guarded { () throws(MasqError) in try FileSystem.writeFile(qrPgm, qr.pgm()) } }
-            if !noQr { print(qr.terminalText()) }
-            print("pairing link (valid \(ttl) s, single use):")
-            print(link.string)
-            print("on the other device: masq join '<link>'")
-            fflush(nil)   // the link must reach a pipe reader before we block
+            show(link)
             let deadline = monotonicSeconds() + Double(ttl)
             while let connection = listener.accept(until: deadline) {
                 do {
@@ -41,6 +46,18 @@ struct Pair: MasqSubcommand {
             }
             throw CLIError("the pairing link expired before another device joined")
         }
+    }
+
+    /// Print the link and its QR code (and write the PGM if asked).
+    private func show(_ link: PairingLink) {
+        if let qr = try? QRCode(link.string) {
+            if let qrPgm { try? FileSystem.writeFile(qrPgm, qr.pgm()) }
+            if !noQr { print(qr.terminalText()) }
+        }
+        print("pairing link (valid \(ttl) s, single use):")
+        print(link.string)
+        print("on the other device: masq join '<link>'")
+        fflush(nil)   // the link must reach a pipe reader before we block
     }
 
     /// Answer one connection until paired; refusals are sent to the peer.
@@ -73,6 +90,21 @@ struct Join: MasqSubcommand {
     func execute() throws {
         let parsed = try guarded { () throws(MasqError) in try PairingLink(parsing: link) }
         guard let via = parsed.via else { throw CLIError("this link does not say where the other device waits (no via=)") }
+        if via.hasPrefix("ws://") || via.hasPrefix("wss://") {
+            try store.withStore { s in
+                let (transport, _) = relayTransport(s.config, explicit: via)!
+                let device = try guarded { () throws(MasqError) in try PairingRendezvous.join(store: s, link: parsed, transport: transport) }
+                report(device)
+                // From now on, sync through that relay too.
+                if s.config.transports.isEmpty {
+                    var config = s.config
+                    config.transports = [PluginReference(name: "relay", options: [("url", via)])]
+                    try guarded { () throws(MasqError) in try FileSystem.writeFile(store.configPath, Array(config.json().utf8)) }
+                    print("added the relay \(via) to \(store.configPath)")
+                }
+            }
+            return
+        }
         try store.withStore { s in
             let flow = try guarded { () throws(MasqError) in try PairingFlow(joining: parsed, store: s) }
             let connection = try FrameSocket.connect(via)
@@ -175,4 +207,18 @@ func formatTime(_ ms: UInt64) -> String {
     var buffer = [CChar](repeating: 0, count: 32)
     strftime(&buffer, buffer.count, "%Y-%m-%d %H:%M UTC", &parts)
     return String(decoding: buffer.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+}
+
+/// The relay transport to pair or sync through: `explicit` URL (with the
+/// config's relay plugin settings if any), else the config's first transport
+/// that has a url.
+func relayTransport(_ config: MasqConfig, explicit: String?) -> (PluginReference, String)? {
+    let configured = config.transports.first { t in t.options.contains { $0.key == "url" } }
+    if let explicit {
+        var reference = configured ?? PluginReference(name: "relay")
+        reference.options = reference.options.filter { $0.key != "url" } + [("url", explicit)]
+        return (reference, explicit)
+    }
+    guard let configured, let url = configured.options.first(where: { $0.key == "url" })?.value else { return nil }
+    return (configured, url)
 }

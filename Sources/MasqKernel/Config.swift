@@ -88,7 +88,14 @@ public struct MasqConfig: Sendable, Equatable {
     /// The JSON `masq init` writes (stable key order, two-space indent).
     public func json() -> String {
         var lines = ["{", "  \"masq\": \(MasqConfig.formatVersion),", "  \"data_dir\": \(jsonString(dataDir)),"]
-        lines.append("  \"storage\": { \"plugin\": \(jsonString(storage.name))\(storage.options.isEmpty ? "" : ", \"options\": {" + storage.options.map { "\(jsonString($0.key)): \(jsonString($0.value))" }.joined(separator: ", ") + "}") },")
+        func plugin(_ p: PluginReference) -> String {
+            "{ \"plugin\": \(jsonString(p.name))" + (p.path.map { ", \"path\": \(jsonString($0))" } ?? "")
+                + (p.options.isEmpty ? "" : ", \"options\": {" + p.options.map { "\(jsonString($0.key)): \(jsonString($0.value))" }.joined(separator: ", ") + "}") + " }"
+        }
+        if !pluginPath.isEmpty { lines.append("  \"plugin_path\": [" + pluginPath.map(jsonString).joined(separator: ", ") + "],") }
+        lines.append("  \"storage\": \(plugin(storage)),")
+        if !transports.isEmpty { lines.append("  \"transports\": [" + transports.map(plugin).joined(separator: ", ") + "],") }
+        if let wallet { lines.append("  \"wallet\": \(plugin(wallet)),") }
         lines.append("  \"limits\": { \"max_key_bytes\": \(limits.maxKeyBytes), \"max_value_bytes\": \(limits.maxValueBytes), \"max_namespace_bytes\": \(limits.maxNamespaceBytes), \"max_batch_entries\": \(limits.maxBatchEntries) },")
         lines.append("  \"security\": { \"scrypt_log_n\": \(scryptLogN) }")
         lines.append("}")

@@ -136,7 +136,7 @@ struct DeviceCard {
 ///   1 ── XXpsk3 message 1 ─────────────────────▶
 ///   2 ◀──────────────────── XXpsk3 message 2 ──
 ///   3 ── XXpsk3 message 3 + joiner's card ─────▶  PSK proven: store joiner, consume offer
-///   4 ◀────────── ratchet message: offerer's card  store offerer
+///   4 ◀── ratchet message: offerer's card + group room   store offerer, join its group
 ///
 /// Each frame is u8 type then body: 1 = protocol message, 2 = refusal (UTF-8
 /// reason). A device stores nothing unless the other proved it knew the secret.
@@ -217,7 +217,9 @@ public final class PairingFlow: @unchecked Sendable {
                 }
                 // Message 3 authenticated under the PSK: the joiner knew the secret.
                 let card = try DeviceCard.verify(payload, handshakeHash: transcriptAtMessage2, expectedAgreementKey: session.peerStaticKey)
+                // The offerer's card, then the room its group meets in (the joiner adopts it).
                 let mine = try DeviceCard.signed(identity: store.requireIdentity(), name: store.deviceName, handshakeHash: session.handshakeHash)
+                    + store.groupRoom()
                 let final = [PairingFlow.messageFrame] + (try crypto { () throws(CryptoError) in try session.seal(mine, associatedData: PairingFlow.prologue(link)) })
                 // Saved after sealing, so the stored ratchet has moved past the final frame's key.
                 let device = try store.completePairing(offer: link, card: card, session: session)
@@ -229,8 +231,9 @@ public final class PairingFlow: @unchecked Sendable {
                 return .send([PairingFlow.messageFrame] + (try crypto { () throws(CryptoError) in try session.writeHandshake(payload: card) }))
             case (.joiner, true):
                 let payload = try crypto { () throws(CryptoError) in try session.open(body, associatedData: PairingFlow.prologue(link)) }
-                let card = try DeviceCard.verify(payload, handshakeHash: session.handshakeHash, expectedAgreementKey: session.peerStaticKey)
-                let device = try store.completePairing(offer: nil, card: card, session: session)
+                guard payload.count > 16 else { throw .invalid("the final pairing message is too short") }
+                let card = try DeviceCard.verify(Array(payload.dropLast(16)), handshakeHash: session.handshakeHash, expectedAgreementKey: session.peerStaticKey)
+                let device = try store.completePairing(offer: nil, card: card, session: session, groupRoom: Array(payload.suffix(16)))
                 finished = true
                 return .paired(device, finalFrame: nil)
             case (.offerer, true):

@@ -43,6 +43,7 @@ public struct PairedDevice: Sendable, Equatable {
 /// afterwards is sealed for it, and its own sessions never held other pairs' keys.
 extension Store {
     static let metaDeviceName: [UInt8] = [RecordFormat.meta] + Array("devicename".utf8)
+    static let metaGroupRoom: [UInt8] = [RecordFormat.meta] + Array("room".utf8)
     public static let defaultPairingTTL: UInt64 = 600   // seconds
 
     /// This device's identity, or MASQ_E_DENIED while the store is locked.
@@ -69,6 +70,17 @@ extension Store {
             throw .invalid("a device name is 1 to 64 bytes of text without control characters")
         }
         try localTransaction { () throws(MasqError) in try Store.putMeta(engine, Store.metaDeviceName, Array(name.utf8)) }
+    }
+
+    /// The room this device's group meets in on a relay: 16 random bytes made
+    /// by the first device, handed to each device that pairs with it.
+    public func groupRoom() throws(MasqError) -> [UInt8] {
+        try localTransaction { () throws(MasqError) -> [UInt8] in
+            if let room = try getSecret(Store.metaGroupRoom), room.count == 16 { return room }
+            let room = Random.bytes(16)
+            try Store.putMeta(engine, Store.metaGroupRoom, try sealSecret(Store.metaGroupRoom, room))
+            return room
+        }
     }
 
     // MARK: - pairing offers
@@ -119,7 +131,7 @@ extension Store {
     /// Record a successful pairing in one transaction: consume the offer (on
     /// the offering side, re-checked so two joiners cannot both use it), store
     /// the device and its session.
-    func completePairing(offer: PairingLink?, card: DeviceCard, session: SecureSession) throws(MasqError) -> PairedDevice {
+    func completePairing(offer: PairingLink?, card: DeviceCard, session: SecureSession, groupRoom: [UInt8]? = nil) throws(MasqError) -> PairedDevice {
         let device = PairedDevice(name: card.name, keys: card.keys, pairedAt: Clock.unixMilliseconds())
         guard device.deviceID != identity?.publicKeys.deviceID else { throw .invalid("a device cannot pair with itself") }
         let state = try crypto { () throws(CryptoError) in try session.serialized() }
@@ -132,6 +144,7 @@ extension Store {
             let sessionKey = [RecordFormat.session] + Array(device.deviceID.utf8)
             try Store.putMeta(engine, deviceKey, try sealSecret(deviceKey, device.encoded))
             try Store.putMeta(engine, sessionKey, try sealSecret(sessionKey, state))
+            if let groupRoom { try Store.putMeta(engine, Store.metaGroupRoom, try sealSecret(Store.metaGroupRoom, groupRoom)) }
         }
         Log.info("kernel", "paired with device \(device.deviceID)")
         return device

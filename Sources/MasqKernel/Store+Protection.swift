@@ -196,6 +196,11 @@ extension Store {
                     return try to.map { (b) throws(MasqError) in try b.seal(plain, ad: Array(key)) } ?? plain
                 }
             }
+            // The group room (a sealed 'M' entry).
+            if let room = try Store.getMeta(engine, Store.metaGroupRoom) {
+                let plain = try from.map { (b) throws(MasqError) in try b.open(room, ad: Store.metaGroupRoom) } ?? room
+                try Store.putMeta(engine, Store.metaGroupRoom, try to.map { (b) throws(MasqError) in try b.seal(plain, ad: Store.metaGroupRoom) } ?? plain)
+            }
             try Store.putMeta(engine, Store.metaSealed, [to == nil ? 0 : 1])
             try engine.commit()
         } catch {

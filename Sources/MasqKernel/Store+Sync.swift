@@ -229,6 +229,7 @@ extension Store {
             stored.merge(vv)
             var bytes: [UInt8] = []
             stored.encode(into: &bytes)
+            bytes.appendBigEndian(Clock.unixMilliseconds())   // when: for `masq status`
             try Store.putMeta(engine, key, bytes)
         }
     }
@@ -514,6 +515,19 @@ extension Store {
                 out.append(try bytes.withBytes { (raw) throws(MasqError) in var r = ByteReader(raw); return try VersionVector.decode(&r) })
             }
             return out
+        }
+    }
+
+    /// What a device last acknowledged, and when (nil if never).
+    public func acknowledgement(of device: String) throws(MasqError) -> (vector: VersionVector, at: UInt64)? {
+        try lock.withLock { () throws(MasqError) -> (vector: VersionVector, at: UInt64)? in
+            try ensureUsable()
+            guard let bytes = try Store.getMeta(engine, [Store.ackFamily] + Array(device.utf8)) else { return nil }
+            return try bytes.withBytes { (raw) throws(MasqError) in
+                var r = ByteReader(raw)
+                let vv = try VersionVector.decode(&r)
+                return (vv, r.isAtEnd ? 0 : try r.uint64())
+            }
         }
     }
 

@@ -1,0 +1,57 @@
+import ArgumentParser
+import Logging
+import MasqRelay
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `masq relay`: run a relay (WebSocket rooms that forward ciphertext).
+struct Relay: MasqSubcommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run a relay: devices meet in rooms; it forwards ciphertext and stores nothing.",
+        discussion: "Serves ws://HOST:PORT/ (wss:// with --tls-cert/--tls-key), GET /healthz and GET /metrics (Prometheus).")
+
+    @Option(help: "Address to listen on.") var host = "127.0.0.1"
+    @Option(help: "Port (0 picks one; the bound port is printed).") var port = 7070
+    @Option(help: "Largest message in bytes.") var maxFrameBytes = 1 << 20
+    @Option(help: "Rooms one connection may join.") var maxRooms = 16
+    @Option(help: "Connections the relay accepts.") var maxConnections = 20_000
+    @Option(help: "Messages per second per connection.") var rate = 2_000
+    @Option(help: "Seconds of silence before a connection is closed.") var idleTimeout: Int64 = 120
+    @Option(help: "Seconds between pings.") var pingInterval: Int64 = 30
+    @Option(help: "PEM certificate chain (enables TLS).") var tlsCert: String?
+    @Option(help: "PEM private key.") var tlsKey: String?
+    @Option(help: "Event loop threads (default: one per core).") var threads = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
+    @Option(help: "Log level (error, warning, info, debug).") var logLevel = "info"
+
+    func execute() throws {
+        guard (tlsCert == nil) == (tlsKey == nil) else { throw CLIError("--tls-cert and --tls-key go together") }
+        guard (0...65_535).contains(port), maxFrameBytes >= 64, maxRooms >= 1, maxConnections >= 1, rate >= 1, idleTimeout >= 1, pingInterval >= 1 else {
+            throw CLIError("limits must be positive (and the port 0...65535)")
+        }
+        guard let level = Logger.Level(rawValue: logLevel == "warn" ? "warning" : logLevel) else { throw CLIError("unknown log level \(logLevel)") }
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        var config = RelayConfiguration()
+        config.host = host
+        config.port = port
+        config.maxFrameBytes = maxFrameBytes
+        config.maxRoomsPerConnection = maxRooms
+        config.maxConnections = maxConnections
+        config.messagesPerSecond = rate
+        config.idleTimeoutSeconds = idleTimeout
+        config.pingIntervalSeconds = pingInterval
+        config.tlsCertificatePath = tlsCert
+        config.tlsKeyPath = tlsKey
+        config.threads = max(1, threads)
+        let server = RelayServer(configuration: config)
+        let bound: Int
+        do { bound = try server.start() } catch { throw CLIError("cannot start the relay on \(host):\(port): \(error)") }
+        print("relay listening on \(tlsCert == nil ? "ws" : "wss")://\(host):\(bound)/")
+        fflush(nil)
+        try server.wait()
+    }
+}

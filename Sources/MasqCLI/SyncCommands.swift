@@ -1,0 +1,98 @@
+import ArgumentParser
+import MasqKernel
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `masq sync`: keep this store in sync with the paired devices (until
+/// stopped), or catch up once and exit.
+struct Sync: MasqSubcommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Sync with paired devices through the configured relay (until Ctrl-C, or --once).")
+
+    @OptionGroup var store: StoreOptions
+    @Flag(help: "Catch up with every present device, then exit (status 1 on timeout).") var once = false
+    @Option(help: "Seconds --once may take.") var timeout: Double = 120
+    @Flag(help: "No progress bar.") var quiet = false
+
+    func execute() throws {
+        try store.withStore { s in
+            let service = try guarded { () throws(MasqError) in try SyncService(store: s) }
+            let bar = ProgressBar(enabled: !quiet && isatty(2) != 0)
+            service.engine.onProgress = { p in bar.update(received: p.received, remaining: p.remaining) }
+            if once {
+                let done = try guarded { () throws(MasqError) in try service.syncOnce(timeout: timeout) }
+                bar.finish()
+                guard done else { throw CLIError("not caught up after \(Int(timeout)) s (are the other devices online and on the same relay?)") }
+                let status = try guarded { () throws(MasqError) in try service.status() }
+                print("in sync with \(status.devices.filter(\.present).count) of \(status.devices.count) device(s)")
+                return
+            }
+            try guarded { () throws(MasqError) in try service.start() }
+            print("syncing (room \(try guarded { () throws(MasqError) in try service.status() }.room.prefix(8))…); Ctrl-C to stop")
+            fflush(nil)
+            while true {
+                sleep(5)
+                if let status = try? service.status(), !quiet {
+                    let here = status.devices.filter(\.present).map(\.name)
+                    bar.note("\(status.connected ? "connected" : "reconnecting"); present: \(here.isEmpty ? "nobody" : here.joined(separator: ", ")); pending \(status.pending)")
+                }
+            }
+        }
+    }
+}
+
+/// `masq status`: this device, its paired devices and what each still lacks.
+struct Status: MasqSubcommand {
+    static let configuration = CommandConfiguration(abstract: "Show peers, when each last synced, and pending changes.")
+    @OptionGroup var store: StoreOptions
+
+    func execute() throws {
+        try store.withStore { s in
+            try guarded { () throws(MasqError) in
+                let me = try s.requireIdentity().publicKeys
+                let (applied, _) = try s.syncVectors()
+                print("this device: \(s.deviceName) (\(me.deviceID)), \(applied[s.replicaID]) local commits")
+                if s.config.transports.isEmpty {
+                    print("no relay configured (masq join adds the relay of the link; or edit \"transports\")")
+                } else {
+                    for t in s.config.transports { print("transport: \(t.name) \(t.options.first { $0.key == "url" }?.value ?? "")") }
+                }
+                let devices = try s.devices()
+                if devices.isEmpty { print("no paired devices") }
+                for d in devices {
+                    guard let ack = try s.acknowledgement(of: d.deviceID) else {
+                        print("\(d.name) (\(d.deviceID)): never synced")
+                        continue
+                    }
+                    let pending = applied.entries.reduce(UInt64(0)) { $0 + ($1.value > ack.vector[$1.key] ? $1.value - ack.vector[$1.key] : 0) }
+                    print("\(d.name) (\(d.deviceID)): last sync \(ack.at == 0 ? "unknown" : formatTime(ack.at)), \(pending) change(s) pending for it")
+                }
+            }
+        }
+    }
+}
+
+/// A one-line progress bar on stderr.
+final class ProgressBar: @unchecked Sendable {
+    let enabled: Bool
+    private var drawn = false
+    init(enabled: Bool) { self.enabled = enabled }
+
+    func update(received: UInt64, remaining: UInt64) {
+        guard enabled else { return }
+        let total = received + remaining
+        let fraction = total == 0 ? 1 : Double(received) / Double(total)
+        let width = 30
+        let filled = Int(fraction * Double(width))
+        writeError("\r[\(String(repeating: "#", count: filled))\(String(repeating: ".", count: width - filled))] \(received)/\(total) commits")
+        drawn = true
+    }
+
+    func note(_ text: String) {
+        writeError((drawn ? "\n" : "") + text + "\n")
+        drawn = false
+    }
+
+    func finish() { if drawn { writeError("\n") } }
+}

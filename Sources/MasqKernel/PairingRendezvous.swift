@@ -1,0 +1,89 @@
+import Dispatch
+
+/// Pairing through a transport with rooms (the relay): both devices join the
+/// room named by the link (an HKDF of its secret, never the secret) and pass
+/// PairingFlow frames through it. The relay sees the room and opaque frames.
+public enum PairingRendezvous {
+    /// Frames from the transport's threads, taken one at a time with a timeout.
+    final class Inbox: @unchecked Sendable {
+        private let lock = Lock()
+        private var frames: [[UInt8]] = []
+        private let signal = DispatchSemaphore(value: 0)
+
+        func put(_ frame: [UInt8]) {
+            lock.withLock { frames.append(frame) }
+            signal.signal()
+        }
+
+        func take(until deadline: UInt64) -> [UInt8]? {
+            let remaining = deadline > Clock.monotonicNanoseconds() ? deadline - Clock.monotonicNanoseconds() : 0
+            guard signal.wait(timeout: .now() + .nanoseconds(Int(min(remaining, UInt64(Int.max))))) == .success else { return nil }
+            return lock.withLock { frames.removeFirst() }
+        }
+    }
+
+    static func open(_ store: Store, _ transport: PluginReference, url: String, room: String, inbox: Inbox) throws(MasqError) -> TransportEngine {
+        let engine = try store.openTransport(transport, onFrame: { _, frameRoom, frame in
+            if frameRoom == room { inbox.put(frame) }
+        }, onPeerEvent: { _, _ in })
+        try engine.start()
+        try engine.connect(url)
+        try engine.join(room)
+        return engine
+    }
+
+    /// Offer a link (via `url`), show it with `onLink`, and wait up to `ttl`
+    /// seconds for a device to join. Failed attempts are refused (the joiner
+    /// is told why) and the wait goes on.
+    public static func offer(store: Store, transport: PluginReference, url: String, ttl: UInt64 = Store.defaultPairingTTL,
+                             onLink: (PairingLink) -> Void, onFailure: (MasqError) -> Void = { _ in }) throws(MasqError) -> PairedDevice {
+        let link = try store.createPairingOffer(via: url, ttl: ttl)
+        let room = hex(link.room)
+        let inbox = Inbox()
+        let engine = try open(store, transport, url: url, room: room, inbox: inbox)
+        defer { engine.close() }
+        onLink(link)
+        let deadline = Clock.monotonicNanoseconds() + ttl * 1_000_000_000
+        var flow = try PairingFlow(offering: link, store: store)
+        while let frame = inbox.take(until: deadline) {
+            do throws(MasqError) {
+                switch try flow.receive(frame) {
+                case .send(let reply):
+                    try engine.send(room, reply)
+                case .paired(let device, let final):
+                    if let final { try engine.send(room, final) }
+                    usleep(200_000)    // let the final frame leave before closing
+                    return device
+                }
+            } catch {
+                onFailure(error)
+                if frame.first != PairingFlow.refusalFrame { try? engine.send(room, PairingFlow.refusal(error.message)) }
+                flow = try PairingFlow(offering: link, store: store)
+            }
+        }
+        throw MasqError(.timeout, "the pairing link expired before another device joined")
+    }
+
+    /// Join through the link's relay; `timeout` seconds for the whole exchange.
+    public static func join(store: Store, link: PairingLink, transport: PluginReference, timeout: Double = 60) throws(MasqError) -> PairedDevice {
+        guard let url = link.via else { throw .invalid("the link does not say which relay to use (no via=)") }
+        let room = hex(link.room)
+        let inbox = Inbox()
+        let engine = try open(store, transport, url: url, room: room, inbox: inbox)
+        defer { engine.close() }
+        let flow = try PairingFlow(joining: link, store: store)
+        try engine.send(room, try flow.start())
+        let deadline = Clock.monotonicNanoseconds() + UInt64(timeout * 1e9)
+        while let frame = inbox.take(until: deadline) {
+            switch try flow.receive(frame) {
+            case .send(let reply): try engine.send(room, reply)
+            case .paired(let device, _): return device
+            }
+        }
+        throw MasqError(.timeout, "no answer from the other device through \(url) (is `masq pair` still waiting there?)")
+    }
+}
+
+#if canImport(Glibc)
+import Glibc
+#endif
