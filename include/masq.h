@@ -265,8 +265,10 @@ int masq_list_namespaces(masq_store *store, masq_namespace_fn fn, void *ctx);
 /* ------------------------------------------------------------------------ */
 /* Watching for changes                                                     */
 
-#define MASQ_CHANGE_PUT 1    /* key now holds value                          */
-#define MASQ_CHANGE_DELETE 2 /* key was deleted (value is NULL)              */
+#define MASQ_CHANGE_PUT 1      /* key now holds value                        */
+#define MASQ_CHANGE_DELETE 2   /* key was deleted (value is NULL)            */
+#define MASQ_CHANGE_CONFLICT 3 /* two devices wrote the key concurrently: value
+                                  (NULL if deleted) won, lost_value lost       */
 
 #define MASQ_ORIGIN_LOCAL 1  /* written through this store handle            */
 #define MASQ_ORIGIN_REMOTE 2 /* arrived from another replica by sync         */
@@ -284,6 +286,10 @@ typedef struct masq_change {
     size_t value_len;
     uint64_t timestamp;    /* hybrid logical clock timestamp of the write    */
     uint64_t replica;      /* replica id of the writer                       */
+    /* MASQ_CHANGE_CONFLICT only (NULL/0/0 otherwise): */
+    const uint8_t *lost_value; /* the value that lost; NULL if the loser was a delete */
+    size_t lost_value_len;
+    int lost_was_deleted;
 } masq_change;
 
 /** Receives changes. Called from a library-owned thread (never the writer's),
@@ -308,6 +314,51 @@ int masq_watch(masq_store *store, const char *ns, const uint8_t *prefix,
  * MASQ_E_NOT_FOUND for an unknown id. Thread-safe.
  */
 int masq_unwatch(masq_store *store, uint64_t watch_id);
+
+/* ------------------------------------------------------------------------ */
+/* Counters                                                                 */
+
+/**
+ * Add delta (may be negative) to the counter at key. Counters merge across
+ * devices so that concurrent additions all count. A key holding a plain value
+ * is MASQ_E_INVALID (and masq_put on a counter key is too); masq_delete
+ * resets a counter to 0. masq_get returns a counter's total as decimal text.
+ * Thread-safe.
+ */
+int masq_counter_add(masq_store *store, const char *ns, const uint8_t *key, size_t key_len, int64_t delta);
+
+/** The counter's total into *value_out (0 for an absent key). Thread-safe. */
+int masq_counter_get(masq_store *store, const char *ns, const uint8_t *key, size_t key_len, int64_t *value_out);
+
+/* ------------------------------------------------------------------------ */
+/* Sync                                                                     */
+
+/**
+ * Sync with the paired devices over the config's "transports" (e.g. the
+ * relay plugin with option "url"), in the background, until masq_sync_stop
+ * or masq_close. Changes from other devices reach masq_watch callbacks with
+ * MASQ_ORIGIN_REMOTE. MASQ_E_CONFIG without a transport; MASQ_E_BUSY if
+ * already running. Thread-safe.
+ */
+int masq_sync_start(masq_store *store);
+
+/** Stop background sync (no callback runs after it returns). Thread-safe. */
+int masq_sync_stop(masq_store *store);
+
+/** Sync once: catch up with every paired device present on the relay, then
+ *  return. MASQ_E_TIMEOUT after timeout_seconds. Thread-safe. */
+int masq_sync_once(masq_store *store, double timeout_seconds);
+
+/** Sync status as JSON: {"running", "connected", "devices": [{"device_id",
+ *  "name", "present", "they_lack", "we_lack", "last_sync"}]}. masq_free. */
+int masq_sync_status(masq_store *store, char **json_out);
+
+/** Called as commits from a device arrive: what arrived so far and what that
+ *  device announced this one still lacks. From a library thread. */
+typedef void (*masq_progress_fn)(void *ctx, const char *device_id, uint64_t received, uint64_t remaining);
+
+/** Install (fn non-NULL) or remove a progress callback for this store's sync. */
+int masq_sync_set_progress(masq_store *store, masq_progress_fn fn, void *ctx);
 
 /* ------------------------------------------------------------------------ */
 /* Plugins                                                                  */

@@ -510,3 +510,86 @@ public func masq_crypto_aead_open(_ alg: Int32, _ key: UnsafePointer<UInt8>?, _ 
         try crypto { () throws(CryptoError) in try AEAD.open(a, key: k, nonce: n, ad: aad, ciphertext: c, into: destination) }
     }
 }
+
+// MARK: - counters and sync
+
+@c @implementation
+public func masq_counter_add(_ handle: OpaquePointer?, _ ns: UnsafePointer<CChar>?, _ key: UnsafePointer<UInt8>?, _ keyLength: Int, _ delta: Int64) -> Int32 {
+    api { () throws(MasqError) in
+        let s = try store(handle)
+        try s.counterAdd(try namespace(ns, s), key: try bytesIn(key, keyLength, "key"), delta: delta)
+    }
+}
+
+@c @implementation
+public func masq_counter_get(_ handle: OpaquePointer?, _ ns: UnsafePointer<CChar>?, _ key: UnsafePointer<UInt8>?, _ keyLength: Int,
+                             _ valueOut: UnsafeMutablePointer<Int64>?) -> Int32 {
+    api { () throws(MasqError) in
+        let s = try store(handle)
+        let out = try required(valueOut, "value_out")
+        out.pointee = try s.counterGet(try namespace(ns, s), key: try bytesIn(key, keyLength, "key"))
+    }
+}
+
+@c @implementation
+public func masq_sync_start(_ handle: OpaquePointer?) -> Int32 {
+    api { () throws(MasqError) in
+        let s = try store(handle)
+        try s.syncSlot.start(s)
+    }
+}
+
+@c @implementation
+public func masq_sync_stop(_ handle: OpaquePointer?) -> Int32 {
+    api { () throws(MasqError) in try store(handle).syncSlot.stop() }
+}
+
+@c @implementation
+public func masq_sync_once(_ handle: OpaquePointer?, _ timeoutSeconds: Double) -> Int32 {
+    api { () throws(MasqError) in
+        let s = try store(handle)
+        guard timeoutSeconds > 0 && timeoutSeconds <= 86_400 else { throw .invalid("timeout must be 0...86400 seconds") }
+        let service = try SyncService(store: s)
+        service.engine.onProgress = s.syncSlot.progress
+        guard try service.syncOnce(timeout: timeoutSeconds) else { throw MasqError(.timeout, "not caught up after \(timeoutSeconds) s") }
+    }
+}
+
+@c @implementation
+public func masq_sync_status(_ handle: OpaquePointer?, _ jsonOut: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
+    jsonOut?.pointee = nil
+    return api { () throws(MasqError) in
+        let s = try store(handle)
+        let out = try required(jsonOut, "json_out")
+        let running = s.syncSlot.running
+        let live = try running?.status()
+        var rows: [String] = []
+        for d in try s.devices() {
+            let row = live?.devices.first { $0.deviceID == d.deviceID }
+            let ack = try s.acknowledgement(of: d.deviceID)
+            rows.append("{\"device_id\": \(jsonString(d.deviceID)), \"name\": \(jsonString(d.name)), \"present\": \(row?.present ?? false), "
+                + "\"they_lack\": \(row?.theyLack ?? 0), \"we_lack\": \(row?.weLack ?? 0), \"last_sync\": \(ack?.at ?? 0)}")
+        }
+        try giveText("{\"running\": \(running != nil), \"connected\": \(live?.connected ?? false), \"devices\": [\(rows.joined(separator: ", "))]}", out)
+    }
+}
+
+/// Carries a C progress callback into Swift.
+private struct ProgressCallback: @unchecked Sendable {
+    let function: masq_progress_fn
+    let context: UnsafeMutableRawPointer?
+}
+
+@c @implementation
+public func masq_sync_set_progress(_ handle: OpaquePointer?, _ fn: masq_progress_fn?, _ ctx: UnsafeMutableRawPointer?) -> Int32 {
+    api { () throws(MasqError) in
+        let s = try store(handle)
+        if let fn {
+            let callback = ProgressCallback(function: fn, context: ctx)
+            s.syncSlot.progress = { p in p.device.withCString { callback.function(callback.context, $0, p.received, p.remaining) } }
+        } else {
+            s.syncSlot.progress = nil
+        }
+        s.syncSlot.running?.engine.onProgress = s.syncSlot.progress
+    }
+}

@@ -30,7 +30,7 @@ func store(_ handle: OpaquePointer?) throws(MasqError) -> Store {
     return Unmanaged<Store>.fromOpaque(UnsafeRawPointer(handle)).takeUnretainedValue()
 }
 
-private func namespace(_ ns: UnsafePointer<CChar>?, _ store: Store) throws(MasqError) -> NamespaceName {
+func namespace(_ ns: UnsafePointer<CChar>?, _ store: Store) throws(MasqError) -> NamespaceName {
     guard let ns else { throw .invalid("namespace is NULL") }
     let length = strnlen(ns, store.limits.maxNamespaceBytes + 1)
     return try NamespaceName(utf8: Array(UnsafeRawBufferPointer(start: ns, count: length)), limits: store.limits)
@@ -335,7 +335,12 @@ public func masq_watch(_ handle: OpaquePointer?, _ ns: UnsafePointer<CChar>?, _ 
                         c.value_len = value?.count ?? 0
                         c.timestamp = change.version.timestamp
                         c.replica = change.version.replica
-                        callback.function(callback.context, &c)
+                        c.lost_was_deleted = change.lostWasDeleted ? 1 : 0
+                        withOptionalBuffer(change.lostValue) { lost in
+                            c.lost_value = lost.map { $0.baseAddress ?? key.baseAddress } ?? nil
+                            c.lost_value_len = lost?.count ?? 0
+                            callback.function(callback.context, &c)
+                        }
                     }
                 }
             }

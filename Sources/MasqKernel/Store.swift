@@ -40,6 +40,8 @@ public final class Store: @unchecked Sendable {
     }
     /// This device's long-term keys (nil while locked).
     public internal(set) var identity: DeviceIdentity?
+    /// Background sync started through the C API (masq_sync_start).
+    let syncSlot = SyncSlot()
 
     /// Entries per chunk when listing without holding the lock throughout.
     static let listChunk = 256
@@ -103,6 +105,7 @@ public final class Store: @unchecked Sendable {
     /// Close the engine after queued watch callbacks ran. Idempotent.
     public func close() throws(MasqError) {
         guard !hub.isCallbackThread else { throw MasqError(.busy, "cannot close a store from inside its own watch callback") }
+        syncSlot.stop()
         hub.drain()
         lock.withLock {
             closed = true

@@ -280,3 +280,30 @@ private func hexValue(_ c: UInt8) -> UInt8? {
     default: nil
     }
 }
+
+/// The store's background sync, if any (one at a time), and its progress callback.
+final class SyncSlot: @unchecked Sendable {
+    private let lock = Lock()
+    private var service: SyncService?
+    var progress: (@Sendable (SyncEngine.Progress) -> Void)?
+
+    func start(_ store: Store) throws(MasqError) {
+        try lock.withLock { () throws(MasqError) in
+            guard service == nil else { throw MasqError(.busy, "sync is already running") }
+            let s = try SyncService(store: store)
+            s.engine.onProgress = progress
+            try s.start()
+            service = s
+        }
+    }
+
+    func stop() {
+        let s = lock.withLock { () -> SyncService? in
+            defer { service = nil }
+            return service
+        }
+        s?.stop()
+    }
+
+    var running: SyncService? { lock.withLock { service } }
+}

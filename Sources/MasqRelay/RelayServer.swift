@@ -309,6 +309,7 @@ final class RelayConnectionHandler: ChannelInboundHandler {
         case .connectionClose:
             close(context, code: .normalClosure)
         case .text:
+            server.metrics.rejectedMalformed.increment()
             reject(context, .protocolError, "text frames are not part of the protocol")
         default:
             break

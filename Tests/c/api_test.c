@@ -347,6 +347,49 @@ static void test_namespaces(void) {
     CHECK_RC(masq_close(s), MASQ_OK);
 }
 
+/* ---- counters and sync (without a transport) ---------------------------- */
+
+static void on_progress(void *ctx, const char *device, uint64_t received, uint64_t remaining) {
+    (void)ctx; (void)device; (void)received; (void)remaining;
+}
+
+static void test_counters_and_sync_api(void) {
+    masq_store *s = open_store(NULL);
+    int64_t v = -1;
+    CHECK_RC(masq_counter_get(s, "app", B("likes"), 5, &v), MASQ_OK);
+    CHECK(v == 0);
+    CHECK_RC(masq_counter_add(s, "app", B("likes"), 5, 40), MASQ_OK);
+    CHECK_RC(masq_counter_add(s, "app", B("likes"), 5, 3), MASQ_OK);
+    CHECK_RC(masq_counter_add(s, "app", B("likes"), 5, -1), MASQ_OK);
+    CHECK_RC(masq_counter_get(s, "app", B("likes"), 5, &v), MASQ_OK);
+    CHECK(v == 42);
+    CHECK(expect_value(s, "app", "likes", "42"));             /* get shows the total */
+    CHECK_RC(masq_put(s, "app", B("likes"), 5, B("x"), 1), MASQ_E_INVALID);
+    CHECK_RC(masq_put(s, "app", B("plain"), 5, B("x"), 1), MASQ_OK);
+    CHECK_RC(masq_counter_add(s, "app", B("plain"), 5, 1), MASQ_E_INVALID);
+    CHECK_RC(masq_counter_get(s, "app", B("plain"), 5, &v), MASQ_E_INVALID);
+    CHECK_RC(masq_delete(s, "app", B("likes"), 5), MASQ_OK);  /* resets */
+    CHECK_RC(masq_counter_get(s, "app", B("likes"), 5, &v), MASQ_OK);
+    CHECK(v == 0);
+    CHECK_RC(masq_counter_get(s, "app", B("likes"), 5, NULL), MASQ_E_INVALID);
+    CHECK_RC(masq_counter_add(NULL, "app", B("likes"), 5, 1), MASQ_E_INVALID);
+    CHECK_RC(masq_counter_add(s, "app", NULL, 0, 1), MASQ_E_INVALID);
+
+    CHECK_RC(masq_sync_start(s), MASQ_E_CONFIG);               /* no transport configured */
+    CHECK(strstr(masq_last_error(), "transport") != NULL);
+    CHECK_RC(masq_sync_once(s, 1), MASQ_E_CONFIG);
+    CHECK_RC(masq_sync_once(s, -1), MASQ_E_INVALID);
+    CHECK_RC(masq_sync_stop(s), MASQ_OK);
+    CHECK_RC(masq_sync_set_progress(s, on_progress, NULL), MASQ_OK);
+    CHECK_RC(masq_sync_set_progress(s, NULL, NULL), MASQ_OK);
+    char *json = NULL;
+    CHECK_RC(masq_sync_status(s, &json), MASQ_OK);
+    CHECK(json && strstr(json, "\"running\": false") && strstr(json, "\"devices\": []"));
+    masq_free(json);
+    CHECK_RC(masq_sync_status(s, NULL), MASQ_E_INVALID);
+    CHECK_RC(masq_close(s), MASQ_OK);
+}
+
 /* ---- watch --------------------------------------------------------------- */
 
 typedef struct {
@@ -537,6 +580,8 @@ int main(int argc, char **argv) {
     test_list_and_batches();
     fresh_data_dir();
     test_namespaces();
+    fresh_data_dir();
+    test_counters_and_sync_api();
     fresh_data_dir();
     test_watch();
     test_logging();

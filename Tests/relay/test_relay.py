@@ -1,0 +1,184 @@
+"""The relay against real WebSocket clients on 127.0.0.1: forwarding, every
+limit, and bad input (malformed, truncated, unknown version, oversized) —
+each answered with an ERROR frame or a close, counted in /metrics, while the
+relay keeps serving everyone else.
+
+Run: MASQ_BIN=.build/debug/masq-cli python3 -m pytest Tests/relay
+"""
+import asyncio
+import os
+import re
+import socket
+import subprocess
+import time
+import urllib.request
+
+import pytest
+
+websockets = pytest.importorskip("websockets", reason="pip install websockets")
+
+ROOM = bytes(range(16))
+
+
+def frame(kind, room=ROOM, payload=b""):
+    return bytes([1, kind, len(room)]) + room + payload
+
+
+@pytest.fixture(scope="module")
+def relay():
+    binary = os.environ.get("MASQ_BIN", ".build/debug/masq-cli")
+    proc = subprocess.Popen([binary, "relay", "--port", "0", "--max-rooms", "3", "--rate", "50", "--max-connections", "8",
+                             "--max-frame-bytes", "4096", "--idle-timeout", "2", "--ping-interval", "1", "--log-level", "error"],
+                            stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    url = re.search(r"ws://\S+", line).group(0)
+    yield url
+    proc.terminate()
+    proc.wait(5)
+
+
+def metric(url, name):
+    text = urllib.request.urlopen(url.replace("ws:", "http:") + "metrics", timeout=5).read().decode()
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name):
+            total += float(line.split()[-1])
+    return total
+
+
+def run(coro):
+    return asyncio.run(asyncio.wait_for(coro, 30))
+
+
+async def recv_frame(ws, kind, timeout=5):
+    """Next frame of `kind`, skipping presence announcements."""
+    while True:
+        message = await asyncio.wait_for(ws.recv(), timeout)
+        if message[1] == kind:
+            return message
+
+
+def test_health_and_metrics(relay):
+    http = relay.replace("ws:", "http:")
+    assert urllib.request.urlopen(http + "healthz", timeout=5).read() == b"ok\n"
+    assert "masq_relay_connections" in urllib.request.urlopen(http + "metrics", timeout=5).read().decode()
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(http + "nothing", timeout=5)
+    assert info.value.code == 404
+
+
+def test_forwarding_to_other_members_only(relay):
+    async def scenario():
+        async with websockets.connect(relay) as a, websockets.connect(relay) as b, websockets.connect(relay) as outsider:
+            await a.send(frame(1))
+            await b.send(frame(1))
+            presence = await recv_frame(a, 6)
+            assert presence[-1] in (1, 2)
+            await a.send(frame(3, payload=b"ciphertext"))
+            got = await recv_frame(b, 4)
+            assert got == frame(4, payload=b"ciphertext")
+            with pytest.raises(asyncio.TimeoutError):
+                await recv_frame(outsider, 4, timeout=0.5)
+            with pytest.raises(asyncio.TimeoutError):
+                await recv_frame(a, 4, timeout=0.3)       # no echo to the sender
+    run(scenario())
+
+
+def test_bad_input_is_answered_and_counted(relay):
+    async def scenario():
+        before = metric(relay, 'masq_relay_rejected_total{reason="malformed"}')
+        async with websockets.connect(relay) as bad, websockets.connect(relay) as a, websockets.connect(relay) as b:
+            await a.send(frame(1))
+            await b.send(frame(1))
+            for junk in [b"", b"\x01", bytes([1, 99]), bytes([1, 3, 40]) + b"short", bytes([1, 1, 0]),
+                         bytes([1, 4]) + frame(4)[2:], frame(1) + b"trailing"]:
+                await bad.send(junk)
+                error = await recv_frame(bad, 5)
+                assert error[2:4] in (b"\x00\x01",), error
+            await bad.send("text is not the protocol")
+            assert (await recv_frame(bad, 5))[2:4] == b"\x00\x01"
+            await bad.send(frame(3, payload=b"not in the room"))
+            assert (await recv_frame(bad, 5))[2:4] == b"\x00\x06"
+            # Others are still served.
+            await a.send(frame(3, payload=b"still works"))
+            assert (await recv_frame(b, 4)).endswith(b"still works")
+            # An unknown version ends the connection.
+            await bad.send(bytes([9, 3]))
+            assert (await recv_frame(bad, 5))[2:4] == b"\x00\x02"
+            with pytest.raises(websockets.ConnectionClosed):
+                await asyncio.wait_for(bad.recv(), 5)
+        assert metric(relay, 'masq_relay_rejected_total{reason="malformed"}') >= before + 9
+    run(scenario())
+
+
+def test_oversized_frames_close_only_that_connection(relay):
+    async def scenario():
+        async with websockets.connect(relay, max_size=None) as big, websockets.connect(relay) as a, websockets.connect(relay) as b:
+            await a.send(frame(1))
+            await b.send(frame(1))
+            await big.send(frame(1))
+            await big.send(frame(3, payload=b"x" * 10_000))
+            with pytest.raises(websockets.ConnectionClosed) as info:
+                while True:
+                    await asyncio.wait_for(big.recv(), 5)
+            assert info.value.rcvd is None or info.value.rcvd.code in (1002, 1009)
+            await a.send(frame(3, payload=b"after"))
+            assert (await recv_frame(b, 4)).endswith(b"after")
+    run(scenario())
+
+
+def test_room_limit(relay):
+    async def scenario():
+        async with websockets.connect(relay) as ws:
+            for i in range(3):
+                await ws.send(frame(1, room=bytes([i]) * 16))
+            await ws.send(frame(1, room=b"\x09" * 16))
+            assert (await recv_frame(ws, 5))[2:4] == b"\x00\x04"
+    run(scenario())
+
+
+def test_rate_limit(relay):
+    async def scenario():
+        async with websockets.connect(relay) as ws:
+            await ws.send(frame(1))
+            for _ in range(200):
+                await ws.send(frame(3, payload=b"flood"))
+            assert (await recv_frame(ws, 5))[2:4] == b"\x00\x05"
+        assert metric(relay, 'masq_relay_rejected_total{reason="rate"}') >= 1
+    run(scenario())
+
+
+def test_connection_limit(relay):
+    async def scenario():
+        open_ = []
+        try:
+            for _ in range(8):
+                open_.append(await websockets.connect(relay))
+            with pytest.raises(Exception) as info:
+                await websockets.connect(relay)
+            assert "503" in str(info.value)
+        finally:
+            for ws in open_:
+                await ws.close()
+    run(scenario())
+    time.sleep(0.2)
+
+
+def test_ping_pong_and_idle_timeout(relay):
+    async def scenario():
+        async with websockets.connect(relay) as ws:
+            pong = await ws.ping(b"are you there")
+            await asyncio.wait_for(pong, 5)
+    run(scenario())
+    # A client that never answers the relay's pings is closed after the idle timeout.
+    host, port = relay[5:].rstrip("/").split(":")
+    sock = socket.create_connection((host, int(port)), timeout=10)
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    assert b"101" in sock.recv(1024)
+    started = time.time()
+    while True:
+        data = sock.recv(1024)
+        if not data:
+            break
+    assert 1.5 < time.time() - started < 8
