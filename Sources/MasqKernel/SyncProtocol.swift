@@ -6,11 +6,12 @@
 ///   HELLO   (1) = u64 replica · vector(applied) · vector(collected)
 ///   COMMITS (2) = varint n · n × commit
 ///   ACK     (3) = vector(applied)
-///   SNAPSHOT(4) = u8 final · varint n · n × record · [vector(as of the snapshot) if final]
-///   commit  = u64 origin · varint seq · u64 timestamp · varint n · n × record
-///   record  = varint nsLen · ns · varint keyLen · key · u8 flags · u64 timestamp ·
-///             u64 replica · varint seq · [u64 prev ts · u64 prev replica if flags bit 1] ·
-///             varint valueLen · value
+///   SNAPSHOT(4) = u8 final · names · varint n · n × record · [vector(as of the snapshot) if final]
+///   commit  = u64 origin · varint seq · u64 timestamp · names · varint n · n × record
+///   names   = varint n · n × (varint len · UTF-8 namespace)
+///   record  = varint name index · varint keyLen · key · u8 flags ·
+///             [u64 timestamp · u64 replica · varint seq  unless flags bit 4: the commit's version] ·
+///             [u64 prev ts · u64 prev replica  if flags bit 1] · varint valueLen · value
 ///   vector  = varint n · n × (u64 replica · varint seq)
 public enum SyncFrame: Equatable, Sendable {
     case hello(replica: UInt64, applied: VersionVector, collected: VersionVector)
@@ -37,8 +38,10 @@ public enum SyncFrame: Equatable, Sendable {
                 out.appendBigEndian(c.origin)
                 out.appendVarint(c.seq)
                 out.appendBigEndian(c.timestamp)
+                let names = SyncFrame.encodeNames(c.records, into: &out)
                 out.appendVarint(UInt64(c.records.count))
-                for r in c.records { SyncFrame.encode(r, into: &out) }
+                let own = Version(timestamp: c.timestamp, replica: c.origin)
+                for r in c.records { SyncFrame.encode(r, names: names, commit: (own, c.seq), into: &out) }
             }
         case .ack(let vv):
             out.append(3)
@@ -46,27 +49,49 @@ public enum SyncFrame: Equatable, Sendable {
         case .snapshot(let records, let final):
             out.append(4)
             out.append(final == nil ? 0 : 1)
+            let names = SyncFrame.encodeNames(records, into: &out)
             out.appendVarint(UInt64(records.count))
-            for r in records { SyncFrame.encode(r, into: &out) }
+            for r in records { SyncFrame.encode(r, names: names, commit: nil, into: &out) }
             final?.encode(into: &out)
         }
         return out
     }
 
-    static func encode(_ r: SyncRecord, into out: inout [UInt8]) {
-        let ns = Array(r.namespace.utf8)
-        out.appendVarint(UInt64(ns.count))
-        out += ns
+    static let commitVersionFlag: UInt8 = 16
+
+    /// Write the namespace table of these records; returns name -> index.
+    static func encodeNames(_ records: [SyncRecord], into out: inout [UInt8]) -> [String: Int] {
+        var index: [String: Int] = [:]
+        var order: [String] = []
+        for r in records where index[r.namespace] == nil {
+            index[r.namespace] = order.count
+            order.append(r.namespace)
+        }
+        out.appendVarint(UInt64(order.count))
+        for name in order {
+            let bytes = Array(name.utf8)
+            out.appendVarint(UInt64(bytes.count))
+            out += bytes
+        }
+        return index
+    }
+
+    static func encode(_ r: SyncRecord, names: [String: Int], commit: (version: Version, seq: UInt64)?, into out: inout [UInt8]) {
+        out.appendVarint(UInt64(names[r.namespace]!))
         out.appendVarint(UInt64(r.key.count))
         out += r.key
         var flags: UInt8 = 0
         if r.header.tombstone { flags |= RecordHeader.tombstoneFlag }
         if r.header.previous != .none { flags |= RecordHeader.previousFlag }
         if r.header.counter { flags |= RecordHeader.counterFlag }
+        let ownVersion = commit.map { $0.version == r.header.version && $0.seq == r.header.seq } ?? false
+        if ownVersion { flags |= commitVersionFlag }
         out.append(flags)
-        out.appendBigEndian(r.header.version.timestamp)
-        out.appendBigEndian(r.header.version.replica)
-        out.appendVarint(r.header.seq)
+        if !ownVersion {
+            out.appendBigEndian(r.header.version.timestamp)
+            out.appendBigEndian(r.header.version.replica)
+            out.appendVarint(r.header.seq)
+        }
         if r.header.previous != .none {
             out.appendBigEndian(r.header.previous.timestamp)
             out.appendBigEndian(r.header.previous.replica)
@@ -95,9 +120,11 @@ public enum SyncFrame: Equatable, Sendable {
                     var commits: [SyncCommit] = []
                     for _ in 0..<n {
                         let origin = try r.uint64(), seq = try r.varint(), timestamp = try r.uint64()
+                        let names = try namesTable(&r, raw.count)
                         let m = try count(&r, raw.count)
                         var records: [SyncRecord] = []
-                        for _ in 0..<m { records.append(try record(&r, raw.count)) }
+                        let own = (Version(timestamp: timestamp, replica: origin), seq)
+                        for _ in 0..<m { records.append(try record(&r, raw.count, names: names, commit: own)) }
                         commits.append(SyncCommit(origin: origin, seq: seq, timestamp: timestamp, records: records))
                     }
                     frame = .commits(commits)
@@ -106,9 +133,10 @@ public enum SyncFrame: Equatable, Sendable {
                 case 4:
                     let final = try r.byte()
                     guard final <= 1 else { throw .invalid("bad snapshot flag") }
+                    let names = try namesTable(&r, raw.count)
                     let n = try count(&r, raw.count)
                     var records: [SyncRecord] = []
-                    for _ in 0..<n { records.append(try record(&r, raw.count)) }
+                    for _ in 0..<n { records.append(try record(&r, raw.count, names: names, commit: nil)) }
                     frame = .snapshot(records: records, final: final == 1 ? try VersionVector.decode(&r) : nil)
                 default:
                     throw .invalid("unknown sync frame type \(type)")
@@ -128,17 +156,35 @@ public enum SyncFrame: Equatable, Sendable {
         return Int(n)
     }
 
-    private static func record(_ r: inout ByteReader, _ total: Int) throws(MasqError) -> SyncRecord {
-        let nsLength = try count(&r, total)
-        guard nsLength > 0 && nsLength <= 255 else { throw .invalid("bad namespace length") }
-        guard let ns = String(validating: try r.bytes(nsLength), as: UTF8.self) else { throw .invalid("namespace is not UTF-8") }
+    private static func namesTable(_ r: inout ByteReader, _ total: Int) throws(MasqError) -> [String] {
+        let n = try count(&r, total)
+        var names: [String] = []
+        for _ in 0..<n {
+            let length = try count(&r, total)
+            guard length > 0 && length <= 255 else { throw .invalid("bad namespace length") }
+            guard let name = String(validating: try r.bytes(length), as: UTF8.self) else { throw .invalid("namespace is not UTF-8") }
+            names.append(name)
+        }
+        return names
+    }
+
+    private static func record(_ r: inout ByteReader, _ total: Int, names: [String], commit: (Version, UInt64)?) throws(MasqError) -> SyncRecord {
+        let index = try r.varint()
+        guard index < UInt64(names.count) else { throw .invalid("record names namespace \(index) of \(names.count)") }
+        let ns = names[Int(index)]
         let key = try r.bytes(try count(&r, total))
         let flags = try r.byte()
-        guard flags & ~(RecordHeader.tombstoneFlag | RecordHeader.previousFlag | RecordHeader.counterFlag) == 0 else {
+        guard flags & ~(RecordHeader.tombstoneFlag | RecordHeader.previousFlag | RecordHeader.counterFlag | commitVersionFlag) == 0 else {
             throw .invalid("unknown record flags \(flags)")
         }
-        let version = Version(timestamp: try r.uint64(), replica: try r.uint64())
-        let seq = try r.varint()
+        let version: Version, seq: UInt64
+        if flags & commitVersionFlag != 0 {
+            guard let commit else { throw .invalid("a snapshot record cannot borrow a commit's version") }
+            (version, seq) = commit
+        } else {
+            version = Version(timestamp: try r.uint64(), replica: try r.uint64())
+            seq = try r.varint()
+        }
         var previous = Version.none
         if flags & RecordHeader.previousFlag != 0 { previous = Version(timestamp: try r.uint64(), replica: try r.uint64()) }
         let value = try r.bytes(try count(&r, total))
