@@ -165,6 +165,11 @@ public final class SyncEngine: @unchecked Sendable {
         return out
     }
 
+    /// Whether every one of `devices` has said HELLO (so its vector is known).
+    public func heardFrom(_ devices: Set<String>) -> Bool {
+        lock.withLock { devices.allSatisfy { peers[$0]?.helloReceived == true } }
+    }
+
     /// Status toward each peer that has said HELLO: what it has, what it
     /// still lacks from us, what we still lack from it.
     public func status() throws(MasqError) -> [(device: String, connected: Bool, theyLack: UInt64, weLack: UInt64, lastSeen: UInt64)] {

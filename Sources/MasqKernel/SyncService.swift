@@ -129,7 +129,9 @@ public final class SyncService: @unchecked Sendable {
             let elapsed = Double(Clock.monotonicNanoseconds() - started) / 1e9
             let talking = s.devices.filter(\.present)
             let settled = talking.allSatisfy { $0.weLack == 0 && $0.theyLack == 0 }
-            if elapsed >= grace && settled && queue.sync(execute: { helloed.isSuperset(of: present) }) { return true }
+                && queue.sync(execute: { helloed.isSuperset(of: present) && engine.heardFrom(present) })
+            // Done when everyone answered and nothing is missing; absent devices get `grace` seconds.
+            if settled && (talking.count == s.devices.count || elapsed >= grace) { return true }
         }
         return false
     }
