@@ -29,6 +29,7 @@ struct Pair: MasqSubcommand {
                     }, onFailure: { error in writeError("masq: a pairing attempt failed: \(error.message)\n") })
                 }
                 report(device)
+                try rememberRelay(url, in: s, at: store.configPath)
                 return
             }
             let listener = try Listener(listen)
@@ -95,13 +96,7 @@ struct Join: MasqSubcommand {
                 let (transport, _) = relayTransport(s.config, explicit: via)!
                 let device = try guarded { () throws(MasqError) in try PairingRendezvous.join(store: s, link: parsed, transport: transport) }
                 report(device)
-                // From now on, sync through that relay too.
-                if s.config.transports.isEmpty {
-                    var config = s.config
-                    config.transports = [PluginReference(name: "relay", options: [("url", via)])]
-                    try guarded { () throws(MasqError) in try FileSystem.writeFile(store.configPath, Array(config.json().utf8)) }
-                    print("added the relay \(via) to \(store.configPath)")
-                }
+                try rememberRelay(via, in: s, at: store.configPath)
             }
             return
         }
@@ -207,6 +202,16 @@ func formatTime(_ ms: UInt64) -> String {
     var buffer = [CChar](repeating: 0, count: 32)
     strftime(&buffer, buffer.count, "%Y-%m-%d %H:%M UTC", &parts)
     return String(decoding: buffer.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+}
+
+/// From now on, sync through the relay the devices paired through, unless
+/// the config already names a transport.
+func rememberRelay(_ url: String, in store: Store, at configPath: String) throws {
+    guard store.config.transports.isEmpty else { return }
+    var config = store.config
+    config.transports = [PluginReference(name: "relay", options: [("url", url)])]
+    try guarded { () throws(MasqError) in try FileSystem.writeFile(configPath, Array(config.json().utf8)) }
+    print("added the relay \(url) to \(configPath)")
 }
 
 /// The relay transport to pair or sync through: `explicit` URL (with the

@@ -22,6 +22,9 @@ public struct RelayConfiguration: Sendable {
     /// A connection silent (no frame, no pong) this long is closed.
     public var idleTimeoutSeconds: Int64 = 120
     public var pingIntervalSeconds: Int64 = 30
+    /// Bytes a connection may have queued for sending; deliveries beyond it
+    /// are dropped (counted), so one slow member cannot grow the relay.
+    public var sendBufferBytes = 256 * 1024
     /// PEM certificate chain and key: serve wss:// instead of ws://.
     public var tlsCertificatePath: String?
     public var tlsKeyPath: String?
@@ -66,34 +69,145 @@ final class RelayMetrics: @unchecked Sendable {
     }
 }
 
-/// Who is in which room. Members are channels; writes hop to each channel's
-/// event loop, so the registry can be used from any of them.
+/// One connection as a room sees it. `wire` is the context of the
+/// connection's WebSocket frame encoder: writing there sends bytes that are
+/// already a WebSocket frame, so a delivery built once is shared by every
+/// member without re-encoding. `wire` and `queued` belong to the member's
+/// event loop (see `Outbox`).
+final class Member: @unchecked Sendable {
+    let channel: Channel
+    let outbox: Outbox
+    let wire: ChannelHandlerContext
+    var queued = false
+
+    init(channel: Channel, outbox: Outbox, wire: ChannelHandlerContext) {
+        self.channel = channel
+        self.outbox = outbox
+        self.wire = wire
+    }
+}
+
+/// A room with at least one member. `members` is guarded by the registry's
+/// lock and replaced, never mutated, so a reader's snapshot stays valid.
+final class Room: @unchecked Sendable {
+    let id: [UInt8]
+    fileprivate var members: [Member] = []
+
+    init(id: [UInt8]) { self.id = id }
+
+    func matches(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        id.count == bytes.count && id.withUnsafeBytes { $0.elementsEqual(bytes) }
+    }
+}
+
+/// Who is in which room.
 final class RoomRegistry: @unchecked Sendable {
     private let lock = NIOLock()
-    private var rooms: [[UInt8]: [ObjectIdentifier: Channel]] = [:]
+    private var rooms: [[UInt8]: Room] = [:]
     let metrics: RelayMetrics
 
     init(metrics: RelayMetrics) { self.metrics = metrics }
 
-    func join(_ room: [UInt8], _ channel: Channel) -> [Channel] {
+    /// Add `member` to the room `id` (created on first join); returns the room
+    /// and its members after the join.
+    func join(_ id: [UInt8], _ member: Member) -> (Room, [Member]) {
         lock.withLock {
-            rooms[room, default: [:]][ObjectIdentifier(channel)] = channel
+            let room = rooms[id] ?? Room(id: id)
+            rooms[id] = room
+            if !room.members.contains(where: { $0 === member }) { room.members.append(member) }
             metrics.rooms.set(Int64(rooms.count))
-            return Array(rooms[room]!.values)
+            return (room, room.members)
         }
     }
 
-    func leave(_ room: [UInt8], _ channel: Channel) -> [Channel] {
+    /// Remove `member`; the room goes away with its last member. Returns the
+    /// members left.
+    func leave(_ room: Room, _ member: Member) -> [Member] {
         lock.withLock {
-            rooms[room]?[ObjectIdentifier(channel)] = nil
-            if rooms[room]?.isEmpty == true { rooms[room] = nil }
+            room.members.removeAll { $0 === member }
+            if room.members.isEmpty, rooms[room.id] === room { rooms[room.id] = nil }
             metrics.rooms.set(Int64(rooms.count))
-            return Array(rooms[room]?.values ?? [:].values)
+            return room.members
         }
     }
 
-    func members(_ room: [UInt8]) -> [Channel] {
-        lock.withLock { Array(rooms[room]?.values ?? [:].values) }
+    func members(_ room: Room) -> [Member] {
+        lock.withLock { room.members }
+    }
+}
+
+/// Deliveries waiting for a flush, one outbox per event loop, touched only on
+/// that loop. Forwarding writes to members without flushing; once the loop
+/// has handled the reads at hand, the outbox flushes each member once (one
+/// `writev` carries many deliveries) and hands deliveries for members on
+/// other loops over in one task per loop, instead of one cross-thread hop
+/// per delivery.
+final class Outbox: @unchecked Sendable {
+    let loop: EventLoop
+    let index: Int
+    var peers: [Outbox] = []
+    private let metrics: RelayMetrics
+    private var written: [Member] = []
+    private var remote: [[(Member, ByteBuffer)]]
+    private var delivered: Int64 = 0
+    private var dropped: Int64 = 0
+    private var flushScheduled = false
+
+    init(loop: EventLoop, index: Int, loops: Int, metrics: RelayMetrics) {
+        self.loop = loop
+        self.index = index
+        self.metrics = metrics
+        remote = Array(repeating: [], count: loops)
+    }
+
+    /// Queue `frame` (a whole WebSocket frame, see `Member.wire`) for
+    /// `member`; call on `loop`. The flush runs as a task, which the loop
+    /// starts after the I/O events it is handling.
+    func deliver(_ frame: ByteBuffer, to member: Member) {
+        if !flushScheduled {
+            flushScheduled = true
+            loop.execute { self.flush() }
+        }
+        if member.outbox === self {
+            write(frame, to: member)
+        } else {
+            remote[member.outbox.index].append((member, frame))
+        }
+    }
+
+    private func write(_ frame: ByteBuffer, to member: Member) {
+        // A member that cannot keep up loses frames rather than making the relay hold them.
+        guard member.channel.isWritable, member.channel.isActive else {
+            dropped += 1
+            return
+        }
+        member.wire.write(NIOAny(frame), promise: nil)
+        delivered += 1
+        if !member.queued {
+            member.queued = true
+            written.append(member)
+        }
+    }
+
+    /// Flush what this loop wrote and pass the rest to the other loops.
+    func flush() {
+        flushScheduled = false
+        for member in written {
+            member.queued = false
+            member.channel.flush()
+        }
+        written.removeAll(keepingCapacity: true)
+        for i in remote.indices where !remote[i].isEmpty {
+            let batch = remote[i]
+            remote[i].removeAll(keepingCapacity: true)
+            let peer = peers[i]
+            peer.loop.execute {
+                for (member, frame) in batch { peer.write(frame, to: member) }
+                peer.flush()
+            }
+        }
+        if delivered > 0 { metrics.deliveries.increment(by: delivered); delivered = 0 }
+        if dropped > 0 { metrics.dropped.increment(by: dropped); dropped = 0 }
     }
 }
 
@@ -102,18 +216,28 @@ final class RoomRegistry: @unchecked Sendable {
 public final class RelayServer: @unchecked Sendable {
     public let configuration: RelayConfiguration
     let logger: Logger
-    let metrics = RelayMetrics()
+    let metrics: RelayMetrics
     let registry: RoomRegistry
     let connectionCount = NIOLockedValueBox(0)
     private let group: MultiThreadedEventLoopGroup
+    private let outboxes: [ObjectIdentifier: Outbox]
     private var channel: Channel?
 
     public init(configuration: RelayConfiguration, logger: Logger = Logger(label: "masq.relay")) {
         self.configuration = configuration
         self.logger = logger
+        let metrics = RelayMetrics()
+        self.metrics = metrics
         registry = RoomRegistry(metrics: metrics)
         group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.threads))
+        let loops = Array(group.makeIterator())
+        let boxes = loops.enumerated().map { Outbox(loop: $1, index: $0, loops: loops.count, metrics: metrics) }
+        for box in boxes { box.peers = boxes }
+        outboxes = Dictionary(uniqueKeysWithValues: boxes.map { (ObjectIdentifier($0.loop), $0) })
     }
+
+    /// The outbox of the loop a channel runs on (fixed for the channel's life).
+    func outbox(for loop: EventLoop) -> Outbox { outboxes[ObjectIdentifier(loop)]! }
 
     /// Bind and serve; returns the port actually bound (for port 0).
     public func start() throws -> Int {
@@ -131,6 +255,8 @@ public final class RelayServer: @unchecked Sendable {
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(ChannelOptions.maxMessagesPerRead, value: 16)
+            .childChannelOption(ChannelOptions.writeBufferWaterMark,
+                                value: .init(low: configuration.sendBufferBytes / 2, high: configuration.sendBufferBytes))
             .childChannelInitializer { channel in
                 do {
                     if let tls { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls)) }
@@ -247,7 +373,9 @@ final class RelayConnectionHandler: ChannelInboundHandler {
     typealias OutboundOut = WebSocketFrame
 
     let server: RelayServer
-    private var rooms: Set<[UInt8]> = []
+    private var rooms: [Room] = []
+    private var member: Member!
+    private var outbox: Outbox!
     private var tokens: Double
     private var lastRefill = NIODeadline.now()
     private var pingTask: Scheduled<Void>?
@@ -261,21 +389,26 @@ final class RelayConnectionHandler: ChannelInboundHandler {
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
+        outbox = server.outbox(for: context.eventLoop)
+        guard let wire = try? context.pipeline.syncOperations.context(handlerType: WebSocketFrameEncoder.self) else {
+            preconditionFailure("the WebSocket upgrade always installs a frame encoder")
+        }
+        member = Member(channel: context.channel, outbox: outbox, wire: wire)
         logger[metadataKey: "connection"] = "\(ObjectIdentifier(context.channel).hashValue & 0xFFFFFF)"
         logger.debug("connected")
         schedulePing(context: context)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        cleanup(context.channel)
+        cleanup()
         context.fireChannelInactive()
     }
 
-    private func cleanup(_ channel: Channel) {
+    private func cleanup() {
         guard !closed else { return }
         closed = true
         pingTask?.cancel()
-        for room in rooms { announce(room, members: server.registry.leave(room, channel)) }
+        for room in rooms { announce(room, members: server.registry.leave(room, member)) }
         rooms = []
         server.connectionClosed()
         logger.debug("disconnected")
@@ -322,8 +455,15 @@ final class RelayConnectionHandler: ChannelInboundHandler {
             reject(context, .rateLimited, "more than \(server.configuration.messagesPerSecond) messages per second")
             return
         }
-        let decoded: Result<RelayFrame, RelayProtocolError> = data.withUnsafeReadableBytes { raw in Result { () throws(RelayProtocolError) in try RelayFrame.decode(raw) } }
-        switch decoded {
+        // Only the header is read: payloads are forwarded as they came, never copied.
+        let peeked = data.withUnsafeReadableBytes { raw -> Result<(UInt8, Room?, [UInt8]), RelayProtocolError> in
+            Result { () throws(RelayProtocolError) in
+                let (type, range) = try RelayFrame.peek(raw)
+                let id = UnsafeRawBufferPointer(rebasing: raw[range])
+                return (type, rooms.first { $0.matches(id) }, type <= 2 ? Array(id) : [])
+            }
+        }
+        switch peeked {
         case .failure(let error):
             server.metrics.rejectedMalformed.increment()
             if case .unsupportedVersion = error {
@@ -332,19 +472,22 @@ final class RelayConnectionHandler: ChannelInboundHandler {
             } else {
                 reject(context, .protocolError, error.description)
             }
-        case .success(.join(let room)):
-            guard rooms.contains(room) || rooms.count < server.configuration.maxRoomsPerConnection else {
+        case .success((1, let joined, let id)):
+            guard joined == nil else { return }   // already a member
+            guard rooms.count < server.configuration.maxRoomsPerConnection else {
                 server.metrics.rejectedRooms.increment()
                 reject(context, .tooManyRooms, "at most \(server.configuration.maxRoomsPerConnection) rooms per connection")
                 return
             }
-            rooms.insert(room)
-            announce(room, members: server.registry.join(room, context.channel))
-        case .success(.leave(let room)):
-            guard rooms.remove(room) != nil else { return reject(context, .notInRoom, "not in that room") }
-            announce(room, members: server.registry.leave(room, context.channel))
-        case .success(.send(let room, _)):
-            guard rooms.contains(room) else { return reject(context, .notInRoom, "join the room before sending to it") }
+            let (room, members) = server.registry.join(id, member)
+            rooms.append(room)
+            announce(room, members: members)
+        case .success((2, let joined, _)):
+            guard let room = joined else { return reject(context, .notInRoom, "not in that room") }
+            rooms.removeAll { $0 === room }
+            announce(room, members: server.registry.leave(room, member))
+        case .success((3, let joined, _)):
+            guard let room = joined else { return reject(context, .notInRoom, "join the room before sending to it") }
             forward(context, room: room, frame: data)
         case .success:
             server.metrics.rejectedMalformed.increment()
@@ -352,35 +495,41 @@ final class RelayConnectionHandler: ChannelInboundHandler {
         }
     }
 
-    /// Rewrite SEND into DELIVER in one buffer and hand it to every other member.
-    private func forward(_ context: ChannelHandlerContext, room: [UInt8], frame: ByteBuffer) {
-        var out = frame
-        out.setInteger(UInt8(4), at: out.readerIndex + 1)   // type SEND -> DELIVER; the rest is unchanged
-        let payloadBytes = frame.readableBytes - 3 - room.count
+    /// Turn SEND into DELIVER (only the type byte differs), framed for the
+    /// wire once, and queue that one buffer for every other member.
+    private func forward(_ context: ChannelHandlerContext, room: Room, frame: ByteBuffer) {
         server.metrics.framesIn.increment()
-        server.metrics.bytesIn.increment(by: Int64(payloadBytes))
-        let ws = WebSocketFrame(fin: true, opcode: .binary, data: out)
-        var delivered: Int64 = 0, dropped: Int64 = 0
-        for member in server.registry.members(room) where member !== context.channel {
-            // A member that cannot keep up loses frames rather than making the relay hold them.
-            if member.isWritable {
-                member.writeAndFlush(ws, promise: nil)
-                delivered += 1
-            } else {
-                dropped += 1
-            }
+        server.metrics.bytesIn.increment(by: Int64(frame.readableBytes - 3 - room.id.count))
+        let members = server.registry.members(room)
+        guard members.count > 1 else { return }
+        let length = frame.readableBytes
+        var wire = context.channel.allocator.buffer(capacity: length + 10)
+        wire.writeInteger(UInt8(0x82))   // FIN, binary; servers do not mask
+        if length < 126 {
+            wire.writeInteger(UInt8(length))
+        } else if length <= Int(UInt16.max) {
+            wire.writeInteger(UInt8(126))
+            wire.writeInteger(UInt16(length))
+        } else {
+            wire.writeInteger(UInt8(127))
+            wire.writeInteger(UInt64(length))
         }
-        if delivered > 0 { server.metrics.deliveries.increment(by: delivered) }
-        if dropped > 0 { server.metrics.dropped.increment(by: dropped) }
+        let typeIndex = wire.writerIndex + 1
+        var body = frame
+        wire.writeBuffer(&body)
+        wire.setInteger(UInt8(4), at: typeIndex)   // SEND -> DELIVER
+        for other in members where other !== member {
+            outbox.deliver(wire, to: other)
+        }
     }
 
     /// Tell every member of `room` how many members it now has.
-    private func announce(_ room: [UInt8], members: [Channel]) {
-        let bytes = RelayFrame.presence(room: room, members: UInt32(members.count)).encoded()
-        for member in members {
-            var buffer = member.allocator.buffer(capacity: bytes.count)
+    private func announce(_ room: Room, members: [Member]) {
+        let bytes = RelayFrame.presence(room: room.id, members: UInt32(members.count)).encoded()
+        for other in members {
+            var buffer = other.channel.allocator.buffer(capacity: bytes.count)
             buffer.writeBytes(bytes)
-            member.writeAndFlush(WebSocketFrame(fin: true, opcode: .binary, data: buffer), promise: nil)
+            other.channel.writeAndFlush(WebSocketFrame(fin: true, opcode: .binary, data: buffer), promise: nil)
         }
     }
 
@@ -395,7 +544,7 @@ final class RelayConnectionHandler: ChannelInboundHandler {
         guard !closed else { return }
         var buffer = context.channel.allocator.buffer(capacity: 2)
         buffer.write(webSocketErrorCode: code)
-        cleanup(context.channel)
+        cleanup()
         let channel = context.channel
         context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: buffer))).whenComplete { _ in
             channel.close(promise: nil)

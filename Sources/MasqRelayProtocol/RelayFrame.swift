@@ -45,38 +45,48 @@ public enum RelayFrame: Equatable, Sendable {
         return out
     }
 
-    /// Decode with every length checked; nil-free: errors say what is wrong.
-    public static func decode(_ bytes: UnsafeRawBufferPointer) throws(RelayProtocolError) -> RelayFrame {
+    /// Check a frame's header and find its room without copying anything:
+    /// what a relay needs to forward a SEND. Every check `decode` makes except
+    /// reading the body is made here, so the two always agree. ERROR frames
+    /// have no room (an empty range).
+    public static func peek(_ bytes: UnsafeRawBufferPointer) throws(RelayProtocolError) -> (type: UInt8, room: Range<Int>) {
         guard bytes.count >= 2 else { throw .malformed("frame shorter than its header") }
         guard bytes[0] == version else { throw .unsupportedVersion(bytes[0]) }
         let type = bytes[1]
-        func room() throws(RelayProtocolError) -> (room: [UInt8], end: Int) {
+        switch type {
+        case 1...4, 6:
             guard bytes.count >= 3 else { throw .malformed("missing room length") }
             let length = Int(bytes[2])
             guard length >= 1 && length <= maxRoomLength else { throw .malformed("room length \(length) is not 1...\(maxRoomLength)") }
             guard bytes.count >= 3 + length else { throw .malformed("truncated room") }
-            return (Array(bytes[3..<(3 + length)]), 3 + length)
-        }
-        switch type {
-        case 1, 2:
-            let (r, end) = try room()
-            guard end == bytes.count else { throw .malformed("trailing bytes after the room") }
-            return type == 1 ? .join(room: r) : .leave(room: r)
-        case 3, 4:
-            let (r, end) = try room()
-            let payload = Array(bytes[end...])
-            return type == 3 ? .send(room: r, payload: payload) : .deliver(room: r, payload: payload)
+            let end = 3 + length
+            if type <= 2 && end != bytes.count { throw .malformed("trailing bytes after the room") }
+            if type == 6 && bytes.count != end + 4 { throw .malformed("presence frame has the wrong length") }
+            return (type, 3..<end)
         case 5:
             guard bytes.count >= 4 else { throw .malformed("truncated error frame") }
-            let code = RelayErrorCode(rawValue: UInt16(bytes[2]) << 8 | UInt16(bytes[3])) ?? .protocolError
-            return .error(code: code, message: String(decoding: bytes[4...], as: UTF8.self))
-        case 6:
-            let (r, end) = try room()
-            guard bytes.count == end + 4 else { throw .malformed("presence frame has the wrong length") }
-            let members = UInt32(bytes[end]) << 24 | UInt32(bytes[end + 1]) << 16 | UInt32(bytes[end + 2]) << 8 | UInt32(bytes[end + 3])
-            return .presence(room: r, members: members)
+            return (type, 2..<2)
         default:
             throw .malformed("unknown frame type \(type)")
+        }
+    }
+
+    /// Decode with every length checked; nil-free: errors say what is wrong.
+    public static func decode(_ bytes: UnsafeRawBufferPointer) throws(RelayProtocolError) -> RelayFrame {
+        let (type, range) = try peek(bytes)
+        let room = Array(bytes[range])
+        switch type {
+        case 1: return .join(room: room)
+        case 2: return .leave(room: room)
+        case 3: return .send(room: room, payload: Array(bytes[range.upperBound...]))
+        case 4: return .deliver(room: room, payload: Array(bytes[range.upperBound...]))
+        case 5:
+            let code = RelayErrorCode(rawValue: UInt16(bytes[2]) << 8 | UInt16(bytes[3])) ?? .protocolError
+            return .error(code: code, message: String(decoding: bytes[4...], as: UTF8.self))
+        default:
+            let end = range.upperBound
+            let members = UInt32(bytes[end]) << 24 | UInt32(bytes[end + 1]) << 16 | UInt32(bytes[end + 2]) << 8 | UInt32(bytes[end + 3])
+            return .presence(room: room, members: members)
         }
     }
 

@@ -44,10 +44,7 @@ pair() { # offerer joiner
 }
 pair a b
 grep -q '"url": "ws://' b.json || fail "join did not record the relay in b's config"
-python3 - "$url" <<'PY'
-import json, sys
-c = json.load(open("a.json")); c["transports"] = [{"plugin": "relay", "options": {"url": sys.argv[1]}}]; json.dump(c, open("a.json", "w"))
-PY
+grep -q '"url": "ws://' a.json || fail "pair --relay did not record the relay in a's config"
 
 # 1. live: a put on A appears on B
 start_sync a.json A; start_sync b.json B

@@ -24,14 +24,17 @@ def frame(kind, room=ROOM, payload=b""):
     return bytes([1, kind, len(room)]) + room + payload
 
 
+def start_relay(*options):
+    binary = os.environ.get("MASQ_BIN", ".build/debug/masq-cli")
+    proc = subprocess.Popen([binary, "relay", "--port", "0", "--log-level", "error", *options], stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    return proc, re.search(r"ws://\S+", line).group(0)
+
+
 @pytest.fixture(scope="module")
 def relay():
-    binary = os.environ.get("MASQ_BIN", ".build/debug/masq-cli")
-    proc = subprocess.Popen([binary, "relay", "--port", "0", "--max-rooms", "3", "--rate", "50", "--max-connections", "8",
-                             "--max-frame-bytes", "4096", "--idle-timeout", "2", "--ping-interval", "1", "--log-level", "error"],
-                            stdout=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()
-    url = re.search(r"ws://\S+", line).group(0)
+    proc, url = start_relay("--max-rooms", "3", "--rate", "50", "--max-connections", "8",
+                            "--max-frame-bytes", "4096", "--idle-timeout", "2", "--ping-interval", "1")
     yield url
     proc.terminate()
     proc.wait(5)
@@ -182,3 +185,38 @@ def test_ping_pong_and_idle_timeout(relay):
         if not data:
             break
     assert 1.5 < time.time() - started < 8
+
+
+def test_slow_member_loses_deliveries_not_the_relay():
+    """A member that stops reading has deliveries dropped (counted) once its
+    send buffer is full; the others get every frame, in order."""
+    proc, url = start_relay("--send-buffer", "65536", "--rate", "100000")
+    try:
+        async def scenario():
+            host, port = url[5:].rstrip("/").split(":")
+            slow = socket.create_connection((host, int(port)), timeout=10)
+            slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            slow.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+            assert b"101" in slow.recv(4096)
+            join = frame(1)
+            slow.sendall(bytes([0x82, 0x80 | len(join), 0, 0, 0, 0]) + join)   # masked with a zero key
+            async with websockets.connect(url, max_size=None) as sender, websockets.connect(url, max_size=None) as fast:
+                await sender.send(frame(1))
+                await fast.send(frame(1))
+                while (await recv_frame(sender, 6))[-1] != 3:
+                    pass
+                body = os.urandom(4096)
+                for chunk in range(300):   # 300 x 8 x 4 KiB: far more than the slow member's buffers
+                    for i in range(8):
+                        await sender.send(frame(3, payload=(chunk * 8 + i).to_bytes(4, "big") + body))
+                    for i in range(8):
+                        got = await recv_frame(fast, 4)
+                        assert int.from_bytes(got[19:23], "big") == chunk * 8 + i
+            slow.close()
+        run(scenario())
+        assert metric(url, "masq_relay_dropped_total") > 0
+        assert metric(url, "masq_relay_deliveries_total") >= 2400
+    finally:
+        proc.terminate()
+        proc.wait(5)

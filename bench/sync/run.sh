@@ -27,10 +27,6 @@ for d in a b; do "$masq" init --config $d.json --data-dir $d --name $d >/dev/nul
 for _ in $(seq 100); do grep -q '^masq://' pair.out 2>/dev/null && break; sleep 0.1; done
 "$masq" join --config b.json "$(grep '^masq://' pair.out)" >/dev/null
 wait %2 2>/dev/null || true
-python3 - "$url" <<'PY'
-import json, sys
-c = json.load(open("a.json")); c["transports"] = [{"plugin": "relay", "options": {"url": sys.argv[1]}}]; json.dump(c, open("a.json", "w"))
-PY
 
 python3 -c "
 import sys
