@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A tour of Masq today: build, create a store, write and read from the CLI
-# and from C, list plugins, and swap the storage backend by editing config.
+# and from C, list plugins, swap the storage backend by editing config, then
+# pair a second device through a local relay and keep the two in sync.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -32,4 +33,24 @@ echo "back on sqlite:"; masq ls notes
 echo; echo "== the same store from C (examples/hello.c against libmasq.so)"
 cc -std=c11 -Iinclude examples/hello.c -L"$bin" -lmasq -Wl,-rpath,"$bin" -o "$demo/hello"
 "$demo/hello" "$demo/hello-data"
+echo; echo "== sync: a relay on 127.0.0.1 and a second device"
+trap 'kill $(jobs -p) 2>/dev/null' EXIT           # background jobs run the binary itself, so this reaches them
+"$bin/masq-cli" relay --port 0 --log-level error >"$demo/relay.out" &
+for _ in $(seq 100); do grep -q ws:// "$demo/relay.out" 2>/dev/null && break; sleep 0.1; done
+url=$(grep -o 'ws://[^ ]*' "$demo/relay.out")
+echo "relay: $url"
+masq init --config "$demo/laptop.json" --data-dir "$demo/laptop" --name laptop >/dev/null
+"$bin/masq-cli" pair --relay "$url" --no-qr >"$demo/pair.out" &
+for _ in $(seq 100); do grep -q '^masq://' "$demo/pair.out" 2>/dev/null && break; sleep 0.1; done
+masq join --config "$demo/laptop.json" "$(grep '^masq://' "$demo/pair.out")"
+wait %2
+masq devices --config "$demo/laptop.json"
+"$bin/masq-cli" sync --quiet >/dev/null &           # this device keeps syncing
+masq sync --config "$demo/laptop.json" --once       # the laptop catches up and exits
+echo "on the laptop:"; masq ls --config "$demo/laptop.json" notes -v
+masq put --config "$demo/laptop.json" notes from-laptop "written on the laptop"
+masq sync --config "$demo/laptop.json" --once --quiet
+for _ in $(seq 50); do masq get notes from-laptop >/dev/null 2>&1 && break; sleep 0.1; done
+echo "back on the first device:"; masq get notes from-laptop; echo
+masq status
 echo; echo "demo files are in $demo"

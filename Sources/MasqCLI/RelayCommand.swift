@@ -17,7 +17,7 @@ struct Relay: MasqSubcommand {
     @Option(help: "Rooms one connection may join.") var maxRooms = 16
     @Option(help: "Connections the relay accepts.") var maxConnections = 20_000
     @Option(help: "Messages per second per connection.") var rate = 2_000
-    @Option(help: "Bytes queued for one connection before deliveries to it are dropped.") var sendBuffer = 256 * 1024
+    @Option(help: "Bytes queued for one connection before deliveries to it are dropped.") var sendBuffer = 1 << 20
     @Option(help: "Seconds of silence before a connection is closed.") var idleTimeout: Int64 = 120
     @Option(help: "Seconds between pings.") var pingInterval: Int64 = 30
     @Option(help: "PEM certificate chain (enables TLS).") var tlsCert: String?

@@ -17,6 +17,10 @@ public final class SyncEngine: @unchecked Sendable {
         public var clockBound = Store.defaultClockBound
         /// Collect acknowledged tombstones after this many ACKs.
         public var collectEvery = 64
+        /// Frames unacknowledged this long are taken as lost (a relay drops
+        /// deliveries to a member that cannot keep up): the peer is resent
+        /// everything after what it acknowledged.
+        public var resendAfterMilliseconds: UInt64 = 5_000
         public init() {}
     }
 
@@ -38,6 +42,8 @@ public final class SyncEngine: @unchecked Sendable {
         var sent = VersionVector()
         var helloReceived = false
         var inFlight = 0
+        /// When the oldest unanswered frame was sent, or the last ACK came.
+        var waitingSince: UInt64 = 0
         var receivedCommits: UInt64 = 0
         var snapshotKeys: Set<SyncKey>?
         var lastSeen: UInt64 = 0
@@ -130,6 +136,7 @@ public final class SyncEngine: @unchecked Sendable {
             lock.withLock {
                 peer.theirs.merge(vv)
                 peer.inFlight = max(0, peer.inFlight - 1)
+                peer.waitingSince = Clock.unixMilliseconds()
                 // Nothing in flight but not all acknowledged: frames were lost; resend from what it has.
                 if peer.inFlight == 0 { peer.sent = peer.theirs }
                 acks += 1
@@ -163,6 +170,23 @@ public final class SyncEngine: @unchecked Sendable {
             for frame in try pump(device, peer) { out.append((device, frame)) }
         }
         return out
+    }
+
+    /// Give up waiting on frames unacknowledged for `resendAfterMilliseconds`
+    /// (lost on the way, or their ACK was): the next `pending()` resends from
+    /// what each such peer acknowledged. Returns whether any peer stalled.
+    public func resendStalled() -> Bool {
+        let now = Clock.unixMilliseconds()
+        return lock.withLock {
+            var any = false
+            for peer in peers.values where peer.connected && peer.inFlight > 0
+                && now >= peer.waitingSince + options.resendAfterMilliseconds {
+                peer.inFlight = 0
+                peer.sent = peer.theirs
+                any = true
+            }
+            return any
+        }
     }
 
     /// Whether every one of `devices` has said HELLO (so its vector is known).
@@ -204,6 +228,7 @@ public final class SyncEngine: @unchecked Sendable {
             guard !commits.isEmpty else { return out }
             lock.withLock {
                 for c in commits where c.seq > peer.sent[c.origin] { peer.sent[c.origin] = c.seq }
+                if peer.inFlight == 0 { peer.waitingSince = Clock.unixMilliseconds() }
                 peer.inFlight += 1
             }
             out.append(SyncFrame.commits(commits).encoded())
@@ -223,6 +248,7 @@ public final class SyncEngine: @unchecked Sendable {
         } while cursor != nil
         lock.withLock {
             peer.sent = vector
+            if peer.inFlight == 0 { peer.waitingSince = Clock.unixMilliseconds() }
             peer.inFlight += 1     // the final chunk is acknowledged like a batch
         }
         return frames

@@ -208,8 +208,13 @@ public final class SyncService: @unchecked Sendable {
         }
     }
 
+    /// Runs every `pollInterval`: pushes commits another process wrote, and
+    /// resends to peers whose frames went unacknowledged too long.
     private func poll() {
-        guard !stopped, let seq = try? store.syncVectors().applied[store.replicaID], seq != lastLocalSeq else { return }
+        guard !stopped else { return }
+        let stalled = engine.resendStalled()
+        let seq = (try? store.syncVectors().applied[store.replicaID]) ?? lastLocalSeq
+        guard stalled || seq != lastLocalSeq else { return }
         lastLocalSeq = seq
         pump()
     }

@@ -24,7 +24,7 @@ public struct RelayConfiguration: Sendable {
     public var pingIntervalSeconds: Int64 = 30
     /// Bytes a connection may have queued for sending; deliveries beyond it
     /// are dropped (counted), so one slow member cannot grow the relay.
-    public var sendBufferBytes = 256 * 1024
+    public var sendBufferBytes = 1 << 20
     /// PEM certificate chain and key: serve wss:// instead of ws://.
     public var tlsCertificatePath: String?
     public var tlsKeyPath: String?

@@ -128,6 +128,30 @@ final class SimulatedNetwork {
         #expect(reports.map(\.received) == reports.map(\.received).sorted())
     }
 
+    @Test func framesLostWithoutAnotherBehindThemAreResent() throws {
+        let net = try SimulatedNetwork(["A", "B"])
+        defer { net.close() }
+        net.engines["A"]!.options.maxCommitsPerFrame = 10
+        let app = try ns("app")
+        for i in 0..<100 { try net.store("A").put(app, key: [UInt8]("k\(i)"), value: [UInt8]("v")) }
+        try net.connect("A", "B")
+        // Deliver the HELLOs, then lose every COMMITS frame A sends: nothing
+        // behind them reveals a gap and the window stays full.
+        try net.deliver(net.queue.removeFirst())
+        try net.deliver(net.queue.removeFirst())
+        let lost = net.queue.filter { $0.from == "A" }.count
+        net.queue.removeAll { $0.from == "A" }
+        try net.settle()
+        #expect(lost == 4)                                   // the window
+        #expect(try net.store("B").getAll(app).isEmpty)
+        #expect(try net.engines["A"]!.pending().isEmpty)      // still waiting on the lost frames
+        net.engines["A"]!.options.resendAfterMilliseconds = 0
+        #expect(net.engines["A"]!.resendStalled())
+        try net.flushPending("A")
+        try net.settle()
+        #expect(try net.state("B") == net.state("A"))
+    }
+
     @Test func concurrentWritesConvergeAndReportConflicts() throws {
         let net = try SimulatedNetwork(["A", "B"])
         defer { net.close() }
