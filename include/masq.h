@@ -350,7 +350,12 @@ int masq_sync_stop(masq_store *store);
 int masq_sync_once(masq_store *store, double timeout_seconds);
 
 /** Sync status as JSON: {"running", "connected", "devices": [{"device_id",
- *  "name", "present", "they_lack", "we_lack", "last_sync"}]}. masq_free. */
+ *  "name", "present", "they_lack", "we_lack", "last_sync"}],
+ *  "frames_received", "frames_rejected" (room payloads the kernel refused:
+ *  malformed, unknown type, unpaired sender, failing to open),
+ *  "transports": [{"plugin", "stats": {counter: n, ...}}] (each transport
+ *  plugin's own counters, e.g. the relay plugin's "frames_rejected")}.
+ *  *json_out is the caller's to masq_free. Thread-safe. */
 int masq_sync_status(masq_store *store, char **json_out);
 
 /** Called as commits from a device arrive: what arrived so far and what that

@@ -322,6 +322,15 @@ typedef struct masq_transport_vtable {
      *  MASQ_E_BUSY if the outbound queue is full. */
     int (*send)(void *transport, const char *destination,
                 const uint8_t *frame, size_t len);
+
+    /* Appended members: the host reads one only when struct_size covers it. */
+
+    /** Optional. The transport's counters as one JSON object whose values
+     *  are unsigned integers, through sink — for example {"frames_sent": 12,
+     *  "frames_received": 9, "frames_rejected": 1, "connects": 2}. Frames the
+     *  transport refused (malformed, truncated, unknown version, unexpected)
+     *  belong in "frames_rejected". Called from any thread. */
+    int (*stats)(void *transport, masq_bytes_sink sink, void *sink_ctx);
 } masq_transport_vtable;
 
 /* ------------------------------------------------------------------------ */

@@ -570,7 +570,13 @@ public func masq_sync_status(_ handle: OpaquePointer?, _ jsonOut: UnsafeMutableP
             rows.append("{\"device_id\": \(jsonString(d.deviceID)), \"name\": \(jsonString(d.name)), \"present\": \(row?.present ?? false), "
                 + "\"they_lack\": \(row?.theyLack ?? 0), \"we_lack\": \(row?.weLack ?? 0), \"last_sync\": \(ack?.at ?? 0)}")
         }
-        try giveText("{\"running\": \(running != nil), \"connected\": \(live?.connected ?? false), \"devices\": [\(rows.joined(separator: ", "))]}", out)
+        let transports = (live?.transports ?? []).map { t in
+            let counters = t.stats.sorted { $0.key < $1.key }.map { "\(jsonString($0.key)): \($0.value)" }
+            return "{\"plugin\": \(jsonString(t.plugin)), \"stats\": {\(counters.joined(separator: ", "))}}"
+        }
+        try giveText("{\"running\": \(running != nil), \"connected\": \(live?.connected ?? false), \"devices\": [\(rows.joined(separator: ", "))], "
+            + "\"frames_received\": \(live?.framesReceived ?? 0), \"frames_rejected\": \(live?.framesRejected ?? 0), "
+            + "\"transports\": [\(transports.joined(separator: ", "))]}", out)
     }
 }
 

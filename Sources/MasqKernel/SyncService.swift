@@ -24,6 +24,12 @@ public final class SyncService: @unchecked Sendable {
         public var devices: [DeviceStatus]
         /// Local commits some present device still lacks.
         public var pending: UInt64
+        /// Room payloads received, and those refused (malformed, unknown
+        /// type, from an unpaired device, failing to open).
+        public var framesReceived: Int
+        public var framesRejected: Int
+        /// Each transport's own counters (its plugin's `stats`), by plugin name.
+        public var transports: [(plugin: String, stats: [String: UInt64])]
     }
 
     public struct DeviceStatus: Sendable {
@@ -139,14 +145,16 @@ public final class SyncService: @unchecked Sendable {
     public func status() throws(MasqError) -> Status {
         let devices = try store.devices()
         let engineStatus = Dictionary(uniqueKeysWithValues: try engine.status().map { ($0.device, $0) })
-        let (up, here) = queue.sync { (transportUp, present) }
+        let (up, here, received, rejected) = queue.sync { (transportUp, present, framesReceived, framesRejected) }
         var rows: [DeviceStatus] = []
         for d in devices {
             let e = engineStatus[d.deviceID]
             rows.append(DeviceStatus(deviceID: d.deviceID, name: d.name, present: here.contains(d.deviceID),
                                      theyLack: e?.theyLack ?? 0, weLack: e?.weLack ?? 0, lastSeen: e?.lastSeen ?? 0))
         }
-        return Status(connected: up, room: roomText, devices: rows, pending: rows.filter(\.present).map(\.theyLack).reduce(0, +))
+        return Status(connected: up, room: roomText, devices: rows, pending: rows.filter(\.present).map(\.theyLack).reduce(0, +),
+                      framesReceived: received, framesRejected: rejected + engine.rejectedFrames,
+                      transports: transports.map { ($0.0.plugin.name, $0.0.stats() ?? [:]) })
     }
 
     // MARK: - queue

@@ -1,5 +1,6 @@
 import CMasq
 import CMasqSupport
+import FoundationEssentials
 
 /// One instance of a transport plugin, called with Swift types. Received
 /// frames and peer events arrive on the plugin's threads; handlers must copy
@@ -66,6 +67,24 @@ final class TransportEngine: @unchecked Sendable {
 
     func send(_ destination: String, _ frame: [UInt8]) throws(MasqError) {
         try check(call { i in destination.withCString { d in frame.withUnsafeBufferPointer { v.send(i, d, $0.baseAddress, $0.count) } } }, "send")
+    }
+
+    /// The plugin's counters (its optional `stats` member); nil when it has
+    /// none or its answer is not a JSON object of unsigned integers.
+    func stats() -> [String: UInt64]? {
+        guard let stats = v.stats else { return nil }
+        var text: [UInt8] = []
+        let status = withUnsafeMutablePointer(to: &text) { out in
+            call { i in
+                stats(i, { raw, data, length in
+                    guard let raw, length <= 1 << 16 else { return MASQ_E_TOO_LARGE }
+                    raw.assumingMemoryBound(to: [UInt8].self).pointee += UnsafeBufferPointer(start: data, count: length)
+                    return MASQ_OK
+                }, out)
+            }
+        }
+        guard status == MASQ_OK else { return nil }
+        return try? JSONDecoder().decode([String: UInt64].self, from: Data(text))
     }
 
     private func call(_ body: (UnsafeMutableRawPointer) -> Int32) -> Int32 {

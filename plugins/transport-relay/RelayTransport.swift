@@ -67,11 +67,30 @@ final class RelayTransport: @unchecked Sendable {
         var maxBackoffMilliseconds: Int64 = 30_000
     }
 
+    /// What `stats` reports (readable from any thread).
+    struct Counters {
+        var framesSent: UInt64 = 0
+        var framesReceived: UInt64 = 0
+        /// Malformed, truncated, unknown-version, oversized or unexpected frames from the relay.
+        var framesRejected: UInt64 = 0
+        /// ERROR frames the relay answered with (rate limit, not in room…).
+        var relayErrors: UInt64 = 0
+        /// `send` calls refused because the outbound queue was full.
+        var sendsRefused: UInt64 = 0
+        var connects: UInt64 = 0
+
+        var json: String {
+            "{\"frames_sent\": \(framesSent), \"frames_received\": \(framesReceived), \"frames_rejected\": \(framesRejected), "
+                + "\"relay_errors\": \(relayErrors), \"sends_refused\": \(sendsRefused), \"connects\": \(connects)}"
+        }
+    }
+
     let host: UnsafePointer<masq_host>
     let options: Options
     let group: MultiThreadedEventLoopGroup
     let loop: EventLoop
     private let stopped = NIOLockedValueBox(false)
+    let counters = NIOLockedValueBox(Counters())
 
     // Event-loop state
     private var endpoint: Endpoint?
@@ -161,7 +180,11 @@ final class RelayTransport: @unchecked Sendable {
             self.queuedBytes += frame.count
             self.flush()
         }
-        return accepted.withLockedValue { $0 } ? MASQ_OK : host.pointee.error(host, MASQ_E_BUSY, "outbound queue full (options max_queue_frames / max_queue_bytes)")
+        guard accepted.withLockedValue({ $0 }) else {
+            counters.withLockedValue { $0.sendsRefused += 1 }
+            return host.pointee.error(host, MASQ_E_BUSY, "outbound queue full (options max_queue_frames / max_queue_bytes)")
+        }
+        return MASQ_OK
     }
 
     /// Run `body` on the event loop and wait for it (directly when already there).
@@ -223,6 +246,7 @@ final class RelayTransport: @unchecked Sendable {
     /// The WebSocket is up: join rooms, then send what waited.
     fileprivate func upgraded() {
         connected = true
+        counters.withLockedValue { $0.connects += 1 }
         backoff = options.minBackoffMilliseconds
         log(MASQ_LOG_INFO, "connected to the relay")
         for room in rooms { write(RelayFrame.join(room: room).encoded()) }
@@ -252,6 +276,7 @@ final class RelayTransport: @unchecked Sendable {
         guard connected, let channel, !queue.isEmpty else { return }
         for frame in queue { write(frame, on: channel, flush: false) }
         channel.flush()
+        counters.withLockedValue { $0.framesSent += UInt64(queue.count) }
         queue.removeAll(keepingCapacity: true)
         queuedBytes = 0
     }
@@ -269,17 +294,25 @@ final class RelayTransport: @unchecked Sendable {
         let decoded: Result<RelayFrame, RelayProtocolError> = data.withUnsafeReadableBytes { raw in Result { () throws(RelayProtocolError) in try RelayFrame.decode(raw) } }
         switch decoded {
         case .success(.deliver(let room, let payload)):
+            counters.withLockedValue { $0.framesReceived += 1 }
             let roomText = hex(room)
             payload.withUnsafeBufferPointer { p in host.pointee.frame_received(host, "relay", roomText, p.baseAddress, p.count) }
         case .success(.presence(let room, _)):
             host.pointee.peer_event(host, hex(room), MASQ_PEER_UP)
         case .success(.error(let code, let message)):
+            counters.withLockedValue { $0.relayErrors += 1 }
             log(MASQ_LOG_WARN, "relay refused a frame (\(code)): \(message)")
         case .success:
-            log(MASQ_LOG_WARN, "unexpected frame from the relay")
+            rejected("unexpected frame type from the relay")
         case .failure(let error):
-            log(MASQ_LOG_WARN, "\(error)")
+            rejected("\(error)")
         }
+    }
+
+    /// Count and log a frame refused from the relay (the connection stays up).
+    fileprivate func rejected(_ why: String) {
+        counters.withLockedValue { $0.framesRejected += 1 }
+        log(MASQ_LOG_WARN, "rejected a frame from the relay: \(why)")
     }
 
     fileprivate func ping(_ data: ByteBuffer) {
@@ -337,11 +370,17 @@ final class FrameHandler: ChannelInboundHandler {
         case .binary: transport.received(frame.unmaskedData)
         case .ping: transport.ping(frame.unmaskedData)
         case .connectionClose: context.close(promise: nil)
+        case .text: transport.rejected("text frames are not part of the protocol")
         default: break
         }
     }
 
-    func errorCaught(context: ChannelHandlerContext, error: Error) { context.close(promise: nil) }
+    /// Oversized or malformed WebSocket frames: count, drop the connection
+    /// (it reconnects with backoff).
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        if error is NIOWebSocketError { transport.rejected("\(error); reconnecting") }
+        context.close(promise: nil)
+    }
 }
 
 func hex(_ bytes: [UInt8]) -> String {
@@ -441,6 +480,11 @@ nonisolated(unsafe) private let vtable: UnsafeMutablePointer<masq_transport_vtab
     t.send = { raw, destination, frame, length in
         guard let t = transport(raw), let destination, let room = unhex(String(cString: destination)), frame != nil || length == 0 else { return MASQ_E_INVALID }
         return t.send(room, UnsafeRawBufferPointer(start: frame, count: length))
+    }
+    t.stats = { raw, sink, ctx in
+        guard let t = transport(raw), let sink else { return MASQ_E_INVALID }
+        let text = Array(t.counters.withLockedValue { $0.json }.utf8)
+        return text.withUnsafeBufferPointer { sink(ctx, $0.baseAddress, $0.count) }
     }
     v.initialize(to: t)
     return v

@@ -36,7 +36,7 @@ E_INTERNAL = 18
 LOG_ERROR, LOG_WARN, LOG_INFO, LOG_DEBUG = 0, 1, 2, 3
 LIST_KEYS_ONLY = 1
 SET_ALL_REPLACE = 1
-CHANGE_PUT, CHANGE_DELETE = 1, 2
+CHANGE_PUT, CHANGE_DELETE, CHANGE_CONFLICT = 1, 2, 3
 ORIGIN_LOCAL, ORIGIN_REMOTE = 1, 2
 PLUGIN_KIND_STORAGE, PLUGIN_KIND_TRANSPORT, PLUGIN_KIND_WALLET = 1, 2, 3
 
@@ -64,6 +64,9 @@ class Change(ctypes.Structure):
         ("value_len", ctypes.c_size_t),
         ("timestamp", ctypes.c_uint64),
         ("replica", ctypes.c_uint64),
+        ("lost_value", c_bytes_p),
+        ("lost_value_len", ctypes.c_size_t),
+        ("lost_was_deleted", ctypes.c_int),
     ]
 
 
@@ -104,6 +107,7 @@ LOG_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int, ctypes.c_char_p, 
 LIST_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, c_bytes_p, ctypes.c_size_t, c_bytes_p, ctypes.c_size_t)
 NAMESPACE_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p)
 WATCH_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.POINTER(Change))
+PROGRESS_FN = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_uint64, ctypes.c_uint64)
 PLUGIN_INFO_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(PluginInfo))
 
 _SIGNATURES = {
@@ -134,6 +138,15 @@ _SIGNATURES = {
     "masq_watch": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t,
                                   WATCH_FN, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint64)]),
     "masq_unwatch": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_uint64]),
+    # counters and sync
+    "masq_counter_add": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int64]),
+    "masq_counter_get": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t,
+                                        ctypes.POINTER(ctypes.c_int64)]),
+    "masq_sync_start": (ctypes.c_int, [ctypes.c_void_p]),
+    "masq_sync_stop": (ctypes.c_int, [ctypes.c_void_p]),
+    "masq_sync_once": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_double]),
+    "masq_sync_status": (ctypes.c_int, [ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p)]),
+    "masq_sync_set_progress": (ctypes.c_int, [ctypes.c_void_p, PROGRESS_FN, ctypes.c_void_p]),
     "masq_plugins_scan": (ctypes.c_int, [ctypes.c_char_p, PLUGIN_INFO_FN, ctypes.c_void_p]),
     # encryption at rest, devices, pairing
     "masq_unlock": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]),

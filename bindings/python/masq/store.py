@@ -11,6 +11,7 @@ from typing import Callable, Iterable, Iterator, List, Mapping, Optional, Tuple,
 from . import _native as n
 from .errors import InvalidArgumentError, check
 from .security import SecurityMixin
+from .sync import SyncMixin
 
 BytesLike = Union[bytes, bytearray, memoryview, str]
 
@@ -41,13 +42,15 @@ def version() -> str:
 @dataclass(frozen=True)
 class Change:
     """One committed change, as a watch callback receives it."""
-    kind: str                 # "put" or "delete"
+    kind: str                 # "put", "delete" or "conflict" (value won over lost_value)
     origin: str               # "local" or "remote"
     namespace: str
     key: bytes
     value: Optional[bytes]    # None for a delete
     timestamp: int            # hybrid logical clock timestamp
     replica: int              # writer's replica id
+    lost_value: Optional[bytes] = None   # "conflict": the value that lost (None if the loser was a delete)
+    lost_was_deleted: bool = False
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,7 @@ class Watch:
             self.cancel()
 
 
-class Store(SecurityMixin):
+class Store(SecurityMixin, SyncMixin):
     """An open Masq store. Thread-safe; use as a context manager or call close()."""
 
     def __init__(self, handle: ctypes.c_void_p):
@@ -285,13 +288,15 @@ class Store(SecurityMixin):
             c = change_p.contents
             try:
                 callback(Change(
-                    kind="put" if c.kind == n.CHANGE_PUT else "delete",
+                    kind={n.CHANGE_PUT: "put", n.CHANGE_DELETE: "delete"}.get(c.kind, "conflict"),
                     origin="local" if c.origin == n.ORIGIN_LOCAL else "remote",
                     namespace=c.ns.decode("utf-8"),
                     key=_copy(c.key, c.key_len),
                     value=_copy(c.value, c.value_len) if c.value else None,
                     timestamp=c.timestamp,
-                    replica=c.replica))
+                    replica=c.replica,
+                    lost_value=_copy(c.lost_value, c.lost_value_len) if c.kind == n.CHANGE_CONFLICT and c.lost_value else None,
+                    lost_was_deleted=bool(c.kind == n.CHANGE_CONFLICT and c.lost_was_deleted)))
             except Exception:  # never let an exception cross into C
                 traceback.print_exc()
 
