@@ -17,7 +17,7 @@
 
 /* ---- algorithms fetched once (fetching per call is slow in OpenSSL 3) -- */
 
-static EVP_CIPHER *chacha_cipher, *gcm128, *gcm192, *gcm256;
+static EVP_CIPHER *chacha_cipher, *chacha_stream, *gcm128, *gcm192, *gcm256;
 static EVP_MAC *hmac_mac;
 static EVP_KDF *hkdf_kdf;
 static EVP_MD *sha256_md, *sha384_md;
@@ -25,6 +25,7 @@ static pthread_once_t fetched = PTHREAD_ONCE_INIT;
 
 static void fetch_all(void) {
     chacha_cipher = EVP_CIPHER_fetch(NULL, "ChaCha20-Poly1305", NULL);
+    chacha_stream = EVP_CIPHER_fetch(NULL, "ChaCha20", NULL);
     gcm128 = EVP_CIPHER_fetch(NULL, "AES-128-GCM", NULL);
     gcm192 = EVP_CIPHER_fetch(NULL, "AES-192-GCM", NULL);
     gcm256 = EVP_CIPHER_fetch(NULL, "AES-256-GCM", NULL);
@@ -40,6 +41,7 @@ static void fetch_all(void) {
  * creating a context than encrypting a kilobyte. Freed at thread exit. */
 typedef struct {
     EVP_CIPHER_CTX *chacha;
+    EVP_CIPHER_CTX *stream;
     EVP_CIPHER_CTX *gcm256;
     EVP_MAC_CTX *hmac256;
     EVP_MAC_CTX *hmac512;
@@ -51,6 +53,7 @@ static pthread_once_t contexts_once = PTHREAD_ONCE_INIT;
 static void free_contexts(void *p) {
     thread_contexts *t = p;
     EVP_CIPHER_CTX_free(t->chacha);
+    EVP_CIPHER_CTX_free(t->stream);
     EVP_CIPHER_CTX_free(t->gcm256);
     EVP_MAC_CTX_free(t->hmac256);
     EVP_MAC_CTX_free(t->hmac512);
@@ -136,6 +139,38 @@ int masqcrypto_hmac_sha256(const uint8_t *key, size_t key_len, const uint8_t *da
 
 int masqcrypto_hmac_sha512(const uint8_t *key, size_t key_len, const uint8_t *data, size_t data_len, uint8_t out[64]) {
     return hmac(512, key, key_len, data, data_len, out);
+}
+
+int masqcrypto_chacha20(const uint8_t key[32], uint32_t counter, const uint8_t nonce[12], const uint8_t *in,
+                        uint8_t *out, size_t len) {
+    static const uint8_t zeros[256];
+    FETCH();
+    thread_contexts *t = contexts();
+    if (!t || !chacha_stream) return MASQCRYPTO_ERR;
+    if (!t->stream) {
+        EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+        if (!ctx || EVP_EncryptInit_ex2(ctx, chacha_stream, NULL, NULL, NULL) != 1) {
+            EVP_CIPHER_CTX_free(ctx);
+            return MASQCRYPTO_ERR;
+        }
+        t->stream = ctx;
+    }
+    /* OpenSSL's ChaCha20 IV is the 32-bit block counter (little-endian) then the 96-bit nonce (RFC 8439). */
+    uint8_t iv[16] = {(uint8_t)counter, (uint8_t)(counter >> 8), (uint8_t)(counter >> 16), (uint8_t)(counter >> 24)};
+    memcpy(iv + 4, nonce, 12);
+    if (EVP_EncryptInit_ex2(t->stream, NULL, key, iv, NULL) != 1) return MASQCRYPTO_ERR;
+    while (len > 0) {
+        size_t chunk = in ? (len > INT_MAX ? INT_MAX : len) : (len > sizeof zeros ? sizeof zeros : len);
+        int written = 0;
+        if (EVP_EncryptUpdate(t->stream, out, &written, in ? in : zeros, (int)chunk) != 1 || (size_t)written != chunk) {
+            OPENSSL_cleanse(iv, sizeof iv);
+            return MASQCRYPTO_ERR;
+        }
+        out += chunk;
+        if (in) in += chunk;
+        len -= chunk;
+    }
+    return MASQCRYPTO_OK;
 }
 
 int masqcrypto_hkdf_sha256(const uint8_t *salt, size_t salt_len, const uint8_t *ikm, size_t ikm_len,

@@ -1,5 +1,18 @@
 import CMasqCrypto
 
+/// ChaCha20 as a stream cipher / PRF (RFC 8439), OpenSSL's.
+public enum ChaCha20 {
+    /// The keystream from block `counter` under `key` (32 bytes) and `nonce` (12 bytes) into `out`.
+    public static func keystream(key: UnsafeRawBufferPointer, counter: UInt32 = 0, nonce: UnsafeRawBufferPointer,
+                                 into out: UnsafeMutableRawBufferPointer) {
+        precondition(key.count == 32 && nonce.count == 12)
+        let status = masqcrypto_chacha20(key.baseAddress!.assumingMemoryBound(to: UInt8.self), counter,
+                                         nonce.baseAddress!.assumingMemoryBound(to: UInt8.self), nil,
+                                         out.baseAddress?.assumingMemoryBound(to: UInt8.self), out.count)
+        precondition(status == 0, "ChaCha20 failed")
+    }
+}
+
 /// Hashes, MACs and key derivation, all OpenSSL's.
 public enum Hash {
     public static func sha256(_ data: [UInt8]) -> [UInt8] {

@@ -65,6 +65,23 @@ import Testing
         #expect(throws: CryptoError.self) { try AEAD.open(.chacha20Poly1305, key: key, nonce: nonce, ad: [1], ciphertext: expected) }
     }
 
+    @Test func chacha20KeystreamRFC8439() {
+        func keystream(_ key: [UInt8], _ counter: UInt32, _ nonce: [UInt8], _ count: Int) -> [UInt8] {
+            var out = [UInt8](repeating: 0xAA, count: count)
+            key.withUnsafeBytes { k in nonce.withUnsafeBytes { n in out.withUnsafeMutableBytes { ChaCha20.keystream(key: k, counter: counter, nonce: n, into: $0) } } }
+            return out
+        }
+        // Section 2.3.2: the block function
+        #expect(keystream(Array(0..<32), 1, hex("000000090000004a00000000"), 64)
+                == hex("10f1e7e4d13b5915500fdd1fa32071c4c7d1f4c733c068030422aa9ac3d46c4ed2826446079faa0914c2d705d98b02a2b5129cd1de164eb9cbd083e8a2503c4e"))
+        // Appendix A.1, test vector 1: all-zero key and nonce, block 0
+        #expect(keystream([UInt8](repeating: 0, count: 32), 0, [UInt8](repeating: 0, count: 12), 64)
+                == hex("76b8e0ada0f13d90405d6ae55386bd28bdd219b8a08ded1aa836efcc8b770dc7da41597c5157488d7724e03fb8d84a376a43b8f41518a11cc387b669b2ee6586"))
+        // Longer than one internal chunk, and the counter carries on across blocks.
+        let long = keystream(Array(0..<32), 0, hex("000000090000004a00000000"), 1000)
+        #expect(Array(long[64..<128]) == keystream(Array(0..<32), 1, hex("000000090000004a00000000"), 64))
+    }
+
     @Test func hkdfRFC5869() throws {
         let ikm = hex("0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b0b")
         #expect(try Hash.hkdfSHA256(salt: hex("000102030405060708090a0b0c"), ikm: ikm, info: hex("f0f1f2f3f4f5f6f7f8f9"), length: 42).bytes

@@ -27,6 +27,10 @@ int masqcrypto_sha256(const uint8_t *data, size_t len, uint8_t out[32]);
 int masqcrypto_sha384(const uint8_t *data, size_t len, uint8_t out[48]);
 int masqcrypto_hmac_sha256(const uint8_t *key, size_t key_len, const uint8_t *data, size_t data_len, uint8_t out[32]);
 int masqcrypto_hmac_sha512(const uint8_t *key, size_t key_len, const uint8_t *data, size_t data_len, uint8_t out[64]);
+/* ChaCha20 (RFC 8439) from block `counter`: out = in XOR keystream, or the
+ * keystream itself when in is NULL. */
+int masqcrypto_chacha20(const uint8_t key[32], uint32_t counter, const uint8_t nonce[12], const uint8_t *in,
+                        uint8_t *out, size_t len);
 /* HKDF-SHA256 extract-then-expand (RFC 5869). out_len <= 255 * 32. */
 int masqcrypto_hkdf_sha256(const uint8_t *salt, size_t salt_len, const uint8_t *ikm, size_t ikm_len,
                            const uint8_t *info, size_t info_len, uint8_t *out, size_t out_len);
