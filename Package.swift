@@ -18,9 +18,12 @@ let package = Package(
         .library(name: "masq", type: .dynamic, targets: ["MasqLibrary"]),
         // The command-line tool, installed as `masq`.
         .executable(name: "masq-cli", targets: ["MasqCLI"]),
+        // The local store daemon.
+        .executable(name: "masqd", targets: ["MasqDaemonMain"]),
         // First-party Swift plugins: libmasq_<kind>_<name>.so.
         .library(name: "masq_storage_sqlite", type: .dynamic, targets: ["MasqStorageSQLite"]),
         .library(name: "masq_transport_relay", type: .dynamic, targets: ["MasqTransportRelay"]),
+        .library(name: "masq_transport_localws", type: .dynamic, targets: ["MasqTransportLocalWS"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -64,6 +67,13 @@ let package = Package(
             .product(name: "Prometheus", package: "swift-prometheus"),
         ]),
 
+        // The local store daemon: profiles, app consent, the app protocol and the manager's API.
+        .target(name: "MasqDaemon", dependencies: ["MasqKernel", "MasqCrypto"], exclude: ["www"]),
+        .executableTarget(name: "MasqDaemonMain", dependencies: [
+            "MasqDaemon", "MasqKernel",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ], path: "Sources/masqd"),
+
         .executableTarget(name: "MasqCLI", dependencies: [
             "MasqKernel",
             "MasqRelay",
@@ -87,6 +97,17 @@ let package = Package(
                     .product(name: "NIOSSL", package: "swift-nio-ssl"),
                 ],
                 path: "plugins/transport-relay",
+                linkerSettings: exportsOnly("plugins/plugin-exports.map")),
+
+        .target(name: "MasqTransportLocalWS", dependencies: [
+                    "CMasqPlugin",
+                    .product(name: "NIOCore", package: "swift-nio"),
+                    .product(name: "NIOPosix", package: "swift-nio"),
+                    .product(name: "NIOHTTP1", package: "swift-nio"),
+                    .product(name: "NIOWebSocket", package: "swift-nio"),
+                    .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                ],
+                path: "plugins/transport-localws",
                 linkerSettings: exportsOnly("plugins/plugin-exports.map")),
 
         .testTarget(name: "MasqKernelTests", dependencies: ["MasqKernel", "CMasq"]),

@@ -182,6 +182,17 @@ struct masq_host {
 
     /** Transports: a peer came up or went down (MASQ_PEER_UP / _DOWN). */
     void (*peer_event)(const masq_host *host, const char *peer, int event);
+
+    /* Appended members: call one only when host->struct_size covers it. */
+
+    /** Transports: peer_event(peer, MASQ_PEER_UP) together with what the
+     *  transport knows of the new peer, as one JSON object of strings — for
+     *  a WebSocket server, e.g. {"origin": "http://localhost:8000",
+     *  "host": "127.0.0.1:7071", "path": "/", "remote": "127.0.0.1:53122"}
+     *  (a field is absent when unknown: a native client sends no origin).
+     *  The kernel copies it. A transport that calls this for a peer does not
+     *  also call peer_event(MASQ_PEER_UP) for it. */
+    void (*peer_up_info)(const masq_host *host, const char *peer, const char *info_json);
 };
 
 /* ------------------------------------------------------------------------ */
@@ -331,6 +342,12 @@ typedef struct masq_transport_vtable {
      *  transport refused (malformed, truncated, unknown version, unexpected)
      *  belong in "frames_rejected". Called from any thread. */
     int (*stats)(void *transport, masq_bytes_sink sink, void *sink_ctx);
+
+    /** Optional. Close the connection to one peer (for example an app whose
+     *  consent the user revoked); `reason` (UTF-8, may be NULL) may be shown
+     *  to it. MASQ_E_NOT_FOUND for an unknown peer. MASQ_PEER_DOWN follows.
+     *  Called from any thread. */
+    int (*disconnect)(void *transport, const char *peer, const char *reason);
 } masq_transport_vtable;
 
 /* ------------------------------------------------------------------------ */

@@ -22,14 +22,14 @@ struct Pair: MasqSubcommand {
 
     func execute() throws {
         try store.withStore { s in
-            if let (transport, url) = relayTransport(s.config, explicit: relay) {
+            if let (transport, url) = s.config.relayTransport(explicit: relay) {
                 let device = try guarded { () throws(MasqError) in
                     try PairingRendezvous.offer(store: s, transport: transport, url: url, ttl: ttl, onLink: { link in
                         show(link)
                     }, onFailure: { error in writeError("masq: a pairing attempt failed: \(error.message)\n") })
                 }
                 report(device)
-                try rememberRelay(url, in: s, at: store.configPath)
+                try rememberRelay(url, s, store.configPath)
                 return
             }
             let listener = try Listener(listen)
@@ -93,10 +93,10 @@ struct Join: MasqSubcommand {
         guard let via = parsed.via else { throw CLIError("this link does not say where the other device waits (no via=)") }
         if via.hasPrefix("ws://") || via.hasPrefix("wss://") {
             try store.withStore { s in
-                let (transport, _) = relayTransport(s.config, explicit: via)!
+                let (transport, _) = s.config.relayTransport(explicit: via)!
                 let device = try guarded { () throws(MasqError) in try PairingRendezvous.join(store: s, link: parsed, transport: transport) }
                 report(device)
-                try rememberRelay(via, in: s, at: store.configPath)
+                try rememberRelay(via, s, store.configPath)
             }
             return
         }
@@ -204,26 +204,11 @@ func formatTime(_ ms: UInt64) -> String {
     return String(decoding: buffer.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
 }
 
-/// From now on, sync through the relay the devices paired through, unless
-/// the config already names a transport.
-func rememberRelay(_ url: String, in store: Store, at configPath: String) throws {
-    guard store.config.transports.isEmpty else { return }
-    var config = store.config
-    config.transports = [PluginReference(name: "relay", options: [("url", url)])]
+
+/// Record the relay the devices paired through in the config file (when it
+/// names no transport yet), so `masq sync` uses it.
+func rememberRelay(_ url: String, _ store: Store, _ configPath: String) throws {
+    guard let config = store.config.rememberingRelay(url) else { return }
     try guarded { () throws(MasqError) in try FileSystem.writeFile(configPath, Array(config.json().utf8)) }
     print("added the relay \(url) to \(configPath)")
-}
-
-/// The relay transport to pair or sync through: `explicit` URL (with the
-/// config's relay plugin settings if any), else the config's first transport
-/// that has a url.
-func relayTransport(_ config: MasqConfig, explicit: String?) -> (PluginReference, String)? {
-    let configured = config.transports.first { t in t.options.contains { $0.key == "url" } }
-    if let explicit {
-        var reference = configured ?? PluginReference(name: "relay")
-        reference.options = reference.options.filter { $0.key != "url" } + [("url", explicit)]
-        return (reference, explicit)
-    }
-    guard let configured, let url = configured.options.first(where: { $0.key == "url" })?.value else { return nil }
-    return (configured, url)
 }

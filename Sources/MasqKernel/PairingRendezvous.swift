@@ -87,3 +87,28 @@ public enum PairingRendezvous {
 #if canImport(Glibc)
 import Glibc
 #endif
+
+extension MasqConfig {
+    /// The relay transport to pair or sync through: `explicit` URL (with the
+    /// config's relay plugin settings if any), else the config's first
+    /// transport with a "url" option. Nil when neither exists.
+    public func relayTransport(explicit: String?) -> (reference: PluginReference, url: String)? {
+        let configured = transports.first { t in t.options.contains { $0.key == "url" } }
+        if let explicit {
+            var reference = configured ?? PluginReference(name: "relay")
+            reference.options = reference.options.filter { $0.key != "url" } + [("url", explicit)]
+            return (reference, explicit)
+        }
+        guard let configured, let url = configured.options.first(where: { $0.key == "url" })?.value else { return nil }
+        return (configured, url)
+    }
+
+    /// This config syncing through the relay at `url` — nil when it already
+    /// names a transport (devices keep the relay they paired through).
+    public func rememberingRelay(_ url: String) -> MasqConfig? {
+        guard transports.isEmpty else { return nil }
+        var config = self
+        config.transports = [PluginReference(name: "relay", options: [("url", url)])]
+        return config
+    }
+}

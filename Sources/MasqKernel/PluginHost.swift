@@ -14,6 +14,8 @@ final class PluginHost: @unchecked Sendable {
     /// Transport callbacks; set before the transport starts.
     var onFrame: (@Sendable (_ peer: String, _ room: String?, _ frame: UnsafeRawBufferPointer) -> Void)?
     var onPeerEvent: (@Sendable (_ peer: String, _ event: Int32) -> Void)?
+    /// A peer came up with what the transport knows of it (JSON text).
+    var onPeerInfo: (@Sendable (_ peer: String, _ info: String) -> Void)?
 
     init(component: String, transport: Bool = false) {
         self.component = component
@@ -47,6 +49,15 @@ final class PluginHost: @unchecked Sendable {
             table.pointee.peer_event = { host, peer, event in
                 guard let me = PluginHost.from(host), let peer else { return }
                 me.onPeerEvent?(String(cString: peer), event)
+            }
+            table.pointee.peer_up_info = { host, peer, info in
+                guard let me = PluginHost.from(host), let peer else { return }
+                let text = info.map { String(cString: $0) } ?? "{}"
+                if let onPeerInfo = me.onPeerInfo {
+                    onPeerInfo(String(cString: peer), text)
+                } else {
+                    me.onPeerEvent?(String(cString: peer), MASQ_PEER_UP)
+                }
             }
         }
     }

@@ -55,4 +55,16 @@ public struct QRCode: Sendable {
         }
         return Array("P5\n\(side) \(side)\n255\n".utf8) + pixels
     }
+
+    /// An SVG image (one path of unit squares, crisp at any size): what a
+    /// web page shows.
+    public func svg(quietZone: Int = 4) -> String {
+        let side = size + 2 * quietZone
+        var path = ""
+        for y in 0..<size {
+            for x in 0..<size where isDark(x, y) { path += "M\(x + quietZone) \(y + quietZone)h1v1h-1z" }
+        }
+        return "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 \(side) \(side)\" shape-rendering=\"crispEdges\">"
+            + "<rect width=\"\(side)\" height=\"\(side)\" fill=\"#fff\"/><path fill=\"#000\" d=\"\(path)\"/></svg>"
+    }
 }

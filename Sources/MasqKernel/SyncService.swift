@@ -45,6 +45,7 @@ public final class SyncService: @unchecked Sendable {
     public let engine: SyncEngine
     private let queue = DispatchQueue(label: "masq.sync")
     private var transports: [(TransportEngine, endpoint: String?)] = []
+    private let transportReferences: [PluginReference]
     private let room: [UInt8]
     private let roomText: String
     private let me: [UInt8]
@@ -62,8 +63,11 @@ public final class SyncService: @unchecked Sendable {
     private(set) public var framesRejected = 0
 
     /// A device in no group yet gets a room of its own (pairing will share it).
-    public init(store: Store, options: SyncEngine.Options = SyncEngine.Options()) throws(MasqError) {
+    /// `transports` replaces the config's (a host that changed its config
+    /// file after opening the store, e.g. after pairing through a relay).
+    public init(store: Store, options: SyncEngine.Options = SyncEngine.Options(), transports: [PluginReference]? = nil) throws(MasqError) {
         self.store = store
+        transportReferences = transports ?? store.config.transports
         engine = SyncEngine(store: store, options: options)
         room = try store.groupRoom()
         roomText = hex(room)
@@ -77,10 +81,10 @@ public final class SyncService: @unchecked Sendable {
 
     /// Open the configured transports, join the room, announce presence.
     public func start() throws(MasqError) {
-        guard !store.config.transports.isEmpty else {
+        guard !transportReferences.isEmpty else {
             throw .config("no transport configured: add {\"plugin\": \"relay\", \"options\": {\"url\": \"ws://HOST:PORT/\"}} to \"transports\"")
         }
-        for reference in store.config.transports {
+        for reference in transportReferences {
             let endpoint = reference.options.first { $0.key == "url" }?.value
             let transport = try store.openTransport(reference, onFrame: { [weak self] _, room, frame in
                 guard let service = self else { return }

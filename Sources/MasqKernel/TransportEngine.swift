@@ -5,25 +5,32 @@ import FoundationEssentials
 /// One instance of a transport plugin, called with Swift types. Received
 /// frames and peer events arrive on the plugin's threads; handlers must copy
 /// what they need and return quickly (the kernel hops to its own queue).
-final class TransportEngine: @unchecked Sendable {
+public final class TransportEngine: @unchecked Sendable {
     let plugin: LoadedPlugin
     private let host: PluginHost
     private let v: masq_transport_vtable
     private var instance: UnsafeMutableRawPointer?
     private let lock = Lock()
 
-    var component: String { host.component }
+    /// Peer events as onPeerEvent reports them (MASQ_PEER_UP / _DOWN).
+    public static let peerUp = MASQ_PEER_UP
+    public static let peerDown = MASQ_PEER_DOWN
+
+    public var component: String { host.component }
+    public var pluginName: String { plugin.name }
     var canConnect: Bool { v.flags & MASQ_TRANSPORT_CONNECT != 0 }
     var hasRooms: Bool { v.flags & MASQ_TRANSPORT_ROOMS != 0 }
 
     init(plugin: LoadedPlugin, options: [(key: String, value: String)],
          onFrame: @escaping @Sendable (_ peer: String, _ room: String?, _ frame: [UInt8]) -> Void,
-         onPeerEvent: @escaping @Sendable (_ peer: String, _ event: Int32) -> Void) throws(MasqError) {
+         onPeerEvent: @escaping @Sendable (_ peer: String, _ event: Int32) -> Void,
+         onPeerInfo: (@Sendable (_ peer: String, _ info: String) -> Void)? = nil) throws(MasqError) {
         precondition(plugin.kind == .transport)
         self.plugin = plugin
         host = PluginHost(component: "transport:\(plugin.name)", transport: true)
         host.onFrame = { peer, room, frame in onFrame(peer, room, Array(frame)) }
         host.onPeerEvent = onPeerEvent
+        host.onPeerInfo = onPeerInfo
         v = plugin.vtable(as: masq_transport_vtable.self, zero: masq_transport_vtable())
         var handle: UnsafeMutableRawPointer?
         let status = withOptions(options) { list, count in
@@ -37,10 +44,22 @@ final class TransportEngine: @unchecked Sendable {
 
     deinit { close() }
 
-    func start() throws(MasqError) { try check(call { v.start($0) }, "start") }
+    /// Load the transport plugin `name` (or at `path`) from the config's
+    /// search path and create an instance: for hosts other than sync (the
+    /// daemon's app listener). `onPeerInfo`, when given, receives new peers
+    /// with what the transport knows of them instead of a MASQ_PEER_UP event.
+    public static func open(_ reference: PluginReference, config: MasqConfig,
+                            onFrame: @escaping @Sendable (_ peer: String, _ room: String?, _ frame: [UInt8]) -> Void,
+                            onPeerEvent: @escaping @Sendable (_ peer: String, _ event: Int32) -> Void,
+                            onPeerInfo: (@Sendable (_ peer: String, _ info: String) -> Void)? = nil) throws(MasqError) -> TransportEngine {
+        let plugin = try PluginLoader.load(reference, kind: .transport, searchPath: PluginLoader.searchPath(config: config))
+        return try TransportEngine(plugin: plugin, options: reference.options, onFrame: onFrame, onPeerEvent: onPeerEvent, onPeerInfo: onPeerInfo)
+    }
+
+    public func start() throws(MasqError) { try check(call { v.start($0) }, "start") }
 
     /// Stop I/O and release the instance; no callback runs after this returns.
-    func close() {
+    public func close() {
         let handle = lock.withLock { () -> UnsafeMutableRawPointer? in
             defer { instance = nil }
             return instance
@@ -48,6 +67,31 @@ final class TransportEngine: @unchecked Sendable {
         guard let handle else { return }
         _ = v.stop(handle)
         v.destroy(handle)
+    }
+
+    /// Accept connections on `endpoint`; returns the endpoint actually bound.
+    public func listen(_ endpoint: String) throws(MasqError) -> String {
+        guard let listen = v.listen else { throw MasqError(.unsupported, "\(component) cannot listen") }
+        var bound: [UInt8] = []
+        let status = withUnsafeMutablePointer(to: &bound) { out in
+            call { i in
+                endpoint.withCString { e in
+                    listen(i, e, { raw, data, length in
+                        guard let raw, length <= 4096 else { return MASQ_E_TOO_LARGE }
+                        raw.assumingMemoryBound(to: [UInt8].self).pointee += UnsafeBufferPointer(start: data, count: length)
+                        return MASQ_OK
+                    }, out)
+                }
+            }
+        }
+        try check(status, "listen")
+        return bound.isEmpty ? endpoint : String(decoding: bound, as: UTF8.self)
+    }
+
+    /// Close one peer's connection (the plugin's optional `disconnect`).
+    public func disconnect(_ peer: String, reason: String) throws(MasqError) {
+        guard let disconnect = v.disconnect else { throw MasqError(.unsupported, "\(component) cannot disconnect a peer") }
+        try check(call { i in peer.withCString { p in reason.withCString { disconnect(i, p, $0) } } }, "disconnect")
     }
 
     func connect(_ endpoint: String) throws(MasqError) {
@@ -65,7 +109,7 @@ final class TransportEngine: @unchecked Sendable {
         try check(call { i in room.withCString { leave(i, $0) } }, "leave")
     }
 
-    func send(_ destination: String, _ frame: [UInt8]) throws(MasqError) {
+    public func send(_ destination: String, _ frame: [UInt8]) throws(MasqError) {
         try check(call { i in destination.withCString { d in frame.withUnsafeBufferPointer { v.send(i, d, $0.baseAddress, $0.count) } } }, "send")
     }
 

@@ -1,0 +1,575 @@
+// The localhost WebSocket transport plugin: a server on loopback addresses
+// only, through which apps on this computer — native programs, or web pages
+// in any browser — reach the daemon. Every connection is a peer ("c1",
+// "c2", …) whose Origin, Host, path and address reach the host through
+// peer_up_info, so the daemon can bind consent to an origin. Plain GET
+// requests are answered from static directories (the daemon's pages and the
+// JS client). Every request must name a loopback host in its Host header,
+// which defeats DNS rebinding. It sees nothing of Masq but
+// include/masq_plugin.h.
+import CMasqPlugin
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOHTTP1
+import NIOPosix
+import NIOWebSocket
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+private let pluginName: StaticString = "localws"
+private let pluginVersion: StaticString = "1.0.0"
+private let pluginSummary: StaticString = "WebSocket server on 127.0.0.1/::1 for local apps (origin reported, static pages)"
+
+struct TransportFailure: Error {
+    let status: Int32
+    let message: String
+    init(_ status: Int32, _ message: String) {
+        self.status = status
+        self.message = message
+    }
+}
+
+/// One plugin instance: listeners, live connections, limits.
+final class LocalWebSocketTransport: @unchecked Sendable {
+    struct Options {
+        var staticDirectories: [String] = []
+        var maxMessageBytes = 1 << 20
+        var maxConnections = 256
+        /// Bytes queued for a connection that does not read before it is closed.
+        var maxQueuedBytes = 8 << 20
+        var pingIntervalSeconds: Int64 = 30
+        var idleTimeoutSeconds: Int64 = 120
+    }
+
+    struct Counters {
+        var connections: UInt64 = 0
+        var framesReceived: UInt64 = 0
+        var framesSent: UInt64 = 0
+        var framesRejected: UInt64 = 0
+        var refusedUpgrades: UInt64 = 0
+        var slowClosed: UInt64 = 0
+
+        var json: String {
+            "{\"connections\": \(connections), \"frames_received\": \(framesReceived), \"frames_sent\": \(framesSent), "
+                + "\"frames_rejected\": \(framesRejected), \"refused_upgrades\": \(refusedUpgrades), \"slow_closed\": \(slowClosed)}"
+        }
+    }
+
+    let host: UnsafePointer<masq_host>
+    let options: Options
+    let group: MultiThreadedEventLoopGroup
+    let counters = NIOLockedValueBox(Counters())
+    private let state = NIOLockedValueBox(State())
+
+    struct State {
+        var listeners: [Channel] = []
+        var peers: [String: Channel] = [:]
+        var nextPeer = 1
+        var open = 0
+        var stopped = false
+    }
+
+    init(host: UnsafePointer<masq_host>, options: Options) {
+        self.host = host
+        self.options = options
+        group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    }
+
+    // MARK: plugin entry points (any thread)
+
+    func start() -> Int32 { MASQ_OK }
+
+    func stop() -> Int32 {
+        let channels = state.withLockedValue { s -> [Channel] in
+            guard !s.stopped else { return [] }
+            s.stopped = true
+            return s.listeners + Array(s.peers.values)
+        }
+        for channel in channels { try? channel.close().wait() }
+        try? group.syncShutdownGracefully()
+        return MASQ_OK
+    }
+
+    /// Listen on a loopback endpoint: 127.0.0.1:PORT, [::1]:PORT or
+    /// localhost:PORT (both). Port 0 picks one; the bound endpoint(s) go to
+    /// `bound`, comma-separated.
+    func listen(_ endpoint: String, bound: (String) -> Void) -> Int32 {
+        guard let colon = endpoint.lastIndex(of: ":"), let port = Int(endpoint[endpoint.index(after: colon)...]), (0...65_535).contains(port) else {
+            return fail(.init(MASQ_E_INVALID, "endpoint must be 127.0.0.1:PORT, [::1]:PORT or localhost:PORT, not \(endpoint)"))
+        }
+        let name = String(endpoint[..<colon])
+        let addresses: [String]
+        switch name {
+        case "127.0.0.1": addresses = ["127.0.0.1"]
+        case "[::1]", "::1": addresses = ["::1"]
+        case "localhost": addresses = ["127.0.0.1", "::1"]
+        default:
+            return fail(.init(MASQ_E_INVALID, "the localws transport listens on loopback addresses only, not \(name)"))
+        }
+        var results: [String] = []
+        var chosen = port
+        for address in addresses {
+            do {
+                let channel = try bootstrap().bind(host: address, port: chosen).wait()
+                chosen = channel.localAddress?.port ?? chosen
+                state.withLockedValue { $0.listeners.append(channel) }
+                results.append(address.contains(":") ? "[\(address)]:\(chosen)" : "\(address):\(chosen)")
+            } catch {
+                // "localhost": one family may be missing (no IPv6); the other is enough.
+                if addresses.count == 1 || (address == addresses.last && results.isEmpty) {
+                    return fail(.init(MASQ_E_IO, "cannot listen on \(address):\(chosen): \(error)"))
+                }
+                log(MASQ_LOG_WARN, "cannot listen on \(address):\(chosen): \(error)")
+            }
+        }
+        bound(results.joined(separator: ","))
+        return MASQ_OK
+    }
+
+    /// Send one message to a peer: a text frame when it is UTF-8 (what
+    /// browsers expect of JSON), else binary.
+    func send(_ peer: String, _ bytes: UnsafeRawBufferPointer) -> Int32 {
+        guard let channel = state.withLockedValue({ $0.peers[peer] }) else {
+            return fail(.init(MASQ_E_NOT_FOUND, "no connection \(peer)"))
+        }
+        guard bytes.count <= options.maxMessageBytes else {
+            return fail(.init(MASQ_E_TOO_LARGE, "message of \(bytes.count) bytes exceeds max_message_bytes"))
+        }
+        var made = channel.allocator.buffer(capacity: bytes.count)
+        made.writeBytes(bytes)
+        let buffer = made
+        let text = String(validating: bytes, as: UTF8.self) != nil
+        let limit = options.maxQueuedBytes
+        let transport = self
+        channel.eventLoop.execute {
+            // A client that stops reading is closed, not buffered without bound.
+            if let pending = try? channel.syncOptions?.getOption(ChannelOptions.bufferedWritableBytes), pending > limit {
+                transport.counters.withLockedValue { $0.slowClosed += 1 }
+                transport.close(channel, code: .policyViolation, reason: "too many unread messages")
+                return
+            }
+            channel.writeAndFlush(WebSocketFrame(fin: true, opcode: text ? .text : .binary, data: buffer), promise: nil)
+        }
+        counters.withLockedValue { $0.framesSent += 1 }
+        return MASQ_OK
+    }
+
+    func disconnect(_ peer: String, reason: String) -> Int32 {
+        guard let channel = state.withLockedValue({ $0.peers[peer] }) else {
+            return fail(.init(MASQ_E_NOT_FOUND, "no connection \(peer)"))
+        }
+        channel.eventLoop.execute { self.close(channel, code: .policyViolation, reason: reason) }
+        return MASQ_OK
+    }
+
+    // MARK: connections (event loop)
+
+    private func bootstrap() -> ServerBootstrap {
+        let transport = self
+        return ServerBootstrap(group: group)
+            .serverChannelOption(ChannelOptions.backlog, value: 256)
+            .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+            .childChannelInitializer { channel in
+                do {
+                    try transport.configure(channel)
+                    return channel.eventLoop.makeSucceededVoidFuture()
+                } catch {
+                    return channel.eventLoop.makeFailedFuture(error)
+                }
+            }
+    }
+
+    private func configure(_ channel: Channel) throws {
+        let transport = self
+        let upgrader = NIOWebSocketServerUpgrader(
+            maxFrameSize: options.maxMessageBytes,
+            shouldUpgrade: { channel, head in
+                guard transport.loopbackHost(head.headers, channel) else {
+                    transport.counters.withLockedValue { $0.refusedUpgrades += 1 }
+                    return channel.eventLoop.makeSucceededFuture(nil)
+                }
+                let admitted = transport.state.withLockedValue { s -> Bool in
+                    guard !s.stopped, s.open < transport.options.maxConnections else { return false }
+                    s.open += 1
+                    return true
+                }
+                if !admitted { transport.counters.withLockedValue { $0.refusedUpgrades += 1 } }
+                return channel.eventLoop.makeSucceededFuture(admitted ? HTTPHeaders() : nil)
+            },
+            upgradePipelineHandler: { channel, head in
+                do {
+                    let sync = channel.pipeline.syncOperations
+                    try sync.addHandler(NIOWebSocketFrameAggregator(minNonFinalFragmentSize: 0, maxAccumulatedFrameCount: 64,
+                                                                    maxAccumulatedFrameSize: transport.options.maxMessageBytes))
+                    try sync.addHandler(IdleStateHandler(readTimeout: .seconds(transport.options.idleTimeoutSeconds)))
+                    try sync.addHandler(PeerHandler(transport: transport, request: head))
+                    return channel.eventLoop.makeSucceededVoidFuture()
+                } catch {
+                    return channel.eventLoop.makeFailedFuture(error)
+                }
+            })
+        let files = StaticFileHandler(transport: self)
+        let bound = NIOLoopBound(files, eventLoop: channel.eventLoop)
+        try channel.pipeline.syncOperations.configureHTTPServerPipeline(
+            withServerUpgrade: (upgraders: [upgrader], completionHandler: { context in
+                context.pipeline.syncOperations.removeHandler(bound.value, promise: nil)
+            }))
+        try channel.pipeline.syncOperations.addHandler(files)
+    }
+
+    /// The Host header names a loopback address with this listener's port:
+    /// a page on another name that resolves to 127.0.0.1 (DNS rebinding)
+    /// is refused.
+    func loopbackHost(_ headers: HTTPHeaders, _ channel: Channel) -> Bool {
+        guard let value = headers["host"].first, headers["host"].count == 1 else { return false }
+        let port = channel.localAddress?.port ?? -1
+        for name in ["127.0.0.1", "localhost", "[::1]"] where value == "\(name):\(port)" { return true }
+        return false
+    }
+
+    fileprivate func opened(_ channel: Channel, _ request: HTTPRequestHead) -> String {
+        let peer = state.withLockedValue { s -> String in
+            let id = "c\(s.nextPeer)"
+            s.nextPeer += 1
+            s.peers[id] = channel
+            return id
+        }
+        counters.withLockedValue { $0.connections += 1 }
+        var info: [(String, String)] = [("host", request.headers["host"].first ?? ""), ("path", request.uri)]
+        if let origin = request.headers["origin"].first { info.append(("origin", origin)) }
+        if let remote = channel.remoteAddress, let ip = remote.ipAddress, let port = remote.port {
+            info.append(("remote", ip.contains(":") ? "[\(ip)]:\(port)" : "\(ip):\(port)"))
+        }
+        let json = "{" + info.map { "\(jsonString($0.0)): \(jsonString($0.1))" }.joined(separator: ", ") + "}"
+        if host.pointee.struct_size >= UInt32(MemoryLayout<masq_host>.size), let upInfo = host.pointee.peer_up_info {
+            upInfo(host, peer, json)
+        } else {
+            host.pointee.peer_event(host, peer, MASQ_PEER_UP)
+        }
+        return peer
+    }
+
+    fileprivate func closed(_ peer: String) {
+        let known = state.withLockedValue { s -> Bool in
+            guard s.peers.removeValue(forKey: peer) != nil else { return false }
+            s.open -= 1
+            return true
+        }
+        if known { host.pointee.peer_event(host, peer, MASQ_PEER_DOWN) }
+    }
+
+    fileprivate func received(_ peer: String, _ data: ByteBuffer) {
+        counters.withLockedValue { $0.framesReceived += 1 }
+        data.withUnsafeReadableBytes { raw in
+            host.pointee.frame_received(host, peer, nil, raw.baseAddress?.assumingMemoryBound(to: UInt8.self), raw.count)
+        }
+    }
+
+    fileprivate func rejected(_ why: String) {
+        counters.withLockedValue { $0.framesRejected += 1 }
+        log(MASQ_LOG_INFO, "closed a connection: \(why)")
+    }
+
+    fileprivate func close(_ channel: Channel, code: WebSocketErrorCode, reason: String) {
+        var buffer = channel.allocator.buffer(capacity: 2 + reason.utf8.count)
+        buffer.write(webSocketErrorCode: code)
+        buffer.writeString(String(reason.utf8.prefix(120)) ?? "")
+        channel.writeAndFlush(WebSocketFrame(fin: true, opcode: .connectionClose, data: buffer)).whenComplete { _ in
+            channel.close(promise: nil)
+        }
+    }
+
+    func log(_ level: Int32, _ message: String) { host.pointee.log(host, level, message) }
+
+    func fail(_ failure: TransportFailure) -> Int32 { host.pointee.error(host, failure.status, failure.message) }
+}
+
+/// One app connection after the upgrade.
+final class PeerHandler: ChannelInboundHandler {
+    typealias InboundIn = WebSocketFrame
+    typealias OutboundOut = WebSocketFrame
+    let transport: LocalWebSocketTransport
+    let request: HTTPRequestHead
+    private var peer: String?
+    private var pingTask: Scheduled<Void>?
+
+    init(transport: LocalWebSocketTransport, request: HTTPRequestHead) {
+        self.transport = transport
+        self.request = request
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        peer = transport.opened(context.channel, request)
+        schedulePing(context)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        pingTask?.cancel()
+        if let peer { transport.closed(peer) }
+        peer = nil
+        context.fireChannelInactive()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = unwrapInboundIn(data)
+        switch frame.opcode {
+        case .text, .binary:
+            if let peer { transport.received(peer, frame.unmaskedData) }
+        case .ping:
+            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: frame.unmaskedData)), promise: nil)
+        case .connectionClose:
+            transport.close(context.channel, code: .normalClosure, reason: "")
+        default:
+            break
+        }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is IdleStateHandler.IdleStateEvent {
+            transport.close(context.channel, code: .goingAway, reason: "idle")
+        } else {
+            context.fireUserInboundEventTriggered(event)
+        }
+    }
+
+    /// Oversized or malformed frames: counted, and the connection closed.
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        transport.rejected("\(error)")
+        transport.close(context.channel, code: error is NIOWebSocketError ? .messageTooLarge : .protocolError, reason: "bad frame")
+    }
+
+    private func schedulePing(_ context: ChannelHandlerContext) {
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        pingTask = context.eventLoop.scheduleTask(in: .seconds(transport.options.pingIntervalSeconds)) {
+            let (handler, context) = bound.value
+            guard handler.peer != nil else { return }
+            context.writeAndFlush(handler.wrapOutboundOut(WebSocketFrame(fin: true, opcode: .ping, data: context.channel.allocator.buffer(capacity: 0))), promise: nil)
+            handler.schedulePing(context)
+        }
+    }
+}
+
+/// GET and HEAD for files in the static directories; anything else 404,
+/// 405, or 403 for a Host that is not loopback.
+final class StaticFileHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+    let transport: LocalWebSocketTransport
+    private var head: HTTPRequestHead?
+
+    init(transport: LocalWebSocketTransport) { self.transport = transport }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let h): head = h
+        case .body: break
+        case .end:
+            guard let head else { return }
+            self.head = nil
+            respond(context, head)
+        }
+    }
+
+    private func respond(_ context: ChannelHandlerContext, _ head: HTTPRequestHead) {
+        var headers = HTTPHeaders()
+        let status: HTTPResponseStatus
+        var body: [UInt8] = []
+        if !transport.loopbackHost(head.headers, context.channel) {
+            (status, body) = (.forbidden, Array("this server answers only to 127.0.0.1, localhost or [::1] with its port\n".utf8))
+        } else if head.headers["upgrade"].contains(where: { $0.lowercased() == "websocket" }) {
+            (status, body) = (.serviceUnavailable, Array("too many connections\n".utf8))
+        } else if head.method != .GET && head.method != .HEAD {
+            (status, body) = (.methodNotAllowed, Array("GET only\n".utf8))
+        } else if let (file, type) = lookup(head.uri) {
+            (status, body) = (.ok, file)
+            headers.add(name: "Content-Type", value: type)
+            // The JS client is imported by app pages from other origins.
+            if type.hasPrefix("text/javascript") { headers.add(name: "Access-Control-Allow-Origin", value: "*") }
+        } else {
+            (status, body) = (.notFound, Array("not found\n".utf8))
+        }
+        if headers["content-type"].isEmpty { headers.add(name: "Content-Type", value: "text/plain; charset=utf-8") }
+        headers.add(name: "Content-Length", value: String(body.count))
+        headers.add(name: "Cache-Control", value: "no-store")
+        headers.add(name: "X-Content-Type-Options", value: "nosniff")
+        headers.add(name: "X-Frame-Options", value: "DENY")
+        headers.add(name: "Referrer-Policy", value: "no-referrer")
+        headers.add(name: "Content-Security-Policy",
+                    value: "default-src 'self'; img-src 'self' data:; style-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+        headers.add(name: "Connection", value: "close")
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: status, headers: headers))), promise: nil)
+        if head.method != .HEAD {
+            var buffer = context.channel.allocator.buffer(capacity: body.count)
+            buffer.writeBytes(body)
+            context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+        }
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }
+    }
+
+    /// A file under one of the static directories: the path may hold only
+    /// [A-Za-z0-9._-/] and no ".." segment; "/" is index.html.
+    private func lookup(_ uri: String) -> ([UInt8], String)? {
+        var path = String(uri.prefix { $0 != "?" && $0 != "#" })
+        if path.hasSuffix("/") { path += "index.html" }
+        let allowed = path.utf8.allSatisfy { c in
+            (c >= 48 && c <= 57) || (c >= 65 && c <= 90) || (c >= 97 && c <= 122) || c == 46 || c == 95 || c == 45 || c == 47
+        }
+        guard allowed, path.hasPrefix("/"), !path.split(separator: "/").contains(where: { $0 == ".." || $0.hasPrefix(".") }) else { return nil }
+        let type: String
+        switch path.split(separator: ".").last ?? "" {
+        case "html": type = "text/html; charset=utf-8"
+        case "js", "mjs": type = "text/javascript; charset=utf-8"
+        case "css": type = "text/css; charset=utf-8"
+        case "svg": type = "image/svg+xml"
+        case "png": type = "image/png"
+        case "json": type = "application/json"
+        case "ico": type = "image/x-icon"
+        default: type = "application/octet-stream"
+        }
+        for directory in transport.options.staticDirectories {
+            if let bytes = readFile(directory + path, limit: 16 << 20) { return (bytes, type) }
+        }
+        return nil
+    }
+}
+
+/// A regular file's bytes (nil for anything else or beyond `limit`).
+func readFile(_ path: String, limit: Int) -> [UInt8]? {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { return nil }
+    defer { close(fd) }
+    var info = stat()
+    guard fstat(fd, &info) == 0, (info.st_mode & S_IFMT) == S_IFREG, Int(info.st_size) <= limit else { return nil }
+    var bytes = [UInt8](repeating: 0, count: Int(info.st_size))
+    var done = 0
+    while done < bytes.count {
+        let n = bytes.withUnsafeMutableBytes { read(fd, $0.baseAddress! + done, $0.count - done) }
+        guard n > 0 else { return nil }
+        done += n
+    }
+    return bytes
+}
+
+func jsonString(_ s: String) -> String {
+    var out = "\""
+    for scalar in s.unicodeScalars {
+        switch scalar {
+        case "\"": out += "\\\""
+        case "\\": out += "\\\\"
+        case "\n": out += "\\n"
+        case "\r": out += "\\r"
+        case "\t": out += "\\t"
+        default:
+            if scalar.value < 0x20 {
+                let hex = String(scalar.value, radix: 16)
+                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+            } else {
+                out.unicodeScalars.append(scalar)
+            }
+        }
+    }
+    return out + "\""
+}
+
+// MARK: - the C face
+
+private func parseOptions(_ list: UnsafePointer<masq_plugin_option>?, _ count: Int) throws(TransportFailure) -> LocalWebSocketTransport.Options {
+    var options = LocalWebSocketTransport.Options()
+    for i in 0..<count {
+        guard let list, let k = list[i].key, let v = list[i].value else { throw .init(MASQ_E_INVALID, "option \(i) is NULL") }
+        let key = String(cString: k), value = String(cString: v)
+        func number(_ range: ClosedRange<Int>) throws(TransportFailure) -> Int {
+            guard let n = Int(value), range.contains(n) else { throw .init(MASQ_E_CONFIG, "option \(key) must be \(range.lowerBound)...\(range.upperBound), not \"\(value)\"") }
+            return n
+        }
+        switch key {
+        case "data_dir": break
+        case "static_dir": options.staticDirectories += value.split(separator: ":").map(String.init)
+        case "max_message_bytes": options.maxMessageBytes = try number(256...(64 << 20))
+        case "max_connections": options.maxConnections = try number(1...100_000)
+        case "max_queued_bytes": options.maxQueuedBytes = try number(4096...(1 << 30))
+        case "ping_interval": options.pingIntervalSeconds = Int64(try number(1...3600))
+        case "idle_timeout": options.idleTimeoutSeconds = Int64(try number(1...86_400))
+        default:
+            throw .init(MASQ_E_CONFIG, "unknown option \"\(key)\" (known: static_dir, max_message_bytes, max_connections, max_queued_bytes, ping_interval, idle_timeout)")
+        }
+    }
+    return options
+}
+
+@inline(__always)
+private func transport(_ raw: UnsafeMutableRawPointer?) -> LocalWebSocketTransport? {
+    raw.map { Unmanaged<LocalWebSocketTransport>.fromOpaque($0).takeUnretainedValue() }
+}
+
+nonisolated(unsafe) private let vtable: UnsafeMutablePointer<masq_transport_vtable> = {
+    let v = UnsafeMutablePointer<masq_transport_vtable>.allocate(capacity: 1)
+    var t = masq_transport_vtable()
+    t.struct_size = UInt32(MemoryLayout<masq_transport_vtable>.size)
+    t.flags = MASQ_TRANSPORT_LISTEN
+    t.create = { host, options, count, out in
+        guard let host, let out else { return MASQ_E_INVALID }
+        guard host.pointee.frame_received != nil, host.pointee.peer_event != nil else { return MASQ_E_INVALID }
+        do throws(TransportFailure) {
+            let instance = LocalWebSocketTransport(host: host, options: try parseOptions(options, count))
+            out.pointee = Unmanaged.passRetained(instance).toOpaque()
+            return MASQ_OK
+        } catch {
+            return host.pointee.error(host, error.status, error.message)
+        }
+    }
+    t.destroy = { raw in
+        guard let raw else { return }
+        let unmanaged = Unmanaged<LocalWebSocketTransport>.fromOpaque(raw)
+        _ = unmanaged.takeUnretainedValue().stop()
+        unmanaged.release()
+    }
+    t.start = { raw in transport(raw)?.start() ?? MASQ_E_INVALID }
+    t.stop = { raw in transport(raw)?.stop() ?? MASQ_E_INVALID }
+    t.listen = { raw, endpoint, sink, ctx in
+        guard let t = transport(raw), let endpoint else { return MASQ_E_INVALID }
+        return t.listen(String(cString: endpoint)) { bound in
+            guard let sink else { return }
+            let bytes = Array(bound.utf8)
+            _ = bytes.withUnsafeBufferPointer { sink(ctx, $0.baseAddress, $0.count) }
+        }
+    }
+    t.send = { raw, destination, frame, length in
+        guard let t = transport(raw), let destination, frame != nil || length == 0 else { return MASQ_E_INVALID }
+        return t.send(String(cString: destination), UnsafeRawBufferPointer(start: frame, count: length))
+    }
+    t.stats = { raw, sink, ctx in
+        guard let t = transport(raw), let sink else { return MASQ_E_INVALID }
+        let text = Array(t.counters.withLockedValue { $0.json }.utf8)
+        return text.withUnsafeBufferPointer { sink(ctx, $0.baseAddress, $0.count) }
+    }
+    t.disconnect = { raw, peer, reason in
+        guard let t = transport(raw), let peer else { return MASQ_E_INVALID }
+        return t.disconnect(String(cString: peer), reason: reason.map { String(cString: $0) } ?? "")
+    }
+    v.initialize(to: t)
+    return v
+}()
+
+nonisolated(unsafe) private let descriptor: UnsafeMutablePointer<masq_plugin_descriptor> = {
+    let d = UnsafeMutablePointer<masq_plugin_descriptor>.allocate(capacity: 1)
+    var t = masq_plugin_descriptor()
+    t.struct_size = UInt32(MemoryLayout<masq_plugin_descriptor>.size)
+    t.abi_version = UInt32(MASQ_PLUGIN_ABI_VERSION)
+    t.kind = UInt32(MASQ_PLUGIN_TRANSPORT)
+    t.name = UnsafeRawPointer(pluginName.utf8Start).assumingMemoryBound(to: CChar.self)
+    t.version = UnsafeRawPointer(pluginVersion.utf8Start).assumingMemoryBound(to: CChar.self)
+    t.description = UnsafeRawPointer(pluginSummary.utf8Start).assumingMemoryBound(to: CChar.self)
+    t.vtable = UnsafeRawPointer(vtable)
+    d.initialize(to: t)
+    return d
+}()
+
+@c @implementation
+public func masq_plugin_entry() -> UnsafePointer<masq_plugin_descriptor>! {
+    UnsafePointer(descriptor)
+}
