@@ -32,6 +32,21 @@ final class FrameSocket {
         return try readExactly(length)
     }
 
+    /// Raw bytes (a protocol on top frames them itself).
+    func writeRaw(_ bytes: [UInt8]) throws { try writeAll(bytes) }
+
+    /// Whatever arrives next (at least one byte).
+    func readSome() throws -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: 65_536)
+        while true {
+            let n = out.withUnsafeMutableBytes { recv(fd, $0.baseAddress!, $0.count, 0) }
+            if n < 0 && errno == EINTR { continue }
+            if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) { throw CLIError("the other side stopped answering (timeout)") }
+            guard n > 0 else { throw CLIError("the other side closed the connection") }
+            return Array(out[0..<n])
+        }
+    }
+
     private func writeAll(_ bytes: [UInt8]) throws {
         var offset = 0
         while offset < bytes.count {

@@ -247,9 +247,11 @@ public final class Daemon: @unchecked Sendable {
             return .object([("state", .string("approved")), ("app", .string(app.id)), ("namespace", .string(app.namespace)),
                             ("profile", .string(profile.name)), ("locked", .bool(profile.store.isLocked))])
         }
-        let state = profile.apps.app(id)?.state.rawValue ?? "unregistered"
+        // Approved, but not proven: "token_required" (none given) or "bad_token".
+        var state = profile.apps.app(id)?.state.rawValue ?? "unregistered"
+        if state == "approved" { state = r.token == nil ? "token_required" : "bad_token" }
         c.waitingForApproval = state == "pending"
-        return .object([("state", .string(r.token == nil || state != "approved" ? state : "bad_token")), ("app", .string(id))])
+        return .object([("state", .string(state)), ("app", .string(id))])
     }
 
     private func register(_ c: Connection, _ r: Request) throws(DaemonError) -> JSON {

@@ -1,0 +1,247 @@
+// The store manager: profiles, apps and grants, devices and pairing, a data
+// browser and sync status, over masqd's admin API (docs/APP-PROTOCOL.md).
+// The admin secret arrives in the URL fragment (never sent to a server),
+// is kept in sessionStorage for reloads, and is removed from the address bar.
+// Everything an app claims about itself is shown with textContent only.
+
+const $ = (id) => document.getElementById(id);
+const secret = readSecret();
+let ws = null;
+let nextId = 1;
+const pending = new Map();
+let state = { active: null, profiles: [], apps: [], grants: [] };
+
+function readSecret() {
+  const match = /(?:^#|&)admin=([A-Za-z0-9_-]+)/.exec(location.hash);
+  if (match) {
+    sessionStorage.setItem("masq.admin", match[1]);
+    history.replaceState(null, "", location.pathname);
+    return match[1];
+  }
+  return sessionStorage.getItem("masq.admin");
+}
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") node.className = v;
+    else if (k.startsWith("data-")) node.setAttribute(k, v);
+    else node[k] = v;
+  }
+  for (const child of children) node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  return node;
+}
+
+function say(text, error = false) {
+  const box = $("message");
+  box.textContent = text;
+  box.className = error ? "message error" : "message";
+  box.hidden = !text;
+}
+
+function call(op, params = {}) {
+  return new Promise((resolve, reject) => {
+    if (!ws || ws.readyState !== WebSocket.OPEN) return reject(new Error("not connected to masqd"));
+    const id = nextId++;
+    pending.set(id, { resolve, reject });
+    ws.send(JSON.stringify({ id, op, ...params }));
+  });
+}
+
+async function act(op, params, done) {
+  try {
+    const result = await call(op, params);
+    say("");
+    if (done) await done(result);
+    return result;
+  } catch (e) {
+    say(e.message, true);
+    return null;
+  }
+}
+
+function connect() {
+  if (!secret) {
+    say("Open the manager with the link masqd printed (it carries this run's admin secret).", true);
+    return;
+  }
+  ws = new WebSocket(`ws://${location.host}/`);
+  ws.onopen = async () => {
+    try {
+      await call("admin", { secret });
+      $("connection").textContent = "connected";
+      $("connection").className = "badge ok";
+      await refresh();
+    } catch (e) {
+      say(`masqd refused the manager: ${e.message}`, true);
+    }
+  };
+  ws.onmessage = (m) => {
+    const msg = JSON.parse(m.data);
+    if (msg.event) return onEvent(msg);
+    const waiting = pending.get(msg.id);
+    if (!waiting) return;
+    pending.delete(msg.id);
+    if (msg.ok) waiting.resolve(msg.result);
+    else waiting.reject(new Error(`${msg.error.message} (${msg.error.code})`));
+  };
+  ws.onclose = () => {
+    $("connection").textContent = "disconnected";
+    $("connection").className = "badge bad";
+    for (const w of pending.values()) w.reject(new Error("connection closed"));
+    pending.clear();
+    setTimeout(connect, 1500);
+  };
+}
+
+function onEvent(msg) {
+  switch (msg.event) {
+    case "apps": refreshApps(); break;
+    case "profile": refresh(); break;
+    case "paired":
+      say(`Paired with ${msg.name} — fingerprint ${msg.fingerprint}`);
+      $("pairing").hidden = true;
+      refreshDevices();
+      refreshSync();
+      break;
+    case "pairing_failed": say(`Pairing failed: ${msg.message}`, true); break;
+    default: break;
+  }
+}
+
+async function refresh() {
+  const status = await call("profiles.list");
+  state.active = status.active;
+  state.profiles = status.profiles;
+  const select = $("profile-select");
+  select.replaceChildren(...status.profiles.map((p) => el("option", { value: p.name, selected: p.active }, p.name)));
+  const active = status.profiles.find((p) => p.active);
+  $("profile-state").textContent = active.locked ? "locked" : active.protected ? "encrypted" : "not encrypted";
+  $("profile-list").replaceChildren(...status.profiles.map((p) =>
+    el("li", {}, `${p.name}${p.active ? " (active)" : ""} — ${p.locked ? "locked" : "open"}${p.protected ? ", encrypted" : ""}`)));
+  $("lock-button").hidden = !active.protected || active.locked;
+  $("locked-panel").hidden = !active.locked;
+  $("panels").hidden = active.locked;
+  if (active.locked) return;
+  await Promise.all([refreshApps(), refreshDevices(), refreshNamespaces(), refreshSync()]);
+}
+
+async function refreshApps() {
+  const r = await call("apps.list").catch((e) => { say(e.message, true); return null; });
+  if (!r) return;
+  state.apps = r.apps;
+  state.grants = r.grants;
+  const icon = (app) => (app.icon && app.icon.startsWith("data:image/")
+    ? el("img", { class: "icon", src: app.icon, alt: "" }) : el("span", { class: "icon" }));
+
+  const waiting = r.apps.filter((a) => a.state === "pending");
+  $("pending-section").hidden = waiting.length === 0;
+  $("pending-list").replaceChildren(...waiting.map((app) => el("li", { class: "card", "data-app": app.id },
+    icon(app),
+    el("div", { class: "who" }, el("strong", {}, app.name), el("div", {}, app.description),
+      el("div", { class: "origin" }, app.kind === "web" ? `web page from ${app.id.slice(4)}` : `program calling itself ${app.id.slice(7)}`)),
+    el("button", { type: "button", "data-action": "approve", "data-app": app.id, onclick: () => act("apps.approve", { app: app.id }, refreshApps) }, "Approve"),
+    el("button", { type: "button", class: "danger", "data-action": "deny", "data-app": app.id, onclick: () => act("apps.deny", { app: app.id }, refreshApps) }, "Deny"))));
+
+  $("apps-table").tBodies[0].replaceChildren(...r.apps.map((app) => el("tr", { "data-app": app.id },
+    el("td", {}, icon(app)),
+    el("td", {}, el("strong", {}, app.name), el("div", { class: "hint" }, app.description)),
+    el("td", { class: "origin" }, app.id),
+    el("td", {}, app.state),
+    el("td", {}, String(app.connections)),
+    el("td", {}, app.state === "approved"
+      ? el("button", { type: "button", class: "danger", "data-action": "revoke", "data-app": app.id, onclick: () => act("apps.revoke", { app: app.id }, refreshApps) }, "Revoke")
+      : el("button", { type: "button", class: "secondary", "data-action": "remove", "data-app": app.id, onclick: () => act("apps.remove", { app: app.id }, refreshApps) }, "Forget")))));
+
+  const approved = r.apps.filter((a) => a.state === "approved");
+  const options = () => approved.map((a) => el("option", { value: a.id }, `${a.name} (${a.id})`));
+  $("grant-app").replaceChildren(...options());
+  $("grant-target").replaceChildren(...r.apps.map((a) => el("option", { value: a.id }, `${a.name} (${a.id})`)));
+  $("grant-list").replaceChildren(...r.grants.map((g) => el("li", {},
+    `${g.app} may ${g.access === "write" ? "read and write" : "read"} ${g.target}'s data `,
+    el("button", { type: "button", class: "secondary", onclick: () => act("apps.ungrant", { app: g.app, target: g.target }, refreshApps) }, "Remove"))));
+}
+
+async function refreshDevices() {
+  const r = await call("devices.list").catch(() => null);
+  if (!r) return;
+  $("this-device").textContent = `This device: ${r.this.name} — fingerprint ${r.this.fingerprint} ${r.this.emoji}`;
+  $("device-list").replaceChildren(...r.paired.map((d) => el("li", {},
+    `${d.name} (${d.device_id}) — ${d.fingerprint} ${d.emoji} `,
+    el("button", { type: "button", class: "danger", onclick: () => act("devices.remove", { device: d.device_id }, refreshDevices) }, "Remove"))));
+}
+
+async function refreshNamespaces() {
+  const r = await call("data.namespaces").catch(() => null);
+  if (!r) return;
+  const select = $("data-ns");
+  const current = select.value;
+  select.replaceChildren(...r.namespaces.map((ns) => el("option", { value: ns, selected: ns === current }, ns)));
+  await refreshData();
+}
+
+async function refreshData() {
+  const ns = $("data-ns").value;
+  const body = $("data-table").tBodies[0];
+  if (!ns) return body.replaceChildren();
+  const r = await call("data.list", { ns, limit: 200 }).catch(() => null);
+  if (!r) return;
+  body.replaceChildren(...r.entries.map((e) => el("tr", {},
+    el("td", { class: "value" }, e.key ?? `(base64) ${e.key_b64}`),
+    el("td", { class: "value" }, e.value ?? `(base64) ${e.value_b64}`))));
+  if (r.more) body.append(el("tr", {}, el("td", { colSpan: 2, class: "hint" }, "… more entries")));
+}
+
+async function refreshSync() {
+  const r = await call("sync.status").catch(() => null);
+  if (!r) return;
+  if (!r.running) {
+    $("sync-status").textContent = r.relay ? `Not syncing (relay ${r.relay}).` : "Not syncing: pair a device through a relay first.";
+    return;
+  }
+  const devices = r.devices.map((d) => `${d.name}: ${d.present ? "online" : "away"}, ${d.they_lack} change(s) to send`).join("; ");
+  $("sync-status").textContent = `${r.connected ? "Connected to the relay" : "Relay unreachable"}. ${devices || "No paired devices."}`;
+}
+
+// ---- forms ------------------------------------------------------------------
+
+$("profile-select").onchange = (e) => act("profiles.switch", { profile: e.target.value }, refresh);
+$("data-ns").onchange = refreshData;
+$("unlock-form").onsubmit = (e) => {
+  e.preventDefault();
+  act("profiles.unlock", { profile: state.active, passphrase: $("unlock-passphrase").value }, () => { $("unlock-passphrase").value = ""; return refresh(); });
+};
+$("lock-button").onclick = () => act("profiles.lock", { profile: state.active }, refresh);
+$("create-profile-form").onsubmit = (e) => {
+  e.preventDefault();
+  const passphrase = $("new-profile-passphrase").value;
+  act("profiles.create", { profile: $("new-profile-name").value, ...(passphrase ? { passphrase } : {}) }, () => {
+    $("new-profile-name").value = "";
+    $("new-profile-passphrase").value = "";
+    return refresh();
+  });
+};
+$("grant-form").onsubmit = (e) => {
+  e.preventDefault();
+  act("apps.grant", { app: $("grant-app").value, target: $("grant-target").value, access: $("grant-access").value }, refreshApps);
+};
+$("pair-form").onsubmit = (e) => {
+  e.preventDefault();
+  const relay = $("pair-relay").value;
+  say("Waiting for the other device…");
+  act("devices.pair", relay ? { relay } : {}, (r) => {
+    if (!r.link) return refreshDevices();   // joined at once
+    $("pair-link").textContent = r.link;
+    $("pair-qr").src = `data:image/svg+xml;base64,${btoa(r.qr_svg)}`;
+    $("pairing").hidden = false;
+    say("Pairing link ready: it works once, for 10 minutes.");
+  });
+};
+$("join-form").onsubmit = (e) => {
+  e.preventDefault();
+  say("Joining…");
+  act("devices.join", { link: $("join-link").value }, (r) => { say(`Paired with ${r.name}`); return refreshDevices(); });
+};
+
+setInterval(() => { if (ws && ws.readyState === WebSocket.OPEN && state.active) { refreshSync(); refreshApps(); } }, 5000);
+connect();

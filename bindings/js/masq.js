@@ -1,0 +1,479 @@
+/**
+ * masq.js — talk to the local Masq daemon (masqd) from a web page.
+ *
+ * One ES module, no dependencies, no build step. masqd serves it too:
+ *
+ *     import { connect } from "http://localhost:7071/masq.js";
+ *     const app = await connect({
+ *       name: "Notes", description: "Keeps my notes",
+ *       onApprovalNeeded: () => banner("Approve Notes in the Masq manager"),
+ *     });
+ *     await app.put("greeting", "hello");
+ *     const stop = await app.watch((change) => console.log(change.key, change.value));
+ *
+ * The first connect registers the page's origin and waits until the user
+ * approves it in the manager; the token it then receives is kept in
+ * localStorage, so later visits are approved at once. If no daemon answers,
+ * connect() rejects with a MasqError whose code is "unavailable" (after
+ * `timeout` ms) — it never hangs. The wire protocol is docs/APP-PROTOCOL.md.
+ *
+ * @module masq
+ */
+
+/** Where masqd listens unless told otherwise. */
+export const DEFAULT_URL = "ws://localhost:7071/";
+
+/**
+ * Every failure: `code` is stable ("unavailable", "denied", "revoked",
+ * "unauthorized", "not_found", "rate_limited", "too_large", "bad_request",
+ * "timeout", "locked", …); `message` is for people.
+ */
+export class MasqError extends Error {
+  /**
+   * @param {string} code
+   * @param {string} message
+   */
+  constructor(code, message) {
+    super(message);
+    this.name = "MasqError";
+    /** @type {string} */
+    this.code = code;
+  }
+}
+
+/**
+ * @typedef {Object} ConnectOptions
+ * @property {string} [url] - the daemon's WebSocket URL (default DEFAULT_URL)
+ * @property {string} name - what the user sees in the manager (required to register)
+ * @property {string} [description]
+ * @property {string} [icon] - a data:image/... URL
+ * @property {string} [appId] - native programs only (a page is known by its origin)
+ * @property {string} [token] - a token from an earlier approval (default: the one kept in storage)
+ * @property {Storage|null} [storage] - where the token is kept (default localStorage; null: nowhere)
+ * @property {number} [timeout] - ms to wait for the daemon to answer (default 3000)
+ * @property {number} [approvalTimeout] - ms to wait for the user's approval (default: no limit)
+ * @property {number} [requestTimeout] - ms to wait for any answer (default 15000)
+ * @property {boolean} [reconnect] - reconnect after the connection drops (default true)
+ * @property {() => void} [onApprovalNeeded] - called when the user must approve this app
+ * @property {(state: string) => void} [onStateChange] - "connecting", "pending", "approved", "revoked", "closed"
+ */
+
+/**
+ * @typedef {Object} Change
+ * @property {"put"|"delete"|"conflict"} kind - "conflict": a concurrent write lost to `value`
+ * @property {"local"|"remote"} origin - "remote": it arrived from another device
+ * @property {string} ns
+ * @property {string|Uint8Array} key
+ * @property {string|Uint8Array|null} value - null for a delete
+ * @property {string|Uint8Array|null} [lostValue] - conflicts only
+ */
+
+/**
+ * Connect, register if needed, and resolve once this app is approved.
+ * @param {ConnectOptions} options
+ * @returns {Promise<MasqApp>}
+ */
+export async function connect(options = {}) {
+  const app = new MasqApp(options);
+  await app._start();
+  return app;
+}
+
+/** An approved app's handle on its namespace (and on those it was granted). */
+export class MasqApp {
+  /** @param {ConnectOptions} options */
+  constructor(options) {
+    this._options = { timeout: 3000, requestTimeout: 15000, reconnect: true, ...options };
+    this._url = options.url || DEFAULT_URL;
+    this._storage = options.storage !== undefined ? options.storage : (globalThis.localStorage || null);
+    this._tokenKey = `masq.token.${this._url}`;
+    this._token = options.token || this._readToken();
+    this._nextId = 1;
+    /** @type {Map<number, {resolve: Function, reject: Function, timer: any}>} */
+    this._pending = new Map();
+    /** watch handle -> {callback, prefix, ns, id}: survives reconnects */
+    this._watches = new Map();
+    this._state = "connecting";
+    this._closedByUser = false;
+    this._backoff = 250;
+    this._approval = null;
+    this.namespace = null;
+  }
+
+  /** @returns {string} "connecting", "pending", "approved", "revoked" or "closed" */
+  get state() {
+    return this._state;
+  }
+
+  /**
+   * The value of `key`, or undefined when absent.
+   * @param {string} key
+   * @param {{ns?: string, binary?: boolean}} [options] - binary: return a Uint8Array
+   * @returns {Promise<string|Uint8Array|undefined>}
+   */
+  async get(key, options = {}) {
+    const r = await this._request({ op: "get", key, ns: options.ns, encoding: options.binary ? "base64" : undefined });
+    if (!r.found) return undefined;
+    return options.binary ? base64ToBytes(r.value) : decodeValue(r, "value");
+  }
+
+  /**
+   * Store `value` (a string, or a Uint8Array for binary data) under `key`.
+   * @param {string} key
+   * @param {string|Uint8Array} value
+   * @param {{ns?: string}} [options]
+   * @returns {Promise<void>}
+   */
+  async put(key, value, options = {}) {
+    await this._request({ op: "put", key, ns: options.ns, ...encodeValue(value) });
+  }
+
+  /**
+   * Delete `key` (deleting an absent key is fine).
+   * @param {string} key
+   * @param {{ns?: string}} [options]
+   * @returns {Promise<void>}
+   */
+  async delete(key, options = {}) {
+    await this._request({ op: "del", key, ns: options.ns });
+  }
+
+  /**
+   * Entries whose key starts with `prefix`, in key order.
+   * @param {string} [prefix]
+   * @param {{ns?: string, keysOnly?: boolean, limit?: number, binary?: boolean}} [options]
+   * @returns {Promise<{entries: Array<{key: string|Uint8Array, value?: string|Uint8Array}>, more: boolean}>}
+   */
+  async list(prefix = "", options = {}) {
+    const r = await this._request({
+      op: "list", prefix, ns: options.ns, keys_only: options.keysOnly, limit: options.limit,
+      encoding: options.binary ? "base64" : undefined,
+    });
+    return { entries: r.entries.map((e) => decodeEntry(e, options.binary)), more: r.more };
+  }
+
+  /**
+   * Every entry of the namespace as an object (key -> value).
+   * @param {{ns?: string}} [options]
+   * @returns {Promise<Object<string, string|Uint8Array>>}
+   */
+  async getAll(options = {}) {
+    const r = await this._request({ op: "get_all", ns: options.ns });
+    const out = {};
+    for (const e of r.entries.map((x) => decodeEntry(x, false))) out[typeof e.key === "string" ? e.key : bytesToBase64(e.key)] = e.value;
+    return out;
+  }
+
+  /**
+   * Write several entries in one transaction; a null value deletes the key.
+   * @param {Object<string, string|null>|Array<[string, string|null]>} entries
+   * @param {{ns?: string, replace?: boolean}} [options] - replace: the namespace becomes exactly `entries`
+   * @returns {Promise<void>}
+   */
+  async setAll(entries, options = {}) {
+    const pairs = Array.isArray(entries) ? entries : Object.entries(entries);
+    await this._request({
+      op: "set_all", ns: options.ns, replace: options.replace,
+      entries: pairs.map(([key, value]) => ({ key, value: value === null || value === undefined ? null : String(value) })),
+    });
+  }
+
+  /**
+   * Delete every key of the namespace.
+   * @param {{ns?: string}} [options]
+   * @returns {Promise<void>}
+   */
+  async clear(options = {}) {
+    await this._request({ op: "clear", ns: options.ns });
+  }
+
+  /**
+   * Add `delta` to a counter (concurrent additions on several devices all count).
+   * @param {string} key
+   * @param {number} delta - an integer, may be negative
+   * @param {{ns?: string}} [options]
+   * @returns {Promise<void>}
+   */
+  async counterAdd(key, delta, options = {}) {
+    await this._request({ op: "counter_add", key, delta, ns: options.ns });
+  }
+
+  /**
+   * A counter's total (0 when absent).
+   * @param {string} key
+   * @param {{ns?: string}} [options]
+   * @returns {Promise<number>}
+   */
+  async counter(key, options = {}) {
+    return (await this._request({ op: "counter_get", key, ns: options.ns })).value;
+  }
+
+  /**
+   * Call `callback` for every later change under `prefix` — made by this
+   * app, another app, or another device. Watches are renewed after a
+   * reconnect. Resolves to a function that stops the watch.
+   * @param {(change: Change) => void} callback
+   * @param {{prefix?: string, ns?: string}} [options]
+   * @returns {Promise<() => Promise<void>>}
+   */
+  async watch(callback, options = {}) {
+    const handle = {};
+    const entry = { callback, prefix: options.prefix || "", ns: options.ns, id: null };
+    entry.id = (await this._request({ op: "watch", prefix: entry.prefix, ns: entry.ns })).watch;
+    this._watches.set(handle, entry);
+    return async () => {
+      if (!this._watches.delete(handle)) return;
+      if (this._state === "approved") await this._request({ op: "unwatch", watch: entry.id }).catch(() => {});
+    };
+  }
+
+  /** Close the connection for good (no reconnect). */
+  close() {
+    this._closedByUser = true;
+    this._setState("closed");
+    if (this._ws) this._ws.close(1000);
+    this._failAll(new MasqError("closed", "the app closed its connection"));
+  }
+
+  // ---- internals --------------------------------------------------------
+
+  async _start() {
+    await this._open();
+    await this._authenticate(true);
+  }
+
+  /** Open the socket; reject with "unavailable" if no daemon answers in time. */
+  _open() {
+    return new Promise((resolve, reject) => {
+      let settled = false;
+      let ws;
+      const fail = (why) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        try { ws && ws.close(); } catch (_) { /* already closed */ }
+        reject(new MasqError("unavailable", `no Masq daemon answers at ${this._url} (${why}); is masqd running?`));
+      };
+      const timer = setTimeout(() => fail("timed out"), this._options.timeout);
+      try {
+        ws = new WebSocket(this._url);
+      } catch (e) {
+        fail(String(e && e.message || e));
+        return;
+      }
+      ws.onopen = () => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        this._ws = ws;
+        ws.onmessage = (m) => this._onMessage(m.data);
+        ws.onclose = (e) => this._onClose(e);
+        resolve();
+      };
+      ws.onerror = () => fail("connection refused");
+      ws.onclose = () => fail("connection closed");
+    });
+  }
+
+  /** hello with the token; else register and wait for the user. */
+  async _authenticate(first) {
+    const hello = await this._send({ op: "hello", token: this._token || undefined, app_id: this._options.appId });
+    if (hello.state === "approved") {
+      this.namespace = hello.namespace;
+      this._backoff = 250;
+      this._setState("approved");
+      await this._renewWatches();
+      return;
+    }
+    if (!first) {
+      // Reconnected but no longer approved (revoked, or another profile): stop here.
+      this._setState("revoked");
+      this._failAll(new MasqError("revoked", "this app is no longer approved"));
+      this._ws.close(1000);
+      return;
+    }
+    if (!this._options.name) throw new MasqError("bad_request", "connect() needs a name to register this app");
+    const approval = new Promise((resolve, reject) => { this._approval = { resolve, reject }; });
+    await this._send({
+      op: "register", name: this._options.name, description: this._options.description,
+      icon: this._options.icon, app_id: this._options.appId,
+    });
+    this._setState("pending");
+    if (this._options.onApprovalNeeded) this._options.onApprovalNeeded();
+    let timer;
+    if (this._options.approvalTimeout) {
+      timer = setTimeout(() => this._approval && this._approval.reject(
+        new MasqError("timeout", "the user did not approve this app in time")), this._options.approvalTimeout);
+    }
+    try {
+      await approval;
+    } finally {
+      clearTimeout(timer);
+      this._approval = null;
+    }
+  }
+
+  async _renewWatches() {
+    for (const entry of this._watches.values()) {
+      entry.id = (await this._send({ op: "watch", prefix: entry.prefix, ns: entry.ns })).watch;
+    }
+  }
+
+  /** A request as an approved app. */
+  _request(body) {
+    if (this._state !== "approved") {
+      return Promise.reject(new MasqError(this._state === "revoked" ? "revoked" : "unavailable",
+        `not connected to Masq (state: ${this._state})`));
+    }
+    return this._send(body);
+  }
+
+  _send(body) {
+    return new Promise((resolve, reject) => {
+      if (!this._ws || this._ws.readyState !== 1) {
+        reject(new MasqError("unavailable", "not connected to Masq"));
+        return;
+      }
+      const id = this._nextId++;
+      const timer = setTimeout(() => {
+        this._pending.delete(id);
+        reject(new MasqError("timeout", `no answer to ${body.op} within ${this._options.requestTimeout} ms`));
+      }, this._options.requestTimeout);
+      this._pending.set(id, { resolve, reject, timer });
+      this._ws.send(JSON.stringify({ id, ...body }));
+    });
+  }
+
+  _onMessage(data) {
+    let m;
+    try {
+      m = JSON.parse(data);
+    } catch (_) {
+      return;
+    }
+    if (m.event) {
+      this._onEvent(m);
+      return;
+    }
+    const waiting = this._pending.get(m.id);
+    if (!waiting) return;
+    this._pending.delete(m.id);
+    clearTimeout(waiting.timer);
+    if (m.ok) waiting.resolve(m.result);
+    else waiting.reject(new MasqError(m.error.code, m.error.message));
+  }
+
+  _onEvent(m) {
+    switch (m.event) {
+      case "change": {
+        for (const entry of this._watches.values()) {
+          if (entry.id !== m.watch) continue;
+          const change = {
+            kind: m.kind, origin: m.origin, ns: m.ns,
+            key: m.key !== undefined ? m.key : base64ToBytes(m.key_b64),
+            value: m.value === null ? null : decodeValue(m, "value"),
+          };
+          if (m.kind === "conflict") change.lostValue = m.lost_value === null ? null : decodeValue(m, "lost_value");
+          try { entry.callback(change); } catch (e) { setTimeout(() => { throw e; }); }
+        }
+        break;
+      }
+      case "approved":
+        this._token = m.token;
+        this._writeToken(m.token);
+        this.namespace = m.namespace;
+        this._setState("approved");
+        if (this._approval) this._approval.resolve();
+        break;
+      case "denied":
+      case "revoked":
+        this._token = null;
+        this._writeToken(null);
+        this._setState("revoked");
+        if (this._approval) this._approval.reject(new MasqError(m.event, `the user ${m.event === "denied" ? "denied" : "revoked"} this app`));
+        this._failAll(new MasqError("revoked", "the user revoked this app"));
+        break;
+      default:
+        break; // profile_changed, locked: the daemon closes the connection; we reconnect
+    }
+  }
+
+  _onClose() {
+    this._ws = null;
+    this._failAll(new MasqError("unavailable", "the connection to Masq closed"));
+    if (this._closedByUser || this._state === "revoked" || !this._options.reconnect || this._state === "pending") {
+      if (this._state === "pending" && this._approval) this._approval.reject(new MasqError("unavailable", "the connection to Masq closed"));
+      if (this._state !== "revoked") this._setState("closed");
+      return;
+    }
+    this._setState("connecting");
+    const delay = this._backoff;
+    this._backoff = Math.min(this._backoff * 2, 5000);
+    setTimeout(async () => {
+      if (this._closedByUser) return;
+      try {
+        await this._open();
+        await this._authenticate(false);
+      } catch (_) {
+        if (!this._ws) this._onClose();
+      }
+    }, delay);
+  }
+
+  _failAll(error) {
+    for (const [id, waiting] of this._pending) {
+      clearTimeout(waiting.timer);
+      waiting.reject(error);
+      this._pending.delete(id);
+    }
+  }
+
+  _setState(state) {
+    if (this._state === state) return;
+    this._state = state;
+    if (this._options.onStateChange) this._options.onStateChange(state);
+  }
+
+  _readToken() {
+    try { return this._storage ? this._storage.getItem(this._tokenKey) : null; } catch (_) { return null; }
+  }
+
+  _writeToken(token) {
+    try {
+      if (!this._storage) return;
+      if (token) this._storage.setItem(this._tokenKey, token);
+      else this._storage.removeItem(this._tokenKey);
+    } catch (_) { /* storage unavailable: the token lives for this page only */ }
+  }
+}
+
+function encodeValue(value) {
+  if (value instanceof Uint8Array) return { value: bytesToBase64(value), encoding: "base64" };
+  if (typeof value !== "string") throw new MasqError("bad_request", "a value is a string or a Uint8Array (use JSON.stringify for objects)");
+  return { value };
+}
+
+function decodeValue(message, field) {
+  if (message[field + "_b64"] !== undefined) return base64ToBytes(message[field + "_b64"]);
+  return message[field];
+}
+
+function decodeEntry(e, binary) {
+  const out = { key: e.key !== undefined ? e.key : base64ToBytes(e.key_b64) };
+  if (binary && e.value !== undefined) out.value = base64ToBytes(e.value);
+  else if (e.value !== undefined || e.value_b64 !== undefined) out.value = decodeValue(e, "value");
+  return out;
+}
+
+function bytesToBase64(bytes) {
+  let text = "";
+  for (let i = 0; i < bytes.length; i++) text += String.fromCharCode(bytes[i]);
+  return btoa(text);
+}
+
+function base64ToBytes(b64) {
+  const text = atob(b64);
+  const out = new Uint8Array(text.length);
+  for (let i = 0; i < text.length; i++) out[i] = text.charCodeAt(i);
+  return out;
+}
