@@ -14,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -25,11 +26,13 @@ from selenium.webdriver.chrome.options import Options  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 from masq.daemon import DaemonClient  # noqa: E402
 
 MASQD = os.environ.get("MASQD", ".build/debug/masqd")
+MASQ = os.environ.get("MASQ_BIN", ".build/debug/masq-cli")
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ARTIFACTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "build")
 
 PAGE = """<!doctype html>
@@ -52,7 +55,8 @@ if (params.get("probe")) {
   ws.onmessage = (m) => { window.probe = JSON.parse(m.data); };
   ws.onerror = () => { window.probe = { error: { code: "connection_failed" } }; };
 }
-const { connect } = await import(daemon + "masq.js");
+// ?local=1: masq.js from this site (to load it while no daemon runs).
+const { connect } = await import(params.get("local") ? "./masq.js" : daemon + "masq.js");
 try {
   const app = await connect({
     url: daemon.replace("http:", "ws:"), name: "Test Notes", description: "a page under test",
@@ -79,19 +83,39 @@ def serve(directory):
     return server, f"http://127.0.0.1:{server.server_address[1]}"
 
 
+class Masqd:
+    """masqd on a fixed port, so a test can restart it."""
+
+    def __init__(self, home):
+        self.home = home
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        self.port = sock.getsockname()[1]
+        sock.close()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.start()
+
+    def start(self):
+        self.proc = subprocess.Popen([MASQD, "--home", str(self.home), "--listen", f"127.0.0.1:{self.port}"],
+                                     stdout=subprocess.PIPE, text=True)
+        assert "listening" in self.proc.stdout.readline()
+        self.secret = json.load(open(self.home / "masqd.json"))["admin_secret"]
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
 @pytest.fixture
 def setup(tmp_path):
     if not shutil.which("chromedriver") or not (shutil.which("chromium") or shutil.which("chromium-browser")):
         pytest.skip("apt-get install chromium chromium-driver")
-    home = tmp_path / "home"
-    proc = subprocess.Popen([MASQD, "--home", str(home), "--listen", "127.0.0.1:0"], stdout=subprocess.PIPE, text=True)
-    line = proc.stdout.readline()
-    daemon = re.search(r"http://127\.0\.0\.1:\d+/", line).group(0)
-    secret = json.load(open(home / "masqd.json"))["admin_secret"]
+    masqd = Masqd(tmp_path / "home")
     site = tmp_path / "site"
     site.mkdir()
     (site / "index.html").write_text(PAGE)
     (site / "app.js").write_text(APP_JS)
+    shutil.copy(os.path.join(ROOT, "bindings", "js", "masq.js"), site / "masq.js")
     server_a, origin_a = serve(str(site))
     server_b, origin_b = serve(str(site))
 
@@ -103,12 +127,11 @@ def setup(tmp_path):
     driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
     driver.set_script_timeout(20)
     os.makedirs(ARTIFACTS, exist_ok=True)
-    yield driver, daemon, secret, origin_a, origin_b
+    yield driver, masqd, origin_a, origin_b
     driver.quit()
     server_a.shutdown()
     server_b.shutdown()
-    proc.terminate()
-    proc.wait(10)
+    masqd.stop()
 
 
 def click(driver, selector, timeout=20):
@@ -128,7 +151,8 @@ def wait_js(driver, expression, timeout=20):
 
 
 def test_consent_data_watch_isolation_and_revocation_in_a_browser(setup):
-    driver, daemon, secret, origin_a, origin_b = setup
+    driver, masqd, origin_a, origin_b = setup
+    daemon, secret = masqd.url, masqd.secret
     app_id = f"web:{origin_a}"
 
     # 1. The page registers and waits for the user.
@@ -190,3 +214,93 @@ def test_consent_data_watch_isolation_and_revocation_in_a_browser(setup):
     assert error == "revoked"
     assert driver.execute_script("return Object.keys(localStorage).filter((k) => k.startsWith('masq.token.')).length") == 0
     assert os.path.getsize(os.path.join(ARTIFACTS, "manager.png")) > 10_000
+
+
+def test_no_daemon_is_a_clear_error_and_a_restart_is_survived(setup):
+    driver, masqd, origin_a, _ = setup
+    # No daemon at that address: connect() fails fast and says why.
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    nobody = f"http://127.0.0.1:{closed.getsockname()[1]}/"
+    closed.close()
+    started = time.time()
+    driver.get(f"{origin_a}/?daemon={nobody}&local=1")
+    error = wait_js(driver, "window.masqError", timeout=10)
+    assert error.startswith("unavailable:") and "masqd" in error and time.time() - started < 8
+
+    # An approved page keeps working across a daemon restart: it reconnects,
+    # says hello with its token and renews its watch.
+    app_id = f"web:{origin_a}"
+    driver.get(f"{origin_a}/?daemon={masqd.url}")
+    assert wait_js(driver, "window.masqState === 'pending'")
+    admin = DaemonClient.manager(url=masqd.url, secret=masqd.secret)
+    admin.call("apps.approve", app=app_id)
+    assert wait_js(driver, "window.ready === true")
+    masqd.stop()
+    assert wait_js(driver, "window.masqState === 'connecting'")
+    masqd.start()
+    assert wait_js(driver, "window.masqState === 'approved'", timeout=30)
+    admin = DaemonClient.manager(url=masqd.url, secret=masqd.secret)
+    other = DaemonClient(masqd.url, app_id="com.example.sidekick")
+    other.register("Sidekick")
+    admin.call("apps.approve", app="native:com.example.sidekick")
+    assert other._approved.wait(10)
+    admin.call("apps.grant", app="native:com.example.sidekick", target=app_id, access="write")
+    other.put("after-restart", "still watching", ns=app_id)
+    changes = wait_js(driver, "window.changes.length > 0 && window.changes")
+    assert changes[-1]["key"] == "after-restart"
+    readback = driver.execute_async_script("const done = arguments[0]; window.app.get('hello').then(done, (e) => done(e.code));")
+    assert readback == "from the browser"
+
+
+def test_manager_profiles_pairing_and_data(setup, tmp_path):
+    driver, masqd, _, _ = setup
+    relay = subprocess.Popen([MASQ, "relay", "--port", "0", "--log-level", "error"], stdout=subprocess.PIPE, text=True)
+    try:
+        relay_url = re.search(r"ws://\S+", relay.stdout.readline()).group(0)
+        app = DaemonClient(masqd.url, app_id="com.example.notes")
+        app.register("Notes")
+        DaemonClient.manager(url=masqd.url, secret=masqd.secret).call("apps.approve", app="native:com.example.notes")
+        assert app._approved.wait(10)
+        app.put("shopping", "bread, cheese")
+
+        driver.get(f"{masqd.url}#admin={masqd.secret}")
+        # The data browser shows the app's namespace.
+        wait_js(driver, "document.querySelector('#data-ns option') !== null")
+        WebDriverWait(driver, 20).until(lambda d: "bread, cheese" in d.find_element(By.ID, "data-table").text)
+
+        # Pairing: a link and a QR image, then a device joins with the CLI.
+        driver.find_element(By.ID, "pair-relay").send_keys(relay_url)
+        click(driver, "#pair-button")
+        wait_js(driver, "!document.getElementById('pairing').hidden && document.getElementById('pair-qr').naturalWidth > 0")
+        link = driver.find_element(By.ID, "pair-link").text
+        assert link.startswith("masq://pair/")
+        cfg = str(tmp_path / "laptop.json")
+        subprocess.run([MASQ, "init", "--config", cfg, "--data-dir", str(tmp_path / "laptop"), "--name", "laptop"], check=True, capture_output=True)
+        driver.save_screenshot(os.path.join(ARTIFACTS, "manager-pairing.png"))
+        joined = subprocess.run([MASQ, "join", "--config", cfg, link], capture_output=True, text=True, timeout=60)
+        assert joined.returncode == 0, joined.stderr
+        WebDriverWait(driver, 20).until(lambda d: "laptop" in d.find_element(By.ID, "device-list").text)
+        WebDriverWait(driver, 20).until(lambda d: "Connected to the relay" in d.find_element(By.ID, "sync-status").text)
+
+        # Profiles: create an encrypted one, switch to it, lock and unlock it.
+        driver.find_element(By.ID, "new-profile-name").send_keys("work")
+        driver.find_element(By.ID, "new-profile-passphrase").send_keys("s3cret words")
+        click(driver, "#create-profile-form button")
+        WebDriverWait(driver, 20).until(lambda d: d.find_elements(By.CSS_SELECTOR, '#profile-select option[value="work"]'))
+        Select(driver.find_element(By.ID, "profile-select")).select_by_value("work")
+        WebDriverWait(driver, 20).until(lambda d: d.find_element(By.ID, "profile-state").text == "encrypted")
+        assert app.wait_closed(10)          # apps say hello again after a switch
+        click(driver, "#lock-button")
+        wait_js(driver, "!document.getElementById('locked-panel').hidden")
+        driver.find_element(By.ID, "unlock-passphrase").send_keys("wrong")
+        click(driver, "#unlock-button")
+        WebDriverWait(driver, 20).until(lambda d: "passphrase" in d.find_element(By.ID, "message").text.lower())
+        driver.find_element(By.ID, "unlock-passphrase").clear()
+        driver.find_element(By.ID, "unlock-passphrase").send_keys("s3cret words")
+        click(driver, "#unlock-button")
+        wait_js(driver, "document.getElementById('locked-panel').hidden && !document.getElementById('panels').hidden")
+        driver.save_screenshot(os.path.join(ARTIFACTS, "manager-profile.png"))
+    finally:
+        relay.terminate()
+        relay.wait(5)
