@@ -18,28 +18,13 @@
  * still run their unmasking code) so the generator spends its core on
  * reading, which is where the load is.
  */
-#define _GNU_SOURCE
-#include <arpa/inet.h>
-#include <errno.h>
+#include "../common/wsclient.h"
+
 #include <fcntl.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
 #include <sys/epoll.h>
-#include <sys/socket.h>
-#include <time.h>
-#include <unistd.h>
 
 enum proto { MASQ, NATS, MQTT };
 enum state { CONNECTING, UPGRADING, OPEN, READY, DEAD };
-
-typedef struct {
-    uint8_t *data;
-    size_t len, cap;
-} buf;
 
 typedef struct {
     int fd;
@@ -57,72 +42,12 @@ static enum proto proto;
 static int port, size = 1024;
 static uint8_t room[17];  /* masq room: 16 bytes, unique per run */
 static char topic[32];    /* NATS subject / MQTT topic, unique per run */
-static uint64_t latency_hist[1000001]; /* 10 us buckets up to 10 s; the last one is "more" */
+static histogram latency;
 static uint64_t delivered, errors;
 static uint64_t last_delivery_ns;
 
-static uint64_t now_ns(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (uint64_t)t.tv_sec * 1000000000ull + (uint64_t)t.tv_nsec;
-}
-
-static void die(const char *what) {
-    perror(what);
-    exit(2);
-}
-
-static void reserve(buf *b, size_t extra) {
-    if (b->len + extra <= b->cap) return;
-    size_t cap = b->cap ? b->cap : 4096;
-    while (cap < b->len + extra) cap *= 2;
-    b->data = realloc(b->data, cap);
-    if (!b->data) die("realloc");
-    b->cap = cap;
-}
-
-static void append(buf *b, const void *p, size_t n) {
-    reserve(b, n);
-    memcpy(b->data + b->len, p, n);
-    b->len += n;
-}
-
-static void consume(buf *b, size_t n) {
-    memmove(b->data, b->data + n, b->len - n);
-    b->len -= n;
-}
-
-/* A client-to-server WebSocket frame with a zero mask. */
-static void ws_frame(buf *b, int opcode, const void *payload, size_t n) {
-    uint8_t h[14];
-    size_t hl = 0;
-    h[hl++] = (uint8_t)(0x80 | opcode);
-    if (n < 126) {
-        h[hl++] = (uint8_t)(0x80 | n);
-    } else if (n < 65536) {
-        h[hl++] = 0x80 | 126;
-        h[hl++] = (uint8_t)(n >> 8);
-        h[hl++] = (uint8_t)n;
-    } else {
-        h[hl++] = 0x80 | 127;
-        for (int i = 7; i >= 0; i--) h[hl++] = (uint8_t)(n >> (8 * i));
-    }
-    memset(h + hl, 0, 4);
-    hl += 4;
-    append(b, h, hl);
-    append(b, payload, n);
-}
-
 static void flush_out(conn *c) {
-    while (c->out.len) {
-        ssize_t n = send(c->fd, c->out.data, c->out.len, MSG_NOSIGNAL);
-        if (n < 0) {
-            if (errno == EAGAIN || errno == EINTR) return;
-            c->state = DEAD;
-            return;
-        }
-        consume(&c->out, (size_t)n);
-    }
+    if (flush_buf(c->fd, &c->out) < 0) c->state = DEAD;
 }
 
 static void record(const uint8_t *payload, size_t n) {
@@ -130,9 +55,7 @@ static void record(const uint8_t *payload, size_t n) {
     uint64_t sent;
     memcpy(&sent, payload, 8);
     uint64_t t = now_ns();
-    uint64_t bucket = t > sent ? (t - sent) / 10000 : 0;
-    if (bucket > 1000000) bucket = 1000000;
-    latency_hist[bucket]++;
+    histogram_add(&latency, t > sent ? t - sent : 0);
     delivered++;
     last_delivery_ns = t;
 }
@@ -344,45 +267,26 @@ static void on_mqtt(conn *c) {
 
 /* Parse complete WebSocket frames out of c->in. */
 static void on_frames(conn *c) {
-    size_t pos = 0;
-    buf *in = &c->in;
-    for (;;) {
-        size_t avail = in->len - pos;
-        if (avail < 2) break;
-        const uint8_t *p = in->data + pos;
-        int opcode = p[0] & 0x0f;
-        uint64_t n = p[1] & 0x7f;
-        size_t hl = 2;
-        if (n == 126) {
-            if (avail < 4) break;
-            n = (uint64_t)p[2] << 8 | p[3];
-            hl = 4;
-        } else if (n == 127) {
-            if (avail < 10) break;
-            n = 0;
-            for (int i = 0; i < 8; i++) n = n << 8 | p[2 + i];
-            hl = 10;
-        }
-        if (p[1] & 0x80) hl += 4; /* servers do not mask; tolerate it anyway */
-        if (avail < hl + n) break;
-        const uint8_t *payload = p + hl;
+    int opcode;
+    const uint8_t *payload;
+    size_t n, used;
+    while ((used = ws_parse(&c->in, &opcode, &payload, &n)) > 0) {
         switch (opcode) {
         case 0: case 1: case 2:
-            if (proto == MASQ) on_masq(c, payload, (size_t)n);
-            else append(&c->stream, payload, (size_t)n);
+            if (proto == MASQ) on_masq(c, payload, n);
+            else append(&c->stream, payload, n);
             break;
         case 8:
             c->state = DEAD;
             break;
         case 9:
-            ws_frame(&c->out, 10, payload, (size_t)n);
+            ws_frame(&c->out, 10, payload, n);
             break;
         default:
             break;
         }
-        pos += hl + (size_t)n;
+        consume(&c->in, used);
     }
-    consume(in, pos);
     if (proto == NATS && c->stream.len) on_nats(c);
     if (proto == MQTT && c->stream.len) on_mqtt(c);
 }
@@ -415,14 +319,12 @@ static void on_readable(conn *c) {
         if (n == 0) { c->state = DEAD; return; }
         c->in.len += (size_t)n;
         if (c->state == UPGRADING) {
-            uint8_t *end = memmem(c->in.data, c->in.len, "\r\n\r\n", 4);
-            if (!end) continue;
-            if (c->in.len < 12 || memcmp(c->in.data + 9, "101", 3) != 0) {
-                fprintf(stderr, "upgrade refused: %.*s\n", (int)(end - c->in.data), (const char *)c->in.data);
+            int up = ws_upgraded(&c->in);
+            if (up == 0) continue;
+            if (up < 0) {
                 c->state = DEAD;
                 return;
             }
-            consume(&c->in, (size_t)(end - c->in.data) + 4);
             c->state = OPEN;
             subscribe(c, sub_name(c));
         }
@@ -439,19 +341,7 @@ static conn *open_conn(int index, int publisher) {
     conn *c = calloc(1, sizeof *c);
     c->index = index;
     c->publisher = publisher;
-    c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
-    if (c->fd < 0) die("socket");
-    int one = 1;
-    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(c->fd, (struct sockaddr *)&a, sizeof a) < 0 && errno != EINPROGRESS) die("connect");
-    char req[512];
-    int n = snprintf(req, sizeof req,
-                     "GET / HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                     "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n%s\r\n",
-                     port, proto == MQTT ? "Sec-WebSocket-Protocol: mqtt\r\n" : "");
-    append(&c->out, req, (size_t)n);
+    c->fd = ws_connect(port, 1, proto == MQTT ? "Sec-WebSocket-Protocol: mqtt\r\n" : "", &c->out);
     c->state = UPGRADING;
     struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLET, .data.ptr = c};
     if (epoll_ctl(epfd, EPOLL_CTL_ADD, c->fd, &ev) < 0) die("epoll_ctl");
@@ -481,18 +371,6 @@ static int all_ready(void) {
     for (int i = 0; i < nconns; i++)
         if (conns[i]->state != READY) return 0;
     return 1;
-}
-
-static double percentile(double q) {
-    uint64_t total = 0;
-    for (size_t i = 0; i <= 1000000; i++) total += latency_hist[i];
-    if (!total) return 0;
-    uint64_t want = (uint64_t)(q * (double)total), seen = 0;
-    for (size_t i = 0; i <= 1000000; i++) {
-        seen += latency_hist[i];
-        if (seen > want) return (double)(i * 10 + 5) / 1000.0;
-    }
-    return 10000.0;
 }
 
 static void usage(void) {
@@ -598,7 +476,7 @@ int main(int argc, char **argv) {
     double span = (double)((last_delivery_ns > start ? last_delivery_ns : end_send) - start) / 1e9;
     printf("proto=%s subs=%d offered=%.0f sent=%llu delivered=%llu rate=%.0f p50_ms=%.3f p99_ms=%.3f ratio=%.4f errors=%llu\n",
            proto == MASQ ? "masq" : proto == NATS ? "nats" : "mqtt", subs, rate * subs, (unsigned long long)sent,
-           (unsigned long long)delivered, (double)delivered / span, percentile(0.50), percentile(0.99),
+           (unsigned long long)delivered, (double)delivered / span, histogram_ms(&latency, 0.50), histogram_ms(&latency, 0.99),
            expected ? (double)delivered / (double)expected : 0.0, (unsigned long long)errors);
     return 0;
 }
