@@ -24,6 +24,7 @@ let package = Package(
         .library(name: "masq_storage_sqlite", type: .dynamic, targets: ["MasqStorageSQLite"]),
         .library(name: "masq_transport_relay", type: .dynamic, targets: ["MasqTransportRelay"]),
         .library(name: "masq_transport_localws", type: .dynamic, targets: ["MasqTransportLocalWS"]),
+        .library(name: "masq_transport_connectoid", type: .dynamic, targets: ["MasqTransportConnectoid"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -43,11 +44,29 @@ let package = Package(
         .target(name: "CMasqSupport", path: "Sources/CMasqSupport"),
         // OpenSSL 3 (libcrypto) behind flat C functions; every primitive is OpenSSL's.
         .target(name: "CMasqCrypto", path: "Sources/CMasqCrypto", linkerSettings: [.linkedLibrary("crypto")]),
+        // Base64url, with no dependencies (plugins use it too).
+        .target(name: "MasqEncoding"),
         // Primitives, Noise handshakes, the Double Ratchet: the kernel's crypto.
-        .target(name: "MasqCrypto", dependencies: ["CMasqCrypto"]),
+        .target(name: "MasqCrypto", dependencies: ["CMasqCrypto", "MasqEncoding"]),
+
+        // Connectoid: the service's JSON and error codes (no crypto: the transport plugin uses it),
+        .target(name: "MasqConnectoidWire", dependencies: ["MasqEncoding"]),
+        // links and sealed boxes (P-384),
+        .target(name: "MasqConnectoidProtocol", dependencies: ["MasqConnectoidWire", "MasqCrypto"]),
+        // and the store-and-forward service (SwiftNIO HTTP, SQLite).
+        .target(name: "MasqConnectoid", dependencies: [
+            "MasqConnectoidProtocol", "MasqCrypto", "CSQLite",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "Prometheus", package: "swift-prometheus"),
+        ]),
 
         // The core: config, plugin loader, store semantics, the C API.
-        .target(name: "MasqKernel", dependencies: ["CMasq", "CMasqSupport", "CMasqCrypto", "MasqCrypto", "CQREncode"]),
+        .target(name: "MasqKernel", dependencies: ["CMasq", "CMasqSupport", "CMasqCrypto", "MasqCrypto", "CQREncode", "MasqConnectoidProtocol"]),
         // Links the kernel into libmasq.so exporting only masq_*.
         .target(name: "MasqLibrary", dependencies: ["MasqKernel"], exclude: ["exports.map"],
                 linkerSettings: exportsOnly("Sources/MasqLibrary/exports.map")),
@@ -77,6 +96,7 @@ let package = Package(
         .executableTarget(name: "MasqCLI", dependencies: [
             "MasqKernel",
             "MasqRelay",
+            "MasqConnectoid",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -110,6 +130,18 @@ let package = Package(
                 path: "plugins/transport-localws",
                 linkerSettings: exportsOnly("plugins/plugin-exports.map")),
 
+        .target(name: "MasqTransportConnectoid", dependencies: [
+                    "CMasqPlugin", "MasqConnectoidWire",
+                    .product(name: "NIOCore", package: "swift-nio"),
+                    .product(name: "NIOPosix", package: "swift-nio"),
+                    .product(name: "NIOHTTP1", package: "swift-nio"),
+                    .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                    .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                ],
+                path: "plugins/transport-connectoid",
+                linkerSettings: exportsOnly("plugins/plugin-exports.map")),
+
+        .testTarget(name: "MasqConnectoidTests", dependencies: ["MasqConnectoid", "MasqConnectoidProtocol"]),
         .testTarget(name: "MasqKernelTests", dependencies: ["MasqKernel", "CMasq"]),
         .testTarget(name: "MasqCryptoTests", dependencies: ["MasqCrypto"]),
     ]

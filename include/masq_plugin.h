@@ -193,6 +193,21 @@ struct masq_host {
      *  The kernel copies it. A transport that calls this for a peer does not
      *  also call peer_event(MASQ_PEER_UP) for it. */
     void (*peer_up_info)(const masq_host *host, const char *peer, const char *info_json);
+
+    /** Transports that poll mailboxes (Connectoid): answer a challenge. A
+     *  mailbox service proves that a client owns mailbox `mailbox` (the room
+     *  the transport joined, e.g. "PUB.URL.EXT") by sealing a random
+     *  question to its public key; only the kernel holds the private key, so
+     *  the transport hands the sealed question (`question`, `len` bytes, as
+     *  the service sent it, decoded from base64url) here and receives the
+     *  answer through sink, to send back as the service asks. Returns MASQ_OK;
+     *  MASQ_E_NOT_FOUND when the kernel holds no key for `mailbox`;
+     *  MASQ_E_INVALID when the question does not open with that key. The
+     *  kernel copies what it needs before returning. NULL when the host does
+     *  not offer it (then a mailbox transport cannot receive). */
+    int (*answer_challenge)(const masq_host *host, const char *mailbox,
+                            const uint8_t *question, size_t len,
+                            masq_bytes_sink sink, void *sink_ctx);
 };
 
 /* ------------------------------------------------------------------------ */

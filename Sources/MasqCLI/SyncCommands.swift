@@ -17,15 +17,38 @@ struct Sync: MasqSubcommand {
 
     func execute() throws {
         try store.withStore { s in
+            let hasShares = !(try guarded { () throws(MasqError) in try s.shares() }).isEmpty
+            let sharing = hasShares ? ShareService(store: s) : nil
+            sharing?.onEvent = { line in print(line); fflush(nil) }
+            // Shares with other people run beside device sync, or alone.
+            if let sharing, s.config.transports.isEmpty {
+                try guarded { () throws(MasqError) in try sharing.start() }
+                defer { sharing.stop() }
+                if once {
+                    guard waitSettled(sharing, until: monotonicSeconds() + timeout) else { throw CLIError("shares not settled after \(Int(timeout)) s") }
+                    print("shares settled")
+                    return
+                }
+                print("syncing shares; Ctrl-C to stop")
+                fflush(nil)
+                while true { sleep(5) }
+            }
             let service = try guarded { () throws(MasqError) in try SyncService(store: s) }
             let bar = ProgressBar(enabled: !quiet && isatty(2) != 0)
             service.engine.onProgress = { p in bar.update(received: p.received, remaining: p.remaining) }
+            if let sharing { try guarded { () throws(MasqError) in try sharing.start() } }
+            defer { sharing?.stop() }
             if once {
+                let started = monotonicSeconds()
                 let done = try guarded { () throws(MasqError) in try service.syncOnce(timeout: timeout) }
                 bar.finish()
                 guard done else { throw CLIError("not caught up after \(Int(timeout)) s (are the other devices online and on the same relay?)") }
                 let status = try guarded { () throws(MasqError) in try service.status() }
                 print("in sync with \(status.devices.filter(\.present).count) of \(status.devices.count) device(s)")
+                if let sharing {
+                    guard waitSettled(sharing, until: started + timeout) else { throw CLIError("shares not settled after \(Int(timeout)) s") }
+                    print("shares settled")
+                }
                 return
             }
             try guarded { () throws(MasqError) in try service.start() }
@@ -39,6 +62,19 @@ struct Sync: MasqSubcommand {
                 }
             }
         }
+    }
+
+    /// Shares are settled when, after the mailboxes were polled for a while,
+    /// nothing is in flight three checks in a row.
+    private func waitSettled(_ sharing: ShareService, until deadline: Double) -> Bool {
+        let earliest = monotonicSeconds() + 1.5
+        var quiet = 0
+        while monotonicSeconds() < deadline {
+            usleep(300_000)
+            quiet = sharing.settled() ? quiet + 1 : 0
+            if quiet >= 3 && monotonicSeconds() >= earliest { return true }
+        }
+        return false
     }
 }
 

@@ -1,3 +1,4 @@
+import MasqConnectoidProtocol
 #if canImport(FoundationEssentials)
 import FoundationEssentials
 #else
@@ -42,6 +43,16 @@ public struct PluginReference: Sendable, Equatable {
     }
 }
 
+/// Where shares with other people go: the Connectoid services new share
+/// links name, the transport plugin that polls mailboxes, and how long an
+/// unacknowledged message waits before it is sent again.
+public struct SharingConfig: Sendable, Equatable {
+    public var services: [String] = []
+    public var transport = PluginReference(name: "connectoid")
+    public var resendMilliseconds = 30_000
+    public init() {}
+}
+
 /// The parsed, validated configuration of one store (docs/CONFIG.md).
 /// Every path in it is absolute.
 public struct MasqConfig: Sendable, Equatable {
@@ -52,6 +63,8 @@ public struct MasqConfig: Sendable, Equatable {
     public var storage: PluginReference
     public var transports: [PluginReference]
     public var wallet: PluginReference?
+    /// Sharing with other people (Connectoid mailboxes).
+    public var sharing = SharingConfig()
     public var limits: Limits
     public var logLevel: LogLevel?
     /// scrypt cost (N = 2^scryptLogN) when a passphrase is set; recorded in the keyring.
@@ -96,6 +109,9 @@ public struct MasqConfig: Sendable, Equatable {
         lines.append("  \"storage\": \(plugin(storage)),")
         if !transports.isEmpty { lines.append("  \"transports\": [" + transports.map(plugin).joined(separator: ", ") + "],") }
         if let wallet { lines.append("  \"wallet\": \(plugin(wallet)),") }
+        if sharing != SharingConfig() {
+            lines.append("  \"sharing\": { \"services\": [" + sharing.services.map(jsonString).joined(separator: ", ") + "], \"transport\": \(plugin(sharing.transport)), \"resend_ms\": \(sharing.resendMilliseconds) },")
+        }
         lines.append("  \"limits\": { \"max_key_bytes\": \(limits.maxKeyBytes), \"max_value_bytes\": \(limits.maxValueBytes), \"max_namespace_bytes\": \(limits.maxNamespaceBytes), \"max_batch_entries\": \(limits.maxBatchEntries) },")
         lines.append("  \"security\": { \"scrypt_log_n\": \(scryptLogN) }")
         lines.append("}")
@@ -165,7 +181,7 @@ private struct ConfigReader {
     }
 
     mutating func read(_ root: JSONValue) throws(MasqError) -> MasqConfig {
-        let top = try object(root, "", allowed: ["masq", "data_dir", "plugin_path", "storage", "transports", "wallet", "limits", "log_level", "security"])
+        let top = try object(root, "", allowed: ["masq", "data_dir", "plugin_path", "storage", "transports", "wallet", "sharing", "limits", "log_level", "security"])
         if let version = top["masq"] {
             let v = try integer(version, "masq", min: 1, max: Int.max)
             guard v == MasqConfig.formatVersion else {
@@ -186,6 +202,20 @@ private struct ConfigReader {
             for (i, item) in items.enumerated() { config.transports.append(try plugin(item, "transports[\(i)]")) }
         }
         if let w = top["wallet"], w != .null { config.wallet = try plugin(w, "wallet") }
+        if let sharing = top["sharing"] {
+            let members = try object(sharing, "sharing", allowed: ["services", "transport", "resend_ms"])
+            if let list = members["services"] {
+                guard case .array(let items) = list else { throw fail("sharing.services", "must be an array of service URLs") }
+                for (i, item) in items.enumerated() {
+                    let url = try string(item, "sharing.services[\(i)]")
+                    guard (try? ConnectoidLink.checkServiceURL(url)) != nil else { throw fail("sharing.services[\(i)]", "must be an http:// or https:// URL") }
+                    config.sharing.services.append(url)
+                }
+                guard config.sharing.services.count <= ConnectoidLink.maxServices else { throw fail("sharing.services", "at most \(ConnectoidLink.maxServices) services") }
+            }
+            if let t = members["transport"] { config.sharing.transport = try plugin(t, "sharing.transport") }
+            if let r = members["resend_ms"] { config.sharing.resendMilliseconds = try integer(r, "sharing.resend_ms", min: 100, max: 86_400_000) }
+        }
         if let l = top["limits"] {
             let members = try object(l, "limits", allowed: Set(Limits.ceilings.map { $0.0 }))
             for (key, keyPath, ceiling) in Limits.ceilings {

@@ -16,6 +16,8 @@ final class PluginHost: @unchecked Sendable {
     var onPeerEvent: (@Sendable (_ peer: String, _ event: Int32) -> Void)?
     /// A peer came up with what the transport knows of it (JSON text).
     var onPeerInfo: (@Sendable (_ peer: String, _ info: String) -> Void)?
+    /// Open a challenge sealed to a mailbox key the kernel holds (Connectoid).
+    var onChallenge: (@Sendable (_ mailbox: String, _ question: [UInt8]) throws(MasqError) -> [UInt8])?
 
     init(component: String, transport: Bool = false) {
         self.component = component
@@ -57,6 +59,20 @@ final class PluginHost: @unchecked Sendable {
                     onPeerInfo(String(cString: peer), text)
                 } else {
                     me.onPeerEvent?(String(cString: peer), MASQ_PEER_UP)
+                }
+            }
+            table.pointee.answer_challenge = { host, mailbox, question, length, sink, ctx in
+                guard let me = PluginHost.from(host), let mailbox, question != nil || length == 0, let sink else { return MASQ_E_INVALID }
+                guard let answer = me.onChallenge else {
+                    masqsupport_set_error(MASQ_E_NOT_FOUND, "this kernel holds no mailbox keys")
+                    return MASQ_E_NOT_FOUND
+                }
+                do throws(MasqError) {
+                    let bytes = try answer(String(cString: mailbox), Array(UnsafeRawBufferPointer(start: question, count: length)))
+                    return bytes.withUnsafeBufferPointer { sink(ctx, $0.baseAddress, $0.count) }
+                } catch {
+                    masqsupport_set_error(error.status.rawValue, error.message)
+                    return error.status.rawValue
                 }
             }
         }

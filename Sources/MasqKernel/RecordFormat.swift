@@ -25,6 +25,7 @@ enum RecordFormat {
     static let device: UInt8 = 0x44     // 'D' paired devices (sealed when protected)
     static let pairing: UInt8 = 0x50    // 'P' pending pairing offers (sealed when protected)
     static let session: UInt8 = 0x53    // 'S' session states per device (sealed when protected)
+    static let share: UInt8 = 0x48      // 'H' shares with other people (sealed when protected)
 
     static let metaFormat: [UInt8] = [meta] + Array("format".utf8)
     static let metaReplica: [UInt8] = [meta] + Array("replica".utf8)

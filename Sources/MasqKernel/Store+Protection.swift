@@ -18,7 +18,7 @@ import Glibc
 extension Store {
     static let metaSealed: [UInt8] = [RecordFormat.meta] + Array("sealed".utf8)
     /// Families of secret entries sealed with their key as associated data.
-    static let secretFamilies: [UInt8] = [RecordFormat.device, RecordFormat.session, RecordFormat.pairing]
+    static let secretFamilies: [UInt8] = [RecordFormat.device, RecordFormat.session, RecordFormat.pairing, RecordFormat.share]
 
     public var isProtected: Bool { lock.withLock { if case .none = protection { false } else { true } } }
     public var isLocked: Bool { lock.withLock { if case .locked = protection { true } else { false } } }

@@ -395,6 +395,14 @@ public final class Store: @unchecked Sendable {
         var changes: [Change]?
         /// Namespace ids assigned by this commit; cached only once it commits.
         var newNamespaces: [String: UInt32] = [:]
+        /// Namespaces shared with this store read-only (local writes refused).
+        var readOnly: Set<String> = []
+
+        func checkWritable(_ ns: NamespaceName) throws(MasqError) {
+            if readOnly.contains(ns.string) {
+                throw MasqError(.denied, "namespace \"\(ns.string)\" is shared with you read-only; its owner's changes arrive by sync")
+            }
+        }
     }
 
     /// Run `body` in one engine transaction; append the change-log entry and
@@ -410,6 +418,7 @@ public final class Store: @unchecked Sendable {
                 var commit = Commit(seq: saved.seq + 1, timestamp: clock.tick(nowMilliseconds: Clock.unixMilliseconds()),
                                     changes: hub.isActive ? [] : nil)
                 commit.log.timestamp = commit.timestamp
+                commit.readOnly = try readOnlyNamespacesLocked()
                 try body(&commit)
                 guard commit.log.count > 0 else {
                     engine.rollback()
@@ -431,6 +440,7 @@ public final class Store: @unchecked Sendable {
     /// absent or deleted key writes nothing.
     private func stage(_ commit: inout Commit, _ ns: NamespaceName, _ key: UnsafeRawBufferPointer,
                        _ value: UnsafeRawBufferPointer?) throws(MasqError) {
+        try commit.checkWritable(ns)
         let existing = try existingNamespaceID(ns, commit: commit)
         if existing == nil && value == nil { return }
         let id: UInt32
@@ -487,6 +497,7 @@ public final class Store: @unchecked Sendable {
 
     /// Add to a counter inside a commit: this replica's share grows by `delta`.
     func stageCounter(_ commit: inout Commit, _ ns: NamespaceName, _ key: UnsafeRawBufferPointer, _ delta: Int64) throws(MasqError) {
+        try commit.checkWritable(ns)
         let existing = try existingNamespaceID(ns, commit: commit)
         let id: UInt32
         if let existing { id = existing } else { id = try assignNamespaceID(ns, &commit) }

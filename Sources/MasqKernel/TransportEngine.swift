@@ -24,13 +24,15 @@ public final class TransportEngine: @unchecked Sendable {
     init(plugin: LoadedPlugin, options: [(key: String, value: String)],
          onFrame: @escaping @Sendable (_ peer: String, _ room: String?, _ frame: [UInt8]) -> Void,
          onPeerEvent: @escaping @Sendable (_ peer: String, _ event: Int32) -> Void,
-         onPeerInfo: (@Sendable (_ peer: String, _ info: String) -> Void)? = nil) throws(MasqError) {
+         onPeerInfo: (@Sendable (_ peer: String, _ info: String) -> Void)? = nil,
+         onChallenge: (@Sendable (_ mailbox: String, _ question: [UInt8]) throws(MasqError) -> [UInt8])? = nil) throws(MasqError) {
         precondition(plugin.kind == .transport)
         self.plugin = plugin
         host = PluginHost(component: "transport:\(plugin.name)", transport: true)
         host.onFrame = { peer, room, frame in onFrame(peer, room, Array(frame)) }
         host.onPeerEvent = onPeerEvent
         host.onPeerInfo = onPeerInfo
+        host.onChallenge = onChallenge
         v = plugin.vtable(as: masq_transport_vtable.self, zero: masq_transport_vtable())
         var handle: UnsafeMutableRawPointer?
         let status = withOptions(options) { list, count in
@@ -150,10 +152,11 @@ extension Store {
     /// Load and create the transport a config entry names.
     func openTransport(_ reference: PluginReference,
                        onFrame: @escaping @Sendable (String, String?, [UInt8]) -> Void,
-                       onPeerEvent: @escaping @Sendable (String, Int32) -> Void) throws(MasqError) -> TransportEngine {
+                       onPeerEvent: @escaping @Sendable (String, Int32) -> Void,
+                       onChallenge: (@Sendable (String, [UInt8]) throws(MasqError) -> [UInt8])? = nil) throws(MasqError) -> TransportEngine {
         let plugin = try PluginLoader.load(reference, kind: .transport, searchPath: PluginLoader.searchPath(config: config))
         var options = reference.options.filter { $0.key != "data_dir" }
         options.append(("data_dir", config.dataDir))
-        return try TransportEngine(plugin: plugin, options: options, onFrame: onFrame, onPeerEvent: onPeerEvent)
+        return try TransportEngine(plugin: plugin, options: options, onFrame: onFrame, onPeerEvent: onPeerEvent, onChallenge: onChallenge)
     }
 }

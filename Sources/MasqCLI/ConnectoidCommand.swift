@@ -1,0 +1,80 @@
+import ArgumentParser
+import Logging
+import MasqConnectoid
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `masq connectoid serve`: run a Connectoid mailbox service.
+struct Connectoid: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "The Connectoid store-and-forward mailbox service.",
+        subcommands: [Serve.self])
+
+    struct Serve: MasqSubcommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Serve mailboxes: POST JSON send/check/receive; GET publishes the limits; /healthz, /metrics.",
+            discussion: "Messages are kept in a SQLite file for --retention seconds after arrival; a mailbox nobody checks for --mailbox-idle seconds is deleted.")
+
+        @Option(help: "Address to listen on.") var host = "127.0.0.1"
+        @Option(help: "Port (0 picks one; the bound port is printed).") var port = 7080
+        @Option(help: ArgumentHelp("The SQLite file of mailboxes and messages.", valueName: "path")) var db = "connectoid.sqlite3"
+        @Option(help: "Seconds a message is kept after it arrives.") var retention: Int64 = 3_600
+        @Option(help: "Seconds without a check after which a mailbox is deleted.") var mailboxIdle: Int64 = 30 * 86_400
+        @Option(help: "Seconds a challenge stays valid.") var challengeTtl: Int64 = 60
+        @Option(help: "Largest message in bytes (decoded).") var maxMessageBytes = 65_536 + 4_096
+        @Option(help: "Messages one mailbox may hold.") var maxMessages = 1_000
+        @Option(help: "Largest receive limit.") var maxReceive = 100
+        @Option(help: "Sends per mailbox per minute.") var mailboxRate = 120
+        @Option(help: "Bursts above the mailbox rate.") var mailboxBurst = 30
+        @Option(help: "Requests per client address per second.") var clientRate = 50
+        @Option(help: "Bursts above the client rate.") var clientBurst = 100
+        @Option(help: "PRAGMA synchronous of the file (OFF, NORMAL, FULL).") var synchronous = "NORMAL"
+        @Option(help: "PEM certificate chain (enables TLS).") var tlsCert: String?
+        @Option(help: "PEM private key.") var tlsKey: String?
+        @Option(help: "Event loop threads.") var threads = 1
+        @Option(help: "Log level (error, warning, info, debug).") var logLevel = "info"
+
+        func execute() throws {
+            guard (tlsCert == nil) == (tlsKey == nil) else { throw CLIError("--tls-cert and --tls-key go together") }
+            guard (0...65_535).contains(port), retention >= 1, mailboxIdle >= 1, challengeTtl >= 1, maxMessageBytes >= 256, maxMessages >= 1,
+                  maxReceive >= 1, mailboxRate >= 1, mailboxBurst >= 1, clientRate >= 1, clientBurst >= 1, (1...64).contains(threads) else {
+                throw CLIError("limits must be positive (--max-message-bytes at least 256, the port 0...65535, threads 1...64)")
+            }
+            guard ["OFF", "NORMAL", "FULL"].contains(synchronous.uppercased()) else { throw CLIError("--synchronous must be OFF, NORMAL or FULL") }
+            guard let level = Logger.Level(rawValue: logLevel == "warn" ? "warning" : logLevel) else { throw CLIError("unknown log level \(logLevel)") }
+            LoggingSystem.bootstrap { label in
+                var handler = StreamLogHandler.standardError(label: label)
+                handler.logLevel = level
+                return handler
+            }
+            var config = ConnectoidConfiguration()
+            config.host = host
+            config.port = port
+            config.databasePath = db
+            config.synchronous = synchronous.uppercased()
+            config.limits.retentionSeconds = retention
+            config.limits.mailboxIdleSeconds = mailboxIdle
+            config.limits.challengeSeconds = challengeTtl
+            config.limits.maxMessageBytes = maxMessageBytes
+            config.limits.maxMessagesPerMailbox = maxMessages
+            config.limits.maxReceiveLimit = maxReceive
+            config.limits.sendsPerMailboxPerMinute = mailboxRate
+            config.limits.requestsPerClientPerSecond = clientRate
+            config.mailboxBurst = mailboxBurst
+            config.clientBurst = clientBurst
+            config.collectEverySeconds = min(60, max(1, retention / 4))
+            config.tlsCertificatePath = tlsCert
+            config.tlsKeyPath = tlsKey
+            config.threads = threads
+            let service: ConnectoidService
+            do { service = try ConnectoidService(configuration: config) } catch { throw CLIError("cannot open \(db): \(error.message)") }
+            let server = ConnectoidServer(service: service)
+            let bound: Int
+            do { bound = try server.start() } catch { throw CLIError("cannot listen on \(host):\(port): \(error)") }
+            print("connectoid listening on \(tlsCert == nil ? "http" : "https")://\(host):\(bound)/")
+            fflush(nil)
+            try server.wait()
+        }
+    }
+}

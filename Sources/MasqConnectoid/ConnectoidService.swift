@@ -1,0 +1,195 @@
+import FoundationEssentials
+import MasqConnectoidProtocol
+import MasqCrypto
+import NIOConcurrencyHelpers
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Limits and policies of a service. Every one is explicit and configurable.
+public struct ConnectoidConfiguration: Sendable {
+    public var host = "127.0.0.1"
+    public var port = 7080
+    /// SQLite file holding mailboxes and messages.
+    public var databasePath = "connectoid.sqlite3"
+    /// PRAGMA synchronous of the file (messages live an hour; NORMAL by default).
+    public var synchronous = "NORMAL"
+    public var limits = ConnectoidLimits()
+    /// Bursts allowed above the per-second and per-minute rates.
+    public var clientBurst = 100
+    public var mailboxBurst = 30
+    /// Seconds between garbage collections.
+    public var collectEverySeconds: Int64 = 60
+    public var tlsCertificatePath: String?
+    public var tlsKeyPath: String?
+    public var threads = 1
+
+    public init() {}
+}
+
+/// The protocol, apart from HTTP: one JSON request in, one JSON response out.
+/// The clock is injectable so retention and expiry are tested without waiting.
+public final class ConnectoidService: @unchecked Sendable {
+    public let configuration: ConnectoidConfiguration
+    let store: MailboxStore
+    let clock: @Sendable () -> Int64
+    let clientLimiter: RateLimiter
+    let mailboxLimiter: RateLimiter
+    let metrics = ServiceMetrics()
+    private let lastCollect = NIOLockedValueBox<Int64>(0)
+
+    public init(configuration: ConnectoidConfiguration, clock: @escaping @Sendable () -> Int64 = ConnectoidService.wallClock) throws(ConnectoidError) {
+        self.configuration = configuration
+        self.clock = clock
+        store = try MailboxStore(path: configuration.databasePath, synchronous: configuration.synchronous)
+        clientLimiter = RateLimiter(perSecond: Double(configuration.limits.requestsPerClientPerSecond), burst: Double(configuration.clientBurst))
+        mailboxLimiter = RateLimiter(perSecond: Double(configuration.limits.sendsPerMailboxPerMinute) / 60, burst: Double(configuration.mailboxBurst))
+    }
+
+    @Sendable public static func wallClock() -> Int64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return Int64(ts.tv_sec) * 1_000 + Int64(ts.tv_nsec) / 1_000_000
+    }
+
+    /// Largest request body accepted: the largest message in base64 plus the JSON around it.
+    public var maxBodyBytes: Int { configuration.limits.maxMessageBytes * 4 / 3 + 2_048 }
+
+    /// Answer one request body from `client` (its address, for rate limits).
+    public func handle(body: [UInt8], client: String) -> ConnectoidResponse {
+        let now = clock()
+        collectIfDue(now)
+        guard clientLimiter.take(client, now: now) else { return fail(.tooOften) }
+        let request: ConnectoidRequest
+        do { request = try JSONDecoder().decode(ConnectoidRequest.self, from: Data(body)) } catch {
+            return fail(.badRequest("the body is not a JSON request object"))
+        }
+        do {
+            let response = try answer(request, now: now)
+            metrics.count(request.action ?? "", ok: true)
+            return response
+        } catch {
+            return fail(error, action: request.action)
+        }
+    }
+
+    private func fail(_ error: ConnectoidError, action: String? = nil) -> ConnectoidResponse {
+        metrics.count(action ?? "", ok: false, code: error.code)
+        return ConnectoidResponse(error)
+    }
+
+    func answer(_ request: ConnectoidRequest, now: Int64) throws(ConnectoidError) -> ConnectoidResponse {
+        guard let pubText = request.pub else { throw .badRequest("pub is missing") }
+        let ext = request.ext ?? ""
+        try ConnectoidLink.checkExt(ext)
+        guard let action = request.action else { throw .badRequest("action is missing") }
+        guard ["send", "check", "receive"].contains(action) else {
+            throw .init(.unknownAction, "unknown action \"\(action.prefix(32))\" (send, check or receive)")
+        }
+        let pub = try ConnectoidLink.checkedPublicKey(pubText)
+        let limits = configuration.limits
+        let retention = limits.retentionSeconds * 1_000
+        switch action {
+        case "send":
+            guard let text = request.data else { throw .badRequest("data is missing") }
+            guard text.utf8.count <= (limits.maxMessageBytes * 4 + 2) / 3 else { throw .tooBig }
+            guard let data = Base64URL.decode(text) else { throw .badRequest("data is not base64url") }
+            guard !data.isEmpty else { throw .badRequest("data is empty") }
+            guard data.count <= limits.maxMessageBytes else { throw .tooBig }
+            guard mailboxLimiter.take(pubText + "." + ext, now: now) else { throw .tooOften }
+            let id = hex(Hash.sha256(data))
+            guard try store.send(pub: pub, ext: ext, id: id, data: data, now: now, maxMessages: limits.maxMessagesPerMailbox, retention: retention) else {
+                throw .init(.mailboxFull, "Mailbox full")
+            }
+            metrics.bytesIn.add(data.count)
+            return ConnectoidResponse(ok: true)
+        case "check":
+            let at = try cursor(request.at)
+            guard try store.check(pub: pub, ext: ext, at: at, now: now, retention: retention) else {
+                return ConnectoidResponse(ok: true, found: false)
+            }
+            return ConnectoidResponse(ok: true, found: true, question: Base64URL.encode(try question(pub: pub, ext: ext, now: now)))
+        default:
+            guard let answerText = request.answer else { throw .badRequest("answer is missing") }
+            guard answerText.utf8.count <= 200, let answer = Base64URL.decode(answerText) else { throw .badRequest("answer is not base64url") }
+            let at = try cursor(request.at)
+            let limit = request.limit ?? 1
+            guard (1...limits.maxReceiveLimit).contains(limit) else { throw .badRequest("limit must be 1...\(limits.maxReceiveLimit)") }
+            switch try store.spend(pub: pub, ext: ext, answerHash: Hash.sha256(answer), now: now) {
+            case .ok: break
+            case .noChallenge: throw .init(.noChallenge, "No question pending: check first")
+            case .wrong: throw .init(.wrongAnswer, "Wrong answer")
+            case .expired: throw .init(.expiredAnswer, "Question expired: check again")
+            case .reused: throw .init(.reusedAnswer, "Answer already used: check again")
+            }
+            let (found, more) = try store.messages(pub: pub, ext: ext, after: at, limit: limit, now: now, retention: retention)
+            let messages = found.map { ConnectoidMessage(at: $0.at, id: $0.id, data: Base64URL.encode($0.data)) }
+            return ConnectoidResponse(ok: true, at: found.last?.at ?? at, data: messages.first?.data, messages: messages, more: more)
+        }
+    }
+
+    /// A challenge: 32 random bytes sealed to the mailbox key; the store keeps
+    /// its hash. An unused question with at least half its life left is
+    /// handed out again, so repeated checks cost no P-384 operation.
+    private func question(pub: [UInt8], ext: String, now: Int64) throws(ConnectoidError) -> [UInt8] {
+        let life = configuration.limits.challengeSeconds * 1_000
+        if let pending = try store.pendingQuestion(pub: pub, ext: ext, validUntil: now + life / 2) {
+            metrics.questionsReused.increment()
+            return pending.sealed
+        }
+        let secret = Random.bytes(32)
+        let sealed = try SealedBox.seal(secret, to: pub, pad: false)
+        try store.setQuestion(pub: pub, ext: ext, sealed: sealed, answerHash: Hash.sha256(secret), expires: now + life)
+        metrics.questionsSealed.increment()
+        return sealed
+    }
+
+    private func cursor(_ at: Int64?) throws(ConnectoidError) -> Int64 {
+        let at = at ?? 0
+        guard at >= 0, at < 1 << 53 else { throw .badRequest("at must be an integer 0...2^53-1") }
+        return at
+    }
+
+    /// Run the retention rules now (also run every `collectEverySeconds`).
+    @discardableResult
+    public func collectGarbage(now: Int64? = nil) throws(ConnectoidError) -> (messages: Int, mailboxes: Int) {
+        let now = now ?? clock()
+        let limits = configuration.limits
+        let (messages, mailboxes) = try store.collect(now: now, retention: limits.retentionSeconds * 1_000, idle: limits.mailboxIdleSeconds * 1_000)
+        metrics.collectedMessages.add(messages)
+        metrics.collectedMailboxes.add(mailboxes)
+        return (messages, mailboxes)
+    }
+
+    private func collectIfDue(_ now: Int64) {
+        let due = lastCollect.withLockedValue { last -> Bool in
+            guard now - last >= configuration.collectEverySeconds * 1_000 else { return false }
+            last = now
+            return true
+        }
+        if due { _ = try? collectGarbage(now: now) }
+    }
+
+    public func hasMailbox(pub: [UInt8], ext: String) throws(ConnectoidError) -> Bool { try store.hasMailbox(pub: pub, ext: ext) }
+
+    public func metricsText() -> String {
+        let counts = (try? store.counts()) ?? (mailboxes: -1, messages: -1)
+        return metrics.text(mailboxes: counts.mailboxes, messages: counts.messages)
+    }
+
+    /// What `GET` of the service URL answers.
+    public func limitsJSON() -> [UInt8] {
+        let encoder = JSONEncoder()
+        encoder.keyEncodingStrategy = .convertToSnakeCase
+        encoder.outputFormatting = [.sortedKeys]
+        return Array((try? encoder.encode(configuration.limits)) ?? Data("{}".utf8))
+    }
+}
+
+func hex(_ bytes: [UInt8]) -> String {
+    let digits = Array("0123456789abcdef".utf8)
+    var out: [UInt8] = []
+    out.reserveCapacity(bytes.count * 2)
+    for b in bytes { out.append(digits[Int(b >> 4)]); out.append(digits[Int(b & 15)]) }
+    return String(decoding: out, as: UTF8.self)
+}

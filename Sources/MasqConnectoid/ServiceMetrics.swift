@@ -1,0 +1,56 @@
+import MasqConnectoidWire
+import Prometheus
+
+/// Counters and gauges at /metrics (Prometheus text format). Nothing here
+/// names a mailbox or a client.
+final class ServiceMetrics: @unchecked Sendable {
+    let registry = PrometheusCollectorRegistry()
+    private var requests: [String: Counter] = [:]
+    private var errors: [String: Counter] = [:]
+    let bytesIn: Counter
+    let questionsSealed: Counter
+    let questionsReused: Counter
+    let collectedMessages: Counter
+    let collectedMailboxes: Counter
+    private let mailboxes: Gauge
+    private let messages: Gauge
+
+    init() {
+        let registry = self.registry
+        func counter(_ name: String, _ help: String, _ labels: [(String, String)] = []) -> Counter {
+            registry.makeCounter(descriptor: MetricNameDescriptor(namespace: "masq", subsystem: "connectoid", metricName: name, unitName: "total", helpText: help),
+                                 labels: labels)
+        }
+        for action in ["send", "check", "receive", "other"] {
+            for result in ["ok", "error"] {
+                requests[action + result] = counter("requests", "Requests answered", [("action", action), ("result", result)])
+            }
+        }
+        for code in ConnectoidError.Code.allCases {
+            errors[code.rawValue] = counter("errors", "Requests refused, by code", [("code", code.rawValue)])
+        }
+        bytesIn = counter("message_bytes", "Message bytes stored")
+        questionsSealed = counter("questions_sealed", "Challenges sealed (one P-384 ECDH each)")
+        questionsReused = counter("questions_reused", "Checks answered with a pending challenge")
+        collectedMessages = counter("collected_messages", "Messages deleted by retention")
+        collectedMailboxes = counter("collected_mailboxes", "Idle mailboxes deleted")
+        mailboxes = registry.makeGauge(descriptor: MetricNameDescriptor(namespace: "masq", subsystem: "connectoid", metricName: "mailboxes", unitName: "", helpText: "Mailboxes held"))
+        messages = registry.makeGauge(descriptor: MetricNameDescriptor(namespace: "masq", subsystem: "connectoid", metricName: "messages", unitName: "", helpText: "Messages held"))
+    }
+
+    func count(_ action: String, ok: Bool, code: ConnectoidError.Code? = nil) {
+        let name = ["send", "check", "receive"].contains(action) ? action : "other"
+        requests[name + (ok ? "ok" : "error")]?.increment()
+        if let code { errors[code.rawValue]?.increment() }
+    }
+
+    func text(mailboxes: Int64, messages: Int64) -> String {
+        self.mailboxes.set(mailboxes)
+        self.messages.set(messages)
+        return registry.emitToString()
+    }
+}
+
+extension Counter {
+    func add(_ n: Int) { if n > 0 { increment(by: Int64(n)) } }
+}

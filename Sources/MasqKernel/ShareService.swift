@@ -1,0 +1,497 @@
+import Dispatch
+import MasqConnectoidProtocol
+import MasqCrypto
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Sharing a namespace with another person through Connectoid mailboxes
+/// (docs/CONNECTOID.md). The owner makes a link naming a fresh mailbox and
+/// carrying a single-use secret; the guest claims it with a signed, sealed
+/// CLAIM; the owner locks the share to the first valid claimant and answers
+/// WELCOME from a new mailbox; the guest moves to a new mailbox too. From
+/// then on RECORDS and ACK envelopes carry the namespace both ways (or only
+/// from the owner, read-only), and UNSHARE ends it on both sides.
+/// Everything runs on one serial queue; state is saved after every change.
+public final class ShareService: @unchecked Sendable {
+    public let store: Store
+    private let queue = DispatchQueue(label: "masq.share")
+    private var transport: TransportEngine?
+    private var joined: Set<String> = []
+    private var timer: DispatchSourceTimer?
+    private var watchID: UInt64?
+    private var stopped = false
+    /// Mailbox keys by mailbox name, for challenges (read from the transport's threads).
+    private let keys = Lock()
+    private var mailboxKeys: [String: (SecureBytes, [UInt8])] = [:]
+    /// Envelopes that did not open, verify or fit (counted, never applied).
+    public private(set) var rejected = 0
+    public private(set) var received = 0
+    /// Called on the service's queue with a line worth telling the user.
+    public var onEvent: (@Sendable (String) -> Void)?
+    /// How often to look for work (sends, resends) besides the transport's polling.
+    public var tickSeconds = 0.25
+    /// Largest records payload per envelope: mailbox messages are small.
+    public var maxRecordBytes = 40_000
+
+    public init(store: Store) {
+        self.store = store
+    }
+
+    var resendMilliseconds: UInt64 { UInt64(store.config.sharing.resendMilliseconds) }
+
+    // MARK: - making and accepting links (no transport needed to make one)
+
+    /// Share namespace `ns`: a new link (with a fresh mailbox key pair, a
+    /// signing key pair and a single-use secret) naming `services`.
+    public func create(namespace ns: NamespaceName, readOnly: Bool, services: [String]? = nil, base: String = ConnectoidLink.defaultBase) throws(MasqError) -> ConnectoidLink {
+        let services = services ?? store.config.sharing.services
+        guard !services.isEmpty else {
+            throw .config("no Connectoid service: pass --service URL or add \"sharing\": {\"services\": [\"https://…\"]} to the config")
+        }
+        for url in services {
+            do { try ConnectoidLink.checkServiceURL(url) } catch { throw .invalid(error.message) }
+        }
+        let inbox = Self.newInbox(services)
+        let signing = P384.keyPair()
+        let signingPub = try Self.compressed(signing.publicKey)
+        let secret = Random.bytes(16)
+        let state = ShareState(id: Base64URL.encode(inbox.pub), role: .owner, namespace: ns.string, access: readOnly ? .readOnly : .readWrite,
+                               status: .offered, created: Clock.unixMilliseconds(), signingKey: signing.privateKey.bytes, signingPub: signingPub,
+                               secret: secret, ownerKeyHash: Array(Hash.sha256(signingPub).prefix(16)), inboxes: [inbox])
+        try store.saveShare(state.id, state)
+        queue.sync { if transport != nil { try? join(state) } }
+        Log.info("share", "offered namespace \(ns.string) as share \(state.shortID)")
+        return ConnectoidLink(pub: inbox.pub, services: services, ext: inbox.ext, secret: secret + state.ownerKeyHash, base: base)
+    }
+
+    /// Accept a link: a guest share of namespace `ns` (default: the owner's
+    /// name, learned from WELCOME), and a CLAIM to the link's mailbox. The
+    /// service must be running.
+    public func accept(_ text: String, as ns: NamespaceName? = nil, services: [String]? = nil) throws(MasqError) -> ShareState {
+        let link: ConnectoidLink
+        do { link = try ConnectoidLink.parse(text) } catch { throw .invalid("not a share link: \(error.message)") }
+        guard let fragment = link.secret, fragment.count == 32 else {
+            throw .invalid("the link lacks its secret (the part after #): copy the whole link")
+        }
+        let id = link.pubText
+        if let existing = try store.share(id) {
+            throw MasqError(existing.role == .owner ? .invalid : .busy,
+                            existing.role == .owner ? "this is your own share link" : "this link was already accepted (share \(existing.shortID))")
+        }
+        let signing = P384.keyPair()
+        let inbox = Self.newInbox(services ?? (store.config.sharing.services.isEmpty ? link.services : store.config.sharing.services))
+        var state = ShareState(id: id, role: .guest, namespace: ns?.string ?? "", access: .readOnly, status: .claimed,
+                               created: Clock.unixMilliseconds(), signingKey: signing.privateKey.bytes, signingPub: try Self.compressed(signing.publicKey),
+                               secret: Array(fragment.prefix(16)), ownerKeyHash: Array(fragment.suffix(16)), inboxes: [inbox])
+        state.peerInbox = link.mailbox
+        try store.saveShare(id, state)
+        try onQueue { () throws(MasqError) in
+            guard transport != nil else { return }
+            try join(state)
+            sendClaim(&state)
+            try store.saveShare(id, state)
+        }
+        return state
+    }
+
+    /// End a share: tell the other side (best effort) and delete the keys.
+    public func unshare(_ idOrPrefix: String) throws(MasqError) -> ShareState {
+        let matches = try store.shares().filter { $0.id.hasPrefix(idOrPrefix) }
+        guard matches.count == 1, var state = matches.first else {
+            throw MasqError(matches.isEmpty ? .notFound : .invalid, matches.isEmpty ? "no share \(idOrPrefix)" : "\(idOrPrefix) names several shares; give more of the id")
+        }
+        queue.sync {
+            if transport != nil, state.peerInbox != nil, state.status == .active || state.status == .claimed {
+                send(&state, type: "unshare", reason: "ended by the other side")
+            }
+            for inbox in state.inboxes { leave(inbox.mailbox) }
+        }
+        try store.saveShare(state.id, nil)
+        Log.info("share", "ended share \(state.shortID)")
+        return state
+    }
+
+    // MARK: - running
+
+    public func start() throws(MasqError) {
+        let reference = store.config.sharing.transport
+        let transport = try store.openTransport(reference, onFrame: { [weak self] _, room, frame in
+            guard let self, let room else { return }
+            self.queue.async { self.receive(room, frame) }
+        }, onPeerEvent: { _, _ in }, onChallenge: { [weak self] mailbox, question throws(MasqError) -> [UInt8] in
+            guard let self else { throw MasqError(.closed, "sharing stopped") }
+            return try self.answer(mailbox, question)
+        })
+        try transport.start()
+        try onQueue { () throws(MasqError) in
+            self.transport = transport
+            for state in try store.shares() where state.status != .ended && state.status != .intercepted { try join(state) }
+        }
+        watchID = try store.watch(namespace: nil) { [weak self] change in
+            guard change.origin == .local, let self else { return }
+            self.queue.async { self.tick() }
+        }
+        let source = DispatchSource.makeTimerSource(queue: queue)
+        source.schedule(deadline: .now() + tickSeconds, repeating: tickSeconds)
+        source.setEventHandler { [weak self] in self?.tick() }
+        source.resume()
+        timer = source
+        queue.async { self.tick() }
+    }
+
+    public func stop() {
+        queue.sync {
+            stopped = true
+            timer?.cancel()
+            timer = nil
+        }
+        if let watchID { try? store.unwatch(watchID) }
+        transport?.close()
+        queue.sync { transport = nil }
+    }
+
+    /// True when no share waits for an answer: every claim welcomed, every
+    /// batch acknowledged, nothing new to send.
+    public func settled() -> Bool {
+        queue.sync {
+            guard let shares = try? store.shares() else { return false }
+            return shares.allSatisfy { s in
+                switch s.status {
+                case .offered, .ended, .intercepted: return true
+                case .claimed: return false
+                case .active: return s.inflightThrough == nil && s.toAck == nil && !hasWork(s)
+                }
+            }
+        }
+    }
+
+    /// The transport's counters.
+    public func transportStats() -> [String: UInt64]? { transport?.stats() }
+
+    // MARK: - internals (on the queue)
+
+    private func onQueue(_ body: () throws(MasqError) -> Void) throws(MasqError) {
+        let result: Result<Void, MasqError> = queue.sync {
+            do throws(MasqError) { try body(); return .success(()) } catch { return .failure(error) }
+        }
+        try result.get()
+    }
+
+    private static func newInbox(_ services: [String]) -> ShareState.Inbox {
+        let pair = P384.keyPair()
+        return ShareState.Inbox(privateKey: pair.privateKey.bytes, pub: (try? P384.compress(pair.publicKey)) ?? [], ext: "masq1", services: services)
+    }
+
+    private static func compressed(_ point: [UInt8]) throws(MasqError) -> [UInt8] {
+        do { return try P384.compress(point) } catch { throw MasqError(.internal, "P-384 key encoding failed") }
+    }
+
+    private func join(_ state: ShareState) throws(MasqError) {
+        for inbox in state.inboxes where !joined.contains(inbox.mailbox) {
+            keys.withLock { mailboxKeys[inbox.mailbox] = (SecureBytes(inbox.privateKey), inbox.pub) }
+            try transport?.join(inbox.mailbox)
+            joined.insert(inbox.mailbox)
+        }
+    }
+
+    private func leave(_ mailbox: String) {
+        guard joined.contains(mailbox) else { return }
+        try? transport?.leave(mailbox)
+        joined.remove(mailbox)
+        keys.withLock { mailboxKeys[mailbox] = nil }
+    }
+
+    /// Open a service's challenge (transport thread).
+    private func answer(_ mailbox: String, _ question: [UInt8]) throws(MasqError) -> [UInt8] {
+        guard let (key, pub) = keys.withLock({ mailboxKeys[mailbox] }) else { throw MasqError(.notFound, "no key for this mailbox") }
+        do { return try SealedBox.open(question, privateKey: key, publicKey: pub, padded: false) } catch {
+            throw .invalid("a challenge that does not open with the mailbox key")
+        }
+    }
+
+    private func event(_ line: String) {
+        Log.info("share", line)
+        onEvent?(line)
+    }
+
+    private func reject(_ why: String) {
+        rejected += 1
+        Log.warn("share", "refused a message: \(why)")
+    }
+
+    private func receive(_ mailbox: String, _ box: [UInt8]) {
+        guard !stopped else { return }
+        received += 1
+        guard var state = (try? store.shares())?.first(where: { $0.inboxes.contains { $0.mailbox == mailbox } }),
+              let inbox = state.inboxes.first(where: { $0.mailbox == mailbox }) else { return reject("no share polls this mailbox") }
+        let envelope: ShareEnvelope
+        do { envelope = try ShareEnvelope.open(box, privateKey: SecureBytes(inbox.privateKey), pub: inbox.pub) } catch {
+            state.rejected += 1
+            try? store.saveShare(state.id, state)
+            return reject(error.message)
+        }
+        let body = envelope.body
+        guard body.share == state.id, Mailbox.isValid(body.inbox) else { return reject("an envelope for another share or with a bad reply mailbox") }
+        do throws(MasqError) {
+            switch (state.role, body.type) {
+            case (.owner, "claim"): try claimed(&state, envelope, inbox: inbox)
+            case (.guest, "welcome"), (.guest, "intercepted"): try welcomed(&state, envelope)
+            default:
+                guard let peer = state.peerSigningPub, constantTimeEqual(peer, envelope.signer) else {
+                    return reject("\(body.type) from a key that is not this share's peer")
+                }
+                try fromPeer(&state, envelope, mailbox: mailbox)
+            }
+        } catch {
+            state.rejected += 1
+            reject(error.message)
+        }
+        if state.status == .ended {
+            for inbox in state.inboxes { leave(inbox.mailbox) }
+            try? store.saveShare(state.id, nil)
+            return
+        }
+        do { try store.saveShare(state.id, state) } catch { Log.error("share", "cannot save share \(state.shortID): \(error.message)") }
+        tick()
+    }
+
+    /// Owner: a CLAIM at the link's mailbox. The first valid claimant wins;
+    /// any later one is told the link was used and the owner is warned.
+    private func claimed(_ state: inout ShareState, _ envelope: ShareEnvelope, inbox: ShareState.Inbox) throws(MasqError) {
+        let body = envelope.body
+        guard inbox.mailbox == state.inboxes.first?.mailbox else { throw .invalid("a claim outside the link's mailbox") }
+        guard ShareProof.matches(body.proof, ShareProof.claim(secret: state.secret, guest: envelope.signer, inbox: body.inbox)) else {
+            throw MasqError(.denied, "a claim without the link's secret")
+        }
+        if let peer = state.peerSigningPub {
+            if constantTimeEqual(peer, envelope.signer) {
+                send(&state, type: "welcome")       // the welcome was lost: again
+                return
+            }
+            let warning = "a second person used the link at \(Clock.unixMilliseconds() / 1000) (Unix time): someone else saw it; compare the fingerprint with your contact"
+            if !state.warnings.contains(where: { $0.hasPrefix("a second person") }) { state.warnings.append(warning) }
+            event("share \(state.shortID): \(warning)")
+            sendSigned(state, to: body.inbox, body: .init(type: "intercepted", share: state.id, seq: 0, inbox: state.inboxes.last!.mailbox,
+                                                          reason: "this link was already used by someone else"))
+            return
+        }
+        state.peerSigningPub = envelope.signer
+        state.peerInbox = body.inbox
+        state.peerSeq = body.seq
+        state.status = .active
+        state.lastHeard = Clock.unixMilliseconds()
+        let fresh = Self.newInbox(state.inboxes[0].services)
+        state.inboxes.append(fresh)
+        try join(state)
+        send(&state, type: "welcome")
+        event("share \(state.shortID): claimed; namespace \(state.namespace) is now shared \(state.access.rawValue); fingerprint \(state.fingerprint ?? "")")
+    }
+
+    /// Guest: WELCOME (or INTERCEPTED) from the owner, checked against the
+    /// owner key hash the link carried.
+    private func welcomed(_ state: inout ShareState, _ envelope: ShareEnvelope) throws(MasqError) {
+        guard constantTimeEqual(Array(Hash.sha256(envelope.signer).prefix(16)), state.ownerKeyHash) else {
+            throw MasqError(.badSignature, "\(envelope.body.type) not signed by the key the link names")
+        }
+        let body = envelope.body
+        if body.type == "intercepted" {
+            guard state.status == .claimed else { return }
+            state.status = .intercepted
+            state.warnings.append("intercepted: someone used the link before you; ask for a new link")
+            event("share \(state.shortID): INTERCEPTED — someone used this link before you did; ask your contact for a new one")
+            for inbox in state.inboxes { leave(inbox.mailbox) }
+            return
+        }
+        guard ShareProof.matches(body.proof, ShareProof.welcome(secret: state.secret, owner: envelope.signer, guest: state.signingPub)) else {
+            throw MasqError(.denied, "a welcome without the link's secret")
+        }
+        guard state.status == .claimed else { return }
+        guard let name = body.namespace, let access = body.access.flatMap(ShareState.Access.init(rawValue:)) else {
+            throw .invalid("a welcome without namespace or access")
+        }
+        if state.namespace.isEmpty { state.namespace = try NamespaceName(name, limits: store.limits).string }
+        state.access = access
+        state.peerSigningPub = envelope.signer
+        state.peerInbox = body.inbox
+        state.peerSeq = body.seq
+        state.status = .active
+        state.lastHeard = Clock.unixMilliseconds()
+        // Rotate: the first mailbox was named in a message to the link's mailbox.
+        state.inboxes.append(Self.newInbox(state.inboxes[0].services))
+        try join(state)
+        event("share \(state.shortID): welcomed into namespace \(state.namespace) (\(access.rawValue)); fingerprint \(state.fingerprint ?? "")")
+    }
+
+    private func fromPeer(_ state: inout ShareState, _ envelope: ShareEnvelope, mailbox: String) throws(MasqError) {
+        let body = envelope.body
+        state.lastHeard = Clock.unixMilliseconds()
+        if body.seq > state.peerSeq {
+            state.peerSeq = body.seq
+            state.peerInbox = body.inbox
+        }
+        // A message at our newest mailbox: the peer has moved; the older ones can go.
+        if mailbox == state.inboxes.last?.mailbox && state.inboxes.count > 1 && state.role == .guest {
+            for old in state.inboxes.dropLast() { leave(old.mailbox) }
+            state.inboxes = [state.inboxes.last!]
+        }
+        switch body.type {
+        case "records":
+            if state.role == .owner && state.access == .readOnly {
+                if !state.warnings.contains(where: { $0.hasPrefix("the guest sent changes") }) {
+                    state.warnings.append("the guest sent changes to a read-only share; they were refused")
+                }
+                throw MasqError(.denied, "records from the guest of a read-only share")
+            }
+            guard let text = body.records, let bytes = Base64URL.decode(text) else { throw .invalid("records that are not base64url") }
+            guard case .snapshot(var records, let through?) = try SyncFrame.decode(bytes) else { throw .invalid("records in an unexpected frame") }
+            // The sender's namespace, whatever its name there, is this share's namespace here.
+            for i in records.indices { records[i].namespace = state.namespace }
+            try store.applySnapshotRecords(records)
+            state.recordsReceived += 1
+            var ack = VersionVector(state.toAck ?? [:])
+            ack.merge(through)
+            state.toAck = ack.entries
+        case "ack":
+            guard let entries = body.ack else { throw .invalid("an ack without a vector") }
+            let ack = try VersionVector(hexEntries: entries)
+            var acked = VersionVector(state.acked)
+            acked.merge(ack)
+            state.acked = acked.entries
+            if let inflight = state.inflightThrough, inflight.allSatisfy({ acked[$0.key] >= $0.value }) {
+                state.inflightThrough = nil
+            }
+        case "unshare":
+            state.status = .ended
+            event("share \(state.shortID): the other side ended the share of \(state.namespace)")
+        default:
+            throw .invalid("an envelope of unknown type \(body.type.prefix(20))")
+        }
+        if let ack = body.ack, body.type != "ack" {
+            var acked = VersionVector(state.acked)
+            acked.merge(try VersionVector(hexEntries: ack))
+            state.acked = acked.entries
+        }
+    }
+
+    /// Whether this side has records the peer has not acknowledged.
+    private func hasWork(_ state: ShareState) -> Bool {
+        guard state.status == .active, state.role == .owner || state.access == .readWrite else { return false }
+        if state.snapshotCursor != nil || state.snapshotVector != nil { return true }
+        guard let mine = try? store.syncVectors().applied else { return false }
+        let acked = VersionVector(state.acked)
+        return mine.entries.contains { acked[$0.key] < $0.value }
+    }
+
+    /// Periodic work: resend claims, send records and acks.
+    private func tick() {
+        guard !stopped, transport != nil, let shares = try? store.shares() else { return }
+        let now = Clock.unixMilliseconds()
+        // Shares made or ended by another process (the CLI) since the last tick.
+        let live = shares.filter { $0.status != .ended && $0.status != .intercepted }
+        let wanted = Set(live.flatMap { $0.inboxes.map(\.mailbox) })
+        for mailbox in joined.subtracting(wanted) { leave(mailbox) }
+        for state in live { try? join(state) }
+        for var state in shares {
+            let before = state
+            switch state.status {
+            case .claimed:
+                if now - state.lastSent >= resendMilliseconds { sendClaim(&state) }
+            case .active:
+                pushRecords(&state, now: now)
+                if state.toAck != nil { send(&state, type: "ack") }
+            default: break
+            }
+            if state != before { try? store.saveShare(state.id, state) }
+        }
+    }
+
+    private func sendClaim(_ state: inout ShareState) {
+        guard let inbox = state.inboxes.last?.mailbox else { return }
+        send(&state, type: "claim", proof: ShareProof.claim(secret: state.secret, guest: state.signingPub, inbox: inbox))
+    }
+
+    /// Send the next batch when nothing is in flight (or it waited too long).
+    private func pushRecords(_ state: inout ShareState, now: UInt64) {
+        guard state.role == .owner || state.access == .readWrite else { return }
+        if state.inflightThrough != nil && now - state.inflightAt < resendMilliseconds { return }
+        guard let ns = try? NamespaceName(state.namespace, limits: store.limits) else { return }
+        let acked = VersionVector(state.acked)
+        var records: [SyncRecord] = []
+        var through = acked
+        do throws(MasqError) {
+            // A new share starts with the whole namespace; then only what changed.
+            var snapshot = state.acked.isEmpty || state.snapshotVector != nil
+            if !snapshot {
+                // Skip over commits to other namespaces in one go (bounded).
+                for _ in 0..<50 {
+                    guard let batch = try store.shareExport(ns, after: through, maxBytes: maxRecordBytes) else { snapshot = true; break }
+                    if batch.through == through { break }
+                    records += batch.records
+                    through = batch.through
+                    if records.reduce(0, { $0 + $1.key.count + $1.value.count + 48 }) >= maxRecordBytes / 2 { break }
+                }
+            }
+            if snapshot {
+                records = []
+                let chunk = try store.namespaceChunk(ns, after: state.snapshotCursor, maxBytes: maxRecordBytes)
+                let vector = state.snapshotVector.map { VersionVector($0) } ?? chunk.vector
+                records = chunk.records
+                state.snapshotCursor = chunk.next
+                state.snapshotVector = chunk.next == nil ? nil : vector.entries
+                through = chunk.next == nil ? vector : acked
+            }
+        } catch {
+            Log.warn("share", "share \(state.shortID): cannot read namespace \(state.namespace): \(error.message)")
+            return
+        }
+        if records.isEmpty && through == acked && state.snapshotCursor == nil { return }
+        let oversized = records.filter { $0.value.count + $0.key.count > maxRecordBytes }
+        if !oversized.isEmpty {
+            records.removeAll { $0.value.count + $0.key.count > maxRecordBytes }
+            let warning = "values over \(maxRecordBytes) bytes are not shared through mailboxes"
+            if !state.warnings.contains(warning) { state.warnings.append(warning) }
+        }
+        let frame = SyncFrame.snapshot(records: records, final: through).encoded()
+        state.inflightThrough = through.entries
+        state.inflightAt = now
+        send(&state, type: "records", records: Base64URL.encode(frame))
+    }
+
+    private func send(_ state: inout ShareState, type: String, proof: String? = nil, records: String? = nil, reason: String? = nil) {
+        guard let peer = state.peerInbox, let inbox = state.inboxes.last?.mailbox else { return }
+        var body = ShareEnvelope.Body(type: type, share: state.id, seq: state.nextSeq, inbox: inbox, proof: proof, reason: reason)
+        switch type {
+        case "welcome":
+            body.proof = ShareProof.welcome(secret: state.secret, owner: state.signingPub, guest: state.peerSigningPub ?? [])
+            body.namespace = state.namespace
+            body.access = state.access.rawValue
+        case "records": body.records = records
+        default: break
+        }
+        if let toAck = state.toAck {
+            body.ack = VersionVector(toAck).hexEntries
+            state.toAck = nil
+        }
+        state.nextSeq += 1
+        state.lastSent = Clock.unixMilliseconds()
+        sendSigned(state, to: peer, body: body)
+    }
+
+    private func sendSigned(_ state: ShareState, to mailbox: String, body: ShareEnvelope.Body) {
+        guard let transport else { return }
+        do throws(MasqError) {
+            guard let pub = Mailbox.pub(mailbox) else { throw .invalid("the peer's mailbox is malformed") }
+            let box = try ShareEnvelope.seal(body, signingKey: SecureBytes(state.signingKey), signingPub: state.signingPub, to: pub)
+            try transport.send(mailbox, box)
+        } catch {
+            Log.warn("share", "share \(state.shortID): cannot send \(body.type): \(error.message)")
+        }
+    }
+}
+
+/// Mailbox names (PUB.URL.EXT) as envelopes carry them.
+enum Mailbox {
+    static func isValid(_ name: String) -> Bool { name.utf8.count <= 4_096 && (try? ConnectoidLink.parse(name)) != nil }
+    static func pub(_ name: String) -> [UInt8]? { try? ConnectoidLink.parse(name).pub }
+}

@@ -1,0 +1,185 @@
+import FoundationEssentials
+import MasqConnectoidProtocol
+import MasqCrypto
+
+/// Storage of shares with other people: each share's state is one secret
+/// entry ('H' + share id, sealed when the store is protected), and the set
+/// of namespaces shared with this store read-only is one more, read by every
+/// local write (docs/CONNECTOID.md).
+extension Store {
+    static let readOnlyKey: [UInt8] = [RecordFormat.share, 0]
+
+    static func shareKey(_ id: String) -> [UInt8] { [RecordFormat.share, 1] + Array(id.utf8) }
+
+    public func shares() throws(MasqError) -> [ShareState] {
+        try lock.withLock { () throws(MasqError) -> [ShareState] in
+            try ensureUsable()
+            var keys: [[UInt8]] = []
+            try engine.scan(from: [RecordFormat.share, 1], to: [RecordFormat.share, 2]) { (key, _) throws(MasqError) -> Bool in
+                keys.append(Array(key))
+                return true
+            }
+            var out: [ShareState] = []
+            for key in keys { if let bytes = try getSecret(key) { out.append(try ShareState.decode(bytes)) } }
+            return out.sorted { $0.created < $1.created }
+        }
+    }
+
+    public func share(_ id: String) throws(MasqError) -> ShareState? {
+        try lock.withLock { () throws(MasqError) -> ShareState? in
+            try ensureUsable()
+            return try getSecret(Store.shareKey(id)).map { (b) throws(MasqError) in try ShareState.decode(b) }
+        }
+    }
+
+    /// Save (or, with nil, delete) a share and refresh the read-only set in the same transaction.
+    public func saveShare(_ id: String, _ state: ShareState?) throws(MasqError) {
+        try localTransaction { () throws(MasqError) in
+            let key = Store.shareKey(id)
+            if let state {
+                try Store.putMeta(engine, key, try sealSecret(key, try state.encoded()))
+            } else {
+                try key.withBytes { (k) throws(MasqError) in try engine.delete(k) }
+            }
+            var readOnly: Set<String> = []
+            try engine.scan(from: [RecordFormat.share, 1], to: [RecordFormat.share, 2]) { (k, _) throws(MasqError) -> Bool in
+                if let bytes = try getSecret(Array(k)) {
+                    let share = try ShareState.decode(bytes)
+                    if share.role == .guest && share.access == .readOnly && share.status != .ended { readOnly.insert(share.namespace) }
+                }
+                return true
+            }
+            let encoded = Array((try? JSONEncoder().encode(readOnly.sorted())) ?? Data("[]".utf8))
+            try Store.putMeta(engine, Store.readOnlyKey, try sealSecret(Store.readOnlyKey, encoded))
+        }
+    }
+
+    /// Namespaces local writes may not touch; caller holds the lock.
+    func readOnlyNamespacesLocked() throws(MasqError) -> Set<String> {
+        guard let bytes = try getSecret(Store.readOnlyKey) else { return [] }
+        guard let names = try? JSONDecoder().decode([String].self, from: Data(bytes)) else { throw .corrupt("malformed read-only namespace list") }
+        return Set(names)
+    }
+
+    /// What a share sends next of namespace `ns`: records of commits after
+    /// `acked` (the peer's acknowledged vector of this store's change log),
+    /// with the vector they bring the peer to. When the log below `acked`
+    /// has been collected, the namespace goes whole instead, in key order
+    /// from `cursor` (the caller keeps the cursor and the vector of the
+    /// snapshot's start until the last chunk).
+    public func shareExport(_ ns: NamespaceName, after acked: VersionVector, maxBytes: Int)
+        throws(MasqError) -> (records: [SyncRecord], through: VersionVector)? {
+        guard let commits = try exportCommits(after: acked, maxCommits: 1_000, maxBytes: maxBytes) else { return nil }
+        var through = acked
+        var records: [SyncRecord] = []
+        for commit in commits {
+            through[commit.origin] = max(through[commit.origin], commit.seq)
+            records += commit.records.filter { $0.namespace == ns.string }
+        }
+        return (records, through)
+    }
+
+    /// One chunk of every record of `ns` after `cursor` (a user key), in
+    /// key order; `next` is nil after the last.
+    public func namespaceChunk(_ ns: NamespaceName, after cursor: [UInt8]?, maxBytes: Int) throws(MasqError) -> (records: [SyncRecord], next: [UInt8]?, vector: VersionVector) {
+        try lock.withLock { () throws(MasqError) in
+            try ensureUsable()
+            let vector = try currentVector()
+            guard let id = try existingNamespaceID(ns) else { return ([], nil, vector) }
+            let base = RecordFormat.recordPrefix(namespaceID: id)
+            let start = cursor.map { base + $0 + [0] } ?? base
+            var records: [SyncRecord] = []
+            var bytes = 0
+            var last: [UInt8]?
+            var full = false
+            try engine.scan(from: start, to: RecordFormat.successor(ofPrefix: base)) { (key, _) throws(MasqError) -> Bool in
+                guard let (header, value) = try readRecord(key) else { return true }
+                let userKey = Array(key[base.count...])
+                records.append(SyncRecord(namespace: ns.string, key: userKey, header: header, value: value))
+                last = userKey
+                bytes += userKey.count + value.count + 48
+                full = bytes >= maxBytes
+                return !full
+            }
+            return (records, full ? last : nil, vector)
+        }
+    }
+}
+
+/// One share with another person, as this side keeps it.
+public struct ShareState: Codable, Sendable, Equatable {
+    public enum Role: String, Codable, Sendable { case owner, guest }
+    public enum Access: String, Codable, Sendable { case readOnly = "read-only", readWrite = "read-write" }
+    public enum Status: String, Codable, Sendable {
+        /// Owner: link made, nobody claimed it yet.
+        case offered
+        /// Guest: claim sent, no welcome yet.
+        case claimed
+        case active
+        /// Guest: the owner says someone else used the link first.
+        case intercepted
+        /// The other side ended the share.
+        case ended
+    }
+
+    /// A mailbox this side polls (its key pair stays here).
+    public struct Inbox: Codable, Sendable, Equatable {
+        public var privateKey: [UInt8]
+        public var pub: [UInt8]
+        public var ext: String
+        public var services: [String]
+        public var mailbox: String { ConnectoidLink(pub: pub, services: services, ext: ext).mailbox }
+    }
+
+    /// The base64url mailbox key of the link: the same on both sides.
+    public var id: String
+    public var role: Role
+    public var namespace: String
+    public var access: Access
+    public var status: Status
+    public var created: UInt64
+    public var signingKey: [UInt8]
+    public var signingPub: [UInt8]
+    public var secret: [UInt8]
+    /// Guest: the first 16 bytes of SHA-256 of the owner's signing key (from the link).
+    public var ownerKeyHash: [UInt8]
+    /// Polled mailboxes, newest last (the last one is given to the peer).
+    public var inboxes: [Inbox]
+    public var peerSigningPub: [UInt8]?
+    public var peerInbox: String?
+    public var nextSeq: UInt64 = 1
+    public var peerSeq: UInt64 = 0
+    /// Entries (replica → seq) of this store's log the peer acknowledged.
+    public var acked: [UInt64: UInt64] = [:]
+    /// The last batch sent and not yet acknowledged: where it brings the peer, and when.
+    public var inflightThrough: [UInt64: UInt64]?
+    public var inflightAt: UInt64 = 0
+    /// A whole-namespace send under way (the log below `acked` was collected).
+    public var snapshotCursor: [UInt8]?
+    public var snapshotVector: [UInt64: UInt64]?
+    /// What to acknowledge to the peer next.
+    public var toAck: [UInt64: UInt64]?
+    public var lastSent: UInt64 = 0
+    public var lastHeard: UInt64 = 0
+    public var rejected: UInt64 = 0
+    /// RECORDS envelopes applied.
+    public var recordsReceived: UInt64 = 0
+    public var warnings: [String] = []
+
+    public var shortID: String { String(id.prefix(10)) }
+
+    /// Both sides compute it from the two signing keys, owner's first.
+    public var fingerprint: String? {
+        guard let peer = peerSigningPub else { return nil }
+        let (a, b) = role == .owner ? (signingPub, peer) : (peer, signingPub)
+        return DevicePublicKeys.fingerprint(agreementKey: Array("masq share".utf8) + a + b).digits
+    }
+
+    func encoded() throws(MasqError) -> [UInt8] {
+        do { return Array(try JSONEncoder().encode(self)) } catch { throw MasqError(.internal, "cannot encode a share: \(error)") }
+    }
+
+    static func decode(_ bytes: [UInt8]) throws(MasqError) -> ShareState {
+        do { return try JSONDecoder().decode(ShareState.self, from: Data(bytes)) } catch { throw .corrupt("malformed share entry") }
+    }
+}
