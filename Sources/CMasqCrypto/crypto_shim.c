@@ -410,7 +410,12 @@ static EC_KEY *p384_public_key(const uint8_t *point, size_t point_len) {
     EC_KEY *key = EC_KEY_new_by_curve_name(NID_secp384r1);
     if (!key) return NULL;
     const unsigned char *p = point;
-    if (!o2i_ECPublicKey(&key, &p, (long)point_len) || EC_KEY_check_key(key) != 1) {
+    /* o2i_ECPublicKey refuses points off the curve; P-384's cofactor is 1, so
+     * an on-curve point other than infinity is in the prime-order group and
+     * the order multiplication of EC_KEY_check_key (as costly as an ECDH)
+     * adds nothing. */
+    if (!o2i_ECPublicKey(&key, &p, (long)point_len) ||
+        EC_POINT_is_at_infinity(EC_KEY_get0_group(key), EC_KEY_get0_public_key(key))) {
         EC_KEY_free(key);
         return NULL;
     }

@@ -37,6 +37,10 @@ public final class ConnectoidService: @unchecked Sendable {
     let mailboxLimiter: RateLimiter
     let metrics = ServiceMetrics()
     private let lastCollect = NIOLockedValueBox<Int64>(0)
+    /// Keys already validated (decompressing a P-384 point costs a modular
+    /// square root); bounded, emptied when full.
+    private let knownKeys = NIOLockedValueBox<[String: [UInt8]]>([:])
+    static let knownKeysLimit = 65_536
 
     public init(configuration: ConnectoidConfiguration, clock: @escaping @Sendable () -> Int64 = ConnectoidService.wallClock) throws(ConnectoidError) {
         self.configuration = configuration
@@ -86,7 +90,7 @@ public final class ConnectoidService: @unchecked Sendable {
         guard ["send", "check", "receive"].contains(action) else {
             throw .init(.unknownAction, "unknown action \"\(action.prefix(32))\" (send, check or receive)")
         }
-        let pub = try ConnectoidLink.checkedPublicKey(pubText)
+        let pub = try key(pubText)
         let limits = configuration.limits
         let retention = limits.retentionSeconds * 1_000
         switch action {
@@ -142,6 +146,16 @@ public final class ConnectoidService: @unchecked Sendable {
         try store.setQuestion(pub: pub, ext: ext, sealed: sealed, answerHash: Hash.sha256(secret), expires: now + life)
         metrics.questionsSealed.increment()
         return sealed
+    }
+
+    private func key(_ text: String) throws(ConnectoidError) -> [UInt8] {
+        if let known = knownKeys.withLockedValue({ $0[text] }) { return known }
+        let pub = try ConnectoidLink.checkedPublicKey(text)
+        knownKeys.withLockedValue { keys in
+            if keys.count >= Self.knownKeysLimit { keys.removeAll(keepingCapacity: true) }
+            keys[text] = pub
+        }
+        return pub
     }
 
     private func cursor(_ at: Int64?) throws(ConnectoidError) -> Int64 {

@@ -5,7 +5,8 @@ import NIOConcurrencyHelpers
 /// The service's SQLite file: mailboxes (with their pending challenge) and
 /// messages. Only what the protocol needs is kept: the mailbox key, its
 /// extension, timestamps, the challenge's hash and the sealed messages.
-/// One connection behind a lock; every statement is prepared once.
+/// One connection behind a lock; every statement is prepared once. The
+/// service owns the file (exclusive locking: no file lock per transaction).
 final class MailboxStore: @unchecked Sendable {
     struct Question {
         var sealed: [UInt8]
@@ -28,6 +29,7 @@ final class MailboxStore: @unchecked Sendable {
         db = handle
         sqlite3_busy_timeout(handle, 5_000)
         try execute("""
+            PRAGMA locking_mode=EXCLUSIVE;
             PRAGMA journal_mode=WAL;
             PRAGMA synchronous=\(synchronous);
             PRAGMA secure_delete=ON;
@@ -35,6 +37,7 @@ final class MailboxStore: @unchecked Sendable {
                 pub BLOB NOT NULL, ext TEXT NOT NULL,
                 created INTEGER NOT NULL, checked INTEGER NOT NULL,
                 question BLOB, answer_hash BLOB, expires INTEGER, used_hash BLOB,
+                held INTEGER NOT NULL DEFAULT 0,
                 PRIMARY KEY(pub, ext)) WITHOUT ROWID;
             CREATE TABLE IF NOT EXISTS message(
                 at INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -60,17 +63,23 @@ final class MailboxStore: @unchecked Sendable {
             try begin()
             do throws(ConnectoidError) {
                 try run("INSERT OR IGNORE INTO mailbox(pub, ext, created, checked) VALUES(?1, ?2, ?3, ?3)", [.blob(pub), .text(ext), .int(now)])
-                // An expired copy of the same bytes (not yet collected) must not hide the new one.
-                try run("DELETE FROM message WHERE pub = ?1 AND ext = ?2 AND id = ?3 AND arrived <= ?4", [.blob(pub), .text(ext), .text(id), .int(now - retention)])
-                if try scalar("SELECT 1 FROM message WHERE pub = ?1 AND ext = ?2 AND id = ?3", [.blob(pub), .text(ext), .text(id)]) != nil {
-                    try run("COMMIT", [])
-                    return true
-                }
-                let count = try scalar("SELECT count(*) FROM message WHERE pub = ?1 AND ext = ?2 AND arrived > ?3",
-                                       [.blob(pub), .text(ext), .int(now - retention)]) ?? 0
-                guard count < maxMessages else { try run("ROLLBACK", []); return false }
+                // `held` counts stored messages (expired ones until the next collection).
+                let held = try scalar("SELECT held FROM mailbox WHERE pub = ?1 AND ext = ?2", [.blob(pub), .text(ext)]) ?? 0
                 try run("INSERT OR IGNORE INTO message(pub, ext, arrived, id, data) VALUES(?1, ?2, ?3, ?4, ?5)",
                         [.blob(pub), .text(ext), .int(now), .text(id), .blob(data)])
+                if sqlite3_changes(db) == 1 {
+                    guard held < maxMessages else { try run("ROLLBACK", []); return false }
+                    try run("UPDATE mailbox SET held = held + 1 WHERE pub = ?1 AND ext = ?2", [.blob(pub), .text(ext)])
+                } else {
+                    // The same bytes are stored already: a retry. An expired copy not yet
+                    // collected must not hide the new one: store it again at a new cursor.
+                    try run("DELETE FROM message WHERE pub = ?1 AND ext = ?2 AND id = ?3 AND arrived <= ?4",
+                            [.blob(pub), .text(ext), .text(id), .int(now - retention)])
+                    if sqlite3_changes(db) == 1 {
+                        try run("INSERT INTO message(pub, ext, arrived, id, data) VALUES(?1, ?2, ?3, ?4, ?5)",
+                                [.blob(pub), .text(ext), .int(now), .text(id), .blob(data)])
+                    }
+                }
                 try run("COMMIT", [])
                 return true
             } catch {
@@ -155,7 +164,11 @@ final class MailboxStore: @unchecked Sendable {
             let messages = Int(sqlite3_changes(db))
             try run("DELETE FROM message WHERE (pub, ext) IN (SELECT pub, ext FROM mailbox WHERE checked <= ?1)", [.int(now - idle)])
             try run("DELETE FROM mailbox WHERE checked <= ?1", [.int(now - idle)])
-            return (messages, Int(sqlite3_changes(db)))
+            let mailboxes = Int(sqlite3_changes(db))
+            if messages > 0 {
+                try run("UPDATE mailbox SET held = (SELECT count(*) FROM message m WHERE m.pub = mailbox.pub AND m.ext = mailbox.ext)", [])
+            }
+            return (messages, mailboxes)
         }
     }
 
