@@ -86,6 +86,14 @@ let package = Package(
             .product(name: "Prometheus", package: "swift-prometheus"),
         ]),
 
+        // The mesh: nodes, gossip, onion circuits, exits and the SOCKS5 front.
+        .target(name: "MasqMesh", dependencies: [
+            "MasqCrypto",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+
         // The local store daemon: profiles, app consent, the app protocol and the manager's API.
         .target(name: "MasqDaemon", dependencies: ["MasqKernel", "MasqCrypto"], exclude: ["www"]),
         .executableTarget(name: "MasqDaemonMain", dependencies: [
@@ -97,6 +105,7 @@ let package = Package(
             "MasqKernel",
             "MasqRelay",
             "MasqConnectoid",
+            "MasqMesh",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),

@@ -11,6 +11,18 @@ public enum ChaCha20 {
                                          out.baseAddress?.assumingMemoryBound(to: UInt8.self), out.count)
         precondition(status == 0, "ChaCha20 failed")
     }
+
+    /// XOR `data` in place with the keystream from block `counter` (the
+    /// cipher itself: encrypting and decrypting are the same operation).
+    public static func xor(key: UnsafeRawBufferPointer, counter: UInt32 = 0, nonce: UnsafeRawBufferPointer,
+                           _ data: UnsafeMutableRawBufferPointer) {
+        precondition(key.count == 32 && nonce.count == 12)
+        guard data.count > 0 else { return }
+        let p = data.baseAddress!.assumingMemoryBound(to: UInt8.self)
+        let status = masqcrypto_chacha20(key.baseAddress!.assumingMemoryBound(to: UInt8.self), counter,
+                                         nonce.baseAddress!.assumingMemoryBound(to: UInt8.self), p, p, data.count)
+        precondition(status == 0, "ChaCha20 failed")
+    }
 }
 
 /// Hashes, MACs and key derivation, all OpenSSL's.

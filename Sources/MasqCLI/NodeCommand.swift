@@ -1,0 +1,78 @@
+import ArgumentParser
+import Logging
+import MasqMesh
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `masq node`: run a mesh node.
+struct Node: MasqSubcommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run a mesh node: gossip with neighbours, relay onion circuits, optionally exit, and offer a SOCKS5 front.",
+        discussion: """
+            Prints its descriptor (masq://NETWORK:KEY@HOST:PORT); give it to other nodes as --seed. With --socks, \
+            applications reach the network through 127.0.0.1:PORT (curl --socks5-hostname); routes have --hops \
+            links (at least 3), the exit is never a neighbour of the origin, and the return route avoids the \
+            forward route's relays when it can. The node writes state.json in --data-dir every gossip interval.
+            """)
+
+    @Option(help: "Network name ([a-z0-9-]); nodes of other networks are refused.") var network = "masq"
+    @Option(help: "Address to listen on (and to advertise, signed).") var host = "127.0.0.1"
+    @Option(help: "Port (0 picks one).") var port = 0
+    @Option(help: ArgumentHelp("Directory for the node's keys and state.json.", valueName: "dir")) var dataDir = "."
+    @Option(help: ArgumentHelp("A node to debut to (repeatable).", valueName: "descriptor")) var seed: [String] = []
+    @Flag(help: "Let this node connect to targets for others.") var exit = false
+    @Option(help: ArgumentHelp("Offer a SOCKS5 proxy on this loopback address.", valueName: "host:port")) var socks: String?
+    @Option(help: "Links per route (1...6; below 3 only with --allow-short-routes).") var hops = 3
+    @Flag(help: "Allow routes of 1 or 2 hops (no anonymity: for tests and benchmarks).") var allowShortRoutes = false
+    @Option(help: "Most neighbours.") var maxNeighbours = 5
+    @Option(help: "Neighbours to look for.") var targetNeighbours = 3
+    @Option(help: "Cell payload bytes (the same on every node of a network).") var cellBytes = 4_096
+    @Option(help: "Milliseconds between gossip rounds.") var gossipMs: UInt64 = 1_000
+    @Option(help: "Milliseconds before an unrefreshed record is dropped.") var recordTtlMs: UInt64 = 15_000
+    @Option(help: "Milliseconds of silence before a neighbour is dropped.") var linkTimeoutMs: UInt64 = 5_000
+    @Option(help: "Milliseconds a route may take to open.") var setupTimeoutMs: UInt64 = 10_000
+    @Option(help: "Seconds a misbehaving node stays banned.") var banSeconds: UInt64 = 600
+    @Option(help: "Log level (error, warning, info, debug).") var logLevel = "info"
+
+    func execute() throws {
+        guard let level = Logger.Level(rawValue: logLevel == "warn" ? "warning" : logLevel) else { throw CLIError("unknown log level \(logLevel)") }
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        var config = MeshConfiguration()
+        config.network = network
+        config.host = host
+        config.port = port
+        config.dataDirectory = dataDir
+        config.seeds = try seed.map { text in
+            guard let d = NodeDescriptor(text) else { throw CLIError("not a node descriptor: \(text) (masq://NETWORK:KEY@HOST:PORT)", code: 64) }
+            return d
+        }
+        config.exit = exit
+        config.socks = socks
+        config.hops = hops
+        config.allowShortRoutes = allowShortRoutes
+        config.maxNeighbours = maxNeighbours
+        config.targetNeighbours = min(targetNeighbours, maxNeighbours)
+        config.cellBytes = cellBytes
+        config.gossipMilliseconds = max(50, gossipMs)
+        config.recordTTLMilliseconds = recordTtlMs
+        config.linkTimeoutMilliseconds = linkTimeoutMs
+        config.setupTimeoutMilliseconds = setupTimeoutMs
+        config.banSeconds = banSeconds
+        guard (0...65_535).contains(port) else { throw CLIError("the port must be 0...65535", code: 64) }
+        mkdir(dataDir, 0o700)
+        let identity: NodeIdentity
+        do { identity = try NodeIdentity.loadOrCreate(dataDir + "/node.key") } catch { throw CLIError("\(error)") }
+        let node: MeshNode
+        do { node = try MeshNode(configuration: config, identity: identity) } catch { throw CLIError("\(error)", code: 64) }
+        do { try node.start() } catch { throw CLIError("cannot start the node: \(error)") }
+        print("node \(node.descriptor)")
+        if socks != nil { print("socks5 127.0.0.1:\(node.socksPort)") }
+        fflush(nil)
+        try node.wait()
+    }
+}

@@ -1,0 +1,548 @@
+import MasqCrypto
+import NIOCore
+import NIOPosix
+
+/// One end of a circuit on one link.
+struct CircuitEnd: Hashable {
+    let link: Int
+    let circuit: UInt32
+}
+
+/// A relay's half of a circuit: cells arriving on the inbound end lose (or,
+/// on a return route, gain) this hop's layer and go out on the other end.
+/// Only DESTROY travels the other way.
+final class RelayHop {
+    let other: CircuitEnd
+    let key: SecureBytes?
+    let forward: Bool
+    var counter: UInt64 = 0
+    let previousAddress: String
+    let nextAddress: String
+
+    init(other: CircuitEnd, key: SecureBytes?, forward: Bool, previousAddress: String, nextAddress: String) {
+        self.other = other
+        self.key = key
+        self.forward = forward
+        self.previousAddress = previousAddress
+        self.nextAddress = nextAddress
+    }
+}
+
+/// The exit's state: its forward circuit, the return circuit it built from
+/// the origin's return onion, and the connection to the target.
+final class ExitCircuit {
+    let inEnd: CircuitEnd
+    let keys: Onion.Keys
+    let previousAddress: String
+    var forwardCounter: UInt64 = 0
+    var returnEnd: CircuitEnd?
+    var returnCounter: UInt64 = 0
+    var returnAssembly: [UInt8] = []
+    var target: String?
+    var targetChannel: Channel?
+    var pendingToTarget: [[UInt8]] = []
+    var inFlight = 0
+    var received = 0
+    var ended = false
+
+    init(inEnd: CircuitEnd, keys: Onion.Keys, previousAddress: String) {
+        self.inEnd = inEnd
+        self.keys = keys
+        self.previousAddress = previousAddress
+    }
+}
+
+/// A stream this node originates (a SOCKS connection) over a forward and a return circuit.
+final class OriginCircuit {
+    enum Phase { case building, open, closed }
+    let id: UInt64
+    let host: String
+    let port: Int
+    let client: SocksHandler
+    var phase = Phase.building
+    var attempts = 0
+    var started: UInt64 = 0
+    var forwardEnd: CircuitEnd?
+    var forwardKeys: [SecureBytes] = []
+    var exitKeys: Onion.Keys?
+    var forwardCounter: UInt64 = 0
+    var returnKeys: [SecureBytes] = []
+    var returnEnd: CircuitEnd?
+    var returnCounter: UInt64 = 0
+    var token: [UInt8] = []
+    var route: [NodeKey] = []
+    var returnRoute: [NodeKey] = []
+    var inFlight = 0
+    var received = 0
+    var target: String { "\(host):\(port)" }
+    var routeText: String { route.map(\.description).joined(separator: ">") + " back " + returnRoute.map(\.description).joined(separator: ">") }
+
+    init(id: UInt64, host: String, port: Int, client: SocksHandler) {
+        self.id = id
+        self.host = host
+        self.port = port
+        self.client = client
+    }
+}
+
+/// Messages between origin and exit, inside the exit AEAD:
+/// u8 command ‖ u16 length ‖ data ‖ zero padding.
+enum StreamCommand: UInt8 { case returnRoute = 1, connect = 2, connected = 3, data = 4, end = 5, sendme = 6 }
+
+extension MeshNode {
+    var cellPlaintext: Int { configuration.cellBytes - 16 }
+    var cellData: Int { cellPlaintext - 3 }
+
+    // MARK: - cells from links
+
+    func receiveCell(_ link: Link, _ body: [UInt8]) {
+        guard body.count == 5 + configuration.cellBytes, let command = CellCommand(rawValue: body[4]) else {
+            counters.cellsRejected += 1
+            return penalize(link, 5, "a cell of the wrong size or command")
+        }
+        let circuit = UInt32(body[0]) << 24 | UInt32(body[1]) << 16 | UInt32(body[2]) << 8 | UInt32(body[3])
+        let end = CircuitEnd(link: link.id, circuit: circuit)
+        let payload = Array(body[5...])
+        switch command {
+        case .create: create(link, end, payload)
+        case .data: data(link, end, payload)
+        case .destroy: destroyed(end, notify: false)
+        }
+    }
+
+    func sendCell(_ end: CircuitEnd, _ command: CellCommand, _ payload: [UInt8]) {
+        guard let link = links[end.link] else { return }
+        let c = end.circuit
+        link.write(.cell, [UInt8(c >> 24), UInt8(c >> 16 & 0xff), UInt8(c >> 8 & 0xff), UInt8(c & 0xff), command.rawValue] + payload)
+        dirty[link.id] = link
+    }
+
+    private func destroy(_ end: CircuitEnd) { sendCell(end, .destroy, Random.bytes(configuration.cellBytes)) }
+
+    private func create(_ link: Link, _ end: CircuitEnd, _ onion: [UInt8]) {
+        guard link.peer != nil, relays[end] == nil, exits[end] == nil else { return penalize(link, 5, "a CREATE on a used circuit") }
+        let peeled: Onion.Peeled
+        do { peeled = try Onion.peel(onion, privateKey: identity.agreement.privateKey, publicKey: identity.agreement.publicKey) } catch {
+            counters.cellsRejected += 1
+            destroy(end)
+            return penalize(link, 5, "an onion that does not open")
+        }
+        switch peeled.kind {
+        case .relay:
+            guard let next = neighbours[peeled.next] else {
+                logger.debug("circuit refused: the next hop is not a neighbour")
+                return destroy(end)
+            }
+            let out = CircuitEnd(link: next.id, circuit: next.allocateCircuit())
+            let previous = link.peerAddress, following = next.peerAddress
+            relays[end] = RelayHop(other: out, key: peeled.keys.data, forward: true, previousAddress: previous, nextAddress: following)
+            relays[out] = RelayHop(other: end, key: nil, forward: false, previousAddress: previous, nextAddress: following)
+            counters.circuitsRelayed += 1
+            logger.info("relaying a circuit", metadata: ["previous": "\(previous)", "next": "\(following)"])
+            sendCell(out, .create, peeled.inner)
+        case .exit:
+            guard configuration.exit else {
+                logger.info("circuit refused: not an exit")
+                return destroy(end)
+            }
+            exits[end] = ExitCircuit(inEnd: end, keys: peeled.keys, previousAddress: link.peerAddress)
+            counters.circuitsExited += 1
+        case .terminal:
+            guard let id = originByToken.removeValue(forKey: peeled.token), let origin = origins[id], origin.returnEnd == nil else {
+                return destroy(end)
+            }
+            origin.returnEnd = end
+            originByReturn[end] = id
+        }
+    }
+
+    private func data(_ link: Link, _ end: CircuitEnd, _ payload: [UInt8]) {
+        var payload = payload
+        if let hop = relays[end] {
+            guard hop.forward, let key = hop.key else { return penalize(link, 5, "data against a circuit's direction") }
+            Onion.xor(key, counter: hop.counter, &payload)
+            hop.counter += 1
+            counters.cellsRelayed += 1
+            sendCell(hop.other, .data, payload)
+        } else if let exit = exits[end] {
+            Onion.xor(exit.keys.data, counter: exit.forwardCounter, &payload)
+            guard let plain = try? AEAD.open(.chacha20Poly1305, key: exit.keys.exitForward, nonce: Onion.nonce(exit.forwardCounter), ad: [], ciphertext: payload) else {
+                counters.cellsRejected += 1
+                return destroyed(end, notify: true)
+            }
+            exit.forwardCounter += 1
+            exitMessage(exit, plain)
+        } else if let id = originByReturn[end], let origin = origins[id], let keys = origin.exitKeys {
+            for key in origin.returnKeys { Onion.xor(key, counter: origin.returnCounter, &payload) }
+            guard let plain = try? AEAD.open(.chacha20Poly1305, key: keys.exitBack, nonce: Onion.nonce(origin.returnCounter), ad: [], ciphertext: payload) else {
+                counters.cellsRejected += 1
+                return fail(origin, "a cell from the exit does not open", socksCode: 1)
+            }
+            origin.returnCounter += 1
+            originMessage(origin, plain)
+        } else {
+            counters.cellsRejected += 1
+            penalize(link, 1, "data for an unknown circuit")
+        }
+    }
+
+    /// A circuit end went away (DESTROY received, or its link closed).
+    func destroyed(_ end: CircuitEnd, notify: Bool) {
+        if let hop = relays.removeValue(forKey: end) {
+            relays[hop.other] = nil
+            destroy(hop.other)
+        }
+        if let exit = exits[end] ?? exits.values.first(where: { $0.returnEnd == end }) {
+            exits[exit.inEnd] = nil
+            exit.ended = true
+            exit.targetChannel?.close(promise: nil)
+            if exit.inEnd != end { destroy(exit.inEnd) }
+            if let r = exit.returnEnd, r != end { destroy(r) }
+            if notify && exit.inEnd == end { destroy(end) }
+        }
+        if let id = originByForward[end] ?? originByReturn[end], let origin = origins[id] {
+            fail(origin, "a node on the route went away", socksCode: 1)
+        }
+    }
+
+    func circuitsLost(on link: Link) {
+        let ends = Set(relays.keys.filter { $0.link == link.id } + exits.keys.filter { $0.link == link.id }
+                       + exits.values.compactMap(\.returnEnd).filter { $0.link == link.id }
+                       + originByForward.keys.filter { $0.link == link.id } + originByReturn.keys.filter { $0.link == link.id })
+        for end in ends { destroyed(end, notify: false) }
+    }
+
+    func circuitTimeouts(_ now: UInt64) {
+        for origin in origins.values where origin.phase == .building && now - origin.started > configuration.setupTimeoutMilliseconds {
+            fail(origin, "route set-up timed out", socksCode: 1)
+        }
+    }
+
+    // MARK: - exit side
+
+    private func exitMessage(_ exit: ExitCircuit, _ plain: [UInt8]) {
+        guard plain.count >= 3, let command = StreamCommand(rawValue: plain[0]) else { return destroyed(exit.inEnd, notify: true) }
+        let length = Int(plain[1]) << 8 | Int(plain[2])
+        guard length <= plain.count - 3 else { return destroyed(exit.inEnd, notify: true) }
+        let body = Array(plain[3..<(3 + length)])
+        switch command {
+        case .returnRoute:
+            exit.returnAssembly += body
+            guard exit.returnAssembly.count >= 32 + configuration.cellBytes, exit.returnEnd == nil else { return }
+            let first = NodeKey(Array(exit.returnAssembly[0..<32]))
+            let onion = Array(exit.returnAssembly[32..<(32 + configuration.cellBytes)])
+            exit.returnAssembly = []
+            guard let link = neighbours[first] else { return destroyed(exit.inEnd, notify: true) }
+            let end = CircuitEnd(link: link.id, circuit: link.allocateCircuit())
+            exit.returnEnd = end
+            sendCell(end, .create, onion)
+        case .connect:
+            guard exit.target == nil, let text = String(validating: body, as: UTF8.self), let colon = text.lastIndex(of: ":"),
+                  let port = Int(text[text.index(after: colon)...]), (1...65_535).contains(port) else { return destroyed(exit.inEnd, notify: true) }
+            var host = String(text[..<colon])
+            if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+            exit.target = text
+            logger.info("exit: connecting", metadata: ["target": "\(text)", "previous": "\(exit.previousAddress)"])
+            let node = self
+            ClientBootstrap(group: loop)
+                .connectTimeout(.seconds(5))
+                .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+                .channelInitializer { channel in
+                    do {
+                        try channel.pipeline.syncOperations.addHandler(StreamHandler(node: node, side: .exit(exit.inEnd)))
+                        return channel.eventLoop.makeSucceededVoidFuture()
+                    } catch { return channel.eventLoop.makeFailedFuture(error) }
+                }
+                .connect(host: host, port: port)
+                .whenComplete { result in
+                    switch result {
+                    case .success(let channel):
+                        guard !exit.ended else { channel.close(promise: nil); return }
+                        exit.targetChannel = channel
+                        node.sendToOrigin(exit, .connected, [])
+                        for chunk in exit.pendingToTarget { channel.write(channel.allocator.buffer(bytes: chunk), promise: nil) }
+                        exit.pendingToTarget = []
+                        channel.flush()
+                    case .failure(let error):
+                        node.sendToOrigin(exit, .end, Array("\(Self.socksCode(for: error))".utf8))
+                    }
+                    node.flush()
+                }
+        case .data:
+            exit.received += 1
+            if exit.received % configuration.sendmeEvery == 0 { sendToOrigin(exit, .sendme, []) }
+            if let channel = exit.targetChannel { channel.writeAndFlush(channel.allocator.buffer(bytes: body), promise: nil) }
+            else { exit.pendingToTarget.append(body) }
+        case .end:
+            exit.ended = true
+            exit.targetChannel?.close(promise: nil)
+        case .sendme:
+            exit.inFlight = max(0, exit.inFlight - configuration.sendmeEvery)
+            if exit.inFlight < configuration.window { _ = exit.targetChannel?.setOption(ChannelOptions.autoRead, value: true) }
+        case .connected:
+            destroyed(exit.inEnd, notify: true)
+        }
+    }
+
+    static func socksCode(for error: Error) -> UInt8 {
+        let text = "\(error)".lowercased()
+        if text.contains("refused") { return 5 }
+        if text.contains("timeout") || text.contains("timed out") { return 4 }
+        if text.contains("resolve") || text.contains("unknown host") || text.contains("name") { return 4 }
+        return 1
+    }
+
+    func sendToOrigin(_ exit: ExitCircuit, _ command: StreamCommand, _ data: [UInt8]) {
+        guard let end = exit.returnEnd else { return }
+        var plain = [command.rawValue, UInt8(data.count >> 8), UInt8(data.count & 0xff)] + data
+        plain += [UInt8](repeating: 0, count: cellPlaintext - plain.count)
+        guard let sealed = try? AEAD.seal(.chacha20Poly1305, key: exit.keys.exitBack, nonce: Onion.nonce(exit.returnCounter), ad: [], plaintext: plain) else { return }
+        exit.returnCounter += 1
+        sendCell(end, .data, sealed)
+    }
+
+    /// Bytes from the target: to the origin, within the window.
+    func exitTargetData(_ end: CircuitEnd, _ bytes: [UInt8]) {
+        guard let exit = exits[end] else { return }
+        var offset = 0
+        while offset < bytes.count {
+            let chunk = Array(bytes[offset..<min(bytes.count, offset + cellData)])
+            sendToOrigin(exit, .data, chunk)
+            exit.inFlight += 1
+            offset += chunk.count
+        }
+        if exit.inFlight >= configuration.window { _ = exit.targetChannel?.setOption(ChannelOptions.autoRead, value: false) }
+    }
+
+    func exitTargetClosed(_ end: CircuitEnd) {
+        guard let exit = exits[end], !exit.ended else { return }
+        exit.ended = true
+        sendToOrigin(exit, .end, Array("0".utf8))
+        flush()
+    }
+
+    // MARK: - origin side
+
+    /// Open a stream to host:port for a SOCKS client.
+    func openStream(host: String, port: Int, client: SocksHandler) {
+        let origin = OriginCircuit(id: nextOrigin, host: host, port: port, client: client)
+        nextOrigin += 1
+        origins[origin.id] = origin
+        client.origin = origin.id
+        counters.circuitsOriginated += 1
+        build(origin)
+    }
+
+    private func build(_ origin: OriginCircuit) {
+        origin.attempts += 1
+        origin.started = Self.now()
+        origin.phase = .building
+        guard let (forward, back) = chooseRoutes() else {
+            counters.routeFailures += 1
+            return fail(origin, "no route of \(configuration.hops) hops to an exit (known nodes: \(records.count))", socksCode: 3, retry: false)
+        }
+        do {
+            let hops = try forward.enumerated().map { (i, k) throws(MeshError) -> Onion.Hop in
+                guard let agreement = records[k]?.record.agreementKey else { throw .noRoute("a hop without a record") }
+                let last = i == forward.count - 1
+                return Onion.Hop(agreement: agreement, kind: last ? .exit : .relay, next: last ? nil : forward[i + 1], token: [UInt8](repeating: 0, count: 8))
+            }
+            let (onion, keys) = try Onion.build(hops, payload: [], size: configuration.cellBytes)
+            origin.token = Random.bytes(8)
+            var backHops: [Onion.Hop] = []
+            for (i, k) in back.enumerated() {
+                guard let agreement = records[k]?.record.agreementKey else { throw MeshError.noRoute("a hop without a record") }
+                backHops.append(Onion.Hop(agreement: agreement, kind: .relay, next: i == back.count - 1 ? key : back[i + 1], token: [UInt8](repeating: 0, count: 8)))
+            }
+            backHops.append(Onion.Hop(agreement: identity.agreement.publicKey, kind: .terminal, next: nil, token: origin.token))
+            let (returnOnion, returnKeys) = try Onion.build(backHops, payload: [], size: configuration.cellBytes)
+            guard let first = neighbours[forward[0]] else { throw MeshError.noRoute("the first hop is no longer a neighbour") }
+            origin.route = forward
+            origin.returnRoute = back
+            origin.forwardKeys = keys.map(\.data)
+            origin.exitKeys = keys.last
+            origin.returnKeys = returnKeys.dropLast().map(\.data)
+            origin.forwardCounter = 0
+            origin.returnCounter = 0
+            origin.inFlight = 0
+            origin.received = 0
+            let end = CircuitEnd(link: first.id, circuit: first.allocateCircuit())
+            origin.forwardEnd = end
+            originByForward[end] = origin.id
+            originByToken[origin.token] = origin.id
+            sendCell(end, .create, onion)
+            let routeData = (back.first ?? key).bytes + returnOnion
+            var offset = 0
+            while offset < routeData.count {
+                let chunk = Array(routeData[offset..<min(routeData.count, offset + cellData)])
+                sendToExit(origin, .returnRoute, chunk)
+                offset += chunk.count
+            }
+            sendToExit(origin, .connect, Array(origin.target.utf8))
+            flush()
+        } catch {
+            fail(origin, "\(error)", socksCode: 1)
+        }
+    }
+
+    func sendToExit(_ origin: OriginCircuit, _ command: StreamCommand, _ data: [UInt8]) {
+        guard let end = origin.forwardEnd, let keys = origin.exitKeys else { return }
+        var plain = [command.rawValue, UInt8(data.count >> 8), UInt8(data.count & 0xff)] + data
+        plain += [UInt8](repeating: 0, count: cellPlaintext - plain.count)
+        guard var sealed = try? AEAD.seal(.chacha20Poly1305, key: keys.exitForward, nonce: Onion.nonce(origin.forwardCounter), ad: [], plaintext: plain) else { return }
+        for key in origin.forwardKeys { Onion.xor(key, counter: origin.forwardCounter, &sealed) }
+        origin.forwardCounter += 1
+        sendCell(end, .data, sealed)
+    }
+
+    private func originMessage(_ origin: OriginCircuit, _ plain: [UInt8]) {
+        guard plain.count >= 3, let command = StreamCommand(rawValue: plain[0]) else { return fail(origin, "a malformed message from the exit", socksCode: 1) }
+        let length = Int(plain[1]) << 8 | Int(plain[2])
+        guard length <= plain.count - 3 else { return fail(origin, "a malformed message from the exit", socksCode: 1) }
+        let body = Array(plain[3..<(3 + length)])
+        switch command {
+        case .connected:
+            origin.phase = .open
+            logger.info("stream open", metadata: ["route": "\(origin.routeText)", "ms": "\(Self.now() - origin.started)"])
+            origin.client.connected()
+        case .data:
+            origin.received += 1
+            if origin.received % configuration.sendmeEvery == 0 { sendToExit(origin, .sendme, []) }
+            origin.client.write(body)
+        case .end:
+            let code = UInt8(String(decoding: body, as: UTF8.self)) ?? 1
+            if origin.phase == .open { close(origin) } else { fail(origin, "the exit could not connect to \(origin.target)", socksCode: code == 0 ? 1 : code, retry: false) }
+        case .sendme:
+            origin.inFlight = max(0, origin.inFlight - configuration.sendmeEvery)
+            if origin.inFlight < configuration.window { origin.client.resume() }
+        default:
+            fail(origin, "an unexpected message from the exit", socksCode: 1)
+        }
+    }
+
+    /// Bytes from the SOCKS client, toward the exit.
+    func originClientData(_ id: UInt64, _ bytes: [UInt8]) {
+        guard let origin = origins[id], origin.phase == .open else { return }
+        var offset = 0
+        while offset < bytes.count {
+            let chunk = Array(bytes[offset..<min(bytes.count, offset + cellData)])
+            sendToExit(origin, .data, chunk)
+            origin.inFlight += 1
+            offset += chunk.count
+        }
+        if origin.inFlight >= configuration.window { origin.client.pause() }
+    }
+
+    func originClientClosed(_ id: UInt64) {
+        guard let origin = origins[id] else { return }
+        if origin.phase == .open { sendToExit(origin, .end, []) }
+        teardown(origin)
+        flush()
+    }
+
+    private func close(_ origin: OriginCircuit) {
+        origin.client.finish()
+        teardown(origin)
+    }
+
+    private func teardown(_ origin: OriginCircuit) {
+        origin.phase = .closed
+        origins[origin.id] = nil
+        originByToken[origin.token] = nil
+        if let end = origin.forwardEnd { originByForward[end] = nil; destroy(end) }
+        if let end = origin.returnEnd { originByReturn[end] = nil; destroy(end) }
+        origin.forwardEnd = nil
+        origin.returnEnd = nil
+    }
+
+    /// A route failed: before the stream opened, try another route (avoiding
+    /// the failed one's nodes for a while); after, close the client (a clear
+    /// error, never a hang).
+    func fail(_ origin: OriginCircuit, _ why: String, socksCode: UInt8, retry: Bool = true) {
+        guard origin.phase != .closed else { return }
+        logger.info("route failed", metadata: ["why": "\(why)", "attempt": "\(origin.attempts)"])
+        let wasOpen = origin.phase == .open
+        if let end = origin.forwardEnd { originByForward[end] = nil; destroy(end) }
+        if let end = origin.returnEnd { originByReturn[end] = nil; destroy(end) }
+        originByToken[origin.token] = nil
+        origin.forwardEnd = nil
+        origin.returnEnd = nil
+        let until = Self.now() + 30_000
+        for node in origin.route.dropFirst() + origin.returnRoute.dropLast() { failedNodes[node] = until }
+        if !wasOpen && retry && origin.attempts < configuration.routeAttempts {
+            counters.routeFailures += 1
+            return build(origin)
+        }
+        origin.phase = .closed
+        origins[origin.id] = nil
+        if wasOpen { origin.client.finish() } else { origin.client.failed(socksCode) }
+    }
+
+    // MARK: - routes
+
+    /// Undirected links both ends advertise, plus this node's own.
+    private func graph() -> [NodeKey: Set<NodeKey>] {
+        var claims: [NodeKey: Set<NodeKey>] = [:]
+        for (k, known) in records { claims[k] = Set(known.record.neighbours.compactMap(NodeKey.init(text:))) }
+        claims[key] = Set(neighbours.keys)
+        var edges: [NodeKey: Set<NodeKey>] = [:]
+        for (a, list) in claims {
+            for b in list where a != b && (claims[b]?.contains(a) ?? false) && (a == key || b == key ? neighbours[a == key ? b : a] != nil : true) {
+                edges[a, default: []].insert(b)
+            }
+        }
+        return edges
+    }
+
+    private func cost(_ k: NodeKey, exit: Bool) -> UInt64 {
+        guard let rates = records[k]?.record.rates else { return .max / 16 }
+        let bytes = UInt64(configuration.cellBytes)
+        return exit ? rates.exitPacket + rates.exitByte * bytes : rates.routingPacket + rates.routingByte * bytes
+    }
+
+    /// The cheapest forward route (origin → … → exit, `hops` links, exit not
+    /// a neighbour of this node) and a return route of as many links whose
+    /// relays avoid the forward route's when the topology allows.
+    func chooseRoutes() -> (forward: [NodeKey], back: [NodeKey])? {
+        let edges = graph()
+        let hops = configuration.hops
+        let avoid = Set(failedNodes.keys)
+        var best: (UInt64, [[NodeKey]]) = (.max, [])
+        func walk(_ path: [NodeKey], _ spent: UInt64) {
+            guard let last = path.last else { return }
+            if path.count == hops {
+                guard records[last]?.record.exit == true, hops < 3 && configuration.allowShortRoutes || neighbours[last] == nil else { return }
+                let total = spent + cost(last, exit: true)
+                if total < best.0 { best = (total, [path]) } else if total == best.0 { best.1.append(path) }
+                return
+            }
+            for next in edges[last] ?? [] where next != key && !path.contains(next) && !avoid.contains(next) && records[next] != nil {
+                walk(path + [next], spent + cost(last, exit: false))
+            }
+        }
+        for first in neighbours.keys.sorted() where !avoid.contains(first) && records[first] != nil { walk([first], 0) }
+        logger.debug("routes", metadata: ["edges": "\(edges.mapValues { $0.map(\.description) })", "exits": "\(records.values.filter(\.record.exit).count)"])
+        guard let forward = best.1.randomElement() else { return nil }
+        let exit = forward.last!
+        // Return: exit → r1 → … → this node, hops links; relays disjoint from the forward relays if possible.
+        let forwardRelays = Set(forward.dropLast())
+        for strict in [true, false] {
+            var options: [[NodeKey]] = []
+            func back(_ path: [NodeKey]) {
+                guard let last = path.last else { return }
+                if path.count == hops {   // exit, r1 … r(hops-1), and this node is the next
+                    if edges[last]?.contains(key) == true && neighbours[last] != nil { options.append(Array(path.dropFirst())) }
+                    return
+                }
+                for next in edges[last] ?? [] where next != key && !path.contains(next) && !avoid.contains(next) && records[next] != nil
+                    && (!strict || !forwardRelays.contains(next)) {
+                    back(path + [next])
+                }
+            }
+            back([exit])
+            if hops == 1, neighbours[exit] != nil { return (forward, []) }
+            if let choice = options.randomElement() { return (forward, choice) }
+        }
+        return nil
+    }
+}

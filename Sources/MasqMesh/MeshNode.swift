@@ -1,0 +1,480 @@
+import FoundationEssentials
+import Logging
+import MasqCrypto
+import NIOCore
+import NIOPosix
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A mesh node's settings. All limits explicit.
+public struct MeshConfiguration: Sendable {
+    public var network = "masq"
+    public var host = "127.0.0.1"
+    public var port = 0
+    public var seeds: [NodeDescriptor] = []
+    public var maxNeighbours = 5
+    /// Neighbours a node looks for (it accepts up to maxNeighbours).
+    public var targetNeighbours = 3
+    /// Links per route; below 3 only with allowShortRoutes (no anonymity).
+    public var hops = 3
+    public var allowShortRoutes = false
+    /// Every cell on every link has this payload size (padding hides sizes).
+    public var cellBytes = 4_096
+    public var gossipMilliseconds: UInt64 = 1_000
+    /// A record not refreshed for this long is dropped (its node is gone).
+    public var recordTTLMilliseconds: UInt64 = 15_000
+    /// A neighbour silent this long is dropped.
+    public var linkTimeoutMilliseconds: UInt64 = 5_000
+    public var setupTimeoutMilliseconds: UInt64 = 10_000
+    public var exit = false
+    public var rates = RatePack()
+    /// SOCKS5 front (host:port), on loopback.
+    public var socks: String?
+    public var dataDirectory = "."
+    public var banSeconds: UInt64 = 600
+    public var banThreshold = 30
+    /// Cells a stream may have in flight each way before it waits for a SENDME.
+    public var window = 512
+    public var sendmeEvery = 64
+    public var routeAttempts = 3
+
+    public init() {}
+}
+
+/// A node: links to at most `maxNeighbours` others, gossip of signed
+/// records, onion circuits as origin, relay or exit, and a SOCKS5 front.
+/// All state lives on one event loop; nothing here takes a lock.
+public final class MeshNode: @unchecked Sendable {
+    public let configuration: MeshConfiguration
+    public let identity: NodeIdentity
+    let logger: Logger
+    let group: MultiThreadedEventLoopGroup
+    let loop: EventLoop
+    var listener: Channel?
+    var socksListener: Channel?
+    public private(set) var port = 0
+    public private(set) var socksPort = 0
+
+    struct Known {
+        var record: NodeRecord
+        var signed: SignedRecord
+        var heard: UInt64
+    }
+    var records: [NodeKey: Known] = [:]
+    var introduced: [NodeKey: NodeDescriptor] = [:]
+    var links: [Int: Link] = [:]
+    var neighbours: [NodeKey: Link] = [:]
+    var dialing: Set<NodeKey> = []
+    var bannedKeys: [NodeKey: UInt64] = [:]
+    var bannedHosts: [String: UInt64] = [:]
+    var nextLinkID = 1
+    var ownSigned: SignedRecord?
+    var ownRecord: NodeRecord?
+    var advertisedNeighbours: [String] = []
+    var ticks = 0
+    var dirty: [Int: Link] = [:]
+    var counters = Counters()
+    // Circuits (MeshCircuits.swift).
+    var relays: [CircuitEnd: RelayHop] = [:]
+    var exits: [CircuitEnd: ExitCircuit] = [:]
+    var origins: [UInt64: OriginCircuit] = [:]
+    var originByForward: [CircuitEnd: UInt64] = [:]
+    var originByReturn: [CircuitEnd: UInt64] = [:]
+    var originByToken: [[UInt8]: UInt64] = [:]
+    var nextOrigin: UInt64 = 1
+    var failedNodes: [NodeKey: UInt64] = [:]
+
+    public struct Counters: Codable, Sendable {
+        public var linksUp = 0
+        public var gossipRejected = 0
+        public var cellsRejected = 0
+        public var cellsRelayed = 0
+        public var circuitsRelayed = 0
+        public var circuitsExited = 0
+        public var circuitsOriginated = 0
+        public var routeFailures = 0
+        public var bans = 0
+    }
+
+    public init(configuration: MeshConfiguration, identity: NodeIdentity, logger: Logger = Logger(label: "masq.node")) throws(MeshError) {
+        guard NodeDescriptor.validNetwork(configuration.network) else { throw .invalid("network names are [a-z0-9-], 1 to 32 characters") }
+        guard (1...6).contains(configuration.hops) else { throw .invalid("hops must be 1...6") }
+        guard configuration.hops >= 3 || configuration.allowShortRoutes else {
+            throw .invalid("routes of fewer than 3 hops give no anonymity (one node would see both ends); refused without allowShortRoutes")
+        }
+        guard (1...16).contains(configuration.maxNeighbours), configuration.targetNeighbours >= 1, configuration.targetNeighbours <= configuration.maxNeighbours else {
+            throw .invalid("neighbours: 1 <= target <= max <= 16")
+        }
+        guard (512...60_000).contains(configuration.cellBytes) else { throw .invalid("cell size must be 512...60000 bytes") }
+        self.configuration = configuration
+        self.identity = identity
+        self.logger = logger
+        group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        loop = group.next()
+    }
+
+    public var key: NodeKey { identity.key }
+    public var descriptor: NodeDescriptor { NodeDescriptor(network: configuration.network, key: key, host: configuration.host, port: port) }
+
+    static func now() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) * 1_000 + UInt64(ts.tv_nsec) / 1_000_000
+    }
+
+    static func wallClock() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return UInt64(ts.tv_sec) * 1_000 + UInt64(ts.tv_nsec) / 1_000_000
+    }
+
+    // MARK: - life cycle
+
+    public func start() throws {
+        let node = self
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(ChannelOptions.backlog, value: 256)
+            .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+            .childChannelInitializer { channel in node.configureLink(channel, initiator: false, dialed: nil) }
+        let bound = try bootstrap.bind(host: configuration.host, port: configuration.port).wait()
+        listener = bound
+        port = bound.localAddress?.port ?? configuration.port
+        if let socks = configuration.socks {
+            guard let colon = socks.lastIndex(of: ":"), let p = Int(socks[socks.index(after: colon)...]) else { throw MeshError.invalid("socks must be HOST:PORT") }
+            let host = String(socks[..<colon])
+            guard host == "127.0.0.1" || host == "::1" || host == "localhost" else { throw MeshError.invalid("the SOCKS front listens on loopback only") }
+            let s = try ServerBootstrap(group: group)
+                .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
+                .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+                .childChannelInitializer { channel in
+                    do {
+                        try channel.pipeline.syncOperations.addHandler(SocksHandler(node: node))
+                        return channel.eventLoop.makeSucceededVoidFuture()
+                    } catch { return channel.eventLoop.makeFailedFuture(error) }
+                }
+                .bind(host: host, port: p).wait()
+            socksListener = s
+            socksPort = s.localAddress?.port ?? p
+        }
+        try loop.submit {
+            try node.refreshOwnRecord(force: true)
+            for seed in node.configuration.seeds where seed.key != node.key { node.dial(seed) }
+        }.wait()
+        loop.scheduleRepeatedTask(initialDelay: .milliseconds(Int64(configuration.gossipMilliseconds)),
+                                  delay: .milliseconds(Int64(configuration.gossipMilliseconds))) { _ in node.tick() }
+        logger.info("node listening", metadata: ["descriptor": "\(descriptor)", "socks": "\(socksPort)", "exit": "\(configuration.exit)"])
+    }
+
+    public func wait() throws { try listener?.closeFuture.wait() }
+
+    public func stop() {
+        try? socksListener?.close().wait()
+        try? listener?.close().wait()
+        try? group.syncShutdownGracefully()
+    }
+
+    /// Run `body` on the node's loop and wait for it (tests, the CLI).
+    public func onLoop<T: Sendable>(_ body: @escaping @Sendable () -> T) -> T? { try? loop.submit(body).wait() }
+
+    // MARK: - links
+
+    func configureLink(_ channel: Channel, initiator: Bool, dialed: NodeDescriptor?) -> EventLoopFuture<Void> {
+        do {
+            try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(LengthPrefixDecoder()))
+            try channel.pipeline.syncOperations.addHandler(LinkHandler(node: self, initiator: initiator, dialed: dialed))
+            return channel.eventLoop.makeSucceededVoidFuture()
+        } catch {
+            return channel.eventLoop.makeFailedFuture(error)
+        }
+    }
+
+    func dial(_ descriptor: NodeDescriptor) {
+        guard descriptor.key != key, neighbours[descriptor.key] == nil, !dialing.contains(descriptor.key), !isBanned(descriptor.key, descriptor.host) else { return }
+        dialing.insert(descriptor.key)
+        let node = self
+        ClientBootstrap(group: loop)
+            .connectTimeout(.seconds(3))
+            .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in node.configureLink(channel, initiator: true, dialed: descriptor) }
+            .connect(host: descriptor.host, port: descriptor.port)
+            .whenFailure { _ in
+                node.dialing.remove(descriptor.key)
+                node.introduced[descriptor.key] = nil
+            }
+    }
+
+    func linkOpened(_ channel: Channel, initiator: Bool, dialed: NodeDescriptor?) -> Link? {
+        if !initiator, let host = channel.remoteAddress?.ipAddress, let until = bannedHosts[host], until > Self.now() { return nil }
+        let prologue = Array("masq mesh v1 \(configuration.network)".utf8)
+        guard let handshake = try? Noise.Handshake(pattern: .XX, role: initiator ? .initiator : .responder, prologue: prologue,
+                                                   staticKey: identity.agreement.privateKey) else { return nil }
+        let link = Link(id: nextLinkID, channel: channel, initiator: initiator, dialed: dialed, handshake: handshake, now: Self.now())
+        nextLinkID += 1
+        links[link.id] = link
+        if initiator {
+            guard let first = try? handshake.writeMessage() else { return nil }
+            link.writeRaw(first)
+        }
+        return link
+    }
+
+    func linkClosed(_ link: Link) {
+        links[link.id] = nil
+        dirty[link.id] = nil
+        if let dialed = link.dialed { dialing.remove(dialed.key) }
+        if let peer = link.peer, neighbours[peer] === link {
+            neighbours[peer] = nil
+            logger.info("neighbour gone", metadata: ["node": "\(peer)"])
+            try? refreshOwnRecord(force: false)
+        }
+        circuitsLost(on: link)
+    }
+
+    func linkMessage(_ link: Link, _ bytes: [UInt8]) {
+        link.lastHeard = Self.now()
+        if !link.established {
+            handshakeStep(link, bytes)
+            return
+        }
+        guard let receive = link.receiveCipher, let plain = try? receive.decrypt(ad: [], ciphertext: bytes), let first = plain.first else {
+            penalize(link, configuration.banThreshold, "a frame that does not decrypt")
+            return
+        }
+        let body = Array(plain.dropFirst())
+        switch FrameType(rawValue: first) {
+        case .gossip: receiveGossip(link, body)
+        case .intro: receiveIntro(link, body)
+        case .cell: receiveCell(link, body)
+        case .ping: link.write(.pong, []); dirty[link.id] = link
+        case .pong: break
+        case .bye: link.channel.close(promise: nil)
+        case nil: penalize(link, 10, "a frame of unknown type")
+        }
+    }
+
+    private func handshakeStep(_ link: Link, _ bytes: [UInt8]) {
+        guard let handshake = link.handshake, bytes.count <= Noise.maxMessageLength else { return link.channel.close(promise: nil) }
+        do {
+            let payload = try handshake.readMessage(bytes)
+            if !link.initiator && !handshake.isComplete {
+                link.writeRaw(try handshake.writeMessage(payload: try ownPayload()))
+                return
+            }
+            if link.initiator {
+                link.writeRaw(try handshake.writeMessage(payload: try ownPayload()))
+            }
+            guard handshake.isComplete else { return }
+            let result = try handshake.result()
+            link.sendCipher = result.send
+            link.receiveCipher = result.receive
+            link.handshake = nil
+            let signed = try JSONDecoder().decode(SignedRecord.self, from: Data(payload))
+            let record = try signed.verified(network: configuration.network)
+            guard let peerKey = record.nodeKey, record.agreementKey == result.remoteStatic else {
+                throw MeshError.badSignature("the record does not name the link's key")
+            }
+            if let dialed = link.dialed, dialed.key != peerKey { throw MeshError.badSignature("the node at \(dialed.address) is not \(dialed.key)") }
+            link.peer = peerKey
+            link.established = true
+            established(link, record, signed)
+        } catch {
+            logger.debug("handshake failed", metadata: ["address": "\(link.peerAddress)", "error": "\(error)"])
+            link.channel.close(promise: nil)
+        }
+    }
+
+    private func ownPayload() throws -> [UInt8] {
+        guard let ownSigned else { throw MeshError.failed("no record yet") }
+        return Array(try JSONEncoder().encode(ownSigned))
+    }
+
+    private func established(_ link: Link, _ record: NodeRecord, _ signed: SignedRecord) {
+        guard let peer = link.peer else { return }
+        if peer == key || isBanned(peer, record.host) { return link.channel.close(promise: nil) }
+        if let existing = neighbours[peer], existing !== link {
+            // Both dialed each other: keep the link the smaller key initiated.
+            let keepNew = (link.initiator && key < peer) || (!link.initiator && peer < key)
+            if !keepNew { return link.channel.close(promise: nil) }
+            existing.channel.close(promise: nil)
+        }
+        merge(record, signed)
+        introduced[peer] = nil
+        if !link.initiator && neighbours.count >= configuration.maxNeighbours {
+            // Full: pass the newcomer on to less connected nodes.
+            link.write(.intro, introductionsFor(peer))
+            link.write(.bye, Array("full".utf8))
+            link.channel.flush()
+            link.channel.close(promise: nil)
+            return
+        }
+        neighbours[peer] = link
+        counters.linksUp += 1
+        logger.info("neighbour up", metadata: ["node": "\(peer)", "address": "\(record.host):\(record.port)"])
+        if !link.initiator { link.write(.intro, introductionsFor(peer)) }
+        try? refreshOwnRecord(force: false)
+        sendGossip(to: link)
+        flush()
+    }
+
+    /// Up to two known nodes with the fewest neighbours (not `peer`).
+    private func introductionsFor(_ peer: NodeKey) -> [UInt8] {
+        let candidates = records.values
+            .filter { $0.record.nodeKey != peer && $0.record.nodeKey != key && $0.record.neighbours.count < configuration.maxNeighbours }
+            .sorted { $0.record.neighbours.count < $1.record.neighbours.count }
+            .prefix(2).compactMap { $0.record.descriptor?.description }
+        return Array((try? JSONEncoder().encode(Array(candidates))) ?? Data("[]".utf8))
+    }
+
+    // MARK: - gossip
+
+    func refreshOwnRecord(force: Bool) throws {
+        let current = neighbours.keys.sorted().map(\.text)
+        guard force || current != advertisedNeighbours else { return }
+        advertisedNeighbours = current
+        let record = NodeRecord(network: configuration.network, key: key.text, agreement: Base64URL.encode(identity.agreement.publicKey),
+                                host: configuration.host, port: port, version: max(Self.wallClock(), (ownRecord?.version ?? 0) + 1),
+                                neighbours: current, rates: configuration.rates, exit: configuration.exit)
+        let (signed, _) = try SignedRecord.sign(record, with: identity)
+        ownSigned = signed
+        ownRecord = record
+    }
+
+    func sendGossip(to link: Link) {
+        var list: [SignedRecord] = ownSigned.map { [$0] } ?? []
+        list += records.values.sorted { $0.heard > $1.heard }.prefix(255).map(\.signed)
+        guard let bytes = try? JSONEncoder().encode(list) else { return }
+        link.write(.gossip, Array(bytes))
+        dirty[link.id] = link
+    }
+
+    private func receiveGossip(_ link: Link, _ body: [UInt8]) {
+        guard body.count <= 4 << 20, let list = try? JSONDecoder().decode([SignedRecord].self, from: Data(body)), list.count <= 512 else {
+            counters.gossipRejected += 1
+            return penalize(link, 10, "malformed gossip")
+        }
+        for signed in list {
+            do {
+                let record = try signed.verified(network: configuration.network)
+                merge(record, signed)
+            } catch {
+                counters.gossipRejected += 1
+                penalize(link, 10, "gossip: \(error)")
+                if !link.channel.isActive { return }
+            }
+        }
+    }
+
+    private func merge(_ record: NodeRecord, _ signed: SignedRecord) {
+        guard let nodeKey = record.nodeKey, nodeKey != key else { return }
+        if let known = records[nodeKey], known.record.version >= record.version {
+            if known.record.version == record.version { records[nodeKey]?.heard = max(known.heard, Self.now()) }
+            return
+        }
+        records[nodeKey] = Known(record: record, signed: signed, heard: Self.now())
+    }
+
+    private func receiveIntro(_ link: Link, _ body: [UInt8]) {
+        guard let list = try? JSONDecoder().decode([String].self, from: Data(body)), list.count <= 16 else {
+            return penalize(link, 10, "malformed introduction")
+        }
+        for text in list {
+            guard let d = NodeDescriptor(text), d.network == configuration.network, d.key != key, neighbours[d.key] == nil else { continue }
+            introduced[d.key] = d
+        }
+    }
+
+    func penalize(_ link: Link, _ points: Int, _ why: String) {
+        link.penalty += points
+        logger.warning("refused input from a link", metadata: ["address": "\(link.peerAddress)", "why": "\(why)", "penalty": "\(link.penalty)"])
+        guard link.penalty >= configuration.banThreshold else { return }
+        let until = Self.now() + configuration.banSeconds * 1_000
+        if let peer = link.peer { bannedKeys[peer] = until; records[peer] = nil }
+        if let host = link.channel.remoteAddress?.ipAddress, !link.initiator || link.peer != nil { bannedHosts[host] = until }
+        counters.bans += 1
+        logger.warning("banned", metadata: ["address": "\(link.peerAddress)", "seconds": "\(configuration.banSeconds)"])
+        link.channel.close(promise: nil)
+    }
+
+    func isBanned(_ peer: NodeKey, _ host: String?) -> Bool {
+        let now = Self.now()
+        if let until = bannedKeys[peer], until > now { return true }
+        if let host, let until = bannedHosts[host], until > now { return true }
+        return false
+    }
+
+    // MARK: - the periodic tick
+
+    private func tick() {
+        let now = Self.now()
+        ticks += 1
+        try? refreshOwnRecord(force: ticks % 5 == 0)
+        for (nodeKey, known) in records where now - known.heard > configuration.recordTTLMilliseconds { records[nodeKey] = nil }
+        for (peer, link) in neighbours {
+            if now - link.lastHeard > configuration.linkTimeoutMilliseconds {
+                logger.info("neighbour silent: dropped", metadata: ["node": "\(peer)"])
+                link.channel.close(promise: nil)
+                continue
+            }
+            link.write(.ping, [])
+            sendGossip(to: link)
+        }
+        // Handshakes that never finish.
+        for link in links.values where !link.established && now - link.lastHeard > 5_000 { link.channel.close(promise: nil) }
+        if neighbours.count < configuration.targetNeighbours {
+            var candidates: [(NodeDescriptor, Int)] = records.values.compactMap { k in k.record.descriptor.map { ($0, k.record.neighbours.count) } }
+            candidates += introduced.values.map { ($0, 0) }
+            candidates += configuration.seeds.map { ($0, configuration.maxNeighbours) }
+            let wanted = configuration.targetNeighbours - neighbours.count
+            var seen: Set<NodeKey> = []
+            for (d, _) in candidates.sorted(by: { $0.1 < $1.1 })
+            where d.key != key && neighbours[d.key] == nil && !dialing.contains(d.key) && seen.insert(d.key).inserted && failedNodes[d.key] == nil {
+                if seen.count > wanted { break }
+                dial(d)
+            }
+        }
+        for (nodeKey, until) in failedNodes where until < now { failedNodes[nodeKey] = nil }
+        circuitTimeouts(now)
+        flush()
+        writeState()
+    }
+
+    func flush() {
+        for link in dirty.values { link.channel.flush() }
+        dirty.removeAll(keepingCapacity: true)
+    }
+
+    // MARK: - inspection
+
+    public struct State: Codable, Sendable {
+        public var key: String
+        public var address: String
+        public var neighbours: [String]
+        public var known: Int
+        /// One line per circuit this node takes part in: what it knows of it.
+        public var circuits: [[String: String]]
+        public var banned: [String]
+        public var counters: Counters
+    }
+
+    public func state() -> State {
+        var lines: [[String: String]] = []
+        for hop in relays.values where hop.forward { lines.append(["role": "relay", "previous": hop.previousAddress, "next": hop.nextAddress]) }
+        for exit in exits.values { lines.append(["role": "exit", "previous": exit.previousAddress, "target": exit.target ?? ""]) }
+        for origin in origins.values { lines.append(["role": "origin", "target": origin.target, "route": origin.routeText]) }
+        return State(key: key.text, address: "\(configuration.host):\(port)", neighbours: neighbours.keys.map(\.text).sorted(),
+                     known: records.count, circuits: lines, banned: bannedHosts.keys.sorted(), counters: counters)
+    }
+
+    /// `<data dir>/state.json`, rewritten every tick (for operators and tests).
+    private func writeState() {
+        guard let bytes = try? JSONEncoder().encode(state()) else { return }
+        let path = configuration.dataDirectory + "/state.json"
+        let temporary = path + ".tmp"
+        guard let file = fopen(temporary, "wb") else { return }
+        _ = bytes.withUnsafeBytes { fwrite($0.baseAddress, 1, $0.count, file) }
+        fclose(file)
+        rename(temporary, path)
+    }
+}

@@ -1,0 +1,164 @@
+import FoundationEssentials
+import MasqCrypto
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A node's keys: Ed25519 signs its gossip record (the key in its
+/// descriptor, its identity); X25519 authenticates its links (Noise XX) and
+/// opens onion layers addressed to it.
+public struct NodeIdentity: Sendable {
+    public let signing: (privateKey: SecureBytes, publicKey: [UInt8])
+    public let agreement: (privateKey: SecureBytes, publicKey: [UInt8])
+
+    public static func generate() -> NodeIdentity {
+        NodeIdentity(signing: Ed25519.keyPair(), agreement: X25519.keyPair())
+    }
+
+    /// Load `path` (64 bytes: Ed25519 seed ‖ X25519 private key), or create it (0600).
+    public static func loadOrCreate(_ path: String) throws(MeshError) -> NodeIdentity {
+        if let file = fopen(path, "rb") {
+            defer { fclose(file) }
+            var bytes = [UInt8](repeating: 0, count: 65)
+            let n = fread(&bytes, 1, 65, file)
+            guard n == 64 else { throw .invalid("\(path): not a node key file") }
+            let s = SecureBytes(bytes[0..<32]), a = SecureBytes(bytes[32..<64])
+            for i in bytes.indices { bytes[i] = 0 }
+            do { return NodeIdentity(signing: (s, try Ed25519.publicKey(of: s)), agreement: (a, try X25519.publicKey(of: a))) } catch {
+                throw .invalid("\(path): bad keys")
+            }
+        }
+        let identity = generate()
+        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0o600)
+        guard fd >= 0 else { throw .invalid("cannot create \(path)") }
+        defer { close(fd) }
+        let bytes = identity.signing.privateKey.bytes + identity.agreement.privateKey.bytes
+        guard bytes.withUnsafeBytes({ write(fd, $0.baseAddress, 64) }) == 64 else { throw .invalid("cannot write \(path)") }
+        return identity
+    }
+
+    public var key: NodeKey { NodeKey(signing.publicKey) }
+}
+
+/// A node's identity: its Ed25519 public key.
+public struct NodeKey: Hashable, Sendable, Comparable, CustomStringConvertible {
+    public let bytes: [UInt8]
+    public init(_ bytes: [UInt8]) { self.bytes = bytes }
+    public init?(text: String) {
+        guard let b = Base64URL.decode(text), b.count == 32 else { return nil }
+        bytes = b
+    }
+    public var text: String { Base64URL.encode(bytes) }
+    public var description: String { String(text.prefix(8)) }
+    public static func < (a: NodeKey, b: NodeKey) -> Bool { a.bytes.lexicographicallyPrecedes(b.bytes) }
+}
+
+/// `masq://<network>:<base64url key>@<ip>:<port>`
+public struct NodeDescriptor: Hashable, Sendable, CustomStringConvertible {
+    public var network: String
+    public var key: NodeKey
+    public var host: String
+    public var port: Int
+
+    public init(network: String, key: NodeKey, host: String, port: Int) {
+        self.network = network
+        self.key = key
+        self.host = host
+        self.port = port
+    }
+
+    public init?(_ text: String) {
+        guard text.hasPrefix("masq://"), text.utf8.count <= 300 else { return nil }
+        let rest = text.dropFirst(7)
+        guard let colon = rest.firstIndex(of: ":"), let at = rest.lastIndex(of: "@"), colon < at else { return nil }
+        network = String(rest[..<colon])
+        guard NodeDescriptor.validNetwork(network), let key = NodeKey(text: String(rest[rest.index(after: colon)..<at])) else { return nil }
+        self.key = key
+        let address = rest[rest.index(after: at)...]
+        guard let portColon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: portColon)...]), (1...65_535).contains(port) else { return nil }
+        host = String(address[..<portColon])
+        guard !host.isEmpty else { return nil }
+        self.port = port
+    }
+
+    public var description: String { "masq://\(network):\(key.text)@\(host):\(port)" }
+    public var address: String { "\(host):\(port)" }
+
+    static func validNetwork(_ name: String) -> Bool {
+        !name.isEmpty && name.utf8.count <= 32 && name.utf8.allSatisfy { ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x2D }
+    }
+}
+
+/// What a node charges (wei; MASQ's defaults). Both sides of a payment compute
+/// charges from these with the same formula.
+public struct RatePack: Codable, Sendable, Equatable {
+    public var routingByte: UInt64 = 53_844
+    public var routingPacket: UInt64 = 53_844
+    public var exitByte: UInt64 = 107_688
+    public var exitPacket: UInt64 = 107_688
+    public init() {}
+}
+
+/// The signed gossip record of a node. Unlike MASQ, the address is signed
+/// too: nobody can move a node to another address. A higher version
+/// replaces a lower one; the key never changes (it is the identity).
+public struct NodeRecord: Codable, Sendable, Equatable {
+    public var network: String
+    public var key: String
+    public var agreement: String
+    public var host: String
+    public var port: Int
+    public var version: UInt64
+    public var neighbours: [String]
+    public var rates: RatePack
+    public var exit: Bool
+
+    public var nodeKey: NodeKey? { NodeKey(text: key) }
+    public var descriptor: NodeDescriptor? { nodeKey.map { NodeDescriptor(network: network, key: $0, host: host, port: port) } }
+    public var agreementKey: [UInt8]? { Base64URL.decode(agreement).flatMap { $0.count == 32 ? $0 : nil } }
+}
+
+/// A record as it travels: the exact bytes that were signed, and the signature.
+public struct SignedRecord: Codable, Sendable, Equatable {
+    public var r: String
+    public var s: String
+
+    static let context = Array("masq node record v1".utf8)
+
+    public static func sign(_ record: NodeRecord, with identity: NodeIdentity) throws(MeshError) -> (SignedRecord, NodeRecord) {
+        guard let bytes = try? JSONEncoder().encode(record) else { throw .invalid("cannot encode a record") }
+        guard let signature = try? Ed25519.sign(context + Array(bytes), privateKey: identity.signing.privateKey) else { throw .invalid("signing failed") }
+        return (SignedRecord(r: Base64URL.encode(Array(bytes)), s: Base64URL.encode(signature)), record)
+    }
+
+    /// The record if the signature is its key's and the fields are sane.
+    public func verified(network: String) throws(MeshError) -> NodeRecord {
+        guard r.utf8.count <= 16_384, let bytes = Base64URL.decode(r), let signature = Base64URL.decode(s), signature.count == 64 else {
+            throw .malformed("a record that is not base64url")
+        }
+        guard let record = try? JSONDecoder().decode(NodeRecord.self, from: Data(bytes)) else { throw .malformed("a record that is not JSON") }
+        guard let key = record.nodeKey, record.agreementKey != nil, record.neighbours.count <= 16,
+              (1...65_535).contains(record.port), !record.host.isEmpty, record.host.utf8.count <= 255 else {
+            throw .malformed("a record with bad fields")
+        }
+        guard Ed25519.verify(signature, message: SignedRecord.context + bytes, publicKey: key.bytes) else {
+            throw .badSignature("a record whose signature does not verify")
+        }
+        guard record.network == network else { throw .malformed("a record of network \(record.network.prefix(32))") }
+        return record
+    }
+}
+
+public enum MeshError: Error, Sendable, CustomStringConvertible {
+    case invalid(String)
+    case malformed(String)
+    case badSignature(String)
+    case noRoute(String)
+    case failed(String)
+
+    public var description: String {
+        switch self {
+        case .invalid(let m), .malformed(let m), .badSignature(let m), .noRoute(let m), .failed(let m): m
+        }
+    }
+}

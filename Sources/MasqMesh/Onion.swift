@@ -1,0 +1,106 @@
+import MasqCrypto
+
+/// Onion layers for circuit set-up, and the per-hop data layers.
+///
+/// A set-up onion is `size` bytes. Layer i (for hop i):
+///
+///     eph (32) ‖ ChaCha20-Poly1305(hk, nonce 0, ad eph, header 48) ‖ ChaCha20(sk, body)
+///     header = kind (1) ‖ next hop key (32) ‖ token (8) ‖ zeros (7)
+///     keys   = HKDF-SHA256(X25519(eph, hop), salt "masq mesh onion v1", info eph ‖ hop)
+///            → hk ‖ sk ‖ dk (data layer) ‖ ef ‖ eb (exit AEAD, forward and back)
+///
+/// A hop authenticates its header, decrypts the body, and passes it on with
+/// `overhead` random bytes appended, so every hop sees an onion of the same
+/// size and learns only its own header (not its position). Data cells carry
+/// one ChaCha20 layer per hop (each hop removes or adds its own, so the bytes
+/// differ on every link) around an AEAD between the origin and the exit.
+enum Onion {
+    static let headerBytes = 48
+    static let overhead = 32 + headerBytes + 16
+    static let salt = Array("masq mesh onion v1".utf8)
+
+    enum Kind: UInt8 { case relay = 1, exit = 2, terminal = 3 }
+
+    struct Keys {
+        let data: SecureBytes
+        let exitForward: SecureBytes
+        let exitBack: SecureBytes
+    }
+
+    struct Hop {
+        let agreement: [UInt8]
+        let kind: Kind
+        let next: NodeKey?
+        let token: [UInt8]
+    }
+
+    struct Peeled {
+        let kind: Kind
+        let next: NodeKey
+        let token: [UInt8]
+        let keys: Keys
+        let inner: [UInt8]
+    }
+
+    private static func derive(_ shared: SecureBytes, eph: [UInt8], hop: [UInt8]) throws(MeshError) -> (SecureBytes, SecureBytes, Keys) {
+        guard let okm = try? Hash.hkdfSHA256(salt: SecureBytes(salt), ikm: shared, info: eph + hop, length: 160) else { throw .failed("key derivation failed") }
+        let b = okm.bytes
+        return (SecureBytes(b[0..<32]), SecureBytes(b[32..<64]),
+                Keys(data: SecureBytes(b[64..<96]), exitForward: SecureBytes(b[96..<128]), exitBack: SecureBytes(b[128..<160])))
+    }
+
+    /// Build an onion for `hops` (first hop outermost) around `payload`.
+    static func build(_ hops: [Hop], payload: [UInt8], size: Int) throws(MeshError) -> (onion: [UInt8], keys: [Keys]) {
+        guard payload.count <= size - overhead * hops.count else { throw .invalid("onion payload too large for \(hops.count) hops") }
+        var inner = payload + Random.bytes(size - payload.count)
+        var keys: [Keys] = []
+        for hop in hops.reversed() {
+            let eph = X25519.keyPair()
+            guard let shared = try? X25519.sharedSecret(privateKey: eph.privateKey, peerPublicKey: hop.agreement) else { throw .failed("bad hop key") }
+            let (hk, sk, k) = try derive(shared, eph: eph.publicKey, hop: hop.agreement)
+            var header = [hop.kind.rawValue] + (hop.next?.bytes ?? [UInt8](repeating: 0, count: 32)) + hop.token
+            header += [UInt8](repeating: 0, count: headerBytes - header.count)
+            guard let sealed = try? AEAD.seal(.chacha20Poly1305, key: hk, nonce: [UInt8](repeating: 0, count: 12), ad: eph.publicKey, plaintext: header) else {
+                throw .failed("sealing failed")
+            }
+            var body = Array(inner[0..<(size - overhead)])
+            xor(sk, counter: 0, &body)
+            inner = eph.publicKey + sealed + body
+            keys.insert(k, at: 0)
+        }
+        return (inner, keys)
+    }
+
+    /// Remove this node's layer.
+    static func peel(_ onion: [UInt8], privateKey: SecureBytes, publicKey: [UInt8]) throws(MeshError) -> Peeled {
+        guard onion.count > overhead else { throw .malformed("a short onion") }
+        let eph = Array(onion[0..<32])
+        guard let shared = try? X25519.sharedSecret(privateKey: privateKey, peerPublicKey: eph) else { throw .malformed("a bad onion key") }
+        let (hk, sk, keys) = try derive(shared, eph: eph, hop: publicKey)
+        guard let header = try? AEAD.open(.chacha20Poly1305, key: hk, nonce: [UInt8](repeating: 0, count: 12), ad: eph,
+                                          ciphertext: Array(onion[32..<overhead])), header.count == headerBytes,
+              let kind = Kind(rawValue: header[0]) else {
+            throw .malformed("an onion layer that does not open")
+        }
+        var body = Array(onion[overhead...])
+        xor(sk, counter: 0, &body)
+        return Peeled(kind: kind, next: NodeKey(Array(header[1..<33])), token: Array(header[33..<41]), keys: keys, inner: body + Random.bytes(overhead))
+    }
+
+    /// XOR a data layer: the keystream of `key` at cell number `counter`.
+    static func xor(_ key: SecureBytes, counter: UInt64, _ data: inout [UInt8]) {
+        var nonce = [UInt8](repeating: 0, count: 12)
+        for i in 0..<8 { nonce[4 + i] = UInt8(truncatingIfNeeded: counter >> (8 * UInt64(i))) }
+        key.withUnsafeBytes { k in
+            nonce.withUnsafeBytes { n in
+                data.withUnsafeMutableBytes { d in ChaCha20.xor(key: k, nonce: n, d) }
+            }
+        }
+    }
+
+    static func nonce(_ counter: UInt64) -> [UInt8] {
+        var nonce = [UInt8](repeating: 0, count: 12)
+        for i in 0..<8 { nonce[i] = UInt8(truncatingIfNeeded: counter >> (8 * UInt64(i))) }
+        return nonce
+    }
+}

@@ -1,0 +1,152 @@
+import NIOCore
+
+/// The SOCKS5 front (RFC 1928): no authentication, CONNECT only, IPv4, IPv6
+/// or a domain name (resolved at the exit, so the origin's resolver learns
+/// nothing). Bytes after the reply pass through untouched (TLS included:
+/// the exit sees only the client's ciphertext).
+final class SocksHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+    enum Phase { case greeting, request, connecting, open, closed }
+    let node: MeshNode
+    var phase = Phase.greeting
+    var buffer: [UInt8] = []
+    var origin: UInt64?
+    var context: ChannelHandlerContext?
+
+    init(node: MeshNode) { self.node = node }
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var incoming = unwrapInboundIn(data)
+        let bytes = incoming.readBytes(length: incoming.readableBytes) ?? []
+        if phase == .open, let origin {
+            node.originClientData(origin, bytes)
+            return
+        }
+        buffer += bytes
+        guard buffer.count <= 1_024 else { return reply(1) }
+        parse(context)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) { node.flush() }
+
+    private func parse(_ context: ChannelHandlerContext) {
+        if phase == .greeting {
+            guard buffer.count >= 2 else { return }
+            guard buffer[0] == 5 else { return context.close(promise: nil) }
+            let n = Int(buffer[1])
+            guard buffer.count >= 2 + n else { return }
+            let methods = buffer[2..<(2 + n)]
+            buffer.removeFirst(2 + n)
+            guard methods.contains(0) else {
+                send([5, 0xFF])
+                return context.close(promise: nil)
+            }
+            send([5, 0])
+            phase = .request
+        }
+        if phase == .request {
+            guard buffer.count >= 5 else { return }
+            guard buffer[0] == 5 else { return context.close(promise: nil) }
+            guard buffer[1] == 1 else { return reply(7) }          // CONNECT only
+            let host: String
+            var at: Int
+            switch buffer[3] {
+            case 1:
+                guard buffer.count >= 10 else { return }
+                host = buffer[4..<8].map(String.init).joined(separator: ".")
+                at = 8
+            case 3:
+                let n = Int(buffer[4])
+                guard buffer.count >= 5 + n + 2 else { return }
+                guard n > 0, let name = String(validating: buffer[5..<(5 + n)], as: UTF8.self) else { return reply(1) }
+                host = name
+                at = 5 + n
+            case 4:
+                guard buffer.count >= 22 else { return }
+                host = "[" + stride(from: 4, to: 20, by: 2).map { String(UInt16(buffer[$0]) << 8 | UInt16(buffer[$0 + 1]), radix: 16) }.joined(separator: ":") + "]"
+                at = 20
+            default: return reply(8)
+            }
+            let port = Int(buffer[at]) << 8 | Int(buffer[at + 1])
+            at += 2
+            buffer.removeFirst(at)
+            phase = .connecting
+            node.openStream(host: host, port: port, client: self)
+        }
+    }
+
+    private func send(_ bytes: [UInt8]) {
+        guard let context else { return }
+        context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(bytes: bytes)), promise: nil)
+    }
+
+    private func reply(_ code: UInt8) {
+        send([5, code, 0, 1, 0, 0, 0, 0, 0, 0])
+        if code != 0 { phase = .closed; context?.close(promise: nil) }
+    }
+
+    // Called by the node.
+    func connected() {
+        reply(0)
+        phase = .open
+        if !buffer.isEmpty, let origin {
+            let early = buffer
+            buffer = []
+            node.originClientData(origin, early)
+        }
+    }
+
+    func failed(_ code: UInt8) { reply(code) }
+
+    func write(_ bytes: [UInt8]) {
+        guard let context else { return }
+        context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(bytes: bytes)), promise: nil)
+    }
+
+    func finish() {
+        phase = .closed
+        guard let context else { return }
+        context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0))).whenComplete { _ in context.close(promise: nil) }
+    }
+
+    func pause() { _ = context?.channel.setOption(ChannelOptions.autoRead, value: false) }
+    func resume() { _ = context?.channel.setOption(ChannelOptions.autoRead, value: true) }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if let origin { node.originClientClosed(origin) }
+        self.context = nil
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) { context.close(promise: nil) }
+}
+
+/// The exit's connection to the target.
+final class StreamHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    enum Side { case exit(CircuitEnd) }
+    let node: MeshNode
+    let side: Side
+
+    init(node: MeshNode, side: Side) {
+        self.node = node
+        self.side = side
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var incoming = unwrapInboundIn(data)
+        guard case .exit(let end) = side else { return }
+        node.exitTargetData(end, incoming.readBytes(length: incoming.readableBytes) ?? [])
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) { node.flush() }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        guard case .exit(let end) = side else { return }
+        node.exitTargetClosed(end)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) { context.close(promise: nil) }
+}
