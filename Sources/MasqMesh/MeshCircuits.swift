@@ -30,7 +30,7 @@ final class RelayHop {
 
 /// The exit's state: its forward circuit, the return circuit it built from
 /// the origin's return onion, and the connection to the target.
-final class ExitCircuit {
+final class ExitCircuit: @unchecked Sendable {
     let inEnd: CircuitEnd
     let keys: Onion.Keys
     let previousAddress: String
@@ -41,6 +41,7 @@ final class ExitCircuit {
     var target: String?
     var targetChannel: Channel?
     var pendingToTarget: [[UInt8]] = []
+    var pendingAcks = 0
     var inFlight = 0
     var received = 0
     var ended = false
@@ -53,7 +54,7 @@ final class ExitCircuit {
 }
 
 /// A stream this node originates (a SOCKS connection) over a forward and a return circuit.
-final class OriginCircuit {
+final class OriginCircuit: @unchecked Sendable {
     enum Phase { case building, open, closed }
     let id: UInt64
     let host: String
@@ -262,6 +263,8 @@ extension MeshNode {
                         node.sendToOrigin(exit, .connected, [])
                         for chunk in exit.pendingToTarget { channel.write(channel.allocator.buffer(bytes: chunk), promise: nil) }
                         exit.pendingToTarget = []
+                        exit.received += exit.pendingAcks
+                        exit.pendingAcks = 0
                         channel.flush()
                     case .failure(let error):
                         node.sendToOrigin(exit, .end, Array("\(Self.socksCode(for: error))".utf8))
@@ -269,10 +272,17 @@ extension MeshNode {
                     node.flush()
                 }
         case .data:
-            exit.received += 1
-            if exit.received % configuration.sendmeEvery == 0 { sendToOrigin(exit, .sendme, []) }
-            if let channel = exit.targetChannel { channel.writeAndFlush(channel.allocator.buffer(bytes: body), promise: nil) }
-            else { exit.pendingToTarget.append(body) }
+            // Acknowledge only what the target has taken.
+            let acknowledge: @Sendable (Result<Void, Error>) -> Void = { [weak self] _ in
+                guard let self, !exit.ended else { return }
+                exit.received += 1
+                if exit.received % self.configuration.sendmeEvery == 0 {
+                    self.sendToOrigin(exit, .sendme, [])
+                    self.flush()
+                }
+            }
+            if let channel = exit.targetChannel { channel.writeAndFlush(channel.allocator.buffer(bytes: body)).whenComplete(acknowledge) }
+            else { exit.pendingToTarget.append(body); exit.pendingAcks += 1 }
         case .end:
             exit.ended = true
             exit.targetChannel?.close(promise: nil)
@@ -406,9 +416,15 @@ extension MeshNode {
             logger.info("stream open", metadata: ["route": "\(origin.routeText)", "ms": "\(Self.now() - origin.started)"])
             origin.client.connected()
         case .data:
-            origin.received += 1
-            if origin.received % configuration.sendmeEvery == 0 { sendToExit(origin, .sendme, []) }
-            origin.client.write(body)
+            // Acknowledge only what the client has taken, so a slow reader slows the exit.
+            origin.client.write(body) { [weak self, weak origin] in
+                guard let self, let origin, origin.phase == .open else { return }
+                origin.received += 1
+                if origin.received % self.configuration.sendmeEvery == 0 {
+                    self.sendToExit(origin, .sendme, [])
+                    self.flush()
+                }
+            }
         case .end:
             let code = UInt8(String(decoding: body, as: UTF8.self)) ?? 1
             if origin.phase == .open { close(origin) } else { fail(origin, "the exit could not connect to \(origin.target)", socksCode: code == 0 ? 1 : code, retry: false) }
@@ -467,7 +483,7 @@ extension MeshNode {
         originByToken[origin.token] = nil
         origin.forwardEnd = nil
         origin.returnEnd = nil
-        let until = Self.now() + 30_000
+        let until = Self.now() + 10_000
         for node in origin.route.dropFirst() + origin.returnRoute.dropLast() { failedNodes[node] = until }
         if !wasOpen && retry && origin.attempts < configuration.routeAttempts {
             counters.routeFailures += 1
@@ -504,18 +520,23 @@ extension MeshNode {
     /// a neighbour of this node) and a return route of as many links whose
     /// relays avoid the forward route's when the topology allows.
     func chooseRoutes() -> (forward: [NodeKey], back: [NodeKey])? {
+        // Nodes of recently failed routes are avoided, unless nothing else is left.
+        chooseRoutes(avoiding: Set(failedNodes.keys)) ?? (failedNodes.isEmpty ? nil : chooseRoutes(avoiding: []))
+    }
+
+    private func chooseRoutes(avoiding avoid: Set<NodeKey>) -> (forward: [NodeKey], back: [NodeKey])? {
         let edges = graph()
         let hops = configuration.hops
-        let avoid = Set(failedNodes.keys)
+        // At least `hops` links; up to two more when the topology needs them (the cost decides).
+        let longest = min(6, hops + 2)
         var best: (UInt64, [[NodeKey]]) = (.max, [])
         func walk(_ path: [NodeKey], _ spent: UInt64) {
             guard let last = path.last else { return }
-            if path.count == hops {
-                guard records[last]?.record.exit == true, hops < 3 && configuration.allowShortRoutes || neighbours[last] == nil else { return }
+            if path.count >= hops, records[last]?.record.exit == true, hops < 3 && configuration.allowShortRoutes || neighbours[last] == nil {
                 let total = spent + cost(last, exit: true)
                 if total < best.0 { best = (total, [path]) } else if total == best.0 { best.1.append(path) }
-                return
             }
+            guard path.count < longest else { return }
             for next in edges[last] ?? [] where next != key && !path.contains(next) && !avoid.contains(next) && records[next] != nil {
                 walk(path + [next], spent + cost(last, exit: false))
             }
@@ -530,10 +551,11 @@ extension MeshNode {
             var options: [[NodeKey]] = []
             func back(_ path: [NodeKey]) {
                 guard let last = path.last else { return }
-                if path.count == hops {   // exit, r1 … r(hops-1), and this node is the next
-                    if edges[last]?.contains(key) == true && neighbours[last] != nil { options.append(Array(path.dropFirst())) }
-                    return
+                // exit, r1 … rk: then this node; at least `hops` links in all.
+                if path.count >= hops && edges[last]?.contains(key) == true && neighbours[last] != nil {
+                    options.append(Array(path.dropFirst()))
                 }
+                guard path.count < longest else { return }
                 for next in edges[last] ?? [] where next != key && !path.contains(next) && !avoid.contains(next) && records[next] != nil
                     && (!strict || !forwardRelays.contains(next)) {
                     back(path + [next])
@@ -541,7 +563,8 @@ extension MeshNode {
             }
             back([exit])
             if hops == 1, neighbours[exit] != nil { return (forward, []) }
-            if let choice = options.randomElement() { return (forward, choice) }
+            // Shortest return routes first.
+            if let shortest = options.map(\.count).min(), let choice = options.filter({ $0.count == shortest }).randomElement() { return (forward, choice) }
         }
         return nil
     }

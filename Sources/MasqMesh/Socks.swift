@@ -4,7 +4,7 @@ import NIOCore
 /// or a domain name (resolved at the exit, so the origin's resolver learns
 /// nothing). Bytes after the reply pass through untouched (TLS included:
 /// the exit sees only the client's ciphertext).
-final class SocksHandler: ChannelInboundHandler {
+final class SocksHandler: ChannelInboundHandler, @unchecked Sendable {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
     enum Phase { case greeting, request, connecting, open, closed }
@@ -101,9 +101,11 @@ final class SocksHandler: ChannelInboundHandler {
 
     func failed(_ code: UInt8) { reply(code) }
 
-    func write(_ bytes: [UInt8]) {
+    /// Write to the client; `taken` runs once the bytes left for the socket.
+    func write(_ bytes: [UInt8], taken: @escaping () -> Void) {
         guard let context else { return }
-        context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(bytes: bytes)), promise: nil)
+        let done = NIOLoopBound(taken, eventLoop: context.eventLoop)
+        context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(bytes: bytes))).whenSuccess { done.value() }
     }
 
     func finish() {

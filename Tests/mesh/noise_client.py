@@ -1,0 +1,144 @@
+"""A minimal Noise_XX_25519_ChaChaPoly_SHA256 initiator (the Noise spec,
+revision 34) with Python's `cryptography`, to talk to a mesh node as a
+hostile peer would: complete the handshake with a record of our own, then
+send malformed frames."""
+import base64
+import hashlib
+import hmac
+import json
+import os
+import socket
+import struct
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+
+NAME = b"Noise_XX_25519_ChaChaPoly_SHA256"
+
+
+def b64(data):
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def raw(key):
+    return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def hkdf(ck, ikm, n):
+    temp = hmac.new(ck, ikm, hashlib.sha256).digest()
+    out, prev = [], b""
+    for i in range(1, n + 1):
+        prev = hmac.new(temp, prev + bytes([i]), hashlib.sha256).digest()
+        out.append(prev)
+    return out
+
+
+class Cipher:
+    def __init__(self, key):
+        self.key, self.n = key, 0
+
+    def encrypt(self, ad, plaintext):
+        if self.key is None:
+            return plaintext
+        out = ChaCha20Poly1305(self.key).encrypt(b"\0" * 4 + struct.pack("<Q", self.n), plaintext, ad)
+        self.n += 1
+        return out
+
+    def decrypt(self, ad, ciphertext):
+        if self.key is None:
+            return ciphertext
+        out = ChaCha20Poly1305(self.key).decrypt(b"\0" * 4 + struct.pack("<Q", self.n), ciphertext, ad)
+        self.n += 1
+        return out
+
+
+class Peer:
+    """A node-like peer: X25519 static key, Ed25519 identity, a signed record."""
+
+    def __init__(self, host, port, network="masq"):
+        self.static = X25519PrivateKey.generate()
+        self.identity = Ed25519PrivateKey.generate()
+        self.sock = socket.create_connection((host, port), timeout=5)
+        self.network = network
+        self.h = hashlib.sha256(NAME).digest() if len(NAME) > 32 else NAME.ljust(32, b"\0")
+        self.ck = self.h
+        self.cipher = Cipher(None)
+        self.mix_hash(("masq mesh v1 " + network).encode())
+
+    def mix_hash(self, data):
+        self.h = hashlib.sha256(self.h + data).digest()
+
+    def mix_key(self, ikm):
+        self.ck, k = hkdf(self.ck, ikm, 2)
+        self.cipher = Cipher(k)
+
+    def encrypt_and_hash(self, plaintext):
+        c = self.cipher.encrypt(self.h, plaintext)
+        self.mix_hash(c)
+        return c
+
+    def decrypt_and_hash(self, ciphertext):
+        p = self.cipher.decrypt(self.h, ciphertext)
+        self.mix_hash(ciphertext)
+        return p
+
+    def send_raw(self, data):
+        self.sock.sendall(struct.pack(">H", len(data)) + data)
+
+    def recv_raw(self):
+        head = self._exact(2)
+        return self._exact(struct.unpack(">H", head)[0])
+
+    def _exact(self, n):
+        buf = b""
+        while len(buf) < n:
+            chunk = self.sock.recv(n - len(buf))
+            if not chunk:
+                raise ConnectionError("closed")
+            buf += chunk
+        return buf
+
+    def record(self, port=1, version=1, tamper=False):
+        rec = {"network": self.network, "key": b64(raw(self.identity)), "agreement": b64(raw(self.static)), "host": "127.0.0.1",
+               "port": port, "version": version, "neighbours": [], "rates": {"routingByte": 1, "routingPacket": 1, "exitByte": 1, "exitPacket": 1},
+               "exit": False}
+        body = json.dumps(rec, separators=(",", ":")).encode()
+        sig = self.identity.sign(b"masq node record v1" + body)
+        if tamper:
+            sig = bytes([sig[0] ^ 1]) + sig[1:]
+        return {"r": b64(body), "s": b64(sig)}
+
+    def handshake(self):
+        e = X25519PrivateKey.generate()
+        self.mix_hash(raw(e))
+        self.mix_hash(b"")                                    # empty payload
+        self.send_raw(raw(e))
+        msg = self.recv_raw()
+        re = msg[:32]
+        self.mix_hash(re)
+        self.mix_key(e.exchange(X25519PublicKey.from_public_bytes(re)))
+        rs = self.decrypt_and_hash(msg[32:80])
+        self.mix_key(e.exchange(X25519PublicKey.from_public_bytes(rs)))
+        self.remote_record = json.loads(self.decrypt_and_hash(msg[80:]))
+        out = self.encrypt_and_hash(raw(self.static))
+        self.mix_key(self.static.exchange(X25519PublicKey.from_public_bytes(re)))
+        out += self.encrypt_and_hash(json.dumps(self.record()).encode())
+        self.send_raw(out)
+        k1, k2 = hkdf(self.ck, b"", 2)
+        self.send, self.receive = Cipher(k1), Cipher(k2)
+
+    def frame(self, plaintext):
+        self.send_raw(self.send.encrypt(b"", plaintext))
+
+    def closed(self, wait=3.0):
+        """True once the node has closed the connection."""
+        self.sock.settimeout(wait)
+        try:
+            while True:
+                self.recv_raw()
+        except (ConnectionError, OSError):
+            return True
+        except socket.timeout:
+            return False
