@@ -25,6 +25,7 @@ let package = Package(
         .library(name: "masq_transport_relay", type: .dynamic, targets: ["MasqTransportRelay"]),
         .library(name: "masq_transport_localws", type: .dynamic, targets: ["MasqTransportLocalWS"]),
         .library(name: "masq_transport_connectoid", type: .dynamic, targets: ["MasqTransportConnectoid"]),
+        .library(name: "masq_transport_mesh", type: .dynamic, targets: ["MasqTransportMesh"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -116,16 +117,24 @@ let package = Package(
                 exclude: ["README.md"],
                 linkerSettings: exportsOnly("plugins/plugin-exports.map")),
 
-        .target(name: "MasqTransportRelay", dependencies: [
-                    "CMasqPlugin", "MasqRelayProtocol",
-                    .product(name: "NIOCore", package: "swift-nio"),
-                    .product(name: "NIOPosix", package: "swift-nio"),
-                    .product(name: "NIOHTTP1", package: "swift-nio"),
-                    .product(name: "NIOWebSocket", package: "swift-nio"),
-                    .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
-                    .product(name: "NIOSSL", package: "swift-nio-ssl"),
-                ],
+        // The relay client (WebSocket, reconnect, queue, optional SOCKS5) behind the relay and mesh plugins.
+        .target(name: "MasqRelayClient", dependencies: [
+            "CMasqPlugin", "MasqRelayProtocol",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+            .product(name: "NIOWebSocket", package: "swift-nio"),
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
+        ]),
+
+        .target(name: "MasqTransportRelay", dependencies: ["CMasqPlugin", "MasqRelayClient"],
                 path: "plugins/transport-relay",
+                linkerSettings: exportsOnly("plugins/plugin-exports.map")),
+
+        // The mesh transport: a mesh node inside the plugin; the relay reached through onion routes.
+        .target(name: "MasqTransportMesh", dependencies: ["CMasqPlugin", "MasqRelayClient", "MasqMesh"],
+                path: "plugins/transport-mesh",
                 linkerSettings: exportsOnly("plugins/plugin-exports.map")),
 
         .target(name: "MasqTransportLocalWS", dependencies: [

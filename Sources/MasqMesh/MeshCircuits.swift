@@ -130,7 +130,7 @@ extension MeshNode {
         }
         switch peeled.kind {
         case .relay:
-            guard let next = neighbours[peeled.next] else {
+            guard !configuration.client, let next = neighbours[peeled.next] else {
                 logger.debug("circuit refused: the next hop is not a neighbour")
                 return destroy(end)
             }
@@ -182,8 +182,8 @@ extension MeshNode {
             origin.returnCounter += 1
             originMessage(origin, plain)
         } else {
-            counters.cellsRejected += 1
-            penalize(link, 1, "data for an unknown circuit")
+            // Cells already in flight when a circuit was torn down: dropped, not held against the sender.
+            counters.cellsDropped += 1
         }
     }
 
@@ -245,7 +245,10 @@ extension MeshNode {
             exit.target = text
             logger.info("exit: connecting", metadata: ["target": "\(text)", "previous": "\(exit.previousAddress)"])
             let node = self
-            ClientBootstrap(group: loop)
+            var bootstrap = ClientBootstrap(group: loop)
+            // The target sees the exit's own address.
+            if let local = try? SocketAddress(ipAddress: configuration.host, port: 0) { bootstrap = bootstrap.bind(to: local) }
+            bootstrap
                 .connectTimeout(.seconds(5))
                 .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
                 .channelInitializer { channel in
@@ -343,12 +346,30 @@ extension MeshNode {
         build(origin)
     }
 
-    private func build(_ origin: OriginCircuit) {
+    func build(_ origin: OriginCircuit) {
         origin.attempts += 1
         origin.started = Self.now()
         origin.phase = .building
         guard let (forward, back) = chooseRoutes() else {
             counters.routeFailures += 1
+            // Every exit may be a neighbour (an exit must not be): part from one and
+            // try again once gossip has spread the new topology.
+            if origin.attempts < configuration.routeAttempts + 2, neighbours.count > 1,
+               let exitNeighbour = neighbours.keys.sorted().first(where: { records[$0]?.record.exit == true }) {
+                keepApart[exitNeighbour] = Self.now() + 60_000
+                logger.info("parting from an exit neighbour so that it can serve as an exit", metadata: ["node": "\(exitNeighbour)"])
+                if let link = neighbours[exitNeighbour] {
+                    link.write(.bye, Array("route diversity".utf8))
+                    link.channel.flush()
+                    link.channel.close(promise: nil)
+                }
+                let delay = Int64(configuration.gossipMilliseconds * 3)
+                loop.scheduleTask(in: .milliseconds(delay)) { [weak self] in
+                    guard let self, origin.phase == .building, self.origins[origin.id] != nil else { return }
+                    self.build(origin)
+                }
+                return
+            }
             return fail(origin, "no route of \(configuration.hops) hops to an exit (known nodes: \(records.count))", socksCode: 3, retry: false)
         }
         do {
@@ -499,7 +520,8 @@ extension MeshNode {
     /// Undirected links both ends advertise, plus this node's own.
     private func graph() -> [NodeKey: Set<NodeKey>] {
         var claims: [NodeKey: Set<NodeKey>] = [:]
-        for (k, known) in records { claims[k] = Set(known.record.neighbours.compactMap(NodeKey.init(text:))) }
+        // Clients relay nothing: they are never part of anyone else's route.
+        for (k, known) in records where !known.record.isClient { claims[k] = Set(known.record.neighbours.compactMap(NodeKey.init(text:))) }
         claims[key] = Set(neighbours.keys)
         var edges: [NodeKey: Set<NodeKey>] = [:]
         for (a, list) in claims {

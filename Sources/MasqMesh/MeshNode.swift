@@ -28,6 +28,8 @@ public struct MeshConfiguration: Sendable {
     public var linkTimeoutMilliseconds: UInt64 = 5_000
     public var setupTimeoutMilliseconds: UInt64 = 10_000
     public var exit = false
+    /// A client: no listener, not gossiped, never a relay or exit (a device's transport).
+    public var client = false
     public var rates = RatePack()
     /// SOCKS5 front (host:port), on loopback.
     public var socks: String?
@@ -84,12 +86,15 @@ public final class MeshNode: @unchecked Sendable {
     var originByToken: [[UInt8]: UInt64] = [:]
     var nextOrigin: UInt64 = 1
     var failedNodes: [NodeKey: UInt64] = [:]
+    /// Exits this origin parted from so that routes can end at them.
+    var keepApart: [NodeKey: UInt64] = [:]
 
     public struct Counters: Codable, Sendable {
         public var linksUp = 0
         public var gossipRejected = 0
         public var cellsRejected = 0
         public var cellsRelayed = 0
+        public var cellsDropped = 0
         public var circuitsRelayed = 0
         public var circuitsExited = 0
         public var circuitsOriginated = 0
@@ -133,14 +138,9 @@ public final class MeshNode: @unchecked Sendable {
 
     public func start() throws {
         let node = self
-        let bootstrap = ServerBootstrap(group: group)
-            .serverChannelOption(ChannelOptions.backlog, value: 256)
-            .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
-            .childChannelInitializer { channel in node.configureLink(channel, initiator: false, dialed: nil) }
-        let bound = try bootstrap.bind(host: configuration.host, port: configuration.port).wait()
-        listener = bound
-        port = bound.localAddress?.port ?? configuration.port
+        if !configuration.client {
+            try listen()
+        }
         if let socks = configuration.socks {
             guard let colon = socks.lastIndex(of: ":"), let p = Int(socks[socks.index(after: colon)...]) else { throw MeshError.invalid("socks must be HOST:PORT") }
             let host = String(socks[..<colon])
@@ -164,7 +164,19 @@ public final class MeshNode: @unchecked Sendable {
         }.wait()
         loop.scheduleRepeatedTask(initialDelay: .milliseconds(Int64(configuration.gossipMilliseconds)),
                                   delay: .milliseconds(Int64(configuration.gossipMilliseconds))) { _ in node.tick() }
-        logger.info("node listening", metadata: ["descriptor": "\(descriptor)", "socks": "\(socksPort)", "exit": "\(configuration.exit)"])
+        logger.info("node started", metadata: ["descriptor": "\(descriptor)", "socks": "\(socksPort)", "exit": "\(configuration.exit)", "client": "\(configuration.client)"])
+    }
+
+    private func listen() throws {
+        let node = self
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(ChannelOptions.backlog, value: 256)
+            .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+            .childChannelInitializer { channel in node.configureLink(channel, initiator: false, dialed: nil) }
+        let bound = try bootstrap.bind(host: configuration.host, port: configuration.port).wait()
+        listener = bound
+        port = bound.localAddress?.port ?? configuration.port
     }
 
     public func wait() throws { try listener?.closeFuture.wait() }
@@ -191,14 +203,17 @@ public final class MeshNode: @unchecked Sendable {
     }
 
     func dial(_ descriptor: NodeDescriptor) {
-        guard descriptor.key != key, neighbours[descriptor.key] == nil, !dialing.contains(descriptor.key), !isBanned(descriptor.key, descriptor.host) else { return }
+        guard descriptor.key != key, neighbours[descriptor.key] == nil, !dialing.contains(descriptor.key), !isBanned(descriptor.key, descriptor.host),
+              (keepApart[descriptor.key] ?? 0) < Self.now() else { return }
         dialing.insert(descriptor.key)
         let node = self
-        ClientBootstrap(group: loop)
+        var bootstrap = ClientBootstrap(group: loop)
             .connectTimeout(.seconds(3))
             .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in node.configureLink(channel, initiator: true, dialed: descriptor) }
-            .connect(host: descriptor.host, port: descriptor.port)
+        // Links leave from the node's own (signed) address.
+        if let local = try? SocketAddress(ipAddress: configuration.host, port: 0) { bootstrap = bootstrap.bind(to: local) }
+        bootstrap.connect(host: descriptor.host, port: descriptor.port)
             .whenFailure { _ in
                 node.dialing.remove(descriptor.key)
                 node.introduced[descriptor.key] = nil
@@ -226,6 +241,8 @@ public final class MeshNode: @unchecked Sendable {
         if let dialed = link.dialed { dialing.remove(dialed.key) }
         if let peer = link.peer, neighbours[peer] === link {
             neighbours[peer] = nil
+            // A client's record is for its neighbours only.
+            if records[peer]?.record.isClient == true { records[peer] = nil }
             logger.info("neighbour gone", metadata: ["node": "\(peer)"])
             try? refreshOwnRecord(force: false)
         }
@@ -292,14 +309,13 @@ public final class MeshNode: @unchecked Sendable {
 
     private func established(_ link: Link, _ record: NodeRecord, _ signed: SignedRecord) {
         guard let peer = link.peer else { return }
-        if peer == key || isBanned(peer, record.host) { return link.channel.close(promise: nil) }
+        if peer == key || isBanned(peer, record.host) || (keepApart[peer] ?? 0) > Self.now() { return link.channel.close(promise: nil) }
         if let existing = neighbours[peer], existing !== link {
             // Both dialed each other: keep the link the smaller key initiated.
             let keepNew = (link.initiator && key < peer) || (!link.initiator && peer < key)
             if !keepNew { return link.channel.close(promise: nil) }
             existing.channel.close(promise: nil)
         }
-        merge(record, signed)
         introduced[peer] = nil
         if !link.initiator && neighbours.count >= configuration.maxNeighbours {
             // Full: pass the newcomer on to less connected nodes.
@@ -309,6 +325,7 @@ public final class MeshNode: @unchecked Sendable {
             link.channel.close(promise: nil)
             return
         }
+        merge(record, signed)
         neighbours[peer] = link
         counters.linksUp += 1
         logger.info("neighbour up", metadata: ["node": "\(peer)", "address": "\(record.host):\(record.port)"])
@@ -321,7 +338,7 @@ public final class MeshNode: @unchecked Sendable {
     /// Up to two known nodes with the fewest neighbours (not `peer`).
     private func introductionsFor(_ peer: NodeKey) -> [UInt8] {
         let candidates = records.values
-            .filter { $0.record.nodeKey != peer && $0.record.nodeKey != key && $0.record.neighbours.count < configuration.maxNeighbours }
+            .filter { !$0.record.isClient && $0.record.nodeKey != peer && $0.record.nodeKey != key && $0.record.neighbours.count < configuration.maxNeighbours }
             .sorted { $0.record.neighbours.count < $1.record.neighbours.count }
             .prefix(2).compactMap { $0.record.descriptor?.description }
         return Array((try? JSONEncoder().encode(Array(candidates))) ?? Data("[]".utf8))
@@ -335,7 +352,8 @@ public final class MeshNode: @unchecked Sendable {
         advertisedNeighbours = current
         let record = NodeRecord(network: configuration.network, key: key.text, agreement: Base64URL.encode(identity.agreement.publicKey),
                                 host: configuration.host, port: port, version: max(Self.wallClock(), (ownRecord?.version ?? 0) + 1),
-                                neighbours: current, rates: configuration.rates, exit: configuration.exit)
+                                neighbours: current, rates: configuration.rates, exit: configuration.exit && !configuration.client,
+                                client: configuration.client ? true : nil)
         let (signed, _) = try SignedRecord.sign(record, with: identity)
         ownSigned = signed
         ownRecord = record
@@ -343,7 +361,7 @@ public final class MeshNode: @unchecked Sendable {
 
     func sendGossip(to link: Link) {
         var list: [SignedRecord] = ownSigned.map { [$0] } ?? []
-        list += records.values.sorted { $0.heard > $1.heard }.prefix(255).map(\.signed)
+        list += records.values.filter { !$0.record.isClient }.sorted { $0.heard > $1.heard }.prefix(255).map(\.signed)
         guard let bytes = try? JSONEncoder().encode(list) else { return }
         link.write(.gossip, Array(bytes))
         dirty[link.id] = link
@@ -357,6 +375,8 @@ public final class MeshNode: @unchecked Sendable {
         for signed in list {
             do {
                 let record = try signed.verified(network: configuration.network)
+                // A client's record is learned only from its own handshake.
+                if record.isClient && record.nodeKey != link.peer { continue }
                 merge(record, signed)
             } catch {
                 counters.gossipRejected += 1
@@ -423,7 +443,7 @@ public final class MeshNode: @unchecked Sendable {
         // Handshakes that never finish.
         for link in links.values where !link.established && now - link.lastHeard > 5_000 { link.channel.close(promise: nil) }
         if neighbours.count < configuration.targetNeighbours {
-            var candidates: [(NodeDescriptor, Int)] = records.values.compactMap { k in k.record.descriptor.map { ($0, k.record.neighbours.count) } }
+            var candidates: [(NodeDescriptor, Int)] = records.values.filter { !$0.record.isClient }.compactMap { k in k.record.descriptor.map { ($0, k.record.neighbours.count) } }
             candidates += introduced.values.map { ($0, 0) }
             candidates += configuration.seeds.map { ($0, configuration.maxNeighbours) }
             let wanted = configuration.targetNeighbours - neighbours.count
@@ -452,6 +472,10 @@ public final class MeshNode: @unchecked Sendable {
         public var address: String
         public var neighbours: [String]
         public var known: Int
+        /// Client records held, and how many of them are neighbours (a client's
+        /// record reaches only its neighbours).
+        public var clients: Int
+        public var clientNeighbours: Int
         /// One line per circuit this node takes part in: what it knows of it.
         public var circuits: [[String: String]]
         public var banned: [String]
@@ -463,8 +487,9 @@ public final class MeshNode: @unchecked Sendable {
         for hop in relays.values where hop.forward { lines.append(["role": "relay", "previous": hop.previousAddress, "next": hop.nextAddress]) }
         for exit in exits.values { lines.append(["role": "exit", "previous": exit.previousAddress, "target": exit.target ?? ""]) }
         for origin in origins.values { lines.append(["role": "origin", "target": origin.target, "route": origin.routeText]) }
+        let clientKeys = records.filter { $0.value.record.isClient }.map(\.key)
         return State(key: key.text, address: "\(configuration.host):\(port)", neighbours: neighbours.keys.map(\.text).sorted(),
-                     known: records.count, circuits: lines, banned: bannedHosts.keys.sorted(), counters: counters)
+                     known: records.count, clients: clientKeys.count, clientNeighbours: clientKeys.filter { neighbours[$0] != nil }.count, circuits: lines, banned: bannedHosts.keys.sorted(), counters: counters)
     }
 
     /// `<data dir>/state.json`, rewritten every tick (for operators and tests).

@@ -112,6 +112,11 @@ public struct NodeRecord: Codable, Sendable, Equatable {
     public var neighbours: [String]
     public var rates: RatePack
     public var exit: Bool
+    /// A client node (a device's transport) relays nothing and is not gossiped:
+    /// only its neighbours ever learn its address.
+    public var client: Bool?
+
+    public var isClient: Bool { client ?? false }
 
     public var nodeKey: NodeKey? { NodeKey(text: key) }
     public var descriptor: NodeDescriptor? { nodeKey.map { NodeDescriptor(network: network, key: $0, host: host, port: port) } }
@@ -138,7 +143,7 @@ public struct SignedRecord: Codable, Sendable, Equatable {
         }
         guard let record = try? JSONDecoder().decode(NodeRecord.self, from: Data(bytes)) else { throw .malformed("a record that is not JSON") }
         guard let key = record.nodeKey, record.agreementKey != nil, record.neighbours.count <= 16,
-              (1...65_535).contains(record.port), !record.host.isEmpty, record.host.utf8.count <= 255 else {
+              (record.isClient ? 0...65_535 : 1...65_535).contains(record.port), !record.host.isEmpty, record.host.utf8.count <= 255 else {
             throw .malformed("a record with bad fields")
         }
         guard Ed25519.verify(signature, message: SignedRecord.context + bytes, publicKey: key.bytes) else {

@@ -123,6 +123,9 @@ def state(env, i):
 
 
 def test_mesh_formed_by_gossip_within_limits(mesh):
+    deadline = time.time() + 10
+    while time.time() < deadline and not all(state(mesh, i)["known"] == 7 for i in range(2, 10)):
+        time.sleep(0.2)
     for i in range(2, 10):
         s = state(mesh, i)
         assert 1 <= len(s["neighbours"]) <= 5, (i, s["neighbours"])
@@ -149,18 +152,23 @@ def test_no_node_but_the_origin_holds_both_ends(mesh):
     target = "localhost:%d" % mesh["http"]
     seen_target = 0
     try:
+        def roles():
+            return [c["role"] for i in range(2, 10) if i != 3 for c in state(mesh, i)["circuits"]]
         deadline = time.time() + 15
-        while time.time() < deadline and not any(c["role"] == "exit" for i in range(2, 10) for c in state(mesh, i)["circuits"]):
+        while time.time() < deadline and not ("exit" in roles() and roles().count("relay") >= 4):
             time.sleep(0.2)
         for i in range(2, 10):
             if i == 3:
                 continue
-            text = json.dumps(state(mesh, i)["circuits"]) + open(os.path.join(mesh["work"], "n%d" % i, "log")).read()
+            # What the node knows of circuits: its state and the log lines about circuits
+            # (every node knows its neighbours' addresses; that says nothing of a circuit's ends).
+            lines = [l for l in open(os.path.join(mesh["work"], "n%d" % i, "log")) if "circuit" in l or "exit:" in l or "route" in l]
+            text = json.dumps(state(mesh, i)["circuits"]) + "".join(lines)
             has_target = target in text
             seen_target += has_target
             assert not (has_target and ORIGIN in text), "node 127.0.0.%d knows both the origin and the target" % i
         assert seen_target >= 1                          # the exit knows the target, and only it
-        roles = [c["role"] for i in range(2, 10) if i != 3 for c in state(mesh, i)["circuits"]]
+        roles = roles()
         assert "exit" in roles and roles.count("relay") >= 4   # 2 forward relays and 2 return relays
     finally:
         curl.kill()
@@ -229,3 +237,77 @@ def test_malformed_input_is_refused_and_the_sender_banned(mesh):
     # Everyone is still up and serving.
     code, data = fetch(mesh, "/file.bin")
     assert code == 0 and data == mesh["payload"]
+
+
+def relay_peers(port):
+    """Remote IPv4 addresses of established TCP connections to local `port` (/proc/net/tcp)."""
+    peers = set()
+    for line in open("/proc/net/tcp").read().splitlines()[1:]:
+        fields = line.split()
+        local, remote, st = fields[1], fields[2], fields[3]
+        if st == "01" and int(local.split(":")[1], 16) == port:
+            ip = remote.split(":")[0]
+            peers.add(".".join(str(int(ip[i:i + 2], 16)) for i in (6, 4, 2, 0)))
+    return peers
+
+
+def test_sync_between_two_devices_over_the_mesh(mesh):
+    """The mesh transport plugin: two paired devices sync through a relay they
+    reach over onion routes; the relay sees exit addresses only, and neither
+    device's address reaches the other."""
+    work = mesh["work"]
+    env = dict(os.environ)
+    relay = subprocess.Popen([MASQ, "relay", "--port", "0", "--log-level", "error"], stdout=subprocess.PIPE, text=True, cwd=work)
+    syncs = []
+    try:
+        url = re.search(r"ws://\S+", relay.stdout.readline()).group(0)
+        relay_port = int(url.rstrip("/").rsplit(":", 1)[1])
+        cfg = {d: os.path.join(work, "%s.json" % d) for d in ("a", "b")}
+        for d in ("a", "b"):
+            subprocess.run([MASQ, "init", "--config", cfg[d], "--data-dir", os.path.join(work, "dev-" + d), "--name", "dev-" + d],
+                           check=True, capture_output=True, env=env)
+        # Pairing happens side by side (direct rendezvous on loopback).
+        offer = subprocess.Popen([MASQ, "pair", "--config", cfg["a"], "--no-qr"], stdout=subprocess.PIPE, text=True, env=env)
+        link = None
+        for line in offer.stdout:
+            if line.startswith("masq://"):
+                link = line.strip()
+                break
+        subprocess.run([MASQ, "join", "--config", cfg["b"], link], check=True, capture_output=True, env=env)
+        assert offer.wait(30) == 0
+        hosts = {"a": "127.0.0.20", "b": "127.0.0.21"}
+        for d in ("a", "b"):
+            config = json.load(open(cfg[d]))
+            config["transports"] = [{"plugin": "mesh", "options": {"url": url, "seed": mesh["seed"], "host": hosts[d], "gossip_ms": 200}}]
+            json.dump(config, open(cfg[d], "w"))
+        for d in ("a", "b"):
+            log = open(os.path.join(work, "sync-%s.log" % d), "w")
+            syncs.append(subprocess.Popen([MASQ, "sync", "--config", cfg[d], "--quiet"], stdout=log, stderr=log, env=env))
+        subprocess.run([MASQ, "put", "--config", cfg["a"], "notes", "hello", "over the mesh"], check=True, env=env)
+        deadline, got = time.time() + 60, None
+        while time.time() < deadline and got != "over the mesh":
+            r = subprocess.run([MASQ, "get", "--config", cfg["b"], "notes", "hello"], capture_output=True, text=True, env=env)
+            got = r.stdout.strip()
+            time.sleep(0.3)
+        assert got == "over the mesh", open(os.path.join(work, "sync-b.log")).read()[-2000:]
+        peers = relay_peers(relay_port)
+        assert peers and peers <= {"127.0.0.7", "127.0.0.8", "127.0.0.9"}, peers   # exits only
+        for me, other in (("a", "b"), ("b", "a")):
+            seen = open(os.path.join(work, "sync-%s.log" % me)).read()
+            seen += open(os.path.join(work, "dev-" + me, "mesh", "state.json")).read()
+            assert hosts[other] not in seen, "device %s learned the address of %s" % (me, other)
+        # No mesh node gossips a device's record: only its neighbours hold it.
+        time.sleep(1)
+        holders = 0
+        for i in range(2, 10):
+            if mesh["procs"][i].poll() is None:
+                s = state(mesh, i)
+                assert s["clients"] == s["clientNeighbours"], (i, s["clients"], s["clientNeighbours"])
+                holders += s["clients"]
+        assert holders >= 2
+    finally:
+        for p in syncs:
+            p.terminate()
+            p.wait(10)
+        relay.terminate()
+        relay.wait(10)

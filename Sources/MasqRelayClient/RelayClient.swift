@@ -1,8 +1,10 @@
-// The relay transport plugin: a WebSocket client (SwiftNIO) for `masq relay`.
-// It joins rooms and carries opaque frames (already sealed by the kernel's
-// sessions); the relay sees room ids and ciphertext only. It reconnects with
-// exponential backoff and keeps an outbound queue across disconnects.
-// It sees nothing of Masq but include/masq_plugin.h and the relay's wire format.
+// The relay client behind the relay and mesh transport plugins: a WebSocket
+// client (SwiftNIO) for `masq relay`. It joins rooms and carries opaque
+// frames (already sealed by the kernel's sessions); the relay sees room ids
+// and ciphertext only. It reconnects with exponential backoff and keeps an
+// outbound queue across disconnects; through a SOCKS5 proxy when asked (the
+// mesh plugin's node). It sees nothing of Masq but include/masq_plugin.h and
+// the relay's wire format.
 import CMasqPlugin
 import MasqRelayProtocol
 import NIOConcurrencyHelpers
@@ -11,10 +13,6 @@ import NIOHTTP1
 import NIOPosix
 import NIOSSL
 import NIOWebSocket
-
-private let pluginName: StaticString = "relay"
-private let pluginVersion: StaticString = "1.0.0"
-private let pluginSummary: StaticString = "WebSocket client for masq relay (rooms, reconnect, outbound queue)"
 
 /// A parsed ws:// or wss:// endpoint.
 struct Endpoint: Sendable {
@@ -48,27 +46,30 @@ struct Endpoint: Sendable {
     }
 }
 
-struct TransportFailure: Error {
-    let status: Int32
-    let message: String
-    init(_ status: Int32, _ message: String) {
+public struct TransportFailure: Error {
+    public let status: Int32
+    public let message: String
+    public init(_ status: Int32, _ message: String) {
         self.status = status
         self.message = message
     }
 }
 
 /// One plugin instance. All mutable state lives on the event loop.
-final class RelayTransport: @unchecked Sendable {
-    struct Options {
-        var maxQueueFrames = 10_000
-        var maxQueueBytes = 64 << 20
-        var maxFrameBytes = 1 << 20
-        var minBackoffMilliseconds: Int64 = 100
-        var maxBackoffMilliseconds: Int64 = 30_000
+public final class RelayTransport: @unchecked Sendable {
+    public struct Options: Sendable {
+        public var maxQueueFrames = 10_000
+        public var maxQueueBytes = 64 << 20
+        public var maxFrameBytes = 1 << 20
+        public var minBackoffMilliseconds: Int64 = 100
+        public var maxBackoffMilliseconds: Int64 = 30_000
+        /// Reach the relay through this SOCKS5 proxy (host, port): the mesh.
+        public var socks5: (host: String, port: Int)?
+        public init() {}
     }
 
     /// What `stats` reports (readable from any thread).
-    struct Counters {
+    public struct Counters {
         var framesSent: UInt64 = 0
         var framesReceived: UInt64 = 0
         /// Malformed, truncated, unknown-version, oversized or unexpected frames from the relay.
@@ -79,7 +80,7 @@ final class RelayTransport: @unchecked Sendable {
         var sendsRefused: UInt64 = 0
         var connects: UInt64 = 0
 
-        var json: String {
+        public var json: String {
             "{\"frames_sent\": \(framesSent), \"frames_received\": \(framesReceived), \"frames_rejected\": \(framesRejected), "
                 + "\"relay_errors\": \(relayErrors), \"sends_refused\": \(sendsRefused), \"connects\": \(connects)}"
         }
@@ -90,7 +91,9 @@ final class RelayTransport: @unchecked Sendable {
     let group: MultiThreadedEventLoopGroup
     let loop: EventLoop
     private let stopped = NIOLockedValueBox(false)
-    let counters = NIOLockedValueBox(Counters())
+    public let counters = NIOLockedValueBox(Counters())
+    /// Runs once when the instance stops (the mesh plugin stops its node).
+    public var onStop: (@Sendable () -> Void)?
 
     // Event-loop state
     private var endpoint: Endpoint?
@@ -104,7 +107,7 @@ final class RelayTransport: @unchecked Sendable {
     private var reconnectTask: Scheduled<Void>?
     private var tls: NIOSSLContext?
 
-    init(host: UnsafePointer<masq_host>, options: Options) {
+    public init(host: UnsafePointer<masq_host>, options: Options) {
         self.host = host
         self.options = options
         group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
@@ -114,19 +117,20 @@ final class RelayTransport: @unchecked Sendable {
 
     // MARK: plugin entry points (any thread)
 
-    func start() -> Int32 { MASQ_OK }
+    public func start() -> Int32 { MASQ_OK }
 
-    func stop() -> Int32 {
+    public func stop() -> Int32 {
         guard !stopped.withLockedValue({ s in defer { s = true }; return s }) else { return MASQ_OK }
         onLoop {
             self.reconnectTask?.cancel()
             self.channel?.close(promise: nil)
         }
         try? group.syncShutdownGracefully()
+        onStop?()
         return MASQ_OK
     }
 
-    func connect(_ text: String) -> Int32 {
+    public func connect(_ text: String) -> Int32 {
         let parsed: Endpoint
         do throws(TransportFailure) { parsed = try Endpoint(text) } catch { return fail(error) }
         var made: NIOSSLContext?
@@ -144,7 +148,7 @@ final class RelayTransport: @unchecked Sendable {
         return MASQ_OK
     }
 
-    func join(_ room: [UInt8]) -> Int32 {
+    public func join(_ room: [UInt8]) -> Int32 {
         guard (1...RelayFrame.maxRoomLength).contains(room.count) else { return host.pointee.error(host, MASQ_E_INVALID, "room must be 1...64 bytes") }
         loop.execute {
             if self.rooms.insert(room).inserted, self.connected { self.write(RelayFrame.join(room: room).encoded()) }
@@ -152,7 +156,7 @@ final class RelayTransport: @unchecked Sendable {
         return MASQ_OK
     }
 
-    func leave(_ room: [UInt8]) -> Int32 {
+    public func leave(_ room: [UInt8]) -> Int32 {
         loop.execute {
             if self.rooms.remove(room) != nil, self.connected { self.write(RelayFrame.leave(room: room).encoded()) }
         }
@@ -160,7 +164,7 @@ final class RelayTransport: @unchecked Sendable {
     }
 
     /// Queue a frame for a room; it waits in the queue while disconnected.
-    func send(_ room: [UInt8], _ payload: UnsafeRawBufferPointer) -> Int32 {
+    public func send(_ room: [UInt8], _ payload: UnsafeRawBufferPointer) -> Int32 {
         guard (1...RelayFrame.maxRoomLength).contains(room.count) else { return host.pointee.error(host, MASQ_E_INVALID, "room must be 1...64 bytes") }
         let size = 3 + room.count + payload.count
         guard size <= options.maxFrameBytes else {
@@ -205,6 +209,10 @@ final class RelayTransport: @unchecked Sendable {
             .connectTimeout(.seconds(10))
             .channelInitializer { channel in
                 do {
+                    if let socks = transport.options.socks5 {
+                        _ = socks
+                        try channel.pipeline.syncOperations.addHandler(Socks5ClientHandler(host: endpoint.host, port: endpoint.port))
+                    }
                     if let tls {
                         try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: tls, serverHostname: endpoint.host))
                     }
@@ -230,7 +238,8 @@ final class RelayTransport: @unchecked Sendable {
                     return channel.eventLoop.makeFailedFuture(error)
                 }
             }
-        bootstrap.connect(host: endpoint.host, port: endpoint.port).whenComplete { result in
+        let target = options.socks5 ?? (endpoint.host, endpoint.port)
+        bootstrap.connect(host: target.host, port: target.port).whenComplete { result in
             self.connecting = false
             switch result {
             case .success(let channel):
@@ -383,12 +392,12 @@ final class FrameHandler: ChannelInboundHandler {
     }
 }
 
-func hex(_ bytes: [UInt8]) -> String {
+public func hex(_ bytes: [UInt8]) -> String {
     let digits = Array("0123456789abcdef".utf8)
     return String(decoding: bytes.flatMap { [digits[Int($0 >> 4)], digits[Int($0 & 15)]] }, as: UTF8.self)
 }
 
-func unhex(_ text: String) -> [UInt8]? {
+public func unhex(_ text: String) -> [UInt8]? {
     let chars = Array(text.utf8)
     guard chars.count % 2 == 0 else { return nil }
     var out: [UInt8] = []
@@ -410,53 +419,105 @@ private func nibble(_ c: UInt8) -> UInt8? {
     }
 }
 
-// MARK: - options, vtable, descriptor
 
-private func parseOptions(_ list: UnsafePointer<masq_plugin_option>?, _ count: Int) throws(TransportFailure) -> RelayTransport.Options {
-    var options = RelayTransport.Options()
-    for i in 0..<count {
-        guard let list, let k = list[i].key, let v = list[i].value else { throw .init(MASQ_E_INVALID, "option \(i) is NULL") }
-        let key = String(cString: k), value = String(cString: v)
-        func number(_ range: ClosedRange<Int>) throws(TransportFailure) -> Int {
-            guard let n = Int(value), range.contains(n) else { throw .init(MASQ_E_CONFIG, "option \(key) must be \(range.lowerBound)...\(range.upperBound), not \"\(value)\"") }
-            return n
+/// The client side of SOCKS5 (RFC 1928), no authentication, CONNECT to a
+/// domain name: holds back channelActive until the proxy has connected, so
+/// TLS and the WebSocket upgrade start on the far side.
+final class Socks5ClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+    let host: String
+    let port: Int
+    private var stage = 0
+    private var received: [UInt8] = []
+
+    init(host: String, port: Int) {
+        self.host = host
+        self.port = port
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(bytes: [5, 1, 0])), promise: nil)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard stage < 2 else { return context.fireChannelRead(data) }
+        var buffer = unwrapInboundIn(data)
+        received += buffer.readBytes(length: buffer.readableBytes) ?? []
+        if stage == 0 {
+            guard received.count >= 2 else { return }
+            guard received[0] == 5, received[1] == 0 else { return fail(context, "the SOCKS5 proxy wants authentication") }
+            received.removeFirst(2)
+            let name = Array(host.utf8)
+            guard name.count <= 255 else { return fail(context, "host name too long for SOCKS5") }
+            let request: [UInt8] = [5, 1, 0, 3, UInt8(name.count)] + name + [UInt8(port >> 8), UInt8(port & 0xff)]
+            context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(bytes: request)), promise: nil)
+            stage = 1
         }
-        switch key {
-        case "data_dir", "url": break
-        case "max_queue_frames": options.maxQueueFrames = try number(1...10_000_000)
-        case "max_queue_bytes": options.maxQueueBytes = try number(1_024...(1 << 34))
-        case "max_frame_bytes": options.maxFrameBytes = try number(64...(64 << 20))
-        case "min_backoff_ms": options.minBackoffMilliseconds = Int64(try number(1...60_000))
-        case "max_backoff_ms": options.maxBackoffMilliseconds = Int64(try number(1...3_600_000))
-        default: throw .init(MASQ_E_CONFIG, "unknown option \"\(key)\" (known: url, max_queue_frames, max_queue_bytes, max_frame_bytes, min_backoff_ms, max_backoff_ms)")
+        if stage == 1 {
+            guard received.count >= 10 else { return }
+            guard received[0] == 5, received[1] == 0 else { return fail(context, "the SOCKS5 proxy could not connect (reply \(received[1]))") }
+            let rest = Array(received.dropFirst(10))
+            received = []
+            stage = 2
+            context.fireChannelActive()
+            if !rest.isEmpty { context.fireChannelRead(wrapInboundOut(context.channel.allocator.buffer(bytes: rest))) }
+            context.pipeline.syncOperations.removeHandler(self, promise: nil)
         }
     }
-    return options
+
+    private func fail(_ context: ChannelHandlerContext, _ why: String) {
+        context.fireErrorCaught(TransportFailure(MASQ_E_UNAVAILABLE, why))
+        context.close(promise: nil)
+    }
 }
 
+// MARK: - options
+
+/// A plugin's option list as Swift pairs.
+public func pluginOptions(_ list: UnsafePointer<masq_plugin_option>?, _ count: Int) throws(TransportFailure) -> [(String, String)] {
+    var out: [(String, String)] = []
+    for i in 0..<count {
+        guard let list, let k = list[i].key, let v = list[i].value else { throw .init(MASQ_E_INVALID, "option \(i) is NULL") }
+        out.append((String(cString: k), String(cString: v)))
+    }
+    return out
+}
+
+public let relayOptionNames = "max_queue_frames, max_queue_bytes, max_frame_bytes, min_backoff_ms, max_backoff_ms"
+
+/// Apply one of the relay client's options; false when `key` is not one.
+public func applyRelayOption(_ key: String, _ value: String, to options: inout RelayTransport.Options) throws(TransportFailure) -> Bool {
+    func number(_ range: ClosedRange<Int>) throws(TransportFailure) -> Int {
+        guard let n = Int(value), range.contains(n) else { throw .init(MASQ_E_CONFIG, "option \(key) must be \(range.lowerBound)...\(range.upperBound), not \"\(value)\"") }
+        return n
+    }
+    switch key {
+    case "max_queue_frames": options.maxQueueFrames = try number(1...10_000_000)
+    case "max_queue_bytes": options.maxQueueBytes = try number(1_024...(1 << 34))
+    case "max_frame_bytes": options.maxFrameBytes = try number(64...(64 << 20))
+    case "min_backoff_ms": options.minBackoffMilliseconds = Int64(try number(1...60_000))
+    case "max_backoff_ms": options.maxBackoffMilliseconds = Int64(try number(1...3_600_000))
+    default: return false
+    }
+    return true
+}
+
+// MARK: - the transport vtable
+
 @inline(__always)
-private func transport(_ raw: UnsafeMutableRawPointer?) -> RelayTransport? {
+func transport(_ raw: UnsafeMutableRawPointer?) -> RelayTransport? {
     raw.map { Unmanaged<RelayTransport>.fromOpaque($0).takeUnretainedValue() }
 }
 
-nonisolated(unsafe) private let vtable: UnsafeMutablePointer<masq_transport_vtable> = {
-    let v = UnsafeMutablePointer<masq_transport_vtable>.allocate(capacity: 1)
+/// The transport vtable of a RelayTransport, all but `create` (each plugin
+/// parses its own options).
+public func relayTransportVTable() -> masq_transport_vtable {
     var t = masq_transport_vtable()
     t.struct_size = UInt32(MemoryLayout<masq_transport_vtable>.size)
     t.flags = MASQ_TRANSPORT_CONNECT | MASQ_TRANSPORT_ROOMS
-    t.create = { host, options, count, out in
-        guard let host, let out else { return MASQ_E_INVALID }
-        guard host.pointee.struct_size >= UInt32(MemoryLayout<masq_host>.size), host.pointee.frame_received != nil, host.pointee.peer_event != nil else {
-            return MASQ_E_INVALID
-        }
-        do throws(TransportFailure) {
-            let instance = RelayTransport(host: host, options: try parseOptions(options, count))
-            out.pointee = Unmanaged.passRetained(instance).toOpaque()
-            return MASQ_OK
-        } catch {
-            return host.pointee.error(host, error.status, error.message)
-        }
-    }
     t.destroy = { raw in
         guard let raw else { return }
         let unmanaged = Unmanaged<RelayTransport>.fromOpaque(raw)
@@ -486,25 +547,6 @@ nonisolated(unsafe) private let vtable: UnsafeMutablePointer<masq_transport_vtab
         let text = Array(t.counters.withLockedValue { $0.json }.utf8)
         return text.withUnsafeBufferPointer { sink(ctx, $0.baseAddress, $0.count) }
     }
-    v.initialize(to: t)
-    return v
-}()
-
-nonisolated(unsafe) private let descriptor: UnsafeMutablePointer<masq_plugin_descriptor> = {
-    let d = UnsafeMutablePointer<masq_plugin_descriptor>.allocate(capacity: 1)
-    var t = masq_plugin_descriptor()
-    t.struct_size = UInt32(MemoryLayout<masq_plugin_descriptor>.size)
-    t.abi_version = UInt32(MASQ_PLUGIN_ABI_VERSION)
-    t.kind = UInt32(MASQ_PLUGIN_TRANSPORT)
-    t.name = UnsafeRawPointer(pluginName.utf8Start).assumingMemoryBound(to: CChar.self)
-    t.version = UnsafeRawPointer(pluginVersion.utf8Start).assumingMemoryBound(to: CChar.self)
-    t.description = UnsafeRawPointer(pluginSummary.utf8Start).assumingMemoryBound(to: CChar.self)
-    t.vtable = UnsafeRawPointer(vtable)
-    d.initialize(to: t)
-    return d
-}()
-
-@c @implementation
-public func masq_plugin_entry() -> UnsafePointer<masq_plugin_descriptor>! {
-    UnsafePointer(descriptor)
+    return t
 }
+

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Mesh benchmark, in one run on loopback: 8 `masq node` processes (release)
+# on 127.0.0.2-9 formed by gossip; the origin (127.0.0.3) offers SOCKS5.
+#
+#   1. Throughput: SIZE_MB of random bytes from a local HTTP server, fetched
+#      with curl directly over loopback TCP (the reference) and through the
+#      origin's SOCKS5 front over a route of HOPS (>= 3) links: MB/s, ratio.
+#   2. Route set-up: curl's time until it can send (time_pretransfer: SOCKS stream connected (the origin
+#      = forward and return circuits built and the exit connected)
+#      against a direct TCP connect, over REQUESTS small requests.
+#
+# All processes share the machine's 2 cores (the reference path has 2
+# processes, the mesh path 6 or more), so the ratio is for this box.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/../.." && pwd)
+SIZE_MB=${SIZE_MB:-100}
+HOPS=${HOPS:-3}
+REQUESTS=${REQUESTS:-20}
+CELL=${CELL:-4096}
+PORT=${PORT:-7701}
+cd "$root"
+swift build -c release --product masq-cli >&2
+masq="$(swift build -c release --show-bin-path)/masq-cli"
+work=$(mktemp -d /tmp/masq-bench-mesh-XXXXXX)
+trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+
+head -c $((SIZE_MB * 1000000)) /dev/urandom >"$work/big.bin"
+echo small >"$work/small.txt"
+(cd "$work" && exec python3 -m http.server 0 --bind 127.0.0.1 >"$work/http.out" 2>&1) &
+for _ in $(seq 50); do grep -q "port" "$work/http.out" 2>/dev/null && break; sleep 0.1; done
+http=$(grep -o 'port [0-9]*' "$work/http.out" | awk '{print $2}')
+
+common=(--port "$PORT" --gossip-ms 300 --hops "$HOPS" --cell-bytes "$CELL" --log-level warning)
+"$masq" node --host 127.0.0.2 --data-dir "$work/n2" "${common[@]}" >"$work/n2.out" &
+for _ in $(seq 50); do grep -q masq:// "$work/n2.out" 2>/dev/null && break; sleep 0.1; done
+seed=$(grep -o 'masq://[^ ]*' "$work/n2.out")
+for i in 3 4 5 6 7 8 9; do
+    extra=()
+    [ "$i" = 3 ] && extra+=(--socks 127.0.0.1:0)
+    [ "$i" -ge 7 ] && extra+=(--exit)
+    "$masq" node --host 127.0.0.$i --data-dir "$work/n$i" --seed "$seed" "${common[@]}" "${extra[@]}" >"$work/n$i.out" &
+done
+for _ in $(seq 50); do grep -q socks5 "$work/n3.out" 2>/dev/null && break; sleep 0.1; done
+socks=$(grep -o 'socks5 [0-9.:]*' "$work/n3.out" | awk '{print $2}')
+for _ in $(seq 60); do curl -s --max-time 5 --socks5-hostname "$socks" "http://localhost:$http/small.txt" >/dev/null && break; sleep 0.5; done
+
+echo "== $SIZE_MB MB, route of $HOPS+ hops, $CELL-byte cells"
+t0=$(date +%s.%N); curl -s "http://127.0.0.1:$http/big.bin" -o "$work/direct.bin"; t1=$(date +%s.%N)
+curl -s --socks5-hostname "$socks" "http://localhost:$http/big.bin" -o "$work/mesh.bin"; t2=$(date +%s.%N)
+cmp -s "$work/big.bin" "$work/mesh.bin" || { echo "the mesh transfer differs" >&2; exit 1; }
+python3 - "$t0" "$t1" "$t2" "$SIZE_MB" <<'PY'
+import sys
+t0, t1, t2, mb = map(float, sys.argv[1:])
+direct, mesh = mb / (t1 - t0), mb / (t2 - t1)
+print("direct loopback TCP  %8.1f MB/s  (%.2f s)" % (direct, t1 - t0))
+print("mesh (SOCKS5, onion) %8.1f MB/s  (%.2f s)" % (mesh, t2 - t1))
+print("ratio                %8.3f" % (mesh / direct))
+PY
+
+echo
+echo "== route set-up, $REQUESTS requests"
+for _ in $(seq "$REQUESTS"); do
+    curl -s -o /dev/null -w "%{time_pretransfer} %{time_total}\n" --socks5-hostname "$socks" "http://localhost:$http/small.txt" >>"$work/mesh.times"
+    curl -s -o /dev/null -w "%{time_pretransfer} %{time_total}\n" "http://127.0.0.1:$http/small.txt" >>"$work/direct.times"
+done
+python3 - "$work/mesh.times" "$work/direct.times" <<'PY'
+import statistics, sys
+def load(p):
+    rows = [tuple(map(float, l.split())) for l in open(p) if l.strip()]
+    return sorted(r[0] * 1000 for r in rows), sorted(r[1] * 1000 for r in rows)
+mc, mt = load(sys.argv[1]); dc, dt = load(sys.argv[2])
+q = lambda xs, f: xs[min(len(xs) - 1, int(len(xs) * f))]
+print("mesh stream ready    median %6.2f ms  p90 %6.2f ms   (whole request median %6.2f ms)" % (statistics.median(mc), q(mc, .9), statistics.median(mt)))
+print("direct TCP ready     median %6.2f ms  p90 %6.2f ms   (whole request median %6.2f ms)" % (statistics.median(dc), q(dc, .9), statistics.median(dt)))
+PY
