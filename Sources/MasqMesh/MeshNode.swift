@@ -173,6 +173,8 @@ public final class MeshNode: @unchecked Sendable {
             .serverChannelOption(ChannelOptions.backlog, value: 256)
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(ChannelOptions.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 4_096, initial: 65_536, maximum: 262_144))
+            .childChannelOption(ChannelOptions.maxMessagesPerRead, value: 16)
             .childChannelInitializer { channel in node.configureLink(channel, initiator: false, dialed: nil) }
         let bound = try bootstrap.bind(host: configuration.host, port: configuration.port).wait()
         listener = bound
@@ -210,6 +212,8 @@ public final class MeshNode: @unchecked Sendable {
         var bootstrap = ClientBootstrap(group: loop)
             .connectTimeout(.seconds(3))
             .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(ChannelOptions.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 4_096, initial: 65_536, maximum: 262_144))
+            .channelOption(ChannelOptions.maxMessagesPerRead, value: 16)
             .channelInitializer { channel in node.configureLink(channel, initiator: true, dialed: descriptor) }
         // Links leave from the node's own (signed) address.
         if let local = try? SocketAddress(ipAddress: configuration.host, port: 0) { bootstrap = bootstrap.bind(to: local) }

@@ -16,6 +16,7 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 SIZE_MB=${SIZE_MB:-100}
 HOPS=${HOPS:-3}
 REQUESTS=${REQUESTS:-20}
+REPS=${REPS:-3}
 CELL=${CELL:-4096}
 PORT=${PORT:-7701}
 cd "$root"
@@ -44,16 +45,22 @@ for _ in $(seq 50); do grep -q socks5 "$work/n3.out" 2>/dev/null && break; sleep
 socks=$(grep -o 'socks5 [0-9.:]*' "$work/n3.out" | awk '{print $2}')
 for _ in $(seq 60); do curl -s --max-time 5 --socks5-hostname "$socks" "http://localhost:$http/small.txt" >/dev/null && break; sleep 0.5; done
 
-echo "== $SIZE_MB MB, route of $HOPS+ hops, $CELL-byte cells"
-t0=$(date +%s.%N); curl -s "http://127.0.0.1:$http/big.bin" -o "$work/direct.bin"; t1=$(date +%s.%N)
-curl -s --socks5-hostname "$socks" "http://localhost:$http/big.bin" -o "$work/mesh.bin"; t2=$(date +%s.%N)
-cmp -s "$work/big.bin" "$work/mesh.bin" || { echo "the mesh transfer differs" >&2; exit 1; }
-python3 - "$t0" "$t1" "$t2" "$SIZE_MB" <<'PY'
-import sys
-t0, t1, t2, mb = map(float, sys.argv[1:])
-direct, mesh = mb / (t1 - t0), mb / (t2 - t1)
-print("direct loopback TCP  %8.1f MB/s  (%.2f s)" % (direct, t1 - t0))
-print("mesh (SOCKS5, onion) %8.1f MB/s  (%.2f s)" % (mesh, t2 - t1))
+echo "== $SIZE_MB MB, route of $HOPS+ hops, $CELL-byte cells (median of $REPS runs each, alternating)"
+: >"$work/times"
+for _ in $(seq "$REPS"); do
+    t0=$(date +%s.%N); curl -s "http://127.0.0.1:$http/big.bin" -o "$work/direct.bin"; t1=$(date +%s.%N)
+    curl -s --socks5-hostname "$socks" "http://localhost:$http/big.bin" -o "$work/mesh.bin"; t2=$(date +%s.%N)
+    cmp -s "$work/big.bin" "$work/mesh.bin" || { echo "the mesh transfer differs" >&2; exit 1; }
+    echo "$t0 $t1 $t2" >>"$work/times"
+done
+python3 - "$work/times" "$SIZE_MB" <<'PY'
+import statistics, sys
+rows = [tuple(map(float, l.split())) for l in open(sys.argv[1]) if l.strip()]
+mb = float(sys.argv[2])
+direct = statistics.median(mb / (t1 - t0) for t0, t1, _ in rows)
+mesh = statistics.median(mb / (t2 - t1) for _, t1, t2 in rows)
+print("direct loopback TCP  %8.1f MB/s" % direct)
+print("mesh (SOCKS5, onion) %8.1f MB/s" % mesh)
 print("ratio                %8.3f" % (mesh / direct))
 PY
 
