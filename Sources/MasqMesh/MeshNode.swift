@@ -88,6 +88,8 @@ public final class MeshNode: @unchecked Sendable {
     var failedNodes: [NodeKey: UInt64] = [:]
     /// Exits this origin parted from so that routes can end at them.
     var keepApart: [NodeKey: UInt64] = [:]
+    /// Nodes that said BYE (full): not dialed again for a while.
+    var refused: [NodeKey: UInt64] = [:]
 
     public struct Counters: Codable, Sendable {
         public var linksUp = 0
@@ -160,7 +162,8 @@ public final class MeshNode: @unchecked Sendable {
         }
         try loop.submit {
             try node.refreshOwnRecord(force: true)
-            for seed in node.configuration.seeds where seed.key != node.key { node.dial(seed) }
+            // Debut to as many seeds as neighbours are wanted; upkeep finds the rest.
+            for seed in node.configuration.seeds.shuffled().filter({ $0.key != node.key }).prefix(node.configuration.targetNeighbours) { node.dial(seed) }
         }.wait()
         loop.scheduleRepeatedTask(initialDelay: .milliseconds(Int64(configuration.gossipMilliseconds)),
                                   delay: .milliseconds(Int64(configuration.gossipMilliseconds))) { _ in node.tick() }
@@ -206,7 +209,7 @@ public final class MeshNode: @unchecked Sendable {
 
     func dial(_ descriptor: NodeDescriptor) {
         guard descriptor.key != key, neighbours[descriptor.key] == nil, !dialing.contains(descriptor.key), !isBanned(descriptor.key, descriptor.host),
-              (keepApart[descriptor.key] ?? 0) < Self.now() else { return }
+              (keepApart[descriptor.key] ?? 0) < Self.now(), (refused[descriptor.key] ?? 0) < Self.now() else { return }
         dialing.insert(descriptor.key)
         let node = self
         var bootstrap = ClientBootstrap(group: loop)
@@ -270,7 +273,9 @@ public final class MeshNode: @unchecked Sendable {
         case .cell: receiveCell(link, body)
         case .ping: link.write(.pong, []); dirty[link.id] = link
         case .pong: break
-        case .bye: link.channel.close(promise: nil)
+        case .bye:
+            if link.initiator, let peer = link.peer { refused[peer] = Self.now() + 10 * configuration.gossipMilliseconds }
+            link.channel.close(promise: nil)
         case nil: penalize(link, 10, "a frame of unknown type")
         }
     }
