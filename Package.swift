@@ -26,6 +26,7 @@ let package = Package(
         .library(name: "masq_transport_localws", type: .dynamic, targets: ["MasqTransportLocalWS"]),
         .library(name: "masq_transport_connectoid", type: .dynamic, targets: ["MasqTransportConnectoid"]),
         .library(name: "masq_transport_mesh", type: .dynamic, targets: ["MasqTransportMesh"]),
+        .library(name: "masq_wallet_ledger", type: .dynamic, targets: ["MasqWalletLedger"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -159,6 +160,11 @@ let package = Package(
                 path: "plugins/transport-connectoid",
                 linkerSettings: exportsOnly("plugins/plugin-exports.map")),
 
+        .target(name: "MasqWalletLedger", dependencies: ["CMasqPlugin", "CSQLite", "MasqCrypto"],
+                path: "plugins/wallet-ledger",
+                linkerSettings: exportsOnly("plugins/plugin-exports.map")),
+
+        .testTarget(name: "MasqMeshTests", dependencies: ["MasqMesh"]),
         .testTarget(name: "MasqConnectoidTests", dependencies: ["MasqConnectoid", "MasqConnectoidProtocol"]),
         .testTarget(name: "MasqKernelTests", dependencies: ["MasqKernel", "CMasq"]),
         .testTarget(name: "MasqCryptoTests", dependencies: ["MasqCrypto"]),

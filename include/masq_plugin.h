@@ -416,6 +416,17 @@ typedef struct masq_wallet_vtable {
     int (*verify_payment)(void *wallet, const char *txid, const char *from,
                           const char *to, const char *asset,
                           const char *amount);
+
+    /* Appended members: the host reads one only when struct_size covers it. */
+
+    /** Optional. Payments this wallet received after `cursor` (0: from the
+     *  start), oldest first, as one JSON object through sink:
+     *  {"payments": [{"txid": "...", "from": "ADDRESS", "asset": "...",
+     *  "amount": "DECIMAL"}], "cursor": N} where `cursor` is what to pass
+     *  next time. An accountant credits debtors with it. At most `limit`
+     *  payments per call. */
+    int (*payments)(void *wallet, uint64_t cursor, uint32_t limit,
+                    masq_bytes_sink sink, void *sink_ctx);
 } masq_wallet_vtable;
 
 /* ------------------------------------------------------------------------ */

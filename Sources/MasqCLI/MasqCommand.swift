@@ -15,7 +15,7 @@ struct MasqCommand: ParsableCommand {
         version: "\(MasqVersion.string)",
         subcommands: [Init.self, Put.self, Get.self, Del.self, List.self, Import.self, Counter.self, Pair.self, Join.self, Devices.self,
                       Sync.self, Status.self, Passphrase.self, Share.self, Accept.self, Shares.self, Unshare.self,
-                      Relay.self, Connectoid.self, Node.self, Plugins.self, Apps.self]
+                      Relay.self, Connectoid.self, Node.self, Wallet.self, Accounts.self, Plugins.self, Apps.self]
     )
 }
 

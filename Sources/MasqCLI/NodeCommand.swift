@@ -33,6 +33,16 @@ struct Node: MasqSubcommand {
     @Option(help: "Milliseconds of silence before a neighbour is dropped.") var linkTimeoutMs: UInt64 = 5_000
     @Option(help: "Milliseconds a route may take to open.") var setupTimeoutMs: UInt64 = 10_000
     @Option(help: "Seconds a misbehaving node stays banned.") var banSeconds: UInt64 = 600
+    @Option(help: ArgumentHelp("The wallet that pays for this node's traffic, as JSON ({\"plugin\": \"ledger\", \"options\": {...}}).", valueName: "json"))
+    var consumingWallet: String?
+    @Option(help: ArgumentHelp("The wallet that is paid for routing and exits, as JSON.", valueName: "json")) var earningWallet: String?
+    @Option(help: "Debt (wei) paid at once when mature.") var debtThreshold = "1000000000000000000"
+    @Option(help: "Seconds before a debt is due.") var maturitySeconds: UInt64 = 1_200
+    @Option(help: "Debt (wei) tolerated for ever.") var permanentAllowance = "500000000000000000"
+    @Option(help: "Seconds over which the tolerated debt falls to the permanent allowance.") var thresholdIntervalSeconds: UInt64 = 21_600
+    @Option(help: "Seconds past the curve before a debtor is banned.") var graceSeconds: UInt64 = 1_200
+    @Option(help: "Debt (wei) below which a banned consumer is unbanned.") var unbanBelow = "500000000000000000"
+    @Option(help: "Seconds between accounting scans.") var scanSeconds: UInt64 = 300
     @Option(help: "Log level (error, warning, info, debug).") var logLevel = "info"
 
     func execute() throws {
@@ -65,6 +75,18 @@ struct Node: MasqSubcommand {
         config.banSeconds = banSeconds
         guard (0...65_535).contains(port) else { throw CLIError("the port must be 0...65535", code: 64) }
         mkdir(dataDir, 0o700)
+        if let consumingWallet { config.consumingWallet = try PluginWallet(openWallet(consumingWallet, option: "--consuming-wallet", dataDirectory: dataDir)) }
+        if let earningWallet { config.earningWallet = try PluginWallet(openWallet(earningWallet, option: "--earning-wallet", dataDirectory: dataDir)) }
+        guard let debt = UInt128(debtThreshold), let allowance = UInt128(permanentAllowance), let unban = UInt128(unbanBelow) else {
+            throw CLIError("amounts must be decimal integers", code: 64)
+        }
+        config.thresholds.debtThreshold = debt
+        config.thresholds.maturitySeconds = maturitySeconds
+        config.thresholds.permanentAllowance = allowance
+        config.thresholds.thresholdIntervalSeconds = max(1, thresholdIntervalSeconds)
+        config.thresholds.graceSeconds = graceSeconds
+        config.thresholds.unbanBelow = unban
+        config.thresholds.scanSeconds = max(1, scanSeconds)
         let identity: NodeIdentity
         do { identity = try NodeIdentity.loadOrCreate(dataDir + "/node.key") } catch { throw CLIError("\(error)") }
         let node: MeshNode

@@ -15,6 +15,7 @@ final class RelayHop {
     let other: CircuitEnd
     let key: SecureBytes?
     let forward: Bool
+    var payer: String?
     var counter: UInt64 = 0
     let previousAddress: String
     let nextAddress: String
@@ -45,6 +46,7 @@ final class ExitCircuit: @unchecked Sendable {
     var inFlight = 0
     var received = 0
     var ended = false
+    var payer: String?
 
     init(inEnd: CircuitEnd, keys: Onion.Keys, previousAddress: String) {
         self.inEnd = inEnd
@@ -75,6 +77,10 @@ final class OriginCircuit: @unchecked Sendable {
     var returnRoute: [NodeKey] = []
     var inFlight = 0
     var received = 0
+    /// What each DATA cell costs, by earning wallet: forward cells (relays and
+    /// exit) and return cells (return relays and exit).
+    var forwardCharges: [(String, UInt128)] = []
+    var returnCharges: [(String, UInt128)] = []
     var target: String { "\(host):\(port)" }
     var routeText: String { route.map(\.description).joined(separator: ">") + " back " + returnRoute.map(\.description).joined(separator: ">") }
 
@@ -93,6 +99,29 @@ enum StreamCommand: UInt8 { case returnRoute = 1, connect = 2, connected = 3, da
 extension MeshNode {
     var cellPlaintext: Int { configuration.cellBytes - 16 }
     var cellData: Int { cellPlaintext - 3 }
+
+    // MARK: - charges
+
+    /// Both sides use the same formula: a packet rate plus a byte rate times the cell size.
+    func routingCharge(_ rates: RatePack) -> UInt128 { UInt128(rates.routingPacket) + UInt128(rates.routingByte) * UInt128(configuration.cellBytes) }
+    func exitCharge(_ rates: RatePack) -> UInt128 { UInt128(rates.exitPacket) + UInt128(rates.exitByte) * UInt128(configuration.cellBytes) }
+
+    /// A hop with an earning wallet serves only circuits with a valid, fresh
+    /// payer proof from a consumer that is not banned.
+    private func payerAccepted(_ peeled: Onion.Peeled) -> (ok: Bool, payer: String?) {
+        guard let earning = configuration.earningWallet, let accountant else { return (true, nil) }
+        guard let proof = peeled.payer,
+              accountant.accept(payer: proof.payer, nonce: proof.nonce, timestamp: proof.timestamp, signature: proof.signature,
+                                me: key, wallet: earning, now: Self.wallClock()) else {
+            logger.info("circuit refused: no valid payer proof")
+            return (false, nil)
+        }
+        guard !accountant.isBanned(proof.payer) else {
+            logger.info("circuit refused: the consumer is banned for debt", metadata: ["wallet": "\(proof.payer.prefix(16))"])
+            return (false, nil)
+        }
+        return (true, proof.payer)
+    }
 
     // MARK: - cells from links
 
@@ -128,6 +157,11 @@ extension MeshNode {
             destroy(end)
             return penalize(link, 5, "an onion that does not open")
         }
+        if peeled.kind != .terminal {
+            let (ok, _) = payerAccepted(peeled)
+            guard ok else { return destroy(end) }
+        }
+        let payer = peeled.payer?.payer
         switch peeled.kind {
         case .relay:
             guard !configuration.client, let next = neighbours[peeled.next] else {
@@ -137,6 +171,7 @@ extension MeshNode {
             let out = CircuitEnd(link: next.id, circuit: next.allocateCircuit())
             let previous = link.peerAddress, following = next.peerAddress
             relays[end] = RelayHop(other: out, key: peeled.keys.data, forward: true, previousAddress: previous, nextAddress: following)
+            relays[end]?.payer = configuration.earningWallet == nil ? nil : payer
             relays[out] = RelayHop(other: end, key: nil, forward: false, previousAddress: previous, nextAddress: following)
             counters.circuitsRelayed += 1
             logger.info("relaying a circuit", metadata: ["previous": "\(previous)", "next": "\(following)"])
@@ -146,7 +181,9 @@ extension MeshNode {
                 logger.info("circuit refused: not an exit")
                 return destroy(end)
             }
-            exits[end] = ExitCircuit(inEnd: end, keys: peeled.keys, previousAddress: link.peerAddress)
+            let exit = ExitCircuit(inEnd: end, keys: peeled.keys, previousAddress: link.peerAddress)
+            exit.payer = configuration.earningWallet == nil ? nil : payer
+            exits[end] = exit
             counters.circuitsExited += 1
         case .terminal:
             guard let id = originByToken.removeValue(forKey: peeled.token), let origin = origins[id], origin.returnEnd == nil else {
@@ -161,6 +198,10 @@ extension MeshNode {
         var payload = payload
         if let hop = relays[end] {
             guard hop.forward, let key = hop.key else { return penalize(link, 5, "data against a circuit's direction") }
+            if let payer = hop.payer, let accountant {
+                guard !accountant.isBanned(payer) else { return destroyed(end, notify: true) }
+                accountant.earn(payer, routingCharge(configuration.rates), now: Self.wallClock())
+            }
             Onion.xor(key, counter: hop.counter, &payload)
             hop.counter += 1
             counters.cellsRelayed += 1
@@ -172,6 +213,10 @@ extension MeshNode {
                 return destroyed(end, notify: true)
             }
             exit.forwardCounter += 1
+            if let payer = exit.payer, let accountant {
+                guard !accountant.isBanned(payer) else { return destroyed(end, notify: true) }
+                accountant.earn(payer, exitCharge(configuration.rates), now: Self.wallClock())
+            }
             exitMessage(exit, plain)
         } else if let id = originByReturn[end], let origin = origins[id], let keys = origin.exitKeys {
             for key in origin.returnKeys { Onion.xor(key, counter: origin.returnCounter, &payload) }
@@ -180,6 +225,10 @@ extension MeshNode {
                 return fail(origin, "a cell from the exit does not open", socksCode: 1)
             }
             origin.returnCounter += 1
+            if let accountant {
+                let now = Self.wallClock()
+                for (wallet, amount) in origin.returnCharges { accountant.owe(wallet, amount, now: now) }
+            }
             originMessage(origin, plain)
         } else {
             // Cells already in flight when a circuit was torn down: dropped, not held against the sender.
@@ -311,6 +360,7 @@ extension MeshNode {
         plain += [UInt8](repeating: 0, count: cellPlaintext - plain.count)
         guard let sealed = try? AEAD.seal(.chacha20Poly1305, key: exit.keys.exitBack, nonce: Onion.nonce(exit.returnCounter), ad: [], plaintext: plain) else { return }
         exit.returnCounter += 1
+        if let payer = exit.payer, let accountant { accountant.earn(payer, exitCharge(configuration.rates), now: Self.wallClock()) }
         sendCell(end, .data, sealed)
     }
 
@@ -373,17 +423,27 @@ extension MeshNode {
             return fail(origin, "no route of \(configuration.hops) hops to an exit (known nodes: \(records.count))", socksCode: 3, retry: false)
         }
         do {
-            let hops = try forward.enumerated().map { (i, k) throws(MeshError) -> Onion.Hop in
+            var hops = try forward.enumerated().map { (i, k) throws(MeshError) -> Onion.Hop in
                 guard let agreement = records[k]?.record.agreementKey else { throw .noRoute("a hop without a record") }
                 let last = i == forward.count - 1
                 return Onion.Hop(agreement: agreement, kind: last ? .exit : .relay, next: last ? nil : forward[i + 1], token: [UInt8](repeating: 0, count: 8))
+            }
+            for i in hops.indices { hops[i].payer = try payerProof(for: forward[i]) }
+            origin.forwardCharges = forward.enumerated().compactMap { (i, k) in
+                guard let record = records[k]?.record, let wallet = record.wallet else { return nil }
+                return (wallet, i == forward.count - 1 ? exitCharge(record.rates) : routingCharge(record.rates))
+            }
+            origin.returnCharges = (back + [forward.last!]).compactMap { k in
+                guard let record = records[k]?.record, let wallet = record.wallet else { return nil }
+                return (wallet, k == forward.last! ? exitCharge(record.rates) : routingCharge(record.rates))
             }
             let (onion, keys) = try Onion.build(hops, payload: [], size: configuration.cellBytes)
             origin.token = Random.bytes(8)
             var backHops: [Onion.Hop] = []
             for (i, k) in back.enumerated() {
                 guard let agreement = records[k]?.record.agreementKey else { throw MeshError.noRoute("a hop without a record") }
-                backHops.append(Onion.Hop(agreement: agreement, kind: .relay, next: i == back.count - 1 ? key : back[i + 1], token: [UInt8](repeating: 0, count: 8)))
+                backHops.append(Onion.Hop(agreement: agreement, kind: .relay, next: i == back.count - 1 ? key : back[i + 1], token: [UInt8](repeating: 0, count: 8),
+                                          payer: try payerProof(for: k)))
             }
             backHops.append(Onion.Hop(agreement: identity.agreement.publicKey, kind: .terminal, next: nil, token: origin.token))
             let (returnOnion, returnKeys) = try Onion.build(backHops, payload: [], size: configuration.cellBytes)
@@ -416,6 +476,17 @@ extension MeshNode {
         }
     }
 
+    /// A fresh proof that this node's consuming wallet pays `hop` for a circuit.
+    private func payerProof(for hop: NodeKey) throws(MeshError) -> Onion.PayerProof? {
+        guard let wallet = configuration.consumingWallet else { return nil }
+        let nonce = Random.bytes(16)
+        let timestamp = Self.wallClock()
+        guard let signature = try? wallet.sign(Accountant.proofMessage(nonce: nonce, timestamp: timestamp, hop: hop)) else {
+            throw .failed("the consuming wallet cannot sign")
+        }
+        return Onion.PayerProof(payer: wallet.address, nonce: nonce, timestamp: timestamp, signature: signature)
+    }
+
     func sendToExit(_ origin: OriginCircuit, _ command: StreamCommand, _ data: [UInt8]) {
         guard let end = origin.forwardEnd, let keys = origin.exitKeys else { return }
         var plain = [command.rawValue, UInt8(data.count >> 8), UInt8(data.count & 0xff)] + data
@@ -423,6 +494,10 @@ extension MeshNode {
         guard var sealed = try? AEAD.seal(.chacha20Poly1305, key: keys.exitForward, nonce: Onion.nonce(origin.forwardCounter), ad: [], plaintext: plain) else { return }
         for key in origin.forwardKeys { Onion.xor(key, counter: origin.forwardCounter, &sealed) }
         origin.forwardCounter += 1
+        if let accountant {
+            let now = Self.wallClock()
+            for (wallet, amount) in origin.forwardCharges { accountant.owe(wallet, amount, now: now) }
+        }
         sendCell(end, .data, sealed)
     }
 
@@ -524,10 +599,14 @@ extension MeshNode {
         for (k, known) in records where !known.record.isClient { claims[k] = Set(known.record.neighbours.compactMap(NodeKey.init(text:))) }
         claims[key] = Set(neighbours.keys)
         var edges: [NodeKey: Set<NodeKey>] = [:]
-        for (a, list) in claims {
-            for b in list where a != b && (claims[b]?.contains(a) ?? false) && (a == key || b == key ? neighbours[a == key ? b : a] != nil : true) {
-                edges[a, default: []].insert(b)
-            }
+        for (a, list) in claims where a != key {
+            for b in list where a != b && b != key && (claims[b]?.contains(a) ?? false) { edges[a, default: []].insert(b) }
+        }
+        // This node's own links are edges whatever the other end advertises
+        // (a node does not advertise its clients).
+        for b in neighbours.keys where records[b]?.record.isClient != true {
+            edges[key, default: []].insert(b)
+            edges[b, default: []].insert(key)
         }
         return edges
     }

@@ -3,6 +3,7 @@ import Logging
 import MasqCrypto
 import NIOCore
 import NIOPosix
+import Dispatch
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -14,6 +15,8 @@ public struct MeshConfiguration: Sendable {
     public var port = 0
     public var seeds: [NodeDescriptor] = []
     public var maxNeighbours = 5
+    /// Client links (devices' transports) a node serves besides its neighbours.
+    public var maxClients = 32
     /// Neighbours a node looks for (it accepts up to maxNeighbours).
     public var targetNeighbours = 3
     /// Links per route; below 3 only with allowShortRoutes (no anonymity).
@@ -31,6 +34,12 @@ public struct MeshConfiguration: Sendable {
     /// A client: no listener, not gossiped, never a relay or exit (a device's transport).
     public var client = false
     public var rates = RatePack()
+    /// Pays for this node's own traffic (payer proofs, payables).
+    public var consumingWallet: MeshWallet?
+    /// Receives what others owe for the traffic this node carries; with one,
+    /// circuits without a valid payer proof are refused.
+    public var earningWallet: MeshWallet?
+    public var thresholds = PaymentThresholds()
     /// SOCKS5 front (host:port), on loopback.
     public var socks: String?
     public var dataDirectory = "."
@@ -67,6 +76,9 @@ public final class MeshNode: @unchecked Sendable {
     var introduced: [NodeKey: NodeDescriptor] = [:]
     var links: [Int: Link] = [:]
     var neighbours: [NodeKey: Link] = [:]
+    /// Neighbours that are clients: they take no neighbour slot and are never advertised.
+    var clientPeers: Set<NodeKey> = []
+    var nodeNeighbourCount: Int { neighbours.count - clientPeers.count }
     var dialing: Set<NodeKey> = []
     var bannedKeys: [NodeKey: UInt64] = [:]
     var bannedHosts: [String: UInt64] = [:]
@@ -86,6 +98,9 @@ public final class MeshNode: @unchecked Sendable {
     var originByToken: [[UInt8]: UInt64] = [:]
     var nextOrigin: UInt64 = 1
     var failedNodes: [NodeKey: UInt64] = [:]
+    var accountant: Accountant?
+    private let scanQueue = DispatchQueue(label: "masq.node.scan")
+    private var scanning = false
     /// Exits this origin parted from so that routes can end at them.
     var keepApart: [NodeKey: UInt64] = [:]
     /// Nodes that said BYE (full): not dialed again for a while.
@@ -113,12 +128,15 @@ public final class MeshNode: @unchecked Sendable {
         guard (1...16).contains(configuration.maxNeighbours), configuration.targetNeighbours >= 1, configuration.targetNeighbours <= configuration.maxNeighbours else {
             throw .invalid("neighbours: 1 <= target <= max <= 16")
         }
-        guard (512...60_000).contains(configuration.cellBytes) else { throw .invalid("cell size must be 512...60000 bytes") }
+        guard (2_560...60_000).contains(configuration.cellBytes) else { throw .invalid("cell size must be 2560...60000 bytes (onions of 7 layers fit)") }
         self.configuration = configuration
         self.identity = identity
         self.logger = logger
         group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         loop = group.next()
+        if configuration.consumingWallet != nil || configuration.earningWallet != nil {
+            accountant = Accountant(directory: configuration.dataDirectory, thresholds: configuration.thresholds)
+        }
     }
 
     public var key: NodeKey { identity.key }
@@ -167,6 +185,10 @@ public final class MeshNode: @unchecked Sendable {
         }.wait()
         loop.scheduleRepeatedTask(initialDelay: .milliseconds(Int64(configuration.gossipMilliseconds)),
                                   delay: .milliseconds(Int64(configuration.gossipMilliseconds))) { _ in node.tick() }
+        if accountant != nil {
+            let every = Int64(max(1, configuration.thresholds.scanSeconds)) * 1_000
+            loop.scheduleRepeatedTask(initialDelay: .milliseconds(every), delay: .milliseconds(every)) { _ in node.scan() }
+        }
         logger.info("node started", metadata: ["descriptor": "\(descriptor)", "socks": "\(socksPort)", "exit": "\(configuration.exit)", "client": "\(configuration.client)"])
     }
 
@@ -187,6 +209,7 @@ public final class MeshNode: @unchecked Sendable {
     public func wait() throws { try listener?.closeFuture.wait() }
 
     public func stop() {
+        _ = try? loop.submit { self.accountant?.save(force: true) }.wait()
         try? socksListener?.close().wait()
         try? listener?.close().wait()
         try? group.syncShutdownGracefully()
@@ -250,6 +273,7 @@ public final class MeshNode: @unchecked Sendable {
             neighbours[peer] = nil
             // A client's record is for its neighbours only.
             if records[peer]?.record.isClient == true { records[peer] = nil }
+            clientPeers.remove(peer)
             logger.info("neighbour gone", metadata: ["node": "\(peer)"])
             try? refreshOwnRecord(force: false)
         }
@@ -326,7 +350,8 @@ public final class MeshNode: @unchecked Sendable {
             existing.channel.close(promise: nil)
         }
         introduced[peer] = nil
-        if !link.initiator && neighbours.count >= configuration.maxNeighbours {
+        let full = record.isClient ? clientPeers.count >= configuration.maxClients : nodeNeighbourCount >= configuration.maxNeighbours
+        if !link.initiator && full {
             // Full: pass the newcomer on to less connected nodes.
             link.write(.intro, introductionsFor(peer))
             link.write(.bye, Array("full".utf8))
@@ -336,6 +361,7 @@ public final class MeshNode: @unchecked Sendable {
         }
         merge(record, signed)
         neighbours[peer] = link
+        if record.isClient { clientPeers.insert(peer) }
         counters.linksUp += 1
         logger.info("neighbour up", metadata: ["node": "\(peer)", "address": "\(record.host):\(record.port)"])
         if !link.initiator { link.write(.intro, introductionsFor(peer)) }
@@ -356,13 +382,13 @@ public final class MeshNode: @unchecked Sendable {
     // MARK: - gossip
 
     func refreshOwnRecord(force: Bool) throws {
-        let current = neighbours.keys.sorted().map(\.text)
+        let current = neighbours.keys.filter { !clientPeers.contains($0) }.sorted().map(\.text)
         guard force || current != advertisedNeighbours else { return }
         advertisedNeighbours = current
         let record = NodeRecord(network: configuration.network, key: key.text, agreement: Base64URL.encode(identity.agreement.publicKey),
                                 host: configuration.host, port: port, version: max(Self.wallClock(), (ownRecord?.version ?? 0) + 1),
                                 neighbours: current, rates: configuration.rates, exit: configuration.exit && !configuration.client,
-                                client: configuration.client ? true : nil)
+                                client: configuration.client ? true : nil, wallet: configuration.earningWallet?.address)
         let (signed, _) = try SignedRecord.sign(record, with: identity)
         ownSigned = signed
         ownRecord = record
@@ -451,11 +477,11 @@ public final class MeshNode: @unchecked Sendable {
         }
         // Handshakes that never finish.
         for link in links.values where !link.established && now - link.lastHeard > 5_000 { link.channel.close(promise: nil) }
-        if neighbours.count < configuration.targetNeighbours {
+        if nodeNeighbourCount < configuration.targetNeighbours {
             var candidates: [(NodeDescriptor, Int)] = records.values.filter { !$0.record.isClient }.compactMap { k in k.record.descriptor.map { ($0, k.record.neighbours.count) } }
             candidates += introduced.values.map { ($0, 0) }
             candidates += configuration.seeds.map { ($0, configuration.maxNeighbours) }
-            let wanted = configuration.targetNeighbours - neighbours.count
+            let wanted = configuration.targetNeighbours - nodeNeighbourCount
             var seen: Set<NodeKey> = []
             for (d, _) in candidates.sorted(by: { $0.1 < $1.1 })
             where d.key != key && neighbours[d.key] == nil && !dialing.contains(d.key) && seen.insert(d.key).inserted && failedNodes[d.key] == nil {
@@ -467,11 +493,50 @@ public final class MeshNode: @unchecked Sendable {
         circuitTimeouts(now)
         flush()
         writeState()
+        accountant?.save()
     }
 
     func flush() {
         for link in dirty.values { link.channel.flush() }
         dirty.removeAll(keepingCapacity: true)
+    }
+
+    // MARK: - accounting
+
+    /// Pay what is due, credit what was received, ban and unban: wallet calls
+    /// run off the loop; the book is changed on it.
+    func scan() {
+        guard let accountant, !scanning else { return }
+        scanning = true
+        let now = Self.wallClock()
+        let due = configuration.consumingWallet == nil ? [] : accountant.due(nowMilliseconds: now)
+        let cursor = accountant.book.paymentsCursor
+        let consuming = configuration.consumingWallet, earning = configuration.earningWallet
+        let logger = self.logger
+        scanQueue.async {
+            var paid: [(String, UInt128, String)] = []
+            for (creditor, amount) in due {
+                do { paid.append((creditor, amount, try consuming!.pay(to: creditor, amount: amount))) } catch {
+                    logger.warning("payment failed", metadata: ["to": "\(creditor.prefix(16))", "amount": "\(amount)", "error": "\(error)"])
+                }
+            }
+            let received = earning.flatMap { try? $0.payments(after: cursor) }
+            self.loop.execute {
+                for (creditor, amount, txid) in paid {
+                    accountant.paid(creditor, amount, txid: txid)
+                    logger.info("paid", metadata: ["to": "\(creditor.prefix(16))", "amount": "\(amount)", "txid": "\(txid)"])
+                }
+                if let received {
+                    for (from, amount) in received.payments { accountant.received(from: from, amount) }
+                    accountant.book.paymentsCursor = received.cursor
+                }
+                let (banned, unbanned) = accountant.updateBans(nowMilliseconds: Self.wallClock())
+                for wallet in banned { logger.warning("consumer banned for debt", metadata: ["wallet": "\(wallet.prefix(16))"]) }
+                for wallet in unbanned { logger.info("consumer unbanned", metadata: ["wallet": "\(wallet.prefix(16))"]) }
+                accountant.save()
+                self.scanning = false
+            }
+        }
     }
 
     // MARK: - inspection
@@ -497,7 +562,7 @@ public final class MeshNode: @unchecked Sendable {
         for exit in exits.values { lines.append(["role": "exit", "previous": exit.previousAddress, "target": exit.target ?? ""]) }
         for origin in origins.values { lines.append(["role": "origin", "target": origin.target, "route": origin.routeText]) }
         let clientKeys = records.filter { $0.value.record.isClient }.map(\.key)
-        return State(key: key.text, address: "\(configuration.host):\(port)", neighbours: neighbours.keys.map(\.text).sorted(),
+        return State(key: key.text, address: "\(configuration.host):\(port)", neighbours: neighbours.keys.filter { !clientPeers.contains($0) }.map(\.text).sorted(),
                      known: records.count, clients: clientKeys.count, clientNeighbours: clientKeys.filter { neighbours[$0] != nil }.count, circuits: lines, banned: bannedHosts.keys.sorted(), counters: counters)
     }
 

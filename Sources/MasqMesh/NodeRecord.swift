@@ -115,6 +115,8 @@ public struct NodeRecord: Codable, Sendable, Equatable {
     /// A client node (a device's transport) relays nothing and is not gossiped:
     /// only its neighbours ever learn its address.
     public var client: Bool?
+    /// The earning wallet that gets paid for this node's routing and exits.
+    public var wallet: String?
 
     public var isClient: Bool { client ?? false }
 

@@ -5,7 +5,8 @@ import MasqCrypto
 /// A set-up onion is `size` bytes. Layer i (for hop i):
 ///
 ///     eph (32) ‖ ChaCha20-Poly1305(hk, nonce 0, ad eph, header 48) ‖ ChaCha20(sk, body)
-///     header = kind (1) ‖ next hop key (32) ‖ token (8) ‖ zeros (7)
+///     header = kind (1) ‖ next hop key (32) ‖ token (8) ‖ payer proof ‖ zeros (to 256)
+///     payer proof = nonce (16) ‖ u64 timestamp ‖ u8 n ‖ payer wallet (n) ‖ u8 m ‖ signature (m)
 ///     keys   = HKDF-SHA256(X25519(eph, hop), salt "masq mesh onion v1", info eph ‖ hop)
 ///            → hk ‖ sk ‖ dk (data layer) ‖ ef ‖ eb (exit AEAD, forward and back)
 ///
@@ -15,7 +16,7 @@ import MasqCrypto
 /// one ChaCha20 layer per hop (each hop removes or adds its own, so the bytes
 /// differ on every link) around an AEAD between the origin and the exit.
 enum Onion {
-    static let headerBytes = 48
+    static let headerBytes = 256
     static let overhead = 32 + headerBytes + 16
     static let salt = Array("masq mesh onion v1".utf8)
 
@@ -27,17 +28,27 @@ enum Onion {
         let exitBack: SecureBytes
     }
 
+    /// Who pays a hop for a circuit, signed by the consuming wallet.
+    struct PayerProof: Equatable {
+        var payer: String
+        var nonce: [UInt8]
+        var timestamp: UInt64
+        var signature: [UInt8]
+    }
+
     struct Hop {
         let agreement: [UInt8]
         let kind: Kind
         let next: NodeKey?
         let token: [UInt8]
+        var payer: PayerProof? = nil
     }
 
     struct Peeled {
         let kind: Kind
         let next: NodeKey
         let token: [UInt8]
+        let payer: PayerProof?
         let keys: Keys
         let inner: [UInt8]
     }
@@ -59,6 +70,13 @@ enum Onion {
             guard let shared = try? X25519.sharedSecret(privateKey: eph.privateKey, peerPublicKey: hop.agreement) else { throw .failed("bad hop key") }
             let (hk, sk, k) = try derive(shared, eph: eph.publicKey, hop: hop.agreement)
             var header = [hop.kind.rawValue] + (hop.next?.bytes ?? [UInt8](repeating: 0, count: 32)) + hop.token
+            if let proof = hop.payer {
+                let payer = Array(proof.payer.utf8)
+                guard proof.nonce.count == 16, payer.count <= 80, proof.signature.count <= 96 else { throw .invalid("payer proof too large") }
+                var t = [UInt8](repeating: 0, count: 8)
+                for i in 0..<8 { t[i] = UInt8(truncatingIfNeeded: proof.timestamp >> (56 - 8 * UInt64(i))) }
+                header += proof.nonce + t + [UInt8(payer.count)] + payer + [UInt8(proof.signature.count)] + proof.signature
+            }
             header += [UInt8](repeating: 0, count: headerBytes - header.count)
             guard let sealed = try? AEAD.seal(.chacha20Poly1305, key: hk, nonce: [UInt8](repeating: 0, count: 12), ad: eph.publicKey, plaintext: header) else {
                 throw .failed("sealing failed")
@@ -84,7 +102,21 @@ enum Onion {
         }
         var body = Array(onion[overhead...])
         xor(sk, counter: 0, &body)
-        return Peeled(kind: kind, next: NodeKey(Array(header[1..<33])), token: Array(header[33..<41]), keys: keys, inner: body + Random.bytes(overhead))
+        return Peeled(kind: kind, next: NodeKey(Array(header[1..<33])), token: Array(header[33..<41]), payer: payerProof(header),
+                      keys: keys, inner: body + Random.bytes(overhead))
+    }
+
+    private static func payerProof(_ header: [UInt8]) -> PayerProof? {
+        var at = 41
+        let nonce = Array(header[at..<(at + 16)]); at += 16
+        let timestamp = header[at..<(at + 8)].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }; at += 8
+        let n = Int(header[at]); at += 1
+        guard n > 0, n <= 80, at + n < header.count else { return nil }
+        guard let payer = String(validating: header[at..<(at + n)], as: UTF8.self) else { return nil }
+        at += n
+        let m = Int(header[at]); at += 1
+        guard m > 0, m <= 96, at + m <= header.count else { return nil }
+        return PayerProof(payer: payer, nonce: nonce, timestamp: timestamp, signature: Array(header[at..<(at + m)]))
     }
 
     /// XOR a data layer: the keystream of `key` at cell number `counter`.

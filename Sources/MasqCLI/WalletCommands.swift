@@ -1,0 +1,120 @@
+import ArgumentParser
+import FoundationEssentials
+import MasqKernel
+import MasqMesh
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A wallet plugin as the mesh sees it.
+final class PluginWallet: MeshWallet, @unchecked Sendable {
+    let engine: WalletEngine
+    let address: String
+
+    init(_ engine: WalletEngine) throws {
+        self.engine = engine
+        address = try guarded { () throws(MasqError) in try engine.address() }
+    }
+
+    func pay(to: String, amount: UInt128) throws -> String { try engine.pay(to: to, amount: String(amount)) }
+    func sign(_ message: [UInt8]) throws -> [UInt8] { try engine.sign(message) }
+    func verify(address: String, message: [UInt8], signature: [UInt8]) -> Bool { engine.verify(address: address, message: message, signature: signature) }
+    func payments(after cursor: UInt64) throws -> (payments: [(from: String, amount: UInt128)], cursor: UInt64) {
+        let (list, next) = try engine.payments(after: cursor)
+        return (list.compactMap { p in UInt128(p.amount).map { (p.from, $0) } }, next)
+    }
+}
+
+/// Parse a wallet plugin reference given as JSON on the command line
+/// (`{"plugin": "ledger", "options": {...}}`), with the config's own rules.
+func walletReference(_ json: String, option: String) throws -> (PluginReference, MasqConfig) {
+    do {
+        let config = try MasqConfig.parse("{\"wallet\": \(json)}", baseDir: FileSystem.currentDirectory(), source: option)
+        guard let wallet = config.wallet else { throw CLIError("\(option): a wallet plugin object is required", code: 64) }
+        return (wallet, config)
+    } catch let error as MasqError {
+        throw CLIError(error.message, code: 64)
+    }
+}
+
+func openWallet(_ json: String, option: String, dataDirectory: String) throws -> WalletEngine {
+    let (reference, config) = try walletReference(json, option: option)
+    return try guarded { () throws(MasqError) in try WalletEngine.open(reference, config: config, dataDirectory: dataDirectory) }
+}
+
+/// `masq wallet`: a wallet's address and balance, and payments.
+struct Wallet: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "A wallet plugin's address, balance and payments.",
+        subcommands: [Address.self, Balance.self, Pay.self])
+
+    struct Choice: ParsableArguments {
+        @Option(help: ArgumentHelp("The wallet plugin, as JSON: {\"plugin\": \"ledger\", \"options\": {...}} (default: the store config's \"wallet\").", valueName: "json"))
+        var wallet: String?
+        @Option(help: ArgumentHelp("Directory for the wallet's files (keys).", valueName: "dir")) var dataDir: String?
+        @OptionGroup var store: StoreOptions
+
+        func open() throws -> WalletEngine {
+            if let wallet { return try openWallet(wallet, option: "--wallet", dataDirectory: dataDir ?? FileSystem.currentDirectory()) }
+            let config = try guarded { () throws(MasqError) in try MasqConfig.load(path: store.configPath) }
+            guard let reference = config.wallet else { throw CLIError("no wallet: pass --wallet JSON or add \"wallet\" to the config", code: 64) }
+            return try guarded { () throws(MasqError) in try WalletEngine.open(reference, config: config, dataDirectory: dataDir) }
+        }
+    }
+
+    struct Address: MasqSubcommand {
+        static let configuration = CommandConfiguration(abstract: "Print the wallet's receiving address.")
+        @OptionGroup var choice: Choice
+        func execute() throws {
+            let engine = try choice.open()
+            print(try guarded { () throws(MasqError) in try engine.address() })
+        }
+    }
+
+    struct Balance: MasqSubcommand {
+        static let configuration = CommandConfiguration(abstract: "Print the wallet's balance (smallest unit).")
+        @OptionGroup var choice: Choice
+        @Option(help: "Asset (default: the wallet's).") var asset: String?
+        func execute() throws {
+            let engine = try choice.open()
+            print(try guarded { () throws(MasqError) in try engine.balance(asset: asset) })
+        }
+    }
+
+    struct Pay: MasqSubcommand {
+        static let configuration = CommandConfiguration(abstract: "Pay an amount (smallest unit) to an address; prints the transaction id.")
+        @OptionGroup var choice: Choice
+        @Argument(help: "The receiving address.") var to: String
+        @Argument(help: "The amount, a decimal integer.") var amount: String
+        func execute() throws {
+            guard UInt128(amount) != nil else { throw CLIError("the amount must be a decimal integer", code: 64) }
+            let engine = try choice.open()
+            print(try guarded { () throws(MasqError) in try engine.pay(to: to, amount: amount) })
+        }
+    }
+}
+
+/// `masq accounts`: a node's payables, receivables and bans.
+struct Accounts: MasqSubcommand {
+    static let configuration = CommandConfiguration(abstract: "A mesh node's payables, receivables and bans (from its accounts.json).")
+    @Option(help: ArgumentHelp("The node's data directory.", valueName: "dir")) var dataDir = "."
+    @Flag(help: "Print the JSON as stored.") var json = false
+
+    func execute() throws {
+        let path = dataDir + "/accounts.json"
+        let bytes: [UInt8]
+        do { bytes = try FileSystem.readFile(path, limit: 64 << 20) } catch { throw CLIError("no accounts at \(path) (is it a node's data directory, with wallets?)", code: 2) }
+        if json { print(String(decoding: bytes, as: UTF8.self)); return }
+        struct Account: Decodable { var balance: String; var since: UInt64; var total: String; var paid: String }
+        struct Book: Decodable { var payables: [String: Account]; var receivables: [String: Account]; var banned: [String]; var proofsRejected: Int }
+        guard let book = try? JSONDecoder().decode(Book.self, from: Data(bytes)) else { throw CLIError("\(path) is malformed") }
+        print("payables (what this node owes, by earning wallet):")
+        for (wallet, a) in book.payables.sorted(by: { $0.key < $1.key }) { print("  \(wallet)  owed \(a.balance)  total \(a.total)  paid \(a.paid)") }
+        print("receivables (what consumers owe this node, by consuming wallet):")
+        for (wallet, a) in book.receivables.sorted(by: { $0.key < $1.key }) {
+            print("  \(wallet)  owed \(a.balance)  total \(a.total)  paid \(a.paid)\(book.banned.contains(wallet) ? "  BANNED" : "")")
+        }
+        print("banned: \(book.banned.isEmpty ? "none" : book.banned.joined(separator: ", "))")
+        print("payer proofs refused: \(book.proofsRejected)")
+    }
+}
