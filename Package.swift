@@ -27,6 +27,7 @@ let package = Package(
         .library(name: "masq_transport_connectoid", type: .dynamic, targets: ["MasqTransportConnectoid"]),
         .library(name: "masq_transport_mesh", type: .dynamic, targets: ["MasqTransportMesh"]),
         .library(name: "masq_wallet_ledger", type: .dynamic, targets: ["MasqWalletLedger"]),
+        .library(name: "masq_wallet_evm", type: .dynamic, targets: ["MasqWalletEVM"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -149,8 +150,16 @@ let package = Package(
                 path: "plugins/transport-localws",
                 linkerSettings: exportsOnly("plugins/plugin-exports.map")),
 
+        // One-request-per-connection HTTP(S) POST for plugins (mailboxes, JSON-RPC).
+        .target(name: "MasqHTTPClient", dependencies: [
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
+        ]),
+
         .target(name: "MasqTransportConnectoid", dependencies: [
-                    "CMasqPlugin", "MasqConnectoidWire",
+                    "CMasqPlugin", "MasqConnectoidWire", "MasqHTTPClient",
                     .product(name: "NIOCore", package: "swift-nio"),
                     .product(name: "NIOPosix", package: "swift-nio"),
                     .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -162,6 +171,13 @@ let package = Package(
 
         .target(name: "MasqWalletLedger", dependencies: ["CMasqPlugin", "CSQLite", "MasqCrypto"],
                 path: "plugins/wallet-ledger",
+                linkerSettings: exportsOnly("plugins/plugin-exports.map")),
+
+        .target(name: "MasqWalletEVM", dependencies: [
+                    "CMasqPlugin", "MasqCrypto", "MasqHTTPClient",
+                    .product(name: "NIOPosix", package: "swift-nio"),
+                ],
+                path: "plugins/wallet-evm",
                 linkerSettings: exportsOnly("plugins/plugin-exports.map")),
 
         .testTarget(name: "MasqMeshTests", dependencies: ["MasqMesh"]),

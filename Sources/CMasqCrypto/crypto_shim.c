@@ -535,3 +535,100 @@ int masqcrypto_p384_verify(const uint8_t *public_key, size_t public_len, const u
     EC_KEY_free(key);
     return rc;
 }
+
+/* ---- secp256k1 (Ethereum wallets): keys, recoverable signatures, recovery ---- */
+
+static EC_KEY *k1_private(const uint8_t private_key[32]) {
+    EC_KEY *key = EC_KEY_new_by_curve_name(NID_secp256k1);
+    BIGNUM *d = BN_bin2bn(private_key, 32, NULL);
+    EC_POINT *pub = key ? EC_POINT_new(EC_KEY_get0_group(key)) : NULL;
+    int ok = key && d && pub && !BN_is_zero(d) && BN_cmp(d, EC_GROUP_get0_order(EC_KEY_get0_group(key))) < 0 &&
+             EC_KEY_set_private_key(key, d) == 1 && EC_POINT_mul(EC_KEY_get0_group(key), pub, d, NULL, NULL, NULL) == 1 &&
+             EC_KEY_set_public_key(key, pub) == 1;
+    BN_clear_free(d);
+    EC_POINT_free(pub);
+    if (!ok) { EC_KEY_free(key); return NULL; }
+    return key;
+}
+
+int masqcrypto_secp256k1_public(const uint8_t private_key[32], uint8_t public_uncompressed[65]) {
+    EC_KEY *key = k1_private(private_key);
+    int rc = key ? export_point(key, POINT_CONVERSION_UNCOMPRESSED, public_uncompressed, 65) : MASQCRYPTO_ERR;
+    EC_KEY_free(key);
+    return rc;
+}
+
+int masqcrypto_secp256k1_keypair(uint8_t private_key[32], uint8_t public_uncompressed[65]) {
+    EC_KEY *key = EC_KEY_new_by_curve_name(NID_secp256k1);
+    int ok = key && EC_KEY_generate_key(key) == 1 && BN_bn2binpad(EC_KEY_get0_private_key(key), private_key, 32) == 32 &&
+             export_point(key, POINT_CONVERSION_UNCOMPRESSED, public_uncompressed, 65) == MASQCRYPTO_OK;
+    EC_KEY_free(key);
+    return ok ? MASQCRYPTO_OK : MASQCRYPTO_ERR;
+}
+
+/* Q = r^-1 (s R - e G), R the point with x = r and y parity `recovery`. */
+int masqcrypto_secp256k1_recover(const uint8_t digest[32], const uint8_t r_bytes[32], const uint8_t s_bytes[32], uint8_t recovery,
+                                 uint8_t public_uncompressed[65]) {
+    if (recovery > 1) return MASQCRYPTO_ERR;
+    EC_GROUP *group = EC_GROUP_new_by_curve_name(NID_secp256k1);
+    BN_CTX *ctx = BN_CTX_new();
+    BIGNUM *r = BN_bin2bn(r_bytes, 32, NULL), *s = BN_bin2bn(s_bytes, 32, NULL), *e = BN_bin2bn(digest, 32, NULL);
+    BIGNUM *rinv = BN_new(), *u1 = BN_new(), *u2 = BN_new();
+    EC_POINT *R = group ? EC_POINT_new(group) : NULL, *Q = group ? EC_POINT_new(group) : NULL;
+    int rc = MASQCRYPTO_ERR;
+    if (group && ctx && r && s && e && rinv && u1 && u2 && R && Q) {
+        const BIGNUM *n = EC_GROUP_get0_order(group);
+        if (!BN_is_zero(r) && !BN_is_zero(s) && BN_cmp(r, n) < 0 && BN_cmp(s, n) < 0 &&
+            EC_POINT_set_compressed_coordinates(group, R, r, recovery, ctx) == 1 &&
+            BN_mod_inverse(rinv, r, n, ctx) && BN_mod(e, e, n, ctx) == 1 &&
+            BN_mod_mul(u1, e, rinv, n, ctx) == 1 && BN_mod_sub(u1, n, u1, n, ctx) == 1 &&   /* u1 = -e/r */
+            BN_mod_mul(u2, s, rinv, n, ctx) == 1 &&                                          /* u2 = s/r  */
+            EC_POINT_mul(group, Q, u1, R, u2, ctx) == 1 && !EC_POINT_is_at_infinity(group, Q) &&
+            EC_POINT_point2oct(group, Q, POINT_CONVERSION_UNCOMPRESSED, public_uncompressed, 65, ctx) == 65)
+            rc = MASQCRYPTO_OK;
+    }
+    EC_POINT_free(R); EC_POINT_free(Q);
+    BN_free(r); BN_free(s); BN_free(e); BN_free(rinv); BN_free(u1); BN_free(u2);
+    BN_CTX_free(ctx);
+    EC_GROUP_free(group);
+    return rc;
+}
+
+/* ECDSA over a 32-byte digest with low s (EIP-2) and the recovery id. */
+int masqcrypto_secp256k1_sign(const uint8_t private_key[32], const uint8_t digest[32], uint8_t r_out[32], uint8_t s_out[32],
+                              uint8_t *recovery) {
+    EC_KEY *key = k1_private(private_key);
+    if (!key) return MASQCRYPTO_ERR;
+    uint8_t mine[65];
+    int rc = MASQCRYPTO_ERR;
+    if (export_point(key, POINT_CONVERSION_UNCOMPRESSED, mine, 65) == MASQCRYPTO_OK) {
+        for (int attempt = 0; attempt < 8 && rc != MASQCRYPTO_OK; attempt++) {
+            ECDSA_SIG *sig = ECDSA_do_sign(digest, 32, key);
+            if (!sig) break;
+            const BIGNUM *r = NULL, *s = NULL;
+            ECDSA_SIG_get0(sig, &r, &s);
+            BIGNUM *low = BN_dup(s);
+            const BIGNUM *n = EC_GROUP_get0_order(EC_KEY_get0_group(key));
+            BIGNUM *half = BN_new();
+            if (low && half && BN_rshift1(half, n) == 1) {
+                if (BN_cmp(low, half) > 0) BN_sub(low, n, low);
+                if (BN_bn2binpad(r, r_out, 32) == 32 && BN_bn2binpad(low, s_out, 32) == 32) {
+                    for (uint8_t v = 0; v < 2; v++) {
+                        uint8_t q[65];
+                        if (masqcrypto_secp256k1_recover(digest, r_out, s_out, v, q) == MASQCRYPTO_OK && memcmp(q, mine, 65) == 0) {
+                            *recovery = v;
+                            rc = MASQCRYPTO_OK;
+                            break;
+                        }
+                    }
+                }
+            }
+            BN_free(half);
+            BN_free(low);
+            ECDSA_SIG_free(sig);
+        }
+    }
+    OPENSSL_cleanse(mine, sizeof mine);
+    EC_KEY_free(key);
+    return rc;
+}

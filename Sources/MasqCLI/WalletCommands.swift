@@ -46,7 +46,7 @@ func openWallet(_ json: String, option: String, dataDirectory: String) throws ->
 struct Wallet: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "A wallet plugin's address, balance and payments.",
-        subcommands: [Address.self, Balance.self, Pay.self])
+        subcommands: [Address.self, Balance.self, Pay.self, Sign.self, Verify.self])
 
     struct Choice: ParsableArguments {
         @Option(help: ArgumentHelp("The wallet plugin, as JSON: {\"plugin\": \"ledger\", \"options\": {...}} (default: the store config's \"wallet\").", valueName: "json"))
@@ -93,6 +93,48 @@ struct Wallet: ParsableCommand {
         }
     }
 }
+
+extension Wallet {
+    struct Sign: MasqSubcommand {
+        static let configuration = CommandConfiguration(abstract: "Sign a message (hex) with the wallet's key; prints the signature (hex).")
+        @OptionGroup var choice: Choice
+        @Argument(help: "The message, hex.") var message: String
+        func execute() throws {
+            guard let bytes = hexBytes(message) else { throw CLIError("the message must be hex", code: 64) }
+            let engine = try choice.open()
+            print(hexString(try guarded { () throws(MasqError) in try engine.sign(bytes) }))
+        }
+    }
+
+    struct Verify: MasqSubcommand {
+        static let configuration = CommandConfiguration(abstract: "Check an address's signature over a message (hex); exit 1 if it does not verify.")
+        @OptionGroup var choice: Choice
+        @Argument(help: "The signer's address.") var address: String
+        @Argument(help: "The message, hex.") var message: String
+        @Argument(help: "The signature, hex.") var signature: String
+        func execute() throws {
+            guard let m = hexBytes(message), let s = hexBytes(signature) else { throw CLIError("message and signature must be hex", code: 64) }
+            let engine = try choice.open()
+            guard engine.verify(address: address, message: m, signature: s) else { throw CLIError("the signature does not verify") }
+            print("ok")
+        }
+    }
+}
+
+func hexBytes(_ text: String) -> [UInt8]? {
+    let chars = Array((text.hasPrefix("0x") ? String(text.dropFirst(2)) : text).utf8)
+    guard chars.count % 2 == 0 else { return nil }
+    var out: [UInt8] = []
+    var i = 0
+    while i < chars.count {
+        guard let b = UInt8(String(decoding: chars[i..<(i + 2)], as: UTF8.self), radix: 16) else { return nil }
+        out.append(b)
+        i += 2
+    }
+    return out
+}
+
+func hexString(_ bytes: [UInt8]) -> String { bytes.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined() }
 
 /// `masq accounts`: a node's payables, receivables and bans.
 struct Accounts: MasqSubcommand {

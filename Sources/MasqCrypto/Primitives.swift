@@ -392,3 +392,40 @@ public enum P384 {
         }
     }
 }
+
+/// secp256k1 ECDSA with recovery (Ethereum's curve), OpenSSL's arithmetic.
+public enum Secp256k1 {
+    public static func keyPair() -> (privateKey: SecureBytes, publicKey: [UInt8]) {
+        let privateKey = SecureBytes(count: 32)
+        var publicKey = [UInt8](repeating: 0, count: 65)
+        let status = privateKey.withUnsafeMutableBytes { masqcrypto_secp256k1_keypair($0.baseAddress!.assumingMemoryBound(to: UInt8.self), &publicKey) }
+        precondition(status == 0, "secp256k1 key generation failed")
+        return (privateKey, publicKey)
+    }
+
+    /// The uncompressed public key (65 bytes, 0x04 ‖ x ‖ y).
+    public static func publicKey(of privateKey: SecureBytes) throws(CryptoError) -> [UInt8] {
+        guard privateKey.count == 32 else { throw .invalidInput("secp256k1 private keys are 32 bytes") }
+        var publicKey = [UInt8](repeating: 0, count: 65)
+        let status = privateKey.withUnsafeBytes { masqcrypto_secp256k1_public($0.baseAddress!.assumingMemoryBound(to: UInt8.self), &publicKey) }
+        guard status == 0 else { throw .invalidInput("invalid secp256k1 private key") }
+        return publicKey
+    }
+
+    /// (r, s, recovery id) over a 32-byte digest; s is low (EIP-2).
+    public static func sign(digest: [UInt8], privateKey: SecureBytes) throws(CryptoError) -> (r: [UInt8], s: [UInt8], recovery: UInt8) {
+        guard digest.count == 32, privateKey.count == 32 else { throw .invalidInput("secp256k1 signs 32-byte digests with 32-byte keys") }
+        var r = [UInt8](repeating: 0, count: 32), s = [UInt8](repeating: 0, count: 32)
+        var v: UInt8 = 0
+        let status = privateKey.withUnsafeBytes { masqcrypto_secp256k1_sign($0.baseAddress!.assumingMemoryBound(to: UInt8.self), digest, &r, &s, &v) }
+        guard status == 0 else { throw .invalidInput("secp256k1 signing failed") }
+        return (r, s, v)
+    }
+
+    /// The public key that made (r, s, recovery) over `digest`, or nil.
+    public static func recover(digest: [UInt8], r: [UInt8], s: [UInt8], recovery: UInt8) -> [UInt8]? {
+        guard digest.count == 32, r.count == 32, s.count == 32 else { return nil }
+        var out = [UInt8](repeating: 0, count: 65)
+        return masqcrypto_secp256k1_recover(digest, r, s, recovery, &out) == 0 ? out : nil
+    }
+}

@@ -560,7 +560,10 @@ public final class MeshNode: @unchecked Sendable {
         var lines: [[String: String]] = []
         for hop in relays.values where hop.forward { lines.append(["role": "relay", "previous": hop.previousAddress, "next": hop.nextAddress]) }
         for exit in exits.values { lines.append(["role": "exit", "previous": exit.previousAddress, "target": exit.target ?? ""]) }
-        for origin in origins.values { lines.append(["role": "origin", "target": origin.target, "route": origin.routeText]) }
+        for origin in origins.values {
+            lines.append(["role": "origin", "target": origin.target, "route": origin.routeText, "started": String(origin.started),
+                          "phase": origin.phase == .open ? "open" : "building"])
+        }
         let clientKeys = records.filter { $0.value.record.isClient }.map(\.key)
         return State(key: key.text, address: "\(configuration.host):\(port)", neighbours: neighbours.keys.filter { !clientPeers.contains($0) }.map(\.text).sorted(),
                      known: records.count, clients: clientKeys.count, clientNeighbours: clientKeys.filter { neighbours[$0] != nil }.count, circuits: lines, banned: bannedHosts.keys.sorted(), counters: counters)

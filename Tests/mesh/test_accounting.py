@@ -134,7 +134,6 @@ def test_traffic_creates_matching_payables_and_receivables_and_the_scan_pays(net
         return owed and set(owed) == set(earned) and all(abs(owed[w] - earned[w]) <= 4 * exit_cell for w in owed)
     wait_for("payables matching receivables", matching)
     owed, earned = totals()
-    assert sum(owed[w] == earned[w] for w in owed) >= len(owed) - 1
     assert len(owed) >= 3                               # relays and an exit, at least
     # The scan pays (debts are due after 1 s) and the payees see the payments.
     # Debts above the permanent allowance (5e9 here) are paid once due; smaller ones may wait.

@@ -194,11 +194,18 @@ def test_killing_a_relay_mid_transfer_fails_cleanly_and_the_next_request_reroute
     out = os.path.join(mesh["work"], "cut.bin")
     curl = subprocess.Popen(["curl", "-s", "--limit-rate", "4M", "--max-time", "60", "--socks5-hostname", "127.0.0.1:%d" % mesh["socks"],
                              "-o", out, "http://localhost:%d/big.bin" % mesh["http"]])
-    time.sleep(1.5)
-    origin = state(mesh, 3)
-    route = [c for c in origin["circuits"] if c["role"] == "origin"][0]["route"]
-    middle = route.split(">")[1]                      # the second forward hop: neither origin's neighbour nor the exit
-    victim = next(i for i in range(2, 10) if state(mesh, i)["key"].startswith(middle))
+    target = "localhost:%d" % mesh["http"]
+    deadline = time.time() + 10
+    streams = []
+    while time.time() < deadline and not streams:
+        time.sleep(0.3)
+        streams = [c for c in state(mesh, 3)["circuits"] if c["role"] == "origin" and c["target"] == target and c["phase"] == "open"]
+    assert streams, "the transfer did not start"
+    route = max(streams, key=lambda c: int(c["started"]))["route"]
+    # The first relay of the return route: the downloaded bytes pass through it.
+    first_back = route.split(" back ")[1].split(">")[0]
+    victim = next(i for i in range(2, 10) if state(mesh, i)["key"].startswith(first_back))
+    time.sleep(0.5)
     mesh["procs"][victim].kill()
     mesh["procs"][victim].wait()
     started = time.time()

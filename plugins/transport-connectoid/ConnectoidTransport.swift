@@ -9,6 +9,7 @@
 import CMasqPlugin
 import FoundationEssentials
 import MasqConnectoidWire
+import MasqHTTPClient
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix

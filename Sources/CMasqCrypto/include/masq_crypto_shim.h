@@ -85,4 +85,13 @@ int masqcrypto_p384_sign(const uint8_t private_key[48], const uint8_t *msg, size
 int masqcrypto_p384_verify(const uint8_t *public_key, size_t public_len, const uint8_t *msg, size_t msg_len,
                            const uint8_t *sig, size_t sig_len);
 
+/* secp256k1 (Ethereum): 32-byte private keys, 65-byte uncompressed public keys,
+ * ECDSA over a 32-byte digest with low s and a recovery id (0 or 1). */
+int masqcrypto_secp256k1_keypair(uint8_t private_key[32], uint8_t public_uncompressed[65]);
+int masqcrypto_secp256k1_public(const uint8_t private_key[32], uint8_t public_uncompressed[65]);
+int masqcrypto_secp256k1_sign(const uint8_t private_key[32], const uint8_t digest[32], uint8_t r[32], uint8_t s[32],
+                              uint8_t *recovery);
+int masqcrypto_secp256k1_recover(const uint8_t digest[32], const uint8_t r[32], const uint8_t s[32], uint8_t recovery,
+                                 uint8_t public_uncompressed[65]);
+
 #endif

@@ -4,17 +4,18 @@ import NIOHTTP1
 import NIOPosix
 import NIOSSL
 
+/// A small HTTP client for plugins (Connectoid mailboxes, JSON-RPC).
 /// One HTTP/1.1 POST per connection (`Connection: close`): a poller that
 /// wakes every interval keeps nothing open between polls, which is what a
 /// phone's battery wants. https:// goes through NIOSSL with the system's
 /// trust store.
-struct HTTPEndpoint: Sendable {
-    let tls: Bool
-    let host: String
-    let port: Int
-    let path: String
+public struct HTTPEndpoint: Sendable {
+    public let tls: Bool
+    public let host: String
+    public let port: Int
+    public let path: String
 
-    init?(_ url: String) {
+    public init?(_ url: String) {
         let rest: Substring
         if url.hasPrefix("http://") { tls = false; rest = url.dropFirst(7) }
         else if url.hasPrefix("https://") { tls = true; rest = url.dropFirst(8) }
@@ -38,16 +39,16 @@ struct HTTPEndpoint: Sendable {
         guard !host.isEmpty, (1...65_535).contains(port) else { return nil }
     }
 
-    var hostHeader: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+    public var hostHeader: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
 }
 
-struct HTTPResult: Sendable {
-    let status: Int
-    let body: [UInt8]
+public struct HTTPResult: Sendable {
+    public let status: Int
+    public let body: [UInt8]
 }
 
-enum HTTPClient {
-    static func post(_ endpoint: HTTPEndpoint, body: [UInt8], group: EventLoopGroup, tls: NIOSSLContext?,
+public enum HTTPClient {
+    public static func post(_ endpoint: HTTPEndpoint, body: [UInt8], group: EventLoopGroup, tls: NIOSSLContext?,
                      timeout: TimeAmount, maxResponseBytes: Int) -> EventLoopFuture<HTTPResult> {
         let loop = group.next()
         let promise = loop.makePromise(of: HTTPResult.self)

@@ -1,0 +1,152 @@
+"""The EVM wallet plugin, checked by an independent implementation
+(`eth-account`): addresses, EIP-1559 ERC-20 transfers (the sender recovered
+from the raw transaction, every field decoded), EIP-191 signatures both
+ways, balances and bad input, against a JSON-RPC
+endpoint on 127.0.0.1 that records what it is sent."""
+import json
+import os
+import subprocess
+import tempfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from eth_account import Account
+try:
+    from eth_account.typed_transactions import TypedTransaction
+except ImportError:  # eth-account < 0.13
+    from eth_account._utils.typed_transactions import TypedTransaction
+from eth_account.messages import encode_defunct
+from eth_utils import keccak
+from hexbytes import HexBytes
+
+MASQ = os.environ.get("MASQ_BIN", "masq")
+TOKEN = "0x" + "ab" * 20
+CHAIN = 1337
+TRANSFER = "0x" + keccak(text="Transfer(address,address,uint256)").hex().removeprefix("0x")
+
+
+class Chain:
+    """Just enough of an Ethereum node: nonces, raw transactions, receipts, logs."""
+
+    def __init__(self):
+        self.sent = []
+        self.lock = threading.Lock()
+
+    def answer(self, method, params):
+        if method == "eth_chainId":
+            return hex(CHAIN)
+        if method == "eth_getTransactionCount":
+            with self.lock:
+                return hex(sum(1 for s in self.sent if s["from"] == params[0].lower()))
+        if method == "eth_maxPriorityFeePerGas":
+            return hex(10 ** 9)
+        if method == "eth_gasPrice":
+            return hex(2 * 10 ** 9)
+        if method == "eth_call":
+            assert params[0]["to"] == TOKEN and params[0]["data"].startswith("0x70a08231")
+            return hex(10 ** 24)
+        if method == "eth_sendRawTransaction":
+            raw = HexBytes(params[0])
+            sender = Account.recover_transaction(params[0]).lower()
+            tx = TypedTransaction.from_bytes(raw).as_dict()
+            with self.lock:
+                self.sent.append({"raw": raw, "from": sender, "tx": tx, "hash": "0x" + keccak(raw).hex().removeprefix("0x")})
+            return self.sent[-1]["hash"]
+        if method == "eth_getTransactionReceipt":
+            for s in self.sent:
+                if s["hash"] == params[0]:
+                    return {"status": "0x1", "logs": [self.log(s)]}
+            return None
+        if method == "eth_getLogs":
+            me = params[0]["topics"][2]
+            return [self.log(s) for s in self.sent if self.log(s)["topics"][2] == me]
+        raise ValueError("unknown method " + method)
+
+    def log(self, s):
+        data = bytes(HexBytes(s["tx"]["data"])).hex()
+        to, amount = data[8 + 24:8 + 64], int(data[8 + 64:], 16)
+        return {"address": TOKEN, "topics": [TRANSFER, "0x" + "0" * 24 + s["from"][2:], "0x" + "0" * 24 + to],
+                "data": hex(amount), "blockNumber": hex(10 + self.sent.index(s)), "transactionHash": s["hash"]}
+
+
+@pytest.fixture(scope="module")
+def rpc():
+    chain = Chain()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            try:
+                body = {"jsonrpc": "2.0", "id": request["id"], "result": chain.answer(request["method"], request["params"])}
+            except Exception as e:  # noqa: BLE001 - reported to the client as a JSON-RPC error
+                body = {"jsonrpc": "2.0", "id": request["id"], "error": {"code": -32000, "message": str(e)}}
+            data = json.dumps(body).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    work = tempfile.mkdtemp(prefix="masq-evm-")
+    yield {"url": "http://127.0.0.1:%d/" % server.server_address[1], "chain": chain, "work": work}
+    server.shutdown()
+
+
+def evm(rpc, name="me"):
+    return json.dumps({"plugin": "evm", "options": {"rpc": rpc["url"], "token": TOKEN, "chain_id": CHAIN,
+                                                    "key_file": os.path.join(rpc["work"], name + ".key")}})
+
+
+def masq(rpc, *args, name="me", check=True):
+    r = subprocess.run([MASQ, "wallet", *args, "--wallet", evm(rpc, name), "--data-dir", rpc["work"]], capture_output=True, text=True)
+    if check:
+        assert r.returncode == 0, r.stderr
+    return r
+
+
+def test_address_matches_eth_account(rpc):
+    address = masq(rpc, "address").stdout.strip()
+    key = open(os.path.join(rpc["work"], "me.key")).read().strip()
+    assert address == Account.from_key(bytes.fromhex(key)).address.lower()
+
+
+def test_erc20_transfer_is_a_valid_signed_eip1559_transaction(rpc):
+    me = masq(rpc, "address").stdout.strip()
+    to = "0x" + "12" * 20
+    for amount in (12345, 10 ** 18):
+        txid = masq(rpc, "pay", to, str(amount)).stdout.strip()
+        sent = rpc["chain"].sent[-1]
+        assert sent["hash"] == txid
+        assert sent["from"] == me                                   # eth-account recovers our address
+        tx = sent["tx"]
+        assert tx["type"] == 2 and tx["chainId"] == CHAIN and "0x" + bytes(HexBytes(tx["to"])).hex() == TOKEN and tx["value"] == 0
+        data = bytes(HexBytes(tx["data"])).hex()
+        assert data == "a9059cbb" + "0" * 24 + to[2:] + "%064x" % amount
+        assert tx["maxPriorityFeePerGas"] == 10 ** 9 and tx["maxFeePerGas"] == 5 * 10 ** 9 and tx["gas"] == 100_000
+    nonces = [s["tx"]["nonce"] for s in rpc["chain"].sent if s["from"] == me]
+    assert nonces == list(range(len(nonces)))
+
+
+def test_signatures_both_ways(rpc):
+    me = masq(rpc, "address").stdout.strip()
+    message = os.urandom(48)
+    signature = masq(rpc, "sign", message.hex()).stdout.strip()
+    assert Account.recover_message(encode_defunct(primitive=message), signature=bytes.fromhex(signature)).lower() == me
+    other = Account.create()
+    theirs = Account.sign_message(encode_defunct(primitive=message), other.key).signature.hex().removeprefix("0x")
+    assert masq(rpc, "verify", other.address.lower(), message.hex(), theirs).stdout.strip() == "ok"
+    forged = masq(rpc, "verify", other.address.lower(), (message + b"x").hex(), theirs, check=False)
+    assert forged.returncode == 1
+
+
+def test_balance_and_bad_input(rpc):
+    assert masq(rpc, "balance").stdout.strip() == str(10 ** 24)
+    bad = masq(rpc, "pay", "0x1234", "5", check=False)
+    assert bad.returncode != 0 and "address" in bad.stderr
+    bad = masq(rpc, "pay", "0x" + "12" * 20, "-5", check=False)
+    assert bad.returncode != 0

@@ -1,0 +1,436 @@
+// The EVM wallet plugin: an Ethereum-compatible wallet. Keys are secp256k1
+// (OpenSSL), addresses the last 20 bytes of Keccak-256 of the public key;
+// payments are EIP-1559 (type 2) transactions calling the ERC-20 token's
+// transfer(address,uint256) (or plain value transfers for asset "ETH"),
+// signed here and submitted through a configured JSON-RPC endpoint; sign and
+// verify use EIP-191 personal messages (payer proofs). It sees nothing of
+// Masq but include/masq_plugin.h.
+import CMasqPlugin
+import FoundationEssentials
+import MasqCrypto
+import MasqHTTPClient
+import NIOCore
+import NIOPosix
+import NIOSSL
+#if canImport(Glibc)
+import Glibc
+#endif
+
+private let pluginName: StaticString = "evm"
+private let pluginVersion: StaticString = "1.0.0"
+private let pluginSummary: StaticString = "Ethereum-compatible wallet: secp256k1, EIP-1559 ERC-20 transfers over JSON-RPC, EIP-191 signatures"
+
+struct WalletFailure: Error {
+    let status: Int32
+    let message: String
+    init(_ status: Int32, _ message: String) {
+        self.status = status
+        self.message = message
+    }
+}
+
+// MARK: - encodings
+
+enum Hex {
+    static func encode(_ bytes: [UInt8]) -> String {
+        let digits = Array("0123456789abcdef".utf8)
+        return String(decoding: bytes.flatMap { [digits[Int($0 >> 4)], digits[Int($0 & 15)]] }, as: UTF8.self)
+    }
+
+    static func decode(_ text: String) -> [UInt8]? {
+        var chars = Array((text.hasPrefix("0x") || text.hasPrefix("0X") ? String(text.dropFirst(2)) : text).utf8)
+        if chars.count % 2 == 1 { chars.insert(0x30, at: 0) }
+        var out: [UInt8] = []
+        out.reserveCapacity(chars.count / 2)
+        var i = 0
+        while i < chars.count {
+            guard let hi = nibble(chars[i]), let lo = nibble(chars[i + 1]) else { return nil }
+            out.append(hi << 4 | lo)
+            i += 2
+        }
+        return out
+    }
+
+    static func nibble(_ c: UInt8) -> UInt8? {
+        switch c {
+        case 0x30...0x39: c - 0x30
+        case 0x61...0x66: c - 0x61 + 10
+        case 0x41...0x46: c - 0x41 + 10
+        default: nil
+        }
+    }
+}
+
+/// Big-endian bytes of an unsigned integer, minimal (zero is empty), as RLP and JSON-RPC want.
+func minimalBytes(_ n: UInt128) -> [UInt8] {
+    var out: [UInt8] = []
+    var v = n
+    while v > 0 { out.insert(UInt8(truncatingIfNeeded: v), at: 0); v >>= 8 }
+    return out
+}
+
+func quantity(_ n: UInt128) -> String { n == 0 ? "0x0" : "0x" + String(n, radix: 16) }
+
+func parseQuantity(_ text: String) -> UInt128? {
+    guard text.hasPrefix("0x") else { return nil }
+    let digits = text.dropFirst(2)
+    if digits.isEmpty { return 0 }
+    // Values beyond 128 bits (never a balance this wallet handles) are refused.
+    let trimmed = digits.drop { $0 == "0" }
+    guard trimmed.count <= 32 else { return nil }
+    return trimmed.isEmpty ? 0 : UInt128(trimmed, radix: 16)
+}
+
+/// Recursive length prefix (Ethereum yellow paper, appendix B).
+indirect enum RLP {
+    case bytes([UInt8])
+    case list([RLP])
+
+    var encoded: [UInt8] {
+        switch self {
+        case .bytes(let b):
+            if b.count == 1 && b[0] < 0x80 { return b }
+            return RLP.header(b.count, short: 0x80, long: 0xb7) + b
+        case .list(let items):
+            let payload = items.flatMap(\.encoded)
+            return RLP.header(payload.count, short: 0xc0, long: 0xf7) + payload
+        }
+    }
+
+    private static func header(_ length: Int, short: UInt8, long: UInt8) -> [UInt8] {
+        if length <= 55 { return [short + UInt8(length)] }
+        let len = minimalBytes(UInt128(length))
+        return [long + UInt8(len.count)] + len
+    }
+}
+
+/// A parsed JSON value (JSON-RPC answers).
+enum JSON: Decodable {
+    case string(String), number(Double), bool(Bool), null, array([JSON]), object([String: JSON])
+
+    init(from decoder: Decoder) throws {
+        let c = try decoder.singleValueContainer()
+        if c.decodeNil() { self = .null }
+        else if let b = try? c.decode(Bool.self) { self = .bool(b) }
+        else if let n = try? c.decode(Double.self) { self = .number(n) }
+        else if let s = try? c.decode(String.self) { self = .string(s) }
+        else if let a = try? c.decode([JSON].self) { self = .array(a) }
+        else { self = .object(try c.decode([String: JSON].self)) }
+    }
+
+    subscript(key: String) -> JSON? { if case .object(let o) = self { o[key] } else { nil } }
+    var string: String? { if case .string(let s) = self { s } else { nil } }
+    var array: [JSON]? { if case .array(let a) = self { a } else { nil } }
+}
+
+// MARK: - the wallet
+
+final class EVMWallet: @unchecked Sendable {
+    struct Options {
+        var rpc: String?
+        var chainID: UInt128?
+        var token: [UInt8]?
+        var keyFile: String = ""
+        var gasLimit: UInt128 = 100_000
+        var maxFeeGwei: UInt128?
+        var priorityFeeGwei: UInt128?
+        var timeoutMilliseconds: Int64 = 10_000
+        var asset = "TOKEN"
+    }
+
+    let host: UnsafePointer<masq_host>
+    let options: Options
+    let privateKey: SecureBytes
+    let addressBytes: [UInt8]
+    var address: String { "0x" + Hex.encode(addressBytes) }
+    private let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    private let tls = try? NIOSSLContext(configuration: .makeClientConfiguration())
+    private var lock = pthread_mutex_t()
+
+    static let transferSelector = Array(Keccak.hash256(Array("transfer(address,uint256)".utf8)).prefix(4))
+    static let balanceOfSelector = Array(Keccak.hash256(Array("balanceOf(address)".utf8)).prefix(4))
+    static let transferTopic = "0x" + Hex.encode(Keccak.hash256(Array("Transfer(address,address,uint256)".utf8)))
+
+    init(host: UnsafePointer<masq_host>, options: Options) throws(WalletFailure) {
+        self.host = host
+        self.options = options
+        pthread_mutex_init(&lock, nil)
+        privateKey = try Self.loadOrCreateKey(options.keyFile)
+        guard let publicKey = try? Secp256k1.publicKey(of: privateKey) else { throw .init(MASQ_E_INVALID, "bad key in \(options.keyFile)") }
+        addressBytes = Self.address(of: publicKey)
+    }
+
+    deinit {
+        try? group.syncShutdownGracefully()
+        pthread_mutex_destroy(&lock)
+    }
+
+    static func address(of publicKey: [UInt8]) -> [UInt8] { Array(Keccak.hash256(Array(publicKey.dropFirst())).suffix(20)) }
+
+    static func loadOrCreateKey(_ path: String) throws(WalletFailure) -> SecureBytes {
+        if let file = fopen(path, "rb") {
+            defer { fclose(file) }
+            var text = [UInt8](repeating: 0, count: 130)
+            let n = fread(&text, 1, 130, file)
+            defer { for i in text.indices { text[i] = 0 } }
+            let trimmed = String(decoding: text[0..<n].filter { Hex.nibble($0) != nil || $0 == 0x78 }, as: UTF8.self)
+            guard var key = Hex.decode(trimmed), key.count == 32 else { throw .init(MASQ_E_INVALID, "\(path): expected a 32-byte hex private key") }
+            defer { for i in key.indices { key[i] = 0 } }
+            return SecureBytes(key)
+        }
+        let (key, _) = Secp256k1.keyPair()
+        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0o600)
+        guard fd >= 0 else { throw .init(MASQ_E_IO, "cannot create the wallet key \(path)") }
+        defer { close(fd) }
+        let text = Array((Hex.encode(key.bytes) + "\n").utf8)
+        guard text.withUnsafeBytes({ write(fd, $0.baseAddress, $0.count) }) == text.count else { throw .init(MASQ_E_IO, "cannot write \(path)") }
+        return key
+    }
+
+    // MARK: JSON-RPC
+
+    func rpc(_ method: String, _ params: String) throws(WalletFailure) -> JSON {
+        guard let url = options.rpc, let endpoint = HTTPEndpoint(url) else { throw .init(MASQ_E_CONFIG, "option rpc (the JSON-RPC endpoint URL) is required") }
+        let body = Array("{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"\(method)\",\"params\":\(params)}".utf8)
+        let result: HTTPResult
+        do {
+            result = try HTTPClient.post(endpoint, body: body, group: group, tls: tls, timeout: .milliseconds(options.timeoutMilliseconds),
+                                         maxResponseBytes: 8 << 20).wait()
+        } catch { throw .init(MASQ_E_UNAVAILABLE, "JSON-RPC \(method): \(error)") }
+        guard result.status == 200, let answer = try? JSONDecoder().decode(JSON.self, from: Data(result.body)) else {
+            throw .init(MASQ_E_UNAVAILABLE, "JSON-RPC \(method): HTTP \(result.status)")
+        }
+        if let error = answer["error"] { throw .init(MASQ_E_UNAVAILABLE, "JSON-RPC \(method): \(error["message"]?.string ?? "error")") }
+        guard let value = answer["result"] else { throw .init(MASQ_E_UNAVAILABLE, "JSON-RPC \(method): no result") }
+        return value
+    }
+
+    private func rpcQuantity(_ method: String, _ params: String) throws(WalletFailure) -> UInt128 {
+        guard let text = try rpc(method, params).string, let n = parseQuantity(text) else { throw .init(MASQ_E_UNAVAILABLE, "JSON-RPC \(method): not a quantity") }
+        return n
+    }
+
+    // MARK: operations
+
+    func balance(_ asset: String?) throws(WalletFailure) -> String {
+        if asset == "ETH" { return String(try rpcQuantity("eth_getBalance", "[\"\(address)\",\"latest\"]")) }
+        guard let token = options.token else { throw .init(MASQ_E_CONFIG, "option token (the ERC-20 contract) is required") }
+        let data = "0x" + Hex.encode(Self.balanceOfSelector + [UInt8](repeating: 0, count: 12) + addressBytes)
+        return String(try rpcQuantity("eth_call", "[{\"to\":\"0x\(Hex.encode(token))\",\"data\":\"\(data)\"},\"latest\"]"))
+    }
+
+    /// An EIP-1559 transaction, signed: (raw bytes, hash).
+    func transaction(to: [UInt8], value: UInt128, data: [UInt8], nonce: UInt128, chainID: UInt128, maxPriority: UInt128, maxFee: UInt128, gas: UInt128)
+        throws(WalletFailure) -> (raw: [UInt8], hash: [UInt8]) {
+        let fields: [RLP] = [.bytes(minimalBytes(chainID)), .bytes(minimalBytes(nonce)), .bytes(minimalBytes(maxPriority)), .bytes(minimalBytes(maxFee)),
+                             .bytes(minimalBytes(gas)), .bytes(to), .bytes(minimalBytes(value)), .bytes(data), .list([])]
+        let digest = Keccak.hash256([0x02] + RLP.list(fields).encoded)
+        guard let (r, s, v) = try? Secp256k1.sign(digest: digest, privateKey: privateKey) else { throw .init(MASQ_E_INTERNAL, "signing failed") }
+        let strip: ([UInt8]) -> [UInt8] = { Array($0.drop { $0 == 0 }) }
+        let raw = [0x02] + RLP.list(fields + [.bytes(v == 0 ? [] : [v]), .bytes(strip(r)), .bytes(strip(s))]).encoded
+        return (raw, Keccak.hash256(raw))
+    }
+
+    func pay(to text: String, asset: String?, amount: String) throws(WalletFailure) -> String {
+        guard let amount = UInt128(amount), amount > 0 else { throw .init(MASQ_E_INVALID, "amount must be a positive decimal integer below 2^128") }
+        guard let to = Hex.decode(text), to.count == 20, text.hasPrefix("0x") else { throw .init(MASQ_E_INVALID, "not an address: \(text.prefix(80))") }
+        pthread_mutex_lock(&lock)
+        defer { pthread_mutex_unlock(&lock) }
+        let chainID: UInt128
+        if let configured = options.chainID { chainID = configured } else { chainID = try rpcQuantity("eth_chainId", "[]") }
+        let nonce = try rpcQuantity("eth_getTransactionCount", "[\"\(address)\",\"pending\"]")
+        let priority: UInt128
+        if let gwei = options.priorityFeeGwei { priority = gwei * 1_000_000_000 } else { priority = try rpcQuantity("eth_maxPriorityFeePerGas", "[]") }
+        let maxFee: UInt128
+        if let gwei = options.maxFeeGwei { maxFee = gwei * 1_000_000_000 } else { maxFee = try rpcQuantity("eth_gasPrice", "[]") * 2 + priority }
+        let tx: (raw: [UInt8], hash: [UInt8])
+        if asset == "ETH" {
+            tx = try transaction(to: to, value: amount, data: [], nonce: nonce, chainID: chainID, maxPriority: priority, maxFee: maxFee, gas: 21_000)
+        } else {
+            guard let token = options.token else { throw .init(MASQ_E_CONFIG, "option token (the ERC-20 contract) is required") }
+            if let balance = UInt128(try balance(nil)), balance < amount { throw .init(MASQ_E_FUNDS, "token balance \(balance) does not cover \(amount)") }
+            let data = Self.transferSelector + [UInt8](repeating: 0, count: 12) + to + [UInt8](repeating: 0, count: 16) + Self.pad16(amount)
+            tx = try transaction(to: token, value: 0, data: data, nonce: nonce, chainID: chainID, maxPriority: priority, maxFee: maxFee, gas: options.gasLimit)
+        }
+        let sent = try rpc("eth_sendRawTransaction", "[\"0x\(Hex.encode(tx.raw))\"]").string ?? ""
+        let hash = "0x" + Hex.encode(tx.hash)
+        guard sent.lowercased() == hash else { throw .init(MASQ_E_UNAVAILABLE, "the node answered with another transaction hash") }
+        return hash
+    }
+
+    static func pad16(_ n: UInt128) -> [UInt8] {
+        let bytes = minimalBytes(n)
+        return [UInt8](repeating: 0, count: 16 - bytes.count) + bytes
+    }
+
+    /// EIP-191 personal message digest.
+    static func personalDigest(_ message: [UInt8]) -> [UInt8] {
+        Keccak.hash256(Array("\u{19}Ethereum Signed Message:\n\(message.count)".utf8) + message)
+    }
+
+    func sign(_ message: [UInt8]) throws(WalletFailure) -> [UInt8] {
+        guard let (r, s, v) = try? Secp256k1.sign(digest: Self.personalDigest(message), privateKey: privateKey) else { throw .init(MASQ_E_INTERNAL, "signing failed") }
+        return r + s + [27 + v]
+    }
+
+    static func verify(_ address: String, _ message: [UInt8], _ signature: [UInt8]) -> Bool {
+        guard signature.count == 65, let expected = Hex.decode(address), expected.count == 20 else { return false }
+        let v = signature[64] >= 27 ? signature[64] - 27 : signature[64]
+        guard v <= 1, let key = Secp256k1.recover(digest: personalDigest(message), r: Array(signature[0..<32]), s: Array(signature[32..<64]), recovery: v) else { return false }
+        return Self.address(of: key) == expected
+    }
+
+    func verifyPayment(txid: String, from: String, to: String, amount text: String) throws(WalletFailure) -> Int32 {
+        guard let amount = UInt128(text) else { throw .init(MASQ_E_INVALID, "amount must be a decimal integer") }
+        let receipt = try rpc("eth_getTransactionReceipt", "[\"\(txid)\"]")
+        guard case .object = receipt else { return MASQ_E_NOT_FOUND }
+        guard receipt["status"]?.string == "0x1" else { return MASQ_E_DENIED }
+        for log in receipt["logs"]?.array ?? [] {
+            guard let topics = log["topics"]?.array?.compactMap(\.string), topics.count == 3, topics[0] == Self.transferTopic,
+                  Hex.decode(topics[1]).map({ Array($0.suffix(20)) }) == Hex.decode(from),
+                  Hex.decode(topics[2]).map({ Array($0.suffix(20)) }) == Hex.decode(to),
+                  let value = log["data"]?.string.flatMap(parseQuantity), value >= amount else { continue }
+            if let token = options.token, Hex.decode(log["address"]?.string ?? "") != token { continue }
+            return MASQ_OK
+        }
+        return MASQ_E_DENIED
+    }
+
+    /// Token transfers to this wallet from block `cursor` on (eth_getLogs).
+    func payments(after cursor: UInt64, limit: UInt32) throws(WalletFailure) -> String {
+        guard let token = options.token else { throw .init(MASQ_E_CONFIG, "option token is required") }
+        let me = "0x" + String(repeating: "0", count: 24) + Hex.encode(addressBytes)
+        let logs = try rpc("eth_getLogs", "[{\"fromBlock\":\"\(quantity(UInt128(cursor)))\",\"toBlock\":\"latest\",\"address\":\"0x\(Hex.encode(token))\",\"topics\":[\"\(Self.transferTopic)\",null,\"\(me)\"]}]")
+        var items: [String] = []
+        var next = cursor
+        for log in (logs.array ?? []).prefix(Int(limit)) {
+            guard let topics = log["topics"]?.array?.compactMap(\.string), topics.count == 3, let from = Hex.decode(topics[1]),
+                  let value = log["data"]?.string.flatMap(parseQuantity), let block = log["blockNumber"]?.string.flatMap(parseQuantity) else { continue }
+            next = max(next, UInt64(block) + 1)
+            items.append("{\"txid\": \"\(log["transactionHash"]?.string ?? "")\", \"from\": \"0x\(Hex.encode(Array(from.suffix(20))))\", \"asset\": \"\(options.asset)\", \"amount\": \"\(value)\"}")
+        }
+        return "{\"payments\": [" + items.joined(separator: ", ") + "], \"cursor\": \(next)}"
+    }
+}
+
+// MARK: - the C face
+
+private func parse(_ host: UnsafePointer<masq_host>, _ list: UnsafePointer<masq_plugin_option>?, _ count: Int) throws(WalletFailure) -> EVMWallet {
+    var options = EVMWallet.Options()
+    var dataDirectory = "."
+    var keyFile: String?
+    for i in 0..<count {
+        guard let list, let k = list[i].key, let v = list[i].value else { throw .init(MASQ_E_INVALID, "option \(i) is NULL") }
+        let key = String(cString: k), value = String(cString: v)
+        func number() throws(WalletFailure) -> UInt128 {
+            guard let n = UInt128(value) else { throw .init(MASQ_E_CONFIG, "option \(key) must be a decimal integer") }
+            return n
+        }
+        switch key {
+        case "data_dir": dataDirectory = value
+        case "rpc":
+            guard HTTPEndpoint(value) != nil else { throw .init(MASQ_E_CONFIG, "option rpc must be an http(s) URL") }
+            options.rpc = value
+        case "chain_id": options.chainID = try number()
+        case "token":
+            guard value.hasPrefix("0x"), let bytes = Hex.decode(value), bytes.count == 20 else { throw .init(MASQ_E_CONFIG, "option token must be a 0x address") }
+            options.token = bytes
+        case "key_file": keyFile = value
+        case "gas_limit": options.gasLimit = try number()
+        case "max_fee_gwei": options.maxFeeGwei = try number()
+        case "priority_fee_gwei": options.priorityFeeGwei = try number()
+        case "asset": options.asset = value
+        case "timeout_ms":
+            guard let n = Int64(value), (100...600_000).contains(n) else { throw .init(MASQ_E_CONFIG, "option timeout_ms must be 100...600000") }
+            options.timeoutMilliseconds = n
+        default:
+            throw .init(MASQ_E_CONFIG, "unknown option \"\(key)\" (known: rpc, chain_id, token, key_file, gas_limit, max_fee_gwei, priority_fee_gwei, asset, timeout_ms)")
+        }
+    }
+    options.keyFile = keyFile ?? dataDirectory + "/evm.key"
+    return try EVMWallet(host: host, options: options)
+}
+
+@inline(__always)
+private func wallet(_ raw: UnsafeMutableRawPointer?) -> EVMWallet? {
+    raw.map { Unmanaged<EVMWallet>.fromOpaque($0).takeUnretainedValue() }
+}
+
+private func sinkBytes(_ bytes: [UInt8], _ sink: masq_bytes_sink?, _ ctx: UnsafeMutableRawPointer?) -> Int32 {
+    guard let sink else { return MASQ_E_INVALID }
+    return bytes.withUnsafeBufferPointer { sink(ctx, $0.baseAddress, $0.count) }
+}
+
+private func run(_ w: EVMWallet, _ body: () throws(WalletFailure) -> Int32) -> Int32 {
+    do { return try body() } catch { return w.host.pointee.error(w.host, error.status, error.message) }
+}
+
+nonisolated(unsafe) private let vtable: UnsafeMutablePointer<masq_wallet_vtable> = {
+    let v = UnsafeMutablePointer<masq_wallet_vtable>.allocate(capacity: 1)
+    var t = masq_wallet_vtable()
+    t.struct_size = UInt32(MemoryLayout<masq_wallet_vtable>.size)
+    t.create = { host, options, count, out in
+        guard let host, let out else { return MASQ_E_INVALID }
+        do throws(WalletFailure) {
+            out.pointee = Unmanaged.passRetained(try parse(host, options, count)).toOpaque()
+            return MASQ_OK
+        } catch {
+            return host.pointee.error(host, error.status, error.message)
+        }
+    }
+    t.destroy = { raw in if let raw { Unmanaged<EVMWallet>.fromOpaque(raw).release() } }
+    t.address = { raw, sink, ctx in
+        guard let w = wallet(raw) else { return MASQ_E_INVALID }
+        return sinkBytes(Array(w.address.utf8), sink, ctx)
+    }
+    t.balance = { raw, asset, sink, ctx in
+        guard let w = wallet(raw) else { return MASQ_E_INVALID }
+        return run(w) { () throws(WalletFailure) in sinkBytes(Array(try w.balance(asset.map { String(cString: $0) }).utf8), sink, ctx) }
+    }
+    t.pay = { raw, to, asset, amount, _, _, sink, ctx in
+        guard let w = wallet(raw), let to, let amount else { return MASQ_E_INVALID }
+        return run(w) { () throws(WalletFailure) in
+            sinkBytes(Array(try w.pay(to: String(cString: to), asset: asset.map { String(cString: $0) }, amount: String(cString: amount)).utf8), sink, ctx)
+        }
+    }
+    t.sign = { raw, message, length, sink, ctx in
+        guard let w = wallet(raw), message != nil || length == 0 else { return MASQ_E_INVALID }
+        return run(w) { () throws(WalletFailure) in sinkBytes(try w.sign(Array(UnsafeBufferPointer(start: message, count: length))), sink, ctx) }
+    }
+    t.verify = { raw, address, message, length, signature, signatureLength in
+        guard wallet(raw) != nil, let address, message != nil || length == 0, let signature else { return MASQ_E_INVALID }
+        return EVMWallet.verify(String(cString: address), Array(UnsafeBufferPointer(start: message, count: length)),
+                                Array(UnsafeBufferPointer(start: signature, count: signatureLength))) ? MASQ_OK : MASQ_E_BAD_SIGNATURE
+    }
+    t.verify_payment = { raw, txid, from, to, _, amount in
+        guard let w = wallet(raw), let txid, let from, let to, let amount else { return MASQ_E_INVALID }
+        return run(w) { () throws(WalletFailure) in
+            try w.verifyPayment(txid: String(cString: txid), from: String(cString: from), to: String(cString: to), amount: String(cString: amount))
+        }
+    }
+    t.payments = { raw, cursor, limit, sink, ctx in
+        guard let w = wallet(raw) else { return MASQ_E_INVALID }
+        return run(w) { () throws(WalletFailure) in sinkBytes(Array(try w.payments(after: cursor, limit: max(1, min(limit, 10_000))).utf8), sink, ctx) }
+    }
+    v.initialize(to: t)
+    return v
+}()
+
+nonisolated(unsafe) private let descriptor: UnsafeMutablePointer<masq_plugin_descriptor> = {
+    let d = UnsafeMutablePointer<masq_plugin_descriptor>.allocate(capacity: 1)
+    var t = masq_plugin_descriptor()
+    t.struct_size = UInt32(MemoryLayout<masq_plugin_descriptor>.size)
+    t.abi_version = UInt32(MASQ_PLUGIN_ABI_VERSION)
+    t.kind = UInt32(MASQ_PLUGIN_WALLET)
+    t.name = UnsafeRawPointer(pluginName.utf8Start).assumingMemoryBound(to: CChar.self)
+    t.version = UnsafeRawPointer(pluginVersion.utf8Start).assumingMemoryBound(to: CChar.self)
+    t.description = UnsafeRawPointer(pluginSummary.utf8Start).assumingMemoryBound(to: CChar.self)
+    t.vtable = UnsafeRawPointer(vtable)
+    d.initialize(to: t)
+    return d
+}()
+
+@c @implementation
+public func masq_plugin_entry() -> UnsafePointer<masq_plugin_descriptor>! {
+    UnsafePointer(descriptor)
+}
