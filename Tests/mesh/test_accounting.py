@@ -17,9 +17,12 @@ import pytest
 
 MASQ = os.environ.get("MASQ_BIN", "masq")
 PORT = int(os.environ.get("ACCOUNTING_PORT", "7611"))
+# Thresholds scaled to the test: a cell costs ~2.2e8 wei to route and ~4.4e8 to exit, an 8 MB
+# transfer ~2,000 cells; the unban level stays above what a window of cells in flight (512)
+# can make the two sides disagree by, as MASQ's 0.5 MASQ does by far.
 FAST = ["--gossip-ms", "200", "--link-timeout-ms", "2000", "--record-ttl-ms", "4000", "--setup-timeout-ms", "4000",
-        "--debt-threshold", "10000000000", "--permanent-allowance", "5000000000", "--maturity-seconds", "1",
-        "--threshold-interval-seconds", "2", "--grace-seconds", "1", "--unban-below", "5000000000", "--scan-seconds", "1",
+        "--debt-threshold", "500000000000", "--permanent-allowance", "250000000000", "--maturity-seconds", "1",
+        "--threshold-interval-seconds", "2", "--grace-seconds", "1", "--unban-below", "300000000000", "--scan-seconds", "1",
         "--log-level", "info"]
 
 
@@ -44,7 +47,7 @@ def wallet(args, work):
 @pytest.fixture(scope="module")
 def net():
     work = tempfile.mkdtemp(prefix="masq-accounts-")
-    payload = os.urandom(1_000_000)
+    payload = os.urandom(8_000_000)
     open(os.path.join(work, "file.bin"), "wb").write(payload)
     httpd = socketserver.ThreadingTCPServer(("127.0.0.1", 0), lambda *a, **k: Quiet(*a, directory=work, **k))
     httpd.daemon_threads = True
@@ -137,7 +140,7 @@ def test_traffic_creates_matching_payables_and_receivables_and_the_scan_pays(net
     assert len(owed) >= 3                               # relays and an exit, at least
     # The scan pays (debts are due after 1 s) and the payees see the payments.
     # Debts above the permanent allowance (5e9 here) are paid once due; smaller ones may wait.
-    allowance = 5_000_000_000
+    allowance = 250_000_000_000
     wait_for("A's debts paid", lambda: all(int(acc["balance"]) <= allowance for acc in book(net, 36)["payables"].values())
              and sum(int(acc["paid"]) > 0 for acc in book(net, 36)["payables"].values()) >= 2)
     paid = {w: int(acc["paid"]) for w, acc in book(net, 36)["payables"].items() if int(acc["paid"]) > 0}
@@ -155,15 +158,19 @@ def test_a_consumer_that_does_not_pay_is_banned_then_unbanned_after_paying(net):
         ok = fetch(net, 37)[0] == 0
     assert ok, "B's first request failed"
     wait_for("B banned by a node it owes", lambda: any(net["B"] in book(net, i)["banned"] for i in range(30, 36)), seconds=30)
-    # Banned: its traffic is dropped (the request fails or finds no route it may use).
-    failures = sum(fetch(net, 37, timeout=6)[0] != 0 for _ in range(3))
-    assert failures >= 1
-    logs = "".join(open(os.path.join(net["work"], "n%d" % i, "log")).read() for i in range(30, 36))
-    assert "banned for debt" in logs
+    # Banned: the nodes that banned B drop its circuits (B may still route around them
+    # through nodes it does not owe yet; each creditor bans on its own).
+    def refusals():
+        return sum(open(os.path.join(net["work"], "n%d" % i, "log")).read().count("the consumer is banned for debt") for i in range(30, 36))
+    for _ in range(6):
+        if refusals():
+            break
+        fetch(net, 37, timeout=6)
+    assert refusals() >= 1, "no node dropped the banned consumer's traffic"
     # Funded, B pays its debts; the nodes see the payments and unban it.
     faucet = ledger(net["work"], "faucet.key", 10 ** 20)
     wallet(["pay", "--wallet", faucet, net["B"], str(10 ** 19)], net["work"])
-    wait_for("B's debts paid", lambda: all(int(acc["balance"]) <= 5_000_000_000 for acc in book(net, 37)["payables"].values()), seconds=30)
+    wait_for("B's debts paid", lambda: all(int(acc["balance"]) <= 250_000_000_000 for acc in book(net, 37)["payables"].values()), seconds=30)
     wait_for("B unbanned", lambda: not any(net["B"] in book(net, i)["banned"] for i in range(30, 36)), seconds=30)
     deadline, ok = time.time() + 30, False
     while time.time() < deadline and not ok:
