@@ -1,9 +1,37 @@
 import ArgumentParser
 import Logging
+import MasqKernel
 import MasqMesh
 #if canImport(Glibc)
 import Glibc
 #endif
+
+/// The accountant's book in a Masq store (`<data dir>/store`, SQLite),
+/// namespace "masq.accounts", key "book": accounting state lives in the
+/// store, with its crash safety (and its encryption at rest when protected).
+final class StoreBook: AccountBookStore, @unchecked Sendable {
+    static let namespace = "masq.accounts"
+    let store: Store
+    let ns: NamespaceName
+
+    init(dataDirectory: String) throws {
+        let directory = FileSystem.absolute(dataDirectory, base: FileSystem.currentDirectory()) + "/store"
+        store = try guarded { () throws(MasqError) in try Store(config: MasqConfig.defaults(dataDir: directory)) }
+        ns = try guarded { () throws(MasqError) in try NamespaceName(StoreBook.namespace, limits: Limits()) }
+    }
+
+    func load() -> [UInt8]? { try? store.get(ns, key: Array("book".utf8)) }
+    func save(_ bytes: [UInt8]) { try? store.put(ns, key: Array("book".utf8), value: bytes) }
+
+    /// The book of a node's data directory, for `masq accounts`.
+    static func read(_ dataDirectory: String) -> [UInt8]? {
+        let directory = FileSystem.absolute(dataDirectory, base: FileSystem.currentDirectory()) + "/store"
+        guard FileSystem.exists(directory), let store = try? Store(config: MasqConfig.defaults(dataDir: directory)),
+              let ns = try? NamespaceName(namespace, limits: Limits()) else { return nil }
+        defer { try? store.close() }
+        return try? store.get(ns, key: Array("book".utf8))
+    }
+}
 
 /// `masq node`: run a mesh node.
 struct Node: MasqSubcommand {
@@ -87,6 +115,9 @@ struct Node: MasqSubcommand {
         config.thresholds.graceSeconds = graceSeconds
         config.thresholds.unbanBelow = unban
         config.thresholds.scanSeconds = max(1, scanSeconds)
+        if config.consumingWallet != nil || config.earningWallet != nil {
+            config.bookStore = try StoreBook(dataDirectory: dataDir)
+        }
         let identity: NodeIdentity
         do { identity = try NodeIdentity.loadOrCreate(dataDir + "/node.key") } catch { throw CLIError("\(error)") }
         let node: MeshNode

@@ -138,14 +138,15 @@ func hexString(_ bytes: [UInt8]) -> String { bytes.map { ($0 < 16 ? "0" : "") + 
 
 /// `masq accounts`: a node's payables, receivables and bans.
 struct Accounts: MasqSubcommand {
-    static let configuration = CommandConfiguration(abstract: "A mesh node's payables, receivables and bans (from its accounts.json).")
+    static let configuration = CommandConfiguration(abstract: "A mesh node's payables, receivables and bans (from the store in its data directory).")
     @Option(help: ArgumentHelp("The node's data directory.", valueName: "dir")) var dataDir = "."
     @Flag(help: "Print the JSON as stored.") var json = false
 
     func execute() throws {
-        let path = dataDir + "/accounts.json"
-        let bytes: [UInt8]
-        do { bytes = try FileSystem.readFile(path, limit: 64 << 20) } catch { throw CLIError("no accounts at \(path) (is it a node's data directory, with wallets?)", code: 2) }
+        let path = dataDir + "/store"
+        guard let bytes = StoreBook.read(dataDir) ?? (try? FileSystem.readFile(dataDir + "/accounts.json", limit: 64 << 20)) else {
+            throw CLIError("no accounts in \(dataDir) (is it the data directory of a node with wallets?)", code: 2)
+        }
         if json { print(String(decoding: bytes, as: UTF8.self)); return }
         struct Account: Decodable { var balance: String; var since: UInt64; var total: String; var paid: String }
         struct Book: Decodable { var payables: [String: Account]; var receivables: [String: Account]; var banned: [String]; var proofsRejected: Int }

@@ -16,6 +16,14 @@ public protocol MeshWallet: AnyObject, Sendable {
     func payments(after cursor: UInt64) throws -> (payments: [(from: String, amount: UInt128)], cursor: UInt64)
 }
 
+/// Where an accountant keeps its book: by default a file in the node's data
+/// directory; `masq node` gives it a Masq store (the engine itself, which also
+/// runs inside a transport plugin, sees nothing of the kernel).
+public protocol AccountBookStore: AnyObject, Sendable {
+    func load() -> [UInt8]?
+    func save(_ bytes: [UInt8])
+}
+
 /// MASQ's payment thresholds (wei; seconds): a debt is paid once it is older
 /// than `maturitySeconds` and above a limit that falls from `debtThreshold`
 /// to `permanentAllowance` over `thresholdIntervalSeconds`; a debtor past the
@@ -89,10 +97,15 @@ final class Accountant: @unchecked Sendable {
     /// How far a proof's timestamp may be from this node's clock.
     static let proofWindowMilliseconds: UInt64 = 300_000
 
-    init(directory: String, thresholds: PaymentThresholds) {
+    let store: AccountBookStore?
+
+    init(directory: String, thresholds: PaymentThresholds, store: AccountBookStore? = nil) {
         path = directory + "/accounts.json"
         self.thresholds = thresholds
-        if let file = fopen(path, "rb") {
+        self.store = store
+        if let store {
+            if let bytes = store.load(), let loaded = try? JSONDecoder().decode(Book.self, from: Data(bytes)) { book = loaded }
+        } else if let file = fopen(path, "rb") {
             var bytes: [UInt8] = []
             var chunk = [UInt8](repeating: 0, count: 65_536)
             while true {
@@ -181,6 +194,10 @@ final class Accountant: @unchecked Sendable {
     func save(force: Bool = false) {
         guard dirty || force, let bytes = try? JSONEncoder().encode(book) else { return }
         dirty = false
+        if let store {
+            store.save(Array(bytes))
+            return
+        }
         let temporary = path + ".tmp"
         guard let file = fopen(temporary, "wb") else { return }
         _ = bytes.withUnsafeBytes { fwrite($0.baseAddress, 1, $0.count, file) }

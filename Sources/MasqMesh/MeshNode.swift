@@ -40,6 +40,8 @@ public struct MeshConfiguration: Sendable {
     /// circuits without a valid payer proof are refused.
     public var earningWallet: MeshWallet?
     public var thresholds = PaymentThresholds()
+    /// Where the accountant's book lives (nil: `<data dir>/accounts.json`).
+    public var bookStore: AccountBookStore?
     /// SOCKS5 front (host:port), on loopback.
     public var socks: String?
     public var dataDirectory = "."
@@ -135,7 +137,7 @@ public final class MeshNode: @unchecked Sendable {
         group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         loop = group.next()
         if configuration.consumingWallet != nil || configuration.earningWallet != nil {
-            accountant = Accountant(directory: configuration.dataDirectory, thresholds: configuration.thresholds)
+            accountant = Accountant(directory: configuration.dataDirectory, thresholds: configuration.thresholds, store: configuration.bookStore)
         }
     }
 

@@ -103,8 +103,9 @@ def fetch(env, origin, timeout=15):
 
 
 def book(env, i):
-    path = os.path.join(env["work"], "n%d" % i, "accounts.json")
-    return json.load(open(path)) if os.path.exists(path) else {"payables": {}, "receivables": {}, "banned": []}
+    """A node's book, read from the Masq store in its data directory (`masq accounts`)."""
+    r = subprocess.run([MASQ, "accounts", "--json", "--data-dir", os.path.join(env["work"], "n%d" % i)], capture_output=True, text=True)
+    return json.loads(r.stdout) if r.returncode == 0 else {"payables": {}, "receivables": {}, "banned": []}
 
 
 def wait_for(what, predicate, seconds=20):
