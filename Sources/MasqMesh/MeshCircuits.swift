@@ -333,7 +333,10 @@ extension MeshNode {
                     self.flush()
                 }
             }
-            if let channel = exit.targetChannel { channel.writeAndFlush(channel.allocator.buffer(bytes: body)).whenComplete(acknowledge) }
+            if let channel = exit.targetChannel {
+                channel.write(channel.allocator.buffer(bytes: body)).whenComplete(acknowledge)
+                streamWritten(channel)
+            }
             else { exit.pendingToTarget.append(body); exit.pendingAcks += 1 }
         case .end:
             exit.ended = true

@@ -90,6 +90,7 @@ public final class MeshNode: @unchecked Sendable {
     var advertisedNeighbours: [String] = []
     var ticks = 0
     var dirty: [Int: Link] = [:]
+    var dirtyStreams: [ObjectIdentifier: Channel] = [:]
     var counters = Counters()
     // Circuits (MeshCircuits.swift).
     var relays: [CircuitEnd: RelayHop] = [:]
@@ -501,7 +502,13 @@ public final class MeshNode: @unchecked Sendable {
     func flush() {
         for link in dirty.values { link.channel.flush() }
         dirty.removeAll(keepingCapacity: true)
+        for channel in dirtyStreams.values { channel.flush() }
+        dirtyStreams.removeAll(keepingCapacity: true)
     }
+
+    /// A stream channel (SOCKS client, exit target) written without a flush:
+    /// flushed once after the current batch of cells.
+    func streamWritten(_ channel: Channel) { dirtyStreams[ObjectIdentifier(channel)] = channel }
 
     // MARK: - accounting
 

@@ -105,7 +105,8 @@ final class SocksHandler: ChannelInboundHandler, @unchecked Sendable {
     func write(_ bytes: [UInt8], taken: @escaping () -> Void) {
         guard let context else { return }
         let done = NIOLoopBound(taken, eventLoop: context.eventLoop)
-        context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(bytes: bytes))).whenSuccess { done.value() }
+        context.write(wrapOutboundOut(context.channel.allocator.buffer(bytes: bytes))).whenSuccess { done.value() }
+        node.streamWritten(context.channel)
     }
 
     func finish() {

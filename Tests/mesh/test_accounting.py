@@ -104,8 +104,12 @@ def fetch(env, origin, timeout=15):
 
 def book(env, i):
     """A node's book, read from the Masq store in its data directory (`masq accounts`)."""
-    r = subprocess.run([MASQ, "accounts", "--json", "--data-dir", os.path.join(env["work"], "n%d" % i)], capture_output=True, text=True)
-    return json.loads(r.stdout) if r.returncode == 0 else {"payables": {}, "receivables": {}, "banned": []}
+    for _ in range(3):
+        r = subprocess.run([MASQ, "accounts", "--json", "--data-dir", os.path.join(env["work"], "n%d" % i)], capture_output=True, text=True)
+        if r.returncode == 0:
+            return json.loads(r.stdout)
+        time.sleep(0.1)
+    return {"payables": {}, "receivables": {}, "banned": []}
 
 
 def wait_for(what, predicate, seconds=20):
@@ -133,11 +137,13 @@ def test_traffic_creates_matching_payables_and_receivables_and_the_scan_pays(net
     # sender only, so a few cells' worth may differ.
     exit_cell = 107_688 * 4_097
 
+    seen = {}
+
     def matching():
-        owed, earned = totals()
+        owed, earned = seen["totals"] = totals()
         return owed and set(owed) == set(earned) and all(abs(owed[w] - earned[w]) <= 4 * exit_cell for w in owed)
-    wait_for("payables matching receivables", matching)
-    owed, earned = totals()
+    wait_for("payables matching receivables", matching, seconds=40)
+    owed, earned = seen["totals"]
     assert len(owed) >= 3                               # relays and an exit, at least
     # The scan pays (debts are due after 1 s) and the payees see the payments.
     # Debts above the permanent allowance (5e9 here) are paid once due; smaller ones may wait.
