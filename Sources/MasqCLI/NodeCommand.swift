@@ -55,6 +55,7 @@ struct Node: MasqSubcommand {
     @Flag(help: "Allow routes of 1 or 2 hops (no anonymity: for tests and benchmarks).") var allowShortRoutes = false
     @Option(help: "Most neighbours.") var maxNeighbours = 5
     @Option(help: "Neighbours to look for.") var targetNeighbours = 3
+    @Option(help: "Client links (devices' mesh transports) served besides the neighbours.") var maxClients = 32
     @Option(help: "Cell payload bytes (the same on every node of a network).") var cellBytes = 4_096
     @Option(help: "Milliseconds between gossip rounds.") var gossipMs: UInt64 = 1_000
     @Option(help: "Milliseconds before an unrefreshed record is dropped.") var recordTtlMs: UInt64 = 15_000
@@ -95,6 +96,8 @@ struct Node: MasqSubcommand {
         config.allowShortRoutes = allowShortRoutes
         config.maxNeighbours = maxNeighbours
         config.targetNeighbours = min(targetNeighbours, maxNeighbours)
+        guard (0...10_000).contains(maxClients) else { throw CLIError("--max-clients must be 0...10000", code: 64) }
+        config.maxClients = maxClients
         config.cellBytes = cellBytes
         config.gossipMilliseconds = max(50, gossipMs)
         config.recordTTLMilliseconds = recordTtlMs

@@ -345,3 +345,17 @@ def test_sync_between_two_devices_over_the_mesh(mesh):
             p.wait(10)
         relay.terminate()
         relay.wait(10)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--seed", "not-a-descriptor"], "not a node descriptor"),
+    (["--hops", "2"], "fewer than 3 hops"),
+    (["--hops", "7"], "hops must be"),
+    (["--cell-bytes", "100"], "cell size"),
+    (["--network", "Bad Name"], "network names"),
+    (["--max-clients", "-1"], "max-clients"),
+    (["--socks", "0.0.0.0:1080"], "loopback"),
+])
+def test_node_refuses_bad_options(args, message, tmp_path):
+    r = subprocess.run([MASQ, "node", "--data-dir", str(tmp_path), "--port", "0"] + args, capture_output=True, text=True, timeout=20)
+    assert r.returncode != 0 and message in r.stderr, (r.returncode, r.stderr)
