@@ -46,7 +46,7 @@ func openWallet(_ json: String, option: String, dataDirectory: String) throws ->
 struct Wallet: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "A wallet plugin's address, balance and payments.",
-        subcommands: [Address.self, Balance.self, Pay.self, Sign.self, Verify.self])
+        subcommands: [Address.self, Balance.self, Pay.self, Sign.self, Verify.self, Payments.self, VerifyPayment.self])
 
     struct Choice: ParsableArguments {
         @Option(help: ArgumentHelp("The wallet plugin, as JSON: {\"plugin\": \"ledger\", \"options\": {...}} (default: the store config's \"wallet\").", valueName: "json"))
@@ -116,6 +116,37 @@ extension Wallet {
             guard let m = hexBytes(message), let s = hexBytes(signature) else { throw CLIError("message and signature must be hex", code: 64) }
             let engine = try choice.open()
             guard engine.verify(address: address, message: m, signature: s) else { throw CLIError("the signature does not verify") }
+            print("ok")
+        }
+    }
+}
+
+extension Wallet {
+    struct Payments: MasqSubcommand {
+        static let configuration = CommandConfiguration(abstract: "List payments the wallet received after a cursor (JSON lines, then the next cursor).")
+        @OptionGroup var choice: Choice
+        @Option(help: "Cursor from an earlier call (0: from the start).") var after: UInt64 = 0
+        func execute() throws {
+            let engine = try choice.open()
+            let (payments, cursor) = try guarded { () throws(MasqError) in try engine.payments(after: after) }
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys]
+            for p in payments { print(String(decoding: try encoder.encode(p), as: UTF8.self)) }
+            print("cursor \(cursor)")
+        }
+    }
+
+    struct VerifyPayment: MasqSubcommand {
+        static let configuration = CommandConfiguration(commandName: "verify-payment",
+                                                        abstract: "Check that a transaction paid at least an amount from one address to another; exit 1 if not.")
+        @OptionGroup var choice: Choice
+        @Argument(help: "The transaction id.") var txid: String
+        @Argument(help: "The payer's address.") var from: String
+        @Argument(help: "The payee's address.") var to: String
+        @Argument(help: "The amount, a decimal integer.") var amount: String
+        func execute() throws {
+            let engine = try choice.open()
+            try guarded { () throws(MasqError) in try engine.verifyPayment(txid: txid, from: from, to: to, amount: amount) }
             print("ok")
         }
     }

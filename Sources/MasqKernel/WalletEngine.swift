@@ -72,6 +72,19 @@ public final class WalletEngine: @unchecked Sendable {
         } == MASQ_OK
     }
 
+    /// MASQ_OK when `txid` moved at least `amount` from `from` to `to`; throws
+    /// MASQ_E_NOT_FOUND (unknown or not final) or MASQ_E_DENIED (does not match).
+    public func verifyPayment(txid: String, from: String, to: String, amount: String, asset: String? = nil) throws(MasqError) {
+        let status = call { i in
+            txid.withCString { t in from.withCString { f in to.withCString { o in amount.withCString { a in
+                withOptionalCString(asset) { s in v.verify_payment(i, t, f, o, s, a) }
+            } } } }
+        }
+        if status == MASQ_E_NOT_FOUND { throw MasqError(.notFound, "wallet \(plugin.name): no final transaction \(txid)") }
+        if status == MASQ_E_DENIED { throw MasqError(.denied, "wallet \(plugin.name): transaction \(txid) does not pay \(amount) from \(from) to \(to)") }
+        try check(status, "verify_payment")
+    }
+
     public struct Payment: Codable, Sendable, Equatable {
         public var txid: String
         public var from: String

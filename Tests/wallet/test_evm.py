@@ -59,8 +59,8 @@ class Chain:
                     return {"status": "0x1", "logs": [self.log(s)]}
             return None
         if method == "eth_getLogs":
-            me = params[0]["topics"][2]
-            return [self.log(s) for s in self.sent if self.log(s)["topics"][2] == me]
+            me, start = params[0]["topics"][2], int(params[0]["fromBlock"], 16)
+            return [self.log(s) for s in self.sent if self.log(s)["topics"][2] == me and int(self.log(s)["blockNumber"], 16) >= start]
         raise ValueError("unknown method " + method)
 
     def log(self, s):
@@ -150,3 +150,18 @@ def test_balance_and_bad_input(rpc):
     assert bad.returncode != 0 and "address" in bad.stderr
     bad = masq(rpc, "pay", "0x" + "12" * 20, "-5", check=False)
     assert bad.returncode != 0
+
+
+def test_payments_are_verified_and_listed_for_the_payee(rpc):
+    payer = masq(rpc, "address").stdout.strip()
+    payee_address = masq(rpc, "address", name="payee").stdout.strip()
+    txid = masq(rpc, "pay", payee_address, "777").stdout.strip()
+    assert masq(rpc, "verify-payment", txid, payer, payee_address, "777", name="payee").stdout.strip() == "ok"
+    assert masq(rpc, "verify-payment", txid, payer, payee_address, "778", name="payee", check=False).returncode == 1
+    assert masq(rpc, "verify-payment", "0x" + "00" * 32, payer, payee_address, "1", name="payee", check=False).returncode == 2
+    listed = masq(rpc, "payments", name="payee").stdout.strip().splitlines()
+    entries = [json.loads(line) for line in listed[:-1]]
+    assert {"from": payer, "amount": "777", "txid": txid} in [{k: e[k] for k in ("from", "amount", "txid")} for e in entries]
+    cursor = int(listed[-1].split()[1])
+    again = masq(rpc, "payments", "--after", str(cursor), name="payee").stdout.strip().splitlines()
+    assert again == ["cursor %d" % cursor]
