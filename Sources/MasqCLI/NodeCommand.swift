@@ -6,31 +6,14 @@ import MasqMesh
 import Glibc
 #endif
 
-/// The accountant's book in a Masq store (`<data dir>/store`, SQLite),
-/// namespace "masq.accounts", key "book": accounting state lives in the
-/// store, with its crash safety (and its encryption at rest when protected).
-final class StoreBook: AccountBookStore, @unchecked Sendable {
-    static let namespace = "masq.accounts"
-    let store: Store
-    let ns: NamespaceName
+/// The kernel's accountant, as the mesh drives it.
+extension Accountant: MeshAccountant {}
 
-    init(dataDirectory: String) throws {
-        let directory = FileSystem.absolute(dataDirectory, base: FileSystem.currentDirectory()) + "/store"
-        store = try guarded { () throws(MasqError) in try Store(config: MasqConfig.defaults(dataDir: directory)) }
-        ns = try guarded { () throws(MasqError) in try NamespaceName(StoreBook.namespace, limits: Limits()) }
-    }
-
-    func load() -> [UInt8]? { try? store.get(ns, key: Array("book".utf8)) }
-    func save(_ bytes: [UInt8]) { try? store.put(ns, key: Array("book".utf8), value: bytes) }
-
-    /// The book of a node's data directory, for `masq accounts`.
-    static func read(_ dataDirectory: String) -> [UInt8]? {
-        let directory = FileSystem.absolute(dataDirectory, base: FileSystem.currentDirectory()) + "/store"
-        guard FileSystem.exists(directory), let store = try? Store(config: MasqConfig.defaults(dataDir: directory)),
-              let ns = try? NamespaceName(namespace, limits: Limits()) else { return nil }
-        defer { try? store.close() }
-        return try? store.get(ns, key: Array("book".utf8))
-    }
+/// The Masq store a node keeps its accounts in: `<data dir>/store` (SQLite).
+func nodeStore(_ dataDirectory: String, create: Bool) throws -> Store? {
+    let directory = FileSystem.absolute(dataDirectory, base: FileSystem.currentDirectory()) + "/store"
+    guard create || FileSystem.exists(directory) else { return nil }
+    return try guarded { () throws(MasqError) in try Store(config: MasqConfig.defaults(dataDir: directory)) }
 }
 
 /// `masq node`: run a mesh node.
@@ -111,15 +94,17 @@ struct Node: MasqSubcommand {
         guard let debt = UInt128(debtThreshold), let allowance = UInt128(permanentAllowance), let unban = UInt128(unbanBelow) else {
             throw CLIError("amounts must be decimal integers", code: 64)
         }
-        config.thresholds.debtThreshold = debt
-        config.thresholds.maturitySeconds = maturitySeconds
-        config.thresholds.permanentAllowance = allowance
-        config.thresholds.thresholdIntervalSeconds = max(1, thresholdIntervalSeconds)
-        config.thresholds.graceSeconds = graceSeconds
-        config.thresholds.unbanBelow = unban
-        config.thresholds.scanSeconds = max(1, scanSeconds)
-        if config.consumingWallet != nil || config.earningWallet != nil {
-            config.bookStore = try StoreBook(dataDirectory: dataDir)
+        var thresholds = PaymentThresholds()
+        thresholds.debtThreshold = debt
+        thresholds.maturitySeconds = maturitySeconds
+        thresholds.permanentAllowance = allowance
+        thresholds.thresholdIntervalSeconds = max(1, thresholdIntervalSeconds)
+        thresholds.graceSeconds = graceSeconds
+        thresholds.unbanBelow = unban
+        thresholds.scanSeconds = max(1, scanSeconds)
+        if config.consumingWallet != nil || config.earningWallet != nil, let store = try nodeStore(dataDir, create: true) {
+            // The accountant lives in the core; its book in the node's store.
+            config.accountant = try guarded { () throws(MasqError) in try Accountant(store: store, thresholds: thresholds) }
         }
         let identity: NodeIdentity
         do { identity = try NodeIdentity.loadOrCreate(dataDir + "/node.key") } catch { throw CLIError("\(error)") }

@@ -174,14 +174,17 @@ struct Accounts: MasqSubcommand {
     @Flag(help: "Print the JSON as stored.") var json = false
 
     func execute() throws {
-        let path = dataDir + "/store"
-        guard let bytes = StoreBook.read(dataDir) ?? (try? FileSystem.readFile(dataDir + "/accounts.json", limit: 64 << 20)) else {
+        guard let store = try nodeStore(dataDir, create: false),
+              let book = try guarded({ () throws(MasqError) in try Accountant.book(in: store) }) else {
             throw CLIError("no accounts in \(dataDir) (is it the data directory of a node with wallets?)", code: 2)
         }
-        if json { print(String(decoding: bytes, as: UTF8.self)); return }
-        struct Account: Decodable { var balance: String; var since: UInt64; var total: String; var paid: String }
-        struct Book: Decodable { var payables: [String: Account]; var receivables: [String: Account]; var banned: [String]; var proofsRejected: Int }
-        guard let book = try? JSONDecoder().decode(Book.self, from: Data(bytes)) else { throw CLIError("\(path) is malformed") }
+        defer { try? store.close() }
+        if json {
+            let encoder = JSONEncoder()
+            encoder.outputFormatting = [.sortedKeys]
+            print(String(decoding: try encoder.encode(book), as: UTF8.self))
+            return
+        }
         print("payables (what this node owes, by earning wallet):")
         for (wallet, a) in book.payables.sorted(by: { $0.key < $1.key }) { print("  \(wallet)  owed \(a.balance)  total \(a.total)  paid \(a.paid)") }
         print("receivables (what consumers owe this node, by consuming wallet):")

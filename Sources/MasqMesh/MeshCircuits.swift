@@ -111,8 +111,10 @@ extension MeshNode {
     private func payerAccepted(_ peeled: Onion.Peeled) -> (ok: Bool, payer: String?) {
         guard let earning = configuration.earningWallet, let accountant else { return (true, nil) }
         guard let proof = peeled.payer,
-              accountant.accept(payer: proof.payer, nonce: proof.nonce, timestamp: proof.timestamp, signature: proof.signature,
-                                me: key, wallet: earning, now: Self.wallClock()) else {
+              accountant.acceptProof(payer: proof.payer, nonce: proof.nonce, timestamp: proof.timestamp,
+                                     message: PayerProofMessage.make(nonce: proof.nonce, timestamp: proof.timestamp, hop: key),
+                                     signature: proof.signature, now: Self.wallClock(),
+                                     verify: { earning.verify(address: $0, message: $1, signature: $2) }) else {
             logger.info("circuit refused: no valid payer proof")
             return (false, nil)
         }
@@ -484,7 +486,7 @@ extension MeshNode {
         guard let wallet = configuration.consumingWallet else { return nil }
         let nonce = Random.bytes(16)
         let timestamp = Self.wallClock()
-        guard let signature = try? wallet.sign(Accountant.proofMessage(nonce: nonce, timestamp: timestamp, hop: hop)) else {
+        guard let signature = try? wallet.sign(PayerProofMessage.make(nonce: nonce, timestamp: timestamp, hop: hop)) else {
             throw .failed("the consuming wallet cannot sign")
         }
         return Onion.PayerProof(payer: wallet.address, nonce: nonce, timestamp: timestamp, signature: signature)

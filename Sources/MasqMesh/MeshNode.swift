@@ -39,9 +39,8 @@ public struct MeshConfiguration: Sendable {
     /// Receives what others owe for the traffic this node carries; with one,
     /// circuits without a valid payer proof are refused.
     public var earningWallet: MeshWallet?
-    public var thresholds = PaymentThresholds()
-    /// Where the accountant's book lives (nil: `<data dir>/accounts.json`).
-    public var bookStore: AccountBookStore?
+    /// Keeps payables and receivables; with one, the node scans, pays and bans.
+    public var accountant: MeshAccountant?
     /// SOCKS5 front (host:port), on loopback.
     public var socks: String?
     public var dataDirectory = "."
@@ -101,7 +100,7 @@ public final class MeshNode: @unchecked Sendable {
     var originByToken: [[UInt8]: UInt64] = [:]
     var nextOrigin: UInt64 = 1
     var failedNodes: [NodeKey: UInt64] = [:]
-    var accountant: Accountant?
+    var accountant: MeshAccountant? { configuration.accountant }
     private let scanQueue = DispatchQueue(label: "masq.node.scan")
     private var scanning = false
     /// Exits this origin parted from so that routes can end at them.
@@ -137,9 +136,6 @@ public final class MeshNode: @unchecked Sendable {
         self.logger = logger
         group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
         loop = group.next()
-        if configuration.consumingWallet != nil || configuration.earningWallet != nil {
-            accountant = Accountant(directory: configuration.dataDirectory, thresholds: configuration.thresholds, store: configuration.bookStore)
-        }
     }
 
     public var key: NodeKey { identity.key }
@@ -188,8 +184,8 @@ public final class MeshNode: @unchecked Sendable {
         }.wait()
         loop.scheduleRepeatedTask(initialDelay: .milliseconds(Int64(configuration.gossipMilliseconds)),
                                   delay: .milliseconds(Int64(configuration.gossipMilliseconds))) { _ in node.tick() }
-        if accountant != nil {
-            let every = Int64(max(1, configuration.thresholds.scanSeconds)) * 1_000
+        if let accountant {
+            let every = Int64(max(1, accountant.scanSeconds)) * 1_000
             loop.scheduleRepeatedTask(initialDelay: .milliseconds(every), delay: .milliseconds(every)) { _ in node.scan() }
         }
         logger.info("node started", metadata: ["descriptor": "\(descriptor)", "socks": "\(socksPort)", "exit": "\(configuration.exit)", "client": "\(configuration.client)"])
@@ -496,7 +492,7 @@ public final class MeshNode: @unchecked Sendable {
         circuitTimeouts(now)
         flush()
         writeState()
-        accountant?.save()
+        accountant?.save(force: false)
     }
 
     func flush() {
@@ -519,7 +515,7 @@ public final class MeshNode: @unchecked Sendable {
         scanning = true
         let now = Self.wallClock()
         let due = configuration.consumingWallet == nil ? [] : accountant.due(nowMilliseconds: now)
-        let cursor = accountant.book.paymentsCursor
+        let cursor = accountant.paymentsCursor
         let consuming = configuration.consumingWallet, earning = configuration.earningWallet
         let logger = self.logger
         scanQueue.async {
@@ -537,12 +533,12 @@ public final class MeshNode: @unchecked Sendable {
                 }
                 if let received {
                     for (from, amount) in received.payments { accountant.received(from: from, amount) }
-                    accountant.book.paymentsCursor = received.cursor
+                    accountant.paymentsCursor = received.cursor
                 }
                 let (banned, unbanned) = accountant.updateBans(nowMilliseconds: Self.wallClock())
                 for wallet in banned { logger.warning("consumer banned for debt", metadata: ["wallet": "\(wallet.prefix(16))"]) }
                 for wallet in unbanned { logger.info("consumer unbanned", metadata: ["wallet": "\(wallet.prefix(16))"]) }
-                accountant.save()
+                accountant.save(force: false)
                 self.scanning = false
             }
         }

@@ -112,41 +112,45 @@ def book(env, i):
     return {"payables": {}, "receivables": {}, "banned": []}
 
 
-def wait_for(what, predicate, seconds=20):
+def wait_for(what, predicate, seconds=20, detail=lambda: ""):
     deadline = time.time() + seconds
     while time.time() < deadline:
         if predicate():
             return
         time.sleep(0.2)
-    pytest.fail("timed out: " + what)
+    pytest.fail("timed out: %s %s" % (what, detail()))
 
 
 def test_traffic_creates_matching_payables_and_receivables_and_the_scan_pays(net):
-    code, data = fetch(net, 36)
-    assert code == 0 and data == net["payload"]
-    time.sleep(1.0)
-
     def totals():
         a = book(net, 36)["payables"]
         owed = {w: int(acc["total"]) for w, acc in a.items()}
         earned = {net["earning"][i]: int(book(net, i)["receivables"].get(net["A"], {}).get("total", "0")) for i in range(30, 36)}
-        return owed, {w: v for w, v in earned.items() if v}
+        return owed, earned
 
-    # Both sides count the same cells with the same formula; cells in flight when a
-    # circuit dies (a route that failed while the mesh formed) are counted by the
-    # sender only, so a few cells' worth may differ.
+    # Routes tried while the mesh formed may have left cells counted on one side
+    # only (cells in flight when a circuit dies are counted by the sender): compare
+    # what one clean transfer adds on each side.
+    time.sleep(1.0)
+    owed0, earned0 = totals()
+    code, data = fetch(net, 36)
+    assert code == 0 and data == net["payload"]
     exit_cell = 107_688 * 4_097
-
     seen = {}
 
     def matching():
-        owed, earned = seen["totals"] = totals()
-        return owed and set(owed) == set(earned) and all(abs(owed[w] - earned[w]) <= 4 * exit_cell for w in owed)
-    wait_for("payables matching receivables", matching, seconds=40)
-    owed, earned = seen["totals"]
-    assert len(owed) >= 3                               # relays and an exit, at least
-    # The scan pays (debts are due after 1 s) and the payees see the payments.
-    # Debts above the permanent allowance (5e9 here) are paid once due; smaller ones may wait.
+        owed, earned = totals()
+        d_owed = {w: v - owed0.get(w, 0) for w, v in owed.items() if v - owed0.get(w, 0)}
+        d_earned = {w: v - earned0.get(w, 0) for w, v in earned.items() if v - earned0.get(w, 0)}
+        seen["delta"] = (d_owed, d_earned)
+        # A route attempt that fails before the stream opens leaves its 3 set-up cells
+        # counted by the origin (up to 3 attempts), and a dying circuit its cells in
+        # flight counted by their sender: about 1% of this transfer at most.
+        return d_owed and set(d_owed) == set(d_earned) and all(abs(d_owed[w] - d_earned[w]) <= 12 * exit_cell for w in d_owed)
+    wait_for("payables matching receivables", matching, seconds=40, detail=lambda: seen.get("delta"))
+    d_owed, _ = seen["delta"]
+    assert len(d_owed) >= 3                               # relays and an exit, at least
+    # Debts above the permanent allowance (2.5e11 here) are paid once due; smaller ones may wait.
     allowance = 250_000_000_000
     wait_for("A's debts paid", lambda: all(int(acc["balance"]) <= allowance for acc in book(net, 36)["payables"].values())
              and sum(int(acc["paid"]) > 0 for acc in book(net, 36)["payables"].values()) >= 2)
