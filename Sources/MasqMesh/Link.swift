@@ -72,9 +72,12 @@ final class Link {
     }
 
     /// Encrypt and queue one frame (flushed by the node after the current batch).
-    func write(_ type: FrameType, _ body: [UInt8]) {
+    func write(_ type: FrameType, _ body: [UInt8]) { writeFrame([type.rawValue] + body) }
+
+    /// Encrypt and queue a frame already laid out (type byte first).
+    func writeFrame(_ frame: [UInt8]) {
         guard let sendCipher, channel.isActive else { return }
-        guard let sealed = try? sendCipher.encrypt(ad: [], plaintext: [type.rawValue] + body) else { return }
+        guard let sealed = try? sendCipher.encrypt(ad: [], plaintext: frame) else { return }
         var buffer = channel.allocator.buffer(capacity: sealed.count + 2)
         buffer.writeInteger(UInt16(sealed.count))
         buffer.writeBytes(sealed)

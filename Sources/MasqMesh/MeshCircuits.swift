@@ -127,14 +127,15 @@ extension MeshNode {
 
     // MARK: - cells from links
 
-    func receiveCell(_ link: Link, _ body: [UInt8]) {
-        guard body.count == 5 + configuration.cellBytes, let command = CellCommand(rawValue: body[4]) else {
+    /// A CELL frame as decrypted (`frame[0]` is the frame type).
+    func receiveCell(_ link: Link, _ frame: [UInt8]) {
+        guard frame.count == 6 + configuration.cellBytes, let command = CellCommand(rawValue: frame[5]) else {
             counters.cellsRejected += 1
             return penalize(link, 5, "a cell of the wrong size or command")
         }
-        let circuit = UInt32(body[0]) << 24 | UInt32(body[1]) << 16 | UInt32(body[2]) << 8 | UInt32(body[3])
+        let circuit = UInt32(frame[1]) << 24 | UInt32(frame[2]) << 16 | UInt32(frame[3]) << 8 | UInt32(frame[4])
         let end = CircuitEnd(link: link.id, circuit: circuit)
-        let payload = Array(body[5...])
+        let payload = Array(frame[6...])
         switch command {
         case .create: create(link, end, payload)
         case .data: data(link, end, payload)
@@ -145,7 +146,11 @@ extension MeshNode {
     func sendCell(_ end: CircuitEnd, _ command: CellCommand, _ payload: [UInt8]) {
         guard let link = links[end.link] else { return }
         let c = end.circuit
-        link.write(.cell, [UInt8(c >> 24), UInt8(c >> 16 & 0xff), UInt8(c >> 8 & 0xff), UInt8(c & 0xff), command.rawValue] + payload)
+        var frame = [UInt8]()
+        frame.reserveCapacity(6 + payload.count)
+        frame += [FrameType.cell.rawValue, UInt8(c >> 24), UInt8(c >> 16 & 0xff), UInt8(c >> 8 & 0xff), UInt8(c & 0xff), command.rawValue]
+        frame += payload
+        link.writeFrame(frame)
         dirty[link.id] = link
     }
 

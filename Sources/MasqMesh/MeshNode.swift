@@ -289,11 +289,12 @@ public final class MeshNode: @unchecked Sendable {
             penalize(link, configuration.banThreshold, "a frame that does not decrypt")
             return
         }
+        if first == FrameType.cell.rawValue { return receiveCell(link, plain) }
         let body = Array(plain.dropFirst())
         switch FrameType(rawValue: first) {
         case .gossip: receiveGossip(link, body)
         case .intro: receiveIntro(link, body)
-        case .cell: receiveCell(link, body)
+        case .cell: receiveCell(link, plain)
         case .ping: link.write(.pong, []); dirty[link.id] = link
         case .pong: break
         case .bye:
