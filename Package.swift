@@ -114,14 +114,17 @@ let package = Package(
         ]),
 
         // Plugins live in plugins/<name>/ and see nothing of Masq but masq_plugin.h.
-        .target(name: "MasqStorageSQLite", dependencies: ["CMasqPlugin", "CSQLite"],
+        .target(name: "MasqStorageSQLite", dependencies: ["CMasqPlugin", "MasqPluginSupport", "CSQLite"],
                 path: "plugins/storage-sqlite",
                 exclude: ["README.md"],
                 linkerSettings: exportsOnly("plugins/plugin-exports.map")),
 
+        // Descriptor, options and sinks as every Swift plugin writes them (masq_plugin.h only).
+        .target(name: "MasqPluginSupport", dependencies: ["CMasqPlugin"]),
+
         // The relay client (WebSocket, reconnect, queue, optional SOCKS5) behind the relay and mesh plugins.
         .target(name: "MasqRelayClient", dependencies: [
-            "CMasqPlugin", "MasqRelayProtocol",
+            "CMasqPlugin", "MasqRelayProtocol", "MasqEncoding", "MasqPluginSupport",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -130,17 +133,17 @@ let package = Package(
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
         ]),
 
-        .target(name: "MasqTransportRelay", dependencies: ["CMasqPlugin", "MasqRelayClient"],
+        .target(name: "MasqTransportRelay", dependencies: ["CMasqPlugin", "MasqPluginSupport", "MasqRelayClient"],
                 path: "plugins/transport-relay",
                 linkerSettings: exportsOnly("plugins/plugin-exports.map")),
 
         // The mesh transport: a mesh node inside the plugin; the relay reached through onion routes.
-        .target(name: "MasqTransportMesh", dependencies: ["CMasqPlugin", "MasqRelayClient", "MasqMesh"],
+        .target(name: "MasqTransportMesh", dependencies: ["CMasqPlugin", "MasqPluginSupport", "MasqRelayClient", "MasqMesh"],
                 path: "plugins/transport-mesh",
                 linkerSettings: exportsOnly("plugins/plugin-exports.map")),
 
         .target(name: "MasqTransportLocalWS", dependencies: [
-                    "CMasqPlugin",
+                    "CMasqPlugin", "MasqPluginSupport",
                     .product(name: "NIOCore", package: "swift-nio"),
                     .product(name: "NIOPosix", package: "swift-nio"),
                     .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -159,7 +162,7 @@ let package = Package(
         ]),
 
         .target(name: "MasqTransportConnectoid", dependencies: [
-                    "CMasqPlugin", "MasqConnectoidWire", "MasqHTTPClient",
+                    "CMasqPlugin", "MasqPluginSupport", "MasqConnectoidWire", "MasqHTTPClient",
                     .product(name: "NIOCore", package: "swift-nio"),
                     .product(name: "NIOPosix", package: "swift-nio"),
                     .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -169,12 +172,12 @@ let package = Package(
                 path: "plugins/transport-connectoid",
                 linkerSettings: exportsOnly("plugins/plugin-exports.map")),
 
-        .target(name: "MasqWalletLedger", dependencies: ["CMasqPlugin", "CSQLite", "MasqCrypto"],
+        .target(name: "MasqWalletLedger", dependencies: ["CMasqPlugin", "MasqPluginSupport", "CSQLite", "MasqCrypto"],
                 path: "plugins/wallet-ledger",
                 linkerSettings: exportsOnly("plugins/plugin-exports.map")),
 
         .target(name: "MasqWalletEVM", dependencies: [
-                    "CMasqPlugin", "MasqCrypto", "MasqHTTPClient",
+                    "CMasqPlugin", "MasqPluginSupport", "MasqCrypto", "MasqHTTPClient",
                     .product(name: "NIOPosix", package: "swift-nio"),
                 ],
                 path: "plugins/wallet-evm",

@@ -1,5 +1,6 @@
 import ArgumentParser
 import FoundationEssentials
+import MasqEncoding
 import MasqKernel
 import MasqMesh
 #if canImport(Glibc)
@@ -100,9 +101,9 @@ extension Wallet {
         @OptionGroup var choice: Choice
         @Argument(help: "The message, hex.") var message: String
         func execute() throws {
-            guard let bytes = hexBytes(message) else { throw CLIError("the message must be hex", code: 64) }
+            guard let bytes = Hex.decode(message) else { throw CLIError("the message must be hex", code: 64) }
             let engine = try choice.open()
-            print(hexString(try guarded { () throws(MasqError) in try engine.sign(bytes) }))
+            print(Hex.encode(try guarded { () throws(MasqError) in try engine.sign(bytes) }))
         }
     }
 
@@ -113,7 +114,7 @@ extension Wallet {
         @Argument(help: "The message, hex.") var message: String
         @Argument(help: "The signature, hex.") var signature: String
         func execute() throws {
-            guard let m = hexBytes(message), let s = hexBytes(signature) else { throw CLIError("message and signature must be hex", code: 64) }
+            guard let m = Hex.decode(message), let s = Hex.decode(signature) else { throw CLIError("message and signature must be hex", code: 64) }
             let engine = try choice.open()
             guard engine.verify(address: address, message: m, signature: s) else { throw CLIError("the signature does not verify") }
             print("ok")
@@ -151,21 +152,6 @@ extension Wallet {
         }
     }
 }
-
-func hexBytes(_ text: String) -> [UInt8]? {
-    let chars = Array((text.hasPrefix("0x") ? String(text.dropFirst(2)) : text).utf8)
-    guard chars.count % 2 == 0 else { return nil }
-    var out: [UInt8] = []
-    var i = 0
-    while i < chars.count {
-        guard let b = UInt8(String(decoding: chars[i..<(i + 2)], as: UTF8.self), radix: 16) else { return nil }
-        out.append(b)
-        i += 2
-    }
-    return out
-}
-
-func hexString(_ bytes: [UInt8]) -> String { bytes.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined() }
 
 /// `masq accounts`: a node's payables, receivables and bans.
 struct Accounts: MasqSubcommand {

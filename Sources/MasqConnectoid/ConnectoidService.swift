@@ -101,7 +101,7 @@ public final class ConnectoidService: @unchecked Sendable {
             guard !data.isEmpty else { throw .badRequest("data is empty") }
             guard data.count <= limits.maxMessageBytes else { throw .tooBig }
             guard mailboxLimiter.take(pubText + "." + ext, now: now) else { throw .tooOften }
-            let id = hex(Hash.sha256(data))
+            let id = Hex.encode(Hash.sha256(data))
             guard try store.send(pub: pub, ext: ext, id: id, data: data, now: now, maxMessages: limits.maxMessagesPerMailbox, retention: retention) else {
                 throw .init(.mailboxFull, "Mailbox full")
             }
@@ -198,12 +198,4 @@ public final class ConnectoidService: @unchecked Sendable {
         encoder.outputFormatting = [.sortedKeys]
         return Array((try? encoder.encode(configuration.limits)) ?? Data("{}".utf8))
     }
-}
-
-func hex(_ bytes: [UInt8]) -> String {
-    let digits = Array("0123456789abcdef".utf8)
-    var out: [UInt8] = []
-    out.reserveCapacity(bytes.count * 2)
-    for b in bytes { out.append(digits[Int(b >> 4)]); out.append(digits[Int(b & 15)]) }
-    return String(decoding: out, as: UTF8.self)
 }

@@ -6,6 +6,7 @@
 // mesh plugin's node). It sees nothing of Masq but include/masq_plugin.h and
 // the relay's wire format.
 import CMasqPlugin
+import MasqEncoding
 import MasqRelayProtocol
 import NIOConcurrencyHelpers
 import NIOCore
@@ -209,8 +210,7 @@ public final class RelayTransport: @unchecked Sendable {
             .connectTimeout(.seconds(10))
             .channelInitializer { channel in
                 do {
-                    if let socks = transport.options.socks5 {
-                        _ = socks
+                    if transport.options.socks5 != nil {
                         try channel.pipeline.syncOperations.addHandler(Socks5ClientHandler(host: endpoint.host, port: endpoint.port))
                     }
                     if let tls {
@@ -304,10 +304,10 @@ public final class RelayTransport: @unchecked Sendable {
         switch decoded {
         case .success(.deliver(let room, let payload)):
             counters.withLockedValue { $0.framesReceived += 1 }
-            let roomText = hex(room)
+            let roomText = Hex.encode(room)
             payload.withUnsafeBufferPointer { p in host.pointee.frame_received(host, "relay", roomText, p.baseAddress, p.count) }
         case .success(.presence(let room, _)):
-            host.pointee.peer_event(host, hex(room), MASQ_PEER_UP)
+            host.pointee.peer_event(host, Hex.encode(room), MASQ_PEER_UP)
         case .success(.error(let code, let message)):
             counters.withLockedValue { $0.relayErrors += 1 }
             log(MASQ_LOG_WARN, "relay refused a frame (\(code)): \(message)")
@@ -392,34 +392,6 @@ final class FrameHandler: ChannelInboundHandler {
     }
 }
 
-public func hex(_ bytes: [UInt8]) -> String {
-    let digits = Array("0123456789abcdef".utf8)
-    return String(decoding: bytes.flatMap { [digits[Int($0 >> 4)], digits[Int($0 & 15)]] }, as: UTF8.self)
-}
-
-public func unhex(_ text: String) -> [UInt8]? {
-    let chars = Array(text.utf8)
-    guard chars.count % 2 == 0 else { return nil }
-    var out: [UInt8] = []
-    var i = 0
-    while i < chars.count {
-        guard let hi = nibble(chars[i]), let lo = nibble(chars[i + 1]) else { return nil }
-        out.append(hi << 4 | lo)
-        i += 2
-    }
-    return out
-}
-
-private func nibble(_ c: UInt8) -> UInt8? {
-    switch c {
-    case 0x30...0x39: c - 0x30
-    case 0x61...0x66: c - 0x61 + 10
-    case 0x41...0x46: c - 0x41 + 10
-    default: nil
-    }
-}
-
-
 /// The client side of SOCKS5 (RFC 1928), no authentication, CONNECT to a
 /// domain name: holds back channelActive until the proxy has connected, so
 /// TLS and the WebSocket upgrade start on the far side.
@@ -476,16 +448,6 @@ final class Socks5ClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
 // MARK: - options
 
-/// A plugin's option list as Swift pairs.
-public func pluginOptions(_ list: UnsafePointer<masq_plugin_option>?, _ count: Int) throws(TransportFailure) -> [(String, String)] {
-    var out: [(String, String)] = []
-    for i in 0..<count {
-        guard let list, let k = list[i].key, let v = list[i].value else { throw .init(MASQ_E_INVALID, "option \(i) is NULL") }
-        out.append((String(cString: k), String(cString: v)))
-    }
-    return out
-}
-
 public let relayOptionNames = "max_queue_frames, max_queue_bytes, max_frame_bytes, min_backoff_ms, max_backoff_ms"
 
 /// Apply one of the relay client's options; false when `key` is not one.
@@ -531,15 +493,15 @@ public func relayTransportVTable() -> masq_transport_vtable {
         return t.connect(String(cString: endpoint))
     }
     t.join = { raw, room in
-        guard let t = transport(raw), let room, let bytes = unhex(String(cString: room)) else { return MASQ_E_INVALID }
+        guard let t = transport(raw), let room, let bytes = Hex.decode(String(cString: room)) else { return MASQ_E_INVALID }
         return t.join(bytes)
     }
     t.leave = { raw, room in
-        guard let t = transport(raw), let room, let bytes = unhex(String(cString: room)) else { return MASQ_E_INVALID }
+        guard let t = transport(raw), let room, let bytes = Hex.decode(String(cString: room)) else { return MASQ_E_INVALID }
         return t.leave(bytes)
     }
     t.send = { raw, destination, frame, length in
-        guard let t = transport(raw), let destination, let room = unhex(String(cString: destination)), frame != nil || length == 0 else { return MASQ_E_INVALID }
+        guard let t = transport(raw), let destination, let room = Hex.decode(String(cString: destination)), frame != nil || length == 0 else { return MASQ_E_INVALID }
         return t.send(room, UnsafeRawBufferPointer(start: frame, count: length))
     }
     t.stats = { raw, sink, ctx in

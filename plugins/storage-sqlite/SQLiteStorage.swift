@@ -2,6 +2,7 @@
 // database file, in WAL mode, with every statement prepared once and reused.
 // It sees nothing of Masq but include/masq_plugin.h (module CMasqPlugin).
 import CMasqPlugin
+import MasqPluginSupport
 import CSQLite
 #if canImport(Glibc)
 import Glibc
@@ -324,19 +325,8 @@ nonisolated(unsafe) private let vtable: UnsafeMutablePointer<masq_storage_vtable
     return v
 }()
 
-nonisolated(unsafe) private let descriptor: UnsafeMutablePointer<masq_plugin_descriptor> = {
-    let d = UnsafeMutablePointer<masq_plugin_descriptor>.allocate(capacity: 1)
-    var t = masq_plugin_descriptor()
-    t.struct_size = UInt32(MemoryLayout<masq_plugin_descriptor>.size)
-    t.abi_version = UInt32(MASQ_PLUGIN_ABI_VERSION)
-    t.kind = UInt32(MASQ_PLUGIN_STORAGE)
-    t.name = UnsafeRawPointer(pluginName.utf8Start).assumingMemoryBound(to: CChar.self)
-    t.version = UnsafeRawPointer(pluginVersion.utf8Start).assumingMemoryBound(to: CChar.self)
-    t.description = UnsafeRawPointer(pluginSummary.utf8Start).assumingMemoryBound(to: CChar.self)
-    t.vtable = UnsafeRawPointer(vtable)
-    d.initialize(to: t)
-    return d
-}()
+nonisolated(unsafe) private let descriptor = pluginDescriptor(kind: MASQ_PLUGIN_STORAGE, name: pluginName, version: pluginVersion,
+                                                               summary: pluginSummary, vtable: UnsafeRawPointer(vtable))
 
 @c @implementation
 public func masq_plugin_entry() -> UnsafePointer<masq_plugin_descriptor>! {

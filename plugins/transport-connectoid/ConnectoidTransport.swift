@@ -7,6 +7,7 @@
 // received from several services are de-duplicated by their id. It sees
 // nothing of Masq but include/masq_plugin.h.
 import CMasqPlugin
+import MasqPluginSupport
 import FoundationEssentials
 import MasqConnectoidWire
 import MasqHTTPClient
@@ -370,9 +371,9 @@ private func monotonicMilliseconds() -> Int64 {
 
 private func parseOptions(_ list: UnsafePointer<masq_plugin_option>?, _ count: Int) throws(TransportFailure) -> ConnectoidTransport.Options {
     var options = ConnectoidTransport.Options()
-    for i in 0..<count {
-        guard let list, let k = list[i].key, let v = list[i].value else { throw .init(MASQ_E_INVALID, "option \(i) is NULL") }
-        let key = String(cString: k), value = String(cString: v)
+    let pairs: [(key: String, value: String)]
+    do { pairs = try pluginOptions(list, count) } catch { throw .init(MASQ_E_INVALID, "option \(error.index) is NULL") }
+    for (key, value) in pairs {
         func number(_ range: ClosedRange<Int>) throws(TransportFailure) -> Int {
             guard let n = Int(value), range.contains(n) else { throw .init(MASQ_E_CONFIG, "option \(key) must be \(range.lowerBound)...\(range.upperBound), not \"\(value)\"") }
             return n
@@ -442,19 +443,8 @@ nonisolated(unsafe) private let vtable: UnsafeMutablePointer<masq_transport_vtab
     return v
 }()
 
-nonisolated(unsafe) private let descriptor: UnsafeMutablePointer<masq_plugin_descriptor> = {
-    let d = UnsafeMutablePointer<masq_plugin_descriptor>.allocate(capacity: 1)
-    var t = masq_plugin_descriptor()
-    t.struct_size = UInt32(MemoryLayout<masq_plugin_descriptor>.size)
-    t.abi_version = UInt32(MASQ_PLUGIN_ABI_VERSION)
-    t.kind = UInt32(MASQ_PLUGIN_TRANSPORT)
-    t.name = UnsafeRawPointer(pluginName.utf8Start).assumingMemoryBound(to: CChar.self)
-    t.version = UnsafeRawPointer(pluginVersion.utf8Start).assumingMemoryBound(to: CChar.self)
-    t.description = UnsafeRawPointer(pluginSummary.utf8Start).assumingMemoryBound(to: CChar.self)
-    t.vtable = UnsafeRawPointer(vtable)
-    d.initialize(to: t)
-    return d
-}()
+nonisolated(unsafe) private let descriptor = pluginDescriptor(kind: MASQ_PLUGIN_TRANSPORT, name: pluginName, version: pluginVersion,
+                                                               summary: pluginSummary, vtable: UnsafeRawPointer(vtable))
 
 @c @implementation
 public func masq_plugin_entry() -> UnsafePointer<masq_plugin_descriptor>! {

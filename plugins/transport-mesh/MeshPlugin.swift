@@ -7,6 +7,7 @@
 // by the kernel's sessions). It sees nothing of Masq but
 // include/masq_plugin.h, the relay's wire format and the mesh engine.
 import CMasqPlugin
+import MasqPluginSupport
 import MasqMesh
 import MasqRelayClient
 #if canImport(Glibc)
@@ -24,7 +25,9 @@ private func makeTransport(_ host: UnsafePointer<masq_host>, _ list: UnsafePoint
     var mesh = MeshConfiguration()
     mesh.gossipMilliseconds = 1_000
     var dataDirectory = "."
-    for (key, value) in try pluginOptions(list, count) {
+    let pairs: [(key: String, value: String)]
+    do { pairs = try pluginOptions(list, count) } catch { throw .init(MASQ_E_INVALID, "option \(error.index) is NULL") }
+    for (key, value) in pairs {
         func number(_ range: ClosedRange<Int>) throws(TransportFailure) -> Int {
             guard let n = Int(value), range.contains(n) else { throw .init(MASQ_E_CONFIG, "option \(key) must be \(range.lowerBound)...\(range.upperBound), not \"\(value)\"") }
             return n
@@ -91,19 +94,8 @@ nonisolated(unsafe) private let vtable: UnsafeMutablePointer<masq_transport_vtab
     return v
 }()
 
-nonisolated(unsafe) private let descriptor: UnsafeMutablePointer<masq_plugin_descriptor> = {
-    let d = UnsafeMutablePointer<masq_plugin_descriptor>.allocate(capacity: 1)
-    var t = masq_plugin_descriptor()
-    t.struct_size = UInt32(MemoryLayout<masq_plugin_descriptor>.size)
-    t.abi_version = UInt32(MASQ_PLUGIN_ABI_VERSION)
-    t.kind = UInt32(MASQ_PLUGIN_TRANSPORT)
-    t.name = UnsafeRawPointer(pluginName.utf8Start).assumingMemoryBound(to: CChar.self)
-    t.version = UnsafeRawPointer(pluginVersion.utf8Start).assumingMemoryBound(to: CChar.self)
-    t.description = UnsafeRawPointer(pluginSummary.utf8Start).assumingMemoryBound(to: CChar.self)
-    t.vtable = UnsafeRawPointer(vtable)
-    d.initialize(to: t)
-    return d
-}()
+nonisolated(unsafe) private let descriptor = pluginDescriptor(kind: MASQ_PLUGIN_TRANSPORT, name: pluginName, version: pluginVersion,
+                                                               summary: pluginSummary, vtable: UnsafeRawPointer(vtable))
 
 @c @implementation
 public func masq_plugin_entry() -> UnsafePointer<masq_plugin_descriptor>! {

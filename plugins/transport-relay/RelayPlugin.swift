@@ -4,6 +4,7 @@
 // exponential backoff and keeps an outbound queue across disconnects.
 // The client itself is Sources/MasqRelayClient (shared with the mesh plugin).
 import CMasqPlugin
+import MasqPluginSupport
 import MasqRelayClient
 
 private let pluginName: StaticString = "relay"
@@ -12,7 +13,9 @@ private let pluginSummary: StaticString = "WebSocket client for masq relay (room
 
 private func parseOptions(_ list: UnsafePointer<masq_plugin_option>?, _ count: Int) throws(TransportFailure) -> RelayTransport.Options {
     var options = RelayTransport.Options()
-    for (key, value) in try pluginOptions(list, count) where key != "data_dir" && key != "url" {
+    let pairs: [(key: String, value: String)]
+    do { pairs = try pluginOptions(list, count) } catch { throw .init(MASQ_E_INVALID, "option \(error.index) is NULL") }
+    for (key, value) in pairs where key != "data_dir" && key != "url" {
         guard try applyRelayOption(key, value, to: &options) else {
             throw .init(MASQ_E_CONFIG, "unknown option \"\(key)\" (known: url, \(relayOptionNames))")
         }
@@ -40,19 +43,8 @@ nonisolated(unsafe) private let vtable: UnsafeMutablePointer<masq_transport_vtab
     return v
 }()
 
-nonisolated(unsafe) private let descriptor: UnsafeMutablePointer<masq_plugin_descriptor> = {
-    let d = UnsafeMutablePointer<masq_plugin_descriptor>.allocate(capacity: 1)
-    var t = masq_plugin_descriptor()
-    t.struct_size = UInt32(MemoryLayout<masq_plugin_descriptor>.size)
-    t.abi_version = UInt32(MASQ_PLUGIN_ABI_VERSION)
-    t.kind = UInt32(MASQ_PLUGIN_TRANSPORT)
-    t.name = UnsafeRawPointer(pluginName.utf8Start).assumingMemoryBound(to: CChar.self)
-    t.version = UnsafeRawPointer(pluginVersion.utf8Start).assumingMemoryBound(to: CChar.self)
-    t.description = UnsafeRawPointer(pluginSummary.utf8Start).assumingMemoryBound(to: CChar.self)
-    t.vtable = UnsafeRawPointer(vtable)
-    d.initialize(to: t)
-    return d
-}()
+nonisolated(unsafe) private let descriptor = pluginDescriptor(kind: MASQ_PLUGIN_TRANSPORT, name: pluginName, version: pluginVersion,
+                                                               summary: pluginSummary, vtable: UnsafeRawPointer(vtable))
 
 @c @implementation
 public func masq_plugin_entry() -> UnsafePointer<masq_plugin_descriptor>! {

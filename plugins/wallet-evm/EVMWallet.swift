@@ -6,6 +6,7 @@
 // verify use EIP-191 personal messages (payer proofs). It sees nothing of
 // Masq but include/masq_plugin.h.
 import CMasqPlugin
+import MasqPluginSupport
 import FoundationEssentials
 import MasqCrypto
 import MasqHTTPClient
@@ -30,36 +31,6 @@ struct WalletFailure: Error {
 }
 
 // MARK: - encodings
-
-enum Hex {
-    static func encode(_ bytes: [UInt8]) -> String {
-        let digits = Array("0123456789abcdef".utf8)
-        return String(decoding: bytes.flatMap { [digits[Int($0 >> 4)], digits[Int($0 & 15)]] }, as: UTF8.self)
-    }
-
-    static func decode(_ text: String) -> [UInt8]? {
-        var chars = Array((text.hasPrefix("0x") || text.hasPrefix("0X") ? String(text.dropFirst(2)) : text).utf8)
-        if chars.count % 2 == 1 { chars.insert(0x30, at: 0) }
-        var out: [UInt8] = []
-        out.reserveCapacity(chars.count / 2)
-        var i = 0
-        while i < chars.count {
-            guard let hi = nibble(chars[i]), let lo = nibble(chars[i + 1]) else { return nil }
-            out.append(hi << 4 | lo)
-            i += 2
-        }
-        return out
-    }
-
-    static func nibble(_ c: UInt8) -> UInt8? {
-        switch c {
-        case 0x30...0x39: c - 0x30
-        case 0x61...0x66: c - 0x61 + 10
-        case 0x41...0x46: c - 0x41 + 10
-        default: nil
-        }
-    }
-}
 
 /// Big-endian bytes of an unsigned integer, minimal (zero is empty), as RLP and JSON-RPC want.
 func minimalBytes(_ n: UInt128) -> [UInt8] {
@@ -319,9 +290,9 @@ private func parse(_ host: UnsafePointer<masq_host>, _ list: UnsafePointer<masq_
     var options = EVMWallet.Options()
     var dataDirectory = "."
     var keyFile: String?
-    for i in 0..<count {
-        guard let list, let k = list[i].key, let v = list[i].value else { throw .init(MASQ_E_INVALID, "option \(i) is NULL") }
-        let key = String(cString: k), value = String(cString: v)
+    let pairs: [(key: String, value: String)]
+    do { pairs = try pluginOptions(list, count) } catch { throw .init(MASQ_E_INVALID, "option \(error.index) is NULL") }
+    for (key, value) in pairs {
         func number() throws(WalletFailure) -> UInt128 {
             guard let n = UInt128(value) else { throw .init(MASQ_E_CONFIG, "option \(key) must be a decimal integer") }
             return n
@@ -354,11 +325,6 @@ private func parse(_ host: UnsafePointer<masq_host>, _ list: UnsafePointer<masq_
 @inline(__always)
 private func wallet(_ raw: UnsafeMutableRawPointer?) -> EVMWallet? {
     raw.map { Unmanaged<EVMWallet>.fromOpaque($0).takeUnretainedValue() }
-}
-
-private func sinkBytes(_ bytes: [UInt8], _ sink: masq_bytes_sink?, _ ctx: UnsafeMutableRawPointer?) -> Int32 {
-    guard let sink else { return MASQ_E_INVALID }
-    return bytes.withUnsafeBufferPointer { sink(ctx, $0.baseAddress, $0.count) }
 }
 
 private func run(_ w: EVMWallet, _ body: () throws(WalletFailure) -> Int32) -> Int32 {
@@ -416,19 +382,8 @@ nonisolated(unsafe) private let vtable: UnsafeMutablePointer<masq_wallet_vtable>
     return v
 }()
 
-nonisolated(unsafe) private let descriptor: UnsafeMutablePointer<masq_plugin_descriptor> = {
-    let d = UnsafeMutablePointer<masq_plugin_descriptor>.allocate(capacity: 1)
-    var t = masq_plugin_descriptor()
-    t.struct_size = UInt32(MemoryLayout<masq_plugin_descriptor>.size)
-    t.abi_version = UInt32(MASQ_PLUGIN_ABI_VERSION)
-    t.kind = UInt32(MASQ_PLUGIN_WALLET)
-    t.name = UnsafeRawPointer(pluginName.utf8Start).assumingMemoryBound(to: CChar.self)
-    t.version = UnsafeRawPointer(pluginVersion.utf8Start).assumingMemoryBound(to: CChar.self)
-    t.description = UnsafeRawPointer(pluginSummary.utf8Start).assumingMemoryBound(to: CChar.self)
-    t.vtable = UnsafeRawPointer(vtable)
-    d.initialize(to: t)
-    return d
-}()
+nonisolated(unsafe) private let descriptor = pluginDescriptor(kind: MASQ_PLUGIN_WALLET, name: pluginName, version: pluginVersion,
+                                                               summary: pluginSummary, vtable: UnsafeRawPointer(vtable))
 
 @c @implementation
 public func masq_plugin_entry() -> UnsafePointer<masq_plugin_descriptor>! {

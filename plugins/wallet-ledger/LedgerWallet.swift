@@ -6,6 +6,7 @@
 // Amounts are unsigned decimals below 2^128. It sees nothing of Masq but
 // include/masq_plugin.h.
 import CMasqPlugin
+import MasqPluginSupport
 import CSQLite
 import MasqCrypto
 #if canImport(Glibc)
@@ -39,7 +40,7 @@ final class LedgerWallet: @unchecked Sendable {
         pthread_mutex_init(&lock, nil)
         signingKey = try Self.loadOrCreateKey(keyFile)
         guard let publicKey = try? Ed25519.publicKey(of: signingKey) else { throw .init(MASQ_E_INVALID, "bad wallet key in \(keyFile)") }
-        address = publicKey.map { String(format: $0) }.joined()
+        address = Hex.encode(publicKey)
         var handle: OpaquePointer?
         guard sqlite3_open_v2(ledger, &handle, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX, nil) == SQLITE_OK, let handle else {
             sqlite3_close(handle)
@@ -98,7 +99,7 @@ final class LedgerWallet: @unchecked Sendable {
         guard Self.validAddress(to) else { throw .init(MASQ_E_INVALID, "not a ledger address: \(to.prefix(80))") }
         guard to != address else { throw .init(MASQ_E_INVALID, "a wallet cannot pay itself") }
         let asset = asset ?? self.asset
-        let txid = Random.bytes(16).map { String(format: $0) }.joined()
+        let txid = Hex.encode(Random.bytes(16))
         try transaction { () throws(WalletFailure) in
             let mine = try balanceLocked(address, asset) ?? 0
             guard mine >= amount else { throw .init(MASQ_E_FUNDS, "balance \(mine) does not cover \(amount) \(asset)") }
@@ -117,7 +118,7 @@ final class LedgerWallet: @unchecked Sendable {
     }
 
     static func verify(_ address: String, _ message: [UInt8], _ signature: [UInt8]) -> Bool {
-        guard validAddress(address), let key = unhex(address) else { return false }
+        guard validAddress(address), let key = Hex.decode(address) else { return false }
         return Ed25519.verify(signature, message: message, publicKey: key)
     }
 
@@ -230,39 +231,14 @@ final class LedgerWallet: @unchecked Sendable {
 
 private let transient = unsafeBitCast(-1, to: sqlite3_destructor_type.self)
 
-private func unhex(_ text: String) -> [UInt8]? {
-    var out: [UInt8] = []
-    var chars = text.utf8.makeIterator()
-    while let a = chars.next() {
-        guard let b = chars.next(), let hi = nibble(a), let lo = nibble(b) else { return nil }
-        out.append(hi << 4 | lo)
-    }
-    return out
-}
-
-private func nibble(_ c: UInt8) -> UInt8? {
-    switch c {
-    case 0x30...0x39: c - 0x30
-    case 0x61...0x66: c - 0x61 + 10
-    default: nil
-    }
-}
-
-extension String {
-    init(format byte: UInt8) {
-        let digits = Array("0123456789abcdef")
-        self = String([digits[Int(byte >> 4)], digits[Int(byte & 15)]])
-    }
-}
-
 // MARK: - the C face
 
 private func parse(_ host: UnsafePointer<masq_host>, _ list: UnsafePointer<masq_plugin_option>?, _ count: Int) throws(WalletFailure) -> LedgerWallet {
     var ledger: String?, keyFile: String?, dataDirectory = ".", asset = "MASQ"
     var initial: UInt128?
-    for i in 0..<count {
-        guard let list, let k = list[i].key, let v = list[i].value else { throw .init(MASQ_E_INVALID, "option \(i) is NULL") }
-        let key = String(cString: k), value = String(cString: v)
+    let pairs: [(key: String, value: String)]
+    do { pairs = try pluginOptions(list, count) } catch { throw .init(MASQ_E_INVALID, "option \(error.index) is NULL") }
+    for (key, value) in pairs {
         switch key {
         case "ledger": ledger = value
         case "key_file": keyFile = value
@@ -281,12 +257,6 @@ private func parse(_ host: UnsafePointer<masq_host>, _ list: UnsafePointer<masq_
 @inline(__always)
 private func wallet(_ raw: UnsafeMutableRawPointer?) -> LedgerWallet? {
     raw.map { Unmanaged<LedgerWallet>.fromOpaque($0).takeUnretainedValue() }
-}
-
-private func sinkString(_ text: String, _ sink: masq_bytes_sink?, _ ctx: UnsafeMutableRawPointer?) -> Int32 {
-    guard let sink else { return MASQ_E_INVALID }
-    let bytes = Array(text.utf8)
-    return bytes.withUnsafeBufferPointer { sink(ctx, $0.baseAddress, $0.count) }
 }
 
 private func run(_ w: LedgerWallet, _ body: () throws(WalletFailure) -> Int32) -> Int32 {
@@ -309,17 +279,17 @@ nonisolated(unsafe) private let vtable: UnsafeMutablePointer<masq_wallet_vtable>
     t.destroy = { raw in if let raw { Unmanaged<LedgerWallet>.fromOpaque(raw).release() } }
     t.address = { raw, sink, ctx in
         guard let w = wallet(raw) else { return MASQ_E_INVALID }
-        return sinkString(w.address, sink, ctx)
+        return sinkBytes(Array(w.address.utf8), sink, ctx)
     }
     t.balance = { raw, asset, sink, ctx in
         guard let w = wallet(raw) else { return MASQ_E_INVALID }
-        return run(w) { () throws(WalletFailure) in sinkString(try w.balance(asset.map { String(cString: $0) }), sink, ctx) }
+        return run(w) { () throws(WalletFailure) in sinkBytes(Array(try w.balance(asset.map { String(cString: $0) }).utf8), sink, ctx) }
     }
     t.pay = { raw, to, asset, amount, memo, memoLength, sink, ctx in
         guard let w = wallet(raw), let to, let amount else { return MASQ_E_INVALID }
         return run(w) { () throws(WalletFailure) in
             let memoBytes = memo.map { Array(UnsafeBufferPointer(start: $0, count: memoLength)) } ?? []
-            return sinkString(try w.pay(to: String(cString: to), asset: asset.map { String(cString: $0) }, amount: String(cString: amount), memo: memoBytes), sink, ctx)
+            return sinkBytes(Array(try w.pay(to: String(cString: to), asset: asset.map { String(cString: $0) }, amount: String(cString: amount), memo: memoBytes).utf8), sink, ctx)
         }
     }
     t.sign = { raw, message, length, sink, ctx in
@@ -344,25 +314,14 @@ nonisolated(unsafe) private let vtable: UnsafeMutablePointer<masq_wallet_vtable>
     }
     t.payments = { raw, cursor, limit, sink, ctx in
         guard let w = wallet(raw) else { return MASQ_E_INVALID }
-        return run(w) { () throws(WalletFailure) in sinkString(try w.payments(after: cursor, limit: max(1, min(limit, 10_000))), sink, ctx) }
+        return run(w) { () throws(WalletFailure) in sinkBytes(Array(try w.payments(after: cursor, limit: max(1, min(limit, 10_000))).utf8), sink, ctx) }
     }
     v.initialize(to: t)
     return v
 }()
 
-nonisolated(unsafe) private let descriptor: UnsafeMutablePointer<masq_plugin_descriptor> = {
-    let d = UnsafeMutablePointer<masq_plugin_descriptor>.allocate(capacity: 1)
-    var t = masq_plugin_descriptor()
-    t.struct_size = UInt32(MemoryLayout<masq_plugin_descriptor>.size)
-    t.abi_version = UInt32(MASQ_PLUGIN_ABI_VERSION)
-    t.kind = UInt32(MASQ_PLUGIN_WALLET)
-    t.name = UnsafeRawPointer(pluginName.utf8Start).assumingMemoryBound(to: CChar.self)
-    t.version = UnsafeRawPointer(pluginVersion.utf8Start).assumingMemoryBound(to: CChar.self)
-    t.description = UnsafeRawPointer(pluginSummary.utf8Start).assumingMemoryBound(to: CChar.self)
-    t.vtable = UnsafeRawPointer(vtable)
-    d.initialize(to: t)
-    return d
-}()
+nonisolated(unsafe) private let descriptor = pluginDescriptor(kind: MASQ_PLUGIN_WALLET, name: pluginName, version: pluginVersion,
+                                                               summary: pluginSummary, vtable: UnsafeRawPointer(vtable))
 
 @c @implementation
 public func masq_plugin_entry() -> UnsafePointer<masq_plugin_descriptor>! {
