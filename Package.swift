@@ -109,6 +109,7 @@ let package = Package(
             "MasqRelay",
             "MasqConnectoid",
             "MasqMesh",
+            "CMasqSupport",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),

@@ -77,3 +77,14 @@ int masqsupport_image_path(char *buf, size_t size) {
     memcpy(buf, name, n + 1);
     return 0;
 }
+
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
+
+void masqsupport_keep_freed_memory(void) {
+#if defined(__GLIBC__)
+    mallopt(M_MMAP_THRESHOLD, 4 << 20);
+    mallopt(M_TRIM_THRESHOLD, 64 << 20);
+#endif
+}

@@ -2,6 +2,7 @@ import ArgumentParser
 import Logging
 import MasqKernel
 import MasqMesh
+import CMasqSupport
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -40,6 +41,7 @@ struct Node: MasqSubcommand {
     @Option(help: "Neighbours to look for.") var targetNeighbours = 3
     @Option(help: "Client links (devices' mesh transports) served besides the neighbours.") var maxClients = 32
     @Option(help: "Cell payload bytes (the same on every node of a network).") var cellBytes = 4_096
+    @Option(help: "Cells a stream may have in flight each way before the other end acknowledges (memory per stream: window x cell size).") var window = MeshConfiguration().window
     @Option(help: "Milliseconds between gossip rounds.") var gossipMs: UInt64 = 1_000
     @Option(help: "Milliseconds before an unrefreshed record is dropped.") var recordTtlMs: UInt64 = 15_000
     @Option(help: "Milliseconds of silence before a neighbour is dropped.") var linkTimeoutMs: UInt64 = 5_000
@@ -58,6 +60,11 @@ struct Node: MasqSubcommand {
     @Option(help: "Log level (error, warning, info, debug).") var logLevel = "info"
 
     func execute() throws {
+        // A node's link messages and socket reads (64-256 KiB) come and go
+        // thousands of times a second: glibc would hand the freed memory back
+        // to the kernel and fault it in again (a sixth of the node's time in
+        // bench/mesh). Keep it for reuse.
+        masqsupport_keep_freed_memory()
         guard let level = Logger.Level(rawValue: logLevel == "warn" ? "warning" : logLevel) else { throw CLIError("unknown log level \(logLevel)") }
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
@@ -82,6 +89,7 @@ struct Node: MasqSubcommand {
         guard (0...10_000).contains(maxClients) else { throw CLIError("--max-clients must be 0...10000", code: 64) }
         config.maxClients = maxClients
         config.cellBytes = cellBytes
+        config.window = window
         config.gossipMilliseconds = max(50, gossipMs)
         config.recordTTLMilliseconds = recordTtlMs
         config.linkTimeoutMilliseconds = linkTimeoutMs

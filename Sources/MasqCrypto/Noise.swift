@@ -74,6 +74,31 @@ public enum Noise {
             return out
         }
 
+        /// Encrypt `plaintext` into `output` (plaintext.count + 16 bytes; the
+        /// same memory as the plaintext is allowed), without copies.
+        public func encrypt(ad: UnsafeRawBufferPointer, plaintext: UnsafeRawBufferPointer,
+                            into output: UnsafeMutableRawBufferPointer) throws(CryptoError) {
+            guard let key else { throw .protocolViolation("Noise cipher without a key") }
+            guard nonce < UInt64.max else { throw .protocolViolation("Noise nonce exhausted") }
+            let n = Self.nonceBytes(nonce)
+            try key.withBytes { (k) throws(CryptoError) in
+                try AEAD.seal(.chacha20Poly1305, key: k, nonce: n, ad: ad, plaintext: plaintext, into: output)
+            }
+            nonce += 1
+        }
+
+        /// Decrypt `ciphertext` (with its tag) into `output` (16 bytes fewer).
+        public func decrypt(ad: UnsafeRawBufferPointer, ciphertext: UnsafeRawBufferPointer,
+                            into output: UnsafeMutableRawBufferPointer) throws(CryptoError) {
+            guard let key else { throw .protocolViolation("Noise cipher without a key") }
+            guard nonce < UInt64.max else { throw .protocolViolation("Noise nonce exhausted") }
+            let n = Self.nonceBytes(nonce)
+            try key.withBytes { (k) throws(CryptoError) in
+                try AEAD.open(.chacha20Poly1305, key: k, nonce: n, ad: ad, ciphertext: ciphertext, into: output)
+            }
+            nonce += 1    // only after the tag verified
+        }
+
         public func decrypt(ad: [UInt8], ciphertext: [UInt8]) throws(CryptoError) -> [UInt8] {
             guard let key else { return ciphertext }
             guard nonce < UInt64.max else { throw .protocolViolation("Noise nonce exhausted") }

@@ -23,6 +23,19 @@ public enum ChaCha20 {
                                          nonce.baseAddress!.assumingMemoryBound(to: UInt8.self), p, p, data.count)
         precondition(status == 0, "ChaCha20 failed")
     }
+
+    /// XOR `input` with the keystream into `output` (same length; they may be
+    /// the same memory): one pass where a copy and an in-place XOR would be two.
+    public static func xor(key: UnsafeRawBufferPointer, counter: UInt32 = 0, nonce: UnsafeRawBufferPointer,
+                           from input: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer) {
+        precondition(key.count == 32 && nonce.count == 12 && input.count == output.count)
+        guard input.count > 0 else { return }
+        let status = masqcrypto_chacha20(key.baseAddress!.assumingMemoryBound(to: UInt8.self), counter,
+                                         nonce.baseAddress!.assumingMemoryBound(to: UInt8.self),
+                                         input.baseAddress!.assumingMemoryBound(to: UInt8.self),
+                                         output.baseAddress!.assumingMemoryBound(to: UInt8.self), input.count)
+        precondition(status == 0, "ChaCha20 failed")
+    }
 }
 
 /// Hashes, MACs and key derivation, all OpenSSL's.

@@ -41,8 +41,9 @@ final class ExitCircuit: @unchecked Sendable {
     var returnAssembly: [UInt8] = []
     var target: String?
     var targetChannel: Channel?
-    var pendingToTarget: [[UInt8]] = []
-    var pendingAcks = 0
+    /// Bytes for the target gathered this turn (or until it is connected), and their cells.
+    var toTarget: ByteBuffer?
+    var toTargetCells = 0
     var inFlight = 0
     var received = 0
     var ended = false
@@ -77,6 +78,9 @@ final class OriginCircuit: @unchecked Sendable {
     var returnRoute: [NodeKey] = []
     var inFlight = 0
     var received = 0
+    /// Bytes for the client gathered this turn, and their cells.
+    var toClient: ByteBuffer?
+    var toClientCells = 0
     /// What each DATA cell costs, by earning wallet: forward cells (relays and
     /// exit) and return cells (return relays and exit).
     var forwardCharges: [(String, UInt128)] = []
@@ -127,31 +131,44 @@ extension MeshNode {
 
     // MARK: - cells from links
 
-    /// A CELL frame as decrypted (`frame[0]` is the frame type).
+    /// A CREATE or DESTROY cell (`frame[0]` is the frame type). DATA cells
+    /// arrive through `data` with their payload in the message's clear part.
     func receiveCell(_ link: Link, _ frame: [UInt8]) {
-        guard frame.count == 6 + configuration.cellBytes, let command = CellCommand(rawValue: frame[5]) else {
+        guard frame.count == 6 + configuration.cellBytes, let command = CellCommand(rawValue: frame[5]), command != .data else {
             counters.cellsRejected += 1
             return penalize(link, 5, "a cell of the wrong size or command")
         }
         let circuit = UInt32(frame[1]) << 24 | UInt32(frame[2]) << 16 | UInt32(frame[3]) << 8 | UInt32(frame[4])
         let end = CircuitEnd(link: link.id, circuit: circuit)
-        let payload = Array(frame[6...])
         switch command {
-        case .create: create(link, end, payload)
-        case .data: data(link, end, payload)
+        case .create: create(link, end, Array(frame[6...]))
         case .destroy: destroyed(end, notify: false)
+        case .data: break
         }
     }
 
+    /// A CREATE or DESTROY cell (encrypted on the link with its payload).
     func sendCell(_ end: CircuitEnd, _ command: CellCommand, _ payload: [UInt8]) {
-        guard let link = links[end.link] else { return }
-        let c = end.circuit
-        var frame = [UInt8]()
-        frame.reserveCapacity(6 + payload.count)
-        frame += [FrameType.cell.rawValue, UInt8(c >> 24), UInt8(c >> 16 & 0xff), UInt8(c >> 8 & 0xff), UInt8(c & 0xff), command.rawValue]
-        frame += payload
-        link.writeFrame(frame)
-        dirty[link.id] = link
+        links[end.link]?.writeCell(end.circuit, command, payload)
+    }
+
+    /// Lay out a stream message in a cell: u8 command ‖ u16 length ‖ data ‖
+    /// zeros, leaving the last 16 bytes for the AEAD tag.
+    private func layOut(_ cell: UnsafeMutableRawBufferPointer, _ command: StreamCommand, _ data: UnsafeRawBufferPointer) {
+        precondition(data.count <= cellData)
+        cell[0] = command.rawValue
+        cell[1] = UInt8(data.count >> 8)
+        cell[2] = UInt8(data.count & 0xff)
+        if data.count > 0 { UnsafeMutableRawBufferPointer(rebasing: cell[3..<(3 + data.count)]).copyMemory(from: data) }
+        UnsafeMutableRawBufferPointer(rebasing: cell[(3 + data.count)..<cellPlaintext]).initializeMemory(as: UInt8.self, repeating: 0)
+    }
+
+    /// The command and data of an opened cell's plaintext, if well formed.
+    private func unpack(_ plain: UnsafeRawBufferPointer) -> (StreamCommand, UnsafeRawBufferPointer)? {
+        guard plain.count >= 3, let command = StreamCommand(rawValue: plain[0]) else { return nil }
+        let length = Int(plain[1]) << 8 | Int(plain[2])
+        guard length <= plain.count - 3 else { return nil }
+        return (command, UnsafeRawBufferPointer(rebasing: plain[3..<(3 + length)]))
     }
 
     private func destroy(_ end: CircuitEnd) { sendCell(end, .destroy, Random.bytes(configuration.cellBytes)) }
@@ -201,42 +218,62 @@ extension MeshNode {
         }
     }
 
-    private func data(_ link: Link, _ end: CircuitEnd, _ payload: [UInt8]) {
-        var payload = payload
+    /// A DATA cell; `payload` lies in the link message (read only).
+    func data(_ link: Link, _ end: CircuitEnd, _ payload: UnsafeRawBufferPointer) {
         if let hop = relays[end] {
             guard hop.forward, let key = hop.key else { return penalize(link, 5, "data against a circuit's direction") }
             if let payer = hop.payer, let accountant {
                 guard !accountant.isBanned(payer) else { return destroyed(end, notify: true) }
                 accountant.earn(payer, routingCharge(configuration.rates), now: Self.wallClock())
             }
-            Onion.xor(key, counter: hop.counter, &payload)
+            guard let next = links[hop.other.link] else { counters.cellsDropped += 1; return }
+            // This hop's layer is removed (or added) on the way into the next link's message.
+            let counter = hop.counter
+            next.writeDataCell(hop.other.circuit) { cell in Onion.xor(key, counter: counter, from: payload, into: cell) }
             hop.counter += 1
             counters.cellsRelayed += 1
-            sendCell(hop.other, .data, payload)
         } else if let exit = exits[end] {
-            Onion.xor(exit.keys.data, counter: exit.forwardCounter, &payload)
-            guard let plain = try? AEAD.open(.chacha20Poly1305, key: exit.keys.exitForward, nonce: Onion.nonce(exit.forwardCounter), ad: [], ciphertext: payload) else {
+            let counter = exit.forwardCounter
+            let opened: Bool = withUnsafeTemporaryAllocation(byteCount: payload.count, alignment: 16) { cell in
+                Onion.xor(exit.keys.data, counter: counter, from: payload, into: cell)
+                guard Onion.openCell(exit.keys.exitForward, counter: counter, cell) else { return false }
+                exit.forwardCounter += 1
+                if let payer = exit.payer, let accountant {
+                    guard !accountant.isBanned(payer) else { return true }
+                    accountant.earn(payer, exitCharge(configuration.rates), now: Self.wallClock())
+                }
+                exitMessage(exit, UnsafeRawBufferPointer(rebasing: cell[0..<cellPlaintext]))
+                return true
+            }
+            if !opened {
                 counters.cellsRejected += 1
-                return destroyed(end, notify: true)
+                destroyed(end, notify: true)
+            } else if let payer = exit.payer, accountant?.isBanned(payer) == true {
+                destroyed(end, notify: true)
             }
-            exit.forwardCounter += 1
-            if let payer = exit.payer, let accountant {
-                guard !accountant.isBanned(payer) else { return destroyed(end, notify: true) }
-                accountant.earn(payer, exitCharge(configuration.rates), now: Self.wallClock())
-            }
-            exitMessage(exit, plain)
         } else if let id = originByReturn[end], let origin = origins[id], let keys = origin.exitKeys {
-            for key in origin.returnKeys { Onion.xor(key, counter: origin.returnCounter, &payload) }
-            guard let plain = try? AEAD.open(.chacha20Poly1305, key: keys.exitBack, nonce: Onion.nonce(origin.returnCounter), ad: [], ciphertext: payload) else {
+            let counter = origin.returnCounter
+            let opened: Bool = withUnsafeTemporaryAllocation(byteCount: payload.count, alignment: 16) { cell in
+                // The return relays' layers, then the exit's AEAD.
+                if let first = origin.returnKeys.first {
+                    Onion.xor(first, counter: counter, from: payload, into: cell)
+                    for key in origin.returnKeys.dropFirst() { Onion.xor(key, counter: counter, from: UnsafeRawBufferPointer(cell), into: cell) }
+                } else {
+                    cell.copyMemory(from: payload)
+                }
+                guard Onion.openCell(keys.exitBack, counter: counter, cell) else { return false }
+                origin.returnCounter += 1
+                if let accountant {
+                    let now = Self.wallClock()
+                    for (wallet, amount) in origin.returnCharges { accountant.owe(wallet, amount, now: now) }
+                }
+                originMessage(origin, UnsafeRawBufferPointer(rebasing: cell[0..<cellPlaintext]))
+                return true
+            }
+            if !opened {
                 counters.cellsRejected += 1
-                return fail(origin, "a cell from the exit does not open", socksCode: 1)
+                fail(origin, "a cell from the exit does not open", socksCode: 1)
             }
-            origin.returnCounter += 1
-            if let accountant {
-                let now = Self.wallClock()
-                for (wallet, amount) in origin.returnCharges { accountant.owe(wallet, amount, now: now) }
-            }
-            originMessage(origin, plain)
         } else {
             // Cells already in flight when a circuit was torn down: dropped, not held against the sender.
             counters.cellsDropped += 1
@@ -277,11 +314,17 @@ extension MeshNode {
 
     // MARK: - exit side
 
-    private func exitMessage(_ exit: ExitCircuit, _ plain: [UInt8]) {
-        guard plain.count >= 3, let command = StreamCommand(rawValue: plain[0]) else { return destroyed(exit.inEnd, notify: true) }
-        let length = Int(plain[1]) << 8 | Int(plain[2])
-        guard length <= plain.count - 3 else { return destroyed(exit.inEnd, notify: true) }
-        let body = Array(plain[3..<(3 + length)])
+    private func exitMessage(_ exit: ExitCircuit, _ plain: UnsafeRawBufferPointer) {
+        guard let (command, data) = unpack(plain) else { return destroyed(exit.inEnd, notify: true) }
+        if command == .data {
+            // Gathered and written once per turn; acknowledged once the target took it.
+            if exit.toTarget == nil { exit.toTarget = ByteBufferAllocator().buffer(capacity: 65_536) }
+            exit.toTarget!.writeBytes(data)
+            exit.toTargetCells += 1
+            dirtyExits[exit.inEnd] = exit
+            return
+        }
+        let body = Array(data)
         switch command {
         case .returnRoute:
             exit.returnAssembly += body
@@ -320,34 +363,21 @@ extension MeshNode {
                         guard !exit.ended else { channel.close(promise: nil); return }
                         exit.targetChannel = channel
                         node.sendToOrigin(exit, .connected, [])
-                        for chunk in exit.pendingToTarget { channel.write(channel.allocator.buffer(bytes: chunk), promise: nil) }
-                        exit.pendingToTarget = []
-                        exit.received += exit.pendingAcks
-                        exit.pendingAcks = 0
-                        channel.flush()
+                        node.dirtyExits[exit.inEnd] = exit
                     case .failure(let error):
                         node.sendToOrigin(exit, .end, Array("\(Self.socksCode(for: error))".utf8))
                     }
                     node.flush()
                 }
-        case .data:
-            // Acknowledge only what the target has taken.
-            let acknowledge: @Sendable (Result<Void, Error>) -> Void = { [weak self] _ in
-                guard let self, !exit.ended else { return }
-                exit.received += 1
-                if exit.received % self.configuration.sendmeEvery == 0 {
-                    self.sendToOrigin(exit, .sendme, [])
-                    self.flush()
-                }
-            }
-            if let channel = exit.targetChannel {
-                channel.write(channel.allocator.buffer(bytes: body)).whenComplete(acknowledge)
-                streamWritten(channel)
-            }
-            else { exit.pendingToTarget.append(body); exit.pendingAcks += 1 }
+        case .data: break
         case .end:
+            // What the origin sent before its END reaches the target first.
             exit.ended = true
-            exit.targetChannel?.close(promise: nil)
+            if let channel = exit.targetChannel {
+                let rest = exit.toTarget ?? channel.allocator.buffer(capacity: 0)
+                exit.toTarget = nil
+                channel.writeAndFlush(rest).whenComplete { _ in channel.close(promise: nil) }
+            }
         case .sendme:
             exit.inFlight = max(0, exit.inFlight - configuration.sendmeEvery)
             if exit.inFlight < configuration.window { _ = exit.targetChannel?.setOption(ChannelOptions.autoRead, value: true) }
@@ -364,25 +394,49 @@ extension MeshNode {
         return 1
     }
 
+    /// Write the bytes gathered for the target; SENDMEs go back as the target takes them.
+    func writeToTarget(_ exit: ExitCircuit) {
+        guard let channel = exit.targetChannel, !exit.ended, let bytes = exit.toTarget else { return }
+        let cells = exit.toTargetCells
+        exit.toTarget = nil
+        exit.toTargetCells = 0
+        channel.writeAndFlush(bytes).whenComplete { [weak self] _ in
+            guard let self, !exit.ended else { return }
+            let before = exit.received
+            exit.received += cells
+            let every = self.configuration.sendmeEvery
+            for _ in 0..<(exit.received / every - before / every) { self.sendToOrigin(exit, .sendme, []) }
+            self.flush()
+        }
+    }
+
     func sendToOrigin(_ exit: ExitCircuit, _ command: StreamCommand, _ data: [UInt8]) {
-        guard let end = exit.returnEnd else { return }
-        var plain = [command.rawValue, UInt8(data.count >> 8), UInt8(data.count & 0xff)] + data
-        plain += [UInt8](repeating: 0, count: cellPlaintext - plain.count)
-        guard let sealed = try? AEAD.seal(.chacha20Poly1305, key: exit.keys.exitBack, nonce: Onion.nonce(exit.returnCounter), ad: [], plaintext: plain) else { return }
+        data.withUnsafeBytes { sendToOrigin(exit, command, $0) }
+    }
+
+    /// One cell on the return circuit: sealed for the origin straight into the link's message.
+    func sendToOrigin(_ exit: ExitCircuit, _ command: StreamCommand, _ data: UnsafeRawBufferPointer) {
+        guard let end = exit.returnEnd, let link = links[end.link] else { return }
+        let counter = exit.returnCounter
+        link.writeDataCell(end.circuit) { cell in
+            layOut(cell, command, data)
+            _ = Onion.sealCell(exit.keys.exitBack, counter: counter, cell)
+        }
         exit.returnCounter += 1
         if let payer = exit.payer, let accountant { accountant.earn(payer, exitCharge(configuration.rates), now: Self.wallClock()) }
-        sendCell(end, .data, sealed)
     }
 
     /// Bytes from the target: to the origin, within the window.
-    func exitTargetData(_ end: CircuitEnd, _ bytes: [UInt8]) {
+    func exitTargetData(_ end: CircuitEnd, _ bytes: ByteBuffer) {
         guard let exit = exits[end] else { return }
-        var offset = 0
-        while offset < bytes.count {
-            let chunk = Array(bytes[offset..<min(bytes.count, offset + cellData)])
-            sendToOrigin(exit, .data, chunk)
-            exit.inFlight += 1
-            offset += chunk.count
+        bytes.withUnsafeReadableBytes { raw in
+            var offset = 0
+            while offset < raw.count {
+                let n = min(raw.count - offset, cellData)
+                sendToOrigin(exit, .data, UnsafeRawBufferPointer(rebasing: raw[offset..<(offset + n)]))
+                exit.inFlight += 1
+                offset += n
+            }
         }
         if exit.inFlight >= configuration.window { _ = exit.targetChannel?.setOption(ChannelOptions.autoRead, value: false) }
     }
@@ -420,7 +474,7 @@ extension MeshNode {
                 logger.info("parting from an exit neighbour so that it can serve as an exit", metadata: ["node": "\(exitNeighbour)"])
                 if let link = neighbours[exitNeighbour] {
                     link.write(.bye, Array("route diversity".utf8))
-                    link.channel.flush()
+                    link.flush()
                     link.channel.close(promise: nil)
                 }
                 let delay = Int64(configuration.gossipMilliseconds * 3)
@@ -498,41 +552,42 @@ extension MeshNode {
     }
 
     func sendToExit(_ origin: OriginCircuit, _ command: StreamCommand, _ data: [UInt8]) {
-        guard let end = origin.forwardEnd, let keys = origin.exitKeys else { return }
-        var plain = [command.rawValue, UInt8(data.count >> 8), UInt8(data.count & 0xff)] + data
-        plain += [UInt8](repeating: 0, count: cellPlaintext - plain.count)
-        guard var sealed = try? AEAD.seal(.chacha20Poly1305, key: keys.exitForward, nonce: Onion.nonce(origin.forwardCounter), ad: [], plaintext: plain) else { return }
-        for key in origin.forwardKeys { Onion.xor(key, counter: origin.forwardCounter, &sealed) }
+        data.withUnsafeBytes { sendToExit(origin, command, $0) }
+    }
+
+    /// One cell on the forward circuit: sealed for the exit, then one layer
+    /// per hop, straight into the first link's message.
+    func sendToExit(_ origin: OriginCircuit, _ command: StreamCommand, _ data: UnsafeRawBufferPointer) {
+        guard let end = origin.forwardEnd, let keys = origin.exitKeys, let link = links[end.link] else { return }
+        let counter = origin.forwardCounter
+        link.writeDataCell(end.circuit) { cell in
+            layOut(cell, command, data)
+            _ = Onion.sealCell(keys.exitForward, counter: counter, cell)
+            for key in origin.forwardKeys { Onion.xor(key, counter: counter, from: UnsafeRawBufferPointer(cell), into: cell) }
+        }
         origin.forwardCounter += 1
         if let accountant {
             let now = Self.wallClock()
             for (wallet, amount) in origin.forwardCharges { accountant.owe(wallet, amount, now: now) }
         }
-        sendCell(end, .data, sealed)
     }
 
-    private func originMessage(_ origin: OriginCircuit, _ plain: [UInt8]) {
-        guard plain.count >= 3, let command = StreamCommand(rawValue: plain[0]) else { return fail(origin, "a malformed message from the exit", socksCode: 1) }
-        let length = Int(plain[1]) << 8 | Int(plain[2])
-        guard length <= plain.count - 3 else { return fail(origin, "a malformed message from the exit", socksCode: 1) }
-        let body = Array(plain[3..<(3 + length)])
+    private func originMessage(_ origin: OriginCircuit, _ plain: UnsafeRawBufferPointer) {
+        guard let (command, data) = unpack(plain) else { return fail(origin, "a malformed message from the exit", socksCode: 1) }
         switch command {
         case .connected:
             origin.phase = .open
             logger.info("stream open", metadata: ["route": "\(origin.routeText)", "ms": "\(Self.now() - origin.started)"])
             origin.client.connected()
         case .data:
-            // Acknowledge only what the client has taken, so a slow reader slows the exit.
-            origin.client.write(body) { [weak self, weak origin] in
-                guard let self, let origin, origin.phase == .open else { return }
-                origin.received += 1
-                if origin.received % self.configuration.sendmeEvery == 0 {
-                    self.sendToExit(origin, .sendme, [])
-                    self.flush()
-                }
-            }
+            // Gathered and written once per turn; acknowledged once the client took it,
+            // so a slow reader slows the exit.
+            if origin.toClient == nil { origin.toClient = ByteBufferAllocator().buffer(capacity: 65_536) }
+            origin.toClient!.writeBytes(data)
+            origin.toClientCells += 1
+            dirtyOrigins[origin.id] = origin
         case .end:
-            let code = UInt8(String(decoding: body, as: UTF8.self)) ?? 1
+            let code = UInt8(String(decoding: data, as: UTF8.self)) ?? 1
             if origin.phase == .open { close(origin) } else { fail(origin, "the exit could not connect to \(origin.target)", socksCode: code == 0 ? 1 : code, retry: false) }
         case .sendme:
             origin.inFlight = max(0, origin.inFlight - configuration.sendmeEvery)
@@ -542,15 +597,33 @@ extension MeshNode {
         }
     }
 
+    /// Write the bytes gathered for the client; SENDMEs go to the exit as it takes them.
+    func writeToClient(_ origin: OriginCircuit) {
+        guard let bytes = origin.toClient else { return }
+        let cells = origin.toClientCells
+        origin.toClient = nil
+        origin.toClientCells = 0
+        origin.client.write(bytes) { [weak self, weak origin] in
+            guard let self, let origin, origin.phase == .open else { return }
+            let before = origin.received
+            origin.received += cells
+            let every = self.configuration.sendmeEvery
+            for _ in 0..<(origin.received / every - before / every) { self.sendToExit(origin, .sendme, []) }
+            self.flush()
+        }
+    }
+
     /// Bytes from the SOCKS client, toward the exit.
-    func originClientData(_ id: UInt64, _ bytes: [UInt8]) {
+    func originClientData(_ id: UInt64, _ bytes: ByteBuffer) {
         guard let origin = origins[id], origin.phase == .open else { return }
-        var offset = 0
-        while offset < bytes.count {
-            let chunk = Array(bytes[offset..<min(bytes.count, offset + cellData)])
-            sendToExit(origin, .data, chunk)
-            origin.inFlight += 1
-            offset += chunk.count
+        bytes.withUnsafeReadableBytes { raw in
+            var offset = 0
+            while offset < raw.count {
+                let n = min(raw.count - offset, cellData)
+                sendToExit(origin, .data, UnsafeRawBufferPointer(rebasing: raw[offset..<(offset + n)]))
+                origin.inFlight += 1
+                offset += n
+            }
         }
         if origin.inFlight >= configuration.window { origin.client.pause() }
     }
@@ -563,6 +636,7 @@ extension MeshNode {
     }
 
     private func close(_ origin: OriginCircuit) {
+        writeToClient(origin)
         origin.client.finish()
         teardown(origin)
     }

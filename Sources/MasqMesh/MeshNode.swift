@@ -47,7 +47,7 @@ public struct MeshConfiguration: Sendable {
     public var banSeconds: UInt64 = 600
     public var banThreshold = 30
     /// Cells a stream may have in flight each way before it waits for a SENDME.
-    public var window = 512
+    public var window = 1_024
     public var sendmeEvery = 64
     public var routeAttempts = 3
 
@@ -74,6 +74,9 @@ public final class MeshNode: @unchecked Sendable {
         var heard: UInt64
     }
     var records: [NodeKey: Known] = [:]
+    /// Which node a held record's signature belongs to (entries of records
+    /// dropped since are ignored: the record itself is compared).
+    var recordBySignature: [String: NodeKey] = [:]
     var introduced: [NodeKey: NodeDescriptor] = [:]
     var links: [Int: Link] = [:]
     var neighbours: [NodeKey: Link] = [:]
@@ -89,7 +92,9 @@ public final class MeshNode: @unchecked Sendable {
     var advertisedNeighbours: [String] = []
     var ticks = 0
     var dirty: [Int: Link] = [:]
-    var dirtyStreams: [ObjectIdentifier: Channel] = [:]
+    /// Streams with bytes gathered for their sockets this turn.
+    var dirtyExits: [CircuitEnd: ExitCircuit] = [:]
+    var dirtyOrigins: [UInt64: OriginCircuit] = [:]
     var counters = Counters()
     // Circuits (MeshCircuits.swift).
     var relays: [CircuitEnd: RelayHop] = [:]
@@ -131,6 +136,9 @@ public final class MeshNode: @unchecked Sendable {
             throw .invalid("neighbours: 1 <= target <= max <= 16")
         }
         guard (2_560...60_000).contains(configuration.cellBytes) else { throw .invalid("cell size must be 2560...60000 bytes (onions of 7 layers fit)") }
+        guard (64...65_536).contains(configuration.window), (1...configuration.window).contains(configuration.sendmeEvery) else {
+            throw .invalid("the window must be 64...65536 cells, acknowledged every 1...window cells")
+        }
         self.configuration = configuration
         self.identity = identity
         self.logger = logger
@@ -254,7 +262,9 @@ public final class MeshNode: @unchecked Sendable {
         let prologue = Array("masq mesh v1 \(configuration.network)".utf8)
         guard let handshake = try? Noise.Handshake(pattern: .XX, role: initiator ? .initiator : .responder, prologue: prologue,
                                                    staticKey: identity.agreement.privateKey) else { return nil }
-        let link = Link(id: nextLinkID, channel: channel, initiator: initiator, dialed: dialed, handshake: handshake, now: Self.now())
+        let link = Link(id: nextLinkID, channel: channel, initiator: initiator, dialed: dialed, handshake: handshake,
+                        cellBytes: configuration.cellBytes, now: Self.now())
+        link.onPending = { [weak self] in self?.dirty[$0.id] = $0 }
         nextLinkID += 1
         links[link.id] = link
         if initiator {
@@ -279,23 +289,52 @@ public final class MeshNode: @unchecked Sendable {
         circuitsLost(on: link)
     }
 
-    func linkMessage(_ link: Link, _ bytes: [UInt8]) {
+    func linkMessage(_ link: Link, _ message: ByteBuffer) {
         link.lastHeard = Self.now()
         if !link.established {
-            handshakeStep(link, bytes)
+            handshakeStep(link, Array(message.readableBytesView))
             return
         }
-        guard let receive = link.receiveCipher, let plain = try? receive.decrypt(ad: [], ciphertext: bytes), let first = plain.first else {
-            penalize(link, configuration.banThreshold, "a frame that does not decrypt")
-            return
+        message.withUnsafeReadableBytes { raw in
+            guard let (records, clear) = link.open(raw) else {
+                return penalize(link, configuration.banThreshold, "a message that does not decrypt")
+            }
+            var at = 0
+            var clearAt = clear.lowerBound
+            while at < records.count {
+                guard at + 2 <= records.count else { return penalize(link, 10, "a truncated record") }
+                let n = Int(records[at]) << 8 | Int(records[at + 1])
+                at += 2
+                guard n >= 1, at + n <= records.count else { return penalize(link, 10, "a truncated record") }
+                if n == 6, records[at] == FrameType.cell.rawValue, records[at + 5] == CellCommand.data.rawValue {
+                    guard clearAt + configuration.cellBytes <= clear.upperBound else {
+                        counters.cellsRejected += 1
+                        return penalize(link, 10, "a DATA cell without its payload")
+                    }
+                    let circuit = UInt32(records[at + 1]) << 24 | UInt32(records[at + 2]) << 16 | UInt32(records[at + 3]) << 8 | UInt32(records[at + 4])
+                    data(link, CircuitEnd(link: link.id, circuit: circuit),
+                         UnsafeRawBufferPointer(rebasing: raw[clearAt..<(clearAt + configuration.cellBytes)]))
+                    clearAt += configuration.cellBytes
+                } else {
+                    linkFrame(link, Array(records[at..<(at + n)]))
+                }
+                at += n
+                guard link.channel.isActive else { return }
+            }
+            if clearAt != clear.upperBound { penalize(link, 10, "clear bytes that belong to no cell") }
         }
-        if first == FrameType.cell.rawValue { return receiveCell(link, plain) }
-        let body = Array(plain.dropFirst())
+    }
+
+    /// One frame other than a DATA cell (`frame[0]` is its type).
+    private func linkFrame(_ link: Link, _ frame: [UInt8]) {
+        let first = frame[0]
+        if first == FrameType.cell.rawValue { return receiveCell(link, frame) }
+        let body = Array(frame.dropFirst())
         switch FrameType(rawValue: first) {
         case .gossip: receiveGossip(link, body)
         case .intro: receiveIntro(link, body)
-        case .cell: receiveCell(link, plain)
-        case .ping: link.write(.pong, []); dirty[link.id] = link
+        case .cell: receiveCell(link, frame)
+        case .ping: link.write(.pong, [])
         case .pong: break
         case .bye:
             if link.initiator, let peer = link.peer { refused[peer] = Self.now() + 10 * configuration.gossipMilliseconds }
@@ -355,7 +394,7 @@ public final class MeshNode: @unchecked Sendable {
             // Full: pass the newcomer on to less connected nodes.
             link.write(.intro, introductionsFor(peer))
             link.write(.bye, Array("full".utf8))
-            link.channel.flush()
+            link.flush()
             link.channel.close(promise: nil)
             return
         }
@@ -397,9 +436,12 @@ public final class MeshNode: @unchecked Sendable {
     func sendGossip(to link: Link) {
         var list: [SignedRecord] = ownSigned.map { [$0] } ?? []
         list += records.values.filter { !$0.record.isClient }.sorted { $0.heard > $1.heard }.prefix(255).map(\.signed)
-        guard let bytes = try? JSONEncoder().encode(list) else { return }
-        link.write(.gossip, Array(bytes))
-        dirty[link.id] = link
+        // A frame fits in one link message: the freshest records first, as many as fit.
+        while !list.isEmpty {
+            guard let bytes = try? JSONEncoder().encode(list) else { return }
+            if bytes.count < Link.maxFrame { link.write(.gossip, Array(bytes)); return }
+            list.removeLast(max(1, list.count / 4))
+        }
     }
 
     private func receiveGossip(_ link: Link, _ body: [UInt8]) {
@@ -408,6 +450,13 @@ public final class MeshNode: @unchecked Sendable {
             return penalize(link, 10, "malformed gossip")
         }
         for signed in list {
+            // Most gossip repeats records already held: the same signed bytes
+            // need no second JSON decode and signature check.
+            if let known = recordBySignature[signed.s], let held = records[known], held.signed == signed {
+                if held.record.isClient && known != link.peer { continue }
+                records[known]?.heard = max(held.heard, Self.now())
+                continue
+            }
             do {
                 let record = try signed.verified(network: configuration.network)
                 // A client's record is learned only from its own handshake.
@@ -427,7 +476,9 @@ public final class MeshNode: @unchecked Sendable {
             if known.record.version == record.version { records[nodeKey]?.heard = max(known.heard, Self.now()) }
             return
         }
+        if let replaced = records[nodeKey] { recordBySignature[replaced.signed.s] = nil }
         records[nodeKey] = Known(record: record, signed: signed, heard: Self.now())
+        recordBySignature[signed.s] = nodeKey
     }
 
     private func receiveIntro(_ link: Link, _ body: [UInt8]) {
@@ -466,6 +517,7 @@ public final class MeshNode: @unchecked Sendable {
         ticks += 1
         try? refreshOwnRecord(force: ticks % 5 == 0)
         for (nodeKey, known) in records where now - known.heard > configuration.recordTTLMilliseconds { records[nodeKey] = nil }
+        recordBySignature = recordBySignature.filter { records[$0.value]?.signed.s == $0.key }
         for (peer, link) in neighbours {
             if now - link.lastHeard > configuration.linkTimeoutMilliseconds {
                 logger.info("neighbour silent: dropped", metadata: ["node": "\(peer)"])
@@ -496,16 +548,20 @@ public final class MeshNode: @unchecked Sendable {
         accountant?.save(force: false)
     }
 
+    /// Write what this turn of the loop gathered: stream bytes to their
+    /// sockets (one write per stream), then link messages (sealed, one per
+    /// link unless full). Completions may queue more; the loop takes them too.
     func flush() {
-        for link in dirty.values { link.channel.flush() }
-        dirty.removeAll(keepingCapacity: true)
-        for channel in dirtyStreams.values { channel.flush() }
-        dirtyStreams.removeAll(keepingCapacity: true)
+        while !dirty.isEmpty || !dirtyExits.isEmpty || !dirtyOrigins.isEmpty {
+            let exits = dirtyExits, origins = dirtyOrigins, links = dirty
+            dirtyExits = [:]
+            dirtyOrigins = [:]
+            dirty = [:]
+            for exit in exits.values { writeToTarget(exit) }
+            for origin in origins.values { writeToClient(origin) }
+            for link in links.values { link.flush() }
+        }
     }
-
-    /// A stream channel (SOCKS client, exit target) written without a flush:
-    /// flushed once after the current batch of cells.
-    func streamWritten(_ channel: Channel) { dirtyStreams[ObjectIdentifier(channel)] = channel }
 
     // MARK: - accounting
 

@@ -130,6 +130,34 @@ enum Onion {
         }
     }
 
+    /// XOR a data layer from `input` into `output` (the same memory is fine).
+    static func xor(_ key: SecureBytes, counter: UInt64, from input: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer) {
+        withUnsafeTemporaryAllocation(byteCount: 12, alignment: 4) { nonce in
+            nonce.initializeMemory(as: UInt8.self, repeating: 0)
+            for i in 0..<8 { nonce[4 + i] = UInt8(truncatingIfNeeded: counter >> (8 * UInt64(i))) }
+            key.withUnsafeBytes { k in ChaCha20.xor(key: k, nonce: UnsafeRawBufferPointer(nonce), from: input, into: output) }
+        }
+    }
+
+    /// Seal a cell in place between origin and exit: the plaintext fills all
+    /// but the last 16 bytes, which receive the tag.
+    static func sealCell(_ key: SecureBytes, counter: UInt64, _ cell: UnsafeMutableRawBufferPointer) -> Bool {
+        let n = nonce(counter)
+        return key.withUnsafeBytes { k in
+            (try? AEAD.seal(.chacha20Poly1305, key: k, nonce: n, ad: UnsafeRawBufferPointer(start: nil, count: 0),
+                            plaintext: UnsafeRawBufferPointer(rebasing: cell[0..<(cell.count - AEAD.tagLength)]), into: cell)) != nil
+        }
+    }
+
+    /// Open a cell in place: the plaintext is left in all but the last 16 bytes.
+    static func openCell(_ key: SecureBytes, counter: UInt64, _ cell: UnsafeMutableRawBufferPointer) -> Bool {
+        let n = nonce(counter)
+        return key.withUnsafeBytes { k in
+            (try? AEAD.open(.chacha20Poly1305, key: k, nonce: n, ad: UnsafeRawBufferPointer(start: nil, count: 0), ciphertext: UnsafeRawBufferPointer(cell),
+                            into: UnsafeMutableRawBufferPointer(rebasing: cell[0..<(cell.count - AEAD.tagLength)]))) != nil
+        }
+    }
+
     static func nonce(_ counter: UInt64) -> [UInt8] {
         var nonce = [UInt8](repeating: 0, count: 12)
         for i in 0..<8 { nonce[i] = UInt8(truncatingIfNeeded: counter >> (8 * UInt64(i))) }

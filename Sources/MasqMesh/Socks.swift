@@ -19,13 +19,12 @@ final class SocksHandler: ChannelInboundHandler, @unchecked Sendable {
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        var incoming = unwrapInboundIn(data)
-        let bytes = incoming.readBytes(length: incoming.readableBytes) ?? []
+        let incoming = unwrapInboundIn(data)
         if phase == .open, let origin {
-            node.originClientData(origin, bytes)
+            node.originClientData(origin, incoming)
             return
         }
-        buffer += bytes
+        buffer += incoming.readableBytesView
         guard buffer.count <= 1_024 else { return reply(1) }
         parse(context)
     }
@@ -95,18 +94,17 @@ final class SocksHandler: ChannelInboundHandler, @unchecked Sendable {
         if !buffer.isEmpty, let origin {
             let early = buffer
             buffer = []
-            node.originClientData(origin, early)
+            node.originClientData(origin, ByteBuffer(bytes: early))
         }
     }
 
     func failed(_ code: UInt8) { reply(code) }
 
     /// Write to the client; `taken` runs once the bytes left for the socket.
-    func write(_ bytes: [UInt8], taken: @escaping () -> Void) {
+    func write(_ bytes: ByteBuffer, taken: @escaping () -> Void) {
         guard let context else { return }
         let done = NIOLoopBound(taken, eventLoop: context.eventLoop)
-        context.write(wrapOutboundOut(context.channel.allocator.buffer(bytes: bytes))).whenSuccess { done.value() }
-        node.streamWritten(context.channel)
+        context.writeAndFlush(wrapOutboundOut(bytes)).whenSuccess { done.value() }
     }
 
     func finish() {
@@ -139,9 +137,8 @@ final class StreamHandler: ChannelInboundHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        var incoming = unwrapInboundIn(data)
         guard case .exit(let end) = side else { return }
-        node.exitTargetData(end, incoming.readBytes(length: incoming.readableBytes) ?? [])
+        node.exitTargetData(end, unwrapInboundIn(data))
     }
 
     func channelReadComplete(context: ChannelHandlerContext) { node.flush() }

@@ -129,8 +129,29 @@ class Peer:
         k1, k2 = hkdf(self.ck, b"", 2)
         self.send, self.receive = Cipher(k1), Cipher(k2)
 
+    def message(self, records, clear=b""):
+        """One link message: u16 c, the clear part, then the records (each
+        u16 length + frame) encrypted with AD = u16 c + clear."""
+        head = struct.pack(">H", len(clear)) + clear
+        body = b"".join(struct.pack(">H", len(r)) + r for r in records)
+        self.send_raw(head + self.send.encrypt(head, body))
+
     def frame(self, plaintext):
-        self.send_raw(self.send.encrypt(b"", plaintext))
+        self.message([plaintext])
+
+    def read_message(self):
+        """The next message from the node: (frames, clear part)."""
+        msg = self.recv_raw()
+        c = struct.unpack(">H", msg[:2])[0]
+        head, sealed = msg[:2 + c], msg[2 + c:]
+        body = self.receive.decrypt(head, sealed)
+        frames, at = [], 0
+        while at < len(body):
+            n = struct.unpack(">H", body[at:at + 2])[0]
+            frames.append(body[at + 2:at + 2 + n])
+            at += 2 + n
+        assert at == len(body), "records overrun the message"
+        return frames, head[2:]
 
     def closed(self, wait=3.0):
         """True once the node has closed the connection."""

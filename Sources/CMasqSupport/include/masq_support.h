@@ -27,4 +27,9 @@ int masqsupport_random(void *buf, size_t len);
  *  buf (NUL-terminated). 0 on success, -1 if unknown or too long. */
 int masqsupport_image_path(char *buf, size_t size);
 
+/** For long-running servers (a mesh node): keep freed heap memory for reuse
+ *  instead of returning it to the kernel (glibc's trim and mmap thresholds).
+ *  A no-op elsewhere. Call once at start-up, before threads. */
+void masqsupport_keep_freed_memory(void);
+
 #endif
