@@ -101,6 +101,10 @@ final class OriginCircuit: @unchecked Sendable {
 enum StreamCommand: UInt8 { case returnRoute = 1, connect = 2, connected = 3, data = 4, end = 5, sendme = 6 }
 
 extension MeshNode {
+    /// A stream's socket gets at most this much per write (one turn of the
+    /// loop may read megabytes from links; buffers this size are reused by
+    /// malloc instead of mapped and unmapped).
+    static let streamWriteBytes = 256 << 10
     var cellPlaintext: Int { configuration.cellBytes - 16 }
     var cellData: Int { cellPlaintext - 3 }
 
@@ -318,7 +322,8 @@ extension MeshNode {
         guard let (command, data) = unpack(plain) else { return destroyed(exit.inEnd, notify: true) }
         if command == .data {
             // Gathered and written once per turn; acknowledged once the target took it.
-            if exit.toTarget == nil { exit.toTarget = ByteBufferAllocator().buffer(capacity: 65_536) }
+            if let gathered = exit.toTarget?.readableBytes, gathered + data.count > Self.streamWriteBytes { writeToTarget(exit) }
+            if exit.toTarget == nil { exit.toTarget = ByteBufferAllocator().buffer(capacity: Self.streamWriteBytes) }
             exit.toTarget!.writeBytes(data)
             exit.toTargetCells += 1
             dirtyExits[exit.inEnd] = exit
@@ -582,7 +587,8 @@ extension MeshNode {
         case .data:
             // Gathered and written once per turn; acknowledged once the client took it,
             // so a slow reader slows the exit.
-            if origin.toClient == nil { origin.toClient = ByteBufferAllocator().buffer(capacity: 65_536) }
+            if let gathered = origin.toClient?.readableBytes, gathered + data.count > Self.streamWriteBytes { writeToClient(origin) }
+            if origin.toClient == nil { origin.toClient = ByteBufferAllocator().buffer(capacity: Self.streamWriteBytes) }
             origin.toClient!.writeBytes(data)
             origin.toClientCells += 1
             dirtyOrigins[origin.id] = origin
