@@ -64,8 +64,9 @@ final class Link {
     var lastHeard: UInt64
     var penalty = 0
     var nextCircuit: UInt32
-    /// Called when frames wait in `pending` (the node flushes after its turn).
+    /// Called when frames start to wait in `pending` (the node flushes after its turn).
     var onPending: ((Link) -> Void)?
+    private var announced = false
     /// The message being assembled: u16 length and u16 c reserved, then the clear part.
     private var pending: ByteBuffer?
     /// Its records (encrypted when the message is sealed).
@@ -105,7 +106,7 @@ final class Link {
         room(records: 3 + body.count, clear: 0)
         records.append(contentsOf: [UInt8(truncatingIfNeeded: (1 + body.count) >> 8), UInt8(truncatingIfNeeded: 1 + body.count), type.rawValue])
         records.append(contentsOf: body)
-        onPending?(self)
+        announce()
         return true
     }
 
@@ -129,6 +130,12 @@ final class Link {
             fill(UnsafeMutableRawBufferPointer(rebasing: raw[0..<size]))
             return size
         }
+        announce()
+    }
+
+    private func announce() {
+        guard !announced else { return }
+        announced = true
         onPending?(self)
     }
 
@@ -176,6 +183,7 @@ final class Link {
 
     /// Seal what is pending and push it to the socket.
     func flush() {
+        announced = false
         if pending != nil { seal() }
         channel.flush()
     }
