@@ -5,9 +5,12 @@
 #   1. Throughput: SIZE_MB of random bytes from a local HTTP server, fetched
 #      with curl directly over loopback TCP (the reference) and through the
 #      origin's SOCKS5 front over a route of HOPS (>= 3) links: MB/s, ratio.
-#   2. Route set-up: curl's time until it can send (time_pretransfer: SOCKS stream connected (the origin
-#      = forward and return circuits built and the exit connected)
-#      against a direct TCP connect, over REQUESTS small requests.
+#      Then the other way: a Python client uploads SIZE_MB to a TCP sink,
+#      directly and through the SOCKS5 front (its reference is a raw socket
+#      pair, far faster than curl and http.server, hence a lower ratio).
+#   2. Route set-up: curl's time_pretransfer through SOCKS5 (the stream is
+#      connected: forward and return circuits built, the exit connected to
+#      the target) against a direct TCP connect, over REQUESTS small requests.
 #
 # All processes share the machine's 2 cores (the reference path has 2
 # processes, the mesh path 6 or more), so the ratio is for this box.
@@ -16,7 +19,7 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 SIZE_MB=${SIZE_MB:-100}
 HOPS=${HOPS:-3}
 REQUESTS=${REQUESTS:-20}
-REPS=${REPS:-3}
+REPS=${REPS:-5}
 CELL=${CELL:-4096}
 PORT=${PORT:-7701}
 cd "$root"
@@ -63,6 +66,10 @@ print("direct loopback TCP  %8.1f MB/s" % direct)
 print("mesh (SOCKS5, onion) %8.1f MB/s" % mesh)
 print("ratio                %8.3f" % (mesh / direct))
 PY
+
+echo
+echo "== upload: $SIZE_MB MB from a Python client to a TCP sink, the same client directly and through SOCKS5 (median of $REPS)"
+python3 "$root/bench/mesh/upload.py" "$socks" "$SIZE_MB" "$REPS"
 
 echo
 echo "== route set-up, $REQUESTS requests"
