@@ -43,7 +43,8 @@ struct LengthPrefixDecoder: ByteToMessageDecoder {
 
 /// One TCP link to another node. Lives on the node's event loop.
 final class Link {
-    static let maxMessage = Int(UInt16.max)
+    /// The largest length field: with it, a whole message fits in 64 KiB.
+    static let maxMessage = 65_534
     /// A message's fixed cost: its length, the clear part's length, the tag.
     static let messageOverhead = 2 + 2 + 16
     /// The most a single (encrypted) frame may hold.
@@ -153,6 +154,7 @@ final class Link {
         if pending == nil {
             // A message of cells fills up within the turn: room for a whole one at once.
             var buffer = channel.allocator.buffer(capacity: clear > 0 ? 2 + Self.maxMessage : 512)
+            // (NIO grows a buffer to the next power of two: 64 KiB stays within malloc's reuse.)
             buffer.writeInteger(UInt32(0))
             pending = buffer
         }
