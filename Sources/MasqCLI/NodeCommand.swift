@@ -41,6 +41,9 @@ struct Node: MasqSubcommand {
     @Option(help: "Neighbours to look for.") var targetNeighbours = 3
     @Option(help: "Client links (devices' mesh transports) served besides the neighbours.") var maxClients = 32
     @Option(help: "Cell payload bytes (the same on every node of a network).") var cellBytes = 4_096
+    @Option(help: "Streams one route carries at once (1: a route per stream).") var streamsPerRoute = MeshConfiguration().streamsPerRoute
+    @Option(help: "New streams reuse a route younger than this (ms); later ones get a fresh route.") var routeMaxAgeMs = MeshConfiguration().routeMaxAgeMilliseconds
+    @Option(help: "A route without streams closes after this long (ms).") var routeIdleMs = MeshConfiguration().routeIdleMilliseconds
     @Option(help: "Cells a stream may have in flight each way before the other end acknowledges (memory per stream: window x cell size).") var window = MeshConfiguration().window
     @Option(help: "Milliseconds between gossip rounds.") var gossipMs: UInt64 = 1_000
     @Option(help: "Milliseconds before an unrefreshed record is dropped.") var recordTtlMs: UInt64 = 15_000
@@ -90,6 +93,9 @@ struct Node: MasqSubcommand {
         config.maxClients = maxClients
         config.cellBytes = cellBytes
         config.window = window
+        config.streamsPerRoute = streamsPerRoute
+        config.routeMaxAgeMilliseconds = routeMaxAgeMs
+        config.routeIdleMilliseconds = routeIdleMs
         config.gossipMilliseconds = max(50, gossipMs)
         config.recordTTLMilliseconds = recordTtlMs
         config.linkTimeoutMilliseconds = linkTimeoutMs

@@ -50,6 +50,12 @@ public struct MeshConfiguration: Sendable {
     public var window = 1_024
     public var sendmeEvery = 64
     public var routeAttempts = 3
+    /// Streams a route carries at once (1: a route per stream).
+    public var streamsPerRoute = 64
+    /// New streams go on a route younger than this (later ones get a fresh route).
+    public var routeMaxAgeMilliseconds: UInt64 = 600_000
+    /// A route without streams closes after this long.
+    public var routeIdleMilliseconds: UInt64 = 60_000
 
     public init() {}
 }
@@ -93,17 +99,21 @@ public final class MeshNode: @unchecked Sendable {
     var ticks = 0
     var dirty: [Int: Link] = [:]
     /// Streams with bytes gathered for their sockets this turn.
-    var dirtyExits: [CircuitEnd: ExitCircuit] = [:]
-    var dirtyOrigins: [UInt64: OriginCircuit] = [:]
+    var dirtyExits: [ObjectIdentifier: (ExitCircuit, ExitStream)] = [:]
+    var dirtyOrigins: [UInt64: OriginStream] = [:]
     var counters = Counters()
     // Circuits (MeshCircuits.swift).
     var relays: [CircuitEnd: RelayHop] = [:]
     var exits: [CircuitEnd: ExitCircuit] = [:]
-    var origins: [UInt64: OriginCircuit] = [:]
-    var originByForward: [CircuitEnd: UInt64] = [:]
-    var originByReturn: [CircuitEnd: UInt64] = [:]
-    var originByToken: [[UInt8]: UInt64] = [:]
-    var nextOrigin: UInt64 = 1
+    /// An exit's return circuit → its forward circuit (the exit's key).
+    var exitByReturn: [CircuitEnd: CircuitEnd] = [:]
+    var routes: [UInt64: OriginRoute] = [:]
+    var routeByForward: [CircuitEnd: UInt64] = [:]
+    var routeByReturn: [CircuitEnd: UInt64] = [:]
+    var routeByToken: [[UInt8]: UInt64] = [:]
+    var nextRoute: UInt64 = 1
+    var streams: [UInt64: OriginStream] = [:]
+    var nextStream: UInt64 = 1
     var failedNodes: [NodeKey: UInt64] = [:]
     var accountant: MeshAccountant? { configuration.accountant }
     private let scanQueue = DispatchQueue(label: "masq.node.scan")
@@ -122,6 +132,7 @@ public final class MeshNode: @unchecked Sendable {
         public var circuitsRelayed = 0
         public var circuitsExited = 0
         public var circuitsOriginated = 0
+        public var streamsOpened = 0
         public var routeFailures = 0
         public var bans = 0
     }
@@ -139,6 +150,7 @@ public final class MeshNode: @unchecked Sendable {
         guard (64...65_536).contains(configuration.window), (1...configuration.window).contains(configuration.sendmeEvery) else {
             throw .invalid("the window must be 64...65536 cells, acknowledged every 1...window cells")
         }
+        guard (1...4_096).contains(configuration.streamsPerRoute) else { throw .invalid("streams per route must be 1...4096") }
         self.configuration = configuration
         self.identity = identity
         self.logger = logger
@@ -557,8 +569,8 @@ public final class MeshNode: @unchecked Sendable {
             dirtyExits = [:]
             dirtyOrigins = [:]
             dirty = [:]
-            for exit in exits.values { writeToTarget(exit) }
-            for origin in origins.values { writeToClient(origin) }
+            for (exit, stream) in exits.values { writeToTarget(exit, stream) }
+            for stream in origins.values { writeToClient(stream) }
             for link in links.values { link.flush() }
         }
     }
@@ -621,10 +633,17 @@ public final class MeshNode: @unchecked Sendable {
     public func state() -> State {
         var lines: [[String: String]] = []
         for hop in relays.values where hop.forward { lines.append(["role": "relay", "previous": hop.previousAddress, "next": hop.nextAddress]) }
-        for exit in exits.values { lines.append(["role": "exit", "previous": exit.previousAddress, "target": exit.target ?? ""]) }
-        for origin in origins.values {
-            lines.append(["role": "origin", "target": origin.target, "route": origin.routeText, "started": String(origin.started),
-                          "phase": origin.phase == .open ? "open" : "building"])
+        for exit in exits.values {
+            if exit.streams.isEmpty { lines.append(["role": "exit", "previous": exit.previousAddress, "target": ""]) }
+            for stream in exit.streams.values { lines.append(["role": "exit", "previous": exit.previousAddress, "target": stream.target]) }
+        }
+        for stream in streams.values {
+            guard let route = stream.route else { continue }
+            lines.append(["role": "origin", "target": stream.target, "route": route.routeText, "routeID": String(route.id),
+                          "started": String(stream.started), "phase": stream.phase == .open ? "open" : "building"])
+        }
+        for route in routes.values where route.streams.isEmpty {
+            lines.append(["role": "origin", "target": "", "route": route.routeText, "routeID": String(route.id), "phase": "idle"])
         }
         let clientKeys = records.filter { $0.value.record.isClient }.map(\.key)
         return State(key: key.text, address: "\(configuration.host):\(port)", neighbours: neighbours.keys.filter { !clientPeers.contains($0) }.map(\.text).sorted(),

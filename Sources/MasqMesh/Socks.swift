@@ -1,3 +1,4 @@
+import MasqCrypto
 import NIOCore
 
 /// The SOCKS5 front (RFC 1928): no authentication, CONNECT only, IPv4, IPv6
@@ -7,11 +8,14 @@ import NIOCore
 final class SocksHandler: ChannelInboundHandler, @unchecked Sendable {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
-    enum Phase { case greeting, request, connecting, open, closed }
+    enum Phase { case greeting, authentication, request, connecting, open, closed }
     let node: MeshNode
     var phase = Phase.greeting
     var buffer: [UInt8] = []
     var origin: UInt64?
+    /// Streams share routes only with streams of the same credentials
+    /// (RFC 1929 username and password, accepted whatever they are).
+    var isolation = ""
     var context: ChannelHandlerContext?
 
     init(node: MeshNode) { self.node = node }
@@ -39,11 +43,28 @@ final class SocksHandler: ChannelInboundHandler, @unchecked Sendable {
             guard buffer.count >= 2 + n else { return }
             let methods = buffer[2..<(2 + n)]
             buffer.removeFirst(2 + n)
-            guard methods.contains(0) else {
+            if methods.contains(2) {
+                send([5, 2])
+                phase = .authentication
+            } else if methods.contains(0) {
+                send([5, 0])
+                phase = .request
+            } else {
                 send([5, 0xFF])
                 return context.close(promise: nil)
             }
-            send([5, 0])
+        }
+        if phase == .authentication {
+            // RFC 1929: 1 ‖ u8 n ‖ username ‖ u8 m ‖ password.
+            guard buffer.count >= 2 else { return }
+            guard buffer[0] == 1 else { return context.close(promise: nil) }
+            let n = Int(buffer[1])
+            guard buffer.count >= 3 + n else { return }
+            let m = Int(buffer[2 + n])
+            guard buffer.count >= 3 + n + m else { return }
+            isolation = Base64URL.encode(Array(buffer[2..<(2 + n)])) + ":" + Base64URL.encode(Array(buffer[(3 + n)..<(3 + n + m)]))
+            buffer.removeFirst(3 + n + m)
+            send([1, 0])
             phase = .request
         }
         if phase == .request {
@@ -73,7 +94,7 @@ final class SocksHandler: ChannelInboundHandler, @unchecked Sendable {
             at += 2
             buffer.removeFirst(at)
             phase = .connecting
-            node.openStream(host: host, port: port, client: self)
+            node.openStream(host: host, port: port, client: self, isolation: isolation)
         }
     }
 
@@ -119,33 +140,6 @@ final class SocksHandler: ChannelInboundHandler, @unchecked Sendable {
     func channelInactive(context: ChannelHandlerContext) {
         if let origin { node.originClientClosed(origin) }
         self.context = nil
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: Error) { context.close(promise: nil) }
-}
-
-/// The exit's connection to the target.
-final class StreamHandler: ChannelInboundHandler {
-    typealias InboundIn = ByteBuffer
-    enum Side { case exit(CircuitEnd) }
-    let node: MeshNode
-    let side: Side
-
-    init(node: MeshNode, side: Side) {
-        self.node = node
-        self.side = side
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard case .exit(let end) = side else { return }
-        node.exitTargetData(end, unwrapInboundIn(data))
-    }
-
-    func channelReadComplete(context: ChannelHandlerContext) { node.flush() }
-
-    func channelInactive(context: ChannelHandlerContext) {
-        guard case .exit(let end) = side else { return }
-        node.exitTargetClosed(end)
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) { context.close(promise: nil) }

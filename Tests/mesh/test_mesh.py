@@ -26,7 +26,8 @@ from noise_client import Peer
 MASQ = os.environ.get("MASQ_BIN", "masq")
 PORT = int(os.environ.get("MESH_PORT", "7601"))
 ORIGIN = "127.0.0.3"
-FAST = ["--gossip-ms", "200", "--link-timeout-ms", "2000", "--record-ttl-ms", "4000", "--setup-timeout-ms", "5000", "--ban-seconds", "60"]
+FAST = ["--gossip-ms", "200", "--link-timeout-ms", "2000", "--record-ttl-ms", "4000", "--setup-timeout-ms", "5000", "--ban-seconds", "60",
+        "--route-idle-ms", "1500"]
 
 
 class Quiet(http.server.SimpleHTTPRequestHandler):
@@ -150,6 +151,35 @@ def test_closed_streams_leave_no_circuits(mesh):
     while time.time() < deadline and any(state(mesh, i)["circuits"] for i in range(2, 10)):
         time.sleep(0.2)
     assert [(i, state(mesh, i)["circuits"]) for i in range(2, 10) if state(mesh, i)["circuits"]] == []
+
+
+def stream_routes(mesh, offset):
+    """Route ids of the streams the origin opened since `offset` of its log."""
+    with open(os.path.join(mesh["work"], "n3", "log")) as f:
+        f.seek(offset)
+        return [re.search(r"\broute=(\d+)", line).group(1) for line in f if "stream open" in line]
+
+
+def test_streams_share_a_route_unless_their_socks_credentials_differ(mesh):
+    log = os.path.join(mesh["work"], "n3", "log")
+    offset = os.path.getsize(log)
+    assert fetch(mesh, "/file.bin")[0] == 0 and fetch(mesh, "/file.bin")[0] == 0
+    alice = ("--proxy-user", "alice:one")
+    for _ in range(2):
+        code, data = fetch(mesh, "/file.bin", extra=alice)
+        assert code == 0 and data == mesh["payload"]
+    code, data = fetch(mesh, "/file.bin", extra=("--proxy-user", "bob:two"))
+    assert code == 0 and data == mesh["payload"]
+    time.sleep(0.3)
+    plain1, plain2, alice1, alice2, bob = stream_routes(mesh, offset)
+    assert plain1 == plain2, "the second stream built a route of its own"
+    assert alice1 == alice2 and alice1 != plain1, "credentials did not isolate the streams"
+    assert bob not in (plain1, alice1), "other credentials shared a route"
+    # Idle routes close (--route-idle-ms).
+    deadline = time.time() + 10
+    while time.time() < deadline and state(mesh, 3)["circuits"]:
+        time.sleep(0.2)
+    assert state(mesh, 3)["circuits"] == []
 
 
 def test_no_node_but_the_origin_holds_both_ends(mesh):
@@ -374,6 +404,8 @@ def test_sync_between_two_devices_over_the_mesh(mesh):
     (["--network", "Bad Name"], "network names"),
     (["--max-clients", "-1"], "max-clients"),
     (["--socks", "0.0.0.0:1080"], "loopback"),
+    (["--window", "10"], "the window must be"),
+    (["--streams-per-route", "0"], "streams per route"),
 ])
 def test_node_refuses_bad_options(args, message, tmp_path):
     r = subprocess.run([MASQ, "node", "--data-dir", str(tmp_path), "--port", "0"] + args, capture_output=True, text=True, timeout=20)

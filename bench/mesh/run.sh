@@ -8,9 +8,11 @@
 #      Then the other way: a Python client uploads SIZE_MB to a TCP sink,
 #      directly and through the SOCKS5 front (its reference is a raw socket
 #      pair, far faster than curl and http.server, hence a lower ratio).
-#   2. Route set-up: curl's time_pretransfer through SOCKS5 (the stream is
-#      connected: forward and return circuits built, the exit connected to
-#      the target) against a direct TCP connect, over REQUESTS small requests.
+#   2. Set-up: curl's time_pretransfer through SOCKS5 (the stream is
+#      connected, the exit connected to the target) on a new route (forward
+#      and return circuits built first; each request with its own SOCKS
+#      credentials, so isolated) and on an existing route, against a direct
+#      TCP connect, over REQUESTS small requests each.
 #
 # All processes share the machine's 2 cores (the reference path has 2
 # processes, the mesh path 6 or more), so the ratio is for this box.
@@ -72,18 +74,19 @@ echo "== upload: $SIZE_MB MB from a Python client to a TCP sink, the same client
 python3 "$root/bench/mesh/upload.py" "$socks" "$SIZE_MB" "$REPS"
 
 echo
-echo "== route set-up, $REQUESTS requests"
-for _ in $(seq "$REQUESTS"); do
-    curl -s -o /dev/null -w "%{time_pretransfer} %{time_total}\n" --socks5-hostname "$socks" "http://localhost:$http/small.txt" >>"$work/mesh.times"
+echo "== set-up, $REQUESTS requests each: a new route (fresh SOCKS credentials isolate each request), a stream on an existing route, a direct TCP connect"
+for i in $(seq "$REQUESTS"); do
+    curl -s -o /dev/null -w "%{time_pretransfer} %{time_total}\n" --proxy-user "bench$i:x" --socks5-hostname "$socks" "http://localhost:$http/small.txt" >>"$work/route.times"
+    curl -s -o /dev/null -w "%{time_pretransfer} %{time_total}\n" --socks5-hostname "$socks" "http://localhost:$http/small.txt" >>"$work/stream.times"
     curl -s -o /dev/null -w "%{time_pretransfer} %{time_total}\n" "http://127.0.0.1:$http/small.txt" >>"$work/direct.times"
 done
-python3 - "$work/mesh.times" "$work/direct.times" <<'PY'
+python3 - "$work/route.times" "$work/stream.times" "$work/direct.times" <<'PY'
 import statistics, sys
 def load(p):
     rows = [tuple(map(float, l.split())) for l in open(p) if l.strip()]
     return sorted(r[0] * 1000 for r in rows), sorted(r[1] * 1000 for r in rows)
-mc, mt = load(sys.argv[1]); dc, dt = load(sys.argv[2])
 q = lambda xs, f: xs[min(len(xs) - 1, int(len(xs) * f))]
-print("mesh stream ready    median %6.2f ms  p90 %6.2f ms   (whole request median %6.2f ms)" % (statistics.median(mc), q(mc, .9), statistics.median(mt)))
-print("direct TCP ready     median %6.2f ms  p90 %6.2f ms   (whole request median %6.2f ms)" % (statistics.median(dc), q(dc, .9), statistics.median(dt)))
+for label, path in (("new route ready     ", sys.argv[1]), ("stream on a route   ", sys.argv[2]), ("direct TCP ready    ", sys.argv[3])):
+    ready, total = load(path)
+    print("%s median %6.2f ms  p90 %6.2f ms   (whole request median %6.2f ms)" % (label, statistics.median(ready), q(ready, .9), statistics.median(total)))
 PY

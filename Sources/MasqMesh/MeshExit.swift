@@ -1,0 +1,245 @@
+import MasqCrypto
+import NIOCore
+import NIOPosix
+
+/// The exit's half of a route: the forward circuit it ends, the return
+/// circuit it built from the origin's return onion, and the streams the
+/// origin opened through it (one target connection each).
+final class ExitCircuit: @unchecked Sendable {
+    let inEnd: CircuitEnd
+    let keys: Onion.Keys
+    let previousAddress: String
+    var forwardCounter: UInt64 = 0
+    var returnEnd: CircuitEnd?
+    var returnCounter: UInt64 = 0
+    var returnAssembly: [UInt8] = []
+    var streams: [UInt16: ExitStream] = [:]
+    var payer: String?
+
+    init(inEnd: CircuitEnd, keys: Onion.Keys, previousAddress: String) {
+        self.inEnd = inEnd
+        self.keys = keys
+        self.previousAddress = previousAddress
+    }
+}
+
+/// One stream at the exit: its connection to the target and its window.
+final class ExitStream: @unchecked Sendable {
+    let id: UInt16
+    let target: String
+    var channel: Channel?
+    /// Bytes for the target gathered this turn (or until it is connected), and their cells.
+    var toTarget: ByteBuffer?
+    var toTargetCells = 0
+    /// Cells sent to the origin and not yet acknowledged; cells the target took.
+    var inFlight = 0
+    var received = 0
+    var ended = false
+
+    init(id: UInt16, target: String) {
+        self.id = id
+        self.target = target
+    }
+}
+
+extension MeshNode {
+    /// A DATA cell at the exit: remove its layer, open the origin's AEAD, act on the message.
+    func exitCell(_ exit: ExitCircuit, _ payload: UnsafeRawBufferPointer) {
+        let counter = exit.forwardCounter
+        var banned = false
+        let opened: Bool = withUnsafeTemporaryAllocation(byteCount: payload.count, alignment: 16) { cell in
+            Onion.xor(exit.keys.data, counter: counter, from: payload, into: cell)
+            guard Onion.openCell(exit.keys.exitForward, counter: counter, cell) else { return false }
+            exit.forwardCounter += 1
+            if let payer = exit.payer, let accountant {
+                guard !accountant.isBanned(payer) else { banned = true; return true }
+                accountant.earn(payer, exitCharge(configuration.rates), now: Self.wallClock())
+            }
+            exitMessage(exit, UnsafeRawBufferPointer(rebasing: cell[0..<cellPlaintext]))
+            return true
+        }
+        if !opened { counters.cellsRejected += 1 }
+        if !opened || banned { destroyed(exit.inEnd, notify: true) }
+    }
+
+    private func exitMessage(_ exit: ExitCircuit, _ plain: UnsafeRawBufferPointer) {
+        guard let (command, id, data) = unpack(plain) else { return destroyed(exit.inEnd, notify: true) }
+        if command == .data {
+            // Gathered and written once per turn; acknowledged once the target took it.
+            // (A stream the exit already closed may still receive cells in flight.)
+            guard let stream = exit.streams[id], !stream.ended else { counters.cellsDropped += 1; return }
+            if let gathered = stream.toTarget?.readableBytes, gathered + data.count > Self.streamWriteBytes { writeToTarget(exit, stream) }
+            if stream.toTarget == nil { stream.toTarget = ByteBufferAllocator().buffer(capacity: Self.streamWriteBytes) }
+            stream.toTarget!.writeBytes(data)
+            stream.toTargetCells += 1
+            dirtyExits[ObjectIdentifier(stream)] = (exit, stream)
+            return
+        }
+        switch command {
+        case .returnRoute:
+            exit.returnAssembly += data
+            guard exit.returnAssembly.count >= 32 + configuration.cellBytes, exit.returnEnd == nil else { return }
+            let first = NodeKey(Array(exit.returnAssembly[0..<32]))
+            let onion = Array(exit.returnAssembly[32..<(32 + configuration.cellBytes)])
+            exit.returnAssembly = []
+            guard let link = neighbours[first] else { return destroyed(exit.inEnd, notify: true) }
+            let end = CircuitEnd(link: link.id, circuit: link.allocateCircuit())
+            exit.returnEnd = end
+            exitByReturn[end] = exit.inEnd
+            sendCell(end, .create, onion)
+        case .connect:
+            guard id != 0, exit.streams[id] == nil, exit.streams.count < configuration.streamsPerRoute,
+                  let text = String(validating: data, as: UTF8.self), let colon = text.lastIndex(of: ":"),
+                  let port = Int(text[text.index(after: colon)...]), (1...65_535).contains(port) else { return destroyed(exit.inEnd, notify: true) }
+            var host = String(text[..<colon])
+            if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+            connectTarget(exit, ExitStream(id: id, target: text), host: host, port: port)
+        case .end:
+            // What the origin sent before its END reaches the target first.
+            guard let stream = exit.streams.removeValue(forKey: id) else { return }
+            stream.ended = true
+            if let channel = stream.channel {
+                let rest = stream.toTarget ?? channel.allocator.buffer(capacity: 0)
+                stream.toTarget = nil
+                channel.writeAndFlush(rest).whenComplete { _ in channel.close(promise: nil) }
+            }
+        case .sendme:
+            guard let stream = exit.streams[id] else { return }
+            stream.inFlight = max(0, stream.inFlight - configuration.sendmeEvery)
+            if stream.inFlight < configuration.window { _ = stream.channel?.setOption(ChannelOptions.autoRead, value: true) }
+        case .connected, .data:
+            destroyed(exit.inEnd, notify: true)
+        }
+    }
+
+    private func connectTarget(_ exit: ExitCircuit, _ stream: ExitStream, host: String, port: Int) {
+        exit.streams[stream.id] = stream
+        logger.info("exit: connecting", metadata: ["target": "\(stream.target)", "previous": "\(exit.previousAddress)"])
+        let node = self
+        let end = exit.inEnd
+        var bootstrap = ClientBootstrap(group: loop)
+        // The target sees the exit's own address.
+        if let local = try? SocketAddress(ipAddress: configuration.host, port: 0) { bootstrap = bootstrap.bind(to: local) }
+        bootstrap
+            .connectTimeout(.seconds(5))
+            .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { channel in
+                do {
+                    try channel.pipeline.syncOperations.addHandler(StreamHandler(node: node, end: end, stream: stream.id))
+                    return channel.eventLoop.makeSucceededVoidFuture()
+                } catch { return channel.eventLoop.makeFailedFuture(error) }
+            }
+            .connect(host: host, port: port)
+            .whenComplete { result in
+                switch result {
+                case .success(let channel):
+                    guard !stream.ended, exit.streams[stream.id] === stream else { channel.close(promise: nil); return }
+                    stream.channel = channel
+                    node.sendToOrigin(exit, .connected, stream.id, [])
+                    node.dirtyExits[ObjectIdentifier(stream)] = (exit, stream)
+                case .failure(let error):
+                    guard exit.streams[stream.id] === stream else { return }
+                    exit.streams[stream.id] = nil
+                    stream.ended = true
+                    node.sendToOrigin(exit, .end, stream.id, Array("\(Self.socksCode(for: error))".utf8))
+                }
+                node.flush()
+            }
+    }
+
+    static func socksCode(for error: Error) -> UInt8 {
+        let text = "\(error)".lowercased()
+        if text.contains("refused") { return 5 }
+        if text.contains("timeout") || text.contains("timed out") { return 4 }
+        if text.contains("resolve") || text.contains("unknown host") || text.contains("name") { return 4 }
+        return 1
+    }
+
+    /// Write the bytes gathered for a target; SENDMEs go back as the target takes them.
+    func writeToTarget(_ exit: ExitCircuit, _ stream: ExitStream) {
+        guard let channel = stream.channel, !stream.ended, let bytes = stream.toTarget else { return }
+        let cells = stream.toTargetCells
+        stream.toTarget = nil
+        stream.toTargetCells = 0
+        channel.writeAndFlush(bytes).whenComplete { [weak self] _ in
+            guard let self, !stream.ended else { return }
+            let before = stream.received
+            stream.received += cells
+            let every = self.configuration.sendmeEvery
+            for _ in 0..<(stream.received / every - before / every) { self.sendToOrigin(exit, .sendme, stream.id, []) }
+            self.flush()
+        }
+    }
+
+    func sendToOrigin(_ exit: ExitCircuit, _ command: StreamCommand, _ stream: UInt16, _ data: [UInt8]) {
+        data.withUnsafeBytes { sendToOrigin(exit, command, stream, $0) }
+    }
+
+    /// One cell on the return circuit: sealed for the origin straight into the link's message.
+    func sendToOrigin(_ exit: ExitCircuit, _ command: StreamCommand, _ stream: UInt16, _ data: UnsafeRawBufferPointer) {
+        guard let end = exit.returnEnd, let link = links[end.link] else { return }
+        let counter = exit.returnCounter
+        link.writeDataCell(end.circuit) { cell in
+            layOut(cell, command, stream, data)
+            _ = Onion.sealCell(exit.keys.exitBack, counter: counter, cell)
+        }
+        exit.returnCounter += 1
+        if let payer = exit.payer, let accountant { accountant.earn(payer, exitCharge(configuration.rates), now: Self.wallClock()) }
+    }
+
+    /// Bytes from a target: to the origin, within the stream's window.
+    func exitTargetData(_ end: CircuitEnd, _ id: UInt16, _ bytes: ByteBuffer) {
+        guard let exit = exits[end], let stream = exit.streams[id], !stream.ended else { return }
+        bytes.withUnsafeReadableBytes { raw in
+            var offset = 0
+            while offset < raw.count {
+                let n = min(raw.count - offset, cellData)
+                sendToOrigin(exit, .data, id, UnsafeRawBufferPointer(rebasing: raw[offset..<(offset + n)]))
+                stream.inFlight += 1
+                offset += n
+            }
+        }
+        if stream.inFlight >= configuration.window { _ = stream.channel?.setOption(ChannelOptions.autoRead, value: false) }
+    }
+
+    func exitTargetClosed(_ end: CircuitEnd, _ id: UInt16) {
+        guard let exit = exits[end], let stream = exit.streams[id], !stream.ended else { return }
+        stream.ended = true
+        exit.streams[id] = nil
+        sendToOrigin(exit, .end, id, Array("0".utf8))
+        flush()
+    }
+
+    /// The route is gone: every target connection closes.
+    func closeStreams(_ exit: ExitCircuit) {
+        for stream in exit.streams.values {
+            stream.ended = true
+            stream.channel?.close(promise: nil)
+        }
+        exit.streams = [:]
+    }
+}
+
+/// The exit's connection to a target.
+final class StreamHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    let node: MeshNode
+    let end: CircuitEnd
+    let stream: UInt16
+
+    init(node: MeshNode, end: CircuitEnd, stream: UInt16) {
+        self.node = node
+        self.end = end
+        self.stream = stream
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        node.exitTargetData(end, stream, unwrapInboundIn(data))
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) { node.flush() }
+
+    func channelInactive(context: ChannelHandlerContext) { node.exitTargetClosed(end, stream) }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) { context.close(promise: nil) }
+}
