@@ -44,6 +44,7 @@ struct Node: MasqSubcommand {
     @Option(help: "Streams one route carries at once (1: a route per stream).") var streamsPerRoute = MeshConfiguration().streamsPerRoute
     @Option(help: "New streams reuse a route younger than this (ms); later ones get a fresh route.") var routeMaxAgeMs = MeshConfiguration().routeMaxAgeMilliseconds
     @Option(help: "A route without streams closes after this long (ms).") var routeIdleMs = MeshConfiguration().routeIdleMilliseconds
+    @Option(help: "Target connections an exit keeps open at once.") var maxExitStreams = MeshConfiguration().maxExitStreams
     @Option(help: "Cells a stream may have in flight each way before the other end acknowledges (memory per stream: window x cell size).") var window = MeshConfiguration().window
     @Option(help: "Milliseconds between gossip rounds.") var gossipMs: UInt64 = 1_000
     @Option(help: "Milliseconds before an unrefreshed record is dropped.") var recordTtlMs: UInt64 = 15_000
@@ -96,6 +97,7 @@ struct Node: MasqSubcommand {
         config.streamsPerRoute = streamsPerRoute
         config.routeMaxAgeMilliseconds = routeMaxAgeMs
         config.routeIdleMilliseconds = routeIdleMs
+        config.maxExitStreams = maxExitStreams
         config.gossipMilliseconds = max(50, gossipMs)
         config.recordTTLMilliseconds = recordTtlMs
         config.linkTimeoutMilliseconds = linkTimeoutMs

@@ -88,9 +88,17 @@ extension MeshNode {
             exitByReturn[end] = exit.inEnd
             sendCell(end, .create, onion)
         case .connect:
-            guard id != 0, exit.streams[id] == nil, exit.streams.count < configuration.streamsPerRoute,
-                  let text = String(validating: data, as: UTF8.self), let colon = text.lastIndex(of: ":"),
-                  let port = Int(text[text.index(after: colon)...]), (1...65_535).contains(port) else { return destroyed(exit.inEnd, notify: true) }
+            // A reused or zero number breaks the protocol; a bad target or a full exit fails the stream only.
+            guard id != 0, exit.streams[id] == nil else { return destroyed(exit.inEnd, notify: true) }
+            guard let text = String(validating: data, as: UTF8.self), let colon = text.lastIndex(of: ":"),
+                  let port = Int(text[text.index(after: colon)...]), (1...65_535).contains(port) else {
+                return sendToOrigin(exit, .end, id, Array("1".utf8))
+            }
+            guard exit.streams.count < configuration.streamsPerRoute,
+                  exits.values.reduce(0, { $0 + $1.streams.count }) < configuration.maxExitStreams else {
+                logger.info("exit: stream refused, at the limit of streams")
+                return sendToOrigin(exit, .end, id, Array("1".utf8))
+            }
             var host = String(text[..<colon])
             if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
             connectTarget(exit, ExitStream(id: id, target: text), host: host, port: port)

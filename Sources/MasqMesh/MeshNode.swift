@@ -56,6 +56,8 @@ public struct MeshConfiguration: Sendable {
     public var routeMaxAgeMilliseconds: UInt64 = 600_000
     /// A route without streams closes after this long.
     public var routeIdleMilliseconds: UInt64 = 60_000
+    /// Target connections an exit keeps open at once, over all routes.
+    public var maxExitStreams = 4_096
 
     public init() {}
 }
@@ -151,6 +153,7 @@ public final class MeshNode: @unchecked Sendable {
             throw .invalid("the window must be 64...65536 cells, acknowledged every 1...window cells")
         }
         guard (1...4_096).contains(configuration.streamsPerRoute) else { throw .invalid("streams per route must be 1...4096") }
+        guard (1...1_000_000).contains(configuration.maxExitStreams) else { throw .invalid("exit streams must be 1...1000000") }
         self.configuration = configuration
         self.identity = identity
         self.logger = logger

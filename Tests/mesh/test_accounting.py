@@ -18,9 +18,9 @@ import pytest
 MASQ = os.environ.get("MASQ_BIN", "masq")
 PORT = int(os.environ.get("ACCOUNTING_PORT", "7611"))
 # Thresholds scaled to the test: a cell costs ~2.2e8 wei to route and ~4.4e8 to exit, an 8 MB
-# transfer ~2,000 cells; the unban level stays above what a window of cells in flight (512)
-# can make the two sides disagree by, as MASQ's 0.5 MASQ does by far.
-FAST = ["--gossip-ms", "200", "--link-timeout-ms", "2000", "--record-ttl-ms", "4000", "--setup-timeout-ms", "4000",
+# transfer ~2,000 cells; the unban level stays above what a window of cells in flight (512
+# here) can make the two sides disagree by, as MASQ's 0.5 MASQ does by far.
+FAST = ["--window", "512", "--gossip-ms", "200", "--link-timeout-ms", "2000", "--record-ttl-ms", "4000", "--setup-timeout-ms", "4000",
         "--debt-threshold", "500000000000", "--permanent-allowance", "250000000000", "--maturity-seconds", "1",
         "--threshold-interval-seconds", "2", "--grace-seconds", "1", "--unban-below", "300000000000", "--scan-seconds", "1",
         "--log-level", "info"]

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import signal
+import socket
 import socketserver
 import ssl
 import struct
@@ -26,6 +27,7 @@ from noise_client import Peer
 MASQ = os.environ.get("MASQ_BIN", "masq")
 PORT = int(os.environ.get("MESH_PORT", "7601"))
 ORIGIN = "127.0.0.3"
+EXIT_STREAMS = 6
 FAST = ["--gossip-ms", "200", "--link-timeout-ms", "2000", "--record-ttl-ms", "4000", "--setup-timeout-ms", "5000", "--ban-seconds", "60",
         "--route-idle-ms", "1500"]
 
@@ -89,7 +91,7 @@ def run_mesh(work, procs, start, httpd, httpsd, payload, big, cert):
         if i == 3:
             extra += ["--socks", "127.0.0.1:0"]
         if i >= 7:
-            extra += ["--exit"]
+            extra += ["--exit", "--max-exit-streams", str(EXIT_STREAMS)]
         start(i, extra)
     socks_line = procs[3].stdout.readline()
     socks = int(socks_line.split(":")[1])
@@ -136,7 +138,7 @@ def test_mesh_formed_by_gossip_within_limits(mesh):
 def test_fetch_byte_for_byte(mesh):
     code, data = fetch(mesh, "/file.bin")
     assert code == 0 and data == mesh["payload"]
-    origin = [c for c in state(mesh, 3)["circuits"] if c["role"] == "origin"]
+    origin = [c for c in state(mesh, 3)["circuits"] if c["role"] == "origin" and c["phase"] != "idle"]
     assert origin == [] or all(c["target"].startswith("localhost:") for c in origin)
 
 
@@ -180,6 +182,57 @@ def test_streams_share_a_route_unless_their_socks_credentials_differ(mesh):
     while time.time() < deadline and state(mesh, 3)["circuits"]:
         time.sleep(0.2)
     assert state(mesh, 3)["circuits"] == []
+
+
+def socks_connect(mesh, port, user):
+    """A raw SOCKS5 CONNECT to 127.0.0.1:port with RFC 1929 credentials: (socket, reply code)."""
+    s = socket.create_connection(("127.0.0.1", mesh["socks"]), timeout=15)
+    s.sendall(b"\x05\x01\x02")
+    assert s.recv(2) == b"\x05\x02"
+    s.sendall(b"\x01" + bytes([len(user)]) + user + b"\x01x")
+    assert s.recv(2) == b"\x01\x00"
+    s.sendall(b"\x05\x01\x00\x01" + socket.inet_aton("127.0.0.1") + struct.pack(">H", port))
+    reply = s.recv(10)
+    return s, reply[1] if len(reply) >= 2 else None
+
+
+def test_an_exit_refuses_streams_beyond_its_limit_and_keeps_the_others(mesh):
+    # A target that holds every connection open and echoes.
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    held = []
+
+    def accept():
+        while True:
+            try:
+                c, _ = server.accept()
+            except OSError:
+                return
+            held.append(c)
+            threading.Thread(target=lambda c=c: [c.sendall(d) for d in iter(lambda: c.recv(100), b"")], daemon=True).start()
+    threading.Thread(target=accept, daemon=True).start()
+    port = server.getsockname()[1]
+    # One set of credentials: one route, hence one exit.
+    opened, codes, every = [], [], []
+    try:
+        for _ in range(EXIT_STREAMS + 3):
+            s, code = socks_connect(mesh, port, b"limit")
+            every.append(s)
+            codes.append(code)
+            if code == 0:
+                opened.append(s)
+        assert 1 <= codes.count(0) <= EXIT_STREAMS and codes.count(1) >= 3, codes
+        # The streams that opened still work.
+        for s in opened:
+            s.sendall(b"ping")
+            assert s.recv(4) == b"ping"
+    finally:
+        for s in every:
+            s.close()
+        server.close()
+        for c in held:
+            c.close()
 
 
 def test_no_node_but_the_origin_holds_both_ends(mesh):
