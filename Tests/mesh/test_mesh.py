@@ -196,6 +196,19 @@ def socks_connect(mesh, port, user):
     return s, reply[1] if len(reply) >= 2 else None
 
 
+def test_parallel_streams_on_one_route_arrive_byte_for_byte(mesh):
+    log = os.path.join(mesh["work"], "n3", "log")
+    offset = os.path.getsize(log)
+    outs = [os.path.join(mesh["work"], "parallel%d.bin" % i) for i in range(5)]
+    curls = [subprocess.Popen(["curl", "-s", "--max-time", "60", "--proxy-user", "parallel:x", "--socks5-hostname",
+                               "127.0.0.1:%d" % mesh["socks"], "-o", out, "http://localhost:%d/file.bin" % mesh["http"]]) for out in outs]
+    assert [c.wait(90) for c in curls] == [0] * len(curls)
+    for out in outs:
+        assert open(out, "rb").read() == mesh["payload"]
+    time.sleep(0.3)
+    assert len(set(stream_routes(mesh, offset))) == 1, "the parallel streams did not share one route"
+
+
 def test_an_exit_refuses_streams_beyond_its_limit_and_keeps_the_others(mesh):
     # A target that holds every connection open and echoes.
     server = socket.socket()
