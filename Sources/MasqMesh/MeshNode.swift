@@ -598,8 +598,9 @@ public final class MeshNode: @unchecked Sendable {
                 }
             }
             let received = earning.flatMap { try? $0.payments(after: cursor) }
+            let payments = paid
             self.loop.execute {
-                for (creditor, amount, txid) in paid {
+                for (creditor, amount, txid) in payments {
                     accountant.paid(creditor, amount, txid: txid)
                     logger.info("paid", metadata: ["to": "\(creditor.prefix(16))", "amount": "\(amount)", "txid": "\(txid)"])
                 }

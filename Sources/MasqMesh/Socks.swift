@@ -131,7 +131,8 @@ final class SocksHandler: ChannelInboundHandler, @unchecked Sendable {
     func finish() {
         phase = .closed
         guard let context else { return }
-        context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0))).whenComplete { _ in context.close(promise: nil) }
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(channel.allocator.buffer(capacity: 0))).whenComplete { _ in channel.close(promise: nil) }
     }
 
     func pause() { _ = context?.channel.setOption(ChannelOptions.autoRead, value: false) }
