@@ -45,6 +45,9 @@ extension MeshNode {
     static let messageHeader = 5
     var cellPlaintext: Int { configuration.cellBytes - 16 }
     var cellData: Int { cellPlaintext - Self.messageHeader }
+    /// Cells a stream's sender may have unacknowledged: the window, plus what
+    /// one socket read (up to 256 KiB) adds before the sender pauses.
+    var flowControlLimit: Int { configuration.window + (256 << 10) / cellData + 1 }
 
     // MARK: - charges
 

@@ -34,6 +34,8 @@ final class ExitStream: @unchecked Sendable {
     /// Cells sent to the origin and not yet acknowledged; cells the target took.
     var inFlight = 0
     var received = 0
+    /// Cells from the origin the target has not taken yet (bounded by the window).
+    var unacknowledged = 0
     var ended = false
 
     init(id: UInt16, target: String) {
@@ -68,6 +70,14 @@ extension MeshNode {
             // Gathered and written once per turn; acknowledged once the target took it.
             // (A stream the exit already closed may still receive cells in flight.)
             guard let stream = exit.streams[id], !stream.ended else { counters.cellsDropped += 1; return }
+            // The origin may have a window of cells unacknowledged (plus one read of its client):
+            // beyond that it ignores flow control, and its route goes before it fills our memory.
+            stream.unacknowledged += 1
+            guard stream.unacknowledged <= flowControlLimit else {
+                counters.flowControlViolations += 1
+                logger.info("exit: a route ignores flow control; destroyed")
+                return destroyed(exit.inEnd, notify: true)
+            }
             if let gathered = stream.toTarget?.readableBytes, gathered + data.count > Self.streamWriteBytes { writeToTarget(exit, stream) }
             if stream.toTarget == nil { stream.toTarget = ByteBufferAllocator().buffer(capacity: Self.streamWriteBytes) }
             stream.toTarget!.writeBytes(data)
@@ -171,6 +181,7 @@ extension MeshNode {
         stream.toTargetCells = 0
         channel.writeAndFlush(bytes).whenComplete { [weak self] _ in
             guard let self, !stream.ended else { return }
+            stream.unacknowledged -= cells
             let before = stream.received
             stream.received += cells
             let every = self.configuration.sendmeEvery

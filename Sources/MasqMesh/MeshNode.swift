@@ -135,6 +135,7 @@ public final class MeshNode: @unchecked Sendable {
         public var circuitsExited = 0
         public var circuitsOriginated = 0
         public var streamsOpened = 0
+        public var flowControlViolations = 0
         public var routeFailures = 0
         public var bans = 0
     }

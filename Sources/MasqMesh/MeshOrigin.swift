@@ -56,6 +56,8 @@ final class OriginStream: @unchecked Sendable {
     var started: UInt64 = 0
     var inFlight = 0
     var received = 0
+    /// Cells from the exit the client has not taken yet (bounded by the window).
+    var unacknowledged = 0
     /// Bytes for the client gathered this turn, and their cells.
     var toClient: ByteBuffer?
     var toClientCells = 0
@@ -217,6 +219,8 @@ extension MeshNode {
 
     private func originMessage(_ route: OriginRoute, _ plain: UnsafeRawBufferPointer) {
         guard let (command, number, data) = unpack(plain) else { return fail(route, "a malformed message from the exit") }
+        // Any well-formed message proves the return circuit (a first stream may have been refused).
+        if route.phase == .building { route.phase = .open }
         // Messages for a stream closed meanwhile (cells in flight) are dropped.
         guard let stream = route.streams[number] else {
             if command == .data { counters.cellsDropped += 1 }
@@ -227,6 +231,10 @@ extension MeshNode {
             // Gathered and written once per turn; acknowledged once the client took it,
             // so a slow reader slows the exit.
             guard stream.phase == .open else { return fail(route, "data for a stream not open") }
+            // The exit may have a window of cells unacknowledged (plus what one read of the
+            // target adds): beyond that it ignores flow control, and the route goes.
+            stream.unacknowledged += 1
+            guard stream.unacknowledged <= flowControlLimit else { return fail(route, "the exit ignores flow control") }
             if let gathered = stream.toClient?.readableBytes, gathered + data.count > Self.streamWriteBytes { writeToClient(stream) }
             if stream.toClient == nil { stream.toClient = ByteBufferAllocator().buffer(capacity: Self.streamWriteBytes) }
             stream.toClient!.writeBytes(data)
@@ -256,6 +264,7 @@ extension MeshNode {
         stream.toClientCells = 0
         stream.client.write(bytes) { [weak self, weak stream] in
             guard let self, let stream, stream.phase == .open, let route = stream.route else { return }
+            stream.unacknowledged -= cells
             let before = stream.received
             stream.received += cells
             let every = self.configuration.sendmeEvery

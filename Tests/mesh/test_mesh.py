@@ -207,6 +207,8 @@ def test_parallel_streams_on_one_route_arrive_byte_for_byte(mesh):
         assert open(out, "rb").read() == mesh["payload"]
     time.sleep(0.3)
     assert len(set(stream_routes(mesh, offset))) == 1, "the parallel streams did not share one route"
+    # Honest senders stay within their windows: no node saw flow control ignored.
+    assert [i for i in [3] + alive(mesh) if state(mesh, i)["counters"]["flowControlViolations"]] == []
 
 
 def test_an_exit_refuses_streams_beyond_its_limit_and_keeps_the_others(mesh):

@@ -1,0 +1,109 @@
+import Foundation
+import Testing
+@testable import MasqMesh
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Real nodes in this process on 127.0.0.1 (an origin with a SOCKS5 front
+/// and an exit, a one-hop route allowed for the test), a real target socket.
+@Suite(.serialized) struct FlowControlTests {
+    /// A listening socket nobody accepts from: connections complete (backlog)
+    /// and the kernel's buffers fill, then the target reads nothing more.
+    private func deafTarget() -> (fd: Int32, port: Int) {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } }
+        listen(fd, 8)
+        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
+        return (fd, Int(UInt16(bigEndian: address.sin_port)))
+    }
+
+    /// A SOCKS5 CONNECT to 127.0.0.1:port through the node's front; the reply code.
+    private func socksConnect(_ socksPort: Int, to port: Int) throws -> (fd: Int32, reply: UInt8) {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_port = UInt16(socksPort).bigEndian
+        let connected = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        #expect(connected == 0)
+        var timeout = timeval(tv_sec: 10, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        func send(_ bytes: [UInt8]) { _ = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, 0) } }
+        func receive(_ n: Int) -> [UInt8] {
+            var out = [UInt8](repeating: 0, count: n)
+            let got = out.withUnsafeMutableBytes { recv(fd, $0.baseAddress, n, Int32(MSG_WAITALL)) }
+            return Array(out.prefix(max(0, got)))
+        }
+        send([5, 1, 0])
+        #expect(receive(2) == [5, 0])
+        send([5, 1, 0, 1, 127, 0, 0, 1, UInt8(port >> 8), UInt8(port & 0xff)])
+        let reply = receive(10)
+        return (fd, reply.count == 10 ? reply[1] : 0xff)
+    }
+
+    private func waitFor(_ what: String, seconds: Double = 15, _ condition: () -> Bool) {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if condition() { return }
+            usleep(50_000)
+        }
+        Issue.record("timed out: \(what)")
+    }
+
+    @Test func anOriginIgnoringFlowControlLosesItsRouteAtTheExit() throws {
+        let work = FileManager.default.temporaryDirectory.appendingPathComponent("masq-flow-\(UUID().uuidString)").path
+        try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: work) }
+        var config = MeshConfiguration()
+        config.host = "127.0.0.1"
+        config.hops = 1
+        config.allowShortRoutes = true
+        config.gossipMilliseconds = 100
+        config.window = 64
+        config.sendmeEvery = 16
+        config.dataDirectory = work + "/exit"
+        var exitConfig = config
+        exitConfig.exit = true
+        try FileManager.default.createDirectory(atPath: exitConfig.dataDirectory, withIntermediateDirectories: true)
+        let exit = try MeshNode(configuration: exitConfig, identity: .generate())
+        try exit.start()
+        defer { exit.stop() }
+        var originConfig = config
+        originConfig.dataDirectory = work + "/origin"
+        originConfig.socks = "127.0.0.1:0"
+        originConfig.seeds = [exit.descriptor]
+        try FileManager.default.createDirectory(atPath: originConfig.dataDirectory, withIntermediateDirectories: true)
+        let origin = try MeshNode(configuration: originConfig, identity: .generate())
+        try origin.start()
+        defer { origin.stop() }
+        waitFor("the origin knows the exit") { origin.onLoop { origin.records[exit.key] != nil && origin.neighbours[exit.key] != nil } ?? false }
+
+        let target = deafTarget()
+        defer { close(target.fd) }
+        let (client, reply) = try socksConnect(origin.socksPort, to: target.port)
+        defer { close(client) }
+        #expect(reply == 0)
+
+        // The origin misbehaves: far more cells than the window, without waiting for SENDMEs.
+        let sent = origin.onLoop { () -> Bool in
+            guard let stream = origin.streams.values.first, let route = stream.route else { return false }
+            let chunk = [UInt8](repeating: 0x55, count: origin.cellData)
+            // (Enough to fill the kernel buffers of the exit's connection to the target too.)
+            for _ in 0..<(64 * origin.flowControlLimit) { origin.sendToExit(route, .data, stream.number, chunk) }
+            origin.flush()
+            return true
+        }
+        #expect(sent == true)
+        waitFor("the exit destroys the route") { (exit.onLoop { exit.counters.flowControlViolations } ?? 0) >= 1 }
+        waitFor("the exit holds no circuit") { exit.onLoop { exit.exits.isEmpty } ?? false }
+        // The origin learns it: the route failed and the SOCKS client's connection is closed.
+        waitFor("the origin drops the route") { origin.onLoop { origin.routes.isEmpty } ?? false }
+        var byte: UInt8 = 0
+        #expect(recv(client, &byte, 1, 0) <= 0)
+    }
+}
