@@ -45,6 +45,7 @@ struct Node: MasqSubcommand {
     @Option(help: "New streams reuse a route younger than this (ms); later ones get a fresh route.") var routeMaxAgeMs = MeshConfiguration().routeMaxAgeMilliseconds
     @Option(help: "A route without streams closes after this long (ms).") var routeIdleMs = MeshConfiguration().routeIdleMilliseconds
     @Option(help: "Target connections an exit keeps open at once.") var maxExitStreams = MeshConfiguration().maxExitStreams
+    @Option(help: "MiB a relay lets wait toward one slow link before destroying the circuits that push into it.") var maxLinkQueueMib = MeshConfiguration().maxLinkQueueBytes >> 20
     @Option(help: "Cells a stream may have in flight each way before the other end acknowledges (memory per stream: window x cell size).") var window = MeshConfiguration().window
     @Option(help: "Milliseconds between gossip rounds.") var gossipMs: UInt64 = 1_000
     @Option(help: "Milliseconds before an unrefreshed record is dropped.") var recordTtlMs: UInt64 = 15_000
@@ -98,6 +99,8 @@ struct Node: MasqSubcommand {
         config.routeMaxAgeMilliseconds = routeMaxAgeMs
         config.routeIdleMilliseconds = routeIdleMs
         config.maxExitStreams = maxExitStreams
+        guard (1...65_536).contains(maxLinkQueueMib) else { throw CLIError("--max-link-queue-mib must be 1...65536", code: 64) }
+        config.maxLinkQueueBytes = maxLinkQueueMib << 20
         config.gossipMilliseconds = max(50, gossipMs)
         config.recordTTLMilliseconds = recordTtlMs
         config.linkTimeoutMilliseconds = linkTimeoutMs

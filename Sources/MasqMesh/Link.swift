@@ -72,6 +72,8 @@ final class Link {
     private var pending: ByteBuffer?
     /// Its records (encrypted when the message is sealed).
     private var records: [UInt8] = []
+    /// Sealed messages waiting for the socket (NIO's queue toward this peer).
+    private(set) var queuedBytes = 0
 
     init(id: Int, channel: Channel, initiator: Bool, dialed: NodeDescriptor?, handshake: Noise.Handshake, cellBytes: Int, now: UInt64) {
         self.id = id
@@ -180,7 +182,12 @@ final class Link {
         pending!.moveWriterIndex(forwardBy: sealed)
         let message = pending!
         pending = nil
-        channel.write(message, promise: nil)
+        // Bytes handed to the socket and not yet written: a slow peer makes them pile up.
+        let size = message.readableBytes
+        queuedBytes += size
+        let written = channel.eventLoop.makePromise(of: Void.self)
+        written.futureResult.whenComplete { [weak self] _ in self?.queuedBytes -= size }
+        channel.write(message, promise: written)
     }
 
     /// Seal what is pending and push it to the socket.

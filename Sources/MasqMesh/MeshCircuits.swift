@@ -173,10 +173,19 @@ extension MeshNode {
         if let hop = relays[end] {
             guard hop.forward, let key = hop.key else { return penalize(link, 5, "data against a circuit's direction") }
             if let payer = hop.payer, let accountant {
-                guard !accountant.isBanned(payer) else { return destroyed(end, notify: true) }
+                guard !accountant.isBanned(payer) else {
+                    logger.info("circuit dropped: the consumer is banned for debt", metadata: ["wallet": "\(payer.prefix(16))"])
+                    return destroyed(end, notify: true)
+                }
                 accountant.earn(payer, routingCharge(configuration.rates), now: Self.wallClock())
             }
             guard let next = links[hop.other.link] else { counters.cellsDropped += 1; return }
+            // A slow next hop: past the cap, the circuit pushing into it goes (never this node's memory).
+            guard next.queuedBytes < configuration.maxLinkQueueBytes else {
+                counters.queueOverflows += 1
+                logger.info("relay: the queue toward the next hop is full; circuit destroyed", metadata: ["queued": "\(next.queuedBytes)"])
+                return destroyed(end, notify: true)
+            }
             // This hop's layer is removed (or added) on the way into the next link's message.
             let counter = hop.counter
             next.writeDataCell(hop.other.circuit) { cell in Onion.xor(key, counter: counter, from: payload, into: cell) }

@@ -61,6 +61,7 @@ extension MeshNode {
             return true
         }
         if !opened { counters.cellsRejected += 1 }
+        if banned { logger.info("circuit dropped: the consumer is banned for debt", metadata: ["wallet": "\(exit.payer?.prefix(16) ?? "")"]) }
         if !opened || banned { destroyed(exit.inEnd, notify: true) }
     }
 

@@ -58,6 +58,8 @@ public struct MeshConfiguration: Sendable {
     public var routeIdleMilliseconds: UInt64 = 60_000
     /// Target connections an exit keeps open at once, over all routes.
     public var maxExitStreams = 4_096
+    /// Bytes a relay lets wait toward one link; past it, circuits pushing into it are destroyed.
+    public var maxLinkQueueBytes = 256 << 20
 
     public init() {}
 }
@@ -136,6 +138,7 @@ public final class MeshNode: @unchecked Sendable {
         public var circuitsOriginated = 0
         public var streamsOpened = 0
         public var flowControlViolations = 0
+        public var queueOverflows = 0
         public var routeFailures = 0
         public var bans = 0
     }
@@ -155,6 +158,7 @@ public final class MeshNode: @unchecked Sendable {
         }
         guard (1...4_096).contains(configuration.streamsPerRoute) else { throw .invalid("streams per route must be 1...4096") }
         guard (1...1_000_000).contains(configuration.maxExitStreams) else { throw .invalid("exit streams must be 1...1000000") }
+        guard configuration.maxLinkQueueBytes >= 1 << 20 else { throw .invalid("a link queue must hold at least 1 MiB") }
         self.configuration = configuration
         self.identity = identity
         self.logger = logger

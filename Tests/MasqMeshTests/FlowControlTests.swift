@@ -106,4 +106,59 @@ import Glibc
         var byte: UInt8 = 0
         #expect(recv(client, &byte, 1, 0) <= 0)
     }
+
+    /// A relay whose next hop stops reading (the exit's loop is busy) and an
+    /// origin that floods: the relay destroys the circuit once its queue
+    /// toward the exit passes the cap, instead of growing without bound.
+    @Test func aRelayDestroysACircuitWhoseNextHopQueueOverflows() throws {
+        let work = FileManager.default.temporaryDirectory.appendingPathComponent("masq-queue-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: work) }
+        func node(_ name: String, seeds: [NodeDescriptor], exit: Bool = false, socks: Bool = false) throws -> MeshNode {
+            var config = MeshConfiguration()
+            config.host = "127.0.0.1"
+            config.hops = 2
+            config.allowShortRoutes = true
+            config.gossipMilliseconds = 100
+            config.window = 64
+            config.sendmeEvery = 16
+            config.maxLinkQueueBytes = 2 << 20
+            config.exit = exit
+            config.seeds = seeds
+            config.socks = socks ? "127.0.0.1:0" : nil
+            config.dataDirectory = work + "/" + name
+            try FileManager.default.createDirectory(atPath: config.dataDirectory, withIntermediateDirectories: true)
+            let node = try MeshNode(configuration: config, identity: .generate())
+            try node.start()
+            return node
+        }
+        let relay = try node("relay", seeds: [])
+        defer { relay.stop() }
+        let exit = try node("exit", seeds: [relay.descriptor], exit: true)
+        defer { exit.stop() }
+        let origin = try node("origin", seeds: [relay.descriptor], socks: true)
+        defer { origin.stop() }
+        waitFor("the origin has a route through the relay") {
+            origin.onLoop { origin.chooseRoutes().map { $0.forward == [relay.key, exit.key] } ?? false } ?? false
+        }
+        let target = deafTarget()
+        defer { close(target.fd) }
+        let (client, reply) = try socksConnect(origin.socksPort, to: target.port)
+        defer { close(client) }
+        #expect(reply == 0)
+        guard reply == 0 else { return }
+
+        // The exit stops reading its links for a while; the origin floods the route.
+        exit.loop.execute { usleep(3_000_000) }
+        let sent = origin.onLoop { () -> Bool in
+            guard let stream = origin.streams.values.first, let route = stream.route else { return false }
+            let chunk = [UInt8](repeating: 0x55, count: origin.cellData)
+            for _ in 0..<(64 * origin.flowControlLimit) { origin.sendToExit(route, .data, stream.number, chunk) }
+            origin.flush()
+            return true
+        }
+        #expect(sent == true)
+        waitFor("the relay destroys the circuit") { (relay.onLoop { relay.counters.queueOverflows } ?? 0) >= 1 }
+        waitFor("the relay holds no circuit", seconds: 20) { relay.onLoop { relay.relays.isEmpty } ?? false }
+        waitFor("the origin drops the route", seconds: 20) { origin.onLoop { origin.routes.isEmpty } ?? false }
+    }
 }
