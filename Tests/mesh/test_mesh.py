@@ -474,6 +474,8 @@ def test_sync_between_two_devices_over_the_mesh(mesh):
     (["--socks", "0.0.0.0:1080"], "loopback"),
     (["--window", "10"], "the window must be"),
     (["--streams-per-route", "0"], "streams per route"),
+    (["--max-exit-streams", "0"], "exit streams"),
+    (["--max-link-queue-mib", "0"], "max-link-queue-mib"),
 ])
 def test_node_refuses_bad_options(args, message, tmp_path):
     r = subprocess.run([MASQ, "node", "--data-dir", str(tmp_path), "--port", "0"] + args, capture_output=True, text=True, timeout=20)
