@@ -427,19 +427,28 @@ static int export_point(const EC_KEY *key, point_conversion_form_t form, uint8_t
     return n == expected ? MASQCRYPTO_OK : MASQCRYPTO_ERR;
 }
 
-int masqcrypto_p384_public(const uint8_t *private_key, size_t private_len, uint8_t public_uncompressed[97]) {
-    EC_KEY *key = p384_private(private_key, private_len);
-    int rc = key ? export_point(key, POINT_CONVERSION_UNCOMPRESSED, public_uncompressed, 97) : MASQCRYPTO_ERR;
+/* The uncompressed public point of `key` (NULL: an invalid private key), which is freed. */
+static int public_of(EC_KEY *key, uint8_t *out, size_t len) {
+    int rc = key ? export_point(key, POINT_CONVERSION_UNCOMPRESSED, out, len) : MASQCRYPTO_ERR;
     EC_KEY_free(key);
     return rc;
 }
 
-int masqcrypto_p384_keypair(uint8_t private_key[48], uint8_t public_uncompressed[97]) {
-    EC_KEY *key = EC_KEY_new_by_curve_name(NID_secp384r1);
-    int ok = key && EC_KEY_generate_key(key) == 1 && BN_bn2binpad(EC_KEY_get0_private_key(key), private_key, 48) == 48 &&
-             export_point(key, POINT_CONVERSION_UNCOMPRESSED, public_uncompressed, 97) == MASQCRYPTO_OK;
+/* A fresh key pair on curve `nid`: the private scalar (n bytes) and the uncompressed point (2n + 1). */
+static int ec_keypair(int nid, uint8_t *private_key, size_t n, uint8_t *public_uncompressed) {
+    EC_KEY *key = EC_KEY_new_by_curve_name(nid);
+    int ok = key && EC_KEY_generate_key(key) == 1 && BN_bn2binpad(EC_KEY_get0_private_key(key), private_key, (int)n) == (int)n &&
+             export_point(key, POINT_CONVERSION_UNCOMPRESSED, public_uncompressed, 2 * n + 1) == MASQCRYPTO_OK;
     EC_KEY_free(key);
     return ok ? MASQCRYPTO_OK : MASQCRYPTO_ERR;
+}
+
+int masqcrypto_p384_public(const uint8_t *private_key, size_t private_len, uint8_t public_uncompressed[97]) {
+    return public_of(p384_private(private_key, private_len), public_uncompressed, 97);
+}
+
+int masqcrypto_p384_keypair(uint8_t private_key[48], uint8_t public_uncompressed[97]) {
+    return ec_keypair(NID_secp384r1, private_key, 48, public_uncompressed);
 }
 
 int masqcrypto_p384_compress(const uint8_t *point, size_t point_len, uint8_t compressed[49]) {
@@ -552,18 +561,11 @@ static EC_KEY *k1_private(const uint8_t private_key[32]) {
 }
 
 int masqcrypto_secp256k1_public(const uint8_t private_key[32], uint8_t public_uncompressed[65]) {
-    EC_KEY *key = k1_private(private_key);
-    int rc = key ? export_point(key, POINT_CONVERSION_UNCOMPRESSED, public_uncompressed, 65) : MASQCRYPTO_ERR;
-    EC_KEY_free(key);
-    return rc;
+    return public_of(k1_private(private_key), public_uncompressed, 65);
 }
 
 int masqcrypto_secp256k1_keypair(uint8_t private_key[32], uint8_t public_uncompressed[65]) {
-    EC_KEY *key = EC_KEY_new_by_curve_name(NID_secp256k1);
-    int ok = key && EC_KEY_generate_key(key) == 1 && BN_bn2binpad(EC_KEY_get0_private_key(key), private_key, 32) == 32 &&
-             export_point(key, POINT_CONVERSION_UNCOMPRESSED, public_uncompressed, 65) == MASQCRYPTO_OK;
-    EC_KEY_free(key);
-    return ok ? MASQCRYPTO_OK : MASQCRYPTO_ERR;
+    return ec_keypair(NID_secp256k1, private_key, 32, public_uncompressed);
 }
 
 /* Q = r^-1 (s R - e G), R the point with x = r and y parity `recovery`. */

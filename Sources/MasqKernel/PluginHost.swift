@@ -117,3 +117,18 @@ enum SecureRandom {
         return value
     }
 }
+
+/// What a plugin call's status says: the plugin's own explanation (given
+/// through host->error on this thread) when it gave one, else the status's
+/// name. `label` names the plugin in the message.
+func pluginMessage(_ status: Int32, label: String, operation: String) -> String {
+    let reported = masqsupport_error_code() == status ? String(cString: masqsupport_error_message()) : ""
+    let name = MasqStatus(rawValue: status)?.name ?? "status \(status)"
+    return reported.isEmpty ? "\(label): \(operation) failed with \(name)" : "\(label): \(reported)"
+}
+
+/// A plugin call's status as an error (nothing for MASQ_OK).
+func checkPlugin(_ status: Int32, label: String, operation: String) throws(MasqError) {
+    if status == MASQ_OK { return }
+    throw MasqError(MasqStatus(rawValue: status) ?? .internal, pluginMessage(status, label: label, operation: operation))
+}

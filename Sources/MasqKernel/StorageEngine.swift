@@ -148,9 +148,7 @@ final class StorageEngine {
     /// The plugin's own explanation (host->error) if it gave one.
     private func pluginMessage(_ status: Int32, _ operation: String) -> String {
         if status == MASQ_E_CLOSED && db == nil { return "\(component): the store is closed" }
-        let reported = masqsupport_error_code() == status ? String(cString: masqsupport_error_message()) : ""
-        let name = MasqStatus(rawValue: status)?.name ?? "status \(status)"
-        return reported.isEmpty ? "\(component): \(operation) failed with \(name)" : "\(component): \(reported)"
+        return MasqKernel.pluginMessage(status, label: component, operation: operation)
     }
 }
 

@@ -75,7 +75,9 @@ public final class SyncService: @unchecked Sendable {
     }
 
     static func idBytes(_ deviceID: String) throws(MasqError) -> [UInt8] {
-        guard deviceID.utf8.count == 20, let bytes = unhex(deviceID) else { throw .invalid("malformed device id \(deviceID)") }
+        // Device ids are written in lowercase hex only.
+        guard deviceID.utf8.count == 20, deviceID.utf8.allSatisfy({ (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }),
+              let bytes = Hex.decode(deviceID) else { throw .invalid("malformed device id \(deviceID)") }
         return bytes
     }
 
@@ -275,28 +277,6 @@ public final class SyncService: @unchecked Sendable {
     private func reject(_ why: String) {
         framesRejected += 1
         Log.debug("sync", "rejected a frame: \(why)")
-    }
-}
-
-func unhex(_ text: String) -> [UInt8]? {
-    let chars = Array(text.utf8)
-    guard chars.count % 2 == 0 else { return nil }
-    var out: [UInt8] = []
-    out.reserveCapacity(chars.count / 2)
-    var i = 0
-    while i < chars.count {
-        guard let hi = hexValue(chars[i]), let lo = hexValue(chars[i + 1]) else { return nil }
-        out.append(hi << 4 | lo)
-        i += 2
-    }
-    return out
-}
-
-private func hexValue(_ c: UInt8) -> UInt8? {
-    switch c {
-    case 0x30...0x39: c - 0x30
-    case 0x61...0x66: c - 0x61 + 10
-    default: nil
     }
 }
 

@@ -140,11 +140,7 @@ public final class TransportEngine: @unchecked Sendable {
     }
 
     private func check(_ status: Int32, _ operation: String) throws(MasqError) {
-        if status == MASQ_OK { return }
-        let reported = masqsupport_error_code() == status ? String(cString: masqsupport_error_message()) : ""
-        let name = MasqStatus(rawValue: status)?.name ?? "status \(status)"
-        throw MasqError(MasqStatus(rawValue: status) ?? .internal,
-                        reported.isEmpty ? "\(component): \(operation) failed with \(name)" : "\(component): \(reported)")
+        try checkPlugin(status, label: component, operation: operation)
     }
 }
 

@@ -130,11 +130,7 @@ public final class WalletEngine: @unchecked Sendable {
     }
 
     private func check(_ status: Int32, _ operation: String) throws(MasqError) {
-        if status == MASQ_OK { return }
-        let reported = masqsupport_error_code() == status ? String(cString: masqsupport_error_message()) : ""
-        let name = MasqStatus(rawValue: status)?.name ?? "status \(status)"
-        throw MasqError(MasqStatus(rawValue: status) ?? .internal,
-                        reported.isEmpty ? "wallet \(plugin.name): \(operation) failed with \(name)" : "wallet \(plugin.name): \(reported)")
+        try checkPlugin(status, label: "wallet \(plugin.name)", operation: operation)
     }
 }
 

@@ -39,3 +39,32 @@ public func sinkBytes(_ bytes: [UInt8], _ sink: masq_bytes_sink?, _ ctx: UnsafeM
     guard let sink else { return MASQ_E_INVALID }
     return bytes.withUnsafeBufferPointer { sink(ctx, $0.baseAddress, $0.count) }
 }
+
+/// A plugin call that failed: a masq status code and a message for the
+/// host's error callback (never holds secrets).
+public struct PluginFailure: Error, Sendable {
+    public let status: Int32
+    public let message: String
+    public init(_ status: Int32, _ message: String) {
+        self.status = status
+        self.message = message
+    }
+}
+
+/// Report a failure through the host's error callback; its status is the caller's answer.
+public func report(_ host: UnsafePointer<masq_host>, _ failure: PluginFailure) -> Int32 {
+    host.pointee.error(host, failure.status, failure.message)
+}
+
+/// What every plugin's `create` does once it checked its arguments: build
+/// the instance and hand it to the kernel retained (`destroy` releases it),
+/// or report why not.
+public func handOver(_ host: UnsafePointer<masq_host>, _ out: UnsafeMutablePointer<UnsafeMutableRawPointer?>,
+                     _ make: () throws(PluginFailure) -> AnyObject) -> Int32 {
+    do {
+        out.pointee = Unmanaged.passRetained(try make()).toOpaque()
+        return MASQ_OK
+    } catch {
+        return report(host, error)
+    }
+}

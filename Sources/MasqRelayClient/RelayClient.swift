@@ -7,6 +7,7 @@
 // the relay's wire format.
 import CMasqPlugin
 import MasqEncoding
+import MasqPluginSupport
 import MasqRelayProtocol
 import NIOConcurrencyHelpers
 import NIOCore
@@ -47,14 +48,7 @@ struct Endpoint: Sendable {
     }
 }
 
-public struct TransportFailure: Error {
-    public let status: Int32
-    public let message: String
-    public init(_ status: Int32, _ message: String) {
-        self.status = status
-        self.message = message
-    }
-}
+public typealias TransportFailure = PluginFailure
 
 /// One plugin instance. All mutable state lives on the event loop.
 public final class RelayTransport: @unchecked Sendable {
@@ -332,9 +326,7 @@ public final class RelayTransport: @unchecked Sendable {
         host.pointee.log(host, level, message)
     }
 
-    private func fail(_ failure: TransportFailure) -> Int32 {
-        host.pointee.error(host, failure.status, failure.message)
-    }
+    private func fail(_ failure: TransportFailure) -> Int32 { report(host, failure) }
 }
 
 /// Sends the HTTP request the WebSocket upgrade starts with.

@@ -55,31 +55,45 @@ import Glibc
         Issue.record("timed out: \(what)")
     }
 
-    @Test func anOriginIgnoringFlowControlLosesItsRouteAtTheExit() throws {
-        let work = FileManager.default.temporaryDirectory.appendingPathComponent("masq-flow-\(UUID().uuidString)").path
-        try FileManager.default.createDirectory(atPath: work, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: work) }
+    /// A node on 127.0.0.1 with short routes allowed, a small window and a
+    /// fast gossip; `configure` adds the node's own settings.
+    private func startNode(_ work: String, _ name: String, hops: Int, _ configure: (inout MeshConfiguration) -> Void) throws -> MeshNode {
         var config = MeshConfiguration()
         config.host = "127.0.0.1"
-        config.hops = 1
+        config.hops = hops
         config.allowShortRoutes = true
         config.gossipMilliseconds = 100
         config.window = 64
         config.sendmeEvery = 16
-        config.dataDirectory = work + "/exit"
-        var exitConfig = config
-        exitConfig.exit = true
-        try FileManager.default.createDirectory(atPath: exitConfig.dataDirectory, withIntermediateDirectories: true)
-        let exit = try MeshNode(configuration: exitConfig, identity: .generate())
-        try exit.start()
+        config.dataDirectory = work + "/" + name
+        configure(&config)
+        try FileManager.default.createDirectory(atPath: config.dataDirectory, withIntermediateDirectories: true)
+        let node = try MeshNode(configuration: config, identity: .generate())
+        try node.start()
+        return node
+    }
+
+    /// The origin misbehaves: far more cells than the window (enough to fill
+    /// the kernel buffers toward the target too), without waiting for SENDMEs.
+    private func flood(_ origin: MeshNode) -> Bool {
+        origin.onLoop { () -> Bool in
+            guard let stream = origin.streams.values.first, let route = stream.route else { return false }
+            let chunk = [UInt8](repeating: 0x55, count: origin.cellData)
+            for _ in 0..<(64 * origin.flowControlLimit) { origin.sendToExit(route, .data, stream.number, chunk) }
+            origin.flush()
+            return true
+        } ?? false
+    }
+
+    @Test func anOriginIgnoringFlowControlLosesItsRouteAtTheExit() throws {
+        let work = FileManager.default.temporaryDirectory.appendingPathComponent("masq-flow-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: work) }
+        let exit = try startNode(work, "exit", hops: 1) { $0.exit = true }
         defer { exit.stop() }
-        var originConfig = config
-        originConfig.dataDirectory = work + "/origin"
-        originConfig.socks = "127.0.0.1:0"
-        originConfig.seeds = [exit.descriptor]
-        try FileManager.default.createDirectory(atPath: originConfig.dataDirectory, withIntermediateDirectories: true)
-        let origin = try MeshNode(configuration: originConfig, identity: .generate())
-        try origin.start()
+        let origin = try startNode(work, "origin", hops: 1) {
+            $0.socks = "127.0.0.1:0"
+            $0.seeds = [exit.descriptor]
+        }
         defer { origin.stop() }
         waitFor("the origin knows the exit") { origin.onLoop { origin.records[exit.key] != nil && origin.neighbours[exit.key] != nil } ?? false }
 
@@ -89,16 +103,7 @@ import Glibc
         defer { close(client) }
         #expect(reply == 0)
 
-        // The origin misbehaves: far more cells than the window, without waiting for SENDMEs.
-        let sent = origin.onLoop { () -> Bool in
-            guard let stream = origin.streams.values.first, let route = stream.route else { return false }
-            let chunk = [UInt8](repeating: 0x55, count: origin.cellData)
-            // (Enough to fill the kernel buffers of the exit's connection to the target too.)
-            for _ in 0..<(64 * origin.flowControlLimit) { origin.sendToExit(route, .data, stream.number, chunk) }
-            origin.flush()
-            return true
-        }
-        #expect(sent == true)
+        #expect(flood(origin))
         waitFor("the exit destroys the route") { (exit.onLoop { exit.counters.flowControlViolations } ?? 0) >= 1 }
         waitFor("the exit holds no circuit") { exit.onLoop { exit.exits.isEmpty } ?? false }
         // The origin learns it: the route failed and the SOCKS client's connection is closed.
@@ -114,22 +119,12 @@ import Glibc
         let work = FileManager.default.temporaryDirectory.appendingPathComponent("masq-queue-\(UUID().uuidString)").path
         defer { try? FileManager.default.removeItem(atPath: work) }
         func node(_ name: String, seeds: [NodeDescriptor], exit: Bool = false, socks: Bool = false) throws -> MeshNode {
-            var config = MeshConfiguration()
-            config.host = "127.0.0.1"
-            config.hops = 2
-            config.allowShortRoutes = true
-            config.gossipMilliseconds = 100
-            config.window = 64
-            config.sendmeEvery = 16
-            config.maxLinkQueueBytes = 2 << 20
-            config.exit = exit
-            config.seeds = seeds
-            config.socks = socks ? "127.0.0.1:0" : nil
-            config.dataDirectory = work + "/" + name
-            try FileManager.default.createDirectory(atPath: config.dataDirectory, withIntermediateDirectories: true)
-            let node = try MeshNode(configuration: config, identity: .generate())
-            try node.start()
-            return node
+            try startNode(work, name, hops: 2) {
+                $0.maxLinkQueueBytes = 2 << 20
+                $0.exit = exit
+                $0.seeds = seeds
+                $0.socks = socks ? "127.0.0.1:0" : nil
+            }
         }
         let relay = try node("relay", seeds: [])
         defer { relay.stop() }
@@ -149,14 +144,7 @@ import Glibc
 
         // The exit stops reading its links for a while; the origin floods the route.
         exit.loop.execute { usleep(3_000_000) }
-        let sent = origin.onLoop { () -> Bool in
-            guard let stream = origin.streams.values.first, let route = stream.route else { return false }
-            let chunk = [UInt8](repeating: 0x55, count: origin.cellData)
-            for _ in 0..<(64 * origin.flowControlLimit) { origin.sendToExit(route, .data, stream.number, chunk) }
-            origin.flush()
-            return true
-        }
-        #expect(sent == true)
+        #expect(flood(origin))
         waitFor("the relay destroys the circuit") { (relay.onLoop { relay.counters.queueOverflows } ?? 0) >= 1 }
         waitFor("the relay holds no circuit", seconds: 20) { relay.onLoop { relay.relays.isEmpty } ?? false }
         waitFor("the origin drops the route", seconds: 20) { origin.onLoop { origin.routes.isEmpty } ?? false }

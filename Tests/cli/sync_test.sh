@@ -9,21 +9,8 @@
 set -uo pipefail
 masq=$1
 work=$(mktemp -d /tmp/masq-sync-XXXXXX)
+. "$(dirname "$0")/processes.sh"
 cd "$work"
-failures=0
-pids=()
-fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; }
-trap cleanup EXIT
-
-wait_for() { # seconds, description, command...
-    local seconds=$1 what=$2
-    shift 2
-    for _ in $(seq $((seconds * 10))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.1; done
-    fail "timed out waiting for: $what"
-    return 1
-}
-value_is() { [ "$("$masq" get --config "$1" "$2" "$3" 2>/dev/null)" = "$4" ]; }
 key_count() { "$masq" ls --config "$1" "$2" 2>/dev/null | wc -l; }
 count_is() { [ "$(key_count "$1" "$2")" = "$3" ]; }
 start_sync() { "$masq" sync --config "$1" --quiet >"$1.sync.log" 2>&1 & pids+=($!); eval "sync_$2=$!"; }

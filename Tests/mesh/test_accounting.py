@@ -5,7 +5,6 @@ payments; a consumer that cannot pay is banned by the nodes it owes and its
 traffic dropped; once funded it pays and is unbanned."""
 import json
 import os
-import signal
 import socketserver
 import http.server
 import subprocess
@@ -14,6 +13,8 @@ import threading
 import time
 
 import pytest
+
+from processes import stop_all
 
 MASQ = os.environ.get("MASQ_BIN", "masq")
 PORT = int(os.environ.get("ACCOUNTING_PORT", "7611"))
@@ -83,13 +84,7 @@ def net():
             time.sleep(0.5)
         yield env
     finally:
-        for p in procs.values():
-            p.send_signal(signal.SIGTERM)
-        for p in procs.values():
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs)
         httpd.shutdown()
 
 

@@ -10,7 +10,6 @@ import http.server
 import json
 import os
 import re
-import signal
 import socket
 import socketserver
 import ssl
@@ -23,6 +22,7 @@ import time
 import pytest
 
 from noise_client import Peer
+from processes import stop_all
 
 MASQ = os.environ.get("MASQ_BIN", "masq")
 PORT = int(os.environ.get("MESH_PORT", "7601"))
@@ -73,13 +73,7 @@ def mesh():
     try:
         yield from run_mesh(work, procs, start, httpd, httpsd, payload, big, cert)
     finally:
-        for p in procs.values():
-            p.send_signal(signal.SIGTERM)
-        for p in procs.values():
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        stop_all(procs)
         httpd.shutdown()
         httpsd.shutdown()
 

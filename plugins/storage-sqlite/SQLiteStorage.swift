@@ -223,14 +223,7 @@ final class SQLiteDatabase {
         return String(cString: text)
     }
 
-    struct Failure: Error {
-        let status: Int32
-        let message: String
-        init(_ status: Int32, _ message: String) {
-            self.status = status
-            self.message = message
-        }
-    }
+    typealias Failure = PluginFailure
 }
 
 // MARK: - options
@@ -290,13 +283,7 @@ nonisolated(unsafe) private let vtable: UnsafeMutablePointer<masq_storage_vtable
         guard host.pointee.struct_size >= UInt32(MemoryLayout<masq_host>.offset(of: \masq_host.random_bytes)!) else {
             return MASQ_E_INVALID
         }
-        do throws(SQLiteDatabase.Failure) {
-            let db = try SQLiteDatabase(host: host, options: try parseOptions(options, count))
-            out.pointee = Unmanaged.passRetained(db).toOpaque()
-            return MASQ_OK
-        } catch {
-            return host.pointee.error(host, error.status, error.message)
-        }
+        return handOver(host, out) { () throws(PluginFailure) in try SQLiteDatabase(host: host, options: try parseOptions(options, count)) }
     }
     t.close = { raw in
         guard let raw else { return }

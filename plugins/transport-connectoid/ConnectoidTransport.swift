@@ -24,14 +24,7 @@ private let pluginName: StaticString = "connectoid"
 private let pluginVersion: StaticString = "1.0.0"
 private let pluginSummary: StaticString = "Connectoid mailboxes: polls store-and-forward services over HTTP(S), no open connection"
 
-struct TransportFailure: Error {
-    let status: Int32
-    let message: String
-    init(_ status: Int32, _ message: String) {
-        self.status = status
-        self.message = message
-    }
-}
+typealias TransportFailure = PluginFailure
 
 /// A mailbox as a room/destination string names it.
 struct Mailbox: Hashable, Sendable {
@@ -354,7 +347,7 @@ final class ConnectoidTransport: @unchecked Sendable {
     }
 
     func log(_ level: Int32, _ message: String) { host.pointee.log(host, level, message) }
-    func fail(_ failure: TransportFailure) -> Int32 { host.pointee.error(host, failure.status, failure.message) }
+    func fail(_ failure: TransportFailure) -> Int32 { report(host, failure) }
 }
 
 private func encode(_ request: ConnectoidRequest) -> [UInt8] {
@@ -406,13 +399,7 @@ nonisolated(unsafe) private let vtable: UnsafeMutablePointer<masq_transport_vtab
     t.create = { host, options, count, out in
         guard let host, let out else { return MASQ_E_INVALID }
         guard host.pointee.frame_received != nil, host.pointee.peer_event != nil else { return MASQ_E_INVALID }
-        do throws(TransportFailure) {
-            let instance = ConnectoidTransport(host: host, options: try parseOptions(options, count))
-            out.pointee = Unmanaged.passRetained(instance).toOpaque()
-            return MASQ_OK
-        } catch {
-            return host.pointee.error(host, error.status, error.message)
-        }
+        return handOver(host, out) { () throws(PluginFailure) in ConnectoidTransport(host: host, options: try parseOptions(options, count)) }
     }
     t.destroy = { raw in
         guard let raw else { return }

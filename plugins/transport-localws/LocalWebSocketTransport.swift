@@ -23,14 +23,7 @@ private let pluginName: StaticString = "localws"
 private let pluginVersion: StaticString = "1.0.0"
 private let pluginSummary: StaticString = "WebSocket server on 127.0.0.1/::1 for local apps (origin reported, static pages)"
 
-struct TransportFailure: Error {
-    let status: Int32
-    let message: String
-    init(_ status: Int32, _ message: String) {
-        self.status = status
-        self.message = message
-    }
-}
+typealias TransportFailure = PluginFailure
 
 /// One plugin instance: listeners, live connections, limits.
 final class LocalWebSocketTransport: @unchecked Sendable {
@@ -291,7 +284,7 @@ final class LocalWebSocketTransport: @unchecked Sendable {
 
     func log(_ level: Int32, _ message: String) { host.pointee.log(host, level, message) }
 
-    func fail(_ failure: TransportFailure) -> Int32 { host.pointee.error(host, failure.status, failure.message) }
+    func fail(_ failure: TransportFailure) -> Int32 { report(host, failure) }
 }
 
 /// One app connection after the upgrade.
@@ -522,13 +515,7 @@ nonisolated(unsafe) private let vtable: UnsafeMutablePointer<masq_transport_vtab
     t.create = { host, options, count, out in
         guard let host, let out else { return MASQ_E_INVALID }
         guard host.pointee.frame_received != nil, host.pointee.peer_event != nil else { return MASQ_E_INVALID }
-        do throws(TransportFailure) {
-            let instance = LocalWebSocketTransport(host: host, options: try parseOptions(options, count))
-            out.pointee = Unmanaged.passRetained(instance).toOpaque()
-            return MASQ_OK
-        } catch {
-            return host.pointee.error(host, error.status, error.message)
-        }
+        return handOver(host, out) { () throws(PluginFailure) in LocalWebSocketTransport(host: host, options: try parseOptions(options, count)) }
     }
     t.destroy = { raw in
         guard let raw else { return }

@@ -83,12 +83,7 @@ nonisolated(unsafe) private let vtable: UnsafeMutablePointer<masq_transport_vtab
         guard host.pointee.struct_size >= UInt32(MemoryLayout<masq_host>.size), host.pointee.frame_received != nil, host.pointee.peer_event != nil else {
             return MASQ_E_INVALID
         }
-        do throws(TransportFailure) {
-            out.pointee = Unmanaged.passRetained(try makeTransport(host, options, count)).toOpaque()
-            return MASQ_OK
-        } catch {
-            return host.pointee.error(host, error.status, error.message)
-        }
+        return handOver(host, out) { () throws(PluginFailure) in try makeTransport(host, options, count) }
     }
     v.initialize(to: t)
     return v

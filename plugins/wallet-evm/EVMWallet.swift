@@ -21,14 +21,7 @@ private let pluginName: StaticString = "evm"
 private let pluginVersion: StaticString = "1.0.0"
 private let pluginSummary: StaticString = "Ethereum-compatible wallet: secp256k1, EIP-1559 ERC-20 transfers over JSON-RPC, EIP-191 signatures"
 
-struct WalletFailure: Error {
-    let status: Int32
-    let message: String
-    init(_ status: Int32, _ message: String) {
-        self.status = status
-        self.message = message
-    }
-}
+typealias WalletFailure = PluginFailure
 
 // MARK: - encodings
 
@@ -328,7 +321,7 @@ private func wallet(_ raw: UnsafeMutableRawPointer?) -> EVMWallet? {
 }
 
 private func run(_ w: EVMWallet, _ body: () throws(WalletFailure) -> Int32) -> Int32 {
-    do { return try body() } catch { return w.host.pointee.error(w.host, error.status, error.message) }
+    do { return try body() } catch { return report(w.host, error) }
 }
 
 nonisolated(unsafe) private let vtable: UnsafeMutablePointer<masq_wallet_vtable> = {
@@ -337,12 +330,7 @@ nonisolated(unsafe) private let vtable: UnsafeMutablePointer<masq_wallet_vtable>
     t.struct_size = UInt32(MemoryLayout<masq_wallet_vtable>.size)
     t.create = { host, options, count, out in
         guard let host, let out else { return MASQ_E_INVALID }
-        do throws(WalletFailure) {
-            out.pointee = Unmanaged.passRetained(try parse(host, options, count)).toOpaque()
-            return MASQ_OK
-        } catch {
-            return host.pointee.error(host, error.status, error.message)
-        }
+        return handOver(host, out) { () throws(PluginFailure) in try parse(host, options, count) }
     }
     t.destroy = { raw in if let raw { Unmanaged<EVMWallet>.fromOpaque(raw).release() } }
     t.address = { raw, sink, ctx in

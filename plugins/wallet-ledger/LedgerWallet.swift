@@ -17,14 +17,7 @@ private let pluginName: StaticString = "ledger"
 private let pluginVersion: StaticString = "1.0.0"
 private let pluginSummary: StaticString = "local SQLite ledger shared by nodes on one machine (atomic transfers, history)"
 
-struct WalletFailure: Error {
-    let status: Int32
-    let message: String
-    init(_ status: Int32, _ message: String) {
-        self.status = status
-        self.message = message
-    }
-}
+typealias WalletFailure = PluginFailure
 
 final class LedgerWallet: @unchecked Sendable {
     let host: UnsafePointer<masq_host>
@@ -260,7 +253,7 @@ private func wallet(_ raw: UnsafeMutableRawPointer?) -> LedgerWallet? {
 }
 
 private func run(_ w: LedgerWallet, _ body: () throws(WalletFailure) -> Int32) -> Int32 {
-    do { return try body() } catch { return w.host.pointee.error(w.host, error.status, error.message) }
+    do { return try body() } catch { return report(w.host, error) }
 }
 
 nonisolated(unsafe) private let vtable: UnsafeMutablePointer<masq_wallet_vtable> = {
@@ -269,12 +262,7 @@ nonisolated(unsafe) private let vtable: UnsafeMutablePointer<masq_wallet_vtable>
     t.struct_size = UInt32(MemoryLayout<masq_wallet_vtable>.size)
     t.create = { host, options, count, out in
         guard let host, let out else { return MASQ_E_INVALID }
-        do throws(WalletFailure) {
-            out.pointee = Unmanaged.passRetained(try parse(host, options, count)).toOpaque()
-            return MASQ_OK
-        } catch {
-            return host.pointee.error(host, error.status, error.message)
-        }
+        return handOver(host, out) { () throws(PluginFailure) in try parse(host, options, count) }
     }
     t.destroy = { raw in if let raw { Unmanaged<LedgerWallet>.fromOpaque(raw).release() } }
     t.address = { raw, sink, ctx in
