@@ -68,3 +68,105 @@ public func handOver(_ host: UnsafePointer<masq_host>, _ out: UnsafeMutablePoint
         return report(host, error)
     }
 }
+
+/// What every Swift transport offers the kernel besides its own calls.
+public protocol PluginTransport: AnyObject {
+    func start() -> Int32
+    func stop() -> Int32
+    /// Its counters for `stats`, as a JSON object.
+    var statsJSON: String { get }
+}
+
+/// The transport behind a handle `handOver` gave the kernel.
+public func pluginTransport(_ raw: UnsafeMutableRawPointer?) -> (any PluginTransport)? {
+    raw.flatMap { Unmanaged<AnyObject>.fromOpaque($0).takeUnretainedValue() as? any PluginTransport }
+}
+
+/// A transport vtable holding what every Swift transport does alike:
+/// destroy (stop, then release what `handOver` retained), start, stop and
+/// stats. The plugin adds `create` and its own calls.
+public func transportVTable(flags: UInt32) -> masq_transport_vtable {
+    var t = masq_transport_vtable()
+    t.struct_size = UInt32(MemoryLayout<masq_transport_vtable>.size)
+    t.flags = flags
+    t.destroy = { raw in
+        guard let raw else { return }
+        _ = pluginTransport(raw)?.stop()
+        Unmanaged<AnyObject>.fromOpaque(raw).release()
+    }
+    t.start = { raw in pluginTransport(raw)?.start() ?? MASQ_E_INVALID }
+    t.stop = { raw in pluginTransport(raw)?.stop() ?? MASQ_E_INVALID }
+    t.stats = { raw, sink, ctx in
+        guard let t = pluginTransport(raw) else { return MASQ_E_INVALID }
+        return sinkBytes(Array(t.statsJSON.utf8), sink, ctx)
+    }
+    return t
+}
+
+/// What every Swift wallet offers; `walletVTable` turns it into the C calls.
+public protocol PluginWallet: AnyObject {
+    var host: UnsafePointer<masq_host> { get }
+    var address: String { get }
+    func balance(_ asset: String?) throws(PluginFailure) -> String
+    func pay(to: String, asset: String?, amount: String, memo: [UInt8]) throws(PluginFailure) -> String
+    func sign(_ message: [UInt8]) throws(PluginFailure) -> [UInt8]
+    static func verify(_ address: String, _ message: [UInt8], _ signature: [UInt8]) -> Bool
+    func verifyPayment(txid: String, from: String, to: String, asset: String?, amount: String) throws(PluginFailure) -> Int32
+    func payments(after cursor: UInt64, limit: UInt32) throws(PluginFailure) -> String
+}
+
+/// The wallet behind a handle `handOver` gave the kernel.
+public func pluginWallet(_ raw: UnsafeMutableRawPointer?) -> (any PluginWallet)? {
+    raw.flatMap { Unmanaged<AnyObject>.fromOpaque($0).takeUnretainedValue() as? any PluginWallet }
+}
+
+/// A wallet call's status; a failure is reported through the host.
+private func run(_ w: any PluginWallet, _ body: () throws(PluginFailure) -> Int32) -> Int32 {
+    do { return try body() } catch { return report(w.host, error) }
+}
+
+private func optionalString(_ text: UnsafePointer<CChar>?) -> String? { text.map { String(cString: $0) } }
+
+/// A wallet vtable with every call but `create` (the plugin's own).
+public func walletVTable() -> masq_wallet_vtable {
+    var t = masq_wallet_vtable()
+    t.struct_size = UInt32(MemoryLayout<masq_wallet_vtable>.size)
+    t.destroy = { raw in if let raw { Unmanaged<AnyObject>.fromOpaque(raw).release() } }
+    t.address = { raw, sink, ctx in
+        guard let w = pluginWallet(raw) else { return MASQ_E_INVALID }
+        return sinkBytes(Array(w.address.utf8), sink, ctx)
+    }
+    t.balance = { raw, asset, sink, ctx in
+        guard let w = pluginWallet(raw) else { return MASQ_E_INVALID }
+        return run(w) { () throws(PluginFailure) in sinkBytes(Array(try w.balance(optionalString(asset)).utf8), sink, ctx) }
+    }
+    t.pay = { raw, to, asset, amount, memo, memoLength, sink, ctx in
+        guard let w = pluginWallet(raw), let to, let amount else { return MASQ_E_INVALID }
+        return run(w) { () throws(PluginFailure) in
+            let memoBytes = memo.map { Array(UnsafeBufferPointer(start: $0, count: memoLength)) } ?? []
+            return sinkBytes(Array(try w.pay(to: String(cString: to), asset: optionalString(asset), amount: String(cString: amount), memo: memoBytes).utf8), sink, ctx)
+        }
+    }
+    t.sign = { raw, message, length, sink, ctx in
+        guard let w = pluginWallet(raw), sink != nil, message != nil || length == 0 else { return MASQ_E_INVALID }
+        return run(w) { () throws(PluginFailure) in sinkBytes(try w.sign(Array(UnsafeBufferPointer(start: message, count: length))), sink, ctx) }
+    }
+    t.verify = { raw, address, message, length, signature, signatureLength in
+        guard let w = pluginWallet(raw), let address, message != nil || length == 0, let signature else { return MASQ_E_INVALID }
+        let ok = type(of: w).verify(String(cString: address), Array(UnsafeBufferPointer(start: message, count: length)),
+                                    Array(UnsafeBufferPointer(start: signature, count: signatureLength)))
+        return ok ? MASQ_OK : MASQ_E_BAD_SIGNATURE
+    }
+    t.verify_payment = { raw, txid, from, to, asset, amount in
+        guard let w = pluginWallet(raw), let txid, let from, let to, let amount else { return MASQ_E_INVALID }
+        return run(w) { () throws(PluginFailure) in
+            try w.verifyPayment(txid: String(cString: txid), from: String(cString: from), to: String(cString: to),
+                                asset: optionalString(asset), amount: String(cString: amount))
+        }
+    }
+    t.payments = { raw, cursor, limit, sink, ctx in
+        guard let w = pluginWallet(raw) else { return MASQ_E_INVALID }
+        return run(w) { () throws(PluginFailure) in sinkBytes(Array(try w.payments(after: cursor, limit: max(1, min(limit, 10_000))).utf8), sink, ctx) }
+    }
+    return t
+}

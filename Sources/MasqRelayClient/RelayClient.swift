@@ -51,7 +51,7 @@ struct Endpoint: Sendable {
 public typealias TransportFailure = PluginFailure
 
 /// One plugin instance. All mutable state lives on the event loop.
-public final class RelayTransport: @unchecked Sendable {
+public final class RelayTransport: PluginTransport, @unchecked Sendable {
     public struct Options: Sendable {
         public var maxQueueFrames = 10_000
         public var maxQueueBytes = 64 << 20
@@ -87,6 +87,7 @@ public final class RelayTransport: @unchecked Sendable {
     let loop: EventLoop
     private let stopped = NIOLockedValueBox(false)
     public let counters = NIOLockedValueBox(Counters())
+    public var statsJSON: String { counters.withLockedValue { $0.json } }
     /// Runs once when the instance stops (the mesh plugin stops its node).
     public var onStop: (@Sendable () -> Void)?
 
@@ -469,17 +470,7 @@ func transport(_ raw: UnsafeMutableRawPointer?) -> RelayTransport? {
 /// The transport vtable of a RelayTransport, all but `create` (each plugin
 /// parses its own options).
 public func relayTransportVTable() -> masq_transport_vtable {
-    var t = masq_transport_vtable()
-    t.struct_size = UInt32(MemoryLayout<masq_transport_vtable>.size)
-    t.flags = MASQ_TRANSPORT_CONNECT | MASQ_TRANSPORT_ROOMS
-    t.destroy = { raw in
-        guard let raw else { return }
-        let unmanaged = Unmanaged<RelayTransport>.fromOpaque(raw)
-        _ = unmanaged.takeUnretainedValue().stop()
-        unmanaged.release()
-    }
-    t.start = { raw in transport(raw)?.start() ?? MASQ_E_INVALID }
-    t.stop = { raw in transport(raw)?.stop() ?? MASQ_E_INVALID }
+    var t = transportVTable(flags: MASQ_TRANSPORT_CONNECT | MASQ_TRANSPORT_ROOMS)
     t.connect = { raw, endpoint in
         guard let t = transport(raw), let endpoint else { return MASQ_E_INVALID }
         return t.connect(String(cString: endpoint))
@@ -495,11 +486,6 @@ public func relayTransportVTable() -> masq_transport_vtable {
     t.send = { raw, destination, frame, length in
         guard let t = transport(raw), let destination, let room = Hex.decode(String(cString: destination)), frame != nil || length == 0 else { return MASQ_E_INVALID }
         return t.send(room, UnsafeRawBufferPointer(start: frame, count: length))
-    }
-    t.stats = { raw, sink, ctx in
-        guard let t = transport(raw), let sink else { return MASQ_E_INVALID }
-        let text = Array(t.counters.withLockedValue { $0.json }.utf8)
-        return text.withUnsafeBufferPointer { sink(ctx, $0.baseAddress, $0.count) }
     }
     return t
 }

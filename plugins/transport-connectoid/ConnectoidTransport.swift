@@ -46,7 +46,7 @@ struct Mailbox: Hashable, Sendable {
     }
 }
 
-final class ConnectoidTransport: @unchecked Sendable {
+final class ConnectoidTransport: PluginTransport, @unchecked Sendable {
     struct Options {
         var intervalMilliseconds: Int64 = 30_000
         var timeoutMilliseconds: Int64 = 10_000
@@ -92,6 +92,7 @@ final class ConnectoidTransport: @unchecked Sendable {
     let group: MultiThreadedEventLoopGroup
     let tls: NIOSSLContext?
     let counters = NIOLockedValueBox(Counters())
+    var statsJSON: String { counters.withLockedValue { $0.json } }
     private let state = NIOLockedValueBox(State())
     private let pending = NIOLockedValueBox(0)
 
@@ -393,22 +394,12 @@ private func transport(_ raw: UnsafeMutableRawPointer?) -> ConnectoidTransport? 
 
 nonisolated(unsafe) private let vtable: UnsafeMutablePointer<masq_transport_vtable> = {
     let v = UnsafeMutablePointer<masq_transport_vtable>.allocate(capacity: 1)
-    var t = masq_transport_vtable()
-    t.struct_size = UInt32(MemoryLayout<masq_transport_vtable>.size)
-    t.flags = MASQ_TRANSPORT_ROOMS
+    var t = transportVTable(flags: MASQ_TRANSPORT_ROOMS)
     t.create = { host, options, count, out in
         guard let host, let out else { return MASQ_E_INVALID }
         guard host.pointee.frame_received != nil, host.pointee.peer_event != nil else { return MASQ_E_INVALID }
         return handOver(host, out) { () throws(PluginFailure) in ConnectoidTransport(host: host, options: try parseOptions(options, count)) }
     }
-    t.destroy = { raw in
-        guard let raw else { return }
-        let unmanaged = Unmanaged<ConnectoidTransport>.fromOpaque(raw)
-        _ = unmanaged.takeUnretainedValue().stop()
-        unmanaged.release()
-    }
-    t.start = { raw in transport(raw)?.start() ?? MASQ_E_INVALID }
-    t.stop = { raw in transport(raw)?.stop() ?? MASQ_E_INVALID }
     t.join = { raw, room in
         guard let t = transport(raw), let room else { return MASQ_E_INVALID }
         return t.join(String(cString: room))
@@ -420,11 +411,6 @@ nonisolated(unsafe) private let vtable: UnsafeMutablePointer<masq_transport_vtab
     t.send = { raw, destination, frame, length in
         guard let t = transport(raw), let destination, frame != nil || length == 0 else { return MASQ_E_INVALID }
         return t.send(String(cString: destination), Array(UnsafeRawBufferPointer(start: frame, count: length)))
-    }
-    t.stats = { raw, sink, ctx in
-        guard let t = transport(raw), let sink else { return MASQ_E_INVALID }
-        let text = Array(t.counters.withLockedValue { $0.json }.utf8)
-        return text.withUnsafeBufferPointer { sink(ctx, $0.baseAddress, $0.count) }
     }
     v.initialize(to: t)
     return v

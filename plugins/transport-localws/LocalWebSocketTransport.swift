@@ -26,7 +26,7 @@ private let pluginSummary: StaticString = "WebSocket server on 127.0.0.1/::1 for
 typealias TransportFailure = PluginFailure
 
 /// One plugin instance: listeners, live connections, limits.
-final class LocalWebSocketTransport: @unchecked Sendable {
+final class LocalWebSocketTransport: PluginTransport, @unchecked Sendable {
     struct Options {
         var staticDirectories: [String] = []
         var maxMessageBytes = 1 << 20
@@ -58,6 +58,7 @@ final class LocalWebSocketTransport: @unchecked Sendable {
     let options: Options
     let group: MultiThreadedEventLoopGroup
     let counters = NIOLockedValueBox(Counters())
+    var statsJSON: String { counters.withLockedValue { $0.json } }
     private let state = NIOLockedValueBox(State())
 
     struct State {
@@ -509,22 +510,12 @@ private func transport(_ raw: UnsafeMutableRawPointer?) -> LocalWebSocketTranspo
 
 nonisolated(unsafe) private let vtable: UnsafeMutablePointer<masq_transport_vtable> = {
     let v = UnsafeMutablePointer<masq_transport_vtable>.allocate(capacity: 1)
-    var t = masq_transport_vtable()
-    t.struct_size = UInt32(MemoryLayout<masq_transport_vtable>.size)
-    t.flags = MASQ_TRANSPORT_LISTEN
+    var t = transportVTable(flags: MASQ_TRANSPORT_LISTEN)
     t.create = { host, options, count, out in
         guard let host, let out else { return MASQ_E_INVALID }
         guard host.pointee.frame_received != nil, host.pointee.peer_event != nil else { return MASQ_E_INVALID }
         return handOver(host, out) { () throws(PluginFailure) in LocalWebSocketTransport(host: host, options: try parseOptions(options, count)) }
     }
-    t.destroy = { raw in
-        guard let raw else { return }
-        let unmanaged = Unmanaged<LocalWebSocketTransport>.fromOpaque(raw)
-        _ = unmanaged.takeUnretainedValue().stop()
-        unmanaged.release()
-    }
-    t.start = { raw in transport(raw)?.start() ?? MASQ_E_INVALID }
-    t.stop = { raw in transport(raw)?.stop() ?? MASQ_E_INVALID }
     t.listen = { raw, endpoint, sink, ctx in
         guard let t = transport(raw), let endpoint else { return MASQ_E_INVALID }
         return t.listen(String(cString: endpoint)) { bound in
@@ -536,11 +527,6 @@ nonisolated(unsafe) private let vtable: UnsafeMutablePointer<masq_transport_vtab
     t.send = { raw, destination, frame, length in
         guard let t = transport(raw), let destination, frame != nil || length == 0 else { return MASQ_E_INVALID }
         return t.send(String(cString: destination), UnsafeRawBufferPointer(start: frame, count: length))
-    }
-    t.stats = { raw, sink, ctx in
-        guard let t = transport(raw), let sink else { return MASQ_E_INVALID }
-        let text = Array(t.counters.withLockedValue { $0.json }.utf8)
-        return text.withUnsafeBufferPointer { sink(ctx, $0.baseAddress, $0.count) }
     }
     t.disconnect = { raw, peer, reason in
         guard let t = transport(raw), let peer else { return MASQ_E_INVALID }

@@ -89,7 +89,7 @@ enum JSON: Decodable {
 
 // MARK: - the wallet
 
-final class EVMWallet: @unchecked Sendable {
+final class EVMWallet: PluginWallet, @unchecked Sendable {
     struct Options {
         var rpc: String?
         var chainID: UInt128?
@@ -195,7 +195,8 @@ final class EVMWallet: @unchecked Sendable {
         return (raw, Keccak.hash256(raw))
     }
 
-    func pay(to text: String, asset: String?, amount: String) throws(WalletFailure) -> String {
+    /// An ERC-20 transfer carries no memo: `memo` is not sent.
+    func pay(to text: String, asset: String?, amount: String, memo: [UInt8]) throws(WalletFailure) -> String {
         guard let amount = UInt128(amount), amount > 0 else { throw .init(MASQ_E_INVALID, "amount must be a positive decimal integer below 2^128") }
         guard let to = Hex.decode(text), to.count == 20, text.hasPrefix("0x") else { throw .init(MASQ_E_INVALID, "not an address: \(text.prefix(80))") }
         pthread_mutex_lock(&lock)
@@ -244,7 +245,8 @@ final class EVMWallet: @unchecked Sendable {
         return Self.address(of: key) == expected
     }
 
-    func verifyPayment(txid: String, from: String, to: String, amount text: String) throws(WalletFailure) -> Int32 {
+    /// The asset is the configured token (`asset` is not consulted).
+    func verifyPayment(txid: String, from: String, to: String, asset: String?, amount text: String) throws(WalletFailure) -> Int32 {
         guard let amount = UInt128(text) else { throw .init(MASQ_E_INVALID, "amount must be a decimal integer") }
         let receipt = try rpc("eth_getTransactionReceipt", "[\"\(txid)\"]")
         guard case .object = receipt else { return MASQ_E_NOT_FOUND }
@@ -315,56 +317,12 @@ private func parse(_ host: UnsafePointer<masq_host>, _ list: UnsafePointer<masq_
     return try EVMWallet(host: host, options: options)
 }
 
-@inline(__always)
-private func wallet(_ raw: UnsafeMutableRawPointer?) -> EVMWallet? {
-    raw.map { Unmanaged<EVMWallet>.fromOpaque($0).takeUnretainedValue() }
-}
-
-private func run(_ w: EVMWallet, _ body: () throws(WalletFailure) -> Int32) -> Int32 {
-    do { return try body() } catch { return report(w.host, error) }
-}
-
 nonisolated(unsafe) private let vtable: UnsafeMutablePointer<masq_wallet_vtable> = {
     let v = UnsafeMutablePointer<masq_wallet_vtable>.allocate(capacity: 1)
-    var t = masq_wallet_vtable()
-    t.struct_size = UInt32(MemoryLayout<masq_wallet_vtable>.size)
+    var t = walletVTable()
     t.create = { host, options, count, out in
         guard let host, let out else { return MASQ_E_INVALID }
         return handOver(host, out) { () throws(PluginFailure) in try parse(host, options, count) }
-    }
-    t.destroy = { raw in if let raw { Unmanaged<EVMWallet>.fromOpaque(raw).release() } }
-    t.address = { raw, sink, ctx in
-        guard let w = wallet(raw) else { return MASQ_E_INVALID }
-        return sinkBytes(Array(w.address.utf8), sink, ctx)
-    }
-    t.balance = { raw, asset, sink, ctx in
-        guard let w = wallet(raw) else { return MASQ_E_INVALID }
-        return run(w) { () throws(WalletFailure) in sinkBytes(Array(try w.balance(asset.map { String(cString: $0) }).utf8), sink, ctx) }
-    }
-    t.pay = { raw, to, asset, amount, _, _, sink, ctx in
-        guard let w = wallet(raw), let to, let amount else { return MASQ_E_INVALID }
-        return run(w) { () throws(WalletFailure) in
-            sinkBytes(Array(try w.pay(to: String(cString: to), asset: asset.map { String(cString: $0) }, amount: String(cString: amount)).utf8), sink, ctx)
-        }
-    }
-    t.sign = { raw, message, length, sink, ctx in
-        guard let w = wallet(raw), message != nil || length == 0 else { return MASQ_E_INVALID }
-        return run(w) { () throws(WalletFailure) in sinkBytes(try w.sign(Array(UnsafeBufferPointer(start: message, count: length))), sink, ctx) }
-    }
-    t.verify = { raw, address, message, length, signature, signatureLength in
-        guard wallet(raw) != nil, let address, message != nil || length == 0, let signature else { return MASQ_E_INVALID }
-        return EVMWallet.verify(String(cString: address), Array(UnsafeBufferPointer(start: message, count: length)),
-                                Array(UnsafeBufferPointer(start: signature, count: signatureLength))) ? MASQ_OK : MASQ_E_BAD_SIGNATURE
-    }
-    t.verify_payment = { raw, txid, from, to, _, amount in
-        guard let w = wallet(raw), let txid, let from, let to, let amount else { return MASQ_E_INVALID }
-        return run(w) { () throws(WalletFailure) in
-            try w.verifyPayment(txid: String(cString: txid), from: String(cString: from), to: String(cString: to), amount: String(cString: amount))
-        }
-    }
-    t.payments = { raw, cursor, limit, sink, ctx in
-        guard let w = wallet(raw) else { return MASQ_E_INVALID }
-        return run(w) { () throws(WalletFailure) in sinkBytes(Array(try w.payments(after: cursor, limit: max(1, min(limit, 10_000))).utf8), sink, ctx) }
     }
     v.initialize(to: t)
     return v

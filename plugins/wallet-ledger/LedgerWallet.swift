@@ -19,7 +19,7 @@ private let pluginSummary: StaticString = "local SQLite ledger shared by nodes o
 
 typealias WalletFailure = PluginFailure
 
-final class LedgerWallet: @unchecked Sendable {
+final class LedgerWallet: PluginWallet, @unchecked Sendable {
     let host: UnsafePointer<masq_host>
     let signingKey: SecureBytes
     let address: String
@@ -247,62 +247,12 @@ private func parse(_ host: UnsafePointer<masq_host>, _ list: UnsafePointer<masq_
     return try LedgerWallet(host: host, ledger: ledger, keyFile: keyFile ?? dataDirectory + "/wallet.key", asset: asset, initialBalance: initial)
 }
 
-@inline(__always)
-private func wallet(_ raw: UnsafeMutableRawPointer?) -> LedgerWallet? {
-    raw.map { Unmanaged<LedgerWallet>.fromOpaque($0).takeUnretainedValue() }
-}
-
-private func run(_ w: LedgerWallet, _ body: () throws(WalletFailure) -> Int32) -> Int32 {
-    do { return try body() } catch { return report(w.host, error) }
-}
-
 nonisolated(unsafe) private let vtable: UnsafeMutablePointer<masq_wallet_vtable> = {
     let v = UnsafeMutablePointer<masq_wallet_vtable>.allocate(capacity: 1)
-    var t = masq_wallet_vtable()
-    t.struct_size = UInt32(MemoryLayout<masq_wallet_vtable>.size)
+    var t = walletVTable()
     t.create = { host, options, count, out in
         guard let host, let out else { return MASQ_E_INVALID }
         return handOver(host, out) { () throws(PluginFailure) in try parse(host, options, count) }
-    }
-    t.destroy = { raw in if let raw { Unmanaged<LedgerWallet>.fromOpaque(raw).release() } }
-    t.address = { raw, sink, ctx in
-        guard let w = wallet(raw) else { return MASQ_E_INVALID }
-        return sinkBytes(Array(w.address.utf8), sink, ctx)
-    }
-    t.balance = { raw, asset, sink, ctx in
-        guard let w = wallet(raw) else { return MASQ_E_INVALID }
-        return run(w) { () throws(WalletFailure) in sinkBytes(Array(try w.balance(asset.map { String(cString: $0) }).utf8), sink, ctx) }
-    }
-    t.pay = { raw, to, asset, amount, memo, memoLength, sink, ctx in
-        guard let w = wallet(raw), let to, let amount else { return MASQ_E_INVALID }
-        return run(w) { () throws(WalletFailure) in
-            let memoBytes = memo.map { Array(UnsafeBufferPointer(start: $0, count: memoLength)) } ?? []
-            return sinkBytes(Array(try w.pay(to: String(cString: to), asset: asset.map { String(cString: $0) }, amount: String(cString: amount), memo: memoBytes).utf8), sink, ctx)
-        }
-    }
-    t.sign = { raw, message, length, sink, ctx in
-        guard let w = wallet(raw), let sink, message != nil || length == 0 else { return MASQ_E_INVALID }
-        return run(w) { () throws(WalletFailure) in
-            let signature = try w.sign(Array(UnsafeBufferPointer(start: message, count: length)))
-            return signature.withUnsafeBufferPointer { sink(ctx, $0.baseAddress, $0.count) }
-        }
-    }
-    t.verify = { raw, address, message, length, signature, signatureLength in
-        guard wallet(raw) != nil, let address, message != nil || length == 0, let signature else { return MASQ_E_INVALID }
-        let ok = LedgerWallet.verify(String(cString: address), Array(UnsafeBufferPointer(start: message, count: length)),
-                                     Array(UnsafeBufferPointer(start: signature, count: signatureLength)))
-        return ok ? MASQ_OK : MASQ_E_BAD_SIGNATURE
-    }
-    t.verify_payment = { raw, txid, from, to, asset, amount in
-        guard let w = wallet(raw), let txid, let from, let to, let amount else { return MASQ_E_INVALID }
-        return run(w) { () throws(WalletFailure) in
-            try w.verifyPayment(txid: String(cString: txid), from: String(cString: from), to: String(cString: to),
-                                asset: asset.map { String(cString: $0) }, amount: String(cString: amount))
-        }
-    }
-    t.payments = { raw, cursor, limit, sink, ctx in
-        guard let w = wallet(raw) else { return MASQ_E_INVALID }
-        return run(w) { () throws(WalletFailure) in sinkBytes(Array(try w.payments(after: cursor, limit: max(1, min(limit, 10_000))).utf8), sink, ctx) }
     }
     v.initialize(to: t)
     return v
