@@ -19,19 +19,22 @@ public func pluginDescriptor(kind: Int32, name: StaticString, version: StaticStr
     return d
 }
 
-/// An option of the list is NULL.
-public struct NullOption: Error {
-    public let index: Int
-}
-
-/// A plugin's option list as Swift pairs.
-public func pluginOptions(_ list: UnsafePointer<masq_plugin_option>?, _ count: Int) throws(NullOption) -> [(key: String, value: String)] {
+/// A plugin's option list as Swift pairs; a NULL key or value is MASQ_E_INVALID.
+public func pluginOptions(_ list: UnsafePointer<masq_plugin_option>?, _ count: Int) throws(PluginFailure) -> [(key: String, value: String)] {
     var out: [(key: String, value: String)] = []
     for i in 0..<count {
-        guard let list, let k = list[i].key, let v = list[i].value else { throw NullOption(index: i) }
+        guard let list, let k = list[i].key, let v = list[i].value else { throw PluginFailure(MASQ_E_INVALID, "option \(i) is NULL") }
         out.append((String(cString: k), String(cString: v)))
     }
     return out
+}
+
+/// An integer option within `range`, else MASQ_E_CONFIG naming the option and its range.
+public func optionNumber(_ key: String, _ value: String, _ range: ClosedRange<Int>) throws(PluginFailure) -> Int {
+    guard let n = Int(value), range.contains(n) else {
+        throw PluginFailure(MASQ_E_CONFIG, "option \(key) must be \(range.lowerBound)...\(range.upperBound), not \"\(value)\"")
+    }
+    return n
 }
 
 /// Hand bytes to a sink; its status is the caller's answer.

@@ -445,10 +445,7 @@ public let relayOptionNames = "max_queue_frames, max_queue_bytes, max_frame_byte
 
 /// Apply one of the relay client's options; false when `key` is not one.
 public func applyRelayOption(_ key: String, _ value: String, to options: inout RelayTransport.Options) throws(TransportFailure) -> Bool {
-    func number(_ range: ClosedRange<Int>) throws(TransportFailure) -> Int {
-        guard let n = Int(value), range.contains(n) else { throw .init(MASQ_E_CONFIG, "option \(key) must be \(range.lowerBound)...\(range.upperBound), not \"\(value)\"") }
-        return n
-    }
+    func number(_ range: ClosedRange<Int>) throws(TransportFailure) -> Int { try optionNumber(key, value, range) }
     switch key {
     case "max_queue_frames": options.maxQueueFrames = try number(1...10_000_000)
     case "max_queue_bytes": options.maxQueueBytes = try number(1_024...(1 << 34))

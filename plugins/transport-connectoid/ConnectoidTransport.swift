@@ -365,13 +365,9 @@ private func monotonicMilliseconds() -> Int64 {
 
 private func parseOptions(_ list: UnsafePointer<masq_plugin_option>?, _ count: Int) throws(TransportFailure) -> ConnectoidTransport.Options {
     var options = ConnectoidTransport.Options()
-    let pairs: [(key: String, value: String)]
-    do { pairs = try pluginOptions(list, count) } catch { throw .init(MASQ_E_INVALID, "option \(error.index) is NULL") }
+    let pairs = try pluginOptions(list, count)
     for (key, value) in pairs {
-        func number(_ range: ClosedRange<Int>) throws(TransportFailure) -> Int {
-            guard let n = Int(value), range.contains(n) else { throw .init(MASQ_E_CONFIG, "option \(key) must be \(range.lowerBound)...\(range.upperBound), not \"\(value)\"") }
-            return n
-        }
+        func number(_ range: ClosedRange<Int>) throws(TransportFailure) -> Int { try optionNumber(key, value, range) }
         switch key {
         case "data_dir": options.dataDirectory = value
         case "interval_ms": options.intervalMilliseconds = Int64(try number(50...86_400_000))

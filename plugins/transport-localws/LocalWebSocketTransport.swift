@@ -480,13 +480,9 @@ func jsonString(_ s: String) -> String {
 
 private func parseOptions(_ list: UnsafePointer<masq_plugin_option>?, _ count: Int) throws(TransportFailure) -> LocalWebSocketTransport.Options {
     var options = LocalWebSocketTransport.Options()
-    let pairs: [(key: String, value: String)]
-    do { pairs = try pluginOptions(list, count) } catch { throw .init(MASQ_E_INVALID, "option \(error.index) is NULL") }
+    let pairs = try pluginOptions(list, count)
     for (key, value) in pairs {
-        func number(_ range: ClosedRange<Int>) throws(TransportFailure) -> Int {
-            guard let n = Int(value), range.contains(n) else { throw .init(MASQ_E_CONFIG, "option \(key) must be \(range.lowerBound)...\(range.upperBound), not \"\(value)\"") }
-            return n
-        }
+        func number(_ range: ClosedRange<Int>) throws(TransportFailure) -> Int { try optionNumber(key, value, range) }
         switch key {
         case "data_dir": break
         case "static_dir": options.staticDirectories += value.split(separator: ":").map(String.init)

@@ -25,13 +25,9 @@ private func makeTransport(_ host: UnsafePointer<masq_host>, _ list: UnsafePoint
     var mesh = MeshConfiguration()
     mesh.gossipMilliseconds = 1_000
     var dataDirectory = "."
-    let pairs: [(key: String, value: String)]
-    do { pairs = try pluginOptions(list, count) } catch { throw .init(MASQ_E_INVALID, "option \(error.index) is NULL") }
+    let pairs = try pluginOptions(list, count)
     for (key, value) in pairs {
-        func number(_ range: ClosedRange<Int>) throws(TransportFailure) -> Int {
-            guard let n = Int(value), range.contains(n) else { throw .init(MASQ_E_CONFIG, "option \(key) must be \(range.lowerBound)...\(range.upperBound), not \"\(value)\"") }
-            return n
-        }
+        func number(_ range: ClosedRange<Int>) throws(TransportFailure) -> Int { try optionNumber(key, value, range) }
         switch key {
         case "url": break
         case "data_dir": dataDirectory = value

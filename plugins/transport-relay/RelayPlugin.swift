@@ -13,8 +13,7 @@ private let pluginSummary: StaticString = "WebSocket client for masq relay (room
 
 private func parseOptions(_ list: UnsafePointer<masq_plugin_option>?, _ count: Int) throws(TransportFailure) -> RelayTransport.Options {
     var options = RelayTransport.Options()
-    let pairs: [(key: String, value: String)]
-    do { pairs = try pluginOptions(list, count) } catch { throw .init(MASQ_E_INVALID, "option \(error.index) is NULL") }
+    let pairs = try pluginOptions(list, count)
     for (key, value) in pairs where key != "data_dir" && key != "url" {
         guard try applyRelayOption(key, value, to: &options) else {
             throw .init(MASQ_E_CONFIG, "unknown option \"\(key)\" (known: url, \(relayOptionNames))")

@@ -285,8 +285,7 @@ private func parse(_ host: UnsafePointer<masq_host>, _ list: UnsafePointer<masq_
     var options = EVMWallet.Options()
     var dataDirectory = "."
     var keyFile: String?
-    let pairs: [(key: String, value: String)]
-    do { pairs = try pluginOptions(list, count) } catch { throw .init(MASQ_E_INVALID, "option \(error.index) is NULL") }
+    let pairs = try pluginOptions(list, count)
     for (key, value) in pairs {
         func number() throws(WalletFailure) -> UInt128 {
             guard let n = UInt128(value) else { throw .init(MASQ_E_CONFIG, "option \(key) must be a decimal integer") }

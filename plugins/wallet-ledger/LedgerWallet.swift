@@ -229,8 +229,7 @@ private let transient = unsafeBitCast(-1, to: sqlite3_destructor_type.self)
 private func parse(_ host: UnsafePointer<masq_host>, _ list: UnsafePointer<masq_plugin_option>?, _ count: Int) throws(WalletFailure) -> LedgerWallet {
     var ledger: String?, keyFile: String?, dataDirectory = ".", asset = "MASQ"
     var initial: UInt128?
-    let pairs: [(key: String, value: String)]
-    do { pairs = try pluginOptions(list, count) } catch { throw .init(MASQ_E_INVALID, "option \(error.index) is NULL") }
+    let pairs = try pluginOptions(list, count)
     for (key, value) in pairs {
         switch key {
         case "ledger": ledger = value
