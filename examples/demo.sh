@@ -5,6 +5,8 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
+echo "== installing what is missing (.ci/setup: Debian packages and the tests' Python modules)"
+bash .ci/setup
 echo "== building (swift build; first time takes a minute or two)"
 swift build 2>&1 | tail -1
 bin=$(swift build --show-bin-path)
