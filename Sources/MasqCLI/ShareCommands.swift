@@ -48,8 +48,9 @@ struct Accept: MasqSubcommand {
 
     @OptionGroup var store: StoreOptions
     @Argument(help: "The link, quoted (it contains # and &).") var link: String
-    @Option(name: .customLong("as"), help: ArgumentHelp("Keep it under this namespace (default: the owner's name).", valueName: "namespace"))
+    @Option(name: .customLong("as"), help: ArgumentHelp("Keep it under this namespace, which must not exist yet (default: \"shared:\" + the owner's name for it).", valueName: "namespace"))
     var local: String?
+    @Flag(help: "Merge the other person's records into the existing namespace named by --as (and send its keys to them).") var merge = false
     @Option(help: "Seconds to wait for the owner's answer.") var wait: Double = 60
 
     func execute() throws {
@@ -59,7 +60,7 @@ struct Accept: MasqSubcommand {
             try guarded { () throws(MasqError) in try service.start() }
             defer { service.stop() }
             let state = try guarded { () throws(MasqError) in
-                try service.accept(link, as: try local.map { (n) throws(MasqError) in try NamespaceName(n, limits: s.limits) })
+                try service.accept(link, as: try local.map { (n) throws(MasqError) in try NamespaceName(n, limits: s.limits) }, merge: merge)
             }
             print("claim sent for share \(state.shortID); waiting for the owner (up to \(Int(wait)) s)")
             fflush(nil)

@@ -42,9 +42,19 @@ struct Sync: MasqSubcommand {
                 let started = monotonicSeconds()
                 let done = try guarded { () throws(MasqError) in try service.syncOnce(timeout: timeout) }
                 bar.finish()
-                guard done else { throw CLIError("not caught up after \(Int(timeout)) s (are the other devices online and on the same relay?)") }
                 let status = try guarded { () throws(MasqError) in try service.status() }
-                print("in sync with \(status.devices.filter(\.present).count) of \(status.devices.count) device(s)")
+                let problems = status.devices.compactMap { d in d.problem.map { "\(d.name): \($0)" } }
+                guard done else {
+                    let why = problems.isEmpty ? "are the other devices online and on the same relay?" : problems.joined(separator: "; ")
+                    throw CLIError("not caught up after \(Int(timeout)) s (\(why))")
+                }
+                let reached = status.devices.filter(\.present).count
+                // A script must be able to tell that nothing was synced.
+                if reached == 0 && !status.devices.isEmpty {
+                    throw CLIError("no paired device answered (\(status.connected ? "none is online in the room" : "the transport is not connected")); nothing was synced")
+                }
+                for problem in problems { print("warning: \(problem)") }
+                print("in sync with \(reached) of \(status.devices.count) device(s)")
                 if let sharing {
                     guard waitSettled(sharing, until: started + timeout) else { throw CLIError("shares not settled after \(Int(timeout)) s") }
                     print("shares settled")
@@ -103,6 +113,11 @@ struct Status: MasqSubcommand {
                     }
                     let pending = applied.entries.reduce(UInt64(0)) { $0 + ($1.value > ack.vector[$1.key] ? $1.value - ack.vector[$1.key] : 0) }
                     print("\(d.name) (\(d.deviceID)): last sync \(ack.at == 0 ? "unknown" : formatTime(ack.at)), \(pending) change(s) pending for it")
+                }
+                for d in devices {
+                    if let problem = try s.syncProblem(device: d.deviceID) {
+                        print("  \(d.name): \(problem.text) (since \(formatTime(problem.since)))")
+                    }
                 }
             }
         }

@@ -132,7 +132,8 @@ public final class ConnectoidService: @unchecked Sendable {
         }
     }
 
-    /// A challenge: 32 random bytes sealed to the mailbox key; the store keeps
+    /// A challenge: 32 random bytes sealed to the mailbox key (`ChallengeBox`,
+    /// never the message construction); the store keeps
     /// its hash. An unused question with at least half its life left is
     /// handed out again, so repeated checks cost no P-384 operation.
     private func question(pub: [UInt8], ext: String, now: Int64) throws(ConnectoidError) -> [UInt8] {
@@ -142,7 +143,7 @@ public final class ConnectoidService: @unchecked Sendable {
             return pending.sealed
         }
         let secret = Random.bytes(32)
-        let sealed = try SealedBox.seal(secret, to: pub, pad: false)
+        let sealed = try ChallengeBox.seal(secret, to: pub)
         try store.setQuestion(pub: pub, ext: ext, sealed: sealed, answerHash: Hash.sha256(secret), expires: now + life)
         metrics.questionsSealed.increment()
         return sealed

@@ -10,7 +10,9 @@ import MasqCrypto
 ///
 /// R is the recipient's compressed point: binding both points stops a box
 /// from being re-targeted. The plaintext is padded (`Padding`) so sizes fall
-/// into buckets. Used for the service's challenges and for every message.
+/// into buckets. Used for every message; the service's challenges use
+/// `ChallengeBox`, a construction of their own, so that an answer to a
+/// challenge can never be the plaintext of a message.
 public enum SealedBox {
     public static let version: UInt8 = 1
     public static let overhead = 1 + 49 + 16
@@ -50,6 +52,61 @@ public enum SealedBox {
     private static func derive(_ privateKey: SecureBytes, peer: [UInt8], e: [UInt8], r: [UInt8]) throws(CryptoError) -> SecureBytes {
         let shared = try P384.sharedSecret(privateKey: privateKey, peerPublicKey: peer)
         return try Hash.hkdfSHA256(salt: SecureBytes(salt), ikm: shared, info: e + r, length: 32)
+    }
+}
+
+/// A service's challenge: 32 random bytes sealed to a mailbox key, in a
+/// construction separated from messages' (`SealedBox`) by its version byte,
+/// its HKDF salt and info label and its exact size:
+///
+///     question = 0x02 ‖ E (49) ‖ ChaCha20-Poly1305(key, nonce 0^12, ad = 0x02 ‖ E ‖ R, 32 bytes)   (98 bytes)
+///     key      = HKDF-SHA256(salt: "connectoid challenge v1", ikm = ECDH(e, R),
+///                            info: "connectoid challenge v1" ‖ E ‖ R, 32)
+///
+/// A message box opened with this derivation yields a different key, so it
+/// fails authentication: whoever answers challenges with `open` cannot be
+/// made to decrypt a message for the service (the oracle of issue 13).
+public enum ChallengeBox {
+    public static let version: UInt8 = 2
+    public static let secretLength = 32
+    public static let length = 1 + 49 + secretLength + 16
+    static let label = Array("connectoid challenge v1".utf8)
+
+    /// Seal `secret` (exactly 32 bytes) to the mailbox key `recipient`.
+    public static func seal(_ secret: [UInt8], to recipient: [UInt8]) throws(ConnectoidError) -> [UInt8] {
+        guard secret.count == secretLength else { throw .badRequest("a challenge is \(secretLength) bytes") }
+        guard let r = try? P384.compress(recipient) else { throw .badKey("recipient is not a P-384 public key") }
+        let ephemeral = P384.keyPair()
+        let e: [UInt8]
+        let key: SecureBytes
+        do {
+            e = try P384.compress(ephemeral.publicKey)
+            key = try derive(ephemeral.privateKey, peer: r, e: e, r: r)
+        } catch { throw .badKey("P-384 ECDH failed") }
+        guard let sealed = try? AEAD.seal(.chacha20Poly1305, key: key, nonce: [UInt8](repeating: 0, count: 12), ad: [version] + e + r, plaintext: secret) else {
+            throw .init(.unavailable, "sealing failed")
+        }
+        return [version] + e + sealed
+    }
+
+    /// Open a question sealed to (`privateKey`, `publicKey`): only a box of
+    /// exactly this construction's size and version, which must authenticate.
+    public static func open(_ box: [UInt8], privateKey: SecureBytes, publicKey: [UInt8]) throws(ConnectoidError) -> [UInt8] {
+        guard box.count == length, box[0] == version else { throw .badRequest("not a challenge (\(length) bytes, version \(version))") }
+        guard let r = try? P384.compress(publicKey) else { throw .badKey("not a P-384 public key") }
+        let e = Array(box[1..<50])
+        let key: SecureBytes
+        do { key = try derive(privateKey, peer: e, e: e, r: r) } catch { throw .badRequest("the challenge's ephemeral key is not a P-384 point") }
+        guard let secret = try? AEAD.open(.chacha20Poly1305, key: key, nonce: [UInt8](repeating: 0, count: 12), ad: [version] + e + r, ciphertext: Array(box[50...])),
+              secret.count == secretLength else {
+            throw .badRequest("the challenge does not open with this key")
+        }
+        return secret
+    }
+
+    private static func derive(_ privateKey: SecureBytes, peer: [UInt8], e: [UInt8], r: [UInt8]) throws(CryptoError) -> SecureBytes {
+        let shared = try P384.sharedSecret(privateKey: privateKey, peerPublicKey: peer)
+        return try Hash.hkdfSHA256(salt: SecureBytes(label), ikm: shared, info: label + e + r, length: 32)
     }
 }
 

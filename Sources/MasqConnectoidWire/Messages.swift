@@ -80,6 +80,8 @@ public struct ConnectoidLimits: Codable, Sendable, Equatable {
     public var sendsPerMailboxPerMinute = 120
     public var requestsPerClientPerSecond = 50
     public var sealing = "p384-hkdf-sha256-chacha20poly1305-v1"
+    /// How questions are sealed: a construction of their own (never a message's).
+    public var challengeSealing = "p384-hkdf-sha256-chacha20poly1305-challenge-v2"
 
     public init() {}
 }

@@ -567,8 +567,11 @@ public func masq_sync_status(_ handle: OpaquePointer?, _ jsonOut: UnsafeMutableP
         for d in try s.devices() {
             let row = live?.devices.first { $0.deviceID == d.deviceID }
             let ack = try s.acknowledgement(of: d.deviceID)
+            let stored = try s.syncProblem(device: d.deviceID)
+            let problem = row?.problem ?? stored?.text
             rows.append("{\"device_id\": \(jsonString(d.deviceID)), \"name\": \(jsonString(d.name)), \"present\": \(row?.present ?? false), "
-                + "\"they_lack\": \(row?.theyLack ?? 0), \"we_lack\": \(row?.weLack ?? 0), \"last_sync\": \(ack?.at ?? 0)}")
+                + "\"they_lack\": \(row?.theyLack ?? 0), \"we_lack\": \(row?.weLack ?? 0), \"last_sync\": \(ack?.at ?? 0), "
+                + "\"problem\": \(problem.map(jsonString) ?? "null")}")
         }
         let transports = (live?.transports ?? []).map { t in
             let counters = t.stats.sorted { $0.key < $1.key }.map { "\(jsonString($0.key)): \($0.value)" }

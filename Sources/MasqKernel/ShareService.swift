@@ -65,14 +65,21 @@ public final class ShareService: @unchecked Sendable {
         return ConnectoidLink(pub: inbox.pub, services: services, ext: inbox.ext, secret: secret + state.ownerKeyHash, base: base)
     }
 
-    /// Accept a link: a guest share of namespace `ns` (default: the owner's
-    /// name, learned from WELCOME), and a CLAIM to the link's mailbox. The
-    /// service must be running.
-    public func accept(_ text: String, as ns: NamespaceName? = nil, services: [String]? = nil) throws(MasqError) -> ShareState {
+    /// Accept a link: a guest share and a CLAIM to the link's mailbox. The
+    /// guest alone names the local namespace: `ns` if given, else (once the
+    /// WELCOME arrives) "shared:" + the owner's suggestion, in a namespace
+    /// that does not exist here yet. Records never merge into an existing
+    /// namespace unless `merge` says so (the user asked for it explicitly).
+    /// The service must be running.
+    public func accept(_ text: String, as ns: NamespaceName? = nil, merge: Bool = false, services: [String]? = nil) throws(MasqError) -> ShareState {
         let link: ConnectoidLink
         do { link = try ConnectoidLink.parse(text) } catch { throw .invalid("not a share link: \(error.message)") }
         guard let fragment = link.secret, fragment.count == 32 else {
             throw .invalid("the link lacks its secret (the part after #): copy the whole link")
+        }
+        guard ns != nil || !merge else { throw .invalid("--merge needs the namespace to merge into (--as NAME)") }
+        if let ns, !merge, try store.namespaceExists(ns) {
+            throw .invalid("namespace \(ns.string) already exists here: accepting would merge the other person's records into it; choose a new name, or pass --merge if that is what you want")
         }
         let id = link.pubText
         if let existing = try store.share(id) {
@@ -85,6 +92,7 @@ public final class ShareService: @unchecked Sendable {
                                created: Clock.unixMilliseconds(), signingKey: signing.privateKey.bytes, signingPub: try Self.compressed(signing.publicKey),
                                secret: Array(fragment.prefix(16)), ownerKeyHash: Array(fragment.suffix(16)), inboxes: [inbox])
         state.peerInbox = link.mailbox
+        state.merge = merge
         try store.saveShare(id, state)
         try onQueue { () throws(MasqError) in
             guard transport != nil else { return }
@@ -93,6 +101,25 @@ public final class ShareService: @unchecked Sendable {
             try store.saveShare(id, state)
         }
         return state
+    }
+
+    /// The local namespace for a share the guest accepted: the name it chose,
+    /// else "shared:" + the owner's suggestion; never an existing namespace
+    /// (unless the guest asked to merge), so the owner cannot point a share
+    /// at the guest's own data.
+    private func localNamespace(_ state: ShareState, suggested: String) throws(MasqError) -> (name: String, created: Bool) {
+        if !state.namespace.isEmpty {
+            let chosen = try NamespaceName(state.namespace, limits: store.limits)
+            if state.merge == true { return (chosen.string, !(try store.namespaceExists(chosen))) }
+            if !(try store.namespaceExists(chosen)) { return (chosen.string, true) }
+        }
+        let base = state.namespace.isEmpty ? "shared:" + String(suggested.unicodeScalars.filter { $0.value >= 0x20 && $0.value != 0x7F }.prefix(64).map(Character.init))
+                                           : state.namespace
+        for candidate in [base, base + ":" + state.shortID] {
+            guard let name = try? NamespaceName(candidate, limits: store.limits) else { continue }
+            if !(try store.namespaceExists(name)) { return (name.string, true) }
+        }
+        throw MasqError(.busy, "no free namespace for share \(state.shortID): accept it again with --as NAME")
     }
 
     /// End a share: tell the other side (best effort) and delete the keys.
@@ -202,11 +229,15 @@ public final class ShareService: @unchecked Sendable {
         keys.withLock { mailboxKeys[mailbox] = nil }
     }
 
-    /// Open a service's challenge (transport thread).
+    /// Open a service's challenge (transport thread). Only a well-formed
+    /// question (`ChallengeBox`: exact size, version, its own key derivation)
+    /// is answered, never a message: a service that hands out a stored
+    /// envelope as a question gets a refusal, not its plaintext.
     private func answer(_ mailbox: String, _ question: [UInt8]) throws(MasqError) -> [UInt8] {
         guard let (key, pub) = keys.withLock({ mailboxKeys[mailbox] }) else { throw MasqError(.notFound, "no key for this mailbox") }
-        do { return try SealedBox.open(question, privateKey: key, publicKey: pub, padded: false) } catch {
-            throw .invalid("a challenge that does not open with the mailbox key")
+        do { return try ChallengeBox.open(question, privateKey: key, publicKey: pub) } catch {
+            Log.warn("share", "refused to answer a malformed challenge (\(question.count) bytes) for a mailbox")
+            throw .invalid("not a well-formed challenge for this mailbox")
         }
     }
 
@@ -266,7 +297,10 @@ public final class ShareService: @unchecked Sendable {
         }
         if let peer = state.peerSigningPub {
             if constantTimeEqual(peer, envelope.signer) {
-                send(&state, type: "welcome")       // the welcome was lost: again
+                // A new claim means the welcome was lost: again. A replayed one changes nothing.
+                guard body.seq > state.peerSeq else { throw MasqError(.denied, "a replayed claim") }
+                state.peerSeq = body.seq
+                send(&state, type: "welcome")
                 return
             }
             let warning = "a second person used the link at \(Clock.unixMilliseconds() / 1000) (Unix time): someone else saw it; compare the fingerprint with your contact"
@@ -310,7 +344,12 @@ public final class ShareService: @unchecked Sendable {
         guard let name = body.namespace, let access = body.access.flatMap(ShareState.Access.init(rawValue:)) else {
             throw .invalid("a welcome without namespace or access")
         }
-        if state.namespace.isEmpty { state.namespace = try NamespaceName(name, limits: store.limits).string }
+        let local = try localNamespace(state, suggested: name)
+        if !state.namespace.isEmpty && local.name != state.namespace {
+            state.warnings.append("namespace \(state.namespace) was created here after you accepted; the share went to \(local.name) instead")
+        }
+        state.namespace = local.name
+        state.ownsNamespace = local.created
         state.access = access
         state.peerSigningPub = envelope.signer
         state.peerInbox = body.inbox
@@ -325,11 +364,16 @@ public final class ShareService: @unchecked Sendable {
 
     private func fromPeer(_ state: inout ShareState, _ envelope: ShareEnvelope, mailbox: String) throws(MasqError) {
         let body = envelope.body
+        // Each envelope number is accepted once (a sliding window, kept with the
+        // share): a replayed envelope — from a service, or after the hour it
+        // keeps messages — changes nothing.
+        var window = ReplayWindow(highest: state.peerSeq, seen: state.peerSeen ?? 1)
+        guard window.accept(body.seq) else { throw MasqError(.denied, "a replayed \(body.type.prefix(20)) (envelope \(body.seq))") }
+        let newest = body.seq > state.peerSeq
+        state.peerSeq = window.highest
+        state.peerSeen = window.seen
         state.lastHeard = Clock.unixMilliseconds()
-        if body.seq > state.peerSeq {
-            state.peerSeq = body.seq
-            state.peerInbox = body.inbox
-        }
+        if newest { state.peerInbox = body.inbox }
         // A message at our newest mailbox: the peer has moved; the older ones can go.
         if mailbox == state.inboxes.last?.mailbox && state.inboxes.count > 1 && state.role == .guest {
             for old in state.inboxes.dropLast() { leave(old.mailbox) }
@@ -347,7 +391,13 @@ public final class ShareService: @unchecked Sendable {
             guard case .snapshot(var records, let through?) = try SyncFrame.decode(bytes) else { throw .invalid("records in an unexpected frame") }
             // The sender's namespace, whatever its name there, is this share's namespace here.
             for i in records.indices { records[i].namespace = state.namespace }
-            try store.applySnapshotRecords(records)
+            do { try store.applySnapshotRecords(records) } catch {
+                if let ahead = Store.futureSkew(records.map(\.header.version.timestamp)) {
+                    let warning = "the other person's records were refused: stamped \(ahead / 60_000) minute(s) in the future (their clock is ahead)"
+                    if !state.warnings.contains(where: { $0.hasPrefix("the other person's records were refused") }) { state.warnings.append(warning) }
+                }
+                throw error
+            }
             state.recordsReceived += 1
             var ack = VersionVector(state.toAck ?? [:])
             ack.merge(through)

@@ -173,6 +173,7 @@ extension Store {
             guard try Store.getMeta(engine, deviceKey) != nil else { throw MasqError(.notFound, "no paired device \(deviceID)") }
             try deviceKey.withBytes { (k) throws(MasqError) in try engine.delete(k) }
             try ([RecordFormat.session] + Array(deviceID.utf8)).withBytes { (k) throws(MasqError) in try engine.delete(k) }
+            try ([Store.renewalFamily] + Array(deviceID.utf8)).withBytes { (k) throws(MasqError) in try engine.delete(k) }
         }
         Log.info("kernel", "removed device \(deviceID)")
     }
@@ -212,6 +213,95 @@ extension Store {
         }
     }
 
+    // MARK: - renewing a session (docs/PROTOCOL.md, "RESET")
+
+    /// 'Z' device id -> u64 last renewal counter sent · u64 last one accepted.
+    static let renewalFamily: UInt8 = 0x5A
+
+    /// Start renewing the session with a paired device: a Noise KK handshake
+    /// between the two devices' long-term X25519 keys, whose first message
+    /// carries a counter the responder has never accepted (so a recorded
+    /// message cannot be replayed). The stored session is not touched until
+    /// the handshake completes. Returns the handshake and its first message.
+    public func beginSessionRenewal(with deviceID: String, prologue: [UInt8]) throws(MasqError) -> (SessionRenewal, [UInt8]) {
+        let identity = try requireIdentity()
+        guard let device = try devices().first(where: { $0.deviceID == deviceID }) else {
+            throw MasqError(.notFound, "no paired device \(deviceID)")
+        }
+        return try localTransaction { () throws(MasqError) -> (SessionRenewal, [UInt8]) in
+            let counters = try renewalCounters(deviceID)
+            // Wall-clock based, so a store restored from a copy still sends a fresh one.
+            let counter = max(Clock.unixMilliseconds(), counters.sent &+ 1)
+            let session = try crypto { () throws(CryptoError) in
+                try SecureSession(pattern: .KK, role: .initiator, prologue: prologue, staticKey: identity.agreementKey, remoteStatic: device.keys.agreement)
+            }
+            let message = try crypto { () throws(CryptoError) in try session.writeHandshake(payload: bigEndianBytes(counter)) }
+            try saveRenewalCounters(deviceID, sent: counter, accepted: counters.accepted)
+            return (SessionRenewal(deviceID: deviceID, session: session), message)
+        }
+    }
+
+    /// Answer a device's renewal: check its first message (authenticated by
+    /// both device keys, with a counter above any accepted before), and
+    /// replace the stored session with the new one in the same transaction.
+    /// Returns the second message. MASQ_E_DENIED for a replayed message.
+    public func answerSessionRenewal(from deviceID: String, _ message: [UInt8], prologue: [UInt8]) throws(MasqError) -> [UInt8] {
+        let identity = try requireIdentity()
+        guard let device = try devices().first(where: { $0.deviceID == deviceID }) else {
+            throw MasqError(.notFound, "no paired device \(deviceID)")
+        }
+        return try localTransaction { () throws(MasqError) -> [UInt8] in
+            let session = try crypto { () throws(CryptoError) in
+                try SecureSession(pattern: .KK, role: .responder, prologue: prologue, staticKey: identity.agreementKey, remoteStatic: device.keys.agreement)
+            }
+            let payload = try crypto { () throws(CryptoError) in try session.readHandshake(message) }
+            guard payload.count == 8 else { throw .invalid("a session renewal without its counter") }
+            let counter = payload.withUnsafeBytes { $0.loadBigEndian(at: 0) as UInt64 }
+            let counters = try renewalCounters(deviceID)
+            guard counter > counters.accepted else { throw MasqError(.denied, "a replayed session renewal from \(deviceID)") }
+            let answer = try crypto { () throws(CryptoError) in try session.writeHandshake() }
+            try storeSession(deviceID, session)
+            try saveRenewalCounters(deviceID, sent: counters.sent, accepted: counter)
+            return answer
+        }
+    }
+
+    /// Finish a renewal this device started: the stored session becomes the new one.
+    public func completeSessionRenewal(_ renewal: SessionRenewal, _ message: [UInt8]) throws(MasqError) {
+        try localTransaction { () throws(MasqError) in
+            guard try getSecret([RecordFormat.device] + Array(renewal.deviceID.utf8)) != nil else {
+                throw MasqError(.notFound, "no paired device \(renewal.deviceID)")
+            }
+            _ = try crypto { () throws(CryptoError) in try renewal.session.readHandshake(message) }
+            guard renewal.session.isEstablished else { throw .invalid("the session renewal did not complete") }
+            try storeSession(renewal.deviceID, renewal.session)
+        }
+    }
+
+    /// Whether this device may send on its session with `deviceID` yet (the
+    /// side that started a renewal must first hear from the other).
+    public func canSend(to deviceID: String) -> Bool {
+        (try? localTransaction { () throws(MasqError) -> Bool in
+            guard let state = try getSecret([RecordFormat.session] + Array(deviceID.utf8)) else { return false }
+            return try crypto { () throws(CryptoError) in try SecureSession(serialized: state).canSend }
+        }) ?? false
+    }
+
+    private func storeSession(_ deviceID: String, _ session: SecureSession) throws(MasqError) {
+        let key = [RecordFormat.session] + Array(deviceID.utf8)
+        let state = try crypto { () throws(CryptoError) in try session.serialized() }
+        try Store.putMeta(engine, key, try sealSecret(key, state))
+    }
+
+    private func renewalCounters(_ deviceID: String) throws(MasqError) -> (sent: UInt64, accepted: UInt64) {
+        guard let bytes = try Store.getMeta(engine, [Store.renewalFamily] + Array(deviceID.utf8)), bytes.count == 16 else { return (0, 0) }
+        return bytes.withUnsafeBytes { ($0.loadBigEndian(at: 0), $0.loadBigEndian(at: 8)) }
+    }
+
+    private func saveRenewalCounters(_ deviceID: String, sent: UInt64, accepted: UInt64) throws(MasqError) {
+        try Store.putMeta(engine, [Store.renewalFamily] + Array(deviceID.utf8), bigEndianBytes(sent) + bigEndianBytes(accepted))
+    }
+
     /// Run `body` in an engine transaction under the lock (local state, not synced data).
     func localTransaction<T>(_ body: () throws(MasqError) -> T) throws(MasqError) -> T {
         try lock.withLock { () throws(MasqError) -> T in
@@ -226,5 +316,17 @@ extension Store {
                 throw error
             }
         }
+    }
+}
+
+/// A session renewal this device started, waiting for the other's answer
+/// (kept in memory only: a restart starts a new one).
+public final class SessionRenewal: @unchecked Sendable {
+    public let deviceID: String
+    let session: SecureSession
+
+    init(deviceID: String, session: SecureSession) {
+        self.deviceID = deviceID
+        self.session = session
     }
 }

@@ -45,12 +45,24 @@ extension Store {
             try engine.scan(from: [RecordFormat.share, 1], to: [RecordFormat.share, 2]) { (k, _) throws(MasqError) -> Bool in
                 if let bytes = try getSecret(Array(k)) {
                     let share = try ShareState.decode(bytes)
-                    if share.role == .guest && share.access == .readOnly && share.status != .ended { readOnly.insert(share.namespace) }
+                    // Only a namespace the share created is marked: merging a read-only
+                    // share into the guest's own namespace never takes the guest's rights away.
+                    if share.role == .guest && share.access == .readOnly && share.status != .ended && share.ownsNamespace == true {
+                        readOnly.insert(share.namespace)
+                    }
                 }
                 return true
             }
             let encoded = Array((try? JSONEncoder().encode(readOnly.sorted())) ?? Data("[]".utf8))
             try Store.putMeta(engine, Store.readOnlyKey, try sealSecret(Store.readOnlyKey, encoded))
+        }
+    }
+
+    /// Whether namespace `ns` was ever written here (it has an id), live keys or not.
+    public func namespaceExists(_ ns: NamespaceName) throws(MasqError) -> Bool {
+        try lock.withLock { () throws(MasqError) -> Bool in
+            try ensureUsable()
+            return try existingNamespaceID(ns) != nil
         }
     }
 
@@ -148,7 +160,10 @@ public struct ShareState: Codable, Sendable, Equatable {
     public var peerSigningPub: [UInt8]?
     public var peerInbox: String?
     public var nextSeq: UInt64 = 1
+    /// The highest envelope number received from the peer, and which of the
+    /// 64 numbers up to it were (bit i: peerSeq − i), against replays.
     public var peerSeq: UInt64 = 0
+    public var peerSeen: UInt64?
     /// Entries (replica → seq) of this store's log the peer acknowledged.
     public var acked: [UInt64: UInt64] = [:]
     /// The last batch sent and not yet acknowledged: where it brings the peer, and when.
@@ -165,6 +180,10 @@ public struct ShareState: Codable, Sendable, Equatable {
     /// RECORDS envelopes applied.
     public var recordsReceived: UInt64 = 0
     public var warnings: [String] = []
+    /// Guest: the user asked to merge the share into an existing namespace.
+    public var merge: Bool?
+    /// Guest: the share created its local namespace (read-only marks apply only then).
+    public var ownsNamespace: Bool?
 
     public var shortID: String { String(id.prefix(10)) }
 

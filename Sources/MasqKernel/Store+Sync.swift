@@ -200,6 +200,7 @@ extension Store {
     }
 
     func currentVector() throws(MasqError) -> VersionVector {
+        try refreshIdentityLocked()
         var vv = VersionVector()
         try engine.scan(from: [RecordFormat.vector], to: [RecordFormat.vector + 1]) { (key, value) throws(MasqError) -> Bool in
             guard key.count == 9, value.count == 8 else { throw .corrupt("malformed version-vector entry") }
@@ -239,7 +240,9 @@ extension Store {
     /// Commits a replica with version vector `peer` lacks, oldest first per
     /// origin, up to the limits. Returns nil if `peer` is behind the
     /// collection horizon: it needs a snapshot first.
-    public func exportCommits(after peer: VersionVector, maxCommits: Int = 1_000, maxBytes: Int = 1 << 20) throws(MasqError) -> [SyncCommit]? {
+    /// Origins in `holdBack` are skipped (the peer refused their next commit for now).
+    public func exportCommits(after peer: VersionVector, maxCommits: Int = 1_000, maxBytes: Int = 1 << 20,
+                              holdBack: Set<UInt64> = []) throws(MasqError) -> [SyncCommit]? {
         try lock.withLock { () throws(MasqError) -> [SyncCommit]? in
             try ensureUsable()
             let mine = try currentVector()
@@ -248,7 +251,7 @@ extension Store {
             var out: [SyncCommit] = []
             var bytes = 0
             var namespaceNames: [UInt32: String] = [:]
-            for origin in mine.entries.keys.sorted() where peer[origin] < mine[origin] {
+            for origin in mine.entries.keys.sorted() where peer[origin] < mine[origin] && !holdBack.contains(origin) {
                 var seq = peer[origin] + 1
                 while seq <= mine[origin] {
                     guard out.count < maxCommits && bytes < maxBytes else { return out }
@@ -306,10 +309,8 @@ extension Store {
     /// Commits must arrive in order per origin (a later one is a .gap).
     public func applyRemote(_ commit: SyncCommit, clockBound: UInt64 = Store.defaultClockBound) throws(MasqError) -> ApplyResult {
         guard commit.origin != 0, commit.seq > 0 else { throw .invalid("commit without origin or sequence number") }
-        let now = Clock.unixMilliseconds()
-        for timestamp in [commit.timestamp] + commit.records.map(\.header.version.timestamp)
-        where HybridLogicalClock.milliseconds(of: timestamp) > now + clockBound {
-            throw MasqError(.invalid, "commit \(commit.seq) of replica \(String(commit.origin, radix: 16)) is timestamped \(HybridLogicalClock.milliseconds(of: timestamp) - now) ms in the future (bound: \(clockBound) ms); refused until the clocks agree")
+        if let ahead = Store.futureSkew([commit.timestamp] + commit.records.map(\.header.version.timestamp), bound: clockBound) {
+            throw MasqError(.invalid, "commit \(commit.seq) of replica \(String(commit.origin, radix: 16)) is timestamped \(ahead) ms in the future (bound: \(clockBound) ms); refused until the clocks agree")
         }
         for record in commit.records where !record.header.counter && (record.header.version.replica != commit.origin || record.header.seq != commit.seq) {
             throw .invalid("a record of commit \(commit.seq) claims another commit")
@@ -318,6 +319,7 @@ extension Store {
             try ensureUsable()
             try engine.begin()
             do throws(MasqError) {
+                try refreshIdentityLocked()
                 let applied = commit.origin == replicaID ? try Store.readClock(engine).seq : try vectorEntry(commit.origin)
                 if commit.seq <= applied { engine.rollback(); return .duplicate }
                 if commit.seq > applied + 1 { engine.rollback(); return .gap }
@@ -364,10 +366,22 @@ extension Store {
         return bytes.withUnsafeBytes { $0.loadBigEndian(at: 0) }
     }
 
-    /// Advance the local clock past a remote timestamp (HLC receive rule).
+    /// How far (ms) the latest of `timestamps` lies beyond the wall clock plus
+    /// `bound`, or nil when none does. Every path that applies remote records
+    /// checks this first: a refused record never touches the clock.
+    public static func futureSkew(_ timestamps: [UInt64], bound: UInt64 = Store.defaultClockBound) -> UInt64? {
+        let now = Clock.unixMilliseconds()
+        guard let latest = timestamps.map(HybridLogicalClock.milliseconds(of:)).max(), latest > now, latest - now > bound else { return nil }
+        return latest - now
+    }
+
+    /// Advance the local clock past a remote timestamp (HLC receive rule),
+    /// never beyond the wall clock plus the clock bound (callers refuse such
+    /// timestamps first; this keeps a missed check from moving the clock).
     func observeRemoteTime(_ timestamp: UInt64) throws(MasqError) {
+        let ceiling = (Clock.unixMilliseconds() + Store.defaultClockBound) << 16 | 0xFFFF
         let saved = try Store.readClock(engine)
-        clock.observe(max(saved.timestamp, timestamp))
+        clock.observe(max(saved.timestamp, min(timestamp, ceiling)))
         if clock.last > saved.timestamp {
             try Store.putMeta(engine, RecordFormat.metaClock, bigEndianBytes(saved.seq) + bigEndianBytes(clock.last))
         }
@@ -518,6 +532,30 @@ extension Store {
         }
     }
 
+    static let problemFamily: UInt8 = 0x59   // 'Y' device id -> u64 Unix ms · UTF-8 text
+
+    /// Remember (or, with nil, forget) what holds sync with `device` back, so
+    /// that `masq status` can say it after the sync process has gone.
+    public func setSyncProblem(device: String, _ text: String?) throws(MasqError) {
+        try localTransaction { () throws(MasqError) in
+            let key = [Store.problemFamily] + Array(device.utf8)
+            if let text {
+                try Store.putMeta(engine, key, bigEndianBytes(Clock.unixMilliseconds()) + Array(text.utf8.prefix(1_000)))
+            } else {
+                try key.withBytes { (k) throws(MasqError) in try engine.delete(k) }
+            }
+        }
+    }
+
+    /// What last held sync with `device` back, and since when (nil: nothing).
+    public func syncProblem(device: String) throws(MasqError) -> (text: String, since: UInt64)? {
+        try lock.withLock { () throws(MasqError) -> (text: String, since: UInt64)? in
+            try ensureUsable()
+            guard let bytes = try Store.getMeta(engine, [Store.problemFamily] + Array(device.utf8)), bytes.count >= 8 else { return nil }
+            return (String(decoding: bytes[8...], as: UTF8.self), bytes.withUnsafeBytes { $0.loadBigEndian(at: 0) })
+        }
+    }
+
     /// What a device last acknowledged, and when (nil if never).
     public func acknowledgement(of device: String) throws(MasqError) -> (vector: VersionVector, at: UInt64)? {
         try lock.withLock { () throws(MasqError) -> (vector: VersionVector, at: UInt64)? in
@@ -560,8 +598,13 @@ extension Store {
         }
     }
 
-    /// Apply a snapshot's records (per key, the greatest version wins).
-    public func applySnapshotRecords(_ records: [SyncRecord]) throws(MasqError) {
+    /// Apply a snapshot's records (per key, the greatest version wins). A
+    /// record stamped beyond the clock bound refuses the whole batch
+    /// (MASQ_E_INVALID) and changes nothing, the clock included.
+    public func applySnapshotRecords(_ records: [SyncRecord], clockBound: UInt64 = Store.defaultClockBound) throws(MasqError) {
+        if let ahead = Store.futureSkew(records.map(\.header.version.timestamp), bound: clockBound) {
+            throw MasqError(.invalid, "records timestamped \(ahead) ms in the future (bound: \(clockBound) ms); refused until the clocks agree")
+        }
         try lock.withLock { () throws(MasqError) in
             try ensureUsable()
             try engine.begin()

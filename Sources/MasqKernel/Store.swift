@@ -14,7 +14,22 @@ import Glibc
 /// share one SQLite store.
 public final class Store: @unchecked Sendable {
     public let config: MasqConfig
-    public let replicaID: UInt64
+    /// This replica's id. It changes only when the store finds it was rolled
+    /// back or its clock ran ahead (Store+Identity.swift); `identityEpoch`
+    /// counts those changes so sync can greet its peers again.
+    public var replicaID: UInt64 { replicaLock.withLock { replicaValue } }
+    public var identityEpoch: Int { replicaLock.withLock { identityChanges } }
+    private let replicaLock = Lock()
+    private var replicaValue: UInt64 = 0
+    private var identityChanges = 0
+    var replica: UInt64 { replicaID }
+
+    func setReplica(_ id: UInt64) {
+        replicaLock.withLock {
+            if replicaValue != 0 && replicaValue != id { identityChanges += 1 }
+            replicaValue = id
+        }
+    }
     public var limits: Limits { config.limits }
     public var storagePlugin: LoadedPlugin { engine.plugin }
 
@@ -64,7 +79,9 @@ public final class Store: @unchecked Sendable {
         options.append(("data_dir", config.dataDir))
         engine = try StorageEngine(plugin: plugin, options: options)
         hub = WatchHub(label: "masq.watch")
-        (replicaID, clock) = try Store.initialize(engine)
+        let (initialReplica, initialClock) = try Store.initialize(engine)
+        clock = initialClock
+        setReplica(initialReplica)
         try openProtection(passphrase: passphrase)
         Log.info("kernel", "opened store in \(config.dataDir) with storage plugin '\(plugin.name)' \(plugin.version), replica \(String(replicaID, radix: 16))\(isLocked ? " (locked)" : "")")
     }
@@ -409,10 +426,15 @@ public final class Store: @unchecked Sendable {
     /// the clock; commit; queue the changes for watchers (under the lock, so
     /// queue order is commit order). A commit that wrote nothing is rolled back.
     func writeCommit(_ body: (inout Commit) throws(MasqError) -> Void) throws(MasqError) {
+        // A clock that ran ahead of the real time is repaired before it stamps anything more.
+        if lock.withLock({ HybridLogicalClock.milliseconds(of: clock.last) > Clock.unixMilliseconds() + Store.clockRepairThreshold }) {
+            try repairClockIfNeeded()
+        }
         try lock.withLock { () throws(MasqError) in
             try ensureUsable()
             try engine.begin()
             do throws(MasqError) {
+                try refreshIdentityLocked()
                 let saved = try Store.readClock(engine)
                 clock.observe(saved.timestamp)
                 var commit = Commit(seq: saved.seq + 1, timestamp: clock.tick(nowMilliseconds: Clock.unixMilliseconds()),

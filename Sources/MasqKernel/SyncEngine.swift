@@ -47,7 +47,17 @@ public final class SyncEngine: @unchecked Sendable {
         var receivedCommits: UInt64 = 0
         var snapshotKeys: Set<SyncKey>?
         var lastSeen: UInt64 = 0
+        /// Origins whose next commit the peer refused: not resent before `until`.
+        var heldBack: [UInt64: (until: UInt64, backoff: UInt64)] = [:]
+        /// The last refusal the peer sent us, and the last we sent it (for status).
+        var refusedByPeer: SyncFrame.Refusal?
+        var refusedFromPeer: SyncFrame.Refusal?
     }
+
+    /// The first wait after a refusal before offering the commit again; it
+    /// doubles on every further refusal up to `maxRefusalBackoff`.
+    public static let refusalBackoff: UInt64 = 15_000
+    public static let maxRefusalBackoff: UInt64 = 300_000
 
     public let store: Store
     public var options: Options
@@ -69,7 +79,6 @@ public final class SyncEngine: @unchecked Sendable {
 
     /// A peer became reachable: the HELLO to send it.
     public func connected(_ device: String) throws(MasqError) -> [UInt8] {
-        let (applied, collected) = try store.syncVectors()
         lock.withLock {
             let peer = peers[device] ?? Peer()
             peer.connected = true
@@ -78,7 +87,12 @@ public final class SyncEngine: @unchecked Sendable {
             peer.snapshotKeys = nil
             peers[device] = peer
         }
-        return SyncFrame.hello(replica: store.replicaID, applied: applied, collected: collected).encoded()
+        return try helloFrame()
+    }
+
+    private func helloFrame() throws(MasqError) -> [UInt8] {
+        let (applied, collected) = try store.syncVectors()
+        return SyncFrame.hello(replica: store.replicaID, applied: applied, collected: collected, tips: try store.tips(of: applied)).encoded()
     }
 
     public func disconnected(_ device: String) {
@@ -104,7 +118,14 @@ public final class SyncEngine: @unchecked Sendable {
             return peer
         }
         switch frame {
-        case .hello(_, let applied, _):
+        case .hello(_, let applied, _, let tips):
+            // A peer holding commits of ours we do not have: this store went back
+            // in time. Continue under a new identity before anything else.
+            var out: [[UInt8]] = []
+            if try store.peerShowsRollback(theirs: applied, tips: tips) {
+                try store.reidentify(.rollback(peer: device))
+                out.append(try helloFrame())
+            }
             lock.withLock {
                 peer.helloReceived = true
                 peer.theirs = applied
@@ -113,24 +134,51 @@ public final class SyncEngine: @unchecked Sendable {
                 peer.inFlight = 0
             }
             try store.recordAcknowledgement(device: device, applied)
-            return try pump(device, peer)
+            try resolveRefusal(device, peer, theirs: applied)
+            return out + (try pump(device, peer))
 
         case .commits(let commits):
             var gap = false
             var received: UInt64 = 0
+            var refusal: SyncFrame.Refusal?
             for commit in commits {
-                switch try applyCounted(commit) {
-                case .applied: received += 1
-                case .duplicate: break
-                case .gap: gap = true
+                // After a refusal, later commits of the same origin are gaps: say nothing more of them.
+                if let refusal, refusal.origin == commit.origin { continue }
+                switch applyCounted(commit, from: device) {
+                case .success(.applied): received += 1
+                case .success(.duplicate): break
+                case .success(.gap): gap = true
+                case .failure(let refused): refusal = refusal ?? refused
                 }
             }
             let mine = try store.syncVectors().applied
-            lock.withLock { peer.receivedCommits += received }
+            let (was, now) = lock.withLock { () -> (SyncFrame.Refusal?, SyncFrame.Refusal?) in
+                peer.receivedCommits += received
+                let was = peer.refusedFromPeer
+                if let refusal { peer.refusedFromPeer = refusal } else if received > 0 { peer.refusedFromPeer = nil }
+                return (was, peer.refusedFromPeer)
+            }
+            if let now, now != was { try store.setSyncProblem(device: device, Self.describe(now, mine: false)) }
+            if now == nil && was != nil { try store.setSyncProblem(device: device, nil) }
             report(device, peer, mine)
             var out = [SyncFrame.ack(mine).encoded()]
-            if gap { out.append(SyncFrame.hello(replica: store.replicaID, applied: mine, collected: try store.syncVectors().collected).encoded()) }
+            // A refusal is answered once, with its reason (never a HELLO, which
+            // would make the sender resend at once, in a loop).
+            if let refusal { out.append(SyncFrame.refused(refusal).encoded()) } else if gap { out.append(try helloFrame()) }
             return out
+
+        case .refused(let refusal):
+            let now = Clock.unixMilliseconds()
+            lock.withLock {
+                let backoff = peer.heldBack[refusal.origin].map { min($0.backoff * 2, Self.maxRefusalBackoff) } ?? Self.refusalBackoff
+                peer.heldBack[refusal.origin] = (now + backoff, backoff)
+                peer.refusedByPeer = refusal
+                peer.inFlight = 0
+                peer.sent = peer.theirs
+            }
+            Log.warn("sync", "device \(device) refused commit \(refusal.seq) of replica \(String(refusal.origin, radix: 16)): \(Self.describe(refusal, mine: true))")
+            try store.setSyncProblem(device: device, Self.describe(refusal, mine: true))
+            return try pump(device, peer)
 
         case .ack(let vv):
             lock.withLock {
@@ -142,6 +190,7 @@ public final class SyncEngine: @unchecked Sendable {
                 acks += 1
             }
             try store.recordAcknowledgement(device: device, vv)
+            try resolveRefusal(device, peer, theirs: lock.withLock { peer.theirs })
             if lock.withLock({ acks % max(options.collectEvery, 1) == 0 }) { try collectGarbage() }
             return try pump(device, peer)
 
@@ -152,7 +201,7 @@ public final class SyncEngine: @unchecked Sendable {
                 peer.snapshotKeys = final == nil ? keys : nil
                 return keys
             }
-            try store.applySnapshotRecords(records)
+            try store.applySnapshotRecords(records, clockBound: options.clockBound)
             guard let final else { return [] }
             try store.finishSnapshot(vector: final, received: keys)
             let mine = try store.syncVectors().applied
@@ -185,7 +234,52 @@ public final class SyncEngine: @unchecked Sendable {
                 peer.sent = peer.theirs
                 any = true
             }
+            // A refused origin whose wait is over is offered again (once per wait).
+            for peer in peers.values where peer.connected && peer.heldBack.contains(where: { $0.value.until <= now && $0.value.until != 0 }) {
+                for (origin, hold) in peer.heldBack where hold.until <= now && hold.until != 0 {
+                    peer.heldBack[origin] = (0, hold.backoff)
+                }
+                any = true
+            }
             return any
+        }
+    }
+
+    /// A refusal by the peer is over once it holds what was refused, or this
+    /// store has nothing more of that origin for it (after a clock repair the
+    /// refused commits went back to their writer under a new replica id).
+    private func resolveRefusal(_ device: String, _ peer: Peer, theirs: VersionVector) throws(MasqError) {
+        guard let refused = lock.withLock({ peer.refusedByPeer }) else { return }
+        let mine = try store.syncVectors().applied
+        guard theirs[refused.origin] >= refused.seq || theirs[refused.origin] >= mine[refused.origin] else { return }
+        lock.withLock {
+            peer.refusedByPeer = nil
+            peer.heldBack[refused.origin] = nil
+        }
+        try store.setSyncProblem(device: device, nil)
+    }
+
+    /// What holds sync back with `device`, in words for the user (nil when nothing does).
+    public func problem(with device: String) -> String? {
+        lock.withLock { () -> String? in
+            guard let peer = peers[device] else { return nil }
+            if let r = peer.refusedByPeer { return Self.describe(r, mine: true) }
+            if let r = peer.refusedFromPeer { return Self.describe(r, mine: false) }
+            return nil
+        }
+    }
+
+    /// A refusal in words: `mine` from the side whose commit was refused.
+    static func describe(_ r: SyncFrame.Refusal, mine: Bool) -> String {
+        switch r.reason {
+        case .futureClock:
+            let ahead = HybridLogicalClock.milliseconds(of: r.timestamp) &- r.receiverTime
+            let minutes = max(1, (ahead + 30_000) / 60_000)
+            return mine ? "your clock is \(minutes) minute(s) ahead of this device's: it refuses your changes until the clocks agree (set the clock right; they are then sent again)"
+                        : "refusing its changes: its clock is \(minutes) minute(s) ahead of this device's"
+        case .limits: return mine ? "it refuses a change that exceeds its limits" : "refusing a change that exceeds this store's limits"
+        case .storage: return mine ? "it cannot store your changes (full disk or I/O error)" : "cannot store its changes (full disk or I/O error)"
+        case .invalid: return mine ? "it refuses one of your changes as invalid" : "refusing one of its changes as invalid"
         }
     }
 
@@ -219,9 +313,14 @@ public final class SyncEngine: @unchecked Sendable {
     private func pump(_ device: String, _ peer: Peer) throws(MasqError) -> [[UInt8]] {
         var out: [[UInt8]] = []
         while true {
-            let (ready, sent) = lock.withLock { (peer.helloReceived && peer.inFlight < options.window, peer.sent) }
+            let (ready, sent, held) = lock.withLock { () -> (Bool, VersionVector, Set<UInt64>) in
+                let now = Clock.unixMilliseconds()
+                return (peer.helloReceived && peer.inFlight < options.window, peer.sent,
+                        Set(peer.heldBack.filter { $0.value.until > now }.keys))
+            }
             guard ready else { return out }
-            guard let commits = try store.exportCommits(after: sent, maxCommits: options.maxCommitsPerFrame, maxBytes: options.maxBytesPerFrame) else {
+            guard let commits = try store.exportCommits(after: sent, maxCommits: options.maxCommitsPerFrame, maxBytes: options.maxBytesPerFrame,
+                                                        holdBack: held) else {
                 out += try snapshot(for: peer)
                 continue
             }
@@ -254,14 +353,31 @@ public final class SyncEngine: @unchecked Sendable {
         return frames
     }
 
-    private func applyCounted(_ commit: SyncCommit) throws(MasqError) -> Store.ApplyResult {
-        do throws(MasqError) {
-            return try store.applyRemote(commit, clockBound: options.clockBound)
-        } catch {
-            lock.withLock { rejectedFrames += 1 }
-            Log.warn("sync", "refused commit \(commit.seq) of replica \(String(commit.origin, radix: 16)): \(error.message)")
-            return .gap    // not applied: it will be offered again
+    /// Apply one commit; a commit that cannot be applied becomes a refusal
+    /// with its reason (it stays unapplied, and its sender is told why).
+    private func applyCounted(_ commit: SyncCommit, from device: String) -> Result<Store.ApplyResult, SyncFrame.Refusal> {
+        let now = Clock.unixMilliseconds()
+        let reason: SyncFrame.Refusal.Reason
+        let message: String
+        if Store.futureSkew([commit.timestamp] + commit.records.map(\.header.version.timestamp), bound: options.clockBound) != nil {
+            reason = .futureClock
+            message = "timestamped beyond the clock bound"
+        } else {
+            do throws(MasqError) {
+                return .success(try store.applyRemote(commit, clockBound: options.clockBound))
+            } catch {
+                switch error.status {
+                case .tooLarge: reason = .limits
+                case .io, .busy, .noMemory: reason = .storage
+                default: reason = error.message.contains("exceeds this store's limits") ? .limits : .invalid
+                }
+                message = error.message
+            }
         }
+        lock.withLock { rejectedFrames += 1 }
+        Log.warn("sync", "refused commit \(commit.seq) of replica \(String(commit.origin, radix: 16)) from \(device): \(message)")
+        let latest = ([commit.timestamp] + commit.records.map(\.header.version.timestamp)).max() ?? commit.timestamp
+        return .failure(SyncFrame.Refusal(reason: reason, origin: commit.origin, seq: commit.seq, timestamp: latest, receiverTime: now))
     }
 
     private func report(_ device: String, _ peer: Peer, _ mine: VersionVector) {

@@ -3,10 +3,12 @@
 /// the decoder still checks every length, because a peer can be buggy.
 ///
 ///   frame   = u8 version(1) · u8 type · body
-///   HELLO   (1) = u64 replica · vector(applied) · vector(collected)
+///   HELLO   (1) = u64 replica · vector(applied) · vector(collected) · [tips]
 ///   COMMITS (2) = varint n · n × commit
 ///   ACK     (3) = vector(applied)
 ///   SNAPSHOT(4) = u8 final · names · varint n · n × record · [vector(as of the snapshot) if final]
+///   REFUSED (5) = u8 reason · u64 origin · varint seq · u64 commit timestamp · u64 receiver's Unix ms
+///   tips    = varint n · n × (u64 replica · u64 timestamp of the last commit applied from it)
 ///   commit  = u64 origin · varint seq · u64 timestamp · names · varint n · n × record
 ///   names   = varint n · n × (varint len · UTF-8 namespace)
 ///   record  = varint name index · varint keyLen · key · u8 flags ·
@@ -14,10 +16,37 @@
 ///             [u64 prev ts · u64 prev replica  if flags bit 1] · varint valueLen · value
 ///   vector  = varint n · n × (u64 replica · varint seq)
 public enum SyncFrame: Equatable, Sendable {
-    case hello(replica: UInt64, applied: VersionVector, collected: VersionVector)
+    /// `tips`: per origin, the timestamp of the last commit applied from it
+    /// (where the change log still holds it). A replica that finds a peer
+    /// holding a different commit under one of its own numbers has been
+    /// rolled back (Store.reidentify).
+    case hello(replica: UInt64, applied: VersionVector, collected: VersionVector, tips: [UInt64: UInt64])
     case commits([SyncCommit])
     case ack(VersionVector)
     case snapshot(records: [SyncRecord], final: VersionVector?)
+    /// The receiver refused commit `seq` of `origin` and will refuse it until
+    /// the cause goes: the sender must not resend it at once (docs/PROTOCOL.md).
+    case refused(Refusal)
+
+    /// Why a commit was refused, with what the sender needs to show the user.
+    public struct Refusal: Error, Equatable, Sendable {
+        public enum Reason: UInt8, Sendable {
+            /// Timestamped beyond the receiver's clock bound: the sender's clock is ahead.
+            case futureClock = 1
+            /// A record exceeds the receiver's limits (key, value or namespace size).
+            case limits = 2
+            /// The receiver could not store it (disk full, I/O error).
+            case storage = 3
+            /// Anything else (malformed or inconsistent).
+            case invalid = 4
+        }
+        public var reason: Reason
+        public var origin: UInt64
+        public var seq: UInt64
+        public var timestamp: UInt64
+        /// The receiver's wall clock (Unix ms) when it refused.
+        public var receiverTime: UInt64
+    }
 
     public static let version: UInt8 = 1
     /// Largest frame a peer may send (bounded batches keep frames well below it).
@@ -26,11 +55,16 @@ public enum SyncFrame: Equatable, Sendable {
     public func encoded() -> [UInt8] {
         var out: [UInt8] = [SyncFrame.version]
         switch self {
-        case .hello(let replica, let applied, let collected):
+        case .hello(let replica, let applied, let collected, let tips):
             out.append(1)
             out.appendBigEndian(replica)
             applied.encode(into: &out)
             collected.encode(into: &out)
+            out.appendVarint(UInt64(tips.count))
+            for origin in tips.keys.sorted() {
+                out.appendBigEndian(origin)
+                out.appendBigEndian(tips[origin]!)
+            }
         case .commits(let commits):
             out.append(2)
             out.appendVarint(UInt64(commits.count))
@@ -53,6 +87,13 @@ public enum SyncFrame: Equatable, Sendable {
             out.appendVarint(UInt64(records.count))
             for r in records { SyncFrame.encode(r, names: names, commit: nil, into: &out) }
             final?.encode(into: &out)
+        case .refused(let refusal):
+            out.append(5)
+            out.append(refusal.reason.rawValue)
+            out.appendBigEndian(refusal.origin)
+            out.appendVarint(refusal.seq)
+            out.appendBigEndian(refusal.timestamp)
+            out.appendBigEndian(refusal.receiverTime)
         }
         return out
     }
@@ -114,7 +155,14 @@ public enum SyncFrame: Equatable, Sendable {
                 switch type {
                 case 1:
                     let replica = try r.uint64()
-                    frame = .hello(replica: replica, applied: try VersionVector.decode(&r), collected: try VersionVector.decode(&r))
+                    let applied = try VersionVector.decode(&r), collected = try VersionVector.decode(&r)
+                    var tips: [UInt64: UInt64] = [:]
+                    if !r.isAtEnd {
+                        let n = try r.varint()
+                        guard n <= 4_096 else { throw .invalid("a HELLO with \(n) tips") }
+                        for _ in 0..<n { tips[try r.uint64()] = try r.uint64() }
+                    }
+                    frame = .hello(replica: replica, applied: applied, collected: collected, tips: tips)
                 case 2:
                     let n = try count(&r, raw.count)
                     var commits: [SyncCommit] = []
@@ -138,6 +186,10 @@ public enum SyncFrame: Equatable, Sendable {
                     var records: [SyncRecord] = []
                     for _ in 0..<n { records.append(try record(&r, raw.count, names: names, commit: nil)) }
                     frame = .snapshot(records: records, final: final == 1 ? try VersionVector.decode(&r) : nil)
+                case 5:
+                    guard let reason = Refusal.Reason(rawValue: try r.byte()) else { throw .invalid("unknown refusal reason") }
+                    frame = .refused(Refusal(reason: reason, origin: try r.uint64(), seq: try r.varint(),
+                                             timestamp: try r.uint64(), receiverTime: try r.uint64()))
                 default:
                     throw .invalid("unknown sync frame type \(type)")
                 }

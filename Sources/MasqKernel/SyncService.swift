@@ -15,8 +15,16 @@ import Glibc
 ///   1 SEALED   : [10] recipient · [10] sender · ratchet message (AD = room · type · recipient · sender)
 ///   2 PRESENT  : [10] sender           ("I am here")
 ///   3 WHO      : [10] sender           ("I am here; who else is?")
-/// A device says HELLO only to devices it knows are present, so messages are
-/// not piled up for absent ones (their ratchet would have to skip them).
+///   4 RENEW    : [10] recipient · [10] sender · u8 step (1, 2) · Noise KK message
+///
+/// Sessions are renewed before this service seals anything with a device:
+/// every start renews each session with a fresh Noise KK handshake between
+/// the two device keys, so a store restored from a copy never seals under a
+/// message key it used before; a session that fails (messages that do not
+/// open, or too many sent without an answer) is renewed the same way. What
+/// makes this side seal is bounded: at most `maxUnanswered` messages to a
+/// device without hearing from it, so forged presence cannot push a peer's
+/// ratchet past what it can skip.
 public final class SyncService: @unchecked Sendable {
     public struct Status: Sendable {
         public var connected: Bool
@@ -39,7 +47,36 @@ public final class SyncService: @unchecked Sendable {
         public var theyLack: UInt64
         public var weLack: UInt64
         public var lastSeen: UInt64   // Unix ms, 0 = never
+        /// What holds sync with this device back, in words (nil: nothing).
+        public var problem: String?
     }
+
+    /// Where the session with one device stands in this run.
+    private final class PeerSession {
+        enum State {
+            /// Not renewed in this run: nothing is sealed with it.
+            case stale
+            /// A renewal this side started, waiting for the answer.
+            case renewing(SessionRenewal)
+            case ready
+        }
+        var state = State.stale
+        /// Messages sealed for the device since it was last heard from.
+        var unanswered = 0
+        /// When the last renewal was started (or answered), and the wait before another.
+        var lastRenewal: UInt64 = 0
+        var renewalWait: UInt64 = SyncService.renewalInterval
+        /// Messages from the device that did not open since it was last understood.
+        var failures = 0
+        var problem: String?
+    }
+
+    /// Most messages sealed for a device without hearing from it; then the
+    /// session is renewed (which needs the device to answer) instead.
+    public static let maxUnanswered = 200
+    /// The first wait between renewal attempts; doubles up to `maxRenewalInterval`.
+    public static let renewalInterval: UInt64 = 2_000
+    public static let maxRenewalInterval: UInt64 = 60_000
 
     public let store: Store
     public let engine: SyncEngine
@@ -51,6 +88,8 @@ public final class SyncService: @unchecked Sendable {
     private let me: [UInt8]
     private var present: Set<String> = []
     private var helloed: Set<String> = []
+    private var sessions: [String: PeerSession] = [:]
+    private var identityEpoch = 0
     private var watchID: UInt64?
     private var pumpScheduled = false
     private var transportUp = false
@@ -72,6 +111,7 @@ public final class SyncService: @unchecked Sendable {
         room = try store.groupRoom()
         roomText = hex(room)
         me = try Self.idBytes(store.requireIdentity().publicKeys.deviceID)
+        identityEpoch = store.identityEpoch
     }
 
     static func idBytes(_ deviceID: String) throws(MasqError) -> [UInt8] {
@@ -86,6 +126,8 @@ public final class SyncService: @unchecked Sendable {
         guard !transportReferences.isEmpty else {
             throw .config("no transport configured: add {\"plugin\": \"relay\", \"options\": {\"url\": \"ws://HOST:PORT/\"}} to \"transports\"")
         }
+        // A clock that ran ahead is repaired before its writes are offered to anyone.
+        try? store.repairClockIfNeeded()
         for reference in transportReferences {
             let endpoint = reference.options.first { $0.key == "url" }?.value
             let transport = try store.openTransport(reference, onFrame: { [weak self] _, room, frame in
@@ -151,12 +193,15 @@ public final class SyncService: @unchecked Sendable {
     public func status() throws(MasqError) -> Status {
         let devices = try store.devices()
         let engineStatus = Dictionary(uniqueKeysWithValues: try engine.status().map { ($0.device, $0) })
-        let (up, here, received, rejected) = queue.sync { (transportUp, present, framesReceived, framesRejected) }
+        let (up, here, received, rejected, sessionProblems) = queue.sync {
+            (transportUp, present, framesReceived, framesRejected, sessions.compactMapValues(\.problem))
+        }
         var rows: [DeviceStatus] = []
         for d in devices {
             let e = engineStatus[d.deviceID]
             rows.append(DeviceStatus(deviceID: d.deviceID, name: d.name, present: here.contains(d.deviceID),
-                                     theyLack: e?.theyLack ?? 0, weLack: e?.weLack ?? 0, lastSeen: e?.lastSeen ?? 0))
+                                     theyLack: e?.theyLack ?? 0, weLack: e?.weLack ?? 0, lastSeen: e?.lastSeen ?? 0,
+                                     problem: engine.problem(with: d.deviceID) ?? sessionProblems[d.deviceID]))
         }
         return Status(connected: up, room: roomText, devices: rows, pending: rows.filter(\.present).map(\.theyLack).reduce(0, +),
                       framesReceived: received, framesRejected: rejected + engine.rejectedFrames,
@@ -184,6 +229,13 @@ public final class SyncService: @unchecked Sendable {
         broadcast([who ? 3 : 2] + me)
     }
 
+    private func session(_ device: String) -> PeerSession {
+        if let s = sessions[device] { return s }
+        let s = PeerSession()
+        sessions[device] = s
+        return s
+    }
+
     private func received(room: String?, _ payload: [UInt8]) {
         guard !stopped, room == roomText, let type = payload.first else { return }
         framesReceived += 1
@@ -194,43 +246,167 @@ public final class SyncService: @unchecked Sendable {
             guard sender != hex(me), isPaired(sender) else { return }
             let new = present.insert(sender).inserted
             if type == 3 || new { broadcast([2] + me) }
-            if !helloed.contains(sender) { hello(sender) }
+            // Unauthenticated: it may start a renewal or a greeting, both bounded.
+            greet(sender)
         case 1:
             guard payload.count > 21, Array(payload[1..<11]) == me else { return }
             let sender = hex(Array(payload[11..<21]))
             guard isPaired(sender) else { return reject("frame from an unpaired device") }
             present.insert(sender)
+            let peer = session(sender)
+            let plain: [UInt8]
             do throws(MasqError) {
-                let plain = try store.open(from: sender, Array(payload[21...]), associatedData: room_ad(Array(payload[0..<21])))
-                for reply in try engine.receive(plain, from: sender) { try deliver(reply, to: sender) }
-                if !helloed.contains(sender) { hello(sender) }
+                plain = try store.open(from: sender, Array(payload[21...]), associatedData: room_ad(Array(payload[0..<21])))
+            } catch {
+                peer.failures += 1
+                reject("from \(sender): \(error.message)")
+                // Messages that do not open (a broken or outdated session): renew it.
+                if peer.failures >= 2 || error.status != .badSignature {
+                    peer.problem = "messages from it do not open; renewing the session"
+                    renew(sender, force: true)
+                }
+                return
+            }
+            peer.failures = 0
+            peer.unanswered = 0
+            if case .ready = peer.state, peer.problem?.hasPrefix("messages from it") == true { peer.problem = nil }
+            // Greet first (a renewed session's initiator speaks once it has heard
+            // from the other side), then handle the frame: greeting resets what
+            // the engine knows of the peer, so it must not follow the peer's HELLO.
+            if !helloed.contains(sender) { hello(sender) }
+            do throws(MasqError) {
+                let replies = try engine.receive(plain, from: sender)
+                for reply in replies { try deliver(reply, to: sender) }
                 pump()
             } catch {
                 reject("from \(sender): \(error.message)")
             }
+            checkIdentity()
+        case 4:
+            guard payload.count > 22, Array(payload[1..<11]) == me else { return }
+            let sender = hex(Array(payload[11..<21]))
+            guard isPaired(sender) else { return reject("renewal from an unpaired device") }
+            present.insert(sender)
+            renewal(from: sender, step: payload[21], Array(payload[22...]), header: Array(payload[0..<21]))
         default:
             reject("unknown payload type \(type)")
         }
     }
 
+    /// Greet a present device: renew the session first if this run has not.
+    private func greet(_ device: String) {
+        let peer = session(device)
+        switch peer.state {
+        case .ready: if !helloed.contains(device) { hello(device) }
+        case .stale: renew(device, force: false)
+        case .renewing: break
+        }
+    }
+
+    /// Start a renewal with `device` unless one was started too recently
+    /// (`force` skips nothing but the wait for a first attempt).
+    private func renew(_ device: String, force: Bool) {
+        let peer = session(device)
+        let now = Clock.unixMilliseconds()
+        if peer.lastRenewal != 0 && now < peer.lastRenewal + peer.renewalWait { return }
+        if case .renewing = peer.state, now < peer.lastRenewal + peer.renewalWait { return }
+        do throws(MasqError) {
+            let (renewal, message) = try store.beginSessionRenewal(with: device, prologue: renewalPrologue(initiator: me, responder: try Self.idBytes(device)))
+            if peer.lastRenewal != 0 { peer.renewalWait = min(peer.renewalWait * 2, Self.maxRenewalInterval) }
+            peer.lastRenewal = now
+            peer.state = .renewing(renewal)
+            helloed.remove(device)
+            Log.debug("sync", "renewing the session with \(device)")
+            broadcast([4] + (try Self.idBytes(device)) + me + [1] + message)
+        } catch {
+            Log.warn("sync", "cannot renew the session with \(device): \(error.message)")
+        }
+    }
+
+    private func renewal(from sender: String, step: UInt8, _ message: [UInt8], header: [UInt8]) {
+        let peer = session(sender)
+        Log.debug("sync", "renewal step \(step) from \(sender)")
+        do throws(MasqError) {
+            let senderID = try Self.idBytes(sender)
+            switch step {
+            case 1:
+                // Both sides started at once: the smaller device id's renewal goes on.
+                if case .renewing = peer.state, me.lexicographicallyPrecedes(senderID) { return }
+                let answer = try store.answerSessionRenewal(from: sender, message, prologue: renewalPrologue(initiator: senderID, responder: me))
+                broadcast([4] + senderID + me + [2] + answer)
+                established(sender, peer)
+                // The answering side speaks first on the new session.
+                hello(sender)
+            case 2:
+                guard case .renewing(let renewal) = peer.state else { return }
+                try store.completeSessionRenewal(renewal, message)
+                established(sender, peer)
+                // The other side greets first; this side answers its HELLO.
+            default:
+                throw .invalid("unknown renewal step \(step)")
+            }
+        } catch {
+            reject("renewal from \(sender): \(error.message)")
+        }
+    }
+
+    private func established(_ device: String, _ peer: PeerSession) {
+        peer.state = .ready
+        peer.unanswered = 0
+        peer.failures = 0
+        peer.renewalWait = Self.renewalInterval
+        peer.lastRenewal = Clock.unixMilliseconds()
+        peer.problem = nil
+        helloed.remove(device)
+        engine.disconnected(device)
+        Log.info("sync", "session with \(device) renewed")
+    }
+
+    private func renewalPrologue(initiator: [UInt8], responder: [UInt8]) -> [UInt8] {
+        Array("masq session renewal v1".utf8) + room + initiator + responder
+    }
+
     private func hello(_ device: String) {
         do throws(MasqError) {
-            try deliver(try engine.connected(device), to: device)
-            helloed.insert(device)
+            if try deliver(try engine.connected(device), to: device) { helloed.insert(device) }
         } catch {
             Log.warn("sync", "cannot greet \(device): \(error.message)")
         }
     }
 
-    /// Runs every `pollInterval`: pushes commits another process wrote, and
-    /// resends to peers whose frames went unacknowledged too long.
+    /// Runs every `pollInterval`: pushes commits another process wrote,
+    /// resends to peers whose frames went unacknowledged too long, renews
+    /// sessions that need it, and repairs a clock that ran ahead.
     private func poll() {
         guard !stopped else { return }
+        _ = try? store.repairClockIfNeeded()
+        checkIdentity()
+        let now = Clock.unixMilliseconds()
+        for device in present {
+            let peer = session(device)
+            switch peer.state {
+            case .stale: renew(device, force: false)
+            case .renewing: if now >= peer.lastRenewal + peer.renewalWait { renew(device, force: true) }
+            case .ready:
+                // The side that started a renewal waits for the other's first
+                // message; if it never comes, renew again.
+                if !store.canSend(to: device) && now >= peer.lastRenewal + 5_000 { renew(device, force: true) }
+            }
+        }
         let stalled = engine.resendStalled()
         let seq = (try? store.syncVectors().applied[store.replicaID]) ?? lastLocalSeq
         guard stalled || seq != lastLocalSeq else { return }
         lastLocalSeq = seq
         pump()
+    }
+
+    /// After the store took a new replica id (rollback or clock repair), every
+    /// present device gets a new HELLO with the new vectors.
+    private func checkIdentity() {
+        let epoch = store.identityEpoch
+        guard epoch != identityEpoch else { return }
+        identityEpoch = epoch
+        for device in present { helloed.remove(device); greet(device) }
     }
 
     private func schedulePump() {
@@ -253,11 +429,31 @@ public final class SyncService: @unchecked Sendable {
         }
     }
 
-    /// Seal for `device` with its session and send to the room.
-    private func deliver(_ frame: [UInt8], to device: String) throws(MasqError) {
+    /// Seal for `device` with its session and send to the room. Returns false
+    /// (and sends nothing) while the session is not renewed in this run or
+    /// the device has not answered the last `maxUnanswered` messages.
+    @discardableResult
+    private func deliver(_ frame: [UInt8], to device: String) throws(MasqError) -> Bool {
+        let peer = session(device)
+        guard case .ready = peer.state else {
+            Log.debug("sync", "not sending to \(device): its session is not renewed yet")
+            renew(device, force: false)
+            return false
+        }
+        guard peer.unanswered < Self.maxUnanswered else {
+            peer.problem = "it has not answered \(Self.maxUnanswered) messages; renewing the session"
+            renew(device, force: true)
+            return false
+        }
+        guard store.canSend(to: device) else {
+            Log.debug("sync", "not sending to \(device) yet: it speaks first on the renewed session")
+            return false
+        }
         let header = [UInt8(1)] + (try Self.idBytes(device)) + me
         let sealed = try store.seal(for: device, frame, associatedData: room_ad(header))
+        peer.unanswered += 1
         broadcast(header + sealed)
+        return true
     }
 
     private func room_ad(_ header: [UInt8]) -> [UInt8] { room + header }

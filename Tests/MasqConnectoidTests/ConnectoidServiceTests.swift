@@ -34,7 +34,7 @@ struct Client {
     func check(at: Int64 = 0) -> ConnectoidResponse { call(ConnectoidRequest(pub: pub, ext: ext, action: "check", at: at)) }
     func answer(_ question: String) -> String {
         let box = Base64URL.decode(question)!
-        return Base64URL.encode(try! SealedBox.open(box, privateKey: keys.privateKey, publicKey: keys.publicKey, padded: false))
+        return Base64URL.encode(try! ChallengeBox.open(box, privateKey: keys.privateKey, publicKey: keys.publicKey))
     }
     func receive(answer: String, at: Int64 = 0, limit: Int = 10) -> ConnectoidResponse {
         call(ConnectoidRequest(pub: pub, ext: ext, action: "receive", at: at, answer: answer, limit: limit))
@@ -145,7 +145,7 @@ struct Client {
         _ = thief.send([42], to: owner.pub)
         let question = owner.check().question!
         // The thief can ask for the question but cannot open it.
-        #expect(throws: ConnectoidError.self) { try SealedBox.open(Base64URL.decode(question)!, privateKey: thief.keys.privateKey, publicKey: thief.keys.publicKey, padded: false) }
+        #expect(throws: ConnectoidError.self) { try ChallengeBox.open(Base64URL.decode(question)!, privateKey: thief.keys.privateKey, publicKey: thief.keys.publicKey) }
         let guess = thief.call(ConnectoidRequest(pub: owner.pub, ext: owner.ext, action: "receive", at: 0, answer: Base64URL.encode(Random.bytes(32)), limit: 1))
         #expect(guess.code == "wrong_answer")
     }
@@ -177,6 +177,26 @@ struct Client {
             #expect(throws: ConnectoidError.self) { try SealedBox.open(tampered, privateKey: alice.privateKey, publicKey: alice.publicKey) }
         }
         #expect(Padding.paddedSize(60) == 64 && Padding.paddedSize(61) == 256 && Padding.paddedSize(65_533) == 131_072)
+    }
+
+    /// Challenges and messages are separate constructions: a message (even
+    /// one of a question's exact size, unpadded) never opens as a challenge,
+    /// and a challenge never opens as a message (issue 13: no oracle).
+    @Test func challengesAndMessagesNeverOpenAsEachOther() throws {
+        let mailbox = P384.keyPair()
+        let secret = Random.bytes(32)
+        let question = try ChallengeBox.seal(secret, to: mailbox.publicKey)
+        #expect(question.count == ChallengeBox.length && question.count == 98)
+        #expect(try ChallengeBox.open(question, privateKey: mailbox.privateKey, publicKey: mailbox.publicKey) == secret)
+        #expect(throws: ConnectoidError.self) { try SealedBox.open(question, privateKey: mailbox.privateKey, publicKey: mailbox.publicKey, padded: false) }
+        for message in [try SealedBox.seal(Random.bytes(32), to: mailbox.publicKey, pad: false),
+                        try SealedBox.seal(Random.bytes(100), to: mailbox.publicKey)] {
+            #expect(throws: ConnectoidError.self) { try ChallengeBox.open(message, privateKey: mailbox.privateKey, publicKey: mailbox.publicKey) }
+            var relabelled = message
+            relabelled[0] = ChallengeBox.version
+            #expect(throws: ConnectoidError.self) { try ChallengeBox.open(relabelled, privateKey: mailbox.privateKey, publicKey: mailbox.publicKey) }
+        }
+        #expect(throws: ConnectoidError.self) { try ChallengeBox.seal(Random.bytes(31), to: mailbox.publicKey) }
     }
 }
 

@@ -44,7 +44,7 @@ link1=$(grep '^masq://share/' share1.out)
 [ -n "$link1" ] || fail "no link printed: $(cat share1.out)"
 case "$link1" in *"connectoid="*"#"*) ;; *) fail "link lacks connectoid= or its #secret: $link1" ;; esac
 start_sync alice
-"$masq" accept --config bob.json "$link1" --wait 30 >accept1.out 2>&1 || fail "accept: $(cat accept1.out)"
+"$masq" accept --config bob.json "$link1" --as notes --wait 30 >accept1.out 2>&1 || fail "accept: $(cat accept1.out)"
 grep -q "accepted: namespace notes (read-write), 1 key" accept1.out || fail "accept output: $(cat accept1.out)"
 value_is bob.json notes hello "from alice" || fail "Bob did not receive Alice's key"
 absent bob.json private secret || fail "a namespace Alice did not share reached Bob"

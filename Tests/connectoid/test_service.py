@@ -38,13 +38,15 @@ class Key:
         self.pub = b64(self.point)
 
     def open(self, box: bytes) -> bytes:
-        """Open a version-1 sealed box (docs/CONNECTOID.md)."""
-        assert box[0] == 1
+        """Open a question (docs/CONNECTOID.md, "Challenges"): version 2, 98
+        bytes, its own HKDF salt and info label — never a message's box."""
+        assert box[0] == 2 and len(box) == 98, (box[0], len(box))
         eph = box[1:50]
         peer = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP384R1(), eph)
         shared = self.private.exchange(ec.ECDH(), peer)
-        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"connectoid seal v1", info=eph + self.point).derive(shared)
-        return ChaCha20Poly1305(key).decrypt(b"\0" * 12, box[50:], b"\x01" + eph + self.point)
+        label = b"connectoid challenge v1"
+        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=label, info=label + eph + self.point).derive(shared)
+        return ChaCha20Poly1305(key).decrypt(b"\0" * 12, box[50:], b"\x02" + eph + self.point)
 
     def answer(self, question: str) -> str:
         return b64(self.open(unb64(question)))
@@ -167,6 +169,7 @@ def test_limits_health_metrics_and_cors(service):
     limits = requests.get(service, timeout=10).json()
     assert limits["max_message_bytes"] == 1024 and limits["retention_seconds"] == 3 and limits["challenge_seconds"] == 2
     assert limits["sealing"] == "p384-hkdf-sha256-chacha20poly1305-v1"
+    assert limits["challenge_sealing"] == "p384-hkdf-sha256-chacha20poly1305-challenge-v2"
     base = service.rstrip("/")
     assert requests.get(base + "/healthz", timeout=10).text == "ok\n"
     metrics = requests.get(base + "/metrics", timeout=10).text

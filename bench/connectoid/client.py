@@ -36,8 +36,9 @@ class Key:
         box = unb64(question)
         eph = box[1:50]
         shared = self.private.exchange(ec.ECDH(), ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP384R1(), eph))
-        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"connectoid seal v1", info=eph + self.point).derive(shared)
-        return b64(ChaCha20Poly1305(key).decrypt(b"\0" * 12, box[50:], b"\x01" + eph + self.point))
+        label = b"connectoid challenge v1"     # questions have a construction of their own (docs/CONNECTOID.md)
+        key = HKDF(algorithm=hashes.SHA256(), length=32, salt=label, info=label + eph + self.point).derive(shared)
+        return b64(ChaCha20Poly1305(key).decrypt(b"\0" * 12, box[50:], b"\x02" + eph + self.point))
 
 
 def lua(name, bodies, unique):
