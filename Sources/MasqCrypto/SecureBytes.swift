@@ -44,6 +44,11 @@ public final class SecureBytes: @unchecked Sendable, Equatable {
         try body(UnsafeMutableRawBufferPointer(rebasing: storage[0..<count]))
     }
 
+    /// withUnsafeMutableBytes for closures with typed throws.
+    public func withMutableBytes<R>(_ body: (UnsafeMutableRawBufferPointer) throws(CryptoError) -> R) throws(CryptoError) -> R {
+        try body(UnsafeMutableRawBufferPointer(rebasing: storage[0..<count]))
+    }
+
     /// A copy as a plain array, for serialization into encrypted state only.
     public var bytes: [UInt8] { withUnsafeBytes { Array($0) } }
 
@@ -51,6 +56,24 @@ public final class SecureBytes: @unchecked Sendable, Equatable {
         guard a.count == b.count else { return false }
         return a.withUnsafeBytes { x in b.withUnsafeBytes { y in constantTimeEqual(x, y) } }
     }
+}
+
+extension Array where Element == UInt8 {
+    /// withUnsafeBytes for closures that throw CryptoError.
+    public func withCryptoBytes<R>(_ body: (UnsafeRawBufferPointer) throws(CryptoError) -> R) throws(CryptoError) -> R {
+        let result: Result<R, CryptoError> = withUnsafeBytes { raw in
+            do throws(CryptoError) { return .success(try body(raw)) } catch { return .failure(error) }
+        }
+        return try result.get()
+    }
+}
+
+/// Overwrite an array's bytes with zeros (OPENSSL_cleanse) and empty it: for
+/// secrets that had to pass through a plain array (a decoded passphrase, a
+/// serialized key). Best effort: copies Swift made earlier are not reached.
+public func wipe(_ bytes: inout [UInt8]) {
+    bytes.withUnsafeMutableBytes { masqcrypto_wipe($0.baseAddress, $0.count) }
+    bytes.removeAll()
 }
 
 /// Compare without an early exit, so timing does not reveal where bytes differ.

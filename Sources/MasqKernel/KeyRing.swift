@@ -56,7 +56,15 @@ struct KeyRing {
         nonce = Random.bytes(12)
         wrapped = []
         let kek = try keyEncryptionKey(passphrase)
-        wrapped = try crypto { () throws(CryptoError) in try AEAD.seal(algorithm, key: kek, nonce: nonce, ad: header, plaintext: master.bytes) }
+        let header = self.header
+        // The master key goes from its wiped memory straight into OpenSSL: no plain copy.
+        wrapped = try crypto { () throws(CryptoError) in
+            try kek.withBytes { (k) throws(CryptoError) in
+                try master.withBytes { (m) throws(CryptoError) in
+                    try header.withCryptoBytes { (ad) throws(CryptoError) in try AEAD.seal(algorithm, key: k, nonce: nonce, ad: ad, plaintext: m) }
+                }
+            }
+        }
     }
 
     private func keyEncryptionKey(_ passphrase: [UInt8]) throws(MasqError) -> SecureBytes {
@@ -69,8 +77,21 @@ struct KeyRing {
     /// The master key, or MASQ_E_DENIED for a wrong passphrase.
     func unwrap(_ passphrase: [UInt8]) throws(MasqError) -> SecureBytes {
         let kek = try keyEncryptionKey(passphrase)
-        do {
-            return SecureBytes(try AEAD.open(algorithm, key: kek, nonce: nonce, ad: header, ciphertext: wrapped))
+        let master = SecureBytes(count: 32)
+        let header = self.header
+        do throws(CryptoError) {
+            guard wrapped.count == 32 + AEAD.tagLength else { throw .invalidInput("wrapped key of the wrong size") }
+            // Opened straight into wiped memory.
+            try kek.withBytes { (k) throws(CryptoError) in
+                try header.withCryptoBytes { (ad) throws(CryptoError) in
+                    try wrapped.withCryptoBytes { (c) throws(CryptoError) in
+                        try master.withMutableBytes { (out) throws(CryptoError) in
+                            try AEAD.open(algorithm, key: k, nonce: nonce, ad: ad, ciphertext: c, into: out)
+                        }
+                    }
+                }
+            }
+            return master
         } catch {
             throw MasqError(.denied, "wrong passphrase")
         }
@@ -100,8 +121,12 @@ final class SecretBox: @unchecked Sendable {
 
     init(master: SecureBytes, algorithm: AEAD.Algorithm) throws(MasqError) {
         self.algorithm = algorithm
-        valueKey = try crypto { () throws(CryptoError) in try Hash.hkdfSHA256(salt: [], ikm: master.bytes, info: Array("masq values v1".utf8), length: 32) }
-        nameKey = try crypto { () throws(CryptoError) in try Hash.hkdfSHA256(salt: [], ikm: master.bytes, info: Array("masq names v1".utf8), length: 32) }
+        valueKey = try crypto { () throws(CryptoError) in
+            try master.withBytes { (m) throws(CryptoError) in try Hash.hkdfSHA256(salt: [], ikm: m, info: Array("masq values v1".utf8), length: 32) }
+        }
+        nameKey = try crypto { () throws(CryptoError) in
+            try master.withBytes { (m) throws(CryptoError) in try Hash.hkdfSHA256(salt: [], ikm: m, info: Array("masq names v1".utf8), length: 32) }
+        }
     }
 
     func seal(_ plaintext: UnsafeRawBufferPointer, ad: UnsafeRawBufferPointer, into out: UnsafeMutableRawBufferPointer) throws(MasqError) {

@@ -72,12 +72,16 @@ struct ShareEnvelope: Sendable {
 
 /// HMAC proofs of the link's secret.
 enum ShareProof {
-    static func claim(secret: [UInt8], guest: [UInt8], inbox: String) -> String {
-        Base64URL.encode(Hash.hmacSHA256(key: secret, data: Array("masq share claim v1".utf8) + guest + Array(inbox.utf8)))
+    static func claim(secret: SecureBytes, guest: [UInt8], inbox: String) -> String {
+        mac(secret, Array("masq share claim v1".utf8) + guest + Array(inbox.utf8))
     }
 
-    static func welcome(secret: [UInt8], owner: [UInt8], guest: [UInt8]) -> String {
-        Base64URL.encode(Hash.hmacSHA256(key: secret, data: Array("masq share welcome v1".utf8) + owner + guest))
+    static func welcome(secret: SecureBytes, owner: [UInt8], guest: [UInt8]) -> String {
+        mac(secret, Array("masq share welcome v1".utf8) + owner + guest)
+    }
+
+    private static func mac(_ key: SecureBytes, _ data: [UInt8]) -> String {
+        Base64URL.encode(key.withUnsafeBytes { k in data.withUnsafeBytes { d in Hash.hmacSHA256(key: k, data: d) } })
     }
 
     static func matches(_ a: String?, _ b: String) -> Bool {

@@ -57,8 +57,8 @@ public final class ShareService: @unchecked Sendable {
         let signingPub = try Self.compressed(signing.publicKey)
         let secret = Random.bytes(16)
         let state = ShareState(id: Base64URL.encode(inbox.pub), role: .owner, namespace: ns.string, access: readOnly ? .readOnly : .readWrite,
-                               status: .offered, created: Clock.unixMilliseconds(), signingKey: signing.privateKey.bytes, signingPub: signingPub,
-                               secret: secret, ownerKeyHash: Array(Hash.sha256(signingPub).prefix(16)), inboxes: [inbox])
+                               status: .offered, created: Clock.unixMilliseconds(), signingKey: SecretKey(signing.privateKey), signingPub: signingPub,
+                               secret: SecretKey(secret), ownerKeyHash: Array(Hash.sha256(signingPub).prefix(16)), inboxes: [inbox])
         try store.saveShare(state.id, state)
         queue.sync { if transport != nil { try? join(state) } }
         Log.info("share", "offered namespace \(ns.string) as share \(state.shortID)")
@@ -89,8 +89,8 @@ public final class ShareService: @unchecked Sendable {
         let signing = P384.keyPair()
         let inbox = Self.newInbox(services ?? (store.config.sharing.services.isEmpty ? link.services : store.config.sharing.services))
         var state = ShareState(id: id, role: .guest, namespace: ns?.string ?? "", access: .readOnly, status: .claimed,
-                               created: Clock.unixMilliseconds(), signingKey: signing.privateKey.bytes, signingPub: try Self.compressed(signing.publicKey),
-                               secret: Array(fragment.prefix(16)), ownerKeyHash: Array(fragment.suffix(16)), inboxes: [inbox])
+                               created: Clock.unixMilliseconds(), signingKey: SecretKey(signing.privateKey), signingPub: try Self.compressed(signing.publicKey),
+                               secret: SecretKey(Array(fragment.prefix(16))), ownerKeyHash: Array(fragment.suffix(16)), inboxes: [inbox])
         state.peerInbox = link.mailbox
         state.merge = merge
         try store.saveShare(id, state)
@@ -207,7 +207,7 @@ public final class ShareService: @unchecked Sendable {
 
     private static func newInbox(_ services: [String]) -> ShareState.Inbox {
         let pair = P384.keyPair()
-        return ShareState.Inbox(privateKey: pair.privateKey.bytes, pub: (try? P384.compress(pair.publicKey)) ?? [], ext: "masq1", services: services)
+        return ShareState.Inbox(privateKey: SecretKey(pair.privateKey), pub: (try? P384.compress(pair.publicKey)) ?? [], ext: "masq1", services: services)
     }
 
     private static func compressed(_ point: [UInt8]) throws(MasqError) -> [UInt8] {
@@ -216,7 +216,7 @@ public final class ShareService: @unchecked Sendable {
 
     private func join(_ state: ShareState) throws(MasqError) {
         for inbox in state.inboxes where !joined.contains(inbox.mailbox) {
-            keys.withLock { mailboxKeys[inbox.mailbox] = (SecureBytes(inbox.privateKey), inbox.pub) }
+            keys.withLock { mailboxKeys[inbox.mailbox] = (inbox.privateKey.secure, inbox.pub) }
             try transport?.join(inbox.mailbox)
             joined.insert(inbox.mailbox)
         }
@@ -257,7 +257,7 @@ public final class ShareService: @unchecked Sendable {
         guard var state = (try? store.shares())?.first(where: { $0.inboxes.contains { $0.mailbox == mailbox } }),
               let inbox = state.inboxes.first(where: { $0.mailbox == mailbox }) else { return reject("no share polls this mailbox") }
         let envelope: ShareEnvelope
-        do { envelope = try ShareEnvelope.open(box, privateKey: SecureBytes(inbox.privateKey), pub: inbox.pub) } catch {
+        do { envelope = try ShareEnvelope.open(box, privateKey: inbox.privateKey.secure, pub: inbox.pub) } catch {
             state.rejected += 1
             try? store.saveShare(state.id, state)
             return reject(error.message)
@@ -292,7 +292,7 @@ public final class ShareService: @unchecked Sendable {
     private func claimed(_ state: inout ShareState, _ envelope: ShareEnvelope, inbox: ShareState.Inbox) throws(MasqError) {
         let body = envelope.body
         guard inbox.mailbox == state.inboxes.first?.mailbox else { throw .invalid("a claim outside the link's mailbox") }
-        guard ShareProof.matches(body.proof, ShareProof.claim(secret: state.secret, guest: envelope.signer, inbox: body.inbox)) else {
+        guard ShareProof.matches(body.proof, ShareProof.claim(secret: state.secret.secure, guest: envelope.signer, inbox: body.inbox)) else {
             throw MasqError(.denied, "a claim without the link's secret")
         }
         if let peer = state.peerSigningPub {
@@ -337,7 +337,7 @@ public final class ShareService: @unchecked Sendable {
             for inbox in state.inboxes { leave(inbox.mailbox) }
             return
         }
-        guard ShareProof.matches(body.proof, ShareProof.welcome(secret: state.secret, owner: envelope.signer, guest: state.signingPub)) else {
+        guard ShareProof.matches(body.proof, ShareProof.welcome(secret: state.secret.secure, owner: envelope.signer, guest: state.signingPub)) else {
             throw MasqError(.denied, "a welcome without the link's secret")
         }
         guard state.status == .claimed else { return }
@@ -410,6 +410,8 @@ public final class ShareService: @unchecked Sendable {
             state.acked = acked.entries
             if let inflight = state.inflightThrough, inflight.allSatisfy({ acked[$0.key] >= $0.value }) {
                 state.inflightThrough = nil
+                // The whole namespace went over once: from now on, only what changes.
+                if state.snapshotFinalSent == true { state.initialSent = true; state.snapshotFinalSent = nil }
             }
         case "unshare":
             state.status = .ended
@@ -458,7 +460,7 @@ public final class ShareService: @unchecked Sendable {
 
     private func sendClaim(_ state: inout ShareState) {
         guard let inbox = state.inboxes.last?.mailbox else { return }
-        send(&state, type: "claim", proof: ShareProof.claim(secret: state.secret, guest: state.signingPub, inbox: inbox))
+        send(&state, type: "claim", proof: ShareProof.claim(secret: state.secret.secure, guest: state.signingPub, inbox: inbox))
     }
 
     /// Send the next batch when nothing is in flight (or it waited too long).
@@ -471,7 +473,9 @@ public final class ShareService: @unchecked Sendable {
         var through = acked
         do throws(MasqError) {
             // A new share starts with the whole namespace; then only what changed.
-            var snapshot = state.acked.isEmpty || state.snapshotVector != nil
+            // (Not "nothing acknowledged yet": a side with an empty change log is
+            // acknowledged an empty vector and would send its namespace forever.)
+            var snapshot = state.initialSent != true || state.snapshotVector != nil
             if !snapshot {
                 // Skip over commits to other namespaces in one go (bounded).
                 for _ in 0..<50 {
@@ -489,6 +493,7 @@ public final class ShareService: @unchecked Sendable {
                 records = chunk.records
                 state.snapshotCursor = chunk.next
                 state.snapshotVector = chunk.next == nil ? nil : vector.entries
+                if chunk.next == nil { state.snapshotFinalSent = true }
                 through = chunk.next == nil ? vector : acked
             }
         } catch {
@@ -513,7 +518,7 @@ public final class ShareService: @unchecked Sendable {
         var body = ShareEnvelope.Body(type: type, share: state.id, seq: state.nextSeq, inbox: inbox, proof: proof, reason: reason)
         switch type {
         case "welcome":
-            body.proof = ShareProof.welcome(secret: state.secret, owner: state.signingPub, guest: state.peerSigningPub ?? [])
+            body.proof = ShareProof.welcome(secret: state.secret.secure, owner: state.signingPub, guest: state.peerSigningPub ?? [])
             body.namespace = state.namespace
             body.access = state.access.rawValue
         case "records": body.records = records
@@ -532,7 +537,7 @@ public final class ShareService: @unchecked Sendable {
         guard let transport else { return }
         do throws(MasqError) {
             guard let pub = Mailbox.pub(mailbox) else { throw .invalid("the peer's mailbox is malformed") }
-            let box = try ShareEnvelope.seal(body, signingKey: SecureBytes(state.signingKey), signingPub: state.signingPub, to: pub)
+            let box = try ShareEnvelope.seal(body, signingKey: state.signingKey.secure, signingPub: state.signingPub, to: pub)
             try transport.send(mailbox, box)
         } catch {
             Log.warn("share", "share \(state.shortID): cannot send \(body.type): \(error.message)")

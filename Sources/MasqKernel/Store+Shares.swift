@@ -20,7 +20,11 @@ extension Store {
                 return true
             }
             var out: [ShareState] = []
-            for key in keys { if let bytes = try getSecret(key) { out.append(try ShareState.decode(bytes)) } }
+            for key in keys {
+                guard var bytes = try getSecret(key) else { continue }
+                defer { wipe(&bytes) }
+                out.append(try ShareState.decode(bytes))
+            }
             return out.sorted { $0.created < $1.created }
         }
     }
@@ -28,7 +32,9 @@ extension Store {
     public func share(_ id: String) throws(MasqError) -> ShareState? {
         try lock.withLock { () throws(MasqError) -> ShareState? in
             try ensureUsable()
-            return try getSecret(Store.shareKey(id)).map { (b) throws(MasqError) in try ShareState.decode(b) }
+            guard var bytes = try getSecret(Store.shareKey(id)) else { return nil }
+            defer { wipe(&bytes) }
+            return try ShareState.decode(bytes)
         }
     }
 
@@ -37,13 +43,16 @@ extension Store {
         try localTransaction { () throws(MasqError) in
             let key = Store.shareKey(id)
             if let state {
-                try Store.putMeta(engine, key, try sealSecret(key, try state.encoded()))
+                var encoded = try state.encoded()
+                defer { wipe(&encoded) }
+                try Store.putMeta(engine, key, try sealSecret(key, encoded))
             } else {
                 try key.withBytes { (k) throws(MasqError) in try engine.delete(k) }
             }
             var readOnly: Set<String> = []
             try engine.scan(from: [RecordFormat.share, 1], to: [RecordFormat.share, 2]) { (k, _) throws(MasqError) -> Bool in
-                if let bytes = try getSecret(Array(k)) {
+                if var bytes = try getSecret(Array(k)) {
+                    defer { wipe(&bytes) }
                     let share = try ShareState.decode(bytes)
                     // Only a namespace the share created is marked: merging a read-only
                     // share into the guest's own namespace never takes the guest's rights away.
@@ -136,7 +145,7 @@ public struct ShareState: Codable, Sendable, Equatable {
 
     /// A mailbox this side polls (its key pair stays here).
     public struct Inbox: Codable, Sendable, Equatable {
-        public var privateKey: [UInt8]
+        public var privateKey: SecretKey
         public var pub: [UInt8]
         public var ext: String
         public var services: [String]
@@ -150,9 +159,9 @@ public struct ShareState: Codable, Sendable, Equatable {
     public var access: Access
     public var status: Status
     public var created: UInt64
-    public var signingKey: [UInt8]
+    public var signingKey: SecretKey
     public var signingPub: [UInt8]
-    public var secret: [UInt8]
+    public var secret: SecretKey
     /// Guest: the first 16 bytes of SHA-256 of the owner's signing key (from the link).
     public var ownerKeyHash: [UInt8]
     /// Polled mailboxes, newest last (the last one is given to the peer).
@@ -172,6 +181,10 @@ public struct ShareState: Codable, Sendable, Equatable {
     /// A whole-namespace send under way (the log below `acked` was collected).
     public var snapshotCursor: [UInt8]?
     public var snapshotVector: [UInt64: UInt64]?
+    /// The whole namespace was sent once and acknowledged (then only deltas);
+    /// its last chunk is in flight.
+    public var initialSent: Bool?
+    public var snapshotFinalSent: Bool?
     /// What to acknowledge to the peer next.
     public var toAck: [UInt64: UInt64]?
     public var lastSent: UInt64 = 0
@@ -201,4 +214,29 @@ public struct ShareState: Codable, Sendable, Equatable {
     static func decode(_ bytes: [UInt8]) throws(MasqError) -> ShareState {
         do { return try JSONDecoder().decode(ShareState.self, from: Data(bytes)) } catch { throw .corrupt("malformed share entry") }
     }
+}
+
+/// Secret bytes inside a Codable value (a share's signing key, mailbox keys
+/// and link secret): held in memory that is wiped when freed (SecureBytes),
+/// encoded as the same array of numbers as a plain `[UInt8]`.
+public struct SecretKey: Codable, Equatable, Sendable {
+    public let secure: SecureBytes
+
+    public init(_ secure: SecureBytes) { self.secure = secure }
+    public init(_ bytes: [UInt8]) { secure = SecureBytes(bytes) }
+
+    public init(from decoder: Decoder) throws {
+        var bytes = try decoder.singleValueContainer().decode([UInt8].self)
+        secure = SecureBytes(bytes)
+        wipe(&bytes)
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var container = encoder.singleValueContainer()
+        var bytes = secure.bytes
+        defer { wipe(&bytes) }
+        try container.encode(bytes)
+    }
+
+    public var count: Int { secure.count }
 }
