@@ -1,5 +1,6 @@
 import Dispatch
 import MasqKernel
+import MasqCrypto
 
 /// The manager's API (the page served by masqd, and `masq apps`): profiles,
 /// apps and grants, devices and pairing, a data browser, sync status. Only
@@ -36,13 +37,16 @@ extension Daemon {
 
         case "profiles.create":
             let name = try required(r.profile, "profile")
-            let created = try profiles.create(name, passphrase: r.passphrase.map { Array($0.utf8) })
+            var passphrase = r.passphrase.map { Array($0.utf8) }
+            defer { if passphrase != nil { wipe(&passphrase!) } }
+            let created = try profiles.create(name, passphrase: passphrase)
             created.startSync()
             return .object([("profile", .string(created.name)), ("protected", .bool(created.store.isProtected))])
 
         case "profiles.unlock":
             let p = try profile()
-            let passphrase = Array(try required(r.passphrase, "passphrase").utf8)
+            var passphrase = Array(try required(r.passphrase, "passphrase").utf8)
+            defer { wipe(&passphrase) }
             try run { () throws(MasqError) in try p.store.unlock(passphrase) }
             p.startSync()
             return .object([("profile", .string(p.name)), ("locked", .bool(false))])
@@ -67,9 +71,12 @@ extension Daemon {
 
         case "profiles.passphrase":
             let p = try unlocked()
-            try run { () throws(MasqError) in
-                try p.store.setPassphrase(old: r.passphrase.map { Array($0.utf8) }, new: r.new_passphrase.map { Array($0.utf8) })
+            var old = r.passphrase.map { Array($0.utf8) }, new = r.new_passphrase.map { Array($0.utf8) }
+            defer {
+                if old != nil { wipe(&old!) }
+                if new != nil { wipe(&new!) }
             }
+            try run { () throws(MasqError) in try p.store.setPassphrase(old: old, new: new) }
             return .object([("profile", .string(p.name)), ("protected", .bool(p.store.isProtected))])
 
         case "apps.list":

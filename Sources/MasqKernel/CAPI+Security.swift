@@ -65,7 +65,11 @@ func deviceJSON(_ keys: DevicePublicKeys, name: String, pairedAt: UInt64? = nil)
 
 @c @implementation
 public func masq_unlock(_ handle: OpaquePointer?, _ passphrase: UnsafePointer<UInt8>?, _ length: Int) -> Int32 {
-    api { () throws(MasqError) in try store(handle).unlock(try bytesIn(passphrase, length, "passphrase")) }
+    api { () throws(MasqError) in
+        var copy = try bytesIn(passphrase, length, "passphrase")
+        defer { wipe(&copy) }
+        try store(handle).unlock(copy)
+    }
 }
 
 @c @implementation
@@ -78,8 +82,12 @@ public func masq_set_passphrase(_ handle: OpaquePointer?, _ old: UnsafePointer<U
                                 _ new: UnsafePointer<UInt8>?, _ newLength: Int) -> Int32 {
     api { () throws(MasqError) in
         let store = try store(handle)
-        let oldBytes = old == nil && oldLength == 0 ? nil : try bytesIn(old, oldLength, "old_passphrase")
-        let newBytes = new == nil && newLength == 0 ? nil : try bytesIn(new, newLength, "new_passphrase")
+        var oldBytes = old == nil && oldLength == 0 ? nil : try bytesIn(old, oldLength, "old_passphrase")
+        var newBytes = new == nil && newLength == 0 ? nil : try bytesIn(new, newLength, "new_passphrase")
+        defer {
+            if oldBytes != nil { wipe(&oldBytes!) }
+            if newBytes != nil { wipe(&newBytes!) }
+        }
         try store.setPassphrase(old: oldBytes, new: newBytes)
     }
 }

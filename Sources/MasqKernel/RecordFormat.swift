@@ -10,6 +10,10 @@
 ///   'D' device id                     a paired device
 ///   'P' offer id                      a pending pairing offer
 ///   'S' device id                     the session with a paired device
+///   'H' …                             shares with other people (Store+Shares.swift)
+///   'A' device id                     the vector a device last acknowledged
+///   'Z' device id                     session renewal counters (sent, accepted)
+///   'Y' device id                     what last held sync with a device back
 ///
 /// Namespaces are stored as small ids (varints are prefix-free, so each
 /// namespace's records form one contiguous key range); integers in keys are
