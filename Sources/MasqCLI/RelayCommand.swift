@@ -15,9 +15,10 @@ struct Relay: MasqSubcommand {
     @Option(help: "Port (0 picks one; the bound port is printed).") var port = 7070
     @Option(help: "Largest message in bytes.") var maxFrameBytes = 1 << 20
     @Option(help: "Rooms one connection may join.") var maxRooms = 16
+    @Option(help: "Members one room may hold.") var maxRoomMembers = 256
     @Option(help: "Connections the relay accepts.") var maxConnections = 20_000
     @Option(help: "Messages per second per connection.") var rate = 2_000
-    @Option(help: "Bytes queued for one connection before deliveries to it are dropped.") var sendBuffer = 1 << 20
+    @Option(help: "Bytes queued for one connection before deliveries to it are dropped (and a reply closes it).") var sendBuffer = 1 << 20
     @Option(help: "Seconds of silence before a connection is closed.") var idleTimeout: Int64 = 120
     @Option(help: "Seconds between pings.") var pingInterval: Int64 = 30
     @Option(help: "PEM certificate chain (enables TLS).") var tlsCert: String?
@@ -27,7 +28,7 @@ struct Relay: MasqSubcommand {
 
     func execute() throws {
         guard (tlsCert == nil) == (tlsKey == nil) else { throw CLIError("--tls-cert and --tls-key go together") }
-        guard (0...65_535).contains(port), maxFrameBytes >= 64, maxRooms >= 1, maxConnections >= 1, rate >= 1, sendBuffer >= 1024, idleTimeout >= 1, pingInterval >= 1 else {
+        guard (0...65_535).contains(port), maxFrameBytes >= 64, maxRooms >= 1, maxRoomMembers >= 2, maxConnections >= 1, rate >= 1, sendBuffer >= 1024, idleTimeout >= 1, pingInterval >= 1 else {
             throw CLIError("limits must be positive, --send-buffer at least 1024 (and the port 0...65535)")
         }
         guard let level = Logger.Level(rawValue: logLevel == "warn" ? "warning" : logLevel) else { throw CLIError("unknown log level \(logLevel)") }
@@ -41,6 +42,7 @@ struct Relay: MasqSubcommand {
         config.port = port
         config.maxFrameBytes = maxFrameBytes
         config.maxRoomsPerConnection = maxRooms
+        config.maxMembersPerRoom = maxRoomMembers
         config.maxConnections = maxConnections
         config.messagesPerSecond = rate
         config.sendBufferBytes = sendBuffer

@@ -16,14 +16,21 @@ public struct RelayConfiguration: Sendable {
     /// Largest WebSocket message (frames beyond it close the connection with 1009).
     public var maxFrameBytes = 1 << 20
     public var maxRoomsPerConnection = 16
+    /// Members one room may hold (a user's devices are a handful).
+    public var maxMembersPerRoom = 256
     public var maxConnections = 20_000
+    /// Presence changes of a room within this window go out as one PRESENCE,
+    /// so join/leave churn cannot multiply frames to its members.
+    public var presenceCoalesceMilliseconds: Int64 = 50
     /// Messages a connection may send per second (bursts up to twice that).
     public var messagesPerSecond = 2_000
     /// A connection silent (no frame, no pong) this long is closed.
     public var idleTimeoutSeconds: Int64 = 120
     public var pingIntervalSeconds: Int64 = 30
-    /// Bytes a connection may have queued for sending; deliveries beyond it
-    /// are dropped (counted), so one slow member cannot grow the relay.
+    /// Bytes a connection may have queued for sending, replies included:
+    /// deliveries beyond it are dropped (counted); a reply (ERROR, PRESENCE,
+    /// pong) that finds it full closes the connection. So one member that does
+    /// not read cannot grow the relay.
     public var sendBufferBytes = 1 << 20
     /// PEM certificate chain and key: serve wss:// instead of ws://.
     public var tlsCertificatePath: String?
@@ -46,6 +53,8 @@ final class RelayMetrics: @unchecked Sendable {
     let rejectedRate: Counter
     let rejectedRooms: Counter
     let rejectedConnections: Counter
+    let rejectedFullRooms: Counter
+    let closedSlow: Counter
 
     init() {
         let registry = self.registry
@@ -66,6 +75,8 @@ final class RelayMetrics: @unchecked Sendable {
         rejectedRate = counter("rejected", "Frames or connections refused", [("reason", "rate")])
         rejectedRooms = counter("rejected", "Frames or connections refused", [("reason", "rooms")])
         rejectedConnections = counter("rejected", "Frames or connections refused", [("reason", "connections")])
+        rejectedFullRooms = counter("rejected", "Frames or connections refused", [("reason", "room_full")])
+        closedSlow = counter("closed_slow", "Connections closed because they did not read their replies")
     }
 }
 
@@ -92,6 +103,8 @@ final class Member: @unchecked Sendable {
 final class Room: @unchecked Sendable {
     let id: [UInt8]
     fileprivate var members: [Member] = []
+    /// A PRESENCE for this room is scheduled (guarded by the registry's lock).
+    fileprivate var presencePending = false
 
     init(id: [UInt8]) { self.id = id }
 
@@ -108,15 +121,33 @@ final class RoomRegistry: @unchecked Sendable {
 
     init(metrics: RelayMetrics) { self.metrics = metrics }
 
-    /// Add `member` to the room `id` (created on first join); returns the room
-    /// and its members after the join.
-    func join(_ id: [UInt8], _ member: Member) -> (Room, [Member]) {
-        lock.withLock {
+    /// Add `member` to the room `id` (created on first join); returns the
+    /// room, or nil when it already holds `maxMembers`.
+    func join(_ id: [UInt8], _ member: Member, maxMembers: Int) -> Room? {
+        lock.withLock { () -> Room? in
             let room = rooms[id] ?? Room(id: id)
+            guard room.members.count < maxMembers || room.members.contains(where: { $0 === member }) else { return nil }
             rooms[id] = room
             if !room.members.contains(where: { $0 === member }) { room.members.append(member) }
             metrics.rooms.set(Int64(rooms.count))
-            return (room, room.members)
+            return room
+        }
+    }
+
+    /// Whether a PRESENCE for `room` must be scheduled (false when one already is).
+    func claimPresence(_ room: Room) -> Bool {
+        lock.withLock {
+            if room.presencePending { return false }
+            room.presencePending = true
+            return true
+        }
+    }
+
+    /// The members a scheduled PRESENCE goes to; later changes schedule anew.
+    func releasePresence(_ room: Room) -> [Member] {
+        lock.withLock {
+            room.presencePending = false
+            return room.members
         }
     }
 
@@ -294,11 +325,17 @@ public final class RelayServer: @unchecked Sendable {
                     count += 1
                     return true
                 }
-                if !accepted { server.metrics.rejectedConnections.increment() }
+                if accepted {
+                    // The slot is the channel's until it closes, whatever path it takes:
+                    // an upgrade reset before the handler exists releases it too.
+                    server.metrics.connections.set(Int64(server.connectionCount.withLockedValue { $0 }))
+                    channel.closeFuture.whenComplete { _ in server.connectionClosed() }
+                } else {
+                    server.metrics.rejectedConnections.increment()
+                }
                 return channel.eventLoop.makeSucceededFuture(accepted ? HTTPHeaders() : nil)
             },
             upgradePipelineHandler: { channel, _ in
-                server.metrics.connections.set(Int64(server.connectionCount.withLockedValue { $0 }))
                 do {
                     let sync = channel.pipeline.syncOperations
                     try sync.addHandler(NIOWebSocketFrameAggregator(minNonFinalFragmentSize: 0, maxAccumulatedFrameCount: 64,
@@ -316,6 +353,29 @@ public final class RelayServer: @unchecked Sendable {
                 context.pipeline.syncOperations.removeHandler(routes.value, promise: nil)
             }))
         try channel.pipeline.syncOperations.addHandler(routes.value)
+    }
+
+    /// Tell the members of `room` how many it has, once per coalescing window
+    /// however many joins and leaves happened in it. A member whose send
+    /// buffer is full is closed rather than buffered for.
+    func schedulePresence(_ room: Room, on loop: EventLoop) {
+        guard registry.claimPresence(room) else { return }
+        let server = self
+        loop.scheduleTask(in: .milliseconds(configuration.presenceCoalesceMilliseconds)) {
+            let members = server.registry.releasePresence(room)
+            let bytes = RelayFrame.presence(room: room.id, members: UInt32(members.count)).encoded()
+            for member in members {
+                let channel = member.channel
+                guard channel.isWritable else {
+                    server.metrics.closedSlow.increment()
+                    channel.close(promise: nil)
+                    continue
+                }
+                var buffer = channel.allocator.buffer(capacity: bytes.count)
+                buffer.writeBytes(bytes)
+                channel.writeAndFlush(WebSocketFrame(fin: true, opcode: .binary, data: buffer), promise: nil)
+            }
+        }
     }
 
     func connectionClosed() {
@@ -408,9 +468,11 @@ final class RelayConnectionHandler: ChannelInboundHandler {
         guard !closed else { return }
         closed = true
         pingTask?.cancel()
-        for room in rooms { announce(room, members: server.registry.leave(room, member)) }
+        for room in rooms {
+            _ = server.registry.leave(room, member)
+            server.schedulePresence(room, on: member.channel.eventLoop)
+        }
         rooms = []
-        server.connectionClosed()
         logger.debug("disconnected")
     }
 
@@ -436,6 +498,7 @@ final class RelayConnectionHandler: ChannelInboundHandler {
         case .binary:
             handle(context, frame.unmaskedData)
         case .ping:
+            guard context.channel.isWritable else { return closeSlow(context) }
             context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: frame.unmaskedData)), promise: nil)
         case .pong:
             break   // a read: the idle timer was reset
@@ -479,13 +542,18 @@ final class RelayConnectionHandler: ChannelInboundHandler {
                 reject(context, .tooManyRooms, "at most \(server.configuration.maxRoomsPerConnection) rooms per connection")
                 return
             }
-            let (room, members) = server.registry.join(id, member)
+            guard let room = server.registry.join(id, member, maxMembers: server.configuration.maxMembersPerRoom) else {
+                server.metrics.rejectedFullRooms.increment()
+                reject(context, .tooManyRooms, "the room is full (\(server.configuration.maxMembersPerRoom) members)")
+                return
+            }
             rooms.append(room)
-            announce(room, members: members)
+            server.schedulePresence(room, on: context.eventLoop)
         case .success((2, let joined, _)):
             guard let room = joined else { return reject(context, .notInRoom, "not in that room") }
             rooms.removeAll { $0 === room }
-            announce(room, members: server.registry.leave(room, member))
+            _ = server.registry.leave(room, member)
+            server.schedulePresence(room, on: context.eventLoop)
         case .success((3, let joined, _)):
             guard let room = joined else { return reject(context, .notInRoom, "join the room before sending to it") }
             forward(context, room: room, frame: data)
@@ -523,21 +591,21 @@ final class RelayConnectionHandler: ChannelInboundHandler {
         }
     }
 
-    /// Tell every member of `room` how many members it now has.
-    private func announce(_ room: Room, members: [Member]) {
-        let bytes = RelayFrame.presence(room: room.id, members: UInt32(members.count)).encoded()
-        for other in members {
-            var buffer = other.channel.allocator.buffer(capacity: bytes.count)
-            buffer.writeBytes(bytes)
-            other.channel.writeAndFlush(WebSocketFrame(fin: true, opcode: .binary, data: buffer), promise: nil)
-        }
-    }
-
     private func reject(_ context: ChannelHandlerContext, _ code: RelayErrorCode, _ message: String) {
+        // A client that does not read its replies is closed, not buffered for.
+        guard context.channel.isWritable else { return closeSlow(context) }
         let bytes = RelayFrame.error(code: code, message: message).encoded()
         var buffer = context.channel.allocator.buffer(capacity: bytes.count)
         buffer.writeBytes(bytes)
         context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .binary, data: buffer)), promise: nil)
+    }
+
+    private func closeSlow(_ context: ChannelHandlerContext) {
+        guard !closed else { return }
+        server.metrics.closedSlow.increment()
+        logger.debug("closed: its send buffer is full of unread replies")
+        cleanup()
+        context.channel.close(promise: nil)
     }
 
     private func close(_ context: ChannelHandlerContext, code: WebSocketErrorCode) {

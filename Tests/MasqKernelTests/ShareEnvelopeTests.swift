@@ -37,9 +37,9 @@ import Testing
     }
 
     @Test func proofsDependOnTheSecret() {
-        let a = ShareProof.claim(secret: [1, 2, 3], guest: [9], inbox: "m")
-        #expect(ShareProof.matches(a, ShareProof.claim(secret: [1, 2, 3], guest: [9], inbox: "m")))
-        #expect(!ShareProof.matches(a, ShareProof.claim(secret: [1, 2, 4], guest: [9], inbox: "m")))
+        let a = ShareProof.claim(secret: SecureBytes([1, 2, 3]), guest: [9], inbox: "m")
+        #expect(ShareProof.matches(a, ShareProof.claim(secret: SecureBytes([1, 2, 3]), guest: [9], inbox: "m")))
+        #expect(!ShareProof.matches(a, ShareProof.claim(secret: SecureBytes([1, 2, 4]), guest: [9], inbox: "m")))
         #expect(!ShareProof.matches(nil, a))
     }
 }

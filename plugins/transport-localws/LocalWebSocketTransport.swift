@@ -197,7 +197,13 @@ final class LocalWebSocketTransport: PluginTransport, @unchecked Sendable {
                     s.open += 1
                     return true
                 }
-                if !admitted { transport.counters.withLockedValue { $0.refusedUpgrades += 1 } }
+                if admitted {
+                    // The slot is the channel's until it closes, on every path (an
+                    // upgrade reset before the peer handler exists releases it too).
+                    channel.closeFuture.whenComplete { _ in transport.state.withLockedValue { $0.open -= 1 } }
+                } else {
+                    transport.counters.withLockedValue { $0.refusedUpgrades += 1 }
+                }
                 return channel.eventLoop.makeSucceededFuture(admitted ? HTTPHeaders() : nil)
             },
             upgradePipelineHandler: { channel, head in
@@ -254,11 +260,7 @@ final class LocalWebSocketTransport: PluginTransport, @unchecked Sendable {
     }
 
     fileprivate func closed(_ peer: String) {
-        let known = state.withLockedValue { s -> Bool in
-            guard s.peers.removeValue(forKey: peer) != nil else { return false }
-            s.open -= 1
-            return true
-        }
+        let known = state.withLockedValue { s -> Bool in s.peers.removeValue(forKey: peer) != nil }
         if known { host.pointee.peer_event(host, peer, MASQ_PEER_DOWN) }
     }
 
