@@ -52,7 +52,8 @@ struct Apps: MasqSubcommand {
         @OptionGroup var target: Target
 
         func execute() throws {
-            struct Row: Decodable { let id, name, state: String; let connections: Int }
+            struct Asking: Decodable { let request: String; let remote: String? }
+            struct Row: Decodable { let id, name, state: String; let connections: Int; let requests: [Asking]? }
             struct Granted: Decodable { let app, target, access: String }
             struct Listing: Decodable { let profile: String; let apps: [Row]; let grants: [Granted] }
             let connection = try target.connect()
@@ -61,23 +62,26 @@ struct Apps: MasqSubcommand {
             if listing.apps.isEmpty { print("no apps yet") }
             for app in listing.apps {
                 print("\(app.state.padding(8))  \(app.id)  \"\(app.name)\"\(app.connections > 0 ? "  (\(app.connections) connected)" : "")")
+                for q in app.requests ?? [] { print("          asking: request \(q.request)\(q.remote.map { " from \($0)" } ?? "")") }
             }
             for g in listing.grants { print("grant: \(g.app) may \(g.access == "write" ? "read and write" : "read") \(g.target)") }
         }
     }
 
     struct Approve: MasqSubcommand {
-        static let configuration = CommandConfiguration(abstract: "Approve an app (its waiting connections get their token).")
+        static let configuration = CommandConfiguration(abstract: "Approve an app's request (that connection alone gets its token).")
         @OptionGroup var target: Target
         @Argument(help: "The app id `masq apps` shows (web:ORIGIN or native:NAME).") var app: String
-        func execute() throws { try decide(target, "apps.approve", app, "approved") }
+        @Option(help: "The request to approve, when several connections ask as this app (`masq apps` lists them).") var request: String?
+        func execute() throws { try decide(target, "apps.approve", app, "approved", request: request) }
     }
 
     struct Deny: MasqSubcommand {
         static let configuration = CommandConfiguration(abstract: "Deny an app's request.")
         @OptionGroup var target: Target
         @Argument(help: "The app id.") var app: String
-        func execute() throws { try decide(target, "apps.deny", app, "denied") }
+        @Option(help: "The request to deny (default: the app's only one).") var request: String?
+        func execute() throws { try decide(target, "apps.deny", app, "denied", request: request) }
     }
 
     struct Revoke: MasqSubcommand {
@@ -113,9 +117,11 @@ struct Apps: MasqSubcommand {
     }
 }
 
-private func decide(_ target: Apps.Target, _ op: String, _ app: String, _ word: String) throws {
+private func decide(_ target: Apps.Target, _ op: String, _ app: String, _ word: String, request: String? = nil) throws {
     struct Empty: Decodable {}
-    _ = try target.connect().call(target.request(op, ["app": app]), as: Empty.self)
+    var fields = ["app": app]
+    if let request { fields["request"] = request }
+    _ = try target.connect().call(target.request(op, fields), as: Empty.self)
     print("\(app) \(word)")
 }
 

@@ -24,6 +24,10 @@ struct Connectoid: ParsableCommand {
         @Option(help: "Seconds a challenge stays valid.") var challengeTtl: Int64 = 60
         @Option(help: "Largest message in bytes (decoded).") var maxMessageBytes = 65_536 + 4_096
         @Option(help: "Messages one mailbox may hold.") var maxMessages = 1_000
+        @Option(help: "Bytes one mailbox may hold.") var maxMailboxBytes = 16 << 20
+        @Option(help: "Client rate limits apply per IPv4 prefix of this length.") var ipv4Prefix = 32
+        @Option(help: "Client rate limits apply per IPv6 prefix of this length (one subscriber usually holds a /64).") var ipv6Prefix = 64
+        @Option(help: "Keys each rate limiter holds before evicting its least recently used half.") var maxLimiterKeys = 100_000
         @Option(help: "Largest receive limit.") var maxReceive = 100
         @Option(help: "Sends per mailbox per minute.") var mailboxRate = 120
         @Option(help: "Bursts above the mailbox rate.") var mailboxBurst = 30
@@ -40,6 +44,9 @@ struct Connectoid: ParsableCommand {
             guard (0...65_535).contains(port), retention >= 1, mailboxIdle >= 1, challengeTtl >= 1, maxMessageBytes >= 256, maxMessages >= 1,
                   maxReceive >= 1, mailboxRate >= 1, mailboxBurst >= 1, clientRate >= 1, clientBurst >= 1, (1...64).contains(threads) else {
                 throw CLIError("limits must be positive (--max-message-bytes at least 256, the port 0...65535, threads 1...64)")
+            }
+            guard maxMailboxBytes >= maxMessageBytes, (0...32).contains(ipv4Prefix), (0...128).contains(ipv6Prefix), maxLimiterKeys >= 16 else {
+                throw CLIError("--max-mailbox-bytes must be at least --max-message-bytes; --ipv4-prefix 0...32, --ipv6-prefix 0...128, --max-limiter-keys at least 16")
             }
             guard ["OFF", "NORMAL", "FULL"].contains(synchronous.uppercased()) else { throw CLIError("--synchronous must be OFF, NORMAL or FULL") }
             guard let level = Logger.Level(rawValue: logLevel == "warn" ? "warning" : logLevel) else { throw CLIError("unknown log level \(logLevel)") }
@@ -58,6 +65,10 @@ struct Connectoid: ParsableCommand {
             config.limits.challengeSeconds = challengeTtl
             config.limits.maxMessageBytes = maxMessageBytes
             config.limits.maxMessagesPerMailbox = maxMessages
+            config.limits.maxBytesPerMailbox = maxMailboxBytes
+            config.ipv4Prefix = ipv4Prefix
+            config.ipv6Prefix = ipv6Prefix
+            config.maxLimiterKeys = maxLimiterKeys
             config.limits.maxReceiveLimit = maxReceive
             config.limits.sendsPerMailboxPerMinute = mailboxRate
             config.limits.requestsPerClientPerSecond = clientRate

@@ -102,7 +102,8 @@ final class ConnectoidHTTPHandler: ChannelInboundHandler {
             if tooBig {
                 response = ConnectoidResponse(.tooBig)
             } else {
-                let client = context.channel.remoteAddress?.ipAddress ?? "unknown"
+                let address = context.channel.remoteAddress?.ipAddress ?? "unknown"
+                let client = ClientKey.of(address, v4Prefix: service.configuration.ipv4Prefix, v6Prefix: service.configuration.ipv6Prefix)
                 response = service.handle(body: body, client: client)
             }
             let status: HTTPResponseStatus = response.ok ? .ok

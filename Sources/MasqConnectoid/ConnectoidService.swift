@@ -18,6 +18,12 @@ public struct ConnectoidConfiguration: Sendable {
     /// Bursts allowed above the per-second and per-minute rates.
     public var clientBurst = 100
     public var mailboxBurst = 30
+    /// Client rate limits apply per address prefix: an IPv6 subscriber usually
+    /// holds a whole /64 (keying by address would give it 2^64 buckets).
+    public var ipv4Prefix = 32
+    public var ipv6Prefix = 64
+    /// Keys the rate limiters hold before evicting their least recently used half.
+    public var maxLimiterKeys = 100_000
     /// Seconds between garbage collections.
     public var collectEverySeconds: Int64 = 60
     public var tlsCertificatePath: String?
@@ -46,8 +52,10 @@ public final class ConnectoidService: @unchecked Sendable {
         self.configuration = configuration
         self.clock = clock
         store = try MailboxStore(path: configuration.databasePath, synchronous: configuration.synchronous)
-        clientLimiter = RateLimiter(perSecond: Double(configuration.limits.requestsPerClientPerSecond), burst: Double(configuration.clientBurst))
-        mailboxLimiter = RateLimiter(perSecond: Double(configuration.limits.sendsPerMailboxPerMinute) / 60, burst: Double(configuration.mailboxBurst))
+        clientLimiter = RateLimiter(perSecond: Double(configuration.limits.requestsPerClientPerSecond), burst: Double(configuration.clientBurst),
+                                    maxKeys: configuration.maxLimiterKeys)
+        mailboxLimiter = RateLimiter(perSecond: Double(configuration.limits.sendsPerMailboxPerMinute) / 60, burst: Double(configuration.mailboxBurst),
+                                     maxKeys: configuration.maxLimiterKeys)
     }
 
     @Sendable public static func wallClock() -> Int64 {
@@ -102,7 +110,8 @@ public final class ConnectoidService: @unchecked Sendable {
             guard data.count <= limits.maxMessageBytes else { throw .tooBig }
             guard mailboxLimiter.take(pubText + "." + ext, now: now) else { throw .tooOften }
             let id = Hex.encode(Hash.sha256(data))
-            guard try store.send(pub: pub, ext: ext, id: id, data: data, now: now, maxMessages: limits.maxMessagesPerMailbox, retention: retention) else {
+            guard try store.send(pub: pub, ext: ext, id: id, data: data, now: now, maxMessages: limits.maxMessagesPerMailbox,
+                                 maxBytes: limits.maxBytesPerMailbox, retention: retention) else {
                 throw .init(.mailboxFull, "Mailbox full")
             }
             metrics.bytesIn.add(data.count)

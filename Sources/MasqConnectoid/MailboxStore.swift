@@ -38,6 +38,7 @@ final class MailboxStore: @unchecked Sendable {
                 created INTEGER NOT NULL, checked INTEGER NOT NULL,
                 question BLOB, answer_hash BLOB, expires INTEGER, used_hash BLOB,
                 held INTEGER NOT NULL DEFAULT 0,
+                held_bytes INTEGER NOT NULL DEFAULT 0,
                 PRIMARY KEY(pub, ext)) WITHOUT ROWID;
             CREATE TABLE IF NOT EXISTS message(
                 at INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -47,6 +48,8 @@ final class MailboxStore: @unchecked Sendable {
             CREATE INDEX IF NOT EXISTS message_cursor ON message(pub, ext, at);
             CREATE INDEX IF NOT EXISTS message_arrived ON message(arrived);
             """)
+        // Files made before the per-mailbox byte cap lack its column (an error here means it exists).
+        try? execute("ALTER TABLE mailbox ADD COLUMN held_bytes INTEGER NOT NULL DEFAULT 0")
     }
 
     deinit {
@@ -57,19 +60,23 @@ final class MailboxStore: @unchecked Sendable {
     // MARK: operations (times in milliseconds)
 
     /// Store a message; a resend of the same bytes is stored once.
-    /// Returns false when the mailbox already holds `maxMessages`.
-    func send(pub: [UInt8], ext: String, id: String, data: [UInt8], now: Int64, maxMessages: Int, retention: Int64) throws(ConnectoidError) -> Bool {
+    /// Returns false when the mailbox already holds `maxMessages` or would
+    /// hold more than `maxBytes`.
+    func send(pub: [UInt8], ext: String, id: String, data: [UInt8], now: Int64, maxMessages: Int, maxBytes: Int,
+              retention: Int64) throws(ConnectoidError) -> Bool {
         try locked { () throws(ConnectoidError) -> Bool in
             try begin()
             do throws(ConnectoidError) {
                 try run("INSERT OR IGNORE INTO mailbox(pub, ext, created, checked) VALUES(?1, ?2, ?3, ?3)", [.blob(pub), .text(ext), .int(now)])
-                // `held` counts stored messages (expired ones until the next collection).
+                // `held` and `held_bytes` count stored messages (expired ones until the next collection).
                 let held = try scalar("SELECT held FROM mailbox WHERE pub = ?1 AND ext = ?2", [.blob(pub), .text(ext)]) ?? 0
+                let heldBytes = try scalar("SELECT held_bytes FROM mailbox WHERE pub = ?1 AND ext = ?2", [.blob(pub), .text(ext)]) ?? 0
                 try run("INSERT OR IGNORE INTO message(pub, ext, arrived, id, data) VALUES(?1, ?2, ?3, ?4, ?5)",
                         [.blob(pub), .text(ext), .int(now), .text(id), .blob(data)])
                 if sqlite3_changes(db) == 1 {
-                    guard held < maxMessages else { try run("ROLLBACK", []); return false }
-                    try run("UPDATE mailbox SET held = held + 1 WHERE pub = ?1 AND ext = ?2", [.blob(pub), .text(ext)])
+                    guard held < maxMessages, heldBytes + Int64(data.count) <= Int64(maxBytes) else { try run("ROLLBACK", []); return false }
+                    try run("UPDATE mailbox SET held = held + 1, held_bytes = held_bytes + ?3 WHERE pub = ?1 AND ext = ?2",
+                            [.blob(pub), .text(ext), .int(Int64(data.count))])
                 } else {
                     // The same bytes are stored already: a retry. An expired copy not yet
                     // collected must not hide the new one: store it again at a new cursor.
@@ -166,7 +173,10 @@ final class MailboxStore: @unchecked Sendable {
             try run("DELETE FROM mailbox WHERE checked <= ?1", [.int(now - idle)])
             let mailboxes = Int(sqlite3_changes(db))
             if messages > 0 {
-                try run("UPDATE mailbox SET held = (SELECT count(*) FROM message m WHERE m.pub = mailbox.pub AND m.ext = mailbox.ext)", [])
+                try run("""
+                    UPDATE mailbox SET held = (SELECT count(*) FROM message m WHERE m.pub = mailbox.pub AND m.ext = mailbox.ext),
+                                       held_bytes = (SELECT coalesce(sum(length(m.data)), 0) FROM message m WHERE m.pub = mailbox.pub AND m.ext = mailbox.ext)
+                    """, [])
             }
             return (messages, mailboxes)
         }

@@ -73,6 +73,8 @@ public struct ConnectoidLimits: Codable, Sendable, Equatable {
     public var version = 1
     public var maxMessageBytes = 65_536 + 4_096
     public var maxMessagesPerMailbox = 1_000
+    /// Bytes one mailbox may hold (beside the message count).
+    public var maxBytesPerMailbox = 16 << 20
     public var maxReceiveLimit = 100
     public var retentionSeconds: Int64 = 3_600
     public var mailboxIdleSeconds: Int64 = 30 * 86_400

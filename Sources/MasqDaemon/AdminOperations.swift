@@ -84,32 +84,53 @@ extension Daemon {
             return .object([("profile", .string(p.name)),
                             ("apps", .array(p.apps.apps.map { app in
                                 let live = connections.values.filter { $0.appID == app.id && $0.profile == p.name }
+                                let asking = requests(of: app.id, in: p.name).map { q in
+                                    JSON.object([("request", .string(q.id)), ("since", .uint(q.at)), ("remote", q.remote.map(JSON.string) ?? .null)])
+                                }
                                 return .object([("id", .string(app.id)), ("name", .string(app.name)), ("description", .string(app.description)),
                                                 ("icon", .string(app.icon)), ("state", .string(app.state.rawValue)),
                                                 ("kind", .string(app.isWeb ? "web" : "native")), ("created_at", .uint(app.createdAt)),
-                                                ("connections", .int(Int64(live.count)))])
+                                                ("connections", .int(Int64(live.count))), ("instances", .int(Int64(app.tokenHashes.count))),
+                                                ("requests", .array(asking))])
                             })),
                             ("grants", .array(p.apps.grants.map { .object([("app", .string($0.app)), ("target", .string($0.target)), ("access", .string($0.access.rawValue))]) }))])
 
         case "apps.approve":
+            // The user approves the request they saw: its connection alone gets
+            // the token (another connection claiming the same identity gets nothing).
             let p = try profile()
             let id = try required(r.app, "app")
-            let token = try p.apps.approve(id, now: now)
-            // The token goes to the connections that asked and wait; the app keeps it.
-            for waiting in connections.values where waiting.appID == id && waiting.profile == p.name && waiting.waitingForApproval {
-                waiting.approved = true
-                waiting.waitingForApproval = false
-                send(waiting.peer, .object([("event", .string("approved")), ("app", .string(id)), ("token", .string(token)),
-                                            ("namespace", .string(id))]))
+            let request = try chosenRequest(id, in: p.name, r.request)
+            guard let asker = connections[request.peer], asker.appID == id else {
+                requests[request.id] = nil
+                throw DaemonError(.notFound, "the app that asked has gone; it asks again when it reconnects")
             }
+            let token = try p.apps.approve(id, now: now)
+            requests[request.id] = nil
+            asker.approved = true
+            asker.waitingForApproval = false
+            send(asker.peer, .object([("event", .string("approved")), ("app", .string(id)), ("token", .string(token)),
+                                      ("namespace", .string(id))]))
             notifyAdmins(.object([("event", .string("apps")), ("profile", .string(p.name)), ("app", .string(id))]))
-            return .object([("app", .string(id)), ("state", .string("approved"))])
+            return .object([("app", .string(id)), ("state", .string("approved")), ("request", .string(request.id))])
+
+        case "apps.deny" where r.request != nil || isApproved(r.app, in: r.profile ?? active):
+            // One request of an app that stays approved for its other instances.
+            let p = try profile()
+            let id = try required(r.app, "app")
+            let request = try chosenRequest(id, in: p.name, r.request)
+            requests[request.id] = nil
+            cutOff({ $0.peer == request.peer }, event: .object([("event", .string("denied")), ("app", .string(id))]), reason: "denied by the user")
+            notifyAdmins(.object([("event", .string("apps")), ("profile", .string(p.name)), ("app", .string(id))]))
+            return .object([("app", .string(id)), ("request", .string(request.id))])
 
         case "apps.deny", "apps.revoke", "apps.remove":
             let p = try profile()
             let id = try required(r.app, "app")
             if r.op == "apps.remove" { try p.apps.remove(id) } else { try p.apps.decide(id, r.op == "apps.deny" ? .denied : .revoked, now: now) }
+            for request in requests(of: id, in: p.name) { requests[request.id] = nil }
             let event = JSON.object([("event", .string(r.op == "apps.deny" ? "denied" : "revoked")), ("app", .string(id))])
+            // Every connection of that identity, approved or waiting, is closed.
             cutOff({ $0.appID == id && $0.profile == p.name }, event: event, reason: "access revoked by the user")
             notifyAdmins(.object([("event", .string("apps")), ("profile", .string(p.name)), ("app", .string(id))]))
             return .object([("app", .string(id))])
@@ -256,6 +277,29 @@ extension Daemon {
                 }
             }
         }
+    }
+}
+
+extension Daemon {
+    /// The request the user answers: the one named, or the app's only live one.
+    func chosenRequest(_ app: String, in profile: String, _ named: String?) throws(DaemonError) -> ApprovalRequest {
+        let live = requests(of: app, in: profile)
+        if let named {
+            guard let request = live.first(where: { $0.id == named }) else {
+                throw DaemonError(.notFound, "no request \(named.prefix(40)) of \(app.prefix(80)) waits (it was answered, or its app went away)")
+            }
+            return request
+        }
+        guard let only = live.first else { throw DaemonError(.notFound, "\(app.prefix(80)) is not asking now; it asks again when it connects") }
+        guard live.count == 1 else {
+            throw DaemonError(.invalid, "\(live.count) connections ask as \(app.prefix(80)): name the one to answer with \"request\"")
+        }
+        return only
+    }
+
+    func isApproved(_ app: String?, in profile: String) -> Bool {
+        guard let app, let p = try? profiles.profile(profile) else { return false }
+        return p.apps.app(app)?.state == .approved
     }
 }
 

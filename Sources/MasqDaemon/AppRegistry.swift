@@ -18,13 +18,53 @@ struct AppRecord: Codable, Equatable {
     /// A data: URL of an image (shown in the manager), or "".
     var icon: String
     var state: State
-    /// SHA-256 of the app's token (hex): the token itself is never stored.
-    var tokenHash: String?
+    /// SHA-256 (hex) of each token the user approved for this app — one per
+    /// approved instance (a second browser, another copy of the program):
+    /// tokens themselves are never stored.
+    var tokenHashes: [String]
     var createdAt: UInt64
     var decidedAt: UInt64?
 
     var namespace: String { id }
     var isWeb: Bool { id.hasPrefix("web:") }
+
+    init(id: String, name: String, description: String, icon: String, state: State, createdAt: UInt64) {
+        self.id = id
+        self.name = name
+        self.description = description
+        self.icon = icon
+        self.state = state
+        tokenHashes = []
+        self.createdAt = createdAt
+    }
+
+    private enum CodingKeys: String, CodingKey { case id, name, description, icon, state, tokenHashes, tokenHash, createdAt, decidedAt }
+
+    init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        id = try c.decode(String.self, forKey: .id)
+        name = try c.decode(String.self, forKey: .name)
+        description = try c.decode(String.self, forKey: .description)
+        icon = try c.decode(String.self, forKey: .icon)
+        state = try c.decode(State.self, forKey: .state)
+        // Registries written before several tokens per app kept one.
+        tokenHashes = try c.decodeIfPresent([String].self, forKey: .tokenHashes)
+            ?? (try c.decodeIfPresent(String.self, forKey: .tokenHash)).map { [$0] } ?? []
+        createdAt = try c.decode(UInt64.self, forKey: .createdAt)
+        decidedAt = try c.decodeIfPresent(UInt64.self, forKey: .decidedAt)
+    }
+
+    func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(id, forKey: .id)
+        try c.encode(name, forKey: .name)
+        try c.encode(description, forKey: .description)
+        try c.encode(icon, forKey: .icon)
+        try c.encode(state, forKey: .state)
+        try c.encode(tokenHashes, forKey: .tokenHashes)
+        try c.encode(createdAt, forKey: .createdAt)
+        try c.encodeIfPresent(decidedAt, forKey: .decidedAt)
+    }
 }
 
 /// A grant: app `app` may read (or read and write) app `target`'s namespace.
@@ -53,6 +93,8 @@ final class AppRegistry: @unchecked Sendable {
     static let maxIconBytes = 64 * 1024
     static let maxIDBytes = 120
     static let maxPendingApps = 64
+    /// Approved instances (tokens) one app may hold.
+    static let maxInstances = 16
 
     init(path: String) throws(MasqError) {
         self.path = path
@@ -71,23 +113,22 @@ final class AppRegistry: @unchecked Sendable {
 
     func app(_ id: String) -> AppRecord? { file.apps.first { $0.id == id } }
 
-    /// Record a registration request. An unknown app becomes pending; a
-    /// denied or revoked one asks again; a pending one keeps what it first
-    /// claimed (a later registration cannot rename it); an approved one must
-    /// present its token instead (so nobody can re-register in its place).
+    /// Record a registration. An unknown app becomes pending; a denied or
+    /// revoked one asks again; a pending one keeps what it first claimed (a
+    /// later registration cannot rename it). An approved app stays approved:
+    /// the daemon turns the registration into a request for one more
+    /// instance, which gets a token of its own only if the user approves it.
     func register(id: String, name: String, description: String, icon: String, now: UInt64) throws(DaemonError) -> AppRecord {
         if let index = file.apps.firstIndex(where: { $0.id == id }) {
             switch file.apps[index].state {
-            case .approved:
-                throw DaemonError(.alreadyRegistered, "\(id) is already approved: present its token (or the user revokes it first)")
-            case .pending:
+            case .approved, .pending:
                 return file.apps[index]
             case .denied, .revoked:
                 file.apps[index].state = .pending
                 file.apps[index].name = name
                 file.apps[index].description = description
                 file.apps[index].icon = icon
-                file.apps[index].tokenHash = nil
+                file.apps[index].tokenHashes = []
                 file.apps[index].decidedAt = nil
                 try save()
                 return file.apps[index]
@@ -96,28 +137,32 @@ final class AppRegistry: @unchecked Sendable {
         guard file.apps.filter({ $0.state == .pending }).count < Self.maxPendingApps else {
             throw DaemonError(.busy, "too many apps wait for approval; the user must answer some first")
         }
-        let record = AppRecord(id: id, name: name, description: description, icon: icon, state: .pending, tokenHash: nil, createdAt: now, decidedAt: nil)
+        let record = AppRecord(id: id, name: name, description: description, icon: icon, state: .pending, createdAt: now)
         file.apps.append(record)
         try save()
         return record
     }
 
-    /// Approve: a new token (returned once, stored only as a hash).
+    /// Approve one instance: a new token (returned once, stored only as a
+    /// hash) beside those of instances approved before.
     func approve(_ id: String, now: UInt64) throws(DaemonError) -> String {
         guard let index = file.apps.firstIndex(where: { $0.id == id }) else { throw DaemonError(.notFound, "no app \(id)") }
+        guard file.apps[index].tokenHashes.count < Self.maxInstances else {
+            throw DaemonError(.busy, "\(id) already has \(Self.maxInstances) approved instances: revoke it to start again")
+        }
         let token = base64url(Random.bytes(32))
         file.apps[index].state = .approved
-        file.apps[index].tokenHash = Self.hash(token)
+        file.apps[index].tokenHashes.append(Self.hash(token))
         file.apps[index].decidedAt = now
         try save()
         return token
     }
 
-    /// Deny a pending app or revoke an approved one: its token stops working.
+    /// Deny a pending app or revoke an approved one: every token stops working.
     func decide(_ id: String, _ state: AppRecord.State, now: UInt64) throws(DaemonError) {
         guard let index = file.apps.firstIndex(where: { $0.id == id }) else { throw DaemonError(.notFound, "no app \(id)") }
         file.apps[index].state = state
-        file.apps[index].tokenHash = nil
+        file.apps[index].tokenHashes = []
         file.apps[index].decidedAt = now
         if state == .revoked { file.grants.removeAll { $0.app == id } }
         try save()
@@ -131,10 +176,13 @@ final class AppRegistry: @unchecked Sendable {
         try save()
     }
 
-    /// The approved app whose token this is, if the token matches.
+    /// The approved app whose token this is, if the token matches one of its instances'.
     func authenticate(_ id: String, token: String) -> AppRecord? {
-        guard let app = app(id), app.state == .approved, let stored = app.tokenHash else { return nil }
-        return constantTimeEqual(Array(stored.utf8), Array(Self.hash(token).utf8)) ? app : nil
+        guard let app = app(id), app.state == .approved else { return nil }
+        let presented = Array(Self.hash(token).utf8)
+        var match = false
+        for stored in app.tokenHashes where constantTimeEqual(Array(stored.utf8), presented) { match = true }
+        return match ? app : nil
     }
 
     func grant(_ grant: Grant) throws(DaemonError) {

@@ -28,6 +28,9 @@ public struct DaemonOptions: Sendable {
     /// Watches one connection may hold.
     public var maxWatches = 64
     public var storage = "sqlite"
+    /// Serve programs of this OS user only (Linux: the owner of the client's
+    /// TCP socket, from /proc/net/tcp). nil: anyone who reaches the port.
+    public var allowedUser: UInt32? = getuid()
 
     public init(home: String) { self.home = home }
 }
@@ -37,8 +40,10 @@ final class Connection {
     let peer: String
     /// The page's Origin header; nil for a native program.
     let origin: String?
-    /// The identity the connection claimed (hello/register) and whether it
-    /// proved it with the app's token.
+    /// The client's address (for the manager to tell requests apart).
+    let remote: String?
+    /// The identity the connection claimed with its first hello or register,
+    /// for its whole life, and whether it proved it with the app's token.
     var appID: String?
     var approved = false
     var waitingForApproval = false
@@ -51,11 +56,23 @@ final class Connection {
     var tokens: Double
     var lastRefill = DaemonClock.now()
 
-    init(peer: String, origin: String?, rate: Int) {
+    init(peer: String, origin: String?, remote: String?, rate: Int) {
         self.peer = peer
         self.origin = origin
+        self.remote = remote
         tokens = Double(rate) * 2
     }
+}
+
+/// A registration the user has to answer: bound to the connection that made
+/// it, which alone receives the token if the user approves this request.
+struct ApprovalRequest {
+    let id: String
+    let app: String
+    let profile: String
+    let peer: String
+    let remote: String?
+    let at: UInt64
 }
 
 /// Seconds on a monotonic clock, for rate limits.
@@ -82,6 +99,8 @@ public final class Daemon: @unchecked Sendable {
     let profiles: ProfileManager
     var active: String
     var connections: [String: Connection] = [:]
+    /// Live approval requests by request id (dropped with their connection).
+    var requests: [String: ApprovalRequest] = [:]
     var transport: TransportEngine?
     /// The manager's secret for this run (in the URL fragment and the runtime file).
     public let adminSecret = base64url(Random.bytes(24))
@@ -113,6 +132,7 @@ public final class Daemon: @unchecked Sendable {
             ("max_connections", String(options.maxConnections)),
         ]
         if !options.staticDirectories.isEmpty { pluginOptions.append(("static_dir", options.staticDirectories.joined(separator: ":"))) }
+        if let user = options.allowedUser { pluginOptions.append(("allowed_uid", String(user))) }
         let engine = try TransportEngine.open(PluginReference(name: "localws", options: pluginOptions), config: config,
             // Requests are handled on the daemon's queue, one at a time, while
             // the transport's threads go on reading and writing (measured:
@@ -159,11 +179,17 @@ public final class Daemon: @unchecked Sendable {
 
     private func peerEvent(_ peer: String, _ event: Int32, info: String?) {
         if event == TransportEngine.peerUp {
-            var origin: String?
-            if let info, let fields = try? JSONDecoder().decode([String: String].self, from: Data(info.utf8)) { origin = fields["origin"] }
-            connections[peer] = Connection(peer: peer, origin: origin, rate: options.requestsPerSecond)
+            var fields: [String: String] = [:]
+            if let info, let decoded = try? JSONDecoder().decode([String: String].self, from: Data(info.utf8)) { fields = decoded }
+            connections[peer] = Connection(peer: peer, origin: fields["origin"], remote: fields["remote"], rate: options.requestsPerSecond)
         } else {
             if let connection = connections.removeValue(forKey: peer) { dropWatches(connection) }
+            // A request whose asker is gone cannot be approved: the app asks again.
+            let gone = requests.values.filter { $0.peer == peer }
+            for request in gone { requests[request.id] = nil }
+            if !gone.isEmpty {
+                notifyAdmins(.object([("event", .string("apps")), ("app", .string(gone[0].app))]))
+            }
         }
     }
 
@@ -240,8 +266,21 @@ public final class Daemon: @unchecked Sendable {
         return profile
     }
 
+    /// A connection speaks for one identity, the one of its first hello or
+    /// register, for its whole life: a second identity needs a new connection.
+    private func bind(_ c: Connection, _ id: String) throws(DaemonError) {
+        if let bound = c.appID, bound != id {
+            throw DaemonError(.denied, "this connection speaks for \(bound.prefix(80)); open another connection for another app")
+        }
+        guard !c.admin else { throw DaemonError(.denied, "the manager's connection is not an app") }
+    }
+
     private func hello(_ c: Connection, _ r: Request) throws(DaemonError) -> JSON {
         let id = try identity(c, r)
+        guard c.appID == nil else {
+            throw DaemonError(.badRequest, "one hello per connection (this one already said hello as \(c.appID!.prefix(80)))")
+        }
+        try bind(c, id)
         let profile = try profiles.profile(active)
         c.appID = id
         c.profile = profile.name
@@ -271,14 +310,31 @@ public final class Daemon: @unchecked Sendable {
         guard icon.isEmpty || (icon.hasPrefix("data:image/") && icon.utf8.count <= AppRegistry.maxIconBytes) else {
             throw DaemonError(.badRequest, "\"icon\" is a data:image/... URL of at most \(AppRegistry.maxIconBytes) bytes")
         }
+        try bind(c, id)
+        guard !c.approved else { throw DaemonError(.badRequest, "this connection is already approved as \(id.prefix(80))") }
         let profile = try profiles.profile(active)
-        let record = try profile.apps.register(id: id, name: name, description: description, icon: icon, now: DaemonClock.unixMilliseconds())
+        if let existing = requests.values.first(where: { $0.peer == c.peer }) {
+            return .object([("state", .string("pending")), ("app", .string(existing.app)), ("request", .string(existing.id))])
+        }
+        guard requests.count < AppRegistry.maxPendingApps else {
+            throw DaemonError(.busy, "too many apps wait for approval; the user must answer some first")
+        }
+        let now = DaemonClock.unixMilliseconds()
+        let record = try profile.apps.register(id: id, name: name, description: description, icon: icon, now: now)
+        let request = ApprovalRequest(id: Hex.encode(Random.bytes(8)), app: record.id, profile: profile.name, peer: c.peer, remote: c.remote, at: now)
+        requests[request.id] = request
         c.appID = id
         c.profile = profile.name
         c.approved = false
         c.waitingForApproval = true
         notifyAdmins(.object([("event", .string("apps")), ("profile", .string(profile.name)), ("app", .string(record.id))]))
-        return .object([("state", .string(record.state.rawValue)), ("app", .string(record.id))])
+        // "pending" even for an approved app: this instance waits for the user.
+        return .object([("state", .string("pending")), ("app", .string(record.id)), ("request", .string(request.id))])
+    }
+
+    /// The live requests of `app` in `profile`, oldest first.
+    func requests(of app: String, in profile: String) -> [ApprovalRequest] {
+        requests.values.filter { $0.app == app && $0.profile == profile }.sorted { $0.at < $1.at }
     }
 
     private func adminHello(_ c: Connection, _ r: Request) throws(DaemonError) -> JSON {
@@ -290,6 +346,7 @@ public final class Daemon: @unchecked Sendable {
         guard let secret = r.secret, constantTimeEqual(Array(secret.utf8), Array(adminSecret.utf8)) else {
             throw DaemonError(.unauthorized, "wrong admin secret")
         }
+        guard c.appID == nil else { throw DaemonError(.denied, "an app's connection cannot become the manager") }
         c.admin = true
         return .object([("admin", .bool(true)), ("profile", .string(active))])
     }

@@ -126,6 +126,8 @@ struct Request: Decodable {
     var passphrase: String?
     var new_passphrase: String?
     var app: String?
+    /// An approval request (apps.approve, apps.deny): the one the user saw.
+    var request: String?
     var target: String?
     var access: String?
     var device: String?

@@ -33,6 +33,8 @@ struct Masqd: ParsableCommand {
     @Option(help: "Requests per second per connection.") var rate = 1_000
     @Option(help: "Storage plugin of new profiles.") var storage = "sqlite"
     @Option(help: "Log level (error, warn, info, debug).") var logLevel = "warn"
+    @Flag(help: "Serve programs of every OS user of this machine (default: only the user running masqd, checked on each connection's socket).")
+    var allowOtherUsers = false
 
     func run() throws {
         guard ["error", "warn", "info", "debug"].contains(logLevel) else { throw ValidationError("unknown log level \(logLevel)") }
@@ -45,6 +47,7 @@ struct Masqd: ParsableCommand {
         options.pluginPath = pluginPath
         options.maxMessageBytes = maxMessageBytes
         options.maxConnections = maxConnections
+        if allowOtherUsers { options.allowedUser = nil }
         options.requestsPerSecond = rate
         options.storage = storage
 

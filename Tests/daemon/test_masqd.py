@@ -148,11 +148,19 @@ def test_web_origin_binding_and_spoofing(daemon):
     with pytest.raises(DaemonError) as e:
         thief.get("secret", ns="web:http://localhost:8000")
     assert e.value.code == "denied"
-    # Re-registering an approved identity without its token is refused.
+    # Registering an approved identity without its token is only a request
+    # for one more instance: it gets nothing unless the user approves it, and
+    # the approved instance keeps working.
     imposter = DaemonClient(daemon.url, origin="http://localhost:8000")
+    assert imposter.register("Notes") is None and imposter.state == "pending"
+    listed = {a["id"]: a for a in manager.call("apps.list")["apps"]}["web:http://localhost:8000"]
+    assert listed["state"] == "approved" and [q["request"] for q in listed["requests"]] == [imposter.request]
     with pytest.raises(DaemonError) as e:
-        imposter.register("Notes")
-    assert e.value.code == "already_registered"
+        imposter.get("secret")
+    assert e.value.code == "unauthorized"
+    manager.call("apps.deny", app="web:http://localhost:8000", request=imposter.request)
+    assert imposter.wait_closed(5)
+    assert page.get("secret") == "only mine"
     # The manager's own origin is not an app, and cannot use the admin API from elsewhere.
     own = DaemonClient(daemon.url, origin=f"http://127.0.0.1:{daemon.port}")
     with pytest.raises(DaemonError) as e:
@@ -391,5 +399,118 @@ def test_listens_on_loopback_only(tmp_path):
                 if fields[3] == "0A" and int(hexport, 16) == port:
                     found.append(address)
         assert found and set(found) <= loopback, found
+    finally:
+        d.stop()
+
+
+def test_one_identity_per_connection_for_its_whole_life(daemon):
+    """An approved app cannot switch to another identity on its connection
+    (the consent bypass of issue 14), and revoking it closes that connection."""
+    manager = daemon.manager()
+    vault = approved_app(daemon, manager, app_id="vault", name="Vault")
+    vault.put("password", "hunter2")
+    attacker = approved_app(daemon, manager, app_id="game", name="A game")
+    with pytest.raises(DaemonError) as e:
+        attacker.call("hello", app_id="vault")
+    assert e.value.code == "bad_request"
+    with pytest.raises(DaemonError) as e:
+        attacker.call("register", app_id="vault", name="Vault")
+    assert e.value.code == "denied"
+    for op in ("get", "list"):
+        with pytest.raises(DaemonError) as e:
+            attacker.call(op, ns="native:vault", key="password")
+        assert e.value.code == "denied"
+    # A fresh, unapproved connection cannot pick identities one after another either.
+    probe = DaemonClient(daemon.url, app_id="game")
+    assert probe.hello()["state"] == "token_required"
+    with pytest.raises(DaemonError) as e:
+        probe.call("hello", app_id="vault")
+    assert e.value.code == "bad_request"
+    # Revoking the attacker's own app closes its connection.
+    manager.call("apps.revoke", app="native:game")
+    assert attacker.wait_closed(5)
+    assert vault.get("password") == "hunter2"
+
+
+def test_approval_reaches_only_the_connection_the_user_saw(daemon):
+    """A local program that forges a page's Origin while the page waits for
+    approval does not receive the token the user gives the page."""
+    manager = daemon.manager()
+    page = DaemonClient(daemon.url, origin="http://localhost:8000")
+    page.register("Notes", "the real page")
+    forger = DaemonClient(daemon.url, origin="http://localhost:8000")
+    forger.register("Notes", "a program with a forged Origin")
+    listed = {a["id"]: a for a in manager.call("apps.list")["apps"]}["web:http://localhost:8000"]
+    assert sorted(q["request"] for q in listed["requests"]) == sorted([page.request, forger.request])
+    # Two connections ask: the manager must say which one the user approves.
+    with pytest.raises(DaemonError) as e:
+        manager.call("apps.approve", app="web:http://localhost:8000")
+    assert e.value.code == "invalid"
+    manager.call("apps.approve", app="web:http://localhost:8000", request=page.request)
+    assert page._approved.wait(5) and page.token
+    time.sleep(0.5)
+    assert not forger._approved.is_set() and forger.token is None
+    assert all(ev.get("event") != "approved" for ev in forger.events)
+    page.put("diary", "private")
+    with pytest.raises(DaemonError) as e:
+        forger.get("diary")
+    assert e.value.code == "unauthorized"
+    # A request whose connection went away cannot be approved for someone else.
+    gone = DaemonClient(daemon.url, app_id="com.example.gone")
+    gone.register("Gone")
+    request = gone.request
+    gone.close()
+    time.sleep(0.3)
+    with pytest.raises(DaemonError) as e:
+        manager.call("apps.approve", app="native:com.example.gone", request=request)
+    assert e.value.code == "not_found"
+
+
+def test_two_instances_of_one_app_each_get_their_own_approval(daemon):
+    """The same web app in two browsers: each asks, each gets its own token;
+    neither replaces the other's; revoking the app ends both."""
+    manager = daemon.manager()
+    first = approved_app(daemon, manager, origin="http://localhost:8000")
+    second = DaemonClient(daemon.url, origin="http://localhost:8000")
+    second.register("Notes")
+    manager.call("apps.approve", app="web:http://localhost:8000", request=second.request)
+    assert second._approved.wait(5) and second.token and second.token != first.token
+    for token in (first.token, second.token):
+        assert DaemonClient(daemon.url, origin="http://localhost:8000", token=token).hello()["state"] == "approved"
+    first.put("shared", "by the first browser")
+    assert second.get("shared") == "by the first browser"
+    manager.call("apps.revoke", app="web:http://localhost:8000")
+    assert first.wait_closed(5) and second.wait_closed(5)
+    for token in (first.token, second.token):
+        assert DaemonClient(daemon.url, origin="http://localhost:8000", token=token).hello()["state"] == "revoked"
+
+
+def test_other_os_users_are_refused(tmp_path):
+    """Programs of another OS user on this machine cannot use the daemon
+    (the owner of the client's socket is checked on every connection)."""
+    if os.getuid() != 0 or not os.path.exists("/usr/bin/python3"):
+        pytest.skip("needs root (to run a client as another user) and the system's python3")
+    d = Daemon(tmp_path / "home")
+    # A WebSocket upgrade by hand (the system's python3, no packages): 101 or a refusal.
+    script = (
+        "import socket, sys\n"
+        "s = socket.create_connection(('127.0.0.1', int(sys.argv[1])), timeout=5)\n"
+        "s.sendall(('GET / HTTP/1.1\\r\\nHost: 127.0.0.1:%s\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n'\n"
+        "           'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\\r\\nSec-WebSocket-Version: 13\\r\\n\\r\\n' % sys.argv[1]).encode())\n"
+        "print(s.recv(200).split(b'\\r\\n')[0].decode())\n"
+    )
+
+    def status_line(uid):
+        def drop():
+            os.setgid(uid)
+            os.setuid(uid)
+        out = subprocess.run(["/usr/bin/python3", "-c", script, str(d.port)], capture_output=True, text=True, timeout=30,
+                             preexec_fn=drop if uid else None, cwd="/", env={"PATH": "/usr/bin:/bin"})
+        return out.stdout.strip() or out.stderr.strip()
+
+    try:
+        assert " 101 " in status_line(0) + " "
+        other = status_line(65534)
+        assert " 101 " not in other + " ", f"another OS user was let in: {other}"
     finally:
         d.stop()

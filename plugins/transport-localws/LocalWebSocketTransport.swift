@@ -38,6 +38,8 @@ final class LocalWebSocketTransport: PluginTransport, @unchecked Sendable {
         /// Event loop threads. One is best for a local daemon: measured with
         /// 50 apps, two threads lost a fifth of the throughput to hand-offs.
         var threads = 1
+        /// Serve only clients whose socket this OS user owns (nil: anyone).
+        var allowedUID: UInt32?
     }
 
     struct Counters {
@@ -46,11 +48,13 @@ final class LocalWebSocketTransport: PluginTransport, @unchecked Sendable {
         var framesSent: UInt64 = 0
         var framesRejected: UInt64 = 0
         var refusedUpgrades: UInt64 = 0
+        var refusedUsers: UInt64 = 0
         var slowClosed: UInt64 = 0
 
         var json: String {
             "{\"connections\": \(connections), \"frames_received\": \(framesReceived), \"frames_sent\": \(framesSent), "
-                + "\"frames_rejected\": \(framesRejected), \"refused_upgrades\": \(refusedUpgrades), \"slow_closed\": \(slowClosed)}"
+                + "\"frames_rejected\": \(framesRejected), \"refused_upgrades\": \(refusedUpgrades), \"refused_users\": \(refusedUsers), "
+                + "\"slow_closed\": \(slowClosed)}"
         }
     }
 
@@ -192,6 +196,11 @@ final class LocalWebSocketTransport: PluginTransport, @unchecked Sendable {
                     transport.counters.withLockedValue { $0.refusedUpgrades += 1 }
                     return channel.eventLoop.makeSucceededFuture(nil)
                 }
+                // Another OS user's program gets no slot (Linux: the socket's owner).
+                if let allowed = transport.options.allowedUID, SocketOwner.uid(of: channel) != allowed {
+                    transport.counters.withLockedValue { $0.refusedUsers += 1 }
+                    return channel.eventLoop.makeSucceededFuture(nil)
+                }
                 let admitted = transport.state.withLockedValue { s -> Bool in
                     guard !s.stopped, s.open < transport.options.maxConnections else { return false }
                     s.open += 1
@@ -250,6 +259,7 @@ final class LocalWebSocketTransport: PluginTransport, @unchecked Sendable {
         if let remote = channel.remoteAddress, let ip = remote.ipAddress, let port = remote.port {
             info.append(("remote", ip.contains(":") ? "[\(ip)]:\(port)" : "\(ip):\(port)"))
         }
+        if let uid = SocketOwner.uid(of: channel) { info.append(("uid", String(uid))) }
         let json = "{" + info.map { "\(jsonString($0.0)): \(jsonString($0.1))" }.joined(separator: ", ") + "}"
         if host.pointee.struct_size >= UInt32(MemoryLayout<masq_host>.size), let upInfo = host.pointee.peer_up_info {
             upInfo(host, peer, json)
@@ -478,6 +488,47 @@ func jsonString(_ s: String) -> String {
     return out + "\""
 }
 
+/// Which OS user owns the client end of a loopback TCP connection: Linux
+/// lists every socket with its owner's uid in /proc/net/tcp and tcp6; the
+/// client's socket is the one whose local port is the connection's remote
+/// port and whose remote port is ours. nil when not found (then a listener
+/// restricted to one user refuses the connection).
+enum SocketOwner {
+    static func uid(of channel: Channel) -> UInt32? {
+        guard let client = channel.remoteAddress?.port, let server = channel.localAddress?.port else { return nil }
+        for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+            guard let text = readSmallFile(table) else { continue }
+            for line in text.split(separator: "\n").dropFirst() {
+                // sl local_address rem_address st tx:rx tr:when retrnsmt uid ...
+                let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+                guard fields.count > 7, port(fields[1]) == client, port(fields[2]) == server else { continue }
+                return UInt32(fields[7])
+            }
+        }
+        return nil
+    }
+
+    /// "0100007F:1F90" -> 8080 (the port is hex, big-endian).
+    private static func port(_ field: Substring) -> Int? {
+        guard let colon = field.lastIndex(of: ":") else { return nil }
+        return Int(field[field.index(after: colon)...], radix: 16)
+    }
+
+    private static func readSmallFile(_ path: String) -> String? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var out: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65_536)
+        while out.count < 64 << 20 {
+            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress!, $0.count) }
+            if n <= 0 { break }
+            out += chunk[0..<n]
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+}
+
 // MARK: - the C face
 
 private func parseOptions(_ list: UnsafePointer<masq_plugin_option>?, _ count: Int) throws(TransportFailure) -> LocalWebSocketTransport.Options {
@@ -494,8 +545,9 @@ private func parseOptions(_ list: UnsafePointer<masq_plugin_option>?, _ count: I
         case "ping_interval": options.pingIntervalSeconds = Int64(try number(1...3600))
         case "idle_timeout": options.idleTimeoutSeconds = Int64(try number(1...86_400))
         case "threads": options.threads = try number(1...64)
+        case "allowed_uid": options.allowedUID = UInt32(try number(0...Int(UInt32.max - 1)))
         default:
-            throw .init(MASQ_E_CONFIG, "unknown option \"\(key)\" (known: static_dir, max_message_bytes, max_connections, max_queued_bytes, ping_interval, idle_timeout, threads)")
+            throw .init(MASQ_E_CONFIG, "unknown option \"\(key)\" (known: static_dir, max_message_bytes, max_connections, max_queued_bytes, ping_interval, idle_timeout, threads, allowed_uid)")
         }
     }
     return options

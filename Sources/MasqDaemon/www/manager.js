@@ -134,14 +134,20 @@ async function refreshApps() {
   const icon = (app) => (app.icon && app.icon.startsWith("data:image/")
     ? el("img", { class: "icon", src: app.icon, alt: "" }) : el("span", { class: "icon" }));
 
-  const waiting = r.apps.filter((a) => a.state === "pending");
+  // One card per request: approving one gives a token to that connection only.
+  const waiting = r.apps.flatMap((app) => (app.requests || []).map((q) => ({ app, q })));
   $("pending-section").hidden = waiting.length === 0;
-  $("pending-list").replaceChildren(...waiting.map((app) => el("li", { class: "card", "data-app": app.id },
+  $("pending-list").replaceChildren(...waiting.map(({ app, q }) => el("li", { class: "card", "data-app": app.id, "data-request": q.request },
     icon(app),
     el("div", { class: "who" }, el("strong", {}, app.name), el("div", {}, app.description),
-      el("div", { class: "origin" }, app.kind === "web" ? `web page from ${app.id.slice(4)}` : `program calling itself ${app.id.slice(7)}`)),
-    el("button", { type: "button", "data-action": "approve", "data-app": app.id, onclick: () => act("apps.approve", { app: app.id }, refreshApps) }, "Approve"),
-    el("button", { type: "button", class: "danger", "data-action": "deny", "data-app": app.id, onclick: () => act("apps.deny", { app: app.id }, refreshApps) }, "Deny"))));
+      el("div", { class: "origin" }, app.kind === "web" ? `web page from ${app.id.slice(4)}` : `program calling itself ${app.id.slice(7)} (a claim: any program can say so)`),
+      app.state === "approved" ? el("div", { class: "hint" }, `another instance of an approved app (${app.instances} approved already)`) : "",
+      app.requests.length > 1 ? el("div", { class: "warning" }, `${app.requests.length} connections ask as this app: approve only the one you just started`) : "",
+      el("div", { class: "hint" }, `request ${q.request.slice(0, 8)}${q.remote ? ` from ${q.remote}` : ""}`)),
+    el("button", { type: "button", "data-action": "approve", "data-app": app.id, "data-request": q.request,
+      onclick: () => act("apps.approve", { app: app.id, request: q.request }, refreshApps) }, "Approve"),
+    el("button", { type: "button", class: "danger", "data-action": "deny", "data-app": app.id, "data-request": q.request,
+      onclick: () => act("apps.deny", { app: app.id, request: q.request }, refreshApps) }, "Deny"))));
 
   $("apps-table").tBodies[0].replaceChildren(...r.apps.map((app) => el("tr", { "data-app": app.id },
     el("td", {}, icon(app)),

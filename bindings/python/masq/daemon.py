@@ -69,6 +69,8 @@ class DaemonClient:
         self._waiting: Dict[int, list] = {}
         self._watches: Dict[int, Callable[[dict], None]] = {}
         self._approved = threading.Event()
+        self._hello: Optional[dict] = None
+        self.request: Optional[str] = None   # the approval request this connection made (register)
         self._closed = threading.Event()
         self.events: collections.deque = collections.deque(maxlen=1000)   # the latest events, for inspection
         self._ws = connect(self.url, origin=origin, open_timeout=timeout, max_size=None)
@@ -91,8 +93,10 @@ class DaemonClient:
     # ---- identity and consent ---------------------------------------------
 
     def hello(self) -> dict:
-        """Say who this app is; approved at once with a valid token."""
+        """Say who this app is; approved at once with a valid token. Once per
+        connection: a connection speaks for one app for its whole life."""
         result = self.call("hello", app_id=self.app_id, token=self.token)
+        self._hello = result
         if result["state"] == "approved":
             self.state = "approved"
             self.namespace = result["namespace"]
@@ -105,10 +109,11 @@ class DaemonClient:
                  timeout: Optional[float] = None) -> Optional[str]:
         """Ask the user to approve this app. With wait=True, block until they do
         and return the token (None if they have not within `timeout` seconds)."""
-        hello = self.hello()
+        hello = self._hello or self.hello()
         if hello["state"] == "approved":
             return self.token
-        self.call("register", app_id=self.app_id, name=name, description=description, icon=icon)
+        answer = self.call("register", app_id=self.app_id, name=name, description=description, icon=icon)
+        self.request = answer.get("request")
         self.state = "pending"
         if not wait:
             return None
