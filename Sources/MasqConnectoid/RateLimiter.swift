@@ -44,13 +44,14 @@ final class RateLimiter: @unchecked Sendable {
     private func evict(_ now: Int64) {
         sweep(now)
         guard buckets.count >= maxKeys else { return }
-        evictions += 1
+        evicted += 1
         let cut = buckets.values.map(\.last).sorted()[buckets.count / 2]
         buckets = buckets.filter { $0.value.last > cut }
     }
 
     /// How many times the table was full and its older half evicted.
-    private(set) var evictions = 0
+    var evictions: Int { lock.withLock { evicted } }
+    private var evicted = 0
 
     private func sweep(_ now: Int64) {
         lastSweep = now

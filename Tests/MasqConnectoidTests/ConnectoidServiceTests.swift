@@ -125,6 +125,36 @@ struct Client {
         #expect(client.send([13]).code == "mailbox_full")  // a token came back; the mailbox is still full
     }
 
+    @Test func aMailboxHoldsAtMostItsByteCap() throws {
+        let clock = ManualClock()
+        let service = try makeService(clock) {
+            $0.limits.maxMessageBytes = 4_000
+            $0.limits.maxBytesPerMailbox = 10_000
+            $0.mailboxBurst = 100
+        }
+        let client = Client(service: service)
+        for i in 0..<3 { #expect(client.send([UInt8](repeating: UInt8(i), count: 3_000)).ok) }
+        #expect(client.send([UInt8](repeating: 9, count: 3_000)).code == "mailbox_full")   // 12,000 > 10,000
+        #expect(client.send([UInt8](repeating: 9, count: 1_000)).ok)                       // 10,000 fits
+        #expect(client.send([1]).code == "mailbox_full")
+    }
+
+    /// Rate limits go by address prefix (an IPv6 /64 is one client), and a
+    /// full limiter table evicts rather than refusing every new client.
+    @Test func clientKeysAndLimiterEviction() {
+        #expect(ClientKey.of("2001:db8:1:2:aaaa::1") == ClientKey.of("2001:db8:1:2:ffff:1:2:3"))
+        #expect(ClientKey.of("2001:db8:1:2::1") != ClientKey.of("2001:db8:1:3::1"))
+        #expect(ClientKey.of("2001:db8:1:2::1", v6Prefix: 128) != ClientKey.of("2001:db8:1:2::2", v6Prefix: 128))
+        #expect(ClientKey.of("192.0.2.7") != ClientKey.of("192.0.2.8"))
+        #expect(ClientKey.of("192.0.2.7", v4Prefix: 24) == ClientKey.of("192.0.2.8", v4Prefix: 24))
+        #expect(ClientKey.of("::ffff:192.0.2.7") == ClientKey.of("192.0.2.7"))
+        let limiter = RateLimiter(perSecond: 1, burst: 1, maxKeys: 100)
+        for i in 0..<100 { #expect(limiter.take("abuser-\(i)", now: 1_000 + Int64(i))) }
+        #expect(limiter.take("newcomer", now: 1_200))                      // evicted room for it
+        #expect(limiter.count <= 100 && limiter.evictions == 1)
+        #expect(!limiter.take("newcomer", now: 1_201))                     // and it is limited like anyone
+    }
+
     @Test func badInput() throws {
         let client = Client(service: try makeService(ManualClock()))
         func code(_ body: String) -> String? { client.service.handle(body: Array(body.utf8), client: "x").code }
