@@ -28,6 +28,8 @@ struct Connectoid: ParsableCommand {
         @Option(help: "Client rate limits apply per IPv4 prefix of this length.") var ipv4Prefix = 32
         @Option(help: "Client rate limits apply per IPv6 prefix of this length (one subscriber usually holds a /64).") var ipv6Prefix = 64
         @Option(help: "Keys each rate limiter holds before evicting its least recently used half.") var maxLimiterKeys = 100_000
+        @Option(help: "Connections open at once.") var maxConnections = 10_000
+        @Option(help: "Seconds a connection has to complete each request (slow or idle ones are closed).") var requestTimeout: Int64 = 20
         @Option(help: "Largest receive limit.") var maxReceive = 100
         @Option(help: "Sends per mailbox per minute.") var mailboxRate = 120
         @Option(help: "Bursts above the mailbox rate.") var mailboxBurst = 30
@@ -45,7 +47,7 @@ struct Connectoid: ParsableCommand {
                   maxReceive >= 1, mailboxRate >= 1, mailboxBurst >= 1, clientRate >= 1, clientBurst >= 1, (1...64).contains(threads) else {
                 throw CLIError("limits must be positive (--max-message-bytes at least 256, the port 0...65535, threads 1...64)")
             }
-            guard maxMailboxBytes >= maxMessageBytes, (0...32).contains(ipv4Prefix), (0...128).contains(ipv6Prefix), maxLimiterKeys >= 16 else {
+            guard maxMailboxBytes >= maxMessageBytes, (0...32).contains(ipv4Prefix), (0...128).contains(ipv6Prefix), maxLimiterKeys >= 16, maxConnections >= 1, requestTimeout >= 1 else {
                 throw CLIError("--max-mailbox-bytes must be at least --max-message-bytes; --ipv4-prefix 0...32, --ipv6-prefix 0...128, --max-limiter-keys at least 16")
             }
             guard ["OFF", "NORMAL", "FULL"].contains(synchronous.uppercased()) else { throw CLIError("--synchronous must be OFF, NORMAL or FULL") }
@@ -69,6 +71,8 @@ struct Connectoid: ParsableCommand {
             config.ipv4Prefix = ipv4Prefix
             config.ipv6Prefix = ipv6Prefix
             config.maxLimiterKeys = maxLimiterKeys
+            config.maxConnections = maxConnections
+            config.requestTimeoutSeconds = requestTimeout
             config.limits.maxReceiveLimit = maxReceive
             config.limits.sendsPerMailboxPerMinute = mailboxRate
             config.limits.requestsPerClientPerSecond = clientRate

@@ -1,6 +1,7 @@
 import FoundationEssentials
 import Logging
 import MasqConnectoidWire
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOPosix
@@ -15,6 +16,8 @@ public final class ConnectoidServer: @unchecked Sendable {
     let logger: Logger
     private let group: MultiThreadedEventLoopGroup
     private var channel: Channel?
+    /// Open connections (a slot is released when its channel closes, on every path).
+    let open = NIOLockedValueBox(0)
 
     public init(service: ConnectoidService, logger: Logger = Logger(label: "masq.connectoid")) {
         self.service = service
@@ -33,11 +36,22 @@ public final class ConnectoidServer: @unchecked Sendable {
             tls = nil
         }
         let service = self.service
+        let open = self.open
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(ChannelOptions.backlog, value: 1024)
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { channel in
+                let admitted = open.withLockedValue { count -> Bool in
+                    guard count < configuration.maxConnections else { return false }
+                    count += 1
+                    return true
+                }
+                guard admitted else {
+                    service.metrics.refusedConnections.increment()
+                    return channel.close()
+                }
+                channel.closeFuture.whenComplete { _ in open.withLockedValue { $0 -= 1 } }
                 do {
                     if let tls { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls)) }
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
@@ -70,7 +84,24 @@ final class ConnectoidHTTPHandler: ChannelInboundHandler {
     private var body: [UInt8] = []
     private var tooBig = false
 
+    private var deadline: Scheduled<Void>?
+
     init(service: ConnectoidService) { self.service = service }
+
+    func handlerAdded(context: ChannelHandlerContext) { armDeadline(context) }
+
+    func handlerRemoved(context: ChannelHandlerContext) { deadline?.cancel() }
+
+    /// The next request must be complete within the timeout (see ConnectoidConfiguration).
+    private func armDeadline(_ context: ChannelHandlerContext) {
+        deadline?.cancel()
+        let channel = context.channel
+        let metrics = service.metrics
+        deadline = context.eventLoop.scheduleTask(in: .seconds(service.configuration.requestTimeoutSeconds)) {
+            metrics.timedOut.increment()
+            channel.close(promise: nil)
+        }
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
@@ -87,6 +118,7 @@ final class ConnectoidHTTPHandler: ChannelInboundHandler {
             guard let head else { return }
             self.head = nil
             respond(context, head)
+            armDeadline(context)
         }
     }
 

@@ -24,6 +24,12 @@ public struct ConnectoidConfiguration: Sendable {
     public var ipv6Prefix = 64
     /// Keys the rate limiters hold before evicting their least recently used half.
     public var maxLimiterKeys = 100_000
+    /// Connections open at once (more are closed at once).
+    public var maxConnections = 10_000
+    /// A connection must complete each request (its first, or the next after a
+    /// response) within this many seconds, or it is closed: slow headers and
+    /// idle keep-alive connections cannot hold slots.
+    public var requestTimeoutSeconds: Int64 = 20
     /// Seconds between garbage collections.
     public var collectEverySeconds: Int64 = 60
     public var tlsCertificatePath: String?

@@ -12,6 +12,8 @@ final class ServiceMetrics: @unchecked Sendable {
     let questionsReused: Counter
     let collectedMessages: Counter
     let collectedMailboxes: Counter
+    let refusedConnections: Counter
+    let timedOut: Counter
     private let mailboxes: Gauge
     private let messages: Gauge
 
@@ -34,6 +36,8 @@ final class ServiceMetrics: @unchecked Sendable {
         questionsReused = counter("questions_reused", "Checks answered with a pending challenge")
         collectedMessages = counter("collected_messages", "Messages deleted by retention")
         collectedMailboxes = counter("collected_mailboxes", "Idle mailboxes deleted")
+        refusedConnections = counter("refused_connections", "Connections closed at once: --max-connections were open")
+        timedOut = counter("timed_out", "Connections closed for not completing a request in time")
         mailboxes = registry.makeGauge(descriptor: MetricNameDescriptor(namespace: "masq", subsystem: "connectoid", metricName: "mailboxes", unitName: "", helpText: "Mailboxes held"))
         messages = registry.makeGauge(descriptor: MetricNameDescriptor(namespace: "masq", subsystem: "connectoid", metricName: "messages", unitName: "", helpText: "Messages held"))
     }

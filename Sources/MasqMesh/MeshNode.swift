@@ -17,6 +17,10 @@ public struct MeshConfiguration: Sendable {
     public var maxNeighbours = 5
     /// Client links (devices' transports) a node serves besides its neighbours.
     public var maxClients = 32
+    /// Inbound connections still in their handshake, in all and from one
+    /// address: a flood of TCP connections costs bounded memory and DH work.
+    public var maxPendingLinks = 64
+    public var maxPendingLinksPerHost = 8
     /// Neighbours a node looks for (it accepts up to maxNeighbours).
     public var targetNeighbours = 3
     /// Links per route; below 3 only with allowShortRoutes (no anonymity).
@@ -141,6 +145,8 @@ public final class MeshNode: @unchecked Sendable {
         public var queueOverflows = 0
         public var routeFailures = 0
         public var bans = 0
+        /// Inbound connections refused because too many were still in their handshake.
+        public var pendingRefused = 0
     }
 
     public init(configuration: MeshConfiguration, identity: NodeIdentity, logger: Logger = Logger(label: "masq.node")) throws(MeshError) {
@@ -279,6 +285,15 @@ public final class MeshNode: @unchecked Sendable {
 
     func linkOpened(_ channel: Channel, initiator: Bool, dialed: NodeDescriptor?) -> Link? {
         if !initiator, let host = channel.remoteAddress?.ipAddress, let until = bannedHosts[host], until > Self.now() { return nil }
+        if !initiator {
+            let pending = links.values.filter { !$0.established && !$0.initiator }
+            let host = channel.remoteAddress?.ipAddress
+            guard pending.count < configuration.maxPendingLinks,
+                  pending.filter({ $0.channel.remoteAddress?.ipAddress == host }).count < configuration.maxPendingLinksPerHost else {
+                counters.pendingRefused += 1
+                return nil
+            }
+        }
         let prologue = Array("masq mesh v1 \(configuration.network)".utf8)
         guard let handshake = try? Noise.Handshake(pattern: .XX, role: initiator ? .initiator : .responder, prologue: prologue,
                                                    staticKey: identity.agreement.privateKey) else { return nil }
@@ -288,7 +303,10 @@ public final class MeshNode: @unchecked Sendable {
         nextLinkID += 1
         links[link.id] = link
         if initiator {
-            guard let first = try? handshake.writeMessage() else { return nil }
+            guard let first = try? handshake.writeMessage() else {
+                links[link.id] = nil
+                return nil
+            }
             link.writeRaw(first)
         }
         return link
