@@ -5,6 +5,14 @@ import PackageDescription
 
 let root = Context.packageDirectory
 
+/// `MASQ_FUZZ=1 swift build --scratch-path .build-fuzz --product masq-fuzz`
+/// (Tests/fuzz/run.sh): our decoder modules get libFuzzer's coverage
+/// instrumentation and AddressSanitizer (the dependencies do not), and
+/// masq-fuzz becomes a libFuzzer binary. Without it masq-fuzz replays corpus
+/// files through the same targets (a regression check).
+let fuzzing = Context.environment["MASQ_FUZZ"] != nil
+let fuzzed: [SwiftSetting] = fuzzing ? [.unsafeFlags(["-sanitize=fuzzer,address"])] : []
+
 /// Link flags that restrict a shared object's exports to a version script.
 func exportsOnly(_ map: String) -> [LinkerSetting] {
     [.unsafeFlags(["-Xlinker", "--version-script=\(root)/\(map)"])]
@@ -28,6 +36,8 @@ let package = Package(
         .library(name: "masq_transport_mesh", type: .dynamic, targets: ["MasqTransportMesh"]),
         .library(name: "masq_wallet_ledger", type: .dynamic, targets: ["MasqWalletLedger"]),
         .library(name: "masq_wallet_evm", type: .dynamic, targets: ["MasqWalletEVM"]),
+        // Every decoder that reads what a peer, a relay, a service or an app sends (Tests/fuzz).
+        .executable(name: "masq-fuzz", targets: ["MasqFuzz"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -48,14 +58,14 @@ let package = Package(
         // OpenSSL 3 (libcrypto) behind flat C functions; every primitive is OpenSSL's.
         .target(name: "CMasqCrypto", path: "Sources/CMasqCrypto", linkerSettings: [.linkedLibrary("crypto")]),
         // Base64url, with no dependencies (plugins use it too).
-        .target(name: "MasqEncoding"),
+        .target(name: "MasqEncoding", swiftSettings: fuzzed),
         // Primitives, Noise handshakes, the Double Ratchet: the kernel's crypto.
-        .target(name: "MasqCrypto", dependencies: ["CMasqCrypto", "MasqEncoding"]),
+        .target(name: "MasqCrypto", dependencies: ["CMasqCrypto", "MasqEncoding"], swiftSettings: fuzzed),
 
         // Connectoid: the service's JSON and error codes (no crypto: the transport plugin uses it),
-        .target(name: "MasqConnectoidWire", dependencies: ["MasqEncoding"]),
+        .target(name: "MasqConnectoidWire", dependencies: ["MasqEncoding"], swiftSettings: fuzzed),
         // links and sealed boxes (P-384),
-        .target(name: "MasqConnectoidProtocol", dependencies: ["MasqConnectoidWire", "MasqCrypto"]),
+        .target(name: "MasqConnectoidProtocol", dependencies: ["MasqConnectoidWire", "MasqCrypto"], swiftSettings: fuzzed),
         // and the store-and-forward service (SwiftNIO HTTP, SQLite).
         .target(name: "MasqConnectoid", dependencies: [
             "MasqConnectoidProtocol", "MasqCrypto", "CSQLite",
@@ -69,13 +79,14 @@ let package = Package(
         ]),
 
         // The core: config, plugin loader, store semantics, the C API.
-        .target(name: "MasqKernel", dependencies: ["CMasq", "CMasqSupport", "CMasqCrypto", "MasqCrypto", "CQREncode", "MasqConnectoidProtocol"]),
+        .target(name: "MasqKernel", dependencies: ["CMasq", "CMasqSupport", "CMasqCrypto", "MasqCrypto", "CQREncode", "MasqConnectoidProtocol"],
+                swiftSettings: fuzzed),
         // Links the kernel into libmasq.so exporting only masq_*.
         .target(name: "MasqLibrary", dependencies: ["MasqKernel"], exclude: ["exports.map"],
                 linkerSettings: exportsOnly("Sources/MasqLibrary/exports.map")),
 
         // The relay's wire format, shared by the relay server and the relay transport plugin.
-        .target(name: "MasqRelayProtocol"),
+        .target(name: "MasqRelayProtocol", swiftSettings: fuzzed),
         // The relay server: WebSocket rooms forwarding ciphertext (SwiftNIO).
         .target(name: "MasqRelay", dependencies: [
             "MasqRelayProtocol",
@@ -95,10 +106,10 @@ let package = Package(
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "Logging", package: "swift-log"),
-        ]),
+        ], swiftSettings: fuzzed),
 
         // The local store daemon: profiles, app consent, the app protocol and the manager's API.
-        .target(name: "MasqDaemon", dependencies: ["MasqKernel", "MasqCrypto"], exclude: ["www"]),
+        .target(name: "MasqDaemon", dependencies: ["MasqKernel", "MasqCrypto"], exclude: ["www"], swiftSettings: fuzzed),
         .executableTarget(name: "MasqDaemonMain", dependencies: [
             "MasqDaemon", "MasqKernel",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -183,6 +194,14 @@ let package = Package(
                 ],
                 path: "plugins/wallet-evm",
                 linkerSettings: exportsOnly("plugins/plugin-exports.map")),
+
+        // The fuzz targets (Tests/fuzz): a libFuzzer binary under MASQ_FUZZ, a corpus replayer otherwise.
+        .executableTarget(name: "MasqFuzz", dependencies: [
+                              "MasqKernel", "MasqDaemon", "MasqMesh", "MasqCrypto", "MasqConnectoidProtocol", "MasqConnectoidWire", "MasqRelayProtocol",
+                          ],
+                          path: "Tests/fuzz/MasqFuzz",
+                          swiftSettings: fuzzing ? [.define("FUZZING"), .unsafeFlags(["-sanitize=fuzzer,address"])] : [],
+                          linkerSettings: fuzzing ? [.unsafeFlags(["-sanitize=fuzzer,address", "-use-ld=lld"])] : []),
 
         .testTarget(name: "MasqMeshTests", dependencies: ["MasqMesh"]),
         .testTarget(name: "MasqConnectoidTests", dependencies: ["MasqConnectoid", "MasqConnectoidProtocol"]),

@@ -51,6 +51,12 @@ struct ShareEnvelope: Sendable {
     static func open(_ box: [UInt8], privateKey: SecureBytes, pub: [UInt8]) throws(MasqError) -> ShareEnvelope {
         let bytes: [UInt8]
         do { bytes = try SealedBox.open(box, privateKey: privateKey, publicKey: pub) } catch { throw .invalid("a message that does not open: \(error.message)") }
+        return try parse(bytes, recipient: pub)
+    }
+
+    /// An opened envelope's bytes: layout, signature (over `recipient`, the
+    /// mailbox it was sealed to) and body, each checked (fuzzed: Tests/fuzz).
+    static func parse(_ bytes: [UInt8], recipient pub: [UInt8]) throws(MasqError) -> ShareEnvelope {
         guard bytes.count > 4, bytes[0] == version else { throw .invalid("an envelope of an unknown version") }
         let signerLength = Int(bytes[1])
         guard signerLength == 49, bytes.count > 2 + signerLength + 2 else { throw .invalid("a truncated envelope") }

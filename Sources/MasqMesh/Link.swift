@@ -212,6 +212,42 @@ final class Link {
     }
 }
 
+/// The records of an opened link message, split without acting on any:
+/// `u16 n ‖ frame` each, where a DATA cell's record is its 6-byte header and
+/// its payload lies next in the message's clear part. Pure, so it is fuzzed
+/// (Tests/fuzz); a message that fails any check is refused whole.
+enum LinkRecords {
+    enum Item: Equatable {
+        /// A frame other than a DATA cell: its range in the records.
+        case frame(Range<Int>)
+        /// A DATA cell: its circuit and its payload's range in the raw message.
+        case dataCell(circuit: UInt32, payload: Range<Int>)
+    }
+
+    static func split(_ records: [UInt8], clear: Range<Int>, cellBytes: Int) -> Result<[Item], MeshError> {
+        var items: [Item] = []
+        var at = 0
+        var clearAt = clear.lowerBound
+        while at < records.count {
+            guard at + 2 <= records.count else { return .failure(.malformed("a truncated record")) }
+            let n = Int(records[at]) << 8 | Int(records[at + 1])
+            at += 2
+            guard n >= 1, at + n <= records.count else { return .failure(.malformed("a truncated record")) }
+            if n == 6, records[at] == FrameType.cell.rawValue, records[at + 5] == CellCommand.data.rawValue {
+                guard clearAt + cellBytes <= clear.upperBound else { return .failure(.malformed("a DATA cell without its payload")) }
+                let circuit = UInt32(records[at + 1]) << 24 | UInt32(records[at + 2]) << 16 | UInt32(records[at + 3]) << 8 | UInt32(records[at + 4])
+                items.append(.dataCell(circuit: circuit, payload: clearAt..<(clearAt + cellBytes)))
+                clearAt += cellBytes
+            } else {
+                items.append(.frame(at..<(at + n)))
+            }
+            at += n
+        }
+        guard clearAt == clear.upperBound else { return .failure(.malformed("clear bytes that belong to no cell")) }
+        return .success(items)
+    }
+}
+
 /// Feeds a link's messages to the node (on the node's loop).
 final class LinkHandler: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer

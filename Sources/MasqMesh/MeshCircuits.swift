@@ -112,7 +112,7 @@ extension MeshNode {
     }
 
     /// The command, stream and data of an opened cell's plaintext, if well formed.
-    func unpack(_ plain: UnsafeRawBufferPointer) -> (StreamCommand, UInt16, UnsafeRawBufferPointer)? {
+    static func unpack(_ plain: UnsafeRawBufferPointer) -> (StreamCommand, UInt16, UnsafeRawBufferPointer)? {
         let h = Self.messageHeader
         guard plain.count >= h, let command = StreamCommand(rawValue: plain[0]) else { return nil }
         let stream = UInt16(plain[1]) << 8 | UInt16(plain[2])

@@ -66,7 +66,7 @@ extension MeshNode {
     }
 
     private func exitMessage(_ exit: ExitCircuit, _ plain: UnsafeRawBufferPointer) {
-        guard let (command, id, data) = unpack(plain) else { return destroyed(exit.inEnd, notify: true) }
+        guard let (command, id, data) = Self.unpack(plain) else { return destroyed(exit.inEnd, notify: true) }
         if command == .data {
             // Gathered and written once per turn; acknowledged once the target took it.
             // (A stream the exit already closed may still receive cells in flight.)

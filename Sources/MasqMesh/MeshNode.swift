@@ -337,29 +337,22 @@ public final class MeshNode: @unchecked Sendable {
             guard let (records, clear) = link.open(raw) else {
                 return penalize(link, configuration.banThreshold, "a message that does not decrypt")
             }
-            var at = 0
-            var clearAt = clear.lowerBound
-            while at < records.count {
-                guard at + 2 <= records.count else { return penalize(link, 10, "a truncated record") }
-                let n = Int(records[at]) << 8 | Int(records[at + 1])
-                at += 2
-                guard n >= 1, at + n <= records.count else { return penalize(link, 10, "a truncated record") }
-                if n == 6, records[at] == FrameType.cell.rawValue, records[at + 5] == CellCommand.data.rawValue {
-                    guard clearAt + configuration.cellBytes <= clear.upperBound else {
-                        counters.cellsRejected += 1
-                        return penalize(link, 10, "a DATA cell without its payload")
-                    }
-                    let circuit = UInt32(records[at + 1]) << 24 | UInt32(records[at + 2]) << 16 | UInt32(records[at + 3]) << 8 | UInt32(records[at + 4])
-                    data(link, CircuitEnd(link: link.id, circuit: circuit),
-                         UnsafeRawBufferPointer(rebasing: raw[clearAt..<(clearAt + configuration.cellBytes)]))
-                    clearAt += configuration.cellBytes
-                } else {
-                    linkFrame(link, Array(records[at..<(at + n)]))
+            let items: [LinkRecords.Item]
+            switch LinkRecords.split(records, clear: clear, cellBytes: configuration.cellBytes) {
+            case .success(let split): items = split
+            case .failure(let error):
+                if case .malformed(let why) = error, why.contains("DATA cell") { counters.cellsRejected += 1 }
+                return penalize(link, 10, "\(error)")
+            }
+            for item in items {
+                switch item {
+                case .dataCell(let circuit, let payload):
+                    data(link, CircuitEnd(link: link.id, circuit: circuit), UnsafeRawBufferPointer(rebasing: raw[payload]))
+                case .frame(let range):
+                    linkFrame(link, Array(records[range]))
                 }
-                at += n
                 guard link.channel.isActive else { return }
             }
-            if clearAt != clear.upperBound { penalize(link, 10, "clear bytes that belong to no cell") }
         }
     }
 

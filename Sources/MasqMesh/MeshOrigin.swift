@@ -218,7 +218,7 @@ extension MeshNode {
     }
 
     private func originMessage(_ route: OriginRoute, _ plain: UnsafeRawBufferPointer) {
-        guard let (command, number, data) = unpack(plain) else { return fail(route, "a malformed message from the exit") }
+        guard let (command, number, data) = Self.unpack(plain) else { return fail(route, "a malformed message from the exit") }
         // Any well-formed message proves the return circuit (a first stream may have been refused).
         if route.phase == .building { route.phase = .open }
         // Messages for a stream closed meanwhile (cells in flight) are dropped.
