@@ -463,7 +463,12 @@ int masq_device_remove(masq_store *store, const char *device_id);
 
 /** Seal a message for one paired device with its Double Ratchet session (a
  *  fresh key per message). ad (may be NULL/0) is authenticated, not sent.
- *  *message_out (masq_free) holds the message to deliver. Thread-safe. */
+ *  *message_out (masq_free) holds the message to deliver. Only with a session
+ *  made (pairing) or renewed (masq_device_renew_*) since the store was opened:
+ *  MASQ_E_DENIED otherwise, because the stored state may be older than the
+ *  last message sealed (a data directory restored from a copy) and sealing
+ *  with it would reuse a message key. MASQ_E_NOT_FOUND for an unknown device.
+ *  (masq_sync_start renews sessions itself.) Thread-safe. */
 int masq_seal_for_device(masq_store *store, const char *device_id, const uint8_t *ad, size_t ad_len,
                          const uint8_t *plaintext, size_t plaintext_len, uint8_t **message_out,
                          size_t *message_len_out);
@@ -473,6 +478,25 @@ int masq_seal_for_device(masq_store *store, const char *device_id, const uint8_t
 int masq_open_from_device(masq_store *store, const char *device_id, const uint8_t *ad, size_t ad_len,
                           const uint8_t *message, size_t message_len, uint8_t **plaintext_out,
                           size_t *plaintext_len_out);
+
+/** Renew the session with a paired device: a Noise KK handshake between
+ *  the two devices' long-term keys (docs/PROTOCOL.md, "Session renewal"),
+ *  carried by the caller like any frame. This side calls _begin and sends
+ *  *message_out; the other calls _answer with it and sends back *answer_out;
+ *  this side calls _complete with that. The stored session is replaced on
+ *  the answering side by _answer, on this side by _complete; the answering
+ *  side seals first on the new session. Outputs are freed with masq_free.
+ *  Errors: MASQ_E_NOT_FOUND (unknown device, or no renewal waiting at
+ *  _complete), MASQ_E_DENIED (_answer: a replayed or too-far-ahead first
+ *  message), MASQ_E_BAD_SIGNATURE (a message that does not authenticate; a
+ *  forged answer leaves the renewal able to take the genuine one).
+ *  Thread-safe. */
+int masq_device_renew_begin(masq_store *store, const char *device_id, uint8_t **message_out,
+                            size_t *message_len_out);
+int masq_device_renew_answer(masq_store *store, const char *device_id, const uint8_t *message,
+                             size_t message_len, uint8_t **answer_out, size_t *answer_len_out);
+int masq_device_renew_complete(masq_store *store, const char *device_id, const uint8_t *answer,
+                               size_t answer_len);
 
 /* ------------------------------------------------------------------------ */
 /* Pairing                                                                  */

@@ -62,6 +62,12 @@ public enum Noise {
             nonce = 0
         }
 
+        func copy() -> CipherState {
+            let c = CipherState(key: key)
+            c.nonce = nonce
+            return c
+        }
+
         static func nonceBytes(_ n: UInt64) -> [UInt8] {
             [0, 0, 0, 0] + (0..<8).map { UInt8(truncatingIfNeeded: n >> (8 * UInt64($0))) }
         }
@@ -112,12 +118,19 @@ public enum Noise {
     struct SymmetricState {
         var ck: SecureBytes
         var h: [UInt8]
-        let cipher = CipherState()
+        var cipher = CipherState()
 
         init(protocolName: String) {
             let name = Array(protocolName.utf8)
             h = name.count <= 32 ? name + [UInt8](repeating: 0, count: 32 - name.count) : Hash.sha256(name)
             ck = SecureBytes(h)
+        }
+
+        /// A copy that shares no mutable state with this one.
+        func copy() -> SymmetricState {
+            var s = self
+            s.cipher = cipher.copy()
+            return s
         }
 
         /// Noise's HKDF is RFC 5869 HKDF with the chaining key as salt and no info.
@@ -227,6 +240,24 @@ public enum Noise {
                 symmetric.mixHash(key)
             }
         }
+
+        private init(copying other: Handshake) {
+            pattern = other.pattern
+            role = other.role
+            symmetric = other.symmetric.copy()
+            localStatic = other.localStatic
+            localEphemeral = other.localEphemeral
+            remoteStatic = other.remoteStatic
+            remoteEphemeral = other.remoteEphemeral
+            psks = other.psks
+            nextMessage = other.nextMessage
+            failed = other.failed
+            fixedEphemeral = other.fixedEphemeral
+        }
+
+        /// An independent copy: read a message that may be forged on the copy,
+        /// and keep the original when it fails (keys are immutable and shared).
+        public func copy() -> Handshake { Handshake(copying: self) }
 
         public var isComplete: Bool { nextMessage == pattern.messages.count }
         /// Whether the next message is this side's to write.

@@ -57,14 +57,19 @@ public final class SecureSession: @unchecked Sendable {
         }
     }
 
-    public func readHandshake(_ message: [UInt8]) throws(CryptoError) -> [UInt8] {
-        guard let handshake, phase == .handshaking else { throw .protocolViolation("the session is not handshaking") }
+    /// Read the peer's handshake message. `tentative`: a message that fails
+    /// (forged by a relay, say) leaves the session as it was, so the genuine
+    /// one can still be read; otherwise a failure ends the session.
+    public func readHandshake(_ message: [UInt8], tentative: Bool = false) throws(CryptoError) -> [UInt8] {
+        guard let current = handshake, phase == .handshaking else { throw .protocolViolation("the session is not handshaking") }
+        let working = tentative ? current.copy() : current
         do throws(CryptoError) {
-            let payload = try handshake.readMessage(message)
+            let payload = try working.readMessage(message)
+            handshake = working
             try finishIfComplete()
             return payload
         } catch {
-            phase = .failed
+            if !tentative { phase = .failed }
             throw error
         }
     }

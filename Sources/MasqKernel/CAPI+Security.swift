@@ -160,6 +160,33 @@ public func masq_open_from_device(_ handle: OpaquePointer?, _ deviceID: UnsafePo
     }
 }
 
+@c @implementation
+public func masq_device_renew_begin(_ handle: OpaquePointer?, _ deviceID: UnsafePointer<CChar>?,
+                                    _ messageOut: UnsafeMutablePointer<UnsafeMutablePointer<UInt8>?>?, _ messageLengthOut: UnsafeMutablePointer<Int>?) -> Int32 {
+    messageOut?.pointee = nil
+    return api { () throws(MasqError) in
+        let message = try store(handle).beginSessionRenewal(with: try text(deviceID, "device_id"))
+        try give(message, try required(messageOut, "message_out"), try required(messageLengthOut, "message_len_out"))
+    }
+}
+
+@c @implementation
+public func masq_device_renew_answer(_ handle: OpaquePointer?, _ deviceID: UnsafePointer<CChar>?, _ message: UnsafePointer<UInt8>?, _ messageLength: Int,
+                                     _ answerOut: UnsafeMutablePointer<UnsafeMutablePointer<UInt8>?>?, _ answerLengthOut: UnsafeMutablePointer<Int>?) -> Int32 {
+    answerOut?.pointee = nil
+    return api { () throws(MasqError) in
+        let answer = try store(handle).answerSessionRenewal(from: try text(deviceID, "device_id"), try bytesIn(message, messageLength, "message"))
+        try give(answer, try required(answerOut, "answer_out"), try required(answerLengthOut, "answer_len_out"))
+    }
+}
+
+@c @implementation
+public func masq_device_renew_complete(_ handle: OpaquePointer?, _ deviceID: UnsafePointer<CChar>?, _ answer: UnsafePointer<UInt8>?, _ answerLength: Int) -> Int32 {
+    api { () throws(MasqError) in
+        try store(handle).completeSessionRenewal(from: try text(deviceID, "device_id"), try bytesIn(answer, answerLength, "answer"))
+    }
+}
+
 // MARK: - pairing
 
 /// What a masq_pairing handle points to.

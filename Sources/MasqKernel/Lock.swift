@@ -28,3 +28,15 @@ final class Lock: @unchecked Sendable {
         return try body()
     }
 }
+
+/// A value behind its own lock.
+final class LockedValue<Value>: @unchecked Sendable {
+    private let lock = Lock()
+    private var value: Value
+
+    init(_ value: Value) { self.value = value }
+
+    func withLock<T>(_ body: (inout Value) throws -> T) rethrows -> T {
+        try lock.withLock { try body(&value) }
+    }
+}

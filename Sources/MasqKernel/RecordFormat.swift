@@ -33,7 +33,10 @@ enum RecordFormat {
 
     static let metaFormat: [UInt8] = [meta] + Array("format".utf8)
     static let metaReplica: [UInt8] = [meta] + Array("replica".utf8)
+    /// u64 last commit seq · u64 that commit's timestamp (this replica's tip).
     static let metaClock: [UInt8] = [meta] + Array("clock".utf8)
+    /// u64 the greatest remote timestamp the clock observed (HLC receive rule).
+    static let metaObserved: [UInt8] = [meta] + Array("observed".utf8)
     static let metaNextNamespace: [UInt8] = [meta] + Array("nsnext".utf8)
 
     /// 'R' varint(id) — the prefix of every record key of a namespace.

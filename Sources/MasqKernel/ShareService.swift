@@ -81,6 +81,7 @@ public final class ShareService: @unchecked Sendable {
         if let ns, !merge, try store.namespaceExists(ns) {
             throw .invalid("namespace \(ns.string) already exists here: accepting would merge the other person's records into it; choose a new name, or pass --merge if that is what you want")
         }
+        if let ns { try checkNotShared(ns, except: link.pubText) }
         let id = link.pubText
         if let existing = try store.share(id) {
             throw MasqError(existing.role == .owner ? .invalid : .busy,
@@ -104,22 +105,51 @@ public final class ShareService: @unchecked Sendable {
     }
 
     /// The local namespace for a share the guest accepted: the name it chose,
-    /// else "shared:" + the owner's suggestion; never an existing namespace
-    /// (unless the guest asked to merge), so the owner cannot point a share
-    /// at the guest's own data.
+    /// else "shared:" + the owner's suggestion + ":" + the share's id; never
+    /// an existing namespace (unless the guest asked to merge) and never one
+    /// another share uses — so the owner cannot point a share at the guest's
+    /// own data, and two shares never mix (the id in the automatic name also
+    /// keeps shares accepted on the guest's other devices apart).
     private func localNamespace(_ state: ShareState, suggested: String) throws(MasqError) -> (name: String, created: Bool) {
         if !state.namespace.isEmpty {
             let chosen = try NamespaceName(state.namespace, limits: store.limits)
+            try checkNotShared(chosen, except: state.id)
             if state.merge == true { return (chosen.string, !(try store.namespaceExists(chosen))) }
             if !(try store.namespaceExists(chosen)) { return (chosen.string, true) }
         }
-        let base = state.namespace.isEmpty ? "shared:" + String(suggested.unicodeScalars.filter { $0.value >= 0x20 && $0.value != 0x7F }.prefix(64).map(Character.init))
-                                           : state.namespace
-        for candidate in [base, base + ":" + state.shortID] {
-            guard let name = try? NamespaceName(candidate, limits: store.limits) else { continue }
-            if !(try store.namespaceExists(name)) { return (name.string, true) }
+        let automatic = try NamespaceName("shared:" + Self.sanitized(suggested) + ":" + state.shortID, limits: store.limits)
+        try checkNotShared(automatic, except: state.id)
+        guard !(try store.namespaceExists(automatic)) else {
+            throw MasqError(.busy, "namespace \(automatic.string) exists already: accept the link again with --as NAME")
         }
-        throw MasqError(.busy, "no free namespace for share \(state.shortID): accept it again with --as NAME")
+        return (automatic.string, true)
+    }
+
+    /// MASQ_E_BUSY when another share (but `id`) keeps its records in `ns`. Names compare byte for byte.
+    private func checkNotShared(_ ns: NamespaceName, except id: String) throws(MasqError) {
+        let other = try store.shares().first { $0.id != id && $0.status != .ended && $0.namespace.utf8.elementsEqual(ns.bytes) }
+        if let other {
+            throw MasqError(.busy, "namespace \(ns.string) holds share \(other.shortID): two shares never share a namespace; choose another name")
+        }
+    }
+
+    /// An owner's suggestion as part of a local name: no control, format
+    /// (bidi overrides, zero-width), private-use or unassigned characters, at
+    /// most 64 bytes.
+    static func sanitized(_ suggested: String) -> String {
+        var out = ""
+        var bytes = 0
+        for scalar in suggested.unicodeScalars {
+            switch scalar.properties.generalCategory {
+            case .control, .format, .surrogate, .privateUse, .unassigned, .lineSeparator, .paragraphSeparator: continue
+            default: break
+            }
+            let size = String(scalar).utf8.count
+            guard bytes + size <= 64 else { break }
+            out.unicodeScalars.append(scalar)
+            bytes += size
+        }
+        return out.isEmpty ? "share" : out
     }
 
     /// End a share: tell the other side (best effort) and delete the keys.

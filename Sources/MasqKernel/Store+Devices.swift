@@ -146,6 +146,7 @@ extension Store {
             try Store.putMeta(engine, sessionKey, try sealSecret(sessionKey, state))
             if let groupRoom { try Store.putMeta(engine, Store.metaGroupRoom, try sealSecret(Store.metaGroupRoom, groupRoom)) }
         }
+        freshSessions.withLock { _ = $0.insert(device.deviceID) }
         Log.info("kernel", "paired with device \(device.deviceID)")
         return device
     }
@@ -180,18 +181,29 @@ extension Store {
 
     // MARK: - sessions with paired devices
 
-    /// Seal `plaintext` for every paired device: one ciphertext each, from its own session.
+    /// Seal `plaintext` for every paired device: one ciphertext each, from its
+    /// own session (each renewed since the store was opened, as `seal`).
     public func sealForDevices(_ plaintext: [UInt8], associatedData: [UInt8] = []) throws(MasqError) -> [(deviceID: String, message: [UInt8])] {
         var out: [(deviceID: String, message: [UInt8])] = []
-        for device in try devices() {
-            out.append((device.deviceID, try withSession(device.deviceID) { (s) throws(CryptoError) in try s.seal(plaintext, associatedData: associatedData) }))
-        }
+        for device in try devices() { out.append((device.deviceID, try seal(for: device.deviceID, plaintext, associatedData: associatedData))) }
         return out
     }
 
-    /// Seal for one paired device.
+    /// Seal for one paired device. Only with a session made or renewed since
+    /// this store was opened (MASQ_E_DENIED otherwise): the stored one may be
+    /// older than the last message sealed — a data directory restored from a
+    /// copy — and sealing with it would reuse a message key.
     public func seal(for deviceID: String, _ plaintext: [UInt8], associatedData: [UInt8] = []) throws(MasqError) -> [UInt8] {
-        try withSession(deviceID) { (s) throws(CryptoError) in try s.seal(plaintext, associatedData: associatedData) }
+        let fresh = freshSessions.withLock { $0.contains(deviceID) }
+        let exists = try lock.withLock { () throws(MasqError) -> Bool in
+            try ensureUsable()
+            return try Store.getMeta(engine, [RecordFormat.session] + Array(deviceID.utf8)) != nil
+        }
+        // (An unknown device is MASQ_E_NOT_FOUND, from withSession.)
+        guard fresh || !exists else {
+            throw MasqError(.denied, "the session with \(deviceID) has not been renewed since this store was opened: renew it first (a store restored from a copy must never reuse a message key)")
+        }
+        return try withSession(deviceID) { (s) throws(CryptoError) in try s.seal(plaintext, associatedData: associatedData) }
     }
 
     /// Open a message from a paired device; its session advances only if it authenticates.
@@ -217,6 +229,8 @@ extension Store {
 
     /// 'Z' device id -> u64 last renewal counter sent · u64 last one accepted.
     static let renewalFamily: UInt8 = 0x5A
+    /// How far ahead of this clock a renewal's counter (the initiator's Unix ms) may be.
+    static let renewalCounterSlack: UInt64 = 10 * 60_000
 
     /// Start renewing the session with a paired device: a Noise KK handshake
     /// between the two devices' long-term X25519 keys, whose first message
@@ -259,9 +273,15 @@ extension Store {
             let counter = payload.withUnsafeBytes { $0.loadBigEndian(at: 0) as UInt64 }
             let counters = try renewalCounters(deviceID)
             guard counter > counters.accepted else { throw MasqError(.denied, "a replayed session renewal from \(deviceID)") }
+            // A counter far ahead of this clock is refused, not remembered: stored, it would
+            // refuse the device's honest renewals until real time caught up with it.
+            guard counter <= Clock.unixMilliseconds() + Store.renewalCounterSlack else {
+                throw MasqError(.denied, "a session renewal from \(deviceID) whose counter is ahead of this device's clock")
+            }
             let answer = try crypto { () throws(CryptoError) in try session.writeHandshake() }
             try storeSession(deviceID, session)
             try saveRenewalCounters(deviceID, sent: counters.sent, accepted: counter)
+            freshSessions.withLock { _ = $0.insert(deviceID) }
             return answer
         }
     }
@@ -272,10 +292,40 @@ extension Store {
             guard try getSecret([RecordFormat.device] + Array(renewal.deviceID.utf8)) != nil else {
                 throw MasqError(.notFound, "no paired device \(renewal.deviceID)")
             }
-            _ = try crypto { () throws(CryptoError) in try renewal.session.readHandshake(message) }
+            // Tentatively: a forged answer leaves the renewal able to read the genuine one.
+            _ = try crypto { () throws(CryptoError) in try renewal.session.readHandshake(message, tentative: true) }
             guard renewal.session.isEstablished else { throw .invalid("the session renewal did not complete") }
             try storeSession(renewal.deviceID, renewal.session)
+            freshSessions.withLock { _ = $0.insert(renewal.deviceID) }
         }
+    }
+
+    /// The prologue both sides of a renewal bind it to: the group's room and
+    /// both device ids (as sync uses it).
+    public func renewalPrologue(initiator: String, responder: String) throws(MasqError) -> [UInt8] {
+        Array("masq session renewal v1".utf8) + (try groupRoom()) + (try SyncService.idBytes(initiator)) + (try SyncService.idBytes(responder))
+    }
+
+    /// Renewal for embedders that carry frames themselves (the C API): the
+    /// renewal in progress is kept here until the answer arrives.
+    public func beginSessionRenewal(with deviceID: String) throws(MasqError) -> [UInt8] {
+        let me = try requireIdentity().publicKeys.deviceID
+        let (renewal, message) = try beginSessionRenewal(with: deviceID, prologue: try renewalPrologue(initiator: me, responder: deviceID))
+        pendingRenewals.withLock { $0[deviceID] = renewal }
+        return message
+    }
+
+    public func answerSessionRenewal(from deviceID: String, _ message: [UInt8]) throws(MasqError) -> [UInt8] {
+        let me = try requireIdentity().publicKeys.deviceID
+        return try answerSessionRenewal(from: deviceID, message, prologue: try renewalPrologue(initiator: deviceID, responder: me))
+    }
+
+    public func completeSessionRenewal(from deviceID: String, _ message: [UInt8]) throws(MasqError) {
+        guard let renewal = pendingRenewals.withLock({ $0[deviceID] }) else {
+            throw MasqError(.notFound, "no renewal with \(deviceID) is waiting for an answer")
+        }
+        try completeSessionRenewal(renewal, message)
+        pendingRenewals.withLock { $0[deviceID] = nil }
     }
 
     /// Whether this device may send on its session with `deviceID` yet (the

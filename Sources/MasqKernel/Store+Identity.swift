@@ -32,13 +32,17 @@ extension Store {
     /// peers whose timestamps it accepted.
     static var clockRepairThreshold: UInt64 { defaultClockBound + 60_000 }
 
-    /// The store's replica id as stored (another process may have changed it). Caller holds the lock.
+    /// The store's replica id as stored (another process may have changed it,
+    /// and with it the clock). Caller holds the lock.
     func refreshIdentityLocked() throws(MasqError) {
         guard let bytes = try Store.getMeta(engine, RecordFormat.metaReplica), bytes.count == 8 else {
             throw .corrupt("store has no valid replica id")
         }
         let stored = bytes.withUnsafeBytes { $0.loadBigEndian(at: 0) as UInt64 }
-        if stored != replica { setReplica(stored) }
+        if stored != replica {
+            setReplica(stored)
+            clock = HybridLogicalClock(last: max(try Store.readClock(engine).timestamp, try Store.readObserved(engine)))
+        }
     }
 
     /// The timestamp of commit `seq` of `origin` as the change log holds it
@@ -50,6 +54,21 @@ extension Store {
         }
     }
 
+    /// The timestamp of the last commit applied from `origin` if it is commit
+    /// `seq`: this replica's own tip ('M' "clock"), an origin's from its vector
+    /// entry — neither is ever collected — else the change log. Caller holds the lock.
+    func tipLocked(origin: UInt64, seq: UInt64) throws(MasqError) -> UInt64? {
+        guard seq > 0 else { return nil }
+        if origin == replica {
+            let own = try Store.readClock(engine)
+            if own.seq == seq { return own.timestamp }
+        } else if let entry = try Store.getMeta(engine, RecordFormat.vectorKey(replica: origin)), entry.count == 16 {
+            let (entrySeq, timestamp) = entry.withUnsafeBytes { ($0.loadBigEndian(at: 0) as UInt64, $0.loadBigEndian(at: 8) as UInt64) }
+            if entrySeq == seq && timestamp != 0 { return timestamp }
+        }
+        return try commitTimestampLocked(origin: origin, seq: seq)
+    }
+
     /// For each origin of the vector, the timestamp of its last applied commit
     /// (what HELLO carries as tips).
     public func tips(of vector: VersionVector) throws(MasqError) -> [UInt64: UInt64] {
@@ -57,7 +76,7 @@ extension Store {
             try ensureUsable()
             var out: [UInt64: UInt64] = [:]
             for (origin, seq) in vector.entries {
-                if let t = try commitTimestampLocked(origin: origin, seq: seq) { out[origin] = t }
+                if let t = try tipLocked(origin: origin, seq: seq) { out[origin] = t }
             }
             return out
         }
@@ -76,7 +95,7 @@ extension Store {
             guard peerSeq > 0 else { return false }
             let mine = try Store.readClock(engine).seq
             if peerSeq > mine { return true }
-            guard let theirTip = tips[me], let myTip = try commitTimestampLocked(origin: me, seq: peerSeq) else { return false }
+            guard let theirTip = tips[me], let myTip = try tipLocked(origin: me, seq: peerSeq) else { return false }
             return theirTip != myTip
         }
     }
@@ -110,7 +129,11 @@ extension Store {
     }
 
     /// Repair a clock that ran ahead of the wall clock (see `clockAhead`);
-    /// returns whether it did anything.
+    /// returns whether it did anything. Only on evidence that the wall clock
+    /// is right — a peer refused this replica's commit as stamped in the future
+    /// while its own clock agreed with this device's (SyncEngine), or the user
+    /// says so (`masq clock --repair`): a device whose clock is *behind* must
+    /// not re-stamp good writes into the past.
     @discardableResult
     public func repairClockIfNeeded() throws(MasqError) -> Bool {
         let ahead = try lock.withLock { () throws(MasqError) -> Bool in
@@ -198,7 +221,10 @@ extension Store {
             try engine.deleteRange(from: RecordFormat.logKey(replica: old, seq: agreed + 1),
                                    to: RecordFormat.logKey(replica: old, seq: UInt64.max))
         }
-        if agreed > 0 { try Store.putMeta(engine, RecordFormat.vectorKey(replica: old), bigEndianBytes(agreed)) }
+        if agreed > 0 {
+            let tip = try commitTimestampLocked(origin: old, seq: agreed) ?? (agreed == saved.seq ? saved.timestamp : 0)
+            try Store.putMeta(engine, RecordFormat.vectorKey(replica: old), bigEndianBytes(agreed) + bigEndianBytes(tip))
+        }
         try Store.putMeta(engine, RecordFormat.metaReplica, bigEndianBytes(new))
         try Store.putMeta(engine, RecordFormat.metaClock, bigEndianBytes(seq) + bigEndianBytes(fresh.last))
         clock = fresh

@@ -49,7 +49,7 @@ extension Store {
             } else {
                 try key.withBytes { (k) throws(MasqError) in try engine.delete(k) }
             }
-            var readOnly: Set<String> = []
+            var readOnly: [String] = []   // by exact bytes (a Set<String> would merge equivalent names)
             try engine.scan(from: [RecordFormat.share, 1], to: [RecordFormat.share, 2]) { (k, _) throws(MasqError) -> Bool in
                 if var bytes = try getSecret(Array(k)) {
                     defer { wipe(&bytes) }
@@ -57,12 +57,12 @@ extension Store {
                     // Only a namespace the share created is marked: merging a read-only
                     // share into the guest's own namespace never takes the guest's rights away.
                     if share.role == .guest && share.access == .readOnly && share.status != .ended && share.ownsNamespace == true {
-                        readOnly.insert(share.namespace)
+                        if !readOnly.contains(where: { $0.utf8.elementsEqual(share.namespace.utf8) }) { readOnly.append(share.namespace) }
                     }
                 }
                 return true
             }
-            let encoded = Array((try? JSONEncoder().encode(readOnly.sorted())) ?? Data("[]".utf8))
+            let encoded = Array((try? JSONEncoder().encode(readOnly)) ?? Data("[]".utf8))
             try Store.putMeta(engine, Store.readOnlyKey, try sealSecret(Store.readOnlyKey, encoded))
         }
     }
@@ -75,11 +75,11 @@ extension Store {
         }
     }
 
-    /// Namespaces local writes may not touch; caller holds the lock.
-    func readOnlyNamespacesLocked() throws(MasqError) -> Set<String> {
+    /// Namespaces local writes may not touch (their exact bytes); caller holds the lock.
+    func readOnlyNamespacesLocked() throws(MasqError) -> Set<[UInt8]> {
         guard let bytes = try getSecret(Store.readOnlyKey) else { return [] }
         guard let names = try? JSONDecoder().decode([String].self, from: Data(bytes)) else { throw .corrupt("malformed read-only namespace list") }
-        return Set(names)
+        return Set(names.map { Array($0.utf8) })
     }
 
     /// What a share sends next of namespace `ns`: records of commits after
@@ -95,7 +95,7 @@ extension Store {
         var records: [SyncRecord] = []
         for commit in commits {
             through[commit.origin] = max(through[commit.origin], commit.seq)
-            records += commit.records.filter { $0.namespace == ns.string }
+            records += commit.records.filter { $0.namespace.utf8.elementsEqual(ns.bytes) }   // bytes, not canonical equivalence
         }
         return (records, through)
     }

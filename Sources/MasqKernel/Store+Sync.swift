@@ -72,9 +72,12 @@ struct Counter: Equatable {
         return sum
     }
 
-    mutating func add(_ delta: Int64, replica: UInt64) {
+    /// MASQ_E_INVALID when this replica's share would overflow (never wraps).
+    mutating func add(_ delta: Int64, replica: UInt64) throws(MasqError) {
         var e = entries[replica] ?? (0, 0)
-        if delta >= 0 { e.added &+= UInt64(delta) } else { e.removed &+= delta.magnitude }
+        let (sum, overflow) = delta >= 0 ? e.added.addingReportingOverflow(UInt64(delta)) : e.removed.addingReportingOverflow(delta.magnitude)
+        guard !overflow, sum <= UInt64(Int64.max) else { throw .invalid("the counter's share of this device would overflow") }
+        if delta >= 0 { e.added = sum } else { e.removed = sum }
         entries[replica] = e
     }
 
@@ -203,7 +206,7 @@ extension Store {
         try refreshIdentityLocked()
         var vv = VersionVector()
         try engine.scan(from: [RecordFormat.vector], to: [RecordFormat.vector + 1]) { (key, value) throws(MasqError) -> Bool in
-            guard key.count == 9, value.count == 8 else { throw .corrupt("malformed version-vector entry") }
+            guard key.count == 9, value.count == 8 || value.count == 16 else { throw .corrupt("malformed version-vector entry") }
             vv[key.loadBigEndian(at: 1)] = value.loadBigEndian(at: 0)
             return true
         }
@@ -328,7 +331,7 @@ extension Store {
                 var changes: [Change] = []
                 var log = LogEntryWriter()
                 log.timestamp = commit.timestamp
-                var pending: [String: UInt32] = [:]
+                var pending: [[UInt8]: UInt32] = [:]
                 for record in commit.records {
                     let ns = try NamespaceName(record.namespace, limits: limits)
                     guard !record.key.isEmpty, record.key.count <= limits.maxKeyBytes, record.value.count <= limits.maxValueBytes + 1_024 else {
@@ -347,7 +350,8 @@ extension Store {
                     }
                 }
                 try Store.putMeta(engine, RecordFormat.logKey(replica: commit.origin, seq: commit.seq), log.encoded())
-                try Store.putMeta(engine, RecordFormat.vectorKey(replica: commit.origin), bigEndianBytes(commit.seq))
+                // The entry keeps the commit's timestamp too: the tip HELLO reports (Store+Identity).
+                try Store.putMeta(engine, RecordFormat.vectorKey(replica: commit.origin), bigEndianBytes(commit.seq) + bigEndianBytes(commit.timestamp))
                 try observeRemoteTime(commit.timestamp)
                 try engine.commit()
                 namespaceIDs.merge(pending) { a, _ in a }
@@ -362,7 +366,7 @@ extension Store {
 
     private func vectorEntry(_ replica: UInt64) throws(MasqError) -> UInt64 {
         guard let bytes = try Store.getMeta(engine, RecordFormat.vectorKey(replica: replica)) else { return 0 }
-        guard bytes.count == 8 else { throw .corrupt("malformed version-vector entry") }
+        guard bytes.count == 8 || bytes.count == 16 else { throw .corrupt("malformed version-vector entry") }
         return bytes.withUnsafeBytes { $0.loadBigEndian(at: 0) }
     }
 
@@ -380,11 +384,11 @@ extension Store {
     /// timestamps first; this keeps a missed check from moving the clock).
     func observeRemoteTime(_ timestamp: UInt64) throws(MasqError) {
         let ceiling = (Clock.unixMilliseconds() + Store.defaultClockBound) << 16 | 0xFFFF
-        let saved = try Store.readClock(engine)
-        clock.observe(max(saved.timestamp, min(timestamp, ceiling)))
-        if clock.last > saved.timestamp {
-            try Store.putMeta(engine, RecordFormat.metaClock, bigEndianBytes(saved.seq) + bigEndianBytes(clock.last))
-        }
+        let observed = try Store.readObserved(engine)
+        let seen = min(timestamp, ceiling)
+        clock.observe(seen)
+        // Kept apart from the replica's own tip ('M' "clock"), which HELLO reports.
+        if seen > observed { try Store.putMeta(engine, RecordFormat.metaObserved, bigEndianBytes(seen)) }
     }
 
     /// Merge one remote record under the lock, inside a transaction; returns the change to report.
@@ -393,6 +397,12 @@ extension Store {
         var header = remote.header
         var value = remote.value
         var conflict: (lost: [UInt8]?, lostDeleted: Bool)?
+        if remote.header.counter {
+            // This replica alone writes its own share of a counter: a remote value for
+            // it (a share peer's forgery) is dropped, or it could swallow our increments.
+            var incoming = try Counter(decoding: remote.value)
+            if incoming.entries.removeValue(forKey: replicaID) != nil { value = incoming.encoded }
+        }
 
         if let (l, localValue) = local {
             // Counters form a join of their own: a counter beats any plain value or
@@ -400,7 +410,7 @@ extension Store {
             if l.counter && !remote.header.counter { return nil }
             if l.counter && remote.header.counter {
                 var merged = try Counter(decoding: localValue)
-                merged.merge(try Counter(decoding: remote.value))
+                merged.merge(try Counter(decoding: value))
                 if l.version > remote.header.version { header = l }
                 value = merged.encoded
                 if value == localValue && header == l { return nil }
@@ -610,7 +620,7 @@ extension Store {
             try engine.begin()
             do throws(MasqError) {
                 var changes: [Change] = []
-                var pending: [String: UInt32] = [:]
+                var pending: [[UInt8]: UInt32] = [:]
                 for record in records {
                     let ns = try NamespaceName(record.namespace, limits: limits)
                     var staging = Commit(seq: 0, timestamp: 0, changes: nil)
@@ -694,8 +704,16 @@ extension Store {
     }
 }
 
-/// A (namespace, key) pair, for snapshot bookkeeping.
+/// A (namespace, key) pair, for snapshot bookkeeping: equal only byte for
+/// byte (canonically equivalent names are different namespaces).
 public struct SyncKey: Hashable, Sendable {
     public let namespace: String
     public let key: [UInt8]
+
+    public static func == (a: SyncKey, b: SyncKey) -> Bool { a.key == b.key && a.namespace.utf8.elementsEqual(b.namespace.utf8) }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(key)
+        for byte in namespace.utf8 { hasher.combine(byte) }
+    }
 }

@@ -38,8 +38,10 @@ public final class Store: @unchecked Sendable {
     var clock = HybridLogicalClock()
     private var closed = false
     let hub: WatchHub
-    /// Namespace name -> id, for committed assignments only (ids never change).
-    var namespaceIDs: [String: UInt32] = [:]
+    /// Namespace name (its exact bytes: Swift strings compare canonically
+    /// equivalent names equal, the store does not) -> id, for committed
+    /// assignments only (ids never change).
+    var namespaceIDs: [[UInt8]: UInt32] = [:]
 
     /// Passphrase protection (Store+Protection.swift).
     enum Protection {
@@ -57,6 +59,11 @@ public final class Store: @unchecked Sendable {
     public internal(set) var identity: DeviceIdentity?
     /// Background sync started through the C API (masq_sync_start).
     let syncSlot = SyncSlot()
+    /// Devices whose session was made or renewed since this store was opened:
+    /// the only ones `seal` uses (Store+Devices.swift).
+    let freshSessions = LockedValue<Set<String>>([])
+    /// Renewals started through the C API, waiting for their answer.
+    let pendingRenewals = LockedValue<[String: SessionRenewal]>([:])
 
     /// Entries per chunk when listing without holding the lock throughout.
     static let listChunk = 256
@@ -116,7 +123,7 @@ public final class Store: @unchecked Sendable {
         }
         let replica = replicaBytes.withUnsafeBytes { $0.loadBigEndian(at: 0) }
         let saved = try readClock(engine)
-        return (replica, HybridLogicalClock(last: saved.timestamp))
+        return (replica, HybridLogicalClock(last: max(saved.timestamp, try readObserved(engine))))
     }
 
     /// Close the engine after queued watch callbacks ran. Idempotent.
@@ -362,7 +369,7 @@ public final class Store: @unchecked Sendable {
             try ensureOpen()
             var vector: [UInt64: UInt64] = [:]
             try engine.scan(from: [RecordFormat.vector], to: [RecordFormat.vector + 1]) { (key, value) throws(MasqError) -> Bool in
-                guard key.count == 9, value.count == 8 else { throw .corrupt("malformed version-vector entry") }
+                guard key.count == 9, value.count == 8 || value.count == 16 else { throw .corrupt("malformed version-vector entry") }
                 vector[key.loadBigEndian(at: 1)] = value.loadBigEndian(at: 0)
                 return true
             }
@@ -411,12 +418,12 @@ public final class Store: @unchecked Sendable {
         var log = LogEntryWriter()
         var changes: [Change]?
         /// Namespace ids assigned by this commit; cached only once it commits.
-        var newNamespaces: [String: UInt32] = [:]
+        var newNamespaces: [[UInt8]: UInt32] = [:]
         /// Namespaces shared with this store read-only (local writes refused).
-        var readOnly: Set<String> = []
+        var readOnly: Set<[UInt8]> = []
 
         func checkWritable(_ ns: NamespaceName) throws(MasqError) {
-            if readOnly.contains(ns.string) {
+            if readOnly.contains(ns.bytes) {
                 throw MasqError(.denied, "namespace \"\(ns.string)\" is shared with you read-only; its owner's changes arrive by sync")
             }
         }
@@ -426,10 +433,6 @@ public final class Store: @unchecked Sendable {
     /// the clock; commit; queue the changes for watchers (under the lock, so
     /// queue order is commit order). A commit that wrote nothing is rolled back.
     func writeCommit(_ body: (inout Commit) throws(MasqError) -> Void) throws(MasqError) {
-        // A clock that ran ahead of the real time is repaired before it stamps anything more.
-        if lock.withLock({ HybridLogicalClock.milliseconds(of: clock.last) > Clock.unixMilliseconds() + Store.clockRepairThreshold }) {
-            try repairClockIfNeeded()
-        }
         try lock.withLock { () throws(MasqError) in
             try ensureUsable()
             try engine.begin()
@@ -437,6 +440,7 @@ public final class Store: @unchecked Sendable {
                 try refreshIdentityLocked()
                 let saved = try Store.readClock(engine)
                 clock.observe(saved.timestamp)
+                clock.observe(try Store.readObserved(engine))   // another process's sync may have moved it
                 var commit = Commit(seq: saved.seq + 1, timestamp: clock.tick(nowMilliseconds: Clock.unixMilliseconds()),
                                     changes: hub.isActive ? [] : nil)
                 commit.log.timestamp = commit.timestamp
@@ -533,7 +537,7 @@ public final class Store: @unchecked Sendable {
                     counter = try Counter(decoding: value)
                 }
             }
-            counter.add(delta, replica: replicaID)
+            try counter.add(delta, replica: replicaID)
             let version = Version(timestamp: commit.timestamp, replica: replicaID)
             if previous == version { previous = .none }
             let header = RecordHeader(tombstone: false, counter: true, version: version, seq: commit.seq, previous: previous)
@@ -565,14 +569,14 @@ public final class Store: @unchecked Sendable {
 
     /// The id of a namespace that was ever written, or nil. Caller holds the lock.
     func existingNamespaceID(_ ns: NamespaceName, commit: Commit? = nil) throws(MasqError) -> UInt32? {
-        if let id = commit?.newNamespaces[ns.string] ?? namespaceIDs[ns.string] { return id }
+        if let id = commit?.newNamespaces[ns.bytes] ?? namespaceIDs[ns.bytes] { return id }
         guard let bytes = try Store.getMeta(engine, namespaceLookupKey(ns)) else { return nil }
         let id = try bytes.withBytes { (raw) throws(MasqError) -> UInt64 in
             var reader = ByteReader(raw)
             return try reader.varint()
         }
         guard id > 0 && id <= UInt64(UInt32.max) else { throw .corrupt("namespace '\(ns)' has an invalid id") }
-        namespaceIDs[ns.string] = UInt32(id)
+        namespaceIDs[ns.bytes] = UInt32(id)
         return UInt32(id)
     }
 
@@ -592,7 +596,7 @@ public final class Store: @unchecked Sendable {
         let nameKey = RecordFormat.namespaceIDKey(next)
         try Store.putMeta(engine, nameKey, try box.map { (b) throws(MasqError) in try b.seal(ns.bytes, ad: nameKey) } ?? ns.bytes)
         try Store.putMeta(engine, RecordFormat.metaNextNamespace, following)
-        commit.newNamespaces[ns.string] = next
+        commit.newNamespaces[ns.bytes] = next
         return next
     }
 
@@ -647,6 +651,12 @@ public final class Store: @unchecked Sendable {
             throw .corrupt("store has no valid clock record")
         }
         return bytes.withUnsafeBytes { ($0.loadBigEndian(at: 0), $0.loadBigEndian(at: 8)) }
+    }
+
+    /// The greatest remote timestamp observed (0 if none).
+    static func readObserved(_ engine: StorageEngine) throws(MasqError) -> UInt64 {
+        guard let bytes = try getMeta(engine, RecordFormat.metaObserved), bytes.count == 8 else { return 0 }
+        return bytes.withUnsafeBytes { $0.loadBigEndian(at: 0) }
     }
 
     static func getMeta(_ engine: StorageEngine, _ key: [UInt8]) throws(MasqError) -> [UInt8]? {

@@ -57,6 +57,8 @@ public final class SyncEngine: @unchecked Sendable {
     /// The first wait after a refusal before offering the commit again; it
     /// doubles on every further refusal up to `maxRefusalBackoff`.
     public static let refusalBackoff: UInt64 = 15_000
+    /// Two wall clocks this close agree (network delay and small drift).
+    public static let clockAgreement: UInt64 = 120_000
     public static let maxRefusalBackoff: UInt64 = 300_000
 
     public let store: Store
@@ -140,12 +142,15 @@ public final class SyncEngine: @unchecked Sendable {
         case .commits(let commits):
             var gap = false
             var received: UInt64 = 0
+            var appliedOrigins: Set<UInt64> = []
             var refusal: SyncFrame.Refusal?
             for commit in commits {
                 // After a refusal, later commits of the same origin are gaps: say nothing more of them.
                 if let refusal, refusal.origin == commit.origin { continue }
                 switch applyCounted(commit, from: device) {
-                case .success(.applied): received += 1
+                case .success(.applied):
+                    received += 1
+                    appliedOrigins.insert(commit.origin)
                 case .success(.duplicate): break
                 case .success(.gap): gap = true
                 case .failure(let refused): refusal = refusal ?? refused
@@ -155,7 +160,12 @@ public final class SyncEngine: @unchecked Sendable {
             let (was, now) = lock.withLock { () -> (SyncFrame.Refusal?, SyncFrame.Refusal?) in
                 peer.receivedCommits += received
                 let was = peer.refusedFromPeer
-                if let refusal { peer.refusedFromPeer = refusal } else if received > 0 { peer.refusedFromPeer = nil }
+                // A refusal is over once a commit of the refused origin applies.
+                if let refusal {
+                    peer.refusedFromPeer = refusal
+                } else if let was = peer.refusedFromPeer, appliedOrigins.contains(was.origin) {
+                    peer.refusedFromPeer = nil
+                }
                 return (was, peer.refusedFromPeer)
             }
             if let now, now != was { try store.setSyncProblem(device: device, Self.describe(now, mine: false)) }
@@ -169,6 +179,21 @@ public final class SyncEngine: @unchecked Sendable {
 
         case .refused(let refusal):
             let now = Clock.unixMilliseconds()
+            // Evidence that this replica's clock ran ahead: the peer refuses its commit as
+            // stamped in the future while the two wall clocks agree. Re-stamp (a new replica
+            // id) and greet again: the refused commits are replaced by acceptable ones.
+            if refusal.reason == .futureClock, refusal.origin == store.replicaID,
+               max(now, refusal.receiverTime) - min(now, refusal.receiverTime) <= Self.clockAgreement,
+               HybridLogicalClock.milliseconds(of: refusal.timestamp) > now + options.clockBound {
+                try store.reidentify(.clockAhead)
+                lock.withLock {
+                    peer.refusedByPeer = nil
+                    peer.heldBack[refusal.origin] = nil
+                    peer.inFlight = 0
+                }
+                try store.setSyncProblem(device: device, nil)
+                return [try helloFrame()]
+            }
             lock.withLock {
                 let backoff = peer.heldBack[refusal.origin].map { min($0.backoff * 2, Self.maxRefusalBackoff) } ?? Self.refusalBackoff
                 peer.heldBack[refusal.origin] = (now + backoff, backoff)

@@ -68,6 +68,10 @@ public final class SyncService: @unchecked Sendable {
         var renewalWait: UInt64 = SyncService.renewalInterval
         /// Messages from the device that did not open since it was last understood.
         var failures = 0
+        /// Renewals this side started that have not completed.
+        var attempts = 0
+        /// When this side last answered the device's renewal (answers cost two X25519s and a write).
+        var lastAnswered: UInt64 = 0
         var problem: String?
     }
 
@@ -126,8 +130,6 @@ public final class SyncService: @unchecked Sendable {
         guard !transportReferences.isEmpty else {
             throw .config("no transport configured: add {\"plugin\": \"relay\", \"options\": {\"url\": \"ws://HOST:PORT/\"}} to \"transports\"")
         }
-        // A clock that ran ahead is repaired before its writes are offered to anyone.
-        try? store.repairClockIfNeeded()
         for reference in transportReferences {
             let endpoint = reference.options.first { $0.key == "url" }?.value
             let transport = try store.openTransport(reference, onFrame: { [weak self] _, room, frame in
@@ -314,6 +316,7 @@ public final class SyncService: @unchecked Sendable {
             let (renewal, message) = try store.beginSessionRenewal(with: device, prologue: renewalPrologue(initiator: me, responder: try Self.idBytes(device)))
             if peer.lastRenewal != 0 { peer.renewalWait = min(peer.renewalWait * 2, Self.maxRenewalInterval) }
             peer.lastRenewal = now
+            peer.attempts += 1
             peer.state = .renewing(renewal)
             helloed.remove(device)
             Log.debug("sync", "renewing the session with \(device)")
@@ -330,8 +333,13 @@ public final class SyncService: @unchecked Sendable {
             let senderID = try Self.idBytes(sender)
             switch step {
             case 1:
-                // Both sides started at once: the smaller device id's renewal goes on.
-                if case .renewing = peer.state, me.lexicographicallyPrecedes(senderID) { return }
+                // Both sides started at once: the smaller device id's renewal goes on —
+                // unless it keeps failing (the other side refuses it): then answer.
+                if case .renewing = peer.state, me.lexicographicallyPrecedes(senderID), peer.attempts < 3 { return }
+                // Answers are rate-limited per device: forged step 1s cannot buy unbounded work.
+                let now = Clock.unixMilliseconds()
+                guard now >= peer.lastAnswered + 1_000 else { return reject("renewal from \(sender): answered one less than a second ago") }
+                peer.lastAnswered = now
                 let answer = try store.answerSessionRenewal(from: sender, message, prologue: renewalPrologue(initiator: senderID, responder: me))
                 broadcast([4] + senderID + me + [2] + answer)
                 established(sender, peer)
@@ -347,6 +355,7 @@ public final class SyncService: @unchecked Sendable {
             }
         } catch {
             reject("renewal from \(sender): \(error.message)")
+            if step == 1 { peer.problem = "its session renewal was refused: \(error.message)" }
         }
     }
 
@@ -354,6 +363,7 @@ public final class SyncService: @unchecked Sendable {
         peer.state = .ready
         peer.unanswered = 0
         peer.failures = 0
+        peer.attempts = 0
         peer.renewalWait = Self.renewalInterval
         peer.lastRenewal = Clock.unixMilliseconds()
         peer.problem = nil
@@ -376,10 +386,9 @@ public final class SyncService: @unchecked Sendable {
 
     /// Runs every `pollInterval`: pushes commits another process wrote,
     /// resends to peers whose frames went unacknowledged too long, renews
-    /// sessions that need it, and repairs a clock that ran ahead.
+    /// sessions that need it.
     private func poll() {
         guard !stopped else { return }
-        _ = try? store.repairClockIfNeeded()
         checkIdentity()
         let now = Clock.unixMilliseconds()
         for device in present {

@@ -80,7 +80,7 @@ final class WatchHub: @unchecked Sendable {
         lock.withLock {
             watchers.filter { _, w in
                 w.since < commit
-                    && (w.namespace == nil || w.namespace == change.namespace)
+                    && (w.namespace == nil || w.namespace!.utf8.elementsEqual(change.namespace.utf8))
                     && change.key.starts(with: w.prefix)
             }.keys.sorted()
         }

@@ -41,6 +41,11 @@ import Glibc
         try net.store("A").put(ns("n"), key: [UInt8]("k2"), value: [UInt8]("two"))
         try net.reconcile()
         #expect(try net.store("B").get(ns("n"), key: [UInt8]("k2")) == [UInt8]("two"))
+        // B collects its change log up to what A acknowledged: its tip for A's
+        // commits must not depend on the log (the vector entry keeps it).
+        try net.store("B").collectGarbage(acknowledged: net.store("B").acknowledgedVectors(of: ["A"]))
+        let aSeq = try net.store("A").syncVectors().applied[original]
+        #expect(try net.store("B").changeLog(replica: original, seq: aSeq) == nil)
 
         // Restore the copy: A no longer has k2, and its next commit reuses k2's number.
         try net.store("A").close()
@@ -102,14 +107,17 @@ import Glibc
         }
         let before = a.replicaID
         #expect(try a.lock.withLock { () throws(MasqError) in try a.clockIsAheadLocked() })
-        // The next write repairs first: it is stamped with the real clock.
+        // Nothing is repaired without evidence: the write is stamped by the clock as it is.
         try a.put(ns("n"), key: [UInt8]("k"), value: [UInt8]("now"))
+        #expect(a.replicaID == before)
+        // B refuses it, its wall clock agreeing with A's: that is the evidence. A re-stamps.
+        try net.reconcile()
         #expect(a.replicaID != before)
         let info = try #require(try a.recordInfo(ns("n"), key: [UInt8]("k")))
         #expect(HybridLogicalClock.milliseconds(of: info.version.timestamp) <= Clock.unixMilliseconds() + 1_000)
-        try net.reconcile()
         #expect(try net.store("B").get(ns("n"), key: [UInt8]("k")) == [UInt8]("now"))
         #expect(try !a.repairClockIfNeeded())
+        #expect(net.engines["A"]!.problem(with: "B") == nil)
     }
 
     @Test func futureRecordsAreRestampedByTheRepair() throws {
@@ -144,6 +152,25 @@ import Glibc
         try store.put(ns("n"), key: [UInt8]("mine"), value: [UInt8]("x"))
         let info = try #require(try store.recordInfo(ns("n"), key: [UInt8]("mine")))
         #expect(HybridLogicalClock.milliseconds(of: info.version.timestamp) <= Clock.unixMilliseconds() + 1_000)
+    }
+
+    @Test func aPeerCannotForgeThisReplicasShareOfACounter() throws {
+        let store = try Fixtures.open("memory")
+        defer { try? store.close() }
+        try store.counterAdd(ns("n"), key: [UInt8]("likes"), delta: 3)
+        var forged = Counter()
+        try forged.add(1_000_000, replica: store.replicaID)     // our share, claimed by someone else
+        try forged.add(2, replica: 99)
+        let record = SyncRecord(namespace: "n", key: [UInt8]("likes"),
+                                header: RecordHeader(tombstone: false, counter: true, version: Version(timestamp: Clock.unixMilliseconds() << 16, replica: 99), seq: 1, previous: .none),
+                                value: forged.encoded)
+        try store.applySnapshotRecords([record])
+        #expect(try store.counterGet(ns("n"), key: [UInt8]("likes")) == 5)
+        try store.counterAdd(ns("n"), key: [UInt8]("likes"), delta: 1)
+        #expect(try store.counterGet(ns("n"), key: [UInt8]("likes")) == 6)
+        // A share never wraps around.
+        try store.counterAdd(ns("n"), key: [UInt8]("big"), delta: .max)
+        #expect(throws: MasqError.self) { try store.counterAdd(ns("n"), key: [UInt8]("big"), delta: .max) }
     }
 
     @Test func replayWindowAcceptsEachNumberOnce() {

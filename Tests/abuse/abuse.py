@@ -211,6 +211,7 @@ class Legit:
         self.failures = 0
         self.errors = []
         self.stopping = threading.Event()
+        self.started = time.monotonic()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def request(self, fn, *args, **kwargs):
@@ -250,6 +251,9 @@ class Legit:
         self.stopping.set()
         self.thread.join(LEGIT_TIMEOUT + 5)
 
+    def max_ms(self):
+        return max(self.latencies, default=float("nan")) * 1000
+
     def p99_ms(self):
         if not self.latencies:
             return float("nan")
@@ -284,13 +288,14 @@ def _attack_entry(queue, name, function, target, seconds, params):
 
 
 def run_attacks(target, seconds, attacks):
-    """Run each attack (name, function name, params) in its own process for
-    `seconds`; return {name: counters}. Blocks until all are done."""
+    """Run each attack (name, function name, params[, its own target]) in
+    its own process for `seconds`; return {name: counters}. Blocks until
+    all are done."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     processes = []
-    for name, function, params in attacks:
-        p = context.Process(target=_attack_entry, args=(queue, name, function, target, seconds, params), daemon=True)
+    for name, function, params, *own in attacks:
+        p = context.Process(target=_attack_entry, args=(queue, name, function, own[0] if own else target, seconds, params), daemon=True)
         p.start()
         processes.append(p)
     results = {}
@@ -307,9 +312,67 @@ def run_attacks(target, seconds, attacks):
         if p.is_alive():
             p.kill()
             p.join(5)
-    for name, _, _ in attacks:
+    for name, *_ in attacks:
         results.setdefault(name, {"crashed": "no result"})
     return results
+
+
+class Newcomers(threading.Thread):
+    """During an attack: every half second a new legitimate client tries
+    `attempt()` (connect and one request). Reported, not asserted: past a
+    connection limit a newcomer is refused by design."""
+
+    def __init__(self, attempt):
+        super().__init__(daemon=True)
+        self.attempt = attempt
+        self.stopping = threading.Event()
+        self.ok = 0
+        self.failed = 0
+        self.slowest = 0.0
+        self.first_error = None
+
+    def run(self):
+        while not self.stopping.is_set():
+            started = time.perf_counter()
+            try:
+                self.attempt()
+                self.ok += 1
+            except Exception as error:
+                self.failed += 1
+                self.first_error = self.first_error or repr(error)[:120]
+            self.slowest = max(self.slowest, time.perf_counter() - started)
+            self.stopping.wait(0.5)
+
+    def stop(self):
+        self.stopping.set()
+        self.join(LEGIT_TIMEOUT + 5)
+
+    def line(self):
+        return "%d ok, %d failed, slowest %.2f s%s" % (self.ok, self.failed, self.slowest,
+                                                       " (%s)" % self.first_error if self.first_error else "")
+
+
+def run_phases(server, target, legit, phases, newcomer=None):
+    """Run each phase's attacks (for SECONDS) while `legit` works and the
+    server is sampled; returns (sampler, attack results, newcomers by phase)."""
+    sampler = Sampler(server)
+    sampler.start()
+    legit.start()
+    results = {}
+    newcomers = {}
+    try:
+        for phase, attacks in phases:
+            probe = Newcomers(newcomer) if newcomer else None
+            if probe:
+                probe.start()
+            results.update(run_attacks(target, SECONDS, attacks))
+            if probe:
+                probe.stop()
+                newcomers[phase] = probe.line()
+    finally:
+        legit.stop()
+        sampler.stop()
+    return sampler, results, newcomers
 
 
 def summary(results):
@@ -426,6 +489,23 @@ def closed_by_peer(sock):
             pass
 
 
+def closed_within(sock, seconds):
+    """Read (and drop) until the peer closes: True if it did within `seconds`."""
+    end = time.monotonic() + seconds
+    try:
+        while True:
+            left = end - time.monotonic()
+            if left <= 0:
+                return False
+            sock.settimeout(left)
+            if not sock.recv(65536):
+                return True
+    except socket.timeout:
+        return False
+    except OSError:
+        return True
+
+
 def poll_closed(socks):
     """The sockets of `socks` the peer has closed (readable ones are read)."""
     if not socks:
@@ -501,7 +581,7 @@ def resets(target, seconds, max_count=30_000, wait_every=2, complete=True):
     while i < max_count and time.monotonic() < deadline:
         i += 1
         try:
-            s = connect(target, source=target.get("attacker"), timeout=3, linger0=True)
+            s = connect(target, source=source_of(target, i), timeout=3, linger0=True)
         except OSError:
             counters["connect_failed"] += 1
             continue
@@ -519,11 +599,17 @@ def resets(target, seconds, max_count=30_000, wait_every=2, complete=True):
     return dict(counters)
 
 
+def source_of(target, i):
+    """The address attack connection `i` leaves from (mesh: several, since
+    the node counts connections per address)."""
+    sources = target.get("attackers")
+    return sources[i % len(sources)] if sources else None
+
+
 def _keep_open(target, seconds, count, first, trickle, interval, max_connects):
     """Hold `count` connections open, sending `first` on each, then
-    `trickle(i)` bytes on one connection at a time every `interval`.
-    Connections the server closes are counted and replaced (bounded by
-    `max_connects`)."""
+    `trickle(i)` bytes on every connection every `interval`. Connections
+    the server closes are counted and replaced (bounded by `max_connects`)."""
     counters = collections.Counter()
     deadline = time.monotonic() + seconds
     held = []
@@ -534,7 +620,7 @@ def _keep_open(target, seconds, count, first, trickle, interval, max_connects):
         nonlocal connects
         connects += 1
         try:
-            s = connect(target, source=target.get("attacker"), timeout=2)
+            s = connect(target, source=source_of(target, connects), timeout=2)
             if first:
                 s.sendall(first)
             held.append(s)
@@ -577,16 +663,28 @@ def half_open(target, seconds, count=300, max_connects=5_000):
     return _keep_open(target, seconds, count, b"", None, 0.1, max_connects)
 
 
-def slowloris(target, seconds, count=200, prefill=0, max_connects=5_000):
+def slowloris(target, seconds, count=200, prefill=0, body=False, max_connects=5_000):
     """Send the opening one byte at a time, never finishing it. HTTP: the
     request line, then a header that never ends (after `prefill` bytes of
-    it at once: the most a server would hold for a slow client). Mesh: the
-    length of a handshake message, then its bytes one by one."""
+    it at once: the most a server would hold for a slow client), or with
+    `body` a complete head and a body that trickles. Mesh: the length of a
+    handshake message, then its bytes one by one."""
     if target["kind"] == "mesh":
         first = struct.pack(">H", 48)        # a handshake message that never completes
         return _keep_open(target, seconds, count, first, lambda i: b"\x00", 0.2, max_connects)
+    if body:
+        # The head is complete; the body (of 1 MiB, says the head) comes one byte at a time.
+        first = b"POST / HTTP/1.1\r\nHost: %s:%d\r\nContent-Type: application/json\r\nContent-Length: 1048576\r\n\r\n{" % (
+            target["host"].encode(), target["port"])
+        return _keep_open(target, seconds, count, first, lambda i: b" ", 0.2, max_connects)
     first = b"GET / HTTP/1.1\r\nHost: %s:%d\r\nX-Slow: " % (target["host"].encode(), target["port"]) + b"a" * prefill
     return _keep_open(target, seconds, count, first, lambda i: b"a", 0.2, max_connects)
+
+
+def half_handshake(target, seconds, count=64, max_connects=5_000):
+    """Send a complete opening (mesh: the first handshake message, which
+    the node answers with its own, a Diffie-Hellman's work) and nothing more."""
+    return _keep_open(target, seconds, count, opening(target), None, 0.1, max_connects)
 
 
 def garbage(target, seconds, max_count=5_000):
@@ -595,30 +693,33 @@ def garbage(target, seconds, max_count=5_000):
     counters = collections.Counter()
     deadline = time.monotonic() + seconds
     i = 0
+    if target["kind"] == "mesh":
+        variants = [("len65535", lambda: b"\xff\xff" + os.urandom(2000)), ("len0", lambda: b"\x00\x00"),
+                    ("short", lambda: b"\x00\x05hello" + os.urandom(100)), ("bad_keys", lambda: struct.pack(">H", 96) + os.urandom(96))]
+    else:
+        variants = [("random", lambda: os.urandom(500)), ("http_9.9", lambda: b"GET / HTTP/9.9\r\n\r\n"),
+                    ("tls_hello", lambda: b"\x16\x03\x01\x02\x00" + os.urandom(512)),
+                    ("negative_length", lambda: b"POST / HTTP/1.1\r\nContent-Length: -5\r\n\r\n"),
+                    ("url_100k", lambda: b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\n\r\n")]
     while i < max_count and time.monotonic() < deadline:
+        name, make = variants[i % len(variants)]
         i += 1
         try:
-            s = connect(target, source=target.get("attacker"), timeout=2)
+            s = connect(target, source=source_of(target, i), timeout=1)
         except OSError:
             counters["connect_failed"] += 1
             continue
         try:
-            if target["kind"] == "mesh":
-                junk = random.choice([b"\xff\xff" + os.urandom(2000), b"\x00\x00", b"\x00\x05hello" + os.urandom(100),
-                                      struct.pack(">H", 96) + os.urandom(96)])
-            else:
-                junk = random.choice([os.urandom(500), b"\r\n" * 100, b"GET / HTTP/9.9\r\n\r\n", b"\x16\x03\x01\x02\x00" + os.urandom(512),
-                                      b"POST / HTTP/1.1\r\nContent-Length: -5\r\n\r\n", b"GET /" + b"a" * 100_000 + b" HTTP/1.1\r\n\r\n"])
-            s.sendall(junk)
-            end = time.monotonic() + 2
+            s.sendall(make())
+            end = time.monotonic() + 1
             while time.monotonic() < end:
                 if not s.recv(65536):
-                    counters["closed_by_server"] += 1
+                    counters["closed_" + name] += 1
                     break
         except socket.timeout:
-            counters["not_closed_within_2s"] += 1
+            counters["NOT_closed_within_1s_" + name] += 1
         except OSError:
-            counters["closed_by_server"] += 1
+            counters["closed_" + name] += 1
         finally:
             s.close()
     counters["connections"] = i
@@ -655,14 +756,18 @@ def ws_flood(target, seconds, want, max_attempts=5_000):
     return dict(counters)
 
 
-def ws_never_reader(target, seconds, count=8, mode="text", max_connections=200, batch=2000):
+def ws_never_reader(target, seconds, count=8, mode="text", max_connections=200, batch=2000, hold_fire=0.5, big=60_000):
     """Connections that send small frames which each earn a reply, and never
     read: text frames (relay: ERROR each), JOIN/LEAVE churn (relay:
-    PRESENCE, ERROR when rate limited), pings (masqd: an answer each). The
+    PRESENCE, ERROR when rate limited), pings (masqd: an answer each; "big":
+    requests of `big` bytes, as fast as the server takes them). The
     server must close them rather than queue replies without bound. Each
-    closed connection is replaced, up to `max_connections`."""
+    closed connection is replaced, up to `max_connections`. They connect
+    first and start sending after `hold_fire` seconds, so the attacks of the
+    same phase get their connections in before the server gets busy."""
     counters = collections.Counter()
-    deadline = time.monotonic() + seconds
+    started = time.monotonic()
+    deadline = started + seconds
     room = os.urandom(16)
     if mode == "text":
         unit = ws_frame(0x1, b"abcdef")
@@ -670,6 +775,8 @@ def ws_never_reader(target, seconds, count=8, mode="text", max_connections=200, 
         unit = ws_frame(0x2, relay_frame(1, room)) + ws_frame(0x2, relay_frame(2, room))
     elif mode == "ping":
         unit = ws_frame(0x1, b'{"op":"ping"}')
+    elif mode == "big":
+        unit = ws_frame(0x1, b'{"op":"ping","pad":"' + b"x" * big + b'"}')
     else:
         raise ValueError(mode)
     chunk = unit * batch
@@ -686,8 +793,9 @@ def ws_never_reader(target, seconds, count=8, mode="text", max_connections=200, 
         else:
             counters["refused_" + status] += 1
 
-    while len(conns) < count and opened < max_connections:
+    while len(conns) < count and opened < max_connections and time.monotonic() < deadline:
         open_one()
+    time.sleep(max(0.0, started + hold_fire - time.monotonic()))
     most_before_close = 0
     total = 0
     while time.monotonic() < deadline and conns:
@@ -891,8 +999,10 @@ def http_flood(target, seconds, want, max_attempts=5_000):
                 else:
                     counters["refused_" + status_of(head)] += 1
                     s.close()
+                    time.sleep(0.02)
             except OSError:
                 counters["refused_reset"] += 1
+                time.sleep(0.02)
         else:
             time.sleep(0.05)
             if attempts < max_attempts:
@@ -925,6 +1035,43 @@ def http_flood(target, seconds, want, max_attempts=5_000):
     return dict(counters)
 
 
+def http_never_reader(target, seconds, count=4, batch=500, max_connections=100):
+    """Pipelined requests (GET of the published limits, ~400 bytes each
+    answer) sent as fast as the server takes them, answers never read: the
+    server must stop reading or close, not queue answers without bound."""
+    counters = collections.Counter()
+    deadline = time.monotonic() + seconds
+    chunk = (b"GET / HTTP/1.1\r\nHost: %s:%d\r\n\r\n" % (target["host"].encode(), target["port"])) * batch
+    conns = {}
+    opened = 0
+    while time.monotonic() < deadline:
+        while len(conns) < count and opened < max_connections:
+            opened += 1
+            try:
+                s = connect(target, rcvbuf=4096, timeout=0.5)
+                conns[s] = 0
+            except OSError:
+                counters["refused"] += 1
+        if not conns:
+            time.sleep(0.05)
+            continue
+        for s in list(conns):
+            try:
+                s.sendall(chunk)
+                conns[s] += batch
+            except socket.timeout:
+                counters["send_stalled"] += 1
+            except OSError:
+                counters["closed_by_server"] += 1
+                counters["requests_sent"] += conns.pop(s)
+                s.close()
+    counters["connections"] = opened
+    counters["requests_sent"] += sum(conns.values())
+    counters["still_open_at_end"] = len(conns)
+    close_all(conns)
+    return dict(counters)
+
+
 def read_body_rest(sock, head):
     """Read the rest of a response body after its head (Content-Length)."""
     top, _, body = head.partition(b"\r\n\r\n")
@@ -938,10 +1085,11 @@ def read_body_rest(sock, head):
     return body
 
 
-def http_bad_requests(target, seconds, max_message, max_count=50_000):
-    """Bodies past the limit (declared, and chunked without end), malformed
-    JSON, bad keys and actions, sends to many random mailboxes, huge
-    headers: each answered with an error (or a close), never held."""
+def http_bad_requests(target, seconds, max_message, only=None, skip=(), answer_timeout=3.0, max_count=50_000):
+    """Bodies past the limit (declared, chunked), malformed JSON, bad keys
+    and actions, sends to many random mailboxes, huge headers: each must be
+    answered with an error (or the connection closed), never held. `only`
+    and `skip` select variants by name."""
     counters = collections.Counter()
     deadline = time.monotonic() + seconds
     host = b"Host: %s:%d\r\n" % (target["host"].encode(), target["port"])
@@ -957,7 +1105,7 @@ def http_bad_requests(target, seconds, max_message, max_count=50_000):
         ("declared_1GiB", lambda: b"POST / HTTP/1.1\r\n" + host + b"Content-Length: 1073741824\r\n\r\n" + b"{" * 1000),
         ("body_past_limit", lambda: post(b'{"data": "' + b"A" * (max_message * 2) + b'"}')),
         ("chunked_past_limit", lambda: b"POST / HTTP/1.1\r\n" + host + b"Transfer-Encoding: chunked\r\n\r\n"
-         + b"".join(b"%x\r\n%s\r\n" % (4096, b"B" * 4096) for _ in range(max_message // 4096 + 4))),
+         + b"".join(b"%x\r\n%s\r\n" % (4096, b"B" * 4096) for _ in range(max_message // 4096 + 4)) + b"0\r\n\r\n"),
         ("not_json", lambda: post(b"{not json" + os.urandom(50))),
         ("deep_json", lambda: post(b"[" * 5000 + b"]" * 5000)),
         ("bad_key", lambda: post(b'{"pub": "' + b64(b"\x02" + os.urandom(48)) + b'", "ext": "", "action": "check", "at": 0}')),
@@ -968,6 +1116,7 @@ def http_bad_requests(target, seconds, max_message, max_count=50_000):
         ("huge_header", lambda: b"GET / HTTP/1.1\r\n" + host + b"X-Big: " + b"h" * 200_000 + b"\r\n\r\n"),
         ("bad_method", lambda: b"BREW / HTTP/1.1\r\n" + host + b"\r\n"),
     ]
+    variants = [(n, v) for n, v in variants if (only is None or n in only) and n not in skip]
     s = None
     i = 0
     while i < max_count and time.monotonic() < deadline:
@@ -975,7 +1124,7 @@ def http_bad_requests(target, seconds, max_message, max_count=50_000):
         i += 1
         try:
             if s is None:
-                s = connect(target, timeout=3)
+                s = connect(target, timeout=answer_timeout)
                 counters["connections"] += 1
             s.sendall(make())
             head = read_head(s)
@@ -1005,24 +1154,88 @@ def http_bad_requests(target, seconds, max_message, max_count=50_000):
 # Mesh attacks
 
 
-def mesh_handshaked_garbage(target, seconds, noise_dir, max_count=200):
-    """Complete the Noise handshake (a real peer), then send garbage frames:
-    a message that does not decrypt, unknown frame types, malformed cells,
-    gossip that is not JSON. The node must penalize, ban and close."""
+MESH_TESTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "mesh")
+
+
+def mesh_peer_class():
+    """A Noise XX peer (Tests/mesh/noise_client.py) that leaves from a
+    chosen loopback address and signs a record naming it; `client=True`
+    makes it a device's transport (a client link) rather than a node."""
     import sys
-    sys.path.insert(0, noise_dir)
+    if MESH_TESTS not in sys.path:
+        sys.path.insert(0, MESH_TESTS)
+    import base64
+    import hashlib
     import noise_client
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    class MeshPeer(noise_client.Peer):
+        def __init__(self, host, port, source, client=True, network="masq", timeout=5):
+            self.static = X25519PrivateKey.generate()
+            self.identity = Ed25519PrivateKey.generate()
+            self.source = source
+            self.client = client
+            self.sock = socket.create_connection((host, port), timeout=timeout, source_address=(source, 0))
+            self.network = network
+            name = noise_client.NAME
+            self.h = hashlib.sha256(name).digest() if len(name) > 32 else name.ljust(32, b"\0")
+            self.ck = self.h
+            self.cipher = noise_client.Cipher(None)
+            self.mix_hash(("masq mesh v1 " + network).encode())
+
+        def record(self, port=1, version=1, tamper=False):
+            raw = noise_client.raw
+            rec = {"network": self.network, "key": noise_client.b64(raw(self.identity)), "agreement": noise_client.b64(raw(self.static)),
+                   "host": self.source, "port": port, "version": version, "neighbours": [],
+                   "rates": {"routingByte": 1, "routingPacket": 1, "exitByte": 1, "exitPacket": 1}, "exit": False}
+            if self.client:
+                rec["client"] = True
+            body = json.dumps(rec, separators=(",", ":")).encode()
+            sig = self.identity.sign(b"masq node record v1" + body)
+            return {"r": base64.urlsafe_b64encode(body).rstrip(b"=").decode(), "s": base64.urlsafe_b64encode(sig).rstrip(b"=").decode()}
+
+        def ping(self, timeout):
+            """PING, then read the node's messages until its PONG."""
+            self.frame(b"\x04")
+            deadline = time.monotonic() + timeout
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("no PONG")
+                self.sock.settimeout(left)
+                frames, _ = self.read_message()
+                if any(f[:1] == b"\x05" for f in frames):
+                    return
+                if any(f[:1] == b"\x06" for f in frames):
+                    raise ConnectionError("BYE from the node")
+
+    return MeshPeer
+
+
+def mesh_handshaked_garbage(target, seconds, max_count=300):
+    """Complete the Noise handshake (a real peer), then send garbage: a
+    message that does not decrypt, unknown frame types, malformed cells,
+    gossip that is not JSON. The node must penalize, ban (the address) and
+    close. Each connection leaves from the next attacker address."""
+    MeshPeer = mesh_peer_class()
     counters = collections.Counter()
     deadline = time.monotonic() + seconds
     i = 0
     while i < max_count and time.monotonic() < deadline:
         i += 1
         try:
-            peer = noise_client.Peer(target["host"], target["port"])
+            peer = MeshPeer(target["host"], target["port"], source_of(target, i) or HOST, client=False, timeout=2)
+        except OSError:
+            counters["connect_failed"] += 1
+            continue
+        try:
             peer.handshake()
             counters["handshakes"] += 1
-            for _ in range(5):
-                choice = random.randrange(4)
+            # Enough to pass the ban threshold (30 points) whatever the draw:
+            # the lightest, a cell of the wrong size, costs 5.
+            sequence = [random.randrange(4) for _ in range(8)]
+            for choice in sequence:
                 if choice == 0:
                     peer.send_raw(os.urandom(200))
                 elif choice == 1:
@@ -1031,10 +1244,13 @@ def mesh_handshaked_garbage(target, seconds, noise_dir, max_count=200):
                     peer.frame(b"\x03" + struct.pack(">IB", 1, 2) + b"\x00" * 10)
                 else:
                     peer.frame(b"\x01not json")
-            counters["closed_by_node" if peer.closed(2) else "NOT_closed"] += 1
-            peer.sock.close()
+            if closed_within(peer.sock, 2):
+                counters["closed_by_node"] += 1
+            else:
+                counters["NOT_closed_within_2s_after_%s_from_%s" % ("".join(map(str, sequence)), peer.source)] += 1
         except (OSError, ConnectionError, ValueError):
-            counters["refused_or_closed"] += 1
-            time.sleep(0.05)
+            counters["refused_or_closed"] += 1   # a banned address is refused at once
+        finally:
+            peer.sock.close()
     counters["attempts"] = i
     return dict(counters)

@@ -25,6 +25,7 @@ import pytest
 import abuse
 
 websockets = pytest.importorskip("websockets", reason="pip install websockets")
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 from websockets.sync.client import connect as ws_connect  # noqa: E402
 
 MAX_CONNECTIONS = 200
@@ -49,6 +50,11 @@ OPTIONS = ["--max-connections", str(MAX_CONNECTIONS), "--send-buffer", str(SEND_
 CONNECTION_OVERHEAD = 64 * 1024
 FIXED = 48 * 1024 * 1024
 RSS_BOUND_KIB = (MAX_CONNECTIONS * (SEND_BUFFER + MAX_FRAME + CONNECTION_OVERHEAD) + FIXED) // 1024
+# Sockets the relay may hold: its connections (--max-connections), its
+# listener, and SLACK for connections being accepted or refused (503) at
+# the instant of a sample.
+SLACK = 32
+SOCKET_BOUND = MAX_CONNECTIONS + 1 + SLACK
 
 
 def relay_frame(kind, room, payload=b""):
@@ -62,6 +68,7 @@ class Members:
     def __init__(self, url, room=None):
         self.url = url
         self.room = room or os.urandom(16)
+        self.presence = 0        # PRESENCE frames seen while exchanging
         self.connect()
 
     def connect(self):
@@ -96,80 +103,81 @@ class Members:
             message = receiver.recv(timeout=left)
             if message[1] == 4 and message.endswith(payload):
                 return
+            if message[1] == 6:
+                self.presence += 1
             if message[1] == 5:
                 raise RuntimeError("ERROR %r" % message[2:])
 
 
-def connections_gauge(url):
+def metric(url, name):
     text = urllib.request.urlopen(url.replace("ws:", "http:") + "metrics", timeout=10).read().decode()
-    for line in text.splitlines():
-        if line.startswith("masq_relay_connections"):
-            return float(line.split()[-1])
-    return None
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
 
 
 def test_relay_under_abuse(tmp_path, capsys):
+    abuse.raise_fd_limit()
     server = abuse.Server("relay", [abuse.MASQ, "relay", "--port", "0", "--log-level", "error", *OPTIONS], r"ws://\S+", str(tmp_path))
     try:
         url = server.match.group(0)
         port = int(re.search(r":(\d+)/", url).group(1))
         target = {"kind": "ws", "host": abuse.HOST, "port": port}
-        members = Members(url)
+        holder = {"members": Members(url)}
+        room = holder["members"].room
         for i in range(20):          # warm up: every path the members use has run once
-            members.exchange(i)
+            holder["members"].exchange(i)
         baseline = server.baseline_kib()
-        sampler = abuse.Sampler(server)
-        holder = {"members": members}
 
         def work(legit, i):
             legit.request(holder["members"].exchange, i)
 
         def recover():
             holder["members"].close()
-            holder["members"] = Members(url, holder["members"].room)
+            holder["members"] = Members(url, room)
+
+        def newcomer():
+            pair = Members(url)
+            try:
+                pair.exchange(0)
+            finally:
+                pair.close()
 
         legit = abuse.Legit("relay", work, recover)
-        sampler.start()
-        legit.start()
-        seconds = abuse.SECONDS
-        results = {}
-        results.update(abuse.run_attacks(target, seconds, [
-            ("resets", "resets", {}),
-            ("resets2", "resets", {}),
-            ("slowloris", "slowloris", {"count": 150}),
-            ("slowloris_60k", "slowloris", {"count": 150, "prefill": 60 * 1024}),
-            ("half_open", "half_open", {"count": 300}),
-            ("garbage", "garbage", {}),
-        ]))
-        results.update(abuse.run_attacks(target, seconds, [
-            ("flood", "ws_flood", {"want": MAX_CONNECTIONS + 20}),
-            ("flood_resets", "resets", {}),
-            ("flood_slowloris", "slowloris", {"count": 150, "prefill": 60 * 1024}),
-            ("flood_half_open", "half_open", {"count": 300}),
-        ]))
-        results.update(abuse.run_attacks(target, seconds, [
-            ("never_reader_text", "ws_never_reader", {"count": 8, "mode": "text"}),
-            ("never_reader_churn", "ws_never_reader", {"count": 8, "mode": "churn"}),
-            ("oversized", "ws_oversized", {"max_frame": MAX_FRAME}),
-            ("malformed", "ws_malformed", {"protocol": "relay"}),
-            ("presence_churn", "presence_churn", {"room_hex": members.room.hex(), "count": MAX_ROOM_MEMBERS - 4}),
-        ]))
-        legit.stop()
-        sampler.stop()
+        n = MAX_CONNECTIONS
+        sampler, results, newcomers = abuse.run_phases(server, target, legit, [
+            ("flood", [
+                ("flood", "ws_flood", {"want": n + 20}),
+                ("flood_resets", "resets", {}),
+                ("flood_slowloris_60k", "slowloris", {"count": n // 2, "prefill": 60 * 1024}),
+                ("flood_half_open", "half_open", {"count": n}),
+            ]),
+            ("slots", [
+                ("resets", "resets", {}),
+                ("resets_2", "resets", {}),
+                ("slowloris", "slowloris", {"count": n // 2}),
+                ("slowloris_60k", "slowloris", {"count": n // 2, "prefill": 60 * 1024}),
+                ("half_open", "half_open", {"count": n}),
+                ("garbage", "garbage", {}),
+            ]),
+            ("protocol", [
+                ("never_reader_text", "ws_never_reader", {"count": 4, "mode": "text"}),
+                ("never_reader_churn", "ws_never_reader", {"count": 4, "mode": "churn"}),
+                ("oversized", "ws_oversized", {"max_frame": MAX_FRAME}),
+                ("malformed", "ws_malformed", {"protocol": "relay"}),
+                ("presence_churn", "presence_churn", {"room_hex": room.hex(), "count": MAX_ROOM_MEMBERS - 4}),
+            ]),
+        ], newcomer)
         alive_after_attack = server.alive()
 
         # Every slot came back: once the attackers are gone the gauge falls
         # to the two members, and MAX_CONNECTIONS - 2 new upgrades succeed.
-        deadline = time.monotonic() + 10
-        gauge = None
-        while alive_after_attack and time.monotonic() < deadline:
-            gauge = connections_gauge(url)
-            if gauge == 2:
-                break
-            time.sleep(0.1)
-        opened, refused = [], []
+        gauge, opened, refused = None, [], []
         if alive_after_attack:
-            abuse.raise_fd_limit()
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                gauge = metric(url, "masq_relay_connections")
+                if gauge == 2:
+                    break
+                time.sleep(0.1)
             for _ in range(MAX_CONNECTIONS - 2):
                 s, status = abuse.ws_open(target, timeout=10)
                 (opened if s else refused).append(s or status)
@@ -178,26 +186,28 @@ def test_relay_under_abuse(tmp_path, capsys):
         fresh_error = None
         try:
             time.sleep(0.3)
-            fresh = Members(url)
-            fresh.exchange(0)
-            fresh.exchange(1)
-            fresh.close()
+            newcomer()
         except Exception as error:
             fresh_error = repr(error)
+        closed_slow = metric(url, "masq_relay_closed_slow_total") if server.alive() else None
+        presence_seen = holder["members"].presence
         holder["members"].close()
 
-        details = ["baseline %.1f MiB, bound +%.1f MiB; peak server sockets %d (--max-connections %d)" % (
-            baseline / 1024, RSS_BOUND_KIB / 1024, sampler.peak_sockets, MAX_CONNECTIONS),
-            "after: gauge %s, %d of %d new upgrades accepted (refused: %s), fresh members: %s" % (
-                gauge, len(opened), MAX_CONNECTIONS - 2, sorted(set(refused)), fresh_error or "ok")]
+        details = ["baseline %.1f MiB, bound +%.1f MiB; peak %d sockets open in the relay (bound %d: --max-connections %d)" % (
+                       baseline / 1024, RSS_BOUND_KIB / 1024, sampler.peak_sockets, SOCKET_BOUND, MAX_CONNECTIONS),
+                   "legit: slowest %.0f ms; newcomers during %s" % (legit.max_ms(), "; ".join("%s: %s" % kv for kv in newcomers.items())),
+                   "after: gauge %s, %d of %d new upgrades accepted%s, fresh members: %s, closed for not reading: %s" % (
+                       gauge, len(opened), MAX_CONNECTIONS - 2, " (refused: %s)" % sorted(set(refused)) if refused else "",
+                       fresh_error or "ok", closed_slow),
+                   "the members saw %d PRESENCE frames (coalesced churn)" % presence_seen]
         details += abuse.summary(results)
         details += ["legit error: " + e for e in legit.errors]
         abuse.report(capsys, "relay", sampler.peak_kib, baseline, legit, details)
 
         assert alive_after_attack, "the relay died under abuse: " + server.log_tail()
         assert not [n for n, r in results.items() if "crashed" in r], results
-        assert legit.failures == 0, legit.errors
         assert legit.requests > 0
+        assert legit.failures == 0, legit.errors
         assert gauge == 2, "masq_relay_connections did not come back to the 2 members: %s" % gauge
         assert not refused, "slots leaked: %d of %d upgrades refused after the attack" % (len(refused), MAX_CONNECTIONS - 2)
         assert fresh_error is None, fresh_error
@@ -207,13 +217,13 @@ def test_relay_under_abuse(tmp_path, capsys):
         flood = results["flood"]
         assert flood.get("peak_held", 0) <= MAX_CONNECTIONS, flood
         assert flood.get("answer_503", 0) > 0, flood
-        # Oversized frames always close their connection.
+        # Oversized frames close their connection.
         assert not [k for k in results["oversized"] if k.startswith("NOT_closed")], results["oversized"]
-        # Clients that never read are closed, not buffered for: none still open
-        # after provoking more replies than every buffer on the way can hold.
-        wmem, rmem = abuse.kernel_socket_buffers()
-        for name in ("never_reader_text", "never_reader_churn"):
-            r = results[name]
-            assert r.get("closed_by_server", 0) > 0, (name, r)
+        # Connections are bounded by the configured limit, whatever state they
+        # are in (not yet upgraded, slow, answered 400): more would be a way
+        # around --max-connections to the process's file descriptor limit.
+        assert sampler.peak_sockets <= SOCKET_BOUND, (
+            "the relay held %d sockets open with --max-connections %d: connections that never finish their upgrade "
+            "(half-open, slowloris, or answered 400) are neither counted nor timed out" % (sampler.peak_sockets, MAX_CONNECTIONS))
     finally:
         server.stop()

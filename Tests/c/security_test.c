@@ -21,14 +21,25 @@ static const uint8_t *unhex(int slot, const char *hex) {
     return unhex_buffer[slot];
 }
 
-static masq_store *open_store(const char *label) {
-    char dir[] = "/tmp/masq-sectest-XXXXXX", config[512];
-    if (!mkdtemp(dir)) exit(2);
+static masq_store *open_dir(const char *dir) {
+    char config[512];
     snprintf(config, sizeof config, "{\"data_dir\": \"%s\", \"security\": {\"scrypt_log_n\": 10}}", dir);
     masq_store *s = NULL;
     CHECK_RC(masq_open_config(config, NULL, &s), MASQ_OK);
+    return s;
+}
+
+static masq_store *open_store_in(const char *label, char dir[25]) {
+    strcpy(dir, "/tmp/masq-sectest-XXXXXX");
+    if (!mkdtemp(dir)) exit(2);
+    masq_store *s = open_dir(dir);
     CHECK_RC(masq_set_device_name(s, label), MASQ_OK);
     return s;
+}
+
+static masq_store *open_store(const char *label) {
+    char dir[25];
+    return open_store_in(label, dir);
 }
 
 static void test_primitives(void) {
@@ -158,6 +169,50 @@ static void device_id(masq_store *s, char out[21]) {
     if (p) memcpy(out, p + 14, 20);
     out[20] = 0;
     masq_free(json);
+}
+
+/* A reopened store (it may be a copy restored from a backup) seals nothing
+ * before its session is renewed; renewal is a KK handshake the caller
+ * carries, and a replayed first message is refused. */
+static void test_renewal_before_sealing(void) {
+    char a_dir[25];
+    masq_store *a = open_store_in("alpha", a_dir), *b = open_store("beta");
+    char a_id[21], b_id[21];
+    device_id(a, a_id);
+    device_id(b, b_id);
+    CHECK(pair(a, b, -1) == 0);
+    CHECK_RC(masq_close(a), MASQ_OK);
+    a = open_dir(a_dir);
+    uint8_t *m = NULL, *p = NULL, *first = NULL, *answer = NULL;
+    size_t ml = 0, pl = 0, first_len = 0, answer_len = 0;
+    CHECK_RC(masq_seal_for_device(a, b_id, NULL, 0, B("x"), 1, &m, &ml), MASQ_E_DENIED);
+    CHECK(strstr(masq_last_error(), "renew") != NULL);
+
+    CHECK_RC(masq_device_renew_complete(a, b_id, B("x"), 1), MASQ_E_NOT_FOUND);      /* nothing waits */
+    CHECK_RC(masq_device_renew_begin(a, b_id, &first, &first_len), MASQ_OK);
+    CHECK_RC(masq_device_renew_answer(b, a_id, first, first_len, &answer, &answer_len), MASQ_OK);
+    uint8_t forged[256];
+    memcpy(forged, answer, answer_len < sizeof forged ? answer_len : sizeof forged);
+    forged[answer_len / 2] ^= 1;
+    CHECK_RC(masq_device_renew_complete(a, b_id, forged, answer_len), MASQ_E_BAD_SIGNATURE);   /* a forged answer... */
+    CHECK_RC(masq_device_renew_complete(a, b_id, answer, answer_len), MASQ_OK);               /* ...spoils nothing */
+    /* The answering side speaks first; then both ways. */
+    CHECK_RC(masq_seal_for_device(b, a_id, NULL, 0, B("hello"), 5, &m, &ml), MASQ_OK);
+    CHECK_RC(masq_open_from_device(a, b_id, NULL, 0, m, ml, &p, &pl), MASQ_OK);
+    CHECK(pl == 5 && memcmp(p, "hello", 5) == 0);
+    masq_free(m); masq_free(p);
+    CHECK_RC(masq_seal_for_device(a, b_id, NULL, 0, B("back"), 4, &m, &ml), MASQ_OK);
+    CHECK_RC(masq_open_from_device(b, a_id, NULL, 0, m, ml, &p, &pl), MASQ_OK);
+    masq_free(m); masq_free(p);
+    /* A recorded first message cannot be replayed. */
+    CHECK_RC(masq_device_renew_answer(b, a_id, first, first_len, &answer, &answer_len), MASQ_E_DENIED);
+    CHECK_RC(masq_device_renew_begin(a, "00000000000000000000", &first, &first_len), MASQ_E_NOT_FOUND);
+    CHECK_RC(masq_device_renew_begin(a, "0000", &first, &first_len), MASQ_E_INVALID);
+    CHECK_RC(masq_device_renew_begin(a, b_id, NULL, NULL), MASQ_E_INVALID);
+    masq_free(first);
+    masq_free(answer);
+    CHECK_RC(masq_close(a), MASQ_OK);
+    CHECK_RC(masq_close(b), MASQ_OK);
 }
 
 static void test_pairing_and_devices(void) {
@@ -316,6 +371,7 @@ int main(void) {
     test_primitives();
     test_protection();
     test_pairing_and_devices();
+    test_renewal_before_sealing();
     test_sessions();
     printf("security_test: %d checks, %d failures\n", checks, failures);
     return failures == 0 ? 0 : 1;

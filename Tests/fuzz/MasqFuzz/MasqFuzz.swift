@@ -77,7 +77,7 @@ let targets: [Target] = [
         log.timestamp = 1 << 32
         Array("key".utf8).withUnsafeBytes { log.append(namespaceID: 1, key: $0) }
         var counter = Counter()
-        counter.add(5, replica: 7)
+        try? counter.add(5, replica: 7)
         return [log.encoded(), counter.encoded]
     }),
     Target(name: "ratchet", run: { bytes in

@@ -285,6 +285,18 @@ class SecurityMixin:
     def open_from_device(self, device_id: str, message: bytes, ad: bytes = b"") -> bytes:
         return _call_bytes(n.lib().masq_open_from_device, self._h, device_id.encode(), ad, len(ad), message, len(message))
 
+    # A store seals for a device only with a session made or renewed since it
+    # was opened (a copy restored from a backup must not reuse a message key):
+    # renew_begin here -> renew_answer there -> renew_complete here.
+    def renew_begin(self, device_id: str) -> bytes:
+        return _call_bytes(n.lib().masq_device_renew_begin, self._h, device_id.encode())
+
+    def renew_answer(self, device_id: str, message: bytes) -> bytes:
+        return _call_bytes(n.lib().masq_device_renew_answer, self._h, device_id.encode(), message, len(message))
+
+    def renew_complete(self, device_id: str, answer: bytes) -> None:
+        check(n.lib().masq_device_renew_complete(self._h, device_id.encode(), answer, len(answer)))
+
     def pairing_offer(self, via: Optional[str] = None, ttl_seconds: int = 600) -> Pairing:
         link, handle = ctypes.c_void_p(), ctypes.c_void_p()
         check(n.lib().masq_pairing_offer(self._h, via.encode() if via else None, ttl_seconds, ctypes.byref(link),

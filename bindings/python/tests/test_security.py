@@ -145,6 +145,16 @@ def test_pairing_devices_and_messages(tmp_path):
     assert b.open_from_device(a_id, message, b"room") == b"synced value"
     reply = b.seal_for_device(a_id, b"ack")
     assert a.open_from_device(b_id, reply) == b"ack"
+    # Reopened (as a copy restored from a backup would be), a store renews before it seals.
+    a.close()
+    a = masq.Store.open_config({"data_dir": str(tmp_path / "a"), "security": {"scrypt_log_n": 10}})
+    a.unlock("pw")
+    with pytest.raises(masq.DeniedError) as e:
+        a.seal_for_device(b_id, b"x")
+    assert "renew" in str(e.value)
+    a.renew_complete(b_id, b.renew_answer(a_id, a.renew_begin(b_id)))
+    assert a.open_from_device(b_id, b.seal_for_device(a_id, b"first on the new session")) == b"first on the new session"
+    assert b.open_from_device(a_id, a.seal_for_device(b_id, b"and back")) == b"and back"
     a.remove_device(b_id)
     with pytest.raises(masq.NotFoundError):
         a.seal_for_device(b_id, b"x")

@@ -1,0 +1,216 @@
+"""`masq node` under abuse while it keeps serving: a second node stays
+linked to it, and a client (a device's mesh transport, played here by a
+Noise XX peer) keeps sending PING and getting PONG over its link.
+
+The victim listens on 127.0.0.2, the second node on 127.0.0.3, the client
+leaves from 127.0.0.4; attackers leave from 127.0.0.1 and from 127.0.0.10
+and up (the node counts handshakes per address and bans addresses, so
+attacks and legitimate peers must not share one; all loopback).
+
+Three phases of ABUSE_SECONDS each, the client and the link working all along:
+1. flood: TCP connections that never start their handshake, from 8
+   addresses (past the 64 handshakes the node admits at once, 8 per
+   address), handshake messages that never end, and first handshake
+   messages left without the third;
+2. slots: thousands of connections that send the first handshake message,
+   read the node's answer (its Diffie-Hellman work) and reset; garbage
+   instead of a handshake;
+3. protocol: peers that complete the handshake and send garbage frames (a
+   message that does not decrypt, unknown types, malformed cells, gossip
+   that is not JSON): each is banned and closed.
+Then: the node is up, the second node still linked, a fresh client gets its
+PONG, and the handshake table drained (64 new handshakes are admitted).
+
+Run: MASQ_BIN=.build/debug/masq-cli python3 -m pytest -s Tests/abuse/test_node_abuse.py
+"""
+import json
+import os
+import re
+import subprocess
+import time
+
+import pytest
+
+import abuse
+
+pytest.importorskip("cryptography", reason="pip install cryptography")
+
+VICTIM, SECOND, CLIENT, FRESH = "127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"
+MAX_NEIGHBOURS = 5
+MAX_CLIENTS = 8
+LINK_QUEUE_MIB = 1
+# Fixed in Sources/MasqMesh/MeshNode.swift (not options): handshakes admitted
+# at once, in all and per address.
+MAX_PENDING = 64
+MAX_PENDING_PER_HOST = 8
+COMMON = ["--gossip-ms", "200", "--link-timeout-ms", "3000", "--record-ttl-ms", "4000", "--ban-seconds", "60",
+          "--max-neighbours", str(MAX_NEIGHBOURS), "--target-neighbours", "1", "--max-clients", str(MAX_CLIENTS),
+          "--max-link-queue-mib", str(LINK_QUEUE_MIB), "--log-level", "error"]
+
+# RSS bound (KiB). What the node may hold at once, from its limits:
+#   per handshake in progress (MAX_PENDING): one link message being
+#     assembled (64 KiB) + a read buffer (NIO's adaptive allocator, up to
+#     256 KiB) + CONNECTION_OVERHEAD;
+#   per link (--max-neighbours + --max-clients): its queue toward the peer
+#     (--max-link-queue-mib) + the same buffers;
+#   + FIXED for the allocator's arenas, the records it knows, its state.
+MESSAGE = 64 * 1024
+READ_BUFFER = 256 * 1024
+CONNECTION_OVERHEAD = 64 * 1024
+FIXED = 48 * 1024 * 1024
+PER_CONNECTION = MESSAGE + READ_BUFFER + CONNECTION_OVERHEAD
+RSS_BOUND_KIB = (MAX_PENDING * PER_CONNECTION + (MAX_NEIGHBOURS + MAX_CLIENTS) * (LINK_QUEUE_MIB * 1024 * 1024 + PER_CONNECTION)
+                 + FIXED) // 1024
+# Sockets the node may hold: handshakes in progress, links, its listener,
+# SLACK for connections being accepted and refused at a sample.
+SLACK = 32
+SOCKET_BOUND = MAX_PENDING + MAX_NEIGHBOURS + MAX_CLIENTS + 1 + SLACK
+
+
+def attackers(first, count):
+    return ["127.0.0.%d" % i for i in range(first, first + count)]
+
+
+def start_node(name, host, workdir, extra=()):
+    data = os.path.join(workdir, name)
+    os.makedirs(data, exist_ok=True)
+    return abuse.Server(name, [abuse.MASQ, "node", "--host", host, "--port", "0", "--data-dir", data, *COMMON, *extra],
+                        r"(masq://\S+)", workdir)
+
+
+def state(workdir, name):
+    """The node's state.json (written each gossip round; read again if caught mid-write)."""
+    for _ in range(20):
+        try:
+            return json.load(open(os.path.join(workdir, name, "state.json")))
+        except (OSError, ValueError):
+            time.sleep(0.05)
+    raise RuntimeError("no readable state.json for " + name)
+
+
+def test_node_under_abuse(tmp_path, capsys):
+    abuse.raise_fd_limit()
+    workdir = str(tmp_path)
+    victim = start_node("victim", VICTIM, workdir)
+    second = None
+    try:
+        descriptor = victim.match.group(1)
+        port = int(descriptor.rsplit(":", 1)[1])
+        second = start_node("second", SECOND, workdir, ["--seed", descriptor])
+        second_key = second.match.group(1).split(":")[2].split("@")[0]
+        deadline = time.monotonic() + 20
+        while second_key not in state(workdir, "victim")["neighbours"]:
+            assert time.monotonic() < deadline, "the second node did not link to the victim"
+            time.sleep(0.1)
+        MeshPeer = abuse.mesh_peer_class()
+
+        def client(source):
+            peer = MeshPeer(VICTIM, port, source, client=True, timeout=abuse.LEGIT_TIMEOUT)
+            peer.sock.settimeout(abuse.LEGIT_TIMEOUT)
+            peer.handshake()
+            return peer
+
+        holder = {"peer": client(CLIENT)}
+        for _ in range(20):          # warm up
+            holder["peer"].ping(abuse.LEGIT_TIMEOUT)
+        baseline = victim.baseline_kib()
+
+        def linked():
+            if second_key not in state(workdir, "victim")["neighbours"]:
+                raise RuntimeError("the second node is no longer a neighbour of the victim")
+
+        def work(legit, i):
+            legit.request(holder["peer"].ping, abuse.LEGIT_TIMEOUT)
+            if i % 10 == 0:
+                legit.request(linked)
+
+        def recover():
+            holder["peer"].sock.close()
+            holder["peer"] = client(CLIENT)
+
+        def newcomer():
+            peer = client(FRESH)
+            try:
+                peer.ping(abuse.LEGIT_TIMEOUT)
+            finally:
+                peer.sock.close()
+
+        legit = abuse.Legit("node", work, recover)
+        target = {"kind": "mesh", "host": VICTIM, "port": port}
+
+        def at(addresses):
+            return dict(target, attackers=addresses)
+
+        phases = [
+            ("flood", [
+                ("half_open", "half_open", {"count": 2 * MAX_PENDING}, at(attackers(10, 8))),
+                ("slowloris", "slowloris", {"count": MAX_PENDING}, at(attackers(20, 8))),
+                ("half_handshake", "half_handshake", {"count": MAX_PENDING}, at(attackers(30, 8))),
+            ]),
+            ("slots", [
+                ("resets", "resets", {}, at([abuse.HOST])),
+                ("resets_2", "resets", {}, at(attackers(40, 4))),
+                ("garbage", "garbage", {}, at(attackers(44, 4))),
+            ]),
+            ("protocol", [
+                ("handshaked_garbage", "mesh_handshaked_garbage", {}, at(attackers(100, 100))),
+                ("handshaked_garbage_2", "mesh_handshaked_garbage", {}, at(attackers(200, 50))),
+            ]),
+        ]
+        sampler, results, newcomers = abuse.run_phases(victim, target, legit, phases, newcomer)
+        alive_after_attack = victim.alive()
+
+        still_linked, fresh_error, drained = None, None, None
+        if alive_after_attack:
+            time.sleep(0.3)
+            try:
+                linked()
+                still_linked = True
+            except Exception as error:
+                still_linked = repr(error)
+            try:
+                newcomer()
+            except Exception as error:
+                fresh_error = repr(error)
+            # The handshake table drained: MAX_PENDING new connections from 8
+            # fresh addresses are all admitted (a refused one is closed at once).
+            time.sleep(6)          # handshakes left unfinished are closed after 5 s
+            held = []
+            for source in attackers(60, MAX_PENDING // MAX_PENDING_PER_HOST):
+                for _ in range(MAX_PENDING_PER_HOST):
+                    held.append(abuse.connect(target, source=source))
+            time.sleep(0.5)
+            drained = MAX_PENDING - len(abuse.poll_closed(held))
+            abuse.close_all(held)
+        counters = state(workdir, "victim")["counters"]
+        holder["peer"].sock.close()
+
+        details = ["baseline %.1f MiB, bound +%.1f MiB; peak %d sockets open in the node (bound %d)" % (
+                       baseline / 1024, RSS_BOUND_KIB / 1024, sampler.peak_sockets, SOCKET_BOUND),
+                   "legit: slowest %.0f ms; newcomers during %s" % (legit.max_ms(), "; ".join("%s: %s" % kv for kv in newcomers.items())),
+                   "after: second node linked: %s, fresh client: %s, %s of %d new handshakes admitted" % (
+                       still_linked, fresh_error or "ok", drained, MAX_PENDING),
+                   "node counters: bans %d, pendingRefused %d, gossipRejected %d, cellsRejected %d" % (
+                       counters["bans"], counters["pendingRefused"], counters["gossipRejected"], counters["cellsRejected"])]
+        details += abuse.summary(results)
+        details += ["legit error: " + e for e in legit.errors]
+        abuse.report(capsys, "node", sampler.peak_kib, baseline, legit, details)
+
+        assert alive_after_attack, "the node died under abuse: " + victim.log_tail()
+        assert second.alive(), "the second node died: " + second.log_tail()
+        assert not [n for n, r in results.items() if "crashed" in r], results
+        assert legit.requests > 0
+        assert legit.failures == 0, legit.errors
+        assert still_linked is True, still_linked
+        assert fresh_error is None, fresh_error
+        assert drained == MAX_PENDING, "handshake slots leaked: %s of %d admitted after the attack" % (drained, MAX_PENDING)
+        assert sampler.peak_kib - baseline < RSS_BOUND_KIB, "RSS grew by %.1f MiB (bound %.1f MiB)" % (
+            (sampler.peak_kib - baseline) / 1024, RSS_BOUND_KIB / 1024)
+        assert sampler.peak_sockets <= SOCKET_BOUND, "the node held %d sockets open (bound %d)" % (sampler.peak_sockets, SOCKET_BOUND)
+        # Peers that send garbage after the handshake are closed.
+        for name in ("handshaked_garbage", "handshaked_garbage_2"):
+            assert not [k for k in results[name] if k.startswith("NOT_closed")], results[name]
+    finally:
+        if second:
+            second.stop()
+        victim.stop()
