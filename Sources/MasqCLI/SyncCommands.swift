@@ -124,6 +124,39 @@ struct Status: MasqSubcommand {
     }
 }
 
+/// `masq clock`: the store's clock beside the wall clock; `--repair` re-stamps
+/// what lies in the future (docs/PROTOCOL.md, "Rollback and clock repair").
+struct ClockCommand: MasqSubcommand {
+    static let configuration = CommandConfiguration(
+        commandName: "clock",
+        abstract: "Show the store's clock beside this computer's; --repair re-stamps writes made while the clock was ahead.",
+        discussion: """
+            Sync repairs a clock that ran ahead by itself once a paired device refuses its writes while the two             clocks agree. Use --repair when you know this computer's clock is right now (and it was ahead before).
+            """)
+    @OptionGroup var store: StoreOptions
+    @Flag(help: "Re-stamp, under a new replica id, every write stamped more than the clock bound ahead of now.") var repair = false
+
+    func execute() throws {
+        try store.withStore { s in
+            try guarded { () throws(MasqError) in
+                let (storeClock, ahead) = try s.clockReading()
+                print("store clock: \(formatTime(storeClock)); this computer: \(formatTime(Clock.wallMilliseconds()))")
+                if ahead > Store.defaultClockBound {
+                    print("the store's clock is \(ahead / 60_000) minute(s) ahead of this computer's")
+                } else {
+                    print("the store's clock agrees with this computer's")
+                }
+                guard repair else { return }
+                if try s.repairClockIfNeeded() {
+                    print("repaired: writes stamped in the future were re-stamped; this store is now replica \(String(s.replicaID, radix: 16))")
+                } else {
+                    print("nothing to repair")
+                }
+            }
+        }
+    }
+}
+
 /// A one-line progress bar on stderr.
 final class ProgressBar: @unchecked Sendable {
     let enabled: Bool

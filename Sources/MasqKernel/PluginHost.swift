@@ -90,7 +90,10 @@ final class PluginHost: @unchecked Sendable {
 }
 
 /// Time sources shared by the kernel and its host table.
-enum Clock {
+public enum Clock {
+    /// The wall clock (Unix ms), for tools that show it beside the store's.
+    public static func wallMilliseconds() -> UInt64 { unixMilliseconds() }
+
     static func unixMilliseconds() -> UInt64 {
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)

@@ -145,6 +145,17 @@ extension Store {
         return true
     }
 
+    /// The store's clock (Unix ms) and how far it is ahead of the wall clock (0 if not).
+    public func clockReading() throws(MasqError) -> (storeMilliseconds: UInt64, aheadMilliseconds: UInt64) {
+        try lock.withLock { () throws(MasqError) in
+            try ensureUsable()
+            let saved = try Store.readClock(engine)
+            let ms = HybridLogicalClock.milliseconds(of: max(saved.timestamp, clock.last, try Store.readObserved(engine)))
+            let now = Clock.unixMilliseconds()
+            return (ms, ms > now ? ms - now : 0)
+        }
+    }
+
     /// Whether the stored clock is past the wall clock by more than the repair threshold. Caller holds the lock.
     func clockIsAheadLocked() throws(MasqError) -> Bool {
         let saved = try Store.readClock(engine)

