@@ -49,6 +49,9 @@ public final class SyncEngine: @unchecked Sendable {
         var lastSeen: UInt64 = 0
         /// Origins whose next commit the peer refused: not resent before `until`.
         var heldBack: [UInt64: (until: UInt64, backoff: UInt64)] = [:]
+        /// Wall and monotonic clocks when the last refusal came: a jump of the
+        /// wall clock since (the user set it right) ends every wait at once.
+        var refusedAt: (wall: UInt64, monotonic: UInt64)?
         /// The last refusal the peer sent us, and the last we sent it (for status).
         var refusedByPeer: SyncFrame.Refusal?
         var refusedFromPeer: SyncFrame.Refusal?
@@ -197,6 +200,7 @@ public final class SyncEngine: @unchecked Sendable {
             lock.withLock {
                 let backoff = peer.heldBack[refusal.origin].map { min($0.backoff * 2, Self.maxRefusalBackoff) } ?? Self.refusalBackoff
                 peer.heldBack[refusal.origin] = (now + backoff, backoff)
+                peer.refusedAt = (now, Clock.monotonicNanoseconds() / 1_000_000)
                 peer.refusedByPeer = refusal
                 peer.inFlight = 0
                 peer.sent = peer.theirs
@@ -258,6 +262,17 @@ public final class SyncEngine: @unchecked Sendable {
                 peer.inFlight = 0
                 peer.sent = peer.theirs
                 any = true
+            }
+            // The wall clock jumped since a refusal (it was set right): offer again now.
+            let monotonic = Clock.monotonicNanoseconds() / 1_000_000
+            for peer in peers.values where peer.connected {
+                guard let at = peer.refusedAt else { continue }
+                let wall = Int64(bitPattern: now &- at.wall), steady = Int64(bitPattern: monotonic &- at.monotonic)
+                if abs(wall - steady) > 60_000 {
+                    for (origin, hold) in peer.heldBack { peer.heldBack[origin] = (0, hold.backoff) }
+                    peer.refusedAt = nil
+                    any = true
+                }
             }
             // A refused origin whose wait is over is offered again (once per wait).
             for peer in peers.values where peer.connected && peer.heldBack.contains(where: { $0.value.until <= now && $0.value.until != 0 }) {

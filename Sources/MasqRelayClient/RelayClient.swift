@@ -57,7 +57,9 @@ public final class RelayTransport: PluginTransport, @unchecked Sendable {
         public var maxQueueBytes = 64 << 20
         public var maxFrameBytes = 1 << 20
         public var minBackoffMilliseconds: Int64 = 100
-        public var maxBackoffMilliseconds: Int64 = 30_000
+        /// Capped near 5 s: after a relay outage devices are back within seconds
+        /// (with jitter, so they do not all come back at once).
+        public var maxBackoffMilliseconds: Int64 = 5_000
         /// Reach the relay through this SOCKS5 proxy (host, port): the mesh.
         public var socks5: (host: String, port: Int)?
         public init() {}
@@ -271,7 +273,7 @@ public final class RelayTransport: PluginTransport, @unchecked Sendable {
 
     private func scheduleReconnect() {
         guard !stopped.withLockedValue({ $0 }) else { return }
-        let delay = backoff + Int64.random(in: 0...(backoff / 4 + 1))
+        let delay = backoff / 2 + Int64.random(in: 0...(backoff / 2 + 1))   // "equal jitter"
         backoff = min(backoff * 2, options.maxBackoffMilliseconds)
         reconnectTask = loop.scheduleTask(in: .milliseconds(delay)) { self.open() }
     }

@@ -39,7 +39,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305  # noqa
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF  # noqa: E402
 
 MAX_CONNECTIONS = 64
-REQUEST_TIMEOUT = 3
+REQUEST_TIMEOUT = 5
 MAX_MESSAGE = 4096
 MAX_RECEIVE = 10
 OPTIONS = ["--max-connections", str(MAX_CONNECTIONS), "--request-timeout", str(REQUEST_TIMEOUT),
@@ -160,7 +160,7 @@ def test_connectoid_under_abuse(tmp_path, capsys):
             ("protocol", [
                 ("bad_requests", "http_bad_requests", {"max_message": MAX_MESSAGE, "skip": ["declared_1GiB"]}),
                 ("declared_too_big", "http_bad_requests", {"max_message": MAX_MESSAGE, "only": ["declared_1GiB"],
-                                                           "answer_timeout": REQUEST_TIMEOUT + 2}),
+                                                           "answer_timeout": 1.5}),
                 ("never_reader", "http_never_reader", {"count": 4}),
             ]),
         ], newcomer)

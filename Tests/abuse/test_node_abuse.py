@@ -7,7 +7,7 @@ leaves from 127.0.0.4; attackers leave from 127.0.0.1 and from 127.0.0.10
 and up (the node counts handshakes per address and bans addresses, so
 attacks and legitimate peers must not share one; all loopback).
 
-Three phases of ABUSE_SECONDS each, the client and the link working all along:
+Four phases of ABUSE_SECONDS each, the client and the link working all along:
 1. flood: TCP connections that never start their handshake, from 8
    addresses (past the 64 handshakes the node admits at once, 8 per
    address), handshake messages that never end, and first handshake
@@ -17,8 +17,10 @@ Three phases of ABUSE_SECONDS each, the client and the link working all along:
    instead of a handshake;
 3. protocol: peers that complete the handshake and send garbage frames (a
    message that does not decrypt, unknown types, malformed cells, gossip
-   that is not JSON): each is banned and closed; a peer that gossips valid,
-   signed records of fresh keys as fast as it can sign them.
+   that is not JSON): each is banned and closed;
+4. gossip: a peer that gossips valid, signed records of fresh keys as fast
+   as it can sign them (the node's records are capped by nothing but
+   --record-ttl-ms: reported, see the issue note).
 Then: the node is up, the second node still linked, a fresh client gets its
 PONG, and the handshake table drained (64 new handshakes are admitted).
 
@@ -155,7 +157,10 @@ def test_node_under_abuse(tmp_path, capsys):
             ]),
             ("protocol", [
                 ("handshaked_garbage", "mesh_handshaked_garbage", {}, at(attackers(100, 100))),
-                ("gossip_flood", "mesh_gossip_flood", {}, at(attackers(200, 4))),
+                ("handshaked_garbage_2", "mesh_handshaked_garbage", {}, at(attackers(200, 50))),
+            ]),
+            ("gossip", [
+                ("gossip_flood", "mesh_gossip_flood", {}, at(attackers(250, 4))),
             ]),
         ]
         known_before = state(workdir, "victim")["known"]
@@ -177,7 +182,7 @@ def test_node_under_abuse(tmp_path, capsys):
                 fresh_error = repr(error)
             # The handshake table drained: MAX_PENDING new connections from 8
             # fresh addresses are all admitted (a refused one is closed at once).
-            time.sleep(6)          # handshakes left unfinished are closed after 5 s
+            time.sleep(0.5)        # the attackers' connections are closed: their handshakes go with them
             held = []
             for source in attackers(60, MAX_PENDING // MAX_PENDING_PER_HOST):
                 for _ in range(MAX_PENDING_PER_HOST):
@@ -212,7 +217,8 @@ def test_node_under_abuse(tmp_path, capsys):
             (sampler.peak_kib - baseline) / 1024, RSS_BOUND_KIB / 1024)
         assert sampler.peak_sockets <= SOCKET_BOUND, "the node held %d sockets open (bound %d)" % (sampler.peak_sockets, SOCKET_BOUND)
         # Peers that send garbage after the handshake are closed.
-        assert not [k for k in results["handshaked_garbage"] if k.startswith("NOT_closed")], results["handshaked_garbage"]
+        for name in ("handshaked_garbage", "handshaked_garbage_2"):
+            assert not [k for k in results[name] if k.startswith("NOT_closed")], results[name]
     finally:
         if second:
             second.stop()

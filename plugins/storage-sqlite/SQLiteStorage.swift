@@ -19,6 +19,8 @@ private let staticBytes: sqlite3_destructor_type? = nil
 final class SQLiteDatabase {
     let host: UnsafePointer<masq_host>
     private var db: OpaquePointer?
+    /// For the message of a write that waited too long.
+    private let busyTimeoutSeconds: Int32
     private var statements: [OpaquePointer] = []
     private var getStatement: OpaquePointer!
     private var putStatement: OpaquePointer!
@@ -36,13 +38,16 @@ final class SQLiteDatabase {
         var dataDir = "."
         var file = "masq.db"
         var synchronous = "full"
-        var busyTimeoutMilliseconds: Int32 = 5000
+        /// How long a write waits for another process's transaction (a sync
+        /// applying a batch, an import) before it fails with MASQ_E_BUSY.
+        var busyTimeoutMilliseconds: Int32 = 30_000
         var cacheSizeKiB: Int = 8192
         var secureDelete = true
     }
 
     init(host: UnsafePointer<masq_host>, options: Options) throws(Failure) {
         self.host = host
+        busyTimeoutSeconds = options.busyTimeoutMilliseconds / 1000
         let path = options.file.hasPrefix("/") || options.file == ":memory:" ? options.file : options.dataDir + "/" + options.file
         var handle: OpaquePointer?
         let flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE
@@ -183,7 +188,11 @@ final class SQLiteDatabase {
     }
 
     private func fail(_ rc: Int32, _ operation: String) -> Int32 {
-        let message = "\(operation): \(String(cString: sqlite3_errstr(rc))) (\(String(cString: sqlite3_errmsg(db))))"
+        var message = "\(operation): \(String(cString: sqlite3_errstr(rc))) (\(String(cString: sqlite3_errmsg(db))))"
+        if rc & 0xFF == SQLITE_BUSY || rc & 0xFF == SQLITE_LOCKED {
+            message = "\(operation): another process has been writing to this store for \(busyTimeoutSeconds) s "
+                + "(or is suspended in the middle of a write, e.g. with Ctrl-Z); try again, or raise the storage option busy_timeout_ms"
+        }
         return host.pointee.error(host, Self.status(rc), message)
     }
 
