@@ -419,12 +419,13 @@ extension Store {
             } else if l.version == remote.header.version {
                 return nil                                                        // the same write, seen before
             } else if remote.header.version < l.version {
-                // The local write wins; if it did not know the remote one, say what was lost.
-                if remote.header.version != l.previous && remote.header.version > l.previous {
+                // The local write wins; if it did not know the remote one, say what was lost
+                // (nothing was, when both deleted the key).
+                if remote.header.version != l.previous && remote.header.version > l.previous && !(l.tombstone && remote.header.tombstone) {
                     hubReportConflict(namespace, remote.key, winner: (l, localValue), lost: remote)
                 }
                 return nil
-            } else if l.version != remote.header.previous && l.version > remote.header.previous {
+            } else if l.version != remote.header.previous && l.version > remote.header.previous && !(l.tombstone && remote.header.tombstone) {
                 conflict = (l.tombstone ? nil : displayValue(l, localValue), l.tombstone)
             }
         }

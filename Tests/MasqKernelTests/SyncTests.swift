@@ -179,7 +179,14 @@ final class SimulatedNetwork {
         try net.reconcile()
         try net.store("B").put(app, key: [UInt8]("k"), value: [UInt8]("after"))
         try net.reconcile()
+        // Deleted on both sides while apart: nothing was lost, so no conflict either.
+        net.disconnect("A", "B")
+        try net.store("A").delete(app, key: [UInt8]("k"))
+        try net.store("B").delete(app, key: [UInt8]("k"))
+        try net.reconcile()
+        #expect(try net.store("A").get(app, key: [UInt8]("k")) == nil && net.store("B").get(app, key: [UInt8]("k")) == nil)
         try net.store("A").close()    // drains watch callbacks
+        try net.store("B").close()
         #expect(conflicts.current.count == 2)
     }
 

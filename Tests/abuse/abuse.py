@@ -730,15 +730,22 @@ def garbage(target, seconds, max_count=5_000):
 # WebSocket attacks (relay, masqd)
 
 
-def ws_flood(target, seconds, want, max_attempts=5_000):
+def ws_flood(target, seconds, want, max_attempts=5_000, fill_seconds=20):
     """Complete upgrades up to and past the limit and hold them; keep asking
     for one more every 50 ms (each should be refused, 503). Connections the
-    server closes (idle timeout) are replaced."""
+    server closes (idle timeout) are replaced. A server slow to upgrade
+    gets up to `fill_seconds` to reach its limit and refuse 3 upgrades."""
     counters = collections.Counter()
-    deadline = time.monotonic() + seconds
+    started = time.monotonic()
+    deadline = started + seconds
+    fill_deadline = started + max(seconds, fill_seconds)
     held = []
     attempts = 0
-    while time.monotonic() < deadline and attempts < max_attempts:
+
+    def refusals():
+        return sum(v for k, v in counters.items() if k.startswith("answer_") and k != "answer_101")
+
+    while attempts < max_attempts and (time.monotonic() < deadline or (refusals() < 3 and time.monotonic() < fill_deadline)):
         for s in poll_closed(held):
             held.remove(s)
             counters["closed_by_server"] += 1
@@ -752,6 +759,7 @@ def ws_flood(target, seconds, want, max_attempts=5_000):
         if len(held) >= want or not s:
             time.sleep(0.05)
     counters["attempts"] = attempts
+    counters["seconds"] = round(time.monotonic() - started, 1)
     close_all(held)
     return dict(counters)
 
