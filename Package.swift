@@ -54,6 +54,8 @@ let package = Package(
                        providers: [.apt(["libsqlite3-dev"])]),
         .systemLibrary(name: "CQREncode", path: "Sources/CQREncode", pkgConfig: "libqrencode",
                        providers: [.apt(["libqrencode-dev"])]),
+        // zlib's CRC-32 checks every stored record (Store: silent corruption becomes an error).
+        .systemLibrary(name: "CZlib", path: "Sources/CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
         .target(name: "CMasqSupport", path: "Sources/CMasqSupport"),
         // OpenSSL 3 (libcrypto) behind flat C functions; every primitive is OpenSSL's.
         .target(name: "CMasqCrypto", path: "Sources/CMasqCrypto", linkerSettings: [.linkedLibrary("crypto")]),
@@ -79,7 +81,7 @@ let package = Package(
         ]),
 
         // The core: config, plugin loader, store semantics, the C API.
-        .target(name: "MasqKernel", dependencies: ["CMasq", "CMasqSupport", "CMasqCrypto", "MasqCrypto", "CQREncode", "MasqConnectoidProtocol"],
+        .target(name: "MasqKernel", dependencies: ["CMasq", "CMasqSupport", "CMasqCrypto", "MasqCrypto", "CQREncode", "CZlib", "MasqConnectoidProtocol"],
                 swiftSettings: fuzzed),
         // Links the kernel into libmasq.so exporting only masq_*.
         .target(name: "MasqLibrary", dependencies: ["MasqKernel"], exclude: ["exports.map"],

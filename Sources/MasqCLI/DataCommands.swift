@@ -143,3 +143,28 @@ struct Import: MasqSubcommand {
         print("\(total) key(s) written")
     }
 }
+
+/// `masq check`: verify the whole store (checksums, counts, change log).
+struct Check: MasqSubcommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Verify the store: every record's checksum, every namespace's record count, the change log (exit status 1 if damaged).",
+        discussion: "With --repair, damaged records are removed and the next `masq sync` fetches a whole copy from a paired device.")
+    @OptionGroup var store: StoreOptions
+    @Flag(help: "Remove damaged records and ask paired devices for a whole copy at the next sync.") var repair = false
+
+    func execute() throws {
+        try store.withStore { s in
+            let report = try guarded { () throws(MasqError) in try s.check() }
+            print("\(report.namespaces) namespace(s), \(report.records) record(s), \(report.logEntries) change-log entr(y/ies)"
+                  + (report.unchecksummed > 0 ? "; \(report.unchecksummed) record(s) from an older version carry no checksum" : ""))
+            if report.ok {
+                print("ok: no damage found")
+                return
+            }
+            for problem in report.problems { print("damaged: \(problem)") }
+            guard repair else { throw CLIError("the store is damaged: `masq check --repair` removes what is damaged and fetches it again from a paired device") }
+            let removed = try guarded { () throws(MasqError) in try s.repairDamage() }
+            print("repaired: removed \(removed) damaged record(s); run `masq sync` with a paired device online to fetch them again")
+        }
+    }
+}

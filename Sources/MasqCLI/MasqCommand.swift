@@ -14,7 +14,7 @@ struct MasqCommand: ParsableCommand {
         abstract: "Keep application data on your own devices.",
         version: "\(MasqVersion.string)",
         subcommands: [Init.self, Put.self, Get.self, Del.self, List.self, Import.self, Counter.self, Pair.self, Join.self, Devices.self,
-                      Sync.self, Status.self, ClockCommand.self, Passphrase.self, Share.self, Accept.self, Shares.self, Unshare.self,
+                      Sync.self, Status.self, Check.self, ClockCommand.self, Passphrase.self, Share.self, Accept.self, Shares.self, Unshare.self,
                       Relay.self, Connectoid.self, Node.self, Wallet.self, Accounts.self, Plugins.self, Apps.self]
     )
 }

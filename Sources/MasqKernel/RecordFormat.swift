@@ -1,3 +1,4 @@
+import CZlib
 /// How the store's data model maps onto the storage plugin's flat ordered
 /// key space (docs/STORAGE-FORMAT.md). One byte tags each key family:
 ///
@@ -100,21 +101,32 @@ public struct Version: Sendable, Equatable, Comparable, Hashable {
 ///
 ///   u8  format (1)
 ///   u8  flags: bit 0 tombstone, bit 1 has previous, bit 2 previous replica is this replica,
-///              bit 3 counter (the value is a counter's per-replica state, see Counter)
+///              bit 3 counter (the value is a counter's per-replica state, see Counter),
+///              bit 4 checksummed (the record ends with a CRC-32 trailer)
 ///   u64 timestamp, u64 replica, varint seq (the writer's commit)
 ///   [u64 previous timestamp] [u64 previous replica]   the version this write replaced
+///
+/// A record is header ‖ value ‖ [u32 CRC-32 of record key ‖ header ‖ value].
+/// Every record written since the trailer exists has it: a flipped byte in
+/// a stored key, header or value is an error (MASQ_E_CORRUPT), never a
+/// wrong answer. (The trailer is outside the header, so a sealed value's
+/// associated data — key and header — does not depend on it.)
 struct RecordHeader: Equatable {
     static let maxSize = 2 + 16 + 10 + 16
     static let tombstoneFlag: UInt8 = 1
     static let previousFlag: UInt8 = 2
     static let sameReplicaFlag: UInt8 = 4
     static let counterFlag: UInt8 = 8
+    static let checksumFlag: UInt8 = 16
+    static let trailer = 4
 
     var tombstone: Bool
     var counter = false
     var version: Version
     var seq: UInt64
     var previous: Version
+    /// Whether the record carries the CRC-32 trailer (new records always do).
+    var checksummed = true
     /// Bytes the header occupies (set by read; what write will produce otherwise).
     var size: Int {
         var n = 18 + varintSize(seq)
@@ -127,6 +139,7 @@ struct RecordHeader: Equatable {
     func write(to out: UnsafeMutableRawBufferPointer) -> Int {
         var flags: UInt8 = tombstone ? RecordHeader.tombstoneFlag : 0
         if counter { flags |= RecordHeader.counterFlag }
+        if checksummed { flags |= RecordHeader.checksumFlag }
         if previous != .none {
             flags |= RecordHeader.previousFlag
             if previous.replica == version.replica { flags |= RecordHeader.sameReplicaFlag }
@@ -155,11 +168,37 @@ struct RecordHeader: Equatable {
         return offset
     }
 
-    static func read(_ bytes: UnsafeRawBufferPointer) throws(MasqError) -> RecordHeader {
+    /// Read the header of the record stored under `key`, checking its trailer.
+    static func read(_ bytes: UnsafeRawBufferPointer, key: UnsafeRawBufferPointer) throws(MasqError) -> RecordHeader {
+        let header = try read(unchecked: bytes)
+        if header.checksummed {
+            let stored = bytes.loadBigEndian32(at: bytes.count - trailer)
+            guard stored == checksum(key: key, record: UnsafeRawBufferPointer(rebasing: bytes[0..<(bytes.count - trailer)])) else {
+                throw .corrupt("a stored record fails its checksum: the store is damaged (run `masq check`)")
+            }
+        }
+        return header
+    }
+
+    /// CRC-32 (zlib) of key ‖ record-without-trailer.
+    static func checksum(key: UnsafeRawBufferPointer, record: UnsafeRawBufferPointer) -> UInt32 {
+        var crc = crc32(0, nil, 0)
+        if let base = key.baseAddress, key.count > 0 { crc = crc32(crc, base.assumingMemoryBound(to: UInt8.self), uInt(key.count)) }
+        if let base = record.baseAddress, record.count > 0 { crc = crc32(crc, base.assumingMemoryBound(to: UInt8.self), uInt(record.count)) }
+        return UInt32(truncatingIfNeeded: crc)
+    }
+
+    /// Fill the trailer of `record` (header ‖ value ‖ 4 spare bytes) stored under `key`.
+    static func seal(_ record: UnsafeMutableRawBufferPointer, key: UnsafeRawBufferPointer) {
+        let body = UnsafeRawBufferPointer(rebasing: record[0..<(record.count - trailer)])
+        record.storeBigEndian32(checksum(key: key, record: body), at: record.count - trailer)
+    }
+
+    static func read(unchecked bytes: UnsafeRawBufferPointer) throws(MasqError) -> RecordHeader {
         var reader = ByteReader(bytes)
         guard try reader.byte() == RecordFormat.version else { throw .corrupt("record format \(bytes[0]) unknown (this library reads \(RecordFormat.version))") }
         let flags = try reader.byte()
-        guard flags & ~(tombstoneFlag | previousFlag | sameReplicaFlag | counterFlag) == 0 else { throw .corrupt("record has unknown flags \(flags)") }
+        guard flags & ~(tombstoneFlag | previousFlag | sameReplicaFlag | counterFlag | checksumFlag) == 0 else { throw .corrupt("record has unknown flags \(flags)") }
         let version = Version(timestamp: try reader.uint64(), replica: try reader.uint64())
         let seq = try reader.varint()
         var previous = Version.none
@@ -167,12 +206,15 @@ struct RecordHeader: Equatable {
             previous.timestamp = try reader.uint64()
             previous.replica = flags & sameReplicaFlag != 0 ? version.replica : try reader.uint64()
         }
-        return RecordHeader(tombstone: flags & tombstoneFlag != 0, counter: flags & counterFlag != 0, version: version, seq: seq, previous: previous)
+        let header = RecordHeader(tombstone: flags & tombstoneFlag != 0, counter: flags & counterFlag != 0, version: version, seq: seq, previous: previous,
+                                  checksummed: flags & checksumFlag != 0)
+        guard bytes.count >= header.size + (header.checksummed ? trailer : 0) else { throw .corrupt("a stored record is shorter than its header") }
+        return header
     }
 
-    /// The value that follows the header in `record`.
+    /// The value that follows the header in `record` (before its trailer).
     static func value(in record: UnsafeRawBufferPointer, header: RecordHeader) -> UnsafeRawBufferPointer {
-        UnsafeRawBufferPointer(rebasing: record[header.size...])
+        UnsafeRawBufferPointer(rebasing: record[header.size..<(record.count - (header.checksummed ? trailer : 0))])
     }
 }
 
@@ -295,12 +337,22 @@ extension UnsafeRawBufferPointer {
     func loadBigEndian(at offset: Int) -> UInt64 {
         UInt64(bigEndian: loadUnaligned(fromByteOffset: offset, as: UInt64.self))
     }
+
+    @inline(__always)
+    func loadBigEndian32(at offset: Int) -> UInt32 {
+        UInt32(bigEndian: loadUnaligned(fromByteOffset: offset, as: UInt32.self))
+    }
 }
 
 extension UnsafeMutableRawBufferPointer {
     @inline(__always)
     func storeBigEndian(_ value: UInt64, at offset: Int) {
         storeBytes(of: value.bigEndian, toByteOffset: offset, as: UInt64.self)
+    }
+
+    @inline(__always)
+    func storeBigEndian32(_ value: UInt32, at offset: Int) {
+        storeBytes(of: value.bigEndian, toByteOffset: offset, as: UInt32.self)
     }
 }
 

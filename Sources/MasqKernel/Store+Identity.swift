@@ -187,7 +187,7 @@ extension Store {
         var doomed: [[UInt8]] = []
         var newest: UInt64 = 0
         try engine.scan(from: [RecordFormat.record], to: [RecordFormat.record + 1]) { (key, record) throws(MasqError) -> Bool in
-            let h = try RecordHeader.read(record)
+            let h = try RecordHeader.read(record, key: key)
             let future = restampAbove.map { h.version.timestamp > $0 } ?? false
             if (h.version.replica == old && h.seq > agreed) || future {
                 doomed.append(Array(key))

@@ -176,16 +176,25 @@ extension Store {
             }
             // Record values, in chunks.
             try rewrite(family: RecordFormat.record) { (key, record) throws(MasqError) -> [UInt8]? in
-                let header = try RecordHeader.read(record)
-                if header.tombstone { return nil }
-                let value = try from.map { (b) throws(MasqError) in try openValue(b, key, record, header) } ?? Array(RecordHeader.value(in: record, header: header))
-                let head = Array(record[0..<header.size])
-                guard let to else { return head + value }
-                var out = head + [UInt8](repeating: 0, count: value.count + SecretBox.overhead)
+                let old = try RecordHeader.read(record, key: key)
+                if old.tombstone && old.checksummed { return nil }
+                let value = old.tombstone ? [] : try from.map { (b) throws(MasqError) in try openValue(b, key, record, old) } ?? Array(RecordHeader.value(in: record, header: old))
+                // Re-encoded with a checksum trailer (records of older versions gain one).
+                var header = old
+                header.checksummed = true
+                let stored = old.tombstone ? 0 : value.count + (to == nil ? 0 : SecretBox.overhead)
+                var out = [UInt8](repeating: 0, count: header.size + stored + RecordHeader.trailer)
                 try out.withUnsafeMutableBytes { o in value.withUnsafeBytes { v in Result { () throws(MasqError) in
-                    try withValueAD(key, UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(o)[0..<header.size])) { (ad) throws(MasqError) in
-                        try to.seal(v, ad: ad, into: UnsafeMutableRawBufferPointer(rebasing: o[header.size...]))
+                    let offset = header.write(to: o)
+                    let rest = UnsafeMutableRawBufferPointer(rebasing: o[offset..<(o.count - RecordHeader.trailer)])
+                    if let to, !old.tombstone {
+                        try withValueAD(key, UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(o)[0..<offset])) { (ad) throws(MasqError) in
+                            try to.seal(v, ad: ad, into: rest)
+                        }
+                    } else if v.count > 0 {
+                        rest.copyMemory(from: v)
                     }
+                    RecordHeader.seal(o, key: key)
                 } } }.get()
                 return out
             }

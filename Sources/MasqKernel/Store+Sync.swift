@@ -297,7 +297,7 @@ extension Store {
     func readRecord(_ recordKey: UnsafeRawBufferPointer) throws(MasqError) -> (RecordHeader, [UInt8])? {
         let box = self.box
         return try engine.get(recordKey) { (record) throws(MasqError) -> (RecordHeader, [UInt8]) in
-            let header = try RecordHeader.read(record)
+            let header = try RecordHeader.read(record, key: recordKey)
             if header.tombstone { return (header, []) }
             if let box { return (header, try openValue(box, recordKey, record, header)) }
             return (header, Array(RecordHeader.value(in: record, header: header)))
@@ -345,7 +345,7 @@ extension Store {
                     try record.key.withBytes { (k) throws(MasqError) in
                         log.append(namespaceID: id, key: k)
                         try withRecordKey(id, k) { (recordKey) throws(MasqError) in
-                            if let change = try merge(record, into: recordKey, namespace: ns) { changes.append(change) }
+                            if let change = try merge(record, into: recordKey, namespace: ns, id: id) { changes.append(change) }
                         }
                     }
                 }
@@ -353,11 +353,13 @@ extension Store {
                 // The entry keeps the commit's timestamp too: the tip HELLO reports (Store+Identity).
                 try Store.putMeta(engine, RecordFormat.vectorKey(replica: commit.origin), bigEndianBytes(commit.seq) + bigEndianBytes(commit.timestamp))
                 try observeRemoteTime(commit.timestamp)
+                try flushCounts()
                 try engine.commit()
                 namespaceIDs.merge(pending) { a, _ in a }
                 if !changes.isEmpty && hub.isActive { hub.publish(changes) }
                 return .applied
             } catch {
+                pendingCounts = [:]
                 engine.rollback()
                 throw error
             }
@@ -392,8 +394,9 @@ extension Store {
     }
 
     /// Merge one remote record under the lock, inside a transaction; returns the change to report.
-    private func merge(_ remote: SyncRecord, into recordKey: UnsafeRawBufferPointer, namespace: NamespaceName) throws(MasqError) -> Change? {
+    private func merge(_ remote: SyncRecord, into recordKey: UnsafeRawBufferPointer, namespace: NamespaceName, id: UInt32) throws(MasqError) -> Change? {
         let local = try readRecord(recordKey)
+        if local == nil { countRecords(id, 1) }   // merge always writes when nothing was there
         var header = remote.header
         var value = remote.value
         var conflict: (lost: [UInt8]?, lostDeleted: Bool)?
@@ -456,12 +459,15 @@ extension Store {
     }
 
     /// Write a record with a given header (sealed when the store is protected).
-    func writeRecord(_ recordKey: UnsafeRawBufferPointer, header: RecordHeader, value: [UInt8]) throws(MasqError) {
+    func writeRecord(_ recordKey: UnsafeRawBufferPointer, header given: RecordHeader, value: [UInt8]) throws(MasqError) {
+        var header = given
+        header.checksummed = true      // every record written now carries its trailer
         let box = self.box
         let stored = header.tombstone ? 0 : value.count + (box == nil ? 0 : SecretBox.overhead)
-        try withUnsafeTemporaryAllocation(byteCount: header.size + stored, alignment: 8) { (record) throws(MasqError) in
+        let length = header.size + stored + RecordHeader.trailer
+        try withUnsafeTemporaryAllocation(byteCount: length, alignment: 8) { (record) throws(MasqError) in
             let offset = header.write(to: record)
-            let rest = UnsafeMutableRawBufferPointer(rebasing: record[offset...])
+            let rest = UnsafeMutableRawBufferPointer(rebasing: record[offset..<(length - RecordHeader.trailer)])
             if !header.tombstone {
                 try value.withBytes { (v) throws(MasqError) in
                     if let box {
@@ -473,6 +479,7 @@ extension Store {
                     }
                 }
             }
+            RecordHeader.seal(record, key: recordKey)
             try engine.put(recordKey, UnsafeRawBufferPointer(record))
         }
     }
@@ -503,12 +510,15 @@ extension Store {
             do throws(MasqError) {
                 var doomed: [[UInt8]] = []
                 try engine.scan(from: [RecordFormat.record], to: [RecordFormat.record + 1]) { (key, record) throws(MasqError) -> Bool in
-                    let h = try RecordHeader.read(record)
+                    let h = try RecordHeader.read(record, key: key)
                     if h.tombstone && horizon.covers(h.version.replica, h.seq)
                         && HybridLogicalClock.milliseconds(of: h.version.timestamp) <= cutoff { doomed.append(Array(key)) }
                     return true
                 }
-                for key in doomed { try key.withBytes { (k) throws(MasqError) in try engine.delete(k) } }
+                for key in doomed {
+                    try key.withBytes { (k) throws(MasqError) in try engine.delete(k) }
+                    countRecords(Store.namespaceID(ofRecordKey: key), -1)
+                }
                 for (origin, seq) in horizon.entries where seq > previous[origin] {
                     try engine.deleteRange(from: RecordFormat.logKey(replica: origin, seq: 0),
                                            to: RecordFormat.logKey(replica: origin, seq: seq + 1))
@@ -516,9 +526,11 @@ extension Store {
                 var bytes: [UInt8] = []
                 collected.encode(into: &bytes)
                 try Store.putMeta(engine, Store.metaGC, bytes)
+                try flushCounts()
                 try engine.commit()
                 return doomed.count
             } catch {
+                pendingCounts = [:]
                 engine.rollback()
                 throw error
             }
@@ -631,15 +643,17 @@ extension Store {
                     pending = staging.newNamespaces
                     try record.key.withBytes { (k) throws(MasqError) in
                         try withRecordKey(id, k) { (recordKey) throws(MasqError) in
-                            if let change = try merge(record, into: recordKey, namespace: ns) { changes.append(change) }
+                            if let change = try merge(record, into: recordKey, namespace: ns, id: id) { changes.append(change) }
                         }
                     }
                     try observeRemoteTime(record.header.version.timestamp)
                 }
+                try flushCounts()
                 try engine.commit()
                 namespaceIDs.merge(pending) { a, _ in a }
                 if !changes.isEmpty && hub.isActive { hub.publish(changes) }
             } catch {
+                pendingCounts = [:]
                 engine.rollback()
                 throw error
             }
@@ -659,7 +673,7 @@ extension Store {
                 var names: [UInt32: String] = [:]
                 var doomed: [([UInt8], Change)] = []
                 try engine.scan(from: [RecordFormat.record], to: [RecordFormat.record + 1]) { (key, record) throws(MasqError) -> Bool in
-                    let h = try RecordHeader.read(record)
+                    let h = try RecordHeader.read(record, key: key)
                     guard vv.covers(h.version.replica, h.seq) else { return true }
                     var reader = ByteReader(UnsafeRawBufferPointer(rebasing: key[1...]))
                     let id = UInt32(try reader.varint())
@@ -670,7 +684,10 @@ extension Store {
                     }
                     return true
                 }
-                for (key, _) in doomed { try key.withBytes { (k) throws(MasqError) in try engine.delete(k) } }
+                for (key, _) in doomed {
+                    try key.withBytes { (k) throws(MasqError) in try engine.delete(k) }
+                    countRecords(Store.namespaceID(ofRecordKey: key), -1)
+                }
                 var applied = try currentVector()
                 for (origin, seq) in vv.entries where origin != replicaID && seq > applied[origin] {
                     try Store.putMeta(engine, RecordFormat.vectorKey(replica: origin), bigEndianBytes(seq))
@@ -681,10 +698,13 @@ extension Store {
                 var bytes: [UInt8] = []
                 collected.encode(into: &bytes)
                 try Store.putMeta(engine, Store.metaGC, bytes)
+                try snapshotReceivedLocked()
+                try flushCounts()
                 try engine.commit()
                 let changes = doomed.filter { !$0.1.key.isEmpty }.map(\.1)
                 if !changes.isEmpty && hub.isActive { hub.publish(changes) }
             } catch {
+                pendingCounts = [:]
                 engine.rollback()
                 throw error
             }

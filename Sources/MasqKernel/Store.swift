@@ -38,6 +38,8 @@ public final class Store: @unchecked Sendable {
     var clock = HybridLogicalClock()
     private var closed = false
     let hub: WatchHub
+    /// Records created (+) or deleted (−) per namespace in the transaction under way (Store+Integrity).
+    var pendingCounts: [UInt32: Int64] = [:]
     /// Namespace name (its exact bytes: Swift strings compare canonically
     /// equivalent names equal, the store does not) -> id, for committed
     /// assignments only (ids never change).
@@ -87,6 +89,7 @@ public final class Store: @unchecked Sendable {
         engine = try StorageEngine(plugin: plugin, options: options)
         hub = WatchHub(label: "masq.watch")
         let (initialReplica, initialClock) = try Store.initialize(engine)
+        try Store.establishCounts(engine)
         clock = initialClock
         setReplica(initialReplica)
         try openProtection(passphrase: passphrase)
@@ -151,7 +154,7 @@ public final class Store: @unchecked Sendable {
             guard let id = try existingNamespaceID(ns) else { return nil }
             return try withRecordKey(id, key) { (recordKey) throws(MasqError) -> T? in
                 let hit = try engine.get(recordKey) { (record) throws(MasqError) -> T? in
-                    let header = try RecordHeader.read(record)
+                    let header = try RecordHeader.read(record, key: recordKey)
                     if header.tombstone { return nil }
                     if box == nil && !header.counter { return try body(RecordHeader.value(in: record, header: header)) }
                     let value = try box.map { (b) throws(MasqError) in try openValue(b, recordKey, record, header) } ?? Array(RecordHeader.value(in: record, header: header))
@@ -175,6 +178,7 @@ public final class Store: @unchecked Sendable {
         let base = RecordFormat.recordPrefix(namespaceID: id)
         let end = RecordFormat.successor(ofPrefix: base + prefix)
         var cursor = base + prefix
+        var total: UInt64 = 0
         while true {
             var chunk: [([UInt8], [UInt8]?)] = []
             var visited = 0
@@ -185,7 +189,7 @@ public final class Store: @unchecked Sendable {
                 try engine.scan(from: cursor, to: end) { (key, record) throws(MasqError) -> Bool in
                     visited += 1
                     last = Array(key)
-                    let header = try RecordHeader.read(record)
+                    let header = try RecordHeader.read(record, key: key)
                     if !header.tombstone {
                         let value: [UInt8]? = keysOnly ? nil
                             : displayValue(header, try box.map { (b) throws(MasqError) in try openValue(b, key, record, header) } ?? Array(RecordHeader.value(in: record, header: header)))
@@ -197,7 +201,12 @@ public final class Store: @unchecked Sendable {
             for (key, value) in chunk {
                 guard try visitor(key, value) else { return }
             }
-            guard let last, chunk.count == Store.listChunk || visited == Store.listChunk * 16 else { return }
+            total += UInt64(visited)
+            guard let last, chunk.count == Store.listChunk || visited == Store.listChunk * 16 else {
+                // A whole namespace was listed: as many records as were written, or the store is damaged.
+                if prefix.isEmpty { try verifyListing(ns, visited: total) }
+                return
+            }
             cursor = last + [0]
         }
     }
@@ -214,8 +223,10 @@ public final class Store: @unchecked Sendable {
             // One scan copies records into a single buffer; slices point into it.
             var blob: [UInt8] = []
             var spans: [(Int, Int, Int, Int)] = []
+            var visited: UInt64 = 0
             try engine.scan(from: base, to: RecordFormat.successor(ofPrefix: base)) { (key, record) throws(MasqError) -> Bool in
-                let header = try RecordHeader.read(record)
+                visited += 1
+                let header = try RecordHeader.read(record, key: key)
                 guard !header.tombstone else { return true }
                 guard spans.count < limits.maxBatchEntries else {
                     throw .tooLarge("namespace '\(ns)' holds more than \(limits.maxBatchEntries) keys (limits.max_batch_entries); list it instead")
@@ -230,6 +241,10 @@ public final class Store: @unchecked Sendable {
                 }
                 spans.append((keyStart, valueStart - keyStart, valueStart, blob.count - valueStart))
                 return true
+            }
+            // One lock: the records seen must be as many as were written.
+            if let stored = try storedCount(id), stored != visited {
+                throw .corrupt("namespace \(ns.string) holds \(visited) records where \(stored) were written: the store is damaged (run `masq check`)")
             }
             return try blob.withBytes { (raw) throws(MasqError) -> T in
                 try body(spans.map { (UnsafeRawBufferPointer(rebasing: raw[$0.0..<($0.0 + $0.1)]),
@@ -257,8 +272,8 @@ public final class Store: @unchecked Sendable {
             for (name, id) in all.sorted(by: { $0.name.lexicographicallyPrecedes($1.name) }) {
                 let base = RecordFormat.recordPrefix(namespaceID: id)
                 var found = false
-                try engine.scan(from: base, to: RecordFormat.successor(ofPrefix: base)) { (_, record) throws(MasqError) -> Bool in
-                    found = try !RecordHeader.read(record).tombstone
+                try engine.scan(from: base, to: RecordFormat.successor(ofPrefix: base)) { (key, record) throws(MasqError) -> Bool in
+                    found = try !RecordHeader.read(record, key: key).tombstone
                     return !found
                 }
                 if found { live.append(try NamespaceName(storedBytes: name).string) }
@@ -312,7 +327,7 @@ public final class Store: @unchecked Sendable {
                 var doomed: [[UInt8]] = []
                 try engine.scan(from: base, to: RecordFormat.successor(ofPrefix: base)) { (key, record) throws(MasqError) -> Bool in
                     let userKey = Array(key[base.count...])
-                    if try !RecordHeader.read(record).tombstone && !keep.contains(userKey) { doomed.append(userKey) }
+                    if try !RecordHeader.read(record, key: key).tombstone && !keep.contains(userKey) { doomed.append(userKey) }
                     return true
                 }
                 for key in doomed { try key.withBytes { (k) throws(MasqError) in try stage(&commit, ns, k, nil) } }
@@ -401,7 +416,7 @@ public final class Store: @unchecked Sendable {
             return try key.withBytes { (k) throws(MasqError) in
                 try withRecordKey(id, k) { (recordKey) throws(MasqError) in
                     try engine.get(recordKey) { (bytes) throws(MasqError) in
-                        let h = try RecordHeader.read(bytes)
+                        let h = try RecordHeader.read(bytes, key: recordKey)
                         return (h.version, h.seq, h.previous, h.tombstone)
                     }
                 }
@@ -452,10 +467,12 @@ public final class Store: @unchecked Sendable {
                 }
                 try Store.putMeta(engine, RecordFormat.logKey(replica: replicaID, seq: commit.seq), commit.log.encoded())
                 try Store.putMeta(engine, RecordFormat.metaClock, bigEndianBytes(commit.seq) + bigEndianBytes(commit.timestamp))
+                try flushCounts()
                 try engine.commit()
                 namespaceIDs.merge(commit.newNamespaces) { a, _ in a }
                 if let changes = commit.changes { hub.publish(changes) }
             } catch {
+                pendingCounts = [:]
                 engine.rollback()
                 throw error
             }
@@ -472,12 +489,13 @@ public final class Store: @unchecked Sendable {
         let id: UInt32
         if let existing { id = existing } else { id = try assignNamespaceID(ns, &commit) }
         try withRecordKey(id, key) { (recordKey) throws(MasqError) in
-            let old = try engine.get(recordKey) { (bytes) throws(MasqError) in try RecordHeader.read(bytes) }
+            let old = try engine.get(recordKey) { (bytes) throws(MasqError) in try RecordHeader.read(bytes, key: recordKey) }
             if let old, old.counter {
                 guard value == nil else { throw .invalid("key holds a counter: change it with counter_add") }
                 return try resetCounter(&commit, ns, id, key, recordKey)
             }
             if value == nil && (old == nil || old!.tombstone) { return }
+            if old == nil { countRecords(id, 1) }
             let version = Version(timestamp: commit.timestamp, replica: replicaID)
             var previous = old?.version ?? .none
             var rewrite = false
@@ -493,10 +511,10 @@ public final class Store: @unchecked Sendable {
             let header = RecordHeader(tombstone: value == nil, version: version, seq: commit.seq, previous: previous)
             let box = self.box
             let stored = value.map { $0.count + (box == nil ? 0 : SecretBox.overhead) } ?? 0
-            let length = header.size + stored
+            let length = header.size + stored + RecordHeader.trailer
             try withUnsafeTemporaryAllocation(byteCount: length, alignment: 8) { (record) throws(MasqError) in
                 let offset = header.write(to: record)
-                let rest = UnsafeMutableRawBufferPointer(rebasing: record[offset...])
+                let rest = UnsafeMutableRawBufferPointer(rebasing: record[offset..<(length - RecordHeader.trailer)])
                 if let value, let box {
                     try withValueAD(recordKey, UnsafeRawBufferPointer(rebasing: record[0..<offset])) { (ad) throws(MasqError) in
                         try box.seal(value, ad: ad, into: rest)
@@ -504,6 +522,7 @@ public final class Store: @unchecked Sendable {
                 } else if let value, value.count > 0 {
                     rest.copyMemory(from: value)
                 }
+                RecordHeader.seal(record, key: recordKey)
                 try engine.put(recordKey, UnsafeRawBufferPointer(record))
             }
             if !rewrite { commit.log.append(namespaceID: id, key: key) }
@@ -536,6 +555,8 @@ public final class Store: @unchecked Sendable {
                     guard old.counter else { throw .invalid("key holds a value, not a counter") }
                     counter = try Counter(decoding: value)
                 }
+            } else {
+                countRecords(id, 1)
             }
             try counter.add(delta, replica: replicaID)
             let version = Version(timestamp: commit.timestamp, replica: replicaID)

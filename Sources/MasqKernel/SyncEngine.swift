@@ -52,6 +52,8 @@ public final class SyncEngine: @unchecked Sendable {
         /// Wall and monotonic clocks when the last refusal came: a jump of the
         /// wall clock since (the user set it right) ends every wait at once.
         var refusedAt: (wall: UInt64, monotonic: UInt64)?
+        /// The peer repaired damage and asked for a whole copy.
+        var snapshotRequested = false
         /// The last refusal the peer sent us, and the last we sent it (for status).
         var refusedByPeer: SyncFrame.Refusal?
         var refusedFromPeer: SyncFrame.Refusal?
@@ -97,7 +99,8 @@ public final class SyncEngine: @unchecked Sendable {
 
     private func helloFrame() throws(MasqError) -> [UInt8] {
         let (applied, collected) = try store.syncVectors()
-        return SyncFrame.hello(replica: store.replicaID, applied: applied, collected: collected, tips: try store.tips(of: applied)).encoded()
+        return SyncFrame.hello(replica: store.replicaID, applied: applied, collected: collected, tips: try store.tips(of: applied),
+                               wantsSnapshot: store.wantsSnapshot).encoded()
     }
 
     public func disconnected(_ device: String) {
@@ -123,7 +126,7 @@ public final class SyncEngine: @unchecked Sendable {
             return peer
         }
         switch frame {
-        case .hello(_, let applied, _, let tips):
+        case .hello(_, let applied, _, let tips, let wantsSnapshot):
             // A peer holding commits of ours we do not have: this store went back
             // in time. Continue under a new identity before anything else.
             var out: [[UInt8]] = []
@@ -137,6 +140,7 @@ public final class SyncEngine: @unchecked Sendable {
                 peer.announced = applied
                 peer.sent = applied
                 peer.inFlight = 0
+                peer.snapshotRequested = wantsSnapshot
             }
             try store.recordAcknowledgement(device: device, applied)
             try resolveRefusal(device, peer, theirs: applied)
@@ -359,6 +363,11 @@ public final class SyncEngine: @unchecked Sendable {
                         Set(peer.heldBack.filter { $0.value.until > now }.keys))
             }
             guard ready else { return out }
+            if lock.withLock({ peer.snapshotRequested }) {
+                lock.withLock { peer.snapshotRequested = false }
+                out += try snapshot(for: peer)
+                continue
+            }
             guard let commits = try store.exportCommits(after: sent, maxCommits: options.maxCommitsPerFrame, maxBytes: options.maxBytesPerFrame,
                                                         holdBack: held) else {
                 out += try snapshot(for: peer)

@@ -3,7 +3,7 @@
 /// the decoder still checks every length, because a peer can be buggy.
 ///
 ///   frame   = u8 version(1) · u8 type · body
-///   HELLO   (1) = u64 replica · vector(applied) · vector(collected) · [tips]
+///   HELLO   (1) = u64 replica · vector(applied) · vector(collected) · [tips · [u8 flags: bit 0 send me a snapshot]]
 ///   COMMITS (2) = varint n · n × commit
 ///   ACK     (3) = vector(applied)
 ///   SNAPSHOT(4) = u8 final · names · varint n · n × record · [vector(as of the snapshot) if final]
@@ -20,7 +20,8 @@ public enum SyncFrame: Equatable, Sendable {
     /// (where the change log still holds it). A replica that finds a peer
     /// holding a different commit under one of its own numbers has been
     /// rolled back (Store.reidentify).
-    case hello(replica: UInt64, applied: VersionVector, collected: VersionVector, tips: [UInt64: UInt64])
+    /// `wantsSnapshot`: the sender repaired damage and asks for a whole copy.
+    case hello(replica: UInt64, applied: VersionVector, collected: VersionVector, tips: [UInt64: UInt64], wantsSnapshot: Bool = false)
     case commits([SyncCommit])
     case ack(VersionVector)
     case snapshot(records: [SyncRecord], final: VersionVector?)
@@ -55,7 +56,7 @@ public enum SyncFrame: Equatable, Sendable {
     public func encoded() -> [UInt8] {
         var out: [UInt8] = [SyncFrame.version]
         switch self {
-        case .hello(let replica, let applied, let collected, let tips):
+        case .hello(let replica, let applied, let collected, let tips, let wantsSnapshot):
             out.append(1)
             out.appendBigEndian(replica)
             applied.encode(into: &out)
@@ -65,6 +66,7 @@ public enum SyncFrame: Equatable, Sendable {
                 out.appendBigEndian(origin)
                 out.appendBigEndian(tips[origin]!)
             }
+            if wantsSnapshot { out.append(1) }
         case .commits(let commits):
             out.append(2)
             out.appendVarint(UInt64(commits.count))
@@ -157,12 +159,17 @@ public enum SyncFrame: Equatable, Sendable {
                     let replica = try r.uint64()
                     let applied = try VersionVector.decode(&r), collected = try VersionVector.decode(&r)
                     var tips: [UInt64: UInt64] = [:]
+                    var flags: UInt8 = 0
                     if !r.isAtEnd {
                         let n = try r.varint()
                         guard n <= 4_096 else { throw .invalid("a HELLO with \(n) tips") }
                         for _ in 0..<n { tips[try r.uint64()] = try r.uint64() }
+                        if !r.isAtEnd {
+                            flags = try r.byte()
+                            guard flags & ~1 == 0 else { throw .invalid("unknown HELLO flags \(flags)") }
+                        }
                     }
-                    frame = .hello(replica: replica, applied: applied, collected: collected, tips: tips)
+                    frame = .hello(replica: replica, applied: applied, collected: collected, tips: tips, wantsSnapshot: flags & 1 != 0)
                 case 2:
                     let n = try count(&r, raw.count)
                     var commits: [SyncCommit] = []

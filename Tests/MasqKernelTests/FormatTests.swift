@@ -37,11 +37,33 @@ import CMasq
         RecordHeader(tombstone: false, version: Version(timestamp: .max, replica: .max), seq: .max, previous: Version(timestamp: 3, replica: 4)),
     ])
     func headerRoundTrips(_ header: RecordHeader) throws {
-        var buffer = [UInt8](repeating: 0xAA, count: RecordHeader.maxSize + 3)
+        var buffer = [UInt8](repeating: 0xAA, count: RecordHeader.maxSize + RecordHeader.trailer + 3)
         let written = buffer.withUnsafeMutableBytes { header.write(to: $0) }
         #expect(written == header.size)
-        let decoded = try buffer.withUnsafeBytes { try RecordHeader.read(UnsafeRawBufferPointer(rebasing: $0[0..<written])) }
+        let decoded = try buffer.withUnsafeBytes { try RecordHeader.read(unchecked: UnsafeRawBufferPointer(rebasing: $0[0..<(written + RecordHeader.trailer)])) }
         #expect(decoded == header)
+    }
+
+    /// Every record carries a CRC-32 of its key, header and value: a flipped
+    /// byte anywhere, or the record moved under another key, is an error.
+    @Test func recordsCarryAChecksumOfKeyHeaderAndValue() throws {
+        let header = RecordHeader(tombstone: false, version: Version(timestamp: 1 << 40, replica: 9), seq: 1, previous: .none)
+        let key = [UInt8]("R\u{1}k".utf8), value = [UInt8]("value")
+        var record = [UInt8](repeating: 0, count: header.size + value.count + RecordHeader.trailer)
+        record.withUnsafeMutableBytes { r in
+            let offset = header.write(to: r)
+            UnsafeMutableRawBufferPointer(rebasing: r[offset..<(offset + value.count)]).copyBytes(from: value)
+            key.withUnsafeBytes { RecordHeader.seal(r, key: $0) }
+        }
+        let read = try record.withUnsafeBytes { r in try key.withUnsafeBytes { try RecordHeader.read(r, key: $0) } }
+        #expect(read == header && read.checksummed)
+        #expect(record.withUnsafeBytes { Array(RecordHeader.value(in: $0, header: read)) } == value)
+        for i in record.indices {
+            var damaged = record
+            damaged[i] ^= 0x20
+            expectMasqError(.corrupt) { _ = try damaged.withUnsafeBytes { r in try key.withUnsafeBytes { try RecordHeader.read(r, key: $0) } } }
+        }
+        expectMasqError(.corrupt) { _ = try record.withUnsafeBytes { r in try [UInt8]("R\u{1}x".utf8).withUnsafeBytes { try RecordHeader.read(r, key: $0) } } }
     }
 
     @Test func freshKeysPayASmallHeader() {
@@ -51,7 +73,7 @@ import CMasq
 
     @Test(arguments: [[UInt8](), [2], [1], [1, 0x80], [1, 0, 1, 2, 3], [1, 2] + [UInt8](repeating: 0, count: 16)])
     func malformedHeadersAreRejected(_ bytes: [UInt8]) {
-        expectMasqError(.corrupt) { _ = try bytes.withUnsafeBytes { try RecordHeader.read($0) } }
+        expectMasqError(.corrupt) { _ = try bytes.withUnsafeBytes { try RecordHeader.read(unchecked: $0) } }
     }
 
     @Test func logEntriesRoundTripAndRejectGarbage() throws {

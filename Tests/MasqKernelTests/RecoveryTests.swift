@@ -173,6 +173,43 @@ import Glibc
         #expect(throws: MasqError.self) { try store.counterAdd(ns("n"), key: [UInt8]("big"), delta: .max) }
     }
 
+    /// A damaged record is an error, never a wrong value; records lost from
+    /// the file fail a full listing instead of shortening it; `repairDamage`
+    /// removes what is damaged and a paired device sends it back.
+    @Test func damageIsDetectedAndRepairedFromAPairedDevice() throws {
+        let net = try SimulatedNetwork(["A", "B"])
+        defer { net.close() }
+        let a = net.store("A"), app = ns("app")
+        for i in 0..<50 { try a.put(app, key: Array("k\(i)".utf8), value: Array("value \(i)".utf8)) }
+        try net.reconcile()
+        #expect(try a.check().ok)
+
+        // A flipped byte in one stored value.
+        let id = try #require(try a.lock.withLock { () throws(MasqError) in try a.existingNamespaceID(app) })
+        try a.localTransaction { () throws(MasqError) in
+            let key = RecordFormat.recordPrefix(namespaceID: id) + Array("k7".utf8)
+            guard var record = try Store.getMeta(a.engine, key) else { throw MasqError(.notFound, "k7") }
+            record[record.count - 6] ^= 0x01
+            try Store.putMeta(a.engine, key, record)
+            // And a record that vanished from the file (the count still says 50).
+            try (RecordFormat.recordPrefix(namespaceID: id) + Array("k9".utf8)).withBytes { (k) throws(MasqError) in try a.engine.delete(k) }
+        }
+        #expect(throws: MasqError.self) { _ = try a.get(app, key: Array("k7".utf8)) }
+        var listed = 0
+        #expect(throws: MasqError.self) { try a.list(app) { _, _ in listed += 1; return true } }
+        #expect(throws: MasqError.self) { _ = try a.getAll(app) }
+        let report = try a.check()
+        #expect(!report.ok && report.problems.count == 2)
+
+        #expect(try a.repairDamage() == 1)
+        #expect(a.wantsSnapshot)
+        try net.reconcile()
+        #expect(try a.check().ok && !a.wantsSnapshot)
+        #expect(try a.get(app, key: Array("k7".utf8)) == Array("value 7".utf8))
+        #expect(try a.get(app, key: Array("k9".utf8)) == Array("value 9".utf8))
+        #expect(try a.getAll(app).count == 50)
+    }
+
     @Test func replayWindowAcceptsEachNumberOnce() {
         var w = ReplayWindow()
         let accepted = [1, 3, 2, 2, 3, 1, 100, 36, 37, 37, 0].map { w.accept(UInt64($0)) }

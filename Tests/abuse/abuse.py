@@ -10,8 +10,9 @@ Environment (as the other Python suites):
   MASQ_BIN          masq-cli to test (relay, connectoid serve, node)
   MASQD             masqd to test
   MASQ_PLUGIN_PATH  directory of the plugins (masqd's localws transport)
-  ABUSE_SECONDS     seconds each attack phase lasts (default 3; a test has
-                    three phases, so about 3 x ABUSE_SECONDS of attack)
+  ABUSE_SECONDS     seconds each attack phase lasts (default 2: the whole
+                    directory in about a minute; a test has three or four
+                    phases; bench/abuse/run.sh runs 30)
 
 Attacks run in child processes (multiprocessing, "spawn"), so their work
 does not share the interpreter lock with the legitimate client, whose
@@ -35,7 +36,7 @@ import time
 MASQ = os.environ.get("MASQ_BIN", "masq")
 MASQD = os.environ.get("MASQD", "masqd")
 PLUGIN_PATH = os.environ.get("MASQ_PLUGIN_PATH", "")
-SECONDS = float(os.environ.get("ABUSE_SECONDS", "3"))
+SECONDS = float(os.environ.get("ABUSE_SECONDS", "2"))
 HOST = "127.0.0.1"
 KIB = 1024
 MIB = 1024 * 1024
@@ -272,6 +273,22 @@ def report(capsys, name, peak_kib, baseline_kib, legit, details=()):
         for detail in details:
             print("    " + detail)
     return line
+
+
+class Checks:
+    """Collects every violated expectation, so one run names all of a
+    server's weaknesses rather than the first."""
+
+    def __init__(self, name):
+        self.name = name
+        self.problems = []
+
+    def that(self, ok, message):
+        if not ok:
+            self.problems.append(str(message))
+
+    def verify(self):
+        assert not self.problems, "%s: %d problem(s):\n- %s" % (self.name, len(self.problems), "\n- ".join(self.problems))
 
 
 # ---------------------------------------------------------------------------
@@ -1029,11 +1046,16 @@ def http_flood(target, seconds, want, max_attempts=5_000):
             last_ping = time.monotonic()
             for s in list(held):
                 try:
+                    s.settimeout(LEGIT_TIMEOUT)
                     s.sendall(request)
                     head = read_head(s)
                     if not head:
                         raise ConnectionResetError
                     read_body_rest(s, head)
+                except socket.timeout:
+                    counters["no_answer_in_%ds" % LEGIT_TIMEOUT] += 1
+                    held.remove(s)
+                    s.close()
                 except OSError:
                     counters["closed_by_server"] += 1
                     held.remove(s)

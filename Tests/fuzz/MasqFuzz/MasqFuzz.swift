@@ -67,7 +67,8 @@ let targets: [Target] = [
     Target(name: "store-record", run: { bytes in
         // Records and log entries as a storage plugin hands them back (a damaged file).
         bytes.withUnsafeBytes { raw in
-            if let header = try? RecordHeader.read(raw) { _ = RecordHeader.value(in: raw, header: header) }
+            if let header = try? RecordHeader.read(unchecked: raw) { _ = RecordHeader.value(in: raw, header: header) }
+            _ = try? RecordHeader.read(raw, key: UnsafeRawBufferPointer(rebasing: raw.prefix(8)))
             _ = try? LogEntryWriter.decodeWithTimestamp(raw)
         }
         _ = try? Counter(decoding: bytes)
