@@ -30,6 +30,17 @@ extension Daemon {
     static let maxListEntries = 10_000
 
     func perform(_ op: AppOperation, _ c: Connection, _ appID: String, _ r: Request) throws(DaemonError) -> JSON {
+        // A write retried with its request id (the client lost the answer) is applied once.
+        guard op.writes, let requestID = r.request_id else { return try performOnce(op, c, appID, r) }
+        guard (1...64).contains(requestID.utf8.count) else { throw DaemonError(.badRequest, "\"request_id\" is 1-64 bytes") }
+        let key = "\(c.profile ?? active)\u{0}\(appID)\u{0}\(requestID)"
+        if let done = completedWrites.result(key) { return done }
+        let result = try performOnce(op, c, appID, r)
+        completedWrites.remember(key, result)
+        return result
+    }
+
+    private func performOnce(_ op: AppOperation, _ c: Connection, _ appID: String, _ r: Request) throws(DaemonError) -> JSON {
         let profile = try activeProfile()
         guard c.profile == profile.name else {
             throw DaemonError(.unauthorized, "the user switched profiles: say hello again")
@@ -152,4 +163,25 @@ extension Daemon {
 func keyField(_ key: [UInt8]) -> (String, JSON) {
     if let text = String(validating: key, as: UTF8.self) { return ("key", .string(text)) }
     return ("key_b64", .string(Data(key).base64EncodedString()))
+}
+
+/// The answers of recent writes by request id (per profile and app), so a
+/// client that lost an answer can send the write again safely: at most
+/// `capacity` entries, each kept `lifetime` seconds.
+final class CompletedWrites {
+    static let capacity = 4_096
+    static let lifetime: Double = 600
+    private var results: [String: (JSON, Double)] = [:]
+    private var order: [String] = []
+
+    func result(_ key: String) -> JSON? {
+        guard let (json, at) = results[key], DaemonClock.now() - at < Self.lifetime else { return nil }
+        return json
+    }
+
+    func remember(_ key: String, _ result: JSON) {
+        if results[key] == nil { order.append(key) }
+        results[key] = (result, DaemonClock.now())
+        while order.count > Self.capacity { results[order.removeFirst()] = nil }
+    }
 }

@@ -101,6 +101,8 @@ public final class Daemon: @unchecked Sendable {
     var connections: [String: Connection] = [:]
     /// Live approval requests by request id (dropped with their connection).
     var requests: [String: ApprovalRequest] = [:]
+    /// Answers of recent writes by request id (AppOperations).
+    let completedWrites = CompletedWrites()
     var transport: TransportEngine?
     /// The manager's secret for this run (in the URL fragment and the runtime file).
     public let adminSecret = base64url(Random.bytes(24))

@@ -120,6 +120,8 @@ struct Request: Decodable {
     var delta: Int64?
     var watch: UInt64?
     var limit: Int?
+    /// A write's id chosen by the client: a retry with the same id is applied once.
+    var request_id: String?
     // the manager
     var secret: String?
     var profile: String?

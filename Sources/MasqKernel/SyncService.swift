@@ -461,18 +461,38 @@ public final class SyncService: @unchecked Sendable {
         let header = [UInt8(1)] + (try Self.idBytes(device)) + me
         let sealed = try store.seal(for: device, frame, associatedData: room_ad(header))
         peer.unanswered += 1
-        broadcast(header + sealed)
+        if let failure = broadcast(header + sealed) {
+            // Shown where it can be fixed (masq status), not only logged.
+            let text = failure.status == .tooLarge
+                ? "a sync frame of \(header.count + sealed.count) bytes is over the transport's limit: \(failure.message)"
+                : "the transport refused a frame: \(failure.message)"
+            if peer.problem != text {
+                peer.problem = text
+                try? store.setSyncProblem(device: device, text)
+            }
+            return false
+        }
         return true
     }
 
     private func room_ad(_ header: [UInt8]) -> [UInt8] { room + header }
 
-    private func broadcast(_ payload: [UInt8]) {
+    /// Send to the room on every transport. Returns the error of a transport
+    /// that refused the frame (e.g. over its size limit), if every one did.
+    @discardableResult
+    private func broadcast(_ payload: [UInt8]) -> MasqError? {
+        var failure: MasqError?
+        var sent = false
         for (transport, _) in transports {
-            do throws(MasqError) { try transport.send(roomText, payload) } catch {
+            do throws(MasqError) {
+                try transport.send(roomText, payload)
+                sent = true
+            } catch {
                 Log.warn("sync", "\(transport.component): \(error.message)")
+                failure = MasqError(error.status, "\(transport.component): \(error.message)")
             }
         }
+        return sent ? nil : failure
     }
 
     private func isPaired(_ device: String) -> Bool {

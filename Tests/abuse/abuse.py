@@ -38,8 +38,6 @@ MASQD = os.environ.get("MASQD", "masqd")
 PLUGIN_PATH = os.environ.get("MASQ_PLUGIN_PATH", "")
 SECONDS = float(os.environ.get("ABUSE_SECONDS", "2"))
 HOST = "127.0.0.1"
-KIB = 1024
-MIB = 1024 * 1024
 # How long a legitimate request may take before it counts as failed. Generous:
 # the attackers share the machine's cores with the server and the client, so
 # a slow answer under attack is expected; no answer is a failure.
@@ -50,18 +48,6 @@ def raise_fd_limit():
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
-def kernel_socket_buffers():
-    """The most the kernel may buffer for one TCP connection, both ways
-    (tcp_wmem and tcp_rmem maxima): bytes a server can hand to the kernel
-    for a client that does not read, besides its own queue."""
-    try:
-        wmem = int(open("/proc/sys/net/ipv4/tcp_wmem").read().split()[2])
-        rmem = int(open("/proc/sys/net/ipv4/tcp_rmem").read().split()[2])
-        return wmem, rmem
-    except (OSError, ValueError, IndexError):
-        return 4 * MIB, 6 * MIB
 
 
 # ---------------------------------------------------------------------------
@@ -148,7 +134,8 @@ class Server:
 
     def log_tail(self, n=3000):
         try:
-            self.log.flush()
+            if not self.log.closed:
+                self.log.flush()
             return open(self.log_path, errors="replace").read()[-n:]
         except OSError:
             return ""
@@ -179,7 +166,8 @@ class Sampler(threading.Thread):
     def run(self):
         while not self.stopping.is_set():
             self.peak_kib = max(self.peak_kib, self.server.rss_kib())
-            self.peak_sockets = max(self.peak_sockets, self.server.sockets())
+            if self.samples % 5 == 0:      # sockets every 100 ms: listing /proc/PID/fd costs more
+                self.peak_sockets = max(self.peak_sockets, self.server.sockets())
             self.samples += 1
             self.stopping.wait(self.interval)
 
@@ -188,6 +176,7 @@ class Sampler(threading.Thread):
         self.join(5)
         # One last sample: what the server holds now counts too.
         self.peak_kib = max(self.peak_kib, self.server.rss_kib())
+        self.peak_sockets = max(self.peak_sockets, self.server.sockets())
 
 
 # ---------------------------------------------------------------------------
@@ -215,32 +204,42 @@ class Legit:
         self.started = time.monotonic()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
+    def fail(self, what, error):
+        self.failures += 1
+        if len(self.errors) < 5:
+            self.errors.append("%s at %.1f s: %r" % (what, time.monotonic() - self.started, error))
+
     def request(self, fn, *args, **kwargs):
         started = time.perf_counter()
         self.requests += 1
         try:
             return fn(*args, **kwargs)
         except Exception as error:
-            self.failures += 1
-            if len(self.errors) < 5:
-                self.errors.append("%s at %.1f s: %r" % (getattr(fn, "__name__", "request"), time.monotonic() - self.started, error))
+            self.fail(getattr(fn, "__name__", "request"), error)
+            error.counted = True
             raise
         finally:
             self.latencies.append(time.perf_counter() - started)
 
     def _run(self):
         i = 0
+        broken = False
         while not self.stopping.is_set() and i < self.max_rounds:
+            if broken:
+                # A reconnection is a legitimate request too: it must work.
+                try:
+                    self.request(self.recover)
+                    broken = False
+                except Exception:
+                    self.stopping.wait(0.5)
+                    continue
             try:
                 self.work(self, i)
-            except Exception:
-                if self.recover:
-                    try:
-                        self.recover()
-                    except Exception as error:
-                        if len(self.errors) < 5:
-                            self.errors.append("reconnect: %r" % error)
-                        self.stopping.wait(0.2)
+            except Exception as error:
+                if not getattr(error, "counted", False):
+                    self.requests += 1
+                    self.fail("work", error)
+                broken = self.recover is not None
             i += 1
             self.stopping.wait(self.pause)
 
@@ -874,12 +873,14 @@ def ws_oversized(target, seconds, max_frame, max_count=500):
             time.sleep(0.05)
             continue
         try:
-            s.settimeout(3)
+            s.settimeout(LEGIT_TIMEOUT)
             try:
                 s.sendall(variants[name]())
             except OSError:
                 pass        # closed while we were still sending: fine
-            end = time.monotonic() + 3
+            # A close, not an answer: given as long as a legitimate request
+            # (the attacks of the same phase may keep the server busy).
+            end = time.monotonic() + LEGIT_TIMEOUT
             closed = False
             while time.monotonic() < end:
                 try:

@@ -10,9 +10,9 @@ Three phases of ABUSE_SECONDS each, the members exchanging frames all along:
    of HTTP;
 3. protocol: clients that never read (6-byte text frames, JOIN/LEAVE churn),
    oversized and malformed frames, presence churn in the members' room.
-Then: the relay is up, every slot came back (the gauge falls to the two
-members and as many upgrades as the limit allows succeed), and a fresh pair
-of members can talk.
+Then: the relay is up, every slot came back (with everyone gone the gauge
+falls to 0 and as many upgrades as the limit allows succeed), and a fresh
+pair of members can talk.
 
 Run: MASQ_BIN=.build/debug/masq-cli python3 -m pytest -s Tests/abuse/test_relay_abuse.py
 """
@@ -170,17 +170,19 @@ def test_relay_under_abuse(tmp_path, capsys):
         ], newcomer)
         alive_after_attack = server.alive()
 
-        # Every slot came back: once the attackers are gone the gauge falls
-        # to the two members, and MAX_CONNECTIONS - 2 new upgrades succeed.
+        # Every slot came back: once everyone is gone the gauge falls to 0,
+        # and MAX_CONNECTIONS new upgrades succeed.
+        presence_seen = holder["members"].presence
+        holder["members"].close()
         gauge, opened, refused = None, [], []
         if alive_after_attack:
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
                 gauge = metric(url, "masq_relay_connections")
-                if gauge == 2:
+                if gauge == 0:
                     break
                 time.sleep(0.1)
-            for _ in range(MAX_CONNECTIONS - 2):
+            for _ in range(MAX_CONNECTIONS):
                 s, status = abuse.ws_open(target, timeout=10)
                 (opened if s else refused).append(s or status)
             abuse.close_all(opened)
@@ -192,14 +194,12 @@ def test_relay_under_abuse(tmp_path, capsys):
         except Exception as error:
             fresh_error = repr(error)
         closed_slow = metric(url, "masq_relay_closed_slow_total") if server.alive() else None
-        presence_seen = holder["members"].presence
-        holder["members"].close()
 
         details = ["baseline %.1f MiB, bound +%.1f MiB; peak %d sockets open in the relay (bound %d: --max-connections %d)" % (
                        baseline / 1024, RSS_BOUND_KIB / 1024, sampler.peak_sockets, SOCKET_BOUND, MAX_CONNECTIONS),
                    "legit: slowest %.0f ms; newcomers during %s" % (legit.max_ms(), "; ".join("%s: %s" % kv for kv in newcomers.items())),
                    "after: gauge %s, %d of %d new upgrades accepted%s, fresh members: %s, closed for not reading: %s" % (
-                       gauge, len(opened), MAX_CONNECTIONS - 2, " (refused: %s)" % sorted(set(refused)) if refused else "",
+                       gauge, len(opened), MAX_CONNECTIONS, " (refused: %s)" % sorted(set(refused)) if refused else "",
                        fresh_error or "ok", closed_slow),
                    "the members saw %d PRESENCE frames (coalesced churn)" % presence_seen]
         details += abuse.summary(results)
@@ -211,8 +211,8 @@ def test_relay_under_abuse(tmp_path, capsys):
         check.that(not [n for n, r in results.items() if "crashed" in r], "an attack crashed: %s" % results)
         check.that(legit.requests > 0, "the members made no exchange")
         check.that(legit.failures == 0, "%d legitimate exchanges failed: %s" % (legit.failures, legit.errors))
-        check.that(gauge == 2, "masq_relay_connections did not come back to the 2 members: %s" % gauge)
-        check.that(not refused, "slots leaked: %d of %d upgrades refused after the attack" % (len(refused), MAX_CONNECTIONS - 2))
+        check.that(gauge == 0, "masq_relay_connections did not fall to 0 once everyone left: %s" % gauge)
+        check.that(not refused, "slots leaked: %d of %d upgrades refused after the attack" % (len(refused), MAX_CONNECTIONS))
         check.that(fresh_error is None, "a fresh pair of members failed: %s" % fresh_error)
         check.that(sampler.peak_kib - baseline < RSS_BOUND_KIB, "RSS grew by %.1f MiB (bound %.1f MiB)" % (
             (sampler.peak_kib - baseline) / 1024, RSS_BOUND_KIB / 1024))

@@ -514,3 +514,21 @@ def test_other_os_users_are_refused(tmp_path):
         assert " 101 " not in other + " ", f"another OS user was let in: {other}"
     finally:
         d.stop()
+
+
+def test_a_retried_write_with_its_request_id_is_applied_once(daemon):
+    """A client that lost the answer to a write sends it again with the same
+    request id — even on a new connection: counters do not double."""
+    manager = daemon.manager()
+    app = approved_app(daemon, manager)
+    app.counter_add("likes", 5, request_id="write-1")
+    app.counter_add("likes", 5, request_id="write-1")          # the retry
+    assert app.counter("likes") == 5
+    again = DaemonClient(daemon.url, app_id="com.example.notes", token=app.token)
+    assert again.hello()["state"] == "approved"
+    again.counter_add("likes", 5, request_id="write-1")        # from another connection
+    again.counter_add("likes", 1, request_id="write-2")
+    assert again.counter("likes") == 6
+    with pytest.raises(DaemonError) as e:
+        again.counter_add("likes", 1, request_id="x" * 65)
+    assert e.value.code == "bad_request"

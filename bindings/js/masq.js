@@ -91,6 +91,8 @@ export class MasqApp {
     this._nextId = 1;
     /** @type {Map<number, {resolve: Function, reject: Function, timer: any}>} */
     this._pending = new Map();
+    /** Writes whose connection dropped before the answer: sent again once re-approved. */
+    this._retry = [];
     /** watch handle -> {callback, prefix, ns, id}: survives reconnects */
     this._watches = new Map();
     this._state = "connecting";
@@ -283,8 +285,11 @@ export class MasqApp {
       this._backoff = 250;
       this._setState("approved");
       await this._renewWatches();
+      const retry = this._retry.splice(0);
+      for (const waiting of retry) this._send(waiting.body).then(waiting.resolve, waiting.reject);
       return;
     }
+    for (const waiting of this._retry.splice(0)) waiting.reject(new MasqError("revoked", "this app is no longer approved"));
     if (!first) {
       // Reconnected but no longer approved (revoked, or another profile): stop here.
       this._setState("revoked");
@@ -325,6 +330,9 @@ export class MasqApp {
       return Promise.reject(new MasqError(this._state === "revoked" ? "revoked" : "unavailable",
         `not connected to Masq (state: ${this._state})`));
     }
+    // Writes carry a request id: if the connection drops before the answer, the
+    // write is sent again after reconnecting and masqd applies it at most once.
+    if (WRITES.has(body.op)) body = { ...body, request_id: requestId() };
     return this._send(body);
   }
 
@@ -339,7 +347,7 @@ export class MasqApp {
         this._pending.delete(id);
         reject(new MasqError("timeout", `no answer to ${body.op} within ${this._options.requestTimeout} ms`));
       }, this._options.requestTimeout);
-      this._pending.set(id, { resolve, reject, timer });
+      this._pending.set(id, { resolve, reject, timer, body });
       this._ws.send(JSON.stringify({ id, ...body }));
     });
   }
@@ -400,6 +408,15 @@ export class MasqApp {
 
   _onClose() {
     this._ws = null;
+    // Writes in flight wait for the reconnection (their request ids make the retry safe).
+    if (this._options.reconnect && !this._closedByUser && this._state === "approved") {
+      for (const [id, waiting] of this._pending) {
+        if (!waiting.body || !waiting.body.request_id) continue;
+        clearTimeout(waiting.timer);
+        this._retry.push(waiting);
+        this._pending.delete(id);
+      }
+    }
     this._failAll(new MasqError("unavailable", "the connection to Masq closed"));
     if (this._closedByUser || this._state === "revoked" || !this._options.reconnect || this._state === "pending") {
       if (this._state === "pending" && this._approval) this._approval.reject(new MasqError("unavailable", "the connection to Masq closed"));
@@ -445,6 +462,16 @@ export class MasqApp {
       else this._storage.removeItem(this._tokenKey);
     } catch (_) { /* storage unavailable: the token lives for this page only */ }
   }
+}
+
+/** Operations that change data: they carry a request id (see _request). */
+const WRITES = new Set(["put", "del", "set_all", "clear", "counter_add"]);
+
+/** 16 random bytes as hex: unique per write, so a retry is recognised. */
+function requestId() {
+  const bytes = new Uint8Array(16);
+  crypto.getRandomValues(bytes);
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
 }
 
 function encodeValue(value) {

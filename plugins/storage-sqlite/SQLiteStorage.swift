@@ -42,6 +42,8 @@ final class SQLiteDatabase {
         /// applying a batch, an import) before it fails with MASQ_E_BUSY.
         var busyTimeoutMilliseconds: Int32 = 30_000
         var cacheSizeKiB: Int = 8192
+        /// Page size of a new file (512…65536, a power of two); an existing file keeps its own.
+        var pageSize: Int?
         var secureDelete = true
     }
 
@@ -61,6 +63,8 @@ final class SQLiteDatabase {
         }
         do throws(Failure) {
             sqlite3_busy_timeout(db, options.busyTimeoutMilliseconds)
+            // Only a new, empty file takes it (before WAL mode and the first table).
+            if let pageSize = options.pageSize { try execute("PRAGMA page_size=\(pageSize)") }
             let mode = try queryText("PRAGMA journal_mode=WAL")
             if mode.lowercased() != "wal" && path != ":memory:" {
                 throw Failure(MASQ_E_IO, "\(path): cannot switch to WAL mode (journal_mode is \(mode))")
@@ -264,11 +268,16 @@ private func parseOptions(_ list: UnsafePointer<masq_plugin_option>?, _ count: I
         case "secure_delete":
             guard value == "true" || value == "false" else { throw .init(MASQ_E_CONFIG, "option secure_delete must be true or false, not \"\(value)\"") }
             options.secureDelete = value == "true"
+        case "page_size":
+            guard let size = Int(value), (512...65_536).contains(size), size & (size - 1) == 0 else {
+                throw .init(MASQ_E_CONFIG, "option page_size must be a power of two in 512...65536, not \"\(value)\"")
+            }
+            options.pageSize = size
         case "cache_size_kib":
             guard let kib = Int(value), kib > 0, kib <= 16 << 20 else { throw .init(MASQ_E_CONFIG, "option cache_size_kib must be 1...\(16 << 20), not \"\(value)\"") }
             options.cacheSizeKiB = kib
         default:
-            throw .init(MASQ_E_CONFIG, "unknown option \"\(key)\" (known: file, synchronous, busy_timeout_ms, cache_size_kib, secure_delete)")
+            throw .init(MASQ_E_CONFIG, "unknown option \"\(key)\" (known: file, synchronous, busy_timeout_ms, cache_size_kib, page_size, secure_delete)")
         }
     }
     return options

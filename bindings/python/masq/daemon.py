@@ -129,11 +129,11 @@ class DaemonClient:
             return base64.b64decode(r["value"])
         return r["value"] if "value" in r else base64.b64decode(r["value_b64"])
 
-    def put(self, key: str, value, ns: Optional[str] = None) -> None:
+    def put(self, key: str, value, ns: Optional[str] = None, request_id: Optional[str] = None) -> None:
         if isinstance(value, (bytes, bytearray)):
-            self.call("put", key=key, value=base64.b64encode(value).decode(), encoding="base64", ns=ns)
+            self.call("put", key=key, value=base64.b64encode(value).decode(), encoding="base64", ns=ns, request_id=request_id)
         else:
-            self.call("put", key=key, value=value, ns=ns)
+            self.call("put", key=key, value=value, ns=ns, request_id=request_id)
 
     def delete(self, key: str, ns: Optional[str] = None) -> None:
         self.call("del", key=key, ns=ns)
@@ -150,8 +150,10 @@ class DaemonClient:
     def clear(self, ns: Optional[str] = None) -> None:
         self.call("clear", ns=ns)
 
-    def counter_add(self, key: str, delta: int, ns: Optional[str] = None) -> None:
-        self.call("counter_add", key=key, delta=delta, ns=ns)
+    def counter_add(self, key: str, delta: int, ns: Optional[str] = None, request_id: Optional[str] = None) -> None:
+        """`request_id` (any unique text, e.g. uuid4().hex): sending the same
+        write again with it — after a lost answer — is applied once."""
+        self.call("counter_add", key=key, delta=delta, ns=ns, request_id=request_id)
 
     def counter(self, key: str, ns: Optional[str] = None) -> int:
         return self.call("counter_get", key=key, ns=ns)["value"]
