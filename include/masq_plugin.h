@@ -137,9 +137,16 @@ typedef struct masq_plugin_option {
  *  pointer is valid only during the call. */
 typedef int (*masq_bytes_sink)(void *sink_ctx, const uint8_t *data, size_t len);
 
-/** Peer events for masq_host.peer_event. */
-#define MASQ_PEER_UP 1
-#define MASQ_PEER_DOWN 2
+/** Events for masq_host.peer_event (see "Transport plugins" below for
+ *  what the kernel does with each). */
+#define MASQ_PEER_UP 1         /* `peer` (a peer id) is reachable           */
+#define MASQ_PEER_DOWN 2       /* `peer` is gone                             */
+#define MASQ_TRANSPORT_UP 3    /* the transport can send now (`peer`: the
+                                  endpoint, or "" when it has none)           */
+#define MASQ_TRANSPORT_DOWN 4  /* the transport cannot send until further
+                                  notice (it keeps trying)                    */
+#define MASQ_ROOM_CHANGED 5    /* the membership of room `peer` changed (who
+                                  is in it is unknown or unchanged)           */
 
 typedef struct masq_host masq_host;
 
@@ -313,6 +320,41 @@ typedef struct masq_storage_vtable {
  * except that destroy is called once, after stop, with no other call running.
  * Endpoints are transport-specific UTF-8 strings (e.g. "ws://127.0.0.1:7070",
  * "127.0.0.1:0"); peers and rooms are transport-specific UTF-8 identifiers.
+ *
+ * What the kernel does with a transport used for sync (docs/WRITING-A-PLUGIN.md,
+ * "Writing a transport", tells the same with an example):
+ *   - Options: the entry's "options" from the config, plus "data_dir" (a
+ *     directory the transport may keep state in): accept "data_dir" even if
+ *     you do not use it. Refuse other unknown options with MASQ_E_CONFIG.
+ *   - Calls: create, start; then connect(endpoint) when the config entry has
+ *     an option named "url" (its value is the endpoint); then join(room),
+ *     once, with the group's room: 32 lowercase hex characters (16 random
+ *     bytes shared by the devices of one user). Sync needs
+ *     MASQ_TRANSPORT_ROOMS; it sends only to that room: send(room, frame)
+ *     must reach every *other* member of the room that is reachable now
+ *     (no store-and-forward is expected: the kernel resends what is not
+ *     acknowledged). listen and direct (peer) destinations are for other
+ *     hosts, such as masqd; stop and destroy at the end.
+ *   - Events: report MASQ_TRANSPORT_UP when frames can be sent (connected to
+ *     a relay, a LAN socket bound) and MASQ_TRANSPORT_DOWN when they cannot
+ *     (the kernel shows "connected" from these; a transport that never
+ *     reports either counts as up once a frame arrives). Report
+ *     MASQ_PEER_UP / MASQ_PEER_DOWN with peer ids of your choosing when you
+ *     learn of peers coming and going, or MASQ_ROOM_CHANGED(room) when you
+ *     only know that the room's membership changed: either makes the kernel
+ *     ask the room who is there (so a device that left stops being
+ *     "present", and one that came back is greeted). frame_received's
+ *     `room` is the room the frame arrived in (required for sync: frames
+ *     with a NULL room are not sync frames); `peer` is informational.
+ *   - Size: declare the largest frame you carry in max_frame_bytes (below);
+ *     the kernel cuts its sync frames to fit it. A frame you cannot carry
+ *     is refused with MASQ_E_TOO_LARGE (the kernel shows it in the device's
+ *     status, it does not retry it as is).
+ *   - Frames you refuse from the network (malformed, unknown version) are
+ *     counted in stats' "frames_rejected"; never hand them to the kernel.
+ * Conformance: Tests/transports runs any transport plugin through this
+ * contract (join, send, receive, events, reconnect, hostile frames, stop
+ * while busy, stats).
  */
 typedef struct masq_transport_vtable {
     uint32_t struct_size; /* sizeof(masq_transport_vtable)                   */
@@ -363,6 +405,12 @@ typedef struct masq_transport_vtable {
      *  to it. MASQ_E_NOT_FOUND for an unknown peer. MASQ_PEER_DOWN follows.
      *  Called from any thread. */
     int (*disconnect)(void *transport, const char *peer, const char *reason);
+
+    /** Optional. The largest frame, in bytes, send() carries on this
+     *  instance (its options may set it; the room and the transport's own
+     *  framing excluded); 0 when there is no limit. Called after create,
+     *  from any thread. */
+    uint64_t (*max_frame_bytes)(void *transport);
 } masq_transport_vtable;
 
 /* ------------------------------------------------------------------------ */

@@ -116,9 +116,11 @@ extension Store {
             try engine.scan(from: start, to: RecordFormat.successor(ofPrefix: base)) { (key, _) throws(MasqError) -> Bool in
                 guard let (header, value) = try readRecord(key) else { return true }
                 let userKey = Array(key[base.count...])
+                let size = userKey.count + value.count + 48
+                if !records.isEmpty && bytes + size > maxBytes { full = true; return false }
                 records.append(SyncRecord(namespace: ns.string, key: userKey, header: header, value: value))
                 last = userKey
-                bytes += userKey.count + value.count + 48
+                bytes += size
                 full = bytes >= maxBytes
                 return !full
             }

@@ -259,7 +259,10 @@ extension Store {
                 while seq <= mine[origin] {
                     guard out.count < maxCommits && bytes < maxBytes else { return out }
                     let commit = try exportCommit(origin: origin, seq: seq, names: &namespaceNames)
-                    bytes += commit.records.reduce(32) { $0 + $1.key.count + $1.value.count + $1.namespace.utf8.count + 48 }
+                    let size = commit.records.reduce(32) { $0 + $1.key.count + $1.value.count + $1.namespace.utf8.count + 48 }
+                    // A batch never grows past maxBytes (a single larger commit goes alone).
+                    if !out.isEmpty && bytes + size > maxBytes { return out }
+                    bytes += size
                     out.append(commit)
                     seq += 1
                 }
@@ -611,9 +614,12 @@ extension Store {
                 let keyStart = 1 + varintSize(UInt64(id))
                 if names[id] == nil { names[id] = try namespaceNameLocked(id: id) }
                 guard let (header, value) = try readRecord(key) else { return true }
+                let size = key.count + value.count + 48
+                // A chunk never grows past maxBytes (a single larger record goes alone).
+                if !records.isEmpty && bytes + size > maxBytes { full = true; return false }
                 records.append(SyncRecord(namespace: names[id]!, key: Array(key[keyStart...]), header: header, value: value))
                 last = Array(key)
-                bytes += key.count + value.count + 48
+                bytes += size
                 full = bytes >= maxBytes
                 return !full
             }

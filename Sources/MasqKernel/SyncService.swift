@@ -96,7 +96,9 @@ public final class SyncService: @unchecked Sendable {
     private var identityEpoch = 0
     private var watchID: UInt64?
     private var pumpScheduled = false
-    private var transportUp = false
+    /// Indexes of the transports that can send now (MASQ_TRANSPORT_UP, or a frame arrived).
+    private var transportsUp: Set<Int> = []
+    private var transportUp: Bool { !transportsUp.isEmpty }
     private var stopped = false
     private var timer: DispatchSourceTimer?
     private var lastLocalSeq: UInt64 = 0
@@ -130,19 +132,30 @@ public final class SyncService: @unchecked Sendable {
         guard !transportReferences.isEmpty else {
             throw .config("no transport configured: add {\"plugin\": \"relay\", \"options\": {\"url\": \"ws://HOST:PORT/\"}} to \"transports\"")
         }
-        for reference in transportReferences {
+        for (index, reference) in transportReferences.enumerated() {
             let endpoint = reference.options.first { $0.key == "url" }?.value
             let transport = try store.openTransport(reference, onFrame: { [weak self] _, room, frame in
                 guard let service = self else { return }
-                service.queue.async { service.received(room: room, frame) }
+                service.queue.async {
+                    service.transportsUp.insert(index)      // it carries frames: it is up
+                    service.received(room: room, frame)
+                }
             }, onPeerEvent: { [weak self] peer, event in
                 guard let service = self else { return }
-                service.queue.async { service.peerEvent(peer, event) }
+                service.queue.async { service.peerEvent(index, peer, event) }
             })
+            guard transport.hasRooms else {
+                transport.close()
+                throw .config("transport \(reference.name) cannot join rooms (MASQ_TRANSPORT_ROOMS), which sync needs")
+            }
             try transport.start()
             if let endpoint { try transport.connect(endpoint) }
             try transport.join(roomText)
             transports.append((transport, endpoint))
+            // Sync frames are cut to fit the smallest transport (sealing adds its overhead).
+            if let limit = transport.maxFrameBytes {
+                engine.options.maxBytesPerFrame = max(4_096, min(engine.options.maxBytesPerFrame, limit - Self.sealingOverhead))
+            }
         }
         watchID = try store.watch(namespace: nil) { [weak self] change in
             guard change.origin == .local, let service = self else { return }
@@ -212,20 +225,35 @@ public final class SyncService: @unchecked Sendable {
 
     // MARK: - queue
 
-    private func peerEvent(_ peer: String, _ event: Int32) {
+    /// Transport events (masq_plugin.h): up/down of the transport itself, and
+    /// any change in who is there — peers coming or going, or the room's
+    /// membership — after which the room is asked who is present.
+    private func peerEvent(_ index: Int, _ peer: String, _ event: Int32) {
         guard !stopped else { return }
-        if peer == "relay" {
-            transportUp = event == MASQ_PEER_UP
-            present = []
-            helloed = []
-            if transportUp { announce(who: true) }
-        } else if peer == roomText {
-            // Someone joined or left: ask who is here.
+        switch event {
+        case MASQ_TRANSPORT_UP:
+            transportsUp.insert(index)
             present = []
             helloed = []
             announce(who: true)
+        case MASQ_TRANSPORT_DOWN:
+            transportsUp.remove(index)
+            present = []
+            helloed = []
+        case MASQ_ROOM_CHANGED where peer != roomText:
+            break                                        // another room of the transport
+        case MASQ_PEER_UP, MASQ_PEER_DOWN, MASQ_ROOM_CHANGED:
+            present = []
+            helloed = []
+            announce(who: true)
+        default:
+            break
         }
     }
+
+    /// Bytes sealing adds to a sync frame: payload type, two device ids, the
+    /// ratchet header and tag, and room for the transport's framing.
+    static let sealingOverhead = 1 + 10 + 10 + 41 + 16 + 183
 
     private func announce(who: Bool) {
         broadcast([who ? 3 : 2] + me)

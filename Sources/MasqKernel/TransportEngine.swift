@@ -12,9 +12,20 @@ public final class TransportEngine: @unchecked Sendable {
     private var instance: UnsafeMutableRawPointer?
     private let lock = Lock()
 
-    /// Peer events as onPeerEvent reports them (MASQ_PEER_UP / _DOWN).
+    /// Peer events as onPeerEvent reports them (masq_plugin.h).
     public static let peerUp = MASQ_PEER_UP
     public static let peerDown = MASQ_PEER_DOWN
+    public static let transportUp = MASQ_TRANSPORT_UP
+    public static let transportDown = MASQ_TRANSPORT_DOWN
+    public static let roomChanged = MASQ_ROOM_CHANGED
+
+    /// The largest frame the transport carries (its `max_frame_bytes`; nil when it does not say).
+    public var maxFrameBytes: Int? {
+        guard v.struct_size >= UInt32(MemoryLayout<masq_transport_vtable>.offset(of: \.max_frame_bytes)! + MemoryLayout<UInt>.size),
+              let get = v.max_frame_bytes, let instance else { return nil }
+        let n = get(instance)
+        return n == 0 ? nil : Int(min(n, UInt64(Int.max)))
+    }
 
     public var component: String { host.component }
     public var pluginName: String { plugin.name }

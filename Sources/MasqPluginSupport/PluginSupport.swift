@@ -78,6 +78,12 @@ public protocol PluginTransport: AnyObject {
     func stop() -> Int32
     /// Its counters for `stats`, as a JSON object.
     var statsJSON: String { get }
+    /// The largest frame `send` carries (0: no limit): `max_frame_bytes`.
+    var maxFrameBytes: UInt64 { get }
+}
+
+extension PluginTransport {
+    public var maxFrameBytes: UInt64 { 0 }
 }
 
 /// The transport behind a handle `handOver` gave the kernel.
@@ -103,6 +109,7 @@ public func transportVTable(flags: UInt32) -> masq_transport_vtable {
         guard let t = pluginTransport(raw) else { return MASQ_E_INVALID }
         return sinkBytes(Array(t.statsJSON.utf8), sink, ctx)
     }
+    t.max_frame_bytes = { raw in pluginTransport(raw)?.maxFrameBytes ?? 0 }
     return t
 }
 

@@ -22,6 +22,7 @@ struct Endpoint: Sendable {
     let host: String
     let port: Int
     let path: String
+    let text: String
 
     init(_ text: String) throws(TransportFailure) {
         let secure = text.hasPrefix("wss://")
@@ -45,6 +46,7 @@ struct Endpoint: Sendable {
         self.host = host
         self.port = port
         self.path = path
+        self.text = text
     }
 }
 
@@ -90,6 +92,8 @@ public final class RelayTransport: PluginTransport, @unchecked Sendable {
     private let stopped = NIOLockedValueBox(false)
     public let counters = NIOLockedValueBox(Counters())
     public var statsJSON: String { counters.withLockedValue { $0.json } }
+    /// What a frame may carry: the relay frame's own header and the longest room excluded.
+    public var maxFrameBytes: UInt64 { UInt64(max(0, options.maxFrameBytes - 3 - RelayFrame.maxRoomLength)) }
     /// Runs once when the instance stops (the mesh plugin stops its node).
     public var onStop: (@Sendable () -> Void)?
 
@@ -257,7 +261,7 @@ public final class RelayTransport: PluginTransport, @unchecked Sendable {
         log(MASQ_LOG_INFO, "connected to the relay")
         for room in rooms { write(RelayFrame.join(room: room).encoded()) }
         flush()
-        host.pointee.peer_event(host, "relay", MASQ_PEER_UP)
+        host.pointee.peer_event(host, endpoint?.text ?? "", MASQ_TRANSPORT_UP)
     }
 
     private func lost() {
@@ -266,7 +270,7 @@ public final class RelayTransport: PluginTransport, @unchecked Sendable {
         channel = nil
         if wasConnected {
             log(MASQ_LOG_INFO, "relay connection lost; reconnecting")
-            host.pointee.peer_event(host, "relay", MASQ_PEER_DOWN)
+            host.pointee.peer_event(host, endpoint?.text ?? "", MASQ_TRANSPORT_DOWN)
         }
         scheduleReconnect()
     }
@@ -304,7 +308,7 @@ public final class RelayTransport: PluginTransport, @unchecked Sendable {
             let roomText = Hex.encode(room)
             payload.withUnsafeBufferPointer { p in host.pointee.frame_received(host, "relay", roomText, p.baseAddress, p.count) }
         case .success(.presence(let room, _)):
-            host.pointee.peer_event(host, Hex.encode(room), MASQ_PEER_UP)
+            host.pointee.peer_event(host, Hex.encode(room), MASQ_ROOM_CHANGED)
         case .success(.error(let code, let message)):
             counters.withLockedValue { $0.relayErrors += 1 }
             log(MASQ_LOG_WARN, "relay refused a frame (\(code)): \(message)")

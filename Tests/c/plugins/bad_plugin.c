@@ -46,7 +46,7 @@ static int tr_send(void *t, const char *d, const uint8_t *f, size_t l) { (void)t
 
 __attribute__((unused)) static masq_transport_vtable transport_vtable = {
     sizeof(masq_transport_vtable), 0, tr_create, tr_destroy, tr_start, tr_start,
-    NULL, NULL, NULL, NULL, tr_send, NULL, NULL,
+    NULL, NULL, NULL, NULL, tr_send, NULL, NULL, NULL,
 };
 
 __attribute__((unused)) static masq_plugin_descriptor descriptor = {
