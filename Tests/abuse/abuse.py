@@ -780,18 +780,72 @@ def ws_flood(target, seconds, want, max_attempts=5_000, fill_seconds=20):
     return dict(counters)
 
 
+def _stream_unread(counters, seconds, count, open_one, unit, batch, max_connections, hold_fire=0.0):
+    """Keep `count` connections (made by `open_one()`, None when refused)
+    writing `unit` over and over as fast as the server takes it, never
+    reading. Sockets are non-blocking and a partial write is finished
+    before the next one, so the stream stays well formed. Connections the
+    server closes are counted and replaced, up to `max_connections`."""
+    started = time.monotonic()
+    deadline = started + seconds
+    chunk = unit * batch
+    conns = {}       # socket -> [bytes still to write of the current chunk, bytes written]
+    opened = 0
+    written_closed = 0
+    most_before_close = 0
+
+    def add():
+        nonlocal opened
+        opened += 1
+        s = open_one()
+        if s:
+            s.setblocking(False)
+            conns[s] = [memoryview(chunk), 0]
+
+    while len(conns) < count and opened < max_connections and time.monotonic() < deadline:
+        add()
+    time.sleep(max(0.0, started + hold_fire - time.monotonic()))
+    while time.monotonic() < deadline and conns:
+        progressed = False
+        for s in list(conns):
+            state = conns[s]
+            try:
+                n = s.send(state[0])
+            except (BlockingIOError, InterruptedError):
+                continue                     # the server is not reading it now: not a close
+            except OSError:
+                counters["closed_by_server"] += 1
+                written_closed += state[1]
+                most_before_close = max(most_before_close, state[1] // len(unit))
+                del conns[s]
+                s.close()
+                if opened < max_connections and time.monotonic() < deadline:
+                    add()
+                continue
+            progressed = True
+            state[1] += n
+            state[0] = state[0][n:] if n < len(state[0]) else memoryview(chunk)
+        if not progressed:
+            counters["rounds_all_stalled"] += 1
+            select.select([], list(conns), [], 0.05)
+    counters["connections"] = opened
+    counters["most_units_before_close"] = most_before_close
+    counters["still_open_at_end"] = len(conns)
+    counters["units_sent"] = (written_closed + sum(st[1] for st in conns.values())) // len(unit)
+    close_all(conns)
+    return dict(counters)
+
+
 def ws_never_reader(target, seconds, count=8, mode="text", max_connections=200, batch=2000, hold_fire=0.5, big=60_000):
     """Connections that send small frames which each earn a reply, and never
     read: text frames (relay: ERROR each), JOIN/LEAVE churn (relay:
     PRESENCE, ERROR when rate limited), pings (masqd: an answer each; "big":
     requests of `big` bytes, as fast as the server takes them). The
-    server must close them rather than queue replies without bound. Each
-    closed connection is replaced, up to `max_connections`. They connect
-    first and start sending after `hold_fire` seconds, so the attacks of the
-    same phase get their connections in before the server gets busy."""
+    server must close them rather than queue replies without bound. They
+    connect first and start sending after `hold_fire` seconds, so the
+    attacks of the same phase get their connections in before the server
+    gets busy. Counts are in units: a frame (a JOIN+LEAVE pair in "churn")."""
     counters = collections.Counter()
-    started = time.monotonic()
-    deadline = started + seconds
     room = os.urandom(16)
     if mode == "text":
         unit = ws_frame(0x1, b"abcdef")
@@ -803,47 +857,14 @@ def ws_never_reader(target, seconds, count=8, mode="text", max_connections=200, 
         unit = ws_frame(0x1, b'{"op":"ping","pad":"' + b"x" * big + b'"}')
     else:
         raise ValueError(mode)
-    chunk = unit * batch
-    conns = {}       # socket -> units sent
-    opened = 0
 
     def open_one():
-        nonlocal opened
-        opened += 1
         s, status = ws_open(target, rcvbuf=4096, timeout=2)
-        if s:
-            s.settimeout(0.5)
-            conns[s] = 0
-        else:
+        if not s:
             counters["refused_" + status] += 1
+        return s
 
-    while len(conns) < count and opened < max_connections and time.monotonic() < deadline:
-        open_one()
-    time.sleep(max(0.0, started + hold_fire - time.monotonic()))
-    most_before_close = 0
-    total = 0
-    while time.monotonic() < deadline and conns:
-        for s in list(conns):
-            try:
-                s.sendall(chunk)
-                conns[s] += batch
-            except socket.timeout:
-                counters["send_stalled"] += 1   # the server stopped reading it: not a close
-            except OSError:
-                counters["closed_by_server"] += 1
-                sent = conns.pop(s)
-                total += sent
-                most_before_close = max(most_before_close, sent)
-                s.close()
-                if opened < max_connections and time.monotonic() < deadline:
-                    open_one()
-    counters["connections"] = opened
-    counters["most_frames_before_close"] = most_before_close
-    counters["still_open_at_end"] = len(conns)
-    counters["most_frames_unclosed"] = max(conns.values(), default=0)
-    counters["frames_sent"] = total + sum(conns.values())
-    close_all(conns)
-    return dict(counters)
+    return _stream_unread(counters, seconds, count, open_one, unit, batch, max_connections, hold_fire)
 
 
 def ws_oversized(target, seconds, max_frame, max_count=500):
@@ -967,12 +988,16 @@ def presence_churn(target, seconds, room_hex, count=20, max_frames=200_000):
         else:
             counters["refused_" + status] += 1
     pair = ws_frame(0x2, relay_frame(1, room)) + ws_frame(0x2, relay_frame(2, room))
+    pending = {s: b"" for s in socks}       # the rest of a partly written pair: finished first
     frames = 0
     while time.monotonic() < deadline and frames < max_frames and socks:
         for s in list(socks):
             try:
-                s.send(pair)
-                frames += 2
+                data = pending[s] or pair
+                n = s.send(data)
+                pending[s] = data[n:]
+                if not pending[s]:
+                    frames += 2
             except BlockingIOError:
                 pass
             except OSError:
@@ -1069,38 +1094,19 @@ def http_flood(target, seconds, want, max_attempts=5_000):
 def http_never_reader(target, seconds, count=4, batch=500, max_connections=100):
     """Pipelined requests (GET of the published limits, ~400 bytes each
     answer) sent as fast as the server takes them, answers never read: the
-    server must stop reading or close, not queue answers without bound."""
+    server must stop reading or close, not queue answers without bound.
+    Counts are in requests."""
     counters = collections.Counter()
-    deadline = time.monotonic() + seconds
-    chunk = (b"GET / HTTP/1.1\r\nHost: %s:%d\r\n\r\n" % (target["host"].encode(), target["port"])) * batch
-    conns = {}
-    opened = 0
-    while time.monotonic() < deadline:
-        while len(conns) < count and opened < max_connections:
-            opened += 1
-            try:
-                s = connect(target, rcvbuf=4096, timeout=0.5)
-                conns[s] = 0
-            except OSError:
-                counters["refused"] += 1
-        if not conns:
-            time.sleep(0.05)
-            continue
-        for s in list(conns):
-            try:
-                s.sendall(chunk)
-                conns[s] += batch
-            except socket.timeout:
-                counters["send_stalled"] += 1
-            except OSError:
-                counters["closed_by_server"] += 1
-                counters["requests_sent"] += conns.pop(s)
-                s.close()
-    counters["connections"] = opened
-    counters["requests_sent"] += sum(conns.values())
-    counters["still_open_at_end"] = len(conns)
-    close_all(conns)
-    return dict(counters)
+    unit = b"GET / HTTP/1.1\r\nHost: %s:%d\r\n\r\n" % (target["host"].encode(), target["port"])
+
+    def open_one():
+        try:
+            return connect(target, rcvbuf=4096, timeout=2)
+        except OSError:
+            counters["refused"] += 1
+            return None
+
+    return _stream_unread(counters, seconds, count, open_one, unit, batch, max_connections)
 
 
 def read_body_rest(sock, head):

@@ -74,22 +74,28 @@ class Members:
         self.connect()
 
     def connect(self):
-        self.a = ws_connect(self.url, max_size=None, open_timeout=abuse.LEGIT_TIMEOUT, close_timeout=1)
-        self.b = ws_connect(self.url, max_size=None, open_timeout=abuse.LEGIT_TIMEOUT, close_timeout=1)
-        for ws in (self.a, self.b):
-            ws.send(relay_frame(1, self.room))
-        # Both joined once a PRESENCE says two members.
-        deadline = time.monotonic() + abuse.LEGIT_TIMEOUT
-        while time.monotonic() < deadline:
-            message = self.a.recv(timeout=abuse.LEGIT_TIMEOUT)
-            if message[1] == 6 and struct.unpack(">I", message[-4:])[0] >= 2:
-                return
-        raise TimeoutError("the members did not see each other")
+        self.a = self.b = None
+        try:
+            self.a = ws_connect(self.url, max_size=None, open_timeout=abuse.LEGIT_TIMEOUT, close_timeout=1)
+            self.b = ws_connect(self.url, max_size=None, open_timeout=abuse.LEGIT_TIMEOUT, close_timeout=1)
+            for ws in (self.a, self.b):
+                ws.send(relay_frame(1, self.room))
+            # Both joined once a PRESENCE says two members.
+            deadline = time.monotonic() + abuse.LEGIT_TIMEOUT
+            while time.monotonic() < deadline:
+                message = self.a.recv(timeout=max(0.01, deadline - time.monotonic()))
+                if message[1] == 6 and struct.unpack(">I", message[-4:])[0] >= 2:
+                    return
+            raise TimeoutError("the members did not see each other")
+        except Exception:
+            self.close()          # a half-made pair must not keep a slot
+            raise
 
     def close(self):
         for ws in (self.a, self.b):
             try:
-                ws.close()
+                if ws is not None:
+                    ws.close()
             except Exception:
                 pass
 
