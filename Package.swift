@@ -57,6 +57,8 @@ let package = Package(
         // zlib's CRC-32 checks every stored record (Store: silent corruption becomes an error).
         .systemLibrary(name: "CZlib", path: "Sources/CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
         .target(name: "CMasqSupport", path: "Sources/CMasqSupport"),
+        // Who owns the client end of a loopback TCP connection (Linux sock_diag).
+        .target(name: "CMasqSockDiag", path: "Sources/CMasqSockDiag"),
         // OpenSSL 3 (libcrypto) behind flat C functions; every primitive is OpenSSL's.
         .target(name: "CMasqCrypto", path: "Sources/CMasqCrypto", linkerSettings: [.linkedLibrary("crypto")]),
         // Base64url, with no dependencies (plugins use it too).
@@ -89,9 +91,14 @@ let package = Package(
 
         // The relay's wire format, shared by the relay server and the relay transport plugin.
         .target(name: "MasqRelayProtocol", swiftSettings: fuzzed),
+        // Bounded, time-limited table of connections still in their handshake (relay, localws).
+        .target(name: "MasqHandshakeGate", dependencies: [
+                    .product(name: "NIOCore", package: "swift-nio"),
+                    .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                ]),
         // The relay server: WebSocket rooms forwarding ciphertext (SwiftNIO).
         .target(name: "MasqRelay", dependencies: [
-            "MasqRelayProtocol",
+            "MasqRelayProtocol", "MasqHandshakeGate",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -157,7 +164,7 @@ let package = Package(
                 linkerSettings: exportsOnly("plugins/plugin-exports.map")),
 
         .target(name: "MasqTransportLocalWS", dependencies: [
-                    "CMasqPlugin", "MasqPluginSupport",
+                    "CMasqPlugin", "CMasqSockDiag", "MasqHandshakeGate", "MasqPluginSupport",
                     .product(name: "NIOCore", package: "swift-nio"),
                     .product(name: "NIOPosix", package: "swift-nio"),
                     .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -347,9 +347,27 @@ typedef struct masq_storage_vtable {
  *     `room` is the room the frame arrived in (required for sync: frames
  *     with a NULL room are not sync frames); `peer` is informational.
  *   - Size: declare the largest frame you carry in max_frame_bytes (below);
- *     the kernel cuts its sync frames to fit it. A frame you cannot carry
+ *     the kernel cuts its sync frames to fit it and sends a bigger message
+ *     as fragments. Sync needs at least 16,659 bytes per frame and refuses
+ *     to start on a transport that declares less. A frame you cannot carry
  *     is refused with MASQ_E_TOO_LARGE (the kernel shows it in the device's
- *     status, it does not retry it as is).
+ *     status, it does not retry it as is). The kernel never sends an empty
+ *     frame (you may refuse one with MASQ_E_INVALID).
+ *   - Order and loss: no promise is required. Sealed frames open in any
+ *     order and the kernel resends what is not acknowledged; keeping one
+ *     sender's frames in order makes large (fragmented) messages arrive
+ *     sooner.
+ *   - After stop: stop() waits for callbacks in progress and returns; after
+ *     that no host function runs (log included) and every other entry point
+ *     answers MASQ_E_CLOSED without blocking, whichever thread calls it,
+ *     even while stop() is running. The kernel never calls stop() from
+ *     inside a callback (a plugin may refuse that with MASQ_E_INVALID).
+ *     Emitting MASQ_TRANSPORT_DOWN from stop() is not needed.
+ *   - send() to a room not joined: the kernel never does it; a plugin may
+ *     answer MASQ_E_NOT_FOUND or send anyway.
+ *   - host->log never calls back into the plugin, so a plugin may call it
+ *     with its own locks held.
+ *   - stats: counters or gauges ("peers", "port"), all unsigned.
  *   - Frames you refuse from the network (malformed, unknown version) are
  *     counted in stats' "frames_rejected"; never hand them to the kernel.
  * Conformance: Tests/transports runs any transport plugin through this

@@ -29,6 +29,8 @@ struct Connectoid: ParsableCommand {
         @Option(help: "Client rate limits apply per IPv6 prefix of this length (one subscriber usually holds a /64).") var ipv6Prefix = 64
         @Option(help: "Keys each rate limiter holds before evicting its least recently used half.") var maxLimiterKeys = 100_000
         @Option(help: "Connections open at once.") var maxConnections = 10_000
+        @Option(help: ArgumentHelp("Connections open at once from one address (its --ipv4-prefix/--ipv6-prefix); more are closed at once. Behind a reverse proxy, raise it.",
+                                   valueName: "n")) var maxConnectionsPerAddress = 32
         @Option(help: "Seconds a connection has to complete each request (slow or idle ones are closed).") var requestTimeout: Int64 = 20
         @Option(help: "Largest receive limit.") var maxReceive = 100
         @Option(help: "Sends per mailbox per minute.") var mailboxRate = 120
@@ -38,7 +40,7 @@ struct Connectoid: ParsableCommand {
         @Option(help: "PRAGMA synchronous of the file (OFF, NORMAL, FULL).") var synchronous = "NORMAL"
         @Option(help: "PEM certificate chain (enables TLS).") var tlsCert: String?
         @Option(help: "PEM private key.") var tlsKey: String?
-        @Option(help: "Event loop threads.") var threads = 1
+        @Option(help: "Event loop threads (the default is the number of cores).") var threads = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
         @Option(help: "Log level (error, warning, info, debug).") var logLevel = "info"
 
         func execute() throws {
@@ -50,6 +52,7 @@ struct Connectoid: ParsableCommand {
             guard maxMailboxBytes >= maxMessageBytes, (0...32).contains(ipv4Prefix), (0...128).contains(ipv6Prefix), maxLimiterKeys >= 16, maxConnections >= 1, requestTimeout >= 1 else {
                 throw CLIError("--max-mailbox-bytes must be at least --max-message-bytes; --ipv4-prefix 0...32, --ipv6-prefix 0...128, --max-limiter-keys at least 16")
             }
+            guard maxConnectionsPerAddress >= 1 else { throw CLIError("--max-connections-per-address must be at least 1") }
             guard ["OFF", "NORMAL", "FULL"].contains(synchronous.uppercased()) else { throw CLIError("--synchronous must be OFF, NORMAL or FULL") }
             guard let level = Logger.Level(rawValue: logLevel == "warn" ? "warning" : logLevel) else { throw CLIError("unknown log level \(logLevel)") }
             LoggingSystem.bootstrap { label in
@@ -72,6 +75,7 @@ struct Connectoid: ParsableCommand {
             config.ipv6Prefix = ipv6Prefix
             config.maxLimiterKeys = maxLimiterKeys
             config.maxConnections = maxConnections
+            config.maxConnectionsPerAddress = maxConnectionsPerAddress
             config.requestTimeoutSeconds = requestTimeout
             config.limits.maxReceiveLimit = maxReceive
             config.limits.sendsPerMailboxPerMinute = mailboxRate

@@ -49,6 +49,17 @@ struct Node: MasqSubcommand {
     @Option(help: "Cells a stream may have in flight each way before the other end acknowledges (memory per stream: window x cell size).") var window = MeshConfiguration().window
     @Option(help: "Milliseconds between gossip rounds.") var gossipMs: UInt64 = 1_000
     @Option(help: "Milliseconds before an unrefreshed record is dropped.") var recordTtlMs: UInt64 = 15_000
+    @Option(help: "Records of other nodes held at once; when full, records of new keys heard in gossip are refused (neighbours' records always kept).")
+    var maxRecords = MeshConfiguration().maxRecords
+    @Option(help: "Gossip records one peer may have verified per second (burst: twice that); the rest are dropped unverified.")
+    var gossipRecordsPerSecond = MeshConfiguration().gossipRecordsPerSecond
+    @Option(help: "Gossip records verified per turn of the event loop, over all links; the rest are dropped (and sent again next round).")
+    var gossipVerificationsPerTurn = MeshConfiguration().gossipVerificationsPerTurn
+    @Option(help: "Inbound handshakes in progress at once; when full, the oldest is closed to make room for a newcomer.")
+    var maxPendingHandshakes = MeshConfiguration().maxPendingLinks
+    @Option(help: "Inbound handshakes in progress from one IPv4 address or IPv6 /64; past it, newcomers from there are refused.")
+    var maxPendingHandshakesPerPrefix = MeshConfiguration().maxPendingLinksPerPrefix
+    @Option(help: "Milliseconds a link's handshake may take from its connection.") var handshakeTimeoutMs = MeshConfiguration().handshakeTimeoutMilliseconds
     @Option(help: "Milliseconds of silence before a neighbour is dropped.") var linkTimeoutMs: UInt64 = 5_000
     @Option(help: "Milliseconds a route may take to open.") var setupTimeoutMs: UInt64 = 10_000
     @Option(help: "Seconds a misbehaving node stays banned.") var banSeconds: UInt64 = 600
@@ -103,6 +114,12 @@ struct Node: MasqSubcommand {
         config.maxLinkQueueBytes = maxLinkQueueMib << 20
         config.gossipMilliseconds = max(50, gossipMs)
         config.recordTTLMilliseconds = recordTtlMs
+        config.maxRecords = maxRecords
+        config.gossipRecordsPerSecond = gossipRecordsPerSecond
+        config.gossipVerificationsPerTurn = gossipVerificationsPerTurn
+        config.maxPendingLinks = maxPendingHandshakes
+        config.maxPendingLinksPerPrefix = maxPendingHandshakesPerPrefix
+        config.handshakeTimeoutMilliseconds = handshakeTimeoutMs
         config.linkTimeoutMilliseconds = linkTimeoutMs
         config.setupTimeoutMilliseconds = setupTimeoutMs
         config.banSeconds = banSeconds

@@ -17,7 +17,9 @@ struct Relay: MasqSubcommand {
     @Option(help: "Rooms one connection may join.") var maxRooms = 16
     @Option(help: "Members one room may hold.") var maxRoomMembers = 256
     @Option(help: "Connections the relay accepts.") var maxConnections = 20_000
-    @Option(help: "Messages per second per connection.") var rate = 2_000
+    @Option(help: "Connections still in their HTTP request or WebSocket upgrade (the oldest makes room for a newcomer).") var maxHandshakes = 1_024
+    @Option(help: "Seconds a connection may take to finish its HTTP request or WebSocket upgrade.") var handshakeTimeout: Int64 = 10
+    @Option(help: "Frames per second per connection, of any kind (past it: one ERROR, and reading pauses until the budget refills).") var rate = 2_000
     @Option(help: "Bytes queued for one connection before deliveries to it are dropped (and a reply closes it).") var sendBuffer = 1 << 20
     @Option(help: "Seconds of silence before a connection is closed.") var idleTimeout: Int64 = 120
     @Option(help: "Seconds between pings.") var pingInterval: Int64 = 30
@@ -28,7 +30,7 @@ struct Relay: MasqSubcommand {
 
     func execute() throws {
         guard (tlsCert == nil) == (tlsKey == nil) else { throw CLIError("--tls-cert and --tls-key go together") }
-        guard (0...65_535).contains(port), maxFrameBytes >= 64, maxRooms >= 1, maxRoomMembers >= 2, maxConnections >= 1, rate >= 1, sendBuffer >= 1024, idleTimeout >= 1, pingInterval >= 1 else {
+        guard (0...65_535).contains(port), maxFrameBytes >= 64, maxRooms >= 1, maxRoomMembers >= 2, maxConnections >= 1, maxHandshakes >= 1, handshakeTimeout >= 1, rate >= 1, sendBuffer >= 1024, idleTimeout >= 1, pingInterval >= 1 else {
             throw CLIError("limits must be positive, --send-buffer at least 1024 (and the port 0...65535)")
         }
         guard let level = Logger.Level(rawValue: logLevel == "warn" ? "warning" : logLevel) else { throw CLIError("unknown log level \(logLevel)") }
@@ -44,6 +46,8 @@ struct Relay: MasqSubcommand {
         config.maxRoomsPerConnection = maxRooms
         config.maxMembersPerRoom = maxRoomMembers
         config.maxConnections = maxConnections
+        config.maxPendingHandshakes = maxHandshakes
+        config.handshakeTimeoutSeconds = handshakeTimeout
         config.messagesPerSecond = rate
         config.sendBufferBytes = sendBuffer
         config.idleTimeoutSeconds = idleTimeout

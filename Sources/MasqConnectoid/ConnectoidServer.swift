@@ -9,21 +9,36 @@ import NIOSSL
 
 /// HTTP front of a `ConnectoidService`: POST of JSON to the service URL (any
 /// path but the two below), GET of it for the published limits, GET /healthz,
-/// GET /metrics; CORS so web apps can call it. Keep-alive; bodies beyond the
-/// limit are refused with 413 before they are read whole.
+/// GET /metrics; CORS so web apps can call it. Keep-alive and pipelining, with
+/// explicit bounds on what one connection may cost (see `ConnectoidHTTPHandler`):
+/// at most `maxConnections` open, at most `maxConnectionsPerAddress` from one
+/// address (prefix); a body declared or grown past the limit is answered 413
+/// at once and the connection closed, its body never read.
 public final class ConnectoidServer: @unchecked Sendable {
     public let service: ConnectoidService
     let logger: Logger
     private let group: MultiThreadedEventLoopGroup
     private var channel: Channel?
-    /// Open connections (a slot is released when its channel closes, on every path).
-    let open = NIOLockedValueBox(0)
+    /// Open connections, in all and per client key (a slot is released when its
+    /// channel closes, on every path).
+    let slots: NIOLockedValueBox<Slots>
+
+    struct Slots {
+        var total = 0
+        var byAddress: [String: Int] = [:]
+    }
+
+    enum Admission { case admitted, full, addressFull }
 
     public init(service: ConnectoidService, logger: Logger = Logger(label: "masq.connectoid")) {
         self.service = service
         self.logger = logger
+        slots = NIOLockedValueBox(Slots())
         group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, service.configuration.threads))
     }
+
+    /// Connections open now.
+    public var openConnections: Int { slots.withLockedValue { $0.total } }
 
     /// Bind and serve; returns the bound port.
     public func start() throws -> Int {
@@ -36,26 +51,58 @@ public final class ConnectoidServer: @unchecked Sendable {
             tls = nil
         }
         let service = self.service
-        let open = self.open
+        let slots = self.slots
+        let metrics = service.metrics
+        let readChunk = max(1_024, configuration.readChunkBytes)
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(ChannelOptions.backlog, value: 1024)
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
+            // Backpressure: past `high` unsent bytes the channel is not writable and
+            // the handler stops answering and reading it (see ConnectoidHTTPHandler).
+            .childChannelOption(ChannelOptions.writeBufferWaterMark,
+                                value: .init(low: max(1, min(configuration.writeBufferLowBytes, configuration.writeBufferHighBytes)),
+                                             high: max(1, configuration.writeBufferHighBytes)))
+            // One read of at most `readChunkBytes` per turn of the event loop: what one
+            // connection brings in (and so the work it causes) per turn is bounded.
+            .childChannelOption(ChannelOptions.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: min(2_048, readChunk), maximum: readChunk))
+            .childChannelOption(ChannelOptions.maxMessagesPerRead, value: 1)
             .childChannelInitializer { channel in
-                let admitted = open.withLockedValue { count -> Bool in
-                    guard count < configuration.maxConnections else { return false }
-                    count += 1
-                    return true
+                let address = channel.remoteAddress?.ipAddress ?? "unknown"
+                let client = ClientKey.of(address, v4Prefix: configuration.ipv4Prefix, v6Prefix: configuration.ipv6Prefix)
+                let admission = slots.withLockedValue { slots -> Admission in
+                    guard slots.total < configuration.maxConnections else { return .full }
+                    let fromAddress = slots.byAddress[client, default: 0]
+                    guard fromAddress < configuration.maxConnectionsPerAddress else { return .addressFull }
+                    slots.total += 1
+                    slots.byAddress[client] = fromAddress + 1
+                    metrics.connections.set(Int64(slots.total))
+                    return .admitted
                 }
-                guard admitted else {
-                    service.metrics.refusedConnections.increment()
+                switch admission {
+                case .admitted: break
+                case .full:
+                    metrics.refusedConnections.increment()
+                    return channel.close()
+                case .addressFull:
+                    metrics.refusedConnectionsPerAddress.increment()
                     return channel.close()
                 }
-                channel.closeFuture.whenComplete { _ in open.withLockedValue { $0 -= 1 } }
+                channel.closeFuture.whenComplete { _ in
+                    slots.withLockedValue { slots in
+                        slots.total -= 1
+                        let left = slots.byAddress[client, default: 1] - 1
+                        slots.byAddress[client] = left > 0 ? left : nil
+                        metrics.connections.set(Int64(slots.total))
+                    }
+                }
                 do {
                     if let tls { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls)) }
-                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
-                    try channel.pipeline.syncOperations.addHandler(ConnectoidHTTPHandler(service: service))
+                    // No HTTPServerPipelineHandler: ConnectoidHTTPHandler orders
+                    // pipelined requests itself, bounded, and answers malformed ones.
+                    try channel.pipeline.syncOperations.addHandler(HTTPResponseEncoder())
+                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes)))
+                    try channel.pipeline.syncOperations.addHandler(ConnectoidHTTPHandler(service: service, client: client))
                     return channel.eventLoop.makeSucceededVoidFuture()
                 } catch {
                     return channel.eventLoop.makeFailedFuture(error)
@@ -64,7 +111,8 @@ public final class ConnectoidServer: @unchecked Sendable {
         let bound = try bootstrap.bind(host: configuration.host, port: configuration.port).wait()
         channel = bound
         let port = bound.localAddress?.port ?? configuration.port
-        logger.info("connectoid listening", metadata: ["address": "\(configuration.host):\(port)", "tls": "\(tls != nil)"])
+        logger.info("connectoid listening", metadata: ["address": "\(configuration.host):\(port)", "tls": "\(tls != nil)",
+                                                       "threads": "\(max(1, configuration.threads))"])
         return port
     }
 
@@ -76,79 +124,278 @@ public final class ConnectoidServer: @unchecked Sendable {
     }
 }
 
-final class ConnectoidHTTPHandler: ChannelInboundHandler {
+/// One connection: requests in, answers out, in order, with bounded cost.
+///
+/// - Pipelining: complete requests wait in `queue` until answered. While
+///   `maxPipelinedRequests` wait, or while the channel is not writable (its
+///   unsent answers passed the write buffer's high-water mark), the handler
+///   holds `read()`: nothing more is read from the socket, TCP pushes back
+///   on the client, and a client that sends without reading its answers
+///   costs at most its own write buffer plus one read of requests. Answers
+///   resume when the client takes them (writability comes back).
+/// - A body declared (Content-Length) or grown (chunked) past the limit is
+///   answered 413 as soon as that is known, after the answers to the
+///   requests before it, and the connection is closed: the body is not read
+///   (a short, bounded drain after the answer keeps the close from turning
+///   into a reset that would destroy the answer in flight).
+/// - Malformed HTTP is answered 400 and closed the same way.
+/// - The request timeout runs whenever the connection owes the service
+///   something: the next request, or taking answers back; it is re-armed by
+///   each answer and each time the client takes its answers.
+final class ConnectoidHTTPHandler: ChannelDuplexHandler {
     typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundIn = HTTPServerResponsePart
     typealias OutboundOut = HTTPServerResponsePart
-    let service: ConnectoidService
-    private var head: HTTPRequestHead?
-    private var body: [UInt8] = []
-    private var tooBig = false
 
+    /// A request as far as answering needs it (the head is not kept: a queue
+    /// of pipelined requests stays small).
+    struct Request {
+        enum Route { case health, metrics, limits, options, post, notAllowed }
+        enum Verdict { case normal, tooBig, malformed }
+        var route: Route
+        var version: HTTPVersion
+        var keepAlive: Bool
+        var isHead: Bool
+        var body: [UInt8] = []
+        /// Body bytes received (kept only for POST).
+        var received = 0
+        var verdict: Verdict = .normal
+
+        init(_ head: HTTPRequestHead) {
+            let path = head.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? "/"
+            switch (head.method, path) {
+            case (.GET, "/healthz"): route = .health
+            case (.GET, "/metrics"): route = .metrics
+            case (.GET, _), (.HEAD, _): route = .limits
+            case (.OPTIONS, _): route = .options
+            case (.POST, _): route = .post
+            default: route = .notAllowed
+            }
+            version = head.version
+            keepAlive = head.isKeepAlive
+            isHead = head.method == .HEAD
+        }
+
+        private init(route: Route, verdict: Verdict) {
+            self.route = route
+            version = .http1_1
+            keepAlive = false
+            isHead = false
+            self.verdict = verdict
+        }
+
+        /// What malformed HTTP is answered as (400, then the connection is closed).
+        static let malformed = Request(route: .notAllowed, verdict: .malformed)
+
+        /// The connection ends with this request's answer.
+        var isFinal: Bool { !keepAlive || verdict != .normal }
+    }
+
+    /// After a final answer (413, 400, Connection: close) the output is shut and
+    /// what the client still sends is drained, for at most this long and this much.
+    static let lingerSeconds: Int64 = 2
+    static let lingerBytes = 256 * 1024
+
+    let service: ConnectoidService
+    let client: String
+    private let maxBody: Int
+    private let maxPipelined: Int
+    /// The request being read (head seen, end not yet).
+    private var current: Request?
+    /// Complete requests not answered yet, in order.
+    private var queue = CircularBuffer<Request>(initialCapacity: 4)
+    /// A read() held back while the connection is over its bounds.
+    private var readPending = false
+    /// A final request is queued: nothing after it is taken.
+    private var closing = false
+    /// The final answer went out: draining before the close.
+    private var lingering = false
+    private var drained = 0
+    private var answering = false
     private var deadline: Scheduled<Void>?
 
-    init(service: ConnectoidService) { self.service = service }
+    init(service: ConnectoidService, client: String) {
+        self.service = service
+        self.client = client
+        maxBody = service.maxBodyBytes
+        maxPipelined = max(1, service.configuration.maxPipelinedRequests)
+    }
 
-    func handlerAdded(context: ChannelHandlerContext) { armDeadline(context) }
+    func handlerAdded(context: ChannelHandlerContext) { armDeadline(context, seconds: service.configuration.requestTimeoutSeconds) }
 
     func handlerRemoved(context: ChannelHandlerContext) { deadline?.cancel() }
 
-    /// The next request must be complete within the timeout (see ConnectoidConfiguration).
-    private func armDeadline(_ context: ChannelHandlerContext) {
+    /// Close the connection unless it makes progress within `seconds`.
+    private func armDeadline(_ context: ChannelHandlerContext, seconds: Int64) {
         deadline?.cancel()
         let channel = context.channel
         let metrics = service.metrics
-        deadline = context.eventLoop.scheduleTask(in: .seconds(service.configuration.requestTimeoutSeconds)) {
-            metrics.timedOut.increment()
+        let lingering = self.lingering
+        deadline = context.eventLoop.scheduleTask(in: .seconds(seconds)) {
+            if !lingering { metrics.timedOut.increment() }
             channel.close(promise: nil)
         }
     }
 
+    // MARK: inbound
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch unwrapInboundIn(data) {
-        case .head(let h):
-            head = h
-            body.removeAll(keepingCapacity: true)
-            tooBig = false
-            if let length = h.headers.first(name: "content-length").flatMap(Int.init), length > service.maxBodyBytes { tooBig = true }
-        case .body(var chunk):
-            guard !tooBig else { return }
-            if body.count + chunk.readableBytes > service.maxBodyBytes { tooBig = true; body = []; return }
-            body += chunk.readBytes(length: chunk.readableBytes) ?? []
+        let part = unwrapInboundIn(data)
+        guard !closing else {
+            // Past a final request: dropped unread (while lingering, a bounded amount).
+            if case .body(let chunk) = part { drained += chunk.readableBytes } else { drained += 512 }
+            if lingering && drained > Self.lingerBytes { context.close(promise: nil) }
+            return
+        }
+        switch part {
+        case .head(let head):
+            var request = Request(head)
+            // A body declared past the limit: answered now, never read.
+            if let length = head.headers.first(name: "content-length").flatMap(Int.init), length > maxBody {
+                request.verdict = .tooBig
+                enqueue(context, request)
+                return
+            }
+            current = request
+        case .body(let chunk):
+            guard current != nil else { return }
+            current!.received += chunk.readableBytes
+            if current!.received > maxBody {
+                // Chunked (or otherwise undeclared) past the limit: answered now.
+                var request = current!
+                current = nil
+                request.body = []
+                request.verdict = .tooBig
+                enqueue(context, request)
+                return
+            }
+            if current!.route == .post { current!.body.append(contentsOf: chunk.readableBytesView) }
         case .end:
-            guard let head else { return }
-            self.head = nil
-            respond(context, head)
-            armDeadline(context)
+            guard let request = current else { return }
+            current = nil
+            enqueue(context, request)
         }
     }
 
-    private func respond(_ context: ChannelHandlerContext, _ head: HTTPRequestHead) {
-        let path = head.uri.split(separator: "?", maxSplits: 1).first.map(String.init) ?? "/"
-        switch (head.method, path) {
-        case (.GET, "/healthz"): send(context, head, .ok, Array("ok\n".utf8), "text/plain")
-        case (.GET, "/metrics"): send(context, head, .ok, Array(service.metricsText().utf8), "text/plain; version=0.0.4")
-        case (.GET, _), (.HEAD, _): send(context, head, .ok, service.limitsJSON(), "application/json")
-        case (.OPTIONS, _): send(context, head, .noContent, [], "text/plain")
-        case (.POST, _):
-            let response: ConnectoidResponse
-            if tooBig {
-                response = ConnectoidResponse(.tooBig)
-            } else {
-                let address = context.channel.remoteAddress?.ipAddress ?? "unknown"
-                let client = ClientKey.of(address, v4Prefix: service.configuration.ipv4Prefix, v6Prefix: service.configuration.ipv6Prefix)
-                response = service.handle(body: body, client: client)
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        // Malformed HTTP: answered 400 after the requests before it, then closed.
+        if !closing, error is HTTPParserError {
+            current = nil
+            enqueue(context, .malformed)
+            return
+        }
+        // Bytes the decoder refuses after its error: part of the drain.
+        if closing, case ByteToMessageDecoderError.dataReceivedInErrorState(_, let buffer) = error {
+            drained += buffer.readableBytes
+            if !lingering || drained <= Self.lingerBytes { return }
+        }
+        context.close(promise: nil)
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable {
+            // The client took its answers: progress.
+            if !lingering { armDeadline(context, seconds: service.configuration.requestTimeoutSeconds) }
+            answerQueued(context)
+        }
+        context.fireChannelWritabilityChanged()
+    }
+
+    private func enqueue(_ context: ChannelHandlerContext, _ request: Request) {
+        queue.append(request)
+        if request.isFinal { closing = true }
+        answerQueued(context)
+    }
+
+    // MARK: outbound
+
+    private var canRead: Bool {
+        if lingering { return true }
+        return !closing && queue.count < maxPipelined && !answering
+    }
+
+    func read(context: ChannelHandlerContext) {
+        if canRead && (lingering || context.channel.isWritable) {
+            context.read()
+        } else {
+            readPending = true
+        }
+    }
+
+    private func resumeReading(_ context: ChannelHandlerContext) {
+        guard readPending, canRead, lingering || context.channel.isWritable else { return }
+        readPending = false
+        context.read()
+    }
+
+    /// Answer queued requests in order while the client takes answers.
+    private func answerQueued(_ context: ChannelHandlerContext) {
+        guard !answering else { return }
+        answering = true
+        // A flush may make the channel writable again (the kernel took the
+        // bytes): loop rather than recurse from channelWritabilityChanged.
+        while !lingering, context.channel.isActive, context.channel.isWritable, !queue.isEmpty {
+            while !lingering, context.channel.isWritable, let request = queue.popFirst() {
+                respond(context, request)
+                if request.isFinal {
+                    queue.removeAll()
+                    finish(context)
+                } else {
+                    armDeadline(context, seconds: service.configuration.requestTimeoutSeconds)
+                }
             }
+            context.flush()
+        }
+        answering = false
+        resumeReading(context)
+    }
+
+    /// The final answer is written: shut the output once it is sent, drain what
+    /// the client still sends (bounded), close.
+    private func finish(_ context: ChannelHandlerContext) {
+        lingering = true
+        drained = 0
+        armDeadline(context, seconds: Self.lingerSeconds)
+        let channel = context.channel
+        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { result in
+            guard case .success = result else { channel.close(promise: nil); return }
+            channel.close(mode: .output).whenFailure { _ in channel.close(promise: nil) }
+        }
+    }
+
+    private func respond(_ context: ChannelHandlerContext, _ request: Request) {
+        switch request.verdict {
+        case .tooBig:
+            service.metrics.count("", ok: false, code: .tooBig)
+            send(context, request, .payloadTooLarge, json(ConnectoidResponse(.tooBig)), "application/json")
+            return
+        case .malformed:
+            service.metrics.count("", ok: false, code: .badRequest)
+            send(context, request, .badRequest, Array("{\"ok\":false,\"error\":\"Malformed HTTP request\",\"code\":\"bad_request\"}".utf8), "application/json")
+            return
+        case .normal: break
+        }
+        switch request.route {
+        case .health: send(context, request, .ok, Array("ok\n".utf8), "text/plain")
+        case .metrics: send(context, request, .ok, Array(service.metricsText().utf8), "text/plain; version=0.0.4")
+        case .limits: send(context, request, .ok, service.limitsJSON(), "application/json")
+        case .options: send(context, request, .noContent, [], "text/plain")
+        case .post:
+            let response = service.handle(body: request.body, client: client)
             let status: HTTPResponseStatus = response.ok ? .ok
                 : .init(statusCode: response.code.flatMap(ConnectoidError.Code.init(rawValue:))?.httpStatus ?? 400)
-            let json = (try? JSONEncoder().encode(response)).map(Array.init) ?? Array("{\"ok\":false}".utf8)
-            send(context, head, status, json, "application/json", close: tooBig)
-        default:
-            send(context, head, .methodNotAllowed, Array("{\"ok\":false,\"error\":\"Method not allowed\",\"code\":\"bad_request\"}".utf8), "application/json")
+            send(context, request, status, json(response), "application/json")
+        case .notAllowed:
+            send(context, request, .methodNotAllowed, Array("{\"ok\":false,\"error\":\"Method not allowed\",\"code\":\"bad_request\"}".utf8), "application/json")
         }
-        body = []
     }
 
-    private func send(_ context: ChannelHandlerContext, _ head: HTTPRequestHead, _ status: HTTPResponseStatus, _ bytes: [UInt8], _ type: String, close: Bool = false) {
+    private func json(_ response: ConnectoidResponse) -> [UInt8] {
+        (try? JSONEncoder().encode(response)).map(Array.init) ?? Array("{\"ok\":false}".utf8)
+    }
+
+    /// Head and body of an answer; its end too unless it is the final one (`finish` writes that).
+    private func send(_ context: ChannelHandlerContext, _ request: Request, _ status: HTTPResponseStatus, _ bytes: [UInt8], _ type: String) {
         var headers = HTTPHeaders()
         headers.add(name: "content-type", value: type)
         headers.add(name: "content-length", value: String(bytes.count))
@@ -156,17 +403,11 @@ final class ConnectoidHTTPHandler: ChannelInboundHandler {
         headers.add(name: "access-control-allow-methods", value: "GET, POST, OPTIONS")
         headers.add(name: "access-control-allow-headers", value: "content-type")
         headers.add(name: "cache-control", value: "no-store")
-        let keepAlive = head.isKeepAlive && !close
-        headers.add(name: "connection", value: keepAlive ? "keep-alive" : "close")
-        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: status, headers: headers))), promise: nil)
-        if !bytes.isEmpty && head.method != .HEAD {
+        headers.add(name: "connection", value: request.isFinal ? "close" : "keep-alive")
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: request.version, status: status, headers: headers))), promise: nil)
+        if !bytes.isEmpty && !request.isHead {
             context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(bytes: bytes)))), promise: nil)
         }
-        let channel = context.channel
-        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in if !keepAlive { channel.close(promise: nil) } }
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: Error) {
-        context.close(promise: nil)
+        if !request.isFinal { context.write(wrapOutboundOut(.end(nil)), promise: nil) }
     }
 }

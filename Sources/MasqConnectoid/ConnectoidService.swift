@@ -26,6 +26,22 @@ public struct ConnectoidConfiguration: Sendable {
     public var maxLimiterKeys = 100_000
     /// Connections open at once (more are closed at once).
     public var maxConnections = 10_000
+    /// Connections open at once from one client key (the address, or its
+    /// prefix as set by `ipv4Prefix`/`ipv6Prefix`, as for the rate limits);
+    /// more are closed at once, so one address cannot hold every slot. Behind
+    /// a reverse proxy every client has the proxy's address: raise it there.
+    public var maxConnectionsPerAddress = 32
+    /// Requests a connection may have sent and not had answered (HTTP
+    /// pipelining): at this many the service stops reading from it until it
+    /// answers them (it may hold one read more, see `readChunkBytes`).
+    public var maxPipelinedRequests = 16
+    /// Answers written to a connection and not yet taken by the client: past
+    /// `writeBufferHighBytes` the service stops answering and reading it until
+    /// they drop below `writeBufferLowBytes`. One answer may pass it alone.
+    public var writeBufferLowBytes = 32 * 1_024
+    public var writeBufferHighBytes = 64 * 1_024
+    /// The most bytes read from one connection per turn of its event loop.
+    public var readChunkBytes = 16 * 1_024
     /// A connection must complete each request (its first, or the next after a
     /// response) within this many seconds, or it is closed: slow headers and
     /// idle keep-alive connections cannot hold slots.
@@ -34,7 +50,9 @@ public struct ConnectoidConfiguration: Sendable {
     public var collectEverySeconds: Int64 = 60
     public var tlsCertificatePath: String?
     public var tlsKeyPath: String?
-    public var threads = 1
+    /// Event loop threads (the store is shared behind its lock; HTTP, JSON
+    /// and P-384 work run in parallel). Default: one per core.
+    public var threads = max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN))))
 
     public init() {}
 }

@@ -13,7 +13,9 @@ final class ServiceMetrics: @unchecked Sendable {
     let collectedMessages: Counter
     let collectedMailboxes: Counter
     let refusedConnections: Counter
+    let refusedConnectionsPerAddress: Counter
     let timedOut: Counter
+    let connections: Gauge
     private let mailboxes: Gauge
     private let messages: Gauge
 
@@ -37,7 +39,9 @@ final class ServiceMetrics: @unchecked Sendable {
         collectedMessages = counter("collected_messages", "Messages deleted by retention")
         collectedMailboxes = counter("collected_mailboxes", "Idle mailboxes deleted")
         refusedConnections = counter("refused_connections", "Connections closed at once: --max-connections were open")
+        refusedConnectionsPerAddress = counter("refused_connections_per_address", "Connections closed at once: their address held --max-connections-per-address")
         timedOut = counter("timed_out", "Connections closed for not completing a request in time")
+        connections = registry.makeGauge(descriptor: MetricNameDescriptor(namespace: "masq", subsystem: "connectoid", metricName: "connections", unitName: "", helpText: "Connections open"))
         mailboxes = registry.makeGauge(descriptor: MetricNameDescriptor(namespace: "masq", subsystem: "connectoid", metricName: "mailboxes", unitName: "", helpText: "Mailboxes held"))
         messages = registry.makeGauge(descriptor: MetricNameDescriptor(namespace: "masq", subsystem: "connectoid", metricName: "messages", unitName: "", helpText: "Messages held"))
     }

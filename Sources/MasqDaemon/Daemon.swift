@@ -23,10 +23,16 @@ public struct DaemonOptions: Sendable {
     public var pluginPath: [String] = []
     public var maxMessageBytes = 1 << 20
     public var maxConnections = 256
+    /// Connections still in their HTTP request or upgrade (localws max_handshakes).
+    public var maxHandshakes = 64
     /// Requests per second one connection may make (bursts up to twice that).
     public var requestsPerSecond = 1_000
     /// Watches one connection may hold.
     public var maxWatches = 64
+    /// Requests read but not yet answered: per connection and in all (Backlog).
+    public var maxWaitingRequests = 256
+    public var maxWaitingBytesPerConnection = 16 << 20
+    public var maxWaitingBytes = 64 << 20
     public var storage = "sqlite"
     /// Serve programs of this OS user only (Linux: the owner of the client's
     /// TCP socket, from /proc/net/tcp). nil: anyone who reaches the port.
@@ -103,6 +109,8 @@ public final class Daemon: @unchecked Sendable {
     var requests: [String: ApprovalRequest] = [:]
     /// Answers of recent writes by request id (AppOperations).
     let completedWrites = CompletedWrites()
+    /// Requests read but not yet handled (bounded; see Backlog).
+    let backlog: Backlog
     var transport: TransportEngine?
     /// The manager's secret for this run (in the URL fragment and the runtime file).
     public let adminSecret = base64url(Random.bytes(24))
@@ -113,6 +121,8 @@ public final class Daemon: @unchecked Sendable {
 
     public init(options: DaemonOptions) throws(MasqError) {
         self.options = options
+        backlog = Backlog(.init(requestsPerConnection: options.maxWaitingRequests,
+                                bytesPerConnection: options.maxWaitingBytesPerConnection, totalBytes: options.maxWaitingBytes))
         try FileSystem.makeDirectories(options.home)
         let manager = try ProfileManager(home: options.home, storage: options.storage)
         let remembered = (try? FileSystem.readFile(options.home + "/active-profile")).map { String(decoding: $0, as: UTF8.self) }
@@ -132,6 +142,7 @@ public final class Daemon: @unchecked Sendable {
         var pluginOptions: [(key: String, value: String)] = [
             ("max_message_bytes", String(options.maxMessageBytes)),
             ("max_connections", String(options.maxConnections)),
+            ("max_handshakes", String(options.maxHandshakes)),
         ]
         if !options.staticDirectories.isEmpty { pluginOptions.append(("static_dir", options.staticDirectories.joined(separator: ":"))) }
         if let user = options.allowedUser { pluginOptions.append(("allowed_uid", String(user))) }
@@ -142,10 +153,20 @@ public final class Daemon: @unchecked Sendable {
             // throughput with 50 apps for a quarter less latency with one).
             onFrame: { [weak self] peer, _, frame in
                 guard let daemon = self else { return }
-                daemon.queue.async { daemon.received(peer, frame) }
+                let (queue, close) = daemon.backlog.arrive(peer, bytes: frame.count)
+                if queue {
+                    daemon.queue.async {
+                        guard daemon.backlog.depart(peer, bytes: frame.count) else { return }
+                        daemon.received(peer, frame)
+                    }
+                }
+                if let close {
+                    daemon.queue.async { try? daemon.transport?.disconnect(close.peer, reason: close.reason) }
+                }
             },
             onPeerEvent: { [weak self] peer, event in
                 guard let daemon = self else { return }
+                if event != TransportEngine.peerUp { daemon.backlog.closed(peer) }
                 daemon.queue.async { daemon.peerEvent(peer, event, info: nil) }
             },
             onPeerInfo: { [weak self] peer, info in

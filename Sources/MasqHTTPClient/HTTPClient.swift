@@ -54,7 +54,7 @@ public enum HTTPClient {
         let promise = loop.makePromise(of: HTTPResult.self)
         let bootstrap = ClientBootstrap(group: loop)
             .connectTimeout(timeout)
-            .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 do {
                     if endpoint.tls, let tls {

@@ -436,6 +436,9 @@ public final class Store: @unchecked Sendable {
         var newNamespaces: [[UInt8]: UInt32] = [:]
         /// Namespaces shared with this store read-only (local writes refused).
         var readOnly: Set<[UInt8]> = []
+        /// What the commit will weigh in a sync frame (records, roughly): a
+        /// commit travels whole, so one too big to sync is refused here.
+        var syncBytes = 0
 
         func checkWritable(_ ns: NamespaceName) throws(MasqError) {
             if readOnly.contains(ns.bytes) {
@@ -461,6 +464,10 @@ public final class Store: @unchecked Sendable {
                 commit.log.timestamp = commit.timestamp
                 commit.readOnly = try readOnlyNamespacesLocked()
                 try body(&commit)
+                guard commit.syncBytes <= SyncFrame.maxCommitBytes else {
+                    throw .tooLarge("this change is \(commit.syncBytes >> 20) MiB; one change travels to other devices whole, "
+                                    + "in at most \(SyncFrame.maxCommitBytes >> 20) MiB: write it in smaller batches")
+                }
                 guard commit.log.count > 0 else {
                     engine.rollback()
                     return
@@ -526,6 +533,7 @@ public final class Store: @unchecked Sendable {
                 try engine.put(recordKey, UnsafeRawBufferPointer(record))
             }
             if !rewrite { commit.log.append(namespaceID: id, key: key) }
+            commit.syncBytes += key.count + (value?.count ?? 0) + 48
             commit.changes?.append(Change(kind: value == nil ? .delete : .put, origin: .local, namespace: ns.string,
                                           key: Array(key), value: value.map { Array($0) }, version: version))
         }

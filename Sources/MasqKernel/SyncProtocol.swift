@@ -8,6 +8,9 @@
 ///   ACK     (3) = vector(applied)
 ///   SNAPSHOT(4) = u8 final · names · varint n · n × record · [vector(as of the snapshot) if final]
 ///   REFUSED (5) = u8 reason · u64 origin · varint seq · u64 commit timestamp · u64 receiver's Unix ms
+///   FRAGMENT(6) = u32 message id · u32 index · u32 count · bytes   (SyncService: a frame bigger
+///                 than the transport carries goes as `count` fragments, in order, each sealed;
+///                 the receiver reassembles one message per device at a time)
 ///   tips    = varint n · n × (u64 replica · u64 timestamp of the last commit applied from it)
 ///   commit  = u64 origin · varint seq · u64 timestamp · names · varint n · n × record
 ///   names   = varint n · n × (varint len · UTF-8 namespace)
@@ -50,8 +53,12 @@ public enum SyncFrame: Equatable, Sendable {
     }
 
     public static let version: UInt8 = 1
-    /// Largest frame a peer may send (bounded batches keep frames well below it).
-    public static let maxFrameBytes = 8 << 20
+    /// Largest sync message (a whole frame, reassembled from FRAGMENTs when
+    /// it is bigger than the transport carries). Bounded batches keep most
+    /// frames far below it; one commit is sent whole, so the store refuses a
+    /// single change bigger than `maxCommitBytes` (it could never sync).
+    public static let maxFrameBytes = 64 << 20
+    public static let maxCommitBytes = 60 << 20
 
     public func encoded() -> [UInt8] {
         var out: [UInt8] = [SyncFrame.version]

@@ -106,6 +106,24 @@ public final class SyncService: @unchecked Sendable {
     public var pollInterval: Double = 0.5
     private(set) public var framesReceived = 0
     private(set) public var framesRejected = 0
+    /// A frame bigger than this (what the transports carry, less sealing) goes
+    /// as FRAGMENTs (docs/PROTOCOL.md).
+    private var fragmentBytes = 1 << 20
+    private var nextMessageID: UInt32 = 0
+    /// One message being reassembled per device (its fragments may come in
+    /// any order; a fragment of another message replaces it, and the engine
+    /// resends what was not acknowledged).
+    private var reassembly: [String: Reassembly] = [:]
+    private struct Reassembly {
+        let id: UInt32
+        let count: UInt32
+        var parts: [UInt32: ArraySlice<UInt8>] = [:]
+        var bytes = 0
+    }
+    /// The smallest frame a transport must carry for sync (fragments of at
+    /// least 16 KiB keep the largest message within the ratchet's skip bound).
+    static let minTransportFrameBytes = (16 << 10) + sealingOverhead + fragmentHeaderBytes
+    static let fragmentHeaderBytes = 14
 
     /// A device in no group yet gets a room of its own (pairing will share it).
     /// `transports` replaces the config's (a host that changed its config
@@ -152,10 +170,17 @@ public final class SyncService: @unchecked Sendable {
             if let endpoint { try transport.connect(endpoint) }
             try transport.join(roomText)
             transports.append((transport, endpoint))
-            // Sync frames are cut to fit the smallest transport (sealing adds its overhead).
+            // Sync frames are cut to fit the smallest transport (sealing adds its
+            // overhead); a single larger frame goes as fragments.
             if let limit = transport.maxFrameBytes {
-                engine.options.maxBytesPerFrame = max(4_096, min(engine.options.maxBytesPerFrame, limit - Self.sealingOverhead))
+                guard limit >= Self.minTransportFrameBytes else {
+                    for (t, _) in transports { t.close() }
+                    transports = []
+                    throw .config("transport \(reference.name) carries frames of at most \(limit) bytes; sync needs at least \(Self.minTransportFrameBytes)")
+                }
+                engine.options.maxBytesPerFrame = min(engine.options.maxBytesPerFrame, limit - Self.sealingOverhead - Self.fragmentHeaderBytes)
             }
+            fragmentBytes = engine.options.maxBytesPerFrame
         }
         watchID = try store.watch(namespace: nil) { [weak self] change in
             guard change.origin == .local, let service = self else { return }
@@ -304,8 +329,9 @@ public final class SyncService: @unchecked Sendable {
             // from the other side), then handle the frame: greeting resets what
             // the engine knows of the peer, so it must not follow the peer's HELLO.
             if !helloed.contains(sender) { hello(sender) }
+            guard let whole = reassemble(plain, from: sender) else { return }
             do throws(MasqError) {
-                let replies = try engine.receive(plain, from: sender)
+                let replies = try engine.receive(whole, from: sender)
                 for reply in replies { try deliver(reply, to: sender) }
                 pump()
             } catch {
@@ -471,13 +497,68 @@ public final class SyncService: @unchecked Sendable {
     /// the device has not answered the last `maxUnanswered` messages.
     @discardableResult
     private func deliver(_ frame: [UInt8], to device: String) throws(MasqError) -> Bool {
+        guard frame.count > fragmentBytes else { return try deliverOne(frame, to: device, counted: true) }
+        // Too big for the transport: in order, as fragments, counted as one
+        // message against `maxUnanswered` (the peer answers the whole).
+        nextMessageID &+= 1
+        let part = fragmentBytes - Self.fragmentHeaderBytes
+        let count = (frame.count + part - 1) / part
+        for index in 0..<count {
+            var fragment: [UInt8] = [SyncFrame.version, 6]
+            fragment.appendBigEndian32(nextMessageID)
+            fragment.appendBigEndian32(UInt32(index))
+            fragment.appendBigEndian32(UInt32(count))
+            fragment += frame[(index * part)..<min(frame.count, (index + 1) * part)]
+            guard try deliverOne(fragment, to: device, counted: index == 0) else { return false }
+        }
+        return true
+    }
+
+    /// A whole frame from `plain`: itself, or once the last FRAGMENT of its
+    /// message arrived (nil meanwhile, or when a fragment is past the bounds).
+    private func reassemble(_ plain: [UInt8], from sender: String) -> [UInt8]? {
+        guard plain.count >= 2, plain[0] == SyncFrame.version, plain[1] == 6 else { return plain }
+        guard plain.count > Self.fragmentHeaderBytes else {
+            reject("from \(sender): truncated fragment")
+            return nil
+        }
+        func u32(_ at: Int) -> UInt32 { plain[at..<(at + 4)].reduce(0) { $0 << 8 | UInt32($1) } }
+        let id = u32(2), index = u32(6), count = u32(10)
+        let body = plain[Self.fragmentHeaderBytes...]
+        // Fragments are at least 16 KiB but the last: a count past what the
+        // largest message needs is malformed.
+        guard count >= 2, index < count, Int(count) <= SyncFrame.maxFrameBytes / (16 << 10) + 1 else {
+            reject("from \(sender): fragment \(index) of \(count)")
+            return nil
+        }
+        var message = reassembly[sender].flatMap { $0.id == id && $0.count == count ? $0 : nil } ?? Reassembly(id: id, count: count)
+        guard message.parts[index] == nil else { return nil }   // a duplicate
+        guard message.bytes + body.count <= SyncFrame.maxFrameBytes else {
+            reassembly[sender] = nil
+            reject("from \(sender): a message past \(SyncFrame.maxFrameBytes) bytes")
+            return nil
+        }
+        message.parts[index] = body
+        message.bytes += body.count
+        guard message.parts.count == Int(count) else {
+            reassembly[sender] = message
+            return nil
+        }
+        reassembly[sender] = nil
+        var whole: [UInt8] = []
+        whole.reserveCapacity(message.bytes)
+        for i in 0..<count { whole += message.parts[i]! }
+        return whole
+    }
+
+    private func deliverOne(_ frame: [UInt8], to device: String, counted: Bool) throws(MasqError) -> Bool {
         let peer = session(device)
         guard case .ready = peer.state else {
             Log.debug("sync", "not sending to \(device): its session is not renewed yet")
             renew(device, force: false)
             return false
         }
-        guard peer.unanswered < Self.maxUnanswered else {
+        guard !counted || peer.unanswered < Self.maxUnanswered else {
             peer.problem = "it has not answered \(Self.maxUnanswered) messages; renewing the session"
             renew(device, force: true)
             return false
@@ -488,7 +569,7 @@ public final class SyncService: @unchecked Sendable {
         }
         let header = [UInt8(1)] + (try Self.idBytes(device)) + me
         let sealed = try store.seal(for: device, frame, associatedData: room_ad(header))
-        peer.unanswered += 1
+        if counted { peer.unanswered += 1 }
         if let failure = broadcast(header + sealed) {
             // Shown where it can be fixed (masq status), not only logged.
             let text = failure.status == .tooLarge

@@ -62,7 +62,17 @@ final class Link {
     var peer: NodeKey?
     var peerAddress: String
     var established = false
+    /// When the connection was opened: a handshake must end within
+    /// `handshakeTimeoutMilliseconds` of it, however it trickles.
+    let opened: UInt64
+    /// Where an inbound connection comes from, as the handshake table counts
+    /// it (MeshNode.addressPrefix: an IPv4 address, an IPv6 /64).
+    let prefix: String
     var lastHeard: UInt64
+    /// Gossip records this peer may still have decoded and verified (a token
+    /// bucket: `gossipRecordsPerSecond`, up to two seconds' worth).
+    var gossipCredit: Double = 0
+    var gossipCreditAt: UInt64
     var penalty = 0
     var nextCircuit: UInt32
     /// Called when frames start to wait in `pending` (the node flushes after its turn).
@@ -83,9 +93,19 @@ final class Link {
         self.handshake = handshake
         self.cellBytes = cellBytes
         lastHeard = now
+        opened = now
+        gossipCreditAt = now
+        prefix = MeshNode.addressPrefix(channel.remoteAddress)
         peerAddress = dialed?.address ?? channel.remoteAddress.map { "\($0.ipAddress ?? "?"):\($0.port ?? 0)" } ?? "?"
         // Each side numbers the circuits it opens in its own half of the space.
         nextCircuit = initiator ? 1 : 0x8000_0001
+    }
+
+    /// Refill the gossip credit for the time since the last refill.
+    func refillGossipCredit(now: UInt64, perSecond: Int) {
+        let burst = Double(perSecond) * 2
+        gossipCredit = min(burst, gossipCredit + Double(now &- gossipCreditAt) * Double(perSecond) / 1_000)
+        gossipCreditAt = now
     }
 
     func allocateCircuit() -> UInt32 {

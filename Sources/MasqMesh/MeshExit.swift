@@ -141,7 +141,7 @@ extension MeshNode {
         if let local = try? SocketAddress(ipAddress: configuration.host, port: 0) { bootstrap = bootstrap.bind(to: local) }
         bootstrap
             .connectTimeout(.seconds(5))
-            .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 do {
                     try channel.pipeline.syncOperations.addHandler(StreamHandler(node: node, end: end, stream: stream.id))

@@ -18,9 +18,35 @@ public struct MeshConfiguration: Sendable {
     /// Client links (devices' transports) a node serves besides its neighbours.
     public var maxClients = 32
     /// Inbound connections still in their handshake, in all and from one
-    /// address: a flood of TCP connections costs bounded memory and DH work.
+    /// address prefix (an IPv4 address, an IPv6 /64: whoever holds one /64
+    /// holds all of its addresses): a flood of TCP connections costs bounded
+    /// memory and DH work. Past the prefix's share a newcomer is refused
+    /// (`pendingRefused`); when the whole table is full, the oldest handshake
+    /// in it is closed to make room (`pendingEvicted`), so a few prefixes
+    /// that fill the table and stall cannot lock newcomers out (see
+    /// `linkOpened`).
     public var maxPendingLinks = 64
-    public var maxPendingLinksPerHost = 8
+    public var maxPendingLinksPerPrefix = 8
+    /// A handshake not complete this long after its connection opened is closed.
+    public var handshakeTimeoutMilliseconds: UInt64 = 5_000
+    /// Records of other nodes held at once, besides the linked neighbours'
+    /// (always kept). Full, the node refuses records of keys it does not hold
+    /// (`recordsRefused`); see `admitNewKey` for why.
+    public var maxRecords = 4_096
+    /// Gossip work one peer may cause per second, counted in record
+    /// verifications (decoding and checking a record new to the node: JSON
+    /// and Ed25519, the expensive part); reading a record in a frame costs
+    /// `MeshNode.readCost` of one. A token bucket holding two seconds' worth.
+    /// Records past a peer's credit are dropped unverified
+    /// (`gossipOverBudget`), whole frames unread once it is spent
+    /// (`gossipFramesDropped`). An honest neighbour sends one frame a round
+    /// (at most 256 records, most of them repeats): a few dozen a second.
+    public var gossipRecordsPerSecond = 256
+    /// The same work per turn of the event loop, over all links: past it the
+    /// rest is dropped (`gossipOverTurnLimit`, `gossipFramesDropped`; senders
+    /// repeat their records next round), so a turn spends at most this many
+    /// verifications' time on gossip and links' pings and cells wait no longer.
+    public var gossipVerificationsPerTurn = 64
     /// Neighbours a node looks for (it accepts up to maxNeighbours).
     public var targetNeighbours = 3
     /// Links per route; below 3 only with allowShortRoutes (no anonymity).
@@ -104,12 +130,17 @@ public final class MeshNode: @unchecked Sendable {
     var ownSigned: SignedRecord?
     var ownRecord: NodeRecord?
     var advertisedNeighbours: [String] = []
+    /// This round's gossip frame body (`sendGossip`); nil when our record changed.
+    var gossipBody: (tick: Int, bytes: [UInt8])?
     var ticks = 0
     var dirty: [Int: Link] = [:]
     /// Streams with bytes gathered for their sockets this turn.
     var dirtyExits: [ObjectIdentifier: (ExitCircuit, ExitStream)] = [:]
     var dirtyOrigins: [UInt64: OriginStream] = [:]
     var counters = Counters()
+    /// Gossip work done in this turn of the loop, in verifications (`gossipVerificationsPerTurn`).
+    var gossipWorkThisTurn = 0.0
+    var gossipWorkResetScheduled = false
     // Circuits (MeshCircuits.swift).
     var relays: [CircuitEnd: RelayHop] = [:]
     var exits: [CircuitEnd: ExitCircuit] = [:]
@@ -145,8 +176,26 @@ public final class MeshNode: @unchecked Sendable {
         public var queueOverflows = 0
         public var routeFailures = 0
         public var bans = 0
-        /// Inbound connections refused because too many were still in their handshake.
+        /// Inbound connections refused because their address prefix already
+        /// had `maxPendingLinksPerPrefix` handshakes in progress.
         public var pendingRefused = 0
+        /// Handshakes closed to make room for a newcomer (the table was full: the oldest goes).
+        public var pendingEvicted = 0
+        /// Handshakes closed for taking longer than `handshakeTimeoutMilliseconds`.
+        public var handshakeTimeouts = 0
+        /// Gossip records decoded and verified (new keys and new versions).
+        public var gossipVerified = 0
+        /// Gossip records dropped unverified: past their sender's credit.
+        public var gossipOverBudget = 0
+        /// Gossip records dropped unverified: past `gossipVerificationsPerTurn` in one turn of the loop.
+        public var gossipOverTurnLimit = 0
+        /// Gossip frames dropped unread: their sender's credit or the turn's allowance was spent.
+        public var gossipFramesDropped = 0
+        /// Records of new keys refused because `maxRecords` were held.
+        public var recordsRefused = 0
+        /// Records of departed neighbours dropped because `maxRecords` others were held
+        /// (a neighbour's record is held beyond the cap only while it is linked).
+        public var recordsEvicted = 0
     }
 
     public init(configuration: MeshConfiguration, identity: NodeIdentity, logger: Logger = Logger(label: "masq.node")) throws(MeshError) {
@@ -165,6 +214,13 @@ public final class MeshNode: @unchecked Sendable {
         guard (1...4_096).contains(configuration.streamsPerRoute) else { throw .invalid("streams per route must be 1...4096") }
         guard (1...1_000_000).contains(configuration.maxExitStreams) else { throw .invalid("exit streams must be 1...1000000") }
         guard configuration.maxLinkQueueBytes >= 1 << 20 else { throw .invalid("a link queue must hold at least 1 MiB") }
+        guard (1...100_000).contains(configuration.maxPendingLinks), (1...configuration.maxPendingLinks).contains(configuration.maxPendingLinksPerPrefix) else {
+            throw .invalid("pending handshakes must be 1...100000 in all, 1...that per address prefix")
+        }
+        guard (100...600_000).contains(configuration.handshakeTimeoutMilliseconds) else { throw .invalid("the handshake timeout must be 100...600000 ms") }
+        guard (16...10_000_000).contains(configuration.maxRecords) else { throw .invalid("max records must be 16...10000000") }
+        guard (1...1_000_000).contains(configuration.gossipRecordsPerSecond) else { throw .invalid("gossip records per second must be 1...1000000") }
+        guard (1...100_000).contains(configuration.gossipVerificationsPerTurn) else { throw .invalid("gossip verifications per turn must be 1...100000") }
         self.configuration = configuration
         self.identity = identity
         self.logger = logger
@@ -200,7 +256,7 @@ public final class MeshNode: @unchecked Sendable {
             guard host == "127.0.0.1" || host == "::1" || host == "localhost" else { throw MeshError.invalid("the SOCKS front listens on loopback only") }
             let s = try ServerBootstrap(group: group)
                 .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
-                .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+                .childChannelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
                 .childChannelInitializer { channel in
                     do {
                         try channel.pipeline.syncOperations.addHandler(SocksHandler(node: node))
@@ -230,7 +286,7 @@ public final class MeshNode: @unchecked Sendable {
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(ChannelOptions.backlog, value: 256)
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
             .childChannelOption(ChannelOptions.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 4_096, initial: 65_536, maximum: 262_144))
             .childChannelOption(ChannelOptions.maxMessagesPerRead, value: 16)
             .childChannelInitializer { channel in node.configureLink(channel, initiator: false, dialed: nil) }
@@ -270,7 +326,7 @@ public final class MeshNode: @unchecked Sendable {
         let node = self
         var bootstrap = ClientBootstrap(group: loop)
             .connectTimeout(.seconds(3))
-            .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
             .channelOption(ChannelOptions.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 4_096, initial: 65_536, maximum: 262_144))
             .channelOption(ChannelOptions.maxMessagesPerRead, value: 16)
             .channelInitializer { channel in node.configureLink(channel, initiator: true, dialed: descriptor) }
@@ -283,15 +339,52 @@ public final class MeshNode: @unchecked Sendable {
             }
     }
 
+    /// How the handshake table groups inbound connections: an IPv4 address
+    /// (tests and LANs give distinct nodes neighbouring IPv4 addresses, so no
+    /// wider IPv4 prefix), an IPv6 /64 (the smallest block a site gets: an
+    /// attacker with one holds 2^64 addresses). IPv4-mapped IPv6 is IPv4.
+    static func addressPrefix(_ address: SocketAddress?) -> String {
+        switch address {
+        case .v4(let a)?:
+            return withUnsafeBytes(of: a.address.sin_addr) { "v4:" + $0.map(String.init).joined(separator: ".") }
+        case .v6(let a)?:
+            let bytes = withUnsafeBytes(of: a.address.sin6_addr) { Array($0) }
+            if bytes[0..<10].allSatisfy({ $0 == 0 }) && bytes[10] == 0xff && bytes[11] == 0xff {
+                return "v4:" + bytes[12..<16].map(String.init).joined(separator: ".")
+            }
+            return "v6:" + bytes[0..<8].map { String($0, radix: 16) }.joined(separator: ":") + "::/64"
+        default:
+            return "?"
+        }
+    }
+
+    /// The handshake table. A newcomer whose address prefix already has
+    /// `maxPendingLinksPerPrefix` handshakes in progress is refused. When the
+    /// whole table is full, the oldest handshake in it is closed and the
+    /// newcomer takes its place: an honest handshake ends within a round trip
+    /// and a few milliseconds of DH, so the oldest entry is the one most
+    /// likely stalled on purpose, and refusing newcomers instead would let 8
+    /// prefixes (trivial with IPv6) lock every new link out for as long as
+    /// they keep their connections open. An attacker who wants to evict an
+    /// honest handshake must open `maxPendingLinks` connections during its
+    /// round trip. Connections still time out after `handshakeTimeoutMilliseconds`.
     func linkOpened(_ channel: Channel, initiator: Bool, dialed: NodeDescriptor?) -> Link? {
         if !initiator, let host = channel.remoteAddress?.ipAddress, let until = bannedHosts[host], until > Self.now() { return nil }
         if !initiator {
             let pending = links.values.filter { !$0.established && !$0.initiator }
-            let host = channel.remoteAddress?.ipAddress
-            guard pending.count < configuration.maxPendingLinks,
-                  pending.filter({ $0.channel.remoteAddress?.ipAddress == host }).count < configuration.maxPendingLinksPerHost else {
+            let prefix = Self.addressPrefix(channel.remoteAddress)
+            guard pending.lazy.filter({ $0.prefix == prefix }).count < configuration.maxPendingLinksPerPrefix else {
                 counters.pendingRefused += 1
                 return nil
+            }
+            if pending.count >= configuration.maxPendingLinks {
+                for oldest in pending.sorted(by: { $0.id < $1.id }).prefix(pending.count - configuration.maxPendingLinks + 1) {
+                    counters.pendingEvicted += 1
+                    // Out of the table now (its channel's close completes later).
+                    links[oldest.id] = nil
+                    oldest.handshake = nil
+                    oldest.channel.close(promise: nil)
+                }
             }
         }
         let prologue = Array("masq mesh v1 \(configuration.network)".utf8)
@@ -300,6 +393,7 @@ public final class MeshNode: @unchecked Sendable {
         let link = Link(id: nextLinkID, channel: channel, initiator: initiator, dialed: dialed, handshake: handshake,
                         cellBytes: configuration.cellBytes, now: Self.now())
         link.onPending = { [weak self] in self?.dirty[$0.id] = $0 }
+        link.gossipCredit = Double(configuration.gossipRecordsPerSecond) * 2
         nextLinkID += 1
         links[link.id] = link
         if initiator {
@@ -318,8 +412,14 @@ public final class MeshNode: @unchecked Sendable {
         if let dialed = link.dialed { dialing.remove(dialed.key) }
         if let peer = link.peer, neighbours[peer] === link {
             neighbours[peer] = nil
-            // A client's record is for its neighbours only.
-            if records[peer]?.record.isClient == true { records[peer] = nil }
+            // A client's record is for its neighbours only; a node's leaves with
+            // it when the table is full (neighbours' records are held beyond the cap).
+            if records[peer]?.record.isClient == true {
+                records[peer] = nil
+            } else if records[peer] != nil && recordsBesidesNeighbours > configuration.maxRecords {
+                records[peer] = nil
+                counters.recordsEvicted += 1
+            }
             clientPeers.remove(peer)
             logger.info("neighbour gone", metadata: ["node": "\(peer)"])
             try? refreshOwnRecord(force: false)
@@ -429,7 +529,7 @@ public final class MeshNode: @unchecked Sendable {
             link.channel.close(promise: nil)
             return
         }
-        merge(record, signed)
+        merge(record, signed, neighbour: true)
         neighbours[peer] = link
         if record.isClient { clientPeers.insert(peer) }
         counters.linksUp += 1
@@ -460,39 +560,102 @@ public final class MeshNode: @unchecked Sendable {
                                 neighbours: current, rates: configuration.rates, exit: configuration.exit && !configuration.client,
                                 client: configuration.client ? true : nil, wallet: configuration.earningWallet?.address)
         let (signed, _) = try SignedRecord.sign(record, with: identity)
+        gossipBody = nil
         ownSigned = signed
         ownRecord = record
     }
 
     func sendGossip(to link: Link) {
-        var list: [SignedRecord] = ownSigned.map { [$0] } ?? []
-        list += records.values.filter { !$0.record.isClient }.sorted { $0.heard > $1.heard }.prefix(255).map(\.signed)
-        // A frame fits in one link message: the freshest records first, as many as fit.
-        while !list.isEmpty {
-            guard let bytes = try? JSONEncoder().encode(list) else { return }
-            if bytes.count < Link.maxFrame { link.write(.gossip, Array(bytes)); return }
-            list.removeLast(max(1, list.count / 4))
-        }
+        if gossipBody == nil || gossipBody?.tick != ticks { gossipBody = (ticks, buildGossip()) }
+        if let bytes = gossipBody?.bytes, !bytes.isEmpty { link.write(.gossip, bytes) }
     }
 
+    /// Our record, then the freshest records held (up to 255), as many as
+    /// fit in one link message: the same for every neighbour, so built once a
+    /// round (with thousands of records held, sorting and encoding them per
+    /// neighbour would hold the loop).
+    private func buildGossip() -> [UInt8] {
+        var list: [SignedRecord] = ownSigned.map { [$0] } ?? []
+        // An element of the JSON array: {"r":"…","s":"…"} and a comma.
+        func size(_ signed: SignedRecord) -> Int { 16 + signed.r.utf8.count + signed.s.utf8.count }
+        var total = 2 + list.reduce(0) { $0 + size($1) }
+        let freshest = records.compactMap { $0.value.record.isClient ? nil : ($0.value.heard, $0.key) }.sorted { $0.0 > $1.0 }.prefix(255)
+        for (_, nodeKey) in freshest {
+            guard let signed = records[nodeKey]?.signed else { continue }
+            guard total + size(signed) < Link.maxFrame - 64 else { break }
+            total += size(signed)
+            list.append(signed)
+        }
+        // The estimate is exact for base64url fields; should it not be, cut until it fits.
+        while !list.isEmpty {
+            guard let bytes = try? JSONEncoder().encode(list) else { return [] }
+            if bytes.count < Link.maxFrame { return Array(bytes) }
+            list.removeLast(max(1, list.count / 4))
+        }
+        return []
+    }
+
+    /// What reading one record of a gossip frame costs (decoding the
+    /// frame's JSON, a lookup, a key hint), in verifications.
+    static let readCost = 1.0 / 16
+
+    /// A GOSSIP frame. Its records cost, in rising order: a repeat of a
+    /// record held (the same signed bytes: a lookup), a record refused on its
+    /// key hint (our own, or a new key while the table is full), and a record
+    /// decoded (JSON) and verified (Ed25519). Reading is paid for by the
+    /// frame (`readCost` a record) and each verification by one, out of the
+    /// sender's credit and the turn's allowance; past either, records are
+    /// dropped unverified, and frames unread once nothing is left. They come
+    /// again next round if they matter (every node repeats its freshest
+    /// records each round). Updates of nodes already held go before new keys.
     private func receiveGossip(_ link: Link, _ body: [UInt8]) {
+        let now = Self.now()
+        link.refillGossipCredit(now: now, perSecond: configuration.gossipRecordsPerSecond)
+        guard link.gossipCredit > 0, gossipAllowanceLeft > 0 else {
+            counters.gossipFramesDropped += 1
+            return
+        }
         guard body.count <= 4 << 20, let list = try? JSONDecoder().decode([SignedRecord].self, from: Data(body)), list.count <= 512 else {
             counters.gossipRejected += 1
             return penalize(link, 10, "malformed gossip")
         }
+        let reading = Double(list.count) * Self.readCost
+        link.gossipCredit -= reading
+        gossipWorkThisTurn += reading
+        var updates: [SignedRecord] = [], fresh: [SignedRecord] = []
+        let full = recordsBesidesNeighbours >= configuration.maxRecords
         for signed in list {
             // Most gossip repeats records already held: the same signed bytes
             // need no second JSON decode and signature check.
             if let known = recordBySignature[signed.s], let held = records[known], held.signed == signed {
                 if held.record.isClient && known != link.peer { continue }
-                records[known]?.heard = max(held.heard, Self.now())
+                records[known]?.heard = max(held.heard, now)
                 continue
             }
+            switch signed.keyHint() {
+            case let hint? where hint == key: continue           // our own record, coming back
+            case let hint? where records[hint] != nil: updates.append(signed)
+            case _? where full: counters.recordsRefused += 1
+            default: fresh.append(signed)
+            }
+        }
+        for signed in updates + fresh {
+            guard link.gossipCredit >= 1 else { counters.gossipOverBudget += 1; continue }
+            guard gossipAllowanceLeft >= 1 else { counters.gossipOverTurnLimit += 1; continue }
+            link.gossipCredit -= 1
+            gossipWorkThisTurn += 1
             do {
-                let record = try signed.verified(network: configuration.network)
+                let unverified = try signed.decoded(network: configuration.network)
+                let record = unverified.record, nodeKey = unverified.key
+                if nodeKey == key { continue }
                 // A client's record is learned only from its own handshake.
-                if record.isClient && record.nodeKey != link.peer { continue }
-                merge(record, signed)
+                if record.isClient && nodeKey != link.peer { continue }
+                // Not newer than what is held: nothing to learn, no signature to check.
+                if let held = records[nodeKey], held.record.version >= record.version { continue }
+                if records[nodeKey] == nil && !admitNewKey(neighbour: false) { continue }
+                try unverified.verify()
+                counters.gossipVerified += 1
+                merge(record, signed, neighbour: false)
             } catch {
                 counters.gossipRejected += 1
                 penalize(link, 10, "gossip: \(error)")
@@ -501,13 +664,57 @@ public final class MeshNode: @unchecked Sendable {
         }
     }
 
-    private func merge(_ record: NodeRecord, _ signed: SignedRecord) {
+    /// What is left of this turn's gossip allowance, in verifications
+    /// (reading a frame is charged whole, so it may overdraw). The count
+    /// starts again once the loop has handled this turn's reads.
+    private var gossipAllowanceLeft: Double {
+        if !gossipWorkResetScheduled {
+            gossipWorkResetScheduled = true
+            loop.execute { [self] in
+                gossipWorkThisTurn = 0
+                gossipWorkResetScheduled = false
+            }
+        }
+        return Double(configuration.gossipVerificationsPerTurn) - gossipWorkThisTurn
+    }
+
+    /// Records held besides our neighbours' (what `maxRecords` caps).
+    var recordsBesidesNeighbours: Int { records.count - neighbours.keys.reduce(0) { $0 + (records[$1] == nil ? 0 : 1) } }
+
+    /// Room for the record of a key not held. A neighbour's own record (from
+    /// its handshake) is always taken: neighbours' records are held beyond
+    /// `maxRecords` while they are linked (there are at most `maxNeighbours +
+    /// maxClients` of them), and one that leaves a full table is dropped
+    /// (`linkClosed`), so neither a neighbour nor a stream of them displaces
+    /// anything. A record heard in gossip is refused when `maxRecords` are held.
+    ///
+    /// Why refuse rather than evict: a fresh key costs an attacker one key
+    /// pair, so with eviction a peer signing fresh keys would push every real
+    /// node's record out within a round or two and leave the node unable to
+    /// route. Refused, a flood takes at most the free slots and never
+    /// displaces a node already known; new versions of known nodes are always
+    /// taken, and flooded keys that stop being repeated expire after
+    /// `recordTTLMilliseconds`, freeing their slots. The cost: while a flood
+    /// holds the table, nodes new to this one are learned only as neighbours.
+    private func admitNewKey(neighbour: Bool) -> Bool {
+        guard neighbour || recordsBesidesNeighbours < configuration.maxRecords else {
+            counters.recordsRefused += 1
+            return false
+        }
+        return true
+    }
+
+    private func merge(_ record: NodeRecord, _ signed: SignedRecord, neighbour: Bool) {
         guard let nodeKey = record.nodeKey, nodeKey != key else { return }
         if let known = records[nodeKey], known.record.version >= record.version {
             if known.record.version == record.version { records[nodeKey]?.heard = max(known.heard, Self.now()) }
             return
         }
-        if let replaced = records[nodeKey] { recordBySignature[replaced.signed.s] = nil }
+        if let replaced = records[nodeKey] {
+            recordBySignature[replaced.signed.s] = nil
+        } else if !admitNewKey(neighbour: neighbour) {
+            return
+        }
         records[nodeKey] = Known(record: record, signed: signed, heard: Self.now())
         recordBySignature[signed.s] = nodeKey
     }
@@ -559,7 +766,12 @@ public final class MeshNode: @unchecked Sendable {
             sendGossip(to: link)
         }
         // Handshakes that never finish.
-        for link in links.values where !link.established && now - link.lastHeard > 5_000 { link.channel.close(promise: nil) }
+        for link in links.values where !link.established && now - link.opened > configuration.handshakeTimeoutMilliseconds {
+            counters.handshakeTimeouts += 1
+            links[link.id] = nil
+            link.handshake = nil
+            link.channel.close(promise: nil)
+        }
         if nodeNeighbourCount < configuration.targetNeighbours {
             var candidates: [(NodeDescriptor, Int)] = records.values.filter { !$0.record.isClient }.compactMap { k in k.record.descriptor.map { ($0, k.record.neighbours.count) } }
             candidates += introduced.values.map { ($0, 0) }
@@ -647,6 +859,8 @@ public final class MeshNode: @unchecked Sendable {
         /// One line per circuit this node takes part in: what it knows of it.
         public var circuits: [[String: String]]
         public var banned: [String]
+        /// Inbound connections in their handshake (at most `maxPendingLinks`).
+        public var pending: Int
         public var counters: Counters
     }
 
@@ -667,7 +881,8 @@ public final class MeshNode: @unchecked Sendable {
         }
         let clientKeys = records.filter { $0.value.record.isClient }.map(\.key)
         return State(key: key.text, address: "\(configuration.host):\(port)", neighbours: neighbours.keys.filter { !clientPeers.contains($0) }.map(\.text).sorted(),
-                     known: records.count, clients: clientKeys.count, clientNeighbours: clientKeys.filter { neighbours[$0] != nil }.count, circuits: lines, banned: bannedHosts.keys.sorted(), counters: counters)
+                     known: records.count, clients: clientKeys.count, clientNeighbours: clientKeys.filter { neighbours[$0] != nil }.count, circuits: lines, banned: bannedHosts.keys.sorted(),
+                     pending: links.values.filter { !$0.established && !$0.initiator }.count, counters: counters)
     }
 
     /// `<data dir>/state.json`, rewritten every tick (for operators and tests).

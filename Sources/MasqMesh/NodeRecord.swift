@@ -140,6 +140,28 @@ public struct SignedRecord: Codable, Sendable, Equatable {
 
     /// The record if the signature is its key's and the fields are sane.
     public func verified(network: String) throws(MeshError) -> NodeRecord {
+        let unverified = try decoded(network: network)
+        try unverified.verify()
+        return unverified.record
+    }
+
+    /// A record decoded and checked for sane fields, its signature not yet
+    /// checked: the node looks at its key and version first, and pays for
+    /// the Ed25519 verification (`verify`) only when the record would be kept.
+    struct Unverified {
+        let record: NodeRecord
+        let key: NodeKey
+        fileprivate let bytes: [UInt8]
+        fileprivate let signature: [UInt8]
+
+        func verify() throws(MeshError) {
+            guard Ed25519.verify(signature, message: SignedRecord.context + bytes, publicKey: key.bytes) else {
+                throw .badSignature("a record whose signature does not verify")
+            }
+        }
+    }
+
+    func decoded(network: String) throws(MeshError) -> Unverified {
         guard r.utf8.count <= 16_384, let bytes = Base64URL.decode(r), let signature = Base64URL.decode(s), signature.count == 64 else {
             throw .malformed("a record that is not base64url")
         }
@@ -148,12 +170,70 @@ public struct SignedRecord: Codable, Sendable, Equatable {
               (record.isClient ? 0...65_535 : 1...65_535).contains(record.port), !record.host.isEmpty, record.host.utf8.count <= 255 else {
             throw .malformed("a record with bad fields")
         }
-        guard Ed25519.verify(signature, message: SignedRecord.context + bytes, publicKey: key.bytes) else {
-            throw .badSignature("a record whose signature does not verify")
-        }
         guard record.network == network else { throw .malformed("a record of network \(record.network.prefix(32))") }
-        return record
+        return Unverified(record: record, key: key, bytes: bytes, signature: signature)
     }
+
+    /// The key the record names, read off its bytes without decoding the JSON
+    /// or checking anything (the first `"key":"…"` in the record, which
+    /// encoders put near the front: only as much base64 is decoded as it
+    /// takes to reach it, at most 2,048 characters). A hint to sort gossip
+    /// (updates of known nodes before new keys) and to refuse new keys cheaply
+    /// when the table is full; never trusted: a record that is kept is decoded
+    /// and verified, and its decoded key is the one used.
+    func keyHint() -> NodeKey? {
+        r.utf8.withContiguousStorageIfAvailable { Self.keyHint(base64: $0) } ?? nil
+    }
+
+    private static func keyHint(base64 chars: UnsafeBufferPointer<UInt8>) -> NodeKey? {
+        let needle: [UInt8] = Array("\"key\":\"".utf8)
+        // The decoded bytes, kept only as far as the key's end: 2,048 characters at most.
+        var out = [UInt8](repeating: 0, count: 1_536)
+        var count = 0, buffer: UInt32 = 0, bits = 0, keyStart = -1
+        var matched = 0
+        return out.withUnsafeMutableBufferPointer { out -> NodeKey? in
+            for i in 0..<min(chars.count, 2_048) {
+                let v = base64Values[Int(chars[i])]
+                guard v < 64 else { return nil }
+                buffer = buffer << 6 | UInt32(v)
+                bits += 6
+                guard bits >= 8 else { continue }
+                bits -= 8
+                let byte = UInt8(truncatingIfNeeded: buffer >> UInt32(bits))
+                out[count] = byte
+                count += 1
+                if keyStart < 0 {
+                    // Looking for the needle (a simple scan: an input that overlaps it oddly, such
+                    // as `"key"key":"`, is missed, which costs only the hint).
+                    matched = byte == needle[matched] ? matched + 1 : (byte == needle[0] ? 1 : 0)
+                    if matched == needle.count { keyStart = count }
+                } else if byte == 0x22 {
+                    // The closing quote of the key's string: 43 base64url characters.
+                    guard count - 1 - keyStart == 43 else { return nil }
+                    var key = [UInt8](repeating: 0, count: 32)
+                    var acc: UInt32 = 0, n = 0, k = 0
+                    for j in keyStart..<(count - 1) {
+                        let kv = base64Values[Int(out[j])]
+                        guard kv < 64 else { return nil }
+                        acc = acc << 6 | UInt32(kv)
+                        n += 6
+                        if n >= 8 { n -= 8; key[k] = UInt8(truncatingIfNeeded: acc >> UInt32(n)); k += 1 }
+                    }
+                    return k == 32 ? NodeKey(key) : nil
+                } else if count - keyStart > 43 {
+                    return nil
+                }
+            }
+            return nil
+        }
+    }
+
+    /// Base64url values by character (255: not base64url).
+    private static let base64Values: [UInt8] = {
+        var table = [UInt8](repeating: 255, count: 256)
+        for (i, c) in Base64URL.alphabet.enumerated() { table[Int(c)] = UInt8(i) }
+        return table
+    }()
 }
 
 public enum MeshError: Error, Sendable, CustomStringConvertible {

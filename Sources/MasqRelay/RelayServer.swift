@@ -1,4 +1,5 @@
 import Logging
+import MasqHandshakeGate
 import MasqRelayProtocol
 import NIOConcurrencyHelpers
 import NIOCore
@@ -19,10 +20,20 @@ public struct RelayConfiguration: Sendable {
     /// Members one room may hold (a user's devices are a handful).
     public var maxMembersPerRoom = 256
     public var maxConnections = 20_000
+    /// Connections still in their HTTP request or upgrade: at most this many
+    /// at once (a newcomer evicts the oldest), each closed after
+    /// `handshakeTimeoutSeconds` (HandshakeGate). They count apart from
+    /// `maxConnections`, so open sockets stay below the sum of the two.
+    public var maxPendingHandshakes = 1_024
+    public var handshakeTimeoutSeconds: Int64 = 10
     /// Presence changes of a room within this window go out as one PRESENCE,
     /// so join/leave churn cannot multiply frames to its members.
     public var presenceCoalesceMilliseconds: Int64 = 50
-    /// Messages a connection may send per second (bursts up to twice that).
+    /// Frames a connection may send per second, of any kind (bursts up to
+    /// twice that). Past it the relay answers one ERROR and stops reading the
+    /// connection until its budget refills; one that sends another half
+    /// second's budget meanwhile is closed. So one fast sender cannot hold its
+    /// event loop.
     public var messagesPerSecond = 2_000
     /// A connection silent (no frame, no pong) this long is closed.
     public var idleTimeoutSeconds: Int64 = 120
@@ -55,6 +66,10 @@ final class RelayMetrics: @unchecked Sendable {
     let rejectedConnections: Counter
     let rejectedFullRooms: Counter
     let closedSlow: Counter
+    let closedRate: Counter
+    let handshakesPending: Gauge
+    let handshakesEvicted: Gauge
+    let handshakesTimedOut: Gauge
 
     init() {
         let registry = self.registry
@@ -77,6 +92,10 @@ final class RelayMetrics: @unchecked Sendable {
         rejectedConnections = counter("rejected", "Frames or connections refused", [("reason", "connections")])
         rejectedFullRooms = counter("rejected", "Frames or connections refused", [("reason", "room_full")])
         closedSlow = counter("closed_slow", "Connections closed because they did not read their replies")
+        closedRate = counter("closed_rate", "Connections closed because they kept sending past their rate")
+        handshakesPending = gauge("handshakes_pending", "Connections still in their HTTP request or WebSocket upgrade")
+        handshakesEvicted = gauge("handshakes_evicted", "Handshakes closed to make room for newer ones (total)")
+        handshakesTimedOut = gauge("handshakes_timed_out", "Handshakes closed because they took too long (total)")
     }
 }
 
@@ -250,6 +269,7 @@ public final class RelayServer: @unchecked Sendable {
     let metrics: RelayMetrics
     let registry: RoomRegistry
     let connectionCount = NIOLockedValueBox(0)
+    let handshakes: HandshakeGate
     private let group: MultiThreadedEventLoopGroup
     private let outboxes: [ObjectIdentifier: Outbox]
     private var channel: Channel?
@@ -260,6 +280,8 @@ public final class RelayServer: @unchecked Sendable {
         let metrics = RelayMetrics()
         self.metrics = metrics
         registry = RoomRegistry(metrics: metrics)
+        handshakes = HandshakeGate(capacity: max(1, configuration.maxPendingHandshakes),
+                                   timeout: .seconds(max(1, configuration.handshakeTimeoutSeconds)))
         group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.threads))
         let loops = Array(group.makeIterator())
         let boxes = loops.enumerated().map { Outbox(loop: $1, index: $0, loops: loops.count, metrics: metrics) }
@@ -284,12 +306,15 @@ public final class RelayServer: @unchecked Sendable {
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(ChannelOptions.backlog, value: 1024)
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
-            .childChannelOption(ChannelOptions.maxMessagesPerRead, value: 16)
+            .childChannelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
+            // Few reads per wake-up: a connection's read batch is decoded in one
+            // go, so this bounds what one sender costs its loop between others.
+            .childChannelOption(ChannelOptions.maxMessagesPerRead, value: 4)
             .childChannelOption(ChannelOptions.writeBufferWaterMark,
                                 value: .init(low: configuration.sendBufferBytes / 2, high: configuration.sendBufferBytes))
             .childChannelInitializer { channel in
                 do {
+                    server.handshakes.admit(channel)
                     if let tls { try channel.pipeline.syncOperations.addHandler(NIOSSLServerHandler(context: tls)) }
                     try server.configureHTTP(channel)
                     return channel.eventLoop.makeSucceededVoidFuture()
@@ -313,7 +338,13 @@ public final class RelayServer: @unchecked Sendable {
     }
 
     /// The metrics page text.
-    public func metricsText() -> String { metrics.registry.emitToString() }
+    public func metricsText() -> String {
+        let gate = handshakes.counts
+        metrics.handshakesPending.set(Int64(gate.pending))
+        metrics.handshakesEvicted.set(Int64(gate.evicted))
+        metrics.handshakesTimedOut.set(Int64(gate.timedOut))
+        return metrics.registry.emitToString()
+    }
 
     private func configureHTTP(_ channel: Channel) throws {
         let server = self
@@ -336,6 +367,7 @@ public final class RelayServer: @unchecked Sendable {
                 return channel.eventLoop.makeSucceededFuture(accepted ? HTTPHeaders() : nil)
             },
             upgradePipelineHandler: { channel, _ in
+                server.handshakes.passed(channel)
                 do {
                     let sync = channel.pipeline.syncOperations
                     try sync.addHandler(NIOWebSocketFrameAggregator(minNonFinalFragmentSize: 0, maxAccumulatedFrameCount: 64,
@@ -397,6 +429,11 @@ final class HTTPRouteHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     init(server: RelayServer) { self.server = server }
 
+    /// A malformed request (answered 400 by NIO's error handler) closes the connection.
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        if error is HTTPParserError { context.close(promise: nil) } else { context.fireErrorCaught(error) }
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
         case .head(let h): head = h
@@ -440,6 +477,10 @@ final class RelayConnectionHandler: ChannelInboundHandler {
     private var lastRefill = NIODeadline.now()
     private var pingTask: Scheduled<Void>?
     private var closed = false
+    /// Over its rate: reading is paused and frames already read are dropped
+    /// until the budget refills.
+    private var throttled = false
+    private var droppedWhileThrottled = 0
     private var logger: Logger
 
     init(server: RelayServer) {
@@ -494,6 +535,23 @@ final class RelayConnectionHandler: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let frame = unwrapInboundIn(data)
+        // Every frame spends the budget, whatever its kind: text, pings and
+        // malformed frames cost the relay as much as SENDs do.
+        guard !closed else { return }
+        guard !throttled else {
+            // Still sending after the ERROR: past half a second's budget of
+            // frames dropped, the connection is closed, not decoded further.
+            droppedWhileThrottled += 1
+            server.metrics.rejectedRate.increment()
+            if droppedWhileThrottled >= max(1, server.configuration.messagesPerSecond / 2) {
+                server.metrics.closedRate.increment()
+                logger.debug("closed: kept sending past its rate")
+                cleanup()
+                context.channel.close(promise: nil)
+            }
+            return
+        }
+        guard takeToken() else { return throttle(context) }
         switch frame.opcode {
         case .binary:
             handle(context, frame.unmaskedData)
@@ -512,12 +570,29 @@ final class RelayConnectionHandler: ChannelInboundHandler {
         }
     }
 
-    private func handle(_ context: ChannelHandlerContext, _ data: ByteBuffer) {
-        guard takeToken() else {
-            server.metrics.rejectedRate.increment()
-            reject(context, .rateLimited, "more than \(server.configuration.messagesPerSecond) messages per second")
-            return
+    /// Over the rate: one ERROR, then no reads until the bucket holds a
+    /// tenth of a second's budget again (frames the decoder already holds are
+    /// dropped and counted).
+    private func throttle(_ context: ChannelHandlerContext) {
+        server.metrics.rejectedRate.increment()
+        reject(context, .rateLimited, "more than \(server.configuration.messagesPerSecond) messages per second")
+        guard !closed else { return }
+        throttled = true
+        droppedWhileThrottled = 0
+        context.channel.setOption(ChannelOptions.autoRead, value: false).whenComplete { _ in }
+        let rate = Double(server.configuration.messagesPerSecond)
+        let wait = max(0.01, (rate / 10 - tokens) / rate)
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        context.eventLoop.scheduleTask(in: .nanoseconds(Int64(wait * 1e9))) {
+            let (handler, context) = bound.value
+            guard !handler.closed else { return }
+            handler.throttled = false
+            context.channel.setOption(ChannelOptions.autoRead, value: true).whenComplete { _ in }
+            context.read()
         }
+    }
+
+    private func handle(_ context: ChannelHandlerContext, _ data: ByteBuffer) {
         // Only the header is read: payloads are forwarded as they came, never copied.
         let peeked = data.withUnsafeReadableBytes { raw -> Result<(UInt8, Room?, [UInt8]), RelayProtocolError> in
             Result { () throws(RelayProtocolError) in

@@ -89,7 +89,11 @@ public final class RelayTransport: PluginTransport, @unchecked Sendable {
     let options: Options
     let group: MultiThreadedEventLoopGroup
     let loop: EventLoop
-    private let stopped = NIOLockedValueBox(false)
+    /// `stopped` once stop() began; `active` entry points running now (stop
+    /// waits for them before it shuts the event loop down, so a call racing
+    /// with stop never waits on a loop that is gone).
+    private let lifecycle = NIOLockedValueBox((stopped: false, active: 0))
+    private var isStopped: Bool { lifecycle.withLockedValue { $0.stopped } }
     public let counters = NIOLockedValueBox(Counters())
     public var statsJSON: String { counters.withLockedValue { $0.json } }
     /// What a frame may carry: the relay frame's own header and the longest room excluded.
@@ -122,7 +126,12 @@ public final class RelayTransport: PluginTransport, @unchecked Sendable {
     public func start() -> Int32 { MASQ_OK }
 
     public func stop() -> Int32 {
-        guard !stopped.withLockedValue({ s in defer { s = true }; return s }) else { return MASQ_OK }
+        let already = lifecycle.withLockedValue { s -> Bool in
+            defer { s.stopped = true }
+            return s.stopped
+        }
+        guard !already else { return MASQ_OK }
+        while lifecycle.withLockedValue({ $0.active }) > 0 { usleep(1_000) }
         onLoop {
             self.reconnectTask?.cancel()
             self.channel?.close(promise: nil)
@@ -132,7 +141,22 @@ public final class RelayTransport: PluginTransport, @unchecked Sendable {
         return MASQ_OK
     }
 
+    /// Enter an entry point: false once stop() began (the caller answers MASQ_E_CLOSED).
+    private func enter() -> Bool {
+        lifecycle.withLockedValue { s -> Bool in
+            guard !s.stopped else { return false }
+            s.active += 1
+            return true
+        }
+    }
+
+    private func exit() { lifecycle.withLockedValue { $0.active -= 1 } }
+
+    private func closed() -> Int32 { host.pointee.error(host, MASQ_E_CLOSED, "the transport is stopped") }
+
     public func connect(_ text: String) -> Int32 {
+        guard enter() else { return closed() }
+        defer { exit() }
         let parsed: Endpoint
         do throws(TransportFailure) { parsed = try Endpoint(text) } catch { return fail(error) }
         var made: NIOSSLContext?
@@ -151,6 +175,8 @@ public final class RelayTransport: PluginTransport, @unchecked Sendable {
     }
 
     public func join(_ room: [UInt8]) -> Int32 {
+        guard enter() else { return closed() }
+        defer { exit() }
         guard (1...RelayFrame.maxRoomLength).contains(room.count) else { return host.pointee.error(host, MASQ_E_INVALID, "room must be 1...64 bytes") }
         loop.execute {
             if self.rooms.insert(room).inserted, self.connected { self.write(RelayFrame.join(room: room).encoded()) }
@@ -159,6 +185,8 @@ public final class RelayTransport: PluginTransport, @unchecked Sendable {
     }
 
     public func leave(_ room: [UInt8]) -> Int32 {
+        guard enter() else { return closed() }
+        defer { exit() }
         loop.execute {
             if self.rooms.remove(room) != nil, self.connected { self.write(RelayFrame.leave(room: room).encoded()) }
         }
@@ -167,9 +195,11 @@ public final class RelayTransport: PluginTransport, @unchecked Sendable {
 
     /// Queue a frame for a room; it waits in the queue while disconnected.
     public func send(_ room: [UInt8], _ payload: UnsafeRawBufferPointer) -> Int32 {
+        guard enter() else { return closed() }
+        defer { exit() }
         guard (1...RelayFrame.maxRoomLength).contains(room.count) else { return host.pointee.error(host, MASQ_E_INVALID, "room must be 1...64 bytes") }
-        let size = 3 + room.count + payload.count
-        guard size <= options.maxFrameBytes else {
+        // The limit declared through max_frame_bytes, whatever the room's length.
+        guard UInt64(payload.count) <= maxFrameBytes else {
             return host.pointee.error(host, MASQ_E_TOO_LARGE, "frame of \(payload.count) bytes exceeds the relay limit (option max_frame_bytes)")
         }
         var built = RelayFrame.header(3, room: room, payloadCount: payload.count)
@@ -201,13 +231,13 @@ public final class RelayTransport: PluginTransport, @unchecked Sendable {
     // MARK: connection (event loop)
 
     private func open() {
-        guard let endpoint, !connecting, channel == nil, !stopped.withLockedValue({ $0 }) else { return }
+        guard let endpoint, !connecting, channel == nil, !isStopped else { return }
         connecting = true
         let transport = self
         let tls = self.tls
         let maxFrame = options.maxFrameBytes
         let bootstrap = ClientBootstrap(group: loop)
-            .channelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
             .connectTimeout(.seconds(10))
             .channelInitializer { channel in
                 do {
@@ -276,7 +306,7 @@ public final class RelayTransport: PluginTransport, @unchecked Sendable {
     }
 
     private func scheduleReconnect() {
-        guard !stopped.withLockedValue({ $0 }) else { return }
+        guard !isStopped else { return }
         let delay = backoff / 2 + Int64.random(in: 0...(backoff / 2 + 1))   // "equal jitter"
         backoff = min(backoff * 2, options.maxBackoffMilliseconds)
         reconnectTask = loop.scheduleTask(in: .milliseconds(delay)) { self.open() }

@@ -31,6 +31,9 @@ struct Masqd: ParsableCommand {
     @Option(help: "Largest message in bytes.") var maxMessageBytes = 1 << 20
     @Option(help: "Connections accepted at once.") var maxConnections = 256
     @Option(help: "Requests per second per connection.") var rate = 1_000
+    @Option(help: "Connections still in their HTTP request or WebSocket upgrade (each has 10 s; the oldest makes room for a newcomer).") var maxHandshakes = 64
+    @Option(help: "Requests one connection may have waiting for their answers (past it, it is closed).") var maxWaitingRequests = 256
+    @Option(help: "Bytes of requests waiting for their answers, over all connections (past it, the connection holding most is closed).") var maxWaitingBytes = 64 << 20
     @Option(help: "Storage plugin of new profiles.") var storage = "sqlite"
     @Option(help: "Log level (error, warn, info, debug).") var logLevel = "warn"
     @Flag(help: "Serve programs of every OS user of this machine (default: only the user running masqd, checked on each connection's socket).")
@@ -38,7 +41,7 @@ struct Masqd: ParsableCommand {
 
     func run() throws {
         guard ["error", "warn", "info", "debug"].contains(logLevel) else { throw ValidationError("unknown log level \(logLevel)") }
-        guard maxMessageBytes >= 1024, maxConnections >= 1, rate >= 1 else { throw ValidationError("limits must be positive (messages at least 1024 bytes)") }
+        guard maxMessageBytes >= 1024, maxConnections >= 1, rate >= 1, maxWaitingRequests >= 1, maxHandshakes >= 1, maxWaitingBytes >= maxMessageBytes else { throw ValidationError("limits must be positive (messages at least 1024 bytes, --max-waiting-bytes at least one message)") }
         setenv("MASQ_LOG", logLevel, 1)
         let dataHome = getenv("XDG_DATA_HOME").map { String(cString: $0) } ?? (String(cString: getenv("HOME") ?? strdup("/tmp")) + "/.local/share")
         var options = DaemonOptions(home: FileSystem.absolute(FileSystem.expandHome(home ?? dataHome + "/masq/masqd"), base: FileSystem.currentDirectory()))
@@ -49,6 +52,10 @@ struct Masqd: ParsableCommand {
         options.maxConnections = maxConnections
         if allowOtherUsers { options.allowedUser = nil }
         options.requestsPerSecond = rate
+        options.maxWaitingRequests = maxWaitingRequests
+        options.maxHandshakes = maxHandshakes
+        options.maxWaitingBytes = maxWaitingBytes
+        options.maxWaitingBytesPerConnection = min(16 << 20, maxWaitingBytes)
         options.storage = storage
 
         let daemon: Daemon

@@ -17,6 +17,10 @@ limit allows are served), and a fresh client completes a cycle.
 All clients here share 127.0.0.1, so the per-address rate limits
 (--client-rate, --mailbox-rate) are set out of the way: with them, the
 attackers' requests would (rightly) throttle the legitimate client too.
+For the same reason --max-connections-per-address is set to
+--max-connections: the attackers and the legitimate client are one address
+here, so the cap would refuse them all alike (Tests/connectoid/
+test_connection_limits.py checks the cap with a second address).
 
 Run: MASQ_BIN=.build/debug/masq-cli python3 -m pytest -s Tests/abuse/test_connectoid_abuse.py
 """
@@ -45,7 +49,8 @@ MAX_RECEIVE = 10
 OPTIONS = ["--max-connections", str(MAX_CONNECTIONS), "--request-timeout", str(REQUEST_TIMEOUT),
            "--max-message-bytes", str(MAX_MESSAGE), "--max-receive", str(MAX_RECEIVE), "--max-messages", "1000",
            "--max-mailbox-bytes", str(1 << 20), "--client-rate", "1000000", "--client-burst", "1000000",
-           "--mailbox-rate", "1000000", "--mailbox-burst", "1000000", "--threads", "1"]
+           "--mailbox-rate", "1000000", "--mailbox-burst", "1000000", "--threads", "1",
+           "--max-connections-per-address", str(MAX_CONNECTIONS)]
 
 # RSS bound (KiB). What the service may hold at once, from its limits:
 #   per connection: a request body being read (at most the body limit,

@@ -32,6 +32,9 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 # Small, so that the bound below means something: every connection may hold
 # 8 MiB of unread answers before masqd closes it.
 MAX_CONNECTIONS = 16
+MAX_HANDSHAKES = 16
+# Requests read but not yet handled, over all connections (--max-waiting-bytes).
+MAX_WAITING = 8 * 1024 * 1024
 MAX_MESSAGE = 64 * 1024
 RATE = 1000
 
@@ -45,11 +48,15 @@ RATE = 1000
 MAX_QUEUED = 8 * 1024 * 1024
 CONNECTION_OVERHEAD = 64 * 1024
 FIXED = 48 * 1024 * 1024
-RSS_BOUND_KIB = (MAX_CONNECTIONS * (MAX_QUEUED + 2 * MAX_MESSAGE + CONNECTION_OVERHEAD) + FIXED) // 1024
-# Sockets masqd may hold: its connections, its listener, SLACK for those
-# being accepted or refused at the instant of a sample.
+#   + MAX_WAITING requests waiting to be handled (each a copy of its frame)
+#   + --max-handshakes connections not yet upgraded, CONNECTION_OVERHEAD each.
+RSS_BOUND_KIB = (MAX_CONNECTIONS * (MAX_QUEUED + 2 * MAX_MESSAGE + CONNECTION_OVERHEAD) + 2 * MAX_WAITING
+                 + MAX_HANDSHAKES * CONNECTION_OVERHEAD + FIXED) // 1024
+# Sockets masqd may hold: its connections, those still in their handshake,
+# its listener, SLACK for those being accepted or refused at the instant of
+# a sample.
 SLACK = 32
-SOCKET_BOUND = MAX_CONNECTIONS + 1 + SLACK
+SOCKET_BOUND = MAX_CONNECTIONS + MAX_HANDSHAKES + 1 + SLACK
 
 
 class Client:
@@ -110,7 +117,8 @@ def test_masqd_under_abuse(tmp_path, capsys):
     abuse.raise_fd_limit()
     home = str(tmp_path / "home")
     argv = [abuse.MASQD, "--home", home, "--listen", "127.0.0.1:0", "--max-connections", str(MAX_CONNECTIONS),
-            "--max-message-bytes", str(MAX_MESSAGE), "--rate", str(RATE), "--log-level", "error"]
+            "--max-message-bytes", str(MAX_MESSAGE), "--rate", str(RATE), "--log-level", "error",
+            "--max-handshakes", str(MAX_HANDSHAKES), "--max-waiting-bytes", str(MAX_WAITING)]
     if abuse.PLUGIN_PATH:
         argv += ["--plugin-path", abuse.PLUGIN_PATH]
     server = abuse.Server("masqd", argv, r"http://[^ ]+:(\d+)/", str(tmp_path))
@@ -221,8 +229,8 @@ def test_masqd_under_abuse(tmp_path, capsys):
         check.that(flood.get("answer_503", 0) > 0, "the flood was never refused (503): %s" % flood)
         check.that(not [k for k in results["oversized"] if k.startswith("NOT_closed")], "oversized frames not closed: %s" % results["oversized"])
         check.that(sampler.peak_sockets <= SOCKET_BOUND,
-                   "masqd held %d sockets open with --max-connections %d: connections that never finish their upgrade "
-                   "(half-open, slowloris, or answered 400) are neither counted nor timed out" % (sampler.peak_sockets, MAX_CONNECTIONS))
+                   "masqd held %d sockets open with --max-connections %d --max-handshakes %d: connections that never finish their upgrade "
+                   "(half-open, slowloris, or answered 400) are neither counted nor timed out" % (sampler.peak_sockets, MAX_CONNECTIONS, MAX_HANDSHAKES))
         check.verify()
     finally:
         server.stop()

@@ -31,13 +31,15 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 from websockets.sync.client import connect as ws_connect  # noqa: E402
 
 MAX_CONNECTIONS = 200
+MAX_HANDSHAKES = 64
 SEND_BUFFER = 64 * 1024
 MAX_FRAME = 64 * 1024
 MAX_ROOM_MEMBERS = 32
 THREADS = 2
 OPTIONS = ["--max-connections", str(MAX_CONNECTIONS), "--send-buffer", str(SEND_BUFFER), "--max-frame-bytes", str(MAX_FRAME),
            "--max-rooms", "4", "--max-room-members", str(MAX_ROOM_MEMBERS), "--rate", "1000", "--idle-timeout", "10",
-           "--ping-interval", "5", "--threads", str(THREADS)]
+           "--ping-interval", "5", "--threads", str(THREADS),
+           "--max-handshakes", str(MAX_HANDSHAKES), "--handshake-timeout", "5"]
 
 # RSS bound (KiB). What the relay may hold at once, from its limits:
 #   per connection: its send buffer (--send-buffer: replies and deliveries
@@ -47,16 +49,16 @@ OPTIONS = ["--max-connections", str(MAX_CONNECTIONS), "--send-buffer", str(SEND_
 #   times --max-connections;
 #   + FIXED for the allocator's per-thread arenas and caches once every
 #     event loop thread has been busy (measured at ~8-20 MiB on this box).
-# Connections not yet upgraded (slowloris, half-open) are not counted by
-# --max-connections; the bound holds only if they cost no more than this.
+# + connections not yet upgraded (slowloris, half-open): at most
+#   --max-handshakes at once, each CONNECTION_OVERHEAD.
 CONNECTION_OVERHEAD = 64 * 1024
 FIXED = 48 * 1024 * 1024
-RSS_BOUND_KIB = (MAX_CONNECTIONS * (SEND_BUFFER + MAX_FRAME + CONNECTION_OVERHEAD) + FIXED) // 1024
-# Sockets the relay may hold: its connections (--max-connections), its
-# listener, and SLACK for connections being accepted or refused (503) at
-# the instant of a sample.
+RSS_BOUND_KIB = (MAX_CONNECTIONS * (SEND_BUFFER + MAX_FRAME + CONNECTION_OVERHEAD) + MAX_HANDSHAKES * CONNECTION_OVERHEAD + FIXED) // 1024
+# Sockets the relay may hold: its connections (--max-connections), those
+# still in their handshake (--max-handshakes), its listener, and SLACK for
+# connections being accepted or refused (503) at the instant of a sample.
 SLACK = 32
-SOCKET_BOUND = MAX_CONNECTIONS + 1 + SLACK
+SOCKET_BOUND = MAX_CONNECTIONS + MAX_HANDSHAKES + 1 + SLACK
 
 
 def relay_frame(kind, room, payload=b""):
@@ -232,8 +234,8 @@ def test_relay_under_abuse(tmp_path, capsys):
         # are in (not yet upgraded, slow, answered 400): more would be a way
         # around --max-connections to the process's file descriptor limit.
         check.that(sampler.peak_sockets <= SOCKET_BOUND,
-                   "the relay held %d sockets open with --max-connections %d: connections that never finish their upgrade "
-                   "(half-open, slowloris, or answered 400) are neither counted nor timed out" % (sampler.peak_sockets, MAX_CONNECTIONS))
+                   "the relay held %d sockets open with --max-connections %d --max-handshakes %d: connections that never finish their upgrade "
+                   "(half-open, slowloris, or answered 400) are neither counted nor timed out" % (sampler.peak_sockets, MAX_CONNECTIONS, MAX_HANDSHAKES))
         check.verify()
     finally:
         server.stop()

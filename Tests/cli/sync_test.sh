@@ -38,6 +38,19 @@ start_sync a.json A; start_sync b.json B
 "$masq" put --config a.json notes hello "from A" || fail "put"
 wait_for 15 "a put on A reaching B" value_is b.json notes hello "from A"
 
+# 1b. photo-sized data: a value of exactly max_value_bytes (1 MiB, more than
+# a relay frame carries once sealed) and one batch of eight 900 KB values
+# (one commit of 7 MB) cross the relay as fragments.
+head -c 1048576 /dev/urandom >photo.bin
+"$masq" put --config a.json photos big <photo.bin || fail "put of a 1 MiB value"
+python3 -c "
+import base64, os
+for i in range(8): print('p%d\t%s' % (i, base64.b64encode(os.urandom(675000)).decode()))" >album.tsv
+"$masq" import --config a.json album --batch 100 <album.tsv >/dev/null || fail "import of eight 900 KB values in one commit"
+wait_for 60 "a 1 MiB value reaching B" sh -c "\"$masq\" get --config b.json photos big 2>/dev/null | cmp -s - photo.bin"
+wait_for 60 "a 7 MB commit reaching B" count_is b.json album 8
+[ "$("$masq" get --config b.json album p7)" = "$(awk -F'\t' '$1=="p7"{print $2}' album.tsv)" ] || fail "a fragmented commit arrived damaged"
+
 # 2. B offline; A writes 10,000 keys and deletes 500; B comes back and catches up
 kill "$sync_B"; wait "$sync_B" 2>/dev/null
 seq 1 10000 | awk '{printf "key-%05d\tvalue-%d\n", $1, $1}' | "$masq" import --config a.json bulk >/dev/null || fail "import"

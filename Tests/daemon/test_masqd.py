@@ -532,3 +532,42 @@ def test_a_retried_write_with_its_request_id_is_applied_once(daemon):
     with pytest.raises(DaemonError) as e:
         again.counter_add("likes", 1, request_id="x" * 65)
     assert e.value.code == "bad_request"
+
+
+def test_a_client_that_sends_without_reading_is_closed_not_queued_for(tmp_path):
+    """The attack: a connection pipelines requests as fast as it can and never
+    reads an answer. masqd reads them (its transport never stops reading) but
+    holds at most --max-waiting-requests of them: past that the connection is
+    closed with its reason, its memory comes back, and another app is served
+    all along."""
+    d = Daemon(tmp_path / "home", "--max-waiting-requests", "32", "--rate", "100000")
+    try:
+        manager = d.manager()
+        app = approved_app(d, manager)
+        app.put("k", "v")
+        flood = socket.create_connection(("127.0.0.1", d.port), timeout=5)
+        flood.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        flood.sendall(("GET / HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                       "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n" % d.port).encode())
+        assert b" 101 " in flood.recv(4096)
+        request = b'{"op":"ping","pad":"' + b"x" * 4000 + b'"}'
+        masked = bytes([0x81, 0x80 | 126]) + len(request).to_bytes(2, "big") + b"\0\0\0\0" + request
+        closed = False
+        started = time.monotonic()
+        sent = 0
+        while time.monotonic() - started < 30:
+            try:
+                flood.sendall(masked * 64)
+                sent += 64
+            except OSError:
+                closed = True
+                break
+            if sent % 1024 == 0:
+                assert app.get("k") == "v"      # the other app is served meanwhile
+        assert closed, f"masqd kept reading {sent} requests from a client that never read an answer"
+        # 32 waiting requests, plus what the sockets' kernel buffers hold.
+        assert sent < 20_000, f"closed only after {sent} requests"
+        assert app.get("k") == "v"
+        assert d.alive()
+    finally:
+        d.stop()

@@ -57,10 +57,14 @@ class Cipher:
 class Peer:
     """A node-like peer: X25519 static key, Ed25519 identity, a signed record."""
 
-    def __init__(self, host, port, network="masq"):
+    def __init__(self, host, port, network="masq", source=None, client=False, timeout=5):
+        """`source`: the local address to leave from (the record names it);
+        `client`: a device's transport (a client link), not a node."""
         self.static = X25519PrivateKey.generate()
         self.identity = Ed25519PrivateKey.generate()
-        self.sock = socket.create_connection((host, port), timeout=5)
+        self.source = source
+        self.client = client
+        self.sock = socket.create_connection((host, port), timeout=timeout, source_address=(source, 0) if source else None)
         self.network = network
         self.h = hashlib.sha256(NAME).digest() if len(NAME) > 32 else NAME.ljust(32, b"\0")
         self.ck = self.h
@@ -101,9 +105,11 @@ class Peer:
         return buf
 
     def record(self, port=1, version=1, tamper=False):
-        rec = {"network": self.network, "key": b64(raw(self.identity)), "agreement": b64(raw(self.static)), "host": "127.0.0.1",
+        rec = {"network": self.network, "key": b64(raw(self.identity)), "agreement": b64(raw(self.static)), "host": self.source or "127.0.0.1",
                "port": port, "version": version, "neighbours": [], "rates": {"routingByte": 1, "routingPacket": 1, "exitByte": 1, "exitPacket": 1},
                "exit": False}
+        if self.client:
+            rec["client"] = True
         body = json.dumps(rec, separators=(",", ":")).encode()
         sig = self.identity.sign(b"masq node record v1" + body)
         if tamper:
@@ -163,3 +169,28 @@ class Peer:
             return True
         except socket.timeout:
             return False
+
+    def ping(self, timeout=5.0):
+        """PING, then read the node's messages until its PONG."""
+        import time
+        self.frame(b"\x04")
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("no PONG")
+            self.sock.settimeout(left)
+            frames, _ = self.read_message()
+            if any(f[:1] == b"\x05" for f in frames):
+                return
+            if any(f[:1] == b"\x06" for f in frames):
+                raise ConnectionError("BYE from the node")
+
+
+def signed_record(identity, host, port=7000, version=1, agreement=None, network="masq", exit=True):
+    """A valid, signed record of `identity` (an Ed25519 private key)."""
+    rec = {"network": network, "key": b64(raw(identity)), "agreement": agreement or b64(raw(X25519PrivateKey.generate())),
+           "host": host, "port": port, "version": version, "neighbours": [],
+           "rates": {"routingByte": 1, "routingPacket": 1, "exitByte": 1, "exitPacket": 1}, "exit": exit}
+    body = json.dumps(rec, separators=(",", ":")).encode()
+    return {"r": b64(body), "s": b64(identity.sign(b"masq node record v1" + body))}

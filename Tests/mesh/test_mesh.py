@@ -470,6 +470,12 @@ def test_sync_between_two_devices_over_the_mesh(mesh):
     (["--streams-per-route", "0"], "streams per route"),
     (["--max-exit-streams", "0"], "exit streams"),
     (["--max-link-queue-mib", "0"], "max-link-queue-mib"),
+    (["--max-records", "0"], "max records"),
+    (["--gossip-records-per-second", "0"], "gossip records per second"),
+    (["--gossip-verifications-per-turn", "0"], "gossip verifications per turn"),
+    (["--max-pending-handshakes-per-prefix", "65"], "pending handshakes"),
+    (["--max-pending-handshakes", "0"], "pending handshakes"),
+    (["--handshake-timeout-ms", "10"], "handshake timeout"),
 ])
 def test_node_refuses_bad_options(args, message, tmp_path):
     r = subprocess.run([MASQ, "node", "--data-dir", str(tmp_path), "--port", "0"] + args, capture_output=True, text=True, timeout=20)

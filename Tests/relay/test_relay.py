@@ -220,3 +220,118 @@ def test_slow_member_loses_deliveries_not_the_relay():
     finally:
         proc.terminate()
         proc.wait(5)
+
+
+def open_sockets(pid):
+    """Sockets the process holds (from /proc: the relay's own view)."""
+    count = 0
+    for fd in os.listdir("/proc/%d/fd" % pid):
+        try:
+            if os.readlink("/proc/%d/fd/%s" % (pid, fd)).startswith("socket:"):
+                count += 1
+        except OSError:
+            pass
+    return count
+
+
+def test_idle_and_stalled_handshakes_are_bounded_and_timed_out():
+    """The attack: hundreds of TCP connections that never finish their HTTP
+    upgrade (idle, or trickling a header). They hold no member slot; at most
+    --max-handshakes exist at once (newcomers evict the oldest), each is
+    closed after --handshake-timeout, and a real member still gets in."""
+    proc, url = start_relay("--max-handshakes", "16", "--handshake-timeout", "2", "--max-connections", "8")
+    host, port = url[5:].rstrip("/").split(":")
+    idle = []
+    try:
+        for i in range(200):
+            s = socket.create_connection((host, int(port)), timeout=5)
+            if i % 2:
+                s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")   # a header that never ends
+            idle.append(s)
+        time.sleep(0.5)
+        # Listener + at most 16 handshakes (+ a few being accepted at the instant).
+        assert open_sockets(proc.pid) <= 1 + 16 + 4
+
+        async def member():
+            async with websockets.connect(url) as ws:
+                await ws.send(frame(1))
+                await ws.send(frame(3, payload=b"hi"))
+        run(member())
+        assert metric(url, "masq_relay_handshakes_evicted") >= 150
+        # The newest survivors are closed by the timeout.
+        time.sleep(3)
+        assert metric(url, "masq_relay_handshakes_pending") <= 1   # the /metrics request itself
+        assert metric(url, "masq_relay_handshakes_timed_out") >= 1
+        closed = 0
+        for s in idle:
+            s.settimeout(0.5)
+            try:
+                if s.recv(1) == b"":
+                    closed += 1
+            except (ConnectionResetError, BrokenPipeError):
+                closed += 1
+            except socket.timeout:
+                pass
+        assert closed == len(idle)
+    finally:
+        for s in idle:
+            s.close()
+        proc.terminate()
+        proc.wait(5)
+
+
+def test_malformed_request_gets_400_and_is_closed():
+    proc, url = start_relay()
+    host, port = url[5:].rstrip("/").split(":")
+    try:
+        s = socket.create_connection((host, int(port)), timeout=5)
+        s.sendall(b"\x16\x03\x01 not http at all\r\n\r\n")
+        answer = s.recv(4096)
+        assert answer.startswith(b"HTTP/1.1 400")
+        s.settimeout(5)
+        assert s.recv(4096) == b""
+    finally:
+        proc.terminate()
+        proc.wait(5)
+
+
+def test_a_sender_past_its_rate_is_throttled_then_closed_while_others_are_served():
+    """The attack: one connection sends frames of every kind (text frames,
+    pings, SENDs) as fast as it can and never reads. It gets one ERROR and
+    its reads pause; since it keeps sending it is closed, and the members of
+    a room keep exchanging all along."""
+    proc, url = start_relay("--rate", "200")
+    try:
+        async def scenario():
+            async with websockets.connect(url) as a, websockets.connect(url) as b:
+                await a.send(frame(1))
+                await b.send(frame(1))
+                host, port = url[5:].rstrip("/").split(":")
+                flood = socket.create_connection((host, int(port)), timeout=5)
+                flood.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                              b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+                assert flood.recv(4096).startswith(b"HTTP/1.1 101")
+                text = bytes([0x81, 0x86]) + b"\0\0\0\0" + b"abcdef"
+                ping = bytes([0x89, 0x80]) + b"\0\0\0\0"
+                burst = (text + ping) * 2000
+                closed = False
+                loop = asyncio.get_running_loop()
+                for i in range(200):
+                    try:
+                        await loop.run_in_executor(None, flood.sendall, burst)
+                    except OSError:
+                        closed = True
+                        break
+                    if i % 20 == 0:
+                        await a.send(frame(3, payload=b"still here %d" % i))
+                        assert (await recv_frame(b, 4)).endswith(b"still here %d" % i)
+                assert closed, "the flooder was never closed"
+                flood.close()
+                await a.send(frame(3, payload=b"after"))
+                assert (await recv_frame(b, 4)).endswith(b"after")
+        run(scenario())
+        assert metric(url, "masq_relay_closed_rate_total") >= 1
+        assert metric(url, 'masq_relay_rejected_total{reason="rate"}') >= 1
+    finally:
+        proc.terminate()
+        proc.wait(5)

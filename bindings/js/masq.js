@@ -91,6 +91,9 @@ export class MasqApp {
     this._nextId = 1;
     /** @type {Map<number, {resolve: Function, reject: Function, timer: any}>} */
     this._pending = new Map();
+    /** Requests beyond the window, sent as answers come back (masqd closes a
+     *  connection with more than 256 requests waiting for their answers). */
+    this._queued = [];
     /** Writes whose connection dropped before the answer: sent again once re-approved. */
     this._retry = [];
     /** watch handle -> {callback, prefix, ns, id}: survives reconnects */
@@ -342,14 +345,29 @@ export class MasqApp {
         reject(new MasqError("unavailable", "not connected to Masq"));
         return;
       }
-      const id = this._nextId++;
-      const timer = setTimeout(() => {
-        this._pending.delete(id);
+      const entry = { resolve, reject, body, timer: null };
+      entry.timer = setTimeout(() => {
+        for (const [id, waiting] of this._pending) if (waiting === entry) this._pending.delete(id);
+        const at = this._queued.indexOf(entry);
+        if (at >= 0) this._queued.splice(at, 1);
         reject(new MasqError("timeout", `no answer to ${body.op} within ${this._options.requestTimeout} ms`));
       }, this._options.requestTimeout);
-      this._pending.set(id, { resolve, reject, timer, body });
-      this._ws.send(JSON.stringify({ id, ...body }));
+      if (this._pending.size >= MAX_IN_FLIGHT) this._queued.push(entry);
+      else this._transmit(entry);
     });
+  }
+
+  _transmit(entry) {
+    const id = this._nextId++;
+    this._pending.set(id, entry);
+    this._ws.send(JSON.stringify({ id, ...entry.body }));
+  }
+
+  /** Send queued requests while the window has room. */
+  _drain() {
+    while (this._queued.length > 0 && this._pending.size < MAX_IN_FLIGHT && this._ws && this._ws.readyState === 1) {
+      this._transmit(this._queued.shift());
+    }
   }
 
   _onMessage(data) {
@@ -367,6 +385,7 @@ export class MasqApp {
     if (!waiting) return;
     this._pending.delete(m.id);
     clearTimeout(waiting.timer);
+    this._drain();
     if (m.ok) waiting.resolve(m.result);
     else waiting.reject(new MasqError(m.error.code, m.error.message));
   }
@@ -409,6 +428,7 @@ export class MasqApp {
   _onClose() {
     this._ws = null;
     // Writes in flight wait for the reconnection (their request ids make the retry safe).
+    const queued = this._queued.splice(0);
     if (this._options.reconnect && !this._closedByUser && this._state === "approved") {
       for (const [id, waiting] of this._pending) {
         if (!waiting.body || !waiting.body.request_id) continue;
@@ -416,6 +436,16 @@ export class MasqApp {
         this._retry.push(waiting);
         this._pending.delete(id);
       }
+      for (const waiting of queued) {
+        if (!waiting.body || !waiting.body.request_id) continue;
+        clearTimeout(waiting.timer);
+        this._retry.push(waiting);
+      }
+    }
+    for (const waiting of queued) {
+      if (this._retry.includes(waiting)) continue;
+      clearTimeout(waiting.timer);
+      waiting.reject(new MasqError("unavailable", "the connection to Masq closed"));
     }
     this._failAll(new MasqError("unavailable", "the connection to Masq closed"));
     if (this._closedByUser || this._state === "revoked" || !this._options.reconnect || this._state === "pending") {
@@ -443,6 +473,10 @@ export class MasqApp {
       waiting.reject(error);
       this._pending.delete(id);
     }
+    for (const waiting of this._queued.splice(0)) {
+      clearTimeout(waiting.timer);
+      waiting.reject(error);
+    }
   }
 
   _setState(state) {
@@ -465,6 +499,8 @@ export class MasqApp {
 }
 
 /** Operations that change data: they carry a request id (see _request). */
+/** Requests sent before their answers come back (masqd allows 256 per connection). */
+const MAX_IN_FLIGHT = 128;
 const WRITES = new Set(["put", "del", "set_all", "clear", "counter_add"]);
 
 /** 16 random bytes as hex: unique per write, so a retry is recognised. */

@@ -8,6 +8,8 @@
 // which defeats DNS rebinding. It sees nothing of Masq but
 // include/masq_plugin.h.
 import CMasqPlugin
+import CMasqSockDiag
+import MasqHandshakeGate
 import MasqPluginSupport
 import NIOConcurrencyHelpers
 import NIOCore
@@ -35,6 +37,12 @@ final class LocalWebSocketTransport: PluginTransport, @unchecked Sendable {
         var maxQueuedBytes = 8 << 20
         var pingIntervalSeconds: Int64 = 30
         var idleTimeoutSeconds: Int64 = 120
+        /// A connection must finish its WebSocket upgrade (or its one HTTP
+        /// request) this soon after it is accepted, or it is closed; at most
+        /// `maxHandshakes` may be in that state (the oldest makes room), so
+        /// idle or trickling sockets cannot hold slots (HandshakeGate).
+        var handshakeTimeoutSeconds: Int64 = 10
+        var maxHandshakes = 64
         /// Event loop threads. One is best for a local daemon: measured with
         /// 50 apps, two threads lost a fifth of the throughput to hand-offs.
         var threads = 1
@@ -62,7 +70,12 @@ final class LocalWebSocketTransport: PluginTransport, @unchecked Sendable {
     let options: Options
     let group: MultiThreadedEventLoopGroup
     let counters = NIOLockedValueBox(Counters())
-    var statsJSON: String { counters.withLockedValue { $0.json } }
+    var statsJSON: String {
+        let gate = handshakes.counts
+        let json = counters.withLockedValue { $0.json }
+        return String(json.dropLast()) + ", \"handshakes_pending\": \(gate.pending), \"handshakes_evicted\": \(gate.evicted), \"handshakes_timed_out\": \(gate.timedOut)}"
+    }
+    let handshakes: HandshakeGate
     private let state = NIOLockedValueBox(State())
 
     struct State {
@@ -76,6 +89,7 @@ final class LocalWebSocketTransport: PluginTransport, @unchecked Sendable {
     init(host: UnsafePointer<masq_host>, options: Options) {
         self.host = host
         self.options = options
+        handshakes = HandshakeGate(capacity: options.maxHandshakes, timeout: .seconds(options.handshakeTimeoutSeconds))
         group = MultiThreadedEventLoopGroup(numberOfThreads: options.threads)
     }
 
@@ -133,6 +147,7 @@ final class LocalWebSocketTransport: PluginTransport, @unchecked Sendable {
     /// Send one message to a peer: a text frame when it is UTF-8 (what
     /// browsers expect of JSON), else binary.
     func send(_ peer: String, _ bytes: UnsafeRawBufferPointer) -> Int32 {
+        guard !state.withLockedValue({ $0.stopped }) else { return fail(.init(MASQ_E_CLOSED, "the transport is stopped")) }
         guard let channel = state.withLockedValue({ $0.peers[peer] }) else {
             return fail(.init(MASQ_E_NOT_FOUND, "no connection \(peer)"))
         }
@@ -176,10 +191,13 @@ final class LocalWebSocketTransport: PluginTransport, @unchecked Sendable {
         return ServerBootstrap(group: group)
             .serverChannelOption(ChannelOptions.backlog, value: 256)
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(ChannelOptions.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { channel in
                 do {
-                    try transport.configure(channel)
+                    guard let uid = transport.admit(channel) else {
+                        return channel.close()
+                    }
+                    try transport.configure(channel, uid: uid)
                     return channel.eventLoop.makeSucceededVoidFuture()
                 } catch {
                     return channel.eventLoop.makeFailedFuture(error)
@@ -187,18 +205,28 @@ final class LocalWebSocketTransport: PluginTransport, @unchecked Sendable {
             }
     }
 
-    private func configure(_ channel: Channel) throws {
+    /// Admission at accept, before a byte is read: another OS user's socket is
+    /// closed at once (one exact sock_diag query), and every other one enters
+    /// the handshake gate until its upgrade completes. Returns the client's
+    /// uid (inner nil: unknown) or nil to refuse.
+    fileprivate func admit(_ channel: Channel) -> UInt32?? {
+        let uid = SocketOwner.uid(of: channel)
+        // Another OS user's program gets no slot (Linux: the socket's owner).
+        if let allowed = options.allowedUID, uid != allowed {
+            counters.withLockedValue { $0.refusedUsers += 1 }
+            return nil
+        }
+        handshakes.admit(channel)
+        return .some(uid)
+    }
+
+    private func configure(_ channel: Channel, uid: UInt32?) throws {
         let transport = self
         let upgrader = NIOWebSocketServerUpgrader(
             maxFrameSize: options.maxMessageBytes,
             shouldUpgrade: { channel, head in
                 guard transport.loopbackHost(head.headers, channel) else {
                     transport.counters.withLockedValue { $0.refusedUpgrades += 1 }
-                    return channel.eventLoop.makeSucceededFuture(nil)
-                }
-                // Another OS user's program gets no slot (Linux: the socket's owner).
-                if let allowed = transport.options.allowedUID, SocketOwner.uid(of: channel) != allowed {
-                    transport.counters.withLockedValue { $0.refusedUsers += 1 }
                     return channel.eventLoop.makeSucceededFuture(nil)
                 }
                 let admitted = transport.state.withLockedValue { s -> Bool in
@@ -216,12 +244,13 @@ final class LocalWebSocketTransport: PluginTransport, @unchecked Sendable {
                 return channel.eventLoop.makeSucceededFuture(admitted ? HTTPHeaders() : nil)
             },
             upgradePipelineHandler: { channel, head in
+                transport.handshakes.passed(channel)
                 do {
                     let sync = channel.pipeline.syncOperations
                     try sync.addHandler(NIOWebSocketFrameAggregator(minNonFinalFragmentSize: 0, maxAccumulatedFrameCount: 64,
                                                                     maxAccumulatedFrameSize: transport.options.maxMessageBytes))
                     try sync.addHandler(IdleStateHandler(readTimeout: .seconds(transport.options.idleTimeoutSeconds)))
-                    try sync.addHandler(PeerHandler(transport: transport, request: head))
+                    try sync.addHandler(PeerHandler(transport: transport, request: head, uid: uid))
                     return channel.eventLoop.makeSucceededVoidFuture()
                 } catch {
                     return channel.eventLoop.makeFailedFuture(error)
@@ -246,7 +275,7 @@ final class LocalWebSocketTransport: PluginTransport, @unchecked Sendable {
         return false
     }
 
-    fileprivate func opened(_ channel: Channel, _ request: HTTPRequestHead) -> String {
+    fileprivate func opened(_ channel: Channel, _ request: HTTPRequestHead, uid: UInt32?) -> String {
         let peer = state.withLockedValue { s -> String in
             let id = "c\(s.nextPeer)"
             s.nextPeer += 1
@@ -259,7 +288,7 @@ final class LocalWebSocketTransport: PluginTransport, @unchecked Sendable {
         if let remote = channel.remoteAddress, let ip = remote.ipAddress, let port = remote.port {
             info.append(("remote", ip.contains(":") ? "[\(ip)]:\(port)" : "\(ip):\(port)"))
         }
-        if let uid = SocketOwner.uid(of: channel) { info.append(("uid", String(uid))) }
+        if let uid { info.append(("uid", String(uid))) }
         let json = "{" + info.map { "\(jsonString($0.0)): \(jsonString($0.1))" }.joined(separator: ", ") + "}"
         if host.pointee.struct_size >= UInt32(MemoryLayout<masq_host>.size), let upInfo = host.pointee.peer_up_info {
             upInfo(host, peer, json)
@@ -306,16 +335,18 @@ final class PeerHandler: ChannelInboundHandler {
     typealias OutboundOut = WebSocketFrame
     let transport: LocalWebSocketTransport
     let request: HTTPRequestHead
+    let uid: UInt32?
     private var peer: String?
     private var pingTask: Scheduled<Void>?
 
-    init(transport: LocalWebSocketTransport, request: HTTPRequestHead) {
+    init(transport: LocalWebSocketTransport, request: HTTPRequestHead, uid: UInt32?) {
         self.transport = transport
         self.request = request
+        self.uid = uid
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
-        peer = transport.opened(context.channel, request)
+        peer = transport.opened(context.channel, request, uid: uid)
         schedulePing(context)
     }
 
@@ -375,6 +406,11 @@ final class StaticFileHandler: ChannelInboundHandler, RemovableChannelHandler {
 
     init(transport: LocalWebSocketTransport) { self.transport = transport }
 
+    /// A malformed request (answered 400 by NIO's error handler) closes the connection.
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        if error is HTTPParserError { context.close(promise: nil) } else { context.fireErrorCaught(error) }
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
         case .head(let h): head = h
@@ -393,7 +429,7 @@ final class StaticFileHandler: ChannelInboundHandler, RemovableChannelHandler {
         if !transport.loopbackHost(head.headers, context.channel) {
             (status, body) = (.forbidden, Array("this server answers only to 127.0.0.1, localhost or [::1] with its port\n".utf8))
         } else if head.headers["upgrade"].contains(where: { $0.lowercased() == "websocket" }) {
-            (status, body) = (.serviceUnavailable, Array("too many connections\n".utf8))
+            (status, body) = (.serviceUnavailable, Array("too many connections, or not a valid WebSocket upgrade\n".utf8))
         } else if head.method != .GET && head.method != .HEAD {
             (status, body) = (.methodNotAllowed, Array("GET only\n".utf8))
         } else if let (file, type) = lookup(head.uri) {
@@ -488,14 +524,52 @@ func jsonString(_ s: String) -> String {
     return out + "\""
 }
 
-/// Which OS user owns the client end of a loopback TCP connection: Linux
-/// lists every socket with its owner's uid in /proc/net/tcp and tcp6; the
-/// client's socket is the one whose local port is the connection's remote
-/// port and whose remote port is ours. nil when not found (then a listener
-/// restricted to one user refuses the connection).
+/// Which OS user owns the client end of a loopback TCP connection. Linux
+/// answers one exact sock_diag query per connection (cost independent of the
+/// machine's other sockets); where that is unavailable, /proc/net/tcp and tcp6
+/// list every socket with its owner's uid: the client's socket is the one whose
+/// local port is the connection's remote port and whose remote port is ours.
+/// nil when not found (then a listener restricted to one user refuses the
+/// connection).
 enum SocketOwner {
     static func uid(of channel: Channel) -> UInt32? {
-        guard let client = channel.remoteAddress?.port, let server = channel.localAddress?.port else { return nil }
+        guard let client = channel.remoteAddress, let server = channel.localAddress else { return nil }
+        switch diag(client, server) {
+        case .found(let uid): return uid
+        case .notFound: return nil
+        case .unavailable: return scan(client: client.port, server: server.port)
+        }
+    }
+
+    private enum Answer { case found(UInt32), notFound, unavailable }
+
+    /// One sock_diag request for exactly this connection's client socket.
+    private static func diag(_ client: SocketAddress, _ server: SocketAddress) -> Answer {
+        func parts(_ address: SocketAddress) -> (Int32, [UInt8], UInt16)? {
+            switch address {
+            case .v4(let a):
+                var raw = a.address.sin_addr
+                return (AF_INET, withUnsafeBytes(of: &raw) { Array($0) }, UInt16(bigEndian: a.address.sin_port))
+            case .v6(let a):
+                var raw = a.address.sin6_addr
+                return (AF_INET6, withUnsafeBytes(of: &raw) { Array($0) }, UInt16(bigEndian: a.address.sin6_port))
+            default:
+                return nil
+            }
+        }
+        guard let (family, clientAddress, clientPort) = parts(client), let (_, serverAddress, serverPort) = parts(server) else { return .notFound }
+        var uid: UInt32 = 0
+        switch masqsockdiag_tcp_owner(family, clientAddress, clientPort, serverAddress, serverPort, &uid) {
+        case 0: return .found(uid)
+        case -2: return .unavailable
+        default: return .notFound
+        }
+    }
+
+    /// Fallback where sock_diag is not available: read the whole tables (time
+    /// grows with every TCP socket on the machine).
+    private static func scan(client: Int?, server: Int?) -> UInt32? {
+        guard let client, let server else { return nil }
         for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
             guard let text = readSmallFile(table) else { continue }
             for line in text.split(separator: "\n").dropFirst() {
@@ -544,10 +618,12 @@ private func parseOptions(_ list: UnsafePointer<masq_plugin_option>?, _ count: I
         case "max_queued_bytes": options.maxQueuedBytes = try number(4096...(1 << 30))
         case "ping_interval": options.pingIntervalSeconds = Int64(try number(1...3600))
         case "idle_timeout": options.idleTimeoutSeconds = Int64(try number(1...86_400))
+        case "handshake_timeout": options.handshakeTimeoutSeconds = Int64(try number(1...3600))
+        case "max_handshakes": options.maxHandshakes = try number(1...100_000)
         case "threads": options.threads = try number(1...64)
         case "allowed_uid": options.allowedUID = UInt32(try number(0...Int(UInt32.max - 1)))
         default:
-            throw .init(MASQ_E_CONFIG, "unknown option \"\(key)\" (known: static_dir, max_message_bytes, max_connections, max_queued_bytes, ping_interval, idle_timeout, threads, allowed_uid)")
+            throw .init(MASQ_E_CONFIG, "unknown option \"\(key)\" (known: static_dir, max_message_bytes, max_connections, max_queued_bytes, ping_interval, idle_timeout, handshake_timeout, max_handshakes, threads, allowed_uid)")
         }
     }
     return options
