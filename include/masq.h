@@ -11,7 +11,11 @@
  * Conventions (they hold for every function below unless it says otherwise):
  *   - Every function returns a status code: MASQ_OK (0) on success or one of
  *     the MASQ_E_* codes. After a failure, masq_last_error() returns a
- *     readable message for it on the same thread.
+ *     readable message for it on the same thread. Every function that
+ *     returns a status sets this thread's last error, so a success resets it
+ *     ("" and MASQ_OK); functions returning void (masq_free, masq_close of
+ *     NULL, masq_pair_cancel, ...) and the masq_last_error* functions
+ *     themselves leave it as it was.
  *   - Namespaces are NUL-terminated UTF-8 strings, 1..limits.max_namespace_bytes
  *     bytes (default 128), without NUL or control characters; invalid UTF-8 is
  *     MASQ_E_INVALID.
@@ -259,7 +263,8 @@ int masq_clear(masq_store *store, const char *ns);
 typedef int (*masq_namespace_fn)(void *ctx, const char *ns);
 
 /** Call fn for every namespace holding at least one live key, in ascending
- *  order of (byte length, bytes). Thread-safe. */
+ *  bytewise order of their UTF-8 names ("Zoo" before "apple", "app" before
+ *  "apple"). Thread-safe. */
 int masq_list_namespaces(masq_store *store, masq_namespace_fn fn, void *ctx);
 
 /* ------------------------------------------------------------------------ */
@@ -277,7 +282,7 @@ int masq_list_namespaces(masq_store *store, masq_namespace_fn fn, void *ctx);
  *  New members may be appended; check struct_size before reading them. */
 typedef struct masq_change {
     uint32_t struct_size;  /* sizeof(masq_change) as the library was built  */
-    int kind;              /* MASQ_CHANGE_PUT or MASQ_CHANGE_DELETE          */
+    int kind;              /* MASQ_CHANGE_PUT, _DELETE or _CONFLICT          */
     int origin;            /* MASQ_ORIGIN_LOCAL or MASQ_ORIGIN_REMOTE        */
     const char *ns;        /* namespace (NUL-terminated UTF-8)               */
     const uint8_t *key;
@@ -345,8 +350,12 @@ int masq_sync_start(masq_store *store);
 /** Stop background sync (no callback runs after it returns). Thread-safe. */
 int masq_sync_stop(masq_store *store);
 
-/** Sync once: catch up with every paired device present on the relay, then
- *  return. MASQ_E_TIMEOUT after timeout_seconds. Thread-safe. */
+/** Sync once: catch up with every paired device present in the group's room
+ *  on any configured transport, then return (devices that do not show up
+ *  within 3 s are not waited for). MASQ_E_UNAVAILABLE when there are paired
+ *  devices but none answered (nothing was synced); MASQ_E_TIMEOUT when not
+ *  caught up after timeout_seconds (a device removed from the group gets no
+ *  answers). Thread-safe. */
 int masq_sync_once(masq_store *store, double timeout_seconds);
 
 /** Sync status as JSON: {"running", "connected", "devices": [{"device_id",
@@ -546,6 +555,64 @@ void masq_pairing_free(masq_pairing *pairing);
 /** A QR code of text as a binary PGM image (*image_out, masq_free), scale
  *  pixels per module, with the quiet zone scanners need. Thread-safe. */
 int masq_qr_pgm(const char *text, uint32_t scale, uint8_t **image_out, size_t *image_len_out);
+
+/* ------------------------------------------------------------------------ */
+/* Pairing through a relay (the library carries the frames)                 */
+
+/**
+ * The same pairing as above, with the frames carried by the library through
+ * a relay: the offering device gets its link at once and waits in the
+ * background; the joining device opens the link. Each runs as a task on a
+ * library thread, which ends once: paired, expired, failed or cancelled.
+ * The relay is `relay_url` (ws:// or wss://) or, when NULL, the url of the
+ * store's configured relay transport (MASQ_E_CONFIG if there is none). The
+ * new device is stored before the task ends with MASQ_OK; a running
+ * masq_sync_start service syncs with it from then on. Pairing through an
+ * explicit relay_url does not change the store's configuration.
+ */
+typedef struct masq_pairing_task masq_pairing_task;
+
+/** Called once when a task ends, from the task's own thread: status MASQ_OK
+ *  with the paired device as JSON (like masq_devices' entries), or an error
+ *  status (MASQ_E_TIMEOUT: the link expired or nobody answered;
+ *  MASQ_E_CLOSED: cancelled; MASQ_E_DENIED: a wrong secret or used link;
+ *  MASQ_E_UNAVAILABLE: the relay cannot be reached) with a message;
+ *  device_json is NULL then. Both strings are valid during the call only.
+ *  The callback must not call masq_pair_free on its own task. */
+typedef void (*masq_pairing_done_fn)(void *ctx, int status, const char *message, const char *device_json);
+
+/** Offer a pairing through a relay. *link_out (masq_free) is the link to
+ *  show, also as a QR code (masq_qr_pgm); the task waits up to ttl_seconds
+ *  (0: the default, 10 minutes) for a device to join; a failed attempt
+ *  (wrong secret) is refused and the wait goes on. done (may be NULL; then
+ *  use masq_pair_wait) is called with ctx when the task ends. *task_out
+ *  (masq_pair_free) is the task. Errors before the task starts (a relay
+ *  that refuses the connection, NULL arguments, a locked store) are
+ *  returned here and done is not called. Thread-safe. */
+int masq_pair_offer(masq_store *store, const char *relay_url, uint32_t ttl_seconds, masq_pairing_done_fn done,
+                    void *ctx, char **link_out, masq_pairing_task **task_out);
+
+/** Join from a link another device offers (MASQ_E_INVALID for a damaged or
+ *  foreign link, checked here). The task talks to the link's relay for up
+ *  to timeout_seconds (0: 60 s). done and *task_out as for masq_pair_offer.
+ *  Thread-safe. */
+int masq_pair_join(masq_store *store, const char *link, uint32_t timeout_seconds, masq_pairing_done_fn done,
+                   void *ctx, masq_pairing_task **task_out);
+
+/** Wait up to timeout_ms (0: until it ends) for the task to end. Returns the
+ *  task's status, with *device_json_out (masq_free; may be NULL if unwanted)
+ *  the paired device on MASQ_OK, and masq_last_error's message the task's
+ *  message otherwise; MASQ_E_BUSY if it is still running. Thread-safe. */
+int masq_pair_wait(masq_pairing_task *task, uint32_t timeout_ms, char **device_json_out);
+
+/** Ask the task to stop: it ends soon with MASQ_E_CLOSED (unless it ended
+ *  already). NULL allowed. Thread-safe. */
+void masq_pair_cancel(masq_pairing_task *task);
+
+/** Cancel the task if it runs, wait until it ended (its done callback has
+ *  returned) and release it. NULL allowed. Not from the task's own done
+ *  callback. */
+void masq_pair_free(masq_pairing_task *task);
 
 /* ------------------------------------------------------------------------ */
 /* Crypto sessions                                                          */

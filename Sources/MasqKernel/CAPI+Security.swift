@@ -587,6 +587,11 @@ public func masq_sync_once(_ handle: OpaquePointer?, _ timeoutSeconds: Double) -
         let service = try SyncService(store: s)
         service.engine.onProgress = s.syncSlot.progress
         guard try service.syncOnce(timeout: timeoutSeconds) else { throw MasqError(.timeout, "not caught up after \(timeoutSeconds) s") }
+        // Nobody answered: nothing was synced, and the caller must be able to tell.
+        let status = try service.status()
+        if !status.devices.isEmpty && !status.devices.contains(where: \.present) {
+            throw MasqError(.unavailable, "no paired device answered (\(status.connected ? "none is online in the room" : "the transport is not connected")); nothing was synced")
+        }
     }
 }
 

@@ -5,30 +5,69 @@ import Dispatch
 /// PairingFlow frames through it. The relay sees the room and opaque frames.
 public enum PairingRendezvous {
     /// Frames from the transport's threads, taken one at a time with a timeout.
-    final class Inbox: @unchecked Sendable {
+    /// Frames are bounded (a room is open to whoever knows it): past
+    /// `maxQueued` waiting frames the newest are dropped.
+    public final class Inbox: @unchecked Sendable {
         private let lock = Lock()
         private var frames: [[UInt8]] = []
+        private var cancelled = false
         private let signal = DispatchSemaphore(value: 0)
+        static let maxQueued = 64
+
+        public init() {}
 
         func put(_ frame: [UInt8]) {
-            lock.withLock { frames.append(frame) }
+            let queued = lock.withLock { () -> Bool in
+                guard frames.count < Self.maxQueued else { return false }
+                frames.append(frame)
+                return true
+            }
+            if queued { signal.signal() }
+        }
+
+        /// End the wait: the offer or join it feeds fails with MASQ_E_CLOSED.
+        public func cancel() {
+            lock.withLock { cancelled = true }
             signal.signal()
         }
+
+        public var isCancelled: Bool { lock.withLock { cancelled } }
 
         func take(until deadline: UInt64) -> [UInt8]? {
             let remaining = deadline > Clock.monotonicNanoseconds() ? deadline - Clock.monotonicNanoseconds() : 0
             guard signal.wait(timeout: .now() + .nanoseconds(Int(min(remaining, UInt64(Int.max))))) == .success else { return nil }
-            return lock.withLock { frames.removeFirst() }
+            return lock.withLock { cancelled || frames.isEmpty ? nil : frames.removeFirst() }
         }
     }
 
+    /// Seconds to wait for the relay to answer before saying it cannot be reached.
+    static let connectTimeout: Double = 10
+
     static func open(_ store: Store, _ transport: PluginReference, url: String, room: String, inbox: Inbox) throws(MasqError) -> TransportEngine {
+        // The first transport event: up, or down (the relay cannot be reached).
+        let first = LockedValue<Int32?>(nil)
+        let decided = DispatchSemaphore(value: 0)
         let engine = try store.openTransport(transport, onFrame: { _, frameRoom, frame in
             if frameRoom == room { inbox.put(frame) }
-        }, onPeerEvent: { _, _ in })
+        }, onPeerEvent: { _, event in
+            guard event == TransportEngine.transportUp || event == TransportEngine.transportDown else { return }
+            if first.withLock({ f -> Bool in
+                guard f == nil else { return false }
+                f = event
+                return true
+            }) { decided.signal() }
+        })
         try engine.start()
         try engine.connect(url)
         try engine.join(room)
+        // A link nobody can reach is not worth showing: wait until the relay
+        // answers or fails (a transport that reports neither gets the benefit
+        // of the doubt once the wait is over).
+        _ = decided.wait(timeout: .now() + connectTimeout)
+        if first.withLock({ $0 }) == TransportEngine.transportDown {
+            engine.close()
+            throw MasqError(.unavailable, "cannot reach the relay at \(url)")
+        }
         return engine
     }
 
@@ -36,10 +75,10 @@ public enum PairingRendezvous {
     /// seconds for a device to join. Failed attempts are refused (the joiner
     /// is told why) and the wait goes on.
     public static func offer(store: Store, transport: PluginReference, url: String, ttl: UInt64 = Store.defaultPairingTTL,
+                             inbox: Inbox = Inbox(),
                              onLink: (PairingLink) -> Void, onFailure: (MasqError) -> Void = { _ in }) throws(MasqError) -> PairedDevice {
         let link = try store.createPairingOffer(via: url, ttl: ttl)
         let room = hex(link.room)
-        let inbox = Inbox()
         let engine = try open(store, transport, url: url, room: room, inbox: inbox)
         defer { engine.close() }
         onLink(link)
@@ -61,14 +100,15 @@ public enum PairingRendezvous {
                 flow = try PairingFlow(offering: link, store: store)
             }
         }
+        if inbox.isCancelled { throw MasqError(.closed, "pairing cancelled") }
         throw MasqError(.timeout, "the pairing link expired before another device joined")
     }
 
     /// Join through the link's relay; `timeout` seconds for the whole exchange.
-    public static func join(store: Store, link: PairingLink, transport: PluginReference, timeout: Double = 60) throws(MasqError) -> PairedDevice {
+    public static func join(store: Store, link: PairingLink, transport: PluginReference, timeout: Double = 60,
+                            inbox: Inbox = Inbox()) throws(MasqError) -> PairedDevice {
         guard let url = link.via else { throw .invalid("the link does not say which relay to use (no via=)") }
         let room = hex(link.room)
-        let inbox = Inbox()
         let engine = try open(store, transport, url: url, room: room, inbox: inbox)
         defer { engine.close() }
         let flow = try PairingFlow(joining: link, store: store)
@@ -80,6 +120,7 @@ public enum PairingRendezvous {
             case .paired(let device, _): return device
             }
         }
+        if inbox.isCancelled { throw MasqError(.closed, "pairing cancelled") }
         throw MasqError(.timeout, "no answer from the other device through \(url) (is `masq pair` still waiting there?)")
     }
 }

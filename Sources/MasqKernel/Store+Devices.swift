@@ -167,15 +167,17 @@ extension Store {
         }
     }
 
-    /// Forget a device and its session (MASQ_E_NOT_FOUND if unknown).
+    /// Forget a device and its session (MASQ_E_NOT_FOUND if unknown), and
+    /// record the removal so sync tells the rest of the group (Store+Removals).
     public func removeDevice(_ deviceID: String) throws(MasqError) {
+        let me = try requireIdentity().publicKeys.deviceID
         try localTransaction { () throws(MasqError) in
             let deviceKey = [RecordFormat.device] + Array(deviceID.utf8)
             guard try Store.getMeta(engine, deviceKey) != nil else { throw MasqError(.notFound, "no paired device \(deviceID)") }
-            try deviceKey.withBytes { (k) throws(MasqError) in try engine.delete(k) }
-            try ([RecordFormat.session] + Array(deviceID.utf8)).withBytes { (k) throws(MasqError) in try engine.delete(k) }
-            try ([Store.renewalFamily] + Array(deviceID.utf8)).withBytes { (k) throws(MasqError) in try engine.delete(k) }
+            try forgetDeviceLocked(deviceID)
+            try recordRemovalLocked(DeviceRemoval(removed: deviceID, remover: me, at: Clock.unixMilliseconds()))
         }
+        removalChanges.withLock { $0 += 1 }
         Log.info("kernel", "removed device \(deviceID)")
     }
 

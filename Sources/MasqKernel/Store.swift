@@ -64,6 +64,9 @@ public final class Store: @unchecked Sendable {
     /// Devices whose session was made or renewed since this store was opened:
     /// the only ones `seal` uses (Store+Devices.swift).
     let freshSessions = LockedValue<Set<String>>([])
+    /// Counts device removals recorded here (by this device or learned from
+    /// another), so a running sync passes them on (Store+Removals.swift).
+    let removalChanges = LockedValue(0)
     /// Renewals started through the C API, waiting for their answer.
     let pendingRenewals = LockedValue<[String: SessionRenewal]>([:])
 

@@ -330,6 +330,10 @@ public final class SyncService: @unchecked Sendable {
             // the engine knows of the peer, so it must not follow the peer's HELLO.
             if !helloed.contains(sender) { hello(sender) }
             guard let whole = reassemble(plain, from: sender) else { return }
+            if whole.count >= 2, whole[0] == SyncFrame.version, whole[1] == 7 {
+                receivedRemovals(whole, from: sender)
+                return
+            }
             do throws(MasqError) {
                 let replies = try engine.receive(whole, from: sender)
                 for reply in replies { try deliver(reply, to: sender) }
@@ -432,7 +436,10 @@ public final class SyncService: @unchecked Sendable {
 
     private func hello(_ device: String) {
         do throws(MasqError) {
-            if try deliver(try engine.connected(device), to: device) { helloed.insert(device) }
+            if try deliver(try engine.connected(device), to: device) {
+                helloed.insert(device)
+                sendRemovals(to: device)
+            }
         } catch {
             Log.warn("sync", "cannot greet \(device): \(error.message)")
         }
@@ -444,6 +451,7 @@ public final class SyncService: @unchecked Sendable {
     private func poll() {
         guard !stopped else { return }
         checkIdentity()
+        checkRemovals()
         let now = Clock.unixMilliseconds()
         for device in present {
             let peer = session(device)
@@ -461,6 +469,54 @@ public final class SyncService: @unchecked Sendable {
         guard stalled || seq != lastLocalSeq else { return }
         lastLocalSeq = seq
         pump()
+    }
+
+    /// Device removals (Store+Removals): u8 version · 7 · u16 n · n × removal.
+    private func sendRemovals(to device: String) {
+        guard let removals = try? store.removals(), !removals.isEmpty else { return }
+        var frame: [UInt8] = [SyncFrame.version, 7, UInt8(min(removals.count, 4_096) >> 8), UInt8(min(removals.count, 4_096) & 0xFF)]
+        for removal in removals.prefix(4_096) { frame += removal.encoded }
+        do throws(MasqError) { try deliver(frame, to: device) } catch { Log.warn("sync", "cannot send removals to \(device): \(error.message)") }
+    }
+
+    /// A REMOVALS frame from a paired device: apply each (the store decides).
+    private func receivedRemovals(_ frame: [UInt8], from sender: String) {
+        guard frame.count >= 4 else { return reject("from \(sender): malformed removals") }
+        let count = Int(frame[2]) << 8 | Int(frame[3])
+        let reader = frame.dropFirst(4)
+        guard count <= 4_096, reader.count == count * DeviceRemoval.encodedSize else {
+            return reject("from \(sender): malformed removals")
+        }
+        for i in 0..<count {
+            let start = reader.startIndex + i * DeviceRemoval.encodedSize
+            guard let removal = try? DeviceRemoval(decoding: reader[start..<(start + DeviceRemoval.encodedSize)]) else {
+                return reject("from \(sender): malformed removal")
+            }
+            do throws(MasqError) { try store.applyRemoval(removal, from: sender) } catch {
+                Log.warn("sync", "cannot apply a removal from \(sender): \(error.message)")
+            }
+        }
+        checkRemovals()
+    }
+
+    private var removalEpoch = -1
+
+    /// After a removal was recorded (here or learned): forget the removed
+    /// devices in this run and tell every other present device.
+    private func checkRemovals() {
+        let epoch = store.removalEpoch
+        guard epoch != removalEpoch else { return }
+        let first = removalEpoch < 0
+        removalEpoch = epoch
+        guard !first else { return }
+        let paired = Set(((try? store.devices()) ?? []).map(\.deviceID))
+        for device in present where !paired.contains(device) {
+            present.remove(device)
+            helloed.remove(device)
+            sessions[device] = nil
+            reassembly[device] = nil
+        }
+        for device in present where helloed.contains(device) { sendRemovals(to: device) }
     }
 
     /// After the store took a new replica id (rollback or clock repair), every

@@ -106,6 +106,8 @@ public final class RelayTransport: PluginTransport, @unchecked Sendable {
     private var channel: Channel?
     private var connected = false
     private var connecting = false
+    /// MASQ_TRANSPORT_DOWN was the last event reported (so it is not repeated).
+    private var reportedDown = false
     private var rooms: Set<[UInt8]> = []
     private var queue: [[UInt8]] = []
     private var queuedBytes = 0
@@ -278,6 +280,12 @@ public final class RelayTransport: PluginTransport, @unchecked Sendable {
                 channel.closeFuture.whenComplete { _ in self.lost() }
             case .failure(let error):
                 self.log(MASQ_LOG_WARN, "cannot reach \(endpoint.host):\(endpoint.port): \(error)")
+                // The first failure after start (or after being up) is reported:
+                // the host learns the relay cannot be reached, not only silence.
+                if !self.reportedDown {
+                    self.reportedDown = true
+                    self.host.pointee.peer_event(self.host, endpoint.text, MASQ_TRANSPORT_DOWN)
+                }
                 self.scheduleReconnect()
             }
         }
@@ -291,6 +299,7 @@ public final class RelayTransport: PluginTransport, @unchecked Sendable {
         log(MASQ_LOG_INFO, "connected to the relay")
         for room in rooms { write(RelayFrame.join(room: room).encoded()) }
         flush()
+        reportedDown = false
         host.pointee.peer_event(host, endpoint?.text ?? "", MASQ_TRANSPORT_UP)
     }
 
@@ -300,6 +309,7 @@ public final class RelayTransport: PluginTransport, @unchecked Sendable {
         channel = nil
         if wasConnected {
             log(MASQ_LOG_INFO, "relay connection lost; reconnecting")
+            reportedDown = true
             host.pointee.peer_event(host, endpoint?.text ?? "", MASQ_TRANSPORT_DOWN)
         }
         scheduleReconnect()

@@ -366,6 +366,30 @@ static void test_sessions(void) {
     masq_close(a);
 }
 
+/* masq_pair_*: the library carries pairing frames through a relay. The full
+ * exchange runs in the Python tests (a real relay); here every bad argument
+ * gets its code and message, and NULL tasks are harmless. */
+static void test_pairing_tasks_bad_input(void) {
+    masq_store *s = open_store("tasks");
+    char *link = NULL;
+    masq_pairing_task *task = NULL;
+    CHECK_RC(masq_pair_offer(NULL, "ws://127.0.0.1:1/", 10, NULL, NULL, &link, &task), MASQ_E_INVALID);
+    CHECK_RC(masq_pair_offer(s, "ws://127.0.0.1:1/", 10, NULL, NULL, NULL, &task), MASQ_E_INVALID);
+    CHECK_RC(masq_pair_offer(s, "ws://127.0.0.1:1/", 10, NULL, NULL, &link, NULL), MASQ_E_INVALID);
+    /* No relay given and none configured. */
+    CHECK_RC(masq_pair_offer(s, NULL, 10, NULL, NULL, &link, &task), MASQ_E_CONFIG);
+    CHECK(strstr(masq_last_error(), "relay") != NULL);
+    CHECK(link == NULL && task == NULL);
+    CHECK_RC(masq_pair_join(s, NULL, 10, NULL, NULL, &task), MASQ_E_INVALID);
+    CHECK_RC(masq_pair_join(s, "masq://pair/zz#nope", 10, NULL, NULL, &task), MASQ_E_INVALID);
+    CHECK_RC(masq_pair_join(s, "https://example.com/#x", 10, NULL, NULL, &task), MASQ_E_INVALID);
+    CHECK(task == NULL);
+    CHECK_RC(masq_pair_wait(NULL, 0, NULL), MASQ_E_INVALID);
+    masq_pair_cancel(NULL);
+    masq_pair_free(NULL);
+    masq_close(s);
+}
+
 int main(void) {
     masq_set_log_callback(MASQ_LOG_ERROR, NULL, NULL);
     test_primitives();
@@ -373,6 +397,7 @@ int main(void) {
     test_pairing_and_devices();
     test_renewal_before_sealing();
     test_sessions();
+    test_pairing_tasks_bad_input();
     printf("security_test: %d checks, %d failures\n", checks, failures);
     return failures == 0 ? 0 : 1;
 }

@@ -8,7 +8,7 @@ from .errors import (ABIError, BadSignatureError, BusyError, ClosedError, Config
                      InsufficientFundsError, InternalError, InvalidArgumentError, MasqError, NotFoundError,
                      PluginError, StorageIOError, TooLargeError, UnavailableError, UnsupportedError)
 from .store import Change, Namespace, PluginInfo, Store, Watch, scan_plugins, set_log_handler, version
-from .security import (Pairing, Session, aead_open, aead_seal, ed25519_sign, ed25519_verify, hkdf_sha256, qr_pgm,
+from .security import (Pairing, PairingTask, Session, aead_open, aead_seal, ed25519_sign, ed25519_verify, hkdf_sha256, qr_pgm,
                        random_bytes, x25519, x25519_public)
 from ._native import AEAD_AES_256_GCM, AEAD_CHACHA20_POLY1305
 
@@ -18,6 +18,6 @@ __all__ = [
     "StorageIOError", "CorruptError", "ClosedError", "BusyError", "UnsupportedError", "DeniedError",
     "BadSignatureError", "InsufficientFundsError", "UnavailableError", "InternalError", "LibraryNotFound",
     "LOG_ERROR", "LOG_WARN", "LOG_INFO", "LOG_DEBUG",
-    "Session", "Pairing", "random_bytes", "x25519", "x25519_public", "ed25519_sign", "ed25519_verify", "hkdf_sha256",
+    "Session", "Pairing", "PairingTask", "random_bytes", "x25519", "x25519_public", "ed25519_sign", "ed25519_verify", "hkdf_sha256",
     "aead_seal", "aead_open", "qr_pgm", "AEAD_CHACHA20_POLY1305", "AEAD_AES_256_GCM",
 ]

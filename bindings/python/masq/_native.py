@@ -173,6 +173,13 @@ _SIGNATURES = {
                                             ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_int)]),
     "masq_pairing_peer": (ctypes.c_int, [ctypes.c_void_p, ctypes.POINTER(ctypes.c_void_p)]),
     "masq_pairing_free": (None, [ctypes.c_void_p]),
+    "masq_pair_offer": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_uint32, ctypes.c_void_p, ctypes.c_void_p,
+                                       ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_void_p)]),
+    "masq_pair_join": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_uint32, ctypes.c_void_p, ctypes.c_void_p,
+                                      ctypes.POINTER(ctypes.c_void_p)]),
+    "masq_pair_wait": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_uint32, ctypes.POINTER(ctypes.c_void_p)]),
+    "masq_pair_cancel": (None, [ctypes.c_void_p]),
+    "masq_pair_free": (None, [ctypes.c_void_p]),
     "masq_qr_pgm": (ctypes.c_int, [ctypes.c_char_p, ctypes.c_uint32, ctypes.POINTER(c_bytes_p), ctypes.POINTER(ctypes.c_size_t)]),
     # crypto sessions
     "masq_session_new": (ctypes.c_int, [ctypes.c_void_p, ctypes.POINTER(SessionOptions), ctypes.POINTER(ctypes.c_void_p)]),

@@ -240,6 +240,43 @@ class Pairing:
         self.close()
 
 
+class PairingTask:
+    """Pairing through a relay, carried by the library on its own thread
+    (Store.pair_offer / Store.pair_join). `link` is the offer's link (None
+    for a join); wait() returns the paired device or raises the task's error
+    (TimeoutError-like MasqError subclasses, ClosedError when cancelled)."""
+
+    _handle = None
+
+    def __init__(self, handle, link: Optional[str] = None):
+        self._handle = handle
+        self.link = link
+
+    def wait(self, timeout: Optional[float] = None) -> dict:
+        """Block until the task ends (or `timeout` seconds: BusyError if it still runs)."""
+        out = ctypes.c_void_p()
+        ms = 0 if timeout is None else max(1, int(timeout * 1000))
+        check(n.lib().masq_pair_wait(self._handle, ms, ctypes.byref(out)))
+        return json.loads(_take_text(out.value))
+
+    def cancel(self) -> None:
+        n.lib().masq_pair_cancel(self._handle)
+
+    def close(self):
+        if self._handle:
+            n.lib().masq_pair_free(self._handle)
+            self._handle = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        self.close()
+
+
 class SecurityMixin:
     """Store methods for encryption at rest, devices and pairing."""
 
@@ -302,6 +339,20 @@ class SecurityMixin:
         check(n.lib().masq_pairing_offer(self._h, via.encode() if via else None, ttl_seconds, ctypes.byref(link),
                                          ctypes.byref(handle)))
         return Pairing(handle, _take_text(link.value))
+
+    def pair_offer(self, relay: Optional[str] = None, ttl_seconds: int = 0) -> PairingTask:
+        """Offer a pairing through `relay` (default: the configured relay);
+        show task.link (or its QR code), then task.wait() for the device."""
+        link, handle = ctypes.c_void_p(), ctypes.c_void_p()
+        check(n.lib().masq_pair_offer(self._h, relay.encode() if relay else None, ttl_seconds, None, None,
+                                      ctypes.byref(link), ctypes.byref(handle)))
+        return PairingTask(handle, _take_text(link.value))
+
+    def pair_join(self, link: str, timeout_seconds: int = 0) -> PairingTask:
+        """Join from another device's link; task.wait() returns that device."""
+        handle = ctypes.c_void_p()
+        check(n.lib().masq_pair_join(self._h, link.encode("utf-8"), timeout_seconds, None, None, ctypes.byref(handle)))
+        return PairingTask(handle)
 
     def pairing_join(self, link: str) -> Pairing:
         handle = ctypes.c_void_p()

@@ -160,3 +160,125 @@ def test_bad_frames_from_the_relay_are_rejected_and_counted(tmp_path):
     finally:
         s.close()
         relay.close()
+
+
+def test_pairing_through_a_relay_from_the_api(tmp_path, relay_url):
+    """masq_pair_offer / masq_pair_join: the library carries the frames
+    through the relay; both sides end with the other device stored, and the
+    two then sync."""
+    a, b = open_with_relay(tmp_path / "a", relay_url), open_with_relay(tmp_path / "b", relay_url)
+    try:
+        with a.pair_offer(ttl_seconds=60) as offer:
+            assert offer.link.startswith("masq://pair/") and "#" in offer.link
+            with b.pair_join(offer.link, timeout_seconds=30) as join:
+                joined = join.wait(30)
+            offered = offer.wait(30)
+        assert joined["device_id"] == a.device_info()["device_id"]
+        assert offered["device_id"] == b.device_info()["device_id"]
+        assert offered["fingerprint"] == b.device_info()["fingerprint"]
+        assert [d["device_id"] for d in a.devices()] == [b.device_info()["device_id"]]
+
+        a.put("notes", "hello", "paired by the API")
+        a.sync_start()
+        b.sync_once(timeout=30)
+        assert b.get("notes", "hello") == b"paired by the API"
+        a.sync_stop()
+    finally:
+        a.close()
+        b.close()
+
+
+def test_pairing_tasks_cancel_expire_and_refuse_bad_links(tmp_path, relay_url):
+    a, b = open_with_relay(tmp_path / "a", relay_url), open_with_relay(tmp_path / "b", relay_url)
+    try:
+        # Cancelled while waiting: ends with ClosedError, stores nothing.
+        offer = a.pair_offer(ttl_seconds=60)
+        with pytest.raises(masq.BusyError):
+            offer.wait(0.2)
+        offer.cancel()
+        with pytest.raises(masq.ClosedError):
+            offer.wait(10)
+        offer.close()
+        # The link of a cancelled offer is dead: joining it times out.
+        with pytest.raises(masq.errors.TimeoutError_):
+            b.pair_join(offer.link, timeout_seconds=2).wait(10)
+        # Expired: a 1-second offer nobody answers.
+        with pytest.raises(masq.MasqError) as expired:
+            a.pair_offer(ttl_seconds=1).wait(10)
+        assert "expired" in str(expired.value)
+        # Damaged, foreign and relay-less links are refused at once.
+        for bad in ["", "not a link", "https://example.com/pair#x", "masq://pair/00?via=ws%3A%2F%2F127.0.0.1%3A1#short"]:
+            with pytest.raises(masq.MasqError):
+                b.pair_join(bad)
+        # No relay configured and none given: a configuration error.
+        plain = masq.Store.open_config({"data_dir": str(tmp_path / "plain")})
+        with pytest.raises(masq.ConfigError):
+            plain.pair_offer()
+        plain.close()
+        # A relay that does not answer: the offer fails here, not later.
+        with pytest.raises(masq.MasqError):
+            a.pair_offer(relay="ws://127.0.0.1:1/", ttl_seconds=5)
+        # Freeing a running task cancels it and returns.
+        running = a.pair_offer(ttl_seconds=60)
+        running.close()
+        assert a.devices() == [] and b.devices() == []
+    finally:
+        a.close()
+        b.close()
+
+
+def test_removing_a_device_reaches_the_whole_group(tmp_path, relay_url):
+    """Three devices, all paired with each other. A removes C while B is
+    offline; B learns of it from A (not from C), and from then on neither A
+    nor B sends C anything written afterwards, nor takes C's writes; the
+    removal survives restarts; pairing C again later works."""
+    a, b, c = (open_with_relay(tmp_path / name, relay_url) for name in "abc")
+    try:
+        run_pairing(a, b)
+        run_pairing(a, c)
+        run_pairing(b, c)
+        c_id = c.device_info()["device_id"]
+        a.put("notes", "before", "everyone sees this")
+        a.sync_start()
+        b.sync_once(timeout=30)
+        c.sync_once(timeout=30)
+        assert b.get("notes", "before") == c.get("notes", "before") == b"everyone sees this"
+
+        a.remove_device(c_id)                 # B is offline (not syncing)
+        assert c_id not in [d["device_id"] for d in a.devices()]
+        b.sync_once(timeout=30)               # B meets A and hears of the removal
+        assert wait_until(lambda: c_id not in [d["device_id"] for d in b.devices()])
+        a.put("notes", "after", "not for C")
+        b.put("notes", "after-b", "not for C either")
+
+        # C tries: nobody answers it, it learns nothing written since.
+        b.sync_start()
+        with pytest.raises(masq.MasqError):
+            c.sync_once(timeout=5)
+        assert c.get("notes", "after") is None and c.get("notes", "after-b") is None
+        c.put("notes", "from-c", "written after C was removed")
+        with pytest.raises(masq.MasqError):
+            c.sync_once(timeout=5)
+        assert a.get("notes", "from-c") is None and b.get("notes", "from-c") is None
+        assert wait_until(lambda: b.get("notes", "after") == b"not for C")
+
+        # The removal is kept: reopened, B still does not know C.
+        b.sync_stop()
+        b.close()
+        b = open_with_relay(tmp_path / "b", relay_url)
+        assert c_id not in [d["device_id"] for d in b.devices()]
+
+        # Paired again, C is back (the old removal does not undo the new pairing).
+        a.sync_stop()
+        time.sleep(0.01)
+        run_pairing(a, c)
+        a.sync_start()
+        c.sync_once(timeout=30)
+        assert c.get("notes", "after") == b"not for C"
+        assert c_id in [d["device_id"] for d in a.devices()]
+    finally:
+        for s in (a, b, c):
+            try:
+                s.close()
+            except Exception:
+                pass
