@@ -57,7 +57,8 @@ extern "C" {
 #define MASQ_E_TOO_LARGE 3     /* beyond a configured limit                    */
 #define MASQ_E_CONFIG 4        /* configuration missing, malformed or invalid  */
 #define MASQ_E_PLUGIN 5        /* plugin not found, not a plugin, wrong kind   */
-#define MASQ_E_ABI 6           /* plugin built for another ABI version         */
+#define MASQ_E_ABI 6           /* plugin built for another ABI version, or the
+                                  host table lacks a member it calls          */
 #define MASQ_E_IO 7            /* I/O or storage engine failure                */
 #define MASQ_E_CORRUPT 8       /* stored data is not in a format we understand */
 #define MASQ_E_CLOSED 9        /* the handle was closed or is shutting down    */
@@ -149,6 +150,16 @@ typedef int (*masq_bytes_sink)(void *sink_ctx, const uint8_t *data, size_t len);
                                   is in it is unknown or unchanged)           */
 
 typedef struct masq_host masq_host;
+
+/** Whether `host` offers `member`: its table is long enough to hold the
+ *  member (struct_size covers the member's end) and the member is not NULL.
+ *  Test every member you call this way, never struct_size against
+ *  sizeof(masq_host): a plugin built against a newer header must still run
+ *  on an older kernel that offers what it needs, and a kernel built against
+ *  a newer header hands a longer table. */
+#define MASQ_HOST_HAS(host, member)                                                          \
+    ((host) != NULL && (size_t)(host)->struct_size >= offsetof(masq_host, member) + sizeof((host)->member) && \
+     (host)->member != NULL)
 
 /**
  * Services the kernel offers a plugin instance. The kernel owns the table;

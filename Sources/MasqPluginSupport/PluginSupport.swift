@@ -19,6 +19,15 @@ public func pluginDescriptor(kind: Int32, name: StaticString, version: StaticStr
     return d
 }
 
+/// MASQ_HOST_HAS in Swift: `host` offers `member` — its table reaches the
+/// member's end and the member is set. Check each member a plugin calls this
+/// way (a newer plugin must run on an older kernel that offers what it needs).
+public func hostHas<T>(_ host: UnsafePointer<masq_host>, _ member: KeyPath<masq_host, T?>) -> Bool {
+    guard let offset = MemoryLayout<masq_host>.offset(of: member) else { return false }
+    guard Int(host.pointee.struct_size) >= offset + MemoryLayout<T?>.size else { return false }
+    return host.pointee[keyPath: member] != nil
+}
+
 /// A plugin's option list as Swift pairs; a NULL key or value is MASQ_E_INVALID.
 public func pluginOptions(_ list: UnsafePointer<masq_plugin_option>?, _ count: Int) throws(PluginFailure) -> [(key: String, value: String)] {
     var out: [(key: String, value: String)] = []

@@ -44,5 +44,10 @@ echo "== api_test"
 echo "== security_test (encryption at rest, devices, pairing, sessions, primitives)"
 "$out/security_test"
 
+echo "== host_test (every plugin against host tables of every length the header has had)"
+make -s -C "$root/plugins/transport-lan" BUILD="$out/plugins"
+cc -std=c11 -Wall -Wextra -Werror -I"$root/include" -o "$out/host_test" "$here/host_test.c" -ldl
+"$out/host_test" "$lib" "$out/plugins"
+
 echo "== crash_test (SIGKILL a writer, reopen, every acknowledged write is there)"
 "$out/crash_test" "${CRASH_ROUNDS:-6}"

@@ -197,6 +197,8 @@ static void forget_undo(memory_db *db) {
 
 static int mem_open(const masq_host *host, const masq_plugin_option *options, size_t option_count, void **db_out) {
     if (host == NULL || db_out == NULL) return MASQ_E_INVALID;
+    /* Every host function called below must be offered (see MASQ_HOST_HAS). */
+    if (!MASQ_HOST_HAS(host, error) || !MASQ_HOST_HAS(host, random_bytes)) return MASQ_E_ABI;
     memory_db *db = calloc(1, sizeof(memory_db));
     if (!db) return host->error(host, MASQ_E_NOMEM, "out of memory");
     db->host = host;

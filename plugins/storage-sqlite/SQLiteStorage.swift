@@ -298,8 +298,8 @@ nonisolated(unsafe) private let vtable: UnsafeMutablePointer<masq_storage_vtable
     t.open = { host, options, count, out in
         guard let host, let out else { return MASQ_E_INVALID }
         // The host functions this plugin calls must be present in the host's table.
-        guard host.pointee.struct_size >= UInt32(MemoryLayout<masq_host>.offset(of: \masq_host.random_bytes)!) else {
-            return MASQ_E_INVALID
+        guard hostHas(host, \.log), hostHas(host, \.error), hostHas(host, \.random_bytes) else {
+            return MASQ_E_ABI
         }
         return handOver(host, out) { () throws(PluginFailure) in try SQLiteDatabase(host: host, options: try parseOptions(options, count)) }
     }

@@ -134,7 +134,7 @@ final class ConnectoidTransport: PluginTransport, @unchecked Sendable {
         guard let mailbox = Mailbox(room) else {
             return fail(.init(MASQ_E_INVALID, "a connectoid room is a mailbox PUB.URL.EXT with base64url parts and http(s) service URLs"))
         }
-        guard host.pointee.struct_size >= UInt32(MemoryLayout<masq_host>.size), host.pointee.answer_challenge != nil else {
+        guard hostHas(host, \.answer_challenge) else {
             return fail(.init(MASQ_E_UNSUPPORTED, "this kernel cannot answer mailbox challenges (masq_host.answer_challenge)"))
         }
         let started = state.withLockedValue { s -> Bool in
@@ -393,7 +393,7 @@ nonisolated(unsafe) private let vtable: UnsafeMutablePointer<masq_transport_vtab
     var t = transportVTable(flags: MASQ_TRANSPORT_ROOMS)
     t.create = { host, options, count, out in
         guard let host, let out else { return MASQ_E_INVALID }
-        guard host.pointee.frame_received != nil, host.pointee.peer_event != nil else { return MASQ_E_INVALID }
+        guard hostHas(host, \.frame_received), hostHas(host, \.peer_event) else { return MASQ_E_ABI }
         return handOver(host, out) { () throws(PluginFailure) in ConnectoidTransport(host: host, options: try parseOptions(options, count)) }
     }
     t.join = { raw, room in

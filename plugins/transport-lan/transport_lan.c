@@ -942,8 +942,9 @@ static void *io_main(void *arg) {
 
 static int lan_create(const masq_host *host, const masq_plugin_option *options, size_t option_count, void **out) {
     if (!host || !out || (option_count && !options)) return MASQ_E_INVALID;
-    if (host->struct_size < offsetof(masq_host, peer_event) + sizeof host->peer_event || !host->frame_received || !host->peer_event)
-        return host->error(host, MASQ_E_INVALID, "the host offers no frame delivery");
+    if (!MASQ_HOST_HAS(host, error) || !MASQ_HOST_HAS(host, random_bytes)) return MASQ_E_ABI;
+    if (!MASQ_HOST_HAS(host, frame_received) || !MASQ_HOST_HAS(host, peer_event))
+        return host->error(host, MASQ_E_ABI, "the host offers no frame delivery (masq_host.frame_received, peer_event)");
     lan *t = calloc(1, sizeof *t);
     if (!t) return host->error(host, MASQ_E_NOMEM, "out of memory");
     t->host = host;

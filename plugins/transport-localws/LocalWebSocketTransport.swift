@@ -290,7 +290,7 @@ final class LocalWebSocketTransport: PluginTransport, @unchecked Sendable {
         }
         if let uid { info.append(("uid", String(uid))) }
         let json = "{" + info.map { "\(jsonString($0.0)): \(jsonString($0.1))" }.joined(separator: ", ") + "}"
-        if host.pointee.struct_size >= UInt32(MemoryLayout<masq_host>.size), let upInfo = host.pointee.peer_up_info {
+        if hostHas(host, \.peer_up_info), let upInfo = host.pointee.peer_up_info {
             upInfo(host, peer, json)
         } else {
             host.pointee.peer_event(host, peer, MASQ_PEER_UP)
@@ -639,7 +639,7 @@ nonisolated(unsafe) private let vtable: UnsafeMutablePointer<masq_transport_vtab
     var t = transportVTable(flags: MASQ_TRANSPORT_LISTEN)
     t.create = { host, options, count, out in
         guard let host, let out else { return MASQ_E_INVALID }
-        guard host.pointee.frame_received != nil, host.pointee.peer_event != nil else { return MASQ_E_INVALID }
+        guard hostHas(host, \.frame_received), hostHas(host, \.peer_event) else { return MASQ_E_ABI }
         return handOver(host, out) { () throws(PluginFailure) in LocalWebSocketTransport(host: host, options: try parseOptions(options, count)) }
     }
     t.listen = { raw, endpoint, sink, ctx in

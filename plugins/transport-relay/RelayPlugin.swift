@@ -27,8 +27,8 @@ nonisolated(unsafe) private let vtable: UnsafeMutablePointer<masq_transport_vtab
     var t = relayTransportVTable()
     t.create = { host, options, count, out in
         guard let host, let out else { return MASQ_E_INVALID }
-        guard host.pointee.struct_size >= UInt32(MemoryLayout<masq_host>.size), host.pointee.frame_received != nil, host.pointee.peer_event != nil else {
-            return MASQ_E_INVALID
+        guard hostHas(host, \.frame_received), hostHas(host, \.peer_event) else {
+            return MASQ_E_ABI
         }
         return handOver(host, out) { () throws(PluginFailure) in RelayTransport(host: host, options: try parseOptions(options, count)) }
     }
