@@ -120,9 +120,12 @@ typedef void (*masq_log_fn)(void *ctx, int level, const char *component,
  * Route the library's log lines (and its plugins') with level <= max_level to
  * fn. fn NULL restores the default: lines go to standard error, with the
  * level taken from the MASQ_LOG environment variable (error|warn|info|debug;
- * default warn). Secrets and stored values are never logged. Thread-safe; a
- * line already being delivered may still reach the previous callback.
- * Returns MASQ_OK, or MASQ_E_INVALID for a level out of range.
+ * default warn). Opening a store with a config "log_level" sets the level of
+ * standard error's lines (process-wide, unless MASQ_LOG is set) and never
+ * replaces or changes a callback installed here. Secrets and stored values
+ * are never logged. Thread-safe; a line already being delivered may still
+ * reach the previous callback. Returns MASQ_OK, or MASQ_E_INVALID for a
+ * level out of range.
  */
 int masq_set_log_callback(int max_level, masq_log_fn fn, void *ctx);
 

@@ -29,30 +29,51 @@ public enum LogLevel: Int32, Sendable, Comparable {
     }
 }
 
-/// Where log lines go: standard error by default (level from MASQ_LOG), or a
-/// callback an embedder installs with masq_set_log_callback. Callers never
-/// pass stored values or key material here.
+/// Where log lines go: standard error by default, or a callback an embedder
+/// installs with masq_set_log_callback. Two levels, kept apart: the
+/// callback's (the embedder's choice) and standard error's (MASQ_LOG if set,
+/// else the `log_level` of the config a store was last opened with, else
+/// warn). Opening a store never touches the embedder's callback. Callers
+/// never pass stored values or key material here.
 public enum Log {
     struct Sink: @unchecked Sendable {
-        var maxLevel: LogLevel
+        var callbackLevel: LogLevel = .warn
         var callback: masq_log_fn?
         var context: UnsafeMutableRawPointer?
+        var stderrLevel: LogLevel = Log.levelFromEnvironment() ?? .warn
+
+        var maxLevel: LogLevel { callback == nil ? stderrLevel : callbackLevel }
     }
 
     private static let lock = Lock()
-    nonisolated(unsafe) private static var sink = Sink(maxLevel: levelFromEnvironment(), callback: nil, context: nil)
+    nonisolated(unsafe) private static var sink = Sink()
 
-    static func levelFromEnvironment() -> LogLevel {
-        guard let raw = getenv("MASQ_LOG") else { return .warn }
-        return LogLevel(name: String(cString: raw)) ?? .warn
+    static func levelFromEnvironment() -> LogLevel? {
+        guard let raw = getenv("MASQ_LOG") else { return nil }
+        return LogLevel(name: String(cString: raw))
     }
 
+    /// masq_set_log_callback: the embedder's callback and its level, or (nil)
+    /// standard error again, at MASQ_LOG's level.
     static func install(maxLevel: LogLevel, callback: masq_log_fn?, context: UnsafeMutableRawPointer?) {
         lock.withLock {
-            sink = callback == nil
-                ? Sink(maxLevel: levelFromEnvironment(), callback: nil, context: nil)
-                : Sink(maxLevel: maxLevel, callback: callback, context: context)
+            if let callback {
+                sink.callback = callback
+                sink.context = context
+                sink.callbackLevel = maxLevel
+            } else {
+                sink.callback = nil
+                sink.context = nil
+                sink.stderrLevel = levelFromEnvironment() ?? .warn
+            }
         }
+    }
+
+    /// A config's `log_level`: the level of lines on standard error (unless
+    /// MASQ_LOG says otherwise). Leaves any callback alone.
+    static func setStandardErrorLevel(_ level: LogLevel) {
+        guard levelFromEnvironment() == nil else { return }
+        lock.withLock { sink.stderrLevel = level }
     }
 
     public static func isEnabled(_ level: LogLevel) -> Bool {

@@ -84,7 +84,7 @@ public final class Store: @unchecked Sendable {
     /// passphrase is protected from its first byte.
     public init(config: MasqConfig, passphrase: [UInt8]? = nil) throws(MasqError) {
         self.config = config
-        if let level = config.logLevel, !Log.isEnabled(level) { Log.install(maxLevel: level, callback: nil, context: nil) }
+        if let level = config.logLevel { Log.setStandardErrorLevel(level) }
         try FileSystem.makeDirectories(config.dataDir)
         let plugin = try PluginLoader.load(config.storage, kind: .storage, searchPath: PluginLoader.searchPath(config: config))
         var options = config.storage.options.filter { $0.key != "data_dir" }

@@ -44,6 +44,10 @@ echo "== api_test"
 echo "== security_test (encryption at rest, devices, pairing, sessions, primitives)"
 "$out/security_test"
 
+echo "== log_test (the config's log_level; the embedder's callback is never replaced)"
+cc -std=c11 -Wall -Wextra -Werror -I"$root/include" -o "$out/log_test" "$here/log_test.c" "${link[@]}"
+"$out/log_test"
+
 echo "== host_test (every plugin against host tables of every length the header has had)"
 make -s -C "$root/plugins/transport-lan" BUILD="$out/plugins"
 cc -std=c11 -Wall -Wextra -Werror -I"$root/include" -o "$out/host_test" "$here/host_test.c" -ldl
