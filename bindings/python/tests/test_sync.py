@@ -131,7 +131,7 @@ class HostileRelay:
                         "text is not part of the protocol"]:
                 await ws.send(bad)
             await ws.send(bytes([1, 4, len(room)]) + room + b"\x7fnot a room payload")   # well framed, bad inside
-            await ws.send(bytes([1, 4, len(room)]) + room + os.urandom(8192))          # over max_frame_bytes
+            await ws.send(bytes([1, 4, len(room)]) + room + os.urandom(40_000))         # over max_frame_bytes
         await ws.wait_closed()
 
     def close(self):
@@ -143,7 +143,7 @@ class HostileRelay:
 
 def test_bad_frames_from_the_relay_are_rejected_and_counted(tmp_path):
     relay = HostileRelay()
-    s = open_with_relay(tmp_path / "s", relay.url, max_frame_bytes=4096, min_backoff_ms=50)
+    s = open_with_relay(tmp_path / "s", relay.url, max_frame_bytes=32768, min_backoff_ms=50)
     try:
         s.sync_start()
 
