@@ -19,8 +19,9 @@ Four phases of ABUSE_SECONDS each, the client and the link working all along:
    message that does not decrypt, unknown types, malformed cells, gossip
    that is not JSON): each is banned and closed;
 4. gossip: a peer that gossips valid, signed records of fresh keys as fast
-   as it can sign them (the node's records are capped by nothing but
-   --record-ttl-ms: reported, see the issue note).
+   as it can sign them (the node keeps at most --max-records, spends at
+   most --gossip-records-per-second of verification on one peer and
+   --gossip-verifications-per-turn per event-loop turn).
 Then: the node is up, the second node still linked, a fresh client gets its
 PONG, and the handshake table drained (64 new handshakes are admitted).
 
@@ -42,15 +43,19 @@ VICTIM, SECOND, CLIENT, FRESH = "127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.
 MAX_NEIGHBOURS = 5
 MAX_CLIENTS = 8
 LINK_QUEUE_MIB = 1
-# Fixed in Sources/MasqMesh/MeshNode.swift (not options): handshakes admitted
-# at once, in all and per address.
+# Handshakes admitted at once, in all and per address prefix (a newcomer
+# evicts the oldest when the table is full), and the records a node keeps.
 MAX_PENDING = 64
 MAX_PENDING_PER_HOST = 8
+MAX_RECORDS = 4096
+RECORD_BYTES = 2 * 1024
 # Gossip every 200 ms (so the nodes link fast); link timeout (5 s) and record
 # TTL (15 s) are the defaults an operator would run with.
 COMMON = ["--gossip-ms", "200", "--ban-seconds", "60",
           "--max-neighbours", str(MAX_NEIGHBOURS), "--target-neighbours", "1", "--max-clients", str(MAX_CLIENTS),
-          "--max-link-queue-mib", str(LINK_QUEUE_MIB), "--log-level", "error"]
+          "--max-link-queue-mib", str(LINK_QUEUE_MIB), "--log-level", "error",
+          "--max-pending-handshakes", str(MAX_PENDING), "--max-pending-handshakes-per-prefix", str(MAX_PENDING_PER_HOST),
+          "--max-records", str(MAX_RECORDS)]
 
 # RSS bound (KiB). What the node may hold at once, from its limits:
 #   per handshake in progress (MAX_PENDING): one link message being
@@ -58,16 +63,15 @@ COMMON = ["--gossip-ms", "200", "--ban-seconds", "60",
 #     256 KiB) + CONNECTION_OVERHEAD;
 #   per link (--max-neighbours + --max-clients): its queue toward the peer
 #     (--max-link-queue-mib) + the same buffers;
-#   + FIXED for the allocator's arenas, its state and the records it knows.
-# No option caps the records: a flood of valid ones is bounded only by the
-# rate an attacker signs them times --record-ttl-ms (phase 4 shows it).
+#   + --max-records records of RECORD_BYTES (decoded, with their keys);
+#   + FIXED for the allocator's arenas and its state.
 MESSAGE = 64 * 1024
 READ_BUFFER = 256 * 1024
 CONNECTION_OVERHEAD = 64 * 1024
 FIXED = 48 * 1024 * 1024
 PER_CONNECTION = MESSAGE + READ_BUFFER + CONNECTION_OVERHEAD
 RSS_BOUND_KIB = (MAX_PENDING * PER_CONNECTION + (MAX_NEIGHBOURS + MAX_CLIENTS) * (LINK_QUEUE_MIB * 1024 * 1024 + PER_CONNECTION)
-                 + FIXED) // 1024
+                 + MAX_RECORDS * RECORD_BYTES + FIXED) // 1024
 # Sockets the node may hold: handshakes in progress, links, its listener,
 # SLACK for connections being accepted and refused at a sample.
 SLACK = 32
