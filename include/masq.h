@@ -734,6 +734,126 @@ int masq_crypto_aead_seal(int algorithm, const uint8_t key[32], const uint8_t no
 int masq_crypto_aead_open(int algorithm, const uint8_t key[32], const uint8_t nonce[12], const uint8_t *ad,
                           size_t ad_len, const uint8_t *in, size_t in_len, uint8_t *out);
 
+/* ------------------------------------------------------------------------ */
+/* Sharing with other people                                                */
+
+/**
+ * A namespace may be shared with another person (not another device of the
+ * same user) through Connectoid mailbox services (docs/CONNECTOID.md): the
+ * owner makes a single-use link and sends it through any messenger, the
+ * other person accepts it in their own store, and from then on the two
+ * stores exchange the namespace's records, signed and sealed, through the
+ * services of the config's "sharing" section. Each side keeps a nickname
+ * for the other person (its own; never sent) and, once the other side has
+ * answered, a fingerprint over both sides' keys to compare out of band,
+ * as digits and emoji like a device's: a different fingerprint on the two
+ * screens means someone else used the link.
+ *
+ * A share is described by a JSON object: {"id" (the same on both sides),
+ * "namespace" (the local one; null until the owner answers a link accepted
+ * here), "role" ("owner": shared by this store; "guest": accepted here),
+ * "access" ("read-write" or "read-only"), "status" ("offered": nobody has
+ * accepted the link yet; "claimed": accepted here, waiting for the owner;
+ * "active"; "intercepted": someone else used the link first), "nickname"
+ * (null if none), "fingerprint" (30 digits in groups of 5) and
+ * "fingerprint_emoji" (both null until the other side answered),
+ * "created_at" and "last_heard_at" (Unix ms; 0: never), "refused" (messages
+ * refused: forged, replayed or beyond the share's rights), "warnings" (an
+ * array of strings for the user)}. A share the other side ended is deleted.
+ *
+ * Messages travel only while sharing runs (masq_share_sync_start, or
+ * masq_share_sync_once), independently of masq_sync_start. Shares and their
+ * keys live in the store (sealed when it has a passphrase): every function
+ * below fails with MASQ_E_DENIED while the store is locked. Nicknames are
+ * 1..64 bytes of UTF-8 without control characters or bidirectional
+ * overrides; share ids are the "id" of a share object, whole. Strings returned in *link_out and *json_out are
+ * NUL-terminated UTF-8 allocated by the library (release with masq_free) and
+ * are set to NULL on failure; on failure nothing is stored or changed. Every
+ * function below is thread-safe.
+ */
+
+/* masq_share_create and masq_share_accept flags. */
+#define MASQ_SHARE_READ_ONLY 1u /* create: the other person may read, not write  */
+#define MASQ_SHARE_MERGE 2u     /* accept: merge into the existing namespace as_ns */
+
+/**
+ * Share namespace ns with another person, whom this store calls nickname.
+ * *link_out receives the single-use link to send them (show it also as a QR
+ * code: masq_qr_pgm); it names the config's sharing.services. base_url
+ * (NULL: "masq://share/") is the page the link opens, e.g. an app's web
+ * page; the connectoid= parameter and the #secret are appended to it.
+ * json_out may be NULL; otherwise it receives the new share (status
+ * "offered"). Everything in ns is shared, including what is written later;
+ * ns need not exist yet. Errors: MASQ_E_INVALID (NULL ns, nickname or
+ * link_out; a bad namespace, nickname or base_url; unknown flags,
+ * MASQ_SHARE_MERGE included), MASQ_E_CONFIG (no sharing service in the
+ * config), MASQ_E_DENIED (locked).
+ */
+int masq_share_create(masq_store *store, const char *ns, const char *nickname, uint32_t flags,
+                      const char *base_url, char **link_out, char **json_out);
+
+/**
+ * Accept another person's link, calling them nickname. The share lands in
+ * namespace as_ns, which must not exist yet (with MASQ_SHARE_MERGE: an
+ * existing namespace, whose keys are then sent to the other person and
+ * merged with theirs), or, with as_ns NULL, in "shared:" + the owner's name
+ * for it + ":" + the share's id once the owner answers (never a namespace
+ * that exists here). The claim goes out while sharing runs. json_out may be
+ * NULL; otherwise it receives the share (status "claimed"). Errors:
+ * MASQ_E_INVALID (NULL link or nickname; a malformed link, a link of
+ * another kind such as a pairing link, or one without its #secret; this
+ * store's own link; as_ns exists and MASQ_SHARE_MERGE is not given;
+ * MASQ_SHARE_MERGE without as_ns; unknown flags, MASQ_SHARE_READ_ONLY
+ * included), MASQ_E_DENIED (this link was already accepted here: a link
+ * works once; locked), MASQ_E_BUSY (as_ns holds another share).
+ */
+int masq_share_accept(masq_store *store, const char *link, const char *nickname, const char *as_ns,
+                      uint32_t flags, char **json_out);
+
+/** Every share of this store, oldest first, as a JSON array of share
+ *  objects in *json_out. */
+int masq_shares(masq_store *store, char **json_out);
+
+/** One share as a JSON object in *json_out. MASQ_E_NOT_FOUND for an unknown
+ *  id; MASQ_E_INVALID for a NULL one. */
+int masq_share_info(masq_store *store, const char *share_id, char **json_out);
+
+/** Change the nickname this store has for the other person of a share.
+ *  MASQ_E_NOT_FOUND for an unknown id; MASQ_E_INVALID for a NULL id or a bad
+ *  nickname. */
+int masq_share_set_nickname(masq_store *store, const char *share_id, const char *nickname);
+
+/**
+ * End a share: the other side is told, through the running sharing service
+ * or one started for this call (if none can start, only this side ends),
+ * and this store deletes the share's keys. The data stays on both sides, as
+ * an ordinary namespace; later changes no longer travel. MASQ_E_NOT_FOUND
+ * for an unknown id; MASQ_E_INVALID for a NULL one.
+ */
+int masq_unshare(masq_store *store, const char *share_id);
+
+/**
+ * Run sharing in the background until masq_share_sync_stop or masq_close:
+ * poll this store's mailboxes through the config's sharing.transport (the
+ * "connectoid" plugin unless configured otherwise), answer claims, send and
+ * merge records, resend what is not acknowledged. Changes the other person
+ * makes reach masq_watch callbacks with MASQ_ORIGIN_REMOTE. MASQ_E_BUSY if
+ * already running; MASQ_E_PLUGIN / MASQ_E_CONFIG if the transport cannot
+ * be loaded or refuses its options.
+ */
+int masq_share_sync_start(masq_store *store);
+
+/** Stop background sharing; it sends nothing after this returns. MASQ_OK if
+ *  it was not running. */
+int masq_share_sync_stop(masq_store *store);
+
+/** Run sharing (or let the background sharing run) until nothing this store
+ *  sent waits for an answer — every claim answered, every batch
+ *  acknowledged — after at least a second and a half of polling.
+ *  MASQ_E_TIMEOUT after timeout_seconds (0 < timeout <= 86400; else
+ *  MASQ_E_INVALID), MASQ_E_PLUGIN / MASQ_E_CONFIG as masq_share_sync_start. */
+int masq_share_sync_once(masq_store *store, double timeout_seconds);
+
 #ifdef __cplusplus
 } /* extern "C" */
 #endif

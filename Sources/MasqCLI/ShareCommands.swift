@@ -23,12 +23,15 @@ struct Share: MasqSubcommand {
     var base = "masq://share/"
     @Option(help: ArgumentHelp("Also write the QR code as a PGM image here.", valueName: "file")) var qrPgm: String?
     @Flag(help: "Do not draw the QR code in the terminal.") var noQr = false
+    @Option(help: ArgumentHelp("What you call the other person (kept with the share, shown by `masq shares`).", valueName: "name"))
+    var nickname: String?
 
     func execute() throws {
         try store.withStore { s in
             let link = try guarded { () throws(MasqError) in
                 let ns = try NamespaceName(namespace, limits: s.limits)
-                return try ShareService(store: s).create(namespace: ns, readOnly: readOnly, services: service.isEmpty ? nil : service, base: base)
+                return try ShareService(store: s).create(namespace: ns, readOnly: readOnly, services: service.isEmpty ? nil : service, base: base,
+                                                         nickname: nickname)
             }
             if let qr = try? QRCode(link.text) {
                 if let qrPgm { try? FileSystem.writeFile(qrPgm, qr.pgm()) }
@@ -52,6 +55,8 @@ struct Accept: MasqSubcommand {
     var local: String?
     @Flag(help: "Merge the other person's records into the existing namespace named by --as (and send its keys to them).") var merge = false
     @Option(help: "Seconds to wait for the owner's answer.") var wait: Double = 60
+    @Option(help: ArgumentHelp("What you call the person who sent the link (kept with the share).", valueName: "name"))
+    var nickname: String?
 
     func execute() throws {
         try store.withStore { s in
@@ -60,7 +65,8 @@ struct Accept: MasqSubcommand {
             try guarded { () throws(MasqError) in try service.start() }
             defer { service.stop() }
             let state = try guarded { () throws(MasqError) in
-                try service.accept(link, as: try local.map { (n) throws(MasqError) in try NamespaceName(n, limits: s.limits) }, merge: merge)
+                try service.accept(link, as: try local.map { (n) throws(MasqError) in try NamespaceName(n, limits: s.limits) }, merge: merge,
+                                   nickname: nickname)
             }
             print("claim sent for share \(state.shortID); waiting for the owner (up to \(Int(wait)) s)")
             fflush(nil)
@@ -99,7 +105,8 @@ struct Shares: MasqSubcommand {
             for share in shares {
                 let role = share.role == .owner ? "shared by you" : "shared with you"
                 var line = "\(share.shortID)  \(share.namespace.isEmpty ? "(pending)" : share.namespace)  \(role)  \(share.access.rawValue)  \(share.status.rawValue)"
-                if let fingerprint = share.fingerprint { line += "  fingerprint \(fingerprint)" }
+                if let nickname = share.nickname { line += "  with \(nickname)" }
+                if let fingerprint = share.fingerprint { line += "  fingerprint \(fingerprint)  \(share.fingerprintEmoji ?? "")" }
                 if share.lastHeard > 0 { line += "  last heard \(formatTime(share.lastHeard))" }
                 if share.rejected > 0 { line += "  \(share.rejected) message(s) refused" }
                 print(line)

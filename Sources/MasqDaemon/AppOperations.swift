@@ -47,7 +47,9 @@ extension Daemon {
         }
         let store = profile.store
         let namespaceText = r.ns ?? appID
-        guard let access = profile.apps.access(appID, to: namespaceText), !op.writes || access == .write else {
+        // Its own namespace, one granted to it, or that of a share it accepted (ShareOperations.swift).
+        guard let access = profile.apps.access(appID, to: namespaceText) ?? shareAccess(profile, appID, namespaceText),
+              !op.writes || access == .write else {
             throw DaemonError(.denied, op.writes ? "no write access to \(namespaceText)" : "no access to \(namespaceText)")
         }
         let ns: NamespaceName

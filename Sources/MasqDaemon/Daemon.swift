@@ -34,6 +34,8 @@ public struct DaemonOptions: Sendable {
     public var maxWaitingBytesPerConnection = 16 << 20
     public var maxWaitingBytes = 64 << 20
     public var storage = "sqlite"
+    /// Connectoid services new share links name when a profile's config has none.
+    public var shareServices: [String] = []
     /// Serve programs of this OS user only (Linux: the owner of the client's
     /// TCP socket, from /proc/net/tcp). nil: anyone who reaches the port.
     public var allowedUser: UInt32? = getuid()
@@ -118,6 +120,8 @@ public final class Daemon: @unchecked Sendable {
     var ownOrigins: Set<String> = []
     public private(set) var url = ""
     var pairing: Bool = false
+    /// Share requests waiting for the user, share owners (ShareOperations.swift).
+    let shareDesk = ShareDesk()
 
     public init(options: DaemonOptions) throws(MasqError) {
         self.options = options
@@ -132,7 +136,11 @@ public final class Daemon: @unchecked Sendable {
         }
         profiles = manager
         active = remembered.flatMap { manager.profiles[$0] != nil ? $0 : nil } ?? manager.names[0]
-        for profile in profiles.profiles.values { profile.startSync() }
+        for profile in profiles.profiles.values {
+            watchShares(profile)
+            profile.startSync()
+            if profile.sharing != nil { sharesChanged(profile.name, quiet: true) }
+        }
     }
 
     /// Listen and serve. Returns the manager's base URL (http://host:port/).
@@ -208,6 +216,7 @@ public final class Daemon: @unchecked Sendable {
         } else {
             if let connection = connections.removeValue(forKey: peer) { dropWatches(connection) }
             // A request whose asker is gone cannot be approved: the app asks again.
+            dropShareRequests(of: peer)
             let gone = requests.values.filter { $0.peer == peer }
             for request in gone { requests[request.id] = nil }
             if !gone.isEmpty {
@@ -257,6 +266,16 @@ public final class Daemon: @unchecked Sendable {
                 throw DaemonError(.unauthorized, "approved apps only: say hello with your token, or register and wait for the user")
             }
             return try perform(operation, c, appID, r)
+        }
+        if let operation = ShareOperation(rawValue: r.op) {
+            guard c.approved, let appID = c.appID else {
+                throw DaemonError(.unauthorized, "approved apps only: say hello with your token, or register and wait for the user")
+            }
+            return try performShare(operation, c, appID, r)
+        }
+        if r.op.hasPrefix("shares.") {
+            guard c.admin else { throw DaemonError(.unauthorized, "the manager's operations need the admin secret") }
+            return try performShareAdmin(c, r)
         }
         if r.op.contains(".") {
             guard c.admin else { throw DaemonError(.unauthorized, "the manager's operations need the admin secret") }

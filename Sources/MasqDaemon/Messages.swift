@@ -135,6 +135,11 @@ struct Request: Decodable {
     var device: String?
     var relay: String?
     var link: String?
+    // sharing with other people (ShareOperations.swift)
+    var nickname: String?
+    var read_only: Bool?
+    var share: String?
+    var base: String?
 
     /// Decode one message, refusing nesting deeper than `maxDepth` before
     /// the parser sees it (so no input can exhaust a thread's stack).

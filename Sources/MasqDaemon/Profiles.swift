@@ -9,6 +9,10 @@ final class Profile: @unchecked Sendable {
     let store: Store
     let apps: AppRegistry
     var sync: SyncService?
+    /// Sharing with other people (ShareOperations.swift), while unlocked.
+    var sharing: ShareService?
+    /// Called from the sharing service's queue when a share changed.
+    var onShareEvent: (@Sendable () -> Void)?
 
     var configPath: String { directory + "/config.json" }
 
@@ -21,6 +25,11 @@ final class Profile: @unchecked Sendable {
 
     /// Sync through the configured relay while unlocked (no-op without one).
     func startSync() {
+        if sharing == nil, !store.isLocked, (try? store.shares())?.isEmpty == false {
+            do throws(MasqError) { try startSharing() } catch {
+                Log.warn("masqd", "profile \(name): sharing does not start: \(error.message)")
+            }
+        }
         guard sync == nil, !store.isLocked, !store.config.transports.isEmpty else { return }
         do throws(MasqError) {
             let service = try SyncService(store: store)
@@ -31,7 +40,18 @@ final class Profile: @unchecked Sendable {
         }
     }
 
+    /// Poll this profile's share mailboxes (the config's sharing transport).
+    func startSharing() throws(MasqError) {
+        guard sharing == nil else { return }
+        let service = ShareService(store: store)
+        service.onChange = { [weak self] in self?.onShareEvent?() }
+        try service.start()
+        sharing = service
+    }
+
     func stopSync() {
+        sharing?.stop()
+        sharing = nil
         sync?.stop()
         sync = nil
     }

@@ -157,6 +157,7 @@ public func masq_close(_ handle: OpaquePointer?) -> Int32 {
     }
     let unmanaged = Unmanaged<Store>.fromOpaque(UnsafeRawPointer(handle))
     return api { () throws(MasqError) in
+        if !unmanaged.takeUnretainedValue().hub.isCallbackThread { stopSharing(unmanaged.takeUnretainedValue()) }   // CAPI+Sharing.swift
         try unmanaged.takeUnretainedValue().close()
         unmanaged.release()
     }

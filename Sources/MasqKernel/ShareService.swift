@@ -29,6 +29,9 @@ public final class ShareService: @unchecked Sendable {
     public private(set) var received = 0
     /// Called on the service's queue with a line worth telling the user.
     public var onEvent: (@Sendable (String) -> Void)?
+    /// Called on the service's queue after a message from the other side
+    /// changed a share and the change was saved (or the share deleted).
+    public var onChange: (@Sendable () -> Void)?
     /// How often to look for work (sends, resends) besides the transport's polling.
     public var tickSeconds = 0.25
     /// Largest records payload per envelope: mailbox messages are small.
@@ -44,7 +47,11 @@ public final class ShareService: @unchecked Sendable {
 
     /// Share namespace `ns`: a new link (with a fresh mailbox key pair, a
     /// signing key pair and a single-use secret) naming `services`.
-    public func create(namespace ns: NamespaceName, readOnly: Bool, services: [String]? = nil, base: String = ConnectoidLink.defaultBase) throws(MasqError) -> ConnectoidLink {
+    /// `nickname`: what this side calls the other person (kept with the share).
+    public func create(namespace ns: NamespaceName, readOnly: Bool, services: [String]? = nil, base: String = ConnectoidLink.defaultBase,
+                       nickname: String? = nil) throws(MasqError) -> ConnectoidLink {
+        let nickname = try nickname.map { (n) throws(MasqError) in try ShareState.checkedNickname(n) }
+        try Self.checkLinkBase(base)
         let services = services ?? store.config.sharing.services
         guard !services.isEmpty else {
             throw .config("no Connectoid service: pass --service URL or add \"sharing\": {\"services\": [\"https://…\"]} to the config")
@@ -56,9 +63,10 @@ public final class ShareService: @unchecked Sendable {
         let signing = P384.keyPair()
         let signingPub = try Self.compressed(signing.publicKey)
         let secret = Random.bytes(16)
-        let state = ShareState(id: Base64URL.encode(inbox.pub), role: .owner, namespace: ns.string, access: readOnly ? .readOnly : .readWrite,
+        var state = ShareState(id: Base64URL.encode(inbox.pub), role: .owner, namespace: ns.string, access: readOnly ? .readOnly : .readWrite,
                                status: .offered, created: Clock.unixMilliseconds(), signingKey: SecretKey(signing.privateKey), signingPub: signingPub,
                                secret: SecretKey(secret), ownerKeyHash: Array(Hash.sha256(signingPub).prefix(16)), inboxes: [inbox])
+        state.nickname = nickname
         try store.saveShare(state.id, state)
         queue.sync { if transport != nil { try? join(state) } }
         Log.info("share", "offered namespace \(ns.string) as share \(state.shortID)")
@@ -71,22 +79,17 @@ public final class ShareService: @unchecked Sendable {
     /// that does not exist here yet. Records never merge into an existing
     /// namespace unless `merge` says so (the user asked for it explicitly).
     /// The service must be running.
-    public func accept(_ text: String, as ns: NamespaceName? = nil, merge: Bool = false, services: [String]? = nil) throws(MasqError) -> ShareState {
-        let link: ConnectoidLink
-        do { link = try ConnectoidLink.parse(text) } catch { throw .invalid("not a share link: \(error.message)") }
-        guard let fragment = link.secret, fragment.count == 32 else {
-            throw .invalid("the link lacks its secret (the part after #): copy the whole link")
-        }
+    public func accept(_ text: String, as ns: NamespaceName? = nil, merge: Bool = false, services: [String]? = nil,
+                       nickname: String? = nil) throws(MasqError) -> ShareState {
+        let nickname = try nickname.map { (n) throws(MasqError) in try ShareState.checkedNickname(n) }
+        let (link, fragment) = try Self.parsedLink(text)
+        try checkUnused(link)
         guard ns != nil || !merge else { throw .invalid("--merge needs the namespace to merge into (--as NAME)") }
         if let ns, !merge, try store.namespaceExists(ns) {
             throw .invalid("namespace \(ns.string) already exists here: accepting would merge the other person's records into it; choose a new name, or pass --merge if that is what you want")
         }
         if let ns { try checkNotShared(ns, except: link.pubText) }
         let id = link.pubText
-        if let existing = try store.share(id) {
-            throw MasqError(existing.role == .owner ? .invalid : .busy,
-                            existing.role == .owner ? "this is your own share link" : "this link was already accepted (share \(existing.shortID))")
-        }
         let signing = P384.keyPair()
         let inbox = Self.newInbox(services ?? (store.config.sharing.services.isEmpty ? link.services : store.config.sharing.services))
         var state = ShareState(id: id, role: .guest, namespace: ns?.string ?? "", access: .readOnly, status: .claimed,
@@ -94,7 +97,12 @@ public final class ShareService: @unchecked Sendable {
                                secret: SecretKey(Array(fragment.prefix(16))), ownerKeyHash: Array(fragment.suffix(16)), inboxes: [inbox])
         state.peerInbox = link.mailbox
         state.merge = merge
-        try store.saveShare(id, state)
+        state.nickname = nickname
+        // Checked again and saved under one lock: of two accepts of one link at once, one wins.
+        try Self.acceptLock.withLock { () throws(MasqError) in
+            try checkUnused(link)
+            try store.saveShare(id, state)
+        }
         try onQueue { () throws(MasqError) in
             guard transport != nil else { return }
             try join(state)
@@ -102,6 +110,34 @@ public final class ShareService: @unchecked Sendable {
             try store.saveShare(id, state)
         }
         return state
+    }
+
+    private static let acceptLock = Lock()
+
+    /// A share link with its secret (MASQ_E_INVALID otherwise, naming what is wrong).
+    private static func parsedLink(_ text: String) throws(MasqError) -> (ConnectoidLink, [UInt8]) {
+        let link: ConnectoidLink
+        do { link = try ConnectoidLink.parse(text) } catch { throw .invalid("not a share link: \(error.message)") }
+        guard let fragment = link.secret, fragment.count == 32 else {
+            throw .invalid("the link lacks its secret (the part after #): copy the whole link")
+        }
+        return (link, fragment)
+    }
+
+    /// Neither this store's own link nor one accepted here already.
+    private func checkUnused(_ link: ConnectoidLink) throws(MasqError) {
+        if let existing = try store.share(link.pubText) {
+            throw MasqError(existing.role == .owner ? .invalid : .denied,
+                            existing.role == .owner ? "this is your own share link" : "this link was already accepted (share \(existing.shortID)); a link works once")
+        }
+    }
+
+    /// What accept checks of a link before anything is stored (for a caller
+    /// that asks the user first): the share's id and the link's services.
+    public func checkLink(_ text: String) throws(MasqError) -> (id: String, services: [String]) {
+        let (link, _) = try Self.parsedLink(text)
+        try checkUnused(link)
+        return (link.pubText, link.services)
     }
 
     /// The local namespace for a share the guest accepted: the name it chose,
@@ -158,15 +194,39 @@ public final class ShareService: @unchecked Sendable {
         guard matches.count == 1, var state = matches.first else {
             throw MasqError(matches.isEmpty ? .notFound : .invalid, matches.isEmpty ? "no share \(idOrPrefix)" : "\(idOrPrefix) names several shares; give more of the id")
         }
-        queue.sync {
+        // On the queue, so that no tick saves the share again after it is gone.
+        try onQueue { () throws(MasqError) in
             if transport != nil, state.peerInbox != nil, state.status == .active || state.status == .claimed {
                 send(&state, type: "unshare", reason: "ended by the other side")
             }
             for inbox in state.inboxes { leave(inbox.mailbox) }
+            try store.saveShare(state.id, nil)
         }
-        try store.saveShare(state.id, nil)
         Log.info("share", "ended share \(state.shortID)")
         return state
+    }
+
+    /// Rename the other person of share `id` (exact id). On the queue, so a
+    /// tick saving the share at the same time cannot undo it.
+    public func setNickname(_ id: String, _ nickname: String) throws(MasqError) -> ShareState {
+        let nickname = try ShareState.checkedNickname(nickname)
+        var result: ShareState?
+        try onQueue { () throws(MasqError) in
+            guard var state = try store.share(id) else { throw MasqError(.notFound, "no share \(id.prefix(80))") }
+            state.nickname = nickname
+            try store.saveShare(id, state)
+            result = state
+        }
+        return result!
+    }
+
+    /// The page a link opens: http(s) or another scheme's URL, at most 2048
+    /// bytes, without a fragment, spaces or control characters.
+    public static func checkLinkBase(_ base: String) throws(MasqError) {
+        guard (1...2_048).contains(base.utf8.count), base.contains("://"), !base.contains("#"),
+              !base.unicodeScalars.contains(where: { $0.properties.isWhitespace || $0.properties.generalCategory == .control }) else {
+            throw .invalid("the link's base must be a URL such as https://app.example/share (at most 2048 bytes, no # or spaces)")
+        }
     }
 
     // MARK: - running
@@ -311,9 +371,11 @@ public final class ShareService: @unchecked Sendable {
         if state.status == .ended {
             for inbox in state.inboxes { leave(inbox.mailbox) }
             try? store.saveShare(state.id, nil)
+            onChange?()
             return
         }
         do { try store.saveShare(state.id, state) } catch { Log.error("share", "cannot save share \(state.shortID): \(error.message)") }
+        onChange?()
         tick()
     }
 

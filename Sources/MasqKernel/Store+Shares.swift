@@ -199,14 +199,40 @@ public struct ShareState: Codable, Sendable, Equatable {
     public var merge: Bool?
     /// Guest: the share created its local namespace (read-only marks apply only then).
     public var ownsNamespace: Bool?
+    /// What this side calls the other person (the app asks the user); local only, never sent.
+    public var nickname: String?
 
     public var shortID: String { String(id.prefix(10)) }
 
     /// Both sides compute it from the two signing keys, owner's first.
-    public var fingerprint: String? {
+    public var fingerprint: String? { fingerprints?.digits }
+
+    /// The same fingerprint as emoji (DevicePublicKeys.fingerprint, as for devices).
+    public var fingerprintEmoji: String? { fingerprints?.emoji }
+
+    private var fingerprints: (digits: String, emoji: String)? {
         guard let peer = peerSigningPub else { return nil }
         let (a, b) = role == .owner ? (signingPub, peer) : (peer, signingPub)
-        return DevicePublicKeys.fingerprint(agreementKey: Array("masq share".utf8) + a + b).digits
+        return DevicePublicKeys.fingerprint(agreementKey: Array("masq share".utf8) + a + b)
+    }
+
+    /// Longest nickname, in UTF-8 bytes.
+    public static let maxNicknameBytes = 64
+
+    /// A nickname as given: 1...64 bytes of UTF-8 without control characters
+    /// or bidirectional overrides (which could garble what the user reads
+    /// around it, e.g. a consent question in masqd's manager).
+    public static func checkedNickname(_ text: String) throws(MasqError) -> String {
+        guard (1...maxNicknameBytes).contains(text.utf8.count) else {
+            throw .invalid("a nickname is 1-\(maxNicknameBytes) bytes of UTF-8 (\(text.utf8.count) given)")
+        }
+        let bidi: [ClosedRange<UInt32>] = [0x200E...0x200F, 0x202A...0x202E, 0x2066...0x2069, 0x061C...0x061C]
+        guard !text.unicodeScalars.contains(where: { scalar in
+            scalar.properties.generalCategory == .control || bidi.contains { $0.contains(scalar.value) }
+        }) else {
+            throw .invalid("a nickname may not contain control characters or bidirectional overrides")
+        }
+        return text
     }
 
     func encoded() throws(MasqError) -> [UInt8] {

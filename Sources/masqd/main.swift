@@ -35,6 +35,8 @@ struct Masqd: ParsableCommand {
     @Option(help: "Requests one connection may have waiting for their answers (past it, it is closed).") var maxWaitingRequests = 256
     @Option(help: "Bytes of requests waiting for their answers, over all connections (past it, the connection holding most is closed).") var maxWaitingBytes = 64 << 20
     @Option(help: "Storage plugin of new profiles.") var storage = "sqlite"
+    @Option(help: ArgumentHelp("A Connectoid service apps' share links name when a profile's config has none (repeatable).", valueName: "url"))
+    var shareService: [String] = []
     @Option(help: "Log level (error, warn, info, debug).") var logLevel = "warn"
     @Flag(help: "Serve programs of every OS user of this machine (default: only the user running masqd, checked on each connection's socket).")
     var allowOtherUsers = false
@@ -57,6 +59,10 @@ struct Masqd: ParsableCommand {
         options.maxWaitingBytes = maxWaitingBytes
         options.maxWaitingBytesPerConnection = min(16 << 20, maxWaitingBytes)
         options.storage = storage
+        for url in shareService where !(url.hasPrefix("http://") || url.hasPrefix("https://")) || url.contains(" ") {
+            throw ValidationError("--share-service \(url): an http:// or https:// URL")
+        }
+        options.shareServices = shareService
 
         let daemon: Daemon
         let url: String

@@ -35,6 +35,7 @@ link=(-L"$lib" -lmasq -Wl,-rpath,"$lib" -lpthread)
 cc -std=c11 -Wall -Wextra -Werror -I"$root/include" -o "$out/api_test" "$here/api_test.c" "${link[@]}"
 cc -std=c11 -Wall -Wextra -Werror -I"$root/include" -o "$out/crash_test" "$here/crash_test.c" "${link[@]}"
 cc -std=c11 -Wall -Wextra -Werror -I"$root/include" -o "$out/security_test" "$here/security_test.c" "${link[@]}"
+cc -std=c11 -Wall -Wextra -Werror -I"$root/include" -o "$out/share_test" "$here/share_test.c" "${link[@]}"
 export MASQ_PLUGIN_PATH="$out/plugins:$lib"
 
 echo "== api_test"
@@ -43,6 +44,16 @@ echo "== api_test"
 
 echo "== security_test (encryption at rest, devices, pairing, sessions, primitives)"
 "$out/security_test"
+
+echo "== share_test (sharing with another person through a Connectoid service on 127.0.0.1)"
+rm -f "$out"/share-service.sqlite3*
+"$lib/masq-cli" connectoid serve --port 0 --db "$out/share-service.sqlite3" >"$out/share-service.out" 2>&1 &
+service_pid=$!
+trap 'kill $service_pid 2>/dev/null || true' EXIT
+for _ in $(seq 100); do grep -q 'http://' "$out/share-service.out" 2>/dev/null && break; sleep 0.1; done
+"$out/share_test" "$(grep -o 'http://[^ ]*' "$out/share-service.out" | head -1)"
+kill $service_pid 2>/dev/null || true
+trap - EXIT
 
 echo "== log_test (the config's log_level; the embedder's callback is never replaced)"
 cc -std=c11 -Wall -Wextra -Werror -I"$root/include" -o "$out/log_test" "$here/log_test.c" "${link[@]}"

@@ -10,6 +10,7 @@
  *     });
  *     await app.put("greeting", "hello");
  *     const stop = await app.watch((change) => console.log(change.key, change.value));
+ *     const { link, qrSvg } = await app.share("Bob");   // the user approves; send Bob the link
  *
  * The first connect registers the page's origin and waits until the user
  * approves it in the manager; the token it then receives is kept in
@@ -56,6 +57,28 @@ export class MasqError extends Error {
  * @property {boolean} [reconnect] - reconnect after the connection drops (default true)
  * @property {() => void} [onApprovalNeeded] - called when the user must approve this app
  * @property {(state: string) => void} [onStateChange] - "connecting", "pending", "approved", "revoked", "closed"
+ * @property {(share: Share) => void} [onShare] - one of this app's shares changed (the other person
+ *   accepted, the owner answered, someone else used the link, it ended: status "ended")
+ */
+
+/**
+ * A share of a namespace with another person (see MasqApp#share).
+ * @typedef {Object} Share
+ * @property {string} id - the same on both sides
+ * @property {string|null} namespace - the local namespace (null until the owner answers a link accepted here);
+ *   pass it as `ns` to read and write the shared data
+ * @property {"owner"|"guest"} role - "owner": shared by this app; "guest": accepted by this app
+ * @property {"read-write"|"read-only"} access
+ * @property {"offered"|"claimed"|"active"|"intercepted"|"ended"} status - "offered": nobody accepted the
+ *   link yet; "claimed": accepted, waiting for the owner; "intercepted": someone else used the link first
+ * @property {string|null} nickname - what the user calls the other person
+ * @property {string|null} fingerprint - 30 digits in groups of 5, once the other side answered: the two
+ *   people compare it (out of band); the same on both sides unless someone sits in between
+ * @property {string|null} fingerprint_emoji - the same fingerprint as emoji
+ * @property {number} created_at - Unix ms
+ * @property {number} last_heard_at - Unix ms (0: never)
+ * @property {number} refused - messages refused (forged, replayed, beyond the share's rights)
+ * @property {string[]} warnings - for the user
  */
 
 /**
@@ -102,6 +125,12 @@ export class MasqApp {
     this._closedByUser = false;
     this._backoff = 250;
     this._approval = null;
+    /** Share requests waiting for the user's answer: request id -> {resolve, reject, timer}. */
+    this._shareWaits = new Map();
+    /** Answers that arrived before anyone waited for them. */
+    this._shareAnswers = new Map();
+    /** @type {((share: Share) => void)|null} called when one of this app's shares changes */
+    this.onShare = options.onShare || null;
     this.namespace = null;
   }
 
@@ -232,6 +261,60 @@ export class MasqApp {
     };
   }
 
+  /**
+   * Ask to share this app's namespace with another person, whom the user
+   * calls `nickname`. The user approves the request in the Masq manager; the
+   * promise then resolves to the single-use link to send that person (through
+   * any messenger) and its QR code as SVG text. Rejects with code "denied" if
+   * the user refuses, "unavailable" if no sharing service is set up or the
+   * connection drops before the answer, "timeout" after `options.timeout` ms
+   * (default: no limit). Follow the share with `onShare` or `shares()`.
+   * @param {string} nickname - 1-64 bytes, no control characters or bidirectional overrides
+   * @param {{readOnly?: boolean, base?: string, timeout?: number}} [options] - readOnly: the other person
+   *   may read but not write; base: the page the link opens (a page: on its own origin), default masq://share/
+   * @returns {Promise<{share: Share, link: string, qrSvg: string}>}
+   */
+  async share(nickname, options = {}) {
+    const r = await this._request({ op: "share.create", nickname, read_only: options.readOnly || undefined, base: options.base });
+    const answer = await this._awaitShare(r.request, options.timeout);
+    return { share: answer.share, link: answer.link, qrSvg: answer.qr_svg };
+  }
+
+  /**
+   * Ask to accept another person's share link, whom the user calls
+   * `nickname`. The user approves it in the Masq manager; the promise then
+   * resolves to the share (status "claimed"): once the owner answers, an
+   * `onShare` call brings its namespace (read and write it with `{ns}`) and
+   * the fingerprint. Rejects with "invalid" for a malformed or foreign link,
+   * "denied" for a link accepted already or a refusal, as `share` otherwise.
+   * @param {string} link
+   * @param {string} nickname
+   * @param {{timeout?: number}} [options]
+   * @returns {Promise<Share>}
+   */
+  async acceptShare(link, nickname, options = {}) {
+    const r = await this._request({ op: "share.accept", link, nickname });
+    return (await this._awaitShare(r.request, options.timeout)).share;
+  }
+
+  /**
+   * This app's shares (made or accepted by it), oldest first.
+   * @returns {Promise<Share[]>}
+   */
+  async shares() {
+    return (await this._request({ op: "share.list" })).shares;
+  }
+
+  /**
+   * End one of this app's shares: the other side is told; the data stays
+   * on both sides, and later changes no longer travel.
+   * @param {string} shareId
+   * @returns {Promise<void>}
+   */
+  async unshare(shareId) {
+    await this._request({ op: "share.remove", share: shareId });
+  }
+
   /** Close the connection for good (no reconnect). */
   close() {
     this._closedByUser = true;
@@ -321,6 +404,41 @@ export class MasqApp {
     }
   }
 
+  /** The user's answer to share request `request` (the share_approved event). */
+  _awaitShare(request, timeout) {
+    const early = this._shareAnswers.get(request);
+    if (early) {
+      this._shareAnswers.delete(request);
+      return early.ok ? Promise.resolve(early.message) : Promise.reject(early.error);
+    }
+    return new Promise((resolve, reject) => {
+      const entry = { resolve, reject, timer: null };
+      if (timeout) {
+        entry.timer = setTimeout(() => {
+          this._shareWaits.delete(request);
+          reject(new MasqError("timeout", "the user did not answer the share request in time"));
+        }, timeout);
+      }
+      this._shareWaits.set(request, entry);
+    });
+  }
+
+  /** Settle the wait for a share request (or keep the answer for a later wait). */
+  _shareAnswer(m) {
+    const outcome = m.event === "share_approved" ? { ok: true, message: m }
+      : { ok: false, error: m.event === "share_denied" ? new MasqError("denied", "the user refused the share request")
+        : new MasqError(m.error.code, m.error.message) };
+    const waiting = this._shareWaits.get(m.request);
+    if (!waiting) {
+      this._shareAnswers.set(m.request, outcome);
+      return;
+    }
+    this._shareWaits.delete(m.request);
+    clearTimeout(waiting.timer);
+    if (outcome.ok) waiting.resolve(outcome.message);
+    else waiting.reject(outcome.error);
+  }
+
   async _renewWatches() {
     for (const entry of this._watches.values()) {
       entry.id = (await this._send({ op: "watch", prefix: entry.prefix, ns: entry.ns })).watch;
@@ -405,6 +523,16 @@ export class MasqApp {
         }
         break;
       }
+      case "share_approved":
+      case "share_denied":
+      case "share_failed":
+        this._shareAnswer(m);
+        break;
+      case "share":
+        if (this.onShare) {
+          try { this.onShare(m.share); } catch (e) { setTimeout(() => { throw e; }); }
+        }
+        break;
       case "approved":
         this._token = m.token;
         this._writeToken(m.token);
@@ -468,6 +596,12 @@ export class MasqApp {
   }
 
   _failAll(error) {
+    // Share requests go away with the connection that made them.
+    for (const [request, waiting] of this._shareWaits) {
+      clearTimeout(waiting.timer);
+      waiting.reject(error);
+      this._shareWaits.delete(request);
+    }
     for (const [id, waiting] of this._pending) {
       clearTimeout(waiting.timer);
       waiting.reject(error);

@@ -1,5 +1,5 @@
-// The store manager: profiles, apps and grants, devices and pairing, a data
-// browser and sync status, over masqd's admin API (docs/APP-PROTOCOL.md).
+// The store manager: profiles, apps and grants, shares with other people,
+// devices and pairing, a data browser and sync status, over masqd's admin API (docs/APP-PROTOCOL.md).
 // The admin secret arrives in the URL fragment (never sent to a server),
 // is kept in sessionStorage for reloads, and is removed from the address bar.
 // Everything an app claims about itself is shown with textContent only.
@@ -97,6 +97,7 @@ function connect() {
 function onEvent(msg) {
   switch (msg.event) {
     case "apps": refreshApps(); break;
+    case "shares": refreshShares(); break;
     case "profile": refresh(); break;
     case "paired":
       say(`Paired with ${msg.name} — fingerprint ${msg.fingerprint}`);
@@ -123,7 +124,7 @@ async function refresh() {
   $("locked-panel").hidden = !active.locked;
   $("panels").hidden = active.locked;
   if (active.locked) return;
-  await Promise.all([refreshApps(), refreshDevices(), refreshNamespaces(), refreshSync()]);
+  await Promise.all([refreshApps(), refreshShares(), refreshDevices(), refreshNamespaces(), refreshSync()]);
 }
 
 async function refreshApps() {
@@ -166,6 +167,42 @@ async function refreshApps() {
   $("grant-list").replaceChildren(...r.grants.map((g) => el("li", {},
     `${g.app} may ${g.access === "write" ? "read and write" : "read"} ${g.target}'s data `,
     el("button", { type: "button", class: "secondary", onclick: () => act("apps.ungrant", { app: g.app, target: g.target }, refreshApps) }, "Remove"))));
+}
+
+// Share requests (one card each: approving one answers that app's connection
+// only) and the shares of this profile, with the fingerprint to compare.
+async function refreshShares() {
+  const r = await call("shares.list").catch(() => null);
+  if (!r) return;
+  const host = (url) => { try { return new URL(url).host; } catch (_) { return url; } };
+  $("share-requests-section").hidden = r.requests.length === 0;
+  $("share-requests").replaceChildren(...r.requests.map((q) => el("li", { class: "card", "data-request": q.request, "data-kind": q.kind },
+    el("div", { class: "who" },
+      q.kind === "create"
+        ? el("strong", {}, `${q.app_name} asks to share its data with ${q.nickname}`)
+        : el("strong", {}, `${q.app_name} asks to take in what ${q.nickname} shares`),
+      q.kind === "create"
+        ? el("div", {}, `${q.nickname} ${q.access === "read-only" ? "may read it, not change it" : "may read and change it"}; you get a link to send them.`)
+        : el("div", {}, `Through ${q.services.map(host).join(", ")}. Their data comes into this profile; your changes go back to them unless they share it read-only.`),
+      el("div", { class: "origin" }, q.app),
+      el("div", { class: "hint" }, `request ${q.request.slice(0, 8)}${q.remote ? ` from ${q.remote}` : ""}`)),
+    el("button", { type: "button", "data-action": "approve-share", "data-request": q.request,
+      onclick: () => act("shares.approve", { request: q.request }, refreshShares) }, "Approve"),
+    el("button", { type: "button", class: "danger", "data-action": "deny-share", "data-request": q.request,
+      onclick: () => act("shares.deny", { request: q.request }, refreshShares) }, "Deny"))));
+
+  $("shares-empty").hidden = r.shares.length > 0;
+  const states = { offered: "link sent, not accepted yet", claimed: "waiting for the owner", active: "active",
+    intercepted: "someone else used the link first" };
+  $("shares-table").tBodies[0].replaceChildren(...r.shares.map((s) => el("tr", { "data-share": s.id },
+    el("td", {}, el("strong", {}, s.nickname || "(no name)")),
+    el("td", {}, s.app_name || s.app || "—"),
+    el("td", { class: "origin" }, s.namespace || "(not yet)"),
+    el("td", {}, `${s.role === "owner" ? "shared by you" : "shared with you"}, ${s.access}`),
+    el("td", {}, states[s.status] || s.status, ...s.warnings.map((w) => el("div", { class: "warning" }, w))),
+    el("td", { class: "fingerprint" }, s.fingerprint ? `${s.fingerprint} ${s.fingerprint_emoji}` : "—"),
+    el("td", {}, el("button", { type: "button", class: "danger", "data-action": "unshare", "data-share": s.id,
+      onclick: () => act("shares.remove", { share: s.id }, refreshShares) }, "End")))));
 }
 
 async function refreshDevices() {
@@ -249,5 +286,5 @@ $("join-form").onsubmit = (e) => {
   act("devices.join", { link: $("join-link").value }, (r) => { say(`Paired with ${r.name}`); return refreshDevices(); });
 };
 
-setInterval(() => { if (ws && ws.readyState === WebSocket.OPEN && state.active) { refreshSync(); refreshApps(); } }, 5000);
+setInterval(() => { if (ws && ws.readyState === WebSocket.OPEN && state.active) { refreshSync(); refreshApps(); refreshShares(); } }, 5000);
 connect();

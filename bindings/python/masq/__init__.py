@@ -11,6 +11,7 @@ from .store import Change, Namespace, PluginInfo, Store, Watch, scan_plugins, se
 from .security import (Pairing, PairingTask, Session, aead_open, aead_seal, ed25519_sign, ed25519_verify, hkdf_sha256, qr_pgm,
                        random_bytes, x25519, x25519_public)
 from ._native import AEAD_AES_256_GCM, AEAD_CHACHA20_POLY1305
+from .sharing import Share
 
 __all__ = [
     "Store", "Namespace", "Change", "Watch", "PluginInfo", "scan_plugins", "set_log_handler", "version",
@@ -21,3 +22,4 @@ __all__ = [
     "Session", "Pairing", "PairingTask", "random_bytes", "x25519", "x25519_public", "ed25519_sign", "ed25519_verify", "hkdf_sha256",
     "aead_seal", "aead_open", "qr_pgm", "AEAD_CHACHA20_POLY1305", "AEAD_AES_256_GCM",
 ]
+__all__ += ["Share"]

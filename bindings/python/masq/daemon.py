@@ -73,6 +73,9 @@ class DaemonClient:
         self.request: Optional[str] = None   # the approval request this connection made (register)
         self._closed = threading.Event()
         self.events: collections.deque = collections.deque(maxlen=1000)   # the latest events, for inspection
+        self.on_share: Optional[Callable[[dict], None]] = None   # called with each "share" event's share (reader thread)
+        self._share_answers: Dict[str, dict] = {}
+        self._share_answered = threading.Condition()
         self._ws = connect(self.url, origin=origin, open_timeout=timeout, max_size=None)
         self._reader = threading.Thread(target=self._read, name="masqd-client", daemon=True)
         self._reader.start()
@@ -168,6 +171,45 @@ class DaemonClient:
         self._watches.pop(watch_id, None)
         self.call("unwatch", watch=watch_id)
 
+    # ---- sharing with other people ----------------------------------------
+
+    def share(self, nickname: str, read_only: bool = False, ns: Optional[str] = None, base: Optional[str] = None,
+              wait: bool = True, timeout: Optional[float] = None) -> dict:
+        """Ask to share this app's namespace with the person the user calls `nickname`.
+        The user approves the request in the manager; with wait=True, return
+        {"share", "link", "qr_svg"} once they have (DaemonError "denied" if they
+        refuse, "timeout" after `timeout` seconds); else {"state": "pending", "request"}."""
+        answer = self.call("share.create", nickname=nickname, read_only=read_only or None, ns=ns, base=base)
+        return self.wait_share(answer["request"], timeout) if wait else answer
+
+    def accept_share(self, link: str, nickname: str, wait: bool = True, timeout: Optional[float] = None) -> dict:
+        """Ask to accept another person's share link (whom the user calls `nickname`);
+        the user approves it in the manager. With wait=True, return {"share"} then."""
+        answer = self.call("share.accept", link=link, nickname=nickname)
+        return self.wait_share(answer["request"], timeout) if wait else answer
+
+    def wait_share(self, request: str, timeout: Optional[float] = None) -> dict:
+        """The user's answer to a share request: the share_approved event's fields."""
+        with self._share_answered:
+            if not self._share_answered.wait_for(lambda: request in self._share_answers or self._closed.is_set(), timeout):
+                raise DaemonError("timeout", "the user has not answered the share request")
+            message = self._share_answers.pop(request, None)
+        if message is None:
+            raise DaemonError("unavailable", "the connection to masqd closed")
+        if message["event"] == "share_denied":
+            raise DaemonError("denied", "the user refused the share request")
+        if message["event"] == "share_failed":
+            raise DaemonError(message["error"]["code"], message["error"]["message"])
+        return {k: v for k, v in message.items() if k not in ("event", "request")}
+
+    def shares(self) -> list:
+        """This app's shares (each a dict: id, namespace, role, access, status, nickname, fingerprint, ...)."""
+        return self.call("share.list")["shares"]
+
+    def unshare(self, share_id: str) -> None:
+        """End one of this app's shares (the other side is told; the data stays)."""
+        self.call("share.remove", share=share_id)
+
     # ---- plumbing -----------------------------------------------------------
 
     def call(self, op: str, **params) -> dict:
@@ -208,6 +250,8 @@ class DaemonClient:
             pass
         finally:
             self._closed.set()
+            with self._share_answered:
+                self._share_answered.notify_all()
             if self.state not in ("revoked", "denied"):
                 self.state = "closed"
             with self._lock:
@@ -230,6 +274,12 @@ class DaemonClient:
         elif kind in ("revoked", "denied"):
             self.state = kind
             self.token = None
+        elif kind in ("share_approved", "share_denied", "share_failed"):
+            with self._share_answered:
+                self._share_answers[message["request"]] = message
+                self._share_answered.notify_all()
+        elif kind == "share" and self.on_share:
+            self.on_share(message["share"])
 
     def wait_closed(self, timeout: Optional[float] = None) -> bool:
         """True once the daemon has closed this connection."""

@@ -12,6 +12,7 @@ from . import _native as n
 from .errors import InvalidArgumentError, check
 from .security import SecurityMixin
 from .sync import SyncMixin
+from .sharing import SharingMixin
 
 BytesLike = Union[bytes, bytearray, memoryview, str]
 
@@ -129,7 +130,7 @@ class Watch:
             self.cancel()
 
 
-class Store(SecurityMixin, SyncMixin):
+class Store(SecurityMixin, SyncMixin, SharingMixin):
     """An open Masq store. Thread-safe; use as a context manager or call close()."""
 
     def __init__(self, handle: ctypes.c_void_p):
