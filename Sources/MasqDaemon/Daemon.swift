@@ -21,7 +21,8 @@ public struct DaemonOptions: Sendable {
     public var staticDirectories: [String] = []
     /// Extra plugin search directories (the transports and storage).
     public var pluginPath: [String] = []
-    public var maxMessageBytes = 1 << 20
+    /// Big enough for a value of the store's default maximum (1 MiB) as base64 in JSON.
+    public var maxMessageBytes = 2 << 20
     public var maxConnections = 256
     /// Connections still in their HTTP request or upgrade (localws max_handshakes).
     public var maxHandshakes = 64

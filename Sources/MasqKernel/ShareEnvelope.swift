@@ -23,7 +23,13 @@ struct ShareEnvelope: Sendable {
         var namespace: String?
         var access: String?
         /// Records, as a sync SNAPSHOT frame whose vector is where they bring the receiver.
+        /// In a "part" envelope: one slice of such a frame, too big for one message.
         var records: String?
+        /// "part" envelopes: this slice's index, how many slices, and the
+        /// SHA-256 (base64url) of the whole frame they rebuild.
+        var part: Int?
+        var parts: Int?
+        var digest: String?
         /// The receiver's log the sender has applied (hex replica → seq).
         var ack: [String: UInt64]?
         var reason: String?

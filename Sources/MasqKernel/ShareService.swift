@@ -36,6 +36,14 @@ public final class ShareService: @unchecked Sendable {
     public var tickSeconds = 0.25
     /// Largest records payload per envelope: mailbox messages are small.
     public var maxRecordBytes = 40_000
+    /// Largest records frame sent at all: a bigger one (a value of several
+    /// MiB) goes as "part" envelopes of `maxRecordBytes`, which must fit the
+    /// peer's mailbox quota (by default 1,000 messages and 16 MiB) with room
+    /// to spare. Records beyond it are not shared (a warning says so).
+    public var maxFrameBytes = 8 << 20
+    /// Frames being rebuilt from parts, by share id (one each, in memory: a
+    /// restart loses it and the sender resends after resend_ms).
+    private var assemblies: [String: (digest: String, count: Int, parts: [Int: [UInt8]], bytes: Int)] = [:]
 
     public init(store: Store) {
         self.store = store
@@ -472,14 +480,15 @@ public final class ShareService: @unchecked Sendable {
             state.inboxes = [state.inboxes.last!]
         }
         switch body.type {
-        case "records":
+        case "records", "part":
             if state.role == .owner && state.access == .readOnly {
                 if !state.warnings.contains(where: { $0.hasPrefix("the guest sent changes") }) {
                     state.warnings.append("the guest sent changes to a read-only share; they were refused")
                 }
                 throw MasqError(.denied, "records from the guest of a read-only share")
             }
-            guard let text = body.records, let bytes = Base64URL.decode(text) else { throw .invalid("records that are not base64url") }
+            guard let text = body.records, let slice = Base64URL.decode(text) else { throw .invalid("records that are not base64url") }
+            guard let bytes = body.type == "records" ? slice : try assemble(slice, body, share: state.id) else { break }
             guard case .snapshot(var records, let through?) = try SyncFrame.decode(bytes) else { throw .invalid("records in an unexpected frame") }
             // The sender's namespace, whatever its name there, is this share's namespace here.
             for i in records.indices { records[i].namespace = state.namespace }
@@ -516,6 +525,35 @@ public final class ShareService: @unchecked Sendable {
             acked.merge(try VersionVector(hexEntries: ack))
             state.acked = acked.entries
         }
+    }
+
+    /// A "part" envelope's slice into its frame: the whole frame once every
+    /// part arrived and its digest matches, nil meanwhile. Bounded: parts no
+    /// bigger than a records envelope, frames no bigger than `maxFrameBytes`.
+    private func assemble(_ slice: [UInt8], _ body: ShareEnvelope.Body, share: String) throws(MasqError) -> [UInt8]? {
+        guard let index = body.part, let count = body.parts, let digest = body.digest, digest.utf8.count == 43,
+              count >= 2, count <= maxFrameBytes / 1_024, index >= 0, index < count, slice.count <= maxRecordBytes else {
+            throw .invalid("a malformed part envelope")
+        }
+        var assembly: (digest: String, count: Int, parts: [Int: [UInt8]], bytes: Int) =
+            assemblies[share].flatMap { $0.digest == digest && $0.count == count ? $0 : nil } ?? (digest, count, [:], 0)
+        guard assembly.parts[index] == nil else { return nil }   // a resent part
+        guard assembly.bytes + slice.count <= maxFrameBytes else {
+            assemblies[share] = nil
+            throw .tooLarge("parts rebuilding a frame over \(maxFrameBytes) bytes")
+        }
+        assembly.parts[index] = slice
+        assembly.bytes += slice.count
+        guard assembly.parts.count == count else {
+            assemblies[share] = assembly
+            return nil
+        }
+        assemblies[share] = nil
+        var frame: [UInt8] = []
+        frame.reserveCapacity(assembly.bytes)
+        for i in 0..<count { frame += assembly.parts[i]! }
+        guard Base64URL.encode(Hash.sha256(frame)) == digest else { throw .invalid("parts that do not rebuild the frame they announce") }
+        return frame
     }
 
     /// Whether this side has records the peer has not acknowledged.
@@ -593,19 +631,29 @@ public final class ShareService: @unchecked Sendable {
             return
         }
         if records.isEmpty && through == acked && state.snapshotCursor == nil { return }
-        let oversized = records.filter { $0.value.count + $0.key.count > maxRecordBytes }
+        let limit = maxFrameBytes - 64 * 1_024
+        let oversized = records.filter { $0.value.count + $0.key.count > limit }
         if !oversized.isEmpty {
-            records.removeAll { $0.value.count + $0.key.count > maxRecordBytes }
-            let warning = "values over \(maxRecordBytes) bytes are not shared through mailboxes"
+            records.removeAll { $0.value.count + $0.key.count > limit }
+            let warning = "values over \(limit) bytes are not shared through mailboxes"
             if !state.warnings.contains(warning) { state.warnings.append(warning) }
         }
         let frame = SyncFrame.snapshot(records: records, final: through).encoded()
         state.inflightThrough = through.entries
         state.inflightAt = now
-        send(&state, type: "records", records: Base64URL.encode(frame))
+        guard frame.count > maxRecordBytes else { return send(&state, type: "records", records: Base64URL.encode(frame)) }
+        // Too big for one message: slices, all sent now (the peer's mailbox
+        // holds them); the acknowledgement of the whole frame ends them.
+        let digest = Base64URL.encode(Hash.sha256(frame))
+        let count = (frame.count + maxRecordBytes - 1) / maxRecordBytes
+        for index in 0..<count {
+            let slice = Array(frame[(index * maxRecordBytes)..<min(frame.count, (index + 1) * maxRecordBytes)])
+            send(&state, type: "part", records: Base64URL.encode(slice), part: (index, count, digest))
+        }
     }
 
-    private func send(_ state: inout ShareState, type: String, proof: String? = nil, records: String? = nil, reason: String? = nil) {
+    private func send(_ state: inout ShareState, type: String, proof: String? = nil, records: String? = nil, reason: String? = nil,
+                      part: (index: Int, count: Int, digest: String)? = nil) {
         guard let peer = state.peerInbox, let inbox = state.inboxes.last?.mailbox else { return }
         var body = ShareEnvelope.Body(type: type, share: state.id, seq: state.nextSeq, inbox: inbox, proof: proof, reason: reason)
         switch type {
@@ -614,6 +662,11 @@ public final class ShareService: @unchecked Sendable {
             body.namespace = state.namespace
             body.access = state.access.rawValue
         case "records": body.records = records
+        case "part":
+            body.records = records
+            body.part = part?.index
+            body.parts = part?.count
+            body.digest = part?.digest
         default: break
         }
         if let toAck = state.toAck {

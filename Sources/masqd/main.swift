@@ -28,7 +28,7 @@ struct Masqd: ParsableCommand {
     var www: [String] = []
     @Option(help: ArgumentHelp("Extra plugin directory (repeatable).", valueName: "dir"))
     var pluginPath: [String] = []
-    @Option(help: "Largest message in bytes.") var maxMessageBytes = 1 << 20
+    @Option(help: "Largest message in bytes (the default carries a 1 MiB value as base64).") var maxMessageBytes = 2 << 20
     @Option(help: "Connections accepted at once.") var maxConnections = 256
     @Option(help: "Requests per second per connection.") var rate = 1_000
     @Option(help: "Connections still in their HTTP request or WebSocket upgrade (each has 10 s; the oldest makes room for a newcomer).") var maxHandshakes = 64

@@ -63,6 +63,11 @@ wait_for 20 "Alice's delete reaching Bob" absent bob.json notes hello
 "$masq" put --config alice.json notes both "A" & "$masq" put --config bob.json notes both "B"; wait $!
 wait_for 20 "concurrent writes converging" bash -c "[ \"\$('$masq' get --config alice.json notes both)\" = \"\$('$masq' get --config bob.json notes both)\" ]"
 absent bob.json private secret || fail "the private namespace leaked"
+# A value of the default maximum (1 MiB, 26 mailbox messages' worth) crosses as parts.
+head -c 1048576 /dev/urandom >photo.bin
+"$masq" put --config alice.json notes photo <photo.bin || fail "put of a 1 MiB value"
+wait_for 60 "a 1 MiB value reaching Bob through the mailboxes" sh -c "\"$masq\" get --config bob.json notes photo 2>/dev/null | cmp -s - photo.bin"
+"$masq" shares --config alice.json | grep -q "not shared through mailboxes" && fail "Alice warns that a 1 MiB value was not shared"
 
 # 3. The used link again (Mallory): told it was intercepted; Alice is warned.
 if "$masq" accept --config mallory.json "$link1" --wait 20 >mallory.out 2>&1; then fail "a second claimant was accepted"; fi

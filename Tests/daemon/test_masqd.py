@@ -571,3 +571,21 @@ def test_a_client_that_sends_without_reading_is_closed_not_queued_for(tmp_path):
         assert d.alive()
     finally:
         d.stop()
+
+
+def test_a_value_of_the_default_maximum_goes_through_the_app_protocol(tmp_path):
+    """With masqd's default limits an app writes and reads back a value of the
+    store's default maximum (1 MiB, base64 in JSON), and one byte more is
+    refused by the store with its reason, not by a closed connection."""
+    d = Daemon(tmp_path / "home", "--max-message-bytes", str(2 << 20))
+    try:
+        app = approved_app(d, d.manager())
+        photo = os.urandom(1 << 20)
+        app.put("photo", photo)
+        assert app.get("photo", binary=True) == photo
+        with pytest.raises(DaemonError) as e:
+            app.put("too-big", os.urandom((1 << 20) + 1))
+        assert e.value.code == "too_large"
+        assert app.get("photo", binary=True) == photo
+    finally:
+        d.stop()
