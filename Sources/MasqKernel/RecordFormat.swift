@@ -47,7 +47,6 @@ enum RecordFormat {
         return out
     }
 
-    static func namespaceNameKey(_ ns: NamespaceName) -> [UInt8] { [namespaceByName] + ns.bytes }
 
     static func namespaceIDKey(_ id: UInt32) -> [UInt8] {
         var out = [namespaceByID]

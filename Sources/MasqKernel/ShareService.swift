@@ -291,9 +291,6 @@ public final class ShareService: @unchecked Sendable {
         }
     }
 
-    /// The transport's counters.
-    public func transportStats() -> [String: UInt64]? { transport?.stats() }
-
     // MARK: - internals (on the queue)
 
     private func onQueue(_ body: () throws(MasqError) -> Void) throws(MasqError) {

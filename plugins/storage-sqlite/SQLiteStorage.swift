@@ -47,7 +47,7 @@ final class SQLiteDatabase {
         var secureDelete = true
     }
 
-    init(host: UnsafePointer<masq_host>, options: Options) throws(Failure) {
+    init(host: UnsafePointer<masq_host>, options: Options) throws(PluginFailure) {
         self.host = host
         busyTimeoutSeconds = options.busyTimeoutMilliseconds / 1000
         let path = options.file.hasPrefix("/") || options.file == ":memory:" ? options.file : options.dataDir + "/" + options.file
@@ -59,15 +59,15 @@ final class SQLiteDatabase {
             let message = handle.map { String(cString: sqlite3_errmsg($0)) } ?? "out of memory"
             sqlite3_close_v2(handle)
             db = nil
-            throw Failure(Self.status(rc), "cannot open \(path): \(message)")
+            throw PluginFailure(Self.status(rc), "cannot open \(path): \(message)")
         }
-        do throws(Failure) {
+        do throws(PluginFailure) {
             sqlite3_busy_timeout(db, options.busyTimeoutMilliseconds)
             // Only a new, empty file takes it (before WAL mode and the first table).
             if let pageSize = options.pageSize { try execute("PRAGMA page_size=\(pageSize)") }
             let mode = try queryText("PRAGMA journal_mode=WAL")
             if mode.lowercased() != "wal" && path != ":memory:" {
-                throw Failure(MASQ_E_IO, "\(path): cannot switch to WAL mode (journal_mode is \(mode))")
+                throw PluginFailure(MASQ_E_IO, "\(path): cannot switch to WAL mode (journal_mode is \(mode))")
             }
             try execute("PRAGMA synchronous=\(options.synchronous)")
             try execute("PRAGMA cache_size=-\(options.cacheSizeKiB)")
@@ -211,45 +211,38 @@ final class SQLiteDatabase {
         }
     }
 
-    private func prepare(_ sql: String) throws(Failure) -> OpaquePointer {
+    private func prepare(_ sql: String) throws(PluginFailure) -> OpaquePointer {
         var s: OpaquePointer?
         let rc = sqlite3_prepare_v3(db, sql, -1, UInt32(SQLITE_PREPARE_PERSISTENT), &s, nil)
-        guard rc == SQLITE_OK, let s else { throw Failure(Self.status(rc), "prepare: \(String(cString: sqlite3_errmsg(db)))") }
+        guard rc == SQLITE_OK, let s else { throw PluginFailure(Self.status(rc), "prepare: \(String(cString: sqlite3_errmsg(db)))") }
         statements.append(s)
         return s
     }
 
-    private func execute(_ sql: String) throws(Failure) {
+    private func execute(_ sql: String) throws(PluginFailure) {
         let rc = sqlite3_exec(db, sql, nil, nil, nil)
-        guard rc == SQLITE_OK else { throw Failure(Self.status(rc), "\(sql): \(String(cString: sqlite3_errmsg(db)))") }
+        guard rc == SQLITE_OK else { throw PluginFailure(Self.status(rc), "\(sql): \(String(cString: sqlite3_errmsg(db)))") }
     }
 
-    private func queryText(_ sql: String) throws(Failure) -> String {
+    private func queryText(_ sql: String) throws(PluginFailure) -> String {
         var s: OpaquePointer?
         let rc = sqlite3_prepare_v2(db, sql, -1, &s, nil)
-        guard rc == SQLITE_OK, let s else { throw Failure(Self.status(rc), "\(sql): \(String(cString: sqlite3_errmsg(db)))") }
+        guard rc == SQLITE_OK, let s else { throw PluginFailure(Self.status(rc), "\(sql): \(String(cString: sqlite3_errmsg(db)))") }
         defer { sqlite3_finalize(s) }
         let step = sqlite3_step(s)
         guard step == SQLITE_ROW, let text = sqlite3_column_text(s, 0) else {
-            throw Failure(Self.status(step), "\(sql): \(String(cString: sqlite3_errmsg(db)))")
+            throw PluginFailure(Self.status(step), "\(sql): \(String(cString: sqlite3_errmsg(db)))")
         }
         return String(cString: text)
     }
-
-    typealias Failure = PluginFailure
 }
 
 // MARK: - options
 
 /// Parse the options the kernel passes; unknown keys and bad values are errors.
-private func parseOptions(_ list: UnsafePointer<masq_plugin_option>?, _ count: Int) throws(SQLiteDatabase.Failure) -> SQLiteDatabase.Options {
+private func parseOptions(_ list: UnsafePointer<masq_plugin_option>?, _ count: Int) throws(PluginFailure) -> SQLiteDatabase.Options {
     var options = SQLiteDatabase.Options()
-    for i in 0..<count {
-        guard let list, let keyPointer = list[i].key, let valuePointer = list[i].value else {
-            throw .init(MASQ_E_INVALID, "option \(i) has a NULL key or value")
-        }
-        let key = String(cString: keyPointer)
-        let value = String(cString: valuePointer)
+    for (key, value) in try pluginOptions(list, count) {
         switch key {
         case "data_dir":
             options.dataDir = value
@@ -263,8 +256,7 @@ private func parseOptions(_ list: UnsafePointer<masq_plugin_option>?, _ count: I
             }
             options.synchronous = value.lowercased()
         case "busy_timeout_ms":
-            guard let ms = Int32(value), ms >= 0 else { throw .init(MASQ_E_CONFIG, "option busy_timeout_ms must be a non-negative integer, not \"\(value)\"") }
-            options.busyTimeoutMilliseconds = ms
+            options.busyTimeoutMilliseconds = Int32(try optionNumber(key, value, 0...Int(Int32.max)))
         case "secure_delete":
             guard value == "true" || value == "false" else { throw .init(MASQ_E_CONFIG, "option secure_delete must be true or false, not \"\(value)\"") }
             options.secureDelete = value == "true"
@@ -274,8 +266,7 @@ private func parseOptions(_ list: UnsafePointer<masq_plugin_option>?, _ count: I
             }
             options.pageSize = size
         case "cache_size_kib":
-            guard let kib = Int(value), kib > 0, kib <= 16 << 20 else { throw .init(MASQ_E_CONFIG, "option cache_size_kib must be 1...\(16 << 20), not \"\(value)\"") }
-            options.cacheSizeKiB = kib
+            options.cacheSizeKiB = try optionNumber(key, value, 1...(16 << 20))
         default:
             throw .init(MASQ_E_CONFIG, "unknown option \"\(key)\" (known: file, synchronous, busy_timeout_ms, cache_size_kib, page_size, secure_delete)")
         }

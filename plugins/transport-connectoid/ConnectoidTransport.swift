@@ -24,7 +24,6 @@ private let pluginName: StaticString = "connectoid"
 private let pluginVersion: StaticString = "1.0.0"
 private let pluginSummary: StaticString = "Connectoid mailboxes: polls store-and-forward services over HTTP(S), no open connection"
 
-typealias TransportFailure = PluginFailure
 
 /// A mailbox as a room/destination string names it.
 struct Mailbox: Hashable, Sendable {
@@ -348,7 +347,7 @@ final class ConnectoidTransport: PluginTransport, @unchecked Sendable {
     }
 
     func log(_ level: Int32, _ message: String) { host.pointee.log(host, level, message) }
-    func fail(_ failure: TransportFailure) -> Int32 { report(host, failure) }
+    func fail(_ failure: PluginFailure) -> Int32 { report(host, failure) }
 }
 
 private func encode(_ request: ConnectoidRequest) -> [UInt8] {
@@ -363,11 +362,11 @@ private func monotonicMilliseconds() -> Int64 {
 
 // MARK: - the C face
 
-private func parseOptions(_ list: UnsafePointer<masq_plugin_option>?, _ count: Int) throws(TransportFailure) -> ConnectoidTransport.Options {
+private func parseOptions(_ list: UnsafePointer<masq_plugin_option>?, _ count: Int) throws(PluginFailure) -> ConnectoidTransport.Options {
     var options = ConnectoidTransport.Options()
     let pairs = try pluginOptions(list, count)
     for (key, value) in pairs {
-        func number(_ range: ClosedRange<Int>) throws(TransportFailure) -> Int { try optionNumber(key, value, range) }
+        func number(_ range: ClosedRange<Int>) throws(PluginFailure) -> Int { try optionNumber(key, value, range) }
         switch key {
         case "data_dir": options.dataDirectory = value
         case "interval_ms": options.intervalMilliseconds = Int64(try number(50...86_400_000))

@@ -25,7 +25,6 @@ private let pluginName: StaticString = "localws"
 private let pluginVersion: StaticString = "1.0.0"
 private let pluginSummary: StaticString = "WebSocket server on 127.0.0.1/::1 for local apps (origin reported, static pages)"
 
-typealias TransportFailure = PluginFailure
 
 /// One plugin instance: listeners, live connections, limits.
 final class LocalWebSocketTransport: PluginTransport, @unchecked Sendable {
@@ -326,7 +325,7 @@ final class LocalWebSocketTransport: PluginTransport, @unchecked Sendable {
 
     func log(_ level: Int32, _ message: String) { host.pointee.log(host, level, message) }
 
-    func fail(_ failure: TransportFailure) -> Int32 { report(host, failure) }
+    func fail(_ failure: PluginFailure) -> Int32 { report(host, failure) }
 }
 
 /// One app connection after the upgrade.
@@ -605,11 +604,11 @@ enum SocketOwner {
 
 // MARK: - the C face
 
-private func parseOptions(_ list: UnsafePointer<masq_plugin_option>?, _ count: Int) throws(TransportFailure) -> LocalWebSocketTransport.Options {
+private func parseOptions(_ list: UnsafePointer<masq_plugin_option>?, _ count: Int) throws(PluginFailure) -> LocalWebSocketTransport.Options {
     var options = LocalWebSocketTransport.Options()
     let pairs = try pluginOptions(list, count)
     for (key, value) in pairs {
-        func number(_ range: ClosedRange<Int>) throws(TransportFailure) -> Int { try optionNumber(key, value, range) }
+        func number(_ range: ClosedRange<Int>) throws(PluginFailure) -> Int { try optionNumber(key, value, range) }
         switch key {
         case "data_dir": break
         case "static_dir": options.staticDirectories += value.split(separator: ":").map(String.init)
