@@ -161,11 +161,18 @@ public final class Store: @unchecked Sendable {
                     if header.tombstone { return nil }
                     if box == nil && !header.counter { return try body(RecordHeader.value(in: record, header: header)) }
                     let value = try box.map { (b) throws(MasqError) in try openValue(b, recordKey, record, header) } ?? Array(RecordHeader.value(in: record, header: header))
+                    if Store.isZeroCounter(header, value) { return nil }
                     return try displayValue(header, value).withBytes { (v) throws(MasqError) in try body(v) }
                 }
                 return hit ?? nil
             }
         }
+    }
+
+    /// A counter at zero reads as an absent key (deleting a counter sets it to
+    /// zero; its record stays, so concurrent additions elsewhere still count).
+    static func isZeroCounter(_ header: RecordHeader, _ value: [UInt8]) -> Bool {
+        header.counter && (try? Counter(decoding: value).total) == 0
     }
 
     public func get(_ ns: NamespaceName, key: [UInt8]) throws(MasqError) -> [UInt8]? {
@@ -194,9 +201,11 @@ public final class Store: @unchecked Sendable {
                     last = Array(key)
                     let header = try RecordHeader.read(record, key: key)
                     if !header.tombstone {
-                        let value: [UInt8]? = keysOnly ? nil
-                            : displayValue(header, try box.map { (b) throws(MasqError) in try openValue(b, key, record, header) } ?? Array(RecordHeader.value(in: record, header: header)))
-                        chunk.append((Array(key[base.count...]), value))
+                        let stored: [UInt8]? = keysOnly && !header.counter ? nil
+                            : try box.map { (b) throws(MasqError) in try openValue(b, key, record, header) } ?? Array(RecordHeader.value(in: record, header: header))
+                        if !(stored.map { Store.isZeroCounter(header, $0) } ?? false) {
+                            chunk.append((Array(key[base.count...]), keysOnly ? nil : stored.map { displayValue(header, $0) }))
+                        }
                     }
                     return chunk.count < Store.listChunk && visited < Store.listChunk * 16
                 }
@@ -234,14 +243,16 @@ public final class Store: @unchecked Sendable {
                 guard spans.count < limits.maxBatchEntries else {
                     throw .tooLarge("namespace '\(ns)' holds more than \(limits.maxBatchEntries) keys (limits.max_batch_entries); list it instead")
                 }
+                var opened: [UInt8]?
+                if box != nil || header.counter {
+                    let value = try box.map { (b) throws(MasqError) in try openValue(b, key, record, header) } ?? Array(RecordHeader.value(in: record, header: header))
+                    if Store.isZeroCounter(header, value) { return true }
+                    opened = displayValue(header, value)
+                }
                 let keyStart = blob.count
                 blob += key[base.count...]
                 let valueStart = blob.count
-                if box == nil && !header.counter {
-                    blob += RecordHeader.value(in: record, header: header)
-                } else {
-                    blob += displayValue(header, try box.map { (b) throws(MasqError) in try openValue(b, key, record, header) } ?? Array(RecordHeader.value(in: record, header: header)))
-                }
+                if let opened { blob += opened } else { blob += RecordHeader.value(in: record, header: header) }
                 spans.append((keyStart, valueStart - keyStart, valueStart, blob.count - valueStart))
                 return true
             }
@@ -276,7 +287,14 @@ public final class Store: @unchecked Sendable {
                 let base = RecordFormat.recordPrefix(namespaceID: id)
                 var found = false
                 try engine.scan(from: base, to: RecordFormat.successor(ofPrefix: base)) { (key, record) throws(MasqError) -> Bool in
-                    found = try !RecordHeader.read(record, key: key).tombstone
+                    let header = try RecordHeader.read(record, key: key)
+                    if header.tombstone { return true }
+                    if header.counter {
+                        let value = try box.map { (b) throws(MasqError) in try openValue(b, key, record, header) } ?? Array(RecordHeader.value(in: record, header: header))
+                        found = !Store.isZeroCounter(header, value)
+                    } else {
+                        found = true
+                    }
                     return !found
                 }
                 if found { live.append(try NamespaceName(storedBytes: name).string) }

@@ -55,6 +55,26 @@ def test_counters(store):
     assert store.counter("app", "likes") == 3
 
 
+def test_a_deleted_or_cleared_counter_is_gone_from_listings(store):
+    """A counter at zero reads as an absent key: deleted, cleared, or brought
+    back to zero, it leaves get_all, list and the namespaces (its record stays
+    for the merge, so another device's concurrent additions still count)."""
+    store.counter_add("votes", "a", 3)
+    store.counter_add("votes", "b", 2)
+    store.delete("votes", "a")
+    assert store.counter("votes", "a") == 0
+    assert store.get("votes", "a") is None
+    assert store.get_all("votes") == {b"b": b"2"}
+    store.counter_add("votes", "b", -2)
+    assert store.get_all("votes") == {}
+    assert "votes" not in store.namespaces()
+    store.counter_add("votes", "b", 1)
+    assert store.get_all("votes") == {b"b": b"1"}
+    store.clear("votes")
+    assert store.get_all("votes") == {} and store.items("votes") == [] and store.keys("votes") == []
+    assert "votes" not in store.namespaces()
+
+
 def test_sync_without_a_transport_is_a_config_error(store):
     with pytest.raises(masq.ConfigError):
         store.sync_start()
