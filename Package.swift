@@ -45,6 +45,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.30.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.1.0"),
+        .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
     ],
     targets: [
         // C headers as Swift modules.
@@ -80,6 +81,17 @@ let package = Package(
             .product(name: "NIOSSL", package: "swift-nio-ssl"),
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Prometheus", package: "swift-prometheus"),
+        ]),
+
+        // The Connectoid mailbox store on PostgreSQL: several services behind a load balancer share mailboxes.
+        .target(name: "MasqConnectoidPostgres", dependencies: [
+            "MasqConnectoid", "MasqConnectoidWire",
+            .product(name: "PostgresNIO", package: "postgres-nio"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            .product(name: "NIOSSL", package: "swift-nio-ssl"),
+            .product(name: "Logging", package: "swift-log"),
         ]),
 
         // The core: config, plugin loader, store semantics, the C API.
@@ -128,6 +140,7 @@ let package = Package(
             "MasqKernel",
             "MasqRelay",
             "MasqConnectoid",
+            "MasqConnectoidPostgres",
             "MasqMesh",
             "CMasqSupport",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),

@@ -357,21 +357,35 @@ int masq_sync_stop(masq_store *store);
  *  on any configured transport, then return (devices that do not show up
  *  within 3 s are not waited for). MASQ_E_UNAVAILABLE when there are paired
  *  devices but none answered (nothing was synced); MASQ_E_TIMEOUT when not
- *  caught up after timeout_seconds (a device removed from the group gets no
- *  answers). Thread-safe. */
+ *  caught up after timeout_seconds, its message naming what held sync back
+ *  where anything did (a refused change, a device that cannot store, a
+ *  frame too big; a device removed from the group gets no answers).
+ *  timeout_seconds: more than 0, at most 86400 (else
+ *  MASQ_E_INVALID). Thread-safe. */
 int masq_sync_once(masq_store *store, double timeout_seconds);
 
-/** Sync status as JSON: {"running", "connected", "devices": [{"device_id",
- *  "name", "present", "they_lack", "we_lack", "last_sync"}],
+/** Sync status as JSON: {"running", "connected", "storage_problem" (null,
+ *  or in words: the disk holding this store is full), "devices": [{"device_id",
+ *  "name", "present", "they_lack", "we_lack", "last_sync", "problem" (what
+ *  holds sync with it back, in words, or null)}],
  *  "frames_received", "frames_rejected" (room payloads the kernel refused:
  *  malformed, unknown type, unpaired sender, failing to open),
  *  "transports": [{"plugin", "stats": {counter: n, ...}}] (each transport
- *  plugin's own counters, e.g. the relay plugin's "frames_rejected")}.
+ *  plugin's own counters, e.g. the relay plugin's "frames_rejected"),
+ *  "namespaces": {"namespaces" (null: all), "exclude"} (what this device
+ *  keeps, config "sync"), "blobs": {"mode" ("eager" or "on_demand"),
+ *  "fetching": [{"id", "size", "fetched", "missing_chunks", "since" (Unix
+ *  ms it was first asked for), "manifest", "problem" (null, or why it does
+ *  not progress: e.g. no present device holds it)}], and this run's
+ *  "chunks_received", "bytes_received", "chunks_sent", "bytes_sent",
+ *  "chunks_rejected" (a wrong SHA-256 or length), "resent"}}.
  *  *json_out is the caller's to masq_free. Thread-safe. */
 int masq_sync_status(masq_store *store, char **json_out);
 
 /** Called as commits from a device arrive: what arrived so far and what that
- *  device announced this one still lacks. From a library thread. */
+ *  device announced this one still lacks. From a library thread. It may call
+ *  any function of this library except masq_close and masq_sync_stop on the
+ *  same store, which answer MASQ_E_BUSY there. */
 typedef void (*masq_progress_fn)(void *ctx, const char *device_id, uint64_t received, uint64_t remaining);
 
 /** Install (fn non-NULL) or remove a progress callback for this store's sync. */
@@ -618,6 +632,138 @@ void masq_pair_cancel(masq_pairing_task *task);
 void masq_pair_free(masq_pairing_task *task);
 
 /* ------------------------------------------------------------------------ */
+/* Blobs                                                                    */
+
+/*
+ * A blob is file-sized data (a photo, a video, a document) written and read
+ * without holding it in memory, up to 1 TiB. It is cut into chunks of 1 MiB
+ * (the last shorter), each stored once per store under the SHA-256 of its
+ * content — writing the same data twice adds no chunk — and sealed at rest
+ * like values when the store has a passphrase. An ordinary key holds a small
+ * reference to the blob: the key merges, conflicts, is deleted and syncs
+ * exactly like any value, and masq_get returns the reference's bytes
+ * (masq_blob_parse reads them; masq_watch reports it like any value).
+ * Sync carries the chunks separately: a device that learns of a blob asks
+ * the devices present for its chunks (all of them at once by default, or only
+ * when asked with the config's "sync": {"blobs": "on_demand"}), checks each
+ * one's SHA-256, keeps what arrived across restarts, and reports progress
+ * (masq_blob_set_progress, masq_sync_status "blobs"). Chunks no live key
+ * references any more are deleted by masq_blob_gc and every 10 minutes while
+ * sync runs. See docs/STORAGE-FORMAT.md and docs/PROTOCOL.md ("Blobs").
+ *
+ * Blob info is a JSON object: {"id" (the blob's manifest hash, 64 hex
+ * digits: the same on every device, as in progress callbacks), "size",
+ * "chunk_size", "chunks", "content_type" and "name" (null when not given),
+ * "complete" (every chunk is on this device), "manifest" (the chunk list is
+ * here), "present_chunks", "present_bytes", "missing_chunks",
+ * "fetching_since" (Unix ms this device first asked for the contents; 0:
+ * not asked), "new_chunks", "new_bytes" (a write only: chunks the write
+ * added; 0 when the store held them all already)}.
+ *
+ * Every function below takes the same ns, key, key_len as masq_put; returns
+ * MASQ_E_DENIED while the store is locked; sets *..._out to NULL on failure
+ * (strings returned are the caller's to masq_free); and is thread-safe. A
+ * callback runs on the calling thread, during the call, without any library
+ * lock held: it may call other functions of the same store (not masq_close).
+ */
+
+/** masq_blob_get_*: length meaning "up to the end of the blob". */
+#define MASQ_BLOB_TO_END UINT64_MAX
+
+/** Produces a blob's bytes for masq_blob_put_stream: fill buf with up to
+ *  len bytes and return how many (fewer is fine; 0 means the end), or a
+ *  negative number for an error (the write is abandoned). */
+typedef int64_t (*masq_blob_read_fn)(void *ctx, uint8_t *buf, size_t len);
+
+/** Receives a blob's bytes from masq_blob_get_stream, in order: return 0 to
+ *  go on, anything else to stop (the call then returns MASQ_E_IO). data is
+ *  valid only during the call. */
+typedef int (*masq_blob_write_fn)(void *ctx, const uint8_t *data, size_t len);
+
+/**
+ * Write the file at path (read 1 MiB at a time) as a blob, and set key in ns
+ * to its reference in one commit. The blob's name is the file's base name;
+ * content_type (e.g. "image/jpeg", at most 255 bytes) may be NULL.
+ * info_json_out may be NULL; otherwise it receives the blob info (see
+ * above). The key changes only once every chunk is stored: on any failure it
+ * keeps its old value, and chunks already written are deleted by the next
+ * collection. Errors: MASQ_E_INVALID (NULL or bad arguments), MASQ_E_IO (the
+ * file cannot be opened or read: the message names it and the byte where
+ * reading failed), MASQ_E_TOO_LARGE (over 1 TiB), and those of masq_put.
+ */
+int masq_blob_put_file(masq_store *store, const char *ns, const uint8_t *key, size_t key_len,
+                       const char *path, const char *content_type, char **info_json_out);
+
+/**
+ * The same from a stream: fn(ctx, buf, len) is called until it returns 0.
+ * name (at most 255 bytes) and content_type may be NULL. A negative return
+ * from fn abandons the write (MASQ_E_IO, the key unchanged, nothing half
+ * written referenced).
+ */
+int masq_blob_put_stream(masq_store *store, const char *ns, const uint8_t *key, size_t key_len,
+                         masq_blob_read_fn fn, void *ctx, const char *content_type, const char *name,
+                         char **info_json_out);
+
+/**
+ * Write bytes [offset, offset + length) of the blob key references to the
+ * file at path (length MASQ_BLOB_TO_END: to the end; a range past the end
+ * is cut at the end). The file is written beside path under a temporary
+ * name and renamed over path once complete, so a failure leaves path as it
+ * was. Errors: MASQ_E_NOT_FOUND (no such key), MASQ_E_INVALID (the key
+ * holds an ordinary value; offset past the end), MASQ_E_UNAVAILABLE (some
+ * chunks of the range are not on this device yet: the message says how many
+ * and the fetch is asked for — with on-demand fetching, this read starts it;
+ * nothing is written), MASQ_E_CORRUPT (a stored chunk fails its SHA-256),
+ * MASQ_E_IO (path cannot be written).
+ */
+int masq_blob_get_file(masq_store *store, const char *ns, const uint8_t *key, size_t key_len,
+                       const char *path, uint64_t offset, uint64_t length);
+
+/**
+ * The same to a stream: fn(ctx, data, len) receives the range in order, in
+ * pieces of at most a chunk. Every chunk of the range is checked present
+ * before the first call (MASQ_E_UNAVAILABLE otherwise: fn is never called).
+ */
+int masq_blob_get_stream(masq_store *store, const char *ns, const uint8_t *key, size_t key_len,
+                         uint64_t offset, uint64_t length, masq_blob_write_fn fn, void *ctx);
+
+/** The blob info of the blob key references (*json_out, masq_free).
+ *  MASQ_E_NOT_FOUND for an absent key, MASQ_E_INVALID for one holding an
+ *  ordinary value. Works whether or not the contents are here. */
+int masq_blob_info(masq_store *store, const char *ns, const uint8_t *key, size_t key_len, char **json_out);
+
+/** Read a blob reference (a value from masq_get or a watch) without a store:
+ *  *json_out (masq_free) receives {"id", "size", "chunk_size", "chunks",
+ *  "content_type", "name"}. MASQ_E_INVALID if value is not a blob reference
+ *  (or one of an unknown version). */
+int masq_blob_parse(const uint8_t *value, size_t value_len, char **json_out);
+
+/** Ask for the contents of the blob key references: recorded in the store
+ *  (so it survives restarts) and fetched by the running sync, or by the next
+ *  one. MASQ_OK at once, also when the blob is complete already; follow it
+ *  with masq_blob_info or the progress callback. MASQ_E_NOT_FOUND,
+ *  MASQ_E_INVALID as masq_blob_info. */
+int masq_blob_fetch(masq_store *store, const char *ns, const uint8_t *key, size_t key_len);
+
+/** Delete every chunk and manifest no live key references (never those of
+ *  a blob being written or read, nor of one being fetched while a key
+ *  references it). report_json_out may be NULL; otherwise it receives
+ *  {"chunks_kept", "bytes_kept", "chunks_deleted", "bytes_deleted",
+ *  "manifests_kept", "manifests_deleted", "fetches_dropped", "deferred"
+ *  (true: another process is writing a blob, so unreferenced chunks were
+ *  kept this time)}. */
+int masq_blob_gc(masq_store *store, char **report_json_out);
+
+/** Called as a blob's chunks arrive by sync: its id (as in blob info),
+ *  bytes on this device and the blob's size (fetched == size: complete).
+ *  From a library thread; keep it short, and do not stop sync from it. */
+typedef void (*masq_blob_progress_fn)(void *ctx, const char *blob_id, uint64_t fetched, uint64_t size);
+
+/** Install (fn non-NULL) or remove the blob progress callback. ctx must stay
+ *  valid until the callback is removed or the store closed. */
+int masq_blob_set_progress(masq_store *store, masq_blob_progress_fn fn, void *ctx);
+
+/* ------------------------------------------------------------------------ */
 /* Crypto sessions                                                          */
 
 /**
@@ -733,6 +879,114 @@ int masq_crypto_aead_seal(int algorithm, const uint8_t key[32], const uint8_t no
  *  bytes. MASQ_E_BAD_SIGNATURE if the tag does not verify. */
 int masq_crypto_aead_open(int algorithm, const uint8_t key[32], const uint8_t nonce[12], const uint8_t *ad,
                           size_t ad_len, const uint8_t *in, size_t in_len, uint8_t *out);
+
+/* ------------------------------------------------------------------------ */
+/* Backup and restore                                                       */
+
+/**
+ * A backup is one file holding everything a store keeps — its records,
+ * change log, devices, sessions, shares (sealed parts stay sealed) and the
+ * device identity (and keyring, for a store with a passphrase) — taken in
+ * one transaction of the storage engine, so it is consistent even while
+ * other processes write to the same store (they wait for it). The file is
+ * encrypted in authenticated chunks under a random key, wrapped either by a
+ * passphrase (scrypt, the config's security.scrypt_log_n) or by a random
+ * 256-bit recovery key the library makes and returns once as text
+ * (56 characters in groups of 4, e.g. "7KQ2-…"); truncation, reordering,
+ * tampering and a wrong key are each detected (format: docs/BACKUP.md).
+ *
+ * A restore rebuilds the store in the data directory of a config, which
+ * must not exist or be empty (MASQ_E_INVALID otherwise: nothing is ever
+ * overwritten). It writes into a temporary directory beside it and renames
+ * it into place only once the whole file authenticated, so a failed
+ * restore leaves nothing behind. The restored store is the same device
+ * (same keys, same paired devices): open it with masq_open (and masq_unlock
+ * with the passphrase it had, if it had one). The first time it is open and
+ * unlocked it continues under a new replica id, so it never writes under
+ * the id of the copy's origin, and sync takes back from the other devices
+ * what was written after the backup (nothing is lost, nothing deleted comes
+ * back). It seals nothing for another device before renewing that session
+ * (sync does it; masq_seal_for_device refuses until masq_device_renew_*),
+ * so no message key is ever used twice.
+ *
+ * An export writes every live key as one line of JSON with base64 key and
+ * value (docs/EXPORT.md): an open format to take the data elsewhere. It is
+ * not a backup (no history, devices or keys) and is written in clear.
+ *
+ * Paths are UTF-8 file names. Secrets are byte strings, never retained.
+ * Every function below is thread-safe.
+ */
+
+/**
+ * Write a backup of store to path, encrypted under passphrase (non-empty).
+ * path must not exist (MASQ_E_INVALID): the file appears whole (written
+ * aside, then renamed) or not at all. A locked store can be backed up.
+ * Errors: MASQ_E_INVALID (NULL or empty argument, path exists), MASQ_E_IO,
+ * MASQ_E_BUSY (another process held the store's write lock too long).
+ */
+int masq_backup(masq_store *store, const char *path, const uint8_t *passphrase, size_t passphrase_len);
+
+/**
+ * Same as masq_backup, encrypted under a new random recovery key returned in
+ * *recovery_key_out (NUL-terminated text, masq_free; NULL on failure). Show
+ * it to the user once: it is stored nowhere, and without it the backup
+ * cannot be opened.
+ */
+int masq_backup_with_recovery_key(masq_store *store, const char *path, char **recovery_key_out);
+
+/**
+ * What a backup file says about itself before any key is given, as JSON in
+ * *json_out (masq_free): {"format": 1, "key": "passphrase" or
+ * "recovery_key", "chunk_bytes"}. Errors: MASQ_E_NOT_FOUND (no such file),
+ * MASQ_E_CORRUPT (not a Masq backup; truncated or damaged header),
+ * MASQ_E_UNSUPPORTED (a format version this library does not read).
+ */
+int masq_backup_info(const char *path, char **json_out);
+
+/**
+ * Decrypt and check a whole backup without writing anything. secret is the
+ * backup's passphrase, or its recovery key as text (spaces, dashes and case
+ * do not matter). json_out may be NULL; otherwise it receives the backup's
+ * manifest (masq_free): {"format", "created_at" (Unix ms), "masq_version",
+ * "replica", "device_id", "device_name" (null when unknown), "protected"
+ * (the store had a passphrase), "storage", "entries", "files", "config"
+ * (the store's config as it was, JSON text)}.
+ * Errors, also those of masq_restore: MASQ_E_DENIED (wrong passphrase or
+ * recovery key), MASQ_E_INVALID (the recovery key is mistyped or not one),
+ * MASQ_E_BAD_SIGNATURE (a chunk does not authenticate: tampered, or chunks
+ * reordered), MASQ_E_CORRUPT (truncated, damaged, not a backup),
+ * MASQ_E_UNSUPPORTED (another format version), MASQ_E_NOT_FOUND, MASQ_E_IO.
+ */
+int masq_backup_verify(const char *path, const uint8_t *secret, size_t secret_len, char **json_out);
+
+/**
+ * Restore the backup at backup_path into the store that the config file at
+ * config_path describes (its data directory must not exist or be empty).
+ * secret: as masq_backup_verify. The storage plugin may differ from the
+ * backed-up store's; it must be persistent (MASQ_E_UNSUPPORTED for
+ * "memory"), and its options must not name absolute paths (MASQ_E_CONFIG).
+ * Errors: those of masq_backup_verify, MASQ_E_INVALID (NULL argument; the
+ * data directory is not empty), MASQ_E_CONFIG, MASQ_E_PLUGIN. On any error
+ * nothing is left in the data directory.
+ */
+int masq_restore(const char *config_path, const char *backup_path, const uint8_t *secret, size_t secret_len);
+
+/** Same as masq_restore, with the config as a JSON document in memory
+ *  (relative paths taken from base_dir, or the working directory when NULL),
+ *  as masq_open_config. */
+int masq_restore_config(const char *config_json, const char *base_dir, const char *backup_path,
+                        const uint8_t *secret, size_t secret_len);
+
+/**
+ * Export every live key of every namespace to path as JSON lines
+ * (docs/EXPORT.md): a header line {"masq_export": 1, ...}, one line per key
+ * {"ns", "key_b64", "value_b64", "ts" (Unix ms), "hlc", "replica"
+ * [, "counter": true]}, and a last line {"masq_export_end": true,
+ * "records": N}; from one consistent snapshot, mode 0600, written aside
+ * and renamed. Values are in clear. path must not exist (MASQ_E_INVALID).
+ * MASQ_E_DENIED while the store is locked.
+ */
+int masq_export(masq_store *store, const char *path);
 
 /* ------------------------------------------------------------------------ */
 /* Sharing with other people                                                */

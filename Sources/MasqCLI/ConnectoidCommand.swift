@@ -1,6 +1,7 @@
 import ArgumentParser
 import Logging
 import MasqConnectoid
+import MasqConnectoidPostgres
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -14,11 +15,16 @@ struct Connectoid: ParsableCommand {
     struct Serve: MasqSubcommand {
         static let configuration = CommandConfiguration(
             abstract: "Serve mailboxes: POST JSON send/check/receive; GET publishes the limits; /healthz, /metrics.",
-            discussion: "Messages are kept in a SQLite file for --retention seconds after arrival; a mailbox nobody checks for --mailbox-idle seconds is deleted.")
+            discussion: "Messages are kept for --retention seconds after arrival; a mailbox nobody checks for --mailbox-idle seconds is deleted. They live in a SQLite file (--db, one instance) or in PostgreSQL (--store postgres://user@host:port/db), which several instances behind a load balancer share: quotas hold across them, and one of them runs each collection.")
 
         @Option(help: "Address to listen on.") var host = "127.0.0.1"
         @Option(help: "Port (0 picks one; the bound port is printed).") var port = 7080
         @Option(help: ArgumentHelp("The SQLite file of mailboxes and messages.", valueName: "path")) var db = "connectoid.sqlite3"
+        @Option(help: ArgumentHelp("Where mailboxes live: a SQLite path (as --db), or postgres://user[:password]@host[:port]/database[?sslmode=disable|prefer|require] shared by a fleet (the password may come from PGPASSWORD instead).",
+                                   valueName: "url")) var store: String?
+        @Option(help: ArgumentHelp("A reverse proxy's address (repeatable): its X-Forwarded-For names the client that rate limits count.", valueName: "address")) var trustProxy: [String] = []
+        @Option(help: "Connections to PostgreSQL (and threads running requests against it).") var storeConnections = 16
+        @Option(help: "On SIGTERM or SIGINT: seconds open connections get to finish the requests they sent (no new connection is accepted meanwhile).") var drainTimeout: Int64 = 10
         @Option(help: "Seconds a message is kept after it arrives.") var retention: Int64 = 3_600
         @Option(help: "Seconds without a check after which a mailbox is deleted.") var mailboxIdle: Int64 = 30 * 86_400
         @Option(help: "Seconds a challenge stays valid.") var challengeTtl: Int64 = 60
@@ -52,6 +58,7 @@ struct Connectoid: ParsableCommand {
             guard maxMailboxBytes >= maxMessageBytes, (0...32).contains(ipv4Prefix), (0...128).contains(ipv6Prefix), maxLimiterKeys >= 16, maxConnections >= 1, requestTimeout >= 1 else {
                 throw CLIError("--max-mailbox-bytes must be at least --max-message-bytes; --ipv4-prefix 0...32, --ipv6-prefix 0...128, --max-limiter-keys at least 16")
             }
+            guard drainTimeout >= 0, (1...256).contains(storeConnections) else { throw CLIError("--drain-timeout must be 0 or more, --store-connections 1...256") }
             guard maxConnectionsPerAddress >= 1 else { throw CLIError("--max-connections-per-address must be at least 1") }
             guard ["OFF", "NORMAL", "FULL"].contains(synchronous.uppercased()) else { throw CLIError("--synchronous must be OFF, NORMAL or FULL") }
             guard let level = Logger.Level(rawValue: logLevel == "warn" ? "warning" : logLevel) else { throw CLIError("unknown log level \(logLevel)") }
@@ -86,14 +93,34 @@ struct Connectoid: ParsableCommand {
             config.tlsCertificatePath = tlsCert
             config.tlsKeyPath = tlsKey
             config.threads = threads
+            config.storeThreads = storeConnections
+            config.trustedProxies = Set(trustProxy)
+            config.drainSeconds = drainTimeout
             let service: ConnectoidService
-            do { service = try ConnectoidService(configuration: config) } catch { throw CLIError("cannot open \(db): \(error.message)") }
+            let where_ = store ?? db
+            do {
+                if PostgresLocation.matches(where_) {
+                    var location = try PostgresLocation(where_)
+                    if location.password == nil, let env = getenv("PGPASSWORD") { location.password = String(cString: env) }
+                    let backend = try PostgresMailboxStore(location: location, maxConnections: storeConnections)
+                    service = try ConnectoidService(configuration: config, backend: backend)
+                    Logger(label: "masq.connectoid").info("mailboxes in PostgreSQL", metadata: ["store": "\(location.redacted)"])
+                } else {
+                    config.databasePath = where_
+                    service = try ConnectoidService(configuration: config)
+                }
+            } catch {
+                throw CLIError("cannot open the store \(PostgresLocation.matches(where_) ? ((try? PostgresLocation(where_))?.redacted ?? "postgres://…") : where_): \(error.message)")
+            }
             let server = ConnectoidServer(service: service)
             let bound: Int
             do { bound = try server.start() } catch { throw CLIError("cannot listen on \(host):\(port): \(error)") }
             print("connectoid listening on \(tlsCert == nil ? "http" : "https")://\(host):\(bound)/")
             fflush(nil)
+            let timeout = drainTimeout
+            let terminating = onTermination { server.drain(timeout: timeout) }
             try server.wait()
+            while terminating() { pause() }
         }
     }
 }

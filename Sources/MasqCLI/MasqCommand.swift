@@ -13,8 +13,8 @@ struct MasqCommand: ParsableCommand {
         commandName: "masq",
         abstract: "Keep application data on your own devices.",
         version: "\(MasqVersion.string)",
-        subcommands: [Init.self, Put.self, Get.self, Del.self, List.self, Import.self, Counter.self, Pair.self, Join.self, Devices.self,
-                      Sync.self, Status.self, Check.self, ClockCommand.self, Passphrase.self, Share.self, Accept.self, Shares.self, Unshare.self,
+        subcommands: [Init.self, Put.self, Get.self, Del.self, List.self, Import.self, Export.self, Counter.self, Blob.self, Pair.self, Join.self, Devices.self,
+                      Sync.self, Status.self, Check.self, ClockCommand.self, Passphrase.self, Backup.self, Restore.self, Share.self, Accept.self, Shares.self, Unshare.self,
                       Relay.self, Connectoid.self, Node.self, Wallet.self, Accounts.self, Plugins.self, Apps.self]
     )
 }

@@ -19,6 +19,8 @@ struct Pair: MasqSubcommand {
     @Flag(help: "Do not draw the QR code in the terminal.") var noQr = false
     @Option(help: ArgumentHelp("Meet through this relay (default: the relay in the config; without one, a direct TCP rendezvous on --listen).", valueName: "ws-url"))
     var relay: String?
+    @Option(help: ArgumentHelp("Also print the link as an https URL of this web app (a page using masq.js in peer mode), with the pairing in its fragment; the QR code then carries it, so a phone's camera opens the app and joins.", valueName: "url"))
+    var web: String?
 
     func execute() throws {
         try store.withStore { s in
@@ -51,13 +53,20 @@ struct Pair: MasqSubcommand {
 
     /// Print the link and its QR code (and write the PGM if asked).
     private func show(_ link: PairingLink) {
-        if let qr = try? QRCode(link.string) {
+        let webLink = web.flatMap { try? link.webURL(base: $0) }
+        if let qr = try? QRCode(webLink ?? link.string) {
             if let qrPgm { try? FileSystem.writeFile(qrPgm, qr.pgm()) }
             if !noQr { print(qr.terminalText()) }
         }
         print("pairing link (valid \(ttl) s, single use):")
         print(link.string)
         print("on the other device: masq join '<link>'")
+        if let webLink {
+            print("web link (open it on the phone, or scan the QR code with its camera):")
+            print(webLink)
+        } else if let web {
+            print("(no web link: \(web) is not an http(s) URL without a fragment)")
+        }
         fflush(nil)   // the link must reach a pipe reader before we block
     }
 

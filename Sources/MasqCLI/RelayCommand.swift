@@ -1,4 +1,5 @@
 import ArgumentParser
+import Dispatch
 import Logging
 import MasqRelay
 #if canImport(Glibc)
@@ -27,8 +28,10 @@ struct Relay: MasqSubcommand {
     @Option(help: "PEM private key.") var tlsKey: String?
     @Option(help: "Event loop threads (default: one per core).") var threads = Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))
     @Option(help: "Log level (error, warning, info, debug).") var logLevel = "info"
+    @Option(help: "On SIGTERM or SIGINT: seconds members get to take what is queued for them after the relay tells them it is going away (it accepts no one meanwhile).") var drainTimeout: Int64 = 10
 
     func execute() throws {
+        guard drainTimeout >= 0 else { throw CLIError("--drain-timeout must be 0 or more") }
         guard (tlsCert == nil) == (tlsKey == nil) else { throw CLIError("--tls-cert and --tls-key go together") }
         guard (0...65_535).contains(port), maxFrameBytes >= 64, maxRooms >= 1, maxRoomMembers >= 2, maxConnections >= 1, maxHandshakes >= 1, handshakeTimeout >= 1, rate >= 1, sendBuffer >= 1024, idleTimeout >= 1, pingInterval >= 1 else {
             throw CLIError("limits must be positive, --send-buffer at least 1024 (and the port 0...65535)")
@@ -60,6 +63,71 @@ struct Relay: MasqSubcommand {
         do { bound = try server.start() } catch { throw CLIError("cannot start the relay on \(host):\(port): \(error)") }
         print("relay listening on \(tlsCert == nil ? "ws" : "wss")://\(host):\(bound)/")
         fflush(nil)
+        let timeout = drainTimeout
+        let terminating = onTermination { server.drain(timeout: timeout) }
         try server.wait()
+        // The listener closed: when a drain is under way, it ends the process.
+        while terminating() { pause() }
+    }
+}
+
+/// Graceful shutdown: the first SIGTERM or SIGINT runs `drain` on its own
+/// thread, then the process exits 0; a second one exits at once.
+/// Returns whether a drain has begun.
+@discardableResult
+func onTermination(_ drain: @escaping @Sendable () -> Void) -> @Sendable () -> Bool {
+    let queue = DispatchQueue(label: "masq.signals")
+    let started = NIOLockedFlag()
+    for sig in [SIGTERM, SIGINT] {
+        signal(sig, SIG_IGN)
+        let source = DispatchSource.makeSignalSource(signal: sig, queue: queue)
+        source.setEventHandler {
+            guard started.set() else { exit(1) }
+            Thread.detach {
+                drain()
+                fflush(nil)
+                exit(0)
+            }
+        }
+        source.resume()
+        signalSources.append(source)
+    }
+    return { started.isSet }
+}
+
+nonisolated(unsafe) private var signalSources: [any DispatchSourceSignal] = []
+
+/// Set once.
+private final class NIOLockedFlag: @unchecked Sendable {
+    private var value = false
+    private var mutex = pthread_mutex_t()
+    init() { pthread_mutex_init(&mutex, nil) }
+    var isSet: Bool {
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
+        return value
+    }
+
+    /// True the first time.
+    func set() -> Bool {
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
+        if value { return false }
+        value = true
+        return true
+    }
+}
+
+private enum Thread {
+    static func detach(_ body: @escaping @Sendable () -> Void) {
+        final class Box { let body: @Sendable () -> Void; init(_ b: @escaping @Sendable () -> Void) { body = b } }
+        var thread = pthread_t()
+        let box = Unmanaged.passRetained(Box(body)).toOpaque()
+        pthread_create(&thread, nil, { raw in
+            let box = Unmanaged<Box>.fromOpaque(raw!).takeRetainedValue()
+            box.body()
+            return nil
+        }, box)
+        pthread_detach(thread)
     }
 }

@@ -114,6 +114,7 @@ struct Status: MasqSubcommand {
                     let pending = applied.entries.reduce(UInt64(0)) { $0 + ($1.value > ack.vector[$1.key] ? $1.value - ack.vector[$1.key] : 0) }
                     print("\(d.name) (\(d.deviceID)): last sync \(ack.at == 0 ? "unknown" : formatTime(ack.at)), \(pending) change(s) pending for it")
                 }
+                if let full = s.storageProblem() { print("  this device: \(full)") }
                 for d in devices {
                     if let problem = try s.syncProblem(device: d.deviceID) {
                         print("  \(d.name): \(problem.text) (since \(formatTime(problem.since)))")

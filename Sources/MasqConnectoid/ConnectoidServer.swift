@@ -6,6 +6,9 @@ import NIOCore
 import NIOHTTP1
 import NIOPosix
 import NIOSSL
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// HTTP front of a `ConnectoidService`: POST of JSON to the service URL (any
 /// path but the two below), GET of it for the published limits, GET /healthz,
@@ -19,6 +22,10 @@ public final class ConnectoidServer: @unchecked Sendable {
     let logger: Logger
     private let group: MultiThreadedEventLoopGroup
     private var channel: Channel?
+    /// Runs requests against a store that blocks (PostgreSQL), off the event loops.
+    let pool: NIOThreadPool?
+    /// Open connections, to tell each one when the service drains.
+    let open = NIOLockedValueBox([ObjectIdentifier: Channel]())
     /// Open connections, in all and per client key (a slot is released when its
     /// channel closes, on every path).
     let slots: NIOLockedValueBox<Slots>
@@ -35,6 +42,13 @@ public final class ConnectoidServer: @unchecked Sendable {
         self.logger = logger
         slots = NIOLockedValueBox(Slots())
         group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, service.configuration.threads))
+        if service.storeBlocks {
+            let pool = NIOThreadPool(numberOfThreads: max(1, service.configuration.storeThreads))
+            pool.start()
+            self.pool = pool
+        } else {
+            pool = nil
+        }
     }
 
     /// Connections open now.
@@ -53,6 +67,8 @@ public final class ConnectoidServer: @unchecked Sendable {
         let service = self.service
         let slots = self.slots
         let metrics = service.metrics
+        let pool = self.pool
+        let open = self.open
         let readChunk = max(1_024, configuration.readChunkBytes)
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(ChannelOptions.backlog, value: 1024)
@@ -88,7 +104,10 @@ public final class ConnectoidServer: @unchecked Sendable {
                     metrics.refusedConnectionsPerAddress.increment()
                     return channel.close()
                 }
+                let id = ObjectIdentifier(channel)
+                open.withLockedValue { $0[id] = channel }
                 channel.closeFuture.whenComplete { _ in
+                    open.withLockedValue { $0[id] = nil }
                     slots.withLockedValue { slots in
                         slots.total -= 1
                         let left = slots.byAddress[client, default: 1] - 1
@@ -102,7 +121,7 @@ public final class ConnectoidServer: @unchecked Sendable {
                     // pipelined requests itself, bounded, and answers malformed ones.
                     try channel.pipeline.syncOperations.addHandler(HTTPResponseEncoder())
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes)))
-                    try channel.pipeline.syncOperations.addHandler(ConnectoidHTTPHandler(service: service, client: client))
+                    try channel.pipeline.syncOperations.addHandler(ConnectoidHTTPHandler(service: service, client: client, pool: pool, address: address))
                     return channel.eventLoop.makeSucceededVoidFuture()
                 } catch {
                     return channel.eventLoop.makeFailedFuture(error)
@@ -121,8 +140,34 @@ public final class ConnectoidServer: @unchecked Sendable {
     public func stop() {
         try? channel?.close().wait()
         try? group.syncShutdownGracefully()
+        try? pool?.syncShutdownGracefully()
+        service.store.close()
+    }
+
+    /// Graceful shutdown (SIGTERM): stop accepting connections, let /healthz
+    /// answer 503, let every open connection finish the requests it sent
+    /// (each answer then closes it; idle keep-alive connections close at
+    /// once), wait up to `timeout` seconds for them, then stop. Returns the
+    /// connections still open when the time ran out (closed by `stop`).
+    @discardableResult
+    public func drain(timeout: Int64) -> Int {
+        service.draining.withLockedValue { $0 = true }
+        logger.info("draining", metadata: ["connections": "\(openConnections)", "timeout_s": "\(timeout)"])
+        try? channel?.close().wait()
+        for channel in open.withLockedValue({ Array($0.values) }) {
+            channel.pipeline.fireUserInboundEventTriggered(ConnectoidDrain())
+        }
+        let deadline = NIODeadline.now() + .seconds(timeout)
+        while openConnections > 0, NIODeadline.now() < deadline { usleep(20_000) }
+        let left = openConnections
+        logger.info("drained", metadata: ["connections_cut": "\(left)"])
+        stop()
+        return left
     }
 }
+
+/// Sent through each connection's pipeline when the service drains.
+struct ConnectoidDrain {}
 
 /// One connection: requests in, answers out, in order, with bounded cost.
 ///
@@ -160,6 +205,8 @@ final class ConnectoidHTTPHandler: ChannelDuplexHandler {
         /// Body bytes received (kept only for POST).
         var received = 0
         var verdict: Verdict = .normal
+        /// The client a trusted proxy names (last X-Forwarded-For address).
+        var forwarded: String?
 
         init(_ head: HTTPRequestHead) {
             let path = head.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? "/"
@@ -174,6 +221,9 @@ final class ConnectoidHTTPHandler: ChannelDuplexHandler {
             version = head.version
             keepAlive = head.isKeepAlive
             isHead = head.method == .HEAD
+            if let last = head.headers["x-forwarded-for"].last?.split(separator: ",").last {
+                forwarded = last.split(separator: " ").first.map(String.init)
+            }
         }
 
         private init(route: Route, verdict: Verdict) {
@@ -214,9 +264,18 @@ final class ConnectoidHTTPHandler: ChannelDuplexHandler {
     private var answering = false
     private var deadline: Scheduled<Void>?
 
-    init(service: ConnectoidService, client: String) {
+    /// A request is being answered on the thread pool (blocking store).
+    private var waiting = false
+    private let pool: NIOThreadPool?
+
+    /// The connection comes from a trusted proxy.
+    private let trusted: Bool
+
+    init(service: ConnectoidService, client: String, pool: NIOThreadPool? = nil, address: String = "") {
         self.service = service
         self.client = client
+        self.pool = pool
+        trusted = service.configuration.trustedProxies.contains(address)
         maxBody = service.maxBodyBytes
         maxPipelined = max(1, service.configuration.maxPipelinedRequests)
     }
@@ -292,6 +351,22 @@ final class ConnectoidHTTPHandler: ChannelDuplexHandler {
         context.close(promise: nil)
     }
 
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        guard event is ConnectoidDrain else { return context.fireUserInboundEventTriggered(event) }
+        guard !closing else { return }
+        if current != nil { return }   // the request being read becomes the last (see enqueue)
+        if queue.isEmpty && !waiting {
+            context.close(promise: nil)   // idle keep-alive connection
+            return
+        }
+        // The last request queued gets the last answer.
+        if var last = queue.popLast() {
+            last.keepAlive = false
+            queue.append(last)
+            closing = true
+        }
+    }
+
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         if context.channel.isWritable {
             // The client took its answers: progress.
@@ -302,6 +377,8 @@ final class ConnectoidHTTPHandler: ChannelDuplexHandler {
     }
 
     private func enqueue(_ context: ChannelHandlerContext, _ request: Request) {
+        var request = request
+        if service.isDraining { request.keepAlive = false }
         queue.append(request)
         if request.isFinal { closing = true }
         answerQueued(context)
@@ -311,7 +388,7 @@ final class ConnectoidHTTPHandler: ChannelDuplexHandler {
 
     private var canRead: Bool {
         if lingering { return true }
-        return !closing && queue.count < maxPipelined && !answering
+        return !closing && queue.count < maxPipelined && !answering && !waiting
     }
 
     func read(context: ChannelHandlerContext) {
@@ -330,24 +407,68 @@ final class ConnectoidHTTPHandler: ChannelDuplexHandler {
 
     /// Answer queued requests in order while the client takes answers.
     private func answerQueued(_ context: ChannelHandlerContext) {
-        guard !answering else { return }
+        guard !answering, !waiting else { return }
         answering = true
         // A flush may make the channel writable again (the kernel took the
         // bytes): loop rather than recurse from channelWritabilityChanged.
-        while !lingering, context.channel.isActive, context.channel.isWritable, !queue.isEmpty {
-            while !lingering, context.channel.isWritable, let request = queue.popFirst() {
-                respond(context, request)
-                if request.isFinal {
-                    queue.removeAll()
-                    finish(context)
-                } else {
-                    armDeadline(context, seconds: service.configuration.requestTimeoutSeconds)
+        outer: while !lingering, context.channel.isActive, context.channel.isWritable, !queue.isEmpty {
+            while !lingering, context.channel.isWritable, var request = queue.popFirst() {
+                lastIfDraining(&request)
+                if let pool, request.verdict == .normal, request.route == .post || request.route == .metrics {
+                    // A blocking store: answered on the pool, then back here in order.
+                    offload(context, request, pool)
+                    break outer
                 }
+                respond(context, request)
+                answered(context, request)
             }
             context.flush()
         }
         answering = false
         resumeReading(context)
+    }
+
+    /// Draining, and nothing else asked on this connection: its answer closes it.
+    private func lastIfDraining(_ request: inout Request) {
+        if service.isDraining, queue.isEmpty, current == nil, request.keepAlive {
+            request.keepAlive = false
+            closing = true
+        }
+    }
+
+    private func answered(_ context: ChannelHandlerContext, _ request: Request) {
+        if request.isFinal {
+            queue.removeAll()
+            finish(context)
+        } else {
+            armDeadline(context, seconds: service.configuration.requestTimeoutSeconds)
+        }
+    }
+
+    private func offload(_ context: ChannelHandlerContext, _ request: Request, _ pool: NIOThreadPool) {
+        waiting = true
+        let service = self.service
+        let client = clientKey(request)
+        let body = request.body
+        let route = request.route
+        let bound = NIOLoopBound((self, context), eventLoop: context.eventLoop)
+        pool.runIfActive(eventLoop: context.eventLoop) { () -> (ConnectoidResponse?, String?) in
+            route == .metrics ? (nil, service.metricsText()) : (service.handle(body: body, client: client), nil)
+        }.whenComplete { result in
+            let (handler, context) = bound.value
+            handler.waiting = false
+            guard context.channel.isActive else { return }
+            var request = request
+            handler.lastIfDraining(&request)
+            switch result {
+            case .success((let response?, _)): handler.respond(context, request, post: response)
+            case .success((nil, let text)): handler.send(context, request, .ok, Array((text ?? "").utf8), "text/plain; version=0.0.4")
+            case .failure: handler.respond(context, request, post: ConnectoidResponse(ConnectoidError(.unavailable, "the service is stopping")))
+            }
+            handler.answered(context, request)
+            context.flush()
+            handler.answerQueued(context)
+        }
     }
 
     /// The final answer is written: shut the output once it is sent, drain what
@@ -376,18 +497,34 @@ final class ConnectoidHTTPHandler: ChannelDuplexHandler {
         case .normal: break
         }
         switch request.route {
-        case .health: send(context, request, .ok, Array("ok\n".utf8), "text/plain")
+        case .health:
+            if service.isDraining {
+                send(context, request, .serviceUnavailable, Array("draining\n".utf8), "text/plain")
+            } else {
+                send(context, request, .ok, Array("ok\n".utf8), "text/plain")
+            }
         case .metrics: send(context, request, .ok, Array(service.metricsText().utf8), "text/plain; version=0.0.4")
         case .limits: send(context, request, .ok, service.limitsJSON(), "application/json")
         case .options: send(context, request, .noContent, [], "text/plain")
         case .post:
-            let response = service.handle(body: request.body, client: client)
-            let status: HTTPResponseStatus = response.ok ? .ok
-                : .init(statusCode: response.code.flatMap(ConnectoidError.Code.init(rawValue:))?.httpStatus ?? 400)
-            send(context, request, status, json(response), "application/json")
+            respond(context, request, post: service.handle(body: request.body, client: clientKey(request)))
         case .notAllowed:
             send(context, request, .methodNotAllowed, Array("{\"ok\":false,\"error\":\"Method not allowed\",\"code\":\"bad_request\"}".utf8), "application/json")
         }
+    }
+
+    /// Whom the rate limits count a request against: the connection's
+    /// address, or, from a trusted proxy (--trust-proxy), the client it names.
+    private func clientKey(_ request: Request) -> String {
+        guard trusted, let forwarded = request.forwarded, !forwarded.isEmpty else { return client }
+        let configuration = service.configuration
+        return ClientKey.of(forwarded, v4Prefix: configuration.ipv4Prefix, v6Prefix: configuration.ipv6Prefix)
+    }
+
+    private func respond(_ context: ChannelHandlerContext, _ request: Request, post response: ConnectoidResponse) {
+        let status: HTTPResponseStatus = response.ok ? .ok
+            : .init(statusCode: response.code.flatMap(ConnectoidError.Code.init(rawValue:))?.httpStatus ?? 400)
+        send(context, request, status, json(response), "application/json")
     }
 
     private func json(_ response: ConnectoidResponse) -> [UInt8] {

@@ -46,8 +46,20 @@ public struct ConnectoidConfiguration: Sendable {
     /// response) within this many seconds, or it is closed: slow headers and
     /// idle keep-alive connections cannot hold slots.
     public var requestTimeoutSeconds: Int64 = 20
-    /// Seconds between garbage collections.
+    /// Seconds between garbage collections (across the fleet when the
+    /// store is shared: one instance runs each).
     public var collectEverySeconds: Int64 = 60
+    /// Addresses of reverse proxies (HAProxy) whose X-Forwarded-For names
+    /// the client: rate limits then count the client, not the proxy.
+    /// (The connection caps still see the proxy: raise
+    /// `maxConnectionsPerAddress` for it.)
+    public var trustedProxies: Set<String> = []
+    /// Threads that run requests against a blocking store (PostgreSQL),
+    /// each with its own database connection.
+    public var storeThreads = 16
+    /// On SIGTERM: seconds open connections get to finish what they asked
+    /// before they are closed (no new connection is accepted meanwhile).
+    public var drainSeconds: Int64 = 10
     public var tlsCertificatePath: String?
     public var tlsKeyPath: String?
     /// Event loop threads (the store is shared behind its lock; HTTP, JSON
@@ -61,7 +73,7 @@ public struct ConnectoidConfiguration: Sendable {
 /// The clock is injectable so retention and expiry are tested without waiting.
 public final class ConnectoidService: @unchecked Sendable {
     public let configuration: ConnectoidConfiguration
-    let store: MailboxStore
+    let store: any MailboxBackend
     let clock: @Sendable () -> Int64
     let clientLimiter: RateLimiter
     let mailboxLimiter: RateLimiter
@@ -72,10 +84,20 @@ public final class ConnectoidService: @unchecked Sendable {
     private let knownKeys = NIOLockedValueBox<[String: [UInt8]]>([:])
     static let knownKeysLimit = 65_536
 
-    public init(configuration: ConnectoidConfiguration, clock: @escaping @Sendable () -> Int64 = ConnectoidService.wallClock) throws(ConnectoidError) {
+    /// Draining (SIGTERM): /healthz answers 503 and every answer closes its connection.
+    let draining = NIOLockedValueBox(false)
+
+    /// A service on `backend`, or on the SQLite file `configuration.databasePath`.
+    public init(configuration: ConnectoidConfiguration, backend: (any MailboxBackend)? = nil,
+                clock: @escaping @Sendable () -> Int64 = ConnectoidService.wallClock) throws(ConnectoidError) {
         self.configuration = configuration
         self.clock = clock
-        store = try MailboxStore(path: configuration.databasePath, synchronous: configuration.synchronous)
+        if let backend {
+            store = backend
+        } else {
+            store = try MailboxStore(path: configuration.databasePath, synchronous: configuration.synchronous)
+        }
+        metrics.maxConnections.set(Int64(configuration.maxConnections))
         clientLimiter = RateLimiter(perSecond: Double(configuration.limits.requestsPerClientPerSecond), burst: Double(configuration.clientBurst),
                                     maxKeys: configuration.maxLimiterKeys)
         mailboxLimiter = RateLimiter(perSecond: Double(configuration.limits.sendsPerMailboxPerMinute) / 60, burst: Double(configuration.mailboxBurst),
@@ -111,6 +133,7 @@ public final class ConnectoidService: @unchecked Sendable {
 
     private func fail(_ error: ConnectoidError, action: String? = nil) -> ConnectoidResponse {
         metrics.count(action ?? "", ok: false, code: error.code)
+        if error.code == .unavailable { metrics.storeErrors.increment() }
         return ConnectoidResponse(error)
     }
 
@@ -199,14 +222,22 @@ public final class ConnectoidService: @unchecked Sendable {
     }
 
     /// Run the retention rules now (also run every `collectEverySeconds`).
+    /// With a shared store one instance of the fleet runs each collection
+    /// (the others skip it: `ran` is false).
     @discardableResult
-    public func collectGarbage(now: Int64? = nil) throws(ConnectoidError) -> (messages: Int, mailboxes: Int) {
+    public func collectGarbage(now: Int64? = nil, interval: Int64 = 0) throws(ConnectoidError) -> (messages: Int, mailboxes: Int, ran: Bool) {
         let now = now ?? clock()
         let limits = configuration.limits
-        let (messages, mailboxes) = try store.collect(now: now, retention: limits.retentionSeconds * 1_000, idle: limits.mailboxIdleSeconds * 1_000)
-        metrics.collectedMessages.add(messages)
-        metrics.collectedMailboxes.add(mailboxes)
-        return (messages, mailboxes)
+        let done = try store.collect(now: now, retention: limits.retentionSeconds * 1_000, idle: limits.mailboxIdleSeconds * 1_000,
+                                     interval: interval)
+        if done.ran {
+            metrics.collections.increment()
+            metrics.collectedMessages.add(done.messages)
+            metrics.collectedMailboxes.add(done.mailboxes)
+        } else {
+            metrics.collectionsSkipped.increment()
+        }
+        return (done.messages, done.mailboxes, done.ran)
     }
 
     private func collectIfDue(_ now: Int64) {
@@ -215,15 +246,21 @@ public final class ConnectoidService: @unchecked Sendable {
             last = now
             return true
         }
-        if due { _ = try? collectGarbage(now: now) }
+        // Slightly under the period: the fleet's instances race for each run.
+        if due { _ = try? collectGarbage(now: now, interval: configuration.collectEverySeconds * 1_000 * 9 / 10) }
     }
 
     public func hasMailbox(pub: [UInt8], ext: String) throws(ConnectoidError) -> Bool { try store.hasMailbox(pub: pub, ext: ext) }
 
     public func metricsText() -> String {
-        let counts = (try? store.counts()) ?? (mailboxes: -1, messages: -1)
-        return metrics.text(mailboxes: counts.mailboxes, messages: counts.messages)
+        let counts = (try? store.counts()) ?? MailboxCounts(mailboxes: -1, messages: -1, messageBytes: -1, storeBytes: -1)
+        return metrics.text(counts, draining: draining.withLockedValue { $0 })
     }
+
+    /// Whether the store's calls must run off the event loops.
+    public var storeBlocks: Bool { store.blocking }
+
+    public var isDraining: Bool { draining.withLockedValue { $0 } }
 
     /// What `GET` of the service URL answers.
     public func limitsJSON() -> [UInt8] {

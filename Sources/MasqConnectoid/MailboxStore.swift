@@ -1,19 +1,21 @@
 import CSQLite
 import MasqConnectoidWire
 import NIOConcurrencyHelpers
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The service's SQLite file: mailboxes (with their pending challenge) and
 /// messages. Only what the protocol needs is kept: the mailbox key, its
 /// extension, timestamps, the challenge's hash and the sealed messages.
 /// One connection behind a lock; every statement is prepared once. The
 /// service owns the file (exclusive locking: no file lock per transaction).
-final class MailboxStore: @unchecked Sendable {
-    struct Question {
-        var sealed: [UInt8]
-        var expires: Int64
-    }
+final class MailboxStore: MailboxBackend, @unchecked Sendable {
+    typealias Question = MailboxQuestion
+    typealias Verdict = MailboxVerdict
 
-    enum Verdict: Equatable { case ok, noChallenge, wrong, expired, reused }
+    var blocking: Bool { false }
+    private let path: String
 
     private var db: OpaquePointer?
     private let lock = NIOLock()
@@ -27,6 +29,7 @@ final class MailboxStore: @unchecked Sendable {
             throw .init(.unavailable, "cannot open \(path): \(String(cString: sqlite3_errstr(rc)))")
         }
         db = handle
+        self.path = path
         sqlite3_busy_timeout(handle, 5_000)
         try execute("""
             PRAGMA locking_mode=EXCLUSIVE;
@@ -163,6 +166,12 @@ final class MailboxStore: @unchecked Sendable {
         }
     }
 
+    /// One instance owns the file: every collection runs.
+    func collect(now: Int64, retention: Int64, idle: Int64, interval: Int64) throws(ConnectoidError) -> MailboxCollection {
+        let (messages, mailboxes) = try collect(now: now, retention: retention, idle: idle)
+        return MailboxCollection(messages: messages, mailboxes: mailboxes, ran: true)
+    }
+
     /// Delete messages older than `retention` and mailboxes unchecked for
     /// `idle` (with anything they still hold). Returns (messages, mailboxes).
     func collect(now: Int64, retention: Int64, idle: Int64) throws(ConnectoidError) -> (Int, Int) {
@@ -182,11 +191,20 @@ final class MailboxStore: @unchecked Sendable {
         }
     }
 
-    func counts() throws(ConnectoidError) -> (mailboxes: Int64, messages: Int64) {
+    func counts() throws(ConnectoidError) -> MailboxCounts {
         try locked { () throws(ConnectoidError) in
-            (try scalar("SELECT count(*) FROM mailbox", []) ?? 0, try scalar("SELECT count(*) FROM message", []) ?? 0)
+            var size: Int64 = -1
+            var st = stat()
+            if stat(path, &st) == 0 { size = Int64(st.st_size) }
+            if stat(path + "-wal", &st) == 0 { size += Int64(st.st_size) }
+            return MailboxCounts(mailboxes: try scalar("SELECT count(*) FROM mailbox", []) ?? 0,
+                                 messages: try scalar("SELECT count(*) FROM message", []) ?? 0,
+                                 messageBytes: try scalar("SELECT coalesce(sum(held_bytes), 0) FROM mailbox", []) ?? 0,
+                                 storeBytes: size)
         }
     }
+
+    func close() {}
 
     /// Test hook: does the store still hold this mailbox?
     func hasMailbox(pub: [UInt8], ext: String) throws(ConnectoidError) -> Bool {
@@ -265,9 +283,4 @@ final class MailboxStore: @unchecked Sendable {
 
 private let transient = unsafeBitCast(-1, to: sqlite3_destructor_type.self)
 
-private func constantTime(_ a: [UInt8], _ b: [UInt8]) -> Bool {
-    guard a.count == b.count else { return false }
-    var diff: UInt8 = 0
-    for i in 0..<a.count { diff |= a[i] ^ b[i] }
-    return diff == 0
-}
+private func constantTime(_ a: [UInt8], _ b: [UInt8]) -> Bool { constantTimeEqual(a, b) }

@@ -15,6 +15,13 @@ final class ServiceMetrics: @unchecked Sendable {
     let refusedConnections: Counter
     let refusedConnectionsPerAddress: Counter
     let timedOut: Counter
+    let collections: Counter
+    let collectionsSkipped: Counter
+    let storeErrors: Counter
+    private let messageBytes: Gauge
+    private let storeBytes: Gauge
+    private let drainingGauge: Gauge
+    let maxConnections: Gauge
     let connections: Gauge
     private let mailboxes: Gauge
     private let messages: Gauge
@@ -41,6 +48,16 @@ final class ServiceMetrics: @unchecked Sendable {
         refusedConnections = counter("refused_connections", "Connections closed at once: --max-connections were open")
         refusedConnectionsPerAddress = counter("refused_connections_per_address", "Connections closed at once: their address held --max-connections-per-address")
         timedOut = counter("timed_out", "Connections closed for not completing a request in time")
+        collections = counter("collections", "Garbage collections this instance ran")
+        collectionsSkipped = counter("collections_skipped", "Garbage collections left to another instance sharing the store")
+        storeErrors = counter("store_errors", "Requests answered 503 because the mailbox store failed")
+        func gauge(_ name: String, _ help: String) -> Gauge {
+            registry.makeGauge(descriptor: MetricNameDescriptor(namespace: "masq", subsystem: "connectoid", metricName: name, unitName: "", helpText: help))
+        }
+        messageBytes = gauge("message_bytes_held", "Message bytes held (what the per-mailbox byte quota counts)")
+        storeBytes = gauge("store_bytes", "Bytes the mailbox store occupies (SQLite file and WAL, or PostgreSQL tables and indexes)")
+        drainingGauge = gauge("draining", "1 while the service drains its connections before stopping")
+        maxConnections = gauge("max_connections", "Connections the service accepts (--max-connections)")
         connections = registry.makeGauge(descriptor: MetricNameDescriptor(namespace: "masq", subsystem: "connectoid", metricName: "connections", unitName: "", helpText: "Connections open"))
         mailboxes = registry.makeGauge(descriptor: MetricNameDescriptor(namespace: "masq", subsystem: "connectoid", metricName: "mailboxes", unitName: "", helpText: "Mailboxes held"))
         messages = registry.makeGauge(descriptor: MetricNameDescriptor(namespace: "masq", subsystem: "connectoid", metricName: "messages", unitName: "", helpText: "Messages held"))
@@ -52,9 +69,12 @@ final class ServiceMetrics: @unchecked Sendable {
         if let code { errors[code.rawValue]?.increment() }
     }
 
-    func text(mailboxes: Int64, messages: Int64) -> String {
-        self.mailboxes.set(mailboxes)
-        self.messages.set(messages)
+    func text(_ counts: MailboxCounts, draining: Bool) -> String {
+        mailboxes.set(counts.mailboxes)
+        messages.set(counts.messages)
+        messageBytes.set(counts.messageBytes)
+        storeBytes.set(counts.storeBytes)
+        drainingGauge.set(Int64(draining ? 1 : 0))
         return registry.emitToString()
     }
 }

@@ -4,8 +4,9 @@
 /// security). Headers are sent in clear but authenticated as associated data.
 ///
 ///   root step:   (rk, ck) = HKDF-SHA256(salt: rk, ikm: DH(...), info: "masq ratchet root v1", 64)
-///   chain step:  mk || ck' = HMAC-SHA512(ck, 0x01)   (one call: half the cost of two HMAC-SHA256)
-///   message:     ChaCha20-Poly1305 with key mk (used once), nonce 0, AD = ad || header
+///   chain step:  suite 1 (ChaChaPoly, messages version 2): mk || ck' = ChaCha20 block 0 (key ck, nonce "masq-chain-1")
+///                suite 2 (AESGCM, messages version 3): mk = HMAC-SHA256(ck, 0x01), ck' = HMAC-SHA256(ck, 0x02)
+///   message:     the suite's AEAD with key mk (used once), nonce 0, AD = ad || header
 ///
 /// Decryption is transactional: the state changes only if the message
 /// authenticates, so tampered, replayed or truncated messages leave it intact.
@@ -21,7 +22,8 @@ public struct DoubleRatchet: Sendable {
 
     /// 1 version + 32 ratchet key + 4 previous-chain length + 4 message number.
     public static let headerLength = 41
-    /// 2: chain steps use the ChaCha20 PRF (1 used HMAC-SHA512).
+    /// 2: chain steps use the ChaCha20 PRF (1 used HMAC-SHA512); 3: the AESGCM
+    /// suite (HMAC-SHA256 chain, AES-256-GCM). See `CipherSuite`.
     static let version: UInt8 = 2
 
     public struct Header: Equatable, Sendable {
@@ -29,9 +31,6 @@ public struct DoubleRatchet: Sendable {
         public var previousChainLength: UInt32
         public var messageNumber: UInt32
 
-        var encoded: [UInt8] {
-            [DoubleRatchet.version] + ratchetKey + previousChainLength.bigEndianBytes + messageNumber.bigEndianBytes
-        }
 
         init(ratchetKey: [UInt8], previousChainLength: UInt32, messageNumber: UInt32) {
             self.ratchetKey = ratchetKey
@@ -39,10 +38,12 @@ public struct DoubleRatchet: Sendable {
             self.messageNumber = messageNumber
         }
 
-        init(decoding bytes: ArraySlice<UInt8>) throws(CryptoError) {
+        init(decoding bytes: ArraySlice<UInt8>, suite: CipherSuite) throws(CryptoError) {
             guard bytes.count >= DoubleRatchet.headerLength else { throw .invalidInput("ratchet message shorter than its header") }
             let b = Array(bytes.prefix(DoubleRatchet.headerLength))
-            guard b[0] == DoubleRatchet.version else { throw .invalidInput("ratchet message version \(b[0]) unknown") }
+            guard b[0] == suite.ratchetVersion else {
+                throw .invalidInput(CipherSuite(ratchetVersion: b[0]).map { "a ratchet message of suite \($0) on a \(suite) session" } ?? "ratchet message version \(b[0]) unknown")
+            }
             ratchetKey = Array(b[1..<33])
             previousChainLength = UInt32(bigEndianBytes: b[33..<37])
             messageNumber = UInt32(bigEndianBytes: b[37..<41])
@@ -56,6 +57,10 @@ public struct DoubleRatchet: Sendable {
     }
 
     public var limits: Limits
+    /// The cipher suite (chosen at pairing): AEAD and chain step.
+    public let suite: CipherSuite
+    /// Ratchet key pairs to use instead of fresh ones — for test vectors only.
+    var fixedKeys: [(privateKey: SecureBytes, publicKey: [UInt8])] = []
     private var sendingKey: (privateKey: SecureBytes, publicKey: [UInt8])
     private var receivingKey: [UInt8]?
     private var rootKey: SecureBytes
@@ -67,10 +72,17 @@ public struct DoubleRatchet: Sendable {
     private var skipped: [SkippedKey] = []
 
     /// The side that sends first ("Alice"): knows the peer's initial ratchet public key.
-    public init(sharedSecret: SecureBytes, peerRatchetKey: [UInt8], limits: Limits = Limits()) throws(CryptoError) {
+    public init(sharedSecret: SecureBytes, peerRatchetKey: [UInt8], limits: Limits = Limits(), suite: CipherSuite = .chaChaPoly) throws(CryptoError) {
+        try self.init(sharedSecret: sharedSecret, peerRatchetKey: peerRatchetKey, limits: limits, suite: suite, fixedKeys: [])
+    }
+
+    init(sharedSecret: SecureBytes, peerRatchetKey: [UInt8], limits: Limits = Limits(), suite: CipherSuite,
+         fixedKeys: [(privateKey: SecureBytes, publicKey: [UInt8])]) throws(CryptoError) {
         guard sharedSecret.count == 32 else { throw .invalidInput("ratchet shared secret must be 32 bytes") }
         self.limits = limits
-        sendingKey = X25519.keyPair()
+        self.suite = suite
+        self.fixedKeys = fixedKeys
+        sendingKey = self.fixedKeys.isEmpty ? X25519.keyPair() : self.fixedKeys.removeFirst()
         receivingKey = peerRatchetKey
         let (root, chain) = try Self.rootStep(sharedSecret, X25519.sharedSecret(keyPair: sendingKey, peerPublicKey: peerRatchetKey))
         rootKey = root
@@ -78,9 +90,11 @@ public struct DoubleRatchet: Sendable {
     }
 
     /// The side that receives first ("Bob"): owns the initial ratchet key pair.
-    public init(sharedSecret: SecureBytes, ownRatchetKey: (privateKey: SecureBytes, publicKey: [UInt8]), limits: Limits = Limits()) throws(CryptoError) {
+    public init(sharedSecret: SecureBytes, ownRatchetKey: (privateKey: SecureBytes, publicKey: [UInt8]), limits: Limits = Limits(),
+                suite: CipherSuite = .chaChaPoly) throws(CryptoError) {
         guard sharedSecret.count == 32 else { throw .invalidInput("ratchet shared secret must be 32 bytes") }
         self.limits = limits
+        self.suite = suite
         sendingKey = ownRatchetKey
         rootKey = sharedSecret
     }
@@ -112,14 +126,15 @@ public struct DoubleRatchet: Sendable {
         guard sent < UInt32.max else { throw .protocolViolation("sending chain exhausted") }
         let output = allocate(DoubleRatchet.headerLength + plaintext.count + AEAD.tagLength)
         // The header goes straight into the output; the AD is ad || header on the stack.
-        output[0] = DoubleRatchet.version
+        output[0] = suite.ratchetVersion
         sendingKey.publicKey.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: output[1..<33]).copyMemory(from: $0) }
         output.storeBytes(of: previousChainLength.bigEndian, toByteOffset: 33, as: UInt32.self)
         output.storeBytes(of: sent.bigEndian, toByteOffset: 37, as: UInt32.self)
         let header = UnsafeRawBufferPointer(rebasing: output[0..<DoubleRatchet.headerLength])
-        let next = try Self.withChainStep(chain) { (messageKey) throws(CryptoError) in
+        let aead = suite.aead
+        let next = try Self.withChainStep(chain, suite) { (messageKey) throws(CryptoError) in
             try withConcatenation(associatedData, header) { (ad) throws(CryptoError) in
-                try AEAD.seal(.chacha20Poly1305, key: messageKey, nonce: Self.nonce, ad: ad, plaintext: plaintext,
+                try AEAD.seal(aead, key: messageKey, nonce: Self.nonce, ad: ad, plaintext: plaintext,
                               into: UnsafeMutableRawBufferPointer(rebasing: output[DoubleRatchet.headerLength...]))
             }
         }
@@ -149,14 +164,15 @@ public struct DoubleRatchet: Sendable {
     public mutating func decrypt(_ message: UnsafeRawBufferPointer, associatedData: UnsafeRawBufferPointer,
                                  into allocate: (Int) -> UnsafeMutableRawBufferPointer) throws(CryptoError) {
         guard message.count >= DoubleRatchet.headerLength + AEAD.tagLength else { throw .invalidInput("ratchet message too short") }
-        let header = try Header(decoding: Array(message.prefix(DoubleRatchet.headerLength))[...])
+        let header = try Header(decoding: Array(message.prefix(DoubleRatchet.headerLength))[...], suite: suite)
+        let aead = suite.aead
         let ad = Array(associatedData) + Array(message.prefix(DoubleRatchet.headerLength))
         let body = UnsafeRawBufferPointer(rebasing: message[DoubleRatchet.headerLength...])
         var output: UnsafeMutableRawBufferPointer?
         func open(_ k: UnsafeRawBufferPointer) throws(CryptoError) {
             if output == nil { output = allocate(body.count - AEAD.tagLength) }
             try ad.withBytes { (a) throws(CryptoError) in
-                try AEAD.open(.chacha20Poly1305, key: k, nonce: Self.nonce, ad: a, ciphertext: body, into: output!)
+                try AEAD.open(aead, key: k, nonce: Self.nonce, ad: a, ciphertext: body, into: output!)
             }
         }
 
@@ -176,7 +192,7 @@ public struct DoubleRatchet: Sendable {
         }
         try next.skip(until: header.messageNumber)
         guard let chain = next.receivingChain else { throw .protocolViolation("no receiving chain") }
-        next.receivingChain = try Self.withChainStep(chain) { (messageKey) throws(CryptoError) in try open(messageKey) }
+        next.receivingChain = try Self.withChainStep(chain, suite) { (messageKey) throws(CryptoError) in try open(messageKey) }
         next.received = header.messageNumber + 1
         self = next
     }
@@ -202,21 +218,42 @@ public struct DoubleRatchet: Sendable {
         }
     }
 
+    /// The AESGCM suite's chain KDF (what WebCrypto can compute too): message
+    /// key = HMAC-SHA256(ck, 0x01), next chain key = HMAC-SHA256(ck, 0x02) —
+    /// Signal's recommended KDF_CK; HMAC is a PRF in its key, so the same
+    /// forward secrecy argument holds.
+    static func chainKDF(_ chain: SecureBytes, _ suite: CipherSuite, into out: UnsafeMutableRawBufferPointer) {
+        switch suite {
+        case .chaChaPoly:
+            chainKDF(chain, into: out)
+        case .aesGCM:
+            chain.withUnsafeBytes { key in
+                var one: UInt8 = 1, two: UInt8 = 2
+                var mk = withUnsafeBytes(of: &one) { Hash.hmacSHA256(key: key, data: $0) }
+                var ck = withUnsafeBytes(of: &two) { Hash.hmacSHA256(key: key, data: $0) }
+                UnsafeMutableRawBufferPointer(rebasing: out[0..<32]).copyBytes(from: mk)
+                UnsafeMutableRawBufferPointer(rebasing: out[32..<64]).copyBytes(from: ck)
+                wipe(&mk)
+                wipe(&ck)
+            }
+        }
+    }
+
     /// One chain step without putting the message key on the heap: `body`
     /// sees it in a stack buffer that is wiped afterwards; returns the next chain key.
-    static func withChainStep(_ chain: SecureBytes, _ body: (UnsafeRawBufferPointer) throws(CryptoError) -> Void) throws(CryptoError) -> SecureBytes {
+    static func withChainStep(_ chain: SecureBytes, _ suite: CipherSuite, _ body: (UnsafeRawBufferPointer) throws(CryptoError) -> Void) throws(CryptoError) -> SecureBytes {
         try withUnsafeTemporaryAllocation(byteCount: 64, alignment: 16) { (out) throws(CryptoError) -> SecureBytes in
             defer { masqWipe(out) }
-            chainKDF(chain, into: out)
+            chainKDF(chain, suite, into: out)
             try body(UnsafeRawBufferPointer(rebasing: out[0..<32]))
             return SecureBytes(UnsafeRawBufferPointer(rebasing: out[32..<64]))
         }
     }
 
-    static func chainStep(_ chain: SecureBytes) -> (messageKey: SecureBytes, next: SecureBytes) {
+    static func chainStep(_ chain: SecureBytes, _ suite: CipherSuite = .chaChaPoly) -> (messageKey: SecureBytes, next: SecureBytes) {
         withUnsafeTemporaryAllocation(byteCount: 64, alignment: 16) { out in
             defer { masqWipe(out) }
-            chainKDF(chain, into: out)
+            chainKDF(chain, suite, into: out)
             return (SecureBytes(UnsafeRawBufferPointer(rebasing: out[0..<32])), SecureBytes(UnsafeRawBufferPointer(rebasing: out[32..<64])))
         }
     }
@@ -227,7 +264,7 @@ public struct DoubleRatchet: Sendable {
         received = 0
         receivingKey = peerKey
         let (root1, receiving) = try Self.rootStep(rootKey, X25519.sharedSecret(keyPair: sendingKey, peerPublicKey: peerKey))
-        sendingKey = X25519.keyPair()
+        sendingKey = fixedKeys.isEmpty ? X25519.keyPair() : fixedKeys.removeFirst()
         let (root2, sending) = try Self.rootStep(root1, X25519.sharedSecret(keyPair: sendingKey, peerPublicKey: peerKey))
         rootKey = root2
         receivingChain = receiving
@@ -243,7 +280,7 @@ public struct DoubleRatchet: Sendable {
         guard let ratchetKey = receivingKey else { return }
         var chain = start
         while received < until {
-            let (mk, next) = Self.chainStep(chain)
+            let (mk, next) = Self.chainStep(chain, suite)
             skipped.append(SkippedKey(ratchetKey: ratchetKey, number: received, key: mk))
             chain = next
             received += 1
@@ -256,7 +293,7 @@ public struct DoubleRatchet: Sendable {
 
     /// The whole state as bytes (secret: store it encrypted).
     public func serialized() -> [UInt8] {
-        var out: [UInt8] = [DoubleRatchet.version]
+        var out: [UInt8] = [suite.ratchetVersion]
         out += sendingKey.privateKey.bytes + sendingKey.publicKey
         out += rootKey.bytes
         out += optional(receivingKey) + optional(sendingChain?.bytes) + optional(receivingChain?.bytes)
@@ -271,7 +308,8 @@ public struct DoubleRatchet: Sendable {
 
     public init(serialized bytes: [UInt8]) throws(CryptoError) {
         var r = Reader(bytes: bytes)
-        guard try r.take(1) == [DoubleRatchet.version] else { throw .invalidInput("ratchet state in an unknown format") }
+        guard let suite = CipherSuite(ratchetVersion: try r.take(1)[0]) else { throw .invalidInput("ratchet state in an unknown format") }
+        self.suite = suite
         sendingKey = (SecureBytes(try r.take(32)), try r.take(32))
         rootKey = SecureBytes(try r.take(32))
         receivingKey = try r.optional()

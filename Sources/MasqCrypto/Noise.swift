@@ -1,24 +1,27 @@
-/// The Noise Protocol Framework (revision 34) with X25519, ChaCha20-Poly1305
-/// and SHA-256 — the suite Masq uses for pairing (XXpsk3) and for sessions
-/// between paired devices (KK). A generic handshake engine driven by pattern
-/// tokens, checked byte for byte against the cacophony test vectors.
+/// The Noise Protocol Framework (revision 34) with X25519, SHA-256 and either
+/// ChaCha20-Poly1305 or AES-256-GCM (`CipherSuite`) — what Masq uses for
+/// pairing (XXpsk3) and for sessions between paired devices (KK). A generic
+/// handshake engine driven by pattern tokens, checked byte for byte against
+/// the cacophony test vectors of both ciphers.
 public enum Noise {
     public static let maxMessageLength = 65_535
     static let dhLength = 32
 
     /// The handshake patterns Masq knows (fundamental and PSK variants).
     public enum Pattern: String, CaseIterable, Sendable {
-        case NN, KK, IK, XX, NNpsk0, XXpsk3, IKpsk2
+        case NN, KK, IK, XX, NNpsk0, XXpsk3, IKpsk2, NKpsk0, KKpsk0, KKpsk2
 
-        public var protocolName: String { "Noise_\(rawValue)_25519_ChaChaPoly_SHA256" }
+        public var protocolName: String { protocolName(.chaChaPoly) }
+
+        public func protocolName(_ suite: CipherSuite) -> String { "Noise_\(rawValue)_25519_\(suite.noiseName)_SHA256" }
 
         enum Token: Sendable { case e, s, ee, es, se, ss, psk }
 
         /// Pre-message keys: (initiator's, responder's) statics known in advance.
         var preMessages: (initiatorStatic: Bool, responderStatic: Bool) {
             switch self {
-            case .KK: (true, true)
-            case .IK, .IKpsk2: (false, true)
+            case .KK, .KKpsk0, .KKpsk2: (true, true)
+            case .IK, .IKpsk2, .NKpsk0: (false, true)
             default: (false, false)
             }
         }
@@ -33,6 +36,9 @@ public enum Noise {
             case .IKpsk2: [[.e, .es, .s, .ss], [.e, .ee, .se, .psk]]
             case .XX: [[.e], [.e, .ee, .s, .es], [.s, .se]]
             case .XXpsk3: [[.e], [.e, .ee, .s, .es], [.s, .se, .psk]]
+            case .NKpsk0: [[.psk, .e, .es], [.e, .ee]]
+            case .KKpsk0: [[.psk, .e, .es, .ss], [.e, .ee, .se]]
+            case .KKpsk2: [[.e, .es, .ss], [.e, .ee, .se, .psk]]
             }
         }
 
@@ -47,13 +53,17 @@ public enum Noise {
 
     public enum Role: Sendable { case initiator, responder }
 
-    /// A key and nonce counter; encrypts with ChaCha20-Poly1305, nonce = 32
-    /// zero bits || 64-bit little-endian counter.
+    /// A key and nonce counter. ChaChaPoly: nonce = 32 zero bits || 64-bit
+    /// little-endian counter; AESGCM: 32 zero bits || 64-bit big-endian counter.
     public final class CipherState: @unchecked Sendable {
         private(set) var key: SecureBytes?
         public private(set) var nonce: UInt64 = 0
+        public let suite: CipherSuite
 
-        init(key: SecureBytes? = nil) { self.key = key }
+        init(key: SecureBytes? = nil, suite: CipherSuite) {
+            self.key = key
+            self.suite = suite
+        }
 
         var hasKey: Bool { key != nil }
 
@@ -63,19 +73,22 @@ public enum Noise {
         }
 
         func copy() -> CipherState {
-            let c = CipherState(key: key)
+            let c = CipherState(key: key, suite: suite)
             c.nonce = nonce
             return c
         }
 
-        static func nonceBytes(_ n: UInt64) -> [UInt8] {
-            [0, 0, 0, 0] + (0..<8).map { UInt8(truncatingIfNeeded: n >> (8 * UInt64($0))) }
+        static func nonceBytes(_ n: UInt64, _ suite: CipherSuite) -> [UInt8] {
+            switch suite {
+            case .chaChaPoly: [0, 0, 0, 0] + (0..<8).map { UInt8(truncatingIfNeeded: n >> (8 * UInt64($0))) }
+            case .aesGCM: [0, 0, 0, 0] + (0..<8).reversed().map { UInt8(truncatingIfNeeded: n >> (8 * UInt64($0))) }
+            }
         }
 
         public func encrypt(ad: [UInt8], plaintext: [UInt8]) throws(CryptoError) -> [UInt8] {
             guard let key else { return plaintext }
             guard nonce < UInt64.max else { throw .protocolViolation("Noise nonce exhausted") }
-            let out = try AEAD.seal(.chacha20Poly1305, key: key, nonce: Self.nonceBytes(nonce), ad: ad, plaintext: plaintext)
+            let out = try AEAD.seal(suite.aead, key: key, nonce: Self.nonceBytes(nonce, suite), ad: ad, plaintext: plaintext)
             nonce += 1
             return out
         }
@@ -86,9 +99,9 @@ public enum Noise {
                             into output: UnsafeMutableRawBufferPointer) throws(CryptoError) {
             guard let key else { throw .protocolViolation("Noise cipher without a key") }
             guard nonce < UInt64.max else { throw .protocolViolation("Noise nonce exhausted") }
-            let n = Self.nonceBytes(nonce)
+            let n = Self.nonceBytes(nonce, suite)
             try key.withBytes { (k) throws(CryptoError) in
-                try AEAD.seal(.chacha20Poly1305, key: k, nonce: n, ad: ad, plaintext: plaintext, into: output)
+                try AEAD.seal(suite.aead, key: k, nonce: n, ad: ad, plaintext: plaintext, into: output)
             }
             nonce += 1
         }
@@ -98,9 +111,9 @@ public enum Noise {
                             into output: UnsafeMutableRawBufferPointer) throws(CryptoError) {
             guard let key else { throw .protocolViolation("Noise cipher without a key") }
             guard nonce < UInt64.max else { throw .protocolViolation("Noise nonce exhausted") }
-            let n = Self.nonceBytes(nonce)
+            let n = Self.nonceBytes(nonce, suite)
             try key.withBytes { (k) throws(CryptoError) in
-                try AEAD.open(.chacha20Poly1305, key: k, nonce: n, ad: ad, ciphertext: ciphertext, into: output)
+                try AEAD.open(suite.aead, key: k, nonce: n, ad: ad, ciphertext: ciphertext, into: output)
             }
             nonce += 1    // only after the tag verified
         }
@@ -108,7 +121,7 @@ public enum Noise {
         public func decrypt(ad: [UInt8], ciphertext: [UInt8]) throws(CryptoError) -> [UInt8] {
             guard let key else { return ciphertext }
             guard nonce < UInt64.max else { throw .protocolViolation("Noise nonce exhausted") }
-            let out = try AEAD.open(.chacha20Poly1305, key: key, nonce: Self.nonceBytes(nonce), ad: ad, ciphertext: ciphertext)
+            let out = try AEAD.open(suite.aead, key: key, nonce: Self.nonceBytes(nonce, suite), ad: ad, ciphertext: ciphertext)
             nonce += 1    // only after the tag verified
             return out
         }
@@ -118,9 +131,10 @@ public enum Noise {
     struct SymmetricState {
         var ck: SecureBytes
         var h: [UInt8]
-        var cipher = CipherState()
+        var cipher: CipherState
 
-        init(protocolName: String) {
+        init(protocolName: String, suite: CipherSuite) {
+            cipher = CipherState(suite: suite)
             let name = Array(protocolName.utf8)
             h = name.count <= 32 ? name + [UInt8](repeating: 0, count: 32 - name.count) : Hash.sha256(name)
             ck = SecureBytes(h)
@@ -170,7 +184,7 @@ public enum Noise {
 
         func split() throws(CryptoError) -> (CipherState, CipherState) {
             let out = try hkdf(SecureBytes(count: 0), outputs: 2)
-            return (CipherState(key: out[0]), CipherState(key: out[1]))
+            return (CipherState(key: out[0], suite: cipher.suite), CipherState(key: out[1], suite: cipher.suite))
         }
     }
 
@@ -195,6 +209,7 @@ public enum Noise {
     public final class Handshake: @unchecked Sendable {
         public let pattern: Pattern
         public let role: Role
+        public let suite: CipherSuite
         private var symmetric: SymmetricState
         private let localStatic: (privateKey: SecureBytes, publicKey: [UInt8])?
         private var localEphemeral: (privateKey: SecureBytes, publicKey: [UInt8])?
@@ -209,12 +224,15 @@ public enum Noise {
         ///   - staticKey: this device's X25519 private key (patterns with `s`).
         ///   - remoteStatic: the peer's static public key when the pattern pre-shares it (KK, IK).
         ///   - psks: pre-shared 32-byte keys, one per `psk` token.
+        ///   - suite: the cipher (ChaChaPoly or AESGCM); X25519 and SHA-256 either way.
         ///   - ephemeral: a fixed ephemeral private key — for test vectors only.
         public init(pattern: Pattern, role: Role, prologue: [UInt8] = [], staticKey: SecureBytes? = nil,
-                    remoteStatic: [UInt8]? = nil, psks: [SecureBytes] = [], ephemeral: SecureBytes? = nil) throws(CryptoError) {
+                    remoteStatic: [UInt8]? = nil, psks: [SecureBytes] = [], ephemeral: SecureBytes? = nil,
+                    suite: CipherSuite = .chaChaPoly) throws(CryptoError) {
             self.pattern = pattern
             self.role = role
-            symmetric = SymmetricState(protocolName: pattern.protocolName)
+            self.suite = suite
+            symmetric = SymmetricState(protocolName: pattern.protocolName(suite), suite: suite)
             if let staticKey { localStatic = (staticKey, try X25519.publicKey(of: staticKey)) } else { localStatic = nil }
             self.remoteStatic = remoteStatic
             self.psks = psks
@@ -244,6 +262,7 @@ public enum Noise {
         private init(copying other: Handshake) {
             pattern = other.pattern
             role = other.role
+            suite = other.suite
             symmetric = other.symmetric.copy()
             localStatic = other.localStatic
             localEphemeral = other.localEphemeral

@@ -16,14 +16,28 @@ public final class SecureSession: @unchecked Sendable {
     /// Channel binding both sides share once established.
     public private(set) var handshakeHash: [UInt8] = []
     public let role: Noise.Role
+    /// The cipher suite of the handshake and of the ratchet that follows it.
+    public let suite: CipherSuite
     private let limits: DoubleRatchet.Limits
+    /// Ratchet key pairs to use instead of fresh ones — for test vectors only.
+    var fixedRatchetKeys: [(privateKey: SecureBytes, publicKey: [UInt8])] = []
 
-    public init(pattern: Noise.Pattern, role: Noise.Role, prologue: [UInt8] = [], staticKey: SecureBytes,
-                remoteStatic: [UInt8]? = nil, psk: SecureBytes? = nil, limits: DoubleRatchet.Limits = DoubleRatchet.Limits()) throws(CryptoError) {
+    public convenience init(pattern: Noise.Pattern, role: Noise.Role, prologue: [UInt8] = [], staticKey: SecureBytes,
+                            remoteStatic: [UInt8]? = nil, psk: SecureBytes? = nil, limits: DoubleRatchet.Limits = DoubleRatchet.Limits(),
+                            suite: CipherSuite = .chaChaPoly) throws(CryptoError) {
+        try self.init(pattern: pattern, role: role, prologue: prologue, staticKey: staticKey, remoteStatic: remoteStatic,
+                      psk: psk, limits: limits, suite: suite, ephemeral: nil)
+    }
+
+    /// With a fixed Noise ephemeral (and `fixedRatchetKeys`) — for test vectors only.
+    init(pattern: Noise.Pattern, role: Noise.Role, prologue: [UInt8] = [], staticKey: SecureBytes,
+         remoteStatic: [UInt8]? = nil, psk: SecureBytes? = nil, limits: DoubleRatchet.Limits = DoubleRatchet.Limits(),
+         suite: CipherSuite, ephemeral: SecureBytes?) throws(CryptoError) {
         self.role = role
         self.limits = limits
+        self.suite = suite
         handshake = try Noise.Handshake(pattern: pattern, role: role, prologue: prologue, staticKey: staticKey,
-                                        remoteStatic: remoteStatic, psks: psk.map { [$0] } ?? [])
+                                        remoteStatic: remoteStatic, psks: psk.map { [$0] } ?? [], ephemeral: ephemeral, suite: suite)
     }
 
     /// Restore an established session saved with `serialized()`.
@@ -34,6 +48,7 @@ public final class SecureSession: @unchecked Sendable {
         handshakeHash = Array(bytes[34..<66])
         ratchet = try DoubleRatchet(serialized: Array(bytes[66...]))
         limits = ratchet!.limits
+        suite = ratchet!.suite
         phase = .established
     }
 
@@ -80,8 +95,9 @@ public final class SecureSession: @unchecked Sendable {
         let root = try Hash.hkdfSHA256(salt: result.chainingKey, ikm: SecureBytes(result.handshakeHash),
                                        info: Array("masq session v1".utf8), length: 32)
         ratchet = role == .responder
-            ? try DoubleRatchet(sharedSecret: root, peerRatchetKey: result.remoteEphemeral, limits: limits)
-            : try DoubleRatchet(sharedSecret: root, ownRatchetKey: result.localEphemeral, limits: limits)
+            ? try DoubleRatchet(sharedSecret: root, peerRatchetKey: result.remoteEphemeral, limits: limits, suite: suite, fixedKeys: fixedRatchetKeys)
+            : try DoubleRatchet(sharedSecret: root, ownRatchetKey: result.localEphemeral, limits: limits, suite: suite)
+        if role == .initiator { ratchet!.fixedKeys = fixedRatchetKeys }
         peerStaticKey = result.remoteStatic
         handshakeHash = result.handshakeHash
         self.handshake = nil

@@ -214,6 +214,9 @@ extension Daemon {
                                          ("they_lack", .uint(d.theyLack)), ("we_lack", .uint(d.weLack)), ("last_seen", .uint(d.lastSeen))])
                             }))])
 
+        case let op where op.hasPrefix("backup."):
+            return try performBackup(c, r)   // BackupOperations.swift
+
         default:
             throw DaemonError(.unknownOp, "unknown op \"\(r.op.prefix(40))\"")
         }

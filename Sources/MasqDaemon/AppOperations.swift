@@ -33,10 +33,21 @@ extension Daemon {
         // A write retried with its request id (the client lost the answer) is applied once.
         guard op.writes, let requestID = r.request_id else { return try performOnce(op, c, appID, r) }
         guard (1...64).contains(requestID.utf8.count) else { throw DaemonError(.badRequest, "\"request_id\" is 1-64 bytes") }
-        let key = "\(c.profile ?? active)\u{0}\(appID)\u{0}\(requestID)"
-        if let done = completedWrites.result(key) { return done }
-        let result = try performOnce(op, c, appID, r)
-        completedWrites.remember(key, result)
+        // The receipt is stored in the write's own transaction (Store.applyOnce),
+        // so a retry after a crash or restart of this daemon is still recognised.
+        let store = try activeProfile().store
+        var result: JSON = .object([])
+        var failure: DaemonError?
+        do throws(MasqError) {
+            _ = try store.applyOnce(receipt: Array("app\u{0}\(appID)\u{0}\(requestID)".utf8)) { () throws(MasqError) in
+                do throws(DaemonError) { result = try performOnce(op, c, appID, r) } catch {
+                    failure = error
+                    throw MasqError(.invalid, error.message)   // not applied: no receipt
+                }
+            }
+        } catch {
+            throw failure ?? DaemonError(error)
+        }
         return result
     }
 
@@ -167,23 +178,3 @@ func keyField(_ key: [UInt8]) -> (String, JSON) {
     return ("key_b64", .string(Data(key).base64EncodedString()))
 }
 
-/// The answers of recent writes by request id (per profile and app), so a
-/// client that lost an answer can send the write again safely: at most
-/// `capacity` entries, each kept `lifetime` seconds.
-final class CompletedWrites {
-    static let capacity = 4_096
-    static let lifetime: Double = 600
-    private var results: [String: (JSON, Double)] = [:]
-    private var order: [String] = []
-
-    func result(_ key: String) -> JSON? {
-        guard let (json, at) = results[key], DaemonClock.now() - at < Self.lifetime else { return nil }
-        return json
-    }
-
-    func remember(_ key: String, _ result: JSON) {
-        if results[key] == nil { order.append(key) }
-        results[key] = (result, DaemonClock.now())
-        while order.count > Self.capacity { results[order.removeFirst()] = nil }
-    }
-}

@@ -111,7 +111,6 @@ public final class Daemon: @unchecked Sendable {
     /// Live approval requests by request id (dropped with their connection).
     var requests: [String: ApprovalRequest] = [:]
     /// Answers of recent writes by request id (AppOperations).
-    let completedWrites = CompletedWrites()
     /// Requests read but not yet handled (bounded; see Backlog).
     let backlog: Backlog
     var transport: TransportEngine?
@@ -123,6 +122,8 @@ public final class Daemon: @unchecked Sendable {
     var pairing: Bool = false
     /// Share requests waiting for the user, share owners (ShareOperations.swift).
     let shareDesk = ShareDesk()
+    /// Blob uploads in progress (BlobOperations.swift).
+    let blobUploads = BlobUploads()
 
     public init(options: DaemonOptions) throws(MasqError) {
         self.options = options
@@ -218,6 +219,7 @@ public final class Daemon: @unchecked Sendable {
             if let connection = connections.removeValue(forKey: peer) { dropWatches(connection) }
             // A request whose asker is gone cannot be approved: the app asks again.
             dropShareRequests(of: peer)
+            blobUploads.drop(peer: peer)
             let gone = requests.values.filter { $0.peer == peer }
             for request in gone { requests[request.id] = nil }
             if !gone.isEmpty {
@@ -267,6 +269,12 @@ public final class Daemon: @unchecked Sendable {
                 throw DaemonError(.unauthorized, "approved apps only: say hello with your token, or register and wait for the user")
             }
             return try perform(operation, c, appID, r)
+        }
+        if let operation = BlobOperation(rawValue: r.op) {
+            guard c.approved, let appID = c.appID else {
+                throw DaemonError(.unauthorized, "approved apps only: say hello with your token, or register and wait for the user")
+            }
+            return try performBlob(operation, c, appID, r)
         }
         if let operation = ShareOperation(rawValue: r.op) {
             guard c.approved, let appID = c.appID else {

@@ -122,6 +122,12 @@ struct Request: Decodable {
     var limit: Int?
     /// A write's id chosen by the client: a retry with the same id is applied once.
     var request_id: String?
+    // blobs (BlobOperations.swift)
+    var upload: String?
+    var data: String?
+    var offset: UInt64?
+    var length: UInt64?
+    var content_type: String?
     // the manager
     var secret: String?
     var profile: String?
@@ -140,6 +146,9 @@ struct Request: Decodable {
     var read_only: Bool?
     var share: String?
     var base: String?
+    // backups (BackupOperations.swift)
+    var file: String?   // offset and data are shared with blobs above
+    var recovery: Bool?
 
     /// Decode one message, refusing nesting deeper than `maxDepth` before
     /// the parser sees it (so no input can exhaust a thread's stack).

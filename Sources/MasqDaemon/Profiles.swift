@@ -117,6 +117,19 @@ final class ProfileManager {
         }
     }
 
+    /// Open a profile whose directory was filled from elsewhere (a restored backup, BackupOperations.swift).
+    func adopt(_ name: String) throws(DaemonError) -> Profile {
+        let directory = home + "/profiles/" + name
+        do throws(MasqError) {
+            let store = try Store(config: try MasqConfig.load(path: directory + "/config.json"))
+            let profile = Profile(name: name, directory: directory, store: store, apps: try AppRegistry(path: directory + "/apps.json"))
+            profiles[name] = profile
+            return profile
+        } catch {
+            throw DaemonError(error)
+        }
+    }
+
     func profile(_ name: String) throws(DaemonError) -> Profile {
         guard let profile = profiles[name] else { throw DaemonError(.notFound, "no profile \(name)") }
         return profile

@@ -576,7 +576,11 @@ public func masq_sync_start(_ handle: OpaquePointer?) -> Int32 {
 
 @c @implementation
 public func masq_sync_stop(_ handle: OpaquePointer?) -> Int32 {
-    api { () throws(MasqError) in try store(handle).syncSlot.stop() }
+    api { () throws(MasqError) in
+        let s = try store(handle)
+        guard masqsupport_in_callback() != s.hub.tag | 1 else { throw MasqError(.busy, "cannot stop sync from inside its own progress callback") }
+        s.syncSlot.stop()
+    }
 }
 
 @c @implementation
@@ -586,7 +590,11 @@ public func masq_sync_once(_ handle: OpaquePointer?, _ timeoutSeconds: Double) -
         guard timeoutSeconds > 0 && timeoutSeconds <= 86_400 else { throw .invalid("timeout must be 0...86400 seconds") }
         let service = try SyncService(store: s)
         service.engine.onProgress = s.syncSlot.progress
-        guard try service.syncOnce(timeout: timeoutSeconds) else { throw MasqError(.timeout, "not caught up after \(timeoutSeconds) s") }
+        guard try service.syncOnce(timeout: timeoutSeconds) else {
+            // Name what held it back, where anything did (a refusal, a full disk, a frame too big).
+            let problems = (try? service.status().devices.compactMap { d in d.problem.map { "\(d.name): \($0)" } }) ?? []
+            throw MasqError(.timeout, "not caught up after \(timeoutSeconds) s" + (problems.isEmpty ? "" : " (\(problems.joined(separator: "; ")))"))
+        }
         // Nobody answered: nothing was synced, and the caller must be able to tell.
         let status = try service.status()
         if !status.devices.isEmpty && !status.devices.contains(where: \.present) {
@@ -617,9 +625,10 @@ public func masq_sync_status(_ handle: OpaquePointer?, _ jsonOut: UnsafeMutableP
             let counters = t.stats.sorted { $0.key < $1.key }.map { "\(jsonString($0.key)): \($0.value)" }
             return "{\"plugin\": \(jsonString(t.plugin)), \"stats\": {\(counters.joined(separator: ", "))}}"
         }
-        try giveText("{\"running\": \(running != nil), \"connected\": \(live?.connected ?? false), \"devices\": [\(rows.joined(separator: ", "))], "
+        try giveText("{\"running\": \(running != nil), \"connected\": \(live?.connected ?? false), "
+            + "\"storage_problem\": \(s.storageProblem().map(jsonString) ?? "null"), \"devices\": [\(rows.joined(separator: ", "))], "
             + "\"frames_received\": \(live?.framesReceived ?? 0), \"frames_rejected\": \(live?.framesRejected ?? 0), "
-            + "\"transports\": [\(transports.joined(separator: ", "))]}", out)
+            + "\"transports\": [\(transports.joined(separator: ", "))], \(try blobSyncStatusJSON(s, live))}", out)
     }
 }
 
@@ -635,7 +644,15 @@ public func masq_sync_set_progress(_ handle: OpaquePointer?, _ fn: masq_progress
         let s = try store(handle)
         if let fn {
             let callback = ProgressCallback(function: fn, context: ctx)
-            s.syncSlot.progress = { p in p.device.withCString { callback.function(callback.context, $0, p.received, p.remaining) } }
+            // Marked as this store's progress callback on its thread, so a
+            // masq_close or masq_sync_stop from inside it is refused, not a deadlock.
+            let tag = s.hub.tag | 1
+            s.syncSlot.progress = { p in
+                let previous = masqsupport_in_callback()
+                masqsupport_set_in_callback(tag)
+                defer { masqsupport_set_in_callback(previous) }
+                p.device.withCString { callback.function(callback.context, $0, p.received, p.remaining) }
+            }
         } else {
             s.syncSlot.progress = nil
         }

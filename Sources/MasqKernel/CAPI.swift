@@ -157,6 +157,9 @@ public func masq_close(_ handle: OpaquePointer?) -> Int32 {
     }
     let unmanaged = Unmanaged<Store>.fromOpaque(UnsafeRawPointer(handle))
     return api { () throws(MasqError) in
+        guard masqsupport_in_callback() != unmanaged.takeUnretainedValue().hub.tag | 1 else {
+            throw MasqError(.busy, "cannot close a store from inside its own sync progress callback")
+        }
         if !unmanaged.takeUnretainedValue().hub.isCallbackThread { stopSharing(unmanaged.takeUnretainedValue()) }   // CAPI+Sharing.swift
         try unmanaged.takeUnretainedValue().close()
         unmanaged.release()

@@ -65,6 +65,8 @@ public struct MasqConfig: Sendable, Equatable {
     public var wallet: PluginReference?
     /// Sharing with other people (Connectoid mailboxes).
     public var sharing = SharingConfig()
+    /// Selective sync and blob fetching (SyncFilter.swift).
+    public var sync = SyncConfig()
     public var limits: Limits
     public var logLevel: LogLevel?
     /// scrypt cost (N = 2^scryptLogN) when a passphrase is set; recorded in the keyring.
@@ -112,6 +114,7 @@ public struct MasqConfig: Sendable, Equatable {
         if sharing != SharingConfig() {
             lines.append("  \"sharing\": { \"services\": [" + sharing.services.map(jsonString).joined(separator: ", ") + "], \"transport\": \(plugin(sharing.transport)), \"resend_ms\": \(sharing.resendMilliseconds) },")
         }
+        if sync != SyncConfig() { lines.append("  \"sync\": \(sync.json),") }
         lines.append("  \"limits\": { \"max_key_bytes\": \(limits.maxKeyBytes), \"max_value_bytes\": \(limits.maxValueBytes), \"max_namespace_bytes\": \(limits.maxNamespaceBytes), \"max_batch_entries\": \(limits.maxBatchEntries) },")
         lines.append("  \"security\": { \"scrypt_log_n\": \(scryptLogN) }")
         lines.append("}")
@@ -181,7 +184,7 @@ private struct ConfigReader {
     }
 
     mutating func read(_ root: JSONValue) throws(MasqError) -> MasqConfig {
-        let top = try object(root, "", allowed: ["masq", "data_dir", "plugin_path", "storage", "transports", "wallet", "sharing", "limits", "log_level", "security"])
+        let top = try object(root, "", allowed: ["masq", "data_dir", "plugin_path", "storage", "transports", "wallet", "sharing", "sync", "limits", "log_level", "security"])
         if let version = top["masq"] {
             let v = try integer(version, "masq", min: 1, max: Int.max)
             guard v == MasqConfig.formatVersion else {
@@ -216,6 +219,7 @@ private struct ConfigReader {
             if let t = members["transport"] { config.sharing.transport = try plugin(t, "sharing.transport") }
             if let r = members["resend_ms"] { config.sharing.resendMilliseconds = try integer(r, "sharing.resend_ms", min: 100, max: 86_400_000) }
         }
+        if let s = top["sync"] { config.sync = try SyncConfig.parse(s, fail: fail) }
         if let l = top["limits"] {
             let members = try object(l, "limits", allowed: Set(Limits.ceilings.map { $0.0 }))
             for (key, keyPath, ceiling) in Limits.ceilings {

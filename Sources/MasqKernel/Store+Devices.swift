@@ -9,28 +9,38 @@ public struct PairedDevice: Sendable, Equatable {
     public let name: String
     public let keys: DevicePublicKeys
     public let pairedAt: UInt64   // Unix ms
+    /// The cipher suite chosen when the two devices paired: their ratchet and renewals use it.
+    public let suite: CipherSuite
 
+    /// Version 1 (ChaChaPoly pairs, as before suites existed) or 2 (a suite byte follows the keys).
     var encoded: [UInt8] {
         let name = Array(self.name.utf8.prefix(255))
-        var out: [UInt8] = [1]
+        var out: [UInt8] = [suite == .chaChaPoly ? 1 : 2]
         out.appendBigEndian(pairedAt)
-        return out + [UInt8(name.count)] + name + keys.signing + keys.agreement
+        return out + [UInt8(name.count)] + name + keys.signing + keys.agreement + (suite == .chaChaPoly ? [] : [suite.rawValue])
     }
 
-    init(name: String, keys: DevicePublicKeys, pairedAt: UInt64) {
+    init(name: String, keys: DevicePublicKeys, pairedAt: UInt64, suite: CipherSuite = .chaChaPoly) {
         deviceID = keys.deviceID
         self.name = name
         self.keys = keys
         self.pairedAt = pairedAt
+        self.suite = suite
     }
 
     init(decoding b: [UInt8]) throws(MasqError) {
-        guard b.count >= 10, b[0] == 1, b.count == 10 + Int(b[9]) + 64 else { throw .corrupt("malformed device record") }
+        guard b.count >= 10, b[0] == 1 || b[0] == 2, b.count == 10 + Int(b[9]) + 64 + (b[0] == 2 ? 1 : 0) else { throw .corrupt("malformed device record") }
         let n = Int(b[9])
         pairedAt = b.withUnsafeBytes { $0.loadBigEndian(at: 1) }
         name = String(decoding: b[10..<(10 + n)], as: UTF8.self)
-        keys = DevicePublicKeys(signing: Array(b[(10 + n)..<(42 + n)]), agreement: Array(b[(42 + n)...]))
+        keys = DevicePublicKeys(signing: Array(b[(10 + n)..<(42 + n)]), agreement: Array(b[(42 + n)..<(74 + n)]))
         deviceID = keys.deviceID
+        if b[0] == 2 {
+            guard let suite = CipherSuite(rawValue: b[74 + n]) else { throw .corrupt("device record names an unknown cipher suite") }
+            self.suite = suite
+        } else {
+            suite = .chaChaPoly
+        }
     }
 }
 
@@ -132,7 +142,7 @@ extension Store {
     /// the offering side, re-checked so two joiners cannot both use it), store
     /// the device and its session.
     func completePairing(offer: PairingLink?, card: DeviceCard, session: SecureSession, groupRoom: [UInt8]? = nil) throws(MasqError) -> PairedDevice {
-        let device = PairedDevice(name: card.name, keys: card.keys, pairedAt: Clock.unixMilliseconds())
+        let device = PairedDevice(name: card.name, keys: card.keys, pairedAt: Clock.unixMilliseconds(), suite: session.suite)
         guard device.deviceID != identity?.publicKeys.deviceID else { throw .invalid("a device cannot pair with itself") }
         let state = try crypto { () throws(CryptoError) in try session.serialized() }
         try localTransaction { () throws(MasqError) in
@@ -247,13 +257,19 @@ extension Store {
         return try localTransaction { () throws(MasqError) -> (SessionRenewal, [UInt8]) in
             let counters = try renewalCounters(deviceID)
             // Wall-clock based, so a store restored from a copy still sends a fresh one.
-            let counter = max(Clock.unixMilliseconds(), counters.sent &+ 1)
+            // A counter sent while this clock ran more than the slack ahead was refused
+            // by the other device (never accepted): once the clock is set right, do
+            // not continue from it, or every renewal stays in the future.
+            let now = Clock.unixMilliseconds()
+            let last = counters.sent > now &+ Store.renewalCounterSlack ? 0 : counters.sent
+            let counter = max(now, last &+ 1)
             let session = try crypto { () throws(CryptoError) in
-                try SecureSession(pattern: .KK, role: .initiator, prologue: prologue, staticKey: identity.agreementKey, remoteStatic: device.keys.agreement)
+                try SecureSession(pattern: .KK, role: .initiator, prologue: prologue, staticKey: identity.agreementKey, remoteStatic: device.keys.agreement,
+                                  suite: device.suite)
             }
             let message = try crypto { () throws(CryptoError) in try session.writeHandshake(payload: bigEndianBytes(counter)) }
             try saveRenewalCounters(deviceID, sent: counter, accepted: counters.accepted)
-            return (SessionRenewal(deviceID: deviceID, session: session), message)
+            return (SessionRenewal(deviceID: deviceID, session: session, firstMessage: message), message)
         }
     }
 
@@ -262,13 +278,31 @@ extension Store {
     /// replace the stored session with the new one in the same transaction.
     /// Returns the second message. MASQ_E_DENIED for a replayed message.
     public func answerSessionRenewal(from deviceID: String, _ message: [UInt8], prologue: [UInt8]) throws(MasqError) -> [UInt8] {
+        switch try answerOrRefuseSessionRenewal(from: deviceID, message, prologue: prologue) {
+        case .answer(let answer): return answer
+        case .clockAhead(let by, _):
+            throw MasqError(.denied, "a session renewal from \(deviceID) whose counter is \(by / 60_000) minute(s) ahead of this device's clock")
+        }
+    }
+
+    /// What answering a renewal gave: the second message, or a refusal
+    /// because the initiator's clock is ahead — signed by this device, so
+    /// the initiator can tell its user (`checkRenewalRefusal`).
+    public enum RenewalAnswer {
+        case answer([UInt8])
+        case clockAhead(by: UInt64, signedRefusal: [UInt8])
+    }
+
+    /// Answer a renewal, or refuse it with a signed statement of this clock.
+    public func answerOrRefuseSessionRenewal(from deviceID: String, _ message: [UInt8], prologue: [UInt8]) throws(MasqError) -> RenewalAnswer {
         let identity = try requireIdentity()
         guard let device = try devices().first(where: { $0.deviceID == deviceID }) else {
             throw MasqError(.notFound, "no paired device \(deviceID)")
         }
-        return try localTransaction { () throws(MasqError) -> [UInt8] in
+        return try localTransaction { () throws(MasqError) -> RenewalAnswer in
             let session = try crypto { () throws(CryptoError) in
-                try SecureSession(pattern: .KK, role: .responder, prologue: prologue, staticKey: identity.agreementKey, remoteStatic: device.keys.agreement)
+                try SecureSession(pattern: .KK, role: .responder, prologue: prologue, staticKey: identity.agreementKey, remoteStatic: device.keys.agreement,
+                                  suite: device.suite)
             }
             let payload = try crypto { () throws(CryptoError) in try session.readHandshake(message) }
             guard payload.count == 8 else { throw .invalid("a session renewal without its counter") }
@@ -277,15 +311,44 @@ extension Store {
             guard counter > counters.accepted else { throw MasqError(.denied, "a replayed session renewal from \(deviceID)") }
             // A counter far ahead of this clock is refused, not remembered: stored, it would
             // refuse the device's honest renewals until real time caught up with it.
-            guard counter <= Clock.unixMilliseconds() + Store.renewalCounterSlack else {
-                throw MasqError(.denied, "a session renewal from \(deviceID) whose counter is ahead of this device's clock")
+            let now = Clock.unixMilliseconds()
+            guard counter <= now + Store.renewalCounterSlack else {
+                // Authenticated by both device keys (the handshake read), so the
+                // counter is the device's own clock: say so, signed, once.
+                let time = bigEndianBytes(now)
+                let signature = try crypto { () throws(CryptoError) in
+                    try Ed25519.sign(Store.renewalRefusalMessage(prologue, message, time), privateKey: identity.signingKey)
+                }
+                return .clockAhead(by: counter - now, signedRefusal: time + signature)
             }
             let answer = try crypto { () throws(CryptoError) in try session.writeHandshake() }
             try storeSession(deviceID, session)
             try saveRenewalCounters(deviceID, sent: counters.sent, accepted: counter)
             freshSessions.withLock { _ = $0.insert(deviceID) }
-            return answer
+            return .answer(answer)
         }
+    }
+
+    /// What a renewal refusal signs: the renewal it answers and the refuser's clock.
+    static func renewalRefusalMessage(_ prologue: [UInt8], _ firstMessage: [UInt8], _ time: [UInt8]) -> [UInt8] {
+        Array("masq renewal refusal v1".utf8) + prologue + Hash.sha256(firstMessage) + time
+    }
+
+    /// Check a refusal of `renewal` signed by its device (u64 its Unix ms ·
+    /// [64] Ed25519 signature); returns how far this clock is ahead of the
+    /// other device's, in ms (MASQ_E_BAD_SIGNATURE for anything else).
+    public func checkRenewalRefusal(_ renewal: SessionRenewal, prologue: [UInt8], _ bytes: [UInt8]) throws(MasqError) -> UInt64 {
+        guard bytes.count == 72 else { throw MasqError(.invalid, "a malformed renewal refusal") }
+        guard let device = try devices().first(where: { $0.deviceID == renewal.deviceID }) else {
+            throw MasqError(.notFound, "no paired device \(renewal.deviceID)")
+        }
+        let time = Array(bytes[0..<8])
+        guard Ed25519.verify(Array(bytes[8...]), message: Store.renewalRefusalMessage(prologue, renewal.firstMessage, time), publicKey: device.keys.signing) else {
+            throw MasqError(.badSignature, "a renewal refusal not signed by \(renewal.deviceID)")
+        }
+        let theirs = time.withUnsafeBytes { $0.loadBigEndian(at: 0) as UInt64 }
+        let now = Clock.unixMilliseconds()
+        return now > theirs ? now - theirs : 0
     }
 
     /// Finish a renewal this device started: the stored session becomes the new one.
@@ -376,9 +439,12 @@ extension Store {
 public final class SessionRenewal: @unchecked Sendable {
     public let deviceID: String
     let session: SecureSession
+    /// The handshake message sent (a refusal names it by its hash).
+    let firstMessage: [UInt8]
 
-    init(deviceID: String, session: SecureSession) {
+    init(deviceID: String, session: SecureSession, firstMessage: [UInt8]) {
         self.deviceID = deviceID
         self.session = session
+        self.firstMessage = firstMessage
     }
 }

@@ -22,6 +22,9 @@ extension Store {
         /// accepted a future timestamp): writes stamped in the future are
         /// re-stamped with the corrected clock.
         case clockAhead
+        /// The store was restored from a backup (Store+Backup.swift): the
+        /// device it was copied from may have written more under its id.
+        case restored
     }
 
     /// Records re-issued per commit when a store takes a new identity.
@@ -123,6 +126,7 @@ extension Store {
         switch reason {
         case .rollback(let peer): why = "device \(peer) holds commits of this replica this store does not (restored from a copy, or lost its last writes)"
         case .clockAhead: why = "the store's clock was ahead of the real time; writes stamped in the future were re-stamped"
+        case .restored: why = "the store was restored from a backup"
         }
         Log.warn("kernel", "continuing as replica \(String(new, radix: 16)) instead of \(String(old, radix: 16)): \(why); \(reissued) record(s) written again")
         return new
@@ -164,7 +168,7 @@ extension Store {
     }
 
     /// Caller holds the lock inside a transaction.
-    private func reidentifyLocked(_ reason: Reidentification) throws(MasqError) -> (old: UInt64, new: UInt64, reissued: Int) {
+    func reidentifyLocked(_ reason: Reidentification) throws(MasqError) -> (old: UInt64, new: UInt64, reissued: Int) {
         try refreshIdentityLocked()
         let old = replica
         let saved = try Store.readClock(engine)
@@ -179,6 +183,9 @@ extension Store {
             return true
         }
         agreed = min(agreed, saved.seq)
+        // A restored store that no other device or person ever synced with
+        // holds the only copy of its commits: they stay as they are (Store+Backup.swift).
+        if reason == .restored, try !hasPeersLocked() { agreed = saved.seq }
         // Timestamps past this are re-stamped (a clock repair only).
         let restampAbove: UInt64? = reason == .clockAhead ? (now + Store.defaultClockBound) << 16 : nil
 

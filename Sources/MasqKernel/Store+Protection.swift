@@ -73,6 +73,7 @@ extension Store {
                 Log.info("kernel", "store unlocked")
             }
         }
+        try finishRestoreIfNeeded()   // Store+Backup.swift
     }
 
     /// Forget the keys in memory; data calls fail until unlock. No-op when unprotected.
@@ -205,6 +206,8 @@ extension Store {
                     return try to.map { (b) throws(MasqError) in try b.seal(plain, ad: Array(key)) } ?? plain
                 }
             }
+            // Blob chunks, manifests and fetch state (Store+Blobs.swift).
+            try migrateBlobs(from: from, to: to)
             // The group room (a sealed 'M' entry).
             if let room = try Store.getMeta(engine, Store.metaGroupRoom) {
                 let plain = try from.map { (b) throws(MasqError) in try b.open(room, ad: Store.metaGroupRoom) } ?? room

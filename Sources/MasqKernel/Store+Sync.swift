@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import MasqCrypto
 
 /// What a replica has applied: for each origin replica, the highest commit
@@ -244,12 +247,17 @@ extension Store {
     /// origin, up to the limits. Returns nil if `peer` is behind the
     /// collection horizon: it needs a snapshot first.
     /// Origins in `holdBack` are skipped (the peer refused their next commit for now).
+    /// `keeping`: the namespaces the peer keeps (records of others are left
+    /// out; each commit still goes, so the peer's vector advances).
+    /// `onlyOrigin`: send only that replica's commits (a filtered device relays only its own).
     public func exportCommits(after peer: VersionVector, maxCommits: Int = 1_000, maxBytes: Int = 1 << 20,
-                              holdBack: Set<UInt64> = []) throws(MasqError) -> [SyncCommit]? {
+                              holdBack: Set<UInt64> = [], keeping: NamespaceFilter? = nil, onlyOrigin: UInt64? = nil) throws(MasqError) -> [SyncCommit]? {
         try lock.withLock { () throws(MasqError) -> [SyncCommit]? in
             try ensureUsable()
-            let mine = try currentVector()
-            let collected = try collectedVector()
+            var mine = try currentVector()
+            if let onlyOrigin { mine = VersionVector([onlyOrigin: mine[onlyOrigin]]) }
+            var collected = try collectedVector()
+            if let onlyOrigin { collected = VersionVector([onlyOrigin: collected[onlyOrigin]]) }
             if collected.entries.contains(where: { peer[$0.key] < $0.value }) { return nil }
             var out: [SyncCommit] = []
             var bytes = 0
@@ -258,7 +266,8 @@ extension Store {
                 var seq = peer[origin] + 1
                 while seq <= mine[origin] {
                     guard out.count < maxCommits && bytes < maxBytes else { return out }
-                    let commit = try exportCommit(origin: origin, seq: seq, names: &namespaceNames)
+                    var commit = try exportCommit(origin: origin, seq: seq, names: &namespaceNames)
+                    if let keeping, !keeping.keepsAll { commit.records.removeAll { !keeping.keeps($0.namespace) } }
                     let size = commit.records.reduce(32) { $0 + $1.key.count + $1.value.count + $1.namespace.utf8.count + 48 }
                     // A batch never grows past maxBytes (a single larger commit goes alone).
                     if !out.isEmpty && bytes + size > maxBytes { return out }
@@ -573,6 +582,20 @@ extension Store {
         }
     }
 
+    /// Below this much free space the disk holding the store counts as full.
+    public static let fullDiskBytes: UInt64 = 1 << 20
+
+    /// Whether the disk holding the store is full, in words (nil: it is not).
+    /// Read from the file system, not from the store, which cannot record
+    /// anything then: so `masq status` and `masq_sync_status` still say it.
+    public func storageProblem() -> String? {
+        var st = statvfs()
+        guard statvfs(config.dataDir, &st) == 0 else { return nil }
+        let free = UInt64(st.f_bavail) * UInt64(st.f_frsize)
+        guard free < Store.fullDiskBytes else { return nil }
+        return "the disk holding this store is full (\(free >> 10) KiB free): writes and sync fail until space is freed"
+    }
+
     /// What last held sync with `device` back, and since when (nil: nothing).
     public func syncProblem(device: String) throws(MasqError) -> (text: String, since: UInt64)? {
         try lock.withLock { () throws(MasqError) -> (text: String, since: UInt64)? in
@@ -599,7 +622,9 @@ extension Store {
 
     /// One chunk of every record (tombstones included) after `cursor`, in key
     /// order, with the cursor for the next chunk (nil when done).
-    public func snapshotChunk(after cursor: [UInt8]?, maxBytes: Int = 1 << 20) throws(MasqError) -> (records: [SyncRecord], next: [UInt8]?) {
+    /// `keeping`: only namespaces the receiver keeps; `onlyReplica`: only records that replica wrote.
+    public func snapshotChunk(after cursor: [UInt8]?, maxBytes: Int = 1 << 20, keeping: NamespaceFilter? = nil,
+                              onlyReplica: UInt64? = nil) throws(MasqError) -> (records: [SyncRecord], next: [UInt8]?) {
         try lock.withLock { () throws(MasqError) in
             try ensureUsable()
             var names: [UInt32: String] = [:]
@@ -607,12 +632,14 @@ extension Store {
             var bytes = 0
             var last: [UInt8]?
             var full = false
-            try engine.scan(from: cursor.map { $0 + [0] } ?? [RecordFormat.record], to: [RecordFormat.record + 1]) { (key, _) throws(MasqError) -> Bool in
+            try engine.scan(from: cursor.map { $0 + [0] } ?? [RecordFormat.record], to: [RecordFormat.record + 1]) { (key, record) throws(MasqError) -> Bool in
                 guard key.count >= 2 else { throw .corrupt("malformed record key") }
                 var reader = ByteReader(UnsafeRawBufferPointer(rebasing: key[1...]))
                 let id = UInt32(try reader.varint())
                 let keyStart = 1 + varintSize(UInt64(id))
                 if names[id] == nil { names[id] = try namespaceNameLocked(id: id) }
+                if let keeping, !keeping.keeps(names[id]!) { return true }
+                if let onlyReplica, try RecordHeader.read(record, key: key).version.replica != onlyReplica { return true }
                 guard let (header, value) = try readRecord(key) else { return true }
                 let size = key.count + value.count + 48
                 // A chunk never grows past maxBytes (a single larger record goes alone).
@@ -671,7 +698,9 @@ extension Store {
     /// send was deleted and collected there, so it goes here too. The local
     /// vector then includes `vv`, and so does the collection horizon (this
     /// replica has no change log below it, so peers behind it get snapshots).
-    public func finishSnapshot(vector vv: VersionVector, received: Set<SyncKey>) throws(MasqError) {
+    /// `keeping`: the namespaces this device keeps (nil: all); records of the
+    /// others were not sent, so they are not taken as deleted.
+    public func finishSnapshot(vector vv: VersionVector, received: Set<SyncKey>, keeping: NamespaceFilter? = nil) throws(MasqError) {
         try lock.withLock { () throws(MasqError) in
             try ensureUsable()
             try engine.begin()
@@ -684,6 +713,7 @@ extension Store {
                     var reader = ByteReader(UnsafeRawBufferPointer(rebasing: key[1...]))
                     let id = UInt32(try reader.varint())
                     if names[id] == nil { names[id] = try namespaceNameLocked(id: id) }
+                    if let keeping, !keeping.keeps(names[id]!) { return true }
                     let userKey = Array(key[(1 + varintSize(UInt64(id)))...])
                     if !received.contains(SyncKey(namespace: names[id]!, key: userKey)) {
                         doomed.append((Array(key), Change(kind: .delete, origin: .remote, namespace: names[id]!, key: userKey, value: nil, version: h.version)))

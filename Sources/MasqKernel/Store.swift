@@ -69,6 +69,10 @@ public final class Store: @unchecked Sendable {
     let removalChanges = LockedValue(0)
     /// Renewals started through the C API, waiting for their answer.
     let pendingRenewals = LockedValue<[String: SessionRenewal]>([:])
+    /// Blob writes and reads in progress, fetch requests, progress (Store+Blobs.swift).
+    let blobState = BlobState()
+    /// The write receipt a thread is applying (Store+Receipts.swift).
+    let receipts = ReceiptState()
 
     /// Entries per chunk when listing without holding the lock throughout.
     static let listChunk = 256
@@ -96,6 +100,7 @@ public final class Store: @unchecked Sendable {
         clock = initialClock
         setReplica(initialReplica)
         try openProtection(passphrase: passphrase)
+        try finishRestoreIfNeeded()   // a store restored from a backup takes a new replica id (Store+Backup.swift)
         Log.info("kernel", "opened store in \(config.dataDir) with storage plugin '\(plugin.name)' \(plugin.version), replica \(String(replicaID, radix: 16))\(isLocked ? " (locked)" : "")")
     }
 
@@ -490,9 +495,11 @@ public final class Store: @unchecked Sendable {
                                     + "in at most \(SyncFrame.maxCommitBytes >> 20) MiB: write it in smaller batches")
                 }
                 guard commit.log.count > 0 else {
-                    engine.rollback()
+                    // Nothing changed; a retried write's receipt is still kept (Store+Receipts.swift).
+                    if try writePendingReceipt() { try engine.commit() } else { engine.rollback() }
                     return
                 }
+                _ = try writePendingReceipt()
                 try Store.putMeta(engine, RecordFormat.logKey(replica: replicaID, seq: commit.seq), commit.log.encoded())
                 try Store.putMeta(engine, RecordFormat.metaClock, bigEndianBytes(commit.seq) + bigEndianBytes(commit.timestamp))
                 try flushCounts()

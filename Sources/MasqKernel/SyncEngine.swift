@@ -57,6 +57,10 @@ public final class SyncEngine: @unchecked Sendable {
         /// The last refusal the peer sent us, and the last we sent it (for status).
         var refusedByPeer: SyncFrame.Refusal?
         var refusedFromPeer: SyncFrame.Refusal?
+        /// The namespaces the peer keeps (nil: all), from its HELLO, and its
+        /// replica id: a filtered peer relays only its own commits.
+        var filter: NamespaceFilter?
+        var replica: UInt64 = 0
     }
 
     /// The first wait after a refusal before offering the commit again; it
@@ -68,6 +72,9 @@ public final class SyncEngine: @unchecked Sendable {
 
     public let store: Store
     public var options: Options
+    /// The namespaces this device keeps (docs/PROTOCOL.md, "Selective sync");
+    /// from the config's "sync" section unless set before sync starts.
+    public var filter: NamespaceFilter
     /// The devices whose acknowledgements gate tombstone collection: nil
     /// means the store's paired devices (the user's whole group).
     public var members: [String]?
@@ -76,13 +83,20 @@ public final class SyncEngine: @unchecked Sendable {
     private var acks = 0
     /// Called after each batch received from a peer (any thread; keep it short).
     public var onProgress: (@Sendable (Progress) -> Void)?
+    /// Called, during `receive`, with every value applied from a peer that
+    /// starts like a blob reference (the sync service fetches its contents).
+    var onBlobReference: (([UInt8]) -> Void)?
     /// Counts of rejected frames, by reason (malformed, refused commits).
     public private(set) var rejectedFrames = 0
 
     public init(store: Store, options: Options = Options()) {
         self.store = store
         self.options = options
+        filter = store.config.sync.filter
     }
+
+    /// A filtered device sends others only its own commits (it holds theirs incompletely).
+    private var ownOnly: UInt64? { filter.keepsAll ? nil : store.replicaID }
 
     /// A peer became reachable: the HELLO to send it.
     public func connected(_ device: String) throws(MasqError) -> [UInt8] {
@@ -100,7 +114,7 @@ public final class SyncEngine: @unchecked Sendable {
     private func helloFrame() throws(MasqError) -> [UInt8] {
         let (applied, collected) = try store.syncVectors()
         return SyncFrame.hello(replica: store.replicaID, applied: applied, collected: collected, tips: try store.tips(of: applied),
-                               wantsSnapshot: store.wantsSnapshot).encoded()
+                               wantsSnapshot: store.wantsSnapshot, filter: filter.keepsAll ? nil : filter).encoded()
     }
 
     public func disconnected(_ device: String) {
@@ -126,13 +140,20 @@ public final class SyncEngine: @unchecked Sendable {
             return peer
         }
         switch frame {
-        case .hello(_, let applied, _, let tips, let wantsSnapshot):
+        case .hello(let replica, let applied, _, let tips, let wantsSnapshot, let peerFilter):
             // A peer holding commits of ours we do not have: this store went back
             // in time. Continue under a new identity before anything else.
             var out: [[UInt8]] = []
             if try store.peerShowsRollback(theirs: applied, tips: tips) {
                 try store.reidentify(.rollback(peer: device))
                 out.append(try helloFrame())
+            }
+            // A refusal of the peer's own commits is over when it greets under a new
+            // replica id: it re-stamped them (clock repair) or started over (rollback).
+            let identityChanged = lock.withLock { () -> Bool in
+                guard let r = peer.refusedFromPeer, peer.replica == r.origin, replica != r.origin else { return false }
+                peer.refusedFromPeer = nil
+                return true
             }
             lock.withLock {
                 peer.helloReceived = true
@@ -141,9 +162,12 @@ public final class SyncEngine: @unchecked Sendable {
                 peer.sent = applied
                 peer.inFlight = 0
                 peer.snapshotRequested = wantsSnapshot
+                peer.filter = peerFilter
+                peer.replica = replica
             }
             try store.recordAcknowledgement(device: device, applied)
             try resolveRefusal(device, peer, theirs: applied)
+            if identityChanged { try store.setSyncProblem(device: device, problem(with: device)) }
             return out + (try pump(device, peer))
 
         case .commits(let commits):
@@ -151,13 +175,16 @@ public final class SyncEngine: @unchecked Sendable {
             var received: UInt64 = 0
             var appliedOrigins: Set<UInt64> = []
             var refusal: SyncFrame.Refusal?
-            for commit in commits {
+            for var commit in commits {
                 // After a refusal, later commits of the same origin are gaps: say nothing more of them.
                 if let refusal, refusal.origin == commit.origin { continue }
+                // Namespaces this device does not keep are left out (whatever the sender sent).
+                if !filter.keepsAll { commit.records.removeAll { !filter.keeps($0.namespace) } }
                 switch applyCounted(commit, from: device) {
                 case .success(.applied):
                     received += 1
                     appliedOrigins.insert(commit.origin)
+                    noticeBlobs(commit.records)
                 case .success(.duplicate): break
                 case .success(.gap): gap = true
                 case .failure(let refused): refusal = refusal ?? refused
@@ -227,7 +254,8 @@ public final class SyncEngine: @unchecked Sendable {
             if lock.withLock({ acks % max(options.collectEvery, 1) == 0 }) { try collectGarbage() }
             return try pump(device, peer)
 
-        case .snapshot(let records, let final):
+        case .snapshot(var records, let final):
+            if !filter.keepsAll { records.removeAll { !filter.keeps($0.namespace) } }
             let keys = lock.withLock { () -> Set<SyncKey> in
                 var keys = peer.snapshotKeys ?? []
                 for r in records { keys.insert(SyncKey(namespace: r.namespace, key: r.key)) }
@@ -235,12 +263,18 @@ public final class SyncEngine: @unchecked Sendable {
                 return keys
             }
             try store.applySnapshotRecords(records, clockBound: options.clockBound)
+            noticeBlobs(records)
             guard let final else { return [] }
-            try store.finishSnapshot(vector: final, received: keys)
+            try store.finishSnapshot(vector: final, received: keys, keeping: filter.keepsAll ? nil : filter)
             let mine = try store.syncVectors().applied
             report(device, peer, mine)
             return [SyncFrame.ack(mine).encoded()]
         }
+    }
+
+    private func noticeBlobs(_ records: [SyncRecord]) {
+        guard let onBlobReference else { return }
+        for r in records where !r.header.tombstone && !r.header.counter && r.value.first == BlobReference.magic[0] { onBlobReference(r.value) }
     }
 
     /// Frames to push to every connected peer after local writes (or after
@@ -339,7 +373,7 @@ public final class SyncEngine: @unchecked Sendable {
         return lock.withLock {
             peers.map { device, p in
                 let theyLack = mine.entries.reduce(UInt64(0)) { $0 + ($1.value > p.theirs[$1.key] ? $1.value - p.theirs[$1.key] : 0) }
-                let weLack = p.announced.entries.reduce(UInt64(0)) { $0 + ($1.value > mine[$1.key] ? $1.value - mine[$1.key] : 0) }
+                let weLack = Self.lacking(p, mine)
                 return (device, p.connected, theyLack, weLack, p.lastSeen)
             }.sorted { $0.device < $1.device }
         }
@@ -357,10 +391,10 @@ public final class SyncEngine: @unchecked Sendable {
     private func pump(_ device: String, _ peer: Peer) throws(MasqError) -> [[UInt8]] {
         var out: [[UInt8]] = []
         while true {
-            let (ready, sent, held) = lock.withLock { () -> (Bool, VersionVector, Set<UInt64>) in
+            let (ready, sent, held, peerFilter) = lock.withLock { () -> (Bool, VersionVector, Set<UInt64>, NamespaceFilter?) in
                 let now = Clock.unixMilliseconds()
                 return (peer.helloReceived && peer.inFlight < options.window, peer.sent,
-                        Set(peer.heldBack.filter { $0.value.until > now }.keys))
+                        Set(peer.heldBack.filter { $0.value.until > now }.keys), peer.filter)
             }
             guard ready else { return out }
             if lock.withLock({ peer.snapshotRequested }) {
@@ -369,7 +403,7 @@ public final class SyncEngine: @unchecked Sendable {
                 continue
             }
             guard let commits = try store.exportCommits(after: sent, maxCommits: options.maxCommitsPerFrame, maxBytes: options.maxBytesPerFrame,
-                                                        holdBack: held) else {
+                                                        holdBack: held, keeping: peerFilter, onlyOrigin: ownOnly) else {
                 out += try snapshot(for: peer)
                 continue
             }
@@ -386,11 +420,14 @@ public final class SyncEngine: @unchecked Sendable {
     /// The whole store in chunks, the last carrying the vector it reflects;
     /// deltas continue from that vector.
     private func snapshot(for peer: Peer) throws(MasqError) -> [[UInt8]] {
-        let vector = try store.syncVectors().applied
+        var vector = try store.syncVectors().applied
+        // A filtered device vouches for its own records only.
+        if let own = ownOnly { vector = VersionVector([own: vector[own]]) }
+        let peerFilter = lock.withLock { peer.filter }
         var frames: [[UInt8]] = []
         var cursor: [UInt8]?
         repeat {
-            let chunk = try store.snapshotChunk(after: cursor, maxBytes: options.maxBytesPerFrame)
+            let chunk = try store.snapshotChunk(after: cursor, maxBytes: options.maxBytesPerFrame, keeping: peerFilter, onlyReplica: ownOnly)
             cursor = chunk.next
             frames.append(SyncFrame.snapshot(records: chunk.records, final: cursor == nil ? vector : nil).encoded())
         } while cursor != nil
@@ -429,10 +466,16 @@ public final class SyncEngine: @unchecked Sendable {
         return .failure(SyncFrame.Refusal(reason: reason, origin: commit.origin, seq: commit.seq, timestamp: latest, receiverTime: now))
     }
 
+    /// Commits `p` announced that this replica lacks and can get from it: a
+    /// filtered peer relays only its own.
+    private static func lacking(_ p: Peer, _ mine: VersionVector) -> UInt64 {
+        if p.filter != nil { return p.announced[p.replica] > mine[p.replica] ? p.announced[p.replica] - mine[p.replica] : 0 }
+        return p.announced.entries.reduce(UInt64(0)) { $0 + ($1.value > mine[$1.key] ? $1.value - mine[$1.key] : 0) }
+    }
+
     private func report(_ device: String, _ peer: Peer, _ mine: VersionVector) {
         guard let onProgress else { return }
-        let (received, announced) = lock.withLock { (peer.receivedCommits, peer.announced) }
-        let remaining = announced.entries.reduce(UInt64(0)) { $0 + ($1.value > mine[$1.key] ? $1.value - mine[$1.key] : 0) }
+        let (received, remaining) = lock.withLock { (peer.receivedCommits, Self.lacking(peer, mine)) }
         onProgress(Progress(device: device, received: received, remaining: remaining))
     }
 }

@@ -3,7 +3,9 @@
 /// the decoder still checks every length, because a peer can be buggy.
 ///
 ///   frame   = u8 version(1) · u8 type · body
-///   HELLO   (1) = u64 replica · vector(applied) · vector(collected) · [tips · [u8 flags: bit 0 send me a snapshot]]
+///   HELLO   (1) = u64 replica · vector(applied) · vector(collected) · [tips · [u8 flags · [filter if bit 1]]]
+///                 flags: bit 0 send me a snapshot; bit 1 I keep only some namespaces (the filter
+///                 follows, NamespaceFilter: send me only their records; I relay only my own commits)
 ///   COMMITS (2) = varint n · n × commit
 ///   ACK     (3) = vector(applied)
 ///   SNAPSHOT(4) = u8 final · names · varint n · n × record · [vector(as of the snapshot) if final]
@@ -11,6 +13,7 @@
 ///   FRAGMENT(6) = u32 message id · u32 index · u32 count · bytes   (SyncService: a frame bigger
 ///                 than the transport carries goes as `count` fragments, in order, each sealed;
 ///                 the receiver reassembles one message per device at a time)
+///   REMOVALS(7), WANT (8), CHUNK (9), LACK (10): SyncService, Store+Removals.swift, BlobTransfer.swift
 ///   tips    = varint n · n × (u64 replica · u64 timestamp of the last commit applied from it)
 ///   commit  = u64 origin · varint seq · u64 timestamp · names · varint n · n × record
 ///   names   = varint n · n × (varint len · UTF-8 namespace)
@@ -24,7 +27,9 @@ public enum SyncFrame: Equatable, Sendable {
     /// holding a different commit under one of its own numbers has been
     /// rolled back (Store.reidentify).
     /// `wantsSnapshot`: the sender repaired damage and asks for a whole copy.
-    case hello(replica: UInt64, applied: VersionVector, collected: VersionVector, tips: [UInt64: UInt64], wantsSnapshot: Bool = false)
+    /// `filter`: the sender keeps only these namespaces (selective sync, SyncFilter.swift).
+    case hello(replica: UInt64, applied: VersionVector, collected: VersionVector, tips: [UInt64: UInt64], wantsSnapshot: Bool = false,
+               filter: NamespaceFilter? = nil)
     case commits([SyncCommit])
     case ack(VersionVector)
     case snapshot(records: [SyncRecord], final: VersionVector?)
@@ -63,7 +68,7 @@ public enum SyncFrame: Equatable, Sendable {
     public func encoded() -> [UInt8] {
         var out: [UInt8] = [SyncFrame.version]
         switch self {
-        case .hello(let replica, let applied, let collected, let tips, let wantsSnapshot):
+        case .hello(let replica, let applied, let collected, let tips, let wantsSnapshot, let filter):
             out.append(1)
             out.appendBigEndian(replica)
             applied.encode(into: &out)
@@ -73,7 +78,9 @@ public enum SyncFrame: Equatable, Sendable {
                 out.appendBigEndian(origin)
                 out.appendBigEndian(tips[origin]!)
             }
-            if wantsSnapshot { out.append(1) }
+            let flags: UInt8 = (wantsSnapshot ? 1 : 0) | (filter != nil ? 2 : 0)
+            if flags != 0 { out.append(flags) }
+            filter?.encode(into: &out)
         case .commits(let commits):
             out.append(2)
             out.appendVarint(UInt64(commits.count))
@@ -167,16 +174,18 @@ public enum SyncFrame: Equatable, Sendable {
                     let applied = try VersionVector.decode(&r), collected = try VersionVector.decode(&r)
                     var tips: [UInt64: UInt64] = [:]
                     var flags: UInt8 = 0
+                    var filter: NamespaceFilter?
                     if !r.isAtEnd {
                         let n = try r.varint()
                         guard n <= 4_096 else { throw .invalid("a HELLO with \(n) tips") }
                         for _ in 0..<n { tips[try r.uint64()] = try r.uint64() }
                         if !r.isAtEnd {
                             flags = try r.byte()
-                            guard flags & ~1 == 0 else { throw .invalid("unknown HELLO flags \(flags)") }
+                            guard flags & ~3 == 0 else { throw .invalid("unknown HELLO flags \(flags)") }
+                            if flags & 2 != 0 { filter = try NamespaceFilter.decode(&r) }
                         }
                     }
-                    frame = .hello(replica: replica, applied: applied, collected: collected, tips: tips, wantsSnapshot: flags & 1 != 0)
+                    frame = .hello(replica: replica, applied: applied, collected: collected, tips: tips, wantsSnapshot: flags & 1 != 0, filter: filter)
                 case 2:
                     let n = try count(&r, raw.count)
                     var commits: [SyncCommit] = []

@@ -38,6 +38,9 @@ public final class SyncService: @unchecked Sendable {
         public var framesRejected: Int
         /// Each transport's own counters (its plugin's `stats`), by plugin name.
         public var transports: [(plugin: String, stats: [String: UInt64])]
+        /// Blobs being fetched, and what this run carried (BlobTransfer.swift).
+        public var blobs: [BlobFetchStatus] = []
+        public var blobCounters = BlobTransferCounters()
     }
 
     public struct DeviceStatus: Sendable {
@@ -73,6 +76,9 @@ public final class SyncService: @unchecked Sendable {
         /// When this side last answered the device's renewal (answers cost two X25519s and a write).
         var lastAnswered: UInt64 = 0
         var problem: String?
+        /// When this side last sent the device a NOTICE, and the time of the last one it accepted from it.
+        var lastNoticeSent: UInt64 = 0
+        var lastNoticeReceived: UInt64 = 0
     }
 
     /// Most messages sealed for a device without hearing from it; then the
@@ -84,6 +90,11 @@ public final class SyncService: @unchecked Sendable {
 
     public let store: Store
     public let engine: SyncEngine
+    /// Blob contents: WANT, CHUNK and LACK frames (BlobTransfer.swift).
+    private var transfer: BlobTransfer!
+    private var lastBlobCollection: UInt64 = 0
+    /// Unreferenced blob chunks are collected this often while sync runs.
+    public var blobCollectionInterval: UInt64 = 600_000
     private let queue = DispatchQueue(label: "masq.sync")
     private var transports: [(TransportEngine, endpoint: String?)] = []
     private let transportReferences: [PluginReference]
@@ -136,6 +147,12 @@ public final class SyncService: @unchecked Sendable {
         roomText = hex(room)
         me = try Self.idBytes(store.requireIdentity().publicKeys.deviceID)
         identityEpoch = store.identityEpoch
+        transfer = BlobTransfer(store: store, mode: store.config.sync.blobs) { [unowned self] frame, device in
+            (try? self.deliver(frame, to: device)) ?? false
+        }
+        // References applied from peers are noticed on this queue, before the frame's
+        // answer: `syncOnce` cannot take the blob for settled in between.
+        engine.onBlobReference = { [unowned self] value in self.transfer.noticed(value) }
     }
 
     static func idBytes(_ deviceID: String) throws(MasqError) -> [UInt8] {
@@ -182,11 +199,19 @@ public final class SyncService: @unchecked Sendable {
             }
             fragmentBytes = engine.options.maxBytesPerFrame
         }
+        try store.noteSyncFilter(engine.filter)
         watchID = try store.watch(namespace: nil) { [weak self] change in
-            guard change.origin == .local, let service = self else { return }
+            guard let service = self else { return }
+            // A blob reference (local or remote) whose contents may be missing here.
+            guard change.origin == .local else { return }
+            if let value = change.value, value.first == BlobReference.magic[0] { service.queue.async { service.transfer.noticed(value) } }
             service.queue.async { service.schedulePump() }
         }
-        queue.async { self.announce(who: true) }
+        lastBlobCollection = Clock.unixMilliseconds() - blobCollectionInterval + 60_000
+        queue.async {
+            self.transfer.start(filter: self.engine.filter)
+            self.announce(who: true)
+        }
         // Another process (the CLI) may write to the same store: notice its commits.
         let source = DispatchSource.makeTimerSource(queue: queue)
         source.schedule(deadline: .now() + pollInterval, repeating: pollInterval)
@@ -202,6 +227,7 @@ public final class SyncService: @unchecked Sendable {
             stopped = true
             timer?.cancel()
             timer = nil
+            transfer.stop()
         }
         if let watchID { try? store.unwatch(watchID) }
         for (transport, _) in transports { transport.close() }
@@ -223,7 +249,7 @@ public final class SyncService: @unchecked Sendable {
             let elapsed = Double(Clock.monotonicNanoseconds() - started) / 1e9
             let talking = s.devices.filter(\.present)
             let settled = talking.allSatisfy { $0.weLack == 0 && $0.theyLack == 0 }
-                && queue.sync(execute: { helloed.isSuperset(of: present) && engine.heardFrom(present) })
+                && queue.sync(execute: { helloed.isSuperset(of: present) && engine.heardFrom(present) && transfer.settled(blobDevices) })
             // Done when everyone answered and nothing is missing; absent devices get `grace` seconds.
             if settled && (talking.count == s.devices.count || elapsed >= grace) { return true }
         }
@@ -233,8 +259,8 @@ public final class SyncService: @unchecked Sendable {
     public func status() throws(MasqError) -> Status {
         let devices = try store.devices()
         let engineStatus = Dictionary(uniqueKeysWithValues: try engine.status().map { ($0.device, $0) })
-        let (up, here, received, rejected, sessionProblems) = queue.sync {
-            (transportUp, present, framesReceived, framesRejected, sessions.compactMapValues(\.problem))
+        let (up, here, received, rejected, sessionProblems, blobs, blobCounters) = queue.sync {
+            (transportUp, present, framesReceived, framesRejected, sessions.compactMapValues(\.problem), transfer.status(blobDevices), transfer.counters)
         }
         var rows: [DeviceStatus] = []
         for d in devices {
@@ -245,7 +271,7 @@ public final class SyncService: @unchecked Sendable {
         }
         return Status(connected: up, room: roomText, devices: rows, pending: rows.filter(\.present).map(\.theyLack).reduce(0, +),
                       framesReceived: received, framesRejected: rejected + engine.rejectedFrames,
-                      transports: transports.map { ($0.0.plugin.name, $0.0.stats() ?? [:]) })
+                      transports: transports.map { ($0.0.plugin.name, $0.0.stats() ?? [:]) }, blobs: blobs, blobCounters: blobCounters)
     }
 
     // MARK: - queue
@@ -313,6 +339,7 @@ public final class SyncService: @unchecked Sendable {
             do throws(MasqError) {
                 plain = try store.open(from: sender, Array(payload[21...]), associatedData: room_ad(Array(payload[0..<21])))
             } catch {
+                if Self.isStorageFailure(error) { return cannotStore(from: sender, peer, error) }
                 peer.failures += 1
                 reject("from \(sender): \(error.message)")
                 // Messages that do not open (a broken or outdated session): renew it.
@@ -325,6 +352,11 @@ public final class SyncService: @unchecked Sendable {
             peer.failures = 0
             peer.unanswered = 0
             if case .ready = peer.state, peer.problem?.hasPrefix("messages from it") == true { peer.problem = nil }
+            // It stored its ratchet step to send this: its storage works again.
+            if peer.problem?.hasPrefix(Self.cannotStoreProblem) == true {
+                peer.problem = nil
+                try? store.setSyncProblem(device: sender, engine.problem(with: sender))
+            }
             // Greet first (a renewed session's initiator speaks once it has heard
             // from the other side), then handle the frame: greeting resets what
             // the engine knows of the peer, so it must not follow the peer's HELLO.
@@ -334,14 +366,27 @@ public final class SyncService: @unchecked Sendable {
                 receivedRemovals(whole, from: sender)
                 return
             }
+            if whole.count >= 2, whole[0] == SyncFrame.version, (BlobTransfer.wantType...BlobTransfer.lackType).contains(whole[1]) {
+                do throws(MasqError) { try transfer.receive(whole, from: sender, devices: blobDevices) } catch {
+                    reject("from \(sender): \(error.message)")
+                }
+                return
+            }
             do throws(MasqError) {
                 let replies = try engine.receive(whole, from: sender)
                 for reply in replies { try deliver(reply, to: sender) }
                 pump()
+                transfer.pump(blobDevices)
             } catch {
+                if Self.isStorageFailure(error) { return cannotStore(from: sender, peer, error) }
                 reject("from \(sender): \(error.message)")
             }
             checkIdentity()
+        case 5:
+            guard payload.count == 1 + 20 + 1 + 8 + 64, Array(payload[1..<11]) == me else { return }
+            let sender = hex(Array(payload[11..<21]))
+            guard isPaired(sender) else { return reject("notice from an unpaired device") }
+            receivedNotice(from: sender, Array(payload[21...]), header: Array(payload[0..<21]))
         case 4:
             guard payload.count > 22, Array(payload[1..<11]) == me else { return }
             let sender = hex(Array(payload[11..<21]))
@@ -398,7 +443,15 @@ public final class SyncService: @unchecked Sendable {
                 let now = Clock.unixMilliseconds()
                 guard now >= peer.lastAnswered + 1_000 else { return reject("renewal from \(sender): answered one less than a second ago") }
                 peer.lastAnswered = now
-                let answer = try store.answerSessionRenewal(from: sender, message, prologue: renewalPrologue(initiator: senderID, responder: me))
+                let answer: [UInt8]
+                switch try store.answerOrRefuseSessionRenewal(from: sender, message, prologue: renewalPrologue(initiator: senderID, responder: me)) {
+                case .answer(let a): answer = a
+                case .clockAhead(let by, let refusal):
+                    // Tell the device whose clock is ahead (signed: step 3), and show it here.
+                    broadcast([4] + senderID + me + [3] + refusal)
+                    setProblem(sender, peer, "refusing its session renewal: its clock is \(max(1, (by + 30_000) / 60_000)) minute(s) ahead of this device's")
+                    return
+                }
                 broadcast([4] + senderID + me + [2] + answer)
                 established(sender, peer)
                 // The answering side speaks first on the new session.
@@ -408,6 +461,13 @@ public final class SyncService: @unchecked Sendable {
                 try store.completeSessionRenewal(renewal, message)
                 established(sender, peer)
                 // The other side greets first; this side answers its HELLO.
+            case 3:
+                // The other device refused this renewal: this clock is ahead of its own.
+                guard case .renewing(let renewal) = peer.state else { return }
+                let ahead = try store.checkRenewalRefusal(renewal, prologue: renewalPrologue(initiator: me, responder: senderID), message)
+                let minutes = max(1, (ahead + 30_000) / 60_000)
+                Log.warn("sync", "device \(sender) refuses to renew the session: this clock is \(minutes) minute(s) ahead of its own")
+                setProblem(sender, peer, "your clock is \(minutes) minute(s) ahead of this device's: it refuses to renew the session until the clocks agree (set the clock right)")
             default:
                 throw .invalid("unknown renewal step \(step)")
             }
@@ -417,6 +477,74 @@ public final class SyncService: @unchecked Sendable {
         }
     }
 
+    // MARK: - NOTICE: "I cannot store your changes" (docs/PROTOCOL.md)
+
+    static let cannotStoreProblem = "it cannot store your changes"
+    /// One NOTICE per device per this many ms at most.
+    static let noticeInterval: UInt64 = 5_000
+
+    /// A write failed for want of space or of a working disk (not a bad frame).
+    static func isStorageFailure(_ error: MasqError) -> Bool {
+        error.status == .io || error.message.lowercased().contains("disk is full") || error.message.contains("SQLITE_FULL")
+    }
+
+    /// This store cannot write what `sender` sent (nor even its ratchet step,
+    /// so no sealed answer is possible): say so, signed, without touching the
+    /// store, and show it in this run's status.
+    private func cannotStore(from sender: String, _ peer: PeerSession, _ error: MasqError) {
+        reject("from \(sender): cannot store: \(error.message)")
+        let text = "this device cannot store what it sends (full disk or I/O error): \(error.message)"
+        if peer.problem != text {
+            peer.problem = text
+            Log.warn("sync", "cannot store the changes of \(sender): \(error.message)")
+        }
+        let now = Clock.unixMilliseconds()
+        guard now >= peer.lastNoticeSent + Self.noticeInterval else { return }
+        peer.lastNoticeSent = now
+        do throws(MasqError) {
+            let header = [UInt8(5)] + (try Self.idBytes(sender)) + me
+            let body = [UInt8(1)] + bigEndianBytes(now)
+            let key = try store.requireIdentity().signingKey
+            let signature = try crypto { () throws(CryptoError) in try Ed25519.sign(Self.noticeMessage(room, header, body), privateKey: key) }
+            broadcast(header + body + signature)
+        } catch {
+            Log.warn("sync", "cannot tell \(sender) why: \(error.message)")
+        }
+    }
+
+    static func noticeMessage(_ room: [UInt8], _ header: [UInt8], _ body: [UInt8]) -> [UInt8] {
+        Array("masq notice v1".utf8) + room + header + body
+    }
+
+    /// A paired device says it cannot store our changes: believe it only
+    /// signed by its device key, recent, and newer than its last notice.
+    private func receivedNotice(from sender: String, _ body: [UInt8], header: [UInt8]) {
+        let peer = session(sender)
+        do throws(MasqError) {
+            guard let device = try store.devices().first(where: { $0.deviceID == sender }) else { return }
+            let signed = Array(body[0..<9]), signature = Array(body[9...])
+            guard Ed25519.verify(signature, message: Self.noticeMessage(room, header, signed), publicKey: device.keys.signing) else {
+                return reject("notice from \(sender): bad signature")
+            }
+            let time = signed.withUnsafeBytes { $0.loadBigEndian(at: 1) as UInt64 }
+            let now = Clock.unixMilliseconds()
+            guard signed[0] == 1, time > peer.lastNoticeReceived, max(time, now) - min(time, now) <= Store.renewalCounterSlack else {
+                return reject("notice from \(sender): stale, replayed or unknown")
+            }
+            peer.lastNoticeReceived = time
+            setProblem(sender, peer, Self.cannotStoreProblem + ": its disk is full or failing (free space there, then sync resumes)")
+        } catch {
+            reject("notice from \(sender): \(error.message)")
+        }
+    }
+
+    /// Show what holds sync with `device` back, in `masq status` too (stored).
+    private func setProblem(_ device: String, _ peer: PeerSession, _ text: String) {
+        guard peer.problem != text else { return }
+        peer.problem = text
+        try? store.setSyncProblem(device: device, text)
+    }
+
     private func established(_ device: String, _ peer: PeerSession) {
         peer.state = .ready
         peer.unanswered = 0
@@ -424,7 +552,10 @@ public final class SyncService: @unchecked Sendable {
         peer.attempts = 0
         peer.renewalWait = Self.renewalInterval
         peer.lastRenewal = Clock.unixMilliseconds()
-        peer.problem = nil
+        if peer.problem != nil {
+            peer.problem = nil
+            try? store.setSyncProblem(device: device, nil)
+        }
         helloed.remove(device)
         engine.disconnected(device)
         Log.info("sync", "session with \(device) renewed")
@@ -439,6 +570,8 @@ public final class SyncService: @unchecked Sendable {
             if try deliver(try engine.connected(device), to: device) {
                 helloed.insert(device)
                 sendRemovals(to: device)
+                transfer.deviceReady(device)
+                transfer.pump(blobDevices)
             }
         } catch {
             Log.warn("sync", "cannot greet \(device): \(error.message)")
@@ -463,6 +596,11 @@ public final class SyncService: @unchecked Sendable {
                 // message; if it never comes, renew again.
                 if !store.canSend(to: device) && now >= peer.lastRenewal + 5_000 { renew(device, force: true) }
             }
+        }
+        transfer.tick(blobDevices)
+        if now >= lastBlobCollection + blobCollectionInterval {
+            lastBlobCollection = now
+            do throws(MasqError) { try store.collectBlobs() } catch { Log.warn("sync", "cannot collect unreferenced blob chunks: \(error.message)") }
         }
         let stalled = engine.resendStalled()
         let seq = (try? store.syncVectors().applied[store.replicaID]) ?? lastLocalSeq
@@ -659,6 +797,9 @@ public final class SyncService: @unchecked Sendable {
         }
         return sent ? nil : failure
     }
+
+    /// Devices blob contents may be asked of: present and greeted in this run.
+    private var blobDevices: [String] { present.filter { helloed.contains($0) }.sorted() }
 
     private func isPaired(_ device: String) -> Bool {
         (try? store.devices().contains { $0.deviceID == device }) ?? false

@@ -8,6 +8,9 @@ import NIOPosix
 import NIOSSL
 import NIOWebSocket
 import Prometheus
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Limits and endpoints of a relay. Every limit is explicit and answered with
 /// an ERROR frame or a close, never a crash.
@@ -47,6 +50,9 @@ public struct RelayConfiguration: Sendable {
     public var tlsCertificatePath: String?
     public var tlsKeyPath: String?
     public var threads = System.coreCount
+    /// On SIGTERM (`drain`): seconds the connections get to take what is
+    /// queued for them and close after the relay's "going away".
+    public var drainSeconds: Int64 = 10
 
     public init() {}
 }
@@ -70,6 +76,8 @@ final class RelayMetrics: @unchecked Sendable {
     let handshakesPending: Gauge
     let handshakesEvicted: Gauge
     let handshakesTimedOut: Gauge
+    let maxConnections: Gauge
+    let draining: Gauge
 
     init() {
         let registry = self.registry
@@ -96,6 +104,8 @@ final class RelayMetrics: @unchecked Sendable {
         handshakesPending = gauge("handshakes_pending", "Connections still in their HTTP request or WebSocket upgrade")
         handshakesEvicted = gauge("handshakes_evicted", "Handshakes closed to make room for newer ones (total)")
         handshakesTimedOut = gauge("handshakes_timed_out", "Handshakes closed because they took too long (total)")
+        maxConnections = gauge("max_connections", "Connections the relay accepts (--max-connections)")
+        draining = gauge("draining", "1 while the relay drains its connections before stopping")
     }
 }
 
@@ -270,6 +280,9 @@ public final class RelayServer: @unchecked Sendable {
     let registry: RoomRegistry
     let connectionCount = NIOLockedValueBox(0)
     let handshakes: HandshakeGate
+    /// WebSocket connections open now, to tell each one when the relay drains.
+    let live = NIOLockedValueBox([ObjectIdentifier: Channel]())
+    let isDraining = NIOLockedValueBox(false)
     private let group: MultiThreadedEventLoopGroup
     private let outboxes: [ObjectIdentifier: Outbox]
     private var channel: Channel?
@@ -280,6 +293,7 @@ public final class RelayServer: @unchecked Sendable {
         let metrics = RelayMetrics()
         self.metrics = metrics
         registry = RoomRegistry(metrics: metrics)
+        metrics.maxConnections.set(Int64(configuration.maxConnections))
         handshakes = HandshakeGate(capacity: max(1, configuration.maxPendingHandshakes),
                                    timeout: .seconds(max(1, configuration.handshakeTimeoutSeconds)))
         group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.threads))
@@ -337,6 +351,34 @@ public final class RelayServer: @unchecked Sendable {
         try? group.syncShutdownGracefully()
     }
 
+    /// Connections open now (WebSocket members).
+    public var openConnections: Int { connectionCount.withLockedValue { $0 } }
+
+    /// Graceful shutdown (SIGTERM): stop accepting connections (the load
+    /// balancer's health check then fails at once), send every member a
+    /// WebSocket close "going away" after what is already queued for it,
+    /// wait up to `timeout` seconds for the connections to close, then stop.
+    /// A relay connection has no end of its own: members are told to leave
+    /// together, so a group reconnects to its next relay together instead of
+    /// being split between a draining relay and its successor. Returns how
+    /// many connections were still open when the time ran out.
+    @discardableResult
+    public func drain(timeout: Int64) -> Int {
+        isDraining.withLockedValue { $0 = true }
+        metrics.draining.set(Int64(1))
+        logger.info("draining", metadata: ["connections": "\(openConnections)", "timeout_s": "\(timeout)"])
+        try? channel?.close().wait()
+        for channel in live.withLockedValue({ Array($0.values) }) {
+            channel.pipeline.fireUserInboundEventTriggered(RelayDrain())
+        }
+        let deadline = NIODeadline.now() + .seconds(timeout)
+        while openConnections > 0, NIODeadline.now() < deadline { usleep(20_000) }
+        let left = openConnections
+        logger.info("drained", metadata: ["connections_cut": "\(left)"])
+        stop()
+        return left
+    }
+
     /// The metrics page text.
     public func metricsText() -> String {
         let gate = handshakes.counts
@@ -360,7 +402,12 @@ public final class RelayServer: @unchecked Sendable {
                     // The slot is the channel's until it closes, whatever path it takes:
                     // an upgrade reset before the handler exists releases it too.
                     server.metrics.connections.set(Int64(server.connectionCount.withLockedValue { $0 }))
-                    channel.closeFuture.whenComplete { _ in server.connectionClosed() }
+                    let id = ObjectIdentifier(channel)
+                    server.live.withLockedValue { $0[id] = channel }
+                    channel.closeFuture.whenComplete { _ in
+                        server.live.withLockedValue { $0[id] = nil }
+                        server.connectionClosed()
+                    }
                 } else {
                     server.metrics.rejectedConnections.increment()
                 }
@@ -443,7 +490,10 @@ final class HTTPRouteHandler: ChannelInboundHandler, RemovableChannelHandler {
             self.head = nil
             let (status, body, type): (HTTPResponseStatus, String, String)
             switch (head.method, head.uri) {
-            case (.GET, "/healthz"): (status, body, type) = (.ok, "ok\n", "text/plain")
+            case (.GET, "/healthz"):
+                // Draining: the load balancer stops sending newcomers here.
+                (status, body, type) = server.isDraining.withLockedValue { $0 } ? (.serviceUnavailable, "draining\n", "text/plain")
+                    : (.ok, "ok\n", "text/plain")
             case (.GET, "/metrics"): (status, body, type) = (.ok, server.metricsText(), "text/plain; version=0.0.4")
             default:
                 if head.headers["upgrade"].contains(where: { $0.lowercased() == "websocket" }) {
@@ -463,6 +513,9 @@ final class HTTPRouteHandler: ChannelInboundHandler, RemovableChannelHandler {
         }
     }
 }
+
+/// Sent through each member's pipeline when the relay drains.
+struct RelayDrain {}
 
 /// One WebSocket member: rooms, rate limit, keepalive, forwarding.
 final class RelayConnectionHandler: ChannelInboundHandler {
@@ -520,6 +573,8 @@ final class RelayConnectionHandler: ChannelInboundHandler {
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if event is IdleStateHandler.IdleStateEvent {
             logger.debug("idle timeout")
+            close(context, code: .goingAway)
+        } else if event is RelayDrain {
             close(context, code: .goingAway)
         } else {
             context.fireUserInboundEventTriggered(event)

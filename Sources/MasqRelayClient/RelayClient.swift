@@ -48,6 +48,17 @@ struct Endpoint: Sendable {
         self.path = path
         self.text = text
     }
+
+    private init(tls: Bool, host: String, port: Int, path: String, text: String) {
+        self.tls = tls
+        self.host = host
+        self.port = port
+        self.path = path
+        self.text = text
+    }
+
+    /// The same endpoint requesting another path (`text` stays the configured URL).
+    func withPath(_ path: String) -> Endpoint { Endpoint(tls: tls, host: host, port: port, path: path, text: text) }
 }
 
 public typealias TransportFailure = PluginFailure
@@ -113,6 +124,8 @@ public final class RelayTransport: PluginTransport, @unchecked Sendable {
     private var queuedBytes = 0
     private var backoff: Int64
     private var reconnectTask: Scheduled<Void>?
+    /// A connection was attempted since `connect` (later ones follow the backoff).
+    private var opened = false
     private var tls: NIOSSLContext?
 
     public init(host: UnsafePointer<masq_host>, options: Options) {
@@ -171,7 +184,9 @@ public final class RelayTransport: PluginTransport, @unchecked Sendable {
         loop.execute {
             self.endpoint = parsed
             self.tls = context
-            self.open()
+            self.opened = false
+            // Opened once a room is joined, so the URL can name it (see `path`).
+            if !self.rooms.isEmpty || !self.queue.isEmpty { self.open() }
         }
         return MASQ_OK
     }
@@ -182,6 +197,7 @@ public final class RelayTransport: PluginTransport, @unchecked Sendable {
         guard (1...RelayFrame.maxRoomLength).contains(room.count) else { return host.pointee.error(host, MASQ_E_INVALID, "room must be 1...64 bytes") }
         loop.execute {
             if self.rooms.insert(room).inserted, self.connected { self.write(RelayFrame.join(room: room).encoded()) }
+            if !self.opened { self.open() }   // the first room: connect now
         }
         return MASQ_OK
     }
@@ -232,9 +248,23 @@ public final class RelayTransport: PluginTransport, @unchecked Sendable {
 
     // MARK: connection (event loop)
 
+    /// The request path: `<endpoint path>/r/<room hex>` while the transport
+    /// holds exactly one room, else the endpoint's own path. A load balancer
+    /// in front of a relay fleet hashes this path, so every device of a
+    /// group meets on the same relay (docs/OPERATIONS.md); the relay itself
+    /// ignores the path (the JOIN decides).
+    static func path(base: String, rooms: Set<[UInt8]>) -> String {
+        guard rooms.count == 1, let room = rooms.first else { return base }
+        var prefix = base.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? "/"
+        while prefix.hasSuffix("/") { prefix.removeLast() }
+        return prefix + "/r/" + Hex.encode(room)
+    }
+
     private func open() {
-        guard let endpoint, !connecting, channel == nil, !isStopped else { return }
+        guard let base = endpoint, !connecting, channel == nil, !isStopped else { return }
         connecting = true
+        opened = true
+        let endpoint = base.withPath(Self.path(base: base.path, rooms: rooms))
         let transport = self
         let tls = self.tls
         let maxFrame = options.maxFrameBytes

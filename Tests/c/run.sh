@@ -35,6 +35,8 @@ link=(-L"$lib" -lmasq -Wl,-rpath,"$lib" -lpthread)
 cc -std=c11 -Wall -Wextra -Werror -I"$root/include" -o "$out/api_test" "$here/api_test.c" "${link[@]}"
 cc -std=c11 -Wall -Wextra -Werror -I"$root/include" -o "$out/crash_test" "$here/crash_test.c" "${link[@]}"
 cc -std=c11 -Wall -Wextra -Werror -I"$root/include" -o "$out/security_test" "$here/security_test.c" "${link[@]}"
+cc -std=c11 -Wall -Wextra -Werror -I"$root/include" -o "$out/blob_test" "$here/blob_test.c" "${link[@]}"
+cc -std=c11 -Wall -Wextra -Werror -I"$root/include" -o "$out/backup_test" "$here/backup_test.c" "${link[@]}"
 cc -std=c11 -Wall -Wextra -Werror -I"$root/include" -o "$out/share_test" "$here/share_test.c" "${link[@]}"
 export MASQ_PLUGIN_PATH="$out/plugins:$lib"
 
@@ -44,6 +46,9 @@ echo "== api_test"
 
 echo "== security_test (encryption at rest, devices, pairing, sessions, primitives)"
 "$out/security_test"
+
+echo "== blob_test (blobs: files and streams, ranges, dedup, collection, sealed chunks, bad input)"
+"$out/blob_test"
 
 echo "== share_test (sharing with another person through a Connectoid service on 127.0.0.1)"
 rm -f "$out"/share-service.sqlite3*
@@ -63,6 +68,9 @@ echo "== host_test (every plugin against host tables of every length the header 
 make -s -C "$root/plugins/transport-lan" BUILD="$out/plugins"
 cc -std=c11 -Wall -Wextra -Werror -I"$root/include" -o "$out/host_test" "$here/host_test.c" -ldl
 "$out/host_test" "$lib" "$out/plugins"
+
+echo "== backup_test (backup, restore, export; bad backup files; sessions renewed before sealing)"
+"$out/backup_test"
 
 echo "== crash_test (SIGKILL a writer, reopen, every acknowledged write is there)"
 "$out/crash_test" "${CRASH_ROUNDS:-6}"

@@ -22,6 +22,7 @@ import threading
 import time
 
 import pytest
+from conftest import BACKENDS, store_args
 
 MASQ = os.environ.get("MASQ_BIN", "masq")
 MAX_MESSAGE = 4096
@@ -30,9 +31,10 @@ PER_ADDRESS = 6
 
 
 class Service:
-    def __init__(self, *options):
-        self.db = tempfile.mktemp(suffix=".sqlite3")
-        self.proc = subprocess.Popen([MASQ, "connectoid", "serve", "--port", "0", "--db", self.db, "--log-level", "error",
+    def __init__(self, *options, store=None):
+        self.store, self.clean = store or (["--db", tempfile.mktemp(suffix=".sqlite3")], lambda: None)
+        self.db = self.store[1]
+        self.proc = subprocess.Popen([MASQ, "connectoid", "serve", "--port", "0", *self.store, "--log-level", "error",
                                       "--max-message-bytes", str(MAX_MESSAGE), "--client-rate", "1000000", "--client-burst", "1000000",
                                       *options], stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
@@ -41,6 +43,7 @@ class Service:
     def stop(self):
         self.proc.terminate()
         self.proc.wait(10)
+        self.clean()
         for suffix in ("", "-wal", "-shm"):
             if os.path.exists(self.db + suffix):
                 os.remove(self.db + suffix)
@@ -126,9 +129,16 @@ def healthz_seconds(service, source="127.0.0.1"):
     return time.monotonic() - started
 
 
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    return request.param
+
+
 @pytest.fixture
-def service(request):
-    svc = Service(*getattr(request, "param", ()))
+def service(request, backend):
+    """A service on each backend: the HTTP front's bounds hold whether the
+    store answers inline (SQLite) or on the thread pool (PostgreSQL)."""
+    svc = Service(*getattr(request, "param", ()), store=store_args(backend, request))
     yield svc
     svc.stop()
 

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from conftest import BACKENDS, store_args
 
 MASQ = os.environ.get("MASQ_BIN", "masq")
 
@@ -52,21 +53,21 @@ class Key:
         return b64(self.open(unb64(question)))
 
 
-@pytest.fixture(scope="module")
-def service():
-    db = tempfile.mktemp(suffix=".sqlite3")
-    proc = subprocess.Popen([MASQ, "connectoid", "serve", "--port", "0", "--db", db, "--challenge-ttl", "2", "--retention", "3",
+@pytest.fixture(scope="module", params=BACKENDS)
+def service(request):
+    """One service per backend (SQLite file; PostgreSQL shared-fleet store): every test runs on both."""
+    store, clean = store_args(request.param, request)
+    proc = subprocess.Popen([MASQ, "connectoid", "serve", "--port", "0", *store, "--challenge-ttl", "2", "--retention", "3",
                              "--mailbox-rate", "60", "--mailbox-burst", "5", "--client-rate", "10000", "--client-burst", "10000",
                              "--max-message-bytes", "1024", "--max-messages", "20", "--log-level", "error"],
                             stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
+    assert line, "the service did not start"
     url = re.search(r"http://\S+", line).group(0)
     yield url
     proc.terminate()
     proc.wait(10)
-    for suffix in ("", "-wal", "-shm"):
-        if os.path.exists(db + suffix):
-            os.remove(db + suffix)
+    clean()
 
 
 def post(url, body):

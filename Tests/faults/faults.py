@@ -5,12 +5,21 @@ flipped bytes, a store restored from a copy, concurrent writers, a daemon
 restart, a full disk). Each test asserts on outcomes (convergence, no
 acknowledged write lost, errors surfaced) and prints one line of counts.
 
+Run (CI's short version; bench/faults/run.sh is the long one):
+  MASQ_BIN=.build/debug/masq-cli MASQD=.build/debug/masqd MASQ_PLUGIN_PATH=.build/debug \
+      python3 -m pytest -q -p no:cacheprovider Tests/faults
+(needs pytest, websockets and bindings/python installed, a C compiler for
+wallclock.c, and root for the full-disk tmpfs — skipped otherwise.)
+
 Environment:
   MASQ_BIN          the masq CLI (default .build/debug/masq-cli)
   MASQD             masqd (default .build/debug/masqd)
   MASQ_PLUGIN_PATH  the plugins (default: MASQ_BIN's directory)
   FAULT_TRIALS      trials per scenario (default 1: the directory in about a
-                    minute and a half); bench/faults/run.sh runs more
+                    minute and a half; the slowest scenarios run a share of
+                    it, at least one); bench/faults/run.sh runs 10
+  FAULT_WINDOW      seconds over which the cost of refusals is measured in
+                    the clock scenario (default 5; run.sh: 10)
   FAULT_SEED        seed of the random choices (default: from the time; the
                     seed is printed with every summary line, so a failing run
                     can be repeated)
@@ -37,12 +46,17 @@ os.environ.setdefault("MASQD", os.path.join(os.path.dirname(os.environ["MASQ_BIN
 os.environ.setdefault("MASQ_PLUGIN_PATH", os.path.dirname(os.environ["MASQ_BIN"]))
 sys.path.insert(0, os.path.join(ROOT, "Tests", "adversary"))
 
-from support import MASQ, Device, Processes, masq, pair, start_sync, wait_for  # noqa: E402,F401
+from support import MASQ, Device, Processes, masq, pair, wait_for  # noqa: E402,F401
 
 MASQD = os.environ["MASQD"]
 TRIALS = max(1, int(os.environ.get("FAULT_TRIALS", "1")))
 SEED = int(os.environ.get("FAULT_SEED", str(int(time.time() * 1000) % 1_000_000_007)))
-SUMMARIES = []          # (test, line) — printed again by conftest.py at the end of the run
+SUMMARIES = []          # summary lines, printed again by conftest.py at the end of the run
+
+
+def trials(share=1.0):
+    """Trials for a scenario: FAULT_TRIALS, or a share of it for the slow ones (at least 1)."""
+    return max(1, round(TRIALS * share))
 
 
 def rng(name):
@@ -66,13 +80,6 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def children(pid):
-    try:
-        return [int(c) for c in open(f"/proc/{pid}/task/{pid}/children").read().split()]
-    except OSError:
-        return []
 
 
 def cpu_seconds(pid):
@@ -108,35 +115,62 @@ class Lab:
             subprocess.run(["umount", "-l", path], capture_output=True)
 
 
+_WALLCLOCK = None
+
+
+def wallclock_library():
+    """Build wallclock.so (wallclock.c: the wall clock of a program off by an
+    offset, its monotonic clock and timers untouched) once per run with the
+    system's C compiler; returns its path, or raises pytest's skip."""
+    global _WALLCLOCK
+    if _WALLCLOCK is None:
+        import hashlib
+        import tempfile
+        source = os.path.join(os.path.dirname(os.path.abspath(__file__)), "wallclock.c")
+        digest = hashlib.sha256(open(source, "rb").read()).hexdigest()[:16]
+        out = os.path.join(tempfile.gettempdir(), f"masq-faults-wallclock-{digest}.so")
+        if not os.path.exists(out):
+            cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
+            if not cc:
+                import pytest
+                pytest.skip("needs a C compiler (cc) to build Tests/faults/wallclock.c, the wall-clock shim")
+            tmp = f"{out}.{os.getpid()}"
+            r = subprocess.run([cc, "-shared", "-fPIC", "-O2", "-o", tmp, source, "-ldl"], capture_output=True, text=True)
+            assert r.returncode == 0, f"building wallclock.so failed: {r.stderr}"
+            os.replace(tmp, out)
+        _WALLCLOCK = out
+    return _WALLCLOCK
+
+
+def clock_env(offset=None, file=None):
+    """Environment running a program with its wall clock `offset` seconds ahead
+    (or the offset read from `file`, changeable while it runs)."""
+    env = {"LD_PRELOAD": wallclock_library()}
+    if file:
+        env["MASQ_FAULT_CLOCK_FILE"] = file
+    else:
+        env["MASQ_FAULT_CLOCK_OFFSET"] = str(offset)
+    return env
+
+
 class Service:
     """A long-running masq process (sync, relay) that can be killed, suspended
-    and started again. With `faketime_file` it runs under libfaketime with its
-    wall clock offset read from that file on every call (FAKETIME_NO_CACHE),
-    the monotonic clock untouched — so writing the file moves the clock of the
-    running process, as an NTP correction would. Signals go to the masq
-    process itself, never to the `faketime` wrapper (which does not pass them on)."""
+    and started again. `env` adds to its environment (e.g. clock_env(600):
+    its wall clock ten minutes ahead)."""
 
-    def __init__(self, lab, argv, log, faketime_file=None):
-        self.lab, self.argv, self.log, self.faketime_file = lab, argv, log, faketime_file
-        self.proc = None        # what Popen started (the wrapper under faketime)
-        self.pid = None         # the masq process
+    def __init__(self, lab, argv, log, env=None):
+        self.lab, self.argv, self.log, self.env = lab, argv, log, env
+        self.proc = None
         self.starts = 0
         lab.services.append(self)
 
+    @property
+    def pid(self):
+        return self.proc.pid
+
     def start(self):
         assert not self.running(), f"{self.log}: already running"
-        if self.faketime_file:
-            env = {"FAKETIME_TIMESTAMP_FILE": self.faketime_file, "FAKETIME_NO_CACHE": "1",
-                   "FAKETIME_DONT_FAKE_MONOTONIC": "1"}
-            # `faketime` sets up libfaketime's shared state (preloading it by hand
-            # leaves Swift without its arguments); `env -u FAKETIME` then lets the
-            # file, not -f, give the offset, and execs masq in place.
-            argv = ["faketime", "-f", "+0", "env", "-u", "FAKETIME", *self.argv]
-            self.proc = self.lab.procs.start(argv, self.log, env=env)
-            self.pid = wait_for(10, f"{self.log}: the process under faketime", lambda: (children(self.proc.pid) or [None])[0])
-        else:
-            self.proc = self.lab.procs.start(self.argv, self.log)
-            self.pid = self.proc.pid
+        self.proc = self.lab.procs.start(self.argv, self.log, env=self.env)
         self.starts += 1
         return self
 
@@ -146,7 +180,7 @@ class Service:
     def signal(self, sig):
         if self.running():
             try:
-                os.kill(self.pid, sig)
+                self.proc.send_signal(sig)
             except ProcessLookupError:
                 pass
 
@@ -171,10 +205,6 @@ class Service:
     def resume(self):
         self.signal(signal.SIGCONT)
 
-    def restart(self):
-        self.stop()
-        return self.start()
-
     def _reap(self, seconds):
         try:
             self.proc.wait(timeout=seconds)
@@ -189,8 +219,8 @@ class Service:
             return ""
 
 
-def sync_service(lab, device, faketime_file=None):
-    return Service(lab, [MASQ, "sync", "--config", device.config, "--quiet"], f"sync-{device.name}.log", faketime_file)
+def sync_service(lab, device, env=None):
+    return Service(lab, [MASQ, "sync", "--config", device.config, "--quiet"], f"sync-{device.name}.log", env)
 
 
 class Relay(Service):
@@ -281,6 +311,11 @@ class Writer:
             if self.pause:
                 self._stop.wait(self.pause)
 
+    def join(self, seconds=120):
+        """Let it finish its `limit` (or `seconds`), then end it."""
+        self._thread.join(timeout=seconds)
+        return self.stop()
+
     def stop(self):
         self._stop.set()
         self._thread.join(timeout=120)
@@ -334,13 +369,13 @@ def await_convergence(devices, ns, expected, seconds=60.0, interval=0.3):
     return Outcome(False, time.monotonic() - start, len(lost), detail)
 
 
-def status(device, prefix=()):
-    return masq("status", "--config", device.config, check=False, prefix=prefix).stdout
+def status(device, env=None):
+    return masq("status", "--config", device.config, check=False, env=env).stdout
 
 
-def problems(device, prefix=()):
+def problems(device, env=None):
     """The problem lines of `masq status` (indented under the devices)."""
-    return [line.strip() for line in status(device, prefix).splitlines() if line.startswith("  ")]
+    return [line.strip() for line in status(device, env).splitlines() if line.startswith("  ")]
 
 
 def _read_store(device, query):

@@ -23,7 +23,8 @@ def test_relay_restart_mid_sync(lab):
     rnd = faults.rng("relay")
     relay = Relay(lab).start()
     a, b = paired_devices(lab, relay)
-    syncs = [sync_service(lab, a).start(), sync_service(lab, b).start()]
+    sync_service(lab, a).start()
+    sync_service(lab, b).start()
     a.put(NS, "control", "before")
     wait_for(20, "a control write reaching B", lambda: b.get(NS, "control") == "before")
     expected = {"control": "before"}

@@ -57,6 +57,9 @@ export class MasqError extends Error {
  * @property {boolean} [reconnect] - reconnect after the connection drops (default true)
  * @property {() => void} [onApprovalNeeded] - called when the user must approve this app
  * @property {(state: string) => void} [onStateChange] - "connecting", "pending", "approved", "revoked", "closed"
+ * @property {"daemon"|"peer"|"auto"} [mode] - "daemon" (default): masqd only; "peer": this page is a Masq
+ *   device of its own (IndexedDB, WebCrypto, pairing and sync through a relay: bindings/js/peer/); "auto":
+ *   masqd if it answers within `timeout`, else peer mode. Peer mode takes the options of openPeer too.
  * @property {(share: Share) => void} [onShare] - one of this app's shares changed (the other person
  *   accepted, the owner answered, someone else used the link, it ended: status "ended")
  */
@@ -82,6 +85,25 @@ export class MasqError extends Error {
  */
 
 /**
+ * What this device holds of one blob (see MasqApp#putBlob).
+ * @typedef {Object} BlobInfo
+ * @property {string} id - the blob's manifest hash (64 hex digits), the same on every device
+ * @property {number} size
+ * @property {number} chunk_size
+ * @property {number} chunks
+ * @property {string|null} content_type
+ * @property {string|null} name
+ * @property {boolean} complete - every chunk is on this device (else getBlob rejects with "unavailable")
+ * @property {boolean} manifest
+ * @property {number} present_chunks
+ * @property {number} present_bytes
+ * @property {number} missing_chunks
+ * @property {number} fetching_since - Unix ms this device first asked for it (0: not asked)
+ * @property {number} new_chunks - putBlob: chunks the upload added (0: the store held them all)
+ * @property {number} new_bytes
+ */
+
+/**
  * @typedef {Object} Change
  * @property {"put"|"delete"|"conflict"} kind - "conflict": a concurrent write lost to `value`
  * @property {"local"|"remote"} origin - "remote": it arrived from another device
@@ -97,9 +119,25 @@ export class MasqError extends Error {
  * @returns {Promise<MasqApp>}
  */
 export async function connect(options = {}) {
+  // Peer mode (bindings/js/peer/): the page is a Masq device of its own when
+  // asked ("peer"), or when no daemon answers ("auto"). Same API either way.
+  if (options.mode === "peer") return (await import("./peer/index.js")).openPeer(options);
   const app = new MasqApp(options);
-  await app._start();
+  try {
+    await app._start();
+  } catch (e) {
+    if (options.mode === "auto" && e instanceof MasqError && e.code === "unavailable") {
+      app.close();
+      return (await import("./peer/index.js")).openPeer(options);
+    }
+    throw e;
+  }
   return app;
+}
+
+/** Peer mode directly (see bindings/js/peer/index.js). */
+export async function openPeer(options = {}) {
+  return (await import("./peer/index.js")).openPeer(options);
 }
 
 /** An approved app's handle on its namespace (and on those it was granted). */
@@ -107,6 +145,8 @@ export class MasqApp {
   /** @param {ConnectOptions} options */
   constructor(options) {
     this._options = { timeout: 3000, requestTimeout: 15000, reconnect: true, ...options };
+    /** "daemon" here; "peer" for a page that is its own Masq device (bindings/js/peer/). */
+    this.mode = "daemon";
     this._url = options.url || DEFAULT_URL;
     this._storage = options.storage !== undefined ? options.storage : (globalThis.localStorage || null);
     this._tokenKey = `masq.token.${this._url}`;
@@ -313,6 +353,91 @@ export class MasqApp {
    */
   async unshare(shareId) {
     await this._request({ op: "share.remove", share: shareId });
+  }
+
+  /**
+   * Store file-sized data under `key` as a blob (docs/APP-PROTOCOL.md,
+   * "Blobs"): it goes up in parts of at most 512 KiB, straight into the
+   * store's 1 MiB chunks (each stored once, however many keys share it), and
+   * the key changes only once every part arrived. The key then holds a small
+   * reference that syncs like any value; your other devices fetch the
+   * chunks. An upload does not survive a dropped connection: the promise
+   * rejects (the key unchanged) and putBlob may simply be called again —
+   * chunks already stored are not sent to the store twice.
+   * @param {string} key
+   * @param {Blob|ArrayBuffer|ArrayBufferView|ReadableStream<Uint8Array>} data - a File or Blob is read slice by slice
+   * @param {{ns?: string, contentType?: string, name?: string, onProgress?: (sent: number, total: number|null) => void}} [options]
+   *   contentType and name default to a File's own
+   * @returns {Promise<BlobInfo>}
+   */
+  async putBlob(key, data, options = {}) {
+    const isBlob = typeof Blob !== "undefined" && data instanceof Blob;
+    const contentType = options.contentType ?? (isBlob && data.type ? data.type : undefined);
+    const name = options.name ?? (isBlob && typeof data.name === "string" ? data.name : undefined);
+    const total = isBlob ? data.size : (data && typeof data.byteLength === "number" ? data.byteLength : null);
+    const begun = await this._request({ op: "blob.begin", key, ns: options.ns, content_type: contentType, name });
+    const upload = begun.upload;
+    let offset = 0;
+    try {
+      for await (const part of blobParts(data, begun.max_part_bytes || BLOB_PART_BYTES)) {
+        offset = (await this._request({ op: "blob.part", upload, offset, data: partToBase64(part) })).received;
+        if (options.onProgress) options.onProgress(offset, total);
+      }
+      return await this._request({ op: "blob.commit", upload });
+    } catch (error) {
+      this._request({ op: "blob.abort", upload }).catch(() => {});
+      throw error;
+    }
+  }
+
+  /**
+   * Read the blob under `key` (or a range of it) as a Blob of its content
+   * type. Rejects with code "unavailable" while some of its chunks have not
+   * reached this device yet (the request starts fetching them: follow with
+   * blobInfo, or call fetchBlob first), "invalid" if the key holds an
+   * ordinary value, "not_found" if it is absent.
+   * @param {string} key
+   * @param {{ns?: string, offset?: number, length?: number, onProgress?: (received: number, total: number) => void}} [options]
+   * @returns {Promise<Blob>}
+   */
+  async getBlob(key, options = {}) {
+    const info = await this.blobInfo(key, options);
+    const start = options.offset || 0;
+    const end = options.length === undefined ? info.size : Math.min(info.size, start + options.length);
+    const parts = [];
+    let offset = start;
+    while (offset < end) {
+      const r = await this._request({
+        op: "blob.read", key, ns: options.ns, offset, length: Math.min(BLOB_PART_BYTES, end - offset),
+      });
+      const bytes = base64ToBytes(r.data);
+      if (bytes.length === 0) break;
+      parts.push(bytes);
+      offset += bytes.length;
+      if (options.onProgress) options.onProgress(offset - start, end - start);
+    }
+    return new Blob(parts, { type: info.content_type || "" });
+  }
+
+  /**
+   * What this device holds of the blob under `key`.
+   * @param {string} key
+   * @param {{ns?: string}} [options]
+   * @returns {Promise<BlobInfo>}
+   */
+  async blobInfo(key, options = {}) {
+    return await this._request({ op: "blob.info", key, ns: options.ns });
+  }
+
+  /**
+   * Ask for the blob's chunks from the user's other devices (a device that
+   * fetches blobs on demand); resolves at once — follow with blobInfo.
+   * @param {string} key
+   * @param {{ns?: string}} [options]
+   * @returns {Promise<void>}
+   */
+  async fetchBlob(key, options = {}) {
+    await this._request({ op: "blob.fetch", key, ns: options.ns });
   }
 
   /** Close the connection for good (no reconnect). */
@@ -660,6 +785,55 @@ function decodeEntry(e, binary) {
   if (binary && e.value !== undefined) out.value = base64ToBytes(e.value);
   else if (e.value !== undefined || e.value_b64 !== undefined) out.value = decodeValue(e, "value");
   return out;
+}
+
+/** Raw bytes per blob.part (base64 makes 683 KiB of a message of at most 1 MiB). */
+const BLOB_PART_BYTES = 512 * 1024;
+
+/** The parts of a Blob, buffer or stream, each at most `size` bytes. */
+async function* blobParts(data, size) {
+  if (typeof Blob !== "undefined" && data instanceof Blob) {
+    for (let offset = 0; offset < data.size; offset += size) {
+      yield new Uint8Array(await data.slice(offset, offset + size).arrayBuffer());
+    }
+    return;
+  }
+  if (data instanceof ArrayBuffer || ArrayBuffer.isView(data)) {
+    const bytes = data instanceof ArrayBuffer ? new Uint8Array(data) : new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+    for (let offset = 0; offset < bytes.length; offset += size) yield bytes.subarray(offset, offset + size);
+    return;
+  }
+  if (data && typeof data.getReader === "function") {
+    const reader = data.getReader();
+    let pending = new Uint8Array(size);
+    let filled = 0;
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      const chunk = value instanceof Uint8Array ? value : new Uint8Array(value);
+      for (let at = 0; at < chunk.length;) {
+        const n = Math.min(size - filled, chunk.length - at);
+        pending.set(chunk.subarray(at, at + n), filled);
+        filled += n;
+        at += n;
+        if (filled === size) {
+          yield pending;
+          pending = new Uint8Array(size);
+          filled = 0;
+        }
+      }
+    }
+    if (filled > 0) yield pending.subarray(0, filled);
+    return;
+  }
+  throw new MasqError("bad_request", "putBlob takes a Blob, an ArrayBuffer, a typed array or a ReadableStream");
+}
+
+/** Base64 of a part, 32 KiB of characters at a time. */
+function partToBase64(bytes) {
+  let text = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) text += String.fromCharCode.apply(null, bytes.subarray(i, i + 0x8000));
+  return btoa(text);
 }
 
 function bytesToBase64(bytes) {

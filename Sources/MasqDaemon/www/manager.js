@@ -286,5 +286,58 @@ $("join-form").onsubmit = (e) => {
   act("devices.join", { link: $("join-link").value }, (r) => { say(`Paired with ${r.name}`); return refreshDevices(); });
 };
 
+// Backups (BackupOperations.swift): masqd writes the file, the page fetches
+// it in pieces and saves it; a restore uploads a file in pieces, then masqd
+// restores it as a new profile.
+const toBase64 = (bytes) => {
+  let text = "";
+  for (let i = 0; i < bytes.length; i += 0x8000) text += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+  return btoa(text);
+};
+$("backup-form").onsubmit = async (e) => {
+  e.preventDefault();
+  const recovery = $("backup-recovery").checked;
+  say("Writing the backup…");
+  const r = await act("backup.create", recovery ? { recovery: true } : { passphrase: $("backup-passphrase").value });
+  if (!r) return;
+  $("backup-passphrase").value = "";
+  const parts = [];
+  for (let offset = 0; offset < r.size;) {
+    const piece = await act("backup.read", { file: r.file, offset });
+    if (!piece) return;
+    const bytes = Uint8Array.from(atob(piece.data), (c) => c.charCodeAt(0));
+    parts.push(bytes);
+    offset += bytes.length;
+    say(`Downloading the backup… ${Math.round((100 * offset) / r.size)}%`);
+  }
+  const link = el("a", { href: URL.createObjectURL(new Blob(parts, { type: "application/octet-stream" })), download: r.file });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  say(`Backup saved: ${r.file} (${r.entries} entries, ${r.size} bytes)`);
+  $("backup-key").hidden = !r.recovery_key;
+  $("backup-key-text").textContent = r.recovery_key || "";
+};
+$("restore-form").onsubmit = async (e) => {
+  e.preventDefault();
+  const file = $("restore-file").files[0];
+  const limits = await act("backup.list", {});
+  if (!file || !limits) return;
+  let name = null;
+  for (let offset = 0; offset < file.size; offset += limits.piece) {
+    const bytes = new Uint8Array(await file.slice(offset, offset + limits.piece).arrayBuffer());
+    const r = await act("backup.upload", { file: name, offset, data: toBase64(bytes) });
+    if (!r) return;
+    name = r.file;
+    say(`Uploading the backup… ${Math.round((100 * r.size) / file.size)}%`);
+  }
+  say("Restoring…");
+  const r = await act("backup.restore", { file: name, profile: $("restore-profile").value, passphrase: $("restore-secret").value });
+  $("restore-secret").value = "";
+  if (!r) return;
+  say(`Restored as profile ${r.profile} (${r.entries} entries)${r.locked ? ": unlock it with the passphrase it had" : ""}`);
+  await refresh();
+};
+
 setInterval(() => { if (ws && ws.readyState === WebSocket.OPEN && state.active) { refreshSync(); refreshApps(); refreshShares(); } }, 5000);
 connect();

@@ -23,3 +23,7 @@ __all__ = [
     "aead_seal", "aead_open", "qr_pgm", "AEAD_CHACHA20_POLY1305", "AEAD_AES_256_GCM",
 ]
 __all__ += ["Share"]
+from .blobs import BlobInfo, parse_blob_reference
+__all__ += ["BlobInfo", "parse_blob_reference"]
+from .backup import BackupInfo, BackupManifest, backup_info, backup_verify, restore, restore_config
+__all__ += ["BackupInfo", "BackupManifest", "backup_info", "backup_verify", "restore", "restore_config"]

@@ -13,6 +13,8 @@ from .errors import InvalidArgumentError, check
 from .security import SecurityMixin
 from .sync import SyncMixin
 from .sharing import SharingMixin
+from .blobs import BlobsMixin
+from .backup import BackupMixin
 
 BytesLike = Union[bytes, bytearray, memoryview, str]
 
@@ -130,7 +132,7 @@ class Watch:
             self.cancel()
 
 
-class Store(SecurityMixin, SyncMixin, SharingMixin):
+class Store(SecurityMixin, SyncMixin, SharingMixin, BlobsMixin, BackupMixin):
     """An open Masq store. Thread-safe; use as a context manager or call close()."""
 
     def __init__(self, handle: ctypes.c_void_p):
