@@ -148,23 +148,43 @@ struct Import: MasqSubcommand {
 struct Check: MasqSubcommand {
     static let configuration = CommandConfiguration(
         abstract: "Verify the store: every record's checksum, every namespace's record count, the change log (exit status 1 if damaged).",
-        discussion: "With --repair, damaged records are removed and the next `masq sync` fetches a whole copy from a paired device.")
+        discussion: """
+            With --repair (stop `masq sync` and masqd on this store first): a store on disk is rebuilt — everything \
+            that still reads back and verifies is copied into a fresh store, the damaged one is kept aside — and the \
+            next `masq sync` fetches a whole copy from a paired device; a store in memory has its damaged records removed.
+            """)
     @OptionGroup var store: StoreOptions
-    @Flag(help: "Remove damaged records and ask paired devices for a whole copy at the next sync.") var repair = false
+    @Flag(help: "Rebuild the store from what verifies and ask paired devices for a whole copy at the next sync.") var repair = false
 
     func execute() throws {
-        try store.withStore { s in
+        // nil: sound; true: damaged, repairable by a rebuild (on disk); false: repaired in place already.
+        let needsRebuild: Bool? = try store.withStore { s in
             let report = try guarded { () throws(MasqError) in try s.check() }
             print("\(report.namespaces) namespace(s), \(report.records) record(s), \(report.logEntries) change-log entr(y/ies)"
                   + (report.unchecksummed > 0 ? "; \(report.unchecksummed) record(s) from an older version carry no checksum" : ""))
             if report.ok {
                 print("ok: no damage found")
-                return
+                return nil
             }
             for problem in report.problems { print("damaged: \(problem)") }
-            guard repair else { throw CLIError("the store is damaged: `masq check --repair` removes what is damaged and fetches it again from a paired device") }
+            guard repair else { throw CLIError("the store is damaged: `masq check --repair` rebuilds it from what verifies and fetches the rest again from a paired device") }
+            if s.isOnDisk { return true }
             let removed = try guarded { () throws(MasqError) in try s.repairDamage() }
             print("repaired: removed \(removed) damaged record(s); run `masq sync` with a paired device online to fetch them again")
+            return false
+        }
+        guard needsRebuild == true else { return }
+        let config = try guarded { () throws(MasqError) in try MasqConfig.load(path: store.configPath) }
+        let rebuilt = try guarded { () throws(MasqError) in try Store.rebuild(config: config) }
+        print("rebuilt: kept \(rebuilt.kept) entries; dropped \(rebuilt.dropped) damaged; skipped \(rebuilt.unreadable) unreadable place(s); "
+              + "the damaged store is kept in \(rebuilt.damagedCopy)")
+        try store.withStore { s in
+            let report = try guarded { () throws(MasqError) in try s.check() }
+            guard report.ok else {
+                for problem in report.problems { print("still damaged: \(problem)") }
+                throw CLIError("the rebuilt store is still damaged")
+            }
+            print("ok: run `masq sync` with a paired device online to fetch what was lost")
         }
     }
 }

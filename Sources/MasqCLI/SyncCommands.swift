@@ -43,7 +43,14 @@ struct Sync: MasqSubcommand {
                 let done = try guarded { () throws(MasqError) in try service.syncOnce(timeout: timeout) }
                 bar.finish()
                 let status = try guarded { () throws(MasqError) in try service.status() }
-                let problems = status.devices.compactMap { d in d.problem.map { "\(d.name): \($0)" } }
+                var problems = status.devices.compactMap { d in d.problem.map { "\(d.name): \($0)" } }
+                // Nothing seen in this run: what an earlier run recorded (e.g. a device that cannot store).
+                if problems.isEmpty {
+                    for d in status.devices {
+                        if let p = try? s.syncProblem(device: d.deviceID) { problems.append("\(d.name): \(p.text) (since \(formatTime(p.since)))") }
+                    }
+                }
+                if let full = s.storageProblem() { problems.insert("this device: \(full)", at: 0) }
                 guard done else {
                     let why = problems.isEmpty ? "are the other devices online and on the same relay?" : problems.joined(separator: "; ")
                     throw CLIError("not caught up after \(Int(timeout)) s (\(why))")

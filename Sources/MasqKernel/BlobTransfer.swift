@@ -289,6 +289,8 @@ final class BlobTransfer {
         guard frame.count >= 4 else { throw .invalid("truncated blob list") }
         let n = Int(frame[2]) << 8 | Int(frame[3])
         guard n <= maxItemsPerWant, frame.count == 4 + n * 33 else { throw .invalid("malformed blob list of \(n) items") }
+        // Kind 0 (chunk) or 1 (manifest); anything else is refused, not read as a chunk.
+        guard (0..<n).allSatisfy({ frame[4 + $0 * 33] <= 1 }) else { throw .invalid("a blob list item of unknown kind") }
         return (0..<n).map { i in
             let at = 4 + i * 33
             return Item(manifest: frame[at] == 1, hash: Array(frame[(at + 1)..<(at + 33)]))

@@ -472,6 +472,8 @@ public final class SyncService: @unchecked Sendable {
                 throw .invalid("unknown renewal step \(step)")
             }
         } catch {
+            // Answering writes the new session: a full disk is said to the other device.
+            if Self.isStorageFailure(error) { return cannotStore(from: sender, peer, error) }
             reject("renewal from \(sender): \(error.message)")
             if step == 1 { peer.problem = "its session renewal was refused: \(error.message)" }
         }

@@ -17,7 +17,9 @@ Each trial, on a fresh pair:
    `masq put`s run ahead too), B writes.
 2. B refuses A's commits (beyond the 5-minute clock bound): within 20 s B's
    `masq status` names the refusal, A's says its clock is N minutes ahead,
-   and B's writes reach A (other origins keep flowing).
+   and (within the 10-minute renewal slack) B's writes reach A — other
+   origins keep flowing; beyond it no session can be renewed, and both
+   statuses say why (a signed RENEW step 3).
 3. For FAULT_WINDOW seconds (default 5; bench/faults/run.sh: 10) the
    refusals cost little: the warning lines in either sync log and the CPU
    time of either sync process stay small (the bug was a resend loop:
@@ -98,8 +100,11 @@ def test_clock_ahead_then_set_right(lab, case):
         checks = {
             "refusal_shown": lambda: any("refus" in p for p in problems(b)),
             "ahead_shown": lambda: any(re.search(r"clock is \d+ minute\(s\) ahead", p) for p in problems(a, skewed)),
-            "peer_writes_flowed": lambda: all(a.get(NS, k) == v for k, v in from_b.items()),
         }
+        # Beyond the renewal slack no session can be made (see the docstring), so
+        # nothing flows until the clock is right; within it, B's writes keep flowing.
+        if minutes <= 10:
+            checks["peer_writes_flowed"] = lambda: all(a.get(NS, k) == v for k, v in from_b.items())
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and len(seen) < len(checks):
             for name, check in checks.items():

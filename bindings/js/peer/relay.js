@@ -44,7 +44,7 @@ export class RelayClient {
     if (this.closed) return;
     let ws;
     try {
-      ws = new WebSocket(this.url);
+      ws = new WebSocket(this._path());
     } catch (e) {
       this._retry(String(e && e.message));
       return;
@@ -121,9 +121,33 @@ export class RelayClient {
     this.ws.send(f);
   }
 
+  /** The URL with `/r/<room hex>` while exactly one room is joined: a load
+   *  balancer in front of a relay fleet hashes that path, so every device of
+   *  a group meets on the same relay (docs/OPERATIONS.md; as the Swift client). */
+  _path() {
+    if (this.rooms.size !== 1) return this.url;
+    const [base, query] = this.url.split("?", 2);
+    const u = new URL(base);
+    u.pathname = u.pathname.replace(/\/+$/, "") + "/r/" + [...this.rooms][0];
+    return u.toString() + (query !== undefined ? "?" + query : "");
+  }
+
   /** @param {string} room - the room's bytes as hex (1–64 bytes; Masq's are 16) */
   join(room) {
+    const first = this.rooms.size === 0 && !this.rooms.has(room);
     this.rooms.add(room);
+    if (first && this.ws) {
+      // Reconnect on the room's path (behind a fleet, the group's relay).
+      const old = this.ws;
+      this.ws = null;
+      this.up = false;
+      old.onclose = null;
+      old.onmessage = null;
+      try { old.close(); } catch (_) { /* closing anyway */ }
+      clearTimeout(this._timer);
+      this._open();
+      return;
+    }
     if (this.up) this._write(frame(T.JOIN, unhex(room)));
   }
 

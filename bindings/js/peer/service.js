@@ -279,7 +279,10 @@ export class SyncService {
     if (!d) return;
     try {
       const counters = await this._counters(device);
-      const counter = BigInt(now) > counters.sent ? BigInt(now) : counters.sent + 1n;
+      // A last counter more than the slack ahead of this clock was refused (never
+      // accepted): once the clock is set right, do not continue from it (docs/PROTOCOL.md).
+      const last = counters.sent > BigInt(now + RENEWAL_SLACK) ? 0n : counters.sent;
+      const counter = BigInt(now) > last ? BigInt(now) : last + 1n;
       const session = await Session.create({ pattern: "KK", role: "initiator", prologue: this._prologue(this.me, unhex(device)),
         staticKey: this.o.identity.agreement, remoteStatic: d.agreement });
       const message = await session.writeHandshake(u64(counter));
