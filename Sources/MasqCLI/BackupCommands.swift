@@ -167,22 +167,6 @@ enum BackupSecrets {
     }
 
     private static func ask(_ prompt: String) throws -> [UInt8] {
-        guard isatty(0) != 0 else {
-            throw CLIError("the backup needs its secret: set MASQ_BACKUP_PASSPHRASE (or MASQ_RECOVERY_KEY) or run on a terminal")
-        }
-        writeError(prompt)
-        var saved = termios()
-        tcgetattr(0, &saved)
-        var quiet = saved
-        quiet.c_lflag &= ~tcflag_t(ECHO)
-        tcsetattr(0, TCSANOW, &quiet)
-        defer {
-            tcsetattr(0, TCSANOW, &saved)
-            writeError("\n")
-        }
-        var line: [UInt8] = []
-        var byte: UInt8 = 0
-        while read(0, &byte, 1) == 1 && byte != 0x0A { line.append(byte) }
-        return line
+        try Secrets.askSecret(prompt, otherwise: "the backup needs its secret: set MASQ_BACKUP_PASSPHRASE (or MASQ_RECOVERY_KEY) or run on a terminal")
     }
 }

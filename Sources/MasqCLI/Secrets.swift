@@ -19,7 +19,13 @@ enum Secrets {
     }
 
     private static func ask(_ prompt: String) throws -> [UInt8] {
-        guard isatty(0) != 0 else { throw CLIError("the store needs a passphrase: set MASQ_PASSPHRASE or run on a terminal") }
+        try askSecret(prompt, otherwise: "the store needs a passphrase: set MASQ_PASSPHRASE or run on a terminal")
+    }
+
+    /// Read a line from the terminal without echo; `otherwise` is the error
+    /// when standard input is not a terminal (say which variable to set).
+    static func askSecret(_ prompt: String, otherwise: String) throws -> [UInt8] {
+        guard isatty(0) != 0 else { throw CLIError(otherwise) }
         writeError(prompt)
         var saved = termios()
         tcgetattr(0, &saved)

@@ -262,3 +262,20 @@ def lib():
             function.argtypes = argtypes
         _lib = loaded
         return _lib
+
+
+_declared_extra = set()
+
+
+def declare(signatures):
+    """The loaded library with the signatures of a feature module (sharing,
+    backup, blobs) declared too, once per table."""
+    loaded = lib()
+    with _lock:
+        if id(signatures) not in _declared_extra:
+            for name, (restype, argtypes) in signatures.items():
+                function = getattr(loaded, name)
+                function.restype = restype
+                function.argtypes = argtypes
+            _declared_extra.add(id(signatures))
+    return loaded

@@ -37,20 +37,9 @@ _SIGNATURES = {
     "masq_export": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_char_p]),
 }
 
-_declared = None
-
-
 def _lib():
     """libmasq with the backup signatures declared (once)."""
-    global _declared
-    loaded = n.lib()
-    if _declared is not loaded:
-        for name, (restype, argtypes) in _SIGNATURES.items():
-            function = getattr(loaded, name)
-            function.restype = restype
-            function.argtypes = argtypes
-        _declared = loaded
-    return loaded
+    return n.declare(_SIGNATURES)
 
 
 def _secret(value, what: str) -> bytes:

@@ -43,20 +43,9 @@ _SIGNATURES = {
     "masq_blob_set_progress": (ctypes.c_int, [ctypes.c_void_p, PROGRESS_FN, ctypes.c_void_p]),
 }
 
-_declared = None
-
-
 def _lib():
     """libmasq with the blob signatures declared (once)."""
-    global _declared
-    loaded = n.lib()
-    if _declared is not loaded:
-        for name, (restype, argtypes) in _SIGNATURES.items():
-            function = getattr(loaded, name)
-            function.restype = restype
-            function.argtypes = argtypes
-        _declared = loaded
-    return loaded
+    return n.declare(_SIGNATURES)
 
 
 def _key(key) -> bytes:

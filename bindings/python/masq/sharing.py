@@ -35,20 +35,9 @@ _SIGNATURES = {
     "masq_share_sync_once": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_double]),
 }
 
-_declared = None
-
-
 def _lib():
     """libmasq with the sharing signatures declared (once)."""
-    global _declared
-    loaded = n.lib()
-    if _declared is not loaded:
-        for name, (restype, argtypes) in _SIGNATURES.items():
-            function = getattr(loaded, name)
-            function.restype = restype
-            function.argtypes = argtypes
-        _declared = loaded
-    return loaded
+    return n.declare(_SIGNATURES)
 
 
 def _text(value, what: str) -> Optional[bytes]:
