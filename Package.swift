@@ -148,7 +148,9 @@ let package = Package(
         ]),
 
         // Plugins live in plugins/<name>/ and see nothing of Masq but masq_plugin.h.
-        .target(name: "MasqStorageSQLite", dependencies: ["CMasqPlugin", "MasqPluginSupport", "CSQLite"],
+        // Page checksums for SQLite (a VFS shim): a flipped byte fails a read instead of answering wrong.
+        .target(name: "CMasqSQLiteChecksum", linkerSettings: [.linkedLibrary("sqlite3")]),
+        .target(name: "MasqStorageSQLite", dependencies: ["CMasqPlugin", "MasqPluginSupport", "CSQLite", "CMasqSQLiteChecksum"],
                 path: "plugins/storage-sqlite",
                 exclude: ["README.md"],
                 linkerSettings: exportsOnly("plugins/plugin-exports.map")),

@@ -157,6 +157,16 @@ struct Check: MasqSubcommand {
     @Flag(help: "Rebuild the store from what verifies and ask paired devices for a whole copy at the next sync.") var repair = false
 
     func execute() throws {
+        // A store damaged where opening reads (its format, replica, clock) does not open at all.
+        if FileSystem.exists(store.configPath) {
+            do throws(MasqError) {
+                try Store(configPath: store.configPath).close()
+            } catch where error.status == .corrupt || error.status == .io {
+                print("damaged: the store does not open: \(error.message)")
+                guard repair else { throw CLIError("the store is damaged: `masq check --repair` rebuilds it from what verifies and fetches the rest again from a paired device") }
+                return try rebuild()
+            } catch {}   // other reasons (locked, no config…) are reported below as usual
+        }
         // nil: sound; true: damaged, repairable by a rebuild (on disk); false: repaired in place already.
         let needsRebuild: Bool? = try store.withStore { s in
             let report = try guarded { () throws(MasqError) in try s.check() }
@@ -174,9 +184,15 @@ struct Check: MasqSubcommand {
             return false
         }
         guard needsRebuild == true else { return }
+        try rebuild()
+    }
+
+    private func rebuild() throws {
         let config = try guarded { () throws(MasqError) in try MasqConfig.load(path: store.configPath) }
         let rebuilt = try guarded { () throws(MasqError) in try Store.rebuild(config: config) }
         print("rebuilt: kept \(rebuilt.kept) entries; dropped \(rebuilt.dropped) damaged; skipped \(rebuilt.unreadable) unreadable place(s); "
+              + (rebuilt.fromPairingCopy > 0 ? "took \(rebuilt.fromPairingCopy) pairing entr(y/ies) back from the pairing copy; " : "")
+              + (rebuilt.newReplica ? "continues under a new replica id; " : "")
               + "the damaged store is kept in \(rebuilt.damagedCopy)")
         try store.withStore { s in
             let report = try guarded { () throws(MasqError) in try s.check() }

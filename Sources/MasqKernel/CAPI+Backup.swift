@@ -14,11 +14,6 @@ private func secretIn(_ pointer: UnsafePointer<UInt8>?, _ length: Int, _ what: S
     return Array(try bytes(pointer, length, what))
 }
 
-private func textOut(_ text: String, _ out: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>) throws(MasqError) {
-    guard let copy = strdup(text) else { throw MasqError(.noMemory, "out of memory") }
-    out.pointee = copy
-}
-
 @c @implementation
 public func masq_backup(_ handle: OpaquePointer?, _ path: UnsafePointer<CChar>?, _ passphrase: UnsafePointer<UInt8>?, _ passphraseLen: Int) -> Int32 {
     api { () throws(MasqError) in
@@ -40,7 +35,7 @@ public func masq_backup_with_recovery_key(_ handle: OpaquePointer?, _ path: Unsa
         let out = try required(recoveryKeyOut, "recovery_key_out")
         let summary = try s.backup(to: file, key: .newRecoveryKey)
         guard let key = summary.recoveryKey else { throw MasqError(.internal, "the backup has no recovery key") }
-        try textOut(key, out)
+        try giveText(key, out)
     }
 }
 
@@ -51,7 +46,7 @@ public func masq_backup_info(_ path: UnsafePointer<CChar>?, _ jsonOut: UnsafeMut
         let file = try text(path, "path")
         let out = try required(jsonOut, "json_out")
         let info = try Store.backupInfo(path: file)
-        try textOut("{\"format\": \(info.formatVersion), \"key\": \"\(info.keyKind.name)\", \"chunk_bytes\": \(info.chunkBytes)}", out)
+        try giveText("{\"format\": \(info.formatVersion), \"key\": \"\(info.keyKind.name)\", \"chunk_bytes\": \(info.chunkBytes)}", out)
     }
 }
 
@@ -64,7 +59,7 @@ public func masq_backup_verify(_ path: UnsafePointer<CChar>?, _ secret: UnsafePo
         var key = try secretIn(secret, secretLen, "secret")
         defer { wipe(&key) }
         let manifest = try Store.verifyBackup(path: file, secret: key)
-        if let jsonOut { try textOut(manifest.description, jsonOut) }
+        if let jsonOut { try giveText(manifest.description, jsonOut) }
     }
 }
 

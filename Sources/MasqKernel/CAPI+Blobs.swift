@@ -11,11 +11,6 @@ import Glibc
 
 // MARK: - plumbing
 
-private func giveBlobText(_ text: String, _ out: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>) throws(MasqError) {
-    guard let copy = strdup(text) else { throw MasqError(.noMemory, "out of memory") }
-    out.pointee = copy
-}
-
 private func blobKey(_ key: UnsafePointer<UInt8>?, _ length: Int, _ s: Store) throws(MasqError) -> [UInt8] {
     let k = Array(try bytes(key, length, "key"))
     guard !k.isEmpty else { throw .invalid("key must not be empty") }
@@ -74,7 +69,7 @@ public func masq_blob_put_file(_ handle: OpaquePointer?, _ ns: UnsafePointer<CCh
         let type = try optionalText(contentType, "content_type")
         let base = FileSystem.baseName(file)
         let info = try s.writeBlob(name, key: k, path: file, contentType: type, name: String(decoding: Array(base.utf8.prefix(255)), as: UTF8.self))
-        if let infoOut { try giveBlobText(info.json, infoOut) }
+        if let infoOut { try giveText(info.json, infoOut) }
     }
 }
 
@@ -100,7 +95,7 @@ public func masq_blob_put_stream(_ handle: OpaquePointer?, _ ns: UnsafePointer<C
             total += UInt64(n)
             return Int(n)
         }
-        if let infoOut { try giveBlobText(info.json, infoOut) }
+        if let infoOut { try giveText(info.json, infoOut) }
     }
 }
 
@@ -144,7 +139,7 @@ public func masq_blob_info(_ handle: OpaquePointer?, _ ns: UnsafePointer<CChar>?
         let s = try store(handle)
         let out = try required(jsonOut, "json_out")
         let info = try s.blobInfo(try namespace(ns, s), key: try blobKey(key, keyLen, s))
-        try giveBlobText(info.json, out)
+        try giveText(info.json, out)
     }
 }
 
@@ -154,7 +149,7 @@ public func masq_blob_parse(_ value: UnsafePointer<UInt8>?, _ valueLen: Int, _ j
     return api { () throws(MasqError) in
         let out = try required(jsonOut, "json_out")
         guard let r = try BlobReference.parse(try bytes(value, valueLen, "value")) else { throw .invalid("the value is not a blob reference") }
-        try giveBlobText("{\"id\": \(jsonString(r.id)), \"size\": \(r.size), \"chunk_size\": \(r.chunkSize), \"chunks\": \(r.chunkCount), "
+        try giveText("{\"id\": \(jsonString(r.id)), \"size\": \(r.size), \"chunk_size\": \(r.chunkSize), \"chunks\": \(r.chunkCount), "
             + "\"content_type\": \(r.contentType.isEmpty ? "null" : jsonString(r.contentType)), \"name\": \(r.name.isEmpty ? "null" : jsonString(r.name))}", out)
     }
 }
@@ -172,7 +167,7 @@ public func masq_blob_gc(_ handle: OpaquePointer?, _ reportOut: UnsafeMutablePoi
     reportOut?.pointee = nil
     return api { () throws(MasqError) in
         let report = try store(handle).collectBlobs()
-        if let reportOut { try giveBlobText(report.json, reportOut) }
+        if let reportOut { try giveText(report.json, reportOut) }
     }
 }
 

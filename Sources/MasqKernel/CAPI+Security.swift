@@ -15,14 +15,6 @@ private func bytesIn(_ pointer: UnsafePointer<UInt8>?, _ length: Int, _ what: St
     Array(try bytes(pointer, length, what))
 }
 
-/// Hand bytes to the caller as a malloc'd buffer (masq_free).
-private func give(_ bytes: [UInt8], _ out: UnsafeMutablePointer<UnsafeMutablePointer<UInt8>?>, _ length: UnsafeMutablePointer<Int>) throws(MasqError) {
-    guard let memory = malloc(max(bytes.count, 1)) else { throw MasqError(.noMemory, "out of memory") }
-    bytes.withUnsafeBytes { if $0.count > 0 { memcpy(memory, $0.baseAddress!, $0.count) } }
-    out.pointee = memory.assumingMemoryBound(to: UInt8.self)
-    length.pointee = bytes.count
-}
-
 /// Let `produce` write straight into a malloc'd buffer handed to the caller
 /// (masq_free); freed again if `produce` fails.
 private func deliver(_ out: UnsafeMutablePointer<UnsafeMutablePointer<UInt8>?>, _ length: UnsafeMutablePointer<Int>,
@@ -42,12 +34,6 @@ private func deliver(_ out: UnsafeMutablePointer<UnsafeMutablePointer<UInt8>?>, 
     guard let memory else { throw MasqError(.noMemory, "out of memory") }
     out.pointee = memory.assumingMemoryBound(to: UInt8.self)
     length.pointee = size
-}
-
-/// Hand text to the caller as a malloc'd NUL-terminated string (masq_free).
-private func giveText(_ text: String, _ out: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>) throws(MasqError) {
-    guard let copy = strdup(text) else { throw MasqError(.noMemory, "out of memory") }
-    out.pointee = copy
 }
 
 func deviceJSON(_ keys: DevicePublicKeys, name: String, pairedAt: UInt64? = nil) -> String {

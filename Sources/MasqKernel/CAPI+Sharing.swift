@@ -14,12 +14,6 @@ import Glibc
 
 // MARK: - plumbing
 
-/// Hand text to the caller as a malloc'd NUL-terminated string (masq_free).
-private func giveShareText(_ text: String, _ out: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>) throws(MasqError) {
-    guard let copy = strdup(text) else { throw MasqError(.noMemory, "out of memory") }
-    out.pointee = copy
-}
-
 /// A share id as the caller gave it: the "id" of a share object, whole.
 private func shareID(_ pointer: UnsafePointer<CChar>?) throws(MasqError) -> String {
     let id = try text(pointer, "share_id")
@@ -118,13 +112,13 @@ public func masq_share_create(_ handle: OpaquePointer?, _ ns: UnsafePointer<CCha
         var json: UnsafeMutablePointer<CChar>?
         if let jsonOut {
             let state = try existingShare(s, link.pubText)
-            do throws(MasqError) { try giveShareText(shareJSON(state), jsonOut) } catch {
+            do throws(MasqError) { try giveText(shareJSON(state), jsonOut) } catch {
                 _ = try? service.unshare(link.pubText)
                 throw error
             }
             json = jsonOut.pointee
         }
-        do throws(MasqError) { try giveShareText(link.text, out) } catch {
+        do throws(MasqError) { try giveText(link.text, out) } catch {
             free(json)
             jsonOut?.pointee = nil
             _ = try? service.unshare(link.pubText)
@@ -151,7 +145,7 @@ public func masq_share_accept(_ handle: OpaquePointer?, _ link: UnsafePointer<CC
         let service = shareService(s)
         let state = try service.accept(linkText, as: local, merge: merge, nickname: who)
         if let jsonOut {
-            do throws(MasqError) { try giveShareText(shareJSON(state), jsonOut) } catch {
+            do throws(MasqError) { try giveText(shareJSON(state), jsonOut) } catch {
                 _ = try? service.unshare(state.id)
                 throw error
             }
@@ -165,7 +159,7 @@ public func masq_shares(_ handle: OpaquePointer?, _ jsonOut: UnsafeMutablePointe
     return api { () throws(MasqError) in
         let s = try store(handle)
         let out = try required(jsonOut, "json_out")
-        try giveShareText("[" + (try s.shares()).map(shareJSON).joined(separator: ", ") + "]", out)
+        try giveText("[" + (try s.shares()).map(shareJSON).joined(separator: ", ") + "]", out)
     }
 }
 
@@ -176,7 +170,7 @@ public func masq_share_info(_ handle: OpaquePointer?, _ id: UnsafePointer<CChar>
         let s = try store(handle)
         let share = try shareID(id)
         let out = try required(jsonOut, "json_out")
-        try giveShareText(shareJSON(try existingShare(s, share)), out)
+        try giveText(shareJSON(try existingShare(s, share)), out)
     }
 }
 

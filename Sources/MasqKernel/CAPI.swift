@@ -54,13 +54,6 @@ func text(_ pointer: UnsafePointer<CChar>?, _ what: String) throws(MasqError) ->
     return s
 }
 
-/// malloc'd copy for the caller to masq_free; never NULL (1 byte for empty).
-private func copyOut(_ bytes: UnsafeRawBufferPointer) throws(MasqError) -> UnsafeMutablePointer<UInt8> {
-    guard let memory = malloc(max(bytes.count, 1)) else { throw MasqError(.noMemory, "out of memory copying \(bytes.count) bytes") }
-    if bytes.count > 0 { memcpy(memory, bytes.baseAddress!, bytes.count) }
-    return memory.assumingMemoryBound(to: UInt8.self)
-}
-
 private let statusNames: [StaticString] = [
     "MASQ_OK", "MASQ_E_INVALID", "MASQ_E_NOT_FOUND", "MASQ_E_TOO_LARGE", "MASQ_E_CONFIG", "MASQ_E_PLUGIN",
     "MASQ_E_ABI", "MASQ_E_IO", "MASQ_E_CORRUPT", "MASQ_E_CLOSED", "MASQ_E_BUSY", "MASQ_E_NOMEM",
@@ -391,7 +384,3 @@ public func masq_plugins_scan(_ configPath: UnsafePointer<CChar>?, _ fn: masq_pl
     }
 }
 
-private func withOptionalCString<R>(_ s: String?, _ body: (UnsafePointer<CChar>?) -> R) -> R {
-    guard let s else { return body(nil) }
-    return s.withCString { body($0) }
-}

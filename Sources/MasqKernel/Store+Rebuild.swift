@@ -21,6 +21,10 @@ extension Store {
         public var dropped = 0
         /// Places where the engine failed to read, skipped over.
         public var unreadable = 0
+        /// Entries taken back from the pairing copy (the store had lost them).
+        public var fromPairingCopy = 0
+        /// The replica id or its clock was lost: the store continues under a new one.
+        public var newReplica = false
         public var damagedCopy = ""
     }
 
@@ -51,7 +55,7 @@ extension Store {
             freshOptions.append(("data_dir", fresh))
             let new = try StorageEngine(plugin: plugin, options: freshOptions)
             do throws(MasqError) {
-                try copyVerified(from: old, to: new, &report)
+                try copyVerified(from: old, to: new, pairing: readPairingCopy(config.dataDir), &report)
             } catch {
                 new.rollback()
                 new.close()
@@ -85,11 +89,89 @@ extension Store {
         return report
     }
 
+    // MARK: - the pairing copy
+
+    /// A copy of what pairs this device with its group — paired devices,
+    /// removals, the group's room, the device's name, the sealing marker — in
+    /// a small file beside the store. A rebuild takes back from it whatever
+    /// the damaged store lost of these (sealed entries stay sealed), so a
+    /// device whose damaged pages held its pairings can still sync and fetch
+    /// its data again instead of having to be paired anew.
+    static let pairingCopyFile = "pairing.copy"
+    static let pairingCopyMagic = Array("masq pairing copy v1\n".utf8)
+
+    /// The entries the pairing copy holds, read from the engine (caller holds the lock).
+    func pairingEntriesLocked() throws(MasqError) -> [([UInt8], [UInt8])] {
+        var entries: [([UInt8], [UInt8])] = []
+        for family in [RecordFormat.device, Store.removalFamily] {
+            try engine.scan(from: [family], to: [family + 1]) { (k, v) throws(MasqError) -> Bool in
+                entries.append((Array(k), Array(v)))
+                return true
+            }
+        }
+        for key in [Store.metaGroupRoom, Store.metaDeviceName, Store.metaSealed] {
+            if let value = try Store.getMeta(engine, key) { entries.append((key, value)) }
+        }
+        return entries
+    }
+
+    /// Refresh the pairing copy when what it holds changed (at open and close).
+    /// Written only from a store that read back whole: a read error leaves the last copy.
+    func savePairingCopy() {
+        guard engine.isPersistent else { return }
+        do throws(MasqError) {
+            let entries = try lock.withLock { () throws(MasqError) in try pairingEntriesLocked() }
+            guard !entries.isEmpty else { return }
+            var body: [UInt8] = []
+            body.appendBigEndian32(UInt32(entries.count))
+            for (k, v) in entries {
+                body.appendBigEndian32(UInt32(k.count)); body += k
+                body.appendBigEndian32(UInt32(v.count)); body += v
+            }
+            let file = Store.pairingCopyMagic + body + Hash.sha256(body)
+            let path = config.dataDir + "/" + Store.pairingCopyFile
+            if let present = try? FileSystem.readFile(path, limit: 16 << 20), present == file { return }
+            try FileSystem.writeFile(path, file, mode: 0o600)
+        } catch {
+            Log.warn("kernel", "cannot refresh the pairing copy: \(error.message)")
+        }
+    }
+
+    /// The entries of a pairing copy file (nil when absent or damaged).
+    static func readPairingCopy(_ directory: String) -> [([UInt8], [UInt8])]? {
+        guard let file = try? FileSystem.readFile(directory + "/" + pairingCopyFile, limit: 16 << 20),
+              file.count >= pairingCopyMagic.count + 4 + 32, Array(file.prefix(pairingCopyMagic.count)) == pairingCopyMagic else { return nil }
+        let body = Array(file[pairingCopyMagic.count..<(file.count - 32)])
+        guard Hash.sha256(body) == Array(file.suffix(32)) else { return nil }
+        var at = 0
+        func u32() -> Int? {
+            guard at + 4 <= body.count else { return nil }
+            defer { at += 4 }
+            return Int(body[at]) << 24 | Int(body[at + 1]) << 16 | Int(body[at + 2]) << 8 | Int(body[at + 3])
+        }
+        func bytes(_ n: Int) -> [UInt8]? {
+            guard n >= 0, at + n <= body.count else { return nil }
+            defer { at += n }
+            return Array(body[at..<(at + n)])
+        }
+        guard let n = u32(), n <= 100_000 else { return nil }
+        var entries: [([UInt8], [UInt8])] = []
+        for _ in 0..<n {
+            guard let kl = u32(), let k = bytes(kl), let vl = u32(), let v = bytes(vl) else { return nil }
+            entries.append((k, v))
+        }
+        return at == body.count ? entries : nil
+    }
+
     /// Copy every entry of `old` that reads back and verifies into `new`
     /// (one transaction per 16 MiB), skipping places the engine cannot read;
-    /// then the recomputed counts and the request for a whole copy.
-    private static func copyVerified(from old: StorageEngine, to new: StorageEngine, _ report: inout RebuildReport) throws(MasqError) {
+    /// then what the pairing copy holds and the store lost, the recomputed
+    /// counts, a new replica id when the old one (or its clock) was lost, and
+    /// the request for a whole copy.
+    private static func copyVerified(from old: StorageEngine, to new: StorageEngine, pairing: [([UInt8], [UInt8])]?,
+                                     _ report: inout RebuildReport) throws(MasqError) {
         var counts: [UInt32: UInt64] = [:]
+        var latest: UInt64 = 0
         var pending = 0
         var cursor: [UInt8] = []
         var last: [UInt8]?
@@ -102,7 +184,7 @@ extension Store {
                     // A damaged b-tree may hand keys back out of order: never step back.
                     if let last, !last.lexicographicallyPrecedes(key) { return true }
                     last = key
-                    if Store.verifiedEntry(key, v, &counts) {
+                    if Store.verifiedEntry(key, v, &counts, latest: &latest) {
                         try new.put(k, v)
                         report.kept += 1
                         pending += k.count + v.count
@@ -126,6 +208,21 @@ extension Store {
             guard report.unreadable < maxUnreadable, let next = Store.skipPast(position, after: cursor) else { break }
             cursor = next
         }
+        // What pairs this device, where the damage took it.
+        for (key, value) in pairing ?? [] where try getMeta(new, key) == nil {
+            try putMeta(new, key, value)
+            report.fromPairingCopy += 1
+        }
+        // Without its replica id or its clock the store could reuse commit numbers:
+        // it continues under a new replica id, its clock past every record kept.
+        let replica = try getMeta(new, RecordFormat.metaReplica), clock = try getMeta(new, RecordFormat.metaClock)
+        if try getMeta(new, RecordFormat.metaFormat) != nil && (replica?.count != 8 || clock?.count != 16) {
+            var id: UInt64 = 0
+            while id == 0 { id = SecureRandom.uint64() }
+            try putMeta(new, RecordFormat.metaReplica, bigEndianBytes(id))
+            try putMeta(new, RecordFormat.metaClock, bigEndianBytes(0) + bigEndianBytes(latest))
+            report.newReplica = true
+        }
         // Counts from what was kept; meta counted so they are not redone.
         for (id, n) in counts { try putMeta(new, countKey(id), bigEndianBytes(n)) }
         try putMeta(new, metaCounted, [1])
@@ -136,12 +233,14 @@ extension Store {
     /// Whether an entry read back from a damaged store is sound: a record
     /// passes its CRC-32 (over its key too), a change-log entry decodes;
     /// stored counts are dropped (recounted). Counts the records kept.
-    static func verifiedEntry(_ key: [UInt8], _ value: UnsafeRawBufferPointer, _ counts: inout [UInt32: UInt64]) -> Bool {
+    static func verifiedEntry(_ key: [UInt8], _ value: UnsafeRawBufferPointer, _ counts: inout [UInt32: UInt64],
+                              latest: inout UInt64) -> Bool {
         guard let family = key.first else { return false }
         switch family {
         case RecordFormat.record:
-            guard (try? key.withBytes { (k) throws(MasqError) in _ = try RecordHeader.read(value, key: k) }) != nil else { return false }
+            guard let header = try? key.withBytes({ (k) throws(MasqError) in try RecordHeader.read(value, key: k) }) else { return false }
             counts[namespaceID(ofRecordKey: key), default: 0] += 1
+            latest = max(latest, header.version.timestamp)
             return true
         case RecordFormat.log:
             return key.count == 17 && (try? LogEntryWriter.decodeWithTimestamp(value)) != nil

@@ -101,6 +101,7 @@ public final class Store: @unchecked Sendable {
         setReplica(initialReplica)
         try openProtection(passphrase: passphrase)
         try finishRestoreIfNeeded()   // a store restored from a backup takes a new replica id (Store+Backup.swift)
+        savePairingCopy()             // what a rebuild needs to sync again (Store+Rebuild.swift)
         Log.info("kernel", "opened store in \(config.dataDir) with storage plugin '\(plugin.name)' \(plugin.version), replica \(String(replicaID, radix: 16))\(isLocked ? " (locked)" : "")")
     }
 
@@ -142,6 +143,7 @@ public final class Store: @unchecked Sendable {
         guard !hub.isCallbackThread else { throw MasqError(.busy, "cannot close a store from inside its own watch callback") }
         syncSlot.stop()
         hub.drain()
+        if !isClosed { savePairingCopy() }
         lock.withLock {
             closed = true
             engine.close()

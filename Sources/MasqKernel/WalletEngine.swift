@@ -134,7 +134,3 @@ public final class WalletEngine: @unchecked Sendable {
     }
 }
 
-private func withOptionalCString<R>(_ text: String?, _ body: (UnsafePointer<CChar>?) -> R) -> R {
-    guard let text else { return body(nil) }
-    return text.withCString { body($0) }
-}

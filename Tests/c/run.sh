@@ -18,6 +18,13 @@ for h in masq.h masq_plugin.h; do   # each header alone is self-contained
     echo "#include \"$h\"" | c++ -std=c++17 "${strict[@]}" -fsyntax-only -x c++ -
 done
 
+echo "== the SQLite plugin's page checksums (Sources/CMasqSQLiteChecksum): flipped bytes fail reads, old files still open"
+cc -std=c11 -D_GNU_SOURCE -O2 -Wall -Wextra -I"$root/Sources/CMasqSQLiteChecksum/include" \
+    "$root/Sources/CMasqSQLiteChecksum/checksum_vfs.c" "$here/checksum_vfs_test.c" -o "$out/checksum_vfs_test" -lsqlite3 -lpthread
+scratch=$(mktemp -d /tmp/masq-cksum-XXXXXX)
+"$out/checksum_vfs_test" "$scratch"
+rm -rf "$scratch"
+
 echo "== plugins: C reference plugin and broken fixtures"
 make -s -C "$root/plugins/storage-memory" BUILD="$out/plugins"
 "$here/plugins/build.sh" "$out/bad-plugins"

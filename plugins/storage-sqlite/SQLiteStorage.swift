@@ -4,6 +4,7 @@
 import CMasqPlugin
 import MasqPluginSupport
 import CSQLite
+import CMasqSQLiteChecksum
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -21,6 +22,8 @@ final class SQLiteDatabase {
     private var db: OpaquePointer?
     /// For the message of a write that waited too long.
     private let busyTimeoutSeconds: Int32
+    /// Whether this file's pages carry checksums (new files; older ones after compact).
+    private(set) var checksummed = false
     private var statements: [OpaquePointer] = []
     private var getStatement: OpaquePointer!
     private var putStatement: OpaquePointer!
@@ -53,7 +56,11 @@ final class SQLiteDatabase {
         let path = options.file.hasPrefix("/") || options.file == ":memory:" ? options.file : options.dataDir + "/" + options.file
         var handle: OpaquePointer?
         let flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE
-        let rc = sqlite3_open_v2(path, &handle, flags, nil)
+        // Files on disk go through the page-checksum shim (Sources/CMasqSQLiteChecksum):
+        // a page whose bytes changed fails its read instead of answering wrong.
+        let onDisk = path != ":memory:"
+        if onDisk { _ = masq_cksum_register() }
+        let rc = sqlite3_open_v2(path, &handle, flags, onDisk ? "masq-cksum" : nil)
         db = handle
         guard rc == SQLITE_OK else {
             let message = handle.map { String(cString: sqlite3_errmsg($0)) } ?? "out of memory"
@@ -63,6 +70,10 @@ final class SQLiteDatabase {
         }
         do throws(PluginFailure) {
             sqlite3_busy_timeout(db, options.busyTimeoutMilliseconds)
+            // Before WAL mode and the first table: a new file reserves 8 bytes per
+            // page for its checksum; an older file runs unverified until compact
+            // (VACUUM) or `masq check --repair` rewrites it.
+            if onDisk { checksummed = masq_cksum_enable(db) == 1 }
             // Only a new, empty file takes it (before WAL mode and the first table).
             if let pageSize = options.pageSize { try execute("PRAGMA page_size=\(pageSize)") }
             let mode = try queryText("PRAGMA journal_mode=WAL")
@@ -201,7 +212,9 @@ final class SQLiteDatabase {
     }
 
     static func status(_ rc: Int32) -> Int32 {
-        switch rc & 0xFF {
+        // A page that failed its checksum is damage, not an I/O error (a full disk is).
+        if rc == SQLITE_IOERR | (32 << 8) { return MASQ_E_CORRUPT }   // SQLITE_IOERR_DATA
+        return switch rc & 0xFF {
         case SQLITE_BUSY, SQLITE_LOCKED: MASQ_E_BUSY
         case SQLITE_NOMEM: MASQ_E_NOMEM
         case SQLITE_CORRUPT, SQLITE_NOTADB: MASQ_E_CORRUPT
