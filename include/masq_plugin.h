@@ -86,6 +86,11 @@ extern "C" {
 #define MASQ_PLUGIN_STORAGE 1
 #define MASQ_PLUGIN_TRANSPORT 2
 #define MASQ_PLUGIN_WALLET 3
+/* The same kinds under the names masq.h uses (masq_plugin_info.kind); the
+ * definitions are identical, so either header may come first. */
+#define MASQ_PLUGIN_KIND_STORAGE 1
+#define MASQ_PLUGIN_KIND_TRANSPORT 2
+#define MASQ_PLUGIN_KIND_WALLET 3
 
 /** Log levels for masq_host.log. */
 #define MASQ_LOG_ERROR 0

@@ -13,7 +13,7 @@ strict=(-Wall -Wextra -Werror -pedantic -I"$root/include")
 echo "== headers: C11 and C++17, strict"
 cc -std=c11 "${strict[@]}" -o "$out/headers_c" "$here/headers.c" && "$out/headers_c"
 c++ -std=c++17 "${strict[@]}" -o "$out/headers_cpp" "$here/headers.cpp" && "$out/headers_cpp"
-for h in masq.h masq_plugin.h; do   # each header alone is self-contained
+for h in masq.h masq_plugin.h masq_crypto.h; do   # each header alone is self-contained
     echo "#include \"$h\"" | cc -std=c11 "${strict[@]}" -fsyntax-only -x c -
     echo "#include \"$h\"" | c++ -std=c++17 "${strict[@]}" -fsyntax-only -x c++ -
 done
@@ -30,7 +30,7 @@ make -s -C "$root/plugins/storage-memory" BUILD="$out/plugins"
 "$here/plugins/build.sh" "$out/bad-plugins"
 
 echo "== exports: libmasq.so exports exactly the functions masq.h declares"
-declared=$(grep -oE '\bmasq_[a-z0-9_]+\(' "$root/include/masq.h" | tr -d '(' | sort -u)
+declared=$(cat "$root/include/masq.h" "$root/include/masq_crypto.h" | grep -oE '\bmasq_[a-z0-9_]+\(' | tr -d '(' | sort -u)
 exported=$(readelf --dyn-syms -W "$lib/libmasq.so" | awk '$5 == "GLOBAL" && $7 != "UND" {print $8}' | sed 's/@.*//' | sort -u)
 if [ "$declared" != "$exported" ]; then
     diff <(echo "$declared") <(echo "$exported") || true

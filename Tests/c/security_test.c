@@ -6,6 +6,7 @@
  */
 #define _DEFAULT_SOURCE
 #include "masq.h"
+#include "masq_crypto.h" /* the unstable primitives */
 
 #include <stdio.h>
 #include <stdlib.h>

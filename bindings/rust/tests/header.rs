@@ -30,9 +30,14 @@ fn header_path() -> PathBuf {
     include.join("masq.h")
 }
 
+/// masq.h and, after it, the unstable primitives of masq_crypto.h (sys declares both).
 fn header_text() -> String {
     let path = header_path();
-    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {}", path.display(), e))
+    let mut text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {}", path.display(), e));
+    let crypto = path.with_file_name("masq_crypto.h");
+    text.push('\n');
+    text.push_str(&std::fs::read_to_string(&crypto).unwrap_or_else(|e| panic!("cannot read {}: {}", crypto.display(), e)));
+    text
 }
 
 /// Whitespace-free spelling, so `* const c_char` and `*const c_char` compare equal.
@@ -635,7 +640,7 @@ fn fn_pointer_type(f: &sys::Signature) -> String {
 
 fn c_program(functions: &[sys::Signature], callbacks: &[sys::Signature], structs: &[sys::StructDecl]) -> String {
     let mut c = String::from(
-        "#include <stddef.h>\n#include <stdio.h>\n#include \"masq.h\"\n\
+        "#include <stddef.h>\n#include <stdio.h>\n#include \"masq.h\"\n#include \"masq_crypto.h\"\n\
          #define SAME(a, b, what) _Static_assert(__builtin_types_compatible_p(a, b), what)\n\n",
     );
     for f in functions {
