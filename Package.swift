@@ -156,7 +156,7 @@ let package = Package(
                 linkerSettings: exportsOnly("plugins/plugin-exports.map")),
 
         // Descriptor, options and sinks as every Swift plugin writes them (masq_plugin.h only).
-        .target(name: "MasqPluginSupport", dependencies: ["CMasqPlugin"]),
+        .target(name: "MasqPluginSupport", dependencies: ["CMasqPlugin", .product(name: "Logging", package: "swift-log")]),
 
         // The relay client (WebSocket, reconnect, queue, optional SOCKS5) behind the relay and mesh plugins.
         .target(name: "MasqRelayClient", dependencies: [

@@ -61,12 +61,7 @@ struct Connectoid: ParsableCommand {
             guard drainTimeout >= 0, (1...256).contains(storeConnections) else { throw CLIError("--drain-timeout must be 0 or more, --store-connections 1...256") }
             guard maxConnectionsPerAddress >= 1 else { throw CLIError("--max-connections-per-address must be at least 1") }
             guard ["OFF", "NORMAL", "FULL"].contains(synchronous.uppercased()) else { throw CLIError("--synchronous must be OFF, NORMAL or FULL") }
-            guard let level = Logger.Level(rawValue: logLevel == "warn" ? "warning" : logLevel) else { throw CLIError("unknown log level \(logLevel)") }
-            LoggingSystem.bootstrap { label in
-                var handler = StreamLogHandler.standardError(label: label)
-                handler.logLevel = level
-                return handler
-            }
+            try bootstrapServerLogging(logLevel)
             var config = ConnectoidConfiguration()
             config.host = host
             config.port = port

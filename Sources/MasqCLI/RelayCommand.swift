@@ -36,12 +36,7 @@ struct Relay: MasqSubcommand {
         guard (0...65_535).contains(port), maxFrameBytes >= 64, maxRooms >= 1, maxRoomMembers >= 2, maxConnections >= 1, maxHandshakes >= 1, handshakeTimeout >= 1, rate >= 1, sendBuffer >= 1024, idleTimeout >= 1, pingInterval >= 1 else {
             throw CLIError("limits must be positive, --send-buffer at least 1024 (and the port 0...65535)")
         }
-        guard let level = Logger.Level(rawValue: logLevel == "warn" ? "warning" : logLevel) else { throw CLIError("unknown log level \(logLevel)") }
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
+        try bootstrapServerLogging(logLevel)
         var config = RelayConfiguration()
         config.host = host
         config.port = port

@@ -59,7 +59,9 @@ private func makeTransport(_ host: UnsafePointer<masq_host>, _ list: UnsafePoint
     mesh.dataDirectory = meshDirectory
     let node: MeshNode
     do {
-        node = try MeshNode(configuration: mesh, identity: try NodeIdentity.loadOrCreate(meshDirectory + "/node.key"))
+        // The engine's lines go through the host (its level, the embedder's callback).
+        node = try MeshNode(configuration: mesh, identity: try NodeIdentity.loadOrCreate(meshDirectory + "/node.key"),
+                            logger: HostLogHandler.logger("masq.node", host: host))
         try node.start()
     } catch {
         throw .init(MASQ_E_CONFIG, "mesh node: \(error)")
