@@ -597,6 +597,9 @@ public final class SyncService: @unchecked Sendable {
                 // The side that started a renewal waits for the other's first
                 // message; if it never comes, renew again.
                 if !store.canSend(to: device) && now >= peer.lastRenewal + 5_000 { renew(device, force: true) }
+                // Greeted, but its HELLO never came (lost, or eaten by a crossing renewal):
+                // renew, after which the answering side greets first.
+                else if helloed.contains(device) && !engine.heardFrom([device]) && now >= peer.lastRenewal + 5_000 { renew(device, force: true) }
             }
         }
         transfer.tick(blobDevices)

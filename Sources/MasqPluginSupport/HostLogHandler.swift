@@ -6,7 +6,7 @@ import Logging
 /// the mesh engine — reach the host like a C plugin's: filtered by the host's
 /// level and passed to the embedder's log callback (masq_set_log_callback).
 /// Metadata is appended as key=value. Any thread (host->log is thread-safe).
-public struct HostLogHandler: LogHandler {
+public struct HostLogHandler: LogHandler, @unchecked Sendable {   // host: a table the kernel keeps for the process's life
     public var metadata: Logger.Metadata = [:]
     /// The host filters by its own level; this one only spares building lines nobody wants.
     public var logLevel: Logger.Level = .trace
@@ -23,11 +23,10 @@ public struct HostLogHandler: LogHandler {
         set { metadata[key] = newValue }
     }
 
-    public func log(level: Logger.Level, message: Logger.Message, metadata extra: Logger.Metadata?, source: String,
-                    file: String, function: String, line: UInt) {
-        let all = metadata.merging(extra ?? [:]) { _, new in new }
+    public func log(event: LogEvent) {
+        let all = metadata.merging(event.metadata ?? [:]) { _, new in new }
         let fields = all.isEmpty ? "" : " " + all.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
-        host.pointee.log(host, Self.hostLevel(level), "\(label): \(message)\(fields)")
+        host.pointee.log(host, Self.hostLevel(event.level), "\(label): \(event.message)\(fields)")
     }
 
     /// swift-log's levels on masq_plugin.h's four.

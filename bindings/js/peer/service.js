@@ -371,6 +371,9 @@ export class SyncService {
       else {
         const s = await this._session(device);
         if (s && !s.canSend && now >= peer.lastRenewal + 5000) await this._renew(device, true);
+        // Greeted, but its HELLO never came (lost, or eaten by a crossing renewal):
+        // renew, after which the answering side greets first (as the Swift service).
+        else if (this.helloed.has(device) && !this.engine.heardFrom([device]) && now >= peer.lastRenewal + 5000) await this._renew(device, true);
       }
     }
     this.engine.resendStalled();
