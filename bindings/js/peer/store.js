@@ -544,10 +544,13 @@ export class PeerStore {
         if (c.seq <= applied) { out.push("duplicate"); continue; }
         if (c.seq > applied + 1n) { out.push("gap"); continue; }
         if (c.origin === this.replica) throw new MasqError("corrupt", `a peer holds commit ${c.seq} of this replica, which it never made`);
-        const keys = [];
-        for (const r of c.records) {
-          keys.push([r.ns, hex(r.key)]);
-          const change = await this._merge(t, r);
+        const keys = c.records.map((r) => [r.ns, hex(r.key)]);
+        // Every record's local state read at once (one round of IndexedDB
+        // requests, not one awaited read per key); a commit names each key once.
+        const unique = new Set(keys.map(([ns, k]) => ns + "\u0000" + k)).size === keys.length;
+        const locals = unique ? await Promise.all(keys.map((key) => t.get("records", key))) : null;
+        for (let i = 0; i < c.records.length; i++) {
+          const change = await this._merge(t, c.records[i], locals ? { local: locals[i] } : null);
           if (change) changes.push(change);
         }
         t.put("log", [o, Number(c.seq)], { ts: c.ts, keys });
@@ -562,10 +565,11 @@ export class PeerStore {
     return results;
   }
 
-  /** Merge one remote record (inside a transaction); returns the change to report. */
-  async _merge(t, remote) {
+  /** Merge one remote record (inside a transaction); returns the change to
+   *  report. `read`: its local record when already read ({local}). */
+  async _merge(t, remote, read = null) {
     const k = hex(remote.key);
-    const local = await t.get("records", [remote.ns, k]);
+    const local = read ? read.local : await t.get("records", [remote.ns, k]);
     let rec = { tomb: remote.tombstone, counter: remote.counter, ts: remote.ts, replica: remote.replica, seq: remote.seq, pts: remote.prevTs, prep: remote.prevReplica, value: remote.value };
     let conflict = null;
     if (remote.counter) {
