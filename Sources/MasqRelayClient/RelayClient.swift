@@ -24,7 +24,7 @@ struct Endpoint: Sendable {
     let path: String
     let text: String
 
-    init(_ text: String) throws(TransportFailure) {
+    init(_ text: String) throws(PluginFailure) {
         let secure = text.hasPrefix("wss://")
         guard secure || text.hasPrefix("ws://") else { throw .init(MASQ_E_INVALID, "endpoint must start with ws:// or wss://, not \(text)") }
         var rest = Substring(text.dropFirst(secure ? 6 : 5))
@@ -60,8 +60,6 @@ struct Endpoint: Sendable {
     /// The same endpoint requesting another path (`text` stays the configured URL).
     func withPath(_ path: String) -> Endpoint { Endpoint(tls: tls, host: host, port: port, path: path, text: text) }
 }
-
-public typealias TransportFailure = PluginFailure
 
 /// One plugin instance. All mutable state lives on the event loop.
 public final class RelayTransport: PluginTransport, @unchecked Sendable {
@@ -173,7 +171,7 @@ public final class RelayTransport: PluginTransport, @unchecked Sendable {
         guard enter() else { return closed() }
         defer { exit() }
         let parsed: Endpoint
-        do throws(TransportFailure) { parsed = try Endpoint(text) } catch { return fail(error) }
+        do throws(PluginFailure) { parsed = try Endpoint(text) } catch { return fail(error) }
         var made: NIOSSLContext?
         if parsed.tls {
             do { made = try NIOSSLContext(configuration: .makeClientConfiguration()) } catch {
@@ -403,7 +401,7 @@ public final class RelayTransport: PluginTransport, @unchecked Sendable {
         host.pointee.log(host, level, message)
     }
 
-    private func fail(_ failure: TransportFailure) -> Int32 { report(host, failure) }
+    private func fail(_ failure: PluginFailure) -> Int32 { report(host, failure) }
 }
 
 /// Sends the HTTP request the WebSocket upgrade starts with.
@@ -427,7 +425,7 @@ final class UpgradeRequestHandler: ChannelInboundHandler, RemovableChannelHandle
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         // A plain HTTP answer means the upgrade was refused (e.g. relay full).
         if case .head(let head) = unwrapInboundIn(data) {
-            context.fireErrorCaught(TransportFailure(MASQ_E_UNAVAILABLE, "relay refused the WebSocket upgrade: \(head.status.code)"))
+            context.fireErrorCaught(PluginFailure(MASQ_E_UNAVAILABLE, "relay refused the WebSocket upgrade: \(head.status.code)"))
         }
         context.close(promise: nil)
     }
@@ -510,7 +508,7 @@ final class Socks5ClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func fail(_ context: ChannelHandlerContext, _ why: String) {
-        context.fireErrorCaught(TransportFailure(MASQ_E_UNAVAILABLE, why))
+        context.fireErrorCaught(PluginFailure(MASQ_E_UNAVAILABLE, why))
         context.close(promise: nil)
     }
 }
@@ -520,8 +518,8 @@ final class Socks5ClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
 public let relayOptionNames = "max_queue_frames, max_queue_bytes, max_frame_bytes, min_backoff_ms, max_backoff_ms"
 
 /// Apply one of the relay client's options; false when `key` is not one.
-public func applyRelayOption(_ key: String, _ value: String, to options: inout RelayTransport.Options) throws(TransportFailure) -> Bool {
-    func number(_ range: ClosedRange<Int>) throws(TransportFailure) -> Int { try optionNumber(key, value, range) }
+public func applyRelayOption(_ key: String, _ value: String, to options: inout RelayTransport.Options) throws(PluginFailure) -> Bool {
+    func number(_ range: ClosedRange<Int>) throws(PluginFailure) -> Int { try optionNumber(key, value, range) }
     switch key {
     case "max_queue_frames": options.maxQueueFrames = try number(1...10_000_000)
     case "max_queue_bytes": options.maxQueueBytes = try number(1_024...(1 << 34))

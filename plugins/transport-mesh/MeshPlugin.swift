@@ -20,14 +20,14 @@ private let pluginSummary: StaticString = "relay transport over the mesh: onion 
 
 private let meshOptionNames = "seed, network, host, hops, cell_bytes, gossip_ms, max_neighbours, target_neighbours"
 
-private func makeTransport(_ host: UnsafePointer<masq_host>, _ list: UnsafePointer<masq_plugin_option>?, _ count: Int) throws(TransportFailure) -> RelayTransport {
+private func makeTransport(_ host: UnsafePointer<masq_host>, _ list: UnsafePointer<masq_plugin_option>?, _ count: Int) throws(PluginFailure) -> RelayTransport {
     var relay = RelayTransport.Options()
     var mesh = MeshConfiguration()
     mesh.gossipMilliseconds = 1_000
     var dataDirectory = "."
     let pairs = try pluginOptions(list, count)
     for (key, value) in pairs {
-        func number(_ range: ClosedRange<Int>) throws(TransportFailure) -> Int { try optionNumber(key, value, range) }
+        func number(_ range: ClosedRange<Int>) throws(PluginFailure) -> Int { try optionNumber(key, value, range) }
         switch key {
         case "url": break
         case "data_dir": dataDirectory = value

@@ -11,7 +11,7 @@ private let pluginName: StaticString = "relay"
 private let pluginVersion: StaticString = "1.0.0"
 private let pluginSummary: StaticString = "WebSocket client for masq relay (rooms, reconnect, outbound queue)"
 
-private func parseOptions(_ list: UnsafePointer<masq_plugin_option>?, _ count: Int) throws(TransportFailure) -> RelayTransport.Options {
+private func parseOptions(_ list: UnsafePointer<masq_plugin_option>?, _ count: Int) throws(PluginFailure) -> RelayTransport.Options {
     var options = RelayTransport.Options()
     let pairs = try pluginOptions(list, count)
     for (key, value) in pairs where key != "data_dir" && key != "url" {
