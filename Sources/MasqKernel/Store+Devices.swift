@@ -309,6 +309,13 @@ extension Store {
             let counter = payload.withUnsafeBytes { $0.loadBigEndian(at: 0) as UInt64 }
             let counters = try renewalCounters(deviceID)
             guard counter > counters.accepted else { throw MasqError(.denied, "a replayed session renewal from \(deviceID)") }
+            // A renewal refused for its clock is not accepted later either (a relay could
+            // keep it until this clock caught up with its counter, and replay it then).
+            let refused = try refusedRenewals(deviceID)
+            let digest = Array(Hash.sha256(message).prefix(16))
+            guard !stride(from: 0, to: refused.count, by: 16).contains(where: { Array(refused[$0..<($0 + 16)]) == digest }) else {
+                throw MasqError(.denied, "a session renewal from \(deviceID) refused before, replayed")
+            }
             // A counter far ahead of this clock is refused, not remembered: stored, it would
             // refuse the device's honest renewals until real time caught up with it.
             let now = Clock.unixMilliseconds()
@@ -319,6 +326,7 @@ extension Store {
                 let signature = try crypto { () throws(CryptoError) in
                     try Ed25519.sign(Store.renewalRefusalMessage(prologue, message, time), privateKey: identity.signingKey)
                 }
+                try saveRefusedRenewals(deviceID, Array((refused + digest).suffix(16 * Store.maxRefusedRenewals)))
                 return .clockAhead(by: counter - now, signedRefusal: time + signature)
             }
             let answer = try crypto { () throws(CryptoError) in try session.writeHandshake() }
@@ -411,6 +419,20 @@ extension Store {
     private func renewalCounters(_ deviceID: String) throws(MasqError) -> (sent: UInt64, accepted: UInt64) {
         guard let bytes = try Store.getMeta(engine, [Store.renewalFamily] + Array(deviceID.utf8)), bytes.count == 16 else { return (0, 0) }
         return bytes.withUnsafeBytes { ($0.loadBigEndian(at: 0), $0.loadBigEndian(at: 8)) }
+    }
+
+    /// Renewals refused for a clock ahead, remembered (by the first 16 bytes of
+    /// their SHA-256) so a recorded one cannot be replayed once this clock has
+    /// caught up with its counter. The latest `maxRefusedRenewals` per device.
+    static let maxRefusedRenewals = 64
+
+    private func refusedRenewals(_ deviceID: String) throws(MasqError) -> [UInt8] {
+        let bytes = try Store.getMeta(engine, [Store.renewalFamily, 0] + Array(deviceID.utf8)) ?? []
+        return bytes.count % 16 == 0 ? bytes : []
+    }
+
+    private func saveRefusedRenewals(_ deviceID: String, _ digests: [UInt8]) throws(MasqError) {
+        try Store.putMeta(engine, [Store.renewalFamily, 0] + Array(deviceID.utf8), digests)
     }
 
     private func saveRenewalCounters(_ deviceID: String, sent: UInt64, accepted: UInt64) throws(MasqError) {

@@ -25,7 +25,7 @@ extension Store {
         let key = [Store.receiptFamily] + Array(Hash.sha256(receipt).prefix(16))
         return try receipts.lock.withLock { () throws(MasqError) -> Bool in
             if let at = try lock.withLock({ () throws(MasqError) -> [UInt8]? in try ensureUsable(); return try Store.getMeta(engine, key) }),
-               at.count == 8, Clock.unixMilliseconds() &- at.withUnsafeBytes({ $0.loadBigEndian(at: 0) as UInt64 }) < Store.receiptLifetime {
+               at.count == 8, Store.receiptIsFresh(at.withUnsafeBytes { $0.loadBigEndian(at: 0) as UInt64 }, now: Clock.unixMilliseconds()) {
                 return false
             }
             receipts.pending = (pthread_self(), key)
@@ -39,6 +39,12 @@ extension Store {
         }
     }
 
+    /// A receipt written at `at` still stands at `now`: within the lifetime, or
+    /// stamped after `now` (the wall clock stepped back since: still fresh).
+    static func receiptIsFresh(_ at: UInt64, now: UInt64) -> Bool {
+        at > now || now - at < receiptLifetime
+    }
+
     /// Inside writeCommit's transaction: store the calling thread's pending
     /// receipt (true if there was one), now and then sweeping expired ones.
     func writePendingReceipt() throws(MasqError) -> Bool {
@@ -50,7 +56,7 @@ extension Store {
             let now = Clock.unixMilliseconds()
             var expired: [[UInt8]] = []
             try engine.scan(from: [Store.receiptFamily], to: [Store.receiptFamily + 1]) { (k, v) throws(MasqError) -> Bool in
-                if v.count != 8 || now &- v.loadBigEndian(at: 0) >= Store.receiptLifetime { expired.append(Array(k)) }
+                if v.count != 8 || !Store.receiptIsFresh(v.loadBigEndian(at: 0), now: now) { expired.append(Array(k)) }
                 return expired.count < 10_000
             }
             for k in expired { try k.withBytes { (raw) throws(MasqError) in try engine.delete(raw) } }

@@ -116,6 +116,7 @@ extension Store {
         try ([RecordFormat.device] + Array(deviceID.utf8)).withBytes { (k) throws(MasqError) in try engine.delete(k) }
         try ([RecordFormat.session] + Array(deviceID.utf8)).withBytes { (k) throws(MasqError) in try engine.delete(k) }
         try ([Store.renewalFamily] + Array(deviceID.utf8)).withBytes { (k) throws(MasqError) in try engine.delete(k) }
+        try ([Store.renewalFamily, 0] + Array(deviceID.utf8)).withBytes { (k) throws(MasqError) in try engine.delete(k) }
         freshSessions.withLock { _ = $0.remove(deviceID) }
     }
 }

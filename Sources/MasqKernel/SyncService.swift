@@ -79,6 +79,10 @@ public final class SyncService: @unchecked Sendable {
         /// When this side last sent the device a NOTICE, and the time of the last one it accepted from it.
         var lastNoticeSent: UInt64 = 0
         var lastNoticeReceived: UInt64 = 0
+        /// Whether a stored "cannot store" problem was looked at since a frame from it opened in this run.
+        var storedNoticeChecked = false
+        /// Renewals made because its HELLO never came, in a row (then this side backs off).
+        var missingHelloRenewals = 0
     }
 
     /// Most messages sealed for a device without hearing from it; then the
@@ -352,10 +356,16 @@ public final class SyncService: @unchecked Sendable {
             peer.failures = 0
             peer.unanswered = 0
             if case .ready = peer.state, peer.problem?.hasPrefix("messages from it") == true { peer.problem = nil }
-            // It stored its ratchet step to send this: its storage works again.
+            // It stored its ratchet step to send this: its storage works again — also
+            // when the problem was recorded by an earlier run (or a replayed NOTICE).
             if peer.problem?.hasPrefix(Self.cannotStoreProblem) == true {
                 peer.problem = nil
                 try? store.setSyncProblem(device: sender, engine.problem(with: sender))
+            } else if !peer.storedNoticeChecked {
+                peer.storedNoticeChecked = true
+                if (try? store.syncProblem(device: sender))??.text.hasPrefix(Self.cannotStoreProblem) == true {
+                    try? store.setSyncProblem(device: sender, engine.problem(with: sender))
+                }
             }
             // Greet first (a renewed session's initiator speaks once it has heard
             // from the other side), then handle the frame: greeting resets what
@@ -482,6 +492,7 @@ public final class SyncService: @unchecked Sendable {
     // MARK: - NOTICE: "I cannot store your changes" (docs/PROTOCOL.md)
 
     static let cannotStoreProblem = "it cannot store your changes"
+    static let missingHelloProblem = "its greeting (HELLO) does not arrive"
     /// One NOTICE per device per this many ms at most.
     static let noticeInterval: UInt64 = 5_000
 
@@ -534,6 +545,7 @@ public final class SyncService: @unchecked Sendable {
                 return reject("notice from \(sender): stale, replayed or unknown")
             }
             peer.lastNoticeReceived = time
+            peer.storedNoticeChecked = false
             setProblem(sender, peer, Self.cannotStoreProblem + ": its disk is full or failing (free space there, then sync resumes)")
         } catch {
             reject("notice from \(sender): \(error.message)")
@@ -554,7 +566,8 @@ public final class SyncService: @unchecked Sendable {
         peer.attempts = 0
         peer.renewalWait = Self.renewalInterval
         peer.lastRenewal = Clock.unixMilliseconds()
-        if peer.problem != nil {
+        // (A missing greeting is cleared by the greeting itself, in tick.)
+        if let problem = peer.problem, !problem.hasPrefix(Self.missingHelloProblem) {
             peer.problem = nil
             try? store.setSyncProblem(device: device, nil)
         }
@@ -599,7 +612,24 @@ public final class SyncService: @unchecked Sendable {
                 if !store.canSend(to: device) && now >= peer.lastRenewal + 5_000 { renew(device, force: true) }
                 // Greeted, but its HELLO never came (lost, or eaten by a crossing renewal):
                 // renew, after which the answering side greets first.
-                else if helloed.contains(device) && !engine.heardFrom([device]) && now >= peer.lastRenewal + 5_000 { renew(device, force: true) }
+                // Three times in a row: say so, and try only once a minute (a peer that
+                // refuses our HELLO, or a relay that drops it, is not renewed every 5 s).
+                else if helloed.contains(device) && !engine.heardFrom([device]) {
+                    let wait: UInt64 = peer.missingHelloRenewals >= 3 ? 60_000 : 5_000
+                    if now >= peer.lastRenewal + wait {
+                        peer.missingHelloRenewals += 1
+                        if peer.missingHelloRenewals == 3 {
+                            setProblem(device, peer, Self.missingHelloProblem + " after a session renewal; trying again every minute")
+                        }
+                        renew(device, force: true)
+                    }
+                } else if engine.heardFrom([device]) && peer.missingHelloRenewals > 0 {
+                    peer.missingHelloRenewals = 0
+                    if peer.problem?.hasPrefix(Self.missingHelloProblem) == true {
+                        peer.problem = nil
+                        try? store.setSyncProblem(device: device, engine.problem(with: device))
+                    }
+                }
             }
         }
         transfer.tick(blobDevices)

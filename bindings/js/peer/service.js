@@ -373,7 +373,14 @@ export class SyncService {
         if (s && !s.canSend && now >= peer.lastRenewal + 5000) await this._renew(device, true);
         // Greeted, but its HELLO never came (lost, or eaten by a crossing renewal):
         // renew, after which the answering side greets first (as the Swift service).
-        else if (this.helloed.has(device) && !this.engine.heardFrom([device]) && now >= peer.lastRenewal + 5000) await this._renew(device, true);
+        // Three times in a row: try only once a minute (a peer refusing our HELLO, a relay dropping it).
+        else if (this.helloed.has(device) && !this.engine.heardFrom([device])) {
+          if (now >= peer.lastRenewal + ((peer.missingHello || 0) >= 3 ? 60000 : 5000)) {
+            peer.missingHello = (peer.missingHello || 0) + 1;
+            if (peer.missingHello >= 3) peer.problem = "its greeting (HELLO) does not arrive after a session renewal; trying again every minute";
+            await this._renew(device, true);
+          }
+        } else if (this.engine.heardFrom([device]) && peer.missingHello) peer.missingHello = 0;
       }
     }
     this.engine.resendStalled();
