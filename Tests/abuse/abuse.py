@@ -1209,28 +1209,8 @@ def mesh_peer_class():
 
     class MeshPeer(noise_client.Peer):
         def __init__(self, host, port, source, client=True, network="masq", timeout=5):
-            self.static = X25519PrivateKey.generate()
-            self.identity = Ed25519PrivateKey.generate()
-            self.source = source
-            self.client = client
-            self.sock = socket.create_connection((host, port), timeout=timeout, source_address=(source, 0))
-            self.network = network
-            name = noise_client.NAME
-            self.h = hashlib.sha256(name).digest() if len(name) > 32 else name.ljust(32, b"\0")
-            self.ck = self.h
-            self.cipher = noise_client.Cipher(None)
-            self.mix_hash(("masq mesh v1 " + network).encode())
-
-        def record(self, port=1, version=1, tamper=False):
-            raw = noise_client.raw
-            rec = {"network": self.network, "key": noise_client.b64(raw(self.identity)), "agreement": noise_client.b64(raw(self.static)),
-                   "host": self.source, "port": port, "version": version, "neighbours": [],
-                   "rates": {"routingByte": 1, "routingPacket": 1, "exitByte": 1, "exitPacket": 1}, "exit": False}
-            if self.client:
-                rec["client"] = True
-            body = json.dumps(rec, separators=(",", ":")).encode()
-            sig = self.identity.sign(b"masq node record v1" + body)
-            return {"r": base64.urlsafe_b64encode(body).rstrip(b"=").decode(), "s": base64.urlsafe_b64encode(sig).rstrip(b"=").decode()}
+            # noise_client.Peer leaves from `source` and signs its link record naming it.
+            super().__init__(host, port, network=network, source=source, client=client, timeout=timeout)
 
         def ping(self, timeout):
             """PING, then read the node's messages until its PONG."""

@@ -64,6 +64,14 @@ def stop_wrapped(procs, wrapper):
 def procs(tmp_path):
     p = Processes(str(tmp_path))
     yield p
+    # A test that ends early (skip, failure) leaves faketime's children: end them too.
+    for proc in p.procs:
+        if proc.poll() is None:
+            for pid in children(proc.pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
     p.stop_all()
 
 
