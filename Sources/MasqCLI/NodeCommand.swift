@@ -8,7 +8,9 @@ import Glibc
 #endif
 
 /// The kernel's accountant, as the mesh drives it.
-extension Accountant: MeshAccountant {}
+extension Accountant: MeshAccountant {
+    public func paidCreditors() -> [String] { book.payables.filter { (UInt128($0.value.paid) ?? 0) > 0 }.map(\.key) }
+}
 
 /// The Masq store a node keeps its accounts in: `<data dir>/store` (SQLite).
 func nodeStore(_ dataDirectory: String, create: Bool) throws -> Store? {
@@ -34,6 +36,10 @@ struct Node: MasqSubcommand {
     @Option(help: ArgumentHelp("Directory for the node's keys and state.json.", valueName: "dir")) var dataDir = "."
     @Option(help: ArgumentHelp("A node to debut to (repeatable).", valueName: "descriptor")) var seed: [String] = []
     @Flag(help: "Let this node connect to targets for others.") var exit = false
+    @Option(help: ArgumentHelp("As an exit, connect to these addresses although they are loopback, private, link-local or the node's own (repeatable): ADDRESS[/BITS][:PORTS], [IPV6][/BITS][:PORTS]; PORTS is N, N-M or *.", valueName: "rule"))
+    var exitAllow: [String] = []
+    @Option(help: ArgumentHelp("As an exit, never connect to these (repeatable; beats --exit-allow): ADDRESS[/BITS][:PORTS] or *:PORTS.", valueName: "rule"))
+    var exitDeny: [String] = []
     @Option(help: ArgumentHelp("Offer a SOCKS5 proxy on this loopback address.", valueName: "host:port")) var socks: String?
     @Option(help: "Links per route (1...6; below 3 only with --allow-short-routes).") var hops = 3
     @Flag(help: "Allow routes of 1 or 2 hops (no anonymity: for tests and benchmarks).") var allowShortRoutes = false
@@ -60,6 +66,18 @@ struct Node: MasqSubcommand {
     @Option(help: "Inbound handshakes in progress from one IPv4 address or IPv6 /64; past it, newcomers from there are refused.")
     var maxPendingHandshakesPerPrefix = MeshConfiguration().maxPendingLinksPerPrefix
     @Option(help: "Milliseconds a link's handshake may take from its connection.") var handshakeTimeoutMs = MeshConfiguration().handshakeTimeoutMilliseconds
+    @Option(help: "Milliseconds an onion may be old (or ahead) when it reaches this node; its handshake key is remembered that long, so a replayed set-up is refused.")
+    var replayWindowMs = MeshConfiguration().replayWindowMilliseconds
+    @Option(help: "At most one neighbour per IPv4 block of this many bits (0: no limit).") var neighbourPrefixV4 = MeshConfiguration().neighbourPrefixV4
+    @Option(help: "At most one neighbour per IPv6 block of this many bits (0: no limit).") var neighbourPrefixV6 = MeshConfiguration().neighbourPrefixV6
+    @Option(help: "As a relay, never join two hops in one IPv4 block of this many bits (0: off, for tests on loopback).") var hopPrefixV4 = MeshConfiguration().hopPrefixV4
+    @Option(help: "As a relay, never join two hops in one IPv6 block of this many bits (0: off).") var hopPrefixV6 = MeshConfiguration().hopPrefixV6
+    @Option(help: ArgumentHelp("Another node of this operator, by its key (repeatable): published, so that routes never take two of them.", valueName: "key"))
+    var family: [String] = []
+    @Option(help: "Routes use only relays charging at most this (wei per cell; default ten times MASQ's rates).") var maxRoutingCharge: String?
+    @Option(help: "Routes use only exits charging at most this (wei per cell; default ten times MASQ's rates).") var maxExitCharge: String?
+    @Option(help: "Circuits one link carries at most; CREATEs past it are refused.") var maxCircuitsPerLink = MeshConfiguration().maxCircuitsPerLink
+    @Option(help: "Handshake keys the replay cache holds at most (past it, older onions are refused).") var replayCache = MeshConfiguration().replayCacheEntries
     @Option(help: "Milliseconds of silence before a neighbour is dropped.") var linkTimeoutMs: UInt64 = 5_000
     @Option(help: "Milliseconds a route may take to open.") var setupTimeoutMs: UInt64 = 10_000
     @Option(help: "Seconds a misbehaving node stays banned.") var banSeconds: UInt64 = 600
@@ -81,12 +99,7 @@ struct Node: MasqSubcommand {
         // to the kernel and fault it in again (a sixth of the node's time in
         // bench/mesh). Keep it for reuse.
         masqsupport_keep_freed_memory()
-        guard let level = Logger.Level(rawValue: logLevel == "warn" ? "warning" : logLevel) else { throw CLIError("unknown log level \(logLevel)") }
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
+        try bootstrapServerLogging(logLevel)
         var config = MeshConfiguration()
         config.network = network
         config.host = host
@@ -97,6 +110,19 @@ struct Node: MasqSubcommand {
             return d
         }
         config.exit = exit
+        for (option, texts) in [("--exit-allow", exitAllow), ("--exit-deny", exitDeny)] {
+            for text in texts {
+                guard let rule = ExitPolicy.Rule(text) else {
+                    throw CLIError("\(option): not a rule: \(text) (ADDRESS[/BITS][:PORTS], [IPV6][/BITS][:PORTS], *:PORTS)", code: 64)
+                }
+                if option == "--exit-allow" {
+                    guard rule.network != nil else { throw CLIError("--exit-allow needs an address block (\"*\" would open the exit's own network)", code: 64) }
+                    config.exitPolicy.allow.append(rule)
+                } else {
+                    config.exitPolicy.deny.append(rule)
+                }
+            }
+        }
         config.socks = socks
         config.hops = hops
         config.allowShortRoutes = allowShortRoutes
@@ -123,6 +149,22 @@ struct Node: MasqSubcommand {
         config.linkTimeoutMilliseconds = linkTimeoutMs
         config.setupTimeoutMilliseconds = setupTimeoutMs
         config.banSeconds = banSeconds
+        config.replayWindowMilliseconds = replayWindowMs
+        config.replayCacheEntries = replayCache
+        config.maxCircuitsPerLink = maxCircuitsPerLink
+        config.neighbourPrefixV4 = neighbourPrefixV4
+        config.neighbourPrefixV6 = neighbourPrefixV6
+        config.hopPrefixV4 = hopPrefixV4
+        config.hopPrefixV6 = hopPrefixV6
+        config.family = try family.map { text in
+            guard let k = NodeKey(text: text) else { throw CLIError("--family: not a node key: \(text)", code: 64) }
+            return k
+        }
+        for (option, text) in [("--max-routing-charge", maxRoutingCharge), ("--max-exit-charge", maxExitCharge)] {
+            guard let text else { continue }
+            guard let amount = UInt128(text) else { throw CLIError("\(option): a decimal amount of wei", code: 64) }
+            if option == "--max-routing-charge" { config.maxRoutingCharge = amount } else { config.maxExitCharge = amount }
+        }
         guard (0...65_535).contains(port) else { throw CLIError("the port must be 0...65535", code: 64) }
         mkdir(dataDir, 0o700)
         if let consumingWallet { config.consumingWallet = try PluginWallet(openWallet(consumingWallet, option: "--consuming-wallet", dataDirectory: dataDir)) }

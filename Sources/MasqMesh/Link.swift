@@ -61,6 +61,11 @@ final class Link {
     var receiveCipher: Noise.CipherState?
     var peer: NodeKey?
     var peerAddress: String
+    /// The peer's address as the socket sees it (neighbour and hop groups, bans).
+    let remoteIP: IPAddress?
+    /// Where the peer listens, and its signed link record, from its handshake (a neighbour's only).
+    var listenAddress: String?
+    var linkRecord: SignedRecord?
     var established = false
     /// When the connection was opened: a handshake must end within
     /// `handshakeTimeoutMilliseconds` of it, however it trickles.
@@ -96,6 +101,7 @@ final class Link {
         opened = now
         gossipCreditAt = now
         prefix = MeshNode.addressPrefix(channel.remoteAddress)
+        remoteIP = channel.remoteAddress?.ipAddress.flatMap { IPAddress($0) }
         peerAddress = dialed?.address ?? channel.remoteAddress.map { "\($0.ipAddress ?? "?"):\($0.port ?? 0)" } ?? "?"
         // Each side numbers the circuits it opens in its own half of the space.
         nextCircuit = initiator ? 1 : 0x8000_0001

@@ -13,14 +13,14 @@ struct CircuitEnd: Hashable {
 /// Only DESTROY travels the other way.
 final class RelayHop {
     let other: CircuitEnd
-    let key: SecureBytes?
+    let key: Onion.Layer?
     let forward: Bool
     var payer: String?
     var counter: UInt64 = 0
     let previousAddress: String
     let nextAddress: String
 
-    init(other: CircuitEnd, key: SecureBytes?, forward: Bool, previousAddress: String, nextAddress: String) {
+    init(other: CircuitEnd, key: Onion.Layer?, forward: Bool, previousAddress: String, nextAddress: String) {
         self.other = other
         self.key = key
         self.forward = forward
@@ -56,19 +56,27 @@ extension MeshNode {
     func exitCharge(_ rates: RatePack) -> UInt128 { UInt128(rates.exitPacket) + UInt128(rates.exitByte) * UInt128(configuration.cellBytes) }
 
     /// A hop with an earning wallet serves only circuits with a valid, fresh
-    /// payer proof from a consumer that is not banned.
+    /// payer proof: signed by the consumer's pseudonym at this hop (the name
+    /// this node keeps its debts, bans and payments under; it never sees the
+    /// consumer's wallet, unless a binding says which wallet pays for the
+    /// pseudonym), from a consumer that is not banned.
     private func payerAccepted(_ peeled: Onion.Peeled) -> (ok: Bool, payer: String?) {
         guard let earning = configuration.earningWallet, let accountant else { return (true, nil) }
-        guard let proof = peeled.payer,
+        guard let proof = peeled.payer, let pseudonym = Pseudonyms.publicKey(proof.payer),
               accountant.acceptProof(payer: proof.payer, nonce: proof.nonce, timestamp: proof.timestamp,
                                      message: PayerProofMessage.make(nonce: proof.nonce, timestamp: proof.timestamp, hop: key),
                                      signature: proof.signature, now: Self.wallClock(),
-                                     verify: { earning.verify(address: $0, message: $1, signature: $2) }) else {
+                                     verify: { _, message, signature in Ed25519.verify(signature, message: message, publicKey: pseudonym) }) else {
             logger.info("circuit refused: no valid payer proof")
             return (false, nil)
         }
+        // A binding is taken even from a banned pseudonym: it is how a consumer that paid gets credited.
+        if let binding = proof.binding,
+           earning.verify(address: binding.wallet, message: PayerProofMessage.binding(pseudonym: pseudonym, hop: key), signature: binding.signature) {
+            bindPayer(wallet: binding.wallet, pseudonym: proof.payer)
+        }
         guard !accountant.isBanned(proof.payer) else {
-            logger.info("circuit refused: the consumer is banned for debt", metadata: ["wallet": "\(proof.payer.prefix(16))"])
+            logger.info("circuit refused: the consumer is banned for debt")
             return (false, nil)
         }
         return (true, proof.payer)
@@ -123,13 +131,48 @@ extension MeshNode {
 
     func destroy(_ end: CircuitEnd) { sendCell(end, .destroy, Random.bytes(configuration.cellBytes)) }
 
+    /// Circuit ends on a link (`maxCircuitsPerLink`): recounted every tick,
+    /// counted up as circuits are made in between (so it may overcount by what
+    /// closed since the last tick, never undercount).
+    func circuitCount(_ link: Int) -> Int { circuitEnds[link] ?? 0 }
+
+    func noteEnd(_ end: CircuitEnd) { circuitEnds[end.link, default: 0] += 1 }
+
+    func recountCircuitEnds() {
+        var counts: [Int: Int] = [:]
+        for end in relays.keys { counts[end.link, default: 0] += 1 }
+        for end in exits.keys { counts[end.link, default: 0] += 1 }
+        for end in exitByReturn.keys { counts[end.link, default: 0] += 1 }
+        for end in routeByForward.keys { counts[end.link, default: 0] += 1 }
+        for end in routeByReturn.keys { counts[end.link, default: 0] += 1 }
+        circuitEnds = counts
+    }
+
     private func create(_ link: Link, _ end: CircuitEnd, _ onion: [UInt8]) {
         guard link.peer != nil, relays[end] == nil, exits[end] == nil else { return penalize(link, 5, "a CREATE on a used circuit") }
+        // Before any work on the onion: a link full of circuits takes no more.
+        guard circuitCount(link.id) < configuration.maxCircuitsPerLink else {
+            counters.circuitsRefused += 1
+            logger.info("circuit refused: the link carries its limit of circuits", metadata: ["limit": "\(configuration.maxCircuitsPerLink)"])
+            return destroy(end)
+        }
         let peeled: Onion.Peeled
         do { peeled = try Onion.peel(onion, privateKey: identity.agreement.privateKey, publicKey: identity.agreement.publicKey) } catch {
             counters.cellsRejected += 1
             destroy(end)
             return penalize(link, 5, "an onion that does not open")
+        }
+        // A layer seen before is a replayed set-up (never an honest retransmission).
+        switch replayCache.admit(peeled.eph, timestamp: peeled.timestamp, now: Self.wallClock()) {
+        case .fresh: break
+        case .stale:
+            counters.createsStale += 1
+            logger.info("circuit refused: its onion was made too long ago (or the clocks differ)")
+            return destroy(end)
+        case .replayed:
+            counters.createsReplayed += 1
+            destroy(end)
+            return penalize(link, 10, "a replayed circuit set-up")
         }
         if peeled.kind != .terminal {
             let (ok, _) = payerAccepted(peeled)
@@ -142,20 +185,34 @@ extension MeshNode {
                 logger.debug("circuit refused: the next hop is not a neighbour")
                 return destroy(end)
             }
+            // No two adjacent hops in one network (an IPv4 /16): one operator there would see both sides of this node.
+            if let before = hopGroup(link), before == hopGroup(next) {
+                counters.circuitsRefusedSameNetwork += 1
+                logger.debug("circuit refused: the previous and next hops are in one network")
+                return destroy(end)
+            }
+            guard circuitCount(next.id) < configuration.maxCircuitsPerLink else {
+                counters.circuitsRefused += 1
+                logger.info("circuit refused: the next link carries its limit of circuits", metadata: ["limit": "\(configuration.maxCircuitsPerLink)"])
+                return destroy(end)
+            }
             let out = CircuitEnd(link: next.id, circuit: next.allocateCircuit())
+            noteEnd(end)
+            noteEnd(out)
             let previous = link.peerAddress, following = next.peerAddress
-            relays[end] = RelayHop(other: out, key: peeled.keys.data, forward: true, previousAddress: previous, nextAddress: following)
+            relays[end] = RelayHop(other: out, key: peeled.keys.layer, forward: true, previousAddress: previous, nextAddress: following)
             relays[end]?.payer = configuration.earningWallet == nil ? nil : payer
             relays[out] = RelayHop(other: end, key: nil, forward: false, previousAddress: previous, nextAddress: following)
             counters.circuitsRelayed += 1
-            logger.info("relaying a circuit", metadata: ["previous": "\(previous)", "next": "\(following)"])
+            logger.debug("relaying a circuit", metadata: ["previous": "\(previous)", "next": "\(following)"])
             sendCell(out, .create, peeled.inner)
         case .exit:
             guard configuration.exit else {
                 logger.info("circuit refused: not an exit")
                 return destroy(end)
             }
-            let exit = ExitCircuit(inEnd: end, keys: peeled.keys, previousAddress: link.peerAddress)
+            let exit = ExitCircuit(inEnd: end, keys: peeled.keys, previousAddress: link.peerAddress, created: Self.now())
+            noteEnd(end)
             exit.payer = configuration.earningWallet == nil ? nil : payer
             exits[end] = exit
             counters.circuitsExited += 1
@@ -165,6 +222,15 @@ extension MeshNode {
             }
             route.returnEnd = end
             routeByReturn[end] = id
+            noteEnd(end)
+            // The return circuit came back: every hop of the route opened its layer (a binding in one arrived).
+            if let creditor = route.bindingSent { bound.insert(creditor) }
+            route.bindingSent = nil
+            if route.isolation == Self.bindingIsolation && route.streams.isEmpty {
+                // Its work is done: it closes at the next round.
+                route.phase = .open
+                route.idleSince = 0
+            }
         }
     }
 
@@ -174,7 +240,7 @@ extension MeshNode {
             guard hop.forward, let key = hop.key else { return penalize(link, 5, "data against a circuit's direction") }
             if let payer = hop.payer, let accountant {
                 guard !accountant.isBanned(payer) else {
-                    logger.info("circuit dropped: the consumer is banned for debt", metadata: ["wallet": "\(payer.prefix(16))"])
+                    logger.info("circuit dropped: the consumer is banned for debt")
                     return destroyed(end, notify: true)
                 }
                 accountant.earn(payer, routingCharge(configuration.rates), now: Self.wallClock())
@@ -188,7 +254,7 @@ extension MeshNode {
             }
             // This hop's layer is removed (or added) on the way into the next link's message.
             let counter = hop.counter
-            next.writeDataCell(hop.other.circuit) { cell in Onion.xor(key, counter: counter, from: payload, into: cell) }
+            next.writeDataCell(hop.other.circuit) { cell in Onion.unwrap(key, counter: counter, from: payload, into: cell) }
             hop.counter += 1
             counters.cellsRelayed += 1
         } else if let exit = exits[end] {
@@ -248,61 +314,111 @@ extension MeshNode {
         return edges
     }
 
-    private func cost(_ k: NodeKey, exit: Bool) -> UInt64 {
-        guard let rates = records[k]?.record.rates else { return .max / 16 }
-        let bytes = UInt64(configuration.cellBytes)
-        return exit ? rates.exitPacket + rates.exitByte * bytes : rates.routingPacket + rates.routingByte * bytes
+    /// The most a route pays a node per cell: the configured bounds, else ten times MASQ's default rates.
+    var routingBound: UInt128 { configuration.maxRoutingCharge ?? 10 * routingCharge(RatePack()) }
+    var exitBound: UInt128 { configuration.maxExitCharge ?? 10 * exitCharge(RatePack()) }
+
+    /// A node may carry a route: known, not a client, its rates within the bound.
+    private func acceptable(_ k: NodeKey, exit: Bool) -> Bool {
+        guard let record = records[k]?.record, !record.isClient else { return false }
+        return exit ? record.exit && exitCharge(record.rates) <= exitBound : routingCharge(record.rates) <= routingBound
     }
 
-    /// The cheapest forward route (origin → … → exit, `hops` links, exit not
-    /// a neighbour of this node) and a return route of as many links whose
-    /// relays avoid the forward route's when the topology allows.
-    func chooseRoutes() -> (forward: [NodeKey], back: [NodeKey])? {
+    /// Two nodes of one operator: each names the other in its record's family.
+    func sameFamily(_ a: NodeKey, _ b: NodeKey) -> Bool {
+        guard a != b, let fa = records[a]?.record.family, let fb = records[b]?.record.family else { return false }
+        return fa.contains(b.text) && fb.contains(a.text)
+    }
+
+    /// A forward route (origin → … → exit: `hops` links, more only when the
+    /// topology has no such route; the exit not a neighbour of this node) and
+    /// a return route of as many links whose relays avoid the forward route's
+    /// when the topology allows. Each is drawn **at random among every
+    /// acceptable route** of the fewest links: rates only bound what is
+    /// acceptable (a node advertising nothing gains no routes by it), no two
+    /// nodes of one family (where records say so) share a route, and each
+    /// relay refuses to join two hops of one network (`hopPrefixV4`).
+    /// `including`: a node the route must pass through (forward or back), for a binding route.
+    func chooseRoutes(including required: NodeKey? = nil) -> (forward: [NodeKey], back: [NodeKey])? {
         // Nodes of recently failed routes are avoided, unless nothing else is left.
-        chooseRoutes(avoiding: Set(failedNodes.keys)) ?? (failedNodes.isEmpty ? nil : chooseRoutes(avoiding: []))
+        chooseRoutes(avoiding: Set(failedNodes.keys), including: required)
+            ?? (failedNodes.isEmpty ? nil : chooseRoutes(avoiding: [], including: required))
     }
 
-    private func chooseRoutes(avoiding avoid: Set<NodeKey>) -> (forward: [NodeKey], back: [NodeKey])? {
-        let edges = graph()
-        let hops = configuration.hops
-        // At least `hops` links; up to two more when the topology needs them (the cost decides).
-        let longest = min(6, hops + 2)
-        var best: (UInt64, [[NodeKey]]) = (.max, [])
-        func walk(_ path: [NodeKey], _ spent: UInt64) {
-            guard let last = path.last else { return }
-            if path.count >= hops, records[last]?.record.exit == true, hops < 3 && configuration.allowShortRoutes || neighbours[last] == nil {
-                let total = spent + cost(last, exit: true)
-                if total < best.0 { best = (total, [path]) } else if total == best.0 { best.1.append(path) }
+    /// Paths from `starts` by `edges`: `length` nodes, each acceptable to
+    /// `allowed`, complete when `complete` says so; one drawn uniformly at
+    /// random among them (reservoir sampling over a walk in random order,
+    /// bounded in work).
+    private func drawPath(from starts: [NodeKey], length: Int, edges: [NodeKey: Set<NodeKey>],
+                          allowed: (NodeKey, [NodeKey]) -> Bool, complete: ([NodeKey]) -> Bool) -> [NodeKey]? {
+        var seen = 0, visits = 0
+        var pick: [NodeKey]?
+        func walk(_ path: [NodeKey]) {
+            visits += 1
+            guard visits < 200_000 else { return }
+            if path.count == length {
+                if complete(path) {
+                    seen += 1
+                    if Int.random(in: 0..<seen) == 0 { pick = path }
+                }
+                return
             }
-            guard path.count < longest else { return }
-            for next in edges[last] ?? [] where next != key && !path.contains(next) && !avoid.contains(next) && records[next] != nil {
-                walk(path + [next], spent + cost(last, exit: false))
+            for next in (edges[path.last!] ?? []).shuffled() where next != key && !path.contains(next) && allowed(next, path) {
+                walk(path + [next])
             }
         }
-        for first in neighbours.keys.sorted() where !avoid.contains(first) && records[first] != nil { walk([first], 0) }
+        for first in starts.shuffled() { walk([first]) }
+        return pick
+    }
+
+    private func chooseRoutes(avoiding avoid: Set<NodeKey>, including required: NodeKey?) -> (forward: [NodeKey], back: [NodeKey])? {
+        // A required node goes on the forward route if it can, else on the return route.
+        for inForward in required == nil ? [false] : [true, false] {
+            if let found = chooseRoutes(avoiding: avoid, including: required, inForward: inForward) { return found }
+        }
+        return nil
+    }
+
+    private func chooseRoutes(avoiding avoid: Set<NodeKey>, including required: NodeKey?, inForward: Bool) -> (forward: [NodeKey], back: [NodeKey])? {
+        let edges = graph()
+        let hops = configuration.hops
+        let longest = min(6, max(hops, hops + 2))
+        let firsts = neighbours.keys.filter { !avoid.contains($0) && records[$0] != nil && !clientPeers.contains($0) }
+        // Relays must be acceptable relays; the last node an acceptable exit; no two of one family.
+        func fits(_ next: NodeKey, _ path: [NodeKey]) -> Bool {
+            !avoid.contains(next) && records[next] != nil && !path.contains(where: { sameFamily($0, next) })
+        }
+        var chosen: [NodeKey]?
+        for length in hops...longest where chosen == nil {
+            chosen = drawPath(from: firsts.filter { length == 1 || acceptable($0, exit: false) }, length: length, edges: edges,
+                              allowed: { next, path in fits(next, path) && (path.count + 1 == length || self.acceptable(next, exit: false)) },
+                              complete: { path in
+                                  let last = path.last!
+                                  return self.acceptable(last, exit: true) && (hops < 3 && self.configuration.allowShortRoutes || self.neighbours[last] == nil)
+                                      && (!inForward || required.map(path.contains) == true)
+                              })
+        }
         logger.debug("routes", metadata: ["edges": "\(edges.mapValues { $0.map(\.description) })", "exits": "\(records.values.filter(\.record.exit).count)"])
-        guard let forward = best.1.randomElement() else { return nil }
+        guard let forward = chosen else { return nil }
         let exit = forward.last!
-        // Return: exit → r1 → … → this node, hops links; relays disjoint from the forward relays if possible.
+        if hops == 1, neighbours[exit] != nil { return required == nil || inForward ? (forward, []) : nil }
+        let backNeeds = inForward ? nil : required
+        // Return: exit → r1 → … → this node, at least `hops` links; relays disjoint from the forward relays if possible.
         let forwardRelays = Set(forward.dropLast())
         for strict in [true, false] {
-            var options: [[NodeKey]] = []
-            func back(_ path: [NodeKey]) {
-                guard let last = path.last else { return }
-                // exit, r1 … rk: then this node; at least `hops` links in all.
-                if path.count >= hops && edges[last]?.contains(key) == true && neighbours[last] != nil {
-                    options.append(Array(path.dropFirst()))
-                }
-                guard path.count < longest else { return }
-                for next in edges[last] ?? [] where next != key && !path.contains(next) && !avoid.contains(next) && records[next] != nil
-                    && (!strict || !forwardRelays.contains(next)) {
-                    back(path + [next])
-                }
+            for length in hops...longest {
+                // [exit, r1 … rk]: k + 1 links with the last one to this node.
+                let path = drawPath(from: [exit], length: length, edges: edges,
+                                    allowed: { next, path in
+                                        fits(next, path) && self.acceptable(next, exit: false) && (!strict || !forwardRelays.contains(next))
+                                            && !forward.contains(where: { self.sameFamily($0, next) })
+                                    },
+                                    complete: { path in
+                                        (path.count == 1 || (edges[path.last!]?.contains(self.key) == true && self.neighbours[path.last!] != nil))
+                                            && (backNeeds == nil || path.dropFirst().contains(backNeeds!))
+                                    })
+                if let path, path.count > 1 { return (forward, Array(path.dropFirst())) }
             }
-            back([exit])
-            if hops == 1, neighbours[exit] != nil { return (forward, []) }
-            // Shortest return routes first.
-            if let shortest = options.map(\.count).min(), let choice = options.filter({ $0.count == shortest }).randomElement() { return (forward, choice) }
         }
         return nil
     }

@@ -9,6 +9,8 @@ final class ExitCircuit: @unchecked Sendable {
     let inEnd: CircuitEnd
     let keys: Onion.Keys
     let previousAddress: String
+    /// When the forward circuit was made: its return circuit must follow within the set-up timeout.
+    let created: UInt64
     var forwardCounter: UInt64 = 0
     var returnEnd: CircuitEnd?
     var returnCounter: UInt64 = 0
@@ -16,10 +18,11 @@ final class ExitCircuit: @unchecked Sendable {
     var streams: [UInt16: ExitStream] = [:]
     var payer: String?
 
-    init(inEnd: CircuitEnd, keys: Onion.Keys, previousAddress: String) {
+    init(inEnd: CircuitEnd, keys: Onion.Keys, previousAddress: String, created: UInt64) {
         self.inEnd = inEnd
         self.keys = keys
         self.previousAddress = previousAddress
+        self.created = created
     }
 }
 
@@ -50,7 +53,8 @@ extension MeshNode {
         let counter = exit.forwardCounter
         var banned = false
         let opened: Bool = withUnsafeTemporaryAllocation(byteCount: payload.count, alignment: 16) { cell in
-            Onion.xor(exit.keys.data, counter: counter, from: payload, into: cell)
+            // The relays' layers are off: what is left is the origin's AEAD (the exit has no layer of its own).
+            cell.copyMemory(from: payload)
             guard Onion.openCell(exit.keys.exitForward, counter: counter, cell) else { return false }
             exit.forwardCounter += 1
             if let payer = exit.payer, let accountant {
@@ -61,7 +65,7 @@ extension MeshNode {
             return true
         }
         if !opened { counters.cellsRejected += 1 }
-        if banned { logger.info("circuit dropped: the consumer is banned for debt", metadata: ["wallet": "\(exit.payer?.prefix(16) ?? "")"]) }
+        if banned { logger.info("circuit dropped: the consumer is banned for debt") }
         if !opened || banned { destroyed(exit.inEnd, notify: true) }
     }
 
@@ -88,15 +92,26 @@ extension MeshNode {
         }
         switch command {
         case .returnRoute:
+            // One return onion per route, exactly its size (the first hop's key and the onion):
+            // more is a protocol violation, and the route goes before it costs memory.
+            let size = 32 + configuration.cellBytes
+            guard exit.returnEnd == nil, exit.returnAssembly.count + data.count <= size else {
+                counters.cellsRejected += 1
+                logger.info("exit: a route sent more than one return onion; destroyed")
+                return destroyed(exit.inEnd, notify: true)
+            }
             exit.returnAssembly += data
-            guard exit.returnAssembly.count >= 32 + configuration.cellBytes, exit.returnEnd == nil else { return }
+            guard exit.returnAssembly.count == size else { return }
             let first = NodeKey(Array(exit.returnAssembly[0..<32]))
-            let onion = Array(exit.returnAssembly[32..<(32 + configuration.cellBytes)])
+            let onion = Array(exit.returnAssembly[32..<size])
             exit.returnAssembly = []
-            guard let link = neighbours[first] else { return destroyed(exit.inEnd, notify: true) }
+            guard let link = neighbours[first], circuitCount(link.id) < configuration.maxCircuitsPerLink else {
+                return destroyed(exit.inEnd, notify: true)
+            }
             let end = CircuitEnd(link: link.id, circuit: link.allocateCircuit())
             exit.returnEnd = end
             exitByReturn[end] = exit.inEnd
+            noteEnd(end)
             sendCell(end, .create, onion)
         case .connect:
             // A reused or zero number breaks the protocol; a bad target or a full exit fails the stream only.
@@ -131,10 +146,50 @@ extension MeshNode {
         }
     }
 
+    /// Resolve the target here (off the loop), keep the addresses the exit
+    /// policy allows — checked on the very address that will be connected,
+    /// so a name cannot be made to point elsewhere between the check and the
+    /// connection — and connect to the first that answers. Nothing allowed:
+    /// the stream ends with SOCKS reply 2 ("not allowed by ruleset").
     private func connectTarget(_ exit: ExitCircuit, _ stream: ExitStream, host: String, port: Int) {
         exit.streams[stream.id] = stream
-        logger.info("exit: connecting", metadata: ["target": "\(stream.target)", "previous": "\(exit.previousAddress)"])
+        // (Never the previous hop beside the target in a log line; at debug level only.)
+        logger.debug("exit: connecting", metadata: ["target": "\(stream.target)"])
         let node = self
+        let policy = configuration.exitPolicy
+        let local = IPAddress(configuration.host)
+        ExitPolicy.resolver.async {
+            let resolved = ExitPolicy.resolve(host)
+            node.loop.execute {
+                guard !stream.ended, exit.streams[stream.id] === stream else { return }
+                let allowed = resolved.filter { policy.refusal($0, port: port, own: node.ownAddresses) == nil }
+                // Connections leave from the node's own address: only addresses of its family.
+                let usable = allowed.filter { local == nil || $0.isV4 == local!.isV4 }
+                guard !usable.isEmpty else {
+                    exit.streams[stream.id] = nil
+                    stream.ended = true
+                    var code: UInt8 = 4
+                    if !resolved.isEmpty && allowed.isEmpty {
+                        code = 2
+                        node.counters.exitRefused += 1
+                        node.logger.info("exit: a destination refused by the exit policy")
+                    }
+                    node.sendToOrigin(exit, .end, stream.id, Array("\(code)".utf8))
+                    node.flush()
+                    return
+                }
+                node.connectTarget(exit, stream, Array(usable.prefix(4)), port: port)
+            }
+        }
+    }
+
+    private func connectTarget(_ exit: ExitCircuit, _ stream: ExitStream, _ addresses: [IPAddress], port: Int) {
+        let node = self
+        guard let address = addresses.first, let target = try? SocketAddress(ipAddress: address.description, port: port) else {
+            exit.streams[stream.id] = nil
+            stream.ended = true
+            return sendToOrigin(exit, .end, stream.id, Array("1".utf8))
+        }
         let end = exit.inEnd
         var bootstrap = ClientBootstrap(group: loop)
         // The target sees the exit's own address.
@@ -148,7 +203,7 @@ extension MeshNode {
                     return channel.eventLoop.makeSucceededVoidFuture()
                 } catch { return channel.eventLoop.makeFailedFuture(error) }
             }
-            .connect(host: host, port: port)
+            .connect(to: target)
             .whenComplete { result in
                 switch result {
                 case .success(let channel):
@@ -157,7 +212,8 @@ extension MeshNode {
                     node.sendToOrigin(exit, .connected, stream.id, [])
                     node.dirtyExits[ObjectIdentifier(stream)] = (exit, stream)
                 case .failure(let error):
-                    guard exit.streams[stream.id] === stream else { return }
+                    guard exit.streams[stream.id] === stream, !stream.ended else { return }
+                    if addresses.count > 1 { return node.connectTarget(exit, stream, Array(addresses.dropFirst()), port: port) }
                     exit.streams[stream.id] = nil
                     stream.ended = true
                     node.sendToOrigin(exit, .end, stream.id, Array("\(Self.socksCode(for: error))".utf8))

@@ -90,6 +90,37 @@ public struct MeshConfiguration: Sendable {
     public var maxExitStreams = 4_096
     /// Bytes a relay lets wait toward one link; past it, circuits pushing into it are destroyed.
     public var maxLinkQueueBytes = 256 << 20
+    /// Where this node, as an exit, connects for others (see `ExitPolicy`):
+    /// by default never to loopback, private, link-local, multicast,
+    /// unspecified or its own addresses.
+    public var exitPolicy = ExitPolicy()
+    /// A set-up onion's layer is accepted only when it was made within this
+    /// long of the node's clock (either way), and never twice (`ReplayCache`).
+    public var replayWindowMilliseconds: UInt64 = 300_000
+    /// Handshake keys the replay cache holds at most.
+    public var replayCacheEntries = 65_536
+    /// Circuits one link carries at most (relayed, exited, originated, both
+    /// directions): a CREATE past it, coming in on the link or to be sent on
+    /// it, is refused, so one neighbour cannot fill the node's memory.
+    public var maxCircuitsPerLink = 4_096
+    /// Introductions (descriptors of nodes to dial) held at once.
+    public var maxIntroductions = 64
+    /// At most one node neighbour per address group: an IPv4 address (/32)
+    /// and an IPv6 /64 by default (0: no limit, for tests on one address).
+    public var neighbourPrefixV4 = 32
+    public var neighbourPrefixV6 = 64
+    /// A relay refuses to join two hops in one network (an IPv4 /16, an
+    /// IPv6 /32 by default; 0: off, for tests on loopback).
+    public var hopPrefixV4 = 16
+    public var hopPrefixV6 = 32
+    /// This operator's other nodes (published in the record): an origin never
+    /// puts two nodes of one family on a route when both name each other.
+    public var family: [NodeKey] = []
+    /// Routes use only nodes whose advertised charge per cell is at most this
+    /// (wei; nil: ten times MASQ's default rates). Among the acceptable routes
+    /// one is chosen at random: rates are a bound, not a ranking.
+    public var maxRoutingCharge: UInt128?
+    public var maxExitCharge: UInt128?
 
     public init() {}
 }
@@ -117,7 +148,8 @@ public final class MeshNode: @unchecked Sendable {
     /// Which node a held record's signature belongs to (entries of records
     /// dropped since are ignored: the record itself is compared).
     var recordBySignature: [String: NodeKey] = [:]
-    var introduced: [NodeKey: NodeDescriptor] = [:]
+    /// Nodes introduced to this one (their signed link records said where they listen), with when: dialed once, forgotten after 30 s.
+    var introduced: [NodeKey: (descriptor: NodeDescriptor, at: UInt64)] = [:]
     var links: [Int: Link] = [:]
     var neighbours: [NodeKey: Link] = [:]
     /// Neighbours that are clients: they take no neighbour slot and are never advertised.
@@ -127,8 +159,12 @@ public final class MeshNode: @unchecked Sendable {
     var bannedKeys: [NodeKey: UInt64] = [:]
     var bannedHosts: [String: UInt64] = [:]
     var nextLinkID = 1
+    /// Our public record (gossiped), our link record (sent in handshakes), and the record itself (without its address).
     var ownSigned: SignedRecord?
+    var ownLinkSigned: SignedRecord?
     var ownRecord: NodeRecord?
+    /// When each neighbour was last introduced to others (introductions of a seeking neighbour are spaced).
+    var lastIntroduced: [NodeKey: UInt64] = [:]
     var advertisedNeighbours: [String] = []
     /// This round's gossip frame body (`sendGossip`); nil when our record changed.
     var gossipBody: (tick: Int, bytes: [UInt8])?
@@ -162,8 +198,38 @@ public final class MeshNode: @unchecked Sendable {
     /// Nodes that said BYE (full): not dialed again for a while.
     var refused: [NodeKey: UInt64] = [:]
 
+    /// This machine's addresses (an exit never connects to them unless allowed), refreshed every minute.
+    var ownAddresses: Set<IPAddress> = []
+    var replayCache: ReplayCache
+    /// Circuit ends per link (see `circuitCount`).
+    var circuitEnds: [Int: Int] = [:]
+    /// The consumer's pseudonyms (one per hop), with a consuming wallet.
+    var pseudonyms: Pseudonyms?
+    /// Earning wallets this node is about to pay and has not yet told which pseudonym it pays for.
+    var bindingsDue: Set<String> = []
+    /// Earning wallets told (a binding reached their node, as a route through it proved).
+    var bound: Set<String> = []
+    /// Earning wallets due a payment at the last scan and not told yet.
+    var waited: Set<String> = []
+    /// As a hop: wallets bound to pseudonyms, payments waiting for a binding.
+    var payers = Payers()
+
     public struct Counters: Codable, Sendable {
         public var linksUp = 0
+        /// Streams an exit refused because of its destination policy.
+        public var exitRefused = 0
+        /// Links refused because a neighbour from the same address group was linked.
+        public var neighboursRefusedSameAddress = 0
+        /// Introductions sent (a seeking neighbour's link record to a neighbour with room).
+        public var introductionsSent = 0
+        /// CREATEs refused because the previous and next hop are in one network (`hopPrefixV4`).
+        public var circuitsRefusedSameNetwork = 0
+        /// CREATEs refused because a link carried `maxCircuitsPerLink` circuits.
+        public var circuitsRefused = 0
+        /// Onion layers refused because their handshake key was seen before (a replayed set-up).
+        public var createsReplayed = 0
+        /// Onion layers refused because they were made too long ago (or too far ahead).
+        public var createsStale = 0
         public var gossipRejected = 0
         public var cellsRejected = 0
         public var cellsRelayed = 0
@@ -221,6 +287,14 @@ public final class MeshNode: @unchecked Sendable {
         guard (16...10_000_000).contains(configuration.maxRecords) else { throw .invalid("max records must be 16...10000000") }
         guard (1...1_000_000).contains(configuration.gossipRecordsPerSecond) else { throw .invalid("gossip records per second must be 1...1000000") }
         guard (1...100_000).contains(configuration.gossipVerificationsPerTurn) else { throw .invalid("gossip verifications per turn must be 1...100000") }
+        guard (10_000...86_400_000).contains(configuration.replayWindowMilliseconds) else { throw .invalid("the replay window must be 10000...86400000 ms") }
+        guard (0...32).contains(configuration.neighbourPrefixV4), (0...128).contains(configuration.neighbourPrefixV6),
+              (0...32).contains(configuration.hopPrefixV4), (0...128).contains(configuration.hopPrefixV6) else {
+            throw .invalid("address prefixes must be 0...32 bits (IPv4), 0...128 (IPv6)")
+        }
+        guard (1...1_000_000).contains(configuration.maxCircuitsPerLink) else { throw .invalid("circuits per link must be 1...1000000") }
+        guard (1_024...100_000_000).contains(configuration.replayCacheEntries) else { throw .invalid("the replay cache must hold 1024...100000000 keys") }
+        replayCache = ReplayCache(window: configuration.replayWindowMilliseconds, capacity: configuration.replayCacheEntries)
         self.configuration = configuration
         self.identity = identity
         self.logger = logger
@@ -267,7 +341,14 @@ public final class MeshNode: @unchecked Sendable {
             socksListener = s
             socksPort = s.localAddress?.port ?? p
         }
+        let own = ExitPolicy.ownAddresses(host: configuration.host)
+        let secret = configuration.consumingWallet == nil ? nil : try Pseudonyms.loadOrCreateSecret(configuration.dataDirectory + "/payer.key")
         try loop.submit {
+            node.ownAddresses = own
+            node.pseudonyms = secret.map { Pseudonyms(secret: $0) }
+            // Paid once means told once (a binding comes before a payment).
+            node.bound = Set(node.accountant?.paidCreditors() ?? [])
+            if node.configuration.earningWallet != nil { node.loadPayers() }
             try node.refreshOwnRecord(force: true)
             // Debut to as many seeds as neighbours are wanted; upkeep finds the rest.
             for seed in node.configuration.seeds.shuffled().filter({ $0.key != node.key }).prefix(node.configuration.targetNeighbours) { node.dial(seed) }
@@ -322,6 +403,13 @@ public final class MeshNode: @unchecked Sendable {
     func dial(_ descriptor: NodeDescriptor) {
         guard descriptor.key != key, neighbours[descriptor.key] == nil, !dialing.contains(descriptor.key), !isBanned(descriptor.key, descriptor.host),
               (keepApart[descriptor.key] ?? 0) < Self.now(), (refused[descriptor.key] ?? 0) < Self.now() else { return }
+        // One node per address among the neighbours: no dial to a second one.
+        if configuration.neighbourPrefixV4 != 0 || configuration.neighbourPrefixV6 != 0, let ip = IPAddress(descriptor.host) {
+            let bits = ip.isV4 ? configuration.neighbourPrefixV4 : configuration.neighbourPrefixV6
+            if bits != 0, neighbours.values.contains(where: { l in l.peer.map { !clientPeers.contains($0) } == true && neighbourGroup(l) == ip.prefix(bits) }) {
+                return
+            }
+        }
         dialing.insert(descriptor.key)
         let node = self
         var bootstrap = ClientBootstrap(group: loop)
@@ -474,6 +562,14 @@ public final class MeshNode: @unchecked Sendable {
         }
     }
 
+    /// What each side sends in the handshake (Noise XX, messages 2 and 3):
+    /// its link record (with the address it listens on: for the neighbour
+    /// only) and, unless it is a client, its public record (gossiped on).
+    struct HandshakePayload: Codable {
+        var link: SignedRecord
+        var record: SignedRecord?
+    }
+
     private func handshakeStep(_ link: Link, _ bytes: [UInt8]) {
         guard let handshake = link.handshake, bytes.count <= Noise.maxMessageLength else { return link.channel.close(promise: nil) }
         do {
@@ -490,15 +586,26 @@ public final class MeshNode: @unchecked Sendable {
             link.sendCipher = result.send
             link.receiveCipher = result.receive
             link.handshake = nil
-            let signed = try JSONDecoder().decode(SignedRecord.self, from: Data(payload))
-            let record = try signed.verified(network: configuration.network)
-            guard let peerKey = record.nodeKey, record.agreementKey == result.remoteStatic else {
+            let received = try JSONDecoder().decode(HandshakePayload.self, from: Data(payload))
+            let linkRecord = try received.link.verified(network: configuration.network, kind: .link)
+            guard let peerKey = linkRecord.nodeKey, linkRecord.agreementKey == result.remoteStatic else {
                 throw MeshError.badSignature("the record does not name the link's key")
             }
             if let dialed = link.dialed, dialed.key != peerKey { throw MeshError.badSignature("the node at \(dialed.address) is not \(dialed.key)") }
+            var publicRecord: (NodeRecord, SignedRecord)?
+            if !linkRecord.isClient {
+                guard let signed = received.record else { throw MeshError.malformed("a node's handshake without its public record") }
+                let record = try signed.verified(network: configuration.network, kind: .gossip)
+                guard record.key == linkRecord.key, record.agreement == linkRecord.agreement else {
+                    throw MeshError.badSignature("the public record is another node's")
+                }
+                publicRecord = (record, signed)
+            }
             link.peer = peerKey
             link.established = true
-            established(link, record, signed)
+            link.linkRecord = received.link
+            if !linkRecord.isClient { link.listenAddress = "\(linkRecord.host):\(linkRecord.port)" }
+            established(link, linkRecord, publicRecord ?? (linkRecord, received.link))
         } catch {
             logger.debug("handshake failed", metadata: ["address": "\(link.peerAddress)", "error": "\(error)"])
             link.channel.close(promise: nil)
@@ -506,13 +613,32 @@ public final class MeshNode: @unchecked Sendable {
     }
 
     private func ownPayload() throws -> [UInt8] {
-        guard let ownSigned else { throw MeshError.failed("no record yet") }
-        return Array(try JSONEncoder().encode(ownSigned))
+        guard let ownLinkSigned else { throw MeshError.failed("no record yet") }
+        return Array(try JSONEncoder().encode(HandshakePayload(link: ownLinkSigned, record: configuration.client ? nil : ownSigned)))
     }
 
-    private func established(_ link: Link, _ record: NodeRecord, _ signed: SignedRecord) {
+    /// The group a link's address counts in: at most
+    /// `maxNeighboursPerAddressGroup` node neighbours (one) per group (an IPv4
+    /// address, an IPv6 /64 by default); nil when the check is off.
+    func neighbourGroup(_ link: Link) -> String? {
+        guard let ip = link.remoteIP else { return nil }
+        let bits = ip.isV4 ? configuration.neighbourPrefixV4 : configuration.neighbourPrefixV6
+        return bits == 0 ? nil : ip.prefix(bits)
+    }
+
+    /// The group adjacent hops of a circuit must not share (an IPv4 /16, an
+    /// IPv6 /32 by default); nil when the check is off.
+    func hopGroup(_ link: Link) -> String? {
+        guard let ip = link.remoteIP else { return nil }
+        let bits = ip.isV4 ? configuration.hopPrefixV4 : configuration.hopPrefixV6
+        return bits == 0 ? nil : ip.prefix(bits)
+    }
+
+    /// `record`: what is kept of the peer (a node's public record; a client's link record, kept for its neighbours only).
+    private func established(_ link: Link, _ linkRecord: NodeRecord, _ kept: (NodeRecord, SignedRecord)) {
         guard let peer = link.peer else { return }
-        if peer == key || isBanned(peer, record.host) || (keepApart[peer] ?? 0) > Self.now() { return link.channel.close(promise: nil) }
+        let (record, signed) = kept
+        if peer == key || isBanned(peer, link.remoteIP?.description) || (keepApart[peer] ?? 0) > Self.now() { return link.channel.close(promise: nil) }
         if let existing = neighbours[peer], existing !== link {
             // Both dialed each other: keep the link the smaller key initiated.
             let keepNew = (link.initiator && key < peer) || (!link.initiator && peer < key)
@@ -520,10 +646,18 @@ public final class MeshNode: @unchecked Sendable {
             existing.channel.close(promise: nil)
         }
         introduced[peer] = nil
+        if !record.isClient, let group = neighbourGroup(link),
+           neighbours.values.contains(where: { $0 !== link && $0.peer.map { !clientPeers.contains($0) } == true && neighbourGroup($0) == group }) {
+            // One node per address among the neighbours: a host (or an IPv6 /64) gets one slot, whatever keys it makes.
+            counters.neighboursRefusedSameAddress += 1
+            link.write(.bye, Array("one node per address".utf8))
+            link.flush()
+            return link.channel.close(promise: nil)
+        }
         let full = record.isClient ? clientPeers.count >= configuration.maxClients : nodeNeighbourCount >= configuration.maxNeighbours
         if !link.initiator && full {
-            // Full: pass the newcomer on to less connected nodes.
-            link.write(.intro, introductionsFor(peer))
+            // Full: neighbours with room are told about the newcomer (they may dial it).
+            if !record.isClient { introduce(link, to: 2) }
             link.write(.bye, Array("full".utf8))
             link.flush()
             link.channel.close(promise: nil)
@@ -533,20 +667,30 @@ public final class MeshNode: @unchecked Sendable {
         neighbours[peer] = link
         if record.isClient { clientPeers.insert(peer) }
         counters.linksUp += 1
-        logger.info("neighbour up", metadata: ["node": "\(peer)", "address": "\(record.host):\(record.port)"])
-        if !link.initiator { link.write(.intro, introductionsFor(peer)) }
+        logger.info("neighbour up", metadata: ["node": "\(peer)", "address": "\(link.listenAddress ?? link.peerAddress)"])
+        if !link.initiator && !record.isClient && record.isSeeking { introduce(link, to: 1) }
         try? refreshOwnRecord(force: false)
         sendGossip(to: link)
         flush()
     }
 
-    /// Up to two known nodes with the fewest neighbours (not `peer`).
-    private func introductionsFor(_ peer: NodeKey) -> [UInt8] {
-        let candidates = records.values
-            .filter { !$0.record.isClient && $0.record.nodeKey != peer && $0.record.nodeKey != key && $0.record.neighbours.count < configuration.maxNeighbours }
-            .sorted { $0.record.neighbours.count < $1.record.neighbours.count }
-            .prefix(2).compactMap { $0.record.descriptor?.description }
-        return Array((try? JSONEncoder().encode(Array(candidates))) ?? Data("[]".utf8))
+    /// Tell up to `count` other neighbours with room (chosen at random, never
+    /// the least connected first: a node claiming no neighbours gains
+    /// nothing) that the node on `link` looks for neighbours: its signed link
+    /// record, so they can dial it. Only nodes that may link to it learn its
+    /// address.
+    private func introduce(_ link: Link, to count: Int) {
+        guard let peer = link.peer, let linkRecord = link.linkRecord, let body = try? JSONEncoder().encode([linkRecord]) else { return }
+        let theirs = Set(records[peer]?.record.neighbours ?? [])
+        let candidates = neighbours.filter { k, l in
+            l !== link && !clientPeers.contains(k) && !theirs.contains(k.text)
+                && (records[k]?.record.neighbours.count ?? configuration.maxNeighbours) < configuration.maxNeighbours
+        }
+        for (_, other) in candidates.shuffled().prefix(count) {
+            other.write(.intro, Array(body))
+            counters.introductionsSent += 1
+        }
+        lastIntroduced[peer] = Self.now()
     }
 
     // MARK: - gossip
@@ -555,14 +699,23 @@ public final class MeshNode: @unchecked Sendable {
         let current = neighbours.keys.filter { !clientPeers.contains($0) }.sorted().map(\.text)
         guard force || current != advertisedNeighbours else { return }
         advertisedNeighbours = current
-        let record = NodeRecord(network: configuration.network, key: key.text, agreement: Base64URL.encode(identity.agreement.publicKey),
+        var record = NodeRecord(network: configuration.network, key: key.text, agreement: Base64URL.encode(identity.agreement.publicKey),
                                 host: configuration.host, port: port, version: max(Self.wallClock(), (ownRecord?.version ?? 0) + 1),
                                 neighbours: current, rates: configuration.rates, exit: configuration.exit && !configuration.client,
                                 client: configuration.client ? true : nil, wallet: configuration.earningWallet?.address)
-        let (signed, _) = try SignedRecord.sign(record, with: identity)
+        if !configuration.client {
+            record.seeking = current.count < configuration.targetNeighbours ? true : nil
+            record.family = configuration.family.isEmpty ? nil : configuration.family.map(\.text)
+        }
+        // The link record (with the address) goes to neighbours only; the public one is gossiped.
+        let (linkSigned, _) = try SignedRecord.sign(record, with: identity, kind: .link)
+        ownLinkSigned = linkSigned
+        if !configuration.client {
+            let (signed, _) = try SignedRecord.sign(record.withoutAddress, with: identity, kind: .gossip)
+            ownSigned = signed
+        }
         gossipBody = nil
-        ownSigned = signed
-        ownRecord = record
+        ownRecord = record.withoutAddress
     }
 
     func sendGossip(to link: Link) {
@@ -648,8 +801,6 @@ public final class MeshNode: @unchecked Sendable {
                 let unverified = try signed.decoded(network: configuration.network)
                 let record = unverified.record, nodeKey = unverified.key
                 if nodeKey == key { continue }
-                // A client's record is learned only from its own handshake.
-                if record.isClient && nodeKey != link.peer { continue }
                 // Not newer than what is held: nothing to learn, no signature to check.
                 if let held = records[nodeKey], held.record.version >= record.version { continue }
                 if records[nodeKey] == nil && !admitNewKey(neighbour: false) { continue }
@@ -719,13 +870,20 @@ public final class MeshNode: @unchecked Sendable {
         recordBySignature[signed.s] = nodeKey
     }
 
+    /// An introduction: signed link records of nodes looking for neighbours
+    /// (their neighbours sent them here because this node had room). Taken
+    /// only while this node has room; dialed once, then forgotten.
     private func receiveIntro(_ link: Link, _ body: [UInt8]) {
-        guard let list = try? JSONDecoder().decode([String].self, from: Data(body)), list.count <= 16 else {
+        guard body.count <= 65_536, let list = try? JSONDecoder().decode([SignedRecord].self, from: Data(body)), list.count <= 4 else {
             return penalize(link, 10, "malformed introduction")
         }
-        for text in list {
-            guard let d = NodeDescriptor(text), d.network == configuration.network, d.key != key, neighbours[d.key] == nil else { continue }
-            introduced[d.key] = d
+        for signed in list {
+            let record: NodeRecord
+            do { record = try signed.verified(network: configuration.network, kind: .link) } catch { return penalize(link, 10, "introduction: \(error)") }
+            guard !record.isClient, let d = record.descriptor, d.key != key, neighbours[d.key] == nil,
+                  nodeNeighbourCount < configuration.maxNeighbours else { continue }
+            guard introduced[d.key] != nil || introduced.count < configuration.maxIntroductions else { break }
+            introduced[d.key] = (d, Self.now())
         }
     }
 
@@ -772,19 +930,43 @@ public final class MeshNode: @unchecked Sendable {
             link.handshake = nil
             link.channel.close(promise: nil)
         }
+        // Records carry no addresses: a node dials only its seeds and the nodes introduced to it.
+        for (k, entry) in introduced where now - entry.at > 30_000 || neighbours[k] != nil { introduced[k] = nil }
+        // Full: nobody introduced will be dialed, and their addresses are not kept.
+        if nodeNeighbourCount >= configuration.maxNeighbours { introduced.removeAll() }
+        if nodeNeighbourCount < configuration.maxNeighbours, let (k, entry) = introduced.randomElement() {
+            introduced[k] = nil
+            if !dialing.contains(k) { dial(entry.descriptor) }
+        }
         if nodeNeighbourCount < configuration.targetNeighbours {
-            var candidates: [(NodeDescriptor, Int)] = records.values.filter { !$0.record.isClient }.compactMap { k in k.record.descriptor.map { ($0, k.record.neighbours.count) } }
-            candidates += introduced.values.map { ($0, 0) }
-            candidates += configuration.seeds.map { ($0, configuration.maxNeighbours) }
             let wanted = configuration.targetNeighbours - nodeNeighbourCount
-            var seen: Set<NodeKey> = []
-            for (d, _) in candidates.sorted(by: { $0.1 < $1.1 })
-            where d.key != key && neighbours[d.key] == nil && !dialing.contains(d.key) && seen.insert(d.key).inserted && failedNodes[d.key] == nil {
-                if seen.count > wanted { break }
+            for d in configuration.seeds.shuffled().filter({ $0.key != key && neighbours[$0.key] == nil && !dialing.contains($0.key) }).prefix(wanted) {
                 dial(d)
             }
         }
+        // Neighbours still looking for neighbours are introduced to others with room, now and then.
+        if ticks % 5 == 0 {
+            for (peer, link) in neighbours where !clientPeers.contains(peer) && records[peer]?.record.isSeeking == true
+                && now - (lastIntroduced[peer] ?? 0) > 5 * configuration.gossipMilliseconds {
+                introduce(link, to: 1)
+            }
+        }
+        for k in lastIntroduced.keys where neighbours[k] == nil { lastIntroduced[k] = nil }
+        deliverBindings()
         for (nodeKey, until) in failedNodes where until < now { failedNodes[nodeKey] = nil }
+        // Every table an outsider can grow is bounded, or forgets what expired.
+        for (k, until) in bannedKeys where until < now { bannedKeys[k] = nil }
+        for (h, until) in bannedHosts where until < now { bannedHosts[h] = nil }
+        for (k, until) in refused where until < now { refused[k] = nil }
+        for (k, until) in keepApart where until < now { keepApart[k] = nil }
+        recountCircuitEnds()
+        if configuration.exit && ticks % max(1, Int(60_000 / configuration.gossipMilliseconds)) == 0 {
+            let host = configuration.host
+            ExitPolicy.resolver.async { [weak self] in
+                let own = ExitPolicy.ownAddresses(host: host)
+                self?.loop.execute { self?.ownAddresses = own }
+            }
+        }
         circuitTimeouts(now)
         flush()
         writeState()
@@ -814,7 +996,19 @@ public final class MeshNode: @unchecked Sendable {
         guard let accountant, !scanning else { return }
         scanning = true
         let now = Self.wallClock()
-        let due = configuration.consumingWallet == nil ? [] : accountant.due(nowMilliseconds: now)
+        // A creditor learns which wallet pays for our pseudonym (a binding) before it is paid,
+        // so that it credits the payment at once: told as soon as a payment is certain (the debt
+        // to it is above what the curve ever leaves unpaid: the permanent allowance, as the curve
+        // stands a day later), and a debt due to a creditor not told yet waits one scan for the
+        // binding. (It is paid then anyway: a creditor that banned us may refuse the route that
+        // carries the binding, though it took the binding.)
+        let owed = configuration.consumingWallet == nil ? [] : accountant.due(nowMilliseconds: now)
+        let certain = configuration.consumingWallet == nil ? [] : accountant.due(nowMilliseconds: now + 86_400_000)
+        bindingsDue.formUnion(certain.map(\.0).filter { !bound.contains($0) })
+        let unbound = Set(owed.map(\.0).filter { !bound.contains($0) })
+        bindingsDue.formUnion(unbound)
+        let due = owed.filter { bound.contains($0.0) || waited.contains($0.0) }
+        waited = unbound
         let cursor = accountant.paymentsCursor
         let consuming = configuration.consumingWallet, earning = configuration.earningWallet
         let logger = self.logger
@@ -830,19 +1024,88 @@ public final class MeshNode: @unchecked Sendable {
             self.loop.execute {
                 for (creditor, amount, txid) in payments {
                     accountant.paid(creditor, amount, txid: txid)
+                    // Told until a route through the creditor proves the binding arrived.
+                    if !self.bound.contains(creditor) { self.bindingsDue.insert(creditor) }
                     logger.info("paid", metadata: ["to": "\(creditor.prefix(16))", "amount": "\(amount)", "txid": "\(txid)"])
                 }
                 if let received {
-                    for (from, amount) in received.payments { accountant.received(from: from, amount) }
+                    for (from, amount) in received.payments { self.credit(wallet: from, amount) }
                     accountant.paymentsCursor = received.cursor
+                    if !received.payments.isEmpty { self.savePayers() }
                 }
                 let (banned, unbanned) = accountant.updateBans(nowMilliseconds: Self.wallClock())
-                for wallet in banned { logger.warning("consumer banned for debt", metadata: ["wallet": "\(wallet.prefix(16))"]) }
-                for wallet in unbanned { logger.info("consumer unbanned", metadata: ["wallet": "\(wallet.prefix(16))"]) }
+                for debtor in banned { logger.warning("consumer banned for debt", metadata: ["debtor": "\(debtor.prefix(12))"]) }
+                for debtor in unbanned { logger.info("consumer unbanned", metadata: ["debtor": "\(debtor.prefix(12))"]) }
                 accountant.save(force: false)
                 self.scanning = false
             }
         }
+    }
+
+    // MARK: - payers (pseudonyms and the wallets bound to them)
+
+    /// What a hop knows of who pays: wallet → the pseudonym it pays for
+    /// (from bindings), and payments from wallets not bound yet. Kept in
+    /// `<data dir>/payers.json` (0600).
+    struct Payers: Codable {
+        var bindings: [String: String] = [:]
+        var pending: [String: String] = [:]
+    }
+
+    static let maxPayers = 100_000
+
+    /// A wallet's payment: credited to the pseudonym it is bound to, else kept until a binding comes.
+    func credit(wallet: String, _ amount: UInt128) {
+        if let pseudonym = payers.bindings[wallet] {
+            accountant?.received(from: pseudonym, amount)
+        } else {
+            if payers.pending[wallet] == nil && payers.pending.count >= Self.maxPayers, let any = payers.pending.keys.first { payers.pending[any] = nil }
+            let (sum, overflow) = (UInt128(payers.pending[wallet] ?? "0") ?? 0).addingReportingOverflow(amount)
+            payers.pending[wallet] = String(overflow ? UInt128.max : sum)
+        }
+    }
+
+    /// A binding (verified): payments from `wallet` are `pseudonym`'s, those waiting included.
+    func bindPayer(wallet: String, pseudonym: String) {
+        guard payers.bindings[wallet] != pseudonym else { return }
+        if payers.bindings[wallet] == nil && payers.bindings.count >= Self.maxPayers, let any = payers.bindings.keys.first { payers.bindings[any] = nil }
+        payers.bindings[wallet] = pseudonym
+        if let waiting = payers.pending.removeValue(forKey: wallet).flatMap({ UInt128($0) }), let accountant {
+            accountant.received(from: pseudonym, waiting)
+            // Paid, now known: unbanned at once if the payment covers the debt (not at the next scan).
+            for debtor in accountant.updateBans(nowMilliseconds: Self.wallClock()).unbanned {
+                logger.info("consumer unbanned", metadata: ["debtor": "\(debtor.prefix(12))"])
+            }
+        }
+        savePayers()
+    }
+
+    func loadPayers() {
+        let path = configuration.dataDirectory + "/payers.json"
+        guard let file = fopen(path, "rb") else { return }
+        defer { fclose(file) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65_536)
+        while true {
+            let n = fread(&chunk, 1, chunk.count, file)
+            if n <= 0 { break }
+            bytes += chunk[0..<n]
+            if bytes.count > 64 << 20 { return }
+        }
+        if let loaded = try? JSONDecoder().decode(Payers.self, from: Data(bytes)) { payers = loaded }
+    }
+
+    func savePayers() {
+        guard let bytes = try? JSONEncoder().encode(payers) else { return }
+        let path = configuration.dataDirectory + "/payers.json"
+        let temporary = path + ".tmp"
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { return }
+        fchmod(fd, 0o600)
+        let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        close(fd)
+        guard written == bytes.count else { unlink(temporary); return }
+        rename(temporary, path)
     }
 
     // MARK: - inspection
@@ -861,6 +1124,12 @@ public final class MeshNode: @unchecked Sendable {
         public var banned: [String]
         /// Inbound connections in their handshake (at most `maxPendingLinks`).
         public var pending: Int
+        /// Where the neighbours listen (what their handshakes said).
+        public var neighbourAddresses: [String]
+        /// Every node address this node holds: its neighbours', those of the
+        /// nodes introduced to it and not dialed yet, and any record's (records
+        /// carry none). The tests check that it is the neighbours' only.
+        public var addresses: [String]
         public var counters: Counters
     }
 
@@ -882,17 +1151,26 @@ public final class MeshNode: @unchecked Sendable {
         let clientKeys = records.filter { $0.value.record.isClient }.map(\.key)
         return State(key: key.text, address: "\(configuration.host):\(port)", neighbours: neighbours.keys.filter { !clientPeers.contains($0) }.map(\.text).sorted(),
                      known: records.count, clients: clientKeys.count, clientNeighbours: clientKeys.filter { neighbours[$0] != nil }.count, circuits: lines, banned: bannedHosts.keys.sorted(),
-                     pending: links.values.filter { !$0.established && !$0.initiator }.count, counters: counters)
+                     pending: links.values.filter { !$0.established && !$0.initiator }.count,
+                     neighbourAddresses: neighbours.values.compactMap(\.listenAddress).sorted(),
+                     addresses: Array(Set(neighbours.values.compactMap(\.listenAddress) + introduced.values.map(\.descriptor.address)
+                                          + records.values.compactMap { $0.record.host.isEmpty ? nil : "\($0.record.host):\($0.record.port)" })).sorted(),
+                     counters: counters)
     }
 
     /// `<data dir>/state.json`, rewritten every tick (for operators and tests).
+    /// Mode 0600: it names neighbours, circuits and an exit's targets.
     private func writeState() {
         guard let bytes = try? JSONEncoder().encode(state()) else { return }
         let path = configuration.dataDirectory + "/state.json"
         let temporary = path + ".tmp"
-        guard let file = fopen(temporary, "wb") else { return }
-        _ = bytes.withUnsafeBytes { fwrite($0.baseAddress, 1, $0.count, file) }
-        fclose(file)
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { return }
+        // A file left by an older version may have been created with another mode.
+        fchmod(fd, 0o600)
+        let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        close(fd)
+        guard written == bytes.count else { unlink(temporary); return }
         rename(temporary, path)
     }
 }

@@ -15,10 +15,11 @@ final class OriginRoute: @unchecked Sendable {
     var attempts = 0
     var started: UInt64 = 0
     var forwardEnd: CircuitEnd?
-    var forwardKeys: [SecureBytes] = []
+    /// The forward relays' layers (not the exit's: it has only the AEAD), and the return relays'.
+    var forwardKeys: [Onion.Layer] = []
     var exitKeys: Onion.Keys?
     var forwardCounter: UInt64 = 0
-    var returnKeys: [SecureBytes] = []
+    var returnKeys: [Onion.Layer] = []
     var returnEnd: CircuitEnd?
     var returnCounter: UInt64 = 0
     var token: [UInt8] = []
@@ -31,6 +32,10 @@ final class OriginRoute: @unchecked Sendable {
     /// exit) and return cells (return relays and exit).
     var forwardCharges: [(String, UInt128)] = []
     var returnCharges: [(String, UInt128)] = []
+    /// The creditor whose binding this route carries, if any, until the route's return circuit proves it arrived.
+    var bindingSent: String?
+    /// A node the route must pass through (a binding route: see `deliverBindings`).
+    var required: NodeKey?
     var routeText: String { route.map(\.description).joined(separator: ">") + " back " + returnRoute.map(\.description).joined(separator: ">") }
 
     init(id: UInt64, isolation: String, created: UInt64) {
@@ -182,7 +187,7 @@ extension MeshNode {
         link.writeDataCell(end.circuit) { cell in
             layOut(cell, command, stream, data)
             _ = Onion.sealCell(keys.exitForward, counter: counter, cell)
-            for key in route.forwardKeys { Onion.xor(key, counter: counter, from: UnsafeRawBufferPointer(cell), into: cell) }
+            for key in route.forwardKeys.reversed() { Onion.wrap(key, counter: counter, cell) }
         }
         route.forwardCounter += 1
         if let accountant {
@@ -196,12 +201,9 @@ extension MeshNode {
         guard let keys = route.exitKeys else { return }
         let counter = route.returnCounter
         let opened: Bool = withUnsafeTemporaryAllocation(byteCount: payload.count, alignment: 16) { cell in
-            if let first = route.returnKeys.first {
-                Onion.xor(first, counter: counter, from: payload, into: cell)
-                for key in route.returnKeys.dropFirst() { Onion.xor(key, counter: counter, from: UnsafeRawBufferPointer(cell), into: cell) }
-            } else {
-                cell.copyMemory(from: payload)
-            }
+            cell.copyMemory(from: payload)
+            // Each return relay removed its layer (`unwrap`): wrapping undoes it, the last relay's first.
+            for key in route.returnKeys.reversed() { Onion.wrap(key, counter: counter, cell) }
             guard Onion.openCell(keys.exitBack, counter: counter, cell) else { return false }
             route.returnCounter += 1
             if let accountant {
@@ -280,11 +282,12 @@ extension MeshNode {
         route.started = Self.now()
         route.phase = .building
         counters.circuitsOriginated += 1
-        guard let (forward, back) = chooseRoutes() else {
+        guard let (forward, back) = chooseRoutes(including: route.required) else {
             counters.routeFailures += 1
             // Every exit may be a neighbour (an exit must not be): part from one and
             // try again once gossip has spread the new topology.
             if route.attempts < configuration.routeAttempts + 2, neighbours.count > 1,
+               route.required == nil || chooseRoutes() == nil,
                let exitNeighbour = neighbours.keys.sorted().first(where: { records[$0]?.record.exit == true }) {
                 keepApart[exitNeighbour] = Self.now() + 60_000
                 logger.info("parting from an exit neighbour so that it can serve as an exit", metadata: ["node": "\(exitNeighbour)"])
@@ -300,6 +303,7 @@ extension MeshNode {
                 }
                 return
             }
+            if route.required != nil { return fail(route, "no route through a creditor to tell it who pays", retry: false) }
             return fail(route, "no route of \(configuration.hops) hops to an exit (known nodes: \(records.count))", socksCode: 3, retry: false)
         }
         do {
@@ -308,7 +312,9 @@ extension MeshNode {
                 let last = i == forward.count - 1
                 return Onion.Hop(agreement: agreement, kind: last ? .exit : .relay, next: last ? nil : forward[i + 1], token: [UInt8](repeating: 0, count: 8))
             }
-            for i in hops.indices { hops[i].payer = try payerProof(for: forward[i]) }
+            // At most one binding per route (forward and return): no identifier common to two hops.
+            var binding = route.phase == .building
+            for i in hops.indices { hops[i].payer = try payerProof(for: forward[i], route: route, binding: &binding) }
             route.forwardCharges = forward.enumerated().compactMap { (i, k) in
                 guard let record = records[k]?.record, let wallet = record.wallet else { return nil }
                 return (wallet, i == forward.count - 1 ? exitCharge(record.rates) : routingCharge(record.rates))
@@ -323,21 +329,22 @@ extension MeshNode {
             for (i, k) in back.enumerated() {
                 guard let agreement = records[k]?.record.agreementKey else { throw MeshError.noRoute("a hop without a record") }
                 backHops.append(Onion.Hop(agreement: agreement, kind: .relay, next: i == back.count - 1 ? key : back[i + 1], token: [UInt8](repeating: 0, count: 8),
-                                          payer: try payerProof(for: k)))
+                                          payer: try payerProof(for: k, route: route, binding: &binding)))
             }
             backHops.append(Onion.Hop(agreement: identity.agreement.publicKey, kind: .terminal, next: nil, token: route.token))
             let (returnOnion, returnKeys) = try Onion.build(backHops, payload: [], size: configuration.cellBytes)
             guard let first = neighbours[forward[0]] else { throw MeshError.noRoute("the first hop is no longer a neighbour") }
             route.route = forward
             route.returnRoute = back
-            route.forwardKeys = keys.map(\.data)
+            route.forwardKeys = keys.dropLast().map(\.layer)
             route.exitKeys = keys.last
-            route.returnKeys = returnKeys.dropLast().map(\.data)
+            route.returnKeys = returnKeys.dropLast().map(\.layer)
             route.forwardCounter = 0
             route.returnCounter = 0
             let end = CircuitEnd(link: first.id, circuit: first.allocateCircuit())
             route.forwardEnd = end
             routeByForward[end] = route.id
+            noteEnd(end)
             routeByToken[route.token] = route.id
             sendCell(end, .create, onion)
             let routeData = (back.first ?? key).bytes + returnOnion
@@ -356,15 +363,49 @@ extension MeshNode {
         }
     }
 
-    /// A fresh proof that this node's consuming wallet pays `hop` for a circuit.
-    private func payerProof(for hop: NodeKey) throws(MeshError) -> Onion.PayerProof? {
-        guard let wallet = configuration.consumingWallet else { return nil }
+    /// A fresh proof, by this node's pseudonym at `hop`, that it pays `hop`
+    /// for a circuit. With `binding` (at most one hop of a route), a hop whose
+    /// earning wallet this node paid learns which wallet pays for the pseudonym.
+    private func payerProof(for hop: NodeKey, route: OriginRoute, binding: inout Bool) throws(MeshError) -> Onion.PayerProof? {
+        guard let wallet = configuration.consumingWallet, pseudonyms != nil else { return nil }
+        let (privateKey, publicKey) = try pseudonyms!.key(for: hop)
         let nonce = Random.bytes(16)
-        let timestamp = Self.wallClock()
-        guard let signature = try? wallet.sign(PayerProofMessage.make(nonce: nonce, timestamp: timestamp, hop: hop)) else {
-            throw .failed("the consuming wallet cannot sign")
+        // Not the same millisecond at every hop (nor the layer's time): nothing common to the hops.
+        let timestamp = Self.wallClock() - UInt64.random(in: 0..<Onion.timeJitter)
+        guard let signature = try? Ed25519.sign(PayerProofMessage.make(nonce: nonce, timestamp: timestamp, hop: hop), privateKey: privateKey) else {
+            throw .failed("the pseudonym cannot sign")
         }
-        return Onion.PayerProof(payer: wallet.address, nonce: nonce, timestamp: timestamp, signature: signature)
+        var proof = Onion.PayerProof(payer: Pseudonyms.name(publicKey), nonce: nonce, timestamp: timestamp, signature: signature)
+        if binding, let earning = records[hop]?.record.wallet, bindingsDue.contains(earning),
+           let signed = try? wallet.sign(PayerProofMessage.binding(pseudonym: publicKey, hop: hop)) {
+            proof.binding = Onion.Binding(wallet: wallet.address, signature: signed)
+            binding = false
+            bindingsDue.remove(earning)
+            route.bindingSent = earning
+        }
+        return proof
+    }
+
+    /// No SOCKS client has this isolation: routes of their own that carry bindings.
+    static let bindingIsolation = "\u{1}binding"
+
+    /// A creditor this node is about to pay learns which wallet pays for the
+    /// pseudonym it knows this node by from a binding in its layer of a route
+    /// (the payment waits until it arrived). Bindings due ride the routes
+    /// built for streams; when none is being built, a route of its own (no
+    /// streams, closed once its return circuit came back) passes through one
+    /// creditor due one. Called every round.
+    func deliverBindings() {
+        guard !bindingsDue.isEmpty, pseudonyms != nil, !routes.values.contains(where: { $0.phase == .building }) else { return }
+        let nodes = records.filter { !$0.value.record.isClient && $0.value.record.wallet.map(bindingsDue.contains) == true }.map(\.key)
+        guard let target = nodes.randomElement() else { return }
+        let now = Self.now()
+        let route = OriginRoute(id: nextRoute, isolation: Self.bindingIsolation, created: now)
+        nextRoute += 1
+        route.required = target
+        route.idleSince = now
+        routes[route.id] = route
+        build(route)
     }
 
     /// Close a route's circuits (its streams are gone or failed).
@@ -383,10 +424,13 @@ extension MeshNode {
     /// (a clear end, never a hang).
     func fail(_ route: OriginRoute, _ why: String, socksCode: UInt8 = 1, retry: Bool = true) {
         guard route.phase != .closed else { return }
+        // A binding on a route that never opened may not have arrived: sent again on another.
+        if let earning = route.bindingSent { bindingsDue.insert(earning) }
         logger.info("route failed", metadata: ["route": "\(route.id)", "why": "\(why)", "attempt": "\(route.attempts)"])
         teardown(route)
         let until = Self.now() + 10_000
-        for node in route.route.dropFirst() + route.returnRoute.dropLast() { failedNodes[node] = until }
+        // Every hop is blamed, the first and the last included: any of them may have tampered with a cell.
+        for node in route.route + route.returnRoute { failedNodes[node] = until }
         let affected = route.streams.values.sorted { $0.number < $1.number }
         route.streams = [:]
         for stream in affected {
@@ -411,13 +455,17 @@ extension MeshNode {
     func circuitTimeouts(_ now: UInt64) {
         let timeout = configuration.setupTimeoutMilliseconds
         for route in routes.values {
-            if route.phase == .building && now - route.started > timeout {
+            if route.phase == .building && now > route.started + timeout {
                 fail(route, "route set-up timed out")
-            } else if route.streams.isEmpty, let idle = route.idleSince, now - idle > configuration.routeIdleMilliseconds {
+            } else if route.streams.isEmpty, let idle = route.idleSince, now > idle + configuration.routeIdleMilliseconds {
                 teardown(route)
             }
         }
-        for stream in streams.values where stream.phase == .connecting && now - stream.started > timeout {
+        // An exit's route whose return circuit never came (a return onion never sent in full).
+        for exit in exits.values where exit.returnEnd == nil && now > exit.created + timeout {
+            destroyed(exit.inEnd, notify: true)
+        }
+        for stream in streams.values where stream.phase == .connecting && now > stream.started + timeout {
             if let route = stream.route, route.phase == .open {
                 sendToExit(route, .end, stream.number, [])
                 detach(stream)

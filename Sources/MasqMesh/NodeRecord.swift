@@ -99,13 +99,19 @@ public struct RatePack: Codable, Sendable, Equatable {
     public init() {}
 }
 
-/// The signed gossip record of a node. Unlike MASQ, the address is signed
-/// too: nobody can move a node to another address. A higher version
-/// replaces a lower one; the key never changes (it is the identity).
-public struct NodeRecord: Codable, Sendable, Equatable {
+/// A node's signed record. Two kinds travel, signed under different
+/// contexts (`RecordKind`): the **public record**, gossiped network-wide,
+/// carries keys, rates and capabilities but no address (`host` empty, `port`
+/// 0, both left out of the JSON); the **link record**, sent only in a link's
+/// handshake (and passed on in an introduction to a node about to dial it),
+/// adds the address the node listens on — so only neighbours (and nodes
+/// about to become neighbours) learn a node's IP. A higher version replaces
+/// a lower one; the key never changes (it is the identity).
+public struct NodeRecord: Sendable, Equatable {
     public var network: String
     public var key: String
     public var agreement: String
+    /// Link records only.
     public var host: String
     public var port: Int
     public var version: UInt64
@@ -117,12 +123,77 @@ public struct NodeRecord: Codable, Sendable, Equatable {
     public var client: Bool?
     /// The earning wallet that gets paid for this node's routing and exits.
     public var wallet: String?
+    /// The node has fewer neighbours than it looks for: its neighbours
+    /// introduce it to their neighbours with room.
+    public var seeking: Bool? = nil
+    /// Keys of other nodes of the same operator: an origin never puts two
+    /// nodes of one family on a route (when both name each other).
+    public var family: [String]? = nil
 
     public var isClient: Bool { client ?? false }
+    public var isSeeking: Bool { seeking ?? false }
 
     public var nodeKey: NodeKey? { NodeKey(text: key) }
     public var descriptor: NodeDescriptor? { nodeKey.map { NodeDescriptor(network: network, key: $0, host: host, port: port) } }
     public var agreementKey: [UInt8]? { Base64URL.decode(agreement).flatMap { $0.count == 32 ? $0 : nil } }
+
+    /// The same record without its address (what is gossiped).
+    public var withoutAddress: NodeRecord {
+        var r = self
+        r.host = ""
+        r.port = 0
+        return r
+    }
+}
+
+extension NodeRecord: Codable {
+    enum CodingKeys: String, CodingKey {
+        case network, key, agreement, host, port, version, neighbours, rates, exit, client, wallet, seeking, family
+    }
+
+    public init(from decoder: Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        network = try c.decode(String.self, forKey: .network)
+        key = try c.decode(String.self, forKey: .key)
+        agreement = try c.decode(String.self, forKey: .agreement)
+        host = try c.decodeIfPresent(String.self, forKey: .host) ?? ""
+        port = try c.decodeIfPresent(Int.self, forKey: .port) ?? 0
+        version = try c.decode(UInt64.self, forKey: .version)
+        neighbours = try c.decode([String].self, forKey: .neighbours)
+        rates = try c.decode(RatePack.self, forKey: .rates)
+        exit = try c.decode(Bool.self, forKey: .exit)
+        client = try c.decodeIfPresent(Bool.self, forKey: .client)
+        wallet = try c.decodeIfPresent(String.self, forKey: .wallet)
+        seeking = try c.decodeIfPresent(Bool.self, forKey: .seeking)
+        family = try c.decodeIfPresent([String].self, forKey: .family)
+    }
+
+    public func encode(to encoder: Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(network, forKey: .network)
+        try c.encode(key, forKey: .key)
+        try c.encode(agreement, forKey: .agreement)
+        if !host.isEmpty { try c.encode(host, forKey: .host) }
+        if port != 0 { try c.encode(port, forKey: .port) }
+        try c.encode(version, forKey: .version)
+        try c.encode(neighbours, forKey: .neighbours)
+        try c.encode(rates, forKey: .rates)
+        try c.encode(exit, forKey: .exit)
+        try c.encodeIfPresent(client, forKey: .client)
+        try c.encodeIfPresent(wallet, forKey: .wallet)
+        try c.encodeIfPresent(seeking, forKey: .seeking)
+        try c.encodeIfPresent(family, forKey: .family)
+    }
+}
+
+/// Where a signed record may travel (each kind is signed under its own context).
+public enum RecordKind: Sendable {
+    /// Gossiped network-wide: no address.
+    case gossip
+    /// In a link's handshake, or an introduction: the node's address.
+    case link
+
+    var context: [UInt8] { Array((self == .gossip ? "masq node record v2" : "masq node link v1").utf8) }
 }
 
 /// A record as it travels: the exact bytes that were signed, and the signature.
@@ -130,17 +201,15 @@ public struct SignedRecord: Codable, Sendable, Equatable {
     public var r: String
     public var s: String
 
-    static let context = Array("masq node record v1".utf8)
-
-    public static func sign(_ record: NodeRecord, with identity: NodeIdentity) throws(MeshError) -> (SignedRecord, NodeRecord) {
+    public static func sign(_ record: NodeRecord, with identity: NodeIdentity, kind: RecordKind = .gossip) throws(MeshError) -> (SignedRecord, NodeRecord) {
         guard let bytes = try? JSONEncoder().encode(record) else { throw .invalid("cannot encode a record") }
-        guard let signature = try? Ed25519.sign(context + Array(bytes), privateKey: identity.signing.privateKey) else { throw .invalid("signing failed") }
+        guard let signature = try? Ed25519.sign(kind.context + Array(bytes), privateKey: identity.signing.privateKey) else { throw .invalid("signing failed") }
         return (SignedRecord(r: Base64URL.encode(Array(bytes)), s: Base64URL.encode(signature)), record)
     }
 
-    /// The record if the signature is its key's and the fields are sane.
-    public func verified(network: String) throws(MeshError) -> NodeRecord {
-        let unverified = try decoded(network: network)
+    /// The record if the signature is its key's and the fields are sane for its kind.
+    public func verified(network: String, kind: RecordKind = .gossip) throws(MeshError) -> NodeRecord {
+        let unverified = try decoded(network: network, kind: kind)
         try unverified.verify()
         return unverified.record
     }
@@ -153,25 +222,35 @@ public struct SignedRecord: Codable, Sendable, Equatable {
         let key: NodeKey
         fileprivate let bytes: [UInt8]
         fileprivate let signature: [UInt8]
+        fileprivate let kind: RecordKind
 
         func verify() throws(MeshError) {
-            guard Ed25519.verify(signature, message: SignedRecord.context + bytes, publicKey: key.bytes) else {
+            guard Ed25519.verify(signature, message: kind.context + bytes, publicKey: key.bytes) else {
                 throw .badSignature("a record whose signature does not verify")
             }
         }
     }
 
-    func decoded(network: String) throws(MeshError) -> Unverified {
+    func decoded(network: String, kind: RecordKind = .gossip) throws(MeshError) -> Unverified {
         guard r.utf8.count <= 16_384, let bytes = Base64URL.decode(r), let signature = Base64URL.decode(s), signature.count == 64 else {
             throw .malformed("a record that is not base64url")
         }
         guard let record = try? JSONDecoder().decode(NodeRecord.self, from: Data(bytes)) else { throw .malformed("a record that is not JSON") }
-        guard let key = record.nodeKey, record.agreementKey != nil, record.neighbours.count <= 16,
-              (record.isClient ? 0...65_535 : 1...65_535).contains(record.port), !record.host.isEmpty, record.host.utf8.count <= 255 else {
+        guard let key = record.nodeKey, record.agreementKey != nil, record.neighbours.count <= 16, (record.family?.count ?? 0) <= 16,
+              (record.wallet?.utf8.count ?? 0) <= 128 else {
             throw .malformed("a record with bad fields")
         }
+        switch kind {
+        case .gossip:
+            // Never an address, never a client (clients are not gossiped).
+            guard record.host.isEmpty, record.port == 0, !record.isClient else { throw .malformed("a gossiped record with an address") }
+        case .link:
+            guard (record.isClient ? 0...65_535 : 1...65_535).contains(record.port), !record.host.isEmpty, record.host.utf8.count <= 255 else {
+                throw .malformed("a link record with bad fields")
+            }
+        }
         guard record.network == network else { throw .malformed("a record of network \(record.network.prefix(32))") }
-        return Unverified(record: record, key: key, bytes: bytes, signature: signature)
+        return Unverified(record: record, key: key, bytes: bytes, signature: signature, kind: kind)
     }
 
     /// The key the record names, read off its bytes without decoding the JSON

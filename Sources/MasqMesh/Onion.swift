@@ -1,38 +1,62 @@
 import MasqCrypto
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Onion layers for circuit set-up, and the per-hop data layers.
 ///
 /// A set-up onion is `size` bytes. Layer i (for hop i):
 ///
 ///     eph (32) ‖ ChaCha20-Poly1305(hk, nonce 0, ad eph, header 48) ‖ ChaCha20(sk, body)
-///     header = kind (1) ‖ next hop key (32) ‖ token (8) ‖ payer proof ‖ zeros (to 256)
+///     header = kind (1) ‖ next hop key (32) ‖ token (8) ‖ u64 timestamp (ms) ‖ payer proof ‖ zeros (to 256)
 ///     payer proof = nonce (16) ‖ u64 timestamp ‖ u8 n ‖ payer wallet (n) ‖ u8 m ‖ signature (m)
-///     keys   = HKDF-SHA256(X25519(eph, hop), salt "masq mesh onion v1", info eph ‖ hop)
-///            → hk ‖ sk ‖ dk (data layer) ‖ ef ‖ eb (exit AEAD, forward and back)
+///     keys   = HKDF-SHA256(X25519(eph, hop), salt "masq mesh onion v1", info eph ‖ hop, 192 bytes)
+///            → hk ‖ sk ‖ dk (data layer MAC) ‖ ef ‖ eb (exit AEAD, forward and back) ‖ ck (data layer stream)
 ///
 /// A hop authenticates its header, decrypts the body, and passes it on with
 /// `overhead` random bytes appended, so every hop sees an onion of the same
 /// size and learns only its own header (not its position). Data cells carry
-/// one ChaCha20 layer per hop (each hop removes or adds its own, so the bytes
-/// differ on every link) around an AEAD between the origin and the exit.
+/// one layer per relay (`unwrap`: each relay removes its own, so the bytes
+/// differ on every link and a tag cannot be carried across an honest hop)
+/// around an AEAD between the origin and the exit.
 enum Onion {
-    static let headerBytes = 256
+    static let headerBytes = 352
     static let overhead = 32 + headerBytes + 16
     static let salt = Array("masq mesh onion v1".utf8)
+    /// Times in layers and payer proofs are this much in the past at most, at random (ms).
+    static let timeJitter: UInt64 = 2_000
 
     enum Kind: UInt8 { case relay = 1, exit = 2, terminal = 3 }
 
     struct Keys {
-        let data: SecureBytes
+        /// This hop's data layer.
+        let layer: Layer
         let exitForward: SecureBytes
         let exitBack: SecureBytes
     }
 
-    /// Who pays a hop for a circuit, signed by the consuming wallet.
+    /// A hop's data layer: a MAC key and a stream key (see `unwrap`).
+    struct Layer {
+        let mac: SecureBytes
+        let stream: SecureBytes
+    }
+
+    /// Who pays a hop for a circuit: the consumer's **pseudonym at that hop**
+    /// (`payer`, "p:" + base64url of an Ed25519 key derived for that hop
+    /// alone), signed by the pseudonym — no identifier is common to two hops.
+    /// Once the consumer has paid the hop's earning wallet, one layer of a
+    /// route may carry a `binding`: the consuming wallet's signature that it
+    /// pays for that pseudonym, so the hop credits the payments it sees.
     struct PayerProof: Equatable {
         var payer: String
         var nonce: [UInt8]
         var timestamp: UInt64
+        var signature: [UInt8]
+        var binding: Binding? = nil
+    }
+
+    struct Binding: Equatable {
+        var wallet: String
         var signature: [UInt8]
     }
 
@@ -51,13 +75,25 @@ enum Onion {
         let payer: PayerProof?
         let keys: Keys
         let inner: [UInt8]
+        /// The layer's ephemeral key (the replay cache remembers it) and when the origin made the onion.
+        let eph: [UInt8]
+        let timestamp: UInt64
     }
 
+    static func wallClock() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return UInt64(ts.tv_sec) * 1_000 + UInt64(ts.tv_nsec) / 1_000_000
+    }
+
+    static func bigEndian(_ v: UInt64) -> [UInt8] { (0..<8).map { UInt8(truncatingIfNeeded: v >> (56 - 8 * UInt64($0))) } }
+
     private static func derive(_ shared: SecureBytes, eph: [UInt8], hop: [UInt8]) throws(MeshError) -> (SecureBytes, SecureBytes, Keys) {
-        guard let okm = try? Hash.hkdfSHA256(salt: SecureBytes(salt), ikm: shared, info: eph + hop, length: 160) else { throw .failed("key derivation failed") }
+        guard let okm = try? Hash.hkdfSHA256(salt: SecureBytes(salt), ikm: shared, info: eph + hop, length: 192) else { throw .failed("key derivation failed") }
         let b = okm.bytes
         return (SecureBytes(b[0..<32]), SecureBytes(b[32..<64]),
-                Keys(data: SecureBytes(b[64..<96]), exitForward: SecureBytes(b[96..<128]), exitBack: SecureBytes(b[128..<160])))
+                Keys(layer: Layer(mac: SecureBytes(b[64..<96]), stream: SecureBytes(b[160..<192])),
+                     exitForward: SecureBytes(b[96..<128]), exitBack: SecureBytes(b[128..<160])))
     }
 
     /// Build an onion for `hops` (first hop outermost) around `payload`.
@@ -65,19 +101,14 @@ enum Onion {
         guard payload.count <= size - overhead * hops.count else { throw .invalid("onion payload too large for \(hops.count) hops") }
         var inner = payload + Random.bytes(size - payload.count)
         var keys: [Keys] = []
+        let now = wallClock()
         for hop in hops.reversed() {
             let eph = X25519.keyPair()
             guard let shared = try? X25519.sharedSecret(privateKey: eph.privateKey, peerPublicKey: hop.agreement) else { throw .failed("bad hop key") }
             let (hk, sk, k) = try derive(shared, eph: eph.publicKey, hop: hop.agreement)
-            var header = [hop.kind.rawValue] + (hop.next?.bytes ?? [UInt8](repeating: 0, count: 32)) + hop.token
-            if let proof = hop.payer {
-                let payer = Array(proof.payer.utf8)
-                guard proof.nonce.count == 16, payer.count <= 80, proof.signature.count <= 96 else { throw .invalid("payer proof too large") }
-                var t = [UInt8](repeating: 0, count: 8)
-                for i in 0..<8 { t[i] = UInt8(truncatingIfNeeded: proof.timestamp >> (56 - 8 * UInt64(i))) }
-                header += proof.nonce + t + [UInt8(payer.count)] + payer + [UInt8(proof.signature.count)] + proof.signature
-            }
-            header += [UInt8](repeating: 0, count: headerBytes - header.count)
+            // Each layer its own time, a little in the past: one millisecond value in
+            // every layer would be an identifier common to the hops of the circuit.
+            let header = try encodeHeader(hop, now: now - UInt64.random(in: 0..<Self.timeJitter))
             guard let sealed = try? AEAD.seal(.chacha20Poly1305, key: hk, nonce: [UInt8](repeating: 0, count: 12), ad: eph.publicKey, plaintext: header) else {
                 throw .failed("sealing failed")
             }
@@ -103,11 +134,34 @@ enum Onion {
         var body = Array(onion[overhead...])
         xor(sk, counter: 0, &body)
         return Peeled(kind: kind, next: NodeKey(Array(header[1..<33])), token: Array(header[33..<41]), payer: payerProof(header),
-                      keys: keys, inner: body + Random.bytes(overhead))
+                      keys: keys, inner: body + Random.bytes(overhead), eph: eph,
+                      timestamp: header[41..<49].reduce(UInt64(0)) { $0 << 8 | UInt64($1) })
+    }
+
+    /// A layer's header (`headerBytes`):
+    ///
+    ///     kind (1) ‖ next hop key (32) ‖ token (8) ‖ u64 timestamp (ms)
+    ///     ‖ payer proof: nonce (16) ‖ u64 timestamp ‖ u8 n ‖ payer (n) ‖ u8 m ‖ signature (m)   (n = 0: none)
+    ///     ‖ binding:     u8 n ‖ wallet (n) ‖ u8 m ‖ signature (m)                             (n = 0: none)
+    ///     ‖ zeros
+    static func encodeHeader(_ hop: Hop, now: UInt64) throws(MeshError) -> [UInt8] {
+        var header = [hop.kind.rawValue] + (hop.next?.bytes ?? [UInt8](repeating: 0, count: 32)) + hop.token + bigEndian(now)
+        if let proof = hop.payer {
+            let payer = Array(proof.payer.utf8)
+            guard proof.nonce.count == 16, (1...80).contains(payer.count), (1...96).contains(proof.signature.count) else { throw .invalid("payer proof too large") }
+            header += proof.nonce + bigEndian(proof.timestamp) + [UInt8(payer.count)] + payer + [UInt8(proof.signature.count)] + proof.signature
+            if let binding = proof.binding {
+                let wallet = Array(binding.wallet.utf8)
+                guard (1...80).contains(wallet.count), (1...96).contains(binding.signature.count) else { throw .invalid("payer binding too large") }
+                header += [UInt8(wallet.count)] + wallet + [UInt8(binding.signature.count)] + binding.signature
+            }
+        }
+        guard header.count <= headerBytes else { throw .invalid("a layer's header is too large") }
+        return header + [UInt8](repeating: 0, count: headerBytes - header.count)
     }
 
     private static func payerProof(_ header: [UInt8]) -> PayerProof? {
-        var at = 41
+        var at = 49
         let nonce = Array(header[at..<(at + 16)]); at += 16
         let timestamp = header[at..<(at + 8)].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }; at += 8
         let n = Int(header[at]); at += 1
@@ -116,7 +170,78 @@ enum Onion {
         at += n
         let m = Int(header[at]); at += 1
         guard m > 0, m <= 96, at + m <= header.count else { return nil }
-        return PayerProof(payer: payer, nonce: nonce, timestamp: timestamp, signature: Array(header[at..<(at + m)]))
+        var proof = PayerProof(payer: payer, nonce: nonce, timestamp: timestamp, signature: Array(header[at..<(at + m)]))
+        at += m
+        // The binding, if any.
+        guard at < header.count else { return proof }
+        let w = Int(header[at]); at += 1
+        guard w > 0, w <= 80, at + w < header.count, let wallet = String(validating: header[at..<(at + w)], as: UTF8.self) else { return proof }
+        at += w
+        let k = Int(header[at]); at += 1
+        guard k > 0, k <= 96, at + k <= header.count else { return proof }
+        proof.binding = Binding(wallet: wallet, signature: Array(header[at..<(at + k)]))
+        return proof
+    }
+
+    // MARK: - data layers
+
+    /// Bytes of a cell's head: the nonce of the rest's encryption, bound to the rest by a MAC.
+    static let layerHead = 12
+
+    /// Remove a hop's data layer (what every relay does to every cell, in its
+    /// circuit's direction), from `input` into `output` (distinct, one size):
+    ///
+    ///     Y ‖ R' = input (Y: 12 bytes)
+    ///     R = R' ⊕ ChaCha20(stream key, nonce Y)
+    ///     X = Y ⊕ MAC(R)      MAC = the first 12 bytes of the ChaCha20-Poly1305 tag under the
+    ///                         mac key, nonce 4 zero bytes ‖ u64 LE cell number, ad R, nothing sealed
+    ///     output = X ‖ R
+    ///
+    /// No bit of the input can be changed without changing the output
+    /// unpredictably: a change to Y changes the whole keystream, a change to R'
+    /// changes the MAC and so X — the next layer's Y. A tag XORed in by one
+    /// relay cannot be XORed out by a colluding hop behind an honest one: the
+    /// cell is garbled for good, the exit's (or origin's) AEAD fails and the
+    /// route goes (Tor's tagging attack, as its Counter Galois Onion design
+    /// defeats it, with the primitives Masq has).
+    static func unwrap(_ layer: Layer, counter: UInt64, from input: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer) {
+        precondition(input.count == output.count && input.count > layerHead)
+        let h = layerHead
+        let rest = UnsafeMutableRawBufferPointer(rebasing: output[h...])
+        layer.stream.withUnsafeBytes { k in
+            ChaCha20.xor(key: k, nonce: UnsafeRawBufferPointer(rebasing: input[0..<h]), from: UnsafeRawBufferPointer(rebasing: input[h...]), into: rest)
+        }
+        mac(layer.mac, counter: counter, UnsafeRawBufferPointer(rest)) { tag in
+            for i in 0..<h { output[i] = input[i] ^ tag[i] }
+        }
+    }
+
+    /// Add a hop's data layer in place (the inverse of `unwrap`): the origin
+    /// wraps a forward cell for each relay (the last relay first) and unwraps
+    /// a return cell by wrapping it for each return relay (the last first).
+    static func wrap(_ layer: Layer, counter: UInt64, _ cell: UnsafeMutableRawBufferPointer) {
+        precondition(cell.count > layerHead)
+        let h = layerHead
+        let rest = UnsafeMutableRawBufferPointer(rebasing: cell[h...])
+        mac(layer.mac, counter: counter, UnsafeRawBufferPointer(rest)) { tag in
+            for i in 0..<h { cell[i] ^= tag[i] }
+        }
+        withUnsafeTemporaryAllocation(byteCount: h, alignment: 4) { nonce in
+            nonce.copyMemory(from: UnsafeRawBufferPointer(rebasing: cell[0..<h]))
+            layer.stream.withUnsafeBytes { k in ChaCha20.xor(key: k, nonce: UnsafeRawBufferPointer(nonce), rest) }
+        }
+    }
+
+    private static func mac(_ key: SecureBytes, counter: UInt64, _ data: UnsafeRawBufferPointer, _ body: (UnsafeRawBufferPointer) -> Void) {
+        var nonce = [UInt8](repeating: 0, count: 12)
+        for i in 0..<8 { nonce[4 + i] = UInt8(truncatingIfNeeded: counter >> (8 * UInt64(i))) }
+        withUnsafeTemporaryAllocation(byteCount: AEAD.tagLength, alignment: 4) { tag in
+            let ok = key.withUnsafeBytes { k in
+                (try? AEAD.seal(.chacha20Poly1305, key: k, nonce: nonce, ad: data, plaintext: UnsafeRawBufferPointer(start: nil, count: 0), into: tag)) != nil
+            }
+            precondition(ok, "the data layer's MAC failed")
+            body(UnsafeRawBufferPointer(tag))
+        }
     }
 
     /// XOR a data layer: the keystream of `key` at cell number `counter`.

@@ -66,6 +66,11 @@ import Glibc
         config.window = 64
         config.sendmeEvery = 16
         config.dataDirectory = work + "/" + name
+        // The target listens on 127.0.0.1: an exit connects there only through an explicit allow rule.
+        config.exitPolicy.allow = [ExitPolicy.Rule(network: IPNetwork("127.0.0.1/32"))]
+        // Every node on one address: no per-address limits.
+        config.neighbourPrefixV4 = 0
+        config.hopPrefixV4 = 0
         configure(&config)
         try FileManager.default.createDirectory(atPath: config.dataDirectory, withIntermediateDirectories: true)
         let node = try MeshNode(configuration: config, identity: .generate())

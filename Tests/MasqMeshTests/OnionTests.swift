@@ -23,53 +23,99 @@ import Testing
         #expect(throws: MeshError.self) { try Onion.peel(other, privateKey: hops[1].agreement.privateKey, publicKey: hops[1].agreement.publicKey) }
     }
 
-    /// A data cell as origin and exit see it: sealed in place for the exit,
-    /// one layer per hop added by the origin and removed hop by hop (from the
-    /// link message into the next one), then opened in place by the exit.
-    @Test func dataCellLayersComeOffHopByHop() throws {
-        let keys = (0..<3).map { _ in SecureBytes(Random.bytes(32)) }
-        let exitKey = SecureBytes(Random.bytes(32))
-        let message = Array("hello through three hops".utf8)
+    static func layer() -> Onion.Layer { Onion.Layer(mac: SecureBytes(Random.bytes(32)), stream: SecureBytes(Random.bytes(32))) }
+
+    /// The origin's side of a forward cell: sealed for the exit, then wrapped for each relay (the last first).
+    static func originCell(_ message: [UInt8], relays: [Onion.Layer], exitKey: SecureBytes, counter: UInt64) -> [UInt8] {
         var cell = [UInt8](repeating: 0, count: 4_096)
         cell.replaceSubrange(0..<message.count, with: message)
-        let sealedOK = cell.withUnsafeMutableBytes { c in
-            guard Onion.sealCell(exitKey, counter: 7, c) else { return false }
-            for key in keys { Onion.xor(key, counter: 7, from: UnsafeRawBufferPointer(c), into: c) }
-            return true
+        cell.withUnsafeMutableBytes { c in
+            #expect(Onion.sealCell(exitKey, counter: counter, c))
+            for key in relays.reversed() { Onion.wrap(key, counter: counter, c) }
         }
-        #expect(sealedOK)
+        return cell
+    }
+
+    /// A relay: its layer off, from the incoming message into the next one.
+    static func relay(_ key: Onion.Layer, counter: UInt64, _ cell: [UInt8]) -> [UInt8] {
+        var next = [UInt8](repeating: 0, count: cell.count)
+        cell.withUnsafeBytes { input in next.withUnsafeMutableBytes { Onion.unwrap(key, counter: counter, from: input, into: $0) } }
+        return next
+    }
+
+    static func exitOpens(_ cell: [UInt8], exitKey: SecureBytes, counter: UInt64) -> [UInt8]? {
+        var cell = cell
+        let ok = cell.withUnsafeMutableBytes { Onion.openCell(exitKey, counter: counter, $0) }
+        return ok ? cell : nil
+    }
+
+    /// A data cell as origin, relays and exit see it: sealed in place for the
+    /// exit, one layer per relay added by the origin and removed relay by relay
+    /// (from the link message into the next one), then opened by the exit.
+    @Test func dataCellLayersComeOffHopByHop() throws {
+        let keys = (0..<3).map { _ in Self.layer() }
+        let exitKey = SecureBytes(Random.bytes(32))
+        let message = Array("hello through three relays".utf8)
+        let cell = Self.originCell(message, relays: keys, exitKey: exitKey, counter: 7)
         #expect(Array(cell[0..<message.count]) != message)
-        // Each hop: from the incoming message into a fresh buffer (the next link's message).
         var onWire = cell
         var seen: [[UInt8]] = [onWire]
-        for key in keys.dropLast() {
-            var next = [UInt8](repeating: 0, count: onWire.count)
-            onWire.withUnsafeBytes { input in next.withUnsafeMutableBytes { Onion.xor(key, counter: 7, from: input, into: $0) } }
-            onWire = next
+        for key in keys {
+            onWire = Self.relay(key, counter: 7, onWire)
             seen.append(onWire)
         }
         // The bytes differ on every link.
         #expect(Set(seen).count == seen.count)
-        // The exit: its layer, then the AEAD.
-        let opened = onWire.withUnsafeMutableBytes { c in
-            Onion.xor(keys.last!, counter: 7, from: UnsafeRawBufferPointer(c), into: c)
-            return Onion.openCell(exitKey, counter: 7, c)
-        }
-        #expect(opened)
-        #expect(Array(onWire[0..<message.count]) == message)
-        // A flipped bit, or the wrong cell number, does not open.
-        var tampered = cell
-        tampered[100] ^= 1
-        let tamperedOpens = tampered.withUnsafeMutableBytes { c in
-            for key in keys { Onion.xor(key, counter: 7, from: UnsafeRawBufferPointer(c), into: c) }
-            return Onion.openCell(exitKey, counter: 7, c)
-        }
-        #expect(!tamperedOpens)
+        let opened = try #require(Self.exitOpens(onWire, exitKey: exitKey, counter: 7))
+        #expect(Array(opened[0..<message.count]) == message)
+        // The wrong cell number at a relay does not open.
         var replayed = cell
-        let replayOpens = replayed.withUnsafeMutableBytes { c in
-            for key in keys { Onion.xor(key, counter: 8, from: UnsafeRawBufferPointer(c), into: c) }
-            return Onion.openCell(exitKey, counter: 8, c)
+        for key in keys { replayed = Self.relay(key, counter: 8, replayed) }
+        #expect(Self.exitOpens(replayed, exitKey: exitKey, counter: 7) == nil)
+        // Return direction: relays remove their layers in turn; the origin wraps them back, the last relay's first.
+        var back = [UInt8](repeating: 0, count: 4_096)
+        back.replaceSubrange(0..<message.count, with: message)
+        back.withUnsafeMutableBytes { #expect(Onion.sealCell(exitKey, counter: 3, $0)) }
+        for key in keys { back = Self.relay(key, counter: 3, back) }
+        back.withUnsafeMutableBytes { c in for key in keys.reversed() { Onion.wrap(key, counter: 3, c) } }
+        #expect(Self.exitOpens(back, exitKey: exitKey, counter: 3).map { Array($0[0..<message.count]) } == message)
+    }
+
+    /// Issue 19.2, the tagging attack: the first relay XORs a tag into the
+    /// cell it passes on and a colluding exit XORs it out again before its
+    /// AEAD. With stream-cipher layers the cell still opened (the circuit
+    /// confirmed); across an honest relay's layer the tag garbles the cell for
+    /// good, wherever it is put, and the exit cannot undo it.
+    @Test func aTagCannotBeCarriedAcrossAnHonestRelay() throws {
+        let keys = (0..<2).map { _ in Self.layer() }
+        let exitKey = SecureBytes(Random.bytes(32))
+        let message = Array("GET /secret".utf8)
+        for position in [0, 5, 11, 12, 100, 4_000, 4_095] {
+            let cell = Self.originCell(message, relays: keys, exitKey: exitKey, counter: 1)
+            // The hostile first relay removes its layer and tags the result.
+            var tagged = Self.relay(keys[0], counter: 1, cell)
+            tagged[position] ^= 0x5a
+            // The honest second relay.
+            var atExit = Self.relay(keys[1], counter: 1, tagged)
+            // The colluding exit XORs the tag out where it could have moved to (the same place).
+            atExit[position] ^= 0x5a
+            #expect(Self.exitOpens(atExit, exitKey: exitKey, counter: 1) == nil, "a tag at \(position) survived an honest relay")
+            // Without the tag the same cell opens.
+            let clean = Self.relay(keys[1], counter: 1, Self.relay(keys[0], counter: 1, cell))
+            #expect(Self.exitOpens(clean, exitKey: exitKey, counter: 1) != nil)
         }
-        #expect(!replayOpens)
+        // Return direction: the hostile hop near the exit tags, an honest relay
+        // follows, the colluding last relay untags: the origin's AEAD fails.
+        var back = [UInt8](repeating: 0, count: 4_096)
+        back.replaceSubrange(0..<message.count, with: message)
+        back.withUnsafeMutableBytes { #expect(Onion.sealCell(exitKey, counter: 2, $0)) }
+        let three = keys + [Self.layer()]
+        back = Self.relay(three[0], counter: 2, back)
+        back[40] ^= 1
+        back = Self.relay(three[1], counter: 2, back)
+        back[40] ^= 1
+        back = Self.relay(three[2], counter: 2, back)
+        back.withUnsafeMutableBytes { c in for key in three.reversed() { Onion.wrap(key, counter: 2, c) } }
+        #expect(Self.exitOpens(back, exitKey: exitKey, counter: 2) == nil)
     }
 }

@@ -16,6 +16,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 NAME = b"Noise_XX_25519_ChaChaPoly_SHA256"
+RECORD_CONTEXT = b"masq node record v2"     # public records (gossip): no address
+LINK_CONTEXT = b"masq node link v1"         # link records (handshakes, introductions): the address
 
 
 def b64(data):
@@ -57,11 +59,14 @@ class Cipher:
 class Peer:
     """A node-like peer: X25519 static key, Ed25519 identity, a signed record."""
 
-    def __init__(self, host, port, network="masq", source=None, client=False, timeout=5):
+    def __init__(self, host, port, network="masq", source=None, client=False, timeout=5, static=None, identity=None, payload=None):
         """`source`: the local address to leave from (the record names it);
-        `client`: a device's transport (a client link), not a node."""
-        self.static = X25519PrivateKey.generate()
-        self.identity = Ed25519PrivateKey.generate()
+        `client`: a device's transport (a client link), not a node;
+        `static`, `identity`: the keys of a node with several links (fresh ones by default);
+        `payload`: a function giving what the handshake carries (the peer's own record by default)."""
+        self.static = static or X25519PrivateKey.generate()
+        self.identity = identity or Ed25519PrivateKey.generate()
+        self.payload = payload
         self.source = source
         self.client = client
         self.sock = socket.create_connection((host, port), timeout=timeout, source_address=(source, 0) if source else None)
@@ -104,17 +109,27 @@ class Peer:
             buf += chunk
         return buf
 
-    def record(self, port=1, version=1, tamper=False):
-        rec = {"network": self.network, "key": b64(raw(self.identity)), "agreement": b64(raw(self.static)), "host": self.source or "127.0.0.1",
-               "port": port, "version": version, "neighbours": [], "rates": {"routingByte": 1, "routingPacket": 1, "exitByte": 1, "exitPacket": 1},
-               "exit": False}
-        if self.client:
-            rec["client"] = True
+    def record(self, port=1, version=1, tamper=False, link=False):
+        """This peer's public record (gossiped: no address), or with `link` its
+        link record (the handshake's: with the address), signed."""
+        rec = {"network": self.network, "key": b64(raw(self.identity)), "agreement": b64(raw(self.static)), "version": version,
+               "neighbours": [], "rates": {"routingByte": 1, "routingPacket": 1, "exitByte": 1, "exitPacket": 1}, "exit": False}
+        if link:
+            rec["host"], rec["port"] = self.source or "127.0.0.1", 0 if self.client else port
+            if self.client:
+                rec["client"] = True
         body = json.dumps(rec, separators=(",", ":")).encode()
-        sig = self.identity.sign(b"masq node record v1" + body)
+        sig = self.identity.sign((LINK_CONTEXT if link else RECORD_CONTEXT) + body)
         if tamper:
             sig = bytes([sig[0] ^ 1]) + sig[1:]
         return {"r": b64(body), "s": b64(sig)}
+
+    def handshake_payload(self):
+        """What the handshake carries: the link record and, unless a client, the public record."""
+        payload = {"link": self.record(link=True)}
+        if not self.client:
+            payload["record"] = self.record()
+        return json.dumps(payload).encode()
 
     def handshake(self):
         e = X25519PrivateKey.generate()
@@ -130,7 +145,7 @@ class Peer:
         self.remote_record = json.loads(self.decrypt_and_hash(msg[80:]))
         out = self.encrypt_and_hash(raw(self.static))
         self.mix_key(self.static.exchange(X25519PublicKey.from_public_bytes(re)))
-        out += self.encrypt_and_hash(json.dumps(self.record()).encode())
+        out += self.encrypt_and_hash(self.payload(self.remote_record) if self.payload else self.handshake_payload())
         self.send_raw(out)
         k1, k2 = hkdf(self.ck, b"", 2)
         self.send, self.receive = Cipher(k1), Cipher(k2)
@@ -187,10 +202,11 @@ class Peer:
                 raise ConnectionError("BYE from the node")
 
 
-def signed_record(identity, host, port=7000, version=1, agreement=None, network="masq", exit=True):
-    """A valid, signed record of `identity` (an Ed25519 private key)."""
+def signed_record(identity, host=None, port=7000, version=1, agreement=None, network="masq", exit=True):
+    """A valid, signed public record of `identity` (an Ed25519 private key), as
+    gossip carries it (no address: `host` and `port` are not used)."""
     rec = {"network": network, "key": b64(raw(identity)), "agreement": agreement or b64(raw(X25519PrivateKey.generate())),
-           "host": host, "port": port, "version": version, "neighbours": [],
+           "version": version, "neighbours": [],
            "rates": {"routingByte": 1, "routingPacket": 1, "exitByte": 1, "exitPacket": 1}, "exit": exit}
     body = json.dumps(rec, separators=(",", ":")).encode()
-    return {"r": b64(body), "s": b64(identity.sign(b"masq node record v1" + body))}
+    return {"r": b64(body), "s": b64(identity.sign(RECORD_CONTEXT + body))}

@@ -3,6 +3,7 @@ wallet plugin): traffic creates matching payables (origin) and receivables
 (relays, exit); the scan pays once debts are due and the payees see the
 payments; a consumer that cannot pay is banned by the nodes it owes and its
 traffic dropped; once funded it pays and is unbanned."""
+import base64
 import json
 import os
 import socketserver
@@ -21,7 +22,7 @@ PORT = int(os.environ.get("ACCOUNTING_PORT", "7611"))
 # Thresholds scaled to the test: a cell costs ~2.2e8 wei to route and ~4.4e8 to exit, an 8 MB
 # transfer ~2,000 cells; the unban level stays above what a window of cells in flight (512
 # here) can make the two sides disagree by, as MASQ's 0.5 MASQ does by far.
-FAST = ["--window", "512", "--gossip-ms", "200", "--link-timeout-ms", "2000", "--record-ttl-ms", "4000", "--setup-timeout-ms", "4000",
+FAST = ["--hop-prefix-v4", "32", "--window", "512", "--gossip-ms", "200", "--link-timeout-ms", "2000", "--record-ttl-ms", "4000", "--setup-timeout-ms", "4000",
         "--debt-threshold", "500000000000", "--permanent-allowance", "250000000000", "--maturity-seconds", "1",
         "--threshold-interval-seconds", "2", "--grace-seconds", "1", "--unban-below", "300000000000", "--scan-seconds", "1",
         "--log-level", "info"]
@@ -64,18 +65,19 @@ def net():
                                         stdout=subprocess.PIPE, stderr=log, text=True)
             line = procs[i].stdout.readline()
             assert line.startswith("node "), open(os.path.join(d, "log")).read()
-            nodes[i] = {"dir": d}
+            nodes[i] = {"dir": d, "descriptor": line.split()[1]}
             return line.split()[1]
 
         earning = lambda i: ["--earning-wallet", ledger(work, "earn%d.key" % i)]
         seed = start(30, earning(30))
         for i in range(31, 36):
-            start(i, ["--seed", seed] + earning(i) + (["--exit"] if i >= 33 else []))
+            start(i, ["--seed", seed] + earning(i) + (["--exit", "--exit-allow", "127.0.0.1/32"] if i >= 33 else []))
         # Two consumers: A is funded, B has nothing.
         start(36, ["--seed", seed, "--socks", "127.0.0.1:0", "--consuming-wallet", ledger(work, "consumeA.key", 10 ** 20)])
         start(37, ["--seed", seed, "--socks", "127.0.0.1:0", "--consuming-wallet", ledger(work, "consumeB.key", 0)])
         socks = {i: int(procs[i].stdout.readline().split(":")[1]) for i in (36, 37)}
-        env = {"work": work, "procs": procs, "socks": socks, "http": httpd.server_address[1], "payload": payload}
+        env = {"work": work, "procs": procs, "socks": socks, "http": httpd.server_address[1], "payload": payload,
+               "keys": {i: n["descriptor"].split(":")[2].split("@")[0] for i, n in nodes.items()}}
         env["earning"] = {i: wallet(["address", "--wallet", ledger(work, "earn%d.key" % i)], work) for i in range(30, 36)}
         env["A"] = wallet(["address", "--wallet", ledger(work, "consumeA.key")], work)
         env["B"] = wallet(["address", "--wallet", ledger(work, "consumeB.key")], work)
@@ -86,6 +88,19 @@ def net():
     finally:
         stop_all(procs)
         httpd.shutdown()
+
+
+def pseudonym(env, consumer, i):
+    """The name node i keeps `consumer`'s debts under: the consumer's pseudonym at i (docs/ACCOUNTING.md),
+    an Ed25519 key derived from the consumer node's payer.key and i's key; the hop never learns the wallet."""
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+    secret = open(os.path.join(env["work"], "n%d" % consumer, "payer.key"), "rb").read()
+    hop = base64.urlsafe_b64decode(env["keys"][i] + "=" * (-len(env["keys"][i]) % 4))
+    seed = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"masq payer pseudonym v1", info=hop).derive(secret)
+    public = Ed25519PrivateKey.from_private_bytes(seed).public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return "p:" + base64.urlsafe_b64encode(public).decode().rstrip("=")
 
 
 def fetch(env, origin, timeout=15):
@@ -120,7 +135,7 @@ def test_traffic_creates_matching_payables_and_receivables_and_the_scan_pays(net
     def totals():
         a = book(net, 36)["payables"]
         owed = {w: int(acc["total"]) for w, acc in a.items()}
-        earned = {net["earning"][i]: int(book(net, i)["receivables"].get(net["A"], {}).get("total", "0")) for i in range(30, 36)}
+        earned = {net["earning"][i]: int(book(net, i)["receivables"].get(pseudonym(net, 36, i), {}).get("total", "0")) for i in range(30, 36)}
         return owed, earned
 
     # Routes tried while the mesh formed may have left cells counted on one side
@@ -153,8 +168,14 @@ def test_traffic_creates_matching_payables_and_receivables_and_the_scan_pays(net
     for w in paid:
         balance = int(wallet(["balance", "--wallet", ledger(net["work"], "earn%d.key" % next(i for i, a in net["earning"].items() if a == w))], net["work"]))
         assert balance >= paid[w]
-    wait_for("receivables credited", lambda: all(int(book(net, i)["receivables"].get(net["A"], {}).get("balance", "0")) <= allowance for i in range(30, 36)))
-    assert not any(net["A"] in book(net, i)["banned"] for i in range(30, 36))
+    # A hop knows A by a pseudonym of its own: A's wallet is named by no book. Before paying a hop,
+    # A tells it (a binding, in its layer of a route) which wallet pays for the pseudonym, so the
+    # hop credits the payment it sees to the pseudonym.
+    assert not any(net["A"] in book(net, i)["receivables"] for i in range(30, 36))
+    wait_for("receivables credited", lambda: all(int(book(net, i)["receivables"].get(pseudonym(net, 36, i), {}).get("balance", "0")) <= allowance
+                                                 for i in range(30, 36)),
+             detail=lambda: {i: book(net, i)["receivables"].get(pseudonym(net, 36, i), {}).get("balance") for i in range(30, 36)})
+    assert not any(pseudonym(net, 36, i) in book(net, i)["banned"] for i in range(30, 36))
 
 
 def test_a_consumer_that_does_not_pay_is_banned_then_unbanned_after_paying(net):
@@ -163,7 +184,7 @@ def test_a_consumer_that_does_not_pay_is_banned_then_unbanned_after_paying(net):
     while time.time() < deadline and not ok:
         ok = fetch(net, 37)[0] == 0
     assert ok, "B's first request failed"
-    wait_for("B banned by a node it owes", lambda: any(net["B"] in book(net, i)["banned"] for i in range(30, 36)), seconds=30)
+    wait_for("B banned by a node it owes", lambda: any(pseudonym(net, 37, i) in book(net, i)["banned"] for i in range(30, 36)), seconds=30)
     # Banned: the nodes that banned B drop its circuits (B may still route around them
     # through nodes it does not owe yet; each creditor bans on its own).
     def refusals():
@@ -177,7 +198,7 @@ def test_a_consumer_that_does_not_pay_is_banned_then_unbanned_after_paying(net):
     faucet = ledger(net["work"], "faucet.key", 10 ** 20)
     wallet(["pay", "--wallet", faucet, net["B"], str(10 ** 19)], net["work"])
     wait_for("B's debts paid", lambda: all(int(acc["balance"]) <= 250_000_000_000 for acc in book(net, 37)["payables"].values()), seconds=30)
-    wait_for("B unbanned", lambda: not any(net["B"] in book(net, i)["banned"] for i in range(30, 36)), seconds=30)
+    wait_for("B unbanned", lambda: not any(pseudonym(net, 37, i) in book(net, i)["banned"] for i in range(30, 36)), seconds=30)
     deadline, ok = time.time() + 30, False
     while time.time() < deadline and not ok:
         code, data = fetch(net, 37)

@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey 
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey  # noqa: E402
 
 MASQ = os.environ.get("MASQ_BIN", "masq")
-COMMON = ["--gossip-ms", "200", "--link-timeout-ms", "3000", "--ban-seconds", "60", "--log-level", "error"]
+COMMON = ["--hop-prefix-v4", "32", "--gossip-ms", "200", "--link-timeout-ms", "3000", "--ban-seconds", "60", "--log-level", "error"]
 
 
 class Nodes:

@@ -28,7 +28,8 @@ MASQ = os.environ.get("MASQ_BIN", "masq")
 PORT = int(os.environ.get("MESH_PORT", "7601"))
 ORIGIN = "127.0.0.3"
 EXIT_STREAMS = 6
-FAST = ["--gossip-ms", "200", "--link-timeout-ms", "2000", "--record-ttl-ms", "4000", "--setup-timeout-ms", "5000", "--ban-seconds", "60",
+# Every node on its own 127.0.0.x: relays join hops of one /32 only (not /16, the default).
+FAST = ["--hop-prefix-v4", "32", "--gossip-ms", "200", "--link-timeout-ms", "2000", "--record-ttl-ms", "4000", "--setup-timeout-ms", "5000", "--ban-seconds", "60",
         "--route-idle-ms", "1500"]
 
 
@@ -85,7 +86,8 @@ def run_mesh(work, procs, start, httpd, httpsd, payload, big, cert):
         if i == 3:
             extra += ["--socks", "127.0.0.1:0"]
         if i >= 7:
-            extra += ["--exit", "--max-exit-streams", str(EXIT_STREAMS)]
+            # The test servers listen on 127.0.0.1: an exit connects there only through an explicit allow rule.
+            extra += ["--exit", "--max-exit-streams", str(EXIT_STREAMS), "--exit-allow", "127.0.0.1/32", "--exit-deny", "*:9"]
         start(i, extra)
     socks_line = procs[3].stdout.readline()
     socks = int(socks_line.split(":")[1])
@@ -129,6 +131,26 @@ def test_mesh_formed_by_gossip_within_limits(mesh):
         assert s["known"] == 7, (i, s["known"])
 
 
+def test_each_node_holds_the_addresses_of_its_neighbours_only(mesh):
+    """Records travelling beyond neighbours carry no address: once the mesh
+    has formed, every node holds the addresses of its neighbours and nobody
+    else's (nodes still looking for neighbours are introduced to others with
+    room, whose state may name them until they link)."""
+    nodes = range(2, 10)
+    def settled():
+        return all(set(state(mesh, i)["addresses"]) <= set(state(mesh, i)["neighbourAddresses"]) for i in nodes)
+    deadline = time.time() + 20
+    while time.time() < deadline and not settled():
+        time.sleep(0.2)
+    for i in nodes:
+        s = state(mesh, i)
+        assert len(s["neighbourAddresses"]) == len(s["neighbours"]), (i, s["neighbourAddresses"], s["neighbours"])
+        assert set(s["addresses"]) <= set(s["neighbourAddresses"]), (i, s["addresses"], s["neighbourAddresses"])
+        # Nowhere in the state file: another node's address, but a neighbour's.
+        named = set(re.findall(r"127\.0\.0\.\d+:%d" % PORT, open(os.path.join(mesh["work"], "n%d" % i, "state.json")).read()))
+        assert named <= set(s["neighbourAddresses"]) | {"127.0.0.%d:%d" % (i, PORT)}, (i, named)
+
+
 def test_fetch_byte_for_byte(mesh):
     code, data = fetch(mesh, "/file.bin")
     assert code == 0 and data == mesh["payload"]
@@ -139,6 +161,98 @@ def test_fetch_byte_for_byte(mesh):
 def test_tls_passes_through(mesh):
     code, data = fetch(mesh, "/file.bin", tls=True)
     assert code == 0 and data == mesh["payload"]
+
+
+def socks_request(mesh, host, port, user=b"policy", timeout=20):
+    """A SOCKS5 CONNECT through the origin to `host` (an IPv4 or IPv6 address,
+    else a name, resolved at the exit): the reply code."""
+    s = socket.create_connection(("127.0.0.1", mesh["socks"]), timeout=timeout)
+    try:
+        s.sendall(b"\x05\x01\x02")
+        assert s.recv(2) == b"\x05\x02"
+        s.sendall(b"\x01" + bytes([len(user)]) + user + b"\x01x")
+        assert s.recv(2) == b"\x01\x00"
+        try:
+            address = b"\x01" + socket.inet_pton(socket.AF_INET, host)
+        except OSError:
+            try:
+                address = b"\x04" + socket.inet_pton(socket.AF_INET6, host)
+            except OSError:
+                address = b"\x03" + bytes([len(host)]) + host.encode()
+        s.sendall(b"\x05\x01\x00" + address + struct.pack(">H", port))
+        reply = s.recv(10)
+        return reply[1] if len(reply) >= 2 else None
+    finally:
+        s.close()
+
+
+@pytest.fixture(scope="module")
+def lan_service():
+    """A service on the exits' machine that is not meant for the mesh (127.0.0.60): it counts connections."""
+    server = socket.socket()
+    server.bind(("127.0.0.60", 0))
+    server.listen(16)
+    accepted = []
+
+    def accept():
+        while True:
+            try:
+                c, _ = server.accept()
+            except OSError:
+                return
+            accepted.append(c)
+    threading.Thread(target=accept, daemon=True).start()
+    yield {"port": server.getsockname()[1], "accepted": accepted}
+    server.close()
+
+
+@pytest.mark.parametrize("host, what", [
+    ("127.0.0.60", "loopback"),
+    ("2130706492", "127.0.0.60 written as a number: resolved at the exit, then checked"),
+    ("::ffff:127.0.0.60", "loopback as IPv4-mapped IPv6"),
+    ("0.0.0.0", "unspecified (Linux connects it to the machine itself)"),
+])
+def test_the_exit_refuses_loopback_and_its_own_machine(mesh, lan_service, host, what):
+    port = lan_service["port"] if host != "0.0.0.0" else mesh["http"]
+    before = len(lan_service["accepted"])
+    assert socks_request(mesh, host, port) == 2, "%s (%s) was not refused with 'not allowed by ruleset'" % (host, what)
+    time.sleep(0.2)
+    assert len(lan_service["accepted"]) == before, "the exit connected to %s" % host
+
+
+def test_an_allow_rule_opens_one_block_and_a_deny_rule_beats_it(mesh):
+    # The exits allow 127.0.0.1/32 (the test servers) and deny *:9.
+    assert socks_request(mesh, "127.0.0.1", mesh["http"]) == 0
+    assert socks_request(mesh, "localhost", mesh["http"]) == 0
+    assert socks_request(mesh, "127.0.0.1", 9) == 2
+
+
+@pytest.mark.parametrize("host, port", [
+    ("169.254.169.254", 80),      # cloud metadata (link-local)
+    ("10.0.0.1", 80),             # RFC 1918
+    ("192.168.1.1", 443),
+    ("100.100.100.200", 80),      # shared address space (a cloud's metadata)
+    ("224.0.0.1", 80),            # multicast
+    ("fd00::1", 80),              # unique local
+    ("fe80::1", 80),              # link-local
+    ("::1", 80),                  # IPv6 loopback
+    ("127.0.0.7", PORT),          # an exit's own address (its mesh port)
+])
+def test_the_exit_refuses_private_link_local_and_its_own_addresses(mesh, host, port):
+    assert socks_request(mesh, host, port) == 2, host
+
+
+def test_state_files_are_private_and_no_info_log_line_names_a_target_beside_a_previous_hop(mesh):
+    assert fetch(mesh, "/file.bin")[0] == 0
+    target = "localhost:%d" % mesh["http"]
+    addresses = re.compile(r"127\.0\.0\.\d+")
+    for i in range(2, 10):
+        d = os.path.join(mesh["work"], "n%d" % i)
+        mode = os.stat(os.path.join(d, "state.json")).st_mode & 0o777
+        assert mode == 0o600, "n%d/state.json has mode %o" % (i, mode)
+        for line in open(os.path.join(d, "log")):
+            if target in line or "target" in line:
+                assert not addresses.search(line.replace(target, "")), "n%d logs a target beside an address: %s" % (i, line.strip())
 
 
 def test_closed_streams_leave_no_circuits(mesh):
@@ -471,6 +585,9 @@ def test_sync_between_two_devices_over_the_mesh(mesh):
     (["--max-exit-streams", "0"], "exit streams"),
     (["--max-link-queue-mib", "0"], "max-link-queue-mib"),
     (["--max-records", "0"], "max records"),
+    (["--exit-allow", "*"], "--exit-allow needs an address block"),
+    (["--exit-allow", "10.0.0.0/33"], "not a rule"),
+    (["--exit-deny", "*:0"], "not a rule"),
     (["--gossip-records-per-second", "0"], "gossip records per second"),
     (["--gossip-verifications-per-turn", "0"], "gossip verifications per turn"),
     (["--max-pending-handshakes-per-prefix", "65"], "pending handshakes"),

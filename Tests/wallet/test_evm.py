@@ -32,17 +32,20 @@ class Chain:
     def __init__(self):
         self.sent = []
         self.lock = threading.Lock()
+        # What a hostile or misconfigured endpoint may answer (tests change these and put them back).
+        self.chain_id = CHAIN
+        self.gas_price = 2 * 10 ** 9
 
     def answer(self, method, params):
         if method == "eth_chainId":
-            return hex(CHAIN)
+            return hex(self.chain_id)
         if method == "eth_getTransactionCount":
             with self.lock:
                 return hex(sum(1 for s in self.sent if s["from"] == params[0].lower()))
         if method == "eth_maxPriorityFeePerGas":
             return hex(10 ** 9)
         if method == "eth_gasPrice":
-            return hex(2 * 10 ** 9)
+            return hex(self.gas_price)
         if method == "eth_call":
             assert params[0]["to"] == TOKEN and params[0]["data"].startswith("0x70a08231")
             return hex(10 ** 24)
@@ -97,13 +100,16 @@ def rpc():
     server.shutdown()
 
 
-def evm(rpc, name="me"):
-    return json.dumps({"plugin": "evm", "options": {"rpc": rpc["url"], "token": TOKEN, "chain_id": CHAIN,
-                                                    "key_file": os.path.join(rpc["work"], name + ".key")}})
+def evm(rpc_, name="me", **changes):
+    rpc = rpc_
+    options = {"rpc": rpc["url"], "token": TOKEN, "chain_id": CHAIN, "key_file": os.path.join(rpc["work"], name + ".key")}
+    options.update(changes)
+    return json.dumps({"plugin": "evm", "options": {k: v for k, v in options.items() if v is not None}})
 
 
-def masq(rpc, *args, name="me", check=True):
-    r = subprocess.run([MASQ, "wallet", *args, "--wallet", evm(rpc, name), "--data-dir", rpc["work"]], capture_output=True, text=True)
+def masq(rpc_, *args, name="me", check=True, **changes):
+    rpc = rpc_
+    r = subprocess.run([MASQ, "wallet", *args, "--wallet", evm(rpc, name, **changes), "--data-dir", rpc["work"]], capture_output=True, text=True)
     if check:
         assert r.returncode == 0, r.stderr
     return r
@@ -165,3 +171,52 @@ def test_payments_are_verified_and_listed_for_the_payee(rpc):
     cursor = int(listed[-1].split()[1])
     again = masq(rpc, "payments", "--after", str(cursor), name="payee").stdout.strip().splitlines()
     assert again == ["cursor %d" % cursor]
+
+
+def test_the_chain_id_is_required_and_another_chain_is_refused(rpc):
+    missing = masq(rpc, "address", chain_id=None, check=False)
+    assert missing.returncode != 0 and "chain_id" in missing.stderr
+    # The endpoint serves another chain (a transaction signed for 1337 replays nowhere, but the
+    # balances, receipts and logs it reports are of another chain): nothing is sent.
+    sent = len(rpc["chain"].sent)
+    rpc["chain"].chain_id = 1
+    try:
+        r = masq(rpc, "pay", "0x" + "12" * 20, "5", check=False)
+        assert r.returncode != 0 and "chain" in r.stderr, r.stderr
+        assert masq(rpc, "payments", name="payee", check=False).returncode != 0
+    finally:
+        rpc["chain"].chain_id = CHAIN
+    assert len(rpc["chain"].sent) == sent
+
+
+@pytest.mark.parametrize("gas_price, changes, why", [
+    (10 ** 13, {}, "cap"),                                   # 10,000 gwei suggested: above the default cap (500 gwei)
+    (2 * 10 ** 9, {"max_fee_gwei": 501}, "cap"),             # configured above the cap
+    (2 ** 127, {}, "overflow"),                              # 2 x the price overflows 128 bits
+    (2 * 10 ** 9, {"max_fee_gwei": str(10 ** 30)}, "overflow"),  # gwei -> wei overflows
+])
+def test_fees_above_the_cap_or_that_overflow_are_refused_without_a_crash(rpc, gas_price, changes, why):
+    sent = len(rpc["chain"].sent)
+    rpc["chain"].gas_price = gas_price
+    try:
+        r = masq(rpc, "pay", "0x" + "12" * 20, "5", check=False, **changes)
+    finally:
+        rpc["chain"].gas_price = 2 * 10 ** 9
+    assert r.returncode > 0, (r.returncode, r.stderr)         # an error, not a signal
+    assert why in r.stderr, r.stderr
+    assert len(rpc["chain"].sent) == sent
+    # A cap raised on purpose lets a high fee through.
+    if why == "cap" and not changes:
+        rpc["chain"].gas_price = 10 ** 12
+        try:
+            assert masq(rpc, "pay", "0x" + "12" * 20, "5", fee_cap_gwei=5_000).returncode == 0
+        finally:
+            rpc["chain"].gas_price = 2 * 10 ** 9
+
+
+def test_plain_http_only_to_loopback(rpc):
+    for url in ("http://203.0.113.5:8545/", "http://rpc.example/", "http://[2001:db8::1]:8545/"):
+        r = masq(rpc, "address", check=False, **{"rpc": url})
+        assert r.returncode != 0 and "https" in r.stderr, (url, r.stderr)
+    for url in ("https://203.0.113.5:8545/", "http://localhost:8545/", "http://[::1]:8545/", "http://127.0.0.9:8545/"):
+        assert masq(rpc, "address", **{"rpc": url}).returncode == 0, url

@@ -9,8 +9,10 @@ import tempfile
 MASQ = os.environ.get("MASQ_BIN", "masq")
 
 
-def run(work, key, *args, initial=None, check=True):
+def run(work, key, *args, initial=None, check=True, asset=None):
     options = {"ledger": os.path.join(work, "ledger.sqlite3"), "key_file": os.path.join(work, key)}
+    if asset is not None:
+        options["asset"] = asset
     if initial is not None:
         options["initial_balance"] = str(initial)
     r = subprocess.run([MASQ, "wallet", *args, "--wallet", json.dumps({"plugin": "ledger", "options": options}), "--data-dir", work],
@@ -44,3 +46,18 @@ def test_transfers_balances_and_history():
     # Bad input.
     assert run(work, "a.key", "pay", "not-an-address", "1", check=False).returncode != 0
     assert run(work, "a.key", "pay", bob, "1.5", check=False).returncode != 0
+
+
+def test_payments_are_listed_only_in_the_configured_asset():
+    """A debtor paying in another asset (worth anything or nothing) is not credited."""
+    work = tempfile.mkdtemp(prefix="masq-ledger-")
+    bob = run(work, "b.key", "address").stdout.strip()
+    run(work, "a.key", "address", initial=1000, asset="JUNK")
+    junk = run(work, "a.key", "pay", bob, "500", asset="JUNK").stdout.strip()
+    run(work, "c.key", "address", initial=1000)
+    real = run(work, "c.key", "pay", bob, "7").stdout.strip()
+    listed = [json.loads(line) for line in run(work, "b.key", "payments").stdout.strip().splitlines()[:-1]]
+    assert [p["txid"] for p in listed] == [real] and listed[0]["asset"] == "MASQ", listed
+    # The same wallet configured for the other asset sees that one only.
+    listed = [json.loads(line) for line in run(work, "b.key", "payments", asset="JUNK").stdout.strip().splitlines()[:-1]]
+    assert [p["txid"] for p in listed] == [junk], listed

@@ -36,14 +36,16 @@ echo small >"$work/small.txt"
 for _ in $(seq 50); do grep -q "port" "$work/http.out" 2>/dev/null && break; sleep 0.1; done
 http=$(grep -o 'port [0-9]*' "$work/http.out" | awk '{print $2}')
 
-common=(--port "$PORT" --gossip-ms 300 --hops "$HOPS" --cell-bytes "$CELL" --log-level warning)
+# Every node on its own 127.0.0.x: relays keep hops apart per /32 (the default /16 would refuse them all).
+common=(--port "$PORT" --hop-prefix-v4 32 --gossip-ms 300 --hops "$HOPS" --cell-bytes "$CELL" --log-level warning)
 "$masq" node --host 127.0.0.2 --data-dir "$work/n2" "${common[@]}" >"$work/n2.out" &
 for _ in $(seq 50); do grep -q masq:// "$work/n2.out" 2>/dev/null && break; sleep 0.1; done
 seed=$(grep -o 'masq://[^ ]*' "$work/n2.out")
 for i in 3 4 5 6 7 8 9; do
     extra=()
     [ "$i" = 3 ] && extra+=(--socks 127.0.0.1:0)
-    [ "$i" -ge 7 ] && extra+=(--exit)
+    # The HTTP server and the upload sink listen on 127.0.0.1: exits connect there only when allowed.
+    [ "$i" -ge 7 ] && extra+=(--exit --exit-allow 127.0.0.1/32)
     "$masq" node --host 127.0.0.$i --data-dir "$work/n$i" --seed "$seed" "${common[@]}" "${extra[@]}" >"$work/n$i.out" &
 done
 for _ in $(seq 50); do grep -q socks5 "$work/n3.out" 2>/dev/null && break; sleep 0.1; done

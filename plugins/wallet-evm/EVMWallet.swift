@@ -100,6 +100,8 @@ final class EVMWallet: PluginWallet, @unchecked Sendable {
         var priorityFeeGwei: UInt128?
         var timeoutMilliseconds: Int64 = 10_000
         var asset = "TOKEN"
+        /// The most this wallet pays per unit of gas, whatever the endpoint suggests.
+        var feeCapGwei: UInt128 = 500
     }
 
     let host: UnsafePointer<masq_host>
@@ -110,6 +112,9 @@ final class EVMWallet: PluginWallet, @unchecked Sendable {
     private let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
     private let tls = try? NIOSSLContext(configuration: .makeClientConfiguration())
     private var lock = pthread_mutex_t()
+    /// The endpoint answered eth_chainId with the configured chain once.
+    private var chainChecked = false
+    private var chainLock = pthread_mutex_t()
 
     static let transferSelector = Array(Keccak.hash256(Array("transfer(address,uint256)".utf8)).prefix(4))
     static let balanceOfSelector = Array(Keccak.hash256(Array("balanceOf(address)".utf8)).prefix(4))
@@ -119,6 +124,7 @@ final class EVMWallet: PluginWallet, @unchecked Sendable {
         self.host = host
         self.options = options
         pthread_mutex_init(&lock, nil)
+        pthread_mutex_init(&chainLock, nil)
         privateKey = try Self.loadOrCreateKey(options.keyFile)
         guard let publicKey = try? Secp256k1.publicKey(of: privateKey) else { throw .init(MASQ_E_INVALID, "bad key in \(options.keyFile)") }
         addressBytes = Self.address(of: publicKey)
@@ -127,6 +133,7 @@ final class EVMWallet: PluginWallet, @unchecked Sendable {
     deinit {
         try? group.syncShutdownGracefully()
         pthread_mutex_destroy(&lock)
+        pthread_mutex_destroy(&chainLock)
     }
 
     static func address(of publicKey: [UInt8]) -> [UInt8] { Array(Keccak.hash256(Array(publicKey.dropFirst())).suffix(20)) }
@@ -174,9 +181,63 @@ final class EVMWallet: PluginWallet, @unchecked Sendable {
         return n
     }
 
+    /// The endpoint must serve the configured chain: a transaction signed for
+    /// one chain is valid on no other (EIP-155), and balances, receipts and
+    /// logs of another chain say nothing about this one. Checked before every
+    /// payment, and before the first read.
+    private func checkChain(always: Bool) throws(WalletFailure) {
+        if !always {
+            pthread_mutex_lock(&chainLock)
+            let done = chainChecked
+            pthread_mutex_unlock(&chainLock)
+            if done { return }
+        }
+        guard let configured = options.chainID else { throw .init(MASQ_E_CONFIG, "option chain_id is required") }
+        let served = try rpcQuantity("eth_chainId", "[]")
+        guard served == configured else {
+            throw .init(MASQ_E_DENIED, "the endpoint serves chain \(served), not the configured chain \(configured): refused")
+        }
+        pthread_mutex_lock(&chainLock)
+        chainChecked = true
+        pthread_mutex_unlock(&chainLock)
+    }
+
+    /// Wei from gwei, refusing what does not fit.
+    static func wei(gwei: UInt128) throws(WalletFailure) -> UInt128 {
+        let (wei, overflow) = gwei.multipliedReportingOverflow(by: 1_000_000_000)
+        guard !overflow else { throw .init(MASQ_E_INVALID, "a fee of \(gwei) gwei overflows") }
+        return wei
+    }
+
+    /// The fees of a payment: the endpoint's suggestion (or the configured
+    /// fees), refused above the cap, every step overflow-checked (an endpoint
+    /// may answer anything).
+    func fees(gas: UInt128) throws(WalletFailure) -> (priority: UInt128, maxFee: UInt128) {
+        let cap = try Self.wei(gwei: options.feeCapGwei)
+        let priority: UInt128
+        if let gwei = options.priorityFeeGwei { priority = try Self.wei(gwei: gwei) } else { priority = try rpcQuantity("eth_maxPriorityFeePerGas", "[]") }
+        var maxFee: UInt128
+        if let gwei = options.maxFeeGwei {
+            maxFee = try Self.wei(gwei: gwei)
+        } else {
+            let price = try rpcQuantity("eth_gasPrice", "[]")
+            let (doubled, o1) = price.multipliedReportingOverflow(by: 2)
+            let (sum, o2) = doubled.addingReportingOverflow(priority)
+            guard !o1, !o2 else { throw .init(MASQ_E_DENIED, "the endpoint's gas price \(price) overflows: refused") }
+            maxFee = sum
+        }
+        guard priority <= cap, maxFee <= cap else {
+            throw .init(MASQ_E_DENIED, "a fee of \(max(priority, maxFee)) wei per gas is above the cap of \(options.feeCapGwei) gwei (fee_cap_gwei): refused")
+        }
+        maxFee = max(maxFee, priority)
+        guard !maxFee.multipliedReportingOverflow(by: gas).overflow else { throw .init(MASQ_E_INVALID, "the fee overflows") }
+        return (priority, maxFee)
+    }
+
     // MARK: operations
 
     func balance(_ asset: String?) throws(WalletFailure) -> String {
+        try checkChain(always: false)
         if asset == "ETH" { return String(try rpcQuantity("eth_getBalance", "[\"\(address)\",\"latest\"]")) }
         guard let token = options.token else { throw .init(MASQ_E_CONFIG, "option token (the ERC-20 contract) is required") }
         let data = "0x" + Hex.encode(Self.balanceOfSelector + [UInt8](repeating: 0, count: 12) + addressBytes)
@@ -201,13 +262,10 @@ final class EVMWallet: PluginWallet, @unchecked Sendable {
         guard let to = Hex.decode(text), to.count == 20, text.hasPrefix("0x") else { throw .init(MASQ_E_INVALID, "not an address: \(text.prefix(80))") }
         pthread_mutex_lock(&lock)
         defer { pthread_mutex_unlock(&lock) }
-        let chainID: UInt128
-        if let configured = options.chainID { chainID = configured } else { chainID = try rpcQuantity("eth_chainId", "[]") }
+        try checkChain(always: true)
+        guard let chainID = options.chainID else { throw .init(MASQ_E_CONFIG, "option chain_id is required") }
         let nonce = try rpcQuantity("eth_getTransactionCount", "[\"\(address)\",\"pending\"]")
-        let priority: UInt128
-        if let gwei = options.priorityFeeGwei { priority = gwei * 1_000_000_000 } else { priority = try rpcQuantity("eth_maxPriorityFeePerGas", "[]") }
-        let maxFee: UInt128
-        if let gwei = options.maxFeeGwei { maxFee = gwei * 1_000_000_000 } else { maxFee = try rpcQuantity("eth_gasPrice", "[]") * 2 + priority }
+        let (priority, maxFee) = try fees(gas: asset == "ETH" ? 21_000 : options.gasLimit)
         let tx: (raw: [UInt8], hash: [UInt8])
         if asset == "ETH" {
             tx = try transaction(to: to, value: amount, data: [], nonce: nonce, chainID: chainID, maxPriority: priority, maxFee: maxFee, gas: 21_000)
@@ -248,6 +306,7 @@ final class EVMWallet: PluginWallet, @unchecked Sendable {
     /// The asset is the configured token (`asset` is not consulted).
     func verifyPayment(txid: String, from: String, to: String, asset: String?, amount text: String) throws(WalletFailure) -> Int32 {
         guard let amount = UInt128(text) else { throw .init(MASQ_E_INVALID, "amount must be a decimal integer") }
+        try checkChain(always: false)
         let receipt = try rpc("eth_getTransactionReceipt", "[\"\(txid)\"]")
         guard case .object = receipt else { return MASQ_E_NOT_FOUND }
         guard receipt["status"]?.string == "0x1" else { return MASQ_E_DENIED }
@@ -265,13 +324,17 @@ final class EVMWallet: PluginWallet, @unchecked Sendable {
     /// Token transfers to this wallet from block `cursor` on (eth_getLogs).
     func payments(after cursor: UInt64, limit: UInt32) throws(WalletFailure) -> String {
         guard let token = options.token else { throw .init(MASQ_E_CONFIG, "option token is required") }
+        try checkChain(always: false)
         let me = "0x" + String(repeating: "0", count: 24) + Hex.encode(addressBytes)
         let logs = try rpc("eth_getLogs", "[{\"fromBlock\":\"\(quantity(UInt128(cursor)))\",\"toBlock\":\"latest\",\"address\":\"0x\(Hex.encode(token))\",\"topics\":[\"\(Self.transferTopic)\",null,\"\(me)\"]}]")
         var items: [String] = []
         var next = cursor
         for log in (logs.array ?? []).prefix(Int(limit)) {
-            guard let topics = log["topics"]?.array?.compactMap(\.string), topics.count == 3, let from = Hex.decode(topics[1]),
-                  let value = log["data"]?.string.flatMap(parseQuantity), let block = log["blockNumber"]?.string.flatMap(parseQuantity) else { continue }
+            guard let topics = log["topics"]?.array?.compactMap(\.string), topics.count == 3, topics[0] == Self.transferTopic,
+                  let from = Hex.decode(topics[1]), Hex.decode(topics[2]).map({ Array($0.suffix(20)) }) == addressBytes,
+                  Hex.decode(log["address"]?.string ?? "") == token,
+                  let value = log["data"]?.string.flatMap(parseQuantity), let block = log["blockNumber"]?.string.flatMap(parseQuantity),
+                  block < UInt128(UInt64.max) else { continue }
             next = max(next, UInt64(block) + 1)
             items.append("{\"txid\": \"\(log["transactionHash"]?.string ?? "")\", \"from\": \"0x\(Hex.encode(Array(from.suffix(20))))\", \"asset\": \"\(options.asset)\", \"amount\": \"\(value)\"}")
         }
@@ -294,7 +357,11 @@ private func parse(_ host: UnsafePointer<masq_host>, _ list: UnsafePointer<masq_
         switch key {
         case "data_dir": dataDirectory = value
         case "rpc":
-            guard HTTPEndpoint(value) != nil else { throw .init(MASQ_E_CONFIG, "option rpc must be an http(s) URL") }
+            guard let endpoint = HTTPEndpoint(value) else { throw .init(MASQ_E_CONFIG, "option rpc must be an http(s) URL") }
+            // Plain HTTP only to this machine: anyone on the path could change balances, fees and receipts.
+            guard endpoint.tls || ["localhost", "::1"].contains(endpoint.host.lowercased()) || endpoint.host.hasPrefix("127.") && endpoint.host.split(separator: ".").count == 4 else {
+                throw .init(MASQ_E_CONFIG, "option rpc must be https (plain http only to a loopback address)")
+            }
             options.rpc = value
         case "chain_id": options.chainID = try number()
         case "token":
@@ -304,14 +371,16 @@ private func parse(_ host: UnsafePointer<masq_host>, _ list: UnsafePointer<masq_
         case "gas_limit": options.gasLimit = try number()
         case "max_fee_gwei": options.maxFeeGwei = try number()
         case "priority_fee_gwei": options.priorityFeeGwei = try number()
+        case "fee_cap_gwei": options.feeCapGwei = try number()
         case "asset": options.asset = value
         case "timeout_ms":
             guard let n = Int64(value), (100...600_000).contains(n) else { throw .init(MASQ_E_CONFIG, "option timeout_ms must be 100...600000") }
             options.timeoutMilliseconds = n
         default:
-            throw .init(MASQ_E_CONFIG, "unknown option \"\(key)\" (known: rpc, chain_id, token, key_file, gas_limit, max_fee_gwei, priority_fee_gwei, asset, timeout_ms)")
+            throw .init(MASQ_E_CONFIG, "unknown option \"\(key)\" (known: rpc, chain_id, token, key_file, gas_limit, max_fee_gwei, priority_fee_gwei, fee_cap_gwei, asset, timeout_ms)")
         }
     }
+    guard options.chainID != nil else { throw .init(MASQ_E_CONFIG, "option chain_id is required (payments are refused when the endpoint serves another chain)") }
     options.keyFile = keyFile ?? dataDirectory + "/evm.key"
     return try EVMWallet(host: host, options: options)
 }

@@ -127,14 +127,17 @@ final class LedgerWallet: PluginWallet, @unchecked Sendable {
         }
     }
 
-    /// Payments to this wallet after `cursor`.
+    /// Payments to this wallet after `cursor`, in the configured asset only:
+    /// a transfer of another asset (worth anything or nothing) is not a
+    /// payment of what is owed, so a node never credits a debtor for it.
     func payments(after cursor: UInt64, limit: UInt32) throws(WalletFailure) -> String {
         try locked { () throws(WalletFailure) -> String in
-            let s = try prepare("SELECT seq, txid, sender, asset, amount FROM transfer WHERE receiver = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3")
+            let s = try prepare("SELECT seq, txid, sender, asset, amount FROM transfer WHERE receiver = ?1 AND seq > ?2 AND asset = ?4 ORDER BY seq LIMIT ?3")
             defer { sqlite3_finalize(s) }
             sqlite3_bind_text(s, 1, address, -1, transient)
             sqlite3_bind_int64(s, 2, Int64(clamping: cursor))
             sqlite3_bind_int64(s, 3, Int64(limit))
+            sqlite3_bind_text(s, 4, asset, -1, transient)
             var items: [String] = []
             var next = cursor
             while sqlite3_step(s) == SQLITE_ROW {

@@ -1,0 +1,452 @@
+"""Attacks on the mesh by hostile nodes written in Python from docs/MESH.md
+(adversary.py), played against real `masq node` processes on
+127.0.0.70-89 (ports picked by the nodes):
+
+- a hostile relay records a circuit's set-up and cells and replays them
+  later (the exit must not reconnect and resend the request);
+- ... (the attacks of issue 19, points 2 to 6).
+
+The topology: an origin O (SOCKS5) whose only neighbour is the hostile
+node H, and honest nodes R1, R2 and an exit E1 behind it, so that every
+route of O has H as its first forward hop and last return hop.
+
+Run: MASQ_BIN=.build/debug/masq-cli python3 -m pytest Tests/mesh/test_adversary.py
+"""
+import os
+import socket
+import struct
+import threading
+import time
+
+import pytest
+
+import adversary
+from adversary import HostileOrigin
+from processes import Nodes, wait_for
+
+MASQ = os.environ.get("MASQ_BIN", "masq")
+COMMON = ["--hop-prefix-v4", "32", "--gossip-ms", "200", "--link-timeout-ms", "3000", "--record-ttl-ms", "4000", "--setup-timeout-ms", "4000",
+          "--ban-seconds", "60", "--route-idle-ms", "1000", "--log-level", "info", "--replay-window-ms", "10000",
+          "--max-circuits-per-link", "40"]
+EXIT = ["--exit", "--exit-allow", "127.0.0.1/32"]
+
+
+class Target:
+    """A TCP service on 127.0.0.1: records every connection and what it received, answers "ok"."""
+
+    def __init__(self):
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(16)
+        self.port = self.server.getsockname()[1]
+        self.connections = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.server.accept()
+            except OSError:
+                return
+            entry = {"data": b""}
+            self.connections.append(entry)
+            threading.Thread(target=self._serve, args=(c, entry), daemon=True).start()
+
+    def _serve(self, c, entry):
+        try:
+            while True:
+                data = c.recv(65536)
+                if not data:
+                    break
+                entry["data"] += data
+                c.sendall(b"ok")
+        except OSError:
+            pass
+        c.close()
+
+    def close(self):
+        self.server.close()
+
+
+def socks(port, target_port, user=b"u", timeout=15):
+    """A SOCKS5 CONNECT to 127.0.0.1:target_port: (socket, reply code)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    s.sendall(b"\x05\x01\x02")
+    assert s.recv(2) == b"\x05\x02"
+    s.sendall(b"\x01" + bytes([len(user)]) + user + b"\x01x")
+    assert s.recv(2) == b"\x01\x00"
+    s.sendall(b"\x05\x01\x00\x01" + socket.inet_aton("127.0.0.1") + struct.pack(">H", target_port))
+    reply = s.recv(10)
+    return s, reply[1] if len(reply) >= 2 else None
+
+
+@pytest.fixture
+def net(tmp_path):
+    nodes = Nodes(str(tmp_path), MASQ, COMMON)
+    target = Target()
+    h = HostileOrigin("127.0.0.75")
+    try:
+        # E1 looks for two neighbours (R1 and R2): it does not seek more, so nobody is introduced to it.
+        e1 = nodes.start("E1", "127.0.0.71", EXIT + ["--target-neighbours", "2"])
+        r1 = nodes.start("R1", "127.0.0.72", ["--seed", e1])
+        nodes.start("R2", "127.0.0.73", ["--seed", e1, "--seed", r1])
+        nodes.start("O", "127.0.0.74", ["--socks", "127.0.0.1:0", "--max-neighbours", "1", "--target-neighbours", "1"])
+        wait_for(lambda: {nodes.key("R1"), nodes.key("R2")} <= set(nodes.state("E1")["neighbours"]), 20, "the honest nodes did not link")
+        for name in ("O", "R1", "R2"):
+            h.dial(nodes.host(name), nodes.port(name))
+        wait_for(lambda: nodes.state("O")["known"] >= 4, 20, "the origin did not learn the network through H")
+        yield {"nodes": nodes, "h": h, "target": target, "socks": nodes.socks["O"]}
+    finally:
+        h.stop()
+        nodes.stop()
+        target.close()
+
+
+def exchange(net, message=b"GET /secret", user=b"u", close=True):
+    """One stream through O: send `message`, read the answer, close (or return the socket)."""
+    deadline = time.monotonic() + 20
+    while True:
+        s, code = socks(net["socks"], net["target"].port, user)
+        if code == 0:
+            break
+        s.close()
+        assert time.monotonic() < deadline, "no route through the hostile node (SOCKS reply %r)" % code
+        time.sleep(0.5)
+    s.sendall(message)
+    assert s.recv(2) == b"ok"
+    if not close:
+        return s
+    s.close()
+
+
+def test_a_replayed_set_up_is_refused_and_the_exit_does_not_reconnect(net):
+    """Point 3: H records the set-up it passed on (its next hop's onion) and
+    the cells that followed; once the stream is over it sends them again on a
+    new circuit. Every hop keeps the handshake keys of the onions it opened:
+    the next hop refuses the second CREATE, so the exit never reconnects."""
+    h, target, nodes = net["h"], net["target"], net["nodes"]
+    client = exchange(net, close=False)
+    wait_for(lambda: len(target.connections) == 1 and target.connections[0]["data"] == b"GET /secret", 10, "the request did not arrive")
+    # The forward circuit: the one whose cells went on toward the exit (not to O).
+    recorded = next(c for c in h.created if c["cells"] and c["out"][0].key != h.links[0].key)
+    h.replay(recorded)
+    time.sleep(3)
+    client.close()
+    assert len(target.connections) == 1, "the replayed set-up made the exit connect again: %r" % target.connections
+    name = next(n for n in ("R1", "R2") if nodes.key(n) == adversary.b64(recorded["out"][0].key))
+    assert nodes.state(name)["counters"].get("createsReplayed", 0) >= 1
+
+
+def test_a_set_up_replayed_after_the_window_is_refused_as_stale(net):
+    """Point 3: the replay cache keeps a handshake key only as long as its
+    onion's time is in the window (--replay-window-ms, 10 s here); a set-up
+    replayed later is refused on its time, so forgetting old keys opens no
+    door."""
+    h, target, nodes = net["h"], net["target"], net["nodes"]
+    exchange(net)
+    wait_for(lambda: len(target.connections) == 1, 10, "the request did not arrive")
+    recorded = next(c for c in h.created if c["cells"] and c["out"][0].key != h.links[0].key)
+    time.sleep(11)
+    h.replay(recorded)
+    time.sleep(3)
+    assert len(target.connections) == 1, "a set-up replayed after the window made the exit connect again"
+    name = next(n for n in ("R1", "R2") if nodes.key(n) == adversary.b64(recorded["out"][0].key))
+    assert nodes.state(name)["counters"]["createsStale"] >= 1
+
+
+def test_a_tagged_cell_kills_its_route_instead_of_confirming_it(net):
+    """Point 2: H, first hop of every route of O, XORs a tag into every cell
+    it relays toward the exit. Across the honest relay behind it the tag
+    garbles the cell for good (a colluding exit could not XOR it out: see
+    OnionTests.aTagCannotBeCarriedAcrossAnHonestRelay), so the exit's AEAD
+    refuses it: no request reaches the target and the route dies, which tells
+    the colluders nothing a cut circuit would not."""
+    h, target, nodes = net["h"], net["target"], net["nodes"]
+    exchange(net, message=b"before")                      # routes work through H untampered
+    wait_for(lambda: len(target.connections) == 1, 10, "the first request did not arrive")
+    rejected = nodes.state("E1")["counters"]["cellsRejected"]
+    h.tamper = lambda hop, counter, out: out[:200] + bytes([out[200] ^ 0x5a]) + out[201:]
+    s, code = socks(net["socks"], target.port, user=b"tagged")
+    try:
+        if code == 0:
+            try:
+                s.sendall(b"GET /secret")
+                s.settimeout(5)
+                assert s.recv(2) != b"ok", "a tagged cell went through"
+            except OSError:
+                pass
+    finally:
+        s.close()
+    assert all(c["data"] != b"GET /secret" for c in target.connections)
+    wait_for(lambda: nodes.state("E1")["counters"]["cellsRejected"] > rejected, 10, "the exit did not refuse the tagged cells")
+
+
+@pytest.fixture
+def collusion(tmp_path):
+    """A hostile first hop H and a hostile exit X with one honest relay
+    between them: O's only neighbour is H, X is the only exit and links to
+    the honest R1 and R2 only, so every route of O is O > H > R1|R2 > X."""
+    nodes = Nodes(str(tmp_path), MASQ, COMMON)
+    h = HostileOrigin("127.0.0.99")
+    x = adversary.HostileExit("127.0.0.100")
+    try:
+        r1 = nodes.start("R1", "127.0.0.96", [])
+        nodes.start("R2", "127.0.0.97", ["--seed", r1])
+        nodes.start("O", "127.0.0.98", ["--socks", "127.0.0.1:0", "--max-neighbours", "1", "--target-neighbours", "1"])
+        wait_for(lambda: nodes.key("R2") in nodes.state("R1")["neighbours"], 20, "the honest relays did not link")
+        for name in ("R1", "R2"):
+            x.dial(nodes.host(name), nodes.port(name))
+        for name in ("O", "R1", "R2"):
+            h.dial(nodes.host(name), nodes.port(name))
+        wait_for(lambda: nodes.state("O")["known"] >= 4, 20, "the origin did not learn the network through H")
+        yield {"nodes": nodes, "h": h, "x": x, "socks": nodes.socks["O"]}
+    finally:
+        h.stop()
+        x.stop()
+        nodes.stop()
+
+
+def test_a_tag_put_in_by_the_first_hop_cannot_be_taken_out_by_the_exit(collusion):
+    """Point 2, the tagging attack played in full: H XORs a tag into every
+    cell it relays toward the exit, X XORs it out again before opening the
+    origin's box. With stream-cipher layers the box still opened (H and X
+    confirmed they carry the same circuit); across the honest relay's layer
+    the tag garbles the cell for good, and X opens nothing."""
+    h, x = collusion["h"], collusion["x"]
+
+    def request(user):
+        # The route's set-up is enough: its first cells (the return onion, CONNECT) reach X.
+        s = socket.create_connection(("127.0.0.1", collusion["socks"]), timeout=10)
+        s.sendall(b"\x05\x01\x02")
+        s.recv(2)
+        s.sendall(b"\x01" + bytes([len(user)]) + user + b"\x01x")
+        s.recv(2)
+        s.sendall(b"\x05\x01\x00\x03\x09localhost\x00\x50")
+        return s
+
+    # Untouched, X is a working exit: it opens the origin's cells.
+    first = request(b"plain")
+    wait_for(lambda: x.opened, 20, "no route of O reached X")
+    first.close()
+    assert any(plain[0] == 1 for _, _, plain in x.opened)        # the return onion (RETURN_ROUTE)
+    # Tagged by H, untagged by X.
+    tag_at, tag = 300, 0x5a
+    with x.lock:
+        before = set(x.ends)
+    x.untag = lambda counter, cell: cell[:tag_at] + bytes([cell[tag_at] ^ tag]) + cell[tag_at + 1:]
+    h.tamper = lambda hop, counter, out: out[:tag_at] + bytes([out[tag_at] ^ tag]) + out[tag_at + 1:]
+    second = request(b"tagged")
+    try:
+        wait_for(lambda: any(end not in before for end, _ in x.refused), 20, "no tagged cell reached X")
+        time.sleep(1)
+        assert not [c for end, c, _ in x.opened if end not in before], "a tagged cell opened at the colluding exit"
+    finally:
+        second.close()
+
+
+def rss(pid):
+    for line in open("/proc/%d/status" % pid):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def test_an_exit_holds_one_return_onion_per_route_not_an_endless_one(net):
+    """Point 6: H, as an origin, builds a circuit to E1 and sends the
+    RETURN_ROUTE message (the return onion) again and again: the exit keeps at
+    most one return onion's worth per route and destroys a route that sends
+    more, instead of growing its memory without bound."""
+    h, nodes = net["h"], net["nodes"]
+    r1, r2, e1 = (adversary.unb64(nodes.key(n)) for n in ("R1", "R2", "E1"))
+    link, circuit, keys = h.circuit([r1, e1])
+    before = rss(nodes.procs["E1"].pid)
+    capacity = adversary.message_capacity(h.cell_bytes)
+    # A real return onion (E1 -> R2 -> H), then more RETURN_ROUTE messages.
+    onion, _ = h.return_onion([r2])
+    first = r2 + onion
+    counter = h.send_messages(link, circuit, keys, [(1, 0, first[i:i + capacity]) for i in range(0, len(first), capacity)])
+    wait_for(lambda: h.terminals, 10, "the return circuit was not built")
+    junk = os.urandom(capacity)
+    for _ in range(40):                                   # 20,000 cells: 80 MB
+        counter = h.send_messages(link, circuit, keys, [(1, 0, junk)] * 500, counter)
+        if (link, circuit) in h.destroyed:
+            break
+    wait_for(lambda: (link, circuit) in h.destroyed, 20, "the exit kept a route that sends return onions without end")
+    grown = rss(nodes.procs["E1"].pid) - before
+    assert grown < 40 << 20, "the exit grew by %d MB" % (grown >> 20)
+
+
+def test_circuits_on_one_link_are_capped(net):
+    """Point 6: H opens circuits through R1 as fast as it can build onions;
+    R1 relays at most --max-circuits-per-link (40) for that link and refuses
+    the rest, so one neighbour cannot fill a relay's memory with circuits."""
+    h, nodes = net["h"], net["nodes"]
+    r1, e1 = (adversary.unb64(nodes.key(n)) for n in ("R1", "E1"))
+    for _ in range(100):
+        h.circuit([r1, e1])
+    wait_for(lambda: nodes.state("R1")["counters"]["circuitsRelayed"] >= 40, 10, "R1 relayed nothing")
+    time.sleep(1)
+    s = nodes.state("R1")
+    assert s["counters"]["circuitsRelayed"] <= 40, s["counters"]
+    assert s["counters"]["circuitsRefused"] >= 60, s["counters"]
+    assert len([c for c in s["circuits"] if c["role"] == "relay"]) <= 40
+    assert nodes.alive("R1") and nodes.alive("E1")
+
+
+def test_a_neighbour_learns_no_address_beyond_its_neighbours(net):
+    """Point 5: H is a neighbour of O, R1 and R2 and listens to everything
+    they send it for a few gossip rounds. Records travelling beyond a node's
+    neighbours carry no address: H learns its neighbours' addresses (from
+    their handshakes) and nobody else's — E1's address never reaches it (E1
+    has the neighbours it looks for: it is introduced to nobody)."""
+    h, nodes = net["h"], net["nodes"]
+    h.gossip_frames.clear()
+    time.sleep(2)
+    assert h.gossip_frames, "no gossip from the neighbours"
+    seen = set()
+    for body in h.gossip_frames + h.intros:
+        for item in __import__("json").loads(body):
+            if isinstance(item, str):          # a descriptor (masq://network:key@host:port)
+                seen.add(item.rsplit("@", 1)[1])
+                continue
+            record = adversary.record_of(item)
+            if record.get("host"):
+                seen.add("%s:%s" % (record["host"], record.get("port")))
+    neighbours = {"%s:%d" % (nodes.host(n), nodes.port(n)) for n in ("O", "R1", "R2")}
+    assert seen <= neighbours, "gossip told H where non-neighbours listen: %s" % sorted(seen - neighbours)
+    # What H knows of E1 is its keys, rates and capabilities.
+    e1 = h.heard.get(nodes.key("E1"))
+    assert e1 is not None and adversary.record_of(e1)["exit"] is True and "host" not in adversary.record_of(e1)
+
+
+def test_one_node_per_address_among_a_nodes_neighbours(net):
+    """Point 5: a second identity from H's address (127.0.0.75) is refused
+    by a node H is already linked to: a host gets one neighbour slot,
+    however many keys it makes."""
+    h, nodes = net["h"], net["nodes"]
+    twin = HostileOrigin("127.0.0.75")
+    try:
+        try:
+            twin.dial(nodes.host("R1"), nodes.port("R1"))
+        except (OSError, ConnectionError):
+            pass
+        time.sleep(1.5)
+        neighbours = nodes.state("R1")["neighbours"]
+        assert adversary.b64(h.key) in neighbours
+        assert adversary.b64(twin.key) not in neighbours, "R1 took a second node from one address"
+        assert nodes.state("R1")["counters"]["neighboursRefusedSameAddress"] >= 1
+    finally:
+        twin.stop()
+
+
+@pytest.fixture
+def sybil(tmp_path):
+    """O has two neighbours: the honest R1 and S, a hostile relay advertising
+    zero rates; R2 and the exit E1 are behind them (E1 full with R1 and R2,
+    R2 full with E1, R1 and S, so that nobody else links to O)."""
+    nodes = Nodes(str(tmp_path), MASQ, COMMON)
+    target = Target()
+    s = HostileOrigin("127.0.0.85", rates={"routingByte": 0, "routingPacket": 0, "exitByte": 0, "exitPacket": 0})
+    try:
+        e1 = nodes.start("E1", "127.0.0.81", EXIT + ["--max-neighbours", "2", "--target-neighbours", "2"])
+        r2 = nodes.start("R2", "127.0.0.83", ["--seed", e1, "--max-neighbours", "3"])
+        nodes.start("R1", "127.0.0.82", ["--seed", e1, "--seed", r2, "--max-neighbours", "4", "--target-neighbours", "4"])
+        nodes.start("O", "127.0.0.84", ["--socks", "127.0.0.1:0", "--max-neighbours", "2", "--target-neighbours", "2"])
+        wait_for(lambda: {nodes.key("R1"), nodes.key("R2")} <= set(nodes.state("E1")["neighbours"]), 20, "the honest nodes did not link")
+        o = s.dial(nodes.host("O"), nodes.port("O"))
+        s.dial(nodes.host("R2"), nodes.port("R2"))
+        r1 = s.dial(nodes.host("R1"), nodes.port("R1"))
+        # S introduces O to R1 (O looks for a second neighbour): R1 dials it.
+        s.introduce(o, r1)
+        wait_for(lambda: nodes.key("R1") in nodes.state("O")["neighbours"], 20, "O did not link to R1")
+        wait_for(lambda: nodes.state("O")["known"] >= 4, 20, "the origin did not learn the network")
+        yield {"nodes": nodes, "s": s, "target": target, "socks": nodes.socks["O"]}
+    finally:
+        s.stop()
+        nodes.stop()
+        target.close()
+
+
+def test_routes_are_drawn_at_random_not_captured_by_the_cheapest_node(sybil):
+    """Point 6: S advertises rates of zero. Rates only bound which nodes are
+    acceptable: among acceptable routes one is drawn at random, so S carries
+    some of O's routes, not all of them."""
+    s, nodes = sybil["s"], sybil["nodes"]
+    o = adversary.unb64(nodes.key("O"))
+    for i in range(12):
+        # Fresh credentials: a route of its own each time.
+        exchange(sybil, message=b"hello", user=b"route%d" % i)
+    through_s = len([c for c in s.created if c["in"][0].key == o])
+    assert 0 < through_s < 12, "the zero-rate node carried %d of 12 routes" % through_s
+
+
+def ledger(work, key, initial=None):
+    import json
+    options = {"ledger": os.path.join(work, "ledger.sqlite3"), "key_file": os.path.join(work, key)}
+    if initial is not None:
+        options["initial_balance"] = str(initial)
+    return json.dumps({"plugin": "ledger", "options": options})
+
+
+def book(work, name):
+    import json
+    import subprocess
+    for _ in range(5):
+        r = subprocess.run([MASQ, "accounts", "--json", "--data-dir", os.path.join(work, name)], capture_output=True, text=True)
+        if r.returncode == 0:
+            return json.loads(r.stdout)
+        time.sleep(0.2)
+    return {"payables": {}, "receivables": {}, "banned": []}
+
+
+@pytest.fixture
+def paid(tmp_path):
+    """The same topology with wallets: every honest node earns (ledger wallets), O pays."""
+    work = str(tmp_path)
+    nodes = Nodes(work, MASQ, COMMON + ["--scan-seconds", "1"])
+    target = Target()
+    h = HostileOrigin("127.0.0.95")
+    try:
+        earn = lambda name: ["--earning-wallet", ledger(work, "earn-%s.key" % name)]
+        e1 = nodes.start("E1", "127.0.0.91", EXIT + earn("E1"))
+        r1 = nodes.start("R1", "127.0.0.92", ["--seed", e1] + earn("R1"))
+        nodes.start("R2", "127.0.0.93", ["--seed", e1, "--seed", r1] + earn("R2"))
+        nodes.start("O", "127.0.0.94", ["--socks", "127.0.0.1:0", "--max-neighbours", "1", "--target-neighbours", "1",
+                                        "--consuming-wallet", ledger(work, "consume.key", 10 ** 20)])
+        wait_for(lambda: {nodes.key("R1"), nodes.key("R2")} <= set(nodes.state("E1")["neighbours"]), 20, "the honest nodes did not link")
+        for name in ("O", "R1", "R2"):
+            h.dial(nodes.host(name), nodes.port(name))
+        wait_for(lambda: nodes.state("O")["known"] >= 4, 20, "the origin did not learn the network through H")
+        import subprocess
+        wallet = subprocess.run([MASQ, "wallet", "address", "--wallet", ledger(work, "consume.key"), "--data-dir", work],
+                                capture_output=True, text=True).stdout.strip()
+        yield {"nodes": nodes, "h": h, "target": target, "socks": nodes.socks["O"], "work": work, "wallet": wallet}
+    finally:
+        h.stop()
+        nodes.stop()
+        target.close()
+
+
+def test_colluding_hops_find_no_identifier_of_the_payer_in_common(paid):
+    """Point 4: every layer of O's onions carries what its hop needs to be
+    paid. H (first hop and last return hop of every route of O) and the
+    honest nodes behind it compare what they know of the consumer: the
+    name each keeps its debts under. No two hops know the consumer by the
+    same name, and none by its wallet (an on-chain identity)."""
+    h, nodes, work, wallet = paid["h"], paid["nodes"], paid["work"], paid["wallet"]
+    exchange(paid)
+    time.sleep(1.5)
+    debtors = {name: set(book(work, name)["receivables"]) for name in ("E1", "R1", "R2")}
+    assert debtors["E1"], "the exit keeps no debt for the route (%r)" % debtors
+    headers = [fields["header"] for fields, _ in h.layers]
+    assert headers, "H opened no layer"
+    # What H learned from its layers.
+    assert not any(wallet.encode() in header for header in headers), "H's layer names the consumer's wallet"
+    # Nobody names the consumer by its wallet, and no two hops by the same name.
+    for name, names in debtors.items():
+        assert wallet not in names, "%s knows the consumer by its wallet" % name
+    named = [n for names in debtors.values() for n in names]
+    assert len(named) == len(set(named)), "two hops know the consumer by one name: %r" % debtors
+    for n in named:
+        raw_name = adversary.unb64(n[2:]) if n.startswith("p:") else n.encode()
+        assert not any(raw_name in header for header in headers), "H's layer names the consumer as another hop knows it"
