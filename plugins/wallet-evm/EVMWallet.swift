@@ -21,7 +21,6 @@ private let pluginName: StaticString = "evm"
 private let pluginVersion: StaticString = "1.0.0"
 private let pluginSummary: StaticString = "Ethereum-compatible wallet: secp256k1, EIP-1559 ERC-20 transfers over JSON-RPC, EIP-191 signatures"
 
-typealias WalletFailure = PluginFailure
 
 // MARK: - encodings
 
@@ -111,20 +110,18 @@ final class EVMWallet: PluginWallet, @unchecked Sendable {
     var address: String { "0x" + Hex.encode(addressBytes) }
     private let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
     private let tls = try? NIOSSLContext(configuration: .makeClientConfiguration())
-    private var lock = pthread_mutex_t()
+    private let lock = PluginLock()
     /// The endpoint answered eth_chainId with the configured chain once.
     private var chainChecked = false
-    private var chainLock = pthread_mutex_t()
+    private let chainLock = PluginLock()
 
     static let transferSelector = Array(Keccak.hash256(Array("transfer(address,uint256)".utf8)).prefix(4))
     static let balanceOfSelector = Array(Keccak.hash256(Array("balanceOf(address)".utf8)).prefix(4))
     static let transferTopic = "0x" + Hex.encode(Keccak.hash256(Array("Transfer(address,address,uint256)".utf8)))
 
-    init(host: UnsafePointer<masq_host>, options: Options) throws(WalletFailure) {
+    init(host: UnsafePointer<masq_host>, options: Options) throws(PluginFailure) {
         self.host = host
         self.options = options
-        pthread_mutex_init(&lock, nil)
-        pthread_mutex_init(&chainLock, nil)
         privateKey = try Self.loadOrCreateKey(options.keyFile)
         guard let publicKey = try? Secp256k1.publicKey(of: privateKey) else { throw .init(MASQ_E_INVALID, "bad key in \(options.keyFile)") }
         addressBytes = Self.address(of: publicKey)
@@ -132,13 +129,11 @@ final class EVMWallet: PluginWallet, @unchecked Sendable {
 
     deinit {
         try? group.syncShutdownGracefully()
-        pthread_mutex_destroy(&lock)
-        pthread_mutex_destroy(&chainLock)
     }
 
     static func address(of publicKey: [UInt8]) -> [UInt8] { Array(Keccak.hash256(Array(publicKey.dropFirst())).suffix(20)) }
 
-    static func loadOrCreateKey(_ path: String) throws(WalletFailure) -> SecureBytes {
+    static func loadOrCreateKey(_ path: String) throws(PluginFailure) -> SecureBytes {
         if let file = fopen(path, "rb") {
             defer { fclose(file) }
             var text = [UInt8](repeating: 0, count: 130)
@@ -160,7 +155,7 @@ final class EVMWallet: PluginWallet, @unchecked Sendable {
 
     // MARK: JSON-RPC
 
-    func rpc(_ method: String, _ params: String) throws(WalletFailure) -> JSON {
+    func rpc(_ method: String, _ params: String) throws(PluginFailure) -> JSON {
         guard let url = options.rpc, let endpoint = HTTPEndpoint(url) else { throw .init(MASQ_E_CONFIG, "option rpc (the JSON-RPC endpoint URL) is required") }
         let body = Array("{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"\(method)\",\"params\":\(params)}".utf8)
         let result: HTTPResult
@@ -176,7 +171,7 @@ final class EVMWallet: PluginWallet, @unchecked Sendable {
         return value
     }
 
-    private func rpcQuantity(_ method: String, _ params: String) throws(WalletFailure) -> UInt128 {
+    private func rpcQuantity(_ method: String, _ params: String) throws(PluginFailure) -> UInt128 {
         guard let text = try rpc(method, params).string, let n = parseQuantity(text) else { throw .init(MASQ_E_UNAVAILABLE, "JSON-RPC \(method): not a quantity") }
         return n
     }
@@ -185,25 +180,20 @@ final class EVMWallet: PluginWallet, @unchecked Sendable {
     /// one chain is valid on no other (EIP-155), and balances, receipts and
     /// logs of another chain say nothing about this one. Checked before every
     /// payment, and before the first read.
-    private func checkChain(always: Bool) throws(WalletFailure) {
+    private func checkChain(always: Bool) throws(PluginFailure) {
         if !always {
-            pthread_mutex_lock(&chainLock)
-            let done = chainChecked
-            pthread_mutex_unlock(&chainLock)
-            if done { return }
+            if chainLock.withLock({ chainChecked }) { return }
         }
         guard let configured = options.chainID else { throw .init(MASQ_E_CONFIG, "option chain_id is required") }
         let served = try rpcQuantity("eth_chainId", "[]")
         guard served == configured else {
             throw .init(MASQ_E_DENIED, "the endpoint serves chain \(served), not the configured chain \(configured): refused")
         }
-        pthread_mutex_lock(&chainLock)
-        chainChecked = true
-        pthread_mutex_unlock(&chainLock)
+        chainLock.withLock { chainChecked = true }
     }
 
     /// Wei from gwei, refusing what does not fit.
-    static func wei(gwei: UInt128) throws(WalletFailure) -> UInt128 {
+    static func wei(gwei: UInt128) throws(PluginFailure) -> UInt128 {
         let (wei, overflow) = gwei.multipliedReportingOverflow(by: 1_000_000_000)
         guard !overflow else { throw .init(MASQ_E_INVALID, "a fee of \(gwei) gwei overflows") }
         return wei
@@ -212,7 +202,7 @@ final class EVMWallet: PluginWallet, @unchecked Sendable {
     /// The fees of a payment: the endpoint's suggestion (or the configured
     /// fees), refused above the cap, every step overflow-checked (an endpoint
     /// may answer anything).
-    func fees(gas: UInt128) throws(WalletFailure) -> (priority: UInt128, maxFee: UInt128) {
+    func fees(gas: UInt128) throws(PluginFailure) -> (priority: UInt128, maxFee: UInt128) {
         let cap = try Self.wei(gwei: options.feeCapGwei)
         let priority: UInt128
         if let gwei = options.priorityFeeGwei { priority = try Self.wei(gwei: gwei) } else { priority = try rpcQuantity("eth_maxPriorityFeePerGas", "[]") }
@@ -236,7 +226,7 @@ final class EVMWallet: PluginWallet, @unchecked Sendable {
 
     // MARK: operations
 
-    func balance(_ asset: String?) throws(WalletFailure) -> String {
+    func balance(_ asset: String?) throws(PluginFailure) -> String {
         try checkChain(always: false)
         if asset == "ETH" { return String(try rpcQuantity("eth_getBalance", "[\"\(address)\",\"latest\"]")) }
         guard let token = options.token else { throw .init(MASQ_E_CONFIG, "option token (the ERC-20 contract) is required") }
@@ -246,7 +236,7 @@ final class EVMWallet: PluginWallet, @unchecked Sendable {
 
     /// An EIP-1559 transaction, signed: (raw bytes, hash).
     func transaction(to: [UInt8], value: UInt128, data: [UInt8], nonce: UInt128, chainID: UInt128, maxPriority: UInt128, maxFee: UInt128, gas: UInt128)
-        throws(WalletFailure) -> (raw: [UInt8], hash: [UInt8]) {
+        throws(PluginFailure) -> (raw: [UInt8], hash: [UInt8]) {
         let fields: [RLP] = [.bytes(minimalBytes(chainID)), .bytes(minimalBytes(nonce)), .bytes(minimalBytes(maxPriority)), .bytes(minimalBytes(maxFee)),
                              .bytes(minimalBytes(gas)), .bytes(to), .bytes(minimalBytes(value)), .bytes(data), .list([])]
         let digest = Keccak.hash256([0x02] + RLP.list(fields).encoded)
@@ -257,11 +247,14 @@ final class EVMWallet: PluginWallet, @unchecked Sendable {
     }
 
     /// An ERC-20 transfer carries no memo: `memo` is not sent.
-    func pay(to text: String, asset: String?, amount: String, memo: [UInt8]) throws(WalletFailure) -> String {
+    func pay(to text: String, asset: String?, amount: String, memo: [UInt8]) throws(PluginFailure) -> String {
         guard let amount = UInt128(amount), amount > 0 else { throw .init(MASQ_E_INVALID, "amount must be a positive decimal integer below 2^128") }
         guard let to = Hex.decode(text), to.count == 20, text.hasPrefix("0x") else { throw .init(MASQ_E_INVALID, "not an address: \(text.prefix(80))") }
-        pthread_mutex_lock(&lock)
-        defer { pthread_mutex_unlock(&lock) }
+        // One payment at a time: each takes the next nonce.
+        return try lock.withLock { () throws(PluginFailure) -> String in try payLocked(to: to, asset: asset, amount: amount) }
+    }
+
+    private func payLocked(to: [UInt8], asset: String?, amount: UInt128) throws(PluginFailure) -> String {
         try checkChain(always: true)
         guard let chainID = options.chainID else { throw .init(MASQ_E_CONFIG, "option chain_id is required") }
         let nonce = try rpcQuantity("eth_getTransactionCount", "[\"\(address)\",\"pending\"]")
@@ -291,7 +284,7 @@ final class EVMWallet: PluginWallet, @unchecked Sendable {
         Keccak.hash256(Array("\u{19}Ethereum Signed Message:\n\(message.count)".utf8) + message)
     }
 
-    func sign(_ message: [UInt8]) throws(WalletFailure) -> [UInt8] {
+    func sign(_ message: [UInt8]) throws(PluginFailure) -> [UInt8] {
         guard let (r, s, v) = try? Secp256k1.sign(digest: Self.personalDigest(message), privateKey: privateKey) else { throw .init(MASQ_E_INTERNAL, "signing failed") }
         return r + s + [27 + v]
     }
@@ -304,7 +297,7 @@ final class EVMWallet: PluginWallet, @unchecked Sendable {
     }
 
     /// The asset is the configured token (`asset` is not consulted).
-    func verifyPayment(txid: String, from: String, to: String, asset: String?, amount text: String) throws(WalletFailure) -> Int32 {
+    func verifyPayment(txid: String, from: String, to: String, asset: String?, amount text: String) throws(PluginFailure) -> Int32 {
         guard let amount = UInt128(text) else { throw .init(MASQ_E_INVALID, "amount must be a decimal integer") }
         try checkChain(always: false)
         let receipt = try rpc("eth_getTransactionReceipt", "[\"\(txid)\"]")
@@ -322,7 +315,7 @@ final class EVMWallet: PluginWallet, @unchecked Sendable {
     }
 
     /// Token transfers to this wallet from block `cursor` on (eth_getLogs).
-    func payments(after cursor: UInt64, limit: UInt32) throws(WalletFailure) -> String {
+    func payments(after cursor: UInt64, limit: UInt32) throws(PluginFailure) -> String {
         guard let token = options.token else { throw .init(MASQ_E_CONFIG, "option token is required") }
         try checkChain(always: false)
         let me = "0x" + String(repeating: "0", count: 24) + Hex.encode(addressBytes)
@@ -344,13 +337,13 @@ final class EVMWallet: PluginWallet, @unchecked Sendable {
 
 // MARK: - the C face
 
-private func parse(_ host: UnsafePointer<masq_host>, _ list: UnsafePointer<masq_plugin_option>?, _ count: Int) throws(WalletFailure) -> EVMWallet {
+private func parse(_ host: UnsafePointer<masq_host>, _ list: UnsafePointer<masq_plugin_option>?, _ count: Int) throws(PluginFailure) -> EVMWallet {
     var options = EVMWallet.Options()
     var dataDirectory = "."
     var keyFile: String?
     let pairs = try pluginOptions(list, count)
     for (key, value) in pairs {
-        func number() throws(WalletFailure) -> UInt128 {
+        func number() throws(PluginFailure) -> UInt128 {
             guard let n = UInt128(value) else { throw .init(MASQ_E_CONFIG, "option \(key) must be a decimal integer") }
             return n
         }

@@ -17,7 +17,6 @@ private let pluginName: StaticString = "ledger"
 private let pluginVersion: StaticString = "1.0.0"
 private let pluginSummary: StaticString = "local SQLite ledger shared by nodes on one machine (atomic transfers, history)"
 
-typealias WalletFailure = PluginFailure
 
 final class LedgerWallet: PluginWallet, @unchecked Sendable {
     let host: UnsafePointer<masq_host>
@@ -25,12 +24,11 @@ final class LedgerWallet: PluginWallet, @unchecked Sendable {
     let address: String
     let asset: String
     private var db: OpaquePointer?
-    private var lock = pthread_mutex_t()
+    private let lock = PluginLock()
 
-    init(host: UnsafePointer<masq_host>, ledger: String, keyFile: String, asset: String, initialBalance: UInt128?) throws(WalletFailure) {
+    init(host: UnsafePointer<masq_host>, ledger: String, keyFile: String, asset: String, initialBalance: UInt128?) throws(PluginFailure) {
         self.host = host
         self.asset = asset
-        pthread_mutex_init(&lock, nil)
         signingKey = try Self.loadOrCreateKey(keyFile)
         guard let publicKey = try? Ed25519.publicKey(of: signingKey) else { throw .init(MASQ_E_INVALID, "bad wallet key in \(keyFile)") }
         address = Hex.encode(publicKey)
@@ -50,7 +48,7 @@ final class LedgerWallet: PluginWallet, @unchecked Sendable {
             """)
         if let initialBalance {
             // A faucet for private networks: the first open of an account funds it.
-            try transaction { () throws(WalletFailure) in
+            try transaction { () throws(PluginFailure) in
                 if try self.balanceLocked(address, asset) == nil {
                     try self.setBalance(address, asset, initialBalance)
                     try self.record(txid: "genesis-" + address, from: "genesis", to: address, asset: asset, amount: initialBalance, memo: [])
@@ -61,10 +59,9 @@ final class LedgerWallet: PluginWallet, @unchecked Sendable {
 
     deinit {
         sqlite3_close(db)
-        pthread_mutex_destroy(&lock)
     }
 
-    static func loadOrCreateKey(_ path: String) throws(WalletFailure) -> SecureBytes {
+    static func loadOrCreateKey(_ path: String) throws(PluginFailure) -> SecureBytes {
         if let file = fopen(path, "rb") {
             defer { fclose(file) }
             var bytes = [UInt8](repeating: 0, count: 33)
@@ -83,17 +80,17 @@ final class LedgerWallet: PluginWallet, @unchecked Sendable {
 
     // MARK: operations
 
-    func balance(_ asset: String?) throws(WalletFailure) -> String {
-        try locked { () throws(WalletFailure) in String(try balanceLocked(address, asset ?? self.asset) ?? 0) }
+    func balance(_ asset: String?) throws(PluginFailure) -> String {
+        try locked { () throws(PluginFailure) in String(try balanceLocked(address, asset ?? self.asset) ?? 0) }
     }
 
-    func pay(to: String, asset: String?, amount text: String, memo: [UInt8]) throws(WalletFailure) -> String {
+    func pay(to: String, asset: String?, amount text: String, memo: [UInt8]) throws(PluginFailure) -> String {
         guard let amount = UInt128(text), amount > 0 else { throw .init(MASQ_E_INVALID, "amount must be a positive decimal integer below 2^128") }
         guard Self.validAddress(to) else { throw .init(MASQ_E_INVALID, "not a ledger address: \(to.prefix(80))") }
         guard to != address else { throw .init(MASQ_E_INVALID, "a wallet cannot pay itself") }
         let asset = asset ?? self.asset
         let txid = Hex.encode(Random.bytes(16))
-        try transaction { () throws(WalletFailure) in
+        try transaction { () throws(PluginFailure) in
             let mine = try balanceLocked(address, asset) ?? 0
             guard mine >= amount else { throw .init(MASQ_E_FUNDS, "balance \(mine) does not cover \(amount) \(asset)") }
             let theirs = try balanceLocked(to, asset) ?? 0
@@ -106,7 +103,7 @@ final class LedgerWallet: PluginWallet, @unchecked Sendable {
         return txid
     }
 
-    func sign(_ message: [UInt8]) throws(WalletFailure) -> [UInt8] {
+    func sign(_ message: [UInt8]) throws(PluginFailure) -> [UInt8] {
         do { return try Ed25519.sign(message, privateKey: signingKey) } catch { throw .init(MASQ_E_INTERNAL, "signing failed") }
     }
 
@@ -115,9 +112,9 @@ final class LedgerWallet: PluginWallet, @unchecked Sendable {
         return Ed25519.verify(signature, message: message, publicKey: key)
     }
 
-    func verifyPayment(txid: String, from: String, to: String, asset: String?, amount text: String) throws(WalletFailure) -> Int32 {
+    func verifyPayment(txid: String, from: String, to: String, asset: String?, amount text: String) throws(PluginFailure) -> Int32 {
         guard let amount = UInt128(text) else { throw .init(MASQ_E_INVALID, "amount must be a decimal integer") }
-        return try locked { () throws(WalletFailure) -> Int32 in
+        return try locked { () throws(PluginFailure) -> Int32 in
             let s = try prepare("SELECT sender, receiver, asset, amount FROM transfer WHERE txid = ?1")
             defer { sqlite3_finalize(s) }
             sqlite3_bind_text(s, 1, txid, -1, transient)
@@ -130,8 +127,8 @@ final class LedgerWallet: PluginWallet, @unchecked Sendable {
     /// Payments to this wallet after `cursor`, in the configured asset only:
     /// a transfer of another asset (worth anything or nothing) is not a
     /// payment of what is owed, so a node never credits a debtor for it.
-    func payments(after cursor: UInt64, limit: UInt32) throws(WalletFailure) -> String {
-        try locked { () throws(WalletFailure) -> String in
+    func payments(after cursor: UInt64, limit: UInt32) throws(PluginFailure) -> String {
+        try locked { () throws(PluginFailure) -> String in
             let s = try prepare("SELECT seq, txid, sender, asset, amount FROM transfer WHERE receiver = ?1 AND seq > ?2 AND asset = ?4 ORDER BY seq LIMIT ?3")
             defer { sqlite3_finalize(s) }
             sqlite3_bind_text(s, 1, address, -1, transient)
@@ -154,16 +151,14 @@ final class LedgerWallet: PluginWallet, @unchecked Sendable {
         text.utf8.count == 64 && text.utf8.allSatisfy { ($0 >= 0x30 && $0 <= 0x39) || ($0 >= 0x61 && $0 <= 0x66) }
     }
 
-    private func locked<T>(_ body: () throws(WalletFailure) -> T) throws(WalletFailure) -> T {
-        pthread_mutex_lock(&lock)
-        defer { pthread_mutex_unlock(&lock) }
-        return try body()
+    private func locked<T>(_ body: () throws(PluginFailure) -> T) throws(PluginFailure) -> T {
+        try lock.withLock { () throws(PluginFailure) -> T in try body() }
     }
 
-    private func transaction(_ body: () throws(WalletFailure) -> Void) throws(WalletFailure) {
-        try locked { () throws(WalletFailure) in
+    private func transaction(_ body: () throws(PluginFailure) -> Void) throws(PluginFailure) {
+        try locked { () throws(PluginFailure) in
             try exec("BEGIN IMMEDIATE")
-            do throws(WalletFailure) {
+            do throws(PluginFailure) {
                 try body()
                 try exec("COMMIT")
             } catch {
@@ -173,7 +168,7 @@ final class LedgerWallet: PluginWallet, @unchecked Sendable {
         }
     }
 
-    private func balanceLocked(_ address: String, _ asset: String) throws(WalletFailure) -> UInt128? {
+    private func balanceLocked(_ address: String, _ asset: String) throws(PluginFailure) -> UInt128? {
         let s = try prepare("SELECT balance FROM account WHERE address = ?1 AND asset = ?2")
         defer { sqlite3_finalize(s) }
         sqlite3_bind_text(s, 1, address, -1, transient)
@@ -183,7 +178,7 @@ final class LedgerWallet: PluginWallet, @unchecked Sendable {
         return value
     }
 
-    private func setBalance(_ address: String, _ asset: String, _ value: UInt128) throws(WalletFailure) {
+    private func setBalance(_ address: String, _ asset: String, _ value: UInt128) throws(PluginFailure) {
         let s = try prepare("INSERT INTO account(address, asset, balance) VALUES(?1, ?2, ?3) ON CONFLICT(address, asset) DO UPDATE SET balance = excluded.balance")
         defer { sqlite3_finalize(s) }
         sqlite3_bind_text(s, 1, address, -1, transient)
@@ -192,7 +187,7 @@ final class LedgerWallet: PluginWallet, @unchecked Sendable {
         guard sqlite3_step(s) == SQLITE_DONE else { throw failure("update balance") }
     }
 
-    private func record(txid: String, from: String, to: String, asset: String, amount: UInt128, memo: [UInt8]) throws(WalletFailure) {
+    private func record(txid: String, from: String, to: String, asset: String, amount: UInt128, memo: [UInt8]) throws(PluginFailure) {
         let s = try prepare("INSERT INTO transfer(txid, sender, receiver, asset, amount, memo, at) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)")
         defer { sqlite3_finalize(s) }
         sqlite3_bind_text(s, 1, txid, -1, transient)
@@ -205,13 +200,13 @@ final class LedgerWallet: PluginWallet, @unchecked Sendable {
         guard sqlite3_step(s) == SQLITE_DONE else { throw failure("record transfer") }
     }
 
-    private func prepare(_ sql: String) throws(WalletFailure) -> OpaquePointer {
+    private func prepare(_ sql: String) throws(PluginFailure) -> OpaquePointer {
         var s: OpaquePointer?
         guard sqlite3_prepare_v2(db, sql, -1, &s, nil) == SQLITE_OK, let s else { throw failure("prepare") }
         return s
     }
 
-    private func exec(_ sql: String) throws(WalletFailure) {
+    private func exec(_ sql: String) throws(PluginFailure) {
         guard sqlite3_exec(db, sql, nil, nil, nil) == SQLITE_OK else { throw failure(sql) }
     }
 
@@ -219,7 +214,7 @@ final class LedgerWallet: PluginWallet, @unchecked Sendable {
         sqlite3_column_text(s, i).map { String(cString: $0) } ?? ""
     }
 
-    private func failure(_ what: String) -> WalletFailure {
+    private func failure(_ what: String) -> PluginFailure {
         let code = sqlite3_errcode(db)
         return .init(code == SQLITE_BUSY ? MASQ_E_BUSY : MASQ_E_IO, "ledger: \(what): \(String(cString: sqlite3_errmsg(db)))")
     }
@@ -229,7 +224,7 @@ private let transient = unsafeBitCast(-1, to: sqlite3_destructor_type.self)
 
 // MARK: - the C face
 
-private func parse(_ host: UnsafePointer<masq_host>, _ list: UnsafePointer<masq_plugin_option>?, _ count: Int) throws(WalletFailure) -> LedgerWallet {
+private func parse(_ host: UnsafePointer<masq_host>, _ list: UnsafePointer<masq_plugin_option>?, _ count: Int) throws(PluginFailure) -> LedgerWallet {
     var ledger: String?, keyFile: String?, dataDirectory = ".", asset = "MASQ"
     var initial: UInt128?
     let pairs = try pluginOptions(list, count)
