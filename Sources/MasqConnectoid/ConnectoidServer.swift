@@ -243,8 +243,11 @@ final class ConnectoidHTTPHandler: ChannelDuplexHandler {
 
     /// After a final answer (413, 400, Connection: close) the output is shut and
     /// what the client still sends is drained, for at most this long and this much.
+    /// Closing with unread bytes sends a reset, and a reset can discard the answer
+    /// before the client reads it: the bound covers what a client streaming a body
+    /// can have in flight in socket buffers by then (loopback: several MiB).
     static let lingerSeconds: Int64 = 2
-    static let lingerBytes = 256 * 1024
+    static let lingerBytes = 8 << 20
 
     let service: ConnectoidService
     let client: String
