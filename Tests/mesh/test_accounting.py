@@ -155,11 +155,15 @@ def test_traffic_creates_matching_payables_and_receivables_and_the_scan_pays(net
         seen["delta"] = (d_owed, d_earned)
         # A route attempt that fails before the stream opens leaves its 3 set-up cells
         # counted by the origin (up to 3 attempts), and a dying circuit its cells in
-        # flight counted by their sender: about 1% of this transfer at most.
-        return d_owed and set(d_owed) == set(d_earned) and all(abs(d_owed[w] - d_earned[w]) <= 12 * exit_cell for w in d_owed)
+        # flight counted by their sender: about 1% of this transfer at most. A hop of
+        # such a route may thus show on one side only (e.g. an exit's last cell on a
+        # route the origin already closed): within the same bound, counted as 0 on the other.
+        carried = set(w for w in d_owed if d_owed[w] > 12 * exit_cell)
+        return (d_owed and carried == set(w for w in d_earned if d_earned[w] > 12 * exit_cell)
+                and all(abs(d_owed.get(w, 0) - d_earned.get(w, 0)) <= 12 * exit_cell for w in set(d_owed) | set(d_earned)))
     wait_for("payables matching receivables", matching, seconds=40, detail=lambda: seen.get("delta"))
     d_owed, _ = seen["delta"]
-    assert len(d_owed) >= 3                               # relays and an exit, at least
+    assert len([w for w in d_owed if d_owed[w] > 12 * exit_cell]) >= 3      # relays and an exit carried it, at least
     # Debts above the permanent allowance (2.5e11 here) are paid once due; smaller ones may wait.
     allowance = 250_000_000_000
     wait_for("A's debts paid", lambda: all(int(acc["balance"]) <= allowance for acc in book(net, 36)["payables"].values())
