@@ -132,7 +132,7 @@ let package = Package(
         // The local store daemon: profiles, app consent, the app protocol and the manager's API.
         .target(name: "MasqDaemon", dependencies: ["MasqKernel", "MasqCrypto"], exclude: ["www"], swiftSettings: fuzzed),
         .executableTarget(name: "MasqDaemonMain", dependencies: [
-            "MasqDaemon", "MasqKernel",
+            "MasqDaemon", "MasqKernel", "CMasqSupport",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ], path: "Sources/masqd"),
 

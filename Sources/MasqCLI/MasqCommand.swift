@@ -1,4 +1,5 @@
 import ArgumentParser
+import CMasqSupport
 import MasqKernel
 #if canImport(Glibc)
 import Glibc
@@ -17,6 +18,15 @@ struct MasqCommand: ParsableCommand {
                       Sync.self, Status.self, Check.self, ClockCommand.self, Passphrase.self, Backup.self, Restore.self, Share.self, Accept.self, Shares.self, Unshare.self,
                       Relay.self, Connectoid.self, Node.self, Wallet.self, Accounts.self, Plugins.self, Apps.self]
     )
+
+    /// Every command keeps freed heap memory for reuse (masqsupport_keep_freed_memory):
+    /// sync, blob transfers and servers allocate and free MiB-sized buffers at a
+    /// high rate, and glibc would otherwise fault each one in afresh (bench/blobs:
+    /// a quarter of the sender's CPU).
+    static func main() {
+        masqsupport_keep_freed_memory()
+        main(nil)
+    }
 }
 
 /// Options every command that touches a store shares.

@@ -72,10 +72,24 @@ final class BlobTransfer {
     private var nextSeq: UInt64 = 0
     private var fetchEpoch = -1
     private var lastScan: UInt64 = 0
+    /// Verified chunks not stored yet: they are stored together, in one
+    /// transaction (one fsync) per burst of arrivals or per `unsavedLimit`
+    /// bytes, not one per chunk (bench/blobs: per-chunk commits left the
+    /// receiver waiting on the disk for most of each chunk).
+    private var unsaved: [(item: Item, data: [UInt8], device: String)] = []
+    private var unsavedItems = Set<Item>()
+    private var unsavedBytes = 0
+    private var saveScheduled = false
+    static let unsavedLimit = 4 << 20
+    /// Calls `save()` on the service's queue after what is already queued
+    /// there (the end of the current burst of frames).
+    let scheduleSave: () -> Void
 
-    init(store: Store, mode: SyncConfig.BlobMode, send: @escaping (_ frame: [UInt8], _ device: String) -> Bool) {
+    init(store: Store, mode: SyncConfig.BlobMode, scheduleSave: @escaping () -> Void,
+         send: @escaping (_ frame: [UInt8], _ device: String) -> Bool) {
         self.store = store
         self.mode = mode
+        self.scheduleSave = scheduleSave
         self.send = send
     }
 
@@ -96,6 +110,7 @@ final class BlobTransfer {
     }
 
     func stop() {
+        save()   // what arrived and verified is kept: a restart asks only for the rest
         store.blobState.lock.withLock { store.blobState.fetched = [:] }
     }
 
@@ -368,41 +383,79 @@ final class BlobTransfer {
             receivedManifest(item, data)
             return
         }
-        var complete: [(manifest: [UInt8], size: UInt64)] = []
-        var touched: [(blob: Active, indexes: [Int])] = []
-        for m in manifests {
-            guard let blob = active[m], let manifest = blob.manifest, let indexes = blob.need[item.hash] else { continue }
-            guard indexes.allSatisfy({ manifest.length($0) == data.count }) else {
-                counters.rejected += 1
-                blob.problem = "a chunk arrived with the wrong length"
-                continue
-            }
-            touched.append((blob, indexes))
-            if blob.need.count == 1 { complete.append((m, manifest.size)) }
+        guard !unsavedItems.contains(item) else { return }   // a second copy of one already verified
+        let wanted = manifests.contains { m in
+            guard let blob = active[m], let manifest = blob.manifest, let indexes = blob.need[item.hash] else { return false }
+            return indexes.allSatisfy { manifest.length($0) == data.count }
         }
-        guard !touched.isEmpty else {
+        guard wanted else {
+            for m in manifests where active[m]?.need[item.hash] != nil {
+                counters.rejected += 1
+                active[m]?.problem = "a chunk arrived with the wrong length"
+            }
             lacking[item, default: []].insert(device)
             requeue(item)
             return
         }
+        unsaved.append((item, data, device))
+        unsavedItems.insert(item)
+        unsavedBytes += data.count
+        if unsavedBytes >= Self.unsavedLimit {
+            save()
+        } else if !saveScheduled {
+            saveScheduled = true
+            scheduleSave()
+        }
+    }
+
+    /// Store the verified chunks received since the last save, in one
+    /// transaction, then count them fetched (a blob is whole only once its
+    /// last chunk is stored).
+    func save() {
+        saveScheduled = false
+        guard !unsaved.isEmpty else { return }
+        let batch = unsaved
+        unsaved = []
+        unsavedItems = []
+        unsavedBytes = 0
+        var complete: [(manifest: [UInt8], size: UInt64)] = []
+        var touched: [(item: Item, blob: Active, indexes: [Int], count: Int)] = []
+        let arrived = Set(batch.map(\.item.hash))
+        for entry in batch {
+            for m in owners[entry.item] ?? [] {
+                guard let blob = active[m], let manifest = blob.manifest, let indexes = blob.need[entry.item.hash],
+                      indexes.allSatisfy({ manifest.length($0) == entry.data.count }) else { continue }
+                touched.append((entry.item, blob, indexes, entry.data.count))
+            }
+        }
+        for m in Set(touched.map { $0.blob.wanted.manifest }) {
+            guard let blob = active[m], blob.need.keys.allSatisfy({ arrived.contains($0) }) else { continue }
+            complete.append((m, blob.wanted.size))
+        }
         do throws(MasqError) {
-            try store.storeReceived([(false, item.hash, data)], complete: complete)
+            try store.storeReceived(batch.map { (false, $0.item.hash, $0.data) }, complete: complete)
         } catch {
-            Log.warn("sync", "cannot store a blob chunk: \(error.message)")
-            for (blob, _) in touched { blob.problem = "cannot store its chunks here: \(error.message)" }
-            requeue(item)
+            Log.warn("sync", "cannot store blob chunks: \(error.message)")
+            for t in touched { t.blob.problem = "cannot store its chunks here: \(error.message)" }
+            for entry in batch.reversed() { requeue(entry.item) }
             return
         }
-        owners[item] = nil
-        counters.chunksReceived += 1
-        counters.bytesReceived += UInt64(data.count)
-        for (blob, indexes) in touched {
-            blob.need[item.hash] = nil
-            blob.fetched += UInt64(data.count * indexes.count)
-            blob.problem = nil
-            publish(blob)
-            if blob.need.isEmpty { finish(blob.wanted.manifest, complete: true) }
+        for entry in batch {
+            owners[entry.item] = nil
+            counters.chunksReceived += 1
+            counters.bytesReceived += UInt64(entry.data.count)
         }
+        var finished: [[UInt8]] = []
+        for t in touched {
+            t.blob.need[t.item.hash] = nil
+            t.blob.fetched += UInt64(t.count * t.indexes.count)
+            t.blob.problem = nil
+            if t.blob.need.isEmpty, !finished.contains(t.blob.wanted.manifest) { finished.append(t.blob.wanted.manifest) }
+        }
+        for blob in Set(touched.map { ObjectIdentifier($0.blob) }).compactMap({ id in touched.first { ObjectIdentifier($0.blob) == id }?.blob }) {
+            publish(blob)
+        }
+        for m in finished { finish(m, complete: true) }
     }
 
     private func receivedManifest(_ item: Item, _ data: [UInt8]) {
@@ -466,7 +519,7 @@ final class BlobTransfer {
     /// Nothing more can arrive now: nothing asked, and whatever is pending
     /// is lacked by every present device.
     func settled(_ devices: [String]) -> Bool {
-        guard outstanding.values.allSatisfy(\.isEmpty) else { return false }
+        guard unsaved.isEmpty, outstanding.values.allSatisfy(\.isEmpty) else { return false }
         guard store.blobState.lock.withLock({ store.blobState.fetchEpoch }) == fetchEpoch else { return false }
         if devices.isEmpty { return true }
         return pending.allSatisfy { item in devices.allSatisfy { lacking[item]?.contains($0) == true } } && waiting.isEmpty

@@ -151,7 +151,9 @@ public final class SyncService: @unchecked Sendable {
         roomText = hex(room)
         me = try Self.idBytes(store.requireIdentity().publicKeys.deviceID)
         identityEpoch = store.identityEpoch
-        transfer = BlobTransfer(store: store, mode: store.config.sync.blobs) { [unowned self] frame, device in
+        transfer = BlobTransfer(store: store, mode: store.config.sync.blobs, scheduleSave: { [unowned self] in
+            self.queue.async { [weak self] in self?.transfer.save() }
+        }) { [unowned self] frame, device in
             (try? self.deliver(frame, to: device)) ?? false
         }
         // References applied from peers are noticed on this queue, before the frame's

@@ -5,6 +5,7 @@
 import ArgumentParser
 import Dispatch
 import MasqDaemon
+import CMasqSupport
 import MasqKernel
 #if canImport(Glibc)
 import Glibc
@@ -40,6 +41,13 @@ struct Masqd: ParsableCommand {
     @Option(help: "Log level (error, warn, info, debug).") var logLevel = "warn"
     @Flag(help: "Serve programs of every OS user of this machine (default: only the user running masqd, checked on each connection's socket).")
     var allowOtherUsers = false
+
+    /// Keep freed heap memory for reuse (masqsupport_keep_freed_memory): apps'
+    /// values and blob chunks are MiB-sized buffers allocated and freed at a high rate.
+    static func main() {
+        masqsupport_keep_freed_memory()
+        main(nil)
+    }
 
     func run() throws {
         guard ["error", "warn", "info", "debug"].contains(logLevel) else { throw ValidationError("unknown log level \(logLevel)") }

@@ -5,20 +5,6 @@ import MasqCrypto
 import Glibc
 #endif
 
-private func randomBytes(_ count: Int, seed: UInt64) -> [UInt8] {
-    var rng = SeededRandom(state: seed)
-    var out = [UInt8](repeating: 0, count: count)
-    var i = 0
-    while i < count {
-        var word = rng.next()
-        for _ in 0..<8 where i < count {
-            out[i] = UInt8(truncatingIfNeeded: word)
-            word >>= 8
-            i += 1
-        }
-    }
-    return out
-}
 
 /// Write `data` as a blob, handing it over in pieces of `piece` bytes.
 @discardableResult
@@ -215,7 +201,8 @@ private final class TransferLink {
     var present: [String]?
 
     func add(_ name: String, _ store: Store, mode: SyncConfig.BlobMode = .eager) {
-        transfers[name] = BlobTransfer(store: store, mode: mode) { [unowned self] frame, device in
+        // A save scheduled by the transfer runs after what is queued (an empty frame marks it), as on the service's queue.
+        transfers[name] = BlobTransfer(store: store, mode: mode, scheduleSave: { [unowned self] in self.queue.append((name, "", [])) }) { [unowned self] frame, device in
             self.queue.append((device, name, frame))
             return true
         }
@@ -226,6 +213,10 @@ private final class TransferLink {
         while !queue.isEmpty && steps < limit {
             var (to, from, frame) = queue.removeFirst()
             steps += 1
+            if frame.isEmpty {
+                transfers[to]!.save()
+                continue
+            }
             if let alter, !alter(&frame) { continue }
             let others = (present ?? transfers.keys.sorted()).filter { $0 != to }
             try transfers[to]!.receive(frame, from: from, devices: others)

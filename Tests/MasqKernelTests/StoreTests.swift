@@ -218,6 +218,38 @@ import Glibc
         #expect(after.seq == info!.seq + 1)
     }
 
+    /// The SQLite plugin keeps long values in a table of their own (plugins/storage-sqlite):
+    /// every operation must see one ordered key space whatever the value's length.
+    @Test func longAndShortValuesShareOneKeySpace() throws {
+        let dir = Fixtures.temporaryDirectory("long")
+        var store = try Fixtures.open("sqlite", dataDir: dir)
+        let app = try ns("app")
+        let long = randomBytes(1 << 20, seed: 7), medium = randomBytes(513, seed: 8), short = [UInt8]("s")
+        try store.put(app, key: [UInt8]("a"), value: short)
+        try store.put(app, key: [UInt8]("b"), value: long)
+        try store.put(app, key: [UInt8]("c"), value: medium)
+        try store.put(app, key: [UInt8]("d"), value: randomBytes(512, seed: 9))
+        #expect(try store.get(app, key: [UInt8]("b")) == long)
+        #expect(try store.getAll(app).map { $0.key } == ["a", "b", "c", "d"].map { [UInt8]($0) })
+        #expect(try store.getAll(app).map { $0.value.count } == [1, 1 << 20, 513, 512])
+        try store.put(app, key: [UInt8]("b"), value: short)           // long -> short
+        try store.put(app, key: [UInt8]("a"), value: long)            // short -> long
+        try store.put(app, key: [UInt8]("c"), value: randomBytes(2_000, seed: 10))   // long -> long
+        #expect(try store.get(app, key: [UInt8]("a")) == long)
+        #expect(try store.get(app, key: [UInt8]("b")) == short)
+        #expect(try store.get(app, key: [UInt8]("c")) == randomBytes(2_000, seed: 10))
+        try store.delete(app, key: [UInt8]("a"))
+        #expect(try store.get(app, key: [UInt8]("a")) == nil)
+        try store.close()
+        store = try Fixtures.open("sqlite", dataDir: dir)
+        defer { try? store.close() }
+        #expect(try store.getAll(app).map { $0.value.count } == [1, 2_000, 512])
+        try store.clear(app)
+        #expect(try store.getAll(app).isEmpty)
+        try store.put(app, key: [UInt8]("e"), value: long)
+        #expect(try store.get(app, key: [UInt8]("e")) == long)
+    }
+
     @Test func twoHandlesOnOneFileKeepSequenceNumbersDense() throws {
         let dir = Fixtures.temporaryDirectory("shared")
         let a = try Fixtures.open("sqlite", dataDir: dir)

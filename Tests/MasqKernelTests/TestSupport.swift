@@ -101,3 +101,19 @@ func waitUntil(_ condition: () -> Bool) -> Bool {
     }
     return true
 }
+
+/// Deterministic pseudo-random bytes (tests of long values and blobs).
+func randomBytes(_ count: Int, seed: UInt64) -> [UInt8] {
+    var rng = SeededRandom(state: seed)
+    var out = [UInt8](repeating: 0, count: count)
+    var i = 0
+    while i < count {
+        var word = rng.next()
+        for _ in 0..<8 where i < count {
+            out[i] = UInt8(truncatingIfNeeded: word)
+            word >>= 8
+            i += 1
+        }
+    }
+    return out
+}

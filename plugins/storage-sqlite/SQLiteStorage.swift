@@ -1,5 +1,16 @@
 // The default Masq storage plugin: an ordered key/value table in one SQLite
 // database file, in WAL mode, with every statement prepared once and reused.
+//
+// Layout: `kv(k BLOB PRIMARY KEY, v BLOB NOT NULL, ext INTEGER) WITHOUT ROWID`
+// holds every key in order; a value longer than `inlineValueBytes` lives in
+// `big(id INTEGER PRIMARY KEY, v BLOB NOT NULL)` and its kv row holds an
+// empty v and ext = its id. Why: a WITHOUT ROWID b-tree compares whole rows
+// when it seeks, and a row that overflows its page is read in full for each
+// comparison -- with 1 MiB blob chunks inline, one lookup read several MiB
+// (bench/blobs: half the sender's CPU). A rowid table is reached by id, with
+// no comparison of contents. Files written before `ext` existed gain the
+// column at open; their long values stay inline (still read correctly) until
+// rewritten.
 // It sees nothing of Masq but include/masq_plugin.h (module CMasqPlugin).
 import CMasqPlugin
 import MasqPluginSupport
@@ -35,6 +46,14 @@ final class SQLiteDatabase {
     private var beginStatement: OpaquePointer!
     private var commitStatement: OpaquePointer!
     private var rollbackStatement: OpaquePointer!
+    private var bigInsertStatement: OpaquePointer!
+    private var bigDeleteForKeyStatement: OpaquePointer!
+    private var bigDeleteFromStatement: OpaquePointer!
+    private var bigDeleteRangeStatement: OpaquePointer!
+    /// Whether `big` may hold rows (false: puts and deletes skip it).
+    private var hasBig = false
+    /// Values longer than this go to the `big` table (see the top of the file).
+    static let inlineValueBytes = 512
 
     /// Options this plugin understands (docs: plugins/storage-sqlite/README.md).
     struct Options {
@@ -84,14 +103,23 @@ final class SQLiteDatabase {
             try execute("PRAGMA cache_size=-\(options.cacheSizeKiB)")
             // Zero freed content, so deleted or overwritten values do not linger in free pages.
             try execute("PRAGMA secure_delete=\(options.secureDelete ? "ON" : "OFF")")
-            try execute("CREATE TABLE IF NOT EXISTS kv(k BLOB PRIMARY KEY, v BLOB NOT NULL) WITHOUT ROWID")
-            getStatement = try prepare("SELECT v FROM kv WHERE k = ?1")
-            putStatement = try prepare("INSERT OR REPLACE INTO kv(k, v) VALUES (?1, ?2)")
+            try execute("CREATE TABLE IF NOT EXISTS kv(k BLOB PRIMARY KEY, v BLOB NOT NULL, ext INTEGER) WITHOUT ROWID")
+            if try !hasColumn("kv", "ext") { try execute("ALTER TABLE kv ADD COLUMN ext INTEGER") }
+            try execute("CREATE TABLE IF NOT EXISTS big(id INTEGER PRIMARY KEY, v BLOB NOT NULL)")
+            hasBig = try queryText("SELECT EXISTS(SELECT 1 FROM big)") != "0"
+            let value = "coalesce(big.v, kv.v)"
+            let joined = "kv LEFT JOIN big ON big.id = kv.ext"
+            getStatement = try prepare("SELECT \(value) FROM \(joined) WHERE kv.k = ?1")
+            putStatement = try prepare("INSERT OR REPLACE INTO kv(k, v, ext) VALUES (?1, ?2, ?3)")
             deleteStatement = try prepare("DELETE FROM kv WHERE k = ?1")
-            scanFromStatement = try prepare("SELECT k, v FROM kv WHERE k >= ?1 ORDER BY k")
-            scanRangeStatement = try prepare("SELECT k, v FROM kv WHERE k >= ?1 AND k < ?2 ORDER BY k")
+            scanFromStatement = try prepare("SELECT kv.k, \(value) FROM \(joined) WHERE kv.k >= ?1 ORDER BY kv.k")
+            scanRangeStatement = try prepare("SELECT kv.k, \(value) FROM \(joined) WHERE kv.k >= ?1 AND kv.k < ?2 ORDER BY kv.k")
             deleteFromStatement = try prepare("DELETE FROM kv WHERE k >= ?1")
             deleteRangeStatement = try prepare("DELETE FROM kv WHERE k >= ?1 AND k < ?2")
+            bigInsertStatement = try prepare("INSERT INTO big(v) VALUES (?1)")
+            bigDeleteForKeyStatement = try prepare("DELETE FROM big WHERE id = (SELECT ext FROM kv WHERE k = ?1)")
+            bigDeleteFromStatement = try prepare("DELETE FROM big WHERE id IN (SELECT ext FROM kv WHERE k >= ?1 AND ext IS NOT NULL)")
+            bigDeleteRangeStatement = try prepare("DELETE FROM big WHERE id IN (SELECT ext FROM kv WHERE k >= ?1 AND k < ?2 AND ext IS NOT NULL)")
             beginStatement = try prepare("BEGIN IMMEDIATE")
             commitStatement = try prepare("COMMIT")
             rollbackStatement = try prepare("ROLLBACK")
@@ -130,17 +158,61 @@ final class SQLiteDatabase {
         }
     }
 
+    /// A put of a long value writes two rows (big, then kv): the kernel wraps
+    /// its writes in a transaction; a put outside one takes its own, so the
+    /// pair is atomic either way.
     func put(_ key: UnsafePointer<UInt8>?, _ keyLength: Int, _ value: UnsafePointer<UInt8>?, _ valueLength: Int) -> Int32 {
+        let long = valueLength > Self.inlineValueBytes
+        guard long || hasBig else { return putRow(key, keyLength, value, valueLength, ext: nil) }
+        return atomically("put") { () -> Int32 in
+            var rc = dropBig(key, keyLength)
+            guard rc == MASQ_OK else { return rc }
+            guard long else { return putRow(key, keyLength, value, valueLength, ext: nil) }
+            bind(bigInsertStatement, 1, value, valueLength)
+            rc = step(bigInsertStatement, "put")
+            guard rc == MASQ_OK else { return rc }
+            hasBig = true
+            return putRow(key, keyLength, nil, 0, ext: sqlite3_last_insert_rowid(db))
+        }
+    }
+
+    private func putRow(_ key: UnsafePointer<UInt8>?, _ keyLength: Int, _ value: UnsafePointer<UInt8>?, _ valueLength: Int,
+                        ext: Int64?) -> Int32 {
         let s = putStatement!
         bind(s, 1, key, keyLength)
         bind(s, 2, value, valueLength)
+        if let ext { sqlite3_bind_int64(s, 3, ext) } else { sqlite3_bind_null(s, 3) }
         return step(s, "put")
     }
 
+    /// Delete the `big` row a key's value lives in, if any.
+    private func dropBig(_ key: UnsafePointer<UInt8>?, _ keyLength: Int) -> Int32 {
+        guard hasBig else { return MASQ_OK }
+        bind(bigDeleteForKeyStatement, 1, key, keyLength)
+        return step(bigDeleteForKeyStatement, "del")
+    }
+
+    /// Run `body` in a transaction of its own unless one is open already.
+    private func atomically(_ operation: String, _ body: () -> Int32) -> Int32 {
+        guard sqlite3_get_autocommit(db) != 0 else { return body() }
+        var rc = begin()
+        guard rc == MASQ_OK else { return rc }
+        rc = body()
+        guard rc == MASQ_OK else {
+            _ = rollback()
+            return rc
+        }
+        return commit()
+    }
+
     func delete(_ key: UnsafePointer<UInt8>?, _ keyLength: Int) -> Int32 {
-        let s = deleteStatement!
-        bind(s, 1, key, keyLength)
-        return step(s, "del")
+        atomically("del") { () -> Int32 in
+            let rc = dropBig(key, keyLength)
+            guard rc == MASQ_OK else { return rc }
+            let s = deleteStatement!
+            bind(s, 1, key, keyLength)
+            return step(s, "del")
+        }
     }
 
     func scan(_ start: UnsafePointer<UInt8>?, _ startLength: Int, _ end: UnsafePointer<UInt8>?, _ endLength: Int,
@@ -166,10 +238,19 @@ final class SQLiteDatabase {
     }
 
     func deleteRange(_ start: UnsafePointer<UInt8>?, _ startLength: Int, _ end: UnsafePointer<UInt8>?, _ endLength: Int) -> Int32 {
-        let s: OpaquePointer = end == nil ? deleteFromStatement : deleteRangeStatement
-        bind(s, 1, start, startLength)
-        if end != nil { bind(s, 2, end, endLength) }
-        return step(s, "delete_range")
+        atomically("delete_range") { () -> Int32 in
+            if hasBig {
+                let b: OpaquePointer = end == nil ? bigDeleteFromStatement : bigDeleteRangeStatement
+                bind(b, 1, start, startLength)
+                if end != nil { bind(b, 2, end, endLength) }
+                let rc = step(b, "delete_range")
+                guard rc == MASQ_OK else { return rc }
+            }
+            let s: OpaquePointer = end == nil ? deleteFromStatement : deleteRangeStatement
+            bind(s, 1, start, startLength)
+            if end != nil { bind(s, 2, end, endLength) }
+            return step(s, "delete_range")
+        }
     }
 
     /// VACUUM rebuilds the file without free pages; the checkpoint then
@@ -235,6 +316,10 @@ final class SQLiteDatabase {
     private func execute(_ sql: String) throws(PluginFailure) {
         let rc = sqlite3_exec(db, sql, nil, nil, nil)
         guard rc == SQLITE_OK else { throw PluginFailure(Self.status(rc), "\(sql): \(String(cString: sqlite3_errmsg(db)))") }
+    }
+
+    private func hasColumn(_ table: String, _ column: String) throws(PluginFailure) -> Bool {
+        try queryText("SELECT count(*) FROM pragma_table_info('\(table)') WHERE name = '\(column)'") != "0"
     }
 
     private func queryText(_ sql: String) throws(PluginFailure) -> String {
