@@ -16,7 +16,7 @@ import Glibc
 public final class ShareService: @unchecked Sendable {
     public let store: Store
     private let queue = DispatchQueue(label: "masq.share")
-    private var transport: TransportEngine?
+    private var transport: TransportPluginInstance?
     private var joined: Set<String> = []
     private var timer: DispatchSourceTimer?
     private var watchID: UInt64?

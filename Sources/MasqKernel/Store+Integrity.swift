@@ -51,7 +51,7 @@ extension Store {
     }
 
     /// Stores written before counts existed get them once, in one transaction.
-    static func establishCounts(_ engine: StorageEngine) throws(MasqError) {
+    static func establishCounts(_ engine: StoragePluginInstance) throws(MasqError) {
         guard try getMeta(engine, metaCounted) == nil else { return }
         try engine.begin()
         do throws(MasqError) {

@@ -33,7 +33,7 @@ public final class Store: @unchecked Sendable {
     public var limits: Limits { config.limits }
     public var storagePlugin: LoadedPlugin { engine.plugin }
 
-    let engine: StorageEngine
+    let engine: StoragePluginInstance
     let lock = Lock()
     var clock = HybridLogicalClock()
     private var closed = false
@@ -93,7 +93,7 @@ public final class Store: @unchecked Sendable {
         let plugin = try PluginLoader.load(config.storage, kind: .storage, searchPath: PluginLoader.searchPath(config: config))
         var options = config.storage.options.filter { $0.key != "data_dir" }
         options.append(("data_dir", config.dataDir))
-        engine = try StorageEngine(plugin: plugin, options: options)
+        engine = try StoragePluginInstance(plugin: plugin, options: options)
         hub = WatchHub(label: "masq.watch")
         let (initialReplica, initialClock) = try Store.initialize(engine)
         try Store.establishCounts(engine)
@@ -106,7 +106,7 @@ public final class Store: @unchecked Sendable {
     }
 
     /// Read (or on first open, write) the format marker, replica id and clock.
-    private static func initialize(_ engine: StorageEngine) throws(MasqError) -> (UInt64, HybridLogicalClock) {
+    private static func initialize(_ engine: StoragePluginInstance) throws(MasqError) -> (UInt64, HybridLogicalClock) {
         if let format = try getMeta(engine, RecordFormat.metaFormat) {
             guard format == [RecordFormat.version] else {
                 throw .corrupt("store format \(format.first.map(String.init) ?? "?") is not one this library reads (\(RecordFormat.version))")
@@ -705,7 +705,7 @@ public final class Store: @unchecked Sendable {
         if case .locked = protection { throw MasqError(.denied, "the store is locked: unlock it with its passphrase") }
     }
 
-    static func readClock(_ engine: StorageEngine) throws(MasqError) -> (seq: UInt64, timestamp: UInt64) {
+    static func readClock(_ engine: StoragePluginInstance) throws(MasqError) -> (seq: UInt64, timestamp: UInt64) {
         guard let bytes = try getMeta(engine, RecordFormat.metaClock), bytes.count == 16 else {
             throw .corrupt("store has no valid clock record")
         }
@@ -713,16 +713,16 @@ public final class Store: @unchecked Sendable {
     }
 
     /// The greatest remote timestamp observed (0 if none).
-    static func readObserved(_ engine: StorageEngine) throws(MasqError) -> UInt64 {
+    static func readObserved(_ engine: StoragePluginInstance) throws(MasqError) -> UInt64 {
         guard let bytes = try getMeta(engine, RecordFormat.metaObserved), bytes.count == 8 else { return 0 }
         return bytes.withUnsafeBytes { $0.loadBigEndian(at: 0) }
     }
 
-    static func getMeta(_ engine: StorageEngine, _ key: [UInt8]) throws(MasqError) -> [UInt8]? {
+    static func getMeta(_ engine: StoragePluginInstance, _ key: [UInt8]) throws(MasqError) -> [UInt8]? {
         try key.withBytes { (k) throws(MasqError) in try engine.get(k) { Array($0) } }
     }
 
-    static func putMeta(_ engine: StorageEngine, _ key: [UInt8], _ value: [UInt8]) throws(MasqError) {
+    static func putMeta(_ engine: StoragePluginInstance, _ key: [UInt8], _ value: [UInt8]) throws(MasqError) {
         try key.withBytes { (k) throws(MasqError) in
             try value.withBytes { (v) throws(MasqError) in try engine.put(k, v) }
         }

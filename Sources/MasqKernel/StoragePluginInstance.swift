@@ -7,7 +7,7 @@ import Glibc
 /// One open instance of a storage plugin, wrapped so the kernel can call it
 /// with Swift closures and get MasqErrors back. Not thread-safe: the Store
 /// serializes every call (the contract masq_plugin.h promises plugins).
-final class StorageEngine {
+final class StoragePluginInstance {
     let plugin: LoadedPlugin
     private let host: PluginHost
     private let v: masq_storage_vtable
