@@ -1,5 +1,6 @@
 import ArgumentParser
 import FoundationEssentials
+import MasqAccounting
 import MasqEncoding
 import MasqKernel
 import MasqMesh

@@ -46,6 +46,22 @@ final class StoragePluginInstance {
         if status != MASQ_OK { Log.error(component, "rollback failed: \(pluginMessage(status, "rollback"))") }
     }
 
+    /// Run `body` in one transaction: commit when it returns with `commit`
+    /// still true, roll back when it sets it false or throws (a failed commit
+    /// rolls back too). The kernel's only begin/commit/rollback path.
+    func transaction<T>(_ body: (_ commit: inout Bool) throws(MasqError) -> T) throws(MasqError) -> T {
+        try begin()
+        var commit = true
+        do throws(MasqError) {
+            let result = try body(&commit)
+            if commit { try self.commit() } else { rollback() }
+            return result
+        } catch {
+            rollback()
+            throw error
+        }
+    }
+
     func put(_ key: UnsafeRawBufferPointer, _ value: UnsafeRawBufferPointer) throws(MasqError) {
         try check(call { v.put(db, key.baseAddress?.assumingMemoryBound(to: UInt8.self), key.count,
                                value.baseAddress?.assumingMemoryBound(to: UInt8.self), value.count) }, "put")

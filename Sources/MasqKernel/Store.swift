@@ -73,6 +73,8 @@ public final class Store: @unchecked Sendable {
     let blobState = BlobState()
     /// The write receipt a thread is applying (Store+Receipts.swift).
     let receipts = ReceiptState()
+    /// What feature modules stop before the store closes, by name (`beforeClose`).
+    private let closeHooks = LockedValue<[String: @Sendable (Store) -> Void]>([:])
 
     /// Entries per chunk when listing without holding the lock throughout.
     static let listChunk = 256
@@ -141,6 +143,7 @@ public final class Store: @unchecked Sendable {
     /// Close the engine after queued watch callbacks ran. Idempotent.
     public func close() throws(MasqError) {
         guard !hub.isCallbackThread else { throw MasqError(.busy, "cannot close a store from inside its own watch callback") }
+        for hook in closeHooks.withLock({ hooks in defer { hooks = [:] }; return Array(hooks.values) }) { hook(self) }
         syncSlot.stop()
         hub.drain()
         if !isClosed { savePairingCopy() }
@@ -152,6 +155,14 @@ public final class Store: @unchecked Sendable {
     }
 
     public var isClosed: Bool { lock.withLock { closed } }
+
+    /// Call `hook` when the store is about to close (first thing in `close`,
+    /// without the lock): how a feature module stops what it runs on the
+    /// store (MasqSharing's background sharing). One hook per `name`; a later
+    /// one replaces it.
+    package func beforeClose(_ name: String, _ hook: @escaping @Sendable (Store) -> Void) {
+        closeHooks.withLock { $0[name] = hook }
+    }
 
     // MARK: - reads
 
@@ -462,15 +473,15 @@ public final class Store: @unchecked Sendable {
         var changes: [Change]?
         /// Namespace ids assigned by this commit; cached only once it commits.
         var newNamespaces: [[UInt8]: UInt32] = [:]
-        /// Namespaces shared with this store read-only (local writes refused).
-        var readOnly: Set<[UInt8]> = []
+        /// Each namespace's write policy (Store+WritePolicy.swift), by exact bytes.
+        var writePolicies: [[UInt8]: WritePolicy] = [:]
         /// What the commit will weigh in a sync frame (records, roughly): a
         /// commit travels whole, so one too big to sync is refused here.
         var syncBytes = 0
 
         func checkWritable(_ ns: NamespaceName) throws(MasqError) {
-            if readOnly.contains(ns.bytes) {
-                throw MasqError(.denied, "namespace \"\(ns.string)\" is shared with you read-only; its owner's changes arrive by sync")
+            if case .readOnly(let reason)? = writePolicies[ns.bytes] {
+                throw MasqError(.denied, "namespace \"\(ns.string)\" is \(reason)")
             }
         }
     }
@@ -490,7 +501,7 @@ public final class Store: @unchecked Sendable {
                 var commit = Commit(seq: saved.seq + 1, timestamp: clock.tick(nowMilliseconds: Clock.unixMilliseconds()),
                                     changes: hub.isActive ? [] : nil)
                 commit.log.timestamp = commit.timestamp
-                commit.readOnly = try readOnlyNamespacesLocked()
+                commit.writePolicies = try writePoliciesLocked()
                 try body(&commit)
                 guard commit.syncBytes <= SyncFrame.maxCommitBytes else {
                     throw .tooLarge("this change is \(commit.syncBytes >> 20) MiB; one change travels to other devices whole, "

@@ -112,12 +112,12 @@ public final class TransportPluginInstance: @unchecked Sendable {
         try check(call { i in endpoint.withCString { connect(i, $0) } }, "connect")
     }
 
-    func join(_ room: String) throws(MasqError) {
+    package func join(_ room: String) throws(MasqError) {
         guard let join = v.join else { throw MasqError(.unsupported, "\(component) has no rooms") }
         try check(call { i in room.withCString { join(i, $0) } }, "join")
     }
 
-    func leave(_ room: String) throws(MasqError) {
+    package func leave(_ room: String) throws(MasqError) {
         guard let leave = v.leave else { throw MasqError(.unsupported, "\(component) has no rooms") }
         try check(call { i in room.withCString { leave(i, $0) } }, "leave")
     }
@@ -157,7 +157,7 @@ public final class TransportPluginInstance: @unchecked Sendable {
 
 extension Store {
     /// Load and create the transport a config entry names.
-    func openTransport(_ reference: PluginReference,
+    package func openTransport(_ reference: PluginReference,
                        onFrame: @escaping @Sendable (String, String?, [UInt8]) -> Void,
                        onPeerEvent: @escaping @Sendable (String, Int32) -> Void,
                        onChallenge: (@Sendable (String, [UInt8]) throws(MasqError) -> [UInt8])? = nil) throws(MasqError) -> TransportPluginInstance {
