@@ -296,20 +296,23 @@ extension Store {
         let result = try lock.withLock { () throws(MasqError) -> (old: UInt64, new: UInt64, reissued: Int)? in
             guard (try? ensureOpen()) != nil, box != nil || !isProtectedLocked else { return nil }
             guard try Store.getMeta(engine, Store.metaRestored) != nil else { return nil }
-            try engine.begin()
             do throws(MasqError) {
-                guard try Store.getMeta(engine, Store.metaRestored) != nil else {   // another process did it
-                    engine.rollback()
+                let result = try engine.transaction { (keep) throws(MasqError) -> (old: UInt64, new: UInt64, reissued: Int)? in
+                    guard try Store.getMeta(engine, Store.metaRestored) != nil else {   // another process did it
+                        keep = false
+                        return nil
+                    }
+                    let result = try reidentifyLocked(.restored)
+                    try Store.metaRestored.withBytes { (k) throws(MasqError) in try engine.delete(k) }
+                    return result
+                }
+                guard let result else {
                     try refreshIdentityLocked()
                     return nil
                 }
-                let result = try reidentifyLocked(.restored)
-                try Store.metaRestored.withBytes { (k) throws(MasqError) in try engine.delete(k) }
-                try engine.commit()
                 setReplica(result.new)
                 return result
             } catch {
-                engine.rollback()
                 try? refreshIdentityLocked()
                 throw error
             }

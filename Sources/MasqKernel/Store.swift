@@ -114,23 +114,20 @@ public final class Store: @unchecked Sendable {
                 throw .corrupt("store format \(format.first.map(String.init) ?? "?") is not one this library reads (\(RecordFormat.version))")
             }
         } else {
-            try engine.begin()
-            do throws(MasqError) {
+            let raced = try engine.transaction { (commit) throws(MasqError) -> Bool in
                 // Another process may have created it since we looked.
                 if try getMeta(engine, RecordFormat.metaFormat) != nil {
-                    engine.rollback()
-                    return try initialize(engine)
+                    commit = false
+                    return true
                 }
                 var replica: UInt64 = 0
                 while replica == 0 { replica = SecureRandom.uint64() }
                 try putMeta(engine, RecordFormat.metaFormat, [RecordFormat.version])
                 try putMeta(engine, RecordFormat.metaReplica, bigEndianBytes(replica))
                 try putMeta(engine, RecordFormat.metaClock, bigEndianBytes(0) + bigEndianBytes(0))
-                try engine.commit()
-            } catch {
-                engine.rollback()
-                throw error
+                return false
             }
+            if raced { return try initialize(engine) }
         }
         guard let replicaBytes = try getMeta(engine, RecordFormat.metaReplica), replicaBytes.count == 8 else {
             throw .corrupt("store has no valid replica id")
@@ -492,8 +489,8 @@ public final class Store: @unchecked Sendable {
     func writeCommit(_ body: (inout Commit) throws(MasqError) -> Void) throws(MasqError) {
         try lock.withLock { () throws(MasqError) in
             try ensureUsable()
-            try engine.begin()
             do throws(MasqError) {
+                let done = try engine.transaction { (keep) throws(MasqError) -> Commit? in
                 try refreshIdentityLocked()
                 let saved = try Store.readClock(engine)
                 clock.observe(saved.timestamp)
@@ -509,19 +506,20 @@ public final class Store: @unchecked Sendable {
                 }
                 guard commit.log.count > 0 else {
                     // Nothing changed; a retried write's receipt is still kept (Store+Receipts.swift).
-                    if try writePendingReceipt() { try engine.commit() } else { engine.rollback() }
-                    return
+                    keep = try writePendingReceipt()
+                    return nil
                 }
                 _ = try writePendingReceipt()
                 try Store.putMeta(engine, RecordFormat.logKey(replica: replicaID, seq: commit.seq), commit.log.encoded())
                 try Store.putMeta(engine, RecordFormat.metaClock, bigEndianBytes(commit.seq) + bigEndianBytes(commit.timestamp))
                 try flushCounts()
-                try engine.commit()
-                namespaceIDs.merge(commit.newNamespaces) { a, _ in a }
-                if let changes = commit.changes { hub.publish(changes) }
+                return commit
+                }
+                guard let done else { return }   // nothing was written
+                namespaceIDs.merge(done.newNamespaces) { a, _ in a }
+                if let changes = done.changes { hub.publish(changes) }
             } catch {
                 pendingCounts = [:]
-                engine.rollback()
                 throw error
             }
         }
