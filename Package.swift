@@ -238,7 +238,9 @@ let package = Package(
 
         .testTarget(name: "MasqMeshTests", dependencies: ["MasqMesh"]),
         .testTarget(name: "MasqConnectoidTests", dependencies: ["MasqConnectoid", "MasqConnectoidProtocol"]),
-        .testTarget(name: "MasqKernelTests", dependencies: ["MasqKernel", "MasqAccounting", "CMasq"]),
+        .testTarget(name: "MasqKernelTests", dependencies: [
+            "MasqKernel", "MasqAccounting", "CMasq", "CMasqPlugin", "MasqPluginSupport", .product(name: "Logging", package: "swift-log"),
+        ]),
         .testTarget(name: "MasqSharingTests", dependencies: ["MasqSharing", "MasqKernel", "MasqCrypto", "MasqConnectoidProtocol"]),
         .testTarget(name: "MasqCryptoTests", dependencies: ["MasqCrypto"]),
     ]
