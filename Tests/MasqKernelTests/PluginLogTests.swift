@@ -7,7 +7,7 @@ import Testing
 @testable import MasqKernel
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Lines the embedder's callback received (the callback is a C function: no captures).
@@ -21,11 +21,13 @@ private let received = LockedValue<[(level: Int32, component: String, message: S
 @Suite(.serialized) struct PluginLogTests {
     @Test func aSwiftPluginLogsThroughTheHostToTheEmbeddersCallback() throws {
         #expect(
-            masq_set_log_callback(MASQ_LOG_INFO, { _, level, component, message in
-                guard let component, let message else { return }
-                let line = (level, String(cString: component), String(cString: message))
-                received.withLock { $0.append(line) }
-            }, nil) == MASQ_OK)
+            masq_set_log_callback(
+                MASQ_LOG_INFO,
+                { _, level, component, message in
+                    guard let component, let message else { return }
+                    let line = (level, String(cString: component), String(cString: message))
+                    received.withLock { $0.append(line) }
+                }, nil) == MASQ_OK)
         defer { _ = masq_set_log_callback(MASQ_LOG_ERROR, nil, nil) }
 
         let host = PluginHost(component: "transport:swift-test", transport: true)
