@@ -95,10 +95,17 @@ let package = Package(
         ]),
 
         // The core: config, plugin loader, store semantics, the C API.
-        .target(name: "MasqKernel", dependencies: ["CMasq", "CMasqSupport", "CMasqCrypto", "MasqCrypto", "CQREncode", "CZlib", "MasqConnectoidProtocol"],
+        .target(name: "MasqKernel", dependencies: ["CMasq", "CMasqSupport", "CMasqCrypto", "MasqCrypto", "CQREncode", "CZlib"],
                 swiftSettings: fuzzed),
-        // Links the kernel into libmasq.so exporting only masq_*.
-        .target(name: "MasqLibrary", dependencies: ["MasqKernel"], exclude: ["exports.map"],
+        // Feature modules on the kernel's Store (its `package` interface: a transaction,
+        // secret entries, write policies). Sharing a namespace with another person
+        // through Connectoid mailboxes, with its part of the C API (masq_share_*):
+        .target(name: "MasqSharing", dependencies: ["MasqKernel", "CMasq", "CMasqSupport", "MasqCrypto", "MasqConnectoidProtocol"],
+                swiftSettings: fuzzed),
+        // and the mesh's accounting (payables, receivables, payment thresholds in wei).
+        .target(name: "MasqAccounting", dependencies: ["MasqKernel"]),
+        // Links the kernel and its C API's feature modules into libmasq.so exporting only masq_*.
+        .target(name: "MasqLibrary", dependencies: ["MasqKernel", "MasqSharing"], exclude: ["exports.map"],
                 linkerSettings: exportsOnly("Sources/MasqLibrary/exports.map")),
 
         // The relay's wire format, shared by the relay server and the relay transport plugin.
@@ -130,7 +137,7 @@ let package = Package(
         ], swiftSettings: fuzzed),
 
         // The local store daemon: profiles, app consent, the app protocol and the manager's API.
-        .target(name: "MasqDaemon", dependencies: ["MasqKernel", "MasqCrypto"], exclude: ["www"], swiftSettings: fuzzed),
+        .target(name: "MasqDaemon", dependencies: ["MasqKernel", "MasqSharing", "MasqCrypto"], exclude: ["www"], swiftSettings: fuzzed),
         .executableTarget(name: "MasqDaemonMain", dependencies: [
             "MasqDaemon", "MasqKernel", "CMasqSupport",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -138,6 +145,8 @@ let package = Package(
 
         .executableTarget(name: "MasqCLI", dependencies: [
             "MasqKernel",
+            "MasqSharing",
+            "MasqAccounting",
             "MasqRelay",
             "MasqConnectoid",
             "MasqConnectoidPostgres",
@@ -221,7 +230,7 @@ let package = Package(
 
         // The fuzz targets (Tests/fuzz): a libFuzzer binary under MASQ_FUZZ, a corpus replayer otherwise.
         .executableTarget(name: "MasqFuzz", dependencies: [
-                              "MasqKernel", "MasqDaemon", "MasqMesh", "MasqCrypto", "MasqConnectoidProtocol", "MasqConnectoidWire", "MasqRelayProtocol",
+                              "MasqKernel", "MasqSharing", "MasqDaemon", "MasqMesh", "MasqCrypto", "MasqConnectoidProtocol", "MasqConnectoidWire", "MasqRelayProtocol",
                           ],
                           path: "Tests/fuzz/MasqFuzz",
                           swiftSettings: fuzzing ? [.define("FUZZING"), .unsafeFlags(["-sanitize=fuzzer,address"])] : [],
@@ -229,7 +238,10 @@ let package = Package(
 
         .testTarget(name: "MasqMeshTests", dependencies: ["MasqMesh"]),
         .testTarget(name: "MasqConnectoidTests", dependencies: ["MasqConnectoid", "MasqConnectoidProtocol"]),
-        .testTarget(name: "MasqKernelTests", dependencies: ["MasqKernel", "CMasq"]),
+        .testTarget(name: "MasqKernelTests", dependencies: [
+            "MasqKernel", "MasqAccounting", "CMasq", "CMasqPlugin", "MasqPluginSupport", .product(name: "Logging", package: "swift-log"),
+        ]),
+        .testTarget(name: "MasqSharingTests", dependencies: ["MasqSharing", "MasqKernel", "MasqCrypto", "MasqConnectoidProtocol"]),
         .testTarget(name: "MasqCryptoTests", dependencies: ["MasqCrypto"]),
     ]
 )

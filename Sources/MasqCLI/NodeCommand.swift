@@ -1,5 +1,6 @@
 import ArgumentParser
 import Logging
+import MasqAccounting
 import MasqKernel
 import MasqMesh
 import CMasqSupport

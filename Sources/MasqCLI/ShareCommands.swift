@@ -1,5 +1,6 @@
 import ArgumentParser
 import MasqKernel
+import MasqSharing
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -1,5 +1,6 @@
 import ArgumentParser
 import FoundationEssentials
+import MasqAccounting
 import MasqEncoding
 import MasqKernel
 import MasqMesh
@@ -9,10 +10,10 @@ import Glibc
 
 /// A wallet plugin as the mesh sees it.
 final class PluginWallet: MeshWallet, @unchecked Sendable {
-    let engine: WalletEngine
+    let engine: WalletPluginInstance
     let address: String
 
-    init(_ engine: WalletEngine) throws {
+    init(_ engine: WalletPluginInstance) throws {
         self.engine = engine
         address = try guarded { () throws(MasqError) in try engine.address() }
     }
@@ -38,9 +39,9 @@ func walletReference(_ json: String, option: String) throws -> (PluginReference,
     }
 }
 
-func openWallet(_ json: String, option: String, dataDirectory: String) throws -> WalletEngine {
+func openWallet(_ json: String, option: String, dataDirectory: String) throws -> WalletPluginInstance {
     let (reference, config) = try walletReference(json, option: option)
-    return try guarded { () throws(MasqError) in try WalletEngine.open(reference, config: config, dataDirectory: dataDirectory) }
+    return try guarded { () throws(MasqError) in try WalletPluginInstance.open(reference, config: config, dataDirectory: dataDirectory) }
 }
 
 /// `masq wallet`: a wallet's address and balance, and payments.
@@ -55,11 +56,11 @@ struct Wallet: ParsableCommand {
         @Option(help: ArgumentHelp("Directory for the wallet's files (keys).", valueName: "dir")) var dataDir: String?
         @OptionGroup var store: StoreOptions
 
-        func open() throws -> WalletEngine {
+        func open() throws -> WalletPluginInstance {
             if let wallet { return try openWallet(wallet, option: "--wallet", dataDirectory: dataDir ?? FileSystem.currentDirectory()) }
             let config = try guarded { () throws(MasqError) in try MasqConfig.load(path: store.configPath) }
             guard let reference = config.wallet else { throw CLIError("no wallet: pass --wallet JSON or add \"wallet\" to the config", code: 64) }
-            return try guarded { () throws(MasqError) in try WalletEngine.open(reference, config: config, dataDirectory: dataDir) }
+            return try guarded { () throws(MasqError) in try WalletPluginInstance.open(reference, config: config, dataDirectory: dataDir) }
         }
     }
 

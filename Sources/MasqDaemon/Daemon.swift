@@ -113,7 +113,7 @@ public final class Daemon: @unchecked Sendable {
     /// Answers of recent writes by request id (AppOperations).
     /// Requests read but not yet handled (bounded; see Backlog).
     let backlog: Backlog
-    var transport: TransportEngine?
+    var transport: TransportPluginInstance?
     /// The manager's secret for this run (in the URL fragment and the runtime file).
     public let adminSecret = base64url(Random.bytes(24))
     /// Origins the manager page may have: this daemon's own.
@@ -156,7 +156,7 @@ public final class Daemon: @unchecked Sendable {
         ]
         if !options.staticDirectories.isEmpty { pluginOptions.append(("static_dir", options.staticDirectories.joined(separator: ":"))) }
         if let user = options.allowedUser { pluginOptions.append(("allowed_uid", String(user))) }
-        let engine = try TransportEngine.open(PluginReference(name: "localws", options: pluginOptions), config: config,
+        let engine = try TransportPluginInstance.open(PluginReference(name: "localws", options: pluginOptions), config: config,
             // Requests are handled on the daemon's queue, one at a time, while
             // the transport's threads go on reading and writing (measured:
             // handling them on the transport's thread instead costs 3x the
@@ -176,12 +176,12 @@ public final class Daemon: @unchecked Sendable {
             },
             onPeerEvent: { [weak self] peer, event in
                 guard let daemon = self else { return }
-                if event != TransportEngine.peerUp { daemon.backlog.closed(peer) }
+                if event != TransportPluginInstance.peerUp { daemon.backlog.closed(peer) }
                 daemon.queue.async { daemon.peerEvent(peer, event, info: nil) }
             },
             onPeerInfo: { [weak self] peer, info in
                 guard let daemon = self else { return }
-                daemon.queue.async { daemon.peerEvent(peer, TransportEngine.peerUp, info: info) }
+                daemon.queue.async { daemon.peerEvent(peer, TransportPluginInstance.peerUp, info: info) }
             })
         try engine.start()
         let bound = try engine.listen(options.listen)
@@ -211,7 +211,7 @@ public final class Daemon: @unchecked Sendable {
     // MARK: - transport events (queue)
 
     private func peerEvent(_ peer: String, _ event: Int32, info: String?) {
-        if event == TransportEngine.peerUp {
+        if event == TransportPluginInstance.peerUp {
             var fields: [String: String] = [:]
             if let info, let decoded = try? JSONDecoder().decode([String: String].self, from: Data(info.utf8)) { fields = decoded }
             connections[peer] = Connection(peer: peer, origin: fields["origin"], remote: fields["remote"], rate: options.requestsPerSecond)

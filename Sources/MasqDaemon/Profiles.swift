@@ -1,4 +1,5 @@
 import MasqKernel
+import MasqSharing
 
 /// One user of this computer: a store (its own data, device keys and sync),
 /// and the apps that user approved. Lives in `<home>/profiles/<name>/`:

@@ -5,6 +5,7 @@ import Foundation
 #endif
 import MasqCrypto
 import MasqKernel
+import MasqSharing
 
 /// Sharing with other people from apps (docs/APP-PROTOCOL.md, "Sharing with
 /// other people"). An approved app asks to share its own namespace, or to

@@ -22,7 +22,7 @@ func give(_ bytes: [UInt8], _ out: UnsafeMutablePointer<UnsafeMutablePointer<UIn
 }
 
 /// Hand text to the caller as a malloc'd NUL-terminated string (masq_free).
-func giveText(_ text: String, _ out: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>) throws(MasqError) {
+package func giveText(_ text: String, _ out: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>) throws(MasqError) {
     guard let copy = strdup(text) else { throw MasqError(.noMemory, "out of memory") }
     out.pointee = copy
 }

@@ -14,7 +14,7 @@ import Glibc
 
 /// Run `body`, record success or the error for masq_last_error, return the status.
 @inline(__always)
-func api(_ body: () throws(MasqError) -> Void) -> Int32 {
+package func api(_ body: () throws(MasqError) -> Void) -> Int32 {
     do throws(MasqError) {
         try body()
         masqsupport_clear_error()
@@ -25,12 +25,12 @@ func api(_ body: () throws(MasqError) -> Void) -> Int32 {
     }
 }
 
-func store(_ handle: OpaquePointer?) throws(MasqError) -> Store {
+package func store(_ handle: OpaquePointer?) throws(MasqError) -> Store {
     guard let handle else { throw .invalid("store handle is NULL") }
     return Unmanaged<Store>.fromOpaque(UnsafeRawPointer(handle)).takeUnretainedValue()
 }
 
-func namespace(_ ns: UnsafePointer<CChar>?, _ store: Store) throws(MasqError) -> NamespaceName {
+package func namespace(_ ns: UnsafePointer<CChar>?, _ store: Store) throws(MasqError) -> NamespaceName {
     guard let ns else { throw .invalid("namespace is NULL") }
     let length = strnlen(ns, store.limits.maxNamespaceBytes + 1)
     return try NamespaceName(utf8: Array(UnsafeRawBufferPointer(start: ns, count: length)), limits: store.limits)
@@ -43,12 +43,12 @@ func bytes(_ pointer: UnsafePointer<UInt8>?, _ length: Int, _ what: String) thro
     return UnsafeRawBufferPointer(start: pointer, count: length)
 }
 
-func required<T>(_ pointer: T?, _ what: String) throws(MasqError) -> T {
+package func required<T>(_ pointer: T?, _ what: String) throws(MasqError) -> T {
     guard let pointer else { throw .invalid("\(what) is NULL") }
     return pointer
 }
 
-func text(_ pointer: UnsafePointer<CChar>?, _ what: String) throws(MasqError) -> String {
+package func text(_ pointer: UnsafePointer<CChar>?, _ what: String) throws(MasqError) -> String {
     guard let pointer else { throw .invalid("\(what) is NULL") }
     guard let s = String(validatingCString: pointer) else { throw .invalid("\(what) is not valid UTF-8") }
     return s
@@ -153,7 +153,6 @@ public func masq_close(_ handle: OpaquePointer?) -> Int32 {
         guard masqsupport_in_callback() != unmanaged.takeUnretainedValue().hub.tag | 1 else {
             throw MasqError(.busy, "cannot close a store from inside its own sync progress callback")
         }
-        if !unmanaged.takeUnretainedValue().hub.isCallbackThread { stopSharing(unmanaged.takeUnretainedValue()) }   // CAPI+Sharing.swift
         try unmanaged.takeUnretainedValue().close()
         unmanaged.release()
     }

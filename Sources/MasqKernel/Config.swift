@@ -1,4 +1,3 @@
-import MasqConnectoidProtocol
 #if canImport(FoundationEssentials)
 import FoundationEssentials
 #else
@@ -51,6 +50,17 @@ public struct SharingConfig: Sendable, Equatable {
     public var transport = PluginReference(name: "connectoid")
     public var resendMilliseconds = 30_000
     public init() {}
+
+    /// The link format's rules for services (ConnectoidLink in
+    /// MasqConnectoidProtocol, which the kernel does not depend on; sharing
+    /// checks them again with ConnectoidLink when it makes a link): at most 8,
+    /// each an http(s) URL of at most 2048 bytes without spaces or newlines.
+    static let maxServices = 8
+
+    static func isServiceURL(_ url: String) -> Bool {
+        url.utf8.count <= 2_048 && (url.hasPrefix("http://") || url.hasPrefix("https://"))
+            && !url.contains(where: { $0 == " " || $0.isNewline })
+    }
 }
 
 /// The parsed, validated configuration of one store (docs/CONFIG.md).
@@ -122,7 +132,7 @@ public struct MasqConfig: Sendable, Equatable {
     }
 }
 
-func jsonString(_ s: String) -> String {
+package func jsonString(_ s: String) -> String {
     var out = "\""
     for scalar in s.unicodeScalars {
         switch scalar {
@@ -211,10 +221,10 @@ private struct ConfigReader {
                 guard case .array(let items) = list else { throw fail("sharing.services", "must be an array of service URLs") }
                 for (i, item) in items.enumerated() {
                     let url = try string(item, "sharing.services[\(i)]")
-                    guard (try? ConnectoidLink.checkServiceURL(url)) != nil else { throw fail("sharing.services[\(i)]", "must be an http:// or https:// URL") }
+                    guard SharingConfig.isServiceURL(url) else { throw fail("sharing.services[\(i)]", "must be an http:// or https:// URL") }
                     config.sharing.services.append(url)
                 }
-                guard config.sharing.services.count <= ConnectoidLink.maxServices else { throw fail("sharing.services", "at most \(ConnectoidLink.maxServices) services") }
+                guard config.sharing.services.count <= SharingConfig.maxServices else { throw fail("sharing.services", "at most \(SharingConfig.maxServices) services") }
             }
             if let t = members["transport"] { config.sharing.transport = try plugin(t, "sharing.transport") }
             if let r = members["resend_ms"] { config.sharing.resendMilliseconds = try integer(r, "sharing.resend_ms", min: 100, max: 86_400_000) }

@@ -62,9 +62,9 @@ public struct MasqError: Error, CustomStringConvertible, Sendable, Equatable {
 
     public var description: String { message }
 
-    static func invalid(_ m: String) -> MasqError { MasqError(.invalid, m) }
-    static func config(_ m: String) -> MasqError { MasqError(.config, m) }
-    static func plugin(_ m: String) -> MasqError { MasqError(.plugin, m) }
-    static func corrupt(_ m: String) -> MasqError { MasqError(.corrupt, m) }
-    static func tooLarge(_ m: String) -> MasqError { MasqError(.tooLarge, m) }
+    package static func invalid(_ m: String) -> MasqError { MasqError(.invalid, m) }
+    package static func config(_ m: String) -> MasqError { MasqError(.config, m) }
+    package static func plugin(_ m: String) -> MasqError { MasqError(.plugin, m) }
+    package static func corrupt(_ m: String) -> MasqError { MasqError(.corrupt, m) }
+    package static func tooLarge(_ m: String) -> MasqError { MasqError(.tooLarge, m) }
 }

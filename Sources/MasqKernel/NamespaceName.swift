@@ -2,7 +2,7 @@
 /// without control characters. Validated once at the API boundary.
 public struct NamespaceName: Sendable, Hashable, CustomStringConvertible {
     public let string: String
-    let bytes: [UInt8]
+    package let bytes: [UInt8]
 
     public var description: String { string }
 

@@ -43,14 +43,14 @@ public enum PairingRendezvous {
     /// Seconds to wait for the relay to answer before saying it cannot be reached.
     static let connectTimeout: Double = 10
 
-    static func open(_ store: Store, _ transport: PluginReference, url: String, room: String, inbox: Inbox) throws(MasqError) -> TransportEngine {
+    static func open(_ store: Store, _ transport: PluginReference, url: String, room: String, inbox: Inbox) throws(MasqError) -> TransportPluginInstance {
         // The first transport event: up, or down (the relay cannot be reached).
         let first = LockedValue<Int32?>(nil)
         let decided = DispatchSemaphore(value: 0)
         let engine = try store.openTransport(transport, onFrame: { _, frameRoom, frame in
             if frameRoom == room { inbox.put(frame) }
         }, onPeerEvent: { _, event in
-            guard event == TransportEngine.transportUp || event == TransportEngine.transportDown else { return }
+            guard event == TransportPluginInstance.transportUp || event == TransportPluginInstance.transportDown else { return }
             if first.withLock({ f -> Bool in
                 guard f == nil else { return false }
                 f = event
@@ -64,7 +64,7 @@ public enum PairingRendezvous {
         // answers or fails (a transport that reports neither gets the benefit
         // of the doubt once the wait is over).
         _ = decided.wait(timeout: .now() + connectTimeout)
-        if first.withLock({ $0 }) == TransportEngine.transportDown {
+        if first.withLock({ $0 }) == TransportPluginInstance.transportDown {
             engine.close()
             throw MasqError(.unavailable, "cannot reach the relay at \(url)")
         }

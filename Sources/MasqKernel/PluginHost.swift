@@ -94,7 +94,7 @@ public enum Clock {
     /// The wall clock (Unix ms), for tools that show it beside the store's.
     public static func wallMilliseconds() -> UInt64 { unixMilliseconds() }
 
-    static func unixMilliseconds() -> UInt64 {
+    package static func unixMilliseconds() -> UInt64 {
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)
         return UInt64(ts.tv_sec) * 1000 + UInt64(ts.tv_nsec) / 1_000_000

@@ -11,7 +11,8 @@ import CZlib
 ///   'D' device id                     a paired device
 ///   'P' offer id                      a pending pairing offer
 ///   'S' device id                     the session with a paired device
-///   'H' …                             shares with other people (Store+Shares.swift)
+///   'H' 0                             namespaces' write policies (Store+WritePolicy.swift)
+///   'H' 1 share id                    a share with another person (MasqSharing)
 ///   'A' device id                     the vector a device last acknowledged
 ///   'Z' device id                     session renewal counters (sent, accepted)
 ///   'Y' device id                     what last held sync with a device back
@@ -30,7 +31,7 @@ enum RecordFormat {
     static let device: UInt8 = 0x44     // 'D' paired devices (sealed when protected)
     static let pairing: UInt8 = 0x50    // 'P' pending pairing offers (sealed when protected)
     static let session: UInt8 = 0x53    // 'S' session states per device (sealed when protected)
-    static let share: UInt8 = 0x48      // 'H' shares with other people (sealed when protected)
+    static let share: UInt8 = 0x48      // 'H' write policies and shares (sealed when protected)
 
     static let metaFormat: [UInt8] = [meta] + Array("format".utf8)
     static let metaReplica: [UInt8] = [meta] + Array("replica".utf8)

@@ -3,18 +3,18 @@
 /// greatest number accepted; bit i of `seen` says whether `highest − i` was.
 /// Numbers at or below `highest − 64` are refused: a sender resends under a
 /// new number, so only replays fall there.
-struct ReplayWindow: Equatable {
+package struct ReplayWindow: Equatable {
     static let size: UInt64 = 64
-    private(set) var highest: UInt64
-    private(set) var seen: UInt64
+    package private(set) var highest: UInt64
+    package private(set) var seen: UInt64
 
-    init(highest: UInt64 = 0, seen: UInt64 = 1) {
+    package init(highest: UInt64 = 0, seen: UInt64 = 1) {
         self.highest = highest
         self.seen = seen
     }
 
     /// Record `seq`; false if it was seen before or is too old.
-    mutating func accept(_ seq: UInt64) -> Bool {
+    package mutating func accept(_ seq: UInt64) -> Bool {
         if seq > highest {
             let shift = seq - highest
             seen = shift >= ReplayWindow.size ? 1 : (seen << shift) | 1

@@ -136,7 +136,7 @@ extension Store {
     public static func restore(from path: String, secret: [UInt8],
                                config choose: (BackupManifest) throws(MasqError) -> MasqConfig) throws(MasqError) -> BackupManifest {
         var temporary: String?
-        var engine: StorageEngine?
+        var engine: StoragePluginInstance?
         var target = ""
         var files: [(String, [UInt8])] = []
         var pending = 0
@@ -214,7 +214,7 @@ extension Store {
     }
 
     /// A temporary directory beside the target, and the config's storage engine opened in it (empty).
-    private static func openRestoreEngine(_ config: MasqConfig) throws(MasqError) -> (String, StorageEngine) {
+    private static func openRestoreEngine(_ config: MasqConfig) throws(MasqError) -> (String, StoragePluginInstance) {
         let parent = FileSystem.directoryName(config.dataDir)
         try FileSystem.makeDirectories(parent)
         let directory = parent + "/." + FileSystem.baseName(config.dataDir) + ".restoring-\(getpid())-\(String(SecureRandom.uint64(), radix: 16))"
@@ -223,7 +223,7 @@ extension Store {
             let plugin = try PluginLoader.load(config.storage, kind: .storage, searchPath: PluginLoader.searchPath(config: config))
             var options = config.storage.options.filter { $0.key != "data_dir" }
             options.append(("data_dir", directory))
-            let engine = try StorageEngine(plugin: plugin, options: options)
+            let engine = try StoragePluginInstance(plugin: plugin, options: options)
             guard engine.isPersistent else {
                 engine.close()
                 throw MasqError(.unsupported, "the storage plugin '\(plugin.name)' keeps nothing once closed: restore into a persistent one (sqlite)")
@@ -296,20 +296,23 @@ extension Store {
         let result = try lock.withLock { () throws(MasqError) -> (old: UInt64, new: UInt64, reissued: Int)? in
             guard (try? ensureOpen()) != nil, box != nil || !isProtectedLocked else { return nil }
             guard try Store.getMeta(engine, Store.metaRestored) != nil else { return nil }
-            try engine.begin()
             do throws(MasqError) {
-                guard try Store.getMeta(engine, Store.metaRestored) != nil else {   // another process did it
-                    engine.rollback()
+                let result = try engine.transaction { (keep) throws(MasqError) -> (old: UInt64, new: UInt64, reissued: Int)? in
+                    guard try Store.getMeta(engine, Store.metaRestored) != nil else {   // another process did it
+                        keep = false
+                        return nil
+                    }
+                    let result = try reidentifyLocked(.restored)
+                    try Store.metaRestored.withBytes { (k) throws(MasqError) in try engine.delete(k) }
+                    return result
+                }
+                guard let result else {
                     try refreshIdentityLocked()
                     return nil
                 }
-                let result = try reidentifyLocked(.restored)
-                try Store.metaRestored.withBytes { (k) throws(MasqError) in try engine.delete(k) }
-                try engine.commit()
                 setReplica(result.new)
                 return result
             } catch {
-                engine.rollback()
                 try? refreshIdentityLocked()
                 throw error
             }

@@ -622,8 +622,7 @@ extension Store {
                 if heartbeat + BlobFormat.pinLifetime < now { stalePins.append(Array(key)) } else { report.deferred = true }
                 return true
             }
-            try engine.begin()
-            do throws(MasqError) {
+            try engine.transaction { (_) throws(MasqError) in
                 for key in stalePins { try key.withBytes { (k) throws(MasqError) in try engine.delete(k) } }
                 // Fetches of blobs nothing references any more.
                 let wantedPrefix: [UInt8] = [BlobFormat.family, box == nil ? BlobFormat.Kind.wanted.rawValue : BlobFormat.Kind.wanted.sealed]
@@ -681,10 +680,6 @@ extension Store {
                     return true
                 }
                 for key in doomed { try key.withBytes { (k) throws(MasqError) in try engine.delete(k) } }
-                try engine.commit()
-            } catch {
-                engine.rollback()
-                throw error
             }
             if report.fetchesDropped > 0 { blobState.lock.withLock { blobState.fetchEpoch += 1 } }
             if report.chunksDeleted > 0 || report.manifestsDeleted > 0 {

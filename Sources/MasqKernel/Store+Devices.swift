@@ -439,20 +439,9 @@ extension Store {
         try Store.putMeta(engine, [Store.renewalFamily] + Array(deviceID.utf8), bigEndianBytes(sent) + bigEndianBytes(accepted))
     }
 
-    /// Run `body` in an engine transaction under the lock (local state, not synced data).
+    /// `transaction` for the kernel's own local state, whose code reaches the engine directly.
     func localTransaction<T>(_ body: () throws(MasqError) -> T) throws(MasqError) -> T {
-        try lock.withLock { () throws(MasqError) -> T in
-            try ensureUsable()
-            try engine.begin()
-            do throws(MasqError) {
-                let result = try body()
-                try engine.commit()
-                return result
-            } catch {
-                engine.rollback()
-                throw error
-            }
-        }
+        try transaction { (_) throws(MasqError) -> T in try body() }
     }
 }
 

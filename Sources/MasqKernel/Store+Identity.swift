@@ -110,14 +110,11 @@ extension Store {
     public func reidentify(_ reason: Reidentification) throws(MasqError) -> UInt64 {
         let (old, new, reissued) = try lock.withLock { () throws(MasqError) -> (UInt64, UInt64, Int) in
             try ensureUsable()
-            try engine.begin()
             do throws(MasqError) {
-                let result = try reidentifyLocked(reason)
-                try engine.commit()
+                let result = try engine.transaction { (_) throws(MasqError) in try reidentifyLocked(reason) }
                 setReplica(result.new)
                 return result
             } catch {
-                engine.rollback()
                 try? refreshIdentityLocked()
                 throw error
             }

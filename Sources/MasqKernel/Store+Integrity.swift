@@ -51,10 +51,9 @@ extension Store {
     }
 
     /// Stores written before counts existed get them once, in one transaction.
-    static func establishCounts(_ engine: StorageEngine) throws(MasqError) {
+    static func establishCounts(_ engine: StoragePluginInstance) throws(MasqError) {
         guard try getMeta(engine, metaCounted) == nil else { return }
-        try engine.begin()
-        do throws(MasqError) {
+        try engine.transaction { (_) throws(MasqError) in
             var counts: [UInt32: UInt64] = [:]
             try engine.scan(from: [RecordFormat.record], to: [RecordFormat.record + 1]) { (key, _) throws(MasqError) -> Bool in
                 var reader = ByteReader(UnsafeRawBufferPointer(rebasing: key[1...]))
@@ -63,10 +62,6 @@ extension Store {
             }
             for (id, n) in counts { try putMeta(engine, countKey(id), bigEndianBytes(n)) }
             try putMeta(engine, metaCounted, [1])
-            try engine.commit()
-        } catch {
-            engine.rollback()
-            throw error
         }
     }
 
@@ -179,8 +174,7 @@ extension Store {
     public func repairDamage() throws(MasqError) -> Int {
         try lock.withLock { () throws(MasqError) -> Int in
             try ensureUsable()
-            try engine.begin()
-            do throws(MasqError) {
+            let removed = try engine.transaction { (_) throws(MasqError) -> Int in
                 var damaged: [[UInt8]] = []
                 var counts: [UInt32: UInt64] = [:]
                 try engine.scan(from: [RecordFormat.record], to: [RecordFormat.record + 1]) { (key, record) throws(MasqError) -> Bool in
@@ -202,13 +196,10 @@ extension Store {
                 }
                 for id in ids { try Store.putMeta(engine, Store.countKey(id), bigEndianBytes(counts[id] ?? 0)) }
                 try Store.putMeta(engine, Store.metaWantsSnapshot, [1])
-                try engine.commit()
-                Log.warn("kernel", "removed \(damaged.count) damaged record(s); the next sync asks paired devices for a whole copy")
                 return damaged.count
-            } catch {
-                engine.rollback()
-                throw error
             }
+            Log.warn("kernel", "removed \(removed) damaged record(s); the next sync asks paired devices for a whole copy")
+            return removed
         }
     }
 

@@ -157,8 +157,7 @@ extension Store {
     /// Re-encode every sealed part of the store from `from` to `to` (nil: clear)
     /// in one engine transaction, ending with the 'sealed' flag.
     func migrate(from: SecretBox?, to: SecretBox?) throws(MasqError) {
-        try engine.begin()
-        do throws(MasqError) {
+        try engine.transaction { (_) throws(MasqError) in
             // Namespace names: 'n' id -> name, 'N' lookup key -> id.
             var names: [(id: UInt32, name: [UInt8])] = []
             try engine.scan(from: [RecordFormat.namespaceByID], to: [RecordFormat.namespaceByID + 1]) { (key, value) throws(MasqError) -> Bool in
@@ -214,10 +213,6 @@ extension Store {
                 try Store.putMeta(engine, Store.metaGroupRoom, try to.map { (b) throws(MasqError) in try b.seal(plain, ad: Store.metaGroupRoom) } ?? plain)
             }
             try Store.putMeta(engine, Store.metaSealed, [to == nil ? 0 : 1])
-            try engine.commit()
-        } catch {
-            engine.rollback()
-            throw error
         }
     }
 

@@ -41,7 +41,7 @@ extension Store {
         let plugin = try PluginLoader.load(config.storage, kind: .storage, searchPath: PluginLoader.searchPath(config: config))
         var options = config.storage.options.filter { $0.key != "data_dir" }
         options.append(("data_dir", config.dataDir))
-        let old = try StorageEngine(plugin: plugin, options: options)
+        let old = try StoragePluginInstance(plugin: plugin, options: options)
         defer { old.close() }
         guard old.isPersistent else { throw MasqError(.unsupported, "the storage plugin '\(plugin.name)' keeps nothing on disk: nothing to rebuild") }
 
@@ -53,7 +53,7 @@ extension Store {
         do throws(MasqError) {
             var freshOptions = config.storage.options.filter { $0.key != "data_dir" }
             freshOptions.append(("data_dir", fresh))
-            let new = try StorageEngine(plugin: plugin, options: freshOptions)
+            let new = try StoragePluginInstance(plugin: plugin, options: freshOptions)
             do throws(MasqError) {
                 try copyVerified(from: old, to: new, pairing: readPairingCopy(config.dataDir), &report)
             } catch {
@@ -168,7 +168,7 @@ extension Store {
     /// then what the pairing copy holds and the store lost, the recomputed
     /// counts, a new replica id when the old one (or its clock) was lost, and
     /// the request for a whole copy.
-    private static func copyVerified(from old: StorageEngine, to new: StorageEngine, pairing: [([UInt8], [UInt8])]?,
+    private static func copyVerified(from old: StoragePluginInstance, to new: StoragePluginInstance, pairing: [([UInt8], [UInt8])]?,
                                      _ report: inout RebuildReport) throws(MasqError) {
         var counts: [UInt32: UInt64] = [:]
         var latest: UInt64 = 0

@@ -214,12 +214,12 @@ extension Store {
         }
         return try lock.withLock { () throws(MasqError) -> ApplyResult in
             try ensureUsable()
-            try engine.begin()
             do throws(MasqError) {
+                let (result, pending, changes) = try engine.transaction { (keep) throws(MasqError) -> (ApplyResult, [[UInt8]: UInt32], [Change]) in
                 try refreshIdentityLocked()
                 let applied = commit.origin == replicaID ? try Store.readClock(engine).seq : try vectorEntry(commit.origin)
-                if commit.seq <= applied { engine.rollback(); return .duplicate }
-                if commit.seq > applied + 1 { engine.rollback(); return .gap }
+                if commit.seq <= applied { keep = false; return (.duplicate, [:], []) }
+                if commit.seq > applied + 1 { keep = false; return (.gap, [:], []) }
                 guard commit.origin != replicaID else { throw .corrupt("a peer holds commit \(commit.seq) of this replica, which this replica never made") }
 
                 var changes: [Change] = []
@@ -248,13 +248,13 @@ extension Store {
                 try Store.putMeta(engine, RecordFormat.vectorKey(replica: commit.origin), bigEndianBytes(commit.seq) + bigEndianBytes(commit.timestamp))
                 try observeRemoteTime(commit.timestamp)
                 try flushCounts()
-                try engine.commit()
+                return (.applied, pending, changes)
+                }
                 namespaceIDs.merge(pending) { a, _ in a }
                 if !changes.isEmpty && hub.isActive { hub.publish(changes) }
-                return .applied
+                return result
             } catch {
                 pendingCounts = [:]
-                engine.rollback()
                 throw error
             }
         }
@@ -400,8 +400,8 @@ extension Store {
             collected.merge(horizon)
             guard collected != previous else { return 0 }
             let cutoff = Clock.unixMilliseconds() &- minimumAgeMilliseconds
-            try engine.begin()
             do throws(MasqError) {
+                return try engine.transaction { (_) throws(MasqError) -> Int in
                 var doomed: [[UInt8]] = []
                 try engine.scan(from: [RecordFormat.record], to: [RecordFormat.record + 1]) { (key, record) throws(MasqError) -> Bool in
                     let h = try RecordHeader.read(record, key: key)
@@ -421,11 +421,10 @@ extension Store {
                 collected.encode(into: &bytes)
                 try Store.putMeta(engine, Store.metaGC, bytes)
                 try flushCounts()
-                try engine.commit()
                 return doomed.count
+                }
             } catch {
                 pendingCounts = [:]
-                engine.rollback()
                 throw error
             }
         }
@@ -545,8 +544,8 @@ extension Store {
         }
         try lock.withLock { () throws(MasqError) in
             try ensureUsable()
-            try engine.begin()
             do throws(MasqError) {
+                let (pending, changes) = try engine.transaction { (_) throws(MasqError) -> ([[UInt8]: UInt32], [Change]) in
                 var changes: [Change] = []
                 var pending: [[UInt8]: UInt32] = [:]
                 for record in records {
@@ -564,12 +563,12 @@ extension Store {
                     try observeRemoteTime(record.header.version.timestamp)
                 }
                 try flushCounts()
-                try engine.commit()
+                return (pending, changes)
+                }
                 namespaceIDs.merge(pending) { a, _ in a }
                 if !changes.isEmpty && hub.isActive { hub.publish(changes) }
             } catch {
                 pendingCounts = [:]
-                engine.rollback()
                 throw error
             }
         }
@@ -585,8 +584,8 @@ extension Store {
     public func finishSnapshot(vector vv: VersionVector, received: Set<SyncKey>, keeping: NamespaceFilter? = nil) throws(MasqError) {
         try lock.withLock { () throws(MasqError) in
             try ensureUsable()
-            try engine.begin()
             do throws(MasqError) {
+                let changes = try engine.transaction { (_) throws(MasqError) -> [Change] in
                 var names: [UInt32: String] = [:]
                 var doomed: [([UInt8], Change)] = []
                 try engine.scan(from: [RecordFormat.record], to: [RecordFormat.record + 1]) { (key, record) throws(MasqError) -> Bool in
@@ -618,12 +617,11 @@ extension Store {
                 try Store.putMeta(engine, Store.metaGC, bytes)
                 try snapshotReceivedLocked()
                 try flushCounts()
-                try engine.commit()
-                let changes = doomed.filter { !$0.1.key.isEmpty }.map(\.1)
+                return doomed.filter { !$0.1.key.isEmpty }.map(\.1)
+                }
                 if !changes.isEmpty && hub.isActive { hub.publish(changes) }
             } catch {
                 pendingCounts = [:]
-                engine.rollback()
                 throw error
             }
         }

@@ -33,7 +33,7 @@ public final class Store: @unchecked Sendable {
     public var limits: Limits { config.limits }
     public var storagePlugin: LoadedPlugin { engine.plugin }
 
-    let engine: StorageEngine
+    let engine: StoragePluginInstance
     let lock = Lock()
     var clock = HybridLogicalClock()
     private var closed = false
@@ -73,6 +73,8 @@ public final class Store: @unchecked Sendable {
     let blobState = BlobState()
     /// The write receipt a thread is applying (Store+Receipts.swift).
     let receipts = ReceiptState()
+    /// What feature modules stop before the store closes, by name (`beforeClose`).
+    private let closeHooks = LockedValue<[String: @Sendable (Store) -> Void]>([:])
 
     /// Entries per chunk when listing without holding the lock throughout.
     static let listChunk = 256
@@ -93,7 +95,7 @@ public final class Store: @unchecked Sendable {
         let plugin = try PluginLoader.load(config.storage, kind: .storage, searchPath: PluginLoader.searchPath(config: config))
         var options = config.storage.options.filter { $0.key != "data_dir" }
         options.append(("data_dir", config.dataDir))
-        engine = try StorageEngine(plugin: plugin, options: options)
+        engine = try StoragePluginInstance(plugin: plugin, options: options)
         hub = WatchHub(label: "masq.watch")
         let (initialReplica, initialClock) = try Store.initialize(engine)
         try Store.establishCounts(engine)
@@ -106,29 +108,26 @@ public final class Store: @unchecked Sendable {
     }
 
     /// Read (or on first open, write) the format marker, replica id and clock.
-    private static func initialize(_ engine: StorageEngine) throws(MasqError) -> (UInt64, HybridLogicalClock) {
+    private static func initialize(_ engine: StoragePluginInstance) throws(MasqError) -> (UInt64, HybridLogicalClock) {
         if let format = try getMeta(engine, RecordFormat.metaFormat) {
             guard format == [RecordFormat.version] else {
                 throw .corrupt("store format \(format.first.map(String.init) ?? "?") is not one this library reads (\(RecordFormat.version))")
             }
         } else {
-            try engine.begin()
-            do throws(MasqError) {
+            let raced = try engine.transaction { (commit) throws(MasqError) -> Bool in
                 // Another process may have created it since we looked.
                 if try getMeta(engine, RecordFormat.metaFormat) != nil {
-                    engine.rollback()
-                    return try initialize(engine)
+                    commit = false
+                    return true
                 }
                 var replica: UInt64 = 0
                 while replica == 0 { replica = SecureRandom.uint64() }
                 try putMeta(engine, RecordFormat.metaFormat, [RecordFormat.version])
                 try putMeta(engine, RecordFormat.metaReplica, bigEndianBytes(replica))
                 try putMeta(engine, RecordFormat.metaClock, bigEndianBytes(0) + bigEndianBytes(0))
-                try engine.commit()
-            } catch {
-                engine.rollback()
-                throw error
+                return false
             }
+            if raced { return try initialize(engine) }
         }
         guard let replicaBytes = try getMeta(engine, RecordFormat.metaReplica), replicaBytes.count == 8 else {
             throw .corrupt("store has no valid replica id")
@@ -141,6 +140,7 @@ public final class Store: @unchecked Sendable {
     /// Close the engine after queued watch callbacks ran. Idempotent.
     public func close() throws(MasqError) {
         guard !hub.isCallbackThread else { throw MasqError(.busy, "cannot close a store from inside its own watch callback") }
+        for hook in closeHooks.withLock({ hooks in defer { hooks = [:] }; return Array(hooks.values) }) { hook(self) }
         syncSlot.stop()
         hub.drain()
         if !isClosed { savePairingCopy() }
@@ -152,6 +152,14 @@ public final class Store: @unchecked Sendable {
     }
 
     public var isClosed: Bool { lock.withLock { closed } }
+
+    /// Call `hook` when the store is about to close (first thing in `close`,
+    /// without the lock): how a feature module stops what it runs on the
+    /// store (MasqSharing's background sharing). One hook per `name`; a later
+    /// one replaces it.
+    package func beforeClose(_ name: String, _ hook: @escaping @Sendable (Store) -> Void) {
+        closeHooks.withLock { $0[name] = hook }
+    }
 
     // MARK: - reads
 
@@ -462,15 +470,15 @@ public final class Store: @unchecked Sendable {
         var changes: [Change]?
         /// Namespace ids assigned by this commit; cached only once it commits.
         var newNamespaces: [[UInt8]: UInt32] = [:]
-        /// Namespaces shared with this store read-only (local writes refused).
-        var readOnly: Set<[UInt8]> = []
+        /// Each namespace's write policy (Store+WritePolicy.swift), by exact bytes.
+        var writePolicies: [[UInt8]: WritePolicy] = [:]
         /// What the commit will weigh in a sync frame (records, roughly): a
         /// commit travels whole, so one too big to sync is refused here.
         var syncBytes = 0
 
         func checkWritable(_ ns: NamespaceName) throws(MasqError) {
-            if readOnly.contains(ns.bytes) {
-                throw MasqError(.denied, "namespace \"\(ns.string)\" is shared with you read-only; its owner's changes arrive by sync")
+            if case .readOnly(let reason)? = writePolicies[ns.bytes] {
+                throw MasqError(.denied, "namespace \"\(ns.string)\" is \(reason)")
             }
         }
     }
@@ -481,8 +489,8 @@ public final class Store: @unchecked Sendable {
     func writeCommit(_ body: (inout Commit) throws(MasqError) -> Void) throws(MasqError) {
         try lock.withLock { () throws(MasqError) in
             try ensureUsable()
-            try engine.begin()
             do throws(MasqError) {
+                let done = try engine.transaction { (keep) throws(MasqError) -> Commit? in
                 try refreshIdentityLocked()
                 let saved = try Store.readClock(engine)
                 clock.observe(saved.timestamp)
@@ -490,7 +498,7 @@ public final class Store: @unchecked Sendable {
                 var commit = Commit(seq: saved.seq + 1, timestamp: clock.tick(nowMilliseconds: Clock.unixMilliseconds()),
                                     changes: hub.isActive ? [] : nil)
                 commit.log.timestamp = commit.timestamp
-                commit.readOnly = try readOnlyNamespacesLocked()
+                commit.writePolicies = try writePoliciesLocked()
                 try body(&commit)
                 guard commit.syncBytes <= SyncFrame.maxCommitBytes else {
                     throw .tooLarge("this change is \(commit.syncBytes >> 20) MiB; one change travels to other devices whole, "
@@ -498,19 +506,20 @@ public final class Store: @unchecked Sendable {
                 }
                 guard commit.log.count > 0 else {
                     // Nothing changed; a retried write's receipt is still kept (Store+Receipts.swift).
-                    if try writePendingReceipt() { try engine.commit() } else { engine.rollback() }
-                    return
+                    keep = try writePendingReceipt()
+                    return nil
                 }
                 _ = try writePendingReceipt()
                 try Store.putMeta(engine, RecordFormat.logKey(replica: replicaID, seq: commit.seq), commit.log.encoded())
                 try Store.putMeta(engine, RecordFormat.metaClock, bigEndianBytes(commit.seq) + bigEndianBytes(commit.timestamp))
                 try flushCounts()
-                try engine.commit()
-                namespaceIDs.merge(commit.newNamespaces) { a, _ in a }
-                if let changes = commit.changes { hub.publish(changes) }
+                return commit
+                }
+                guard let done else { return }   // nothing was written
+                namespaceIDs.merge(done.newNamespaces) { a, _ in a }
+                if let changes = done.changes { hub.publish(changes) }
             } catch {
                 pendingCounts = [:]
-                engine.rollback()
                 throw error
             }
         }
@@ -705,7 +714,7 @@ public final class Store: @unchecked Sendable {
         if case .locked = protection { throw MasqError(.denied, "the store is locked: unlock it with its passphrase") }
     }
 
-    static func readClock(_ engine: StorageEngine) throws(MasqError) -> (seq: UInt64, timestamp: UInt64) {
+    static func readClock(_ engine: StoragePluginInstance) throws(MasqError) -> (seq: UInt64, timestamp: UInt64) {
         guard let bytes = try getMeta(engine, RecordFormat.metaClock), bytes.count == 16 else {
             throw .corrupt("store has no valid clock record")
         }
@@ -713,16 +722,16 @@ public final class Store: @unchecked Sendable {
     }
 
     /// The greatest remote timestamp observed (0 if none).
-    static func readObserved(_ engine: StorageEngine) throws(MasqError) -> UInt64 {
+    static func readObserved(_ engine: StoragePluginInstance) throws(MasqError) -> UInt64 {
         guard let bytes = try getMeta(engine, RecordFormat.metaObserved), bytes.count == 8 else { return 0 }
         return bytes.withUnsafeBytes { $0.loadBigEndian(at: 0) }
     }
 
-    static func getMeta(_ engine: StorageEngine, _ key: [UInt8]) throws(MasqError) -> [UInt8]? {
+    static func getMeta(_ engine: StoragePluginInstance, _ key: [UInt8]) throws(MasqError) -> [UInt8]? {
         try key.withBytes { (k) throws(MasqError) in try engine.get(k) { Array($0) } }
     }
 
-    static func putMeta(_ engine: StorageEngine, _ key: [UInt8], _ value: [UInt8]) throws(MasqError) {
+    static func putMeta(_ engine: StoragePluginInstance, _ key: [UInt8], _ value: [UInt8]) throws(MasqError) {
         try key.withBytes { (k) throws(MasqError) in
             try value.withBytes { (v) throws(MasqError) in try engine.put(k, v) }
         }

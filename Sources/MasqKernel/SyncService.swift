@@ -100,7 +100,7 @@ public final class SyncService: @unchecked Sendable {
     /// Unreferenced blob chunks are collected this often while sync runs.
     public var blobCollectionInterval: UInt64 = 600_000
     private let queue = DispatchQueue(label: "masq.sync")
-    private var transports: [(TransportEngine, endpoint: String?)] = []
+    private var transports: [(TransportPluginInstance, endpoint: String?)] = []
     private let transportReferences: [PluginReference]
     private let room: [UInt8]
     private let roomText: String

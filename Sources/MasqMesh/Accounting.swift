@@ -15,7 +15,7 @@ public protocol MeshWallet: AnyObject, Sendable {
     func payments(after cursor: UInt64) throws -> (payments: [(from: String, amount: UInt128)], cursor: UInt64)
 }
 
-/// The accountant as the mesh drives it: the kernel's (`MasqKernel.Accountant`,
+/// The accountant as the mesh drives it: MasqAccounting's (`Accountant`,
 /// its book in a Masq store), handed over by `masq node` — the engine itself
 /// also runs inside a transport plugin and sees nothing of the kernel.
 /// Called on the node's event loop.

@@ -1,5 +1,6 @@
 import MasqCrypto
 import Testing
+@testable import MasqAccounting
 @testable import MasqKernel
 
 /// The accountant in the core, its book in a real store.

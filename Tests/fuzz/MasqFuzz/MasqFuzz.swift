@@ -19,6 +19,7 @@ import MasqCrypto
 @testable import MasqDaemon
 @testable import MasqKernel
 @testable import MasqMesh
+@testable import MasqSharing
 import MasqRelayProtocol
 #if canImport(FoundationEssentials)
 import FoundationEssentials

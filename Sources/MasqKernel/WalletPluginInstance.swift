@@ -4,7 +4,7 @@ import FoundationEssentials
 
 /// One instance of a wallet plugin, called with Swift types. Amounts are
 /// decimal strings (they exceed 64 bits). Any thread.
-public final class WalletEngine: @unchecked Sendable {
+public final class WalletPluginInstance: @unchecked Sendable {
     let plugin: LoadedPlugin
     private let host: PluginHost
     private let v: masq_wallet_vtable
@@ -15,11 +15,11 @@ public final class WalletEngine: @unchecked Sendable {
 
     /// Load the wallet plugin a config entry names and create an instance
     /// (`data_dir` is passed when given).
-    public static func open(_ reference: PluginReference, config: MasqConfig, dataDirectory: String? = nil) throws(MasqError) -> WalletEngine {
+    public static func open(_ reference: PluginReference, config: MasqConfig, dataDirectory: String? = nil) throws(MasqError) -> WalletPluginInstance {
         let plugin = try PluginLoader.load(reference, kind: .wallet, searchPath: PluginLoader.searchPath(config: config))
         var options = reference.options.filter { $0.key != "data_dir" }
         options.append(("data_dir", dataDirectory ?? config.dataDir))
-        return try WalletEngine(plugin: plugin, options: options)
+        return try WalletPluginInstance(plugin: plugin, options: options)
     }
 
     init(plugin: LoadedPlugin, options: [(key: String, value: String)]) throws(MasqError) {

@@ -1,14 +1,15 @@
 import CMasq
 import CMasqSupport
 import MasqConnectoidProtocol
+import MasqKernel
 import Dispatch
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 // The sharing part of include/masq.h ("Sharing with other people"): shares
 // of a namespace with another person through Connectoid mailboxes, driven by
-// ShareService (docs/CONNECTOID.md). Same conventions as CAPI.swift: every
+// ShareService (docs/CONNECTOID.md). Same conventions as MasqKernel's CAPI.swift: every
 // argument is checked before anything is stored, a thrown MasqError becomes
 // a status code and the thread's message, and outputs are NULL on failure.
 
@@ -23,7 +24,9 @@ private func shareID(_ pointer: UnsafePointer<CChar>?) throws(MasqError) -> Stri
 
 /// The share a caller names, or MASQ_E_NOT_FOUND.
 private func existingShare(_ store: Store, _ id: String) throws(MasqError) -> ShareState {
-    guard id.utf8.count <= 256, let state = try store.share(id) else { throw MasqError(.notFound, "no share \(id.prefix(80))") }
+    guard id.utf8.count <= 256, let state = try store.share(id) else {
+        throw MasqError(.notFound, "no share \(id.prefix(80))")
+    }
     return state
 }
 
@@ -42,7 +45,7 @@ func shareJSON(_ s: ShareState) -> String {
         "\"created_at\": \(s.created)",
         "\"last_heard_at\": \(s.lastHeard)",
         "\"refused\": \(s.rejected)",
-        "\"warnings\": [\(s.warnings.map(jsonString).joined(separator: ", "))]",
+        "\"warnings\": [\(s.warnings.map(jsonString).joined(separator: ", "))]"
     ]
     return "{" + fields.joined(separator: ", ") + "}"
 }
@@ -60,6 +63,8 @@ final class ShareRunners: @unchecked Sendable {
             let service = ShareService(store: store)
             try service.start()
             running[ObjectIdentifier(store)] = service
+            // masq_close stops it (the kernel knows nothing of sharing).
+            store.beforeClose("sharing") { ShareRunners.shared.stop($0) }
         }
     }
 
@@ -79,11 +84,6 @@ private func shareService(_ store: Store) -> ShareService {
     ShareRunners.shared.service(store) ?? ShareService(store: store)
 }
 
-/// Stop the background sharing of a store being closed (masq_close).
-func stopSharing(_ store: Store) {
-    ShareRunners.shared.stop(store)
-}
-
 private func monotonicSeconds() -> Double {
     var ts = timespec()
     clock_gettime(CLOCK_MONOTONIC, &ts)
@@ -93,9 +93,11 @@ private func monotonicSeconds() -> Double {
 // MARK: - making, accepting, listing, ending shares
 
 @c @implementation
-public func masq_share_create(_ handle: OpaquePointer?, _ ns: UnsafePointer<CChar>?, _ nickname: UnsafePointer<CChar>?, _ flags: UInt32,
-                              _ baseURL: UnsafePointer<CChar>?, _ linkOut: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?,
-                              _ jsonOut: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
+public func masq_share_create(
+    _ handle: OpaquePointer?, _ ns: UnsafePointer<CChar>?, _ nickname: UnsafePointer<CChar>?, _ flags: UInt32,
+    _ baseURL: UnsafePointer<CChar>?, _ linkOut: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?,
+    _ jsonOut: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?
+) -> Int32 {
     linkOut?.pointee = nil
     jsonOut?.pointee = nil
     return api { () throws(MasqError) in
@@ -108,7 +110,8 @@ public func masq_share_create(_ handle: OpaquePointer?, _ ns: UnsafePointer<CCha
         }
         let base = baseURL == nil ? ConnectoidLink.defaultBase : try text(baseURL, "base_url")
         let service = shareService(s)
-        let link = try service.create(namespace: name, readOnly: flags & MASQ_SHARE_READ_ONLY != 0, base: base, nickname: who)
+        let link = try service.create(
+            namespace: name, readOnly: flags & MASQ_SHARE_READ_ONLY != 0, base: base, nickname: who)
         var json: UnsafeMutablePointer<CChar>?
         if let jsonOut {
             let state = try existingShare(s, link.pubText)
@@ -128,20 +131,25 @@ public func masq_share_create(_ handle: OpaquePointer?, _ ns: UnsafePointer<CCha
 }
 
 @c @implementation
-public func masq_share_accept(_ handle: OpaquePointer?, _ link: UnsafePointer<CChar>?, _ nickname: UnsafePointer<CChar>?,
-                              _ asNamespace: UnsafePointer<CChar>?, _ flags: UInt32,
-                              _ jsonOut: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
+public func masq_share_accept(
+    _ handle: OpaquePointer?, _ link: UnsafePointer<CChar>?, _ nickname: UnsafePointer<CChar>?,
+    _ asNamespace: UnsafePointer<CChar>?, _ flags: UInt32,
+    _ jsonOut: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?
+) -> Int32 {
     jsonOut?.pointee = nil
     return api { () throws(MasqError) in
         let s = try store(handle)
         let linkText = try text(link, "link")
         let who = try ShareState.checkedNickname(try text(nickname, "nickname"))
         guard flags & ~MASQ_SHARE_MERGE == 0 else {
-            throw .invalid("unknown masq_share_accept flags \(flags) (only MASQ_SHARE_MERGE; the owner decides read-only)")
+            throw .invalid(
+                "unknown masq_share_accept flags \(flags) (only MASQ_SHARE_MERGE; the owner decides read-only)")
         }
         let local = asNamespace == nil ? nil : try namespace(asNamespace, s)
         let merge = flags & MASQ_SHARE_MERGE != 0
-        guard local != nil || !merge else { throw .invalid("MASQ_SHARE_MERGE needs the namespace to merge into (as_ns)") }
+        guard local != nil || !merge else {
+            throw .invalid("MASQ_SHARE_MERGE needs the namespace to merge into (as_ns)")
+        }
         let service = shareService(s)
         let state = try service.accept(linkText, as: local, merge: merge, nickname: who)
         if let jsonOut {
@@ -154,7 +162,9 @@ public func masq_share_accept(_ handle: OpaquePointer?, _ link: UnsafePointer<CC
 }
 
 @c @implementation
-public func masq_shares(_ handle: OpaquePointer?, _ jsonOut: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
+public func masq_shares(_ handle: OpaquePointer?, _ jsonOut: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?)
+    -> Int32
+{
     jsonOut?.pointee = nil
     return api { () throws(MasqError) in
         let s = try store(handle)
@@ -164,7 +174,10 @@ public func masq_shares(_ handle: OpaquePointer?, _ jsonOut: UnsafeMutablePointe
 }
 
 @c @implementation
-public func masq_share_info(_ handle: OpaquePointer?, _ id: UnsafePointer<CChar>?, _ jsonOut: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
+public func masq_share_info(
+    _ handle: OpaquePointer?, _ id: UnsafePointer<CChar>?,
+    _ jsonOut: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?
+) -> Int32 {
     jsonOut?.pointee = nil
     return api { () throws(MasqError) in
         let s = try store(handle)
@@ -175,7 +188,9 @@ public func masq_share_info(_ handle: OpaquePointer?, _ id: UnsafePointer<CChar>
 }
 
 @c @implementation
-public func masq_share_set_nickname(_ handle: OpaquePointer?, _ id: UnsafePointer<CChar>?, _ nickname: UnsafePointer<CChar>?) -> Int32 {
+public func masq_share_set_nickname(
+    _ handle: OpaquePointer?, _ id: UnsafePointer<CChar>?, _ nickname: UnsafePointer<CChar>?
+) -> Int32 {
     api { () throws(MasqError) in
         let s = try store(handle)
         let share = try shareID(id)
@@ -199,9 +214,10 @@ public func masq_unshare(_ handle: OpaquePointer?, _ id: UnsafePointer<CChar>?) 
         // none can start (no transport plugin), this side ends alone.
         let service = ShareService(store: s)
         do throws(MasqError) { try service.start() } catch {
-            Log.warn("share", "share \(share.prefix(10)): the other side is not told (\(error.message)); ending it here")
+            Log.warn(
+                "share", "share \(share.prefix(10)): the other side is not told (\(error.message)); ending it here")
         }
-        defer { service.stop() }   // waits for the UNSHARE under way
+        defer { service.stop() }  // waits for the UNSHARE under way
         _ = try service.unshare(share)
     }
 }
@@ -212,7 +228,7 @@ public func masq_unshare(_ handle: OpaquePointer?, _ id: UnsafePointer<CChar>?) 
 public func masq_share_sync_start(_ handle: OpaquePointer?) -> Int32 {
     api { () throws(MasqError) in
         let s = try store(handle)
-        _ = try s.shares()   // MASQ_E_DENIED while locked, MASQ_E_CLOSED after close
+        _ = try s.shares()  // MASQ_E_DENIED while locked, MASQ_E_CLOSED after close
         try ShareRunners.shared.start(s)
     }
 }
@@ -226,7 +242,9 @@ public func masq_share_sync_stop(_ handle: OpaquePointer?) -> Int32 {
 public func masq_share_sync_once(_ handle: OpaquePointer?, _ timeoutSeconds: Double) -> Int32 {
     api { () throws(MasqError) in
         let s = try store(handle)
-        guard timeoutSeconds > 0 && timeoutSeconds <= 86_400 else { throw .invalid("timeout must be 0...86400 seconds") }
+        guard timeoutSeconds > 0 && timeoutSeconds <= 86_400 else {
+            throw .invalid("timeout must be 0...86400 seconds")
+        }
         _ = try s.shares()
         let service: ShareService
         var temporary: ShareService?
@@ -249,6 +267,7 @@ public func masq_share_sync_once(_ handle: OpaquePointer?, _ timeoutSeconds: Dou
             quiet = service.settled() ? quiet + 1 : 0
             if quiet >= 3 && monotonicSeconds() >= start + 1.5 { return }
         }
-        throw MasqError(.timeout, "shares not settled after \(timeoutSeconds) s (is the other person's sharing running?)")
+        throw MasqError(
+            .timeout, "shares not settled after \(timeoutSeconds) s (is the other person's sharing running?)")
     }
 }

@@ -1,6 +1,7 @@
 import FoundationEssentials
+import MasqKernel
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// MASQ's payment thresholds (wei; seconds): a debt is paid once it is older
@@ -20,7 +21,7 @@ public struct PaymentThresholds: Sendable, Equatable {
 
     /// The largest debt tolerated `age` seconds after it started.
     public func limit(ageSeconds age: UInt64) -> UInt128? {
-        guard age >= maturitySeconds else { return nil }           // not mature: no limit applies yet
+        guard age >= maturitySeconds else { return nil }  // not mature: no limit applies yet
         let into = age - maturitySeconds
         guard into < thresholdIntervalSeconds, debtThreshold > permanentAllowance else { return permanentAllowance }
         let drop = (debtThreshold - permanentAllowance) * UInt128(into) / UInt128(thresholdIntervalSeconds)
@@ -28,7 +29,7 @@ public struct PaymentThresholds: Sendable, Equatable {
     }
 }
 
-/// The accountant, in the core: payables (what a node owes the nodes that
+/// The accountant: payables (what a node owes the nodes that
 /// carried its traffic, by their earning wallet) and receivables (what
 /// consumers owe it, by their consuming wallet), kept in a Masq store
 /// (namespace `masq.accounts`). The mesh drives it through a protocol of its
@@ -85,7 +86,9 @@ public final class Accountant: @unchecked Sendable {
         self.thresholds = thresholds
         let ns = try NamespaceName(Self.namespace, limits: store.limits)
         if let bytes = try store.get(ns, key: Self.bookKey) {
-            guard let loaded = try? JSONDecoder().decode(Book.self, from: Data(bytes)) else { throw .corrupt("malformed accounting book") }
+            guard let loaded = try? JSONDecoder().decode(Book.self, from: Data(bytes)) else {
+                throw .corrupt("malformed accounting book")
+            }
             book = loaded
         }
     }
@@ -94,7 +97,9 @@ public final class Accountant: @unchecked Sendable {
     public static func book(in store: Store) throws(MasqError) -> Book? {
         let ns = try NamespaceName(namespace, limits: store.limits)
         guard let bytes = try store.get(ns, key: bookKey) else { return nil }
-        guard let book = try? JSONDecoder().decode(Book.self, from: Data(bytes)) else { throw .corrupt("malformed accounting book") }
+        guard let book = try? JSONDecoder().decode(Book.self, from: Data(bytes)) else {
+            throw .corrupt("malformed accounting book")
+        }
         return book
     }
 
@@ -122,11 +127,15 @@ public final class Accountant: @unchecked Sendable {
     /// names the nonce, the timestamp and this hop); `verify` checks a
     /// signature with the earning wallet's scheme. The timestamp must be within
     /// the window and the nonce never seen before.
-    public func acceptProof(payer: String, nonce: [UInt8], timestamp: UInt64, message: [UInt8], signature: [UInt8], now: UInt64,
-                            verify: (String, [UInt8], [UInt8]) -> Bool) -> Bool {
+    public func acceptProof(
+        payer: String, nonce: [UInt8], timestamp: UInt64, message: [UInt8], signature: [UInt8], now: UInt64,
+        verify: (String, [UInt8], [UInt8]) -> Bool
+    ) -> Bool {
         for (n, until) in nonces where until < now { nonces[n] = nil }
         let skew = timestamp > now ? timestamp - now : now - timestamp
-        guard nonce.count == 16, skew <= Self.proofWindowMilliseconds, nonces[nonce] == nil, verify(payer, message, signature) else {
+        guard nonce.count == 16, skew <= Self.proofWindowMilliseconds, nonces[nonce] == nil,
+            verify(payer, message, signature)
+        else {
             book.proofsRejected += 1
             dirty = true
             return false
@@ -138,7 +147,9 @@ public final class Accountant: @unchecked Sendable {
     /// Payables due now: (creditor, amount).
     public func due(nowMilliseconds now: UInt64) -> [(String, UInt128)] {
         book.payables.compactMap { creditor, account in
-            guard account.owed > 0, let limit = thresholds.limit(ageSeconds: (now - account.since) / 1_000), account.owed > limit else { return nil }
+            guard account.owed > 0, let limit = thresholds.limit(ageSeconds: (now - account.since) / 1_000),
+                account.owed > limit
+            else { return nil }
             return (creditor, account.owed)
         }
     }
@@ -162,10 +173,13 @@ public final class Accountant: @unchecked Sendable {
         var set = Set(book.banned)
         for (debtor, account) in book.receivables {
             let age = account.owed == 0 ? 0 : (now - account.since) / 1_000
-            let over = age > thresholds.graceSeconds
+            let over =
+                age > thresholds.graceSeconds
                 && (thresholds.limit(ageSeconds: age - thresholds.graceSeconds).map { account.owed > $0 } ?? false)
             if over && !set.contains(debtor) { set.insert(debtor); banned.append(debtor) }
-            if set.contains(debtor) && account.owed < thresholds.unbanBelow && !over { set.remove(debtor); unbanned.append(debtor) }
+            if set.contains(debtor) && account.owed < thresholds.unbanBelow && !over {
+                set.remove(debtor); unbanned.append(debtor)
+            }
         }
         if !banned.isEmpty || !unbanned.isEmpty { book.banned = set.sorted(); dirty = true }
         return (banned, unbanned)
@@ -173,7 +187,9 @@ public final class Accountant: @unchecked Sendable {
 
     /// Write the book to the store when it changed (or always, with `force`).
     public func save(force: Bool = false) {
-        guard dirty || force, let bytes = try? JSONEncoder().encode(book), let ns = try? NamespaceName(Self.namespace, limits: store.limits) else { return }
+        guard dirty || force, let bytes = try? JSONEncoder().encode(book),
+            let ns = try? NamespaceName(Self.namespace, limits: store.limits)
+        else { return }
         do {
             try store.put(ns, key: Self.bookKey, value: Array(bytes))
             dirty = false

@@ -5,7 +5,7 @@ import FoundationEssentials
 /// One instance of a transport plugin, called with Swift types. Received
 /// frames and peer events arrive on the plugin's threads; handlers must copy
 /// what they need and return quickly (the kernel hops to its own queue).
-public final class TransportEngine: @unchecked Sendable {
+public final class TransportPluginInstance: @unchecked Sendable {
     let plugin: LoadedPlugin
     private let host: PluginHost
     private let v: masq_transport_vtable
@@ -64,9 +64,9 @@ public final class TransportEngine: @unchecked Sendable {
     public static func open(_ reference: PluginReference, config: MasqConfig,
                             onFrame: @escaping @Sendable (_ peer: String, _ room: String?, _ frame: [UInt8]) -> Void,
                             onPeerEvent: @escaping @Sendable (_ peer: String, _ event: Int32) -> Void,
-                            onPeerInfo: (@Sendable (_ peer: String, _ info: String) -> Void)? = nil) throws(MasqError) -> TransportEngine {
+                            onPeerInfo: (@Sendable (_ peer: String, _ info: String) -> Void)? = nil) throws(MasqError) -> TransportPluginInstance {
         let plugin = try PluginLoader.load(reference, kind: .transport, searchPath: PluginLoader.searchPath(config: config))
-        return try TransportEngine(plugin: plugin, options: reference.options, onFrame: onFrame, onPeerEvent: onPeerEvent, onPeerInfo: onPeerInfo)
+        return try TransportPluginInstance(plugin: plugin, options: reference.options, onFrame: onFrame, onPeerEvent: onPeerEvent, onPeerInfo: onPeerInfo)
     }
 
     public func start() throws(MasqError) { try check(call { v.start($0) }, "start") }
@@ -112,12 +112,12 @@ public final class TransportEngine: @unchecked Sendable {
         try check(call { i in endpoint.withCString { connect(i, $0) } }, "connect")
     }
 
-    func join(_ room: String) throws(MasqError) {
+    package func join(_ room: String) throws(MasqError) {
         guard let join = v.join else { throw MasqError(.unsupported, "\(component) has no rooms") }
         try check(call { i in room.withCString { join(i, $0) } }, "join")
     }
 
-    func leave(_ room: String) throws(MasqError) {
+    package func leave(_ room: String) throws(MasqError) {
         guard let leave = v.leave else { throw MasqError(.unsupported, "\(component) has no rooms") }
         try check(call { i in room.withCString { leave(i, $0) } }, "leave")
     }
@@ -157,13 +157,13 @@ public final class TransportEngine: @unchecked Sendable {
 
 extension Store {
     /// Load and create the transport a config entry names.
-    func openTransport(_ reference: PluginReference,
+    package func openTransport(_ reference: PluginReference,
                        onFrame: @escaping @Sendable (String, String?, [UInt8]) -> Void,
                        onPeerEvent: @escaping @Sendable (String, Int32) -> Void,
-                       onChallenge: (@Sendable (String, [UInt8]) throws(MasqError) -> [UInt8])? = nil) throws(MasqError) -> TransportEngine {
+                       onChallenge: (@Sendable (String, [UInt8]) throws(MasqError) -> [UInt8])? = nil) throws(MasqError) -> TransportPluginInstance {
         let plugin = try PluginLoader.load(reference, kind: .transport, searchPath: PluginLoader.searchPath(config: config))
         var options = reference.options.filter { $0.key != "data_dir" }
         options.append(("data_dir", config.dataDir))
-        return try TransportEngine(plugin: plugin, options: options, onFrame: onFrame, onPeerEvent: onPeerEvent, onChallenge: onChallenge)
+        return try TransportPluginInstance(plugin: plugin, options: options, onFrame: onFrame, onPeerEvent: onPeerEvent, onChallenge: onChallenge)
     }
 }

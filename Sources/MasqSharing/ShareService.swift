@@ -1,8 +1,9 @@
 import Dispatch
 import MasqConnectoidProtocol
 import MasqCrypto
+import MasqKernel
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Sharing a namespace with another person through Connectoid mailboxes
@@ -16,7 +17,7 @@ import Glibc
 public final class ShareService: @unchecked Sendable {
     public let store: Store
     private let queue = DispatchQueue(label: "masq.share")
-    private var transport: TransportEngine?
+    private var transport: TransportPluginInstance?
     private var joined: Set<String> = []
     private var timer: DispatchSourceTimer?
     private var watchID: UInt64?
@@ -56,13 +57,18 @@ public final class ShareService: @unchecked Sendable {
     /// Share namespace `ns`: a new link (with a fresh mailbox key pair, a
     /// signing key pair and a single-use secret) naming `services`.
     /// `nickname`: what this side calls the other person (kept with the share).
-    public func create(namespace ns: NamespaceName, readOnly: Bool, services: [String]? = nil, base: String = ConnectoidLink.defaultBase,
-                       nickname: String? = nil) throws(MasqError) -> ConnectoidLink {
+    public func create(
+        namespace ns: NamespaceName, readOnly: Bool, services: [String]? = nil,
+        base: String = ConnectoidLink.defaultBase,
+        nickname: String? = nil
+    ) throws(MasqError) -> ConnectoidLink {
         let nickname = try nickname.map { (n) throws(MasqError) in try ShareState.checkedNickname(n) }
         try Self.checkLinkBase(base)
         let services = services ?? store.config.sharing.services
         guard !services.isEmpty else {
-            throw .config("no Connectoid service: pass --service URL or add \"sharing\": {\"services\": [\"https://…\"]} to the config")
+            throw .config(
+                "no Connectoid service: pass --service URL or add \"sharing\": {\"services\": [\"https://…\"]} to the config"
+            )
         }
         for url in services {
             do { try ConnectoidLink.checkServiceURL(url) } catch { throw .invalid(error.message) }
@@ -71,14 +77,18 @@ public final class ShareService: @unchecked Sendable {
         let signing = P384.keyPair()
         let signingPub = try Self.compressed(signing.publicKey)
         let secret = Random.bytes(16)
-        var state = ShareState(id: Base64URL.encode(inbox.pub), role: .owner, namespace: ns.string, access: readOnly ? .readOnly : .readWrite,
-                               status: .offered, created: Clock.unixMilliseconds(), signingKey: SecretKey(signing.privateKey), signingPub: signingPub,
-                               secret: SecretKey(secret), ownerKeyHash: Array(Hash.sha256(signingPub).prefix(16)), inboxes: [inbox])
+        var state = ShareState(
+            id: Base64URL.encode(inbox.pub), role: .owner, namespace: ns.string,
+            access: readOnly ? .readOnly : .readWrite,
+            status: .offered, created: Clock.unixMilliseconds(), signingKey: SecretKey(signing.privateKey),
+            signingPub: signingPub,
+            secret: SecretKey(secret), ownerKeyHash: Array(Hash.sha256(signingPub).prefix(16)), inboxes: [inbox])
         state.nickname = nickname
         try store.saveShare(state.id, state)
         queue.sync { if transport != nil { try? join(state) } }
         Log.info("share", "offered namespace \(ns.string) as share \(state.shortID)")
-        return ConnectoidLink(pub: inbox.pub, services: services, ext: inbox.ext, secret: secret + state.ownerKeyHash, base: base)
+        return ConnectoidLink(
+            pub: inbox.pub, services: services, ext: inbox.ext, secret: secret + state.ownerKeyHash, base: base)
     }
 
     /// Accept a link: a guest share and a CLAIM to the link's mailbox. The
@@ -87,22 +97,29 @@ public final class ShareService: @unchecked Sendable {
     /// that does not exist here yet. Records never merge into an existing
     /// namespace unless `merge` says so (the user asked for it explicitly).
     /// The service must be running.
-    public func accept(_ text: String, as ns: NamespaceName? = nil, merge: Bool = false, services: [String]? = nil,
-                       nickname: String? = nil) throws(MasqError) -> ShareState {
+    public func accept(
+        _ text: String, as ns: NamespaceName? = nil, merge: Bool = false, services: [String]? = nil,
+        nickname: String? = nil
+    ) throws(MasqError) -> ShareState {
         let nickname = try nickname.map { (n) throws(MasqError) in try ShareState.checkedNickname(n) }
         let (link, fragment) = try Self.parsedLink(text)
         try checkUnused(link)
         guard ns != nil || !merge else { throw .invalid("--merge needs the namespace to merge into (--as NAME)") }
         if let ns, !merge, try store.namespaceExists(ns) {
-            throw .invalid("namespace \(ns.string) already exists here: accepting would merge the other person's records into it; choose a new name, or pass --merge if that is what you want")
+            throw .invalid(
+                "namespace \(ns.string) already exists here: accepting would merge the other person's records into it; choose a new name, or pass --merge if that is what you want"
+            )
         }
         if let ns { try checkNotShared(ns, except: link.pubText) }
         let id = link.pubText
         let signing = P384.keyPair()
-        let inbox = Self.newInbox(services ?? (store.config.sharing.services.isEmpty ? link.services : store.config.sharing.services))
-        var state = ShareState(id: id, role: .guest, namespace: ns?.string ?? "", access: .readOnly, status: .claimed,
-                               created: Clock.unixMilliseconds(), signingKey: SecretKey(signing.privateKey), signingPub: try Self.compressed(signing.publicKey),
-                               secret: SecretKey(Array(fragment.prefix(16))), ownerKeyHash: Array(fragment.suffix(16)), inboxes: [inbox])
+        let inbox = Self.newInbox(
+            services ?? (store.config.sharing.services.isEmpty ? link.services : store.config.sharing.services))
+        var state = ShareState(
+            id: id, role: .guest, namespace: ns?.string ?? "", access: .readOnly, status: .claimed,
+            created: Clock.unixMilliseconds(), signingKey: SecretKey(signing.privateKey),
+            signingPub: try Self.compressed(signing.publicKey),
+            secret: SecretKey(Array(fragment.prefix(16))), ownerKeyHash: Array(fragment.suffix(16)), inboxes: [inbox])
         state.peerInbox = link.mailbox
         state.merge = merge
         state.nickname = nickname
@@ -135,8 +152,11 @@ public final class ShareService: @unchecked Sendable {
     /// Neither this store's own link nor one accepted here already.
     private func checkUnused(_ link: ConnectoidLink) throws(MasqError) {
         if let existing = try store.share(link.pubText) {
-            throw MasqError(existing.role == .owner ? .invalid : .denied,
-                            existing.role == .owner ? "this is your own share link" : "this link was already accepted (share \(existing.shortID)); a link works once")
+            throw MasqError(
+                existing.role == .owner ? .invalid : .denied,
+                existing.role == .owner
+                    ? "this is your own share link"
+                    : "this link was already accepted (share \(existing.shortID)); a link works once")
         }
     }
 
@@ -154,14 +174,17 @@ public final class ShareService: @unchecked Sendable {
     /// another share uses — so the owner cannot point a share at the guest's
     /// own data, and two shares never mix (the id in the automatic name also
     /// keeps shares accepted on the guest's other devices apart).
-    private func localNamespace(_ state: ShareState, suggested: String) throws(MasqError) -> (name: String, created: Bool) {
+    private func localNamespace(_ state: ShareState, suggested: String) throws(MasqError) -> (
+        name: String, created: Bool
+    ) {
         if !state.namespace.isEmpty {
             let chosen = try NamespaceName(state.namespace, limits: store.limits)
             try checkNotShared(chosen, except: state.id)
             if state.merge == true { return (chosen.string, !(try store.namespaceExists(chosen))) }
             if !(try store.namespaceExists(chosen)) { return (chosen.string, true) }
         }
-        let automatic = try NamespaceName("shared:" + Self.sanitized(suggested) + ":" + state.shortID, limits: store.limits)
+        let automatic = try NamespaceName(
+            "shared:" + Self.sanitized(suggested) + ":" + state.shortID, limits: store.limits)
         try checkNotShared(automatic, except: state.id)
         guard !(try store.namespaceExists(automatic)) else {
             throw MasqError(.busy, "namespace \(automatic.string) exists already: accept the link again with --as NAME")
@@ -171,9 +194,14 @@ public final class ShareService: @unchecked Sendable {
 
     /// MASQ_E_BUSY when another share (but `id`) keeps its records in `ns`. Names compare byte for byte.
     private func checkNotShared(_ ns: NamespaceName, except id: String) throws(MasqError) {
-        let other = try store.shares().first { $0.id != id && $0.status != .ended && $0.namespace.utf8.elementsEqual(ns.bytes) }
+        let other = try store.shares().first {
+            $0.id != id && $0.status != .ended && $0.namespace.utf8.elementsEqual(ns.bytes)
+        }
         if let other {
-            throw MasqError(.busy, "namespace \(ns.string) holds share \(other.shortID): two shares never share a namespace; choose another name")
+            throw MasqError(
+                .busy,
+                "namespace \(ns.string) holds share \(other.shortID): two shares never share a namespace; choose another name"
+            )
         }
     }
 
@@ -200,7 +228,9 @@ public final class ShareService: @unchecked Sendable {
     public func unshare(_ idOrPrefix: String) throws(MasqError) -> ShareState {
         let matches = try store.shares().filter { $0.id.hasPrefix(idOrPrefix) }
         guard matches.count == 1, var state = matches.first else {
-            throw MasqError(matches.isEmpty ? .notFound : .invalid, matches.isEmpty ? "no share \(idOrPrefix)" : "\(idOrPrefix) names several shares; give more of the id")
+            throw MasqError(
+                matches.isEmpty ? .notFound : .invalid,
+                matches.isEmpty ? "no share \(idOrPrefix)" : "\(idOrPrefix) names several shares; give more of the id")
         }
         // On the queue, so that no tick saves the share again after it is gone.
         try onQueue { () throws(MasqError) in
@@ -232,8 +262,12 @@ public final class ShareService: @unchecked Sendable {
     /// bytes, without a fragment, spaces or control characters.
     public static func checkLinkBase(_ base: String) throws(MasqError) {
         guard (1...2_048).contains(base.utf8.count), base.contains("://"), !base.contains("#"),
-              !base.unicodeScalars.contains(where: { $0.properties.isWhitespace || $0.properties.generalCategory == .control }) else {
-            throw .invalid("the link's base must be a URL such as https://app.example/share (at most 2048 bytes, no # or spaces)")
+            !base.unicodeScalars.contains(where: {
+                $0.properties.isWhitespace || $0.properties.generalCategory == .control
+            })
+        else {
+            throw .invalid(
+                "the link's base must be a URL such as https://app.example/share (at most 2048 bytes, no # or spaces)")
         }
     }
 
@@ -241,17 +275,22 @@ public final class ShareService: @unchecked Sendable {
 
     public func start() throws(MasqError) {
         let reference = store.config.sharing.transport
-        let transport = try store.openTransport(reference, onFrame: { [weak self] _, room, frame in
-            guard let self, let room else { return }
-            self.queue.async { self.receive(room, frame) }
-        }, onPeerEvent: { _, _ in }, onChallenge: { [weak self] mailbox, question throws(MasqError) -> [UInt8] in
-            guard let self else { throw MasqError(.closed, "sharing stopped") }
-            return try self.answer(mailbox, question)
-        })
+        let transport = try store.openTransport(
+            reference,
+            onFrame: { [weak self] _, room, frame in
+                guard let self, let room else { return }
+                self.queue.async { self.receive(room, frame) }
+            }, onPeerEvent: { _, _ in },
+            onChallenge: { [weak self] mailbox, question throws(MasqError) -> [UInt8] in
+                guard let self else { throw MasqError(.closed, "sharing stopped") }
+                return try self.answer(mailbox, question)
+            })
         try transport.start()
         try onQueue { () throws(MasqError) in
             self.transport = transport
-            for state in try store.shares() where state.status != .ended && state.status != .intercepted { try join(state) }
+            for state in try store.shares() where state.status != .ended && state.status != .intercepted {
+                try join(state)
+            }
         }
         watchID = try store.watch(namespace: nil) { [weak self] change in
             guard change.origin == .local, let self else { return }
@@ -302,7 +341,9 @@ public final class ShareService: @unchecked Sendable {
 
     private static func newInbox(_ services: [String]) -> ShareState.Inbox {
         let pair = P384.keyPair()
-        return ShareState.Inbox(privateKey: SecretKey(pair.privateKey), pub: (try? P384.compress(pair.publicKey)) ?? [], ext: "masq1", services: services)
+        return ShareState.Inbox(
+            privateKey: SecretKey(pair.privateKey), pub: (try? P384.compress(pair.publicKey)) ?? [], ext: "masq1",
+            services: services)
     }
 
     private static func compressed(_ point: [UInt8]) throws(MasqError) -> [UInt8] {
@@ -329,7 +370,9 @@ public final class ShareService: @unchecked Sendable {
     /// is answered, never a message: a service that hands out a stored
     /// envelope as a question gets a refusal, not its plaintext.
     private func answer(_ mailbox: String, _ question: [UInt8]) throws(MasqError) -> [UInt8] {
-        guard let (key, pub) = keys.withLock({ mailboxKeys[mailbox] }) else { throw MasqError(.notFound, "no key for this mailbox") }
+        guard let (key, pub) = keys.withLock({ mailboxKeys[mailbox] }) else {
+            throw MasqError(.notFound, "no key for this mailbox")
+        }
         do { return try ChallengeBox.open(question, privateKey: key, publicKey: pub) } catch {
             Log.warn("share", "refused to answer a malformed challenge (\(question.count) bytes) for a mailbox")
             throw .invalid("not a well-formed challenge for this mailbox")
@@ -350,7 +393,8 @@ public final class ShareService: @unchecked Sendable {
         guard !stopped else { return }
         received += 1
         guard var state = (try? store.shares())?.first(where: { $0.inboxes.contains { $0.mailbox == mailbox } }),
-              let inbox = state.inboxes.first(where: { $0.mailbox == mailbox }) else { return reject("no share polls this mailbox") }
+            let inbox = state.inboxes.first(where: { $0.mailbox == mailbox })
+        else { return reject("no share polls this mailbox") }
         let envelope: ShareEnvelope
         do { envelope = try ShareEnvelope.open(box, privateKey: inbox.privateKey.secure, pub: inbox.pub) } catch {
             state.rejected += 1
@@ -358,7 +402,9 @@ public final class ShareService: @unchecked Sendable {
             return reject(error.message)
         }
         let body = envelope.body
-        guard body.share == state.id, Mailbox.isValid(body.inbox) else { return reject("an envelope for another share or with a bad reply mailbox") }
+        guard body.share == state.id, Mailbox.isValid(body.inbox) else {
+            return reject("an envelope for another share or with a bad reply mailbox")
+        }
         do throws(MasqError) {
             switch (state.role, body.type) {
             case (.owner, "claim"): try claimed(&state, envelope, inbox: inbox)
@@ -379,17 +425,26 @@ public final class ShareService: @unchecked Sendable {
             onChange?()
             return
         }
-        do { try store.saveShare(state.id, state) } catch { Log.error("share", "cannot save share \(state.shortID): \(error.message)") }
+        do { try store.saveShare(state.id, state) } catch {
+            Log.error("share", "cannot save share \(state.shortID): \(error.message)")
+        }
         onChange?()
         tick()
     }
 
     /// Owner: a CLAIM at the link's mailbox. The first valid claimant wins;
     /// any later one is told the link was used and the owner is warned.
-    private func claimed(_ state: inout ShareState, _ envelope: ShareEnvelope, inbox: ShareState.Inbox) throws(MasqError) {
+    private func claimed(_ state: inout ShareState, _ envelope: ShareEnvelope, inbox: ShareState.Inbox)
+        throws(MasqError)
+    {
         let body = envelope.body
-        guard inbox.mailbox == state.inboxes.first?.mailbox else { throw .invalid("a claim outside the link's mailbox") }
-        guard ShareProof.matches(body.proof, ShareProof.claim(secret: state.secret.secure, guest: envelope.signer, inbox: body.inbox)) else {
+        guard inbox.mailbox == state.inboxes.first?.mailbox else {
+            throw .invalid("a claim outside the link's mailbox")
+        }
+        guard
+            ShareProof.matches(
+                body.proof, ShareProof.claim(secret: state.secret.secure, guest: envelope.signer, inbox: body.inbox))
+        else {
             throw MasqError(.denied, "a claim without the link's secret")
         }
         if let peer = state.peerSigningPub {
@@ -400,11 +455,15 @@ public final class ShareService: @unchecked Sendable {
                 send(&state, type: "welcome")
                 return
             }
-            let warning = "a second person used the link at \(Clock.unixMilliseconds() / 1000) (Unix time): someone else saw it; compare the fingerprint with your contact"
+            let warning =
+                "a second person used the link at \(Clock.unixMilliseconds() / 1000) (Unix time): someone else saw it; compare the fingerprint with your contact"
             if !state.warnings.contains(where: { $0.hasPrefix("a second person") }) { state.warnings.append(warning) }
             event("share \(state.shortID): \(warning)")
-            sendSigned(state, to: body.inbox, body: .init(type: "intercepted", share: state.id, seq: 0, inbox: state.inboxes.last!.mailbox,
-                                                          reason: "this link was already used by someone else"))
+            sendSigned(
+                state, to: body.inbox,
+                body: .init(
+                    type: "intercepted", share: state.id, seq: 0, inbox: state.inboxes.last!.mailbox,
+                    reason: "this link was already used by someone else"))
             return
         }
         state.peerSigningPub = envelope.signer
@@ -416,7 +475,9 @@ public final class ShareService: @unchecked Sendable {
         state.inboxes.append(fresh)
         try join(state)
         send(&state, type: "welcome")
-        event("share \(state.shortID): claimed; namespace \(state.namespace) is now shared \(state.access.rawValue); fingerprint \(state.fingerprint ?? "")")
+        event(
+            "share \(state.shortID): claimed; namespace \(state.namespace) is now shared \(state.access.rawValue); fingerprint \(state.fingerprint ?? "")"
+        )
     }
 
     /// Guest: WELCOME (or INTERCEPTED) from the owner, checked against the
@@ -430,11 +491,17 @@ public final class ShareService: @unchecked Sendable {
             guard state.status == .claimed else { return }
             state.status = .intercepted
             state.warnings.append("intercepted: someone used the link before you; ask for a new link")
-            event("share \(state.shortID): INTERCEPTED — someone used this link before you did; ask your contact for a new one")
+            event(
+                "share \(state.shortID): INTERCEPTED — someone used this link before you did; ask your contact for a new one"
+            )
             for inbox in state.inboxes { leave(inbox.mailbox) }
             return
         }
-        guard ShareProof.matches(body.proof, ShareProof.welcome(secret: state.secret.secure, owner: envelope.signer, guest: state.signingPub)) else {
+        guard
+            ShareProof.matches(
+                body.proof,
+                ShareProof.welcome(secret: state.secret.secure, owner: envelope.signer, guest: state.signingPub))
+        else {
             throw MasqError(.denied, "a welcome without the link's secret")
         }
         guard state.status == .claimed else { return }
@@ -443,7 +510,9 @@ public final class ShareService: @unchecked Sendable {
         }
         let local = try localNamespace(state, suggested: name)
         if !state.namespace.isEmpty && local.name != state.namespace {
-            state.warnings.append("namespace \(state.namespace) was created here after you accepted; the share went to \(local.name) instead")
+            state.warnings.append(
+                "namespace \(state.namespace) was created here after you accepted; the share went to \(local.name) instead"
+            )
         }
         state.namespace = local.name
         state.ownsNamespace = local.created
@@ -456,7 +525,9 @@ public final class ShareService: @unchecked Sendable {
         // Rotate: the first mailbox was named in a message to the link's mailbox.
         state.inboxes.append(Self.newInbox(state.inboxes[0].services))
         try join(state)
-        event("share \(state.shortID): welcomed into namespace \(state.namespace) (\(access.rawValue)); fingerprint \(state.fingerprint ?? "")")
+        event(
+            "share \(state.shortID): welcomed into namespace \(state.namespace) (\(access.rawValue)); fingerprint \(state.fingerprint ?? "")"
+        )
     }
 
     private func fromPeer(_ state: inout ShareState, _ envelope: ShareEnvelope, mailbox: String) throws(MasqError) {
@@ -465,7 +536,9 @@ public final class ShareService: @unchecked Sendable {
         // share): a replayed envelope — from a service, or after the hour it
         // keeps messages — changes nothing.
         var window = ReplayWindow(highest: state.peerSeq, seen: state.peerSeen ?? 1)
-        guard window.accept(body.seq) else { throw MasqError(.denied, "a replayed \(body.type.prefix(20)) (envelope \(body.seq))") }
+        guard window.accept(body.seq) else {
+            throw MasqError(.denied, "a replayed \(body.type.prefix(20)) (envelope \(body.seq))")
+        }
         let newest = body.seq > state.peerSeq
         state.peerSeq = window.highest
         state.peerSeen = window.seen
@@ -484,15 +557,22 @@ public final class ShareService: @unchecked Sendable {
                 }
                 throw MasqError(.denied, "records from the guest of a read-only share")
             }
-            guard let text = body.records, let slice = Base64URL.decode(text) else { throw .invalid("records that are not base64url") }
+            guard let text = body.records, let slice = Base64URL.decode(text) else {
+                throw .invalid("records that are not base64url")
+            }
             guard let bytes = body.type == "records" ? slice : try assemble(slice, body, share: state.id) else { break }
-            guard case .snapshot(var records, let through?) = try SyncFrame.decode(bytes) else { throw .invalid("records in an unexpected frame") }
+            guard case .snapshot(var records, let through?) = try SyncFrame.decode(bytes) else {
+                throw .invalid("records in an unexpected frame")
+            }
             // The sender's namespace, whatever its name there, is this share's namespace here.
             for i in records.indices { records[i].namespace = state.namespace }
             do { try store.applySnapshotRecords(records) } catch {
-                if let ahead = Store.futureSkew(records.map(\.header.version.timestamp)) {
-                    let warning = "the other person's records were refused: stamped \(ahead / 60_000) minute(s) in the future (their clock is ahead)"
-                    if !state.warnings.contains(where: { $0.hasPrefix("the other person's records were refused") }) { state.warnings.append(warning) }
+                if let ahead = Store.futureSkew(records.map(\.version.timestamp)) {
+                    let warning =
+                        "the other person's records were refused: stamped \(ahead / 60_000) minute(s) in the future (their clock is ahead)"
+                    if !state.warnings.contains(where: { $0.hasPrefix("the other person's records were refused") }) {
+                        state.warnings.append(warning)
+                    }
                 }
                 throw error
             }
@@ -529,12 +609,13 @@ public final class ShareService: @unchecked Sendable {
     /// bigger than a records envelope, frames no bigger than `maxFrameBytes`.
     private func assemble(_ slice: [UInt8], _ body: ShareEnvelope.Body, share: String) throws(MasqError) -> [UInt8]? {
         guard let index = body.part, let count = body.parts, let digest = body.digest, digest.utf8.count == 43,
-              count >= 2, count <= maxFrameBytes / 1_024, index >= 0, index < count, slice.count <= maxRecordBytes else {
+            count >= 2, count <= maxFrameBytes / 1_024, index >= 0, index < count, slice.count <= maxRecordBytes
+        else {
             throw .invalid("a malformed part envelope")
         }
         var assembly: (digest: String, count: Int, parts: [Int: [UInt8]], bytes: Int) =
             assemblies[share].flatMap { $0.digest == digest && $0.count == count ? $0 : nil } ?? (digest, count, [:], 0)
-        guard assembly.parts[index] == nil else { return nil }   // a resent part
+        guard assembly.parts[index] == nil else { return nil }  // a resent part
         guard assembly.bytes + slice.count <= maxFrameBytes else {
             assemblies[share] = nil
             throw .tooLarge("parts rebuilding a frame over \(maxFrameBytes) bytes")
@@ -549,7 +630,9 @@ public final class ShareService: @unchecked Sendable {
         var frame: [UInt8] = []
         frame.reserveCapacity(assembly.bytes)
         for i in 0..<count { frame += assembly.parts[i]! }
-        guard Base64URL.encode(Hash.sha256(frame)) == digest else { throw .invalid("parts that do not rebuild the frame they announce") }
+        guard Base64URL.encode(Hash.sha256(frame)) == digest else {
+            throw .invalid("parts that do not rebuild the frame they announce")
+        }
         return frame
     }
 
@@ -587,7 +670,9 @@ public final class ShareService: @unchecked Sendable {
 
     private func sendClaim(_ state: inout ShareState) {
         guard let inbox = state.inboxes.last?.mailbox else { return }
-        send(&state, type: "claim", proof: ShareProof.claim(secret: state.secret.secure, guest: state.signingPub, inbox: inbox))
+        send(
+            &state, type: "claim",
+            proof: ShareProof.claim(secret: state.secret.secure, guest: state.signingPub, inbox: inbox))
     }
 
     /// Send the next batch when nothing is in flight (or it waited too long).
@@ -606,7 +691,9 @@ public final class ShareService: @unchecked Sendable {
             if !snapshot {
                 // Skip over commits to other namespaces in one go (bounded).
                 for _ in 0..<50 {
-                    guard let batch = try store.shareExport(ns, after: through, maxBytes: maxRecordBytes) else { snapshot = true; break }
+                    guard let batch = try store.namespaceExport(ns, after: through, maxBytes: maxRecordBytes) else {
+                        snapshot = true; break
+                    }
                     if batch.through == through { break }
                     records += batch.records
                     through = batch.through
@@ -638,7 +725,9 @@ public final class ShareService: @unchecked Sendable {
         let frame = SyncFrame.snapshot(records: records, final: through).encoded()
         state.inflightThrough = through.entries
         state.inflightAt = now
-        guard frame.count > maxRecordBytes else { return send(&state, type: "records", records: Base64URL.encode(frame)) }
+        guard frame.count > maxRecordBytes else {
+            return send(&state, type: "records", records: Base64URL.encode(frame))
+        }
         // Too big for one message: slices, all sent now (the peer's mailbox
         // holds them); the acknowledgement of the whole frame ends them.
         let digest = Base64URL.encode(Hash.sha256(frame))
@@ -649,13 +738,17 @@ public final class ShareService: @unchecked Sendable {
         }
     }
 
-    private func send(_ state: inout ShareState, type: String, proof: String? = nil, records: String? = nil, reason: String? = nil,
-                      part: (index: Int, count: Int, digest: String)? = nil) {
+    private func send(
+        _ state: inout ShareState, type: String, proof: String? = nil, records: String? = nil, reason: String? = nil,
+        part: (index: Int, count: Int, digest: String)? = nil
+    ) {
         guard let peer = state.peerInbox, let inbox = state.inboxes.last?.mailbox else { return }
-        var body = ShareEnvelope.Body(type: type, share: state.id, seq: state.nextSeq, inbox: inbox, proof: proof, reason: reason)
+        var body = ShareEnvelope.Body(
+            type: type, share: state.id, seq: state.nextSeq, inbox: inbox, proof: proof, reason: reason)
         switch type {
         case "welcome":
-            body.proof = ShareProof.welcome(secret: state.secret.secure, owner: state.signingPub, guest: state.peerSigningPub ?? [])
+            body.proof = ShareProof.welcome(
+                secret: state.secret.secure, owner: state.signingPub, guest: state.peerSigningPub ?? [])
             body.namespace = state.namespace
             body.access = state.access.rawValue
         case "records": body.records = records
@@ -679,7 +772,8 @@ public final class ShareService: @unchecked Sendable {
         guard let transport else { return }
         do throws(MasqError) {
             guard let pub = Mailbox.pub(mailbox) else { throw .invalid("the peer's mailbox is malformed") }
-            let box = try ShareEnvelope.seal(body, signingKey: state.signingKey.secure, signingPub: state.signingPub, to: pub)
+            let box = try ShareEnvelope.seal(
+                body, signingKey: state.signingKey.secure, signingPub: state.signingPub, to: pub)
             try transport.send(mailbox, box)
         } catch {
             Log.warn("share", "share \(state.shortID): cannot send \(body.type): \(error.message)")

@@ -1,7 +1,8 @@
 import MasqConnectoidProtocol
 import MasqCrypto
+import MasqKernel
 import Testing
-@testable import MasqKernel
+@testable import MasqSharing
 
 @Suite struct ShareEnvelopeTests {
     let signer = P384.keyPair()

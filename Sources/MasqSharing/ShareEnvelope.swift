@@ -1,6 +1,7 @@
 import FoundationEssentials
 import MasqConnectoidProtocol
 import MasqCrypto
+import MasqKernel
 
 /// What two people's stores say to each other through mailboxes. Each
 /// envelope is signed with the sender's per-share P-384 key and sealed to the
@@ -43,20 +44,30 @@ struct ShareEnvelope: Sendable {
     var signer: [UInt8]
     var body: Body
 
-    static func seal(_ body: Body, signingKey: SecureBytes, signingPub: [UInt8], to recipient: [UInt8]) throws(MasqError) -> [UInt8] {
+    static func seal(_ body: Body, signingKey: SecureBytes, signingPub: [UInt8], to recipient: [UInt8])
+        throws(MasqError) -> [UInt8]
+    {
         let json: [UInt8]
-        do { json = Array(try JSONEncoder().encode(body)) } catch { throw MasqError(.internal, "cannot encode an envelope") }
+        do { json = Array(try JSONEncoder().encode(body)) } catch {
+            throw MasqError(.internal, "cannot encode an envelope")
+        }
         let signature: [UInt8]
-        do { signature = try P384.sign(context + signingPub + recipient + json, privateKey: signingKey) } catch { throw MasqError(.internal, "signing failed") }
+        do { signature = try P384.sign(context + signingPub + recipient + json, privateKey: signingKey) } catch {
+            throw MasqError(.internal, "signing failed")
+        }
         var out: [UInt8] = [version, UInt8(signingPub.count)] + signingPub
         out += [UInt8(signature.count >> 8), UInt8(signature.count & 0xff)] + signature + json
-        do { return try SealedBox.seal(out, to: recipient) } catch { throw MasqError(.invalid, "cannot seal to the peer's mailbox: \(error.message)") }
+        do { return try SealedBox.seal(out, to: recipient) } catch {
+            throw MasqError(.invalid, "cannot seal to the peer's mailbox: \(error.message)")
+        }
     }
 
     /// Open a box received in the mailbox (`privateKey`, `pub`) and check its signature.
     static func open(_ box: [UInt8], privateKey: SecureBytes, pub: [UInt8]) throws(MasqError) -> ShareEnvelope {
         let bytes: [UInt8]
-        do { bytes = try SealedBox.open(box, privateKey: privateKey, publicKey: pub) } catch { throw .invalid("a message that does not open: \(error.message)") }
+        do { bytes = try SealedBox.open(box, privateKey: privateKey, publicKey: pub) } catch {
+            throw .invalid("a message that does not open: \(error.message)")
+        }
         return try parse(bytes, recipient: pub)
     }
 
@@ -69,7 +80,9 @@ struct ShareEnvelope: Sendable {
         let signer = Array(bytes[2..<(2 + signerLength)])
         let at = 2 + signerLength
         let signatureLength = Int(bytes[at]) << 8 | Int(bytes[at + 1])
-        guard signatureLength <= 120, bytes.count >= at + 2 + signatureLength else { throw .invalid("a truncated envelope") }
+        guard signatureLength <= 120, bytes.count >= at + 2 + signatureLength else {
+            throw .invalid("a truncated envelope")
+        }
         let signature = Array(bytes[(at + 2)..<(at + 2 + signatureLength)])
         let json = Array(bytes[(at + 2 + signatureLength)...])
         guard json.count <= maxBodyBytes else { throw .tooLarge("an envelope body over \(maxBodyBytes) bytes") }
@@ -103,7 +116,9 @@ enum ShareProof {
 }
 
 extension VersionVector {
-    var hexEntries: [String: UInt64] { Dictionary(uniqueKeysWithValues: entries.map { (String($0.key, radix: 16), $0.value) }) }
+    var hexEntries: [String: UInt64] {
+        Dictionary(uniqueKeysWithValues: entries.map { (String($0.key, radix: 16), $0.value) })
+    }
 
     init(hexEntries: [String: UInt64]) throws(MasqError) {
         self.init()

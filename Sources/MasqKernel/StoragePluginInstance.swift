@@ -7,7 +7,7 @@ import Glibc
 /// One open instance of a storage plugin, wrapped so the kernel can call it
 /// with Swift closures and get MasqErrors back. Not thread-safe: the Store
 /// serializes every call (the contract masq_plugin.h promises plugins).
-final class StorageEngine {
+final class StoragePluginInstance {
     let plugin: LoadedPlugin
     private let host: PluginHost
     private let v: masq_storage_vtable
@@ -44,6 +44,22 @@ final class StorageEngine {
     func rollback() {
         let status = call { v.rollback(db) }
         if status != MASQ_OK { Log.error(component, "rollback failed: \(pluginMessage(status, "rollback"))") }
+    }
+
+    /// Run `body` in one transaction: commit when it returns with `commit`
+    /// still true, roll back when it sets it false or throws (a failed commit
+    /// rolls back too). The kernel's only begin/commit/rollback path.
+    func transaction<T>(_ body: (_ commit: inout Bool) throws(MasqError) -> T) throws(MasqError) -> T {
+        try begin()
+        var commit = true
+        do throws(MasqError) {
+            let result = try body(&commit)
+            if commit { try self.commit() } else { rollback() }
+            return result
+        } catch {
+            rollback()
+            throw error
+        }
     }
 
     func put(_ key: UnsafeRawBufferPointer, _ value: UnsafeRawBufferPointer) throws(MasqError) {
