@@ -375,6 +375,45 @@ int masqcrypto_aead_open(int algorithm, const uint8_t *key, size_t key_len, cons
     return aead(0, algorithm, key, key_len, nonce, nonce_len, ad, ad_len, in, in_len - tag_len, tag_len, out, tag);
 }
 
+int masqcrypto_chacha20_poly1305(int encrypt, const uint8_t key[32], const uint8_t nonce[12], const uint8_t *ad,
+                                 size_t ad_len, const uint8_t *in, size_t in_len, uint8_t *out, uint8_t tag[16]) {
+    FETCH();
+    thread_contexts *t = contexts();
+    if (!t || !chacha_cipher || in_len > INT_MAX || ad_len > INT_MAX) return MASQCRYPTO_ERR;
+    if (!t->chacha) {
+        /* The same context aead() keeps for ChaCha20-Poly1305 (cipher and nonce length set once). */
+        size_t ivlen = 12;
+        OSSL_PARAM params[2] = {OSSL_PARAM_construct_size_t(OSSL_CIPHER_PARAM_AEAD_IVLEN, &ivlen), OSSL_PARAM_construct_end()};
+        EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+        if (!ctx || EVP_CipherInit_ex2(ctx, chacha_cipher, NULL, NULL, encrypt, params) != 1) {
+            EVP_CIPHER_CTX_free(ctx);
+            return MASQCRYPTO_ERR;
+        }
+        t->chacha = ctx;
+    }
+    EVP_CIPHER_CTX *ctx = t->chacha;
+    int len = 0;
+    if (EVP_CipherInit_ex2(ctx, NULL, key, nonce, encrypt, NULL) != 1) return MASQCRYPTO_ERR;
+    if (!encrypt) {
+        OSSL_PARAM set[2] = {OSSL_PARAM_construct_octet_string(OSSL_CIPHER_PARAM_AEAD_TAG, tag, 16), OSSL_PARAM_construct_end()};
+        if (EVP_CIPHER_CTX_set_params(ctx, set) != 1) return MASQCRYPTO_ERR;
+    }
+    if (ad_len && EVP_CipherUpdate(ctx, NULL, &len, ad, (int)ad_len) != 1) return MASQCRYPTO_ERR;
+    if (in_len && EVP_CipherUpdate(ctx, out, &len, in, (int)in_len) != 1) goto failed;
+    if (EVP_CipherFinal_ex(ctx, out + (in_len ? len : 0), &len) != 1) {
+        if (in_len) OPENSSL_cleanse(out, in_len);
+        return encrypt ? MASQCRYPTO_ERR : MASQCRYPTO_AUTH;
+    }
+    if (encrypt) {
+        OSSL_PARAM get[2] = {OSSL_PARAM_construct_octet_string(OSSL_CIPHER_PARAM_AEAD_TAG, tag, 16), OSSL_PARAM_construct_end()};
+        if (EVP_CIPHER_CTX_get_params(ctx, get) != 1) goto failed;
+    }
+    return MASQCRYPTO_OK;
+failed:
+    if (in_len) OPENSSL_cleanse(out, in_len);
+    return MASQCRYPTO_ERR;
+}
+
 int masqcrypto_has_aes_hardware(void) {
 #if defined(__x86_64__) || defined(__i386__)
     unsigned int eax = 1, ebx, ecx, edx;

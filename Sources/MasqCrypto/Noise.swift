@@ -99,6 +99,19 @@ public enum Noise {
                             into output: UnsafeMutableRawBufferPointer) throws(CryptoError) {
             guard let key else { throw .protocolViolation("Noise cipher without a key") }
             guard nonce < UInt64.max else { throw .protocolViolation("Noise nonce exhausted") }
+            if suite == .chaChaPoly {
+                // The link's per-message path: the nonce on the stack, OpenSSL's context reused.
+                precondition(output.count == plaintext.count + AEAD.tagLength)
+                var n = Self.chaChaNonce(nonce)
+                let ok = withUnsafeBytes(of: &n) { nb in
+                    CellCipher.seal(key: key, nonce: nb.baseAddress!, ad: ad, plaintext: plaintext,
+                                    into: UnsafeMutableRawBufferPointer(rebasing: output[0..<plaintext.count]),
+                                    tag: output.baseAddress! + plaintext.count)
+                }
+                guard ok else { throw .invalidInput("AEAD parameters rejected") }
+                nonce += 1
+                return
+            }
             let n = Self.nonceBytes(nonce, suite)
             try key.withBytes { (k) throws(CryptoError) in
                 try AEAD.seal(suite.aead, key: k, nonce: n, ad: ad, plaintext: plaintext, into: output)
@@ -106,11 +119,29 @@ public enum Noise {
             nonce += 1
         }
 
+        /// The ChaChaPoly nonce of message `n` (4 zero bytes ‖ u64 LE), as 12 bytes in a tuple.
+        static func chaChaNonce(_ n: UInt64) -> (UInt32, UInt32, UInt32) {
+            (0, UInt32(truncatingIfNeeded: n).littleEndian, UInt32(truncatingIfNeeded: n >> 32).littleEndian)
+        }
+
         /// Decrypt `ciphertext` (with its tag) into `output` (16 bytes fewer).
         public func decrypt(ad: UnsafeRawBufferPointer, ciphertext: UnsafeRawBufferPointer,
                             into output: UnsafeMutableRawBufferPointer) throws(CryptoError) {
             guard let key else { throw .protocolViolation("Noise cipher without a key") }
             guard nonce < UInt64.max else { throw .protocolViolation("Noise nonce exhausted") }
+            if suite == .chaChaPoly {
+                guard ciphertext.count >= AEAD.tagLength else { throw .authenticationFailed("ciphertext shorter than its tag") }
+                let text = ciphertext.count - AEAD.tagLength
+                precondition(output.count == text)
+                var n = Self.chaChaNonce(nonce)
+                let ok = withUnsafeBytes(of: &n) { nb in
+                    CellCipher.open(key: key, nonce: nb.baseAddress!, ad: ad, ciphertext: UnsafeRawBufferPointer(rebasing: ciphertext[0..<text]),
+                                    tag: ciphertext.baseAddress! + text, into: output)
+                }
+                guard ok else { throw .authenticationFailed("message authentication failed") }
+                nonce += 1    // only after the tag verified
+                return
+            }
             let n = Self.nonceBytes(nonce, suite)
             try key.withBytes { (k) throws(CryptoError) in
                 try AEAD.open(suite.aead, key: k, nonce: n, ad: ad, ciphertext: ciphertext, into: output)

@@ -41,6 +41,46 @@ struct LengthPrefixDecoder: ByteToMessageDecoder {
     }
 }
 
+/// Splits the byte stream into u16-length-prefixed messages, as
+/// `LengthPrefixDecoder` does, without NIO's cumulation: that copies every read
+/// onto the part message left by the one before (a link's whole traffic, once
+/// more, at every node). Here the messages a read holds whole go on as slices
+/// of it, and only a message cut by the read's end is copied (at most 64 KiB).
+final class LengthPrefixSplitter: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+    /// A message begun in an earlier read, its length prefix included.
+    private var partial: ByteBuffer?
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var bytes = unwrapInboundIn(data)
+        if var kept = partial {
+            partial = nil
+            if kept.readableBytes < 2 {
+                var head = bytes.readSlice(length: min(2 - kept.readableBytes, bytes.readableBytes))!
+                kept.writeBuffer(&head)
+                guard kept.readableBytes == 2 else { partial = kept; return }
+            }
+            let whole = 2 + Int(kept.getInteger(at: kept.readerIndex, as: UInt16.self)!)
+            var rest = bytes.readSlice(length: min(whole - kept.readableBytes, bytes.readableBytes))!
+            kept.writeBuffer(&rest)
+            guard kept.readableBytes == whole else { partial = kept; return }
+            kept.moveReaderIndex(forwardBy: 2)
+            context.fireChannelRead(wrapInboundOut(kept))
+        }
+        while context.channel.isActive, let length = bytes.getInteger(at: bytes.readerIndex, as: UInt16.self),
+              bytes.readableBytes >= 2 + Int(length) {
+            bytes.moveReaderIndex(forwardBy: 2)
+            context.fireChannelRead(wrapInboundOut(bytes.readSlice(length: Int(length))!))
+        }
+        if bytes.readableBytes > 0, context.channel.isActive {
+            var kept = context.channel.allocator.buffer(capacity: 2 + Int(UInt16.max))
+            kept.writeBuffer(&bytes)
+            partial = kept
+        }
+    }
+}
+
 /// One TCP link to another node. Lives on the node's event loop.
 final class Link {
     /// The largest length field: with it, a whole message fits in 64 KiB.
@@ -88,7 +128,12 @@ final class Link {
     /// Its records (encrypted when the message is sealed).
     private var records: [UInt8] = []
     /// Sealed messages waiting for the socket (NIO's queue toward this peer).
-    private(set) var queuedBytes = 0
+    var queuedBytes: Int { queue.bytes }
+    /// Counted in a box of its own, which the write callbacks hold: a weak
+    /// reference to the link would give it a side table, and every retain and
+    /// release of it (several per cell) would take the runtime's slow path.
+    private let queue = QueueGauge()
+    final class QueueGauge { var bytes = 0 }
 
     init(id: Int, channel: Channel, initiator: Bool, dialed: NodeDescriptor?, handshake: Noise.Handshake, cellBytes: Int, now: UInt64) {
         self.id = id
@@ -210,9 +255,10 @@ final class Link {
         pending = nil
         // Bytes handed to the socket and not yet written: a slow peer makes them pile up.
         let size = message.readableBytes
-        queuedBytes += size
+        let queue = self.queue
+        queue.bytes += size
         let written = channel.eventLoop.makePromise(of: Void.self)
-        written.futureResult.whenComplete { [weak self] _ in self?.queuedBytes -= size }
+        written.futureResult.whenComplete { _ in queue.bytes -= size }
         channel.write(message, promise: written)
     }
 

@@ -392,7 +392,7 @@ public final class MeshNode: @unchecked Sendable {
 
     func configureLink(_ channel: Channel, initiator: Bool, dialed: NodeDescriptor?) -> EventLoopFuture<Void> {
         do {
-            try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(LengthPrefixDecoder()))
+            try channel.pipeline.syncOperations.addHandler(LengthPrefixSplitter())
             try channel.pipeline.syncOperations.addHandler(LinkHandler(node: self, initiator: initiator, dialed: dialed))
             return channel.eventLoop.makeSucceededVoidFuture()
         } catch {

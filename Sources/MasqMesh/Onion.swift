@@ -208,9 +208,8 @@ enum Onion {
         precondition(input.count == output.count && input.count > layerHead)
         let h = layerHead
         let rest = UnsafeMutableRawBufferPointer(rebasing: output[h...])
-        layer.stream.withUnsafeBytes { k in
-            ChaCha20.xor(key: k, nonce: UnsafeRawBufferPointer(rebasing: input[0..<h]), from: UnsafeRawBufferPointer(rebasing: input[h...]), into: rest)
-        }
+        // The nonce is the input's head, read in place (input and output are distinct).
+        CellCipher.xor(key: layer.stream, nonce: input.baseAddress!, from: UnsafeRawBufferPointer(rebasing: input[h...]), into: rest)
         mac(layer.mac, counter: counter, UnsafeRawBufferPointer(rest)) { tag in
             for i in 0..<h { output[i] = input[i] ^ tag[i] }
         }
@@ -226,21 +225,22 @@ enum Onion {
         mac(layer.mac, counter: counter, UnsafeRawBufferPointer(rest)) { tag in
             for i in 0..<h { cell[i] ^= tag[i] }
         }
-        withUnsafeTemporaryAllocation(byteCount: h, alignment: 4) { nonce in
-            nonce.copyMemory(from: UnsafeRawBufferPointer(rebasing: cell[0..<h]))
-            layer.stream.withUnsafeBytes { k in ChaCha20.xor(key: k, nonce: UnsafeRawBufferPointer(nonce), rest) }
-        }
+        // The head (12 bytes) is the nonce of the rest: it lies apart from the bytes XORed.
+        CellCipher.xor(key: layer.stream, nonce: UnsafeRawPointer(cell.baseAddress!), from: UnsafeRawBufferPointer(rest), into: rest)
     }
 
+    /// The first 12 bytes of the ChaCha20-Poly1305 tag of `data` (as associated
+    /// data, nothing sealed) under `key`, nonce 4 zero bytes ‖ u64 LE `counter`.
     private static func mac(_ key: SecureBytes, counter: UInt64, _ data: UnsafeRawBufferPointer, _ body: (UnsafeRawBufferPointer) -> Void) {
-        var nonce = [UInt8](repeating: 0, count: 12)
-        for i in 0..<8 { nonce[4 + i] = UInt8(truncatingIfNeeded: counter >> (8 * UInt64(i))) }
-        withUnsafeTemporaryAllocation(byteCount: AEAD.tagLength, alignment: 4) { tag in
-            let ok = key.withUnsafeBytes { k in
-                (try? AEAD.seal(.chacha20Poly1305, key: k, nonce: nonce, ad: data, plaintext: UnsafeRawBufferPointer(start: nil, count: 0), into: tag)) != nil
+        var nonce: (UInt32, UInt32, UInt32) = (0, UInt32(truncatingIfNeeded: counter).littleEndian, UInt32(truncatingIfNeeded: counter >> 32).littleEndian)
+        var tag: (UInt64, UInt64) = (0, 0)
+        withUnsafeMutableBytes(of: &tag) { t in
+            let ok = withUnsafeBytes(of: &nonce) { n in
+                CellCipher.seal(key: key, nonce: n.baseAddress!, ad: data, plaintext: UnsafeRawBufferPointer(start: nil, count: 0),
+                                into: UnsafeMutableRawBufferPointer(start: nil, count: 0), tag: t.baseAddress!)
             }
             precondition(ok, "the data layer's MAC failed")
-            body(UnsafeRawBufferPointer(tag))
+            body(UnsafeRawBufferPointer(t))
         }
     }
 
@@ -257,30 +257,36 @@ enum Onion {
 
     /// XOR a data layer from `input` into `output` (the same memory is fine).
     static func xor(_ key: SecureBytes, counter: UInt64, from input: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer) {
-        withUnsafeTemporaryAllocation(byteCount: 12, alignment: 4) { nonce in
-            nonce.initializeMemory(as: UInt8.self, repeating: 0)
-            for i in 0..<8 { nonce[4 + i] = UInt8(truncatingIfNeeded: counter >> (8 * UInt64(i))) }
-            key.withUnsafeBytes { k in ChaCha20.xor(key: k, nonce: UnsafeRawBufferPointer(nonce), from: input, into: output) }
-        }
+        var nonce: (UInt32, UInt32, UInt32) = (0, UInt32(truncatingIfNeeded: counter).littleEndian, UInt32(truncatingIfNeeded: counter >> 32).littleEndian)
+        withUnsafeBytes(of: &nonce) { n in CellCipher.xor(key: key, nonce: n.baseAddress!, from: input, into: output) }
     }
 
     /// Seal a cell in place between origin and exit: the plaintext fills all
     /// but the last 16 bytes, which receive the tag.
     static func sealCell(_ key: SecureBytes, counter: UInt64, _ cell: UnsafeMutableRawBufferPointer) -> Bool {
-        let n = nonce(counter)
-        return key.withUnsafeBytes { k in
-            (try? AEAD.seal(.chacha20Poly1305, key: k, nonce: n, ad: UnsafeRawBufferPointer(start: nil, count: 0),
-                            plaintext: UnsafeRawBufferPointer(rebasing: cell[0..<(cell.count - AEAD.tagLength)]), into: cell)) != nil
+        var n = cellNonce(counter)
+        let text = cell.count - AEAD.tagLength
+        return withUnsafeBytes(of: &n) { nb in
+            CellCipher.seal(key: key, nonce: nb.baseAddress!, ad: UnsafeRawBufferPointer(start: nil, count: 0),
+                            plaintext: UnsafeRawBufferPointer(rebasing: cell[0..<text]),
+                            into: UnsafeMutableRawBufferPointer(rebasing: cell[0..<text]), tag: cell.baseAddress! + text)
         }
     }
 
     /// Open a cell in place: the plaintext is left in all but the last 16 bytes.
     static func openCell(_ key: SecureBytes, counter: UInt64, _ cell: UnsafeMutableRawBufferPointer) -> Bool {
-        let n = nonce(counter)
-        return key.withUnsafeBytes { k in
-            (try? AEAD.open(.chacha20Poly1305, key: k, nonce: n, ad: UnsafeRawBufferPointer(start: nil, count: 0), ciphertext: UnsafeRawBufferPointer(cell),
-                            into: UnsafeMutableRawBufferPointer(rebasing: cell[0..<(cell.count - AEAD.tagLength)]))) != nil
+        var n = cellNonce(counter)
+        let text = cell.count - AEAD.tagLength
+        return withUnsafeBytes(of: &n) { nb in
+            CellCipher.open(key: key, nonce: nb.baseAddress!, ad: UnsafeRawBufferPointer(start: nil, count: 0),
+                            ciphertext: UnsafeRawBufferPointer(rebasing: cell[0..<text]), tag: cell.baseAddress! + text,
+                            into: UnsafeMutableRawBufferPointer(rebasing: cell[0..<text]))
         }
+    }
+
+    /// The box's nonce (u64 LE cell number ‖ 4 zero bytes), as 12 bytes in a tuple.
+    static func cellNonce(_ counter: UInt64) -> (UInt32, UInt32, UInt32) {
+        (UInt32(truncatingIfNeeded: counter).littleEndian, UInt32(truncatingIfNeeded: counter >> 32).littleEndian, 0)
     }
 
     static func nonce(_ counter: UInt64) -> [UInt8] {

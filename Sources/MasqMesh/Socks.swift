@@ -25,7 +25,7 @@ final class SocksHandler: ChannelInboundHandler, @unchecked Sendable {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let incoming = unwrapInboundIn(data)
         if phase == .open, let origin {
-            node.originClientData(origin, incoming)
+            cells.add(incoming, cellData: node.cellData, allocator: context.channel.allocator) { node.originClientData(origin, $0) }
             return
         }
         buffer += incoming.readableBytesView
@@ -33,7 +33,13 @@ final class SocksHandler: ChannelInboundHandler, @unchecked Sendable {
         parse(context)
     }
 
-    func channelReadComplete(context: ChannelHandlerContext) { node.flush() }
+    func channelReadComplete(context: ChannelHandlerContext) {
+        if let origin { cells.finish { node.originClientData(origin, $0) } }
+        node.flush()
+    }
+
+    /// Reads of a burst cut into full cells; a part cell waits for the burst's end.
+    private var cells = CellGatherer()
 
     private func parse(_ context: ChannelHandlerContext) {
         if phase == .greeting {
@@ -139,7 +145,10 @@ final class SocksHandler: ChannelInboundHandler, @unchecked Sendable {
     func resume() { _ = context?.channel.setOption(ChannelOptions.autoRead, value: true) }
 
     func channelInactive(context: ChannelHandlerContext) {
-        if let origin { node.originClientClosed(origin) }
+        if let origin {
+            cells.finish { node.originClientData(origin, $0) }
+            node.originClientClosed(origin)
+        }
         self.context = nil
     }
 

@@ -65,6 +65,12 @@ int masqcrypto_aead_seal(int algorithm, const uint8_t *key, size_t key_len, cons
 int masqcrypto_aead_open(int algorithm, const uint8_t *key, size_t key_len, const uint8_t *nonce, size_t nonce_len,
                          const uint8_t *ad, size_t ad_len, const uint8_t *in, size_t in_len, size_t tag_len,
                          uint8_t *out);
+/* ChaCha20-Poly1305 (32-byte key, 12-byte nonce, 16-byte tag) for per-cell work: this
+ * thread's reused context, the tag apart from the text. encrypt 1: out = E(in) (in_len
+ * bytes; in == out allowed), tag receives the tag. encrypt 0: checks tag against in and ad
+ * (-2 when it does not match), out = D(in). in_len 0 authenticates ad alone. */
+int masqcrypto_chacha20_poly1305(int encrypt, const uint8_t key[32], const uint8_t nonce[12], const uint8_t *ad,
+                                 size_t ad_len, const uint8_t *in, size_t in_len, uint8_t *out, uint8_t tag[16]);
 /* 1 if this CPU has AES instructions OpenSSL uses (AES-NI / ARMv8 AES). */
 int masqcrypto_has_aes_hardware(void);
 
