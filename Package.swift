@@ -37,7 +37,7 @@ let package = Package(
         .library(name: "masq_wallet_ledger", type: .dynamic, targets: ["MasqWalletLedger"]),
         .library(name: "masq_wallet_evm", type: .dynamic, targets: ["MasqWalletEVM"]),
         // Every decoder that reads what a peer, a relay, a service or an app sends (Tests/fuzz).
-        .executable(name: "masq-fuzz", targets: ["MasqFuzz"]),
+        .executable(name: "masq-fuzz", targets: ["MasqFuzz"])
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -45,16 +45,18 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.30.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.1.0"),
-        .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2"),
+        .package(url: "https://github.com/vapor/postgres-nio", from: "1.33.2")
     ],
     targets: [
         // C headers as Swift modules.
         .systemLibrary(name: "CMasq", path: "Sources/CMasq"),
         .systemLibrary(name: "CMasqPlugin", path: "Sources/CMasqPlugin"),
-        .systemLibrary(name: "CSQLite", path: "Sources/CSQLite", pkgConfig: "sqlite3",
-                       providers: [.apt(["libsqlite3-dev"])]),
-        .systemLibrary(name: "CQREncode", path: "Sources/CQREncode", pkgConfig: "libqrencode",
-                       providers: [.apt(["libqrencode-dev"])]),
+        .systemLibrary(
+            name: "CSQLite", path: "Sources/CSQLite", pkgConfig: "sqlite3",
+            providers: [.apt(["libsqlite3-dev"])]),
+        .systemLibrary(
+            name: "CQREncode", path: "Sources/CQREncode", pkgConfig: "libqrencode",
+            providers: [.apt(["libqrencode-dev"])]),
         // zlib's CRC-32 checks every stored record (Store: silent corruption becomes an error).
         .systemLibrary(name: "CZlib", path: "Sources/CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
         .target(name: "CMasqSupport", path: "Sources/CMasqSupport"),
@@ -70,178 +72,225 @@ let package = Package(
         // Connectoid: the service's JSON and error codes (no crypto: the transport plugin uses it),
         .target(name: "MasqConnectoidWire", dependencies: ["MasqEncoding"], swiftSettings: fuzzed),
         // links and sealed boxes (P-384),
-        .target(name: "MasqConnectoidProtocol", dependencies: ["MasqConnectoidWire", "MasqCrypto"], swiftSettings: fuzzed),
+        .target(
+            name: "MasqConnectoidProtocol", dependencies: ["MasqConnectoidWire", "MasqCrypto"], swiftSettings: fuzzed),
         // and the store-and-forward service (SwiftNIO HTTP, SQLite).
-        .target(name: "MasqConnectoid", dependencies: [
-            "MasqConnectoidProtocol", "MasqCrypto", "CSQLite",
-            .product(name: "NIOCore", package: "swift-nio"),
-            .product(name: "NIOPosix", package: "swift-nio"),
-            .product(name: "NIOHTTP1", package: "swift-nio"),
-            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
-            .product(name: "NIOSSL", package: "swift-nio-ssl"),
-            .product(name: "Logging", package: "swift-log"),
-            .product(name: "Prometheus", package: "swift-prometheus"),
-        ]),
+        .target(
+            name: "MasqConnectoid",
+            dependencies: [
+                "MasqConnectoidProtocol", "MasqCrypto", "CSQLite",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Prometheus", package: "swift-prometheus")
+            ]),
 
         // The Connectoid mailbox store on PostgreSQL: several services behind a load balancer share mailboxes.
-        .target(name: "MasqConnectoidPostgres", dependencies: [
-            "MasqConnectoid", "MasqConnectoidWire",
-            .product(name: "PostgresNIO", package: "postgres-nio"),
-            .product(name: "NIOCore", package: "swift-nio"),
-            .product(name: "NIOPosix", package: "swift-nio"),
-            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
-            .product(name: "NIOSSL", package: "swift-nio-ssl"),
-            .product(name: "Logging", package: "swift-log"),
-        ]),
+        .target(
+            name: "MasqConnectoidPostgres",
+            dependencies: [
+                "MasqConnectoid", "MasqConnectoidWire",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Logging", package: "swift-log")
+            ]),
 
         // The core: config, plugin loader, store semantics, the C API.
-        .target(name: "MasqKernel", dependencies: ["CMasq", "CMasqSupport", "CMasqCrypto", "MasqCrypto", "CQREncode", "CZlib"],
-                swiftSettings: fuzzed),
+        .target(
+            name: "MasqKernel",
+            dependencies: ["CMasq", "CMasqSupport", "CMasqCrypto", "MasqCrypto", "CQREncode", "CZlib"],
+            swiftSettings: fuzzed),
         // Feature modules on the kernel's Store (its `package` interface: a transaction,
         // secret entries, write policies). Sharing a namespace with another person
         // through Connectoid mailboxes, with its part of the C API (masq_share_*):
-        .target(name: "MasqSharing", dependencies: ["MasqKernel", "CMasq", "CMasqSupport", "MasqCrypto", "MasqConnectoidProtocol"],
-                swiftSettings: fuzzed),
+        .target(
+            name: "MasqSharing",
+            dependencies: ["MasqKernel", "CMasq", "CMasqSupport", "MasqCrypto", "MasqConnectoidProtocol"],
+            swiftSettings: fuzzed),
         // and the mesh's accounting (payables, receivables, payment thresholds in wei).
         .target(name: "MasqAccounting", dependencies: ["MasqKernel"]),
         // Links the kernel and its C API's feature modules into libmasq.so exporting only masq_*.
-        .target(name: "MasqLibrary", dependencies: ["MasqKernel", "MasqSharing"], exclude: ["exports.map"],
-                linkerSettings: exportsOnly("Sources/MasqLibrary/exports.map")),
+        .target(
+            name: "MasqLibrary", dependencies: ["MasqKernel", "MasqSharing"], exclude: ["exports.map"],
+            linkerSettings: exportsOnly("Sources/MasqLibrary/exports.map")),
 
         // The relay's wire format, shared by the relay server and the relay transport plugin.
         .target(name: "MasqRelayProtocol", swiftSettings: fuzzed),
         // Bounded, time-limited table of connections still in their handshake (relay, localws).
-        .target(name: "MasqHandshakeGate", dependencies: [
-                    .product(name: "NIOCore", package: "swift-nio"),
-                    .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
-                ]),
+        .target(
+            name: "MasqHandshakeGate",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio")
+            ]),
         // The relay server: WebSocket rooms forwarding ciphertext (SwiftNIO).
-        .target(name: "MasqRelay", dependencies: [
-            "MasqRelayProtocol", "MasqHandshakeGate",
-            .product(name: "NIOCore", package: "swift-nio"),
-            .product(name: "NIOPosix", package: "swift-nio"),
-            .product(name: "NIOHTTP1", package: "swift-nio"),
-            .product(name: "NIOWebSocket", package: "swift-nio"),
-            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
-            .product(name: "NIOSSL", package: "swift-nio-ssl"),
-            .product(name: "Logging", package: "swift-log"),
-            .product(name: "Prometheus", package: "swift-prometheus"),
-        ]),
+        .target(
+            name: "MasqRelay",
+            dependencies: [
+                "MasqRelayProtocol", "MasqHandshakeGate",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Prometheus", package: "swift-prometheus")
+            ]),
 
         // The mesh: nodes, gossip, onion circuits, exits and the SOCKS5 front.
-        .target(name: "MasqMesh", dependencies: [
-            "MasqCrypto",
-            .product(name: "NIOCore", package: "swift-nio"),
-            .product(name: "NIOPosix", package: "swift-nio"),
-            .product(name: "Logging", package: "swift-log"),
-        ], swiftSettings: fuzzed),
+        .target(
+            name: "MasqMesh",
+            dependencies: [
+                "MasqCrypto",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log")
+            ], swiftSettings: fuzzed),
 
         // The local store daemon: profiles, app consent, the app protocol and the manager's API.
-        .target(name: "MasqDaemon", dependencies: ["MasqKernel", "MasqSharing", "MasqCrypto"], exclude: ["www"], swiftSettings: fuzzed),
-        .executableTarget(name: "MasqDaemonMain", dependencies: [
-            "MasqDaemon", "MasqKernel", "CMasqSupport",
-            .product(name: "ArgumentParser", package: "swift-argument-parser"),
-        ], path: "Sources/masqd"),
+        .target(
+            name: "MasqDaemon", dependencies: ["MasqKernel", "MasqSharing", "MasqCrypto"], exclude: ["www"],
+            swiftSettings: fuzzed),
+        .executableTarget(
+            name: "MasqDaemonMain",
+            dependencies: [
+                "MasqDaemon", "MasqKernel", "CMasqSupport",
+                .product(name: "ArgumentParser", package: "swift-argument-parser")
+            ], path: "Sources/masqd"),
 
-        .executableTarget(name: "MasqCLI", dependencies: [
-            "MasqKernel",
-            "MasqSharing",
-            "MasqAccounting",
-            "MasqRelay",
-            "MasqConnectoid",
-            "MasqConnectoidPostgres",
-            "MasqMesh",
-            "CMasqSupport",
-            .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            .product(name: "Logging", package: "swift-log"),
-        ]),
+        .executableTarget(
+            name: "MasqCLI",
+            dependencies: [
+                "MasqKernel",
+                "MasqSharing",
+                "MasqAccounting",
+                "MasqRelay",
+                "MasqConnectoid",
+                "MasqConnectoidPostgres",
+                "MasqMesh",
+                "CMasqSupport",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log")
+            ]),
 
         // Plugins live in plugins/<name>/ and see nothing of Masq but masq_plugin.h.
         // Page checksums for SQLite (a VFS shim): a flipped byte fails a read instead of answering wrong.
         .target(name: "CMasqSQLiteChecksum", linkerSettings: [.linkedLibrary("sqlite3")]),
-        .target(name: "MasqStorageSQLite", dependencies: ["CMasqPlugin", "MasqPluginSupport", "CSQLite", "CMasqSQLiteChecksum"],
-                path: "plugins/storage-sqlite",
-                exclude: ["README.md"],
-                linkerSettings: exportsOnly("plugins/plugin-exports.map")),
+        .target(
+            name: "MasqStorageSQLite",
+            dependencies: ["CMasqPlugin", "MasqPluginSupport", "CSQLite", "CMasqSQLiteChecksum"],
+            path: "plugins/storage-sqlite",
+            exclude: ["README.md"],
+            linkerSettings: exportsOnly("plugins/plugin-exports.map")),
 
         // Descriptor, options and sinks as every Swift plugin writes them (masq_plugin.h only).
-        .target(name: "MasqPluginSupport", dependencies: ["CMasqPlugin", .product(name: "Logging", package: "swift-log")]),
+        .target(
+            name: "MasqPluginSupport", dependencies: ["CMasqPlugin", .product(name: "Logging", package: "swift-log")]),
 
         // The relay client (WebSocket, reconnect, queue, optional SOCKS5) behind the relay and mesh plugins.
-        .target(name: "MasqRelayClient", dependencies: [
-            "CMasqPlugin", "MasqRelayProtocol", "MasqEncoding", "MasqPluginSupport",
-            .product(name: "NIOCore", package: "swift-nio"),
-            .product(name: "NIOPosix", package: "swift-nio"),
-            .product(name: "NIOHTTP1", package: "swift-nio"),
-            .product(name: "NIOWebSocket", package: "swift-nio"),
-            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
-            .product(name: "NIOSSL", package: "swift-nio-ssl"),
-        ]),
+        .target(
+            name: "MasqRelayClient",
+            dependencies: [
+                "CMasqPlugin", "MasqRelayProtocol", "MasqEncoding", "MasqPluginSupport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl")
+            ]),
 
-        .target(name: "MasqTransportRelay", dependencies: ["CMasqPlugin", "MasqPluginSupport", "MasqRelayClient"],
-                path: "plugins/transport-relay",
-                linkerSettings: exportsOnly("plugins/plugin-exports.map")),
+        .target(
+            name: "MasqTransportRelay", dependencies: ["CMasqPlugin", "MasqPluginSupport", "MasqRelayClient"],
+            path: "plugins/transport-relay",
+            linkerSettings: exportsOnly("plugins/plugin-exports.map")),
 
         // The mesh transport: a mesh node inside the plugin; the relay reached through onion routes.
-        .target(name: "MasqTransportMesh", dependencies: ["CMasqPlugin", "MasqPluginSupport", "MasqRelayClient", "MasqMesh"],
-                path: "plugins/transport-mesh",
-                linkerSettings: exportsOnly("plugins/plugin-exports.map")),
+        .target(
+            name: "MasqTransportMesh",
+            dependencies: ["CMasqPlugin", "MasqPluginSupport", "MasqRelayClient", "MasqMesh"],
+            path: "plugins/transport-mesh",
+            linkerSettings: exportsOnly("plugins/plugin-exports.map")),
 
-        .target(name: "MasqTransportLocalWS", dependencies: [
-                    "CMasqPlugin", "CMasqSockDiag", "MasqHandshakeGate", "MasqPluginSupport",
-                    .product(name: "NIOCore", package: "swift-nio"),
-                    .product(name: "NIOPosix", package: "swift-nio"),
-                    .product(name: "NIOHTTP1", package: "swift-nio"),
-                    .product(name: "NIOWebSocket", package: "swift-nio"),
-                    .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
-                ],
-                path: "plugins/transport-localws",
-                linkerSettings: exportsOnly("plugins/plugin-exports.map")),
+        .target(
+            name: "MasqTransportLocalWS",
+            dependencies: [
+                "CMasqPlugin", "CMasqSockDiag", "MasqHandshakeGate", "MasqPluginSupport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOWebSocket", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio")
+            ],
+            path: "plugins/transport-localws",
+            linkerSettings: exportsOnly("plugins/plugin-exports.map")),
 
         // One-request-per-connection HTTP(S) POST for plugins (mailboxes, JSON-RPC).
-        .target(name: "MasqHTTPClient", dependencies: [
-            .product(name: "NIOCore", package: "swift-nio"),
-            .product(name: "NIOPosix", package: "swift-nio"),
-            .product(name: "NIOHTTP1", package: "swift-nio"),
-            .product(name: "NIOSSL", package: "swift-nio-ssl"),
-        ]),
+        .target(
+            name: "MasqHTTPClient",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl")
+            ]),
 
-        .target(name: "MasqTransportConnectoid", dependencies: [
-                    "CMasqPlugin", "MasqPluginSupport", "MasqConnectoidWire", "MasqHTTPClient",
-                    .product(name: "NIOCore", package: "swift-nio"),
-                    .product(name: "NIOPosix", package: "swift-nio"),
-                    .product(name: "NIOHTTP1", package: "swift-nio"),
-                    .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
-                    .product(name: "NIOSSL", package: "swift-nio-ssl"),
-                ],
-                path: "plugins/transport-connectoid",
-                linkerSettings: exportsOnly("plugins/plugin-exports.map")),
+        .target(
+            name: "MasqTransportConnectoid",
+            dependencies: [
+                "CMasqPlugin", "MasqPluginSupport", "MasqConnectoidWire", "MasqHTTPClient",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "NIOSSL", package: "swift-nio-ssl")
+            ],
+            path: "plugins/transport-connectoid",
+            linkerSettings: exportsOnly("plugins/plugin-exports.map")),
 
-        .target(name: "MasqWalletLedger", dependencies: ["CMasqPlugin", "MasqPluginSupport", "CSQLite", "MasqCrypto"],
-                path: "plugins/wallet-ledger",
-                linkerSettings: exportsOnly("plugins/plugin-exports.map")),
+        .target(
+            name: "MasqWalletLedger", dependencies: ["CMasqPlugin", "MasqPluginSupport", "CSQLite", "MasqCrypto"],
+            path: "plugins/wallet-ledger",
+            linkerSettings: exportsOnly("plugins/plugin-exports.map")),
 
-        .target(name: "MasqWalletEVM", dependencies: [
-                    "CMasqPlugin", "MasqPluginSupport", "MasqCrypto", "MasqHTTPClient",
-                    .product(name: "NIOPosix", package: "swift-nio"),
-                ],
-                path: "plugins/wallet-evm",
-                linkerSettings: exportsOnly("plugins/plugin-exports.map")),
+        .target(
+            name: "MasqWalletEVM",
+            dependencies: [
+                "CMasqPlugin", "MasqPluginSupport", "MasqCrypto", "MasqHTTPClient",
+                .product(name: "NIOPosix", package: "swift-nio")
+            ],
+            path: "plugins/wallet-evm",
+            linkerSettings: exportsOnly("plugins/plugin-exports.map")),
 
         // The fuzz targets (Tests/fuzz): a libFuzzer binary under MASQ_FUZZ, a corpus replayer otherwise.
-        .executableTarget(name: "MasqFuzz", dependencies: [
-                              "MasqKernel", "MasqSharing", "MasqDaemon", "MasqMesh", "MasqCrypto", "MasqConnectoidProtocol", "MasqConnectoidWire", "MasqRelayProtocol",
-                          ],
-                          path: "Tests/fuzz/MasqFuzz",
-                          swiftSettings: fuzzing ? [.define("FUZZING"), .unsafeFlags(["-sanitize=fuzzer,address"])] : [],
-                          linkerSettings: fuzzing ? [.unsafeFlags(["-sanitize=fuzzer,address", "-use-ld=lld"])] : []),
+        .executableTarget(
+            name: "MasqFuzz",
+            dependencies: [
+                "MasqKernel", "MasqSharing", "MasqDaemon", "MasqMesh", "MasqCrypto", "MasqConnectoidProtocol",
+                "MasqConnectoidWire", "MasqRelayProtocol"
+            ],
+            path: "Tests/fuzz/MasqFuzz",
+            swiftSettings: fuzzing ? [.define("FUZZING"), .unsafeFlags(["-sanitize=fuzzer,address"])] : [],
+            linkerSettings: fuzzing ? [.unsafeFlags(["-sanitize=fuzzer,address", "-use-ld=lld"])] : []),
 
         .testTarget(name: "MasqMeshTests", dependencies: ["MasqMesh"]),
         .testTarget(name: "MasqConnectoidTests", dependencies: ["MasqConnectoid", "MasqConnectoidProtocol"]),
-        .testTarget(name: "MasqKernelTests", dependencies: [
-            "MasqKernel", "MasqAccounting", "CMasq", "CMasqPlugin", "MasqPluginSupport", .product(name: "Logging", package: "swift-log"),
-        ]),
-        .testTarget(name: "MasqSharingTests", dependencies: ["MasqSharing", "MasqKernel", "MasqCrypto", "MasqConnectoidProtocol"]),
-        .testTarget(name: "MasqCryptoTests", dependencies: ["MasqCrypto"]),
+        .testTarget(
+            name: "MasqKernelTests",
+            dependencies: [
+                "MasqKernel", "MasqAccounting", "CMasq", "CMasqPlugin", "MasqPluginSupport",
+                .product(name: "Logging", package: "swift-log")
+            ]),
+        .testTarget(
+            name: "MasqSharingTests",
+            dependencies: ["MasqSharing", "MasqKernel", "MasqCrypto", "MasqConnectoidProtocol"]),
+        .testTarget(name: "MasqCryptoTests", dependencies: ["MasqCrypto"])
     ]
 )

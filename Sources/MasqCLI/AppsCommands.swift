@@ -1,12 +1,12 @@
 import ArgumentParser
 #if canImport(FoundationEssentials)
-import FoundationEssentials
+    import FoundationEssentials
 #else
-import Foundation
+    import Foundation
 #endif
 import MasqKernel
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// `masq apps`: the apps a running masqd knows, and the user's decisions
@@ -14,12 +14,16 @@ import Glibc
 struct Apps: MasqSubcommand {
     static let configuration = CommandConfiguration(
         abstract: "List, approve, deny or revoke the apps of a running masqd, and grant access between them.",
-        subcommands: [List.self, Approve.self, Deny.self, Revoke.self, Grant.self, Ungrant.self], defaultSubcommand: List.self)
+        subcommands: [List.self, Approve.self, Deny.self, Revoke.self, Grant.self, Ungrant.self],
+        defaultSubcommand: List.self)
 
     func execute() throws {}
 
     struct Target: ParsableArguments {
-        @Option(help: ArgumentHelp("masqd's home (default: ~/.local/share/masq/masqd); its masqd.json says where it listens.", valueName: "dir"))
+        @Option(
+            help: ArgumentHelp(
+                "masqd's home (default: ~/.local/share/masq/masqd); its masqd.json says where it listens.",
+                valueName: "dir"))
         var home: String?
         @Option(help: ArgumentHelp("Profile (default: the active one).", valueName: "name"))
         var profile: String?
@@ -32,7 +36,9 @@ struct Apps: MasqSubcommand {
             do { bytes = try FileSystem.readFile(dir + "/masqd.json", limit: 4096) } catch {
                 throw CLIError("no running masqd found (\(dir)/masqd.json): start masqd, or give --home")
             }
-            guard let runtime = try? JSONDecoder().decode(Runtime.self, from: Data(bytes)) else { throw CLIError("\(dir)/masqd.json is not masqd's") }
+            guard let runtime = try? JSONDecoder().decode(Runtime.self, from: Data(bytes)) else {
+                throw CLIError("\(dir)/masqd.json is not masqd's")
+            }
             let connection = try DaemonConnection(url: runtime.url)
             struct Admin: Decodable { let admin: Bool }
             _ = try connection.call(["op": "admin", "secret": runtime.admin_secret], as: Admin.self)
@@ -48,7 +54,8 @@ struct Apps: MasqSubcommand {
     }
 
     struct List: MasqSubcommand {
-        static let configuration = CommandConfiguration(commandName: "list", abstract: "List apps and grants (the default).")
+        static let configuration = CommandConfiguration(
+            commandName: "list", abstract: "List apps and grants (the default).")
         @OptionGroup var target: Target
 
         func execute() throws {
@@ -61,18 +68,26 @@ struct Apps: MasqSubcommand {
             print("profile \(listing.profile)")
             if listing.apps.isEmpty { print("no apps yet") }
             for app in listing.apps {
-                print("\(app.state.padding(8))  \(app.id)  \"\(app.name)\"\(app.connections > 0 ? "  (\(app.connections) connected)" : "")")
-                for q in app.requests ?? [] { print("          asking: request \(q.request)\(q.remote.map { " from \($0)" } ?? "")") }
+                print(
+                    "\(app.state.padding(8))  \(app.id)  \"\(app.name)\"\(app.connections > 0 ? "  (\(app.connections) connected)" : "")"
+                )
+                for q in app.requests ?? [] {
+                    print("          asking: request \(q.request)\(q.remote.map { " from \($0)" } ?? "")")
+                }
             }
-            for g in listing.grants { print("grant: \(g.app) may \(g.access == "write" ? "read and write" : "read") \(g.target)") }
+            for g in listing.grants {
+                print("grant: \(g.app) may \(g.access == "write" ? "read and write" : "read") \(g.target)")
+            }
         }
     }
 
     struct Approve: MasqSubcommand {
-        static let configuration = CommandConfiguration(abstract: "Approve an app's request (that connection alone gets its token).")
+        static let configuration = CommandConfiguration(
+            abstract: "Approve an app's request (that connection alone gets its token).")
         @OptionGroup var target: Target
         @Argument(help: "The app id `masq apps` shows (web:ORIGIN or native:NAME).") var app: String
-        @Option(help: "The request to approve, when several connections ask as this app (`masq apps` lists them).") var request: String?
+        @Option(help: "The request to approve, when several connections ask as this app (`masq apps` lists them).")
+        var request: String?
         func execute() throws { try decide(target, "apps.approve", app, "approved", request: request) }
     }
 
@@ -85,21 +100,25 @@ struct Apps: MasqSubcommand {
     }
 
     struct Revoke: MasqSubcommand {
-        static let configuration = CommandConfiguration(abstract: "Revoke an app: its token stops working and its connections close.")
+        static let configuration = CommandConfiguration(
+            abstract: "Revoke an app: its token stops working and its connections close.")
         @OptionGroup var target: Target
         @Argument(help: "The app id.") var app: String
         func execute() throws { try decide(target, "apps.revoke", app, "revoked") }
     }
 
     struct Grant: MasqSubcommand {
-        static let configuration = CommandConfiguration(abstract: "Let APP read (or with --write, read and write) TARGET's data.")
+        static let configuration = CommandConfiguration(
+            abstract: "Let APP read (or with --write, read and write) TARGET's data.")
         @OptionGroup var target: Target
         @Argument(help: "The app that gets access.") var app: String
         @Argument(help: "The app whose namespace it may use.") var namespaceOf: String
         @Flag(help: "Read and write (default: read only).") var write = false
         func execute() throws {
             struct Empty: Decodable {}
-            _ = try target.connect().call(target.request("apps.grant", ["app": app, "target": namespaceOf, "access": write ? "write" : "read"]), as: Empty.self)
+            _ = try target.connect().call(
+                target.request("apps.grant", ["app": app, "target": namespaceOf, "access": write ? "write" : "read"]),
+                as: Empty.self)
             print("\(app) may now \(write ? "read and write" : "read") \(namespaceOf)")
         }
     }
@@ -111,7 +130,8 @@ struct Apps: MasqSubcommand {
         @Argument(help: "The app whose namespace it used.") var namespaceOf: String
         func execute() throws {
             struct Empty: Decodable {}
-            _ = try target.connect().call(target.request("apps.ungrant", ["app": app, "target": namespaceOf]), as: Empty.self)
+            _ = try target.connect().call(
+                target.request("apps.ungrant", ["app": app, "target": namespaceOf]), as: Empty.self)
             print("removed the grant")
         }
     }
@@ -141,16 +161,21 @@ final class DaemonConnection {
         var rest = Substring(url)
         for scheme in ["http://", "ws://"] where rest.hasPrefix(scheme) { rest = rest.dropFirst(scheme.count) }
         let hostPort = String(rest.prefix { $0 != "/" })
-        guard let (host, port) = try? FrameSocket.endpoint("tcp:" + hostPort.replacingLocalhost()) else { throw CLIError("cannot reach masqd at \(url)") }
+        guard let (host, port) = try? FrameSocket.endpoint("tcp:" + hostPort.replacingLocalhost()) else {
+            throw CLIError("cannot reach masqd at \(url)")
+        }
         socket = try FrameSocket.connect("tcp:\(host.contains(":") ? "[\(host)]" : host):\(port)")
         let key = Data((0..<16).map { _ in UInt8.random(in: 0...255) }).base64EncodedString()
-        let request = "GET / HTTP/1.1\r\nHost: \(hostPort)\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: \(key)\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        let request =
+            "GET / HTTP/1.1\r\nHost: \(hostPort)\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: \(key)\r\nSec-WebSocket-Version: 13\r\n\r\n"
         try socket.writeRaw(Array(request.utf8))
         while true {
             buffered += try socket.readSome()
             if let end = buffered.firstRange(of: Array("\r\n\r\n".utf8)) {
                 let head = String(decoding: buffered[..<end.lowerBound], as: UTF8.self)
-                guard head.hasPrefix("HTTP/1.1 101") else { throw CLIError("masqd refused the connection: \(head.prefix(80))") }
+                guard head.hasPrefix("HTTP/1.1 101") else {
+                    throw CLIError("masqd refused the connection: \(head.prefix(80))")
+                }
                 buffered.removeSubrange(..<end.upperBound)
                 break
             }
@@ -167,8 +192,12 @@ final class DaemonConnection {
         try sendText("{" + body.joined(separator: ", ") + "}")
         while true {
             let message = try receiveText()
-            guard let answer = try? JSONDecoder().decode(DaemonAnswer.self, from: Data(message)), answer.id == id, let ok = answer.ok else { continue }
-            guard ok else { throw CLIError("masqd: \(answer.error?.message ?? "request failed") (\(answer.error?.code ?? "?"))") }
+            guard let answer = try? JSONDecoder().decode(DaemonAnswer.self, from: Data(message)), answer.id == id,
+                let ok = answer.ok
+            else { continue }
+            guard ok else {
+                throw CLIError("masqd: \(answer.error?.message ?? "request failed") (\(answer.error?.code ?? "?"))")
+            }
             do { return try JSONDecoder().decode(DaemonResult<T>.self, from: Data(message)).result } catch {
                 throw CLIError("masqd answered in an unexpected form: \(error)")
             }
@@ -184,7 +213,9 @@ final class DaemonConnection {
             frame += [0x80 | 126, UInt8(payload.count >> 8), UInt8(payload.count & 0xFF)]
         } else {
             frame.append(0x80 | 127)
-            for shift in stride(from: 56, through: 0, by: -8) { frame.append(UInt8(truncatingIfNeeded: payload.count >> shift)) }
+            for shift in stride(from: 56, through: 0, by: -8) {
+                frame.append(UInt8(truncatingIfNeeded: payload.count >> shift))
+            }
         }
         let mask = (0..<4).map { _ in UInt8.random(in: 0...255) }
         frame += mask

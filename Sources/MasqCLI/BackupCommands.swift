@@ -1,7 +1,7 @@
 import ArgumentParser
 import MasqKernel
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// `masq backup FILE`: an encrypted backup of the store, under a passphrase
@@ -23,7 +23,9 @@ struct Backup: MasqSubcommand {
 
     func execute() throws {
         let path = FileSystem.absolute(FileSystem.expandHome(file), base: FileSystem.currentDirectory())
-        guard !FileSystem.exists(path) else { throw CLIError("\(file) exists: a backup never replaces a file (remove it, or choose another name)") }
+        guard !FileSystem.exists(path) else {
+            throw CLIError("\(file) exists: a backup never replaces a file (remove it, or choose another name)")
+        }
         var passphrase: [UInt8] = []
         if !recoveryKey {
             passphrase = try BackupSecrets.newPassphrase()
@@ -31,9 +33,13 @@ struct Backup: MasqSubcommand {
         defer { for i in passphrase.indices { passphrase[i] = 0 } }
         // A locked store can be backed up as it is (its secrets stay sealed in the backup).
         let summary = try store.withStore(unlock: false) { s in
-            try guarded { () throws(MasqError) in try s.backup(to: path, key: recoveryKey ? .newRecoveryKey : .passphrase(passphrase)) }
+            try guarded { () throws(MasqError) in
+                try s.backup(to: path, key: recoveryKey ? .newRecoveryKey : .passphrase(passphrase))
+            }
         }
-        print("backup:  \(file) (\(summary.bytes) bytes; \(summary.manifest.entries) entries\(summary.manifest.protected ? "; the store's own passphrase opens the restored store" : ""))")
+        print(
+            "backup:  \(file) (\(summary.bytes) bytes; \(summary.manifest.entries) entries\(summary.manifest.protected ? "; the store's own passphrase opens the restored store" : ""))"
+        )
         if let key = summary.recoveryKey {
             print("recovery key (shown once; write it down — without it this backup cannot be opened):")
             print("  \(key)")
@@ -44,7 +50,8 @@ struct Backup: MasqSubcommand {
 /// `masq restore FILE`: rebuild a store from a backup in an empty data directory.
 struct Restore: MasqSubcommand {
     static let configuration = CommandConfiguration(
-        abstract: "Rebuild a store from a backup (into a new or empty data directory), or check a backup with --verify.",
+        abstract:
+            "Rebuild a store from a backup (into a new or empty data directory), or check a backup with --verify.",
         discussion: """
             Without a config, one is written (the backed-up store's transports and settings, the data directory \
             given by --data-dir or the default). With one, its data directory must be empty. The secret is the \
@@ -55,9 +62,13 @@ struct Restore: MasqSubcommand {
 
     @OptionGroup var store: StoreOptions
     @Argument(help: "The backup file.") var file: String
-    @Option(name: .long, help: ArgumentHelp("Data directory when no config exists (default: ~/.local/share/masq).", valueName: "dir"))
+    @Option(
+        name: .long,
+        help: ArgumentHelp("Data directory when no config exists (default: ~/.local/share/masq).", valueName: "dir"))
     var dataDir: String?
-    @Option(name: .long, help: ArgumentHelp("Storage plugin when no config exists (default: the backed-up store's).", valueName: "name"))
+    @Option(
+        name: .long,
+        help: ArgumentHelp("Storage plugin when no config exists (default: the backed-up store's).", valueName: "name"))
     var storage: String?
     @Flag(name: .long, help: "Only decrypt and check the whole backup; write nothing.")
     var verify = false
@@ -69,9 +80,10 @@ struct Restore: MasqSubcommand {
         let existing = FileSystem.exists(configPath)
         let cwd = FileSystem.currentDirectory()
         let data = dataDir.map { FileSystem.absolute(FileSystem.expandHome($0), base: cwd) } ?? Paths.dataHome + "/masq"
-        if !verify {   // a non-empty target fails before the secret is asked for
+        if !verify {  // a non-empty target fails before the secret is asked for
             try guarded { () throws(MasqError) in
-                try Store.checkRestoreTarget(existing ? try MasqConfig.load(path: configPath) : MasqConfig.defaults(dataDir: data))
+                try Store.checkRestoreTarget(
+                    existing ? try MasqConfig.load(path: configPath) : MasqConfig.defaults(dataDir: data))
             }
         }
         var secret = try BackupSecrets.current(info.keyKind)
@@ -83,7 +95,8 @@ struct Restore: MasqSubcommand {
             return
         }
         if existing && (dataDir != nil || storage != nil) {
-            throw CLIError("a config exists at \(configPath): --data-dir and --storage apply only when restore writes a new one")
+            throw CLIError(
+                "a config exists at \(configPath): --data-dir and --storage apply only when restore writes a new one")
         }
         var written: MasqConfig?
         let manifest = try guarded { () throws(MasqError) in
@@ -106,14 +119,17 @@ struct Restore: MasqSubcommand {
         let target = existing ? (try? MasqConfig.load(path: configPath))?.dataDir ?? "?" : data
         print("restored: \(manifest.entries) entries into \(target)")
         describe(manifest)
-        print("next:     `masq sync` rejoins the other devices: this device continues under a new replica id, renews its sessions, and takes back what was written after the backup"
-              + (manifest.protected ? " (the store opens with the passphrase it had)" : ""))
+        print(
+            "next:     `masq sync` rejoins the other devices: this device continues under a new replica id, renews its sessions, and takes back what was written after the backup"
+                + (manifest.protected ? " (the store opens with the passphrase it had)" : ""))
     }
 
     private func describe(_ manifest: BackupManifest) {
         let name = manifest.deviceName.map { "\($0) " } ?? ""
         print("device:   \(name)\(manifest.deviceID.map { "(\($0))" } ?? "(locked when backed up)")")
-        print("taken:    \(formatTime(manifest.createdAt)) by masq \(manifest.masqVersion)\(manifest.protected ? "; the store has a passphrase" : "")")
+        print(
+            "taken:    \(formatTime(manifest.createdAt)) by masq \(manifest.masqVersion)\(manifest.protected ? "; the store has a passphrase" : "")"
+        )
     }
 
     private func formatTime(_ ms: UInt64) -> String {
@@ -129,8 +145,11 @@ struct Restore: MasqSubcommand {
 /// `masq export FILE|-`: every live key as JSON lines (docs/EXPORT.md).
 struct Export: MasqSubcommand {
     static let configuration = CommandConfiguration(
-        abstract: "Export every live key as JSON lines with base64 keys and values (docs/EXPORT.md); '-' writes to standard output.",
-        discussion: "An open format to take the data elsewhere. Values are written in clear. There is no import of this format yet.")
+        abstract:
+            "Export every live key as JSON lines with base64 keys and values (docs/EXPORT.md); '-' writes to standard output.",
+        discussion:
+            "An open format to take the data elsewhere. Values are written in clear. There is no import of this format yet."
+    )
 
     @OptionGroup var store: StoreOptions
     @Argument(help: "The file to write (must not exist), or - for standard output.") var file: String
@@ -138,8 +157,10 @@ struct Export: MasqSubcommand {
     func execute() throws {
         let count = try store.withStore { s in
             try guarded { () throws(MasqError) -> Int in
-                file == "-" ? try s.export(toDescriptor: 1)
-                            : try s.export(to: FileSystem.absolute(FileSystem.expandHome(file), base: FileSystem.currentDirectory()))
+                file == "-"
+                    ? try s.export(toDescriptor: 1)
+                    : try s.export(
+                        to: FileSystem.absolute(FileSystem.expandHome(file), base: FileSystem.currentDirectory()))
             }
         }
         writeError("exported \(count) key(s)\(file == "-" ? "" : " to \(file)")\n")
@@ -167,6 +188,9 @@ enum BackupSecrets {
     }
 
     private static func ask(_ prompt: String) throws -> [UInt8] {
-        try Secrets.askSecret(prompt, otherwise: "the backup needs its secret: set MASQ_BACKUP_PASSPHRASE (or MASQ_RECOVERY_KEY) or run on a terminal")
+        try Secrets.askSecret(
+            prompt,
+            otherwise:
+                "the backup needs its secret: set MASQ_BACKUP_PASSPHRASE (or MASQ_RECOVERY_KEY) or run on a terminal")
     }
 }

@@ -1,14 +1,15 @@
 import ArgumentParser
 import MasqKernel
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// `masq blob put|get|info|gc`: files of any size under ordinary keys
 /// (docs/STORAGE-FORMAT.md, "Blobs").
 struct Blob: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Store files of any size under keys (blobs), read them back, see what is here, collect unreferenced chunks.",
+        abstract:
+            "Store files of any size under keys (blobs), read them back, see what is here, collect unreferenced chunks.",
         discussion: """
             A blob is stored in 1 MiB chunks (each stored once, however many keys or files share it); the key holds a \
             small reference that syncs like any value, and sync brings the chunks. With "sync": {"blobs": "on_demand"} \
@@ -17,37 +18,48 @@ struct Blob: ParsableCommand {
         subcommands: [Put.self, Get.self, Info.self, Collect.self])
 
     struct Put: MasqSubcommand {
-        static let configuration = CommandConfiguration(abstract: "Store FILE (read 1 MiB at a time; '-' for standard input) as a blob under KEY.")
+        static let configuration = CommandConfiguration(
+            abstract: "Store FILE (read 1 MiB at a time; '-' for standard input) as a blob under KEY.")
         @OptionGroup var store: StoreOptions
         @Argument(help: "Namespace.") var namespace: String
         @Argument(help: "Key.") var key: String
         @Argument(help: "File ('-': standard input).") var file: String
-        @Option(name: .customLong("type"), help: ArgumentHelp("Content type, e.g. image/jpeg.", valueName: "type")) var contentType: String?
+        @Option(name: .customLong("type"), help: ArgumentHelp("Content type, e.g. image/jpeg.", valueName: "type"))
+        var contentType: String?
         @Option(help: "The blob's name (default: the file's name).") var name: String?
 
         func execute() throws {
-            let info = try store.withStore { s in try guarded { () throws(MasqError) -> BlobInfo in
-                let ns = try NamespaceName(namespace, limits: s.limits)
-                if file == "-" {
-                    return try s.writeBlob(ns, key: Array(key.utf8), contentType: contentType ?? "", name: name ?? "") { (buffer) throws(MasqError) -> Int in
-                        while true {
-                            let n = read(0, buffer.baseAddress, buffer.count)
-                            if n < 0 && errno == EINTR { continue }
-                            guard n >= 0 else { throw MasqError(.io, "cannot read standard input") }
-                            return n
+            let info = try store.withStore { s in
+                try guarded { () throws(MasqError) -> BlobInfo in
+                    let ns = try NamespaceName(namespace, limits: s.limits)
+                    if file == "-" {
+                        return try s.writeBlob(
+                            ns, key: Array(key.utf8), contentType: contentType ?? "", name: name ?? ""
+                        ) { (buffer) throws(MasqError) -> Int in
+                            while true {
+                                let n = read(0, buffer.baseAddress, buffer.count)
+                                if n < 0 && errno == EINTR { continue }
+                                guard n >= 0 else { throw MasqError(.io, "cannot read standard input") }
+                                return n
+                            }
                         }
                     }
+                    return try s.writeBlob(
+                        ns, key: Array(key.utf8), path: file, contentType: contentType ?? "", name: name)
                 }
-                return try s.writeBlob(ns, key: Array(key.utf8), path: file, contentType: contentType ?? "", name: name)
-            } }
-            print("stored \(info.reference.size) bytes in \(info.reference.chunkCount) chunk(s), \(info.newChunks) new (blob \(info.reference.id.prefix(12)))")
+            }
+            print(
+                "stored \(info.reference.size) bytes in \(info.reference.chunkCount) chunk(s), \(info.newChunks) new (blob \(info.reference.id.prefix(12)))"
+            )
         }
     }
 
     struct Get: MasqSubcommand {
         static let configuration = CommandConfiguration(
             abstract: "Write the blob under KEY to FILE ('-': standard output); exit status 2 if the key is absent.",
-            discussion: "FILE is written under a temporary name and renamed when whole. When chunks are missing, --fetch syncs until they arrived.")
+            discussion:
+                "FILE is written under a temporary name and renamed when whole. When chunks are missing, --fetch syncs until they arrived."
+        )
         @OptionGroup var store: StoreOptions
         @Argument(help: "Namespace.") var namespace: String
         @Argument(help: "Key.") var key: String
@@ -67,7 +79,9 @@ struct Blob: ParsableCommand {
                 }
                 try guarded { () throws(MasqError) in
                     if file == "-" {
-                        try s.readBlob(ns, key: k, offset: offset, length: length) { (bytes) throws(MasqError) in writeOut(Array(bytes)) }
+                        try s.readBlob(ns, key: k, offset: offset, length: length) { (bytes) throws(MasqError) in
+                            writeOut(Array(bytes))
+                        }
                     } else {
                         try s.readBlob(ns, key: k, toFile: file, offset: offset, length: length)
                     }
@@ -98,21 +112,25 @@ struct Blob: ParsableCommand {
     }
 
     struct Info: MasqSubcommand {
-        static let configuration = CommandConfiguration(abstract: "Show a blob's size, name, type and how much of it is on this device (JSON).")
+        static let configuration = CommandConfiguration(
+            abstract: "Show a blob's size, name, type and how much of it is on this device (JSON).")
         @OptionGroup var store: StoreOptions
         @Argument(help: "Namespace.") var namespace: String
         @Argument(help: "Key.") var key: String
 
         func execute() throws {
-            let info = try store.withStore { s in try guarded { () throws(MasqError) in
-                try s.blobInfo(NamespaceName(namespace, limits: s.limits), key: Array(key.utf8))
-            } }
+            let info = try store.withStore { s in
+                try guarded { () throws(MasqError) in
+                    try s.blobInfo(NamespaceName(namespace, limits: s.limits), key: Array(key.utf8))
+                }
+            }
             print(info.json)
         }
     }
 
     struct Collect: MasqSubcommand {
-        static let configuration = CommandConfiguration(commandName: "gc", abstract: "Delete chunks no key references any more (JSON report).")
+        static let configuration = CommandConfiguration(
+            commandName: "gc", abstract: "Delete chunks no key references any more (JSON report).")
         @OptionGroup var store: StoreOptions
 
         func execute() throws {

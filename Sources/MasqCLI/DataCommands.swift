@@ -1,7 +1,7 @@
 import ArgumentParser
 import MasqKernel
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// `masq put <namespace> <key> [value]` (value from stdin when omitted).
@@ -15,9 +15,11 @@ struct Put: MasqSubcommand {
 
     func execute() throws {
         let bytes = try value.map { Array($0.utf8) } ?? readStandardInput()
-        try store.withStore { s in try guarded { () throws(MasqError) in
-            try s.put(NamespaceName(namespace, limits: s.limits), key: Array(key.utf8), value: bytes)
-        } }
+        try store.withStore { s in
+            try guarded { () throws(MasqError) in
+                try s.put(NamespaceName(namespace, limits: s.limits), key: Array(key.utf8), value: bytes)
+            }
+        }
     }
 
     private func readStandardInput() throws -> [UInt8] {
@@ -42,9 +44,11 @@ struct Get: MasqSubcommand {
     @Argument(help: "Key.") var key: String
 
     func execute() throws {
-        let value = try store.withStore { s in try guarded { () throws(MasqError) in
-            try s.get(NamespaceName(namespace, limits: s.limits), key: Array(key.utf8))
-        } }
+        let value = try store.withStore { s in
+            try guarded { () throws(MasqError) in
+                try s.get(NamespaceName(namespace, limits: s.limits), key: Array(key.utf8))
+            }
+        }
         guard let value else { throw CLIError("no key '\(key)' in namespace '\(namespace)'", code: 2) }
         writeOut(value)
         if isatty(1) != 0 { writeOut([0x0A]) }
@@ -60,9 +64,11 @@ struct Del: MasqSubcommand {
     @Argument(help: "Key.") var key: String
 
     func execute() throws {
-        try store.withStore { s in try guarded { () throws(MasqError) in
-            try s.delete(NamespaceName(namespace, limits: s.limits), key: Array(key.utf8))
-        } }
+        try store.withStore { s in
+            try guarded { () throws(MasqError) in
+                try s.delete(NamespaceName(namespace, limits: s.limits), key: Array(key.utf8))
+            }
+        }
     }
 }
 
@@ -77,18 +83,21 @@ struct List: MasqSubcommand {
     @Flag(name: .shortAndLong, help: "Print values too (key<TAB>value).") var values = false
 
     func execute() throws {
-        try store.withStore { s in try guarded { () throws(MasqError) in
-            guard let namespace else {
-                for name in try s.namespaces() { print(name) }
-                return
+        try store.withStore { s in
+            try guarded { () throws(MasqError) in
+                guard let namespace else {
+                    for name in try s.namespaces() { print(name) }
+                    return
+                }
+                try s.list(NamespaceName(namespace, limits: s.limits), prefix: Array(prefix.utf8), keysOnly: !values) {
+                    key, value in
+                    var line = key
+                    if let value { line += [0x09] + value }
+                    writeOut(line + [0x0A])
+                    return true
+                }
             }
-            try s.list(NamespaceName(namespace, limits: s.limits), prefix: Array(prefix.utf8), keysOnly: !values) { key, value in
-                var line = key
-                if let value { line += [0x09] + value }
-                writeOut(line + [0x0A])
-                return true
-            }
-        } }
+        }
     }
 }
 
@@ -103,11 +112,13 @@ struct Counter: MasqSubcommand {
     @Argument(help: "Amount to add (may be negative; omit to print the total).") var delta: Int64?
 
     func execute() throws {
-        let total = try store.withStore { s in try guarded { () throws(MasqError) -> Int64 in
-            let ns = try NamespaceName(namespace, limits: s.limits)
-            if let delta { try s.counterAdd(ns, key: Array(key.utf8), delta: delta) }
-            return try s.counterGet(ns, key: Array(key.utf8))
-        } }
+        let total = try store.withStore { s in
+            try guarded { () throws(MasqError) -> Int64 in
+                let ns = try NamespaceName(namespace, limits: s.limits)
+                if let delta { try s.counterAdd(ns, key: Array(key.utf8), delta: delta) }
+                return try s.counterGet(ns, key: Array(key.utf8))
+            }
+        }
         print(total)
     }
 }
@@ -147,40 +158,54 @@ struct Import: MasqSubcommand {
 /// `masq check`: verify the whole store (checksums, counts, change log).
 struct Check: MasqSubcommand {
     static let configuration = CommandConfiguration(
-        abstract: "Verify the store: every record's checksum, every namespace's record count, the change log (exit status 1 if damaged).",
+        abstract:
+            "Verify the store: every record's checksum, every namespace's record count, the change log (exit status 1 if damaged).",
         discussion: """
             With --repair (stop `masq sync` and masqd on this store first): a store on disk is rebuilt — everything \
             that still reads back and verifies is copied into a fresh store, the damaged one is kept aside — and the \
             next `masq sync` fetches a whole copy from a paired device; a store in memory has its damaged records removed.
             """)
     @OptionGroup var store: StoreOptions
-    @Flag(help: "Rebuild the store from what verifies and ask paired devices for a whole copy at the next sync.") var repair = false
+    @Flag(help: "Rebuild the store from what verifies and ask paired devices for a whole copy at the next sync.")
+    var repair = false
 
     func execute() throws {
         // A store damaged where opening reads (its format, replica, clock) does not open at all.
         if FileSystem.exists(store.configPath) {
             do throws(MasqError) {
                 try Store(configPath: store.configPath).close()
-            } catch where error.status == .corrupt || error.status == .io {
+            } catch  where error.status == .corrupt || error.status == .io {
                 print("damaged: the store does not open: \(error.message)")
-                guard repair else { throw CLIError("the store is damaged: `masq check --repair` rebuilds it from what verifies and fetches the rest again from a paired device") }
+                guard repair else {
+                    throw CLIError(
+                        "the store is damaged: `masq check --repair` rebuilds it from what verifies and fetches the rest again from a paired device"
+                    )
+                }
                 return try rebuild()
-            } catch {}   // other reasons (locked, no config…) are reported below as usual
+            } catch {}  // other reasons (locked, no config…) are reported below as usual
         }
         // nil: sound; true: damaged, repairable by a rebuild (on disk); false: repaired in place already.
         let needsRebuild: Bool? = try store.withStore { s in
             let report = try guarded { () throws(MasqError) in try s.check() }
-            print("\(report.namespaces) namespace(s), \(report.records) record(s), \(report.logEntries) change-log entr(y/ies)"
-                  + (report.unchecksummed > 0 ? "; \(report.unchecksummed) record(s) from an older version carry no checksum" : ""))
+            print(
+                "\(report.namespaces) namespace(s), \(report.records) record(s), \(report.logEntries) change-log entr(y/ies)"
+                    + (report.unchecksummed > 0
+                        ? "; \(report.unchecksummed) record(s) from an older version carry no checksum" : ""))
             if report.ok {
                 print("ok: no damage found")
                 return nil
             }
             for problem in report.problems { print("damaged: \(problem)") }
-            guard repair else { throw CLIError("the store is damaged: `masq check --repair` rebuilds it from what verifies and fetches the rest again from a paired device") }
+            guard repair else {
+                throw CLIError(
+                    "the store is damaged: `masq check --repair` rebuilds it from what verifies and fetches the rest again from a paired device"
+                )
+            }
             if s.isOnDisk { return true }
             let removed = try guarded { () throws(MasqError) in try s.repairDamage() }
-            print("repaired: removed \(removed) damaged record(s); run `masq sync` with a paired device online to fetch them again")
+            print(
+                "repaired: removed \(removed) damaged record(s); run `masq sync` with a paired device online to fetch them again"
+            )
             return false
         }
         guard needsRebuild == true else { return }
@@ -190,10 +215,12 @@ struct Check: MasqSubcommand {
     private func rebuild() throws {
         let config = try guarded { () throws(MasqError) in try MasqConfig.load(path: store.configPath) }
         let rebuilt = try guarded { () throws(MasqError) in try Store.rebuild(config: config) }
-        print("rebuilt: kept \(rebuilt.kept) entries; dropped \(rebuilt.dropped) damaged; skipped \(rebuilt.unreadable) unreadable place(s); "
-              + (rebuilt.fromPairingCopy > 0 ? "took \(rebuilt.fromPairingCopy) pairing entr(y/ies) back from the pairing copy; " : "")
-              + (rebuilt.newReplica ? "continues under a new replica id; " : "")
-              + "the damaged store is kept in \(rebuilt.damagedCopy)")
+        print(
+            "rebuilt: kept \(rebuilt.kept) entries; dropped \(rebuilt.dropped) damaged; skipped \(rebuilt.unreadable) unreadable place(s); "
+                + (rebuilt.fromPairingCopy > 0
+                    ? "took \(rebuilt.fromPairingCopy) pairing entr(y/ies) back from the pairing copy; " : "")
+                + (rebuilt.newReplica ? "continues under a new replica id; " : "")
+                + "the damaged store is kept in \(rebuilt.damagedCopy)")
         try store.withStore { s in
             let report = try guarded { () throws(MasqError) in try s.check() }
             guard report.ok else {

@@ -2,7 +2,7 @@ import ArgumentParser
 import CMasqSupport
 import MasqKernel
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// `masq`: the command-line face of the kernel. Thin: it parses arguments
@@ -14,9 +14,13 @@ struct MasqCommand: ParsableCommand {
         commandName: "masq",
         abstract: "Keep application data on your own devices.",
         version: "\(MasqVersion.string)",
-        subcommands: [Init.self, Put.self, Get.self, Del.self, List.self, Import.self, Export.self, Counter.self, Blob.self, Pair.self, Join.self, Devices.self,
-                      Sync.self, Status.self, Check.self, ClockCommand.self, Passphrase.self, Backup.self, Restore.self, Share.self, Accept.self, Shares.self, Unshare.self,
-                      Relay.self, Connectoid.self, Node.self, Wallet.self, Accounts.self, Plugins.self, Apps.self]
+        subcommands: [
+            Init.self, Put.self, Get.self, Del.self, List.self, Import.self, Export.self, Counter.self, Blob.self,
+            Pair.self, Join.self, Devices.self,
+            Sync.self, Status.self, Check.self, ClockCommand.self, Passphrase.self, Backup.self, Restore.self,
+            Share.self, Accept.self, Shares.self, Unshare.self,
+            Relay.self, Connectoid.self, Node.self, Wallet.self, Accounts.self, Plugins.self, Apps.self
+        ]
     )
 
     /// Every command keeps freed heap memory for reuse (masqsupport_keep_freed_memory):
@@ -31,7 +35,9 @@ struct MasqCommand: ParsableCommand {
 
 /// Options every command that touches a store shares.
 struct StoreOptions: ParsableArguments {
-    @Option(name: .long, help: ArgumentHelp("Config file (default: $MASQ_CONFIG, else ~/.config/masq/config.json).", valueName: "path"))
+    @Option(
+        name: .long,
+        help: ArgumentHelp("Config file (default: $MASQ_CONFIG, else ~/.config/masq/config.json).", valueName: "path"))
     var config: String?
 
     var configPath: String {

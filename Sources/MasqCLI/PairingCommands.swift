@@ -1,7 +1,7 @@
 import ArgumentParser
 import MasqKernel
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// `masq pair`: offer a one-time link (and QR code), wait for the other device.
@@ -10,32 +10,42 @@ struct Pair: MasqSubcommand {
         abstract: "Offer a one-time pairing link and QR code, then wait for another device to join.")
 
     @OptionGroup var store: StoreOptions
-    @Option(help: ArgumentHelp("Where to wait for the joining device (IPv4:PORT; 0 picks a port).", valueName: "address"))
+    @Option(
+        help: ArgumentHelp("Where to wait for the joining device (IPv4:PORT; 0 picks a port).", valueName: "address"))
     var listen = "127.0.0.1:0"
     @Option(help: ArgumentHelp("Seconds the link stays valid.", valueName: "seconds"))
     var ttl: UInt64 = Store.defaultPairingTTL
     @Option(help: ArgumentHelp("Also write the QR code as a PGM image here.", valueName: "file"))
     var qrPgm: String?
     @Flag(help: "Do not draw the QR code in the terminal.") var noQr = false
-    @Option(help: ArgumentHelp("Meet through this relay (default: the relay in the config; without one, a direct TCP rendezvous on --listen).", valueName: "ws-url"))
+    @Option(
+        help: ArgumentHelp(
+            "Meet through this relay (default: the relay in the config; without one, a direct TCP rendezvous on --listen).",
+            valueName: "ws-url"))
     var relay: String?
-    @Option(help: ArgumentHelp("Also print the link as an https URL of this web app (a page using masq.js in peer mode), with the pairing in its fragment; the QR code then carries it, so a phone's camera opens the app and joins.", valueName: "url"))
+    @Option(
+        help: ArgumentHelp(
+            "Also print the link as an https URL of this web app (a page using masq.js in peer mode), with the pairing in its fragment; the QR code then carries it, so a phone's camera opens the app and joins.",
+            valueName: "url"))
     var web: String?
 
     func execute() throws {
         try store.withStore { s in
             if let (transport, url) = s.config.relayTransport(explicit: relay) {
                 let device = try guarded { () throws(MasqError) in
-                    try PairingRendezvous.offer(store: s, transport: transport, url: url, ttl: ttl, onLink: { link in
-                        show(link)
-                    }, onFailure: { error in writeError("masq: a pairing attempt failed: \(error.message)\n") })
+                    try PairingRendezvous.offer(
+                        store: s, transport: transport, url: url, ttl: ttl,
+                        onLink: { link in
+                            show(link)
+                        }, onFailure: { error in writeError("masq: a pairing attempt failed: \(error.message)\n") })
                 }
                 report(device)
                 try rememberRelay(url, s, store.configPath)
                 return
             }
             let listener = try Listener(listen)
-            let link = try guarded { () throws(MasqError) in try s.createPairingOffer(via: listener.endpoint, ttl: ttl) }
+            let link = try guarded { () throws(MasqError) in try s.createPairingOffer(via: listener.endpoint, ttl: ttl)
+            }
             show(link)
             let deadline = monotonicSeconds() + Double(ttl)
             while let connection = listener.accept(until: deadline) {
@@ -67,7 +77,7 @@ struct Pair: MasqSubcommand {
         } else if let web {
             print("(no web link: \(web) is not an http(s) URL without a fragment)")
         }
-        fflush(nil)   // the link must reach a pipe reader before we block
+        fflush(nil)  // the link must reach a pipe reader before we block
     }
 
     /// Answer one connection until paired; refusals are sent to the peer.
@@ -99,11 +109,15 @@ struct Join: MasqSubcommand {
 
     func execute() throws {
         let parsed = try guarded { () throws(MasqError) in try PairingLink(parsing: link) }
-        guard let via = parsed.via else { throw CLIError("this link does not say where the other device waits (no via=)") }
+        guard let via = parsed.via else {
+            throw CLIError("this link does not say where the other device waits (no via=)")
+        }
         if via.hasPrefix("ws://") || via.hasPrefix("wss://") {
             try store.withStore { s in
                 let (transport, _) = s.config.relayTransport(explicit: via)!
-                let device = try guarded { () throws(MasqError) in try PairingRendezvous.join(store: s, link: parsed, transport: transport) }
+                let device = try guarded { () throws(MasqError) in
+                    try PairingRendezvous.join(store: s, link: parsed, transport: transport)
+                }
                 report(device)
                 try rememberRelay(via, s, store.configPath)
             }
@@ -148,7 +162,9 @@ struct Devices: MasqSubcommand {
 
         func execute() throws {
             try store.withStore { s in
-                let (me, name, paired) = try guarded { () throws(MasqError) in (try s.requireIdentity().publicKeys, s.deviceName, try s.devices()) }
+                let (me, name, paired) = try guarded { () throws(MasqError) in
+                    (try s.requireIdentity().publicKeys, s.deviceName, try s.devices())
+                }
                 let fp = me.fingerprint
                 print("this device: \(name) (device \(me.deviceID))")
                 print("  fingerprint: \(fp.digits)  \(fp.emoji)")
@@ -163,7 +179,8 @@ struct Devices: MasqSubcommand {
     }
 
     struct Remove: MasqSubcommand {
-        static let configuration = CommandConfiguration(abstract: "Forget a device: nothing sent afterwards is readable by it.")
+        static let configuration = CommandConfiguration(
+            abstract: "Forget a device: nothing sent afterwards is readable by it.")
         @OptionGroup var store: StoreOptions
         @Argument(help: "The device id `masq devices` shows.") var device: String
 
@@ -188,7 +205,8 @@ struct Devices: MasqSubcommand {
 struct Passphrase: MasqSubcommand {
     static let configuration = CommandConfiguration(
         abstract: "Set, change or remove the passphrase that encrypts the store at rest.",
-        discussion: "Reads MASQ_PASSPHRASE (current) and MASQ_NEW_PASSPHRASE (new) when set, else asks on the terminal.")
+        discussion: "Reads MASQ_PASSPHRASE (current) and MASQ_NEW_PASSPHRASE (new) when set, else asks on the terminal."
+    )
 
     @OptionGroup var store: StoreOptions
     @Flag(help: "Remove the passphrase (data is then stored in clear).") var remove = false
@@ -212,7 +230,6 @@ func formatTime(_ ms: UInt64) -> String {
     strftime(&buffer, buffer.count, "%Y-%m-%d %H:%M UTC", &parts)
     return String(decoding: buffer.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
 }
-
 
 /// Record the relay the devices paired through in the config file (when it
 /// names no transport yet), so `masq sync` uses it.

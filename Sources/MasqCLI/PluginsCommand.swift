@@ -10,7 +10,8 @@ struct Plugins: MasqSubcommand {
 
     func execute() throws {
         let path = store.configPath
-        let config = FileSystem.exists(path) ? try guarded { () throws(MasqError) in try MasqConfig.load(path: path) } : nil
+        let config =
+            FileSystem.exists(path) ? try guarded { () throws(MasqError) in try MasqConfig.load(path: path) } : nil
         let search = PluginLoader.searchPath(config: config)
         print("search path: \(search.joined(separator: ":"))")
         let reports = PluginLoader.scan(searchPath: search)

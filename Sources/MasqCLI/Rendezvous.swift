@@ -1,6 +1,6 @@
 import MasqKernel
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A direct TCP rendezvous for pairing: `tcp:HOST:PORT` in a link's `via`.
@@ -22,13 +22,19 @@ final class FrameSocket {
 
     func send(_ frame: [UInt8]) throws {
         let n = UInt32(frame.count)
-        try writeAll([UInt8(n >> 24), UInt8(truncatingIfNeeded: n >> 16), UInt8(truncatingIfNeeded: n >> 8), UInt8(truncatingIfNeeded: n)] + frame)
+        try writeAll(
+            [
+                UInt8(n >> 24), UInt8(truncatingIfNeeded: n >> 16), UInt8(truncatingIfNeeded: n >> 8),
+                UInt8(truncatingIfNeeded: n)
+            ] + frame)
     }
 
     func receive() throws -> [UInt8] {
         let header = try readExactly(4)
         let length = Int(header[0]) << 24 | Int(header[1]) << 16 | Int(header[2]) << 8 | Int(header[3])
-        guard length > 0 && length <= PairingFlow.maxFrame else { throw CLIError("the other device sent a malformed frame (\(length) bytes)") }
+        guard length > 0 && length <= PairingFlow.maxFrame else {
+            throw CLIError("the other device sent a malformed frame (\(length) bytes)")
+        }
         return try readExactly(length)
     }
 
@@ -41,7 +47,9 @@ final class FrameSocket {
         while true {
             let n = out.withUnsafeMutableBytes { recv(fd, $0.baseAddress!, $0.count, 0) }
             if n < 0 && errno == EINTR { continue }
-            if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) { throw CLIError("the other side stopped answering (timeout)") }
+            if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) {
+                throw CLIError("the other side stopped answering (timeout)")
+            }
             guard n > 0 else { throw CLIError("the other side closed the connection") }
             return Array(out[0..<n])
         }
@@ -50,7 +58,9 @@ final class FrameSocket {
     private func writeAll(_ bytes: [UInt8]) throws {
         var offset = 0
         while offset < bytes.count {
-            let n = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + offset, bytes.count - offset, Int32(MSG_NOSIGNAL)) }
+            let n = bytes.withUnsafeBytes {
+                Glibc.send(fd, $0.baseAddress! + offset, bytes.count - offset, Int32(MSG_NOSIGNAL))
+            }
             if n < 0 && errno == EINTR { continue }
             guard n > 0 else { throw CLIError("connection lost while sending: \(String(cString: strerror(errno)))") }
             offset += n
@@ -63,7 +73,9 @@ final class FrameSocket {
         while offset < count {
             let n = out.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + offset, count - offset, 0) }
             if n < 0 && errno == EINTR { continue }
-            if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) { throw CLIError("the other device stopped answering (timeout)") }
+            if n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) {
+                throw CLIError("the other device stopped answering (timeout)")
+            }
             guard n > 0 else { throw CLIError("the other device closed the connection") }
             offset += n
         }
@@ -73,7 +85,8 @@ final class FrameSocket {
     /// Parse "tcp:HOST:PORT" (IPv4 or [IPv6]).
     static func endpoint(_ via: String) throws -> (host: String, port: UInt16) {
         guard via.hasPrefix("tcp:"), let colon = via.lastIndex(of: ":"), colon > via.index(via.startIndex, offsetBy: 3),
-              let port = UInt16(via[via.index(after: colon)...]) else {
+            let port = UInt16(via[via.index(after: colon)...])
+        else {
             throw CLIError("cannot reach '\(via)': this version pairs over tcp:HOST:PORT only")
         }
         var host = String(via[via.index(via.startIndex, offsetBy: 4)..<colon])
@@ -86,7 +99,9 @@ final class FrameSocket {
         var hints = addrinfo()
         hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
         var result: UnsafeMutablePointer<addrinfo>?
-        guard getaddrinfo(host, String(port), &hints, &result) == 0, let info = result else { throw CLIError("cannot resolve \(host)") }
+        guard getaddrinfo(host, String(port), &hints, &result) == 0, let info = result else {
+            throw CLIError("cannot resolve \(host)")
+        }
         defer { freeaddrinfo(result) }
         let fd = socket(info.pointee.ai_family, info.pointee.ai_socktype, info.pointee.ai_protocol)
         guard fd >= 0 else { throw CLIError("cannot create a socket: \(String(cString: strerror(errno)))") }
@@ -106,16 +121,24 @@ final class Listener {
 
     init(_ address: String) throws {
         let parts = address.split(separator: ":", omittingEmptySubsequences: false)
-        guard parts.count == 2, let port = UInt16(parts[1]) else { throw CLIError("--listen takes IPV4:PORT, e.g. 127.0.0.1:0") }
+        guard parts.count == 2, let port = UInt16(parts[1]) else {
+            throw CLIError("--listen takes IPV4:PORT, e.g. 127.0.0.1:0")
+        }
         var addr = sockaddr_in()
         addr.sin_family = sa_family_t(AF_INET)
         addr.sin_port = port.bigEndian
-        guard inet_pton(AF_INET, String(parts[0]), &addr.sin_addr) == 1 else { throw CLIError("--listen: '\(parts[0])' is not an IPv4 address") }
+        guard inet_pton(AF_INET, String(parts[0]), &addr.sin_addr) == 1 else {
+            throw CLIError("--listen: '\(parts[0])' is not an IPv4 address")
+        }
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw CLIError("cannot create a socket") }
         var one: Int32 = 1
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
-        let bound = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        let bound = withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+        }
         guard bound == 0, listen(fd, 4) == 0 else {
             let reason = String(cString: strerror(errno))
             close(fd)
@@ -123,7 +146,9 @@ final class Listener {
         }
         var actual = sockaddr_in()
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &actual) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
+        _ = withUnsafeMutablePointer(to: &actual) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
         self.fd = fd
         endpoint = "tcp:\(parts[0]):\(UInt16(bigEndian: actual.sin_port))"
     }

@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Passphrases for the CLI: from MASQ_PASSPHRASE / MASQ_NEW_PASSPHRASE when

@@ -2,7 +2,7 @@ import ArgumentParser
 import MasqKernel
 import MasqSharing
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// `masq sync`: keep this store in sync with the paired devices (until
@@ -20,13 +20,17 @@ struct Sync: MasqSubcommand {
         try store.withStore { s in
             let hasShares = !(try guarded { () throws(MasqError) in try s.shares() }).isEmpty
             let sharing = hasShares ? ShareService(store: s) : nil
-            sharing?.onEvent = { line in print(line); fflush(nil) }
+            sharing?.onEvent = { line in
+                print(line); fflush(nil)
+            }
             // Shares with other people run beside device sync, or alone.
             if let sharing, s.config.transports.isEmpty {
                 try guarded { () throws(MasqError) in try sharing.start() }
                 defer { sharing.stop() }
                 if once {
-                    guard waitSettled(sharing, until: monotonicSeconds() + timeout) else { throw CLIError("shares not settled after \(Int(timeout)) s") }
+                    guard waitSettled(sharing, until: monotonicSeconds() + timeout) else {
+                        throw CLIError("shares not settled after \(Int(timeout)) s")
+                    }
                     print("shares settled")
                     return
                 }
@@ -48,35 +52,47 @@ struct Sync: MasqSubcommand {
                 // Nothing seen in this run: what an earlier run recorded (e.g. a device that cannot store).
                 if problems.isEmpty {
                     for d in status.devices {
-                        if let p = try? s.syncProblem(device: d.deviceID) { problems.append("\(d.name): \(p.text) (since \(formatTime(p.since)))") }
+                        if let p = try? s.syncProblem(device: d.deviceID) {
+                            problems.append("\(d.name): \(p.text) (since \(formatTime(p.since)))")
+                        }
                     }
                 }
                 if let full = s.storageProblem() { problems.insert("this device: \(full)", at: 0) }
                 guard done else {
-                    let why = problems.isEmpty ? "are the other devices online and on the same relay?" : problems.joined(separator: "; ")
+                    let why =
+                        problems.isEmpty
+                        ? "are the other devices online and on the same relay?" : problems.joined(separator: "; ")
                     throw CLIError("not caught up after \(Int(timeout)) s (\(why))")
                 }
                 let reached = status.devices.filter(\.present).count
                 // A script must be able to tell that nothing was synced.
                 if reached == 0 && !status.devices.isEmpty {
-                    throw CLIError("no paired device answered (\(status.connected ? "none is online in the room" : "the transport is not connected")); nothing was synced")
+                    throw CLIError(
+                        "no paired device answered (\(status.connected ? "none is online in the room" : "the transport is not connected")); nothing was synced"
+                    )
                 }
                 for problem in problems { print("warning: \(problem)") }
                 print("in sync with \(reached) of \(status.devices.count) device(s)")
                 if let sharing {
-                    guard waitSettled(sharing, until: started + timeout) else { throw CLIError("shares not settled after \(Int(timeout)) s") }
+                    guard waitSettled(sharing, until: started + timeout) else {
+                        throw CLIError("shares not settled after \(Int(timeout)) s")
+                    }
                     print("shares settled")
                 }
                 return
             }
             try guarded { () throws(MasqError) in try service.start() }
-            print("syncing (room \(try guarded { () throws(MasqError) in try service.status() }.room.prefix(8))…); Ctrl-C to stop")
+            print(
+                "syncing (room \(try guarded { () throws(MasqError) in try service.status() }.room.prefix(8))…); Ctrl-C to stop"
+            )
             fflush(nil)
             while true {
                 sleep(5)
                 if let status = try? service.status(), !quiet {
                     let here = status.devices.filter(\.present).map(\.name)
-                    bar.note("\(status.connected ? "connected" : "reconnecting"); present: \(here.isEmpty ? "nobody" : here.joined(separator: ", ")); pending \(status.pending)")
+                    bar.note(
+                        "\(status.connected ? "connected" : "reconnecting"); present: \(here.isEmpty ? "nobody" : here.joined(separator: ", ")); pending \(status.pending)"
+                    )
                 }
             }
         }
@@ -110,7 +126,9 @@ struct Status: MasqSubcommand {
                 if s.config.transports.isEmpty {
                     print("no relay configured (masq join adds the relay of the link; or edit \"transports\")")
                 } else {
-                    for t in s.config.transports { print("transport: \(t.name) \(t.options.first { $0.key == "url" }?.value ?? "")") }
+                    for t in s.config.transports {
+                        print("transport: \(t.name) \(t.options.first { $0.key == "url" }?.value ?? "")")
+                    }
                 }
                 let devices = try s.devices()
                 if devices.isEmpty { print("no paired devices") }
@@ -119,8 +137,12 @@ struct Status: MasqSubcommand {
                         print("\(d.name) (\(d.deviceID)): never synced")
                         continue
                     }
-                    let pending = applied.entries.reduce(UInt64(0)) { $0 + ($1.value > ack.vector[$1.key] ? $1.value - ack.vector[$1.key] : 0) }
-                    print("\(d.name) (\(d.deviceID)): last sync \(ack.at == 0 ? "unknown" : formatTime(ack.at)), \(pending) change(s) pending for it")
+                    let pending = applied.entries.reduce(UInt64(0)) {
+                        $0 + ($1.value > ack.vector[$1.key] ? $1.value - ack.vector[$1.key] : 0)
+                    }
+                    print(
+                        "\(d.name) (\(d.deviceID)): last sync \(ack.at == 0 ? "unknown" : formatTime(ack.at)), \(pending) change(s) pending for it"
+                    )
                 }
                 if let full = s.storageProblem() { print("  this device: \(full)") }
                 for d in devices {
@@ -138,12 +160,14 @@ struct Status: MasqSubcommand {
 struct ClockCommand: MasqSubcommand {
     static let configuration = CommandConfiguration(
         commandName: "clock",
-        abstract: "Show the store's clock beside this computer's; --repair re-stamps writes made while the clock was ahead.",
+        abstract:
+            "Show the store's clock beside this computer's; --repair re-stamps writes made while the clock was ahead.",
         discussion: """
             Sync repairs a clock that ran ahead by itself once a paired device refuses its writes while the two             clocks agree. Use --repair when you know this computer's clock is right now (and it was ahead before).
             """)
     @OptionGroup var store: StoreOptions
-    @Flag(help: "Re-stamp, under a new replica id, every write stamped more than the clock bound ahead of now.") var repair = false
+    @Flag(help: "Re-stamp, under a new replica id, every write stamped more than the clock bound ahead of now.")
+    var repair = false
 
     func execute() throws {
         try store.withStore { s in
@@ -157,7 +181,9 @@ struct ClockCommand: MasqSubcommand {
                 }
                 guard repair else { return }
                 if try s.repairClockIfNeeded() {
-                    print("repaired: writes stamped in the future were re-stamped; this store is now replica \(String(s.replicaID, radix: 16))")
+                    print(
+                        "repaired: writes stamped in the future were re-stamped; this store is now replica \(String(s.replicaID, radix: 16))"
+                    )
                 } else {
                     print("nothing to repair")
                 }
@@ -178,7 +204,9 @@ final class ProgressBar: @unchecked Sendable {
         let fraction = total == 0 ? 1 : Double(received) / Double(total)
         let width = 30
         let filled = Int(fraction * Double(width))
-        writeError("\r[\(String(repeating: "#", count: filled))\(String(repeating: ".", count: width - filled))] \(received)/\(total) commits")
+        writeError(
+            "\r[\(String(repeating: "#", count: filled))\(String(repeating: ".", count: width - filled))] \(received)/\(total) commits"
+        )
         drawn = true
     }
 

@@ -7,7 +7,7 @@ import NIOHTTP1
 import NIOPosix
 import NIOSSL
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// HTTP front of a `ConnectoidService`: POST of JSON to the service URL (any
@@ -60,7 +60,9 @@ public final class ConnectoidServer: @unchecked Sendable {
         let tls: NIOSSLContext?
         if let certificate = configuration.tlsCertificatePath, let key = configuration.tlsKeyPath {
             let chain = try NIOSSLCertificate.fromPEMFile(certificate).map { NIOSSLCertificateSource.certificate($0) }
-            tls = try NIOSSLContext(configuration: .makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(try NIOSSLPrivateKey(file: key, format: .pem))))
+            tls = try NIOSSLContext(
+                configuration: .makeServerConfiguration(
+                    certificateChain: chain, privateKey: .privateKey(try NIOSSLPrivateKey(file: key, format: .pem))))
         } else {
             tls = nil
         }
@@ -76,16 +78,23 @@ public final class ConnectoidServer: @unchecked Sendable {
             .childChannelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
             // Backpressure: past `high` unsent bytes the channel is not writable and
             // the handler stops answering and reading it (see ConnectoidHTTPHandler).
-            .childChannelOption(ChannelOptions.writeBufferWaterMark,
-                                value: .init(low: max(1, min(configuration.writeBufferLowBytes, configuration.writeBufferHighBytes)),
-                                             high: max(1, configuration.writeBufferHighBytes)))
+            .childChannelOption(
+                ChannelOptions.writeBufferWaterMark,
+                value: .init(
+                    low: max(1, min(configuration.writeBufferLowBytes, configuration.writeBufferHighBytes)),
+                    high: max(1, configuration.writeBufferHighBytes))
+            )
             // One read of at most `readChunkBytes` per turn of the event loop: what one
             // connection brings in (and so the work it causes) per turn is bounded.
-            .childChannelOption(ChannelOptions.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: min(2_048, readChunk), maximum: readChunk))
+            .childChannelOption(
+                ChannelOptions.recvAllocator,
+                value: AdaptiveRecvByteBufferAllocator(minimum: 64, initial: min(2_048, readChunk), maximum: readChunk)
+            )
             .childChannelOption(ChannelOptions.maxMessagesPerRead, value: 1)
             .childChannelInitializer { channel in
                 let address = channel.remoteAddress?.ipAddress ?? "unknown"
-                let client = ClientKey.of(address, v4Prefix: configuration.ipv4Prefix, v6Prefix: configuration.ipv6Prefix)
+                let client = ClientKey.of(
+                    address, v4Prefix: configuration.ipv4Prefix, v6Prefix: configuration.ipv6Prefix)
                 let admission = slots.withLockedValue { slots -> Admission in
                     guard slots.total < configuration.maxConnections else { return .full }
                     let fromAddress = slots.byAddress[client, default: 0]
@@ -120,8 +129,10 @@ public final class ConnectoidServer: @unchecked Sendable {
                     // No HTTPServerPipelineHandler: ConnectoidHTTPHandler orders
                     // pipelined requests itself, bounded, and answers malformed ones.
                     try channel.pipeline.syncOperations.addHandler(HTTPResponseEncoder())
-                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes)))
-                    try channel.pipeline.syncOperations.addHandler(ConnectoidHTTPHandler(service: service, client: client, pool: pool, address: address))
+                    try channel.pipeline.syncOperations.addHandler(
+                        ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .dropBytes)))
+                    try channel.pipeline.syncOperations.addHandler(
+                        ConnectoidHTTPHandler(service: service, client: client, pool: pool, address: address))
                     return channel.eventLoop.makeSucceededVoidFuture()
                 } catch {
                     return channel.eventLoop.makeFailedFuture(error)
@@ -130,8 +141,12 @@ public final class ConnectoidServer: @unchecked Sendable {
         let bound = try bootstrap.bind(host: configuration.host, port: configuration.port).wait()
         channel = bound
         let port = bound.localAddress?.port ?? configuration.port
-        logger.info("connectoid listening", metadata: ["address": "\(configuration.host):\(port)", "tls": "\(tls != nil)",
-                                                       "threads": "\(max(1, configuration.threads))"])
+        logger.info(
+            "connectoid listening",
+            metadata: [
+                "address": "\(configuration.host):\(port)", "tls": "\(tls != nil)",
+                "threads": "\(max(1, configuration.threads))"
+            ])
         return port
     }
 
@@ -209,7 +224,9 @@ final class ConnectoidHTTPHandler: ChannelDuplexHandler {
         var forwarded: String?
 
         init(_ head: HTTPRequestHead) {
-            let path = head.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? "/"
+            let path =
+                head.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init)
+                ?? "/"
             switch (head.method, path) {
             case (.GET, "/healthz"): route = .health
             case (.GET, "/metrics"): route = .metrics
@@ -283,7 +300,9 @@ final class ConnectoidHTTPHandler: ChannelDuplexHandler {
         maxPipelined = max(1, service.configuration.maxPipelinedRequests)
     }
 
-    func handlerAdded(context: ChannelHandlerContext) { armDeadline(context, seconds: service.configuration.requestTimeoutSeconds) }
+    func handlerAdded(context: ChannelHandlerContext) {
+        armDeadline(context, seconds: service.configuration.requestTimeoutSeconds)
+    }
 
     func handlerRemoved(context: ChannelHandlerContext) { deadline?.cancel() }
 
@@ -357,9 +376,9 @@ final class ConnectoidHTTPHandler: ChannelDuplexHandler {
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         guard event is ConnectoidDrain else { return context.fireUserInboundEventTriggered(event) }
         guard !closing else { return }
-        if current != nil { return }   // the request being read becomes the last (see enqueue)
+        if current != nil { return }  // the request being read becomes the last (see enqueue)
         if queue.isEmpty && !waiting {
-            context.close(promise: nil)   // idle keep-alive connection
+            context.close(promise: nil)  // idle keep-alive connection
             return
         }
         // The last request queued gets the last answer.
@@ -465,8 +484,12 @@ final class ConnectoidHTTPHandler: ChannelDuplexHandler {
             handler.lastIfDraining(&request)
             switch result {
             case .success((let response?, _)): handler.respond(context, request, post: response)
-            case .success((nil, let text)): handler.send(context, request, .ok, Array((text ?? "").utf8), "text/plain; version=0.0.4")
-            case .failure: handler.respond(context, request, post: ConnectoidResponse(ConnectoidError(.unavailable, "the service is stopping")))
+            case .success((nil, let text)):
+                handler.send(context, request, .ok, Array((text ?? "").utf8), "text/plain; version=0.0.4")
+            case .failure:
+                handler.respond(
+                    context, request, post: ConnectoidResponse(ConnectoidError(.unavailable, "the service is stopping"))
+                )
             }
             handler.answered(context, request)
             context.flush()
@@ -495,7 +518,10 @@ final class ConnectoidHTTPHandler: ChannelDuplexHandler {
             return
         case .malformed:
             service.metrics.count("", ok: false, code: .badRequest)
-            send(context, request, .badRequest, Array("{\"ok\":false,\"error\":\"Malformed HTTP request\",\"code\":\"bad_request\"}".utf8), "application/json")
+            send(
+                context, request, .badRequest,
+                Array("{\"ok\":false,\"error\":\"Malformed HTTP request\",\"code\":\"bad_request\"}".utf8),
+                "application/json")
             return
         case .normal: break
         }
@@ -512,7 +538,10 @@ final class ConnectoidHTTPHandler: ChannelDuplexHandler {
         case .post:
             respond(context, request, post: service.handle(body: request.body, client: clientKey(request)))
         case .notAllowed:
-            send(context, request, .methodNotAllowed, Array("{\"ok\":false,\"error\":\"Method not allowed\",\"code\":\"bad_request\"}".utf8), "application/json")
+            send(
+                context, request, .methodNotAllowed,
+                Array("{\"ok\":false,\"error\":\"Method not allowed\",\"code\":\"bad_request\"}".utf8),
+                "application/json")
         }
     }
 
@@ -525,7 +554,9 @@ final class ConnectoidHTTPHandler: ChannelDuplexHandler {
     }
 
     private func respond(_ context: ChannelHandlerContext, _ request: Request, post response: ConnectoidResponse) {
-        let status: HTTPResponseStatus = response.ok ? .ok
+        let status: HTTPResponseStatus =
+            response.ok
+            ? .ok
             : .init(statusCode: response.code.flatMap(ConnectoidError.Code.init(rawValue:))?.httpStatus ?? 400)
         send(context, request, status, json(response), "application/json")
     }
@@ -535,7 +566,10 @@ final class ConnectoidHTTPHandler: ChannelDuplexHandler {
     }
 
     /// Head and body of an answer; its end too unless it is the final one (`finish` writes that).
-    private func send(_ context: ChannelHandlerContext, _ request: Request, _ status: HTTPResponseStatus, _ bytes: [UInt8], _ type: String) {
+    private func send(
+        _ context: ChannelHandlerContext, _ request: Request, _ status: HTTPResponseStatus, _ bytes: [UInt8],
+        _ type: String
+    ) {
         var headers = HTTPHeaders()
         headers.add(name: "content-type", value: type)
         headers.add(name: "content-length", value: String(bytes.count))
@@ -544,9 +578,12 @@ final class ConnectoidHTTPHandler: ChannelDuplexHandler {
         headers.add(name: "access-control-allow-headers", value: "content-type")
         headers.add(name: "cache-control", value: "no-store")
         headers.add(name: "connection", value: request.isFinal ? "close" : "keep-alive")
-        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: request.version, status: status, headers: headers))), promise: nil)
+        context.write(
+            wrapOutboundOut(.head(HTTPResponseHead(version: request.version, status: status, headers: headers))),
+            promise: nil)
         if !bytes.isEmpty && !request.isHead {
-            context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(bytes: bytes)))), promise: nil)
+            context.write(
+                wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(bytes: bytes)))), promise: nil)
         }
         if !request.isFinal { context.write(wrapOutboundOut(.end(nil)), promise: nil) }
     }

@@ -3,7 +3,7 @@ import MasqConnectoidProtocol
 import MasqCrypto
 import NIOConcurrencyHelpers
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Limits and policies of a service. Every one is explicit and configurable.
@@ -88,8 +88,10 @@ public final class ConnectoidService: @unchecked Sendable {
     let draining = NIOLockedValueBox(false)
 
     /// A service on `backend`, or on the SQLite file `configuration.databasePath`.
-    public init(configuration: ConnectoidConfiguration, backend: (any MailboxBackend)? = nil,
-                clock: @escaping @Sendable () -> Int64 = ConnectoidService.wallClock) throws(ConnectoidError) {
+    public init(
+        configuration: ConnectoidConfiguration, backend: (any MailboxBackend)? = nil,
+        clock: @escaping @Sendable () -> Int64 = ConnectoidService.wallClock
+    ) throws(ConnectoidError) {
         self.configuration = configuration
         self.clock = clock
         if let backend {
@@ -98,10 +100,14 @@ public final class ConnectoidService: @unchecked Sendable {
             store = try MailboxStore(path: configuration.databasePath, synchronous: configuration.synchronous)
         }
         metrics.maxConnections.set(Int64(configuration.maxConnections))
-        clientLimiter = RateLimiter(perSecond: Double(configuration.limits.requestsPerClientPerSecond), burst: Double(configuration.clientBurst),
-                                    maxKeys: configuration.maxLimiterKeys)
-        mailboxLimiter = RateLimiter(perSecond: Double(configuration.limits.sendsPerMailboxPerMinute) / 60, burst: Double(configuration.mailboxBurst),
-                                     maxKeys: configuration.maxLimiterKeys)
+        clientLimiter = RateLimiter(
+            perSecond: Double(configuration.limits.requestsPerClientPerSecond),
+            burst: Double(configuration.clientBurst),
+            maxKeys: configuration.maxLimiterKeys)
+        mailboxLimiter = RateLimiter(
+            perSecond: Double(configuration.limits.sendsPerMailboxPerMinute) / 60,
+            burst: Double(configuration.mailboxBurst),
+            maxKeys: configuration.maxLimiterKeys)
     }
 
     @Sendable public static func wallClock() -> Int64 {
@@ -157,8 +163,11 @@ public final class ConnectoidService: @unchecked Sendable {
             guard data.count <= limits.maxMessageBytes else { throw .tooBig }
             guard mailboxLimiter.take(pubText + "." + ext, now: now) else { throw .tooOften }
             let id = Hex.encode(Hash.sha256(data))
-            guard try store.send(pub: pub, ext: ext, id: id, data: data, now: now, maxMessages: limits.maxMessagesPerMailbox,
-                                 maxBytes: limits.maxBytesPerMailbox, retention: retention) else {
+            guard
+                try store.send(
+                    pub: pub, ext: ext, id: id, data: data, now: now, maxMessages: limits.maxMessagesPerMailbox,
+                    maxBytes: limits.maxBytesPerMailbox, retention: retention)
+            else {
                 throw .init(.mailboxFull, "Mailbox full")
             }
             metrics.bytesIn.add(data.count)
@@ -168,13 +177,18 @@ public final class ConnectoidService: @unchecked Sendable {
             guard try store.check(pub: pub, ext: ext, at: at, now: now, retention: retention) else {
                 return ConnectoidResponse(ok: true, found: false)
             }
-            return ConnectoidResponse(ok: true, found: true, question: Base64URL.encode(try question(pub: pub, ext: ext, now: now)))
+            return ConnectoidResponse(
+                ok: true, found: true, question: Base64URL.encode(try question(pub: pub, ext: ext, now: now)))
         default:
             guard let answerText = request.answer else { throw .badRequest("answer is missing") }
-            guard answerText.utf8.count <= 200, let answer = Base64URL.decode(answerText) else { throw .badRequest("answer is not base64url") }
+            guard answerText.utf8.count <= 200, let answer = Base64URL.decode(answerText) else {
+                throw .badRequest("answer is not base64url")
+            }
             let at = try cursor(request.at)
             let limit = request.limit ?? 1
-            guard (1...limits.maxReceiveLimit).contains(limit) else { throw .badRequest("limit must be 1...\(limits.maxReceiveLimit)") }
+            guard (1...limits.maxReceiveLimit).contains(limit) else {
+                throw .badRequest("limit must be 1...\(limits.maxReceiveLimit)")
+            }
             switch try store.spend(pub: pub, ext: ext, answerHash: Hash.sha256(answer), now: now) {
             case .ok: break
             case .noChallenge: throw .init(.noChallenge, "No question pending: check first")
@@ -182,9 +196,11 @@ public final class ConnectoidService: @unchecked Sendable {
             case .expired: throw .init(.expiredAnswer, "Question expired: check again")
             case .reused: throw .init(.reusedAnswer, "Answer already used: check again")
             }
-            let (found, more) = try store.messages(pub: pub, ext: ext, after: at, limit: limit, now: now, retention: retention)
+            let (found, more) = try store.messages(
+                pub: pub, ext: ext, after: at, limit: limit, now: now, retention: retention)
             let messages = found.map { ConnectoidMessage(at: $0.at, id: $0.id, data: Base64URL.encode($0.data)) }
-            return ConnectoidResponse(ok: true, at: found.last?.at ?? at, data: messages.first?.data, messages: messages, more: more)
+            return ConnectoidResponse(
+                ok: true, at: found.last?.at ?? at, data: messages.first?.data, messages: messages, more: more)
         }
     }
 
@@ -225,11 +241,14 @@ public final class ConnectoidService: @unchecked Sendable {
     /// With a shared store one instance of the fleet runs each collection
     /// (the others skip it: `ran` is false).
     @discardableResult
-    public func collectGarbage(now: Int64? = nil, interval: Int64 = 0) throws(ConnectoidError) -> (messages: Int, mailboxes: Int, ran: Bool) {
+    public func collectGarbage(now: Int64? = nil, interval: Int64 = 0) throws(ConnectoidError) -> (
+        messages: Int, mailboxes: Int, ran: Bool
+    ) {
         let now = now ?? clock()
         let limits = configuration.limits
-        let done = try store.collect(now: now, retention: limits.retentionSeconds * 1_000, idle: limits.mailboxIdleSeconds * 1_000,
-                                     interval: interval)
+        let done = try store.collect(
+            now: now, retention: limits.retentionSeconds * 1_000, idle: limits.mailboxIdleSeconds * 1_000,
+            interval: interval)
         if done.ran {
             metrics.collections.increment()
             metrics.collectedMessages.add(done.messages)
@@ -250,10 +269,13 @@ public final class ConnectoidService: @unchecked Sendable {
         if due { _ = try? collectGarbage(now: now, interval: configuration.collectEverySeconds * 1_000 * 9 / 10) }
     }
 
-    public func hasMailbox(pub: [UInt8], ext: String) throws(ConnectoidError) -> Bool { try store.hasMailbox(pub: pub, ext: ext) }
+    public func hasMailbox(pub: [UInt8], ext: String) throws(ConnectoidError) -> Bool {
+        try store.hasMailbox(pub: pub, ext: ext)
+    }
 
     public func metricsText() -> String {
-        let counts = (try? store.counts()) ?? MailboxCounts(mailboxes: -1, messages: -1, messageBytes: -1, storeBytes: -1)
+        let counts =
+            (try? store.counts()) ?? MailboxCounts(mailboxes: -1, messages: -1, messageBytes: -1, storeBytes: -1)
         return metrics.text(counts, draining: draining.withLockedValue { $0 })
     }
 

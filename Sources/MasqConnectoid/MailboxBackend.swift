@@ -55,22 +55,28 @@ public protocol MailboxBackend: AnyObject, Sendable {
     /// Store a message; a resend of the same bytes is stored once. False
     /// when the mailbox already holds `maxMessages` or would hold more than
     /// `maxBytes`.
-    func send(pub: [UInt8], ext: String, id: String, data: [UInt8], now: Int64, maxMessages: Int, maxBytes: Int,
-              retention: Int64) throws(ConnectoidError) -> Bool
+    func send(
+        pub: [UInt8], ext: String, id: String, data: [UInt8], now: Int64, maxMessages: Int, maxBytes: Int,
+        retention: Int64
+    ) throws(ConnectoidError) -> Bool
     /// Note a check (keeps the mailbox alive) and tell whether messages wait after `at`.
     func check(pub: [UInt8], ext: String, at: Int64, now: Int64, retention: Int64) throws(ConnectoidError) -> Bool
     /// The pending question if it is unused and valid at least until `validUntil`.
     func pendingQuestion(pub: [UInt8], ext: String, validUntil: Int64) throws(ConnectoidError) -> MailboxQuestion?
-    func setQuestion(pub: [UInt8], ext: String, sealed: [UInt8], answerHash: [UInt8], expires: Int64) throws(ConnectoidError)
+    func setQuestion(pub: [UInt8], ext: String, sealed: [UInt8], answerHash: [UInt8], expires: Int64)
+        throws(ConnectoidError)
     /// Check an answer's hash and spend the question (single use, across the fleet).
     func spend(pub: [UInt8], ext: String, answerHash: [UInt8], now: Int64) throws(ConnectoidError) -> MailboxVerdict
     /// Up to `limit` messages after `at`, oldest first, and whether more wait.
-    func messages(pub: [UInt8], ext: String, after at: Int64, limit: Int, now: Int64,
-                  retention: Int64) throws(ConnectoidError) -> ([(at: Int64, id: String, data: [UInt8])], Bool)
+    func messages(
+        pub: [UInt8], ext: String, after at: Int64, limit: Int, now: Int64,
+        retention: Int64
+    ) throws(ConnectoidError) -> ([(at: Int64, id: String, data: [UInt8])], Bool)
     /// Delete messages older than `retention` and mailboxes unchecked for
     /// `idle`. A shared store runs this once across the fleet per
     /// `interval` (the others skip it).
-    func collect(now: Int64, retention: Int64, idle: Int64, interval: Int64) throws(ConnectoidError) -> MailboxCollection
+    func collect(now: Int64, retention: Int64, idle: Int64, interval: Int64) throws(ConnectoidError)
+        -> MailboxCollection
     func counts() throws(ConnectoidError) -> MailboxCounts
     /// Test hook: does the store still hold this mailbox?
     func hasMailbox(pub: [UInt8], ext: String) throws(ConnectoidError) -> Bool

@@ -2,7 +2,7 @@ import CSQLite
 import MasqConnectoidWire
 import NIOConcurrencyHelpers
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The service's SQLite file: mailboxes (with their pending challenge) and
@@ -31,7 +31,8 @@ final class MailboxStore: MailboxBackend, @unchecked Sendable {
         db = handle
         self.path = path
         sqlite3_busy_timeout(handle, 5_000)
-        try execute("""
+        try execute(
+            """
             PRAGMA locking_mode=EXCLUSIVE;
             PRAGMA journal_mode=WAL;
             PRAGMA synchronous=\(synchronous);
@@ -65,29 +66,42 @@ final class MailboxStore: MailboxBackend, @unchecked Sendable {
     /// Store a message; a resend of the same bytes is stored once.
     /// Returns false when the mailbox already holds `maxMessages` or would
     /// hold more than `maxBytes`.
-    func send(pub: [UInt8], ext: String, id: String, data: [UInt8], now: Int64, maxMessages: Int, maxBytes: Int,
-              retention: Int64) throws(ConnectoidError) -> Bool {
+    func send(
+        pub: [UInt8], ext: String, id: String, data: [UInt8], now: Int64, maxMessages: Int, maxBytes: Int,
+        retention: Int64
+    ) throws(ConnectoidError) -> Bool {
         try locked { () throws(ConnectoidError) -> Bool in
             try begin()
             do throws(ConnectoidError) {
-                try run("INSERT OR IGNORE INTO mailbox(pub, ext, created, checked) VALUES(?1, ?2, ?3, ?3)", [.blob(pub), .text(ext), .int(now)])
+                try run(
+                    "INSERT OR IGNORE INTO mailbox(pub, ext, created, checked) VALUES(?1, ?2, ?3, ?3)",
+                    [.blob(pub), .text(ext), .int(now)])
                 // `held` and `held_bytes` count stored messages (expired ones until the next collection).
-                let held = try scalar("SELECT held FROM mailbox WHERE pub = ?1 AND ext = ?2", [.blob(pub), .text(ext)]) ?? 0
-                let heldBytes = try scalar("SELECT held_bytes FROM mailbox WHERE pub = ?1 AND ext = ?2", [.blob(pub), .text(ext)]) ?? 0
-                try run("INSERT OR IGNORE INTO message(pub, ext, arrived, id, data) VALUES(?1, ?2, ?3, ?4, ?5)",
-                        [.blob(pub), .text(ext), .int(now), .text(id), .blob(data)])
+                let held =
+                    try scalar("SELECT held FROM mailbox WHERE pub = ?1 AND ext = ?2", [.blob(pub), .text(ext)]) ?? 0
+                let heldBytes =
+                    try scalar("SELECT held_bytes FROM mailbox WHERE pub = ?1 AND ext = ?2", [.blob(pub), .text(ext)])
+                    ?? 0
+                try run(
+                    "INSERT OR IGNORE INTO message(pub, ext, arrived, id, data) VALUES(?1, ?2, ?3, ?4, ?5)",
+                    [.blob(pub), .text(ext), .int(now), .text(id), .blob(data)])
                 if sqlite3_changes(db) == 1 {
-                    guard held < maxMessages, heldBytes + Int64(data.count) <= Int64(maxBytes) else { try run("ROLLBACK", []); return false }
-                    try run("UPDATE mailbox SET held = held + 1, held_bytes = held_bytes + ?3 WHERE pub = ?1 AND ext = ?2",
-                            [.blob(pub), .text(ext), .int(Int64(data.count))])
+                    guard held < maxMessages, heldBytes + Int64(data.count) <= Int64(maxBytes) else {
+                        try run("ROLLBACK", []); return false
+                    }
+                    try run(
+                        "UPDATE mailbox SET held = held + 1, held_bytes = held_bytes + ?3 WHERE pub = ?1 AND ext = ?2",
+                        [.blob(pub), .text(ext), .int(Int64(data.count))])
                 } else {
                     // The same bytes are stored already: a retry. An expired copy not yet
                     // collected must not hide the new one: store it again at a new cursor.
-                    try run("DELETE FROM message WHERE pub = ?1 AND ext = ?2 AND id = ?3 AND arrived <= ?4",
-                            [.blob(pub), .text(ext), .text(id), .int(now - retention)])
+                    try run(
+                        "DELETE FROM message WHERE pub = ?1 AND ext = ?2 AND id = ?3 AND arrived <= ?4",
+                        [.blob(pub), .text(ext), .text(id), .int(now - retention)])
                     if sqlite3_changes(db) == 1 {
-                        try run("INSERT INTO message(pub, ext, arrived, id, data) VALUES(?1, ?2, ?3, ?4, ?5)",
-                                [.blob(pub), .text(ext), .int(now), .text(id), .blob(data)])
+                        try run(
+                            "INSERT INTO message(pub, ext, arrived, id, data) VALUES(?1, ?2, ?3, ?4, ?5)",
+                            [.blob(pub), .text(ext), .int(now), .text(id), .blob(data)])
                     }
                 }
                 try run("COMMIT", [])
@@ -103,15 +117,18 @@ final class MailboxStore: MailboxBackend, @unchecked Sendable {
     func check(pub: [UInt8], ext: String, at: Int64, now: Int64, retention: Int64) throws(ConnectoidError) -> Bool {
         try locked { () throws(ConnectoidError) -> Bool in
             try run("UPDATE mailbox SET checked = ?3 WHERE pub = ?1 AND ext = ?2", [.blob(pub), .text(ext), .int(now)])
-            return try scalar("SELECT 1 FROM message WHERE pub = ?1 AND ext = ?2 AND at > ?3 AND arrived > ?4 LIMIT 1",
-                              [.blob(pub), .text(ext), .int(at), .int(now - retention)]) != nil
+            return try scalar(
+                "SELECT 1 FROM message WHERE pub = ?1 AND ext = ?2 AND at > ?3 AND arrived > ?4 LIMIT 1",
+                [.blob(pub), .text(ext), .int(at), .int(now - retention)]) != nil
         }
     }
 
     /// The pending question if it is unused and valid at least until `validUntil`.
     func pendingQuestion(pub: [UInt8], ext: String, validUntil: Int64) throws(ConnectoidError) -> Question? {
         try locked { () throws(ConnectoidError) -> Question? in
-            let s = try statement("SELECT question, expires FROM mailbox WHERE pub = ?1 AND ext = ?2 AND question IS NOT NULL AND expires >= ?3")
+            let s = try statement(
+                "SELECT question, expires FROM mailbox WHERE pub = ?1 AND ext = ?2 AND question IS NOT NULL AND expires >= ?3"
+            )
             defer { sqlite3_reset(s); sqlite3_clear_bindings(s) }
             try bind(s, [.blob(pub), .text(ext), .int(validUntil)])
             guard sqlite3_step(s) == SQLITE_ROW else { return nil }
@@ -119,10 +136,13 @@ final class MailboxStore: MailboxBackend, @unchecked Sendable {
         }
     }
 
-    func setQuestion(pub: [UInt8], ext: String, sealed: [UInt8], answerHash: [UInt8], expires: Int64) throws(ConnectoidError) {
+    func setQuestion(pub: [UInt8], ext: String, sealed: [UInt8], answerHash: [UInt8], expires: Int64)
+        throws(ConnectoidError)
+    {
         try locked { () throws(ConnectoidError) in
-            try run("UPDATE mailbox SET question = ?3, answer_hash = ?4, expires = ?5 WHERE pub = ?1 AND ext = ?2",
-                    [.blob(pub), .text(ext), .blob(sealed), .blob(answerHash), .int(expires)])
+            try run(
+                "UPDATE mailbox SET question = ?3, answer_hash = ?4, expires = ?5 WHERE pub = ?1 AND ext = ?2",
+                [.blob(pub), .text(ext), .blob(sealed), .blob(answerHash), .int(expires)])
         }
     }
 
@@ -131,7 +151,9 @@ final class MailboxStore: MailboxBackend, @unchecked Sendable {
         try locked { () throws(ConnectoidError) -> Verdict in
             let s = try statement("SELECT answer_hash, expires, used_hash FROM mailbox WHERE pub = ?1 AND ext = ?2")
             try bind(s, [.blob(pub), .text(ext)])
-            guard sqlite3_step(s) == SQLITE_ROW else { sqlite3_reset(s); sqlite3_clear_bindings(s); return .noChallenge }
+            guard sqlite3_step(s) == SQLITE_ROW else {
+                sqlite3_reset(s); sqlite3_clear_bindings(s); return .noChallenge
+            }
             let expected = sqlite3_column_type(s, 0) == SQLITE_NULL ? nil : blob(s, 0)
             let expires = sqlite3_column_int64(s, 1)
             let used = sqlite3_column_type(s, 2) == SQLITE_NULL ? nil : blob(s, 2)
@@ -144,16 +166,21 @@ final class MailboxStore: MailboxBackend, @unchecked Sendable {
                 if let used, constantTime(used, answerHash) { return .reused }
                 return .wrong
             }
-            try run("UPDATE mailbox SET question = NULL, answer_hash = NULL, expires = NULL, used_hash = ?3 WHERE pub = ?1 AND ext = ?2",
-                    [.blob(pub), .text(ext), .blob(answerHash)])
+            try run(
+                "UPDATE mailbox SET question = NULL, answer_hash = NULL, expires = NULL, used_hash = ?3 WHERE pub = ?1 AND ext = ?2",
+                [.blob(pub), .text(ext), .blob(answerHash)])
             return expires < now ? .expired : .ok
         }
     }
 
     /// Up to `limit` messages after `at`, oldest first, and whether more wait.
-    func messages(pub: [UInt8], ext: String, after at: Int64, limit: Int, now: Int64, retention: Int64) throws(ConnectoidError) -> ([(at: Int64, id: String, data: [UInt8])], Bool) {
+    func messages(pub: [UInt8], ext: String, after at: Int64, limit: Int, now: Int64, retention: Int64)
+        throws(ConnectoidError) -> ([(at: Int64, id: String, data: [UInt8])], Bool)
+    {
         try locked { () throws(ConnectoidError) in
-            let s = try statement("SELECT at, id, data FROM message WHERE pub = ?1 AND ext = ?2 AND at > ?3 AND arrived > ?4 ORDER BY at LIMIT ?5")
+            let s = try statement(
+                "SELECT at, id, data FROM message WHERE pub = ?1 AND ext = ?2 AND at > ?3 AND arrived > ?4 ORDER BY at LIMIT ?5"
+            )
             defer { sqlite3_reset(s); sqlite3_clear_bindings(s) }
             try bind(s, [.blob(pub), .text(ext), .int(at), .int(now - retention), .int(Int64(limit + 1))])
             var out: [(at: Int64, id: String, data: [UInt8])] = []
@@ -167,7 +194,9 @@ final class MailboxStore: MailboxBackend, @unchecked Sendable {
     }
 
     /// One instance owns the file: every collection runs.
-    func collect(now: Int64, retention: Int64, idle: Int64, interval: Int64) throws(ConnectoidError) -> MailboxCollection {
+    func collect(now: Int64, retention: Int64, idle: Int64, interval: Int64) throws(ConnectoidError)
+        -> MailboxCollection
+    {
         let (messages, mailboxes) = try collect(now: now, retention: retention, idle: idle)
         return MailboxCollection(messages: messages, mailboxes: mailboxes, ran: true)
     }
@@ -178,11 +207,14 @@ final class MailboxStore: MailboxBackend, @unchecked Sendable {
         try locked { () throws(ConnectoidError) -> (Int, Int) in
             try run("DELETE FROM message WHERE arrived <= ?1", [.int(now - retention)])
             let messages = Int(sqlite3_changes(db))
-            try run("DELETE FROM message WHERE (pub, ext) IN (SELECT pub, ext FROM mailbox WHERE checked <= ?1)", [.int(now - idle)])
+            try run(
+                "DELETE FROM message WHERE (pub, ext) IN (SELECT pub, ext FROM mailbox WHERE checked <= ?1)",
+                [.int(now - idle)])
             try run("DELETE FROM mailbox WHERE checked <= ?1", [.int(now - idle)])
             let mailboxes = Int(sqlite3_changes(db))
             if messages > 0 {
-                try run("""
+                try run(
+                    """
                     UPDATE mailbox SET held = (SELECT count(*) FROM message m WHERE m.pub = mailbox.pub AND m.ext = mailbox.ext),
                                        held_bytes = (SELECT coalesce(sum(length(m.data)), 0) FROM message m WHERE m.pub = mailbox.pub AND m.ext = mailbox.ext)
                     """, [])
@@ -197,10 +229,11 @@ final class MailboxStore: MailboxBackend, @unchecked Sendable {
             var st = stat()
             if stat(path, &st) == 0 { size = Int64(st.st_size) }
             if stat(path + "-wal", &st) == 0 { size += Int64(st.st_size) }
-            return MailboxCounts(mailboxes: try scalar("SELECT count(*) FROM mailbox", []) ?? 0,
-                                 messages: try scalar("SELECT count(*) FROM message", []) ?? 0,
-                                 messageBytes: try scalar("SELECT coalesce(sum(held_bytes), 0) FROM mailbox", []) ?? 0,
-                                 storeBytes: size)
+            return MailboxCounts(
+                mailboxes: try scalar("SELECT count(*) FROM mailbox", []) ?? 0,
+                messages: try scalar("SELECT count(*) FROM message", []) ?? 0,
+                messageBytes: try scalar("SELECT coalesce(sum(held_bytes), 0) FROM mailbox", []) ?? 0,
+                storeBytes: size)
         }
     }
 
@@ -226,7 +259,9 @@ final class MailboxStore: MailboxBackend, @unchecked Sendable {
     private func statement(_ sql: String) throws(ConnectoidError) -> OpaquePointer {
         if let s = statements[sql] { return s }
         var s: OpaquePointer?
-        guard sqlite3_prepare_v3(db, sql, -1, UInt32(SQLITE_PREPARE_PERSISTENT), &s, nil) == SQLITE_OK, let s else { throw failure("prepare") }
+        guard sqlite3_prepare_v3(db, sql, -1, UInt32(SQLITE_PREPARE_PERSISTENT), &s, nil) == SQLITE_OK, let s else {
+            throw failure("prepare")
+        }
         statements[sql] = s
         return s
     }
@@ -237,8 +272,12 @@ final class MailboxStore: MailboxBackend, @unchecked Sendable {
             let rc: Int32
             switch value {
             case .blob(let bytes):
-                rc = bytes.isEmpty ? sqlite3_bind_zeroblob(s, index, 0)
-                    : bytes.withUnsafeBytes { sqlite3_bind_blob64(s, index, $0.baseAddress, sqlite3_uint64($0.count), transient) }
+                rc =
+                    bytes.isEmpty
+                    ? sqlite3_bind_zeroblob(s, index, 0)
+                    : bytes.withUnsafeBytes {
+                        sqlite3_bind_blob64(s, index, $0.baseAddress, sqlite3_uint64($0.count), transient)
+                    }
             case .text(let text): rc = sqlite3_bind_text(s, index, text, -1, transient)
             case .int(let n): rc = sqlite3_bind_int64(s, index, n)
             }

@@ -1,6 +1,6 @@
 import NIOConcurrencyHelpers
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Token buckets by key (a client's address prefix, a mailbox): `rate` per

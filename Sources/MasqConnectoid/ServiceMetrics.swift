@@ -29,12 +29,15 @@ final class ServiceMetrics: @unchecked Sendable {
     init() {
         let registry = self.registry
         func counter(_ name: String, _ help: String, _ labels: [(String, String)] = []) -> Counter {
-            registry.makeCounter(descriptor: MetricNameDescriptor(namespace: "masq", subsystem: "connectoid", metricName: name, unitName: "total", helpText: help),
-                                 labels: labels)
+            registry.makeCounter(
+                descriptor: MetricNameDescriptor(
+                    namespace: "masq", subsystem: "connectoid", metricName: name, unitName: "total", helpText: help),
+                labels: labels)
         }
         for action in ["send", "check", "receive", "other"] {
             for result in ["ok", "error"] {
-                requests[action + result] = counter("requests", "Requests answered", [("action", action), ("result", result)])
+                requests[action + result] = counter(
+                    "requests", "Requests answered", [("action", action), ("result", result)])
             }
         }
         for code in ConnectoidError.Code.allCases {
@@ -46,21 +49,36 @@ final class ServiceMetrics: @unchecked Sendable {
         collectedMessages = counter("collected_messages", "Messages deleted by retention")
         collectedMailboxes = counter("collected_mailboxes", "Idle mailboxes deleted")
         refusedConnections = counter("refused_connections", "Connections closed at once: --max-connections were open")
-        refusedConnectionsPerAddress = counter("refused_connections_per_address", "Connections closed at once: their address held --max-connections-per-address")
+        refusedConnectionsPerAddress = counter(
+            "refused_connections_per_address",
+            "Connections closed at once: their address held --max-connections-per-address")
         timedOut = counter("timed_out", "Connections closed for not completing a request in time")
         collections = counter("collections", "Garbage collections this instance ran")
-        collectionsSkipped = counter("collections_skipped", "Garbage collections left to another instance sharing the store")
+        collectionsSkipped = counter(
+            "collections_skipped", "Garbage collections left to another instance sharing the store")
         storeErrors = counter("store_errors", "Requests answered 503 because the mailbox store failed")
         func gauge(_ name: String, _ help: String) -> Gauge {
-            registry.makeGauge(descriptor: MetricNameDescriptor(namespace: "masq", subsystem: "connectoid", metricName: name, unitName: "", helpText: help))
+            registry.makeGauge(
+                descriptor: MetricNameDescriptor(
+                    namespace: "masq", subsystem: "connectoid", metricName: name, unitName: "", helpText: help))
         }
         messageBytes = gauge("message_bytes_held", "Message bytes held (what the per-mailbox byte quota counts)")
-        storeBytes = gauge("store_bytes", "Bytes the mailbox store occupies (SQLite file and WAL, or PostgreSQL tables and indexes)")
+        storeBytes = gauge(
+            "store_bytes", "Bytes the mailbox store occupies (SQLite file and WAL, or PostgreSQL tables and indexes)")
         drainingGauge = gauge("draining", "1 while the service drains its connections before stopping")
         maxConnections = gauge("max_connections", "Connections the service accepts (--max-connections)")
-        connections = registry.makeGauge(descriptor: MetricNameDescriptor(namespace: "masq", subsystem: "connectoid", metricName: "connections", unitName: "", helpText: "Connections open"))
-        mailboxes = registry.makeGauge(descriptor: MetricNameDescriptor(namespace: "masq", subsystem: "connectoid", metricName: "mailboxes", unitName: "", helpText: "Mailboxes held"))
-        messages = registry.makeGauge(descriptor: MetricNameDescriptor(namespace: "masq", subsystem: "connectoid", metricName: "messages", unitName: "", helpText: "Messages held"))
+        connections = registry.makeGauge(
+            descriptor: MetricNameDescriptor(
+                namespace: "masq", subsystem: "connectoid", metricName: "connections", unitName: "",
+                helpText: "Connections open"))
+        mailboxes = registry.makeGauge(
+            descriptor: MetricNameDescriptor(
+                namespace: "masq", subsystem: "connectoid", metricName: "mailboxes", unitName: "",
+                helpText: "Mailboxes held"))
+        messages = registry.makeGauge(
+            descriptor: MetricNameDescriptor(
+                namespace: "masq", subsystem: "connectoid", metricName: "messages", unitName: "",
+                helpText: "Messages held"))
     }
 
     func count(_ action: String, ok: Bool, code: ConnectoidError.Code? = nil) {

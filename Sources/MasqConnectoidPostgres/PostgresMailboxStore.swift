@@ -22,7 +22,7 @@ import NIOPosix
 import NIOSSL
 import PostgresNIO
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Where the database is: `postgres://user[:password]@host[:port]/database[?sslmode=disable|prefer|require]`.
@@ -40,7 +40,9 @@ public struct PostgresLocation: Sendable, Equatable {
     }
 
     public init(_ text: String) throws(ConnectoidError) {
-        guard Self.matches(text) else { throw .init(.badRequest, "a PostgreSQL store is postgres://user@host:port/database") }
+        guard Self.matches(text) else {
+            throw .init(.badRequest, "a PostgreSQL store is postgres://user@host:port/database")
+        }
         var rest = Substring(text[text.index(after: text.firstIndex(of: ":")!)...].dropFirst(2))
         var query = ""
         if let q = rest.firstIndex(of: "?") {
@@ -107,8 +109,9 @@ public struct PostgresLocation: Sendable, Equatable {
         while i < utf8.endIndex {
             let c = utf8[i]
             if c == UInt8(ascii: "%"), let a = utf8.index(i, offsetBy: 1, limitedBy: utf8.endIndex), a < utf8.endIndex,
-               let b = utf8.index(a, offsetBy: 1, limitedBy: utf8.endIndex), b < utf8.endIndex,
-               let value = UInt8(String(decoding: [utf8[a], utf8[b]], as: UTF8.self), radix: 16) {
+                let b = utf8.index(a, offsetBy: 1, limitedBy: utf8.endIndex), b < utf8.endIndex,
+                let value = UInt8(String(decoding: [utf8[a], utf8[b]], as: UTF8.self), radix: 16)
+            {
                 bytes.append(value)
                 i = utf8.index(after: b)
             } else {
@@ -140,11 +143,13 @@ public final class PostgresMailboxStore: MailboxBackend, @unchecked Sendable {
     private let cachedCounts = NIOLockedValueBox<(at: Int64, counts: MailboxCounts)?>(nil)
 
     /// Advisory lock keys (one namespace of 64-bit keys per database).
-    static let schemaLock: Int64 = 0x6d61_7371_0001   // "masq" 1
+    static let schemaLock: Int64 = 0x6d61_7371_0001  // "masq" 1
     static let collectLock: Int64 = 0x6d61_7371_0002
 
     /// Connect (one connection now, to create the schema; more as requests need them, up to `maxConnections`).
-    public init(location: PostgresLocation, maxConnections: Int = 16, logger: Logger = Logger(label: "masq.connectoid.postgres")) throws(ConnectoidError) {
+    public init(
+        location: PostgresLocation, maxConnections: Int = 16, logger: Logger = Logger(label: "masq.connectoid.postgres")
+    ) throws(ConnectoidError) {
         self.location = location
         self.logger = logger
         self.maxConnections = max(1, maxConnections)
@@ -161,8 +166,9 @@ public final class PostgresMailboxStore: MailboxBackend, @unchecked Sendable {
                 throw .init(.unavailable, "TLS setup for PostgreSQL failed: \(error)")
             }
         }
-        var configuration = PostgresConnection.Configuration(host: location.host, port: location.port, username: location.user,
-                                                             password: location.password, database: location.database, tls: tls)
+        var configuration = PostgresConnection.Configuration(
+            host: location.host, port: location.port, username: location.user,
+            password: location.password, database: location.database, tls: tls)
         configuration.options.connectTimeout = .seconds(10)
         self.configuration = configuration
         pthread_mutex_init(mutex, nil)
@@ -215,7 +221,7 @@ public final class PostgresMailboxStore: MailboxBackend, @unchecked Sendable {
                 "CREATE INDEX IF NOT EXISTS connectoid_message_arrived ON connectoid_message(arrived)",
                 "CREATE INDEX IF NOT EXISTS connectoid_mailbox_checked ON connectoid_mailbox(checked)",
                 "CREATE TABLE IF NOT EXISTS connectoid_collection(id INTEGER PRIMARY KEY, last_run BIGINT NOT NULL)",
-                "INSERT INTO connectoid_collection(id, last_run) VALUES (1, 0) ON CONFLICT DO NOTHING",
+                "INSERT INTO connectoid_collection(id, last_run) VALUES (1, 0) ON CONFLICT DO NOTHING"
             ] {
                 try run(c, statement, [])
             }
@@ -224,41 +230,57 @@ public final class PostgresMailboxStore: MailboxBackend, @unchecked Sendable {
 
     // MARK: operations
 
-    public func send(pub: [UInt8], ext: String, id: String, data: [UInt8], now: Int64, maxMessages: Int, maxBytes: Int,
-                     retention: Int64) throws(ConnectoidError) -> Bool {
+    public func send(
+        pub: [UInt8], ext: String, id: String, data: [UInt8], now: Int64, maxMessages: Int, maxBytes: Int,
+        retention: Int64
+    ) throws(ConnectoidError) -> Bool {
         try transaction { (c) throws(ConnectoidError) -> Bool in
-            try run(c, "INSERT INTO connectoid_mailbox(pub, ext, created, checked) VALUES($1, $2, $3, $3) ON CONFLICT DO NOTHING",
-                    [.blob(pub), .text(ext), .int(now)])
+            try run(
+                c,
+                "INSERT INTO connectoid_mailbox(pub, ext, created, checked) VALUES($1, $2, $3, $3) ON CONFLICT DO NOTHING",
+                [.blob(pub), .text(ext), .int(now)])
             // The row lock serialises this mailbox's sends across the fleet: quotas and cursor order.
-            let rows = try query(c, "SELECT held, held_bytes FROM connectoid_mailbox WHERE pub = $1 AND ext = $2 FOR UPDATE",
-                                 [.blob(pub), .text(ext)])
+            let rows = try query(
+                c, "SELECT held, held_bytes FROM connectoid_mailbox WHERE pub = $1 AND ext = $2 FOR UPDATE",
+                [.blob(pub), .text(ext)])
             guard let row = rows.first else { throw .init(.unavailable, "storage: the mailbox vanished") }
             let (held, heldBytes) = try decode { try row.decode((Int64, Int64).self) }
-            let existing = try query(c, "SELECT arrived FROM connectoid_message WHERE pub = $1 AND ext = $2 AND id = $3",
-                                     [.blob(pub), .text(ext), .text(id)])
+            let existing = try query(
+                c, "SELECT arrived FROM connectoid_message WHERE pub = $1 AND ext = $2 AND id = $3",
+                [.blob(pub), .text(ext), .text(id)])
             if let row = existing.first {
                 // The same bytes are stored already: a retry. An expired copy not yet
                 // collected must not hide the new one: store it again at a new cursor.
                 let arrived = try decode { try row.decode(Int64.self) }
                 if arrived <= now - retention {
-                    try run(c, "DELETE FROM connectoid_message WHERE pub = $1 AND ext = $2 AND id = $3", [.blob(pub), .text(ext), .text(id)])
-                    try run(c, "INSERT INTO connectoid_message(pub, ext, arrived, id, data) VALUES($1, $2, $3, $4, $5)",
-                            [.blob(pub), .text(ext), .int(now), .text(id), .blob(data)])
+                    try run(
+                        c, "DELETE FROM connectoid_message WHERE pub = $1 AND ext = $2 AND id = $3",
+                        [.blob(pub), .text(ext), .text(id)])
+                    try run(
+                        c, "INSERT INTO connectoid_message(pub, ext, arrived, id, data) VALUES($1, $2, $3, $4, $5)",
+                        [.blob(pub), .text(ext), .int(now), .text(id), .blob(data)])
                 }
                 return true
             }
             guard held < Int64(maxMessages), heldBytes + Int64(data.count) <= Int64(maxBytes) else { return false }
-            try run(c, "INSERT INTO connectoid_message(pub, ext, arrived, id, data) VALUES($1, $2, $3, $4, $5)",
-                    [.blob(pub), .text(ext), .int(now), .text(id), .blob(data)])
-            try run(c, "UPDATE connectoid_mailbox SET held = held + 1, held_bytes = held_bytes + $3 WHERE pub = $1 AND ext = $2",
-                    [.blob(pub), .text(ext), .int(Int64(data.count))])
+            try run(
+                c, "INSERT INTO connectoid_message(pub, ext, arrived, id, data) VALUES($1, $2, $3, $4, $5)",
+                [.blob(pub), .text(ext), .int(now), .text(id), .blob(data)])
+            try run(
+                c,
+                "UPDATE connectoid_mailbox SET held = held + 1, held_bytes = held_bytes + $3 WHERE pub = $1 AND ext = $2",
+                [.blob(pub), .text(ext), .int(Int64(data.count))])
             return true
         }
     }
 
-    public func check(pub: [UInt8], ext: String, at: Int64, now: Int64, retention: Int64) throws(ConnectoidError) -> Bool {
+    public func check(pub: [UInt8], ext: String, at: Int64, now: Int64, retention: Int64) throws(ConnectoidError)
+        -> Bool
+    {
         try withConnection { (c) throws(ConnectoidError) -> Bool in
-            let rows = try query(c, """
+            let rows = try query(
+                c,
+                """
                 WITH touched AS (UPDATE connectoid_mailbox SET checked = $3 WHERE pub = $1 AND ext = $2 RETURNING 1)
                 SELECT EXISTS(SELECT 1 FROM connectoid_message WHERE pub = $1 AND ext = $2 AND at > $4 AND arrived > $5),
                        (SELECT count(*) FROM touched)
@@ -269,9 +291,13 @@ public final class PostgresMailboxStore: MailboxBackend, @unchecked Sendable {
         }
     }
 
-    public func pendingQuestion(pub: [UInt8], ext: String, validUntil: Int64) throws(ConnectoidError) -> MailboxQuestion? {
+    public func pendingQuestion(pub: [UInt8], ext: String, validUntil: Int64) throws(ConnectoidError)
+        -> MailboxQuestion?
+    {
         try withConnection { (c) throws(ConnectoidError) -> MailboxQuestion? in
-            let rows = try query(c, """
+            let rows = try query(
+                c,
+                """
                 SELECT question, expires FROM connectoid_mailbox
                 WHERE pub = $1 AND ext = $2 AND question IS NOT NULL AND expires >= $3
                 """, [.blob(pub), .text(ext), .int(validUntil)])
@@ -281,20 +307,30 @@ public final class PostgresMailboxStore: MailboxBackend, @unchecked Sendable {
         }
     }
 
-    public func setQuestion(pub: [UInt8], ext: String, sealed: [UInt8], answerHash: [UInt8], expires: Int64) throws(ConnectoidError) {
+    public func setQuestion(pub: [UInt8], ext: String, sealed: [UInt8], answerHash: [UInt8], expires: Int64)
+        throws(ConnectoidError)
+    {
         try withConnection { (c) throws(ConnectoidError) in
-            try run(c, "UPDATE connectoid_mailbox SET question = $3, answer_hash = $4, expires = $5 WHERE pub = $1 AND ext = $2",
-                    [.blob(pub), .text(ext), .blob(sealed), .blob(answerHash), .int(expires)])
+            try run(
+                c,
+                "UPDATE connectoid_mailbox SET question = $3, answer_hash = $4, expires = $5 WHERE pub = $1 AND ext = $2",
+                [.blob(pub), .text(ext), .blob(sealed), .blob(answerHash), .int(expires)])
         }
     }
 
-    public func spend(pub: [UInt8], ext: String, answerHash: [UInt8], now: Int64) throws(ConnectoidError) -> MailboxVerdict {
+    public func spend(pub: [UInt8], ext: String, answerHash: [UInt8], now: Int64) throws(ConnectoidError)
+        -> MailboxVerdict
+    {
         try transaction { (c) throws(ConnectoidError) -> MailboxVerdict in
             // Locked: two instances handed the same answer spend it once.
-            let rows = try query(c, "SELECT answer_hash, expires, used_hash FROM connectoid_mailbox WHERE pub = $1 AND ext = $2 FOR UPDATE",
-                                 [.blob(pub), .text(ext)])
+            let rows = try query(
+                c,
+                "SELECT answer_hash, expires, used_hash FROM connectoid_mailbox WHERE pub = $1 AND ext = $2 FOR UPDATE",
+                [.blob(pub), .text(ext)])
             guard let row = rows.first else { return .noChallenge }
-            let (expectedBuffer, expiresValue, usedBuffer) = try decode { try row.decode((ByteBuffer?, Int64?, ByteBuffer?).self) }
+            let (expectedBuffer, expiresValue, usedBuffer) = try decode {
+                try row.decode((ByteBuffer?, Int64?, ByteBuffer?).self)
+            }
             let expected = expectedBuffer.map { Array($0.readableBytesView) }
             let used = usedBuffer.map { Array($0.readableBytesView) }
             guard let expected else {
@@ -305,7 +341,9 @@ public final class PostgresMailboxStore: MailboxBackend, @unchecked Sendable {
                 if let used, constantTimeEqual(used, answerHash) { return .reused }
                 return .wrong
             }
-            try run(c, """
+            try run(
+                c,
+                """
                 UPDATE connectoid_mailbox SET question = NULL, answer_hash = NULL, expires = NULL, used_hash = $3
                 WHERE pub = $1 AND ext = $2
                 """, [.blob(pub), .text(ext), .blob(answerHash)])
@@ -313,10 +351,14 @@ public final class PostgresMailboxStore: MailboxBackend, @unchecked Sendable {
         }
     }
 
-    public func messages(pub: [UInt8], ext: String, after at: Int64, limit: Int, now: Int64,
-                         retention: Int64) throws(ConnectoidError) -> ([(at: Int64, id: String, data: [UInt8])], Bool) {
+    public func messages(
+        pub: [UInt8], ext: String, after at: Int64, limit: Int, now: Int64,
+        retention: Int64
+    ) throws(ConnectoidError) -> ([(at: Int64, id: String, data: [UInt8])], Bool) {
         try withConnection { (c) throws(ConnectoidError) in
-            let rows = try query(c, """
+            let rows = try query(
+                c,
+                """
                 SELECT at, id, data FROM connectoid_message
                 WHERE pub = $1 AND ext = $2 AND at > $3 AND arrived > $4 ORDER BY at LIMIT $5
                 """, [.blob(pub), .text(ext), .int(at), .int(now - retention), .int(Int64(limit + 1))])
@@ -333,16 +375,24 @@ public final class PostgresMailboxStore: MailboxBackend, @unchecked Sendable {
 
     /// One instance at a time (advisory lock held for the transaction), and
     /// not again within `interval` of the last run by any instance.
-    public func collect(now: Int64, retention: Int64, idle: Int64, interval: Int64) throws(ConnectoidError) -> MailboxCollection {
+    public func collect(now: Int64, retention: Int64, idle: Int64, interval: Int64) throws(ConnectoidError)
+        -> MailboxCollection
+    {
         try transaction { (c) throws(ConnectoidError) -> MailboxCollection in
             let skipped = MailboxCollection(messages: 0, mailboxes: 0, ran: false)
-            guard let got = try query(c, "SELECT pg_try_advisory_xact_lock($1)", [.int(Self.collectLock)]).first else { return skipped }
+            guard let got = try query(c, "SELECT pg_try_advisory_xact_lock($1)", [.int(Self.collectLock)]).first else {
+                return skipped
+            }
             let locked = try decode { try got.decode(Bool.self) }
             guard locked else { return skipped }
-            guard let last = try query(c, "SELECT last_run FROM connectoid_collection WHERE id = 1", []).first else { return skipped }
+            guard let last = try query(c, "SELECT last_run FROM connectoid_collection WHERE id = 1", []).first else {
+                return skipped
+            }
             if interval > 0, now - (try decode { try last.decode(Int64.self) }) < interval { return skipped }
             // Messages past retention; their mailboxes' counts drop by what went.
-            let expired = try query(c, """
+            let expired = try query(
+                c,
+                """
                 WITH gone AS (DELETE FROM connectoid_message WHERE arrived <= $1 RETURNING pub, ext, octet_length(data) AS n),
                      per AS (SELECT pub, ext, count(*) AS c, sum(n) AS b FROM gone GROUP BY pub, ext),
                      fixed AS (UPDATE connectoid_mailbox m SET held = greatest(0, m.held - per.c), held_bytes = greatest(0, m.held_bytes - per.b)
@@ -355,12 +405,17 @@ public final class PostgresMailboxStore: MailboxBackend, @unchecked Sendable {
                 messages = gone
             }
             // Mailboxes nobody checked for `idle`, with what they still hold.
-            try run(c, """
+            try run(
+                c,
+                """
                 DELETE FROM connectoid_message WHERE (pub, ext) IN (SELECT pub, ext FROM connectoid_mailbox WHERE checked <= $1)
                 """, [.int(now - idle)])
-            let boxes = try query(c, "WITH gone AS (DELETE FROM connectoid_mailbox WHERE checked <= $1 RETURNING 1) SELECT count(*) FROM gone",
-                                  [.int(now - idle)])
-            let mailboxes = try boxes.first.map { row throws(ConnectoidError) in try decode { try row.decode(Int64.self) } } ?? 0
+            let boxes = try query(
+                c,
+                "WITH gone AS (DELETE FROM connectoid_mailbox WHERE checked <= $1 RETURNING 1) SELECT count(*) FROM gone",
+                [.int(now - idle)])
+            let mailboxes =
+                try boxes.first.map { row throws(ConnectoidError) in try decode { try row.decode(Int64.self) } } ?? 0
             try run(c, "UPDATE connectoid_collection SET last_run = $1 WHERE id = 1", [.int(now)])
             return MailboxCollection(messages: Int(messages), mailboxes: Int(mailboxes), ran: true)
         }
@@ -368,14 +423,20 @@ public final class PostgresMailboxStore: MailboxBackend, @unchecked Sendable {
 
     public func counts() throws(ConnectoidError) -> MailboxCounts {
         let now = ConnectoidService.wallClock()
-        if let cached = cachedCounts.withLockedValue({ $0 }), now - cached.at < Self.countsCacheMilliseconds { return cached.counts }
+        if let cached = cachedCounts.withLockedValue({ $0 }), now - cached.at < Self.countsCacheMilliseconds {
+            return cached.counts
+        }
         let counts = try withConnection { (c) throws(ConnectoidError) -> MailboxCounts in
-            let rows = try query(c, """
+            let rows = try query(
+                c,
+                """
                 SELECT count(*), coalesce(sum(held), 0)::bigint, coalesce(sum(held_bytes), 0)::bigint,
                        (pg_total_relation_size('connectoid_mailbox') + pg_total_relation_size('connectoid_message'))::bigint
                 FROM connectoid_mailbox
                 """, [])
-            guard let row = rows.first else { return MailboxCounts(mailboxes: -1, messages: -1, messageBytes: -1, storeBytes: -1) }
+            guard let row = rows.first else {
+                return MailboxCounts(mailboxes: -1, messages: -1, messageBytes: -1, storeBytes: -1)
+            }
             let (mailboxes, messages, bytes, size) = try decode { try row.decode((Int64, Int64, Int64, Int64).self) }
             return MailboxCounts(mailboxes: mailboxes, messages: messages, messageBytes: bytes, storeBytes: size)
         }
@@ -385,7 +446,8 @@ public final class PostgresMailboxStore: MailboxBackend, @unchecked Sendable {
 
     public func hasMailbox(pub: [UInt8], ext: String) throws(ConnectoidError) -> Bool {
         try withConnection { (c) throws(ConnectoidError) -> Bool in
-            !(try query(c, "SELECT 1 FROM connectoid_mailbox WHERE pub = $1 AND ext = $2", [.blob(pub), .text(ext)])).isEmpty
+            !(try query(c, "SELECT 1 FROM connectoid_mailbox WHERE pub = $1 AND ext = $2", [.blob(pub), .text(ext)]))
+                .isEmpty
         }
     }
 
@@ -393,7 +455,8 @@ public final class PostgresMailboxStore: MailboxBackend, @unchecked Sendable {
 
     enum Value { case blob([UInt8]), text(String), int(Int64) }
 
-    private func transaction<T>(_ body: (PostgresConnection) throws(ConnectoidError) -> T) throws(ConnectoidError) -> T {
+    private func transaction<T>(_ body: (PostgresConnection) throws(ConnectoidError) -> T) throws(ConnectoidError) -> T
+    {
         try withConnection { (c) throws(ConnectoidError) -> T in
             try run(c, "BEGIN", [])
             do throws(ConnectoidError) {
@@ -411,7 +474,9 @@ public final class PostgresMailboxStore: MailboxBackend, @unchecked Sendable {
     /// and fewer than `maxConnections` exist; otherwise wait for one). A
     /// connection found closed is dropped, so the store recovers from a
     /// database restart on the next request.
-    private func withConnection<T>(_ body: (PostgresConnection) throws(ConnectoidError) -> T) throws(ConnectoidError) -> T {
+    private func withConnection<T>(_ body: (PostgresConnection) throws(ConnectoidError) -> T) throws(ConnectoidError)
+        -> T
+    {
         let connection = try acquire()
         do throws(ConnectoidError) {
             let result = try body(connection)
@@ -445,10 +510,15 @@ public final class PostgresMailboxStore: MailboxBackend, @unchecked Sendable {
                 let id = nextID
                 pthread_mutex_unlock(mutex)
                 do {
-                    return try PostgresConnection.connect(on: group.next(), configuration: configuration, id: id, logger: logger).wait()
+                    return try PostgresConnection.connect(
+                        on: group.next(), configuration: configuration, id: id, logger: logger
+                    ).wait()
                 } catch {
                     forget()
-                    throw .init(.unavailable, "storage: cannot reach PostgreSQL at \(location.host):\(location.port): \(Self.describe(error))")
+                    throw .init(
+                        .unavailable,
+                        "storage: cannot reach PostgreSQL at \(location.host):\(location.port): \(Self.describe(error))"
+                    )
                 }
             }
             pthread_cond_wait(available, mutex)
@@ -479,7 +549,9 @@ public final class PostgresMailboxStore: MailboxBackend, @unchecked Sendable {
         pthread_mutex_unlock(mutex)
     }
 
-    private func query(_ c: PostgresConnection, _ sql: String, _ values: [Value]) throws(ConnectoidError) -> [PostgresRow] {
+    private func query(_ c: PostgresConnection, _ sql: String, _ values: [Value]) throws(ConnectoidError)
+        -> [PostgresRow]
+    {
         var bindings = PostgresBindings(capacity: values.count)
         for value in values {
             switch value {

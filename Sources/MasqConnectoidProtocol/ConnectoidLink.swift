@@ -23,7 +23,10 @@ public struct ConnectoidLink: Equatable, Sendable {
     public static let defaultBase = "masq://share/"
     public static let maxServices = 8
 
-    public init(pub: [UInt8], services: [String], ext: String = "", secret: [UInt8]? = nil, base: String = ConnectoidLink.defaultBase) {
+    public init(
+        pub: [UInt8], services: [String], ext: String = "", secret: [UInt8]? = nil,
+        base: String = ConnectoidLink.defaultBase
+    ) {
         self.pub = pub
         self.services = services
         self.ext = ext
@@ -55,7 +58,9 @@ public struct ConnectoidLink: Equatable, Sendable {
             let fragment = String(rest[rest.index(after: hash)...])
             rest = rest[..<hash]
             if !fragment.isEmpty {
-                guard let bytes = Base64URL.decode(fragment) else { throw .badRequest("the link's fragment is not base64url") }
+                guard let bytes = Base64URL.decode(fragment) else {
+                    throw .badRequest("the link's fragment is not base64url")
+                }
                 secret = bytes
             }
         }
@@ -72,13 +77,18 @@ public struct ConnectoidLink: Equatable, Sendable {
             throw .badRequest("the link has no connectoid= parameter")
         }
         let parts = value.split(separator: ".", omittingEmptySubsequences: false)
-        guard parts.count == 2 || parts.count == 3 else { throw .badRequest("connectoid= must be PUB.URL or PUB.URL.EXT") }
+        guard parts.count == 2 || parts.count == 3 else {
+            throw .badRequest("connectoid= must be PUB.URL or PUB.URL.EXT")
+        }
         let pub = try checkedPublicKey(String(parts[0]))
-        guard let urlBytes = Base64URL.decode(String(parts[1])), let urls = String(validating: urlBytes, as: UTF8.self) else {
+        guard let urlBytes = Base64URL.decode(String(parts[1])), let urls = String(validating: urlBytes, as: UTF8.self)
+        else {
             throw .badRequest("the link's URL part is not base64url of UTF-8")
         }
         let services = urls.split(separator: " ").map(String.init)
-        guard !services.isEmpty, services.count <= maxServices else { throw .badRequest("the link names no service or more than \(maxServices)") }
+        guard !services.isEmpty, services.count <= maxServices else {
+            throw .badRequest("the link names no service or more than \(maxServices)")
+        }
         for service in services { try checkServiceURL(service) }
         let ext = parts.count == 3 ? String(parts[2]) : ""
         try checkExt(ext)
@@ -87,7 +97,9 @@ public struct ConnectoidLink: Equatable, Sendable {
 
     /// A base64url P-384 point (either SEC1 form) → its compressed form.
     public static func checkedPublicKey(_ text: String) throws(ConnectoidError) -> [UInt8] {
-        guard text.utf8.count <= 200, let bytes = Base64URL.decode(text) else { throw .badRequest("pub is not base64url") }
+        guard text.utf8.count <= 200, let bytes = Base64URL.decode(text) else {
+            throw .badRequest("pub is not base64url")
+        }
         guard bytes.count == 49 || bytes.count == 97, let compressed = try? P384.compress(bytes) else {
             throw .badKey("pub is not a P-384 public key")
         }
@@ -96,7 +108,8 @@ public struct ConnectoidLink: Equatable, Sendable {
 
     public static func checkServiceURL(_ url: String) throws(ConnectoidError) {
         guard url.utf8.count <= 2_048, url.hasPrefix("http://") || url.hasPrefix("https://"),
-              !url.contains(where: { $0 == " " || $0.isNewline }) else {
+            !url.contains(where: { $0 == " " || $0.isNewline })
+        else {
             throw .badRequest("service URL must be http:// or https:// without spaces")
         }
     }

@@ -18,7 +18,9 @@ public enum SealedBox {
     public static let overhead = 1 + 49 + 16
     static let salt = Array("connectoid seal v1".utf8)
 
-    public static func seal(_ plaintext: [UInt8], to recipient: [UInt8], pad: Bool = true) throws(ConnectoidError) -> [UInt8] {
+    public static func seal(_ plaintext: [UInt8], to recipient: [UInt8], pad: Bool = true) throws(ConnectoidError)
+        -> [UInt8]
+    {
         guard let r = try? P384.compress(recipient) else { throw .badKey("recipient is not a P-384 public key") }
         let ephemeral = P384.keyPair()
         let e: [UInt8]
@@ -29,27 +31,40 @@ public enum SealedBox {
         } catch { throw .badKey("P-384 ECDH failed") }
         let ad = [version] + e + r
         let body = pad ? Padding.pad(plaintext) : plaintext
-        guard let sealed = try? AEAD.seal(.chacha20Poly1305, key: key, nonce: [UInt8](repeating: 0, count: 12), ad: ad, plaintext: body) else {
+        guard
+            let sealed = try? AEAD.seal(
+                .chacha20Poly1305, key: key, nonce: [UInt8](repeating: 0, count: 12), ad: ad, plaintext: body)
+        else {
             throw .init(.unavailable, "sealing failed")
         }
         return [version] + e + sealed
     }
 
     /// Open a box sealed to the key pair (`privateKey`, `publicKey`).
-    public static func open(_ box: [UInt8], privateKey: SecureBytes, publicKey: [UInt8], padded: Bool = true) throws(ConnectoidError) -> [UInt8] {
+    public static func open(_ box: [UInt8], privateKey: SecureBytes, publicKey: [UInt8], padded: Bool = true)
+        throws(ConnectoidError) -> [UInt8]
+    {
         guard box.count >= overhead, box[0] == version else { throw .badRequest("not a version-1 sealed box") }
         guard let r = try? P384.compress(publicKey) else { throw .badKey("not a P-384 public key") }
         let e = Array(box[1..<50])
         let key: SecureBytes
-        do { key = try derive(privateKey, peer: e, e: e, r: r) } catch { throw .badRequest("the box's ephemeral key is not a P-384 point") }
+        do { key = try derive(privateKey, peer: e, e: e, r: r) } catch {
+            throw .badRequest("the box's ephemeral key is not a P-384 point")
+        }
         let ad = [version] + e + r
-        guard let body = try? AEAD.open(.chacha20Poly1305, key: key, nonce: [UInt8](repeating: 0, count: 12), ad: ad, ciphertext: Array(box[50...])) else {
+        guard
+            let body = try? AEAD.open(
+                .chacha20Poly1305, key: key, nonce: [UInt8](repeating: 0, count: 12), ad: ad,
+                ciphertext: Array(box[50...]))
+        else {
             throw .badRequest("the box does not open with this key")
         }
         return padded ? try Padding.unpad(body) : body
     }
 
-    private static func derive(_ privateKey: SecureBytes, peer: [UInt8], e: [UInt8], r: [UInt8]) throws(CryptoError) -> SecureBytes {
+    private static func derive(_ privateKey: SecureBytes, peer: [UInt8], e: [UInt8], r: [UInt8]) throws(CryptoError)
+        -> SecureBytes
+    {
         let shared = try P384.sharedSecret(privateKey: privateKey, peerPublicKey: peer)
         return try Hash.hkdfSHA256(salt: SecureBytes(salt), ikm: shared, info: e + r, length: 32)
     }
@@ -83,7 +98,11 @@ public enum ChallengeBox {
             e = try P384.compress(ephemeral.publicKey)
             key = try derive(ephemeral.privateKey, peer: r, e: e, r: r)
         } catch { throw .badKey("P-384 ECDH failed") }
-        guard let sealed = try? AEAD.seal(.chacha20Poly1305, key: key, nonce: [UInt8](repeating: 0, count: 12), ad: [version] + e + r, plaintext: secret) else {
+        guard
+            let sealed = try? AEAD.seal(
+                .chacha20Poly1305, key: key, nonce: [UInt8](repeating: 0, count: 12), ad: [version] + e + r,
+                plaintext: secret)
+        else {
             throw .init(.unavailable, "sealing failed")
         }
         return [version] + e + sealed
@@ -91,20 +110,32 @@ public enum ChallengeBox {
 
     /// Open a question sealed to (`privateKey`, `publicKey`): only a box of
     /// exactly this construction's size and version, which must authenticate.
-    public static func open(_ box: [UInt8], privateKey: SecureBytes, publicKey: [UInt8]) throws(ConnectoidError) -> [UInt8] {
-        guard box.count == length, box[0] == version else { throw .badRequest("not a challenge (\(length) bytes, version \(version))") }
+    public static func open(_ box: [UInt8], privateKey: SecureBytes, publicKey: [UInt8]) throws(ConnectoidError)
+        -> [UInt8]
+    {
+        guard box.count == length, box[0] == version else {
+            throw .badRequest("not a challenge (\(length) bytes, version \(version))")
+        }
         guard let r = try? P384.compress(publicKey) else { throw .badKey("not a P-384 public key") }
         let e = Array(box[1..<50])
         let key: SecureBytes
-        do { key = try derive(privateKey, peer: e, e: e, r: r) } catch { throw .badRequest("the challenge's ephemeral key is not a P-384 point") }
-        guard let secret = try? AEAD.open(.chacha20Poly1305, key: key, nonce: [UInt8](repeating: 0, count: 12), ad: [version] + e + r, ciphertext: Array(box[50...])),
-              secret.count == secretLength else {
+        do { key = try derive(privateKey, peer: e, e: e, r: r) } catch {
+            throw .badRequest("the challenge's ephemeral key is not a P-384 point")
+        }
+        guard
+            let secret = try? AEAD.open(
+                .chacha20Poly1305, key: key, nonce: [UInt8](repeating: 0, count: 12), ad: [version] + e + r,
+                ciphertext: Array(box[50...])),
+            secret.count == secretLength
+        else {
             throw .badRequest("the challenge does not open with this key")
         }
         return secret
     }
 
-    private static func derive(_ privateKey: SecureBytes, peer: [UInt8], e: [UInt8], r: [UInt8]) throws(CryptoError) -> SecureBytes {
+    private static func derive(_ privateKey: SecureBytes, peer: [UInt8], e: [UInt8], r: [UInt8]) throws(CryptoError)
+        -> SecureBytes
+    {
         let shared = try P384.sharedSecret(privateKey: privateKey, peerPublicKey: peer)
         return try Hash.hkdfSHA256(salt: SecureBytes(label), ikm: shared, info: label + e + r, length: 32)
     }

@@ -10,7 +10,10 @@ public struct ConnectoidRequest: Codable, Sendable {
     public var answer: String?
     public var limit: Int?
 
-    public init(pub: String, ext: String, action: String, data: String? = nil, at: Int64? = nil, answer: String? = nil, limit: Int? = nil) {
+    public init(
+        pub: String, ext: String, action: String, data: String? = nil, at: Int64? = nil, answer: String? = nil,
+        limit: Int? = nil
+    ) {
         self.pub = pub
         self.ext = ext
         self.action = action
@@ -49,8 +52,10 @@ public struct ConnectoidResponse: Codable, Sendable {
     /// More messages wait after `at`.
     public var more: Bool?
 
-    public init(ok: Bool, error: String? = nil, code: String? = nil, found: Bool? = nil, question: String? = nil,
-                at: Int64? = nil, data: String? = nil, messages: [ConnectoidMessage]? = nil, more: Bool? = nil) {
+    public init(
+        ok: Bool, error: String? = nil, code: String? = nil, found: Bool? = nil, question: String? = nil,
+        at: Int64? = nil, data: String? = nil, messages: [ConnectoidMessage]? = nil, more: Bool? = nil
+    ) {
         self.ok = ok
         self.error = error
         self.code = code

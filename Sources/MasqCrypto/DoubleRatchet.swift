@@ -31,7 +31,6 @@ public struct DoubleRatchet: Sendable {
         public var previousChainLength: UInt32
         public var messageNumber: UInt32
 
-
         init(ratchetKey: [UInt8], previousChainLength: UInt32, messageNumber: UInt32) {
             self.ratchetKey = ratchetKey
             self.previousChainLength = previousChainLength
@@ -39,10 +38,14 @@ public struct DoubleRatchet: Sendable {
         }
 
         init(decoding bytes: ArraySlice<UInt8>, suite: CipherSuite) throws(CryptoError) {
-            guard bytes.count >= DoubleRatchet.headerLength else { throw .invalidInput("ratchet message shorter than its header") }
+            guard bytes.count >= DoubleRatchet.headerLength else {
+                throw .invalidInput("ratchet message shorter than its header")
+            }
             let b = Array(bytes.prefix(DoubleRatchet.headerLength))
             guard b[0] == suite.ratchetVersion else {
-                throw .invalidInput(CipherSuite(ratchetVersion: b[0]).map { "a ratchet message of suite \($0) on a \(suite) session" } ?? "ratchet message version \(b[0]) unknown")
+                throw .invalidInput(
+                    CipherSuite(ratchetVersion: b[0]).map { "a ratchet message of suite \($0) on a \(suite) session" }
+                        ?? "ratchet message version \(b[0]) unknown")
             }
             ratchetKey = Array(b[1..<33])
             previousChainLength = UInt32(bigEndianBytes: b[33..<37])
@@ -72,26 +75,35 @@ public struct DoubleRatchet: Sendable {
     private var skipped: [SkippedKey] = []
 
     /// The side that sends first ("Alice"): knows the peer's initial ratchet public key.
-    public init(sharedSecret: SecureBytes, peerRatchetKey: [UInt8], limits: Limits = Limits(), suite: CipherSuite = .chaChaPoly) throws(CryptoError) {
-        try self.init(sharedSecret: sharedSecret, peerRatchetKey: peerRatchetKey, limits: limits, suite: suite, fixedKeys: [])
+    public init(
+        sharedSecret: SecureBytes, peerRatchetKey: [UInt8], limits: Limits = Limits(), suite: CipherSuite = .chaChaPoly
+    ) throws(CryptoError) {
+        try self.init(
+            sharedSecret: sharedSecret, peerRatchetKey: peerRatchetKey, limits: limits, suite: suite, fixedKeys: [])
     }
 
-    init(sharedSecret: SecureBytes, peerRatchetKey: [UInt8], limits: Limits = Limits(), suite: CipherSuite,
-         fixedKeys: [(privateKey: SecureBytes, publicKey: [UInt8])]) throws(CryptoError) {
+    init(
+        sharedSecret: SecureBytes, peerRatchetKey: [UInt8], limits: Limits = Limits(), suite: CipherSuite,
+        fixedKeys: [(privateKey: SecureBytes, publicKey: [UInt8])]
+    ) throws(CryptoError) {
         guard sharedSecret.count == 32 else { throw .invalidInput("ratchet shared secret must be 32 bytes") }
         self.limits = limits
         self.suite = suite
         self.fixedKeys = fixedKeys
         sendingKey = self.fixedKeys.isEmpty ? X25519.keyPair() : self.fixedKeys.removeFirst()
         receivingKey = peerRatchetKey
-        let (root, chain) = try Self.rootStep(sharedSecret, X25519.sharedSecret(keyPair: sendingKey, peerPublicKey: peerRatchetKey))
+        let (root, chain) = try Self.rootStep(
+            sharedSecret, X25519.sharedSecret(keyPair: sendingKey, peerPublicKey: peerRatchetKey))
         rootKey = root
         sendingChain = chain
     }
 
     /// The side that receives first ("Bob"): owns the initial ratchet key pair.
-    public init(sharedSecret: SecureBytes, ownRatchetKey: (privateKey: SecureBytes, publicKey: [UInt8]), limits: Limits = Limits(),
-                suite: CipherSuite = .chaChaPoly) throws(CryptoError) {
+    public init(
+        sharedSecret: SecureBytes, ownRatchetKey: (privateKey: SecureBytes, publicKey: [UInt8]),
+        limits: Limits = Limits(),
+        suite: CipherSuite = .chaChaPoly
+    ) throws(CryptoError) {
         guard sharedSecret.count == 32 else { throw .invalidInput("ratchet shared secret must be 32 bytes") }
         self.limits = limits
         self.suite = suite
@@ -115,27 +127,36 @@ public struct DoubleRatchet: Sendable {
                 }
             }
         }
-        return Array(UnsafeRawBufferPointer(rebasing: buffer![0..<(DoubleRatchet.headerLength + plaintext.count + AEAD.tagLength)]))
+        return Array(
+            UnsafeRawBufferPointer(
+                rebasing: buffer![0..<(DoubleRatchet.headerLength + plaintext.count + AEAD.tagLength)]))
     }
 
     /// Encrypt into a buffer `allocate(length)` returns (the caller owns it),
     /// with no intermediate copies: the zero-copy path of the C API.
-    public mutating func encrypt(_ plaintext: UnsafeRawBufferPointer, associatedData: UnsafeRawBufferPointer,
-                                 into allocate: (Int) -> UnsafeMutableRawBufferPointer) throws(CryptoError) {
-        guard let chain = sendingChain else { throw .protocolViolation("this side cannot send before it has received a message") }
+    public mutating func encrypt(
+        _ plaintext: UnsafeRawBufferPointer, associatedData: UnsafeRawBufferPointer,
+        into allocate: (Int) -> UnsafeMutableRawBufferPointer
+    ) throws(CryptoError) {
+        guard let chain = sendingChain else {
+            throw .protocolViolation("this side cannot send before it has received a message")
+        }
         guard sent < UInt32.max else { throw .protocolViolation("sending chain exhausted") }
         let output = allocate(DoubleRatchet.headerLength + plaintext.count + AEAD.tagLength)
         // The header goes straight into the output; the AD is ad || header on the stack.
         output[0] = suite.ratchetVersion
-        sendingKey.publicKey.withUnsafeBytes { UnsafeMutableRawBufferPointer(rebasing: output[1..<33]).copyMemory(from: $0) }
+        sendingKey.publicKey.withUnsafeBytes {
+            UnsafeMutableRawBufferPointer(rebasing: output[1..<33]).copyMemory(from: $0)
+        }
         output.storeBytes(of: previousChainLength.bigEndian, toByteOffset: 33, as: UInt32.self)
         output.storeBytes(of: sent.bigEndian, toByteOffset: 37, as: UInt32.self)
         let header = UnsafeRawBufferPointer(rebasing: output[0..<DoubleRatchet.headerLength])
         let aead = suite.aead
         let next = try Self.withChainStep(chain, suite) { (messageKey) throws(CryptoError) in
             try withConcatenation(associatedData, header) { (ad) throws(CryptoError) in
-                try AEAD.seal(aead, key: messageKey, nonce: Self.nonce, ad: ad, plaintext: plaintext,
-                              into: UnsafeMutableRawBufferPointer(rebasing: output[DoubleRatchet.headerLength...]))
+                try AEAD.seal(
+                    aead, key: messageKey, nonce: Self.nonce, ad: ad, plaintext: plaintext,
+                    into: UnsafeMutableRawBufferPointer(rebasing: output[DoubleRatchet.headerLength...]))
             }
         }
         sendingChain = next
@@ -161,9 +182,13 @@ public struct DoubleRatchet: Sendable {
 
     /// Decrypt into a buffer `allocate(length)` returns (zero-copy path). On
     /// failure the buffer (if allocated) holds nothing meaningful.
-    public mutating func decrypt(_ message: UnsafeRawBufferPointer, associatedData: UnsafeRawBufferPointer,
-                                 into allocate: (Int) -> UnsafeMutableRawBufferPointer) throws(CryptoError) {
-        guard message.count >= DoubleRatchet.headerLength + AEAD.tagLength else { throw .invalidInput("ratchet message too short") }
+    public mutating func decrypt(
+        _ message: UnsafeRawBufferPointer, associatedData: UnsafeRawBufferPointer,
+        into allocate: (Int) -> UnsafeMutableRawBufferPointer
+    ) throws(CryptoError) {
+        guard message.count >= DoubleRatchet.headerLength + AEAD.tagLength else {
+            throw .invalidInput("ratchet message too short")
+        }
         let header = try Header(decoding: Array(message.prefix(DoubleRatchet.headerLength))[...], suite: suite)
         let aead = suite.aead
         let ad = Array(associatedData) + Array(message.prefix(DoubleRatchet.headerLength))
@@ -176,7 +201,9 @@ public struct DoubleRatchet: Sendable {
             }
         }
 
-        if let index = skipped.firstIndex(where: { $0.ratchetKey == header.ratchetKey && $0.number == header.messageNumber }) {
+        if let index = skipped.firstIndex(where: {
+            $0.ratchetKey == header.ratchetKey && $0.number == header.messageNumber
+        }) {
             try skipped[index].key.withBytes { (k) throws(CryptoError) in try open(k) }
             skipped.remove(at: index)
             return
@@ -192,7 +219,9 @@ public struct DoubleRatchet: Sendable {
         }
         try next.skip(until: header.messageNumber)
         guard let chain = next.receivingChain else { throw .protocolViolation("no receiving chain") }
-        next.receivingChain = try Self.withChainStep(chain, suite) { (messageKey) throws(CryptoError) in try open(messageKey) }
+        next.receivingChain = try Self.withChainStep(chain, suite) { (messageKey) throws(CryptoError) in
+            try open(messageKey)
+        }
         next.received = header.messageNumber + 1
         self = next
     }
@@ -241,7 +270,9 @@ public struct DoubleRatchet: Sendable {
 
     /// One chain step without putting the message key on the heap: `body`
     /// sees it in a stack buffer that is wiped afterwards; returns the next chain key.
-    static func withChainStep(_ chain: SecureBytes, _ suite: CipherSuite, _ body: (UnsafeRawBufferPointer) throws(CryptoError) -> Void) throws(CryptoError) -> SecureBytes {
+    static func withChainStep(
+        _ chain: SecureBytes, _ suite: CipherSuite, _ body: (UnsafeRawBufferPointer) throws(CryptoError) -> Void
+    ) throws(CryptoError) -> SecureBytes {
         try withUnsafeTemporaryAllocation(byteCount: 64, alignment: 16) { (out) throws(CryptoError) -> SecureBytes in
             defer { masqWipe(out) }
             chainKDF(chain, suite, into: out)
@@ -250,11 +281,16 @@ public struct DoubleRatchet: Sendable {
         }
     }
 
-    static func chainStep(_ chain: SecureBytes, _ suite: CipherSuite = .chaChaPoly) -> (messageKey: SecureBytes, next: SecureBytes) {
+    static func chainStep(_ chain: SecureBytes, _ suite: CipherSuite = .chaChaPoly) -> (
+        messageKey: SecureBytes, next: SecureBytes
+    ) {
         withUnsafeTemporaryAllocation(byteCount: 64, alignment: 16) { out in
             defer { masqWipe(out) }
             chainKDF(chain, suite, into: out)
-            return (SecureBytes(UnsafeRawBufferPointer(rebasing: out[0..<32])), SecureBytes(UnsafeRawBufferPointer(rebasing: out[32..<64])))
+            return (
+                SecureBytes(UnsafeRawBufferPointer(rebasing: out[0..<32])),
+                SecureBytes(UnsafeRawBufferPointer(rebasing: out[32..<64]))
+            )
         }
     }
 
@@ -263,9 +299,11 @@ public struct DoubleRatchet: Sendable {
         sent = 0
         received = 0
         receivingKey = peerKey
-        let (root1, receiving) = try Self.rootStep(rootKey, X25519.sharedSecret(keyPair: sendingKey, peerPublicKey: peerKey))
+        let (root1, receiving) = try Self.rootStep(
+            rootKey, X25519.sharedSecret(keyPair: sendingKey, peerPublicKey: peerKey))
         sendingKey = fixedKeys.isEmpty ? X25519.keyPair() : fixedKeys.removeFirst()
-        let (root2, sending) = try Self.rootStep(root1, X25519.sharedSecret(keyPair: sendingKey, peerPublicKey: peerKey))
+        let (root2, sending) = try Self.rootStep(
+            root1, X25519.sharedSecret(keyPair: sendingKey, peerPublicKey: peerKey))
         rootKey = root2
         receivingChain = receiving
         sendingChain = sending
@@ -275,7 +313,8 @@ public struct DoubleRatchet: Sendable {
     private mutating func skip(until: UInt32) throws(CryptoError) {
         guard let start = receivingChain, until > received else { return }
         guard Int(until - received) <= limits.maxSkipPerChain else {
-            throw .protocolViolation("message would skip \(until - received) keys; the limit is \(limits.maxSkipPerChain)")
+            throw .protocolViolation(
+                "message would skip \(until - received) keys; the limit is \(limits.maxSkipPerChain)")
         }
         guard let ratchetKey = receivingKey else { return }
         var chain = start
@@ -308,7 +347,9 @@ public struct DoubleRatchet: Sendable {
 
     public init(serialized bytes: [UInt8]) throws(CryptoError) {
         var r = Reader(bytes: bytes)
-        guard let suite = CipherSuite(ratchetVersion: try r.take(1)[0]) else { throw .invalidInput("ratchet state in an unknown format") }
+        guard let suite = CipherSuite(ratchetVersion: try r.take(1)[0]) else {
+            throw .invalidInput("ratchet state in an unknown format")
+        }
         self.suite = suite
         sendingKey = (SecureBytes(try r.take(32)), try r.take(32))
         rootKey = SecureBytes(try r.take(32))
@@ -322,8 +363,13 @@ public struct DoubleRatchet: Sendable {
         limits.maxSkipPerChain = Int(try r.uint32())
         limits.maxStoredSkipped = Int(try r.uint32())
         let count = try r.uint32()
-        guard Int(count) <= limits.maxStoredSkipped, Int(count) * 68 <= bytes.count else { throw .invalidInput("ratchet state has too many skipped keys") }
-        for _ in 0..<count { skipped.append(SkippedKey(ratchetKey: try r.take(32), number: try r.uint32(), key: SecureBytes(try r.take(32)))) }
+        guard Int(count) <= limits.maxStoredSkipped, Int(count) * 68 <= bytes.count else {
+            throw .invalidInput("ratchet state has too many skipped keys")
+        }
+        for _ in 0..<count {
+            skipped.append(
+                SkippedKey(ratchetKey: try r.take(32), number: try r.uint32(), key: SecureBytes(try r.take(32))))
+        }
         guard r.isAtEnd else { throw .invalidInput("ratchet state has trailing bytes") }
     }
 
@@ -348,7 +394,12 @@ public struct DoubleRatchet: Sendable {
 }
 
 extension UInt32 {
-    public var bigEndianBytes: [UInt8] { [UInt8(self >> 24), UInt8(truncatingIfNeeded: self >> 16), UInt8(truncatingIfNeeded: self >> 8), UInt8(truncatingIfNeeded: self)] }
+    public var bigEndianBytes: [UInt8] {
+        [
+            UInt8(self >> 24), UInt8(truncatingIfNeeded: self >> 16), UInt8(truncatingIfNeeded: self >> 8),
+            UInt8(truncatingIfNeeded: self)
+        ]
+    }
 
     public init(bigEndianBytes b: ArraySlice<UInt8>) {
         let s = b.startIndex
@@ -360,8 +411,10 @@ extension UInt32 {
 private let chainNonce: [UInt8] = Array("masq-chain-1".utf8)
 
 /// `a || b` in a stack buffer (heap only if large), for AEAD associated data.
-public func withConcatenation<T, E: Error>(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer,
-                                           _ body: (UnsafeRawBufferPointer) throws(E) -> T) throws(E) -> T {
+public func withConcatenation<T, E: Error>(
+    _ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer,
+    _ body: (UnsafeRawBufferPointer) throws(E) -> T
+) throws(E) -> T {
     try withUnsafeTemporaryAllocation(byteCount: a.count + b.count, alignment: 1) { (buffer) throws(E) -> T in
         if a.count > 0 { UnsafeMutableRawBufferPointer(rebasing: buffer[0..<a.count]).copyMemory(from: a) }
         if b.count > 0 { UnsafeMutableRawBufferPointer(rebasing: buffer[a.count...]).copyMemory(from: b) }
@@ -372,7 +425,9 @@ public func withConcatenation<T, E: Error>(_ a: UnsafeRawBufferPointer, _ b: Uns
 extension Array where Element == UInt8 {
     /// withUnsafeBytes for closures with typed throws.
     func withBytes<T>(_ body: (UnsafeRawBufferPointer) throws(CryptoError) -> T) throws(CryptoError) -> T {
-        let r: Swift.Result<T, CryptoError> = withUnsafeBytes { raw in Swift.Result { () throws(CryptoError) in try body(raw) } }
+        let r: Swift.Result<T, CryptoError> = withUnsafeBytes { raw in
+            Swift.Result { () throws(CryptoError) in try body(raw) }
+        }
         return try r.get()
     }
 }

@@ -88,15 +88,18 @@ public enum Noise {
         public func encrypt(ad: [UInt8], plaintext: [UInt8]) throws(CryptoError) -> [UInt8] {
             guard let key else { return plaintext }
             guard nonce < UInt64.max else { throw .protocolViolation("Noise nonce exhausted") }
-            let out = try AEAD.seal(suite.aead, key: key, nonce: Self.nonceBytes(nonce, suite), ad: ad, plaintext: plaintext)
+            let out = try AEAD.seal(
+                suite.aead, key: key, nonce: Self.nonceBytes(nonce, suite), ad: ad, plaintext: plaintext)
             nonce += 1
             return out
         }
 
         /// Encrypt `plaintext` into `output` (plaintext.count + 16 bytes; the
         /// same memory as the plaintext is allowed), without copies.
-        public func encrypt(ad: UnsafeRawBufferPointer, plaintext: UnsafeRawBufferPointer,
-                            into output: UnsafeMutableRawBufferPointer) throws(CryptoError) {
+        public func encrypt(
+            ad: UnsafeRawBufferPointer, plaintext: UnsafeRawBufferPointer,
+            into output: UnsafeMutableRawBufferPointer
+        ) throws(CryptoError) {
             guard let key else { throw .protocolViolation("Noise cipher without a key") }
             guard nonce < UInt64.max else { throw .protocolViolation("Noise nonce exhausted") }
             if suite == .chaChaPoly {
@@ -104,9 +107,10 @@ public enum Noise {
                 precondition(output.count == plaintext.count + AEAD.tagLength)
                 var n = Self.chaChaNonce(nonce)
                 let ok = withUnsafeBytes(of: &n) { nb in
-                    CellCipher.seal(key: key, nonce: nb.baseAddress!, ad: ad, plaintext: plaintext,
-                                    into: UnsafeMutableRawBufferPointer(rebasing: output[0..<plaintext.count]),
-                                    tag: output.baseAddress! + plaintext.count)
+                    CellCipher.seal(
+                        key: key, nonce: nb.baseAddress!, ad: ad, plaintext: plaintext,
+                        into: UnsafeMutableRawBufferPointer(rebasing: output[0..<plaintext.count]),
+                        tag: output.baseAddress! + plaintext.count)
                 }
                 guard ok else { throw .invalidInput("AEAD parameters rejected") }
                 nonce += 1
@@ -125,35 +129,42 @@ public enum Noise {
         }
 
         /// Decrypt `ciphertext` (with its tag) into `output` (16 bytes fewer).
-        public func decrypt(ad: UnsafeRawBufferPointer, ciphertext: UnsafeRawBufferPointer,
-                            into output: UnsafeMutableRawBufferPointer) throws(CryptoError) {
+        public func decrypt(
+            ad: UnsafeRawBufferPointer, ciphertext: UnsafeRawBufferPointer,
+            into output: UnsafeMutableRawBufferPointer
+        ) throws(CryptoError) {
             guard let key else { throw .protocolViolation("Noise cipher without a key") }
             guard nonce < UInt64.max else { throw .protocolViolation("Noise nonce exhausted") }
             if suite == .chaChaPoly {
-                guard ciphertext.count >= AEAD.tagLength else { throw .authenticationFailed("ciphertext shorter than its tag") }
+                guard ciphertext.count >= AEAD.tagLength else {
+                    throw .authenticationFailed("ciphertext shorter than its tag")
+                }
                 let text = ciphertext.count - AEAD.tagLength
                 precondition(output.count == text)
                 var n = Self.chaChaNonce(nonce)
                 let ok = withUnsafeBytes(of: &n) { nb in
-                    CellCipher.open(key: key, nonce: nb.baseAddress!, ad: ad, ciphertext: UnsafeRawBufferPointer(rebasing: ciphertext[0..<text]),
-                                    tag: ciphertext.baseAddress! + text, into: output)
+                    CellCipher.open(
+                        key: key, nonce: nb.baseAddress!, ad: ad,
+                        ciphertext: UnsafeRawBufferPointer(rebasing: ciphertext[0..<text]),
+                        tag: ciphertext.baseAddress! + text, into: output)
                 }
                 guard ok else { throw .authenticationFailed("message authentication failed") }
-                nonce += 1    // only after the tag verified
+                nonce += 1  // only after the tag verified
                 return
             }
             let n = Self.nonceBytes(nonce, suite)
             try key.withBytes { (k) throws(CryptoError) in
                 try AEAD.open(suite.aead, key: k, nonce: n, ad: ad, ciphertext: ciphertext, into: output)
             }
-            nonce += 1    // only after the tag verified
+            nonce += 1  // only after the tag verified
         }
 
         public func decrypt(ad: [UInt8], ciphertext: [UInt8]) throws(CryptoError) -> [UInt8] {
             guard let key else { return ciphertext }
             guard nonce < UInt64.max else { throw .protocolViolation("Noise nonce exhausted") }
-            let out = try AEAD.open(suite.aead, key: key, nonce: Self.nonceBytes(nonce, suite), ad: ad, ciphertext: ciphertext)
-            nonce += 1    // only after the tag verified
+            let out = try AEAD.open(
+                suite.aead, key: key, nonce: Self.nonceBytes(nonce, suite), ad: ad, ciphertext: ciphertext)
+            nonce += 1  // only after the tag verified
             return out
         }
     }
@@ -257,14 +268,20 @@ public enum Noise {
         ///   - psks: pre-shared 32-byte keys, one per `psk` token.
         ///   - suite: the cipher (ChaChaPoly or AESGCM); X25519 and SHA-256 either way.
         ///   - ephemeral: a fixed ephemeral private key — for test vectors only.
-        public init(pattern: Pattern, role: Role, prologue: [UInt8] = [], staticKey: SecureBytes? = nil,
-                    remoteStatic: [UInt8]? = nil, psks: [SecureBytes] = [], ephemeral: SecureBytes? = nil,
-                    suite: CipherSuite = .chaChaPoly) throws(CryptoError) {
+        public init(
+            pattern: Pattern, role: Role, prologue: [UInt8] = [], staticKey: SecureBytes? = nil,
+            remoteStatic: [UInt8]? = nil, psks: [SecureBytes] = [], ephemeral: SecureBytes? = nil,
+            suite: CipherSuite = .chaChaPoly
+        ) throws(CryptoError) {
             self.pattern = pattern
             self.role = role
             self.suite = suite
             symmetric = SymmetricState(protocolName: pattern.protocolName(suite), suite: suite)
-            if let staticKey { localStatic = (staticKey, try X25519.publicKey(of: staticKey)) } else { localStatic = nil }
+            if let staticKey {
+                localStatic = (staticKey, try X25519.publicKey(of: staticKey))
+            } else {
+                localStatic = nil
+            }
             self.remoteStatic = remoteStatic
             self.psks = psks
             fixedEphemeral = ephemeral
@@ -280,12 +297,16 @@ public enum Noise {
             let pre = pattern.preMessages
             if pre.initiatorStatic {
                 let key = role == .initiator ? localStatic?.publicKey : remoteStatic
-                guard let key else { throw .invalidInput("\(pattern.rawValue) needs the initiator's static key in advance") }
+                guard let key else {
+                    throw .invalidInput("\(pattern.rawValue) needs the initiator's static key in advance")
+                }
                 symmetric.mixHash(key)
             }
             if pre.responderStatic {
                 let key = role == .responder ? localStatic?.publicKey : remoteStatic
-                guard let key else { throw .invalidInput("\(pattern.rawValue) needs the responder's static key in advance") }
+                guard let key else {
+                    throw .invalidInput("\(pattern.rawValue) needs the responder's static key in advance")
+                }
                 symmetric.mixHash(key)
             }
         }
@@ -316,14 +337,20 @@ public enum Noise {
 
         public func writeMessage(payload: [UInt8] = []) throws(CryptoError) -> [UInt8] {
             guard !failed else { throw .protocolViolation("handshake already failed") }
-            guard isMyTurn else { throw .protocolViolation(isComplete ? "handshake is complete" : "not this side's turn to write") }
+            guard isMyTurn else {
+                throw .protocolViolation(isComplete ? "handshake is complete" : "not this side's turn to write")
+            }
             do throws(CryptoError) {
                 var out: [UInt8] = []
                 for token in pattern.messages[nextMessage] {
                     switch token {
                     case .e:
                         let e: (privateKey: SecureBytes, publicKey: [UInt8])
-                        if let fixedEphemeral { e = (fixedEphemeral, try X25519.publicKey(of: fixedEphemeral)) } else { e = X25519.keyPair() }
+                        if let fixedEphemeral {
+                            e = (fixedEphemeral, try X25519.publicKey(of: fixedEphemeral))
+                        } else {
+                            e = X25519.keyPair()
+                        }
                         localEphemeral = e
                         out += e.publicKey
                         symmetric.mixHash(e.publicKey)
@@ -337,7 +364,9 @@ public enum Noise {
                     }
                 }
                 out += try symmetric.encryptAndHash(payload)
-                guard out.count <= maxMessageLength else { throw .invalidInput("handshake message longer than 65535 bytes") }
+                guard out.count <= maxMessageLength else {
+                    throw .invalidInput("handshake message longer than 65535 bytes")
+                }
                 nextMessage += 1
                 return out
             } catch {
@@ -350,8 +379,12 @@ public enum Noise {
         /// (truncation, bad tag — e.g. a wrong PSK) ends the handshake.
         public func readMessage(_ message: [UInt8]) throws(CryptoError) -> [UInt8] {
             guard !failed else { throw .protocolViolation("handshake already failed") }
-            guard !isComplete && !isMyTurn else { throw .protocolViolation(isComplete ? "handshake is complete" : "not this side's turn to read") }
-            guard message.count <= maxMessageLength else { throw .invalidInput("handshake message longer than 65535 bytes") }
+            guard !isComplete && !isMyTurn else {
+                throw .protocolViolation(isComplete ? "handshake is complete" : "not this side's turn to read")
+            }
+            guard message.count <= maxMessageLength else {
+                throw .invalidInput("handshake message longer than 65535 bytes")
+            }
             do throws(CryptoError) {
                 var rest = message[...]
                 for token in pattern.messages[nextMessage] {
@@ -385,11 +418,14 @@ public enum Noise {
 
         /// The transport keys and what the session layer needs. Only once complete.
         public func result() throws(CryptoError) -> Result {
-            guard isComplete, let localEphemeral, let remoteEphemeral else { throw .protocolViolation("handshake not complete") }
+            guard isComplete, let localEphemeral, let remoteEphemeral else {
+                throw .protocolViolation("handshake not complete")
+            }
             let (c1, c2) = try symmetric.split()
-            return Result(send: role == .initiator ? c1 : c2, receive: role == .initiator ? c2 : c1,
-                          handshakeHash: symmetric.h, remoteStatic: remoteStatic, chainingKey: symmetric.ck,
-                          localEphemeral: localEphemeral, remoteEphemeral: remoteEphemeral)
+            return Result(
+                send: role == .initiator ? c1 : c2, receive: role == .initiator ? c2 : c1,
+                handshakeHash: symmetric.h, remoteStatic: remoteStatic, chainingKey: symmetric.ck,
+                localEphemeral: localEphemeral, remoteEphemeral: remoteEphemeral)
         }
 
         private func dh(_ token: Pattern.Token) throws(CryptoError) -> SecureBytes {
@@ -400,15 +436,20 @@ public enum Noise {
             let initiator = role == .initiator
             switch token {
             case .ee:
-                return try X25519.sharedSecret(keyPair: need(localEphemeral, "e"), peerPublicKey: need(remoteEphemeral, "re"))
+                return try X25519.sharedSecret(
+                    keyPair: need(localEphemeral, "e"), peerPublicKey: need(remoteEphemeral, "re"))
             case .es:
                 return initiator
-                    ? try X25519.sharedSecret(keyPair: need(localEphemeral, "e"), peerPublicKey: need(remoteStatic, "rs"))
-                    : try X25519.sharedSecret(keyPair: need(localStatic, "s"), peerPublicKey: need(remoteEphemeral, "re"))
+                    ? try X25519.sharedSecret(
+                        keyPair: need(localEphemeral, "e"), peerPublicKey: need(remoteStatic, "rs"))
+                    : try X25519.sharedSecret(
+                        keyPair: need(localStatic, "s"), peerPublicKey: need(remoteEphemeral, "re"))
             case .se:
                 return initiator
-                    ? try X25519.sharedSecret(keyPair: need(localStatic, "s"), peerPublicKey: need(remoteEphemeral, "re"))
-                    : try X25519.sharedSecret(keyPair: need(localEphemeral, "e"), peerPublicKey: need(remoteStatic, "rs"))
+                    ? try X25519.sharedSecret(
+                        keyPair: need(localStatic, "s"), peerPublicKey: need(remoteEphemeral, "re"))
+                    : try X25519.sharedSecret(
+                        keyPair: need(localEphemeral, "e"), peerPublicKey: need(remoteStatic, "rs"))
             case .ss:
                 return try X25519.sharedSecret(keyPair: need(localStatic, "s"), peerPublicKey: need(remoteStatic, "rs"))
             default:

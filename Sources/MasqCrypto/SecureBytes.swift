@@ -22,7 +22,11 @@ public final class SecureBytes: @unchecked Sendable, Equatable {
     /// Fresh random bytes from OpenSSL's CSPRNG.
     public static func random(count: Int) -> SecureBytes {
         let bytes = SecureBytes(count: count)
-        bytes.withUnsafeMutableBytes { precondition(masqcrypto_random($0.baseAddress?.assumingMemoryBound(to: UInt8.self), $0.count) == 0, "RAND_bytes failed") }
+        bytes.withUnsafeMutableBytes {
+            precondition(
+                masqcrypto_random($0.baseAddress?.assumingMemoryBound(to: UInt8.self), $0.count) == 0,
+                "RAND_bytes failed")
+        }
         return bytes
     }
 
@@ -45,7 +49,9 @@ public final class SecureBytes: @unchecked Sendable, Equatable {
     }
 
     /// withUnsafeMutableBytes for closures with typed throws.
-    public func withMutableBytes<R>(_ body: (UnsafeMutableRawBufferPointer) throws(CryptoError) -> R) throws(CryptoError) -> R {
+    public func withMutableBytes<R>(_ body: (UnsafeMutableRawBufferPointer) throws(CryptoError) -> R)
+        throws(CryptoError) -> R
+    {
         try body(UnsafeMutableRawBufferPointer(rebasing: storage[0..<count]))
     }
 

@@ -22,27 +22,35 @@ public final class SecureSession: @unchecked Sendable {
     /// Ratchet key pairs to use instead of fresh ones — for test vectors only.
     var fixedRatchetKeys: [(privateKey: SecureBytes, publicKey: [UInt8])] = []
 
-    public convenience init(pattern: Noise.Pattern, role: Noise.Role, prologue: [UInt8] = [], staticKey: SecureBytes,
-                            remoteStatic: [UInt8]? = nil, psk: SecureBytes? = nil, limits: DoubleRatchet.Limits = DoubleRatchet.Limits(),
-                            suite: CipherSuite = .chaChaPoly) throws(CryptoError) {
-        try self.init(pattern: pattern, role: role, prologue: prologue, staticKey: staticKey, remoteStatic: remoteStatic,
-                      psk: psk, limits: limits, suite: suite, ephemeral: nil)
+    public convenience init(
+        pattern: Noise.Pattern, role: Noise.Role, prologue: [UInt8] = [], staticKey: SecureBytes,
+        remoteStatic: [UInt8]? = nil, psk: SecureBytes? = nil, limits: DoubleRatchet.Limits = DoubleRatchet.Limits(),
+        suite: CipherSuite = .chaChaPoly
+    ) throws(CryptoError) {
+        try self.init(
+            pattern: pattern, role: role, prologue: prologue, staticKey: staticKey, remoteStatic: remoteStatic,
+            psk: psk, limits: limits, suite: suite, ephemeral: nil)
     }
 
     /// With a fixed Noise ephemeral (and `fixedRatchetKeys`) — for test vectors only.
-    init(pattern: Noise.Pattern, role: Noise.Role, prologue: [UInt8] = [], staticKey: SecureBytes,
-         remoteStatic: [UInt8]? = nil, psk: SecureBytes? = nil, limits: DoubleRatchet.Limits = DoubleRatchet.Limits(),
-         suite: CipherSuite, ephemeral: SecureBytes?) throws(CryptoError) {
+    init(
+        pattern: Noise.Pattern, role: Noise.Role, prologue: [UInt8] = [], staticKey: SecureBytes,
+        remoteStatic: [UInt8]? = nil, psk: SecureBytes? = nil, limits: DoubleRatchet.Limits = DoubleRatchet.Limits(),
+        suite: CipherSuite, ephemeral: SecureBytes?
+    ) throws(CryptoError) {
         self.role = role
         self.limits = limits
         self.suite = suite
-        handshake = try Noise.Handshake(pattern: pattern, role: role, prologue: prologue, staticKey: staticKey,
-                                        remoteStatic: remoteStatic, psks: psk.map { [$0] } ?? [], ephemeral: ephemeral, suite: suite)
+        handshake = try Noise.Handshake(
+            pattern: pattern, role: role, prologue: prologue, staticKey: staticKey,
+            remoteStatic: remoteStatic, psks: psk.map { [$0] } ?? [], ephemeral: ephemeral, suite: suite)
     }
 
     /// Restore an established session saved with `serialized()`.
     public init(serialized bytes: [UInt8]) throws(CryptoError) {
-        guard bytes.count > 2 + 32 + 32, bytes[0] == 1 else { throw .invalidInput("session state in an unknown format") }
+        guard bytes.count > 2 + 32 + 32, bytes[0] == 1 else {
+            throw .invalidInput("session state in an unknown format")
+        }
         role = bytes[1] == 0 ? .initiator : .responder
         peerStaticKey = Array(bytes[2..<34])
         handshakeHash = Array(bytes[34..<66])
@@ -76,7 +84,9 @@ public final class SecureSession: @unchecked Sendable {
     /// (forged by a relay, say) leaves the session as it was, so the genuine
     /// one can still be read; otherwise a failure ends the session.
     public func readHandshake(_ message: [UInt8], tentative: Bool = false) throws(CryptoError) -> [UInt8] {
-        guard let current = handshake, phase == .handshaking else { throw .protocolViolation("the session is not handshaking") }
+        guard let current = handshake, phase == .handshaking else {
+            throw .protocolViolation("the session is not handshaking")
+        }
         let working = tentative ? current.copy() : current
         do throws(CryptoError) {
             let payload = try working.readMessage(message)
@@ -92,10 +102,14 @@ public final class SecureSession: @unchecked Sendable {
     private func finishIfComplete() throws(CryptoError) {
         guard let handshake, handshake.isComplete else { return }
         let result = try handshake.result()
-        let root = try Hash.hkdfSHA256(salt: result.chainingKey, ikm: SecureBytes(result.handshakeHash),
-                                       info: Array("masq session v1".utf8), length: 32)
-        ratchet = role == .responder
-            ? try DoubleRatchet(sharedSecret: root, peerRatchetKey: result.remoteEphemeral, limits: limits, suite: suite, fixedKeys: fixedRatchetKeys)
+        let root = try Hash.hkdfSHA256(
+            salt: result.chainingKey, ikm: SecureBytes(result.handshakeHash),
+            info: Array("masq session v1".utf8), length: 32)
+        ratchet =
+            role == .responder
+            ? try DoubleRatchet(
+                sharedSecret: root, peerRatchetKey: result.remoteEphemeral, limits: limits, suite: suite,
+                fixedKeys: fixedRatchetKeys)
             : try DoubleRatchet(sharedSecret: root, ownRatchetKey: result.localEphemeral, limits: limits, suite: suite)
         if role == .initiator { ratchet!.fixedKeys = fixedRatchetKeys }
         peerStaticKey = result.remoteStatic
@@ -115,22 +129,28 @@ public final class SecureSession: @unchecked Sendable {
     }
 
     /// Zero-copy seal: the message goes into the buffer `allocate` returns.
-    public func seal(_ plaintext: UnsafeRawBufferPointer, associatedData: UnsafeRawBufferPointer,
-                     into allocate: (Int) -> UnsafeMutableRawBufferPointer) throws(CryptoError) {
+    public func seal(
+        _ plaintext: UnsafeRawBufferPointer, associatedData: UnsafeRawBufferPointer,
+        into allocate: (Int) -> UnsafeMutableRawBufferPointer
+    ) throws(CryptoError) {
         guard phase == .established else { throw .protocolViolation("the session is not established") }
         try ratchet!.encrypt(plaintext, associatedData: associatedData, into: allocate)
     }
 
     /// Zero-copy open: the plaintext goes into the buffer `allocate` returns.
-    public func open(_ message: UnsafeRawBufferPointer, associatedData: UnsafeRawBufferPointer,
-                     into allocate: (Int) -> UnsafeMutableRawBufferPointer) throws(CryptoError) {
+    public func open(
+        _ message: UnsafeRawBufferPointer, associatedData: UnsafeRawBufferPointer,
+        into allocate: (Int) -> UnsafeMutableRawBufferPointer
+    ) throws(CryptoError) {
         guard phase == .established else { throw .protocolViolation("the session is not established") }
         try ratchet!.decrypt(message, associatedData: associatedData, into: allocate)
     }
 
     /// Established state as bytes (secret: store it encrypted).
     public func serialized() throws(CryptoError) -> [UInt8] {
-        guard phase == .established, let ratchet, let peerStaticKey else { throw .protocolViolation("only an established session can be saved") }
+        guard phase == .established, let ratchet, let peerStaticKey else {
+            throw .protocolViolation("only an established session can be saved")
+        }
         return [1, role == .initiator ? 0 : 1] + peerStaticKey + handshakeHash + ratchet.serialized()
     }
 }

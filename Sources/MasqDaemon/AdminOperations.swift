@@ -26,14 +26,22 @@ extension Daemon {
 
         switch r.op {
         case "manager.status", "profiles.list":
-            return .object([("active", .string(active)), ("url", .string(url)),
-                            ("profiles", .array(profiles.names.map { name in
-                                let p = profiles.profiles[name]!
-                                return .object([("name", .string(name)), ("protected", .bool(p.store.isProtected)),
-                                                ("locked", .bool(p.store.isLocked)), ("active", .bool(name == active)),
-                                                ("pending_apps", .int(Int64(p.apps.apps.filter { $0.state == .pending }.count))),
-                                                ("syncing", .bool(p.sync != nil))])
-                            }))])
+            return .object([
+                ("active", .string(active)), ("url", .string(url)),
+                (
+                    "profiles",
+                    .array(
+                        profiles.names.map { name in
+                            let p = profiles.profiles[name]!
+                            return .object([
+                                ("name", .string(name)), ("protected", .bool(p.store.isProtected)),
+                                ("locked", .bool(p.store.isLocked)), ("active", .bool(name == active)),
+                                ("pending_apps", .int(Int64(p.apps.apps.filter { $0.state == .pending }.count))),
+                                ("syncing", .bool(p.sync != nil))
+                            ])
+                        })
+                )
+            ])
 
         case "profiles.create":
             let name = try required(r.profile, "profile")
@@ -53,9 +61,13 @@ extension Daemon {
 
         case "profiles.lock":
             let p = try profile()
-            guard p.store.isProtected else { throw DaemonError(.invalid, "profile \(p.name) has no passphrase to lock with") }
+            guard p.store.isProtected else {
+                throw DaemonError(.invalid, "profile \(p.name) has no passphrase to lock with")
+            }
             p.stopSync()
-            cutOff({ $0.profile == p.name && !$0.admin }, event: .object([("event", .string("locked"))]), reason: "profile locked")
+            cutOff(
+                { $0.profile == p.name && !$0.admin }, event: .object([("event", .string("locked"))]),
+                reason: "profile locked")
             p.store.relock()
             return .object([("profile", .string(p.name)), ("locked", .bool(true))])
 
@@ -65,7 +77,9 @@ extension Daemon {
             active = p.name
             try? FileSystem.writeFile(options.home + "/active-profile", Array(p.name.utf8))
             // Apps were authenticated against the other profile: they reconnect and say hello again.
-            cutOff({ !$0.admin }, event: .object([("event", .string("profile_changed")), ("profile", .string(p.name))]), reason: "profile switched")
+            cutOff(
+                { !$0.admin }, event: .object([("event", .string("profile_changed")), ("profile", .string(p.name))]),
+                reason: "profile switched")
             notifyAdmins(.object([("event", .string("profile")), ("active", .string(p.name))]))
             return .object([("active", .string(p.name))])
 
@@ -81,19 +95,41 @@ extension Daemon {
 
         case "apps.list":
             let p = try profile()
-            return .object([("profile", .string(p.name)),
-                            ("apps", .array(p.apps.apps.map { app in
-                                let live = connections.values.filter { $0.appID == app.id && $0.profile == p.name }
-                                let asking = requests(of: app.id, in: p.name).map { q in
-                                    JSON.object([("request", .string(q.id)), ("since", .uint(q.at)), ("remote", q.remote.map(JSON.string) ?? .null)])
-                                }
-                                return .object([("id", .string(app.id)), ("name", .string(app.name)), ("description", .string(app.description)),
-                                                ("icon", .string(app.icon)), ("state", .string(app.state.rawValue)),
-                                                ("kind", .string(app.isWeb ? "web" : "native")), ("created_at", .uint(app.createdAt)),
-                                                ("connections", .int(Int64(live.count))), ("instances", .int(Int64(app.tokenHashes.count))),
-                                                ("requests", .array(asking))])
-                            })),
-                            ("grants", .array(p.apps.grants.map { .object([("app", .string($0.app)), ("target", .string($0.target)), ("access", .string($0.access.rawValue))]) }))])
+            return .object([
+                ("profile", .string(p.name)),
+                (
+                    "apps",
+                    .array(
+                        p.apps.apps.map { app in
+                            let live = connections.values.filter { $0.appID == app.id && $0.profile == p.name }
+                            let asking = requests(of: app.id, in: p.name).map { q in
+                                JSON.object([
+                                    ("request", .string(q.id)), ("since", .uint(q.at)),
+                                    ("remote", q.remote.map(JSON.string) ?? .null)
+                                ])
+                            }
+                            return .object([
+                                ("id", .string(app.id)), ("name", .string(app.name)),
+                                ("description", .string(app.description)),
+                                ("icon", .string(app.icon)), ("state", .string(app.state.rawValue)),
+                                ("kind", .string(app.isWeb ? "web" : "native")), ("created_at", .uint(app.createdAt)),
+                                ("connections", .int(Int64(live.count))),
+                                ("instances", .int(Int64(app.tokenHashes.count))),
+                                ("requests", .array(asking))
+                            ])
+                        })
+                ),
+                (
+                    "grants",
+                    .array(
+                        p.apps.grants.map {
+                            .object([
+                                ("app", .string($0.app)), ("target", .string($0.target)),
+                                ("access", .string($0.access.rawValue))
+                            ])
+                        })
+                )
+            ])
 
         case "apps.approve":
             // The user approves the request they saw: its connection alone gets
@@ -109,8 +145,12 @@ extension Daemon {
             requests[request.id] = nil
             asker.approved = true
             asker.waitingForApproval = false
-            send(asker.peer, .object([("event", .string("approved")), ("app", .string(id)), ("token", .string(token)),
-                                      ("namespace", .string(id))]))
+            send(
+                asker.peer,
+                .object([
+                    ("event", .string("approved")), ("app", .string(id)), ("token", .string(token)),
+                    ("namespace", .string(id))
+                ]))
             notifyAdmins(.object([("event", .string("apps")), ("profile", .string(p.name)), ("app", .string(id))]))
             return .object([("app", .string(id)), ("state", .string("approved")), ("request", .string(request.id))])
 
@@ -120,16 +160,24 @@ extension Daemon {
             let id = try required(r.app, "app")
             let request = try chosenRequest(id, in: p.name, r.request)
             requests[request.id] = nil
-            cutOff({ $0.peer == request.peer }, event: .object([("event", .string("denied")), ("app", .string(id))]), reason: "denied by the user")
+            cutOff(
+                { $0.peer == request.peer }, event: .object([("event", .string("denied")), ("app", .string(id))]),
+                reason: "denied by the user")
             notifyAdmins(.object([("event", .string("apps")), ("profile", .string(p.name)), ("app", .string(id))]))
             return .object([("app", .string(id)), ("request", .string(request.id))])
 
         case "apps.deny", "apps.revoke", "apps.remove":
             let p = try profile()
             let id = try required(r.app, "app")
-            if r.op == "apps.remove" { try p.apps.remove(id) } else { try p.apps.decide(id, r.op == "apps.deny" ? .denied : .revoked, now: now) }
+            if r.op == "apps.remove" {
+                try p.apps.remove(id)
+            } else {
+                try p.apps.decide(id, r.op == "apps.deny" ? .denied : .revoked, now: now)
+            }
             for request in requests(of: id, in: p.name) { requests[request.id] = nil }
-            let event = JSON.object([("event", .string(r.op == "apps.deny" ? "denied" : "revoked")), ("app", .string(id))])
+            let event = JSON.object([
+                ("event", .string(r.op == "apps.deny" ? "denied" : "revoked")), ("app", .string(id))
+            ])
             // Every connection of that identity, approved or waiting, is closed.
             cutOff({ $0.appID == id && $0.profile == p.name }, event: event, reason: "access revoked by the user")
             notifyAdmins(.object([("event", .string("apps")), ("profile", .string(p.name)), ("app", .string(id))]))
@@ -137,8 +185,11 @@ extension Daemon {
 
         case "apps.grant":
             let p = try profile()
-            guard let access = Grant.Access(rawValue: r.access ?? "read") else { throw DaemonError(.badRequest, "\"access\" is \"read\" or \"write\"") }
-            try p.apps.grant(Grant(app: try required(r.app, "app"), target: try required(r.target, "target"), access: access))
+            guard let access = Grant.Access(rawValue: r.access ?? "read") else {
+                throw DaemonError(.badRequest, "\"access\" is \"read\" or \"write\"")
+            }
+            try p.apps.grant(
+                Grant(app: try required(r.app, "app"), target: try required(r.target, "target"), access: access))
             return .object([])
 
         case "apps.ungrant":
@@ -158,8 +209,10 @@ extension Daemon {
             let p = try unlocked()
             let me = try run { () throws(MasqError) in try p.store.requireIdentity().publicKeys }
             let paired = try run { () throws(MasqError) in try p.store.devices() }
-            return .object([("this", device(me.deviceID, p.store.deviceName, me.fingerprint, 0)),
-                            ("paired", .array(paired.map { device($0.deviceID, $0.name, $0.keys.fingerprint, $0.pairedAt) }))])
+            return .object([
+                ("this", device(me.deviceID, p.store.deviceName, me.fingerprint, 0)),
+                ("paired", .array(paired.map { device($0.deviceID, $0.name, $0.keys.fingerprint, $0.pairedAt) }))
+            ])
 
         case "devices.remove":
             let p = try unlocked()
@@ -184,7 +237,9 @@ extension Daemon {
 
         case "data.namespaces":
             let p = try unlocked()
-            return .object([("namespaces", .array(try run { () throws(MasqError) in try p.store.namespaces() }.map(JSON.string)))])
+            return .object([
+                ("namespaces", .array(try run { () throws(MasqError) in try p.store.namespaces() }.map(JSON.string)))
+            ])
 
         case "data.list":
             let p = try unlocked()
@@ -205,33 +260,52 @@ extension Daemon {
         case "sync.status":
             let p = try unlocked()
             guard let sync = p.sync else {
-                return .object([("running", .bool(false)), ("relay", p.store.config.relayTransport(explicit: nil).map { .string($0.url) } ?? .null)])
+                return .object([
+                    ("running", .bool(false)),
+                    ("relay", p.store.config.relayTransport(explicit: nil).map { .string($0.url) } ?? .null)
+                ])
             }
             let status = try run { () throws(MasqError) in try sync.status() }
-            return .object([("running", .bool(true)), ("connected", .bool(status.connected)), ("pending", .uint(status.pending)),
-                            ("devices", .array(status.devices.map { d in
-                                .object([("device_id", .string(d.deviceID)), ("name", .string(d.name)), ("present", .bool(d.present)),
-                                         ("they_lack", .uint(d.theyLack)), ("we_lack", .uint(d.weLack)), ("last_seen", .uint(d.lastSeen))])
-                            }))])
+            return .object([
+                ("running", .bool(true)), ("connected", .bool(status.connected)), ("pending", .uint(status.pending)),
+                (
+                    "devices",
+                    .array(
+                        status.devices.map { d in
+                            .object([
+                                ("device_id", .string(d.deviceID)), ("name", .string(d.name)),
+                                ("present", .bool(d.present)),
+                                ("they_lack", .uint(d.theyLack)), ("we_lack", .uint(d.weLack)),
+                                ("last_seen", .uint(d.lastSeen))
+                            ])
+                        })
+                )
+            ])
 
         case let op where op.hasPrefix("backup."):
-            return try performBackup(c, r)   // BackupOperations.swift
+            return try performBackup(c, r)  // BackupOperations.swift
 
         default:
             throw DaemonError(.unknownOp, "unknown op \"\(r.op.prefix(40))\"")
         }
     }
 
-    private func device(_ id: String, _ name: String, _ fingerprint: (digits: String, emoji: String), _ pairedAt: UInt64) -> JSON {
-        .object([("device_id", .string(id)), ("name", .string(name)), ("fingerprint", .string(fingerprint.digits)),
-                 ("emoji", .string(fingerprint.emoji)), ("paired_at", .uint(pairedAt))])
+    private func device(
+        _ id: String, _ name: String, _ fingerprint: (digits: String, emoji: String), _ pairedAt: UInt64
+    ) -> JSON {
+        .object([
+            ("device_id", .string(id)), ("name", .string(name)), ("fingerprint", .string(fingerprint.digits)),
+            ("emoji", .string(fingerprint.emoji)), ("paired_at", .uint(pairedAt))
+        ])
     }
 
     /// Pair through a relay off the daemon's queue (it waits for the other
     /// device): the answer to the request is the link and its QR code (when
     /// offering) or the device (when joining); "paired" or "pairing_failed"
     /// events follow for the offer.
-    private func startPairing(_ p: Profile, reference: PluginReference, relay: String, joining: PairingLink?, peer: String, requestID: String?) {
+    private func startPairing(
+        _ p: Profile, reference: PluginReference, relay: String, joining: PairingLink?, peer: String, requestID: String?
+    ) {
         let worker = DispatchQueue(label: "masqd.pairing")
         let answered = Flag()
         worker.async { [self] in
@@ -240,11 +314,18 @@ extension Daemon {
                 if let joining {
                     result = .success(try PairingRendezvous.join(store: p.store, link: joining, transport: reference))
                 } else {
-                    result = .success(try PairingRendezvous.offer(store: p.store, transport: reference, url: relay, onLink: { link in
-                        let svg = (try? QRCode(link.string).svg()) ?? ""
-                        answered.value = true
-                        queue.async { self.reply(peer, requestID, ok: .object([("link", .string(link.string)), ("qr_svg", .string(svg))])) }
-                    }))
+                    result = .success(
+                        try PairingRendezvous.offer(
+                            store: p.store, transport: reference, url: relay,
+                            onLink: { link in
+                                let svg = (try? QRCode(link.string).svg()) ?? ""
+                                answered.value = true
+                                queue.async {
+                                    self.reply(
+                                        peer, requestID,
+                                        ok: .object([("link", .string(link.string)), ("qr_svg", .string(svg))]))
+                                }
+                            }))
                 }
             } catch {
                 result = .failure(error)
@@ -267,13 +348,17 @@ extension Daemon {
                             Log.warn("masqd", "sync does not start after pairing: \(error.message)")
                         }
                     }
-                    let json = JSON.object([("event", .string("paired")), ("device_id", .string(device.deviceID)), ("name", .string(device.name)),
-                                            ("fingerprint", .string(device.keys.fingerprint.digits))])
+                    let json = JSON.object([
+                        ("event", .string("paired")), ("device_id", .string(device.deviceID)),
+                        ("name", .string(device.name)),
+                        ("fingerprint", .string(device.keys.fingerprint.digits))
+                    ])
                     if answered.value { notifyAdmins(json) } else { reply(peer, requestID, ok: json) }
                 case .failure(let error):
                     let failure = DaemonError(error)
                     if answered.value {
-                        notifyAdmins(.object([("event", .string("pairing_failed")), ("message", .string(failure.message))]))
+                        notifyAdmins(
+                            .object([("event", .string("pairing_failed")), ("message", .string(failure.message))]))
                     } else {
                         reply(peer, requestID, error: failure)
                     }
@@ -289,13 +374,18 @@ extension Daemon {
         let live = requests(of: app, in: profile)
         if let named {
             guard let request = live.first(where: { $0.id == named }) else {
-                throw DaemonError(.notFound, "no request \(named.prefix(40)) of \(app.prefix(80)) waits (it was answered, or its app went away)")
+                throw DaemonError(
+                    .notFound,
+                    "no request \(named.prefix(40)) of \(app.prefix(80)) waits (it was answered, or its app went away)")
             }
             return request
         }
-        guard let only = live.first else { throw DaemonError(.notFound, "\(app.prefix(80)) is not asking now; it asks again when it connects") }
+        guard let only = live.first else {
+            throw DaemonError(.notFound, "\(app.prefix(80)) is not asking now; it asks again when it connects")
+        }
         guard live.count == 1 else {
-            throw DaemonError(.invalid, "\(live.count) connections ask as \(app.prefix(80)): name the one to answer with \"request\"")
+            throw DaemonError(
+                .invalid, "\(live.count) connections ask as \(app.prefix(80)): name the one to answer with \"request\"")
         }
         return only
     }

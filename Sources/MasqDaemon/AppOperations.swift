@@ -1,7 +1,7 @@
 #if canImport(FoundationEssentials)
-import FoundationEssentials
+    import FoundationEssentials
 #else
-import Foundation
+    import Foundation
 #endif
 import MasqKernel
 
@@ -32,7 +32,9 @@ extension Daemon {
     func perform(_ op: AppOperation, _ c: Connection, _ appID: String, _ r: Request) throws(DaemonError) -> JSON {
         // A write retried with its request id (the client lost the answer) is applied once.
         guard op.writes, let requestID = r.request_id else { return try performOnce(op, c, appID, r) }
-        guard (1...64).contains(requestID.utf8.count) else { throw DaemonError(.badRequest, "\"request_id\" is 1-64 bytes") }
+        guard (1...64).contains(requestID.utf8.count) else {
+            throw DaemonError(.badRequest, "\"request_id\" is 1-64 bytes")
+        }
         // The receipt is stored in the write's own transaction (Store.applyOnce),
         // so a retry after a crash or restart of this daemon is still recognised.
         let store = try activeProfile().store
@@ -42,7 +44,7 @@ extension Daemon {
             _ = try store.applyOnce(receipt: Array("app\u{0}\(appID)\u{0}\(requestID)".utf8)) { () throws(MasqError) in
                 do throws(DaemonError) { result = try performOnce(op, c, appID, r) } catch {
                     failure = error
-                    throw MasqError(.invalid, error.message)   // not applied: no receipt
+                    throw MasqError(.invalid, error.message)  // not applied: no receipt
                 }
             }
         } catch {
@@ -51,7 +53,9 @@ extension Daemon {
         return result
     }
 
-    private func performOnce(_ op: AppOperation, _ c: Connection, _ appID: String, _ r: Request) throws(DaemonError) -> JSON {
+    private func performOnce(_ op: AppOperation, _ c: Connection, _ appID: String, _ r: Request) throws(DaemonError)
+        -> JSON
+    {
         let profile = try activeProfile()
         guard c.profile == profile.name else {
             throw DaemonError(.unauthorized, "the user switched profiles: say hello again")
@@ -60,11 +64,15 @@ extension Daemon {
         let namespaceText = r.ns ?? appID
         // Its own namespace, one granted to it, or that of a share it accepted (ShareOperations.swift).
         guard let access = profile.apps.access(appID, to: namespaceText) ?? shareAccess(profile, appID, namespaceText),
-              !op.writes || access == .write else {
-            throw DaemonError(.denied, op.writes ? "no write access to \(namespaceText)" : "no access to \(namespaceText)")
+            !op.writes || access == .write
+        else {
+            throw DaemonError(
+                .denied, op.writes ? "no write access to \(namespaceText)" : "no access to \(namespaceText)")
         }
         let ns: NamespaceName
-        do throws(MasqError) { ns = try NamespaceName(namespaceText, limits: store.limits) } catch { throw DaemonError(error) }
+        do throws(MasqError) { ns = try NamespaceName(namespaceText, limits: store.limits) } catch {
+            throw DaemonError(error)
+        }
         let encoding = try ValueEncoding(r.encoding)
 
         func key() throws(DaemonError) -> [UInt8] {
@@ -78,7 +86,9 @@ extension Daemon {
         switch op {
         case .get:
             let k = try key()
-            guard let value = try run({ () throws(MasqError) in try store.get(ns, key: k) }) else { return .object([("found", .bool(false))]) }
+            guard let value = try run({ () throws(MasqError) in try store.get(ns, key: k) }) else {
+                return .object([("found", .bool(false))])
+            }
             return .object([("found", .bool(true)), encoding.field("value", value)])
         case .put:
             let k = try key()
@@ -113,13 +123,19 @@ extension Daemon {
             guard all.count <= Self.maxListEntries else {
                 throw DaemonError(.tooLarge, "\(all.count) entries: use list with a prefix and a limit")
             }
-            return .object([("entries", .array(all.map { .object([keyField($0.key), encoding.field("value", $0.value)]) }))])
+            return .object([
+                ("entries", .array(all.map { .object([keyField($0.key), encoding.field("value", $0.value)]) }))
+            ])
         case .setAll:
             guard let entries = r.entries else { throw DaemonError(.badRequest, "missing \"entries\"") }
             var pairs: [(key: [UInt8], value: [UInt8]?)] = []
             pairs.reserveCapacity(entries.count)
             for entry in entries {
-                pairs.append((Array(entry.key.utf8), try entry.value.map { (v) throws(DaemonError) in try encoding.decode(v, "value") }))
+                pairs.append(
+                    (
+                        Array(entry.key.utf8),
+                        try entry.value.map { (v) throws(DaemonError) in try encoding.decode(v, "value") }
+                    ))
             }
             try run { () throws(MasqError) in try store.setAll(ns, pairs, replace: r.replace ?? false) }
             return .object([])
@@ -135,7 +151,9 @@ extension Daemon {
             let k = try key()
             return .object([("value", .int(try run { () throws(MasqError) in try store.counterGet(ns, key: k) }))])
         case .watch:
-            guard c.watches.count < options.maxWatches else { throw DaemonError(.busy, "at most \(options.maxWatches) watches per connection") }
+            guard c.watches.count < options.maxWatches else {
+                throw DaemonError(.busy, "at most \(options.maxWatches) watches per connection")
+            }
             let watchID = c.nextWatch
             c.nextWatch += 1
             let peer = c.peer
@@ -148,7 +166,9 @@ extension Daemon {
             c.watches[watchID] = (storeID, namespaceText)
             return .object([("watch", .uint(watchID))])
         case .unwatch:
-            guard let id = r.watch, let watch = c.watches.removeValue(forKey: id) else { throw DaemonError(.notFound, "no watch \(r.watch ?? 0)") }
+            guard let id = r.watch, let watch = c.watches.removeValue(forKey: id) else {
+                throw DaemonError(.notFound, "no watch \(r.watch ?? 0)")
+            }
             try? store.unwatch(watch.storeID)
             return .object([])
         }
@@ -161,11 +181,19 @@ extension Daemon {
             ("event", .string("change")), ("watch", .uint(watch)),
             ("kind", .string(change.kind == .put ? "put" : change.kind == .delete ? "delete" : "conflict")),
             ("origin", .string(change.origin == .local ? "local" : "remote")),
-            ("ns", .string(change.namespace)), keyField(change.key),
+            ("ns", .string(change.namespace)), keyField(change.key)
         ]
-        if let value = change.value { fields.append(encoding.field("value", value)) } else { fields.append(("value", .null)) }
+        if let value = change.value {
+            fields.append(encoding.field("value", value))
+        } else {
+            fields.append(("value", .null))
+        }
         if change.kind == .conflict {
-            if let lost = change.lostValue { fields.append(encoding.field("lost_value", lost)) } else { fields.append(("lost_value", .null)) }
+            if let lost = change.lostValue {
+                fields.append(encoding.field("lost_value", lost))
+            } else {
+                fields.append(("lost_value", .null))
+            }
             fields.append(("lost_was_deleted", .bool(change.lostWasDeleted)))
         }
         send(peer, .object(fields))
@@ -177,4 +205,3 @@ func keyField(_ key: [UInt8]) -> (String, JSON) {
     if let text = String(validating: key, as: UTF8.self) { return ("key", .string(text)) }
     return ("key_b64", .string(Data(key).base64EncodedString()))
 }
-

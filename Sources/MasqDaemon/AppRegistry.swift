@@ -1,7 +1,7 @@
 #if canImport(FoundationEssentials)
-import FoundationEssentials
+    import FoundationEssentials
 #else
-import Foundation
+    import Foundation
 #endif
 import MasqCrypto
 import MasqKernel
@@ -38,7 +38,9 @@ struct AppRecord: Codable, Equatable {
         self.createdAt = createdAt
     }
 
-    private enum CodingKeys: String, CodingKey { case id, name, description, icon, state, tokenHashes, tokenHash, createdAt, decidedAt }
+    private enum CodingKeys: String, CodingKey {
+        case id, name, description, icon, state, tokenHashes, tokenHash, createdAt, decidedAt
+    }
 
     init(from decoder: Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
@@ -48,7 +50,8 @@ struct AppRecord: Codable, Equatable {
         icon = try c.decode(String.self, forKey: .icon)
         state = try c.decode(State.self, forKey: .state)
         // Registries written before several tokens per app kept one.
-        tokenHashes = try c.decodeIfPresent([String].self, forKey: .tokenHashes)
+        tokenHashes =
+            try c.decodeIfPresent([String].self, forKey: .tokenHashes)
             ?? (try c.decodeIfPresent(String.self, forKey: .tokenHash)).map { [$0] } ?? []
         createdAt = try c.decode(UInt64.self, forKey: .createdAt)
         decidedAt = try c.decodeIfPresent(UInt64.self, forKey: .decidedAt)
@@ -118,7 +121,9 @@ final class AppRegistry: @unchecked Sendable {
     /// later registration cannot rename it). An approved app stays approved:
     /// the daemon turns the registration into a request for one more
     /// instance, which gets a token of its own only if the user approves it.
-    func register(id: String, name: String, description: String, icon: String, now: UInt64) throws(DaemonError) -> AppRecord {
+    func register(id: String, name: String, description: String, icon: String, now: UInt64) throws(DaemonError)
+        -> AppRecord
+    {
         if let index = file.apps.firstIndex(where: { $0.id == id }) {
             switch file.apps[index].state {
             case .approved, .pending:
@@ -137,7 +142,8 @@ final class AppRegistry: @unchecked Sendable {
         guard file.apps.filter({ $0.state == .pending }).count < Self.maxPendingApps else {
             throw DaemonError(.busy, "too many apps wait for approval; the user must answer some first")
         }
-        let record = AppRecord(id: id, name: name, description: description, icon: icon, state: .pending, createdAt: now)
+        let record = AppRecord(
+            id: id, name: name, description: description, icon: icon, state: .pending, createdAt: now)
         file.apps.append(record)
         try save()
         return record
@@ -146,9 +152,12 @@ final class AppRegistry: @unchecked Sendable {
     /// Approve one instance: a new token (returned once, stored only as a
     /// hash) beside those of instances approved before.
     func approve(_ id: String, now: UInt64) throws(DaemonError) -> String {
-        guard let index = file.apps.firstIndex(where: { $0.id == id }) else { throw DaemonError(.notFound, "no app \(id)") }
+        guard let index = file.apps.firstIndex(where: { $0.id == id }) else {
+            throw DaemonError(.notFound, "no app \(id)")
+        }
         guard file.apps[index].tokenHashes.count < Self.maxInstances else {
-            throw DaemonError(.busy, "\(id) already has \(Self.maxInstances) approved instances: revoke it to start again")
+            throw DaemonError(
+                .busy, "\(id) already has \(Self.maxInstances) approved instances: revoke it to start again")
         }
         let token = base64url(Random.bytes(32))
         file.apps[index].state = .approved
@@ -160,7 +169,9 @@ final class AppRegistry: @unchecked Sendable {
 
     /// Deny a pending app or revoke an approved one: every token stops working.
     func decide(_ id: String, _ state: AppRecord.State, now: UInt64) throws(DaemonError) {
-        guard let index = file.apps.firstIndex(where: { $0.id == id }) else { throw DaemonError(.notFound, "no app \(id)") }
+        guard let index = file.apps.firstIndex(where: { $0.id == id }) else {
+            throw DaemonError(.notFound, "no app \(id)")
+        }
         file.apps[index].state = state
         file.apps[index].tokenHashes = []
         file.apps[index].decidedAt = now
@@ -187,7 +198,9 @@ final class AppRegistry: @unchecked Sendable {
 
     func grant(_ grant: Grant) throws(DaemonError) {
         guard grant.app != grant.target else { throw DaemonError(.invalid, "an app always has its own namespace") }
-        guard app(grant.app)?.state == .approved else { throw DaemonError(.invalid, "\(grant.app) is not an approved app") }
+        guard app(grant.app)?.state == .approved else {
+            throw DaemonError(.invalid, "\(grant.app) is not an approved app")
+        }
         guard app(grant.target) != nil else { throw DaemonError(.notFound, "no app \(grant.target)") }
         file.grants.removeAll { $0.app == grant.app && $0.target == grant.target }
         file.grants.append(grant)
@@ -195,7 +208,9 @@ final class AppRegistry: @unchecked Sendable {
     }
 
     func ungrant(app: String, target: String) throws(DaemonError) {
-        guard file.grants.contains(where: { $0.app == app && $0.target == target }) else { throw DaemonError(.notFound, "no such grant") }
+        guard file.grants.contains(where: { $0.app == app && $0.target == target }) else {
+            throw DaemonError(.notFound, "no such grant")
+        }
         file.grants.removeAll { $0.app == app && $0.target == target }
         try save()
     }
@@ -228,14 +243,15 @@ final class AppRegistry: @unchecked Sendable {
 /// Base64url without padding (RFC 4648 section 5): tokens and secrets that
 /// travel in URLs and JSON unescaped.
 func base64url(_ bytes: [UInt8]) -> String {
-    String(Data(bytes).base64EncodedString().compactMap { c -> Character? in
-        switch c {
-        case "+": "-"
-        case "/": "_"
-        case "=": nil
-        default: c
-        }
-    })
+    String(
+        Data(bytes).base64EncodedString().compactMap { c -> Character? in
+            switch c {
+            case "+": "-"
+            case "/": "_"
+            case "=": nil
+            default: c
+            }
+        })
 }
 
 func constantTimeEqual(_ a: [UInt8], _ b: [UInt8]) -> Bool {

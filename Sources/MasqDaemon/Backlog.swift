@@ -45,7 +45,13 @@ final class Backlog: Sendable {
                 w.refused = true
                 s.peers[peer] = w
                 s.refusals += 1
-                return (false, (peer, "more than \(limits.requestsPerConnection) requests or \(limits.bytesPerConnection >> 20) MiB waiting for their answers: read your answers"))
+                return (
+                    false,
+                    (
+                        peer,
+                        "more than \(limits.requestsPerConnection) requests or \(limits.bytesPerConnection >> 20) MiB waiting for their answers: read your answers"
+                    )
+                )
             }
             if s.totalBytes + bytes > limits.totalBytes {
                 // The connection holding the most gives way (likely the one not reading).
@@ -54,7 +60,9 @@ final class Backlog: Sendable {
                     w.refused = true
                     s.peers[peer] = w
                     s.refusals += 1
-                    return (false, (peer, "the daemon is overloaded (\(limits.totalBytes >> 20) MiB of requests waiting)"))
+                    return (
+                        false, (peer, "the daemon is overloaded (\(limits.totalBytes >> 20) MiB of requests waiting)")
+                    )
                 }
                 s.peers[heaviest]?.refused = true
                 s.refusals += 1
@@ -62,7 +70,9 @@ final class Backlog: Sendable {
                 w.bytes += bytes
                 s.peers[peer] = w
                 s.totalBytes += bytes
-                return (true, (heaviest, "the daemon is overloaded (\(limits.totalBytes >> 20) MiB of requests waiting)"))
+                return (
+                    true, (heaviest, "the daemon is overloaded (\(limits.totalBytes >> 20) MiB of requests waiting)")
+                )
             }
             w.requests += 1
             w.bytes += bytes

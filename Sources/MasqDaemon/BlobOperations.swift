@@ -1,7 +1,7 @@
 #if canImport(FoundationEssentials)
-import FoundationEssentials
+    import FoundationEssentials
 #else
-import Foundation
+    import Foundation
 #endif
 import MasqCrypto
 import MasqKernel
@@ -50,7 +50,10 @@ final class BlobUploads {
         var received: UInt64 = 0
         var touched = DaemonClock.now()
 
-        init(id: String, peer: String, profile: String, app: String, namespace: String, key: [UInt8], contentType: String, name: String, writer: BlobWriter) {
+        init(
+            id: String, peer: String, profile: String, app: String, namespace: String, key: [UInt8],
+            contentType: String, name: String, writer: BlobWriter
+        ) {
             self.id = id
             self.peer = peer
             self.profile = profile
@@ -70,15 +73,20 @@ final class BlobUploads {
     func add(_ upload: Upload) throws(DaemonError) {
         expire()
         guard uploads.values.filter({ $0.peer == upload.peer }).count < Self.perConnection else {
-            throw DaemonError(.busy, "at most \(Self.perConnection) blob uploads at once per connection: commit or abort one")
+            throw DaemonError(
+                .busy, "at most \(Self.perConnection) blob uploads at once per connection: commit or abort one")
         }
-        guard uploads.count < Self.total else { throw DaemonError(.busy, "too many blob uploads in progress; try again later") }
+        guard uploads.count < Self.total else {
+            throw DaemonError(.busy, "too many blob uploads in progress; try again later")
+        }
         uploads[upload.id] = upload
     }
 
     func get(_ id: String?, peer: String) throws(DaemonError) -> Upload {
         guard let id else { throw DaemonError(.badRequest, "missing \"upload\"") }
-        guard let upload = uploads[id], upload.peer == peer else { throw DaemonError(.notFound, "no blob upload \(id.prefix(40)) on this connection") }
+        guard let upload = uploads[id], upload.peer == peer else {
+            throw DaemonError(.notFound, "no blob upload \(id.prefix(40)) on this connection")
+        }
         return upload
     }
 
@@ -107,7 +115,9 @@ final class BlobUploads {
 extension Daemon {
     func performBlob(_ op: BlobOperation, _ c: Connection, _ appID: String, _ r: Request) throws(DaemonError) -> JSON {
         let profile = try activeProfile()
-        guard c.profile == profile.name else { throw DaemonError(.unauthorized, "the user switched profiles: say hello again") }
+        guard c.profile == profile.name else {
+            throw DaemonError(.unauthorized, "the user switched profiles: say hello again")
+        }
         let store = profile.store
         func run<T>(_ body: () throws(MasqError) -> T) throws(DaemonError) -> T {
             do throws(MasqError) { return try body() } catch { throw DaemonError(error) }
@@ -116,15 +126,22 @@ extension Daemon {
         switch op {
         case .part:
             let upload = try blobUploads.get(r.upload, peer: c.peer)
-            guard let text = r.data, let data = Data(base64Encoded: text) else { throw DaemonError(.badRequest, "\"data\" must be base64") }
-            guard data.count <= BlobUploads.maxPartBytes else { throw DaemonError(.tooLarge, "a part is at most \(BlobUploads.maxPartBytes) bytes") }
-            guard let offset = r.offset else { throw DaemonError(.badRequest, "missing \"offset\" (the part's first byte in the blob)") }
+            guard let text = r.data, let data = Data(base64Encoded: text) else {
+                throw DaemonError(.badRequest, "\"data\" must be base64")
+            }
+            guard data.count <= BlobUploads.maxPartBytes else {
+                throw DaemonError(.tooLarge, "a part is at most \(BlobUploads.maxPartBytes) bytes")
+            }
+            guard let offset = r.offset else {
+                throw DaemonError(.badRequest, "missing \"offset\" (the part's first byte in the blob)")
+            }
             upload.touched = DaemonClock.now()
             if offset + UInt64(data.count) <= upload.received {
-                return .object([("received", .uint(upload.received))])      // a part sent again: taken already
+                return .object([("received", .uint(upload.received))])  // a part sent again: taken already
             }
             guard offset == upload.received else {
-                throw DaemonError(.invalid, "part at byte \(offset), but \(upload.received) bytes were received: send from there")
+                throw DaemonError(
+                    .invalid, "part at byte \(offset), but \(upload.received) bytes were received: send from there")
             }
             do throws(MasqError) { try upload.writer.append(Array(data)) } catch {
                 blobUploads.remove(upload.id)
@@ -137,7 +154,8 @@ extension Daemon {
             let upload = try blobUploads.get(r.upload, peer: c.peer)
             let ns = try run { () throws(MasqError) in try NamespaceName(upload.namespace, limits: store.limits) }
             do throws(MasqError) {
-                let info = try upload.writer.finish(ns, key: upload.key, contentType: upload.contentType, name: upload.name)
+                let info = try upload.writer.finish(
+                    ns, key: upload.key, contentType: upload.contentType, name: upload.name)
                 let result = JSON.raw(info.json)
                 blobUploads.remove(upload.id, result: result)
                 return result
@@ -153,8 +171,10 @@ extension Daemon {
         }
         let namespaceText = r.ns ?? appID
         guard let access = profile.apps.access(appID, to: namespaceText) ?? shareAccess(profile, appID, namespaceText),
-              !op.writes || access == .write else {
-            throw DaemonError(.denied, op.writes ? "no write access to \(namespaceText)" : "no access to \(namespaceText)")
+            !op.writes || access == .write
+        else {
+            throw DaemonError(
+                .denied, op.writes ? "no write access to \(namespaceText)" : "no access to \(namespaceText)")
         }
         let ns = try run { () throws(MasqError) in try NamespaceName(namespaceText, limits: store.limits) }
         guard let keyText = r.key, !keyText.isEmpty else { throw DaemonError(.badRequest, "missing \"key\"") }
@@ -163,8 +183,10 @@ extension Daemon {
         case .begin:
             let writer = try run { () throws(MasqError) in try BlobWriter(store: store) }
             let id = Hex.encode(Random.bytes(12))
-            try blobUploads.add(BlobUploads.Upload(id: id, peer: c.peer, profile: profile.name, app: appID, namespace: namespaceText, key: key,
-                                                   contentType: r.content_type ?? "", name: r.name ?? "", writer: writer))
+            try blobUploads.add(
+                BlobUploads.Upload(
+                    id: id, peer: c.peer, profile: profile.name, app: appID, namespace: namespaceText, key: key,
+                    contentType: r.content_type ?? "", name: r.name ?? "", writer: writer))
             return .object([("upload", .string(id)), ("max_part_bytes", .int(Int64(BlobUploads.maxPartBytes)))])
         case .read:
             let offset = r.offset ?? 0
@@ -175,8 +197,11 @@ extension Daemon {
                 try store.readBlob(ns, key: key, offset: offset, length: length) { bytes += $0 }
                 return info
             }
-            return .object([("data", .string(Data(bytes).base64EncodedString())), ("offset", .uint(offset)),
-                            ("size", .uint(info.reference.size)), ("eof", .bool(offset + UInt64(bytes.count) >= info.reference.size))])
+            return .object([
+                ("data", .string(Data(bytes).base64EncodedString())), ("offset", .uint(offset)),
+                ("size", .uint(info.reference.size)),
+                ("eof", .bool(offset + UInt64(bytes.count) >= info.reference.size))
+            ])
         case .info:
             return .raw(try run { () throws(MasqError) in try store.blobInfo(ns, key: key) }.json)
         case .fetch:

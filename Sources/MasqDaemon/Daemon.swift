@@ -1,11 +1,11 @@
 #if canImport(FoundationEssentials)
-import FoundationEssentials
+    import FoundationEssentials
 #else
-import Foundation
+    import Foundation
 #endif
 import Dispatch
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 import MasqCrypto
 import MasqKernel
@@ -127,11 +127,15 @@ public final class Daemon: @unchecked Sendable {
 
     public init(options: DaemonOptions) throws(MasqError) {
         self.options = options
-        backlog = Backlog(.init(requestsPerConnection: options.maxWaitingRequests,
-                                bytesPerConnection: options.maxWaitingBytesPerConnection, totalBytes: options.maxWaitingBytes))
+        backlog = Backlog(
+            .init(
+                requestsPerConnection: options.maxWaitingRequests,
+                bytesPerConnection: options.maxWaitingBytesPerConnection, totalBytes: options.maxWaitingBytes))
         try FileSystem.makeDirectories(options.home)
         let manager = try ProfileManager(home: options.home, storage: options.storage)
-        let remembered = (try? FileSystem.readFile(options.home + "/active-profile")).map { String(decoding: $0, as: UTF8.self) }
+        let remembered = (try? FileSystem.readFile(options.home + "/active-profile")).map {
+            String(decoding: $0, as: UTF8.self)
+        }
         if manager.profiles.isEmpty {
             // A first start works out of the box: one profile, no passphrase.
             _ = try Self.guarded { () throws(DaemonError) in try manager.create("default", passphrase: nil) }
@@ -152,11 +156,14 @@ public final class Daemon: @unchecked Sendable {
         var pluginOptions: [(key: String, value: String)] = [
             ("max_message_bytes", String(options.maxMessageBytes)),
             ("max_connections", String(options.maxConnections)),
-            ("max_handshakes", String(options.maxHandshakes)),
+            ("max_handshakes", String(options.maxHandshakes))
         ]
-        if !options.staticDirectories.isEmpty { pluginOptions.append(("static_dir", options.staticDirectories.joined(separator: ":"))) }
+        if !options.staticDirectories.isEmpty {
+            pluginOptions.append(("static_dir", options.staticDirectories.joined(separator: ":")))
+        }
         if let user = options.allowedUser { pluginOptions.append(("allowed_uid", String(user))) }
-        let engine = try TransportPluginInstance.open(PluginReference(name: "localws", options: pluginOptions), config: config,
+        let engine = try TransportPluginInstance.open(
+            PluginReference(name: "localws", options: pluginOptions), config: config,
             // Requests are handled on the daemon's queue, one at a time, while
             // the transport's threads go on reading and writing (measured:
             // handling them on the transport's thread instead costs 3x the
@@ -213,8 +220,11 @@ public final class Daemon: @unchecked Sendable {
     private func peerEvent(_ peer: String, _ event: Int32, info: String?) {
         if event == TransportPluginInstance.peerUp {
             var fields: [String: String] = [:]
-            if let info, let decoded = try? JSONDecoder().decode([String: String].self, from: Data(info.utf8)) { fields = decoded }
-            connections[peer] = Connection(peer: peer, origin: fields["origin"], remote: fields["remote"], rate: options.requestsPerSecond)
+            if let info, let decoded = try? JSONDecoder().decode([String: String].self, from: Data(info.utf8)) {
+                fields = decoded
+            }
+            connections[peer] = Connection(
+                peer: peer, origin: fields["origin"], remote: fields["remote"], rate: options.requestsPerSecond)
         } else {
             if let connection = connections.removeValue(forKey: peer) { dropWatches(connection) }
             // A request whose asker is gone cannot be approved: the app asks again.
@@ -266,19 +276,22 @@ public final class Daemon: @unchecked Sendable {
         }
         if let operation = AppOperation(rawValue: r.op) {
             guard c.approved, let appID = c.appID else {
-                throw DaemonError(.unauthorized, "approved apps only: say hello with your token, or register and wait for the user")
+                throw DaemonError(
+                    .unauthorized, "approved apps only: say hello with your token, or register and wait for the user")
             }
             return try perform(operation, c, appID, r)
         }
         if let operation = BlobOperation(rawValue: r.op) {
             guard c.approved, let appID = c.appID else {
-                throw DaemonError(.unauthorized, "approved apps only: say hello with your token, or register and wait for the user")
+                throw DaemonError(
+                    .unauthorized, "approved apps only: say hello with your token, or register and wait for the user")
             }
             return try performBlob(operation, c, appID, r)
         }
         if let operation = ShareOperation(rawValue: r.op) {
             guard c.approved, let appID = c.appID else {
-                throw DaemonError(.unauthorized, "approved apps only: say hello with your token, or register and wait for the user")
+                throw DaemonError(
+                    .unauthorized, "approved apps only: say hello with your token, or register and wait for the user")
             }
             return try performShare(operation, c, appID, r)
         }
@@ -299,21 +312,28 @@ public final class Daemon: @unchecked Sendable {
         if let origin = c.origin {
             guard !ownOrigins.contains(origin) else { throw DaemonError(.denied, "the manager page is not an app") }
             guard origin != "null", origin.utf8.count + 4 <= AppRegistry.maxIDBytes,
-                  origin.hasPrefix("http://") || origin.hasPrefix("https://") else {
+                origin.hasPrefix("http://") || origin.hasPrefix("https://")
+            else {
                 throw DaemonError(.denied, "pages from origin \(origin.prefix(60)) cannot use Masq")
             }
             return "web:" + origin
         }
         guard let appID = r.app_id, (1...64).contains(appID.utf8.count),
-              appID.utf8.allSatisfy({ c in (c >= 48 && c <= 57) || (c >= 65 && c <= 90) || (c >= 97 && c <= 122) || c == 46 || c == 45 || c == 95 }) else {
-            throw DaemonError(.badRequest, "a native app (no Origin header) names itself with \"app_id\": 1-64 of A-Z a-z 0-9 . - _")
+            appID.utf8.allSatisfy({ c in
+                (c >= 48 && c <= 57) || (c >= 65 && c <= 90) || (c >= 97 && c <= 122) || c == 46 || c == 45 || c == 95
+            })
+        else {
+            throw DaemonError(
+                .badRequest, "a native app (no Origin header) names itself with \"app_id\": 1-64 of A-Z a-z 0-9 . - _")
         }
         return "native:" + appID
     }
 
     func activeProfile() throws(DaemonError) -> Profile {
         let profile = try profiles.profile(active)
-        guard !profile.store.isLocked else { throw DaemonError(.locked, "profile \(active) is locked: the user unlocks it in the manager") }
+        guard !profile.store.isLocked else {
+            throw DaemonError(.locked, "profile \(active) is locked: the user unlocks it in the manager")
+        }
         return profile
     }
 
@@ -321,7 +341,8 @@ public final class Daemon: @unchecked Sendable {
     /// register, for its whole life: a second identity needs a new connection.
     private func bind(_ c: Connection, _ id: String) throws(DaemonError) {
         if let bound = c.appID, bound != id {
-            throw DaemonError(.denied, "this connection speaks for \(bound.prefix(80)); open another connection for another app")
+            throw DaemonError(
+                .denied, "this connection speaks for \(bound.prefix(80)); open another connection for another app")
         }
         guard !c.admin else { throw DaemonError(.denied, "the manager's connection is not an app") }
     }
@@ -329,7 +350,8 @@ public final class Daemon: @unchecked Sendable {
     private func hello(_ c: Connection, _ r: Request) throws(DaemonError) -> JSON {
         let id = try identity(c, r)
         guard c.appID == nil else {
-            throw DaemonError(.badRequest, "one hello per connection (this one already said hello as \(c.appID!.prefix(80)))")
+            throw DaemonError(
+                .badRequest, "one hello per connection (this one already said hello as \(c.appID!.prefix(80)))")
         }
         try bind(c, id)
         let profile = try profiles.profile(active)
@@ -338,8 +360,10 @@ public final class Daemon: @unchecked Sendable {
         if let token = r.token, let app = profile.apps.authenticate(id, token: token) {
             c.approved = true
             c.waitingForApproval = false
-            return .object([("state", .string("approved")), ("app", .string(app.id)), ("namespace", .string(app.namespace)),
-                            ("profile", .string(profile.name)), ("locked", .bool(profile.store.isLocked))])
+            return .object([
+                ("state", .string("approved")), ("app", .string(app.id)), ("namespace", .string(app.namespace)),
+                ("profile", .string(profile.name)), ("locked", .bool(profile.store.isLocked))
+            ])
         }
         // Approved, but not proven: "token_required" (none given) or "bad_token".
         var state = profile.apps.app(id)?.state.rawValue ?? "unregistered"
@@ -359,26 +383,34 @@ public final class Daemon: @unchecked Sendable {
         }
         let icon = r.icon ?? ""
         guard icon.isEmpty || (icon.hasPrefix("data:image/") && icon.utf8.count <= AppRegistry.maxIconBytes) else {
-            throw DaemonError(.badRequest, "\"icon\" is a data:image/... URL of at most \(AppRegistry.maxIconBytes) bytes")
+            throw DaemonError(
+                .badRequest, "\"icon\" is a data:image/... URL of at most \(AppRegistry.maxIconBytes) bytes")
         }
         try bind(c, id)
-        guard !c.approved else { throw DaemonError(.badRequest, "this connection is already approved as \(id.prefix(80))") }
+        guard !c.approved else {
+            throw DaemonError(.badRequest, "this connection is already approved as \(id.prefix(80))")
+        }
         let profile = try profiles.profile(active)
         if let existing = requests.values.first(where: { $0.peer == c.peer }) {
-            return .object([("state", .string("pending")), ("app", .string(existing.app)), ("request", .string(existing.id))])
+            return .object([
+                ("state", .string("pending")), ("app", .string(existing.app)), ("request", .string(existing.id))
+            ])
         }
         guard requests.count < AppRegistry.maxPendingApps else {
             throw DaemonError(.busy, "too many apps wait for approval; the user must answer some first")
         }
         let now = DaemonClock.unixMilliseconds()
         let record = try profile.apps.register(id: id, name: name, description: description, icon: icon, now: now)
-        let request = ApprovalRequest(id: Hex.encode(Random.bytes(8)), app: record.id, profile: profile.name, peer: c.peer, remote: c.remote, at: now)
+        let request = ApprovalRequest(
+            id: Hex.encode(Random.bytes(8)), app: record.id, profile: profile.name, peer: c.peer, remote: c.remote,
+            at: now)
         requests[request.id] = request
         c.appID = id
         c.profile = profile.name
         c.approved = false
         c.waitingForApproval = true
-        notifyAdmins(.object([("event", .string("apps")), ("profile", .string(profile.name)), ("app", .string(record.id))]))
+        notifyAdmins(
+            .object([("event", .string("apps")), ("profile", .string(profile.name)), ("app", .string(record.id))]))
         // "pending" even for an approved app: this instance waits for the user.
         return .object([("state", .string("pending")), ("app", .string(record.id)), ("request", .string(request.id))])
     }
@@ -409,15 +441,33 @@ public final class Daemon: @unchecked Sendable {
     }
 
     func reply(_ peer: String, _ id: String?, error: DaemonError) {
-        send(peer, .object([("id", id.map(JSON.raw) ?? .null), ("ok", .bool(false)),
-                            ("error", .object([("code", .string(error.code.rawValue)), ("message", .string(error.message))]))]))
+        send(
+            peer,
+            .object([
+                ("id", id.map(JSON.raw) ?? .null), ("ok", .bool(false)),
+                ("error", .object([("code", .string(error.code.rawValue)), ("message", .string(error.message))]))
+            ]))
     }
 
     func send(_ peer: String, _ message: JSON) {
         var text = message.text
         if text.utf8.count > options.maxMessageBytes {
-            text = JSON.object([("ok", .bool(false)), ("error", .object([("code", .string("too_large")),
-                ("message", .string("the answer exceeds \(options.maxMessageBytes) bytes: ask for less (list with a prefix and a limit)"))]))]).text
+            text =
+                JSON.object([
+                    ("ok", .bool(false)),
+                    (
+                        "error",
+                        .object([
+                            ("code", .string("too_large")),
+                            (
+                                "message",
+                                .string(
+                                    "the answer exceeds \(options.maxMessageBytes) bytes: ask for less (list with a prefix and a limit)"
+                                )
+                            )
+                        ])
+                    )
+                ]).text
         }
         try? transport?.send(peer, Array(text.utf8))
     }

@@ -1,7 +1,7 @@
 #if canImport(FoundationEssentials)
-import FoundationEssentials
+    import FoundationEssentials
 #else
-import Foundation
+    import Foundation
 #endif
 import MasqKernel
 
@@ -86,7 +86,8 @@ struct RequestID: Decodable {
         } else if let s = try? container.decode(String.self), s.utf8.count <= 64 {
             json = quoted(s)
         } else {
-            throw DecodingError.dataCorruptedError(in: container, debugDescription: "id must be an integer or a string of at most 64 bytes")
+            throw DecodingError.dataCorruptedError(
+                in: container, debugDescription: "id must be an integer or a string of at most 64 bytes")
         }
     }
 }
@@ -147,7 +148,7 @@ struct Request: Decodable {
     var share: String?
     var base: String?
     // backups (BackupOperations.swift)
-    var file: String?   // offset and data are shared with blobs above
+    var file: String?  // offset and data are shared with blobs above
     var recovery: Bool?
 
     /// Decode one message, refusing nesting deeper than `maxDepth` before
@@ -156,7 +157,13 @@ struct Request: Decodable {
         var depth = 0, inString = false, escaped = false
         for byte in bytes {
             if inString {
-                if escaped { escaped = false } else if byte == UInt8(ascii: "\\") { escaped = true } else if byte == UInt8(ascii: "\"") { inString = false }
+                if escaped {
+                    escaped = false
+                } else if byte == UInt8(ascii: "\\") {
+                    escaped = true
+                } else if byte == UInt8(ascii: "\"") {
+                    inString = false
+                }
                 continue
             }
             switch byte {
@@ -261,7 +268,9 @@ enum ValueEncoding: String {
         switch self {
         case .utf8: return Array(text.utf8)
         case .base64:
-            guard let data = Data(base64Encoded: text) else { throw DaemonError(.badRequest, "\"\(field)\" is not base64") }
+            guard let data = Data(base64Encoded: text) else {
+                throw DaemonError(.badRequest, "\"\(field)\" is not base64")
+            }
             return Array(data)
         }
     }

@@ -71,9 +71,10 @@ final class ProfileManager {
     private let storage: String
 
     static func validName(_ name: String) -> Bool {
-        (1...32).contains(name.utf8.count) && name.utf8.allSatisfy { c in
-            (c >= 97 && c <= 122) || (c >= 48 && c <= 57) || c == 45 || c == 95
-        }
+        (1...32).contains(name.utf8.count)
+            && name.utf8.allSatisfy { c in
+                (c >= 97 && c <= 122) || (c >= 48 && c <= 57) || c == 45 || c == 95
+            }
     }
 
     init(home: String, storage: String = "sqlite") throws(MasqError) {
@@ -86,8 +87,9 @@ final class ProfileManager {
             do throws(MasqError) {
                 let config = try MasqConfig.load(path: directory + "/config.json")
                 let store = try Store(config: config)
-                profiles[name] = Profile(name: name, directory: directory, store: store,
-                                         apps: try AppRegistry(path: directory + "/apps.json"))
+                profiles[name] = Profile(
+                    name: name, directory: directory, store: store,
+                    apps: try AppRegistry(path: directory + "/apps.json"))
             } catch {
                 Log.warn("masqd", "profile \(name) does not open: \(error.message)")
             }
@@ -110,7 +112,8 @@ final class ProfileManager {
             try FileSystem.makeDirectories(directory)
             let store = try Store(config: config, passphrase: passphrase)
             try FileSystem.writeFile(directory + "/config.json", Array(config.json().utf8))
-            let profile = Profile(name: name, directory: directory, store: store, apps: try AppRegistry(path: directory + "/apps.json"))
+            let profile = Profile(
+                name: name, directory: directory, store: store, apps: try AppRegistry(path: directory + "/apps.json"))
             profiles[name] = profile
             return profile
         } catch {
@@ -123,7 +126,8 @@ final class ProfileManager {
         let directory = home + "/profiles/" + name
         do throws(MasqError) {
             let store = try Store(config: try MasqConfig.load(path: directory + "/config.json"))
-            let profile = Profile(name: name, directory: directory, store: store, apps: try AppRegistry(path: directory + "/apps.json"))
+            let profile = Profile(
+                name: name, directory: directory, store: store, apps: try AppRegistry(path: directory + "/apps.json"))
             profiles[name] = profile
             return profile
         } catch {

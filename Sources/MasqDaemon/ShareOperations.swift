@@ -1,7 +1,7 @@
 #if canImport(FoundationEssentials)
-import FoundationEssentials
+    import FoundationEssentials
 #else
-import Foundation
+    import Foundation
 #endif
 import MasqCrypto
 import MasqKernel
@@ -58,7 +58,9 @@ final class ShareOwners {
 
     init(path: String) {
         self.path = path
-        if let bytes = try? FileSystem.readFile(path), let decoded = try? JSONDecoder().decode([String: Entry].self, from: Data(bytes)) {
+        if let bytes = try? FileSystem.readFile(path),
+            let decoded = try? JSONDecoder().decode([String: Entry].self, from: Data(bytes))
+        {
             entries = decoded
         }
     }
@@ -96,60 +98,90 @@ final class ShareDesk {
 
     /// What, when it changes, an app hears of: not every message heard.
     static func signature(_ s: ShareState) -> String {
-        [s.status.rawValue, s.namespace, s.access.rawValue, s.fingerprint ?? "", s.nickname ?? "",
-         String(s.warnings.count), String(s.rejected)].joined(separator: "\u{0}")
+        [
+            s.status.rawValue, s.namespace, s.access.rawValue, s.fingerprint ?? "", s.nickname ?? "",
+            String(s.warnings.count), String(s.rejected)
+        ].joined(separator: "\u{0}")
     }
 }
 
 extension Daemon {
     // MARK: - the app's side
 
-    func performShare(_ op: ShareOperation, _ c: Connection, _ appID: String, _ r: Request) throws(DaemonError) -> JSON {
+    func performShare(_ op: ShareOperation, _ c: Connection, _ appID: String, _ r: Request) throws(DaemonError) -> JSON
+    {
         let profile = try activeProfile()
-        guard c.profile == profile.name else { throw DaemonError(.unauthorized, "the user switched profiles: say hello again") }
+        guard c.profile == profile.name else {
+            throw DaemonError(.unauthorized, "the user switched profiles: say hello again")
+        }
         switch op {
         case .create:
             let ns = r.ns ?? appID
             guard ns == appID else {
-                throw DaemonError(.denied, "an app shares only its own namespace (\(appID.prefix(80))), not \(ns.prefix(80))")
+                throw DaemonError(
+                    .denied, "an app shares only its own namespace (\(appID.prefix(80))), not \(ns.prefix(80))")
             }
             let nickname = try nicknameField(r.nickname)
             if let base = r.base {
                 try shareRun { () throws(MasqError) in try ShareService.checkLinkBase(base) }
                 // A page's links open that page's site, not another's.
                 if appID.hasPrefix("web:"), !base.hasPrefix(String(appID.dropFirst(4)) + "/") {
-                    throw DaemonError(.denied, "a page's share links start with its own origin (\(appID.dropFirst(4).prefix(80))/)")
+                    throw DaemonError(
+                        .denied, "a page's share links start with its own origin (\(appID.dropFirst(4).prefix(80))/)")
                 }
             }
             guard !shareServices(profile).isEmpty || !profile.store.config.sharing.services.isEmpty else {
-                throw DaemonError(.unavailable, "no Connectoid service to share through: the user adds one (masqd --share-service URL, or \"sharing\" in the profile's config)")
+                throw DaemonError(
+                    .unavailable,
+                    "no Connectoid service to share through: the user adds one (masqd --share-service URL, or \"sharing\" in the profile's config)"
+                )
             }
-            return try askUser(.create, c, appID, profile, nickname: nickname, readOnly: r.read_only ?? false, base: r.base,
-                               link: nil, share: nil, services: [])
+            return try askUser(
+                .create, c, appID, profile, nickname: nickname, readOnly: r.read_only ?? false, base: r.base,
+                link: nil, share: nil, services: [])
         case .accept:
             guard let link = r.link, !link.isEmpty else { throw DaemonError(.badRequest, "missing \"link\"") }
             let nickname = try nicknameField(r.nickname)
-            let checked = try shareRun { () throws(MasqError) in try (profile.sharing ?? ShareService(store: profile.store)).checkLink(link) }
-            if let waiting = shareDesk.requests.values.first(where: { $0.shareID == checked.id && $0.profile == profile.name }) {
-                guard waiting.peer == c.peer else { throw DaemonError(.busy, "this link already waits for the user's answer") }
+            let checked = try shareRun { () throws(MasqError) in
+                try (profile.sharing ?? ShareService(store: profile.store)).checkLink(link)
+            }
+            if let waiting = shareDesk.requests.values.first(where: {
+                $0.shareID == checked.id && $0.profile == profile.name
+            }) {
+                guard waiting.peer == c.peer else {
+                    throw DaemonError(.busy, "this link already waits for the user's answer")
+                }
                 return .object([("state", .string("pending")), ("request", .string(waiting.id))])
             }
-            return try askUser(.accept, c, appID, profile, nickname: nickname, readOnly: false, base: nil,
-                               link: link, share: checked.id, services: checked.services)
+            return try askUser(
+                .accept, c, appID, profile, nickname: nickname, readOnly: false, base: nil,
+                link: link, share: checked.id, services: checked.services)
         case .list:
             let owners = shareDesk.owners(profile)
             let states = try shareRun { () throws(MasqError) in try profile.store.shares() }
             let mine = states.filter { owners.entries[$0.id]?.app == appID }
-            let asked = shareDesk.requests.values.filter { $0.app == appID && $0.profile == profile.name && $0.peer == c.peer }
-                .sorted { $0.at < $1.at }
-            return .object([("shares", .array(mine.map { shareObject($0) })),
-                            ("requests", .array(asked.map { q in
-                                .object([("request", .string(q.id)), ("kind", .string(q.kind.rawValue)), ("nickname", .string(q.nickname))])
-                            }))])
+            let asked = shareDesk.requests.values.filter {
+                $0.app == appID && $0.profile == profile.name && $0.peer == c.peer
+            }
+            .sorted { $0.at < $1.at }
+            return .object([
+                ("shares", .array(mine.map { shareObject($0) })),
+                (
+                    "requests",
+                    .array(
+                        asked.map { q in
+                            .object([
+                                ("request", .string(q.id)), ("kind", .string(q.kind.rawValue)),
+                                ("nickname", .string(q.nickname))
+                            ])
+                        })
+                )
+            ])
         case .remove:
             guard let id = r.share, !id.isEmpty else { throw DaemonError(.badRequest, "missing \"share\"") }
             guard shareDesk.owners(profile).entries[id]?.app == appID,
-                  (try shareRun { () throws(MasqError) in try profile.store.share(id) }) != nil else {
+                (try shareRun { () throws(MasqError) in try profile.store.share(id) }) != nil
+            else {
                 throw DaemonError(.notFound, "no share \(id.prefix(80)) of this app")
             }
             try endShare(profile, id)
@@ -158,7 +190,9 @@ extension Daemon {
     }
 
     private func nicknameField(_ value: String?) throws(DaemonError) -> String {
-        guard let value else { throw DaemonError(.badRequest, "missing \"nickname\": what the user calls the other person") }
+        guard let value else {
+            throw DaemonError(.badRequest, "missing \"nickname\": what the user calls the other person")
+        }
         return try shareRun { () throws(MasqError) in try ShareState.checkedNickname(value) }
     }
 
@@ -167,17 +201,22 @@ extension Daemon {
         profile.store.config.sharing.services.isEmpty ? options.shareServices : []
     }
 
-    private func askUser(_ kind: ShareRequest.Kind, _ c: Connection, _ appID: String, _ profile: Profile, nickname: String, readOnly: Bool,
-                         base: String?, link: String?, share: String?, services: [String]) throws(DaemonError) -> JSON {
+    private func askUser(
+        _ kind: ShareRequest.Kind, _ c: Connection, _ appID: String, _ profile: Profile, nickname: String,
+        readOnly: Bool,
+        base: String?, link: String?, share: String?, services: [String]
+    ) throws(DaemonError) -> JSON {
         guard shareDesk.requests.values.filter({ $0.peer == c.peer }).count < ShareDesk.maxRequestsPerConnection else {
-            throw DaemonError(.busy, "at most \(ShareDesk.maxRequestsPerConnection) share requests per connection wait for the user")
+            throw DaemonError(
+                .busy, "at most \(ShareDesk.maxRequestsPerConnection) share requests per connection wait for the user")
         }
         guard shareDesk.requests.count < ShareDesk.maxRequests else {
             throw DaemonError(.busy, "too many share requests wait for the user; they must answer some first")
         }
-        let request = ShareRequest(id: Hex.encode(Random.bytes(8)), kind: kind, app: appID, profile: profile.name, peer: c.peer,
-                                   remote: c.remote, namespace: kind == .create ? appID : nil, nickname: nickname, readOnly: readOnly,
-                                   base: base, link: link, shareID: share, services: services, at: DaemonClock.unixMilliseconds())
+        let request = ShareRequest(
+            id: Hex.encode(Random.bytes(8)), kind: kind, app: appID, profile: profile.name, peer: c.peer,
+            remote: c.remote, namespace: kind == .create ? appID : nil, nickname: nickname, readOnly: readOnly,
+            base: base, link: link, shareID: share, services: services, at: DaemonClock.unixMilliseconds())
         shareDesk.requests[request.id] = request
         notifyAdmins(.object([("event", .string("shares")), ("profile", .string(profile.name))]))
         return .object([("state", .string("pending")), ("request", .string(request.id))])
@@ -202,32 +241,53 @@ extension Daemon {
             let owners = shareDesk.owners(p)
             let states = try shareRun { () throws(MasqError) in try p.store.shares() }
             let asking = shareDesk.requests.values.filter { $0.profile == p.name }.sorted { $0.at < $1.at }
-            return .object([("profile", .string(p.name)),
-                            ("shares", .array(states.map { s in
-                                let app = owners.entries[s.id]?.app
-                                return shareObject(s, extra: [("app", app.map(JSON.string) ?? .null),
-                                                              ("app_name", (app.flatMap { p.apps.app($0)?.name }).map(JSON.string) ?? .null)])
-                            })),
-                            ("requests", .array(asking.map { q in
-                                let name = p.apps.app(q.app)?.name ?? q.app
-                                var fields: [(String, JSON)] = [
-                                    ("request", .string(q.id)), ("kind", .string(q.kind.rawValue)), ("app", .string(q.app)),
-                                    ("app_name", .string(name)), ("nickname", .string(q.nickname)), ("since", .uint(q.at)),
-                                    ("remote", q.remote.map(JSON.string) ?? .null),
+            return .object([
+                ("profile", .string(p.name)),
+                (
+                    "shares",
+                    .array(
+                        states.map { s in
+                            let app = owners.entries[s.id]?.app
+                            return shareObject(
+                                s,
+                                extra: [
+                                    ("app", app.map(JSON.string) ?? .null),
+                                    ("app_name", (app.flatMap { p.apps.app($0)?.name }).map(JSON.string) ?? .null)
+                                ])
+                        })
+                ),
+                (
+                    "requests",
+                    .array(
+                        asking.map { q in
+                            let name = p.apps.app(q.app)?.name ?? q.app
+                            var fields: [(String, JSON)] = [
+                                ("request", .string(q.id)), ("kind", .string(q.kind.rawValue)), ("app", .string(q.app)),
+                                ("app_name", .string(name)), ("nickname", .string(q.nickname)), ("since", .uint(q.at)),
+                                ("remote", q.remote.map(JSON.string) ?? .null)
+                            ]
+                            if q.kind == .create {
+                                fields += [
+                                    ("namespace", .string(q.namespace ?? "")),
+                                    ("access", .string(q.readOnly ? "read-only" : "read-write"))
                                 ]
-                                if q.kind == .create {
-                                    fields += [("namespace", .string(q.namespace ?? "")), ("access", .string(q.readOnly ? "read-only" : "read-write"))]
-                                } else {
-                                    fields += [("share", .string(q.shareID ?? "")), ("services", .array(q.services.map(JSON.string)))]
-                                }
-                                return .object(fields)
-                            }))])
+                            } else {
+                                fields += [
+                                    ("share", .string(q.shareID ?? "")),
+                                    ("services", .array(q.services.map(JSON.string)))
+                                ]
+                            }
+                            return .object(fields)
+                        })
+                )
+            ])
 
         case "shares.approve":
             guard let id = r.request, let q = shareDesk.requests[id] else {
                 throw DaemonError(.notFound, "no share request \(r.request?.prefix(40) ?? ""): the app may have gone")
             }
-            guard let asker = connections[q.peer], asker.approved, asker.appID == q.app, asker.profile == q.profile else {
+            guard let asker = connections[q.peer], asker.approved, asker.appID == q.app, asker.profile == q.profile
+            else {
                 shareDesk.requests[id] = nil
                 throw DaemonError(.notFound, "the app that asked has gone; it asks again when it reconnects")
             }
@@ -237,7 +297,9 @@ extension Daemon {
             do throws(DaemonError) {
                 let (state, link) = try carryOut(q, p)
                 let object = shareObject(state)
-                var event: [(String, JSON)] = [("event", .string("share_approved")), ("request", .string(id)), ("share", object)]
+                var event: [(String, JSON)] = [
+                    ("event", .string("share_approved")), ("request", .string(id)), ("share", object)
+                ]
                 if let link {
                     event += [("link", .string(link)), ("qr_svg", .string((try? QRCode(link).svg()) ?? ""))]
                 }
@@ -246,8 +308,15 @@ extension Daemon {
                 notifyAdmins(.object([("event", .string("shares")), ("profile", .string(p.name))]))
                 return .object([("request", .string(id)), ("share", object)])
             } catch {
-                send(asker.peer, .object([("event", .string("share_failed")), ("request", .string(id)),
-                                          ("error", .object([("code", .string(error.code.rawValue)), ("message", .string(error.message))]))]))
+                send(
+                    asker.peer,
+                    .object([
+                        ("event", .string("share_failed")), ("request", .string(id)),
+                        (
+                            "error",
+                            .object([("code", .string(error.code.rawValue)), ("message", .string(error.message))])
+                        )
+                    ]))
                 notifyAdmins(.object([("event", .string("shares")), ("profile", .string(p.name))]))
                 throw error
             }
@@ -287,8 +356,9 @@ extension Daemon {
             let link = try shareRun { () throws(MasqError) in
                 let ns = try NamespaceName(text, limits: p.store.limits)
                 let services = shareServices(p)
-                return try service.create(namespace: ns, readOnly: q.readOnly, services: services.isEmpty ? nil : services,
-                                          base: q.base ?? "masq://share/", nickname: q.nickname)
+                return try service.create(
+                    namespace: ns, readOnly: q.readOnly, services: services.isEmpty ? nil : services,
+                    base: q.base ?? "masq://share/", nickname: q.nickname)
             }
             owners.set(link.pubText, .init(app: q.app, namespace: text))
             guard let state = try shareRun({ () throws(MasqError) in try p.store.share(link.pubText) }) else {
@@ -321,7 +391,8 @@ extension Daemon {
         } else {
             let service = ShareService(store: p.store)
             do throws(MasqError) { try service.start() } catch {
-                Log.warn("masqd", "share \(id.prefix(10)): the other side is not told (\(error.message)); ending it here")
+                Log.warn(
+                    "masqd", "share \(id.prefix(10)): the other side is not told (\(error.message)); ending it here")
             }
             defer { service.stop() }
             _ = try shareRun { () throws(MasqError) in try service.unshare(id) }
@@ -392,20 +463,21 @@ extension Daemon {
     // MARK: - answers
 
     func shareObject(_ s: ShareState, extra: [(String, JSON)] = []) -> JSON {
-        .object([
-            ("id", .string(s.id)),
-            ("namespace", s.namespace.isEmpty ? .null : .string(s.namespace)),
-            ("role", .string(s.role.rawValue)),
-            ("access", .string(s.access.rawValue)),
-            ("status", .string(s.status.rawValue)),
-            ("nickname", s.nickname.map(JSON.string) ?? .null),
-            ("fingerprint", s.fingerprint.map(JSON.string) ?? .null),
-            ("fingerprint_emoji", s.fingerprintEmoji.map(JSON.string) ?? .null),
-            ("created_at", .uint(s.created)),
-            ("last_heard_at", .uint(s.lastHeard)),
-            ("refused", .uint(s.rejected)),
-            ("warnings", .array(s.warnings.map(JSON.string))),
-        ] + extra)
+        .object(
+            [
+                ("id", .string(s.id)),
+                ("namespace", s.namespace.isEmpty ? .null : .string(s.namespace)),
+                ("role", .string(s.role.rawValue)),
+                ("access", .string(s.access.rawValue)),
+                ("status", .string(s.status.rawValue)),
+                ("nickname", s.nickname.map(JSON.string) ?? .null),
+                ("fingerprint", s.fingerprint.map(JSON.string) ?? .null),
+                ("fingerprint_emoji", s.fingerprintEmoji.map(JSON.string) ?? .null),
+                ("created_at", .uint(s.created)),
+                ("last_heard_at", .uint(s.lastHeard)),
+                ("refused", .uint(s.rejected)),
+                ("warnings", .array(s.warnings.map(JSON.string)))
+            ] + extra)
     }
 
     /// Kernel errors of share operations as the app protocol's codes: here a

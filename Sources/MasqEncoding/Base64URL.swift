@@ -1,7 +1,8 @@
 /// Base64url without padding (RFC 4648 §5), used in links.
 public enum Base64URL {
     public static let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".utf8)
-    public static let values: [UInt8: UInt8] = Dictionary(uniqueKeysWithValues: alphabet.enumerated().map { ($1, UInt8($0)) })
+    public static let values: [UInt8: UInt8] = Dictionary(
+        uniqueKeysWithValues: alphabet.enumerated().map { ($1, UInt8($0)) })
 
     public static func encode(_ bytes: [UInt8]) -> String {
         var out: [UInt8] = []
@@ -9,7 +10,9 @@ public enum Base64URL {
         var i = 0
         while i + 3 <= bytes.count {
             let n = UInt32(bytes[i]) << 16 | UInt32(bytes[i + 1]) << 8 | UInt32(bytes[i + 2])
-            out += [alphabet[Int(n >> 18)], alphabet[Int(n >> 12 & 63)], alphabet[Int(n >> 6 & 63)], alphabet[Int(n & 63)]]
+            out += [
+                alphabet[Int(n >> 18)], alphabet[Int(n >> 12 & 63)], alphabet[Int(n >> 6 & 63)], alphabet[Int(n & 63)]
+            ]
             i += 3
         }
         let rest = bytes.count - i

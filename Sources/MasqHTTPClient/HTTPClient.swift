@@ -17,9 +17,13 @@ public struct HTTPEndpoint: Sendable {
 
     public init?(_ url: String) {
         let rest: Substring
-        if url.hasPrefix("http://") { tls = false; rest = url.dropFirst(7) }
-        else if url.hasPrefix("https://") { tls = true; rest = url.dropFirst(8) }
-        else { return nil }
+        if url.hasPrefix("http://") {
+            tls = false; rest = url.dropFirst(7)
+        } else if url.hasPrefix("https://") {
+            tls = true; rest = url.dropFirst(8)
+        } else {
+            return nil
+        }
         let authority = rest.prefix { $0 != "/" }
         path = rest.count > authority.count ? String(rest.dropFirst(authority.count)) : "/"
         if authority.hasPrefix("["), let close = authority.firstIndex(of: "]") {
@@ -48,8 +52,10 @@ public struct HTTPResult: Sendable {
 }
 
 public enum HTTPClient {
-    public static func post(_ endpoint: HTTPEndpoint, body: [UInt8], group: EventLoopGroup, tls: NIOSSLContext?,
-                     timeout: TimeAmount, maxResponseBytes: Int) -> EventLoopFuture<HTTPResult> {
+    public static func post(
+        _ endpoint: HTTPEndpoint, body: [UInt8], group: EventLoopGroup, tls: NIOSSLContext?,
+        timeout: TimeAmount, maxResponseBytes: Int
+    ) -> EventLoopFuture<HTTPResult> {
         let loop = group.next()
         let promise = loop.makePromise(of: HTTPResult.self)
         let bootstrap = ClientBootstrap(group: loop)
@@ -58,10 +64,12 @@ public enum HTTPClient {
             .channelInitializer { channel in
                 do {
                     if endpoint.tls, let tls {
-                        try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: tls, serverHostname: endpoint.host))
+                        try channel.pipeline.syncOperations.addHandler(
+                            try NIOSSLClientHandler(context: tls, serverHostname: endpoint.host))
                     }
                     try channel.pipeline.syncOperations.addHTTPClientHandlers()
-                    try channel.pipeline.syncOperations.addHandler(ResponseCollector(promise: promise, limit: maxResponseBytes))
+                    try channel.pipeline.syncOperations.addHandler(
+                        ResponseCollector(promise: promise, limit: maxResponseBytes))
                     return channel.eventLoop.makeSucceededVoidFuture()
                 } catch {
                     return channel.eventLoop.makeFailedFuture(error)
@@ -78,7 +86,8 @@ public enum HTTPClient {
                 headers.add(name: "connection", value: "close")
                 let head = HTTPRequestHead(version: .http1_1, method: .POST, uri: endpoint.path, headers: headers)
                 channel.write(HTTPClientRequestPart.head(head), promise: nil)
-                channel.write(HTTPClientRequestPart.body(.byteBuffer(channel.allocator.buffer(bytes: body))), promise: nil)
+                channel.write(
+                    HTTPClientRequestPart.body(.byteBuffer(channel.allocator.buffer(bytes: body))), promise: nil)
                 channel.writeAndFlush(HTTPClientRequestPart.end(nil), promise: nil)
                 let deadline = loop.scheduleTask(in: timeout) {
                     promise.fail(ChannelError.connectTimeout(timeout))

@@ -43,7 +43,9 @@ public final class HandshakeGate: @unchecked Sendable {
         let evicted = table.withLockedValue { t -> Channel? in
             var oldest: (ObjectIdentifier, Entry)?
             if t.pending.count >= capacity {
-                for (key, entry) in t.pending where oldest == nil || entry.order < oldest!.1.order { oldest = (key, entry) }
+                for (key, entry) in t.pending where oldest == nil || entry.order < oldest!.1.order {
+                    oldest = (key, entry)
+                }
                 if let (key, _) = oldest {
                     t.pending[key] = nil
                     t.evicted += 1

@@ -53,16 +53,15 @@ final class BlobTransfer {
         var id: String { hex(wanted.manifest) }
     }
 
-
     let store: Store
     let mode: SyncConfig.BlobMode
     /// Seal and send one frame to a device; false if it could not go now.
     let send: (_ frame: [UInt8], _ device: String) -> Bool
     private(set) var counters = BlobTransferCounters()
     private var active: [[UInt8]: Active] = [:]
-    private var order: [[UInt8]] = []          // active manifests, oldest request first
+    private var order: [[UInt8]] = []  // active manifests, oldest request first
     private var waiting: [Store.WantedBlob] = []
-    private var owners: [Item: [[UInt8]]] = [:] // item -> active manifests needing it
+    private var owners: [Item: [[UInt8]]] = [:]  // item -> active manifests needing it
     private var pending: [Item] = []
     private var pendingSet = Set<Item>()
     private var outstanding: [String: [Outstanding]] = [:]
@@ -85,8 +84,10 @@ final class BlobTransfer {
     /// there (the end of the current burst of frames).
     let scheduleSave: () -> Void
 
-    init(store: Store, mode: SyncConfig.BlobMode, scheduleSave: @escaping () -> Void,
-         send: @escaping (_ frame: [UInt8], _ device: String) -> Bool) {
+    init(
+        store: Store, mode: SyncConfig.BlobMode, scheduleSave: @escaping () -> Void,
+        send: @escaping (_ frame: [UInt8], _ device: String) -> Bool
+    ) {
         self.store = store
         self.mode = mode
         self.scheduleSave = scheduleSave
@@ -110,14 +111,16 @@ final class BlobTransfer {
     }
 
     func stop() {
-        save()   // what arrived and verified is kept: a restart asks only for the rest
+        save()  // what arrived and verified is kept: a restart asks only for the rest
         store.blobState.lock.withLock { store.blobState.fetched = [:] }
     }
 
     /// A change committed here: a blob reference whose contents are missing is fetched (eager mode).
     func noticed(_ value: [UInt8]) {
         guard mode == .eager, let reference = try? BlobReference.parse(value) else { return }
-        guard active[reference.manifest] == nil, !waiting.contains(where: { $0.manifest == reference.manifest }) else { return }
+        guard active[reference.manifest] == nil, !waiting.contains(where: { $0.manifest == reference.manifest }) else {
+            return
+        }
         do throws(MasqError) { try store.requestFetch(reference) } catch {
             Log.warn("sync", "cannot record blob \(reference.id.prefix(12)) to fetch: \(error.message)")
         }
@@ -199,7 +202,8 @@ final class BlobTransfer {
             lackSince = now
         }
         for device in devices.sorted(by: { (outstanding[$0]?.count ?? 0) < (outstanding[$1]?.count ?? 0) }) {
-            var budget = Self.windowBytes - min(Self.windowBytes, (outstanding[device] ?? []).reduce(0) { $0 + $1.bytes })
+            var budget =
+                Self.windowBytes - min(Self.windowBytes, (outstanding[device] ?? []).reduce(0) { $0 + $1.bytes })
             var batch: [Item] = []
             var index = 0
             while index < pending.count && batch.count < Self.maxItemsPerWant {
@@ -224,14 +228,16 @@ final class BlobTransfer {
             }
             for item in batch {
                 nextSeq += 1
-                outstanding[device, default: []].append(Outstanding(item: item, seq: nextSeq, at: now, bytes: expectedBytes(item)))
+                outstanding[device, default: []].append(
+                    Outstanding(item: item, seq: nextSeq, at: now, bytes: expectedBytes(item)))
                 asked[item] = device
             }
         }
     }
 
     private func expectedBytes(_ item: Item) -> UInt64 {
-        guard !item.manifest, let owner = owners[item]?.first, let blob = active[owner], let manifest = blob.manifest else {
+        guard !item.manifest, let owner = owners[item]?.first, let blob = active[owner], let manifest = blob.manifest
+        else {
             return UInt64(BlobManifest.defaultChunkSize)
         }
         return UInt64(manifest.chunkSize)
@@ -303,9 +309,13 @@ final class BlobTransfer {
     static func items(_ frame: [UInt8]) throws(MasqError) -> [Item] {
         guard frame.count >= 4 else { throw .invalid("truncated blob list") }
         let n = Int(frame[2]) << 8 | Int(frame[3])
-        guard n <= maxItemsPerWant, frame.count == 4 + n * 33 else { throw .invalid("malformed blob list of \(n) items") }
+        guard n <= maxItemsPerWant, frame.count == 4 + n * 33 else {
+            throw .invalid("malformed blob list of \(n) items")
+        }
         // Kind 0 (chunk) or 1 (manifest); anything else is refused, not read as a chunk.
-        guard (0..<n).allSatisfy({ frame[4 + $0 * 33] <= 1 }) else { throw .invalid("a blob list item of unknown kind") }
+        guard (0..<n).allSatisfy({ frame[4 + $0 * 33] <= 1 }) else {
+            throw .invalid("a blob list item of unknown kind")
+        }
         return (0..<n).map { i in
             let at = 4 + i * 33
             return Item(manifest: frame[at] == 1, hash: Array(frame[(at + 1)..<(at + 33)]))
@@ -325,12 +335,15 @@ final class BlobTransfer {
         for item in items {
             let content: [UInt8]?
             do throws(MasqError) { content = try store.blobContent(manifest: item.manifest, item.hash) } catch {
-                Log.warn("sync", "cannot read a blob \(item.manifest ? "manifest" : "chunk") asked for: \(error.message)")
+                Log.warn(
+                    "sync", "cannot read a blob \(item.manifest ? "manifest" : "chunk") asked for: \(error.message)")
                 content = nil
             }
             // What is damaged here is not sent: the other device asks elsewhere.
             guard let content, Hash.sha256(content) == item.hash else {
-                if content != nil { Log.warn("sync", "a blob chunk stored here is damaged (its SHA-256 does not match); not sent") }
+                if content != nil {
+                    Log.warn("sync", "a blob chunk stored here is damaged (its SHA-256 does not match); not sent")
+                }
                 lacks.append(item)
                 continue
             }
@@ -350,7 +363,9 @@ final class BlobTransfer {
     /// Take `item` off what `device` was asked for. Items asked before it and
     /// still unanswered were lost on the way: asked again. False if unasked.
     private func answered(_ item: Item, from device: String) -> Bool {
-        guard var list = outstanding[device], let index = list.firstIndex(where: { $0.item == item }) else { return false }
+        guard var list = outstanding[device], let index = list.firstIndex(where: { $0.item == item }) else {
+            return false
+        }
         let seq = list[index].seq
         let lost = list.filter { $0.seq < seq }
         list.removeAll { $0.seq <= seq }
@@ -373,7 +388,10 @@ final class BlobTransfer {
         }
         guard Hash.sha256(data) == item.hash else {
             counters.rejected += 1
-            Log.warn("sync", "device \(device) sent a blob \(item.manifest ? "manifest" : "chunk") whose SHA-256 does not match: refused")
+            Log.warn(
+                "sync",
+                "device \(device) sent a blob \(item.manifest ? "manifest" : "chunk") whose SHA-256 does not match: refused"
+            )
             lacking[item, default: []].insert(device)
             requeue(item)
             for m in manifests { active[m]?.problem = "a chunk from \(device) failed its SHA-256 check; asking again" }
@@ -383,9 +401,11 @@ final class BlobTransfer {
             receivedManifest(item, data)
             return
         }
-        guard !unsavedItems.contains(item) else { return }   // a second copy of one already verified
+        guard !unsavedItems.contains(item) else { return }  // a second copy of one already verified
         let wanted = manifests.contains { m in
-            guard let blob = active[m], let manifest = blob.manifest, let indexes = blob.need[item.hash] else { return false }
+            guard let blob = active[m], let manifest = blob.manifest, let indexes = blob.need[item.hash] else {
+                return false
+            }
             return indexes.allSatisfy { manifest.length($0) == data.count }
         }
         guard wanted else {
@@ -424,7 +444,8 @@ final class BlobTransfer {
         for entry in batch {
             for m in owners[entry.item] ?? [] {
                 guard let blob = active[m], let manifest = blob.manifest, let indexes = blob.need[entry.item.hash],
-                      indexes.allSatisfy({ manifest.length($0) == entry.data.count }) else { continue }
+                    indexes.allSatisfy({ manifest.length($0) == entry.data.count })
+                else { continue }
                 touched.append((entry.item, blob, indexes, entry.data.count))
             }
         }
@@ -450,9 +471,13 @@ final class BlobTransfer {
             t.blob.need[t.item.hash] = nil
             t.blob.fetched += UInt64(t.count * t.indexes.count)
             t.blob.problem = nil
-            if t.blob.need.isEmpty, !finished.contains(t.blob.wanted.manifest) { finished.append(t.blob.wanted.manifest) }
+            if t.blob.need.isEmpty, !finished.contains(t.blob.wanted.manifest) {
+                finished.append(t.blob.wanted.manifest)
+            }
         }
-        for blob in Set(touched.map { ObjectIdentifier($0.blob) }).compactMap({ id in touched.first { ObjectIdentifier($0.blob) == id }?.blob }) {
+        for blob in Set(touched.map { ObjectIdentifier($0.blob) }).compactMap({ id in
+            touched.first { ObjectIdentifier($0.blob) == id }?.blob
+        }) {
             publish(blob)
         }
         for m in finished { finish(m, complete: true) }
@@ -465,9 +490,13 @@ final class BlobTransfer {
             let manifest: BlobManifest
             do throws(MasqError) {
                 manifest = try data.withBytes { (d) throws(MasqError) in try BlobManifest(decoding: d) }
-                guard manifest.matches(blob.wanted.reference) else { throw .invalid("its size does not match the reference") }
+                guard manifest.matches(blob.wanted.reference) else {
+                    throw .invalid("its size does not match the reference")
+                }
                 try store.storeReceived([(true, item.hash, data)], complete: [])
-                guard let (stored, missing) = try store.blobFetchPlan(blob.wanted) else { throw MasqError(.internal, "manifest vanished") }
+                guard let (stored, missing) = try store.blobFetchPlan(blob.wanted) else {
+                    throw MasqError(.internal, "manifest vanished")
+                }
                 plan(blob, stored, missing: missing)
             } catch {
                 counters.rejected += 1
@@ -522,7 +551,8 @@ final class BlobTransfer {
         guard unsaved.isEmpty, outstanding.values.allSatisfy(\.isEmpty) else { return false }
         guard store.blobState.lock.withLock({ store.blobState.fetchEpoch }) == fetchEpoch else { return false }
         if devices.isEmpty { return true }
-        return pending.allSatisfy { item in devices.allSatisfy { lacking[item]?.contains($0) == true } } && waiting.isEmpty
+        return pending.allSatisfy { item in devices.allSatisfy { lacking[item]?.contains($0) == true } }
+            && waiting.isEmpty
     }
 
     func status(_ devices: [String]) -> [BlobFetchStatus] {
@@ -530,20 +560,33 @@ final class BlobTransfer {
             guard let blob = active[m] else { return nil }
             var problem = blob.problem
             if problem == nil && !devices.isEmpty {
-                let items = blob.manifest == nil ? [Item(manifest: true, hash: m)] : blob.need.keys.map { Item(manifest: false, hash: $0) }
-                let nobody = items.filter { item in asked[item] == nil && devices.allSatisfy { lacking[item]?.contains($0) == true } }
-                if !nobody.isEmpty { problem = "no present device holds \(nobody.count) of its \(blob.manifest == nil ? "manifest" : "missing chunks") yet" }
+                let items =
+                    blob.manifest == nil
+                    ? [Item(manifest: true, hash: m)] : blob.need.keys.map { Item(manifest: false, hash: $0) }
+                let nobody = items.filter { item in
+                    asked[item] == nil && devices.allSatisfy { lacking[item]?.contains($0) == true }
+                }
+                if !nobody.isEmpty {
+                    problem =
+                        "no present device holds \(nobody.count) of its \(blob.manifest == nil ? "manifest" : "missing chunks") yet"
+                }
             } else if problem == nil {
                 problem = "no other device is present to fetch it from"
             }
-            return BlobFetchStatus(id: blob.id, size: blob.wanted.size, fetched: blob.fetched,
-                              missingChunks: blob.manifest == nil ? BlobManifest.chunkCount(size: blob.wanted.size, chunkSize: blob.wanted.chunkSize)
-                                  : blob.need.values.reduce(0) { $0 + $1.count },
-                              since: blob.wanted.since, manifest: blob.manifest != nil, problem: problem)
-        } + waiting.map { w in
-            BlobFetchStatus(id: hex(w.manifest), size: w.size, fetched: 0, missingChunks: BlobManifest.chunkCount(size: w.size, chunkSize: w.chunkSize),
-                       since: w.since, manifest: false, problem: "queued behind \(Self.maxActiveBlobs) blobs being fetched")
+            return BlobFetchStatus(
+                id: blob.id, size: blob.wanted.size, fetched: blob.fetched,
+                missingChunks: blob.manifest == nil
+                    ? BlobManifest.chunkCount(size: blob.wanted.size, chunkSize: blob.wanted.chunkSize)
+                    : blob.need.values.reduce(0) { $0 + $1.count },
+                since: blob.wanted.since, manifest: blob.manifest != nil, problem: problem)
         }
+            + waiting.map { w in
+                BlobFetchStatus(
+                    id: hex(w.manifest), size: w.size, fetched: 0,
+                    missingChunks: BlobManifest.chunkCount(size: w.size, chunkSize: w.chunkSize),
+                    since: w.since, manifest: false, problem: "queued behind \(Self.maxActiveBlobs) blobs being fetched"
+                )
+            }
     }
 }
 

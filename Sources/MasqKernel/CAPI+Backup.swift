@@ -2,7 +2,7 @@ import CMasq
 import CMasqSupport
 import MasqCrypto
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 // The "Backup and restore" part of include/masq.h (Store+Backup.swift does
@@ -15,7 +15,9 @@ private func secretIn(_ pointer: UnsafePointer<UInt8>?, _ length: Int, _ what: S
 }
 
 @c @implementation
-public func masq_backup(_ handle: OpaquePointer?, _ path: UnsafePointer<CChar>?, _ passphrase: UnsafePointer<UInt8>?, _ passphraseLen: Int) -> Int32 {
+public func masq_backup(
+    _ handle: OpaquePointer?, _ path: UnsafePointer<CChar>?, _ passphrase: UnsafePointer<UInt8>?, _ passphraseLen: Int
+) -> Int32 {
     api { () throws(MasqError) in
         let s = try store(handle)
         let file = try text(path, "path")
@@ -26,8 +28,10 @@ public func masq_backup(_ handle: OpaquePointer?, _ path: UnsafePointer<CChar>?,
 }
 
 @c @implementation
-public func masq_backup_with_recovery_key(_ handle: OpaquePointer?, _ path: UnsafePointer<CChar>?,
-                                          _ recoveryKeyOut: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
+public func masq_backup_with_recovery_key(
+    _ handle: OpaquePointer?, _ path: UnsafePointer<CChar>?,
+    _ recoveryKeyOut: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?
+) -> Int32 {
     recoveryKeyOut?.pointee = nil
     return api { () throws(MasqError) in
         let s = try store(handle)
@@ -40,19 +44,25 @@ public func masq_backup_with_recovery_key(_ handle: OpaquePointer?, _ path: Unsa
 }
 
 @c @implementation
-public func masq_backup_info(_ path: UnsafePointer<CChar>?, _ jsonOut: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
+public func masq_backup_info(
+    _ path: UnsafePointer<CChar>?, _ jsonOut: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?
+) -> Int32 {
     jsonOut?.pointee = nil
     return api { () throws(MasqError) in
         let file = try text(path, "path")
         let out = try required(jsonOut, "json_out")
         let info = try Store.backupInfo(path: file)
-        try giveText("{\"format\": \(info.formatVersion), \"key\": \"\(info.keyKind.name)\", \"chunk_bytes\": \(info.chunkBytes)}", out)
+        try giveText(
+            "{\"format\": \(info.formatVersion), \"key\": \"\(info.keyKind.name)\", \"chunk_bytes\": \(info.chunkBytes)}",
+            out)
     }
 }
 
 @c @implementation
-public func masq_backup_verify(_ path: UnsafePointer<CChar>?, _ secret: UnsafePointer<UInt8>?, _ secretLen: Int,
-                               _ jsonOut: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
+public func masq_backup_verify(
+    _ path: UnsafePointer<CChar>?, _ secret: UnsafePointer<UInt8>?, _ secretLen: Int,
+    _ jsonOut: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?
+) -> Int32 {
     jsonOut?.pointee = nil
     return api { () throws(MasqError) in
         let file = try text(path, "path")
@@ -64,8 +74,10 @@ public func masq_backup_verify(_ path: UnsafePointer<CChar>?, _ secret: UnsafePo
 }
 
 @c @implementation
-public func masq_restore(_ configPath: UnsafePointer<CChar>?, _ backupPath: UnsafePointer<CChar>?,
-                         _ secret: UnsafePointer<UInt8>?, _ secretLen: Int) -> Int32 {
+public func masq_restore(
+    _ configPath: UnsafePointer<CChar>?, _ backupPath: UnsafePointer<CChar>?,
+    _ secret: UnsafePointer<UInt8>?, _ secretLen: Int
+) -> Int32 {
     api { () throws(MasqError) in
         let config = try MasqConfig.load(path: try text(configPath, "config_path"))
         let file = try text(backupPath, "backup_path")
@@ -76,8 +88,10 @@ public func masq_restore(_ configPath: UnsafePointer<CChar>?, _ backupPath: Unsa
 }
 
 @c @implementation
-public func masq_restore_config(_ configJSON: UnsafePointer<CChar>?, _ baseDir: UnsafePointer<CChar>?, _ backupPath: UnsafePointer<CChar>?,
-                                _ secret: UnsafePointer<UInt8>?, _ secretLen: Int) -> Int32 {
+public func masq_restore_config(
+    _ configJSON: UnsafePointer<CChar>?, _ baseDir: UnsafePointer<CChar>?, _ backupPath: UnsafePointer<CChar>?,
+    _ secret: UnsafePointer<UInt8>?, _ secretLen: Int
+) -> Int32 {
     api { () throws(MasqError) in
         let json = try text(configJSON, "config_json")
         let cwd = FileSystem.currentDirectory()

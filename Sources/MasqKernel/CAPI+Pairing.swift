@@ -2,7 +2,7 @@ import CMasq
 import CMasqSupport
 import Dispatch
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 // Pairing through a relay from the C API (masq.h, "Pairing through a relay"):
@@ -23,11 +23,18 @@ final class PairingTask: @unchecked Sendable {
 
     func begin() { lock.withLock { runner = pthread_self() } }
 
-    func end(_ status: Int32, _ message: String, device: String?, done: masq_pairing_done_fn?, context: UnsafeMutableRawPointer?) {
+    func end(
+        _ status: Int32, _ message: String, device: String?, done: masq_pairing_done_fn?,
+        context: UnsafeMutableRawPointer?
+    ) {
         lock.withLock { outcome = (status, message, device) }
         if let done {
             message.withCString { m in
-                if let device { device.withCString { done(context, status, m, $0) } } else { done(context, status, m, nil) }
+                if let device {
+                    device.withCString { done(context, status, m, $0) }
+                } else {
+                    done(context, status, m, nil)
+                }
             }
         }
         running.leave()
@@ -58,9 +65,11 @@ private struct Completion: @unchecked Sendable {
 private func statusOf(_ error: MasqError) -> Int32 { error.status.rawValue }
 
 @c @implementation
-public func masq_pair_offer(_ handle: OpaquePointer?, _ relayURL: UnsafePointer<CChar>?, _ ttlSeconds: UInt32, _ done: masq_pairing_done_fn?,
-                            _ ctx: UnsafeMutableRawPointer?, _ linkOut: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?,
-                            _ taskOut: UnsafeMutablePointer<OpaquePointer?>?) -> Int32 {
+public func masq_pair_offer(
+    _ handle: OpaquePointer?, _ relayURL: UnsafePointer<CChar>?, _ ttlSeconds: UInt32, _ done: masq_pairing_done_fn?,
+    _ ctx: UnsafeMutableRawPointer?, _ linkOut: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?,
+    _ taskOut: UnsafeMutablePointer<OpaquePointer?>?
+) -> Int32 {
     linkOut?.pointee = nil
     taskOut?.pointee = nil
     return api { () throws(MasqError) in
@@ -79,13 +88,16 @@ public func masq_pair_offer(_ handle: OpaquePointer?, _ relayURL: UnsafePointer<
             pairing.begin()
             var announced = false
             do throws(MasqError) {
-                let device = try PairingRendezvous.offer(store: store, transport: reference, url: url, ttl: ttl, inbox: pairing.inbox, onLink: { link in
-                    early.withLock { $0.link = link.string }
-                    announced = true
-                    ready.signal()
-                })
-                pairing.end(MASQ_OK, "paired", device: deviceJSON(device.keys, name: device.name, pairedAt: device.pairedAt),
-                            done: completion.done, context: completion.context)
+                let device = try PairingRendezvous.offer(
+                    store: store, transport: reference, url: url, ttl: ttl, inbox: pairing.inbox,
+                    onLink: { link in
+                        early.withLock { $0.link = link.string }
+                        announced = true
+                        ready.signal()
+                    })
+                pairing.end(
+                    MASQ_OK, "paired", device: deviceJSON(device.keys, name: device.name, pairedAt: device.pairedAt),
+                    done: completion.done, context: completion.context)
             } catch {
                 guard announced else {
                     early.withLock { $0.error = error }
@@ -93,7 +105,8 @@ public func masq_pair_offer(_ handle: OpaquePointer?, _ relayURL: UnsafePointer<
                     pairing.end(statusOf(error), error.message, device: nil, done: nil, context: nil)
                     return
                 }
-                pairing.end(statusOf(error), error.message, device: nil, done: completion.done, context: completion.context)
+                pairing.end(
+                    statusOf(error), error.message, device: nil, done: completion.done, context: completion.context)
             }
         }
         ready.wait()
@@ -109,8 +122,11 @@ public func masq_pair_offer(_ handle: OpaquePointer?, _ relayURL: UnsafePointer<
 }
 
 @c @implementation
-public func masq_pair_join(_ handle: OpaquePointer?, _ linkText: UnsafePointer<CChar>?, _ timeoutSeconds: UInt32, _ done: masq_pairing_done_fn?,
-                           _ ctx: UnsafeMutableRawPointer?, _ taskOut: UnsafeMutablePointer<OpaquePointer?>?) -> Int32 {
+public func masq_pair_join(
+    _ handle: OpaquePointer?, _ linkText: UnsafePointer<CChar>?, _ timeoutSeconds: UInt32,
+    _ done: masq_pairing_done_fn?,
+    _ ctx: UnsafeMutableRawPointer?, _ taskOut: UnsafeMutablePointer<OpaquePointer?>?
+) -> Int32 {
     taskOut?.pointee = nil
     return api { () throws(MasqError) in
         let store = try store(handle)
@@ -125,11 +141,14 @@ public func masq_pair_join(_ handle: OpaquePointer?, _ linkText: UnsafePointer<C
         DispatchQueue.global().async {
             pairing.begin()
             do throws(MasqError) {
-                let device = try PairingRendezvous.join(store: store, link: link, transport: reference, timeout: timeout, inbox: pairing.inbox)
-                pairing.end(MASQ_OK, "paired", device: deviceJSON(device.keys, name: device.name, pairedAt: device.pairedAt),
-                            done: completion.done, context: completion.context)
+                let device = try PairingRendezvous.join(
+                    store: store, link: link, transport: reference, timeout: timeout, inbox: pairing.inbox)
+                pairing.end(
+                    MASQ_OK, "paired", device: deviceJSON(device.keys, name: device.name, pairedAt: device.pairedAt),
+                    done: completion.done, context: completion.context)
             } catch {
-                pairing.end(statusOf(error), error.message, device: nil, done: completion.done, context: completion.context)
+                pairing.end(
+                    statusOf(error), error.message, device: nil, done: completion.done, context: completion.context)
             }
         }
         destination.pointee = OpaquePointer(Unmanaged.passRetained(pairing).toOpaque())
@@ -137,16 +156,23 @@ public func masq_pair_join(_ handle: OpaquePointer?, _ linkText: UnsafePointer<C
 }
 
 @c @implementation
-public func masq_pair_wait(_ handle: OpaquePointer?, _ timeoutMs: UInt32, _ deviceJSONOut: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> Int32 {
+public func masq_pair_wait(
+    _ handle: OpaquePointer?, _ timeoutMs: UInt32, _ deviceJSONOut: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?
+) -> Int32 {
     deviceJSONOut?.pointee = nil
     return api { () throws(MasqError) in
         let pairing = try task(handle)
         if pairing.isRunnerThread { throw .invalid("masq_pair_wait from the task's own callback would never return") }
-        let finished = timeoutMs == 0
-            ? { pairing.running.wait(); return true }()
+        let finished =
+            timeoutMs == 0
+            ? {
+                pairing.running.wait(); return true
+            }()
             : pairing.running.wait(timeout: .now() + .milliseconds(Int(timeoutMs))) == .success
         guard finished, let result = pairing.result else { throw MasqError(.busy, "the pairing is still running") }
-        guard result.status == MASQ_OK else { throw MasqError(MasqStatus(rawValue: result.status) ?? .internal, result.message) }
+        guard result.status == MASQ_OK else {
+            throw MasqError(MasqStatus(rawValue: result.status) ?? .internal, result.message)
+        }
         if let out = deviceJSONOut, let device = result.device {
             guard let copy = strdup(device) else { throw MasqError(.noMemory, "out of memory") }
             out.pointee = copy

@@ -1,7 +1,7 @@
 import CMasq
 import CMasqSupport
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 // The C API of include/masq.h. `@c @implementation` makes the compiler check
@@ -37,7 +37,8 @@ package func namespace(_ ns: UnsafePointer<CChar>?, _ store: Store) throws(MasqE
 }
 
 /// A caller's buffer viewed in place (no copy).
-func bytes(_ pointer: UnsafePointer<UInt8>?, _ length: Int, _ what: String) throws(MasqError) -> UnsafeRawBufferPointer {
+func bytes(_ pointer: UnsafePointer<UInt8>?, _ length: Int, _ what: String) throws(MasqError) -> UnsafeRawBufferPointer
+{
     if length == 0 { return UnsafeRawBufferPointer(start: nil, count: 0) }
     guard let pointer else { throw .invalid("\(what) is NULL but its length is \(length)") }
     return UnsafeRawBufferPointer(start: pointer, count: length)
@@ -58,7 +59,7 @@ private let statusNames: [StaticString] = [
     "MASQ_OK", "MASQ_E_INVALID", "MASQ_E_NOT_FOUND", "MASQ_E_TOO_LARGE", "MASQ_E_CONFIG", "MASQ_E_PLUGIN",
     "MASQ_E_ABI", "MASQ_E_IO", "MASQ_E_CORRUPT", "MASQ_E_CLOSED", "MASQ_E_BUSY", "MASQ_E_NOMEM",
     "MASQ_E_UNSUPPORTED", "MASQ_E_DENIED", "MASQ_E_BAD_SIGNATURE", "MASQ_E_FUNDS", "MASQ_E_UNAVAILABLE",
-    "MASQ_E_TIMEOUT", "MASQ_E_INTERNAL",
+    "MASQ_E_TIMEOUT", "MASQ_E_INTERNAL"
 ]
 
 private func cString(_ s: StaticString) -> UnsafePointer<CChar> {
@@ -108,7 +109,9 @@ public func masq_free(_ ptr: UnsafeMutableRawPointer?) {
 @c @implementation
 public func masq_set_log_callback(_ maxLevel: Int32, _ fn: masq_log_fn?, _ ctx: UnsafeMutableRawPointer?) -> Int32 {
     api { () throws(MasqError) in
-        guard let level = LogLevel(rawValue: maxLevel) else { throw .invalid("log level \(maxLevel) is not MASQ_LOG_ERROR..MASQ_LOG_DEBUG") }
+        guard let level = LogLevel(rawValue: maxLevel) else {
+            throw .invalid("log level \(maxLevel) is not MASQ_LOG_ERROR..MASQ_LOG_DEBUG")
+        }
         Log.install(maxLevel: level, callback: fn, context: ctx)
     }
 }
@@ -130,8 +133,10 @@ public func masq_open(_ configPath: UnsafePointer<CChar>?, _ storeOut: UnsafeMut
 }
 
 @c @implementation
-public func masq_open_config(_ configJSON: UnsafePointer<CChar>?, _ baseDir: UnsafePointer<CChar>?,
-                             _ storeOut: UnsafeMutablePointer<OpaquePointer?>?) -> Int32 {
+public func masq_open_config(
+    _ configJSON: UnsafePointer<CChar>?, _ baseDir: UnsafePointer<CChar>?,
+    _ storeOut: UnsafeMutablePointer<OpaquePointer?>?
+) -> Int32 {
     storeOut?.pointee = nil
     return api { () throws(MasqError) in
         let out = try required(storeOut, "store_out")
@@ -169,8 +174,10 @@ public func masq_replica_id(_ handle: OpaquePointer?, _ replicaOut: UnsafeMutabl
 // MARK: - reads and writes
 
 @c @implementation
-public func masq_put(_ handle: OpaquePointer?, _ ns: UnsafePointer<CChar>?, _ key: UnsafePointer<UInt8>?, _ keyLen: Int,
-                     _ value: UnsafePointer<UInt8>?, _ valueLen: Int) -> Int32 {
+public func masq_put(
+    _ handle: OpaquePointer?, _ ns: UnsafePointer<CChar>?, _ key: UnsafePointer<UInt8>?, _ keyLen: Int,
+    _ value: UnsafePointer<UInt8>?, _ valueLen: Int
+) -> Int32 {
     api { () throws(MasqError) in
         let s = try store(handle)
         try s.put(try namespace(ns, s), key: try bytes(key, keyLen, "key"), value: try bytes(value, valueLen, "value"))
@@ -178,8 +185,10 @@ public func masq_put(_ handle: OpaquePointer?, _ ns: UnsafePointer<CChar>?, _ ke
 }
 
 @c @implementation
-public func masq_get(_ handle: OpaquePointer?, _ ns: UnsafePointer<CChar>?, _ key: UnsafePointer<UInt8>?, _ keyLen: Int,
-                     _ valueOut: UnsafeMutablePointer<UnsafeMutablePointer<UInt8>?>?, _ valueLenOut: UnsafeMutablePointer<Int>?) -> Int32 {
+public func masq_get(
+    _ handle: OpaquePointer?, _ ns: UnsafePointer<CChar>?, _ key: UnsafePointer<UInt8>?, _ keyLen: Int,
+    _ valueOut: UnsafeMutablePointer<UnsafeMutablePointer<UInt8>?>?, _ valueLenOut: UnsafeMutablePointer<Int>?
+) -> Int32 {
     valueOut?.pointee = nil
     valueLenOut?.pointee = 0
     return api { () throws(MasqError) in
@@ -197,7 +206,9 @@ public func masq_get(_ handle: OpaquePointer?, _ ns: UnsafePointer<CChar>?, _ ke
 }
 
 @c @implementation
-public func masq_delete(_ handle: OpaquePointer?, _ ns: UnsafePointer<CChar>?, _ key: UnsafePointer<UInt8>?, _ keyLen: Int) -> Int32 {
+public func masq_delete(
+    _ handle: OpaquePointer?, _ ns: UnsafePointer<CChar>?, _ key: UnsafePointer<UInt8>?, _ keyLen: Int
+) -> Int32 {
     api { () throws(MasqError) in
         let s = try store(handle)
         try s.delete(try namespace(ns, s), key: try bytes(key, keyLen, "key"))
@@ -205,8 +216,10 @@ public func masq_delete(_ handle: OpaquePointer?, _ ns: UnsafePointer<CChar>?, _
 }
 
 @c @implementation
-public func masq_list(_ handle: OpaquePointer?, _ ns: UnsafePointer<CChar>?, _ prefix: UnsafePointer<UInt8>?, _ prefixLen: Int,
-                      _ flags: UInt32, _ fn: masq_list_fn?, _ ctx: UnsafeMutableRawPointer?) -> Int32 {
+public func masq_list(
+    _ handle: OpaquePointer?, _ ns: UnsafePointer<CChar>?, _ prefix: UnsafePointer<UInt8>?, _ prefixLen: Int,
+    _ flags: UInt32, _ fn: masq_list_fn?, _ ctx: UnsafeMutableRawPointer?
+) -> Int32 {
     api { () throws(MasqError) in
         let s = try store(handle)
         let name = try namespace(ns, s)
@@ -217,7 +230,9 @@ public func masq_list(_ handle: OpaquePointer?, _ ns: UnsafePointer<CChar>?, _ p
             key.withUnsafeBufferPointer { k in
                 guard let value else { return callback(ctx, k.baseAddress, k.count, nil, 0) == 0 }
                 return value.withUnsafeBufferPointer { v in
-                    callback(ctx, k.baseAddress, k.count, v.count == 0 ? UnsafePointer(k.baseAddress) : v.baseAddress, v.count) == 0
+                    callback(
+                        ctx, k.baseAddress, k.count, v.count == 0 ? UnsafePointer(k.baseAddress) : v.baseAddress,
+                        v.count) == 0
                 }
             }
         }
@@ -225,8 +240,10 @@ public func masq_list(_ handle: OpaquePointer?, _ ns: UnsafePointer<CChar>?, _ p
 }
 
 @c @implementation
-public func masq_get_all(_ handle: OpaquePointer?, _ ns: UnsafePointer<CChar>?,
-                         _ entriesOut: UnsafeMutablePointer<UnsafeMutablePointer<masq_entry>?>?, _ countOut: UnsafeMutablePointer<Int>?) -> Int32 {
+public func masq_get_all(
+    _ handle: OpaquePointer?, _ ns: UnsafePointer<CChar>?,
+    _ entriesOut: UnsafeMutablePointer<UnsafeMutablePointer<masq_entry>?>?, _ countOut: UnsafeMutablePointer<Int>?
+) -> Int32 {
     entriesOut?.pointee = nil
     countOut?.pointee = 0
     return api { () throws(MasqError) in
@@ -257,8 +274,10 @@ public func masq_get_all(_ handle: OpaquePointer?, _ ns: UnsafePointer<CChar>?,
 }
 
 @c @implementation
-public func masq_set_all(_ handle: OpaquePointer?, _ ns: UnsafePointer<CChar>?, _ entries: UnsafePointer<masq_entry>?,
-                         _ count: Int, _ flags: UInt32) -> Int32 {
+public func masq_set_all(
+    _ handle: OpaquePointer?, _ ns: UnsafePointer<CChar>?, _ entries: UnsafePointer<masq_entry>?,
+    _ count: Int, _ flags: UInt32
+) -> Int32 {
     api { () throws(MasqError) in
         let s = try store(handle)
         let name = try namespace(ns, s)
@@ -274,8 +293,11 @@ public func masq_set_all(_ handle: OpaquePointer?, _ ns: UnsafePointer<CChar>?, 
             let e = entries![i]
             do throws(MasqError) {
                 let key = try bytes(e.key, e.key_len, "key")
-                if e.value == nil && e.value_len != 0 { throw MasqError.invalid("value is NULL but value_len is \(e.value_len)") }
-                let value: UnsafeRawBufferPointer? = e.value == nil ? nil : UnsafeRawBufferPointer(start: e.value, count: e.value_len)
+                if e.value == nil && e.value_len != 0 {
+                    throw MasqError.invalid("value is NULL but value_len is \(e.value_len)")
+                }
+                let value: UnsafeRawBufferPointer? =
+                    e.value == nil ? nil : UnsafeRawBufferPointer(start: e.value, count: e.value_len)
                 batch.append((key, value))
             } catch {
                 throw MasqError(error.status, "entry \(i): \(error.message)")
@@ -294,7 +316,9 @@ public func masq_clear(_ handle: OpaquePointer?, _ ns: UnsafePointer<CChar>?) ->
 }
 
 @c @implementation
-public func masq_list_namespaces(_ handle: OpaquePointer?, _ fn: masq_namespace_fn?, _ ctx: UnsafeMutableRawPointer?) -> Int32 {
+public func masq_list_namespaces(_ handle: OpaquePointer?, _ fn: masq_namespace_fn?, _ ctx: UnsafeMutableRawPointer?)
+    -> Int32
+{
     api { () throws(MasqError) in
         let s = try store(handle)
         let callback = try required(fn, "fn")
@@ -307,8 +331,10 @@ public func masq_list_namespaces(_ handle: OpaquePointer?, _ fn: masq_namespace_
 // MARK: - watch
 
 @c @implementation
-public func masq_watch(_ handle: OpaquePointer?, _ ns: UnsafePointer<CChar>?, _ prefix: UnsafePointer<UInt8>?, _ prefixLen: Int,
-                       _ fn: masq_watch_fn?, _ ctx: UnsafeMutableRawPointer?, _ watchIDOut: UnsafeMutablePointer<UInt64>?) -> Int32 {
+public func masq_watch(
+    _ handle: OpaquePointer?, _ ns: UnsafePointer<CChar>?, _ prefix: UnsafePointer<UInt8>?, _ prefixLen: Int,
+    _ fn: masq_watch_fn?, _ ctx: UnsafeMutableRawPointer?, _ watchIDOut: UnsafeMutablePointer<UInt64>?
+) -> Int32 {
     api { () throws(MasqError) in
         let s = try store(handle)
         let name = ns == nil ? nil : try namespace(ns, s)
@@ -352,7 +378,9 @@ public func masq_unwatch(_ handle: OpaquePointer?, _ watchID: UInt64) -> Int32 {
 // MARK: - plugins
 
 @c @implementation
-public func masq_plugins_scan(_ configPath: UnsafePointer<CChar>?, _ fn: masq_plugin_info_fn?, _ ctx: UnsafeMutableRawPointer?) -> Int32 {
+public func masq_plugins_scan(
+    _ configPath: UnsafePointer<CChar>?, _ fn: masq_plugin_info_fn?, _ ctx: UnsafeMutableRawPointer?
+) -> Int32 {
     api { () throws(MasqError) in
         let callback = try required(fn, "fn")
         let config = configPath == nil ? nil : try MasqConfig.load(path: try text(configPath, "config_path"))
@@ -382,4 +410,3 @@ public func masq_plugins_scan(_ configPath: UnsafePointer<CChar>?, _ fn: masq_pl
         }
     }
 }
-

@@ -1,7 +1,7 @@
 #if canImport(FoundationEssentials)
-import FoundationEssentials
+    import FoundationEssentials
 #else
-import Foundation
+    import Foundation
 #endif
 
 /// Size and count limits the kernel enforces on every call. All configurable
@@ -16,12 +16,14 @@ public struct Limits: Sendable, Equatable {
 
     /// Ceilings: namespace length is stored in one byte; keys and values are
     /// bounded so a record always fits the engines' and sync frames' limits.
-    static var ceilings: [(String, WritableKeyPath<Limits, Int>, Int)] { [
-        ("max_key_bytes", \.maxKeyBytes, 65_535),
-        ("max_value_bytes", \.maxValueBytes, 64 << 20),
-        ("max_namespace_bytes", \.maxNamespaceBytes, 255),
-        ("max_batch_entries", \.maxBatchEntries, 10_000_000),
-    ] }
+    static var ceilings: [(String, WritableKeyPath<Limits, Int>, Int)] {
+        [
+            ("max_key_bytes", \.maxKeyBytes, 65_535),
+            ("max_value_bytes", \.maxValueBytes, 64 << 20),
+            ("max_namespace_bytes", \.maxNamespaceBytes, 255),
+            ("max_batch_entries", \.maxBatchEntries, 10_000_000)
+        ]
+    }
 }
 
 /// A plugin named in the config: by name (found on the search path) or by
@@ -84,8 +86,9 @@ public struct MasqConfig: Sendable, Equatable {
 
     /// The configuration `masq init` writes: SQLite in `dataDir`.
     public static func defaults(dataDir: String) -> MasqConfig {
-        MasqConfig(dataDir: dataDir, pluginPath: [], storage: PluginReference(name: "sqlite"),
-                   transports: [], wallet: nil, limits: Limits(), logLevel: nil, scryptLogN: KeyRing.defaultLogN)
+        MasqConfig(
+            dataDir: dataDir, pluginPath: [], storage: PluginReference(name: "sqlite"),
+            transports: [], wallet: nil, limits: Limits(), logLevel: nil, scryptLogN: KeyRing.defaultLogN)
     }
 
     /// Read and validate a config file; relative paths are taken from the file's directory.
@@ -104,7 +107,8 @@ public struct MasqConfig: Sendable, Equatable {
     }
 
     /// Validate a config document; relative paths are taken from baseDir.
-    public static func parse(_ text: String, baseDir: String, source: String = "config") throws(MasqError) -> MasqConfig {
+    public static func parse(_ text: String, baseDir: String, source: String = "config") throws(MasqError) -> MasqConfig
+    {
         let root = try JSONValue.parse(text, source: source)
         var reader = ConfigReader(source: source, baseDir: baseDir)
         return try reader.read(root)
@@ -115,17 +119,29 @@ public struct MasqConfig: Sendable, Equatable {
         var lines = ["{", "  \"masq\": \(MasqConfig.formatVersion),", "  \"data_dir\": \(jsonString(dataDir)),"]
         func plugin(_ p: PluginReference) -> String {
             "{ \"plugin\": \(jsonString(p.name))" + (p.path.map { ", \"path\": \(jsonString($0))" } ?? "")
-                + (p.options.isEmpty ? "" : ", \"options\": {" + p.options.map { "\(jsonString($0.key)): \(jsonString($0.value))" }.joined(separator: ", ") + "}") + " }"
+                + (p.options.isEmpty
+                    ? ""
+                    : ", \"options\": {"
+                        + p.options.map { "\(jsonString($0.key)): \(jsonString($0.value))" }.joined(separator: ", ")
+                        + "}") + " }"
         }
-        if !pluginPath.isEmpty { lines.append("  \"plugin_path\": [" + pluginPath.map(jsonString).joined(separator: ", ") + "],") }
+        if !pluginPath.isEmpty {
+            lines.append("  \"plugin_path\": [" + pluginPath.map(jsonString).joined(separator: ", ") + "],")
+        }
         lines.append("  \"storage\": \(plugin(storage)),")
-        if !transports.isEmpty { lines.append("  \"transports\": [" + transports.map(plugin).joined(separator: ", ") + "],") }
+        if !transports.isEmpty {
+            lines.append("  \"transports\": [" + transports.map(plugin).joined(separator: ", ") + "],")
+        }
         if let wallet { lines.append("  \"wallet\": \(plugin(wallet)),") }
         if sharing != SharingConfig() {
-            lines.append("  \"sharing\": { \"services\": [" + sharing.services.map(jsonString).joined(separator: ", ") + "], \"transport\": \(plugin(sharing.transport)), \"resend_ms\": \(sharing.resendMilliseconds) },")
+            lines.append(
+                "  \"sharing\": { \"services\": [" + sharing.services.map(jsonString).joined(separator: ", ")
+                    + "], \"transport\": \(plugin(sharing.transport)), \"resend_ms\": \(sharing.resendMilliseconds) },")
         }
         if sync != SyncConfig() { lines.append("  \"sync\": \(sync.json),") }
-        lines.append("  \"limits\": { \"max_key_bytes\": \(limits.maxKeyBytes), \"max_value_bytes\": \(limits.maxValueBytes), \"max_namespace_bytes\": \(limits.maxNamespaceBytes), \"max_batch_entries\": \(limits.maxBatchEntries) },")
+        lines.append(
+            "  \"limits\": { \"max_key_bytes\": \(limits.maxKeyBytes), \"max_value_bytes\": \(limits.maxValueBytes), \"max_namespace_bytes\": \(limits.maxNamespaceBytes), \"max_batch_entries\": \(limits.maxBatchEntries) },"
+        )
         lines.append("  \"security\": { \"scrypt_log_n\": \(scryptLogN) }")
         lines.append("}")
         return lines.joined(separator: "\n") + "\n"
@@ -167,8 +183,9 @@ private struct ConfigReader {
     func object(_ v: JSONValue, _ path: String, allowed: Set<String>) throws(MasqError) -> [String: JSONValue] {
         guard case .object(let members) = v else { throw fail(path, "must be an object, found \(v.typeName)") }
         if let unknown = members.keys.sorted().first(where: { !allowed.contains($0) }) {
-            throw fail(path.isEmpty ? unknown : "\(path).\(unknown)",
-                       "unknown key (expected one of: \(allowed.sorted().joined(separator: ", ")))")
+            throw fail(
+                path.isEmpty ? unknown : "\(path).\(unknown)",
+                "unknown key (expected one of: \(allowed.sorted().joined(separator: ", ")))")
         }
         return members
     }
@@ -194,11 +211,17 @@ private struct ConfigReader {
     }
 
     mutating func read(_ root: JSONValue) throws(MasqError) -> MasqConfig {
-        let top = try object(root, "", allowed: ["masq", "data_dir", "plugin_path", "storage", "transports", "wallet", "sharing", "sync", "limits", "log_level", "security"])
+        let top = try object(
+            root, "",
+            allowed: [
+                "masq", "data_dir", "plugin_path", "storage", "transports", "wallet", "sharing", "sync", "limits",
+                "log_level", "security"
+            ])
         if let version = top["masq"] {
             let v = try integer(version, "masq", min: 1, max: Int.max)
             guard v == MasqConfig.formatVersion else {
-                throw fail("masq", "config format \(v) is newer than this library understands (\(MasqConfig.formatVersion))")
+                throw fail(
+                    "masq", "config format \(v) is newer than this library understands (\(MasqConfig.formatVersion))")
             }
         }
         var config = MasqConfig.defaults(dataDir: baseDir)
@@ -218,31 +241,45 @@ private struct ConfigReader {
         if let sharing = top["sharing"] {
             let members = try object(sharing, "sharing", allowed: ["services", "transport", "resend_ms"])
             if let list = members["services"] {
-                guard case .array(let items) = list else { throw fail("sharing.services", "must be an array of service URLs") }
+                guard case .array(let items) = list else {
+                    throw fail("sharing.services", "must be an array of service URLs")
+                }
                 for (i, item) in items.enumerated() {
                     let url = try string(item, "sharing.services[\(i)]")
-                    guard SharingConfig.isServiceURL(url) else { throw fail("sharing.services[\(i)]", "must be an http:// or https:// URL") }
+                    guard SharingConfig.isServiceURL(url) else {
+                        throw fail("sharing.services[\(i)]", "must be an http:// or https:// URL")
+                    }
                     config.sharing.services.append(url)
                 }
-                guard config.sharing.services.count <= SharingConfig.maxServices else { throw fail("sharing.services", "at most \(SharingConfig.maxServices) services") }
+                guard config.sharing.services.count <= SharingConfig.maxServices else {
+                    throw fail("sharing.services", "at most \(SharingConfig.maxServices) services")
+                }
             }
             if let t = members["transport"] { config.sharing.transport = try plugin(t, "sharing.transport") }
-            if let r = members["resend_ms"] { config.sharing.resendMilliseconds = try integer(r, "sharing.resend_ms", min: 100, max: 86_400_000) }
+            if let r = members["resend_ms"] {
+                config.sharing.resendMilliseconds = try integer(r, "sharing.resend_ms", min: 100, max: 86_400_000)
+            }
         }
         if let s = top["sync"] { config.sync = try SyncConfig.parse(s, fail: fail) }
         if let l = top["limits"] {
             let members = try object(l, "limits", allowed: Set(Limits.ceilings.map { $0.0 }))
             for (key, keyPath, ceiling) in Limits.ceilings {
-                if let v = members[key] { config.limits[keyPath: keyPath] = try integer(v, "limits.\(key)", min: 1, max: ceiling) }
+                if let v = members[key] {
+                    config.limits[keyPath: keyPath] = try integer(v, "limits.\(key)", min: 1, max: ceiling)
+                }
             }
         }
         if let security = top["security"] {
             let members = try object(security, "security", allowed: ["scrypt_log_n"])
-            if let n = members["scrypt_log_n"] { config.scryptLogN = UInt8(try integer(n, "security.scrypt_log_n", min: 10, max: 22)) }
+            if let n = members["scrypt_log_n"] {
+                config.scryptLogN = UInt8(try integer(n, "security.scrypt_log_n", min: 10, max: 22))
+            }
         }
         if let level = top["log_level"] {
             let name = try string(level, "log_level")
-            guard let parsed = LogLevel(name: name) else { throw fail("log_level", "must be error, warn, info or debug, found \"\(name)\"") }
+            guard let parsed = LogLevel(name: name) else {
+                throw fail("log_level", "must be error, warn, info or debug, found \"\(name)\"")
+            }
             config.logLevel = parsed
         }
         return config
@@ -250,9 +287,13 @@ private struct ConfigReader {
 
     func plugin(_ v: JSONValue, _ p: String) throws(MasqError) -> PluginReference {
         let members = try object(v, p, allowed: ["plugin", "path", "options"])
-        guard let nameValue = members["plugin"] else { throw fail(p, "missing \"plugin\" (the plugin's name, e.g. \"sqlite\")") }
+        guard let nameValue = members["plugin"] else {
+            throw fail(p, "missing \"plugin\" (the plugin's name, e.g. \"sqlite\")")
+        }
         let name = try string(nameValue, "\(p).plugin")
-        guard PluginName.isValid(name) else { throw fail("\(p).plugin", "\"\(name)\" is not a plugin name ([a-z0-9_], 1 to 64 characters)") }
+        guard PluginName.isValid(name) else {
+            throw fail("\(p).plugin", "\"\(name)\" is not a plugin name ([a-z0-9_], 1 to 64 characters)")
+        }
         var reference = PluginReference(name: name)
         if let explicit = members["path"] { reference.path = try path(explicit, "\(p).path") }
         if let options = members["options"] {
@@ -262,7 +303,9 @@ private struct ConfigReader {
                 case .string(let s): reference.options.append((key, s))
                 case .number(_, let text): reference.options.append((key, text))
                 case .bool(let b): reference.options.append((key, b ? "true" : "false"))
-                default: throw fail("\(p).options.\(key)", "must be a string, number or boolean, found \(items[key]!.typeName)")
+                default:
+                    throw fail(
+                        "\(p).options.\(key)", "must be a string, number or boolean, found \(items[key]!.typeName)")
                 }
             }
         }
@@ -272,6 +315,7 @@ private struct ConfigReader {
 
 enum PluginName {
     static func isValid(_ name: String) -> Bool {
-        !name.isEmpty && name.utf8.count <= 64 && name.utf8.allSatisfy { ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x5F }
+        !name.isEmpty && name.utf8.count <= 64
+            && name.utf8.allSatisfy { ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x5F }
     }
 }

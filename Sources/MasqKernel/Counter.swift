@@ -17,8 +17,12 @@ struct Counter: Equatable {
     /// MASQ_E_INVALID when this replica's share would overflow (never wraps).
     mutating func add(_ delta: Int64, replica: UInt64) throws(MasqError) {
         var e = entries[replica] ?? (0, 0)
-        let (sum, overflow) = delta >= 0 ? e.added.addingReportingOverflow(UInt64(delta)) : e.removed.addingReportingOverflow(delta.magnitude)
-        guard !overflow, sum <= UInt64(Int64.max) else { throw .invalid("the counter's share of this device would overflow") }
+        let (sum, overflow) =
+            delta >= 0
+            ? e.added.addingReportingOverflow(UInt64(delta)) : e.removed.addingReportingOverflow(delta.magnitude)
+        guard !overflow, sum <= UInt64(Int64.max) else {
+            throw .invalid("the counter's share of this device would overflow")
+        }
         if delta >= 0 { e.added = sum } else { e.removed = sum }
         entries[replica] = e
     }

@@ -17,8 +17,9 @@ public struct DeviceIdentity: Sendable {
 
     public static func generate() -> DeviceIdentity {
         let signing = Ed25519.keyPair(), agreement = X25519.keyPair()
-        return DeviceIdentity(signingKey: signing.privateKey, signingPublicKey: signing.publicKey,
-                              agreementKey: agreement.privateKey, agreementPublicKey: agreement.publicKey)
+        return DeviceIdentity(
+            signingKey: signing.privateKey, signingPublicKey: signing.publicKey,
+            agreementKey: agreement.privateKey, agreementPublicKey: agreement.publicKey)
     }
 
     init(signingKey: SecureBytes, signingPublicKey: [UInt8], agreementKey: SecureBytes, agreementPublicKey: [UInt8]) {
@@ -97,7 +98,7 @@ public struct DevicePublicKeys: Sendable, Equatable, Hashable {
     /// of five, and the same value as 8 emoji. 5,200 rounds of SHA-256 (as
     /// Signal's safety numbers do) make finding a key with a given fingerprint costly.
     public static func fingerprint(agreementKey: [UInt8]) -> (digits: String, emoji: String) {
-        var digest = Hash.sha256([0x4D, 0x46, 1] + agreementKey)   // "MF" v1
+        var digest = Hash.sha256([0x4D, 0x46, 1] + agreementKey)  // "MF" v1
         for _ in 0..<5_200 { digest = Hash.sha256(digest + agreementKey) }
         let groups = (0..<6).map { i -> String in
             let chunk = digest[(i * 5)..<(i * 5 + 5)].reduce(UInt64(0)) { $0 << 8 | UInt64($1) }
@@ -113,7 +114,7 @@ public struct DevicePublicKeys: Sendable, Equatable, Hashable {
         "🐶", "🐱", "🦊", "🐻", "🐼", "🐨", "🐯", "🦁", "🐮", "🐷", "🐸", "🐵", "🐔", "🐧", "🐦", "🦆",
         "🦉", "🐴", "🦄", "🐝", "🦋", "🐌", "🐞", "🐢", "🐍", "🐙", "🦀", "🐬", "🐳", "🦈", "🐘", "🦒",
         "🌵", "🌲", "🌻", "🍄", "🌙", "⭐", "🔥", "🌈", "☔", "❄", "🍎", "🍋", "🍌", "🍇", "🍓", "🥕",
-        "🌽", "🍞", "🧀", "🍕", "🎂", "☕", "⚽", "🎸", "🎲", "🚲", "🚀", "⛵", "🔑", "🔔", "📚", "✏",
+        "🌽", "🍞", "🧀", "🍕", "🎂", "☕", "⚽", "🎸", "🎲", "🚲", "🚀", "⛵", "🔑", "🔔", "📚", "✏"
     ]
 }
 

@@ -14,7 +14,7 @@ import MasqCrypto
 struct KeyRing {
     static let fileName = "keyring"
     static let magic = Array("MASQKR".utf8)
-    static let defaultLogN: UInt8 = 17     // 128 MiB, ~0.5 s here: costly to brute-force, fine to unlock
+    static let defaultLogN: UInt8 = 17  // 128 MiB, ~0.5 s here: costly to brute-force, fine to unlock
     static let headerLength = 6 + 3 + 8 + 16 + 12
 
     var algorithm: AEAD.Algorithm
@@ -42,7 +42,9 @@ struct KeyRing {
         logN = bytes[8]
         r = UInt32(bigEndianBytes: bytes[9..<13])
         p = UInt32(bigEndianBytes: bytes[13..<17])
-        guard (1...32).contains(r), (1...16).contains(p) else { throw .corrupt("keyring file has unknown scrypt parameters") }
+        guard (1...32).contains(r), (1...16).contains(p) else {
+            throw .corrupt("keyring file has unknown scrypt parameters")
+        }
         salt = Array(bytes[17..<33])
         nonce = Array(bytes[33..<45])
         wrapped = Array(bytes[45...])
@@ -61,7 +63,9 @@ struct KeyRing {
         wrapped = try crypto { () throws(CryptoError) in
             try kek.withBytes { (k) throws(CryptoError) in
                 try master.withBytes { (m) throws(CryptoError) in
-                    try header.withCryptoBytes { (ad) throws(CryptoError) in try AEAD.seal(algorithm, key: k, nonce: nonce, ad: ad, plaintext: m) }
+                    try header.withCryptoBytes { (ad) throws(CryptoError) in
+                        try AEAD.seal(algorithm, key: k, nonce: nonce, ad: ad, plaintext: m)
+                    }
                 }
             }
         }
@@ -69,8 +73,9 @@ struct KeyRing {
 
     private func keyEncryptionKey(_ passphrase: [UInt8]) throws(MasqError) -> SecureBytes {
         try crypto { () throws(CryptoError) in
-            try Hash.scrypt(password: passphrase, salt: salt, n: 1 << UInt64(logN), r: UInt64(r), p: UInt64(p), length: 32,
-                            maxMemory: (UInt64(128) * UInt64(r) << UInt64(logN)) + (64 << 20))
+            try Hash.scrypt(
+                password: passphrase, salt: salt, n: 1 << UInt64(logN), r: UInt64(r), p: UInt64(p), length: 32,
+                maxMemory: (UInt64(128) * UInt64(r) << UInt64(logN)) + (64 << 20))
         }
     }
 
@@ -122,28 +127,39 @@ final class SecretBox: @unchecked Sendable {
     init(master: SecureBytes, algorithm: AEAD.Algorithm) throws(MasqError) {
         self.algorithm = algorithm
         valueKey = try crypto { () throws(CryptoError) in
-            try master.withBytes { (m) throws(CryptoError) in try Hash.hkdfSHA256(salt: [], ikm: m, info: Array("masq values v1".utf8), length: 32) }
+            try master.withBytes { (m) throws(CryptoError) in
+                try Hash.hkdfSHA256(salt: [], ikm: m, info: Array("masq values v1".utf8), length: 32)
+            }
         }
         nameKey = try crypto { () throws(CryptoError) in
-            try master.withBytes { (m) throws(CryptoError) in try Hash.hkdfSHA256(salt: [], ikm: m, info: Array("masq names v1".utf8), length: 32) }
+            try master.withBytes { (m) throws(CryptoError) in
+                try Hash.hkdfSHA256(salt: [], ikm: m, info: Array("masq names v1".utf8), length: 32)
+            }
         }
     }
 
-    func seal(_ plaintext: UnsafeRawBufferPointer, ad: UnsafeRawBufferPointer, into out: UnsafeMutableRawBufferPointer) throws(MasqError) {
+    func seal(_ plaintext: UnsafeRawBufferPointer, ad: UnsafeRawBufferPointer, into out: UnsafeMutableRawBufferPointer)
+        throws(MasqError)
+    {
         precondition(out.count == plaintext.count + SecretBox.overhead)
         let nonce = Random.bytes(12)
         nonce.withUnsafeBytes { out.copyMemory(from: $0) }
         try crypto { () throws(CryptoError) in
             try valueKey.withBytes { (k) throws(CryptoError) in
-                try AEAD.seal(algorithm, key: k, nonce: nonce, ad: ad, plaintext: plaintext,
-                              into: UnsafeMutableRawBufferPointer(rebasing: out[12...]))
+                try AEAD.seal(
+                    algorithm, key: k, nonce: nonce, ad: ad, plaintext: plaintext,
+                    into: UnsafeMutableRawBufferPointer(rebasing: out[12...]))
             }
         }
     }
 
     func seal(_ plaintext: [UInt8], ad: [UInt8]) throws(MasqError) -> [UInt8] {
         var out = [UInt8](repeating: 0, count: plaintext.count + SecretBox.overhead)
-        try out.withUnsafeMutableBytes { o in plaintext.withUnsafeBytes { p in ad.withUnsafeBytes { a in Result { () throws(MasqError) in try seal(p, ad: a, into: o) } } } }.get()
+        try out.withUnsafeMutableBytes { o in
+            plaintext.withUnsafeBytes { p in
+                ad.withUnsafeBytes { a in Result { () throws(MasqError) in try seal(p, ad: a, into: o) } }
+            }
+        }.get()
         return out
     }
 
@@ -152,7 +168,9 @@ final class SecretBox: @unchecked Sendable {
         let nonce = Array(sealed.prefix(12))
         do {
             return try valueKey.withBytes { (k) throws(CryptoError) in
-                try AEAD.open(algorithm, key: k, nonce: nonce, ad: ad, ciphertext: UnsafeRawBufferPointer(rebasing: sealed[12...]))
+                try AEAD.open(
+                    algorithm, key: k, nonce: nonce, ad: ad, ciphertext: UnsafeRawBufferPointer(rebasing: sealed[12...])
+                )
             }
         } catch {
             throw .corrupt("encrypted data failed authentication (tampered, or moved from elsewhere)")
@@ -160,7 +178,8 @@ final class SecretBox: @unchecked Sendable {
     }
 
     func open(_ sealed: [UInt8], ad: [UInt8]) throws(MasqError) -> [UInt8] {
-        try sealed.withBytes { (s) throws(MasqError) in try ad.withBytes { (a) throws(MasqError) in try open(s, ad: a) } }
+        try sealed.withBytes { (s) throws(MasqError) in try ad.withBytes { (a) throws(MasqError) in try open(s, ad: a) }
+        }
     }
 
     /// A keyed hash of a namespace name: its lookup key when names must not be stored in clear.

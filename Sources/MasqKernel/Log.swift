@@ -1,6 +1,6 @@
 import CMasq
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Log levels, the same numbers as MASQ_LOG_* in the headers.

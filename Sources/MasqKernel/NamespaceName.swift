@@ -14,9 +14,13 @@ public struct NamespaceName: Sendable, Hashable, CustomStringConvertible {
     public init(utf8 bytes: [UInt8], limits: Limits) throws(MasqError) {
         guard !bytes.isEmpty else { throw .invalid("namespace must not be empty") }
         guard bytes.count <= limits.maxNamespaceBytes else {
-            throw .tooLarge("namespace is \(bytes.count) bytes; the limit is \(limits.maxNamespaceBytes) (limits.max_namespace_bytes)")
+            throw .tooLarge(
+                "namespace is \(bytes.count) bytes; the limit is \(limits.maxNamespaceBytes) (limits.max_namespace_bytes)"
+            )
         }
-        guard let string = String(validating: bytes, as: UTF8.self) else { throw .invalid("namespace is not valid UTF-8") }
+        guard let string = String(validating: bytes, as: UTF8.self) else {
+            throw .invalid("namespace is not valid UTF-8")
+        }
         guard !string.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7F }) else {
             throw .invalid("namespace must not contain control characters")
         }

@@ -24,7 +24,9 @@ public struct PairingLink: Sendable, Equatable {
     /// The 32-byte Noise PSK: HKDF(secret, "masq pairing psk v1").
     var psk: SecureBytes {
         get throws(MasqError) {
-            try crypto { () throws(CryptoError) in try Hash.hkdfSHA256(salt: [], ikm: secret, info: Array("masq pairing psk v1".utf8), length: 32) }
+            try crypto { () throws(CryptoError) in
+                try Hash.hkdfSHA256(salt: [], ikm: secret, info: Array("masq pairing psk v1".utf8), length: 32)
+            }
         }
     }
 
@@ -39,7 +41,8 @@ public struct PairingLink: Sendable, Equatable {
     /// sent to the web server), so the secret does too. Opening it on a phone
     /// (a QR code scanned by its camera) starts the join there.
     public func webURL(base: String) throws(MasqError) -> String {
-        guard base.hasPrefix("https://") || base.hasPrefix("http://"), !base.contains("#"), base.utf8.count <= 512 else {
+        guard base.hasPrefix("https://") || base.hasPrefix("http://"), !base.contains("#"), base.utf8.count <= 512
+        else {
             throw .invalid("the web app's address must be an http(s) URL without a fragment")
         }
         return base + PairingLink.webFragment + Base64URL.encode(Array(string.utf8))
@@ -50,20 +53,27 @@ public struct PairingLink: Sendable, Equatable {
     public init(parsing text: String) throws(MasqError) {
         if text.hasPrefix("https://") || text.hasPrefix("http://") {
             guard text.utf8.count <= 4096, let hash = text.firstIndex(of: "#"),
-                  text[hash...].hasPrefix(PairingLink.webFragment) else {
+                text[hash...].hasPrefix(PairingLink.webFragment)
+            else {
                 throw .invalid("not a Masq pairing link (a web link carries #masq-pair=… after the page's address)")
             }
-            guard let inner = Base64URL.decode(String(text[hash...].dropFirst(PairingLink.webFragment.count))), let decoded = String(validating: inner, as: UTF8.self),
-                  decoded.hasPrefix("masq://pair/") else {
+            guard let inner = Base64URL.decode(String(text[hash...].dropFirst(PairingLink.webFragment.count))),
+                let decoded = String(validating: inner, as: UTF8.self),
+                decoded.hasPrefix("masq://pair/")
+            else {
                 throw .invalid("the pairing link is damaged (its #masq-pair= part does not decode)")
             }
             try self.init(parsing: decoded)
             return
         }
         let prefix = "masq://pair/"
-        guard text.count <= 2048, text.hasPrefix(prefix) else { throw .invalid("not a Masq pairing link (it starts with masq://pair/)") }
+        guard text.count <= 2048, text.hasPrefix(prefix) else {
+            throw .invalid("not a Masq pairing link (it starts with masq://pair/)")
+        }
         var rest = Substring(text.dropFirst(prefix.count))
-        guard let hash = rest.firstIndex(of: "#") else { throw .invalid("the pairing link has no secret (the part after #)") }
+        guard let hash = rest.firstIndex(of: "#") else {
+            throw .invalid("the pairing link has no secret (the part after #)")
+        }
         let fragment = String(rest[rest.index(after: hash)...])
         rest = rest[..<hash]
         var via: String?
@@ -78,7 +88,8 @@ public struct PairingLink: Sendable, Equatable {
             }
         }
         guard let secret = Base64URL.decode(fragment), secret.count == PairingLink.secretLength else {
-            throw .invalid("the pairing link's secret is damaged (expected \(PairingLink.secretLength) bytes of base64url)")
+            throw .invalid(
+                "the pairing link's secret is damaged (expected \(PairingLink.secretLength) bytes of base64url)")
         }
         self.init(secret: secret, via: via)
         guard Base64URL.decode(String(rest)) == room else {
@@ -90,7 +101,9 @@ public struct PairingLink: Sendable, Equatable {
         var out = ""
         for b in s.utf8 {
             let c = Character(Unicode.Scalar(b))
-            if c.isASCII && (c.isLetter || c.isNumber || "-._~:/".contains(c)) { out.append(c) } else {
+            if c.isASCII && (c.isLetter || c.isNumber || "-._~:/".contains(c)) {
+                out.append(c)
+            } else {
                 out += "%" + String(b, radix: 16, uppercase: true).leftPadded(2)
             }
         }
@@ -103,7 +116,9 @@ public struct PairingLink: Sendable, Equatable {
         while let b = it.first {
             it = it.dropFirst()
             if b == UInt8(ascii: "%") {
-                guard it.count >= 2, let v = UInt8(String(decoding: it.prefix(2), as: UTF8.self), radix: 16) else { return nil }
+                guard it.count >= 2, let v = UInt8(String(decoding: it.prefix(2), as: UTF8.self), radix: 16) else {
+                    return nil
+                }
                 bytes.append(v)
                 it = it.dropFirst(2)
             } else {
@@ -115,7 +130,9 @@ public struct PairingLink: Sendable, Equatable {
 }
 
 extension String {
-    func leftPadded(_ width: Int) -> String { count >= width ? self : String(repeating: "0", count: width - count) + self }
+    func leftPadded(_ width: Int) -> String {
+        count >= width ? self : String(repeating: "0", count: width - count) + self
+    }
 }
 
 /// What each device tells the other at the end of pairing, signed with its
@@ -133,7 +150,8 @@ struct DeviceCard {
         let signature = try crypto { () throws(CryptoError) in
             try Ed25519.sign(message(handshakeHash, identity.publicKeys, nameBytes), privateKey: identity.signingKey)
         }
-        return [1, UInt8(nameBytes.count)] + nameBytes + identity.signingPublicKey + identity.agreementPublicKey + signature
+        return [1, UInt8(nameBytes.count)] + nameBytes + identity.signingPublicKey + identity.agreementPublicKey
+            + signature
     }
 
     static func message(_ hash: [UInt8], _ keys: DevicePublicKeys, _ name: [UInt8]) -> [UInt8] {
@@ -141,15 +159,25 @@ struct DeviceCard {
     }
 
     /// Parse and verify; `expectedAgreementKey` is the key the handshake authenticated.
-    static func verify(_ bytes: [UInt8], handshakeHash: [UInt8], expectedAgreementKey: [UInt8]?) throws(MasqError) -> DeviceCard {
-        guard bytes.count >= 2, bytes[0] == 1, bytes.count == 2 + Int(bytes[1]) + 128 else { throw .invalid("malformed device card") }
+    static func verify(_ bytes: [UInt8], handshakeHash: [UInt8], expectedAgreementKey: [UInt8]?) throws(MasqError)
+        -> DeviceCard
+    {
+        guard bytes.count >= 2, bytes[0] == 1, bytes.count == 2 + Int(bytes[1]) + 128 else {
+            throw .invalid("malformed device card")
+        }
         let n = Int(bytes[1])
         let nameBytes = Array(bytes[2..<(2 + n)])
-        guard let name = String(validating: nameBytes, as: UTF8.self) else { throw .invalid("device name is not UTF-8") }
-        let keys = DevicePublicKeys(signing: Array(bytes[(2 + n)..<(34 + n)]), agreement: Array(bytes[(34 + n)..<(66 + n)]))
+        guard let name = String(validating: nameBytes, as: UTF8.self) else {
+            throw .invalid("device name is not UTF-8")
+        }
+        let keys = DevicePublicKeys(
+            signing: Array(bytes[(2 + n)..<(34 + n)]), agreement: Array(bytes[(34 + n)..<(66 + n)]))
         let signature = Array(bytes[(66 + n)...])
-        guard keys.agreement == expectedAgreementKey else { throw MasqError(.badSignature, "device card names another key than the handshake authenticated") }
-        guard Ed25519.verify(signature, message: message(handshakeHash, keys, nameBytes), publicKey: keys.signing) else {
+        guard keys.agreement == expectedAgreementKey else {
+            throw MasqError(.badSignature, "device card names another key than the handshake authenticated")
+        }
+        guard Ed25519.verify(signature, message: message(handshakeHash, keys, nameBytes), publicKey: keys.signing)
+        else {
             throw MasqError(.badSignature, "device card signature is invalid")
         }
         return DeviceCard(name: name, keys: keys)
@@ -211,17 +239,23 @@ public final class PairingFlow: @unchecked Sendable {
     public var suite: CipherSuite? { session?.suite }
 
     /// The offering side, for an offer created with `Store.createPairingOffer`.
-    public convenience init(offering link: PairingLink, store: Store, suites: [CipherSuite] = PairingFlow.supportedSuites) throws(MasqError) {
+    public convenience init(
+        offering link: PairingLink, store: Store, suites: [CipherSuite] = PairingFlow.supportedSuites
+    ) throws(MasqError) {
         try self.init(role: .offerer, link: link, store: store, suites: suites)
     }
 
     /// The joining side, from a link the user scanned or pasted.
-    public convenience init(joining link: PairingLink, store: Store, suites: [CipherSuite] = PairingFlow.supportedSuites) throws(MasqError) {
+    public convenience init(
+        joining link: PairingLink, store: Store, suites: [CipherSuite] = PairingFlow.supportedSuites
+    ) throws(MasqError) {
         try self.init(role: .joiner, link: link, store: store, suites: suites)
     }
 
     private init(role: Role, link: PairingLink, store: Store, suites: [CipherSuite]) throws(MasqError) {
-        guard !suites.isEmpty, Set(suites).count == suites.count else { throw .invalid("pairing needs at least one cipher suite, each once") }
+        guard !suites.isEmpty, Set(suites).count == suites.count else {
+            throw .invalid("pairing needs at least one cipher suite, each once")
+        }
         self.role = role
         self.store = store
         self.link = link
@@ -234,12 +268,15 @@ public final class PairingFlow: @unchecked Sendable {
     static func prologue(_ link: PairingLink) -> [UInt8] { Array("masq pairing v1".utf8) + link.room }
 
     /// The prologue of a negotiated pairing: it names every suite the joiner offered.
-    static func prologue(_ link: PairingLink, offered: [UInt8]) -> [UInt8] { prologue(link) + [UInt8(offered.count)] + offered }
+    static func prologue(_ link: PairingLink, offered: [UInt8]) -> [UInt8] {
+        prologue(link) + [UInt8(offered.count)] + offered
+    }
 
     private func makeSession(_ suite: CipherSuite, prologue: [UInt8]) throws(MasqError) -> SecureSession {
         try crypto { () throws(CryptoError) in
-            try SecureSession(pattern: .XXpsk3, role: role == .joiner ? .initiator : .responder, prologue: prologue,
-                              staticKey: identity.agreementKey, psk: psk, suite: suite)
+            try SecureSession(
+                pattern: .XXpsk3, role: role == .joiner ? .initiator : .responder, prologue: prologue,
+                staticKey: identity.agreementKey, psk: psk, suite: suite)
         }
     }
 
@@ -283,7 +320,9 @@ public final class PairingFlow: @unchecked Sendable {
     /// Handle the peer's frame; the step says what to send next. Any error ends the pairing.
     public func receive(_ frame: [UInt8]) throws(MasqError) -> Step {
         guard !finished else { throw .invalid("pairing already finished") }
-        guard frame.count <= PairingFlow.maxFrame, let type = frame.first else { throw .invalid("empty or oversized pairing frame") }
+        guard frame.count <= PairingFlow.maxFrame, let type = frame.first else {
+            throw .invalid("empty or oversized pairing frame")
+        }
         let body = Array(frame.dropFirst())
         if type == PairingFlow.refusalFrame {
             finished = true
@@ -301,13 +340,19 @@ public final class PairingFlow: @unchecked Sendable {
                     case PairingFlow.suitesFrame:
                         let offered = try Self.parseSuites(body)
                         guard let suite = suites.first(where: { s in offered.contains { $0.id == s.rawValue } }) else {
-                            throw MasqError(.unsupported, "no cipher suite in common (offered: \(offered.map { String($0.id) }.joined(separator: ", ")))")
+                            throw MasqError(
+                                .unsupported,
+                                "no cipher suite in common (offered: \(offered.map { String($0.id) }.joined(separator: ", ")))"
+                            )
                         }
                         prologue = Self.prologue(link, offered: offered.map(\.id))
                         first = offered.first { $0.id == suite.rawValue }!.message
                         session = try makeSession(suite, prologue: prologue)
                     case PairingFlow.messageFrame:
-                        guard suites.contains(.chaChaPoly) else { throw MasqError(.unsupported, "this device does not speak the ChaChaPoly suite the other one offers") }
+                        guard suites.contains(.chaChaPoly) else {
+                            throw MasqError(
+                                .unsupported, "this device does not speak the ChaChaPoly suite the other one offers")
+                        }
                         prologue = Self.prologue(link)
                         first = body
                         session = try makeSession(.chaChaPoly, prologue: prologue)
@@ -322,19 +367,27 @@ public final class PairingFlow: @unchecked Sendable {
                     let echo = type == PairingFlow.suitesFrame ? Hash.sha256(frame) : []
                     let message2 = try crypto { () throws(CryptoError) in try s.writeHandshake(payload: echo) }
                     transcriptAtMessage2 = s.transcriptHash
-                    return .send(type == PairingFlow.suitesFrame ? [PairingFlow.chosenFrame, s.suite.rawValue] + message2
-                                                               : [PairingFlow.messageFrame] + message2)
+                    return .send(
+                        type == PairingFlow.suitesFrame
+                            ? [PairingFlow.chosenFrame, s.suite.rawValue] + message2
+                            : [PairingFlow.messageFrame] + message2)
                 }
-                guard type == PairingFlow.messageFrame, let s = session else { throw .invalid("unexpected pairing frame type \(type)") }
+                guard type == PairingFlow.messageFrame, let s = session else {
+                    throw .invalid("unexpected pairing frame type \(type)")
+                }
                 payload = try crypto { () throws(CryptoError) in try s.readHandshake(body) }
                 guard s.isEstablished else { throw .invalid("the handshake did not complete") }
                 // Message 3 authenticated under the PSK: the joiner knew the secret.
-                let card = try DeviceCard.verify(payload, handshakeHash: transcriptAtMessage2, expectedAgreementKey: s.peerStaticKey)
+                let card = try DeviceCard.verify(
+                    payload, handshakeHash: transcriptAtMessage2, expectedAgreementKey: s.peerStaticKey)
                 // The offerer's card, then the room its group meets in (the joiner adopts it).
-                let mine = try DeviceCard.signed(identity: identity, name: store.deviceName, handshakeHash: s.handshakeHash)
+                let mine =
+                    try DeviceCard.signed(identity: identity, name: store.deviceName, handshakeHash: s.handshakeHash)
                     + store.groupRoom()
                 let prologue = self.prologue
-                let final = [PairingFlow.messageFrame] + (try crypto { () throws(CryptoError) in try s.seal(mine, associatedData: prologue) })
+                let final =
+                    [PairingFlow.messageFrame]
+                    + (try crypto { () throws(CryptoError) in try s.seal(mine, associatedData: prologue) })
                 // Saved after sealing, so the stored ratchet has moved past the final frame's key.
                 let device = try store.completePairing(offer: link, card: card, session: s)
                 finished = true
@@ -345,29 +398,40 @@ public final class PairingFlow: @unchecked Sendable {
                     let message: [UInt8]
                     switch type {
                     case PairingFlow.chosenFrame:
-                        guard let id = body.first, let suite = CipherSuite(rawValue: id), let s = candidates[suite] else {
+                        guard let id = body.first, let suite = CipherSuite(rawValue: id), let s = candidates[suite]
+                        else {
                             throw .invalid("the other device chose a suite this one did not offer")
                         }
                         session = s
                         message = Array(body.dropFirst())
                     default:
-                        throw .invalid("unexpected pairing frame type \(type) (expected the other device's choice of suite)")
+                        throw .invalid(
+                            "unexpected pairing frame type \(type) (expected the other device's choice of suite)")
                     }
                     candidates = [:]
                     let s = session!
                     let echo = try crypto { () throws(CryptoError) in try s.readHandshake(message) }
-                    guard echo == offeredFrame else { throw .invalid("the suites this device offered were altered on the way") }
-                    let card = try DeviceCard.signed(identity: identity, name: store.deviceName, handshakeHash: s.transcriptHash)
-                    return .send([PairingFlow.messageFrame] + (try crypto { () throws(CryptoError) in try s.writeHandshake(payload: card) }))
+                    guard echo == offeredFrame else {
+                        throw .invalid("the suites this device offered were altered on the way")
+                    }
+                    let card = try DeviceCard.signed(
+                        identity: identity, name: store.deviceName, handshakeHash: s.transcriptHash)
+                    return .send(
+                        [PairingFlow.messageFrame]
+                            + (try crypto { () throws(CryptoError) in try s.writeHandshake(payload: card) }))
                 }
                 throw .invalid("unexpected frame while the handshake is incomplete")
             case (.joiner, true):
-                guard type == PairingFlow.messageFrame, let s = session else { throw .invalid("unexpected pairing frame type \(type)") }
+                guard type == PairingFlow.messageFrame, let s = session else {
+                    throw .invalid("unexpected pairing frame type \(type)")
+                }
                 let prologue = self.prologue
                 let payload = try crypto { () throws(CryptoError) in try s.open(body, associatedData: prologue) }
                 guard payload.count > 16 else { throw .invalid("the final pairing message is too short") }
-                let card = try DeviceCard.verify(Array(payload.dropLast(16)), handshakeHash: s.handshakeHash, expectedAgreementKey: s.peerStaticKey)
-                let device = try store.completePairing(offer: nil, card: card, session: s, groupRoom: Array(payload.suffix(16)))
+                let card = try DeviceCard.verify(
+                    Array(payload.dropLast(16)), handshakeHash: s.handshakeHash, expectedAgreementKey: s.peerStaticKey)
+                let device = try store.completePairing(
+                    offer: nil, card: card, session: s, groupRoom: Array(payload.suffix(16)))
                 finished = true
                 return .paired(device, finalFrame: nil)
             case (.offerer, true):
@@ -376,7 +440,10 @@ public final class PairingFlow: @unchecked Sendable {
         } catch {
             finished = true
             if error.status == .badSignature || error.status == .invalid {
-                throw MasqError(.denied, "pairing failed: the other device does not hold this link's secret, or the link is damaged (\(error.message))")
+                throw MasqError(
+                    .denied,
+                    "pairing failed: the other device does not hold this link's secret, or the link is damaged (\(error.message))"
+                )
             }
             throw error
         }

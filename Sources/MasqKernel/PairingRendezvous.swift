@@ -35,7 +35,9 @@ public enum PairingRendezvous {
 
         func take(until deadline: UInt64) -> [UInt8]? {
             let remaining = deadline > Clock.monotonicNanoseconds() ? deadline - Clock.monotonicNanoseconds() : 0
-            guard signal.wait(timeout: .now() + .nanoseconds(Int(min(remaining, UInt64(Int.max))))) == .success else { return nil }
+            guard signal.wait(timeout: .now() + .nanoseconds(Int(min(remaining, UInt64(Int.max))))) == .success else {
+                return nil
+            }
             return lock.withLock { cancelled || frames.isEmpty ? nil : frames.removeFirst() }
         }
     }
@@ -43,20 +45,28 @@ public enum PairingRendezvous {
     /// Seconds to wait for the relay to answer before saying it cannot be reached.
     static let connectTimeout: Double = 10
 
-    static func open(_ store: Store, _ transport: PluginReference, url: String, room: String, inbox: Inbox) throws(MasqError) -> TransportPluginInstance {
+    static func open(_ store: Store, _ transport: PluginReference, url: String, room: String, inbox: Inbox)
+        throws(MasqError) -> TransportPluginInstance
+    {
         // The first transport event: up, or down (the relay cannot be reached).
         let first = LockedValue<Int32?>(nil)
         let decided = DispatchSemaphore(value: 0)
-        let engine = try store.openTransport(transport, onFrame: { _, frameRoom, frame in
-            if frameRoom == room { inbox.put(frame) }
-        }, onPeerEvent: { _, event in
-            guard event == TransportPluginInstance.transportUp || event == TransportPluginInstance.transportDown else { return }
-            if first.withLock({ f -> Bool in
-                guard f == nil else { return false }
-                f = event
-                return true
-            }) { decided.signal() }
-        })
+        let engine = try store.openTransport(
+            transport,
+            onFrame: { _, frameRoom, frame in
+                if frameRoom == room { inbox.put(frame) }
+            },
+            onPeerEvent: { _, event in
+                guard event == TransportPluginInstance.transportUp || event == TransportPluginInstance.transportDown
+                else { return }
+                if first.withLock({ f -> Bool in
+                    guard f == nil else { return false }
+                    f = event
+                    return true
+                }) {
+                    decided.signal()
+                }
+            })
         try engine.start()
         try engine.connect(url)
         try engine.join(room)
@@ -74,9 +84,11 @@ public enum PairingRendezvous {
     /// Offer a link (via `url`), show it with `onLink`, and wait up to `ttl`
     /// seconds for a device to join. Failed attempts are refused (the joiner
     /// is told why) and the wait goes on.
-    public static func offer(store: Store, transport: PluginReference, url: String, ttl: UInt64 = Store.defaultPairingTTL,
-                             inbox: Inbox = Inbox(),
-                             onLink: (PairingLink) -> Void, onFailure: (MasqError) -> Void = { _ in }) throws(MasqError) -> PairedDevice {
+    public static func offer(
+        store: Store, transport: PluginReference, url: String, ttl: UInt64 = Store.defaultPairingTTL,
+        inbox: Inbox = Inbox(),
+        onLink: (PairingLink) -> Void, onFailure: (MasqError) -> Void = { _ in }
+    ) throws(MasqError) -> PairedDevice {
         let link = try store.createPairingOffer(via: url, ttl: ttl)
         let room = hex(link.room)
         let engine = try open(store, transport, url: url, room: room, inbox: inbox)
@@ -91,12 +103,14 @@ public enum PairingRendezvous {
                     try engine.send(room, reply)
                 case .paired(let device, let final):
                     if let final { try engine.send(room, final) }
-                    usleep(200_000)    // let the final frame leave before closing
+                    usleep(200_000)  // let the final frame leave before closing
                     return device
                 }
             } catch {
                 onFailure(error)
-                if frame.first != PairingFlow.refusalFrame { try? engine.send(room, PairingFlow.refusal(error.message)) }
+                if frame.first != PairingFlow.refusalFrame {
+                    try? engine.send(room, PairingFlow.refusal(error.message))
+                }
                 flow = try PairingFlow(offering: link, store: store)
             }
         }
@@ -105,8 +119,10 @@ public enum PairingRendezvous {
     }
 
     /// Join through the link's relay; `timeout` seconds for the whole exchange.
-    public static func join(store: Store, link: PairingLink, transport: PluginReference, timeout: Double = 60,
-                            inbox: Inbox = Inbox()) throws(MasqError) -> PairedDevice {
+    public static func join(
+        store: Store, link: PairingLink, transport: PluginReference, timeout: Double = 60,
+        inbox: Inbox = Inbox()
+    ) throws(MasqError) -> PairedDevice {
         guard let url = link.via else { throw .invalid("the link does not say which relay to use (no via=)") }
         let room = hex(link.room)
         let engine = try open(store, transport, url: url, room: room, inbox: inbox)
@@ -121,12 +137,13 @@ public enum PairingRendezvous {
             }
         }
         if inbox.isCancelled { throw MasqError(.closed, "pairing cancelled") }
-        throw MasqError(.timeout, "no answer from the other device through \(url) (is `masq pair` still waiting there?)")
+        throw MasqError(
+            .timeout, "no answer from the other device through \(url) (is `masq pair` still waiting there?)")
     }
 }
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 extension MasqConfig {

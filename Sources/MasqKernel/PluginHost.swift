@@ -1,7 +1,7 @@
 import CMasq
 import CMasqSupport
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The host table (masq_host) handed to one plugin instance: logging, error
@@ -40,13 +40,15 @@ final class PluginHost: @unchecked Sendable {
         table.pointee.monotonic_ns = { _ in Clock.monotonicNanoseconds() }
         table.pointee.random_bytes = { _, buffer, length in
             guard length == 0 || buffer != nil else { return MASQ_E_INVALID }
-            return SecureRandom.fill(UnsafeMutableRawBufferPointer(start: buffer, count: length)) ? MASQ_OK : MASQ_E_INTERNAL
+            return SecureRandom.fill(UnsafeMutableRawBufferPointer(start: buffer, count: length))
+                ? MASQ_OK : MASQ_E_INTERNAL
         }
         if transport {
             table.pointee.frame_received = { host, peer, room, frame, length in
                 guard let me = PluginHost.from(host), let peer, frame != nil || length == 0 else { return }
-                me.onFrame?(String(cString: peer), room.map { String(cString: $0) },
-                            UnsafeRawBufferPointer(start: frame, count: length))
+                me.onFrame?(
+                    String(cString: peer), room.map { String(cString: $0) },
+                    UnsafeRawBufferPointer(start: frame, count: length))
             }
             table.pointee.peer_event = { host, peer, event in
                 guard let me = PluginHost.from(host), let peer else { return }
@@ -62,13 +64,16 @@ final class PluginHost: @unchecked Sendable {
                 }
             }
             table.pointee.answer_challenge = { host, mailbox, question, length, sink, ctx in
-                guard let me = PluginHost.from(host), let mailbox, question != nil || length == 0, let sink else { return MASQ_E_INVALID }
+                guard let me = PluginHost.from(host), let mailbox, question != nil || length == 0, let sink else {
+                    return MASQ_E_INVALID
+                }
                 guard let answer = me.onChallenge else {
                     masqsupport_set_error(MASQ_E_NOT_FOUND, "this kernel holds no mailbox keys")
                     return MASQ_E_NOT_FOUND
                 }
                 do throws(MasqError) {
-                    let bytes = try answer(String(cString: mailbox), Array(UnsafeRawBufferPointer(start: question, count: length)))
+                    let bytes = try answer(
+                        String(cString: mailbox), Array(UnsafeRawBufferPointer(start: question, count: length)))
                     return bytes.withUnsafeBufferPointer { sink(ctx, $0.baseAddress, $0.count) }
                 } catch {
                     masqsupport_set_error(error.status.rawValue, error.message)
@@ -133,5 +138,6 @@ func pluginMessage(_ status: Int32, label: String, operation: String) -> String 
 /// A plugin call's status as an error (nothing for MASQ_OK).
 func checkPlugin(_ status: Int32, label: String, operation: String) throws(MasqError) {
     if status == MASQ_OK { return }
-    throw MasqError(MasqStatus(rawValue: status) ?? .internal, pluginMessage(status, label: label, operation: operation))
+    throw MasqError(
+        MasqStatus(rawValue: status) ?? .internal, pluginMessage(status, label: label, operation: operation))
 }

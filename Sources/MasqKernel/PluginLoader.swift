@@ -1,7 +1,7 @@
 import CMasq
 import CMasqSupport
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The three kinds of plugin (masq_plugin_descriptor.kind).
@@ -34,7 +34,10 @@ public final class LoadedPlugin: @unchecked Sendable {
     public let abiVersion: UInt32
     let vtable: UnsafeRawPointer
 
-    init(path: String, kind: PluginKind, name: String, version: String, summary: String, abiVersion: UInt32, vtable: UnsafeRawPointer) {
+    init(
+        path: String, kind: PluginKind, name: String, version: String, summary: String, abiVersion: UInt32,
+        vtable: UnsafeRawPointer
+    ) {
         self.path = path
         self.kind = kind
         self.name = name
@@ -109,7 +112,9 @@ public enum PluginLoader {
     }
 
     /// Locate and load the plugin a config entry names.
-    public static func load(_ reference: PluginReference, kind: PluginKind, searchPath: [String]) throws(MasqError) -> LoadedPlugin {
+    public static func load(_ reference: PluginReference, kind: PluginKind, searchPath: [String]) throws(MasqError)
+        -> LoadedPlugin
+    {
         if let explicit = reference.path {
             return try load(path: explicit, expecting: kind, name: reference.name)
         }
@@ -118,7 +123,9 @@ public enum PluginLoader {
             return try load(path: dir + "/" + file, expecting: kind, name: reference.name)
         }
         let looked = searchPath.isEmpty ? "(empty search path)" : searchPath.joined(separator: ", ")
-        throw .plugin("\(kind.label) plugin '\(reference.name)' not found: no \(file) in \(looked); set plugin_path in the config or MASQ_PLUGIN_PATH")
+        throw .plugin(
+            "\(kind.label) plugin '\(reference.name)' not found: no \(file) in \(looked); set plugin_path in the config or MASQ_PLUGIN_PATH"
+        )
     }
 
     /// Load one file and validate it. `expecting`/`name` (when given) must match the descriptor.
@@ -156,7 +163,8 @@ public enum PluginLoader {
                     report.abiVersion = plugin.abiVersion
                     if fileName(kind: plugin.kind, name: plugin.name) != file {
                         report.status = .plugin
-                        report.message = "file name does not match the plugin: rename it \(fileName(kind: plugin.kind, name: plugin.name))"
+                        report.message =
+                            "file name does not match the plugin: rename it \(fileName(kind: plugin.kind, name: plugin.name))"
                     }
                 } catch {
                     report.status = error.status
@@ -201,22 +209,30 @@ public enum PluginLoader {
         guard size >= 8 else { throw .plugin("\(path): descriptor too short (\(size) bytes)") }
         let abi = descriptor.pointee.abi_version
         guard abi == UInt32(MASQ_PLUGIN_ABI_VERSION) else {
-            throw MasqError(.abi, "\(path): built for plugin ABI \(abi), but this kernel speaks ABI \(MASQ_PLUGIN_ABI_VERSION); rebuild it against this version of masq_plugin.h")
+            throw MasqError(
+                .abi,
+                "\(path): built for plugin ABI \(abi), but this kernel speaks ABI \(MASQ_PLUGIN_ABI_VERSION); rebuild it against this version of masq_plugin.h"
+            )
         }
         guard size >= MemoryLayout<masq_plugin_descriptor>.size else {
-            throw .plugin("\(path): descriptor too short (\(size) bytes; ABI \(abi) needs \(MemoryLayout<masq_plugin_descriptor>.size))")
+            throw .plugin(
+                "\(path): descriptor too short (\(size) bytes; ABI \(abi) needs \(MemoryLayout<masq_plugin_descriptor>.size))"
+            )
         }
         let d = descriptor.pointee
         guard let kind = PluginKind(rawValue: d.kind) else { throw .plugin("\(path): unknown plugin kind \(d.kind)") }
-        guard let namePointer = d.name, let name = String(validatingCString: namePointer), PluginName.isValid(name) else {
+        guard let namePointer = d.name, let name = String(validatingCString: namePointer), PluginName.isValid(name)
+        else {
             throw .plugin("\(path): descriptor name is missing or not [a-z0-9_]{1,64}")
         }
-        guard let versionPointer = d.version, let version = String(validatingCString: versionPointer), !version.isEmpty else {
+        guard let versionPointer = d.version, let version = String(validatingCString: versionPointer), !version.isEmpty
+        else {
             throw .plugin("\(path): descriptor version is missing or not UTF-8")
         }
         let summary = d.description.flatMap { String(validatingCString: $0) } ?? ""
         guard let vtable = d.vtable else { throw .plugin("\(path): \(kind.label) plugin '\(name)' has a NULL vtable") }
-        let plugin = LoadedPlugin(path: path, kind: kind, name: name, version: version, summary: summary, abiVersion: abi, vtable: vtable)
+        let plugin = LoadedPlugin(
+            path: path, kind: kind, name: name, version: version, summary: summary, abiVersion: abi, vtable: vtable)
         try VTableCheck.validate(plugin)
         return plugin
     }
@@ -234,35 +250,45 @@ enum VTableCheck {
             required = end(\masq_storage_vtable.scan)
             if declared >= required {
                 let v = plugin.vtable(as: masq_storage_vtable.self, zero: masq_storage_vtable())
-                missing = names([("open", v.open == nil), ("close", v.close == nil), ("begin", v.begin == nil),
-                                 ("commit", v.commit == nil), ("rollback", v.rollback == nil), ("get", v.get == nil),
-                                 ("put", v.put == nil), ("del", v.del == nil), ("scan", v.scan == nil)])
+                missing = names([
+                    ("open", v.open == nil), ("close", v.close == nil), ("begin", v.begin == nil),
+                    ("commit", v.commit == nil), ("rollback", v.rollback == nil), ("get", v.get == nil),
+                    ("put", v.put == nil), ("del", v.del == nil), ("scan", v.scan == nil)
+                ])
             }
         case .transport:
             required = end(\masq_transport_vtable.send)
             if declared >= required {
                 let v = plugin.vtable(as: masq_transport_vtable.self, zero: masq_transport_vtable())
-                missing = names([("create", v.create == nil), ("destroy", v.destroy == nil), ("start", v.start == nil),
-                                 ("stop", v.stop == nil), ("send", v.send == nil),
-                                 ("listen", v.flags & MASQ_TRANSPORT_LISTEN != 0 && v.listen == nil),
-                                 ("connect", v.flags & MASQ_TRANSPORT_CONNECT != 0 && v.connect == nil),
-                                 ("join", v.flags & MASQ_TRANSPORT_ROOMS != 0 && v.join == nil),
-                                 ("leave", v.flags & MASQ_TRANSPORT_ROOMS != 0 && v.leave == nil)])
+                missing = names([
+                    ("create", v.create == nil), ("destroy", v.destroy == nil), ("start", v.start == nil),
+                    ("stop", v.stop == nil), ("send", v.send == nil),
+                    ("listen", v.flags & MASQ_TRANSPORT_LISTEN != 0 && v.listen == nil),
+                    ("connect", v.flags & MASQ_TRANSPORT_CONNECT != 0 && v.connect == nil),
+                    ("join", v.flags & MASQ_TRANSPORT_ROOMS != 0 && v.join == nil),
+                    ("leave", v.flags & MASQ_TRANSPORT_ROOMS != 0 && v.leave == nil)
+                ])
             }
         case .wallet:
             required = end(\masq_wallet_vtable.verify_payment)
             if declared >= required {
                 let v = plugin.vtable(as: masq_wallet_vtable.self, zero: masq_wallet_vtable())
-                missing = names([("create", v.create == nil), ("destroy", v.destroy == nil), ("address", v.address == nil),
-                                 ("balance", v.balance == nil), ("pay", v.pay == nil), ("sign", v.sign == nil),
-                                 ("verify", v.verify == nil), ("verify_payment", v.verify_payment == nil)])
+                missing = names([
+                    ("create", v.create == nil), ("destroy", v.destroy == nil), ("address", v.address == nil),
+                    ("balance", v.balance == nil), ("pay", v.pay == nil), ("sign", v.sign == nil),
+                    ("verify", v.verify == nil), ("verify_payment", v.verify_payment == nil)
+                ])
             }
         }
         guard declared >= required else {
-            throw .plugin("\(plugin.path): \(plugin.kind.label) vtable too short (struct_size \(declared); ABI \(MASQ_PLUGIN_ABI_VERSION) needs at least \(required))")
+            throw .plugin(
+                "\(plugin.path): \(plugin.kind.label) vtable too short (struct_size \(declared); ABI \(MASQ_PLUGIN_ABI_VERSION) needs at least \(required))"
+            )
         }
         guard missing.isEmpty else {
-            throw .plugin("\(plugin.path): \(plugin.kind.label) vtable member(s) \(missing.joined(separator: ", ")) are NULL but required")
+            throw .plugin(
+                "\(plugin.path): \(plugin.kind.label) vtable member(s) \(missing.joined(separator: ", ")) are NULL but required"
+            )
         }
     }
 

@@ -64,7 +64,8 @@ public struct QRCode: Sendable {
         for y in 0..<size {
             for x in 0..<size where isDark(x, y) { path += "M\(x + quietZone) \(y + quietZone)h1v1h-1z" }
         }
-        return "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 \(side) \(side)\" shape-rendering=\"crispEdges\">"
+        return
+            "<svg xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 \(side) \(side)\" shape-rendering=\"crispEdges\">"
             + "<rect width=\"\(side)\" height=\"\(side)\" fill=\"#fff\"/><path fill=\"#000\" d=\"\(path)\"/></svg>"
     }
 }

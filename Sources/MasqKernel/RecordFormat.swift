@@ -22,16 +22,16 @@ import CZlib
 /// big-endian so that byte order is numeric order.
 enum RecordFormat {
     static let version: UInt8 = 1
-    static let meta: UInt8 = 0x4D       // 'M'
+    static let meta: UInt8 = 0x4D  // 'M'
     static let namespaceByName: UInt8 = 0x4E  // 'N'
-    static let namespaceByID: UInt8 = 0x6E    // 'n'
-    static let record: UInt8 = 0x52     // 'R'
-    static let log: UInt8 = 0x4C        // 'L'
-    static let vector: UInt8 = 0x56     // 'V'
-    static let device: UInt8 = 0x44     // 'D' paired devices (sealed when protected)
-    static let pairing: UInt8 = 0x50    // 'P' pending pairing offers (sealed when protected)
-    static let session: UInt8 = 0x53    // 'S' session states per device (sealed when protected)
-    static let share: UInt8 = 0x48      // 'H' write policies and shares (sealed when protected)
+    static let namespaceByID: UInt8 = 0x6E  // 'n'
+    static let record: UInt8 = 0x52  // 'R'
+    static let log: UInt8 = 0x4C  // 'L'
+    static let vector: UInt8 = 0x56  // 'V'
+    static let device: UInt8 = 0x44  // 'D' paired devices (sealed when protected)
+    static let pairing: UInt8 = 0x50  // 'P' pending pairing offers (sealed when protected)
+    static let session: UInt8 = 0x53  // 'S' session states per device (sealed when protected)
+    static let share: UInt8 = 0x48  // 'H' write policies and shares (sealed when protected)
 
     static let metaFormat: [UInt8] = [meta] + Array("format".utf8)
     static let metaReplica: [UInt8] = [meta] + Array("replica".utf8)
@@ -47,7 +47,6 @@ enum RecordFormat {
         out.appendVarint(UInt64(namespaceID))
         return out
     }
-
 
     static func namespaceIDKey(_ id: UInt32) -> [UInt8] {
         var out = [namespaceByID]
@@ -173,7 +172,10 @@ struct RecordHeader: Equatable {
         let header = try read(unchecked: bytes)
         if header.checksummed {
             let stored = bytes.loadBigEndian32(at: bytes.count - trailer)
-            guard stored == checksum(key: key, record: UnsafeRawBufferPointer(rebasing: bytes[0..<(bytes.count - trailer)])) else {
+            guard
+                stored
+                    == checksum(key: key, record: UnsafeRawBufferPointer(rebasing: bytes[0..<(bytes.count - trailer)]))
+            else {
                 throw .corrupt("a stored record fails its checksum: the store is damaged (run `masq check`)")
             }
         }
@@ -183,8 +185,12 @@ struct RecordHeader: Equatable {
     /// CRC-32 (zlib) of key ‖ record-without-trailer.
     static func checksum(key: UnsafeRawBufferPointer, record: UnsafeRawBufferPointer) -> UInt32 {
         var crc = crc32(0, nil, 0)
-        if let base = key.baseAddress, key.count > 0 { crc = crc32(crc, base.assumingMemoryBound(to: UInt8.self), uInt(key.count)) }
-        if let base = record.baseAddress, record.count > 0 { crc = crc32(crc, base.assumingMemoryBound(to: UInt8.self), uInt(record.count)) }
+        if let base = key.baseAddress, key.count > 0 {
+            crc = crc32(crc, base.assumingMemoryBound(to: UInt8.self), uInt(key.count))
+        }
+        if let base = record.baseAddress, record.count > 0 {
+            crc = crc32(crc, base.assumingMemoryBound(to: UInt8.self), uInt(record.count))
+        }
         return UInt32(truncatingIfNeeded: crc)
     }
 
@@ -196,9 +202,13 @@ struct RecordHeader: Equatable {
 
     static func read(unchecked bytes: UnsafeRawBufferPointer) throws(MasqError) -> RecordHeader {
         var reader = ByteReader(bytes)
-        guard try reader.byte() == RecordFormat.version else { throw .corrupt("record format \(bytes[0]) unknown (this library reads \(RecordFormat.version))") }
+        guard try reader.byte() == RecordFormat.version else {
+            throw .corrupt("record format \(bytes[0]) unknown (this library reads \(RecordFormat.version))")
+        }
         let flags = try reader.byte()
-        guard flags & ~(tombstoneFlag | previousFlag | sameReplicaFlag | counterFlag | checksumFlag) == 0 else { throw .corrupt("record has unknown flags \(flags)") }
+        guard flags & ~(tombstoneFlag | previousFlag | sameReplicaFlag | counterFlag | checksumFlag) == 0 else {
+            throw .corrupt("record has unknown flags \(flags)")
+        }
         let version = Version(timestamp: try reader.uint64(), replica: try reader.uint64())
         let seq = try reader.varint()
         var previous = Version.none
@@ -206,9 +216,13 @@ struct RecordHeader: Equatable {
             previous.timestamp = try reader.uint64()
             previous.replica = flags & sameReplicaFlag != 0 ? version.replica : try reader.uint64()
         }
-        let header = RecordHeader(tombstone: flags & tombstoneFlag != 0, counter: flags & counterFlag != 0, version: version, seq: seq, previous: previous,
-                                  checksummed: flags & checksumFlag != 0)
-        guard bytes.count >= header.size + (header.checksummed ? trailer : 0) else { throw .corrupt("a stored record is shorter than its header") }
+        let header = RecordHeader(
+            tombstone: flags & tombstoneFlag != 0, counter: flags & counterFlag != 0, version: version, seq: seq,
+            previous: previous,
+            checksummed: flags & checksumFlag != 0)
+        guard bytes.count >= header.size + (header.checksummed ? trailer : 0) else {
+            throw .corrupt("a stored record is shorter than its header")
+        }
         return header
     }
 
@@ -253,12 +267,16 @@ struct LogEntryWriter {
         try decodeWithTimestamp(data).keys
     }
 
-    static func decodeWithTimestamp(_ data: UnsafeRawBufferPointer) throws(MasqError) -> (timestamp: UInt64, keys: [(namespaceID: UInt32, key: [UInt8])]) {
+    static func decodeWithTimestamp(_ data: UnsafeRawBufferPointer) throws(MasqError) -> (
+        timestamp: UInt64, keys: [(namespaceID: UInt32, key: [UInt8])]
+    ) {
         var reader = ByteReader(data)
         guard try reader.byte() == RecordFormat.version else { throw .corrupt("change-log entry in an unknown format") }
         let timestamp = try reader.uint64()
         let count = try reader.varint()
-        guard count <= UInt64(data.count) else { throw .corrupt("change-log entry claims \(count) keys in \(data.count) bytes") }
+        guard count <= UInt64(data.count) else {
+            throw .corrupt("change-log entry claims \(count) keys in \(data.count) bytes")
+        }
         var out: [(namespaceID: UInt32, key: [UInt8])] = []
         out.reserveCapacity(Int(count))
         for _ in 0..<count {

@@ -1,7 +1,7 @@
 import CMasq
 import CMasqSupport
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// One open instance of a storage plugin, wrapped so the kernel can call it
@@ -63,8 +63,12 @@ final class StoragePluginInstance {
     }
 
     func put(_ key: UnsafeRawBufferPointer, _ value: UnsafeRawBufferPointer) throws(MasqError) {
-        try check(call { v.put(db, key.baseAddress?.assumingMemoryBound(to: UInt8.self), key.count,
-                               value.baseAddress?.assumingMemoryBound(to: UInt8.self), value.count) }, "put")
+        try check(
+            call {
+                v.put(
+                    db, key.baseAddress?.assumingMemoryBound(to: UInt8.self), key.count,
+                    value.baseAddress?.assumingMemoryBound(to: UInt8.self), value.count)
+            }, "put")
     }
 
     func delete(_ key: UnsafeRawBufferPointer) throws(MasqError) {
@@ -73,7 +77,9 @@ final class StoragePluginInstance {
 
     /// Look `key` up; `body` sees the value (valid only during the call).
     /// Returns nil on a miss, else what `body` returned.
-    func get<T>(_ key: UnsafeRawBufferPointer, _ body: (UnsafeRawBufferPointer) throws(MasqError) -> T) throws(MasqError) -> T? {
+    func get<T>(_ key: UnsafeRawBufferPointer, _ body: (UnsafeRawBufferPointer) throws(MasqError) -> T)
+        throws(MasqError) -> T?
+    {
         var result: Result<T, MasqError>?
         let status = withoutActuallyEscaping(body) { body in
             var context = SinkContext(sink: { bytes in
@@ -81,11 +87,13 @@ final class StoragePluginInstance {
             })
             return withUnsafeMutablePointer(to: &context) { ctx in
                 call {
-                    v.get(db, key.baseAddress?.assumingMemoryBound(to: UInt8.self), key.count, { raw, data, length in
-                        let context = raw!.assumingMemoryBound(to: SinkContext.self)
-                        context.pointee.sink(UnsafeRawBufferPointer(start: data, count: length))
-                        return MASQ_OK
-                    }, ctx)
+                    v.get(
+                        db, key.baseAddress?.assumingMemoryBound(to: UInt8.self), key.count,
+                        { raw, data, length in
+                            let context = raw!.assumingMemoryBound(to: SinkContext.self)
+                            context.pointee.sink(UnsafeRawBufferPointer(start: data, count: length))
+                            return MASQ_OK
+                        }, ctx)
                 }
             }
         }
@@ -96,8 +104,10 @@ final class StoragePluginInstance {
     }
 
     /// Visit keys in [start, end) in order; `visitor` returns false to stop.
-    func scan(from start: [UInt8], to end: [UInt8]?,
-              _ visitor: (UnsafeRawBufferPointer, UnsafeRawBufferPointer) throws(MasqError) -> Bool) throws(MasqError) {
+    func scan(
+        from start: [UInt8], to end: [UInt8]?,
+        _ visitor: (UnsafeRawBufferPointer, UnsafeRawBufferPointer) throws(MasqError) -> Bool
+    ) throws(MasqError) {
         var failure: MasqError?
         let status = withoutActuallyEscaping(visitor) { visitor in
             var context = ScanContext(visit: { key, value in
@@ -110,11 +120,14 @@ final class StoragePluginInstance {
                 start.withUnsafeBufferPointer { s in
                     withOptionalBuffer(end) { e in
                         call {
-                            v.scan(db, s.baseAddress, s.count, e?.baseAddress, e?.count ?? 0, 0, { raw, k, kl, val, vl in
-                                let context = raw!.assumingMemoryBound(to: ScanContext.self)
-                                return context.pointee.visit(UnsafeRawBufferPointer(start: k, count: kl),
-                                                             UnsafeRawBufferPointer(start: val, count: vl))
-                            }, ctx)
+                            v.scan(
+                                db, s.baseAddress, s.count, e?.baseAddress, e?.count ?? 0, 0,
+                                { raw, k, kl, val, vl in
+                                    let context = raw!.assumingMemoryBound(to: ScanContext.self)
+                                    return context.pointee.visit(
+                                        UnsafeRawBufferPointer(start: k, count: kl),
+                                        UnsafeRawBufferPointer(start: val, count: vl))
+                                }, ctx)
                         }
                     }
                 }
@@ -128,13 +141,17 @@ final class StoragePluginInstance {
     func deleteRange(from start: [UInt8], to end: [UInt8]?) throws(MasqError) {
         if let deleteRange = v.delete_range {
             let status = start.withUnsafeBufferPointer { s in
-                withOptionalBuffer(end) { e in call { deleteRange(db, s.baseAddress, s.count, e?.baseAddress, e?.count ?? 0) } }
+                withOptionalBuffer(end) { e in
+                    call { deleteRange(db, s.baseAddress, s.count, e?.baseAddress, e?.count ?? 0) }
+                }
             }
             try check(status, "delete_range")
             return
         }
         var keys: [[UInt8]] = []
-        try scan(from: start, to: end) { key, _ in keys.append(Array(key)); return true }
+        try scan(from: start, to: end) { key, _ in
+            keys.append(Array(key)); return true
+        }
         for key in keys { try key.withBytes { (k) throws(MasqError) in try delete(k) } }
     }
 
@@ -169,7 +186,9 @@ final class StoragePluginInstance {
 }
 
 /// Calls `body` with a C array of masq_plugin_option built from `options`.
-func withOptions<R>(_ options: [(key: String, value: String)], _ body: (UnsafePointer<masq_plugin_option>?, Int) -> R) -> R {
+func withOptions<R>(_ options: [(key: String, value: String)], _ body: (UnsafePointer<masq_plugin_option>?, Int) -> R)
+    -> R
+{
     let strings = options.flatMap { [strdup($0.key)!, strdup($0.value)!] }
     defer { strings.forEach { free($0) } }
     var list: [masq_plugin_option] = []

@@ -1,6 +1,6 @@
 import MasqCrypto
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Backup, restore and export (issue 15; file format in docs/BACKUP.md,
@@ -41,7 +41,9 @@ extension Store {
     /// show the user once.
     public func backup(to path: String, key: BackupKeySource) throws(MasqError) -> BackupSummary {
         guard !path.isEmpty else { throw .invalid("the backup file name is empty") }
-        guard !FileSystem.exists(path) else { throw .invalid("\(path) exists: a backup never replaces a file (remove it, or choose another name)") }
+        guard !FileSystem.exists(path) else {
+            throw .invalid("\(path) exists: a backup never replaces a file (remove it, or choose another name)")
+        }
         let recovery: RecoveryKey?
         let secret: BackupSecret
         switch key {
@@ -69,15 +71,21 @@ extension Store {
                     throw MasqError(.busy, "the store's passphrase is being set or removed; try the backup again")
                 }
                 let identityPath = config.dataDir + "/" + DeviceIdentity.fileName
-                guard FileSystem.exists(identityPath) else { throw .corrupt("the store has no identity file (\(identityPath))") }
+                guard FileSystem.exists(identityPath) else {
+                    throw .corrupt("the store has no identity file (\(identityPath))")
+                }
                 let identityFile = try FileSystem.readFile(identityPath, limit: 4096)
-                guard let replicaBytes = try Store.getMeta(engine, RecordFormat.metaReplica), replicaBytes.count == 8 else {
+                guard let replicaBytes = try Store.getMeta(engine, RecordFormat.metaReplica), replicaBytes.count == 8
+                else {
                     throw .corrupt("store has no valid replica id")
                 }
                 manifest = BackupManifest(
                     createdAt: Clock.unixMilliseconds(), masqVersion: "\(MasqVersion.string)",
                     replica: replicaBytes.withUnsafeBytes { $0.loadBigEndian(at: 0) },
-                    deviceID: identity?.publicKeys.deviceID, deviceName: try Store.getMeta(engine, Store.metaDeviceName).flatMap { String(validating: $0, as: UTF8.self) },
+                    deviceID: identity?.publicKeys.deviceID,
+                    deviceName: try Store.getMeta(engine, Store.metaDeviceName).flatMap {
+                        String(validating: $0, as: UTF8.self)
+                    },
                     protected: sealed, storage: config.storage.name, config: config.json(), entries: 0, files: 0)
                 try writer.record(BackupFormat.manifestTag, manifest.json)
                 try writer.file(DeviceIdentity.fileName, identityFile)
@@ -125,16 +133,20 @@ extension Store {
     /// its recovery key (as text). Nothing is written in the target unless the
     /// whole file authenticates; the store is renamed into place at the end.
     @discardableResult
-    public static func restore(from path: String, secret: [UInt8], config: MasqConfig) throws(MasqError) -> BackupManifest {
-        try checkRestoreTarget(config)   // before the key derivation: fail fast
+    public static func restore(from path: String, secret: [UInt8], config: MasqConfig) throws(MasqError)
+        -> BackupManifest
+    {
+        try checkRestoreTarget(config)  // before the key derivation: fail fast
         return try restore(from: path, secret: secret) { (_) throws(MasqError) in config }
     }
 
     /// As above, with the config chosen once the manifest is read (the CLI
     /// takes the backed-up store's transports when the machine has no config).
     @discardableResult
-    public static func restore(from path: String, secret: [UInt8],
-                               config choose: (BackupManifest) throws(MasqError) -> MasqConfig) throws(MasqError) -> BackupManifest {
+    public static func restore(
+        from path: String, secret: [UInt8],
+        config choose: (BackupManifest) throws(MasqError) -> MasqConfig
+    ) throws(MasqError) -> BackupManifest {
         var temporary: String?
         var engine: StoragePluginInstance?
         var target = ""
@@ -142,28 +154,36 @@ extension Store {
         var pending = 0
         var last: [UInt8]?
         do throws(MasqError) {
-            let manifest = try readBackup(path: path, secret: secret, onManifest: { (manifest) throws(MasqError) in
-                let config = try choose(manifest)
-                target = config.dataDir
-                try checkRestoreTarget(config)
-                let (directory, opened) = try openRestoreEngine(config)
-                temporary = directory
-                engine = opened
-                try opened.begin()
-            }, onFile: { (name, bytes) throws(MasqError) in
-                files.append((name, bytes))
-            }, onEntry: { (key, value) throws(MasqError) in
-                guard let engine else { throw MasqError(.internal, "restore: no engine") }
-                if let last, !last.lexicographicallyPrecedes(key) { throw .corrupt("the backup's entries are out of order (damaged)") }
-                try key.withBytes { (k) throws(MasqError) in try value.withBytes { (v) throws(MasqError) in try engine.put(k, v) } }
-                last = key
-                pending += key.count + value.count
-                if pending >= 16 << 20 {
-                    try engine.commit()
-                    try engine.begin()
-                    pending = 0
-                }
-            })
+            let manifest = try readBackup(
+                path: path, secret: secret,
+                onManifest: { (manifest) throws(MasqError) in
+                    let config = try choose(manifest)
+                    target = config.dataDir
+                    try checkRestoreTarget(config)
+                    let (directory, opened) = try openRestoreEngine(config)
+                    temporary = directory
+                    engine = opened
+                    try opened.begin()
+                },
+                onFile: { (name, bytes) throws(MasqError) in
+                    files.append((name, bytes))
+                },
+                onEntry: { (key, value) throws(MasqError) in
+                    guard let engine else { throw MasqError(.internal, "restore: no engine") }
+                    if let last, !last.lexicographicallyPrecedes(key) {
+                        throw .corrupt("the backup's entries are out of order (damaged)")
+                    }
+                    try key.withBytes { (k) throws(MasqError) in
+                        try value.withBytes { (v) throws(MasqError) in try engine.put(k, v) }
+                    }
+                    last = key
+                    pending += key.count + value.count
+                    if pending >= 16 << 20 {
+                        try engine.commit()
+                        try engine.begin()
+                        pending = 0
+                    }
+                })
             guard let opened = engine, let temporary else { throw MasqError(.internal, "restore: nothing was opened") }
             // The marker: the first unlocked open takes a new replica id.
             try Store.putMeta(opened, metaRestored, bigEndianBytes(Clock.unixMilliseconds()))
@@ -173,7 +193,8 @@ extension Store {
             let names = Set(files.map { $0.0 })
             guard names.contains(DeviceIdentity.fileName) else { throw .corrupt("the backup holds no device identity") }
             guard names.contains(KeyRing.fileName) == manifest.protected else {
-                throw .corrupt("the backup's keyring does not match its store (\(manifest.protected ? "missing" : "unexpected"))")
+                throw .corrupt(
+                    "the backup's keyring does not match its store (\(manifest.protected ? "missing" : "unexpected"))")
             }
             for (name, bytes) in files { try FileSystem.writeFile(temporary + "/" + name, bytes, mode: 0o600) }
             // Open it once where it is: format, counts and keyring are read; an
@@ -205,11 +226,15 @@ extension Store {
             guard FileSystem.isDirectory(target) else { throw .invalid("\(target) is not a directory") }
             let present = FileSystem.listDirectory(target)
             guard present.isEmpty else {
-                throw .invalid("the data directory \(target) is not empty (\(present.prefix(3).joined(separator: ", "))\(present.count > 3 ? ", …" : "")): restore only into a new or empty directory; nothing was changed")
+                throw .invalid(
+                    "the data directory \(target) is not empty (\(present.prefix(3).joined(separator: ", "))\(present.count > 3 ? ", …" : "")): restore only into a new or empty directory; nothing was changed"
+                )
             }
         }
         for (key, value) in config.storage.options where value.hasPrefix("/") {
-            throw .config("storage option \"\(key)\" is an absolute path (\(value)): a restore writes only inside its data directory")
+            throw .config(
+                "storage option \"\(key)\" is an absolute path (\(value)): a restore writes only inside its data directory"
+            )
         }
     }
 
@@ -217,19 +242,29 @@ extension Store {
     private static func openRestoreEngine(_ config: MasqConfig) throws(MasqError) -> (String, StoragePluginInstance) {
         let parent = FileSystem.directoryName(config.dataDir)
         try FileSystem.makeDirectories(parent)
-        let directory = parent + "/." + FileSystem.baseName(config.dataDir) + ".restoring-\(getpid())-\(String(SecureRandom.uint64(), radix: 16))"
-        guard mkdir(directory, 0o700) == 0 else { throw MasqError(.io, "cannot create \(directory): \(FileSystem.errnoText())") }
+        let directory =
+            parent + "/." + FileSystem.baseName(config.dataDir)
+            + ".restoring-\(getpid())-\(String(SecureRandom.uint64(), radix: 16))"
+        guard mkdir(directory, 0o700) == 0 else {
+            throw MasqError(.io, "cannot create \(directory): \(FileSystem.errnoText())")
+        }
         do throws(MasqError) {
-            let plugin = try PluginLoader.load(config.storage, kind: .storage, searchPath: PluginLoader.searchPath(config: config))
+            let plugin = try PluginLoader.load(
+                config.storage, kind: .storage, searchPath: PluginLoader.searchPath(config: config))
             var options = config.storage.options.filter { $0.key != "data_dir" }
             options.append(("data_dir", directory))
             let engine = try StoragePluginInstance(plugin: plugin, options: options)
             guard engine.isPersistent else {
                 engine.close()
-                throw MasqError(.unsupported, "the storage plugin '\(plugin.name)' keeps nothing once closed: restore into a persistent one (sqlite)")
+                throw MasqError(
+                    .unsupported,
+                    "the storage plugin '\(plugin.name)' keeps nothing once closed: restore into a persistent one (sqlite)"
+                )
             }
             var empty = true
-            try engine.scan(from: [], to: nil) { _, _ in empty = false; return false }
+            try engine.scan(from: [], to: nil) { _, _ in
+                empty = false; return false
+            }
             guard empty else {
                 engine.close()
                 throw .invalid("the storage engine already holds data: restore only into an empty store")
@@ -243,15 +278,19 @@ extension Store {
 
     /// Decrypt a backup from end to end, handing its parts over in order;
     /// throws at the first problem (truncated, tampered, wrong key, damaged).
-    static func readBackup(path: String, secret: [UInt8],
-                           onManifest: (BackupManifest) throws(MasqError) -> Void,
-                           onFile: (String, [UInt8]) throws(MasqError) -> Void,
-                           onEntry: ([UInt8], [UInt8]) throws(MasqError) -> Void) throws(MasqError) -> BackupManifest {
+    static func readBackup(
+        path: String, secret: [UInt8],
+        onManifest: (BackupManifest) throws(MasqError) -> Void,
+        onFile: (String, [UInt8]) throws(MasqError) -> Void,
+        onEntry: ([UInt8], [UInt8]) throws(MasqError) -> Void
+    ) throws(MasqError) -> BackupManifest {
         let reader = try BackupReader(path: path)
         defer { reader.close() }
         try reader.unlock(secret)
         var stream = BackupPlainStream(reader)
-        guard try stream.byte() == BackupFormat.manifestTag else { throw .corrupt("the backup does not start with its manifest") }
+        guard try stream.byte() == BackupFormat.manifestTag else {
+            throw .corrupt("the backup does not start with its manifest")
+        }
         let manifestLength = Int(try stream.uint32())
         guard manifestLength <= 1 << 20 else { throw .corrupt("the backup's manifest is too large (damaged)") }
         var manifest = try BackupManifest(json: try stream.bytes(manifestLength))
@@ -261,7 +300,9 @@ extension Store {
             switch try stream.byte() {
             case BackupFormat.fileTag:
                 let name = String(decoding: try stream.bytes(Int(try stream.byte())), as: UTF8.self)
-                guard [DeviceIdentity.fileName, KeyRing.fileName].contains(name) else { throw .corrupt("the backup holds an unknown file \"\(name.prefix(40))\"") }
+                guard [DeviceIdentity.fileName, KeyRing.fileName].contains(name) else {
+                    throw .corrupt("the backup holds an unknown file \"\(name.prefix(40))\"")
+                }
                 let size = Int(try stream.uint32())
                 guard size <= 1 << 20 else { throw .corrupt("the backup's file \(name) is too large") }
                 try onFile(name, try stream.bytes(size))
@@ -275,7 +316,9 @@ extension Store {
             case BackupFormat.endTag:
                 let countedEntries = try stream.uint64(), countedFiles = try stream.uint32()
                 guard countedEntries == entries, countedFiles == files else {
-                    throw .corrupt("the backup holds \(entries) entries and \(files) files where its end says \(countedEntries) and \(countedFiles)")
+                    throw .corrupt(
+                        "the backup holds \(entries) entries and \(files) files where its end says \(countedEntries) and \(countedFiles)"
+                    )
                 }
                 try stream.expectEnd()
                 manifest.entries = Int(entries)
@@ -297,8 +340,9 @@ extension Store {
             guard (try? ensureOpen()) != nil, box != nil || !isProtectedLocked else { return nil }
             guard try Store.getMeta(engine, Store.metaRestored) != nil else { return nil }
             do throws(MasqError) {
-                let result = try engine.transaction { (keep) throws(MasqError) -> (old: UInt64, new: UInt64, reissued: Int)? in
-                    guard try Store.getMeta(engine, Store.metaRestored) != nil else {   // another process did it
+                let result = try engine.transaction {
+                    (keep) throws(MasqError) -> (old: UInt64, new: UInt64, reissued: Int)? in
+                    guard try Store.getMeta(engine, Store.metaRestored) != nil else {  // another process did it
                         keep = false
                         return nil
                     }
@@ -318,7 +362,10 @@ extension Store {
             }
         }
         if let result {
-            Log.warn("kernel", "restored from a backup: continuing as replica \(String(result.new, radix: 16)) instead of \(String(result.old, radix: 16)); \(result.reissued) record(s) written again; sessions are renewed before anything is sent")
+            Log.warn(
+                "kernel",
+                "restored from a backup: continuing as replica \(String(result.new, radix: 16)) instead of \(String(result.old, radix: 16)); \(result.reissued) record(s) written again; sessions are renewed before anything is sent"
+            )
         }
     }
 
@@ -326,7 +373,9 @@ extension Store {
     func hasPeersLocked() throws(MasqError) -> Bool {
         var found = false
         for family in [RecordFormat.device, RecordFormat.share, Store.ackFamily] {
-            try engine.scan(from: [family], to: [family + 1]) { _, _ in found = true; return false }
+            try engine.scan(from: [family], to: [family + 1]) { _, _ in
+                found = true; return false
+            }
             if found { return true }
         }
         return false
@@ -372,14 +421,19 @@ extension Store {
             try ensureUsable()
             try engine.begin()
             defer { engine.rollback() }
-            let replica = try Store.getMeta(engine, RecordFormat.metaReplica).map { $0.withUnsafeBytes { $0.loadBigEndian(at: 0) as UInt64 } } ?? 0
-            var header = "{\"masq_export\":1,\"exported_at\":\(Clock.unixMilliseconds()),\"masq_version\":\(jsonString("\(MasqVersion.string)"))"
+            let replica =
+                try Store.getMeta(engine, RecordFormat.metaReplica).map {
+                    $0.withUnsafeBytes { $0.loadBigEndian(at: 0) as UInt64 }
+                } ?? 0
+            var header =
+                "{\"masq_export\":1,\"exported_at\":\(Clock.unixMilliseconds()),\"masq_version\":\(jsonString("\(MasqVersion.string)"))"
             if let id = identity?.publicKeys.deviceID { header += ",\"device_id\":\(jsonString(id))" }
             header += ",\"replica\":\"\(hex16(replica))\"}\n"
             try out.write(Array(header.utf8))
             // Namespace ids -> names (opened when sealed).
             var names: [UInt32: String] = [:]
-            try engine.scan(from: [RecordFormat.namespaceByID], to: [RecordFormat.namespaceByID + 1]) { (key, value) throws(MasqError) -> Bool in
+            try engine.scan(from: [RecordFormat.namespaceByID], to: [RecordFormat.namespaceByID + 1]) {
+                (key, value) throws(MasqError) -> Bool in
                 guard key.count == 5 else { throw .corrupt("malformed namespace entry") }
                 let id = UInt32(bigEndianBytes: Array(key)[1..<5])
                 names[id] = try NamespaceName(storedBytes: decodeNamespaceName(id: id, stored: value)).string
@@ -388,7 +442,8 @@ extension Store {
             let box = self.box
             var line: [UInt8] = []
             line.reserveCapacity(4096)
-            try engine.scan(from: [RecordFormat.record], to: [RecordFormat.record + 1]) { (key, record) throws(MasqError) -> Bool in
+            try engine.scan(from: [RecordFormat.record], to: [RecordFormat.record + 1]) {
+                (key, record) throws(MasqError) -> Bool in
                 let header = try RecordHeader.read(record, key: key)
                 guard !header.tombstone else { return true }
                 var reader = ByteReader(UnsafeRawBufferPointer(rebasing: key[1...]))
@@ -402,10 +457,15 @@ extension Store {
                 if box == nil && !header.counter {
                     Base64.append(RecordHeader.value(in: record, header: header), to: &line)
                 } else {
-                    let value = displayValue(header, try box.map { (b) throws(MasqError) in try openValue(b, key, record, header) } ?? Array(RecordHeader.value(in: record, header: header)))
+                    let value = displayValue(
+                        header,
+                        try box.map { (b) throws(MasqError) in try openValue(b, key, record, header) }
+                            ?? Array(RecordHeader.value(in: record, header: header)))
                     value.withUnsafeBytes { Base64.append($0, to: &line) }
                 }
-                line += Array("\",\"ts\":\(HybridLogicalClock.milliseconds(of: header.version.timestamp)),\"hlc\":\"\(hex16(header.version.timestamp))\",\"replica\":\"\(hex16(header.version.replica))\"".utf8)
+                line += Array(
+                    "\",\"ts\":\(HybridLogicalClock.milliseconds(of: header.version.timestamp)),\"hlc\":\"\(hex16(header.version.timestamp))\",\"replica\":\"\(hex16(header.version.replica))\""
+                        .utf8)
                 if header.counter { line += Array(",\"counter\":true".utf8) }
                 line += Array("}\n".utf8)
                 try out.write(line)
@@ -477,26 +537,37 @@ public struct BackupManifest: Sendable {
     public var files: Int
 
     var json: [UInt8] {
-        var fields = ["\"format\":\(BackupFormat.version)", "\"created_at\":\(createdAt)", "\"masq_version\":\(jsonString(masqVersion))",
-                      "\"replica\":\"\(hex16(replica))\""]
+        var fields = [
+            "\"format\":\(BackupFormat.version)", "\"created_at\":\(createdAt)",
+            "\"masq_version\":\(jsonString(masqVersion))",
+            "\"replica\":\"\(hex16(replica))\""
+        ]
         if let deviceID { fields.append("\"device_id\":\(jsonString(deviceID))") }
         if let deviceName { fields.append("\"device_name\":\(jsonString(deviceName))") }
-        fields += ["\"protected\":\(protected)", "\"storage\":\(jsonString(storage))", "\"config\":\(jsonString(config))"]
+        fields += [
+            "\"protected\":\(protected)", "\"storage\":\(jsonString(storage))", "\"config\":\(jsonString(config))"
+        ]
         return Array(("{" + fields.joined(separator: ",") + "}").utf8)
     }
 
     /// The manifest as JSON for the C API (with the counts).
     public var description: String {
-        var fields = ["\"format\": \(BackupFormat.version)", "\"created_at\": \(createdAt)", "\"masq_version\": \(jsonString(masqVersion))",
-                      "\"replica\": \"\(hex16(replica))\"", "\"device_id\": \(deviceID.map(jsonString) ?? "null")",
-                      "\"device_name\": \(deviceName.map(jsonString) ?? "null")", "\"protected\": \(protected)",
-                      "\"storage\": \(jsonString(storage))", "\"entries\": \(entries)", "\"files\": \(files)"]
+        var fields = [
+            "\"format\": \(BackupFormat.version)", "\"created_at\": \(createdAt)",
+            "\"masq_version\": \(jsonString(masqVersion))",
+            "\"replica\": \"\(hex16(replica))\"", "\"device_id\": \(deviceID.map(jsonString) ?? "null")",
+            "\"device_name\": \(deviceName.map(jsonString) ?? "null")", "\"protected\": \(protected)",
+            "\"storage\": \(jsonString(storage))", "\"entries\": \(entries)", "\"files\": \(files)"
+        ]
         fields.append("\"config\": \(jsonString(config))")
         return "{" + fields.joined(separator: ", ") + "}"
     }
 
-    init(createdAt: UInt64, masqVersion: String, replica: UInt64, deviceID: String?, deviceName: String?, protected: Bool,
-         storage: String, config: String, entries: Int, files: Int) {
+    init(
+        createdAt: UInt64, masqVersion: String, replica: UInt64, deviceID: String?, deviceName: String?,
+        protected: Bool,
+        storage: String, config: String, entries: Int, files: Int
+    ) {
         self.createdAt = createdAt
         self.masqVersion = masqVersion
         self.replica = replica
@@ -511,18 +582,23 @@ public struct BackupManifest: Sendable {
 
     init(json bytes: [UInt8]) throws(MasqError) {
         guard let text = String(validating: bytes, as: UTF8.self),
-              case .object(let o) = try? JSONValue.parse(text, source: "backup manifest") else {
+            case .object(let o) = try? JSONValue.parse(text, source: "backup manifest")
+        else {
             throw .corrupt("the backup's manifest is not a JSON object")
         }
         func string(_ key: String) -> String? { if case .string(let s) = o[key] { s } else { nil } }
         func number(_ key: String) -> UInt64? { if case .number(_, let text) = o[key] { UInt64(text) } else { nil } }
         guard number("format") == UInt64(BackupFormat.version), let createdAt = number("created_at"),
-              let replicaText = string("replica"), let replica = UInt64(replicaText, radix: 16),
-              case .bool(let protected) = o["protected"], let storage = string("storage"), let config = string("config") else {
+            let replicaText = string("replica"), let replica = UInt64(replicaText, radix: 16),
+            case .bool(let protected) = o["protected"], let storage = string("storage"), let config = string("config")
+        else {
             throw .corrupt("the backup's manifest lacks a field this library needs")
         }
-        self.init(createdAt: createdAt, masqVersion: string("masq_version") ?? "?", replica: replica, deviceID: string("device_id"),
-                  deviceName: string("device_name"), protected: protected, storage: storage, config: config, entries: 0, files: 0)
+        self.init(
+            createdAt: createdAt, masqVersion: string("masq_version") ?? "?", replica: replica,
+            deviceID: string("device_id"),
+            deviceName: string("device_name"), protected: protected, storage: storage, config: config, entries: 0,
+            files: 0)
     }
 
     /// The backed-up store's config, moved to `dataDir` (storage options
@@ -546,10 +622,12 @@ public struct RecoveryKey: Sendable {
 
     init(key: SecureBytes) { self.key = key }
 
-    static func checksum(_ key: [UInt8]) -> [UInt8] { Array(Hash.sha256(Array("masq recovery key v1".utf8) + key).prefix(3)) }
+    static func checksum(_ key: [UInt8]) -> [UInt8] {
+        Array(Hash.sha256(Array("masq recovery key v1".utf8) + key).prefix(3))
+    }
 
     public var text: String {
-        let bytes = key.bytes + RecoveryKey.checksum(key.bytes)   // 35 bytes = 280 bits = 56 characters
+        let bytes = key.bytes + RecoveryKey.checksum(key.bytes)  // 35 bytes = 280 bits = 56 characters
         var out: [UInt8] = []
         var buffer: UInt32 = 0, bits = 0
         for b in bytes {
@@ -578,10 +656,15 @@ public struct RecoveryKey: Sendable {
             case UInt8(ascii: "I"), UInt8(ascii: "L"): u = UInt8(ascii: "1")
             default: break
             }
-            guard let v = RecoveryKey.alphabet.firstIndex(of: u) else { throw .invalid("this is not a recovery key (it has a character that is not one of its 32 letters and digits)") }
+            guard let v = RecoveryKey.alphabet.firstIndex(of: u) else {
+                throw .invalid(
+                    "this is not a recovery key (it has a character that is not one of its 32 letters and digits)")
+            }
             values.append(UInt8(v))
         }
-        guard values.count == 56 else { throw .invalid("this is not a recovery key (it has \(values.count) letters and digits, a recovery key 56)") }
+        guard values.count == 56 else {
+            throw .invalid("this is not a recovery key (it has \(values.count) letters and digits, a recovery key 56)")
+        }
         var bytes: [UInt8] = []
         var buffer: UInt32 = 0, bits = 0
         for v in values {
@@ -613,10 +696,10 @@ enum BackupFormat {
     static let chunkSize = 1 << 20
     static let finalFlag: UInt32 = 0x8000_0000
 
-    static let manifestTag: UInt8 = 0x4D   // 'M' u32 length, JSON
-    static let fileTag: UInt8 = 0x46       // 'F' u8 name length, name, u32 length, bytes
-    static let entryTag: UInt8 = 0x45      // 'E' varint key length, key, varint value length, value
-    static let endTag: UInt8 = 0x5A        // 'Z' u64 entries, u32 files
+    static let manifestTag: UInt8 = 0x4D  // 'M' u32 length, JSON
+    static let fileTag: UInt8 = 0x46  // 'F' u8 name length, name, u32 length, bytes
+    static let entryTag: UInt8 = 0x45  // 'E' varint key length, key, varint value length, value
+    static let endTag: UInt8 = 0x5A  // 'Z' u64 entries, u32 files
 
     static let recoveryInfo = Array("masq backup recovery key v1".utf8)
     static let chunkInfo = Array("masq backup chunks v1".utf8)
@@ -636,25 +719,32 @@ enum BackupSecret {
 }
 
 /// Key-encryption key from a passphrase (scrypt) or a recovery key (HKDF).
-private func backupKEK(kind: BackupKeyKind, secret: [UInt8]?, recovery: RecoveryKey?, salt: [UInt8],
-                       logN: UInt8, r: UInt32, p: UInt32) throws(MasqError) -> SecureBytes {
+private func backupKEK(
+    kind: BackupKeyKind, secret: [UInt8]?, recovery: RecoveryKey?, salt: [UInt8],
+    logN: UInt8, r: UInt32, p: UInt32
+) throws(MasqError) -> SecureBytes {
     switch kind {
     case .passphrase:
         return try crypto { () throws(CryptoError) in
-            try Hash.scrypt(password: secret ?? [], salt: salt, n: 1 << UInt64(logN), r: UInt64(r), p: UInt64(p), length: 32,
-                            maxMemory: (UInt64(128) * UInt64(r) << UInt64(logN)) + (64 << 20))
+            try Hash.scrypt(
+                password: secret ?? [], salt: salt, n: 1 << UInt64(logN), r: UInt64(r), p: UInt64(p), length: 32,
+                maxMemory: (UInt64(128) * UInt64(r) << UInt64(logN)) + (64 << 20))
         }
     case .recoveryKey:
         guard let recovery else { throw MasqError(.internal, "no recovery key") }
         return try crypto { () throws(CryptoError) in
-            try recovery.key.withBytes { (k) throws(CryptoError) in try Hash.hkdfSHA256(salt: salt, ikm: k, info: BackupFormat.recoveryInfo, length: 32) }
+            try recovery.key.withBytes { (k) throws(CryptoError) in
+                try Hash.hkdfSHA256(salt: salt, ikm: k, info: BackupFormat.recoveryInfo, length: 32)
+            }
         }
     }
 }
 
 private func chunkKey(fileKey: SecureBytes, salt: [UInt8]) throws(MasqError) -> SecureBytes {
     try crypto { () throws(CryptoError) in
-        try fileKey.withBytes { (k) throws(CryptoError) in try Hash.hkdfSHA256(salt: salt, ikm: k, info: BackupFormat.chunkInfo, length: 32) }
+        try fileKey.withBytes { (k) throws(CryptoError) in
+            try Hash.hkdfSHA256(salt: salt, ikm: k, info: BackupFormat.chunkInfo, length: 32)
+        }
     }
 }
 
@@ -696,7 +786,9 @@ final class BackupWriter {
         let wrapped = try crypto { () throws(CryptoError) in
             try kek.withBytes { (k) throws(CryptoError) in
                 try fileKey.withBytes { (m) throws(CryptoError) in
-                    try ad.withCryptoBytes { (a) throws(CryptoError) in try AEAD.seal(algorithm, key: k, nonce: wrapNonce, ad: a, plaintext: m) }
+                    try ad.withCryptoBytes { (a) throws(CryptoError) in
+                        try AEAD.seal(algorithm, key: k, nonce: wrapNonce, ad: a, plaintext: m)
+                    }
                 }
             }
         }
@@ -731,9 +823,13 @@ final class BackupWriter {
     func entry(_ key: UnsafeRawBufferPointer, _ value: UnsafeRawBufferPointer) throws(MasqError) {
         try withUnsafeTemporaryAllocation(byteCount: 11, alignment: 1) { (buffer) throws(MasqError) in
             buffer[0] = BackupFormat.entryTag
-            try append(UnsafeRawBufferPointer(rebasing: buffer[0..<(1 + BackupWriter.varint(UInt64(key.count), into: buffer, at: 1))]))
+            try append(
+                UnsafeRawBufferPointer(
+                    rebasing: buffer[0..<(1 + BackupWriter.varint(UInt64(key.count), into: buffer, at: 1))]))
             try append(key)
-            try append(UnsafeRawBufferPointer(rebasing: buffer[0..<BackupWriter.varint(UInt64(value.count), into: buffer, at: 0)]))
+            try append(
+                UnsafeRawBufferPointer(
+                    rebasing: buffer[0..<BackupWriter.varint(UInt64(value.count), into: buffer, at: 0)]))
             try append(value)
         }
     }
@@ -769,7 +865,10 @@ final class BackupWriter {
             if filled == BackupFormat.chunkSize { try seal(final: false) }
             let n = min(BackupFormat.chunkSize - filled, rest.count)
             let at = filled
-            plain.withUnsafeMutableBytes { UnsafeMutableRawBufferPointer(rebasing: $0[at..<(at + n)]).copyMemory(from: UnsafeRawBufferPointer(rebasing: rest[0..<n])) }
+            plain.withUnsafeMutableBytes {
+                UnsafeMutableRawBufferPointer(rebasing: $0[at..<(at + n)]).copyMemory(
+                    from: UnsafeRawBufferPointer(rebasing: rest[0..<n]))
+            }
             filled += n
             rest = UnsafeRawBufferPointer(rebasing: rest[n...])
         }
@@ -788,8 +887,10 @@ final class BackupWriter {
                     try plain.withCryptoBytes { (p) throws(CryptoError) in
                         try sealed.withUnsafeMutableBytes { (o) -> Result<Void, CryptoError> in
                             Result { () throws(CryptoError) in
-                                try AEAD.seal(algorithm, key: k, nonce: nonce, ad: ad, plaintext: UnsafeRawBufferPointer(rebasing: p[0..<count]),
-                                              into: UnsafeMutableRawBufferPointer(rebasing: o[4..<(4 + length)]))
+                                try AEAD.seal(
+                                    algorithm, key: k, nonce: nonce, ad: ad,
+                                    plaintext: UnsafeRawBufferPointer(rebasing: p[0..<count]),
+                                    into: UnsafeMutableRawBufferPointer(rebasing: o[4..<(4 + length)]))
                             }
                         }.get()
                     }
@@ -862,7 +963,9 @@ final class BackupReader {
 
     init(path: String) throws(MasqError) {
         fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw MasqError(errno == ENOENT ? .notFound : .io, "cannot read \(path): \(FileSystem.errnoText())") }
+        guard fd >= 0 else {
+            throw MasqError(errno == ENOENT ? .notFound : .io, "cannot read \(path): \(FileSystem.errnoText())")
+        }
         var head = [UInt8](repeating: 0, count: BackupFormat.headerLength)
         var got = 0
         do throws(MasqError) {
@@ -871,13 +974,19 @@ final class BackupReader {
                 throw .corrupt("\(path) is not a Masq backup")
             }
             guard head[8] == BackupFormat.version else {
-                throw MasqError(.unsupported, "\(path) is a Masq backup of format version \(head[8]); this library reads version \(BackupFormat.version)")
+                throw MasqError(
+                    .unsupported,
+                    "\(path) is a Masq backup of format version \(head[8]); this library reads version \(BackupFormat.version)"
+                )
             }
-            guard got == BackupFormat.headerLength else { throw .corrupt("\(path) is truncated: it ends inside its header") }
+            guard got == BackupFormat.headerLength else {
+                throw .corrupt("\(path) is truncated: it ends inside its header")
+            }
             guard Array(head[100..<132]) == Hash.sha256(Array(head[0..<100])) else {
                 throw .corrupt("\(path): the backup's header is damaged (its checksum does not match)")
             }
-            guard let kind = BackupKeyKind(rawValue: head[9]), let algorithm = AEAD.Algorithm(rawValue: Int32(head[10])) else {
+            guard let kind = BackupKeyKind(rawValue: head[9]), let algorithm = AEAD.Algorithm(rawValue: Int32(head[10]))
+            else {
                 throw .corrupt("\(path): the backup's header names an unknown key kind or cipher")
             }
             self.kind = kind
@@ -891,7 +1000,9 @@ final class BackupReader {
                     throw .corrupt("\(path): the backup's header has scrypt parameters out of range")
                 }
             }
-            guard (1024...(16 << 20)).contains(chunkSize) else { throw .corrupt("\(path): the backup's header has an impossible chunk size") }
+            guard (1024...(16 << 20)).contains(chunkSize) else {
+                throw .corrupt("\(path): the backup's header has an impossible chunk size")
+            }
             salt = Array(head[24..<40])
             wrapNonce = Array(head[40..<52])
             wrapped = Array(head[52..<100])
@@ -928,8 +1039,11 @@ final class BackupReader {
                 }
             }
         } catch {
-            throw MasqError(.denied, kind == .passphrase ? "wrong passphrase for this backup"
-                                                         : "this backup was made with another recovery key")
+            throw MasqError(
+                .denied,
+                kind == .passphrase
+                    ? "wrong passphrase for this backup"
+                    : "this backup was made with another recovery key")
         }
         key = try chunkKey(fileKey: fileKey, salt: salt)
     }
@@ -940,12 +1054,16 @@ final class BackupReader {
         var lengthBytes = [UInt8](repeating: 0, count: 4)
         let got = try BackupReader.readFully(fd, &lengthBytes, 0, 4)
         if sawFinal {
-            guard got == 0 else { throw .corrupt("the backup has data after its final chunk (appended to, or damaged)") }
+            guard got == 0 else {
+                throw .corrupt("the backup has data after its final chunk (appended to, or damaged)")
+            }
             return nil
         }
         guard got == 4 else {
-            throw .corrupt(got == 0 ? "the backup is truncated: it ends after chunk \(index) without its final chunk"
-                                    : "the backup is truncated inside chunk \(index)")
+            throw .corrupt(
+                got == 0
+                    ? "the backup is truncated: it ends after chunk \(index) without its final chunk"
+                    : "the backup is truncated inside chunk \(index)")
         }
         let word = UInt32(bigEndianBytes: lengthBytes[0..<4])
         let final = word & BackupFormat.finalFlag != 0
@@ -965,13 +1083,18 @@ final class BackupReader {
                 try header.withCryptoBytes { (ad) throws(CryptoError) in
                     try sealed.withCryptoBytes { (c) throws(CryptoError) in
                         try plain.withUnsafeMutableBytes { (o) -> Result<Void, CryptoError> in
-                            Result { () throws(CryptoError) in try AEAD.open(algorithm, key: k, nonce: nonce, ad: ad, ciphertext: c, into: o) }
+                            Result { () throws(CryptoError) in
+                                try AEAD.open(algorithm, key: k, nonce: nonce, ad: ad, ciphertext: c, into: o)
+                            }
                         }.get()
                     }
                 }
             }
         } catch {
-            throw MasqError(.badSignature, "chunk \(index) of the backup does not authenticate: the file was altered, or its chunks reordered or cut")
+            throw MasqError(
+                .badSignature,
+                "chunk \(index) of the backup does not authenticate: the file was altered, or its chunks reordered or cut"
+            )
         }
         index += 1
         sawFinal = final
@@ -1046,7 +1169,9 @@ struct BackupPlainStream {
             let b = try byte()
             value |= UInt64(b & 0x7F) << UInt64(shift)
             if b & 0x80 == 0 {
-                guard value <= UInt64(max) else { throw .corrupt("the backup holds a length beyond any this library writes (damaged)") }
+                guard value <= UInt64(max) else {
+                    throw .corrupt("the backup holds a length beyond any this library writes (damaged)")
+                }
                 return Int(value)
             }
         }
@@ -1101,7 +1226,8 @@ enum Base64 {
         let a = alphabet
         while i + 3 <= bytes.count {
             let n = UInt32(bytes[i]) << 16 | UInt32(bytes[i + 1]) << 8 | UInt32(bytes[i + 2])
-            out.append(a[Int(n >> 18)]); out.append(a[Int(n >> 12 & 63)]); out.append(a[Int(n >> 6 & 63)]); out.append(a[Int(n & 63)])
+            out.append(a[Int(n >> 18)]); out.append(a[Int(n >> 12 & 63)]); out.append(a[Int(n >> 6 & 63)]);
+            out.append(a[Int(n & 63)])
             i += 3
         }
         let rest = bytes.count - i
@@ -1121,7 +1247,9 @@ extension FileSystem {
     static func publish(_ temporary: String, as path: String) throws(MasqError) {
         guard link(temporary, path) == 0 else {
             let code = errno
-            throw MasqError(code == EEXIST ? .invalid : .io, code == EEXIST ? "\(path) exists: it is never replaced" : "cannot write \(path): \(errnoText(code))")
+            throw MasqError(
+                code == EEXIST ? .invalid : .io,
+                code == EEXIST ? "\(path) exists: it is never replaced" : "cannot write \(path): \(errnoText(code))")
         }
         unlink(temporary)
     }

@@ -1,6 +1,6 @@
 import MasqCrypto
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 // Blobs (docs/STORAGE-FORMAT.md, "Blobs"): file-sized data written and read
@@ -51,7 +51,10 @@ public struct BlobReference: Sendable, Equatable {
         do throws(MasqError) {
             var r = ByteReader(UnsafeRawBufferPointer(rebasing: value[magic.count...]))
             let version = try r.byte()
-            guard version == Self.version else { throw MasqError(.invalid, "blob reference version \(version) is not one this library reads (\(Self.version))") }
+            guard version == Self.version else {
+                throw MasqError(
+                    .invalid, "blob reference version \(version) is not one this library reads (\(Self.version))")
+            }
             let manifest = try r.bytes(32)
             let size = try r.uint64()
             let chunk = try r.bytes(4).reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
@@ -59,12 +62,14 @@ public struct BlobReference: Sendable, Equatable {
             let name = try r.bytes(Int(try r.byte()))
             guard r.isAtEnd else { throw MasqError(.invalid, "blob reference has trailing bytes") }
             guard chunk > 0, chunk <= BlobManifest.maxChunkSize, size <= BlobManifest.maxBlobBytes,
-                  let t = String(validating: type, as: UTF8.self), let n = String(validating: name, as: UTF8.self) else {
+                let t = String(validating: type, as: UTF8.self), let n = String(validating: name, as: UTF8.self)
+            else {
                 throw MasqError(.invalid, "malformed blob reference")
             }
             return BlobReference(manifest: manifest, size: size, chunkSize: chunk, contentType: t, name: n)
         } catch {
-            throw MasqError(.invalid, error.status == .corrupt ? "malformed blob reference (\(error.message))" : error.message)
+            throw MasqError(
+                .invalid, error.status == .corrupt ? "malformed blob reference (\(error.message))" : error.message)
         }
     }
 
@@ -125,12 +130,15 @@ public struct BlobManifest: Sendable, Equatable {
     init(decoding bytes: UnsafeRawBufferPointer) throws(MasqError) {
         do throws(MasqError) {
             var r = ByteReader(bytes)
-            guard try r.bytes(4) == Self.magic, try r.byte() == 1 else { throw MasqError(.corrupt, "not a blob manifest of a known version") }
+            guard try r.bytes(4) == Self.magic, try r.byte() == 1 else {
+                throw MasqError(.corrupt, "not a blob manifest of a known version")
+            }
             chunkSize = try r.bytes(4).reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
             size = try r.uint64()
             let type = try r.bytes(Int(try r.byte())), name = try r.bytes(Int(try r.byte()))
             guard chunkSize > 0, chunkSize <= Self.maxChunkSize, size <= Self.maxBlobBytes,
-                  let t = String(validating: type, as: UTF8.self), let n = String(validating: name, as: UTF8.self) else {
+                let t = String(validating: type, as: UTF8.self), let n = String(validating: name, as: UTF8.self)
+            else {
                 throw MasqError(.corrupt, "malformed blob manifest")
             }
             contentType = t
@@ -156,7 +164,9 @@ public struct BlobInfo: Sendable, Equatable {
     public var manifestPresent: Bool
     public var presentChunks: Int
     public var presentBytes: UInt64
-    public var complete: Bool { manifestPresent && presentBytes == reference.size && presentChunks == reference.chunkCount }
+    public var complete: Bool {
+        manifestPresent && presentBytes == reference.size && presentChunks == reference.chunkCount
+    }
     /// When this device first asked its others for the contents (Unix ms; 0: not asked).
     public var wantedSince: UInt64 = 0
     /// For a blob just written: chunks (and their bytes) this write added to
@@ -166,7 +176,8 @@ public struct BlobInfo: Sendable, Equatable {
 
     public var json: String {
         let r = reference
-        return "{\"id\": \(jsonString(r.id)), \"size\": \(r.size), \"chunk_size\": \(r.chunkSize), \"chunks\": \(r.chunkCount), "
+        return
+            "{\"id\": \(jsonString(r.id)), \"size\": \(r.size), \"chunk_size\": \(r.chunkSize), \"chunks\": \(r.chunkCount), "
             + "\"content_type\": \(r.contentType.isEmpty ? "null" : jsonString(r.contentType)), \"name\": \(r.name.isEmpty ? "null" : jsonString(r.name)), "
             + "\"complete\": \(complete), \"manifest\": \(manifestPresent), \"present_chunks\": \(presentChunks), \"present_bytes\": \(presentBytes), "
             + "\"missing_chunks\": \(r.chunkCount - presentChunks), \"fetching_since\": \(wantedSince), "
@@ -211,18 +222,19 @@ final class BlobState: @unchecked Sendable {
 
 /// Key layout of the 'B' family (docs/STORAGE-FORMAT.md).
 enum BlobFormat {
-    static let family: UInt8 = 0x42            // 'B'
+    static let family: UInt8 = 0x42  // 'B'
     /// Second byte: lowercase in a store without passphrase (followed by the
     /// 32-byte SHA-256), uppercase in a protected one (followed by a 16-byte
     /// keyed hash of it, so the keys do not reveal which content is stored).
     enum Kind: UInt8, CaseIterable {
-        case chunk = 0x63      // 'c' chunk plaintext (sealed when protected)
-        case manifest = 0x6D   // 'm' manifest (sealed when protected)
-        case wanted = 0x77     // 'w' a blob this device is fetching: [32] manifest hash · u64 size · u32 chunk size · u64 since
-        case complete = 0x6B   // 'k' every chunk of this manifest is here: [32] manifest hash · u64 size
+        case chunk = 0x63  // 'c' chunk plaintext (sealed when protected)
+        case manifest = 0x6D  // 'm' manifest (sealed when protected)
+        // 'w' a blob this device is fetching: [32] manifest hash · u64 size · u32 chunk size · u64 since
+        case wanted = 0x77
+        case complete = 0x6B  // 'k' every chunk of this manifest is here: [32] manifest hash · u64 size
         var sealed: UInt8 { rawValue - 0x20 }
     }
-    static let pin: UInt8 = 0x70                // 'p' [16] write id -> u64 heartbeat (Unix ms)
+    static let pin: UInt8 = 0x70  // 'p' [16] write id -> u64 heartbeat (Unix ms)
     /// A pin whose writer has not written for this long is from a dead process.
     static let pinLifetime: UInt64 = 3_600_000
     /// Chunks written per transaction.
@@ -257,7 +269,8 @@ extension Store {
         let key = blobKey(kind, hash)
         try key.withBytes { (k) throws(MasqError) in
             guard let box else { return try engine.put(k, plain) }
-            try withUnsafeTemporaryAllocation(byteCount: plain.count + SecretBox.overhead, alignment: 8) { (out) throws(MasqError) in
+            try withUnsafeTemporaryAllocation(byteCount: plain.count + SecretBox.overhead, alignment: 8) {
+                (out) throws(MasqError) in
                 try box.seal(plain, ad: k, into: out)
                 try engine.put(k, UnsafeRawBufferPointer(out))
             }
@@ -275,8 +288,10 @@ extension Store {
     /// from `key`. Only 1 MiB or so is held in memory, whatever the size.
     /// A failure of `read` (or of the store) leaves the key as it was:
     /// chunks already written stay unreferenced until collected.
-    public func writeBlob(_ ns: NamespaceName, key: [UInt8], contentType: String = "", name: String = "",
-                          _ read: (UnsafeMutableRawBufferPointer) throws(MasqError) -> Int) throws(MasqError) -> BlobInfo {
+    public func writeBlob(
+        _ ns: NamespaceName, key: [UInt8], contentType: String = "", name: String = "",
+        _ read: (UnsafeMutableRawBufferPointer) throws(MasqError) -> Int
+    ) throws(MasqError) -> BlobInfo {
         let writer = try BlobWriter(store: self)
         do throws(MasqError) {
             try writer.fill(from: read)
@@ -288,18 +303,28 @@ extension Store {
     }
 
     /// Write the file at `path` as a blob (its base name is the blob's name unless given).
-    public func writeBlob(_ ns: NamespaceName, key: [UInt8], path: String, contentType: String = "", name: String? = nil) throws(MasqError) -> BlobInfo {
+    public func writeBlob(
+        _ ns: NamespaceName, key: [UInt8], path: String, contentType: String = "", name: String? = nil
+    ) throws(MasqError) -> BlobInfo {
         let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw MasqError(.io, "cannot open \(path): \(FileSystem.errnoText())") }
         defer { Glibc.close(fd) }
         var info = stat()
-        if fstat(fd, &info) == 0 && (info.st_mode & S_IFMT) == S_IFDIR { throw MasqError(.io, "\(path) is a directory") }
+        if fstat(fd, &info) == 0 && (info.st_mode & S_IFMT) == S_IFDIR {
+            throw MasqError(.io, "\(path) is a directory")
+        }
         var offset: UInt64 = 0
-        return try writeBlob(ns, key: key, contentType: contentType, name: name ?? FileSystem.baseName(path)) { (buffer) throws(MasqError) -> Int in
+        return try writeBlob(ns, key: key, contentType: contentType, name: name ?? FileSystem.baseName(path)) {
+            (buffer) throws(MasqError) -> Int in
             while true {
                 let n = Glibc.read(fd, buffer.baseAddress, buffer.count)
                 if n < 0 && errno == EINTR { continue }
-                guard n >= 0 else { throw MasqError(.io, "cannot read \(path) at byte \(offset): \(FileSystem.errnoText()); nothing was stored under the key") }
+                guard n >= 0 else {
+                    throw MasqError(
+                        .io,
+                        "cannot read \(path) at byte \(offset): \(FileSystem.errnoText()); nothing was stored under the key"
+                    )
+                }
                 offset += UInt64(n)
                 return n
             }
@@ -311,9 +336,12 @@ extension Store {
     /// The blob reference `key` holds: MASQ_E_NOT_FOUND if absent,
     /// MASQ_E_INVALID if it holds an ordinary value.
     public func blobReference(_ ns: NamespaceName, key: [UInt8]) throws(MasqError) -> BlobReference {
-        guard let value = try get(ns, key: key) else { throw MasqError(.notFound, "no key \(describeKey(key)) in namespace '\(ns.string)'") }
+        guard let value = try get(ns, key: key) else {
+            throw MasqError(.notFound, "no key \(describeKey(key)) in namespace '\(ns.string)'")
+        }
         guard let reference = try BlobReference.parse(value) else {
-            throw MasqError(.invalid, "key \(describeKey(key)) in namespace '\(ns.string)' holds an ordinary value, not a blob")
+            throw MasqError(
+                .invalid, "key \(describeKey(key)) in namespace '\(ns.string)' holds an ordinary value, not a blob")
         }
         return reference
     }
@@ -324,24 +352,33 @@ extension Store {
     /// chunks are not all on this device yet is MASQ_E_UNAVAILABLE (and the
     /// read asks the running sync to fetch them). Each chunk's SHA-256 is
     /// checked as it is read (MASQ_E_CORRUPT if it does not match).
-    public func readBlob(_ ns: NamespaceName, key: [UInt8], offset: UInt64 = 0, length: UInt64? = nil,
-                         _ sink: (UnsafeRawBufferPointer) throws(MasqError) -> Void) throws(MasqError) {
+    public func readBlob(
+        _ ns: NamespaceName, key: [UInt8], offset: UInt64 = 0, length: UInt64? = nil,
+        _ sink: (UnsafeRawBufferPointer) throws(MasqError) -> Void
+    ) throws(MasqError) {
         let reference = try blobReference(ns, key: key)
         try readBlob(reference, offset: offset, length: length, sink)
     }
 
-    public func readBlob(_ reference: BlobReference, offset: UInt64 = 0, length: UInt64? = nil,
-                         _ sink: (UnsafeRawBufferPointer) throws(MasqError) -> Void) throws(MasqError) {
-        guard offset <= reference.size else { throw MasqError(.invalid, "offset \(offset) is past the end of the blob (\(reference.size) bytes)") }
-        let end = length.map { min(reference.size, offset &+ $0 < offset ? reference.size : offset + $0) } ?? reference.size
+    public func readBlob(
+        _ reference: BlobReference, offset: UInt64 = 0, length: UInt64? = nil,
+        _ sink: (UnsafeRawBufferPointer) throws(MasqError) -> Void
+    ) throws(MasqError) {
+        guard offset <= reference.size else {
+            throw MasqError(.invalid, "offset \(offset) is past the end of the blob (\(reference.size) bytes)")
+        }
+        let end =
+            length.map { min(reference.size, offset &+ $0 < offset ? reference.size : offset + $0) } ?? reference.size
         let manifest = try lock.withLock { () throws(MasqError) -> BlobManifest? in
             try ensureUsable()
             return try loadManifestLocked(reference)
         }
         guard let manifest else {
             try requestFetch(reference)
-            throw MasqError(.unavailable, "blob \(reference.id.prefix(12)) (\(reference.size) bytes) is not on this device yet: "
-                + "its manifest has not arrived; \(fetchAdvice)")
+            throw MasqError(
+                .unavailable,
+                "blob \(reference.id.prefix(12)) (\(reference.size) bytes) is not on this device yet: "
+                    + "its manifest has not arrived; \(fetchAdvice)")
         }
         guard end > offset else { return }
         let first = Int(offset / UInt64(manifest.chunkSize)), last = Int((end - 1) / UInt64(manifest.chunkSize))
@@ -360,8 +397,10 @@ extension Store {
         }
         guard missing.count == 0 else {
             try requestFetch(reference)
-            throw MasqError(.unavailable, "\(missing.count) of \(last - first + 1) chunks (\(missing.bytes) bytes) of blob \(reference.id.prefix(12)) "
-                + "are not on this device yet; \(fetchAdvice)")
+            throw MasqError(
+                .unavailable,
+                "\(missing.count) of \(last - first + 1) chunks (\(missing.bytes) bytes) of blob \(reference.id.prefix(12)) "
+                    + "are not on this device yet; \(fetchAdvice)")
         }
         defer {
             blobState.lock.withLock {
@@ -371,22 +410,34 @@ extension Store {
         }
         for i in first...last {
             let hash = manifest.hash(i)
-            guard let chunk = try lock.withLock({ () throws(MasqError) -> [UInt8]? in
-                try ensureUsable()
-                return try blobGet(.chunk, hash)
-            }) else { throw MasqError(.unavailable, "chunk \(i) of blob \(reference.id.prefix(12)) went away while it was read (the key was deleted?)") }
+            guard
+                let chunk = try lock.withLock({ () throws(MasqError) -> [UInt8]? in
+                    try ensureUsable()
+                    return try blobGet(.chunk, hash)
+                })
+            else {
+                throw MasqError(
+                    .unavailable,
+                    "chunk \(i) of blob \(reference.id.prefix(12)) went away while it was read (the key was deleted?)")
+            }
             guard chunk.count == manifest.length(i), Hash.sha256(chunk) == hash else {
-                throw MasqError(.corrupt, "chunk \(i) of blob \(reference.id.prefix(12)) is damaged on this device (its SHA-256 does not match)")
+                throw MasqError(
+                    .corrupt,
+                    "chunk \(i) of blob \(reference.id.prefix(12)) is damaged on this device (its SHA-256 does not match)"
+                )
             }
             let chunkStart = UInt64(i) * UInt64(manifest.chunkSize)
-            let from = Int(max(offset, chunkStart) - chunkStart), to = Int(min(end, chunkStart + UInt64(chunk.count)) - chunkStart)
+            let from = Int(max(offset, chunkStart) - chunkStart),
+                to = Int(min(end, chunkStart + UInt64(chunk.count)) - chunkStart)
             try chunk.withBytes { (c) throws(MasqError) in try sink(UnsafeRawBufferPointer(rebasing: c[from..<to])) }
         }
     }
 
     /// Read the blob into the file at `path`: written to a temporary file
     /// beside it and renamed once whole, so a failure leaves `path` untouched.
-    public func readBlob(_ ns: NamespaceName, key: [UInt8], toFile path: String, offset: UInt64 = 0, length: UInt64? = nil) throws(MasqError) {
+    public func readBlob(
+        _ ns: NamespaceName, key: [UInt8], toFile path: String, offset: UInt64 = 0, length: UInt64? = nil
+    ) throws(MasqError) {
         let reference = try blobReference(ns, key: key)
         let temporary = path + ".masq-partial-\(getpid())-\(SecureRandom.uint64() & 0xFFFFFF)"
         let fd = Glibc.open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
@@ -402,18 +453,26 @@ extension Store {
             while at < bytes.count {
                 let n = write(fd, bytes.baseAddress! + at, bytes.count - at)
                 if n < 0 && errno == EINTR { continue }
-                guard n > 0 else { throw MasqError(.io, "cannot write \(path) at byte \(written + UInt64(at)): \(FileSystem.errnoText()); the file was left as it was") }
+                guard n > 0 else {
+                    throw MasqError(
+                        .io,
+                        "cannot write \(path) at byte \(written + UInt64(at)): \(FileSystem.errnoText()); the file was left as it was"
+                    )
+                }
                 at += n
             }
             written += UInt64(bytes.count)
         }
         guard fsync(fd) == 0 else { throw MasqError(.io, "cannot write \(path): \(FileSystem.errnoText())") }
-        guard rename(temporary, path) == 0 else { throw MasqError(.io, "cannot rename \(temporary) to \(path): \(FileSystem.errnoText())") }
+        guard rename(temporary, path) == 0 else {
+            throw MasqError(.io, "cannot rename \(temporary) to \(path): \(FileSystem.errnoText())")
+        }
         done = true
     }
 
     private var fetchAdvice: String {
-        syncSlot.running != nil ? "they are being fetched from your other devices (masq_sync_status shows progress)"
+        syncSlot.running != nil
+            ? "they are being fetched from your other devices (masq_sync_status shows progress)"
             : "start sync (masq_sync_start, `masq sync`) to fetch them from your other devices"
     }
 
@@ -480,13 +539,17 @@ extension Store {
         var size: UInt64
         var chunkSize: UInt32
         var since: UInt64
-        var reference: BlobReference { BlobReference(manifest: manifest, size: size, chunkSize: chunkSize, contentType: "", name: "") }
+        var reference: BlobReference {
+            BlobReference(manifest: manifest, size: size, chunkSize: chunkSize, contentType: "", name: "")
+        }
     }
 
     static func decodeWanted(_ v: [UInt8]) throws(MasqError) -> WantedBlob {
         guard v.count == 52 else { throw .corrupt("malformed blob fetch entry") }
         return v.withUnsafeBytes { b in
-            WantedBlob(manifest: Array(v[0..<32]), size: b.loadBigEndian(at: 32), chunkSize: b.loadBigEndian32(at: 40), since: b.loadBigEndian(at: 44))
+            WantedBlob(
+                manifest: Array(v[0..<32]), size: b.loadBigEndian(at: 32), chunkSize: b.loadBigEndian32(at: 40),
+                since: b.loadBigEndian(at: 44))
         }
     }
 
@@ -499,15 +562,20 @@ extension Store {
     func wantedBlobs() throws(MasqError) -> [WantedBlob] {
         try lock.withLock { () throws(MasqError) -> [WantedBlob] in
             try ensureUsable()
-            let prefix: [UInt8] = [BlobFormat.family, box == nil ? BlobFormat.Kind.wanted.rawValue : BlobFormat.Kind.wanted.sealed]
+            let prefix: [UInt8] = [
+                BlobFormat.family, box == nil ? BlobFormat.Kind.wanted.rawValue : BlobFormat.Kind.wanted.sealed
+            ]
             let box = self.box
             var out: [WantedBlob] = []
-            try engine.scan(from: prefix, to: RecordFormat.successor(ofPrefix: prefix)) { (key, value) throws(MasqError) -> Bool in
+            try engine.scan(from: prefix, to: RecordFormat.successor(ofPrefix: prefix)) {
+                (key, value) throws(MasqError) -> Bool in
                 let plain = try box.map { (b) throws(MasqError) in try b.open(value, ad: key) } ?? Array(value)
                 out.append(try Store.decodeWanted(plain))
                 return true
             }
-            return out.sorted { $0.since != $1.since ? $0.since < $1.since : $0.manifest.lexicographicallyPrecedes($1.manifest) }
+            return out.sorted {
+                $0.since != $1.since ? $0.since < $1.since : $0.manifest.lexicographicallyPrecedes($1.manifest)
+            }
         }
     }
 
@@ -526,7 +594,9 @@ extension Store {
     func loadManifestLocked(_ reference: BlobReference) throws(MasqError) -> BlobManifest? {
         guard let bytes = try blobGet(.manifest, reference.manifest) else { return nil }
         let manifest = try bytes.withBytes { (b) throws(MasqError) in try BlobManifest(decoding: b) }
-        guard manifest.matches(reference) else { throw .corrupt("the manifest of blob \(reference.id.prefix(12)) does not match its reference") }
+        guard manifest.matches(reference) else {
+            throw .corrupt("the manifest of blob \(reference.id.prefix(12)) does not match its reference")
+        }
         return manifest
     }
 
@@ -542,10 +612,14 @@ extension Store {
 
     /// Store chunks (or a manifest) received from another device; the caller
     /// checked each one's SHA-256. `complete`: manifests now whole.
-    func storeReceived(_ items: [(manifest: Bool, hash: [UInt8], data: [UInt8])], complete: [(manifest: [UInt8], size: UInt64)]) throws(MasqError) {
+    func storeReceived(
+        _ items: [(manifest: Bool, hash: [UInt8], data: [UInt8])], complete: [(manifest: [UInt8], size: UInt64)]
+    ) throws(MasqError) {
         try localTransaction { () throws(MasqError) in
             for item in items {
-                try item.data.withBytes { (d) throws(MasqError) in try blobPut(item.manifest ? .manifest : .chunk, item.hash, d) }
+                try item.data.withBytes { (d) throws(MasqError) in
+                    try blobPut(item.manifest ? .manifest : .chunk, item.hash, d)
+                }
             }
             for c in complete { try markCompleteLocked(c.manifest, size: c.size) }
         }
@@ -575,7 +649,10 @@ extension Store {
             }
         }
         var wanted = 0
-        for reference in found where try !lock.withLock({ () throws(MasqError) -> Bool in try ensureUsable(); return try blobExists(.complete, reference.manifest) }) {
+        for reference in found
+        where try !lock.withLock({ () throws(MasqError) -> Bool in
+            try ensureUsable(); return try blobExists(.complete, reference.manifest)
+        }) {
             try requestFetch(reference)
             wanted += 1
         }
@@ -595,13 +672,16 @@ extension Store {
             let box = self.box
             // Live manifests: every reference a live record holds.
             var live = Set<[UInt8]>()
-            try engine.scan(from: [RecordFormat.record], to: [RecordFormat.record + 1]) { (key, record) throws(MasqError) -> Bool in
+            try engine.scan(from: [RecordFormat.record], to: [RecordFormat.record + 1]) {
+                (key, record) throws(MasqError) -> Bool in
                 let header = try RecordHeader.read(record, key: key)
                 guard !header.tombstone, !header.counter else { return true }
                 let stored = RecordHeader.value(in: record, header: header)
                 if let box {
                     // Sealed: only values long enough to be a reference are opened.
-                    guard stored.count >= BlobReference.magic.count + 1 + 32 + 14 + SecretBox.overhead else { return true }
+                    guard stored.count >= BlobReference.magic.count + 1 + 32 + 14 + SecretBox.overhead else {
+                        return true
+                    }
                     let value = try openValue(box, key, record, header)
                     if let reference = try? BlobReference.parse(value) { live.insert(reference.manifest) }
                 } else if let reference = try? BlobReference.parse(stored) {
@@ -615,20 +695,29 @@ extension Store {
             // Pins of writers in other processes: their chunks cannot be told apart.
             let now = Clock.unixMilliseconds()
             var stalePins: [[UInt8]] = []
-            try engine.scan(from: [BlobFormat.family, BlobFormat.pin], to: [BlobFormat.family, BlobFormat.pin + 1]) { (key, value) throws(MasqError) -> Bool in
+            try engine.scan(from: [BlobFormat.family, BlobFormat.pin], to: [BlobFormat.family, BlobFormat.pin + 1]) {
+                (key, value) throws(MasqError) -> Bool in
                 let id = Array(key[2...])
                 guard pinned[id] == nil else { return true }
                 let heartbeat = value.count == 8 ? value.loadBigEndian(at: 0) : 0
-                if heartbeat + BlobFormat.pinLifetime < now { stalePins.append(Array(key)) } else { report.deferred = true }
+                if heartbeat + BlobFormat.pinLifetime < now {
+                    stalePins.append(Array(key))
+                } else {
+                    report.deferred = true
+                }
                 return true
             }
             try engine.transaction { (_) throws(MasqError) in
                 for key in stalePins { try key.withBytes { (k) throws(MasqError) in try engine.delete(k) } }
                 // Fetches of blobs nothing references any more.
-                let wantedPrefix: [UInt8] = [BlobFormat.family, box == nil ? BlobFormat.Kind.wanted.rawValue : BlobFormat.Kind.wanted.sealed]
+                let wantedPrefix: [UInt8] = [
+                    BlobFormat.family, box == nil ? BlobFormat.Kind.wanted.rawValue : BlobFormat.Kind.wanted.sealed
+                ]
                 var dropped: [[UInt8]] = []
-                try engine.scan(from: wantedPrefix, to: RecordFormat.successor(ofPrefix: wantedPrefix)) { (key, value) throws(MasqError) -> Bool in
-                    let wanted = try Store.decodeWanted(try box.map { (b) throws(MasqError) in try b.open(value, ad: key) } ?? Array(value))
+                try engine.scan(from: wantedPrefix, to: RecordFormat.successor(ofPrefix: wantedPrefix)) {
+                    (key, value) throws(MasqError) -> Bool in
+                    let wanted = try Store.decodeWanted(
+                        try box.map { (b) throws(MasqError) in try b.open(value, ad: key) } ?? Array(value))
                     if !live.contains(wanted.manifest) { dropped.append(wanted.manifest) }
                     return true
                 }
@@ -643,15 +732,18 @@ extension Store {
                         let m = try bytes.withBytes { (b) throws(MasqError) in try BlobManifest(decoding: b) }
                         for i in 0..<m.count { liveKeys.insert(blobKey(.chunk, m.hash(i))) }
                     } else {
-                        liveKeys.insert(blobKey(.chunk, manifest))   // a pinned chunk hash (writes in progress)
+                        liveKeys.insert(blobKey(.chunk, manifest))  // a pinned chunk hash (writes in progress)
                     }
                 }
                 for hashes in pinned.values { for h in hashes { liveKeys.insert(blobKey(.chunk, h)) } }
                 let overhead = box == nil ? 0 : SecretBox.overhead
                 // Chunks: kept when a live manifest lists them (or a write in progress holds them).
-                let chunkPrefix: [UInt8] = [BlobFormat.family, box == nil ? BlobFormat.Kind.chunk.rawValue : BlobFormat.Kind.chunk.sealed]
+                let chunkPrefix: [UInt8] = [
+                    BlobFormat.family, box == nil ? BlobFormat.Kind.chunk.rawValue : BlobFormat.Kind.chunk.sealed
+                ]
                 var doomed: [[UInt8]] = []
-                try engine.scan(from: chunkPrefix, to: RecordFormat.successor(ofPrefix: chunkPrefix)) { (key, value) throws(MasqError) -> Bool in
+                try engine.scan(from: chunkPrefix, to: RecordFormat.successor(ofPrefix: chunkPrefix)) {
+                    (key, value) throws(MasqError) -> Bool in
                     let k = Array(key)
                     if report.deferred || liveKeys.contains(k) {
                         report.chunksKept += 1
@@ -664,26 +756,39 @@ extension Store {
                     return true
                 }
                 // Manifests, and the marks saying a manifest's chunks are all here.
-                let manifestPrefix: [UInt8] = [BlobFormat.family, box == nil ? BlobFormat.Kind.manifest.rawValue : BlobFormat.Kind.manifest.sealed]
-                try engine.scan(from: manifestPrefix, to: RecordFormat.successor(ofPrefix: manifestPrefix)) { (key, _) throws(MasqError) -> Bool in
+                let manifestPrefix: [UInt8] = [
+                    BlobFormat.family, box == nil ? BlobFormat.Kind.manifest.rawValue : BlobFormat.Kind.manifest.sealed
+                ]
+                try engine.scan(from: manifestPrefix, to: RecordFormat.successor(ofPrefix: manifestPrefix)) {
+                    (key, _) throws(MasqError) -> Bool in
                     let k = Array(key)
-                    if report.deferred || manifestKeys.contains(k) { report.manifestsKept += 1 } else {
+                    if report.deferred || manifestKeys.contains(k) {
+                        report.manifestsKept += 1
+                    } else {
                         report.manifestsDeleted += 1
                         doomed.append(k)
                     }
                     return true
                 }
-                let completePrefix: [UInt8] = [BlobFormat.family, box == nil ? BlobFormat.Kind.complete.rawValue : BlobFormat.Kind.complete.sealed]
-                try engine.scan(from: completePrefix, to: RecordFormat.successor(ofPrefix: completePrefix)) { (key, value) throws(MasqError) -> Bool in
+                let completePrefix: [UInt8] = [
+                    BlobFormat.family, box == nil ? BlobFormat.Kind.complete.rawValue : BlobFormat.Kind.complete.sealed
+                ]
+                try engine.scan(from: completePrefix, to: RecordFormat.successor(ofPrefix: completePrefix)) {
+                    (key, value) throws(MasqError) -> Bool in
                     let plain = try box.map { (b) throws(MasqError) in try b.open(value, ad: key) } ?? Array(value)
-                    if !report.deferred && (plain.count < 32 || !live.contains(Array(plain[0..<32]))) { doomed.append(Array(key)) }
+                    if !report.deferred && (plain.count < 32 || !live.contains(Array(plain[0..<32]))) {
+                        doomed.append(Array(key))
+                    }
                     return true
                 }
                 for key in doomed { try key.withBytes { (k) throws(MasqError) in try engine.delete(k) } }
             }
             if report.fetchesDropped > 0 { blobState.lock.withLock { blobState.fetchEpoch += 1 } }
             if report.chunksDeleted > 0 || report.manifestsDeleted > 0 {
-                Log.info("kernel", "blob collection: \(report.chunksDeleted) chunk(s), \(report.bytesDeleted) bytes, \(report.manifestsDeleted) manifest(s) deleted")
+                Log.info(
+                    "kernel",
+                    "blob collection: \(report.chunksDeleted) chunk(s), \(report.bytesDeleted) bytes, \(report.manifestsDeleted) manifest(s) deleted"
+                )
             }
             return report
         }
@@ -700,8 +805,13 @@ extension Store {
             let source: [UInt8] = [BlobFormat.family, from == nil ? kind.rawValue : kind.sealed]
             while true {
                 var batch: [(key: [UInt8], plain: [UInt8])] = []
-                try engine.scan(from: source, to: RecordFormat.successor(ofPrefix: source)) { (key, value) throws(MasqError) -> Bool in
-                    batch.append((Array(key), try from.map { (b) throws(MasqError) in try b.open(value, ad: key) } ?? Array(value)))
+                try engine.scan(from: source, to: RecordFormat.successor(ofPrefix: source)) {
+                    (key, value) throws(MasqError) -> Bool in
+                    batch.append(
+                        (
+                            Array(key),
+                            try from.map { (b) throws(MasqError) in try b.open(value, ad: key) } ?? Array(value)
+                        ))
                     return batch.count < 8
                 }
                 if batch.isEmpty { break }
@@ -713,7 +823,10 @@ extension Store {
                         guard plain.count >= 32 else { throw .corrupt("malformed blob entry") }
                         hash = Array(plain[0..<32])
                     }
-                    let newKey = to.map { [BlobFormat.family, kind.sealed] + $0.nameTag([0xB1, kind.rawValue] + hash) } ?? [BlobFormat.family, kind.rawValue] + hash
+                    let newKey =
+                        to.map { [BlobFormat.family, kind.sealed] + $0.nameTag([0xB1, kind.rawValue] + hash) } ?? [
+                            BlobFormat.family, kind.rawValue
+                        ] + hash
                     let stored = try to.map { (b) throws(MasqError) in try b.seal(plain, ad: newKey) } ?? plain
                     try oldKey.withBytes { (k) throws(MasqError) in try engine.delete(k) }
                     try Store.putMeta(engine, newKey, stored)
@@ -761,7 +874,8 @@ public final class BlobWriter: @unchecked Sendable {
         var at = 0
         while at < bytes.count {
             let n = min(chunkSize - filled, bytes.count - at)
-            UnsafeMutableRawBufferPointer(rebasing: buffer[filled..<(filled + n)]).copyMemory(from: UnsafeRawBufferPointer(rebasing: bytes[at..<(at + n)]))
+            UnsafeMutableRawBufferPointer(rebasing: buffer[filled..<(filled + n)]).copyMemory(
+                from: UnsafeRawBufferPointer(rebasing: bytes[at..<(at + n)]))
             filled += n
             at += n
             if filled == chunkSize { try cutChunk() }
@@ -777,7 +891,9 @@ public final class BlobWriter: @unchecked Sendable {
         while true {
             let space = UnsafeMutableRawBufferPointer(rebasing: buffer[filled...])
             let n = try read(space)
-            guard n >= 0 && n <= space.count else { throw MasqError(.invalid, "the read callback returned \(n) for a buffer of \(space.count) bytes") }
+            guard n >= 0 && n <= space.count else {
+                throw MasqError(.invalid, "the read callback returned \(n) for a buffer of \(space.count) bytes")
+            }
             if n == 0 { return }
             filled += n
             if filled == chunkSize { try cutChunk() }
@@ -809,27 +925,34 @@ public final class BlobWriter: @unchecked Sendable {
                 newChunks += 1
                 newBytes += UInt64(data.count)
             }
-            try Store.putMeta(store.engine, [BlobFormat.family, BlobFormat.pin] + pin, bigEndianBytes(Clock.unixMilliseconds()))
+            try Store.putMeta(
+                store.engine, [BlobFormat.family, BlobFormat.pin] + pin, bigEndianBytes(Clock.unixMilliseconds()))
         }
     }
 
     private func heartbeat() throws(MasqError) {
         try store.localTransaction { () throws(MasqError) in
-            try Store.putMeta(store.engine, [BlobFormat.family, BlobFormat.pin] + pin, bigEndianBytes(Clock.unixMilliseconds()))
+            try Store.putMeta(
+                store.engine, [BlobFormat.family, BlobFormat.pin] + pin, bigEndianBytes(Clock.unixMilliseconds()))
         }
     }
 
     /// Store the last chunk and the manifest, and reference the blob from
     /// `key` (an ordinary put: one commit, synced like any value).
-    public func finish(_ ns: NamespaceName, key: [UInt8], contentType: String = "", name: String = "") throws(MasqError) -> BlobInfo {
+    public func finish(_ ns: NamespaceName, key: [UInt8], contentType: String = "", name: String = "") throws(MasqError)
+        -> BlobInfo
+    {
         guard !done else { throw MasqError(.invalid, "this blob write is over") }
         guard contentType.utf8.count <= 255, name.utf8.count <= 255,
-              !contentType.unicodeScalars.contains(where: { $0.value < 0x20 }), !name.unicodeScalars.contains(where: { $0.value < 0x20 }) else {
+            !contentType.unicodeScalars.contains(where: { $0.value < 0x20 }),
+            !name.unicodeScalars.contains(where: { $0.value < 0x20 })
+        else {
             throw .invalid("a blob's content type and name are at most 255 bytes of text without control characters")
         }
         try cutChunk()
         try flush()
-        let manifest = BlobManifest(chunkSize: UInt32(chunkSize), size: size, contentType: contentType, name: name, hashes: hashes)
+        let manifest = BlobManifest(
+            chunkSize: UInt32(chunkSize), size: size, contentType: contentType, name: name, hashes: hashes)
         let encoded = manifest.encoded
         let manifestHash = Hash.sha256(encoded)
         store.blobState.lock.withLock { _ = store.blobState.writing[pin]?.insert(manifestHash) }
@@ -839,10 +962,12 @@ public final class BlobWriter: @unchecked Sendable {
             }
             try store.markCompleteLocked(manifestHash, size: size)
         }
-        let reference = BlobReference(manifest: manifestHash, size: size, chunkSize: UInt32(chunkSize), contentType: contentType, name: name)
+        let reference = BlobReference(
+            manifest: manifestHash, size: size, chunkSize: UInt32(chunkSize), contentType: contentType, name: name)
         try store.put(ns, key: key, value: reference.encoded)
         release()
-        var info = BlobInfo(reference: reference, manifestPresent: true, presentChunks: manifest.count, presentBytes: size)
+        var info = BlobInfo(
+            reference: reference, manifestPresent: true, presentChunks: manifest.count, presentBytes: size)
         info.newChunks = newChunks
         info.newBytes = newBytes
         return info
@@ -859,7 +984,9 @@ public final class BlobWriter: @unchecked Sendable {
         pending = []
         store.blobState.lock.withLock { store.blobState.writing[pin] = nil }
         _ = try? store.localTransaction { () throws(MasqError) in
-            try ([BlobFormat.family, BlobFormat.pin] + pin).withBytes { (k) throws(MasqError) in try store.engine.delete(k) }
+            try ([BlobFormat.family, BlobFormat.pin] + pin).withBytes { (k) throws(MasqError) in
+                try store.engine.delete(k)
+            }
         }
     }
 }

@@ -1,6 +1,6 @@
 import MasqCrypto
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A device this one is paired with.
@@ -8,7 +8,7 @@ public struct PairedDevice: Sendable, Equatable {
     public let deviceID: String
     public let name: String
     public let keys: DevicePublicKeys
-    public let pairedAt: UInt64   // Unix ms
+    public let pairedAt: UInt64  // Unix ms
     /// The cipher suite chosen when the two devices paired: their ratchet and renewals use it.
     public let suite: CipherSuite
 
@@ -17,7 +17,8 @@ public struct PairedDevice: Sendable, Equatable {
         let name = Array(self.name.utf8.prefix(255))
         var out: [UInt8] = [suite == .chaChaPoly ? 1 : 2]
         out.appendBigEndian(pairedAt)
-        return out + [UInt8(name.count)] + name + keys.signing + keys.agreement + (suite == .chaChaPoly ? [] : [suite.rawValue])
+        return out + [UInt8(name.count)] + name + keys.signing + keys.agreement
+            + (suite == .chaChaPoly ? [] : [suite.rawValue])
     }
 
     init(name: String, keys: DevicePublicKeys, pairedAt: UInt64, suite: CipherSuite = .chaChaPoly) {
@@ -29,14 +30,18 @@ public struct PairedDevice: Sendable, Equatable {
     }
 
     init(decoding b: [UInt8]) throws(MasqError) {
-        guard b.count >= 10, b[0] == 1 || b[0] == 2, b.count == 10 + Int(b[9]) + 64 + (b[0] == 2 ? 1 : 0) else { throw .corrupt("malformed device record") }
+        guard b.count >= 10, b[0] == 1 || b[0] == 2, b.count == 10 + Int(b[9]) + 64 + (b[0] == 2 ? 1 : 0) else {
+            throw .corrupt("malformed device record")
+        }
         let n = Int(b[9])
         pairedAt = b.withUnsafeBytes { $0.loadBigEndian(at: 1) }
         name = String(decoding: b[10..<(10 + n)], as: UTF8.self)
         keys = DevicePublicKeys(signing: Array(b[(10 + n)..<(42 + n)]), agreement: Array(b[(42 + n)..<(74 + n)]))
         deviceID = keys.deviceID
         if b[0] == 2 {
-            guard let suite = CipherSuite(rawValue: b[74 + n]) else { throw .corrupt("device record names an unknown cipher suite") }
+            guard let suite = CipherSuite(rawValue: b[74 + n]) else {
+                throw .corrupt("device record names an unknown cipher suite")
+            }
             self.suite = suite
         } else {
             suite = .chaChaPoly
@@ -54,7 +59,7 @@ public struct PairedDevice: Sendable, Equatable {
 extension Store {
     static let metaDeviceName: [UInt8] = [RecordFormat.meta] + Array("devicename".utf8)
     static let metaGroupRoom: [UInt8] = [RecordFormat.meta] + Array("room".utf8)
-    public static let defaultPairingTTL: UInt64 = 600   // seconds
+    public static let defaultPairingTTL: UInt64 = 600  // seconds
 
     /// This device's identity, or MASQ_E_DENIED while the store is locked.
     public func requireIdentity() throws(MasqError) -> DeviceIdentity {
@@ -79,7 +84,8 @@ extension Store {
         guard !name.isEmpty, name.utf8.count <= 64, !name.unicodeScalars.contains(where: { $0.value < 0x20 }) else {
             throw .invalid("a device name is 1 to 64 bytes of text without control characters")
         }
-        try localTransaction { () throws(MasqError) in try Store.putMeta(engine, Store.metaDeviceName, Array(name.utf8)) }
+        try localTransaction { () throws(MasqError) in try Store.putMeta(engine, Store.metaDeviceName, Array(name.utf8))
+        }
     }
 
     /// The room this device's group meets in on a relay: 16 random bytes made
@@ -96,7 +102,8 @@ extension Store {
     // MARK: - pairing offers
 
     /// A single-use pairing link valid for `ttl` seconds; `via` is where this device will wait.
-    public func createPairingOffer(via: String?, ttl: UInt64 = Store.defaultPairingTTL) throws(MasqError) -> PairingLink {
+    public func createPairingOffer(via: String?, ttl: UInt64 = Store.defaultPairingTTL) throws(MasqError) -> PairingLink
+    {
         guard ttl > 0 && ttl <= 7 * 24 * 3600 else { throw .invalid("a pairing link lives 1 second to 7 days") }
         let link = PairingLink(secret: Random.bytes(PairingLink.secretLength), via: via)
         var record: [UInt8] = [1]
@@ -121,17 +128,25 @@ extension Store {
             throw MasqError(.denied, "this pairing link was already used, or was not made by this device")
         }
         let expires = record.withUnsafeBytes { $0.loadBigEndian(at: 1) }
-        guard constantTimeEqual(Array(record[9...]), link.secret) else { throw MasqError(.denied, "this pairing link's secret is wrong") }
-        guard Clock.unixMilliseconds() < expires else { throw MasqError(.denied, "this pairing link has expired; make a new one with `masq pair`") }
+        guard constantTimeEqual(Array(record[9...]), link.secret) else {
+            throw MasqError(.denied, "this pairing link's secret is wrong")
+        }
+        guard Clock.unixMilliseconds() < expires else {
+            throw MasqError(.denied, "this pairing link has expired; make a new one with `masq pair`")
+        }
     }
 
     /// Pending offers past their expiry are deleted.
     public func purgeExpiredOffers() throws(MasqError) {
         try localTransaction { () throws(MasqError) in
             var expired: [[UInt8]] = []
-            try engine.scan(from: [RecordFormat.pairing], to: [RecordFormat.pairing + 1]) { (key, _) throws(MasqError) -> Bool in
+            try engine.scan(from: [RecordFormat.pairing], to: [RecordFormat.pairing + 1]) {
+                (key, _) throws(MasqError) -> Bool in
                 if let record = try getSecret(Array(key)), record.count > 9,
-                   record.withUnsafeBytes({ $0.loadBigEndian(at: 1) }) <= Clock.unixMilliseconds() { expired.append(Array(key)) }
+                    record.withUnsafeBytes({ $0.loadBigEndian(at: 1) }) <= Clock.unixMilliseconds()
+                {
+                    expired.append(Array(key))
+                }
                 return true
             }
             for key in expired { try key.withBytes { (k) throws(MasqError) in try engine.delete(k) } }
@@ -141,9 +156,14 @@ extension Store {
     /// Record a successful pairing in one transaction: consume the offer (on
     /// the offering side, re-checked so two joiners cannot both use it), store
     /// the device and its session.
-    func completePairing(offer: PairingLink?, card: DeviceCard, session: SecureSession, groupRoom: [UInt8]? = nil) throws(MasqError) -> PairedDevice {
-        let device = PairedDevice(name: card.name, keys: card.keys, pairedAt: Clock.unixMilliseconds(), suite: session.suite)
-        guard device.deviceID != identity?.publicKeys.deviceID else { throw .invalid("a device cannot pair with itself") }
+    func completePairing(offer: PairingLink?, card: DeviceCard, session: SecureSession, groupRoom: [UInt8]? = nil)
+        throws(MasqError) -> PairedDevice
+    {
+        let device = PairedDevice(
+            name: card.name, keys: card.keys, pairedAt: Clock.unixMilliseconds(), suite: session.suite)
+        guard device.deviceID != identity?.publicKeys.deviceID else {
+            throw .invalid("a device cannot pair with itself")
+        }
         let state = try crypto { () throws(CryptoError) in try session.serialized() }
         try localTransaction { () throws(MasqError) in
             if let offer {
@@ -154,7 +174,9 @@ extension Store {
             let sessionKey = [RecordFormat.session] + Array(device.deviceID.utf8)
             try Store.putMeta(engine, deviceKey, try sealSecret(deviceKey, device.encoded))
             try Store.putMeta(engine, sessionKey, try sealSecret(sessionKey, state))
-            if let groupRoom { try Store.putMeta(engine, Store.metaGroupRoom, try sealSecret(Store.metaGroupRoom, groupRoom)) }
+            if let groupRoom {
+                try Store.putMeta(engine, Store.metaGroupRoom, try sealSecret(Store.metaGroupRoom, groupRoom))
+            }
         }
         freshSessions.withLock { _ = $0.insert(device.deviceID) }
         Log.info("kernel", "paired with device \(device.deviceID)")
@@ -167,7 +189,8 @@ extension Store {
         try lock.withLock { () throws(MasqError) -> [PairedDevice] in
             try ensureUsable()
             var keys: [[UInt8]] = []
-            try engine.scan(from: [RecordFormat.device], to: [RecordFormat.device + 1]) { (key, _) throws(MasqError) -> Bool in
+            try engine.scan(from: [RecordFormat.device], to: [RecordFormat.device + 1]) {
+                (key, _) throws(MasqError) -> Bool in
                 keys.append(Array(key))
                 return true
             }
@@ -183,7 +206,9 @@ extension Store {
         let me = try requireIdentity().publicKeys.deviceID
         try localTransaction { () throws(MasqError) in
             let deviceKey = [RecordFormat.device] + Array(deviceID.utf8)
-            guard try Store.getMeta(engine, deviceKey) != nil else { throw MasqError(.notFound, "no paired device \(deviceID)") }
+            guard try Store.getMeta(engine, deviceKey) != nil else {
+                throw MasqError(.notFound, "no paired device \(deviceID)")
+            }
             try forgetDeviceLocked(deviceID)
             try recordRemovalLocked(DeviceRemoval(removed: deviceID, remover: me, at: Clock.unixMilliseconds()))
         }
@@ -195,9 +220,13 @@ extension Store {
 
     /// Seal `plaintext` for every paired device: one ciphertext each, from its
     /// own session (each renewed since the store was opened, as `seal`).
-    public func sealForDevices(_ plaintext: [UInt8], associatedData: [UInt8] = []) throws(MasqError) -> [(deviceID: String, message: [UInt8])] {
+    public func sealForDevices(_ plaintext: [UInt8], associatedData: [UInt8] = []) throws(MasqError) -> [(
+        deviceID: String, message: [UInt8]
+    )] {
         var out: [(deviceID: String, message: [UInt8])] = []
-        for device in try devices() { out.append((device.deviceID, try seal(for: device.deviceID, plaintext, associatedData: associatedData))) }
+        for device in try devices() {
+            out.append((device.deviceID, try seal(for: device.deviceID, plaintext, associatedData: associatedData)))
+        }
         return out
     }
 
@@ -205,7 +234,9 @@ extension Store {
     /// this store was opened (MASQ_E_DENIED otherwise): the stored one may be
     /// older than the last message sealed — a data directory restored from a
     /// copy — and sealing with it would reuse a message key.
-    public func seal(for deviceID: String, _ plaintext: [UInt8], associatedData: [UInt8] = []) throws(MasqError) -> [UInt8] {
+    public func seal(for deviceID: String, _ plaintext: [UInt8], associatedData: [UInt8] = []) throws(MasqError)
+        -> [UInt8]
+    {
         let fresh = freshSessions.withLock { $0.contains(deviceID) }
         let exists = try lock.withLock { () throws(MasqError) -> Bool in
             try ensureUsable()
@@ -213,22 +244,33 @@ extension Store {
         }
         // (An unknown device is MASQ_E_NOT_FOUND, from withSession.)
         guard fresh || !exists else {
-            throw MasqError(.denied, "the session with \(deviceID) has not been renewed since this store was opened: renew it first (a store restored from a copy must never reuse a message key)")
+            throw MasqError(
+                .denied,
+                "the session with \(deviceID) has not been renewed since this store was opened: renew it first (a store restored from a copy must never reuse a message key)"
+            )
         }
-        return try withSession(deviceID) { (s) throws(CryptoError) in try s.seal(plaintext, associatedData: associatedData) }
+        return try withSession(deviceID) { (s) throws(CryptoError) in
+            try s.seal(plaintext, associatedData: associatedData)
+        }
     }
 
     /// Open a message from a paired device; its session advances only if it authenticates.
-    public func open(from deviceID: String, _ message: [UInt8], associatedData: [UInt8] = []) throws(MasqError) -> [UInt8] {
+    public func open(from deviceID: String, _ message: [UInt8], associatedData: [UInt8] = []) throws(MasqError)
+        -> [UInt8]
+    {
         try withSession(deviceID) { (s) throws(CryptoError) in try s.open(message, associatedData: associatedData) }
     }
 
     /// Load the session, run `body`, save the advanced state — one transaction,
     /// so a crash never leaves a used message key behind or loses the ratchet.
-    private func withSession<T>(_ deviceID: String, _ body: (SecureSession) throws(CryptoError) -> T) throws(MasqError) -> T {
+    private func withSession<T>(_ deviceID: String, _ body: (SecureSession) throws(CryptoError) -> T) throws(MasqError)
+        -> T
+    {
         try localTransaction { () throws(MasqError) -> T in
             let key = [RecordFormat.session] + Array(deviceID.utf8)
-            guard let state = try getSecret(key) else { throw MasqError(.notFound, "no session with device \(deviceID) (not paired, or removed)") }
+            guard let state = try getSecret(key) else {
+                throw MasqError(.notFound, "no session with device \(deviceID) (not paired, or removed)")
+            }
             let session = try crypto { () throws(CryptoError) in try SecureSession(serialized: state) }
             let result = try crypto { () throws(CryptoError) in try body(session) }
             let saved = try crypto { () throws(CryptoError) in try session.serialized() }
@@ -249,7 +291,9 @@ extension Store {
     /// carries a counter the responder has never accepted (so a recorded
     /// message cannot be replayed). The stored session is not touched until
     /// the handshake completes. Returns the handshake and its first message.
-    public func beginSessionRenewal(with deviceID: String, prologue: [UInt8]) throws(MasqError) -> (SessionRenewal, [UInt8]) {
+    public func beginSessionRenewal(with deviceID: String, prologue: [UInt8]) throws(MasqError) -> (
+        SessionRenewal, [UInt8]
+    ) {
         let identity = try requireIdentity()
         guard let device = try devices().first(where: { $0.deviceID == deviceID }) else {
             throw MasqError(.notFound, "no paired device \(deviceID)")
@@ -264,10 +308,14 @@ extension Store {
             let last = counters.sent > now &+ Store.renewalCounterSlack ? 0 : counters.sent
             let counter = max(now, last &+ 1)
             let session = try crypto { () throws(CryptoError) in
-                try SecureSession(pattern: .KK, role: .initiator, prologue: prologue, staticKey: identity.agreementKey, remoteStatic: device.keys.agreement,
-                                  suite: device.suite)
+                try SecureSession(
+                    pattern: .KK, role: .initiator, prologue: prologue, staticKey: identity.agreementKey,
+                    remoteStatic: device.keys.agreement,
+                    suite: device.suite)
             }
-            let message = try crypto { () throws(CryptoError) in try session.writeHandshake(payload: bigEndianBytes(counter)) }
+            let message = try crypto { () throws(CryptoError) in
+                try session.writeHandshake(payload: bigEndianBytes(counter))
+            }
             try saveRenewalCounters(deviceID, sent: counter, accepted: counters.accepted)
             return (SessionRenewal(deviceID: deviceID, session: session, firstMessage: message), message)
         }
@@ -277,11 +325,16 @@ extension Store {
     /// both device keys, with a counter above any accepted before), and
     /// replace the stored session with the new one in the same transaction.
     /// Returns the second message. MASQ_E_DENIED for a replayed message.
-    public func answerSessionRenewal(from deviceID: String, _ message: [UInt8], prologue: [UInt8]) throws(MasqError) -> [UInt8] {
+    public func answerSessionRenewal(from deviceID: String, _ message: [UInt8], prologue: [UInt8]) throws(MasqError)
+        -> [UInt8]
+    {
         switch try answerOrRefuseSessionRenewal(from: deviceID, message, prologue: prologue) {
         case .answer(let answer): return answer
         case .clockAhead(let by, _):
-            throw MasqError(.denied, "a session renewal from \(deviceID) whose counter is \(by / 60_000) minute(s) ahead of this device's clock")
+            throw MasqError(
+                .denied,
+                "a session renewal from \(deviceID) whose counter is \(by / 60_000) minute(s) ahead of this device's clock"
+            )
         }
     }
 
@@ -294,26 +347,35 @@ extension Store {
     }
 
     /// Answer a renewal, or refuse it with a signed statement of this clock.
-    public func answerOrRefuseSessionRenewal(from deviceID: String, _ message: [UInt8], prologue: [UInt8]) throws(MasqError) -> RenewalAnswer {
+    public func answerOrRefuseSessionRenewal(from deviceID: String, _ message: [UInt8], prologue: [UInt8])
+        throws(MasqError) -> RenewalAnswer
+    {
         let identity = try requireIdentity()
         guard let device = try devices().first(where: { $0.deviceID == deviceID }) else {
             throw MasqError(.notFound, "no paired device \(deviceID)")
         }
         return try localTransaction { () throws(MasqError) -> RenewalAnswer in
             let session = try crypto { () throws(CryptoError) in
-                try SecureSession(pattern: .KK, role: .responder, prologue: prologue, staticKey: identity.agreementKey, remoteStatic: device.keys.agreement,
-                                  suite: device.suite)
+                try SecureSession(
+                    pattern: .KK, role: .responder, prologue: prologue, staticKey: identity.agreementKey,
+                    remoteStatic: device.keys.agreement,
+                    suite: device.suite)
             }
             let payload = try crypto { () throws(CryptoError) in try session.readHandshake(message) }
             guard payload.count == 8 else { throw .invalid("a session renewal without its counter") }
             let counter = payload.withUnsafeBytes { $0.loadBigEndian(at: 0) as UInt64 }
             let counters = try renewalCounters(deviceID)
-            guard counter > counters.accepted else { throw MasqError(.denied, "a replayed session renewal from \(deviceID)") }
+            guard counter > counters.accepted else {
+                throw MasqError(.denied, "a replayed session renewal from \(deviceID)")
+            }
             // A renewal refused for its clock is not accepted later either (a relay could
             // keep it until this clock caught up with its counter, and replay it then).
             let refused = try refusedRenewals(deviceID)
             let digest = Array(Hash.sha256(message).prefix(16))
-            guard !stride(from: 0, to: refused.count, by: 16).contains(where: { Array(refused[$0..<($0 + 16)]) == digest }) else {
+            guard
+                !stride(from: 0, to: refused.count, by: 16).contains(where: { Array(refused[$0..<($0 + 16)]) == digest }
+                )
+            else {
                 throw MasqError(.denied, "a session renewal from \(deviceID) refused before, replayed")
             }
             // A counter far ahead of this clock is refused, not remembered: stored, it would
@@ -324,7 +386,8 @@ extension Store {
                 // counter is the device's own clock: say so, signed, once.
                 let time = bigEndianBytes(now)
                 let signature = try crypto { () throws(CryptoError) in
-                    try Ed25519.sign(Store.renewalRefusalMessage(prologue, message, time), privateKey: identity.signingKey)
+                    try Ed25519.sign(
+                        Store.renewalRefusalMessage(prologue, message, time), privateKey: identity.signingKey)
                 }
                 try saveRefusedRenewals(deviceID, Array((refused + digest).suffix(16 * Store.maxRefusedRenewals)))
                 return .clockAhead(by: counter - now, signedRefusal: time + signature)
@@ -345,13 +408,19 @@ extension Store {
     /// Check a refusal of `renewal` signed by its device (u64 its Unix ms ·
     /// [64] Ed25519 signature); returns how far this clock is ahead of the
     /// other device's, in ms (MASQ_E_BAD_SIGNATURE for anything else).
-    public func checkRenewalRefusal(_ renewal: SessionRenewal, prologue: [UInt8], _ bytes: [UInt8]) throws(MasqError) -> UInt64 {
+    public func checkRenewalRefusal(_ renewal: SessionRenewal, prologue: [UInt8], _ bytes: [UInt8]) throws(MasqError)
+        -> UInt64
+    {
         guard bytes.count == 72 else { throw MasqError(.invalid, "a malformed renewal refusal") }
         guard let device = try devices().first(where: { $0.deviceID == renewal.deviceID }) else {
             throw MasqError(.notFound, "no paired device \(renewal.deviceID)")
         }
         let time = Array(bytes[0..<8])
-        guard Ed25519.verify(Array(bytes[8...]), message: Store.renewalRefusalMessage(prologue, renewal.firstMessage, time), publicKey: device.keys.signing) else {
+        guard
+            Ed25519.verify(
+                Array(bytes[8...]), message: Store.renewalRefusalMessage(prologue, renewal.firstMessage, time),
+                publicKey: device.keys.signing)
+        else {
             throw MasqError(.badSignature, "a renewal refusal not signed by \(renewal.deviceID)")
         }
         let theirs = time.withUnsafeBytes { $0.loadBigEndian(at: 0) as UInt64 }
@@ -376,21 +445,24 @@ extension Store {
     /// The prologue both sides of a renewal bind it to: the group's room and
     /// both device ids (as sync uses it).
     public func renewalPrologue(initiator: String, responder: String) throws(MasqError) -> [UInt8] {
-        Array("masq session renewal v1".utf8) + (try groupRoom()) + (try SyncService.idBytes(initiator)) + (try SyncService.idBytes(responder))
+        Array("masq session renewal v1".utf8) + (try groupRoom()) + (try SyncService.idBytes(initiator))
+            + (try SyncService.idBytes(responder))
     }
 
     /// Renewal for embedders that carry frames themselves (the C API): the
     /// renewal in progress is kept here until the answer arrives.
     public func beginSessionRenewal(with deviceID: String) throws(MasqError) -> [UInt8] {
         let me = try requireIdentity().publicKeys.deviceID
-        let (renewal, message) = try beginSessionRenewal(with: deviceID, prologue: try renewalPrologue(initiator: me, responder: deviceID))
+        let (renewal, message) = try beginSessionRenewal(
+            with: deviceID, prologue: try renewalPrologue(initiator: me, responder: deviceID))
         pendingRenewals.withLock { $0[deviceID] = renewal }
         return message
     }
 
     public func answerSessionRenewal(from deviceID: String, _ message: [UInt8]) throws(MasqError) -> [UInt8] {
         let me = try requireIdentity().publicKeys.deviceID
-        return try answerSessionRenewal(from: deviceID, message, prologue: try renewalPrologue(initiator: deviceID, responder: me))
+        return try answerSessionRenewal(
+            from: deviceID, message, prologue: try renewalPrologue(initiator: deviceID, responder: me))
     }
 
     public func completeSessionRenewal(from deviceID: String, _ message: [UInt8]) throws(MasqError) {
@@ -417,7 +489,8 @@ extension Store {
     }
 
     private func renewalCounters(_ deviceID: String) throws(MasqError) -> (sent: UInt64, accepted: UInt64) {
-        guard let bytes = try Store.getMeta(engine, [Store.renewalFamily] + Array(deviceID.utf8)), bytes.count == 16 else { return (0, 0) }
+        guard let bytes = try Store.getMeta(engine, [Store.renewalFamily] + Array(deviceID.utf8)), bytes.count == 16
+        else { return (0, 0) }
         return bytes.withUnsafeBytes { ($0.loadBigEndian(at: 0), $0.loadBigEndian(at: 8)) }
     }
 
@@ -436,7 +509,8 @@ extension Store {
     }
 
     private func saveRenewalCounters(_ deviceID: String, sent: UInt64, accepted: UInt64) throws(MasqError) {
-        try Store.putMeta(engine, [Store.renewalFamily] + Array(deviceID.utf8), bigEndianBytes(sent) + bigEndianBytes(accepted))
+        try Store.putMeta(
+            engine, [Store.renewalFamily] + Array(deviceID.utf8), bigEndianBytes(sent) + bigEndianBytes(accepted))
     }
 
     /// `transaction` for the kernel's own local state, whose code reaches the engine directly.

@@ -66,7 +66,9 @@ extension Store {
             let own = try Store.readClock(engine)
             if own.seq == seq { return own.timestamp }
         } else if let entry = try Store.getMeta(engine, RecordFormat.vectorKey(replica: origin)), entry.count == 16 {
-            let (entrySeq, timestamp) = entry.withUnsafeBytes { ($0.loadBigEndian(at: 0) as UInt64, $0.loadBigEndian(at: 8) as UInt64) }
+            let (entrySeq, timestamp) = entry.withUnsafeBytes {
+                ($0.loadBigEndian(at: 0) as UInt64, $0.loadBigEndian(at: 8) as UInt64)
+            }
             if entrySeq == seq && timestamp != 0 { return timestamp }
         }
         return try commitTimestampLocked(origin: origin, seq: seq)
@@ -121,11 +123,17 @@ extension Store {
         }
         let why: String
         switch reason {
-        case .rollback(let peer): why = "device \(peer) holds commits of this replica this store does not (restored from a copy, or lost its last writes)"
-        case .clockAhead: why = "the store's clock was ahead of the real time; writes stamped in the future were re-stamped"
+        case .rollback(let peer):
+            why =
+                "device \(peer) holds commits of this replica this store does not (restored from a copy, or lost its last writes)"
+        case .clockAhead:
+            why = "the store's clock was ahead of the real time; writes stamped in the future were re-stamped"
         case .restored: why = "the store was restored from a backup"
         }
-        Log.warn("kernel", "continuing as replica \(String(new, radix: 16)) instead of \(String(old, radix: 16)): \(why); \(reissued) record(s) written again")
+        Log.warn(
+            "kernel",
+            "continuing as replica \(String(new, radix: 16)) instead of \(String(old, radix: 16)): \(why); \(reissued) record(s) written again"
+        )
         return new
     }
 
@@ -151,7 +159,8 @@ extension Store {
         try lock.withLock { () throws(MasqError) in
             try ensureUsable()
             let saved = try Store.readClock(engine)
-            let ms = HybridLogicalClock.milliseconds(of: max(saved.timestamp, clock.last, try Store.readObserved(engine)))
+            let ms = HybridLogicalClock.milliseconds(
+                of: max(saved.timestamp, clock.last, try Store.readObserved(engine)))
             let now = Clock.unixMilliseconds()
             return (ms, ms > now ? ms - now : 0)
         }
@@ -190,7 +199,8 @@ extension Store {
         // repair) every record of any replica stamped beyond the bound.
         var doomed: [[UInt8]] = []
         var newest: UInt64 = 0
-        try engine.scan(from: [RecordFormat.record], to: [RecordFormat.record + 1]) { (key, record) throws(MasqError) -> Bool in
+        try engine.scan(from: [RecordFormat.record], to: [RecordFormat.record + 1]) {
+            (key, record) throws(MasqError) -> Bool in
             let h = try RecordHeader.read(record, key: key)
             let future = restampAbove.map { h.version.timestamp > $0 } ?? false
             if (h.version.replica == old && h.seq > agreed) || future {
@@ -218,14 +228,17 @@ extension Store {
                     guard let (header, value) = try readRecord(recordKey) else { return }
                     let restamp = restampAbove.map { header.version.timestamp > $0 } ?? false
                     let version = Version(timestamp: restamp ? timestamp : header.version.timestamp, replica: new)
-                    let rewritten = RecordHeader(tombstone: header.tombstone, counter: header.counter, version: version, seq: seq,
-                                                 previous: header.version)
+                    let rewritten = RecordHeader(
+                        tombstone: header.tombstone, counter: header.counter, version: version, seq: seq,
+                        previous: header.version)
                     try writeRecord(recordKey, header: rewritten, value: value)
                     // 'R' varint(namespace id) user key
                     var reader = ByteReader(UnsafeRawBufferPointer(rebasing: recordKey[1...]))
                     let id = UInt32(try reader.varint())
                     names[id] = true
-                    log.append(namespaceID: id, key: UnsafeRawBufferPointer(rebasing: recordKey[(1 + varintSize(UInt64(id)))...]))
+                    log.append(
+                        namespaceID: id,
+                        key: UnsafeRawBufferPointer(rebasing: recordKey[(1 + varintSize(UInt64(id)))...]))
                 }
             }
             try Store.putMeta(engine, RecordFormat.logKey(replica: new, seq: seq), log.encoded())
@@ -233,12 +246,14 @@ extension Store {
         // The old id is now an origin like any other: its log beyond the agreed
         // point goes (peers hold the authoritative commits and send them back).
         if saved.seq > agreed {
-            try engine.deleteRange(from: RecordFormat.logKey(replica: old, seq: agreed + 1),
-                                   to: RecordFormat.logKey(replica: old, seq: UInt64.max))
+            try engine.deleteRange(
+                from: RecordFormat.logKey(replica: old, seq: agreed + 1),
+                to: RecordFormat.logKey(replica: old, seq: UInt64.max))
         }
         if agreed > 0 {
             let tip = try commitTimestampLocked(origin: old, seq: agreed) ?? (agreed == saved.seq ? saved.timestamp : 0)
-            try Store.putMeta(engine, RecordFormat.vectorKey(replica: old), bigEndianBytes(agreed) + bigEndianBytes(tip))
+            try Store.putMeta(
+                engine, RecordFormat.vectorKey(replica: old), bigEndianBytes(agreed) + bigEndianBytes(tip))
         }
         try Store.putMeta(engine, RecordFormat.metaReplica, bigEndianBytes(new))
         try Store.putMeta(engine, RecordFormat.metaClock, bigEndianBytes(seq) + bigEndianBytes(fresh.last))

@@ -9,7 +9,7 @@ import MasqCrypto
 /// a full listing that finds fewer records than counted fails instead of
 /// answering a truncated list. `check()` walks everything (`masq check`).
 extension Store {
-    static let countFamily: UInt8 = 0x43   // 'C' u32 namespace id -> u64 records (tombstones included)
+    static let countFamily: UInt8 = 0x43  // 'C' u32 namespace id -> u64 records (tombstones included)
     static let metaCounted: [UInt8] = [RecordFormat.meta] + Array("counted".utf8)
 
     /// The namespace id a record key ('R' varint(id) key) starts with.
@@ -55,7 +55,8 @@ extension Store {
         guard try getMeta(engine, metaCounted) == nil else { return }
         try engine.transaction { (_) throws(MasqError) in
             var counts: [UInt32: UInt64] = [:]
-            try engine.scan(from: [RecordFormat.record], to: [RecordFormat.record + 1]) { (key, _) throws(MasqError) -> Bool in
+            try engine.scan(from: [RecordFormat.record], to: [RecordFormat.record + 1]) {
+                (key, _) throws(MasqError) -> Bool in
                 var reader = ByteReader(UnsafeRawBufferPointer(rebasing: key[1...]))
                 counts[UInt32(truncatingIfNeeded: try reader.varint()), default: 0] += 1
                 return true
@@ -76,7 +77,9 @@ extension Store {
             return true
         }
         guard found == stored else {
-            throw .corrupt("namespace \(name) holds \(found) records where \(stored) were written: the store is damaged (run `masq check`)")
+            throw .corrupt(
+                "namespace \(name) holds \(found) records where \(stored) were written: the store is damaged (run `masq check`)"
+            )
         }
     }
 
@@ -85,7 +88,9 @@ extension Store {
     /// write, or damage — the namespace is counted again under one lock).
     func verifyListing(_ ns: NamespaceName, visited: UInt64) throws(MasqError) {
         try lock.withLock { () throws(MasqError) in
-            guard let id = try existingNamespaceID(ns), let stored = try storedCount(id), stored != visited else { return }
+            guard let id = try existingNamespaceID(ns), let stored = try storedCount(id), stored != visited else {
+                return
+            }
             try verifyCountLocked(id, name: ns.string)
         }
     }
@@ -113,7 +118,8 @@ extension Store {
             var counts: [UInt32: UInt64] = [:]
             var ids: [UInt32: String] = [:]
             do throws(MasqError) {
-                try engine.scan(from: [RecordFormat.namespaceByID], to: [RecordFormat.namespaceByID + 1]) { (key, value) throws(MasqError) -> Bool in
+                try engine.scan(from: [RecordFormat.namespaceByID], to: [RecordFormat.namespaceByID + 1]) {
+                    (key, value) throws(MasqError) -> Bool in
                     guard key.count == 5 else { problem("a malformed namespace entry"); return true }
                     let id = UInt32(bigEndianBytes: Array(key)[1..<5])
                     do throws(MasqError) {
@@ -121,7 +127,8 @@ extension Store {
                     } catch { problem("namespace \(id): \(error.message)") }
                     return true
                 }
-                try engine.scan(from: [RecordFormat.record], to: [RecordFormat.record + 1]) { (key, record) throws(MasqError) -> Bool in
+                try engine.scan(from: [RecordFormat.record], to: [RecordFormat.record + 1]) {
+                    (key, record) throws(MasqError) -> Bool in
                     var reader = ByteReader(UnsafeRawBufferPointer(rebasing: key[1...]))
                     let id = UInt32(truncatingIfNeeded: (try? reader.varint()) ?? 0)
                     counts[id, default: 0] += 1
@@ -130,22 +137,33 @@ extension Store {
                         let header = try RecordHeader.read(record, key: key)
                         if !header.checksummed { report.unchecksummed += 1 }
                         if let box, !header.tombstone && !header.counter { _ = try openValue(box, key, record, header) }
-                        if header.counter && !header.tombstone { _ = try Counter(decoding: try readRecord(key)?.1 ?? []) }
+                        if header.counter && !header.tombstone {
+                            _ = try Counter(decoding: try readRecord(key)?.1 ?? [])
+                        }
                     } catch {
-                        problem("namespace \(ids[id] ?? "#\(id)"), key \(Hex.encode(Array(Array(key[(1 + varintSize(UInt64(id)))...]).prefix(32)))): \(error.message)")
+                        problem(
+                            "namespace \(ids[id] ?? "#\(id)"), key \(Hex.encode(Array(Array(key[(1 + varintSize(UInt64(id)))...]).prefix(32)))): \(error.message)"
+                        )
                     }
                     return true
                 }
                 for (id, name) in ids.sorted(by: { $0.key < $1.key }) {
                     report.namespaces += 1
                     if let stored = try storedCount(id), stored != counts[id] ?? 0 {
-                        problem("namespace \(name) holds \(counts[id] ?? 0) records where \(stored) were written: records are missing")
+                        problem(
+                            "namespace \(name) holds \(counts[id] ?? 0) records where \(stored) were written: records are missing"
+                        )
                     }
                 }
-                try engine.scan(from: [RecordFormat.log], to: [RecordFormat.log + 1]) { (key, value) throws(MasqError) -> Bool in
+                try engine.scan(from: [RecordFormat.log], to: [RecordFormat.log + 1]) {
+                    (key, value) throws(MasqError) -> Bool in
                     report.logEntries += 1
-                    if key.count != 17 { problem("a malformed change-log key") } else if (try? LogEntryWriter.decodeWithTimestamp(value)) == nil {
-                        problem("the change-log entry of commit \(key.loadBigEndian(at: 9)) of replica \(Hex.encode(Array(Array(key)[1..<9]))) is malformed")
+                    if key.count != 17 {
+                        problem("a malformed change-log key")
+                    } else if (try? LogEntryWriter.decodeWithTimestamp(value)) == nil {
+                        problem(
+                            "the change-log entry of commit \(key.loadBigEndian(at: 9)) of replica \(Hex.encode(Array(Array(key)[1..<9]))) is malformed"
+                        )
                     }
                     return true
                 }
@@ -162,7 +180,8 @@ extension Store {
 
     /// Whether this store asked its peers for a whole copy (after a repair).
     public var wantsSnapshot: Bool {
-        (try? lock.withLock { () throws(MasqError) -> Bool in try Store.getMeta(engine, Store.metaWantsSnapshot) != nil }) ?? false
+        (try? lock.withLock { () throws(MasqError) -> Bool in try Store.getMeta(engine, Store.metaWantsSnapshot) != nil
+        }) ?? false
     }
 
     /// Remove the damaged records (failing their checksum or unreadable), set
@@ -177,7 +196,8 @@ extension Store {
             let removed = try engine.transaction { (_) throws(MasqError) -> Int in
                 var damaged: [[UInt8]] = []
                 var counts: [UInt32: UInt64] = [:]
-                try engine.scan(from: [RecordFormat.record], to: [RecordFormat.record + 1]) { (key, record) throws(MasqError) -> Bool in
+                try engine.scan(from: [RecordFormat.record], to: [RecordFormat.record + 1]) {
+                    (key, record) throws(MasqError) -> Bool in
                     let id = Store.namespaceID(ofRecordKey: Array(key))
                     do throws(MasqError) {
                         let header = try RecordHeader.read(record, key: key)
@@ -190,7 +210,8 @@ extension Store {
                 }
                 for key in damaged { try key.withBytes { (k) throws(MasqError) in try engine.delete(k) } }
                 var ids: [UInt32] = []
-                try engine.scan(from: [RecordFormat.namespaceByID], to: [RecordFormat.namespaceByID + 1]) { (key, _) throws(MasqError) -> Bool in
+                try engine.scan(from: [RecordFormat.namespaceByID], to: [RecordFormat.namespaceByID + 1]) {
+                    (key, _) throws(MasqError) -> Bool in
                     if key.count == 5 { ids.append(UInt32(bigEndianBytes: Array(key)[1..<5])) }
                     return true
                 }
@@ -198,7 +219,8 @@ extension Store {
                 try Store.putMeta(engine, Store.metaWantsSnapshot, [1])
                 return damaged.count
             }
-            Log.warn("kernel", "removed \(removed) damaged record(s); the next sync asks paired devices for a whole copy")
+            Log.warn(
+                "kernel", "removed \(removed) damaged record(s); the next sync asks paired devices for a whole copy")
             return removed
         }
     }

@@ -24,7 +24,8 @@ extension Store {
         var records: [SyncRecord] = []
         for commit in commits {
             through[commit.origin] = max(through[commit.origin], commit.seq)
-            records += commit.records.filter { $0.namespace.utf8.elementsEqual(ns.bytes) }  // bytes, not canonical equivalence
+            // bytes, not canonical equivalence
+            records += commit.records.filter { $0.namespace.utf8.elementsEqual(ns.bytes) }
         }
         return (records, through)
     }

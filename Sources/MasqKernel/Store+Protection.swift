@@ -1,6 +1,6 @@
 import MasqCrypto
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Passphrase protection: lock, unlock, set/change/remove the passphrase.
@@ -18,7 +18,9 @@ import Glibc
 extension Store {
     static let metaSealed: [UInt8] = [RecordFormat.meta] + Array("sealed".utf8)
     /// Families of secret entries sealed with their key as associated data.
-    static let secretFamilies: [UInt8] = [RecordFormat.device, RecordFormat.session, RecordFormat.pairing, RecordFormat.share]
+    static let secretFamilies: [UInt8] = [
+        RecordFormat.device, RecordFormat.session, RecordFormat.pairing, RecordFormat.share
+    ]
 
     public var isProtected: Bool { lock.withLock { if case .none = protection { false } else { true } } }
     public var isLocked: Bool { lock.withLock { if case .locked = protection { true } else { false } } }
@@ -32,14 +34,16 @@ extension Store {
         let sealed = try dataSealed()
         if FileSystem.exists(pendingKeyringPath) {
             if sealed {
-                guard rename(pendingKeyringPath, keyringPath) == 0 else { throw MasqError(.io, "cannot finish protecting the store: \(FileSystem.errnoText())") }
+                guard rename(pendingKeyringPath, keyringPath) == 0 else {
+                    throw MasqError(.io, "cannot finish protecting the store: \(FileSystem.errnoText())")
+                }
             } else {
                 unlink(pendingKeyringPath)
             }
         }
         let keyring = try KeyRing.load(config.dataDir)
         if keyring != nil && !sealed {
-            unlink(keyringPath)    // an interrupted removal of the passphrase
+            unlink(keyringPath)  // an interrupted removal of the passphrase
             return try openProtection(passphrase: passphrase)
         }
         if let keyring {
@@ -73,7 +77,7 @@ extension Store {
                 Log.info("kernel", "store unlocked")
             }
         }
-        try finishRestoreIfNeeded()   // Store+Backup.swift
+        try finishRestoreIfNeeded()  // Store+Backup.swift
     }
 
     /// Forget the keys in memory; data calls fail until unlock. No-op when unprotected.
@@ -104,7 +108,8 @@ extension Store {
                 guard let old else { throw MasqError(.denied, "the current passphrase is required") }
                 let master = try keyring.unwrap(old)
                 if let new {
-                    let rewrapped = try KeyRing(master: master, passphrase: new, algorithm: keyring.algorithm, logN: keyring.logN)
+                    let rewrapped = try KeyRing(
+                        master: master, passphrase: new, algorithm: keyring.algorithm, logN: keyring.logN)
                     try rewrapped.save(config.dataDir)
                     protection = .unlocked(rewrapped, box)
                     Log.info("kernel", "passphrase changed")
@@ -128,12 +133,21 @@ extension Store {
         let box = try SecretBox(master: master, algorithm: algorithm)
         try FileSystem.writeFile(pendingKeyringPath, keyring.encoded, mode: 0o600)
         try migrate(from: nil, to: box)
-        try engine.compact()   // no copy of the clear data may linger in free pages or the WAL
-        guard rename(pendingKeyringPath, keyringPath) == 0 else { throw MasqError(.io, "cannot install the keyring: \(FileSystem.errnoText())") }
+        try engine.compact()  // no copy of the clear data may linger in free pages or the WAL
+        guard rename(pendingKeyringPath, keyringPath) == 0 else {
+            throw MasqError(.io, "cannot install the keyring: \(FileSystem.errnoText())")
+        }
         protection = .unlocked(keyring, box)
         namespaceIDs = [:]
-        if let identity { try identity.save(config.dataDir, box: box) } else { identity = try loadOrCreateIdentity(box: box) }
-        Log.info("kernel", "store protected with a passphrase (scrypt N=2^\(keyring.logN), \(algorithm == .aesGCM ? "AES-256-GCM" : "ChaCha20-Poly1305"))")
+        if let identity {
+            try identity.save(config.dataDir, box: box)
+        } else {
+            identity = try loadOrCreateIdentity(box: box)
+        }
+        Log.info(
+            "kernel",
+            "store protected with a passphrase (scrypt N=2^\(keyring.logN), \(algorithm == .aesGCM ? "AES-256-GCM" : "ChaCha20-Poly1305"))"
+        )
     }
 
     func dataSealed() throws(MasqError) -> Bool {
@@ -150,7 +164,9 @@ extension Store {
         }
         let fresh = DeviceIdentity.generate()
         if try fresh.create(config.dataDir, box: box) { return fresh }
-        guard let (existing, _) = try DeviceIdentity.load(config.dataDir, box: box) else { throw .corrupt("identity file vanished") }
+        guard let (existing, _) = try DeviceIdentity.load(config.dataDir, box: box) else {
+            throw .corrupt("identity file vanished")
+        }
         return existing
     }
 
@@ -160,7 +176,8 @@ extension Store {
         try engine.transaction { (_) throws(MasqError) in
             // Namespace names: 'n' id -> name, 'N' lookup key -> id.
             var names: [(id: UInt32, name: [UInt8])] = []
-            try engine.scan(from: [RecordFormat.namespaceByID], to: [RecordFormat.namespaceByID + 1]) { (key, value) throws(MasqError) -> Bool in
+            try engine.scan(from: [RecordFormat.namespaceByID], to: [RecordFormat.namespaceByID + 1]) {
+                (key, value) throws(MasqError) -> Bool in
                 guard key.count == 5 else { throw .corrupt("malformed namespace entry") }
                 let id = UInt32(bigEndianBytes: Array(key)[1..<5])
                 names.append((id, try from.map { (b) throws(MasqError) in try b.open(value, ad: key) } ?? Array(value)))
@@ -169,7 +186,8 @@ extension Store {
             try engine.deleteRange(from: [RecordFormat.namespaceByName], to: [RecordFormat.namespaceByName + 1])
             for (id, name) in names {
                 let nameKey = RecordFormat.namespaceIDKey(id)
-                try Store.putMeta(engine, nameKey, try to.map { (b) throws(MasqError) in try b.seal(name, ad: nameKey) } ?? name)
+                try Store.putMeta(
+                    engine, nameKey, try to.map { (b) throws(MasqError) in try b.seal(name, ad: nameKey) } ?? name)
                 var idBytes: [UInt8] = []
                 idBytes.appendVarint(UInt64(id))
                 try Store.putMeta(engine, [RecordFormat.namespaceByName] + (to?.nameTag(name) ?? name), idBytes)
@@ -178,24 +196,35 @@ extension Store {
             try rewrite(family: RecordFormat.record) { (key, record) throws(MasqError) -> [UInt8]? in
                 let old = try RecordHeader.read(record, key: key)
                 if old.tombstone && old.checksummed { return nil }
-                let value = old.tombstone ? [] : try from.map { (b) throws(MasqError) in try openValue(b, key, record, old) } ?? Array(RecordHeader.value(in: record, header: old))
+                let value =
+                    old.tombstone
+                    ? []
+                    : try from.map { (b) throws(MasqError) in try openValue(b, key, record, old) }
+                        ?? Array(RecordHeader.value(in: record, header: old))
                 // Re-encoded with a checksum trailer (records of older versions gain one).
                 var header = old
                 header.checksummed = true
                 let stored = old.tombstone ? 0 : value.count + (to == nil ? 0 : SecretBox.overhead)
                 var out = [UInt8](repeating: 0, count: header.size + stored + RecordHeader.trailer)
-                try out.withUnsafeMutableBytes { o in value.withUnsafeBytes { v in Result { () throws(MasqError) in
-                    let offset = header.write(to: o)
-                    let rest = UnsafeMutableRawBufferPointer(rebasing: o[offset..<(o.count - RecordHeader.trailer)])
-                    if let to, !old.tombstone {
-                        try withValueAD(key, UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(o)[0..<offset])) { (ad) throws(MasqError) in
-                            try to.seal(v, ad: ad, into: rest)
+                try out.withUnsafeMutableBytes { o in
+                    value.withUnsafeBytes { v in
+                        Result { () throws(MasqError) in
+                            let offset = header.write(to: o)
+                            let rest = UnsafeMutableRawBufferPointer(
+                                rebasing: o[offset..<(o.count - RecordHeader.trailer)])
+                            if let to, !old.tombstone {
+                                try withValueAD(
+                                    key, UnsafeRawBufferPointer(rebasing: UnsafeRawBufferPointer(o)[0..<offset])
+                                ) { (ad) throws(MasqError) in
+                                    try to.seal(v, ad: ad, into: rest)
+                                }
+                            } else if v.count > 0 {
+                                rest.copyMemory(from: v)
+                            }
+                            RecordHeader.seal(o, key: key)
                         }
-                    } else if v.count > 0 {
-                        rest.copyMemory(from: v)
                     }
-                    RecordHeader.seal(o, key: key)
-                } } }.get()
+                }.get()
                 return out
             }
             // Devices, sessions, pairing secrets.
@@ -210,7 +239,9 @@ extension Store {
             // The group room (a sealed 'M' entry).
             if let room = try Store.getMeta(engine, Store.metaGroupRoom) {
                 let plain = try from.map { (b) throws(MasqError) in try b.open(room, ad: Store.metaGroupRoom) } ?? room
-                try Store.putMeta(engine, Store.metaGroupRoom, try to.map { (b) throws(MasqError) in try b.seal(plain, ad: Store.metaGroupRoom) } ?? plain)
+                try Store.putMeta(
+                    engine, Store.metaGroupRoom,
+                    try to.map { (b) throws(MasqError) in try b.seal(plain, ad: Store.metaGroupRoom) } ?? plain)
             }
             try Store.putMeta(engine, Store.metaSealed, [to == nil ? 0 : 1])
         }
@@ -218,7 +249,9 @@ extension Store {
 
     /// Rewrite each entry of a key family with `transform` (nil: leave as is),
     /// reading in chunks so memory stays bounded.
-    private func rewrite(family: UInt8, _ transform: (UnsafeRawBufferPointer, UnsafeRawBufferPointer) throws(MasqError) -> [UInt8]?) throws(MasqError) {
+    private func rewrite(
+        family: UInt8, _ transform: (UnsafeRawBufferPointer, UnsafeRawBufferPointer) throws(MasqError) -> [UInt8]?
+    ) throws(MasqError) {
         var cursor: [UInt8] = [family]
         while true {
             var batch: [([UInt8], [UInt8])] = []

@@ -1,6 +1,6 @@
 import MasqCrypto
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Rebuilding a damaged store (issue 21.3): removing damaged records in place
@@ -38,17 +38,23 @@ extension Store {
     /// any process (stop `masq sync` and masqd first): its data directory is
     /// renamed aside and replaced.
     public static func rebuild(config: MasqConfig) throws(MasqError) -> RebuildReport {
-        let plugin = try PluginLoader.load(config.storage, kind: .storage, searchPath: PluginLoader.searchPath(config: config))
+        let plugin = try PluginLoader.load(
+            config.storage, kind: .storage, searchPath: PluginLoader.searchPath(config: config))
         var options = config.storage.options.filter { $0.key != "data_dir" }
         options.append(("data_dir", config.dataDir))
         let old = try StoragePluginInstance(plugin: plugin, options: options)
         defer { old.close() }
-        guard old.isPersistent else { throw MasqError(.unsupported, "the storage plugin '\(plugin.name)' keeps nothing on disk: nothing to rebuild") }
+        guard old.isPersistent else {
+            throw MasqError(
+                .unsupported, "the storage plugin '\(plugin.name)' keeps nothing on disk: nothing to rebuild")
+        }
 
         let parent = FileSystem.directoryName(config.dataDir)
         let name = FileSystem.baseName(config.dataDir)
         let fresh = parent + "/." + name + ".rebuilding-\(getpid())-\(String(SecureRandom.uint64(), radix: 16))"
-        guard mkdir(fresh, 0o700) == 0 else { throw MasqError(.io, "cannot create \(fresh): \(FileSystem.errnoText())") }
+        guard mkdir(fresh, 0o700) == 0 else {
+            throw MasqError(.io, "cannot create \(fresh): \(FileSystem.errnoText())")
+        }
         var report = RebuildReport()
         do throws(MasqError) {
             var freshOptions = config.storage.options.filter { $0.key != "data_dir" }
@@ -64,10 +70,12 @@ extension Store {
             new.close()
             // The files beside the engine's (identity, keyring) go along.
             let engineFiles = Set(FileSystem.listDirectory(fresh))
-            for file in FileSystem.listDirectory(config.dataDir) where !engineFiles.contains(where: { file.hasPrefix($0) }) {
+            for file in FileSystem.listDirectory(config.dataDir)
+            where !engineFiles.contains(where: { file.hasPrefix($0) }) {
                 let path = config.dataDir + "/" + file
                 guard !FileSystem.isDirectory(path) else { continue }
-                try FileSystem.writeFile(fresh + "/" + file, try FileSystem.readFile(path, limit: 64 << 20), mode: 0o600)
+                try FileSystem.writeFile(
+                    fresh + "/" + file, try FileSystem.readFile(path, limit: 64 << 20), mode: 0o600)
             }
         } catch {
             FileSystem.removeTree(fresh)
@@ -83,9 +91,13 @@ extension Store {
         guard rename(fresh, config.dataDir) == 0 else {
             let why = FileSystem.errnoText()
             _ = rename(report.damagedCopy, config.dataDir)
-            throw MasqError(.io, "cannot move the rebuilt store into place: \(why); the damaged one is back where it was")
+            throw MasqError(
+                .io, "cannot move the rebuilt store into place: \(why); the damaged one is back where it was")
         }
-        Log.warn("kernel", "rebuilt the store: kept \(report.kept) entries, dropped \(report.dropped) damaged, \(report.unreadable) unreadable place(s) skipped; the damaged copy is in \(report.damagedCopy)")
+        Log.warn(
+            "kernel",
+            "rebuilt the store: kept \(report.kept) entries, dropped \(report.dropped) damaged, \(report.unreadable) unreadable place(s) skipped; the damaged copy is in \(report.damagedCopy)"
+        )
         return report
     }
 
@@ -140,7 +152,9 @@ extension Store {
     /// The entries of a pairing copy file (nil when absent or damaged).
     static func readPairingCopy(_ directory: String) -> [([UInt8], [UInt8])]? {
         guard let file = try? FileSystem.readFile(directory + "/" + pairingCopyFile, limit: 16 << 20),
-              file.count >= pairingCopyMagic.count + 4 + 32, Array(file.prefix(pairingCopyMagic.count)) == pairingCopyMagic else { return nil }
+            file.count >= pairingCopyMagic.count + 4 + 32,
+            Array(file.prefix(pairingCopyMagic.count)) == pairingCopyMagic
+        else { return nil }
         let body = Array(file[pairingCopyMagic.count..<(file.count - 32)])
         guard Hash.sha256(body) == Array(file.suffix(32)) else { return nil }
         var at = 0
@@ -168,8 +182,10 @@ extension Store {
     /// then what the pairing copy holds and the store lost, the recomputed
     /// counts, a new replica id when the old one (or its clock) was lost, and
     /// the request for a whole copy.
-    private static func copyVerified(from old: StoragePluginInstance, to new: StoragePluginInstance, pairing: [([UInt8], [UInt8])]?,
-                                     _ report: inout RebuildReport) throws(MasqError) {
+    private static func copyVerified(
+        from old: StoragePluginInstance, to new: StoragePluginInstance, pairing: [([UInt8], [UInt8])]?,
+        _ report: inout RebuildReport
+    ) throws(MasqError) {
         var counts: [UInt32: UInt64] = [:]
         var latest: UInt64 = 0
         var pending = 0
@@ -233,12 +249,15 @@ extension Store {
     /// Whether an entry read back from a damaged store is sound: a record
     /// passes its CRC-32 (over its key too), a change-log entry decodes;
     /// stored counts are dropped (recounted). Counts the records kept.
-    static func verifiedEntry(_ key: [UInt8], _ value: UnsafeRawBufferPointer, _ counts: inout [UInt32: UInt64],
-                              latest: inout UInt64) -> Bool {
+    static func verifiedEntry(
+        _ key: [UInt8], _ value: UnsafeRawBufferPointer, _ counts: inout [UInt32: UInt64],
+        latest: inout UInt64
+    ) -> Bool {
         guard let family = key.first else { return false }
         switch family {
         case RecordFormat.record:
-            guard let header = try? key.withBytes({ (k) throws(MasqError) in try RecordHeader.read(value, key: k) }) else { return false }
+            guard let header = try? key.withBytes({ (k) throws(MasqError) in try RecordHeader.read(value, key: k) })
+            else { return false }
             counts[namespaceID(ofRecordKey: key), default: 0] += 1
             latest = max(latest, header.version.timestamp)
             return true
@@ -257,7 +276,9 @@ extension Store {
     static func skipPast(_ position: [UInt8], after cursor: [UInt8]) -> [UInt8]? {
         var length = position.count
         while length > 0 {
-            if let next = RecordFormat.successor(ofPrefix: Array(position.prefix(length))), cursor.lexicographicallyPrecedes(next) {
+            if let next = RecordFormat.successor(ofPrefix: Array(position.prefix(length))),
+                cursor.lexicographicallyPrecedes(next)
+            {
                 return next
             }
             length -= 1

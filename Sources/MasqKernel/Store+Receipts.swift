@@ -1,6 +1,6 @@
 import MasqCrypto
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Write receipts: a write an application retries with the same request id
@@ -9,7 +9,7 @@ import Glibc
 /// and "remembered" cannot part, whatever crash comes between them; receipts
 /// are local (never synced) and forgotten after `receiptLifetime`.
 extension Store {
-    static let receiptFamily: UInt8 = 0x57   // 'W' SHA-256(receipt)[0..<16] -> u64 Unix ms
+    static let receiptFamily: UInt8 = 0x57  // 'W' SHA-256(receipt)[0..<16] -> u64 Unix ms
     /// How long a retry is recognised (a client retries within seconds or minutes).
     public static let receiptLifetime: UInt64 = 24 * 3_600_000
     /// Receipts older than the lifetime are removed every this many new ones.
@@ -24,8 +24,13 @@ extension Store {
     public func applyOnce(receipt: [UInt8], _ body: () throws(MasqError) -> Void) throws(MasqError) -> Bool {
         let key = [Store.receiptFamily] + Array(Hash.sha256(receipt).prefix(16))
         return try receipts.lock.withLock { () throws(MasqError) -> Bool in
-            if let at = try lock.withLock({ () throws(MasqError) -> [UInt8]? in try ensureUsable(); return try Store.getMeta(engine, key) }),
-               at.count == 8, Store.receiptIsFresh(at.withUnsafeBytes { $0.loadBigEndian(at: 0) as UInt64 }, now: Clock.unixMilliseconds()) {
+            if let at = try lock.withLock({ () throws(MasqError) -> [UInt8]? in
+                try ensureUsable(); return try Store.getMeta(engine, key)
+            }),
+                at.count == 8,
+                Store.receiptIsFresh(
+                    at.withUnsafeBytes { $0.loadBigEndian(at: 0) as UInt64 }, now: Clock.unixMilliseconds())
+            {
                 return false
             }
             receipts.pending = (pthread_self(), key)
@@ -33,7 +38,9 @@ extension Store {
             try body()
             if receipts.pending != nil {
                 // The body made no commit at all (it failed before one, or wrote through another path): record it alone.
-                try localTransaction { () throws(MasqError) in try Store.putMeta(engine, key, bigEndianBytes(Clock.unixMilliseconds())) }
+                try localTransaction { () throws(MasqError) in
+                    try Store.putMeta(engine, key, bigEndianBytes(Clock.unixMilliseconds()))
+                }
             }
             return true
         }
@@ -55,7 +62,8 @@ extension Store {
         if receipts.written % Store.receiptSweepEvery == 0 {
             let now = Clock.unixMilliseconds()
             var expired: [[UInt8]] = []
-            try engine.scan(from: [Store.receiptFamily], to: [Store.receiptFamily + 1]) { (k, v) throws(MasqError) -> Bool in
+            try engine.scan(from: [Store.receiptFamily], to: [Store.receiptFamily + 1]) {
+                (k, v) throws(MasqError) -> Bool in
                 if v.count != 8 || !Store.receiptIsFresh(v.loadBigEndian(at: 0), now: now) { expired.append(Array(k)) }
                 return expired.count < 10_000
             }

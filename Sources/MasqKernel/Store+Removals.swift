@@ -1,6 +1,6 @@
 import MasqCrypto
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A device removed from the group: who removed it and when. Removals travel
@@ -54,20 +54,23 @@ public struct DeviceRemoval: Sendable, Equatable {
 /// (then pair them again): it can never read what is written after its own
 /// removal by a device that knows of it.
 extension Store {
-    static let removalFamily: UInt8 = 0x58   // 'X' removed device id -> DeviceRemoval (sealed when protected)
+    static let removalFamily: UInt8 = 0x58  // 'X' removed device id -> DeviceRemoval (sealed when protected)
 
     /// Removals this store knows (its own and those it learned).
     public func removals() throws(MasqError) -> [DeviceRemoval] {
         try lock.withLock { () throws(MasqError) -> [DeviceRemoval] in
             try ensureUsable()
             var keys: [[UInt8]] = []
-            try engine.scan(from: [Store.removalFamily], to: [Store.removalFamily + 1]) { (key, _) throws(MasqError) -> Bool in
+            try engine.scan(from: [Store.removalFamily], to: [Store.removalFamily + 1]) {
+                (key, _) throws(MasqError) -> Bool in
                 keys.append(Array(key))
                 return true
             }
             var out: [DeviceRemoval] = []
             for key in keys {
-                if let bytes = try getSecret(key), let removal = try? DeviceRemoval(decoding: bytes[...]) { out.append(removal) }
+                if let bytes = try getSecret(key), let removal = try? DeviceRemoval(decoding: bytes[...]) {
+                    out.append(removal)
+                }
             }
             return out
         }
@@ -79,7 +82,11 @@ extension Store {
     /// Record a removal this device made (inside removeDevice's transaction).
     func recordRemovalLocked(_ removal: DeviceRemoval) throws(MasqError) {
         let key = [Store.removalFamily] + Array(removal.removed.utf8)
-        if let existing = try getSecret(key), let old = try? DeviceRemoval(decoding: existing[...]), old.at >= removal.at { return }
+        if let existing = try getSecret(key), let old = try? DeviceRemoval(decoding: existing[...]),
+            old.at >= removal.at
+        {
+            return
+        }
         try Store.putMeta(engine, key, try sealSecret(key, removal.encoded))
     }
 
@@ -91,7 +98,9 @@ extension Store {
         guard removal.removed != me, removal.removed != sender else { return false }
         let changed = try localTransaction { () throws(MasqError) -> Bool in
             let recordKey = [Store.removalFamily] + Array(removal.removed.utf8)
-            if let existing = try getSecret(recordKey), let old = try? DeviceRemoval(decoding: existing[...]), old.at >= removal.at {
+            if let existing = try getSecret(recordKey), let old = try? DeviceRemoval(decoding: existing[...]),
+                old.at >= removal.at
+            {
                 return false
             }
             let deviceKey = [RecordFormat.device] + Array(removal.removed.utf8)
@@ -106,7 +115,9 @@ extension Store {
         }
         if changed {
             removalChanges.withLock { $0 += 1 }
-            Log.info("kernel", "device \(removal.removed) was removed from the group by \(removal.remover) (reported by \(sender))")
+            Log.info(
+                "kernel",
+                "device \(removal.removed) was removed from the group by \(removal.remover) (reported by \(sender))")
         }
         return changed
     }
@@ -116,7 +127,8 @@ extension Store {
         try ([RecordFormat.device] + Array(deviceID.utf8)).withBytes { (k) throws(MasqError) in try engine.delete(k) }
         try ([RecordFormat.session] + Array(deviceID.utf8)).withBytes { (k) throws(MasqError) in try engine.delete(k) }
         try ([Store.renewalFamily] + Array(deviceID.utf8)).withBytes { (k) throws(MasqError) in try engine.delete(k) }
-        try ([Store.renewalFamily, 0] + Array(deviceID.utf8)).withBytes { (k) throws(MasqError) in try engine.delete(k) }
+        try ([Store.renewalFamily, 0] + Array(deviceID.utf8)).withBytes { (k) throws(MasqError) in try engine.delete(k)
+        }
         freshSessions.withLock { _ = $0.remove(deviceID) }
     }
 }

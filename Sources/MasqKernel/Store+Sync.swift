@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 import MasqCrypto
 
@@ -31,7 +31,7 @@ extension RecordHeader: @unchecked Sendable {}
 /// counters, conflicts, acknowledgements, tombstone collection, snapshots.
 extension Store {
     static let metaGC: [UInt8] = [RecordFormat.meta] + Array("gc".utf8)
-    static let ackFamily: UInt8 = 0x41   // 'A' device id -> the version vector it acknowledged
+    static let ackFamily: UInt8 = 0x41  // 'A' device id -> the version vector it acknowledged
     /// Clock skew beyond which a remote timestamp is refused, not trusted.
     public static let defaultClockBound: UInt64 = 5 * 60 * 1000
 
@@ -90,8 +90,11 @@ extension Store {
     func currentVector() throws(MasqError) -> VersionVector {
         try refreshIdentityLocked()
         var vv = VersionVector()
-        try engine.scan(from: [RecordFormat.vector], to: [RecordFormat.vector + 1]) { (key, value) throws(MasqError) -> Bool in
-            guard key.count == 9, value.count == 8 || value.count == 16 else { throw .corrupt("malformed version-vector entry") }
+        try engine.scan(from: [RecordFormat.vector], to: [RecordFormat.vector + 1]) {
+            (key, value) throws(MasqError) -> Bool in
+            guard key.count == 9, value.count == 8 || value.count == 16 else {
+                throw .corrupt("malformed version-vector entry")
+            }
             vv[key.loadBigEndian(at: 1)] = value.loadBigEndian(at: 0)
             return true
         }
@@ -113,12 +116,14 @@ extension Store {
             let key = [Store.ackFamily] + Array(device.utf8)
             var stored = VersionVector()
             if let old = try Store.getMeta(engine, key) {
-                stored = try old.withBytes { (raw) throws(MasqError) in var r = ByteReader(raw); return try VersionVector.decode(&r) }
+                stored = try old.withBytes { (raw) throws(MasqError) in
+                    var r = ByteReader(raw); return try VersionVector.decode(&r)
+                }
             }
             stored.merge(vv)
             var bytes: [UInt8] = []
             stored.encode(into: &bytes)
-            bytes.appendBigEndian(Clock.unixMilliseconds())   // when: for `masq status`
+            bytes.appendBigEndian(Clock.unixMilliseconds())  // when: for `masq status`
             try Store.putMeta(engine, key, bytes)
         }
     }
@@ -132,8 +137,10 @@ extension Store {
     /// `keeping`: the namespaces the peer keeps (records of others are left
     /// out; each commit still goes, so the peer's vector advances).
     /// `onlyOrigin`: send only that replica's commits (a filtered device relays only its own).
-    public func exportCommits(after peer: VersionVector, maxCommits: Int = 1_000, maxBytes: Int = 1 << 20,
-                              holdBack: Set<UInt64> = [], keeping: NamespaceFilter? = nil, onlyOrigin: UInt64? = nil) throws(MasqError) -> [SyncCommit]? {
+    public func exportCommits(
+        after peer: VersionVector, maxCommits: Int = 1_000, maxBytes: Int = 1 << 20,
+        holdBack: Set<UInt64> = [], keeping: NamespaceFilter? = nil, onlyOrigin: UInt64? = nil
+    ) throws(MasqError) -> [SyncCommit]? {
         try lock.withLock { () throws(MasqError) -> [SyncCommit]? in
             try ensureUsable()
             var mine = try currentVector()
@@ -150,7 +157,9 @@ extension Store {
                     guard out.count < maxCommits && bytes < maxBytes else { return out }
                     var commit = try exportCommit(origin: origin, seq: seq, names: &namespaceNames)
                     if let keeping, !keeping.keepsAll { commit.records.removeAll { !keeping.keeps($0.namespace) } }
-                    let size = commit.records.reduce(32) { $0 + $1.key.count + $1.value.count + $1.namespace.utf8.count + 48 }
+                    let size = commit.records.reduce(32) {
+                        $0 + $1.key.count + $1.value.count + $1.namespace.utf8.count + 48
+                    }
                     // A batch never grows past maxBytes (a single larger commit goes alone).
                     if !out.isEmpty && bytes + size > maxBytes { return out }
                     bytes += size
@@ -162,17 +171,23 @@ extension Store {
         }
     }
 
-    private func exportCommit(origin: UInt64, seq: UInt64, names: inout [UInt32: String]) throws(MasqError) -> SyncCommit {
+    private func exportCommit(origin: UInt64, seq: UInt64, names: inout [UInt32: String]) throws(MasqError)
+        -> SyncCommit
+    {
         let logKey = RecordFormat.logKey(replica: origin, seq: seq)
-        guard let entry = try logKey.withBytes({ (k) throws(MasqError) in
-            try engine.get(k) { (raw) throws(MasqError) in try LogEntryWriter.decodeWithTimestamp(raw) }
-        }) else {
+        guard
+            let entry = try logKey.withBytes({ (k) throws(MasqError) in
+                try engine.get(k) { (raw) throws(MasqError) in try LogEntryWriter.decodeWithTimestamp(raw) }
+            })
+        else {
             throw .corrupt("change log lacks commit \(seq) of replica \(String(origin, radix: 16))")
         }
         var records: [SyncRecord] = []
         for item in entry.keys {
             let name: String
-            if let cached = names[item.namespaceID] { name = cached } else {
+            if let cached = names[item.namespaceID] {
+                name = cached
+            } else {
                 name = try namespaceNameLocked(id: item.namespaceID)
                 names[item.namespaceID] = name
             }
@@ -181,7 +196,8 @@ extension Store {
             }
             // Only what this commit still holds: newer writes travel in their own commits.
             // A counter's state joins every commit that touched it, so it travels with each.
-            guard let (header, value) = found, header.counter || (header.version.replica == origin && header.seq == seq) else { continue }
+            guard let (header, value) = found, header.counter || (header.version.replica == origin && header.seq == seq)
+            else { continue }
             records.append(SyncRecord(namespace: name, key: item.key, header: header, value: value))
         }
         return SyncCommit(origin: origin, seq: seq, timestamp: entry.timestamp, records: records)
@@ -204,51 +220,77 @@ extension Store {
     /// greatest (timestamp, replica) wins; counters merge; a concurrent
     /// overwrite is reported to watchers as a conflict with both values.
     /// Commits must arrive in order per origin (a later one is a .gap).
-    public func applyRemote(_ commit: SyncCommit, clockBound: UInt64 = Store.defaultClockBound) throws(MasqError) -> ApplyResult {
+    public func applyRemote(_ commit: SyncCommit, clockBound: UInt64 = Store.defaultClockBound) throws(MasqError)
+        -> ApplyResult
+    {
         guard commit.origin != 0, commit.seq > 0 else { throw .invalid("commit without origin or sequence number") }
-        if let ahead = Store.futureSkew([commit.timestamp] + commit.records.map(\.header.version.timestamp), bound: clockBound) {
-            throw MasqError(.invalid, "commit \(commit.seq) of replica \(String(commit.origin, radix: 16)) is timestamped \(ahead) ms in the future (bound: \(clockBound) ms); refused until the clocks agree")
+        if let ahead = Store.futureSkew(
+            [commit.timestamp] + commit.records.map(\.header.version.timestamp), bound: clockBound)
+        {
+            throw MasqError(
+                .invalid,
+                "commit \(commit.seq) of replica \(String(commit.origin, radix: 16)) is timestamped \(ahead) ms in the future (bound: \(clockBound) ms); refused until the clocks agree"
+            )
         }
-        for record in commit.records where !record.header.counter && (record.header.version.replica != commit.origin || record.header.seq != commit.seq) {
+        for record in commit.records
+        where !record.header.counter
+            && (record.header.version.replica != commit.origin || record.header.seq != commit.seq)
+        {
             throw .invalid("a record of commit \(commit.seq) claims another commit")
         }
         return try lock.withLock { () throws(MasqError) -> ApplyResult in
             try ensureUsable()
             do throws(MasqError) {
-                let (result, pending, changes) = try engine.transaction { (keep) throws(MasqError) -> (ApplyResult, [[UInt8]: UInt32], [Change]) in
-                try refreshIdentityLocked()
-                let applied = commit.origin == replicaID ? try Store.readClock(engine).seq : try vectorEntry(commit.origin)
-                if commit.seq <= applied { keep = false; return (.duplicate, [:], []) }
-                if commit.seq > applied + 1 { keep = false; return (.gap, [:], []) }
-                guard commit.origin != replicaID else { throw .corrupt("a peer holds commit \(commit.seq) of this replica, which this replica never made") }
-
-                var changes: [Change] = []
-                var log = LogEntryWriter()
-                log.timestamp = commit.timestamp
-                var pending: [[UInt8]: UInt32] = [:]
-                for record in commit.records {
-                    let ns = try NamespaceName(record.namespace, limits: limits)
-                    guard !record.key.isEmpty, record.key.count <= limits.maxKeyBytes, record.value.count <= limits.maxValueBytes + 1_024 else {
-                        throw .invalid("a synced record exceeds this store's limits")
+                let (result, pending, changes) = try engine.transaction {
+                    (keep) throws(MasqError) -> (ApplyResult, [[UInt8]: UInt32], [Change]) in
+                    try refreshIdentityLocked()
+                    let applied =
+                        commit.origin == replicaID ? try Store.readClock(engine).seq : try vectorEntry(commit.origin)
+                    if commit.seq <= applied { keep = false; return (.duplicate, [:], []) }
+                    if commit.seq > applied + 1 { keep = false; return (.gap, [:], []) }
+                    guard commit.origin != replicaID else {
+                        throw .corrupt(
+                            "a peer holds commit \(commit.seq) of this replica, which this replica never made")
                     }
-                    var staging = Commit(seq: 0, timestamp: 0, changes: nil)
-                    staging.newNamespaces = pending
-                    let id: UInt32
-                    if let existing = try existingNamespaceID(ns, commit: staging) { id = existing } else { id = try assignNamespaceID(ns, &staging) }
-                    pending = staging.newNamespaces
-                    try record.key.withBytes { (k) throws(MasqError) in
-                        log.append(namespaceID: id, key: k)
-                        try withRecordKey(id, k) { (recordKey) throws(MasqError) in
-                            if let change = try merge(record, into: recordKey, namespace: ns, id: id) { changes.append(change) }
+
+                    var changes: [Change] = []
+                    var log = LogEntryWriter()
+                    log.timestamp = commit.timestamp
+                    var pending: [[UInt8]: UInt32] = [:]
+                    for record in commit.records {
+                        let ns = try NamespaceName(record.namespace, limits: limits)
+                        guard !record.key.isEmpty, record.key.count <= limits.maxKeyBytes,
+                            record.value.count <= limits.maxValueBytes + 1_024
+                        else {
+                            throw .invalid("a synced record exceeds this store's limits")
+                        }
+                        var staging = Commit(seq: 0, timestamp: 0, changes: nil)
+                        staging.newNamespaces = pending
+                        let id: UInt32
+                        if let existing = try existingNamespaceID(ns, commit: staging) {
+                            id = existing
+                        } else {
+                            id = try assignNamespaceID(ns, &staging)
+                        }
+                        pending = staging.newNamespaces
+                        try record.key.withBytes { (k) throws(MasqError) in
+                            log.append(namespaceID: id, key: k)
+                            try withRecordKey(id, k) { (recordKey) throws(MasqError) in
+                                if let change = try merge(record, into: recordKey, namespace: ns, id: id) {
+                                    changes.append(change)
+                                }
+                            }
                         }
                     }
-                }
-                try Store.putMeta(engine, RecordFormat.logKey(replica: commit.origin, seq: commit.seq), log.encoded())
-                // The entry keeps the commit's timestamp too: the tip HELLO reports (Store+Identity).
-                try Store.putMeta(engine, RecordFormat.vectorKey(replica: commit.origin), bigEndianBytes(commit.seq) + bigEndianBytes(commit.timestamp))
-                try observeRemoteTime(commit.timestamp)
-                try flushCounts()
-                return (.applied, pending, changes)
+                    try Store.putMeta(
+                        engine, RecordFormat.logKey(replica: commit.origin, seq: commit.seq), log.encoded())
+                    // The entry keeps the commit's timestamp too: the tip HELLO reports (Store+Identity).
+                    try Store.putMeta(
+                        engine, RecordFormat.vectorKey(replica: commit.origin),
+                        bigEndianBytes(commit.seq) + bigEndianBytes(commit.timestamp))
+                    try observeRemoteTime(commit.timestamp)
+                    try flushCounts()
+                    return (.applied, pending, changes)
                 }
                 namespaceIDs.merge(pending) { a, _ in a }
                 if !changes.isEmpty && hub.isActive { hub.publish(changes) }
@@ -271,7 +313,9 @@ extension Store {
     /// checks this first: a refused record never touches the clock.
     public static func futureSkew(_ timestamps: [UInt64], bound: UInt64 = Store.defaultClockBound) -> UInt64? {
         let now = Clock.unixMilliseconds()
-        guard let latest = timestamps.map(HybridLogicalClock.milliseconds(of:)).max(), latest > now, latest - now > bound else { return nil }
+        guard let latest = timestamps.map(HybridLogicalClock.milliseconds(of:)).max(), latest > now,
+            latest - now > bound
+        else { return nil }
         return latest - now
     }
 
@@ -288,9 +332,11 @@ extension Store {
     }
 
     /// Merge one remote record under the lock, inside a transaction; returns the change to report.
-    private func merge(_ remote: SyncRecord, into recordKey: UnsafeRawBufferPointer, namespace: NamespaceName, id: UInt32) throws(MasqError) -> Change? {
+    private func merge(
+        _ remote: SyncRecord, into recordKey: UnsafeRawBufferPointer, namespace: NamespaceName, id: UInt32
+    ) throws(MasqError) -> Change? {
         let local = try readRecord(recordKey)
-        if local == nil { countRecords(id, 1) }   // merge always writes when nothing was there
+        if local == nil { countRecords(id, 1) }  // merge always writes when nothing was there
         var header = remote.header
         var value = remote.value
         var conflict: (lost: [UInt8]?, lostDeleted: Bool)?
@@ -314,22 +360,27 @@ extension Store {
             } else if remote.header.counter {
                 // A counter replaces a plain value or tombstone.
             } else if l.version == remote.header.version {
-                return nil                                                        // the same write, seen before
+                return nil  // the same write, seen before
             } else if remote.header.version < l.version {
                 // The local write wins; if it did not know the remote one, say what was lost
                 // (nothing was, when both deleted the key).
-                if remote.header.version != l.previous && remote.header.version > l.previous && !(l.tombstone && remote.header.tombstone) {
+                if remote.header.version != l.previous && remote.header.version > l.previous
+                    && !(l.tombstone && remote.header.tombstone)
+                {
                     hubReportConflict(namespace, remote.key, winner: (l, localValue), lost: remote)
                 }
                 return nil
-            } else if l.version != remote.header.previous && l.version > remote.header.previous && !(l.tombstone && remote.header.tombstone) {
+            } else if l.version != remote.header.previous && l.version > remote.header.previous
+                && !(l.tombstone && remote.header.tombstone)
+            {
                 conflict = (l.tombstone ? nil : displayValue(l, localValue), l.tombstone)
             }
         }
         try writeRecord(recordKey, header: header, value: value)
         let shown = header.tombstone ? nil : displayValue(header, value)
-        var change = Change(kind: header.tombstone ? .delete : .put, origin: .remote, namespace: namespace.string,
-                            key: remote.key, value: shown, version: header.version)
+        var change = Change(
+            kind: header.tombstone ? .delete : .put, origin: .remote, namespace: namespace.string,
+            key: remote.key, value: shown, version: header.version)
         if let conflict {
             change.kind = .conflict
             change.lostValue = conflict.lost
@@ -339,10 +390,13 @@ extension Store {
     }
 
     /// The local write stays, but watchers learn a concurrent remote write lost.
-    private func hubReportConflict(_ ns: NamespaceName, _ key: [UInt8], winner: (RecordHeader, [UInt8]), lost: SyncRecord) {
+    private func hubReportConflict(
+        _ ns: NamespaceName, _ key: [UInt8], winner: (RecordHeader, [UInt8]), lost: SyncRecord
+    ) {
         guard hub.isActive else { return }
-        var change = Change(kind: .conflict, origin: .remote, namespace: ns.string, key: key,
-                            value: winner.0.tombstone ? nil : displayValue(winner.0, winner.1), version: winner.0.version)
+        var change = Change(
+            kind: .conflict, origin: .remote, namespace: ns.string, key: key,
+            value: winner.0.tombstone ? nil : displayValue(winner.0, winner.1), version: winner.0.version)
         change.lostValue = lost.header.tombstone ? nil : displayValue(lost.header, lost.value)
         change.lostWasDeleted = lost.header.tombstone
         hub.publish([change])
@@ -353,9 +407,10 @@ extension Store {
     }
 
     /// Write a record with a given header (sealed when the store is protected).
-    func writeRecord(_ recordKey: UnsafeRawBufferPointer, header given: RecordHeader, value: [UInt8]) throws(MasqError) {
+    func writeRecord(_ recordKey: UnsafeRawBufferPointer, header given: RecordHeader, value: [UInt8]) throws(MasqError)
+    {
         var header = given
-        header.checksummed = true      // every record written now carries its trailer
+        header.checksummed = true  // every record written now carries its trailer
         let box = self.box
         let stored = header.tombstone ? 0 : value.count + (box == nil ? 0 : SecretBox.overhead)
         let length = header.size + stored + RecordHeader.trailer
@@ -365,7 +420,8 @@ extension Store {
             if !header.tombstone {
                 try value.withBytes { (v) throws(MasqError) in
                     if let box {
-                        try withValueAD(recordKey, UnsafeRawBufferPointer(rebasing: record[0..<offset])) { (ad) throws(MasqError) in
+                        try withValueAD(recordKey, UnsafeRawBufferPointer(rebasing: record[0..<offset])) {
+                            (ad) throws(MasqError) in
                             try box.seal(v, ad: ad, into: rest)
                         }
                     } else if v.count > 0 {
@@ -387,7 +443,9 @@ extension Store {
     /// author saw the delete, so its clock is later and cannot resurrect the
     /// key. Peers behind the new horizon get a snapshot first.
     @discardableResult
-    public func collectGarbage(acknowledged devices: [VersionVector], minimumAgeMilliseconds: UInt64 = 0) throws(MasqError) -> Int {
+    public func collectGarbage(acknowledged devices: [VersionVector], minimumAgeMilliseconds: UInt64 = 0)
+        throws(MasqError) -> Int
+    {
         try lock.withLock { () throws(MasqError) -> Int in
             try ensureUsable()
             var horizon = try currentVector()
@@ -402,26 +460,31 @@ extension Store {
             let cutoff = Clock.unixMilliseconds() &- minimumAgeMilliseconds
             do throws(MasqError) {
                 return try engine.transaction { (_) throws(MasqError) -> Int in
-                var doomed: [[UInt8]] = []
-                try engine.scan(from: [RecordFormat.record], to: [RecordFormat.record + 1]) { (key, record) throws(MasqError) -> Bool in
-                    let h = try RecordHeader.read(record, key: key)
-                    if h.tombstone && horizon.covers(h.version.replica, h.seq)
-                        && HybridLogicalClock.milliseconds(of: h.version.timestamp) <= cutoff { doomed.append(Array(key)) }
-                    return true
-                }
-                for key in doomed {
-                    try key.withBytes { (k) throws(MasqError) in try engine.delete(k) }
-                    countRecords(Store.namespaceID(ofRecordKey: key), -1)
-                }
-                for (origin, seq) in horizon.entries where seq > previous[origin] {
-                    try engine.deleteRange(from: RecordFormat.logKey(replica: origin, seq: 0),
-                                           to: RecordFormat.logKey(replica: origin, seq: seq + 1))
-                }
-                var bytes: [UInt8] = []
-                collected.encode(into: &bytes)
-                try Store.putMeta(engine, Store.metaGC, bytes)
-                try flushCounts()
-                return doomed.count
+                    var doomed: [[UInt8]] = []
+                    try engine.scan(from: [RecordFormat.record], to: [RecordFormat.record + 1]) {
+                        (key, record) throws(MasqError) -> Bool in
+                        let h = try RecordHeader.read(record, key: key)
+                        if h.tombstone && horizon.covers(h.version.replica, h.seq)
+                            && HybridLogicalClock.milliseconds(of: h.version.timestamp) <= cutoff
+                        {
+                            doomed.append(Array(key))
+                        }
+                        return true
+                    }
+                    for key in doomed {
+                        try key.withBytes { (k) throws(MasqError) in try engine.delete(k) }
+                        countRecords(Store.namespaceID(ofRecordKey: key), -1)
+                    }
+                    for (origin, seq) in horizon.entries where seq > previous[origin] {
+                        try engine.deleteRange(
+                            from: RecordFormat.logKey(replica: origin, seq: 0),
+                            to: RecordFormat.logKey(replica: origin, seq: seq + 1))
+                    }
+                    var bytes: [UInt8] = []
+                    collected.encode(into: &bytes)
+                    try Store.putMeta(engine, Store.metaGC, bytes)
+                    try flushCounts()
+                    return doomed.count
                 }
             } catch {
                 pendingCounts = [:]
@@ -442,13 +505,16 @@ extension Store {
                     out.append(VersionVector())
                     continue
                 }
-                out.append(try bytes.withBytes { (raw) throws(MasqError) in var r = ByteReader(raw); return try VersionVector.decode(&r) })
+                out.append(
+                    try bytes.withBytes { (raw) throws(MasqError) in
+                        var r = ByteReader(raw); return try VersionVector.decode(&r)
+                    })
             }
             return out
         }
     }
 
-    static let problemFamily: UInt8 = 0x59   // 'Y' device id -> u64 Unix ms · UTF-8 text
+    static let problemFamily: UInt8 = 0x59  // 'Y' device id -> u64 Unix ms · UTF-8 text
 
     /// Remember (or, with nil, forget) what holds sync with `device` back, so
     /// that `masq status` can say it after the sync process has gone.
@@ -456,7 +522,8 @@ extension Store {
         try localTransaction { () throws(MasqError) in
             let key = [Store.problemFamily] + Array(device.utf8)
             if let text {
-                try Store.putMeta(engine, key, bigEndianBytes(Clock.unixMilliseconds()) + Array(text.utf8.prefix(1_000)))
+                try Store.putMeta(
+                    engine, key, bigEndianBytes(Clock.unixMilliseconds()) + Array(text.utf8.prefix(1_000)))
             } else {
                 try key.withBytes { (k) throws(MasqError) in try engine.delete(k) }
             }
@@ -481,7 +548,8 @@ extension Store {
     public func syncProblem(device: String) throws(MasqError) -> (text: String, since: UInt64)? {
         try lock.withLock { () throws(MasqError) -> (text: String, since: UInt64)? in
             try ensureUsable()
-            guard let bytes = try Store.getMeta(engine, [Store.problemFamily] + Array(device.utf8)), bytes.count >= 8 else { return nil }
+            guard let bytes = try Store.getMeta(engine, [Store.problemFamily] + Array(device.utf8)), bytes.count >= 8
+            else { return nil }
             return (String(decoding: bytes[8...], as: UTF8.self), bytes.withUnsafeBytes { $0.loadBigEndian(at: 0) })
         }
     }
@@ -504,8 +572,10 @@ extension Store {
     /// One chunk of every record (tombstones included) after `cursor`, in key
     /// order, with the cursor for the next chunk (nil when done).
     /// `keeping`: only namespaces the receiver keeps; `onlyReplica`: only records that replica wrote.
-    public func snapshotChunk(after cursor: [UInt8]?, maxBytes: Int = 1 << 20, keeping: NamespaceFilter? = nil,
-                              onlyReplica: UInt64? = nil) throws(MasqError) -> (records: [SyncRecord], next: [UInt8]?) {
+    public func snapshotChunk(
+        after cursor: [UInt8]?, maxBytes: Int = 1 << 20, keeping: NamespaceFilter? = nil,
+        onlyReplica: UInt64? = nil
+    ) throws(MasqError) -> (records: [SyncRecord], next: [UInt8]?) {
         try lock.withLock { () throws(MasqError) in
             try ensureUsable()
             var names: [UInt32: String] = [:]
@@ -513,19 +583,23 @@ extension Store {
             var bytes = 0
             var last: [UInt8]?
             var full = false
-            try engine.scan(from: cursor.map { $0 + [0] } ?? [RecordFormat.record], to: [RecordFormat.record + 1]) { (key, record) throws(MasqError) -> Bool in
+            try engine.scan(from: cursor.map { $0 + [0] } ?? [RecordFormat.record], to: [RecordFormat.record + 1]) {
+                (key, record) throws(MasqError) -> Bool in
                 guard key.count >= 2 else { throw .corrupt("malformed record key") }
                 var reader = ByteReader(UnsafeRawBufferPointer(rebasing: key[1...]))
                 let id = UInt32(try reader.varint())
                 let keyStart = 1 + varintSize(UInt64(id))
                 if names[id] == nil { names[id] = try namespaceNameLocked(id: id) }
                 if let keeping, !keeping.keeps(names[id]!) { return true }
-                if let onlyReplica, try RecordHeader.read(record, key: key).version.replica != onlyReplica { return true }
+                if let onlyReplica, try RecordHeader.read(record, key: key).version.replica != onlyReplica {
+                    return true
+                }
                 guard let (header, value) = try readRecord(key) else { return true }
                 let size = key.count + value.count + 48
                 // A chunk never grows past maxBytes (a single larger record goes alone).
                 if !records.isEmpty && bytes + size > maxBytes { full = true; return false }
-                records.append(SyncRecord(namespace: names[id]!, key: Array(key[keyStart...]), header: header, value: value))
+                records.append(
+                    SyncRecord(namespace: names[id]!, key: Array(key[keyStart...]), header: header, value: value))
                 last = Array(key)
                 bytes += size
                 full = bytes >= maxBytes
@@ -538,32 +612,44 @@ extension Store {
     /// Apply a snapshot's records (per key, the greatest version wins). A
     /// record stamped beyond the clock bound refuses the whole batch
     /// (MASQ_E_INVALID) and changes nothing, the clock included.
-    public func applySnapshotRecords(_ records: [SyncRecord], clockBound: UInt64 = Store.defaultClockBound) throws(MasqError) {
+    public func applySnapshotRecords(_ records: [SyncRecord], clockBound: UInt64 = Store.defaultClockBound)
+        throws(MasqError)
+    {
         if let ahead = Store.futureSkew(records.map(\.header.version.timestamp), bound: clockBound) {
-            throw MasqError(.invalid, "records timestamped \(ahead) ms in the future (bound: \(clockBound) ms); refused until the clocks agree")
+            throw MasqError(
+                .invalid,
+                "records timestamped \(ahead) ms in the future (bound: \(clockBound) ms); refused until the clocks agree"
+            )
         }
         try lock.withLock { () throws(MasqError) in
             try ensureUsable()
             do throws(MasqError) {
-                let (pending, changes) = try engine.transaction { (_) throws(MasqError) -> ([[UInt8]: UInt32], [Change]) in
-                var changes: [Change] = []
-                var pending: [[UInt8]: UInt32] = [:]
-                for record in records {
-                    let ns = try NamespaceName(record.namespace, limits: limits)
-                    var staging = Commit(seq: 0, timestamp: 0, changes: nil)
-                    staging.newNamespaces = pending
-                    let id: UInt32
-                    if let existing = try existingNamespaceID(ns, commit: staging) { id = existing } else { id = try assignNamespaceID(ns, &staging) }
-                    pending = staging.newNamespaces
-                    try record.key.withBytes { (k) throws(MasqError) in
-                        try withRecordKey(id, k) { (recordKey) throws(MasqError) in
-                            if let change = try merge(record, into: recordKey, namespace: ns, id: id) { changes.append(change) }
+                let (pending, changes) = try engine.transaction {
+                    (_) throws(MasqError) -> ([[UInt8]: UInt32], [Change]) in
+                    var changes: [Change] = []
+                    var pending: [[UInt8]: UInt32] = [:]
+                    for record in records {
+                        let ns = try NamespaceName(record.namespace, limits: limits)
+                        var staging = Commit(seq: 0, timestamp: 0, changes: nil)
+                        staging.newNamespaces = pending
+                        let id: UInt32
+                        if let existing = try existingNamespaceID(ns, commit: staging) {
+                            id = existing
+                        } else {
+                            id = try assignNamespaceID(ns, &staging)
                         }
+                        pending = staging.newNamespaces
+                        try record.key.withBytes { (k) throws(MasqError) in
+                            try withRecordKey(id, k) { (recordKey) throws(MasqError) in
+                                if let change = try merge(record, into: recordKey, namespace: ns, id: id) {
+                                    changes.append(change)
+                                }
+                            }
+                        }
+                        try observeRemoteTime(record.header.version.timestamp)
                     }
-                    try observeRemoteTime(record.header.version.timestamp)
-                }
-                try flushCounts()
-                return (pending, changes)
+                    try flushCounts()
+                    return (pending, changes)
                 }
                 namespaceIDs.merge(pending) { a, _ in a }
                 if !changes.isEmpty && hub.isActive { hub.publish(changes) }
@@ -581,43 +667,52 @@ extension Store {
     /// replica has no change log below it, so peers behind it get snapshots).
     /// `keeping`: the namespaces this device keeps (nil: all); records of the
     /// others were not sent, so they are not taken as deleted.
-    public func finishSnapshot(vector vv: VersionVector, received: Set<SyncKey>, keeping: NamespaceFilter? = nil) throws(MasqError) {
+    public func finishSnapshot(vector vv: VersionVector, received: Set<SyncKey>, keeping: NamespaceFilter? = nil)
+        throws(MasqError)
+    {
         try lock.withLock { () throws(MasqError) in
             try ensureUsable()
             do throws(MasqError) {
                 let changes = try engine.transaction { (_) throws(MasqError) -> [Change] in
-                var names: [UInt32: String] = [:]
-                var doomed: [([UInt8], Change)] = []
-                try engine.scan(from: [RecordFormat.record], to: [RecordFormat.record + 1]) { (key, record) throws(MasqError) -> Bool in
-                    let h = try RecordHeader.read(record, key: key)
-                    guard vv.covers(h.version.replica, h.seq) else { return true }
-                    var reader = ByteReader(UnsafeRawBufferPointer(rebasing: key[1...]))
-                    let id = UInt32(try reader.varint())
-                    if names[id] == nil { names[id] = try namespaceNameLocked(id: id) }
-                    if let keeping, !keeping.keeps(names[id]!) { return true }
-                    let userKey = Array(key[(1 + varintSize(UInt64(id)))...])
-                    if !received.contains(SyncKey(namespace: names[id]!, key: userKey)) {
-                        doomed.append((Array(key), Change(kind: .delete, origin: .remote, namespace: names[id]!, key: userKey, value: nil, version: h.version)))
+                    var names: [UInt32: String] = [:]
+                    var doomed: [([UInt8], Change)] = []
+                    try engine.scan(from: [RecordFormat.record], to: [RecordFormat.record + 1]) {
+                        (key, record) throws(MasqError) -> Bool in
+                        let h = try RecordHeader.read(record, key: key)
+                        guard vv.covers(h.version.replica, h.seq) else { return true }
+                        var reader = ByteReader(UnsafeRawBufferPointer(rebasing: key[1...]))
+                        let id = UInt32(try reader.varint())
+                        if names[id] == nil { names[id] = try namespaceNameLocked(id: id) }
+                        if let keeping, !keeping.keeps(names[id]!) { return true }
+                        let userKey = Array(key[(1 + varintSize(UInt64(id)))...])
+                        if !received.contains(SyncKey(namespace: names[id]!, key: userKey)) {
+                            doomed.append(
+                                (
+                                    Array(key),
+                                    Change(
+                                        kind: .delete, origin: .remote, namespace: names[id]!, key: userKey, value: nil,
+                                        version: h.version)
+                                ))
+                        }
+                        return true
                     }
-                    return true
-                }
-                for (key, _) in doomed {
-                    try key.withBytes { (k) throws(MasqError) in try engine.delete(k) }
-                    countRecords(Store.namespaceID(ofRecordKey: key), -1)
-                }
-                var applied = try currentVector()
-                for (origin, seq) in vv.entries where origin != replicaID && seq > applied[origin] {
-                    try Store.putMeta(engine, RecordFormat.vectorKey(replica: origin), bigEndianBytes(seq))
-                    applied[origin] = seq
-                }
-                var collected = try collectedVector()
-                collected.merge(vv.meet(applied))
-                var bytes: [UInt8] = []
-                collected.encode(into: &bytes)
-                try Store.putMeta(engine, Store.metaGC, bytes)
-                try snapshotReceivedLocked()
-                try flushCounts()
-                return doomed.filter { !$0.1.key.isEmpty }.map(\.1)
+                    for (key, _) in doomed {
+                        try key.withBytes { (k) throws(MasqError) in try engine.delete(k) }
+                        countRecords(Store.namespaceID(ofRecordKey: key), -1)
+                    }
+                    var applied = try currentVector()
+                    for (origin, seq) in vv.entries where origin != replicaID && seq > applied[origin] {
+                        try Store.putMeta(engine, RecordFormat.vectorKey(replica: origin), bigEndianBytes(seq))
+                        applied[origin] = seq
+                    }
+                    var collected = try collectedVector()
+                    collected.merge(vv.meet(applied))
+                    var bytes: [UInt8] = []
+                    collected.encode(into: &bytes)
+                    try Store.putMeta(engine, Store.metaGC, bytes)
+                    try snapshotReceivedLocked()
+                    try flushCounts()
+                    return doomed.filter { !$0.1.key.isEmpty }.map(\.1)
                 }
                 if !changes.isEmpty && hub.isActive { hub.publish(changes) }
             } catch {
@@ -632,12 +727,16 @@ extension Store {
         guard let bytes = try Store.getMeta(engine, RecordFormat.namespaceIDKey(id)) else {
             throw .corrupt("unknown namespace id \(id)")
         }
-        return try bytes.withBytes { (b) throws(MasqError) in try NamespaceName(storedBytes: decodeNamespaceName(id: id, stored: b)).string }
+        return try bytes.withBytes { (b) throws(MasqError) in
+            try NamespaceName(storedBytes: decodeNamespaceName(id: id, stored: b)).string
+        }
     }
 
     private func checkKeyForCounter(_ key: UnsafeRawBufferPointer) throws(MasqError) {
         guard key.count > 0 else { throw .invalid("key must not be empty") }
-        guard key.count <= limits.maxKeyBytes else { throw .tooLarge("key is \(key.count) bytes; the limit is \(limits.maxKeyBytes) (limits.max_key_bytes)") }
+        guard key.count <= limits.maxKeyBytes else {
+            throw .tooLarge("key is \(key.count) bytes; the limit is \(limits.maxKeyBytes) (limits.max_key_bytes)")
+        }
     }
 }
 
@@ -647,7 +746,9 @@ public struct SyncKey: Hashable, Sendable {
     public let namespace: String
     public let key: [UInt8]
 
-    public static func == (a: SyncKey, b: SyncKey) -> Bool { a.key == b.key && a.namespace.utf8.elementsEqual(b.namespace.utf8) }
+    public static func == (a: SyncKey, b: SyncKey) -> Bool {
+        a.key == b.key && a.namespace.utf8.elementsEqual(b.namespace.utf8)
+    }
 
     public func hash(into hasher: inout Hasher) {
         hasher.combine(key)

@@ -1,6 +1,6 @@
 import MasqCrypto
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A local store: per-application namespaces of keys and values on top of a
@@ -92,7 +92,8 @@ public final class Store: @unchecked Sendable {
         self.config = config
         if let level = config.logLevel { Log.setStandardErrorLevel(level) }
         try FileSystem.makeDirectories(config.dataDir)
-        let plugin = try PluginLoader.load(config.storage, kind: .storage, searchPath: PluginLoader.searchPath(config: config))
+        let plugin = try PluginLoader.load(
+            config.storage, kind: .storage, searchPath: PluginLoader.searchPath(config: config))
         var options = config.storage.options.filter { $0.key != "data_dir" }
         options.append(("data_dir", config.dataDir))
         engine = try StoragePluginInstance(plugin: plugin, options: options)
@@ -102,16 +103,21 @@ public final class Store: @unchecked Sendable {
         clock = initialClock
         setReplica(initialReplica)
         try openProtection(passphrase: passphrase)
-        try finishRestoreIfNeeded()   // a store restored from a backup takes a new replica id (Store+Backup.swift)
-        savePairingCopy()             // what a rebuild needs to sync again (Store+Rebuild.swift)
-        Log.info("kernel", "opened store in \(config.dataDir) with storage plugin '\(plugin.name)' \(plugin.version), replica \(String(replicaID, radix: 16))\(isLocked ? " (locked)" : "")")
+        try finishRestoreIfNeeded()  // a store restored from a backup takes a new replica id (Store+Backup.swift)
+        savePairingCopy()  // what a rebuild needs to sync again (Store+Rebuild.swift)
+        Log.info(
+            "kernel",
+            "opened store in \(config.dataDir) with storage plugin '\(plugin.name)' \(plugin.version), replica \(String(replicaID, radix: 16))\(isLocked ? " (locked)" : "")"
+        )
     }
 
     /// Read (or on first open, write) the format marker, replica id and clock.
     private static func initialize(_ engine: StoragePluginInstance) throws(MasqError) -> (UInt64, HybridLogicalClock) {
         if let format = try getMeta(engine, RecordFormat.metaFormat) {
             guard format == [RecordFormat.version] else {
-                throw .corrupt("store format \(format.first.map(String.init) ?? "?") is not one this library reads (\(RecordFormat.version))")
+                throw .corrupt(
+                    "store format \(format.first.map(String.init) ?? "?") is not one this library reads (\(RecordFormat.version))"
+                )
             }
         } else {
             let raced = try engine.transaction { (commit) throws(MasqError) -> Bool in
@@ -139,8 +145,12 @@ public final class Store: @unchecked Sendable {
 
     /// Close the engine after queued watch callbacks ran. Idempotent.
     public func close() throws(MasqError) {
-        guard !hub.isCallbackThread else { throw MasqError(.busy, "cannot close a store from inside its own watch callback") }
-        for hook in closeHooks.withLock({ hooks in defer { hooks = [:] }; return Array(hooks.values) }) { hook(self) }
+        guard !hub.isCallbackThread else {
+            throw MasqError(.busy, "cannot close a store from inside its own watch callback")
+        }
+        for hook in closeHooks.withLock({ hooks in
+            defer { hooks = [:] }; return Array(hooks.values)
+        }) { hook(self) }
         syncSlot.stop()
         hub.drain()
         if !isClosed { savePairingCopy() }
@@ -164,8 +174,10 @@ public final class Store: @unchecked Sendable {
     // MARK: - reads
 
     /// Call `body` with the live value of `key`, or return nil if absent or deleted.
-    public func read<T>(_ ns: NamespaceName, key: UnsafeRawBufferPointer,
-                        _ body: (UnsafeRawBufferPointer) throws(MasqError) -> T) throws(MasqError) -> T? {
+    public func read<T>(
+        _ ns: NamespaceName, key: UnsafeRawBufferPointer,
+        _ body: (UnsafeRawBufferPointer) throws(MasqError) -> T
+    ) throws(MasqError) -> T? {
         try checkKey(key)
         return try lock.withLock { () throws(MasqError) -> T? in
             try ensureUsable()
@@ -175,7 +187,9 @@ public final class Store: @unchecked Sendable {
                     let header = try RecordHeader.read(record, key: recordKey)
                     if header.tombstone { return nil }
                     if box == nil && !header.counter { return try body(RecordHeader.value(in: record, header: header)) }
-                    let value = try box.map { (b) throws(MasqError) in try openValue(b, recordKey, record, header) } ?? Array(RecordHeader.value(in: record, header: header))
+                    let value =
+                        try box.map { (b) throws(MasqError) in try openValue(b, recordKey, record, header) }
+                        ?? Array(RecordHeader.value(in: record, header: header))
                     if Store.isZeroCounter(header, value) { return nil }
                     return try displayValue(header, value).withBytes { (v) throws(MasqError) in try body(v) }
                 }
@@ -196,10 +210,16 @@ public final class Store: @unchecked Sendable {
 
     /// Visit live keys of `ns` starting with `prefix`, in order, in chunks read
     /// under the lock; `visitor` runs without the lock and returns false to stop.
-    public func list(_ ns: NamespaceName, prefix: [UInt8] = [], keysOnly: Bool = false,
-                     _ visitor: (_ key: [UInt8], _ value: [UInt8]?) throws(MasqError) -> Bool) throws(MasqError) {
+    public func list(
+        _ ns: NamespaceName, prefix: [UInt8] = [], keysOnly: Bool = false,
+        _ visitor: (_ key: [UInt8], _ value: [UInt8]?) throws(MasqError) -> Bool
+    ) throws(MasqError) {
         guard prefix.count <= limits.maxKeyBytes else { throw .tooLarge("prefix is longer than limits.max_key_bytes") }
-        guard let id = try lock.withLock({ () throws(MasqError) in try ensureUsable(); return try existingNamespaceID(ns) }) else { return }
+        guard
+            let id = try lock.withLock({ () throws(MasqError) in
+                try ensureUsable(); return try existingNamespaceID(ns)
+            })
+        else { return }
         let base = RecordFormat.recordPrefix(namespaceID: id)
         let end = RecordFormat.successor(ofPrefix: base + prefix)
         var cursor = base + prefix
@@ -216,10 +236,14 @@ public final class Store: @unchecked Sendable {
                     last = Array(key)
                     let header = try RecordHeader.read(record, key: key)
                     if !header.tombstone {
-                        let stored: [UInt8]? = keysOnly && !header.counter ? nil
-                            : try box.map { (b) throws(MasqError) in try openValue(b, key, record, header) } ?? Array(RecordHeader.value(in: record, header: header))
+                        let stored: [UInt8]? =
+                            keysOnly && !header.counter
+                            ? nil
+                            : try box.map { (b) throws(MasqError) in try openValue(b, key, record, header) }
+                                ?? Array(RecordHeader.value(in: record, header: header))
                         if !(stored.map { Store.isZeroCounter(header, $0) } ?? false) {
-                            chunk.append((Array(key[base.count...]), keysOnly ? nil : stored.map { displayValue(header, $0) }))
+                            chunk.append(
+                                (Array(key[base.count...]), keysOnly ? nil : stored.map { displayValue(header, $0) }))
                         }
                     }
                     return chunk.count < Store.listChunk && visited < Store.listChunk * 16
@@ -240,8 +264,10 @@ public final class Store: @unchecked Sendable {
 
     /// Every live entry of `ns` from one consistent snapshot, in key order.
     /// `body` sees them while the lock is held, without copies.
-    public func withAllEntries<T>(_ ns: NamespaceName,
-                                  _ body: (_ entries: [(key: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer)]) throws(MasqError) -> T) throws(MasqError) -> T {
+    public func withAllEntries<T>(
+        _ ns: NamespaceName,
+        _ body: (_ entries: [(key: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer)]) throws(MasqError) -> T
+    ) throws(MasqError) -> T {
         return try lock.withLock { () throws(MasqError) -> T in
             try ensureUsable()
             let box = self.box
@@ -251,16 +277,21 @@ public final class Store: @unchecked Sendable {
             var blob: [UInt8] = []
             var spans: [(Int, Int, Int, Int)] = []
             var visited: UInt64 = 0
-            try engine.scan(from: base, to: RecordFormat.successor(ofPrefix: base)) { (key, record) throws(MasqError) -> Bool in
+            try engine.scan(from: base, to: RecordFormat.successor(ofPrefix: base)) {
+                (key, record) throws(MasqError) -> Bool in
                 visited += 1
                 let header = try RecordHeader.read(record, key: key)
                 guard !header.tombstone else { return true }
                 guard spans.count < limits.maxBatchEntries else {
-                    throw .tooLarge("namespace '\(ns)' holds more than \(limits.maxBatchEntries) keys (limits.max_batch_entries); list it instead")
+                    throw .tooLarge(
+                        "namespace '\(ns)' holds more than \(limits.maxBatchEntries) keys (limits.max_batch_entries); list it instead"
+                    )
                 }
                 var opened: [UInt8]?
                 if box != nil || header.counter {
-                    let value = try box.map { (b) throws(MasqError) in try openValue(b, key, record, header) } ?? Array(RecordHeader.value(in: record, header: header))
+                    let value =
+                        try box.map { (b) throws(MasqError) in try openValue(b, key, record, header) }
+                        ?? Array(RecordHeader.value(in: record, header: header))
                     if Store.isZeroCounter(header, value) { return true }
                     opened = displayValue(header, value)
                 }
@@ -273,11 +304,18 @@ public final class Store: @unchecked Sendable {
             }
             // One lock: the records seen must be as many as were written.
             if let stored = try storedCount(id), stored != visited {
-                throw .corrupt("namespace \(ns.string) holds \(visited) records where \(stored) were written: the store is damaged (run `masq check`)")
+                throw .corrupt(
+                    "namespace \(ns.string) holds \(visited) records where \(stored) were written: the store is damaged (run `masq check`)"
+                )
             }
             return try blob.withBytes { (raw) throws(MasqError) -> T in
-                try body(spans.map { (UnsafeRawBufferPointer(rebasing: raw[$0.0..<($0.0 + $0.1)]),
-                                      UnsafeRawBufferPointer(rebasing: raw[$0.2..<($0.2 + $0.3)])) })
+                try body(
+                    spans.map {
+                        (
+                            UnsafeRawBufferPointer(rebasing: raw[$0.0..<($0.0 + $0.1)]),
+                            UnsafeRawBufferPointer(rebasing: raw[$0.2..<($0.2 + $0.3)])
+                        )
+                    })
             }
         }
     }
@@ -291,7 +329,8 @@ public final class Store: @unchecked Sendable {
         try lock.withLock { () throws(MasqError) -> [String] in
             try ensureUsable()
             var all: [(name: [UInt8], id: UInt32)] = []
-            try engine.scan(from: [RecordFormat.namespaceByID], to: [RecordFormat.namespaceByID + 1]) { (key, value) throws(MasqError) -> Bool in
+            try engine.scan(from: [RecordFormat.namespaceByID], to: [RecordFormat.namespaceByID + 1]) {
+                (key, value) throws(MasqError) -> Bool in
                 guard key.count == 5 else { throw .corrupt("malformed namespace entry") }
                 let id = UInt32(bigEndianBytes: Array(key)[1..<5])
                 all.append((try decodeNamespaceName(id: id, stored: value), id))
@@ -301,11 +340,14 @@ public final class Store: @unchecked Sendable {
             for (name, id) in all.sorted(by: { $0.name.lexicographicallyPrecedes($1.name) }) {
                 let base = RecordFormat.recordPrefix(namespaceID: id)
                 var found = false
-                try engine.scan(from: base, to: RecordFormat.successor(ofPrefix: base)) { (key, record) throws(MasqError) -> Bool in
+                try engine.scan(from: base, to: RecordFormat.successor(ofPrefix: base)) {
+                    (key, record) throws(MasqError) -> Bool in
                     let header = try RecordHeader.read(record, key: key)
                     if header.tombstone { return true }
                     if header.counter {
-                        let value = try box.map { (b) throws(MasqError) in try openValue(b, key, record, header) } ?? Array(RecordHeader.value(in: record, header: header))
+                        let value =
+                            try box.map { (b) throws(MasqError) in try openValue(b, key, record, header) }
+                            ?? Array(RecordHeader.value(in: record, header: header))
                         found = !Store.isZeroCounter(header, value)
                     } else {
                         found = true
@@ -343,10 +385,13 @@ public final class Store: @unchecked Sendable {
 
     /// Put (value non-nil) or delete (nil) every entry in one transaction;
     /// with `replace`, also delete every other key of the namespace.
-    public func setAll(_ ns: NamespaceName, _ entries: [(key: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer?)],
-                       replace: Bool = false) throws(MasqError) {
+    public func setAll(
+        _ ns: NamespaceName, _ entries: [(key: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer?)],
+        replace: Bool = false
+    ) throws(MasqError) {
         guard entries.count <= limits.maxBatchEntries else {
-            throw .tooLarge("\(entries.count) entries; the limit is \(limits.maxBatchEntries) (limits.max_batch_entries)")
+            throw .tooLarge(
+                "\(entries.count) entries; the limit is \(limits.maxBatchEntries) (limits.max_batch_entries)")
         }
         for (index, entry) in entries.enumerated() {
             do throws(MasqError) {
@@ -361,9 +406,12 @@ public final class Store: @unchecked Sendable {
                 let keep = Set(entries.map { Array($0.key) })
                 let base = RecordFormat.recordPrefix(namespaceID: id)
                 var doomed: [[UInt8]] = []
-                try engine.scan(from: base, to: RecordFormat.successor(ofPrefix: base)) { (key, record) throws(MasqError) -> Bool in
+                try engine.scan(from: base, to: RecordFormat.successor(ofPrefix: base)) {
+                    (key, record) throws(MasqError) -> Bool in
                     let userKey = Array(key[base.count...])
-                    if try !RecordHeader.read(record, key: key).tombstone && !keep.contains(userKey) { doomed.append(userKey) }
+                    if try !RecordHeader.read(record, key: key).tombstone && !keep.contains(userKey) {
+                        doomed.append(userKey)
+                    }
                     return true
                 }
                 for key in doomed { try key.withBytes { (k) throws(MasqError) in try stage(&commit, ns, k, nil) } }
@@ -372,7 +420,9 @@ public final class Store: @unchecked Sendable {
         }
     }
 
-    public func setAll(_ ns: NamespaceName, _ entries: [(key: [UInt8], value: [UInt8]?)], replace: Bool = false) throws(MasqError) {
+    public func setAll(_ ns: NamespaceName, _ entries: [(key: [UInt8], value: [UInt8]?)], replace: Bool = false)
+        throws(MasqError)
+    {
         // Keep the arrays alive while raw pointers into them are in use.
         let owned = entries.map { (key: $0.key, value: $0.value) }
         var keys: [UnsafeMutableRawBufferPointer] = []
@@ -403,7 +453,9 @@ public final class Store: @unchecked Sendable {
 
     /// Call `callback` for every change committed after this returns to keys
     /// of `namespace` (nil: all) starting with `prefix`.
-    public func watch(namespace: NamespaceName?, prefix: [UInt8] = [], _ callback: @escaping @Sendable (Change) -> Void) throws(MasqError) -> UInt64 {
+    public func watch(namespace: NamespaceName?, prefix: [UInt8] = [], _ callback: @escaping @Sendable (Change) -> Void)
+        throws(MasqError) -> UInt64
+    {
         try lock.withLock { () throws(MasqError) in try ensureUsable() }
         return hub.add(namespace: namespace?.string, prefix: prefix, callback: callback)
     }
@@ -419,8 +471,11 @@ public final class Store: @unchecked Sendable {
         try lock.withLock { () throws(MasqError) -> [UInt64: UInt64] in
             try ensureOpen()
             var vector: [UInt64: UInt64] = [:]
-            try engine.scan(from: [RecordFormat.vector], to: [RecordFormat.vector + 1]) { (key, value) throws(MasqError) -> Bool in
-                guard key.count == 9, value.count == 8 || value.count == 16 else { throw .corrupt("malformed version-vector entry") }
+            try engine.scan(from: [RecordFormat.vector], to: [RecordFormat.vector + 1]) {
+                (key, value) throws(MasqError) -> Bool in
+                guard key.count == 9, value.count == 8 || value.count == 16 else {
+                    throw .corrupt("malformed version-vector entry")
+                }
                 vector[key.loadBigEndian(at: 1)] = value.loadBigEndian(at: 0)
                 return true
             }
@@ -445,8 +500,11 @@ public final class Store: @unchecked Sendable {
     }
 
     /// A record's metadata, tombstones included (nil if never written).
-    public func recordInfo(_ ns: NamespaceName, key: [UInt8]) throws(MasqError) -> (version: Version, seq: UInt64, previous: Version, deleted: Bool)? {
-        try lock.withLock { () throws(MasqError) -> (version: Version, seq: UInt64, previous: Version, deleted: Bool)? in
+    public func recordInfo(_ ns: NamespaceName, key: [UInt8]) throws(MasqError) -> (
+        version: Version, seq: UInt64, previous: Version, deleted: Bool
+    )? {
+        try lock.withLock {
+            () throws(MasqError) -> (version: Version, seq: UInt64, previous: Version, deleted: Bool)? in
             try ensureUsable()
             guard let id = try existingNamespaceID(ns) else { return nil }
             return try key.withBytes { (k) throws(MasqError) in
@@ -491,31 +549,35 @@ public final class Store: @unchecked Sendable {
             try ensureUsable()
             do throws(MasqError) {
                 let done = try engine.transaction { (keep) throws(MasqError) -> Commit? in
-                try refreshIdentityLocked()
-                let saved = try Store.readClock(engine)
-                clock.observe(saved.timestamp)
-                clock.observe(try Store.readObserved(engine))   // another process's sync may have moved it
-                var commit = Commit(seq: saved.seq + 1, timestamp: clock.tick(nowMilliseconds: Clock.unixMilliseconds()),
-                                    changes: hub.isActive ? [] : nil)
-                commit.log.timestamp = commit.timestamp
-                commit.writePolicies = try writePoliciesLocked()
-                try body(&commit)
-                guard commit.syncBytes <= SyncFrame.maxCommitBytes else {
-                    throw .tooLarge("this change is \(commit.syncBytes >> 20) MiB; one change travels to other devices whole, "
-                                    + "in at most \(SyncFrame.maxCommitBytes >> 20) MiB: write it in smaller batches")
+                    try refreshIdentityLocked()
+                    let saved = try Store.readClock(engine)
+                    clock.observe(saved.timestamp)
+                    clock.observe(try Store.readObserved(engine))  // another process's sync may have moved it
+                    var commit = Commit(
+                        seq: saved.seq + 1, timestamp: clock.tick(nowMilliseconds: Clock.unixMilliseconds()),
+                        changes: hub.isActive ? [] : nil)
+                    commit.log.timestamp = commit.timestamp
+                    commit.writePolicies = try writePoliciesLocked()
+                    try body(&commit)
+                    guard commit.syncBytes <= SyncFrame.maxCommitBytes else {
+                        throw .tooLarge(
+                            "this change is \(commit.syncBytes >> 20) MiB; one change travels to other devices whole, "
+                                + "in at most \(SyncFrame.maxCommitBytes >> 20) MiB: write it in smaller batches")
+                    }
+                    guard commit.log.count > 0 else {
+                        // Nothing changed; a retried write's receipt is still kept (Store+Receipts.swift).
+                        keep = try writePendingReceipt()
+                        return nil
+                    }
+                    _ = try writePendingReceipt()
+                    try Store.putMeta(
+                        engine, RecordFormat.logKey(replica: replicaID, seq: commit.seq), commit.log.encoded())
+                    try Store.putMeta(
+                        engine, RecordFormat.metaClock, bigEndianBytes(commit.seq) + bigEndianBytes(commit.timestamp))
+                    try flushCounts()
+                    return commit
                 }
-                guard commit.log.count > 0 else {
-                    // Nothing changed; a retried write's receipt is still kept (Store+Receipts.swift).
-                    keep = try writePendingReceipt()
-                    return nil
-                }
-                _ = try writePendingReceipt()
-                try Store.putMeta(engine, RecordFormat.logKey(replica: replicaID, seq: commit.seq), commit.log.encoded())
-                try Store.putMeta(engine, RecordFormat.metaClock, bigEndianBytes(commit.seq) + bigEndianBytes(commit.timestamp))
-                try flushCounts()
-                return commit
-                }
-                guard let done else { return }   // nothing was written
+                guard let done else { return }  // nothing was written
                 namespaceIDs.merge(done.newNamespaces) { a, _ in a }
                 if let changes = done.changes { hub.publish(changes) }
             } catch {
@@ -527,15 +589,19 @@ public final class Store: @unchecked Sendable {
 
     /// Write one record (value nil: a tombstone) into the commit. Deleting an
     /// absent or deleted key writes nothing.
-    private func stage(_ commit: inout Commit, _ ns: NamespaceName, _ key: UnsafeRawBufferPointer,
-                       _ value: UnsafeRawBufferPointer?) throws(MasqError) {
+    private func stage(
+        _ commit: inout Commit, _ ns: NamespaceName, _ key: UnsafeRawBufferPointer,
+        _ value: UnsafeRawBufferPointer?
+    ) throws(MasqError) {
         try commit.checkWritable(ns)
         let existing = try existingNamespaceID(ns, commit: commit)
         if existing == nil && value == nil { return }
         let id: UInt32
         if let existing { id = existing } else { id = try assignNamespaceID(ns, &commit) }
         try withRecordKey(id, key) { (recordKey) throws(MasqError) in
-            let old = try engine.get(recordKey) { (bytes) throws(MasqError) in try RecordHeader.read(bytes, key: recordKey) }
+            let old = try engine.get(recordKey) { (bytes) throws(MasqError) in
+                try RecordHeader.read(bytes, key: recordKey)
+            }
             if let old, old.counter {
                 guard value == nil else { throw .invalid("key holds a counter: change it with counter_add") }
                 return try resetCounter(&commit, ns, id, key, recordKey)
@@ -562,7 +628,8 @@ public final class Store: @unchecked Sendable {
                 let offset = header.write(to: record)
                 let rest = UnsafeMutableRawBufferPointer(rebasing: record[offset..<(length - RecordHeader.trailer)])
                 if let value, let box {
-                    try withValueAD(recordKey, UnsafeRawBufferPointer(rebasing: record[0..<offset])) { (ad) throws(MasqError) in
+                    try withValueAD(recordKey, UnsafeRawBufferPointer(rebasing: record[0..<offset])) {
+                        (ad) throws(MasqError) in
                         try box.seal(value, ad: ad, into: rest)
                     }
                 } else if let value, value.count > 0 {
@@ -573,22 +640,28 @@ public final class Store: @unchecked Sendable {
             }
             if !rewrite { commit.log.append(namespaceID: id, key: key) }
             commit.syncBytes += key.count + (value?.count ?? 0) + 48
-            commit.changes?.append(Change(kind: value == nil ? .delete : .put, origin: .local, namespace: ns.string,
-                                          key: Array(key), value: value.map { Array($0) }, version: version))
+            commit.changes?.append(
+                Change(
+                    kind: value == nil ? .delete : .put, origin: .local, namespace: ns.string,
+                    key: Array(key), value: value.map { Array($0) }, version: version))
         }
     }
 
     /// Deleting a counter sets it to 0: this replica's share cancels the total
     /// it has seen (additions made elsewhere concurrently still count).
-    private func resetCounter(_ commit: inout Commit, _ ns: NamespaceName, _ id: UInt32, _ key: UnsafeRawBufferPointer,
-                              _ recordKey: UnsafeRawBufferPointer) throws(MasqError) {
+    private func resetCounter(
+        _ commit: inout Commit, _ ns: NamespaceName, _ id: UInt32, _ key: UnsafeRawBufferPointer,
+        _ recordKey: UnsafeRawBufferPointer
+    ) throws(MasqError) {
         guard let (_, value) = try readRecord(recordKey) else { return }
         let total = try Counter(decoding: value).total
         if total != 0 { try stageCounter(&commit, ns, key, -total) }
     }
 
     /// Add to a counter inside a commit: this replica's share grows by `delta`.
-    func stageCounter(_ commit: inout Commit, _ ns: NamespaceName, _ key: UnsafeRawBufferPointer, _ delta: Int64) throws(MasqError) {
+    func stageCounter(_ commit: inout Commit, _ ns: NamespaceName, _ key: UnsafeRawBufferPointer, _ delta: Int64)
+        throws(MasqError)
+    {
         try commit.checkWritable(ns)
         let existing = try existingNamespaceID(ns, commit: commit)
         let id: UInt32
@@ -608,19 +681,25 @@ public final class Store: @unchecked Sendable {
             try counter.add(delta, replica: replicaID)
             let version = Version(timestamp: commit.timestamp, replica: replicaID)
             if previous == version { previous = .none }
-            let header = RecordHeader(tombstone: false, counter: true, version: version, seq: commit.seq, previous: previous)
+            let header = RecordHeader(
+                tombstone: false, counter: true, version: version, seq: commit.seq, previous: previous)
             try writeRecord(recordKey, header: header, value: counter.encoded)
             commit.log.append(namespaceID: id, key: key)
-            commit.changes?.append(Change(kind: .put, origin: .local, namespace: ns.string, key: Array(key),
-                                          value: counter.text, version: version))
+            commit.changes?.append(
+                Change(
+                    kind: .put, origin: .local, namespace: ns.string, key: Array(key),
+                    value: counter.text, version: version))
         }
     }
 
     /// Build 'R' varint(id) key in a stack buffer and pass it to body.
-    func withRecordKey<T>(_ namespaceID: UInt32, _ key: UnsafeRawBufferPointer,
-                                  _ body: (UnsafeRawBufferPointer) throws(MasqError) -> T) throws(MasqError) -> T {
+    func withRecordKey<T>(
+        _ namespaceID: UInt32, _ key: UnsafeRawBufferPointer,
+        _ body: (UnsafeRawBufferPointer) throws(MasqError) -> T
+    ) throws(MasqError) -> T {
         let idLength = varintSize(UInt64(namespaceID))
-        return try withUnsafeTemporaryAllocation(byteCount: 1 + idLength + key.count, alignment: 1) { (buffer) throws(MasqError) -> T in
+        return try withUnsafeTemporaryAllocation(byteCount: 1 + idLength + key.count, alignment: 1) {
+            (buffer) throws(MasqError) -> T in
             buffer[0] = RecordFormat.record
             var v = namespaceID
             var offset = 1
@@ -630,7 +709,9 @@ public final class Store: @unchecked Sendable {
                 offset += 1
             }
             buffer[offset] = UInt8(v)
-            if key.count > 0 { UnsafeMutableRawBufferPointer(rebasing: buffer[(1 + idLength)...]).copyMemory(from: key) }
+            if key.count > 0 {
+                UnsafeMutableRawBufferPointer(rebasing: buffer[(1 + idLength)...]).copyMemory(from: key)
+            }
             return try body(UnsafeRawBufferPointer(buffer))
         }
     }
@@ -662,7 +743,8 @@ public final class Store: @unchecked Sendable {
         following.appendBigEndian32(next + 1)
         try Store.putMeta(engine, namespaceLookupKey(ns), idBytes)
         let nameKey = RecordFormat.namespaceIDKey(next)
-        try Store.putMeta(engine, nameKey, try box.map { (b) throws(MasqError) in try b.seal(ns.bytes, ad: nameKey) } ?? ns.bytes)
+        try Store.putMeta(
+            engine, nameKey, try box.map { (b) throws(MasqError) in try b.seal(ns.bytes, ad: nameKey) } ?? ns.bytes)
         try Store.putMeta(engine, RecordFormat.metaNextNamespace, following)
         commit.newNamespaces[ns.bytes] = next
         return next
@@ -680,13 +762,18 @@ public final class Store: @unchecked Sendable {
 
     /// A record's value is sealed with its engine key and header as associated
     /// data, so neither a value nor its metadata can be moved or altered unseen.
-    func withValueAD<T>(_ recordKey: UnsafeRawBufferPointer, _ header: UnsafeRawBufferPointer,
-                        _ body: (UnsafeRawBufferPointer) throws(MasqError) -> T) throws(MasqError) -> T {
+    func withValueAD<T>(
+        _ recordKey: UnsafeRawBufferPointer, _ header: UnsafeRawBufferPointer,
+        _ body: (UnsafeRawBufferPointer) throws(MasqError) -> T
+    ) throws(MasqError) -> T {
         try withConcatenation(recordKey, header, body)
     }
 
-    func openValue(_ box: SecretBox, _ recordKey: UnsafeRawBufferPointer, _ record: UnsafeRawBufferPointer, _ header: RecordHeader) throws(MasqError) -> [UInt8] {
-        try withValueAD(recordKey, UnsafeRawBufferPointer(rebasing: record[0..<header.size])) { (ad) throws(MasqError) in
+    func openValue(
+        _ box: SecretBox, _ recordKey: UnsafeRawBufferPointer, _ record: UnsafeRawBufferPointer, _ header: RecordHeader
+    ) throws(MasqError) -> [UInt8] {
+        try withValueAD(recordKey, UnsafeRawBufferPointer(rebasing: record[0..<header.size])) {
+            (ad) throws(MasqError) in
             try box.open(RecordHeader.value(in: record, header: header), ad: ad)
         }
     }
@@ -700,7 +787,8 @@ public final class Store: @unchecked Sendable {
 
     private func checkValue(_ value: UnsafeRawBufferPointer) throws(MasqError) {
         guard value.count <= limits.maxValueBytes else {
-            throw .tooLarge("value is \(value.count) bytes; the limit is \(limits.maxValueBytes) (limits.max_value_bytes)")
+            throw .tooLarge(
+                "value is \(value.count) bytes; the limit is \(limits.maxValueBytes) (limits.max_value_bytes)")
         }
     }
 

@@ -113,8 +113,10 @@ public final class SyncEngine: @unchecked Sendable {
 
     private func helloFrame() throws(MasqError) -> [UInt8] {
         let (applied, collected) = try store.syncVectors()
-        return SyncFrame.hello(replica: store.replicaID, applied: applied, collected: collected, tips: try store.tips(of: applied),
-                               wantsSnapshot: store.wantsSnapshot, filter: filter.keepsAll ? nil : filter).encoded()
+        return SyncFrame.hello(
+            replica: store.replicaID, applied: applied, collected: collected, tips: try store.tips(of: applied),
+            wantsSnapshot: store.wantsSnapshot, filter: filter.keepsAll ? nil : filter
+        ).encoded()
     }
 
     public func disconnected(_ device: String) {
@@ -208,7 +210,11 @@ public final class SyncEngine: @unchecked Sendable {
             var out = [SyncFrame.ack(mine).encoded()]
             // A refusal is answered once, with its reason (never a HELLO, which
             // would make the sender resend at once, in a loop).
-            if let refusal { out.append(SyncFrame.refused(refusal).encoded()) } else if gap { out.append(try helloFrame()) }
+            if let refusal {
+                out.append(SyncFrame.refused(refusal).encoded())
+            } else if gap {
+                out.append(try helloFrame())
+            }
             return out
 
         case .refused(let refusal):
@@ -217,8 +223,9 @@ public final class SyncEngine: @unchecked Sendable {
             // stamped in the future while the two wall clocks agree. Re-stamp (a new replica
             // id) and greet again: the refused commits are replaced by acceptable ones.
             if refusal.reason == .futureClock, refusal.origin == store.replicaID,
-               max(now, refusal.receiverTime) - min(now, refusal.receiverTime) <= Self.clockAgreement,
-               HybridLogicalClock.milliseconds(of: refusal.timestamp) > now + options.clockBound {
+                max(now, refusal.receiverTime) - min(now, refusal.receiverTime) <= Self.clockAgreement,
+                HybridLogicalClock.milliseconds(of: refusal.timestamp) > now + options.clockBound
+            {
                 try store.reidentify(.clockAhead)
                 lock.withLock {
                     peer.refusedByPeer = nil
@@ -229,14 +236,19 @@ public final class SyncEngine: @unchecked Sendable {
                 return [try helloFrame()]
             }
             lock.withLock {
-                let backoff = peer.heldBack[refusal.origin].map { min($0.backoff * 2, Self.maxRefusalBackoff) } ?? Self.refusalBackoff
+                let backoff =
+                    peer.heldBack[refusal.origin].map { min($0.backoff * 2, Self.maxRefusalBackoff) }
+                    ?? Self.refusalBackoff
                 peer.heldBack[refusal.origin] = (now + backoff, backoff)
                 peer.refusedAt = (now, Clock.monotonicNanoseconds() / 1_000_000)
                 peer.refusedByPeer = refusal
                 peer.inFlight = 0
                 peer.sent = peer.theirs
             }
-            Log.warn("sync", "device \(device) refused commit \(refusal.seq) of replica \(String(refusal.origin, radix: 16)): \(Self.describe(refusal, mine: true))")
+            Log.warn(
+                "sync",
+                "device \(device) refused commit \(refusal.seq) of replica \(String(refusal.origin, radix: 16)): \(Self.describe(refusal, mine: true))"
+            )
             try store.setSyncProblem(device: device, Self.describe(refusal, mine: true))
             return try pump(device, peer)
 
@@ -274,13 +286,17 @@ public final class SyncEngine: @unchecked Sendable {
 
     private func noticeBlobs(_ records: [SyncRecord]) {
         guard let onBlobReference else { return }
-        for r in records where !r.header.tombstone && !r.header.counter && r.value.first == BlobReference.magic[0] { onBlobReference(r.value) }
+        for r in records where !r.header.tombstone && !r.header.counter && r.value.first == BlobReference.magic[0] {
+            onBlobReference(r.value)
+        }
     }
 
     /// Frames to push to every connected peer after local writes (or after
     /// receiving commits other peers may lack).
     public func pending() throws(MasqError) -> [(device: String, frame: [UInt8])] {
-        let ready = lock.withLock { peers.filter { $0.value.connected && $0.value.helloReceived }.map { ($0.key, $0.value) } }
+        let ready = lock.withLock {
+            peers.filter { $0.value.connected && $0.value.helloReceived }.map { ($0.key, $0.value) }
+        }
         var out: [(device: String, frame: [UInt8])] = []
         for (device, peer) in ready.sorted(by: { $0.0 < $1.0 }) {
             for frame in try pump(device, peer) { out.append((device, frame)) }
@@ -295,8 +311,10 @@ public final class SyncEngine: @unchecked Sendable {
         let now = Clock.unixMilliseconds()
         return lock.withLock {
             var any = false
-            for peer in peers.values where peer.connected && peer.inFlight > 0
-                && now >= peer.waitingSince + options.resendAfterMilliseconds {
+            for peer in peers.values
+            where peer.connected && peer.inFlight > 0
+                && now >= peer.waitingSince + options.resendAfterMilliseconds
+            {
                 peer.inFlight = 0
                 peer.sent = peer.theirs
                 any = true
@@ -313,7 +331,8 @@ public final class SyncEngine: @unchecked Sendable {
                 }
             }
             // A refused origin whose wait is over is offered again (once per wait).
-            for peer in peers.values where peer.connected && peer.heldBack.contains(where: { $0.value.until <= now && $0.value.until != 0 }) {
+            for peer in peers.values
+            where peer.connected && peer.heldBack.contains(where: { $0.value.until <= now && $0.value.until != 0 }) {
                 for (origin, hold) in peer.heldBack where hold.until <= now && hold.until != 0 {
                     peer.heldBack[origin] = (0, hold.backoff)
                 }
@@ -353,11 +372,18 @@ public final class SyncEngine: @unchecked Sendable {
         case .futureClock:
             let ahead = HybridLogicalClock.milliseconds(of: r.timestamp) &- r.receiverTime
             let minutes = max(1, (ahead + 30_000) / 60_000)
-            return mine ? "your clock is \(minutes) minute(s) ahead of this device's: it refuses your changes until the clocks agree (set the clock right; they are then sent again)"
-                        : "refusing its changes: its clock is \(minutes) minute(s) ahead of this device's"
-        case .limits: return mine ? "it refuses a change that exceeds its limits" : "refusing a change that exceeds this store's limits"
-        case .storage: return mine ? "it cannot store your changes (full disk or I/O error)" : "cannot store its changes (full disk or I/O error)"
-        case .invalid: return mine ? "it refuses one of your changes as invalid" : "refusing one of its changes as invalid"
+            return mine
+                ? "your clock is \(minutes) minute(s) ahead of this device's: it refuses your changes until the clocks agree (set the clock right; they are then sent again)"
+                : "refusing its changes: its clock is \(minutes) minute(s) ahead of this device's"
+        case .limits:
+            return mine
+                ? "it refuses a change that exceeds its limits" : "refusing a change that exceeds this store's limits"
+        case .storage:
+            return mine
+                ? "it cannot store your changes (full disk or I/O error)"
+                : "cannot store its changes (full disk or I/O error)"
+        case .invalid:
+            return mine ? "it refuses one of your changes as invalid" : "refusing one of its changes as invalid"
         }
     }
 
@@ -368,11 +394,15 @@ public final class SyncEngine: @unchecked Sendable {
 
     /// Status toward each peer that has said HELLO: what it has, what it
     /// still lacks from us, what we still lack from it.
-    public func status() throws(MasqError) -> [(device: String, connected: Bool, theyLack: UInt64, weLack: UInt64, lastSeen: UInt64)] {
+    public func status() throws(MasqError) -> [(
+        device: String, connected: Bool, theyLack: UInt64, weLack: UInt64, lastSeen: UInt64
+    )] {
         let mine = try store.syncVectors().applied
         return lock.withLock {
             peers.map { device, p in
-                let theyLack = mine.entries.reduce(UInt64(0)) { $0 + ($1.value > p.theirs[$1.key] ? $1.value - p.theirs[$1.key] : 0) }
+                let theyLack = mine.entries.reduce(UInt64(0)) {
+                    $0 + ($1.value > p.theirs[$1.key] ? $1.value - p.theirs[$1.key] : 0)
+                }
                 let weLack = Self.lacking(p, mine)
                 return (device, p.connected, theyLack, weLack, p.lastSeen)
             }.sorted { $0.device < $1.device }
@@ -391,10 +421,13 @@ public final class SyncEngine: @unchecked Sendable {
     private func pump(_ device: String, _ peer: Peer) throws(MasqError) -> [[UInt8]] {
         var out: [[UInt8]] = []
         while true {
-            let (ready, sent, held, peerFilter) = lock.withLock { () -> (Bool, VersionVector, Set<UInt64>, NamespaceFilter?) in
+            let (ready, sent, held, peerFilter) = lock.withLock {
+                () -> (Bool, VersionVector, Set<UInt64>, NamespaceFilter?) in
                 let now = Clock.unixMilliseconds()
-                return (peer.helloReceived && peer.inFlight < options.window, peer.sent,
-                        Set(peer.heldBack.filter { $0.value.until > now }.keys), peer.filter)
+                return (
+                    peer.helloReceived && peer.inFlight < options.window, peer.sent,
+                    Set(peer.heldBack.filter { $0.value.until > now }.keys), peer.filter
+                )
             }
             guard ready else { return out }
             if lock.withLock({ peer.snapshotRequested }) {
@@ -402,8 +435,11 @@ public final class SyncEngine: @unchecked Sendable {
                 out += try snapshot(for: peer)
                 continue
             }
-            guard let commits = try store.exportCommits(after: sent, maxCommits: options.maxCommitsPerFrame, maxBytes: options.maxBytesPerFrame,
-                                                        holdBack: held, keeping: peerFilter, onlyOrigin: ownOnly) else {
+            guard
+                let commits = try store.exportCommits(
+                    after: sent, maxCommits: options.maxCommitsPerFrame, maxBytes: options.maxBytesPerFrame,
+                    holdBack: held, keeping: peerFilter, onlyOrigin: ownOnly)
+            else {
                 out += try snapshot(for: peer)
                 continue
             }
@@ -427,25 +463,29 @@ public final class SyncEngine: @unchecked Sendable {
         var frames: [[UInt8]] = []
         var cursor: [UInt8]?
         repeat {
-            let chunk = try store.snapshotChunk(after: cursor, maxBytes: options.maxBytesPerFrame, keeping: peerFilter, onlyReplica: ownOnly)
+            let chunk = try store.snapshotChunk(
+                after: cursor, maxBytes: options.maxBytesPerFrame, keeping: peerFilter, onlyReplica: ownOnly)
             cursor = chunk.next
             frames.append(SyncFrame.snapshot(records: chunk.records, final: cursor == nil ? vector : nil).encoded())
         } while cursor != nil
         lock.withLock {
             peer.sent = vector
             if peer.inFlight == 0 { peer.waitingSince = Clock.unixMilliseconds() }
-            peer.inFlight += 1     // the final chunk is acknowledged like a batch
+            peer.inFlight += 1  // the final chunk is acknowledged like a batch
         }
         return frames
     }
 
     /// Apply one commit; a commit that cannot be applied becomes a refusal
     /// with its reason (it stays unapplied, and its sender is told why).
-    private func applyCounted(_ commit: SyncCommit, from device: String) -> Result<Store.ApplyResult, SyncFrame.Refusal> {
+    private func applyCounted(_ commit: SyncCommit, from device: String) -> Result<Store.ApplyResult, SyncFrame.Refusal>
+    {
         let now = Clock.unixMilliseconds()
         let reason: SyncFrame.Refusal.Reason
         let message: String
-        if Store.futureSkew([commit.timestamp] + commit.records.map(\.header.version.timestamp), bound: options.clockBound) != nil {
+        if Store.futureSkew(
+            [commit.timestamp] + commit.records.map(\.header.version.timestamp), bound: options.clockBound) != nil
+        {
             reason = .futureClock
             message = "timestamped beyond the clock bound"
         } else {
@@ -461,15 +501,21 @@ public final class SyncEngine: @unchecked Sendable {
             }
         }
         lock.withLock { rejectedFrames += 1 }
-        Log.warn("sync", "refused commit \(commit.seq) of replica \(String(commit.origin, radix: 16)) from \(device): \(message)")
+        Log.warn(
+            "sync",
+            "refused commit \(commit.seq) of replica \(String(commit.origin, radix: 16)) from \(device): \(message)")
         let latest = ([commit.timestamp] + commit.records.map(\.header.version.timestamp)).max() ?? commit.timestamp
-        return .failure(SyncFrame.Refusal(reason: reason, origin: commit.origin, seq: commit.seq, timestamp: latest, receiverTime: now))
+        return .failure(
+            SyncFrame.Refusal(
+                reason: reason, origin: commit.origin, seq: commit.seq, timestamp: latest, receiverTime: now))
     }
 
     /// Commits `p` announced that this replica lacks and can get from it: a
     /// filtered peer relays only its own.
     private static func lacking(_ p: Peer, _ mine: VersionVector) -> UInt64 {
-        if p.filter != nil { return p.announced[p.replica] > mine[p.replica] ? p.announced[p.replica] - mine[p.replica] : 0 }
+        if p.filter != nil {
+            return p.announced[p.replica] > mine[p.replica] ? p.announced[p.replica] - mine[p.replica] : 0
+        }
         return p.announced.entries.reduce(UInt64(0)) { $0 + ($1.value > mine[$1.key] ? $1.value - mine[$1.key] : 0) }
     }
 

@@ -67,7 +67,9 @@ public struct NamespaceFilter: Sendable, Equatable {
             for _ in 0..<n {
                 let length = try r.varint()
                 guard length >= 1 && length <= 255 else { throw .invalid("a namespace pattern of \(length) bytes") }
-                guard let text = String(validating: try r.bytes(Int(length)), as: UTF8.self) else { throw .invalid("a namespace pattern is not UTF-8") }
+                guard let text = String(validating: try r.bytes(Int(length)), as: UTF8.self) else {
+                    throw .invalid("a namespace pattern is not UTF-8")
+                }
                 out.append(text)
             }
             return out
@@ -97,18 +99,28 @@ public struct SyncConfig: Sendable, Equatable {
 
     /// Parse the "sync" member of a config; `fail(path, message)` makes the error.
     static func parse(_ value: JSONValue, fail: (String, String) -> MasqError) throws(MasqError) -> SyncConfig {
-        guard case .object(let members) = value else { throw fail("sync", "must be an object, found \(value.typeName)") }
+        guard case .object(let members) = value else {
+            throw fail("sync", "must be an object, found \(value.typeName)")
+        }
         let allowed: Set<String> = ["namespaces", "exclude", "blobs"]
         if let unknown = members.keys.sorted().first(where: { !allowed.contains($0) }) {
             throw fail("sync.\(unknown)", "unknown key (expected one of: \(allowed.sorted().joined(separator: ", ")))")
         }
         func patterns(_ key: String) throws(MasqError) -> [String] {
-            guard case .array(let items) = members[key]! else { throw fail("sync.\(key)", "must be an array of namespace names") }
-            guard items.count <= NamespaceFilter.maxPatterns else { throw fail("sync.\(key)", "at most \(NamespaceFilter.maxPatterns) names") }
+            guard case .array(let items) = members[key]! else {
+                throw fail("sync.\(key)", "must be an array of namespace names")
+            }
+            guard items.count <= NamespaceFilter.maxPatterns else {
+                throw fail("sync.\(key)", "at most \(NamespaceFilter.maxPatterns) names")
+            }
             var out: [String] = []
             for (i, item) in items.enumerated() {
-                guard case .string(let s) = item, (1...255).contains(s.utf8.count), !s.unicodeScalars.contains(where: { $0.value < 0x20 }) else {
-                    throw fail("sync.\(key)[\(i)]", "must be a namespace name of 1 to 255 bytes (a trailing * matches any suffix)")
+                guard case .string(let s) = item, (1...255).contains(s.utf8.count),
+                    !s.unicodeScalars.contains(where: { $0.value < 0x20 })
+                else {
+                    throw fail(
+                        "sync.\(key)[\(i)]",
+                        "must be a namespace name of 1 to 255 bytes (a trailing * matches any suffix)")
                 }
                 out.append(s)
             }
@@ -117,7 +129,9 @@ public struct SyncConfig: Sendable, Equatable {
         var config = SyncConfig()
         if members["namespaces"] != nil, members["namespaces"] != .null {
             let names = try patterns("namespaces")
-            guard !names.isEmpty else { throw fail("sync.namespaces", "must name at least one namespace (omit it to keep every namespace)") }
+            guard !names.isEmpty else {
+                throw fail("sync.namespaces", "must name at least one namespace (omit it to keep every namespace)")
+            }
             config.filter.include = names
         }
         if members["exclude"] != nil { config.filter.exclude = try patterns("exclude") }
@@ -133,8 +147,12 @@ public struct SyncConfig: Sendable, Equatable {
     /// The JSON `masq init` writes (only when not the default).
     var json: String {
         var parts: [String] = []
-        if let include = filter.include { parts.append("\"namespaces\": [" + include.map(jsonString).joined(separator: ", ") + "]") }
-        if !filter.exclude.isEmpty { parts.append("\"exclude\": [" + filter.exclude.map(jsonString).joined(separator: ", ") + "]") }
+        if let include = filter.include {
+            parts.append("\"namespaces\": [" + include.map(jsonString).joined(separator: ", ") + "]")
+        }
+        if !filter.exclude.isEmpty {
+            parts.append("\"exclude\": [" + filter.exclude.map(jsonString).joined(separator: ", ") + "]")
+        }
         if blobs != .eager { parts.append("\"blobs\": \(jsonString(blobs.rawValue))") }
         return "{ " + parts.joined(separator: ", ") + " }"
     }

@@ -28,8 +28,10 @@ public enum SyncFrame: Equatable, Sendable {
     /// rolled back (Store.reidentify).
     /// `wantsSnapshot`: the sender repaired damage and asks for a whole copy.
     /// `filter`: the sender keeps only these namespaces (selective sync, SyncFilter.swift).
-    case hello(replica: UInt64, applied: VersionVector, collected: VersionVector, tips: [UInt64: UInt64], wantsSnapshot: Bool = false,
-               filter: NamespaceFilter? = nil)
+    case hello(
+        replica: UInt64, applied: VersionVector, collected: VersionVector, tips: [UInt64: UInt64],
+        wantsSnapshot: Bool = false,
+        filter: NamespaceFilter? = nil)
     case commits([SyncCommit])
     case ack(VersionVector)
     case snapshot(records: [SyncRecord], final: VersionVector?)
@@ -133,7 +135,9 @@ public enum SyncFrame: Equatable, Sendable {
         return index
     }
 
-    static func encode(_ r: SyncRecord, names: [String: Int], commit: (version: Version, seq: UInt64)?, into out: inout [UInt8]) {
+    static func encode(
+        _ r: SyncRecord, names: [String: Int], commit: (version: Version, seq: UInt64)?, into out: inout [UInt8]
+    ) {
         out.appendVarint(UInt64(names[r.namespace]!))
         out.appendVarint(UInt64(r.key.count))
         out += r.key
@@ -160,12 +164,17 @@ public enum SyncFrame: Equatable, Sendable {
     /// Decode a frame; MASQ_E_INVALID for anything malformed, truncated,
     /// oversized or of an unknown version.
     public static func decode(_ bytes: [UInt8]) throws(MasqError) -> SyncFrame {
-        guard bytes.count <= maxFrameBytes else { throw .invalid("sync frame of \(bytes.count) bytes exceeds \(maxFrameBytes)") }
+        guard bytes.count <= maxFrameBytes else {
+            throw .invalid("sync frame of \(bytes.count) bytes exceeds \(maxFrameBytes)")
+        }
         do throws(MasqError) {
             return try bytes.withBytes { (raw) throws(MasqError) -> SyncFrame in
                 var r = ByteReader(raw)
                 let version = try r.byte()
-                guard version == SyncFrame.version else { throw .invalid("sync frame version \(version) is not supported (this library speaks \(SyncFrame.version))") }
+                guard version == SyncFrame.version else {
+                    throw .invalid(
+                        "sync frame version \(version) is not supported (this library speaks \(SyncFrame.version))")
+                }
                 let type = try r.byte()
                 let frame: SyncFrame
                 switch type {
@@ -185,7 +194,9 @@ public enum SyncFrame: Equatable, Sendable {
                             if flags & 2 != 0 { filter = try NamespaceFilter.decode(&r) }
                         }
                     }
-                    frame = .hello(replica: replica, applied: applied, collected: collected, tips: tips, wantsSnapshot: flags & 1 != 0, filter: filter)
+                    frame = .hello(
+                        replica: replica, applied: applied, collected: collected, tips: tips,
+                        wantsSnapshot: flags & 1 != 0, filter: filter)
                 case 2:
                     let n = try count(&r, raw.count)
                     var commits: [SyncCommit] = []
@@ -210,9 +221,13 @@ public enum SyncFrame: Equatable, Sendable {
                     for _ in 0..<n { records.append(try record(&r, raw.count, names: names, commit: nil)) }
                     frame = .snapshot(records: records, final: final == 1 ? try VersionVector.decode(&r) : nil)
                 case 5:
-                    guard let reason = Refusal.Reason(rawValue: try r.byte()) else { throw .invalid("unknown refusal reason") }
-                    frame = .refused(Refusal(reason: reason, origin: try r.uint64(), seq: try r.varint(),
-                                             timestamp: try r.uint64(), receiverTime: try r.uint64()))
+                    guard let reason = Refusal.Reason(rawValue: try r.byte()) else {
+                        throw .invalid("unknown refusal reason")
+                    }
+                    frame = .refused(
+                        Refusal(
+                            reason: reason, origin: try r.uint64(), seq: try r.varint(),
+                            timestamp: try r.uint64(), receiverTime: try r.uint64()))
                 default:
                     throw .invalid("unknown sync frame type \(type)")
                 }
@@ -220,7 +235,8 @@ public enum SyncFrame: Equatable, Sendable {
                 return frame
             }
         } catch {
-            throw MasqError(.invalid, error.status == .corrupt ? "malformed sync frame: \(error.message)" : error.message)
+            throw MasqError(
+                .invalid, error.status == .corrupt ? "malformed sync frame: \(error.message)" : error.message)
         }
     }
 
@@ -237,19 +253,27 @@ public enum SyncFrame: Equatable, Sendable {
         for _ in 0..<n {
             let length = try count(&r, total)
             guard length > 0 && length <= 255 else { throw .invalid("bad namespace length") }
-            guard let name = String(validating: try r.bytes(length), as: UTF8.self) else { throw .invalid("namespace is not UTF-8") }
+            guard let name = String(validating: try r.bytes(length), as: UTF8.self) else {
+                throw .invalid("namespace is not UTF-8")
+            }
             names.append(name)
         }
         return names
     }
 
-    private static func record(_ r: inout ByteReader, _ total: Int, names: [String], commit: (Version, UInt64)?) throws(MasqError) -> SyncRecord {
+    private static func record(_ r: inout ByteReader, _ total: Int, names: [String], commit: (Version, UInt64)?)
+        throws(MasqError) -> SyncRecord
+    {
         let index = try r.varint()
         guard index < UInt64(names.count) else { throw .invalid("record names namespace \(index) of \(names.count)") }
         let ns = names[Int(index)]
         let key = try r.bytes(try count(&r, total))
         let flags = try r.byte()
-        guard flags & ~(RecordHeader.tombstoneFlag | RecordHeader.previousFlag | RecordHeader.counterFlag | commitVersionFlag) == 0 else {
+        guard
+            flags
+                & ~(RecordHeader.tombstoneFlag | RecordHeader.previousFlag | RecordHeader.counterFlag
+                | commitVersionFlag) == 0
+        else {
             throw .invalid("unknown record flags \(flags)")
         }
         let version: Version, seq: UInt64
@@ -261,13 +285,17 @@ public enum SyncFrame: Equatable, Sendable {
             seq = try r.varint()
         }
         var previous = Version.none
-        if flags & RecordHeader.previousFlag != 0 { previous = Version(timestamp: try r.uint64(), replica: try r.uint64()) }
+        if flags & RecordHeader.previousFlag != 0 {
+            previous = Version(timestamp: try r.uint64(), replica: try r.uint64())
+        }
         let value = try r.bytes(try count(&r, total))
         let tombstone = flags & RecordHeader.tombstoneFlag != 0
         guard !tombstone || value.isEmpty else { throw .invalid("a tombstone with a value") }
-        return SyncRecord(namespace: ns, key: key,
-                          header: RecordHeader(tombstone: tombstone, counter: flags & RecordHeader.counterFlag != 0,
-                                               version: version, seq: seq, previous: previous),
-                          value: value)
+        return SyncRecord(
+            namespace: ns, key: key,
+            header: RecordHeader(
+                tombstone: tombstone, counter: flags & RecordHeader.counterFlag != 0,
+                version: version, seq: seq, previous: previous),
+            value: value)
     }
 }

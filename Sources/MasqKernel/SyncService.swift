@@ -2,7 +2,7 @@ import CMasq
 import Dispatch
 import MasqCrypto
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Runs sync for a store over its configured transports: joins the group's
@@ -49,7 +49,7 @@ public final class SyncService: @unchecked Sendable {
         public var present: Bool
         public var theyLack: UInt64
         public var weLack: UInt64
-        public var lastSeen: UInt64   // Unix ms, 0 = never
+        public var lastSeen: UInt64  // Unix ms, 0 = never
         /// What holds sync with this device back, in words (nil: nothing).
         public var problem: String?
     }
@@ -143,7 +143,9 @@ public final class SyncService: @unchecked Sendable {
     /// A device in no group yet gets a room of its own (pairing will share it).
     /// `transports` replaces the config's (a host that changed its config
     /// file after opening the store, e.g. after pairing through a relay).
-    public init(store: Store, options: SyncEngine.Options = SyncEngine.Options(), transports: [PluginReference]? = nil) throws(MasqError) {
+    public init(store: Store, options: SyncEngine.Options = SyncEngine.Options(), transports: [PluginReference]? = nil)
+        throws(MasqError)
+    {
         self.store = store
         transportReferences = transports ?? store.config.transports
         engine = SyncEngine(store: store, options: options)
@@ -151,9 +153,12 @@ public final class SyncService: @unchecked Sendable {
         roomText = hex(room)
         me = try Self.idBytes(store.requireIdentity().publicKeys.deviceID)
         identityEpoch = store.identityEpoch
-        transfer = BlobTransfer(store: store, mode: store.config.sync.blobs, scheduleSave: { [unowned self] in
-            self.queue.async { [weak self] in self?.transfer.save() }
-        }) { [unowned self] frame, device in
+        transfer = BlobTransfer(
+            store: store, mode: store.config.sync.blobs,
+            scheduleSave: { [unowned self] in
+                self.queue.async { [weak self] in self?.transfer.save() }
+            }
+        ) { [unowned self] frame, device in
             (try? self.deliver(frame, to: device)) ?? false
         }
         // References applied from peers are noticed on this queue, before the frame's
@@ -163,28 +168,35 @@ public final class SyncService: @unchecked Sendable {
 
     static func idBytes(_ deviceID: String) throws(MasqError) -> [UInt8] {
         // Device ids are written in lowercase hex only.
-        guard deviceID.utf8.count == 20, deviceID.utf8.allSatisfy({ (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }),
-              let bytes = Hex.decode(deviceID) else { throw .invalid("malformed device id \(deviceID)") }
+        guard deviceID.utf8.count == 20,
+            deviceID.utf8.allSatisfy({ (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }),
+            let bytes = Hex.decode(deviceID)
+        else { throw .invalid("malformed device id \(deviceID)") }
         return bytes
     }
 
     /// Open the configured transports, join the room, announce presence.
     public func start() throws(MasqError) {
         guard !transportReferences.isEmpty else {
-            throw .config("no transport configured: add {\"plugin\": \"relay\", \"options\": {\"url\": \"ws://HOST:PORT/\"}} to \"transports\"")
+            throw .config(
+                "no transport configured: add {\"plugin\": \"relay\", \"options\": {\"url\": \"ws://HOST:PORT/\"}} to \"transports\""
+            )
         }
         for (index, reference) in transportReferences.enumerated() {
             let endpoint = reference.options.first { $0.key == "url" }?.value
-            let transport = try store.openTransport(reference, onFrame: { [weak self] _, room, frame in
-                guard let service = self else { return }
-                service.queue.async {
-                    service.transportsUp.insert(index)      // it carries frames: it is up
-                    service.received(room: room, frame)
-                }
-            }, onPeerEvent: { [weak self] peer, event in
-                guard let service = self else { return }
-                service.queue.async { service.peerEvent(index, peer, event) }
-            })
+            let transport = try store.openTransport(
+                reference,
+                onFrame: { [weak self] _, room, frame in
+                    guard let service = self else { return }
+                    service.queue.async {
+                        service.transportsUp.insert(index)  // it carries frames: it is up
+                        service.received(room: room, frame)
+                    }
+                },
+                onPeerEvent: { [weak self] peer, event in
+                    guard let service = self else { return }
+                    service.queue.async { service.peerEvent(index, peer, event) }
+                })
             guard transport.hasRooms else {
                 transport.close()
                 throw .config("transport \(reference.name) cannot join rooms (MASQ_TRANSPORT_ROOMS), which sync needs")
@@ -199,9 +211,12 @@ public final class SyncService: @unchecked Sendable {
                 guard limit >= Self.minTransportFrameBytes else {
                     for (t, _) in transports { t.close() }
                     transports = []
-                    throw .config("transport \(reference.name) carries frames of at most \(limit) bytes; sync needs at least \(Self.minTransportFrameBytes)")
+                    throw .config(
+                        "transport \(reference.name) carries frames of at most \(limit) bytes; sync needs at least \(Self.minTransportFrameBytes)"
+                    )
                 }
-                engine.options.maxBytesPerFrame = min(engine.options.maxBytesPerFrame, limit - Self.sealingOverhead - Self.fragmentHeaderBytes)
+                engine.options.maxBytesPerFrame = min(
+                    engine.options.maxBytesPerFrame, limit - Self.sealingOverhead - Self.fragmentHeaderBytes)
             }
             fragmentBytes = engine.options.maxBytesPerFrame
         }
@@ -210,7 +225,9 @@ public final class SyncService: @unchecked Sendable {
             guard let service = self else { return }
             // A blob reference (local or remote) whose contents may be missing here.
             guard change.origin == .local else { return }
-            if let value = change.value, value.first == BlobReference.magic[0] { service.queue.async { service.transfer.noticed(value) } }
+            if let value = change.value, value.first == BlobReference.magic[0] {
+                service.queue.async { service.transfer.noticed(value) }
+            }
             service.queue.async { service.schedulePump() }
         }
         lastBlobCollection = Clock.unixMilliseconds() - blobCollectionInterval + 60_000
@@ -254,8 +271,11 @@ public final class SyncService: @unchecked Sendable {
             let s = try status()
             let elapsed = Double(Clock.monotonicNanoseconds() - started) / 1e9
             let talking = s.devices.filter(\.present)
-            let settled = talking.allSatisfy { $0.weLack == 0 && $0.theyLack == 0 }
-                && queue.sync(execute: { helloed.isSuperset(of: present) && engine.heardFrom(present) && transfer.settled(blobDevices) })
+            let settled =
+                talking.allSatisfy { $0.weLack == 0 && $0.theyLack == 0 }
+                && queue.sync(execute: {
+                    helloed.isSuperset(of: present) && engine.heardFrom(present) && transfer.settled(blobDevices)
+                })
             // Done when everyone answered and nothing is missing; absent devices get `grace` seconds.
             if settled && (talking.count == s.devices.count || elapsed >= grace) { return true }
         }
@@ -266,18 +286,25 @@ public final class SyncService: @unchecked Sendable {
         let devices = try store.devices()
         let engineStatus = Dictionary(uniqueKeysWithValues: try engine.status().map { ($0.device, $0) })
         let (up, here, received, rejected, sessionProblems, blobs, blobCounters) = queue.sync {
-            (transportUp, present, framesReceived, framesRejected, sessions.compactMapValues(\.problem), transfer.status(blobDevices), transfer.counters)
+            (
+                transportUp, present, framesReceived, framesRejected, sessions.compactMapValues(\.problem),
+                transfer.status(blobDevices), transfer.counters
+            )
         }
         var rows: [DeviceStatus] = []
         for d in devices {
             let e = engineStatus[d.deviceID]
-            rows.append(DeviceStatus(deviceID: d.deviceID, name: d.name, present: here.contains(d.deviceID),
-                                     theyLack: e?.theyLack ?? 0, weLack: e?.weLack ?? 0, lastSeen: e?.lastSeen ?? 0,
-                                     problem: engine.problem(with: d.deviceID) ?? sessionProblems[d.deviceID]))
+            rows.append(
+                DeviceStatus(
+                    deviceID: d.deviceID, name: d.name, present: here.contains(d.deviceID),
+                    theyLack: e?.theyLack ?? 0, weLack: e?.weLack ?? 0, lastSeen: e?.lastSeen ?? 0,
+                    problem: engine.problem(with: d.deviceID) ?? sessionProblems[d.deviceID]))
         }
-        return Status(connected: up, room: roomText, devices: rows, pending: rows.filter(\.present).map(\.theyLack).reduce(0, +),
-                      framesReceived: received, framesRejected: rejected + engine.rejectedFrames,
-                      transports: transports.map { ($0.0.plugin.name, $0.0.stats() ?? [:]) }, blobs: blobs, blobCounters: blobCounters)
+        return Status(
+            connected: up, room: roomText, devices: rows, pending: rows.filter(\.present).map(\.theyLack).reduce(0, +),
+            framesReceived: received, framesRejected: rejected + engine.rejectedFrames,
+            transports: transports.map { ($0.0.plugin.name, $0.0.stats() ?? [:]) }, blobs: blobs,
+            blobCounters: blobCounters)
     }
 
     // MARK: - queue
@@ -298,7 +325,7 @@ public final class SyncService: @unchecked Sendable {
             present = []
             helloed = []
         case MASQ_ROOM_CHANGED where peer != roomText:
-            break                                        // another room of the transport
+            break  // another room of the transport
         case MASQ_PEER_UP, MASQ_PEER_DOWN, MASQ_ROOM_CHANGED:
             present = []
             helloed = []
@@ -343,7 +370,8 @@ public final class SyncService: @unchecked Sendable {
             let peer = session(sender)
             let plain: [UInt8]
             do throws(MasqError) {
-                plain = try store.open(from: sender, Array(payload[21...]), associatedData: room_ad(Array(payload[0..<21])))
+                plain = try store.open(
+                    from: sender, Array(payload[21...]), associatedData: room_ad(Array(payload[0..<21])))
             } catch {
                 if Self.isStorageFailure(error) { return cannotStore(from: sender, peer, error) }
                 peer.failures += 1
@@ -378,7 +406,9 @@ public final class SyncService: @unchecked Sendable {
                 receivedRemovals(whole, from: sender)
                 return
             }
-            if whole.count >= 2, whole[0] == SyncFrame.version, (BlobTransfer.wantType...BlobTransfer.lackType).contains(whole[1]) {
+            if whole.count >= 2, whole[0] == SyncFrame.version,
+                (BlobTransfer.wantType...BlobTransfer.lackType).contains(whole[1])
+            {
                 do throws(MasqError) { try transfer.receive(whole, from: sender, devices: blobDevices) } catch {
                     reject("from \(sender): \(error.message)")
                 }
@@ -428,7 +458,8 @@ public final class SyncService: @unchecked Sendable {
         if peer.lastRenewal != 0 && now < peer.lastRenewal + peer.renewalWait { return }
         if case .renewing = peer.state, now < peer.lastRenewal + peer.renewalWait { return }
         do throws(MasqError) {
-            let (renewal, message) = try store.beginSessionRenewal(with: device, prologue: renewalPrologue(initiator: me, responder: try Self.idBytes(device)))
+            let (renewal, message) = try store.beginSessionRenewal(
+                with: device, prologue: renewalPrologue(initiator: me, responder: try Self.idBytes(device)))
             if peer.lastRenewal != 0 { peer.renewalWait = min(peer.renewalWait * 2, Self.maxRenewalInterval) }
             peer.lastRenewal = now
             peer.attempts += 1
@@ -453,15 +484,22 @@ public final class SyncService: @unchecked Sendable {
                 if case .renewing = peer.state, me.lexicographicallyPrecedes(senderID), peer.attempts < 3 { return }
                 // Answers are rate-limited per device: forged step 1s cannot buy unbounded work.
                 let now = Clock.unixMilliseconds()
-                guard now >= peer.lastAnswered + 1_000 else { return reject("renewal from \(sender): answered one less than a second ago") }
+                guard now >= peer.lastAnswered + 1_000 else {
+                    return reject("renewal from \(sender): answered one less than a second ago")
+                }
                 peer.lastAnswered = now
                 let answer: [UInt8]
-                switch try store.answerOrRefuseSessionRenewal(from: sender, message, prologue: renewalPrologue(initiator: senderID, responder: me)) {
+                switch try store.answerOrRefuseSessionRenewal(
+                    from: sender, message, prologue: renewalPrologue(initiator: senderID, responder: me))
+                {
                 case .answer(let a): answer = a
                 case .clockAhead(let by, let refusal):
                     // Tell the device whose clock is ahead (signed: step 3), and show it here.
                     broadcast([4] + senderID + me + [3] + refusal)
-                    setProblem(sender, peer, "refusing its session renewal: its clock is \(max(1, (by + 30_000) / 60_000)) minute(s) ahead of this device's")
+                    setProblem(
+                        sender, peer,
+                        "refusing its session renewal: its clock is \(max(1, (by + 30_000) / 60_000)) minute(s) ahead of this device's"
+                    )
                     return
                 }
                 broadcast([4] + senderID + me + [2] + answer)
@@ -472,14 +510,21 @@ public final class SyncService: @unchecked Sendable {
                 guard case .renewing(let renewal) = peer.state else { return }
                 try store.completeSessionRenewal(renewal, message)
                 established(sender, peer)
-                // The other side greets first; this side answers its HELLO.
+            // The other side greets first; this side answers its HELLO.
             case 3:
                 // The other device refused this renewal: this clock is ahead of its own.
                 guard case .renewing(let renewal) = peer.state else { return }
-                let ahead = try store.checkRenewalRefusal(renewal, prologue: renewalPrologue(initiator: me, responder: senderID), message)
+                let ahead = try store.checkRenewalRefusal(
+                    renewal, prologue: renewalPrologue(initiator: me, responder: senderID), message)
                 let minutes = max(1, (ahead + 30_000) / 60_000)
-                Log.warn("sync", "device \(sender) refuses to renew the session: this clock is \(minutes) minute(s) ahead of its own")
-                setProblem(sender, peer, "your clock is \(minutes) minute(s) ahead of this device's: it refuses to renew the session until the clocks agree (set the clock right)")
+                Log.warn(
+                    "sync",
+                    "device \(sender) refuses to renew the session: this clock is \(minutes) minute(s) ahead of its own"
+                )
+                setProblem(
+                    sender, peer,
+                    "your clock is \(minutes) minute(s) ahead of this device's: it refuses to renew the session until the clocks agree (set the clock right)"
+                )
             default:
                 throw .invalid("unknown renewal step \(step)")
             }
@@ -500,7 +545,8 @@ public final class SyncService: @unchecked Sendable {
 
     /// A write failed for want of space or of a working disk (not a bad frame).
     static func isStorageFailure(_ error: MasqError) -> Bool {
-        error.status == .io || error.message.lowercased().contains("disk is full") || error.message.contains("SQLITE_FULL")
+        error.status == .io || error.message.lowercased().contains("disk is full")
+            || error.message.contains("SQLITE_FULL")
     }
 
     /// This store cannot write what `sender` sent (nor even its ratchet step,
@@ -520,7 +566,9 @@ public final class SyncService: @unchecked Sendable {
             let header = [UInt8(5)] + (try Self.idBytes(sender)) + me
             let body = [UInt8(1)] + bigEndianBytes(now)
             let key = try store.requireIdentity().signingKey
-            let signature = try crypto { () throws(CryptoError) in try Ed25519.sign(Self.noticeMessage(room, header, body), privateKey: key) }
+            let signature = try crypto { () throws(CryptoError) in
+                try Ed25519.sign(Self.noticeMessage(room, header, body), privateKey: key)
+            }
             broadcast(header + body + signature)
         } catch {
             Log.warn("sync", "cannot tell \(sender) why: \(error.message)")
@@ -538,17 +586,24 @@ public final class SyncService: @unchecked Sendable {
         do throws(MasqError) {
             guard let device = try store.devices().first(where: { $0.deviceID == sender }) else { return }
             let signed = Array(body[0..<9]), signature = Array(body[9...])
-            guard Ed25519.verify(signature, message: Self.noticeMessage(room, header, signed), publicKey: device.keys.signing) else {
+            guard
+                Ed25519.verify(
+                    signature, message: Self.noticeMessage(room, header, signed), publicKey: device.keys.signing)
+            else {
                 return reject("notice from \(sender): bad signature")
             }
             let time = signed.withUnsafeBytes { $0.loadBigEndian(at: 1) as UInt64 }
             let now = Clock.unixMilliseconds()
-            guard signed[0] == 1, time > peer.lastNoticeReceived, max(time, now) - min(time, now) <= Store.renewalCounterSlack else {
+            guard signed[0] == 1, time > peer.lastNoticeReceived,
+                max(time, now) - min(time, now) <= Store.renewalCounterSlack
+            else {
                 return reject("notice from \(sender): stale, replayed or unknown")
             }
             peer.lastNoticeReceived = time
             peer.storedNoticeChecked = false
-            setProblem(sender, peer, Self.cannotStoreProblem + ": its disk is full or failing (free space there, then sync resumes)")
+            setProblem(
+                sender, peer,
+                Self.cannotStoreProblem + ": its disk is full or failing (free space there, then sync resumes)")
         } catch {
             reject("notice from \(sender): \(error.message)")
         }
@@ -611,7 +666,9 @@ public final class SyncService: @unchecked Sendable {
             case .ready:
                 // The side that started a renewal waits for the other's first
                 // message; if it never comes, renew again.
-                if !store.canSend(to: device) && now >= peer.lastRenewal + 5_000 { renew(device, force: true) }
+                if !store.canSend(to: device) && now >= peer.lastRenewal + 5_000 {
+                    renew(device, force: true)
+                }
                 // Greeted, but its HELLO never came (lost, or eaten by a crossing renewal):
                 // renew, after which the answering side greets first.
                 // Three times in a row: say so, and try only once a minute (a peer that
@@ -621,7 +678,9 @@ public final class SyncService: @unchecked Sendable {
                     if now >= peer.lastRenewal + wait {
                         peer.missingHelloRenewals += 1
                         if peer.missingHelloRenewals == 3 {
-                            setProblem(device, peer, Self.missingHelloProblem + " after a session renewal; trying again every minute")
+                            setProblem(
+                                device, peer,
+                                Self.missingHelloProblem + " after a session renewal; trying again every minute")
                         }
                         renew(device, force: true)
                     }
@@ -637,7 +696,9 @@ public final class SyncService: @unchecked Sendable {
         transfer.tick(blobDevices)
         if now >= lastBlobCollection + blobCollectionInterval {
             lastBlobCollection = now
-            do throws(MasqError) { try store.collectBlobs() } catch { Log.warn("sync", "cannot collect unreferenced blob chunks: \(error.message)") }
+            do throws(MasqError) { try store.collectBlobs() } catch {
+                Log.warn("sync", "cannot collect unreferenced blob chunks: \(error.message)")
+            }
         }
         let stalled = engine.resendStalled()
         let seq = (try? store.syncVectors().applied[store.replicaID]) ?? lastLocalSeq
@@ -649,9 +710,13 @@ public final class SyncService: @unchecked Sendable {
     /// Device removals (Store+Removals): u8 version · 7 · u16 n · n × removal.
     private func sendRemovals(to device: String) {
         guard let removals = try? store.removals(), !removals.isEmpty else { return }
-        var frame: [UInt8] = [SyncFrame.version, 7, UInt8(min(removals.count, 4_096) >> 8), UInt8(min(removals.count, 4_096) & 0xFF)]
+        var frame: [UInt8] = [
+            SyncFrame.version, 7, UInt8(min(removals.count, 4_096) >> 8), UInt8(min(removals.count, 4_096) & 0xFF)
+        ]
         for removal in removals.prefix(4_096) { frame += removal.encoded }
-        do throws(MasqError) { try deliver(frame, to: device) } catch { Log.warn("sync", "cannot send removals to \(device): \(error.message)") }
+        do throws(MasqError) { try deliver(frame, to: device) } catch {
+            Log.warn("sync", "cannot send removals to \(device): \(error.message)")
+        }
     }
 
     /// A REMOVALS frame from a paired device: apply each (the store decides).
@@ -717,7 +782,9 @@ public final class SyncService: @unchecked Sendable {
     private func pump() {
         guard !stopped else { return }
         do throws(MasqError) {
-            for (device, frame) in try engine.pending() where present.contains(device) { try deliver(frame, to: device) }
+            for (device, frame) in try engine.pending() where present.contains(device) {
+                try deliver(frame, to: device)
+            }
         } catch {
             Log.warn("sync", "cannot send: \(error.message)")
         }
@@ -762,8 +829,10 @@ public final class SyncService: @unchecked Sendable {
             reject("from \(sender): fragment \(index) of \(count)")
             return nil
         }
-        var message = reassembly[sender].flatMap { $0.id == id && $0.count == count ? $0 : nil } ?? Reassembly(id: id, count: count)
-        guard message.parts[index] == nil else { return nil }   // a duplicate
+        var message =
+            reassembly[sender].flatMap { $0.id == id && $0.count == count ? $0 : nil }
+            ?? Reassembly(id: id, count: count)
+        guard message.parts[index] == nil else { return nil }  // a duplicate
         guard message.bytes + body.count <= SyncFrame.maxFrameBytes else {
             reassembly[sender] = nil
             reject("from \(sender): a message past \(SyncFrame.maxFrameBytes) bytes")
@@ -803,7 +872,8 @@ public final class SyncService: @unchecked Sendable {
         if counted { peer.unanswered += 1 }
         if let failure = broadcast(header + sealed) {
             // Shown where it can be fixed (masq status), not only logged.
-            let text = failure.status == .tooLarge
+            let text =
+                failure.status == .tooLarge
                 ? "a sync frame of \(header.count + sealed.count) bytes is over the transport's limit: \(failure.message)"
                 : "the transport refused a frame: \(failure.message)"
             if peer.problem != text {

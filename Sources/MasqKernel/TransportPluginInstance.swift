@@ -21,8 +21,11 @@ public final class TransportPluginInstance: @unchecked Sendable {
 
     /// The largest frame the transport carries (its `max_frame_bytes`; nil when it does not say).
     public var maxFrameBytes: Int? {
-        guard v.struct_size >= UInt32(MemoryLayout<masq_transport_vtable>.offset(of: \.max_frame_bytes)! + MemoryLayout<UInt>.size),
-              let get = v.max_frame_bytes, let instance else { return nil }
+        guard
+            v.struct_size
+                >= UInt32(MemoryLayout<masq_transport_vtable>.offset(of: \.max_frame_bytes)! + MemoryLayout<UInt>.size),
+            let get = v.max_frame_bytes, let instance
+        else { return nil }
         let n = get(instance)
         return n == 0 ? nil : Int(min(n, UInt64(Int.max)))
     }
@@ -32,11 +35,13 @@ public final class TransportPluginInstance: @unchecked Sendable {
     var canConnect: Bool { v.flags & MASQ_TRANSPORT_CONNECT != 0 }
     var hasRooms: Bool { v.flags & MASQ_TRANSPORT_ROOMS != 0 }
 
-    init(plugin: LoadedPlugin, options: [(key: String, value: String)],
-         onFrame: @escaping @Sendable (_ peer: String, _ room: String?, _ frame: [UInt8]) -> Void,
-         onPeerEvent: @escaping @Sendable (_ peer: String, _ event: Int32) -> Void,
-         onPeerInfo: (@Sendable (_ peer: String, _ info: String) -> Void)? = nil,
-         onChallenge: (@Sendable (_ mailbox: String, _ question: [UInt8]) throws(MasqError) -> [UInt8])? = nil) throws(MasqError) {
+    init(
+        plugin: LoadedPlugin, options: [(key: String, value: String)],
+        onFrame: @escaping @Sendable (_ peer: String, _ room: String?, _ frame: [UInt8]) -> Void,
+        onPeerEvent: @escaping @Sendable (_ peer: String, _ event: Int32) -> Void,
+        onPeerInfo: (@Sendable (_ peer: String, _ info: String) -> Void)? = nil,
+        onChallenge: (@Sendable (_ mailbox: String, _ question: [UInt8]) throws(MasqError) -> [UInt8])? = nil
+    ) throws(MasqError) {
         precondition(plugin.kind == .transport)
         self.plugin = plugin
         host = PluginHost(component: "transport:\(plugin.name)", transport: true)
@@ -61,12 +66,17 @@ public final class TransportPluginInstance: @unchecked Sendable {
     /// search path and create an instance: for hosts other than sync (the
     /// daemon's app listener). `onPeerInfo`, when given, receives new peers
     /// with what the transport knows of them instead of a MASQ_PEER_UP event.
-    public static func open(_ reference: PluginReference, config: MasqConfig,
-                            onFrame: @escaping @Sendable (_ peer: String, _ room: String?, _ frame: [UInt8]) -> Void,
-                            onPeerEvent: @escaping @Sendable (_ peer: String, _ event: Int32) -> Void,
-                            onPeerInfo: (@Sendable (_ peer: String, _ info: String) -> Void)? = nil) throws(MasqError) -> TransportPluginInstance {
-        let plugin = try PluginLoader.load(reference, kind: .transport, searchPath: PluginLoader.searchPath(config: config))
-        return try TransportPluginInstance(plugin: plugin, options: reference.options, onFrame: onFrame, onPeerEvent: onPeerEvent, onPeerInfo: onPeerInfo)
+    public static func open(
+        _ reference: PluginReference, config: MasqConfig,
+        onFrame: @escaping @Sendable (_ peer: String, _ room: String?, _ frame: [UInt8]) -> Void,
+        onPeerEvent: @escaping @Sendable (_ peer: String, _ event: Int32) -> Void,
+        onPeerInfo: (@Sendable (_ peer: String, _ info: String) -> Void)? = nil
+    ) throws(MasqError) -> TransportPluginInstance {
+        let plugin = try PluginLoader.load(
+            reference, kind: .transport, searchPath: PluginLoader.searchPath(config: config))
+        return try TransportPluginInstance(
+            plugin: plugin, options: reference.options, onFrame: onFrame, onPeerEvent: onPeerEvent,
+            onPeerInfo: onPeerInfo)
     }
 
     public func start() throws(MasqError) { try check(call { v.start($0) }, "start") }
@@ -89,11 +99,14 @@ public final class TransportPluginInstance: @unchecked Sendable {
         let status = withUnsafeMutablePointer(to: &bound) { out in
             call { i in
                 endpoint.withCString { e in
-                    listen(i, e, { raw, data, length in
-                        guard let raw, length <= 4096 else { return MASQ_E_TOO_LARGE }
-                        raw.assumingMemoryBound(to: [UInt8].self).pointee += UnsafeBufferPointer(start: data, count: length)
-                        return MASQ_OK
-                    }, out)
+                    listen(
+                        i, e,
+                        { raw, data, length in
+                            guard let raw, length <= 4096 else { return MASQ_E_TOO_LARGE }
+                            raw.assumingMemoryBound(to: [UInt8].self).pointee += UnsafeBufferPointer(
+                                start: data, count: length)
+                            return MASQ_OK
+                        }, out)
                 }
             }
         }
@@ -103,7 +116,9 @@ public final class TransportPluginInstance: @unchecked Sendable {
 
     /// Close one peer's connection (the plugin's optional `disconnect`).
     public func disconnect(_ peer: String, reason: String) throws(MasqError) {
-        guard let disconnect = v.disconnect else { throw MasqError(.unsupported, "\(component) cannot disconnect a peer") }
+        guard let disconnect = v.disconnect else {
+            throw MasqError(.unsupported, "\(component) cannot disconnect a peer")
+        }
         try check(call { i in peer.withCString { p in reason.withCString { disconnect(i, p, $0) } } }, "disconnect")
     }
 
@@ -123,7 +138,11 @@ public final class TransportPluginInstance: @unchecked Sendable {
     }
 
     public func send(_ destination: String, _ frame: [UInt8]) throws(MasqError) {
-        try check(call { i in destination.withCString { d in frame.withUnsafeBufferPointer { v.send(i, d, $0.baseAddress, $0.count) } } }, "send")
+        try check(
+            call { i in
+                destination.withCString { d in frame.withUnsafeBufferPointer { v.send(i, d, $0.baseAddress, $0.count) }
+                }
+            }, "send")
     }
 
     /// The plugin's counters (its optional `stats` member); nil when it has
@@ -133,11 +152,14 @@ public final class TransportPluginInstance: @unchecked Sendable {
         var text: [UInt8] = []
         let status = withUnsafeMutablePointer(to: &text) { out in
             call { i in
-                stats(i, { raw, data, length in
-                    guard let raw, length <= 1 << 16 else { return MASQ_E_TOO_LARGE }
-                    raw.assumingMemoryBound(to: [UInt8].self).pointee += UnsafeBufferPointer(start: data, count: length)
-                    return MASQ_OK
-                }, out)
+                stats(
+                    i,
+                    { raw, data, length in
+                        guard let raw, length <= 1 << 16 else { return MASQ_E_TOO_LARGE }
+                        raw.assumingMemoryBound(to: [UInt8].self).pointee += UnsafeBufferPointer(
+                            start: data, count: length)
+                        return MASQ_OK
+                    }, out)
             }
         }
         guard status == MASQ_OK else { return nil }
@@ -157,13 +179,17 @@ public final class TransportPluginInstance: @unchecked Sendable {
 
 extension Store {
     /// Load and create the transport a config entry names.
-    package func openTransport(_ reference: PluginReference,
-                       onFrame: @escaping @Sendable (String, String?, [UInt8]) -> Void,
-                       onPeerEvent: @escaping @Sendable (String, Int32) -> Void,
-                       onChallenge: (@Sendable (String, [UInt8]) throws(MasqError) -> [UInt8])? = nil) throws(MasqError) -> TransportPluginInstance {
-        let plugin = try PluginLoader.load(reference, kind: .transport, searchPath: PluginLoader.searchPath(config: config))
+    package func openTransport(
+        _ reference: PluginReference,
+        onFrame: @escaping @Sendable (String, String?, [UInt8]) -> Void,
+        onPeerEvent: @escaping @Sendable (String, Int32) -> Void,
+        onChallenge: (@Sendable (String, [UInt8]) throws(MasqError) -> [UInt8])? = nil
+    ) throws(MasqError) -> TransportPluginInstance {
+        let plugin = try PluginLoader.load(
+            reference, kind: .transport, searchPath: PluginLoader.searchPath(config: config))
         var options = reference.options.filter { $0.key != "data_dir" }
         options.append(("data_dir", config.dataDir))
-        return try TransportPluginInstance(plugin: plugin, options: options, onFrame: onFrame, onPeerEvent: onPeerEvent, onChallenge: onChallenge)
+        return try TransportPluginInstance(
+            plugin: plugin, options: options, onFrame: onFrame, onPeerEvent: onPeerEvent, onChallenge: onChallenge)
     }
 }

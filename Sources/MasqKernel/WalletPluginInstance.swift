@@ -15,8 +15,11 @@ public final class WalletPluginInstance: @unchecked Sendable {
 
     /// Load the wallet plugin a config entry names and create an instance
     /// (`data_dir` is passed when given).
-    public static func open(_ reference: PluginReference, config: MasqConfig, dataDirectory: String? = nil) throws(MasqError) -> WalletPluginInstance {
-        let plugin = try PluginLoader.load(reference, kind: .wallet, searchPath: PluginLoader.searchPath(config: config))
+    public static func open(_ reference: PluginReference, config: MasqConfig, dataDirectory: String? = nil)
+        throws(MasqError) -> WalletPluginInstance
+    {
+        let plugin = try PluginLoader.load(
+            reference, kind: .wallet, searchPath: PluginLoader.searchPath(config: config))
         var options = reference.options.filter { $0.key != "data_dir" }
         options.append(("data_dir", dataDirectory ?? config.dataDir))
         return try WalletPluginInstance(plugin: plugin, options: options)
@@ -51,37 +54,58 @@ public final class WalletPluginInstance: @unchecked Sendable {
 
     /// Pay `amount` (decimal) to `to`; returns the transaction id.
     public func pay(to: String, amount: String, asset: String? = nil, memo: [UInt8] = []) throws(MasqError) -> String {
-        try text(try collect { i, sink, ctx in
-            to.withCString { t in
-                amount.withCString { a in
-                    withOptionalCString(asset) { s in memo.withUnsafeBufferPointer { m in v.pay(i, t, s, a, m.baseAddress, m.count, sink, ctx) } }
+        try text(
+            try collect { i, sink, ctx in
+                to.withCString { t in
+                    amount.withCString { a in
+                        withOptionalCString(asset) { s in
+                            memo.withUnsafeBufferPointer { m in v.pay(i, t, s, a, m.baseAddress, m.count, sink, ctx) }
+                        }
+                    }
                 }
-            }
-        }, "pay")
+            }, "pay")
     }
 
     public func sign(_ message: [UInt8]) throws(MasqError) -> [UInt8] {
-        try collect { i, sink, ctx in message.withUnsafeBufferPointer { v.sign(i, $0.baseAddress, $0.count, sink, ctx) } }
+        try collect { i, sink, ctx in message.withUnsafeBufferPointer { v.sign(i, $0.baseAddress, $0.count, sink, ctx) }
+        }
     }
 
     public func verify(address: String, message: [UInt8], signature: [UInt8]) -> Bool {
         call { i in
             address.withCString { a in
-                message.withUnsafeBufferPointer { m in signature.withUnsafeBufferPointer { s in v.verify(i, a, m.baseAddress, m.count, s.baseAddress, s.count) } }
+                message.withUnsafeBufferPointer { m in
+                    signature.withUnsafeBufferPointer { s in
+                        v.verify(i, a, m.baseAddress, m.count, s.baseAddress, s.count)
+                    }
+                }
             }
         } == MASQ_OK
     }
 
     /// MASQ_OK when `txid` moved at least `amount` from `from` to `to`; throws
     /// MASQ_E_NOT_FOUND (unknown or not final) or MASQ_E_DENIED (does not match).
-    public func verifyPayment(txid: String, from: String, to: String, amount: String, asset: String? = nil) throws(MasqError) {
+    public func verifyPayment(txid: String, from: String, to: String, amount: String, asset: String? = nil)
+        throws(MasqError)
+    {
         let status = call { i in
-            txid.withCString { t in from.withCString { f in to.withCString { o in amount.withCString { a in
-                withOptionalCString(asset) { s in v.verify_payment(i, t, f, o, s, a) }
-            } } } }
+            txid.withCString { t in
+                from.withCString { f in
+                    to.withCString { o in
+                        amount.withCString { a in
+                            withOptionalCString(asset) { s in v.verify_payment(i, t, f, o, s, a) }
+                        }
+                    }
+                }
+            }
         }
-        if status == MASQ_E_NOT_FOUND { throw MasqError(.notFound, "wallet \(plugin.name): no final transaction \(txid)") }
-        if status == MASQ_E_DENIED { throw MasqError(.denied, "wallet \(plugin.name): transaction \(txid) does not pay \(amount) from \(from) to \(to)") }
+        if status == MASQ_E_NOT_FOUND {
+            throw MasqError(.notFound, "wallet \(plugin.name): no final transaction \(txid)")
+        }
+        if status == MASQ_E_DENIED {
+            throw MasqError(
+                .denied, "wallet \(plugin.name): transaction \(txid) does not pay \(amount) from \(from) to \(to)")
+        }
         try check(status, "verify_payment")
     }
 
@@ -93,11 +117,17 @@ public final class WalletPluginInstance: @unchecked Sendable {
     }
 
     /// Payments received after `cursor`, and the cursor to pass next.
-    public func payments(after cursor: UInt64, limit: UInt32 = 1_000) throws(MasqError) -> (payments: [Payment], cursor: UInt64) {
-        guard let payments = v.payments else { throw MasqError(.unsupported, "wallet \(plugin.name) cannot list received payments") }
+    public func payments(after cursor: UInt64, limit: UInt32 = 1_000) throws(MasqError) -> (
+        payments: [Payment], cursor: UInt64
+    ) {
+        guard let payments = v.payments else {
+            throw MasqError(.unsupported, "wallet \(plugin.name) cannot list received payments")
+        }
         let bytes = try collect { i, sink, ctx in payments(i, cursor, limit, sink, ctx) }
         struct Answer: Codable { var payments: [Payment]; var cursor: UInt64 }
-        guard let answer = try? JSONDecoder().decode(Answer.self, from: Data(bytes)) else { throw MasqError(.plugin, "wallet \(plugin.name): malformed payments answer") }
+        guard let answer = try? JSONDecoder().decode(Answer.self, from: Data(bytes)) else {
+            throw MasqError(.plugin, "wallet \(plugin.name): malformed payments answer")
+        }
         return (answer.payments, answer.cursor)
     }
 
@@ -109,15 +139,20 @@ public final class WalletPluginInstance: @unchecked Sendable {
         return body(handle)
     }
 
-    private func collect(_ body: (UnsafeMutableRawPointer, masq_bytes_sink, UnsafeMutableRawPointer) -> Int32) throws(MasqError) -> [UInt8] {
+    private func collect(_ body: (UnsafeMutableRawPointer, masq_bytes_sink, UnsafeMutableRawPointer) -> Int32)
+        throws(MasqError) -> [UInt8]
+    {
         var out: [UInt8] = []
         let status = withUnsafeMutablePointer(to: &out) { pointer in
             call { i in
-                body(i, { raw, data, length in
-                    guard let raw, length <= 1 << 24 else { return MASQ_E_TOO_LARGE }
-                    raw.assumingMemoryBound(to: [UInt8].self).pointee += UnsafeBufferPointer(start: data, count: length)
-                    return MASQ_OK
-                }, UnsafeMutableRawPointer(pointer))
+                body(
+                    i,
+                    { raw, data, length in
+                        guard let raw, length <= 1 << 24 else { return MASQ_E_TOO_LARGE }
+                        raw.assumingMemoryBound(to: [UInt8].self).pointee += UnsafeBufferPointer(
+                            start: data, count: length)
+                        return MASQ_OK
+                    }, UnsafeMutableRawPointer(pointer))
             }
         }
         try check(status, "call")
@@ -125,7 +160,9 @@ public final class WalletPluginInstance: @unchecked Sendable {
     }
 
     private func text(_ bytes: [UInt8], _ what: String) throws(MasqError) -> String {
-        guard let s = String(validating: bytes, as: UTF8.self) else { throw MasqError(.plugin, "wallet \(plugin.name): \(what) is not UTF-8") }
+        guard let s = String(validating: bytes, as: UTF8.self) else {
+            throw MasqError(.plugin, "wallet \(plugin.name): \(what) is not UTF-8")
+        }
         return s
     }
 
@@ -133,4 +170,3 @@ public final class WalletPluginInstance: @unchecked Sendable {
         try checkPlugin(status, label: "wallet \(plugin.name)", operation: operation)
     }
 }
-

@@ -1,6 +1,6 @@
 import MasqCrypto
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// What the mesh needs of a wallet (the CLI adapts a wallet plugin to it).
@@ -25,8 +25,10 @@ public protocol MeshAccountant: AnyObject, Sendable {
     func isBanned(_ wallet: String) -> Bool
     func owe(_ creditor: String, _ amount: UInt128, now: UInt64)
     func earn(_ debtor: String, _ amount: UInt128, now: UInt64)
-    func acceptProof(payer: String, nonce: [UInt8], timestamp: UInt64, message: [UInt8], signature: [UInt8], now: UInt64,
-                     verify: (String, [UInt8], [UInt8]) -> Bool) -> Bool
+    func acceptProof(
+        payer: String, nonce: [UInt8], timestamp: UInt64, message: [UInt8], signature: [UInt8], now: UInt64,
+        verify: (String, [UInt8], [UInt8]) -> Bool
+    ) -> Bool
     func due(nowMilliseconds now: UInt64) -> [(String, UInt128)]
     func paid(_ creditor: String, _ amount: UInt128, txid: String)
     func received(from debtor: String, _ amount: UInt128)
@@ -67,8 +69,11 @@ struct Pseudonyms {
 
     mutating func key(for hop: NodeKey) throws(MeshError) -> (privateKey: SecureBytes, publicKey: [UInt8]) {
         if let k = cache[hop] { return k }
-        guard let seed = try? Hash.hkdfSHA256(salt: Array("masq payer pseudonym v1".utf8), ikm: secret.bytes, info: hop.bytes, length: 32),
-              let publicKey = try? Ed25519.publicKey(of: seed) else { throw .failed("cannot derive a pseudonym") }
+        guard
+            let seed = try? Hash.hkdfSHA256(
+                salt: Array("masq payer pseudonym v1".utf8), ikm: secret.bytes, info: hop.bytes, length: 32),
+            let publicKey = try? Ed25519.publicKey(of: seed)
+        else { throw .failed("cannot derive a pseudonym") }
         if cache.count > 4_096 { cache.removeAll() }
         cache[hop] = (seed, publicKey)
         return (seed, publicKey)
@@ -77,7 +82,8 @@ struct Pseudonyms {
     static func name(_ publicKey: [UInt8]) -> String { prefix + Base64URL.encode(publicKey) }
 
     static func publicKey(_ name: String) -> [UInt8]? {
-        guard name.hasPrefix(prefix), let k = Base64URL.decode(String(name.dropFirst(prefix.count))), k.count == 32 else { return nil }
+        guard name.hasPrefix(prefix), let k = Base64URL.decode(String(name.dropFirst(prefix.count))), k.count == 32
+        else { return nil }
         return k
     }
 
@@ -94,7 +100,9 @@ struct Pseudonyms {
         let fd = open(path, O_WRONLY | O_CREAT | O_EXCL, 0o600)
         guard fd >= 0 else { throw .invalid("cannot create \(path)") }
         defer { close(fd) }
-        guard secret.withUnsafeBytes({ write(fd, $0.baseAddress, 32) }) == 32 else { throw .invalid("cannot write \(path)") }
+        guard secret.withUnsafeBytes({ write(fd, $0.baseAddress, 32) }) == 32 else {
+            throw .invalid("cannot write \(path)")
+        }
         return SecureBytes(secret)
     }
 }

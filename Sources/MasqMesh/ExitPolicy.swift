@@ -1,6 +1,6 @@
 import Dispatch
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// An IPv4 or IPv6 address (IPv4-mapped IPv6 is IPv4).
@@ -176,7 +176,9 @@ public struct ExitPolicy: Sendable, Equatable {
         private static func ports(_ text: Substring?) -> ClosedRange<Int>? {
             guard let text, text != "*" else { return 1...65_535 }
             let parts = text.split(separator: "-", omittingEmptySubsequences: false)
-            guard (1...2).contains(parts.count), let low = Int(parts[0]), let high = Int(parts.last!), 1 <= low, low <= high, high <= 65_535 else {
+            guard (1...2).contains(parts.count), let low = Int(parts[0]), let high = Int(parts.last!), 1 <= low,
+                low <= high, high <= 65_535
+            else {
                 return nil
             }
             return low...high
@@ -187,7 +189,11 @@ public struct ExitPolicy: Sendable, Equatable {
         }
 
         public var description: String {
-            let p = ports == 1...65_535 ? "*" : ports.lowerBound == ports.upperBound ? "\(ports.lowerBound)" : "\(ports.lowerBound)-\(ports.upperBound)"
+            let p =
+                ports == 1...65_535
+                ? "*"
+                : ports.lowerBound == ports.upperBound
+                    ? "\(ports.lowerBound)" : "\(ports.lowerBound)-\(ports.upperBound)"
             return (network?.description ?? "*") + ":" + p
         }
     }
@@ -203,7 +209,7 @@ public struct ExitPolicy: Sendable, Equatable {
     static let refusedBlocks: [IPNetwork] = [
         "0.0.0.0/8", "10.0.0.0/8", "100.64.0.0/10", "127.0.0.0/8", "169.254.0.0/16", "172.16.0.0/12", "192.0.0.0/24",
         "192.168.0.0/16", "198.18.0.0/15", "224.0.0.0/4", "240.0.0.0/4",
-        "::/96", "100::/64", "64:ff9b:1::/48", "fc00::/7", "fe80::/10", "fec0::/10", "ff00::/8",
+        "::/96", "100::/64", "64:ff9b:1::/48", "fc00::/7", "fe80::/10", "fec0::/10", "ff00::/8"
     ].map { IPNetwork($0)! }
     static let nat64 = IPNetwork("64:ff9b::/96")!
 
@@ -212,9 +218,12 @@ public struct ExitPolicy: Sendable, Equatable {
         if deny.contains(where: { $0.matches(address, port) }) { return "a deny rule" }
         if allow.contains(where: { $0.matches(address, port) }) { return nil }
         if own.contains(address) { return "the node's own address" }
-        if Self.refusedBlocks.contains(where: { $0.contains(address) }) { return "a loopback, private, link-local, multicast or reserved address" }
+        if Self.refusedBlocks.contains(where: { $0.contains(address) }) {
+            return "a loopback, private, link-local, multicast or reserved address"
+        }
         if Self.nat64.contains(address), let inner = IPAddress(bytes: Array(address.bytes[12..<16])),
-           Self.refusedBlocks.contains(where: { $0.contains(inner) }) || own.contains(inner) {
+            Self.refusedBlocks.contains(where: { $0.contains(inner) }) || own.contains(inner)
+        {
             return "a NAT64 address of a refused IPv4 address"
         }
         return nil
@@ -232,10 +241,14 @@ public struct ExitPolicy: Sendable, Equatable {
             if let sa = entry.pointee.ifa_addr {
                 switch Int32(sa.pointee.sa_family) {
                 case AF_INET:
-                    let a = sa.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { p in withUnsafeBytes(of: p.pointee.sin_addr) { Array($0) } }
+                    let a = sa.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { p in
+                        withUnsafeBytes(of: p.pointee.sin_addr) { Array($0) }
+                    }
                     if let ip = IPAddress(bytes: a) { out.insert(ip) }
                 case AF_INET6:
-                    let a = sa.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { p in withUnsafeBytes(of: p.pointee.sin6_addr) { Array($0) } }
+                    let a = sa.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { p in
+                        withUnsafeBytes(of: p.pointee.sin6_addr) { Array($0) }
+                    }
                     if let ip = IPAddress(bytes: a) { out.insert(ip) }
                 default: break
                 }
@@ -262,9 +275,13 @@ public struct ExitPolicy: Sendable, Equatable {
                 var ip: IPAddress?
                 switch entry.pointee.ai_family {
                 case AF_INET:
-                    ip = sa.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { p in IPAddress(bytes: withUnsafeBytes(of: p.pointee.sin_addr) { Array($0) }) }
+                    ip = sa.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { p in
+                        IPAddress(bytes: withUnsafeBytes(of: p.pointee.sin_addr) { Array($0) })
+                    }
                 case AF_INET6:
-                    ip = sa.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { p in IPAddress(bytes: withUnsafeBytes(of: p.pointee.sin6_addr) { Array($0) }) }
+                    ip = sa.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { p in
+                        IPAddress(bytes: withUnsafeBytes(of: p.pointee.sin6_addr) { Array($0) })
+                    }
                 default: break
                 }
                 if let ip, !out.contains(ip) { out.append(ip) }

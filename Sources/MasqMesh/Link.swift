@@ -32,7 +32,9 @@ struct LengthPrefixDecoder: ByteToMessageDecoder {
     typealias InboundOut = ByteBuffer
 
     mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
-        guard let length = buffer.getInteger(at: buffer.readerIndex, as: UInt16.self), buffer.readableBytes >= 2 + Int(length) else {
+        guard let length = buffer.getInteger(at: buffer.readerIndex, as: UInt16.self),
+            buffer.readableBytes >= 2 + Int(length)
+        else {
             return .needMoreData
         }
         buffer.moveReaderIndex(forwardBy: 2)
@@ -69,7 +71,8 @@ final class LengthPrefixSplitter: ChannelInboundHandler {
             context.fireChannelRead(wrapInboundOut(kept))
         }
         while context.channel.isActive, let length = bytes.getInteger(at: bytes.readerIndex, as: UInt16.self),
-              bytes.readableBytes >= 2 + Int(length) {
+            bytes.readableBytes >= 2 + Int(length)
+        {
             bytes.moveReaderIndex(forwardBy: 2)
             context.fireChannelRead(wrapInboundOut(bytes.readSlice(length: Int(length))!))
         }
@@ -135,7 +138,10 @@ final class Link {
     private let queue = QueueGauge()
     final class QueueGauge { var bytes = 0 }
 
-    init(id: Int, channel: Channel, initiator: Bool, dialed: NodeDescriptor?, handshake: Noise.Handshake, cellBytes: Int, now: UInt64) {
+    init(
+        id: Int, channel: Channel, initiator: Bool, dialed: NodeDescriptor?, handshake: Noise.Handshake, cellBytes: Int,
+        now: UInt64
+    ) {
         self.id = id
         self.channel = channel
         self.initiator = initiator
@@ -178,7 +184,9 @@ final class Link {
     func write(_ type: FrameType, _ body: [UInt8]) -> Bool {
         guard sendCipher != nil, channel.isActive, 1 + body.count <= Self.maxFrame else { return false }
         room(records: 3 + body.count, clear: 0)
-        records.append(contentsOf: [UInt8(truncatingIfNeeded: (1 + body.count) >> 8), UInt8(truncatingIfNeeded: 1 + body.count), type.rawValue])
+        records.append(contentsOf: [
+            UInt8(truncatingIfNeeded: (1 + body.count) >> 8), UInt8(truncatingIfNeeded: 1 + body.count), type.rawValue
+        ])
         records.append(contentsOf: body)
         announce()
         return true
@@ -245,8 +253,9 @@ final class Link {
         pending!.reserveCapacity(minimumWritableBytes: sealed)
         let ok = pending!.withVeryUnsafeMutableBytes { base in
             records.withUnsafeBytes { plain in
-                (try? sendCipher.encrypt(ad: UnsafeRawBufferPointer(rebasing: base[2..<(4 + clear)]), plaintext: plain,
-                                         into: UnsafeMutableRawBufferPointer(rebasing: base[(4 + clear)..<(4 + clear + sealed)]))) != nil
+                (try? sendCipher.encrypt(
+                    ad: UnsafeRawBufferPointer(rebasing: base[2..<(4 + clear)]), plaintext: plain,
+                    into: UnsafeMutableRawBufferPointer(rebasing: base[(4 + clear)..<(4 + clear + sealed)]))) != nil
             }
         }
         guard ok else { pending = nil; return }
@@ -277,8 +286,9 @@ final class Link {
         let sealed = raw.count - 2 - clear
         var records = [UInt8](repeating: 0, count: sealed - 16)
         let ok = records.withUnsafeMutableBytes { out in
-            (try? receiveCipher.decrypt(ad: UnsafeRawBufferPointer(rebasing: raw[0..<(2 + clear)]),
-                                        ciphertext: UnsafeRawBufferPointer(rebasing: raw[(2 + clear)...]), into: out)) != nil
+            (try? receiveCipher.decrypt(
+                ad: UnsafeRawBufferPointer(rebasing: raw[0..<(2 + clear)]),
+                ciphertext: UnsafeRawBufferPointer(rebasing: raw[(2 + clear)...]), into: out)) != nil
         }
         return ok ? (records, 2..<(2 + clear)) : nil
     }
@@ -306,8 +316,12 @@ enum LinkRecords {
             at += 2
             guard n >= 1, at + n <= records.count else { return .failure(.malformed("a truncated record")) }
             if n == 6, records[at] == FrameType.cell.rawValue, records[at + 5] == CellCommand.data.rawValue {
-                guard clearAt + cellBytes <= clear.upperBound else { return .failure(.malformed("a DATA cell without its payload")) }
-                let circuit = UInt32(records[at + 1]) << 24 | UInt32(records[at + 2]) << 16 | UInt32(records[at + 3]) << 8 | UInt32(records[at + 4])
+                guard clearAt + cellBytes <= clear.upperBound else {
+                    return .failure(.malformed("a DATA cell without its payload"))
+                }
+                let circuit =
+                    UInt32(records[at + 1]) << 24 | UInt32(records[at + 2]) << 16 | UInt32(records[at + 3]) << 8
+                    | UInt32(records[at + 4])
                 items.append(.dataCell(circuit: circuit, payload: clearAt..<(clearAt + cellBytes)))
                 clearAt += cellBytes
             } else {

@@ -52,8 +52,12 @@ extension MeshNode {
     // MARK: - charges
 
     /// Both sides use the same formula: a packet rate plus a byte rate times the cell size.
-    func routingCharge(_ rates: RatePack) -> UInt128 { UInt128(rates.routingPacket) + UInt128(rates.routingByte) * UInt128(configuration.cellBytes) }
-    func exitCharge(_ rates: RatePack) -> UInt128 { UInt128(rates.exitPacket) + UInt128(rates.exitByte) * UInt128(configuration.cellBytes) }
+    func routingCharge(_ rates: RatePack) -> UInt128 {
+        UInt128(rates.routingPacket) + UInt128(rates.routingByte) * UInt128(configuration.cellBytes)
+    }
+    func exitCharge(_ rates: RatePack) -> UInt128 {
+        UInt128(rates.exitPacket) + UInt128(rates.exitByte) * UInt128(configuration.cellBytes)
+    }
 
     /// A hop with an earning wallet serves only circuits with a valid, fresh
     /// payer proof: signed by the consumer's pseudonym at this hop (the name
@@ -63,16 +67,21 @@ extension MeshNode {
     private func payerAccepted(_ peeled: Onion.Peeled) -> (ok: Bool, payer: String?) {
         guard let earning = configuration.earningWallet, let accountant else { return (true, nil) }
         guard let proof = peeled.payer, let pseudonym = Pseudonyms.publicKey(proof.payer),
-              accountant.acceptProof(payer: proof.payer, nonce: proof.nonce, timestamp: proof.timestamp,
-                                     message: PayerProofMessage.make(nonce: proof.nonce, timestamp: proof.timestamp, hop: key),
-                                     signature: proof.signature, now: Self.wallClock(),
-                                     verify: { _, message, signature in Ed25519.verify(signature, message: message, publicKey: pseudonym) }) else {
+            accountant.acceptProof(
+                payer: proof.payer, nonce: proof.nonce, timestamp: proof.timestamp,
+                message: PayerProofMessage.make(nonce: proof.nonce, timestamp: proof.timestamp, hop: key),
+                signature: proof.signature, now: Self.wallClock(),
+                verify: { _, message, signature in Ed25519.verify(signature, message: message, publicKey: pseudonym) })
+        else {
             logger.info("circuit refused: no valid payer proof")
             return (false, nil)
         }
         // A binding is taken even from a banned pseudonym: it is how a consumer that paid gets credited.
         if let binding = proof.binding,
-           earning.verify(address: binding.wallet, message: PayerProofMessage.binding(pseudonym: pseudonym, hop: key), signature: binding.signature) {
+            earning.verify(
+                address: binding.wallet, message: PayerProofMessage.binding(pseudonym: pseudonym, hop: key),
+                signature: binding.signature)
+        {
             bindPayer(wallet: binding.wallet, pseudonym: proof.payer)
         }
         guard !accountant.isBanned(proof.payer) else {
@@ -87,7 +96,9 @@ extension MeshNode {
     /// A CREATE or DESTROY cell (`frame[0]` is the frame type). DATA cells
     /// arrive through `data` with their payload in the message's clear part.
     func receiveCell(_ link: Link, _ frame: [UInt8]) {
-        guard frame.count == 6 + configuration.cellBytes, let command = CellCommand(rawValue: frame[5]), command != .data else {
+        guard frame.count == 6 + configuration.cellBytes, let command = CellCommand(rawValue: frame[5]),
+            command != .data
+        else {
             counters.cellsRejected += 1
             return penalize(link, 5, "a cell of the wrong size or command")
         }
@@ -107,7 +118,10 @@ extension MeshNode {
 
     /// Lay out a stream message in a cell: u8 command ‖ u16 stream ‖ u16
     /// length ‖ data ‖ zeros, leaving the last 16 bytes for the AEAD tag.
-    func layOut(_ cell: UnsafeMutableRawBufferPointer, _ command: StreamCommand, _ stream: UInt16, _ data: UnsafeRawBufferPointer) {
+    func layOut(
+        _ cell: UnsafeMutableRawBufferPointer, _ command: StreamCommand, _ stream: UInt16,
+        _ data: UnsafeRawBufferPointer
+    ) {
         precondition(data.count <= cellData)
         let h = Self.messageHeader
         cell[0] = command.rawValue
@@ -116,7 +130,8 @@ extension MeshNode {
         cell[3] = UInt8(data.count >> 8)
         cell[4] = UInt8(data.count & 0xff)
         if data.count > 0 { UnsafeMutableRawBufferPointer(rebasing: cell[h..<(h + data.count)]).copyMemory(from: data) }
-        UnsafeMutableRawBufferPointer(rebasing: cell[(h + data.count)..<cellPlaintext]).initializeMemory(as: UInt8.self, repeating: 0)
+        UnsafeMutableRawBufferPointer(rebasing: cell[(h + data.count)..<cellPlaintext]).initializeMemory(
+            as: UInt8.self, repeating: 0)
     }
 
     /// The command, stream and data of an opened cell's plaintext, if well formed.
@@ -149,15 +164,22 @@ extension MeshNode {
     }
 
     private func create(_ link: Link, _ end: CircuitEnd, _ onion: [UInt8]) {
-        guard link.peer != nil, relays[end] == nil, exits[end] == nil else { return penalize(link, 5, "a CREATE on a used circuit") }
+        guard link.peer != nil, relays[end] == nil, exits[end] == nil else {
+            return penalize(link, 5, "a CREATE on a used circuit")
+        }
         // Before any work on the onion: a link full of circuits takes no more.
         guard circuitCount(link.id) < configuration.maxCircuitsPerLink else {
             counters.circuitsRefused += 1
-            logger.info("circuit refused: the link carries its limit of circuits", metadata: ["limit": "\(configuration.maxCircuitsPerLink)"])
+            logger.info(
+                "circuit refused: the link carries its limit of circuits",
+                metadata: ["limit": "\(configuration.maxCircuitsPerLink)"])
             return destroy(end)
         }
         let peeled: Onion.Peeled
-        do { peeled = try Onion.peel(onion, privateKey: identity.agreement.privateKey, publicKey: identity.agreement.publicKey) } catch {
+        do {
+            peeled = try Onion.peel(
+                onion, privateKey: identity.agreement.privateKey, publicKey: identity.agreement.publicKey)
+        } catch {
             counters.cellsRejected += 1
             destroy(end)
             return penalize(link, 5, "an onion that does not open")
@@ -193,16 +215,20 @@ extension MeshNode {
             }
             guard circuitCount(next.id) < configuration.maxCircuitsPerLink else {
                 counters.circuitsRefused += 1
-                logger.info("circuit refused: the next link carries its limit of circuits", metadata: ["limit": "\(configuration.maxCircuitsPerLink)"])
+                logger.info(
+                    "circuit refused: the next link carries its limit of circuits",
+                    metadata: ["limit": "\(configuration.maxCircuitsPerLink)"])
                 return destroy(end)
             }
             let out = CircuitEnd(link: next.id, circuit: next.allocateCircuit())
             noteEnd(end)
             noteEnd(out)
             let previous = link.peerAddress, following = next.peerAddress
-            relays[end] = RelayHop(other: out, key: peeled.keys.layer, forward: true, previousAddress: previous, nextAddress: following)
+            relays[end] = RelayHop(
+                other: out, key: peeled.keys.layer, forward: true, previousAddress: previous, nextAddress: following)
             relays[end]?.payer = configuration.earningWallet == nil ? nil : payer
-            relays[out] = RelayHop(other: end, key: nil, forward: false, previousAddress: previous, nextAddress: following)
+            relays[out] = RelayHop(
+                other: end, key: nil, forward: false, previousAddress: previous, nextAddress: following)
             counters.circuitsRelayed += 1
             logger.debug("relaying a circuit", metadata: ["previous": "\(previous)", "next": "\(following)"])
             sendCell(out, .create, peeled.inner)
@@ -211,13 +237,16 @@ extension MeshNode {
                 logger.info("circuit refused: not an exit")
                 return destroy(end)
             }
-            let exit = ExitCircuit(inEnd: end, keys: peeled.keys, previousAddress: link.peerAddress, created: Self.now())
+            let exit = ExitCircuit(
+                inEnd: end, keys: peeled.keys, previousAddress: link.peerAddress, created: Self.now())
             noteEnd(end)
             exit.payer = configuration.earningWallet == nil ? nil : payer
             exits[end] = exit
             counters.circuitsExited += 1
         case .terminal:
-            guard let id = routeByToken.removeValue(forKey: peeled.token), let route = routes[id], route.returnEnd == nil else {
+            guard let id = routeByToken.removeValue(forKey: peeled.token), let route = routes[id],
+                route.returnEnd == nil
+            else {
                 return destroy(end)
             }
             route.returnEnd = end
@@ -249,12 +278,16 @@ extension MeshNode {
             // A slow next hop: past the cap, the circuit pushing into it goes (never this node's memory).
             guard next.queuedBytes < configuration.maxLinkQueueBytes else {
                 counters.queueOverflows += 1
-                logger.info("relay: the queue toward the next hop is full; circuit destroyed", metadata: ["queued": "\(next.queuedBytes)"])
+                logger.info(
+                    "relay: the queue toward the next hop is full; circuit destroyed",
+                    metadata: ["queued": "\(next.queuedBytes)"])
                 return destroyed(end, notify: true)
             }
             // This hop's layer is removed (or added) on the way into the next link's message.
             let counter = hop.counter
-            next.writeDataCell(hop.other.circuit) { cell in Onion.unwrap(key, counter: counter, from: payload, into: cell) }
+            next.writeDataCell(hop.other.circuit) { cell in
+                Onion.unwrap(key, counter: counter, from: payload, into: cell)
+            }
             hop.counter += 1
             counters.cellsRelayed += 1
         } else if let exit = exits[end] {
@@ -287,9 +320,10 @@ extension MeshNode {
     }
 
     func circuitsLost(on link: Link) {
-        let ends = Set(relays.keys.filter { $0.link == link.id } + exits.keys.filter { $0.link == link.id }
-                       + exitByReturn.keys.filter { $0.link == link.id }
-                       + routeByForward.keys.filter { $0.link == link.id } + routeByReturn.keys.filter { $0.link == link.id })
+        let ends = Set(
+            relays.keys.filter { $0.link == link.id } + exits.keys.filter { $0.link == link.id }
+                + exitByReturn.keys.filter { $0.link == link.id }
+                + routeByForward.keys.filter { $0.link == link.id } + routeByReturn.keys.filter { $0.link == link.id })
         for end in ends { destroyed(end, notify: false) }
     }
 
@@ -299,11 +333,15 @@ extension MeshNode {
     private func graph() -> [NodeKey: Set<NodeKey>] {
         var claims: [NodeKey: Set<NodeKey>] = [:]
         // Clients relay nothing: they are never part of anyone else's route.
-        for (k, known) in records where !known.record.isClient { claims[k] = Set(known.record.neighbours.compactMap(NodeKey.init(text:))) }
+        for (k, known) in records where !known.record.isClient {
+            claims[k] = Set(known.record.neighbours.compactMap(NodeKey.init(text:)))
+        }
         claims[key] = Set(neighbours.keys)
         var edges: [NodeKey: Set<NodeKey>] = [:]
         for (a, list) in claims where a != key {
-            for b in list where a != b && b != key && (claims[b]?.contains(a) ?? false) { edges[a, default: []].insert(b) }
+            for b in list where a != b && b != key && (claims[b]?.contains(a) ?? false) {
+                edges[a, default: []].insert(b)
+            }
         }
         // This node's own links are edges whatever the other end advertises
         // (a node does not advertise its clients).
@@ -349,8 +387,10 @@ extension MeshNode {
     /// `allowed`, complete when `complete` says so; one drawn uniformly at
     /// random among them (reservoir sampling over a walk in random order,
     /// bounded in work).
-    private func drawPath(from starts: [NodeKey], length: Int, edges: [NodeKey: Set<NodeKey>],
-                          allowed: (NodeKey, [NodeKey]) -> Bool, complete: ([NodeKey]) -> Bool) -> [NodeKey]? {
+    private func drawPath(
+        from starts: [NodeKey], length: Int, edges: [NodeKey: Set<NodeKey>],
+        allowed: (NodeKey, [NodeKey]) -> Bool, complete: ([NodeKey]) -> Bool
+    ) -> [NodeKey]? {
         var seen = 0, visits = 0
         var pick: [NodeKey]?
         func walk(_ path: [NodeKey]) {
@@ -363,7 +403,8 @@ extension MeshNode {
                 }
                 return
             }
-            for next in (edges[path.last!] ?? []).shuffled() where next != key && !path.contains(next) && allowed(next, path) {
+            for next in (edges[path.last!] ?? []).shuffled()
+            where next != key && !path.contains(next) && allowed(next, path) {
                 walk(path + [next])
             }
         }
@@ -371,7 +412,9 @@ extension MeshNode {
         return pick
     }
 
-    private func chooseRoutes(avoiding avoid: Set<NodeKey>, including required: NodeKey?) -> (forward: [NodeKey], back: [NodeKey])? {
+    private func chooseRoutes(avoiding avoid: Set<NodeKey>, including required: NodeKey?) -> (
+        forward: [NodeKey], back: [NodeKey]
+    )? {
         // A required node goes on the forward route if it can, else on the return route.
         for inForward in required == nil ? [false] : [true, false] {
             if let found = chooseRoutes(avoiding: avoid, including: required, inForward: inForward) { return found }
@@ -379,7 +422,9 @@ extension MeshNode {
         return nil
     }
 
-    private func chooseRoutes(avoiding avoid: Set<NodeKey>, including required: NodeKey?, inForward: Bool) -> (forward: [NodeKey], back: [NodeKey])? {
+    private func chooseRoutes(avoiding avoid: Set<NodeKey>, including required: NodeKey?, inForward: Bool) -> (
+        forward: [NodeKey], back: [NodeKey]
+    )? {
         let edges = graph()
         let hops = configuration.hops
         let longest = min(6, max(hops, hops + 2))
@@ -390,15 +435,24 @@ extension MeshNode {
         }
         var chosen: [NodeKey]?
         for length in hops...longest where chosen == nil {
-            chosen = drawPath(from: firsts.filter { length == 1 || acceptable($0, exit: false) }, length: length, edges: edges,
-                              allowed: { next, path in fits(next, path) && (path.count + 1 == length || self.acceptable(next, exit: false)) },
-                              complete: { path in
-                                  let last = path.last!
-                                  return self.acceptable(last, exit: true) && (hops < 3 && self.configuration.allowShortRoutes || self.neighbours[last] == nil)
-                                      && (!inForward || required.map(path.contains) == true)
-                              })
+            chosen = drawPath(
+                from: firsts.filter { length == 1 || acceptable($0, exit: false) }, length: length, edges: edges,
+                allowed: { next, path in
+                    fits(next, path) && (path.count + 1 == length || self.acceptable(next, exit: false))
+                },
+                complete: { path in
+                    let last = path.last!
+                    return self.acceptable(last, exit: true)
+                        && (hops < 3 && self.configuration.allowShortRoutes || self.neighbours[last] == nil)
+                        && (!inForward || required.map(path.contains) == true)
+                })
         }
-        logger.debug("routes", metadata: ["edges": "\(edges.mapValues { $0.map(\.description) })", "exits": "\(records.values.filter(\.record.exit).count)"])
+        logger.debug(
+            "routes",
+            metadata: [
+                "edges": "\(edges.mapValues { $0.map(\.description) })",
+                "exits": "\(records.values.filter(\.record.exit).count)"
+            ])
         guard let forward = chosen else { return nil }
         let exit = forward.last!
         if hops == 1, neighbours[exit] != nil { return required == nil || inForward ? (forward, []) : nil }
@@ -408,15 +462,18 @@ extension MeshNode {
         for strict in [true, false] {
             for length in hops...longest {
                 // [exit, r1 … rk]: k + 1 links with the last one to this node.
-                let path = drawPath(from: [exit], length: length, edges: edges,
-                                    allowed: { next, path in
-                                        fits(next, path) && self.acceptable(next, exit: false) && (!strict || !forwardRelays.contains(next))
-                                            && !forward.contains(where: { self.sameFamily($0, next) })
-                                    },
-                                    complete: { path in
-                                        (path.count == 1 || (edges[path.last!]?.contains(self.key) == true && self.neighbours[path.last!] != nil))
-                                            && (backNeeds == nil || path.dropFirst().contains(backNeeds!))
-                                    })
+                let path = drawPath(
+                    from: [exit], length: length, edges: edges,
+                    allowed: { next, path in
+                        fits(next, path) && self.acceptable(next, exit: false)
+                            && (!strict || !forwardRelays.contains(next))
+                            && !forward.contains(where: { self.sameFamily($0, next) })
+                    },
+                    complete: { path in
+                        (path.count == 1
+                            || (edges[path.last!]?.contains(self.key) == true && self.neighbours[path.last!] != nil))
+                            && (backNeeds == nil || path.dropFirst().contains(backNeeds!))
+                    })
                 if let path, path.count > 1 { return (forward, Array(path.dropFirst())) }
             }
         }

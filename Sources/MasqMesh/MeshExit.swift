@@ -83,8 +83,12 @@ extension MeshNode {
                 logger.info("exit: a route ignores flow control; destroyed")
                 return destroyed(exit.inEnd, notify: true)
             }
-            if let gathered = stream.toTarget?.readableBytes, gathered + data.count > Self.streamWriteBytes { writeToTarget(exit, stream) }
-            if stream.toTarget == nil { stream.toTarget = ByteBufferAllocator().buffer(capacity: Self.streamWriteBytes) }
+            if let gathered = stream.toTarget?.readableBytes, gathered + data.count > Self.streamWriteBytes {
+                writeToTarget(exit, stream)
+            }
+            if stream.toTarget == nil {
+                stream.toTarget = ByteBufferAllocator().buffer(capacity: Self.streamWriteBytes)
+            }
             stream.toTarget!.writeBytes(data)
             stream.toTargetCells += 1
             dirtyExits[ObjectIdentifier(stream)] = (exit, stream)
@@ -117,11 +121,13 @@ extension MeshNode {
             // A reused or zero number breaks the protocol; a bad target or a full exit fails the stream only.
             guard id != 0, exit.streams[id] == nil else { return destroyed(exit.inEnd, notify: true) }
             guard let text = String(validating: data, as: UTF8.self), let colon = text.lastIndex(of: ":"),
-                  let port = Int(text[text.index(after: colon)...]), (1...65_535).contains(port) else {
+                let port = Int(text[text.index(after: colon)...]), (1...65_535).contains(port)
+            else {
                 return sendToOrigin(exit, .end, id, Array("1".utf8))
             }
             guard exit.streams.count < configuration.streamsPerRoute,
-                  exits.values.reduce(0, { $0 + $1.streams.count }) < configuration.maxExitStreams else {
+                exits.values.reduce(0, { $0 + $1.streams.count }) < configuration.maxExitStreams
+            else {
                 logger.info("exit: stream refused, at the limit of streams")
                 return sendToOrigin(exit, .end, id, Array("1".utf8))
             }
@@ -140,7 +146,9 @@ extension MeshNode {
         case .sendme:
             guard let stream = exit.streams[id] else { return }
             stream.inFlight = max(0, stream.inFlight - configuration.sendmeEvery)
-            if stream.inFlight < configuration.window { _ = stream.channel?.setOption(ChannelOptions.autoRead, value: true) }
+            if stream.inFlight < configuration.window {
+                _ = stream.channel?.setOption(ChannelOptions.autoRead, value: true)
+            }
         case .connected, .data:
             destroyed(exit.inEnd, notify: true)
         }
@@ -185,7 +193,8 @@ extension MeshNode {
 
     private func connectTarget(_ exit: ExitCircuit, _ stream: ExitStream, _ addresses: [IPAddress], port: Int) {
         let node = self
-        guard let address = addresses.first, let target = try? SocketAddress(ipAddress: address.description, port: port) else {
+        guard let address = addresses.first, let target = try? SocketAddress(ipAddress: address.description, port: port)
+        else {
             exit.streams[stream.id] = nil
             stream.ended = true
             return sendToOrigin(exit, .end, stream.id, Array("1".utf8))
@@ -193,13 +202,16 @@ extension MeshNode {
         let end = exit.inEnd
         var bootstrap = ClientBootstrap(group: loop)
         // The target sees the exit's own address.
-        if let local = try? SocketAddress(ipAddress: configuration.host, port: 0) { bootstrap = bootstrap.bind(to: local) }
+        if let local = try? SocketAddress(ipAddress: configuration.host, port: 0) {
+            bootstrap = bootstrap.bind(to: local)
+        }
         bootstrap
             .connectTimeout(.seconds(5))
             .channelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
             .channelInitializer { channel in
                 do {
-                    try channel.pipeline.syncOperations.addHandler(StreamHandler(node: node, end: end, stream: stream.id))
+                    try channel.pipeline.syncOperations.addHandler(
+                        StreamHandler(node: node, end: end, stream: stream.id))
                     return channel.eventLoop.makeSucceededVoidFuture()
                 } catch { return channel.eventLoop.makeFailedFuture(error) }
             }
@@ -213,7 +225,9 @@ extension MeshNode {
                     node.dirtyExits[ObjectIdentifier(stream)] = (exit, stream)
                 case .failure(let error):
                     guard exit.streams[stream.id] === stream, !stream.ended else { return }
-                    if addresses.count > 1 { return node.connectTarget(exit, stream, Array(addresses.dropFirst()), port: port) }
+                    if addresses.count > 1 {
+                        return node.connectTarget(exit, stream, Array(addresses.dropFirst()), port: port)
+                    }
                     exit.streams[stream.id] = nil
                     stream.ended = true
                     node.sendToOrigin(exit, .end, stream.id, Array("\(Self.socksCode(for: error))".utf8))
@@ -260,7 +274,9 @@ extension MeshNode {
             _ = Onion.sealCell(exit.keys.exitBack, counter: counter, cell)
         }
         exit.returnCounter += 1
-        if let payer = exit.payer, let accountant { accountant.earn(payer, exitCharge(configuration.rates), now: Self.wallClock()) }
+        if let payer = exit.payer, let accountant {
+            accountant.earn(payer, exitCharge(configuration.rates), now: Self.wallClock())
+        }
     }
 
     /// Bytes from a target: to the origin, within the stream's window.
@@ -275,7 +291,9 @@ extension MeshNode {
                 offset += n
             }
         }
-        if stream.inFlight >= configuration.window { _ = stream.channel?.setOption(ChannelOptions.autoRead, value: false) }
+        if stream.inFlight >= configuration.window {
+            _ = stream.channel?.setOption(ChannelOptions.autoRead, value: false)
+        }
     }
 
     func exitTargetClosed(_ end: CircuitEnd, _ id: UInt16) {
@@ -313,7 +331,9 @@ final class StreamHandler: ChannelInboundHandler {
     private var cells = CellGatherer()
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        cells.add(unwrapInboundIn(data), cellData: node.cellData, allocator: context.channel.allocator) { node.exitTargetData(end, stream, $0) }
+        cells.add(unwrapInboundIn(data), cellData: node.cellData, allocator: context.channel.allocator) {
+            node.exitTargetData(end, stream, $0)
+        }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -339,7 +359,8 @@ struct CellGatherer {
     private var part: ByteBuffer?
 
     /// Hands `send` the bytes of `bytes` that make whole cells, after the part kept from before.
-    mutating func add(_ bytes: ByteBuffer, cellData: Int, allocator: ByteBufferAllocator, _ send: (ByteBuffer) -> Void) {
+    mutating func add(_ bytes: ByteBuffer, cellData: Int, allocator: ByteBufferAllocator, _ send: (ByteBuffer) -> Void)
+    {
         var bytes = bytes
         if var kept = part {
             part = nil

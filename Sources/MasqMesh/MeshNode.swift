@@ -5,7 +5,7 @@ import NIOCore
 import NIOPosix
 import Dispatch
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A mesh node's settings. All limits explicit.
@@ -264,37 +264,73 @@ public final class MeshNode: @unchecked Sendable {
         public var recordsEvicted = 0
     }
 
-    public init(configuration: MeshConfiguration, identity: NodeIdentity, logger: Logger = Logger(label: "masq.node")) throws(MeshError) {
-        guard NodeDescriptor.validNetwork(configuration.network) else { throw .invalid("network names are [a-z0-9-], 1 to 32 characters") }
+    public init(configuration: MeshConfiguration, identity: NodeIdentity, logger: Logger = Logger(label: "masq.node"))
+        throws(MeshError)
+    {
+        guard NodeDescriptor.validNetwork(configuration.network) else {
+            throw .invalid("network names are [a-z0-9-], 1 to 32 characters")
+        }
         guard (1...6).contains(configuration.hops) else { throw .invalid("hops must be 1...6") }
         guard configuration.hops >= 3 || configuration.allowShortRoutes else {
-            throw .invalid("routes of fewer than 3 hops give no anonymity (one node would see both ends); refused without allowShortRoutes")
+            throw .invalid(
+                "routes of fewer than 3 hops give no anonymity (one node would see both ends); refused without allowShortRoutes"
+            )
         }
-        guard (1...16).contains(configuration.maxNeighbours), configuration.targetNeighbours >= 1, configuration.targetNeighbours <= configuration.maxNeighbours else {
+        guard (1...16).contains(configuration.maxNeighbours), configuration.targetNeighbours >= 1,
+            configuration.targetNeighbours <= configuration.maxNeighbours
+        else {
             throw .invalid("neighbours: 1 <= target <= max <= 16")
         }
-        guard (2_560...60_000).contains(configuration.cellBytes) else { throw .invalid("cell size must be 2560...60000 bytes (onions of 7 layers fit)") }
-        guard (64...65_536).contains(configuration.window), (1...configuration.window).contains(configuration.sendmeEvery) else {
+        guard (2_560...60_000).contains(configuration.cellBytes) else {
+            throw .invalid("cell size must be 2560...60000 bytes (onions of 7 layers fit)")
+        }
+        guard (64...65_536).contains(configuration.window),
+            (1...configuration.window).contains(configuration.sendmeEvery)
+        else {
             throw .invalid("the window must be 64...65536 cells, acknowledged every 1...window cells")
         }
-        guard (1...4_096).contains(configuration.streamsPerRoute) else { throw .invalid("streams per route must be 1...4096") }
-        guard (1...1_000_000).contains(configuration.maxExitStreams) else { throw .invalid("exit streams must be 1...1000000") }
-        guard configuration.maxLinkQueueBytes >= 1 << 20 else { throw .invalid("a link queue must hold at least 1 MiB") }
-        guard (1...100_000).contains(configuration.maxPendingLinks), (1...configuration.maxPendingLinks).contains(configuration.maxPendingLinksPerPrefix) else {
+        guard (1...4_096).contains(configuration.streamsPerRoute) else {
+            throw .invalid("streams per route must be 1...4096")
+        }
+        guard (1...1_000_000).contains(configuration.maxExitStreams) else {
+            throw .invalid("exit streams must be 1...1000000")
+        }
+        guard configuration.maxLinkQueueBytes >= 1 << 20 else {
+            throw .invalid("a link queue must hold at least 1 MiB")
+        }
+        guard (1...100_000).contains(configuration.maxPendingLinks),
+            (1...configuration.maxPendingLinks).contains(configuration.maxPendingLinksPerPrefix)
+        else {
             throw .invalid("pending handshakes must be 1...100000 in all, 1...that per address prefix")
         }
-        guard (100...600_000).contains(configuration.handshakeTimeoutMilliseconds) else { throw .invalid("the handshake timeout must be 100...600000 ms") }
-        guard (16...10_000_000).contains(configuration.maxRecords) else { throw .invalid("max records must be 16...10000000") }
-        guard (1...1_000_000).contains(configuration.gossipRecordsPerSecond) else { throw .invalid("gossip records per second must be 1...1000000") }
-        guard (1...100_000).contains(configuration.gossipVerificationsPerTurn) else { throw .invalid("gossip verifications per turn must be 1...100000") }
-        guard (10_000...86_400_000).contains(configuration.replayWindowMilliseconds) else { throw .invalid("the replay window must be 10000...86400000 ms") }
+        guard (100...600_000).contains(configuration.handshakeTimeoutMilliseconds) else {
+            throw .invalid("the handshake timeout must be 100...600000 ms")
+        }
+        guard (16...10_000_000).contains(configuration.maxRecords) else {
+            throw .invalid("max records must be 16...10000000")
+        }
+        guard (1...1_000_000).contains(configuration.gossipRecordsPerSecond) else {
+            throw .invalid("gossip records per second must be 1...1000000")
+        }
+        guard (1...100_000).contains(configuration.gossipVerificationsPerTurn) else {
+            throw .invalid("gossip verifications per turn must be 1...100000")
+        }
+        guard (10_000...86_400_000).contains(configuration.replayWindowMilliseconds) else {
+            throw .invalid("the replay window must be 10000...86400000 ms")
+        }
         guard (0...32).contains(configuration.neighbourPrefixV4), (0...128).contains(configuration.neighbourPrefixV6),
-              (0...32).contains(configuration.hopPrefixV4), (0...128).contains(configuration.hopPrefixV6) else {
+            (0...32).contains(configuration.hopPrefixV4), (0...128).contains(configuration.hopPrefixV6)
+        else {
             throw .invalid("address prefixes must be 0...32 bits (IPv4), 0...128 (IPv6)")
         }
-        guard (1...1_000_000).contains(configuration.maxCircuitsPerLink) else { throw .invalid("circuits per link must be 1...1000000") }
-        guard (1_024...100_000_000).contains(configuration.replayCacheEntries) else { throw .invalid("the replay cache must hold 1024...100000000 keys") }
-        replayCache = ReplayCache(window: configuration.replayWindowMilliseconds, capacity: configuration.replayCacheEntries)
+        guard (1...1_000_000).contains(configuration.maxCircuitsPerLink) else {
+            throw .invalid("circuits per link must be 1...1000000")
+        }
+        guard (1_024...100_000_000).contains(configuration.replayCacheEntries) else {
+            throw .invalid("the replay cache must hold 1024...100000000 keys")
+        }
+        replayCache = ReplayCache(
+            window: configuration.replayWindowMilliseconds, capacity: configuration.replayCacheEntries)
         self.configuration = configuration
         self.identity = identity
         self.logger = logger
@@ -303,7 +339,9 @@ public final class MeshNode: @unchecked Sendable {
     }
 
     public var key: NodeKey { identity.key }
-    public var descriptor: NodeDescriptor { NodeDescriptor(network: configuration.network, key: key, host: configuration.host, port: port) }
+    public var descriptor: NodeDescriptor {
+        NodeDescriptor(network: configuration.network, key: key, host: configuration.host, port: port)
+    }
 
     static func now() -> UInt64 {
         var ts = timespec()
@@ -325,9 +363,13 @@ public final class MeshNode: @unchecked Sendable {
             try listen()
         }
         if let socks = configuration.socks {
-            guard let colon = socks.lastIndex(of: ":"), let p = Int(socks[socks.index(after: colon)...]) else { throw MeshError.invalid("socks must be HOST:PORT") }
+            guard let colon = socks.lastIndex(of: ":"), let p = Int(socks[socks.index(after: colon)...]) else {
+                throw MeshError.invalid("socks must be HOST:PORT")
+            }
             let host = String(socks[..<colon])
-            guard host == "127.0.0.1" || host == "::1" || host == "localhost" else { throw MeshError.invalid("the SOCKS front listens on loopback only") }
+            guard host == "127.0.0.1" || host == "::1" || host == "localhost" else {
+                throw MeshError.invalid("the SOCKS front listens on loopback only")
+            }
             let s = try ServerBootstrap(group: group)
                 .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
                 .childChannelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
@@ -342,7 +384,9 @@ public final class MeshNode: @unchecked Sendable {
             socksPort = s.localAddress?.port ?? p
         }
         let own = ExitPolicy.ownAddresses(host: configuration.host)
-        let secret = configuration.consumingWallet == nil ? nil : try Pseudonyms.loadOrCreateSecret(configuration.dataDirectory + "/payer.key")
+        let secret =
+            configuration.consumingWallet == nil
+            ? nil : try Pseudonyms.loadOrCreateSecret(configuration.dataDirectory + "/payer.key")
         try loop.submit {
             node.ownAddresses = own
             node.pseudonyms = secret.map { Pseudonyms(secret: $0) }
@@ -351,15 +395,26 @@ public final class MeshNode: @unchecked Sendable {
             if node.configuration.earningWallet != nil { node.loadPayers() }
             try node.refreshOwnRecord(force: true)
             // Debut to as many seeds as neighbours are wanted; upkeep finds the rest.
-            for seed in node.configuration.seeds.shuffled().filter({ $0.key != node.key }).prefix(node.configuration.targetNeighbours) { node.dial(seed) }
+            for seed in node.configuration.seeds.shuffled().filter({ $0.key != node.key }).prefix(
+                node.configuration.targetNeighbours)
+            { node.dial(seed) }
         }.wait()
-        loop.scheduleRepeatedTask(initialDelay: .milliseconds(Int64(configuration.gossipMilliseconds)),
-                                  delay: .milliseconds(Int64(configuration.gossipMilliseconds))) { _ in node.tick() }
+        loop.scheduleRepeatedTask(
+            initialDelay: .milliseconds(Int64(configuration.gossipMilliseconds)),
+            delay: .milliseconds(Int64(configuration.gossipMilliseconds))
+        ) { _ in node.tick() }
         if let accountant {
             let every = Int64(max(1, accountant.scanSeconds)) * 1_000
-            loop.scheduleRepeatedTask(initialDelay: .milliseconds(every), delay: .milliseconds(every)) { _ in node.scan() }
+            loop.scheduleRepeatedTask(initialDelay: .milliseconds(every), delay: .milliseconds(every)) { _ in
+                node.scan()
+            }
         }
-        logger.info("node started", metadata: ["descriptor": "\(descriptor)", "socks": "\(socksPort)", "exit": "\(configuration.exit)", "client": "\(configuration.client)"])
+        logger.info(
+            "node started",
+            metadata: [
+                "descriptor": "\(descriptor)", "socks": "\(socksPort)", "exit": "\(configuration.exit)",
+                "client": "\(configuration.client)"
+            ])
     }
 
     private func listen() throws {
@@ -368,7 +423,10 @@ public final class MeshNode: @unchecked Sendable {
             .serverChannelOption(ChannelOptions.backlog, value: 256)
             .serverChannelOption(ChannelOptions.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
-            .childChannelOption(ChannelOptions.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 4_096, initial: 65_536, maximum: 262_144))
+            .childChannelOption(
+                ChannelOptions.recvAllocator,
+                value: AdaptiveRecvByteBufferAllocator(minimum: 4_096, initial: 65_536, maximum: 262_144)
+            )
             .childChannelOption(ChannelOptions.maxMessagesPerRead, value: 16)
             .childChannelInitializer { channel in node.configureLink(channel, initiator: false, dialed: nil) }
         let bound = try bootstrap.bind(host: configuration.host, port: configuration.port).wait()
@@ -393,7 +451,8 @@ public final class MeshNode: @unchecked Sendable {
     func configureLink(_ channel: Channel, initiator: Bool, dialed: NodeDescriptor?) -> EventLoopFuture<Void> {
         do {
             try channel.pipeline.syncOperations.addHandler(LengthPrefixSplitter())
-            try channel.pipeline.syncOperations.addHandler(LinkHandler(node: self, initiator: initiator, dialed: dialed))
+            try channel.pipeline.syncOperations.addHandler(
+                LinkHandler(node: self, initiator: initiator, dialed: dialed))
             return channel.eventLoop.makeSucceededVoidFuture()
         } catch {
             return channel.eventLoop.makeFailedFuture(error)
@@ -401,12 +460,20 @@ public final class MeshNode: @unchecked Sendable {
     }
 
     func dial(_ descriptor: NodeDescriptor) {
-        guard descriptor.key != key, neighbours[descriptor.key] == nil, !dialing.contains(descriptor.key), !isBanned(descriptor.key, descriptor.host),
-              (keepApart[descriptor.key] ?? 0) < Self.now(), (refused[descriptor.key] ?? 0) < Self.now() else { return }
+        guard descriptor.key != key, neighbours[descriptor.key] == nil, !dialing.contains(descriptor.key),
+            !isBanned(descriptor.key, descriptor.host),
+            (keepApart[descriptor.key] ?? 0) < Self.now(), (refused[descriptor.key] ?? 0) < Self.now()
+        else { return }
         // One node per address among the neighbours: no dial to a second one.
-        if configuration.neighbourPrefixV4 != 0 || configuration.neighbourPrefixV6 != 0, let ip = IPAddress(descriptor.host) {
+        if configuration.neighbourPrefixV4 != 0 || configuration.neighbourPrefixV6 != 0,
+            let ip = IPAddress(descriptor.host)
+        {
             let bits = ip.isV4 ? configuration.neighbourPrefixV4 : configuration.neighbourPrefixV6
-            if bits != 0, neighbours.values.contains(where: { l in l.peer.map { !clientPeers.contains($0) } == true && neighbourGroup(l) == ip.prefix(bits) }) {
+            if bits != 0,
+                neighbours.values.contains(where: { l in
+                    l.peer.map { !clientPeers.contains($0) } == true && neighbourGroup(l) == ip.prefix(bits)
+                })
+            {
                 return
             }
         }
@@ -415,11 +482,16 @@ public final class MeshNode: @unchecked Sendable {
         var bootstrap = ClientBootstrap(group: loop)
             .connectTimeout(.seconds(3))
             .channelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
-            .channelOption(ChannelOptions.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 4_096, initial: 65_536, maximum: 262_144))
+            .channelOption(
+                ChannelOptions.recvAllocator,
+                value: AdaptiveRecvByteBufferAllocator(minimum: 4_096, initial: 65_536, maximum: 262_144)
+            )
             .channelOption(ChannelOptions.maxMessagesPerRead, value: 16)
             .channelInitializer { channel in node.configureLink(channel, initiator: true, dialed: descriptor) }
         // Links leave from the node's own (signed) address.
-        if let local = try? SocketAddress(ipAddress: configuration.host, port: 0) { bootstrap = bootstrap.bind(to: local) }
+        if let local = try? SocketAddress(ipAddress: configuration.host, port: 0) {
+            bootstrap = bootstrap.bind(to: local)
+        }
         bootstrap.connect(host: descriptor.host, port: descriptor.port)
             .whenFailure { _ in
                 node.dialing.remove(descriptor.key)
@@ -457,7 +529,9 @@ public final class MeshNode: @unchecked Sendable {
     /// honest handshake must open `maxPendingLinks` connections during its
     /// round trip. Connections still time out after `handshakeTimeoutMilliseconds`.
     func linkOpened(_ channel: Channel, initiator: Bool, dialed: NodeDescriptor?) -> Link? {
-        if !initiator, let host = channel.remoteAddress?.ipAddress, let until = bannedHosts[host], until > Self.now() { return nil }
+        if !initiator, let host = channel.remoteAddress?.ipAddress, let until = bannedHosts[host], until > Self.now() {
+            return nil
+        }
         if !initiator {
             let pending = links.values.filter { !$0.established && !$0.initiator }
             let prefix = Self.addressPrefix(channel.remoteAddress)
@@ -466,7 +540,9 @@ public final class MeshNode: @unchecked Sendable {
                 return nil
             }
             if pending.count >= configuration.maxPendingLinks {
-                for oldest in pending.sorted(by: { $0.id < $1.id }).prefix(pending.count - configuration.maxPendingLinks + 1) {
+                for oldest in pending.sorted(by: { $0.id < $1.id }).prefix(
+                    pending.count - configuration.maxPendingLinks + 1)
+                {
                     counters.pendingEvicted += 1
                     // Out of the table now (its channel's close completes later).
                     links[oldest.id] = nil
@@ -476,10 +552,14 @@ public final class MeshNode: @unchecked Sendable {
             }
         }
         let prologue = Array("masq mesh v1 \(configuration.network)".utf8)
-        guard let handshake = try? Noise.Handshake(pattern: .XX, role: initiator ? .initiator : .responder, prologue: prologue,
-                                                   staticKey: identity.agreement.privateKey) else { return nil }
-        let link = Link(id: nextLinkID, channel: channel, initiator: initiator, dialed: dialed, handshake: handshake,
-                        cellBytes: configuration.cellBytes, now: Self.now())
+        guard
+            let handshake = try? Noise.Handshake(
+                pattern: .XX, role: initiator ? .initiator : .responder, prologue: prologue,
+                staticKey: identity.agreement.privateKey)
+        else { return nil }
+        let link = Link(
+            id: nextLinkID, channel: channel, initiator: initiator, dialed: dialed, handshake: handshake,
+            cellBytes: configuration.cellBytes, now: Self.now())
         link.onPending = { [weak self] in self?.dirty[$0.id] = $0 }
         link.gossipCredit = Double(configuration.gossipRecordsPerSecond) * 2
         nextLinkID += 1
@@ -535,7 +615,9 @@ public final class MeshNode: @unchecked Sendable {
             for item in items {
                 switch item {
                 case .dataCell(let circuit, let payload):
-                    data(link, CircuitEnd(link: link.id, circuit: circuit), UnsafeRawBufferPointer(rebasing: raw[payload]))
+                    data(
+                        link, CircuitEnd(link: link.id, circuit: circuit),
+                        UnsafeRawBufferPointer(rebasing: raw[payload]))
                 case .frame(let range):
                     linkFrame(link, Array(records[range]))
                 }
@@ -556,7 +638,9 @@ public final class MeshNode: @unchecked Sendable {
         case .ping: link.write(.pong, [])
         case .pong: break
         case .bye:
-            if link.initiator, let peer = link.peer { refused[peer] = Self.now() + 10 * configuration.gossipMilliseconds }
+            if link.initiator, let peer = link.peer {
+                refused[peer] = Self.now() + 10 * configuration.gossipMilliseconds
+            }
             link.channel.close(promise: nil)
         case nil: penalize(link, 10, "a frame of unknown type")
         }
@@ -571,7 +655,9 @@ public final class MeshNode: @unchecked Sendable {
     }
 
     private func handshakeStep(_ link: Link, _ bytes: [UInt8]) {
-        guard let handshake = link.handshake, bytes.count <= Noise.maxMessageLength else { return link.channel.close(promise: nil) }
+        guard let handshake = link.handshake, bytes.count <= Noise.maxMessageLength else {
+            return link.channel.close(promise: nil)
+        }
         do {
             let payload = try handshake.readMessage(bytes)
             if !link.initiator && !handshake.isComplete {
@@ -591,10 +677,14 @@ public final class MeshNode: @unchecked Sendable {
             guard let peerKey = linkRecord.nodeKey, linkRecord.agreementKey == result.remoteStatic else {
                 throw MeshError.badSignature("the record does not name the link's key")
             }
-            if let dialed = link.dialed, dialed.key != peerKey { throw MeshError.badSignature("the node at \(dialed.address) is not \(dialed.key)") }
+            if let dialed = link.dialed, dialed.key != peerKey {
+                throw MeshError.badSignature("the node at \(dialed.address) is not \(dialed.key)")
+            }
             var publicRecord: (NodeRecord, SignedRecord)?
             if !linkRecord.isClient {
-                guard let signed = received.record else { throw MeshError.malformed("a node's handshake without its public record") }
+                guard let signed = received.record else {
+                    throw MeshError.malformed("a node's handshake without its public record")
+                }
                 let record = try signed.verified(network: configuration.network, kind: .gossip)
                 guard record.key == linkRecord.key, record.agreement == linkRecord.agreement else {
                     throw MeshError.badSignature("the public record is another node's")
@@ -614,7 +704,9 @@ public final class MeshNode: @unchecked Sendable {
 
     private func ownPayload() throws -> [UInt8] {
         guard let ownLinkSigned else { throw MeshError.failed("no record yet") }
-        return Array(try JSONEncoder().encode(HandshakePayload(link: ownLinkSigned, record: configuration.client ? nil : ownSigned)))
+        return Array(
+            try JSONEncoder().encode(
+                HandshakePayload(link: ownLinkSigned, record: configuration.client ? nil : ownSigned)))
     }
 
     /// The group a link's address counts in: at most
@@ -638,7 +730,9 @@ public final class MeshNode: @unchecked Sendable {
     private func established(_ link: Link, _ linkRecord: NodeRecord, _ kept: (NodeRecord, SignedRecord)) {
         guard let peer = link.peer else { return }
         let (record, signed) = kept
-        if peer == key || isBanned(peer, link.remoteIP?.description) || (keepApart[peer] ?? 0) > Self.now() { return link.channel.close(promise: nil) }
+        if peer == key || isBanned(peer, link.remoteIP?.description) || (keepApart[peer] ?? 0) > Self.now() {
+            return link.channel.close(promise: nil)
+        }
         if let existing = neighbours[peer], existing !== link {
             // Both dialed each other: keep the link the smaller key initiated.
             let keepNew = (link.initiator && key < peer) || (!link.initiator && peer < key)
@@ -647,14 +741,19 @@ public final class MeshNode: @unchecked Sendable {
         }
         introduced[peer] = nil
         if !record.isClient, let group = neighbourGroup(link),
-           neighbours.values.contains(where: { $0 !== link && $0.peer.map { !clientPeers.contains($0) } == true && neighbourGroup($0) == group }) {
+            neighbours.values.contains(where: {
+                $0 !== link && $0.peer.map { !clientPeers.contains($0) } == true && neighbourGroup($0) == group
+            })
+        {
             // One node per address among the neighbours: a host (or an IPv6 /64) gets one slot, whatever keys it makes.
             counters.neighboursRefusedSameAddress += 1
             link.write(.bye, Array("one node per address".utf8))
             link.flush()
             return link.channel.close(promise: nil)
         }
-        let full = record.isClient ? clientPeers.count >= configuration.maxClients : nodeNeighbourCount >= configuration.maxNeighbours
+        let full =
+            record.isClient
+            ? clientPeers.count >= configuration.maxClients : nodeNeighbourCount >= configuration.maxNeighbours
         if !link.initiator && full {
             // Full: neighbours with room are told about the newcomer (they may dial it).
             if !record.isClient { introduce(link, to: 2) }
@@ -667,7 +766,8 @@ public final class MeshNode: @unchecked Sendable {
         neighbours[peer] = link
         if record.isClient { clientPeers.insert(peer) }
         counters.linksUp += 1
-        logger.info("neighbour up", metadata: ["node": "\(peer)", "address": "\(link.listenAddress ?? link.peerAddress)"])
+        logger.info(
+            "neighbour up", metadata: ["node": "\(peer)", "address": "\(link.listenAddress ?? link.peerAddress)"])
         if !link.initiator && !record.isClient && record.isSeeking { introduce(link, to: 1) }
         try? refreshOwnRecord(force: false)
         sendGossip(to: link)
@@ -680,7 +780,8 @@ public final class MeshNode: @unchecked Sendable {
     /// record, so they can dial it. Only nodes that may link to it learn its
     /// address.
     private func introduce(_ link: Link, to count: Int) {
-        guard let peer = link.peer, let linkRecord = link.linkRecord, let body = try? JSONEncoder().encode([linkRecord]) else { return }
+        guard let peer = link.peer, let linkRecord = link.linkRecord, let body = try? JSONEncoder().encode([linkRecord])
+        else { return }
         let theirs = Set(records[peer]?.record.neighbours ?? [])
         let candidates = neighbours.filter { k, l in
             l !== link && !clientPeers.contains(k) && !theirs.contains(k.text)
@@ -699,10 +800,11 @@ public final class MeshNode: @unchecked Sendable {
         let current = neighbours.keys.filter { !clientPeers.contains($0) }.sorted().map(\.text)
         guard force || current != advertisedNeighbours else { return }
         advertisedNeighbours = current
-        var record = NodeRecord(network: configuration.network, key: key.text, agreement: Base64URL.encode(identity.agreement.publicKey),
-                                host: configuration.host, port: port, version: max(Self.wallClock(), (ownRecord?.version ?? 0) + 1),
-                                neighbours: current, rates: configuration.rates, exit: configuration.exit && !configuration.client,
-                                client: configuration.client ? true : nil, wallet: configuration.earningWallet?.address)
+        var record = NodeRecord(
+            network: configuration.network, key: key.text, agreement: Base64URL.encode(identity.agreement.publicKey),
+            host: configuration.host, port: port, version: max(Self.wallClock(), (ownRecord?.version ?? 0) + 1),
+            neighbours: current, rates: configuration.rates, exit: configuration.exit && !configuration.client,
+            client: configuration.client ? true : nil, wallet: configuration.earningWallet?.address)
         if !configuration.client {
             record.seeking = current.count < configuration.targetNeighbours ? true : nil
             record.family = configuration.family.isEmpty ? nil : configuration.family.map(\.text)
@@ -732,7 +834,9 @@ public final class MeshNode: @unchecked Sendable {
         // An element of the JSON array: {"r":"…","s":"…"} and a comma.
         func size(_ signed: SignedRecord) -> Int { 16 + signed.r.utf8.count + signed.s.utf8.count }
         var total = 2 + list.reduce(0) { $0 + size($1) }
-        let freshest = records.compactMap { $0.value.record.isClient ? nil : ($0.value.heard, $0.key) }.sorted { $0.0 > $1.0 }.prefix(255)
+        let freshest = records.compactMap { $0.value.record.isClient ? nil : ($0.value.heard, $0.key) }.sorted {
+            $0.0 > $1.0
+        }.prefix(255)
         for (_, nodeKey) in freshest {
             guard let signed = records[nodeKey]?.signed else { continue }
             guard total + size(signed) < Link.maxFrame - 64 else { break }
@@ -768,7 +872,9 @@ public final class MeshNode: @unchecked Sendable {
             counters.gossipFramesDropped += 1
             return
         }
-        guard body.count <= 4 << 20, let list = try? JSONDecoder().decode([SignedRecord].self, from: Data(body)), list.count <= 512 else {
+        guard body.count <= 4 << 20, let list = try? JSONDecoder().decode([SignedRecord].self, from: Data(body)),
+            list.count <= 512
+        else {
             counters.gossipRejected += 1
             return penalize(link, 10, "malformed gossip")
         }
@@ -786,7 +892,7 @@ public final class MeshNode: @unchecked Sendable {
                 continue
             }
             switch signed.keyHint() {
-            case let hint? where hint == key: continue           // our own record, coming back
+            case let hint? where hint == key: continue  // our own record, coming back
             case let hint? where records[hint] != nil: updates.append(signed)
             case _? where full: counters.recordsRefused += 1
             default: fresh.append(signed)
@@ -830,7 +936,9 @@ public final class MeshNode: @unchecked Sendable {
     }
 
     /// Records held besides our neighbours' (what `maxRecords` caps).
-    var recordsBesidesNeighbours: Int { records.count - neighbours.keys.reduce(0) { $0 + (records[$1] == nil ? 0 : 1) } }
+    var recordsBesidesNeighbours: Int {
+        records.count - neighbours.keys.reduce(0) { $0 + (records[$1] == nil ? 0 : 1) }
+    }
 
     /// Room for the record of a key not held. A neighbour's own record (from
     /// its handshake) is always taken: neighbours' records are held beyond
@@ -874,14 +982,19 @@ public final class MeshNode: @unchecked Sendable {
     /// (their neighbours sent them here because this node had room). Taken
     /// only while this node has room; dialed once, then forgotten.
     private func receiveIntro(_ link: Link, _ body: [UInt8]) {
-        guard body.count <= 65_536, let list = try? JSONDecoder().decode([SignedRecord].self, from: Data(body)), list.count <= 4 else {
+        guard body.count <= 65_536, let list = try? JSONDecoder().decode([SignedRecord].self, from: Data(body)),
+            list.count <= 4
+        else {
             return penalize(link, 10, "malformed introduction")
         }
         for signed in list {
             let record: NodeRecord
-            do { record = try signed.verified(network: configuration.network, kind: .link) } catch { return penalize(link, 10, "introduction: \(error)") }
+            do { record = try signed.verified(network: configuration.network, kind: .link) } catch {
+                return penalize(link, 10, "introduction: \(error)")
+            }
             guard !record.isClient, let d = record.descriptor, d.key != key, neighbours[d.key] == nil,
-                  nodeNeighbourCount < configuration.maxNeighbours else { continue }
+                nodeNeighbourCount < configuration.maxNeighbours
+            else { continue }
             guard introduced[d.key] != nil || introduced.count < configuration.maxIntroductions else { break }
             introduced[d.key] = (d, Self.now())
         }
@@ -889,11 +1002,15 @@ public final class MeshNode: @unchecked Sendable {
 
     func penalize(_ link: Link, _ points: Int, _ why: String) {
         link.penalty += points
-        logger.warning("refused input from a link", metadata: ["address": "\(link.peerAddress)", "why": "\(why)", "penalty": "\(link.penalty)"])
+        logger.warning(
+            "refused input from a link",
+            metadata: ["address": "\(link.peerAddress)", "why": "\(why)", "penalty": "\(link.penalty)"])
         guard link.penalty >= configuration.banThreshold else { return }
         let until = Self.now() + configuration.banSeconds * 1_000
         if let peer = link.peer { bannedKeys[peer] = until; records[peer] = nil }
-        if let host = link.channel.remoteAddress?.ipAddress, !link.initiator || link.peer != nil { bannedHosts[host] = until }
+        if let host = link.channel.remoteAddress?.ipAddress, !link.initiator || link.peer != nil {
+            bannedHosts[host] = until
+        }
         counters.bans += 1
         logger.warning("banned", metadata: ["address": "\(link.peerAddress)", "seconds": "\(configuration.banSeconds)"])
         link.channel.close(promise: nil)
@@ -912,7 +1029,9 @@ public final class MeshNode: @unchecked Sendable {
         let now = Self.now()
         ticks += 1
         try? refreshOwnRecord(force: ticks % 5 == 0)
-        for (nodeKey, known) in records where now - known.heard > configuration.recordTTLMilliseconds { records[nodeKey] = nil }
+        for (nodeKey, known) in records where now - known.heard > configuration.recordTTLMilliseconds {
+            records[nodeKey] = nil
+        }
         recordBySignature = recordBySignature.filter { records[$0.value]?.signed.s == $0.key }
         for (peer, link) in neighbours {
             if now - link.lastHeard > configuration.linkTimeoutMilliseconds {
@@ -924,7 +1043,8 @@ public final class MeshNode: @unchecked Sendable {
             sendGossip(to: link)
         }
         // Handshakes that never finish.
-        for link in links.values where !link.established && now - link.opened > configuration.handshakeTimeoutMilliseconds {
+        for link in links.values
+        where !link.established && now - link.opened > configuration.handshakeTimeoutMilliseconds {
             counters.handshakeTimeouts += 1
             links[link.id] = nil
             link.handshake = nil
@@ -940,14 +1060,18 @@ public final class MeshNode: @unchecked Sendable {
         }
         if nodeNeighbourCount < configuration.targetNeighbours {
             let wanted = configuration.targetNeighbours - nodeNeighbourCount
-            for d in configuration.seeds.shuffled().filter({ $0.key != key && neighbours[$0.key] == nil && !dialing.contains($0.key) }).prefix(wanted) {
+            for d in configuration.seeds.shuffled().filter({
+                $0.key != key && neighbours[$0.key] == nil && !dialing.contains($0.key)
+            }).prefix(wanted) {
                 dial(d)
             }
         }
         // Neighbours still looking for neighbours are introduced to others with room, now and then.
         if ticks % 5 == 0 {
-            for (peer, link) in neighbours where !clientPeers.contains(peer) && records[peer]?.record.isSeeking == true
-                && now - (lastIntroduced[peer] ?? 0) > 5 * configuration.gossipMilliseconds {
+            for (peer, link) in neighbours
+            where !clientPeers.contains(peer) && records[peer]?.record.isSeeking == true
+                && now - (lastIntroduced[peer] ?? 0) > 5 * configuration.gossipMilliseconds
+            {
                 introduce(link, to: 1)
             }
         }
@@ -1016,7 +1140,9 @@ public final class MeshNode: @unchecked Sendable {
             var paid: [(String, UInt128, String)] = []
             for (creditor, amount) in due {
                 do { paid.append((creditor, amount, try consuming!.pay(to: creditor, amount: amount))) } catch {
-                    logger.warning("payment failed", metadata: ["to": "\(creditor.prefix(16))", "amount": "\(amount)", "error": "\(error)"])
+                    logger.warning(
+                        "payment failed",
+                        metadata: ["to": "\(creditor.prefix(16))", "amount": "\(amount)", "error": "\(error)"])
                 }
             }
             let received = earning.flatMap { try? $0.payments(after: cursor) }
@@ -1026,7 +1152,8 @@ public final class MeshNode: @unchecked Sendable {
                     accountant.paid(creditor, amount, txid: txid)
                     // Told until a route through the creditor proves the binding arrived.
                     if !self.bound.contains(creditor) { self.bindingsDue.insert(creditor) }
-                    logger.info("paid", metadata: ["to": "\(creditor.prefix(16))", "amount": "\(amount)", "txid": "\(txid)"])
+                    logger.info(
+                        "paid", metadata: ["to": "\(creditor.prefix(16))", "amount": "\(amount)", "txid": "\(txid)"])
                 }
                 if let received {
                     for (from, amount) in received.payments { self.credit(wallet: from, amount) }
@@ -1034,8 +1161,12 @@ public final class MeshNode: @unchecked Sendable {
                     if !received.payments.isEmpty { self.savePayers() }
                 }
                 let (banned, unbanned) = accountant.updateBans(nowMilliseconds: Self.wallClock())
-                for debtor in banned { logger.warning("consumer banned for debt", metadata: ["debtor": "\(debtor.prefix(12))"]) }
-                for debtor in unbanned { logger.info("consumer unbanned", metadata: ["debtor": "\(debtor.prefix(12))"]) }
+                for debtor in banned {
+                    logger.warning("consumer banned for debt", metadata: ["debtor": "\(debtor.prefix(12))"])
+                }
+                for debtor in unbanned {
+                    logger.info("consumer unbanned", metadata: ["debtor": "\(debtor.prefix(12))"])
+                }
                 accountant.save(force: false)
                 self.scanning = false
             }
@@ -1059,7 +1190,11 @@ public final class MeshNode: @unchecked Sendable {
         if let pseudonym = payers.bindings[wallet] {
             accountant?.received(from: pseudonym, amount)
         } else {
-            if payers.pending[wallet] == nil && payers.pending.count >= Self.maxPayers, let any = payers.pending.keys.first { payers.pending[any] = nil }
+            if payers.pending[wallet] == nil && payers.pending.count >= Self.maxPayers,
+                let any = payers.pending.keys.first
+            {
+                payers.pending[any] = nil
+            }
             let (sum, overflow) = (UInt128(payers.pending[wallet] ?? "0") ?? 0).addingReportingOverflow(amount)
             payers.pending[wallet] = String(overflow ? UInt128.max : sum)
         }
@@ -1068,7 +1203,11 @@ public final class MeshNode: @unchecked Sendable {
     /// A binding (verified): payments from `wallet` are `pseudonym`'s, those waiting included.
     func bindPayer(wallet: String, pseudonym: String) {
         guard payers.bindings[wallet] != pseudonym else { return }
-        if payers.bindings[wallet] == nil && payers.bindings.count >= Self.maxPayers, let any = payers.bindings.keys.first { payers.bindings[any] = nil }
+        if payers.bindings[wallet] == nil && payers.bindings.count >= Self.maxPayers,
+            let any = payers.bindings.keys.first
+        {
+            payers.bindings[any] = nil
+        }
         payers.bindings[wallet] = pseudonym
         if let waiting = payers.pending.removeValue(forKey: wallet).flatMap({ UInt128($0) }), let accountant {
             accountant.received(from: pseudonym, waiting)
@@ -1135,27 +1274,44 @@ public final class MeshNode: @unchecked Sendable {
 
     public func state() -> State {
         var lines: [[String: String]] = []
-        for hop in relays.values where hop.forward { lines.append(["role": "relay", "previous": hop.previousAddress, "next": hop.nextAddress]) }
+        for hop in relays.values where hop.forward {
+            lines.append(["role": "relay", "previous": hop.previousAddress, "next": hop.nextAddress])
+        }
         for exit in exits.values {
             if exit.streams.isEmpty { lines.append(["role": "exit", "previous": exit.previousAddress, "target": ""]) }
-            for stream in exit.streams.values { lines.append(["role": "exit", "previous": exit.previousAddress, "target": stream.target]) }
+            for stream in exit.streams.values {
+                lines.append(["role": "exit", "previous": exit.previousAddress, "target": stream.target])
+            }
         }
         for stream in streams.values {
             guard let route = stream.route else { continue }
-            lines.append(["role": "origin", "target": stream.target, "route": route.routeText, "routeID": String(route.id),
-                          "started": String(stream.started), "phase": stream.phase == .open ? "open" : "building"])
+            lines.append([
+                "role": "origin", "target": stream.target, "route": route.routeText, "routeID": String(route.id),
+                "started": String(stream.started), "phase": stream.phase == .open ? "open" : "building"
+            ])
         }
         for route in routes.values where route.streams.isEmpty {
-            lines.append(["role": "origin", "target": "", "route": route.routeText, "routeID": String(route.id), "phase": "idle"])
+            lines.append([
+                "role": "origin", "target": "", "route": route.routeText, "routeID": String(route.id), "phase": "idle"
+            ])
         }
         let clientKeys = records.filter { $0.value.record.isClient }.map(\.key)
-        return State(key: key.text, address: "\(configuration.host):\(port)", neighbours: neighbours.keys.filter { !clientPeers.contains($0) }.map(\.text).sorted(),
-                     known: records.count, clients: clientKeys.count, clientNeighbours: clientKeys.filter { neighbours[$0] != nil }.count, circuits: lines, banned: bannedHosts.keys.sorted(),
-                     pending: links.values.filter { !$0.established && !$0.initiator }.count,
-                     neighbourAddresses: neighbours.values.compactMap(\.listenAddress).sorted(),
-                     addresses: Array(Set(neighbours.values.compactMap(\.listenAddress) + introduced.values.map(\.descriptor.address)
-                                          + records.values.compactMap { $0.record.host.isEmpty ? nil : "\($0.record.host):\($0.record.port)" })).sorted(),
-                     counters: counters)
+        return State(
+            key: key.text, address: "\(configuration.host):\(port)",
+            neighbours: neighbours.keys.filter { !clientPeers.contains($0) }.map(\.text).sorted(),
+            known: records.count, clients: clientKeys.count,
+            clientNeighbours: clientKeys.filter { neighbours[$0] != nil }.count, circuits: lines,
+            banned: bannedHosts.keys.sorted(),
+            pending: links.values.filter { !$0.established && !$0.initiator }.count,
+            neighbourAddresses: neighbours.values.compactMap(\.listenAddress).sorted(),
+            addresses: Array(
+                Set(
+                    neighbours.values.compactMap(\.listenAddress) + introduced.values.map(\.descriptor.address)
+                        + records.values.compactMap {
+                            $0.record.host.isEmpty ? nil : "\($0.record.host):\($0.record.port)"
+                        })
+            ).sorted(),
+            counters: counters)
     }
 
     /// `<data dir>/state.json`, rewritten every tick (for operators and tests).

@@ -36,7 +36,10 @@ final class OriginRoute: @unchecked Sendable {
     var bindingSent: String?
     /// A node the route must pass through (a binding route: see `deliverBindings`).
     var required: NodeKey?
-    var routeText: String { route.map(\.description).joined(separator: ">") + " back " + returnRoute.map(\.description).joined(separator: ">") }
+    var routeText: String {
+        route.map(\.description).joined(separator: ">") + " back "
+            + returnRoute.map(\.description).joined(separator: ">")
+    }
 
     init(id: UInt64, isolation: String, created: UInt64) {
         self.id = id
@@ -98,7 +101,8 @@ extension MeshNode {
         stream.started = now
         stream.phase = .connecting
         let reusable = routes.values.filter {
-            $0.phase != .closed && $0.isolation == stream.isolation && now - $0.created < configuration.routeMaxAgeMilliseconds
+            $0.phase != .closed && $0.isolation == stream.isolation
+                && now - $0.created < configuration.routeMaxAgeMilliseconds
                 && $0.streams.count < configuration.streamsPerRoute
         }
         if let route = reusable.max(by: { $0.created < $1.created }) {
@@ -135,7 +139,11 @@ extension MeshNode {
         route.streams[stream.number] = nil
         guard route.streams.isEmpty, route.phase != .closed else { return }
         // A route too old for new streams closes with its last one.
-        if Self.now() - route.created >= configuration.routeMaxAgeMilliseconds { teardown(route) } else { route.idleSince = Self.now() }
+        if Self.now() - route.created >= configuration.routeMaxAgeMilliseconds {
+            teardown(route)
+        } else {
+            route.idleSince = Self.now()
+        }
     }
 
     /// Bytes from the SOCKS client, toward the exit.
@@ -220,7 +228,9 @@ extension MeshNode {
     }
 
     private func originMessage(_ route: OriginRoute, _ plain: UnsafeRawBufferPointer) {
-        guard let (command, number, data) = Self.unpack(plain) else { return fail(route, "a malformed message from the exit") }
+        guard let (command, number, data) = Self.unpack(plain) else {
+            return fail(route, "a malformed message from the exit")
+        }
         // Any well-formed message proves the return circuit (a first stream may have been refused).
         if route.phase == .building { route.phase = .open }
         // Messages for a stream closed meanwhile (cells in flight) are dropped.
@@ -237,8 +247,12 @@ extension MeshNode {
             // target adds): beyond that it ignores flow control, and the route goes.
             stream.unacknowledged += 1
             guard stream.unacknowledged <= flowControlLimit else { return fail(route, "the exit ignores flow control") }
-            if let gathered = stream.toClient?.readableBytes, gathered + data.count > Self.streamWriteBytes { writeToClient(stream) }
-            if stream.toClient == nil { stream.toClient = ByteBufferAllocator().buffer(capacity: Self.streamWriteBytes) }
+            if let gathered = stream.toClient?.readableBytes, gathered + data.count > Self.streamWriteBytes {
+                writeToClient(stream)
+            }
+            if stream.toClient == nil {
+                stream.toClient = ByteBufferAllocator().buffer(capacity: Self.streamWriteBytes)
+            }
             stream.toClient!.writeBytes(data)
             stream.toClientCells += 1
             dirtyOrigins[stream.id] = stream
@@ -246,7 +260,10 @@ extension MeshNode {
             guard stream.phase == .connecting else { return fail(route, "a second CONNECTED for a stream") }
             route.phase = .open
             stream.phase = .open
-            logger.info("stream open", metadata: ["route": "\(route.id)", "hops": "\(route.routeText)", "ms": "\(Self.now() - stream.started)"])
+            logger.info(
+                "stream open",
+                metadata: ["route": "\(route.id)", "hops": "\(route.routeText)", "ms": "\(Self.now() - stream.started)"]
+            )
             stream.client.connected()
         case .end:
             ended(stream, code: UInt8(String(decoding: data, as: UTF8.self)) ?? 1)
@@ -270,7 +287,9 @@ extension MeshNode {
             let before = stream.received
             stream.received += cells
             let every = self.configuration.sendmeEvery
-            for _ in 0..<(stream.received / every - before / every) { self.sendToExit(route, .sendme, stream.number, []) }
+            for _ in 0..<(stream.received / every - before / every) {
+                self.sendToExit(route, .sendme, stream.number, [])
+            }
             self.flush()
         }
     }
@@ -287,10 +306,13 @@ extension MeshNode {
             // Every exit may be a neighbour (an exit must not be): part from one and
             // try again once gossip has spread the new topology.
             if route.attempts < configuration.routeAttempts + 2, neighbours.count > 1,
-               route.required == nil || chooseRoutes() == nil,
-               let exitNeighbour = neighbours.keys.sorted().first(where: { records[$0]?.record.exit == true }) {
+                route.required == nil || chooseRoutes() == nil,
+                let exitNeighbour = neighbours.keys.sorted().first(where: { records[$0]?.record.exit == true })
+            {
                 keepApart[exitNeighbour] = Self.now() + 60_000
-                logger.info("parting from an exit neighbour so that it can serve as an exit", metadata: ["node": "\(exitNeighbour)"])
+                logger.info(
+                    "parting from an exit neighbour so that it can serve as an exit",
+                    metadata: ["node": "\(exitNeighbour)"])
                 if let link = neighbours[exitNeighbour] {
                     link.write(.bye, Array("route diversity".utf8))
                     link.flush()
@@ -303,14 +325,20 @@ extension MeshNode {
                 }
                 return
             }
-            if route.required != nil { return fail(route, "no route through a creditor to tell it who pays", retry: false) }
-            return fail(route, "no route of \(configuration.hops) hops to an exit (known nodes: \(records.count))", socksCode: 3, retry: false)
+            if route.required != nil {
+                return fail(route, "no route through a creditor to tell it who pays", retry: false)
+            }
+            return fail(
+                route, "no route of \(configuration.hops) hops to an exit (known nodes: \(records.count))",
+                socksCode: 3, retry: false)
         }
         do {
             var hops = try forward.enumerated().map { (i, k) throws(MeshError) -> Onion.Hop in
                 guard let agreement = records[k]?.record.agreementKey else { throw .noRoute("a hop without a record") }
                 let last = i == forward.count - 1
-                return Onion.Hop(agreement: agreement, kind: last ? .exit : .relay, next: last ? nil : forward[i + 1], token: [UInt8](repeating: 0, count: 8))
+                return Onion.Hop(
+                    agreement: agreement, kind: last ? .exit : .relay, next: last ? nil : forward[i + 1],
+                    token: [UInt8](repeating: 0, count: 8))
             }
             // At most one binding per route (forward and return): no identifier common to two hops.
             var binding = route.phase == .building
@@ -327,13 +355,21 @@ extension MeshNode {
             route.token = Random.bytes(8)
             var backHops: [Onion.Hop] = []
             for (i, k) in back.enumerated() {
-                guard let agreement = records[k]?.record.agreementKey else { throw MeshError.noRoute("a hop without a record") }
-                backHops.append(Onion.Hop(agreement: agreement, kind: .relay, next: i == back.count - 1 ? key : back[i + 1], token: [UInt8](repeating: 0, count: 8),
-                                          payer: try payerProof(for: k, route: route, binding: &binding)))
+                guard let agreement = records[k]?.record.agreementKey else {
+                    throw MeshError.noRoute("a hop without a record")
+                }
+                backHops.append(
+                    Onion.Hop(
+                        agreement: agreement, kind: .relay, next: i == back.count - 1 ? key : back[i + 1],
+                        token: [UInt8](repeating: 0, count: 8),
+                        payer: try payerProof(for: k, route: route, binding: &binding)))
             }
-            backHops.append(Onion.Hop(agreement: identity.agreement.publicKey, kind: .terminal, next: nil, token: route.token))
+            backHops.append(
+                Onion.Hop(agreement: identity.agreement.publicKey, kind: .terminal, next: nil, token: route.token))
             let (returnOnion, returnKeys) = try Onion.build(backHops, payload: [], size: configuration.cellBytes)
-            guard let first = neighbours[forward[0]] else { throw MeshError.noRoute("the first hop is no longer a neighbour") }
+            guard let first = neighbours[forward[0]] else {
+                throw MeshError.noRoute("the first hop is no longer a neighbour")
+            }
             route.route = forward
             route.returnRoute = back
             route.forwardKeys = keys.dropLast().map(\.layer)
@@ -366,18 +402,25 @@ extension MeshNode {
     /// A fresh proof, by this node's pseudonym at `hop`, that it pays `hop`
     /// for a circuit. With `binding` (at most one hop of a route), a hop whose
     /// earning wallet this node paid learns which wallet pays for the pseudonym.
-    private func payerProof(for hop: NodeKey, route: OriginRoute, binding: inout Bool) throws(MeshError) -> Onion.PayerProof? {
+    private func payerProof(for hop: NodeKey, route: OriginRoute, binding: inout Bool) throws(MeshError) -> Onion
+        .PayerProof?
+    {
         guard let wallet = configuration.consumingWallet, pseudonyms != nil else { return nil }
         let (privateKey, publicKey) = try pseudonyms!.key(for: hop)
         let nonce = Random.bytes(16)
         // Not the same millisecond at every hop (nor the layer's time): nothing common to the hops.
         let timestamp = Self.wallClock() - UInt64.random(in: 0..<Onion.timeJitter)
-        guard let signature = try? Ed25519.sign(PayerProofMessage.make(nonce: nonce, timestamp: timestamp, hop: hop), privateKey: privateKey) else {
+        guard
+            let signature = try? Ed25519.sign(
+                PayerProofMessage.make(nonce: nonce, timestamp: timestamp, hop: hop), privateKey: privateKey)
+        else {
             throw .failed("the pseudonym cannot sign")
         }
-        var proof = Onion.PayerProof(payer: Pseudonyms.name(publicKey), nonce: nonce, timestamp: timestamp, signature: signature)
+        var proof = Onion.PayerProof(
+            payer: Pseudonyms.name(publicKey), nonce: nonce, timestamp: timestamp, signature: signature)
         if binding, let earning = records[hop]?.record.wallet, bindingsDue.contains(earning),
-           let signed = try? wallet.sign(PayerProofMessage.binding(pseudonym: publicKey, hop: hop)) {
+            let signed = try? wallet.sign(PayerProofMessage.binding(pseudonym: publicKey, hop: hop))
+        {
             proof.binding = Onion.Binding(wallet: wallet.address, signature: signed)
             binding = false
             bindingsDue.remove(earning)
@@ -396,8 +439,12 @@ extension MeshNode {
     /// streams, closed once its return circuit came back) passes through one
     /// creditor due one. Called every round.
     func deliverBindings() {
-        guard !bindingsDue.isEmpty, pseudonyms != nil, !routes.values.contains(where: { $0.phase == .building }) else { return }
-        let nodes = records.filter { !$0.value.record.isClient && $0.value.record.wallet.map(bindingsDue.contains) == true }.map(\.key)
+        guard !bindingsDue.isEmpty, pseudonyms != nil, !routes.values.contains(where: { $0.phase == .building }) else {
+            return
+        }
+        let nodes = records.filter {
+            !$0.value.record.isClient && $0.value.record.wallet.map(bindingsDue.contains) == true
+        }.map(\.key)
         guard let target = nodes.randomElement() else { return }
         let now = Self.now()
         let route = OriginRoute(id: nextRoute, isolation: Self.bindingIsolation, created: now)
@@ -457,7 +504,9 @@ extension MeshNode {
         for route in routes.values {
             if route.phase == .building && now > route.started + timeout {
                 fail(route, "route set-up timed out")
-            } else if route.streams.isEmpty, let idle = route.idleSince, now > idle + configuration.routeIdleMilliseconds {
+            } else if route.streams.isEmpty, let idle = route.idleSince,
+                now > idle + configuration.routeIdleMilliseconds
+            {
                 teardown(route)
             }
         }

@@ -1,7 +1,7 @@
 import FoundationEssentials
 import MasqCrypto
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// A node's keys: Ed25519 signs its gossip record (the key in its
@@ -24,7 +24,10 @@ public struct NodeIdentity: Sendable {
             guard n == 64 else { throw .invalid("\(path): not a node key file") }
             let s = SecureBytes(bytes[0..<32]), a = SecureBytes(bytes[32..<64])
             for i in bytes.indices { bytes[i] = 0 }
-            do { return NodeIdentity(signing: (s, try Ed25519.publicKey(of: s)), agreement: (a, try X25519.publicKey(of: a))) } catch {
+            do {
+                return NodeIdentity(
+                    signing: (s, try Ed25519.publicKey(of: s)), agreement: (a, try X25519.publicKey(of: a)))
+            } catch {
                 throw .invalid("\(path): bad keys")
             }
         }
@@ -33,7 +36,9 @@ public struct NodeIdentity: Sendable {
         guard fd >= 0 else { throw .invalid("cannot create \(path)") }
         defer { close(fd) }
         let bytes = identity.signing.privateKey.bytes + identity.agreement.privateKey.bytes
-        guard bytes.withUnsafeBytes({ write(fd, $0.baseAddress, 64) }) == 64 else { throw .invalid("cannot write \(path)") }
+        guard bytes.withUnsafeBytes({ write(fd, $0.baseAddress, 64) }) == 64 else {
+            throw .invalid("cannot write \(path)")
+        }
         return identity
     }
 
@@ -72,10 +77,13 @@ public struct NodeDescriptor: Hashable, Sendable, CustomStringConvertible {
         let rest = text.dropFirst(7)
         guard let colon = rest.firstIndex(of: ":"), let at = rest.lastIndex(of: "@"), colon < at else { return nil }
         network = String(rest[..<colon])
-        guard NodeDescriptor.validNetwork(network), let key = NodeKey(text: String(rest[rest.index(after: colon)..<at])) else { return nil }
+        guard NodeDescriptor.validNetwork(network), let key = NodeKey(text: String(rest[rest.index(after: colon)..<at]))
+        else { return nil }
         self.key = key
         let address = rest[rest.index(after: at)...]
-        guard let portColon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: portColon)...]), (1...65_535).contains(port) else { return nil }
+        guard let portColon = address.lastIndex(of: ":"), let port = Int(address[address.index(after: portColon)...]),
+            (1...65_535).contains(port)
+        else { return nil }
         host = String(address[..<portColon])
         guard !host.isEmpty else { return nil }
         self.port = port
@@ -85,7 +93,8 @@ public struct NodeDescriptor: Hashable, Sendable, CustomStringConvertible {
     public var address: String { "\(host):\(port)" }
 
     static func validNetwork(_ name: String) -> Bool {
-        !name.isEmpty && name.utf8.count <= 32 && name.utf8.allSatisfy { ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x2D }
+        !name.isEmpty && name.utf8.count <= 32
+            && name.utf8.allSatisfy { ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x2D }
     }
 }
 
@@ -134,7 +143,9 @@ public struct NodeRecord: Sendable, Equatable {
     public var isSeeking: Bool { seeking ?? false }
 
     public var nodeKey: NodeKey? { NodeKey(text: key) }
-    public var descriptor: NodeDescriptor? { nodeKey.map { NodeDescriptor(network: network, key: $0, host: host, port: port) } }
+    public var descriptor: NodeDescriptor? {
+        nodeKey.map { NodeDescriptor(network: network, key: $0, host: host, port: port) }
+    }
     public var agreementKey: [UInt8]? { Base64URL.decode(agreement).flatMap { $0.count == 32 ? $0 : nil } }
 
     /// The same record without its address (what is gossiped).
@@ -201,9 +212,12 @@ public struct SignedRecord: Codable, Sendable, Equatable {
     public var r: String
     public var s: String
 
-    public static func sign(_ record: NodeRecord, with identity: NodeIdentity, kind: RecordKind = .gossip) throws(MeshError) -> (SignedRecord, NodeRecord) {
+    public static func sign(_ record: NodeRecord, with identity: NodeIdentity, kind: RecordKind = .gossip)
+        throws(MeshError) -> (SignedRecord, NodeRecord)
+    {
         guard let bytes = try? JSONEncoder().encode(record) else { throw .invalid("cannot encode a record") }
-        guard let signature = try? Ed25519.sign(kind.context + Array(bytes), privateKey: identity.signing.privateKey) else { throw .invalid("signing failed") }
+        guard let signature = try? Ed25519.sign(kind.context + Array(bytes), privateKey: identity.signing.privateKey)
+        else { throw .invalid("signing failed") }
         return (SignedRecord(r: Base64URL.encode(Array(bytes)), s: Base64URL.encode(signature)), record)
     }
 
@@ -232,20 +246,30 @@ public struct SignedRecord: Codable, Sendable, Equatable {
     }
 
     func decoded(network: String, kind: RecordKind = .gossip) throws(MeshError) -> Unverified {
-        guard r.utf8.count <= 16_384, let bytes = Base64URL.decode(r), let signature = Base64URL.decode(s), signature.count == 64 else {
+        guard r.utf8.count <= 16_384, let bytes = Base64URL.decode(r), let signature = Base64URL.decode(s),
+            signature.count == 64
+        else {
             throw .malformed("a record that is not base64url")
         }
-        guard let record = try? JSONDecoder().decode(NodeRecord.self, from: Data(bytes)) else { throw .malformed("a record that is not JSON") }
-        guard let key = record.nodeKey, record.agreementKey != nil, record.neighbours.count <= 16, (record.family?.count ?? 0) <= 16,
-              (record.wallet?.utf8.count ?? 0) <= 128 else {
+        guard let record = try? JSONDecoder().decode(NodeRecord.self, from: Data(bytes)) else {
+            throw .malformed("a record that is not JSON")
+        }
+        guard let key = record.nodeKey, record.agreementKey != nil, record.neighbours.count <= 16,
+            (record.family?.count ?? 0) <= 16,
+            (record.wallet?.utf8.count ?? 0) <= 128
+        else {
             throw .malformed("a record with bad fields")
         }
         switch kind {
         case .gossip:
             // Never an address, never a client (clients are not gossiped).
-            guard record.host.isEmpty, record.port == 0, !record.isClient else { throw .malformed("a gossiped record with an address") }
+            guard record.host.isEmpty, record.port == 0, !record.isClient else {
+                throw .malformed("a gossiped record with an address")
+            }
         case .link:
-            guard (record.isClient ? 0...65_535 : 1...65_535).contains(record.port), !record.host.isEmpty, record.host.utf8.count <= 255 else {
+            guard (record.isClient ? 0...65_535 : 1...65_535).contains(record.port), !record.host.isEmpty,
+                record.host.utf8.count <= 255
+            else {
                 throw .malformed("a link record with bad fields")
             }
         }

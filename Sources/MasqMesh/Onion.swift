@@ -1,6 +1,6 @@
 import MasqCrypto
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Onion layers for circuit set-up, and the per-hop data layers.
@@ -86,30 +86,47 @@ enum Onion {
         return UInt64(ts.tv_sec) * 1_000 + UInt64(ts.tv_nsec) / 1_000_000
     }
 
-    static func bigEndian(_ v: UInt64) -> [UInt8] { (0..<8).map { UInt8(truncatingIfNeeded: v >> (56 - 8 * UInt64($0))) } }
+    static func bigEndian(_ v: UInt64) -> [UInt8] {
+        (0..<8).map { UInt8(truncatingIfNeeded: v >> (56 - 8 * UInt64($0))) }
+    }
 
-    private static func derive(_ shared: SecureBytes, eph: [UInt8], hop: [UInt8]) throws(MeshError) -> (SecureBytes, SecureBytes, Keys) {
-        guard let okm = try? Hash.hkdfSHA256(salt: SecureBytes(salt), ikm: shared, info: eph + hop, length: 192) else { throw .failed("key derivation failed") }
+    private static func derive(_ shared: SecureBytes, eph: [UInt8], hop: [UInt8]) throws(MeshError) -> (
+        SecureBytes, SecureBytes, Keys
+    ) {
+        guard let okm = try? Hash.hkdfSHA256(salt: SecureBytes(salt), ikm: shared, info: eph + hop, length: 192) else {
+            throw .failed("key derivation failed")
+        }
         let b = okm.bytes
-        return (SecureBytes(b[0..<32]), SecureBytes(b[32..<64]),
-                Keys(layer: Layer(mac: SecureBytes(b[64..<96]), stream: SecureBytes(b[160..<192])),
-                     exitForward: SecureBytes(b[96..<128]), exitBack: SecureBytes(b[128..<160])))
+        return (
+            SecureBytes(b[0..<32]), SecureBytes(b[32..<64]),
+            Keys(
+                layer: Layer(mac: SecureBytes(b[64..<96]), stream: SecureBytes(b[160..<192])),
+                exitForward: SecureBytes(b[96..<128]), exitBack: SecureBytes(b[128..<160]))
+        )
     }
 
     /// Build an onion for `hops` (first hop outermost) around `payload`.
     static func build(_ hops: [Hop], payload: [UInt8], size: Int) throws(MeshError) -> (onion: [UInt8], keys: [Keys]) {
-        guard payload.count <= size - overhead * hops.count else { throw .invalid("onion payload too large for \(hops.count) hops") }
+        guard payload.count <= size - overhead * hops.count else {
+            throw .invalid("onion payload too large for \(hops.count) hops")
+        }
         var inner = payload + Random.bytes(size - payload.count)
         var keys: [Keys] = []
         let now = wallClock()
         for hop in hops.reversed() {
             let eph = X25519.keyPair()
-            guard let shared = try? X25519.sharedSecret(privateKey: eph.privateKey, peerPublicKey: hop.agreement) else { throw .failed("bad hop key") }
+            guard let shared = try? X25519.sharedSecret(privateKey: eph.privateKey, peerPublicKey: hop.agreement) else {
+                throw .failed("bad hop key")
+            }
             let (hk, sk, k) = try derive(shared, eph: eph.publicKey, hop: hop.agreement)
             // Each layer its own time, a little in the past: one millisecond value in
             // every layer would be an identifier common to the hops of the circuit.
             let header = try encodeHeader(hop, now: now - UInt64.random(in: 0..<Self.timeJitter))
-            guard let sealed = try? AEAD.seal(.chacha20Poly1305, key: hk, nonce: [UInt8](repeating: 0, count: 12), ad: eph.publicKey, plaintext: header) else {
+            guard
+                let sealed = try? AEAD.seal(
+                    .chacha20Poly1305, key: hk, nonce: [UInt8](repeating: 0, count: 12), ad: eph.publicKey,
+                    plaintext: header)
+            else {
                 throw .failed("sealing failed")
             }
             var body = Array(inner[0..<(size - overhead)])
@@ -124,18 +141,24 @@ enum Onion {
     static func peel(_ onion: [UInt8], privateKey: SecureBytes, publicKey: [UInt8]) throws(MeshError) -> Peeled {
         guard onion.count > overhead else { throw .malformed("a short onion") }
         let eph = Array(onion[0..<32])
-        guard let shared = try? X25519.sharedSecret(privateKey: privateKey, peerPublicKey: eph) else { throw .malformed("a bad onion key") }
+        guard let shared = try? X25519.sharedSecret(privateKey: privateKey, peerPublicKey: eph) else {
+            throw .malformed("a bad onion key")
+        }
         let (hk, sk, keys) = try derive(shared, eph: eph, hop: publicKey)
-        guard let header = try? AEAD.open(.chacha20Poly1305, key: hk, nonce: [UInt8](repeating: 0, count: 12), ad: eph,
-                                          ciphertext: Array(onion[32..<overhead])), header.count == headerBytes,
-              let kind = Kind(rawValue: header[0]) else {
+        guard
+            let header = try? AEAD.open(
+                .chacha20Poly1305, key: hk, nonce: [UInt8](repeating: 0, count: 12), ad: eph,
+                ciphertext: Array(onion[32..<overhead])), header.count == headerBytes,
+            let kind = Kind(rawValue: header[0])
+        else {
             throw .malformed("an onion layer that does not open")
         }
         var body = Array(onion[overhead...])
         xor(sk, counter: 0, &body)
-        return Peeled(kind: kind, next: NodeKey(Array(header[1..<33])), token: Array(header[33..<41]), payer: payerProof(header),
-                      keys: keys, inner: body + Random.bytes(overhead), eph: eph,
-                      timestamp: header[41..<49].reduce(UInt64(0)) { $0 << 8 | UInt64($1) })
+        return Peeled(
+            kind: kind, next: NodeKey(Array(header[1..<33])), token: Array(header[33..<41]), payer: payerProof(header),
+            keys: keys, inner: body + Random.bytes(overhead), eph: eph,
+            timestamp: header[41..<49].reduce(UInt64(0)) { $0 << 8 | UInt64($1) })
     }
 
     /// A layer's header (`headerBytes`):
@@ -145,14 +168,20 @@ enum Onion {
     ///     ‖ binding:     u8 n ‖ wallet (n) ‖ u8 m ‖ signature (m)                             (n = 0: none)
     ///     ‖ zeros
     static func encodeHeader(_ hop: Hop, now: UInt64) throws(MeshError) -> [UInt8] {
-        var header = [hop.kind.rawValue] + (hop.next?.bytes ?? [UInt8](repeating: 0, count: 32)) + hop.token + bigEndian(now)
+        var header =
+            [hop.kind.rawValue] + (hop.next?.bytes ?? [UInt8](repeating: 0, count: 32)) + hop.token + bigEndian(now)
         if let proof = hop.payer {
             let payer = Array(proof.payer.utf8)
-            guard proof.nonce.count == 16, (1...80).contains(payer.count), (1...96).contains(proof.signature.count) else { throw .invalid("payer proof too large") }
-            header += proof.nonce + bigEndian(proof.timestamp) + [UInt8(payer.count)] + payer + [UInt8(proof.signature.count)] + proof.signature
+            guard proof.nonce.count == 16, (1...80).contains(payer.count), (1...96).contains(proof.signature.count)
+            else { throw .invalid("payer proof too large") }
+            header +=
+                proof.nonce + bigEndian(proof.timestamp) + [UInt8(payer.count)] + payer + [UInt8(proof.signature.count)]
+                + proof.signature
             if let binding = proof.binding {
                 let wallet = Array(binding.wallet.utf8)
-                guard (1...80).contains(wallet.count), (1...96).contains(binding.signature.count) else { throw .invalid("payer binding too large") }
+                guard (1...80).contains(wallet.count), (1...96).contains(binding.signature.count) else {
+                    throw .invalid("payer binding too large")
+                }
                 header += [UInt8(wallet.count)] + wallet + [UInt8(binding.signature.count)] + binding.signature
             }
         }
@@ -170,12 +199,15 @@ enum Onion {
         at += n
         let m = Int(header[at]); at += 1
         guard m > 0, m <= 96, at + m <= header.count else { return nil }
-        var proof = PayerProof(payer: payer, nonce: nonce, timestamp: timestamp, signature: Array(header[at..<(at + m)]))
+        var proof = PayerProof(
+            payer: payer, nonce: nonce, timestamp: timestamp, signature: Array(header[at..<(at + m)]))
         at += m
         // The binding, if any.
         guard at < header.count else { return proof }
         let w = Int(header[at]); at += 1
-        guard w > 0, w <= 80, at + w < header.count, let wallet = String(validating: header[at..<(at + w)], as: UTF8.self) else { return proof }
+        guard w > 0, w <= 80, at + w < header.count,
+            let wallet = String(validating: header[at..<(at + w)], as: UTF8.self)
+        else { return proof }
         at += w
         let k = Int(header[at]); at += 1
         guard k > 0, k <= 96, at + k <= header.count else { return proof }
@@ -204,12 +236,16 @@ enum Onion {
     /// cell is garbled for good, the exit's (or origin's) AEAD fails and the
     /// route goes (Tor's tagging attack, as its Counter Galois Onion design
     /// defeats it, with the primitives Masq has).
-    static func unwrap(_ layer: Layer, counter: UInt64, from input: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer) {
+    static func unwrap(
+        _ layer: Layer, counter: UInt64, from input: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer
+    ) {
         precondition(input.count == output.count && input.count > layerHead)
         let h = layerHead
         let rest = UnsafeMutableRawBufferPointer(rebasing: output[h...])
         // The nonce is the input's head, read in place (input and output are distinct).
-        CellCipher.xor(key: layer.stream, nonce: input.baseAddress!, from: UnsafeRawBufferPointer(rebasing: input[h...]), into: rest)
+        CellCipher.xor(
+            key: layer.stream, nonce: input.baseAddress!, from: UnsafeRawBufferPointer(rebasing: input[h...]),
+            into: rest)
         mac(layer.mac, counter: counter, UnsafeRawBufferPointer(rest)) { tag in
             for i in 0..<h { output[i] = input[i] ^ tag[i] }
         }
@@ -226,18 +262,25 @@ enum Onion {
             for i in 0..<h { cell[i] ^= tag[i] }
         }
         // The head (12 bytes) is the nonce of the rest: it lies apart from the bytes XORed.
-        CellCipher.xor(key: layer.stream, nonce: UnsafeRawPointer(cell.baseAddress!), from: UnsafeRawBufferPointer(rest), into: rest)
+        CellCipher.xor(
+            key: layer.stream, nonce: UnsafeRawPointer(cell.baseAddress!), from: UnsafeRawBufferPointer(rest),
+            into: rest)
     }
 
     /// The first 12 bytes of the ChaCha20-Poly1305 tag of `data` (as associated
     /// data, nothing sealed) under `key`, nonce 4 zero bytes ‖ u64 LE `counter`.
-    private static func mac(_ key: SecureBytes, counter: UInt64, _ data: UnsafeRawBufferPointer, _ body: (UnsafeRawBufferPointer) -> Void) {
-        var nonce: (UInt32, UInt32, UInt32) = (0, UInt32(truncatingIfNeeded: counter).littleEndian, UInt32(truncatingIfNeeded: counter >> 32).littleEndian)
+    private static func mac(
+        _ key: SecureBytes, counter: UInt64, _ data: UnsafeRawBufferPointer, _ body: (UnsafeRawBufferPointer) -> Void
+    ) {
+        var nonce: (UInt32, UInt32, UInt32) = (
+            0, UInt32(truncatingIfNeeded: counter).littleEndian, UInt32(truncatingIfNeeded: counter >> 32).littleEndian
+        )
         var tag: (UInt64, UInt64) = (0, 0)
         withUnsafeMutableBytes(of: &tag) { t in
             let ok = withUnsafeBytes(of: &nonce) { n in
-                CellCipher.seal(key: key, nonce: n.baseAddress!, ad: data, plaintext: UnsafeRawBufferPointer(start: nil, count: 0),
-                                into: UnsafeMutableRawBufferPointer(start: nil, count: 0), tag: t.baseAddress!)
+                CellCipher.seal(
+                    key: key, nonce: n.baseAddress!, ad: data, plaintext: UnsafeRawBufferPointer(start: nil, count: 0),
+                    into: UnsafeMutableRawBufferPointer(start: nil, count: 0), tag: t.baseAddress!)
             }
             precondition(ok, "the data layer's MAC failed")
             body(UnsafeRawBufferPointer(t))
@@ -256,8 +299,13 @@ enum Onion {
     }
 
     /// XOR a data layer from `input` into `output` (the same memory is fine).
-    static func xor(_ key: SecureBytes, counter: UInt64, from input: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer) {
-        var nonce: (UInt32, UInt32, UInt32) = (0, UInt32(truncatingIfNeeded: counter).littleEndian, UInt32(truncatingIfNeeded: counter >> 32).littleEndian)
+    static func xor(
+        _ key: SecureBytes, counter: UInt64, from input: UnsafeRawBufferPointer,
+        into output: UnsafeMutableRawBufferPointer
+    ) {
+        var nonce: (UInt32, UInt32, UInt32) = (
+            0, UInt32(truncatingIfNeeded: counter).littleEndian, UInt32(truncatingIfNeeded: counter >> 32).littleEndian
+        )
         withUnsafeBytes(of: &nonce) { n in CellCipher.xor(key: key, nonce: n.baseAddress!, from: input, into: output) }
     }
 
@@ -267,9 +315,10 @@ enum Onion {
         var n = cellNonce(counter)
         let text = cell.count - AEAD.tagLength
         return withUnsafeBytes(of: &n) { nb in
-            CellCipher.seal(key: key, nonce: nb.baseAddress!, ad: UnsafeRawBufferPointer(start: nil, count: 0),
-                            plaintext: UnsafeRawBufferPointer(rebasing: cell[0..<text]),
-                            into: UnsafeMutableRawBufferPointer(rebasing: cell[0..<text]), tag: cell.baseAddress! + text)
+            CellCipher.seal(
+                key: key, nonce: nb.baseAddress!, ad: UnsafeRawBufferPointer(start: nil, count: 0),
+                plaintext: UnsafeRawBufferPointer(rebasing: cell[0..<text]),
+                into: UnsafeMutableRawBufferPointer(rebasing: cell[0..<text]), tag: cell.baseAddress! + text)
         }
     }
 
@@ -278,9 +327,10 @@ enum Onion {
         var n = cellNonce(counter)
         let text = cell.count - AEAD.tagLength
         return withUnsafeBytes(of: &n) { nb in
-            CellCipher.open(key: key, nonce: nb.baseAddress!, ad: UnsafeRawBufferPointer(start: nil, count: 0),
-                            ciphertext: UnsafeRawBufferPointer(rebasing: cell[0..<text]), tag: cell.baseAddress! + text,
-                            into: UnsafeMutableRawBufferPointer(rebasing: cell[0..<text]))
+            CellCipher.open(
+                key: key, nonce: nb.baseAddress!, ad: UnsafeRawBufferPointer(start: nil, count: 0),
+                ciphertext: UnsafeRawBufferPointer(rebasing: cell[0..<text]), tag: cell.baseAddress! + text,
+                into: UnsafeMutableRawBufferPointer(rebasing: cell[0..<text]))
         }
     }
 

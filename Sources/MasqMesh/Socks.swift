@@ -25,7 +25,9 @@ final class SocksHandler: ChannelInboundHandler, @unchecked Sendable {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let incoming = unwrapInboundIn(data)
         if phase == .open, let origin {
-            cells.add(incoming, cellData: node.cellData, allocator: context.channel.allocator) { node.originClientData(origin, $0) }
+            cells.add(incoming, cellData: node.cellData, allocator: context.channel.allocator) {
+                node.originClientData(origin, $0)
+            }
             return
         }
         buffer += incoming.readableBytesView
@@ -68,7 +70,9 @@ final class SocksHandler: ChannelInboundHandler, @unchecked Sendable {
             guard buffer.count >= 3 + n else { return }
             let m = Int(buffer[2 + n])
             guard buffer.count >= 3 + n + m else { return }
-            isolation = Base64URL.encode(Array(buffer[2..<(2 + n)])) + ":" + Base64URL.encode(Array(buffer[(3 + n)..<(3 + n + m)]))
+            isolation =
+                Base64URL.encode(Array(buffer[2..<(2 + n)])) + ":"
+                + Base64URL.encode(Array(buffer[(3 + n)..<(3 + n + m)]))
             buffer.removeFirst(3 + n + m)
             send([1, 0])
             phase = .request
@@ -76,7 +80,7 @@ final class SocksHandler: ChannelInboundHandler, @unchecked Sendable {
         if phase == .request {
             guard buffer.count >= 5 else { return }
             guard buffer[0] == 5 else { return context.close(promise: nil) }
-            guard buffer[1] == 1 else { return reply(7) }          // CONNECT only
+            guard buffer[1] == 1 else { return reply(7) }  // CONNECT only
             let host: String
             var at: Int
             switch buffer[3] {
@@ -92,7 +96,11 @@ final class SocksHandler: ChannelInboundHandler, @unchecked Sendable {
                 at = 5 + n
             case 4:
                 guard buffer.count >= 22 else { return }
-                host = "[" + stride(from: 4, to: 20, by: 2).map { String(UInt16(buffer[$0]) << 8 | UInt16(buffer[$0 + 1]), radix: 16) }.joined(separator: ":") + "]"
+                host =
+                    "["
+                    + stride(from: 4, to: 20, by: 2).map {
+                        String(UInt16(buffer[$0]) << 8 | UInt16(buffer[$0 + 1]), radix: 16)
+                    }.joined(separator: ":") + "]"
                 at = 20
             default: return reply(8)
             }
@@ -138,7 +146,9 @@ final class SocksHandler: ChannelInboundHandler, @unchecked Sendable {
         phase = .closed
         guard let context else { return }
         let channel = context.channel
-        context.writeAndFlush(wrapOutboundOut(channel.allocator.buffer(capacity: 0))).whenComplete { _ in channel.close(promise: nil) }
+        context.writeAndFlush(wrapOutboundOut(channel.allocator.buffer(capacity: 0))).whenComplete { _ in
+            channel.close(promise: nil)
+        }
     }
 
     func pause() { _ = context?.channel.setOption(ChannelOptions.autoRead, value: false) }

@@ -6,7 +6,8 @@ import Logging
 /// the mesh engine — reach the host like a C plugin's: filtered by the host's
 /// level and passed to the embedder's log callback (masq_set_log_callback).
 /// Metadata is appended as key=value. Any thread (host->log is thread-safe).
-public struct HostLogHandler: LogHandler, @unchecked Sendable {   // host: a table the kernel keeps for the process's life
+// host: a table the kernel keeps for the process's life
+public struct HostLogHandler: LogHandler, @unchecked Sendable {
     public var metadata: Logger.Metadata = [:]
     /// The host filters by its own level; this one only spares building lines nobody wants.
     public var logLevel: Logger.Level = .trace
@@ -25,7 +26,9 @@ public struct HostLogHandler: LogHandler, @unchecked Sendable {   // host: a tab
 
     public func log(event: LogEvent) {
         let all = metadata.merging(event.metadata ?? [:]) { _, new in new }
-        let fields = all.isEmpty ? "" : " " + all.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+        let fields =
+            all.isEmpty
+            ? "" : " " + all.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
         host.pointee.log(host, Self.hostLevel(event.level), "\(label): \(event.message)\(fields)")
     }
 

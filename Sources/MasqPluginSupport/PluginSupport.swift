@@ -4,8 +4,10 @@ import CMasqPlugin
 
 /// A plugin's descriptor, allocated once and never freed (the kernel keeps it
 /// for the life of the process).
-public func pluginDescriptor(kind: Int32, name: StaticString, version: StaticString, summary: StaticString,
-                             vtable: UnsafeRawPointer) -> UnsafeMutablePointer<masq_plugin_descriptor> {
+public func pluginDescriptor(
+    kind: Int32, name: StaticString, version: StaticString, summary: StaticString,
+    vtable: UnsafeRawPointer
+) -> UnsafeMutablePointer<masq_plugin_descriptor> {
     let d = UnsafeMutablePointer<masq_plugin_descriptor>.allocate(capacity: 1)
     var t = masq_plugin_descriptor()
     t.struct_size = UInt32(MemoryLayout<masq_plugin_descriptor>.size)
@@ -29,10 +31,14 @@ public func hostHas<T>(_ host: UnsafePointer<masq_host>, _ member: KeyPath<masq_
 }
 
 /// A plugin's option list as Swift pairs; a NULL key or value is MASQ_E_INVALID.
-public func pluginOptions(_ list: UnsafePointer<masq_plugin_option>?, _ count: Int) throws(PluginFailure) -> [(key: String, value: String)] {
+public func pluginOptions(_ list: UnsafePointer<masq_plugin_option>?, _ count: Int) throws(PluginFailure) -> [(
+    key: String, value: String
+)] {
     var out: [(key: String, value: String)] = []
     for i in 0..<count {
-        guard let list, let k = list[i].key, let v = list[i].value else { throw PluginFailure(MASQ_E_INVALID, "option \(i) is NULL") }
+        guard let list, let k = list[i].key, let v = list[i].value else {
+            throw PluginFailure(MASQ_E_INVALID, "option \(i) is NULL")
+        }
         out.append((String(cString: k), String(cString: v)))
     }
     return out
@@ -41,7 +47,8 @@ public func pluginOptions(_ list: UnsafePointer<masq_plugin_option>?, _ count: I
 /// An integer option within `range`, else MASQ_E_CONFIG naming the option and its range.
 public func optionNumber(_ key: String, _ value: String, _ range: ClosedRange<Int>) throws(PluginFailure) -> Int {
     guard let n = Int(value), range.contains(n) else {
-        throw PluginFailure(MASQ_E_CONFIG, "option \(key) must be \(range.lowerBound)...\(range.upperBound), not \"\(value)\"")
+        throw PluginFailure(
+            MASQ_E_CONFIG, "option \(key) must be \(range.lowerBound)...\(range.upperBound), not \"\(value)\"")
     }
     return n
 }
@@ -71,8 +78,10 @@ public func report(_ host: UnsafePointer<masq_host>, _ failure: PluginFailure) -
 /// What every plugin's `create` does once it checked its arguments: build
 /// the instance and hand it to the kernel retained (`destroy` releases it),
 /// or report why not.
-public func handOver(_ host: UnsafePointer<masq_host>, _ out: UnsafeMutablePointer<UnsafeMutableRawPointer?>,
-                     _ make: () throws(PluginFailure) -> AnyObject) -> Int32 {
+public func handOver(
+    _ host: UnsafePointer<masq_host>, _ out: UnsafeMutablePointer<UnsafeMutableRawPointer?>,
+    _ make: () throws(PluginFailure) -> AnyObject
+) -> Int32 {
     do {
         out.pointee = Unmanaged.passRetained(try make()).toOpaque()
         return MASQ_OK
@@ -130,7 +139,8 @@ public protocol PluginWallet: AnyObject {
     func pay(to: String, asset: String?, amount: String, memo: [UInt8]) throws(PluginFailure) -> String
     func sign(_ message: [UInt8]) throws(PluginFailure) -> [UInt8]
     static func verify(_ address: String, _ message: [UInt8], _ signature: [UInt8]) -> Bool
-    func verifyPayment(txid: String, from: String, to: String, asset: String?, amount: String) throws(PluginFailure) -> Int32
+    func verifyPayment(txid: String, from: String, to: String, asset: String?, amount: String) throws(PluginFailure)
+        -> Int32
     func payments(after cursor: UInt64, limit: UInt32) throws(PluginFailure) -> String
 }
 
@@ -157,35 +167,50 @@ public func walletVTable() -> masq_wallet_vtable {
     }
     t.balance = { raw, asset, sink, ctx in
         guard let w = pluginWallet(raw) else { return MASQ_E_INVALID }
-        return run(w) { () throws(PluginFailure) in sinkBytes(Array(try w.balance(optionalString(asset)).utf8), sink, ctx) }
+        return run(w) { () throws(PluginFailure) in
+            sinkBytes(Array(try w.balance(optionalString(asset)).utf8), sink, ctx)
+        }
     }
     t.pay = { raw, to, asset, amount, memo, memoLength, sink, ctx in
         guard let w = pluginWallet(raw), let to, let amount else { return MASQ_E_INVALID }
         return run(w) { () throws(PluginFailure) in
             let memoBytes = memo.map { Array(UnsafeBufferPointer(start: $0, count: memoLength)) } ?? []
-            return sinkBytes(Array(try w.pay(to: String(cString: to), asset: optionalString(asset), amount: String(cString: amount), memo: memoBytes).utf8), sink, ctx)
+            return sinkBytes(
+                Array(
+                    try w.pay(
+                        to: String(cString: to), asset: optionalString(asset), amount: String(cString: amount),
+                        memo: memoBytes
+                    ).utf8), sink, ctx)
         }
     }
     t.sign = { raw, message, length, sink, ctx in
         guard let w = pluginWallet(raw), sink != nil, message != nil || length == 0 else { return MASQ_E_INVALID }
-        return run(w) { () throws(PluginFailure) in sinkBytes(try w.sign(Array(UnsafeBufferPointer(start: message, count: length))), sink, ctx) }
+        return run(w) { () throws(PluginFailure) in
+            sinkBytes(try w.sign(Array(UnsafeBufferPointer(start: message, count: length))), sink, ctx)
+        }
     }
     t.verify = { raw, address, message, length, signature, signatureLength in
-        guard let w = pluginWallet(raw), let address, message != nil || length == 0, let signature else { return MASQ_E_INVALID }
-        let ok = type(of: w).verify(String(cString: address), Array(UnsafeBufferPointer(start: message, count: length)),
-                                    Array(UnsafeBufferPointer(start: signature, count: signatureLength)))
+        guard let w = pluginWallet(raw), let address, message != nil || length == 0, let signature else {
+            return MASQ_E_INVALID
+        }
+        let ok = type(of: w).verify(
+            String(cString: address), Array(UnsafeBufferPointer(start: message, count: length)),
+            Array(UnsafeBufferPointer(start: signature, count: signatureLength)))
         return ok ? MASQ_OK : MASQ_E_BAD_SIGNATURE
     }
     t.verify_payment = { raw, txid, from, to, asset, amount in
         guard let w = pluginWallet(raw), let txid, let from, let to, let amount else { return MASQ_E_INVALID }
         return run(w) { () throws(PluginFailure) in
-            try w.verifyPayment(txid: String(cString: txid), from: String(cString: from), to: String(cString: to),
-                                asset: optionalString(asset), amount: String(cString: amount))
+            try w.verifyPayment(
+                txid: String(cString: txid), from: String(cString: from), to: String(cString: to),
+                asset: optionalString(asset), amount: String(cString: amount))
         }
     }
     t.payments = { raw, cursor, limit, sink, ctx in
         guard let w = pluginWallet(raw) else { return MASQ_E_INVALID }
-        return run(w) { () throws(PluginFailure) in sinkBytes(Array(try w.payments(after: cursor, limit: max(1, min(limit, 10_000))).utf8), sink, ctx) }
+        return run(w) { () throws(PluginFailure) in
+            sinkBytes(Array(try w.payments(after: cursor, limit: max(1, min(limit, 10_000))).utf8), sink, ctx)
+        }
     }
     return t
 }

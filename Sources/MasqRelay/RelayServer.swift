@@ -9,7 +9,7 @@ import NIOSSL
 import NIOWebSocket
 import Prometheus
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Limits and endpoints of a relay. Every limit is explicit and answered with
@@ -82,11 +82,15 @@ final class RelayMetrics: @unchecked Sendable {
     init() {
         let registry = self.registry
         func gauge(_ name: String, _ help: String) -> Gauge {
-            registry.makeGauge(descriptor: MetricNameDescriptor(namespace: "masq", subsystem: "relay", metricName: name, unitName: "", helpText: help))
+            registry.makeGauge(
+                descriptor: MetricNameDescriptor(
+                    namespace: "masq", subsystem: "relay", metricName: name, unitName: "", helpText: help))
         }
         func counter(_ name: String, _ help: String, _ labels: [(String, String)] = []) -> Counter {
-            registry.makeCounter(descriptor: MetricNameDescriptor(namespace: "masq", subsystem: "relay", metricName: name, unitName: "total", helpText: help),
-                                 labels: labels)
+            registry.makeCounter(
+                descriptor: MetricNameDescriptor(
+                    namespace: "masq", subsystem: "relay", metricName: name, unitName: "total", helpText: help),
+                labels: labels)
         }
         connections = gauge("connections", "Open WebSocket connections")
         rooms = gauge("rooms", "Rooms with at least one member")
@@ -294,8 +298,9 @@ public final class RelayServer: @unchecked Sendable {
         self.metrics = metrics
         registry = RoomRegistry(metrics: metrics)
         metrics.maxConnections.set(Int64(configuration.maxConnections))
-        handshakes = HandshakeGate(capacity: max(1, configuration.maxPendingHandshakes),
-                                   timeout: .seconds(max(1, configuration.handshakeTimeoutSeconds)))
+        handshakes = HandshakeGate(
+            capacity: max(1, configuration.maxPendingHandshakes),
+            timeout: .seconds(max(1, configuration.handshakeTimeoutSeconds)))
         group = MultiThreadedEventLoopGroup(numberOfThreads: max(1, configuration.threads))
         let loops = Array(group.makeIterator())
         let boxes = loops.enumerated().map { Outbox(loop: $1, index: $0, loops: loops.count, metrics: metrics) }
@@ -312,7 +317,9 @@ public final class RelayServer: @unchecked Sendable {
         if let certificate = configuration.tlsCertificatePath, let key = configuration.tlsKeyPath {
             let chain = try NIOSSLCertificate.fromPEMFile(certificate).map { NIOSSLCertificateSource.certificate($0) }
             let privateKey = try NIOSSLPrivateKey(file: key, format: .pem)
-            tls = try NIOSSLContext(configuration: TLSConfiguration.makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(privateKey)))
+            tls = try NIOSSLContext(
+                configuration: TLSConfiguration.makeServerConfiguration(
+                    certificateChain: chain, privateKey: .privateKey(privateKey)))
         } else {
             tls = nil
         }
@@ -324,8 +331,10 @@ public final class RelayServer: @unchecked Sendable {
             // Few reads per wake-up: a connection's read batch is decoded in one
             // go, so this bounds what one sender costs its loop between others.
             .childChannelOption(ChannelOptions.maxMessagesPerRead, value: 4)
-            .childChannelOption(ChannelOptions.writeBufferWaterMark,
-                                value: .init(low: configuration.sendBufferBytes / 2, high: configuration.sendBufferBytes))
+            .childChannelOption(
+                ChannelOptions.writeBufferWaterMark,
+                value: .init(low: configuration.sendBufferBytes / 2, high: configuration.sendBufferBytes)
+            )
             .childChannelInitializer { channel in
                 do {
                     server.handshakes.admit(channel)
@@ -417,9 +426,12 @@ public final class RelayServer: @unchecked Sendable {
                 server.handshakes.passed(channel)
                 do {
                     let sync = channel.pipeline.syncOperations
-                    try sync.addHandler(NIOWebSocketFrameAggregator(minNonFinalFragmentSize: 0, maxAccumulatedFrameCount: 64,
-                                                                    maxAccumulatedFrameSize: server.configuration.maxFrameBytes))
-                    try sync.addHandler(IdleStateHandler(readTimeout: .seconds(server.configuration.idleTimeoutSeconds)))
+                    try sync.addHandler(
+                        NIOWebSocketFrameAggregator(
+                            minNonFinalFragmentSize: 0, maxAccumulatedFrameCount: 64,
+                            maxAccumulatedFrameSize: server.configuration.maxFrameBytes))
+                    try sync.addHandler(
+                        IdleStateHandler(readTimeout: .seconds(server.configuration.idleTimeoutSeconds)))
                     try sync.addHandler(RelayConnectionHandler(server: server))
                     return channel.eventLoop.makeSucceededVoidFuture()
                 } catch {
@@ -428,9 +440,12 @@ public final class RelayServer: @unchecked Sendable {
             })
         let routes = NIOLoopBound(HTTPRouteHandler(server: self), eventLoop: channel.eventLoop)
         try channel.pipeline.syncOperations.configureHTTPServerPipeline(
-            withServerUpgrade: (upgraders: [upgrader], completionHandler: { context in
-                context.pipeline.syncOperations.removeHandler(routes.value, promise: nil)
-            }))
+            withServerUpgrade: (
+                upgraders: [upgrader],
+                completionHandler: { context in
+                    context.pipeline.syncOperations.removeHandler(routes.value, promise: nil)
+                }
+            ))
         try channel.pipeline.syncOperations.addHandler(routes.value)
     }
 
@@ -492,7 +507,9 @@ final class HTTPRouteHandler: ChannelInboundHandler, RemovableChannelHandler {
             switch (head.method, head.uri) {
             case (.GET, "/healthz"):
                 // Draining: the load balancer stops sending newcomers here.
-                (status, body, type) = server.isDraining.withLockedValue { $0 } ? (.serviceUnavailable, "draining\n", "text/plain")
+                (status, body, type) =
+                    server.isDraining.withLockedValue { $0 }
+                    ? (.serviceUnavailable, "draining\n", "text/plain")
                     : (.ok, "ok\n", "text/plain")
             case (.GET, "/metrics"): (status, body, type) = (.ok, server.metricsText(), "text/plain; version=0.0.4")
             default:
@@ -506,8 +523,11 @@ final class HTTPRouteHandler: ChannelInboundHandler, RemovableChannelHandler {
             headers.add(name: "content-type", value: type)
             headers.add(name: "content-length", value: String(body.utf8.count))
             headers.add(name: "connection", value: "close")
-            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: status, headers: headers))), promise: nil)
-            context.write(wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: body)))), promise: nil)
+            context.write(
+                wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: status, headers: headers))),
+                promise: nil)
+            context.write(
+                wrapOutboundOut(.body(.byteBuffer(context.channel.allocator.buffer(string: body)))), promise: nil)
             let channel = context.channel
             context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }
         }
@@ -612,9 +632,10 @@ final class RelayConnectionHandler: ChannelInboundHandler {
             handle(context, frame.unmaskedData)
         case .ping:
             guard context.channel.isWritable else { return closeSlow(context) }
-            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: frame.unmaskedData)), promise: nil)
+            context.writeAndFlush(
+                wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: frame.unmaskedData)), promise: nil)
         case .pong:
-            break   // a read: the idle timer was reset
+            break  // a read: the idle timer was reset
         case .connectionClose:
             close(context, code: .normalClosure)
         case .text:
@@ -666,10 +687,12 @@ final class RelayConnectionHandler: ChannelInboundHandler {
                 reject(context, .protocolError, error.description)
             }
         case .success((1, let joined, let id)):
-            guard joined == nil else { return }   // already a member
+            guard joined == nil else { return }  // already a member
             guard rooms.count < server.configuration.maxRoomsPerConnection else {
                 server.metrics.rejectedRooms.increment()
-                reject(context, .tooManyRooms, "at most \(server.configuration.maxRoomsPerConnection) rooms per connection")
+                reject(
+                    context, .tooManyRooms, "at most \(server.configuration.maxRoomsPerConnection) rooms per connection"
+                )
                 return
             }
             guard let room = server.registry.join(id, member, maxMembers: server.configuration.maxMembersPerRoom) else {
@@ -702,7 +725,7 @@ final class RelayConnectionHandler: ChannelInboundHandler {
         guard members.count > 1 else { return }
         let length = frame.readableBytes
         var wire = context.channel.allocator.buffer(capacity: length + 10)
-        wire.writeInteger(UInt8(0x82))   // FIN, binary; servers do not mask
+        wire.writeInteger(UInt8(0x82))  // FIN, binary; servers do not mask
         if length < 126 {
             wire.writeInteger(UInt8(length))
         } else if length <= Int(UInt16.max) {
@@ -715,7 +738,7 @@ final class RelayConnectionHandler: ChannelInboundHandler {
         let typeIndex = wire.writerIndex + 1
         var body = frame
         wire.writeBuffer(&body)
-        wire.setInteger(UInt8(4), at: typeIndex)   // SEND -> DELIVER
+        wire.setInteger(UInt8(4), at: typeIndex)  // SEND -> DELIVER
         for other in members where other !== member {
             outbox.deliver(wire, to: other)
         }
@@ -744,9 +767,10 @@ final class RelayConnectionHandler: ChannelInboundHandler {
         buffer.write(webSocketErrorCode: code)
         cleanup()
         let channel = context.channel
-        context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: buffer))).whenComplete { _ in
-            channel.close(promise: nil)
-        }
+        context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .connectionClose, data: buffer)))
+            .whenComplete { _ in
+                channel.close(promise: nil)
+            }
     }
 
     private func takeToken() -> Bool {
@@ -766,7 +790,10 @@ final class RelayConnectionHandler: ChannelInboundHandler {
         pingTask = context.eventLoop.scheduleTask(in: interval) {
             let (handler, context) = bound.value
             guard !handler.closed else { return }
-            context.writeAndFlush(handler.wrapOutboundOut(WebSocketFrame(fin: true, opcode: .ping, data: context.channel.allocator.buffer(capacity: 0))), promise: nil)
+            context.writeAndFlush(
+                handler.wrapOutboundOut(
+                    WebSocketFrame(fin: true, opcode: .ping, data: context.channel.allocator.buffer(capacity: 0))),
+                promise: nil)
             handler.schedulePing(context: context)
         }
     }

@@ -26,7 +26,9 @@ struct Endpoint: Sendable {
 
     init(_ text: String) throws(PluginFailure) {
         let secure = text.hasPrefix("wss://")
-        guard secure || text.hasPrefix("ws://") else { throw .init(MASQ_E_INVALID, "endpoint must start with ws:// or wss://, not \(text)") }
+        guard secure || text.hasPrefix("ws://") else {
+            throw .init(MASQ_E_INVALID, "endpoint must start with ws:// or wss://, not \(text)")
+        }
         var rest = Substring(text.dropFirst(secure ? 6 : 5))
         var path = "/"
         if let slash = rest.firstIndex(of: "/") {
@@ -36,7 +38,9 @@ struct Endpoint: Sendable {
         var host = String(rest)
         var port = secure ? 443 : 80
         if let colon = rest.lastIndex(of: ":"), !rest.hasSuffix("]") {
-            guard let p = Int(rest[rest.index(after: colon)...]), (1...65_535).contains(p) else { throw .init(MASQ_E_INVALID, "bad port in \(text)") }
+            guard let p = Int(rest[rest.index(after: colon)...]), (1...65_535).contains(p) else {
+                throw .init(MASQ_E_INVALID, "bad port in \(text)")
+            }
             port = p
             host = String(rest[..<colon])
         }
@@ -192,10 +196,12 @@ public final class RelayTransport: PluginTransport, @unchecked Sendable {
     public func join(_ room: [UInt8]) -> Int32 {
         guard enter() else { return closed() }
         defer { exit() }
-        guard (1...RelayFrame.maxRoomLength).contains(room.count) else { return host.pointee.error(host, MASQ_E_INVALID, "room must be 1...64 bytes") }
+        guard (1...RelayFrame.maxRoomLength).contains(room.count) else {
+            return host.pointee.error(host, MASQ_E_INVALID, "room must be 1...64 bytes")
+        }
         loop.execute {
             if self.rooms.insert(room).inserted, self.connected { self.write(RelayFrame.join(room: room).encoded()) }
-            if !self.opened { self.open() }   // the first room: connect now
+            if !self.opened { self.open() }  // the first room: connect now
         }
         return MASQ_OK
     }
@@ -213,10 +219,14 @@ public final class RelayTransport: PluginTransport, @unchecked Sendable {
     public func send(_ room: [UInt8], _ payload: UnsafeRawBufferPointer) -> Int32 {
         guard enter() else { return closed() }
         defer { exit() }
-        guard (1...RelayFrame.maxRoomLength).contains(room.count) else { return host.pointee.error(host, MASQ_E_INVALID, "room must be 1...64 bytes") }
+        guard (1...RelayFrame.maxRoomLength).contains(room.count) else {
+            return host.pointee.error(host, MASQ_E_INVALID, "room must be 1...64 bytes")
+        }
         // The limit declared through max_frame_bytes, whatever the room's length.
         guard UInt64(payload.count) <= maxFrameBytes else {
-            return host.pointee.error(host, MASQ_E_TOO_LARGE, "frame of \(payload.count) bytes exceeds the relay limit (option max_frame_bytes)")
+            return host.pointee.error(
+                host, MASQ_E_TOO_LARGE,
+                "frame of \(payload.count) bytes exceeds the relay limit (option max_frame_bytes)")
         }
         var built = RelayFrame.header(3, room: room, payloadCount: payload.count)
         built.append(contentsOf: payload)
@@ -224,7 +234,8 @@ public final class RelayTransport: PluginTransport, @unchecked Sendable {
         let accepted = NIOLockedValueBox(true)
         let limits = options
         onLoop {
-            guard self.queue.count < limits.maxQueueFrames, self.queuedBytes + frame.count <= limits.maxQueueBytes else {
+            guard self.queue.count < limits.maxQueueFrames, self.queuedBytes + frame.count <= limits.maxQueueBytes
+            else {
                 accepted.withLockedValue { $0 = false }
                 return
             }
@@ -234,7 +245,8 @@ public final class RelayTransport: PluginTransport, @unchecked Sendable {
         }
         guard accepted.withLockedValue({ $0 }) else {
             counters.withLockedValue { $0.sendsRefused += 1 }
-            return host.pointee.error(host, MASQ_E_BUSY, "outbound queue full (options max_queue_frames / max_queue_bytes)")
+            return host.pointee.error(
+                host, MASQ_E_BUSY, "outbound queue full (options max_queue_frames / max_queue_bytes)")
         }
         return MASQ_OK
     }
@@ -253,7 +265,8 @@ public final class RelayTransport: PluginTransport, @unchecked Sendable {
     /// ignores the path (the JOIN decides).
     static func path(base: String, rooms: Set<[UInt8]>) -> String {
         guard rooms.count == 1, let room = rooms.first else { return base }
-        var prefix = base.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? "/"
+        var prefix =
+            base.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false).first.map(String.init) ?? "/"
         while prefix.hasSuffix("/") { prefix.removeLast() }
         return prefix + "/r/" + Hex.encode(room)
     }
@@ -272,17 +285,22 @@ public final class RelayTransport: PluginTransport, @unchecked Sendable {
             .channelInitializer { channel in
                 do {
                     if transport.options.socks5 != nil {
-                        try channel.pipeline.syncOperations.addHandler(Socks5ClientHandler(host: endpoint.host, port: endpoint.port))
+                        try channel.pipeline.syncOperations.addHandler(
+                            Socks5ClientHandler(host: endpoint.host, port: endpoint.port))
                     }
                     if let tls {
-                        try channel.pipeline.syncOperations.addHandler(try NIOSSLClientHandler(context: tls, serverHostname: endpoint.host))
+                        try channel.pipeline.syncOperations.addHandler(
+                            try NIOSSLClientHandler(context: tls, serverHostname: endpoint.host))
                     }
                     let request = UpgradeRequestHandler(endpoint: endpoint)
                     let upgrader = NIOWebSocketClientUpgrader(
                         maxFrameSize: maxFrame,
                         upgradePipelineHandler: { channel, _ in
                             do {
-                                try channel.pipeline.syncOperations.addHandler(NIOWebSocketFrameAggregator(minNonFinalFragmentSize: 0, maxAccumulatedFrameCount: 64, maxAccumulatedFrameSize: maxFrame))
+                                try channel.pipeline.syncOperations.addHandler(
+                                    NIOWebSocketFrameAggregator(
+                                        minNonFinalFragmentSize: 0, maxAccumulatedFrameCount: 64,
+                                        maxAccumulatedFrameSize: maxFrame))
                                 try channel.pipeline.syncOperations.addHandler(FrameHandler(transport: transport))
                                 return channel.eventLoop.makeSucceededVoidFuture()
                             } catch {
@@ -290,9 +308,13 @@ public final class RelayTransport: PluginTransport, @unchecked Sendable {
                             }
                         })
                     let bound = NIOLoopBound(request, eventLoop: channel.eventLoop)
-                    try channel.pipeline.syncOperations.addHTTPClientHandlers(withClientUpgrade: (upgraders: [upgrader], completionHandler: { context in
-                        context.pipeline.syncOperations.removeHandler(bound.value, promise: nil)
-                    }))
+                    try channel.pipeline.syncOperations.addHTTPClientHandlers(
+                        withClientUpgrade: (
+                            upgraders: [upgrader],
+                            completionHandler: { context in
+                                context.pipeline.syncOperations.removeHandler(bound.value, promise: nil)
+                            }
+                        ))
                     try channel.pipeline.syncOperations.addHandler(request)
                     return channel.eventLoop.makeSucceededVoidFuture()
                 } catch {
@@ -345,7 +367,7 @@ public final class RelayTransport: PluginTransport, @unchecked Sendable {
 
     private func scheduleReconnect() {
         guard !isStopped else { return }
-        let delay = backoff / 2 + Int64.random(in: 0...(backoff / 2 + 1))   // "equal jitter"
+        let delay = backoff / 2 + Int64.random(in: 0...(backoff / 2 + 1))  // "equal jitter"
         backoff = min(backoff * 2, options.maxBackoffMilliseconds)
         reconnectTask = loop.scheduleTask(in: .milliseconds(delay)) { self.open() }
     }
@@ -369,12 +391,16 @@ public final class RelayTransport: PluginTransport, @unchecked Sendable {
 
     /// A frame from the relay.
     fileprivate func received(_ data: ByteBuffer) {
-        let decoded: Result<RelayFrame, RelayProtocolError> = data.withUnsafeReadableBytes { raw in Result { () throws(RelayProtocolError) in try RelayFrame.decode(raw) } }
+        let decoded: Result<RelayFrame, RelayProtocolError> = data.withUnsafeReadableBytes { raw in
+            Result { () throws(RelayProtocolError) in try RelayFrame.decode(raw) }
+        }
         switch decoded {
         case .success(.deliver(let room, let payload)):
             counters.withLockedValue { $0.framesReceived += 1 }
             let roomText = Hex.encode(room)
-            payload.withUnsafeBufferPointer { p in host.pointee.frame_received(host, "relay", roomText, p.baseAddress, p.count) }
+            payload.withUnsafeBufferPointer { p in
+                host.pointee.frame_received(host, "relay", roomText, p.baseAddress, p.count)
+            }
         case .success(.presence(let room, _)):
             host.pointee.peer_event(host, Hex.encode(room), MASQ_ROOM_CHANGED)
         case .success(.error(let code, let message)):
@@ -425,7 +451,8 @@ final class UpgradeRequestHandler: ChannelInboundHandler, RemovableChannelHandle
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         // A plain HTTP answer means the upgrade was refused (e.g. relay full).
         if case .head(let head) = unwrapInboundIn(data) {
-            context.fireErrorCaught(PluginFailure(MASQ_E_UNAVAILABLE, "relay refused the WebSocket upgrade: \(head.status.code)"))
+            context.fireErrorCaught(
+                PluginFailure(MASQ_E_UNAVAILABLE, "relay refused the WebSocket upgrade: \(head.status.code)"))
         }
         context.close(promise: nil)
     }
@@ -487,7 +514,9 @@ final class Socks5ClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
         received += buffer.readBytes(length: buffer.readableBytes) ?? []
         if stage == 0 {
             guard received.count >= 2 else { return }
-            guard received[0] == 5, received[1] == 0 else { return fail(context, "the SOCKS5 proxy wants authentication") }
+            guard received[0] == 5, received[1] == 0 else {
+                return fail(context, "the SOCKS5 proxy wants authentication")
+            }
             received.removeFirst(2)
             let name = Array(host.utf8)
             guard name.count <= 255 else { return fail(context, "host name too long for SOCKS5") }
@@ -497,7 +526,9 @@ final class Socks5ClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         if stage == 1 {
             guard received.count >= 10 else { return }
-            guard received[0] == 5, received[1] == 0 else { return fail(context, "the SOCKS5 proxy could not connect (reply \(received[1]))") }
+            guard received[0] == 5, received[1] == 0 else {
+                return fail(context, "the SOCKS5 proxy could not connect (reply \(received[1]))")
+            }
             let rest = Array(received.dropFirst(10))
             received = []
             stage = 2
@@ -518,7 +549,9 @@ final class Socks5ClientHandler: ChannelDuplexHandler, RemovableChannelHandler {
 public let relayOptionNames = "max_queue_frames, max_queue_bytes, max_frame_bytes, min_backoff_ms, max_backoff_ms"
 
 /// Apply one of the relay client's options; false when `key` is not one.
-public func applyRelayOption(_ key: String, _ value: String, to options: inout RelayTransport.Options) throws(PluginFailure) -> Bool {
+public func applyRelayOption(_ key: String, _ value: String, to options: inout RelayTransport.Options)
+    throws(PluginFailure) -> Bool
+{
     func number(_ range: ClosedRange<Int>) throws(PluginFailure) -> Int { try optionNumber(key, value, range) }
     switch key {
     case "max_queue_frames": options.maxQueueFrames = try number(1...10_000_000)
@@ -547,17 +580,22 @@ public func relayTransportVTable() -> masq_transport_vtable {
         return t.connect(String(cString: endpoint))
     }
     t.join = { raw, room in
-        guard let t = transport(raw), let room, let bytes = Hex.decode(String(cString: room)) else { return MASQ_E_INVALID }
+        guard let t = transport(raw), let room, let bytes = Hex.decode(String(cString: room)) else {
+            return MASQ_E_INVALID
+        }
         return t.join(bytes)
     }
     t.leave = { raw, room in
-        guard let t = transport(raw), let room, let bytes = Hex.decode(String(cString: room)) else { return MASQ_E_INVALID }
+        guard let t = transport(raw), let room, let bytes = Hex.decode(String(cString: room)) else {
+            return MASQ_E_INVALID
+        }
         return t.leave(bytes)
     }
     t.send = { raw, destination, frame, length in
-        guard let t = transport(raw), let destination, let room = Hex.decode(String(cString: destination)), frame != nil || length == 0 else { return MASQ_E_INVALID }
+        guard let t = transport(raw), let destination, let room = Hex.decode(String(cString: destination)),
+            frame != nil || length == 0
+        else { return MASQ_E_INVALID }
         return t.send(room, UnsafeRawBufferPointer(start: frame, count: length))
     }
     return t
 }
-

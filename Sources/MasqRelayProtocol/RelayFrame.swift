@@ -25,14 +25,19 @@ public enum RelayFrame: Equatable, Sendable {
         switch self {
         case .join(let room): return [RelayFrame.version, 1, UInt8(room.count)] + room
         case .leave(let room): return [RelayFrame.version, 2, UInt8(room.count)] + room
-        case .send(let room, let payload): return RelayFrame.header(3, room: room, payloadCount: payload.count) + payload
-        case .deliver(let room, let payload): return RelayFrame.header(4, room: room, payloadCount: payload.count) + payload
+        case .send(let room, let payload):
+            return RelayFrame.header(3, room: room, payloadCount: payload.count) + payload
+        case .deliver(let room, let payload):
+            return RelayFrame.header(4, room: room, payloadCount: payload.count) + payload
         case .error(let code, let message):
             let text = Array(message.utf8.prefix(512))
             return [RelayFrame.version, 5, UInt8(code.rawValue >> 8), UInt8(code.rawValue & 0xFF)] + text
         case .presence(let room, let members):
             return [RelayFrame.version, 6, UInt8(room.count)] + room
-                + [UInt8(members >> 24), UInt8(truncatingIfNeeded: members >> 16), UInt8(truncatingIfNeeded: members >> 8), UInt8(truncatingIfNeeded: members)]
+                + [
+                    UInt8(members >> 24), UInt8(truncatingIfNeeded: members >> 16),
+                    UInt8(truncatingIfNeeded: members >> 8), UInt8(truncatingIfNeeded: members)
+                ]
         }
     }
 
@@ -49,7 +54,9 @@ public enum RelayFrame: Equatable, Sendable {
     /// what a relay needs to forward a SEND. Every check `decode` makes except
     /// reading the body is made here, so the two always agree. ERROR frames
     /// have no room (an empty range).
-    public static func peek(_ bytes: UnsafeRawBufferPointer) throws(RelayProtocolError) -> (type: UInt8, room: Range<Int>) {
+    public static func peek(_ bytes: UnsafeRawBufferPointer) throws(RelayProtocolError) -> (
+        type: UInt8, room: Range<Int>
+    ) {
         guard bytes.count >= 2 else { throw .malformed("frame shorter than its header") }
         guard bytes[0] == version else { throw .unsupportedVersion(bytes[0]) }
         let type = bytes[1]
@@ -57,7 +64,9 @@ public enum RelayFrame: Equatable, Sendable {
         case 1...4, 6:
             guard bytes.count >= 3 else { throw .malformed("missing room length") }
             let length = Int(bytes[2])
-            guard length >= 1 && length <= maxRoomLength else { throw .malformed("room length \(length) is not 1...\(maxRoomLength)") }
+            guard length >= 1 && length <= maxRoomLength else {
+                throw .malformed("room length \(length) is not 1...\(maxRoomLength)")
+            }
             guard bytes.count >= 3 + length else { throw .malformed("truncated room") }
             let end = 3 + length
             if type <= 2 && end != bytes.count { throw .malformed("trailing bytes after the room") }
@@ -85,13 +94,17 @@ public enum RelayFrame: Equatable, Sendable {
             return .error(code: code, message: String(decoding: bytes[4...], as: UTF8.self))
         default:
             let end = range.upperBound
-            let members = UInt32(bytes[end]) << 24 | UInt32(bytes[end + 1]) << 16 | UInt32(bytes[end + 2]) << 8 | UInt32(bytes[end + 3])
+            let members =
+                UInt32(bytes[end]) << 24 | UInt32(bytes[end + 1]) << 16 | UInt32(bytes[end + 2]) << 8
+                | UInt32(bytes[end + 3])
             return .presence(room: room, members: members)
         }
     }
 
     public static func decode(_ bytes: [UInt8]) throws(RelayProtocolError) -> RelayFrame {
-        let result: Result<RelayFrame, RelayProtocolError> = bytes.withUnsafeBytes { raw in Result { () throws(RelayProtocolError) in try decode(raw) } }
+        let result: Result<RelayFrame, RelayProtocolError> = bytes.withUnsafeBytes { raw in
+            Result { () throws(RelayProtocolError) in try decode(raw) }
+        }
         return try result.get()
     }
 }
@@ -114,7 +127,8 @@ public enum RelayProtocolError: Error, Equatable, Sendable, CustomStringConverti
     public var description: String {
         switch self {
         case .malformed(let m): "malformed relay frame: \(m)"
-        case .unsupportedVersion(let v): "relay frame version \(v) is not supported (this relay speaks \(RelayFrame.version))"
+        case .unsupportedVersion(let v):
+            "relay frame version \(v) is not supported (this relay speaks \(RelayFrame.version))"
         }
     }
 }

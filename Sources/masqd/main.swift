@@ -8,38 +8,61 @@ import MasqDaemon
 import CMasqSupport
 import MasqKernel
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 @main
 struct Masqd: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "masqd",
-        abstract: "Run the local store daemon: apps reach the store over a localhost WebSocket once the user approves them.",
+        abstract:
+            "Run the local store daemon: apps reach the store over a localhost WebSocket once the user approves them.",
         discussion: """
             Prints the manager's URL (with this run's admin secret in its fragment) and writes it, with the \
             port, to HOME/masqd.json (mode 0600) for `masq apps`. Listens on loopback addresses only.
             """)
 
-    @Option(help: ArgumentHelp("Profiles and app registries live here (default: ~/.local/share/masq/masqd).", valueName: "dir"))
+    @Option(
+        help: ArgumentHelp(
+            "Profiles and app registries live here (default: ~/.local/share/masq/masqd).", valueName: "dir"))
     var home: String?
-    @Option(help: ArgumentHelp("localhost:PORT (127.0.0.1 and ::1), 127.0.0.1:PORT or [::1]:PORT; port 0 picks one.", valueName: "endpoint"))
+    @Option(
+        help: ArgumentHelp(
+            "localhost:PORT (127.0.0.1 and ::1), 127.0.0.1:PORT or [::1]:PORT; port 0 picks one.", valueName: "endpoint"
+        ))
     var listen = "localhost:7071"
-    @Option(help: ArgumentHelp("Directory of the manager page and masq.js (repeatable; default: the installed or source copy).", valueName: "dir"))
+    @Option(
+        help: ArgumentHelp(
+            "Directory of the manager page and masq.js (repeatable; default: the installed or source copy).",
+            valueName: "dir"))
     var www: [String] = []
     @Option(help: ArgumentHelp("Extra plugin directory (repeatable).", valueName: "dir"))
     var pluginPath: [String] = []
-    @Option(help: "Largest message in bytes (the default carries a 1 MiB value as base64).") var maxMessageBytes = 2 << 20
+    @Option(help: "Largest message in bytes (the default carries a 1 MiB value as base64).") var maxMessageBytes =
+        2 << 20
     @Option(help: "Connections accepted at once.") var maxConnections = 256
     @Option(help: "Requests per second per connection.") var rate = 1_000
-    @Option(help: "Connections still in their HTTP request or WebSocket upgrade (each has 10 s; the oldest makes room for a newcomer).") var maxHandshakes = 64
-    @Option(help: "Requests one connection may have waiting for their answers (past it, it is closed).") var maxWaitingRequests = 256
-    @Option(help: "Bytes of requests waiting for their answers, over all connections (past it, the connection holding most is closed).") var maxWaitingBytes = 64 << 20
+    @Option(
+        help:
+            "Connections still in their HTTP request or WebSocket upgrade (each has 10 s; the oldest makes room for a newcomer)."
+    ) var maxHandshakes = 64
+    @Option(help: "Requests one connection may have waiting for their answers (past it, it is closed).")
+    var maxWaitingRequests = 256
+    @Option(
+        help:
+            "Bytes of requests waiting for their answers, over all connections (past it, the connection holding most is closed)."
+    ) var maxWaitingBytes = 64 << 20
     @Option(help: "Storage plugin of new profiles.") var storage = "sqlite"
-    @Option(help: ArgumentHelp("A Connectoid service apps' share links name when a profile's config has none (repeatable).", valueName: "url"))
+    @Option(
+        help: ArgumentHelp(
+            "A Connectoid service apps' share links name when a profile's config has none (repeatable).",
+            valueName: "url"))
     var shareService: [String] = []
     @Option(help: "Log level (error, warn, info, debug).") var logLevel = "warn"
-    @Flag(help: "Serve programs of every OS user of this machine (default: only the user running masqd, checked on each connection's socket).")
+    @Flag(
+        help:
+            "Serve programs of every OS user of this machine (default: only the user running masqd, checked on each connection's socket)."
+    )
     var allowOtherUsers = false
 
     /// Keep freed heap memory for reuse (masqsupport_keep_freed_memory): apps'
@@ -50,11 +73,22 @@ struct Masqd: ParsableCommand {
     }
 
     func run() throws {
-        guard ["error", "warn", "info", "debug"].contains(logLevel) else { throw ValidationError("unknown log level \(logLevel)") }
-        guard maxMessageBytes >= 1024, maxConnections >= 1, rate >= 1, maxWaitingRequests >= 1, maxHandshakes >= 1, maxWaitingBytes >= maxMessageBytes else { throw ValidationError("limits must be positive (messages at least 1024 bytes, --max-waiting-bytes at least one message)") }
+        guard ["error", "warn", "info", "debug"].contains(logLevel) else {
+            throw ValidationError("unknown log level \(logLevel)")
+        }
+        guard maxMessageBytes >= 1024, maxConnections >= 1, rate >= 1, maxWaitingRequests >= 1, maxHandshakes >= 1,
+            maxWaitingBytes >= maxMessageBytes
+        else {
+            throw ValidationError(
+                "limits must be positive (messages at least 1024 bytes, --max-waiting-bytes at least one message)")
+        }
         setenv("MASQ_LOG", logLevel, 1)
-        let dataHome = getenv("XDG_DATA_HOME").map { String(cString: $0) } ?? (String(cString: getenv("HOME") ?? strdup("/tmp")) + "/.local/share")
-        var options = DaemonOptions(home: FileSystem.absolute(FileSystem.expandHome(home ?? dataHome + "/masq/masqd"), base: FileSystem.currentDirectory()))
+        let dataHome =
+            getenv("XDG_DATA_HOME").map { String(cString: $0) }
+            ?? (String(cString: getenv("HOME") ?? strdup("/tmp")) + "/.local/share")
+        var options = DaemonOptions(
+            home: FileSystem.absolute(
+                FileSystem.expandHome(home ?? dataHome + "/masq/masqd"), base: FileSystem.currentDirectory()))
         options.listen = listen
         options.staticDirectories = www.isEmpty ? Self.defaultStaticDirectories() : www
         options.pluginPath = pluginPath

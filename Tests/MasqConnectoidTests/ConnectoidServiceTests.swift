@@ -3,7 +3,7 @@ import MasqCrypto
 import NIOConcurrencyHelpers
 import Testing
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 @testable import MasqConnectoid
 @testable import MasqConnectoidProtocol
@@ -31,7 +31,9 @@ struct Client {
     func send(_ bytes: [UInt8], to pub: String? = nil) -> ConnectoidResponse {
         call(ConnectoidRequest(pub: pub ?? self.pub, ext: ext, action: "send", data: Base64URL.encode(bytes)))
     }
-    func check(at: Int64 = 0) -> ConnectoidResponse { call(ConnectoidRequest(pub: pub, ext: ext, action: "check", at: at)) }
+    func check(at: Int64 = 0) -> ConnectoidResponse {
+        call(ConnectoidRequest(pub: pub, ext: ext, action: "check", at: at))
+    }
     func answer(_ question: String) -> String {
         let box = Base64URL.decode(question)!
         return Base64URL.encode(try! ChallengeBox.open(box, privateKey: keys.privateKey, publicKey: keys.publicKey))
@@ -42,7 +44,9 @@ struct Client {
 }
 
 @Suite struct ConnectoidServiceTests {
-    func makeService(_ clock: ManualClock, configure: (inout ConnectoidConfiguration) -> Void = { _ in }) throws -> ConnectoidService {
+    func makeService(_ clock: ManualClock, configure: (inout ConnectoidConfiguration) -> Void = { _ in }) throws
+        -> ConnectoidService
+    {
         var config = ConnectoidConfiguration()
         config.databasePath = temporaryDatabase()
         config.collectEverySeconds = 1_000_000
@@ -73,7 +77,7 @@ struct Client {
         #expect(client.receive(answer: "AAAA").code == "no_challenge")
         _ = client.send([9])
         let question = client.check().question!
-        #expect(client.check().question == question)   // pending question handed out again
+        #expect(client.check().question == question)  // pending question handed out again
         #expect(client.receive(answer: Base64URL.encode(Random.bytes(32))).code == "wrong_answer")
         let answer = client.answer(question)
         #expect(client.receive(answer: answer).ok)
@@ -92,14 +96,14 @@ struct Client {
         clock.advance(seconds: 3_599)
         #expect(client.check().found == true)
         clock.advance(seconds: 2)
-        #expect(client.check().found == false)         // invisible past an hour, even before collection
+        #expect(client.check().found == false)  // invisible past an hour, even before collection
         #expect(try service.collectGarbage().messages == 1)
         let pub = try ConnectoidLink.checkedPublicKey(client.pub)
         #expect(try service.hasMailbox(pub: pub, ext: client.ext))
         clock.advance(seconds: 29 * 86_400)
         _ = try service.collectGarbage()
         #expect(try service.hasMailbox(pub: pub, ext: client.ext))
-        clock.advance(seconds: 2 * 86_400)               // a month without a check
+        clock.advance(seconds: 2 * 86_400)  // a month without a check
         #expect(try service.collectGarbage().mailboxes == 1)
         #expect(try !service.hasMailbox(pub: pub, ext: client.ext))
     }
@@ -117,7 +121,7 @@ struct Client {
         #expect(!big.ok && big.error == "Too big" && big.code == "too_big")
         for i in 0..<3 { #expect(client.send([UInt8(i)]).ok) }
         #expect(client.send([9]).code == "mailbox_full")
-        #expect(client.send([0]).ok)                     // the same bytes again: stored once, accepted
+        #expect(client.send([0]).ok)  // the same bytes again: stored once, accepted
         _ = client.send([10]); _ = client.send([11])
         let often = client.send([12])
         #expect(often.error == "Too often" && often.code == "rate_limited")
@@ -134,8 +138,8 @@ struct Client {
         }
         let client = Client(service: service)
         for i in 0..<3 { #expect(client.send([UInt8](repeating: UInt8(i), count: 3_000)).ok) }
-        #expect(client.send([UInt8](repeating: 9, count: 3_000)).code == "mailbox_full")   // 12,000 > 10,000
-        #expect(client.send([UInt8](repeating: 9, count: 1_000)).ok)                       // 10,000 fits
+        #expect(client.send([UInt8](repeating: 9, count: 3_000)).code == "mailbox_full")  // 12,000 > 10,000
+        #expect(client.send([UInt8](repeating: 9, count: 1_000)).ok)  // 10,000 fits
         #expect(client.send([1]).code == "mailbox_full")
     }
 
@@ -150,9 +154,9 @@ struct Client {
         #expect(ClientKey.of("::ffff:192.0.2.7") == ClientKey.of("192.0.2.7"))
         let limiter = RateLimiter(perSecond: 1, burst: 1, maxKeys: 100)
         for i in 0..<100 { #expect(limiter.take("abuser-\(i)", now: 1_000 + Int64(i))) }
-        #expect(limiter.take("newcomer", now: 1_200))                      // evicted room for it
+        #expect(limiter.take("newcomer", now: 1_200))  // evicted room for it
         #expect(limiter.count <= 100 && limiter.evictions == 1)
-        #expect(!limiter.take("newcomer", now: 1_201))                     // and it is limited like anyone
+        #expect(!limiter.take("newcomer", now: 1_201))  // and it is limited like anyone
     }
 
     @Test func badInput() throws {
@@ -175,8 +179,14 @@ struct Client {
         _ = thief.send([42], to: owner.pub)
         let question = owner.check().question!
         // The thief can ask for the question but cannot open it.
-        #expect(throws: ConnectoidError.self) { try ChallengeBox.open(Base64URL.decode(question)!, privateKey: thief.keys.privateKey, publicKey: thief.keys.publicKey) }
-        let guess = thief.call(ConnectoidRequest(pub: owner.pub, ext: owner.ext, action: "receive", at: 0, answer: Base64URL.encode(Random.bytes(32)), limit: 1))
+        #expect(throws: ConnectoidError.self) {
+            try ChallengeBox.open(
+                Base64URL.decode(question)!, privateKey: thief.keys.privateKey, publicKey: thief.keys.publicKey)
+        }
+        let guess = thief.call(
+            ConnectoidRequest(
+                pub: owner.pub, ext: owner.ext, action: "receive", at: 0, answer: Base64URL.encode(Random.bytes(32)),
+                limit: 1))
         #expect(guess.code == "wrong_answer")
     }
 }
@@ -184,14 +194,20 @@ struct Client {
 @Suite struct ConnectoidProtocolTests {
     @Test func linkRoundTrip() throws {
         let keys = P384.keyPair()
-        let link = ConnectoidLink(pub: try P384.compress(keys.publicKey), services: ["http://127.0.0.1:7080/", "https://b.example/c"], ext: "x1", secret: Random.bytes(32))
+        let link = ConnectoidLink(
+            pub: try P384.compress(keys.publicKey), services: ["http://127.0.0.1:7080/", "https://b.example/c"],
+            ext: "x1", secret: Random.bytes(32))
         #expect(link.pubText.count == 66)
         let parsed = try ConnectoidLink.parse(link.text)
         #expect(parsed == link)
-        #expect(try ConnectoidLink.parse("https://app.example/page?a=1&connectoid=" + link.mailbox).services == link.services)
+        #expect(
+            try ConnectoidLink.parse("https://app.example/page?a=1&connectoid=" + link.mailbox).services
+                == link.services)
         #expect(throws: ConnectoidError.self) { try ConnectoidLink.parse("https://app.example/?x=1") }
         #expect(throws: ConnectoidError.self) { try ConnectoidLink.parse("masq://share/?connectoid=AAAA.aHR0cDovL3g") }
-        #expect(throws: ConnectoidError.self) { try ConnectoidLink.parse("masq://share/?connectoid=\(link.pubText).Zm9v") }
+        #expect(throws: ConnectoidError.self) {
+            try ConnectoidLink.parse("masq://share/?connectoid=\(link.pubText).Zm9v")
+        }
     }
 
     @Test func sealedBoxesOpenOnlyForTheirKeyAndPad() throws {
@@ -201,10 +217,14 @@ struct Client {
             let box = try SealedBox.seal(message, to: alice.publicKey)
             #expect(box.count == SealedBox.overhead + Padding.paddedSize(size))
             #expect(try SealedBox.open(box, privateKey: alice.privateKey, publicKey: alice.publicKey) == message)
-            #expect(throws: ConnectoidError.self) { try SealedBox.open(box, privateKey: mallory.privateKey, publicKey: mallory.publicKey) }
+            #expect(throws: ConnectoidError.self) {
+                try SealedBox.open(box, privateKey: mallory.privateKey, publicKey: mallory.publicKey)
+            }
             var tampered = box
             tampered[tampered.count - 1] ^= 1
-            #expect(throws: ConnectoidError.self) { try SealedBox.open(tampered, privateKey: alice.privateKey, publicKey: alice.publicKey) }
+            #expect(throws: ConnectoidError.self) {
+                try SealedBox.open(tampered, privateKey: alice.privateKey, publicKey: alice.publicKey)
+            }
         }
         #expect(Padding.paddedSize(60) == 64 && Padding.paddedSize(61) == 256 && Padding.paddedSize(65_533) == 131_072)
     }
@@ -218,13 +238,21 @@ struct Client {
         let question = try ChallengeBox.seal(secret, to: mailbox.publicKey)
         #expect(question.count == ChallengeBox.length && question.count == 98)
         #expect(try ChallengeBox.open(question, privateKey: mailbox.privateKey, publicKey: mailbox.publicKey) == secret)
-        #expect(throws: ConnectoidError.self) { try SealedBox.open(question, privateKey: mailbox.privateKey, publicKey: mailbox.publicKey, padded: false) }
-        for message in [try SealedBox.seal(Random.bytes(32), to: mailbox.publicKey, pad: false),
-                        try SealedBox.seal(Random.bytes(100), to: mailbox.publicKey)] {
-            #expect(throws: ConnectoidError.self) { try ChallengeBox.open(message, privateKey: mailbox.privateKey, publicKey: mailbox.publicKey) }
+        #expect(throws: ConnectoidError.self) {
+            try SealedBox.open(question, privateKey: mailbox.privateKey, publicKey: mailbox.publicKey, padded: false)
+        }
+        for message in [
+            try SealedBox.seal(Random.bytes(32), to: mailbox.publicKey, pad: false),
+            try SealedBox.seal(Random.bytes(100), to: mailbox.publicKey)
+        ] {
+            #expect(throws: ConnectoidError.self) {
+                try ChallengeBox.open(message, privateKey: mailbox.privateKey, publicKey: mailbox.publicKey)
+            }
             var relabelled = message
             relabelled[0] = ChallengeBox.version
-            #expect(throws: ConnectoidError.self) { try ChallengeBox.open(relabelled, privateKey: mailbox.privateKey, publicKey: mailbox.publicKey) }
+            #expect(throws: ConnectoidError.self) {
+                try ChallengeBox.open(relabelled, privateKey: mailbox.privateKey, publicKey: mailbox.publicKey)
+            }
         }
         #expect(throws: ConnectoidError.self) { try ChallengeBox.seal(Random.bytes(31), to: mailbox.publicKey) }
     }

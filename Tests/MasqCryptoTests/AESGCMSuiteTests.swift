@@ -19,12 +19,14 @@ struct NoiseAESGCMVectorTests {
             covered.insert(patternName)
             func key(_ field: String) -> SecureBytes? { (v[field] as? String).map { SecureBytes(hex($0)) } }
             func psks(_ field: String) -> [SecureBytes] { (v[field] as? [String] ?? []).map { SecureBytes(hex($0)) } }
-            let initiator = try Noise.Handshake(pattern: pattern, role: .initiator, prologue: hex(v["init_prologue"] as! String),
-                                                staticKey: key("init_static"), remoteStatic: (v["init_remote_static"] as? String).map(hex),
-                                                psks: psks("init_psks"), ephemeral: key("init_ephemeral"), suite: .aesGCM)
-            let responder = try Noise.Handshake(pattern: pattern, role: .responder, prologue: hex(v["resp_prologue"] as! String),
-                                                staticKey: key("resp_static"), remoteStatic: (v["resp_remote_static"] as? String).map(hex),
-                                                psks: psks("resp_psks"), ephemeral: key("resp_ephemeral"), suite: .aesGCM)
+            let initiator = try Noise.Handshake(
+                pattern: pattern, role: .initiator, prologue: hex(v["init_prologue"] as! String),
+                staticKey: key("init_static"), remoteStatic: (v["init_remote_static"] as? String).map(hex),
+                psks: psks("init_psks"), ephemeral: key("init_ephemeral"), suite: .aesGCM)
+            let responder = try Noise.Handshake(
+                pattern: pattern, role: .responder, prologue: hex(v["resp_prologue"] as! String),
+                staticKey: key("resp_static"), remoteStatic: (v["resp_remote_static"] as? String).map(hex),
+                psks: psks("resp_psks"), ephemeral: key("resp_ephemeral"), suite: .aesGCM)
             var results: (Noise.Result, Noise.Result)?
             for (i, message) in (v["messages"] as! [[String: String]]).enumerated() {
                 let payload = hex(message["payload"]!), expected = hex(message["ciphertext"]!)
@@ -36,10 +38,12 @@ struct NoiseAESGCMVectorTests {
                     #expect(try receiver.readMessage(written) == payload)
                     if initiator.isComplete && responder.isComplete {
                         results = (try initiator.result(), try responder.result())
-                        #expect(results!.0.handshakeHash == hex(v["handshake_hash"] as! String), "\(name) handshake hash")
+                        #expect(
+                            results!.0.handshakeHash == hex(v["handshake_hash"] as! String), "\(name) handshake hash")
                     }
                 } else {
-                    let (send, receive) = initiatorSends ? (results!.0.send, results!.1.receive) : (results!.1.send, results!.0.receive)
+                    let (send, receive) =
+                        initiatorSends ? (results!.0.send, results!.1.receive) : (results!.1.send, results!.0.receive)
                     let written = try send.encrypt(ad: [], plaintext: payload)
                     #expect(written == expected, "\(name) transport message \(i)")
                     #expect(try receive.decrypt(ad: [], ciphertext: written) == payload)
@@ -66,13 +70,13 @@ struct NoiseAESGCMVectorTests {
         #expect(m1[0] == 3 && m1.count == DoubleRatchet.headerLength + 1 + 16)
         #expect(try bob.decrypt(m2, associatedData: [9]) == [2])
         #expect(try bob.decrypt(m1, associatedData: [9]) == [1])
-        #expect(throws: CryptoError.self) { try bob.decrypt(m1, associatedData: [9]) }     // replay
+        #expect(throws: CryptoError.self) { try bob.decrypt(m1, associatedData: [9]) }  // replay
         let reply = try bob.encrypt([3])
         #expect(try alice.decrypt(reply) == [3])
         var tampered = try alice.encrypt([4])
         tampered[tampered.count - 1] ^= 1
         #expect(throws: CryptoError.self) { try bob.decrypt(tampered) }
-        #expect(throws: CryptoError.self) { try bob.decrypt(try alice.encrypt([5]), associatedData: [1]) }   // wrong AD
+        #expect(throws: CryptoError.self) { try bob.decrypt(try alice.encrypt([5]), associatedData: [1]) }  // wrong AD
     }
 
     @Test func stateSurvivesSerializationAndNamesItsSuite() throws {

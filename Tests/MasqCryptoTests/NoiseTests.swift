@@ -20,12 +20,14 @@ struct NoiseVectorTests {
             covered.insert(pattern.rawValue)
             func key(_ field: String) -> SecureBytes? { (v[field] as? String).map { SecureBytes(hex($0)) } }
             func psks(_ field: String) -> [SecureBytes] { (v[field] as? [String] ?? []).map { SecureBytes(hex($0)) } }
-            let initiator = try Noise.Handshake(pattern: pattern, role: .initiator, prologue: hex(v["init_prologue"] as! String),
-                                                staticKey: key("init_static"), remoteStatic: (v["init_remote_static"] as? String).map(hex),
-                                                psks: psks("init_psks"), ephemeral: key("init_ephemeral"))
-            let responder = try Noise.Handshake(pattern: pattern, role: .responder, prologue: hex(v["resp_prologue"] as! String),
-                                                staticKey: key("resp_static"), remoteStatic: (v["resp_remote_static"] as? String).map(hex),
-                                                psks: psks("resp_psks"), ephemeral: key("resp_ephemeral"))
+            let initiator = try Noise.Handshake(
+                pattern: pattern, role: .initiator, prologue: hex(v["init_prologue"] as! String),
+                staticKey: key("init_static"), remoteStatic: (v["init_remote_static"] as? String).map(hex),
+                psks: psks("init_psks"), ephemeral: key("init_ephemeral"))
+            let responder = try Noise.Handshake(
+                pattern: pattern, role: .responder, prologue: hex(v["resp_prologue"] as! String),
+                staticKey: key("resp_static"), remoteStatic: (v["resp_remote_static"] as? String).map(hex),
+                psks: psks("resp_psks"), ephemeral: key("resp_ephemeral"))
             var initiatorResult: Noise.Result?
             var responderResult: Noise.Result?
             for (i, message) in (v["messages"] as! [[String: String]]).enumerated() {
@@ -40,12 +42,16 @@ struct NoiseVectorTests {
                     if initiator.isComplete && responder.isComplete {
                         initiatorResult = try initiator.result()
                         responderResult = try responder.result()
-                        #expect(initiatorResult!.handshakeHash == hex(v["handshake_hash"] as! String), "\(name) handshake hash")
+                        #expect(
+                            initiatorResult!.handshakeHash == hex(v["handshake_hash"] as! String),
+                            "\(name) handshake hash")
                         #expect(responderResult!.handshakeHash == initiatorResult!.handshakeHash)
                     }
                 } else {
-                    let (send, receive) = initiatorSends ? (initiatorResult!.send, responderResult!.receive)
-                                                         : (responderResult!.send, initiatorResult!.receive)
+                    let (send, receive) =
+                        initiatorSends
+                        ? (initiatorResult!.send, responderResult!.receive)
+                        : (responderResult!.send, initiatorResult!.receive)
                     let written = try send.encrypt(ad: [], plaintext: payload)
                     #expect(written == expected, "\(name) transport message \(i)")
                     #expect(try receive.decrypt(ad: [], ciphertext: written) == payload)
@@ -71,8 +77,12 @@ struct NoiseVectorTests {
     }
 
     @Test func aWrongPSKFailsTheHandshake() throws {
-        let i = try Noise.Handshake(pattern: .XXpsk3, role: .initiator, staticKey: X25519.keyPair().privateKey, psks: [SecureBytes.random(count: 32)])
-        let r = try Noise.Handshake(pattern: .XXpsk3, role: .responder, staticKey: X25519.keyPair().privateKey, psks: [SecureBytes.random(count: 32)])
+        let i = try Noise.Handshake(
+            pattern: .XXpsk3, role: .initiator, staticKey: X25519.keyPair().privateKey,
+            psks: [SecureBytes.random(count: 32)])
+        let r = try Noise.Handshake(
+            pattern: .XXpsk3, role: .responder, staticKey: X25519.keyPair().privateKey,
+            psks: [SecureBytes.random(count: 32)])
         _ = try r.readMessage(i.writeMessage())
         _ = try i.readMessage(r.writeMessage())
         // The initiator's last message carries its static key under the PSK; the responder cannot open it.
@@ -84,8 +94,10 @@ struct NoiseVectorTests {
     @Test func aMitmWithoutThePSKLearnsNothingAndIsCaught() throws {
         // Mallory relays but substitutes her own ephemeral: the handshake hashes diverge and decryption fails.
         let psk = SecureBytes.random(count: 32)
-        let i = try Noise.Handshake(pattern: .XXpsk3, role: .initiator, staticKey: X25519.keyPair().privateKey, psks: [psk])
-        let r = try Noise.Handshake(pattern: .XXpsk3, role: .responder, staticKey: X25519.keyPair().privateKey, psks: [psk])
+        let i = try Noise.Handshake(
+            pattern: .XXpsk3, role: .initiator, staticKey: X25519.keyPair().privateKey, psks: [psk])
+        let r = try Noise.Handshake(
+            pattern: .XXpsk3, role: .responder, staticKey: X25519.keyPair().privateKey, psks: [psk])
         var first = try i.writeMessage()
         first.replaceSubrange(0..<32, with: X25519.keyPair().publicKey)
         // With a PSK, even the first message's (empty) payload is authenticated: the swap is caught at once.
@@ -93,9 +105,11 @@ struct NoiseVectorTests {
         // A relay that answers in the responder's place without the PSK gets through messages 1 and 2
         // (the PSK enters at message 3) but cannot read message 3 nor forge the responder's
         // confirmation, which is why pairing waits for that confirmation before trusting anything.
-        let mallory = try Noise.Handshake(pattern: .XXpsk3, role: .responder, staticKey: X25519.keyPair().privateKey,
-                                          psks: [SecureBytes.random(count: 32)])
-        let i2 = try Noise.Handshake(pattern: .XXpsk3, role: .initiator, staticKey: X25519.keyPair().privateKey, psks: [psk])
+        let mallory = try Noise.Handshake(
+            pattern: .XXpsk3, role: .responder, staticKey: X25519.keyPair().privateKey,
+            psks: [SecureBytes.random(count: 32)])
+        let i2 = try Noise.Handshake(
+            pattern: .XXpsk3, role: .initiator, staticKey: X25519.keyPair().privateKey, psks: [psk])
         _ = try mallory.readMessage(i2.writeMessage())
         _ = try i2.readMessage(mallory.writeMessage())
         #expect(throws: CryptoError.self) { try mallory.readMessage(i2.writeMessage()) }
@@ -109,8 +123,12 @@ struct NoiseVectorTests {
         #expect(throws: CryptoError.self) { try r.readMessage([1, 2, 3]) }
         let r2 = try Noise.Handshake(pattern: .XX, role: .responder, staticKey: X25519.keyPair().privateKey)
         #expect(throws: CryptoError.self) { try r2.readMessage([UInt8](repeating: 0, count: 70_000)) }
-        #expect(throws: CryptoError.self) { try i.readMessage([]) }   // not its turn
-        #expect(throws: CryptoError.self) { try Noise.Handshake(pattern: .XXpsk3, role: .initiator, staticKey: X25519.keyPair().privateKey) }
-        #expect(throws: CryptoError.self) { try Noise.Handshake(pattern: .KK, role: .initiator, staticKey: X25519.keyPair().privateKey) }
+        #expect(throws: CryptoError.self) { try i.readMessage([]) }  // not its turn
+        #expect(throws: CryptoError.self) {
+            try Noise.Handshake(pattern: .XXpsk3, role: .initiator, staticKey: X25519.keyPair().privateKey)
+        }
+        #expect(throws: CryptoError.self) {
+            try Noise.Handshake(pattern: .KK, role: .initiator, staticKey: X25519.keyPair().privateKey)
+        }
     }
 }

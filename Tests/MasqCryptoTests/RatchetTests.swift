@@ -2,10 +2,14 @@ import Testing
 @testable import MasqCrypto
 
 /// A pair of sessions after a real KK handshake.
-func sessionPair(limits: DoubleRatchet.Limits = DoubleRatchet.Limits()) throws -> (alice: SecureSession, bob: SecureSession) {
+func sessionPair(limits: DoubleRatchet.Limits = DoubleRatchet.Limits()) throws -> (
+    alice: SecureSession, bob: SecureSession
+) {
     let a = X25519.keyPair(), b = X25519.keyPair()
-    let alice = try SecureSession(pattern: .KK, role: .initiator, staticKey: a.privateKey, remoteStatic: b.publicKey, limits: limits)
-    let bob = try SecureSession(pattern: .KK, role: .responder, staticKey: b.privateKey, remoteStatic: a.publicKey, limits: limits)
+    let alice = try SecureSession(
+        pattern: .KK, role: .initiator, staticKey: a.privateKey, remoteStatic: b.publicKey, limits: limits)
+    let bob = try SecureSession(
+        pattern: .KK, role: .responder, staticKey: b.privateKey, remoteStatic: a.publicKey, limits: limits)
     _ = try bob.readHandshake(alice.writeHandshake())
     _ = try alice.readHandshake(bob.writeHandshake())
     #expect(alice.isEstablished && bob.isEstablished)
@@ -24,7 +28,9 @@ func text(_ s: String) -> [UInt8] { Array(s.utf8) }
         let (alice, bob) = try sessionPair()
         for round in 0..<20 {
             for i in 0..<(round % 3 + 1) {
-                #expect(try bob.open(alice.seal(text("a\(round).\(i)"), associatedData: [1]), associatedData: [1]) == text("a\(round).\(i)"))
+                #expect(
+                    try bob.open(alice.seal(text("a\(round).\(i)"), associatedData: [1]), associatedData: [1])
+                        == text("a\(round).\(i)"))
             }
             #expect(try alice.open(bob.seal(text("b\(round)"))) == text("b\(round)"))
         }
@@ -56,7 +62,7 @@ func text(_ s: String) -> [UInt8] { Array(s.utf8) }
         let (alice, bob) = try sessionPair()
         let m0 = try alice.seal(text("once")), m1 = try alice.seal(text("twice?"))
         #expect(try bob.open(m1) == text("twice?"))
-        #expect(try bob.open(m0) == text("once"))      // from the skipped store, then gone
+        #expect(try bob.open(m0) == text("once"))  // from the skipped store, then gone
         #expect(throws: CryptoError.self) { try bob.open(m0) }
         #expect(throws: CryptoError.self) { try bob.open(m1) }
     }
@@ -82,8 +88,8 @@ func text(_ s: String) -> [UInt8] { Array(s.utf8) }
         limits.maxStoredSkipped = 60
         let (alice, bob) = try sessionPair(limits: limits)
         let burst = try (0..<52).map { try alice.seal(text("\($0)")) }
-        #expect(throws: CryptoError.self) { try bob.open(burst[51]) }     // would skip 51 > 50
-        #expect(try bob.open(burst[50]) == text("50"))                     // skips exactly 50
+        #expect(throws: CryptoError.self) { try bob.open(burst[51]) }  // would skip 51 > 50
+        #expect(try bob.open(burst[50]) == text("50"))  // skips exactly 50
         #expect(try bob.open(burst[7]) == text("7"))
         // Across three chains the store stays within its cap, forgetting the oldest keys.
         for _ in 0..<3 {
@@ -122,7 +128,7 @@ func text(_ s: String) -> [UInt8] { Array(s.utf8) }
 
     @Test func postCompromiseSecurityHealsAfterOneRoundTrip() throws {
         let (alice, bob) = try sessionPair()
-        let thief = try SecureSession(serialized: bob.serialized())   // attacker copies Bob's state
+        let thief = try SecureSession(serialized: bob.serialized())  // attacker copies Bob's state
         // Alice's next message is still readable with the stolen state...
         let m1 = try alice.seal(text("still exposed"))
         #expect(try thief.open(m1) == text("still exposed"))

@@ -14,7 +14,9 @@ struct WycheproofTests {
         }
     }
 
-    func run(_ file: String, expectedTests: Int? = nil, _ body: ([String: Any], [String: Any], inout Tally) throws -> Void) throws {
+    func run(
+        _ file: String, expectedTests: Int? = nil, _ body: ([String: Any], [String: Any], inout Tally) throws -> Void
+    ) throws {
         let root = try Vectors.json("wycheproof/" + file)
         var tally = Tally()
         for group in root["testGroups"] as! [[String: Any]] {
@@ -28,12 +30,15 @@ struct WycheproofTests {
     @Test func x25519() throws {
         try run("x25519_test.json") { _, t, tally in
             let result = t["result"] as! String
-            let shared = try? X25519.sharedSecret(privateKey: SecureBytes(hex(t["private"] as! String)), peerPublicKey: hex(t["public"] as! String))
+            let shared = try? X25519.sharedSecret(
+                privateKey: SecureBytes(hex(t["private"] as! String)), peerPublicKey: hex(t["public"] as! String))
             let expected = hex(t["shared"] as! String)
             switch result {
             case "valid": tally.check(shared?.bytes == expected, t["tcId"]!, "valid exchange gave a different secret")
             case "invalid": tally.check(shared == nil, t["tcId"]!, "invalid public key accepted")
-            default: tally.check(shared == nil || shared!.bytes == expected, t["tcId"]!, "acceptable case gave a wrong secret")
+            default:
+                tally.check(
+                    shared == nil || shared!.bytes == expected, t["tcId"]!, "acceptable case gave a wrong secret")
             }
         }
     }
@@ -52,10 +57,20 @@ struct WycheproofTests {
             let key = hex(t["key"] as! String), nonce = hex(t["iv"] as! String), ad = hex(t["aad"] as! String)
             let message = hex(t["msg"] as! String)
             let sealed = hex(t["ct"] as! String) + hex(t["tag"] as! String)
-            let opened: [UInt8]? = key.withUnsafeBytes { k in ad.withUnsafeBytes { a in sealed.withUnsafeBytes { c in
-                try? AEAD.open(algorithm, key: k, nonce: nonce, ad: a, ciphertext: c, tagLength: tagLength) } } }
-            let resealed: [UInt8]? = key.withUnsafeBytes { k in ad.withUnsafeBytes { a in message.withUnsafeBytes { m in
-                try? AEAD.seal(algorithm, key: k, nonce: nonce, ad: a, plaintext: m, tagLength: tagLength) } } }
+            let opened: [UInt8]? = key.withUnsafeBytes { k in
+                ad.withUnsafeBytes { a in
+                    sealed.withUnsafeBytes { c in
+                        try? AEAD.open(algorithm, key: k, nonce: nonce, ad: a, ciphertext: c, tagLength: tagLength)
+                    }
+                }
+            }
+            let resealed: [UInt8]? = key.withUnsafeBytes { k in
+                ad.withUnsafeBytes { a in
+                    message.withUnsafeBytes { m in
+                        try? AEAD.seal(algorithm, key: k, nonce: nonce, ad: a, plaintext: m, tagLength: tagLength)
+                    }
+                }
+            }
             if !AEAD.supportsNonce(algorithm, length: nonce.count) {
                 // Outside what we support (OpenSSL 3 caps GCM nonces at 128 bytes): refused, never wrong.
                 tally.check(opened == nil && resealed == nil, t["tcId"]!, "unsupported nonce length not refused")
@@ -72,8 +87,9 @@ struct WycheproofTests {
 
     @Test func hkdfSHA256() throws {
         try run("hkdf_sha256_test.json") { _, t, tally in
-            let okm = try? Hash.hkdfSHA256(salt: hex(t["salt"] as! String), ikm: hex(t["ikm"] as! String),
-                                           info: hex(t["info"] as! String), length: t["size"] as! Int)
+            let okm = try? Hash.hkdfSHA256(
+                salt: hex(t["salt"] as! String), ikm: hex(t["ikm"] as! String),
+                info: hex(t["info"] as! String), length: t["size"] as! Int)
             if t["result"] as! String == "valid" {
                 tally.check(okm?.bytes == hex(t["okm"] as! String), t["tcId"]!, "wrong output")
             } else {
@@ -84,12 +100,15 @@ struct WycheproofTests {
 
     @Test func ecdhP384() throws {
         try run("ecdh_secp384r1_test.json") { _, t, tally in
-            let shared = try? P384.sharedSecret(privateKey: SecureBytes(hex(t["private"] as! String)), peerSPKI: hex(t["public"] as! String))
+            let shared = try? P384.sharedSecret(
+                privateKey: SecureBytes(hex(t["private"] as! String)), peerSPKI: hex(t["public"] as! String))
             let expected = hex(t["shared"] as! String)
             switch t["result"] as! String {
             case "valid": tally.check(shared?.bytes == expected, t["tcId"]!, "valid exchange failed")
             case "invalid": tally.check(shared == nil, t["tcId"]!, "invalid key accepted")
-            default: tally.check(shared == nil || shared!.bytes == expected, t["tcId"]!, "acceptable case gave a wrong secret")
+            default:
+                tally.check(
+                    shared == nil || shared!.bytes == expected, t["tcId"]!, "acceptable case gave a wrong secret")
             }
         }
     }

@@ -15,7 +15,9 @@ import Testing
     func verify(_ address: String, _ message: [UInt8], _ signature: [UInt8]) -> Bool {
         address == payer && Ed25519.verify(signature, message: message, publicKey: consumer.publicKey)
     }
-    func message(_ nonce: [UInt8], _ time: UInt64, hop: [UInt8]) -> [UInt8] { Array("masq payer v1".utf8) + nonce + withUnsafeBytes(of: time.bigEndian, Array.init) + hop }
+    func message(_ nonce: [UInt8], _ time: UInt64, hop: [UInt8]) -> [UInt8] {
+        Array("masq payer v1".utf8) + nonce + withUnsafeBytes(of: time.bigEndian, Array.init) + hop
+    }
 
     @Test func payerProofsAreSingleUseFreshAndBoundToTheHop() throws {
         let (a, _) = try accountant()
@@ -24,17 +26,28 @@ import Testing
         let nonce = Random.bytes(16)
         let m = message(nonce, now, hop: hop)
         let signature = try Ed25519.sign(m, privateKey: consumer.privateKey)
-        #expect(a.acceptProof(payer: payer, nonce: nonce, timestamp: now, message: m, signature: signature, now: now, verify: verify))
+        #expect(
+            a.acceptProof(
+                payer: payer, nonce: nonce, timestamp: now, message: m, signature: signature, now: now, verify: verify))
         // The same proof again is a replay.
-        #expect(!a.acceptProof(payer: payer, nonce: nonce, timestamp: now, message: m, signature: signature, now: now + 1, verify: verify))
+        #expect(
+            !a.acceptProof(
+                payer: payer, nonce: nonce, timestamp: now, message: m, signature: signature, now: now + 1,
+                verify: verify))
         // Signed for another hop: the message this hop checks differs.
         let n2 = Random.bytes(16)
         let s2 = try Ed25519.sign(message(n2, now, hop: other), privateKey: consumer.privateKey)
-        #expect(!a.acceptProof(payer: payer, nonce: n2, timestamp: now, message: message(n2, now, hop: hop), signature: s2, now: now, verify: verify))
+        #expect(
+            !a.acceptProof(
+                payer: payer, nonce: n2, timestamp: now, message: message(n2, now, hop: hop), signature: s2, now: now,
+                verify: verify))
         // Too old.
         let n3 = Random.bytes(16), old = now - 600_000
         let s3 = try Ed25519.sign(message(n3, old, hop: hop), privateKey: consumer.privateKey)
-        #expect(!a.acceptProof(payer: payer, nonce: n3, timestamp: old, message: message(n3, old, hop: hop), signature: s3, now: now, verify: verify))
+        #expect(
+            !a.acceptProof(
+                payer: payer, nonce: n3, timestamp: old, message: message(n3, old, hop: hop), signature: s3, now: now,
+                verify: verify))
         #expect(a.book.proofsRejected == 3)
     }
 
@@ -58,20 +71,20 @@ import Testing
         let (a, store) = try accountant(t)
         let start: UInt64 = 1_000_000
         a.owe("creditor", 900, now: start)
-        #expect(a.due(nowMilliseconds: start + 5_000).isEmpty)              // not mature
-        #expect(a.due(nowMilliseconds: start + 10_000).isEmpty)             // 900 <= 1000
-        #expect(a.due(nowMilliseconds: start + 60_000).map(\.1) == [900])   // the limit fell to 550
+        #expect(a.due(nowMilliseconds: start + 5_000).isEmpty)  // not mature
+        #expect(a.due(nowMilliseconds: start + 10_000).isEmpty)  // 900 <= 1000
+        #expect(a.due(nowMilliseconds: start + 60_000).map(\.1) == [900])  // the limit fell to 550
         a.paid("creditor", 900, txid: "t1")
         #expect(a.book.payables["creditor"]?.owed == 0)
         a.earn("debtor", 2_000, now: start)
-        #expect(a.updateBans(nowMilliseconds: start + 14_000).banned.isEmpty)   // within grace
+        #expect(a.updateBans(nowMilliseconds: start + 14_000).banned.isEmpty)  // within grace
         #expect(a.updateBans(nowMilliseconds: start + 16_000).banned == ["debtor"])
         #expect(a.isBanned("debtor"))
         a.save(force: false)
         // In the store: a new accountant on the same store reads the same book.
         let again = try Accountant(store: store, thresholds: t)
         #expect(again.isBanned("debtor") && again.book.receivables["debtor"]?.owed == 2_000)
-        a.received(from: "debtor", 1_600)                                       // 400 left, below 500
+        a.received(from: "debtor", 1_600)  // 400 left, below 500
         #expect(a.updateBans(nowMilliseconds: start + 17_000).unbanned == ["debtor"])
         #expect(!a.isBanned("debtor"))
     }

@@ -2,9 +2,8 @@ import Testing
 @testable import MasqKernel
 import MasqCrypto
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
-
 
 /// Write `data` as a blob, handing it over in pieces of `piece` bytes.
 @discardableResult
@@ -12,13 +11,18 @@ private func put(_ s: Store, _ name: String, _ key: String, _ data: [UInt8], pie
     var offset = 0
     return try s.writeBlob(ns(name), key: [UInt8](key), name: key) { (buffer) throws(MasqError) -> Int in
         let n = min(piece, buffer.count, data.count - offset)
-        if n > 0 { buffer.copyMemory(from: UnsafeRawBufferPointer(rebasing: data.withUnsafeBytes { $0 }[offset..<(offset + n)])) }
+        if n > 0 {
+            buffer.copyMemory(
+                from: UnsafeRawBufferPointer(rebasing: data.withUnsafeBytes { $0 }[offset..<(offset + n)]))
+        }
         offset += n
         return n
     }
 }
 
-private func read(_ s: Store, _ name: String, _ key: String, offset: UInt64 = 0, length: UInt64? = nil) throws -> [UInt8] {
+private func read(_ s: Store, _ name: String, _ key: String, offset: UInt64 = 0, length: UInt64? = nil) throws
+    -> [UInt8]
+{
     var out: [UInt8] = []
     try s.readBlob(ns(name), key: [UInt8](key), offset: offset, length: length) { out += $0 }
     return out
@@ -36,7 +40,9 @@ private func read(_ s: Store, _ name: String, _ key: String, offset: UInt64 = 0,
         #expect(try read(s, "files", "f") == data)
         if size > 10 {
             for (o, l) in [(0, 10), (size - 10, 10), (size / 2, size), ((1 << 20) - 3, 7)] where o < size {
-                #expect(try read(s, "files", "f", offset: UInt64(o), length: UInt64(l)) == Array(data[o..<min(size, o + l)]))
+                #expect(
+                    try read(s, "files", "f", offset: UInt64(o), length: UInt64(l)) == Array(data[o..<min(size, o + l)])
+                )
             }
         }
         expectMasqError(.invalid) { _ = try read(s, "files", "f", offset: UInt64(size) + 1) }
@@ -53,21 +59,22 @@ private func read(_ s: Store, _ name: String, _ key: String, offset: UInt64 = 0,
         let first = try put(s, "files", "a", data)
         #expect(first.newChunks == 3)
         let second = try put(s, "files", "b", data, piece: 77_777)
-        #expect(second.newChunks == 0 && second.newBytes == 0 && second.reference.manifest != first.reference.manifest)  // names differ
-        let third = try put(s, "other", "c", data + [1])                                   // last chunk differs
+        // names differ
+        #expect(second.newChunks == 0 && second.newBytes == 0 && second.reference.manifest != first.reference.manifest)
+        let third = try put(s, "other", "c", data + [1])  // last chunk differs
         #expect(third.newChunks == 1)
         var report = try s.collectBlobs()
         #expect(report.chunksDeleted == 0 && report.chunksKept == 4)
         try s.delete(ns("files"), key: [UInt8]("a"))
         report = try s.collectBlobs()
-        #expect(report.chunksDeleted == 0 && report.manifestsDeleted == 1)   // "b" still uses the chunks
+        #expect(report.chunksDeleted == 0 && report.manifestsDeleted == 1)  // "b" still uses the chunks
         try s.delete(ns("files"), key: [UInt8]("b"))
         try s.put(ns("other"), key: [UInt8]("c"), value: [UInt8]("now a plain value"))
         report = try s.collectBlobs()
         #expect(report.chunksDeleted == 4 && report.bytesDeleted == 2_500_000 + (2_500_000 - 2 * 1_048_576 + 1))
         #expect(report.chunksKept == 0 && report.manifestsKept == 0)
         expectMasqError(.notFound) { _ = try read(s, "files", "a") }
-        expectMasqError(.invalid) { _ = try read(s, "other", "c") }   // an ordinary value
+        expectMasqError(.invalid) { _ = try read(s, "other", "c") }  // an ordinary value
     }
 
     @Test func aFailingSourceLeavesTheKeyAsItWasAndItsChunksAreCollected() throws {
@@ -97,7 +104,7 @@ private func read(_ s: Store, _ name: String, _ key: String, offset: UInt64 = 0,
         let s = try Fixtures.open("sqlite")
         defer { try? s.close() }
         let writer = try BlobWriter(store: s)
-        try writer.append(randomBytes(5 << 20, seed: 3))          // four chunks stored (a batch), nothing referenced yet
+        try writer.append(randomBytes(5 << 20, seed: 3))  // four chunks stored (a batch), nothing referenced yet
         var report = try s.collectBlobs()
         #expect(report.chunksDeleted == 0 && report.chunksKept == 4)
         let info = try writer.finish(ns("files"), key: [UInt8]("w"))
@@ -105,13 +112,16 @@ private func read(_ s: Store, _ name: String, _ key: String, offset: UInt64 = 0,
         // Another process's write in progress (its pin is fresh): unreferenced chunks wait.
         try s.delete(ns("files"), key: [UInt8]("w"))
         try s.localTransaction { () throws(MasqError) in
-            try Store.putMeta(s.engine, [BlobFormat.family, BlobFormat.pin] + [UInt8](repeating: 1, count: 16), bigEndianBytes(Clock.unixMilliseconds()))
+            try Store.putMeta(
+                s.engine, [BlobFormat.family, BlobFormat.pin] + [UInt8](repeating: 1, count: 16),
+                bigEndianBytes(Clock.unixMilliseconds()))
         }
         report = try s.collectBlobs()
         #expect(report.deferred && report.chunksDeleted == 0)
         // A pin whose writer died long ago is removed.
         try s.localTransaction { () throws(MasqError) in
-            try Store.putMeta(s.engine, [BlobFormat.family, BlobFormat.pin] + [UInt8](repeating: 1, count: 16), bigEndianBytes(1_000))
+            try Store.putMeta(
+                s.engine, [BlobFormat.family, BlobFormat.pin] + [UInt8](repeating: 1, count: 16), bigEndianBytes(1_000))
         }
         report = try s.collectBlobs()
         #expect(!report.deferred && report.chunksDeleted == 5)
@@ -122,7 +132,8 @@ private func read(_ s: Store, _ name: String, _ key: String, offset: UInt64 = 0,
         defer { try? s.close() }
         let data = randomBytes(1_500_000, seed: 11)
         let info = try put(s, "files", "f", data)
-        let manifest = try #require(try s.lock.withLock { () throws(MasqError) in try s.loadManifestLocked(info.reference) })
+        let manifest = try #require(
+            try s.lock.withLock { () throws(MasqError) in try s.loadManifestLocked(info.reference) })
         try s.localTransaction { () throws(MasqError) in
             var damaged = data[0..<(1 << 20)].map { $0 }
             damaged[1000] ^= 1
@@ -135,7 +146,9 @@ private func read(_ s: Store, _ name: String, _ key: String, offset: UInt64 = 0,
     }
 
     @Test func referencesAreCheckedBeforeUse() throws {
-        let ref = BlobReference(manifest: [UInt8](repeating: 7, count: 32), size: 10, chunkSize: 1 << 20, contentType: "text/plain", name: "n")
+        let ref = BlobReference(
+            manifest: [UInt8](repeating: 7, count: 32), size: 10, chunkSize: 1 << 20, contentType: "text/plain",
+            name: "n")
         #expect(try BlobReference.parse(ref.encoded) == ref)
         #expect(try BlobReference.parse([UInt8]("{\"json\": 1}")) == nil)
         var wrongVersion = ref.encoded
@@ -144,7 +157,7 @@ private func read(_ s: Store, _ name: String, _ key: String, offset: UInt64 = 0,
         expectMasqError(.invalid) { _ = try BlobReference.parse(Array(ref.encoded.dropLast(3))) }
         expectMasqError(.invalid) { _ = try BlobReference.parse(ref.encoded + [0]) }
         var zeroChunk = ref.encoded
-        for i in 47...50 { zeroChunk[i] = 0 }   // chunk size 0
+        for i in 47...50 { zeroChunk[i] = 0 }  // chunk size 0
         expectMasqError(.invalid) { _ = try BlobReference.parse(zeroChunk) }
     }
 
@@ -153,17 +166,19 @@ private func read(_ s: Store, _ name: String, _ key: String, offset: UInt64 = 0,
         var config = Fixtures.config("sqlite", dataDir: dir)
         config.scryptLogN = 10
         let marker = [UInt8]("MASQ-CLEAR-MARKER-")
-        let data = (0..<60_000).flatMap { _ in marker }                 // 1.08 MB of a recognizable pattern
+        let data = (0..<60_000).flatMap { _ in marker }  // 1.08 MB of a recognizable pattern
         let hash = Hash.sha256(Array(data[0..<(1 << 20)]))
         do {
             let s = try Store(config: config)
             try put(s, "files", "secret", data)
-            try s.setPassphrase(old: nil, new: [UInt8]("pw"))          // existing chunks are sealed and moved
-            try put(s, "files", "later", Array(data.reversed()))       // new ones are sealed from the start
+            try s.setPassphrase(old: nil, new: [UInt8]("pw"))  // existing chunks are sealed and moved
+            try put(s, "files", "later", Array(data.reversed()))  // new ones are sealed from the start
             #expect(try read(s, "files", "secret") == data)
             try s.close()
         }
-        let file = try FileSystem.readFile(dir + "/masq.db", limit: 1 << 30) + ((try? FileSystem.readFile(dir + "/masq.db-wal", limit: 1 << 30)) ?? [])
+        let file =
+            try FileSystem.readFile(dir + "/masq.db", limit: 1 << 30)
+            + ((try? FileSystem.readFile(dir + "/masq.db-wal", limit: 1 << 30)) ?? [])
         #expect(!contains(file, marker))
         #expect(!contains(file, Array(marker.reversed())))
         #expect(!contains(file, hash))
@@ -196,13 +211,15 @@ private func read(_ s: Store, _ name: String, _ key: String, offset: UInt64 = 0,
 private final class TransferLink {
     var queue: [(to: String, from: String, frame: [UInt8])] = []
     var transfers: [String: BlobTransfer] = [:]
-    var alter: ((inout [UInt8]) -> Bool)?   // false: drop
+    var alter: ((inout [UInt8]) -> Bool)?  // false: drop
     /// The devices each transfer sees present (default: all the others).
     var present: [String]?
 
     func add(_ name: String, _ store: Store, mode: SyncConfig.BlobMode = .eager) {
         // A save scheduled by the transfer runs after what is queued (an empty frame marks it), as on the service's queue.
-        transfers[name] = BlobTransfer(store: store, mode: mode, scheduleSave: { [unowned self] in self.queue.append((name, "", [])) }) { [unowned self] frame, device in
+        transfers[name] = BlobTransfer(
+            store: store, mode: mode, scheduleSave: { [unowned self] in self.queue.append((name, "", [])) }
+        ) { [unowned self] frame, device in
             self.queue.append((device, name, frame))
             return true
         }
@@ -225,11 +242,13 @@ private final class TransferLink {
 }
 
 @Suite struct BlobTransferTests {
-    private func pair(_ size: Int, mode: SyncConfig.BlobMode = .eager) throws -> (TransferLink, Store, Store, [UInt8], BlobReference) {
+    private func pair(_ size: Int, mode: SyncConfig.BlobMode = .eager) throws -> (
+        TransferLink, Store, Store, [UInt8], BlobReference
+    ) {
         let a = try Fixtures.open("sqlite"), b = try Fixtures.open("sqlite")
         let data = randomBytes(size, seed: UInt64(size) &* 31)
         let info = try put(a, "files", "f", data)
-        try b.put(ns("files"), key: [UInt8]("f"), value: info.reference.encoded)   // as sync would bring it
+        try b.put(ns("files"), key: [UInt8]("f"), value: info.reference.encoded)  // as sync would bring it
         let link = TransferLink()
         link.add("A", a)
         link.add("B", b, mode: mode)
@@ -247,7 +266,8 @@ private final class TransferLink {
         try link.run()
         #expect(try read(b, "files", "f") == data)
         #expect(try b.blobInfo(ns("files"), key: [UInt8]("f")).complete)
-        #expect(link.transfers["B"]!.counters.chunksReceived == 6 && link.transfers["A"]!.counters.chunksSent == 7)  // + the manifest
+        // + the manifest
+        #expect(link.transfers["B"]!.counters.chunksReceived == 6 && link.transfers["A"]!.counters.chunksSent == 7)
         #expect(progress.current.last! == (5_300_000, 5_300_000))
         #expect(link.transfers["B"]!.settled(["A"]) && link.transfers["B"]!.status(["A"]).isEmpty)
         #expect(try b.wantedBlobs().isEmpty)
@@ -286,7 +306,7 @@ private final class TransferLink {
         link.alter = { frame in
             guard frame[1] == BlobTransfer.chunkType, frame[2] == 0 else { return true }
             chunks += 1
-            return chunks != 2          // the second chunk is lost on the way
+            return chunks != 2  // the second chunk is lost on the way
         }
         link.transfers["B"]!.start(filter: NamespaceFilter())
         link.transfers["B"]!.pump(["A"])
@@ -304,7 +324,7 @@ private final class TransferLink {
         var delivered = 0
         link2.alter = { frame in
             if frame[1] == BlobTransfer.chunkType && frame[2] == 0 { delivered += 1 }
-            return delivered <= 2       // "stop the receiver" after two chunks
+            return delivered <= 2  // "stop the receiver" after two chunks
         }
         link2.transfers["C"]!.start(filter: NamespaceFilter())
         link2.transfers["C"]!.pump(["A"])
@@ -316,7 +336,7 @@ private final class TransferLink {
         link3.transfers["C"]!.start(filter: NamespaceFilter())
         link3.transfers["C"]!.pump(["A"])
         try link3.run()
-        #expect(link3.transfers["C"]!.counters.chunksReceived == 4)    // 6 chunks, 2 were here
+        #expect(link3.transfers["C"]!.counters.chunksReceived == 4)  // 6 chunks, 2 were here
         #expect(try read(c, "files", "f") == data)
     }
 
@@ -328,7 +348,7 @@ private final class TransferLink {
         link.add("E", empty)
         link.present = ["B", "E"]
         link.transfers["B"]!.start(filter: NamespaceFilter())
-        link.transfers["B"]!.pump(["E"])       // asks the device that has nothing
+        link.transfers["B"]!.pump(["E"])  // asks the device that has nothing
         try link.run()
         #expect(link.transfers["B"]!.counters.lacksReceived == 1)
         #expect(link.transfers["B"]!.settled(["E"]))
@@ -360,11 +380,15 @@ private final class TransferLink {
         let (link, a, b, _, _) = try pair(10)
         defer { try? a.close(); try? b.close() }
         let t = link.transfers["A"]!
-        for frame: [UInt8] in [[1, 8], [1, 8, 0, 2, 0], [1, 8, 0xFF, 0xFF], [1, 9, 0], [1, 9, 2] + [UInt8](repeating: 0, count: 40), [1, 11, 0, 0]] {
+        for frame: [UInt8] in [
+            [1, 8], [1, 8, 0, 2, 0], [1, 8, 0xFF, 0xFF], [1, 9, 0], [1, 9, 2] + [UInt8](repeating: 0, count: 40),
+            [1, 11, 0, 0]
+        ] {
             expectMasqError(.invalid) { try t.receive(frame, from: "B", devices: ["B"]) }
         }
         // An unasked chunk is counted and dropped.
-        try link.transfers["B"]!.receive([1, 9, 0] + [UInt8](repeating: 3, count: 32) + [1, 2, 3], from: "A", devices: ["A"])
+        try link.transfers["B"]!.receive(
+            [1, 9, 0] + [UInt8](repeating: 3, count: 32) + [1, 2, 3], from: "A", devices: ["A"])
         #expect(link.transfers["B"]!.counters.rejected == 1)
     }
 }
@@ -401,7 +425,8 @@ private final class TransferLink {
         #expect(try d.get(ns("notes"), key: [UInt8]("from-phone")) == [UInt8]("hi"))
         #expect(try d.get(ns("notes"), key: [UInt8]("n")) == nil)
         #expect(try d.syncVectors().applied[a.replicaID] == 0)
-        #expect(try net.engines["D"]!.status().first { $0.device == "P" }?.weLack == 0)   // D does not wait for what P will not send
+        // D does not wait for what P will not send
+        #expect(try net.engines["D"]!.status().first { $0.device == "P" }?.weLack == 0)
         // D meets A: everything, whole.
         try net.connect("A", "D")
         try net.settle()
@@ -422,20 +447,31 @@ private final class TransferLink {
 
     @Test func aFilterTravelsInHello() throws {
         let filter = NamespaceFilter(include: ["a", "b*"], exclude: ["bx"])
-        let frame = SyncFrame.hello(replica: 9, applied: VersionVector([9: 1]), collected: VersionVector(), tips: [:], filter: filter)
+        let frame = SyncFrame.hello(
+            replica: 9, applied: VersionVector([9: 1]), collected: VersionVector(), tips: [:], filter: filter)
         #expect(try SyncFrame.decode(frame.encoded()) == frame)
-        let all = SyncFrame.hello(replica: 9, applied: VersionVector(), collected: VersionVector(), tips: [:], wantsSnapshot: true)
+        let all = SyncFrame.hello(
+            replica: 9, applied: VersionVector(), collected: VersionVector(), tips: [:], wantsSnapshot: true)
         #expect(try SyncFrame.decode(all.encoded()) == all)
-        #expect(filter.keeps("a") && filter.keeps("bcd") && !filter.keeps("bx") && !filter.keeps("c") && !filter.keeps("ab"))
-        #expect(NamespaceFilter(exclude: ["photos"]).keeps("notes") && !NamespaceFilter(exclude: ["photos"]).keeps("photos"))
+        #expect(
+            filter.keeps("a") && filter.keeps("bcd") && !filter.keeps("bx") && !filter.keeps("c") && !filter.keeps("ab")
+        )
+        #expect(
+            NamespaceFilter(exclude: ["photos"]).keeps("notes") && !NamespaceFilter(exclude: ["photos"]).keeps("photos")
+        )
     }
 
     @Test func theConfigNamesWhatIsKept() throws {
-        let config = try MasqConfig.parse(#"{"sync": {"namespaces": ["notes", "app:*"], "exclude": ["app:cache"], "blobs": "on_demand"}}"#, baseDir: "/tmp")
+        let config = try MasqConfig.parse(
+            #"{"sync": {"namespaces": ["notes", "app:*"], "exclude": ["app:cache"], "blobs": "on_demand"}}"#,
+            baseDir: "/tmp")
         #expect(config.sync.filter == NamespaceFilter(include: ["notes", "app:*"], exclude: ["app:cache"]))
         #expect(config.sync.blobs == .onDemand)
         #expect(try MasqConfig.parse(config.json(), baseDir: "/tmp").sync == config.sync)
-        for bad in [#"{"sync": {"namespaces": []}}"#, #"{"sync": {"blobs": "lazy"}}"#, #"{"sync": {"nope": 1}}"#, #"{"sync": {"exclude": [""]}}"#] {
+        for bad in [
+            #"{"sync": {"namespaces": []}}"#, #"{"sync": {"blobs": "lazy"}}"#, #"{"sync": {"nope": 1}}"#,
+            #"{"sync": {"exclude": [""]}}"#
+        ] {
             expectMasqError(.config) { _ = try MasqConfig.parse(bad, baseDir: "/tmp") }
         }
     }

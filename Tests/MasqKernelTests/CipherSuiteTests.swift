@@ -14,7 +14,9 @@ import Testing
     }
 
     /// Frames across, as `pair` in PairingTests, with chosen suites.
-    func pairSuites(offerer: Store, joiner: Store, offers: [CipherSuite], accepts: [CipherSuite] = PairingFlow.supportedSuites) throws -> (PairedDevice, PairedDevice) {
+    func pairSuites(
+        offerer: Store, joiner: Store, offers: [CipherSuite], accepts: [CipherSuite] = PairingFlow.supportedSuites
+    ) throws -> (PairedDevice, PairedDevice) {
         let link = try offerer.createPairingOffer(via: nil)
         let offer = try PairingFlow(offering: link, store: offerer, suites: accepts)
         let join = try PairingFlow(joining: link, store: joiner, suites: offers)
@@ -22,10 +24,14 @@ import Testing
         while true {
             switch try offer.receive(frame) {
             case .send(let reply):
-                guard case .send(let next) = try join.receive(reply) else { throw MasqError(.internal, "joiner finished early") }
+                guard case .send(let next) = try join.receive(reply) else {
+                    throw MasqError(.internal, "joiner finished early")
+                }
                 frame = next
             case .paired(let joined, let final):
-                guard case .paired(let offered, nil) = try join.receive(final!) else { throw MasqError(.internal, "joiner did not finish") }
+                guard case .paired(let offered, nil) = try join.receive(final!) else {
+                    throw MasqError(.internal, "joiner did not finish")
+                }
                 return (joined, offered)
             }
         }
@@ -44,7 +50,9 @@ import Testing
         // Nothing in common: a clear refusal, nothing stored.
         let d = try device("suite-d")
         defer { try? d.close() }
-        #expect(throws: MasqError.self) { try pairSuites(offerer: d, joiner: b, offers: [.aesGCM], accepts: [.chaChaPoly]) }
+        #expect(throws: MasqError.self) {
+            try pairSuites(offerer: d, joiner: b, offers: [.aesGCM], accepts: [.chaChaPoly])
+        }
         #expect(try d.devices().isEmpty)
     }
 
@@ -74,13 +82,17 @@ import Testing
         let offer = try PairingFlow(offering: link, store: a)
         // What an earlier joiner sends: message 1 of ChaChaPoly XXpsk3 with the old prologue.
         let identity = try b.requireIdentity()
-        let session = try SecureSession(pattern: .XXpsk3, role: .initiator, prologue: PairingFlow.prologue(link),
-                                        staticKey: identity.agreementKey, psk: try link.psk)
-        guard case .send(let two) = try offer.receive([1] + (try session.writeHandshake())) else { Issue.record("no answer"); return }
+        let session = try SecureSession(
+            pattern: .XXpsk3, role: .initiator, prologue: PairingFlow.prologue(link),
+            staticKey: identity.agreementKey, psk: try link.psk)
+        guard case .send(let two) = try offer.receive([1] + (try session.writeHandshake())) else {
+            Issue.record("no answer"); return
+        }
         #expect(two[0] == 1)
         _ = try session.readHandshake(Array(two.dropFirst()))
         let card = try DeviceCard.signed(identity: identity, name: "legacy-b", handshakeHash: session.transcriptHash)
-        guard case .paired(let device, let final) = try offer.receive([1] + (try session.writeHandshake(payload: card))) else { Issue.record("not paired"); return }
+        guard case .paired(let device, let final) = try offer.receive([1] + (try session.writeHandshake(payload: card)))
+        else { Issue.record("not paired"); return }
         #expect(device.suite == .chaChaPoly)
         let opened = try session.open(Array(final!.dropFirst()), associatedData: PairingFlow.prologue(link))
         #expect(opened.count > 16)
@@ -92,8 +104,11 @@ import Testing
         #expect(web.hasPrefix("https://notes.example/app#masq-pair="))
         #expect(!web.split(separator: "#")[0].contains(Base64URL.encode(link.secret)))
         #expect(try PairingLink(parsing: web) == link)
-        for bad in ["https://notes.example/app#masq-pair=", "https://notes.example/app#masq-pair=%%%", "https://notes.example/app",
-                    "https://notes.example/app#masq-pair=" + Base64URL.encode(Array("https://x".utf8))] {
+        for bad in [
+            "https://notes.example/app#masq-pair=", "https://notes.example/app#masq-pair=%%%",
+            "https://notes.example/app",
+            "https://notes.example/app#masq-pair=" + Base64URL.encode(Array("https://x".utf8))
+        ] {
             #expect(throws: MasqError.self) { try PairingLink(parsing: bad) }
         }
         #expect(throws: MasqError.self) { try link.webURL(base: "ftp://x") }

@@ -3,7 +3,9 @@ import Testing
 
 @Suite struct ConfigTests {
     @Test func defaultsAndRelativePaths() throws {
-        let config = try MasqConfig.parse(#"{"data_dir": "data", "plugin_path": ["p", "/abs"], "storage": {"plugin": "memory"}}"#, baseDir: "/etc/masq")
+        let config = try MasqConfig.parse(
+            #"{"data_dir": "data", "plugin_path": ["p", "/abs"], "storage": {"plugin": "memory"}}"#,
+            baseDir: "/etc/masq")
         #expect(config.dataDir == "/etc/masq/data")
         #expect(config.pluginPath == ["/etc/masq/p", "/abs"])
         #expect(config.storage.name == "memory")
@@ -13,15 +15,24 @@ import Testing
     }
 
     @Test func optionsArePassedAsStrings() throws {
-        let config = try MasqConfig.parse(#"{"storage": {"plugin": "sqlite", "options": {"synchronous": "normal", "busy_timeout_ms": 250, "flag": true}}}"#, baseDir: "/")
-        #expect(config.storage.options.map { "\($0.key)=\($0.value)" } == ["busy_timeout_ms=250", "flag=true", "synchronous=normal"])
+        let config = try MasqConfig.parse(
+            #"{"storage": {"plugin": "sqlite", "options": {"synchronous": "normal", "busy_timeout_ms": 250, "flag": true}}}"#,
+            baseDir: "/")
+        #expect(
+            config.storage.options.map { "\($0.key)=\($0.value)" } == [
+                "busy_timeout_ms=250", "flag=true", "synchronous=normal"
+            ])
     }
 
     @Test func limitsAreReadAndBounded() throws {
-        let config = try MasqConfig.parse(#"{"limits": {"max_key_bytes": 64, "max_value_bytes": 10, "max_namespace_bytes": 8, "max_batch_entries": 3}}"#, baseDir: "/")
+        let config = try MasqConfig.parse(
+            #"{"limits": {"max_key_bytes": 64, "max_value_bytes": 10, "max_namespace_bytes": 8, "max_batch_entries": 3}}"#,
+            baseDir: "/")
         #expect(config.limits.maxKeyBytes == 64 && config.limits.maxValueBytes == 10)
         #expect(config.limits.maxNamespaceBytes == 8 && config.limits.maxBatchEntries == 3)
-        let e = expectMasqError(.config) { _ = try MasqConfig.parse(#"{"limits": {"max_namespace_bytes": 300}}"#, baseDir: "/") }
+        let e = expectMasqError(.config) {
+            _ = try MasqConfig.parse(#"{"limits": {"max_namespace_bytes": 300}}"#, baseDir: "/")
+        }
         #expect(e?.message.contains("limits.max_namespace_bytes") == true)
         expectMasqError(.config) { _ = try MasqConfig.parse(#"{"limits": {"max_key_bytes": 0}}"#, baseDir: "/") }
         expectMasqError(.config) { _ = try MasqConfig.parse(#"{"limits": {"max_key_bytes": 1.5}}"#, baseDir: "/") }
@@ -38,7 +49,7 @@ import Testing
         (#"{"data_dir": 5}"#, "data_dir: must be a string"),
         (#"{"masq": 2}"#, "newer than this library"),
         (#"{"plugin_path": "x"}"#, "plugin_path"),
-        (#"{"log_level": "loud"}"#, "log_level"),
+        (#"{"log_level": "loud"}"#, "log_level")
     ])
     func badConfigsNameTheProblem(_ text: String, _ fragment: String) {
         let error = expectMasqError(.config) { _ = try MasqConfig.parse(text, baseDir: "/", source: "test.json") }

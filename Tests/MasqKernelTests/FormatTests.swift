@@ -7,7 +7,7 @@ import CMasq
         var clock = HybridLogicalClock()
         let a = clock.tick(nowMilliseconds: 1_000)
         let b = clock.tick(nowMilliseconds: 1_000)
-        let c = clock.tick(nowMilliseconds: 999) // wall clock stepped back
+        let c = clock.tick(nowMilliseconds: 999)  // wall clock stepped back
         let d = clock.tick(nowMilliseconds: 2_000)
         #expect(a < b && b < c && c < d)
         #expect(HybridLogicalClock.milliseconds(of: a) == 1_000)
@@ -33,21 +33,28 @@ import CMasq
 @Suite struct RecordFormatTests {
     @Test(arguments: [
         RecordHeader(tombstone: false, version: Version(timestamp: 1 << 40, replica: 9), seq: 1, previous: .none),
-        RecordHeader(tombstone: true, version: Version(timestamp: 77, replica: 9), seq: 300, previous: Version(timestamp: 5, replica: 9)),
-        RecordHeader(tombstone: false, version: Version(timestamp: .max, replica: .max), seq: .max, previous: Version(timestamp: 3, replica: 4)),
+        RecordHeader(
+            tombstone: true, version: Version(timestamp: 77, replica: 9), seq: 300,
+            previous: Version(timestamp: 5, replica: 9)),
+        RecordHeader(
+            tombstone: false, version: Version(timestamp: .max, replica: .max), seq: .max,
+            previous: Version(timestamp: 3, replica: 4))
     ])
     func headerRoundTrips(_ header: RecordHeader) throws {
         var buffer = [UInt8](repeating: 0xAA, count: RecordHeader.maxSize + RecordHeader.trailer + 3)
         let written = buffer.withUnsafeMutableBytes { header.write(to: $0) }
         #expect(written == header.size)
-        let decoded = try buffer.withUnsafeBytes { try RecordHeader.read(unchecked: UnsafeRawBufferPointer(rebasing: $0[0..<(written + RecordHeader.trailer)])) }
+        let decoded = try buffer.withUnsafeBytes {
+            try RecordHeader.read(unchecked: UnsafeRawBufferPointer(rebasing: $0[0..<(written + RecordHeader.trailer)]))
+        }
         #expect(decoded == header)
     }
 
     /// Every record carries a CRC-32 of its key, header and value: a flipped
     /// byte anywhere, or the record moved under another key, is an error.
     @Test func recordsCarryAChecksumOfKeyHeaderAndValue() throws {
-        let header = RecordHeader(tombstone: false, version: Version(timestamp: 1 << 40, replica: 9), seq: 1, previous: .none)
+        let header = RecordHeader(
+            tombstone: false, version: Version(timestamp: 1 << 40, replica: 9), seq: 1, previous: .none)
         let key = [UInt8]("R\u{1}k".utf8), value = [UInt8]("value")
         var record = [UInt8](repeating: 0, count: header.size + value.count + RecordHeader.trailer)
         record.withUnsafeMutableBytes { r in
@@ -61,13 +68,20 @@ import CMasq
         for i in record.indices {
             var damaged = record
             damaged[i] ^= 0x20
-            expectMasqError(.corrupt) { _ = try damaged.withUnsafeBytes { r in try key.withUnsafeBytes { try RecordHeader.read(r, key: $0) } } }
+            expectMasqError(.corrupt) {
+                _ = try damaged.withUnsafeBytes { r in try key.withUnsafeBytes { try RecordHeader.read(r, key: $0) } }
+            }
         }
-        expectMasqError(.corrupt) { _ = try record.withUnsafeBytes { r in try [UInt8]("R\u{1}x".utf8).withUnsafeBytes { try RecordHeader.read(r, key: $0) } } }
+        expectMasqError(.corrupt) {
+            _ = try record.withUnsafeBytes { r in
+                try [UInt8]("R\u{1}x".utf8).withUnsafeBytes { try RecordHeader.read(r, key: $0) }
+            }
+        }
     }
 
     @Test func freshKeysPayASmallHeader() {
-        let header = RecordHeader(tombstone: false, version: Version(timestamp: 1, replica: 2), seq: 100, previous: .none)
+        let header = RecordHeader(
+            tombstone: false, version: Version(timestamp: 1, replica: 2), seq: 100, previous: .none)
         #expect(header.size == 19)
     }
 
@@ -87,19 +101,36 @@ import CMasq
         #expect(decoded[1].namespaceID == 70_000 && decoded[1].key.count == 300)
         // Every truncation and a trailing byte are errors, never crashes.
         for cut in 0..<encoded.count {
-            expectMasqError(.corrupt) { _ = try Array(encoded[0..<cut]).withUnsafeBytes { try LogEntryWriter.decode($0) } }
+            expectMasqError(.corrupt) {
+                _ = try Array(encoded[0..<cut]).withUnsafeBytes { try LogEntryWriter.decode($0) }
+            }
         }
         expectMasqError(.corrupt) { _ = try (encoded + [0]).withUnsafeBytes { try LogEntryWriter.decode($0) } }
-        expectMasqError(.corrupt) { _ = try ([1] + [UInt8](repeating: 0, count: 8) + [0xFF, 0xFF, 0xFF, 0xFF, 0x0F]).withUnsafeBytes { try LogEntryWriter.decode($0) } }
+        expectMasqError(.corrupt) {
+            _ = try ([1] + [UInt8](repeating: 0, count: 8) + [0xFF, 0xFF, 0xFF, 0xFF, 0x0F]).withUnsafeBytes {
+                try LogEntryWriter.decode($0)
+            }
+        }
     }
 
     @Test func varintsRejectOverlongEncodings() throws {
         let overlong = [UInt8](repeating: 0xFF, count: 11)
-        expectMasqError(.corrupt) { _ = try overlong.withUnsafeBytes { var r = ByteReader($0); return try r.varint() } }
+        expectMasqError(.corrupt) {
+            _ = try overlong.withUnsafeBytes {
+                var r = ByteReader($0); return try r.varint()
+            }
+        }
         let tooBig: [UInt8] = [0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x02]
-        expectMasqError(.corrupt) { _ = try tooBig.withUnsafeBytes { var r = ByteReader($0); return try r.varint() } }
+        expectMasqError(.corrupt) {
+            _ = try tooBig.withUnsafeBytes {
+                var r = ByteReader($0); return try r.varint()
+            }
+        }
         let max: [UInt8] = [0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x01]
-        #expect(try max.withUnsafeBytes { var r = ByteReader($0); return try r.varint() } == UInt64.max)
+        #expect(
+            try max.withUnsafeBytes {
+                var r = ByteReader($0); return try r.varint()
+            } == UInt64.max)
     }
 
     @Test func prefixSuccessor() {
@@ -117,7 +148,8 @@ import CMasq
             (MASQ_E_CONFIG, .config), (MASQ_E_PLUGIN, .plugin), (MASQ_E_ABI, .abi), (MASQ_E_IO, .io),
             (MASQ_E_CORRUPT, .corrupt), (MASQ_E_CLOSED, .closed), (MASQ_E_BUSY, .busy), (MASQ_E_NOMEM, .noMemory),
             (MASQ_E_UNSUPPORTED, .unsupported), (MASQ_E_DENIED, .denied), (MASQ_E_BAD_SIGNATURE, .badSignature),
-            (MASQ_E_FUNDS, .funds), (MASQ_E_UNAVAILABLE, .unavailable), (MASQ_E_TIMEOUT, .timeout), (MASQ_E_INTERNAL, .internal),
+            (MASQ_E_FUNDS, .funds), (MASQ_E_UNAVAILABLE, .unavailable), (MASQ_E_TIMEOUT, .timeout),
+            (MASQ_E_INTERNAL, .internal)
         ]
         #expect(header.count == MasqStatus.allCases.count)
         for (code, status) in header {

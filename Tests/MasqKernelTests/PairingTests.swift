@@ -3,14 +3,16 @@ import Testing
 import MasqCrypto
 import Foundation
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Drive a pairing between two stores by handing frames across, as any
 /// transport would. `tamper` may rewrite each frame in flight.
 @discardableResult
-func pair(offerer: Store, joiner: Store, link: PairingLink, joinerLink: PairingLink? = nil,
-          tamper: (Int, [UInt8]) -> [UInt8] = { $1 }) throws -> (PairedDevice, PairedDevice) {
+func pair(
+    offerer: Store, joiner: Store, link: PairingLink, joinerLink: PairingLink? = nil,
+    tamper: (Int, [UInt8]) -> [UInt8] = { $1 }
+) throws -> (PairedDevice, PairedDevice) {
     let offer = try PairingFlow(offering: link, store: offerer)
     let join = try PairingFlow(joining: joinerLink ?? link, store: joiner)
     var frame = tamper(0, try join.start())
@@ -55,11 +57,13 @@ private func sendBack(_ join: PairingFlow, _ frame: [UInt8]) throws -> [UInt8] {
         let text = link.string
         #expect(text.hasPrefix("masq://pair/") && text.contains("?via=tcp:127.0.0.1:4000#"))
         #expect(try PairingLink(parsing: text) == link)
-        #expect(!text.contains(Base64URL.encode(link.secret) + "?"))     // the secret only after '#'
+        #expect(!text.contains(Base64URL.encode(link.secret) + "?"))  // the secret only after '#'
         let noVia = PairingLink(secret: Random.bytes(16), via: nil)
         #expect(try PairingLink(parsing: noVia.string) == noVia)
-        for bad in ["https://example.com/#abc", "masq://pair/abc", text.replacingOccurrences(of: "#", with: "#x"),
-                    String(text.dropLast(3)), text.replacingOccurrences(of: "masq://pair/", with: "masq://pair/A")] {
+        for bad in [
+            "https://example.com/#abc", "masq://pair/abc", text.replacingOccurrences(of: "#", with: "#x"),
+            String(text.dropLast(3)), text.replacingOccurrences(of: "masq://pair/", with: "masq://pair/A")
+        ] {
             #expect(throws: MasqError.self) { try PairingLink(parsing: bad) }
         }
     }
@@ -70,7 +74,7 @@ private func sendBack(_ join: PairingFlow, _ frame: [UInt8]) throws -> [UInt8] {
             #expect(Base64URL.decode(Base64URL.encode(bytes)) == bytes)
         }
         #expect(Base64URL.encode(Array("any carnal pleas".utf8)) == "YW55IGNhcm5hbCBwbGVhcw")
-        #expect(Base64URL.decode("YW55IGNhcm5hbCBwbGVhcx") == nil)   // non-zero leftover bits
+        #expect(Base64URL.decode("YW55IGNhcm5hbCBwbGVhcx") == nil)  // non-zero leftover bits
         #expect(Base64URL.decode("a+b/") == nil && Base64URL.decode("abcde") == nil)
     }
 
@@ -89,7 +93,7 @@ private func sendBack(_ join: PairingFlow, _ frame: [UInt8]) throws -> [UInt8] {
         #expect(try bob.open(from: seenByBob.deviceID, toBob) == Array("hi bob".utf8))
         let toAlice = try bob.seal(for: seenByBob.deviceID, Array("hi alice".utf8))
         #expect(try alice.open(from: seenByAlice.deviceID, toAlice) == Array("hi alice".utf8))
-        #expect(throws: MasqError.self) { try bob.open(from: seenByBob.deviceID, toBob) }   // no replay
+        #expect(throws: MasqError.self) { try bob.open(from: seenByBob.deviceID, toBob) }  // no replay
         // The offer is single-use.
         let carol = try device("carol")
         defer { try? carol.close() }
@@ -105,7 +109,9 @@ private func sendBack(_ join: PairingFlow, _ frame: [UInt8]) throws -> [UInt8] {
         var forged = Random.bytes(16)
         forged[0] = link.secret[0]
         let wrong = PairingLink(secret: forged, via: nil)
-        let error = expectMasqError(.denied) { try pair(offerer: alice, joiner: mallory, link: link, joinerLink: wrong) }
+        let error = expectMasqError(.denied) {
+            try pair(offerer: alice, joiner: mallory, link: link, joinerLink: wrong)
+        }
         #expect(error?.message.contains("pairing failed") == true)
         #expect(try alice.devices().isEmpty && mallory.devices().isEmpty)
         // The genuine device can still use the link afterwards.
@@ -133,10 +139,13 @@ private func sendBack(_ join: PairingFlow, _ frame: [UInt8]) throws -> [UInt8] {
         // A relay that only forwards sees the room id and opaque frames: never the secret.
         let link = try alice.createPairingOffer(via: nil)
         var seen: [[UInt8]] = []
-        try pair(offerer: alice, joiner: bob, link: link) { _, frame in seen.append(frame); return frame }
+        try pair(offerer: alice, joiner: bob, link: link) { _, frame in
+            seen.append(frame); return frame
+        }
         let everything = seen.flatMap { $0 }
         #expect(!everything.windows(link.secret.count).contains(link.secret))
-        #expect(!everything.windows(Array("alice3".utf8).count).contains(Array("alice3".utf8)))   // even names are encrypted
+        // even names are encrypted
+        #expect(!everything.windows(Array("alice3".utf8).count).contains(Array("alice3".utf8)))
     }
 
     @Test func expiredOffersAreRefused() throws {
@@ -157,7 +166,8 @@ private func sendBack(_ join: PairingFlow, _ frame: [UInt8]) throws -> [UInt8] {
         try pair(offerer: a, joiner: b, link: a.createPairingOffer(via: nil))
         try pair(offerer: a, joiner: x, link: a.createPairingOffer(via: nil))
         let aID = a.identity!.publicKeys.deviceID, xID = x.identity!.publicKeys.deviceID
-        let before = Dictionary(uniqueKeysWithValues: try a.sealForDevices(Array("before".utf8)).map { ($0.deviceID, $0.message) })
+        let before = Dictionary(
+            uniqueKeysWithValues: try a.sealForDevices(Array("before".utf8)).map { ($0.deviceID, $0.message) })
         #expect(before.count == 2)
         #expect(try x.open(from: aID, before[xID]!) == Array("before".utf8))
 
@@ -179,7 +189,9 @@ private func sendBack(_ join: PairingFlow, _ frame: [UInt8]) throws -> [UInt8] {
         let dir = alice.config.dataDir
         let config = alice.config
         try alice.close()
-        let disk = FileSystem.listDirectory(dir).compactMap { try? FileSystem.readFile(dir + "/" + $0, limit: 64 << 20) }.flatMap { $0 }
+        let disk = FileSystem.listDirectory(dir).compactMap {
+            try? FileSystem.readFile(dir + "/" + $0, limit: 64 << 20)
+        }.flatMap { $0 }
         #expect(!disk.windows(5).contains(Array("bob5".utf8)))
         let reopened = try Store(config: config)
         defer { try? reopened.close() }
@@ -194,8 +206,10 @@ private func sendBack(_ join: PairingFlow, _ frame: [UInt8]) throws -> [UInt8] {
         let path = Fixtures.temporaryDirectory("qr") + "/link.pgm"
         try FileSystem.writeFile(path, qr.pgm())
         let out = path + ".txt"
-        #expect(system("zbarimg --quiet --raw '\(path)' > '\(out)'") == 0, "zbarimg (Debian zbar-tools) must be installed")
-        let decoded = String(decoding: try FileSystem.readFile(out), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(
+            system("zbarimg --quiet --raw '\(path)' > '\(out)'") == 0, "zbarimg (Debian zbar-tools) must be installed")
+        let decoded = String(decoding: try FileSystem.readFile(out), as: UTF8.self).trimmingCharacters(
+            in: .whitespacesAndNewlines)
         #expect(decoded == link)
         #expect(qr.terminalText().split(separator: "\n").count == (qr.size + 8 + 1) / 2)
     }

@@ -14,7 +14,7 @@ import Testing
         ("nulldescriptor", .plugin, "returned NULL"),
         ("noentry", .plugin, "no masq_plugin_entry symbol"),
         ("notelf", .plugin, "cannot load shared object"),
-        ("namemismatch", .plugin, "calls itself 'namemismatch_real'"),
+        ("namemismatch", .plugin, "calls itself 'namemismatch_real'")
     ])
     func brokenPluginsAreRefused(_ name: String, _ status: MasqStatus, _ fragment: String) throws {
         var config = Fixtures.config(name)

@@ -2,7 +2,7 @@ import Testing
 @testable import MasqKernel
 import MasqCrypto
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Passphrase protection and device identity, checked against the bytes
@@ -13,7 +13,7 @@ import Glibc
 
     func config(_ dir: String) -> MasqConfig {
         var c = Fixtures.config("sqlite", dataDir: dir)
-        c.scryptLogN = 10   // fast for tests; production default is 17
+        c.scryptLogN = 10  // fast for tests; production default is 17
         return c
     }
 
@@ -28,7 +28,9 @@ import Glibc
 
     func contains(_ haystack: [UInt8], _ needle: [UInt8]) -> Bool {
         guard needle.count <= haystack.count else { return false }
-        return (0...(haystack.count - needle.count)).contains { haystack[$0..<($0 + needle.count)].elementsEqual(needle) }
+        return (0...(haystack.count - needle.count)).contains {
+            haystack[$0..<($0 + needle.count)].elementsEqual(needle)
+        }
     }
 
     @Test func aProtectedStoreWritesNoSecretInClear() throws {
@@ -82,7 +84,7 @@ import Glibc
         let before = try rawRecords(store)
         expectMasqError(.denied) { try store.setPassphrase(old: [UInt8]("not it"), new: [UInt8]("new")) }
         try store.setPassphrase(old: [UInt8]("old"), new: [UInt8]("new"))
-        #expect(try rawRecords(store) == before)      // same ciphertext: only the master key was re-wrapped
+        #expect(try rawRecords(store) == before)  // same ciphertext: only the master key was re-wrapped
         try store.close()
         let reopened = try Store(config: config(dir))
         defer { try? reopened.close() }
@@ -98,7 +100,7 @@ import Glibc
         try store.setAll(app, (0..<300).map { ([UInt8]("key-\($0)"), [UInt8](Self.secretValue + "-\($0)")) })
         try store.delete(app, key: [UInt8]("key-5"))
         let identity = store.identity!
-        #expect(contains(try diskBytes(dir), [UInt8](Self.secretValue)))    // in clear before
+        #expect(contains(try diskBytes(dir), [UInt8](Self.secretValue)))  // in clear before
         try store.setPassphrase(old: nil, new: [UInt8]("now protected"))
         #expect(try store.get(app, key: [UInt8]("key-299")) == [UInt8](Self.secretValue + "-299"))
         #expect(try store.get(app, key: [UInt8]("key-5")) == nil)
@@ -154,7 +156,11 @@ import Glibc
         let keys = records.keys.sorted { $0.lexicographicallyPrecedes($1) }
         (records[keys[0]], records[keys[1]]) = (records[keys[1]], records[keys[0]])
         try store.engine.begin()
-        for (k, v) in records { try k.withBytes { (kb) throws(MasqError) in try v.withBytes { (vb) throws(MasqError) in try store.engine.put(kb, vb) } } }
+        for (k, v) in records {
+            try k.withBytes { (kb) throws(MasqError) in
+                try v.withBytes { (vb) throws(MasqError) in try store.engine.put(kb, vb) }
+            }
+        }
         try store.engine.commit()
         expectMasqError(.corrupt) { _ = try store.get(ns("app"), key: [UInt8]("a")) }
     }
@@ -162,7 +168,7 @@ import Glibc
     @Test func identityIsCreatedOnceAndKept() throws {
         let dir = Fixtures.temporaryDirectory("identity")
         let a = try Store(config: config(dir))
-        let b = try Store(config: config(dir))      // a second handle on the same store
+        let b = try Store(config: config(dir))  // a second handle on the same store
         #expect(a.identity?.publicKeys == b.identity?.publicKeys)
         let keys = a.identity!.publicKeys
         try a.close(); try b.close()
@@ -179,7 +185,8 @@ import Glibc
     /// The engine's 'R' entries as stored bytes.
     func rawRecords(_ store: Store) throws -> [[UInt8]: [UInt8]] {
         var out: [[UInt8]: [UInt8]] = [:]
-        try store.engine.scan(from: [RecordFormat.record], to: [RecordFormat.record + 1]) { (k, v) throws(MasqError) -> Bool in
+        try store.engine.scan(from: [RecordFormat.record], to: [RecordFormat.record + 1]) {
+            (k, v) throws(MasqError) -> Bool in
             out[Array(k)] = Array(v)
             return true
         }

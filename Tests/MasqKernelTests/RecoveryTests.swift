@@ -2,7 +2,7 @@ import Testing
 @testable import MasqKernel
 import MasqCrypto
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// What keeps a pair of replicas working after faults: a store restored from
@@ -77,18 +77,27 @@ import Glibc
         try net.store("A").put(ns("n"), key: [UInt8]("ordinary"), value: [UInt8]("x"))
         let future = (Clock.unixMilliseconds() + 10 * 60_000) << 16
         let phantom: UInt64 = 0x5eed
-        let record = SyncRecord(namespace: "n", key: [UInt8]("fast"), header: RecordHeader(tombstone: false, version: Version(timestamp: future, replica: phantom), seq: 1, previous: .none), value: [UInt8]("v"))
-        #expect(try net.store("A").applyRemote(SyncCommit(origin: phantom, seq: 1, timestamp: future, records: [record]), clockBound: .max) == .applied)
+        let record = SyncRecord(
+            namespace: "n", key: [UInt8]("fast"),
+            header: RecordHeader(
+                tombstone: false, version: Version(timestamp: future, replica: phantom), seq: 1, previous: .none),
+            value: [UInt8]("v"))
+        #expect(
+            try net.store("A").applyRemote(
+                SyncCommit(origin: phantom, seq: 1, timestamp: future, records: [record]), clockBound: .max) == .applied
+        )
 
         try net.connect("A", "B")
-        try net.settle(limit: 200)        // it ends: a refusal is not answered with an immediate resend
+        try net.settle(limit: 200)  // it ends: a refusal is not answered with an immediate resend
         #expect(net.delivered < 40, "\(net.delivered) frames delivered")
         #expect(try net.store("B").get(ns("n"), key: [UInt8]("fast")) == nil)
         #expect(net.engines["A"]!.problem(with: "B")?.contains("ahead") == true)
         #expect(net.engines["B"]!.problem(with: "A")?.contains("ahead") == true)
         #expect(try net.store("B").syncProblem(device: "A")?.text.contains("refusing") == true)
         // B's clock was not moved by the refused commit.
-        let (_, bClock) = try net.store("B").lock.withLock { () throws(MasqError) in try Store.readClock(net.store("B").engine) }
+        let (_, bClock) = try net.store("B").lock.withLock { () throws(MasqError) in
+            try Store.readClock(net.store("B").engine)
+        }
         #expect(HybridLogicalClock.milliseconds(of: bClock) <= Clock.unixMilliseconds() + Store.defaultClockBound)
         // Within the wait nothing is resent.
         #expect(!net.engines["A"]!.resendStalled())
@@ -126,9 +135,14 @@ import Glibc
         let a = net.store("A")
         let future = (Clock.unixMilliseconds() + 10 * 60_000) << 16
         let phantom: UInt64 = 0xfa57
-        let record = SyncRecord(namespace: "n", key: [UInt8]("fast"), header: RecordHeader(tombstone: false, version: Version(timestamp: future, replica: phantom), seq: 1, previous: .none), value: [UInt8]("v"))
+        let record = SyncRecord(
+            namespace: "n", key: [UInt8]("fast"),
+            header: RecordHeader(
+                tombstone: false, version: Version(timestamp: future, replica: phantom), seq: 1, previous: .none),
+            value: [UInt8]("v"))
         // As an older version left such a store: the record applied and the clock moved with it.
-        _ = try a.applyRemote(SyncCommit(origin: phantom, seq: 1, timestamp: future, records: [record]), clockBound: .max)
+        _ = try a.applyRemote(
+            SyncCommit(origin: phantom, seq: 1, timestamp: future, records: [record]), clockBound: .max)
         try a.localTransaction { () throws(MasqError) in
             a.clock = HybridLogicalClock(last: future)
             let saved = try Store.readClock(a.engine)
@@ -146,7 +160,11 @@ import Glibc
         let store = try Fixtures.open("memory")
         defer { try? store.close() }
         let future = (Clock.unixMilliseconds() + 3_650 * 86_400_000) << 16
-        let record = SyncRecord(namespace: "n", key: [UInt8]("k"), header: RecordHeader(tombstone: false, version: Version(timestamp: future, replica: 77), seq: 1, previous: .none), value: [UInt8]("v"))
+        let record = SyncRecord(
+            namespace: "n", key: [UInt8]("k"),
+            header: RecordHeader(
+                tombstone: false, version: Version(timestamp: future, replica: 77), seq: 1, previous: .none),
+            value: [UInt8]("v"))
         #expect(throws: MasqError.self) { try store.applySnapshotRecords([record]) }
         #expect(try store.get(ns("n"), key: [UInt8]("k")) == nil)
         try store.put(ns("n"), key: [UInt8]("mine"), value: [UInt8]("x"))
@@ -159,11 +177,14 @@ import Glibc
         defer { try? store.close() }
         try store.counterAdd(ns("n"), key: [UInt8]("likes"), delta: 3)
         var forged = Counter()
-        try forged.add(1_000_000, replica: store.replicaID)     // our share, claimed by someone else
+        try forged.add(1_000_000, replica: store.replicaID)  // our share, claimed by someone else
         try forged.add(2, replica: 99)
-        let record = SyncRecord(namespace: "n", key: [UInt8]("likes"),
-                                header: RecordHeader(tombstone: false, counter: true, version: Version(timestamp: Clock.unixMilliseconds() << 16, replica: 99), seq: 1, previous: .none),
-                                value: forged.encoded)
+        let record = SyncRecord(
+            namespace: "n", key: [UInt8]("likes"),
+            header: RecordHeader(
+                tombstone: false, counter: true,
+                version: Version(timestamp: Clock.unixMilliseconds() << 16, replica: 99), seq: 1, previous: .none),
+            value: forged.encoded)
         try store.applySnapshotRecords([record])
         #expect(try store.counterGet(ns("n"), key: [UInt8]("likes")) == 5)
         try store.counterAdd(ns("n"), key: [UInt8]("likes"), delta: 1)
@@ -192,11 +213,17 @@ import Glibc
             record[record.count - 6] ^= 0x01
             try Store.putMeta(a.engine, key, record)
             // And a record that vanished from the file (the count still says 50).
-            try (RecordFormat.recordPrefix(namespaceID: id) + Array("k9".utf8)).withBytes { (k) throws(MasqError) in try a.engine.delete(k) }
+            try (RecordFormat.recordPrefix(namespaceID: id) + Array("k9".utf8)).withBytes { (k) throws(MasqError) in
+                try a.engine.delete(k)
+            }
         }
         #expect(throws: MasqError.self) { _ = try a.get(app, key: Array("k7".utf8)) }
         var listed = 0
-        #expect(throws: MasqError.self) { try a.list(app) { _, _ in listed += 1; return true } }
+        #expect(throws: MasqError.self) {
+            try a.list(app) { _, _ in
+                listed += 1; return true
+            }
+        }
         #expect(throws: MasqError.self) { _ = try a.getAll(app) }
         let report = try a.check()
         #expect(!report.ok && report.problems.count == 2)
@@ -233,11 +260,15 @@ import Glibc
         #expect(try b.open(from: aDevice.deviceID, m2) == [UInt8]("back"))
 
         // A recorded first message changes nothing when replayed.
-        #expect(throws: MasqError.self) { try b.answerSessionRenewal(from: aDevice.deviceID, first, prologue: prologue) }
+        #expect(throws: MasqError.self) {
+            try b.answerSessionRenewal(from: aDevice.deviceID, first, prologue: prologue)
+        }
         let m3 = try a.seal(for: bDevice.deviceID, [UInt8]("still"))
         #expect(try b.open(from: aDevice.deviceID, m3) == [UInt8]("still"))
         // Another prologue (room, ids) does not verify.
         let (_, other) = try a.beginSessionRenewal(with: bDevice.deviceID, prologue: prologue)
-        #expect(throws: MasqError.self) { try b.answerSessionRenewal(from: aDevice.deviceID, other, prologue: [UInt8]("elsewhere".utf8)) }
+        #expect(throws: MasqError.self) {
+            try b.answerSessionRenewal(from: aDevice.deviceID, other, prologue: [UInt8]("elsewhere".utf8))
+        }
     }
 }

@@ -1,7 +1,7 @@
 import Testing
 @testable import MasqKernel
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The store's semantics, identical on every storage plugin.
@@ -21,8 +21,8 @@ import Glibc
         #expect(try store.get(app, key: [UInt8]("empty")) == [])
         try store.delete(app, key: [UInt8]("k"))
         #expect(try store.get(app, key: [UInt8]("k")) == nil)
-        try store.delete(app, key: [UInt8]("k"))        // already deleted: fine
-        try store.delete(app, key: [UInt8]("never"))    // absent: fine
+        try store.delete(app, key: [UInt8]("k"))  // already deleted: fine
+        try store.delete(app, key: [UInt8]("never"))  // absent: fine
         try store.put(app, key: [UInt8]("k"), value: [UInt8]("back"))
         #expect(try store.get(app, key: [UInt8]("k")) == [UInt8]("back"))
     }
@@ -56,7 +56,9 @@ import Glibc
         entries.append(([UInt8]("item"), [UInt8]("exact prefix")))
         try store.setAll(app, entries.shuffled())
         // Tombstones in the middle of the range are skipped.
-        for i in stride(from: 0, to: count, by: 3) { try store.delete(app, key: [UInt8]("item/\(String(i + 100_000))")) }
+        for i in stride(from: 0, to: count, by: 3) {
+            try store.delete(app, key: [UInt8]("item/\(String(i + 100_000))"))
+        }
 
         var seen: [[UInt8]] = []
         try store.list(app, prefix: [UInt8]("item/")) { key, value in
@@ -76,7 +78,9 @@ import Glibc
         #expect(keysOnly == expected.count + 2)
 
         var stopped = 0
-        try store.list(app) { _, _ in stopped += 1; return stopped < 5 }
+        try store.list(app) { _, _ in
+            stopped += 1; return stopped < 5
+        }
         #expect(stopped == 5)
     }
 
@@ -101,10 +105,11 @@ import Glibc
         let store = try Fixtures.open(plugin)
         defer { try? store.close() }
         let app = try ns("app")
-        try store.setAll(app, [([UInt8]("a"), [UInt8]("1")), ([UInt8]("b"), [UInt8]("2")), ([UInt8]("c"), [UInt8]("3"))])
+        try store.setAll(
+            app, [([UInt8]("a"), [UInt8]("1")), ([UInt8]("b"), [UInt8]("2")), ([UInt8]("c"), [UInt8]("3"))])
         let seqBefore = try store.versionVector()[store.replicaID]!
         try store.setAll(app, [([UInt8]("b"), [UInt8]("two")), ([UInt8]("d"), [UInt8]("4")), ([UInt8]("a"), nil)])
-        #expect(try store.versionVector()[store.replicaID]! == seqBefore + 1)     // one commit
+        #expect(try store.versionVector()[store.replicaID]! == seqBefore + 1)  // one commit
         #expect(try store.getAll(app).map { String(decoding: $0.key, as: UTF8.self) } == ["b", "c", "d"])
         try store.setAll(app, [([UInt8]("c"), [UInt8]("only"))], replace: true)
         #expect(try store.getAll(app).map { $0.value } == [[UInt8]("only")])
@@ -125,7 +130,8 @@ import Glibc
         let app = try ns("app")
         try store.put(app, key: [UInt8]("keep"), value: [UInt8]("old"))
         let e = expectMasqError(.tooLarge) {
-            try store.setAll(app, [([UInt8]("keep"), [UInt8]("new")), ([UInt8]("big"), [UInt8](repeating: 1, count: 9))])
+            try store.setAll(
+                app, [([UInt8]("keep"), [UInt8]("new")), ([UInt8]("big"), [UInt8](repeating: 1, count: 9))])
         }
         #expect(e?.message.hasPrefix("entry 1:") == true)
         expectMasqError(.invalid) { try store.setAll(app, [([UInt8]("ok"), [UInt8]("v")), ([], [UInt8]("v"))]) }
@@ -159,7 +165,7 @@ import Glibc
         expectMasqError(.invalid) { _ = try NamespaceName(utf8: [], limits: Limits()) }
         expectMasqError(.invalid) { _ = try NamespaceName(utf8: [0xFF, 0xFE], limits: Limits()) }
         expectMasqError(.invalid) { _ = try NamespaceName(utf8: [0x61, 0x0A], limits: Limits()) }
-        expectMasqError(.invalid) { _ = try NamespaceName(utf8: [0xC3], limits: Limits()) }   // truncated sequence
+        expectMasqError(.invalid) { _ = try NamespaceName(utf8: [0xC3], limits: Limits()) }  // truncated sequence
         #expect(throws: Never.self) { _ = try NamespaceName("carnet de notes ✎", limits: Limits()) }
     }
 
@@ -214,7 +220,7 @@ import Glibc
         #expect(try second.get(ns("app"), key: [UInt8]("k")) == [UInt8]("persisted"))
         try second.put(ns("app"), key: [UInt8]("k"), value: [UInt8]("again"))
         let after = try #require(try second.recordInfo(ns("app"), key: [UInt8]("k")))
-        #expect(after.version > info!.version)           // the clock resumed past the old write
+        #expect(after.version > info!.version)  // the clock resumed past the old write
         #expect(after.seq == info!.seq + 1)
     }
 
@@ -232,9 +238,9 @@ import Glibc
         #expect(try store.get(app, key: [UInt8]("b")) == long)
         #expect(try store.getAll(app).map { $0.key } == ["a", "b", "c", "d"].map { [UInt8]($0) })
         #expect(try store.getAll(app).map { $0.value.count } == [1, 1 << 20, 513, 512])
-        try store.put(app, key: [UInt8]("b"), value: short)           // long -> short
-        try store.put(app, key: [UInt8]("a"), value: long)            // short -> long
-        try store.put(app, key: [UInt8]("c"), value: randomBytes(2_000, seed: 10))   // long -> long
+        try store.put(app, key: [UInt8]("b"), value: short)  // long -> short
+        try store.put(app, key: [UInt8]("a"), value: long)  // short -> long
+        try store.put(app, key: [UInt8]("c"), value: randomBytes(2_000, seed: 10))  // long -> long
         #expect(try store.get(app, key: [UInt8]("a")) == long)
         #expect(try store.get(app, key: [UInt8]("b")) == short)
         #expect(try store.get(app, key: [UInt8]("c")) == randomBytes(2_000, seed: 10))
@@ -283,12 +289,14 @@ import Glibc
         #expect(waitUntil { seen.current.count == 3 })
         try store.unwatch(id)
         try store.put(app, key: [UInt8]("after"), value: [UInt8]("not seen"))
-        try store.close()      // drains the queue
+        try store.close()  // drains the queue
         let changes = seen.current
         try #require(changes.count == 3)
         #expect(changes.map { $0.kind } == [.put, .put, .delete])
         #expect(changes.map { String(decoding: $0.key, as: UTF8.self) } == ["k", "p/1", "k"])
-        #expect(changes.allSatisfy { $0.origin == .local && $0.namespace == "app" && $0.version.replica == store.replicaID })
+        #expect(
+            changes.allSatisfy { $0.origin == .local && $0.namespace == "app" && $0.version.replica == store.replicaID }
+        )
         #expect(changes[0].value == [UInt8]("v") && changes[2].value == nil)
         #expect(changes[0].version < changes[1].version)
         #expect(prefixed.current == ["app:p/1", "elsewhere:p/2", "app:after"].filter { $0.contains("p/") })
@@ -314,7 +322,7 @@ import Glibc
     @Test func closedStoreRefusesCalls() throws {
         let store = try Fixtures.open("memory")
         try store.close()
-        try store.close()   // idempotent
+        try store.close()  // idempotent
         expectMasqError(.closed) { try store.put(ns("a"), key: [1], value: [1]) }
         expectMasqError(.closed) { _ = try store.get(ns("a"), key: [1]) }
         expectMasqError(.closed) { _ = try store.watch(namespace: nil) { _ in } }
@@ -351,7 +359,9 @@ import Glibc
             _ = try Store(config: Fixtures.config("sqlite", options: [("synchronus", "full")]))
         }
         #expect(e?.message.contains("synchronus") == true)
-        expectMasqError(.config) { _ = try Store(config: Fixtures.config("sqlite", options: [("synchronous", "sometimes")])) }
+        expectMasqError(.config) {
+            _ = try Store(config: Fixtures.config("sqlite", options: [("synchronous", "sometimes")]))
+        }
         expectMasqError(.config) { _ = try Store(config: Fixtures.config("memory", options: [("max_bytes", "-1")])) }
     }
 
@@ -360,7 +370,9 @@ import Glibc
         defer { try? store.close() }
         let app = try ns("app")
         try store.put(app, key: [UInt8]("small"), value: [UInt8]("fits"))
-        let e = expectMasqError(.io) { try store.put(app, key: [UInt8]("big"), value: [UInt8](repeating: 0, count: 4000)) }
+        let e = expectMasqError(.io) {
+            try store.put(app, key: [UInt8]("big"), value: [UInt8](repeating: 0, count: 4000))
+        }
         #expect(e?.message.contains("max_bytes") == true)
         #expect(try store.get(app, key: [UInt8]("small")) == [UInt8]("fits"))
         #expect(try store.get(app, key: [UInt8]("big")) == nil)
@@ -371,7 +383,9 @@ import Glibc
         let dir = Fixtures.temporaryDirectory("format")
         let store = try Fixtures.open("sqlite", dataDir: dir)
         try store.engine.begin()
-        try [UInt8](RecordFormat.metaFormat).withBytes { (k) throws(MasqError) in try [UInt8]([9]).withBytes { (v) throws(MasqError) in try store.engine.put(k, v) } }
+        try [UInt8](RecordFormat.metaFormat).withBytes { (k) throws(MasqError) in
+            try [UInt8]([9]).withBytes { (v) throws(MasqError) in try store.engine.put(k, v) }
+        }
         try store.engine.commit()
         try store.close()
         let e = expectMasqError(.corrupt) { _ = try Fixtures.open("sqlite", dataDir: dir) }

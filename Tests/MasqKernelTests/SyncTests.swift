@@ -2,7 +2,7 @@ import Testing
 @testable import MasqKernel
 import MasqCrypto
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Deterministic randomness for reproducible property tests (SplitMix64).
@@ -50,7 +50,9 @@ final class SimulatedNetwork {
 
     /// Queue what local writes produced for connected peers.
     func flushPending(_ name: String) throws {
-        for (device, frame) in try engines[name]!.pending() { queue.append(Envelope(from: name, to: device, frame: frame)) }
+        for (device, frame) in try engines[name]!.pending() {
+            queue.append(Envelope(from: name, to: device, frame: frame))
+        }
     }
 
     func deliver(_ envelope: Envelope) throws {
@@ -83,7 +85,9 @@ final class SimulatedNetwork {
         let s = store(name)
         var out: [String: [String]] = [:]
         for ns in try s.namespaces() {
-            out[ns] = try s.getAll(try NamespaceName(ns, limits: s.limits)).map { String(decoding: $0.key, as: UTF8.self) + "=" + String(decoding: $0.value, as: UTF8.self) }
+            out[ns] = try s.getAll(try NamespaceName(ns, limits: s.limits)).map {
+                String(decoding: $0.key, as: UTF8.self) + "=" + String(decoding: $0.value, as: UTF8.self)
+            }
         }
         return out
     }
@@ -123,7 +127,7 @@ final class SimulatedNetwork {
         #expect(try net.state("B") == net.state("A"))
         #expect(try net.store("B").getAll(app).count == 1_000 - 143 + 500)
         let reports = progress.current
-        #expect(reports.count > 5)                       // one per batch of 100
+        #expect(reports.count > 5)  // one per batch of 100
         #expect(reports.last?.remaining == 0)
         #expect(reports.map(\.received) == reports.map(\.received).sorted())
     }
@@ -142,9 +146,9 @@ final class SimulatedNetwork {
         let lost = net.queue.filter { $0.from == "A" }.count
         net.queue.removeAll { $0.from == "A" }
         try net.settle()
-        #expect(lost == 4)                                   // the window
+        #expect(lost == 4)  // the window
         #expect(try net.store("B").getAll(app).isEmpty)
-        #expect(try net.engines["A"]!.pending().isEmpty)      // still waiting on the lost frames
+        #expect(try net.engines["A"]!.pending().isEmpty)  // still waiting on the lost frames
         net.engines["A"]!.options.resendAfterMilliseconds = 0
         #expect(net.engines["A"]!.resendStalled())
         try net.flushPending("A")
@@ -160,7 +164,9 @@ final class SimulatedNetwork {
         try net.reconcile()
         let conflicts = Shared<[Change]>([])
         for name in ["A", "B"] {
-            _ = try net.store(name).watch(namespace: app) { c in if c.kind == .conflict { conflicts.update { $0.append(c) } } }
+            _ = try net.store(name).watch(namespace: app) { c in
+                if c.kind == .conflict { conflicts.update { $0.append(c) } }
+            }
         }
         // Both overwrite without seeing each other.
         net.disconnect("A", "B")
@@ -184,8 +190,9 @@ final class SimulatedNetwork {
         try net.store("A").delete(app, key: [UInt8]("k"))
         try net.store("B").delete(app, key: [UInt8]("k"))
         try net.reconcile()
-        #expect(try net.store("A").get(app, key: [UInt8]("k")) == nil && net.store("B").get(app, key: [UInt8]("k")) == nil)
-        try net.store("A").close()    // drains watch callbacks
+        #expect(
+            try net.store("A").get(app, key: [UInt8]("k")) == nil && net.store("B").get(app, key: [UInt8]("k")) == nil)
+        try net.store("A").close()  // drains watch callbacks
         try net.store("B").close()
         #expect(conflicts.current.count == 2)
     }
@@ -217,9 +224,15 @@ final class SimulatedNetwork {
         let net = try SimulatedNetwork(["A", "B"])
         defer { net.close() }
         let future = (Clock.unixMilliseconds() + 3_600_000) << 16
-        let forged = SyncCommit(origin: 0xF00D, seq: 1, timestamp: future, records: [
-            SyncRecord(namespace: "app", key: [UInt8]("k"), header: RecordHeader(tombstone: false, version: Version(timestamp: future, replica: 0xF00D), seq: 1, previous: .none), value: [UInt8]("from the future")),
-        ])
+        let forged = SyncCommit(
+            origin: 0xF00D, seq: 1, timestamp: future,
+            records: [
+                SyncRecord(
+                    namespace: "app", key: [UInt8]("k"),
+                    header: RecordHeader(
+                        tombstone: false, version: Version(timestamp: future, replica: 0xF00D), seq: 1, previous: .none),
+                    value: [UInt8]("from the future"))
+            ])
         let e = expectMasqError(.invalid) { _ = try net.store("A").applyRemote(forged) }
         #expect(e?.message.contains("future") == true)
         #expect(try net.store("A").get(ns("app"), key: [UInt8]("k")) == nil)
@@ -251,7 +264,7 @@ final class SimulatedNetwork {
             bad[Int.random(in: 0..<bad.count, using: &rng)] = UInt8.random(in: 0...255, using: &rng)
             _ = try? net.engines["A"]!.receive(bad, from: "B")
         }
-        #expect(throws: MasqError.self) { _ = try net.engines["A"]!.receive([9, 1], from: "B") }   // unknown version
+        #expect(throws: MasqError.self) { _ = try net.engines["A"]!.receive([9, 1], from: "B") }  // unknown version
         #expect(throws: MasqError.self) { _ = try net.engines["A"]!.receive([1, 77], from: "B") }  // unknown type
         #expect(net.engines["A"]!.rejectedFrames > 0)
         // Whatever got through (well-formed frames with altered content: in real use
@@ -278,8 +291,8 @@ final class SimulatedNetwork {
         let ackB = try net.store("B").syncVectors().applied
         let collected = try net.store("A").collectGarbage(acknowledged: [ackB])
         #expect(collected == 10)
-        #expect(try net.store("A").recordInfo(app, key: [UInt8]("k3")) == nil)       // tombstone gone
-        #expect(try net.store("A").exportCommits(after: VersionVector()) == nil)      // a fresh peer needs a snapshot
+        #expect(try net.store("A").recordInfo(app, key: [UInt8]("k3")) == nil)  // tombstone gone
+        #expect(try net.store("A").exportCommits(after: VersionVector()) == nil)  // a fresh peer needs a snapshot
         // E returns with stale data: it gets a snapshot, and the deleted keys stay deleted.
         try net.connect("A", "E")
         try net.settle()
@@ -328,12 +341,20 @@ final class SimulatedNetwork {
             case 45..<55:
                 try store.counterAdd(space, key: [UInt8]("c\(rng.next() % 3)"), delta: Int64(rng.next() % 7) - 2)
             case 55..<60:
-                try store.setAll(space, (0..<3).map { _ in ([UInt8]("k\(rng.next() % 12)"), rng.next() % 4 == 0 ? nil : [UInt8]("s\(rng.next() % 100)")) })
+                try store.setAll(
+                    space,
+                    (0..<3).map { _ in
+                        ([UInt8]("k\(rng.next() % 12)"), rng.next() % 4 == 0 ? nil : [UInt8]("s\(rng.next() % 100)"))
+                    })
             case 60..<70:
                 let other = names[Int(rng.next() % UInt64(names.count))]
                 if other != name {
                     let link = [name, other].sorted()
-                    if links.contains(link) && rng.next() % 2 == 0 { net.disconnect(name, other); links.remove(link) } else { try net.connect(name, other); links.insert(link) }
+                    if links.contains(link) && rng.next() % 2 == 0 {
+                        net.disconnect(name, other); links.remove(link)
+                    } else {
+                        try net.connect(name, other); links.insert(link)
+                    }
                 }
             default:
                 try net.flushPending(name)
@@ -342,8 +363,8 @@ final class SimulatedNetwork {
                     let index = Int(rng.next() % UInt64(net.queue.count))
                     let envelope = net.queue[index]
                     switch rng.next() % 10 {
-                    case 0: net.queue.remove(at: index)                                  // dropped
-                    case 1: try net.deliver(envelope)                                    // duplicated
+                    case 0: net.queue.remove(at: index)  // dropped
+                    case 1: try net.deliver(envelope)  // duplicated
                     default: net.queue.remove(at: index); try net.deliver(envelope)
                     }
                 }
@@ -356,7 +377,11 @@ final class SimulatedNetwork {
             var diff: [String] = []
             for space in Set(reference.keys).union(other.keys) {
                 let a = Set(reference[space] ?? []), b = Set(other[space] ?? [])
-                if a != b { diff.append("\(space): only \(names[0]) \(a.subtracting(b).sorted()) only \(name) \(b.subtracting(a).sorted())") }
+                if a != b {
+                    diff.append(
+                        "\(space): only \(names[0]) \(a.subtracting(b).sorted()) only \(name) \(b.subtracting(a).sorted())"
+                    )
+                }
             }
             #expect(diff.isEmpty, "seed \(seed): \(name) differs from \(names[0]): \(diff)")
 

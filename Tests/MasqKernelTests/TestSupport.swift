@@ -1,7 +1,7 @@
 import Testing
 @testable import MasqKernel
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Paths and fixtures shared by the tests: real plugins built with the real
@@ -20,7 +20,9 @@ enum Fixtures {
         let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
         let exe = n > 0 ? String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) : "."
         var dir = FileSystem.directoryName(exe)
-        while !dir.hasSuffix("/debug") && !dir.hasSuffix("/release") && dir != "/" { dir = FileSystem.directoryName(dir) }
+        while !dir.hasSuffix("/debug") && !dir.hasSuffix("/release") && dir != "/" {
+            dir = FileSystem.directoryName(dir)
+        }
         return dir
     }()
 
@@ -45,8 +47,10 @@ enum Fixtures {
     }
 
     /// A config for `plugin` ("sqlite" or "memory") in a fresh data directory.
-    static func config(_ plugin: String, dataDir: String? = nil, limits: Limits = Limits(),
-                       options: [(key: String, value: String)] = []) -> MasqConfig {
+    static func config(
+        _ plugin: String, dataDir: String? = nil, limits: Limits = Limits(),
+        options: [(key: String, value: String)] = []
+    ) -> MasqConfig {
         var config = MasqConfig.defaults(dataDir: dataDir ?? temporaryDirectory("data"))
         config.pluginPath = [pluginDirectory, buildDirectory]
         config.storage = PluginReference(name: plugin, options: options)
@@ -67,8 +71,10 @@ func ns(_ name: String) throws -> NamespaceName { try NamespaceName(name, limits
 
 /// Expect `body` to throw a MasqError with `status`; return it for more checks.
 @discardableResult
-func expectMasqError(_ status: MasqStatus, sourceLocation: SourceLocation = #_sourceLocation,
-                     _ body: () throws -> Void) -> MasqError? {
+func expectMasqError(
+    _ status: MasqStatus, sourceLocation: SourceLocation = #_sourceLocation,
+    _ body: () throws -> Void
+) -> MasqError? {
     do {
         try body()
         Issue.record("expected \(status.name), but the call succeeded", sourceLocation: sourceLocation)

@@ -12,7 +12,9 @@ struct CellGathererTests {
         for size in [250, 30, 20, 199, 1, 0, 300] {
             let bytes = (0..<size).map { _ in UInt8.random(in: 0...255) }
             all += bytes
-            gatherer.add(ByteBuffer(bytes: bytes), cellData: cellData, allocator: ByteBufferAllocator()) { sent.append($0) }
+            gatherer.add(ByteBuffer(bytes: bytes), cellData: cellData, allocator: ByteBufferAllocator()) {
+                sent.append($0)
+            }
         }
         gatherer.finish { sent.append($0) }
         gatherer.finish { sent.append($0) }

@@ -2,7 +2,7 @@ import Foundation
 import Testing
 @testable import MasqMesh
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Real nodes in this process on 127.0.0.1 (an origin with a SOCKS5 front
@@ -16,9 +16,13 @@ import Glibc
         address.sin_family = sa_family_t(AF_INET)
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } }
+        _ = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) }
+        }
         listen(fd, 8)
-        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
         return (fd, Int(UInt16(bigEndian: address.sin_port)))
     }
 
@@ -29,7 +33,11 @@ import Glibc
         address.sin_family = sa_family_t(AF_INET)
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
         address.sin_port = UInt16(socksPort).bigEndian
-        let connected = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+        }
         #expect(connected == 0)
         var timeout = timeval(tv_sec: 10, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
@@ -57,7 +65,9 @@ import Glibc
 
     /// A node on 127.0.0.1 with short routes allowed, a small window and a
     /// fast gossip; `configure` adds the node's own settings.
-    private func startNode(_ work: String, _ name: String, hops: Int, _ configure: (inout MeshConfiguration) -> Void) throws -> MeshNode {
+    private func startNode(_ work: String, _ name: String, hops: Int, _ configure: (inout MeshConfiguration) -> Void)
+        throws -> MeshNode
+    {
         var config = MeshConfiguration()
         config.host = "127.0.0.1"
         config.hops = hops
@@ -100,7 +110,9 @@ import Glibc
             $0.seeds = [exit.descriptor]
         }
         defer { origin.stop() }
-        waitFor("the origin knows the exit") { origin.onLoop { origin.records[exit.key] != nil && origin.neighbours[exit.key] != nil } ?? false }
+        waitFor("the origin knows the exit") {
+            origin.onLoop { origin.records[exit.key] != nil && origin.neighbours[exit.key] != nil } ?? false
+        }
 
         let target = deafTarget()
         defer { close(target.fd) }

@@ -5,10 +5,14 @@ import Testing
 @Suite struct OnionTests {
     @Test func onionCarriesThePayerProofToItsHopOnly() throws {
         let hops = (0..<3).map { _ in NodeIdentity.generate() }
-        let proofs = (0..<3).map { i in Onion.PayerProof(payer: "payer-\(i)", nonce: Random.bytes(16), timestamp: UInt64(i), signature: Random.bytes(64)) }
+        let proofs = (0..<3).map { i in
+            Onion.PayerProof(
+                payer: "payer-\(i)", nonce: Random.bytes(16), timestamp: UInt64(i), signature: Random.bytes(64))
+        }
         let layers = hops.enumerated().map { i, h in
-            Onion.Hop(agreement: h.agreement.publicKey, kind: i == 2 ? .exit : .relay, next: i == 2 ? nil : hops[i + 1].key,
-                      token: [UInt8](repeating: 0, count: 8), payer: proofs[i])
+            Onion.Hop(
+                agreement: h.agreement.publicKey, kind: i == 2 ? .exit : .relay, next: i == 2 ? nil : hops[i + 1].key,
+                token: [UInt8](repeating: 0, count: 8), payer: proofs[i])
         }
         var (onion, _) = try Onion.build(layers, payload: [], size: 4_096)
         for (i, h) in hops.enumerated() {
@@ -20,13 +24,18 @@ import Testing
         }
         // A hop's key does not open another hop's layer.
         let (other, _) = try Onion.build(layers, payload: [], size: 4_096)
-        #expect(throws: MeshError.self) { try Onion.peel(other, privateKey: hops[1].agreement.privateKey, publicKey: hops[1].agreement.publicKey) }
+        #expect(throws: MeshError.self) {
+            try Onion.peel(other, privateKey: hops[1].agreement.privateKey, publicKey: hops[1].agreement.publicKey)
+        }
     }
 
-    static func layer() -> Onion.Layer { Onion.Layer(mac: SecureBytes(Random.bytes(32)), stream: SecureBytes(Random.bytes(32))) }
+    static func layer() -> Onion.Layer {
+        Onion.Layer(mac: SecureBytes(Random.bytes(32)), stream: SecureBytes(Random.bytes(32)))
+    }
 
     /// The origin's side of a forward cell: sealed for the exit, then wrapped for each relay (the last first).
-    static func originCell(_ message: [UInt8], relays: [Onion.Layer], exitKey: SecureBytes, counter: UInt64) -> [UInt8] {
+    static func originCell(_ message: [UInt8], relays: [Onion.Layer], exitKey: SecureBytes, counter: UInt64) -> [UInt8]
+    {
         var cell = [UInt8](repeating: 0, count: 4_096)
         cell.replaceSubrange(0..<message.count, with: message)
         cell.withUnsafeMutableBytes { c in
@@ -39,7 +48,9 @@ import Testing
     /// A relay: its layer off, from the incoming message into the next one.
     static func relay(_ key: Onion.Layer, counter: UInt64, _ cell: [UInt8]) -> [UInt8] {
         var next = [UInt8](repeating: 0, count: cell.count)
-        cell.withUnsafeBytes { input in next.withUnsafeMutableBytes { Onion.unwrap(key, counter: counter, from: input, into: $0) } }
+        cell.withUnsafeBytes { input in
+            next.withUnsafeMutableBytes { Onion.unwrap(key, counter: counter, from: input, into: $0) }
+        }
         return next
     }
 
@@ -99,7 +110,9 @@ import Testing
             var atExit = Self.relay(keys[1], counter: 1, tagged)
             // The colluding exit XORs the tag out where it could have moved to (the same place).
             atExit[position] ^= 0x5a
-            #expect(Self.exitOpens(atExit, exitKey: exitKey, counter: 1) == nil, "a tag at \(position) survived an honest relay")
+            #expect(
+                Self.exitOpens(atExit, exitKey: exitKey, counter: 1) == nil,
+                "a tag at \(position) survived an honest relay")
             // Without the tag the same cell opens.
             let clean = Self.relay(keys[1], counter: 1, Self.relay(keys[0], counter: 1, cell))
             #expect(Self.exitOpens(clean, exitKey: exitKey, counter: 1) != nil)

@@ -17,7 +17,7 @@ import MasqPluginSupport
 import CSQLite
 import CMasqSQLiteChecksum
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 private let pluginName: StaticString = "sqlite"
@@ -72,7 +72,9 @@ final class SQLiteDatabase {
     init(host: UnsafePointer<masq_host>, options: Options) throws(PluginFailure) {
         self.host = host
         busyTimeoutSeconds = options.busyTimeoutMilliseconds / 1000
-        let path = options.file.hasPrefix("/") || options.file == ":memory:" ? options.file : options.dataDir + "/" + options.file
+        let path =
+            options.file.hasPrefix("/") || options.file == ":memory:"
+            ? options.file : options.dataDir + "/" + options.file
         var handle: OpaquePointer?
         let flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE
         // Files on disk go through the page-checksum shim (Sources/CMasqSQLiteChecksum):
@@ -113,13 +115,16 @@ final class SQLiteDatabase {
             putStatement = try prepare("INSERT OR REPLACE INTO kv(k, v, ext) VALUES (?1, ?2, ?3)")
             deleteStatement = try prepare("DELETE FROM kv WHERE k = ?1")
             scanFromStatement = try prepare("SELECT kv.k, \(value) FROM \(joined) WHERE kv.k >= ?1 ORDER BY kv.k")
-            scanRangeStatement = try prepare("SELECT kv.k, \(value) FROM \(joined) WHERE kv.k >= ?1 AND kv.k < ?2 ORDER BY kv.k")
+            scanRangeStatement = try prepare(
+                "SELECT kv.k, \(value) FROM \(joined) WHERE kv.k >= ?1 AND kv.k < ?2 ORDER BY kv.k")
             deleteFromStatement = try prepare("DELETE FROM kv WHERE k >= ?1")
             deleteRangeStatement = try prepare("DELETE FROM kv WHERE k >= ?1 AND k < ?2")
             bigInsertStatement = try prepare("INSERT INTO big(v) VALUES (?1)")
             bigDeleteForKeyStatement = try prepare("DELETE FROM big WHERE id = (SELECT ext FROM kv WHERE k = ?1)")
-            bigDeleteFromStatement = try prepare("DELETE FROM big WHERE id IN (SELECT ext FROM kv WHERE k >= ?1 AND ext IS NOT NULL)")
-            bigDeleteRangeStatement = try prepare("DELETE FROM big WHERE id IN (SELECT ext FROM kv WHERE k >= ?1 AND k < ?2 AND ext IS NOT NULL)")
+            bigDeleteFromStatement = try prepare(
+                "DELETE FROM big WHERE id IN (SELECT ext FROM kv WHERE k >= ?1 AND ext IS NOT NULL)")
+            bigDeleteRangeStatement = try prepare(
+                "DELETE FROM big WHERE id IN (SELECT ext FROM kv WHERE k >= ?1 AND k < ?2 AND ext IS NOT NULL)")
             beginStatement = try prepare("BEGIN IMMEDIATE")
             commitStatement = try prepare("COMMIT")
             rollbackStatement = try prepare("ROLLBACK")
@@ -144,13 +149,17 @@ final class SQLiteDatabase {
     func commit() -> Int32 { step(commitStatement, "commit") }
     func rollback() -> Int32 { sqlite3_get_autocommit(db) != 0 ? MASQ_OK : step(rollbackStatement, "rollback") }
 
-    func get(_ key: UnsafePointer<UInt8>?, _ keyLength: Int, _ sink: masq_bytes_sink, _ context: UnsafeMutableRawPointer?) -> Int32 {
+    func get(
+        _ key: UnsafePointer<UInt8>?, _ keyLength: Int, _ sink: masq_bytes_sink, _ context: UnsafeMutableRawPointer?
+    ) -> Int32 {
         let s = getStatement!
         defer { sqlite3_reset(s); sqlite3_clear_bindings(s) }
         bind(s, 1, key, keyLength)
         switch sqlite3_step(s) {
         case SQLITE_ROW:
-            return sink(context, sqlite3_column_blob(s, 0)?.assumingMemoryBound(to: UInt8.self), Int(sqlite3_column_bytes(s, 0)))
+            return sink(
+                context, sqlite3_column_blob(s, 0)?.assumingMemoryBound(to: UInt8.self), Int(sqlite3_column_bytes(s, 0))
+            )
         case SQLITE_DONE:
             return MASQ_E_NOT_FOUND
         case let rc:
@@ -161,7 +170,9 @@ final class SQLiteDatabase {
     /// A put of a long value writes two rows (big, then kv): the kernel wraps
     /// its writes in a transaction; a put outside one takes its own, so the
     /// pair is atomic either way.
-    func put(_ key: UnsafePointer<UInt8>?, _ keyLength: Int, _ value: UnsafePointer<UInt8>?, _ valueLength: Int) -> Int32 {
+    func put(_ key: UnsafePointer<UInt8>?, _ keyLength: Int, _ value: UnsafePointer<UInt8>?, _ valueLength: Int)
+        -> Int32
+    {
         let long = valueLength > Self.inlineValueBytes
         guard long || hasBig else { return putRow(key, keyLength, value, valueLength, ext: nil) }
         return atomically("put") { () -> Int32 in
@@ -176,8 +187,10 @@ final class SQLiteDatabase {
         }
     }
 
-    private func putRow(_ key: UnsafePointer<UInt8>?, _ keyLength: Int, _ value: UnsafePointer<UInt8>?, _ valueLength: Int,
-                        ext: Int64?) -> Int32 {
+    private func putRow(
+        _ key: UnsafePointer<UInt8>?, _ keyLength: Int, _ value: UnsafePointer<UInt8>?, _ valueLength: Int,
+        ext: Int64?
+    ) -> Int32 {
         let s = putStatement!
         bind(s, 1, key, keyLength)
         bind(s, 2, value, valueLength)
@@ -215,8 +228,10 @@ final class SQLiteDatabase {
         }
     }
 
-    func scan(_ start: UnsafePointer<UInt8>?, _ startLength: Int, _ end: UnsafePointer<UInt8>?, _ endLength: Int,
-              _ visitor: masq_scan_visitor, _ context: UnsafeMutableRawPointer?) -> Int32 {
+    func scan(
+        _ start: UnsafePointer<UInt8>?, _ startLength: Int, _ end: UnsafePointer<UInt8>?, _ endLength: Int,
+        _ visitor: masq_scan_visitor, _ context: UnsafeMutableRawPointer?
+    ) -> Int32 {
         let s: OpaquePointer = end == nil ? scanFromStatement : scanRangeStatement
         defer { sqlite3_reset(s); sqlite3_clear_bindings(s) }
         bind(s, 1, start, startLength)
@@ -224,9 +239,10 @@ final class SQLiteDatabase {
         while true {
             switch sqlite3_step(s) {
             case SQLITE_ROW:
-                let result = visitor(context,
-                                     sqlite3_column_blob(s, 0)?.assumingMemoryBound(to: UInt8.self), Int(sqlite3_column_bytes(s, 0)),
-                                     sqlite3_column_blob(s, 1)?.assumingMemoryBound(to: UInt8.self), Int(sqlite3_column_bytes(s, 1)))
+                let result = visitor(
+                    context,
+                    sqlite3_column_blob(s, 0)?.assumingMemoryBound(to: UInt8.self), Int(sqlite3_column_bytes(s, 0)),
+                    sqlite3_column_blob(s, 1)?.assumingMemoryBound(to: UInt8.self), Int(sqlite3_column_bytes(s, 1)))
                 if result == MASQ_SCAN_STOP { return MASQ_OK }
                 if result != MASQ_OK { return result }
             case SQLITE_DONE:
@@ -237,7 +253,9 @@ final class SQLiteDatabase {
         }
     }
 
-    func deleteRange(_ start: UnsafePointer<UInt8>?, _ startLength: Int, _ end: UnsafePointer<UInt8>?, _ endLength: Int) -> Int32 {
+    func deleteRange(_ start: UnsafePointer<UInt8>?, _ startLength: Int, _ end: UnsafePointer<UInt8>?, _ endLength: Int)
+        -> Int32
+    {
         atomically("delete_range") { () -> Int32 in
             if hasBig {
                 let b: OpaquePointer = end == nil ? bigDeleteFromStatement : bigDeleteRangeStatement
@@ -286,7 +304,8 @@ final class SQLiteDatabase {
     private func fail(_ rc: Int32, _ operation: String) -> Int32 {
         var message = "\(operation): \(String(cString: sqlite3_errstr(rc))) (\(String(cString: sqlite3_errmsg(db))))"
         if rc & 0xFF == SQLITE_BUSY || rc & 0xFF == SQLITE_LOCKED {
-            message = "\(operation): another process has been writing to this store for \(busyTimeoutSeconds) s "
+            message =
+                "\(operation): another process has been writing to this store for \(busyTimeoutSeconds) s "
                 + "(or is suspended in the middle of a write, e.g. with Ctrl-Z); try again, or raise the storage option busy_timeout_ms"
         }
         return host.pointee.error(host, Self.status(rc), message)
@@ -294,7 +313,7 @@ final class SQLiteDatabase {
 
     static func status(_ rc: Int32) -> Int32 {
         // A page that failed its checksum is damage, not an I/O error (a full disk is).
-        if rc == SQLITE_IOERR | (32 << 8) { return MASQ_E_CORRUPT }   // SQLITE_IOERR_DATA
+        if rc == SQLITE_IOERR | (32 << 8) { return MASQ_E_CORRUPT }  // SQLITE_IOERR_DATA
         return switch rc & 0xFF {
         case SQLITE_BUSY, SQLITE_LOCKED: MASQ_E_BUSY
         case SQLITE_NOMEM: MASQ_E_NOMEM
@@ -308,14 +327,18 @@ final class SQLiteDatabase {
     private func prepare(_ sql: String) throws(PluginFailure) -> OpaquePointer {
         var s: OpaquePointer?
         let rc = sqlite3_prepare_v3(db, sql, -1, UInt32(SQLITE_PREPARE_PERSISTENT), &s, nil)
-        guard rc == SQLITE_OK, let s else { throw PluginFailure(Self.status(rc), "prepare: \(String(cString: sqlite3_errmsg(db)))") }
+        guard rc == SQLITE_OK, let s else {
+            throw PluginFailure(Self.status(rc), "prepare: \(String(cString: sqlite3_errmsg(db)))")
+        }
         statements.append(s)
         return s
     }
 
     private func execute(_ sql: String) throws(PluginFailure) {
         let rc = sqlite3_exec(db, sql, nil, nil, nil)
-        guard rc == SQLITE_OK else { throw PluginFailure(Self.status(rc), "\(sql): \(String(cString: sqlite3_errmsg(db)))") }
+        guard rc == SQLITE_OK else {
+            throw PluginFailure(Self.status(rc), "\(sql): \(String(cString: sqlite3_errmsg(db)))")
+        }
     }
 
     private func hasColumn(_ table: String, _ column: String) throws(PluginFailure) -> Bool {
@@ -325,7 +348,9 @@ final class SQLiteDatabase {
     private func queryText(_ sql: String) throws(PluginFailure) -> String {
         var s: OpaquePointer?
         let rc = sqlite3_prepare_v2(db, sql, -1, &s, nil)
-        guard rc == SQLITE_OK, let s else { throw PluginFailure(Self.status(rc), "\(sql): \(String(cString: sqlite3_errmsg(db)))") }
+        guard rc == SQLITE_OK, let s else {
+            throw PluginFailure(Self.status(rc), "\(sql): \(String(cString: sqlite3_errmsg(db)))")
+        }
         defer { sqlite3_finalize(s) }
         let step = sqlite3_step(s)
         guard step == SQLITE_ROW, let text = sqlite3_column_text(s, 0) else {
@@ -338,7 +363,9 @@ final class SQLiteDatabase {
 // MARK: - options
 
 /// Parse the options the kernel passes; unknown keys and bad values are errors.
-private func parseOptions(_ list: UnsafePointer<masq_plugin_option>?, _ count: Int) throws(PluginFailure) -> SQLiteDatabase.Options {
+private func parseOptions(_ list: UnsafePointer<masq_plugin_option>?, _ count: Int) throws(PluginFailure)
+    -> SQLiteDatabase.Options
+{
     var options = SQLiteDatabase.Options()
     for (key, value) in try pluginOptions(list, count) {
         switch key {
@@ -350,13 +377,17 @@ private func parseOptions(_ list: UnsafePointer<masq_plugin_option>?, _ count: I
         case "synchronous":
             let allowed = ["off", "normal", "full", "extra"]
             guard allowed.contains(value.lowercased()) else {
-                throw .init(MASQ_E_CONFIG, "option synchronous must be one of \(allowed.joined(separator: ", ")), not \"\(value)\"")
+                throw .init(
+                    MASQ_E_CONFIG,
+                    "option synchronous must be one of \(allowed.joined(separator: ", ")), not \"\(value)\"")
             }
             options.synchronous = value.lowercased()
         case "busy_timeout_ms":
             options.busyTimeoutMilliseconds = Int32(try optionNumber(key, value, 0...Int(Int32.max)))
         case "secure_delete":
-            guard value == "true" || value == "false" else { throw .init(MASQ_E_CONFIG, "option secure_delete must be true or false, not \"\(value)\"") }
+            guard value == "true" || value == "false" else {
+                throw .init(MASQ_E_CONFIG, "option secure_delete must be true or false, not \"\(value)\"")
+            }
             options.secureDelete = value == "true"
         case "page_size":
             guard let size = Int(value), (512...65_536).contains(size), size & (size - 1) == 0 else {
@@ -366,7 +397,10 @@ private func parseOptions(_ list: UnsafePointer<masq_plugin_option>?, _ count: I
         case "cache_size_kib":
             options.cacheSizeKiB = try optionNumber(key, value, 1...(16 << 20))
         default:
-            throw .init(MASQ_E_CONFIG, "unknown option \"\(key)\" (known: file, synchronous, busy_timeout_ms, cache_size_kib, page_size, secure_delete)")
+            throw .init(
+                MASQ_E_CONFIG,
+                "unknown option \"\(key)\" (known: file, synchronous, busy_timeout_ms, cache_size_kib, page_size, secure_delete)"
+            )
         }
     }
     return options
@@ -390,7 +424,9 @@ nonisolated(unsafe) private let vtable: UnsafeMutablePointer<masq_storage_vtable
         guard hostHas(host, \.log), hostHas(host, \.error), hostHas(host, \.random_bytes) else {
             return MASQ_E_ABI
         }
-        return handOver(host, out) { () throws(PluginFailure) in try SQLiteDatabase(host: host, options: try parseOptions(options, count)) }
+        return handOver(host, out) { () throws(PluginFailure) in
+            try SQLiteDatabase(host: host, options: try parseOptions(options, count))
+        }
     }
     t.close = { raw in
         guard let raw else { return }
@@ -405,7 +441,9 @@ nonisolated(unsafe) private let vtable: UnsafeMutablePointer<masq_storage_vtable
         guard let db = database(raw), let sink else { return MASQ_E_INVALID }
         return db.get(key, length, sink, context)
     }
-    t.put = { raw, key, keyLength, value, valueLength in database(raw)?.put(key, keyLength, value, valueLength) ?? MASQ_E_INVALID }
+    t.put = { raw, key, keyLength, value, valueLength in
+        database(raw)?.put(key, keyLength, value, valueLength) ?? MASQ_E_INVALID
+    }
     t.del = { raw, key, length in database(raw)?.delete(key, length) ?? MASQ_E_INVALID }
     t.scan = { raw, start, startLength, end, endLength, flags, visitor, context in
         guard let db = database(raw), let visitor, flags == 0 else { return MASQ_E_INVALID }
@@ -419,8 +457,9 @@ nonisolated(unsafe) private let vtable: UnsafeMutablePointer<masq_storage_vtable
     return v
 }()
 
-nonisolated(unsafe) private let descriptor = pluginDescriptor(kind: MASQ_PLUGIN_STORAGE, name: pluginName, version: pluginVersion,
-                                                               summary: pluginSummary, vtable: UnsafeRawPointer(vtable))
+nonisolated(unsafe) private let descriptor = pluginDescriptor(
+    kind: MASQ_PLUGIN_STORAGE, name: pluginName, version: pluginVersion,
+    summary: pluginSummary, vtable: UnsafeRawPointer(vtable))
 
 @c @implementation
 public func masq_plugin_entry() -> UnsafePointer<masq_plugin_descriptor>! {

@@ -17,13 +17,13 @@ import NIOPosix
 import NIOSSL
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 private let pluginName: StaticString = "connectoid"
 private let pluginVersion: StaticString = "1.0.0"
-private let pluginSummary: StaticString = "Connectoid mailboxes: polls store-and-forward services over HTTP(S), no open connection"
-
+private let pluginSummary: StaticString =
+    "Connectoid mailboxes: polls store-and-forward services over HTTP(S), no open connection"
 
 /// A mailbox as a room/destination string names it.
 struct Mailbox: Hashable, Sendable {
@@ -35,9 +35,12 @@ struct Mailbox: Hashable, Sendable {
     init?(_ name: String) {
         let parts = name.split(separator: ".", omittingEmptySubsequences: false)
         guard parts.count == 2 || parts.count == 3, !parts[0].isEmpty, let urls = Base64URL.decode(String(parts[1])),
-              let text = String(validating: urls, as: UTF8.self) else { return nil }
+            let text = String(validating: urls, as: UTF8.self)
+        else { return nil }
         let services = text.split(separator: " ").map(String.init)
-        guard !services.isEmpty, services.count <= 8, services.allSatisfy({ HTTPEndpoint($0) != nil }) else { return nil }
+        guard !services.isEmpty, services.count <= 8, services.allSatisfy({ HTTPEndpoint($0) != nil }) else {
+            return nil
+        }
         self.name = name
         pub = String(parts[0])
         ext = parts.count == 3 ? String(parts[2]) : ""
@@ -106,10 +109,14 @@ final class ConnectoidTransport: PluginTransport, @unchecked Sendable {
     // MARK: plugin entry points (any thread)
 
     func start() -> Int32 {
-        let timer = group.next().scheduleRepeatedTask(initialDelay: .zero, delay: .milliseconds(options.intervalMilliseconds)) { [weak self] _ in
+        let timer = group.next().scheduleRepeatedTask(
+            initialDelay: .zero, delay: .milliseconds(options.intervalMilliseconds)
+        ) { [weak self] _ in
             self?.pollAll()
         }
-        state.withLockedValue { $0.timer = timer; $0.started = true }
+        state.withLockedValue {
+            $0.timer = timer; $0.started = true
+        }
         return MASQ_OK
     }
 
@@ -131,10 +138,14 @@ final class ConnectoidTransport: PluginTransport, @unchecked Sendable {
 
     func join(_ room: String) -> Int32 {
         guard let mailbox = Mailbox(room) else {
-            return fail(.init(MASQ_E_INVALID, "a connectoid room is a mailbox PUB.URL.EXT with base64url parts and http(s) service URLs"))
+            return fail(
+                .init(
+                    MASQ_E_INVALID,
+                    "a connectoid room is a mailbox PUB.URL.EXT with base64url parts and http(s) service URLs"))
         }
         guard hostHas(host, \.answer_challenge) else {
-            return fail(.init(MASQ_E_UNSUPPORTED, "this kernel cannot answer mailbox challenges (masq_host.answer_challenge)"))
+            return fail(
+                .init(MASQ_E_UNSUPPORTED, "this kernel cannot answer mailbox challenges (masq_host.answer_challenge)"))
         }
         let started = state.withLockedValue { s -> Bool in
             s.joined[room] = mailbox
@@ -156,17 +167,25 @@ final class ConnectoidTransport: PluginTransport, @unchecked Sendable {
     /// with backoff on network errors, 5xx and "Too often"; a service that
     /// refuses the message for good (too big, bad key) is not retried.
     func send(_ destination: String, _ frame: [UInt8]) -> Int32 {
-        guard let mailbox = Mailbox(destination) else { return fail(.init(MASQ_E_INVALID, "destination is not a mailbox PUB.URL.EXT")) }
+        guard let mailbox = Mailbox(destination) else {
+            return fail(.init(MASQ_E_INVALID, "destination is not a mailbox PUB.URL.EXT"))
+        }
         guard frame.count <= options.maxMessageBytes else {
-            return fail(.init(MASQ_E_TOO_LARGE, "frame of \(frame.count) bytes exceeds max_message_bytes \(options.maxMessageBytes)"))
+            return fail(
+                .init(
+                    MASQ_E_TOO_LARGE,
+                    "frame of \(frame.count) bytes exceeds max_message_bytes \(options.maxMessageBytes)"))
         }
         let admitted = state.withLockedValue { s -> Bool in
             guard !s.stopped, s.queued + mailbox.services.count <= options.maxQueuedSends else { return false }
             s.queued += mailbox.services.count
             return true
         }
-        guard admitted else { return fail(.init(MASQ_E_BUSY, "connectoid send queue full (max_queued_sends \(options.maxQueuedSends))")) }
-        let body = encode(ConnectoidRequest(pub: mailbox.pub, ext: mailbox.ext, action: "send", data: Base64URL.encode(frame)))
+        guard admitted else {
+            return fail(.init(MASQ_E_BUSY, "connectoid send queue full (max_queued_sends \(options.maxQueuedSends))"))
+        }
+        let body = encode(
+            ConnectoidRequest(pub: mailbox.pub, ext: mailbox.ext, action: "send", data: Base64URL.encode(frame)))
         counters.withLockedValue { $0.framesSent += 1 }
         for service in mailbox.services { post(service, body, attempt: 1) }
         return MASQ_OK
@@ -183,10 +202,13 @@ final class ConnectoidTransport: PluginTransport, @unchecked Sendable {
             if retry && attempt < self.options.sendAttempts && !self.state.withLockedValue({ $0.stopped }) {
                 self.counters.withLockedValue { $0.sendRetries += 1 }
                 let delay = Int64(min(30_000, 500 << (attempt - 1)))
-                self.group.next().scheduleTask(in: .milliseconds(delay)) { self.post(service, body, attempt: attempt + 1) }
+                self.group.next().scheduleTask(in: .milliseconds(delay)) {
+                    self.post(service, body, attempt: attempt + 1)
+                }
                 return
             }
-            if case .success(let (_, response)) = result, response?.ok == true {} else {
+            if case .success(let (_, response)) = result, response?.ok == true {
+            } else {
                 self.counters.withLockedValue { $0.sendFailures += 1 }
                 self.log(MASQ_LOG_WARN, "send to \(service) failed: \(Self.describe(result))")
             }
@@ -227,13 +249,17 @@ final class ConnectoidTransport: PluginTransport, @unchecked Sendable {
         let at = state.withLockedValue { $0.cursors[key] ?? 0 }
         let check = encode(ConnectoidRequest(pub: mailbox.pub, ext: mailbox.ext, action: "check", at: at))
         return request(endpoint, check).flatMap { status, response -> EventLoopFuture<Void> in
-            guard let response, response.ok, response.found == true, let question = response.question.flatMap(Base64URL.decode) else {
+            guard let response, response.ok, response.found == true,
+                let question = response.question.flatMap(Base64URL.decode)
+            else {
                 if response?.ok != true { self.noteError(service, status, response) }
                 return loop.makeSucceededVoidFuture()
             }
             guard let answer = self.answer(mailbox.name, question) else { return loop.makeSucceededVoidFuture() }
-            let receive = encode(ConnectoidRequest(pub: mailbox.pub, ext: mailbox.ext, action: "receive", at: at,
-                                                   answer: Base64URL.encode(answer), limit: self.options.receiveLimit))
+            let receive = encode(
+                ConnectoidRequest(
+                    pub: mailbox.pub, ext: mailbox.ext, action: "receive", at: at,
+                    answer: Base64URL.encode(answer), limit: self.options.receiveLimit))
             return self.request(endpoint, receive).flatMap { status, response -> EventLoopFuture<Void> in
                 guard let response, response.ok, let next = response.at else {
                     self.noteError(service, status, response)
@@ -243,7 +269,8 @@ final class ConnectoidTransport: PluginTransport, @unchecked Sendable {
                 self.state.withLockedValue { s in
                     if next > (s.cursors[key] ?? 0) { s.cursors[key] = next }
                 }
-                return response.more == true ? self.drain(mailbox, service, rounds: rounds + 1) : loop.makeSucceededVoidFuture()
+                return response.more == true
+                    ? self.drain(mailbox, service, rounds: rounds + 1) : loop.makeSucceededVoidFuture()
             }
         }.recover { _ in }
     }
@@ -265,7 +292,9 @@ final class ConnectoidTransport: PluginTransport, @unchecked Sendable {
                 continue
             }
             counters.withLockedValue { $0.framesReceived += 1 }
-            data.withUnsafeBufferPointer { host.pointee.frame_received(host, "connectoid", mailbox.name, $0.baseAddress, $0.count) }
+            data.withUnsafeBufferPointer {
+                host.pointee.frame_received(host, "connectoid", mailbox.name, $0.baseAddress, $0.count)
+            }
         }
     }
 
@@ -274,11 +303,13 @@ final class ConnectoidTransport: PluginTransport, @unchecked Sendable {
         let box = Box()
         let status = question.withUnsafeBufferPointer { q in
             withExtendedLifetime(box) {
-                host.pointee.answer_challenge(host, mailbox, q.baseAddress, q.count, { ctx, data, length in
-                    let box = Unmanaged<Box>.fromOpaque(ctx!).takeUnretainedValue()
-                    box.bytes = Array(UnsafeRawBufferPointer(start: data, count: length))
-                    return MASQ_OK
-                }, Unmanaged.passUnretained(box).toOpaque())
+                host.pointee.answer_challenge(
+                    host, mailbox, q.baseAddress, q.count,
+                    { ctx, data, length in
+                        let box = Unmanaged<Box>.fromOpaque(ctx!).takeUnretainedValue()
+                        box.bytes = Array(UnsafeRawBufferPointer(start: data, count: length))
+                        return MASQ_OK
+                    }, Unmanaged.passUnretained(box).toOpaque())
             }
         }
         guard status == MASQ_OK else {
@@ -294,11 +325,13 @@ final class ConnectoidTransport: PluginTransport, @unchecked Sendable {
     /// POST a JSON request; the response decoded when it is JSON.
     private func request(_ endpoint: HTTPEndpoint, _ body: [UInt8]) -> EventLoopFuture<(Int, ConnectoidResponse?)> {
         pending.withLockedValue { $0 += 1 }
-        let future = HTTPClient.post(endpoint, body: body, group: group, tls: tls, timeout: .milliseconds(options.timeoutMilliseconds),
-                                     maxResponseBytes: options.receiveLimit * (options.maxMessageBytes * 4 / 3 + 256) + 4_096)
-            .map { result -> (Int, ConnectoidResponse?) in
-                (result.status, try? JSONDecoder().decode(ConnectoidResponse.self, from: Data(result.body)))
-            }
+        let future = HTTPClient.post(
+            endpoint, body: body, group: group, tls: tls, timeout: .milliseconds(options.timeoutMilliseconds),
+            maxResponseBytes: options.receiveLimit * (options.maxMessageBytes * 4 / 3 + 256) + 4_096
+        )
+        .map { result -> (Int, ConnectoidResponse?) in
+            (result.status, try? JSONDecoder().decode(ConnectoidResponse.self, from: Data(result.body)))
+        }
         future.whenComplete { result in
             self.pending.withLockedValue { $0 -= 1 }
             if case .failure = result { self.counters.withLockedValue { $0.requestErrors += 1 } }
@@ -337,7 +370,9 @@ final class ConnectoidTransport: PluginTransport, @unchecked Sendable {
     /// Cursors survive restarts, so a mailbox is not read again from the start.
     private func saveCursors() {
         guard let path = cursorFile else { return }
-        let cursors = state.withLockedValue { s in s.cursors.filter { entry in s.joined.keys.contains { entry.key.hasPrefix($0 + " ") } } }
+        let cursors = state.withLockedValue { s in
+            s.cursors.filter { entry in s.joined.keys.contains { entry.key.hasPrefix($0 + " ") } }
+        }
         guard let data = try? JSONEncoder().encode(cursors) else { return }
         let temporary = path + ".tmp"
         guard let file = fopen(temporary, "wb") else { return }
@@ -362,7 +397,9 @@ private func monotonicMilliseconds() -> Int64 {
 
 // MARK: - the C face
 
-private func parseOptions(_ list: UnsafePointer<masq_plugin_option>?, _ count: Int) throws(PluginFailure) -> ConnectoidTransport.Options {
+private func parseOptions(_ list: UnsafePointer<masq_plugin_option>?, _ count: Int) throws(PluginFailure)
+    -> ConnectoidTransport.Options
+{
     var options = ConnectoidTransport.Options()
     let pairs = try pluginOptions(list, count)
     for (key, value) in pairs {
@@ -376,7 +413,10 @@ private func parseOptions(_ list: UnsafePointer<masq_plugin_option>?, _ count: I
         case "max_queued_sends": options.maxQueuedSends = try number(1...1_000_000)
         case "send_attempts": options.sendAttempts = try number(1...100)
         default:
-            throw .init(MASQ_E_CONFIG, "unknown option \"\(key)\" (known: interval_ms, timeout_ms, receive_limit, max_message_bytes, max_queued_sends, send_attempts)")
+            throw .init(
+                MASQ_E_CONFIG,
+                "unknown option \"\(key)\" (known: interval_ms, timeout_ms, receive_limit, max_message_bytes, max_queued_sends, send_attempts)"
+            )
         }
     }
     return options
@@ -393,7 +433,9 @@ nonisolated(unsafe) private let vtable: UnsafeMutablePointer<masq_transport_vtab
     t.create = { host, options, count, out in
         guard let host, let out else { return MASQ_E_INVALID }
         guard hostHas(host, \.frame_received), hostHas(host, \.peer_event) else { return MASQ_E_ABI }
-        return handOver(host, out) { () throws(PluginFailure) in ConnectoidTransport(host: host, options: try parseOptions(options, count)) }
+        return handOver(host, out) { () throws(PluginFailure) in
+            ConnectoidTransport(host: host, options: try parseOptions(options, count))
+        }
     }
     t.join = { raw, room in
         guard let t = transport(raw), let room else { return MASQ_E_INVALID }
@@ -411,8 +453,9 @@ nonisolated(unsafe) private let vtable: UnsafeMutablePointer<masq_transport_vtab
     return v
 }()
 
-nonisolated(unsafe) private let descriptor = pluginDescriptor(kind: MASQ_PLUGIN_TRANSPORT, name: pluginName, version: pluginVersion,
-                                                               summary: pluginSummary, vtable: UnsafeRawPointer(vtable))
+nonisolated(unsafe) private let descriptor = pluginDescriptor(
+    kind: MASQ_PLUGIN_TRANSPORT, name: pluginName, version: pluginVersion,
+    summary: pluginSummary, vtable: UnsafeRawPointer(vtable))
 
 @c @implementation
 public func masq_plugin_entry() -> UnsafePointer<masq_plugin_descriptor>! {

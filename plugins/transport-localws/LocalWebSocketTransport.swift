@@ -18,13 +18,13 @@ import NIOPosix
 import NIOWebSocket
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 private let pluginName: StaticString = "localws"
 private let pluginVersion: StaticString = "1.0.0"
-private let pluginSummary: StaticString = "WebSocket server on 127.0.0.1/::1 for local apps (origin reported, static pages)"
-
+private let pluginSummary: StaticString =
+    "WebSocket server on 127.0.0.1/::1 for local apps (origin reported, static pages)"
 
 /// One plugin instance: listeners, live connections, limits.
 final class LocalWebSocketTransport: PluginTransport, @unchecked Sendable {
@@ -72,7 +72,8 @@ final class LocalWebSocketTransport: PluginTransport, @unchecked Sendable {
     var statsJSON: String {
         let gate = handshakes.counts
         let json = counters.withLockedValue { $0.json }
-        return String(json.dropLast()) + ", \"handshakes_pending\": \(gate.pending), \"handshakes_evicted\": \(gate.evicted), \"handshakes_timed_out\": \(gate.timedOut)}"
+        return String(json.dropLast())
+            + ", \"handshakes_pending\": \(gate.pending), \"handshakes_evicted\": \(gate.evicted), \"handshakes_timed_out\": \(gate.timedOut)}"
     }
     let handshakes: HandshakeGate
     private let state = NIOLockedValueBox(State())
@@ -111,8 +112,11 @@ final class LocalWebSocketTransport: PluginTransport, @unchecked Sendable {
     /// localhost:PORT (both). Port 0 picks one; the bound endpoint(s) go to
     /// `bound`, comma-separated.
     func listen(_ endpoint: String, bound: (String) -> Void) -> Int32 {
-        guard let colon = endpoint.lastIndex(of: ":"), let port = Int(endpoint[endpoint.index(after: colon)...]), (0...65_535).contains(port) else {
-            return fail(.init(MASQ_E_INVALID, "endpoint must be 127.0.0.1:PORT, [::1]:PORT or localhost:PORT, not \(endpoint)"))
+        guard let colon = endpoint.lastIndex(of: ":"), let port = Int(endpoint[endpoint.index(after: colon)...]),
+            (0...65_535).contains(port)
+        else {
+            return fail(
+                .init(MASQ_E_INVALID, "endpoint must be 127.0.0.1:PORT, [::1]:PORT or localhost:PORT, not \(endpoint)"))
         }
         let name = String(endpoint[..<colon])
         let addresses: [String]
@@ -146,7 +150,9 @@ final class LocalWebSocketTransport: PluginTransport, @unchecked Sendable {
     /// Send one message to a peer: a text frame when it is UTF-8 (what
     /// browsers expect of JSON), else binary.
     func send(_ peer: String, _ bytes: UnsafeRawBufferPointer) -> Int32 {
-        guard !state.withLockedValue({ $0.stopped }) else { return fail(.init(MASQ_E_CLOSED, "the transport is stopped")) }
+        guard !state.withLockedValue({ $0.stopped }) else {
+            return fail(.init(MASQ_E_CLOSED, "the transport is stopped"))
+        }
         guard let channel = state.withLockedValue({ $0.peers[peer] }) else {
             return fail(.init(MASQ_E_NOT_FOUND, "no connection \(peer)"))
         }
@@ -161,7 +167,8 @@ final class LocalWebSocketTransport: PluginTransport, @unchecked Sendable {
         let transport = self
         let write = {
             // A client that stops reading is closed, not buffered without bound.
-            if let pending = try? channel.syncOptions?.getOption(ChannelOptions.bufferedWritableBytes), pending > limit {
+            if let pending = try? channel.syncOptions?.getOption(ChannelOptions.bufferedWritableBytes), pending > limit
+            {
                 transport.counters.withLockedValue { $0.slowClosed += 1 }
                 transport.close(channel, code: .policyViolation, reason: "too many unread messages")
                 return
@@ -246,8 +253,10 @@ final class LocalWebSocketTransport: PluginTransport, @unchecked Sendable {
                 transport.handshakes.passed(channel)
                 do {
                     let sync = channel.pipeline.syncOperations
-                    try sync.addHandler(NIOWebSocketFrameAggregator(minNonFinalFragmentSize: 0, maxAccumulatedFrameCount: 64,
-                                                                    maxAccumulatedFrameSize: transport.options.maxMessageBytes))
+                    try sync.addHandler(
+                        NIOWebSocketFrameAggregator(
+                            minNonFinalFragmentSize: 0, maxAccumulatedFrameCount: 64,
+                            maxAccumulatedFrameSize: transport.options.maxMessageBytes))
                     try sync.addHandler(IdleStateHandler(readTimeout: .seconds(transport.options.idleTimeoutSeconds)))
                     try sync.addHandler(PeerHandler(transport: transport, request: head, uid: uid))
                     return channel.eventLoop.makeSucceededVoidFuture()
@@ -258,9 +267,12 @@ final class LocalWebSocketTransport: PluginTransport, @unchecked Sendable {
         let files = StaticFileHandler(transport: self)
         let bound = NIOLoopBound(files, eventLoop: channel.eventLoop)
         try channel.pipeline.syncOperations.configureHTTPServerPipeline(
-            withServerUpgrade: (upgraders: [upgrader], completionHandler: { context in
-                context.pipeline.syncOperations.removeHandler(bound.value, promise: nil)
-            }))
+            withServerUpgrade: (
+                upgraders: [upgrader],
+                completionHandler: { context in
+                    context.pipeline.syncOperations.removeHandler(bound.value, promise: nil)
+                }
+            ))
         try channel.pipeline.syncOperations.addHandler(files)
     }
 
@@ -305,7 +317,8 @@ final class LocalWebSocketTransport: PluginTransport, @unchecked Sendable {
     fileprivate func received(_ peer: String, _ data: ByteBuffer) {
         counters.withLockedValue { $0.framesReceived += 1 }
         data.withUnsafeReadableBytes { raw in
-            host.pointee.frame_received(host, peer, nil, raw.baseAddress?.assumingMemoryBound(to: UInt8.self), raw.count)
+            host.pointee.frame_received(
+                host, peer, nil, raw.baseAddress?.assumingMemoryBound(to: UInt8.self), raw.count)
         }
     }
 
@@ -362,7 +375,8 @@ final class PeerHandler: ChannelInboundHandler {
         case .text, .binary:
             if let peer { transport.received(peer, frame.unmaskedData) }
         case .ping:
-            context.writeAndFlush(wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: frame.unmaskedData)), promise: nil)
+            context.writeAndFlush(
+                wrapOutboundOut(WebSocketFrame(fin: true, opcode: .pong, data: frame.unmaskedData)), promise: nil)
         case .connectionClose:
             transport.close(context.channel, code: .normalClosure, reason: "")
         default:
@@ -381,7 +395,8 @@ final class PeerHandler: ChannelInboundHandler {
     /// Oversized or malformed frames: counted, and the connection closed.
     func errorCaught(context: ChannelHandlerContext, error: Error) {
         transport.rejected("\(error)")
-        transport.close(context.channel, code: error is NIOWebSocketError ? .messageTooLarge : .protocolError, reason: "bad frame")
+        transport.close(
+            context.channel, code: error is NIOWebSocketError ? .messageTooLarge : .protocolError, reason: "bad frame")
     }
 
     private func schedulePing(_ context: ChannelHandlerContext) {
@@ -389,7 +404,10 @@ final class PeerHandler: ChannelInboundHandler {
         pingTask = context.eventLoop.scheduleTask(in: .seconds(transport.options.pingIntervalSeconds)) {
             let (handler, context) = bound.value
             guard handler.peer != nil else { return }
-            context.writeAndFlush(handler.wrapOutboundOut(WebSocketFrame(fin: true, opcode: .ping, data: context.channel.allocator.buffer(capacity: 0))), promise: nil)
+            context.writeAndFlush(
+                handler.wrapOutboundOut(
+                    WebSocketFrame(fin: true, opcode: .ping, data: context.channel.allocator.buffer(capacity: 0))),
+                promise: nil)
             handler.schedulePing(context)
         }
     }
@@ -426,9 +444,13 @@ final class StaticFileHandler: ChannelInboundHandler, RemovableChannelHandler {
         let status: HTTPResponseStatus
         var body: [UInt8] = []
         if !transport.loopbackHost(head.headers, context.channel) {
-            (status, body) = (.forbidden, Array("this server answers only to 127.0.0.1, localhost or [::1] with its port\n".utf8))
+            (status, body) = (
+                .forbidden, Array("this server answers only to 127.0.0.1, localhost or [::1] with its port\n".utf8)
+            )
         } else if head.headers["upgrade"].contains(where: { $0.lowercased() == "websocket" }) {
-            (status, body) = (.serviceUnavailable, Array("too many connections, or not a valid WebSocket upgrade\n".utf8))
+            (status, body) = (
+                .serviceUnavailable, Array("too many connections, or not a valid WebSocket upgrade\n".utf8)
+            )
         } else if head.method != .GET && head.method != .HEAD {
             (status, body) = (.methodNotAllowed, Array("GET only\n".utf8))
         } else if let (file, type) = lookup(head.uri) {
@@ -445,10 +467,15 @@ final class StaticFileHandler: ChannelInboundHandler, RemovableChannelHandler {
         headers.add(name: "X-Content-Type-Options", value: "nosniff")
         headers.add(name: "X-Frame-Options", value: "DENY")
         headers.add(name: "Referrer-Policy", value: "no-referrer")
-        headers.add(name: "Content-Security-Policy",
-                    value: "default-src 'self'; img-src 'self' data:; style-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+        headers.add(
+            name: "Content-Security-Policy",
+            value:
+                "default-src 'self'; img-src 'self' data:; style-src 'self'; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'"
+        )
         headers.add(name: "Connection", value: "close")
-        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: status, headers: headers))), promise: nil)
+        context.write(
+            wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: status, headers: headers))),
+            promise: nil)
         if head.method != .HEAD {
             var buffer = context.channel.allocator.buffer(capacity: body.count)
             buffer.writeBytes(body)
@@ -464,9 +491,12 @@ final class StaticFileHandler: ChannelInboundHandler, RemovableChannelHandler {
         var path = String(uri.prefix { $0 != "?" && $0 != "#" })
         if path.hasSuffix("/") { path += "index.html" }
         let allowed = path.utf8.allSatisfy { c in
-            (c >= 48 && c <= 57) || (c >= 65 && c <= 90) || (c >= 97 && c <= 122) || c == 46 || c == 95 || c == 45 || c == 47
+            (c >= 48 && c <= 57) || (c >= 65 && c <= 90) || (c >= 97 && c <= 122) || c == 46 || c == 95 || c == 45
+                || c == 47
         }
-        guard allowed, path.hasPrefix("/"), !path.split(separator: "/").contains(where: { $0 == ".." || $0.hasPrefix(".") }) else { return nil }
+        guard allowed, path.hasPrefix("/"),
+            !path.split(separator: "/").contains(where: { $0 == ".." || $0.hasPrefix(".") })
+        else { return nil }
         let type: String
         switch path.split(separator: ".").last ?? "" {
         case "html": type = "text/html; charset=utf-8"
@@ -556,7 +586,9 @@ enum SocketOwner {
                 return nil
             }
         }
-        guard let (family, clientAddress, clientPort) = parts(client), let (_, serverAddress, serverPort) = parts(server) else { return .notFound }
+        guard let (family, clientAddress, clientPort) = parts(client),
+            let (_, serverAddress, serverPort) = parts(server)
+        else { return .notFound }
         var uid: UInt32 = 0
         switch masqsockdiag_tcp_owner(family, clientAddress, clientPort, serverAddress, serverPort, &uid) {
         case 0: return .found(uid)
@@ -604,7 +636,9 @@ enum SocketOwner {
 
 // MARK: - the C face
 
-private func parseOptions(_ list: UnsafePointer<masq_plugin_option>?, _ count: Int) throws(PluginFailure) -> LocalWebSocketTransport.Options {
+private func parseOptions(_ list: UnsafePointer<masq_plugin_option>?, _ count: Int) throws(PluginFailure)
+    -> LocalWebSocketTransport.Options
+{
     var options = LocalWebSocketTransport.Options()
     let pairs = try pluginOptions(list, count)
     for (key, value) in pairs {
@@ -622,7 +656,10 @@ private func parseOptions(_ list: UnsafePointer<masq_plugin_option>?, _ count: I
         case "threads": options.threads = try number(1...64)
         case "allowed_uid": options.allowedUID = UInt32(try number(0...Int(UInt32.max - 1)))
         default:
-            throw .init(MASQ_E_CONFIG, "unknown option \"\(key)\" (known: static_dir, max_message_bytes, max_connections, max_queued_bytes, ping_interval, idle_timeout, handshake_timeout, max_handshakes, threads, allowed_uid)")
+            throw .init(
+                MASQ_E_CONFIG,
+                "unknown option \"\(key)\" (known: static_dir, max_message_bytes, max_connections, max_queued_bytes, ping_interval, idle_timeout, handshake_timeout, max_handshakes, threads, allowed_uid)"
+            )
         }
     }
     return options
@@ -639,7 +676,9 @@ nonisolated(unsafe) private let vtable: UnsafeMutablePointer<masq_transport_vtab
     t.create = { host, options, count, out in
         guard let host, let out else { return MASQ_E_INVALID }
         guard hostHas(host, \.frame_received), hostHas(host, \.peer_event) else { return MASQ_E_ABI }
-        return handOver(host, out) { () throws(PluginFailure) in LocalWebSocketTransport(host: host, options: try parseOptions(options, count)) }
+        return handOver(host, out) { () throws(PluginFailure) in
+            LocalWebSocketTransport(host: host, options: try parseOptions(options, count))
+        }
     }
     t.listen = { raw, endpoint, sink, ctx in
         guard let t = transport(raw), let endpoint else { return MASQ_E_INVALID }
@@ -661,8 +700,9 @@ nonisolated(unsafe) private let vtable: UnsafeMutablePointer<masq_transport_vtab
     return v
 }()
 
-nonisolated(unsafe) private let descriptor = pluginDescriptor(kind: MASQ_PLUGIN_TRANSPORT, name: pluginName, version: pluginVersion,
-                                                               summary: pluginSummary, vtable: UnsafeRawPointer(vtable))
+nonisolated(unsafe) private let descriptor = pluginDescriptor(
+    kind: MASQ_PLUGIN_TRANSPORT, name: pluginName, version: pluginVersion,
+    summary: pluginSummary, vtable: UnsafeRawPointer(vtable))
 
 @c @implementation
 public func masq_plugin_entry() -> UnsafePointer<masq_plugin_descriptor>! {

@@ -11,16 +11,19 @@ import MasqPluginSupport
 import MasqMesh
 import MasqRelayClient
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 private let pluginName: StaticString = "mesh"
 private let pluginVersion: StaticString = "1.0.0"
-private let pluginSummary: StaticString = "relay transport over the mesh: onion routes of 3+ hops hide the device's address"
+private let pluginSummary: StaticString =
+    "relay transport over the mesh: onion routes of 3+ hops hide the device's address"
 
 private let meshOptionNames = "seed, network, host, hops, cell_bytes, gossip_ms, max_neighbours, target_neighbours"
 
-private func makeTransport(_ host: UnsafePointer<masq_host>, _ list: UnsafePointer<masq_plugin_option>?, _ count: Int) throws(PluginFailure) -> RelayTransport {
+private func makeTransport(_ host: UnsafePointer<masq_host>, _ list: UnsafePointer<masq_plugin_option>?, _ count: Int)
+    throws(PluginFailure) -> RelayTransport
+{
     var relay = RelayTransport.Options()
     var mesh = MeshConfiguration()
     mesh.gossipMilliseconds = 1_000
@@ -33,7 +36,9 @@ private func makeTransport(_ host: UnsafePointer<masq_host>, _ list: UnsafePoint
         case "data_dir": dataDirectory = value
         case "seed":
             for text in value.split(separator: " ") {
-                guard let d = NodeDescriptor(String(text)) else { throw .init(MASQ_E_CONFIG, "option seed: not a node descriptor: \(text)") }
+                guard let d = NodeDescriptor(String(text)) else {
+                    throw .init(MASQ_E_CONFIG, "option seed: not a node descriptor: \(text)")
+                }
                 mesh.seeds.append(d)
             }
         case "network": mesh.network = value
@@ -45,11 +50,14 @@ private func makeTransport(_ host: UnsafePointer<masq_host>, _ list: UnsafePoint
         case "target_neighbours": mesh.targetNeighbours = try number(1...16)
         default:
             guard try applyRelayOption(key, value, to: &relay) else {
-                throw .init(MASQ_E_CONFIG, "unknown option \"\(key)\" (known: url, \(meshOptionNames), \(relayOptionNames))")
+                throw .init(
+                    MASQ_E_CONFIG, "unknown option \"\(key)\" (known: url, \(meshOptionNames), \(relayOptionNames))")
             }
         }
     }
-    guard !mesh.seeds.isEmpty else { throw .init(MASQ_E_CONFIG, "option seed (one or more node descriptors, space-separated) is required") }
+    guard !mesh.seeds.isEmpty else {
+        throw .init(MASQ_E_CONFIG, "option seed (one or more node descriptors, space-separated) is required")
+    }
     mesh.targetNeighbours = min(mesh.targetNeighbours, mesh.maxNeighbours)
     mesh.socks = "127.0.0.1:0"
     mesh.exit = false
@@ -60,8 +68,9 @@ private func makeTransport(_ host: UnsafePointer<masq_host>, _ list: UnsafePoint
     let node: MeshNode
     do {
         // The engine's lines go through the host (its level, the embedder's callback).
-        node = try MeshNode(configuration: mesh, identity: try NodeIdentity.loadOrCreate(meshDirectory + "/node.key"),
-                            logger: HostLogHandler.logger("masq.node", host: host))
+        node = try MeshNode(
+            configuration: mesh, identity: try NodeIdentity.loadOrCreate(meshDirectory + "/node.key"),
+            logger: HostLogHandler.logger("masq.node", host: host))
         try node.start()
     } catch {
         throw .init(MASQ_E_CONFIG, "mesh node: \(error)")
@@ -87,8 +96,9 @@ nonisolated(unsafe) private let vtable: UnsafeMutablePointer<masq_transport_vtab
     return v
 }()
 
-nonisolated(unsafe) private let descriptor = pluginDescriptor(kind: MASQ_PLUGIN_TRANSPORT, name: pluginName, version: pluginVersion,
-                                                               summary: pluginSummary, vtable: UnsafeRawPointer(vtable))
+nonisolated(unsafe) private let descriptor = pluginDescriptor(
+    kind: MASQ_PLUGIN_TRANSPORT, name: pluginName, version: pluginVersion,
+    summary: pluginSummary, vtable: UnsafeRawPointer(vtable))
 
 @c @implementation
 public func masq_plugin_entry() -> UnsafePointer<masq_plugin_descriptor>! {

@@ -11,7 +11,9 @@ private let pluginName: StaticString = "relay"
 private let pluginVersion: StaticString = "1.0.0"
 private let pluginSummary: StaticString = "WebSocket client for masq relay (rooms, reconnect, outbound queue)"
 
-private func parseOptions(_ list: UnsafePointer<masq_plugin_option>?, _ count: Int) throws(PluginFailure) -> RelayTransport.Options {
+private func parseOptions(_ list: UnsafePointer<masq_plugin_option>?, _ count: Int) throws(PluginFailure)
+    -> RelayTransport.Options
+{
     var options = RelayTransport.Options()
     let pairs = try pluginOptions(list, count)
     for (key, value) in pairs where key != "data_dir" && key != "url" {
@@ -30,14 +32,17 @@ nonisolated(unsafe) private let vtable: UnsafeMutablePointer<masq_transport_vtab
         guard hostHas(host, \.frame_received), hostHas(host, \.peer_event) else {
             return MASQ_E_ABI
         }
-        return handOver(host, out) { () throws(PluginFailure) in RelayTransport(host: host, options: try parseOptions(options, count)) }
+        return handOver(host, out) { () throws(PluginFailure) in
+            RelayTransport(host: host, options: try parseOptions(options, count))
+        }
     }
     v.initialize(to: t)
     return v
 }()
 
-nonisolated(unsafe) private let descriptor = pluginDescriptor(kind: MASQ_PLUGIN_TRANSPORT, name: pluginName, version: pluginVersion,
-                                                               summary: pluginSummary, vtable: UnsafeRawPointer(vtable))
+nonisolated(unsafe) private let descriptor = pluginDescriptor(
+    kind: MASQ_PLUGIN_TRANSPORT, name: pluginName, version: pluginVersion,
+    summary: pluginSummary, vtable: UnsafeRawPointer(vtable))
 
 @c @implementation
 public func masq_plugin_entry() -> UnsafePointer<masq_plugin_descriptor>! {

@@ -10,13 +10,13 @@ import MasqPluginSupport
 import CSQLite
 import MasqCrypto
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 private let pluginName: StaticString = "ledger"
 private let pluginVersion: StaticString = "1.0.0"
-private let pluginSummary: StaticString = "local SQLite ledger shared by nodes on one machine (atomic transfers, history)"
-
+private let pluginSummary: StaticString =
+    "local SQLite ledger shared by nodes on one machine (atomic transfers, history)"
 
 final class LedgerWallet: PluginWallet, @unchecked Sendable {
     let host: UnsafePointer<masq_host>
@@ -26,20 +26,28 @@ final class LedgerWallet: PluginWallet, @unchecked Sendable {
     private var db: OpaquePointer?
     private let lock = PluginLock()
 
-    init(host: UnsafePointer<masq_host>, ledger: String, keyFile: String, asset: String, initialBalance: UInt128?) throws(PluginFailure) {
+    init(host: UnsafePointer<masq_host>, ledger: String, keyFile: String, asset: String, initialBalance: UInt128?)
+        throws(PluginFailure)
+    {
         self.host = host
         self.asset = asset
         signingKey = try Self.loadOrCreateKey(keyFile)
-        guard let publicKey = try? Ed25519.publicKey(of: signingKey) else { throw .init(MASQ_E_INVALID, "bad wallet key in \(keyFile)") }
+        guard let publicKey = try? Ed25519.publicKey(of: signingKey) else {
+            throw .init(MASQ_E_INVALID, "bad wallet key in \(keyFile)")
+        }
         address = Hex.encode(publicKey)
         var handle: OpaquePointer?
-        guard sqlite3_open_v2(ledger, &handle, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX, nil) == SQLITE_OK, let handle else {
+        guard
+            sqlite3_open_v2(ledger, &handle, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_FULLMUTEX, nil)
+                == SQLITE_OK, let handle
+        else {
             sqlite3_close(handle)
             throw .init(MASQ_E_IO, "cannot open the ledger \(ledger)")
         }
         db = handle
         sqlite3_busy_timeout(handle, 10_000)
-        try exec("""
+        try exec(
+            """
             PRAGMA journal_mode=WAL;
             CREATE TABLE IF NOT EXISTS account(address TEXT NOT NULL, asset TEXT NOT NULL, balance TEXT NOT NULL, PRIMARY KEY(address, asset));
             CREATE TABLE IF NOT EXISTS transfer(seq INTEGER PRIMARY KEY AUTOINCREMENT, txid TEXT NOT NULL UNIQUE, sender TEXT NOT NULL,
@@ -51,7 +59,9 @@ final class LedgerWallet: PluginWallet, @unchecked Sendable {
             try transaction { () throws(PluginFailure) in
                 if try self.balanceLocked(address, asset) == nil {
                     try self.setBalance(address, asset, initialBalance)
-                    try self.record(txid: "genesis-" + address, from: "genesis", to: address, asset: asset, amount: initialBalance, memo: [])
+                    try self.record(
+                        txid: "genesis-" + address, from: "genesis", to: address, asset: asset, amount: initialBalance,
+                        memo: [])
                 }
             }
         }
@@ -65,7 +75,9 @@ final class LedgerWallet: PluginWallet, @unchecked Sendable {
         if let file = fopen(path, "rb") {
             defer { fclose(file) }
             var bytes = [UInt8](repeating: 0, count: 33)
-            guard fread(&bytes, 1, 33, file) == 32 else { throw .init(MASQ_E_INVALID, "\(path) is not a wallet key (32 bytes)") }
+            guard fread(&bytes, 1, 33, file) == 32 else {
+                throw .init(MASQ_E_INVALID, "\(path) is not a wallet key (32 bytes)")
+            }
             defer { for i in bytes.indices { bytes[i] = 0 } }
             return SecureBytes(bytes[0..<32])
         }
@@ -85,7 +97,9 @@ final class LedgerWallet: PluginWallet, @unchecked Sendable {
     }
 
     func pay(to: String, asset: String?, amount text: String, memo: [UInt8]) throws(PluginFailure) -> String {
-        guard let amount = UInt128(text), amount > 0 else { throw .init(MASQ_E_INVALID, "amount must be a positive decimal integer below 2^128") }
+        guard let amount = UInt128(text), amount > 0 else {
+            throw .init(MASQ_E_INVALID, "amount must be a positive decimal integer below 2^128")
+        }
         guard Self.validAddress(to) else { throw .init(MASQ_E_INVALID, "not a ledger address: \(to.prefix(80))") }
         guard to != address else { throw .init(MASQ_E_INVALID, "a wallet cannot pay itself") }
         let asset = asset ?? self.asset
@@ -104,7 +118,9 @@ final class LedgerWallet: PluginWallet, @unchecked Sendable {
     }
 
     func sign(_ message: [UInt8]) throws(PluginFailure) -> [UInt8] {
-        do { return try Ed25519.sign(message, privateKey: signingKey) } catch { throw .init(MASQ_E_INTERNAL, "signing failed") }
+        do { return try Ed25519.sign(message, privateKey: signingKey) } catch {
+            throw .init(MASQ_E_INTERNAL, "signing failed")
+        }
     }
 
     static func verify(_ address: String, _ message: [UInt8], _ signature: [UInt8]) -> Bool {
@@ -112,14 +128,18 @@ final class LedgerWallet: PluginWallet, @unchecked Sendable {
         return Ed25519.verify(signature, message: message, publicKey: key)
     }
 
-    func verifyPayment(txid: String, from: String, to: String, asset: String?, amount text: String) throws(PluginFailure) -> Int32 {
+    func verifyPayment(txid: String, from: String, to: String, asset: String?, amount text: String)
+        throws(PluginFailure) -> Int32
+    {
         guard let amount = UInt128(text) else { throw .init(MASQ_E_INVALID, "amount must be a decimal integer") }
         return try locked { () throws(PluginFailure) -> Int32 in
             let s = try prepare("SELECT sender, receiver, asset, amount FROM transfer WHERE txid = ?1")
             defer { sqlite3_finalize(s) }
             sqlite3_bind_text(s, 1, txid, -1, transient)
             guard sqlite3_step(s) == SQLITE_ROW else { return MASQ_E_NOT_FOUND }
-            let ok = column(s, 0) == from && column(s, 1) == to && column(s, 2) == (asset ?? self.asset) && (UInt128(column(s, 3)) ?? 0) >= amount
+            let ok =
+                column(s, 0) == from && column(s, 1) == to && column(s, 2) == (asset ?? self.asset)
+                && (UInt128(column(s, 3)) ?? 0) >= amount
             return ok ? MASQ_OK : MASQ_E_DENIED
         }
     }
@@ -129,7 +149,9 @@ final class LedgerWallet: PluginWallet, @unchecked Sendable {
     /// payment of what is owed, so a node never credits a debtor for it.
     func payments(after cursor: UInt64, limit: UInt32) throws(PluginFailure) -> String {
         try locked { () throws(PluginFailure) -> String in
-            let s = try prepare("SELECT seq, txid, sender, asset, amount FROM transfer WHERE receiver = ?1 AND seq > ?2 AND asset = ?4 ORDER BY seq LIMIT ?3")
+            let s = try prepare(
+                "SELECT seq, txid, sender, asset, amount FROM transfer WHERE receiver = ?1 AND seq > ?2 AND asset = ?4 ORDER BY seq LIMIT ?3"
+            )
             defer { sqlite3_finalize(s) }
             sqlite3_bind_text(s, 1, address, -1, transient)
             sqlite3_bind_int64(s, 2, Int64(clamping: cursor))
@@ -139,7 +161,9 @@ final class LedgerWallet: PluginWallet, @unchecked Sendable {
             var next = cursor
             while sqlite3_step(s) == SQLITE_ROW {
                 next = UInt64(sqlite3_column_int64(s, 0))
-                items.append("{\"txid\": \"\(column(s, 1))\", \"from\": \"\(column(s, 2))\", \"asset\": \"\(column(s, 3))\", \"amount\": \"\(column(s, 4))\"}")
+                items.append(
+                    "{\"txid\": \"\(column(s, 1))\", \"from\": \"\(column(s, 2))\", \"asset\": \"\(column(s, 3))\", \"amount\": \"\(column(s, 4))\"}"
+                )
             }
             return "{\"payments\": [" + items.joined(separator: ", ") + "], \"cursor\": \(next)}"
         }
@@ -174,12 +198,16 @@ final class LedgerWallet: PluginWallet, @unchecked Sendable {
         sqlite3_bind_text(s, 1, address, -1, transient)
         sqlite3_bind_text(s, 2, asset, -1, transient)
         guard sqlite3_step(s) == SQLITE_ROW else { return nil }
-        guard let value = UInt128(column(s, 0)) else { throw .init(MASQ_E_CORRUPT, "a malformed balance in the ledger") }
+        guard let value = UInt128(column(s, 0)) else {
+            throw .init(MASQ_E_CORRUPT, "a malformed balance in the ledger")
+        }
         return value
     }
 
     private func setBalance(_ address: String, _ asset: String, _ value: UInt128) throws(PluginFailure) {
-        let s = try prepare("INSERT INTO account(address, asset, balance) VALUES(?1, ?2, ?3) ON CONFLICT(address, asset) DO UPDATE SET balance = excluded.balance")
+        let s = try prepare(
+            "INSERT INTO account(address, asset, balance) VALUES(?1, ?2, ?3) ON CONFLICT(address, asset) DO UPDATE SET balance = excluded.balance"
+        )
         defer { sqlite3_finalize(s) }
         sqlite3_bind_text(s, 1, address, -1, transient)
         sqlite3_bind_text(s, 2, asset, -1, transient)
@@ -187,8 +215,11 @@ final class LedgerWallet: PluginWallet, @unchecked Sendable {
         guard sqlite3_step(s) == SQLITE_DONE else { throw failure("update balance") }
     }
 
-    private func record(txid: String, from: String, to: String, asset: String, amount: UInt128, memo: [UInt8]) throws(PluginFailure) {
-        let s = try prepare("INSERT INTO transfer(txid, sender, receiver, asset, amount, memo, at) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)")
+    private func record(txid: String, from: String, to: String, asset: String, amount: UInt128, memo: [UInt8])
+        throws(PluginFailure)
+    {
+        let s = try prepare(
+            "INSERT INTO transfer(txid, sender, receiver, asset, amount, memo, at) VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7)")
         defer { sqlite3_finalize(s) }
         sqlite3_bind_text(s, 1, txid, -1, transient)
         sqlite3_bind_text(s, 2, from, -1, transient)
@@ -216,7 +247,8 @@ final class LedgerWallet: PluginWallet, @unchecked Sendable {
 
     private func failure(_ what: String) -> PluginFailure {
         let code = sqlite3_errcode(db)
-        return .init(code == SQLITE_BUSY ? MASQ_E_BUSY : MASQ_E_IO, "ledger: \(what): \(String(cString: sqlite3_errmsg(db)))")
+        return .init(
+            code == SQLITE_BUSY ? MASQ_E_BUSY : MASQ_E_IO, "ledger: \(what): \(String(cString: sqlite3_errmsg(db)))")
     }
 }
 
@@ -224,7 +256,9 @@ private let transient = unsafeBitCast(-1, to: sqlite3_destructor_type.self)
 
 // MARK: - the C face
 
-private func parse(_ host: UnsafePointer<masq_host>, _ list: UnsafePointer<masq_plugin_option>?, _ count: Int) throws(PluginFailure) -> LedgerWallet {
+private func parse(_ host: UnsafePointer<masq_host>, _ list: UnsafePointer<masq_plugin_option>?, _ count: Int)
+    throws(PluginFailure) -> LedgerWallet
+{
     var ledger: String?, keyFile: String?, dataDirectory = ".", asset = "MASQ"
     var initial: UInt128?
     let pairs = try pluginOptions(list, count)
@@ -235,13 +269,18 @@ private func parse(_ host: UnsafePointer<masq_host>, _ list: UnsafePointer<masq_
         case "data_dir": dataDirectory = value
         case "asset": asset = value
         case "initial_balance":
-            guard let n = UInt128(value) else { throw .init(MASQ_E_CONFIG, "initial_balance must be a decimal integer") }
+            guard let n = UInt128(value) else {
+                throw .init(MASQ_E_CONFIG, "initial_balance must be a decimal integer")
+            }
             initial = n
-        default: throw .init(MASQ_E_CONFIG, "unknown option \"\(key)\" (known: ledger, key_file, asset, initial_balance)")
+        default:
+            throw .init(MASQ_E_CONFIG, "unknown option \"\(key)\" (known: ledger, key_file, asset, initial_balance)")
         }
     }
     guard let ledger else { throw .init(MASQ_E_CONFIG, "option ledger (the shared ledger file) is required") }
-    return try LedgerWallet(host: host, ledger: ledger, keyFile: keyFile ?? dataDirectory + "/wallet.key", asset: asset, initialBalance: initial)
+    return try LedgerWallet(
+        host: host, ledger: ledger, keyFile: keyFile ?? dataDirectory + "/wallet.key", asset: asset,
+        initialBalance: initial)
 }
 
 nonisolated(unsafe) private let vtable: UnsafeMutablePointer<masq_wallet_vtable> = {
@@ -255,8 +294,9 @@ nonisolated(unsafe) private let vtable: UnsafeMutablePointer<masq_wallet_vtable>
     return v
 }()
 
-nonisolated(unsafe) private let descriptor = pluginDescriptor(kind: MASQ_PLUGIN_WALLET, name: pluginName, version: pluginVersion,
-                                                               summary: pluginSummary, vtable: UnsafeRawPointer(vtable))
+nonisolated(unsafe) private let descriptor = pluginDescriptor(
+    kind: MASQ_PLUGIN_WALLET, name: pluginName, version: pluginVersion,
+    summary: pluginSummary, vtable: UnsafeRawPointer(vtable))
 
 @c @implementation
 public func masq_plugin_entry() -> UnsafePointer<masq_plugin_descriptor>! {
