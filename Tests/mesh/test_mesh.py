@@ -572,6 +572,55 @@ def test_sync_between_two_devices_over_the_mesh(mesh):
         relay.wait(10)
 
 
+EMBEDDER = r"""
+import ctypes, json, sys
+import masq
+from masq import _native as n
+lines = []
+masq.set_log_handler(lambda level, component, message: lines.append([level, component, message]), max_level=n.LOG_INFO)
+store = masq.Store.open(sys.argv[1])
+lib = n.lib()
+lib.masq_sync_once.argtypes = [ctypes.c_void_p, ctypes.c_double]
+lib.masq_sync_once.restype = ctypes.c_int
+rc = lib.masq_sync_once(store._handle, 3.0)
+store.close()
+print(json.dumps({"rc": rc, "lines": lines}))
+"""
+
+
+def test_a_swift_plugins_log_lines_reach_the_embedders_callback(mesh):
+    """Issue 16.2: the mesh transport plugin (Swift, dlopen'd by libmasq) logs its
+    engine's swift-log lines through host->log, so an embedder that set
+    masq_set_log_callback (here the Python binding over libmasq.so) receives
+    them, tagged with the plugin instance -- not on the plugin's own stderr."""
+    work = mesh["work"]
+    lib = os.path.join(os.path.dirname(os.path.realpath(MASQ)), "libmasq.so")
+    if not os.path.exists(lib):
+        pytest.skip("no libmasq.so beside %s" % MASQ)
+    cfg = {d: os.path.join(work, "log-%s.json" % d) for d in ("a", "b")}
+    for d in ("a", "b"):
+        subprocess.run([MASQ, "init", "--config", cfg[d], "--data-dir", os.path.join(work, "log-dev-" + d)],
+                       check=True, capture_output=True)
+    offer = subprocess.Popen([MASQ, "pair", "--config", cfg["a"], "--no-qr"], stdout=subprocess.PIPE, text=True)
+    link = next(line.strip() for line in offer.stdout if line.startswith("masq://"))
+    subprocess.run([MASQ, "join", "--config", cfg["b"], link], check=True, capture_output=True)
+    assert offer.wait(30) == 0
+    config = json.load(open(cfg["a"]))
+    seeds = " ".join(state_descriptor(mesh, i) for i in alive(mesh))
+    config["transports"] = [{"plugin": "mesh", "options": {"url": "ws://127.0.0.1:9/", "seed": seeds, "host": "127.0.0.22"}}]
+    json.dump(config, open(cfg["a"], "w"))
+    env = dict(os.environ, MASQ_LIBRARY=lib,
+               PYTHONPATH=os.path.join(os.path.dirname(__file__), "..", "..", "bindings", "python"))
+    r = subprocess.run(["python3", "-c", EMBEDDER, cfg["a"]], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = json.loads(r.stdout.strip().splitlines()[-1])["lines"]
+    started = [l for l in lines if "masq.node: node started" in l[2]]
+    assert started, lines
+    level, component, message = started[0]
+    assert level == 2 and "mesh" in component, started[0]          # MASQ_LOG_INFO, the plugin instance
+    assert "masq.node: node started" not in r.stderr                 # the embedder's callback, not stderr
+
+
 @pytest.mark.parametrize("args, message", [
     (["--seed", "not-a-descriptor"], "not a node descriptor"),
     (["--hops", "2"], "fewer than 3 hops"),
