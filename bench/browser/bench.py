@@ -149,7 +149,7 @@ if (params.get("profile")) {
   wrap(Session.prototype, "seal", "session.seal (ratchet encrypt)");
   wrap(SyncEngine.prototype, "receive", "engine.receive (decode, check, apply, vectors, ack)", (a) => a[0].length);
   wrap(PeerStore.prototype, "applyCommits", "store.applyCommits (one readwrite tx)", (a) => a[0].reduce((n, c) => n + c.records.length, 0));
-  wrap(PeerStore.prototype, "_merge", "store._merge (per record: await t.get, t.put)");
+  wrap(PeerStore.prototype, "_mergeRecord", "store._mergeRecord (per record: merge, t.put)");
   wrap(PeerStore.prototype, "vectors", "store.vectors (readonly tx)");
   wrap(PeerStore.prototype, "recordAck", "store.recordAck (readwrite tx)");
   wrap(PeerStore.prototype, "_publish", "store._publish (watchers)");
@@ -386,24 +386,31 @@ def main():
             push_status += "\n     CLI `masq status`: " + (r.stdout + r.stderr).strip().replace("\n", "\n       ")
 
         # 3. Latency, daemon mode: the same page on masqd (approved as the manager would), same keys.
-        phone.execute_script("startDaemon(arguments[0])", masqd.url.replace("http:", "ws:"))
-        tp.wait_js(phone, "window.B.daemonState !== 'connecting' && window.B.daemonState", 30)
-        if phone.execute_script("return window.B.daemonState") != "pending":
-            raise RuntimeError(f"masqd: {phone.execute_script('return window.B.daemonError')}")
-        DaemonClient.manager(url=masqd.url, secret=masqd.secret).call("apps.approve", app=ns)
-        tp.wait_js(phone, "window.B.daemonState === 'approved' || window.B.daemonState === 'error'", 30)
-        if phone.execute_script("return window.B.daemonState") != "approved":
-            raise RuntimeError(f"masqd: {phone.execute_script('return window.B.daemonError')}")
-        # The same N keys in masqd's store first (set_all, 1,000 a request), so gets read a store of the same size.
-        load_ms = js(phone, """
-            const t = performance.now();
-            for (let i = 0; i < args[0]; i += 1000) {
-              const batch = [];
-              for (let j = i; j < Math.min(args[0], i + 1000); j++) batch.push([`k/${String(j).padStart(6, "0")}`, benchValue(j)]);
-              await dapp.setAll(batch);
-            }
-            return performance.now() - t;""", N)
-        daemon = js(phone, "return await latency(dapp, args[0], args[1], 'lat/', args[2])", OPS, get_idx, WARMUP)
+        # A failure here (masqd gone) still prints the peer's figures.
+        daemon = load_ms = daemon_error = None
+        try:
+            phone.execute_script("startDaemon(arguments[0])", masqd.url.replace("http:", "ws:"))
+            tp.wait_js(phone, "window.B.daemonState !== 'connecting' && window.B.daemonState", 30)
+            if phone.execute_script("return window.B.daemonState") != "pending":
+                raise RuntimeError(f"masqd: {phone.execute_script('return window.B.daemonError')}")
+            DaemonClient.manager(url=masqd.url, secret=masqd.secret).call("apps.approve", app=ns)
+            tp.wait_js(phone, "window.B.daemonState === 'approved' || window.B.daemonState === 'error'", 30)
+            if phone.execute_script("return window.B.daemonState") != "approved":
+                raise RuntimeError(f"masqd: {phone.execute_script('return window.B.daemonError')}")
+            # The same N keys in masqd's store first (set_all, 1,000 a request), so gets read a store of the same size.
+            load_ms = js(phone, """
+                const t = performance.now();
+                for (let i = 0; i < args[0]; i += 1000) {
+                  const batch = [];
+                  for (let j = i; j < Math.min(args[0], i + 1000); j++) batch.push([`k/${String(j).padStart(6, "0")}`, benchValue(j)]);
+                  await dapp.setAll(batch);
+                }
+                return performance.now() - t;""", N)
+            daemon = js(phone, "return await latency(dapp, args[0], args[1], 'lat/', args[2])", OPS, get_idx, WARMUP)
+        except Exception as e:  # noqa: BLE001
+            daemon_error = f"{type(e).__name__}: {e}"
+            if masqd.proc.poll() is not None:
+                daemon_error += f" (masqd exited with {masqd.proc.returncode})"
         iso = phone.execute_script("return window.crossOriginIsolated")
         errors = b.get("errors") or []
     finally:
@@ -456,6 +463,9 @@ def main():
             if t0 >= b["tPaired"] and (dt >= 5 or label.startswith("store.apply")):
                 print(f"     {t0 - b['tPaired']:9.1f} +{dt:8.1f}  {label} [{arg}]")
     print("\n2. Latency from page JS (performance.now(), one call at a time), same run, same page")
+    if daemon is None:
+        print(f"   daemon mode FAILED: {daemon_error}")
+        daemon = {"get": [math.nan], "put": [math.nan], "getWall": math.nan, "putWall": math.nan, "wrong": "-"}
     print(f"   {'':22}{'peer (IndexedDB)':>18}{'daemon (masqd ws)':>20}{'peer/daemon':>13}")
     for op in ("get", "put"):
         for label, p in (("median", 50), ("p90", 90), ("p99", 99)):
@@ -469,7 +479,8 @@ def main():
         print(f"   side figure: the peer's {OPS + WARMUP} puts reached the CLI store {peer_push_s:.2f} s after the last one")
     else:
         print(f"   side figure: the peer's {OPS + WARMUP} puts were NOT all on the CLI store 60 s after the last one; status: {push_status}")
-    print(f"   side figure: daemon set_all of {N} keys (1,000 a request) {load_ms / 1000:.2f} s ({N / (load_ms / 1000):.0f} keys/s)")
+    if load_ms is not None:
+        print(f"   side figure: daemon set_all of {N} keys (1,000 a request) {load_ms / 1000:.2f} s ({N / (load_ms / 1000):.0f} keys/s)")
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@
  * record), `log` ([origin as 16 hex digits, seq] -> commit's key list) and
  * `meta` (string -> anything structured-cloneable, CryptoKeys included).
  *
- * `tx(mode, fn)` runs `fn(t)` in one transaction: all of it or nothing. `fn`
- * may await only `t`'s own requests (an IndexedDB transaction ends when it
+ * `tx(mode, fn)` runs `fn(t)` in one transaction: all of it or nothing; `t`
+ * has get, getMany (values of many keys, in few requests), put, del and
+ * range. `fn` may await only `t`'s own requests (an IndexedDB transaction ends when it
  * has nothing left to do), never WebCrypto or timers.
  * @module masq/peer/backend
  */
@@ -50,6 +51,7 @@ export class MemoryBackend {
           const e = this.data[store].get(JSON.stringify(key));
           return e ? e.value : undefined;
         },
+        getMany: (store, keys) => Promise.all(keys.map((key) => t.get(store, key))),
         put: (store, key, value) => {
           if (mode !== "readwrite") throw new Error("read-only transaction");
           staged.set(id(store, key), { store, key, value });
@@ -157,18 +159,21 @@ export class IndexedDBBackend {
         return;
       }
       let result, failed = null;
+      const handles = {};
+      const os = (store) => handles[store] || (handles[store] = tx.objectStore(store));
       const t = {
-        get: (store, key) => promised(tx.objectStore(store).get(key)),
+        get: (store, key) => promised(os(store).get(key)),
+        getMany: (store, keys) => getMany(os(store), keys),
         put: (store, key, value) => {
           grow += approxSize(value) + approxSize(key);
-          tx.objectStore(store).put(value, key);
+          os(store).put(value, key);
         },
-        del: (store, key) => { tx.objectStore(store).delete(key); },
+        del: (store, key) => { os(store).delete(key); },
         range: async (store, lower, upper, limit) => {
           const range = lower !== undefined && upper !== undefined ? IDBKeyRange.bound(lower, upper, false, true)
             : lower !== undefined ? IDBKeyRange.lowerBound(lower) : upper !== undefined ? IDBKeyRange.upperBound(upper, true) : undefined;
-          const os = tx.objectStore(store);
-          const [keys, values] = await Promise.all([promised(os.getAllKeys(range, limit)), promised(os.getAll(range, limit))]);
+          const o = os(store);
+          const [keys, values] = await Promise.all([promised(o.getAllKeys(range, limit)), promised(o.getAll(range, limit))]);
           return keys.map((k, i) => [k, values[i]]);
         },
       };
@@ -188,6 +193,61 @@ export class IndexedDBBackend {
   close() {
     this.db.close();
   }
+}
+
+/** A string naming an IndexedDB key (a [string, string] pair fast, anything else as JSON): equal keys, equal names. */
+function keyName(k) {
+  return Array.isArray(k) && k.length === 2 && typeof k[0] === "string" && typeof k[1] === "string"
+    ? k[0].length + ":" + k[0] + k[1] : JSON.stringify(k);
+}
+
+/**
+ * The values of `keys` (undefined where absent), in their order, in few
+ * requests: IndexedDB's requests are cheap to issue but each costs the
+ * browser a round trip to its storage process, and a sync frame brings
+ * thousands of keys — mostly new ones (an initial sync) or neighbours. So,
+ * for [string, string] keys (records), the keys present between the least
+ * and the greatest asked are listed first (getAllKeys, bounded): absent
+ * keys need no read at all, and when most keys present there are asked
+ * for, their values come in one getAll. Otherwise (a sparse range, other
+ * key shapes) one get per key, all issued at once. The caller does not
+ * write in the transaction while it waits for this.
+ * @param {IDBObjectStore} o @param {Array} keys @returns {Promise<Array>}
+ */
+async function getMany(o, keys) {
+  const each = (ks) => Promise.all(ks.map((k) => promised(o.get(k))));
+  if (keys.length < 16) return each(keys);
+  let lo = keys[0], hi = keys[0];
+  for (const k of keys) {
+    // The order of IndexedDB for a pair of strings: the first, then the second, each by UTF-16 code units (as JS's <).
+    if (!Array.isArray(k) || k.length !== 2 || typeof k[0] !== "string" || typeof k[1] !== "string") return each(keys);
+    if (k[0] < lo[0] || (k[0] === lo[0] && k[1] < lo[1])) lo = k;
+    if (k[0] > hi[0] || (k[0] === hi[0] && k[1] > hi[1])) hi = k;
+  }
+  const range = IDBKeyRange.bound(lo, hi);
+  const limit = 2 * keys.length + 64;
+  const present = await promised(o.getAllKeys(range, limit));
+  if (present.length >= limit) return each(keys);
+  const at = new Map();
+  for (let i = 0; i < present.length; i++) at.set(keyName(present[i]), i);
+  const where = keys.map((k) => at.get(keyName(k)));
+  const hits = where.filter((i) => i !== undefined);
+  if (!hits.length) return keys.map(() => undefined);
+  if (present.length <= 2 * hits.length + 64) {
+    // Dense: the range's rows in one request; its keys listed again beside it, so both lists are of the same rows.
+    const [ks, values] = await Promise.all([promised(o.getAllKeys(range, limit)), promised(o.getAll(range, limit))]);
+    if (ks.length < limit && values.length === ks.length) {
+      const row = new Map();
+      for (let i = 0; i < ks.length; i++) row.set(keyName(ks[i]), i);
+      return keys.map((k) => {
+        const i = row.get(keyName(k));
+        return i === undefined ? undefined : values[i];
+      });
+    }
+  }
+  const got = await each(hits.map((i) => present[i]));
+  const value = new Map(hits.map((i, n) => [i, got[n]]));
+  return where.map((i) => (i === undefined ? undefined : value.get(i)));
 }
 
 function mapError(e) {

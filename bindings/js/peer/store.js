@@ -203,9 +203,10 @@ export class PeerStore {
   async _commit(body) {
     const changes = [];
     await this.backend.tx("readwrite", async (t) => {
-      const saved = (await t.get("meta", "clock")) || { seq: 0, ts: 0n };
+      const [clock, seen] = await Promise.all([t.get("meta", "clock"), t.get("meta", "observed")]);
+      const saved = clock || { seq: 0, ts: 0n };
       this.clock.observe(saved.ts);
-      this.clock.observe((await t.get("meta", "observed")) || 0n);
+      this.clock.observe(seen || 0n);
       const seq = saved.seq + 1;
       const ts = this.clock.tick(this.now());
       const keys = [];
@@ -534,29 +535,47 @@ export class PeerStore {
   async applyCommits(commits) {
     const changes = [];
     const results = await this.backend.tx("readwrite", async (t) => {
-      const stored = (await t.get("meta", "vector")) || {};
-      const clock = (await t.get("meta", "clock")) || { seq: 0, ts: 0n };
-      const observed = { value: (await t.get("meta", "observed")) || 0n };
-      const out = [];
+      const [vector, saved, seen] = await Promise.all([t.get("meta", "vector"), t.get("meta", "clock"), t.get("meta", "observed")]);
+      const stored = vector || {};
+      const clock = saved || { seq: 0, ts: 0n };
+      const observed = { value: seen || 0n };
+      // Which commits apply follows from the vector alone: decided before any record is read.
+      const out = [], todo = [];
+      const next = new Map();
       for (const c of commits) {
         const o = rhex(c.origin);
-        const applied = c.origin === this.replica ? BigInt(clock.seq) : stored[o] ? BigInt(stored[o].seq) : 0n;
+        const applied = c.origin === this.replica ? BigInt(clock.seq) : next.has(o) ? next.get(o) : stored[o] ? BigInt(stored[o].seq) : 0n;
         if (c.seq <= applied) { out.push("duplicate"); continue; }
         if (c.seq > applied + 1n) { out.push("gap"); continue; }
         if (c.origin === this.replica) throw new MasqError("corrupt", `a peer holds commit ${c.seq} of this replica, which it never made`);
-        const keys = c.records.map((r) => [r.ns, hex(r.key)]);
-        // Every record's local state read at once (one round of IndexedDB
-        // requests, not one awaited read per key); a commit names each key once.
-        const unique = new Set(keys.map(([ns, k]) => ns + "\u0000" + k)).size === keys.length;
-        const locals = unique ? await Promise.all(keys.map((key) => t.get("records", key))) : null;
+        next.set(o, c.seq);
+        out.push("applied");
+        todo.push(c);
+      }
+      // Every record's local state read at once for the whole batch (few IndexedDB
+      // requests, none awaited alone); `local` then follows this transaction's own writes.
+      const keysOf = todo.map((c) => c.records.map((r) => [r.ns, hex(r.key)]));
+      const local = new Map();
+      const wanted = [];
+      for (const keys of keysOf) {
+        for (const key of keys) {
+          const id = key[0] + "\u0000" + key[1];
+          if (!local.has(id)) { local.set(id, undefined); wanted.push(key); }
+        }
+      }
+      const found = await t.getMany("records", wanted);
+      for (let i = 0; i < wanted.length; i++) if (found[i] !== undefined) local.set(wanted[i][0] + "\u0000" + wanted[i][1], found[i]);
+      for (let n = 0; n < todo.length; n++) {
+        const c = todo[n], keys = keysOf[n];
         for (let i = 0; i < c.records.length; i++) {
-          const change = await this._merge(t, c.records[i], locals ? { local: locals[i] } : null);
+          const id = keys[i][0] + "\u0000" + keys[i][1];
+          const change = this._mergeRecord(t, c.records[i], keys[i][1], local.get(id), (rec) => local.set(id, rec));
           if (change) changes.push(change);
         }
+        const o = rhex(c.origin);
         t.put("log", [o, Number(c.seq)], { ts: c.ts, keys });
         stored[o] = { seq: Number(c.seq), ts: c.ts };
         this._observe(t, c.ts, observed);
-        out.push("applied");
       }
       t.put("meta", "vector", stored);
       return out;
@@ -570,6 +589,15 @@ export class PeerStore {
   async _merge(t, remote, read = null) {
     const k = hex(remote.key);
     const local = read ? read.local : await t.get("records", [remote.ns, k]);
+    return this._mergeRecord(t, remote, k, local);
+  }
+
+  /**
+   * Merge one remote record into `local` (its key's record here, or
+   * undefined), hex key `k`: writes the result in `t` (and tells `wrote`),
+   * returns the change to report, or null when nothing changes.
+   */
+  _mergeRecord(t, remote, k, local, wrote = null) {
     let rec = { tomb: remote.tombstone, counter: remote.counter, ts: remote.ts, replica: remote.replica, seq: remote.seq, pts: remote.prevTs, prep: remote.prevReplica, value: remote.value };
     let conflict = null;
     if (remote.counter) {
@@ -607,6 +635,7 @@ export class PeerStore {
       }
     }
     t.put("records", [remote.ns, k], rec);
+    if (wrote) wrote(rec);
     const change = { kind: rec.tomb ? "delete" : "put", origin: "remote", ns: remote.ns, key: remote.key, value: shown(rec) };
     if (conflict) {
       change.kind = "conflict";
@@ -620,11 +649,16 @@ export class PeerStore {
   async applySnapshotRecords(records) {
     const changes = [];
     await this.backend.tx("readwrite", async (t) => {
-      const observed = { value: (await t.get("meta", "observed")) || 0n };
-      for (const r of records) {
-        const change = await this._merge(t, r);
+      const keys = records.map((r) => [r.ns, hex(r.key)]);
+      const [seen, found] = await Promise.all([t.get("meta", "observed"), t.getMany("records", keys)]);
+      const observed = { value: seen || 0n };
+      // Read at once; a key sent twice sees what the first wrote.
+      const local = new Map();
+      for (let i = 0; i < records.length; i++) {
+        const id = keys[i][0] + "\u0000" + keys[i][1];
+        const change = this._mergeRecord(t, records[i], keys[i][1], local.has(id) ? local.get(id) : found[i], (rec) => local.set(id, rec));
         if (change) changes.push(change);
-        this._observe(t, r.ts, observed);
+        this._observe(t, records[i].ts, observed);
       }
     });
     this._publish(changes);
