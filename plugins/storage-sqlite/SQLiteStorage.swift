@@ -47,6 +47,9 @@ final class SQLiteDatabase {
     private var commitStatement: OpaquePointer!
     private var rollbackStatement: OpaquePointer!
     private var bigInsertStatement: OpaquePointer!
+    /// One for get and one for scan: a scan's visitor may call get.
+    private var bigGetStatement: OpaquePointer!
+    private var bigScanStatement: OpaquePointer!
     private var bigDeleteForKeyStatement: OpaquePointer!
     private var bigDeleteFromStatement: OpaquePointer!
     private var bigDeleteRangeStatement: OpaquePointer!
@@ -109,14 +112,13 @@ final class SQLiteDatabase {
             if try !hasColumn("kv", "ext") { try execute("ALTER TABLE kv ADD COLUMN ext INTEGER") }
             try execute("CREATE TABLE IF NOT EXISTS big(id INTEGER PRIMARY KEY, v BLOB NOT NULL)")
             hasBig = try queryText("SELECT EXISTS(SELECT 1 FROM big)") != "0"
-            let value = "coalesce(big.v, kv.v)"
-            let joined = "kv LEFT JOIN big ON big.id = kv.ext"
-            getStatement = try prepare("SELECT \(value) FROM \(joined) WHERE kv.k = ?1")
+            getStatement = try prepare("SELECT v, ext FROM kv WHERE k = ?1")
+            bigGetStatement = try prepare("SELECT v FROM big WHERE id = ?1")
+            bigScanStatement = try prepare("SELECT v FROM big WHERE id = ?1")
             putStatement = try prepare("INSERT OR REPLACE INTO kv(k, v, ext) VALUES (?1, ?2, ?3)")
             deleteStatement = try prepare("DELETE FROM kv WHERE k = ?1")
-            scanFromStatement = try prepare("SELECT kv.k, \(value) FROM \(joined) WHERE kv.k >= ?1 ORDER BY kv.k")
-            scanRangeStatement = try prepare(
-                "SELECT kv.k, \(value) FROM \(joined) WHERE kv.k >= ?1 AND kv.k < ?2 ORDER BY kv.k")
+            scanFromStatement = try prepare("SELECT k, v, ext FROM kv WHERE k >= ?1 ORDER BY k")
+            scanRangeStatement = try prepare("SELECT k, v, ext FROM kv WHERE k >= ?1 AND k < ?2 ORDER BY k")
             deleteFromStatement = try prepare("DELETE FROM kv WHERE k >= ?1")
             deleteRangeStatement = try prepare("DELETE FROM kv WHERE k >= ?1 AND k < ?2")
             bigInsertStatement = try prepare("INSERT INTO big(v) VALUES (?1)")
@@ -157,13 +159,34 @@ final class SQLiteDatabase {
         bind(s, 1, key, keyLength)
         switch sqlite3_step(s) {
         case SQLITE_ROW:
-            return sink(
-                context, sqlite3_column_blob(s, 0)?.assumingMemoryBound(to: UInt8.self), Int(sqlite3_column_bytes(s, 0))
-            )
+            return withValue(of: s, bigGetStatement, "get") { value, length in sink(context, value, length) }
         case SQLITE_DONE:
             return MASQ_E_NOT_FOUND
         case let rc:
             return fail(rc, "get")
+        }
+    }
+
+    /// The value of the kv row `s` stands on (columns `v, ext` after any
+    /// others): inline, or the `big` row `ext` names. A kv row naming a big
+    /// row that is not there is damage (MASQ_E_CORRUPT), never an empty value.
+    private func withValue(
+        of s: OpaquePointer, _ b: OpaquePointer, _ operation: String, _ body: (UnsafePointer<UInt8>?, Int) -> Int32
+    ) -> Int32 {
+        let columns = sqlite3_column_count(s)
+        let v = columns - 2, ext = columns - 1
+        guard sqlite3_column_type(s, ext) != SQLITE_NULL else {
+            return body(sqlite3_column_blob(s, v)?.assumingMemoryBound(to: UInt8.self), Int(sqlite3_column_bytes(s, v)))
+        }
+        defer { sqlite3_reset(b) }
+        sqlite3_bind_int64(b, 1, sqlite3_column_int64(s, ext))
+        switch sqlite3_step(b) {
+        case SQLITE_ROW:
+            return body(sqlite3_column_blob(b, 0)?.assumingMemoryBound(to: UInt8.self), Int(sqlite3_column_bytes(b, 0)))
+        case SQLITE_DONE:
+            return host.pointee.error(host, MASQ_E_CORRUPT, "\(operation): a long value's row is missing (table big)")
+        case let rc:
+            return fail(rc, operation)
         }
     }
 
@@ -239,10 +262,12 @@ final class SQLiteDatabase {
         while true {
             switch sqlite3_step(s) {
             case SQLITE_ROW:
-                let result = visitor(
-                    context,
-                    sqlite3_column_blob(s, 0)?.assumingMemoryBound(to: UInt8.self), Int(sqlite3_column_bytes(s, 0)),
-                    sqlite3_column_blob(s, 1)?.assumingMemoryBound(to: UInt8.self), Int(sqlite3_column_bytes(s, 1)))
+                let result = withValue(of: s, bigScanStatement, "scan") { value, length in
+                    visitor(
+                        context,
+                        sqlite3_column_blob(s, 0)?.assumingMemoryBound(to: UInt8.self), Int(sqlite3_column_bytes(s, 0)),
+                        value, length)
+                }
                 if result == MASQ_SCAN_STOP { return MASQ_OK }
                 if result != MASQ_OK { return result }
             case SQLITE_DONE:
