@@ -12,6 +12,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cp -r "$here/fixtures/sqlite-inline-values" "$work/store"
 chmod 700 "$work/store"
+chmod 600 "$work/store"/*   # git keeps no modes but the executable bit
 cat > "$work/c.json" <<JSON
 { "masq": 1, "data_dir": "$work/store", "storage": { "plugin": "sqlite" } }
 JSON
