@@ -47,6 +47,7 @@ final class SQLiteDatabase {
     private var commitStatement: OpaquePointer!
     private var rollbackStatement: OpaquePointer!
     private var bigInsertStatement: OpaquePointer!
+    private var hasBigStatement: OpaquePointer!
     /// One for get and one for scan: a scan's visitor may call get.
     private var bigGetStatement: OpaquePointer!
     private var bigScanStatement: OpaquePointer!
@@ -122,6 +123,7 @@ final class SQLiteDatabase {
             deleteFromStatement = try prepare("DELETE FROM kv WHERE k >= ?1")
             deleteRangeStatement = try prepare("DELETE FROM kv WHERE k >= ?1 AND k < ?2")
             bigInsertStatement = try prepare("INSERT INTO big(v) VALUES (?1)")
+            hasBigStatement = try prepare("SELECT EXISTS(SELECT 1 FROM big)")
             bigDeleteForKeyStatement = try prepare("DELETE FROM big WHERE id = (SELECT ext FROM kv WHERE k = ?1)")
             bigDeleteFromStatement = try prepare(
                 "DELETE FROM big WHERE id IN (SELECT ext FROM kv WHERE k >= ?1 AND ext IS NOT NULL)")
@@ -147,7 +149,18 @@ final class SQLiteDatabase {
 
     // MARK: operations (each returns a masq status)
 
-    func begin() -> Int32 { step(beginStatement, "begin") }
+    /// BEGIN IMMEDIATE, and (holding the write lock) whether another process
+    /// has written a long value since this one last looked: a stale `hasBig`
+    /// would skip deleting a replaced value's big row.
+    func begin() -> Int32 {
+        let rc = step(beginStatement, "begin")
+        if rc == MASQ_OK && !hasBig {
+            let s = hasBigStatement!
+            if sqlite3_step(s) == SQLITE_ROW { hasBig = sqlite3_column_int(s, 0) != 0 }
+            sqlite3_reset(s)
+        }
+        return rc
+    }
     func commit() -> Int32 { step(commitStatement, "commit") }
     func rollback() -> Int32 { sqlite3_get_autocommit(db) != 0 ? MASQ_OK : step(rollbackStatement, "rollback") }
 
@@ -192,12 +205,11 @@ final class SQLiteDatabase {
 
     /// A put of a long value writes two rows (big, then kv): the kernel wraps
     /// its writes in a transaction; a put outside one takes its own, so the
-    /// pair is atomic either way.
+    /// pair is atomic either way (and `hasBig` is fresh: see `begin`).
     func put(_ key: UnsafePointer<UInt8>?, _ keyLength: Int, _ value: UnsafePointer<UInt8>?, _ valueLength: Int)
         -> Int32
     {
         let long = valueLength > Self.inlineValueBytes
-        guard long || hasBig else { return putRow(key, keyLength, value, valueLength, ext: nil) }
         return atomically("put") { () -> Int32 in
             var rc = dropBig(key, keyLength)
             guard rc == MASQ_OK else { return rc }
