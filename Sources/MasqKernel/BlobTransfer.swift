@@ -180,7 +180,8 @@ final class BlobTransfer {
 
     private func enqueue(_ item: Item, for manifest: [UInt8], front: Bool = false) {
         if !(owners[item]?.contains(manifest) ?? false) { owners[item, default: []].append(manifest) }
-        guard asked[item] == nil, !pendingSet.contains(item) else { return }
+        // Arrived and waiting for `save()`: not asked again (save counts it for every owner).
+        guard asked[item] == nil, !pendingSet.contains(item), !unsavedItems.contains(item) else { return }
         pendingSet.insert(item)
         if front { pending.insert(item, at: 0) } else { pending.append(item) }
     }
@@ -434,13 +435,14 @@ final class BlobTransfer {
     func save() {
         saveScheduled = false
         guard !unsaved.isEmpty else { return }
-        let batch = unsaved
+        // What no active blob wants any more (it was dropped meanwhile) is not stored.
+        let batch = unsaved.filter { owners[$0.item]?.isEmpty == false }
         unsaved = []
         unsavedItems = []
         unsavedBytes = 0
+        guard !batch.isEmpty else { return }
         var complete: [(manifest: [UInt8], size: UInt64)] = []
         var touched: [(item: Item, blob: Active, indexes: [Int], count: Int)] = []
-        let arrived = Set(batch.map(\.item.hash))
         for entry in batch {
             for m in owners[entry.item] ?? [] {
                 guard let blob = active[m], let manifest = blob.manifest, let indexes = blob.need[entry.item.hash],
@@ -449,8 +451,14 @@ final class BlobTransfer {
                 touched.append((entry.item, blob, indexes, entry.data.count))
             }
         }
+        // A blob is whole when every chunk it needs is among those stored for it here
+        // (a chunk of the right length for this blob, not merely one that arrived).
+        var covered: [ObjectIdentifier: Set<[UInt8]>] = [:]
+        for t in touched { covered[ObjectIdentifier(t.blob), default: []].insert(t.item.hash) }
         for m in Set(touched.map { $0.blob.wanted.manifest }) {
-            guard let blob = active[m], blob.need.keys.allSatisfy({ arrived.contains($0) }) else { continue }
+            guard let blob = active[m], let mine = covered[ObjectIdentifier(blob)],
+                blob.need.keys.allSatisfy({ mine.contains($0) })
+            else { continue }
             complete.append((m, blob.wanted.size))
         }
         do throws(MasqError) {
@@ -463,6 +471,7 @@ final class BlobTransfer {
         }
         for entry in batch {
             owners[entry.item] = nil
+            if pendingSet.remove(entry.item) != nil { pending.removeAll { $0 == entry.item } }
             counters.chunksReceived += 1
             counters.bytesReceived += UInt64(entry.data.count)
         }

@@ -2,8 +2,10 @@
 # A store written by the SQLite plugin before long values moved to their own
 # table (every value inline in kv, no `ext` column: the fixture in
 # fixtures/sqlite-inline-values, made with that plugin) opens with today's
-# plugin: its values read back, the column is added, new long values go to
-# `big`, overwrites and deletes work, and `masq check` finds no damage.
+# plugin: its values read back, the table is migrated (v renamed value, ext
+# added), new long values go to `big`, overwrites and deletes work, `masq
+# check` finds no damage, and two processes opening an old file at once both
+# open it.
 # Usage: Tests/cli/upgrade_test.sh path/to/masq-cli   (plugins beside it or on MASQ_PLUGIN_PATH)
 set -euo pipefail
 masq=$1
@@ -35,8 +37,18 @@ python3 - "$work/store/masq.db" <<'PY' || fail "layout"
 import sqlite3, sys
 db = sqlite3.connect("file:%s?mode=ro" % sys.argv[1], uri=True)
 cols = [r[1] for r in db.execute("PRAGMA table_info(kv)")]
-assert cols == ["k", "v", "ext"], cols
+assert cols == ["k", "value", "ext"], cols   # v renamed: a plugin of the old layout refuses the file
 big = db.execute("SELECT count(*) FROM big").fetchone()[0]
 assert big == 1, big          # long3 (long2 was deleted with its row; the old inline value was overwritten short)
 PY
+# Two processes opening an old file at once: the migration runs once, both open.
+for round in 1 2 3 4 5 6; do
+    rm -rf "$work/race"
+    cp -r "$here/fixtures/sqlite-inline-values" "$work/race"
+    chmod 700 "$work/race"; chmod 600 "$work/race"/*
+    sed "s|$work/store|$work/race|" "$work/c.json" > "$work/race.json"
+    "$masq" ls --config "$work/race.json" app > "$work/race1.out" 2>&1 & first=$!
+    "$masq" ls --config "$work/race.json" app > "$work/race2.out" 2>&1 || fail "a second process opening the old file at once: $(cat "$work/race2.out")"
+    wait $first || fail "a first process opening the old file at once: $(cat "$work/race1.out")"
+done
 echo "upgrade_test: ok (inline values of the old layout read, new long values in their own table, check clean)"

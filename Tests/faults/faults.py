@@ -391,7 +391,7 @@ def _read_store(device, query):
 
 def replica_id(device):
     """This store's replica id (docs/STORAGE-FORMAT.md: 'M' "replica")."""
-    row = _read_store(device, lambda db: db.execute("SELECT v FROM kv WHERE k = ?", (b"Mreplica",)).fetchone())
+    row = _read_store(device, lambda db: db.execute("SELECT value FROM kv WHERE k = ?", (b"Mreplica",)).fetchone())
     return row[0].hex() if row else None
 
 
@@ -399,7 +399,7 @@ def count_records(device, ns, prefix):
     """How many records of namespace `ns` start with `prefix`, read from the
     file ('N' name -> varint id; records under 'R' varint(id) key)."""
     def query(db):
-        row = db.execute("SELECT v FROM kv WHERE k = ?", (b"N" + ns.encode(),)).fetchone()
+        row = db.execute("SELECT value FROM kv WHERE k = ?", (b"N" + ns.encode(),)).fetchone()
         if not row:
             return 0
         low = b"R" + bytes(row[0]) + prefix.encode()

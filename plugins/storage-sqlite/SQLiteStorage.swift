@@ -1,16 +1,16 @@
 // The default Masq storage plugin: an ordered key/value table in one SQLite
 // database file, in WAL mode, with every statement prepared once and reused.
 //
-// Layout: `kv(k BLOB PRIMARY KEY, v BLOB NOT NULL, ext INTEGER) WITHOUT ROWID`
+// Layout: `kv(k BLOB PRIMARY KEY, value BLOB NOT NULL, ext INTEGER) WITHOUT ROWID`
 // holds every key in order; a value longer than `inlineValueBytes` lives in
 // `big(id INTEGER PRIMARY KEY, v BLOB NOT NULL)` and its kv row holds an
-// empty v and ext = its id. Why: a WITHOUT ROWID b-tree compares whole rows
-// when it seeks, and a row that overflows its page is read in full for each
-// comparison -- with 1 MiB blob chunks inline, one lookup read several MiB
-// (bench/blobs: half the sender's CPU). A rowid table is reached by id, with
-// no comparison of contents. Files written before `ext` existed gain the
-// column at open; their long values stay inline (still read correctly) until
-// rewritten.
+// empty value and ext = its id. Why: a WITHOUT ROWID b-tree compares whole
+// rows when it seeks, and a row that overflows its page is read in full for
+// each comparison -- with 1 MiB blob chunks inline, one lookup read several
+// MiB (bench/blobs: half the sender's CPU). A rowid table is reached by id,
+// with no comparison of contents. Files of the earlier layout (`kv(k, v)`,
+// every value inline) are migrated at open (`createOrMigrateTables`); their
+// long values stay inline (still read correctly) until rewritten.
 // It sees nothing of Masq but include/masq_plugin.h (module CMasqPlugin).
 import CMasqPlugin
 import MasqPluginSupport
@@ -109,17 +109,15 @@ final class SQLiteDatabase {
             try execute("PRAGMA cache_size=-\(options.cacheSizeKiB)")
             // Zero freed content, so deleted or overwritten values do not linger in free pages.
             try execute("PRAGMA secure_delete=\(options.secureDelete ? "ON" : "OFF")")
-            try execute("CREATE TABLE IF NOT EXISTS kv(k BLOB PRIMARY KEY, v BLOB NOT NULL, ext INTEGER) WITHOUT ROWID")
-            if try !hasColumn("kv", "ext") { try execute("ALTER TABLE kv ADD COLUMN ext INTEGER") }
-            try execute("CREATE TABLE IF NOT EXISTS big(id INTEGER PRIMARY KEY, v BLOB NOT NULL)")
+            try createOrMigrateTables()
             hasBig = try queryText("SELECT EXISTS(SELECT 1 FROM big)") != "0"
-            getStatement = try prepare("SELECT v, ext FROM kv WHERE k = ?1")
+            getStatement = try prepare("SELECT value, ext FROM kv WHERE k = ?1")
             bigGetStatement = try prepare("SELECT v FROM big WHERE id = ?1")
             bigScanStatement = try prepare("SELECT v FROM big WHERE id = ?1")
-            putStatement = try prepare("INSERT OR REPLACE INTO kv(k, v, ext) VALUES (?1, ?2, ?3)")
+            putStatement = try prepare("INSERT OR REPLACE INTO kv(k, value, ext) VALUES (?1, ?2, ?3)")
             deleteStatement = try prepare("DELETE FROM kv WHERE k = ?1")
-            scanFromStatement = try prepare("SELECT k, v, ext FROM kv WHERE k >= ?1 ORDER BY k")
-            scanRangeStatement = try prepare("SELECT k, v, ext FROM kv WHERE k >= ?1 AND k < ?2 ORDER BY k")
+            scanFromStatement = try prepare("SELECT k, value, ext FROM kv WHERE k >= ?1 ORDER BY k")
+            scanRangeStatement = try prepare("SELECT k, value, ext FROM kv WHERE k >= ?1 AND k < ?2 ORDER BY k")
             deleteFromStatement = try prepare("DELETE FROM kv WHERE k >= ?1")
             deleteRangeStatement = try prepare("DELETE FROM kv WHERE k >= ?1 AND k < ?2")
             bigInsertStatement = try prepare("INSERT INTO big(v) VALUES (?1)")
@@ -376,6 +374,36 @@ final class SQLiteDatabase {
         guard rc == SQLITE_OK else {
             throw PluginFailure(Self.status(rc), "\(sql): \(String(cString: sqlite3_errmsg(db)))")
         }
+    }
+
+    /// The tables of today's layout (see the top of the file). A file of the
+    /// earlier layout, `kv(k, v)` with every value inline, is migrated in one
+    /// write transaction (so two processes opening it at once cannot both try):
+    /// `v` is renamed `value` -- so a plugin of the earlier layout refuses to
+    /// open the file ("no such column: v") instead of reading a long value as
+    /// empty -- and `ext` is added; its inline values stay where they are.
+    private func createOrMigrateTables() throws(PluginFailure) {
+        func current() throws(PluginFailure) -> Bool {
+            let value = try hasColumn("kv", "value"), ext = try hasColumn("kv", "ext"), big = try hasTable("big")
+            return value && ext && big
+        }
+        guard try !current() else { return }
+        try execute("BEGIN IMMEDIATE")
+        do throws(PluginFailure) {
+            try execute(
+                "CREATE TABLE IF NOT EXISTS kv(k BLOB PRIMARY KEY, value BLOB NOT NULL, ext INTEGER) WITHOUT ROWID")
+            if try hasColumn("kv", "v") { try execute("ALTER TABLE kv RENAME COLUMN v TO value") }
+            if try !hasColumn("kv", "ext") { try execute("ALTER TABLE kv ADD COLUMN ext INTEGER") }
+            try execute("CREATE TABLE IF NOT EXISTS big(id INTEGER PRIMARY KEY, v BLOB NOT NULL)")
+            try execute("COMMIT")
+        } catch {
+            sqlite3_exec(db, "ROLLBACK", nil, nil, nil)
+            throw error
+        }
+    }
+
+    private func hasTable(_ table: String) throws(PluginFailure) -> Bool {
+        try queryText("SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = '\(table)'") != "0"
     }
 
     private func hasColumn(_ table: String, _ column: String) throws(PluginFailure) -> Bool {
