@@ -80,6 +80,10 @@ final class BlobTransfer {
     private var unsavedBytes = 0
     private var saveScheduled = false
     static let unsavedLimit = 4 << 20
+    /// After chunks could not be stored (a full disk), nothing is asked for
+    /// this long: each round would fetch up to `unsavedLimit` again for nothing.
+    static let storeFailurePause: UInt64 = 5_000
+    private var pausedUntil: UInt64 = 0
     /// Calls `save()` on the service's queue after what is already queued
     /// there (the end of the current burst of frames).
     let scheduleSave: () -> Void
@@ -198,6 +202,7 @@ final class BlobTransfer {
     func pump(_ devices: [String]) {
         guard !pending.isEmpty, !devices.isEmpty else { return }
         let now = Clock.unixMilliseconds()
+        guard now >= pausedUntil else { return }
         if now >= lackSince + Self.lackRetry {
             lacking = [:]
             lackSince = now
@@ -465,6 +470,7 @@ final class BlobTransfer {
             try store.storeReceived(batch.map { (false, $0.item.hash, $0.data) }, complete: complete)
         } catch {
             Log.warn("sync", "cannot store blob chunks: \(error.message)")
+            pausedUntil = Clock.unixMilliseconds() + Self.storeFailurePause
             for t in touched { t.blob.problem = "cannot store its chunks here: \(error.message)" }
             for entry in batch.reversed() { requeue(entry.item) }
             return
