@@ -141,3 +141,26 @@ func checkPlugin(_ status: Int32, label: String, operation: String) throws(MasqE
     throw MasqError(
         MasqStatus(rawValue: status) ?? .internal, pluginMessage(status, label: label, operation: operation))
 }
+
+extension PluginHost {
+    /// A plugin instance made through its vtable's `open` or `create` (`entry`),
+    /// given this host table and `options` (the thread's plugin error cleared
+    /// first): the plugin's status and message when it fails, an internal
+    /// error when it claims success without a handle.
+    func makeInstance(
+        _ options: [(key: String, value: String)], label: String, operation: String,
+        _ entry: (
+            UnsafePointer<masq_host>, UnsafePointer<masq_plugin_option>?, Int,
+            UnsafeMutablePointer<UnsafeMutableRawPointer?>
+        ) -> Int32
+    ) throws(MasqError) -> UnsafeMutableRawPointer {
+        var handle: UnsafeMutableRawPointer?
+        let status = withOptions(options) { list, count in
+            masqsupport_clear_error()
+            return entry(UnsafePointer(table), list, count, &handle)
+        }
+        try checkPlugin(status, label: label, operation: operation)
+        guard let handle else { throw MasqError(.internal, "\(label): \(operation)() returned no instance") }
+        return handle
+    }
+}

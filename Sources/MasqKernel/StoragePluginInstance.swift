@@ -21,14 +21,8 @@ final class StoragePluginInstance {
         self.plugin = plugin
         host = PluginHost(component: "storage:\(plugin.name)")
         v = plugin.vtable(as: masq_storage_vtable.self, zero: masq_storage_vtable())
-        var handle: UnsafeMutableRawPointer?
-        let status = withOptions(options) { list, count in
-            masqsupport_clear_error()
-            return v.open(host.table, list, count, &handle)
-        }
-        try check(status, "open")
-        guard let handle else { throw MasqError(.internal, "\(component): open() succeeded but returned no handle") }
-        db = handle
+        let open = v.open!  // present: LoadedPlugin checked the vtable
+        db = try host.makeInstance(options, label: host.component, operation: "open") { open($0, $1, $2, $3) }
     }
 
     deinit { close() }

@@ -264,15 +264,7 @@ extension Store {
                         else {
                             throw .invalid("a synced record exceeds this store's limits")
                         }
-                        var staging = Commit(seq: 0, timestamp: 0, changes: nil)
-                        staging.newNamespaces = pending
-                        let id: UInt32
-                        if let existing = try existingNamespaceID(ns, commit: staging) {
-                            id = existing
-                        } else {
-                            id = try assignNamespaceID(ns, &staging)
-                        }
-                        pending = staging.newNamespaces
+                        let id = try namespaceID(ns, pending: &pending)
                         try record.key.withBytes { (k) throws(MasqError) in
                             log.append(namespaceID: id, key: k)
                             try withRecordKey(id, k) { (recordKey) throws(MasqError) in
@@ -630,15 +622,7 @@ extension Store {
                     var pending: [[UInt8]: UInt32] = [:]
                     for record in records {
                         let ns = try NamespaceName(record.namespace, limits: limits)
-                        var staging = Commit(seq: 0, timestamp: 0, changes: nil)
-                        staging.newNamespaces = pending
-                        let id: UInt32
-                        if let existing = try existingNamespaceID(ns, commit: staging) {
-                            id = existing
-                        } else {
-                            id = try assignNamespaceID(ns, &staging)
-                        }
-                        pending = staging.newNamespaces
+                        let id = try namespaceID(ns, pending: &pending)
                         try record.key.withBytes { (k) throws(MasqError) in
                             try withRecordKey(id, k) { (recordKey) throws(MasqError) in
                                 if let change = try merge(record, into: recordKey, namespace: ns, id: id) {

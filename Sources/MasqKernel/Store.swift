@@ -729,6 +729,18 @@ public final class Store: @unchecked Sendable {
         return UInt32(id)
     }
 
+    /// The id of a namespace met while applying synced records, given to it if
+    /// new; `pending` holds the ids given so far in this transaction (they
+    /// reach `namespaceIDs` only once it commits). Caller holds the lock.
+    func namespaceID(_ ns: NamespaceName, pending: inout [[UInt8]: UInt32]) throws(MasqError) -> UInt32 {
+        var staging = Commit(seq: 0, timestamp: 0, changes: nil)
+        staging.newNamespaces = pending
+        if let existing = try existingNamespaceID(ns, commit: staging) { return existing }
+        let id = try assignNamespaceID(ns, &staging)
+        pending = staging.newNamespaces
+        return id
+    }
+
     /// Give a namespace its id, inside the write transaction `commit`.
     func assignNamespaceID(_ ns: NamespaceName, _ commit: inout Commit) throws(MasqError) -> UInt32 {
         var next: UInt32 = 1

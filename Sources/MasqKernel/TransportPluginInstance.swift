@@ -50,14 +50,8 @@ public final class TransportPluginInstance: @unchecked Sendable {
         host.onPeerInfo = onPeerInfo
         host.onChallenge = onChallenge
         v = plugin.vtable(as: masq_transport_vtable.self, zero: masq_transport_vtable())
-        var handle: UnsafeMutableRawPointer?
-        let status = withOptions(options) { list, count in
-            masqsupport_clear_error()
-            return v.create(host.table, list, count, &handle)
-        }
-        try check(status, "create")
-        guard let handle else { throw MasqError(.internal, "\(component): create() returned no instance") }
-        instance = handle
+        let create = v.create!  // present: LoadedPlugin checked the vtable
+        instance = try host.makeInstance(options, label: host.component, operation: "create") { create($0, $1, $2, $3) }
     }
 
     deinit { close() }

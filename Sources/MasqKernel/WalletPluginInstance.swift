@@ -30,14 +30,10 @@ public final class WalletPluginInstance: @unchecked Sendable {
         self.plugin = plugin
         host = PluginHost(component: "wallet:\(plugin.name)")
         v = plugin.vtable(as: masq_wallet_vtable.self, zero: masq_wallet_vtable())
-        var handle: UnsafeMutableRawPointer?
-        let status = withOptions(options) { list, count in
-            masqsupport_clear_error()
-            return v.create(host.table, list, count, &handle)
+        let create = v.create!  // present: LoadedPlugin checked the vtable
+        instance = try host.makeInstance(options, label: "wallet \(plugin.name)", operation: "create") {
+            create($0, $1, $2, $3)
         }
-        try check(status, "create")
-        guard let handle else { throw MasqError(.internal, "wallet \(plugin.name): create() returned no instance") }
-        instance = handle
     }
 
     deinit {
