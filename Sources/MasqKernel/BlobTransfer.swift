@@ -490,11 +490,8 @@ final class BlobTransfer {
                 finished.append(t.blob.wanted.manifest)
             }
         }
-        for blob in Set(touched.map { ObjectIdentifier($0.blob) }).compactMap({ id in
-            touched.first { ObjectIdentifier($0.blob) == id }?.blob
-        }) {
-            publish(blob)
-        }
+        var published = Set<ObjectIdentifier>()
+        for t in touched where published.insert(ObjectIdentifier(t.blob)).inserted { publish(t.blob) }
         for m in finished { finish(m, complete: true) }
     }
 
