@@ -15,15 +15,21 @@ final class RelayHop {
     let other: CircuitEnd
     let key: Onion.Layer?
     let forward: Bool
+    /// A relay on a forward circuit: every cell's tag is checked (`Onion.checkTag`).
+    let checksTags: Bool
     var payer: String?
     var counter: UInt64 = 0
     let previousAddress: String
     let nextAddress: String
 
-    init(other: CircuitEnd, key: Onion.Layer?, forward: Bool, previousAddress: String, nextAddress: String) {
+    init(
+        other: CircuitEnd, key: Onion.Layer?, forward: Bool, checksTags: Bool = false, previousAddress: String,
+        nextAddress: String
+    ) {
         self.other = other
         self.key = key
         self.forward = forward
+        self.checksTags = checksTags
         self.previousAddress = previousAddress
         self.nextAddress = nextAddress
     }
@@ -43,11 +49,15 @@ extension MeshNode {
     /// malloc instead of mapped and unmapped).
     static let streamWriteBytes = 256 << 10
     static let messageHeader = 5
+    /// A return cell's plaintext and data (the box fills the cell).
     var cellPlaintext: Int { configuration.cellBytes - 16 }
     var cellData: Int { cellPlaintext - Self.messageHeader }
+    /// A forward cell's (its body: after the relays' tag region).
+    var forwardCellPlaintext: Int { configuration.cellBytes - Onion.tagRegion - 16 }
+    var forwardCellData: Int { forwardCellPlaintext - Self.messageHeader }
     /// Cells a stream's sender may have unacknowledged: the window, plus what
     /// one socket read (up to 256 KiB) adds before the sender pauses.
-    var flowControlLimit: Int { configuration.window + (256 << 10) / cellData + 1 }
+    var flowControlLimit: Int { configuration.window + (256 << 10) / forwardCellData + 1 }
 
     // MARK: - charges
 
@@ -122,15 +132,16 @@ extension MeshNode {
         _ cell: UnsafeMutableRawBufferPointer, _ command: StreamCommand, _ stream: UInt16,
         _ data: UnsafeRawBufferPointer
     ) {
-        precondition(data.count <= cellData)
         let h = Self.messageHeader
+        let plaintext = cell.count - 16
+        precondition(data.count <= plaintext - h)
         cell[0] = command.rawValue
         cell[1] = UInt8(stream >> 8)
         cell[2] = UInt8(stream & 0xff)
         cell[3] = UInt8(data.count >> 8)
         cell[4] = UInt8(data.count & 0xff)
         if data.count > 0 { UnsafeMutableRawBufferPointer(rebasing: cell[h..<(h + data.count)]).copyMemory(from: data) }
-        UnsafeMutableRawBufferPointer(rebasing: cell[(h + data.count)..<cellPlaintext]).initializeMemory(
+        UnsafeMutableRawBufferPointer(rebasing: cell[(h + data.count)..<plaintext]).initializeMemory(
             as: UInt8.self, repeating: 0)
     }
 
@@ -202,7 +213,7 @@ extension MeshNode {
         }
         let payer = peeled.payer?.payer
         switch peeled.kind {
-        case .relay:
+        case .relay, .forwardRelay:
             guard !configuration.client, let next = neighbours[peeled.next] else {
                 logger.debug("circuit refused: the next hop is not a neighbour")
                 return destroy(end)
@@ -225,7 +236,8 @@ extension MeshNode {
             noteEnd(out)
             let previous = link.peerAddress, following = next.peerAddress
             relays[end] = RelayHop(
-                other: out, key: peeled.keys.layer, forward: true, previousAddress: previous, nextAddress: following)
+                other: out, key: peeled.keys.layer, forward: true, checksTags: peeled.kind == .forwardRelay,
+                previousAddress: previous, nextAddress: following)
             relays[end]?.payer = configuration.earningWallet == nil ? nil : payer
             relays[out] = RelayHop(
                 other: end, key: nil, forward: false, previousAddress: previous, nextAddress: following)
@@ -267,6 +279,12 @@ extension MeshNode {
     func data(_ link: Link, _ end: CircuitEnd, _ payload: UnsafeRawBufferPointer) {
         if let hop = relays[end] {
             guard hop.forward, let key = hop.key else { return penalize(link, 5, "data against a circuit's direction") }
+            // Counted and charged only once it verifies: garbage from an earlier hop goes no further.
+            guard !hop.checksTags || Onion.checkTag(key, counter: hop.counter, payload) else {
+                counters.cellsRejected += 1
+                logger.info("relay: a cell whose tag does not verify; circuit destroyed")
+                return destroyed(end, notify: true)
+            }
             if let payer = hop.payer, let accountant {
                 guard !accountant.isBanned(payer) else {
                     logger.info("circuit dropped: the consumer is banned for debt")
@@ -285,8 +303,13 @@ extension MeshNode {
             }
             // This hop's layer is removed (or added) on the way into the next link's message.
             let counter = hop.counter
+            let checked = hop.checksTags
             next.writeDataCell(hop.other.circuit) { cell in
-                Onion.unwrap(key, counter: counter, from: payload, into: cell)
+                if checked {
+                    Onion.relayForward(key, counter: counter, from: payload, into: cell)
+                } else {
+                    Onion.unwrap(key, counter: counter, from: payload, into: cell)
+                }
             }
             hop.counter += 1
             counters.cellsRelayed += 1

@@ -54,14 +54,16 @@ extension MeshNode {
         var banned = false
         let opened: Bool = withUnsafeTemporaryAllocation(byteCount: payload.count, alignment: 16) { cell in
             // The relays' layers are off: what is left is the origin's AEAD (the exit has no layer of its own).
-            cell.copyMemory(from: payload)
-            guard Onion.openCell(exit.keys.exitForward, counter: counter, cell) else { return false }
+            // A forward cell: the relays' tag region, then the box.
+            let body = UnsafeMutableRawBufferPointer(rebasing: cell[Onion.tagRegion...])
+            body.copyMemory(from: UnsafeRawBufferPointer(rebasing: payload[Onion.tagRegion...]))
+            guard Onion.openCell(exit.keys.exitForward, counter: counter, body) else { return false }
             exit.forwardCounter += 1
             if let payer = exit.payer, let accountant {
                 guard !accountant.isBanned(payer) else { banned = true; return true }
                 accountant.earn(payer, exitCharge(configuration.rates), now: Self.wallClock())
             }
-            exitMessage(exit, UnsafeRawBufferPointer(rebasing: cell[0..<cellPlaintext]))
+            exitMessage(exit, UnsafeRawBufferPointer(rebasing: body[0..<forwardCellPlaintext]))
             return true
         }
         if !opened { counters.cellsRejected += 1 }

@@ -17,6 +17,8 @@ final class OriginRoute: @unchecked Sendable {
     var forwardEnd: CircuitEnd?
     /// The forward relays' layers (not the exit's: it has only the AEAD), and the return relays'.
     var forwardKeys: [Onion.Layer] = []
+    /// The keystream that fills the unused start of forward cells' tag region.
+    let fillKey = SecureBytes(Random.bytes(32))
     var exitKeys: Onion.Keys?
     var forwardCounter: UInt64 = 0
     var returnKeys: [Onion.Layer] = []
@@ -152,7 +154,7 @@ extension MeshNode {
         bytes.withUnsafeReadableBytes { raw in
             var offset = 0
             while offset < raw.count {
-                let n = min(raw.count - offset, cellData)
+                let n = min(raw.count - offset, forwardCellData)
                 sendToExit(route, .data, stream.number, UnsafeRawBufferPointer(rebasing: raw[offset..<(offset + n)]))
                 stream.inFlight += 1
                 offset += n
@@ -193,9 +195,10 @@ extension MeshNode {
         guard let end = route.forwardEnd, let keys = route.exitKeys, let link = links[end.link] else { return }
         let counter = route.forwardCounter
         link.writeDataCell(end.circuit) { cell in
-            layOut(cell, command, stream, data)
-            _ = Onion.sealCell(keys.exitForward, counter: counter, cell)
-            for key in route.forwardKeys.reversed() { Onion.wrap(key, counter: counter, cell) }
+            let body = UnsafeMutableRawBufferPointer(rebasing: cell[Onion.tagRegion...])
+            layOut(body, command, stream, data)
+            _ = Onion.sealCell(keys.exitForward, counter: counter, body)
+            Onion.wrapForward(route.forwardKeys, counter: counter, fill: route.fillKey, cell)
         }
         route.forwardCounter += 1
         if let accountant {
@@ -337,7 +340,7 @@ extension MeshNode {
                 guard let agreement = records[k]?.record.agreementKey else { throw .noRoute("a hop without a record") }
                 let last = i == forward.count - 1
                 return Onion.Hop(
-                    agreement: agreement, kind: last ? .exit : .relay, next: last ? nil : forward[i + 1],
+                    agreement: agreement, kind: last ? .exit : .forwardRelay, next: last ? nil : forward[i + 1],
                     token: [UInt8](repeating: 0, count: 8))
             }
             // At most one binding per route (forward and return): no identifier common to two hops.
@@ -386,7 +389,7 @@ extension MeshNode {
             let routeData = (back.first ?? key).bytes + returnOnion
             var offset = 0
             while offset < routeData.count {
-                let chunk = Array(routeData[offset..<min(routeData.count, offset + cellData)])
+                let chunk = Array(routeData[offset..<min(routeData.count, offset + forwardCellData)])
                 sendToExit(route, .returnRoute, 0, chunk)
                 offset += chunk.count
             }

@@ -10,8 +10,9 @@ import MasqCrypto
 ///     eph (32) ‖ ChaCha20-Poly1305(hk, nonce 0, ad eph, header 48) ‖ ChaCha20(sk, body)
 ///     header = kind (1) ‖ next hop key (32) ‖ token (8) ‖ u64 timestamp (ms) ‖ payer proof ‖ zeros (to 256)
 ///     payer proof = nonce (16) ‖ u64 timestamp ‖ u8 n ‖ payer wallet (n) ‖ u8 m ‖ signature (m)
-///     keys   = HKDF-SHA256(X25519(eph, hop), salt "masq mesh onion v1", info eph ‖ hop, 192 bytes)
+///     keys   = HKDF-SHA256(X25519(eph, hop), salt "masq mesh onion v1", info eph ‖ hop, 256 bytes)
 ///            → hk ‖ sk ‖ dk (data layer MAC) ‖ ef ‖ eb (exit AEAD, forward and back) ‖ ck (data layer stream)
+///              ‖ tk (forward tag) ‖ ak (forward tag region)
 ///
 /// A hop authenticates its header, decrypts the body, and passes it on with
 /// `overhead` random bytes appended, so every hop sees an onion of the same
@@ -26,7 +27,10 @@ enum Onion {
     /// Times in layers and payer proofs are this much in the past at most, at random (ms).
     static let timeJitter: UInt64 = 2_000
 
-    enum Kind: UInt8 { case relay = 1, exit = 2, terminal = 3 }
+    /// `forwardRelay`: a relay on a forward circuit, which checks every
+    /// DATA cell's tag (`relayForward`); `relay`: one on a return circuit,
+    /// which cannot (the exit makes those cells without the relays' keys).
+    enum Kind: UInt8 { case relay = 1, exit = 2, terminal = 3, forwardRelay = 4 }
 
     struct Keys {
         /// This hop's data layer.
@@ -35,10 +39,13 @@ enum Onion {
         let exitBack: SecureBytes
     }
 
-    /// A hop's data layer: a MAC key and a stream key (see `unwrap`).
+    /// A hop's data layer: a MAC key and a stream key (see `unwrap`), and a
+    /// forward relay's tag key and tag-region key (see `relayForward`).
     struct Layer {
         let mac: SecureBytes
         let stream: SecureBytes
+        let tag: SecureBytes
+        let shift: SecureBytes
     }
 
     /// Who pays a hop for a circuit: the consumer's **pseudonym at that hop**
@@ -93,14 +100,16 @@ enum Onion {
     private static func derive(_ shared: SecureBytes, eph: [UInt8], hop: [UInt8]) throws(MeshError) -> (
         SecureBytes, SecureBytes, Keys
     ) {
-        guard let okm = try? Hash.hkdfSHA256(salt: SecureBytes(salt), ikm: shared, info: eph + hop, length: 192) else {
+        guard let okm = try? Hash.hkdfSHA256(salt: SecureBytes(salt), ikm: shared, info: eph + hop, length: 256) else {
             throw .failed("key derivation failed")
         }
         let b = okm.bytes
         return (
             SecureBytes(b[0..<32]), SecureBytes(b[32..<64]),
             Keys(
-                layer: Layer(mac: SecureBytes(b[64..<96]), stream: SecureBytes(b[160..<192])),
+                layer: Layer(
+                    mac: SecureBytes(b[64..<96]), stream: SecureBytes(b[160..<192]), tag: SecureBytes(b[192..<224]),
+                    shift: SecureBytes(b[224..<256])),
                 exitForward: SecureBytes(b[96..<128]), exitBack: SecureBytes(b[128..<160]))
         )
     }
@@ -267,8 +276,102 @@ enum Onion {
             into: rest)
     }
 
-    /// The first 12 bytes of the ChaCha20-Poly1305 tag of `data` (as associated
-    /// data, nothing sealed) under `key`, nonce 4 zero bytes ‖ u64 LE `counter`.
+    // MARK: - forward tags (issue 19.7)
+
+    /// A forward DATA cell begins with a region of tags, one 16-byte tag per
+    /// forward relay, with room for the longest route's (6 nodes: 5 relays);
+    /// its body (the rest) holds the relays' layers around the exit's box.
+    static let maxForwardRelays = 5
+    static let tagRegion = 16 * maxForwardRelays
+
+    /// A forward relay's check of a cell, before it relays or charges for it:
+    /// the first 16 bytes must be the ChaCha20-Poly1305 tag (nothing sealed,
+    /// nonce 4 zero bytes ‖ u64 LE cell number) under the hop's tag key of
+    /// everything after them. Only the origin knows that key, so a cell
+    /// injected or altered by an earlier relay (or on a link) fails here, at
+    /// the first honest relay, and nobody after it counts it.
+    static func checkTag(_ layer: Layer, counter: UInt64, _ cell: UnsafeRawBufferPointer) -> Bool {
+        guard cell.count > tagRegion + layerHead else { return false }
+        var same = true
+        mac(layer.tag, counter: counter, UnsafeRawBufferPointer(rebasing: cell[16...])) { tag in
+            var diff: UInt8 = 0
+            for i in 0..<16 { diff |= tag[i] ^ cell[i] }
+            same = diff == 0
+        }
+        return same
+    }
+
+    /// What a forward relay passes on (after `checkTag`): the region without
+    /// its tag, shifted and refilled (as Sphinx's header, so that the region
+    /// keeps its size and a relay learns nothing of its position), and the
+    /// body without its layer:
+    ///
+    ///     t ‖ A' = region (t: 16 bytes)        region out = (A' ‖ 16 zeros) ⊕ ChaCha20(shift key, cell number)
+    ///     body out = unwrap(body)
+    static func relayForward(
+        _ layer: Layer, counter: UInt64, from input: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer
+    ) {
+        precondition(input.count == output.count && input.count > tagRegion + layerHead)
+        let t = tagRegion
+        let region = UnsafeMutableRawBufferPointer(rebasing: output[0..<t])
+        UnsafeMutableRawBufferPointer(rebasing: region[0..<(t - 16)]).copyMemory(
+            from: UnsafeRawBufferPointer(rebasing: input[16..<t]))
+        UnsafeMutableRawBufferPointer(rebasing: region[(t - 16)...]).initializeMemory(as: UInt8.self, repeating: 0)
+        xor(layer.shift, counter: counter, from: UnsafeRawBufferPointer(region), into: region)
+        unwrap(
+            layer, counter: counter, from: UnsafeRawBufferPointer(rebasing: input[t...]),
+            into: UnsafeMutableRawBufferPointer(rebasing: output[t...]))
+    }
+
+    /// The origin's side: `cell` holds the region (any bytes) and the sealed
+    /// box as its body; wrap the body for each relay (the last first) and
+    /// write each relay's tag so that every relay's `checkTag` holds on what
+    /// it receives. The region's end is the filler the relays will have
+    /// appended (computed ahead, as Sphinx's), its start random bytes
+    /// (`fill`'s keystream): the exit sees no sign of the route's length.
+    static func wrapForward(
+        _ layers: [Layer], counter: UInt64, fill: SecureBytes, _ cell: UnsafeMutableRawBufferPointer
+    ) {
+        let m = layers.count
+        let t = tagRegion
+        precondition(m <= maxForwardRelays && cell.count > t + layerHead)
+        withUnsafeTemporaryAllocation(byteCount: t * (m + 1), alignment: 16) { scratch in
+            // Each relay's region keystream G_i (t bytes each), then the filler φ in the last slot.
+            let zero = UnsafeMutableRawBufferPointer(rebasing: scratch[(t * m)...])
+            zero.initializeMemory(as: UInt8.self, repeating: 0)
+            for i in 0..<m {
+                let g = UnsafeMutableRawBufferPointer(rebasing: scratch[(t * i)..<(t * i + t)])
+                xor(layers[i].shift, counter: counter, from: UnsafeRawBufferPointer(zero), into: g)
+            }
+            // φ_i = (φ_{i-1} ‖ 16 zeros) ⊕ G_i[t − 16i ..< t]: what relays 1…i leave at the region's end.
+            var filler: [UInt8] = []
+            for i in 0..<m {
+                filler += [UInt8](repeating: 0, count: 16)
+                let g = scratch.baseAddress! + t * i + t - filler.count
+                for j in 0..<filler.count { filler[j] ^= g.load(fromByteOffset: j, as: UInt8.self) }
+            }
+            // The region as the exit will see it: random bytes, then the filler.
+            let region = UnsafeMutableRawBufferPointer(rebasing: cell[0..<t])
+            region.initializeMemory(as: UInt8.self, repeating: 0)
+            xor(fill, counter: counter, from: UnsafeRawBufferPointer(region), into: region)
+            for j in 0..<filler.count { region[t - filler.count + j] = filler[j] }
+            // Backwards, relay m first: the body as relay i receives it, and its region with its tag.
+            let body = UnsafeMutableRawBufferPointer(rebasing: cell[t...])
+            for i in stride(from: m - 1, through: 0, by: -1) {
+                wrap(layers[i], counter: counter, body)
+                let g = scratch.baseAddress! + t * i
+                for j in stride(from: t - 1, through: 16, by: -1) {
+                    region[j] = region[j - 16] ^ g.load(fromByteOffset: j - 16, as: UInt8.self)
+                }
+                mac(layers[i].tag, counter: counter, UnsafeRawBufferPointer(rebasing: cell[16...])) { tag in
+                    for j in 0..<16 { region[j] = tag[j] }
+                }
+            }
+        }
+    }
+
+    /// The ChaCha20-Poly1305 tag (16 bytes) of `data` (as associated data,
+    /// nothing sealed) under `key`, nonce 4 zero bytes ‖ u64 LE `counter`.
     private static func mac(
         _ key: SecureBytes, counter: UInt64, _ data: UnsafeRawBufferPointer, _ body: (UnsafeRawBufferPointer) -> Void
     ) {

@@ -25,7 +25,7 @@ final class SocksHandler: ChannelInboundHandler, @unchecked Sendable {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let incoming = unwrapInboundIn(data)
         if phase == .open, let origin {
-            cells.add(incoming, cellData: node.cellData, allocator: context.channel.allocator) {
+            cells.add(incoming, cellData: node.forwardCellData, allocator: context.channel.allocator) {
                 node.originClientData(origin, $0)
             }
             return

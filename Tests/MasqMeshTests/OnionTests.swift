@@ -30,22 +30,40 @@ import Testing
     }
 
     static func layer() -> Onion.Layer {
-        Onion.Layer(mac: SecureBytes(Random.bytes(32)), stream: SecureBytes(Random.bytes(32)))
+        Onion.Layer(
+            mac: SecureBytes(Random.bytes(32)), stream: SecureBytes(Random.bytes(32)),
+            tag: SecureBytes(Random.bytes(32)),
+            shift: SecureBytes(Random.bytes(32)))
     }
 
-    /// The origin's side of a forward cell: sealed for the exit, then wrapped for each relay (the last first).
+    static let fill = SecureBytes(Random.bytes(32))
+
+    /// The origin's side of a forward cell: sealed for the exit in its body,
+    /// wrapped for each relay (the last first), each relay's tag in the region.
     static func originCell(_ message: [UInt8], relays: [Onion.Layer], exitKey: SecureBytes, counter: UInt64) -> [UInt8]
     {
         var cell = [UInt8](repeating: 0, count: 4_096)
-        cell.replaceSubrange(0..<message.count, with: message)
+        cell.replaceSubrange(Onion.tagRegion..<(Onion.tagRegion + message.count), with: message)
         cell.withUnsafeMutableBytes { c in
-            #expect(Onion.sealCell(exitKey, counter: counter, c))
-            for key in relays.reversed() { Onion.wrap(key, counter: counter, c) }
+            #expect(
+                Onion.sealCell(
+                    exitKey, counter: counter, UnsafeMutableRawBufferPointer(rebasing: c[Onion.tagRegion...])))
+            Onion.wrapForward(relays, counter: counter, fill: fill, c)
         }
         return cell
     }
 
-    /// A relay: its layer off, from the incoming message into the next one.
+    /// A forward relay: nil when the tag does not verify, else the cell it passes on.
+    static func forwardRelay(_ key: Onion.Layer, counter: UInt64, _ cell: [UInt8]) -> [UInt8]? {
+        guard cell.withUnsafeBytes({ Onion.checkTag(key, counter: counter, $0) }) else { return nil }
+        var next = [UInt8](repeating: 0, count: cell.count)
+        cell.withUnsafeBytes { input in
+            next.withUnsafeMutableBytes { Onion.relayForward(key, counter: counter, from: input, into: $0) }
+        }
+        return next
+    }
+
+    /// A relay on a return circuit: its layer off, from the incoming message into the next one.
     static func relay(_ key: Onion.Layer, counter: UInt64, _ cell: [UInt8]) -> [UInt8] {
         var next = [UInt8](repeating: 0, count: cell.count)
         cell.withUnsafeBytes { input in
@@ -54,10 +72,57 @@ import Testing
         return next
     }
 
+    /// The exit on a forward cell: the box in the body (the message at its start), or nil.
+    static func exitOpensForward(_ cell: [UInt8], exitKey: SecureBytes, counter: UInt64) -> [UInt8]? {
+        exitOpens(Array(cell[Onion.tagRegion...]), exitKey: exitKey, counter: counter)
+    }
+
     static func exitOpens(_ cell: [UInt8], exitKey: SecureBytes, counter: UInt64) -> [UInt8]? {
         var cell = cell
         let ok = cell.withUnsafeMutableBytes { Onion.openCell(exitKey, counter: counter, $0) }
         return ok ? cell : nil
+    }
+
+    /// Issue 19.7: every forward relay checks its tag, on routes of one to
+    /// five relays; the region keeps its size and differs on every link; a
+    /// byte changed anywhere by a relay (or on a link) fails the next relay's
+    /// check, so no later hop relays or counts it.
+    @Test func forwardRelaysCheckTheirTagsAndRefuseGarbage() throws {
+        let exitKey = SecureBytes(Random.bytes(32))
+        let message = Array("GET / HTTP/1.1".utf8)
+        for m in 1...Onion.maxForwardRelays {
+            let keys = (0..<m).map { _ in Self.layer() }
+            var onWire = Self.originCell(message, relays: keys, exitKey: exitKey, counter: 9)
+            var regions: [[UInt8]] = [Array(onWire[0..<Onion.tagRegion])]
+            for key in keys {
+                onWire = try #require(Self.forwardRelay(key, counter: 9, onWire), "relay's tag, \(m) relays")
+                regions.append(Array(onWire[0..<Onion.tagRegion]))
+            }
+            #expect(Set(regions).count == regions.count)
+            // The exit sees no run of zeros that would tell the route's length.
+            let atExit: [UInt8] = regions[regions.count - 1]
+            #expect(Array(atExit[0..<16]) != [UInt8](repeating: 0, count: 16))
+            let opened = try #require(Self.exitOpensForward(onWire, exitKey: exitKey, counter: 9))
+            #expect(Array(opened[0..<message.count]) == message)
+            // The wrong cell number fails the first relay.
+            let first = Self.originCell(message, relays: keys, exitKey: exitKey, counter: 9)
+            #expect(Self.forwardRelay(keys[0], counter: 10, first) == nil)
+        }
+        // A hostile first relay alters one byte (tag region or body), or sends its own bytes: the second refuses.
+        let keys = (0..<3).map { _ in Self.layer() }
+        let cell = Self.originCell(message, relays: keys, exitKey: exitKey, counter: 4)
+        let honest = try #require(Self.forwardRelay(keys[0], counter: 4, cell))
+        #expect(Self.forwardRelay(keys[1], counter: 4, honest) != nil)
+        for position in [0, 15, 16, 40, Onion.tagRegion - 1, Onion.tagRegion, Onion.tagRegion + 11, 2_000, 4_095] {
+            var altered = honest
+            altered[position] ^= 0x01
+            #expect(Self.forwardRelay(keys[1], counter: 4, altered) == nil, "a change at \(position) went through")
+        }
+        #expect(Self.forwardRelay(keys[1], counter: 4, Random.bytes(4_096)) == nil)
+        // The first relay cannot make a cell for the second: it lacks the second's tag key.
+        let forged = Self.originCell(message, relays: [keys[0], Self.layer(), keys[2]], exitKey: exitKey, counter: 4)
+        let passed = try #require(Self.forwardRelay(keys[0], counter: 4, forged))
+        #expect(Self.forwardRelay(keys[1], counter: 4, passed) == nil)
     }
 
     /// A data cell as origin, relays and exit see it: sealed in place for the
@@ -68,19 +133,19 @@ import Testing
         let exitKey = SecureBytes(Random.bytes(32))
         let message = Array("hello through three relays".utf8)
         let cell = Self.originCell(message, relays: keys, exitKey: exitKey, counter: 7)
-        #expect(Array(cell[0..<message.count]) != message)
+        #expect(Array(cell[Onion.tagRegion..<(Onion.tagRegion + message.count)]) != message)
         var onWire = cell
         var seen: [[UInt8]] = [onWire]
         for key in keys {
-            onWire = Self.relay(key, counter: 7, onWire)
+            onWire = try #require(Self.forwardRelay(key, counter: 7, onWire))
             seen.append(onWire)
         }
         // The bytes differ on every link.
         #expect(Set(seen).count == seen.count)
-        let opened = try #require(Self.exitOpens(onWire, exitKey: exitKey, counter: 7))
+        let opened = try #require(Self.exitOpensForward(onWire, exitKey: exitKey, counter: 7))
         #expect(Array(opened[0..<message.count]) == message)
-        // The wrong cell number at a relay does not open.
-        var replayed = cell
+        // The wrong cell number, past the relays' checks (a colluding relay), does not open at the exit.
+        var replayed = Array(cell[Onion.tagRegion...])
         for key in keys { replayed = Self.relay(key, counter: 8, replayed) }
         #expect(Self.exitOpens(replayed, exitKey: exitKey, counter: 7) == nil)
         // Return direction: relays remove their layers in turn; the origin wraps them back, the last relay's first.
@@ -101,8 +166,9 @@ import Testing
         let keys = (0..<2).map { _ in Self.layer() }
         let exitKey = SecureBytes(Random.bytes(32))
         let message = Array("GET /secret".utf8)
-        for position in [0, 5, 11, 12, 100, 4_000, 4_095] {
-            let cell = Self.originCell(message, relays: keys, exitKey: exitKey, counter: 1)
+        // (The layers alone, as a relay that skipped the tag check would pass them: the tags are tested above.)
+        for position in [0, 5, 11, 12, 100, 4_000, 4_095 - Onion.tagRegion] {
+            let cell = Array(Self.originCell(message, relays: keys, exitKey: exitKey, counter: 1)[Onion.tagRegion...])
             // The hostile first relay removes its layer and tags the result.
             var tagged = Self.relay(keys[0], counter: 1, cell)
             tagged[position] ^= 0x5a

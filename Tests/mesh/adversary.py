@@ -27,7 +27,7 @@ from noise_client import LINK_CONTEXT, RECORD_CONTEXT, Peer, b64, raw  # noqa: F
 
 GOSSIP, INTRO, CELL, PING, PONG, BYE = 1, 2, 3, 4, 5, 6
 CREATE, DATA, DESTROY = 1, 2, 3
-RELAY, EXIT, TERMINAL = 1, 2, 3
+RELAY, EXIT, TERMINAL, FORWARD_RELAY = 1, 2, 3, 4
 
 
 def unb64(text):
@@ -58,10 +58,17 @@ OVERHEAD = 32 + HEADER + 16
 LAYER_HEAD = 12
 
 
+TAGS = 16 * 5          # a forward cell's tag region: one 16-byte tag per forward relay, up to 5
+
+
 def derive(shared, eph, hop):
-    okm = HKDF(algorithm=hashes.SHA256(), length=192, salt=ONION_SALT, info=eph + hop).derive(shared)
+    okm = HKDF(algorithm=hashes.SHA256(), length=256, salt=ONION_SALT, info=eph + hop).derive(shared)
     return {"hk": okm[0:32], "sk": okm[32:64], "mac": okm[64:96], "exit_forward": okm[96:128], "exit_back": okm[128:160],
-            "stream": okm[160:192]}
+            "stream": okm[160:192], "tag": okm[192:224], "shift": okm[224:256]}
+
+
+def full_mac(key, counter, data):
+    return ChaCha20Poly1305(key).encrypt(b"\0" * 4 + struct.pack("<Q", counter), b"", data)
 
 
 def layer_mac(key, counter, rest):
@@ -101,9 +108,34 @@ def peel(onion, static, static_pub):
     return fields, keys, body + os.urandom(OVERHEAD)
 
 
-def relay_data(hop_keys, counter, payload, forward=True):
-    """What a relay does to a DATA cell in the circuit's direction (either circuit: forward or return)."""
-    return unwrap(hop_keys, counter, payload)
+def check_tag(keys, counter, cell):
+    """A forward relay's check: the first 16 bytes are the tag of the rest under its tag key."""
+    return full_mac(keys["tag"], counter, cell[16:]) == cell[:16]
+
+
+def relay_data(hop_keys, counter, payload, tags=False):
+    """What a relay does to a DATA cell in the circuit's direction: a forward relay (`tags`) shifts the
+    tag region (its tag off, 16 zeros in, XOR its region keystream) and unwraps the body; a return relay
+    unwraps the whole cell."""
+    if not tags:
+        return unwrap(hop_keys, counter, payload)
+    region = xor(payload[16:TAGS] + b"\0" * 16, chacha(hop_keys["shift"], counter, b"\0" * TAGS))
+    return region + unwrap(hop_keys, counter, payload[TAGS:])
+
+
+def wrap_forward(relays, counter, body):
+    """The origin: the body (the sealed box) wrapped for each relay, the last first, and each relay's
+    tag in the region (the filler the relays will append computed ahead, as Sphinx's header)."""
+    streams = [chacha(k["shift"], counter, b"\0" * TAGS) for k in relays]
+    filler = b""
+    for g in streams:
+        filler = xor(filler + b"\0" * 16, g[TAGS - len(filler) - 16:])
+    region = os.urandom(TAGS - len(filler)) + filler
+    for k, g in reversed(list(zip(relays, streams))):
+        body = wrap(k, counter, body)
+        rest = xor(region[:TAGS - 16], g[:TAGS - 16])
+        region = full_mac(k["tag"], counter, rest + body) + rest
+    return region + body
 
 
 def build_onion(hops, size, payload=b""):
@@ -133,16 +165,14 @@ def origin_cell(keys, counter, command, stream, data, size):
     """A DATA cell from the origin: the message sealed for the exit (its last hop), then wrapped for
     every relay, the last relay first (the exit has no layer but the AEAD)."""
     plain = bytes([command]) + struct.pack(">HH", stream, len(data)) + data
-    plain += b"\0" * (size - 16 - len(plain))
-    cell = ChaCha20Poly1305(keys[-1]["exit_forward"]).encrypt(exit_nonce(counter), plain, b"")
-    for k in reversed(keys[:-1]):
-        cell = wrap(k, counter, cell)
-    return cell
+    plain += b"\0" * (size - TAGS - 16 - len(plain))
+    box = ChaCha20Poly1305(keys[-1]["exit_forward"]).encrypt(exit_nonce(counter), plain, b"")
+    return wrap_forward(keys[:-1], counter, box)
 
 
 def message_capacity(size):
-    """Data bytes one origin-to-exit message carries."""
-    return size - 16 - 5
+    """Data bytes one origin-to-exit message carries (a forward cell: the tag region, then the box)."""
+    return size - TAGS - 16 - 5
 
 
 # ---------------------------------------------------------------------------
@@ -175,8 +205,8 @@ class Link:
 
 
 class Hop:
-    def __init__(self, other, keys, forward):
-        self.other, self.keys, self.forward, self.counter = other, keys, forward, 0
+    def __init__(self, other, keys, forward, tags=False):
+        self.other, self.keys, self.forward, self.counter, self.tags = other, keys, forward, 0, tags
 
 
 class HostileNode:
@@ -328,7 +358,7 @@ class HostileNode:
             return self.on_data(end, payload)
         if not hop.forward:
             return
-        out = relay_data(hop.keys, hop.counter, payload)
+        out = relay_data(hop.keys, hop.counter, payload, tags=hop.tags)
         if self.tamper:
             out = self.tamper(hop, hop.counter, out)
         hop.counter += 1
@@ -343,15 +373,16 @@ class HostileNode:
             return self.send_cell(link, circuit, DESTROY, os.urandom(self.cell_bytes))
         fields, keys, inner = opened
         self.layers.append((fields, keys))
-        if fields["kind"] == RELAY:
+        if fields["kind"] in (RELAY, FORWARD_RELAY):
             out_link = self.link_to(fields["next"])
             if out_link is None:
                 return self.send_cell(link, circuit, DESTROY, os.urandom(self.cell_bytes))
             out = (out_link, out_link.circuit())
             with self.lock:
-                self.circuits[(link, circuit)] = Hop(out, keys, True)
+                self.circuits[(link, circuit)] = Hop(out, keys, True, tags=fields["kind"] == FORWARD_RELAY)
                 self.circuits[out] = Hop((link, circuit), None, False)
-                self.created.append({"in": (link, circuit), "out": out, "onion": inner, "cells": []})
+                self.created.append({"in": (link, circuit), "out": out, "onion": inner, "cells": [],
+                                     "forward": fields["kind"] == FORWARD_RELAY})
             self.send_cell(out_link, out[1], CREATE, inner)
         else:
             self.on_end(link, circuit, fields, keys, inner)
@@ -421,7 +452,7 @@ class HostileExit(HostileNode):
                 return
             keys, counter = entry
             entry[1] += 1
-        cell = self.untag(counter, payload) if self.untag else payload
+        cell = (self.untag(counter, payload) if self.untag else payload)[TAGS:]
         try:
             plain = ChaCha20Poly1305(keys["exit_forward"]).decrypt(exit_nonce(counter), cell, b"")
         except Exception:  # noqa: BLE001 - the box does not open
@@ -452,7 +483,7 @@ class HostileOrigin(HostileNode):
         for i, key in enumerate(path):
             agreement = unb64(self.record_for(key)["agreement"])
             last = i == len(path) - 1
-            hops.append({"agreement": agreement, "kind": EXIT if last else RELAY, "next": None if last else path[i + 1], "token": token})
+            hops.append({"agreement": agreement, "kind": EXIT if last else FORWARD_RELAY, "next": None if last else path[i + 1], "token": token})
         onion, keys = build_onion(hops, self.cell_bytes)
         link = self.link_to(path[0])
         circuit = link.circuit()

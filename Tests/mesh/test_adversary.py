@@ -154,17 +154,23 @@ def test_a_set_up_replayed_after_the_window_is_refused_as_stale(net):
     assert nodes.state(name)["counters"]["createsStale"] >= 1
 
 
+def relays_rejected(nodes):
+    return sum(nodes.state(n)["counters"]["cellsRejected"] for n in ("R1", "R2"))
+
+
 def test_a_tagged_cell_kills_its_route_instead_of_confirming_it(net):
     """Point 2: H, first hop of every route of O, XORs a tag into every cell
-    it relays toward the exit. Across the honest relay behind it the tag
-    garbles the cell for good (a colluding exit could not XOR it out: see
-    OnionTests.aTagCannotBeCarriedAcrossAnHonestRelay), so the exit's AEAD
-    refuses it: no request reaches the target and the route dies, which tells
-    the colluders nothing a cut circuit would not."""
+    it relays toward the exit. The honest relay behind it checks its tag
+    (points 2 and 7) and refuses the cell; without that check the tag would
+    still garble the cell for good across the relay's layer (a colluding exit
+    could not XOR it out: OnionTests.aTagCannotBeCarriedAcrossAnHonestRelay).
+    No request reaches the target, the exit sees no tagged cell, and the
+    route dies, which tells the colluders nothing a cut circuit would not."""
     h, target, nodes = net["h"], net["target"], net["nodes"]
     exchange(net, message=b"before")                      # routes work through H untampered
     wait_for(lambda: len(target.connections) == 1, 10, "the first request did not arrive")
-    rejected = nodes.state("E1")["counters"]["cellsRejected"]
+    rejected = relays_rejected(nodes)
+    exit_rejected = nodes.state("E1")["counters"]["cellsRejected"]
     h.tamper = lambda hop, counter, out: out[:200] + bytes([out[200] ^ 0x5a]) + out[201:]
     s, code = socks(net["socks"], target.port, user=b"tagged")
     try:
@@ -178,7 +184,34 @@ def test_a_tagged_cell_kills_its_route_instead_of_confirming_it(net):
     finally:
         s.close()
     assert all(c["data"] != b"GET /secret" for c in target.connections)
-    wait_for(lambda: nodes.state("E1")["counters"]["cellsRejected"] > rejected, 10, "the exit did not refuse the tagged cells")
+    wait_for(lambda: relays_rejected(nodes) > rejected, 10, "the relay after H did not refuse the tagged cells")
+    assert nodes.state("E1")["counters"]["cellsRejected"] == exit_rejected, "a tagged cell reached the exit"
+
+
+def test_garbage_injected_by_a_relay_is_refused_by_the_next_and_counted_by_nobody(net):
+    """Point 7: H, first hop of O's routes, injects garbage DATA cells into a
+    forward circuit it relays. The honest relay after it checks each cell's
+    tag before it relays or charges for it: the first garbage cell is
+    refused, the circuit is destroyed, and neither that relay nor the exit
+    counts any of them (the origin, whose books hold only cells that
+    verified, is charged for none)."""
+    h, nodes = net["h"], net["nodes"]
+    s = exchange(net, message=b"hello", close=False)       # an open stream: its forward circuit runs through H
+    with h.lock:
+        forward = [c for c in h.created if c["cells"] and c["forward"]]
+    assert forward, "H relayed no forward cell"
+    out = forward[-1]["out"]
+    time.sleep(1.5)                                        # state.json is written each round: let it catch up
+    relayed = sum(nodes.state(n)["counters"]["cellsRelayed"] for n in ("R1", "R2"))
+    exit_rejected = nodes.state("E1")["counters"]["cellsRejected"]
+    rejected = relays_rejected(nodes)
+    h.inject(out, 50)
+    wait_for(lambda: relays_rejected(nodes) > rejected, 10, "the relay after H did not refuse the garbage")
+    time.sleep(1)
+    assert sum(nodes.state(n)["counters"]["cellsRelayed"] for n in ("R1", "R2")) == relayed, "a garbage cell was relayed"
+    assert relays_rejected(nodes) == rejected + 1, "the circuit was not destroyed at the first garbage cell"
+    assert nodes.state("E1")["counters"]["cellsRejected"] == exit_rejected, "garbage reached the exit"
+    s.close()
 
 
 @pytest.fixture
@@ -235,9 +268,13 @@ def test_a_tag_put_in_by_the_first_hop_cannot_be_taken_out_by_the_exit(collusion
         before = set(x.ends)
     x.untag = lambda counter, cell: cell[:tag_at] + bytes([cell[tag_at] ^ tag]) + cell[tag_at + 1:]
     h.tamper = lambda hop, counter, out: out[:tag_at] + bytes([out[tag_at] ^ tag]) + out[tag_at + 1:]
+    nodes = collusion["nodes"]
+    rejected = sum(nodes.state(n)["counters"]["cellsRejected"] for n in ("R1", "R2"))
     second = request(b"tagged")
     try:
-        wait_for(lambda: any(end not in before for end, _ in x.refused), 20, "no tagged cell reached X")
+        # The honest relay checks its tag and refuses the cell: nothing tagged reaches X at all.
+        wait_for(lambda: sum(nodes.state(n)["counters"]["cellsRejected"] for n in ("R1", "R2")) > rejected, 20,
+                 "the honest relay did not refuse the tagged cell")
         time.sleep(1)
         assert not [c for end, c, _ in x.opened if end not in before], "a tagged cell opened at the colluding exit"
     finally:

@@ -25,8 +25,12 @@ REPS=${REPS:-5}
 CELL=${CELL:-4096}
 PORT=${PORT:-7701}
 cd "$root"
-swift build -c release --product masq-cli >&2
-masq="$(swift build -c release --show-bin-path)/masq-cli"
+# MASQ=path/to/masq-cli compares builds (A/B) without rebuilding.
+if [ -z "${MASQ:-}" ]; then
+    swift build -c release --product masq-cli >&2
+    MASQ="$(swift build -c release --show-bin-path)/masq-cli"
+fi
+masq=$MASQ
 work=$(mktemp -d /tmp/masq-bench-mesh-XXXXXX)
 trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
 
