@@ -12,7 +12,8 @@ import NIOCore
 ///     frame   = u8 type ‖ body
 ///       1 GOSSIP  JSON [SignedRecord]
 ///       2 INTRO   JSON [descriptor]         ("meet these nodes")
-///       3 CELL    u32 circuit ‖ u8 command ‖ payload (cell size, fixed)
+///       3 CELL    u32 circuit ‖ u8 command ‖ payload (cell size, fixed; a JUMBO
+///                 DATA cell is `jumboCells` cells' size)
 ///       4 PING    5 PONG
 ///       6 BYE     UTF-8 reason
 ///
@@ -27,7 +28,11 @@ import NIOCore
 /// the link fares as if a relay had changed it. Every other frame (CREATE
 /// and DESTROY cells included) is encrypted and authenticated.
 enum FrameType: UInt8 { case gossip = 1, intro = 2, cell = 3, ping = 4, pong = 5, bye = 6 }
-enum CellCommand: UInt8 { case create = 1, data = 2, destroy = 3 }
+/// `jumbo`: a DATA cell of `jumboCells` cells' size, for bulk data (see `MeshNode.sendToExit`).
+enum CellCommand: UInt8 { case create = 1, data = 2, destroy = 3, jumbo = 4 }
+
+/// A JUMBO cell is this many cells' size (and counts as that many cells).
+let jumboCells = 4
 
 /// Splits the byte stream into u16-length-prefixed messages.
 struct LengthPrefixDecoder: ByteToMessageDecoder {
@@ -199,17 +204,18 @@ final class Link {
         write(.cell, Self.cellHeader(circuit, command) + payload)
     }
 
-    /// Queue a DATA cell: `fill` writes its `cellBytes` payload (the onion
-    /// layer's ciphertext) straight into the message being assembled.
-    func writeDataCell(_ circuit: UInt32, fill: (UnsafeMutableRawBufferPointer) -> Void) {
+    /// Queue a DATA cell: `fill` writes its payload (the onion layer's
+    /// ciphertext; `size` bytes: `cellBytes`, or `jumboCells` times that for
+    /// a JUMBO cell) straight into the message being assembled.
+    func writeDataCell(_ circuit: UInt32, size: Int, fill: (UnsafeMutableRawBufferPointer) -> Void) {
+        precondition(size == cellBytes || size == jumboCells * cellBytes)
         guard sendCipher != nil, channel.isActive else { return }
-        room(records: 8, clear: cellBytes)
+        room(records: 8, clear: size)
         // The record: u16 6 ‖ CELL ‖ u32 circuit ‖ DATA.
         records.append(0); records.append(6); records.append(FrameType.cell.rawValue)
         records.append(UInt8(circuit >> 24)); records.append(UInt8(circuit >> 16 & 0xff))
         records.append(UInt8(circuit >> 8 & 0xff)); records.append(UInt8(circuit & 0xff))
-        records.append(CellCommand.data.rawValue)
-        let size = cellBytes
+        records.append(size == cellBytes ? CellCommand.data.rawValue : CellCommand.jumbo.rawValue)
         pending!.writeWithUnsafeMutableBytes(minimumWritableBytes: size) { raw in
             fill(UnsafeMutableRawBufferPointer(rebasing: raw[0..<size]))
             return size
@@ -317,15 +323,18 @@ enum LinkRecords {
             let n = Int(records[at]) << 8 | Int(records[at + 1])
             at += 2
             guard n >= 1, at + n <= records.count else { return .failure(.malformed("a truncated record")) }
-            if n == 6, records[at] == FrameType.cell.rawValue, records[at + 5] == CellCommand.data.rawValue {
-                guard clearAt + cellBytes <= clear.upperBound else {
+            if n == 6, records[at] == FrameType.cell.rawValue,
+                records[at + 5] == CellCommand.data.rawValue || records[at + 5] == CellCommand.jumbo.rawValue
+            {
+                let size = records[at + 5] == CellCommand.data.rawValue ? cellBytes : jumboCells * cellBytes
+                guard clearAt + size <= clear.upperBound else {
                     return .failure(.malformed("a DATA cell without its payload"))
                 }
                 let circuit =
                     UInt32(records[at + 1]) << 24 | UInt32(records[at + 2]) << 16 | UInt32(records[at + 3]) << 8
                     | UInt32(records[at + 4])
-                items.append(.dataCell(circuit: circuit, payload: clearAt..<(clearAt + cellBytes)))
-                clearAt += cellBytes
+                items.append(.dataCell(circuit: circuit, payload: clearAt..<(clearAt + size)))
+                clearAt += size
             } else {
                 items.append(.frame(at..<(at + n)))
             }

@@ -59,11 +59,12 @@ extension MeshNode {
             body.copyMemory(from: UnsafeRawBufferPointer(rebasing: payload[Onion.tagRegion...]))
             guard Onion.openCell(exit.keys.exitForward, counter: counter, body) else { return false }
             exit.forwardCounter += 1
+            let units = cellUnits(payload.count)
             if let payer = exit.payer, let accountant {
                 guard !accountant.isBanned(payer) else { banned = true; return true }
-                accountant.earn(payer, exitCharge(configuration.rates), now: Self.wallClock())
+                accountant.earn(payer, exitCharge(configuration.rates) * UInt128(units), now: Self.wallClock())
             }
-            exitMessage(exit, UnsafeRawBufferPointer(rebasing: body[0..<forwardCellPlaintext]))
+            exitMessage(exit, UnsafeRawBufferPointer(rebasing: body[0..<(body.count - 16)]), units: units)
             return true
         }
         if !opened { counters.cellsRejected += 1 }
@@ -71,7 +72,7 @@ extension MeshNode {
         if !opened || banned { destroyed(exit.inEnd, notify: true) }
     }
 
-    private func exitMessage(_ exit: ExitCircuit, _ plain: UnsafeRawBufferPointer) {
+    private func exitMessage(_ exit: ExitCircuit, _ plain: UnsafeRawBufferPointer, units: Int) {
         guard let (command, id, data) = Self.unpack(plain) else { return destroyed(exit.inEnd, notify: true) }
         if command == .data {
             // Gathered and written once per turn; acknowledged once the target took it.
@@ -79,7 +80,7 @@ extension MeshNode {
             guard let stream = exit.streams[id], !stream.ended else { counters.cellsDropped += 1; return }
             // The origin may have a window of cells unacknowledged (plus one read of its client):
             // beyond that it ignores flow control, and its route goes before it fills our memory.
-            stream.unacknowledged += 1
+            stream.unacknowledged += units
             guard stream.unacknowledged <= flowControlLimit else {
                 counters.flowControlViolations += 1
                 logger.info("exit: a route ignores flow control; destroyed")
@@ -92,7 +93,7 @@ extension MeshNode {
                 stream.toTarget = ByteBufferAllocator().buffer(capacity: Self.streamWriteBytes)
             }
             stream.toTarget!.writeBytes(data)
-            stream.toTargetCells += 1
+            stream.toTargetCells += units
             dirtyExits[ObjectIdentifier(stream)] = (exit, stream)
             return
         }
@@ -267,18 +268,25 @@ extension MeshNode {
         data.withUnsafeBytes { sendToOrigin(exit, command, stream, $0) }
     }
 
-    /// One cell on the return circuit: sealed for the origin straight into the link's message.
-    func sendToOrigin(_ exit: ExitCircuit, _ command: StreamCommand, _ stream: UInt16, _ data: UnsafeRawBufferPointer) {
-        guard let end = exit.returnEnd, let link = links[end.link] else { return }
+    /// One cell on the return circuit (a JUMBO cell for more than a cell's
+    /// data): sealed for the origin straight into the link's message. Returns
+    /// how many cells it counts for.
+    @discardableResult
+    func sendToOrigin(_ exit: ExitCircuit, _ command: StreamCommand, _ stream: UInt16, _ data: UnsafeRawBufferPointer)
+        -> Int
+    {
+        let units = data.count > cellData ? jumboCells : 1
+        guard let end = exit.returnEnd, let link = links[end.link] else { return units }
         let counter = exit.returnCounter
-        link.writeDataCell(end.circuit) { cell in
+        link.writeDataCell(end.circuit, size: units * configuration.cellBytes) { cell in
             layOut(cell, command, stream, data)
             _ = Onion.sealCell(exit.keys.exitBack, counter: counter, cell)
         }
         exit.returnCounter += 1
         if let payer = exit.payer, let accountant {
-            accountant.earn(payer, exitCharge(configuration.rates), now: Self.wallClock())
+            accountant.earn(payer, exitCharge(configuration.rates) * UInt128(units), now: Self.wallClock())
         }
+        return units
     }
 
     /// Bytes from a target: to the origin, within the stream's window.
@@ -287,9 +295,9 @@ extension MeshNode {
         bytes.withUnsafeReadableBytes { raw in
             var offset = 0
             while offset < raw.count {
-                let n = min(raw.count - offset, cellData)
-                sendToOrigin(exit, .data, id, UnsafeRawBufferPointer(rebasing: raw[offset..<(offset + n)]))
-                stream.inFlight += 1
+                let n = nextPiece(raw.count - offset, cell: cellData, jumbo: jumboData)
+                stream.inFlight += sendToOrigin(
+                    exit, .data, id, UnsafeRawBufferPointer(rebasing: raw[offset..<(offset + n)]))
                 offset += n
             }
         }

@@ -154,9 +154,9 @@ extension MeshNode {
         bytes.withUnsafeReadableBytes { raw in
             var offset = 0
             while offset < raw.count {
-                let n = min(raw.count - offset, forwardCellData)
-                sendToExit(route, .data, stream.number, UnsafeRawBufferPointer(rebasing: raw[offset..<(offset + n)]))
-                stream.inFlight += 1
+                let n = nextPiece(raw.count - offset, cell: forwardCellData, jumbo: forwardJumboData)
+                stream.inFlight += sendToExit(
+                    route, .data, stream.number, UnsafeRawBufferPointer(rebasing: raw[offset..<(offset + n)]))
                 offset += n
             }
         }
@@ -189,12 +189,17 @@ extension MeshNode {
         data.withUnsafeBytes { sendToExit(route, command, stream, $0) }
     }
 
-    /// One cell on the forward circuit: sealed for the exit, then one layer
-    /// per hop, straight into the first link's message.
-    func sendToExit(_ route: OriginRoute, _ command: StreamCommand, _ stream: UInt16, _ data: UnsafeRawBufferPointer) {
-        guard let end = route.forwardEnd, let keys = route.exitKeys, let link = links[end.link] else { return }
+    /// One cell on the forward circuit (a JUMBO cell for more than a cell's
+    /// data): sealed for the exit, then one layer per hop, straight into the
+    /// first link's message. Returns how many cells it counts for.
+    @discardableResult
+    func sendToExit(_ route: OriginRoute, _ command: StreamCommand, _ stream: UInt16, _ data: UnsafeRawBufferPointer)
+        -> Int
+    {
+        let units = data.count > forwardCellData ? jumboCells : 1
+        guard let end = route.forwardEnd, let keys = route.exitKeys, let link = links[end.link] else { return units }
         let counter = route.forwardCounter
-        link.writeDataCell(end.circuit) { cell in
+        link.writeDataCell(end.circuit, size: units * configuration.cellBytes) { cell in
             let body = UnsafeMutableRawBufferPointer(rebasing: cell[Onion.tagRegion...])
             layOut(body, command, stream, data)
             _ = Onion.sealCell(keys.exitForward, counter: counter, body)
@@ -203,8 +208,9 @@ extension MeshNode {
         route.forwardCounter += 1
         if let accountant {
             let now = Self.wallClock()
-            for (wallet, amount) in route.forwardCharges { accountant.owe(wallet, amount, now: now) }
+            for (wallet, amount) in route.forwardCharges { accountant.owe(wallet, amount * UInt128(units), now: now) }
         }
+        return units
     }
 
     /// A DATA cell on a return circuit: the return relays' layers come off, then the exit's AEAD.
@@ -217,11 +223,14 @@ extension MeshNode {
             for key in route.returnKeys.reversed() { Onion.wrap(key, counter: counter, cell) }
             guard Onion.openCell(keys.exitBack, counter: counter, cell) else { return false }
             route.returnCounter += 1
+            let units = cellUnits(payload.count)
             if let accountant {
                 let now = Self.wallClock()
-                for (wallet, amount) in route.returnCharges { accountant.owe(wallet, amount, now: now) }
+                for (wallet, amount) in route.returnCharges {
+                    accountant.owe(wallet, amount * UInt128(units), now: now)
+                }
             }
-            originMessage(route, UnsafeRawBufferPointer(rebasing: cell[0..<cellPlaintext]))
+            originMessage(route, UnsafeRawBufferPointer(rebasing: cell[0..<(cell.count - 16)]), units: units)
             return true
         }
         if !opened {
@@ -230,7 +239,7 @@ extension MeshNode {
         }
     }
 
-    private func originMessage(_ route: OriginRoute, _ plain: UnsafeRawBufferPointer) {
+    private func originMessage(_ route: OriginRoute, _ plain: UnsafeRawBufferPointer, units: Int) {
         guard let (command, number, data) = Self.unpack(plain) else {
             return fail(route, "a malformed message from the exit")
         }
@@ -248,7 +257,7 @@ extension MeshNode {
             guard stream.phase == .open else { return fail(route, "data for a stream not open") }
             // The exit may have a window of cells unacknowledged (plus what one read of the
             // target adds): beyond that it ignores flow control, and the route goes.
-            stream.unacknowledged += 1
+            stream.unacknowledged += units
             guard stream.unacknowledged <= flowControlLimit else { return fail(route, "the exit ignores flow control") }
             if let gathered = stream.toClient?.readableBytes, gathered + data.count > Self.streamWriteBytes {
                 writeToClient(stream)
@@ -257,7 +266,7 @@ extension MeshNode {
                 stream.toClient = ByteBufferAllocator().buffer(capacity: Self.streamWriteBytes)
             }
             stream.toClient!.writeBytes(data)
-            stream.toClientCells += 1
+            stream.toClientCells += units
             dirtyOrigins[stream.id] = stream
         case .connected:
             guard stream.phase == .connecting else { return fail(route, "a second CONNECTED for a stream") }

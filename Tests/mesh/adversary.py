@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from noise_client import LINK_CONTEXT, RECORD_CONTEXT, Peer, b64, raw  # noqa: F401 (b64 used by tests)
 
 GOSSIP, INTRO, CELL, PING, PONG, BYE = 1, 2, 3, 4, 5, 6
-CREATE, DATA, DESTROY = 1, 2, 3
+CREATE, DATA, DESTROY, JUMBO = 1, 2, 3, 4          # JUMBO: a DATA cell of 4 cells' size
 RELAY, EXIT, TERMINAL, FORWARD_RELAY = 1, 2, 3, 4
 
 
@@ -300,9 +300,10 @@ class HostileNode:
                 frames, clear = link.peer.read_message()
                 at = 0
                 for frame in frames:
-                    if frame[0] == CELL and len(frame) == 6 and frame[5] == DATA:
-                        payload = clear[at:at + self.cell_bytes]
-                        at += self.cell_bytes
+                    if frame[0] == CELL and len(frame) == 6 and frame[5] in (DATA, JUMBO):
+                        size = self.cell_bytes * (4 if frame[5] == JUMBO else 1)
+                        payload = clear[at:at + size]
+                        at += size
                         self._cell(link, struct.unpack(">I", frame[1:5])[0], DATA, payload)
                     elif frame[0] == CELL:
                         self._cell(link, struct.unpack(">I", frame[1:5])[0], frame[5], frame[6:])
@@ -336,7 +337,8 @@ class HostileNode:
 
     def send_cell(self, link, circuit, command, payload):
         if command == DATA:
-            link.send([bytes([CELL]) + struct.pack(">I", circuit) + bytes([DATA])], payload)
+            kind = DATA if len(payload) == self.cell_bytes else JUMBO
+            link.send([bytes([CELL]) + struct.pack(">I", circuit) + bytes([kind])], payload)
         else:
             link.send([bytes([CELL]) + struct.pack(">I", circuit) + bytes([command]) + payload])
 

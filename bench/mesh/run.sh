@@ -32,7 +32,12 @@ if [ -z "${MASQ:-}" ]; then
 fi
 masq=$MASQ
 work=$(mktemp -d /tmp/masq-bench-mesh-XXXXXX)
-trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+# What curl receives lands in memory (tmpfs) when the box has one: the disk's
+# writeback of hundreds of MB between runs is not what is measured, and it
+# took CPU from whichever transfer came next.
+out=$work
+[ -d /dev/shm ] && [ -w /dev/shm ] && out=$(mktemp -d /dev/shm/masq-bench-mesh-XXXXXX)
+trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$work" "$out"' EXIT
 
 head -c $((SIZE_MB * 1000000)) /dev/urandom >"$work/big.bin"
 echo small >"$work/small.txt"
@@ -59,15 +64,21 @@ for _ in $(seq 60); do curl -s --max-time 5 --socks5-hostname "$socks" "http://l
 echo "== $SIZE_MB MB, route of $HOPS+ hops, $CELL-byte cells (median of $REPS runs each, alternating)"
 : >"$work/times"
 for _ in $(seq "$REPS"); do
-    t0=$(date +%s.%N); curl -s "http://127.0.0.1:$http/big.bin" -o "$work/direct.bin"; t1=$(date +%s.%N)
-    curl -s --socks5-hostname "$socks" "http://localhost:$http/big.bin" -o "$work/mesh.bin"; t2=$(date +%s.%N)
-    cmp -s "$work/big.bin" "$work/mesh.bin" || { echo "the mesh transfer differs" >&2; exit 1; }
+    t0=$(date +%s.%N); curl -s "http://127.0.0.1:$http/big.bin" -o "$out/direct.bin"; t1=$(date +%s.%N)
+    curl -s --socks5-hostname "$socks" "http://localhost:$http/big.bin" -o "$out/mesh.bin"; t2=$(date +%s.%N)
+    cmp -s "$work/big.bin" "$out/mesh.bin" || { echo "the mesh transfer differs" >&2; exit 1; }
     echo "$t0 $t1 $t2" >>"$work/times"
 done
-python3 - "$work/times" "$SIZE_MB" <<'PY'
-import statistics, sys
+python3 - "$work/times" "$SIZE_MB" "$work/n3/state.json" <<'PY'
+import json, statistics, sys
 rows = [tuple(map(float, l.split())) for l in open(sys.argv[1]) if l.strip()]
 mb = float(sys.argv[2])
+# The route the transfers took (its length varies with the topology gossip formed: report it).
+for line in json.load(open(sys.argv[3])).get("circuits", []):
+    if line.get("role") == "origin" and line.get("route"):
+        forward, back = line["route"].split(" back ")
+        print("route: %d links forward, %d back" % (len(forward.split(">")), len(back.split(">")) + 1 if back else 1))
+        break
 direct = statistics.median(mb / (t1 - t0) for t0, t1, _ in rows)
 mesh = statistics.median(mb / (t2 - t1) for _, t1, t2 in rows)
 print("direct loopback TCP  %8.1f MB/s" % direct)

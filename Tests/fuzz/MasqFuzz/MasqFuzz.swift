@@ -192,7 +192,10 @@ let targets: [Target] = [
             }
         },
         seeds: {
-            [[0, 64] + [UInt8](repeating: 0xAB, count: 64) + [0, 6, 3, 0, 0, 0, 1, 2] + [0, 2, 4, 0]]
+            [
+                [0, 64] + [UInt8](repeating: 0xAB, count: 64) + [0, 6, 3, 0, 0, 0, 1, 2] + [0, 2, 4, 0],
+                [1, 64] + [UInt8](repeating: 0xCD, count: 320) + [0, 6, 3, 0, 0, 0, 1, 2] + [0, 6, 3, 0, 0, 0, 2, 4]
+            ]
         }),
     Target(
         name: "mesh-gossip",
