@@ -49,35 +49,31 @@ extension MeshNode {
     /// malloc instead of mapped and unmapped).
     static let streamWriteBytes = 256 << 10
     static let messageHeader = 5
+    /// Every cell of a return circuit is a JUMBO cell (`jumboCells` cells'
+    /// size, counted and charged as that many cells), every cell of a forward
+    /// circuit a single one, and relays refuse the other size: the sizes are
+    /// fixed by the circuit, so nobody (an exit least of all) can write a
+    /// pattern of sizes for a colluding hop to read. Bulk data mostly flows
+    /// back, where one set of crypto calls and one record per four cells'
+    /// data pays a hop's per-cell cost (a third of its CPU) a quarter as
+    /// often; requests and uploads keep single cells. Cells above ~16 KB
+    /// have no JUMBO form (it would not fit a link message).
+    var returnCellBytes: Int {
+        let jumbo = jumboCells * configuration.cellBytes
+        return jumbo + 64 <= Link.maxMessage ? jumbo : configuration.cellBytes
+    }
     /// A return cell's plaintext and data (the box fills the cell).
-    var cellPlaintext: Int { configuration.cellBytes - 16 }
+    var cellPlaintext: Int { returnCellBytes - 16 }
     var cellData: Int { cellPlaintext - Self.messageHeader }
     /// A forward cell's (its body: after the relays' tag region).
     var forwardCellPlaintext: Int { configuration.cellBytes - Onion.tagRegion - 16 }
     var forwardCellData: Int { forwardCellPlaintext - Self.messageHeader }
-    /// Bulk data goes in JUMBO cells (`jumboCells` cells' size, counted and
-    /// charged as that many cells) when at least this much is waiting: one
-    /// cell's worth of crypto calls and records for four cells of data, so a
-    /// hop's per-cell cost (a third of its CPU) is paid a quarter as often.
-    /// Small messages keep single cells. Nil when a JUMBO cell would not fit
-    /// a link message (cells above ~16 KB).
-    var jumboData: Int? {
-        jumboCells * configuration.cellBytes + 64 <= Link.maxMessage ? jumboCells * cellData : nil
-    }
-    var forwardJumboData: Int? { jumboData == nil ? nil : jumboCells * forwardCellData }
 
     /// How many cells a DATA or JUMBO cell's payload counts for (windows, charges).
     func cellUnits(_ payload: Int) -> Int { payload / configuration.cellBytes }
-
-    /// The next piece of `remaining` bytes to send in one cell: a JUMBO
-    /// cell's worth while that much waits, else one cell's.
-    func nextPiece(_ remaining: Int, cell: Int, jumbo: Int?) -> Int {
-        if let jumbo, remaining >= jumbo { return jumbo }
-        return min(remaining, cell)
-    }
     /// Cells a stream's sender may have unacknowledged: the window, plus what
     /// one socket read (up to 256 KiB) adds before the sender pauses.
-    var flowControlLimit: Int { configuration.window + (256 << 10) / forwardCellData + 1 }
+    var flowControlLimit: Int { configuration.window + jumboCells * ((256 << 10) / forwardCellData + 2) }
 
     // MARK: - charges
 
@@ -299,11 +295,19 @@ extension MeshNode {
     func data(_ link: Link, _ end: CircuitEnd, _ payload: UnsafeRawBufferPointer) {
         if let hop = relays[end] {
             guard hop.forward, let key = hop.key else { return penalize(link, 5, "data against a circuit's direction") }
+            guard payload.count == (hop.checksTags ? configuration.cellBytes : returnCellBytes) else {
+                counters.cellsRejected += 1
+                return penalize(link, 5, "a cell of the wrong size for its circuit")
+            }
             // Counted and charged only once it verifies: garbage from an earlier hop goes no further.
             guard !hop.checksTags || Onion.checkTag(key, counter: hop.counter, payload) else {
+                // The link it came on goes (not banned: the culprit may be on the path between), and
+                // with it every circuit on it: whoever altered the cell learns no more than a cut link.
                 counters.cellsRejected += 1
-                logger.info("relay: a cell whose tag does not verify; circuit destroyed")
-                return destroyed(end, notify: true)
+                logger.info("relay: a cell whose tag does not verify; the link it came on is closed")
+                destroyed(end, notify: true)
+                link.channel.close(promise: nil)
+                return
             }
             if let payer = hop.payer, let accountant {
                 guard !accountant.isBanned(payer) else {
@@ -349,6 +353,8 @@ extension MeshNode {
         if let hop = relays.removeValue(forKey: end) {
             relays[hop.other] = nil
             destroy(hop.other)
+            // This node's own decision: the hop this end leads to hears of it too.
+            if notify { destroy(end) }
         }
         if let exit = exits[end] ?? exitByReturn[end].flatMap({ exits[$0] }) {
             exits[exit.inEnd] = nil

@@ -51,6 +51,10 @@ extension MeshNode {
     /// A DATA cell at the exit: remove its layer, open the origin's AEAD, act on the message.
     func exitCell(_ exit: ExitCircuit, _ payload: UnsafeRawBufferPointer) {
         let counter = exit.forwardCounter
+        guard payload.count == configuration.cellBytes else {
+            counters.cellsRejected += 1
+            return destroyed(exit.inEnd, notify: true)
+        }
         var banned = false
         let opened: Bool = withUnsafeTemporaryAllocation(byteCount: payload.count, alignment: 16) { cell in
             // The relays' layers are off: what is left is the origin's AEAD (the exit has no layer of its own).
@@ -268,17 +272,18 @@ extension MeshNode {
         data.withUnsafeBytes { sendToOrigin(exit, command, stream, $0) }
     }
 
-    /// One cell on the return circuit (a JUMBO cell for more than a cell's
-    /// data): sealed for the origin straight into the link's message. Returns
-    /// how many cells it counts for.
+    /// One cell on the return circuit (`returnCellBytes`): sealed for the
+    /// origin straight into the link's message. Returns how many cells it
+    /// counts for.
     @discardableResult
     func sendToOrigin(_ exit: ExitCircuit, _ command: StreamCommand, _ stream: UInt16, _ data: UnsafeRawBufferPointer)
         -> Int
     {
-        let units = data.count > cellData ? jumboCells : 1
+        let size = returnCellBytes
+        let units = cellUnits(size)
         guard let end = exit.returnEnd, let link = links[end.link] else { return units }
         let counter = exit.returnCounter
-        link.writeDataCell(end.circuit, size: units * configuration.cellBytes) { cell in
+        link.writeDataCell(end.circuit, size: size) { cell in
             layOut(cell, command, stream, data)
             _ = Onion.sealCell(exit.keys.exitBack, counter: counter, cell)
         }
@@ -295,7 +300,7 @@ extension MeshNode {
         bytes.withUnsafeReadableBytes { raw in
             var offset = 0
             while offset < raw.count {
-                let n = nextPiece(raw.count - offset, cell: cellData, jumbo: jumboData)
+                let n = min(raw.count - offset, cellData)
                 stream.inFlight += sendToOrigin(
                     exit, .data, id, UnsafeRawBufferPointer(rebasing: raw[offset..<(offset + n)]))
                 offset += n

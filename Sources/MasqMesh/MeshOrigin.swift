@@ -17,8 +17,8 @@ final class OriginRoute: @unchecked Sendable {
     var forwardEnd: CircuitEnd?
     /// The forward relays' layers (not the exit's: it has only the AEAD), and the return relays'.
     var forwardKeys: [Onion.Layer] = []
-    /// The keystream that fills the unused start of forward cells' tag region.
-    let fillKey = SecureBytes(Random.bytes(32))
+    /// The keystream that fills the unused start of forward cells' tag region (new with every build).
+    var fillKey = SecureBytes(Random.bytes(32))
     var exitKeys: Onion.Keys?
     var forwardCounter: UInt64 = 0
     var returnKeys: [Onion.Layer] = []
@@ -154,7 +154,7 @@ extension MeshNode {
         bytes.withUnsafeReadableBytes { raw in
             var offset = 0
             while offset < raw.count {
-                let n = nextPiece(raw.count - offset, cell: forwardCellData, jumbo: forwardJumboData)
+                let n = min(raw.count - offset, forwardCellData)
                 stream.inFlight += sendToExit(
                     route, .data, stream.number, UnsafeRawBufferPointer(rebasing: raw[offset..<(offset + n)]))
                 offset += n
@@ -189,17 +189,17 @@ extension MeshNode {
         data.withUnsafeBytes { sendToExit(route, command, stream, $0) }
     }
 
-    /// One cell on the forward circuit (a JUMBO cell for more than a cell's
-    /// data): sealed for the exit, then one layer per hop, straight into the
-    /// first link's message. Returns how many cells it counts for.
+    /// One cell on the forward circuit: sealed for the exit, then one layer
+    /// per hop, straight into the first link's message. Returns how many
+    /// cells it counts for (one: forward circuits carry single cells).
     @discardableResult
     func sendToExit(_ route: OriginRoute, _ command: StreamCommand, _ stream: UInt16, _ data: UnsafeRawBufferPointer)
         -> Int
     {
-        let units = data.count > forwardCellData ? jumboCells : 1
+        let units = 1
         guard let end = route.forwardEnd, let keys = route.exitKeys, let link = links[end.link] else { return units }
         let counter = route.forwardCounter
-        link.writeDataCell(end.circuit, size: units * configuration.cellBytes) { cell in
+        link.writeDataCell(end.circuit, size: configuration.cellBytes) { cell in
             let body = UnsafeMutableRawBufferPointer(rebasing: cell[Onion.tagRegion...])
             layOut(body, command, stream, data)
             _ = Onion.sealCell(keys.exitForward, counter: counter, body)
@@ -216,6 +216,10 @@ extension MeshNode {
     /// A DATA cell on a return circuit: the return relays' layers come off, then the exit's AEAD.
     func originCell(_ route: OriginRoute, _ payload: UnsafeRawBufferPointer) {
         guard let keys = route.exitKeys else { return }
+        guard payload.count == returnCellBytes else {
+            counters.cellsRejected += 1
+            return fail(route, "a cell of the wrong size from the exit")
+        }
         let counter = route.returnCounter
         let opened: Bool = withUnsafeTemporaryAllocation(byteCount: payload.count, alignment: 16) { cell in
             cell.copyMemory(from: payload)
@@ -389,6 +393,7 @@ extension MeshNode {
             route.returnKeys = returnKeys.dropLast().map(\.layer)
             route.forwardCounter = 0
             route.returnCounter = 0
+            route.fillKey = SecureBytes(Random.bytes(32))
             let end = CircuitEnd(link: first.id, circuit: first.allocateCircuit())
             route.forwardEnd = end
             routeByForward[end] = route.id

@@ -214,6 +214,28 @@ def test_garbage_injected_by_a_relay_is_refused_by_the_next_and_counted_by_nobod
     s.close()
 
 
+def test_a_cell_of_the_other_size_is_refused(net):
+    """Points 2 and 7: a circuit's cells have one size (single forward,
+    JUMBO back), so nobody can write a pattern of sizes for a colluder to
+    read. H, first hop of O's routes, sends a JUMBO-sized cell into a forward
+    circuit: the next relay refuses it before any work, relays nothing and
+    penalizes H."""
+    h, nodes = net["h"], net["nodes"]
+    s = exchange(net, message=b"hello", close=False)
+    with h.lock:
+        forward = [c for c in h.created if c["cells"] and c["forward"]]
+    assert forward, "H relayed no forward cell"
+    out = forward[-1]["out"]
+    time.sleep(1.5)                                        # state.json is written each round: let it catch up
+    relayed = sum(nodes.state(n)["counters"]["cellsRelayed"] for n in ("R1", "R2"))
+    rejected = relays_rejected(nodes)
+    h.send_cell(out[0], out[1], adversary.DATA, os.urandom(4 * h.cell_bytes))
+    wait_for(lambda: relays_rejected(nodes) > rejected, 10, "the relay after H did not refuse the JUMBO cell")
+    time.sleep(1)
+    assert sum(nodes.state(n)["counters"]["cellsRelayed"] for n in ("R1", "R2")) == relayed
+    s.close()
+
+
 @pytest.fixture
 def collusion(tmp_path):
     """A hostile first hop H and a hostile exit X with one honest relay
