@@ -7,7 +7,7 @@ import NIOCore
 ///
 ///     wire    = u16 length ‖ message                 (handshake: the Noise message)
 ///     message = u16 c ‖ clear (c bytes) ‖ Noise ciphertext of records,
-///               AD = u16 c
+///               AD = u16 c ‖ clear
 ///     record  = u16 n ‖ frame (n bytes)
 ///     frame   = u8 type ‖ body
 ///       1 GOSSIP  JSON [SignedRecord]
@@ -20,13 +20,14 @@ import NIOCore
 /// The frames written in one turn of the event loop travel in one message
 /// (up to 64 KiB): one AEAD call and one socket write for many cells.
 /// A DATA cell's record holds only its header (circuit, command); its payload
-/// rides in the clear part, in record order, neither encrypted nor MACed a
-/// second time: it is already the ciphertext of this hop's onion layer
-/// (different on every link, random to an observer), and its integrity is
-/// checked on the circuit — by each forward relay's tag (`Onion.checkTag`)
-/// and end to end by the exit's or the origin's box — so a byte changed on
-/// the link fares as if a relay had changed it. Every other frame (CREATE
-/// and DESTROY cells included) is encrypted and authenticated.
+/// rides in the clear part, in record order, authenticated by the message's
+/// tag but not encrypted a second time: it is already the ciphertext of this
+/// hop's onion layer (different on every link, random to an observer). The
+/// tag stays: a byte altered on the link fails the whole message and closes
+/// the link, as TLS does for Tor; without it, someone on the path could kill
+/// one chosen circuit at a time (the onion layers and tags would catch the
+/// cell, but only that circuit would die). Every other frame (CREATE and
+/// DESTROY cells included) is encrypted.
 enum FrameType: UInt8 { case gossip = 1, intro = 2, cell = 3, ping = 4, pong = 5, bye = 6 }
 /// `jumbo`: a DATA cell of `jumboCells` cells' size, for bulk data (see `MeshNode.sendToExit`).
 enum CellCommand: UInt8 { case create = 1, data = 2, destroy = 3, jumbo = 4 }
@@ -262,7 +263,7 @@ final class Link {
         let ok = pending!.withVeryUnsafeMutableBytes { base in
             records.withUnsafeBytes { plain in
                 (try? sendCipher.encrypt(
-                    ad: UnsafeRawBufferPointer(rebasing: base[2..<4]), plaintext: plain,
+                    ad: UnsafeRawBufferPointer(rebasing: base[2..<(4 + clear)]), plaintext: plain,
                     into: UnsafeMutableRawBufferPointer(rebasing: base[(4 + clear)..<(4 + clear + sealed)]))) != nil
             }
         }
@@ -295,7 +296,7 @@ final class Link {
         var records = [UInt8](repeating: 0, count: sealed - 16)
         let ok = records.withUnsafeMutableBytes { out in
             (try? receiveCipher.decrypt(
-                ad: UnsafeRawBufferPointer(rebasing: raw[0..<2]),
+                ad: UnsafeRawBufferPointer(rebasing: raw[0..<(2 + clear)]),
                 ciphertext: UnsafeRawBufferPointer(rebasing: raw[(2 + clear)...]), into: out)) != nil
         }
         return ok ? (records, 2..<(2 + clear)) : nil

@@ -73,7 +73,11 @@ extension MeshNode {
     func cellUnits(_ payload: Int) -> Int { payload / configuration.cellBytes }
     /// Cells a stream's sender may have unacknowledged: the window, plus what
     /// one socket read (up to 256 KiB) adds before the sender pauses.
-    var flowControlLimit: Int { configuration.window + jumboCells * ((256 << 10) / forwardCellData + 2) }
+    var forwardFlowControlLimit: Int { configuration.window + (256 << 10) / forwardCellData + 2 }
+    /// The same back, in cell units (a JUMBO cell counts for `jumboCells`).
+    var returnFlowControlLimit: Int {
+        configuration.window + cellUnits(returnCellBytes) * ((256 << 10) / cellData + 2)
+    }
 
     // MARK: - charges
 
@@ -295,19 +299,19 @@ extension MeshNode {
     func data(_ link: Link, _ end: CircuitEnd, _ payload: UnsafeRawBufferPointer) {
         if let hop = relays[end] {
             guard hop.forward, let key = hop.key else { return penalize(link, 5, "data against a circuit's direction") }
+            // A cell of the other size, or whose tag does not verify, goes no further and is not
+            // charged; its circuit is destroyed both ways. No penalty: the neighbour may have relayed
+            // it faithfully (an origin can make the hops of its own circuit disagree), and a link
+            // is never closed for one circuit's cell (an origin could cut links between honest hops).
             guard payload.count == (hop.checksTags ? configuration.cellBytes : returnCellBytes) else {
                 counters.cellsRejected += 1
-                return penalize(link, 5, "a cell of the wrong size for its circuit")
+                logger.info("relay: a cell of the wrong size for its circuit; circuit destroyed")
+                return destroyed(end, notify: true)
             }
-            // Counted and charged only once it verifies: garbage from an earlier hop goes no further.
             guard !hop.checksTags || Onion.checkTag(key, counter: hop.counter, payload) else {
-                // The link it came on goes (not banned: the culprit may be on the path between), and
-                // with it every circuit on it: whoever altered the cell learns no more than a cut link.
                 counters.cellsRejected += 1
-                logger.info("relay: a cell whose tag does not verify; the link it came on is closed")
-                destroyed(end, notify: true)
-                link.channel.close(promise: nil)
-                return
+                logger.info("relay: a cell whose tag does not verify; circuit destroyed")
+                return destroyed(end, notify: true)
             }
             if let payer = hop.payer, let accountant {
                 guard !accountant.isBanned(payer) else {

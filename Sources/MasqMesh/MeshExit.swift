@@ -85,7 +85,7 @@ extension MeshNode {
             // The origin may have a window of cells unacknowledged (plus one read of its client):
             // beyond that it ignores flow control, and its route goes before it fills our memory.
             stream.unacknowledged += units
-            guard stream.unacknowledged <= flowControlLimit else {
+            guard stream.unacknowledged <= forwardFlowControlLimit else {
                 counters.flowControlViolations += 1
                 logger.info("exit: a route ignores flow control; destroyed")
                 return destroyed(exit.inEnd, notify: true)

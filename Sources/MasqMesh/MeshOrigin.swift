@@ -262,7 +262,9 @@ extension MeshNode {
             // The exit may have a window of cells unacknowledged (plus what one read of the
             // target adds): beyond that it ignores flow control, and the route goes.
             stream.unacknowledged += units
-            guard stream.unacknowledged <= flowControlLimit else { return fail(route, "the exit ignores flow control") }
+            guard stream.unacknowledged <= returnFlowControlLimit else {
+                return fail(route, "the exit ignores flow control")
+            }
             if let gathered = stream.toClient?.readableBytes, gathered + data.count > Self.streamWriteBytes {
                 writeToClient(stream)
             }

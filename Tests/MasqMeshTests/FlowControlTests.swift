@@ -94,7 +94,7 @@ import Testing
         origin.onLoop { () -> Bool in
             guard let stream = origin.streams.values.first, let route = stream.route else { return false }
             let chunk = [UInt8](repeating: 0x55, count: origin.forwardCellData)
-            for _ in 0..<(64 * origin.flowControlLimit) { origin.sendToExit(route, .data, stream.number, chunk) }
+            for _ in 0..<(64 * origin.forwardFlowControlLimit) { origin.sendToExit(route, .data, stream.number, chunk) }
             origin.flush()
             return true
         } ?? false

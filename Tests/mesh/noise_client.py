@@ -152,10 +152,10 @@ class Peer:
 
     def message(self, records, clear=b""):
         """One link message: u16 c, the clear part (DATA cells' payloads), then
-        the records (each u16 length + frame) encrypted with AD = u16 c."""
-        head = struct.pack(">H", len(clear))
+        the records (each u16 length + frame) encrypted with AD = u16 c + clear."""
+        head = struct.pack(">H", len(clear)) + clear
         body = b"".join(struct.pack(">H", len(r)) + r for r in records)
-        self.send_raw(head + clear + self.send.encrypt(head, body))
+        self.send_raw(head + self.send.encrypt(head, body))
 
     def frame(self, plaintext):
         self.message([plaintext])
@@ -165,7 +165,7 @@ class Peer:
         msg = self.recv_raw()
         c = struct.unpack(">H", msg[:2])[0]
         head, sealed = msg[:2 + c], msg[2 + c:]
-        body = self.receive.decrypt(head[:2], sealed)
+        body = self.receive.decrypt(head, sealed)
         frames, at = [], 0
         while at < len(body):
             n = struct.unpack(">H", body[at:at + 2])[0]

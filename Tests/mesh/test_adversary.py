@@ -210,6 +210,7 @@ def test_garbage_injected_by_a_relay_is_refused_by_the_next_and_counted_by_nobod
     time.sleep(1)
     assert sum(nodes.state(n)["counters"]["cellsRelayed"] for n in ("R1", "R2")) == relayed, "a garbage cell was relayed"
     assert relays_rejected(nodes) == rejected + 1, "the circuit was not destroyed at the first garbage cell"
+    wait_for(lambda: out in h.destroyed, 5, "the relay's DESTROY did not come back to H")
     assert nodes.state("E1")["counters"]["cellsRejected"] == exit_rejected, "garbage reached the exit"
     s.close()
 
@@ -219,7 +220,8 @@ def test_a_cell_of_the_other_size_is_refused(net):
     JUMBO back), so nobody can write a pattern of sizes for a colluder to
     read. H, first hop of O's routes, sends a JUMBO-sized cell into a forward
     circuit: the next relay refuses it before any work, relays nothing and
-    penalizes H."""
+    destroys the circuit both ways; the link stays (an origin could make its
+    own hops disagree: no neighbour is blamed for one circuit's cell)."""
     h, nodes = net["h"], net["nodes"]
     s = exchange(net, message=b"hello", close=False)
     with h.lock:
@@ -231,8 +233,10 @@ def test_a_cell_of_the_other_size_is_refused(net):
     rejected = relays_rejected(nodes)
     h.send_cell(out[0], out[1], adversary.DATA, os.urandom(4 * h.cell_bytes))
     wait_for(lambda: relays_rejected(nodes) > rejected, 10, "the relay after H did not refuse the JUMBO cell")
+    wait_for(lambda: out in h.destroyed, 5, "the circuit was not destroyed back toward H")
     time.sleep(1)
     assert sum(nodes.state(n)["counters"]["cellsRelayed"] for n in ("R1", "R2")) == relayed
+    assert out[0].open, "the link was closed for one circuit's cell"
     s.close()
 
 
