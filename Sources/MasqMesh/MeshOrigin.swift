@@ -263,6 +263,7 @@ extension MeshNode {
             // target adds): beyond that it ignores flow control, and the route goes.
             stream.unacknowledged += units
             guard stream.unacknowledged <= returnFlowControlLimit else {
+                counters.flowControlViolations += 1
                 return fail(route, "the exit ignores flow control")
             }
             if let gathered = stream.toClient?.readableBytes, gathered + data.count > Self.streamWriteBytes {

@@ -307,7 +307,13 @@ enum Onion {
     /// body without its layer:
     ///
     ///     t ‖ A' = region (t: 16 bytes)        region out = (A' ‖ 16 zeros) ⊕ ChaCha20(shift key, cell number)
-    ///     body out = unwrap(body)
+    ///     body out = body ⊕ ChaCha20(stream key, cell number)
+    ///
+    /// A plain stream layer suffices here (return circuits need `unwrap`'s
+    /// wide block): the tag covers every byte the relay receives, so a bit
+    /// changed by an earlier hop is refused by the next honest relay and no
+    /// tag can travel past it — the property the wide block gives where no
+    /// relay can check. It saves each forward relay a MAC pass per cell.
     static func relayForward(
         _ layer: Layer, counter: UInt64, from input: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer
     ) {
@@ -318,8 +324,8 @@ enum Onion {
             from: UnsafeRawBufferPointer(rebasing: input[16..<t]))
         UnsafeMutableRawBufferPointer(rebasing: region[(t - 16)...]).initializeMemory(as: UInt8.self, repeating: 0)
         xor(layer.shift, counter: counter, from: UnsafeRawBufferPointer(region), into: region)
-        unwrap(
-            layer, counter: counter, from: UnsafeRawBufferPointer(rebasing: input[t...]),
+        xor(
+            layer.stream, counter: counter, from: UnsafeRawBufferPointer(rebasing: input[t...]),
             into: UnsafeMutableRawBufferPointer(rebasing: output[t...]))
     }
 
@@ -358,7 +364,7 @@ enum Onion {
             // Backwards, relay m first: the body as relay i receives it, and its region with its tag.
             let body = UnsafeMutableRawBufferPointer(rebasing: cell[t...])
             for i in stride(from: m - 1, through: 0, by: -1) {
-                wrap(layers[i], counter: counter, body)
+                xor(layers[i].stream, counter: counter, from: UnsafeRawBufferPointer(body), into: body)
                 let g = scratch.baseAddress! + t * i
                 for j in stride(from: t - 1, through: 16, by: -1) {
                     region[j] = region[j - 16] ^ g.load(fromByteOffset: j - 16, as: UInt8.self)

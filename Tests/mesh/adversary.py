@@ -115,16 +115,16 @@ def check_tag(keys, counter, cell):
 
 def relay_data(hop_keys, counter, payload, tags=False):
     """What a relay does to a DATA cell in the circuit's direction: a forward relay (`tags`) shifts the
-    tag region (its tag off, 16 zeros in, XOR its region keystream) and unwraps the body; a return relay
-    unwraps the whole cell."""
+    tag region (its tag off, 16 zeros in, XOR its region keystream) and XORs its stream off the body
+    (its tag covered every byte it received); a return relay unwraps the whole cell (the wide block)."""
     if not tags:
         return unwrap(hop_keys, counter, payload)
     region = xor(payload[16:TAGS] + b"\0" * 16, chacha(hop_keys["shift"], counter, b"\0" * TAGS))
-    return region + unwrap(hop_keys, counter, payload[TAGS:])
+    return region + chacha(hop_keys["stream"], counter, payload[TAGS:])
 
 
 def wrap_forward(relays, counter, body):
-    """The origin: the body (the sealed box) wrapped for each relay, the last first, and each relay's
+    """The origin: the body (the sealed box) XORed with each relay's stream, the last first, and each relay's
     tag in the region (the filler the relays will append computed ahead, as Sphinx's header)."""
     streams = [chacha(k["shift"], counter, b"\0" * TAGS) for k in relays]
     filler = b""
@@ -132,7 +132,7 @@ def wrap_forward(relays, counter, body):
         filler = xor(filler + b"\0" * 16, g[TAGS - len(filler) - 16:])
     region = os.urandom(TAGS - len(filler)) + filler
     for k, g in reversed(list(zip(relays, streams))):
-        body = wrap(k, counter, body)
+        body = chacha(k["stream"], counter, body)
         rest = xor(region[:TAGS - 16], g[:TAGS - 16])
         region = full_mac(k["tag"], counter, rest + body) + rest
     return region + body

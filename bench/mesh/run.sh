@@ -48,6 +48,7 @@ http=$(grep -o 'port [0-9]*' "$work/http.out" | awk '{print $2}')
 # Every node on its own 127.0.0.x: relays keep hops apart per /32 (the default /16 would refuse them all).
 common=(--port "$PORT" --hop-prefix-v4 32 --gossip-ms 300 --hops "$HOPS" --cell-bytes "$CELL" --log-level warning)
 "$masq" node --host 127.0.0.2 --data-dir "$work/n2" "${common[@]}" >"$work/n2.out" &
+nodes=($!)
 for _ in $(seq 50); do grep -q masq:// "$work/n2.out" 2>/dev/null && break; sleep 0.1; done
 seed=$(grep -o 'masq://[^ ]*' "$work/n2.out")
 for i in 3 4 5 6 7 8 9; do
@@ -56,7 +57,10 @@ for i in 3 4 5 6 7 8 9; do
     # The HTTP server and the upload sink listen on 127.0.0.1: exits connect there only when allowed.
     [ "$i" -ge 7 ] && extra+=(--exit --exit-allow 127.0.0.1/32)
     "$masq" node --host 127.0.0.$i --data-dir "$work/n$i" --seed "$seed" "${common[@]}" "${extra[@]}" >"$work/n$i.out" &
+    nodes+=($!)
 done
+# CPU time (ticks) all nodes have used: what a mesh transfer costs the machine, per MB.
+node_ticks() { for p in "${nodes[@]}"; do awk '{print $14 + $15}' "/proc/$p/stat"; done | awk '{s += $1} END {print s}'; }
 for _ in $(seq 50); do grep -q socks5 "$work/n3.out" 2>/dev/null && break; sleep 0.1; done
 socks=$(grep -o 'socks5 [0-9.:]*' "$work/n3.out" | awk '{print $2}')
 for _ in $(seq 60); do curl -s --max-time 5 --socks5-hostname "$socks" "http://localhost:$http/small.txt" >/dev/null && break; sleep 0.5; done
@@ -65,12 +69,14 @@ echo "== $SIZE_MB MB, route of $HOPS+ hops, $CELL-byte cells (median of $REPS ru
 : >"$work/times"
 for _ in $(seq "$REPS"); do
     t0=$(date +%s.%N); curl -s "http://127.0.0.1:$http/big.bin" -o "$out/direct.bin"; t1=$(date +%s.%N)
+    c1=$(node_ticks)
     curl -s --socks5-hostname "$socks" "http://localhost:$http/big.bin" -o "$out/mesh.bin"; t2=$(date +%s.%N)
+    c2=$(node_ticks)
     cmp -s "$work/big.bin" "$out/mesh.bin" || { echo "the mesh transfer differs" >&2; exit 1; }
-    echo "$t0 $t1 $t2" >>"$work/times"
+    echo "$t0 $t1 $t2 $((c2 - c1))" >>"$work/times"
 done
 python3 - "$work/times" "$SIZE_MB" "$work/n3/state.json" <<'PY'
-import json, statistics, sys
+import json, os, statistics, sys
 rows = [tuple(map(float, l.split())) for l in open(sys.argv[1]) if l.strip()]
 mb = float(sys.argv[2])
 # The route the transfers took (its length varies with the topology gossip formed: report it).
@@ -79,11 +85,13 @@ for line in json.load(open(sys.argv[3])).get("circuits", []):
         forward, back = line["route"].split(" back ")
         print("route: %d links forward, %d back" % (len(forward.split(">")), len(back.split(">")) + 1 if back else 1))
         break
-direct = statistics.median(mb / (t1 - t0) for t0, t1, _ in rows)
-mesh = statistics.median(mb / (t2 - t1) for _, t1, t2 in rows)
+direct = statistics.median(mb / (t1 - t0) for t0, t1, _, _ in rows)
+mesh = statistics.median(mb / (t2 - t1) for _, t1, t2, _ in rows)
+ticks = statistics.median(c for *_, c in rows)
 print("direct loopback TCP  %8.1f MB/s" % direct)
 print("mesh (SOCKS5, onion) %8.1f MB/s" % mesh)
 print("ratio                %8.3f" % (mesh / direct))
+print("node CPU per MB      %8.2f ms (every node process, median)" % (ticks * 1000 / os.sysconf("SC_CLK_TCK") / mb))
 PY
 
 echo
