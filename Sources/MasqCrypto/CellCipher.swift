@@ -23,6 +23,36 @@ public enum CellCipher {
         precondition(status == 0, "ChaCha20 failed")
     }
 
+    /// `output` = `input` XOR ChaCha20(`key`, nonce, from block 0), the key
+    /// given as 32 bytes the caller holds (a per-cell key it wipes itself).
+    @inline(__always)
+    public static func xor(
+        rawKey key: UnsafeRawPointer, nonce: UnsafeRawPointer, from input: UnsafeRawBufferPointer,
+        into output: UnsafeMutableRawBufferPointer
+    ) {
+        precondition(input.count == output.count)
+        guard input.count > 0 else { return }
+        let status = masqcrypto_chacha20(
+            key.assumingMemoryBound(to: UInt8.self), 0, nonce.assumingMemoryBound(to: UInt8.self),
+            input.baseAddress!.assumingMemoryBound(to: UInt8.self),
+            output.baseAddress!.assumingMemoryBound(to: UInt8.self), input.count)
+        precondition(status == 0, "ChaCha20 failed")
+    }
+
+    /// `output` = ChaCha20(`key`, nonce, from block 0): the keystream alone.
+    @inline(__always)
+    public static func keystream(key: SecureBytes, nonce: UnsafeRawPointer, into output: UnsafeMutableRawBufferPointer)
+    {
+        precondition(key.count == 32)
+        guard output.count > 0 else { return }
+        let status = key.withUnsafeBytes { k in
+            masqcrypto_chacha20(
+                k.baseAddress!.assumingMemoryBound(to: UInt8.self), 0, nonce.assumingMemoryBound(to: UInt8.self), nil,
+                output.baseAddress!.assumingMemoryBound(to: UInt8.self), output.count)
+        }
+        precondition(status == 0, "ChaCha20 failed")
+    }
+
     /// ChaCha20-Poly1305: `output` = E(`plaintext`) (one size; the same memory
     /// allowed), the 16-byte tag into `tag`. False if OpenSSL refused.
     @inline(__always)

@@ -7,19 +7,20 @@ import MasqCrypto
 ///
 /// A set-up onion is `size` bytes. Layer i (for hop i):
 ///
-///     eph (32) ‖ ChaCha20-Poly1305(hk, nonce 0, ad eph, header 48) ‖ ChaCha20(sk, body)
-///     header = kind (1) ‖ next hop key (32) ‖ token (8) ‖ u64 timestamp (ms) ‖ payer proof ‖ zeros (to 256)
+///     eph (32) ‖ ChaCha20-Poly1305(hk, nonce 0, ad eph, header 352) ‖ ChaCha20(sk, body)
+///     header = kind (1) ‖ next hop key (32) ‖ token (8) ‖ u64 timestamp (ms) ‖ payer proof ‖ zeros (to 352)
 ///     payer proof = nonce (16) ‖ u64 timestamp ‖ u8 n ‖ payer wallet (n) ‖ u8 m ‖ signature (m)
 ///     keys   = HKDF-SHA256(X25519(eph, hop), salt "masq mesh onion v1", info eph ‖ hop, 256 bytes)
-///            → hk ‖ sk ‖ dk (data layer MAC) ‖ ef ‖ eb (exit AEAD, forward and back) ‖ ck (data layer stream)
+///            → hk ‖ sk ‖ mk (data layer MAC) ‖ ef ‖ eb (exit AEAD, forward and back) ‖ ck (data layer stream)
 ///              ‖ tk (forward tag) ‖ ak (forward tag region)
 ///
 /// A hop authenticates its header, decrypts the body, and passes it on with
 /// `overhead` random bytes appended, so every hop sees an onion of the same
 /// size and learns only its own header (not its position). Data cells carry
-/// one layer per relay (`unwrap`: each relay removes its own, so the bytes
-/// differ on every link and a tag cannot be carried across an honest hop)
-/// around an AEAD between the origin and the exit.
+/// one layer per relay around an AEAD between the origin and the exit: a
+/// wide block on return circuits (`unwrap`), a tag check and a stream on
+/// forward ones (`checkTag`, `relayForward`); either way the bytes differ on
+/// every link and a tag cannot be carried across an honest hop.
 enum Onion {
     static let headerBytes = 352
     static let overhead = 32 + headerBytes + 16
@@ -39,8 +40,8 @@ enum Onion {
         let exitBack: SecureBytes
     }
 
-    /// A hop's data layer: a MAC key and a stream key (see `unwrap`), and a
-    /// forward relay's tag key and tag-region key (see `relayForward`).
+    /// A hop's data layer: a MAC key and a stream key (see `unwrap` and
+    /// `relayForward`), and a forward relay's tag key and tag-region key.
     struct Layer {
         let mac: SecureBytes
         let stream: SecureBytes
@@ -233,7 +234,8 @@ enum Onion {
     /// circuit's direction), from `input` into `output` (distinct, one size):
     ///
     ///     Y ‖ R' = input (Y: 12 bytes)
-    ///     R = R' ⊕ ChaCha20(stream key, nonce Y)
+    ///     k = the first 32 bytes of ChaCha20(stream key, nonce 4 zero bytes ‖ u64 LE cell number)
+    ///     R = R' ⊕ ChaCha20(k, nonce Y)
     ///     X = Y ⊕ MAC(R)      MAC = the first 12 bytes of the ChaCha20-Poly1305 tag under the
     ///                         mac key, nonce 4 zero bytes ‖ u64 LE cell number, ad R, nothing sealed
     ///     output = X ‖ R
@@ -244,7 +246,11 @@ enum Onion {
     /// relay cannot be XORed out by a colluding hop behind an honest one: the
     /// cell is garbled for good, the exit's (or origin's) AEAD fails and the
     /// route goes (Tor's tagging attack, as its Counter Galois Onion design
-    /// defeats it, with the primitives Masq has).
+    /// defeats it, with the primitives Masq has). The keystream's key is the
+    /// cell's own (k): with the stream key itself, two cells sent with one Y
+    /// would leave the relay XORed with one keystream, and the difference the
+    /// sender put between them would reach a colluder after it unchanged
+    /// (found by review).
     static func unwrap(
         _ layer: Layer, counter: UInt64, from input: UnsafeRawBufferPointer, into output: UnsafeMutableRawBufferPointer
     ) {
@@ -252,9 +258,10 @@ enum Onion {
         let h = layerHead
         let rest = UnsafeMutableRawBufferPointer(rebasing: output[h...])
         // The nonce is the input's head, read in place (input and output are distinct).
-        CellCipher.xor(
-            key: layer.stream, nonce: input.baseAddress!, from: UnsafeRawBufferPointer(rebasing: input[h...]),
-            into: rest)
+        withCellKey(layer.stream, counter: counter) { k in
+            CellCipher.xor(
+                rawKey: k, nonce: input.baseAddress!, from: UnsafeRawBufferPointer(rebasing: input[h...]), into: rest)
+        }
         mac(layer.mac, counter: counter, UnsafeRawBufferPointer(rest)) { tag in
             for i in 0..<h { output[i] = input[i] ^ tag[i] }
         }
@@ -271,9 +278,24 @@ enum Onion {
             for i in 0..<h { cell[i] ^= tag[i] }
         }
         // The head (12 bytes) is the nonce of the rest: it lies apart from the bytes XORed.
-        CellCipher.xor(
-            key: layer.stream, nonce: UnsafeRawPointer(cell.baseAddress!), from: UnsafeRawBufferPointer(rest),
-            into: rest)
+        withCellKey(layer.stream, counter: counter) { k in
+            CellCipher.xor(
+                rawKey: k, nonce: UnsafeRawPointer(cell.baseAddress!), from: UnsafeRawBufferPointer(rest), into: rest)
+        }
+    }
+
+    /// The wide block's key for cell `counter`: the first 32 bytes of
+    /// ChaCha20(stream key, nonce 4 zero bytes ‖ u64 LE counter), on the
+    /// stack and wiped after `body`.
+    private static func withCellKey(_ key: SecureBytes, counter: UInt64, _ body: (UnsafeRawPointer) -> Void) {
+        var nonce: (UInt32, UInt32, UInt32) = (
+            0, UInt32(truncatingIfNeeded: counter).littleEndian, UInt32(truncatingIfNeeded: counter >> 32).littleEndian
+        )
+        withUnsafeTemporaryAllocation(byteCount: 32, alignment: 16) { k in
+            withUnsafeBytes(of: &nonce) { n in CellCipher.keystream(key: key, nonce: n.baseAddress!, into: k) }
+            body(UnsafeRawPointer(k.baseAddress!))
+            masqWipe(k)
+        }
     }
 
     // MARK: - forward tags (issue 19.7)

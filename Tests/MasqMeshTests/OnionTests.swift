@@ -157,6 +157,26 @@ import Testing
         #expect(Self.exitOpens(back, exitKey: exitKey, counter: 3).map { Array($0[0..<message.count]) } == message)
     }
 
+    /// Found by review: the wide block's keystream must be the cell's own. A
+    /// sender (an exit) that gives two cells one head Y, or sends one input
+    /// twice, must get outputs from an honest relay whose difference tells a
+    /// colluder after it nothing (with one keystream for both, R₁ ⊕ R₂ would
+    /// be exactly the difference the sender chose).
+    @Test func theWideBlockIsKeyedPerCell() {
+        let key = Self.layer()
+        let a = Random.bytes(4_096)
+        var b = a
+        for i in 100..<108 { b[i] ^= 0xA5 }  // same Y, a chosen difference D in R'
+        let ra = Self.relay(key, counter: 5, a), rb = Self.relay(key, counter: 6, b)
+        let difference = zip(ra.dropFirst(12), rb.dropFirst(12)).map { $0 ^ $1 }
+        let chosen = zip(a.dropFirst(12), b.dropFirst(12)).map { $0 ^ $1 }
+        #expect(difference != chosen)
+        #expect(difference.filter { $0 == 0 }.count < 64, "the outputs share a keystream")
+        // The same input as two cells: unrelated outputs.
+        let same1 = Self.relay(key, counter: 7, a), same2 = Self.relay(key, counter: 8, a)
+        #expect(zip(same1, same2).filter { $0 == $1 }.count < 64)
+    }
+
     /// A cell in the wide-block layers of a return circuit, as if the relays
     /// were to remove them in this order: sealed, then wrapped for each relay
     /// (the last first).

@@ -80,10 +80,15 @@ def xor(a, b):
     return bytes(x ^ y for x, y in zip(a, b))
 
 
+def cell_key(keys, counter):
+    """The wide block's key for one cell: the first 32 bytes of ChaCha20(stream key, cell number)."""
+    return chacha(keys["stream"], counter, b"\0" * 32)
+
+
 def unwrap(keys, counter, cell):
-    """A relay's data layer off: Y ‖ R' -> X ‖ R, R = R' xor ChaCha20(stream, nonce Y), X = Y xor MAC(R)."""
+    """A relay's data layer off: Y ‖ R' -> X ‖ R, R = R' xor ChaCha20(cell key, nonce Y), X = Y xor MAC(R)."""
     y, rest = cell[:LAYER_HEAD], cell[LAYER_HEAD:]
-    plain = Cipher(algorithms.ChaCha20(keys["stream"], b"\0" * 4 + y), mode=None).encryptor().update(rest)
+    plain = Cipher(algorithms.ChaCha20(cell_key(keys, counter), b"\0" * 4 + y), mode=None).encryptor().update(rest)
     return xor(y, layer_mac(keys["mac"], counter, plain)) + plain
 
 
@@ -91,7 +96,7 @@ def wrap(keys, counter, cell):
     """The inverse of `unwrap` (the origin, for each relay)."""
     x, rest = cell[:LAYER_HEAD], cell[LAYER_HEAD:]
     y = xor(x, layer_mac(keys["mac"], counter, rest))
-    return y + Cipher(algorithms.ChaCha20(keys["stream"], b"\0" * 4 + y), mode=None).encryptor().update(rest)
+    return y + Cipher(algorithms.ChaCha20(cell_key(keys, counter), b"\0" * 4 + y), mode=None).encryptor().update(rest)
 
 
 def peel(onion, static, static_pub):

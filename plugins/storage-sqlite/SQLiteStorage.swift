@@ -110,7 +110,9 @@ final class SQLiteDatabase {
             // Zero freed content, so deleted or overwritten values do not linger in free pages.
             try execute("PRAGMA secure_delete=\(options.secureDelete ? "ON" : "OFF")")
             try createOrMigrateTables()
-            hasBig = try queryText("SELECT EXISTS(SELECT 1 FROM big)") != "0"
+            // A damaged page under `big` must not keep the store from opening (`masq check --repair`
+            // opens it to save what reads): then long values are assumed, and each read reports its own damage.
+            hasBig = (try? queryText("SELECT EXISTS(SELECT 1 FROM big)")).map { $0 != "0" } ?? true
             getStatement = try prepare("SELECT value, ext FROM kv WHERE k = ?1")
             bigGetStatement = try prepare("SELECT v FROM big WHERE id = ?1")
             bigScanStatement = try prepare("SELECT v FROM big WHERE id = ?1")
