@@ -73,8 +73,23 @@ public final class Accountant: @unchecked Sendable {
     let store: Store
     static let namespace = "masq.accounts"
     static let bookKey = Array("book".utf8)
-    /// Payer nonces seen (replay protection), with when they may be forgotten.
+    /// Payer nonces seen (replay protection), with when they may be forgotten,
+    /// in the order they came (so forgetting is a walk from the front, not a
+    /// scan of the table per proof); at most `maxNonces`.
     private var nonces: [[UInt8]: UInt64] = [:]
+    private var nonceOrder: [(nonce: [UInt8], until: UInt64, timestamp: UInt64)] = []
+    private var nonceHead = 0
+    /// Proofs not newer than this are refused: it rises to a forgotten nonce's
+    /// proof time when the table is full, so a flood can never make this hop
+    /// forget a nonce whose proof it would still accept.
+    private var nonceHorizon: UInt64 = 0
+    public static let maxNonces = 200_000
+    /// Payer nonces held now (tests: the table stays bounded).
+    public var nonceCount: Int { nonces.count }
+    /// A proof dated ahead of this hop's clock by more than this is refused
+    /// (consumers only back-date theirs): a flood dated far ahead would raise
+    /// the horizon past every honest proof.
+    public static let proofAheadMilliseconds: UInt64 = 30_000
     private var dirty = false
 
     /// How far a proof's timestamp may be from this node's clock.
@@ -131,16 +146,30 @@ public final class Accountant: @unchecked Sendable {
         payer: String, nonce: [UInt8], timestamp: UInt64, message: [UInt8], signature: [UInt8], now: UInt64,
         verify: (String, [UInt8], [UInt8]) -> Bool
     ) -> Bool {
-        for (n, until) in nonces where until < now { nonces[n] = nil }
-        let skew = timestamp > now ? timestamp - now : now - timestamp
-        guard nonce.count == 16, skew <= Self.proofWindowMilliseconds, nonces[nonce] == nil,
-            verify(payer, message, signature)
-        else {
+        while nonceHead < nonceOrder.count, nonceOrder[nonceHead].until < now {
+            nonces[nonceOrder[nonceHead].nonce] = nil
+            nonceHead += 1
+        }
+        if nonceHead > 1_024 && nonceHead * 2 > nonceOrder.count {
+            nonceOrder.removeFirst(nonceHead)
+            nonceHead = 0
+        }
+        let fresh =
+            timestamp <= now + Self.proofAheadMilliseconds && timestamp + Self.proofWindowMilliseconds >= now
+            && timestamp > nonceHorizon
+        guard nonce.count == 16, fresh, nonces[nonce] == nil, verify(payer, message, signature) else {
             book.proofsRejected += 1
             dirty = true
             return false
         }
-        nonces[nonce] = now + 2 * Self.proofWindowMilliseconds
+        while nonces.count >= Self.maxNonces, nonceHead < nonceOrder.count {
+            let old = nonceOrder[nonceHead]
+            nonceHead += 1
+            if nonces.removeValue(forKey: old.nonce) != nil { nonceHorizon = max(nonceHorizon, old.timestamp) }
+        }
+        let until = now + 2 * Self.proofWindowMilliseconds
+        nonces[nonce] = until
+        nonceOrder.append((nonce, until, timestamp))
         return true
     }
 

@@ -211,9 +211,10 @@ extension MeshNode {
             peeled = try Onion.peel(
                 onion, privateKey: identity.agreement.privateKey, publicKey: identity.agreement.publicKey)
         } catch {
+            // Counted, never held against the link: the neighbour forwards bytes it cannot check,
+            // and an origin could otherwise get the link between two honest relays banned.
             counters.cellsRejected += 1
-            destroy(end)
-            return penalize(link, 5, "an onion that does not open")
+            return destroy(end)
         }
         // A layer seen before is a replayed set-up (never an honest retransmission).
         switch replayCache.admit(peeled.eph, timestamp: peeled.timestamp, now: Self.wallClock()) {
@@ -223,9 +224,10 @@ extension MeshNode {
             logger.info("circuit refused: its onion was made too long ago (or the clocks differ)")
             return destroy(end)
         case .replayed:
+            // Not held against the link either (the replaying relay may be hops before it).
             counters.createsReplayed += 1
-            destroy(end)
-            return penalize(link, 10, "a replayed circuit set-up")
+            logger.info("circuit refused: a replayed set-up")
+            return destroy(end)
         }
         if peeled.kind != .terminal {
             let (ok, _) = payerAccepted(peeled)

@@ -4,25 +4,31 @@
 /// Independent of payments: every layer is checked, paid or not.
 ///
 /// Every layer names the time its onion was made (`Onion` header). A layer
-/// is accepted when that time is within `window` of this node's clock and
-/// its ephemeral key was not seen; the key is then kept until its time falls
-/// out of the window (later, a replay is refused as stale anyway). Bounded:
-/// past `capacity` keys the oldest is forgotten and the **horizon** rises to
-/// its time, and every layer not newer than the horizon is refused — so a
-/// flood can narrow the window an honest onion must arrive in, but never
-/// make the node forget a key whose layer it would still accept.
+/// is accepted when that time is at most `window` behind this node's clock
+/// and at most `ahead` in front of it, and its ephemeral key was not seen;
+/// the key is then kept until its time falls out of the window (later, a
+/// replay is refused as stale anyway). Bounded: past `capacity` keys the
+/// oldest is forgotten and the **horizon** rises to its time, and every
+/// layer not newer than the horizon is refused as stale — so a flood can
+/// narrow the window an honest onion must arrive in, but never make the node
+/// forget a key whose layer it would still accept. `ahead` is short (origins
+/// only back-date their layers; it allows for clocks that differ a little):
+/// a flood of layers dated far ahead would otherwise raise the horizon past
+/// every honest layer for the whole window (found by review).
 struct ReplayCache {
     enum Verdict { case fresh, replayed, stale }
 
     let window: UInt64
+    let ahead: UInt64
     let capacity: Int
     private var seen: [[UInt8]: UInt64] = [:]
     private var order: [([UInt8], UInt64)] = []
     private var head = 0
     private(set) var horizon: UInt64 = 0
 
-    init(window: UInt64, capacity: Int) {
+    init(window: UInt64, capacity: Int, ahead: UInt64 = 30_000) {
         self.window = window
+        self.ahead = min(ahead, window)
         self.capacity = capacity
     }
 
@@ -30,8 +36,8 @@ struct ReplayCache {
 
     mutating func admit(_ key: [UInt8], timestamp: UInt64, now: UInt64) -> Verdict {
         expire(now)
-        guard timestamp <= now &+ window, timestamp &+ window >= now else { return .stale }
-        guard timestamp > horizon, seen[key] == nil else { return .replayed }
+        guard timestamp <= now &+ ahead, timestamp &+ window >= now, timestamp > horizon else { return .stale }
+        guard seen[key] == nil else { return .replayed }
         while seen.count >= capacity, head < order.count {
             let (old, time) = order[head]
             head += 1

@@ -51,6 +51,42 @@ import Testing
         #expect(a.book.proofsRejected == 3)
     }
 
+    /// Found by review: the nonce table was scanned whole on every proof and
+    /// grew without bound (fresh pseudonyms cost nothing). It is now walked
+    /// from its oldest entry and capped; past the cap the oldest nonce is
+    /// forgotten and no proof not newer than it is accepted again, and a proof
+    /// dated far ahead (which would raise that horizon past honest proofs) is
+    /// refused.
+    @Test func payerNoncesAreBoundedAndAFloodDatedAheadIsRefused() throws {
+        let (a, _) = try accountant()
+        let now: UInt64 = 1_800_000_000_000
+        let yes: (String, [UInt8], [UInt8]) -> Bool = { _, _, _ in true }
+        #expect(
+            !a.acceptProof(
+                payer: payer, nonce: Random.bytes(16), timestamp: now + 60_000, message: [], signature: [], now: now,
+                verify: yes))
+        let first = Random.bytes(16)
+        #expect(
+            a.acceptProof(
+                payer: payer, nonce: first, timestamp: now - 1, message: [], signature: [], now: now, verify: yes))
+        for i in 0..<Accountant.maxNonces {
+            var nonce = [UInt8](repeating: 0, count: 16)
+            withUnsafeBytes(of: UInt64(i).littleEndian) { nonce.replaceSubrange(0..<8, with: $0) }
+            _ = a.acceptProof(
+                payer: payer, nonce: nonce, timestamp: now, message: [], signature: [], now: now, verify: yes)
+        }
+        #expect(a.nonceCount == Accountant.maxNonces)
+        // The first nonce was forgotten, and its proof is refused all the same (not newer than the horizon).
+        #expect(
+            !a.acceptProof(
+                payer: payer, nonce: first, timestamp: now - 1, message: [], signature: [], now: now, verify: yes))
+        // A newer honest proof still passes.
+        #expect(
+            a.acceptProof(
+                payer: payer, nonce: Random.bytes(16), timestamp: now + 1, message: [], signature: [], now: now + 2,
+                verify: yes))
+    }
+
     @Test func thresholdCurveAsMASQ() {
         let t = PaymentThresholds()
         #expect(t.limit(ageSeconds: 1_199) == nil)
