@@ -195,8 +195,14 @@ extension MeshNode {
     }
 
     private func create(_ link: Link, _ end: CircuitEnd, _ onion: [UInt8]) {
-        guard link.peer != nil, relays[end] == nil, exits[end] == nil else {
-            return penalize(link, 5, "a CREATE on a used circuit")
+        // The neighbour numbers the circuits it opens in its own half of the space (`Link.allocateCircuit`):
+        // a CREATE on a number of this node's half, or on a circuit in use, is the neighbour's own doing.
+        let theirs = (end.circuit & 0x8000_0000 != 0) == link.initiator
+        guard link.peer != nil, theirs, relays[end] == nil, exits[end] == nil, routeByForward[end] == nil,
+            routeByReturn[end] == nil, exitByReturn[end] == nil
+        else {
+            counters.cellsRejected += 1
+            return penalize(link, 5, "a CREATE on a used circuit or on one of this node's numbers")
         }
         // Before any work on the onion: a link full of circuits takes no more.
         guard circuitCount(link.id) < configuration.maxCircuitsPerLink else {

@@ -240,6 +240,26 @@ def test_a_cell_of_the_other_size_is_refused(net):
     s.close()
 
 
+def test_a_create_on_a_number_of_the_other_sides_half_is_refused(net):
+    """Circuit numbers: each side of a link opens circuits in its own half of
+    the number space, so a neighbour cannot open one on a number the node
+    uses (or will use) for its own circuits on that link. H dialled R1, so
+    its numbers are below 2^31: a CREATE on 2^31 + 1 is refused, counted and
+    held against H, before any work on the onion."""
+    h, nodes = net["h"], net["nodes"]
+    r1, e1 = (adversary.unb64(nodes.key(n)) for n in ("R1", "E1"))
+    link = h.link_to(r1)
+    hops = [{"agreement": adversary.unb64(h.record_for(k)["agreement"]), "kind": kind, "next": nxt, "token": b"\0" * 8}
+            for k, kind, nxt in ((r1, adversary.FORWARD_RELAY, e1), (e1, adversary.EXIT, None))]
+    onion, _ = adversary.build_onion(hops, h.cell_bytes)
+    time.sleep(1)
+    rejected = nodes.state("R1")["counters"]["cellsRejected"]
+    relayed = nodes.state("R1")["counters"]["circuitsRelayed"]
+    h.send_cell(link, 0x80000001, adversary.CREATE, onion)
+    wait_for(lambda: nodes.state("R1")["counters"]["cellsRejected"] > rejected, 10, "the CREATE was not refused")
+    assert nodes.state("R1")["counters"]["circuitsRelayed"] == relayed
+
+
 @pytest.fixture
 def collusion(tmp_path):
     """A hostile first hop H and a hostile exit X with one honest relay
