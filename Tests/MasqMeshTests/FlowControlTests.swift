@@ -100,7 +100,9 @@ import Testing
         } ?? false
     }
 
-    @Test func anOriginIgnoringFlowControlLosesItsRouteAtTheExit() throws {
+    /// An exit and an origin (SOCKS5 front, seeded with the exit) on 127.0.0.1,
+    /// linked, and a SOCKS client connected through them to a deaf target, for `body`.
+    private func withExitAndOrigin(_ body: (MeshNode, MeshNode, Int32) throws -> Void) throws {
         let work = FileManager.default.temporaryDirectory.appendingPathComponent("masq-flow-\(UUID().uuidString)").path
         defer { try? FileManager.default.removeItem(atPath: work) }
         let exit = try startNode(work, "exit", hops: 1) { $0.exit = true }
@@ -113,62 +115,52 @@ import Testing
         waitFor("the origin knows the exit") {
             origin.onLoop { origin.records[exit.key] != nil && origin.neighbours[exit.key] != nil } ?? false
         }
-
         let target = deafTarget()
         defer { close(target.fd) }
         let (client, reply) = try socksConnect(origin.socksPort, to: target.port)
         defer { close(client) }
         #expect(reply == 0)
+        try body(exit, origin, client)
+    }
 
-        #expect(flood(origin))
-        waitFor("the exit destroys the route") { (exit.onLoop { exit.counters.flowControlViolations } ?? 0) >= 1 }
-        waitFor("the exit holds no circuit") { exit.onLoop { exit.exits.isEmpty } ?? false }
-        // The origin learns it: the route failed and the SOCKS client's connection is closed.
-        waitFor("the origin drops the route") { origin.onLoop { origin.routes.isEmpty } ?? false }
-        var byte: UInt8 = 0
-        #expect(recv(client, &byte, 1, 0) <= 0)
+    @Test func anOriginIgnoringFlowControlLosesItsRouteAtTheExit() throws {
+        try withExitAndOrigin { exit, origin, client in
+
+            #expect(flood(origin))
+            waitFor("the exit destroys the route") { (exit.onLoop { exit.counters.flowControlViolations } ?? 0) >= 1 }
+            waitFor("the exit holds no circuit") { exit.onLoop { exit.exits.isEmpty } ?? false }
+            // The origin learns it: the route failed and the SOCKS client's connection is closed.
+            waitFor("the origin drops the route") { origin.onLoop { origin.routes.isEmpty } ?? false }
+            var byte: UInt8 = 0
+            #expect(recv(client, &byte, 1, 0) <= 0)
+        }
     }
 
     /// The mirror: the exit floods the origin far past the window (JUMBO
     /// cells, four units each) while the SOCKS client reads nothing; the
     /// origin destroys the route instead of buffering without bound.
     @Test func anExitIgnoringFlowControlLosesItsRouteAtTheOrigin() throws {
-        let work = FileManager.default.temporaryDirectory.appendingPathComponent("masq-flow-\(UUID().uuidString)").path
-        defer { try? FileManager.default.removeItem(atPath: work) }
-        let exit = try startNode(work, "exit", hops: 1) { $0.exit = true }
-        defer { exit.stop() }
-        let origin = try startNode(work, "origin", hops: 1) {
-            $0.socks = "127.0.0.1:0"
-            $0.seeds = [exit.descriptor]
+        try withExitAndOrigin { exit, origin, client in
+            waitFor("the exit holds the stream") {
+                exit.onLoop { exit.exits.values.contains { $0.returnEnd != nil && !$0.streams.isEmpty } } ?? false
+            }
+            let flooded =
+                exit.onLoop { () -> Bool in
+                    guard let circuit = exit.exits.values.first(where: { $0.returnEnd != nil }),
+                        let stream = circuit.streams.values.first
+                    else { return false }
+                    let chunk = [UInt8](repeating: 0x66, count: exit.cellData)
+                    // 32 MB: past the window and whatever the client's socket buffers take.
+                    for _ in 0..<2_000 { exit.sendToOrigin(circuit, .data, stream.id, chunk) }
+                    exit.flush()
+                    return true
+                } ?? false
+            #expect(flooded)
+            waitFor("the origin destroys the route") {
+                (origin.onLoop { origin.counters.flowControlViolations } ?? 0) >= 1
+            }
+            waitFor("the origin drops the route") { origin.onLoop { origin.routes.isEmpty } ?? false }
         }
-        defer { origin.stop() }
-        waitFor("the origin knows the exit") {
-            origin.onLoop { origin.records[exit.key] != nil && origin.neighbours[exit.key] != nil } ?? false
-        }
-        let target = deafTarget()
-        defer { close(target.fd) }
-        let (client, reply) = try socksConnect(origin.socksPort, to: target.port)
-        defer { close(client) }
-        #expect(reply == 0)
-        waitFor("the exit holds the stream") {
-            exit.onLoop { exit.exits.values.contains { $0.returnEnd != nil && !$0.streams.isEmpty } } ?? false
-        }
-        let flooded =
-            exit.onLoop { () -> Bool in
-                guard let circuit = exit.exits.values.first(where: { $0.returnEnd != nil }),
-                    let stream = circuit.streams.values.first
-                else { return false }
-                let chunk = [UInt8](repeating: 0x66, count: exit.cellData)
-                // 32 MB: past the window and whatever the client's socket buffers take.
-                for _ in 0..<2_000 { exit.sendToOrigin(circuit, .data, stream.id, chunk) }
-                exit.flush()
-                return true
-            } ?? false
-        #expect(flooded)
-        waitFor("the origin destroys the route") {
-            (origin.onLoop { origin.counters.flowControlViolations } ?? 0) >= 1
-        }
-        waitFor("the origin drops the route") { origin.onLoop { origin.routes.isEmpty } ?? false }
     }
 
     /// A relay whose next hop stops reading (the exit's loop is busy) and an

@@ -158,6 +158,22 @@ def relays_rejected(nodes):
     return sum(nodes.state(n)["counters"]["cellsRejected"] for n in ("R1", "R2"))
 
 
+def relays_relayed(nodes):
+    return sum(nodes.state(n)["counters"]["cellsRelayed"] for n in ("R1", "R2"))
+
+
+def open_forward_circuit(net):
+    """An open stream through O (its forward circuit runs through H): (socket, H's end toward the next relay),
+    once the nodes' state.json (written each round) has caught up."""
+    h = net["h"]
+    s = exchange(net, message=b"hello", close=False)
+    with h.lock:
+        forward = [c for c in h.created if c["cells"] and c["forward"]]
+    assert forward, "H relayed no forward cell"
+    time.sleep(1.5)
+    return s, forward[-1]["out"]
+
+
 def test_a_tagged_cell_kills_its_route_instead_of_confirming_it(net):
     """Point 2: H, first hop of every route of O, XORs a tag into every cell
     it relays toward the exit. The honest relay behind it checks its tag
@@ -196,19 +212,14 @@ def test_garbage_injected_by_a_relay_is_refused_by_the_next_and_counted_by_nobod
     counts any of them (the origin, whose books hold only cells that
     verified, is charged for none)."""
     h, nodes = net["h"], net["nodes"]
-    s = exchange(net, message=b"hello", close=False)       # an open stream: its forward circuit runs through H
-    with h.lock:
-        forward = [c for c in h.created if c["cells"] and c["forward"]]
-    assert forward, "H relayed no forward cell"
-    out = forward[-1]["out"]
-    time.sleep(1.5)                                        # state.json is written each round: let it catch up
-    relayed = sum(nodes.state(n)["counters"]["cellsRelayed"] for n in ("R1", "R2"))
+    s, out = open_forward_circuit(net)
+    relayed = relays_relayed(nodes)
     exit_rejected = nodes.state("E1")["counters"]["cellsRejected"]
     rejected = relays_rejected(nodes)
     h.inject(out, 50)
     wait_for(lambda: relays_rejected(nodes) > rejected, 10, "the relay after H did not refuse the garbage")
     time.sleep(1)
-    assert sum(nodes.state(n)["counters"]["cellsRelayed"] for n in ("R1", "R2")) == relayed, "a garbage cell was relayed"
+    assert relays_relayed(nodes) == relayed, "a garbage cell was relayed"
     assert relays_rejected(nodes) == rejected + 1, "the circuit was not destroyed at the first garbage cell"
     wait_for(lambda: out in h.destroyed, 5, "the relay's DESTROY did not come back to H")
     assert nodes.state("E1")["counters"]["cellsRejected"] == exit_rejected, "garbage reached the exit"
@@ -223,19 +234,14 @@ def test_a_cell_of_the_other_size_is_refused(net):
     destroys the circuit both ways; the link stays (an origin could make its
     own hops disagree: no neighbour is blamed for one circuit's cell)."""
     h, nodes = net["h"], net["nodes"]
-    s = exchange(net, message=b"hello", close=False)
-    with h.lock:
-        forward = [c for c in h.created if c["cells"] and c["forward"]]
-    assert forward, "H relayed no forward cell"
-    out = forward[-1]["out"]
-    time.sleep(1.5)                                        # state.json is written each round: let it catch up
-    relayed = sum(nodes.state(n)["counters"]["cellsRelayed"] for n in ("R1", "R2"))
+    s, out = open_forward_circuit(net)
+    relayed = relays_relayed(nodes)
     rejected = relays_rejected(nodes)
     h.send_cell(out[0], out[1], adversary.DATA, os.urandom(4 * h.cell_bytes))
     wait_for(lambda: relays_rejected(nodes) > rejected, 10, "the relay after H did not refuse the JUMBO cell")
     wait_for(lambda: out in h.destroyed, 5, "the circuit was not destroyed back toward H")
     time.sleep(1)
-    assert sum(nodes.state(n)["counters"]["cellsRelayed"] for n in ("R1", "R2")) == relayed
+    assert relays_relayed(nodes) == relayed
     assert out[0].open, "the link was closed for one circuit's cell"
     s.close()
 
