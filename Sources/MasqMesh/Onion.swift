@@ -7,16 +7,19 @@ import MasqCrypto
 ///
 /// A set-up onion is `size` bytes. Layer i (for hop i):
 ///
-///     eph (32) ‖ ChaCha20-Poly1305(hk, nonce 0, ad eph, header 352) ‖ ChaCha20(sk, body)
+///     eph (32) ‖ ChaCha20-Poly1305(hk, nonce 0, ad eph ‖ body, header 352) ‖ body
+///     body   = the first S − 400 bytes of ChaCha20(sk, nonce 0) ⊕ (inner onion) (S: the onion's size)
 ///     header = kind (1) ‖ next hop key (32) ‖ token (8) ‖ u64 timestamp (ms) ‖ payer proof ‖ zeros (to 352)
 ///     payer proof = nonce (16) ‖ u64 timestamp ‖ u8 n ‖ payer wallet (n) ‖ u8 m ‖ signature (m)
 ///     keys   = HKDF-SHA256(X25519(eph, hop), salt "masq mesh onion v1", info eph ‖ hop, 256 bytes)
 ///            → hk ‖ sk ‖ mk (data layer MAC) ‖ ef ‖ eb (exit AEAD, forward and back) ‖ ck (data layer stream)
 ///              ‖ tk (forward tag) ‖ ak (forward tag region)
 ///
-/// A hop authenticates its header, decrypts the body, and passes it on with
-/// `overhead` random bytes appended, so every hop sees an onion of the same
-/// size and learns only its own header (not its position). Data cells carry
+/// A hop authenticates its header and the body (the AEAD's associated data
+/// is eph ‖ body), decrypts the body and passes it on with `overhead` bytes
+/// of its keystream appended (the filler, computed ahead by the origin as
+/// Sphinx's), so every hop sees an onion of the same size, learns only its
+/// own header (not its position), and refuses one changed anywhere. Data cells carry
 /// one layer per relay around an AEAD between the origin and the exit: a
 /// wide block on return circuits (`unwrap`), a tag check and a stream on
 /// forward ones (`checkTag`, `relayForward`); either way the bytes differ on
@@ -116,38 +119,61 @@ enum Onion {
     }
 
     /// Build an onion for `hops` (first hop outermost) around `payload`.
+    ///
+    /// As Sphinx's header: the origin computes ahead the filler the hops will
+    /// have appended (each hop's keystream past the body, `peel`), so that it
+    /// knows every byte each hop will receive and can bind all of them to that
+    /// hop's header. The innermost onion is `payload ‖ random ‖ filler`.
     static func build(_ hops: [Hop], payload: [UInt8], size: Int) throws(MeshError) -> (onion: [UInt8], keys: [Keys]) {
-        guard payload.count <= size - overhead * hops.count else {
+        guard size > overhead * hops.count, payload.count <= size - overhead * hops.count else {
             throw .invalid("onion payload too large for \(hops.count) hops")
         }
-        var inner = payload + Random.bytes(size - payload.count)
-        var keys: [Keys] = []
         let now = wallClock()
-        for hop in hops.reversed() {
+        var layers: [(eph: [UInt8], hk: SecureBytes, stream: [UInt8], keys: Keys)] = []
+        for hop in hops {
             let eph = X25519.keyPair()
             guard let shared = try? X25519.sharedSecret(privateKey: eph.privateKey, peerPublicKey: hop.agreement) else {
                 throw .failed("bad hop key")
             }
             let (hk, sk, k) = try derive(shared, eph: eph.publicKey, hop: hop.agreement)
+            var stream = [UInt8](repeating: 0, count: size)
+            xor(sk, counter: 0, &stream)
+            layers.append((eph.publicKey, hk, stream, k))
+        }
+        // What hop i appends is its keystream's last `overhead` bytes; the
+        // hops after it decrypt that tail with their own keystreams.
+        var filler: [UInt8] = []
+        for layer in layers {
+            filler += [UInt8](repeating: 0, count: overhead)
+            for (j, b) in layer.stream[(size - filler.count)...].enumerated() { filler[j] ^= b }
+        }
+        var inner = payload + Random.bytes(size - payload.count - filler.count) + filler
+        for (hop, layer) in zip(hops, layers).reversed() {
+            // The body this hop receives: it decrypts to `inner` once the hop has appended its keystream's tail.
+            let body = (0..<(size - overhead)).map { inner[$0] ^ layer.stream[$0] }
             // Each layer its own time, a little in the past: one millisecond value in
             // every layer would be an identifier common to the hops of the circuit.
             let header = try encodeHeader(hop, now: now - UInt64.random(in: 0..<Self.timeJitter))
             guard
                 let sealed = try? AEAD.seal(
-                    .chacha20Poly1305, key: hk, nonce: [UInt8](repeating: 0, count: 12), ad: eph.publicKey,
+                    .chacha20Poly1305, key: layer.hk, nonce: [UInt8](repeating: 0, count: 12), ad: layer.eph + body,
                     plaintext: header)
             else {
                 throw .failed("sealing failed")
             }
-            var body = Array(inner[0..<(size - overhead)])
-            xor(sk, counter: 0, &body)
-            inner = eph.publicKey + sealed + body
-            keys.insert(k, at: 0)
+            inner = layer.eph + sealed + body
         }
-        return (inner, keys)
+        return (inner, layers.map(\.keys))
     }
 
-    /// Remove this node's layer.
+    /// Remove this node's layer. The header's AEAD covers the whole onion
+    /// (the body is its associated data), so a bit changed anywhere by an
+    /// earlier hop fails here, at the next honest hop: nobody can probe how
+    /// many hops follow by changing where a later header would be. The inner
+    /// onion is the body decrypted with the keystream extended `overhead`
+    /// bytes past it (those bytes are the hop's filler, which the origin
+    /// computed ahead): it keeps the onion's size, and a hop learns nothing
+    /// of its position.
     static func peel(_ onion: [UInt8], privateKey: SecureBytes, publicKey: [UInt8]) throws(MeshError) -> Peeled {
         guard onion.count > overhead else { throw .malformed("a short onion") }
         let eph = Array(onion[0..<32])
@@ -155,19 +181,20 @@ enum Onion {
             throw .malformed("a bad onion key")
         }
         let (hk, sk, keys) = try derive(shared, eph: eph, hop: publicKey)
+        var inner = Array(onion[overhead...])
         guard
             let header = try? AEAD.open(
-                .chacha20Poly1305, key: hk, nonce: [UInt8](repeating: 0, count: 12), ad: eph,
+                .chacha20Poly1305, key: hk, nonce: [UInt8](repeating: 0, count: 12), ad: eph + inner,
                 ciphertext: Array(onion[32..<overhead])), header.count == headerBytes,
             let kind = Kind(rawValue: header[0])
         else {
             throw .malformed("an onion layer that does not open")
         }
-        var body = Array(onion[overhead...])
-        xor(sk, counter: 0, &body)
+        inner += [UInt8](repeating: 0, count: overhead)
+        xor(sk, counter: 0, &inner)
         return Peeled(
             kind: kind, next: NodeKey(Array(header[1..<33])), token: Array(header[33..<41]), payer: payerProof(header),
-            keys: keys, inner: body + Random.bytes(overhead), eph: eph,
+            keys: keys, inner: inner, eph: eph,
             timestamp: header[41..<49].reduce(UInt64(0)) { $0 << 8 | UInt64($1) })
     }
 

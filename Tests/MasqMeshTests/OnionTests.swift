@@ -29,6 +29,55 @@ import Testing
         }
     }
 
+    /// The set-up onion is authenticated whole: a bit changed anywhere (the
+    /// next hop's key, its header, where a later hop's header would be, the
+    /// filler at the end) fails at the next hop, wherever it sits in a route
+    /// of 2 to 6 hops, so a relay cannot probe how many hops follow it. The
+    /// innermost onion holds the payload and no run of zeros (the filler is
+    /// keystream).
+    @Test func aSetUpOnionChangedAnywhereFailsAtTheNextHop() throws {
+        let size = 4_096
+        for count in 2...6 {
+            let hops = (0..<count).map { _ in NodeIdentity.generate() }
+            let layers = hops.enumerated().map { i, h in
+                Onion.Hop(
+                    agreement: h.agreement.publicKey, kind: i == count - 1 ? .exit : .relay,
+                    next: i == count - 1 ? nil : hops[i + 1].key, token: [UInt8](repeating: UInt8(i), count: 8))
+            }
+            let payload = Array("the request".utf8)
+            var (onion, _) = try Onion.build(layers, payload: payload, size: size)
+            for (i, h) in hops.enumerated() {
+                #expect(onion.count == size)
+                // Every position class an earlier hop could change, checked against this hop.
+                let positions =
+                    [0, 40, Onion.overhead - 1, Onion.overhead + 72] + (1...4).map { Onion.overhead * $0 + 50 }
+                for p in positions + [size - 1] where p < size {
+                    var changed = onion
+                    changed[p] ^= 1
+                    #expect(throws: MeshError.self) {
+                        try Onion.peel(changed, privateKey: h.agreement.privateKey, publicKey: h.agreement.publicKey)
+                    }
+                }
+                let peeled = try Onion.peel(onion, privateKey: h.agreement.privateKey, publicKey: h.agreement.publicKey)
+                #expect(peeled.token == [UInt8](repeating: UInt8(i), count: 8))
+                onion = peeled.inner
+            }
+            #expect(Array(onion[0..<payload.count]) == payload)
+            let longestZeroRun = onion.reduce(into: (run: 0, longest: 0)) { r, b in
+                r.run = b == 0 ? r.run + 1 : 0
+                r.longest = max(r.longest, r.run)
+            }.longest
+            #expect(longestZeroRun < 8)
+        }
+        // Too many hops for the size: refused, not a short onion.
+        let one = NodeIdentity.generate()
+        let many = (0..<11).map { _ in
+            Onion.Hop(
+                agreement: one.agreement.publicKey, kind: .relay, next: one.key, token: [UInt8](repeating: 0, count: 8))
+        }
+        #expect(throws: MeshError.self) { try Onion.build(many, payload: [], size: size) }
+    }
+
     static func layer() -> Onion.Layer {
         Onion.Layer(
             mac: SecureBytes(Random.bytes(32)), stream: SecureBytes(Random.bytes(32)),

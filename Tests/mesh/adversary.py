@@ -100,17 +100,19 @@ def wrap(keys, counter, cell):
 
 
 def peel(onion, static, static_pub):
-    """Open this node's layer of a set-up onion: (header fields, keys, inner onion), or None."""
+    """Open this node's layer of a set-up onion: (header fields, keys, inner onion), or None. The header's
+    associated data is eph ‖ body (the whole rest of the onion); the inner onion is the body ‖ 400 zeros
+    XORed with the hop's keystream (its tail is the filler the origin computed ahead)."""
     eph = onion[:32]
     try:
         shared = static.exchange(X25519PublicKey.from_public_bytes(eph))
         keys = derive(shared, eph, static_pub)
-        header = ChaCha20Poly1305(keys["hk"]).decrypt(b"\0" * 12, onion[32:OVERHEAD], eph)
+        header = ChaCha20Poly1305(keys["hk"]).decrypt(b"\0" * 12, onion[32:OVERHEAD], eph + onion[OVERHEAD:])
     except Exception:  # noqa: BLE001 - not our layer
         return None
-    body = chacha(keys["sk"], 0, onion[OVERHEAD:])
+    inner = chacha(keys["sk"], 0, onion[OVERHEAD:] + b"\0" * OVERHEAD)
     fields = {"kind": header[0], "next": header[1:33], "token": header[33:41], "header": header, "eph": eph}
-    return fields, keys, body + os.urandom(OVERHEAD)
+    return fields, keys, inner
 
 
 def check_tag(keys, counter, cell):
@@ -146,20 +148,27 @@ def wrap_forward(relays, counter, body):
 def build_onion(hops, size, payload=b""):
     """A set-up onion for `hops` (first hop outermost): each a dict with
     "agreement" (X25519 public key), "kind", "next" (Ed25519 key or None),
-    "token" (8 bytes). Returns (onion, keys per hop)."""
-    inner = payload + os.urandom(size - len(payload))
-    keys = []
-    now = int(time.time() * 1000)
-    for hop in reversed(hops):
+    "token" (8 bytes). Returns (onion, keys per hop). As Sphinx's: the
+    filler the hops append is computed ahead, so each header can cover
+    every byte its hop receives."""
+    layers = []
+    for hop in hops:
         eph = X25519PrivateKey.generate()
         eph_pub = raw(eph)
         k = derive(eph.exchange(X25519PublicKey.from_public_bytes(hop["agreement"])), eph_pub, hop["agreement"])
+        layers.append((eph_pub, k, chacha(k["sk"], 0, b"\0" * size)))
+    filler = b""
+    for _, _, stream in layers:
+        filler = xor(filler + b"\0" * OVERHEAD, stream[size - len(filler) - OVERHEAD:])
+    inner = payload + os.urandom(size - len(payload) - len(filler)) + filler
+    now = int(time.time() * 1000)
+    for hop, (eph_pub, k, stream) in reversed(list(zip(hops, layers))):
         header = bytes([hop["kind"]]) + (hop.get("next") or b"\0" * 32) + hop.get("token", b"\0" * 8) + struct.pack(">Q", now)
         header += b"\0" * (HEADER - len(header))
-        sealed = ChaCha20Poly1305(k["hk"]).encrypt(b"\0" * 12, header, eph_pub)
-        inner = eph_pub + sealed + chacha(k["sk"], 0, inner[:size - OVERHEAD])
-        keys.insert(0, k)
-    return inner, keys
+        body = xor(inner[:size - OVERHEAD], stream[:size - OVERHEAD])
+        sealed = ChaCha20Poly1305(k["hk"]).encrypt(b"\0" * 12, header, eph_pub + body)
+        inner = eph_pub + sealed + body
+    return inner, [k for _, k, _ in layers]
 
 
 def exit_nonce(counter):
@@ -234,6 +243,7 @@ class HostileNode:
         self.layers = []            # what this node's layers told it: (fields, keys)
         self.created = []           # circuits relayed: {"in": end, "out": end, "onion": inner, "cells": [payloads sent on]}
         self.tamper = None          # fn(hop, counter, payload) -> payload, for cells relayed in a circuit's direction
+        self.tamper_create = None   # fn(onion) -> onion, for the set-up onions relayed to the next hop
         self.destroyed = []         # circuit ends DESTROYed by the other side
         self.terminals = []         # return circuits that ended here: (end, fields, keys)
         self.version = int(time.time() * 1000)
@@ -390,6 +400,8 @@ class HostileNode:
                 self.circuits[out] = Hop((link, circuit), None, False)
                 self.created.append({"in": (link, circuit), "out": out, "onion": inner, "cells": [],
                                      "forward": fields["kind"] == FORWARD_RELAY})
+            if self.tamper_create:
+                inner = self.tamper_create(inner)
             self.send_cell(out_link, out[1], CREATE, inner)
         else:
             self.on_end(link, circuit, fields, keys, inner)

@@ -266,6 +266,43 @@ def test_a_create_on_a_number_of_the_other_sides_half_is_refused(net):
     assert nodes.state("R1")["counters"]["circuitsRelayed"] == relayed
 
 
+def test_a_bit_changed_anywhere_in_a_set_up_onion_is_refused_by_the_next_hop(net):
+    """Point 2, set-up: each layer's header is sealed with the rest of the
+    onion as associated data (the filler the hops append computed ahead, as
+    Sphinx's). H, first hop of O's routes, flips one bit of every onion it
+    relays: where the header of the hop after the next would be, or in the
+    onion's last byte (the filler). Before, the next relay passed such an
+    onion on and the set-up failed only if enough hops followed, which told
+    H how far it was from the route's end; now the next relay refuses it,
+    relays no circuit, nothing reaches the exit, and the link stays."""
+    h, nodes, target = net["h"], net["nodes"], net["target"]
+    exchange(net, message=b"before")                      # set-ups pass through H untouched
+    time.sleep(1.5)
+    relayed = sum(nodes.state(n)["counters"]["circuitsRelayed"] for n in ("R1", "R2"))
+    rejected = relays_rejected(nodes)
+    exit_rejected = nodes.state("E1")["counters"]["cellsRejected"]
+    flips = []
+
+    def flip(onion):
+        pos = (adversary.OVERHEAD + 32 + 50, len(onion) - 1)[len(flips) % 2]
+        flips.append(pos)
+        return onion[:pos] + bytes([onion[pos] ^ 1]) + onion[pos + 1:]
+
+    h.tamper_create = flip
+    try:
+        s, code = socks(net["socks"], target.port, user=b"probe", timeout=20)
+        s.close()
+        assert code != 0, "a route was built through changed onions"
+    except OSError:
+        pass
+    wait_for(lambda: len(flips) >= 2 and relays_rejected(nodes) >= rejected + 2, 20, "the relays after H did not refuse the changed onions")
+    time.sleep(1.5)
+    assert sum(nodes.state(n)["counters"]["circuitsRelayed"] for n in ("R1", "R2")) == relayed, "a changed onion was relayed"
+    assert relays_rejected(nodes) == rejected + len(flips)
+    assert nodes.state("E1")["counters"]["cellsRejected"] == exit_rejected, "a changed onion reached the exit"
+    assert all(link.open for link in h.links), "a link was closed for a changed onion"
+
+
 @pytest.fixture
 def collusion(tmp_path):
     """A hostile first hop H and a hostile exit X with one honest relay
