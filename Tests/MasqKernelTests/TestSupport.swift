@@ -1,3 +1,4 @@
+import Synchronization
 import Testing
 @testable import MasqKernel
 #if canImport(Glibc)
@@ -39,12 +40,27 @@ enum Fixtures {
         precondition(status == 0, "fixture command failed (\(status)): \(command)")
     }
 
+    /// A fresh directory in /tmp, removed when the test process exits (so
+    /// that runs leave nothing behind; MASQ_KEEP_TEST_DIRS=1 keeps them).
     static func temporaryDirectory(_ label: String) -> String {
         var template = Array("/tmp/masq-test-\(label)-XXXXXX".utf8CString)
         let made = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
         precondition(made != nil, "mkdtemp failed")
-        return String(decoding: template.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        let path = String(decoding: template.prefix(while: { $0 != 0 }).map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        madeDirectories.withLock { made in
+            if made.isEmpty && getenv("MASQ_KEEP_TEST_DIRS") == nil {
+                atexit {
+                    for dir in Fixtures.madeDirectories.withLock({ $0 }) {
+                        _ = system("rm -rf '\(dir)'")
+                    }
+                }
+            }
+            made.append(path)
+        }
+        return path
     }
+
+    static let madeDirectories = Mutex<[String]>([])
 
     /// A config for `plugin` ("sqlite" or "memory") in a fresh data directory.
     static func config(

@@ -34,6 +34,7 @@ static masq_store *open_store(const char *limits) {
 static void fresh_data_dir(void) {
     snprintf(data_dir, sizeof data_dir, "/tmp/masq-ctest-XXXXXX");
     if (!mkdtemp(data_dir)) { perror("mkdtemp"); exit(1); }
+    remember_dir(data_dir);
 }
 
 static int expect_value(masq_store *s, const char *ns, const char *key, const char *value) {
@@ -590,5 +591,6 @@ int main(int argc, char **argv) {
     test_threads();
 
     printf("api_test [%s]: %d checks, %d failures\n", plugin, checks, failures);
+    remove_dirs();
     return failures == 0 ? 0 : 1;
 }

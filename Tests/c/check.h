@@ -5,6 +5,8 @@
 
 #include "masq.h"
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 static int failures = 0;
 static int checks = 0;
@@ -37,5 +39,24 @@ static int checks = 0;
     } while (0)
 
 #define B(s) ((const uint8_t *)(s))
+
+/* Temporary directories a test made, removed at its end when every check
+ * passed (kept on failure, to look at), so that runs leave /tmp clean. */
+static char *made_dirs[256];
+static int made_count = 0;
+
+static inline void remember_dir(const char *dir) {
+    if (made_count < (int)(sizeof made_dirs / sizeof made_dirs[0])) made_dirs[made_count++] = strdup(dir);
+}
+
+static inline void remove_dirs(void) {
+    for (int i = 0; i < made_count; i++) {
+        char command[512];
+        if (failures == 0 && made_dirs[i] && snprintf(command, sizeof command, "rm -rf '%s'", made_dirs[i]) < (int)sizeof command)
+            if (system(command) != 0) fprintf(stderr, "could not remove %s\n", made_dirs[i]);
+        free(made_dirs[i]);
+    }
+    made_count = 0;
+}
 
 #endif

@@ -33,6 +33,7 @@ static masq_store *open_dir(const char *dir) {
 static masq_store *open_store_in(const char *label, char dir[25]) {
     strcpy(dir, "/tmp/masq-sectest-XXXXXX");
     if (!mkdtemp(dir)) exit(2);
+    remember_dir(dir);
     masq_store *s = open_dir(dir);
     CHECK_RC(masq_set_device_name(s, label), MASQ_OK);
     return s;
@@ -400,5 +401,6 @@ int main(void) {
     test_sessions();
     test_pairing_tasks_bad_input();
     printf("security_test: %d checks, %d failures\n", checks, failures);
+    remove_dirs();
     return failures == 0 ? 0 : 1;
 }

@@ -27,6 +27,7 @@ static masq_store *open_store(const char *label, int with_service) {
     char dir[32];
     snprintf(dir, sizeof dir, "/tmp/masq-sharetest-XXXXXX");
     if (!mkdtemp(dir)) exit(2);
+    remember_dir(dir);
     char config[1024];
     if (with_service) {
         snprintf(config, sizeof config,
@@ -332,5 +333,6 @@ int main(int argc, char **argv) {
     test_bad_input();
     test_share_between_two_stores();
     printf("share_test: %d checks, %d failures\n", checks, failures);
+    remove_dirs();
     return failures == 0 ? 0 : 1;
 }

@@ -6,6 +6,7 @@ traffic dropped; once funded it pays and is unbanned."""
 import base64
 import json
 import os
+import shutil
 import socketserver
 import http.server
 import subprocess
@@ -88,6 +89,7 @@ def net():
     finally:
         stop_all(procs)
         httpd.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def pseudonym(env, consumer, i):

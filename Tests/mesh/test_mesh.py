@@ -10,6 +10,7 @@ import http.server
 import json
 import os
 import re
+import shutil
 import socket
 import socketserver
 import ssl
@@ -77,6 +78,7 @@ def mesh():
         stop_all(procs)
         httpd.shutdown()
         httpsd.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def run_mesh(work, procs, start, httpd, httpsd, payload, big, cert):

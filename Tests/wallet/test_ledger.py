@@ -4,7 +4,6 @@ listed for the payee, signatures."""
 import json
 import os
 import subprocess
-import tempfile
 
 MASQ = os.environ.get("MASQ_BIN", "masq")
 
@@ -22,8 +21,8 @@ def run(work, key, *args, initial=None, check=True, asset=None):
     return r
 
 
-def test_transfers_balances_and_history():
-    work = tempfile.mkdtemp(prefix="masq-ledger-")
+def test_transfers_balances_and_history(tmp_path):
+    work = str(tmp_path)
     alice = run(work, "a.key", "address", initial=1000).stdout.strip()
     bob = run(work, "b.key", "address").stdout.strip()
     assert run(work, "a.key", "balance").stdout.strip() == "1000"
@@ -48,9 +47,9 @@ def test_transfers_balances_and_history():
     assert run(work, "a.key", "pay", bob, "1.5", check=False).returncode != 0
 
 
-def test_payments_are_listed_only_in_the_configured_asset():
+def test_payments_are_listed_only_in_the_configured_asset(tmp_path):
     """A debtor paying in another asset (worth anything or nothing) is not credited."""
-    work = tempfile.mkdtemp(prefix="masq-ledger-")
+    work = str(tmp_path)
     bob = run(work, "b.key", "address").stdout.strip()
     run(work, "a.key", "address", initial=1000, asset="JUNK")
     junk = run(work, "a.key", "pay", bob, "500", asset="JUNK").stdout.strip()
