@@ -42,6 +42,7 @@ trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$work" "$out"' EXIT
 head -c $((SIZE_MB * 1000000)) /dev/urandom >"$work/big.bin"
 echo small >"$work/small.txt"
 (cd "$work" && exec python3 -m http.server 0 --bind 127.0.0.1 >"$work/http.out" 2>&1) &
+server=$!
 for _ in $(seq 50); do grep -q "port" "$work/http.out" 2>/dev/null && break; sleep 0.1; done
 http=$(grep -o 'port [0-9]*' "$work/http.out" | awk '{print $2}')
 
@@ -61,6 +62,9 @@ for i in 3 4 5 6 7 8 9; do
 done
 # CPU time (ticks) all nodes have used: what a mesh transfer costs the machine, per MB.
 node_ticks() { for p in "${nodes[@]}"; do awk '{print $14 + $15}' "/proc/$p/stat"; done | awk '{s += $1} END {print s}'; }
+# The endpoints' CPU (ticks): the HTTP server's so far, and a command's own (its subshell's waited-for children).
+server_ticks() { awk '{print $14 + $15}' "/proc/$server/stat"; }
+ticks_of() { ("$@" && awk '{print $16 + $17}' "/proc/$BASHPID/stat"); }
 for _ in $(seq 50); do grep -q socks5 "$work/n3.out" 2>/dev/null && break; sleep 0.1; done
 socks=$(grep -o 'socks5 [0-9.:]*' "$work/n3.out" | awk '{print $2}')
 for _ in $(seq 60); do curl -s --max-time 5 --socks5-hostname "$socks" "http://localhost:$http/small.txt" >/dev/null && break; sleep 0.5; done
@@ -68,12 +72,13 @@ for _ in $(seq 60); do curl -s --max-time 5 --socks5-hostname "$socks" "http://l
 echo "== $SIZE_MB MB, route of $HOPS+ hops, $CELL-byte cells (median of $REPS runs each, alternating)"
 : >"$work/times"
 for _ in $(seq "$REPS"); do
-    t0=$(date +%s.%N); curl -s "http://127.0.0.1:$http/big.bin" -o "$out/direct.bin"; t1=$(date +%s.%N)
-    c1=$(node_ticks)
-    curl -s --socks5-hostname "$socks" "http://localhost:$http/big.bin" -o "$out/mesh.bin"; t2=$(date +%s.%N)
-    c2=$(node_ticks)
+    s0=$(server_ticks)
+    t0=$(date +%s.%N); k1=$(ticks_of curl -s "http://127.0.0.1:$http/big.bin" -o "$out/direct.bin"); t1=$(date +%s.%N)
+    c1=$(node_ticks) s1=$(server_ticks)
+    k2=$(ticks_of curl -s --socks5-hostname "$socks" "http://localhost:$http/big.bin" -o "$out/mesh.bin"); t2=$(date +%s.%N)
+    c2=$(node_ticks) s2=$(server_ticks)
     cmp -s "$work/big.bin" "$out/mesh.bin" || { echo "the mesh transfer differs" >&2; exit 1; }
-    echo "$t0 $t1 $t2 $((c2 - c1))" >>"$work/times"
+    echo "$t0 $t1 $t2 $((c2 - c1)) $((k1 + s1 - s0)) $((k2 + s2 - s1))" >>"$work/times"
 done
 python3 - "$work/times" "$SIZE_MB" "$work/n3/state.json" <<'PY'
 import json, os, statistics, sys
@@ -85,13 +90,22 @@ for line in json.load(open(sys.argv[3])).get("circuits", []):
         forward, back = line["route"].split(" back ")
         print("route: %d links forward, %d back" % (len(forward.split(">")), len(back.split(">")) + 1 if back else 1))
         break
-direct = statistics.median(mb / (t1 - t0) for t0, t1, _, _ in rows)
-mesh = statistics.median(mb / (t2 - t1) for _, t1, t2, _ in rows)
-ticks = statistics.median(c for *_, c in rows)
+direct = statistics.median(mb / (r[1] - r[0]) for r in rows)
+mesh = statistics.median(mb / (r[2] - r[1]) for r in rows)
+ms = lambda ticks: ticks * 1000 / os.sysconf("SC_CLK_TCK") / mb
+nodes = ms(statistics.median(r[3] for r in rows))
+ends_direct, ends_mesh = (ms(statistics.median(r[i] for r in rows)) for i in (4, 5))
 print("direct loopback TCP  %8.1f MB/s" % direct)
 print("mesh (SOCKS5, onion) %8.1f MB/s" % mesh)
 print("ratio                %8.3f" % (mesh / direct))
-print("node CPU per MB      %8.2f ms (every node process, median)" % (ticks * 1000 / os.sysconf("SC_CLK_TCK") / mb))
+print("node CPU per MB      %8.2f ms (every node process, median)" % nodes)
+# The transfer is CPU-bound on a small box: at 0.3x of the direct rate, the
+# cores give the whole path cores / (0.3 x direct) of CPU per MB; what curl
+# and the HTTP server use through SOCKS5 leaves the nodes the rest.
+cores = os.cpu_count()
+budget = cores * 1000 / (0.3 * direct) - ends_mesh
+print("endpoints CPU per MB %8.2f ms direct, %.2f ms through SOCKS5 (curl + HTTP server)" % (ends_direct, ends_mesh))
+print("node CPU budget      %8.2f ms per MB for 0.3x on these %d cores (the nodes use %.2f)" % (budget, cores, nodes))
 PY
 
 echo
