@@ -14,7 +14,9 @@
 #      credentials, so isolated) and on an existing route, against a direct
 #      TCP connect, over REQUESTS small requests each.
 #
-# All processes share the machine's 2 cores (the reference path has 2
+# Knobs: SIZE_MB, REPS, HOPS, CELL, REQUESTS, PORT, GOSSIP_MS (300: the
+# mesh forms fast; the nodes' default is 1000, which measured the same), and
+# MASQ (a prebuilt masq-cli). All processes share the machine's 2 cores (the reference path has 2
 # processes, the mesh path 6 or more), so the ratio is for this box.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
@@ -23,6 +25,7 @@ HOPS=${HOPS:-3}
 REQUESTS=${REQUESTS:-20}
 REPS=${REPS:-5}
 CELL=${CELL:-4096}
+GOSSIP_MS=${GOSSIP_MS:-300}
 PORT=${PORT:-7701}
 cd "$root"
 # MASQ=path/to/masq-cli compares builds (A/B) without rebuilding.
@@ -47,7 +50,7 @@ for _ in $(seq 50); do grep -q "port" "$work/http.out" 2>/dev/null && break; sle
 http=$(grep -o 'port [0-9]*' "$work/http.out" | awk '{print $2}')
 
 # Every node on its own 127.0.0.x: relays keep hops apart per /32 (the default /16 would refuse them all).
-common=(--port "$PORT" --hop-prefix-v4 32 --gossip-ms 300 --hops "$HOPS" --cell-bytes "$CELL" --log-level warning)
+common=(--port "$PORT" --hop-prefix-v4 32 --gossip-ms "$GOSSIP_MS" --hops "$HOPS" --cell-bytes "$CELL" --log-level warning)
 "$masq" node --host 127.0.0.2 --data-dir "$work/n2" "${common[@]}" >"$work/n2.out" &
 nodes=($!)
 for _ in $(seq 50); do grep -q masq:// "$work/n2.out" 2>/dev/null && break; sleep 0.1; done
