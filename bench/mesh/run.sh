@@ -16,8 +16,9 @@
 #
 # Knobs: SIZE_MB, REPS, HOPS, CELL, REQUESTS, PORT, GOSSIP_MS (300: the
 # mesh forms fast; the nodes' default is 1000, which measured the same), and
-# MASQ (a prebuilt masq-cli). All processes share the machine's 2 cores (the reference path has 2
-# processes, the mesh path 6 or more), so the ratio is for this box.
+# MASQ (a prebuilt masq-cli). All processes share the machine's 2 cores
+# (the reference path has 2 processes, the mesh path 6 or more), so the
+# ratio is for this box; the bench prints the nodes' CPU budget for 0.3x.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 SIZE_MB=${SIZE_MB:-100}
