@@ -130,6 +130,8 @@ enum Onion {
         }
         let now = wallClock()
         var layers: [(eph: [UInt8], hk: SecureBytes, stream: [UInt8], keys: Keys)] = []
+        // The keystreams open the bodies: wiped when done, as the keys are (review).
+        defer { for i in layers.indices { wipe(&layers[i].stream) } }
         for hop in hops {
             let eph = X25519.keyPair()
             guard let shared = try? X25519.sharedSecret(privateKey: eph.privateKey, peerPublicKey: hop.agreement) else {
