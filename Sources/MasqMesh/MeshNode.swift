@@ -148,6 +148,11 @@ public final class MeshNode: @unchecked Sendable {
     /// Which node a held record's signature belongs to (entries of records
     /// dropped since are ignored: the record itself is compared).
     var recordBySignature: [String: NodeKey] = [:]
+    /// Signatures of records that expired here, until when they stay refused
+    /// (twice the TTL; at most `maxRecords`): a neighbour that still holds
+    /// one echoes it back, and it must not come back as new — else two nodes
+    /// would hand it to each other forever.
+    var expiredSignatures: [String: UInt64] = [:]
     /// Nodes introduced to this one (their signed link records said where they listen), with when: dialed once, forgotten after 30 s.
     var introduced: [NodeKey: (descriptor: NodeDescriptor, at: UInt64)] = [:]
     var links: [Int: Link] = [:]
@@ -887,10 +892,15 @@ public final class MeshNode: @unchecked Sendable {
             // Most gossip repeats records already held: the same signed bytes
             // need no second JSON decode and signature check.
             if let known = recordBySignature[signed.s], let held = records[known], held.signed == signed {
-                if held.record.isClient && known != link.peer { continue }
-                records[known]?.heard = max(held.heard, now)
+                // A repeat keeps a record alive only from its own node (a live
+                // neighbour): every node re-signs its record well within the
+                // TTL (`tick`), so a record whose node stopped signing — gone,
+                // or a key flooded once — expires however often others echo it.
+                // (Echoes kept such records forever: found this session.)
+                if known == link.peer { records[known]?.heard = max(held.heard, now) }
                 continue
             }
+            if expiredSignatures[signed.s] != nil { continue }  // expired here: an echo, not news
             switch signed.keyHint() {
             case let hint? where hint == key: continue  // our own record, coming back
             case let hint? where records[hint] != nil: updates.append(signed)
@@ -966,7 +976,10 @@ public final class MeshNode: @unchecked Sendable {
     private func merge(_ record: NodeRecord, _ signed: SignedRecord, neighbour: Bool) {
         guard let nodeKey = record.nodeKey, nodeKey != key else { return }
         if let known = records[nodeKey], known.record.version >= record.version {
-            if known.record.version == record.version { records[nodeKey]?.heard = max(known.heard, Self.now()) }
+            // The same version from the node itself (its handshake) is a sign of life; from others it is not.
+            if neighbour && known.record.version == record.version {
+                records[nodeKey]?.heard = max(known.heard, Self.now())
+            }
             return
         }
         if let replaced = records[nodeKey] {
@@ -1028,9 +1041,17 @@ public final class MeshNode: @unchecked Sendable {
     private func tick() {
         let now = Self.now()
         ticks += 1
-        try? refreshOwnRecord(force: ticks % 5 == 0)
+        // A new version every 5 rounds, and at least every third of the TTL:
+        // others keep a record only while new versions of it keep coming.
+        let refreshEvery = max(
+            1, min(5, Int(configuration.recordTTLMilliseconds / 3 / configuration.gossipMilliseconds)))
+        try? refreshOwnRecord(force: ticks % refreshEvery == 0)
+        expiredSignatures = expiredSignatures.filter { $0.value > now }
         for (nodeKey, known) in records where now - known.heard > configuration.recordTTLMilliseconds {
             records[nodeKey] = nil
+            if expiredSignatures.count < configuration.maxRecords {
+                expiredSignatures[known.signed.s] = now + 2 * configuration.recordTTLMilliseconds
+            }
         }
         recordBySignature = recordBySignature.filter { records[$0.value]?.signed.s == $0.key }
         for (peer, link) in neighbours {

@@ -244,6 +244,7 @@ class HostileNode:
         self.created = []           # circuits relayed: {"in": end, "out": end, "onion": inner, "cells": [payloads sent on]}
         self.tamper = None          # fn(hop, counter, payload) -> payload, for cells relayed in a circuit's direction
         self.tamper_create = None   # fn(onion) -> onion, for the set-up onions relayed to the next hop
+        self.repeat = lambda key: True  # which records heard (by key, text) to repeat to the other links, as nodes do
         self.destroyed = []         # circuit ends DESTROYed by the other side
         self.terminals = []         # return circuits that ended here: (end, fields, keys)
         self.version = int(time.time() * 1000)
@@ -298,11 +299,15 @@ class HostileNode:
 
     def _gossip(self, link):
         with self.lock:
-            records = [self.record(legacy=self.legacy)] + [r for k, r in self.heard.items() if unb64(k) != link.key]
+            records = [self.record(legacy=self.legacy)] + [r for k, r in self.heard.items() if unb64(k) != link.key and self.repeat(k)]
         link.send([bytes([GOSSIP]) + json.dumps(records[:200]).encode(), bytes([PING])])
 
     def _gossip_loop(self):
         while not self.stopped.wait(self.gossip_seconds):
+            # A new version of our record every round, as nodes sign theirs often: others keep a
+            # record only while new versions of it keep coming.
+            with self.lock:
+                self.version += 1
             for link in list(self.links):
                 if link.open:
                     self._gossip(link)

@@ -12,6 +12,7 @@ route of O has H as its first forward hop and last return hop.
 
 Run: MASQ_BIN=.build/debug/masq-cli python3 -m pytest Tests/mesh/test_adversary.py
 """
+import json
 import os
 import socket
 import struct
@@ -301,6 +302,50 @@ def test_a_bit_changed_anywhere_in_a_set_up_onion_is_refused_by_the_next_hop(net
     assert relays_rejected(nodes) >= rejected + 2
     assert nodes.state("E1")["counters"]["cellsRejected"] == exit_rejected, "a changed onion reached the exit"
     assert all(link.open for link in h.links), "a link was closed for a changed onion"
+
+
+def flooded_record(network, rates):
+    """A record signed by a key made for the flood (no node behind it)."""
+    identity = adversary.Ed25519PrivateKey.generate()
+    rec = {"network": network, "key": adversary.b64(adversary.raw(identity)),
+           "agreement": adversary.b64(adversary.raw(adversary.X25519PrivateKey.generate())),
+           "version": int(time.time() * 1000), "neighbours": [], "rates": rates, "exit": False}
+    body = json.dumps(rec, separators=(",", ":")).encode()
+    return {"r": adversary.b64(body), "s": adversary.b64(identity.sign(adversary.RECORD_CONTEXT + body))}
+
+
+def test_records_whose_node_stopped_signing_expire_however_often_they_are_echoed(net):
+    """Point 6 (caps on gossip records): every node repeats the records it
+    holds to its neighbours each round. A repeat used to refresh a record, so
+    records echoed between honest nodes never expired: keys flooded once (or
+    nodes long gone) stayed in every table, and once a table was full
+    (--max-records) no new node was learned. Now only a new version, or the
+    record's own node, keeps a record alive, and one that expired is not
+    taken back from a neighbour's echo for twice the TTL. H gossips 40
+    records of fresh keys once (and does not repeat them): the
+    honest nodes echo them to each other, yet within the TTL (4 s here)
+    every one has forgotten them; then H itself goes, and so does its
+    record, while the honest nodes keep each other's. (A hostile node that
+    keeps sending records is a flood, bounded by the gossip budgets and
+    --max-records.)"""
+    h, nodes = net["h"], net["nodes"]
+    honest = ("O", "R1", "R2", "E1")
+    baseline = {n: nodes.state(n)["known"] for n in honest}
+    flood = [flooded_record(h.network, h.rates) for _ in range(40)]
+    flooded = {adversary.record_of(r)["key"] for r in flood}
+    h.repeat = lambda key: key not in flooded
+    for link in list(h.links):
+        link.send([bytes([adversary.GOSSIP]) + json.dumps(flood).encode()])
+    wait_for(lambda: all(nodes.state(n)["known"] >= baseline[n] + 40 for n in ("R1", "R2", "O")), 10,
+             "the flooded records did not spread")
+    wait_for(lambda: all(nodes.state(n)["known"] == baseline[n] for n in honest), 15,
+             "echoed records of keys that stopped signing did not expire")
+    # H goes: O, whose only neighbour it was, is cut off too, so the others stop hearing new versions of both.
+    h.stop()
+    wait_for(lambda: all(nodes.state(n)["known"] == baseline[n] - 2 for n in ("R1", "R2", "E1")), 15,
+             "the records of nodes gone were kept alive by the others' echoes")
+    time.sleep(2)
+    assert all(nodes.state(n)["known"] == baseline[n] - 2 for n in ("R1", "R2", "E1")), "live nodes' records expired"
 
 
 @pytest.fixture
