@@ -74,6 +74,10 @@ struct Node: MasqSubcommand {
     @Option(help: "Milliseconds before an unrefreshed record is dropped.") var recordTtlMs: UInt64 = 15_000
     @Option(
         help:
+            "Milliseconds a record is kept without a newer version of it (nodes sign one every 5 rounds), however often others repeat it; at least twice the TTL."
+    ) var recordMaxAgeMs: UInt64 = MeshConfiguration().recordMaxAgeMilliseconds
+    @Option(
+        help:
             "Records of other nodes held at once; when full, records of new keys heard in gossip are refused (neighbours' records always kept)."
     )
     var maxRecords = MeshConfiguration().maxRecords
@@ -200,6 +204,7 @@ struct Node: MasqSubcommand {
         config.maxLinkQueueBytes = maxLinkQueueMib << 20
         config.gossipMilliseconds = max(50, gossipMs)
         config.recordTTLMilliseconds = recordTtlMs
+        config.recordMaxAgeMilliseconds = recordMaxAgeMs
         config.maxRecords = maxRecords
         config.gossipRecordsPerSecond = gossipRecordsPerSecond
         config.gossipVerificationsPerTurn = gossipVerificationsPerTurn

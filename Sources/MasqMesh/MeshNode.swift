@@ -57,6 +57,13 @@ public struct MeshConfiguration: Sendable {
     public var gossipMilliseconds: UInt64 = 1_000
     /// A record not refreshed for this long is dropped (its node is gone).
     public var recordTTLMilliseconds: UInt64 = 15_000
+    /// A record whose version is this old here (no newer one verified since
+    /// this node first took it) is dropped however often others repeat it:
+    /// every node signs a new version every few rounds, and one of them in
+    /// this long is enough to stay, so a busy node that drops most updates
+    /// keeps live records while records of nodes gone (or keys flooded once)
+    /// expire.
+    public var recordMaxAgeMilliseconds: UInt64 = 300_000
     /// A neighbour silent this long is dropped.
     public var linkTimeoutMilliseconds: UInt64 = 5_000
     public var setupTimeoutMilliseconds: UInt64 = 10_000
@@ -143,6 +150,8 @@ public final class MeshNode: @unchecked Sendable {
         var record: NodeRecord
         var signed: SignedRecord
         var heard: UInt64
+        /// When this node took this version (what `recordMaxAgeMilliseconds` counts from).
+        var taken: UInt64 = 0
     }
     var records: [NodeKey: Known] = [:]
     /// Which node a held record's signature belongs to (entries of records
@@ -153,6 +162,18 @@ public final class MeshNode: @unchecked Sendable {
     /// one echoes it back, and it must not come back as new — else two nodes
     /// would hand it to each other forever.
     var expiredSignatures: [String: UInt64] = [:]
+
+    /// Refuse an expired record's signature until every node holding it has
+    /// let it go (they took it at most the maximum age apart); when full, the
+    /// oldest entry makes room (a flood must not push new ones out).
+    private func rememberExpired(_ signature: String, now: UInt64) {
+        if expiredSignatures.count >= configuration.maxRecords,
+            let oldest = expiredSignatures.min(by: { $0.value < $1.value })?.key
+        {
+            expiredSignatures[oldest] = nil
+        }
+        expiredSignatures[signature] = now + configuration.recordMaxAgeMilliseconds
+    }
     /// Nodes introduced to this one (their signed link records said where they listen), with when: dialed once, forgotten after 30 s.
     var introduced: [NodeKey: (descriptor: NodeDescriptor, at: UInt64)] = [:]
     var links: [Int: Link] = [:]
@@ -319,6 +340,12 @@ public final class MeshNode: @unchecked Sendable {
         }
         guard (1...100_000).contains(configuration.gossipVerificationsPerTurn) else {
             throw .invalid("gossip verifications per turn must be 1...100000")
+        }
+        guard configuration.gossipMilliseconds >= 1,
+            configuration.recordTTLMilliseconds >= 3 * configuration.gossipMilliseconds,
+            configuration.recordMaxAgeMilliseconds >= 2 * configuration.recordTTLMilliseconds
+        else {
+            throw .invalid("records: TTL at least 3 gossip rounds, maximum age at least twice the TTL")
         }
         guard (10_000...86_400_000).contains(configuration.replayWindowMilliseconds) else {
             throw .invalid("the replay window must be 10000...86400000 ms")
@@ -892,12 +919,10 @@ public final class MeshNode: @unchecked Sendable {
             // Most gossip repeats records already held: the same signed bytes
             // need no second JSON decode and signature check.
             if let known = recordBySignature[signed.s], let held = records[known], held.signed == signed {
-                // A repeat keeps a record alive only from its own node (a live
-                // neighbour): every node re-signs its record well within the
-                // TTL (`tick`), so a record whose node stopped signing — gone,
-                // or a key flooded once — expires however often others echo it.
-                // (Echoes kept such records forever: found this session.)
-                if known == link.peer { records[known]?.heard = max(held.heard, now) }
+                // A repeat says the record is still around (`heard`, the TTL);
+                // only a new version makes it younger (`taken`, the maximum age).
+                if held.record.isClient && known != link.peer { continue }
+                records[known]?.heard = max(held.heard, now)
                 continue
             }
             if expiredSignatures[signed.s] != nil { continue }  // expired here: an echo, not news
@@ -976,10 +1001,7 @@ public final class MeshNode: @unchecked Sendable {
     private func merge(_ record: NodeRecord, _ signed: SignedRecord, neighbour: Bool) {
         guard let nodeKey = record.nodeKey, nodeKey != key else { return }
         if let known = records[nodeKey], known.record.version >= record.version {
-            // The same version from the node itself (its handshake) is a sign of life; from others it is not.
-            if neighbour && known.record.version == record.version {
-                records[nodeKey]?.heard = max(known.heard, Self.now())
-            }
+            if known.record.version == record.version { records[nodeKey]?.heard = max(known.heard, Self.now()) }
             return
         }
         if let replaced = records[nodeKey] {
@@ -987,7 +1009,7 @@ public final class MeshNode: @unchecked Sendable {
         } else if !admitNewKey(neighbour: neighbour) {
             return
         }
-        records[nodeKey] = Known(record: record, signed: signed, heard: Self.now())
+        records[nodeKey] = Known(record: record, signed: signed, heard: Self.now(), taken: Self.now())
         recordBySignature[signed.s] = nodeKey
     }
 
@@ -1041,17 +1063,16 @@ public final class MeshNode: @unchecked Sendable {
     private func tick() {
         let now = Self.now()
         ticks += 1
-        // A new version every 5 rounds, and at least every third of the TTL:
-        // others keep a record only while new versions of it keep coming.
-        let refreshEvery = max(
-            1, min(5, Int(configuration.recordTTLMilliseconds / 3 / configuration.gossipMilliseconds)))
-        try? refreshOwnRecord(force: ticks % refreshEvery == 0)
+        // A new version every 5 rounds: others keep a record while one of its
+        // versions gets through to them every `recordMaxAgeMilliseconds`.
+        try? refreshOwnRecord(force: ticks % 5 == 0)
         expiredSignatures = expiredSignatures.filter { $0.value > now }
-        for (nodeKey, known) in records where now - known.heard > configuration.recordTTLMilliseconds {
+        for (nodeKey, known) in records
+        where now - known.heard > configuration.recordTTLMilliseconds
+            || now - known.taken > configuration.recordMaxAgeMilliseconds
+        {
             records[nodeKey] = nil
-            if expiredSignatures.count < configuration.maxRecords {
-                expiredSignatures[known.signed.s] = now + 2 * configuration.recordTTLMilliseconds
-            }
+            rememberExpired(known.signed.s, now: now)
         }
         recordBySignature = recordBySignature.filter { records[$0.value]?.signed.s == $0.key }
         for (peer, link) in neighbours {

@@ -644,6 +644,8 @@ def test_a_swift_plugins_log_lines_reach_the_embedders_callback(mesh):
     (["--max-pending-handshakes-per-prefix", "65"], "pending handshakes"),
     (["--max-pending-handshakes", "0"], "pending handshakes"),
     (["--handshake-timeout-ms", "10"], "handshake timeout"),
+    (["--record-ttl-ms", "2000"], "TTL at least 3 gossip rounds"),
+    (["--record-max-age-ms", "20000"], "maximum age at least twice the TTL"),
 ])
 def test_node_refuses_bad_options(args, message, tmp_path):
     r = subprocess.run([MASQ, "node", "--data-dir", str(tmp_path), "--port", "0"] + args, capture_output=True, text=True, timeout=20)
