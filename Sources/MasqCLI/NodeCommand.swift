@@ -71,11 +71,12 @@ struct Node: MasqSubcommand {
             "Cells a stream may have in flight each way before the other end acknowledges (memory per stream: window x cell size)."
     ) var window = MeshConfiguration().window
     @Option(help: "Milliseconds between gossip rounds.") var gossipMs: UInt64 = 1_000
-    @Option(help: "Milliseconds before an unrefreshed record is dropped.") var recordTtlMs: UInt64 = 15_000
+    @Option(help: "Milliseconds before a record nobody repeats is dropped (default: 15 gossip rounds, at least 15000).")
+    var recordTtlMs: UInt64?
     @Option(
         help:
-            "Milliseconds a record is kept without a newer version of it (nodes sign one every 5 rounds), however often others repeat it; at least twice the TTL."
-    ) var recordMaxAgeMs: UInt64 = MeshConfiguration().recordMaxAgeMilliseconds
+            "Milliseconds a record is kept with no newer version of it (nodes sign one every 5 rounds), however often others repeat it (default: an hour, at least twice the TTL)."
+    ) var recordMaxAgeMs: UInt64?
     @Option(
         help:
             "Records of other nodes held at once; when full, records of new keys heard in gossip are refused (neighbours' records always kept)."
@@ -203,8 +204,12 @@ struct Node: MasqSubcommand {
         }
         config.maxLinkQueueBytes = maxLinkQueueMib << 20
         config.gossipMilliseconds = max(50, gossipMs)
-        config.recordTTLMilliseconds = recordTtlMs
-        config.recordMaxAgeMilliseconds = recordMaxAgeMs
+        // Defaults follow the gossip interval (values out of range are refused by the node, with the limits).
+        let gossip = config.gossipMilliseconds
+        config.recordTTLMilliseconds = recordTtlMs ?? (gossip > 600_000 ? gossip : max(15_000, 15 * gossip))
+        let ttl = config.recordTTLMilliseconds
+        config.recordMaxAgeMilliseconds =
+            recordMaxAgeMs ?? (ttl > 86_400_000 ? ttl : max(config.recordMaxAgeMilliseconds, 2 * ttl))
         config.maxRecords = maxRecords
         config.gossipRecordsPerSecond = gossipRecordsPerSecond
         config.gossipVerificationsPerTurn = gossipVerificationsPerTurn

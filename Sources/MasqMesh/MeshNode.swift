@@ -59,11 +59,11 @@ public struct MeshConfiguration: Sendable {
     public var recordTTLMilliseconds: UInt64 = 15_000
     /// A record whose version is this old here (no newer one verified since
     /// this node first took it) is dropped however often others repeat it:
-    /// every node signs a new version every few rounds, and one of them in
-    /// this long is enough to stay, so a busy node that drops most updates
-    /// keeps live records while records of nodes gone (or keys flooded once)
-    /// expire.
-    public var recordMaxAgeMilliseconds: UInt64 = 300_000
+    /// every node signs a new version every 5 rounds, and one of them in this
+    /// long is enough to stay (one of 720 at the defaults: a busy node that
+    /// drops most updates keeps live records), while records of nodes gone
+    /// (or keys flooded once) expire instead of living forever.
+    public var recordMaxAgeMilliseconds: UInt64 = 3_600_000
     /// A neighbour silent this long is dropped.
     public var linkTimeoutMilliseconds: UInt64 = 5_000
     public var setupTimeoutMilliseconds: UInt64 = 10_000
@@ -158,22 +158,37 @@ public final class MeshNode: @unchecked Sendable {
     /// dropped since are ignored: the record itself is compared).
     var recordBySignature: [String: NodeKey] = [:]
     /// Signatures of records that expired here, until when they stay refused
-    /// (twice the TTL; at most `maxRecords`): a neighbour that still holds
+    /// (the maximum age; at most `maxRecords`): a neighbour that still holds
     /// one echoes it back, and it must not come back as new — else two nodes
-    /// would hand it to each other forever.
+    /// would hand it to each other forever. Entries are added in the order
+    /// they lapse (one lifetime, a monotonic clock), so `expiredOrder` is a
+    /// queue: pruning and making room touch only its head.
     var expiredSignatures: [String: UInt64] = [:]
+    var expiredOrder: [(signature: String, until: UInt64)] = []
+    var expiredHead = 0
 
-    /// Refuse an expired record's signature until every node holding it has
-    /// let it go (they took it at most the maximum age apart); when full, the
-    /// oldest entry makes room (a flood must not push new ones out).
     private func rememberExpired(_ signature: String, now: UInt64) {
-        if expiredSignatures.count >= configuration.maxRecords,
-            let oldest = expiredSignatures.min(by: { $0.value < $1.value })?.key
-        {
-            expiredSignatures[oldest] = nil
-        }
-        expiredSignatures[signature] = now + configuration.recordMaxAgeMilliseconds
+        if expiredSignatures.count >= configuration.maxRecords { dropOldestExpired() }
+        let until = now + configuration.recordMaxAgeMilliseconds
+        expiredSignatures[signature] = until
+        expiredOrder.append((signature, until))
     }
+
+    private func dropOldestExpired() {
+        guard expiredHead < expiredOrder.count else { return }
+        let (signature, until) = expiredOrder[expiredHead]
+        expiredHead += 1
+        if expiredSignatures[signature] == until { expiredSignatures[signature] = nil }
+        if expiredHead > 1_024 && expiredHead * 2 > expiredOrder.count {
+            expiredOrder.removeFirst(expiredHead)
+            expiredHead = 0
+        }
+    }
+
+    private func pruneExpired(now: UInt64) {
+        while expiredHead < expiredOrder.count && expiredOrder[expiredHead].until <= now { dropOldestExpired() }
+    }
+
     /// Nodes introduced to this one (their signed link records said where they listen), with when: dialed once, forgotten after 30 s.
     var introduced: [NodeKey: (descriptor: NodeDescriptor, at: UInt64)] = [:]
     var links: [Int: Link] = [:]
@@ -341,11 +356,13 @@ public final class MeshNode: @unchecked Sendable {
         guard (1...100_000).contains(configuration.gossipVerificationsPerTurn) else {
             throw .invalid("gossip verifications per turn must be 1...100000")
         }
-        guard configuration.gossipMilliseconds >= 1,
-            configuration.recordTTLMilliseconds >= 3 * configuration.gossipMilliseconds,
-            configuration.recordMaxAgeMilliseconds >= 2 * configuration.recordTTLMilliseconds
+        guard (1...600_000).contains(configuration.gossipMilliseconds),
+            (3 * configuration.gossipMilliseconds...86_400_000).contains(configuration.recordTTLMilliseconds),
+            (2 * configuration.recordTTLMilliseconds...604_800_000).contains(configuration.recordMaxAgeMilliseconds)
         else {
-            throw .invalid("records: TTL at least 3 gossip rounds, maximum age at least twice the TTL")
+            throw .invalid(
+                "records: gossip every 1...600000 ms, TTL at least 3 gossip rounds (at most a day), maximum age at least twice the TTL (at most a week)"
+            )
         }
         guard (10_000...86_400_000).contains(configuration.replayWindowMilliseconds) else {
             throw .invalid("the replay window must be 10000...86400000 ms")
@@ -1066,7 +1083,7 @@ public final class MeshNode: @unchecked Sendable {
         // A new version every 5 rounds: others keep a record while one of its
         // versions gets through to them every `recordMaxAgeMilliseconds`.
         try? refreshOwnRecord(force: ticks % 5 == 0)
-        expiredSignatures = expiredSignatures.filter { $0.value > now }
+        pruneExpired(now: now)
         for (nodeKey, known) in records
         where now - known.heard > configuration.recordTTLMilliseconds
             || now - known.taken > configuration.recordMaxAgeMilliseconds
