@@ -1004,9 +1004,10 @@ public final class MeshNode: @unchecked Sendable {
     /// node's record out within a round or two and leave the node unable to
     /// route. Refused, a flood takes at most the free slots and never
     /// displaces a node already known; new versions of known nodes are always
-    /// taken, and flooded keys that stop being repeated expire after
-    /// `recordTTLMilliseconds`, freeing their slots. The cost: while a flood
-    /// holds the table, nodes new to this one are learned only as neighbours.
+    /// taken, and flooded keys whose flooder stops sending them expire within
+    /// `recordMaxAgeMilliseconds` however often others repeat them, freeing
+    /// their slots. The cost: while a flood holds the table, nodes new to
+    /// this one are learned only as neighbours.
     private func admitNewKey(neighbour: Bool) -> Bool {
         guard neighbour || recordsBesidesNeighbours < configuration.maxRecords else {
             counters.recordsRefused += 1
