@@ -71,12 +71,17 @@ struct Node: MasqSubcommand {
             "Cells a stream may have in flight each way before the other end acknowledges (memory per stream: window x cell size)."
     ) var window = MeshConfiguration().window
     @Option(help: "Milliseconds between gossip rounds.") var gossipMs: UInt64 = 1_000
-    @Option(help: "Milliseconds before a record nobody repeats is dropped (default: 15 gossip rounds, at least 15000).")
+    @Option(
+        help:
+            "Milliseconds before a record nobody repeats is dropped (default: 300 gossip rounds, at least 300000, at most a day)."
+    )
     var recordTtlMs: UInt64?
     @Option(
         help:
-            "Milliseconds a record is kept with no newer version of it (nodes sign one every 5 rounds), however often others repeat it (default: an hour, at least twice the TTL)."
+            "Milliseconds a record is kept with no newer version of it (nodes sign one every 30 rounds, or 8 within this age), however often others repeat it (default: an hour, at least twice the TTL)."
     ) var recordMaxAgeMs: UInt64?
+    @Option(help: "Bytes of records one gossip frame carries at most (2048 to the default, the largest).")
+    var gossipFrameBytes = MeshConfiguration().gossipFrameBytes
     @Option(
         help:
             "Records of other nodes held at once; when full, records of new keys heard in gossip are refused (neighbours' records always kept)."
@@ -205,12 +210,9 @@ struct Node: MasqSubcommand {
         config.maxLinkQueueBytes = maxLinkQueueMib << 20
         config.gossipMilliseconds = max(50, gossipMs)
         // Defaults follow the gossip interval (values out of range are refused by the node, with the limits).
-        let gossip = config.gossipMilliseconds
-        config.recordTTLMilliseconds = recordTtlMs ?? (gossip > 600_000 ? gossip : max(15_000, 15 * gossip))
-        let ttl = config.recordTTLMilliseconds
-        config.recordMaxAgeMilliseconds =
-            recordMaxAgeMs ?? (ttl > 86_400_000 ? ttl : max(config.recordMaxAgeMilliseconds, 2 * ttl))
+        config.setRecordLifetimes(ttl: recordTtlMs, maxAge: recordMaxAgeMs)
         config.maxRecords = maxRecords
+        config.gossipFrameBytes = gossipFrameBytes
         config.gossipRecordsPerSecond = gossipRecordsPerSecond
         config.gossipVerificationsPerTurn = gossipVerificationsPerTurn
         config.maxPendingLinks = maxPendingHandshakes

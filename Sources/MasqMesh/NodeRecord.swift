@@ -277,58 +277,91 @@ public struct SignedRecord: Codable, Sendable, Equatable {
         return Unverified(record: record, key: key, bytes: bytes, signature: signature, kind: kind)
     }
 
-    /// The key the record names, read off its bytes without decoding the JSON
-    /// or checking anything (the first `"key":"…"` in the record, which
-    /// encoders put near the front: only as much base64 is decoded as it
-    /// takes to reach it, at most 2,048 characters). A hint to sort gossip
-    /// (updates of known nodes before new keys) and to refuse new keys cheaply
-    /// when the table is full; never trusted: a record that is kept is decoded
-    /// and verified, and its decoded key is the one used.
-    func keyHint() -> NodeKey? {
-        r.utf8.withContiguousStorageIfAvailable { Self.keyHint(base64: $0) } ?? nil
+    /// The key and version the record names, read off its bytes without
+    /// decoding the JSON or checking anything (the first `"key":"…"` and the
+    /// first `"version":…` in the record, which encoders put near the front:
+    /// only as much base64 is decoded as it takes to reach them, at most
+    /// 2,048 characters). Hints to sort gossip and skip it cheaply: updates
+    /// of known nodes, versions not newer than the one held, new keys while
+    /// the table is full. Never trusted: a record that is kept is decoded and
+    /// verified, and its decoded key and version are the ones used (a forged
+    /// hint can only get its own bytes skipped or cost its sender credit).
+    func hints() -> (key: NodeKey, version: UInt64?)? {
+        r.utf8.withContiguousStorageIfAvailable { Self.hints(base64: $0) } ?? nil
     }
 
-    private static func keyHint(base64 chars: UnsafeBufferPointer<UInt8>) -> NodeKey? {
-        let needle: [UInt8] = Array("\"key\":\"".utf8)
-        // The decoded bytes, kept only as far as the key's end: 2,048 characters at most.
-        var out = [UInt8](repeating: 0, count: 1_536)
-        var count = 0, buffer: UInt32 = 0, bits = 0, keyStart = -1
-        var matched = 0
-        return out.withUnsafeMutableBufferPointer { out -> NodeKey? in
-            for i in 0..<min(chars.count, 2_048) {
-                let v = base64Values[Int(chars[i])]
-                guard v < 64 else { return nil }
-                buffer = buffer << 6 | UInt32(v)
-                bits += 6
-                guard bits >= 8 else { continue }
-                bits -= 8
-                let byte = UInt8(truncatingIfNeeded: buffer >> UInt32(bits))
-                out[count] = byte
-                count += 1
-                if keyStart < 0 {
-                    // Looking for the needle (a simple scan: an input that overlaps it oddly, such
-                    // as `"key"key":"`, is missed, which costs only the hint).
-                    matched = byte == needle[matched] ? matched + 1 : (byte == needle[0] ? 1 : 0)
-                    if matched == needle.count { keyStart = count }
-                } else if byte == 0x22 {
+    private static func hints(base64 chars: UnsafeBufferPointer<UInt8>) -> (key: NodeKey, version: UInt64?)? {
+        let keyNeedle: [UInt8] = Array("\"key\":\"".utf8)
+        let versionNeedle: [UInt8] = Array("\"version\":".utf8)
+        var out = [UInt8]()
+        out.reserveCapacity(1_536)
+        var buffer: UInt32 = 0, bits = 0
+        var keyMatched = 0, keyStart = -1, key: NodeKey?
+        var versionMatched = 0, versionStart = -1, versionRead = false, version: UInt64?
+        for i in 0..<min(chars.count, 2_048) {
+            let v = base64Values[Int(chars[i])]
+            guard v < 64 else { return nil }
+            buffer = buffer << 6 | UInt32(v)
+            bits += 6
+            guard bits >= 8 else { continue }
+            bits -= 8
+            let byte = UInt8(truncatingIfNeeded: buffer >> UInt32(bits))
+            out.append(byte)
+            // Simple scans: an input that overlaps a needle oddly, such as
+            // `"key"key":"`, is missed, which costs only the hint.
+            if keyStart < 0 {
+                keyMatched = byte == keyNeedle[keyMatched] ? keyMatched + 1 : (byte == keyNeedle[0] ? 1 : 0)
+                if keyMatched == keyNeedle.count { keyStart = out.count }
+            } else if key == nil {
+                if byte == 0x22 {
                     // The closing quote of the key's string: 43 base64url characters.
-                    guard count - 1 - keyStart == 43 else { return nil }
-                    var key = [UInt8](repeating: 0, count: 32)
-                    var acc: UInt32 = 0, n = 0, k = 0
-                    for j in keyStart..<(count - 1) {
-                        let kv = base64Values[Int(out[j])]
-                        guard kv < 64 else { return nil }
-                        acc = acc << 6 | UInt32(kv)
-                        n += 6
-                        if n >= 8 { n -= 8; key[k] = UInt8(truncatingIfNeeded: acc >> UInt32(n)); k += 1 }
+                    guard out.count - 1 - keyStart == 43, let k = decodeKey(out[keyStart..<(out.count - 1)]) else {
+                        return nil
                     }
-                    return k == 32 ? NodeKey(key) : nil
-                } else if count - keyStart > 43 {
+                    key = k
+                } else if out.count - keyStart > 43 {
                     return nil
                 }
             }
-            return nil
+            if versionStart < 0 {
+                versionMatched =
+                    byte == versionNeedle[versionMatched] ? versionMatched + 1 : (byte == versionNeedle[0] ? 1 : 0)
+                if versionMatched == versionNeedle.count { versionStart = out.count }
+            } else if !versionRead && !(0x30...0x39).contains(byte) {
+                // The digits between the colon and this byte (1 to 20; none or too many: no hint).
+                versionRead = true
+                let digits = out[versionStart..<(out.count - 1)]
+                var value: UInt64 = 0, overflow = digits.isEmpty
+                for d in digits where !overflow {
+                    let (times, o1) = value.multipliedReportingOverflow(by: 10)
+                    let (sum, o2) = times.addingReportingOverflow(UInt64(d - 0x30))
+                    overflow = o1 || o2
+                    value = sum
+                }
+                version = overflow ? nil : value
+            }
+            if let key, versionRead { return (key, version) }
         }
+        return key.map { ($0, nil) }
+    }
+
+    /// 43 base64url characters to a 32-byte key.
+    private static func decodeKey(_ text: ArraySlice<UInt8>) -> NodeKey? {
+        var key = [UInt8](repeating: 0, count: 32)
+        var acc: UInt32 = 0, n = 0, k = 0
+        for c in text {
+            let v = base64Values[Int(c)]
+            guard v < 64 else { return nil }
+            acc = acc << 6 | UInt32(v)
+            n += 6
+            if n >= 8 {
+                n -= 8
+                guard k < 32 else { return nil }
+                key[k] = UInt8(truncatingIfNeeded: acc >> UInt32(n))
+                k += 1
+            }
+        }
+        return k == 32 ? NodeKey(key) : nil
     }
 
     /// Base64url values by character (255: not base64url).

@@ -47,9 +47,7 @@ private func makeTransport(_ host: UnsafePointer<masq_host>, _ list: UnsafePoint
         case "cell_bytes": mesh.cellBytes = try number(512...60_000)
         case "gossip_ms":
             mesh.gossipMilliseconds = UInt64(try number(50...600_000))
-            // Records live some rounds: slower gossip, longer lives (the node's checks ask for it).
-            mesh.recordTTLMilliseconds = max(15_000, 15 * mesh.gossipMilliseconds)
-            mesh.recordMaxAgeMilliseconds = max(3_600_000, 2 * mesh.recordTTLMilliseconds)
+            mesh.setRecordLifetimes()
         case "max_neighbours": mesh.maxNeighbours = try number(1...16)
         case "target_neighbours": mesh.targetNeighbours = try number(1...16)
         default:
