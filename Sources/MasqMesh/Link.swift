@@ -28,7 +28,8 @@ import NIOCore
 /// one chosen circuit at a time (the onion layers and tags would catch the
 /// cell, but only that circuit would die). Every other frame (CREATE and
 /// DESTROY cells included) is encrypted.
-enum FrameType: UInt8 { case gossip = 1, intro = 2, cell = 3, ping = 4, pong = 5, bye = 6 }
+/// `introWalk`: an introduction passed on by nodes without room (see `MeshNode.receiveWalk`).
+enum FrameType: UInt8 { case gossip = 1, intro = 2, cell = 3, ping = 4, pong = 5, bye = 6, introWalk = 7 }
 /// `jumbo`: a DATA cell of `jumboCells` cells' size, for bulk data (see `MeshNode.sendToExit`).
 enum CellCommand: UInt8 { case create = 1, data = 2, destroy = 3, jumbo = 4 }
 

@@ -294,6 +294,10 @@ public final class MeshNode: @unchecked Sendable {
         public var neighboursRefusedSameAddress = 0
         /// Introductions sent (a seeking neighbour's link record to a neighbour with room).
         public var introductionsSent = 0
+        /// Introductions passed on (walks started or forwarded) because no neighbour here had room.
+        public var introductionsWalked = 0
+        /// Neighbours dropped to let a newcomer in where every node was full (`makeRoom`).
+        public var roomMade = 0
         /// CREATEs refused because the previous and next hop are in one network (`hopPrefixV4`).
         public var circuitsRefusedSameNetwork = 0
         /// CREATEs refused because a link carried `maxCircuitsPerLink` circuits.
@@ -717,6 +721,7 @@ public final class MeshNode: @unchecked Sendable {
         switch FrameType(rawValue: first) {
         case .gossip: receiveGossip(link, body)
         case .intro: receiveIntro(link, body)
+        case .introWalk: receiveWalk(link, body)
         case .cell: receiveCell(link, frame)
         case .ping: link.write(.pong, [])
         case .pong: break
@@ -834,12 +839,16 @@ public final class MeshNode: @unchecked Sendable {
             link.flush()
             return link.channel.close(promise: nil)
         }
+        // A link replacing one to the same peer takes no new slot.
         let full =
-            record.isClient
-            ? clientPeers.count >= configuration.maxClients : nodeNeighbourCount >= configuration.maxNeighbours
-        if !link.initiator && full {
-            // Full: neighbours with room are told about the newcomer (they may dial it).
-            if !record.isClient { introduce(link, to: 2) }
+            neighbours[peer] == nil
+            && (record.isClient
+                ? clientPeers.count >= configuration.maxClients : nodeNeighbourCount >= configuration.maxNeighbours)
+        if full {
+            // Full: neighbours with room are told about the newcomer (they may
+            // dial it). A link this node dialed is refused too: several dials
+            // in flight may complete at once, and never past `maxNeighbours`.
+            if !link.initiator && !record.isClient { introduce(link, to: 2) }
             link.write(.bye, Array("full".utf8))
             link.flush()
             link.channel.close(promise: nil)
@@ -875,6 +884,112 @@ public final class MeshNode: @unchecked Sendable {
             counters.introductionsSent += 1
         }
         lastIntroduced[peer] = Self.now()
+        // No neighbour has room (a full neighbourhood, as around a seed every
+        // newcomer dials): the introduction walks on through random nodes
+        // until one has room, else newcomers stay alone or form islands.
+        guard candidates.count < count, startWalk(peer) else { return }
+        let others = neighbours.filter { k, l in l !== link && !clientPeers.contains(k) && !theirs.contains(k.text) }
+        for (_, other) in others.shuffled().prefix(count - candidates.count) {
+            other.write(.introWalk, [Self.walkHops] + body)
+            counters.introductionsWalked += 1
+        }
+    }
+
+    /// When this node last dropped a neighbour to make room (see `makeRoom`).
+    var roomMadeAt: UInt64 = 0
+
+    /// Drops one neighbour that has more than `targetNeighbours` (by its
+    /// record: it keeps at least its target, so it does not dial anew) and
+    /// takes the introduction, at most once every 30 rounds: a newcomer at a
+    /// full network gets in, and a flood of introductions (a node may claim
+    /// no neighbours) moves at most one link a node in that time, chosen at
+    /// random, never a neighbour that would fall below its target.
+    private func makeRoom(for d: NodeDescriptor) {
+        let now = Self.now()
+        guard now - roomMadeAt >= 30 * configuration.gossipMilliseconds,
+            introduced[d.key] != nil || introduced.count < configuration.maxIntroductions
+        else { return }
+        let spare = neighbours.filter { k, _ in
+            !clientPeers.contains(k)
+                && (records[k]?.record.neighbours.count ?? 0) > configuration.targetNeighbours
+        }
+        guard let (_, link) = spare.randomElement() else { return }
+        roomMadeAt = now
+        counters.roomMade += 1
+        link.write(.bye, Array("making room".utf8))
+        link.flush()
+        link.channel.close(promise: nil)
+        introduced[d.key] = (d, now)
+    }
+
+    /// Nodes an introduction walks through at most.
+    static let walkHops: UInt8 = 4
+
+    /// Walks started or passed on here, by the key they introduce: until
+    /// when no other walk for that key is (so walks do not loop or pile up;
+    /// at most `4 * maxIntroductions` keys at once).
+    var walks: [NodeKey: UInt64] = [:]
+
+    private func startWalk(_ introduced: NodeKey) -> Bool {
+        let now = Self.now()
+        if let until = walks[introduced], until > now { return false }
+        if walks.count >= 4 * configuration.maxIntroductions {
+            walks = walks.filter { $0.value > now }
+            guard walks.count < 4 * configuration.maxIntroductions else { return false }
+        }
+        walks[introduced] = now + 10 * configuration.gossipMilliseconds
+        return true
+    }
+
+    /// An introduction walking on: a hop count (at most `walkHops`) and one
+    /// signed link record. Its signature check is paid from the sender's
+    /// gossip credit. A node with room takes it (as an INTRO); one without
+    /// passes it on to one random neighbour (one with room if its record
+    /// says so), once per key every 10 rounds, while hops are left. The
+    /// introduced node's address reaches at most `walkHops` nodes more; it
+    /// asked for that by looking for neighbours.
+    private func receiveWalk(_ link: Link, _ body: [UInt8]) {
+        guard body.count >= 2, body.count <= 16_384,
+            let list = try? JSONDecoder().decode([SignedRecord].self, from: Data(body[1...])), list.count == 1
+        else {
+            return penalize(link, 10, "malformed introduction walk")
+        }
+        let now = Self.now()
+        link.refillGossipCredit(now: now, perSecond: configuration.gossipRecordsPerSecond)
+        guard link.gossipCredit >= 1 else {
+            counters.gossipOverBudget += 1
+            return
+        }
+        link.gossipCredit -= 1
+        let record: NodeRecord
+        do { record = try list[0].verified(network: configuration.network, kind: .link) } catch {
+            return penalize(link, 10, "introduction walk: \(error)")
+        }
+        guard !record.isClient, let d = record.descriptor, d.key != key, neighbours[d.key] == nil else { return }
+        if nodeNeighbourCount < configuration.maxNeighbours {
+            guard introduced[d.key] != nil || introduced.count < configuration.maxIntroductions else { return }
+            introduced[d.key] = (d, now)
+            return
+        }
+        let hops = min(body[0], Self.walkHops)
+        guard hops > 1 else {
+            // The walk's end, and every node on it full: make room for a node
+            // short of neighbours, or a network whose nodes all reached
+            // `maxNeighbours` would leave every newcomer alone.
+            if record.neighbours.count < configuration.targetNeighbours { makeRoom(for: d) }
+            return
+        }
+        guard startWalk(d.key) else { return }
+        let theirs = Set(record.neighbours)
+        let others = neighbours.filter { k, l in
+            l !== link && !clientPeers.contains(k) && k != d.key && !theirs.contains(k.text)
+        }
+        let roomy = others.filter {
+            (records[$0.key]?.record.neighbours.count ?? configuration.maxNeighbours) < configuration.maxNeighbours
+        }
+        guard let (_, next) = (roomy.isEmpty ? others : roomy).randomElement() else { return }
+        next.write(.introWalk, [hops - 1] + Array(body[1...]))
+        counters.introductionsWalked += 1
     }
 
     // MARK: - gossip
@@ -1214,6 +1329,7 @@ public final class MeshNode: @unchecked Sendable {
             }
         }
         for k in lastIntroduced.keys where neighbours[k] == nil { lastIntroduced[k] = nil }
+        for (k, until) in walks where until <= now { walks[k] = nil }
         deliverBindings()
         for (nodeKey, until) in failedNodes where until < now { failedNodes[nodeKey] = nil }
         // Every table an outsider can grow is bounded, or forgets what expired.
