@@ -266,10 +266,15 @@ public final class SyncService: @unchecked Sendable {
         defer { stop() }
         let started = Clock.monotonicNanoseconds()
         let deadline = started + UInt64(timeout * 1e9)
+        // When the transport came up: absent devices' grace counts from
+        // there, not from the start, so a slow connect (a loaded machine, a
+        // far relay) does not end the run before present devices said hello.
+        var connectedAt: UInt64?
         while Clock.monotonicNanoseconds() < deadline {
             usleep(50_000)
             let s = try status()
-            let elapsed = Double(Clock.monotonicNanoseconds() - started) / 1e9
+            let now = Clock.monotonicNanoseconds()
+            if s.connected { connectedAt = connectedAt ?? now } else { connectedAt = nil }
             let talking = s.devices.filter(\.present)
             let settled =
                 talking.allSatisfy { $0.weLack == 0 && $0.theyLack == 0 }
@@ -277,7 +282,8 @@ public final class SyncService: @unchecked Sendable {
                     helloed.isSuperset(of: present) && engine.heardFrom(present) && transfer.settled(blobDevices)
                 })
             // Done when everyone answered and nothing is missing; absent devices get `grace` seconds.
-            if settled && (talking.count == s.devices.count || elapsed >= grace) { return true }
+            let waited = connectedAt.map { Double(now - $0) / 1e9 } ?? 0
+            if settled && (talking.count == s.devices.count || waited >= grace) { return true }
         }
         return false
     }

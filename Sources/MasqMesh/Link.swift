@@ -129,6 +129,9 @@ final class Link {
     /// Gossip records this peer may still have decoded and verified (a token
     /// bucket: `gossipRecordsPerSecond`, up to two seconds' worth).
     var gossipCredit: Double = 0
+    /// Introduction walks this peer sent in the current window (see `MeshNode.receiveWalk`).
+    var walksReceived = 0
+    var walkWindowStart: UInt64 = 0
     var gossipCreditAt: UInt64
     var penalty = 0
     var nextCircuit: UInt32

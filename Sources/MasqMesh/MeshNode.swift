@@ -71,9 +71,18 @@ public struct MeshConfiguration: Sendable {
     /// busy node that drops most updates keeps live records), while records
     /// of nodes gone (or keys flooded once) expire instead of living forever.
     public var recordMaxAgeMilliseconds: UInt64 = 3_600_000
+    /// How long the gossip rotation may take to go round a full table
+    /// (`maxRecords` records of about 900 bytes in half of each frame): a
+    /// TTL shorter than this can drop live records that only the rotation
+    /// repeats (the node warns at start).
+    public var fullRotationMilliseconds: UInt64 {
+        let perFrame = max(1, gossipFrameBytes / 2 / 900)
+        return UInt64((maxRecords + perFrame - 1) / perFrame) * gossipMilliseconds
+    }
+
     /// Gossip rounds between the new versions a node signs of its own record
-    /// (besides those its neighbours' changes make): 30, or fewer so that at
-    /// least 8 fall within the maximum age. Each is news every node verifies:
+    /// (besides those its neighbours' changes make): 30, or fewer so that 8
+    /// fall within the maximum age (every round when it is under 8 rounds). Each is news every node verifies:
     /// with N nodes, N / 30 a round, which the gossip budgets carry at
     /// several thousand nodes (every 5 rounds, as before, they did not).
     public var recordRefreshRounds: Int {
@@ -238,8 +247,10 @@ public final class MeshNode: @unchecked Sendable {
     var advertisedNeighbours: [String] = []
     /// This round's gossip frame body (`sendGossip`); nil when our record changed.
     var gossipBody: (tick: Int, bytes: [UInt8])?
-    /// Where the gossip rotation stopped (the last key it sent).
+    /// Where the gossip rotation stopped (the last key it went past).
     var gossipCursor: NodeKey?
+    /// Where this round's rotation started, and in which round.
+    var gossipRound: (tick: Int, cursor: NodeKey?) = (-1, nil)
     var ticks = 0
     var dirty: [Int: Link] = [:]
     /// Streams with bytes gathered for their sockets this turn.
@@ -404,6 +415,16 @@ public final class MeshNode: @unchecked Sendable {
         }
         guard (10_000...86_400_000).contains(configuration.replayWindowMilliseconds) else {
             throw .invalid("the replay window must be 10000...86400000 ms")
+        }
+        // Allowed, but a full table would lose live records: say so.
+        let rotation = configuration.fullRotationMilliseconds
+        if configuration.recordTTLMilliseconds < rotation {
+            logger.warning(
+                "the record TTL is shorter than the gossip rotation may take round a full table: live records may expire",
+                metadata: [
+                    "ttl ms": "\(configuration.recordTTLMilliseconds)", "rotation ms": "\(rotation)",
+                    "max records": "\(configuration.maxRecords)", "frame bytes": "\(configuration.gossipFrameBytes)"
+                ])
         }
         guard (0...32).contains(configuration.neighbourPrefixV4), (0...128).contains(configuration.neighbourPrefixV6),
             (0...32).contains(configuration.hopPrefixV4), (0...128).contains(configuration.hopPrefixV6)
@@ -830,7 +851,9 @@ public final class MeshNode: @unchecked Sendable {
         introduced[peer] = nil
         if !record.isClient, let group = neighbourGroup(link),
             neighbours.values.contains(where: {
-                $0 !== link && $0.peer.map { !clientPeers.contains($0) } == true && neighbourGroup($0) == group
+                // (a link to the same node, being replaced just above, does not count)
+                $0 !== link && $0.peer != peer && $0.peer.map { !clientPeers.contains($0) } == true
+                    && neighbourGroup($0) == group
             })
         {
             // One node per address among the neighbours: a host (or an IPv6 /64) gets one slot, whatever keys it makes.
@@ -848,7 +871,14 @@ public final class MeshNode: @unchecked Sendable {
             // Full: neighbours with room are told about the newcomer (they may
             // dial it). A link this node dialed is refused too: several dials
             // in flight may complete at once, and never past `maxNeighbours`.
-            if !link.initiator && !record.isClient { introduce(link, to: 2) }
+            if !link.initiator && !record.isClient {
+                introduce(link, to: 2)
+                // A node short of neighbours at a full node (as at a seed every
+                // newcomer dials): room is made, and it is dialed next round.
+                if record.neighbours.count < configuration.targetNeighbours, let d = record.descriptor, makeRoom() {
+                    introduced[d.key] = (d, Self.now())
+                }
+            }
             link.write(.bye, Array("full".utf8))
             link.flush()
             link.channel.close(promise: nil)
@@ -887,39 +917,67 @@ public final class MeshNode: @unchecked Sendable {
         // No neighbour has room (a full neighbourhood, as around a seed every
         // newcomer dials): the introduction walks on through random nodes
         // until one has room, else newcomers stay alone or form islands.
-        guard candidates.count < count, startWalk(peer) else { return }
+        guard candidates.isEmpty, startWalk(peer) else { return }
         let others = neighbours.filter { k, l in l !== link && !clientPeers.contains(k) && !theirs.contains(k.text) }
-        for (_, other) in others.shuffled().prefix(count - candidates.count) {
-            other.write(.introWalk, [Self.walkHops] + body)
-            counters.introductionsWalked += 1
-        }
+        guard let (_, other) = others.randomElement() else { return }
+        other.write(.introWalk, [Self.walkHops] + body)
+        counters.introductionsWalked += 1
     }
 
     /// When this node last dropped a neighbour to make room (see `makeRoom`).
     var roomMadeAt: UInt64 = 0
 
-    /// Drops one neighbour that has more than `targetNeighbours` (by its
-    /// record: it keeps at least its target, so it does not dial anew) and
-    /// takes the introduction, at most once every 30 rounds: a newcomer at a
-    /// full network gets in, and a flood of introductions (a node may claim
-    /// no neighbours) moves at most one link a node in that time, chosen at
-    /// random, never a neighbour that would fall below its target.
-    private func makeRoom(for d: NodeDescriptor) {
+    /// Drops one neighbour to let in a node short of neighbours that dialed
+    /// this full node itself: without it, a network whose nodes all reach
+    /// `maxNeighbours` (with a target of 3 and at most 5 each, as it grows,
+    /// they do: every newcomer brings 3 links, 6 link ends, and 5 slots)
+    /// leaves every later newcomer alone. What an attacker who dials (it
+    /// needs this node's address, and one address per node it links) can do
+    /// with it is bounded by local facts only, never by what it says:
+    /// - the `targetNeighbours` oldest links are never dropped, so honest
+    ///   neighbours of long standing stay, whoever dials (no eclipse: at
+    ///   most the other slots, which anyone can take when free anyway);
+    /// - of the others, the youngest whose node keeps more than its target
+    ///   (by its record: one that claims fewer is simply not dropped) and
+    ///   stays reachable without this link (by the links both ends
+    ///   advertise): a link that joins a group of nodes to the rest is kept,
+    ///   else newcomers let in this way would be cut off as islands;
+    /// - at most once every 30 rounds.
+    /// Introductions that walk here cannot trigger it: their hop count is
+    /// the sender's to set.
+    private func makeRoom() -> Bool {
         let now = Self.now()
-        guard now - roomMadeAt >= 30 * configuration.gossipMilliseconds,
-            introduced[d.key] != nil || introduced.count < configuration.maxIntroductions
-        else { return }
-        let spare = neighbours.filter { k, _ in
-            !clientPeers.contains(k)
-                && (records[k]?.record.neighbours.count ?? 0) > configuration.targetNeighbours
+        guard now - roomMadeAt >= 30 * configuration.gossipMilliseconds else { return false }
+        let byAge = neighbours.filter { !clientPeers.contains($0.key) }.sorted { $0.value.opened < $1.value.opened }
+        let edges = graph()
+        let droppable = byAge.dropFirst(configuration.targetNeighbours).reversed().first {
+            (records[$0.key]?.record.neighbours.count ?? 0) > configuration.targetNeighbours
+                && Self.reachable($0.key, from: key, in: edges, without: ($0.key, key))
         }
-        guard let (_, link) = spare.randomElement() else { return }
+        guard let (_, link) = droppable else { return false }
         roomMadeAt = now
         counters.roomMade += 1
         link.write(.bye, Array("making room".utf8))
         link.flush()
         link.channel.close(promise: nil)
-        introduced[d.key] = (d, now)
+        return true
+    }
+
+    /// Whether `target` is reachable from `start` over `edges` without the link `skipped` (either way).
+    static func reachable(
+        _ target: NodeKey, from start: NodeKey, in edges: [NodeKey: Set<NodeKey>], without skipped: (NodeKey, NodeKey)
+    ) -> Bool {
+        var seen: Set<NodeKey> = [start]
+        var stack = [start]
+        while let node = stack.popLast() {
+            for next in edges[node] ?? [] where !seen.contains(next) {
+                if (node == skipped.0 && next == skipped.1) || (node == skipped.1 && next == skipped.0) { continue }
+                if next == target { return true }
+                seen.insert(next)
+                stack.append(next)
+            }
+        }
+        return false
     }
 
     /// Nodes an introduction walks through at most.
@@ -937,29 +995,39 @@ public final class MeshNode: @unchecked Sendable {
             walks = walks.filter { $0.value > now }
             guard walks.count < 4 * configuration.maxIntroductions else { return false }
         }
-        walks[introduced] = now + 10 * configuration.gossipMilliseconds
+        walks[introduced] = now + 30 * configuration.gossipMilliseconds
         return true
     }
 
     /// An introduction walking on: a hop count (at most `walkHops`) and one
-    /// signed link record. Its signature check is paid from the sender's
-    /// gossip credit. A node with room takes it (as an INTRO); one without
-    /// passes it on to one random neighbour (one with room if its record
-    /// says so), once per key every 10 rounds, while hops are left. The
-    /// introduced node's address reaches at most `walkHops` nodes more; it
-    /// asked for that by looking for neighbours.
+    /// signed link record. Its signature check is paid from the sending
+    /// link's gossip credit, and a link sends at most 8 every 30 rounds
+    /// (clients none). A node with room takes it (as an INTRO); one without
+    /// passes it on to one random neighbour, once per key every 30 rounds,
+    /// while hops are left. A walk starts from one node's neighbour only
+    /// when none of its neighbours has room, so the introduced node's
+    /// address reaches at most `walkHops` nodes more every 30 rounds while it
+    /// looks for neighbours (it asked for that by looking).
     private func receiveWalk(_ link: Link, _ body: [UInt8]) {
         guard body.count >= 2, body.count <= 16_384,
             let list = try? JSONDecoder().decode([SignedRecord].self, from: Data(body[1...])), list.count == 1
         else {
             return penalize(link, 10, "malformed introduction walk")
         }
+        if let peer = link.peer, clientPeers.contains(peer) { return }
         let now = Self.now()
+        // At most 8 walks from one link every 30 rounds (an honest neighbour
+        // passes on a few): one peer cannot fill `walks` and stop others'.
+        if now - link.walkWindowStart >= 30 * configuration.gossipMilliseconds {
+            link.walkWindowStart = now
+            link.walksReceived = 0
+        }
         link.refillGossipCredit(now: now, perSecond: configuration.gossipRecordsPerSecond)
-        guard link.gossipCredit >= 1 else {
+        guard link.walksReceived < 8, link.gossipCredit >= 1 else {
             counters.gossipOverBudget += 1
             return
         }
+        link.walksReceived += 1
         link.gossipCredit -= 1
         let record: NodeRecord
         do { record = try list[0].verified(network: configuration.network, kind: .link) } catch {
@@ -971,23 +1039,15 @@ public final class MeshNode: @unchecked Sendable {
             introduced[d.key] = (d, now)
             return
         }
+        // The walk ends here when no hops are left (every node on it was full).
         let hops = min(body[0], Self.walkHops)
-        guard hops > 1 else {
-            // The walk's end, and every node on it full: make room for a node
-            // short of neighbours, or a network whose nodes all reached
-            // `maxNeighbours` would leave every newcomer alone.
-            if record.neighbours.count < configuration.targetNeighbours { makeRoom(for: d) }
-            return
-        }
-        guard startWalk(d.key) else { return }
+        guard hops > 1, startWalk(d.key) else { return }
         let theirs = Set(record.neighbours)
+        // A random neighbour, not one that claims room: a claim would draw walks (and addresses) to whoever makes it.
         let others = neighbours.filter { k, l in
             l !== link && !clientPeers.contains(k) && k != d.key && !theirs.contains(k.text)
         }
-        let roomy = others.filter {
-            (records[$0.key]?.record.neighbours.count ?? configuration.maxNeighbours) < configuration.maxNeighbours
-        }
-        guard let (_, next) = (roomy.isEmpty ? others : roomy).randomElement() else { return }
+        guard let (_, next) = others.randomElement() else { return }
         next.write(.introWalk, [hops - 1] + Array(body[1...]))
         counters.introductionsWalked += 1
     }
@@ -1042,29 +1102,37 @@ public final class MeshNode: @unchecked Sendable {
         func size(_ signed: SignedRecord) -> Int { 16 + signed.r.utf8.count + signed.s.utf8.count }
         var total = 2 + list.reduce(0) { $0 + size($1) }
         var picked = Set<NodeKey>()
-        /// Adds a record if it fits within `limit` bytes; false once one does not.
-        func add(_ nodeKey: NodeKey, within limit: Int) -> Bool {
-            guard let known = records[nodeKey], !known.record.isClient, !picked.contains(nodeKey) else { return true }
-            guard list.count < 256, total + size(known.signed) < limit else { return false }
-            total += size(known.signed)
-            list.append(known.signed)
+        func append(_ nodeKey: NodeKey, _ signed: SignedRecord) {
+            total += size(signed)
+            list.append(signed)
             picked.insert(nodeKey)
-            return true
         }
         let now = Self.now(), limit = configuration.gossipFrameBytes
         let newsSince = now - min(now, 3 * configuration.gossipMilliseconds)
         let news = records.compactMap { $0.value.taken >= newsSince ? ($0.value.taken, $0.key) : nil }
-        for (_, nodeKey) in news.sorted(by: { $0.0 > $1.0 }) {
-            guard add(nodeKey, within: limit / 2) else { break }
+        // News in half the frame: one that does not fit is skipped (a large
+        // record never holds back the smaller ones after it).
+        for (_, nodeKey) in news.sorted(by: { $0.0 > $1.0 }) where list.count < 256 {
+            guard let known = records[nodeKey], !known.record.isClient, total + size(known.signed) < limit / 2
+            else { continue }
+            append(nodeKey, known.signed)
         }
+        // A frame built again within a round (our record changed: a new
+        // neighbour) starts the rotation where this round's first did, so
+        // the neighbours that got the first miss nothing of the rotation.
+        if gossipRound.tick != ticks { gossipRound = (ticks, gossipCursor) }
         let keys = records.keys.sorted()
-        if !keys.isEmpty {
-            let start = gossipCursor.flatMap { cursor in keys.firstIndex { $0 > cursor } } ?? 0
-            for i in 0..<keys.count {
-                let nodeKey = keys[(start + i) % keys.count]
-                guard add(nodeKey, within: limit) else { break }
-                gossipCursor = nodeKey
+        let start = gossipRound.cursor.flatMap { cursor in keys.firstIndex { $0 > cursor } } ?? 0
+        for i in 0..<keys.count where list.count < 256 {
+            let nodeKey = keys[(start + i) % keys.count]
+            if let known = records[nodeKey], !known.record.isClient, !picked.contains(nodeKey) {
+                if total + size(known.signed) < limit {
+                    append(nodeKey, known.signed)
+                } else if size(known.signed) < limit / 2 {
+                    break  // the frame is full: this record's turn comes next round
+                }  // else: too large for this node's frames ever (a small --gossip-frame-bytes), passed over
             }
+            gossipCursor = nodeKey
         }
         // The estimate is exact for base64url fields; should it not be, cut until it fits.
         while !list.isEmpty {

@@ -245,8 +245,14 @@ public struct SignedRecord: Codable, Sendable, Equatable {
         }
     }
 
+    /// The longest record accepted, in base64url characters (3 KiB of JSON):
+    /// the largest an honest node signs (16 neighbours, a family of 16, a
+    /// wallet, an address) is about 3,000. Bounded so that a frame always
+    /// holds several, and a peer cannot fill frames with padded records.
+    static let maxCharacters = 4_096
+
     func decoded(network: String, kind: RecordKind = .gossip) throws(MeshError) -> Unverified {
-        guard r.utf8.count <= 16_384, let bytes = Base64URL.decode(r), let signature = Base64URL.decode(s),
+        guard r.utf8.count <= Self.maxCharacters, let bytes = Base64URL.decode(r), let signature = Base64URL.decode(s),
             signature.count == 64
         else {
             throw .malformed("a record that is not base64url")
@@ -256,7 +262,9 @@ public struct SignedRecord: Codable, Sendable, Equatable {
         }
         guard let key = record.nodeKey, record.agreementKey != nil, record.neighbours.count <= 16,
             (record.family?.count ?? 0) <= 16,
-            (record.wallet?.utf8.count ?? 0) <= 128
+            (record.wallet?.utf8.count ?? 0) <= 128,
+            record.neighbours.allSatisfy({ NodeKey(text: $0) != nil }),
+            record.family?.allSatisfy({ NodeKey(text: $0) != nil }) ?? true
         else {
             throw .malformed("a record with bad fields")
         }

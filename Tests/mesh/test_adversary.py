@@ -641,3 +641,79 @@ def test_colluding_hops_find_no_identifier_of_the_payer_in_common(paid):
     for n in named:
         raw_name = adversary.unb64(n[2:]) if n.startswith("p:") else n.encode()
         assert not any(raw_name in header for header in headers), "H's layer names the consumer as another hop knows it"
+
+
+def sybil_link_record(host):
+    """A signed link record of a fresh key that claims no neighbours (so it
+    looks for some) at an address where nothing listens."""
+    identity, static = adversary.Ed25519PrivateKey.generate(), adversary.X25519PrivateKey.generate()
+    record = {"network": "masq", "key": adversary.b64(adversary.raw(identity)),
+              "agreement": adversary.b64(adversary.raw(static)), "version": int(time.time() * 1000),
+              "neighbours": [], "rates": {"routingByte": 1, "routingPacket": 1, "exitByte": 1, "exitPacket": 1},
+              "exit": False, "host": host, "port": 1}
+    body = json.dumps(record, separators=(",", ":")).encode()
+    return {"r": adversary.b64(body), "s": adversary.b64(identity.sign(adversary.LINK_CONTEXT + body))}
+
+
+def test_introductions_and_newcomers_cannot_push_a_full_nodes_old_neighbours_out(tmp_path):
+    """Point 6 (eclipse), against the way a full node lets newcomers in.
+    V, full, has honest neighbours of long standing and one hostile
+    neighbour A0 (linked first, while V had room). For 45 s (225 rounds)
+    A0 sends introduction walks with no hops left for fresh keys that claim
+    no neighbours ("you are the walk's last node, make room"), and fresh
+    hostile nodes from new addresses dial V all the time, claiming no
+    neighbours, and take any slot V frees. A full node makes room only for a
+    node that dialed it, at most once every 30 rounds, and never drops its
+    3 oldest links: V keeps at least 2 honest neighbours throughout and the
+    attackers hold at most the 2 young slots beside A0's. (The build that
+    made room at a walk's say-so lost all 5 slots in about 100 rounds.)"""
+    common = ["--hop-prefix-v4", "32", "--gossip-ms", "200", "--link-timeout-ms", "3000", "--log-level", "error"]
+    nodes = Nodes(str(tmp_path), MASQ, common)
+    attackers = []
+    try:
+        names = ["V"] + ["H%d" % i for i in range(1, 12)]
+        descriptors = []
+        for i, name in enumerate(names):
+            seeds = sum([["--seed", d] for d in descriptors[-4:]], [])
+            descriptors.append(nodes.start(name, "127.0.6.%d" % (10 + i), seeds))
+            if i == 0:
+                a0 = adversary.HostileNode("127.0.7.1")
+                a0.dial(nodes.host("V"), nodes.port("V"))
+                attackers.append(a0)
+        wait_for(lambda: len(nodes.state("V")["neighbours"]) == 5, 40, "V did not fill up")
+        time.sleep(3)
+        honest_keys = {nodes.key(n) for n in names}
+
+        def count():
+            held = nodes.state("V")["neighbours"]
+            return sum(k in honest_keys for k in held), len(held) - sum(k in honest_keys for k in held)
+
+        honest, hostile = count()
+        assert hostile == 1 and honest == 4, (honest, hostile)
+        fewest_honest, most_hostile, address = honest, hostile, 2
+        deadline = time.monotonic() + 45
+        while time.monotonic() < deadline:
+            for hops in (0, 1):
+                a0.links[0].send([bytes([7, hops]) + json.dumps([sybil_link_record("127.0.7.250")]).encode()])
+            # A newcomer dials (V full: a claim of no neighbours asks for room), and another takes a free slot.
+            for _ in range(2):
+                try:
+                    a = adversary.HostileNode("127.0.7.%d" % address)
+                    address = address % 240 + 2
+                    attackers.append(a)
+                    a.dial(nodes.host("V"), nodes.port("V"))
+                except OSError:
+                    pass
+                time.sleep(0.1)
+            honest, hostile = count()
+            fewest_honest, most_hostile = min(fewest_honest, honest), max(most_hostile, hostile)
+            assert honest >= 2, "V was left with %d honest neighbours and %d hostile" % (honest, hostile)
+            time.sleep(0.3)
+        made = nodes.state("V")["counters"]["roomMade"]
+        assert most_hostile <= 3, "the attackers held %d of V's slots" % most_hostile
+        assert made <= 45 * 1000 // (30 * 200) + 1, "V made room %d times in 45 s" % made
+        print("V: fewest honest neighbours %d, most hostile %d, room made %d times" % (fewest_honest, most_hostile, made))
+    finally:
+        for a in attackers:
+            a.stop()
+        nodes.stop()

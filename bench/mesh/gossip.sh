@@ -22,7 +22,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 SIZES=${SIZES:-"500 1000 2000"}
-ROUNDS=${ROUNDS:-300}
+ROUNDS=${ROUNDS:-1000}
 PER_FRAME=${PER_FRAME:-80}
 STOP_AT=${STOP_AT:-0}
 work=$(mktemp -d)
