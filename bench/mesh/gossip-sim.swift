@@ -13,6 +13,12 @@
 //        not newer is skipped at read cost (read off the bytes); updates and
 //        new keys take turns.
 //
+// What the model leaves out (a review's list): frames are counted in
+// records of one size, not bytes; each frame gets a turn's whole allowance to
+// itself (in a node, frames read in one turn share it: optimistic); no churn,
+// no frames rebuilt within a round, no adversary. Run it for several TTLs
+// (bench/mesh/gossip.sh: 1,000 rounds) so that expiry is exercised.
+//
 // Built and run by bench/mesh/gossip.sh. Prints, per size, the share of live
 // records every node holds (mean and worst node), how long a record held has been
 // stale (a newer version exists), and how long a stopped node's record lives on.
