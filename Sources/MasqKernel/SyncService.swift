@@ -281,9 +281,14 @@ public final class SyncService: @unchecked Sendable {
                 && queue.sync(execute: {
                     helloed.isSuperset(of: present) && engine.heardFrom(present) && transfer.settled(blobDevices)
                 })
-            // Done when everyone answered and nothing is missing; absent devices get `grace` seconds.
+            // Done when everyone answered and nothing is missing; absent
+            // devices get `grace` seconds once connected. A transport that
+            // never comes up ends the run after `grace` + 10 s (the caller
+            // then says it is not connected) rather than at the timeout.
+            let elapsed = Double(now - started) / 1e9
             let waited = connectedAt.map { Double(now - $0) / 1e9 } ?? 0
-            if settled && (talking.count == s.devices.count || waited >= grace) { return true }
+            let givenUp = connectedAt == nil && elapsed >= grace + 10
+            if settled && (talking.count == s.devices.count || waited >= grace || givenUp) { return true }
         }
         return false
     }

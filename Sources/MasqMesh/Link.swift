@@ -28,8 +28,7 @@ import NIOCore
 /// one chosen circuit at a time (the onion layers and tags would catch the
 /// cell, but only that circuit would die). Every other frame (CREATE and
 /// DESTROY cells included) is encrypted.
-/// `introWalk`: an introduction passed on by nodes without room (see `MeshNode.receiveWalk`).
-enum FrameType: UInt8 { case gossip = 1, intro = 2, cell = 3, ping = 4, pong = 5, bye = 6, introWalk = 7 }
+enum FrameType: UInt8 { case gossip = 1, intro = 2, cell = 3, ping = 4, pong = 5, bye = 6 }
 /// `jumbo`: a DATA cell of `jumboCells` cells' size, for bulk data (see `MeshNode.sendToExit`).
 enum CellCommand: UInt8 { case create = 1, data = 2, destroy = 3, jumbo = 4 }
 
@@ -129,9 +128,6 @@ final class Link {
     /// Gossip records this peer may still have decoded and verified (a token
     /// bucket: `gossipRecordsPerSecond`, up to two seconds' worth).
     var gossipCredit: Double = 0
-    /// Introduction walks this peer sent in the current window (see `MeshNode.receiveWalk`).
-    var walksReceived = 0
-    var walkWindowStart: UInt64 = 0
     var gossipCreditAt: UInt64
     var penalty = 0
     var nextCircuit: UInt32

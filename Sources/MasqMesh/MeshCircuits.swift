@@ -392,7 +392,7 @@ extension MeshNode {
     // MARK: - routes
 
     /// Undirected links both ends advertise, plus this node's own.
-    func graph() -> [NodeKey: Set<NodeKey>] {
+    private func graph() -> [NodeKey: Set<NodeKey>] {
         var claims: [NodeKey: Set<NodeKey>] = [:]
         // Clients relay nothing: they are never part of anyone else's route.
         for (k, known) in records where !known.record.isClient {

@@ -82,7 +82,8 @@ public struct MeshConfiguration: Sendable {
 
     /// Gossip rounds between the new versions a node signs of its own record
     /// (besides those its neighbours' changes make): 30, or fewer so that 8
-    /// fall within the maximum age (every round when it is under 8 rounds). Each is news every node verifies:
+    /// fall within the maximum age (every round when it is under 8 rounds).
+    /// Each is news every node verifies:
     /// with N nodes, N / 30 a round, which the gossip budgets carry at
     /// several thousand nodes (every 5 rounds, as before, they did not).
     public var recordRefreshRounds: Int {
@@ -305,10 +306,6 @@ public final class MeshNode: @unchecked Sendable {
         public var neighboursRefusedSameAddress = 0
         /// Introductions sent (a seeking neighbour's link record to a neighbour with room).
         public var introductionsSent = 0
-        /// Introductions passed on (walks started or forwarded) because no neighbour here had room.
-        public var introductionsWalked = 0
-        /// Neighbours dropped to let a newcomer in where every node was full (`makeRoom`).
-        public var roomMade = 0
         /// CREATEs refused because the previous and next hop are in one network (`hopPrefixV4`).
         public var circuitsRefusedSameNetwork = 0
         /// CREATEs refused because a link carried `maxCircuitsPerLink` circuits.
@@ -742,7 +739,6 @@ public final class MeshNode: @unchecked Sendable {
         switch FrameType(rawValue: first) {
         case .gossip: receiveGossip(link, body)
         case .intro: receiveIntro(link, body)
-        case .introWalk: receiveWalk(link, body)
         case .cell: receiveCell(link, frame)
         case .ping: link.write(.pong, [])
         case .pong: break
@@ -871,14 +867,7 @@ public final class MeshNode: @unchecked Sendable {
             // Full: neighbours with room are told about the newcomer (they may
             // dial it). A link this node dialed is refused too: several dials
             // in flight may complete at once, and never past `maxNeighbours`.
-            if !link.initiator && !record.isClient {
-                introduce(link, to: 2)
-                // A node short of neighbours at a full node (as at a seed every
-                // newcomer dials): room is made, and it is dialed next round.
-                if record.neighbours.count < configuration.targetNeighbours, let d = record.descriptor, makeRoom() {
-                    introduced[d.key] = (d, Self.now())
-                }
-            }
+            if !link.initiator && !record.isClient { introduce(link, to: 2) }
             link.write(.bye, Array("full".utf8))
             link.flush()
             link.channel.close(promise: nil)
@@ -914,142 +903,6 @@ public final class MeshNode: @unchecked Sendable {
             counters.introductionsSent += 1
         }
         lastIntroduced[peer] = Self.now()
-        // No neighbour has room (a full neighbourhood, as around a seed every
-        // newcomer dials): the introduction walks on through random nodes
-        // until one has room, else newcomers stay alone or form islands.
-        guard candidates.isEmpty, startWalk(peer) else { return }
-        let others = neighbours.filter { k, l in l !== link && !clientPeers.contains(k) && !theirs.contains(k.text) }
-        guard let (_, other) = others.randomElement() else { return }
-        other.write(.introWalk, [Self.walkHops] + body)
-        counters.introductionsWalked += 1
-    }
-
-    /// When this node last dropped a neighbour to make room (see `makeRoom`).
-    var roomMadeAt: UInt64 = 0
-
-    /// Drops one neighbour to let in a node short of neighbours that dialed
-    /// this full node itself: without it, a network whose nodes all reach
-    /// `maxNeighbours` (with a target of 3 and at most 5 each, as it grows,
-    /// they do: every newcomer brings 3 links, 6 link ends, and 5 slots)
-    /// leaves every later newcomer alone. What an attacker who dials (it
-    /// needs this node's address, and one address per node it links) can do
-    /// with it is bounded by local facts only, never by what it says:
-    /// - the `targetNeighbours` oldest links are never dropped, so honest
-    ///   neighbours of long standing stay, whoever dials (no eclipse: at
-    ///   most the other slots, which anyone can take when free anyway);
-    /// - of the others, the youngest whose node keeps more than its target
-    ///   (by its record: one that claims fewer is simply not dropped) and
-    ///   stays reachable without this link (by the links both ends
-    ///   advertise): a link that joins a group of nodes to the rest is kept,
-    ///   else newcomers let in this way would be cut off as islands;
-    /// - at most once every 30 rounds.
-    /// Introductions that walk here cannot trigger it: their hop count is
-    /// the sender's to set.
-    private func makeRoom() -> Bool {
-        let now = Self.now()
-        guard now - roomMadeAt >= 30 * configuration.gossipMilliseconds else { return false }
-        let byAge = neighbours.filter { !clientPeers.contains($0.key) }.sorted { $0.value.opened < $1.value.opened }
-        let edges = graph()
-        let droppable = byAge.dropFirst(configuration.targetNeighbours).reversed().first {
-            (records[$0.key]?.record.neighbours.count ?? 0) > configuration.targetNeighbours
-                && Self.reachable($0.key, from: key, in: edges, without: ($0.key, key))
-        }
-        guard let (_, link) = droppable else { return false }
-        roomMadeAt = now
-        counters.roomMade += 1
-        link.write(.bye, Array("making room".utf8))
-        link.flush()
-        link.channel.close(promise: nil)
-        return true
-    }
-
-    /// Whether `target` is reachable from `start` over `edges` without the link `skipped` (either way).
-    static func reachable(
-        _ target: NodeKey, from start: NodeKey, in edges: [NodeKey: Set<NodeKey>], without skipped: (NodeKey, NodeKey)
-    ) -> Bool {
-        var seen: Set<NodeKey> = [start]
-        var stack = [start]
-        while let node = stack.popLast() {
-            for next in edges[node] ?? [] where !seen.contains(next) {
-                if (node == skipped.0 && next == skipped.1) || (node == skipped.1 && next == skipped.0) { continue }
-                if next == target { return true }
-                seen.insert(next)
-                stack.append(next)
-            }
-        }
-        return false
-    }
-
-    /// Nodes an introduction walks through at most.
-    static let walkHops: UInt8 = 4
-
-    /// Walks started or passed on here, by the key they introduce: until
-    /// when no other walk for that key is (so walks do not loop or pile up;
-    /// at most `4 * maxIntroductions` keys at once).
-    var walks: [NodeKey: UInt64] = [:]
-
-    private func startWalk(_ introduced: NodeKey) -> Bool {
-        let now = Self.now()
-        if let until = walks[introduced], until > now { return false }
-        if walks.count >= 4 * configuration.maxIntroductions {
-            walks = walks.filter { $0.value > now }
-            guard walks.count < 4 * configuration.maxIntroductions else { return false }
-        }
-        walks[introduced] = now + 30 * configuration.gossipMilliseconds
-        return true
-    }
-
-    /// An introduction walking on: a hop count (at most `walkHops`) and one
-    /// signed link record. Its signature check is paid from the sending
-    /// link's gossip credit, and a link sends at most 8 every 30 rounds
-    /// (clients none). A node with room takes it (as an INTRO); one without
-    /// passes it on to one random neighbour, once per key every 30 rounds,
-    /// while hops are left. A walk starts from one node's neighbour only
-    /// when none of its neighbours has room, so the introduced node's
-    /// address reaches at most `walkHops` nodes more every 30 rounds while it
-    /// looks for neighbours (it asked for that by looking).
-    private func receiveWalk(_ link: Link, _ body: [UInt8]) {
-        guard body.count >= 2, body.count <= 16_384,
-            let list = try? JSONDecoder().decode([SignedRecord].self, from: Data(body[1...])), list.count == 1
-        else {
-            return penalize(link, 10, "malformed introduction walk")
-        }
-        if let peer = link.peer, clientPeers.contains(peer) { return }
-        let now = Self.now()
-        // At most 8 walks from one link every 30 rounds (an honest neighbour
-        // passes on a few): one peer cannot fill `walks` and stop others'.
-        if now - link.walkWindowStart >= 30 * configuration.gossipMilliseconds {
-            link.walkWindowStart = now
-            link.walksReceived = 0
-        }
-        link.refillGossipCredit(now: now, perSecond: configuration.gossipRecordsPerSecond)
-        guard link.walksReceived < 8, link.gossipCredit >= 1 else {
-            counters.gossipOverBudget += 1
-            return
-        }
-        link.walksReceived += 1
-        link.gossipCredit -= 1
-        let record: NodeRecord
-        do { record = try list[0].verified(network: configuration.network, kind: .link) } catch {
-            return penalize(link, 10, "introduction walk: \(error)")
-        }
-        guard !record.isClient, let d = record.descriptor, d.key != key, neighbours[d.key] == nil else { return }
-        if nodeNeighbourCount < configuration.maxNeighbours {
-            guard introduced[d.key] != nil || introduced.count < configuration.maxIntroductions else { return }
-            introduced[d.key] = (d, now)
-            return
-        }
-        // The walk ends here when no hops are left (every node on it was full).
-        let hops = min(body[0], Self.walkHops)
-        guard hops > 1, startWalk(d.key) else { return }
-        let theirs = Set(record.neighbours)
-        // A random neighbour, not one that claims room: a claim would draw walks (and addresses) to whoever makes it.
-        let others = neighbours.filter { k, l in
-            l !== link && !clientPeers.contains(k) && k != d.key && !theirs.contains(k.text)
-        }
-        guard let (_, next) = others.randomElement() else { return }
-        next.write(.introWalk, [hops - 1] + Array(body[1...]))
-        counters.introductionsWalked += 1
     }
 
     // MARK: - gossip
@@ -1123,14 +976,17 @@ public final class MeshNode: @unchecked Sendable {
         if gossipRound.tick != ticks { gossipRound = (ticks, gossipCursor) }
         let keys = records.keys.sorted()
         let start = gossipRound.cursor.flatMap { cursor in keys.firstIndex { $0 > cursor } } ?? 0
+        var rotated = 0
         for i in 0..<keys.count where list.count < 256 {
             let nodeKey = keys[(start + i) % keys.count]
             if let known = records[nodeKey], !known.record.isClient, !picked.contains(nodeKey) {
                 if total + size(known.signed) < limit {
                     append(nodeKey, known.signed)
-                } else if size(known.signed) < limit / 2 {
+                    rotated += 1
+                } else if rotated > 0 && size(known.signed) < limit / 2 {
                     break  // the frame is full: this record's turn comes next round
-                }  // else: too large for this node's frames ever (a small --gossip-frame-bytes), passed over
+                }
+                // Else it would never fit beside our record and the news (a small --gossip-frame-bytes): passed over.
             }
             gossipCursor = nodeKey
         }
@@ -1397,7 +1253,6 @@ public final class MeshNode: @unchecked Sendable {
             }
         }
         for k in lastIntroduced.keys where neighbours[k] == nil { lastIntroduced[k] = nil }
-        for (k, until) in walks where until <= now { walks[k] = nil }
         deliverBindings()
         for (nodeKey, until) in failedNodes where until < now { failedNodes[nodeKey] = nil }
         // Every table an outsider can grow is bounded, or forgets what expired.

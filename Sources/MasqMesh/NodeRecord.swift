@@ -250,10 +250,12 @@ public struct SignedRecord: Codable, Sendable, Equatable {
     /// wallet, an address) is about 3,000. Bounded so that a frame always
     /// holds several, and a peer cannot fill frames with padded records.
     static let maxCharacters = 4_096
+    /// The same for gossiped records (no address): the largest honest one is about 2,700.
+    static let maxGossipCharacters = 3_072
 
     func decoded(network: String, kind: RecordKind = .gossip) throws(MeshError) -> Unverified {
-        guard r.utf8.count <= Self.maxCharacters, let bytes = Base64URL.decode(r), let signature = Base64URL.decode(s),
-            signature.count == 64
+        guard r.utf8.count <= (kind == .gossip ? Self.maxGossipCharacters : Self.maxCharacters),
+            let bytes = Base64URL.decode(r), let signature = Base64URL.decode(s), signature.count == 64
         else {
             throw .malformed("a record that is not base64url")
         }

@@ -11,11 +11,9 @@ What must hold, as with thousands of nodes:
 - records of nodes that stopped go everywhere within the maximum age and TTL,
   however often the others repeat them, and the live ones stay.
 
-And the mesh forms when every node's seed is the same one (127.0.2.100-139):
-the seed and its neighbourhood fill up at once, so newcomers are
-introduced by walks through full nodes to one with room, and where every
-node is full the walk's last node makes room (`makeRoom`). Before both,
-half of 30 such nodes stayed alone.
+And when 30 nodes all seed one node (127.0.2.100-129), dialing it and the
+nodes it introduces all at once, no node ever holds more than 5 node
+neighbours (dials in flight completing together once made 6).
 
 The node counters show where the gossip budget went.
 
@@ -94,47 +92,20 @@ def test_every_record_stays_while_its_node_runs_and_goes_when_it_stops(crowd):
         assert counters["recordsRefused"] == 0 and counters["bans"] == 0, (n, counters)
 
 
-def components(nodes, names):
-    keys = {nodes.key(n): n for n in names}
-    adjacent = {n: [keys[k] for k in nodes.state(n)["neighbours"] if k in keys] for n in names}
-    seen, sizes = set(), []
-    for n in names:
-        if n in seen:
-            continue
-        stack, size = [n], 0
-        while stack:
-            m = stack.pop()
-            if m in seen:
-                continue
-            seen.add(m)
-            size += 1
-            stack += adjacent[m]
-        sizes.append(size)
-    return sorted(sizes, reverse=True)
 
-
-def test_a_mesh_whose_nodes_all_seed_one_node_forms_one_neighbourhood(tmp_path):
+def test_nodes_dialed_all_at_once_never_hold_more_than_five_neighbours(tmp_path):
     nodes = Nodes(str(tmp_path), MASQ, ["--hop-prefix-v4", "32", "--gossip-ms", "200", "--link-timeout-ms", "3000",
                                          "--log-level", "error"])
-    count, target, most = 40, 3, 5
+    count, most = 30, 5
     names = ["S%d" % i for i in range(count)]
     try:
         seed = nodes.start(names[0], "127.0.2.100")
         for i in range(1, count):
             nodes.start(names[i], "127.0.2.%d" % (100 + i), ["--seed", seed])
-        deadline = time.monotonic() + 120
-        while True:
-            degrees = sorted(len(nodes.state(n)["neighbours"]) for n in names)
-            sizes = components(nodes, names)
-            if degrees[0] >= target and sizes == [count]:
-                break
-            assert time.monotonic() < deadline, \
-                "the mesh did not form: components %s, neighbours per node %s" % (sizes, degrees)
-            time.sleep(0.5)
-        assert degrees[-1] <= most, degrees
-        walked = sum(nodes.state(n)["counters"]["introductionsWalked"] for n in names)
-        made = sum(nodes.state(n)["counters"]["roomMade"] for n in names)
-        assert walked > 0, "no introduction walked: the test did not reach a full neighbourhood"
-        print("introductions walked: %d, room made: %d" % (walked, made))
+        deadline, largest = time.monotonic() + 20, 0
+        while time.monotonic() < deadline:
+            largest = max(largest, max(len(nodes.state(n)["neighbours"]) for n in names))
+            time.sleep(0.2)
+        assert 0 < largest <= most, "a node held %d neighbours" % largest
     finally:
         stop_all(nodes.procs)
