@@ -66,7 +66,9 @@ while let name = arguments.next() {
     }
 }
 
-/// SplitMix64: a seeded generator, so runs repeat.
+/// SplitMix64: a seeded generator, so runs repeat. The same as the tests'
+/// `SeededRandom` (Tests/MasqKernelTests/SyncTests.swift): this model is
+/// one file built alone by swiftc, outside the package, so it keeps its own.
 struct Generator: RandomNumberGenerator {
     var state: UInt64
     mutating func next() -> UInt64 {
