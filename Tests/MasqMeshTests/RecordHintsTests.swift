@@ -57,4 +57,27 @@ import Testing
         let padded = Self.forged("{\"pad\":\"\(String(repeating: "x", count: 2_000))\",\"key\":\"\(key)\"}")
         #expect(padded.hints() == nil)
     }
+
+    /// What a peer gains by padding a record or listing junk as neighbours:
+    /// nothing, the record is refused before its signature is checked.
+    @Test func paddedRecordsAndJunkNeighboursAreRefused() throws {
+        let identity = NodeIdentity.generate()
+        func signed(neighbours: [String], network: String = "masq") throws -> SignedRecord {
+            let record = NodeRecord(
+                network: network, key: identity.key.text, agreement: Base64URL.encode(identity.agreement.publicKey),
+                host: "", port: 0, version: 1, neighbours: neighbours, rates: RatePack(), exit: false)
+            return try SignedRecord.sign(record, with: identity).0
+        }
+        let keys = (0..<16).map { _ in NodeIdentity.generate().key.text }
+        // The largest honest neighbour list passes; a name that is not a key does not.
+        #expect(try signed(neighbours: keys).verified(network: "masq").neighbours == keys)
+        #expect(throws: MeshError.self) { try signed(neighbours: ["not a key"]).verified(network: "masq") }
+        // Padding past 3,072 characters (an unknown field would be ignored, so only the size stops it).
+        let padded = try signed(neighbours: [])
+        let json = String(decoding: Base64URL.decode(padded.r) ?? [], as: UTF8.self)
+        let pad = ",\"pad\":\"" + String(repeating: "x", count: 3_000) + "\"}"
+        let bloated = Self.forged(String(json.dropLast()) + pad)
+        #expect(bloated.r.utf8.count > SignedRecord.maxGossipCharacters)
+        #expect(throws: MeshError.self) { try bloated.decoded(network: "masq") }
+    }
 }
