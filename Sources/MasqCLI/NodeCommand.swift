@@ -54,6 +54,10 @@ struct Node: MasqSubcommand {
     @Flag(help: "Allow routes of 1 or 2 hops (no anonymity: for tests and benchmarks).") var allowShortRoutes = false
     @Option(help: "Most neighbours.") var maxNeighbours = 5
     @Option(help: "Neighbours to look for.") var targetNeighbours = 3
+    @Option(help: "Oldest links kept as anchors: never shed at either end (at most the target).")
+    var anchorNeighbours = 2
+    @Option(help: "A full node sheds one unanchored link every this many gossip rounds, making room (0: never).")
+    var shedRounds = 30
     @Option(help: "Client links (devices' mesh transports) served besides the neighbours.") var maxClients = 32
     @Option(help: "Cell payload bytes (the same on every node of a network).") var cellBytes = 4_096
     @Option(help: "Streams one route carries at once (1: a route per stream).") var streamsPerRoute =
@@ -196,6 +200,8 @@ struct Node: MasqSubcommand {
         config.allowShortRoutes = allowShortRoutes
         config.maxNeighbours = maxNeighbours
         config.targetNeighbours = min(targetNeighbours, maxNeighbours)
+        config.anchorNeighbours = min(anchorNeighbours, config.targetNeighbours)
+        config.shedRounds = shedRounds
         guard (0...10_000).contains(maxClients) else { throw CLIError("--max-clients must be 0...10000", code: 64) }
         config.maxClients = maxClients
         config.cellBytes = cellBytes

@@ -54,6 +54,18 @@ public struct MeshConfiguration: Sendable {
     public var gossipFrameBytes = Link.maxFrame - 64
     /// Neighbours a node looks for (it accepts up to maxNeighbours).
     public var targetNeighbours = 3
+    /// A node's oldest links that are its **anchors** (published in its
+    /// record): it never sheds them, and its neighbours never shed a link
+    /// the node at the other end names as its anchor (they honour at most
+    /// this many claims per neighbour). 1...targetNeighbours.
+    public var anchorNeighbours = 2
+    /// A node with `maxNeighbours` node links **sheds** one every this many
+    /// gossip rounds (0: never): the newest link that neither end names as
+    /// an anchor, to a neighbour holding more than `targetNeighbours`. So a
+    /// growing network keeps room for newcomers, and nobody can ask for it:
+    /// a node sheds on its own clock, never on a message (see docs/MESH.md,
+    /// "Debut and introductions").
+    public var shedRounds = 30
     /// Links per route; below 3 only with allowShortRoutes (no anonymity).
     public var hops = 3
     public var allowShortRoutes = false
@@ -246,6 +258,7 @@ public final class MeshNode: @unchecked Sendable {
     /// When each neighbour was last introduced to others (introductions of a seeking neighbour are spaced).
     var lastIntroduced: [NodeKey: UInt64] = [:]
     var advertisedNeighbours: [String] = []
+    var advertisedAnchors: [String] = []
     /// This round's gossip frame body (`sendGossip`); nil when our record changed.
     var gossipBody: (tick: Int, bytes: [UInt8])?
     /// Where the gossip rotation stopped (the last key it went past).
@@ -306,6 +319,8 @@ public final class MeshNode: @unchecked Sendable {
         public var neighboursRefusedSameAddress = 0
         /// Introductions sent (a seeking neighbour's link record to a neighbour with room).
         public var introductionsSent = 0
+        /// Links this node shed when full (`MeshConfiguration.shedRounds`).
+        public var linksShed = 0
         /// CREATEs refused because the previous and next hop are in one network (`hopPrefixV4`).
         public var circuitsRefusedSameNetwork = 0
         /// CREATEs refused because a link carried `maxCircuitsPerLink` circuits.
@@ -364,6 +379,11 @@ public final class MeshNode: @unchecked Sendable {
             configuration.targetNeighbours <= configuration.maxNeighbours
         else {
             throw .invalid("neighbours: 1 <= target <= max <= 16")
+        }
+        guard (1...configuration.targetNeighbours).contains(configuration.anchorNeighbours),
+            (0...1_000_000).contains(configuration.shedRounds)
+        else {
+            throw .invalid("anchors must be 1...target neighbours, shedding every 0...1000000 rounds")
         }
         guard (2_560...60_000).contains(configuration.cellBytes) else {
             throw .invalid("cell size must be 2560...60000 bytes (onions of 7 layers fit)")
@@ -835,7 +855,13 @@ public final class MeshNode: @unchecked Sendable {
     private func established(_ link: Link, _ linkRecord: NodeRecord, _ kept: (NodeRecord, SignedRecord)) {
         guard let peer = link.peer else { return }
         let (record, signed) = kept
-        if peer == key || isBanned(peer, link.remoteIP?.description) || (keepApart[peer] ?? 0) > Self.now() {
+        if peer == key || isBanned(peer, link.remoteIP?.description) {
+            return link.channel.close(promise: nil)
+        }
+        if (keepApart[peer] ?? 0) > Self.now() {
+            // (a BYE, so that the other side does not dial again at once)
+            link.write(.bye, Array("apart".utf8))
+            link.flush()
             return link.channel.close(promise: nil)
         }
         if let existing = neighbours[peer], existing !== link {
@@ -905,12 +931,102 @@ public final class MeshNode: @unchecked Sendable {
         lastIntroduced[peer] = Self.now()
     }
 
+    // MARK: - anchors and shedding
+
+    /// Whether the neighbour `peer` names this node as one of its anchors. A
+    /// record naming more anchors than this node honours has its claims
+    /// ignored: nobody protects all of its links that way.
+    func anchoredAtFarEnd(_ peer: NodeKey) -> Bool {
+        guard let anchors = records[peer]?.record.anchors, anchors.count <= configuration.anchorNeighbours else {
+            return false
+        }
+        return anchors.contains(key.text)
+    }
+
+    /// The links this node never sheds: its anchors, and the links of
+    /// neighbours naming this node as their anchor, honoured oldest link
+    /// first and at most `maxNeighbours - anchorNeighbours - 1` of them, so
+    /// that a full node always has one it may shed (a seed whose every
+    /// neighbour names it would otherwise stay full for good, and newcomers
+    /// would find no room). A claim made on a newer link never displaces an
+    /// older one's: whoever links to a node later cannot take an honest
+    /// neighbour's protection away.
+    var protectedLinks: (anchors: [NodeKey], honoured: [NodeKey]) {
+        let byAge = neighbours.filter { !clientPeers.contains($0.key) }.sorted { $0.value.id < $1.value.id }.map(\.key)
+        let anchors = Array(byAge.prefix(configuration.anchorNeighbours))
+        let room = max(0, configuration.maxNeighbours - configuration.anchorNeighbours - 1)
+        let honoured = byAge.dropFirst(configuration.anchorNeighbours).filter(anchoredAtFarEnd).prefix(room)
+        return (anchors, Array(honoured))
+    }
+
+    /// The node's anchors: its `anchorNeighbours` oldest node links.
+    var ownAnchors: [NodeKey] { protectedLinks.anchors }
+
+    /// A full node sheds one link that is not protected (`protectedLinks`),
+    /// to a neighbour advertising at least the target, carrying no circuit
+    /// (nobody's stream breaks): of those, the one to the neighbour with the
+    /// most neighbours, the newest first. Both ends then have room for a
+    /// newcomer; the two stay apart for ten shedding periods. Called on the
+    /// node's own clock only, never because of a message.
+    @discardableResult
+    func shedOneLink() -> NodeKey? {
+        guard nodeNeighbourCount >= configuration.maxNeighbours else { return nil }
+        let kept = protectedLinks
+        let protected = Set(kept.anchors + kept.honoured)
+        let candidates = neighbours.compactMap { k, l -> (NodeKey, Link, Int)? in
+            let theirs = records[k]?.record.neighbours.count ?? 0
+            guard !clientPeers.contains(k), !protected.contains(k), theirs >= configuration.targetNeighbours,
+                circuitCount(l.id) == 0
+            else { return nil }
+            return (k, l, theirs)
+        }
+        // Never a link whose loss would cut the network in two, as far as the records tell.
+        guard
+            let (peer, link, _) = candidates.sorted(by: { ($0.2, $0.1.id) > ($1.2, $1.1.id) }).first(where: {
+                reachableWithout($0.0)
+            })
+        else { return nil }
+        counters.linksShed += 1
+        keepApart[peer] = Self.now() + 10 * UInt64(configuration.shedRounds) * configuration.gossipMilliseconds
+        logger.info("link shed (full: room for a newcomer)", metadata: ["node": "\(peer)"])
+        link.write(.bye, Array("shed".utf8))
+        link.flush()
+        link.channel.close(promise: nil)
+        return peer
+    }
+
+    /// Whether `peer` would still reach this node without their link: a
+    /// path from it to another of this node's neighbours over links both
+    /// ends advertise in their records (a breadth-first search of at most
+    /// the records held). Only nodes at both ends of a faked link can fake
+    /// a path, and then they carry it.
+    func reachableWithout(_ peer: NodeKey) -> Bool {
+        var byText: [String: NodeRecord] = [:]
+        for (k, known) in records where k != key { byText[known.record.key] = known.record }
+        let mine = Set(neighbours.keys.filter { $0 != peer && !clientPeers.contains($0) }.map(\.text))
+        var seen: Set<String> = [peer.text, key.text]
+        var frontier = [peer.text]
+        while let at = frontier.popLast() {
+            guard let record = byText[at] else { continue }
+            for next in record.neighbours where !seen.contains(next) {
+                // A link counts when both ends advertise it.
+                guard byText[next]?.neighbours.contains(at) == true else { continue }
+                if mine.contains(next) { return true }
+                seen.insert(next)
+                frontier.append(next)
+            }
+        }
+        return false
+    }
+
     // MARK: - gossip
 
     func refreshOwnRecord(force: Bool) throws {
         let current = neighbours.keys.filter { !clientPeers.contains($0) }.sorted().map(\.text)
-        guard force || current != advertisedNeighbours else { return }
+        let anchors = ownAnchors.sorted().map(\.text)
+        guard force || current != advertisedNeighbours || anchors != advertisedAnchors else { return }
         advertisedNeighbours = current
+        advertisedAnchors = anchors
         var record = NodeRecord(
             network: configuration.network, key: key.text, agreement: Base64URL.encode(identity.agreement.publicKey),
             host: configuration.host, port: port, version: max(Self.wallClock(), (ownRecord?.version ?? 0) + 1),
@@ -919,6 +1035,7 @@ public final class MeshNode: @unchecked Sendable {
         if !configuration.client {
             record.seeking = current.count < configuration.targetNeighbours ? true : nil
             record.family = configuration.family.isEmpty ? nil : configuration.family.map(\.text)
+            record.anchors = anchors.isEmpty ? nil : anchors
         }
         // The link record (with the address) goes to neighbours only; the public one is gossiped.
         let (linkSigned, _) = try SignedRecord.sign(record, with: identity, kind: .link)
@@ -1243,6 +1360,7 @@ public final class MeshNode: @unchecked Sendable {
                 dial(d)
             }
         }
+        if configuration.shedRounds > 0 && ticks % configuration.shedRounds == 0 { shedOneLink() }
         // Neighbours still looking for neighbours are introduced to others with room, now and then.
         if ticks % 5 == 0 {
             for (peer, link) in neighbours
@@ -1447,6 +1565,9 @@ public final class MeshNode: @unchecked Sendable {
         /// carry none). The tests check that it is the neighbours' only.
         public var addresses: [String]
         public var counters: Counters
+        /// This node's anchors, and the neighbours whose claim to it as their anchor it honours (`protectedLinks`).
+        public var anchors: [String]
+        public var anchoredBy: [String]
     }
 
     public func state() -> State {
@@ -1488,7 +1609,8 @@ public final class MeshNode: @unchecked Sendable {
                             $0.record.host.isEmpty ? nil : "\($0.record.host):\($0.record.port)"
                         })
             ).sorted(),
-            counters: counters)
+            counters: counters, anchors: ownAnchors.map(\.text).sorted(),
+            anchoredBy: protectedLinks.honoured.map(\.text).sorted())
     }
 
     /// `<data dir>/state.json`, rewritten every tick (for operators and tests).

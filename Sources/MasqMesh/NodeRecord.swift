@@ -138,6 +138,10 @@ public struct NodeRecord: Sendable, Equatable {
     /// Keys of other nodes of the same operator: an origin never puts two
     /// nodes of one family on a route (when both name each other).
     public var family: [String]? = nil
+    /// The node's oldest links (keys of neighbours, at most a few): it never
+    /// sheds them, and asks the neighbours at their other end not to either,
+    /// so that nobody can make a node lose them by filling its neighbours.
+    public var anchors: [String]? = nil
 
     public var isClient: Bool { client ?? false }
     public var isSeeking: Bool { seeking ?? false }
@@ -159,7 +163,8 @@ public struct NodeRecord: Sendable, Equatable {
 
 extension NodeRecord: Codable {
     enum CodingKeys: String, CodingKey {
-        case network, key, agreement, host, port, version, neighbours, rates, exit, client, wallet, seeking, family
+        case network, key, agreement, host, port, version, neighbours, rates, exit, client, wallet, seeking, family,
+            anchors
     }
 
     public init(from decoder: Decoder) throws {
@@ -177,6 +182,7 @@ extension NodeRecord: Codable {
         wallet = try c.decodeIfPresent(String.self, forKey: .wallet)
         seeking = try c.decodeIfPresent(Bool.self, forKey: .seeking)
         family = try c.decodeIfPresent([String].self, forKey: .family)
+        anchors = try c.decodeIfPresent([String].self, forKey: .anchors)
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -194,6 +200,7 @@ extension NodeRecord: Codable {
         try c.encodeIfPresent(wallet, forKey: .wallet)
         try c.encodeIfPresent(seeking, forKey: .seeking)
         try c.encodeIfPresent(family, forKey: .family)
+        try c.encodeIfPresent(anchors, forKey: .anchors)
     }
 }
 
@@ -266,7 +273,8 @@ public struct SignedRecord: Codable, Sendable, Equatable {
             (record.family?.count ?? 0) <= 16,
             (record.wallet?.utf8.count ?? 0) <= 128,
             record.neighbours.allSatisfy({ NodeKey(text: $0) != nil }),
-            record.family?.allSatisfy({ NodeKey(text: $0) != nil }) ?? true
+            record.family?.allSatisfy({ NodeKey(text: $0) != nil }) ?? true,
+            (record.anchors?.count ?? 0) <= 16, record.anchors?.allSatisfy({ record.neighbours.contains($0) }) ?? true
         else {
             throw .malformed("a record with bad fields")
         }

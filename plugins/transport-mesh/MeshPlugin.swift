@@ -61,6 +61,7 @@ private func makeTransport(_ host: UnsafePointer<masq_host>, _ list: UnsafePoint
         throw .init(MASQ_E_CONFIG, "option seed (one or more node descriptors, space-separated) is required")
     }
     mesh.targetNeighbours = min(mesh.targetNeighbours, mesh.maxNeighbours)
+    mesh.anchorNeighbours = min(mesh.anchorNeighbours, mesh.targetNeighbours)
     mesh.socks = "127.0.0.1:0"
     mesh.exit = false
     mesh.client = true
