@@ -80,4 +80,34 @@ import Testing
         #expect(bloated.r.utf8.count > SignedRecord.maxGossipCharacters)
         #expect(throws: MeshError.self) { try bloated.decoded(network: "masq") }
     }
+
+    /// Anchors (the links a node asks its neighbours never to shed) name
+    /// only its own neighbours, at most 16: a record claiming a node it is
+    /// not linked to, or a long list, is refused before any signature check.
+    /// The largest honest public record with anchors still fits the cap.
+    @Test func anchorsNameOnlyTheNodesOwnNeighbours() throws {
+        let identity = NodeIdentity.generate()
+        func signed(neighbours: [String], anchors: [String]?, family: [String]? = nil) throws -> SignedRecord {
+            var record = NodeRecord(
+                network: "masq", key: identity.key.text, agreement: Base64URL.encode(identity.agreement.publicKey),
+                host: "", port: 0, version: UInt64.max, neighbours: neighbours, rates: RatePack(), exit: true,
+                wallet: "0x" + String(repeating: "ab", count: 20))
+            record.seeking = true
+            record.family = family
+            record.anchors = anchors
+            return try SignedRecord.sign(record, with: identity).0
+        }
+        let keys = (0..<5).map { _ in NodeIdentity.generate().key.text }
+        let family = (0..<16).map { _ in NodeIdentity.generate().key.text }
+        let honest = try signed(neighbours: keys, anchors: Array(keys.prefix(2)), family: family)
+        #expect(honest.r.utf8.count <= SignedRecord.maxGossipCharacters)
+        #expect(try honest.verified(network: "masq").anchors == Array(keys.prefix(2)))
+        let stranger = NodeIdentity.generate().key.text
+        #expect(throws: MeshError.self) {
+            try signed(neighbours: keys, anchors: [stranger]).decoded(network: "masq")
+        }
+        #expect(throws: MeshError.self) {
+            try signed(neighbours: keys, anchors: Array(repeating: keys[0], count: 17)).decoded(network: "masq")
+        }
+    }
 }

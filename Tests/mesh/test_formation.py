@@ -1,0 +1,166 @@
+"""How the mesh forms, and what an attacker gains against it. Real `masq
+node` processes on loopback (127.0.2.x, 127.0.4.x; hostile nodes on
+127.0.5.x), gossip every 200 ms, a full node shedding one link every 10
+rounds (`--shed-rounds 10`: 2 s).
+
+- Forty nodes all seeding one node form one mesh (nobody left alone, every
+  node with 2 neighbours or more), and no node ever holds more than 5 node
+  neighbours, though dials in flight complete together. Before anchors and
+  shedding, 30 nodes left 16 alone: every newcomer brings 3 links and 5
+  slots, so a growing network filled up.
+- Hostile nodes fill a victim and its neighbours (so that they must shed),
+  claiming them as their anchors and advertising one neighbour (so that
+  their own links are never the ones shed). What must hold: a link that was
+  protected at both of its ends before the attack (an anchor of one end,
+  honoured at the other) is never shed, and the victim keeps at least its 2
+  anchors' worth of honest neighbours all along (a full node protects its 2
+  anchors and at most 2 claims, so squatters get the fifth slot at most).
+
+Run: MASQ_BIN=.build/debug/masq-cli python3 -m pytest Tests/mesh/test_formation.py
+"""
+import json
+import os
+import threading
+import time
+
+import adversary
+from adversary import HostileNode
+from processes import Nodes, stop_all, wait_for
+
+MASQ = os.environ.get("MASQ_BIN", "masq")
+COMMON = ["--hop-prefix-v4", "32", "--gossip-ms", "200", "--link-timeout-ms", "3000", "--shed-rounds", "10",
+          "--log-level", "error"]
+
+
+def graph(nodes, names):
+    """Each node's neighbours (names), from the nodes' state files."""
+    by_key = {nodes.key(n): n for n in names}
+    return {n: {by_key[k] for k in nodes.state(n)["neighbours"] if k in by_key} for n in names}
+
+
+def components(adjacency):
+    seen, sizes = set(), []
+    for start in adjacency:
+        if start in seen:
+            continue
+        stack, part = [start], set()
+        while stack:
+            at = stack.pop()
+            if at not in part:
+                part.add(at)
+                stack.extend(adjacency[at] - part)
+        seen |= part
+        sizes.append(len(part))
+    return sorted(sizes, reverse=True)
+
+
+def test_forty_nodes_seeding_one_form_one_mesh_and_none_holds_more_than_five(tmp_path):
+    nodes = Nodes(str(tmp_path), MASQ, COMMON)
+    count, most = 40, 5
+    names = ["S%d" % i for i in range(count)]
+    try:
+        seed = nodes.start(names[0], "127.0.2.100")
+        for i in range(1, count):
+            nodes.start(names[i], "127.0.2.%d" % (100 + i), ["--seed", seed])
+        deadline, largest, adjacency = time.monotonic() + 120, 0, {}
+        while time.monotonic() < deadline:
+            adjacency = graph(nodes, names)
+            largest = max(largest, max(len(v) for v in adjacency.values()))
+            if components(adjacency) == [count] and min(len(v) for v in adjacency.values()) >= 2:
+                break
+            time.sleep(0.5)
+        assert largest <= most, "a node held %d neighbours" % largest
+        assert components(adjacency) == [count], "the mesh did not form: components %s, degrees %s" % (
+            components(adjacency), sorted(len(v) for v in adjacency.values()))
+        assert min(len(v) for v in adjacency.values()) >= 2, sorted(len(v) for v in adjacency.values())
+        # Room was made by shedding.
+        assert sum(nodes.state(n)["counters"]["linksShed"] for n in names) > 0
+    finally:
+        stop_all(nodes.procs)
+
+
+class Squatter(HostileNode):
+    """Claims every node it links to as its anchor and advertises only one
+    neighbour, whatever it holds: its links look protected at the far end
+    and their far end too poor to lose one."""
+
+    def record(self, link=False, legacy=False):
+        keys = [adversary.b64(l.key) for l in self.links if l.open][:1]
+        rec = {"network": self.network, "key": adversary.b64(self.key), "agreement": adversary.b64(self.static_pub),
+               "version": self.version, "neighbours": keys, "anchors": keys, "rates": self.rates, "exit": False}
+        if link:
+            rec["host"], rec["port"] = self.source, 1
+        body = json.dumps(rec, separators=(",", ":")).encode()
+        context = adversary.LINK_CONTEXT if link else adversary.RECORD_CONTEXT
+        return {"r": adversary.b64(body), "s": adversary.b64(self.identity.sign(context + body))}
+
+
+def test_squatters_filling_a_node_and_its_neighbours_never_take_a_protected_link(tmp_path):
+    nodes = Nodes(str(tmp_path), MASQ, COMMON)
+    names = ["N%d" % i for i in range(10)]
+    squatters, stop = [], threading.Event()
+    try:
+        # Ten honest nodes, each seeding the two started before it.
+        nodes.start(names[0], "127.0.4.10")
+        for i in range(1, len(names)):
+            seeds = sum([["--seed", nodes.descriptors[names[j]]] for j in range(max(0, i - 2), i)], [])
+            nodes.start(names[i], "127.0.4.%d" % (10 + i), seeds)
+        wait_for(lambda: min(len(nodes.state(n)["neighbours"]) for n in names) >= 3, 60, "the honest mesh did not form")
+        time.sleep(3)
+        honest = {nodes.key(n): n for n in names}
+        victim = max(names, key=lambda n: len(nodes.state(n)["neighbours"]))
+        anchors = [honest[k] for k in nodes.state(victim)["anchors"]]
+        targets = [victim] + anchors
+
+        def protected_links():
+            """Links protected at both ends: an anchor of one end whose claim the other honours."""
+            out = set()
+            for n in names:
+                state = nodes.state(n)
+                for k in state["anchoredBy"]:
+                    if k in honest and nodes.key(n) in nodes.state(honest[k])["anchors"]:
+                        out.add(frozenset((n, honest[k])))
+            return out
+
+        before = protected_links()
+        victim_anchor_links = {frozenset((victim, a)) for a in anchors}
+        shed_before = sum(nodes.state(n)["counters"]["linksShed"] for n in targets)
+
+        # Three squatters per target, each on its own address, dialing again whenever dropped.
+        for i, target in enumerate(t for t in targets for _ in range(3)):
+            host = "127.0.5.%d" % (10 + i)
+            squatters.append((Squatter(host), target, host))
+
+        def keep_dialing():
+            while not stop.is_set():
+                for s, target, _ in squatters:
+                    if not any(l.open for l in s.links):
+                        try:
+                            s.dial(nodes.host(target), nodes.port(target))
+                        except (OSError, ConnectionError, ValueError):
+                            pass
+                stop.wait(0.3)
+
+        threading.Thread(target=keep_dialing, daemon=True).start()
+        deadline, fewest_honest, squatted = time.monotonic() + 40, 99, 0
+        while time.monotonic() < deadline:
+            neighbours = nodes.state(victim)["neighbours"]
+            fewest_honest = min(fewest_honest, sum(1 for k in neighbours if k in honest))
+            squatted = max(squatted, sum(1 for k in neighbours if k not in honest))
+            time.sleep(0.25)
+        after = protected_links()
+        print("protected before %d, after %d; squatters at the victim at most %d; fewest honest %d; shed %d" % (
+            len(before), len(after), squatted, fewest_honest,
+            sum(nodes.state(n)["counters"]["linksShed"] for n in targets) - shed_before))
+        shed = sum(nodes.state(n)["counters"]["linksShed"] for n in targets) - shed_before
+        assert before and squatted > 0, "the attack did not take hold (squatters %d, links shed %d)" % (squatted, shed)
+        assert before <= after, "protected links were shed: %s" % sorted(map(sorted, before - after))
+        assert fewest_honest >= len(anchors), "the victim kept only %d honest neighbours" % fewest_honest
+        for link in victim_anchor_links:
+            a, b = sorted(link)
+            assert nodes.key(b) in nodes.state(a)["neighbours"], "the victim lost its anchor link %s-%s" % (a, b)
+    finally:
+        stop.set()
+        for s, _, _ in squatters:
+            s.stop()
+        stop_all(nodes.procs)
