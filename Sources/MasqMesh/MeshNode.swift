@@ -321,6 +321,8 @@ public final class MeshNode: @unchecked Sendable {
         public var introductionsSent = 0
         /// Links this node shed when full (`MeshConfiguration.shedRounds`).
         public var linksShed = 0
+        /// Times this node found itself cut off from most of the network and dialed its seeds again (`cutOff`).
+        public var cutOffRedials = 0
         /// CREATEs refused because the previous and next hop are in one network (`hopPrefixV4`).
         public var circuitsRefusedSameNetwork = 0
         /// CREATEs refused because a link carried `maxCircuitsPerLink` circuits.
@@ -1019,6 +1021,20 @@ public final class MeshNode: @unchecked Sendable {
         return false
     }
 
+    /// Whether this node is cut off from most of the network: every node
+    /// signs a new version of its record every `recordRefreshRounds`, and
+    /// news goes first in every frame, so in one network the versions held
+    /// are young; when more than half of the records held (4 or more) have
+    /// had no new version for 4 refresh periods, their nodes are out of
+    /// reach, though the neighbours still echo them. A node at its target
+    /// otherwise never dials again, and an island whose nodes have their
+    /// target would stay one.
+    func cutOff(_ now: UInt64) -> Bool {
+        guard records.count >= 4 else { return false }
+        let quiet = 4 * UInt64(configuration.recordRefreshRounds) * configuration.gossipMilliseconds
+        return records.values.filter { now > $0.taken + quiet }.count * 2 > records.count
+    }
+
     // MARK: - gossip
 
     func refreshOwnRecord(force: Bool) throws {
@@ -1361,6 +1377,14 @@ public final class MeshNode: @unchecked Sendable {
             }
         }
         if configuration.shedRounds > 0 && ticks % configuration.shedRounds == 0 { shedOneLink() }
+        // In an island (a bridge dropped: a link timed out, two nodes shed at once): back through the seeds.
+        if ticks % 10 == 0 && nodeNeighbourCount < configuration.maxNeighbours && cutOff(now) {
+            counters.cutOffRedials += 1
+            logger.info("cut off from most of the network: dialing the seeds again")
+            for d in configuration.seeds where d.key != key && neighbours[d.key] == nil && !dialing.contains(d.key) {
+                dial(d)
+            }
+        }
         // Neighbours still looking for neighbours are introduced to others with room, now and then.
         if ticks % 5 == 0 {
             for (peer, link) in neighbours

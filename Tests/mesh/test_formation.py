@@ -16,6 +16,10 @@ rounds (`--shed-rounds 10`: 2 s).
   anchors' worth of honest neighbours all along (a full node protects its 2
   anchors and at most 2 claims, so squatters get the fifth slot at most).
 
+- An island (a clique of 4 at their target) whose only bridge stops finds
+  its way back through a seed, once its nodes see the other side's records
+  go quiet.
+
 Run: MASQ_BIN=.build/debug/masq-cli python3 -m pytest Tests/mesh/test_formation.py
 """
 import json
@@ -163,4 +167,41 @@ def test_squatters_filling_a_node_and_its_neighbours_never_take_a_protected_link
         stop.set()
         for s, _, _ in squatters:
             s.stop()
+        stop_all(nodes.procs)
+
+
+def test_an_island_whose_bridge_dies_finds_its_way_back_through_a_seed(tmp_path):
+    """Four nodes B1-B4 form a clique (3 neighbours each: their target, so
+    they never dial again on that count); a node X bridges them to five
+    others M0-M4, and then stops. The four see the versions of the other
+    side's records stop coming (`cutOff`: more than half of their records
+    quiet for 4 refresh periods) and dial their seeds again: M0, which was
+    down when they started. The network is one again."""
+    nodes = Nodes(str(tmp_path), MASQ, COMMON)
+    try:
+        # M0's identity and port, known before the four start; M0 down while they form their clique.
+        m0 = nodes.start("M0", "127.0.6.10")
+        nodes.procs["M0"].terminate()
+        nodes.procs["M0"].wait(10)
+        bs = ["B1", "B2", "B3", "B4"]
+        for i, b in enumerate(bs):
+            seeds = sum([["--seed", nodes.descriptors[o]] for o in bs[:i]], []) + ["--seed", m0]
+            nodes.start(b, "127.0.6.%d" % (21 + i), seeds)
+        wait_for(lambda: all(len(nodes.state(b)["neighbours"]) == 3 for b in bs), 30, "the four did not form a clique")
+        nodes.start("M0", "127.0.6.10", ["--port", str(nodes.port("M0"))])
+        ms = ["M0", "M1", "M2", "M3", "M4"]
+        for i, m in enumerate(ms[1:]):
+            nodes.start(m, "127.0.6.%d" % (11 + i), ["--seed", m0])
+        nodes.start("X", "127.0.6.30", ["--seed", nodes.descriptors["B1"], "--seed", m0, "--max-neighbours", "2",
+                                        "--target-neighbours", "2"])
+        names = bs + ms
+        wait_for(lambda: all(nodes.state(n)["known"] >= len(names) for n in names), 60, "the records did not cross X")
+        # Without X, the two sides are apart.
+        nodes.procs["X"].terminate()
+        nodes.procs["X"].wait(10)
+        wait_for(lambda: len(components(graph(nodes, names))) == 2, 10, "X was not the only bridge")
+        wait_for(lambda: components(graph(nodes, names)) == [len(names)], 120, "the island did not come back: %s" % (
+            components(graph(nodes, names)),))
+        assert sum(nodes.state(b)["counters"]["cutOffRedials"] for b in bs) > 0
+    finally:
         stop_all(nodes.procs)
