@@ -121,6 +121,9 @@ final class Link {
     /// When the connection was opened: a handshake must end within
     /// `handshakeTimeoutMilliseconds` of it, however it trickles.
     let opened: UInt64
+    /// When the link became a neighbour link (0 until then): its age for
+    /// anchors, and the grace a young link has from shedding.
+    var upAt: UInt64 = 0
     /// Where an inbound connection comes from, as the handshake table counts
     /// it (MeshNode.addressPrefix: an IPv4 address, an IPv6 /64).
     let prefix: String

@@ -54,17 +54,15 @@ public struct MeshConfiguration: Sendable {
     public var gossipFrameBytes = Link.maxFrame - 64
     /// Neighbours a node looks for (it accepts up to maxNeighbours).
     public var targetNeighbours = 3
-    /// A node's oldest links that are its **anchors** (published in its
-    /// record): it never sheds them, and its neighbours never shed a link
-    /// the node at the other end names as its anchor (they honour at most
-    /// this many claims per neighbour). 1...targetNeighbours.
+    /// A node's oldest links (those it dialed first) that are its
+    /// **anchors**, named in its record: it never sheds them, and its
+    /// neighbours honour the claim (see `MeshNode.protectedLinks`).
+    /// 1...min(targetNeighbours, `MeshNode.maxAnchorClaims`).
     public var anchorNeighbours = 2
     /// A node with `maxNeighbours` node links **sheds** one every this many
-    /// gossip rounds (0: never): the newest link that neither end names as
-    /// an anchor, to a neighbour holding more than `targetNeighbours`. So a
-    /// growing network keeps room for newcomers, and nobody can ask for it:
-    /// a node sheds on its own clock, never on a message (see docs/MESH.md,
-    /// "Debut and introductions").
+    /// gossip rounds (0: never), on its own clock, never on a message: one of
+    /// its unprotected links, at random. So a growing network keeps room for
+    /// newcomers (see docs/MESH.md, "Anchors and shedding").
     public var shedRounds = 30
     /// Links per route; below 3 only with allowShortRoutes (no anonymity).
     public var hops = 3
@@ -241,7 +239,8 @@ public final class MeshNode: @unchecked Sendable {
     }
 
     /// Nodes introduced to this one (their signed link records said where they listen), with when: dialed once, forgotten after 30 s.
-    var introduced: [NodeKey: (descriptor: NodeDescriptor, at: UInt64)] = [:]
+    /// `viaSeed`: sent by a seed this node dialed (what it may fill a slot kept for its own dials with).
+    var introduced: [NodeKey: (descriptor: NodeDescriptor, at: UInt64, viaSeed: Bool)] = [:]
     var links: [Int: Link] = [:]
     var neighbours: [NodeKey: Link] = [:]
     /// Neighbours that are clients: they take no neighbour slot and are never advertised.
@@ -292,6 +291,8 @@ public final class MeshNode: @unchecked Sendable {
     private var scanning = false
     /// Exits this origin parted from so that routes can end at them.
     var keepApart: [NodeKey: UInt64] = [:]
+    /// Address groups (`neighbourGroup`) of links shed: no node from there for a while, whatever its key.
+    var keepApartGroups: [String: UInt64] = [:]
     /// Nodes that said BYE (full): not dialed again for a while.
     var refused: [NodeKey: UInt64] = [:]
 
@@ -321,6 +322,8 @@ public final class MeshNode: @unchecked Sendable {
         public var introductionsSent = 0
         /// Links this node shed when full (`MeshConfiguration.shedRounds`).
         public var linksShed = 0
+        /// Times this node was short of links it dialed and dialed its seeds again (`shortOfOutbound`).
+        public var anchorRedials = 0
         /// Times this node found itself cut off from most of the network and dialed its seeds again (`cutOff`).
         public var cutOffRedials = 0
         /// CREATEs refused because the previous and next hop are in one network (`hopPrefixV4`).
@@ -382,10 +385,11 @@ public final class MeshNode: @unchecked Sendable {
         else {
             throw .invalid("neighbours: 1 <= target <= max <= 16")
         }
-        guard (1...configuration.targetNeighbours).contains(configuration.anchorNeighbours),
+        let mostAnchors = min(configuration.targetNeighbours, MeshNode.maxAnchorClaims)
+        guard (1...mostAnchors).contains(configuration.anchorNeighbours),
             (0...1_000_000).contains(configuration.shedRounds)
         else {
-            throw .invalid("anchors must be 1...target neighbours, shedding every 0...1000000 rounds")
+            throw .invalid("anchors must be 1...target neighbours (at most 3), shedding every 0...1000000 rounds")
         }
         guard (2_560...60_000).contains(configuration.cellBytes) else {
             throw .invalid("cell size must be 2560...60000 bytes (onions of 7 layers fit)")
@@ -596,6 +600,7 @@ public final class MeshNode: @unchecked Sendable {
             let ip = IPAddress(descriptor.host)
         {
             let bits = ip.isV4 ? configuration.neighbourPrefixV4 : configuration.neighbourPrefixV6
+            if bits != 0, (keepApartGroups[ip.prefix(bits)] ?? 0) > Self.now() { return }
             if bits != 0,
                 neighbours.values.contains(where: { l in
                     l.peer.map { !clientPeers.contains($0) } == true && neighbourGroup(l) == ip.prefix(bits)
@@ -860,7 +865,9 @@ public final class MeshNode: @unchecked Sendable {
         if peer == key || isBanned(peer, link.remoteIP?.description) {
             return link.channel.close(promise: nil)
         }
-        if (keepApart[peer] ?? 0) > Self.now() {
+        if (keepApart[peer] ?? 0) > Self.now()
+            || (!record.isClient && (neighbourGroup(link).flatMap { keepApartGroups[$0] } ?? 0) > Self.now())
+        {
             // (a BYE, so that the other side does not dial again at once)
             link.write(.bye, Array("apart".utf8))
             link.flush()
@@ -886,16 +893,20 @@ public final class MeshNode: @unchecked Sendable {
             link.flush()
             return link.channel.close(promise: nil)
         }
-        // A link replacing one to the same peer takes no new slot.
+        // A link replacing one to the same peer takes no new slot. A node short
+        // of links it dialed keeps one slot for its own dials.
+        let kept = !link.initiator && shortOfOutbound ? 1 : 0
         let full =
             neighbours[peer] == nil
             && (record.isClient
-                ? clientPeers.count >= configuration.maxClients : nodeNeighbourCount >= configuration.maxNeighbours)
+                ? clientPeers.count >= configuration.maxClients
+                : nodeNeighbourCount >= configuration.maxNeighbours - kept)
         if full {
             // Full: neighbours with room are told about the newcomer (they may
-            // dial it). A link this node dialed is refused too: several dials
+            // dial it), and it about them (it may dial them: a node dials its
+            // anchors). A link this node dialed is refused too: several dials
             // in flight may complete at once, and never past `maxNeighbours`.
-            if !link.initiator && !record.isClient { introduce(link, to: 2) }
+            if !link.initiator && !record.isClient { introduce(link, to: 2, both: true) }
             link.write(.bye, Array("full".utf8))
             link.flush()
             link.channel.close(promise: nil)
@@ -905,6 +916,7 @@ public final class MeshNode: @unchecked Sendable {
         neighbours[peer] = link
         if record.isClient { clientPeers.insert(peer) }
         counters.linksUp += 1
+        link.upAt = Self.now()
         logger.info(
             "neighbour up", metadata: ["node": "\(peer)", "address": "\(link.listenAddress ?? link.peerAddress)"])
         if !link.initiator && !record.isClient && record.isSeeking { introduce(link, to: 1) }
@@ -918,7 +930,7 @@ public final class MeshNode: @unchecked Sendable {
     /// nothing) that the node on `link` looks for neighbours: its signed link
     /// record, so they can dial it. Only nodes that may link to it learn its
     /// address.
-    private func introduce(_ link: Link, to count: Int) {
+    private func introduce(_ link: Link, to count: Int, both: Bool = false) {
         guard let peer = link.peer, let linkRecord = link.linkRecord, let body = try? JSONEncoder().encode([linkRecord])
         else { return }
         let theirs = Set(records[peer]?.record.neighbours ?? [])
@@ -926,70 +938,103 @@ public final class MeshNode: @unchecked Sendable {
             l !== link && !clientPeers.contains(k) && !theirs.contains(k.text)
                 && (records[k]?.record.neighbours.count ?? configuration.maxNeighbours) < configuration.maxNeighbours
         }
-        for (_, other) in candidates.shuffled().prefix(count) {
+        let chosen = candidates.shuffled().prefix(count)
+        for (_, other) in chosen {
             other.write(.intro, Array(body))
             counters.introductionsSent += 1
+        }
+        if both, !chosen.isEmpty, let back = try? JSONEncoder().encode(chosen.compactMap { $0.value.linkRecord }) {
+            link.write(.intro, Array(back))
         }
         lastIntroduced[peer] = Self.now()
     }
 
     // MARK: - anchors and shedding
 
+    /// Anchors a record may name and have honoured (a protocol constant, so
+    /// that nodes with other settings agree).
+    static let maxAnchorClaims = 3
+
     /// Whether the neighbour `peer` names this node as one of its anchors. A
-    /// record naming more anchors than this node honours has its claims
-    /// ignored: nobody protects all of its links that way.
+    /// record naming more than `maxAnchorClaims` has its claims ignored:
+    /// nobody protects all of its links that way.
     func anchoredAtFarEnd(_ peer: NodeKey) -> Bool {
-        guard let anchors = records[peer]?.record.anchors, anchors.count <= configuration.anchorNeighbours else {
-            return false
-        }
+        guard let anchors = records[peer]?.record.anchors, anchors.count <= Self.maxAnchorClaims else { return false }
         return anchors.contains(key.text)
     }
 
-    /// The links this node never sheds: its anchors, and the links of
+    /// The links this node never sheds: its anchors — its oldest links,
+    /// those it dialed first (a squatter dials in; the nodes this node chose
+    /// to dial are its seeds and introductions) — and the links of
     /// neighbours naming this node as their anchor, honoured oldest link
     /// first and at most `maxNeighbours - anchorNeighbours - 1` of them, so
     /// that a full node always has one it may shed (a seed whose every
-    /// neighbour names it would otherwise stay full for good, and newcomers
-    /// would find no room). A claim made on a newer link never displaces an
-    /// older one's: whoever links to a node later cannot take an honest
-    /// neighbour's protection away.
+    /// neighbour names it would otherwise stay full for good). A claim made
+    /// on a newer link never displaces an older one's: whoever links to a
+    /// node later cannot take an honest neighbour's protection away.
     var protectedLinks: (anchors: [NodeKey], honoured: [NodeKey]) {
-        let byAge = neighbours.filter { !clientPeers.contains($0.key) }.sorted { $0.value.id < $1.value.id }.map(\.key)
-        let anchors = Array(byAge.prefix(configuration.anchorNeighbours))
+        let links = neighbours.filter { !clientPeers.contains($0.key) }
+        // (age counts from when a link came up: a handshake dragged out gains nothing)
+        let byAge = links.sorted { ($0.value.upAt, $0.value.id) < ($1.value.upAt, $1.value.id) }
+        func order(_ l: Link) -> (Int, UInt64, Int) { (l.initiator ? 0 : 1, l.upAt, l.id) }
+        let anchors = links.sorted { order($0.value) < order($1.value) }.prefix(configuration.anchorNeighbours)
+            .map(\.key)
         let room = max(0, configuration.maxNeighbours - configuration.anchorNeighbours - 1)
-        let honoured = byAge.dropFirst(configuration.anchorNeighbours).filter(anchoredAtFarEnd).prefix(room)
+        let honoured = byAge.map(\.key)
+            .filter { !anchors.contains($0) && anchoredAtFarEnd($0) }.prefix(room)
         return (anchors, Array(honoured))
     }
 
-    /// The node's anchors: its `anchorNeighbours` oldest node links.
+    /// The node's anchors (`protectedLinks`).
     var ownAnchors: [NodeKey] { protectedLinks.anchors }
 
-    /// A full node sheds one link that is not protected (`protectedLinks`),
-    /// to a neighbour advertising at least the target, carrying no circuit
-    /// (nobody's stream breaks): of those, the one to the neighbour with the
-    /// most neighbours, the newest first. Both ends then have room for a
-    /// newcomer; the two stay apart for ten shedding periods. Called on the
-    /// node's own clock only, never because of a message.
+    /// Whether this node has fewer links it dialed than it wants anchors
+    /// (`anchorNeighbours`, at most one per seed it has): squatters dial in,
+    /// so a node whose anchors left could end up with none but theirs. Such
+    /// a node keeps one slot for its own dials (inbound links stop one short
+    /// of the maximum), dials its seeds every 10 rounds, and dials first the
+    /// nodes a seed introduced to it (a full seed introduces its neighbours
+    /// with room to a node it refuses).
+    var shortOfOutbound: Bool {
+        let wanted = min(configuration.anchorNeighbours, configuration.seeds.filter { $0.key != key }.count)
+        return neighbours.values.filter { $0.initiator && $0.peer.map { !clientPeers.contains($0) } == true }.count
+            < wanted
+    }
+
+    /// A full node sheds one of its links that are not protected
+    /// (`protectedLinks`), at random. Spared: a link whose far end
+    /// advertises fewer than the target (a newcomer, the end of a chain),
+    /// carries a circuit, or looks like the only way to its far end — while
+    /// the link is young (up for less than 3 shedding periods), and after
+    /// that one such link only, the oldest. What a far end says or does (a
+    /// squatter lying about its neighbours, holding a circuit open) buys its
+    /// link that grace, or the one spared place, never more, and refilling
+    /// a slot costs it a new address (the shed link's address group stays
+    /// apart, as its key, for ten shedding periods). Called on the node's
+    /// own clock only, never because of a message.
     @discardableResult
     func shedOneLink() -> NodeKey? {
         guard nodeNeighbourCount >= configuration.maxNeighbours else { return nil }
         let kept = protectedLinks
         let protected = Set(kept.anchors + kept.honoured)
-        let candidates = neighbours.compactMap { k, l -> (NodeKey, Link, Int)? in
+        let now = Self.now()
+        let grace = 3 * UInt64(configuration.shedRounds) * configuration.gossipMilliseconds
+        var candidates: [(NodeKey, Link)] = []
+        var spared: [(NodeKey, Link)] = []
+        for (k, l) in neighbours where !clientPeers.contains(k) && !protected.contains(k) {
             let theirs = records[k]?.record.neighbours.count ?? 0
-            guard !clientPeers.contains(k), !protected.contains(k), theirs >= configuration.targetNeighbours,
-                circuitCount(l.id) == 0
-            else { return nil }
-            return (k, l, theirs)
+            if theirs >= configuration.targetNeighbours && circuitCount(l.id) == 0 && reachableWithout(k) {
+                candidates.append((k, l))
+            } else if now >= l.upAt + grace {
+                spared.append((k, l))
+            }
         }
-        // Never a link whose loss would cut the network in two, as far as the records tell.
-        guard
-            let (peer, link, _) = candidates.sorted(by: { ($0.2, $0.1.id) > ($1.2, $1.1.id) }).first(where: {
-                reachableWithout($0.0)
-            })
-        else { return nil }
+        candidates += spared.sorted { ($0.1.upAt, $0.1.id) < ($1.1.upAt, $1.1.id) }.dropFirst()
+        guard let (peer, link) = candidates.randomElement() else { return nil }
         counters.linksShed += 1
-        keepApart[peer] = Self.now() + 10 * UInt64(configuration.shedRounds) * configuration.gossipMilliseconds
+        let until = now + 10 * UInt64(configuration.shedRounds) * configuration.gossipMilliseconds
+        keepApart[peer] = until
+        if let group = neighbourGroup(link) { keepApartGroups[group] = until }
         logger.info("link shed (full: room for a newcomer)", metadata: ["node": "\(peer)"])
         link.write(.bye, Array("shed".utf8))
         link.flush()
@@ -1295,11 +1340,14 @@ public final class MeshNode: @unchecked Sendable {
             do { record = try signed.verified(network: configuration.network, kind: .link) } catch {
                 return penalize(link, 10, "introduction: \(error)")
             }
+            // (room counted without the introducer: a full seed introduces, then says BYE)
+            let others = nodeNeighbourCount - (link.peer.map { neighbours[$0] === link } == true ? 1 : 0)
             guard !record.isClient, let d = record.descriptor, d.key != key, neighbours[d.key] == nil,
-                nodeNeighbourCount < configuration.maxNeighbours
+                others < configuration.maxNeighbours
             else { continue }
             guard introduced[d.key] != nil || introduced.count < configuration.maxIntroductions else { break }
-            introduced[d.key] = (d, Self.now())
+            let viaSeed = link.initiator && link.peer.map { p in configuration.seeds.contains { $0.key == p } } == true
+            introduced[d.key] = (d, Self.now(), viaSeed || introduced[d.key]?.viaSeed == true)
         }
     }
 
@@ -1364,7 +1412,11 @@ public final class MeshNode: @unchecked Sendable {
         for (k, entry) in introduced where now - entry.at > 30_000 || neighbours[k] != nil { introduced[k] = nil }
         // Full: nobody introduced will be dialed, and their addresses are not kept.
         if nodeNeighbourCount >= configuration.maxNeighbours { introduced.removeAll() }
-        if nodeNeighbourCount < configuration.maxNeighbours, let (k, entry) = introduced.randomElement() {
+        if nodeNeighbourCount < configuration.maxNeighbours,
+            let (k, entry) = introduced.filter({ $0.value.viaSeed }).randomElement()
+                ?? (nodeNeighbourCount < configuration.maxNeighbours - (shortOfOutbound ? 1 : 0)
+                    ? introduced.randomElement() : nil)
+        {
             introduced[k] = nil
             if !dialing.contains(k) { dial(entry.descriptor) }
         }
@@ -1377,6 +1429,13 @@ public final class MeshNode: @unchecked Sendable {
             }
         }
         if configuration.shedRounds > 0 && ticks % configuration.shedRounds == 0 { shedOneLink() }
+        // Short of links it dialed (its anchors left, and squatters dialed in): back through the seeds.
+        if ticks % 10 == 0 && shortOfOutbound && nodeNeighbourCount < configuration.maxNeighbours {
+            counters.anchorRedials += 1
+            for d in configuration.seeds where d.key != key && neighbours[d.key] == nil && !dialing.contains(d.key) {
+                dial(d)
+            }
+        }
         // In an island (a bridge dropped: a link timed out, two nodes shed at once): back through the seeds.
         if ticks % 10 == 0 && nodeNeighbourCount < configuration.maxNeighbours && cutOff(now) {
             counters.cutOffRedials += 1
@@ -1402,6 +1461,7 @@ public final class MeshNode: @unchecked Sendable {
         for (h, until) in bannedHosts where until < now { bannedHosts[h] = nil }
         for (k, until) in refused where until < now { refused[k] = nil }
         for (k, until) in keepApart where until < now { keepApart[k] = nil }
+        for (g, until) in keepApartGroups where until < now { keepApartGroups[g] = nil }
         recountCircuitEnds()
         if configuration.exit && ticks % max(1, Int(60_000 / configuration.gossipMilliseconds)) == 0 {
             let host = configuration.host

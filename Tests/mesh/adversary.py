@@ -240,6 +240,7 @@ class HostileNode:
         self.heard = {}             # node key (text) -> signed record (the freshest heard)
         self.gossip_frames = []     # every GOSSIP frame body received
         self.intros = []            # every INTRO frame body received
+        self.byes = []              # the reason of every BYE received
         self.layers = []            # what this node's layers told it: (fields, keys)
         self.created = []           # circuits relayed: {"in": end, "out": end, "onion": inner, "cells": [payloads sent on]}
         self.tamper = None          # fn(hop, counter, payload) -> payload, for cells relayed in a circuit's direction
@@ -334,6 +335,7 @@ class HostileNode:
                     elif frame[0] == INTRO:
                         self.intros.append(frame[1:])
                     elif frame[0] == BYE:
+                        self.byes.append(bytes(frame[1:]))
                         link.open = False
         except (OSError, ConnectionError, ValueError):
             pass

@@ -13,8 +13,9 @@ rounds (`--shed-rounds 10`: 2 s).
   their own links are never the ones shed). What must hold: a link that was
   protected at both of its ends before the attack (an anchor of one end,
   honoured at the other) is never shed, and the victim keeps at least its 2
-  anchors' worth of honest neighbours all along (a full node protects its 2
-  anchors and at most 2 claims, so squatters get the fifth slot at most).
+  anchors' worth of honest neighbours all along, and the squatters are
+  shed too once their links' grace (3 shedding periods) is over: what a
+  far end says buys its link that grace, never more.
 
 - An island (a clique of 4 at their target) whose only bridge stops finds
   its way back through a seed, once its nodes see the other side's records
@@ -158,6 +159,8 @@ def test_squatters_filling_a_node_and_its_neighbours_never_take_a_protected_link
             sum(nodes.state(n)["counters"]["linksShed"] for n in targets) - shed_before))
         shed = sum(nodes.state(n)["counters"]["linksShed"] for n in targets) - shed_before
         assert before and squatted > 0, "the attack did not take hold (squatters %d, links shed %d)" % (squatted, shed)
+        # Lying buys a link a grace of 3 shedding periods, never more: squatters were shed too.
+        assert sum(s.byes.count(b"shed") for s, _, _ in squatters) > 0, [s.byes for s, _, _ in squatters]
         assert before <= after, "protected links were shed: %s" % sorted(map(sorted, before - after))
         assert fewest_honest >= len(anchors), "the victim kept only %d honest neighbours" % fewest_honest
         for link in victim_anchor_links:
@@ -175,8 +178,9 @@ def test_an_island_whose_bridge_dies_finds_its_way_back_through_a_seed(tmp_path)
     they never dial again on that count); a node X bridges them to five
     others M0-M4, and then stops. The four see the versions of the other
     side's records stop coming (`cutOff`: more than half of their records
-    quiet for 4 refresh periods) and dial their seeds again: M0, which was
-    down when they started. The network is one again."""
+    quiet for 4 refresh periods), or that they have fewer links they dialed
+    than they want anchors (B1 dialed nobody), and dial their seeds again:
+    M0, which was down when they started. The network is one again."""
     nodes = Nodes(str(tmp_path), MASQ, COMMON)
     try:
         # M0's identity and port, known before the four start; M0 down while they form their clique.
@@ -202,6 +206,7 @@ def test_an_island_whose_bridge_dies_finds_its_way_back_through_a_seed(tmp_path)
         wait_for(lambda: len(components(graph(nodes, names))) == 2, 10, "X was not the only bridge")
         wait_for(lambda: components(graph(nodes, names)) == [len(names)], 120, "the island did not come back: %s" % (
             components(graph(nodes, names)),))
-        assert sum(nodes.state(b)["counters"]["cutOffRedials"] for b in bs) > 0
+        counters = [nodes.state(b)["counters"] for b in bs]
+        assert sum(c["cutOffRedials"] + c["anchorRedials"] for c in counters) > 0, counters
     finally:
         stop_all(nodes.procs)
