@@ -239,8 +239,13 @@ public final class MeshNode: @unchecked Sendable {
     }
 
     /// Nodes introduced to this one (their signed link records said where they listen), with when: dialed once, forgotten after 30 s.
-    /// `viaSeed`: sent by a seed this node dialed (what it may fill a slot kept for its own dials with).
-    var introduced: [NodeKey: (descriptor: NodeDescriptor, at: UInt64, viaSeed: Bool)] = [:]
+    var introduced: [NodeKey: (descriptor: NodeDescriptor, at: UInt64)] = [:]
+    /// Address groups of dialers a full node sent its roomy neighbours to, until when (one per shedding period each).
+    var reverseIntroduced: [String: UInt64] = [:]
+    /// When this node may next dial its seeds for being short of dialed links or cut off, and the interval
+    /// (doubling while the condition lasts: nobody can make a node dial on and on).
+    var redialAt = 0
+    var redialRounds = 10
     var links: [Int: Link] = [:]
     var neighbours: [NodeKey: Link] = [:]
     /// Neighbours that are clients: they take no neighbour slot and are never advertised.
@@ -906,7 +911,7 @@ public final class MeshNode: @unchecked Sendable {
             // dial it), and it about them (it may dial them: a node dials its
             // anchors). A link this node dialed is refused too: several dials
             // in flight may complete at once, and never past `maxNeighbours`.
-            if !link.initiator && !record.isClient { introduce(link, to: 2, both: true) }
+            if !link.initiator && !record.isClient { introduce(link, to: 2, both: record.isSeeking) }
             link.write(.bye, Array("full".utf8))
             link.flush()
             link.channel.close(promise: nil)
@@ -943,8 +948,24 @@ public final class MeshNode: @unchecked Sendable {
             other.write(.intro, Array(body))
             counters.introductionsSent += 1
         }
-        if both, !chosen.isEmpty, let back = try? JSONEncoder().encode(chosen.compactMap { $0.value.linkRecord }) {
-            link.write(.intro, Array(back))
+        // The dialer, when it looks for neighbours, learns of neighbours it may
+        // dial (they may become its anchors): only ones that have been here a
+        // while with links both ends advertise, as many as the target —
+        // never a squatter advertising room, or one just arrived — once a
+        // shedding period per address group.
+        let now = Self.now(), grace = shedGrace
+        let group = neighbourGroup(link) ?? link.prefix
+        if both, (reverseIntroduced[group] ?? 0) < now,
+            reverseIntroduced.count < 1_024
+        {
+            let settled = candidates.filter { k, l in
+                now >= l.upAt + grace && confirmedDegree(k) >= configuration.targetNeighbours
+            }
+            let settledRecords = settled.shuffled().prefix(count).compactMap { $0.value.linkRecord }
+            if !settledRecords.isEmpty, let back = try? JSONEncoder().encode(settledRecords) {
+                link.write(.intro, Array(back))
+                reverseIntroduced[group] = now + grace
+            }
         }
         lastIntroduced[peer] = Self.now()
     }
@@ -954,6 +975,20 @@ public final class MeshNode: @unchecked Sendable {
     /// Anchors a record may name and have honoured (a protocol constant, so
     /// that nodes with other settings agree).
     static let maxAnchorClaims = 3
+
+    /// How long a young link is spared (3 shedding periods), and how long a
+    /// link must have lasted to be an anchor or be introduced as a settled node.
+    var shedGrace: UInt64 { 3 * UInt64(configuration.shedRounds) * configuration.gossipMilliseconds }
+
+    /// A neighbour's links that both ends advertise (this node's own link to it counts when it is one).
+    func confirmedDegree(_ peer: NodeKey) -> Int {
+        guard let record = records[peer]?.record else { return 0 }
+        return record.neighbours.filter { n in
+            n == key.text
+                ? neighbours[peer] != nil
+                : NodeKey(text: n).flatMap { records[$0]?.record.neighbours.contains(peer.text) } == true
+        }.count
+    }
 
     /// Whether the neighbour `peer` names this node as one of its anchors. A
     /// record naming more than `maxAnchorClaims` has its claims ignored:
@@ -976,9 +1011,10 @@ public final class MeshNode: @unchecked Sendable {
         let links = neighbours.filter { !clientPeers.contains($0.key) }
         // (age counts from when a link came up: a handshake dragged out gains nothing)
         let byAge = links.sorted { ($0.value.upAt, $0.value.id) < ($1.value.upAt, $1.value.id) }
-        func order(_ l: Link) -> (Int, UInt64, Int) { (l.initiator ? 0 : 1, l.upAt, l.id) }
-        let anchors = links.sorted { order($0.value) < order($1.value) }.prefix(configuration.anchorNeighbours)
-            .map(\.key)
+        let now = Self.now(), grace = shedGrace
+        let anchors = byAge.filter { k, l in
+            l.initiator && now >= l.upAt + grace && confirmedDegree(k) >= configuration.targetNeighbours
+        }.prefix(configuration.anchorNeighbours).map(\.key)
         let room = max(0, configuration.maxNeighbours - configuration.anchorNeighbours - 1)
         let honoured = byAge.map(\.key)
             .filter { !anchors.contains($0) && anchoredAtFarEnd($0) }.prefix(room)
@@ -1017,8 +1053,7 @@ public final class MeshNode: @unchecked Sendable {
         guard nodeNeighbourCount >= configuration.maxNeighbours else { return nil }
         let kept = protectedLinks
         let protected = Set(kept.anchors + kept.honoured)
-        let now = Self.now()
-        let grace = 3 * UInt64(configuration.shedRounds) * configuration.gossipMilliseconds
+        let now = Self.now(), grace = shedGrace
         var candidates: [(NodeKey, Link)] = []
         var spared: [(NodeKey, Link)] = []
         for (k, l) in neighbours where !clientPeers.contains(k) && !protected.contains(k) {
@@ -1094,7 +1129,8 @@ public final class MeshNode: @unchecked Sendable {
             neighbours: current, rates: configuration.rates, exit: configuration.exit && !configuration.client,
             client: configuration.client ? true : nil, wallet: configuration.earningWallet?.address)
         if !configuration.client {
-            record.seeking = current.count < configuration.targetNeighbours ? true : nil
+            // (also when short of links it dialed: a full seed then tells it of settled nodes it may dial)
+            record.seeking = current.count < configuration.targetNeighbours || shortOfOutbound ? true : nil
             record.family = configuration.family.isEmpty ? nil : configuration.family.map(\.text)
             record.anchors = anchors.isEmpty ? nil : anchors
         }
@@ -1346,8 +1382,7 @@ public final class MeshNode: @unchecked Sendable {
                 others < configuration.maxNeighbours
             else { continue }
             guard introduced[d.key] != nil || introduced.count < configuration.maxIntroductions else { break }
-            let viaSeed = link.initiator && link.peer.map { p in configuration.seeds.contains { $0.key == p } } == true
-            introduced[d.key] = (d, Self.now(), viaSeed || introduced[d.key]?.viaSeed == true)
+            introduced[d.key] = (d, Self.now())
         }
     }
 
@@ -1412,10 +1447,9 @@ public final class MeshNode: @unchecked Sendable {
         for (k, entry) in introduced where now - entry.at > 30_000 || neighbours[k] != nil { introduced[k] = nil }
         // Full: nobody introduced will be dialed, and their addresses are not kept.
         if nodeNeighbourCount >= configuration.maxNeighbours { introduced.removeAll() }
-        if nodeNeighbourCount < configuration.maxNeighbours,
-            let (k, entry) = introduced.filter({ $0.value.viaSeed }).randomElement()
-                ?? (nodeNeighbourCount < configuration.maxNeighbours - (shortOfOutbound ? 1 : 0)
-                    ? introduced.randomElement() : nil)
+        // (the slot kept for a node's own dials is for its seeds)
+        if nodeNeighbourCount < configuration.maxNeighbours - (shortOfOutbound ? 1 : 0),
+            let (k, entry) = introduced.randomElement()
         {
             introduced[k] = nil
             if !dialing.contains(k) { dial(entry.descriptor) }
@@ -1429,21 +1463,27 @@ public final class MeshNode: @unchecked Sendable {
             }
         }
         if configuration.shedRounds > 0 && ticks % configuration.shedRounds == 0 { shedOneLink() }
-        // Short of links it dialed (its anchors left, and squatters dialed in): back through the seeds.
-        if ticks % 10 == 0 && shortOfOutbound && nodeNeighbourCount < configuration.maxNeighbours {
-            counters.anchorRedials += 1
-            for d in configuration.seeds where d.key != key && neighbours[d.key] == nil && !dialing.contains(d.key) {
-                dial(d)
+        // Short of links it dialed (its anchors left, and squatters dialed in),
+        // or in an island (a bridge dropped: a link timed out, two nodes shed
+        // at once): back through the seeds, every 10 rounds, then 20, 40, ...
+        // (at most every 10 shedding periods) while it lasts.
+        if ticks >= redialAt {
+            let short = shortOfOutbound, island = cutOff(now)
+            if (short || island) && nodeNeighbourCount < configuration.maxNeighbours {
+                if short { counters.anchorRedials += 1 } else { counters.cutOffRedials += 1 }
+                if island { logger.info("cut off from most of the network: dialing the seeds again") }
+                for d in configuration.seeds
+                where d.key != key && neighbours[d.key] == nil && !dialing.contains(d.key) {
+                    dial(d)
+                }
+                redialAt = ticks + redialRounds
+                redialRounds = min(redialRounds * 2, max(10, 10 * configuration.shedRounds))
+            } else {
+                redialAt = ticks + 10
+                redialRounds = 10
             }
         }
-        // In an island (a bridge dropped: a link timed out, two nodes shed at once): back through the seeds.
-        if ticks % 10 == 0 && nodeNeighbourCount < configuration.maxNeighbours && cutOff(now) {
-            counters.cutOffRedials += 1
-            logger.info("cut off from most of the network: dialing the seeds again")
-            for d in configuration.seeds where d.key != key && neighbours[d.key] == nil && !dialing.contains(d.key) {
-                dial(d)
-            }
-        }
+        for (g, until) in reverseIntroduced where until < now { reverseIntroduced[g] = nil }
         // Neighbours still looking for neighbours are introduced to others with room, now and then.
         if ticks % 5 == 0 {
             for (peer, link) in neighbours

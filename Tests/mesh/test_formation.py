@@ -125,6 +125,10 @@ def test_squatters_filling_a_node_and_its_neighbours_never_take_a_protected_link
                         out.add(frozenset((n, honest[k])))
             return out
 
+        # (anchors are links that lasted 3 shedding periods, to settled nodes)
+        wait_for(lambda: len(protected_links()) >= len(names) // 2, 30, "no links were protected")
+        anchors = [honest[k] for k in nodes.state(victim)["anchors"]]
+        targets = [victim] + anchors
         before = protected_links()
         victim_anchor_links = {frozenset((victim, a)) for a in anchors}
         shed_before = sum(nodes.state(n)["counters"]["linksShed"] for n in targets)
