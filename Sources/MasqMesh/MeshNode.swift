@@ -943,28 +943,30 @@ public final class MeshNode: @unchecked Sendable {
             l !== link && !clientPeers.contains(k) && !theirs.contains(k.text)
                 && (records[k]?.record.neighbours.count ?? configuration.maxNeighbours) < configuration.maxNeighbours
         }
-        let chosen = candidates.shuffled().prefix(count)
+        // Settled neighbours first (up for 3 shedding periods, with at least
+        // the target of links both ends advertise): a squatter advertising
+        // room is told about newcomers only while the network has nobody else.
+        let now = Self.now(), grace = shedGrace
+        let settled = candidates.filter { k, l in
+            now >= l.upAt + grace && confirmedDegree(k) >= configuration.targetNeighbours
+        }
+        let chosen = (settled.isEmpty ? candidates : settled).shuffled().prefix(count)
         for (_, other) in chosen {
             other.write(.intro, Array(body))
             counters.introductionsSent += 1
         }
         // The dialer, when it looks for neighbours, learns of neighbours it may
-        // dial (they may become its anchors): only ones that have been here a
-        // while with links both ends advertise, as many as the target —
-        // never a squatter advertising room, or one just arrived — once a
-        // shedding period per address group.
-        let now = Self.now(), grace = shedGrace
+        // dial (they may become its anchors): only settled ones — never a
+        // squatter advertising room, or one just arrived — at most once a
+        // shedding period (10 rounds at least) per address group.
         let group = neighbourGroup(link) ?? link.prefix
         if both, (reverseIntroduced[group] ?? 0) < now,
             reverseIntroduced.count < 1_024
         {
-            let settled = candidates.filter { k, l in
-                now >= l.upAt + grace && confirmedDegree(k) >= configuration.targetNeighbours
-            }
             let settledRecords = settled.shuffled().prefix(count).compactMap { $0.value.linkRecord }
             if !settledRecords.isEmpty, let back = try? JSONEncoder().encode(settledRecords) {
                 link.write(.intro, Array(back))
-                reverseIntroduced[group] = now + grace
+                reverseIntroduced[group] = now + max(grace, 10 * configuration.gossipMilliseconds)
             }
         }
         lastIntroduced[peer] = Self.now()
