@@ -54,9 +54,9 @@ struct Node: MasqSubcommand {
     @Flag(help: "Allow routes of 1 or 2 hops (no anonymity: for tests and benchmarks).") var allowShortRoutes = false
     @Option(help: "Most neighbours.") var maxNeighbours = 5
     @Option(help: "Neighbours to look for.") var targetNeighbours = 3
-    @Option(help: "Oldest links kept as anchors: never shed at either end (at most the target).")
+    @Option(help: "Oldest dialed links kept as anchors: never shed at either end (at most the target and 3).")
     var anchorNeighbours = 2
-    @Option(help: "A full node sheds one unanchored link every this many gossip rounds, making room (0: never).")
+    @Option(help: "A full node sheds one unprotected link, at random, every this many gossip rounds (0: never).")
     var shedRounds = 30
     @Option(help: "Client links (devices' mesh transports) served besides the neighbours.") var maxClients = 32
     @Option(help: "Cell payload bytes (the same on every node of a network).") var cellBytes = 4_096

@@ -982,6 +982,9 @@ public final class MeshNode: @unchecked Sendable {
     /// link must have lasted to be an anchor or be introduced as a settled node.
     var shedGrace: UInt64 { 3 * UInt64(configuration.shedRounds) * configuration.gossipMilliseconds }
 
+    /// Link age order: when a link came up, then when it opened.
+    static func older(_ a: Link, _ b: Link) -> Bool { (a.upAt, a.id) < (b.upAt, b.id) }
+
     /// A neighbour's links that both ends advertise (this node's own link to it counts when it is one).
     func confirmedDegree(_ peer: NodeKey) -> Int {
         guard let record = records[peer]?.record else { return 0 }
@@ -1012,7 +1015,7 @@ public final class MeshNode: @unchecked Sendable {
     var protectedLinks: (anchors: [NodeKey], honoured: [NodeKey]) {
         let links = neighbours.filter { !clientPeers.contains($0.key) }
         // (age counts from when a link came up: a handshake dragged out gains nothing)
-        let byAge = links.sorted { ($0.value.upAt, $0.value.id) < ($1.value.upAt, $1.value.id) }
+        let byAge = links.sorted { Self.older($0.value, $1.value) }
         let now = Self.now(), grace = shedGrace
         let anchors = byAge.filter { k, l in
             l.initiator && now >= l.upAt + grace && confirmedDegree(k) >= configuration.targetNeighbours
@@ -1029,10 +1032,10 @@ public final class MeshNode: @unchecked Sendable {
     /// Whether this node has fewer links it dialed than it wants anchors
     /// (`anchorNeighbours`, at most one per seed it has): squatters dial in,
     /// so a node whose anchors left could end up with none but theirs. Such
-    /// a node keeps one slot for its own dials (inbound links stop one short
-    /// of the maximum), dials its seeds every 10 rounds, and dials first the
-    /// nodes a seed introduced to it (a full seed introduces its neighbours
-    /// with room to a node it refuses).
+    /// a node says it is seeking (a full seed then sends it settled
+    /// neighbours it may dial), keeps one slot for its seeds (inbound links
+    /// and introductions stop one short of the maximum) and redials them,
+    /// backing off (`tick`).
     var shortOfOutbound: Bool {
         let wanted = min(configuration.anchorNeighbours, configuration.seeds.filter { $0.key != key }.count)
         return neighbours.values.filter { $0.initiator && $0.peer.map { !clientPeers.contains($0) } == true }.count
@@ -1066,7 +1069,7 @@ public final class MeshNode: @unchecked Sendable {
                 spared.append((k, l))
             }
         }
-        candidates += spared.sorted { ($0.1.upAt, $0.1.id) < ($1.1.upAt, $1.1.id) }.dropFirst()
+        candidates += spared.sorted { Self.older($0.1, $1.1) }.dropFirst()
         guard let (peer, link) = candidates.randomElement() else { return nil }
         counters.linksShed += 1
         let until = now + 10 * UInt64(configuration.shedRounds) * configuration.gossipMilliseconds
@@ -1720,6 +1723,7 @@ public final class MeshNode: @unchecked Sendable {
             ])
         }
         let clientKeys = records.filter { $0.value.record.isClient }.map(\.key)
+        let protected = protectedLinks
         return State(
             key: key.text, address: "\(configuration.host):\(port)",
             neighbours: neighbours.keys.filter { !clientPeers.contains($0) }.map(\.text).sorted(),
@@ -1735,8 +1739,8 @@ public final class MeshNode: @unchecked Sendable {
                             $0.record.host.isEmpty ? nil : "\($0.record.host):\($0.record.port)"
                         })
             ).sorted(),
-            counters: counters, anchors: ownAnchors.map(\.text).sorted(),
-            anchoredBy: protectedLinks.honoured.map(\.text).sorted())
+            counters: counters, anchors: protected.anchors.map(\.text).sorted(),
+            anchoredBy: protected.honoured.map(\.text).sorted())
     }
 
     /// `<data dir>/state.json`, rewritten every tick (for operators and tests).
