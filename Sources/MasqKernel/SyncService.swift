@@ -272,15 +272,17 @@ public final class SyncService: @unchecked Sendable {
         var connectedAt: UInt64?
         while Clock.monotonicNanoseconds() < deadline {
             usleep(50_000)
+            // Who is present and whether each has said HELLO first, the counts
+            // after: counts read before a HELLO arrived say 0 lacking (nothing
+            // announced yet) and would end the run before a single commit came.
+            let (here, greeted) = queue.sync {
+                (present, helloed.isSuperset(of: present) && engine.heardFrom(present) && transfer.settled(blobDevices))
+            }
             let s = try status()
             let now = Clock.monotonicNanoseconds()
             if s.connected { connectedAt = connectedAt ?? now } else { connectedAt = nil }
-            let talking = s.devices.filter(\.present)
-            let settled =
-                talking.allSatisfy { $0.weLack == 0 && $0.theyLack == 0 }
-                && queue.sync(execute: {
-                    helloed.isSuperset(of: present) && engine.heardFrom(present) && transfer.settled(blobDevices)
-                })
+            let talking = s.devices.filter { here.contains($0.deviceID) }
+            let settled = greeted && talking.allSatisfy { $0.weLack == 0 && $0.theyLack == 0 }
             // Done when everyone answered and nothing is missing; absent
             // devices get `grace` seconds once connected. A transport that
             // never comes up ends the run after `grace` + 10 s (the caller
