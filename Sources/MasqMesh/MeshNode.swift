@@ -261,6 +261,8 @@ public final class MeshNode: @unchecked Sendable {
     var ownRecord: NodeRecord?
     /// When each neighbour was last introduced to others (introductions of a seeking neighbour are spaced).
     var lastIntroduced: [NodeKey: UInt64] = [:]
+    /// Neighbours' degrees as the network sees them (`seenDegrees`), worked out at most once a round.
+    var seenDegreeCache: (tick: Int, degrees: [NodeKey: Int])?
     var advertisedNeighbours: [String] = []
     var advertisedAnchors: [String] = []
     /// This round's gossip frame body (`sendGossip`); nil when our record changed.
@@ -939,9 +941,10 @@ public final class MeshNode: @unchecked Sendable {
         guard let peer = link.peer, let linkRecord = link.linkRecord, let body = try? JSONEncoder().encode([linkRecord])
         else { return }
         let theirs = Set(records[peer]?.record.neighbours ?? [])
+        let degrees = seenDegrees()
         let candidates = neighbours.filter { k, l in
             l !== link && !clientPeers.contains(k) && !theirs.contains(k.text)
-                && (records[k]?.record.neighbours.count ?? configuration.maxNeighbours) < configuration.maxNeighbours
+                && (degrees[k] ?? configuration.maxNeighbours) < configuration.maxNeighbours
         }
         // Settled neighbours first (up for 3 shedding periods, with at least
         // the target of links both ends advertise): a squatter advertising
@@ -984,6 +987,33 @@ public final class MeshNode: @unchecked Sendable {
 
     /// Link age order: when a link came up, then when it opened.
     static func older(_ a: Link, _ b: Link) -> Bool { (a.upAt, a.id) < (b.upAt, b.id) }
+
+    /// How many links each node neighbour holds as the network sees them:
+    /// those it advertises and those whose far end advertises it (this
+    /// node's own included). A squatter advertising room while it holds the
+    /// links of many is seen full, and nobody is sent its way. No entry for
+    /// a neighbour whose record this node lacks. One pass over the records,
+    /// at most once a round (an introduction may follow every refused dial).
+    /// Records naming a node can be minted (sybils making it look full, so
+    /// it is introduced to nobody); that costs it introductions only, not
+    /// links: shedding still goes by what a far end advertises, so a
+    /// newcomer's young links are spared whatever others claim.
+    func seenDegrees() -> [NodeKey: Int] {
+        if let cache = seenDegreeCache, cache.tick == ticks { return cache.degrees }
+        var linked: [NodeKey: Set<String>] = [:]
+        var byText: [String: NodeKey] = [:]
+        for peer in neighbours.keys where !clientPeers.contains(peer) {
+            guard let record = records[peer]?.record else { continue }
+            linked[peer] = Set(record.neighbours).union([key.text])
+            byText[peer.text] = peer
+        }
+        for (other, known) in records {
+            for n in known.record.neighbours { if let peer = byText[n] { linked[peer]?.insert(other.text) } }
+        }
+        let degrees = linked.mapValues(\.count)
+        seenDegreeCache = (ticks, degrees)
+        return degrees
+    }
 
     /// A neighbour's links that both ends advertise (this node's own link to it counts when it is one).
     func confirmedDegree(_ peer: NodeKey) -> Int {

@@ -250,6 +250,7 @@ class HostileNode:
         self.terminals = []         # return circuits that ended here: (end, fields, keys)
         self.version = int(time.time() * 1000)
         self.legacy = False
+        self.port = 1               # where it listens (`listen`); 1: it does not
         self.stopped = threading.Event()
         self.gossip_seconds = gossip_seconds
         threading.Thread(target=self._gossip_loop, daemon=True).start()
@@ -262,7 +263,7 @@ class HostileNode:
         rec = {"network": self.network, "key": b64(self.key), "agreement": b64(self.static_pub),
                "version": self.version, "neighbours": [b64(l.key) for l in self.links if l.open], "rates": self.rates, "exit": self.exit}
         if link or legacy:
-            rec["host"], rec["port"] = self.source, 1
+            rec["host"], rec["port"] = self.source, self.port
         body = json.dumps(rec, separators=(",", ":")).encode()
         context = b"masq node record v1" if legacy else LINK_CONTEXT if link else RECORD_CONTEXT
         return {"r": b64(body), "s": b64(self.identity.sign(context + body))}
@@ -286,11 +287,51 @@ class HostileNode:
         self._gossip(link)
         return link
 
+    def listen(self, accept=lambda node: True):
+        """Take links nodes dial (introduced to us, or seeding us) on `source`,
+        a port of its own (named in our link record from now on). `accept(self)`:
+        whether to take one more (else the connection is closed unanswered)."""
+        server = socket.create_server((self.source, 0))
+        self.port = server.getsockname()[1]
+        self.server = server
+
+        def loop():
+            while not self.stopped.is_set():
+                try:
+                    sock, _ = server.accept()
+                except OSError:
+                    return
+                if not accept(self):
+                    sock.close()
+                    continue
+                threading.Thread(target=self._accepted, args=(sock,), daemon=True).start()
+
+        threading.Thread(target=loop, daemon=True).start()
+        return self.port
+
+    def _accepted(self, sock):
+        peer = Peer(None, None, network=self.network, source=self.source, static=self.static, identity=self.identity,
+                    payload=lambda _: json.dumps({"link": self.record(link=True), "record": self.record()}).encode(),
+                    sock=sock)
+        try:
+            peer.respond()
+        except (OSError, ConnectionError, ValueError, KeyError):
+            sock.close()
+            return
+        link = Link(self, peer)
+        with self.lock:
+            self.links.append(link)
+            self.version += 1
+        threading.Thread(target=self._read_loop, args=(link,), daemon=True).start()
+        self._gossip(link)
+
     def link_to(self, key):
         return next((l for l in self.links if l.key == key and l.open), None)
 
     def stop(self):
         self.stopped.set()
+        if getattr(self, "server", None):
+            self.server.close()
         for l in self.links:
             l.open = False
             try:

@@ -1,5 +1,5 @@
-"""A minimal Noise_XX_25519_ChaChaPoly_SHA256 initiator (the Noise spec,
-revision 34) with Python's `cryptography`, to talk to a mesh node as a
+"""A minimal Noise_XX_25519_ChaChaPoly_SHA256 initiator and responder (the
+Noise spec, revision 34) with Python's `cryptography`, to talk to a mesh node as a
 hostile peer would: complete the handshake with a record of our own, then
 send malformed frames."""
 import base64
@@ -59,17 +59,20 @@ class Cipher:
 class Peer:
     """A node-like peer: X25519 static key, Ed25519 identity, a signed record."""
 
-    def __init__(self, host, port, network="masq", source=None, client=False, timeout=5, static=None, identity=None, payload=None):
+    def __init__(self, host, port, network="masq", source=None, client=False, timeout=5, static=None, identity=None,
+                 payload=None, sock=None):
         """`source`: the local address to leave from (the record names it);
         `client`: a device's transport (a client link), not a node;
         `static`, `identity`: the keys of a node with several links (fresh ones by default);
-        `payload`: a function giving what the handshake carries (the peer's own record by default)."""
+        `payload`: a function giving what the handshake carries (the peer's own record by default);
+        `sock`: a connection a node made to us (then `respond`, not `handshake`)."""
         self.static = static or X25519PrivateKey.generate()
         self.identity = identity or Ed25519PrivateKey.generate()
         self.payload = payload
         self.source = source
         self.client = client
-        self.sock = socket.create_connection((host, port), timeout=timeout, source_address=(source, 0) if source else None)
+        self.sock = sock or socket.create_connection((host, port), timeout=timeout,
+                                                     source_address=(source, 0) if source else None)
         self.network = network
         self.h = hashlib.sha256(NAME).digest() if len(NAME) > 32 else NAME.ljust(32, b"\0")
         self.ck = self.h
@@ -149,6 +152,29 @@ class Peer:
         self.send_raw(out)
         k1, k2 = hkdf(self.ck, b"", 2)
         self.send, self.receive = Cipher(k1), Cipher(k2)
+
+    def respond(self):
+        """The responder's half of the handshake, for a node that dialed us:
+        <- e; -> e, ee, s, es, our payload; <- s, se, its payload."""
+        self.sock.settimeout(5)
+        msg = self.recv_raw()
+        re = msg[:32]
+        self.mix_hash(re)
+        self.mix_hash(msg[32:])                               # its (empty) first payload
+        e = X25519PrivateKey.generate()
+        self.mix_hash(raw(e))
+        self.mix_key(e.exchange(X25519PublicKey.from_public_bytes(re)))
+        out = raw(e) + self.encrypt_and_hash(raw(self.static))
+        self.mix_key(self.static.exchange(X25519PublicKey.from_public_bytes(re)))
+        out += self.encrypt_and_hash(self.payload(None) if self.payload else self.handshake_payload())
+        self.send_raw(out)
+        msg = self.recv_raw()
+        rs = self.decrypt_and_hash(msg[:48])
+        self.mix_key(e.exchange(X25519PublicKey.from_public_bytes(rs)))
+        self.remote_record = json.loads(self.decrypt_and_hash(msg[48:]))
+        k1, k2 = hkdf(self.ck, b"", 2)
+        self.send, self.receive = Cipher(k2), Cipher(k1)
+        self.sock.settimeout(None)
 
     def message(self, records, clear=b""):
         """One link message: u16 c, the clear part (DATA cells' payloads), then

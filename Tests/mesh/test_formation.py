@@ -15,6 +15,11 @@ rounds (`--shed-rounds 10`: 2 s).
   honoured at the other) is never shed, and the victim keeps at least its 2
   anchors' worth of honest neighbours all along.
 
+- Squatters on a seed take every link dialed to them and dial every
+  newcomer they are introduced to, advertising one neighbour: the honest
+  newcomers still form one network among themselves, and none anchors on a
+  squatter (room is counted over the links the network sees).
+
 - An island (a clique of 4 at their target) whose only bridge stops finds
   its way back through a seed, once its nodes see the other side's records
   go quiet.
@@ -92,7 +97,7 @@ class Squatter(HostileNode):
         rec = {"network": self.network, "key": adversary.b64(self.key), "agreement": adversary.b64(self.static_pub),
                "version": self.version, "neighbours": keys, "anchors": keys, "rates": self.rates, "exit": False}
         if link:
-            rec["host"], rec["port"] = self.source, 1
+            rec["host"], rec["port"] = self.source, self.port
         body = json.dumps(rec, separators=(",", ":")).encode()
         context = adversary.LINK_CONTEXT if link else adversary.RECORD_CONTEXT
         return {"r": adversary.b64(body), "s": adversary.b64(self.identity.sign(context + body))}
@@ -162,7 +167,12 @@ def test_squatters_filling_a_node_and_its_neighbours_never_take_a_protected_link
                                      sum(s.byes.count(b"shed") for s, _, _ in squatters)))
         assert before and squatted > 0, "the attack did not take hold (squatters %d, links shed %d)" % (squatted, shed)
 
-        assert before <= after, "protected links were shed: %s" % sorted(map(sorted, before - after))
+        # Never shed: every link protected before is still up. (One may be protected no more while up: an
+        # end re-chooses its anchors when a far end's confirmed links fall below the target.)
+        lost = [sorted(l) for l in before if not all(nodes.key(b) in nodes.state(a)["neighbours"]
+                                                       for a, b in (sorted(l), sorted(l)[::-1]))]
+        assert not lost, "protected links were shed: %s (no longer protected: %s)" % (
+            lost, sorted(map(sorted, before - after)))
         assert fewest_honest >= len(anchors), "the victim kept only %d honest neighbours" % fewest_honest
         for link in victim_anchor_links:
             a, b = sorted(link)
@@ -170,6 +180,77 @@ def test_squatters_filling_a_node_and_its_neighbours_never_take_a_protected_link
     finally:
         stop.set()
         for s, _, _ in squatters:
+            s.stop()
+        stop_all(nodes.procs)
+
+
+def test_squatters_on_the_seed_taking_every_link_do_not_keep_newcomers_apart(tmp_path):
+    """Three squatters (an address each) take slots on the seed of thirty
+    newcomers before they come, listen, and accept every link dialed to
+    them, while advertising one neighbour and claiming it as an anchor: the
+    seed, full, would see room only there and send every newcomer their way,
+    where nobody is introduced to anybody. What must hold: the honest nodes
+    form one network among themselves (links to squatters left out), each
+    with an honest neighbour, and no honest node anchors on a squatter. (A
+    node counts a neighbour's room over the links the network sees, those
+    whose far end names it too, and sends newcomers to settled neighbours
+    first.)"""
+    nodes = Nodes(str(tmp_path), MASQ, COMMON)
+    count = 30
+    names = ["H%d" % i for i in range(count)]
+    squatters, stop = [], threading.Event()
+    try:
+        seed = nodes.start(names[0], "127.0.7.100")
+        for i in range(3):
+            s = Squatter("127.0.8.%d" % (10 + i))
+            s.listen()
+            s.dial(nodes.host(names[0]), nodes.port(names[0]))
+            squatters.append(s)
+        wait_for(lambda: len(nodes.state(names[0])["neighbours"]) == 3, 10, "the squatters did not link to the seed")
+
+        def keep_dialing():
+            taken = [0] * len(squatters)
+            while not stop.is_set():
+                for i, s in enumerate(squatters):
+                    # Every newcomer it is introduced to, it dials: one slot of the newcomer's.
+                    for body in s.intros[taken[i]:]:
+                        for signed in json.loads(body):
+                            rec = adversary.record_of(signed)
+                            if s.link_to(adversary.unb64(rec["key"])) is None:
+                                try:
+                                    s.dial(rec["host"], rec["port"])
+                                except (OSError, ConnectionError, ValueError):
+                                    pass
+                    taken[i] = len(s.intros)
+                    if s.link_to(adversary.unb64(nodes.key(names[0]))) is None:
+                        try:
+                            s.dial(nodes.host(names[0]), nodes.port(names[0]))
+                        except (OSError, ConnectionError, ValueError):
+                            pass
+                stop.wait(0.3)
+
+        threading.Thread(target=keep_dialing, daemon=True).start()
+        for i in range(1, count):
+            nodes.start(names[i], "127.0.7.%d" % (100 + i), ["--seed", seed])
+        hostile = {adversary.b64(s.key) for s in squatters}
+        deadline, adjacency = time.monotonic() + 120, {}
+        while time.monotonic() < deadline:
+            adjacency = graph(nodes, names)
+            if components(adjacency) == [count] and min(len(v) for v in adjacency.values()) >= 1:
+                break
+            time.sleep(0.5)
+        held = sum(1 for n in names for k in nodes.state(n)["neighbours"] if k in hostile)
+        print("honest components %s, honest degrees %s, links held by squatters %d, seed sent newcomers "
+              "to squatters %d times" % (components(adjacency), sorted(len(v) for v in adjacency.values()), held,
+                                         sum(len(s.intros) for s in squatters)))
+        assert components(adjacency) == [count], "the honest nodes are apart: components %s" % (
+            components(adjacency),)
+        assert min(len(v) for v in adjacency.values()) >= 1
+        anchored = [n for n in names if set(nodes.state(n)["anchors"]) & hostile]
+        assert not anchored, "honest nodes anchored on squatters: %s" % anchored
+    finally:
+        stop.set()
+        for s in squatters:
             s.stop()
         stop_all(nodes.procs)
 
