@@ -124,6 +124,11 @@ final class Link {
     /// When the link became a neighbour link (0 until then): its age for
     /// anchors, and the grace a young link has from shedding.
     var upAt: UInt64 = 0
+    /// Nodes this node introduced to the far end (at most 16, the newest):
+    /// whom, when, and whether a record of theirs has named the far end
+    /// since. A far end that links to nobody it is sent (a squatter dialing
+    /// newcomers under other keys) soon gets nobody (`MeshNode.introduce`).
+    var introductions: [(peer: String, at: UInt64, linked: Bool)] = []
     /// Where an inbound connection comes from, as the handshake table counts
     /// it (MeshNode.addressPrefix: an IPv4 address, an IPv6 /64).
     let prefix: String

@@ -941,22 +941,39 @@ public final class MeshNode: @unchecked Sendable {
         guard let peer = link.peer, let linkRecord = link.linkRecord, let body = try? JSONEncoder().encode([linkRecord])
         else { return }
         let theirs = Set(records[peer]?.record.neighbours ?? [])
-        let degrees = seenDegrees()
-        let candidates = neighbours.filter { k, l in
+        let most = configuration.maxNeighbours
+        let now = Self.now(), grace = shedGrace
+        let roomy = neighbours.filter { k, l in
             l !== link && !clientPeers.contains(k) && !theirs.contains(k.text)
-                && (degrees[k] ?? configuration.maxNeighbours) < configuration.maxNeighbours
+                && (records[k]?.record.neighbours.count ?? most) < most
         }
+        let eligible = roomy.filter { k, l in introductionsWelcome(k, l, now: now) }
+        // Room as the network sees it (`seenDegrees`): a squatter advertising
+        // room while it holds many links is seen full.
+        let degrees = seenDegrees()
+        let seenRoom = { (k: NodeKey, _: Link) -> Bool in (degrees[k] ?? most) < most }
         // Settled neighbours first (up for 3 shedding periods, with at least
         // the target of links both ends advertise): a squatter advertising
-        // room is told about newcomers only while the network has nobody else.
-        let now = Self.now(), grace = shedGrace
-        let settled = candidates.filter { k, l in
-            now >= l.upAt + grace && confirmedDegree(k) >= configuration.targetNeighbours
+        // room is told about newcomers only while the network has nobody
+        // else. Minted records naming every neighbour can make them all look
+        // full by `seenDegrees`: then settled ones advertising room are
+        // chosen (links both ends advertise cannot be minted), then any.
+        let isSettled = { (k: NodeKey, l: Link) -> Bool in
+            now >= l.upAt + grace && self.confirmedDegree(k) >= self.configuration.targetNeighbours
         }
-        let chosen = (settled.isEmpty ? candidates : settled).shuffled().prefix(count)
+        let settledRoomy = roomy.filter(isSettled)
+        let settled = settledRoomy.filter(seenRoom).isEmpty ? settledRoomy : settledRoomy.filter(seenRoom)
+        // Last, settled neighbours with room as the network sees it that this
+        // node's own count would pass over (honest ones whose newcomers
+        // went elsewhere): an island dialing a full seed must reach somebody.
+        let best = eligible.filter { isSettled($0.key, $0.value) && seenRoom($0.key, $0.value) }
+        let tiers = [best, eligible.filter(isSettled), eligible.filter(seenRoom), settledRoomy.filter(seenRoom)]
+        let chosen = (tiers.first { !$0.isEmpty } ?? [:]).shuffled().prefix(count)
         for (_, other) in chosen {
             other.write(.intro, Array(body))
             counters.introductionsSent += 1
+            other.introductions.append((peer.text, now, false))
+            if other.introductions.count > 16 { other.introductions.removeFirst() }
         }
         // The dialer, when it looks for neighbours, learns of neighbours it may
         // dial (they may become its anchors): only settled ones — never a
@@ -987,6 +1004,43 @@ public final class MeshNode: @unchecked Sendable {
 
     /// Link age order: when a link came up, then when it opened.
     static func older(_ a: Link, _ b: Link) -> Bool { (a.upAt, a.id) < (b.upAt, b.id) }
+
+    /// Whether a neighbour may be sent one more newcomer, by what this node
+    /// saw of those it sent it over the last 10 shedding periods: fewer
+    /// pending (sent, not yet seen linked to it, within 2 shedding periods)
+    /// than the room it has — counting its links to those this node sent it
+    /// that it does not advertise — and at most 2 + 2 per one seen linked
+    /// that never showed up linked. An honest neighbour dials whom it is
+    /// sent (some are full by then); a squatter that takes every newcomer is
+    /// seen full after as many as it has room for, one that dials them under
+    /// other keys, or not at all, gets a few, then nobody for a while. Only
+    /// this node's own introductions count: keys cost nothing and records
+    /// can be minted, these cannot be faked to it.
+    func introductionsWelcome(_ peer: NodeKey, _ link: Link, now: UInt64) -> Bool {
+        let period = UInt64(configuration.shedRounds) * configuration.gossipMilliseconds
+        let window = max(2 * period, 20 * configuration.gossipMilliseconds)
+        let memory = max(10 * period, 5 * window)
+        link.introductions.removeAll { now > $0.at + memory }
+        var pending = 0, missed = 0, linked = 0
+        for i in link.introductions.indices {
+            let theirs = NodeKey(text: link.introductions[i].peer).flatMap { records[$0]?.record.neighbours }
+            if !link.introductions[i].linked, theirs?.contains(peer.text) == true {
+                link.introductions[i].linked = true
+            }
+            if link.introductions[i].linked {
+                linked += 1
+            } else if now <= link.introductions[i].at + window {
+                pending += 1
+            } else if (theirs?.count ?? 0) < configuration.maxNeighbours {
+                missed += 1  // (one that filled up before it was dialed is nobody's fault)
+            }
+        }
+        // Its links as far as this node knows: those it advertises, this
+        // node's, and those to nodes this node sent it.
+        let held = Set(records[peer]?.record.neighbours ?? []).union([key.text])
+            .union(link.introductions.filter(\.linked).map(\.peer)).count
+        return pending < configuration.maxNeighbours - held && missed <= 2 + 2 * linked
+    }
 
     /// How many links each node neighbour holds as the network sees them:
     /// those it advertises and those whose far end advertises it (this

@@ -1,6 +1,6 @@
 """How the mesh forms, and what an attacker gains against it. Real `masq
-node` processes on loopback (127.0.2.x, 127.0.4.x; hostile nodes on
-127.0.5.x), gossip every 200 ms, a full node shedding one link every 10
+node` processes on loopback (127.0.2.x, 127.0.4.x, 127.0.6.x, 127.0.7.x,
+127.0.9.1xx; hostile nodes on 127.0.5.x, 127.0.8.x, 127.0.9.1x), gossip every 200 ms, a full node shedding one link every 10
 rounds (`--shed-rounds 10`: 2 s).
 
 - Forty nodes all seeding one node form one mesh (nobody left alone, every
@@ -16,9 +16,13 @@ rounds (`--shed-rounds 10`: 2 s).
   anchors' worth of honest neighbours all along.
 
 - Squatters on a seed take every link dialed to them and dial every
-  newcomer they are introduced to, advertising one neighbour: the honest
-  newcomers still form one network among themselves, and none anchors on a
-  squatter (room is counted over the links the network sees).
+  newcomer they are introduced to (under one key, or a fresh key each
+  time), advertising one neighbour: the honest newcomers still form one
+  network among themselves, and none anchors on a squatter (room is
+  counted over the links the network sees, and over what became of the
+  newcomers a node sent each neighbour).
+- Minted records name every honest node as a neighbour, five times over,
+  so that every node looks full: newcomers still form one network.
 
 - An island (a clique of 4 at their target) whose only bridge stops finds
   its way back through a seed, once its nodes see the other side's records
@@ -31,7 +35,12 @@ import os
 import threading
 import time
 
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
 import adversary
+import noise_client
 from adversary import HostileNode
 from processes import Nodes, stop_all, wait_for
 
@@ -184,21 +193,24 @@ def test_squatters_filling_a_node_and_its_neighbours_never_take_a_protected_link
         stop_all(nodes.procs)
 
 
-def test_squatters_on_the_seed_taking_every_link_do_not_keep_newcomers_apart(tmp_path):
+@pytest.mark.parametrize("fresh_keys", [False, True], ids=["one-key", "a-key-per-link"])
+def test_squatters_on_the_seed_taking_every_link_do_not_keep_newcomers_apart(tmp_path, fresh_keys):
     """Three squatters (an address each) take slots on the seed of thirty
     newcomers before they come, listen, and accept every link dialed to
-    them, while advertising one neighbour and claiming it as an anchor: the
-    seed, full, would see room only there and send every newcomer their way,
-    where nobody is introduced to anybody. What must hold: the honest nodes
-    form one network among themselves (links to squatters left out), each
-    with an honest neighbour, and no honest node anchors on a squatter. (A
-    node counts a neighbour's room over the links the network sees, those
-    whose far end names it too, and sends newcomers to settled neighbours
-    first.)"""
+    them, and dial every newcomer they are introduced to — with the key the
+    seed knows, or a fresh key per link, so that nobody ever names the one
+    the seed holds — while advertising one neighbour and claiming it as an
+    anchor: the seed, full, would see room only there and send every
+    newcomer their way, where nobody is introduced to anybody. What must
+    hold: the honest nodes form one network among themselves (links to
+    squatters left out), each with an honest neighbour, and no honest node
+    anchors on a squatter. (A node counts a neighbour's room over the links
+    the network sees, and over what became of the newcomers it sent it;
+    settled neighbours first.)"""
     nodes = Nodes(str(tmp_path), MASQ, COMMON)
     count = 30
     names = ["H%d" % i for i in range(count)]
-    squatters, stop = [], threading.Event()
+    squatters, others, stop = [], [], threading.Event()
     try:
         seed = nodes.start(names[0], "127.0.7.100")
         for i in range(3):
@@ -217,10 +229,13 @@ def test_squatters_on_the_seed_taking_every_link_do_not_keep_newcomers_apart(tmp
                         for signed in json.loads(body):
                             rec = adversary.record_of(signed)
                             if s.link_to(adversary.unb64(rec["key"])) is None:
+                                dialer = Squatter(s.source) if fresh_keys else s
                                 try:
-                                    s.dial(rec["host"], rec["port"])
+                                    dialer.dial(rec["host"], rec["port"])
                                 except (OSError, ConnectionError, ValueError):
                                     pass
+                                if fresh_keys:
+                                    others.append(dialer)
                     taken[i] = len(s.intros)
                     if s.link_to(adversary.unb64(nodes.key(names[0]))) is None:
                         try:
@@ -239,6 +254,7 @@ def test_squatters_on_the_seed_taking_every_link_do_not_keep_newcomers_apart(tmp
             if components(adjacency) == [count] and min(len(v) for v in adjacency.values()) >= 1:
                 break
             time.sleep(0.5)
+        hostile |= {adversary.b64(s.key) for s in others}
         held = sum(1 for n in names for k in nodes.state(n)["neighbours"] if k in hostile)
         print("honest components %s, honest degrees %s, links held by squatters %d, seed sent newcomers "
               "to squatters %d times" % (components(adjacency), sorted(len(v) for v in adjacency.values()), held,
@@ -250,8 +266,95 @@ def test_squatters_on_the_seed_taking_every_link_do_not_keep_newcomers_apart(tmp
         assert not anchored, "honest nodes anchored on squatters: %s" % anchored
     finally:
         stop.set()
-        for s in squatters:
+        for s in squatters + others:
             s.stop()
+        stop_all(nodes.procs)
+
+
+class Inflater(Squatter):
+    """Links to a node and gossips, besides its own record, records of 40
+    minted keys naming every honest node it has heard of five times over
+    (16 names a record): each honest node looks as if it had five more
+    links than it has."""
+
+    def __init__(self, source):
+        super().__init__(source)
+        self.minted = [(Ed25519PrivateKey.generate(), X25519PrivateKey.generate()) for _ in range(40)]
+        self.minted_keys = {adversary.b64(noise_client.raw(i)) for i, _ in self.minted}
+
+    def minted_records(self):
+        with self.lock:
+            honest = sorted(k for k in self.heard if k not in self.minted_keys)
+        claims, out = [k for _ in range(5) for k in honest], []
+        for identity, agreement in self.minted:
+            chunk, rest = [], []
+            for k in claims:
+                (chunk if len(chunk) < 16 and k not in chunk else rest).append(k)
+            if not chunk:
+                break
+            claims = rest
+            rec = {"network": self.network, "key": adversary.b64(noise_client.raw(identity)),
+                   "agreement": adversary.b64(noise_client.raw(agreement)), "version": int(time.time() * 1000),
+                   "neighbours": chunk, "rates": self.rates, "exit": False}
+            body = json.dumps(rec, separators=(",", ":")).encode()
+            out.append({"r": adversary.b64(body), "s": adversary.b64(identity.sign(adversary.RECORD_CONTEXT + body))})
+        return out
+
+    def _gossip(self, link):
+        with self.lock:
+            heard = [r for k, r in self.heard.items() if adversary.unb64(k) != link.key and k not in self.minted_keys]
+        link.send([bytes([adversary.GOSSIP]) + json.dumps(self.minted_records() + [self.record()] + heard[:150]).encode(),
+                   bytes([adversary.PING])])
+
+
+def test_minted_records_making_every_node_look_full_do_not_stop_newcomers_joining(tmp_path):
+    """A node on the seed gossips records of minted keys that name every
+    honest node as a neighbour, five times over: counted over the links the
+    network sees, every node looks full, and nobody would be introduced to
+    anybody (a first version of that count: 13 of 30 newcomers alone at
+    12 s, 4 groups at 100 s). Newcomers go to settled neighbours advertising
+    room then, and to those whose room this node saw for itself (what became
+    of the newcomers it sent them): the thirty form one network."""
+    nodes = Nodes(str(tmp_path), MASQ, COMMON)
+    count = 30
+    names = ["F%d" % i for i in range(count)]
+    attackers, stop = [], threading.Event()
+    try:
+        seed = nodes.start(names[0], "127.0.9.100")
+
+        def keep_linked():
+            address = 10
+            while not stop.is_set():
+                if not any(l.open for a in attackers for l in a.links):
+                    a = Inflater("127.0.9.%d" % address)
+                    address += 1
+                    try:
+                        a.dial(nodes.host(names[0]), nodes.port(names[0]))
+                        attackers.append(a)
+                    except (OSError, ConnectionError, ValueError):
+                        a.stop()
+                stop.wait(0.5)
+
+        threading.Thread(target=keep_linked, daemon=True).start()
+        wait_for(lambda: attackers and nodes.state(names[0])["known"] >= 5, 15, "the minted records did not arrive")
+        for i in range(1, count):
+            nodes.start(names[i], "127.0.9.%d" % (100 + i), ["--seed", seed])
+        started = time.monotonic()
+        deadline, adjacency = started + 60, {}
+        while time.monotonic() < deadline:
+            adjacency = graph(nodes, names)
+            if components(adjacency) == [count] and min(len(v) for v in adjacency.values()) >= 1:
+                break
+            time.sleep(0.5)
+        print("after %d s: components %s, degrees %s, records held at the seed %d, introductions %d" % (
+            time.monotonic() - started, components(adjacency), sorted(len(v) for v in adjacency.values()), nodes.state(names[0])["known"],
+            sum(nodes.state(n)["counters"]["introductionsSent"] for n in names)))
+        assert components(adjacency) == [count], "the newcomers are apart: components %s" % (components(adjacency),)
+        assert min(len(v) for v in adjacency.values()) >= 1
+    finally:
+        stop.set()
+        for a in attackers:
+            a.stop()
         stop_all(nodes.procs)
 
 
