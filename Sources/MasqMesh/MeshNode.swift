@@ -962,7 +962,12 @@ public final class MeshNode: @unchecked Sendable {
             now >= l.upAt + grace && self.confirmedDegree(k) >= self.configuration.targetNeighbours
         }
         let settledRoomy = roomy.filter(isSettled)
-        let settled = settledRoomy.filter(seenRoom).isEmpty ? settledRoomy : settledRoomy.filter(seenRoom)
+        // Reverse introductions: settled ones not full by this node's own
+        // count (one advertising a fixed few — minted partners make it look
+        // settled — while it takes every newcomer sent its way is full by
+        // that count after as many as it had room for).
+        let notFull = settledRoomy.filter { k, l in heldByOwnCount(k, l) < most }
+        let settled = notFull.filter(seenRoom).isEmpty ? notFull : notFull.filter(seenRoom)
         // Last, settled neighbours with room as the network sees it that this
         // node's own count would pass over (honest ones whose newcomers
         // went elsewhere): an island dialing a full seed must reach somebody.
@@ -1035,11 +1040,15 @@ public final class MeshNode: @unchecked Sendable {
                 missed += 1  // (one that filled up before it was dialed is nobody's fault)
             }
         }
-        // Its links as far as this node knows: those it advertises, this
-        // node's, and those to nodes this node sent it.
-        let held = Set(records[peer]?.record.neighbours ?? []).union([key.text])
+        return pending < configuration.maxNeighbours - heldByOwnCount(peer, link) && missed <= 2 + 2 * linked
+    }
+
+    /// A neighbour's links as far as this node knows: those it advertises,
+    /// this node's, and those to the nodes this node sent it that were seen
+    /// linked to it (`introductionsWelcome` marks them).
+    func heldByOwnCount(_ peer: NodeKey, _ link: Link) -> Int {
+        Set(records[peer]?.record.neighbours ?? []).union([key.text])
             .union(link.introductions.filter(\.linked).map(\.peer)).count
-        return pending < configuration.maxNeighbours - held && missed <= 2 + 2 * linked
     }
 
     /// How many links each node neighbour holds as the network sees them:
@@ -1101,8 +1110,12 @@ public final class MeshNode: @unchecked Sendable {
         // (age counts from when a link came up: a handshake dragged out gains nothing)
         let byAge = links.sorted { Self.older($0.value, $1.value) }
         let now = Self.now(), grace = shedGrace
+        // (the far end must name this node: a squatter advertising a fixed few,
+        // minted partners among them, to look settled with room, while it
+        // takes every newcomer, is never one's anchor)
         let anchors = byAge.filter { k, l in
-            l.initiator && now >= l.upAt + grace && confirmedDegree(k) >= configuration.targetNeighbours
+            l.initiator && now >= l.upAt + grace && namesThisNode(k)
+                && confirmedDegree(k) >= configuration.targetNeighbours
         }.prefix(configuration.anchorNeighbours).map(\.key)
         let room = max(0, configuration.maxNeighbours - configuration.anchorNeighbours - 1)
         let honoured = byAge.map(\.key)
@@ -1120,11 +1133,18 @@ public final class MeshNode: @unchecked Sendable {
     /// neighbours it may dial), keeps one slot for its seeds (inbound links
     /// and introductions stop one short of the maximum) and redials them,
     /// backing off (`tick`).
+    /// A dialed link counts once the far end names this node in its record
+    /// (or while it is young: its record takes a round or two to come).
     var shortOfOutbound: Bool {
         let wanted = min(configuration.anchorNeighbours, configuration.seeds.filter { $0.key != key }.count)
-        return neighbours.values.filter { $0.initiator && $0.peer.map { !clientPeers.contains($0) } == true }.count
-            < wanted
+        let now = Self.now(), young = 10 * configuration.gossipMilliseconds
+        return neighbours.filter { k, l in
+            l.initiator && !clientPeers.contains(k) && (namesThisNode(k) || now < l.upAt + young)
+        }.count < wanted
     }
+
+    /// Whether a neighbour's record names this node among its neighbours.
+    func namesThisNode(_ peer: NodeKey) -> Bool { records[peer]?.record.neighbours.contains(key.text) == true }
 
     /// A full node sheds one of its links that are not protected
     /// (`protectedLinks`), at random. Spared: a link whose far end
