@@ -956,8 +956,10 @@ public final class MeshNode: @unchecked Sendable {
         // the target of links both ends advertise): a squatter advertising
         // room is told about newcomers only while the network has nobody
         // else. Minted records naming every neighbour can make them all look
-        // full by `seenDegrees`: then settled ones advertising room are
-        // chosen (links both ends advertise cannot be minted), then any.
+        // full by `seenDegrees`: then settled ones by this node's own count.
+        // (Settledness itself can be faked by an attacker signing both ends
+        // of its links: such a node is never an anchor — it must name the
+        // dialer — and is full by the own count once it takes newcomers.)
         let isSettled = { (k: NodeKey, l: Link) -> Bool in
             now >= l.upAt + grace && self.confirmedDegree(k) >= self.configuration.targetNeighbours
         }
