@@ -279,6 +279,10 @@ class HostileNode:
                     payload=self.handshake_payload)
         peer.handshake()
         peer.sock.settimeout(None)
+        return self._adopt(peer)
+
+    def _adopt(self, peer):
+        """A link whose handshake is done: read it, and gossip on it."""
         link = Link(self, peer)
         with self.lock:
             self.links.append(link)
@@ -287,10 +291,9 @@ class HostileNode:
         self._gossip(link)
         return link
 
-    def listen(self, accept=lambda node: True):
-        """Take links nodes dial (introduced to us, or seeding us) on `source`,
-        a port of its own (named in our link record from now on). `accept(self)`:
-        whether to take one more (else the connection is closed unanswered)."""
+    def listen(self):
+        """Take every link nodes dial (introduced to us, or seeding us) on
+        `source`, a port of its own (named in our link record from now on)."""
         server = socket.create_server((self.source, 0))
         self.port = server.getsockname()[1]
         self.server = server
@@ -301,9 +304,6 @@ class HostileNode:
                     sock, _ = server.accept()
                 except OSError:
                     return
-                if not accept(self):
-                    sock.close()
-                    continue
                 threading.Thread(target=self._accepted, args=(sock,), daemon=True).start()
 
         threading.Thread(target=loop, daemon=True).start()
@@ -318,12 +318,7 @@ class HostileNode:
         except (OSError, ConnectionError, ValueError, KeyError):
             sock.close()
             return
-        link = Link(self, peer)
-        with self.lock:
-            self.links.append(link)
-            self.version += 1
-        threading.Thread(target=self._read_loop, args=(link,), daemon=True).start()
-        self._gossip(link)
+        self._adopt(peer)
 
     def link_to(self, key):
         return next((l for l in self.links if l.key == key and l.open), None)
