@@ -238,14 +238,25 @@ public final class MeshNode: @unchecked Sendable {
         while expiredHead < expiredOrder.count && expiredOrder[expiredHead].until <= now { dropOldestExpired() }
     }
 
-    /// Nodes introduced to this one (their signed link records said where they listen), with when: dialed once, forgotten after 30 s.
-    var introduced: [NodeKey: (descriptor: NodeDescriptor, at: UInt64)] = [:]
+    /// Nodes introduced to this one (their signed link records said where they listen), with when and over which
+    /// link: dialed once, forgotten after 30 s; one link holds at most `introductionsPerLink` of them.
+    /// `reverse`: sent back by a full node this node dialed (settled neighbours of its seed: anchors it may take).
+    var introduced: [NodeKey: (descriptor: NodeDescriptor, at: UInt64, from: Int, reverse: Bool)] = [:]
+    /// Entries of `introduced` one link may hold: a neighbour sending INTRO after INTRO (records can be minted)
+    /// replaces its own oldest and never fills the table against the others' introductions.
+    static let introductionsPerLink = 8
     /// Address groups of dialers a full node sent its roomy neighbours to, until when (one per shedding period each).
     var reverseIntroduced: [String: UInt64] = [:]
+    /// Address groups of dialers refused for being full that this node introduced to its neighbours, until when
+    /// (one per 10 rounds each: fresh keys cost nothing, and each refused dial would send two introductions).
+    var refusedIntroduced: [String: UInt64] = [:]
     /// When this node may next dial its seeds for being short of dialed links or cut off, and the interval
     /// (doubling while the condition lasts: nobody can make a node dial on and on).
     var redialAt = 0
     var redialRounds = 10
+    /// `hiddenNodes` at the last redial check: a split counts only when the same nodes were hidden at two checks
+    /// (records change as links do, and reach a node a few rounds apart).
+    var lastHidden: Set<String> = []
     var links: [Int: Link] = [:]
     var neighbours: [NodeKey: Link] = [:]
     /// Neighbours that are clients: they take no neighbour slot and are never advertised.
@@ -265,6 +276,7 @@ public final class MeshNode: @unchecked Sendable {
     var seenDegreeCache: (tick: Int, degrees: [NodeKey: Int])?
     var advertisedNeighbours: [String] = []
     var advertisedAnchors: [String] = []
+    var advertisedSeeking = false
     /// This round's gossip frame body (`sendGossip`); nil when our record changed.
     var gossipBody: (tick: Int, bytes: [UInt8])?
     /// Where the gossip rotation stopped (the last key it went past).
@@ -333,6 +345,12 @@ public final class MeshNode: @unchecked Sendable {
         public var anchorRedials = 0
         /// Times this node found itself cut off from most of the network and dialed its seeds again (`cutOff`).
         public var cutOffRedials = 0
+        /// Times this node dialed its seeds again because live nodes were out of its reach over links both ends
+        /// advertise (`hiddenNodes`: parts of the network joined only through nodes that hide their links).
+        public var splitRedials = 0
+        /// Times this node dialed its seeds again because fewer than its target of neighbours name it
+        /// (`countedNeighbours`: the others, squatters, fill slots without counting).
+        public var uncountedRedials = 0
         /// CREATEs refused because the previous and next hop are in one network (`hopPrefixV4`).
         public var circuitsRefusedSameNetwork = 0
         /// CREATEs refused because a link carried `maxCircuitsPerLink` circuits.
@@ -913,7 +931,12 @@ public final class MeshNode: @unchecked Sendable {
             // dial it), and it about them (it may dial them: a node dials its
             // anchors). A link this node dialed is refused too: several dials
             // in flight may complete at once, and never past `maxNeighbours`.
-            if !link.initiator && !record.isClient { introduce(link, to: 2, both: record.isSeeking) }
+            if !link.initiator && !record.isClient {
+                let group = neighbourGroup(link) ?? link.prefix, now = Self.now()
+                let forward = (refusedIntroduced[group] ?? 0) < now && refusedIntroduced.count < 1_024
+                if forward { refusedIntroduced[group] = now + 10 * configuration.gossipMilliseconds }
+                introduce(link, to: forward ? 2 : 0, back: record.isSeeking ? 2 : 0)
+            }
             link.write(.bye, Array("full".utf8))
             link.flush()
             link.channel.close(promise: nil)
@@ -936,8 +959,9 @@ public final class MeshNode: @unchecked Sendable {
     /// the least connected first: a node claiming no neighbours gains
     /// nothing) that the node on `link` looks for neighbours: its signed link
     /// record, so they can dial it. Only nodes that may link to it learn its
-    /// address.
-    private func introduce(_ link: Link, to count: Int, both: Bool = false) {
+    /// address. `back`: settled neighbours the node on `link` is told of in
+    /// turn (a dialer refused for being full, when it seeks neighbours).
+    private func introduce(_ link: Link, to count: Int, back: Int = 0) {
         guard let peer = link.peer, let linkRecord = link.linkRecord, let body = try? JSONEncoder().encode([linkRecord])
         else { return }
         let theirs = Set(records[peer]?.record.neighbours ?? [])
@@ -987,10 +1011,10 @@ public final class MeshNode: @unchecked Sendable {
         // squatter advertising room, or one just arrived — at most once a
         // shedding period (10 rounds at least) per address group.
         let group = neighbourGroup(link) ?? link.prefix
-        if both, (reverseIntroduced[group] ?? 0) < now,
+        if back > 0, (reverseIntroduced[group] ?? 0) < now,
             reverseIntroduced.count < 1_024
         {
-            let settledRecords = settled.shuffled().prefix(count).compactMap { $0.value.linkRecord }
+            let settledRecords = settled.shuffled().prefix(back).compactMap { $0.value.linkRecord }
             if !settledRecords.isEmpty, let back = try? JSONEncoder().encode(settledRecords) {
                 link.write(.intro, Array(back))
                 reverseIntroduced[group] = now + max(grace, 10 * configuration.gossipMilliseconds)
@@ -1145,6 +1169,20 @@ public final class MeshNode: @unchecked Sendable {
         }.count < wanted
     }
 
+    /// Node neighbours that count toward the target: those whose records name
+    /// this node, and those linked for less than 10 rounds (a record takes a round or two to
+    /// come). A squatter advertising a fixed few fills a slot without
+    /// counting: a node that came back among squatters still says it seeks
+    /// neighbours, is introduced to others, fills up and sheds.
+    var countedNeighbours: Int {
+        let now = Self.now(), young = 10 * configuration.gossipMilliseconds
+        return neighbours.filter { k, l in
+            guard !clientPeers.contains(k) else { return false }
+            if now < l.upAt + young { return true }
+            return namesThisNode(k)
+        }.count
+    }
+
     /// Whether a neighbour's record names this node among its neighbours.
     func namesThisNode(_ peer: NodeKey) -> Bool { records[peer]?.record.neighbours.contains(key.text) == true }
 
@@ -1222,8 +1260,47 @@ public final class MeshNode: @unchecked Sendable {
     /// target would stay one.
     func cutOff(_ now: UInt64) -> Bool {
         guard records.count >= 4 else { return false }
-        let quiet = 4 * UInt64(configuration.recordRefreshRounds) * configuration.gossipMilliseconds
-        return records.values.filter { now > $0.taken + quiet }.count * 2 > records.count
+        return records.values.filter { now > $0.taken + quietMilliseconds }.count * 2 > records.count
+    }
+
+    /// How long a record may go without a new version and still be live (4 refresh periods).
+    var quietMilliseconds: UInt64 {
+        4 * UInt64(configuration.recordRefreshRounds) * configuration.gossipMilliseconds
+    }
+
+    /// Live nodes (a new version within `quietMilliseconds`) this node cannot
+    /// reach over links both ends advertise, starting from its neighbours
+    /// whose records name it. Nodes that relay records but advertise few of
+    /// their links (squatters) keep two honest parts apart while each hears
+    /// the other's fresh records through them, which `cutOff` takes for one
+    /// network; here those parts are out of reach. Records can be minted
+    /// (a minted clique is "hidden" too): what that costs is a node dialing
+    /// its seeds at most once every 10 shedding periods while it lasts.
+    func hiddenNodes(_ now: UInt64) -> Set<String> {
+        var byText: [String: NodeRecord] = [:]
+        for (k, known) in records where k != key && !known.record.isClient { byText[known.record.key] = known.record }
+        let me = key.text
+        var reached: Set<String> = [me]
+        var frontier = neighbours.keys.filter {
+            !clientPeers.contains($0) && byText[$0.text]?.neighbours.contains(me) == true
+        }.map(\.text)
+        reached.formUnion(frontier)
+        while let at = frontier.popLast() {
+            guard let record = byText[at] else { continue }
+            for next in record.neighbours where !reached.contains(next) {
+                guard byText[next]?.neighbours.contains(at) == true else { continue }
+                reached.insert(next)
+                frontier.append(next)
+            }
+        }
+        var hidden: Set<String> = []
+        for (k, known) in records
+        where k != key && !known.record.isClient && now <= known.taken + quietMilliseconds
+            && !reached.contains(known.record.key)
+        {
+            hidden.insert(known.record.key)
+        }
+        return hidden
     }
 
     // MARK: - gossip
@@ -1231,17 +1308,20 @@ public final class MeshNode: @unchecked Sendable {
     func refreshOwnRecord(force: Bool) throws {
         let current = neighbours.keys.filter { !clientPeers.contains($0) }.sorted().map(\.text)
         let anchors = ownAnchors.sorted().map(\.text)
-        guard force || current != advertisedNeighbours || anchors != advertisedAnchors else { return }
+        // (also when short of links it dialed: a full seed then tells it of settled nodes it may dial)
+        let seeking = !configuration.client && (countedNeighbours < configuration.targetNeighbours || shortOfOutbound)
+        guard force || current != advertisedNeighbours || anchors != advertisedAnchors || seeking != advertisedSeeking
+        else { return }
         advertisedNeighbours = current
         advertisedAnchors = anchors
+        advertisedSeeking = seeking
         var record = NodeRecord(
             network: configuration.network, key: key.text, agreement: Base64URL.encode(identity.agreement.publicKey),
             host: configuration.host, port: port, version: max(Self.wallClock(), (ownRecord?.version ?? 0) + 1),
             neighbours: current, rates: configuration.rates, exit: configuration.exit && !configuration.client,
             client: configuration.client ? true : nil, wallet: configuration.earningWallet?.address)
         if !configuration.client {
-            // (also when short of links it dialed: a full seed then tells it of settled nodes it may dial)
-            record.seeking = current.count < configuration.targetNeighbours || shortOfOutbound ? true : nil
+            record.seeking = seeking ? true : nil
             record.family = configuration.family.isEmpty ? nil : configuration.family.map(\.text)
             record.anchors = anchors.isEmpty ? nil : anchors
         }
@@ -1477,6 +1557,9 @@ public final class MeshNode: @unchecked Sendable {
     /// (their neighbours sent them here because this node had room). Taken
     /// only while this node has room; dialed once, then forgotten.
     private func receiveIntro(_ link: Link, _ body: [UInt8]) {
+        // From node neighbours, and from full nodes this node dialed (their reverse introductions); not from clients.
+        guard link.initiator || link.peer.map({ neighbours[$0] === link && !clientPeers.contains($0) }) == true
+        else { return }
         guard body.count <= 65_536, let list = try? JSONDecoder().decode([SignedRecord].self, from: Data(body)),
             list.count <= 4
         else {
@@ -1492,8 +1575,17 @@ public final class MeshNode: @unchecked Sendable {
             guard !record.isClient, let d = record.descriptor, d.key != key, neighbours[d.key] == nil,
                 others < configuration.maxNeighbours
             else { continue }
-            guard introduced[d.key] != nil || introduced.count < configuration.maxIntroductions else { break }
-            introduced[d.key] = (d, Self.now())
+            if introduced[d.key] == nil {
+                let fromLink = introduced.filter { $0.value.from == link.id }
+                if fromLink.count >= Self.introductionsPerLink,
+                    let oldest = fromLink.min(by: { $0.value.at < $1.value.at })
+                {
+                    introduced[oldest.key] = nil
+                }
+                guard introduced.count < configuration.maxIntroductions else { break }
+            }
+            let reverse = link.initiator && link.peer.map { neighbours[$0] !== link } != false
+            introduced[d.key] = (d, Self.now(), link.id, reverse)
         }
     }
 
@@ -1558,10 +1650,11 @@ public final class MeshNode: @unchecked Sendable {
         for (k, entry) in introduced where now - entry.at > 30_000 || neighbours[k] != nil { introduced[k] = nil }
         // Full: nobody introduced will be dialed, and their addresses are not kept.
         if nodeNeighbourCount >= configuration.maxNeighbours { introduced.removeAll() }
-        // (the slot kept for a node's own dials is for its seeds)
-        if nodeNeighbourCount < configuration.maxNeighbours - (shortOfOutbound ? 1 : 0),
-            let (k, entry) = introduced.randomElement()
-        {
+        // (the slot kept for a node's own dials is for its seeds, and for the settled nodes a full seed named)
+        let dialable =
+            nodeNeighbourCount < configuration.maxNeighbours - (shortOfOutbound ? 1 : 0)
+            ? introduced : nodeNeighbourCount < configuration.maxNeighbours ? introduced.filter(\.value.reverse) : [:]
+        if let (k, entry) = dialable.randomElement() {
             introduced[k] = nil
             if !dialing.contains(k) { dial(entry.descriptor) }
         }
@@ -1579,10 +1672,26 @@ public final class MeshNode: @unchecked Sendable {
         // at once): back through the seeds, every 10 rounds, then 20, 40, ...
         // (at most every 10 shedding periods) while it lasts.
         if ticks >= redialAt {
+            let hidden = hiddenNodes(now)
+            let split = hidden.intersection(lastHidden).count >= 3
+            lastHidden = hidden
             let short = shortOfOutbound, island = cutOff(now)
-            if (short || island) && nodeNeighbourCount < configuration.maxNeighbours {
-                if short { counters.anchorRedials += 1 } else { counters.cutOffRedials += 1 }
+            // (below its target by the raw count, a node dials its seeds every round anyway)
+            let uncounted =
+                nodeNeighbourCount >= configuration.targetNeighbours
+                && countedNeighbours < configuration.targetNeighbours
+            if (short || island || split || uncounted) && nodeNeighbourCount < configuration.maxNeighbours {
+                if short {
+                    counters.anchorRedials += 1
+                } else if island {
+                    counters.cutOffRedials += 1
+                } else if split {
+                    counters.splitRedials += 1
+                } else {
+                    counters.uncountedRedials += 1
+                }
                 if island { logger.info("cut off from most of the network: dialing the seeds again") }
+                if split && !island { logger.info("live nodes out of reach: dialing the seeds again") }
                 for d in configuration.seeds
                 where d.key != key && neighbours[d.key] == nil && !dialing.contains(d.key) {
                     dial(d)
@@ -1595,6 +1704,7 @@ public final class MeshNode: @unchecked Sendable {
             }
         }
         for (g, until) in reverseIntroduced where until < now { reverseIntroduced[g] = nil }
+        for (g, until) in refusedIntroduced where until < now { refusedIntroduced[g] = nil }
         // Neighbours still looking for neighbours are introduced to others with room, now and then.
         if ticks % 5 == 0 {
             for (peer, link) in neighbours
@@ -1800,6 +1910,9 @@ public final class MeshNode: @unchecked Sendable {
         /// carry none). The tests check that it is the neighbours' only.
         public var addresses: [String]
         public var counters: Counters
+        /// Live nodes out of this node's reach over links both ends advertise, at the last redial check
+        /// (`hiddenNodes`).
+        public var hidden: [String] = []
         /// This node's anchors, and the neighbours whose claim to it as their anchor it honours (`protectedLinks`).
         public var anchors: [String]
         public var anchoredBy: [String]
@@ -1845,7 +1958,7 @@ public final class MeshNode: @unchecked Sendable {
                             $0.record.host.isEmpty ? nil : "\($0.record.host):\($0.record.port)"
                         })
             ).sorted(),
-            counters: counters, anchors: protected.anchors.map(\.text).sorted(),
+            counters: counters, hidden: lastHidden.sorted(), anchors: protected.anchors.map(\.text).sorted(),
             anchoredBy: protected.honoured.map(\.text).sorted())
     }
 

@@ -1,6 +1,7 @@
 """How the mesh forms, and what an attacker gains against it. Real `masq
 node` processes on loopback (127.0.2.x, 127.0.4.x, 127.0.6.x, 127.0.7.x,
-127.0.9.1xx; hostile nodes on 127.0.5.x, 127.0.8.x, 127.0.9.1x), gossip every 200 ms, a full node shedding one link every 10
+127.0.9.1xx, 127.0.10.1xx; hostile nodes on 127.0.5.x, 127.0.8.x, 127.0.9.1x,
+127.0.10.x), gossip every 200 ms, a full node shedding one link every 10
 rounds (`--shed-rounds 10`: 2 s).
 
 - Forty nodes all seeding one node form one mesh (nobody left alone, every
@@ -17,21 +18,26 @@ rounds (`--shed-rounds 10`: 2 s).
 
 - Squatters on a seed take every link dialed to them and dial every
   newcomer they are introduced to (under one key, or a fresh key each
-  time), advertising one neighbour: the honest newcomers still form one
-  network among themselves, and none anchors on a squatter (room is
-  counted over the links the network sees, and over what became of the
-  newcomers a node sent each neighbour).
+  time, or looking settled through minted partners), advertising one
+  neighbour: the honest newcomers still form one network among
+  themselves, none anchors on a squatter (room is counted over the links
+  the network sees, and over what became of the newcomers a node sent
+  each neighbour), and, watched for 30 s more, a split lasts 30 s at most.
 - Minted records name every honest node as a neighbour, five times over,
   so that every node looks full: newcomers still form one network.
+- A neighbour flooding introductions of minted records does not crowd a
+  genuine one out (8 held per link); dials refused for fullness under
+  fresh keys from one address are introduced once per 10 rounds.
 
 - An island (a clique of 4 at their target) whose only bridge stops finds
   its way back through a seed, once its nodes see the other side's records
-  go quiet.
+  go quiet or out of reach.
 
 Run: MASQ_BIN=.build/debug/masq-cli python3 -m pytest Tests/mesh/test_formation.py
 """
 import json
 import os
+import socket
 import threading
 import time
 
@@ -45,6 +51,8 @@ from adversary import HostileNode
 from processes import Nodes, stop_all, wait_for
 
 MASQ = os.environ.get("MASQ_BIN", "masq")
+# How long the honest network is watched once joined under squatters (it must stay one, or join again).
+WATCH_SECONDS = int(os.environ.get("MESH_WATCH_SECONDS", "30"))
 COMMON = ["--hop-prefix-v4", "32", "--gossip-ms", "200", "--link-timeout-ms", "3000", "--shed-rounds", "10",
           "--log-level", "error"]
 
@@ -56,6 +64,11 @@ def graph(nodes, names):
 
 
 def components(adjacency):
+    # (state files are read one after the other: a link one end lists counts)
+    adjacency = {n: set(v) for n, v in adjacency.items()}
+    for n, v in list(adjacency.items()):
+        for m in v:
+            adjacency.setdefault(m, set()).add(n)
     seen, sizes = set(), []
     for start in adjacency:
         if start in seen:
@@ -193,20 +206,61 @@ def test_squatters_filling_a_node_and_its_neighbours_never_take_a_protected_link
         stop_all(nodes.procs)
 
 
-@pytest.mark.parametrize("fresh_keys", [False, True], ids=["one-key", "a-key-per-link"])
-def test_squatters_on_the_seed_taking_every_link_do_not_keep_newcomers_apart(tmp_path, fresh_keys):
+class SettledSquatter(Squatter):
+    """A squatter that looks settled: it advertises the seed and three
+    minted partners whose records name it back (links "both ends
+    advertise": at the target, whatever it holds), and claims the seed as
+    its anchor. (Fourth review: before anchors had to name the dialer, 22
+    of 30 newcomers anchored on three of these.)"""
+
+    def __init__(self, source, seed_key):
+        super().__init__(source)
+        self.seed_key = seed_key
+        self.partners = [(Ed25519PrivateKey.generate(), X25519PrivateKey.generate()) for _ in range(3)]
+
+    def _signed(self, rec, identity, context):
+        body = json.dumps(rec, separators=(",", ":")).encode()
+        return {"r": adversary.b64(body), "s": adversary.b64(identity.sign(context + body))}
+
+    def record(self, link=False, legacy=False):
+        keys = [self.seed_key] + [adversary.b64(noise_client.raw(i)) for i, _ in self.partners]
+        rec = {"network": self.network, "key": adversary.b64(self.key), "agreement": adversary.b64(self.static_pub),
+               "version": self.version, "neighbours": keys, "anchors": [self.seed_key], "rates": self.rates,
+               "exit": False}
+        if link:
+            rec["host"], rec["port"] = self.source, self.port
+        return self._signed(rec, self.identity, adversary.LINK_CONTEXT if link else adversary.RECORD_CONTEXT)
+
+    def _gossip(self, link):
+        partners = [self._signed({"network": self.network, "key": adversary.b64(noise_client.raw(i)),
+                                  "agreement": adversary.b64(noise_client.raw(a)), "version": self.version,
+                                  "neighbours": [adversary.b64(self.key)], "rates": self.rates, "exit": False},
+                                 i, adversary.RECORD_CONTEXT) for i, a in self.partners]
+        with self.lock:
+            heard = [r for k, r in self.heard.items() if adversary.unb64(k) != link.key][:40]
+        link.send([bytes([adversary.GOSSIP]) + json.dumps([self.record()] + partners + heard).encode(),
+                   bytes([adversary.PING])])
+
+
+@pytest.mark.parametrize("kind", ["one-key", "a-key-per-link", "settled-looking"])
+def test_squatters_on_the_seed_taking_every_link_do_not_keep_newcomers_apart(tmp_path, kind):
     """Three squatters (an address each) take slots on the seed of thirty
     newcomers before they come, listen, and accept every link dialed to
     them, and dial every newcomer they are introduced to — with the key the
     seed knows, or a fresh key per link, so that nobody ever names the one
     the seed holds — while advertising one neighbour and claiming it as an
-    anchor: the seed, full, would see room only there and send every
+    anchor (or, settled-looking, the seed and three minted partners naming
+    them back): the seed, full, would see room only there and send every
     newcomer their way, where nobody is introduced to anybody. What must
     hold: the honest nodes form one network among themselves (links to
     squatters left out), each with an honest neighbour, and no honest node
-    anchors on a squatter. (A node counts a neighbour's room over the links
-    the network sees, and over what became of the newcomers it sent it;
-    settled neighbours first.)"""
+    anchors on a squatter; and, watched for a while after, they stay one
+    or join again within 20 s. (A node counts a neighbour's room over the
+    links the network sees, and over what became of the newcomers it sent
+    it; settled neighbours first; two honest parts joined only through
+    squatters, which relay each one's fresh records to the other, find
+    each other through the seeds: `hiddenNodes`.)"""
+    fresh_keys = kind == "a-key-per-link"
     nodes = Nodes(str(tmp_path), MASQ, COMMON)
     count = 30
     names = ["H%d" % i for i in range(count)]
@@ -214,7 +268,8 @@ def test_squatters_on_the_seed_taking_every_link_do_not_keep_newcomers_apart(tmp
     try:
         seed = nodes.start(names[0], "127.0.7.100")
         for i in range(3):
-            s = Squatter("127.0.8.%d" % (10 + i))
+            source = "127.0.8.%d" % (10 + i)
+            s = SettledSquatter(source, nodes.key(names[0])) if kind == "settled-looking" else Squatter(source)
             s.listen()
             s.dial(nodes.host(names[0]), nodes.port(names[0]))
             squatters.append(s)
@@ -248,20 +303,40 @@ def test_squatters_on_the_seed_taking_every_link_do_not_keep_newcomers_apart(tmp
         for i in range(1, count):
             nodes.start(names[i], "127.0.7.%d" % (100 + i), ["--seed", seed])
         hostile = {adversary.b64(s.key) for s in squatters}
-        deadline, adjacency = time.monotonic() + 120, {}
+        started = time.monotonic()
+        deadline, adjacency = started + 120, {}
         while time.monotonic() < deadline:
             adjacency = graph(nodes, names)
             if components(adjacency) == [count] and min(len(v) for v in adjacency.values()) >= 1:
                 break
             time.sleep(0.5)
+        joined = time.monotonic() - started
         hostile |= {adversary.b64(s.key) for s in others}
         held = sum(1 for n in names for k in nodes.state(n)["neighbours"] if k in hostile)
-        print("honest components %s, honest degrees %s, links held by squatters %d, seed sent newcomers "
-              "to squatters %d times" % (components(adjacency), sorted(len(v) for v in adjacency.values()), held,
-                                         sum(len(s.intros) for s in squatters)))
+        print("after %d s: honest components %s, honest degrees %s, links held by squatters %d, seed sent newcomers "
+              "to squatters %d times" % (joined, components(adjacency), sorted(len(v) for v in adjacency.values()),
+                                         held, sum(len(s.intros) for s in squatters)))
         assert components(adjacency) == [count], "the honest nodes are apart: components %s" % (
             components(adjacency),)
         assert min(len(v) for v in adjacency.values()) >= 1
+        if not fresh_keys:
+            # And it stays one: links are shed and time out, and two honest parts joined only through squatters
+            # (which relay each part's fresh records to the other) find each other again (`hiddenNodes`).
+            watch_until, apart_since, longest, splits = time.monotonic() + WATCH_SECONDS, None, 0.0, []
+            while time.monotonic() < watch_until:
+                parts = components(graph(nodes, names))
+                if parts != [count]:
+                    if apart_since is None:
+                        apart_since = time.monotonic()
+                        splits.append(parts)
+                    longest = max(longest, time.monotonic() - apart_since)
+                else:
+                    apart_since = None
+                time.sleep(0.5)
+            redials = sum(nodes.state(n)["counters"].get("splitRedials", 0) for n in names)
+            print("watched %d s: splits %s, longest apart %.1f s, redials for hidden parts %d" % (
+                WATCH_SECONDS, splits, longest, redials))
+            assert longest <= 30, "the honest nodes stayed apart %.0f s: %s" % (longest, splits)
         anchored = [n for n in names if set(nodes.state(n)["anchors"]) & hostile]
         assert not anchored, "honest nodes anchored on squatters: %s" % anchored
     finally:
@@ -358,6 +433,113 @@ def test_minted_records_making_every_node_look_full_do_not_stop_newcomers_joinin
         stop_all(nodes.procs)
 
 
+def minted_link_record(host, port):
+    """A valid link record (with an address) of a fresh key: records cost nothing to make."""
+    identity = Ed25519PrivateKey.generate()
+    rec = {"network": "masq", "key": adversary.b64(noise_client.raw(identity)),
+           "agreement": adversary.b64(noise_client.raw(X25519PrivateKey.generate())),
+           "version": int(time.time() * 1000), "neighbours": [],
+           "rates": {"routingByte": 1, "routingPacket": 1, "exitByte": 1, "exitPacket": 1}, "exit": False,
+           "host": host, "port": port}
+    body = json.dumps(rec, separators=(",", ":")).encode()
+    return {"r": adversary.b64(body), "s": adversary.b64(identity.sign(adversary.LINK_CONTEXT + body))}
+
+
+def test_a_neighbour_flooding_introductions_does_not_crowd_out_genuine_ones(tmp_path):
+    """A neighbour sends 16 introductions of 4 minted records every 50 ms
+    (a node holds at most 64 introductions at once, and dials one a round,
+    at random): before each link's share was capped, the table stayed full
+    of the flood's, a genuine introduction by another neighbour was mostly
+    dropped and, once in, was one of 64 to draw. Now one link holds at most
+    8 (its newest): the genuine one is taken and dialed within a few
+    rounds."""
+    nodes = Nodes(str(tmp_path), MASQ, COMMON)
+    flooder, introducer, introduced = HostileNode("127.0.10.11"), HostileNode("127.0.10.12"), HostileNode("127.0.10.13")
+    stop = threading.Event()
+    try:
+        nodes.start("V", "127.0.10.100", ["--target-neighbours", "5"])
+        introduced.listen()
+        flood_link = flooder.dial(nodes.host("V"), nodes.port("V"))
+        genuine_link = introducer.dial(nodes.host("V"), nodes.port("V"))
+        wait_for(lambda: len(nodes.state("V")["neighbours"]) == 2, 10, "the two neighbours did not link")
+        dead = socket.create_server(("127.0.10.14", 0))
+        dead_port = dead.getsockname()[1]
+        dead.close()  # minted records name a port nobody listens on: each dial fails at once
+        minted = [minted_link_record("127.0.10.14", dead_port) for _ in range(1024)]
+        sent = [0]
+
+        def flood():
+            while not stop.is_set():
+                frames = []
+                for _ in range(16):
+                    frames.append(bytes([adversary.INTRO]) + json.dumps(
+                        [minted[(sent[0] + i) % len(minted)] for i in range(4)]).encode())
+                    sent[0] += 4
+                flood_link.send(frames)
+                stop.wait(0.05)
+
+        threading.Thread(target=flood, daemon=True).start()
+        time.sleep(2)
+        t = time.monotonic()
+        genuine = bytes([adversary.INTRO]) + json.dumps([introduced.record(link=True)]).encode()
+        genuine_link.send([genuine])
+        wait_for(lambda: introduced.link_to(adversary.unb64(nodes.key("V"))) is not None, 12,
+                 "the genuine introduction was not dialed during the flood")
+        print("dialed the genuine introduction after %.1f s; the flood sent %d minted records" % (
+            time.monotonic() - t, sent[0]))
+        assert nodes.alive("V")
+        assert adversary.b64(flooder.key) in nodes.state("V")["neighbours"]
+    finally:
+        stop.set()
+        for h in (flooder, introducer, introduced):
+            h.stop()
+        stop_all(nodes.procs)
+
+
+def test_dials_refused_for_fullness_under_fresh_keys_make_few_introductions(tmp_path):
+    """A full node introduces a refused dialer to neighbours with room (two
+    introductions). Keys cost nothing: one address dialing with a fresh
+    key each time made the node send two introductions a dial, unbounded.
+    Now at most one refused dial per address group is introduced every 10
+    rounds (2 s here)."""
+    nodes = Nodes(str(tmp_path), MASQ, COMMON)
+    dialers = []
+    try:
+        # S full with A and B, which are settled (at S's target; S sheds nothing, so no grace) and have room as
+        # S counts (one link each of S's two): every refused dial is introduced to both. Nobody seeks
+        # neighbours, so S introduces nobody else. (The last --shed-rounds given counts.)
+        seed = nodes.start("S", "127.0.10.110", ["--max-neighbours", "2", "--target-neighbours", "1",
+                                                 "--shed-rounds", "0"])
+        for name, host in (("A", "127.0.10.111"), ("B", "127.0.10.112")):
+            nodes.start(name, host, ["--seed", seed, "--max-neighbours", "1", "--target-neighbours", "1"])
+        wait_for(lambda: len(nodes.state("S")["neighbours"]) == 2, 15, "S did not fill")
+        time.sleep(2)
+        before = nodes.state("S")["counters"]["introductionsSent"]
+        started, refused = time.monotonic(), 0
+        for _ in range(30):
+            d = HostileNode("127.0.10.20")
+            dialers.append(d)
+            try:
+                d.dial(nodes.host("S"), nodes.port("S"))
+            except (OSError, ConnectionError, ValueError):
+                pass
+            wait_for(lambda: d.byes or not any(l.open for l in d.links), 5, "the full node did not refuse the dial: %s" % (
+                nodes.state("S")["neighbours"],))
+            refused += 1
+            time.sleep(0.1)
+        elapsed = time.monotonic() - started
+        sent = nodes.state("S")["counters"]["introductionsSent"] - before
+        allowed = 2 * (1 + int(elapsed / 2))
+        print("%d refused dials in %.1f s from one address, fresh keys: %d introductions (at most %d)" % (
+            refused, elapsed, sent, allowed))
+        assert sent <= allowed, "%d introductions for %d refused dials" % (sent, refused)
+        assert sent > 0, "the refused dialer was never introduced"
+    finally:
+        for d in dialers:
+            d.stop()
+        stop_all(nodes.procs)
+
+
 def test_an_island_whose_bridge_dies_finds_its_way_back_through_a_seed(tmp_path):
     """Four nodes B1-B4 form a clique (3 neighbours each: their target, so
     they never dial again on that count); a node X bridges them to five
@@ -392,6 +574,6 @@ def test_an_island_whose_bridge_dies_finds_its_way_back_through_a_seed(tmp_path)
         wait_for(lambda: components(graph(nodes, names)) == [len(names)], 120, "the island did not come back: %s" % (
             components(graph(nodes, names)),))
         counters = [nodes.state(b)["counters"] for b in bs]
-        assert sum(c["cutOffRedials"] + c["anchorRedials"] for c in counters) > 0, counters
+        assert sum(c["cutOffRedials"] + c["anchorRedials"] + c["splitRedials"] for c in counters) > 0, counters
     finally:
         stop_all(nodes.procs)
