@@ -255,7 +255,7 @@ def test_squatters_on_the_seed_taking_every_link_do_not_keep_newcomers_apart(tmp
     hold: the honest nodes form one network among themselves (links to
     squatters left out), each with an honest neighbour, and no honest node
     anchors on a squatter; and, watched for a while after, they stay one
-    or join again within 20 s. (A node counts a neighbour's room over the
+    or join again within 30 s. (A node counts a neighbour's room over the
     links the network sees, and over what became of the newcomers it sent
     it; settled neighbours first; two honest parts joined only through
     squatters, which relay each one's fresh records to the other, find
