@@ -240,7 +240,8 @@ public final class MeshNode: @unchecked Sendable {
 
     /// Nodes introduced to this one (their signed link records said where they listen), with when and over which
     /// link: dialed once, forgotten after 30 s; one link holds at most `introductionsPerLink` of them.
-    /// `reverse`: sent back by a full node this node dialed (settled neighbours of its seed: anchors it may take).
+    /// `reverse`: sent by a seed on a link this node dialed (a full seed names settled neighbours: anchors it may
+    /// take).
     var introduced: [NodeKey: (descriptor: NodeDescriptor, at: UInt64, from: Int, reverse: Bool)] = [:]
     /// Entries of `introduced` one link may hold: a neighbour sending INTRO after INTRO (records can be minted)
     /// replaces its own oldest and never fills the table against the others' introductions.
@@ -1584,7 +1585,8 @@ public final class MeshNode: @unchecked Sendable {
                 }
                 guard introduced.count < configuration.maxIntroductions else { break }
             }
-            let reverse = link.initiator && link.peer.map { neighbours[$0] !== link } != false
+            // (a full seed's answer comes before its BYE, while the link is still a neighbour here)
+            let reverse = link.initiator && configuration.seeds.contains { $0.key == link.peer }
             introduced[d.key] = (d, Self.now(), link.id, reverse)
         }
     }
