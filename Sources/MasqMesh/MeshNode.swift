@@ -258,6 +258,8 @@ public final class MeshNode: @unchecked Sendable {
     /// `hiddenNodes` at the last redial check: a split counts only when the same nodes were hidden at two checks
     /// (records change as links do, and reach a node a few rounds apart).
     var lastHidden: Set<String> = []
+    /// Nodes reached over links both ends advertise at a redial check, while their records are held.
+    var reachedBefore: Set<String> = []
     var links: [Int: Link] = [:]
     var neighbours: [NodeKey: Link] = [:]
     /// Neighbours that are clients: they take no neighbour slot and are never advertised.
@@ -1269,14 +1271,15 @@ public final class MeshNode: @unchecked Sendable {
         4 * UInt64(configuration.recordRefreshRounds) * configuration.gossipMilliseconds
     }
 
-    /// Live nodes (a new version within `quietMilliseconds`) this node cannot
-    /// reach over links both ends advertise, starting from its neighbours
-    /// whose records name it. Nodes that relay records but advertise few of
-    /// their links (squatters) keep two honest parts apart while each hears
-    /// the other's fresh records through them, which `cutOff` takes for one
-    /// network; here those parts are out of reach. Records can be minted
-    /// (a minted clique is "hidden" too): what that costs is a node dialing
-    /// its seeds at most once every 10 shedding periods while it lasts.
+    /// Live nodes (a new version within `quietMilliseconds`) this node could
+    /// reach at an earlier check and cannot now, over links both ends
+    /// advertise, starting from its neighbours whose records name it. Nodes
+    /// that relay records but advertise few of their links (squatters) keep
+    /// two honest parts apart while each hears the other's fresh records
+    /// through them, which `cutOff` takes for one network; here those parts
+    /// are out of reach. Only nodes once reached count: records can be
+    /// minted, and a minted clique (no honest node names its keys) would
+    /// make every node dial its seeds. Updates `reachedBefore`.
     func hiddenNodes(_ now: UInt64) -> Set<String> {
         var byText: [String: NodeRecord] = [:]
         for (k, known) in records where k != key && !known.record.isClient { byText[known.record.key] = known.record }
@@ -1297,10 +1300,12 @@ public final class MeshNode: @unchecked Sendable {
         var hidden: Set<String> = []
         for (k, known) in records
         where k != key && !known.record.isClient && now <= known.taken + quietMilliseconds
-            && !reached.contains(known.record.key)
+            && !reached.contains(known.record.key) && reachedBefore.contains(known.record.key)
         {
             hidden.insert(known.record.key)
         }
+        // (bounded by the records held: a node whose record goes is forgotten here too)
+        reachedBefore = reachedBefore.filter { byText[$0] != nil }.union(reached.subtracting([me]))
         return hidden
     }
 

@@ -426,6 +426,11 @@ def test_minted_records_making_every_node_look_full_do_not_stop_newcomers_joinin
             sum(nodes.state(n)["counters"]["introductionsSent"] for n in names)))
         assert components(adjacency) == [count], "the newcomers are apart: components %s" % (components(adjacency),)
         assert min(len(v) for v in adjacency.values()) >= 1
+        # Minted keys, which no honest node names, are never taken for a part of the network out of reach
+        # (every node would dial its seeds on them): only nodes once reached count (`hiddenNodes`).
+        minted = set().union(*(a.minted_keys for a in attackers))
+        taken = {n: len(set(nodes.state(n)["hidden"]) & minted) for n in names}
+        assert not any(taken.values()), "minted records counted as out of reach: %s" % taken
     finally:
         stop.set()
         for a in attackers:
