@@ -238,14 +238,15 @@ public final class MeshNode: @unchecked Sendable {
         while expiredHead < expiredOrder.count && expiredOrder[expiredHead].until <= now { dropOldestExpired() }
     }
 
-    /// Nodes introduced to this one (their signed link records said where they listen), with when and over which
-    /// link: dialed once, forgotten after 30 s; one link holds at most `introductionsPerLink` of them.
+    /// Nodes introduced to this one (their signed link records said where they listen), with when and from which
+    /// address group: dialed once, forgotten after 30 s; one group holds at most `introductionsPerGroup` of them.
     /// `reverse`: sent by a seed on a link this node dialed (a full seed names settled neighbours: anchors it may
     /// take).
-    var introduced: [NodeKey: (descriptor: NodeDescriptor, at: UInt64, from: Int, reverse: Bool)] = [:]
-    /// Entries of `introduced` one link may hold: a neighbour sending INTRO after INTRO (records can be minted)
-    /// replaces its own oldest and never fills the table against the others' introductions.
-    static let introductionsPerLink = 8
+    var introduced: [NodeKey: (descriptor: NodeDescriptor, at: UInt64, from: String, reverse: Bool)] = [:]
+    /// Entries of `introduced` one address group may hold: a neighbour sending INTRO after INTRO (records can be
+    /// minted), or linking again and again, replaces its own oldest and never fills the table against the
+    /// others' introductions.
+    static let introductionsPerGroup = 8
     /// Address groups of dialers a full node sent its roomy neighbours to, until when (one per shedding period each).
     var reverseIntroduced: [String: UInt64] = [:]
     /// Address groups of dialers refused for being full that this node introduced to its neighbours, until when
@@ -255,6 +256,8 @@ public final class MeshNode: @unchecked Sendable {
     /// (doubling while the condition lasts: nobody can make a node dial on and on).
     var redialAt = 0
     var redialRounds = 10
+    /// When this node may next dial its seeds for live nodes out of reach or neighbours that do not count.
+    var slowRedialAt = 0
     /// `hiddenNodes` at the last redial check: a split counts only when the same nodes were hidden at two checks
     /// (records change as links do, and reach a node a few rounds apart).
     var lastHidden: Set<String> = []
@@ -936,8 +939,16 @@ public final class MeshNode: @unchecked Sendable {
             // in flight may complete at once, and never past `maxNeighbours`.
             if !link.initiator && !record.isClient {
                 let group = neighbourGroup(link) ?? link.prefix, now = Self.now()
-                let forward = (refusedIntroduced[group] ?? 0) < now && refusedIntroduced.count < 1_024
-                if forward { refusedIntroduced[group] = now + 10 * configuration.gossipMilliseconds }
+                let forward = (refusedIntroduced[group] ?? 0) < now
+                if forward {
+                    // (full: the entry nearest its end makes way, so that a flood from many addresses limits
+                    // itself, not everybody)
+                    if refusedIntroduced.count >= 1_024, let first = refusedIntroduced.min(by: { $0.value < $1.value })
+                    {
+                        refusedIntroduced[first.key] = nil
+                    }
+                    refusedIntroduced[group] = now + 10 * configuration.gossipMilliseconds
+                }
                 introduce(link, to: forward ? 2 : 0, back: record.isSeeking ? 2 : 0)
             }
             link.write(.bye, Array("full".utf8))
@@ -1271,6 +1282,13 @@ public final class MeshNode: @unchecked Sendable {
         4 * UInt64(configuration.recordRefreshRounds) * configuration.gossipMilliseconds
     }
 
+    /// Dial every seed that is not a neighbour and not being dialed.
+    private func dialSeedsAgain() {
+        for d in configuration.seeds where d.key != key && neighbours[d.key] == nil && !dialing.contains(d.key) {
+            dial(d)
+        }
+    }
+
     /// Live nodes (a new version within `quietMilliseconds`) this node could
     /// reach at an earlier check and cannot now, over links both ends
     /// advertise, starting from its neighbours whose records name it. Nodes
@@ -1297,10 +1315,13 @@ public final class MeshNode: @unchecked Sendable {
                 frontier.append(next)
             }
         }
+        // A node that left keeps a live record for a while, naming neighbours that no longer name it: one
+        // with no link both ends advertise is not a part of the network, it is gone.
         var hidden: Set<String> = []
         for (k, known) in records
         where k != key && !known.record.isClient && now <= known.taken + quietMilliseconds
             && !reached.contains(known.record.key) && reachedBefore.contains(known.record.key)
+            && known.record.neighbours.contains(where: { byText[$0]?.neighbours.contains(known.record.key) == true })
         {
             hidden.insert(known.record.key)
         }
@@ -1581,10 +1602,11 @@ public final class MeshNode: @unchecked Sendable {
             guard !record.isClient, let d = record.descriptor, d.key != key, neighbours[d.key] == nil,
                 others < configuration.maxNeighbours
             else { continue }
+            let group = neighbourGroup(link) ?? link.prefix
             if introduced[d.key] == nil {
-                let fromLink = introduced.filter { $0.value.from == link.id }
-                if fromLink.count >= Self.introductionsPerLink,
-                    let oldest = fromLink.min(by: { $0.value.at < $1.value.at })
+                let fromGroup = introduced.filter { $0.value.from == group }
+                if fromGroup.count >= Self.introductionsPerGroup,
+                    let oldest = fromGroup.min(by: { $0.value.at < $1.value.at })
                 {
                     introduced[oldest.key] = nil
                 }
@@ -1592,7 +1614,7 @@ public final class MeshNode: @unchecked Sendable {
             }
             // (a full seed's answer comes before its BYE, while the link is still a neighbour here)
             let reverse = link.initiator && configuration.seeds.contains { $0.key == link.peer }
-            introduced[d.key] = (d, Self.now(), link.id, reverse)
+            introduced[d.key] = (d, Self.now(), group, reverse)
         }
     }
 
@@ -1679,35 +1701,38 @@ public final class MeshNode: @unchecked Sendable {
         // at once): back through the seeds, every 10 rounds, then 20, 40, ...
         // (at most every 10 shedding periods) while it lasts.
         if ticks >= redialAt {
-            let hidden = hiddenNodes(now)
-            let split = hidden.intersection(lastHidden).count >= 3
-            lastHidden = hidden
             let short = shortOfOutbound, island = cutOff(now)
-            // (below its target by the raw count, a node dials its seeds every round anyway)
-            let uncounted =
-                nodeNeighbourCount >= configuration.targetNeighbours
-                && countedNeighbours < configuration.targetNeighbours
-            if (short || island || split || uncounted) && nodeNeighbourCount < configuration.maxNeighbours {
-                if short {
-                    counters.anchorRedials += 1
-                } else if island {
-                    counters.cutOffRedials += 1
-                } else if split {
-                    counters.splitRedials += 1
-                } else {
-                    counters.uncountedRedials += 1
-                }
+            if (short || island) && nodeNeighbourCount < configuration.maxNeighbours {
+                if short { counters.anchorRedials += 1 } else { counters.cutOffRedials += 1 }
                 if island { logger.info("cut off from most of the network: dialing the seeds again") }
-                if split && !island { logger.info("live nodes out of reach: dialing the seeds again") }
-                for d in configuration.seeds
-                where d.key != key && neighbours[d.key] == nil && !dialing.contains(d.key) {
-                    dial(d)
-                }
+                dialSeedsAgain()
                 redialAt = ticks + redialRounds
                 redialRounds = min(redialRounds * 2, max(10, 10 * configuration.shedRounds))
             } else {
                 redialAt = ticks + 10
                 redialRounds = 10
+            }
+        }
+        // Conditions others can bring about (records they sign, links they advertise or not): checked every 10
+        // rounds, and the seeds dialed for them at most once every 10 shedding periods, whatever they do — their
+        // own schedule, so that they never put off the redials above.
+        if ticks % 10 == 0 {
+            let hidden = hiddenNodes(now)
+            let split = hidden.intersection(lastHidden).count >= 3
+            lastHidden = hidden
+            // (below its target by the raw count, a node dials its seeds every round anyway)
+            let uncounted =
+                nodeNeighbourCount >= configuration.targetNeighbours
+                && countedNeighbours < configuration.targetNeighbours
+            if (split || uncounted) && ticks >= slowRedialAt && nodeNeighbourCount < configuration.maxNeighbours {
+                if split {
+                    counters.splitRedials += 1
+                    logger.info("live nodes out of reach: dialing the seeds again")
+                } else {
+                    counters.uncountedRedials += 1
+                }
+                dialSeedsAgain()
+                slowRedialAt = ticks + max(10, 10 * configuration.shedRounds)
             }
         }
         for (g, until) in reverseIntroduced where until < now { reverseIntroduced[g] = nil }
@@ -1716,6 +1741,7 @@ public final class MeshNode: @unchecked Sendable {
         if ticks % 5 == 0 {
             for (peer, link) in neighbours
             where !clientPeers.contains(peer) && records[peer]?.record.isSeeking == true
+                && (records[peer]?.record.neighbours.count ?? 0) < configuration.maxNeighbours
                 && now - (lastIntroduced[peer] ?? 0) > 5 * configuration.gossipMilliseconds
             {
                 introduce(link, to: 1)
