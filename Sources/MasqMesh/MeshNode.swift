@@ -258,10 +258,10 @@ public final class MeshNode: @unchecked Sendable {
     var redialRounds = 10
     /// When this node may next dial its seeds for live nodes out of reach or neighbours that do not count.
     var slowRedialAt = 0
-    /// `hiddenNodes` at the last redial check: a split counts only when the same nodes were hidden at two checks
-    /// (records change as links do, and reach a node a few rounds apart).
+    /// `hiddenNodes` at the last check (every 10 rounds): a split counts only when the same nodes were hidden at
+    /// two checks (records change as links do, and reach a node a few rounds apart).
     var lastHidden: Set<String> = []
-    /// Nodes reached over links both ends advertise at a redial check, while their records are held.
+    /// Nodes reached over links both ends advertise at a check, while their records are held.
     var reachedBefore: Set<String> = []
     var links: [Int: Link] = [:]
     var neighbours: [NodeKey: Link] = [:]
@@ -1184,10 +1184,10 @@ public final class MeshNode: @unchecked Sendable {
     }
 
     /// Node neighbours that count toward the target: those whose records name
-    /// this node, and those linked for less than 10 rounds (a record takes a round or two to
-    /// come). A squatter advertising a fixed few fills a slot without
-    /// counting: a node that came back among squatters still says it seeks
-    /// neighbours, is introduced to others, fills up and sheds.
+    /// this node, and those linked for less than 10 rounds (a record takes a
+    /// round or two to come). A squatter advertising a fixed few fills a slot
+    /// without counting: a node that came back among squatters still says it
+    /// seeks neighbours, is introduced to others, and redials its seeds.
     var countedNeighbours: Int {
         let now = Self.now(), young = 10 * configuration.gossipMilliseconds
         return neighbours.filter { k, l in
@@ -1943,8 +1943,8 @@ public final class MeshNode: @unchecked Sendable {
         /// carry none). The tests check that it is the neighbours' only.
         public var addresses: [String]
         public var counters: Counters
-        /// Live nodes out of this node's reach over links both ends advertise, at the last redial check
-        /// (`hiddenNodes`).
+        /// Live nodes out of this node's reach over links both ends advertise, at the last check (every 10
+        /// rounds, `hiddenNodes`).
         public var hidden: [String] = []
         /// This node's anchors, and the neighbours whose claim to it as their anchor it honours (`protectedLinks`).
         public var anchors: [String]
