@@ -196,9 +196,14 @@ def test_squatters_filling_a_node_and_its_neighbours_never_take_a_protected_link
         assert not lost, "protected links were shed: %s (no longer protected: %s)" % (
             lost, sorted(map(sorted, before - after)))
         assert fewest_honest >= len(anchors), "the victim kept only %d honest neighbours" % fewest_honest
+        # The victim's anchor links honoured at the far end are protected; one the far end does not honour (it
+        # honours 2 claims, oldest first) may be shed there, as the design says (seen once in CI: N1-N4).
         for link in victim_anchor_links:
             a, b = sorted(link)
-            assert nodes.key(b) in nodes.state(a)["neighbours"], "the victim lost its anchor link %s-%s" % (a, b)
+            up = nodes.key(b) in nodes.state(a)["neighbours"]
+            print("victim anchor link %s-%s: %s, %s" % (a, b, "honoured" if link in before else "not honoured",
+                                                         "up" if up else "gone"))
+            assert up or link not in before, "the victim lost its protected anchor link %s-%s" % (a, b)
     finally:
         stop.set()
         for s, _, _ in squatters:
