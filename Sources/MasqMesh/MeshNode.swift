@@ -881,6 +881,20 @@ public final class MeshNode: @unchecked Sendable {
         return bits == 0 ? nil : ip.prefix(bits)
     }
 
+    /// The group a link's far end is counted in by the tables that limit
+    /// what one address may cost (introductions): its neighbour group, or
+    /// its address when that check is off.
+    func addressGroup(_ link: Link) -> String { neighbourGroup(link) ?? link.prefix }
+
+    /// Records held (not this node's), by key text, clients' left out unless asked for.
+    func recordsByText(clients: Bool) -> [String: NodeRecord] {
+        var byText: [String: NodeRecord] = [:]
+        for (k, known) in records where k != key && (clients || !known.record.isClient) {
+            byText[known.record.key] = known.record
+        }
+        return byText
+    }
+
     /// The group adjacent hops of a circuit must not share (an IPv4 /16, an
     /// IPv6 /32 by default); nil when the check is off.
     func hopGroup(_ link: Link) -> String? {
@@ -938,7 +952,7 @@ public final class MeshNode: @unchecked Sendable {
             // anchors). A link this node dialed is refused too: several dials
             // in flight may complete at once, and never past `maxNeighbours`.
             if !link.initiator && !record.isClient {
-                let group = neighbourGroup(link) ?? link.prefix, now = Self.now()
+                let group = addressGroup(link), now = Self.now()
                 let forward = (refusedIntroduced[group] ?? 0) < now
                 if forward {
                     // (full: the entry nearest its end makes way, so that a flood from many addresses limits
@@ -1024,7 +1038,7 @@ public final class MeshNode: @unchecked Sendable {
         // dial (they may become its anchors): only settled ones — never a
         // squatter advertising room, or one just arrived — at most once a
         // shedding period (10 rounds at least) per address group.
-        let group = neighbourGroup(link) ?? link.prefix
+        let group = addressGroup(link)
         if back > 0, (reverseIntroduced[group] ?? 0) < now,
             reverseIntroduced.count < 1_024
         {
@@ -1246,8 +1260,7 @@ public final class MeshNode: @unchecked Sendable {
     /// the records held). Only nodes at both ends of a faked link can fake
     /// a path, and then they carry it.
     func reachableWithout(_ peer: NodeKey) -> Bool {
-        var byText: [String: NodeRecord] = [:]
-        for (k, known) in records where k != key { byText[known.record.key] = known.record }
+        let byText = recordsByText(clients: true)
         let mine = Set(neighbours.keys.filter { $0 != peer && !clientPeers.contains($0) }.map(\.text))
         var seen: Set<String> = [peer.text, key.text]
         var frontier = [peer.text]
@@ -1299,8 +1312,7 @@ public final class MeshNode: @unchecked Sendable {
     /// minted, and a minted clique (no honest node names its keys) would
     /// make every node dial its seeds. Updates `reachedBefore`.
     func hiddenNodes(_ now: UInt64) -> Set<String> {
-        var byText: [String: NodeRecord] = [:]
-        for (k, known) in records where k != key && !known.record.isClient { byText[known.record.key] = known.record }
+        let byText = recordsByText(clients: false)
         let me = key.text
         var reached: Set<String> = [me]
         var frontier = neighbours.keys.filter {
@@ -1592,6 +1604,9 @@ public final class MeshNode: @unchecked Sendable {
         else {
             return penalize(link, 10, "malformed introduction")
         }
+        let group = addressGroup(link)
+        // (a full seed's answer comes before its BYE, while the link is still a neighbour here)
+        let reverse = link.initiator && configuration.seeds.contains { $0.key == link.peer }
         for signed in list {
             let record: NodeRecord
             do { record = try signed.verified(network: configuration.network, kind: .link) } catch {
@@ -1602,7 +1617,6 @@ public final class MeshNode: @unchecked Sendable {
             guard !record.isClient, let d = record.descriptor, d.key != key, neighbours[d.key] == nil,
                 others < configuration.maxNeighbours
             else { continue }
-            let group = neighbourGroup(link) ?? link.prefix
             if introduced[d.key] == nil {
                 let fromGroup = introduced.filter { $0.value.from == group }
                 if fromGroup.count >= Self.introductionsPerGroup,
@@ -1612,8 +1626,6 @@ public final class MeshNode: @unchecked Sendable {
                 }
                 guard introduced.count < configuration.maxIntroductions else { break }
             }
-            // (a full seed's answer comes before its BYE, while the link is still a neighbour here)
-            let reverse = link.initiator && configuration.seeds.contains { $0.key == link.peer }
             introduced[d.key] = (d, Self.now(), group, reverse)
         }
     }
