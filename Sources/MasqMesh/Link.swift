@@ -129,6 +129,10 @@ final class Link {
     /// since. A far end that links to nobody it is sent (a squatter dialing
     /// newcomers under other keys) soon gets nobody (`MeshNode.introduce`).
     var introductions: [(peer: String, at: UInt64, linked: Bool)] = []
+    /// The nodes the far end's last INTRO named (at most 4): when a seed this
+    /// node dialed answers a refused dial, its INTRO (the settled neighbours
+    /// it names) comes just before its BYE "full", which marks them `reverse`.
+    var namedInLastIntro: [NodeKey] = []
     /// Where an inbound connection comes from, as the handshake table counts
     /// it (MeshNode.addressPrefix: an IPv4 address, an IPv6 /64).
     let prefix: String

@@ -240,13 +240,15 @@ public final class MeshNode: @unchecked Sendable {
 
     /// Nodes introduced to this one (their signed link records said where they listen), with when and from which
     /// address group: dialed once, forgotten after 30 s; one group holds at most `introductionsPerGroup` of them.
-    /// `reverse`: sent by a seed on a link this node dialed (a full seed names settled neighbours: anchors it may
-    /// take).
+    /// `reverse`: named by a full seed answering this node's dial (its INTRO, then its BYE "full"): settled
+    /// neighbours, anchors it may take in the slot kept for own dials.
     var introduced: [NodeKey: (descriptor: NodeDescriptor, at: UInt64, from: String, reverse: Bool)] = [:]
     /// Entries of `introduced` one address group may hold: a neighbour sending INTRO after INTRO (records can be
     /// minted), or linking again and again, replaces its own oldest and never fills the table against the
     /// others' introductions.
     static let introductionsPerGroup = 8
+    /// About how many nodes of a part dial a seed for a split, per 10 shedding periods (`tick`).
+    static let splitDialers = 4
     /// Address groups of dialers a full node sent its roomy neighbours to, until when (one per shedding period each).
     var reverseIntroduced: [String: UInt64] = [:]
     /// Address groups of dialers refused for being full that this node introduced to its neighbours, until when
@@ -261,8 +263,13 @@ public final class MeshNode: @unchecked Sendable {
     /// `hiddenNodes` at the last check (every 10 rounds): a split counts only when the same nodes were hidden at
     /// two checks (records change as links do, and reach a node a few rounds apart).
     var lastHidden: Set<String> = []
-    /// Nodes reached over links both ends advertise at a check, while their records are held.
-    var reachedBefore: Set<String> = []
+    /// Nodes reached over links both ends advertise, and when last (at a check), while their records are held.
+    var reachedBefore: [String: UInt64] = [:]
+    /// When this node dials a seed for live nodes out of reach (a random round after the check: every node of a
+    /// part sees the split at about the same time, and the seeds should not take all their dials at once).
+    var splitDialAt: Int?
+    /// How many nodes the last check reached (this node's part of the network, as far as it can tell).
+    var reachedCount = 1
     var links: [Int: Link] = [:]
     var neighbours: [NodeKey: Link] = [:]
     /// Neighbours that are clients: they take no neighbour slot and are never advertised.
@@ -803,6 +810,16 @@ public final class MeshNode: @unchecked Sendable {
         case .bye:
             if link.initiator, let peer = link.peer {
                 refused[peer] = Self.now() + 10 * configuration.gossipMilliseconds
+                // A full seed's answer to this node's dial: the settled neighbours its INTRO just named may take
+                // the slot kept for own dials. Only this answer: the same seed, as a neighbour, also forwards
+                // newcomers and dialers it refused, whom anybody can make it send (sixth review).
+                if body == Array("full".utf8), configuration.seeds.contains(where: { $0.key == peer }) {
+                    let group = addressGroup(link)
+                    for k in link.namedInLastIntro where introduced[k] != nil {
+                        introduced[k]!.reverse = true
+                        introduced[k]!.from = group
+                    }
+                }
             }
             link.channel.close(promise: nil)
         case nil: penalize(link, 10, "a frame of unknown type")
@@ -955,13 +972,7 @@ public final class MeshNode: @unchecked Sendable {
                 let group = addressGroup(link), now = Self.now()
                 let forward = (refusedIntroduced[group] ?? 0) < now
                 if forward {
-                    // (full: the entry nearest its end makes way, so that a flood from many addresses limits
-                    // itself, not everybody)
-                    if refusedIntroduced.count >= 1_024, let first = refusedIntroduced.min(by: { $0.value < $1.value })
-                    {
-                        refusedIntroduced[first.key] = nil
-                    }
-                    refusedIntroduced[group] = now + 10 * configuration.gossipMilliseconds
+                    Self.note(group, until: now + 10 * configuration.gossipMilliseconds, in: &refusedIntroduced)
                 }
                 introduce(link, to: forward ? 2 : 0, back: record.isSeeking ? 2 : 0)
             }
@@ -1039,16 +1050,25 @@ public final class MeshNode: @unchecked Sendable {
         // squatter advertising room, or one just arrived — at most once a
         // shedding period (10 rounds at least) per address group.
         let group = addressGroup(link)
-        if back > 0, (reverseIntroduced[group] ?? 0) < now,
-            reverseIntroduced.count < 1_024
-        {
+        if back > 0, (reverseIntroduced[group] ?? 0) < now {
             let settledRecords = settled.shuffled().prefix(back).compactMap { $0.value.linkRecord }
             if !settledRecords.isEmpty, let back = try? JSONEncoder().encode(settledRecords) {
                 link.write(.intro, Array(back))
-                reverseIntroduced[group] = now + max(grace, 10 * configuration.gossipMilliseconds)
+                Self.note(group, until: now + max(grace, 10 * configuration.gossipMilliseconds), in: &reverseIntroduced)
             }
         }
         lastIntroduced[peer] = Self.now()
+    }
+
+    /// Note an address group in a table of groups (at most `capacity`), until
+    /// a time. When the table is full, the entry nearest its end makes way: a
+    /// flood from many addresses limits itself, not everybody (a table that
+    /// refused new entries when full would fail closed for honest dialers).
+    static func note(_ group: String, until: UInt64, in table: inout [String: UInt64], capacity: Int = 1_024) {
+        if table[group] == nil, table.count >= capacity, let first = table.min(by: { $0.value < $1.value }) {
+            table[first.key] = nil
+        }
+        table[group] = until
     }
 
     // MARK: - anchors and shedding
@@ -1308,9 +1328,11 @@ public final class MeshNode: @unchecked Sendable {
     /// that relay records but advertise few of their links (squatters) keep
     /// two honest parts apart while each hears the other's fresh records
     /// through them, which `cutOff` takes for one network; here those parts
-    /// are out of reach. Only nodes once reached count: records can be
-    /// minted, and a minted clique (no honest node names its keys) would
-    /// make every node dial its seeds. Updates `reachedBefore`.
+    /// are out of reach. Only nodes once reached count (records can be
+    /// minted, and a minted clique no honest node names would make every
+    /// node dial its seeds), and only those that signed a new version since
+    /// (nodes that went down together keep live records naming each other
+    /// for a while: they are gone, not hidden). Updates `reachedBefore`.
     func hiddenNodes(_ now: UInt64) -> Set<String> {
         let byText = recordsByText(clients: false)
         let me = key.text
@@ -1332,13 +1354,15 @@ public final class MeshNode: @unchecked Sendable {
         var hidden: Set<String> = []
         for (k, known) in records
         where k != key && !known.record.isClient && now <= known.taken + quietMilliseconds
-            && !reached.contains(known.record.key) && reachedBefore.contains(known.record.key)
+            && !reached.contains(known.record.key) && reachedBefore[known.record.key].map({ known.taken > $0 }) == true
             && known.record.neighbours.contains(where: { byText[$0]?.neighbours.contains(known.record.key) == true })
         {
             hidden.insert(known.record.key)
         }
         // (bounded by the records held: a node whose record goes is forgotten here too)
-        reachedBefore = reachedBefore.filter { byText[$0] != nil }.union(reached.subtracting([me]))
+        reachedBefore = reachedBefore.filter { byText[$0.key] != nil }
+        for k in reached where k != me { reachedBefore[k] = now }
+        reachedCount = reached.count
         return hidden
     }
 
@@ -1599,34 +1623,50 @@ public final class MeshNode: @unchecked Sendable {
         // From node neighbours, and from full nodes this node dialed (their reverse introductions); not from clients.
         guard link.initiator || link.peer.map({ neighbours[$0] === link && !clientPeers.contains($0) }) == true
         else { return }
+        link.namedInLastIntro = []
+        // No room (counted without the introducer: a full seed introduces, then says BYE): nothing decoded or checked.
+        let others = nodeNeighbourCount - (link.peer.map { neighbours[$0] === link } == true ? 1 : 0)
+        guard others < configuration.maxNeighbours else { return }
+        // Every record checked is charged to the gossip budgets (the link's and the turn's), as gossip is: a
+        // neighbour streaming introductions gets no more signature checks than one streaming gossip.
+        let now = Self.now()
+        link.refillGossipCredit(now: now, perSecond: configuration.gossipRecordsPerSecond)
+        guard link.gossipCredit > 0, gossipAllowanceLeft > 0 else {
+            counters.gossipFramesDropped += 1
+            return
+        }
         guard body.count <= 65_536, let list = try? JSONDecoder().decode([SignedRecord].self, from: Data(body)),
             list.count <= 4
         else {
             return penalize(link, 10, "malformed introduction")
         }
         let group = addressGroup(link)
-        // (a full seed's answer comes before its BYE, while the link is still a neighbour here)
-        let reverse = link.initiator && configuration.seeds.contains { $0.key == link.peer }
         for signed in list {
+            // (the turn's allowance was checked for the frame, which may overdraw it by its 4 records: a seed's
+            // answer is not lost to a busy turn)
+            guard link.gossipCredit >= 1 else {
+                counters.gossipOverBudget += 1
+                break
+            }
+            link.gossipCredit -= 1
+            gossipWorkThisTurn += 1
             let record: NodeRecord
             do { record = try signed.verified(network: configuration.network, kind: .link) } catch {
                 return penalize(link, 10, "introduction: \(error)")
             }
-            // (room counted without the introducer: a full seed introduces, then says BYE)
-            let others = nodeNeighbourCount - (link.peer.map { neighbours[$0] === link } == true ? 1 : 0)
-            guard !record.isClient, let d = record.descriptor, d.key != key, neighbours[d.key] == nil,
-                others < configuration.maxNeighbours
-            else { continue }
-            if introduced[d.key] == nil {
-                let fromGroup = introduced.filter { $0.value.from == group }
-                if fromGroup.count >= Self.introductionsPerGroup,
-                    let oldest = fromGroup.min(by: { $0.value.at < $1.value.at })
-                {
-                    introduced[oldest.key] = nil
-                }
-                guard introduced.count < configuration.maxIntroductions else { break }
+            guard !record.isClient, let d = record.descriptor, d.key != key, neighbours[d.key] == nil else { continue }
+            link.namedInLastIntro.append(d.key)
+            // An entry is never replaced (its time, group or kind): introducing a node again, from anywhere,
+            // must not push it out or take a seed's `reverse` away (sixth review).
+            guard introduced[d.key] == nil else { continue }
+            let fromGroup = introduced.filter { $0.value.from == group }
+            if fromGroup.count >= Self.introductionsPerGroup,
+                let oldest = fromGroup.min(by: { $0.value.at < $1.value.at })
+            {
+                introduced[oldest.key] = nil
             }
-            introduced[d.key] = (d, Self.now(), group, reverse)
+            guard introduced.count < configuration.maxIntroductions else { break }
+            introduced[d.key] = (d, now, group, false)
         }
     }
 
@@ -1737,14 +1777,34 @@ public final class MeshNode: @unchecked Sendable {
                 nodeNeighbourCount >= configuration.targetNeighbours
                 && countedNeighbours < configuration.targetNeighbours
             if (split || uncounted) && ticks >= slowRedialAt && nodeNeighbourCount < configuration.maxNeighbours {
+                let period = max(10, 10 * configuration.shedRounds)
                 if split {
-                    counters.splitRedials += 1
-                    logger.info("live nodes out of reach: dialing the seeds again")
+                    // Every node of a part sees a split at about the same time — and made-up keys that look
+                    // like one, gossiped by a single attacker node, make every node see one (sixth review).
+                    // So a node dials for it with a chance that makes about `splitDialers` dials per part and
+                    // period, whatever the part's size (a part of that size or less: every node), one seed, at
+                    // a random round within the next fifth of the period: never every node dialing every seed
+                    // in the same few rounds.
+                    if Double.random(in: 0..<1) < Double(Self.splitDialers) / Double(max(1, reachedCount)) {
+                        counters.splitRedials += 1
+                        splitDialAt = ticks + Int.random(in: 0...(period / 5))
+                    }
                 } else {
                     counters.uncountedRedials += 1
+                    dialSeedsAgain()
                 }
-                dialSeedsAgain()
-                slowRedialAt = ticks + max(10, 10 * configuration.shedRounds)
+                slowRedialAt = ticks + period
+            }
+        }
+        if let at = splitDialAt, ticks >= at {
+            splitDialAt = nil
+            if nodeNeighbourCount < configuration.maxNeighbours,
+                let seed = configuration.seeds.filter({
+                    $0.key != key && neighbours[$0.key] == nil && !dialing.contains($0.key)
+                }).randomElement()
+            {
+                logger.info("live nodes out of reach: dialing a seed again")
+                dial(seed)
             }
         }
         for (g, until) in reverseIntroduced where until < now { reverseIntroduced[g] = nil }

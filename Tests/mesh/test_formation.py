@@ -443,6 +443,96 @@ def test_minted_records_making_every_node_look_full_do_not_stop_newcomers_joinin
         stop_all(nodes.procs)
 
 
+
+class PhantomClique(HostileNode):
+    """Links to one honest node and advertises three made-up keys besides
+    it, whose records name it and each other: every node reaches them over
+    links both ends advertise. Then (`detach`) they stop naming it, and it
+    them, but keep naming each other, with a new version every round: live,
+    reached before, out of reach now, with links both ends advertise — a
+    part of the network cut off, as every node sees it (sixth review)."""
+
+    def __init__(self, source):
+        super().__init__(source)
+        self.made_up = [(Ed25519PrivateKey.generate(), X25519PrivateKey.generate()) for _ in range(3)]
+        self.made_up_keys = [adversary.b64(noise_client.raw(i)) for i, _ in self.made_up]
+        self.attached = True
+
+    def _signed(self, rec, identity):
+        body = json.dumps(rec, separators=(",", ":")).encode()
+        return {"r": adversary.b64(body), "s": adversary.b64(identity.sign(adversary.RECORD_CONTEXT + body))}
+
+    def record(self, link=False, legacy=False):
+        rec = {"network": self.network, "key": adversary.b64(self.key), "agreement": adversary.b64(self.static_pub),
+               "version": self.version, "neighbours": [adversary.b64(l.key) for l in self.links if l.open]
+               + (self.made_up_keys if self.attached else []), "rates": self.rates, "exit": False}
+        if link:
+            rec["host"], rec["port"] = self.source, self.port
+            rec["neighbours"] = []
+        body = json.dumps(rec, separators=(",", ":")).encode()
+        context = adversary.LINK_CONTEXT if link else adversary.RECORD_CONTEXT
+        return {"r": adversary.b64(body), "s": adversary.b64(self.identity.sign(context + body))}
+
+    def _gossip(self, link):
+        made_up = []
+        for identity, agreement in self.made_up:
+            mine = adversary.b64(noise_client.raw(identity))
+            names = [k for k in self.made_up_keys if k != mine] + ([adversary.b64(self.key)] if self.attached else [])
+            made_up.append(self._signed({"network": self.network, "key": mine,
+                                         "agreement": adversary.b64(noise_client.raw(agreement)),
+                                         "version": self.version, "neighbours": names, "rates": self.rates,
+                                         "exit": False}, identity))
+        link.send([bytes([adversary.GOSSIP]) + json.dumps([self.record()] + made_up).encode(),
+                   bytes([adversary.PING])])
+
+
+def test_made_up_nodes_reached_through_one_attacker_do_not_make_every_node_dial_its_seeds(tmp_path):
+    """One attacker node linked to one honest node shows made-up keys,
+    first reached through it, then out of reach and still live (a split,
+    as every node sees it: `PhantomClique`). A split is healed by dialing
+    a seed; before the sixth review every node with room dialed every seed
+    for it, once per 10 shedding periods, for as long as the attacker
+    liked. What must hold: the nodes do see it (it is the attack), and
+    the dials for it stay few — a node dials one seed, with a chance that
+    makes about 4 dials per part and period whatever the part's size — not
+    one per node and period."""
+    nodes = Nodes(str(tmp_path), MASQ, COMMON)
+    count, watch = 16, 30
+    names = ["P%d" % i for i in range(count)]
+    attacker = None
+    try:
+        seed = nodes.start(names[0], "127.0.11.100")
+        for i in range(1, count):
+            nodes.start(names[i], "127.0.11.%d" % (100 + i), ["--seed", seed])
+        wait_for(lambda: components(graph(nodes, names)) == [count]
+                 and min(len(v) for v in graph(nodes, names).values()) >= 2, 90, "the mesh did not form")
+        # Onto a node with room (a full one would refuse it).
+        host = min(names[1:], key=lambda n: len(nodes.state(n)["neighbours"]))
+        attacker = PhantomClique("127.0.12.10")
+        attacker.dial(nodes.host(host), nodes.port(host))
+        # Reached at a check or two by every node (checks every 10 rounds: 2 s), then cut off.
+        time.sleep(8)
+        attacker.attached = False
+        before = {n: nodes.state(n)["counters"].get("splitRedials", 0) for n in names}
+        deadline, seen = time.monotonic() + watch, set()
+        while time.monotonic() < deadline:
+            for n in names:
+                if len(set(nodes.state(n)["hidden"]) & set(attacker.made_up_keys)) >= 3:
+                    seen.add(n)
+            time.sleep(1)
+        dials = {n: nodes.state(n)["counters"].get("splitRedials", 0) - before[n] for n in names}
+        print("%d of %d nodes saw the made-up part out of reach; dials for it in %d s: %d (%s)" % (
+            len(seen), count, watch, sum(dials.values()), sorted(dials.values())))
+        assert len(seen) >= count // 2, "the attack did not take hold: %d nodes saw it" % len(seen)
+        # 30 s: at most 2 periods of 20 s per node, about 4 dials per period: 8 expected (the build before the
+        # sixth review: one per node with room and period, 16 to 32).
+        assert sum(dials.values()) <= count, "the made-up part made %d dials: %s" % (sum(dials.values()), dials)
+    finally:
+        if attacker:
+            attacker.stop()
+        stop_all(nodes.procs)
+
+
 def minted_link_record(host, port):
     """A valid link record (with an address) of a fresh key: records cost nothing to make."""
     identity = Ed25519PrivateKey.generate()
