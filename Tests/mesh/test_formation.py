@@ -25,6 +25,9 @@ rounds (`--shed-rounds 10`: 2 s).
   each neighbour), and, watched for 30 s more, a split lasts 30 s at most.
 - Minted records name every honest node as a neighbour, five times over,
   so that every node looks full: newcomers still form one network.
+- One attacker node shows every node made-up keys, first reached through
+  it, then out of reach (a split, as every node sees it): the nodes dial
+  a seed for it about 4 times per period in all, not each of them.
 - A neighbour flooding introductions of minted records does not crowd a
   genuine one out (8 held per link); dials refused for fullness under
   fresh keys from one address are introduced once per 10 rounds.
