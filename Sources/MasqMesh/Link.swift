@@ -116,6 +116,10 @@ final class Link {
     let remoteIP: IPAddress?
     /// Where the peer listens, and its signed link record, from its handshake (a neighbour's only).
     var listenAddress: String?
+    /// Whether the host the peer's link record names is the address its
+    /// connection comes from: only then is it introduced to others (who will
+    /// dial that host), so nobody makes the network dial a third party.
+    var listensWhereItComesFrom = false
     var linkRecord: SignedRecord?
     var established = false
     /// When the connection was opened: a handshake must end within

@@ -437,6 +437,10 @@ public final class MeshNode: @unchecked Sendable {
         else {
             throw .invalid("the window must be 64...65536 cells, acknowledged every 1...window cells")
         }
+        // (neighbours dial the host a link record names, and introduce a node only when its links come from it)
+        guard IPAddress(configuration.host) != nil else {
+            throw .invalid("the host must be an IP address (it is signed in the node's records), not a name")
+        }
         guard (1...4_096).contains(configuration.streamsPerRoute) else {
             throw .invalid("streams per route must be 1...4096")
         }
@@ -874,7 +878,10 @@ public final class MeshNode: @unchecked Sendable {
             link.peer = peerKey
             link.established = true
             link.linkRecord = received.link
-            if !linkRecord.isClient { link.listenAddress = "\(linkRecord.host):\(linkRecord.port)" }
+            if !linkRecord.isClient {
+                link.listenAddress = "\(linkRecord.host):\(linkRecord.port)"
+                link.listensWhereItComesFrom = Self.sameHost(linkRecord.host, link.remoteIP)
+            }
             established(link, linkRecord, publicRecord ?? (linkRecord, received.link))
         } catch {
             logger.debug("handshake failed", metadata: ["address": "\(link.peerAddress)", "error": "\(error)"])
@@ -1003,6 +1010,9 @@ public final class MeshNode: @unchecked Sendable {
     private func introduce(_ link: Link, to count: Int, back: Int = 0) {
         guard let peer = link.peer, let linkRecord = link.linkRecord, let body = try? JSONEncoder().encode([linkRecord])
         else { return }
+        // (a node whose record names a host other than the one it comes from is introduced to nobody: its
+        // record could point the neighbours' dials at anyone — sixth review; it may still be told of others)
+        let count = link.listensWhereItComesFrom ? count : 0
         let theirs = Set(records[peer]?.record.neighbours ?? [])
         let most = configuration.maxNeighbours
         let now = Self.now(), grace = shedGrace
@@ -1058,6 +1068,17 @@ public final class MeshNode: @unchecked Sendable {
             }
         }
         lastIntroduced[peer] = Self.now()
+    }
+
+    /// Whether `host` (from a link record) is the address `remote` (an IPv4
+    /// address seen as IPv4-mapped IPv6 counts as itself).
+    static func sameHost(_ host: String, _ remote: IPAddress?) -> Bool {
+        guard let named = IPAddress(host), let remote else { return false }
+        let mapped: [UInt8] = Array(repeating: 0, count: 10) + [0xff, 0xff]
+        let seen =
+            remote.bytes.count == 16 && Array(remote.bytes[0..<12]) == mapped
+            ? Array(remote.bytes[12...]) : remote.bytes
+        return named.bytes == seen
     }
 
     /// Note an address group in a table of groups (at most `capacity`), until

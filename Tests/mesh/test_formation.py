@@ -656,6 +656,77 @@ def test_dials_refused_for_fullness_under_fresh_keys_make_few_introductions(tmp_
         stop_all(nodes.procs)
 
 
+
+class Misdirecting(HostileNode):
+    """Its link record names another host (and port) than the one it comes from."""
+
+    def __init__(self, source, named_host, named_port):
+        super().__init__(source)
+        self.named = (named_host, named_port)
+
+    def record(self, link=False, legacy=False):
+        if not link:
+            return super().record(link, legacy)
+        rec = {"network": self.network, "key": adversary.b64(self.key), "agreement": adversary.b64(self.static_pub),
+               "version": self.version, "neighbours": [], "rates": self.rates, "exit": False,
+               "host": self.named[0], "port": self.named[1]}
+        body = json.dumps(rec, separators=(",", ":")).encode()
+        return {"r": adversary.b64(body), "s": adversary.b64(self.identity.sign(adversary.LINK_CONTEXT + body))}
+
+
+def test_a_refused_dialer_naming_another_host_does_not_send_the_network_there(tmp_path):
+    """A full node introduces the dialers it refuses to neighbours with
+    room, which dial the host and port their link records name. A dialer
+    naming a third party's address (sixth review) would have the network
+    dial it: a node is introduced only when its record names the address it
+    comes from. A dialer telling the truth from the next address is still
+    introduced (and dialed)."""
+    nodes = Nodes(str(tmp_path), MASQ, COMMON)
+    dialers, decoy = [], socket.create_server(("127.0.10.99", 0))
+    try:
+        # S full with A, which has room (and dials whom it is introduced to), and a filler (which dials nobody).
+        seed = nodes.start("S", "127.0.10.120", ["--max-neighbours", "2", "--target-neighbours", "1",
+                                                 "--shed-rounds", "0"])
+        nodes.start("A", "127.0.10.121", ["--seed", seed, "--max-neighbours", "3", "--target-neighbours", "1"])
+        wait_for(lambda: len(nodes.state("S")["neighbours"]) == 1, 15, "A did not link to S")
+        filler = HostileNode("127.0.10.32")
+        dialers.append(filler)
+        filler.dial(nodes.host("S"), nodes.port("S"))
+        wait_for(lambda: len(nodes.state("S")["neighbours"]) == 2, 15, "S did not fill")
+        time.sleep(2)
+
+        def refused_dial(d):
+            dialers.append(d)
+            try:
+                d.dial(nodes.host("S"), nodes.port("S"))
+            except (OSError, ConnectionError, ValueError):
+                pass
+            wait_for(lambda: d.byes or not any(l.open for l in d.links), 5, "the full node did not refuse the dial")
+
+        before = nodes.state("S")["counters"]["introductionsSent"]
+        refused_dial(Misdirecting("127.0.10.30", "127.0.10.99", decoy.getsockname()[1]))
+        decoy.settimeout(3)
+        try:
+            decoy.accept()[0].close()
+            dialed = True
+        except socket.timeout:
+            dialed = False
+        sent = nodes.state("S")["counters"]["introductionsSent"] - before
+        print("a refused dialer naming another host: %d introductions, the named host dialed: %s" % (sent, dialed))
+        assert not dialed, "a node dialed the host a refused dialer named"
+        assert sent == 0, "the full node introduced a dialer naming another host"
+        # The control: the truth, from another address, is introduced, and A dials it.
+        honest = HostileNode("127.0.10.31")
+        honest.listen()
+        refused_dial(honest)
+        wait_for(lambda: honest.link_to(adversary.unb64(nodes.key("A"))) is not None, 10,
+                 "a refused dialer telling the truth was not introduced")
+    finally:
+        decoy.close()
+        for d in dialers:
+            d.stop()
+        stop_all(nodes.procs)
+
 def test_an_island_whose_bridge_dies_finds_its_way_back_through_a_seed(tmp_path):
     """Four nodes B1-B4 form a clique (3 neighbours each: their target, so
     they never dial again on that count); a node X bridges them to five
