@@ -135,8 +135,9 @@ final class Link {
     var introductions: [(peer: String, at: UInt64, linked: Bool)] = []
     /// The nodes the far end's last INTRO named (at most 4): when a seed this
     /// node dialed answers a refused dial, its INTRO (the settled neighbours
-    /// it names) comes just before its BYE "full", which marks them `reverse`.
-    var namedInLastIntro: [NodeKey] = []
+    /// it names) comes just before its BYE "full", which makes them `reverse`
+    /// entries (the seed's descriptors, whatever others introduced before).
+    var namedInLastIntro: [NodeDescriptor] = []
     /// Where an inbound connection comes from, as the handshake table counts
     /// it (MeshNode.addressPrefix: an IPv4 address, an IPv6 /64).
     let prefix: String

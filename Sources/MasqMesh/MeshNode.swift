@@ -249,6 +249,9 @@ public final class MeshNode: @unchecked Sendable {
     static let introductionsPerGroup = 8
     /// About how many nodes of a part dial a seed for a split, per 10 shedding periods (`tick`).
     static let splitDialers = 4
+    /// The largest part size that chance is worked out for: at least 1 in 16 nodes of a part dials, whatever
+    /// made-up keys inflate the count (and made-up keys showing a split make at most that many dial).
+    static let splitPartCap = 64
     /// Address groups of dialers a full node sent its roomy neighbours to, until when (one per shedding period each).
     var reverseIntroduced: [String: UInt64] = [:]
     /// Address groups of dialers refused for being full that this node introduced to its neighbours, until when
@@ -438,8 +441,10 @@ public final class MeshNode: @unchecked Sendable {
             throw .invalid("the window must be 64...65536 cells, acknowledged every 1...window cells")
         }
         // (neighbours dial the host a link record names, and introduce a node only when its links come from it)
-        guard IPAddress(configuration.host) != nil else {
-            throw .invalid("the host must be an IP address (it is signed in the node's records), not a name")
+        guard let host = IPAddress(configuration.host), Self.addressScope(host) != .unusable else {
+            throw .invalid(
+                "the host must be an IP address others can dial (it is signed in the node's records): not a name, "
+                    + "not unspecified (0.0.0.0, ::), multicast or link-local")
         }
         guard (1...4_096).contains(configuration.streamsPerRoute) else {
             throw .invalid("streams per route must be 1...4096")
@@ -817,11 +822,12 @@ public final class MeshNode: @unchecked Sendable {
                 // A full seed's answer to this node's dial: the settled neighbours its INTRO just named may take
                 // the slot kept for own dials. Only this answer: the same seed, as a neighbour, also forwards
                 // newcomers and dialers it refused, whom anybody can make it send (sixth review).
+                // The seed's descriptors replace whatever others introduced under those keys (an old link
+                // record, say), past the table's cap if need be (4 at most).
                 if body == Array("full".utf8), configuration.seeds.contains(where: { $0.key == peer }) {
-                    let group = addressGroup(link)
-                    for k in link.namedInLastIntro where introduced[k] != nil {
-                        introduced[k]!.reverse = true
-                        introduced[k]!.from = group
+                    let group = addressGroup(link), now = Self.now()
+                    for d in link.namedInLastIntro where neighbours[d.key] == nil {
+                        introduced[d.key] = (d, now, group, true)
                     }
                 }
             }
@@ -1041,7 +1047,8 @@ public final class MeshNode: @unchecked Sendable {
         // count (one advertising a fixed few — minted partners make it look
         // settled — while it takes every newcomer sent its way is full by
         // that count after as many as it had room for).
-        let notFull = settledRoomy.filter { k, l in heldByOwnCount(k, l) < most }
+        // (only nodes whose records name the address they come from: the dialer will dial it)
+        let notFull = settledRoomy.filter { k, l in l.listensWhereItComesFrom && heldByOwnCount(k, l) < most }
         let settled = notFull.filter(seenRoom).isEmpty ? notFull : notFull.filter(seenRoom)
         // Last, settled neighbours with room as the network sees it that this
         // node's own count would pass over (honest ones whose newcomers
@@ -1079,6 +1086,43 @@ public final class MeshNode: @unchecked Sendable {
             remote.bytes.count == 16 && Array(remote.bytes[0..<12]) == mapped
             ? Array(remote.bytes[12...]) : remote.bytes
         return named.bytes == seen
+    }
+
+    /// Whether an introduced node's host may be dialed from a node at `own`:
+    /// an IP address (not a name: no DNS lookup an introducer could watch),
+    /// never unspecified, multicast, reserved or link-local; loopback only
+    /// from loopback, private (RFC 1918, CGNAT, ULA) only from loopback or
+    /// private. Introductions come from neighbours, whose records cost
+    /// nothing: they must not turn this node's dials on its own machine or
+    /// network (sixth review).
+    static func mayDial(_ host: String, from own: String) -> Bool {
+        guard let target = IPAddress(host) else { return false }
+        let scope = addressScope(target)
+        guard scope != .unusable else { return false }
+        let mine = IPAddress(own).map(addressScope) ?? .global
+        switch scope {
+        case .loopback: return mine == .loopback
+        case .privateNetwork: return mine == .loopback || mine == .privateNetwork
+        default: return true
+        }
+    }
+
+    enum AddressScope { case unusable, loopback, privateNetwork, global }
+
+    static let unusableBlocks: [IPNetwork] = [
+        "0.0.0.0/8", "169.254.0.0/16", "192.0.0.0/24", "198.18.0.0/15", "224.0.0.0/4", "240.0.0.0/4", "::/127",
+        "100::/64", "fe80::/10", "fec0::/10", "ff00::/8"
+    ].map { IPNetwork($0)! }
+    static let loopbackBlocks: [IPNetwork] = ["127.0.0.0/8", "::1/128"].map { IPNetwork($0)! }
+    static let privateBlocks: [IPNetwork] = [
+        "10.0.0.0/8", "100.64.0.0/10", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"
+    ].map { IPNetwork($0)! }
+
+    static func addressScope(_ address: IPAddress) -> AddressScope {
+        if loopbackBlocks.contains(where: { $0.contains(address) }) { return .loopback }
+        if unusableBlocks.contains(where: { $0.contains(address) }) { return .unusable }
+        if privateBlocks.contains(where: { $0.contains(address) }) { return .privateNetwork }
+        return .global
     }
 
     /// Note an address group in a table of groups (at most `capacity`), until
@@ -1675,8 +1719,10 @@ public final class MeshNode: @unchecked Sendable {
             do { record = try signed.verified(network: configuration.network, kind: .link) } catch {
                 return penalize(link, 10, "introduction: \(error)")
             }
-            guard !record.isClient, let d = record.descriptor, d.key != key, neighbours[d.key] == nil else { continue }
-            link.namedInLastIntro.append(d.key)
+            guard !record.isClient, let d = record.descriptor, d.key != key, neighbours[d.key] == nil,
+                Self.mayDial(d.host, from: configuration.host)
+            else { continue }
+            link.namedInLastIntro.append(d)
             // An entry is never replaced (its time, group or kind): introducing a node again, from anywhere,
             // must not push it out or take a seed's `reverse` away (sixth review).
             guard introduced[d.key] == nil else { continue }
@@ -1799,20 +1845,23 @@ public final class MeshNode: @unchecked Sendable {
                 && countedNeighbours < configuration.targetNeighbours
             if (split || uncounted) && ticks >= slowRedialAt && nodeNeighbourCount < configuration.maxNeighbours {
                 let period = max(10, 10 * configuration.shedRounds)
-                if split {
+                if uncounted {
+                    // (this node's own slots: a split, real or shown, must not put this off)
+                    counters.uncountedRedials += 1
+                    dialSeedsAgain()
+                } else {
                     // Every node of a part sees a split at about the same time — and made-up keys that look
                     // like one, gossiped by a single attacker node, make every node see one (sixth review).
                     // So a node dials for it with a chance that makes about `splitDialers` dials per part and
-                    // period, whatever the part's size (a part of that size or less: every node), one seed, at
-                    // a random round within the next fifth of the period: never every node dialing every seed
-                    // in the same few rounds.
-                    if Double.random(in: 0..<1) < Double(Self.splitDialers) / Double(max(1, reachedCount)) {
+                    // period (a part of that size or less: every node), one seed, at a random round within the
+                    // next fifth of the period: never every node dialing every seed in the same few rounds.
+                    // The part's size is capped (`splitPartCap`): made-up keys reached through an attacker
+                    // would otherwise make the chance as small as it likes (seventh review).
+                    let part = min(max(1, reachedCount), Self.splitPartCap)
+                    if Double.random(in: 0..<1) < Double(Self.splitDialers) / Double(part) {
                         counters.splitRedials += 1
                         splitDialAt = ticks + Int.random(in: 0...(period / 5))
                     }
-                } else {
-                    counters.uncountedRedials += 1
-                    dialSeedsAgain()
                 }
                 slowRedialAt = ticks + period
             }
@@ -1822,6 +1871,7 @@ public final class MeshNode: @unchecked Sendable {
             if nodeNeighbourCount < configuration.maxNeighbours,
                 let seed = configuration.seeds.filter({
                     $0.key != key && neighbours[$0.key] == nil && !dialing.contains($0.key)
+                        && (refused[$0.key] ?? 0) < now && (keepApart[$0.key] ?? 0) < now
                 }).randomElement()
             {
                 logger.info("live nodes out of reach: dialing a seed again")
