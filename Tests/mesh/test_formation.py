@@ -29,8 +29,10 @@ rounds (`--shed-rounds 10`: 2 s).
   it, then out of reach (a split, as every node sees it): the nodes dial
   a seed for it about 4 times per period in all, not each of them.
 - A neighbour flooding introductions of minted records does not crowd a
-  genuine one out (8 held per link); dials refused for fullness under
-  fresh keys from one address are introduced once per 10 rounds.
+  genuine one out (8 held per address group); dials refused for fullness
+  under fresh keys from one address are introduced once per 10 rounds; a
+  refused dialer whose record names another host is introduced to nobody
+  (the network would dial that host).
 
 - An island (a clique of 4 at their target) whose only bridge stops finds
   its way back through a seed, once its nodes see the other side's records
