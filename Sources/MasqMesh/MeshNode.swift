@@ -247,6 +247,12 @@ public final class MeshNode: @unchecked Sendable {
     /// minted), or linking again and again, replaces its own oldest and never fills the table against the
     /// others' introductions.
     static let introductionsPerGroup = 8
+    /// Dials of introduced nodes in flight, and the address group that introduced each (`introductionFailed`).
+    var introducedDials: [NodeKey: String] = [:]
+    /// Address groups whose introductions failed, how often, and until when that counts (at most 1,024 groups).
+    var introductionFailures: [String: (failures: Int, until: UInt64)] = [:]
+    /// Failed introductions after which a group's INTROs are ignored until its count expires.
+    static let introductionFailuresAllowed = 4
     /// About how many nodes of a part dial a seed for a split, per 10 shedding periods (`tick`).
     static let splitDialers = 4
     /// The largest part size that chance is worked out for: at least 1 in 16 nodes of a part dials, whatever
@@ -355,6 +361,10 @@ public final class MeshNode: @unchecked Sendable {
         public var neighboursRefusedSameAddress = 0
         /// Introductions sent (a seeking neighbour's link record to a neighbour with room).
         public var introductionsSent = 0
+        /// Dials of introduced nodes that never completed a handshake (nobody there, or nothing that speaks it).
+        public var introductionsFailed = 0
+        /// INTRO frames ignored because their sender's address group introduced too many that failed.
+        public var introductionsMuted = 0
         /// Links this node shed when full (`MeshConfiguration.shedRounds`).
         public var linksShed = 0
         /// Times this node was short of links it dialed and dialed its seeds again (`shortOfOutbound`).
@@ -675,6 +685,9 @@ public final class MeshNode: @unchecked Sendable {
             .whenFailure { _ in
                 node.dialing.remove(descriptor.key)
                 node.introduced[descriptor.key] = nil
+                if let group = node.introducedDials.removeValue(forKey: descriptor.key) {
+                    node.introductionFailed(group)
+                }
             }
     }
 
@@ -756,7 +769,13 @@ public final class MeshNode: @unchecked Sendable {
     func linkClosed(_ link: Link) {
         links[link.id] = nil
         dirty[link.id] = nil
-        if let dialed = link.dialed { dialing.remove(dialed.key) }
+        if let dialed = link.dialed {
+            dialing.remove(dialed.key)
+            // (a handshake that never completed: nothing there that is the node introduced)
+            if let group = introducedDials.removeValue(forKey: dialed.key), !link.established {
+                introductionFailed(group)
+            }
+        }
         if let peer = link.peer, neighbours[peer] === link {
             neighbours[peer] = nil
             // A client's record is for its neighbours only; a node's leaves with
@@ -1123,6 +1142,30 @@ public final class MeshNode: @unchecked Sendable {
         if unusableBlocks.contains(where: { $0.contains(address) }) { return .unusable }
         if privateBlocks.contains(where: { $0.contains(address) }) { return .privateNetwork }
         return .global
+    }
+
+    /// An introduced node could not be reached: counted against the group
+    /// that introduced it, for 10 shedding periods (100 rounds at least)
+    /// from the last failure. Honest introductions fail too (a node that
+    /// left), so a few are allowed.
+    func introductionFailed(_ group: String) {
+        counters.introductionsFailed += 1
+        let now = Self.now()
+        let window = UInt64(max(100, 10 * configuration.shedRounds)) * configuration.gossipMilliseconds
+        var entry = introductionFailures[group] ?? (0, 0)
+        if entry.until <= now { entry.failures = 0 }
+        entry.failures += 1
+        entry.until = now + window
+        if introductionFailures[group] == nil, introductionFailures.count >= 1_024,
+            let first = introductionFailures.min(by: { $0.value.until < $1.value.until })
+        {
+            introductionFailures[first.key] = nil
+        }
+        introductionFailures[group] = entry
+        // (and what it introduced before goes too: up to 8 more dials otherwise)
+        if entry.failures >= Self.introductionFailuresAllowed {
+            introduced = introduced.filter { $0.value.from != group }
+        }
     }
 
     /// Note an address group in a table of groups (at most `capacity`), until
@@ -1689,6 +1732,14 @@ public final class MeshNode: @unchecked Sendable {
         guard link.initiator || link.peer.map({ neighbours[$0] === link && !clientPeers.contains($0) }) == true
         else { return }
         link.namedInLastIntro = []
+        // A group whose introductions keep failing is not listened to for a while: minted records naming
+        // somebody else's address would have this node dial it, one a round (seventh review).
+        if let failed = introductionFailures[addressGroup(link)], failed.failures >= Self.introductionFailuresAllowed,
+            failed.until > Self.now()
+        {
+            counters.introductionsMuted += 1
+            return
+        }
         // No room (counted without the introducer: a full seed introduces, then says BYE): nothing decoded or checked.
         let others = nodeNeighbourCount - (link.peer.map { neighbours[$0] === link } == true ? 1 : 0)
         guard others < configuration.maxNeighbours else { return }
@@ -1804,7 +1855,10 @@ public final class MeshNode: @unchecked Sendable {
             ? introduced : nodeNeighbourCount < configuration.maxNeighbours ? introduced.filter(\.value.reverse) : [:]
         if let (k, entry) = dialable.randomElement() {
             introduced[k] = nil
-            if !dialing.contains(k) { dial(entry.descriptor) }
+            if !dialing.contains(k) {
+                dial(entry.descriptor)
+                if dialing.contains(k) { introducedDials[k] = entry.from }
+            }
         }
         if nodeNeighbourCount < configuration.targetNeighbours {
             let wanted = configuration.targetNeighbours - nodeNeighbourCount
@@ -1880,6 +1934,7 @@ public final class MeshNode: @unchecked Sendable {
         }
         for (g, until) in reverseIntroduced where until < now { reverseIntroduced[g] = nil }
         for (g, until) in refusedIntroduced where until < now { refusedIntroduced[g] = nil }
+        for (g, entry) in introductionFailures where entry.until <= now { introductionFailures[g] = nil }
         // Neighbours still looking for neighbours are introduced to others with room, now and then.
         if ticks % 5 == 0 {
             for (peer, link) in neighbours

@@ -614,6 +614,51 @@ def test_a_neighbour_flooding_introductions_does_not_crowd_out_genuine_ones(tmp_
         stop_all(nodes.procs)
 
 
+
+def test_introductions_that_send_a_node_to_somebody_else_soon_go_unheard(tmp_path):
+    """Records cost nothing: a neighbour can introduce minted records naming
+    any address, and the node dials one a round while it has room — at a
+    third party that speaks no mesh (seventh review). An introduced node
+    that never completes a handshake counts against the group that
+    introduced it; after 4, its INTROs go unheard for 10 shedding periods.
+    What must hold: a few dials reach the third party, not one a round."""
+    nodes = Nodes(str(tmp_path), MASQ, COMMON)
+    flooder, stop = HostileNode("127.0.10.15"), threading.Event()
+    third = socket.create_server(("127.0.10.16", 0))
+    accepted = [0]
+
+    def serve():
+        third.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = third.accept()
+            except (socket.timeout, OSError):
+                continue
+            accepted[0] += 1
+            conn.close()  # speaks no mesh
+
+    try:
+        nodes.start("V", "127.0.10.101", ["--target-neighbours", "5"])
+        link = flooder.dial(nodes.host("V"), nodes.port("V"))
+        threading.Thread(target=serve, daemon=True).start()
+        minted = [minted_link_record("127.0.10.16", third.getsockname()[1]) for _ in range(64)]
+        started, sent = time.monotonic(), 0
+        while time.monotonic() < started + 8:
+            link.send([bytes([adversary.INTRO]) + json.dumps(minted[sent % 64:sent % 64 + 4]).encode()])
+            sent += 4
+            time.sleep(0.1)
+        counters = nodes.state("V")["counters"]
+        print("the third party was dialed %d times in 8 s (one a round would be ~40); failed %d, INTROs unheard %d" % (
+            accepted[0], counters.get("introductionsFailed", 0), counters.get("introductionsMuted", 0)))
+        assert accepted[0] > 0, "the introductions were not dialed at all (the test did not play the attack)"
+        assert accepted[0] <= 6, "the third party was dialed %d times" % accepted[0]
+        assert nodes.alive("V")
+    finally:
+        stop.set()
+        third.close()
+        flooder.stop()
+        stop_all(nodes.procs)
+
 def test_dials_refused_for_fullness_under_fresh_keys_make_few_introductions(tmp_path):
     """A full node introduces a refused dialer to neighbours with room (two
     introductions). Keys cost nothing: one address dialing with a fresh
